@@ -1,0 +1,1 @@
+//! The Snowflake test double and perf harness.
