@@ -1,1 +1,635 @@
-//! TODO
+//! Configuration: the TOML file (upstream, identity, tokens, listener, limits, recording) and
+//! the per-core flags, validated once into a [`Config`]. A problem names its key.
+//!
+//! Rules and secrets live in the file (or in files and environment variables it names); flags
+//! only tune the runtime. Secrets are read here, at start, and wrapped so they never print.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::http::Limits;
+use crate::identity::{IdentityConfig, JwksSource};
+use crate::session::credential::{KeyPair, Secret, UpstreamCredential};
+
+/// A configuration problem, naming the key at fault.
+#[derive(Debug, thiserror::Error)]
+#[error("config: {key}: {problem}")]
+pub struct ConfigError {
+    /// The dotted key (`upstream.private_key_file`), or the file for syntax errors.
+    pub key: String,
+    /// What is wrong with it.
+    pub problem: String,
+}
+
+fn problem(key: &str, problem: impl Into<String>) -> ConfigError {
+    ConfigError { key: key.to_owned(), problem: problem.into() }
+}
+
+/// The configuration file as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    /// `[listen]`
+    pub listen: ListenSection,
+    /// `[upstream]`
+    pub upstream: UpstreamSection,
+    /// `[identity]`
+    pub identity: IdentitySection,
+    /// `[tokens]`
+    pub tokens: TokensSection,
+    /// `[limits]`
+    #[serde(default)]
+    pub limits: LimitsSection,
+    /// `[recording]`
+    #[serde(default)]
+    pub recording: RecordingSection,
+}
+
+/// `[listen]`: where agents connect.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenSection {
+    /// Address to listen on.
+    pub address: SocketAddr,
+    /// TLS certificate chain (PEM).
+    pub tls_cert_file: Option<PathBuf>,
+    /// TLS private key (PEM).
+    pub tls_key_file: Option<PathBuf>,
+    /// Serve plain HTTP: must be said explicitly (for loopback and tests).
+    #[serde(default)]
+    pub plaintext: bool,
+}
+
+/// `[upstream]`: the Snowflake account and the gateway's credential.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamSection {
+    /// Account identifier (`myorg-myacct` or a locator).
+    pub account: String,
+    /// Base URL; defaults to `https://<account>.snowflakecomputing.com`. `http://` only for
+    /// loopback emulators.
+    pub url: Option<String>,
+    /// The gateway's Snowflake user.
+    pub user: String,
+    /// RSA private key (PEM) for key-pair login (preferred).
+    pub private_key_file: Option<PathBuf>,
+    /// File holding the password.
+    pub password_file: Option<PathBuf>,
+    /// Environment variable holding the password.
+    pub password_env: Option<String>,
+    /// CA bundle (PEM) to trust instead of the system roots.
+    pub ca_file: Option<PathBuf>,
+    /// TCP+TLS connect timeout.
+    #[serde(default = "default_connect_timeout_ms")]
+    pub connect_timeout_ms: u64,
+    /// Longest wait for an upstream answer.
+    #[serde(default = "default_response_timeout_ms")]
+    pub response_timeout_ms: u64,
+}
+
+fn default_connect_timeout_ms() -> u64 {
+    5_000
+}
+fn default_response_timeout_ms() -> u64 {
+    300_000
+}
+
+/// One group-to-role mapping; the first whose group the agent has wins.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoleMapping {
+    /// The identity group.
+    pub group: String,
+    /// The Snowflake role for it.
+    pub role: String,
+}
+
+/// `[identity]`: how agents prove who they are.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IdentitySection {
+    /// Required `iss`.
+    pub issuer: String,
+    /// Accepted `aud` values.
+    pub audience: Vec<String>,
+    /// JWKS file.
+    pub jwks_file: Option<PathBuf>,
+    /// JWKS URL (fetched on unknown `kid`, rate limited, cached).
+    pub jwks_url: Option<String>,
+    /// Allowed JWT algorithms.
+    #[serde(default = "default_algorithms")]
+    pub algorithms: Vec<String>,
+    /// The claim that lists the agent's groups.
+    #[serde(default = "default_groups_claim")]
+    pub groups_claim: String,
+    /// Clock skew allowed on `exp` and `nbf`.
+    #[serde(default = "default_leeway_secs")]
+    pub leeway_secs: u64,
+    /// Least time between two JWKS fetches.
+    #[serde(default = "default_refetch_interval_min_secs")]
+    pub refetch_interval_min_secs: u64,
+    /// Age after which fetched keys stop verifying.
+    #[serde(default = "default_cache_ttl_secs")]
+    pub cache_ttl_secs: u64,
+    /// Group-to-role mappings, in order.
+    #[serde(default)]
+    pub roles: Vec<RoleMapping>,
+    /// Role for identities no mapping matches; without it they are refused.
+    pub default_role: Option<String>,
+}
+
+fn default_algorithms() -> Vec<String> {
+    vec!["RS256".into()]
+}
+fn default_groups_claim() -> String {
+    "groups".into()
+}
+fn default_leeway_secs() -> u64 {
+    30
+}
+fn default_refetch_interval_min_secs() -> u64 {
+    10
+}
+fn default_cache_ttl_secs() -> u64 {
+    3600
+}
+
+/// `[tokens]`: the keys that seal the tokens agents hold.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokensSection {
+    /// File holding the sealing key (64 hex digits).
+    pub seal_key_file: Option<PathBuf>,
+    /// Environment variable holding the sealing key (64 hex digits).
+    pub seal_key_env: Option<String>,
+    /// Files holding previous keys, still accepted when opening tokens.
+    #[serde(default)]
+    pub previous_key_files: Vec<PathBuf>,
+}
+
+/// `[limits]`: sizes and timeouts for every wait.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsSection {
+    /// Longest message head.
+    pub head_bytes_max: usize,
+    /// Largest body on the wire.
+    pub body_bytes_max: usize,
+    /// Largest body after gunzip.
+    pub decompressed_bytes_max: usize,
+    /// Time allowed for a complete request head once its first byte arrived.
+    pub header_timeout_ms: u64,
+    /// Time a keep-alive connection may sit idle between requests.
+    pub idle_timeout_ms: u64,
+    /// Time allowed to receive a request body.
+    pub body_timeout_ms: u64,
+    /// Largest `X-Agent-Context` header kept in the recording.
+    pub agent_context_bytes_max: usize,
+}
+
+impl Default for LimitsSection {
+    fn default() -> Self {
+        let http = Limits::default();
+        LimitsSection {
+            head_bytes_max: http.head_bytes_max,
+            body_bytes_max: http.body_bytes_max,
+            decompressed_bytes_max: http.decompressed_bytes_max,
+            header_timeout_ms: 10_000,
+            idle_timeout_ms: 60_000,
+            body_timeout_ms: 60_000,
+            agent_context_bytes_max: 4096,
+        }
+    }
+}
+
+/// `[recording]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RecordingSection {
+    /// Directory for recording segments.
+    pub directory: PathBuf,
+}
+
+impl Default for RecordingSection {
+    fn default() -> Self {
+        RecordingSection { directory: PathBuf::from("recordings") }
+    }
+}
+
+/// Per-core runtime settings, from flags.
+#[derive(Debug, Clone)]
+pub struct RuntimeSettings {
+    /// Number of cores (one runtime and listener each).
+    pub cores: usize,
+    /// Pin core N's thread to CPU N.
+    pub pin_cpus: bool,
+    /// io_uring submission queue entries per core.
+    pub uring_entries: u32,
+    /// Initial read buffer per connection.
+    pub read_buffer_bytes: usize,
+    /// Idle upstream connections kept per core.
+    pub upstream_pool_size: usize,
+    /// Open downstream connections allowed per core.
+    pub max_connections: usize,
+    /// How long SIGTERM waits for in-flight requests.
+    pub drain_timeout: Duration,
+}
+
+/// Where the upstream is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamUrl {
+    /// Whether to speak TLS.
+    pub tls: bool,
+    /// Host name (for SNI, certificate checks and the Host header).
+    pub host: String,
+    /// Port.
+    pub port: u16,
+}
+
+impl UpstreamUrl {
+    /// Parses `https://host[:port]` or `http://host[:port]` (no path).
+    pub fn parse(url: &str) -> Option<UpstreamUrl> {
+        let (tls, rest) = if let Some(rest) = url.strip_prefix("https://") {
+            (true, rest)
+        } else {
+            (false, url.strip_prefix("http://")?)
+        };
+        let rest = rest.trim_end_matches('/');
+        if rest.is_empty() || rest.contains(['/', '?', '#', '@']) {
+            return None;
+        }
+        let (host, port) = match rest.rsplit_once(':') {
+            Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => (h, p.parse().ok()?),
+            _ => (rest, if tls { 443 } else { 80 }),
+        };
+        if host.is_empty() {
+            return None;
+        }
+        Some(UpstreamUrl { tls, host: host.to_owned(), port })
+    }
+
+    /// The `Host` header value.
+    pub fn host_header(&self) -> String {
+        match (self.tls, self.port) {
+            (true, 443) | (false, 80) => self.host.clone(),
+            _ => format!("{}:{}", self.host, self.port),
+        }
+    }
+}
+
+/// The upstream side, validated.
+#[derive(Debug)]
+pub struct Upstream {
+    /// Account identifier, as sent in `ACCOUNT_NAME`.
+    pub account: String,
+    /// The gateway's user.
+    pub user: String,
+    /// Where Snowflake is.
+    pub url: UpstreamUrl,
+    /// Custom CA (PEM bytes), if any.
+    pub ca_pem: Option<Vec<u8>>,
+    /// The gateway's credential.
+    pub credential: UpstreamCredential,
+    /// Connect timeout.
+    pub connect_timeout: Duration,
+    /// Answer timeout.
+    pub response_timeout: Duration,
+}
+
+/// The listener, validated.
+#[derive(Debug)]
+pub struct Listen {
+    /// Address.
+    pub address: SocketAddr,
+    /// Certificate chain and key (PEM bytes); `None` for explicit plaintext.
+    pub tls: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+/// Timeouts for every wait on a downstream connection.
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    /// Complete head once started.
+    pub header: Duration,
+    /// Idle keep-alive.
+    pub idle: Duration,
+    /// Request body.
+    pub body: Duration,
+}
+
+/// The identity side, validated.
+#[derive(Debug)]
+pub struct Identity {
+    /// Verifier settings.
+    pub verifier: IdentityConfig,
+    /// Where the keys come from.
+    pub jwks: JwksSource,
+    /// Group-to-role mappings in order.
+    pub roles: Vec<RoleMapping>,
+    /// Fallback role.
+    pub default_role: Option<String>,
+}
+
+impl Identity {
+    /// The role for an identity with these groups: the first mapping that matches, else the
+    /// default, else none (refused).
+    pub fn role_for(&self, groups: &[String]) -> Option<&str> {
+        self.roles
+            .iter()
+            .find(|m| groups.iter().any(|g| g == &m.group))
+            .map(|m| m.role.as_str())
+            .or(self.default_role.as_deref())
+    }
+}
+
+/// Everything the gateway needs, validated.
+#[derive(Debug)]
+pub struct Config {
+    /// Listener.
+    pub listen: Listen,
+    /// Upstream.
+    pub upstream: Upstream,
+    /// Identity.
+    pub identity: Identity,
+    /// Sealing keys, the first one sealing.
+    pub seal_keys: Vec<Vec<u8>>,
+    /// HTTP size limits.
+    pub limits: Limits,
+    /// Downstream timeouts.
+    pub timeouts: Timeouts,
+    /// Largest `X-Agent-Context` kept.
+    pub agent_context_bytes_max: usize,
+    /// Recording directory.
+    pub recording_dir: PathBuf,
+    /// Per-core settings.
+    pub runtime: RuntimeSettings,
+}
+
+fn read_file(key: &str, path: &Path) -> Result<Vec<u8>, ConfigError> {
+    std::fs::read(path).map_err(|e| problem(key, format!("cannot read {}: {e}", path.display())))
+}
+
+fn parse_hex_key(key: &str, text: &str) -> Result<Vec<u8>, ConfigError> {
+    let text = text.trim();
+    if text.len() != 64 || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(problem(key, "a sealing key must be 64 hex digits (32 bytes)"));
+    }
+    Ok((0..32).map(|i| u8::from_str_radix(&text[2 * i..2 * i + 2], 16).unwrap_or(0)).collect())
+}
+
+fn parse_algorithm(key: &str, name: &str) -> Result<jsonwebtoken::Algorithm, ConfigError> {
+    use jsonwebtoken::Algorithm::*;
+    Ok(match name {
+        "RS256" => RS256,
+        "RS384" => RS384,
+        "RS512" => RS512,
+        "PS256" => PS256,
+        "PS384" => PS384,
+        "PS512" => PS512,
+        "ES256" => ES256,
+        "ES384" => ES384,
+        "EdDSA" => EdDSA,
+        other => return Err(problem(key, format!("{other:?} is not an allowed asymmetric algorithm"))),
+    })
+}
+
+impl Config {
+    /// Reads, parses and validates the file at `path`, with `runtime` from the flags.
+    pub fn load(path: &Path, runtime: RuntimeSettings) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| problem(&path.display().to_string(), format!("cannot read: {e}")))?;
+        let file: FileConfig =
+            toml::from_str(&text).map_err(|e| problem(&path.display().to_string(), e.to_string()))?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        Config::from_file(file, base, runtime)
+    }
+
+    /// Validates a parsed file; relative paths are taken from `base`.
+    pub fn from_file(file: FileConfig, base: &Path, runtime: RuntimeSettings) -> Result<Config, ConfigError> {
+        let resolve = |p: &Path| if p.is_absolute() { p.to_owned() } else { base.join(p) };
+
+        let listen = {
+            let l = &file.listen;
+            let tls = match (&l.tls_cert_file, &l.tls_key_file, l.plaintext) {
+                (Some(cert), Some(key), false) => Some((
+                    read_file("listen.tls_cert_file", &resolve(cert))?,
+                    read_file("listen.tls_key_file", &resolve(key))?,
+                )),
+                (None, None, true) => None,
+                (_, _, true) => {
+                    return Err(problem("listen.plaintext", "plaintext = true cannot be combined with TLS files"));
+                }
+                _ => {
+                    return Err(problem(
+                        "listen.tls_cert_file",
+                        "set both tls_cert_file and tls_key_file, or plaintext = true explicitly",
+                    ));
+                }
+            };
+            Listen { address: l.address, tls }
+        };
+
+        let upstream = {
+            let u = &file.upstream;
+            if u.account.is_empty() || !u.account.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)) {
+                return Err(problem(
+                    "upstream.account",
+                    "must be a non-empty account identifier (letters, digits, - _ .)",
+                ));
+            }
+            if u.user.is_empty() {
+                return Err(problem("upstream.user", "must not be empty"));
+            }
+            let url_text = u.url.clone().unwrap_or_else(|| format!("https://{}.snowflakecomputing.com", u.account));
+            let url = UpstreamUrl::parse(&url_text).ok_or_else(|| {
+                problem("upstream.url", "must be https://host[:port] or http://host[:port], without a path")
+            })?;
+            let credential = match (&u.private_key_file, &u.password_file, &u.password_env) {
+                (Some(key_file), None, None) => {
+                    let pem = read_file("upstream.private_key_file", &resolve(key_file))?;
+                    let pem =
+                        String::from_utf8(pem).map_err(|_| problem("upstream.private_key_file", "is not PEM text"))?;
+                    UpstreamCredential::KeyPair(
+                        KeyPair::from_pem(&pem, &u.account, &u.user)
+                            .map_err(|e| problem("upstream.private_key_file", e.to_string()))?,
+                    )
+                }
+                (None, Some(file), None) => {
+                    let bytes = read_file("upstream.password_file", &resolve(file))?;
+                    let text =
+                        String::from_utf8(bytes).map_err(|_| problem("upstream.password_file", "is not UTF-8"))?;
+                    UpstreamCredential::Password(Secret::new(text.trim_end_matches(['\r', '\n']).to_owned()))
+                }
+                (None, None, Some(var)) => {
+                    let value = std::env::var(var).map_err(|_| {
+                        problem("upstream.password_env", format!("environment variable {var} is not set"))
+                    })?;
+                    UpstreamCredential::Password(Secret::new(value))
+                }
+                _ => {
+                    return Err(problem(
+                        "upstream.private_key_file",
+                        "set exactly one of private_key_file, password_file, password_env",
+                    ));
+                }
+            };
+            let ca_pem = u.ca_file.as_ref().map(|p| read_file("upstream.ca_file", &resolve(p))).transpose()?;
+            if u.connect_timeout_ms == 0 || u.response_timeout_ms == 0 {
+                return Err(problem("upstream.connect_timeout_ms", "timeouts must be greater than zero"));
+            }
+            Upstream {
+                account: u.account.clone(),
+                user: u.user.clone(),
+                url,
+                ca_pem,
+                credential,
+                connect_timeout: Duration::from_millis(u.connect_timeout_ms),
+                response_timeout: Duration::from_millis(u.response_timeout_ms),
+            }
+        };
+
+        let identity = {
+            let i = &file.identity;
+            if i.issuer.is_empty() {
+                return Err(problem("identity.issuer", "must not be empty"));
+            }
+            if i.audience.is_empty() || i.audience.iter().any(String::is_empty) {
+                return Err(problem("identity.audience", "list at least one non-empty audience"));
+            }
+            let jwks = match (&i.jwks_file, &i.jwks_url) {
+                (Some(f), None) => JwksSource::File(resolve(f)),
+                (None, Some(u)) if u.starts_with("https://") || u.starts_with("http://") => JwksSource::Url(u.clone()),
+                (None, Some(_)) => return Err(problem("identity.jwks_url", "must be an http:// or https:// URL")),
+                _ => return Err(problem("identity.jwks_file", "set exactly one of jwks_file and jwks_url")),
+            };
+            if i.algorithms.is_empty() {
+                return Err(problem("identity.algorithms", "list at least one algorithm"));
+            }
+            let algorithms = i
+                .algorithms
+                .iter()
+                .map(|a| parse_algorithm("identity.algorithms", a))
+                .collect::<Result<Vec<_>, _>>()?;
+            if i.roles.is_empty() && i.default_role.is_none() {
+                return Err(problem("identity.roles", "map at least one group to a role, or set default_role"));
+            }
+            Identity {
+                verifier: {
+                    let mut v = IdentityConfig::new(i.issuer.clone(), i.audience.clone());
+                    v.algorithms = algorithms;
+                    v.groups_claim = i.groups_claim.clone();
+                    v.leeway = Duration::from_secs(i.leeway_secs);
+                    v.refetch_interval_min = Duration::from_secs(i.refetch_interval_min_secs);
+                    v.cache_ttl = Duration::from_secs(i.cache_ttl_secs);
+                    v.validate().map_err(|e| problem("identity", e.to_string()))?;
+                    v
+                },
+                jwks,
+                roles: i.roles.clone(),
+                default_role: i.default_role.clone(),
+            }
+        };
+
+        let seal_keys = {
+            let t = &file.tokens;
+            let current = match (&t.seal_key_file, &t.seal_key_env) {
+                (Some(f), None) => {
+                    let bytes = read_file("tokens.seal_key_file", &resolve(f))?;
+                    parse_hex_key("tokens.seal_key_file", &String::from_utf8_lossy(&bytes))?
+                }
+                (None, Some(var)) => {
+                    let value = std::env::var(var).map_err(|_| {
+                        problem("tokens.seal_key_env", format!("environment variable {var} is not set"))
+                    })?;
+                    parse_hex_key("tokens.seal_key_env", &value)?
+                }
+                _ => return Err(problem("tokens.seal_key_file", "set exactly one of seal_key_file and seal_key_env")),
+            };
+            let mut keys = vec![current];
+            for f in &t.previous_key_files {
+                let bytes = read_file("tokens.previous_key_files", &resolve(f))?;
+                keys.push(parse_hex_key("tokens.previous_key_files", &String::from_utf8_lossy(&bytes))?);
+            }
+            keys
+        };
+
+        let l = &file.limits;
+        if l.head_bytes_max < 1024 || l.body_bytes_max == 0 || l.decompressed_bytes_max < l.body_bytes_max.min(1 << 20)
+        {
+            return Err(problem(
+                "limits",
+                "head_bytes_max >= 1024, body_bytes_max > 0, decompressed_bytes_max >= 1 MiB",
+            ));
+        }
+        if l.header_timeout_ms == 0 || l.idle_timeout_ms == 0 || l.body_timeout_ms == 0 {
+            return Err(problem("limits.header_timeout_ms", "timeouts must be greater than zero"));
+        }
+        if runtime.cores == 0 || runtime.max_connections == 0 || runtime.read_buffer_bytes < 1024 {
+            return Err(problem("--cores", "cores and max-connections must be > 0, read-buffer-bytes >= 1024"));
+        }
+
+        Ok(Config {
+            listen,
+            upstream,
+            identity,
+            seal_keys,
+            limits: Limits {
+                head_bytes_max: l.head_bytes_max,
+                body_bytes_max: l.body_bytes_max,
+                decompressed_bytes_max: l.decompressed_bytes_max,
+            },
+            timeouts: Timeouts {
+                header: Duration::from_millis(l.header_timeout_ms),
+                idle: Duration::from_millis(l.idle_timeout_ms),
+                body: Duration::from_millis(l.body_timeout_ms),
+            },
+            agent_context_bytes_max: l.agent_context_bytes_max,
+            recording_dir: resolve(&file.recording.directory),
+            runtime,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_upstream_urls() {
+        let u = UpstreamUrl::parse("https://acct.snowflakecomputing.com").unwrap();
+        assert_eq!((u.tls, u.host.as_str(), u.port), (true, "acct.snowflakecomputing.com", 443));
+        assert_eq!(u.host_header(), "acct.snowflakecomputing.com");
+        let u = UpstreamUrl::parse("http://127.0.0.1:8081/").unwrap();
+        assert_eq!((u.tls, u.host.as_str(), u.port), (false, "127.0.0.1", 8081));
+        assert_eq!(u.host_header(), "127.0.0.1:8081");
+        assert!(UpstreamUrl::parse("ftp://x").is_none());
+        assert!(UpstreamUrl::parse("https://x/path").is_none());
+        assert!(UpstreamUrl::parse("https://user@x").is_none());
+        assert!(UpstreamUrl::parse("http://x:notaport").is_none());
+    }
+
+    #[test]
+    fn hex_keys() {
+        assert_eq!(parse_hex_key("k", &"ab".repeat(32)).unwrap(), vec![0xab; 32]);
+        assert!(parse_hex_key("k", "abc").is_err());
+        assert!(parse_hex_key("k", &"zz".repeat(32)).is_err());
+    }
+
+    #[test]
+    fn role_mapping_is_ordered_with_a_default() {
+        let identity = Identity {
+            verifier: IdentityConfig::new("https://idp", vec!["snowgate".into()]),
+            jwks: JwksSource::Url("https://idp/jwks".into()),
+            roles: vec![
+                RoleMapping { group: "admins".into(), role: "ADMIN".into() },
+                RoleMapping { group: "analysts".into(), role: "ANALYST".into() },
+            ],
+            default_role: None,
+        };
+        assert_eq!(identity.role_for(&["analysts".into(), "admins".into()]), Some("ADMIN"));
+        assert_eq!(identity.role_for(&["analysts".into()]), Some("ANALYST"));
+        assert_eq!(identity.role_for(&["other".into()]), None);
+    }
+}

@@ -1,1 +1,210 @@
-//! TODO
+//! Thread-per-core: one monoio runtime per core, each with its own SO_REUSEPORT listener,
+//! upstream pool and recorder; signals; draining on SIGTERM.
+//!
+//! The listeners are bound here, before the threads start, so that a port of 0 is resolved
+//! once and every core listens on the same port. Draining: stop accepting, let in-flight
+//! requests finish up to the deadline, close keep-alive connections after their current answer.
+
+use std::net::{SocketAddr, TcpListener as StdListener};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use socket2::{Domain, Protocol, Socket, Type};
+use tracing::{error, info, warn};
+
+use crate::config::Config;
+use crate::proxy::{Core, Gateway, StartError};
+
+/// Which io driver a core runs.
+pub fn driver_name() -> &'static str {
+    if monoio::utils::detect_uring() { "io_uring" } else { "epoll (io_uring unavailable)" }
+}
+
+fn bind_reuseport(addr: SocketAddr) -> std::io::Result<StdListener> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    Ok(socket.into())
+}
+
+/// A running gateway: its cores and the address they listen on.
+pub struct Running {
+    /// The address every core listens on (the port resolved if 0 was asked).
+    pub local_addr: SocketAddr,
+    /// The shared state (for draining and counters).
+    pub gateway: Arc<Gateway>,
+    cores: Vec<JoinHandle<()>>,
+}
+
+impl Running {
+    /// Starts draining: stop accepting, finish in-flight requests, then return from
+    /// [`Running::join`].
+    pub fn drain(&self) {
+        self.gateway.draining.store(true, Ordering::Release);
+    }
+
+    /// Waits for every core to finish.
+    pub fn join(self) {
+        for core in self.cores {
+            if core.join().is_err() {
+                error!("A core thread panicked.");
+            }
+        }
+    }
+}
+
+/// Starts one runtime per configured core and returns once all listen.
+pub fn start(config: Config) -> Result<Running, StartError> {
+    let gateway = Arc::new(Gateway::new(config)?);
+    let settings = gateway.config.runtime.clone();
+    let io_error = |what: String| move |source| StartError::Io { what, source };
+    let first = bind_reuseport(gateway.config.listen.address)
+        .map_err(io_error(format!("listen on {}", gateway.config.listen.address)))?;
+    let local_addr = first.local_addr().map_err(io_error("listener address".into()))?;
+    let mut listeners = vec![first];
+    for _ in 1..settings.cores {
+        listeners.push(bind_reuseport(local_addr).map_err(io_error(format!("listen on {local_addr}")))?);
+    }
+    let driver = driver_name();
+    info!(
+        cores = settings.cores,
+        %local_addr,
+        driver,
+        tls = gateway.server_tls.is_some(),
+        upstream = %gateway.config.upstream.url.host_header(),
+        "snowgate starting."
+    );
+    let n_cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), StartError>>();
+    let mut cores = Vec::with_capacity(settings.cores);
+    for (core_id, listener) in listeners.into_iter().enumerate() {
+        let gateway = gateway.clone();
+        let ready = ready_tx.clone();
+        let settings = settings.clone();
+        let thread = std::thread::Builder::new()
+            .name(format!("snowgate-core-{core_id}"))
+            .spawn(move || {
+                if settings.pin_cpus {
+                    let cpu = core_id % n_cpus;
+                    if let Err(e) = monoio::utils::bind_to_cpu_set([cpu]) {
+                        warn!(core = core_id, cpu, error = ?e, "CPU pinning failed; running unpinned.");
+                    }
+                }
+                let runtime = monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
+                    .with_entries(settings.uring_entries)
+                    .enable_timer()
+                    .build();
+                let mut runtime = match runtime {
+                    Ok(runtime) => runtime,
+                    Err(source) => {
+                        let _ = ready.send(Err(StartError::Io { what: format!("core {core_id} runtime"), source }));
+                        return;
+                    }
+                };
+                runtime.block_on(run_core(core_id, gateway, listener, ready));
+            })
+            .map_err(io_error(format!("core {core_id} thread")))?;
+        cores.push(thread);
+    }
+    drop(ready_tx);
+    for _ in 0..settings.cores {
+        match ready_rx.recv() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                gateway.draining.store(true, Ordering::Release);
+                return Err(e);
+            }
+            Err(_) => {
+                gateway.draining.store(true, Ordering::Release);
+                return Err(StartError::Io {
+                    what: "core start".into(),
+                    source: std::io::Error::other("a core thread died"),
+                });
+            }
+        }
+    }
+    Ok(Running { local_addr, gateway, cores })
+}
+
+async fn run_core(
+    core_id: usize,
+    gateway: Arc<Gateway>,
+    listener: StdListener,
+    ready: std::sync::mpsc::Sender<Result<(), StartError>>,
+) {
+    let setup = (|| {
+        let listener = monoio::net::TcpListener::from_std(listener)
+            .map_err(|source| StartError::Io { what: format!("core {core_id} listener"), source })?;
+        let core = Core::new(core_id, gateway.clone())?;
+        Ok::<_, StartError>((listener, Rc::new(core)))
+    })();
+    let (listener, core) = match setup {
+        Ok(parts) => {
+            let _ = ready.send(Ok(()));
+            parts
+        }
+        Err(e) => {
+            let _ = ready.send(Err(e));
+            return;
+        }
+    };
+    info!(core = core_id, driver = driver_name(), "Core serving.");
+
+    // Accepting is cancelled (not dropped mid-flight, which can lose an accepted socket under
+    // io_uring) when draining begins: a watcher task owns the canceller.
+    let canceller = monoio::io::Canceller::new();
+    let cancel_handle = canceller.handle();
+    monoio::spawn({
+        let gateway = gateway.clone();
+        async move {
+            while !gateway.is_draining() {
+                monoio::time::sleep(Duration::from_millis(50)).await;
+            }
+            drop(canceller.cancel());
+        }
+    });
+    loop {
+        match listener.cancelable_accept(cancel_handle.clone()).await {
+            Ok((tcp, peer)) => {
+                monoio::spawn(core.clone().serve(tcp, peer));
+            }
+            Err(_) if gateway.is_draining() => break,
+            Err(e) => {
+                warn!(core = core_id, error = %e, "Accept failed.");
+                monoio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
+    drop(listener);
+
+    let deadline = std::time::Instant::now() + gateway.config.runtime.drain_timeout;
+    while gateway.metrics.in_flight.load(Ordering::Acquire) > 0 && std::time::Instant::now() < deadline {
+        monoio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let left = gateway.metrics.in_flight.load(Ordering::Acquire);
+    if left > 0 {
+        warn!(core = core_id, in_flight = left, "Drain deadline passed with requests in flight.");
+    }
+    info!(core = core_id, "Core stopped.");
+}
+
+/// Runs the gateway until SIGTERM or SIGINT, then drains.
+pub fn run(config: Config) -> Result<(), StartError> {
+    let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT])
+        .map_err(|source| StartError::Io { what: "signal handlers".into(), source })?;
+    let running = start(config)?;
+    println!("snowgate listening on {}", running.local_addr);
+    if let Some(signal) = signals.forever().next() {
+        info!(signal, "Signal received: draining.");
+    }
+    running.drain();
+    running.join();
+    info!("snowgate stopped.");
+    Ok(())
+}

@@ -155,8 +155,7 @@ impl ChunkedDecoder {
         loop {
             match self.state {
                 State::Size => {
-                    let Some(end) = find_line(input, CHUNK_LINE_BYTES_MAX).map_err(|()| ChunkedError::BadSize)?
-                    else {
+                    let Some(end) = find_line(input, CHUNK_LINE_BYTES_MAX).map_err(|()| ChunkedError::BadSize)? else {
                         return Ok(false);
                     };
                     let size = parse_size_line(&input[..end])?;
@@ -188,8 +187,8 @@ impl ChunkedDecoder {
                 }
                 State::Trailer(consumed) => {
                     let room = TRAILER_BYTES_MAX - consumed;
-                    let Some(end) = find_line(input, room.min(CHUNK_LINE_BYTES_MAX * 8))
-                        .map_err(|()| ChunkedError::BadTrailer)?
+                    let Some(end) =
+                        find_line(input, room.min(CHUNK_LINE_BYTES_MAX * 8)).map_err(|()| ChunkedError::BadTrailer)?
                     else {
                         return Ok(false);
                     };

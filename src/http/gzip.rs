@@ -47,7 +47,8 @@ pub fn gunzip_capped(body: &[u8], limit: usize) -> Result<Vec<u8>, GunzipError> 
 
 /// Compresses `body` as one gzip member at a fast level.
 pub fn gzip(body: &[u8]) -> Vec<u8> {
-    let mut encoder = flate2::write::GzEncoder::new(Vec::with_capacity(body.len() / 3 + 64), flate2::Compression::fast());
+    let mut encoder =
+        flate2::write::GzEncoder::new(Vec::with_capacity(body.len() / 3 + 64), flate2::Compression::fast());
     // Writing into a Vec cannot fail.
     let _ = encoder.write_all(body);
     encoder.finish().unwrap_or_default()

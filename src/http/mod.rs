@@ -115,9 +115,7 @@ impl Headers {
 
     /// All fields in order, as `(name, value)`.
     pub fn iter(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
-        self.fields
-            .iter()
-            .map(|f| (&self.bytes[f.name.clone()], &self.bytes[f.value.clone()]))
+        self.fields.iter().map(|f| (&self.bytes[f.name.clone()], &self.bytes[f.value.clone()]))
     }
 
     /// The value of the first field with this (case-insensitive) name.
@@ -135,10 +133,7 @@ impl Headers {
 
     /// How many fields carry this name.
     pub fn count(&self, name: &str) -> usize {
-        self.fields
-            .iter()
-            .filter(|f| self.name_of(f).eq_ignore_ascii_case(name.as_bytes()))
-            .count()
+        self.fields.iter().filter(|f| self.name_of(f).eq_ignore_ascii_case(name.as_bytes())).count()
     }
 
     /// Whether a comma-separated field (such as `Connection`) lists this token.
@@ -277,9 +272,7 @@ pub fn parse_content_length(value: &[u8]) -> Option<u64> {
     if value.is_empty() || value.len() > 18 || !value.iter().all(u8::is_ascii_digit) {
         return None;
     }
-    value
-        .iter()
-        .try_fold(0u64, |acc, &d| acc.checked_mul(10)?.checked_add(u64::from(d - b'0')))
+    value.iter().try_fold(0u64, |acc, &d| acc.checked_mul(10)?.checked_add(u64::from(d - b'0')))
 }
 
 /// Works out the body framing from the fields, applying the strict rules above.
@@ -321,16 +314,14 @@ fn collect_fields(buf: &[u8], parsed: &[httparse::Header<'_>]) -> Vec<Field> {
             // httparse returns sub-slices of `buf`; their offsets are recovered by address.
             let name_start = h.name.as_ptr() as usize - base;
             let value_start = h.value.as_ptr() as usize - base;
-            Field {
-                name: name_start..name_start + h.name.len(),
-                value: value_start..value_start + h.value.len(),
-            }
+            Field { name: name_start..name_start + h.name.len(), value: value_start..value_start + h.value.len() }
         })
         .collect()
 }
 
-/// Parses a request head at the start of `buf`. `Ok(None)` means more bytes are needed.
-/// `buf` is frozen into the head only when complete, so the caller keeps the rest.
+/// Parses a request head at the start of `buf`. `Ok(None)` means more bytes are needed. The
+/// head's bytes are copied into the result; the caller drops the first `head_len` bytes of
+/// `buf` itself, keeping the body and any pipelined message after it.
 pub fn parse_request_head(buf: &[u8], limits: &Limits) -> Result<Option<RequestHead>, HeadError> {
     let mut storage = [httparse::EMPTY_HEADER; HEADERS_MAX];
     let mut req = httparse::Request::new(&mut storage);
@@ -528,9 +519,10 @@ mod tests {
 
     #[test]
     fn parses_a_simple_post() {
-        let head = req("POST /queries/v1/query-request?requestId=1 HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello")
-            .unwrap()
-            .unwrap();
+        let head =
+            req("POST /queries/v1/query-request?requestId=1 HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello")
+                .unwrap()
+                .unwrap();
         assert_eq!(head.method, Method::Post);
         assert_eq!(head.path(), "/queries/v1/query-request");
         assert_eq!(head.query(), "requestId=1");
@@ -622,10 +614,7 @@ mod tests {
     fn writes_heads() {
         let mut w = HeadWriter::response(200);
         w.field(b"content-type", b"application/json").content_length(2);
-        assert_eq!(
-            &w.finish()[..],
-            b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n"
-        );
+        assert_eq!(&w.finish()[..], b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n");
     }
 
     #[test]

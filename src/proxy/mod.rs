@@ -1,1 +1,299 @@
-//! TODO
+//! The network edge, and the only network I/O in the gateway: downstream connections (TLS
+//! termination, reading requests, writing answers), the per-core upstream pool, and the
+//! per-endpoint flows that call into the pure `session`, `identity` and `http` modules.
+//!
+//! One [`Gateway`] holds what all cores share (config, keys, verifier: immutable or atomically
+//! swapped). Each core owns a [`Core`]: its upstream pool and its recorder. Nothing on the
+//! data path is shared across cores.
+
+mod handler;
+pub mod io;
+pub mod tls;
+pub mod upstream;
+
+use std::cell::Cell;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::{Bytes, BytesMut};
+use monoio::io::AsyncWriteRentExt;
+use monoio::net::TcpStream;
+use monoio::time::Instant;
+use tracing::{debug, info, warn};
+
+use crate::config::Config;
+use crate::http::{HeadWriter, Headers, is_hop_by_hop};
+use crate::identity::{JwksSource, Verifier};
+use crate::record::Recorder;
+use crate::session::token::Sealer;
+use io::{Conn, ReadError, Stream};
+use upstream::{Endpoint, Pool};
+
+/// The gateway could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The JWKS could not be loaded.
+    #[error("identity: {0}")]
+    Identity(#[from] crate::identity::JwksError),
+    /// A sealing key is unusable.
+    #[error("tokens: {0}")]
+    Keys(#[from] crate::session::token::KeyError),
+    /// A TLS setting is unusable.
+    #[error("tls: {0}")]
+    Tls(#[from] tls::TlsConfigError),
+    /// A socket or file could not be opened.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being opened.
+        what: String,
+        /// Why it failed.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Counters shared by all cores.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    /// Requests being handled right now (drain waits for zero).
+    pub in_flight: AtomicUsize,
+    /// Requests handled.
+    pub requests: AtomicU64,
+    /// Requests the gateway refused itself.
+    pub refusals: AtomicU64,
+    /// Connections accepted.
+    pub connections: AtomicU64,
+    /// Frames the recorder could not take.
+    pub frames_dropped: AtomicU64,
+}
+
+/// What every core shares.
+pub struct Gateway {
+    /// The validated configuration.
+    pub config: Config,
+    /// OIDC token verification.
+    pub verifier: Verifier,
+    /// Token sealing.
+    pub sealer: Sealer,
+    /// Downstream TLS, unless plaintext was configured.
+    pub server_tls: Option<Arc<rustls::ServerConfig>>,
+    /// Upstream TLS, for https upstreams.
+    pub client_tls: Option<Arc<rustls::ClientConfig>>,
+    /// TLS for an https JWKS URL (system roots).
+    pub jwks_tls: Option<Arc<rustls::ClientConfig>>,
+    /// Counters.
+    pub metrics: Metrics,
+    /// Set on SIGTERM: stop accepting, finish what is in flight.
+    pub draining: AtomicBool,
+}
+
+impl Gateway {
+    /// Builds the shared state from a validated configuration.
+    pub fn new(config: Config) -> Result<Gateway, StartError> {
+        let verifier = Verifier::new(config.identity.verifier.clone(), config.identity.jwks.clone())?;
+        let sealer = Sealer::new(&config.seal_keys)?;
+        let server_tls = config.listen.tls.as_ref().map(|(cert, key)| tls::server_config(cert, key)).transpose()?;
+        let client_tls =
+            if config.upstream.url.tls { Some(tls::client_config(config.upstream.ca_pem.as_deref())?) } else { None };
+        let jwks_tls = match &config.identity.jwks {
+            JwksSource::Url(url) if url.starts_with("https://") => Some(tls::client_config(None)?),
+            _ => None,
+        };
+        Ok(Gateway {
+            config,
+            verifier,
+            sealer,
+            server_tls,
+            client_tls,
+            jwks_tls,
+            metrics: Metrics::default(),
+            draining: AtomicBool::new(false),
+        })
+    }
+
+    /// Whether SIGTERM asked to drain.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Acquire)
+    }
+}
+
+/// What one core owns.
+pub struct Core {
+    /// The core's number.
+    pub id: usize,
+    /// The shared state.
+    pub gateway: Arc<Gateway>,
+    pool: Pool,
+    recorder: Recorder,
+    open_connections: Cell<usize>,
+}
+
+impl Core {
+    /// Builds core `id`: its upstream pool and its recorder.
+    pub fn new(id: usize, gateway: Arc<Gateway>) -> Result<Core, StartError> {
+        let c = &gateway.config;
+        let endpoint = Endpoint {
+            url: c.upstream.url.clone(),
+            tls: gateway.client_tls.clone(),
+            connect_timeout: c.upstream.connect_timeout,
+            response_timeout: c.upstream.response_timeout,
+            limits: c.limits,
+        };
+        let pool = Pool::new(endpoint, c.runtime.upstream_pool_size, c.runtime.read_buffer_bytes);
+        let recorder = Recorder::start(&c.recording_dir, id, 4096).map_err(|source| StartError::Io {
+            what: format!("recording directory {}", c.recording_dir.display()),
+            source,
+        })?;
+        Ok(Core { id, gateway, pool, recorder, open_connections: Cell::new(0) })
+    }
+
+    /// Serves one accepted TCP connection until it closes, times out or the gateway drains.
+    pub async fn serve(self: Rc<Core>, tcp: TcpStream, peer: SocketAddr) {
+        let gateway = &self.gateway;
+        gateway.metrics.connections.fetch_add(1, Ordering::Relaxed);
+        let _ = tcp.set_nodelay(true);
+        let read_size = gateway.config.runtime.read_buffer_bytes;
+        if self.open_connections.get() >= gateway.config.runtime.max_connections {
+            warn!(core = self.id, %peer, "Connection refused: the core is at its connection limit.");
+            let mut conn = Conn::new(Stream::Plain(tcp), read_size);
+            let body = Bytes::from_static(
+                br#"{"code":"260006","message":"the gateway is at its connection limit","success":false}"#,
+            );
+            let _ =
+                conn.write_message(error_head(503, body.len()), body, Instant::now() + Duration::from_secs(1)).await;
+            return;
+        }
+        self.open_connections.set(self.open_connections.get() + 1);
+        let stream = match &gateway.server_tls {
+            None => Some(Stream::Plain(tcp)),
+            Some(config) => {
+                let acceptor = monoio_rustls::TlsAcceptor::from(config.clone());
+                match monoio::time::timeout(gateway.config.timeouts.header, acceptor.accept(tcp)).await {
+                    Ok(Ok(tls)) => Some(Stream::ServerTls(Box::new(tls))),
+                    Ok(Err(e)) => {
+                        debug!(core = self.id, %peer, error = %e, "TLS handshake failed.");
+                        None
+                    }
+                    Err(_) => {
+                        debug!(core = self.id, %peer, "TLS handshake timed out.");
+                        None
+                    }
+                }
+            }
+        };
+        if let Some(stream) = stream {
+            self.serve_requests(Conn::new(stream, read_size), peer).await;
+        }
+        self.open_connections.set(self.open_connections.get() - 1);
+    }
+
+    async fn serve_requests(&self, mut conn: Conn, peer: SocketAddr) {
+        let gateway = &self.gateway;
+        let limits = gateway.config.limits;
+        let timeouts = gateway.config.timeouts;
+        loop {
+            match conn.wait_for_message(timeouts.idle).await {
+                Ok(true) => {}
+                Ok(false) | Err(_) => return,
+            }
+            let head = match conn.read_request_head(&limits, Instant::now() + timeouts.header).await {
+                Ok(head) => head,
+                Err(e) => return self.reject(&mut conn, peer, &e).await,
+            };
+            if head.headers.has_token("expect", "100-continue") && head.framing != crate::http::BodyFraming::Empty {
+                let (result, _) = conn.stream.write_all(&b"HTTP/1.1 100 Continue\r\n\r\n"[..]).await;
+                if result.is_err() {
+                    return;
+                }
+            }
+            let body = match conn.read_body(head.framing, limits.body_bytes_max, Instant::now() + timeouts.body).await {
+                Ok(body) => body,
+                Err(e) => return self.reject(&mut conn, peer, &e).await,
+            };
+
+            gateway.metrics.in_flight.fetch_add(1, Ordering::AcqRel);
+            gateway.metrics.requests.fetch_add(1, Ordering::Relaxed);
+            let started = std::time::Instant::now();
+            let started_at_unix_us = unix_micros();
+            let (answer, capture) = handler::handle(self, &head, body).await;
+            let close = head.close || answer.close || gateway.is_draining();
+            let head_bytes = answer_head(&answer, close);
+            let body = answer.body.clone();
+            let written = conn.write_message(head_bytes, body, Instant::now() + timeouts.body).await;
+            let total_us = started.elapsed().as_micros() as u64;
+            self.record(capture, &answer, started_at_unix_us, total_us);
+            gateway.metrics.in_flight.fetch_sub(1, Ordering::AcqRel);
+            if written.is_err() || close {
+                return;
+            }
+        }
+    }
+
+    /// Answers a request that could not be read (when it deserves an answer) and closes.
+    /// Nothing of it was sent upstream.
+    async fn reject(&self, conn: &mut Conn, peer: SocketAddr, error: &ReadError) {
+        self.gateway.metrics.refusals.fetch_add(1, Ordering::Relaxed);
+        info!(core = self.id, %peer, error = %error, "Request rejected before routing; closing the connection.");
+        if let Some(status) = error.status() {
+            let body = Bytes::from(
+                serde_json::to_vec(&serde_json::json!({
+                    "code": status.to_string(), "message": error.to_string(), "success": false
+                }))
+                .expect("a JSON value always serialises"),
+            );
+            let _ =
+                conn.write_message(error_head(status, body.len()), body, Instant::now() + Duration::from_secs(1)).await;
+        }
+    }
+
+    fn record(&self, capture: handler::Capture, answer: &handler::Answer, started_at_unix_us: u64, total_us: u64) {
+        let frame = capture.into_frame(self.id as u16, answer, started_at_unix_us, total_us);
+        if self.recorder.submit(frame).is_err() {
+            self.gateway.metrics.frames_dropped.fetch_add(1, Ordering::Relaxed);
+            warn!(core = self.id, "Recorder queue full: a frame was not recorded.");
+        }
+    }
+}
+
+fn error_head(status: u16, body_len: usize) -> BytesMut {
+    let mut w = HeadWriter::response(status);
+    w.field(b"content-type", b"application/json").content_length(body_len).field(b"connection", b"close");
+    w.finish()
+}
+
+/// The head of an answer: upstream's fields minus hop-by-hop and encoding fields (bodies go
+/// to agents inflated), or a JSON content type for the gateway's own answers.
+fn answer_head(answer: &handler::Answer, close: bool) -> BytesMut {
+    let mut w = HeadWriter::response(answer.status);
+    match &answer.upstream_headers {
+        Some(headers) => copy_end_to_end(&mut w, headers),
+        None => {
+            w.field(b"content-type", b"application/json");
+        }
+    }
+    w.content_length(answer.body.len());
+    if close {
+        w.field(b"connection", b"close");
+    }
+    w.finish()
+}
+
+fn copy_end_to_end(w: &mut HeadWriter, headers: &Headers) {
+    for (name, value) in headers.iter() {
+        if !is_hop_by_hop(name) && !name.eq_ignore_ascii_case(b"content-encoding") {
+            w.field(name, value);
+        }
+    }
+}
+
+/// Now, in Unix seconds (sealed token expiries are wall-clock, shared across instances).
+pub fn unix_seconds() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+fn unix_micros() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64)
+}

@@ -1,1 +1,268 @@
-//! TODO
+//! The Snowflake session protocol as the gateway speaks it: which endpoint a request is for,
+//! how logins and renewals are rewritten, how tokens are sealed, and how refusals look to a
+//! driver. Pure: the proxy does the I/O and calls into this module.
+//!
+//! Read `ARCHITECTURE.md` and the protocol brief for the endpoint list. Every refusal is what
+//! drivers understand: HTTP 200, `success:false`, a numeric string `code`, a `message` and an
+//! object `data`. A 4xx or 5xx would make drivers retry.
+
+pub mod credential;
+pub mod login;
+pub mod query;
+pub mod token;
+
+use bytes::Bytes;
+
+use crate::http::Method;
+
+/// The endpoints the gateway understands. Anything else is refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Endpoint {
+    /// `POST /session/v1/login-request`
+    Login,
+    /// `POST /session/token-request` (renewal, with the master token).
+    TokenRequest,
+    /// `POST /session/heartbeat`
+    Heartbeat,
+    /// `POST /session?delete=true`
+    Logout,
+    /// `POST /queries/v1/query-request`
+    QueryRequest,
+    /// `GET /queries/<query id>/result` (the `getResultUrl` polled while 333333/333334).
+    QueryResult(String),
+    /// `GET /monitoring/queries/<query id>`
+    Monitoring(String),
+    /// `POST /queries/v1/abort-request` or `/queries/<query id>/abort-request`
+    Abort,
+    /// `POST /telemetry/send`
+    Telemetry,
+    /// `POST /api/v2/statements` (SQL API submit).
+    SqlApiSubmit,
+    /// `GET /api/v2/statements/<handle>` (status or a partition).
+    SqlApiStatus(String),
+    /// `POST /api/v2/statements/<handle>/cancel`
+    SqlApiCancel(String),
+}
+
+/// Whether `id` looks like a Snowflake query id or statement handle (a UUID). Anything else
+/// could smuggle path segments upstream.
+pub fn is_query_id(id: &str) -> bool {
+    id.len() == 36
+        && id.bytes().enumerate().all(|(i, b)| match i {
+            8 | 13 | 18 | 23 => b == b'-',
+            _ => b.is_ascii_hexdigit(),
+        })
+}
+
+impl Endpoint {
+    /// Routes a request by method, path and query string.
+    pub fn route(method: Method, path: &str, query: &str) -> Option<Endpoint> {
+        let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+        let id = |s: &str| is_query_id(s).then(|| s.to_owned());
+        Some(match (method, segments.as_slice()) {
+            (Method::Post, ["session", "v1", "login-request"]) => Endpoint::Login,
+            (Method::Post, ["session", "token-request"]) => Endpoint::TokenRequest,
+            (Method::Post, ["session", "heartbeat"]) => Endpoint::Heartbeat,
+            (Method::Post, ["session"]) if query_param(query, "delete") == Some("true") => Endpoint::Logout,
+            (Method::Post, ["queries", "v1", "query-request"]) => Endpoint::QueryRequest,
+            (Method::Get, ["queries", qid, "result"]) => Endpoint::QueryResult(id(qid)?),
+            (Method::Get, ["monitoring", "queries", qid]) => Endpoint::Monitoring(id(qid)?),
+            (Method::Post, ["queries", "v1", "abort-request"]) => Endpoint::Abort,
+            (Method::Post, ["queries", qid, "abort-request"]) => {
+                id(qid)?;
+                Endpoint::Abort
+            }
+            (Method::Post, ["telemetry", "send"]) => Endpoint::Telemetry,
+            (Method::Post, ["api", "v2", "statements"]) => Endpoint::SqlApiSubmit,
+            (Method::Get, ["api", "v2", "statements", handle]) => Endpoint::SqlApiStatus(id(handle)?),
+            (Method::Post, ["api", "v2", "statements", handle, "cancel"]) => Endpoint::SqlApiCancel(id(handle)?),
+            _ => return None,
+        })
+    }
+
+    /// A short, stable name for logs and metrics.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Endpoint::Login => "login",
+            Endpoint::TokenRequest => "token-request",
+            Endpoint::Heartbeat => "heartbeat",
+            Endpoint::Logout => "logout",
+            Endpoint::QueryRequest => "query-request",
+            Endpoint::QueryResult(_) => "query-result",
+            Endpoint::Monitoring(_) => "monitoring",
+            Endpoint::Abort => "abort",
+            Endpoint::Telemetry => "telemetry",
+            Endpoint::SqlApiSubmit => "sql-api-submit",
+            Endpoint::SqlApiStatus(_) => "sql-api-status",
+            Endpoint::SqlApiCancel(_) => "sql-api-cancel",
+        }
+    }
+
+    /// Whether this is a SQL API v2 endpoint (bearer OIDC per request, no sessions).
+    pub fn is_sql_api(&self) -> bool {
+        matches!(self, Endpoint::SqlApiSubmit | Endpoint::SqlApiStatus(_) | Endpoint::SqlApiCancel(_))
+    }
+}
+
+/// The first value of `name` in a query string, undecoded.
+pub fn query_param<'q>(query: &'q str, name: &str) -> Option<&'q str> {
+    query.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        (k == name).then_some(v)
+    })
+}
+
+/// Returns `target` with query parameter `name` set to `value` (added if absent). The value is
+/// percent-encoded; other parameters are kept byte for byte.
+pub fn set_query_param(target: &str, name: &str, value: &str) -> String {
+    let (path, query) = target.split_once('?').unwrap_or((target, ""));
+    let ours = format!("{name}={}", percent_encode(value));
+    let mut parts: Vec<&str> = Vec::new();
+    let mut placed = false;
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let key = pair.split_once('=').map_or(pair, |(k, _)| k);
+        if key != name {
+            parts.push(pair);
+        } else if !placed {
+            // A repeated parameter could be read differently upstream: keep only ours.
+            parts.push(&ours);
+            placed = true;
+        }
+    }
+    if !placed {
+        parts.push(&ours);
+    }
+    format!("{path}?{}", parts.join("&"))
+}
+
+fn percent_encode(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for b in value.bytes() {
+        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// Codes the gateway answers with. Snowflake's own codes where drivers act on them, so the
+/// driver does the right thing (renew, re-login, raise); `2600xx` for the gateway's own.
+pub mod codes {
+    /// The session token expired: drivers renew with the master token and retry.
+    pub const SESSION_EXPIRED: &str = "390112";
+    /// The master token expired: drivers must log in again.
+    pub const MASTER_EXPIRED: &str = "390114";
+    /// The master token is not valid.
+    pub const MASTER_INVALID: &str = "390115";
+    /// The session token is not one the gateway issued.
+    pub const SESSION_INVALID: &str = "390104";
+    /// No session token was sent.
+    pub const SESSION_MISSING: &str = "390103";
+    /// The OIDC token expired.
+    pub const OIDC_EXPIRED: &str = "390318";
+    /// The OIDC token is not valid.
+    pub const OIDC_INVALID: &str = "390303";
+    /// The request body is not what the endpoint takes.
+    pub const BAD_REQUEST: &str = "260001";
+    /// The identity has no Snowflake role mapped to it.
+    pub const NO_ROLE: &str = "260002";
+    /// The authenticator the client asked for is not the one the gateway accepts.
+    pub const WRONG_AUTHENTICATOR: &str = "260003";
+    /// The upstream answered something the gateway cannot safely pass on.
+    pub const UPSTREAM_INVALID: &str = "260004";
+    /// The endpoint is not one the gateway serves.
+    pub const UNKNOWN_ENDPOINT: &str = "260005";
+}
+
+/// A Snowflake-shaped refusal body: `success:false`, a numeric string code, a message, an
+/// object `data`. Sent with HTTP 200 so that drivers raise instead of retrying.
+pub fn refusal_body(code: &str, message: &str) -> Bytes {
+    let body = serde_json::json!({
+        "data": {"errorCode": code, "internalError": false},
+        "code": code,
+        "message": message,
+        "success": false,
+        "headers": null,
+    });
+    Bytes::from(serde_json::to_vec(&body).expect("a JSON value always serialises"))
+}
+
+/// A SQL API v2 error body (`{code, message, sqlState}`), sent with the status the API uses.
+pub fn sql_api_error_body(code: &str, message: &str) -> Bytes {
+    let body = serde_json::json!({"code": code, "message": message, "sqlState": "08004"});
+    Bytes::from(serde_json::to_vec(&body).expect("a JSON value always serialises"))
+}
+
+/// Extracts the token from `Authorization: Snowflake Token="<token>"`. `None` when absent
+/// or in another scheme. Python sends `Token="None"` before login; that is treated as absent.
+pub fn snowflake_token(authorization: &str) -> Option<&str> {
+    let rest = authorization.trim().strip_prefix("Snowflake")?.trim_start();
+    let token = rest.strip_prefix("Token=\"")?.strip_suffix('"')?;
+    (!token.is_empty() && token != "None").then_some(token)
+}
+
+/// Extracts the token from `Authorization: Bearer <token>`.
+pub fn bearer_token(authorization: &str) -> Option<&str> {
+    let (scheme, token) = authorization.trim().split_once(' ')?;
+    (scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty()).then(|| token.trim())
+}
+
+/// Builds `Snowflake Token="<token>"`.
+pub fn snowflake_authorization(token: &str) -> String {
+    format!("Snowflake Token=\"{token}\"")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const QID: &str = "01b2c3d4-0000-4000-8000-000000000001";
+
+    #[test]
+    fn routes_driver_endpoints() {
+        let r = |m, p: &str, q: &str| Endpoint::route(m, p, q);
+        assert_eq!(r(Method::Post, "/session/v1/login-request", "request_id=1"), Some(Endpoint::Login));
+        assert_eq!(r(Method::Post, "/session", "delete=true"), Some(Endpoint::Logout));
+        assert_eq!(r(Method::Post, "/session", ""), None);
+        assert_eq!(r(Method::Get, &format!("/queries/{QID}/result"), ""), Some(Endpoint::QueryResult(QID.into())));
+        assert_eq!(r(Method::Get, "/queries/../../etc/result", ""), None);
+        assert_eq!(r(Method::Get, "/queries/not-a-uuid/result", ""), None);
+        assert_eq!(r(Method::Post, &format!("/queries/{QID}/abort-request"), ""), Some(Endpoint::Abort));
+        assert_eq!(
+            r(Method::Post, &format!("/api/v2/statements/{QID}/cancel"), ""),
+            Some(Endpoint::SqlApiCancel(QID.into()))
+        );
+        assert_eq!(r(Method::Get, "/session/v1/login-request", ""), None);
+        assert_eq!(r(Method::Post, "/console/login", ""), None);
+    }
+
+    #[test]
+    fn query_params() {
+        assert_eq!(query_param("a=1&delete=true", "delete"), Some("true"));
+        assert_eq!(set_query_param("/x?roleName=PUBLIC&b=2", "roleName", "ANALYST"), "/x?roleName=ANALYST&b=2");
+        assert_eq!(set_query_param("/x", "roleName", "A B"), "/x?roleName=A%20B");
+        assert_eq!(set_query_param("/x?b=2", "roleName", "R"), "/x?b=2&roleName=R");
+        assert_eq!(set_query_param("/x?roleName=a&roleName=b&c=1", "roleName", "R"), "/x?roleName=R&c=1");
+    }
+
+    #[test]
+    fn authorization_headers() {
+        assert_eq!(snowflake_token("Snowflake Token=\"abc\""), Some("abc"));
+        assert_eq!(snowflake_token("Snowflake Token=\"None\""), None);
+        assert_eq!(snowflake_token("Bearer abc"), None);
+        assert_eq!(bearer_token("Bearer abc"), Some("abc"));
+        assert_eq!(bearer_token("bearer  abc "), Some("abc"));
+        assert_eq!(bearer_token("Basic abc"), None);
+    }
+
+    #[test]
+    fn refusals_are_driver_shaped() {
+        let body: serde_json::Value = serde_json::from_slice(&refusal_body("390104", "no")).unwrap();
+        assert_eq!(body["success"], false);
+        assert_eq!(body["code"], "390104");
+        assert!(body["data"].is_object());
+        assert_eq!(body["message"], "no");
+    }
+}

@@ -1,0 +1,292 @@
+//! Claim checks on the raw JSON of a token whose signature has verified: types and presence of
+//! `exp`, `nbf`, `iss`, `aud` and `sub`, and extraction of the groups claim into an
+//! [`Identity`].
+//!
+//! jsonwebtoken already checks most of this; the checks are repeated here on the raw JSON so
+//! that a regression in its claim parsing (such as GHSA-h395-gr6q-cpjc, where an `exp` given as
+//! a string was skipped) cannot let a token through, and because some of its rules are looser
+//! than ours (it accepts an `iss` array holding our issuer, and reads `"nbf": null` as absent).
+
+use std::fmt;
+
+use serde::de::{self, Deserialize, Deserializer, MapAccess, Visitor};
+use serde_json::{Map, Value};
+
+use super::{AuthError, Identity, IdentityConfig};
+
+/// Longest `sub` accepted, in bytes.
+pub const SUB_BYTES_MAX: usize = 256;
+
+/// Most entries the groups claim may hold.
+pub const GROUPS_COUNT_MAX: usize = 64;
+
+/// Longest group name accepted, in bytes.
+pub const GROUP_BYTES_MAX: usize = 256;
+
+/// A JSON object whose members have unique names.
+///
+/// serde_json keeps the last of two members with the same name, while other JWT libraries keep
+/// the first; a token that says `"sub"` twice could mean different things to the IdP and to us,
+/// so such a header or payload is refused outright.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub(crate) struct JsonObject(pub(crate) Map<String, Value>);
+
+impl<'de> Deserialize<'de> for JsonObject {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct ObjectVisitor;
+
+        impl<'de> Visitor<'de> for ObjectVisitor {
+            type Value = JsonObject;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a JSON object with unique member names")
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, mut access: A) -> Result<JsonObject, A::Error> {
+                let mut map = Map::new();
+                while let Some(name) = access.next_key::<String>()? {
+                    if map.contains_key(&name) {
+                        // The error text must not echo the name: it comes from the token.
+                        return Err(de::Error::custom("duplicate member name"));
+                    }
+                    let value = access.next_value::<Value>()?;
+                    map.insert(name, value);
+                }
+                Ok(JsonObject(map))
+            }
+        }
+
+        deserializer.deserialize_map(ObjectVisitor)
+    }
+}
+
+/// Checks the claims of a token whose signature has verified and builds its [`Identity`].
+///
+/// Expiry and not-before are compared with the clock by jsonwebtoken; this only insists that
+/// they are well-typed NumericDates.
+pub(crate) fn check(claims: &Map<String, Value>, config: &IdentityConfig) -> Result<Identity, AuthError> {
+    let expires_at_unix = match claims.get("exp") {
+        None => return Err(AuthError::MissingClaim("exp")),
+        Some(exp) => numeric_date(exp).ok_or(AuthError::InvalidClaim("exp"))?,
+    };
+    if let Some(nbf) = claims.get("nbf") {
+        numeric_date(nbf).ok_or(AuthError::InvalidClaim("nbf"))?;
+    }
+    match claims.get("iss") {
+        None => return Err(AuthError::MissingClaim("iss")),
+        // An array of issuers is not a StringOrURI (RFC 7519 §4.1.1) and would let one token
+        // claim several issuers, so only a string is accepted, and only an exact match.
+        Some(Value::String(iss)) if *iss == config.issuer => {}
+        Some(Value::String(_)) => return Err(AuthError::WrongIssuer),
+        Some(_) => return Err(AuthError::InvalidClaim("iss")),
+    }
+    check_audience(claims.get("aud"), &config.audiences)?;
+    let sub = match claims.get("sub") {
+        None => return Err(AuthError::MissingClaim("sub")),
+        Some(Value::String(sub)) if is_clean_name(sub, SUB_BYTES_MAX) => sub.clone(),
+        Some(_) => return Err(AuthError::InvalidClaim("sub")),
+    };
+    let groups = groups(claims.get(&config.groups_claim))?;
+    Ok(Identity { sub, groups, expires_at_unix })
+}
+
+/// A NumericDate (RFC 7519 §2): a non-negative JSON number, as whole seconds rounded down.
+///
+/// Rounding down keeps `expires_at_unix` no later than what jsonwebtoken checked.
+pub(crate) fn numeric_date(value: &Value) -> Option<u64> {
+    let Value::Number(number) = value else {
+        return None;
+    };
+    if let Some(seconds) = number.as_u64() {
+        return Some(seconds);
+    }
+    // Negative integers fall through to here and fail the sign check.
+    let seconds = number.as_f64()?;
+    (seconds.is_finite() && seconds >= 0.0 && seconds < u64::MAX as f64).then(|| seconds.floor() as u64)
+}
+
+/// `aud` must be a string or a non-empty array of strings, one of which we accept.
+fn check_audience(aud: Option<&Value>, accepted: &[String]) -> Result<(), AuthError> {
+    let is_accepted = |aud: &str| accepted.iter().any(|ours| ours == aud);
+    match aud {
+        None => Err(AuthError::MissingClaim("aud")),
+        Some(Value::String(aud)) => {
+            if is_accepted(aud) {
+                Ok(())
+            } else {
+                Err(AuthError::WrongAudience)
+            }
+        }
+        Some(Value::Array(auds)) => {
+            if auds.is_empty() || !auds.iter().all(Value::is_string) {
+                return Err(AuthError::InvalidClaim("aud"));
+            }
+            if auds.iter().filter_map(Value::as_str).any(is_accepted) { Ok(()) } else { Err(AuthError::WrongAudience) }
+        }
+        Some(_) => Err(AuthError::InvalidClaim("aud")),
+    }
+}
+
+/// The groups claim: absent means no groups; a string is one group; an array holds strings.
+fn groups(claim: Option<&Value>) -> Result<Vec<String>, AuthError> {
+    const INVALID: AuthError = AuthError::InvalidClaim("groups");
+    match claim {
+        None => Ok(Vec::new()),
+        Some(Value::String(group)) if is_clean_name(group, GROUP_BYTES_MAX) => Ok(vec![group.clone()]),
+        Some(Value::Array(entries)) if entries.len() <= GROUPS_COUNT_MAX => entries
+            .iter()
+            .map(|entry| match entry {
+                Value::String(group) if is_clean_name(group, GROUP_BYTES_MAX) => Ok(group.clone()),
+                _ => Err(INVALID),
+            })
+            .collect(),
+        Some(_) => Err(INVALID),
+    }
+}
+
+/// A subject or group name is non-empty, bounded and free of control characters, because it
+/// flows into logs, policy decisions and upstream requests, where a newline or NUL could forge
+/// a line or truncate a value.
+fn is_clean_name(name: &str, bytes_max: usize) -> bool {
+    !name.is_empty() && name.len() <= bytes_max && !name.chars().any(char::is_control)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn config() -> IdentityConfig {
+        IdentityConfig::new("https://idp.test/", vec!["snowgate".to_owned(), "other".to_owned()])
+    }
+
+    fn claims() -> Map<String, Value> {
+        let Value::Object(map) = json!({
+            "iss": "https://idp.test/",
+            "aud": "snowgate",
+            "sub": "agent-1",
+            "exp": 2_000_000_000u64,
+            "groups": ["a", "b"],
+        }) else {
+            unreachable!()
+        };
+        map
+    }
+
+    fn with(name: &str, value: Value) -> Map<String, Value> {
+        let mut map = claims();
+        map.insert(name.to_owned(), value);
+        map
+    }
+
+    fn without(name: &str) -> Map<String, Value> {
+        let mut map = claims();
+        map.remove(name);
+        map
+    }
+
+    #[test]
+    fn good_claims_make_an_identity() {
+        let identity = check(&claims(), &config()).unwrap();
+        assert_eq!(identity.sub, "agent-1");
+        assert_eq!(identity.groups, ["a", "b"]);
+        assert_eq!(identity.expires_at_unix, 2_000_000_000);
+    }
+
+    #[test]
+    fn numeric_dates_must_be_non_negative_numbers() {
+        assert_eq!(numeric_date(&json!(5)), Some(5));
+        assert_eq!(numeric_date(&json!(5.9)), Some(5));
+        assert_eq!(numeric_date(&json!(0)), Some(0));
+        for bad in [
+            json!("5"),
+            json!("9999999999.5"),
+            json!(-1),
+            json!(-0.5),
+            json!(1e300),
+            json!(null),
+            json!(true),
+            json!([5]),
+            json!({"v": 5}),
+        ] {
+            assert_eq!(numeric_date(&bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn exp_and_nbf_types_are_checked() {
+        assert_eq!(check(&without("exp"), &config()), Err(AuthError::MissingClaim("exp")));
+        assert_eq!(check(&with("exp", json!("9999999999")), &config()), Err(AuthError::InvalidClaim("exp")));
+        assert_eq!(check(&with("nbf", json!("0")), &config()), Err(AuthError::InvalidClaim("nbf")));
+        assert!(check(&with("nbf", json!(0)), &config()).is_ok());
+    }
+
+    #[test]
+    fn issuer_must_be_the_exact_string() {
+        assert_eq!(check(&without("iss"), &config()), Err(AuthError::MissingClaim("iss")));
+        assert_eq!(check(&with("iss", json!("https://idp.test")), &config()), Err(AuthError::WrongIssuer));
+        assert_eq!(check(&with("iss", json!(["https://idp.test/"])), &config()), Err(AuthError::InvalidClaim("iss")));
+    }
+
+    #[test]
+    fn audience_forms() {
+        assert!(check(&with("aud", json!(["x", "other"])), &config()).is_ok());
+        assert_eq!(check(&with("aud", json!(["x"])), &config()), Err(AuthError::WrongAudience));
+        assert_eq!(check(&with("aud", json!("x")), &config()), Err(AuthError::WrongAudience));
+        assert_eq!(check(&with("aud", json!([])), &config()), Err(AuthError::InvalidClaim("aud")));
+        assert_eq!(check(&with("aud", json!(["snowgate", 1])), &config()), Err(AuthError::InvalidClaim("aud")));
+        assert_eq!(check(&with("aud", json!(1)), &config()), Err(AuthError::InvalidClaim("aud")));
+        assert_eq!(check(&without("aud"), &config()), Err(AuthError::MissingClaim("aud")));
+    }
+
+    #[test]
+    fn subject_rules() {
+        assert_eq!(check(&without("sub"), &config()), Err(AuthError::MissingClaim("sub")));
+        for bad in [json!(""), json!(1), json!(null), json!("a\nb"), json!("x".repeat(SUB_BYTES_MAX + 1))] {
+            assert_eq!(check(&with("sub", bad.clone()), &config()), Err(AuthError::InvalidClaim("sub")), "{bad}");
+        }
+        assert!(check(&with("sub", json!("x".repeat(SUB_BYTES_MAX))), &config()).is_ok());
+    }
+
+    #[test]
+    fn groups_forms_and_caps() {
+        assert_eq!(check(&without("groups"), &config()).unwrap().groups, Vec::<String>::new());
+        assert_eq!(check(&with("groups", json!("solo")), &config()).unwrap().groups, ["solo"]);
+        assert_eq!(check(&with("groups", json!([])), &config()).unwrap().groups, Vec::<String>::new());
+        let full: Vec<String> = (0..GROUPS_COUNT_MAX).map(|i| format!("g{i}")).collect();
+        assert_eq!(check(&with("groups", json!(full)), &config()).unwrap().groups.len(), GROUPS_COUNT_MAX);
+
+        let too_many: Vec<String> = (0..=GROUPS_COUNT_MAX).map(|i| format!("g{i}")).collect();
+        for bad in [
+            json!(too_many),
+            json!(["ok", 1]),
+            json!([["nested"]]),
+            json!(["g".repeat(GROUP_BYTES_MAX + 1)]),
+            json!([""]),
+            json!("tab\there"),
+            json!(null),
+            json!(7),
+            json!({"g": true}),
+        ] {
+            assert_eq!(check(&with("groups", bad.clone()), &config()), Err(AuthError::InvalidClaim("groups")), "{bad}");
+        }
+    }
+
+    #[test]
+    fn configured_groups_claim_name_is_used() {
+        let mut config = config();
+        config.groups_claim = "roles".to_owned();
+        let identity = check(&with("roles", json!(["r"])), &config).unwrap();
+        assert_eq!(identity.groups, ["r"]);
+    }
+
+    #[test]
+    fn duplicate_members_are_refused() {
+        assert!(serde_json::from_str::<JsonObject>(r#"{"sub": "a", "sub": "b"}"#).is_err());
+        assert!(serde_json::from_str::<JsonObject>(r#"{"sub": "a", "exp": 1}"#).is_ok());
+        assert!(serde_json::from_str::<JsonObject>("[]").is_err());
+        assert!(serde_json::from_str::<JsonObject>("\"s\"").is_err());
+        let error = serde_json::from_str::<JsonObject>(r#"{"secret-name": 1, "secret-name": 2}"#).unwrap_err();
+        assert!(!error.to_string().contains("secret-name"), "{error}");
+    }
+}

@@ -1,0 +1,493 @@
+//! The per-endpoint flows: route, authenticate (OIDC at login and on the SQL API, sealed
+//! tokens on everything else), rewrite, forward, rewrite back, and capture for the recording.
+//!
+//! Every refusal here is the Snowflake-shaped error drivers understand (HTTP 200,
+//! `success:false`), except on the SQL API, which answers with its own status codes.
+
+use bytes::Bytes;
+use serde_json::Value;
+use tracing::{debug, info, warn};
+
+use super::upstream::{self, UpstreamError, UpstreamRequest, UpstreamResponse};
+use super::{Core, unix_seconds};
+use crate::http::gzip::{self, GunzipError};
+use crate::http::{Headers, Method, RequestHead};
+use crate::identity::{AuthError, Identity, JwksSource};
+use crate::record::{Decision, Frame};
+use crate::session::credential::UpstreamCredential;
+use crate::session::login::{self, LoginError, SessionOwner};
+use crate::session::query::{parse_query_request, summarize_answer};
+use crate::session::token::{TokenClaims, TokenError, TokenKind};
+use crate::session::{
+    Endpoint, bearer_token, codes, query_param, refusal_body, set_query_param, snowflake_authorization,
+    snowflake_token, sql_api_error_body,
+};
+
+/// Largest JWKS document fetched.
+const JWKS_BYTES_MAX: usize = 1 << 20;
+/// Time allowed for a JWKS fetch.
+const JWKS_FETCH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The answer to write downstream.
+#[derive(Debug)]
+pub struct Answer {
+    /// HTTP status.
+    pub status: u16,
+    /// Upstream's fields to pass on, or `None` for the gateway's own answers.
+    pub upstream_headers: Option<Headers>,
+    /// Body.
+    pub body: Bytes,
+    /// Close the connection after writing.
+    pub close: bool,
+}
+
+impl Answer {
+    fn own(status: u16, body: Bytes) -> Answer {
+        Answer { status, upstream_headers: None, body, close: false }
+    }
+}
+
+/// What a request taught the gateway, for its frame.
+#[derive(Debug, Default)]
+pub struct Capture {
+    endpoint: &'static str,
+    sub: Option<String>,
+    role: Option<String>,
+    session_id: Option<i64>,
+    request_id: Option<String>,
+    query_id: Option<String>,
+    sql_text: Option<String>,
+    bindings: Option<String>,
+    agent_context: Option<String>,
+    query_tag: Option<String>,
+    refused_code: Option<String>,
+    upstream_us: u64,
+    request_body: Bytes,
+}
+
+impl Capture {
+    fn owner(&mut self, claims: &TokenClaims) {
+        self.sub = Some(claims.sub.clone());
+        self.role = Some(claims.role.clone());
+        self.session_id = claims.session_id;
+    }
+
+    /// Builds the frame once the answer is known.
+    pub fn into_frame(self, core_id: u16, answer: &Answer, started_at_unix_us: u64, total_us: u64) -> Frame {
+        let summary = summarize_answer(&answer.body).unwrap_or_default();
+        let decision = match self.refused_code {
+            Some(code) => Decision::Refused { code },
+            None => Decision::Allowed,
+        };
+        Frame {
+            core_id,
+            endpoint: if self.endpoint.is_empty() { "unknown" } else { self.endpoint },
+            started_at_unix_us,
+            upstream_us: self.upstream_us,
+            total_us,
+            sub: self.sub,
+            role: self.role,
+            session_id: self.session_id,
+            request_id: self.request_id,
+            query_id: self.query_id.or(summary.query_id),
+            sql_text: self.sql_text,
+            bindings: self.bindings,
+            agent_context: self.agent_context,
+            query_tag: self.query_tag,
+            decision,
+            status: answer.status,
+            code: summary.code,
+            success: Some(summary.success),
+            rows: summary.total_rows,
+            request_bytes: self.request_body.len() as u64,
+            response_bytes: answer.body.len() as u64,
+            request_body: self.request_body,
+            response_body: answer.body.clone(),
+        }
+    }
+}
+
+/// Handles one complete request. Never fails: every problem becomes an answer.
+pub async fn handle(core: &Core, head: &RequestHead, body: Bytes) -> (Answer, Capture) {
+    let mut capture = Capture::default();
+    let answer = route(core, head, body, &mut capture).await;
+    if capture.refused_code.is_some() {
+        core.gateway.metrics.refusals.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+    debug!(
+        core = core.id,
+        endpoint = capture.endpoint,
+        status = answer.status,
+        refused = capture.refused_code.as_deref().unwrap_or(""),
+        upstream_us = capture.upstream_us,
+        "Request handled."
+    );
+    (answer, capture)
+}
+
+fn refuse(capture: &mut Capture, code: &str, message: &str) -> Answer {
+    info!(
+        endpoint = capture.endpoint,
+        code,
+        reason = message,
+        sub = capture.sub.as_deref().unwrap_or(""),
+        "Request refused."
+    );
+    capture.refused_code = Some(code.to_owned());
+    Answer::own(200, refusal_body(code, message))
+}
+
+fn refuse_sql_api(capture: &mut Capture, status: u16, code: &str, message: &str) -> Answer {
+    info!(endpoint = capture.endpoint, code, status, reason = message, "SQL API request refused.");
+    capture.refused_code = Some(code.to_owned());
+    Answer::own(status, sql_api_error_body(code, message))
+}
+
+fn upstream_failed(capture: &mut Capture, error: &UpstreamError) -> Answer {
+    warn!(endpoint = capture.endpoint, error = %error, "Upstream exchange failed.");
+    capture.refused_code = Some(codes::UPSTREAM_INVALID.to_owned());
+    let body = serde_json::json!({"code": codes::UPSTREAM_INVALID, "message": error.to_string(), "success": false, "data": {}});
+    Answer::own(error.status(), Bytes::from(serde_json::to_vec(&body).expect("a JSON value always serialises")))
+}
+
+async fn route(core: &Core, head: &RequestHead, body: Bytes, capture: &mut Capture) -> Answer {
+    let Some(endpoint) = Endpoint::route(head.method, head.path(), head.query()) else {
+        capture.refused_code = Some(codes::UNKNOWN_ENDPOINT.to_owned());
+        return Answer::own(404, refusal_body(codes::UNKNOWN_ENDPOINT, "snowgate does not serve this endpoint"));
+    };
+    capture.endpoint = endpoint.name();
+    capture.request_id =
+        query_param(head.query(), "requestId").or_else(|| query_param(head.query(), "request_id")).map(str::to_owned);
+    capture.agent_context = agent_context(head, core.gateway.config.agent_context_bytes_max);
+    let body = match inflate_request(core, head, body, capture) {
+        Ok(body) => body,
+        Err(answer) => return answer,
+    };
+    match endpoint {
+        Endpoint::Login => login(core, head, body, capture).await,
+        Endpoint::TokenRequest => renew(core, head, body, capture).await,
+        e if e.is_sql_api() => sql_api(core, &e, head, body, capture).await,
+        e => session_request(core, &e, head, body, capture).await,
+    }
+}
+
+/// The `X-Agent-Context` header, cut at the configured size on a character boundary.
+fn agent_context(head: &RequestHead, bytes_max: usize) -> Option<String> {
+    let value = head.headers.get("x-agent-context")?;
+    let text = String::from_utf8_lossy(value);
+    let mut end = text.len().min(bytes_max);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    Some(text[..end].to_owned())
+}
+
+/// Inflates a gzip request body (by header or by magic bytes), capped. An oversized body is a
+/// 413 that closes the connection; broken gzip is a driver-shaped refusal.
+fn inflate_request(core: &Core, head: &RequestHead, body: Bytes, capture: &mut Capture) -> Result<Bytes, Answer> {
+    let encoding = head.headers.get("content-encoding").map(<[u8]>::trim_ascii);
+    let declared_gzip = match encoding {
+        None => false,
+        Some(e) if e.eq_ignore_ascii_case(b"gzip") => true,
+        Some(e) if e.eq_ignore_ascii_case(b"identity") => false,
+        Some(_) => return Err(refuse(capture, codes::BAD_REQUEST, "unsupported Content-Encoding: use gzip or none")),
+    };
+    if !declared_gzip && !gzip::is_gzip(&body) {
+        return Ok(body);
+    }
+    match gzip::gunzip_capped(&body, core.gateway.config.limits.decompressed_bytes_max) {
+        Ok(inflated) => Ok(Bytes::from(inflated)),
+        Err(GunzipError::TooLarge { limit }) => {
+            capture.refused_code = Some("413".into());
+            info!(endpoint = capture.endpoint, limit, "Request body inflates past the limit; closing the connection.");
+            let body = serde_json::json!({"code": "413", "message": format!("the request body inflates past {limit} bytes"), "success": false});
+            let mut answer =
+                Answer::own(413, Bytes::from(serde_json::to_vec(&body).expect("a JSON value always serialises")));
+            answer.close = true;
+            Err(answer)
+        }
+        Err(GunzipError::Invalid(_)) => Err(refuse(capture, codes::BAD_REQUEST, "the request body is not valid gzip")),
+    }
+}
+
+/// Verifies an OIDC token, fetching the JWKS once (rate limited) when that may help.
+async fn verify_oidc(core: &Core, token: &str) -> Result<Identity, AuthError> {
+    let verifier = &core.gateway.verifier;
+    match verifier.verify(token, std::time::Instant::now()) {
+        Err(e) if e.refetch_may_help() => {
+            let (JwksSource::Url(url), Some(permit)) =
+                (verifier.source(), verifier.begin_refetch(std::time::Instant::now()))
+            else {
+                return Err(e);
+            };
+            let fetched = upstream::fetch(url, core.gateway.jwks_tls.clone(), JWKS_FETCH_TIMEOUT, JWKS_BYTES_MAX).await;
+            let outcome = verifier.finish_refetch(
+                permit,
+                fetched.as_deref().map_err(ToString::to_string),
+                std::time::Instant::now(),
+            );
+            if let Err(error) = outcome {
+                warn!(core = core.id, error = %error, "JWKS refetch failed; keeping the keys in force.");
+            }
+            verifier.verify(token, std::time::Instant::now())
+        }
+        other => other,
+    }
+}
+
+/// Forwards a request upstream, timing the exchange.
+async fn forward(
+    core: &Core,
+    request: UpstreamRequest,
+    capture: &mut Capture,
+) -> Result<UpstreamResponse, UpstreamError> {
+    let started = std::time::Instant::now();
+    capture.request_body = request.body.clone();
+    let result = core.pool.send(&request).await;
+    capture.upstream_us = started.elapsed().as_micros() as u64;
+    result
+}
+
+fn pass_through(response: UpstreamResponse) -> Answer {
+    Answer { status: response.status, upstream_headers: Some(response.headers), body: response.body, close: false }
+}
+
+fn with_body(response: UpstreamResponse, body: Vec<u8>) -> Answer {
+    Answer { status: response.status, upstream_headers: Some(response.headers), body: Bytes::from(body), close: false }
+}
+
+fn login_error_code(error: &LoginError) -> &'static str {
+    match error {
+        LoginError::WrongAuthenticator => codes::WRONG_AUTHENTICATOR,
+        LoginError::MissingToken => codes::OIDC_INVALID,
+        _ => codes::BAD_REQUEST,
+    }
+}
+
+async fn login(core: &Core, head: &RequestHead, body: Bytes, capture: &mut Capture) -> Answer {
+    let gateway = &core.gateway;
+    let request = match login::parse_login_request(&body) {
+        Ok(request) => request,
+        Err(e) => return refuse(capture, login_error_code(&e), &e.to_string()),
+    };
+    let identity = match verify_oidc(core, &request.oidc_token).await {
+        Ok(identity) => identity,
+        Err(e) => return refuse(capture, e.snowflake_code(), &e.to_string()),
+    };
+    capture.sub = Some(identity.sub.clone());
+    let Some(role) = gateway.config.identity.role_for(&identity.groups) else {
+        return refuse(capture, codes::NO_ROLE, "no Snowflake role is mapped to this identity's groups");
+    };
+    capture.role = Some(role.to_owned());
+    let upstream_config = &gateway.config.upstream;
+    let upstream_body = request.into_upstream_body(
+        &upstream_config.account,
+        &upstream_config.user,
+        &upstream_config.credential,
+        unix_seconds(),
+    );
+    let forwarded = UpstreamRequest {
+        method: Method::Post,
+        target: set_query_param(&head.target, "roleName", role),
+        headers: upstream::forwarded_headers(&head.headers, Vec::new()),
+        body: Bytes::from(upstream_body),
+    };
+    let started = std::time::Instant::now();
+    let result = core.pool.send(&forwarded).await;
+    capture.upstream_us = started.elapsed().as_micros() as u64;
+    // The forwarded login body holds the gateway's credential: it is never recorded.
+    capture.request_body = Bytes::new();
+    let response = match result {
+        Ok(response) => response,
+        Err(e) => return upstream_failed(capture, &e),
+    };
+    if response.status != 200 {
+        return pass_through(response);
+    }
+    let owner = SessionOwner { sub: identity.sub, groups: identity.groups, role: role.to_owned() };
+    match login::seal_login_response(&response.body, &gateway.sealer, &owner, unix_seconds()) {
+        Ok(answer) => {
+            capture.session_id = answer.session_id;
+            info!(core = core.id, sub = %owner.sub, role = %owner.role, success = answer.success, "Login.");
+            with_body(response, answer.body)
+        }
+        Err(e) => {
+            warn!(core = core.id, error = %e, "Upstream login answer unusable.");
+            capture.refused_code = Some(codes::UPSTREAM_INVALID.to_owned());
+            Answer::own(502, refusal_body(codes::UPSTREAM_INVALID, "the upstream login answer could not be used"))
+        }
+    }
+}
+
+async fn renew(core: &Core, head: &RequestHead, body: Bytes, capture: &mut Capture) -> Answer {
+    let gateway = &core.gateway;
+    let Some(token) = head.headers.get_str("authorization").and_then(snowflake_token) else {
+        return refuse(capture, codes::MASTER_INVALID, "the renewal carries no master token");
+    };
+    let master = match gateway.sealer.open(TokenKind::Master, token, unix_seconds()) {
+        Ok(claims) => claims,
+        Err(TokenError::Expired) => {
+            return refuse(capture, codes::MASTER_EXPIRED, "the master token has expired; log in again");
+        }
+        Err(e) => return refuse(capture, codes::MASTER_INVALID, &format!("master token refused: {e}")),
+    };
+    capture.owner(&master);
+    let rewritten = match login::rewrite_renew_request(&body, &gateway.sealer, &master) {
+        Ok(body) => body,
+        Err(e) => return refuse(capture, codes::SESSION_INVALID, &format!("renewal refused: {e}")),
+    };
+    let forwarded = UpstreamRequest {
+        method: Method::Post,
+        target: head.target.clone(),
+        headers: upstream::forwarded_headers(
+            &head.headers,
+            vec![(b"authorization".to_vec(), snowflake_authorization(&master.upstream_token).into_bytes())],
+        ),
+        body: Bytes::from(rewritten),
+    };
+    let started = std::time::Instant::now();
+    let result = core.pool.send(&forwarded).await;
+    capture.upstream_us = started.elapsed().as_micros() as u64;
+    let response = match result {
+        Ok(response) => response,
+        Err(e) => return upstream_failed(capture, &e),
+    };
+    if response.status != 200 {
+        return pass_through(response);
+    }
+    match login::seal_renew_response(&response.body, &gateway.sealer, &master, unix_seconds()) {
+        Ok(answer) => {
+            info!(core = core.id, sub = %master.sub, success = answer.success, "Session renewed.");
+            with_body(response, answer.body)
+        }
+        Err(e) => {
+            warn!(core = core.id, error = %e, "Upstream renewal answer unusable.");
+            capture.refused_code = Some(codes::UPSTREAM_INVALID.to_owned());
+            Answer::own(502, refusal_body(codes::UPSTREAM_INVALID, "the upstream renewal answer could not be used"))
+        }
+    }
+}
+
+async fn session_request(
+    core: &Core,
+    endpoint: &Endpoint,
+    head: &RequestHead,
+    body: Bytes,
+    capture: &mut Capture,
+) -> Answer {
+    let gateway = &core.gateway;
+    let Some(token) = head.headers.get_str("authorization").and_then(snowflake_token) else {
+        return refuse(
+            capture,
+            codes::SESSION_MISSING,
+            "the request carries no session token; log in through snowgate",
+        );
+    };
+    let claims = match gateway.sealer.open(TokenKind::Session, token, unix_seconds()) {
+        Ok(claims) => claims,
+        Err(TokenError::Expired) => return refuse(capture, codes::SESSION_EXPIRED, "Session token expired."),
+        Err(e) => return refuse(capture, codes::SESSION_INVALID, &format!("session token refused: {e}")),
+    };
+    capture.owner(&claims);
+    match endpoint {
+        Endpoint::QueryRequest => match parse_query_request(&body) {
+            Ok(query) => {
+                capture.sql_text = Some(query.sql_text);
+                capture.bindings = query.bindings;
+                capture.query_tag = query.query_tag;
+            }
+            Err(e) => return refuse(capture, codes::BAD_REQUEST, &e.to_string()),
+        },
+        Endpoint::QueryResult(qid) | Endpoint::Monitoring(qid) => capture.query_id = Some(qid.clone()),
+        _ => {}
+    }
+    let forwarded = UpstreamRequest {
+        method: head.method,
+        target: head.target.clone(),
+        headers: upstream::forwarded_headers(
+            &head.headers,
+            vec![(b"authorization".to_vec(), snowflake_authorization(&claims.upstream_token).into_bytes())],
+        ),
+        body,
+    };
+    match forward(core, forwarded, capture).await {
+        Ok(response) => pass_through(response),
+        Err(e) => upstream_failed(capture, &e),
+    }
+}
+
+async fn sql_api(core: &Core, endpoint: &Endpoint, head: &RequestHead, body: Bytes, capture: &mut Capture) -> Answer {
+    let gateway = &core.gateway;
+    let Some(token) = head.headers.get_str("authorization").and_then(bearer_token) else {
+        return refuse_sql_api(capture, 401, codes::OIDC_INVALID, "send your OIDC token as Authorization: Bearer");
+    };
+    if let Some(kind) = head.headers.get_str("x-snowflake-authorization-token-type")
+        && !kind.trim().eq_ignore_ascii_case("OAUTH")
+    {
+        return refuse_sql_api(
+            capture,
+            401,
+            codes::WRONG_AUTHENTICATOR,
+            "X-Snowflake-Authorization-Token-Type must be OAUTH",
+        );
+    }
+    let identity = match verify_oidc(core, token).await {
+        Ok(identity) => identity,
+        Err(e) => return refuse_sql_api(capture, 401, e.snowflake_code(), &e.to_string()),
+    };
+    capture.sub = Some(identity.sub.clone());
+    let Some(role) = gateway.config.identity.role_for(&identity.groups) else {
+        return refuse_sql_api(capture, 403, codes::NO_ROLE, "no Snowflake role is mapped to this identity's groups");
+    };
+    capture.role = Some(role.to_owned());
+    let UpstreamCredential::KeyPair(key_pair) = &gateway.config.upstream.credential else {
+        return refuse_sql_api(
+            capture,
+            501,
+            codes::BAD_REQUEST,
+            "the SQL API needs the gateway to hold a key-pair credential",
+        );
+    };
+    let body = match endpoint {
+        Endpoint::SqlApiSubmit => {
+            let Ok(Value::Object(mut statement)) = serde_json::from_slice::<Value>(&body) else {
+                return refuse_sql_api(
+                    capture,
+                    400,
+                    codes::BAD_REQUEST,
+                    "the body must be a JSON object with a statement",
+                );
+            };
+            let Some(Value::String(text)) = statement.get("statement") else {
+                return refuse_sql_api(capture, 400, codes::BAD_REQUEST, "the body must carry a string statement");
+            };
+            capture.sql_text = Some(text.clone());
+            capture.bindings = statement.get("bindings").map(Value::to_string);
+            // The role comes from the identity, never from the agent.
+            statement.insert("role".into(), Value::String(role.to_owned()));
+            Bytes::from(serde_json::to_vec(&statement).expect("a JSON map always serialises"))
+        }
+        Endpoint::SqlApiStatus(handle) | Endpoint::SqlApiCancel(handle) => {
+            capture.query_id = Some(handle.clone());
+            body
+        }
+        _ => body,
+    };
+    let jwt = key_pair.jwt(unix_seconds());
+    let forwarded = UpstreamRequest {
+        method: head.method,
+        target: head.target.clone(),
+        headers: upstream::forwarded_headers(
+            &head.headers,
+            vec![
+                (b"authorization".to_vec(), format!("Bearer {}", jwt.expose()).into_bytes()),
+                (b"x-snowflake-authorization-token-type".to_vec(), b"KEYPAIR_JWT".to_vec()),
+            ],
+        ),
+        body,
+    };
+    match forward(core, forwarded, capture).await {
+        Ok(response) => pass_through(response),
+        Err(e) => upstream_failed(capture, &e),
+    }
+}

@@ -1,0 +1,271 @@
+//! Byte streams (plain TCP or TLS, either side) and a buffered connection that reads whole
+//! HTTP messages off them under size limits and deadlines. Every wait here has a deadline.
+
+use std::io;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use monoio::buf::{IoBuf, IoBufMut, IoVecBuf, IoVecBufMut};
+use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
+use monoio::net::TcpStream;
+use monoio::time::Instant;
+
+use crate::http::{
+    self, BodyFraming, ChunkedDecoder, ChunkedError, HeadError, Limits, Method, RequestHead, ResponseHead,
+};
+
+/// A TCP stream, in clear or under TLS, as either side of the proxy sees it.
+pub enum Stream {
+    /// Plain TCP.
+    Plain(TcpStream),
+    /// TLS terminated by the gateway (downstream).
+    ServerTls(Box<monoio_rustls::ServerTlsStream<TcpStream>>),
+    /// TLS originated by the gateway (upstream).
+    ClientTls(Box<monoio_rustls::ClientTlsStream<TcpStream>>),
+}
+
+impl AsyncReadRent for Stream {
+    async fn read<T: IoBufMut>(&mut self, buf: T) -> monoio::BufResult<usize, T> {
+        match self {
+            Stream::Plain(s) => s.read(buf).await,
+            Stream::ServerTls(s) => s.read(buf).await,
+            Stream::ClientTls(s) => s.read(buf).await,
+        }
+    }
+
+    async fn readv<T: IoVecBufMut>(&mut self, buf: T) -> monoio::BufResult<usize, T> {
+        match self {
+            Stream::Plain(s) => s.readv(buf).await,
+            Stream::ServerTls(s) => s.readv(buf).await,
+            Stream::ClientTls(s) => s.readv(buf).await,
+        }
+    }
+}
+
+impl AsyncWriteRent for Stream {
+    async fn write<T: IoBuf>(&mut self, buf: T) -> monoio::BufResult<usize, T> {
+        match self {
+            Stream::Plain(s) => s.write(buf).await,
+            Stream::ServerTls(s) => s.write(buf).await,
+            Stream::ClientTls(s) => s.write(buf).await,
+        }
+    }
+
+    async fn writev<T: IoVecBuf>(&mut self, buf: T) -> monoio::BufResult<usize, T> {
+        match self {
+            Stream::Plain(s) => s.writev(buf).await,
+            Stream::ServerTls(s) => s.writev(buf).await,
+            Stream::ClientTls(s) => s.writev(buf).await,
+        }
+    }
+
+    async fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Stream::Plain(s) => s.flush().await,
+            Stream::ServerTls(s) => s.flush().await,
+            Stream::ClientTls(s) => s.flush().await,
+        }
+    }
+
+    async fn shutdown(&mut self) -> io::Result<()> {
+        match self {
+            Stream::Plain(s) => s.shutdown().await,
+            Stream::ServerTls(s) => s.shutdown().await,
+            Stream::ClientTls(s) => s.shutdown().await,
+        }
+    }
+}
+
+/// Why a message could not be read. Whose fault it is decides what is answered.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    /// The peer closed before a complete message.
+    #[error("the peer closed the connection mid-message")]
+    Closed,
+    /// A deadline passed.
+    #[error("timed out waiting for the peer")]
+    Timeout,
+    /// The socket failed.
+    #[error("socket error: {0}")]
+    Io(#[from] io::Error),
+    /// The head broke a framing rule or a limit.
+    #[error(transparent)]
+    Head(#[from] HeadError),
+    /// The chunked body is malformed or too large.
+    #[error(transparent)]
+    Chunked(#[from] ChunkedError),
+    /// The body is larger than the limit.
+    #[error("body larger than {limit} bytes")]
+    BodyTooLarge {
+        /// The limit.
+        limit: usize,
+    },
+}
+
+impl ReadError {
+    /// The status a server answers this with, if it answers at all.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            ReadError::Head(e) => Some(e.status()),
+            ReadError::Chunked(ChunkedError::TooLarge { .. }) | ReadError::BodyTooLarge { .. } => Some(413),
+            ReadError::Chunked(_) => Some(400),
+            ReadError::Timeout => Some(408),
+            ReadError::Closed | ReadError::Io(_) => None,
+        }
+    }
+}
+
+/// A stream with its read buffer: bytes read past one message stay for the next.
+pub struct Conn {
+    /// The stream.
+    pub stream: Stream,
+    buf: BytesMut,
+    read_size: usize,
+    /// Bytes read off the wire so far.
+    pub bytes_read: u64,
+}
+
+impl Conn {
+    /// Wraps a stream; `read_size` is how much is asked of each read.
+    pub fn new(stream: Stream, read_size: usize) -> Conn {
+        Conn { stream, buf: BytesMut::with_capacity(read_size), read_size, bytes_read: 0 }
+    }
+
+    /// Whether bytes of a next message are already buffered.
+    pub fn has_buffered(&self) -> bool {
+        !self.buf.is_empty()
+    }
+
+    /// Reads once into the buffer; `Ok(0)` at end of stream.
+    async fn fill(&mut self, deadline: Instant) -> Result<usize, ReadError> {
+        self.buf.reserve(self.read_size);
+        let buf = std::mem::take(&mut self.buf);
+        let start = buf.len();
+        let end = buf.capacity();
+        let slice = buf.slice_mut(start..end);
+        let (result, slice) = match monoio::time::timeout_at(deadline, self.stream.read(slice)).await {
+            Ok(r) => r,
+            Err(_) => return Err(ReadError::Timeout),
+        };
+        self.buf = slice.into_inner();
+        let n = result?;
+        self.bytes_read += n as u64;
+        Ok(n)
+    }
+
+    /// Waits up to `idle` for the first byte of a next message. `Ok(false)` when the peer
+    /// closed cleanly between messages.
+    pub async fn wait_for_message(&mut self, idle: Duration) -> Result<bool, ReadError> {
+        if !self.buf.is_empty() {
+            return Ok(true);
+        }
+        match self.fill(Instant::now() + idle).await {
+            Ok(0) => Ok(false),
+            Ok(_) => Ok(true),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Reads a request head; the message must be complete by `deadline`.
+    pub async fn read_request_head(&mut self, limits: &Limits, deadline: Instant) -> Result<RequestHead, ReadError> {
+        loop {
+            if let Some(head) = http::parse_request_head(&self.buf, limits)? {
+                let _ = self.buf.split_to(head.head_len);
+                return Ok(head);
+            }
+            if self.fill(deadline).await? == 0 {
+                return Err(ReadError::Closed);
+            }
+        }
+    }
+
+    /// Reads a response head for a request made with `method`, skipping interim 1xx answers.
+    pub async fn read_response_head(
+        &mut self,
+        method: Method,
+        limits: &Limits,
+        deadline: Instant,
+    ) -> Result<ResponseHead, ReadError> {
+        loop {
+            if let Some(head) = http::parse_response_head(&self.buf, method, limits)? {
+                let _ = self.buf.split_to(head.head_len);
+                if (100..200).contains(&head.status) {
+                    continue;
+                }
+                return Ok(head);
+            }
+            if self.fill(deadline).await? == 0 {
+                return Err(ReadError::Closed);
+            }
+        }
+    }
+
+    /// Reads a whole body framed as `framing`, at most `limit` bytes, by `deadline`.
+    pub async fn read_body(
+        &mut self,
+        framing: BodyFraming,
+        limit: usize,
+        deadline: Instant,
+    ) -> Result<Bytes, ReadError> {
+        match framing {
+            BodyFraming::Empty => Ok(Bytes::new()),
+            BodyFraming::Length(n) => {
+                let n = usize::try_from(n).map_err(|_| ReadError::BodyTooLarge { limit })?;
+                if n > limit {
+                    return Err(ReadError::BodyTooLarge { limit });
+                }
+                // One reservation for the whole body, so each read asks for all that is left.
+                self.buf.reserve(n.saturating_sub(self.buf.len()));
+                while self.buf.len() < n {
+                    if self.fill(deadline).await? == 0 {
+                        return Err(ReadError::Closed);
+                    }
+                }
+                Ok(self.buf.split_to(n).freeze())
+            }
+            BodyFraming::Chunked => {
+                let mut decoder = ChunkedDecoder::new(limit);
+                let mut body = BytesMut::new();
+                loop {
+                    if decoder.decode(&mut self.buf, &mut body)? {
+                        return Ok(body.freeze());
+                    }
+                    if self.fill(deadline).await? == 0 {
+                        return Err(ReadError::Closed);
+                    }
+                }
+            }
+            BodyFraming::UntilClose => loop {
+                let n = self.fill(deadline).await?;
+                if self.buf.len() > limit {
+                    return Err(ReadError::BodyTooLarge { limit });
+                }
+                if n == 0 {
+                    return Ok(std::mem::take(&mut self.buf).freeze());
+                }
+            },
+        }
+    }
+
+    /// Writes a head and a body, as one write when the body is small.
+    pub async fn write_message(&mut self, mut head: BytesMut, body: Bytes, deadline: Instant) -> io::Result<()> {
+        const COALESCE_BYTES_MAX: usize = 16 * 1024;
+        let write = async {
+            if body.len() <= COALESCE_BYTES_MAX {
+                head.extend_from_slice(&body);
+                let (result, _) = self.stream.write_all(head).await;
+                result?;
+            } else {
+                let (result, _) = self.stream.write_all(head).await;
+                result?;
+                let (result, _) = self.stream.write_all(body).await;
+                result?;
+            }
+            self.stream.flush().await
+        };
+        match monoio::time::timeout_at(deadline, write).await {
+            Ok(r) => r,
+            Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, "write timed out")),
+        }
+    }
+}

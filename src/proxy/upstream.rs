@@ -1,0 +1,311 @@
+//! The upstream side of one core: its keep-alive connection pool to Snowflake and the
+//! exchange of one request for one whole answer. Also a one-shot GET for the JWKS URL.
+//!
+//! An upstream connection is reused only after a cleanly framed answer that did not ask to
+//! close and left no stray bytes behind: an answer with both Content-Length and
+//! Transfer-Encoding, or any other framing doubt, ends the connection.
+
+use std::cell::RefCell;
+use std::io;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use monoio::net::TcpStream;
+use monoio::time::Instant;
+use rustls::pki_types::ServerName;
+
+use super::io::{Conn, ReadError, Stream};
+use crate::config::UpstreamUrl;
+use crate::http::gzip::{self, GunzipError};
+use crate::http::{HeadWriter, Headers, Limits, Method};
+
+/// A request to send upstream; `Host` and `Content-Length` are added here.
+#[derive(Debug)]
+pub struct UpstreamRequest {
+    /// Method.
+    pub method: Method,
+    /// Target in origin form.
+    pub target: String,
+    /// Other fields, in order.
+    pub headers: Vec<(Vec<u8>, Vec<u8>)>,
+    /// Body (sent as is, with Content-Length).
+    pub body: Bytes,
+}
+
+/// A whole upstream answer, its body inflated if it was gzip.
+#[derive(Debug)]
+pub struct UpstreamResponse {
+    /// Status.
+    pub status: u16,
+    /// Fields as received.
+    pub headers: Headers,
+    /// Body, inflated.
+    pub body: Bytes,
+}
+
+/// What went wrong upstream. All of these are the upstream's (or the network's) fault.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    /// Could not connect (TCP or TLS).
+    #[error("cannot connect upstream: {0}")]
+    Connect(io::Error),
+    /// No answer in time.
+    #[error("the upstream did not answer in time")]
+    Timeout,
+    /// The connection failed mid-exchange.
+    #[error("the upstream connection failed: {0}")]
+    Io(io::Error),
+    /// The answer broke framing rules or limits, or its gzip is broken.
+    #[error("the upstream answer is invalid: {0}")]
+    Invalid(String),
+}
+
+impl UpstreamError {
+    /// The status the gateway answers the agent with: 504 for a timeout, else 502.
+    pub fn status(&self) -> u16 {
+        match self {
+            UpstreamError::Timeout => 504,
+            _ => 502,
+        }
+    }
+}
+
+/// Outcome of one exchange on one connection, telling whether a retry is safe.
+enum Exchange {
+    Done(UpstreamResponse, bool),
+    /// Nothing came back on a reused connection: it was closed while idle.
+    StaleConnection(UpstreamError),
+    Failed(UpstreamError),
+}
+
+/// How to reach one upstream, with TLS settings and limits.
+pub struct Endpoint {
+    /// Where.
+    pub url: UpstreamUrl,
+    /// TLS client settings (for https).
+    pub tls: Option<Arc<rustls::ClientConfig>>,
+    /// Connect timeout.
+    pub connect_timeout: Duration,
+    /// Answer timeout.
+    pub response_timeout: Duration,
+    /// Size limits for answers.
+    pub limits: Limits,
+}
+
+impl Endpoint {
+    /// Resolves the host (blocking; done when a new connection is needed, which the pool makes
+    /// rare) and connects, with TLS when the URL says so.
+    async fn connect(&self, read_buffer_bytes: usize) -> Result<Conn, UpstreamError> {
+        let addr = resolve(&self.url.host, self.url.port).map_err(UpstreamError::Connect)?;
+        let connect = async {
+            let tcp = TcpStream::connect_addr(addr).await?;
+            tcp.set_nodelay(true)?;
+            let stream = match &self.tls {
+                None => Stream::Plain(tcp),
+                Some(config) => {
+                    let name = ServerName::try_from(self.url.host.clone())
+                        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "invalid TLS server name"))?;
+                    let connector = monoio_rustls::TlsConnector::from(config.clone());
+                    let tls = connector.connect(name, tcp).await.map_err(io::Error::other)?;
+                    Stream::ClientTls(Box::new(tls))
+                }
+            };
+            Ok::<_, io::Error>(Conn::new(stream, read_buffer_bytes))
+        };
+        match monoio::time::timeout(self.connect_timeout, connect).await {
+            Ok(Ok(conn)) => Ok(conn),
+            Ok(Err(e)) => Err(UpstreamError::Connect(e)),
+            Err(_) => Err(UpstreamError::Connect(io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))),
+        }
+    }
+
+    async fn exchange(&self, conn: &mut Conn, request: &UpstreamRequest, reused: bool) -> Exchange {
+        let mut head = HeadWriter::request(request.method, &request.target);
+        head.field(b"host", self.url.host_header().as_bytes());
+        for (name, value) in &request.headers {
+            head.field(name, value);
+        }
+        if !request.body.is_empty() || request.method == Method::Post || request.method == Method::Put {
+            head.content_length(request.body.len());
+        }
+        let deadline = Instant::now() + self.response_timeout;
+        if let Err(e) = conn.write_message(head.finish(), request.body.clone(), deadline).await {
+            return if reused {
+                Exchange::StaleConnection(UpstreamError::Io(e))
+            } else {
+                Exchange::Failed(UpstreamError::Io(e))
+            };
+        }
+        let bytes_before = conn.bytes_read;
+        let head = match conn.read_response_head(request.method, &self.limits, deadline).await {
+            Ok(head) => head,
+            Err(e) => {
+                let nothing_back = conn.bytes_read == bytes_before;
+                let error = read_error(e);
+                return if reused && nothing_back && !matches!(error, UpstreamError::Timeout) {
+                    Exchange::StaleConnection(error)
+                } else {
+                    Exchange::Failed(error)
+                };
+            }
+        };
+        let body = match conn.read_body(head.framing, self.limits.body_bytes_max, deadline).await {
+            Ok(body) => body,
+            Err(e) => return Exchange::Failed(read_error(e)),
+        };
+        let gzipped =
+            head.headers.get("content-encoding").is_some_and(|v| v.trim_ascii().eq_ignore_ascii_case(b"gzip"));
+        let body = if gzipped || gzip::is_gzip(&body) && head.headers.get("content-encoding").is_none() {
+            match gzip::gunzip_capped(&body, self.limits.decompressed_bytes_max) {
+                Ok(inflated) => Bytes::from(inflated),
+                Err(GunzipError::TooLarge { limit }) => {
+                    return Exchange::Failed(UpstreamError::Invalid(format!("answer inflates past {limit} bytes")));
+                }
+                Err(GunzipError::Invalid(why)) => return Exchange::Failed(UpstreamError::Invalid(why)),
+            }
+        } else {
+            body
+        };
+        let reusable = !head.close && !conn.has_buffered();
+        Exchange::Done(UpstreamResponse { status: head.status, headers: head.headers, body }, reusable)
+    }
+}
+
+fn read_error(e: ReadError) -> UpstreamError {
+    match e {
+        ReadError::Timeout => UpstreamError::Timeout,
+        ReadError::Io(e) => UpstreamError::Io(e),
+        ReadError::Closed => UpstreamError::Io(io::Error::new(io::ErrorKind::UnexpectedEof, "closed mid-answer")),
+        other => UpstreamError::Invalid(other.to_string()),
+    }
+}
+
+fn resolve(host: &str, port: u16) -> io::Result<SocketAddr> {
+    (host, port)
+        .to_socket_addrs()?
+        .next()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "the upstream host has no address"))
+}
+
+/// One core's pool of idle keep-alive connections to the upstream.
+pub struct Pool {
+    endpoint: Endpoint,
+    idle: RefCell<Vec<Conn>>,
+    idle_max: usize,
+    read_buffer_bytes: usize,
+}
+
+impl Pool {
+    /// A pool keeping at most `idle_max` idle connections.
+    pub fn new(endpoint: Endpoint, idle_max: usize, read_buffer_bytes: usize) -> Pool {
+        Pool { endpoint, idle: RefCell::new(Vec::with_capacity(idle_max)), idle_max, read_buffer_bytes }
+    }
+
+    /// Sends a request and reads the whole answer. A connection that turns out to have been
+    /// closed while idle is replaced once; any other failure is returned.
+    pub async fn send(&self, request: &UpstreamRequest) -> Result<UpstreamResponse, UpstreamError> {
+        let pooled = self.idle.borrow_mut().pop();
+        let (mut conn, reused) = match pooled {
+            Some(conn) => (conn, true),
+            None => (self.endpoint.connect(self.read_buffer_bytes).await?, false),
+        };
+        let outcome = match self.endpoint.exchange(&mut conn, request, reused).await {
+            Exchange::StaleConnection(_) => {
+                conn = self.endpoint.connect(self.read_buffer_bytes).await?;
+                self.endpoint.exchange(&mut conn, request, false).await
+            }
+            other => other,
+        };
+        match outcome {
+            Exchange::Done(response, reusable) => {
+                let mut idle = self.idle.borrow_mut();
+                if reusable && idle.len() < self.idle_max {
+                    idle.push(conn);
+                }
+                Ok(response)
+            }
+            Exchange::StaleConnection(e) | Exchange::Failed(e) => Err(e),
+        }
+    }
+}
+
+/// Splits `http(s)://host[:port]/path` into the endpoint URL and the path.
+pub fn split_url(url: &str) -> Option<(UpstreamUrl, String)> {
+    let scheme_end = url.find("://")? + 3;
+    let path_start = url[scheme_end..].find('/').map_or(url.len(), |i| scheme_end + i);
+    let base = UpstreamUrl::parse(&url[..path_start])?;
+    let path = if path_start == url.len() { "/".to_owned() } else { url[path_start..].to_owned() };
+    if path.bytes().any(|b| b.is_ascii_control() || b == b' ') {
+        return None;
+    }
+    Some((base, path))
+}
+
+/// Fetches `url` with one GET on a fresh connection (for the JWKS), at most `limit` bytes.
+pub async fn fetch(
+    url: &str,
+    tls: Option<Arc<rustls::ClientConfig>>,
+    timeout: Duration,
+    limit: usize,
+) -> Result<Bytes, UpstreamError> {
+    let (base, path) = split_url(url).ok_or_else(|| UpstreamError::Invalid("unusable URL".into()))?;
+    let endpoint = Endpoint {
+        tls: if base.tls { tls } else { None },
+        url: base,
+        connect_timeout: timeout,
+        response_timeout: timeout,
+        limits: Limits { body_bytes_max: limit, decompressed_bytes_max: limit, ..Limits::default() },
+    };
+    let mut conn = endpoint.connect(8192).await?;
+    let request = UpstreamRequest {
+        method: Method::Get,
+        target: path,
+        headers: vec![(b"accept".to_vec(), b"application/json".to_vec()), (b"connection".to_vec(), b"close".to_vec())],
+        body: Bytes::new(),
+    };
+    match endpoint.exchange(&mut conn, &request, false).await {
+        Exchange::Done(response, _) if response.status == 200 => Ok(response.body),
+        Exchange::Done(response, _) => Err(UpstreamError::Invalid(format!("HTTP status {}", response.status))),
+        Exchange::StaleConnection(e) | Exchange::Failed(e) => Err(e),
+    }
+}
+
+/// Builds the request fields forwarded upstream from the agent's: hop-by-hop fields, `Host`,
+/// `Authorization`, `Content-Encoding` (bodies go upstream inflated) and the gateway's own
+/// `X-Agent-Context` are dropped; `extra` fields are appended.
+pub fn forwarded_headers(from: &Headers, extra: Vec<(Vec<u8>, Vec<u8>)>) -> Vec<(Vec<u8>, Vec<u8>)> {
+    const DROPPED: [&str; 6] = [
+        "host",
+        "authorization",
+        "content-encoding",
+        "x-agent-context",
+        "x-snowflake-authorization-token-type",
+        "expect",
+    ];
+    let mut out: Vec<(Vec<u8>, Vec<u8>)> = from
+        .iter()
+        .filter(|(name, _)| {
+            !crate::http::is_hop_by_hop(name) && !DROPPED.iter().any(|d| name.eq_ignore_ascii_case(d.as_bytes()))
+        })
+        .map(|(n, v)| (n.to_vec(), v.to_vec()))
+        .collect();
+    out.extend(extra);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn splits_urls() {
+        let (base, path) = split_url("https://idp.example.com/.well-known/jwks.json").unwrap();
+        assert_eq!((base.host.as_str(), base.port, path.as_str()), ("idp.example.com", 443, "/.well-known/jwks.json"));
+        let (base, path) = split_url("http://127.0.0.1:9000").unwrap();
+        assert_eq!((base.port, path.as_str()), (9000, "/"));
+        assert!(split_url("http://h/a b").is_none());
+        assert!(split_url("file:///etc/passwd").is_none());
+    }
+}

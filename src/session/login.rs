@@ -1,0 +1,380 @@
+//! Login and renewal rewriting: the agent's OIDC login becomes the gateway's own login, and
+//! Snowflake's tokens become sealed tokens on the way back. No I/O.
+//!
+//! JSON is rewritten leniently (Teleport issue #14974): every field the gateway does not own is
+//! kept with its type, in order; only the credential fields are overwritten and every other
+//! secret field is removed.
+
+use serde_json::{Map, Value};
+
+use super::credential::UpstreamCredential;
+use super::token::{Sealer, TokenClaims, TokenError, TokenKind};
+
+/// Login fields that carry secrets or widen the login; the gateway removes them all before
+/// writing its own credential. `SECONDARY_ROLES` would let an agent act with every role the
+/// gateway's user holds.
+const SECRET_LOGIN_FIELDS: [&str; 11] = [
+    "PASSWORD",
+    "TOKEN",
+    "PASSCODE",
+    "PASSCODE_IN_PASSWORD",
+    "EXT_AUTHN_DUO_METHOD",
+    "PROOF_KEY",
+    "RAW_SAML_RESPONSE",
+    "PROVIDER",
+    "CHOSEN_NEW_PASSWORD",
+    "SECONDARY_ROLES",
+    "BROWSER_MODE_REDIRECT_PORT",
+];
+
+/// Response fields that are credentials the agent must not receive.
+const SECRET_RESPONSE_FIELDS: [&str; 3] = ["idToken", "mfaToken", "idTokenValidityInSeconds"];
+
+/// Why a login or renewal body was refused, or an upstream answer could not be passed on.
+#[derive(Debug, thiserror::Error)]
+pub enum LoginError {
+    /// The client's body is not the JSON object the endpoint takes.
+    #[error("the request body is not a JSON object with a `data` object")]
+    BadShape,
+    /// The client used another authenticator than OAUTH with an OIDC token.
+    #[error("log in with authenticator='oauth' and your OIDC token as token")]
+    WrongAuthenticator,
+    /// The client sent no token.
+    #[error("the login carries no OIDC token")]
+    MissingToken,
+    /// A sealed token in the body was refused.
+    #[error("{0}")]
+    Token(#[from] TokenError),
+    /// The old session token belongs to another session than the master token.
+    #[error("the session token does not belong to this master token's session")]
+    SessionMismatch,
+    /// Upstream answered success without the tokens it must carry.
+    #[error("the upstream answered a successful login without tokens")]
+    UpstreamWithoutTokens,
+}
+
+/// A parsed login request, holding the client's document until it is rewritten.
+#[derive(Debug)]
+pub struct LoginRequest {
+    document: Map<String, Value>,
+    /// The OIDC token the agent presented.
+    pub oidc_token: String,
+}
+
+fn data_object(document: &mut Map<String, Value>) -> Result<&mut Map<String, Value>, LoginError> {
+    document.get_mut("data").and_then(Value::as_object_mut).ok_or(LoginError::BadShape)
+}
+
+/// Parses a login body (already gunzipped): it must use `AUTHENTICATOR=OAUTH` and a `TOKEN`.
+pub fn parse_login_request(body: &[u8]) -> Result<LoginRequest, LoginError> {
+    let mut document: Map<String, Value> = serde_json::from_slice(body).map_err(|_| LoginError::BadShape)?;
+    let data = data_object(&mut document)?;
+    let authenticator = data.get("AUTHENTICATOR").and_then(Value::as_str).unwrap_or("");
+    if !authenticator.eq_ignore_ascii_case("OAUTH") {
+        return Err(LoginError::WrongAuthenticator);
+    }
+    let oidc_token = match data.get("TOKEN") {
+        Some(Value::String(t)) if !t.is_empty() => t.clone(),
+        _ => return Err(LoginError::MissingToken),
+    };
+    Ok(LoginRequest { document, oidc_token })
+}
+
+impl LoginRequest {
+    /// The body sent upstream: the gateway's account, user and credential, no client secret.
+    pub fn into_upstream_body(
+        mut self,
+        account: &str,
+        user: &str,
+        credential: &UpstreamCredential,
+        now_unix: u64,
+    ) -> Vec<u8> {
+        let data = data_object(&mut self.document).expect("checked when parsed");
+        for field in SECRET_LOGIN_FIELDS {
+            data.remove(field);
+        }
+        data.insert("ACCOUNT_NAME".into(), Value::String(account.into()));
+        data.insert("LOGIN_NAME".into(), Value::String(user.into()));
+        match credential {
+            UpstreamCredential::KeyPair(key_pair) => {
+                data.insert("AUTHENTICATOR".into(), Value::String("SNOWFLAKE_JWT".into()));
+                data.insert("TOKEN".into(), Value::String(key_pair.jwt(now_unix).expose().into()));
+            }
+            UpstreamCredential::Password(password) => {
+                data.insert("AUTHENTICATOR".into(), Value::String("SNOWFLAKE".into()));
+                data.insert("PASSWORD".into(), Value::String(password.expose().into()));
+            }
+        }
+        serde_json::to_vec(&self.document).expect("a JSON map always serialises")
+    }
+}
+
+/// Who a session belongs to, as sealed into its tokens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionOwner {
+    /// The agent's `sub`.
+    pub sub: String,
+    /// The agent's groups.
+    pub groups: Vec<String>,
+    /// The Snowflake role the gateway logged in with.
+    pub role: String,
+}
+
+/// What the gateway learnt from a login or renewal answer, for the recording.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SealedAnswer {
+    /// The body to send the agent.
+    pub body: Vec<u8>,
+    /// Whether upstream said success.
+    pub success: bool,
+    /// Snowflake's session id, if given.
+    pub session_id: Option<i64>,
+}
+
+fn seconds(data: &Map<String, Value>, field: &str, default: u64) -> u64 {
+    data.get(field).and_then(Value::as_u64).unwrap_or(default)
+}
+
+fn take_string(data: &mut Map<String, Value>, field: &str) -> Option<String> {
+    match data.get(field) {
+        Some(Value::String(s)) if !s.is_empty() => Some(s.clone()),
+        _ => None,
+    }
+}
+
+fn claims_for(
+    owner: &SessionOwner,
+    upstream_token: String,
+    session_id: Option<i64>,
+    expires_at_unix: u64,
+) -> TokenClaims {
+    TokenClaims {
+        upstream_token,
+        sub: owner.sub.clone(),
+        groups: owner.groups.clone(),
+        role: owner.role.clone(),
+        session_id,
+        expires_at_unix,
+    }
+}
+
+/// Replaces the tokens in an upstream login answer with sealed ones. A failed login is passed
+/// on as is, minus any credential field.
+pub fn seal_login_response(
+    body: &[u8],
+    sealer: &Sealer,
+    owner: &SessionOwner,
+    now_unix: u64,
+) -> Result<SealedAnswer, LoginError> {
+    let mut document: Map<String, Value> = serde_json::from_slice(body).map_err(|_| LoginError::BadShape)?;
+    let success = document.get("success").and_then(Value::as_bool).unwrap_or(false);
+    let Some(data) = document.get_mut("data").and_then(Value::as_object_mut) else {
+        if success {
+            return Err(LoginError::UpstreamWithoutTokens);
+        }
+        return Ok(SealedAnswer { body: body.to_vec(), success, session_id: None });
+    };
+    for field in SECRET_RESPONSE_FIELDS {
+        data.remove(field);
+    }
+    let session_id = data.get("sessionId").and_then(Value::as_i64);
+    if success {
+        let session_token = take_string(data, "token").ok_or(LoginError::UpstreamWithoutTokens)?;
+        let session_expiry = now_unix + seconds(data, "validityInSeconds", 3600);
+        let sealed_session =
+            sealer.seal(TokenKind::Session, &claims_for(owner, session_token, session_id, session_expiry));
+        data.insert("token".into(), Value::String(sealed_session));
+        // Some emulators issue no master token; the agent then gets none either, as it would
+        // from them directly. Any other value in the field is never passed on.
+        match take_string(data, "masterToken") {
+            Some(master_token) => {
+                let master_expiry = now_unix + seconds(data, "masterValidityInSeconds", 14400);
+                let sealed_master =
+                    sealer.seal(TokenKind::Master, &claims_for(owner, master_token, session_id, master_expiry));
+                data.insert("masterToken".into(), Value::String(sealed_master));
+            }
+            None => {
+                data.remove("masterToken");
+            }
+        }
+    } else {
+        data.remove("token");
+        data.remove("masterToken");
+    }
+    let body = serde_json::to_vec(&document).expect("a JSON map always serialises");
+    Ok(SealedAnswer { body, success, session_id })
+}
+
+/// Rewrites a renewal body: the sealed `oldSessionToken` becomes the real one. The old session
+/// token may have expired (that is why the driver renews) but must belong to `master`'s session.
+pub fn rewrite_renew_request(body: &[u8], sealer: &Sealer, master: &TokenClaims) -> Result<Vec<u8>, LoginError> {
+    let mut document: Map<String, Value> = serde_json::from_slice(body).map_err(|_| LoginError::BadShape)?;
+    let old = match document.get("oldSessionToken") {
+        Some(Value::String(t)) => t.clone(),
+        _ => return Err(LoginError::BadShape),
+    };
+    let old_claims = sealer.open_ignoring_expiry(TokenKind::Session, &old)?;
+    if old_claims.sub != master.sub || old_claims.session_id != master.session_id {
+        return Err(LoginError::SessionMismatch);
+    }
+    document.insert("oldSessionToken".into(), Value::String(old_claims.upstream_token));
+    Ok(serde_json::to_vec(&document).expect("a JSON map always serialises"))
+}
+
+/// Seals the tokens in an upstream renewal answer. Without a new master token upstream keeps
+/// the old one, and so does the agent: its master token is sealed again.
+pub fn seal_renew_response(
+    body: &[u8],
+    sealer: &Sealer,
+    master: &TokenClaims,
+    now_unix: u64,
+) -> Result<SealedAnswer, LoginError> {
+    let mut document: Map<String, Value> = serde_json::from_slice(body).map_err(|_| LoginError::BadShape)?;
+    let success = document.get("success").and_then(Value::as_bool).unwrap_or(false);
+    let owner = SessionOwner { sub: master.sub.clone(), groups: master.groups.clone(), role: master.role.clone() };
+    let Some(data) = document.get_mut("data").and_then(Value::as_object_mut) else {
+        if success {
+            return Err(LoginError::UpstreamWithoutTokens);
+        }
+        return Ok(SealedAnswer { body: body.to_vec(), success, session_id: None });
+    };
+    for field in SECRET_RESPONSE_FIELDS {
+        data.remove(field);
+    }
+    let session_id = data.get("sessionId").and_then(Value::as_i64).or(master.session_id);
+    if success {
+        let session_token = take_string(data, "sessionToken").ok_or(LoginError::UpstreamWithoutTokens)?;
+        let session_expiry = now_unix + seconds(data, "validityInSecondsST", 3600);
+        let sealed_session =
+            sealer.seal(TokenKind::Session, &claims_for(&owner, session_token, session_id, session_expiry));
+        let sealed_master = match take_string(data, "masterToken") {
+            Some(master_token) => {
+                let master_expiry = now_unix + seconds(data, "validityInSecondsMT", 14400);
+                sealer.seal(TokenKind::Master, &claims_for(&owner, master_token, session_id, master_expiry))
+            }
+            None => sealer.seal(TokenKind::Master, master),
+        };
+        data.insert("sessionToken".into(), Value::String(sealed_session));
+        data.insert("masterToken".into(), Value::String(sealed_master));
+    } else {
+        data.remove("sessionToken");
+        data.remove("masterToken");
+    }
+    let body = serde_json::to_vec(&document).expect("a JSON map always serialises");
+    Ok(SealedAnswer { body, success, session_id })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::credential::Secret;
+    use super::super::token::KEY_BYTES;
+    use super::*;
+    use serde_json::json;
+
+    fn sealer() -> Sealer {
+        Sealer::new(&[vec![7; KEY_BYTES]]).unwrap()
+    }
+
+    fn owner() -> SessionOwner {
+        SessionOwner { sub: "agent-1".into(), groups: vec!["g".into()], role: "ANALYST".into() }
+    }
+
+    #[test]
+    fn login_keeps_unknown_fields_and_types_and_swaps_the_credential() {
+        let body = json!({"data": {
+            "CLIENT_APP_ID": "PythonConnector", "CLIENT_APP_VERSION": 3.12,
+            "ACCOUNT_NAME": "agentacct", "LOGIN_NAME": "agent",
+            "AUTHENTICATOR": "OAUTH", "TOKEN": "eyJ.oidc.jwt", "PASSCODE": "123456",
+            "SECONDARY_ROLES": "ALL",
+            "CLIENT_ENVIRONMENT": {"OS": "Linux", "LOGIN_TIMEOUT": null, "TRACING": 30},
+            "SESSION_PARAMETERS": {"QUERY_TAG": "t", "AUTOCOMMIT": true}},
+            "inFlightCtx": [1, "x"]});
+        let request = parse_login_request(body.to_string().as_bytes()).unwrap();
+        assert_eq!(request.oidc_token, "eyJ.oidc.jwt");
+        let credential = UpstreamCredential::Password(Secret::new("gw-secret".into()));
+        let out: Value =
+            serde_json::from_slice(&request.into_upstream_body("GWACCT", "GWUSER", &credential, 0)).unwrap();
+        let data = &out["data"];
+        assert_eq!(data["ACCOUNT_NAME"], "GWACCT");
+        assert_eq!(data["LOGIN_NAME"], "GWUSER");
+        assert_eq!(data["AUTHENTICATOR"], "SNOWFLAKE");
+        assert_eq!(data["PASSWORD"], "gw-secret");
+        assert!(data.get("TOKEN").is_none() && data.get("PASSCODE").is_none() && data.get("SECONDARY_ROLES").is_none());
+        assert_eq!(data["CLIENT_APP_VERSION"], json!(3.12));
+        assert_eq!(data["CLIENT_ENVIRONMENT"], body["data"]["CLIENT_ENVIRONMENT"]);
+        assert_eq!(data["SESSION_PARAMETERS"], body["data"]["SESSION_PARAMETERS"]);
+        assert_eq!(out["inFlightCtx"], json!([1, "x"]));
+    }
+
+    #[test]
+    fn login_requires_oauth_and_a_token() {
+        let wrong = json!({"data": {"AUTHENTICATOR": "SNOWFLAKE", "PASSWORD": "x"}}).to_string();
+        assert!(matches!(parse_login_request(wrong.as_bytes()), Err(LoginError::WrongAuthenticator)));
+        let missing = json!({"data": {"AUTHENTICATOR": "oauth"}}).to_string();
+        assert!(matches!(parse_login_request(missing.as_bytes()), Err(LoginError::MissingToken)));
+        let not_string = json!({"data": {"AUTHENTICATOR": "OAUTH", "TOKEN": 5}}).to_string();
+        assert!(matches!(parse_login_request(not_string.as_bytes()), Err(LoginError::MissingToken)));
+        assert!(matches!(parse_login_request(b"[1]"), Err(LoginError::BadShape)));
+        assert!(matches!(parse_login_request(b"{\"data\": 1}"), Err(LoginError::BadShape)));
+        assert!(matches!(parse_login_request(b"not json"), Err(LoginError::BadShape)));
+    }
+
+    #[test]
+    fn login_response_tokens_are_sealed() {
+        let upstream = json!({"data": {"token": "REAL-S", "masterToken": "REAL-M", "idToken": "REAL-ID",
+            "validityInSeconds": 100, "masterValidityInSeconds": 1000, "sessionId": 99,
+            "parameters": [{"name": "TIMEZONE", "value": "UTC"}]}, "success": true});
+        let s = sealer();
+        let answer = seal_login_response(upstream.to_string().as_bytes(), &s, &owner(), 5000).unwrap();
+        let text = String::from_utf8(answer.body.clone()).unwrap();
+        assert!(!text.contains("REAL-"), "{text}");
+        assert_eq!((answer.success, answer.session_id), (true, Some(99)));
+        let out: Value = serde_json::from_slice(&answer.body).unwrap();
+        let session = s.open(TokenKind::Session, out["data"]["token"].as_str().unwrap(), 5000).unwrap();
+        assert_eq!((session.upstream_token.as_str(), session.expires_at_unix), ("REAL-S", 5100));
+        let master = s.open(TokenKind::Master, out["data"]["masterToken"].as_str().unwrap(), 5000).unwrap();
+        assert_eq!((master.upstream_token.as_str(), master.expires_at_unix), ("REAL-M", 6000));
+        assert_eq!(out["data"]["parameters"], upstream["data"]["parameters"]);
+    }
+
+    #[test]
+    fn failed_login_passes_without_tokens() {
+        let upstream = json!({"data": {"token": "REAL-S"}, "code": "390100", "message": "bad", "success": false});
+        let answer = seal_login_response(upstream.to_string().as_bytes(), &sealer(), &owner(), 0).unwrap();
+        assert!(!String::from_utf8(answer.body).unwrap().contains("REAL-S"));
+        let no_master = json!({"data": {"token": "REAL-S"}, "success": true}).to_string();
+        let answer = seal_login_response(no_master.as_bytes(), &sealer(), &owner(), 0).unwrap();
+        let out: Value = serde_json::from_slice(&answer.body).unwrap();
+        assert!(out["data"].get("masterToken").is_none());
+        assert!(out["data"]["token"].as_str().unwrap().starts_with("sg1."));
+        let bad = json!({"data": {}, "success": true}).to_string();
+        assert!(matches!(
+            seal_login_response(bad.as_bytes(), &sealer(), &owner(), 0),
+            Err(LoginError::UpstreamWithoutTokens)
+        ));
+    }
+
+    #[test]
+    fn renewal_maps_tokens_both_ways() {
+        let s = sealer();
+        let master = claims_for(&owner(), "REAL-M".into(), Some(9), 10_000);
+        let expired_session = s.seal(TokenKind::Session, &claims_for(&owner(), "REAL-S1".into(), Some(9), 100));
+        let body = json!({"oldSessionToken": expired_session, "requestType": "RENEW"}).to_string();
+        let out: Value = serde_json::from_slice(&rewrite_renew_request(body.as_bytes(), &s, &master).unwrap()).unwrap();
+        assert_eq!(out["oldSessionToken"], "REAL-S1");
+        assert_eq!(out["requestType"], "RENEW");
+
+        let other = s.seal(TokenKind::Session, &claims_for(&owner(), "REAL-X".into(), Some(10), 100));
+        let body = json!({"oldSessionToken": other}).to_string();
+        assert!(matches!(rewrite_renew_request(body.as_bytes(), &s, &master), Err(LoginError::SessionMismatch)));
+
+        let upstream =
+            json!({"data": {"sessionToken": "REAL-S2", "validityInSecondsST": 60, "sessionId": 9}, "success": true});
+        let answer = seal_renew_response(upstream.to_string().as_bytes(), &s, &master, 1000).unwrap();
+        let out: Value = serde_json::from_slice(&answer.body).unwrap();
+        let session = s.open(TokenKind::Session, out["data"]["sessionToken"].as_str().unwrap(), 1000).unwrap();
+        assert_eq!((session.upstream_token.as_str(), session.expires_at_unix), ("REAL-S2", 1060));
+        let resealed = s.open(TokenKind::Master, out["data"]["masterToken"].as_str().unwrap(), 1000).unwrap();
+        assert_eq!(resealed, master);
+    }
+}

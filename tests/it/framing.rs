@@ -1,0 +1,80 @@
+//! Strict HTTP framing at the gateway: each malformed or oversized request is answered with
+//! its status, the connection is closed, and not one byte reaches upstream.
+
+use std::io::{Read as _, Write as _};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use crate::support::*;
+
+/// Sends raw bytes and returns the status answered and whether the connection then closed.
+fn send_raw(gateway: &TestGateway, wire: &[u8]) -> (u16, bool) {
+    let mut stream = TcpStream::connect(gateway.addr).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    // A peer that stops reading our request because it already refused it may reset the
+    // connection; the write error is then expected.
+    let _ = stream.write_all(wire);
+    let mut received = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let closed = loop {
+        match stream.read(&mut chunk) {
+            Ok(0) => break true,
+            Ok(n) => received.extend_from_slice(&chunk[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break true,
+            Err(e) => panic!("the gateway neither answered nor closed: {e}"),
+        }
+    };
+    let text = String::from_utf8_lossy(&received);
+    let status = text.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    (status, closed)
+}
+
+fn check(wire: &[u8], expected_status: u16) {
+    let upstream = double(|_| {});
+    let gateway = TestGateway::start(
+        &upstream.url(),
+        GatewayOptions { limits: "decompressed_bytes_max = 1048576".into(), ..Default::default() },
+    );
+    let (status, closed) = send_raw(&gateway, wire);
+    assert_eq!(status, expected_status, "{}", String::from_utf8_lossy(&wire[..wire.len().min(200)]));
+    assert!(closed, "the connection stayed open");
+    assert_eq!(upstream.stats.bytes_received(), 0, "bytes reached upstream");
+}
+
+const QUERY: &str = "POST /queries/v1/query-request?requestId=1 HTTP/1.1\r\nHost: g\r\n";
+
+#[test]
+fn rejects_content_length_with_transfer_encoding() {
+    check(format!("{QUERY}Content-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n").as_bytes(), 400);
+    check(format!("{QUERY}Transfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n0\r\n\r\n").as_bytes(), 400);
+}
+
+#[test]
+fn rejects_two_content_lengths() {
+    check(format!("{QUERY}Content-Length: 2\r\nContent-Length: 2\r\n\r\n{{}}").as_bytes(), 400);
+    check(format!("{QUERY}Content-Length: 2\r\nContent-Length: 3\r\n\r\n{{}}").as_bytes(), 400);
+}
+
+#[test]
+fn rejects_a_bad_chunk_size() {
+    check(format!("{QUERY}Transfer-Encoding: chunked\r\n\r\nzz\r\n{{}}\r\n0\r\n\r\n").as_bytes(), 400);
+    check(format!("{QUERY}Transfer-Encoding: chunked\r\n\r\n0x2\r\n{{}}\r\n0\r\n\r\n").as_bytes(), 400);
+}
+
+#[test]
+fn rejects_an_oversize_head() {
+    check(format!("{QUERY}X-Big: {}\r\n\r\n", "a".repeat(20_000)).as_bytes(), 431);
+}
+
+#[test]
+fn rejects_an_oversize_decompressed_body() {
+    let bomb = snowgate::http::gzip::gzip(&vec![b' '; 4 << 20]);
+    let mut wire = format!("{QUERY}Content-Encoding: gzip\r\nContent-Length: {}\r\n\r\n", bomb.len()).into_bytes();
+    wire.extend_from_slice(&bomb);
+    check(&wire, 413);
+}
+
+#[test]
+fn rejects_an_oversize_declared_body() {
+    check(format!("{QUERY}Content-Length: 999999999999\r\n\r\n").as_bytes(), 413);
+}

@@ -1,0 +1,8 @@
+//! Integration tests: one binary, real sockets on 127.0.0.1, the Rust Snowflake double, the
+//! real Python driver against fakesnow, and the `snowgate` binary itself.
+
+mod cores;
+mod driver;
+mod framing;
+mod session;
+mod support;

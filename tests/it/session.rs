@@ -1,0 +1,433 @@
+//! The session layer end to end over loopback: login with an OIDC token, token swap, queries,
+//! renewal, refusals and credential custody, against the Rust Snowflake double.
+
+use std::time::Duration;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use serde_json::json;
+use snowgate_perf::EndpointKind;
+
+use crate::support::*;
+
+#[test]
+fn login_swaps_identity_for_the_gateway_credential_and_seals_tokens() {
+    let upstream = double(|_| {});
+    let gateway = TestGateway::start(&upstream.url(), GatewayOptions::default());
+    let mut client = gateway.client();
+    let (session, master) = login_ok(&mut client);
+    assert!(session.starts_with("sg1.") && master.as_deref().is_some_and(|m| m.starts_with("sg1.")));
+
+    // What upstream saw: the gateway's account, user and key-pair JWT; the mapped role; every
+    // unknown field kept with its type; no trace of the agent's OIDC token.
+    let seen = upstream.stats.recorded(EndpointKind::Login);
+    let login = seen.last().expect("upstream saw the login");
+    let body = login.body_json().unwrap();
+    assert_eq!(body["data"]["ACCOUNT_NAME"], "TESTACCT");
+    assert_eq!(body["data"]["LOGIN_NAME"], "SNOWGATE");
+    assert_eq!(body["data"]["AUTHENTICATOR"], "SNOWFLAKE_JWT");
+    assert_eq!(body["data"]["CLIENT_APP_VERSION"], "3.12.0");
+    assert_eq!(body["data"]["SVN_REVISION"], serde_json::Value::Null);
+    assert_eq!(body["data"]["CLIENT_ENVIRONMENT"], login_body("x")["data"]["CLIENT_ENVIRONMENT"]);
+    assert_eq!(body["data"]["SESSION_PARAMETERS"]["CLIENT_PREFETCH_THREADS"], 4);
+    assert!(login.target.contains("roleName=ANALYST") && !login.target.contains("ACCOUNTADMIN"), "{}", login.target);
+    assert!(!login.contains(b"agent-7"), "the agent's token reached upstream");
+
+    // A query with the sealed token reaches upstream with the real one.
+    let answer = query(&mut client, &session, "select * from small");
+    let body = answer.json().unwrap();
+    assert_eq!(body["success"], true, "{body}");
+    assert!(body["data"]["rowset"].as_array().is_some_and(|rows| !rows.is_empty()));
+    let seen = upstream.stats.recorded(EndpointKind::Query);
+    let auth = seen.last().unwrap().header("authorization").unwrap().to_owned();
+    assert!(auth.contains("SFTOKEN-session-"), "{auth}");
+}
+
+#[test]
+fn the_agent_never_receives_credentials_or_snowflake_tokens() {
+    for credential in [Credential::KeyPair, Credential::Password("CANARY-PASSWORD-5e1d".into())] {
+        let password_login = matches!(credential, Credential::Password(_));
+        let upstream = double(|c| {
+            c.token_prefix = "CANARY-SFTOKEN-8c2b".into();
+            c.password = Some("CANARY-PASSWORD-5e1d".into());
+            c.session_validity_secs = 1;
+        });
+        let gateway = TestGateway::start(&upstream.url(), GatewayOptions { credential, ..Default::default() });
+        let mut client = gateway.client();
+        let mut received = Vec::new();
+        let answer = login(&mut client, &agent_token(json!({})));
+        received.push(format!("{answer:?}"));
+        let body = answer.json().unwrap();
+        assert_eq!(body["success"], true, "{body}");
+        let session = body["data"]["token"].as_str().unwrap().to_owned();
+        let master = body["data"]["masterToken"].as_str().unwrap().to_owned();
+        for sql in ["select * from small", "select * from no_such_table", "select 1"] {
+            received.push(format!("{:?}", query(&mut client, &session, sql)));
+        }
+        std::thread::sleep(Duration::from_millis(1100));
+        let expired = query(&mut client, &session, "select 1");
+        received.push(format!("{expired:?}"));
+        let renewal = client
+            .post_json(
+                "/session/token-request?requestId=1",
+                &[("authorization", &authorization(&master))],
+                &json!({"oldSessionToken": session, "requestType": "RENEW"}),
+                true,
+            )
+            .unwrap();
+        received.push(format!("{renewal:?}"));
+        let renewed = renewal.json().unwrap()["data"]["sessionToken"].as_str().unwrap().to_owned();
+        let heartbeat = client.post_json(
+            "/session/heartbeat?requestId=2",
+            &[("authorization", &authorization(&renewed))],
+            &json!({}),
+            false,
+        );
+        received.push(format!("{:?}", heartbeat.unwrap()));
+        let logout =
+            client.post_json("/session?delete=true", &[("authorization", &authorization(&renewed))], &json!({}), false);
+        received.push(format!("{:?}", logout.unwrap()));
+        let dir = gateway.stop();
+
+        let received = received.join("\n");
+        let logs = captured_logs();
+        let recordings = read_tree(&dir.path().join("recordings"));
+        let key_body = snowgate_perf::test_keys::TEST_PRIVATE_KEY_PEM.lines().nth(1).unwrap();
+        for (place, text) in [("agent answers", &received), ("logs", &logs), ("recordings", &recordings)] {
+            for canary in ["CANARY-SFTOKEN-8c2b", "CANARY-PASSWORD-5e1d", key_body, "SHA256:"] {
+                assert!(!text.contains(canary), "{canary} found in {place}");
+            }
+        }
+        assert!(recordings.contains("select * from small"), "the recording holds the statements");
+        assert_eq!(upstream.stats.requests(EndpointKind::TokenRequest), 1);
+        if password_login {
+            let seen = upstream.stats.recorded(EndpointKind::Login);
+            assert_eq!(seen.last().unwrap().body_json().unwrap()["data"]["AUTHENTICATOR"], "SNOWFLAKE");
+        }
+    }
+}
+
+#[test]
+fn a_sealed_token_is_useless_against_the_upstream_itself() {
+    let upstream = double(|_| {});
+    let gateway = TestGateway::start(&upstream.url(), GatewayOptions::default());
+    let (session, _) = login_ok(&mut gateway.client());
+    let mut direct = snowgate_perf::client::Client::connect(upstream.addr).unwrap();
+    assert_refused(&query(&mut direct, &session, "select 1"), "390104");
+}
+
+#[test]
+fn expired_sessions_renew_through_the_master_token() {
+    let upstream = double(|c| c.session_validity_secs = 1);
+    let gateway = TestGateway::start(&upstream.url(), GatewayOptions::default());
+    let mut client = gateway.client();
+    let (session, master) = login_ok(&mut client);
+    let master = master.unwrap();
+    std::thread::sleep(Duration::from_millis(1100));
+    // The gateway itself says the session expired: drivers renew on 390112.
+    assert_refused(&query(&mut client, &session, "select 1"), "390112");
+    let renewal = client
+        .post_json(
+            "/session/token-request?requestId=1",
+            &[("authorization", &authorization(&master))],
+            &json!({"oldSessionToken": session, "requestType": "RENEW"}),
+            true,
+        )
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(renewal["success"], true, "{renewal}");
+    let renewed = renewal["data"]["sessionToken"].as_str().unwrap();
+    assert!(renewed.starts_with("sg1.") && renewal["data"]["masterToken"].as_str().unwrap().starts_with("sg1."));
+    assert_eq!(query(&mut client, renewed, "select 1").json().unwrap()["success"], true);
+
+    // The master token cannot stand in for a session token, nor the reverse.
+    assert_refused(&query(&mut client, &master, "select 1"), "390104");
+    let swapped = client
+        .post_json(
+            "/session/token-request?requestId=2",
+            &[("authorization", &authorization(renewed))],
+            &json!({"oldSessionToken": renewed, "requestType": "RENEW"}),
+            false,
+        )
+        .unwrap();
+    assert_refused(&swapped, "390115");
+}
+
+fn refused_login(token: &str, code: &str) {
+    let upstream = double(|_| {});
+    let gateway = TestGateway::start(&upstream.url(), GatewayOptions::default());
+    let answer = login(&mut gateway.client(), token);
+    assert_refused(&answer, code);
+    assert_eq!(upstream.stats.requests_total(), 0, "a refused login reached upstream");
+}
+
+fn unsigned(header: serde_json::Value, claims: serde_json::Value) -> String {
+    format!("{}.{}.", URL_SAFE_NO_PAD.encode(header.to_string()), URL_SAFE_NO_PAD.encode(claims.to_string()))
+}
+
+#[test]
+fn refuses_a_login_without_a_token() {
+    let upstream = double(|_| {});
+    let gateway = TestGateway::start(&upstream.url(), GatewayOptions::default());
+    let mut body = login_body("x");
+    body["data"].as_object_mut().unwrap().remove("TOKEN");
+    let answer = gateway.client().post_json(LOGIN_TARGET, &[], &body, true).unwrap();
+    assert_refused(&answer, "390303");
+    let mut password_login = login_body("x");
+    password_login["data"]["AUTHENTICATOR"] = json!("SNOWFLAKE");
+    password_login["data"]["PASSWORD"] = json!("guess");
+    assert_refused(&gateway.client().post_json(LOGIN_TARGET, &[], &password_login, true).unwrap(), "260003");
+    assert_eq!(upstream.stats.requests_total(), 0);
+}
+
+#[test]
+fn refuses_an_expired_token() {
+    let now = now_unix();
+    refused_login(&agent_token(json!({"exp": now - 120, "iat": now - 720, "nbf": now - 720})), "390318");
+}
+
+#[test]
+fn refuses_a_token_not_yet_valid() {
+    refused_login(&agent_token(json!({"nbf": now_unix() + 600})), "390303");
+}
+
+#[test]
+fn refuses_a_wrong_audience() {
+    refused_login(&agent_token(json!({"aud": "someone-else"})), "390303");
+}
+
+#[test]
+fn refuses_a_wrong_issuer() {
+    refused_login(&agent_token(json!({"iss": "https://evil.example"})), "390303");
+}
+
+#[test]
+fn refuses_alg_none() {
+    let claims = json!({"iss": ISSUER, "aud": AUDIENCE, "sub": "agent-7", "exp": now_unix() + 600});
+    for alg in ["none", "None", "NONE"] {
+        refused_login(&unsigned(json!({"alg": alg, "typ": "JWT", "kid": "key-a"}), claims.clone()), "390303");
+    }
+}
+
+#[test]
+fn refuses_hs256_keyed_with_the_rsa_public_key() {
+    let public_pem = std::fs::read(key_path("idp-a.pub.pem")).unwrap();
+    let claims = json!({"iss": ISSUER, "aud": AUDIENCE, "sub": "agent-7", "exp": now_unix() + 600});
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
+    header.kid = Some("key-a".into());
+    let token = jsonwebtoken::encode(&header, &claims, &jsonwebtoken::EncodingKey::from_secret(&public_pem)).unwrap();
+    refused_login(&token, "390303");
+}
+
+#[test]
+fn refuses_an_unknown_kid() {
+    let claims = json!({"iss": ISSUER, "aud": AUDIENCE, "sub": "agent-7", "exp": now_unix() + 600});
+    refused_login(&sign_rs256("idp-b.pem", Some("key-unknown"), &claims), "390303");
+    // Key b claiming key a's kid does not verify either.
+    refused_login(&sign_rs256("idp-b.pem", Some("key-a"), &claims), "390303");
+}
+
+#[test]
+fn refuses_an_exp_that_is_a_string() {
+    refused_login(&agent_token(json!({"exp": (now_unix() + 600).to_string()})), "390303");
+}
+
+#[test]
+fn refuses_requests_without_a_token_or_with_a_forged_one() {
+    let upstream = double(|_| {});
+    let gateway = TestGateway::start(&upstream.url(), GatewayOptions::default());
+    let mut client = gateway.client();
+    let (session, _) = login_ok(&mut client);
+    let logins = upstream.stats.requests_total();
+
+    let no_token = client.post_json(QUERY_TARGET, &[], &json!({"sqlText": "select 1"}), false).unwrap();
+    assert_refused(&no_token, "390103");
+    let none_token = client
+        .post_json(
+            QUERY_TARGET,
+            &[("authorization", "Snowflake Token=\"None\"")],
+            &json!({"sqlText": "select 1"}),
+            false,
+        )
+        .unwrap();
+    assert_refused(&none_token, "390103");
+
+    let mut tampered = session.clone().into_bytes();
+    let mid = tampered.len() / 2;
+    tampered[mid] = if tampered[mid] == b'A' { b'B' } else { b'A' };
+    assert_refused(&query(&mut client, std::str::from_utf8(&tampered).unwrap(), "select 1"), "390104");
+
+    // A token sealed under another key (another gateway's) is foreign here.
+    let foreign_sealer = snowgate::session::token::Sealer::new(&[vec![0x42; 32]]).unwrap();
+    let foreign = foreign_sealer.seal(
+        snowgate::session::token::TokenKind::Session,
+        &snowgate::session::token::TokenClaims {
+            upstream_token: "SFTOKEN-session-1".into(),
+            sub: "agent-7".into(),
+            groups: vec!["admins".into()],
+            role: "SYSADMIN".into(),
+            session_id: Some(1),
+            expires_at_unix: now_unix() + 600,
+        },
+    );
+    assert_refused(&query(&mut client, &foreign, "select 1"), "390104");
+    assert_refused(&query(&mut client, "SFTOKEN-session-1-guess", "select 1"), "390104");
+    assert_refused(&query(&mut client, &agent_token(json!({})), "select 1"), "390104");
+    assert_eq!(upstream.stats.requests_total(), logins, "a refused request reached upstream");
+    // The session still works after all that.
+    assert_eq!(query(&mut client, &session, "select 1").json().unwrap()["success"], true);
+}
+
+#[test]
+fn refuses_bad_input_with_clear_errors_and_keeps_serving() {
+    let upstream = double(|_| {});
+    let gateway = TestGateway::start(&upstream.url(), GatewayOptions::default());
+    let mut client = gateway.client();
+    let (session, _) = login_ok(&mut client);
+    let auth = authorization(&session);
+    type Case<'a> = (&'a [(&'a str, &'a str)], &'a [u8]);
+    let cases: [Case; 4] = [
+        (&[], b"not json"),
+        (&[], br#"{"sqlText": 42}"#),
+        (&[("content-encoding", "gzip")], b"\x1f\x8b\x08\x00broken"),
+        (&[("content-encoding", "br")], b"{}"),
+    ];
+    for (extra, body) in cases {
+        let mut headers = vec![("authorization", auth.as_str()), ("content-type", "application/json")];
+        headers.extend_from_slice(extra);
+        let answer = client.request(snowgate::http::Method::Post, QUERY_TARGET, &headers, body).unwrap();
+        assert_refused(&answer, "260001");
+    }
+    assert_refused(&login(&mut client, "not-a-jwt"), "390303");
+    let unknown = client.get("/console/login", &[]).unwrap();
+    assert_eq!(unknown.status, 404);
+    assert_eq!(query(&mut client, &session, "select 1").json().unwrap()["success"], true);
+}
+
+#[test]
+fn query_flows_pass_through_polling_async_and_errors() {
+    let upstream = double(|c| c.gzip_responses = true);
+    let gateway = TestGateway::start(&upstream.url(), GatewayOptions::default());
+    let mut client = gateway.client();
+    let (session, _) = login_ok(&mut client);
+    let auth = authorization(&session);
+
+    let error = query(&mut client, &session, "select * from no_such_table").json().unwrap();
+    assert_eq!((error["success"].clone(), error["code"].clone()), (json!(false), json!("002003")));
+    assert!(error["message"].as_str().unwrap().contains("NO_SUCH_TABLE"));
+
+    let slow = query(&mut client, &session, "select slow").json().unwrap();
+    assert_eq!(slow["code"], "333333", "{slow}");
+    let url = slow["data"]["getResultUrl"].as_str().unwrap().to_owned();
+    let mut polls = 0;
+    let result = loop {
+        let poll = client.get(&url, &[("authorization", &auth), ("accept-encoding", "gzip")]).unwrap();
+        assert!(!poll.was_gzip, "the gateway answers inflated bodies");
+        let body = poll.json().unwrap();
+        if body["code"] != "333333" {
+            break body;
+        }
+        polls += 1;
+        assert!(polls < 10);
+    };
+    assert_eq!(result["success"], true, "{result}");
+
+    let body = json!({"sqlText": "select 1", "asyncExec": true});
+    let asynchronous =
+        client.post_json(QUERY_TARGET, &[("authorization", &auth)], &body, true).unwrap().json().unwrap();
+    assert_eq!(asynchronous["code"], "333334");
+    let qid = asynchronous["data"]["queryId"].as_str().unwrap().to_owned();
+    let status =
+        client.get(&format!("/monitoring/queries/{qid}"), &[("authorization", &auth)]).unwrap().json().unwrap();
+    assert_eq!(status["data"]["queries"][0]["status"], "SUCCESS", "{status}");
+    let result = client.get(&format!("/queries/{qid}/result"), &[("authorization", &auth)]).unwrap().json().unwrap();
+    assert_eq!(result["success"], true, "{result}");
+
+    let abort = client
+        .post_json(
+            &format!("/queries/{qid}/abort-request"),
+            &[("authorization", &auth)],
+            &json!({"requestId": "1"}),
+            false,
+        )
+        .unwrap();
+    assert_eq!(abort.json().unwrap()["success"], true);
+    let telemetry =
+        client.post_json("/telemetry/send", &[("authorization", &auth)], &json!({"logs": []}), true).unwrap();
+    assert_eq!(telemetry.json().unwrap()["success"], true);
+    let heartbeat =
+        client.post_json("/session/heartbeat?requestId=9", &[("authorization", &auth)], &json!({}), false).unwrap();
+    assert_eq!(heartbeat.json().unwrap()["success"], true);
+    let logout = client.post_json("/session?delete=true", &[("authorization", &auth)], &json!({}), false).unwrap();
+    assert_eq!(logout.json().unwrap()["success"], true);
+    // After logout upstream forgets the session; the gateway passes its answer on.
+    assert_eq!(query(&mut client, &session, "select 1").json().unwrap()["success"], false);
+}
+
+#[test]
+fn bindings_reach_upstream_and_the_recording() {
+    let upstream = double(|_| {});
+    let gateway = TestGateway::start(&upstream.url(), GatewayOptions::default());
+    let mut client = gateway.client();
+    let (session, _) = login_ok(&mut client);
+    let body = json!({"sqlText": "select ?", "bindings": {"1": {"type": "TEXT", "value": "bound-value-31"}}});
+    let answer = client
+        .post_json(
+            QUERY_TARGET,
+            &[("authorization", &authorization(&session)), ("x-agent-context", "trace=abc")],
+            &body,
+            true,
+        )
+        .unwrap();
+    assert!(String::from_utf8_lossy(&answer.body).contains("bound-value-31"));
+    let dir = gateway.stop();
+    let recording = read_tree(&dir.path().join("recordings"));
+    let frame: serde_json::Value = recording
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .find(|f| f["endpoint"] == "query-request")
+        .unwrap();
+    assert_eq!(frame["sql_text"], "select ?");
+    assert!(frame["bindings"].as_str().unwrap().contains("bound-value-31"));
+    assert_eq!(frame["agent_context"], "trace=abc");
+    assert_eq!(frame["sub"], "agent-7");
+    assert_eq!(frame["role"], "ANALYST");
+    assert_eq!(frame["request_id"], "6d2b8a56-3d0a-4a51-8f3c-2d9c1f0e7b44");
+    assert!(frame["query_id"].as_str().is_some_and(|q| q.len() == 36));
+}
+
+#[test]
+fn sql_api_takes_a_bearer_oidc_token_and_forwards_the_gateway_jwt() {
+    let upstream = double(|_| {});
+    let gateway = TestGateway::start(&upstream.url(), GatewayOptions::default());
+    let mut client = gateway.client();
+    let token = agent_token(json!({}));
+    let bearer = format!("Bearer {token}");
+    let headers = [
+        ("authorization", bearer.as_str()),
+        ("x-snowflake-authorization-token-type", "OAUTH"),
+        ("user-agent", "test/1"),
+    ];
+    let body = json!({"statement": "select * from small", "timeout": 60, "role": "ACCOUNTADMIN"});
+    let answer = client.post_json("/api/v2/statements?requestId=1", &headers, &body, false).unwrap();
+    assert_eq!(answer.status, 200, "{answer:?}");
+    let result = answer.json().unwrap();
+    let handle = result["statementHandle"].as_str().unwrap().to_owned();
+    let seen = upstream.stats.recorded(EndpointKind::SqlApiSubmit);
+    let request = seen.last().unwrap();
+    assert_eq!(request.header("x-snowflake-authorization-token-type"), Some("KEYPAIR_JWT"));
+    assert!(!request.contains(token.as_bytes()), "the agent's token reached upstream");
+    assert_eq!(request.body_json().unwrap()["role"], "ANALYST");
+
+    let status = client.get(&format!("/api/v2/statements/{handle}?partition=0"), &headers).unwrap();
+    assert_eq!(status.status, 200);
+    let cancel = client.post_json(&format!("/api/v2/statements/{handle}/cancel"), &headers, &json!({}), false).unwrap();
+    assert_eq!(cancel.status, 200);
+
+    let bad = [("authorization", "Bearer not-a-token"), ("x-snowflake-authorization-token-type", "OAUTH")];
+    assert_eq!(client.post_json("/api/v2/statements", &bad, &body, false).unwrap().status, 401);
+    let keypair_type = [("authorization", bearer.as_str()), ("x-snowflake-authorization-token-type", "KEYPAIR_JWT")];
+    assert_eq!(client.post_json("/api/v2/statements", &keypair_type, &body, false).unwrap().status, 401);
+    assert_eq!(client.post_json("/api/v2/statements", &[], &body, false).unwrap().status, 401);
+}

@@ -1,0 +1,280 @@
+//! Shared test setup: an in-process gateway on 127.0.0.1 in front of the Rust Snowflake double,
+//! agent tokens signed with the committed test IdP keys, and the captured log stream.
+
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde_json::{Value, json};
+use snowgate::config::{Config, RuntimeSettings};
+use snowgate::runtime::Running;
+use snowgate_perf::client::{Client, ClientResponse};
+use snowgate_perf::{RunningUpstream, UpstreamConfig};
+
+pub const ISSUER: &str = "https://idp.test.snowgate";
+pub const AUDIENCE: &str = "snowgate-test";
+
+/// The repository root.
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A committed test key.
+pub fn key_path(name: &str) -> PathBuf {
+    root().join("tests/fixtures/keys").join(name)
+}
+
+pub fn now_unix() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
+}
+
+/// Everything the gateway logged in this test binary, for secret scans.
+pub fn captured_logs() -> String {
+    String::from_utf8_lossy(&log_buffer().lock().unwrap()).into_owned()
+}
+
+fn log_buffer() -> &'static Arc<Mutex<Vec<u8>>> {
+    static BUFFER: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
+    BUFFER.get_or_init(|| {
+        let buffer = Arc::new(Mutex::new(Vec::new()));
+        let writer_buffer = buffer.clone();
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter("snowgate=debug")
+            .with_ansi(false)
+            .with_writer(move || LogWriter(writer_buffer.clone()))
+            .try_init();
+        buffer
+    })
+}
+
+struct LogWriter(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for LogWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Signs an agent token with test IdP key `a` (kid `key-a`), with `claims` merged over a valid
+/// default set.
+pub fn agent_token(overrides: Value) -> String {
+    let now = now_unix();
+    let mut claims = json!({
+        "iss": ISSUER, "aud": AUDIENCE, "sub": "agent-7", "groups": ["analysts"],
+        "iat": now, "nbf": now - 5, "exp": now + 600,
+    });
+    for (k, v) in overrides.as_object().unwrap() {
+        if v.is_null() {
+            claims.as_object_mut().unwrap().remove(k);
+        } else {
+            claims[k] = v.clone();
+        }
+    }
+    sign_rs256("idp-a.pem", Some("key-a"), &claims)
+}
+
+pub fn sign_rs256(key_file: &str, kid: Option<&str>, claims: &Value) -> String {
+    let pem = std::fs::read(key_path(key_file)).unwrap();
+    let key = jsonwebtoken::EncodingKey::from_rsa_pem(&pem).unwrap();
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
+    header.kid = kid.map(str::to_owned);
+    jsonwebtoken::encode(&header, claims, &key).unwrap()
+}
+
+/// How to set up a gateway for a test.
+pub struct GatewayOptions {
+    pub cores: usize,
+    pub credential: Credential,
+    pub extra_config: String,
+    pub limits: String,
+}
+
+pub enum Credential {
+    KeyPair,
+    Password(String),
+}
+
+impl Default for GatewayOptions {
+    fn default() -> Self {
+        GatewayOptions { cores: 1, credential: Credential::KeyPair, extra_config: String::new(), limits: String::new() }
+    }
+}
+
+/// A gateway running in this process; drains when dropped.
+pub struct TestGateway {
+    pub addr: SocketAddr,
+    pub dir: tempfile::TempDir,
+    running: Option<Running>,
+}
+
+impl TestGateway {
+    pub fn start(upstream_url: &str, options: GatewayOptions) -> TestGateway {
+        log_buffer();
+        let dir = tempfile::tempdir().unwrap();
+        let seal_key: String = (0..32).map(|i| format!("{:02x}", (i * 7 + 3) as u8)).collect();
+        std::fs::write(dir.path().join("seal.key"), seal_key).unwrap();
+        let credential = match &options.credential {
+            Credential::KeyPair => {
+                std::fs::write(dir.path().join("upstream.pem"), snowgate_perf::test_keys::TEST_PRIVATE_KEY_PEM)
+                    .unwrap();
+                "private_key_file = \"upstream.pem\"".to_owned()
+            }
+            Credential::Password(password) => {
+                std::fs::write(dir.path().join("password"), password).unwrap();
+                "password_file = \"password\"".to_owned()
+            }
+        };
+        let config = format!(
+            r#"
+[listen]
+address = "127.0.0.1:0"
+plaintext = true
+{extra_listen}
+[upstream]
+account = "TESTACCT"
+url = "{upstream_url}"
+user = "SNOWGATE"
+{credential}
+
+[identity]
+issuer = "{ISSUER}"
+audience = ["{AUDIENCE}"]
+jwks_file = "{jwks}"
+roles = [{{ group = "analysts", role = "ANALYST" }}, {{ group = "admins", role = "SYSADMIN" }}]
+
+[tokens]
+seal_key_file = "seal.key"
+
+[limits]
+{limits}
+
+[recording]
+directory = "recordings"
+"#,
+            extra_listen = options.extra_config,
+            jwks = key_path("jwks.json").display(),
+            limits = options.limits,
+        );
+        let config_path = dir.path().join("snowgate.toml");
+        std::fs::File::create(&config_path).unwrap().write_all(config.as_bytes()).unwrap();
+        let runtime = RuntimeSettings {
+            cores: options.cores,
+            pin_cpus: false,
+            uring_entries: 256,
+            read_buffer_bytes: 16 * 1024,
+            upstream_pool_size: 8,
+            max_connections: 1000,
+            drain_timeout: Duration::from_secs(5),
+        };
+        let config = Config::load(&config_path, runtime).unwrap();
+        let running = snowgate::runtime::start(config).unwrap();
+        TestGateway { addr: running.local_addr, dir, running: Some(running) }
+    }
+
+    pub fn client(&self) -> Client {
+        Client::connect(self.addr).unwrap()
+    }
+
+    /// Drains and waits for the cores to stop (flushing the recorders).
+    pub fn stop(mut self) -> tempfile::TempDir {
+        self.shutdown();
+        std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap())
+    }
+
+    fn shutdown(&mut self) {
+        if let Some(running) = self.running.take() {
+            running.drain();
+            running.join();
+        }
+    }
+}
+
+impl Drop for TestGateway {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+/// A double trusting the committed upstream test key, with a unique token prefix.
+pub fn double(configure: impl FnOnce(&mut UpstreamConfig)) -> RunningUpstream {
+    let mut config = UpstreamConfig {
+        public_key_pem: Some(snowgate_perf::test_keys::TEST_PUBLIC_KEY_PEM.to_owned()),
+        ..Default::default()
+    };
+    configure(&mut config);
+    snowgate_perf::start(config).unwrap()
+}
+
+/// The Python driver's login body, with `token` as the OIDC token.
+pub fn login_body(token: &str) -> Value {
+    json!({"data": {
+        "CLIENT_APP_ID": "PythonConnector", "CLIENT_APP_VERSION": "3.12.0",
+        "SVN_REVISION": null, "ACCOUNT_NAME": "agentacct", "LOGIN_NAME": "agent",
+        "CLIENT_ENVIRONMENT": {"APPLICATION": "PythonConnector", "OS": "Linux", "LOGIN_TIMEOUT": null},
+        "AUTHENTICATOR": "OAUTH", "TOKEN": token,
+        "SESSION_PARAMETERS": {"CLIENT_PREFETCH_THREADS": 4}}})
+}
+
+pub const LOGIN_TARGET: &str =
+    "/session/v1/login-request?request_id=0a4f7f0e-7d2a-4a8e-9d51-3f2f0b0c6a11&roleName=ACCOUNTADMIN";
+
+/// Logs in through the gateway and returns the answer.
+pub fn login(client: &mut Client, token: &str) -> ClientResponse {
+    client.post_json(LOGIN_TARGET, &[("authorization", "Snowflake Token=\"None\"")], &login_body(token), true).unwrap()
+}
+
+/// Logs in and returns the sealed session and master tokens.
+pub fn login_ok(client: &mut Client) -> (String, Option<String>) {
+    let answer = login(client, &agent_token(json!({})));
+    let body = answer.json().unwrap();
+    assert_eq!(body["success"], true, "login failed: {body}");
+    let session = body["data"]["token"].as_str().unwrap().to_owned();
+    let master = body["data"]["masterToken"].as_str().map(str::to_owned);
+    (session, master)
+}
+
+pub fn authorization(token: &str) -> String {
+    format!("Snowflake Token=\"{token}\"")
+}
+
+pub const QUERY_TARGET: &str = "/queries/v1/query-request?requestId=6d2b8a56-3d0a-4a51-8f3c-2d9c1f0e7b44";
+
+/// Runs `sql` with a session token and returns the answer.
+pub fn query(client: &mut Client, session: &str, sql: &str) -> ClientResponse {
+    let body = json!({"sqlText": sql, "asyncExec": false, "sequenceId": 1, "querySubmissionTime": 1,
+        "isInternal": false, "describeOnly": false, "parameters": {}, "queryContextDTO": {"entries": []}});
+    client.post_json(QUERY_TARGET, &[("authorization", &authorization(session))], &body, true).unwrap()
+}
+
+/// Asserts a driver-shaped refusal with `code`.
+#[track_caller]
+pub fn assert_refused(answer: &ClientResponse, code: &str) {
+    assert_eq!(answer.status, 200, "refusals are HTTP 200: {answer:?}");
+    let body = answer.json().unwrap();
+    assert_eq!(body["success"], false, "{body}");
+    assert_eq!(body["code"], code, "{body}");
+    assert!(body["data"].is_object(), "{body}");
+    assert!(body["message"].as_str().is_some_and(|m| !m.is_empty()), "{body}");
+}
+
+/// Reads every file under `dir` as text, for canary scans.
+pub fn read_tree(dir: &Path) -> String {
+    let mut out = String::new();
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                out.push_str(&read_tree(&path));
+            } else {
+                out.push_str(&String::from_utf8_lossy(&std::fs::read(&path).unwrap_or_default()));
+            }
+        }
+    }
+    out
+}

@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Runs every test in the repository: installs the real Python Snowflake driver and the fakesnow
+# emulator into .venv (once, from tests/driver/requirements.txt), then the whole workspace in
+# release mode. Extra arguments go to `cargo test`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if ! .venv/bin/python -c 'import fakesnow, snowflake.connector' 2>/dev/null; then
+  python3 -m venv .venv
+  .venv/bin/pip install --quiet --disable-pip-version-check -r tests/driver/requirements.txt
+fi
+export SNOWGATE_TEST_PYTHON="$PWD/.venv/bin/python"
+
+cargo test --release --workspace "$@"
