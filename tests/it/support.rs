@@ -91,7 +91,14 @@ pub fn sign_rs256(key_file: &str, kid: Option<&str>, claims: &Value) -> String {
 pub struct GatewayOptions {
     pub cores: usize,
     pub credential: Credential,
-    pub extra_config: String,
+    /// Replaces the `[listen]` section's body (default: `127.0.0.1:0`, plaintext).
+    pub listen: Option<String>,
+    /// Extra lines for the `[upstream]` section (e.g. `ca_file = "..."`).
+    pub upstream_extra: String,
+    /// Replaces the `jwks_file = ...` line of `[identity]` (e.g. with `jwks_url = "..."`),
+    /// and may add identity settings such as `refetch_interval_min_secs`.
+    pub jwks: Option<String>,
+    /// Lines for the `[limits]` section.
     pub limits: String,
 }
 
@@ -102,7 +109,14 @@ pub enum Credential {
 
 impl Default for GatewayOptions {
     fn default() -> Self {
-        GatewayOptions { cores: 1, credential: Credential::KeyPair, extra_config: String::new(), limits: String::new() }
+        GatewayOptions {
+            cores: 1,
+            credential: Credential::KeyPair,
+            listen: None,
+            upstream_extra: String::new(),
+            jwks: None,
+            limits: String::new(),
+        }
     }
 }
 
@@ -133,19 +147,19 @@ impl TestGateway {
         let config = format!(
             r#"
 [listen]
-address = "127.0.0.1:0"
-plaintext = true
-{extra_listen}
+{listen}
+
 [upstream]
 account = "TESTACCT"
 url = "{upstream_url}"
 user = "SNOWGATE"
 {credential}
+{upstream_extra}
 
 [identity]
 issuer = "{ISSUER}"
 audience = ["{AUDIENCE}"]
-jwks_file = "{jwks}"
+{jwks}
 roles = [{{ group = "analysts", role = "ANALYST" }}, {{ group = "admins", role = "SYSADMIN" }}]
 
 [tokens]
@@ -157,8 +171,9 @@ seal_key_file = "seal.key"
 [recording]
 directory = "recordings"
 "#,
-            extra_listen = options.extra_config,
-            jwks = key_path("jwks.json").display(),
+            listen = options.listen.as_deref().unwrap_or("address = \"127.0.0.1:0\"\nplaintext = true"),
+            upstream_extra = options.upstream_extra,
+            jwks = options.jwks.clone().unwrap_or_else(|| format!("jwks_file = \"{}\"", key_path("jwks.json").display())),
             limits = options.limits,
         );
         let config_path = dir.path().join("snowgate.toml");
