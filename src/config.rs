@@ -11,7 +11,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::http::Limits;
-use crate::identity::{IdentityConfig, JwksSource};
+use crate::identity::{IdentityConfig, JwksSource, Verifier};
 use crate::session::credential::{KeyPair, Secret, UpstreamCredential};
 
 /// A configuration problem, naming the key at fault.
@@ -476,8 +476,13 @@ impl Config {
                 }
             };
             let ca_pem = u.ca_file.as_ref().map(|p| read_file("upstream.ca_file", &resolve(p))).transpose()?;
-            if u.connect_timeout_ms == 0 || u.response_timeout_ms == 0 {
-                return Err(problem("upstream.connect_timeout_ms", "timeouts must be greater than zero"));
+            for (key, value) in [
+                ("upstream.connect_timeout_ms", u.connect_timeout_ms),
+                ("upstream.response_timeout_ms", u.response_timeout_ms),
+            ] {
+                if value == 0 {
+                    return Err(problem(key, "must be greater than zero"));
+                }
             }
             Upstream {
                 account: u.account.clone(),
@@ -515,6 +520,12 @@ impl Config {
             if i.roles.is_empty() && i.default_role.is_none() {
                 return Err(problem("identity.roles", "map at least one group to a role, or set default_role"));
             }
+            if i.refetch_interval_min_secs == 0 {
+                return Err(problem("identity.refetch_interval_min_secs", "must be greater than zero"));
+            }
+            if i.cache_ttl_secs < i.refetch_interval_min_secs {
+                return Err(problem("identity.cache_ttl_secs", "must not be shorter than refetch_interval_min_secs"));
+            }
             Identity {
                 verifier: {
                     let mut v = IdentityConfig::new(i.issuer.clone(), i.audience.clone());
@@ -524,6 +535,12 @@ impl Config {
                     v.refetch_interval_min = Duration::from_secs(i.refetch_interval_min_secs);
                     v.cache_ttl = Duration::from_secs(i.cache_ttl_secs);
                     v.validate().map_err(|e| problem("identity", e.to_string()))?;
+                    // A JWKS file is loaded at start and must hold a usable key; loading it here
+                    // too makes a broken file a configuration error that names its key.
+                    if let JwksSource::File(_) = &jwks {
+                        Verifier::new(v.clone(), jwks.clone())
+                            .map_err(|e| problem("identity.jwks_file", e.to_string()))?;
+                    }
                     v
                 },
                 jwks,
@@ -563,8 +580,14 @@ impl Config {
                 "head_bytes_max >= 1024, body_bytes_max > 0, decompressed_bytes_max >= 1 MiB",
             ));
         }
-        if l.header_timeout_ms == 0 || l.idle_timeout_ms == 0 || l.body_timeout_ms == 0 {
-            return Err(problem("limits.header_timeout_ms", "timeouts must be greater than zero"));
+        for (key, value) in [
+            ("limits.header_timeout_ms", l.header_timeout_ms),
+            ("limits.idle_timeout_ms", l.idle_timeout_ms),
+            ("limits.body_timeout_ms", l.body_timeout_ms),
+        ] {
+            if value == 0 {
+                return Err(problem(key, "must be greater than zero"));
+            }
         }
         if runtime.cores == 0 || runtime.max_connections == 0 || runtime.read_buffer_bytes < 1024 {
             return Err(problem("--cores", "cores and max-connections must be > 0, read-buffer-bytes >= 1024"));

@@ -86,6 +86,9 @@ fn main() -> anyhow::Result<()> {
     };
     let config = Config::load(&args.config, runtime)?;
     if args.check_config {
+        // Everything the start builds from the file short of sockets and threads (the sealer,
+        // the verifier, the TLS settings), so that a file that passes the check also starts.
+        snowgate::proxy::Gateway::new(config).context("the configuration cannot start")?;
         println!("configuration ok: {}", args.config.display());
         return Ok(());
     }

@@ -2,8 +2,9 @@
 //! upstream pool and recorder; signals; draining on SIGTERM.
 //!
 //! The listeners are bound here, before the threads start, so that a port of 0 is resolved
-//! once and every core listens on the same port. Draining: stop accepting, let in-flight
-//! requests finish up to the deadline, close keep-alive connections after their current answer.
+//! once and every core listens on the same port. Draining: stop accepting (a connection accepted
+//! as the drain begins is closed unserved), let in-flight requests finish up to the deadline,
+//! close keep-alive connections after their current answer and idle ones at once.
 
 use std::net::{SocketAddr, TcpListener as StdListener};
 use std::rc::Rc;
@@ -13,7 +14,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use socket2::{Domain, Protocol, Socket, Type};
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::config::Config;
 use crate::proxy::{Core, Gateway, StartError};
@@ -71,7 +72,11 @@ pub fn start(config: Config) -> Result<Running, StartError> {
     for _ in 1..settings.cores {
         listeners.push(bind_reuseport(local_addr).map_err(io_error(format!("listen on {local_addr}")))?);
     }
-    let driver = driver_name();
+    // Probing for io_uring sets up a ring, and the kernel's teardown of it later interrupts the
+    // probing thread's blocking system calls (EINTR, with no signal to show for it). The probe
+    // runs on a thread of its own, so that the caller (a program embedding the gateway, a test
+    // reading from a socket) is never interrupted.
+    let driver = std::thread::scope(|scope| scope.spawn(driver_name).join()).unwrap_or("unknown");
     info!(
         cores = settings.cores,
         %local_addr,
@@ -107,7 +112,7 @@ pub fn start(config: Config) -> Result<Running, StartError> {
                         return;
                     }
                 };
-                runtime.block_on(run_core(core_id, gateway, listener, ready));
+                runtime.block_on(run_core(core_id, driver, gateway, listener, ready));
             })
             .map_err(io_error(format!("core {core_id} thread")))?;
         cores.push(thread);
@@ -134,6 +139,7 @@ pub fn start(config: Config) -> Result<Running, StartError> {
 
 async fn run_core(
     core_id: usize,
+    driver: &'static str,
     gateway: Arc<Gateway>,
     listener: StdListener,
     ready: std::sync::mpsc::Sender<Result<(), StartError>>,
@@ -154,23 +160,33 @@ async fn run_core(
             return;
         }
     };
-    info!(core = core_id, driver = driver_name(), "Core serving.");
+    info!(core = core_id, driver, "Core serving.");
 
     // Accepting is cancelled (not dropped mid-flight, which can lose an accepted socket under
-    // io_uring) when draining begins: a watcher task owns the canceller.
+    // io_uring) when draining begins: a watcher task owns the canceller. It also wakes the idle
+    // keep-alive connections then, which close: no answer is owed to them.
     let canceller = monoio::io::Canceller::new();
     let cancel_handle = canceller.handle();
     monoio::spawn({
-        let gateway = gateway.clone();
+        let core = core.clone();
         async move {
-            while !gateway.is_draining() {
+            while !core.gateway.is_draining() {
                 monoio::time::sleep(Duration::from_millis(50)).await;
             }
             drop(canceller.cancel());
+            core.close_idle_connections();
         }
     });
     loop {
         match listener.cancelable_accept(cancel_handle.clone()).await {
+            // The watcher cancels accepting only on its next tick, so a connection can still be
+            // accepted after draining began. It is closed unserved, as it would have been
+            // refused had the listener closed a moment sooner.
+            Ok((tcp, peer)) if gateway.is_draining() => {
+                debug!(core = core_id, %peer, "Connection closed unserved: the gateway is draining.");
+                drop(tcp);
+                break;
+            }
             Ok((tcp, peer)) => {
                 monoio::spawn(core.clone().serve(tcp, peer));
             }

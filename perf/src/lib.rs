@@ -7,7 +7,7 @@
 //! - [`results`]: the SQL vocabulary, the fake tables and the precomputed result bodies.
 //! - [`keypair`]: key-pair JWT fingerprints, minting and verification.
 //! - [`stats`]: counters and the request log tests assert on.
-//! - [`server`]: the transport: listeners, runtime threads, the connection loop.
+//! - [`server`]: the transport: listeners, runtime threads, optional TLS, the connection loop.
 //! - [`client`]: a small blocking HTTP/1.1 client for tests.
 //! - [`test_keys`]: test-only RSA key pairs.
 //!
@@ -30,6 +30,6 @@ pub mod stats;
 pub mod test_keys;
 pub mod upstream;
 
-pub use server::{RunningUpstream, start, start_with};
+pub use server::{RunningUpstream, start, start_with, start_with_tls};
 pub use stats::{EndpointKind, RecordedRequest, Stats};
 pub use upstream::{Response, Upstream, UpstreamConfig};

@@ -1,5 +1,7 @@
-//! The `snowgate-perf` command: serves the Snowflake test double (the perf harness
-//! subcommands come later).
+//! The `snowgate-perf` command: serves the Snowflake test double, and runs the side-by-side
+//! comparison of direct and through-snowgate load.
+
+mod bench;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
@@ -19,6 +21,31 @@ struct Cli {
 enum Command {
     /// Serve the Snowflake test double until killed; prints the bound address on one line.
     Upstream(UpstreamArgs),
+    /// Run the same closed-loop load directly against the double and through snowgate, and
+    /// print a markdown table of medians (req/s, latency, CPU µs per request per process).
+    Compare(CompareArgs),
+}
+
+#[derive(Debug, Args)]
+struct CompareArgs {
+    /// The snowgate binary to measure.
+    #[arg(long, env = "SNOWGATE_PERF_GATEWAY_BIN", default_value = "target/release/snowgate")]
+    gateway_bin: PathBuf,
+    /// Concurrent connections.
+    #[arg(long, env = "SNOWGATE_PERF_CONNECTIONS", default_value_t = 32)]
+    connections: usize,
+    /// Warm-up seconds before each measured window.
+    #[arg(long, env = "SNOWGATE_PERF_WARMUP_SECS", default_value_t = 2.0)]
+    warmup_secs: f64,
+    /// Measured seconds per run.
+    #[arg(long, env = "SNOWGATE_PERF_DURATION_SECS", default_value_t = 10.0)]
+    duration_secs: f64,
+    /// Runs per scenario, alternating; the table gives medians.
+    #[arg(long, env = "SNOWGATE_PERF_RUNS", default_value_t = 5)]
+    runs: usize,
+    /// The statement every query sends (see the double's vocabulary).
+    #[arg(long, env = "SNOWGATE_PERF_SQL", default_value = "select 1")]
+    sql: String,
 }
 
 #[derive(Debug, Args)]
@@ -96,5 +123,18 @@ fn upstream(args: UpstreamArgs) -> anyhow::Result<()> {
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Upstream(args) => upstream(args),
+        Command::Compare(args) => {
+            let spec = bench::CompareSpec {
+                gateway_bin: args.gateway_bin,
+                connections: args.connections,
+                warmup: std::time::Duration::from_secs_f64(args.warmup_secs),
+                duration: std::time::Duration::from_secs_f64(args.duration_secs),
+                runs: args.runs,
+                sql: args.sql,
+            };
+            let results = bench::compare(&spec)?;
+            println!("{}", bench::report(&results));
+            Ok(())
+        }
     }
 }

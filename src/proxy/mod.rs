@@ -11,15 +11,18 @@ pub mod io;
 pub mod tls;
 pub mod upstream;
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::pin::{Pin, pin};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::{Bytes, BytesMut};
-use monoio::io::AsyncWriteRentExt;
+use monoio::io::{AsyncWriteRent, AsyncWriteRentExt};
 use monoio::net::TcpStream;
 use monoio::time::Instant;
 use tracing::{debug, info, warn};
@@ -129,6 +132,7 @@ pub struct Core {
     pool: Pool,
     recorder: Recorder,
     open_connections: Cell<usize>,
+    idle: IdleWaiters,
 }
 
 impl Core {
@@ -147,7 +151,7 @@ impl Core {
             what: format!("recording directory {}", c.recording_dir.display()),
             source,
         })?;
-        Ok(Core { id, gateway, pool, recorder, open_connections: Cell::new(0) })
+        Ok(Core { id, gateway, pool, recorder, open_connections: Cell::new(0), idle: IdleWaiters::default() })
     }
 
     /// Serves one accepted TCP connection until it closes, times out or the gateway drains.
@@ -158,50 +162,64 @@ impl Core {
         let read_size = gateway.config.runtime.read_buffer_bytes;
         if self.open_connections.get() >= gateway.config.runtime.max_connections {
             warn!(core = self.id, %peer, "Connection refused: the core is at its connection limit.");
-            let mut conn = Conn::new(Stream::Plain(tcp), read_size);
-            let body = Bytes::from_static(
-                br#"{"code":"260006","message":"the gateway is at its connection limit","success":false}"#,
-            );
-            let _ =
-                conn.write_message(error_head(503, body.len()), body, Instant::now() + Duration::from_secs(1)).await;
+            // On a TLS listener the refusal goes inside a TLS session: clear bytes would reach
+            // the agent's TLS stack as a corrupt record, not as an answer it can act on. The
+            // handshake shares the refusal's short deadline, so a full core spends little on it.
+            let deadline = Instant::now() + Duration::from_secs(1);
+            if let Some(stream) = self.secure(tcp, peer, deadline).await {
+                let mut conn = Conn::new(stream, read_size);
+                let body = Bytes::from_static(
+                    br#"{"code":"260006","message":"the gateway is at its connection limit","success":false}"#,
+                );
+                let _ = conn.write_message(error_head(503, body.len()), body, deadline).await;
+                close(&mut conn).await;
+            }
             return;
         }
         self.open_connections.set(self.open_connections.get() + 1);
-        let stream = match &gateway.server_tls {
-            None => Some(Stream::Plain(tcp)),
-            Some(config) => {
-                let acceptor = monoio_rustls::TlsAcceptor::from(config.clone());
-                match monoio::time::timeout(gateway.config.timeouts.header, acceptor.accept(tcp)).await {
-                    Ok(Ok(tls)) => Some(Stream::ServerTls(Box::new(tls))),
-                    Ok(Err(e)) => {
-                        debug!(core = self.id, %peer, error = %e, "TLS handshake failed.");
-                        None
-                    }
-                    Err(_) => {
-                        debug!(core = self.id, %peer, "TLS handshake timed out.");
-                        None
-                    }
-                }
-            }
-        };
-        if let Some(stream) = stream {
-            self.serve_requests(Conn::new(stream, read_size), peer).await;
+        if let Some(stream) = self.secure(tcp, peer, Instant::now() + gateway.config.timeouts.header).await {
+            let mut conn = Conn::new(stream, read_size);
+            self.serve_requests(&mut conn, peer).await;
+            close(&mut conn).await;
         }
         self.open_connections.set(self.open_connections.get() - 1);
     }
 
-    async fn serve_requests(&self, mut conn: Conn, peer: SocketAddr) {
+    /// The connection's stream: plain, or TLS once the handshake completes by `deadline`.
+    /// `None` when the handshake fails or times out; the connection is then dropped unanswered.
+    async fn secure(&self, tcp: TcpStream, peer: SocketAddr, deadline: Instant) -> Option<Stream> {
+        let Some(config) = &self.gateway.server_tls else {
+            return Some(Stream::Plain(tcp));
+        };
+        let acceptor = monoio_rustls::TlsAcceptor::from(config.clone());
+        match monoio::time::timeout_at(deadline, acceptor.accept(tcp)).await {
+            Ok(Ok(tls)) => Some(Stream::ServerTls(Box::new(tls))),
+            Ok(Err(e)) => {
+                // monoio-rustls's own error prints only "io error"; the io::Error inside it
+                // carries rustls's reason (an unknown CA, a plaintext request, ...).
+                let e = std::io::Error::from(e);
+                debug!(core = self.id, %peer, error = %e, "TLS handshake failed.");
+                None
+            }
+            Err(_) => {
+                debug!(core = self.id, %peer, "TLS handshake timed out.");
+                None
+            }
+        }
+    }
+
+    async fn serve_requests(&self, conn: &mut Conn, peer: SocketAddr) {
         let gateway = &self.gateway;
         let limits = gateway.config.limits;
         let timeouts = gateway.config.timeouts;
         loop {
-            match conn.wait_for_message(timeouts.idle).await {
+            match self.next_message(conn, timeouts.idle).await {
                 Ok(true) => {}
                 Ok(false) | Err(_) => return,
             }
             let head = match conn.read_request_head(&limits, Instant::now() + timeouts.header).await {
                 Ok(head) => head,
-                Err(e) => return self.reject(&mut conn, peer, &e).await,
+                Err(e) => return self.reject(conn, peer, &e).await,
             };
             if head.headers.has_token("expect", "100-continue") && head.framing != crate::http::BodyFraming::Empty {
                 let (result, _) = conn.stream.write_all(&b"HTTP/1.1 100 Continue\r\n\r\n"[..]).await;
@@ -211,7 +229,7 @@ impl Core {
             }
             let body = match conn.read_body(head.framing, limits.body_bytes_max, Instant::now() + timeouts.body).await {
                 Ok(body) => body,
-                Err(e) => return self.reject(&mut conn, peer, &e).await,
+                Err(e) => return self.reject(conn, peer, &e).await,
             };
 
             gateway.metrics.in_flight.fetch_add(1, Ordering::AcqRel);
@@ -256,6 +274,81 @@ impl Core {
             warn!(core = self.id, "Recorder queue full: a frame was not recorded.");
         }
     }
+}
+
+impl Core {
+    /// Waits up to `idle` for the first byte of the next request, like
+    /// [`Conn::wait_for_message`], but also ends the wait when draining begins: an idle
+    /// keep-alive connection is owed no answer, so it is closed then (`Ok(false)`, as if the
+    /// agent had closed) rather than kept open until the core stops and abandons it.
+    async fn next_message(&self, conn: &mut Conn, idle: Duration) -> Result<bool, ReadError> {
+        let id = self.idle.next_id.get();
+        self.idle.next_id.set(id.wrapping_add(1));
+        let mut drained = pin!(Drained { core: self, id });
+        let mut message = pin!(conn.wait_for_message(idle));
+        std::future::poll_fn(|cx| {
+            // A request already arriving wins over the drain: it is served, with Connection: close.
+            if let Poll::Ready(result) = message.as_mut().poll(cx) {
+                return Poll::Ready(result);
+            }
+            drained.as_mut().poll(cx).map(|()| Ok(false))
+        })
+        .await
+    }
+
+    /// Wakes every connection waiting idle for its next request, so that it sees the drain and
+    /// closes. The runtime calls this once draining has begun.
+    pub fn close_idle_connections(&self) {
+        let wakers: Vec<Waker> = self.idle.wakers.borrow_mut().drain().map(|(_, waker)| waker).collect();
+        for waker in wakers {
+            waker.wake();
+        }
+    }
+}
+
+/// The wakers of one core's connections that wait, idle, for their next request.
+#[derive(Default)]
+struct IdleWaiters {
+    next_id: Cell<u64>,
+    wakers: RefCell<HashMap<u64, Waker>>,
+}
+
+/// Resolves once the gateway drains. While pending, its waker is registered with its core, so
+/// that [`Core::close_idle_connections`] can wake it; dropping it unregisters it.
+struct Drained<'a> {
+    core: &'a Core,
+    id: u64,
+}
+
+impl Future for Drained<'_> {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        if self.core.gateway.is_draining() {
+            return Poll::Ready(());
+        }
+        let mut wakers = self.core.idle.wakers.borrow_mut();
+        match wakers.get_mut(&self.id) {
+            Some(waker) if waker.will_wake(cx.waker()) => {}
+            Some(waker) => waker.clone_from(cx.waker()),
+            None => {
+                wakers.insert(self.id, cx.waker().clone());
+            }
+        }
+        Poll::Pending
+    }
+}
+
+impl Drop for Drained<'_> {
+    fn drop(&mut self) {
+        self.core.idle.wakers.borrow_mut().remove(&self.id);
+    }
+}
+
+/// Ends a connection the gateway is done with: a TLS close_notify first (so the agent can tell
+/// a clean end from a truncation, as TLS requires), then the TCP close, under a short deadline.
+async fn close(conn: &mut Conn) {
+    let _ = monoio::time::timeout(Duration::from_secs(1), conn.stream.shutdown()).await;
 }
 
 fn error_head(status: u16, body_len: usize) -> BytesMut {

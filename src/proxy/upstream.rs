@@ -98,9 +98,9 @@ impl Endpoint {
     /// Resolves the host (blocking; done when a new connection is needed, which the pool makes
     /// rare) and connects, with TLS when the URL says so.
     async fn connect(&self, read_buffer_bytes: usize) -> Result<Conn, UpstreamError> {
-        let addr = resolve(&self.url.host, self.url.port).map_err(UpstreamError::Connect)?;
+        let addrs = resolve(&self.url.host, self.url.port).map_err(UpstreamError::Connect)?;
         let connect = async {
-            let tcp = TcpStream::connect_addr(addr).await?;
+            let tcp = connect_any(&addrs).await?;
             tcp.set_nodelay(true)?;
             let stream = match &self.tls {
                 None => Stream::Plain(tcp),
@@ -108,7 +108,13 @@ impl Endpoint {
                     let name = ServerName::try_from(self.url.host.clone())
                         .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "invalid TLS server name"))?;
                     let connector = monoio_rustls::TlsConnector::from(config.clone());
-                    let tls = connector.connect(name, tcp).await.map_err(io::Error::other)?;
+                    // monoio-rustls's own error prints only "io error"; the io::Error inside
+                    // it carries rustls's reason (an unknown issuer, a name mismatch), which
+                    // the operator needs in the log and the agent in the 502.
+                    let tls = connector.connect(name, tcp).await.map_err(|e| {
+                        let e = io::Error::from(e);
+                        io::Error::new(e.kind(), format!("TLS handshake failed: {e}"))
+                    })?;
                     Stream::ClientTls(Box::new(tls))
                 }
             };
@@ -182,11 +188,27 @@ fn read_error(e: ReadError) -> UpstreamError {
     }
 }
 
-fn resolve(host: &str, port: u16) -> io::Result<SocketAddr> {
-    (host, port)
-        .to_socket_addrs()?
-        .next()
-        .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "the upstream host has no address"))
+fn resolve(host: &str, port: u16) -> io::Result<Vec<SocketAddr>> {
+    let addrs: Vec<SocketAddr> = (host, port).to_socket_addrs()?.collect();
+    if addrs.is_empty() {
+        return Err(io::Error::new(io::ErrorKind::NotFound, "the upstream host has no address"));
+    }
+    Ok(addrs)
+}
+
+/// Connects to the first of `addrs` that accepts, in the resolver's order, as HTTP clients do:
+/// a name with several addresses stays reachable when one refuses, and `localhost` resolving
+/// to ::1 first still reaches a service listening on 127.0.0.1 only. The caller's connect
+/// deadline bounds the whole walk.
+async fn connect_any(addrs: &[SocketAddr]) -> io::Result<TcpStream> {
+    let mut last_error = io::Error::new(io::ErrorKind::NotFound, "the upstream host has no address");
+    for &addr in addrs {
+        match TcpStream::connect_addr(addr).await {
+            Ok(tcp) => return Ok(tcp),
+            Err(e) => last_error = e,
+        }
+    }
+    Err(last_error)
 }
 
 /// One core's pool of idle keep-alive connections to the upstream.
@@ -298,6 +320,21 @@ pub fn forwarded_headers(from: &Headers, extra: Vec<(Vec<u8>, Vec<u8>)>) -> Vec<
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn connects_to_the_first_address_that_accepts() {
+        let open = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let open_addr = open.local_addr().unwrap();
+        // A port that was just free: nothing listens there, so connecting is refused.
+        let refused_addr = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+        let mut runtime = monoio::RuntimeBuilder::<monoio::FusionDriver>::new().enable_timer().build().unwrap();
+        runtime.block_on(async {
+            let tcp = connect_any(&[refused_addr, open_addr]).await.unwrap();
+            assert_eq!(tcp.peer_addr().unwrap(), open_addr);
+            let error = connect_any(&[refused_addr]).await.unwrap_err();
+            assert_eq!(error.kind(), io::ErrorKind::ConnectionRefused);
+        });
+    }
 
     #[test]
     fn splits_urls() {

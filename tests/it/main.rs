@@ -1,8 +1,12 @@
 //! Integration tests: one binary, real sockets on 127.0.0.1, the Rust Snowflake double, the
 //! real Python driver against fakesnow, and the `snowgate` binary itself.
 
+mod config;
 mod cores;
 mod driver;
 mod framing;
+mod jwks_url;
+mod limits;
 mod session;
 mod support;
+mod tls;

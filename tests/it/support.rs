@@ -173,7 +173,8 @@ directory = "recordings"
 "#,
             listen = options.listen.as_deref().unwrap_or("address = \"127.0.0.1:0\"\nplaintext = true"),
             upstream_extra = options.upstream_extra,
-            jwks = options.jwks.clone().unwrap_or_else(|| format!("jwks_file = \"{}\"", key_path("jwks.json").display())),
+            jwks =
+                options.jwks.clone().unwrap_or_else(|| format!("jwks_file = \"{}\"", key_path("jwks.json").display())),
             limits = options.limits,
         );
         let config_path = dir.path().join("snowgate.toml");
@@ -292,4 +293,14 @@ pub fn read_tree(dir: &Path) -> String {
         }
     }
     out
+}
+
+impl TestGateway {
+    /// Starts draining, as SIGTERM does, without waiting for the cores to stop: listeners stop
+    /// accepting and in-flight requests finish. [`TestGateway::stop`] then waits for the cores.
+    pub fn drain(&self) {
+        if let Some(running) = &self.running {
+            running.drain();
+        }
+    }
 }

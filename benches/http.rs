@@ -1,0 +1,39 @@
+//! Request-head parsing and body framing: the fixed cost every request pays at the gateway.
+
+use bytes::BytesMut;
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use snowgate::http::{ChunkedDecoder, Limits, parse_request_head};
+
+/// A Python driver's query request head, as captured through the gateway.
+const PYTHON_QUERY_HEAD: &[u8] = b"POST /queries/v1/query-request?requestId=6d2b8a56-3d0a-4a51-8f3c-2d9c1f0e7b44&request_guid=0b8b5b7e-2a8f-4c1e-9f55-8f0f1c9b2d31 HTTP/1.1\r\n\
+Host: snowgate.internal:8443\r\nUser-Agent: PythonConnector/4.8.1 (Linux-6.18-x86_64-with-glibc2.36) CPython/3.11.7\r\n\
+Accept-Encoding: gzip, deflate\r\nAccept: application/snowflake\r\nConnection: keep-alive\r\nContent-Type: application/json\r\n\
+Authorization: Snowflake Token=\"sg1.Zm9vYmFyYmF6cXV4Zm9vYmFyYmF6cXV4Zm9vYmFyYmF6cXV4Zm9vYmFyYmF6cXV4Zm9vYmFyYmF6cXV4Zm9vYmFyYmF6cXV4Zm9vYmFyYmF6cXV4\"\r\n\
+Content-Encoding: gzip\r\nContent-Length: 312\r\n\r\n";
+
+fn head(c: &mut Criterion) {
+    let limits = Limits::default();
+    let mut group = c.benchmark_group("http");
+    group.throughput(Throughput::Bytes(PYTHON_QUERY_HEAD.len() as u64));
+    group.bench_function("parse_request_head/python_query", |b| {
+        b.iter(|| parse_request_head(std::hint::black_box(PYTHON_QUERY_HEAD), &limits).unwrap().unwrap())
+    });
+    let body: Vec<u8> = (0..64)
+        .flat_map(|_| b"400\r\n".iter().copied().chain([b'x'; 1024]).chain(*b"\r\n"))
+        .chain(*b"0\r\n\r\n")
+        .collect();
+    group.throughput(Throughput::Bytes(body.len() as u64));
+    group.bench_function("chunked_decode/64x1KiB", |b| {
+        b.iter(|| {
+            let mut decoder = ChunkedDecoder::new(1 << 20);
+            let mut input = BytesMut::from(&body[..]);
+            let mut out = BytesMut::with_capacity(64 * 1024);
+            assert!(decoder.decode(&mut input, &mut out).unwrap());
+            out
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, head);
+criterion_main!(benches);

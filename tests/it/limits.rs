@@ -1,0 +1,460 @@
+//! Every wait has a deadline, and the gateway stays up when its peers misbehave: a client that
+//! stalls mid-head or mid-body is answered 408 and closed, an idle connection is closed, an
+//! upstream that breaks mid-answer or never answers gives the agent a 502 or 504, and a drain
+//! finishes the request in flight while serving no new connection.
+//!
+//! Times are measured with wide bounds: these tests prove behaviour (closed, not before the
+//! timeout, not long after it), they are not benchmarks.
+
+use std::collections::VecDeque;
+use std::io::{ErrorKind, Read as _, Write as _};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use snowgate::http::{BodyFraming, Limits, Method, parse_response_head};
+
+use crate::support::*;
+
+const HEADER_TIMEOUT: Duration = Duration::from_millis(300);
+const IDLE_TIMEOUT: Duration = Duration::from_millis(500);
+/// Distinct from the other two, so that a wait under the wrong deadline shows.
+const BODY_TIMEOUT: Duration = Duration::from_millis(700);
+/// How long after its timeout a close may come.
+const SLACK: Duration = Duration::from_millis(1500);
+
+fn timeout_limits() -> String {
+    format!(
+        "header_timeout_ms = {}\nidle_timeout_ms = {}\nbody_timeout_ms = {}",
+        HEADER_TIMEOUT.as_millis(),
+        IDLE_TIMEOUT.as_millis(),
+        BODY_TIMEOUT.as_millis()
+    )
+}
+
+/// A plain TCP connection to `addr`, with a read timeout that bounds every wait in a test.
+fn connect(addr: SocketAddr) -> TcpStream {
+    let stream = TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    stream
+}
+
+/// Reads until the peer closes (end of stream or reset); returns what arrived and when the
+/// close came. Panics if the peer neither closes nor stops within the read timeout.
+fn read_until_closed(stream: &mut TcpStream) -> (Vec<u8>, Instant) {
+    let mut received = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        match stream.read(&mut chunk) {
+            Ok(0) => return (received, Instant::now()),
+            Ok(n) => received.extend_from_slice(&chunk[..n]),
+            Err(e) if e.kind() == ErrorKind::ConnectionReset => return (received, Instant::now()),
+            Err(e) => panic!("the gateway did not close the connection: {e}; received {received:?}"),
+        }
+    }
+}
+
+/// Asserts that a close (or an answer) came after `timeout` and within [`SLACK`] of it. The
+/// gateway started its clock between `not_before` and `not_after` (taken before and after the
+/// client's step that starts it), so the wait is measured from the first for the lower bound
+/// and from the second for the upper one; returns the latter measure.
+#[track_caller]
+fn assert_after_timeout(timeout: Duration, not_before: Instant, not_after: Instant, closed_at: Instant) -> Duration {
+    let (longest, shortest) = (closed_at - not_before, closed_at - not_after);
+    assert!(longest >= timeout, "came after {longest:?}, before the {timeout:?} timeout");
+    assert!(shortest <= timeout + SLACK, "came after {shortest:?}, long after the {timeout:?} timeout");
+    shortest
+}
+
+/// Splits a whole answer into its status, its head (lowercase) and its body.
+fn parse_answer(bytes: &[u8]) -> (u16, String, Vec<u8>) {
+    let head = parse_response_head(bytes, Method::Post, &Limits::default()).unwrap().expect("a complete answer head");
+    let text = String::from_utf8_lossy(&bytes[..head.head_len]).to_ascii_lowercase();
+    (head.status, text, bytes[head.head_len..].to_vec())
+}
+
+/// Asserts the gateway's own 408 answer, with `Connection: close`.
+#[track_caller]
+fn assert_408(bytes: &[u8]) {
+    let (status, head, body) = parse_answer(bytes);
+    assert_eq!(status, 408, "{}", String::from_utf8_lossy(bytes));
+    assert!(head.contains("connection: close"), "{head}");
+    let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!((body["code"].as_str(), body["success"].as_bool()), (Some("408"), Some(false)), "{body}");
+}
+
+/// Reads one answer off a kept-alive connection; returns its status and whether it said close.
+fn read_one_answer(stream: &mut TcpStream) -> (u16, bool) {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        if let Some(head) = parse_response_head(&buf, Method::Get, &Limits::default()).unwrap() {
+            let BodyFraming::Length(length) = head.framing else { panic!("the gateway answers with a length") };
+            while buf.len() < head.head_len + length as usize {
+                let n = stream.read(&mut chunk).unwrap();
+                assert!(n > 0, "the connection closed inside a body");
+                buf.extend_from_slice(&chunk[..n]);
+            }
+            return (head.status, head.close);
+        }
+        let n = stream.read(&mut chunk).unwrap();
+        assert!(n > 0, "the connection closed before an answer");
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+const PARTIAL_HEAD: &[u8] = b"POST /queries/v1/query-request?requestId=1 HTTP/1.1\r\nHost: g\r\nContent-Type: app";
+
+#[test]
+fn a_stalled_head_is_answered_408_and_closed_after_the_header_timeout() {
+    let upstream = double(|_| {});
+    let gateway =
+        TestGateway::start(&upstream.url(), GatewayOptions { limits: timeout_limits(), ..Default::default() });
+
+    // Part of a head, then silence.
+    let mut stream = connect(gateway.addr);
+    let sending = Instant::now();
+    stream.write_all(PARTIAL_HEAD).unwrap();
+    let sent = Instant::now();
+    let (received, closed_at) = read_until_closed(&mut stream);
+    assert_408(&received);
+    let stalled = assert_after_timeout(HEADER_TIMEOUT, sending, sent, closed_at);
+
+    // A head trickled a byte at a time never completes, and the deadline counts from its first
+    // byte, not from the last one.
+    let mut stream = connect(gateway.addr);
+    let mut writer = stream.try_clone().unwrap();
+    let first_byte = Instant::now();
+    let trickle = std::thread::spawn(move || {
+        for byte in PARTIAL_HEAD {
+            if writer.write_all(&[*byte]).is_err() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    });
+    let (received, closed_at) = read_until_closed(&mut stream);
+    assert_408(&received);
+    let trickled = assert_after_timeout(HEADER_TIMEOUT, first_byte, first_byte, closed_at);
+    trickle.join().unwrap();
+    assert_eq!(upstream.stats.bytes_received(), 0, "bytes reached upstream");
+    eprintln!("stalled head closed after {stalled:?}, trickled head after {trickled:?}");
+}
+
+#[test]
+fn an_idle_connection_is_closed_after_the_idle_timeout() {
+    let upstream = double(|_| {});
+    let gateway =
+        TestGateway::start(&upstream.url(), GatewayOptions { limits: timeout_limits(), ..Default::default() });
+
+    // A connection that never sends a byte is closed without an answer.
+    let connecting = Instant::now();
+    let mut silent = connect(gateway.addr);
+    let connected = Instant::now();
+    let (received, closed_at) = read_until_closed(&mut silent);
+    assert!(received.is_empty(), "{}", String::from_utf8_lossy(&received));
+    let never_spoke = assert_after_timeout(IDLE_TIMEOUT, connecting, connected, closed_at);
+
+    // A keep-alive connection that goes quiet after an answer is closed too.
+    let mut kept_alive = connect(gateway.addr);
+    let asking = Instant::now();
+    kept_alive.write_all(b"GET /console/login HTTP/1.1\r\nHost: g\r\n\r\n").unwrap();
+    assert_eq!(read_one_answer(&mut kept_alive), (404, false));
+    let answered = Instant::now();
+    let (received, closed_at) = read_until_closed(&mut kept_alive);
+    assert!(received.is_empty(), "{}", String::from_utf8_lossy(&received));
+    let went_quiet = assert_after_timeout(IDLE_TIMEOUT, asking, answered, closed_at);
+    eprintln!("silent connection closed after {never_spoke:?}, quiet keep-alive after {went_quiet:?}");
+}
+
+#[test]
+fn a_short_body_is_answered_408_and_closed_after_the_body_timeout() {
+    let upstream = double(|_| {});
+    let gateway =
+        TestGateway::start(&upstream.url(), GatewayOptions { limits: timeout_limits(), ..Default::default() });
+    let mut stream = connect(gateway.addr);
+    let sending = Instant::now();
+    stream
+        .write_all(b"POST /queries/v1/query-request?requestId=1 HTTP/1.1\r\nHost: g\r\nContent-Length: 100\r\n\r\n")
+        .unwrap();
+    stream.write_all(b"{\"sqlText\"").unwrap();
+    let sent = Instant::now();
+    let (received, closed_at) = read_until_closed(&mut stream);
+    assert_408(&received);
+    let took = assert_after_timeout(BODY_TIMEOUT, sending, sent, closed_at);
+    assert_eq!(upstream.stats.bytes_received(), 0, "bytes reached upstream");
+    eprintln!("short body closed after {took:?}");
+}
+
+/// What the raw upstream does with the next request.
+#[derive(Debug, Clone, Copy)]
+enum Behaviour {
+    /// Answers a successful login after this delay.
+    LoginAfter(Duration),
+    /// Sends the head and a tenth of the body, then closes.
+    CloseMidAnswer,
+    /// Sends the head and a tenth of the body, then resets the connection.
+    ResetMidAnswer,
+    /// Closes without a byte.
+    Hangup,
+    /// Answers bytes that are not HTTP.
+    Garbage,
+    /// Never answers; waits for the gateway to give up.
+    Silent,
+}
+
+const LOGIN_ANSWER: &str = r#"{"data":{"token":"RAW-SESSION-TOKEN","masterToken":"RAW-MASTER-TOKEN","validityInSeconds":3600,"masterValidityInSeconds":14400,"sessionId":4242,"parameters":[]},"code":null,"message":null,"success":true}"#;
+
+/// A hand-written Snowflake stand-in on 127.0.0.1: one thread per connection, one request per
+/// connection (every answer says `Connection: close`, so the gateway never reuses one), and a
+/// queue of behaviours for the next requests; a quick login answer once the queue is empty.
+struct RawUpstream {
+    addr: SocketAddr,
+    queue: Arc<Mutex<VecDeque<Behaviour>>>,
+    received: Arc<AtomicUsize>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl RawUpstream {
+    fn start(queue: impl IntoIterator<Item = Behaviour>) -> RawUpstream {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let queue = Arc::new(Mutex::new(queue.into_iter().collect::<VecDeque<_>>()));
+        let received = Arc::new(AtomicUsize::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = std::thread::spawn({
+            let (queue, received, stop) = (queue.clone(), received.clone(), stop.clone());
+            move || {
+                for stream in listener.incoming() {
+                    if stop.load(Ordering::Acquire) {
+                        return;
+                    }
+                    let Ok(stream) = stream else { continue };
+                    let (queue, received) = (queue.clone(), received.clone());
+                    std::thread::spawn(move || Self::serve(stream, &queue, &received));
+                }
+            }
+        });
+        RawUpstream { addr, queue, received, stop, thread: Some(thread) }
+    }
+
+    fn serve(mut stream: TcpStream, queue: &Mutex<VecDeque<Behaviour>>, received: &AtomicUsize) {
+        stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        if !read_request(&mut stream) {
+            return;
+        }
+        received.fetch_add(1, Ordering::AcqRel);
+        let behaviour = queue.lock().unwrap().pop_front().unwrap_or(Behaviour::LoginAfter(Duration::ZERO));
+        let answer = format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{}",
+            LOGIN_ANSWER.len(),
+            LOGIN_ANSWER
+        );
+        let partial = &answer.as_bytes()[..answer.len() - LOGIN_ANSWER.len() * 9 / 10];
+        let _ = match behaviour {
+            Behaviour::LoginAfter(delay) => {
+                std::thread::sleep(delay);
+                stream.write_all(answer.as_bytes())
+            }
+            Behaviour::CloseMidAnswer => stream.write_all(partial),
+            Behaviour::ResetMidAnswer => {
+                let _ = stream.write_all(partial);
+                // A zero linger turns the close into a reset.
+                socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO))
+            }
+            Behaviour::Hangup => Ok(()),
+            Behaviour::Garbage => stream.write_all(b"SNOWFLAKE SAYS NO\r\n\r\n"),
+            Behaviour::Silent => {
+                // Returns when the gateway closes its side (or the read timeout passes).
+                let _ = stream.read(&mut [0u8; 16]);
+                Ok(())
+            }
+        };
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    fn received(&self) -> usize {
+        self.received.load(Ordering::Acquire)
+    }
+
+    fn push(&self, behaviour: Behaviour) {
+        self.queue.lock().unwrap().push_back(behaviour);
+    }
+}
+
+impl Drop for RawUpstream {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        // Wakes the accept loop so that it sees the flag.
+        let _ = TcpStream::connect(self.addr);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Reads one request (head, then a Content-Length body); false if the peer went away first.
+fn read_request(stream: &mut TcpStream) -> bool {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 8192];
+    let head_end = loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        match stream.read(&mut chunk) {
+            Ok(0) | Err(_) => return false,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
+    let length: usize = head
+        .lines()
+        .find_map(|line| line.strip_prefix("content-length:"))
+        .map_or(0, |value| value.trim().parse().unwrap());
+    while buf.len() < head_end + length {
+        match stream.read(&mut chunk) {
+            Ok(0) | Err(_) => return false,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+    true
+}
+
+/// Asserts the gateway's answer to an upstream failure: `status`, and a Snowflake-shaped body.
+#[track_caller]
+fn assert_upstream_failure(answer: &snowgate_perf::client::ClientResponse, status: u16) {
+    assert_eq!(answer.status, status, "{answer:?}");
+    let body = answer.json().unwrap();
+    assert_eq!(body["success"], false, "{body}");
+    assert_eq!(body["code"], "260004", "{body}");
+    assert!(body["message"].as_str().is_some_and(|m| !m.is_empty()), "{body}");
+    assert!(body["data"].is_object(), "{body}");
+}
+
+#[test]
+fn an_upstream_that_breaks_mid_answer_gets_the_agent_a_502_and_the_gateway_keeps_serving() {
+    let upstream = RawUpstream::start([]);
+    let gateway = TestGateway::start(&upstream.url(), GatewayOptions::default());
+    let mut client = gateway.client();
+    let token = agent_token(json!({}));
+    let cases = [
+        ("closed mid-answer", Behaviour::CloseMidAnswer),
+        ("reset mid-answer", Behaviour::ResetMidAnswer),
+        ("closed without an answer", Behaviour::Hangup),
+        ("not HTTP", Behaviour::Garbage),
+    ];
+    for (case, behaviour) in cases {
+        upstream.push(behaviour);
+        let answer = login(&mut client, &token);
+        assert_upstream_failure(&answer, 502);
+        assert!(!answer.close, "{case}: the agent's connection need not close");
+        // The same agent connection is served again, by a healthy upstream.
+        let body = login(&mut client, &token).json().unwrap();
+        assert_eq!(body["success"], true, "{case}: {body}");
+        assert!(body["data"]["token"].as_str().unwrap().starts_with("sg1."), "{case}: {body}");
+    }
+    assert_eq!(upstream.received(), 2 * cases.len());
+}
+
+#[test]
+fn an_upstream_that_never_answers_gets_the_agent_a_504_after_the_response_timeout() {
+    const RESPONSE_TIMEOUT: Duration = Duration::from_millis(300);
+    let upstream = RawUpstream::start([Behaviour::Silent]);
+    let gateway = TestGateway::start(
+        &upstream.url(),
+        GatewayOptions {
+            upstream_extra: format!("response_timeout_ms = {}", RESPONSE_TIMEOUT.as_millis()),
+            ..Default::default()
+        },
+    );
+    let mut client = gateway.client();
+    let token = agent_token(json!({}));
+    let started = Instant::now();
+    let answer = login(&mut client, &token);
+    let answered = Instant::now();
+    assert_upstream_failure(&answer, 504);
+    let took = assert_after_timeout(RESPONSE_TIMEOUT, started, started, answered);
+    assert_eq!(login(&mut client, &token).json().unwrap()["success"], true);
+    eprintln!("504 after {took:?}");
+}
+
+#[test]
+fn drain_finishes_the_request_in_flight_and_serves_no_new_connection() {
+    const UPSTREAM_DELAY: Duration = Duration::from_millis(700);
+    let upstream = RawUpstream::start([Behaviour::LoginAfter(UPSTREAM_DELAY)]);
+    let gateway = TestGateway::start(&upstream.url(), GatewayOptions::default());
+    let addr = gateway.addr;
+
+    // A keep-alive connection, idle when the drain begins.
+    let mut idle = connect(addr);
+    idle.write_all(b"GET /console/login HTTP/1.1\r\nHost: g\r\n\r\n").unwrap();
+    assert_eq!(read_one_answer(&mut idle), (404, false));
+
+    let token = agent_token(json!({}));
+    let in_flight = std::thread::spawn(move || {
+        let mut client = snowgate_perf::client::Client::connect(addr).unwrap();
+        login(&mut client, &token)
+    });
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while upstream.received() == 0 {
+        assert!(Instant::now() < deadline, "the login never reached upstream");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+
+    gateway.drain();
+    let drained_at = Instant::now();
+    // A connection attempted once the drain has begun is refused, or closed without an answer.
+    let login_wire = {
+        let body = login_body(&agent_token(json!({}))).to_string();
+        format!("POST {LOGIN_TARGET} HTTP/1.1\r\nHost: g\r\nContent-Length: {}\r\n\r\n{body}", body.len())
+    };
+    let late = match TcpStream::connect(addr) {
+        Err(e) => {
+            assert_eq!(e.kind(), ErrorKind::ConnectionRefused, "{e}");
+            "refused"
+        }
+        Ok(mut late) => {
+            late.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            let _ = late.write_all(login_wire.as_bytes());
+            let (received, _) = read_until_closed(&mut late);
+            let received = String::from_utf8_lossy(&received);
+            assert!(received.is_empty(), "a connection made during the drain was served: {received}");
+            "closed unanswered"
+        }
+    };
+    // The idle keep-alive connection is closed, unanswered, while the request is still in flight.
+    let (received, idle_closed_at) = read_until_closed(&mut idle);
+    assert!(received.is_empty(), "{}", String::from_utf8_lossy(&received));
+    let idle_closed_after = idle_closed_at - drained_at;
+    assert!(!in_flight.is_finished(), "the idle connection stayed open until the request in flight ended");
+
+    // The request in flight gets its whole answer, and is told the connection closes.
+    let answer = in_flight.join().unwrap();
+    let answered_after = drained_at.elapsed();
+    let body = answer.json().unwrap();
+    assert_eq!((answer.status, &body["success"]), (200, &json!(true)), "{body}");
+    assert!(body["data"]["token"].as_str().unwrap().starts_with("sg1."), "{body}");
+    assert_eq!(body["data"]["sessionId"], 4242);
+    assert!(answer.close, "an answer during the drain says Connection: close");
+
+    // The listener is gone: new connections are refused.
+    let refused = TcpStream::connect(addr).unwrap_err();
+    assert_eq!(refused.kind(), ErrorKind::ConnectionRefused, "{refused}");
+
+    let stopping = Instant::now();
+    drop(gateway.stop());
+    let stopped_after = stopping.elapsed();
+    assert!(stopped_after < Duration::from_secs(2), "the drain took {stopped_after:?}");
+    assert_eq!(upstream.received(), 1, "a request made during the drain reached upstream");
+    eprintln!(
+        "late connection {late}; idle connection closed {idle_closed_after:?} after the drain began; \
+         in-flight answer after {answered_after:?}; cores stopped in {stopped_after:?}"
+    );
+}
