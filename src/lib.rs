@@ -5,6 +5,8 @@
 //! - [`http`]: HTTP/1.1 framing for both sides (pure).
 //! - [`identity`]: OIDC JWT validation against a JWKS (pure; fetching is the proxy's job).
 //! - [`session`]: the Snowflake protocol: routes, login rewrite, sealed tokens, refusals (pure).
+//! - [`policy`]: SQL classification and the rules that allow, deny or park statements (pure).
+//! - [`mask`]: masking of sensitive values in JSON and Arrow results, in place (pure).
 //! - [`record`]: statement frames and the recorder they are handed to.
 //! - [`config`]: the TOML file and flags, validated once into a [`config::Config`].
 //! - [`proxy`]: the only network I/O: downstream connections, the upstream pool, TLS.
@@ -15,6 +17,8 @@
 pub mod config;
 pub mod http;
 pub mod identity;
+pub mod mask;
+pub mod policy;
 pub mod proxy;
 pub mod record;
 pub mod runtime;

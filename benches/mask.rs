@@ -1,0 +1,3 @@
+//! Criterion benchmarks for the mask module. (Being built.)
+
+fn main() {}

@@ -1,0 +1,3 @@
+//! Criterion benchmarks for the policy module. (Being built.)
+
+fn main() {}

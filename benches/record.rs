@@ -1,0 +1,3 @@
+//! Criterion benchmarks for the record module. (Being built.)
+
+fn main() {}

@@ -1,0 +1,8 @@
+//! Fuzz target chunk_framing. (Being built.)
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    let _ = data;
+});

@@ -1,0 +1,8 @@
+//! Fuzz target classify. (Being built.)
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    let _ = data;
+});
