@@ -11,4 +11,7 @@ if ! .venv/bin/python -c 'import fakesnow, snowflake.connector' 2>/dev/null; the
 fi
 export SNOWGATE_TEST_PYTHON="$PWD/.venv/bin/python"
 
+# The connection-heavy tests hold a few thousand sockets in one process.
+ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+
 cargo test --release --workspace "$@"

@@ -267,6 +267,19 @@ fn check_line_endings(head: &[u8]) -> Result<(), HeadError> {
     Ok(())
 }
 
+/// Whether `name` spells a framing or connection field with `_` for `-` (`Transfer_Encoding`).
+/// Some servers normalise underscores, so such a field would frame the message differently
+/// there than here; it is refused rather than forwarded.
+fn disguises_a_framing_field(name: &[u8]) -> bool {
+    const FRAMING: [&[u8]; 6] =
+        [b"transfer-encoding", b"content-length", b"host", b"connection", b"upgrade", b"expect"];
+    name.contains(&b'_')
+        && FRAMING.iter().any(|field| {
+            field.len() == name.len()
+                && field.iter().zip(name).all(|(&f, &n)| f == n.to_ascii_lowercase() || (f == b'-' && n == b'_'))
+        })
+}
+
 /// Parses `Content-Length`: 1 to 18 ASCII digits, nothing else (no sign, no `0x`, no list).
 pub fn parse_content_length(value: &[u8]) -> Option<u64> {
     if value.is_empty() || value.len() > 18 || !value.iter().all(u8::is_ascii_digit) {
@@ -352,6 +365,9 @@ pub fn parse_request_head(buf: &[u8], limits: &Limits) -> Result<Option<RequestH
 
     if headers.count("upgrade") > 0 {
         return Err(HeadError::Framing("protocol upgrade requested"));
+    }
+    if headers.iter().any(|(name, _)| disguises_a_framing_field(name)) {
+        return Err(HeadError::Framing("a header name disguises a framing field with underscores"));
     }
     if headers.count("host") > 1 {
         return Err(HeadError::Framing("more than one Host"));
@@ -555,6 +571,8 @@ mod tests {
             "POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n",
             "GET / HTTP/1.1\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n",
             "GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+            "POST / HTTP/1.1\r\nTransfer_Encoding: chunked\r\nContent-Length: 5\r\n\r\n",
+            "POST / HTTP/1.1\r\ncontent_length: 5\r\n\r\n",
         ];
         for case in cases {
             let err = req(case).expect_err(case);

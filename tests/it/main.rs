@@ -8,5 +8,7 @@ mod framing;
 mod jwks_url;
 mod limits;
 mod session;
+mod slow_peers;
+mod smuggling;
 mod support;
 mod tls;

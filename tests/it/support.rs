@@ -4,7 +4,7 @@
 use std::io::Write as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_json::{Value, json};
@@ -28,6 +28,17 @@ pub fn key_path(name: &str) -> PathBuf {
 
 pub fn now_unix() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
+}
+
+/// Tests run in parallel threads on two cores. Every test gateway holds this lock shared while
+/// it runs; a test that compares timings takes it exclusively (see [`exclusive_section`]) so
+/// that no other test's load lands in its measurement.
+static TIMING: RwLock<()> = RwLock::new(());
+
+/// Waits until no other test gateway runs, and keeps others from starting until dropped. Start
+/// gateways inside it with `GatewayOptions { exclusive: true, .. }`.
+pub fn exclusive_section() -> RwLockWriteGuard<'static, ()> {
+    TIMING.write().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// Everything the gateway logged in this test binary, for secret scans.
@@ -100,6 +111,10 @@ pub struct GatewayOptions {
     pub jwks: Option<String>,
     /// Lines for the `[limits]` section.
     pub limits: String,
+    /// Open downstream connections allowed per core.
+    pub max_connections: usize,
+    /// The caller holds [`exclusive_section`]; the gateway must not wait for the shared lock.
+    pub exclusive: bool,
 }
 
 pub enum Credential {
@@ -116,6 +131,8 @@ impl Default for GatewayOptions {
             upstream_extra: String::new(),
             jwks: None,
             limits: String::new(),
+            max_connections: 1000,
+            exclusive: false,
         }
     }
 }
@@ -125,11 +142,13 @@ pub struct TestGateway {
     pub addr: SocketAddr,
     pub dir: tempfile::TempDir,
     running: Option<Running>,
+    _shared: Option<RwLockReadGuard<'static, ()>>,
 }
 
 impl TestGateway {
     pub fn start(upstream_url: &str, options: GatewayOptions) -> TestGateway {
         log_buffer();
+        let shared = (!options.exclusive).then(|| TIMING.read().unwrap_or_else(|poisoned| poisoned.into_inner()));
         let dir = tempfile::tempdir().unwrap();
         let seal_key: String = (0..32).map(|i| format!("{:02x}", (i * 7 + 3) as u8)).collect();
         std::fs::write(dir.path().join("seal.key"), seal_key).unwrap();
@@ -185,12 +204,12 @@ directory = "recordings"
             uring_entries: 256,
             read_buffer_bytes: 16 * 1024,
             upstream_pool_size: 8,
-            max_connections: 1000,
+            max_connections: options.max_connections,
             drain_timeout: Duration::from_secs(5),
         };
         let config = Config::load(&config_path, runtime).unwrap();
         let running = snowgate::runtime::start(config).unwrap();
-        TestGateway { addr: running.local_addr, dir, running: Some(running) }
+        TestGateway { addr: running.local_addr, dir, running: Some(running), _shared: shared }
     }
 
     pub fn client(&self) -> Client {
