@@ -57,6 +57,59 @@ fn start_fakesnow(dir: &std::path::Path) -> Fakesnow {
     Fakesnow { child, addr }
 }
 
+/// Runs `tests/driver/canary.py` against `port`, returning its JSON summary.
+fn canary_script(port: u16, token: &str, sleep_secs: f64) -> serde_json::Value {
+    let output = Command::new(python())
+        .arg(root().join("tests/driver/canary.py"))
+        .args([
+            "--host",
+            "127.0.0.1",
+            "--port",
+            &port.to_string(),
+            "--token",
+            token,
+            "--sleep",
+            &sleep_secs.to_string(),
+        ])
+        .stderr(Stdio::inherit())
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "canary.py failed");
+    serde_json::from_slice(&output.stdout).unwrap()
+}
+
+#[test]
+fn python_driver_renews_through_snowgate_and_never_sees_a_credential() {
+    for credential in [Credential::KeyPair, Credential::Password("CANARY-PASSWORD-7a3f".into())] {
+        let upstream = double(|c| {
+            c.token_prefix = "CANARY-SFTOKEN-d41c".into();
+            c.password = Some("CANARY-PASSWORD-7a3f".into());
+            c.session_validity_secs = 2;
+        });
+        let gateway = TestGateway::start(&upstream.url(), GatewayOptions { credential, ..Default::default() });
+        let relay = Relay::start(gateway.addr);
+        let outcome = canary_script(relay.addr.port(), &agent_token(serde_json::json!({})), 2.5);
+        assert_eq!(outcome["small_rows"], snowgate_perf::results::SMALL_ROWS as u64, "{outcome}");
+        assert_eq!(outcome["after_renewal_rows"], snowgate_perf::results::MEDIUM_ROWS as u64, "{outcome}");
+        assert_eq!(outcome["error"]["errno"], 2003, "{outcome}");
+        assert_eq!(outcome["one"], 1, "{outcome}");
+        assert!(upstream.stats.renewals() >= 1, "the driver did not renew through the gateway");
+
+        let dir = gateway.stop();
+        let received = relay.received();
+        let logs = captured_logs();
+        let recordings = read_tree(&dir.path().join("recordings"));
+        let key_body = snowgate_perf::test_keys::TEST_PRIVATE_KEY_PEM.lines().nth(1).unwrap();
+        for (place, text) in [("driver", &received), ("logs", &logs), ("recordings", &recordings)] {
+            for canary in ["CANARY-SFTOKEN-d41c", "CANARY-PASSWORD-7a3f", key_body, "SHA256:"] {
+                assert!(!text.contains(canary), "{canary} found in the {place}");
+            }
+        }
+        assert_eq!(unsealed_tokens(&received), Vec::<String>::new());
+        assert!(received.contains("\"sessionToken\":\"sg1."), "the renewal answer did not pass the relay");
+    }
+}
+
 fn scenario(port: u16, token: &str, out: &std::path::Path, suffix: &str) {
     let status = Command::new(python())
         .arg(root().join("tests/driver/scenario.py"))
@@ -74,17 +127,26 @@ fn python_driver_through_snowgate_equals_direct() {
     let work = tempfile::tempdir().unwrap();
     let fakesnow = start_fakesnow(work.path());
     let gateway = TestGateway::start(&format!("http://{}", fakesnow.addr), GatewayOptions::default());
+    // The driver reaches the gateway through a relay that keeps everything it received.
+    let relay = Relay::start(gateway.addr);
     let direct = work.path().join("direct.json");
     let through = work.path().join("gateway.json");
     // Direct first, then through the gateway: fakesnow's catalog does not like concurrent DDL.
     scenario(fakesnow.addr.port(), "direct-runs-need-no-token", &direct, "direct");
-    scenario(gateway.addr.port(), &agent_token(serde_json::json!({})), &through, "gateway");
+    scenario(relay.addr.port(), &agent_token(serde_json::json!({})), &through, "gateway");
     let compare = Command::new(python())
         .arg(root().join("tests/driver/compare.py"))
         .args([direct.as_os_str(), through.as_os_str()])
         .status()
         .unwrap();
     assert!(compare.success(), "the driver saw different results through snowgate");
+
+    // No Snowflake token and nothing of the gateway's key reached the driver.
+    let received = relay.received();
+    assert!(received.matches("\"token\":\"sg1.").count() >= 2, "the relay saw no sealed token: is it in the path?");
+    assert_eq!(unsealed_tokens(&received), Vec::<String>::new(), "a Snowflake token reached the driver");
+    let key_body = snowgate_perf::test_keys::TEST_PRIVATE_KEY_PEM.lines().nth(1).unwrap();
+    assert!(!received.contains(key_body) && !received.contains("SHA256:"));
 
     // The driver really went through the gateway: its statements are in the recording.
     let dir = gateway.stop();

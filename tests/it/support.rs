@@ -323,3 +323,68 @@ impl TestGateway {
         }
     }
 }
+
+/// A TCP relay on 127.0.0.1 in front of `target` that keeps a copy of every byte `target`
+/// sends back: everything an agent connected through it received.
+pub struct Relay {
+    pub addr: SocketAddr,
+    received: Arc<Mutex<Vec<u8>>>,
+}
+
+impl Relay {
+    pub fn start(target: SocketAddr) -> Relay {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let received = Arc::new(Mutex::new(Vec::new()));
+        let sink = received.clone();
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { return };
+                let Ok(server) = std::net::TcpStream::connect(target) else { continue };
+                let (mut client_read, mut server_write) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut client_read, &mut server_write);
+                    let _ = server_write.shutdown(std::net::Shutdown::Write);
+                });
+                let sink = sink.clone();
+                let (mut server_read, mut client_write) = (server, client);
+                std::thread::spawn(move || {
+                    let mut buf = [0u8; 16 * 1024];
+                    loop {
+                        match std::io::Read::read(&mut server_read, &mut buf) {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => {
+                                sink.lock().unwrap().extend_from_slice(&buf[..n]);
+                                if client_write.write_all(&buf[..n]).is_err() {
+                                    break;
+                                }
+                            }
+                        }
+                    }
+                    let _ = client_write.shutdown(std::net::Shutdown::Write);
+                });
+            }
+        });
+        Relay { addr, received }
+    }
+
+    /// Everything received so far, lossily as text.
+    pub fn received(&self) -> String {
+        String::from_utf8_lossy(&self.received.lock().unwrap()).into_owned()
+    }
+}
+
+/// Every `"token"`, `"masterToken"` and `"sessionToken"` value in `text` that is not a sealed
+/// token: a Snowflake token that leaked.
+pub fn unsealed_tokens(text: &str) -> Vec<String> {
+    let mut leaks = Vec::new();
+    for field in ["\"token\":\"", "\"masterToken\":\"", "\"sessionToken\":\""] {
+        for (at, _) in text.match_indices(field) {
+            let value: String = text[at + field.len()..].chars().take_while(|&c| c != '"').collect();
+            if !value.starts_with("sg1.") {
+                leaks.push(format!("{field}{value}"));
+            }
+        }
+    }
+    leaks
+}
