@@ -356,14 +356,14 @@ impl<P> Ledger<P> {
     /// Parks a statement, or finds it again when the key was parked before.
     pub fn park(&mut self, request: ParkRequest<P>, now_unix_ms: u64) -> Result<Parked, LedgerError> {
         let hash = statement_hash(&request.statement_text, request.bindings.as_deref());
-        if let Some(query_id) = self.by_key.get(&request.key).cloned() {
-            if let Some(item) = self.items.get_mut(&query_id) {
-                if item.statement_hash != hash {
-                    return Err(LedgerError::RequestIdReused);
-                }
-                item.tick(now_unix_ms);
-                return Ok(Parked { query_id, state: item.poll_state(), created: false });
+        if let Some(query_id) = self.by_key.get(&request.key).cloned()
+            && let Some(item) = self.items.get_mut(&query_id)
+        {
+            if item.statement_hash != hash {
+                return Err(LedgerError::RequestIdReused);
             }
+            item.tick(now_unix_ms);
+            return Ok(Parked { query_id, state: item.poll_state(), created: false });
         }
         let live_for_sub =
             self.items.values().filter(|item| item.key.sub == request.key.sub && item.state.is_live()).count();
@@ -575,10 +575,10 @@ impl<P> Ledger<P> {
             if item.tick(now_unix_ms) {
                 expired.push(Expired { query_id: item.query_id.clone(), key: item.key.clone() });
             }
-            if let Some(decided) = item.decided_at_unix_ms {
-                if now_unix_ms.saturating_sub(decided) >= retention_ms {
-                    purge.push(item.query_id.clone());
-                }
+            if let Some(decided) = item.decided_at_unix_ms
+                && now_unix_ms.saturating_sub(decided) >= retention_ms
+            {
+                purge.push(item.query_id.clone());
             }
         }
         for query_id in purge {

@@ -413,10 +413,10 @@ fn alter(cx: &Cx<'_>, v: View<'_>, b: &mut Builder) {
     let depths = v.depths();
     for (first, second) in [("RENAME", "TO"), ("SWAP", "WITH")] {
         let at = v.find_at_depth(&depths, after_exists, 0, |t| is_keyword(t, first));
-        if v.kw(at + 1, second) {
-            if let Some((other, _)) = read_name(v, at + 2) {
-                b.on(Kind::Alter, object_type, other);
-            }
+        if v.kw(at + 1, second)
+            && let Some((other, _)) = read_name(v, at + 2)
+        {
+            b.on(Kind::Alter, object_type, other);
         }
     }
     if v.contains_keyword("SELECT") {
@@ -437,8 +437,8 @@ fn alter_session(v: View<'_>, b: &mut Builder) {
     };
     let depths = v.depths();
     let mut parameters = Vec::new();
-    for idx in 3..v.len() {
-        if depths[idx] != 0 {
+    for (idx, depth) in depths.iter().enumerate().skip(3) {
+        if *depth != 0 {
             continue;
         }
         let Some(Token::Word(word)) = v.tok(idx) else { continue };
@@ -661,10 +661,11 @@ fn use_statement(v: View<'_>, b: &mut Builder) {
             b.kind = Kind::UseSecondaryRoles;
             let mut idx = if v.kw(2, "ROLES") { 3 } else { 2 };
             while let Some((name, next)) = read_name(v, idx) {
-                if let ObjectName::Parts(parts) = &name {
-                    if parts.len() == 1 && (parts[0] == "ALL" || parts[0] == "NONE") {
-                        break;
-                    }
+                if let ObjectName::Parts(parts) = &name
+                    && parts.len() == 1
+                    && (parts[0] == "ALL" || parts[0] == "NONE")
+                {
+                    break;
                 }
                 b.on(Kind::UseSecondaryRoles, ObjectType::Role, name);
                 idx = next + usize::from(v.is(next, &Token::Comma));
@@ -870,10 +871,16 @@ fn block(cx: &Cx<'_>, v: View<'_>, b: &mut Builder) {
 fn expression(cx: &Cx<'_>, v: View<'_>, b: &mut Builder) {
     scan_reads(v, b, Kind::Select, ScanOptions::default());
     let depths = v.depths();
-    for idx in 0..v.len() {
+    let mut idx = 0;
+    while idx < v.len() {
         if v.kw(idx, "EXECUTE") && v.kw(idx + 1, "IMMEDIATE") {
+            // Classified up to the end of its parenthesis level; a nested one is part of it,
+            // and skipping keeps the walk linear.
             let end = v.find_at_depth(&depths, idx, depths[idx], |t| matches!(t, Token::RParen | Token::SemiColon));
             b.absorb(classify_statement(cx, v.sub(idx..end)));
+            idx = end.max(idx + 1);
+        } else {
+            idx += 1;
         }
     }
 }
@@ -897,10 +904,11 @@ fn explain(v: View<'_>, b: &mut Builder) {
 /// `SYSTEM$…(` anywhere in the statement.
 fn system_functions(v: View<'_>, b: &mut Builder) {
     for idx in 0..v.len() {
-        if let Some(Token::Word(word)) = v.tok(idx) {
-            if word.value.to_ascii_uppercase().starts_with("SYSTEM$") && v.is(idx + 1, &Token::LParen) {
-                b.on(Kind::SystemFunction, ObjectType::Function, ObjectName::Flat(word.value.to_ascii_uppercase()));
-            }
+        if let Some(Token::Word(word)) = v.tok(idx)
+            && word.value.to_ascii_uppercase().starts_with("SYSTEM$")
+            && v.is(idx + 1, &Token::LParen)
+        {
+            b.on(Kind::SystemFunction, ObjectType::Function, ObjectName::Flat(word.value.to_ascii_uppercase()));
         }
     }
 }
@@ -1146,8 +1154,7 @@ fn find_ctes(v: View<'_>) -> Vec<Cte> {
         if recursive {
             at += 1;
         }
-        loop {
-            let Some(Token::Word(word)) = v.tok(at) else { break };
+        while let Some(Token::Word(word)) = v.tok(at) {
             let (name, name_at) = (canonical_word(word), at);
             at += 1;
             if v.is(at, &Token::LParen) {
@@ -1239,24 +1246,18 @@ fn scan_reads(v: View<'_>, b: &mut Builder, read_kind: Kind, options: ScanOption
                 let opener = idx.checked_sub(1).and_then(|prev| v.upper(prev));
                 levels.push(Level { from_list: false, opener });
             }
-            Token::RParen | Token::RBracket | Token::RBrace => {
-                if levels.len() > 1 {
-                    levels.pop();
-                }
+            Token::RParen | Token::RBracket | Token::RBrace if levels.len() > 1 => {
+                levels.pop();
             }
-            Token::Comma => {
-                if !row_commas.contains(&idx) && levels.last().is_some_and(|level| level.from_list) {
-                    expect_table = true;
-                }
+            Token::Comma if !row_commas.contains(&idx) && levels.last().is_some_and(|level| level.from_list) => {
+                expect_table = true;
             }
             Token::Word(word) if word.quote_style.is_none() => {
                 let upper = word.value.to_ascii_uppercase();
                 match upper.as_str() {
-                    "FROM" => {
-                        if Some(idx) != options.skip_from_at && !from_is_not_a_clause(v, idx, &levels) {
-                            set_from_list(&mut levels, true);
-                            expect_table = true;
-                        }
+                    "FROM" if Some(idx) != options.skip_from_at && !from_is_not_a_clause(v, idx, &levels) => {
+                        set_from_list(&mut levels, true);
+                        expect_table = true;
                     }
                     "JOIN" => {
                         set_from_list(&mut levels, true);

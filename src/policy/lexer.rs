@@ -167,14 +167,16 @@ pub(crate) fn begin_starts_transaction(next: Option<&Token>) -> bool {
 /// surrounding comments excluded), or why the request is refused before classification.
 pub fn statement_ranges(text: &str, limits: &Limits) -> Result<Vec<Range<usize>>, Refusal> {
     let lexed = lex(text, limits)?;
-    Ok(split(&lexed)
+    let ranges: Vec<Range<usize>> = split(&lexed)
         .into_iter()
         .map(|range| {
             let first = lexed.significant[range.start];
             let last = lexed.significant[range.end - 1];
             lexed.offsets[first]..lexed.offsets[last + 1]
         })
-        .collect())
+        .collect();
+    // Only semicolons: no statement, as `classify` says.
+    if ranges.is_empty() { Err(Refusal::Empty) } else { Ok(ranges) }
 }
 
 /// Splits a lexed request into top-level statements: ranges of indices into
@@ -313,6 +315,7 @@ mod tests {
         assert_eq!(refusal("select 1 /* open"), Some(Refusal::Unlexable));
         assert_eq!(refusal("select \"open"), Some(Refusal::Unlexable));
         assert_eq!(refusal("  -- nothing\n"), Some(Refusal::Empty));
+        assert_eq!(statement_ranges(";;", &limits), Err(Refusal::Empty));
         // Inside strings, comments and quoted identifiers anything but NUL is data.
         assert_eq!(refusal("select 'é\u{200b}', \"ü\" /* ∑ */"), None);
     }

@@ -455,8 +455,17 @@ impl fmt::Display for ObjectName {
     }
 }
 
+impl Serialize for ObjectName {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            ObjectName::Dynamic => serializer.serialize_none(),
+            other => serializer.collect_str(other),
+        }
+    }
+}
+
 /// An object a statement touches.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 pub struct ObjectRef {
     /// What it is.
     pub object_type: ObjectType,
@@ -473,7 +482,7 @@ impl fmt::Display for ObjectRef {
 /// One thing a statement does: a kind, and the object it does it to (if any). A statement
 /// that reads two tables has two `select` actions; rules decide each action, and the
 /// statement gets the most restrictive verdict.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 pub struct Action {
     /// What is done.
     pub kind: Kind,
@@ -494,7 +503,7 @@ impl Action {
 }
 
 /// One top-level statement of a request, classified.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ClassifiedStatement {
     /// Where it is in the request text, in bytes, from its first to its last token (comments
     /// and whitespace around it and the `;` excluded).
@@ -509,7 +518,8 @@ pub struct ClassifiedStatement {
 
 /// Why a whole request was refused before any statement was classified. These are not
 /// decided by rules: they are always denied.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error, Serialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Refusal {
     /// The text is longer than [`Limits::text_bytes_max`].
     #[error("the statement text is larger than the gateway accepts")]
@@ -540,7 +550,7 @@ pub enum Refusal {
 }
 
 /// A classified request: its statements, or the reason it was refused as a whole.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Classified {
     /// The top-level statements, in order. Empty when `refusal` is set.
     pub statements: Vec<ClassifiedStatement>,

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::model::{Action, Classified, ClassifiedStatement, Kind, Limits, ObjectType, Refusal};
+use super::model::{Action, Classified, ClassifiedStatement, Kind, Limits, ObjectName, ObjectType, Refusal};
 use super::names::{Namespace, ObjectGlobs};
 
 /// The longest review timeout a rule may set.
@@ -184,7 +184,12 @@ pub struct ReviewRequirement {
     /// Groups whose members may decide.
     pub reviewer_groups: Vec<String>,
     /// After this long undecided, the statement is denied.
+    #[serde(rename = "timeout_secs", serialize_with = "serialize_secs")]
     pub timeout: Duration,
+}
+
+fn serialize_secs<S: serde::Serializer>(duration: &Duration, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_u64(duration.as_secs())
 }
 
 /// What decided a verdict.
@@ -217,7 +222,7 @@ pub enum DecidedBy {
 }
 
 /// A decision on one statement.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct StatementVerdict {
     /// What happens.
     pub action: VerdictAction,
@@ -233,8 +238,8 @@ pub struct StatementVerdict {
     pub masking_profiles: Vec<String>,
 }
 
-/// A decision on a request.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A decision on a request (serializable for the recording).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Verdict {
     /// What happens to the request as a whole.
     pub action: VerdictAction,
@@ -305,15 +310,15 @@ fn outcome_from(
         location: format!("{location}.{field}"),
         problem: problem.to_owned(),
     };
-    if let Some(message) = message {
-        if message.trim().is_empty() || message.len() > 1000 {
-            return Err(err("message", "must be 1 to 1000 bytes"));
-        }
+    if let Some(message) = message
+        && (message.trim().is_empty() || message.len() > 1000)
+    {
+        return Err(err("message", "must be 1 to 1000 bytes"));
     }
-    if let Some(profile) = masking_profile {
-        if profile.trim().is_empty() {
-            return Err(err("masking_profile", "must not be empty"));
-        }
+    if let Some(profile) = masking_profile
+        && profile.trim().is_empty()
+    {
+        return Err(err("masking_profile", "must not be empty"));
     }
     let review_fields = approvals.is_some() || !reviewer_groups.is_empty() || timeout_secs.is_some();
     match action {
@@ -535,8 +540,21 @@ impl Policy {
                 statements: Vec::new(),
             };
         }
-        let statements: Vec<StatementVerdict> =
-            classified.statements.iter().map(|s| self.decide_statement(subject, namespace, s)).collect();
+        // A `USE` changes how the names of the statements after it resolve: they are decided
+        // under the namespace it sets. A statement that changes the namespace and does more
+        // (a block, an EXECUTE IMMEDIATE) is decided with no namespace at all.
+        let mut current = namespace.clone();
+        let mut statements = Vec::with_capacity(classified.statements.len());
+        for statement in &classified.statements {
+            let changes_namespace =
+                statement.actions.iter().any(|a| matches!(a.kind, Kind::UseDatabase | Kind::UseSchema));
+            let mixed = changes_namespace && !matches!(statement.kind, Kind::UseDatabase | Kind::UseSchema);
+            let decided_under = if mixed { Namespace::default() } else { current.clone() };
+            statements.push(self.decide_statement(subject, &decided_under, statement));
+            if changes_namespace {
+                current = if mixed { Namespace::default() } else { namespace_after_use(&current, statement) };
+            }
+        }
         let deciding = pick_most_restrictive(statements.iter().map(|s| (s.action, s.review.as_ref())));
         let mut masking_profiles = Vec::new();
         for statement in &statements {
@@ -573,10 +591,10 @@ impl Policy {
             statement.actions.iter().map(|action| self.decide_action(subject, namespace, action)).collect();
         let mut masking_profiles = Vec::new();
         for (_, outcome) in &decisions {
-            if let Some(profile) = &outcome.masking_profile {
-                if !masking_profiles.contains(profile) {
-                    masking_profiles.push(profile.clone());
-                }
+            if let Some(profile) = &outcome.masking_profile
+                && !masking_profiles.contains(profile)
+            {
+                masking_profiles.push(profile.clone());
             }
         }
         match pick_most_restrictive(decisions.iter().map(|(_, o)| (o.action, o.review.as_ref()))) {
@@ -649,6 +667,24 @@ impl Rule {
                     && self.objects.as_ref().is_none_or(|globs| globs.matches(object, namespace, allowing))
             }
         }
+    }
+}
+
+/// The namespace after a `USE DATABASE` or `USE SCHEMA` statement. `USE DATABASE` makes
+/// `PUBLIC` the current schema; a name only known at run time leaves nothing known.
+pub(crate) fn namespace_after_use(before: &Namespace, statement: &ClassifiedStatement) -> Namespace {
+    let Some(object) = statement.actions.iter().find_map(|a| a.object.as_ref()) else { return Namespace::default() };
+    match (&object.object_type, &object.name) {
+        (ObjectType::Database, ObjectName::Parts(parts)) if parts.len() == 1 => {
+            Namespace { database: Some(parts[0].clone()), schema: Some("PUBLIC".to_owned()) }
+        }
+        (ObjectType::Schema, ObjectName::Parts(parts)) if parts.len() == 2 => {
+            Namespace { database: Some(parts[0].clone()), schema: Some(parts[1].clone()) }
+        }
+        (ObjectType::Schema, ObjectName::Parts(parts)) if parts.len() == 1 && before.database.is_some() => {
+            Namespace { database: before.database.clone(), schema: Some(parts[0].clone()) }
+        }
+        _ => Namespace::default(),
     }
 }
 
@@ -742,6 +778,12 @@ object_types = ["table"]
 objects = ["analytics.**", "sandbox.**"]
 action = "allow"
 masking_profile = "standard"
+
+[[policy.rules]]
+name = "housekeeping"
+groups = ["*"]
+kinds = ["use_database", "use_schema", "execute_immediate"]
+action = "allow"
 "#;
 
     fn policy() -> Policy {
@@ -795,6 +837,18 @@ masking_profile = "standard"
     }
 
     #[test]
+    fn verdicts_serialize_for_the_recording() {
+        let json = serde_json::to_value(decide("drop table analytics.public.orders")).unwrap();
+        assert_eq!(json["action"], "deny");
+        assert_eq!(json["decided_by"]["by"], "rule");
+        assert_eq!(json["decided_by"]["name"], "no destruction");
+        let action = &json["statements"][0]["deciding_action"];
+        assert_eq!((&action["kind"], &action["object"]["name"]), (&"drop".into(), &"ANALYTICS.PUBLIC.ORDERS".into()));
+        let review = serde_json::to_value(decide("insert into sandbox.s.t values (1)")).unwrap();
+        assert_eq!(review["review"]["timeout_secs"], 600);
+    }
+
+    #[test]
     fn statement_limits_refusals_and_unknown() {
         let v = decide("select 1; select 2");
         assert_eq!(v.decided_by, DecidedBy::StatementLimit { statements: 2, limit: 1 });
@@ -805,6 +859,20 @@ masking_profile = "standard"
         let v = decide("frobnicate");
         assert_eq!((v.action, &v.decided_by), (VerdictAction::Deny, &DecidedBy::UnknownStatement));
         assert!(!v.agent_message().is_empty());
+    }
+
+    #[test]
+    fn use_in_a_batch_moves_the_names_after_it() {
+        let etl = Subject { sub: "etl-1".into(), groups: vec!["analysts".into(), "etl".into()] };
+        let ns = Namespace::new(Some("ANALYTICS"), Some("PUBLIC"));
+        let decide = |sql: &str| policy().decide_in(&etl, &ns, &classify(sql, &Limits::default()));
+        assert_eq!(decide("select * from orders; select * from customers").action, VerdictAction::Allow);
+        let moved = decide("use database finance; select * from ledger");
+        assert_eq!((moved.action, moved.statement_index), (VerdictAction::Deny, Some(1)));
+        assert_eq!(decide("use schema finance.public; select * from ledger").action, VerdictAction::Deny);
+        assert_eq!(decide("use schema analytics.marts; select * from orders").action, VerdictAction::Allow);
+        assert_eq!(decide("use identifier($db); select * from orders").action, VerdictAction::Deny);
+        assert_eq!(decide("execute immediate 'use database hr'; select * from orders").action, VerdictAction::Deny);
     }
 
     #[test]

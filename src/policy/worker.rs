@@ -48,13 +48,11 @@ pub struct PoolConfig {
     pub queue_capacity: usize,
     /// Stack of each thread, in bytes.
     pub stack_bytes: usize,
-    /// Classification limits.
-    pub limits: Limits,
 }
 
 impl Default for PoolConfig {
     fn default() -> PoolConfig {
-        PoolConfig { threads: 2, queue_capacity: 1024, stack_bytes: 8 << 20, limits: Limits::default() }
+        PoolConfig { threads: 2, queue_capacity: 1024, stack_bytes: 8 << 20 }
     }
 }
 
@@ -128,6 +126,7 @@ impl Future for ClassifyFuture {
 
 struct Job {
     text: String,
+    limits: Limits,
     reply: Reply,
 }
 
@@ -145,22 +144,22 @@ impl ClassifierPool {
         let mut threads = Vec::with_capacity(config.threads.max(1));
         for thread_idx in 0..config.threads.max(1) {
             let receiver = Arc::clone(&receiver);
-            let limits = config.limits;
             let handle = std::thread::Builder::new()
                 .name(format!("snowgate-classify-{thread_idx}"))
                 .stack_size(config.stack_bytes)
-                .spawn(move || worker_loop(&receiver, &limits))?;
+                .spawn(move || worker_loop(&receiver))?;
             threads.push(handle);
         }
         Ok(ClassifierPool { sender: Some(sender), threads })
     }
 
-    /// Queues `text` for classification. Never blocks: a full queue resolves the future at
-    /// once with [`ClassifyError::QueueFull`].
-    pub fn classify(&self, text: String) -> ClassifyFuture {
+    /// Queues `text` for classification under `limits` (the policy's, [`super::Policy::limits`],
+    /// so a reloaded policy's limits apply at once). Never blocks: a full queue resolves the
+    /// future at once with [`ClassifyError::QueueFull`].
+    pub fn classify(&self, text: String, limits: Limits) -> ClassifyFuture {
         let slot = Arc::new(Mutex::new(Slot::default()));
         let reply = Reply { slot: Arc::clone(&slot), sent: false };
-        let job = Job { text, reply };
+        let job = Job { text, limits, reply };
         match &self.sender {
             Some(sender) => match sender.try_send(job) {
                 Ok(()) => {}
@@ -189,14 +188,14 @@ impl Drop for ClassifierPool {
     }
 }
 
-fn worker_loop(receiver: &Mutex<Receiver<Job>>, limits: &Limits) {
+fn worker_loop(receiver: &Mutex<Receiver<Job>>) {
     loop {
         let job = {
             let receiver = receiver.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             receiver.recv()
         };
         let Ok(job) = job else { return };
-        let outcome = catch_unwind(AssertUnwindSafe(|| classify(&job.text, limits)));
+        let outcome = catch_unwind(AssertUnwindSafe(|| classify(&job.text, &job.limits)));
         job.reply.send(outcome.map_err(|_| ClassifyError::Panicked));
     }
 }
@@ -239,10 +238,10 @@ mod tests {
     #[test]
     fn classifies_on_a_worker_thread() {
         let pool = ClassifierPool::start(PoolConfig::default()).unwrap();
-        let classified = block_on(pool.classify("drop table t".into())).unwrap();
+        let classified = block_on(pool.classify("drop table t".into(), Limits::default())).unwrap();
         assert_eq!(classified.statements[0].kind, Kind::Drop);
         let deep = format!("select {}1{}", "(".repeat(100_000), ")".repeat(100_000));
-        let refused = block_on(pool.classify(deep)).unwrap();
+        let refused = block_on(pool.classify(deep, Limits::default())).unwrap();
         assert_eq!(refused.refusal, Some(Refusal::TooDeep));
         pool.shutdown();
     }
@@ -253,7 +252,7 @@ mod tests {
         let config = PoolConfig { threads: 1, queue_capacity: 1, ..PoolConfig::default() };
         let pool = ClassifierPool::start(config).unwrap();
         let big = format!("select {}", vec!["1"; 60_000].join(" + "));
-        let futures: Vec<ClassifyFuture> = (0..8).map(|_| pool.classify(big.clone())).collect();
+        let futures: Vec<ClassifyFuture> = (0..8).map(|_| pool.classify(big.clone(), Limits::default())).collect();
         let outcomes: Vec<Outcome> = futures.into_iter().map(block_on).collect();
         assert!(outcomes.iter().any(|o| o == &Err(ClassifyError::QueueFull)));
         assert!(outcomes.iter().any(|o| o.is_ok()));
@@ -264,7 +263,7 @@ mod tests {
     fn a_shut_down_pool_answers_worker_gone() {
         let mut pool = ClassifierPool::start(PoolConfig { threads: 1, ..PoolConfig::default() }).unwrap();
         pool.sender.take();
-        assert_eq!(block_on(pool.classify("select 1".into())), Err(ClassifyError::WorkerGone));
+        assert_eq!(block_on(pool.classify("select 1".into(), Limits::default())), Err(ClassifyError::WorkerGone));
         let slot = Arc::new(Mutex::new(Slot::default()));
         drop(Reply { slot: Arc::clone(&slot), sent: false });
         assert_eq!(block_on(ClassifyFuture { slot }), Err(ClassifyError::WorkerGone));
@@ -275,7 +274,7 @@ mod tests {
         let pool = ClassifierPool::start(PoolConfig::default()).unwrap();
         let mut runtime = monoio::RuntimeBuilder::<monoio::FusionDriver>::new().enable_timer().build().unwrap();
         let kind = runtime.block_on(async {
-            let future = pool.classify("select * from t".into());
+            let future = pool.classify("select * from t".into(), Limits::default());
             monoio::time::timeout(std::time::Duration::from_secs(10), future).await.unwrap().unwrap().statements[0].kind
         });
         assert_eq!(kind, Kind::Select);
