@@ -1,0 +1,747 @@
+//! The approvals ledger: statements parked for review, the reviewers' decisions, and the
+//! hand-over of an approved statement to run exactly once. Pure: time is an input
+//! (`now_unix_ms`), nothing here does I/O or reads a clock.
+//!
+//! A parked statement is keyed by (agent `sub`, Snowflake session id, the driver's
+//! `requestId`): a driver retry with the same `requestId` finds the same item, never a new
+//! one, and a retry with different text under the same `requestId` is refused. Each item gets
+//! a synthetic query id (a UUID v4, as drivers require) for the `getResultUrl` the driver
+//! polls; polls and the hand-over are bound to the agent's `sub` and session, so another agent
+//! learns nothing from a guessed id. An item not decided before its timeout is denied.
+//!
+//! Life of an item: `Pending` → (`approve` × N) `Approved` → `take_approved` `Running` →
+//! `finish` `Finished`; or `Pending` → `deny` `Denied`; or `Pending` → timeout `TimedOut`.
+//! Decided items stay for [`LedgerLimits::retention`] so late polls get their answer, then are
+//! purged by [`Ledger::expire`].
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use super::rules::{ReviewRequirement, Subject};
+
+/// Bounds on the ledger.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LedgerLimits {
+    /// Undecided or running items one `sub` may have.
+    pub pending_per_subject_max: usize,
+    /// Items in the ledger, decided ones included.
+    pub items_max: usize,
+    /// Bytes of statement text, bindings and context held, all items together.
+    pub stored_bytes_max: usize,
+    /// How long a decided item stays for polls.
+    pub retention: Duration,
+    /// Longest reviewer reason kept, in bytes.
+    pub reason_bytes_max: usize,
+}
+
+impl Default for LedgerLimits {
+    fn default() -> LedgerLimits {
+        LedgerLimits {
+            pending_per_subject_max: 16,
+            items_max: 4096,
+            stored_bytes_max: 64 << 20,
+            retention: Duration::from_secs(15 * 60),
+            reason_bytes_max: 1000,
+        }
+    }
+}
+
+/// What identifies a statement across driver retries.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+pub struct RequestKey {
+    /// The agent.
+    pub sub: String,
+    /// Snowflake's session id.
+    pub session_id: i64,
+    /// The driver's `requestId`.
+    pub request_id: String,
+}
+
+/// A statement to park.
+#[derive(Debug, Clone)]
+pub struct ParkRequest<P> {
+    /// Its retry identity.
+    pub key: RequestKey,
+    /// The agent's groups (shown to reviewers).
+    pub agent_groups: Vec<String>,
+    /// The exact statement text.
+    pub statement_text: String,
+    /// The bindings, raw JSON as the driver sent them.
+    pub bindings: Option<String>,
+    /// The agent's context header (prompt or trace id), capped by the caller.
+    pub agent_context: Option<String>,
+    /// What approval needs.
+    pub requirement: ReviewRequirement,
+    /// The rule that sent it to review.
+    pub rule_name: Option<String>,
+    /// What the proxy needs to run it later (the rewritten request body, say). Handed back
+    /// once, by [`Ledger::take_approved`].
+    pub payload: P,
+}
+
+/// One reviewer's decision.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ReviewDecision {
+    /// The reviewer's `sub`.
+    pub reviewer: String,
+    /// Their reason.
+    pub reason: String,
+    /// When.
+    pub at_unix_ms: u64,
+}
+
+/// What a driver's poll (or a retry) learns.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case", tag = "state")]
+pub enum PollState {
+    /// Waiting for reviewers.
+    Pending {
+        /// Approvals so far.
+        approvals: u32,
+        /// Approvals needed.
+        approvals_required: u32,
+        /// When it times out.
+        expires_at_unix_ms: u64,
+    },
+    /// Approved: the proxy should [`Ledger::take_approved`] it and run it.
+    Approved,
+    /// Handed to the proxy and running.
+    Running,
+    /// Ran; the result is Snowflake's query `upstream_query_id`.
+    Finished {
+        /// Snowflake's query id, when the run produced one.
+        upstream_query_id: Option<String>,
+    },
+    /// A reviewer denied it.
+    Denied {
+        /// The reviewer's reason.
+        reason: String,
+    },
+    /// Nobody decided in time: denied.
+    TimedOut,
+}
+
+/// A pending statement as reviewers see it (the admin API's list).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PendingView {
+    /// The synthetic query id (reviewers approve by it).
+    pub query_id: String,
+    /// The agent.
+    pub sub: String,
+    /// The agent's groups.
+    pub groups: Vec<String>,
+    /// Snowflake's session id.
+    pub session_id: i64,
+    /// The driver's `requestId`.
+    pub request_id: String,
+    /// The exact statement text.
+    pub statement_text: String,
+    /// BLAKE3 of the text and bindings, hex: what an approval is bound to.
+    pub statement_hash: String,
+    /// The agent's context.
+    pub agent_context: Option<String>,
+    /// The rule that sent it to review.
+    pub rule_name: Option<String>,
+    /// When it was parked.
+    pub created_at_unix_ms: u64,
+    /// How long it has waited.
+    pub age_ms: u64,
+    /// When it times out.
+    pub expires_at_unix_ms: u64,
+    /// Approvals needed.
+    pub approvals_required: u32,
+    /// Who may decide.
+    pub reviewer_groups: Vec<String>,
+    /// Approvals so far.
+    pub approvals: Vec<ReviewDecision>,
+}
+
+/// An approved statement handed over to run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApprovedStatement<P> {
+    /// The synthetic query id.
+    pub query_id: String,
+    /// The exact text that was approved.
+    pub statement_text: String,
+    /// The exact bindings that were approved.
+    pub bindings: Option<String>,
+    /// BLAKE3 of both, hex.
+    pub statement_hash: String,
+    /// The approvals.
+    pub approvals: Vec<ReviewDecision>,
+    /// What was parked with it.
+    pub payload: P,
+}
+
+/// The result of parking.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Parked {
+    /// The synthetic query id for `getResultUrl`.
+    pub query_id: String,
+    /// Its state now.
+    pub state: PollState,
+    /// Whether this call created it (false: a retry of a parked statement).
+    pub created: bool,
+}
+
+/// A ledger operation refused. Whose fault each is, is said in the message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LedgerError {
+    /// No such item for this caller (also when it belongs to another agent or session).
+    #[error("no parked statement with this id for this caller")]
+    NotFound,
+    /// The item is not waiting for a decision.
+    #[error("the parked statement is no longer waiting for a decision (it is {0})")]
+    NotPending(&'static str),
+    /// The reviewer is in none of the reviewer groups.
+    #[error("the reviewer is not in a reviewer group for this statement")]
+    NotAReviewer,
+    /// The reviewer is the agent that sent the statement.
+    #[error("an agent cannot review its own statement")]
+    SelfReview,
+    /// The reviewer already approved it.
+    #[error("the reviewer already approved this statement")]
+    AlreadyApproved,
+    /// The reason is empty or too long.
+    #[error("the reason must be 1 to {0} bytes")]
+    BadReason(usize),
+    /// The driver reused a `requestId` for a different statement.
+    #[error("the agent reused a requestId for a different statement")]
+    RequestIdReused,
+    /// The agent has too many statements waiting.
+    #[error("the agent has too many statements waiting for review")]
+    TooManyPending,
+    /// The ledger is full (the gateway's limit).
+    #[error("the gateway holds too many parked statements")]
+    Full,
+    /// The item is not approved (yet, or any more).
+    #[error("the parked statement is not approved and ready to run (it is {0})")]
+    NotApproved(&'static str),
+}
+
+#[derive(Debug, Clone)]
+struct Item<P> {
+    query_id: String,
+    key: RequestKey,
+    agent_groups: Vec<String>,
+    statement_text: String,
+    bindings: Option<String>,
+    statement_hash: String,
+    agent_context: Option<String>,
+    requirement: ReviewRequirement,
+    rule_name: Option<String>,
+    created_at_unix_ms: u64,
+    approvals: Vec<ReviewDecision>,
+    state: State,
+    decided_at_unix_ms: Option<u64>,
+    payload: Option<P>,
+    weight_bytes: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum State {
+    Pending,
+    Approved,
+    Running,
+    Finished { upstream_query_id: Option<String> },
+    Denied { reason: String },
+    TimedOut,
+}
+
+impl State {
+    fn name(&self) -> &'static str {
+        match self {
+            State::Pending => "pending",
+            State::Approved => "approved",
+            State::Running => "running",
+            State::Finished { .. } => "finished",
+            State::Denied { .. } => "denied",
+            State::TimedOut => "timed out",
+        }
+    }
+
+    fn is_live(&self) -> bool {
+        matches!(self, State::Pending | State::Approved | State::Running)
+    }
+}
+
+impl<P> Item<P> {
+    fn expires_at_unix_ms(&self) -> u64 {
+        let timeout_ms = u64::try_from(self.requirement.timeout.as_millis()).unwrap_or(u64::MAX);
+        self.created_at_unix_ms.saturating_add(timeout_ms)
+    }
+
+    /// Applies the timeout: a pending item past it is denied.
+    fn tick(&mut self, now_unix_ms: u64) -> bool {
+        if self.state == State::Pending && now_unix_ms >= self.expires_at_unix_ms() {
+            self.state = State::TimedOut;
+            self.decided_at_unix_ms = Some(self.expires_at_unix_ms());
+            return true;
+        }
+        false
+    }
+
+    fn poll_state(&self) -> PollState {
+        match &self.state {
+            State::Pending => PollState::Pending {
+                approvals: u32::try_from(self.approvals.len()).unwrap_or(u32::MAX),
+                approvals_required: self.requirement.approvals,
+                expires_at_unix_ms: self.expires_at_unix_ms(),
+            },
+            State::Approved => PollState::Approved,
+            State::Running => PollState::Running,
+            State::Finished { upstream_query_id } => {
+                PollState::Finished { upstream_query_id: upstream_query_id.clone() }
+            }
+            State::Denied { reason } => PollState::Denied { reason: reason.clone() },
+            State::TimedOut => PollState::TimedOut,
+        }
+    }
+}
+
+/// A statement's hash: BLAKE3 over the length-prefixed text and bindings, hex.
+pub fn statement_hash(statement_text: &str, bindings: Option<&str>) -> String {
+    let mut hasher = blake3::Hasher::new();
+    hasher.update(&(statement_text.len() as u64).to_le_bytes());
+    hasher.update(statement_text.as_bytes());
+    match bindings {
+        Some(bindings) => {
+            hasher.update(&[1]);
+            hasher.update(&(bindings.len() as u64).to_le_bytes());
+            hasher.update(bindings.as_bytes());
+        }
+        None => {
+            hasher.update(&[0]);
+        }
+    }
+    hasher.finalize().to_hex().to_string()
+}
+
+/// A change [`Ledger::expire`] made, for the recording.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Expired {
+    /// The item.
+    pub query_id: String,
+    /// Its retry identity.
+    pub key: RequestKey,
+}
+
+/// The ledger. One per gateway process (the proxy shares it behind a lock).
+#[derive(Debug)]
+pub struct Ledger<P> {
+    limits: LedgerLimits,
+    items: HashMap<String, Item<P>>,
+    by_key: HashMap<RequestKey, String>,
+    stored_bytes: usize,
+}
+
+impl<P> Ledger<P> {
+    /// An empty ledger.
+    pub fn new(limits: LedgerLimits) -> Ledger<P> {
+        Ledger { limits, items: HashMap::new(), by_key: HashMap::new(), stored_bytes: 0 }
+    }
+
+    /// Items held (decided ones included).
+    pub fn len(&self) -> usize {
+        self.items.len()
+    }
+
+    /// Whether the ledger holds nothing.
+    pub fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+
+    /// Parks a statement, or finds it again when the key was parked before.
+    pub fn park(&mut self, request: ParkRequest<P>, now_unix_ms: u64) -> Result<Parked, LedgerError> {
+        let hash = statement_hash(&request.statement_text, request.bindings.as_deref());
+        if let Some(query_id) = self.by_key.get(&request.key).cloned()
+            && let Some(item) = self.items.get_mut(&query_id)
+        {
+            if item.statement_hash != hash {
+                return Err(LedgerError::RequestIdReused);
+            }
+            item.tick(now_unix_ms);
+            return Ok(Parked { query_id, state: item.poll_state(), created: false });
+        }
+        let live_for_sub =
+            self.items.values().filter(|item| item.key.sub == request.key.sub && item.state.is_live()).count();
+        if live_for_sub >= self.limits.pending_per_subject_max {
+            return Err(LedgerError::TooManyPending);
+        }
+        let weight_bytes = request.statement_text.len()
+            + request.bindings.as_ref().map_or(0, String::len)
+            + request.agent_context.as_ref().map_or(0, String::len);
+        if self.items.len() >= self.limits.items_max || self.stored_bytes + weight_bytes > self.limits.stored_bytes_max
+        {
+            self.expire(now_unix_ms);
+            if self.items.len() >= self.limits.items_max
+                || self.stored_bytes + weight_bytes > self.limits.stored_bytes_max
+            {
+                return Err(LedgerError::Full);
+            }
+        }
+        let query_id = uuid::Uuid::new_v4().hyphenated().to_string();
+        let item = Item {
+            query_id: query_id.clone(),
+            key: request.key.clone(),
+            agent_groups: request.agent_groups,
+            statement_text: request.statement_text,
+            bindings: request.bindings,
+            statement_hash: hash,
+            agent_context: request.agent_context,
+            requirement: request.requirement,
+            rule_name: request.rule_name,
+            created_at_unix_ms: now_unix_ms,
+            approvals: Vec::new(),
+            state: State::Pending,
+            decided_at_unix_ms: None,
+            payload: Some(request.payload),
+            weight_bytes,
+        };
+        let state = item.poll_state();
+        self.stored_bytes += weight_bytes;
+        self.by_key.insert(request.key, query_id.clone());
+        self.items.insert(query_id.clone(), item);
+        Ok(Parked { query_id, state, created: true })
+    }
+
+    fn owned_item(&mut self, query_id: &str, sub: &str, session_id: i64) -> Result<&mut Item<P>, LedgerError> {
+        match self.items.get_mut(query_id) {
+            Some(item) if item.key.sub == sub && item.key.session_id == session_id => Ok(item),
+            _ => Err(LedgerError::NotFound),
+        }
+    }
+
+    /// The state the agent's poll of `query_id` sees.
+    pub fn poll(
+        &mut self,
+        query_id: &str,
+        sub: &str,
+        session_id: i64,
+        now_unix_ms: u64,
+    ) -> Result<PollState, LedgerError> {
+        let item = self.owned_item(query_id, sub, session_id)?;
+        item.tick(now_unix_ms);
+        Ok(item.poll_state())
+    }
+
+    /// Statements waiting for a decision, oldest first.
+    pub fn list_pending(&mut self, now_unix_ms: u64) -> Vec<PendingView> {
+        let mut pending: Vec<PendingView> = self
+            .items
+            .values_mut()
+            .filter_map(|item| {
+                item.tick(now_unix_ms);
+                (item.state == State::Pending).then(|| PendingView {
+                    query_id: item.query_id.clone(),
+                    sub: item.key.sub.clone(),
+                    groups: item.agent_groups.clone(),
+                    session_id: item.key.session_id,
+                    request_id: item.key.request_id.clone(),
+                    statement_text: item.statement_text.clone(),
+                    statement_hash: item.statement_hash.clone(),
+                    agent_context: item.agent_context.clone(),
+                    rule_name: item.rule_name.clone(),
+                    created_at_unix_ms: item.created_at_unix_ms,
+                    age_ms: now_unix_ms.saturating_sub(item.created_at_unix_ms),
+                    expires_at_unix_ms: item.expires_at_unix_ms(),
+                    approvals_required: item.requirement.approvals,
+                    reviewer_groups: item.requirement.reviewer_groups.clone(),
+                    approvals: item.approvals.clone(),
+                })
+            })
+            .collect();
+        pending.sort_by(|a, b| (a.created_at_unix_ms, &a.query_id).cmp(&(b.created_at_unix_ms, &b.query_id)));
+        pending
+    }
+
+    fn reviewable(
+        &mut self,
+        query_id: &str,
+        reviewer: &Subject,
+        reason: &str,
+        now_unix_ms: u64,
+    ) -> Result<&mut Item<P>, LedgerError> {
+        let reason_bytes_max = self.limits.reason_bytes_max;
+        let item = self.items.get_mut(query_id).ok_or(LedgerError::NotFound)?;
+        item.tick(now_unix_ms);
+        if item.state != State::Pending {
+            return Err(LedgerError::NotPending(item.state.name()));
+        }
+        if reviewer.sub == item.key.sub {
+            return Err(LedgerError::SelfReview);
+        }
+        if !reviewer.groups.iter().any(|g| item.requirement.reviewer_groups.contains(g)) {
+            return Err(LedgerError::NotAReviewer);
+        }
+        if reason.trim().is_empty() || reason.len() > reason_bytes_max {
+            return Err(LedgerError::BadReason(reason_bytes_max));
+        }
+        Ok(item)
+    }
+
+    /// Records `reviewer`'s approval; with enough approvals the statement is approved.
+    pub fn approve(
+        &mut self,
+        query_id: &str,
+        reviewer: &Subject,
+        reason: &str,
+        now_unix_ms: u64,
+    ) -> Result<PollState, LedgerError> {
+        let item = self.reviewable(query_id, reviewer, reason, now_unix_ms)?;
+        if item.approvals.iter().any(|a| a.reviewer == reviewer.sub) {
+            return Err(LedgerError::AlreadyApproved);
+        }
+        item.approvals.push(ReviewDecision {
+            reviewer: reviewer.sub.clone(),
+            reason: reason.to_owned(),
+            at_unix_ms: now_unix_ms,
+        });
+        if item.approvals.len() >= item.requirement.approvals as usize {
+            item.state = State::Approved;
+            item.decided_at_unix_ms = Some(now_unix_ms);
+        }
+        Ok(item.poll_state())
+    }
+
+    /// Records `reviewer`'s denial: one denial denies the statement.
+    pub fn deny(
+        &mut self,
+        query_id: &str,
+        reviewer: &Subject,
+        reason: &str,
+        now_unix_ms: u64,
+    ) -> Result<PollState, LedgerError> {
+        let item = self.reviewable(query_id, reviewer, reason, now_unix_ms)?;
+        item.state = State::Denied { reason: reason.to_owned() };
+        item.decided_at_unix_ms = Some(now_unix_ms);
+        Ok(item.poll_state())
+    }
+
+    /// Hands an approved statement to the proxy to run, exactly once, and only to the agent
+    /// and session it was parked for.
+    pub fn take_approved(
+        &mut self,
+        query_id: &str,
+        sub: &str,
+        session_id: i64,
+        now_unix_ms: u64,
+    ) -> Result<ApprovedStatement<P>, LedgerError> {
+        let item = self.owned_item(query_id, sub, session_id)?;
+        item.tick(now_unix_ms);
+        if item.state != State::Approved {
+            return Err(LedgerError::NotApproved(item.state.name()));
+        }
+        let Some(payload) = item.payload.take() else { return Err(LedgerError::NotApproved("running")) };
+        item.state = State::Running;
+        // Retention of a running item counts from the hand-over.
+        item.decided_at_unix_ms = Some(now_unix_ms);
+        Ok(ApprovedStatement {
+            query_id: item.query_id.clone(),
+            statement_text: item.statement_text.clone(),
+            bindings: item.bindings.clone(),
+            statement_hash: item.statement_hash.clone(),
+            approvals: item.approvals.clone(),
+            payload,
+        })
+    }
+
+    /// Records that the running statement finished (with Snowflake's query id, if any).
+    pub fn finish(
+        &mut self,
+        query_id: &str,
+        upstream_query_id: Option<String>,
+        now_unix_ms: u64,
+    ) -> Result<(), LedgerError> {
+        let item = self.items.get_mut(query_id).ok_or(LedgerError::NotFound)?;
+        if item.state != State::Running {
+            return Err(LedgerError::NotPending(item.state.name()));
+        }
+        item.state = State::Finished { upstream_query_id };
+        item.decided_at_unix_ms = Some(now_unix_ms);
+        Ok(())
+    }
+
+    /// Times out pending items and purges items decided longer than the retention ago
+    /// (approved-but-never-taken and running items included). Returns the items that timed
+    /// out now, for the recording.
+    pub fn expire(&mut self, now_unix_ms: u64) -> Vec<Expired> {
+        let retention_ms = u64::try_from(self.limits.retention.as_millis()).unwrap_or(u64::MAX);
+        let mut expired = Vec::new();
+        let mut purge = Vec::new();
+        for item in self.items.values_mut() {
+            if item.tick(now_unix_ms) {
+                expired.push(Expired { query_id: item.query_id.clone(), key: item.key.clone() });
+            }
+            if let Some(decided) = item.decided_at_unix_ms
+                && now_unix_ms.saturating_sub(decided) >= retention_ms
+            {
+                purge.push(item.query_id.clone());
+            }
+        }
+        for query_id in purge {
+            if let Some(item) = self.items.remove(&query_id) {
+                self.by_key.remove(&item.key);
+                self.stored_bytes -= item.weight_bytes;
+            }
+        }
+        expired.sort_by(|a, b| a.query_id.cmp(&b.query_id));
+        expired
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const T0: u64 = 1_700_000_000_000;
+
+    fn requirement(approvals: u32) -> ReviewRequirement {
+        ReviewRequirement { approvals, reviewer_groups: vec!["dba".into()], timeout: Duration::from_secs(60) }
+    }
+
+    fn request(request_id: &str, text: &str) -> ParkRequest<&'static str> {
+        ParkRequest {
+            key: RequestKey { sub: "agent".into(), session_id: 7, request_id: request_id.into() },
+            agent_groups: vec!["analysts".into()],
+            statement_text: text.into(),
+            bindings: None,
+            agent_context: Some("trace-1".into()),
+            requirement: requirement(2),
+            rule_name: Some("writes need review".into()),
+            payload: "body",
+        }
+    }
+
+    fn reviewer(sub: &str) -> Subject {
+        Subject { sub: sub.into(), groups: vec!["dba".into()] }
+    }
+
+    #[test]
+    fn retries_find_the_same_item_and_ids_are_uuid_v4() {
+        let mut ledger = Ledger::new(LedgerLimits::default());
+        let first = ledger.park(request("r1", "delete from t where id = 1"), T0).unwrap();
+        assert!(first.created);
+        let id = uuid::Uuid::parse_str(&first.query_id).unwrap();
+        assert_eq!(id.get_version_num(), 4);
+        assert!(crate::session::is_query_id(&first.query_id));
+        let retry = ledger.park(request("r1", "delete from t where id = 1"), T0 + 5_000).unwrap();
+        assert_eq!((retry.query_id.as_str(), retry.created), (first.query_id.as_str(), false));
+        assert_eq!(ledger.park(request("r1", "delete from t"), T0).unwrap_err(), LedgerError::RequestIdReused);
+        assert_eq!(ledger.len(), 1);
+    }
+
+    #[test]
+    fn approvals_need_distinct_reviewers_from_reviewer_groups() {
+        let mut ledger = Ledger::new(LedgerLimits::default());
+        let id = ledger.park(request("r1", "update t set a = 1 where id = 2"), T0).unwrap().query_id;
+        let agent = Subject { sub: "agent".into(), groups: vec!["dba".into()] };
+        assert_eq!(ledger.approve(&id, &agent, "ok", T0).unwrap_err(), LedgerError::SelfReview);
+        let outsider = Subject { sub: "eve".into(), groups: vec!["analysts".into()] };
+        assert_eq!(ledger.approve(&id, &outsider, "ok", T0).unwrap_err(), LedgerError::NotAReviewer);
+        assert_eq!(ledger.approve(&id, &reviewer("alice"), " ", T0).unwrap_err(), LedgerError::BadReason(1000));
+        let state = ledger.approve(&id, &reviewer("alice"), "looks right", T0 + 1).unwrap();
+        assert!(matches!(state, PollState::Pending { approvals: 1, approvals_required: 2, .. }));
+        assert_eq!(ledger.approve(&id, &reviewer("alice"), "again", T0 + 2).unwrap_err(), LedgerError::AlreadyApproved);
+        assert_eq!(ledger.take_approved(&id, "agent", 7, T0 + 2).unwrap_err(), LedgerError::NotApproved("pending"));
+        assert_eq!(ledger.approve(&id, &reviewer("bob"), "fine", T0 + 3).unwrap(), PollState::Approved);
+        assert_eq!(
+            ledger.approve(&id, &reviewer("carol"), "late", T0 + 4).unwrap_err(),
+            LedgerError::NotPending("approved")
+        );
+    }
+
+    #[test]
+    fn the_approved_statement_is_handed_over_once_to_its_agent_only() {
+        let mut ledger = Ledger::new(LedgerLimits::default());
+        let mut req = request("r1", "merge into t using s on t.id = s.id when matched then delete");
+        req.requirement = requirement(1);
+        let id = ledger.park(req, T0).unwrap().query_id;
+        ledger.approve(&id, &reviewer("alice"), "ok", T0 + 10).unwrap();
+        assert_eq!(ledger.poll(&id, "other-agent", 7, T0 + 11).unwrap_err(), LedgerError::NotFound);
+        assert_eq!(ledger.take_approved(&id, "agent", 8, T0 + 11).unwrap_err(), LedgerError::NotFound);
+        let approved = ledger.take_approved(&id, "agent", 7, T0 + 11).unwrap();
+        assert_eq!(approved.payload, "body");
+        assert_eq!(approved.statement_hash, statement_hash(&approved.statement_text, None));
+        assert_eq!(ledger.take_approved(&id, "agent", 7, T0 + 12).unwrap_err(), LedgerError::NotApproved("running"));
+        assert_eq!(ledger.poll(&id, "agent", 7, T0 + 12).unwrap(), PollState::Running);
+        ledger.finish(&id, Some("01b2-upstream".into()), T0 + 20).unwrap();
+        assert_eq!(
+            ledger.poll(&id, "agent", 7, T0 + 21).unwrap(),
+            PollState::Finished { upstream_query_id: Some("01b2-upstream".into()) }
+        );
+    }
+
+    #[test]
+    fn denial_and_timeout_deny() {
+        let mut ledger = Ledger::new(LedgerLimits::default());
+        let denied = ledger.park(request("r1", "insert into t values (1)"), T0).unwrap().query_id;
+        ledger.deny(&denied, &reviewer("alice"), "not today", T0 + 5).unwrap();
+        assert_eq!(ledger.poll(&denied, "agent", 7, T0 + 6).unwrap(), PollState::Denied { reason: "not today".into() });
+        let slow = ledger.park(request("r2", "insert into t values (2)"), T0).unwrap().query_id;
+        assert!(matches!(ledger.poll(&slow, "agent", 7, T0 + 59_999).unwrap(), PollState::Pending { .. }));
+        assert_eq!(ledger.poll(&slow, "agent", 7, T0 + 60_000).unwrap(), PollState::TimedOut);
+        assert_eq!(
+            ledger.approve(&slow, &reviewer("alice"), "too late", T0 + 60_001).unwrap_err(),
+            LedgerError::NotPending("timed out")
+        );
+        // The retry of a timed-out statement gets the same answer.
+        let retry = ledger.park(request("r2", "insert into t values (2)"), T0 + 70_000).unwrap();
+        assert_eq!(retry.state, PollState::TimedOut);
+        assert!(ledger.list_pending(T0 + 70_000).is_empty());
+    }
+
+    #[test]
+    fn expiry_reports_timeouts_and_purges_after_retention() {
+        let limits = LedgerLimits { retention: Duration::from_secs(10), ..LedgerLimits::default() };
+        let mut ledger = Ledger::new(limits);
+        let id = ledger.park(request("r1", "insert into t values (1)"), T0).unwrap().query_id;
+        assert!(ledger.expire(T0 + 59_000).is_empty());
+        let expired = ledger.expire(T0 + 60_000);
+        assert_eq!(expired.len(), 1);
+        assert_eq!(expired[0].query_id, id);
+        assert_eq!(ledger.len(), 1);
+        assert!(ledger.expire(T0 + 69_999).is_empty());
+        assert_eq!(ledger.len(), 1);
+        ledger.expire(T0 + 70_000);
+        assert!(ledger.is_empty());
+        // Once purged, the key is free again.
+        assert!(ledger.park(request("r1", "insert into t values (1)"), T0 + 80_000).unwrap().created);
+    }
+
+    #[test]
+    fn caps_per_agent_and_in_total() {
+        let limits = LedgerLimits { pending_per_subject_max: 2, items_max: 3, ..LedgerLimits::default() };
+        let mut ledger = Ledger::new(limits);
+        ledger.park(request("a", "select 1"), T0).unwrap();
+        ledger.park(request("b", "select 2"), T0).unwrap();
+        assert_eq!(ledger.park(request("c", "select 3"), T0).unwrap_err(), LedgerError::TooManyPending);
+        let mut other = request("d", "select 4");
+        other.key.sub = "agent-2".into();
+        ledger.park(other.clone(), T0).unwrap();
+        other.key.request_id = "e".into();
+        assert_eq!(ledger.park(other, T0).unwrap_err(), LedgerError::Full);
+        let limits = LedgerLimits { stored_bytes_max: 10, ..LedgerLimits::default() };
+        let mut small = Ledger::new(limits);
+        assert_eq!(small.park(request("a", "select 'long enough'"), T0).unwrap_err(), LedgerError::Full);
+    }
+
+    #[test]
+    fn list_pending_shows_what_reviewers_need() {
+        let mut ledger = Ledger::new(LedgerLimits::default());
+        let first = ledger.park(request("r1", "insert into t values (1)"), T0).unwrap().query_id;
+        ledger.park(request("r2", "insert into t values (2)"), T0 + 1_000).unwrap();
+        ledger.approve(&first, &reviewer("alice"), "ok", T0 + 2_000).unwrap();
+        let pending = ledger.list_pending(T0 + 3_000);
+        assert_eq!(pending.len(), 2);
+        assert_eq!(pending[0].query_id, first);
+        assert_eq!(pending[0].age_ms, 3_000);
+        assert_eq!(pending[0].agent_context.as_deref(), Some("trace-1"));
+        assert_eq!(pending[0].approvals.len(), 1);
+        assert_eq!(pending[1].statement_text, "insert into t values (2)");
+        assert_ne!(statement_hash("a", Some("b")), statement_hash("ab", None));
+        assert_ne!(statement_hash("a", None), statement_hash("a", Some("")));
+    }
+}

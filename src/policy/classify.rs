@@ -1,0 +1,1636 @@
+//! Classification of a request's statements: what each does, and to which objects.
+//!
+//! The leading keywords decide the kind, read from the token stream (sqlparser's parser does
+//! not know every Snowflake statement: `GET`, `PUT`, `UNDROP`, `UNSET`, most DDL). Statements
+//! that read data through a query (`SELECT`, `INSERT`, `UPDATE`, `DELETE`, `MERGE`, `SET`, and
+//! any other holding a `SELECT`) must also parse with `Parser::parse_sql`'s machinery into
+//! exactly the statement their keywords announce, or they are [`Kind::Unknown`]: the parse
+//! guarantees the tokens are a well-formed statement, in which table references sit where the
+//! reader below looks for them (after `FROM`, `JOIN`, a `,` in a `FROM` list, `USING`, inside
+//! `TABLE(…)` or `IDENTIFIER(…)`, `@stage`). CTE names are scoped and not reported as tables.
+//!
+//! `EXECUTE IMMEDIATE` of a literal or `$$` string classifies the inner text (bounded depth);
+//! of anything else it is [`Kind::ExecuteImmediateDynamic`]. Scripting blocks are
+//! [`Kind::ScriptingBlock`] plus whatever their statements do, read best effort (what is not
+//! understood inside is [`Kind::Unknown`]). `SYSTEM$` calls anywhere add a
+//! [`Kind::SystemFunction`] action. Nothing here panics on any input: every index is checked.
+
+use std::collections::HashSet;
+
+use sqlparser::ast::{SetExpr, Statement as AstStatement};
+use sqlparser::dialect::SnowflakeDialect;
+use sqlparser::parser::Parser;
+use sqlparser::tokenizer::Token;
+
+use super::lexer::{Lexed, bare_word, begin_starts_transaction, is_keyword, lex, split};
+use super::model::{Action, Classified, ClassifiedStatement, Kind, Limits, ObjectName, ObjectType, Refusal};
+use super::names::{canonical_word, name_from_literal};
+use super::parameters::session_parameter_is_benign;
+
+/// Classifies a request's text under `limits`. Never fails: a request that cannot be read is
+/// [`Classified::refusal`], a statement that cannot be read is [`Kind::Unknown`].
+pub fn classify(text: &str, limits: &Limits) -> Classified {
+    classify_nested(text, limits, 0)
+}
+
+fn classify_nested(text: &str, limits: &Limits, depth: usize) -> Classified {
+    let lexed = match lex(text, limits) {
+        Ok(lexed) => lexed,
+        Err(refusal) => return Classified::refused(refusal),
+    };
+    let ranges = split(&lexed);
+    if ranges.is_empty() {
+        return Classified::refused(Refusal::Empty);
+    }
+    if ranges.len() > limits.statements_max {
+        return Classified::refused(Refusal::TooManyStatements);
+    }
+    let cx = Cx { lexed: &lexed, limits, depth };
+    let statements = ranges
+        .into_iter()
+        .map(|range| classify_statement(&cx, View { lexed: &lexed, sig: &lexed.significant[range] }))
+        .collect();
+    Classified { statements, refusal: None }
+}
+
+struct Cx<'a> {
+    lexed: &'a Lexed<'a>,
+    limits: &'a Limits,
+    depth: usize,
+}
+
+/// A run of significant tokens (a statement or part of one).
+#[derive(Clone, Copy)]
+struct View<'a> {
+    lexed: &'a Lexed<'a>,
+    sig: &'a [usize],
+}
+
+impl<'a> View<'a> {
+    fn len(&self) -> usize {
+        self.sig.len()
+    }
+
+    fn tok(&self, idx: usize) -> Option<&'a Token> {
+        self.sig.get(idx).map(|&t| &self.lexed.tokens[t].token)
+    }
+
+    fn is(&self, idx: usize, token: &Token) -> bool {
+        self.tok(idx) == Some(token)
+    }
+
+    fn kw(&self, idx: usize, keyword: &str) -> bool {
+        self.tok(idx).is_some_and(|t| is_keyword(t, keyword))
+    }
+
+    fn upper(&self, idx: usize) -> Option<String> {
+        self.tok(idx).and_then(bare_word).map(str::to_ascii_uppercase)
+    }
+
+    fn sub(&self, range: std::ops::Range<usize>) -> View<'a> {
+        let end = range.end.min(self.sig.len());
+        let start = range.start.min(end);
+        View { lexed: self.lexed, sig: &self.sig[start..end] }
+    }
+
+    fn token_bytes(&self, idx: usize) -> std::ops::Range<usize> {
+        self.lexed.token_bytes(self.sig[idx])
+    }
+
+    fn byte_range(&self) -> std::ops::Range<usize> {
+        match (self.sig.first(), self.sig.last()) {
+            (Some(&first), Some(&last)) => self.lexed.offsets[first]..self.lexed.offsets[last + 1],
+            _ => 0..0,
+        }
+    }
+
+    /// Whether tokens `a` and `b` touch (no whitespace or comment between them).
+    fn adjacent(&self, a: usize, b: usize) -> bool {
+        b < self.len() && self.token_bytes(a).end == self.token_bytes(b).start
+    }
+
+    /// Nesting depth before each token.
+    fn depths(&self) -> Vec<usize> {
+        let mut depth = 0usize;
+        let mut depths = Vec::with_capacity(self.len());
+        for idx in 0..self.len() {
+            depths.push(depth);
+            match self.tok(idx) {
+                Some(Token::LParen | Token::LBracket | Token::LBrace) => depth += 1,
+                Some(Token::RParen | Token::RBracket | Token::RBrace) => depth = depth.saturating_sub(1),
+                _ => {}
+            }
+        }
+        depths
+    }
+
+    /// The index of the closer matching the opener at `open`. It scans only the bracketed
+    /// run, so repeated calls cost at most the nesting depth times the length.
+    fn matching_close(&self, open: usize) -> Option<usize> {
+        let mut depth = 0usize;
+        for idx in open..self.len() {
+            match self.tok(idx) {
+                Some(Token::LParen | Token::LBracket | Token::LBrace) => depth += 1,
+                Some(Token::RParen | Token::RBracket | Token::RBrace) => {
+                    depth = depth.saturating_sub(1);
+                    if depth == 0 {
+                        return Some(idx);
+                    }
+                }
+                _ => {}
+            }
+        }
+        None
+    }
+
+    /// The first index at or after `from` at depth `depth` whose token satisfies `stop`.
+    fn find_at_depth(&self, depths: &[usize], from: usize, depth: usize, stop: impl Fn(&Token) -> bool) -> usize {
+        (from..self.len()).find(|&idx| depths[idx] == depth && self.tok(idx).is_some_and(&stop)).unwrap_or(self.len())
+    }
+
+    fn contains_keyword(&self, keyword: &str) -> bool {
+        (0..self.len()).any(|idx| self.kw(idx, keyword))
+    }
+}
+
+/// Accumulates what one statement does.
+struct Builder {
+    byte_range: std::ops::Range<usize>,
+    kind: Kind,
+    actions: Vec<Action>,
+    unknown_reason: Option<&'static str>,
+}
+
+impl Builder {
+    fn push(&mut self, action: Action) {
+        self.actions.push(action);
+    }
+
+    fn on(&mut self, kind: Kind, object_type: ObjectType, name: ObjectName) {
+        self.actions.push(Action::on(kind, object_type, name));
+    }
+
+    /// A part of the statement could not be read: it adds an unknown action.
+    fn unknown(&mut self, reason: &'static str) {
+        self.actions.push(Action::bare(Kind::Unknown));
+        self.unknown_reason.get_or_insert(reason);
+    }
+
+    /// The statement as a whole could not be read.
+    fn become_unknown(&mut self, reason: &'static str) {
+        self.kind = Kind::Unknown;
+        self.actions.clear();
+        self.unknown(reason);
+    }
+
+    fn absorb(&mut self, inner: ClassifiedStatement) {
+        self.actions.extend(inner.actions);
+        if let Some(reason) = inner.unknown_reason {
+            self.unknown_reason.get_or_insert(reason);
+        }
+    }
+
+    fn finish(mut self) -> ClassifiedStatement {
+        if self.kind != Kind::Unknown && !self.actions.iter().any(|a| a.kind == self.kind) {
+            self.actions.insert(0, Action::bare(self.kind));
+        }
+        let mut seen = HashSet::new();
+        self.actions.retain(|a| seen.insert(a.clone()));
+        ClassifiedStatement {
+            byte_range: self.byte_range,
+            kind: self.kind,
+            actions: self.actions,
+            unknown_reason: self.unknown_reason,
+        }
+    }
+}
+
+fn classify_statement(cx: &Cx<'_>, v: View<'_>) -> ClassifiedStatement {
+    let mut b = Builder { byte_range: v.byte_range(), kind: Kind::Unknown, actions: Vec::new(), unknown_reason: None };
+    let lead = v.upper(0);
+    match lead.as_deref() {
+        Some("SELECT" | "WITH" | "VALUES") => query(cx, v, &mut b),
+        None if v.is(0, &Token::LParen) => query(cx, v, &mut b),
+        Some("INSERT") => insert(cx, v, &mut b),
+        Some("UPDATE") => update(cx, v, &mut b),
+        Some("DELETE") => delete(cx, v, &mut b),
+        Some("MERGE") => merge(cx, v, &mut b),
+        Some("COPY") => copy(cx, v, &mut b),
+        Some("CREATE") => create(cx, v, &mut b),
+        Some("ALTER") => alter(cx, v, &mut b),
+        Some("DROP") => drop_like(v, &mut b, Kind::Drop),
+        Some("UNDROP") => drop_like(v, &mut b, Kind::Undrop),
+        Some("TRUNCATE") => truncate(v, &mut b),
+        Some("COMMENT") => comment(v, &mut b),
+        Some("GRANT") => grant(v, &mut b, Kind::Grant),
+        Some("REVOKE") => grant(v, &mut b, Kind::Revoke),
+        Some("GET") => file_transfer(cx, v, &mut b, Kind::Get),
+        Some("PUT") => file_transfer(cx, v, &mut b, Kind::Put),
+        Some("LIST" | "LS") => stage_command(v, &mut b, Kind::List),
+        Some("REMOVE" | "RM") => stage_command(v, &mut b, Kind::Remove),
+        Some("USE") => use_statement(v, &mut b),
+        Some("SET") => set_variables(cx, v, &mut b),
+        Some("UNSET") => unset_variables(v, &mut b),
+        Some("CALL") => call(v, &mut b),
+        Some("EXECUTE") => execute(cx, v, &mut b),
+        Some("BEGIN") if begin_starts_transaction(v.tok(1)) => b.kind = Kind::Begin,
+        Some("BEGIN" | "DECLARE") => block(cx, v, &mut b),
+        Some("START") if v.kw(1, "TRANSACTION") => b.kind = Kind::Begin,
+        Some("COMMIT") => b.kind = Kind::Commit,
+        Some("ROLLBACK") => b.kind = Kind::Rollback,
+        Some("SHOW") => b.kind = Kind::Show,
+        Some("DESC" | "DESCRIBE") => describe(v, &mut b),
+        Some("EXPLAIN") => explain(v, &mut b),
+        _ => b.become_unknown("the statement does not start with a keyword the gateway classifies"),
+    }
+    if !matches!(b.kind, Kind::Get | Kind::Put) {
+        system_functions(v, &mut b);
+    }
+    b.finish()
+}
+
+/// Parses the statement with sqlparser; `Some` only for exactly one statement.
+fn parse_single(cx: &Cx<'_>, v: View<'_>) -> Option<AstStatement> {
+    let (&first, &last) = (v.sig.first()?, v.sig.last()?);
+    let tokens = cx.lexed.tokens[first..=last].to_vec();
+    let dialect = SnowflakeDialect {};
+    let mut parser =
+        Parser::new(&dialect).with_recursion_limit(cx.limits.parser_recursion_max).with_tokens_with_locations(tokens);
+    let mut statements = parser.parse_statements().ok()?;
+    if statements.len() == 1 { statements.pop() } else { None }
+}
+
+fn query(cx: &Cx<'_>, v: View<'_>, b: &mut Builder) {
+    b.kind = Kind::Select;
+    match parse_single(cx, v) {
+        Some(AstStatement::Query(q))
+            if !matches!(*q.body, SetExpr::Insert(_) | SetExpr::Update(_) | SetExpr::Delete(_) | SetExpr::Merge(_)) => {
+        }
+        Some(_) => return b.become_unknown("the statement is not the query its keywords announce"),
+        None => return b.become_unknown("the query does not parse"),
+    }
+    scan_reads(v, b, Kind::Select, ScanOptions::default());
+}
+
+fn insert(cx: &Cx<'_>, v: View<'_>, b: &mut Builder) {
+    b.kind = Kind::Insert;
+    if !matches!(parse_single(cx, v), Some(AstStatement::Insert(_))) {
+        return b.become_unknown("the INSERT does not parse");
+    }
+    let mut idx = 1;
+    let overwrite = v.kw(idx, "OVERWRITE");
+    if overwrite {
+        idx += 1;
+    }
+    let mut targets = Vec::new();
+    if v.kw(idx, "ALL") || v.kw(idx, "FIRST") {
+        let depths = v.depths();
+        for into in (idx..v.len()).filter(|&j| depths[j] == 0 && v.kw(j, "INTO")) {
+            targets.push(read_name(v, into + 1).map_or(ObjectName::Dynamic, |(name, _)| name));
+        }
+    } else {
+        if v.kw(idx, "INTO") {
+            idx += 1;
+        }
+        targets.push(read_name(v, idx).map_or(ObjectName::Dynamic, |(name, _)| name));
+    }
+    for target in targets {
+        b.on(Kind::Insert, ObjectType::Table, target.clone());
+        if overwrite {
+            b.on(Kind::DeleteAll, ObjectType::Table, target);
+        }
+    }
+    scan_reads(v, b, Kind::Select, ScanOptions::default());
+}
+
+fn update(cx: &Cx<'_>, v: View<'_>, b: &mut Builder) {
+    let Some(AstStatement::Update(update)) = parse_single(cx, v) else {
+        return b.become_unknown("the UPDATE does not parse");
+    };
+    let kind = if update.selection.is_some() && where_names_a_column(v) { Kind::Update } else { Kind::UpdateAll };
+    b.kind = kind;
+    b.on(kind, ObjectType::Table, read_name(v, 1).map_or(ObjectName::Dynamic, |(name, _)| name));
+    scan_reads(v, b, Kind::Select, ScanOptions::default());
+}
+
+fn delete(cx: &Cx<'_>, v: View<'_>, b: &mut Builder) {
+    let Some(AstStatement::Delete(delete)) = parse_single(cx, v) else {
+        return b.become_unknown("the DELETE does not parse");
+    };
+    if !v.kw(1, "FROM") {
+        return b.become_unknown("the DELETE has no FROM");
+    }
+    let kind = if delete.selection.is_some() && where_names_a_column(v) { Kind::Delete } else { Kind::DeleteAll };
+    b.kind = kind;
+    b.on(kind, ObjectType::Table, read_name(v, 2).map_or(ObjectName::Dynamic, |(name, _)| name));
+    scan_reads(v, b, Kind::Select, ScanOptions { skip_from_at: Some(1), using_is_from: true });
+}
+
+fn merge(cx: &Cx<'_>, v: View<'_>, b: &mut Builder) {
+    b.kind = Kind::Merge;
+    if !matches!(parse_single(cx, v), Some(AstStatement::Merge(_))) || !v.kw(1, "INTO") {
+        return b.become_unknown("the MERGE does not parse");
+    }
+    b.on(Kind::Merge, ObjectType::Table, read_name(v, 2).map_or(ObjectName::Dynamic, |(name, _)| name));
+    scan_reads(v, b, Kind::Select, ScanOptions { skip_from_at: None, using_is_from: true });
+}
+
+fn copy(cx: &Cx<'_>, v: View<'_>, b: &mut Builder) {
+    if !v.kw(1, "INTO") {
+        return b.become_unknown("COPY without INTO");
+    }
+    if v.contains_keyword("SELECT") && !matches!(parse_single(cx, v), Some(AstStatement::CopyIntoSnowflake { .. })) {
+        return b.become_unknown("the COPY INTO with a query does not parse");
+    }
+    match v.tok(2) {
+        Some(Token::AtSign) => {
+            b.kind = Kind::CopyIntoLocation;
+            let (name, _) = read_stage(v, 2);
+            b.on(Kind::CopyIntoLocation, ObjectType::Stage, name);
+        }
+        Some(Token::SingleQuotedString(target)) => {
+            b.kind = Kind::CopyIntoLocation;
+            match target.strip_prefix('@') {
+                Some(stage) => b.on(Kind::CopyIntoLocation, ObjectType::Stage, stage_from_text(stage)),
+                None => b.on(Kind::CopyIntoLocation, ObjectType::Location, ObjectName::Flat(target.clone())),
+            }
+        }
+        _ => {
+            b.kind = Kind::CopyIntoTable;
+            b.on(Kind::CopyIntoTable, ObjectType::Table, read_name(v, 2).map_or(ObjectName::Dynamic, |(name, _)| name));
+        }
+    }
+    scan_reads(v, b, Kind::Select, ScanOptions::default());
+}
+
+fn create(cx: &Cx<'_>, v: View<'_>, b: &mut Builder) {
+    let mut idx = 1;
+    let mut kind = Kind::Create;
+    if v.kw(idx, "OR") && (v.kw(idx + 1, "REPLACE") || v.kw(idx + 1, "ALTER")) {
+        kind = Kind::CreateOrReplace;
+        idx += 2;
+    }
+    b.kind = kind;
+    let (object_type, after_type) = read_object_type(v, idx, true, true).unwrap_or((ObjectType::Other, idx));
+    let after_exists = skip_if_exists(v, after_type);
+    let name = read_name(v, after_exists).map_or(ObjectName::Dynamic, |(name, _)| name);
+    b.on(kind, object_type, name);
+    let depths = v.depths();
+    let clone_at = v.find_at_depth(&depths, after_exists, 0, |t| is_keyword(t, "CLONE"));
+    if let Some((source, _)) = read_name(v, clone_at + 1) {
+        b.on(Kind::Select, object_type, source);
+    }
+    if object_type == ObjectType::Stage {
+        let url_at = v.find_at_depth(&depths, after_exists, 0, |t| is_keyword(t, "URL"));
+        if let (true, Some(Token::SingleQuotedString(url))) = (v.is(url_at + 1, &Token::Eq), v.tok(url_at + 2)) {
+            b.on(kind, ObjectType::Location, ObjectName::Flat(url.clone()));
+        }
+    }
+    if v.contains_keyword("SELECT") {
+        if parse_single(cx, v).is_none() {
+            return b.become_unknown("the CREATE with a query does not parse");
+        }
+        scan_reads(v, b, Kind::Select, ScanOptions::default());
+    }
+}
+
+fn alter(cx: &Cx<'_>, v: View<'_>, b: &mut Builder) {
+    if v.kw(1, "SESSION") {
+        return alter_session(v, b);
+    }
+    b.kind = Kind::Alter;
+    let (object_type, after_type) = read_object_type(v, 1, true, true).unwrap_or((ObjectType::Other, 1));
+    let after_exists = skip_if_exists(v, after_type);
+    let name = match read_name(v, after_exists) {
+        Some((name, _))
+            if object_type != ObjectType::Account || !(v.kw(after_exists, "SET") || v.kw(after_exists, "UNSET")) =>
+        {
+            name
+        }
+        _ => ObjectName::Dynamic,
+    };
+    b.on(Kind::Alter, object_type, name);
+    let depths = v.depths();
+    for (first, second) in [("RENAME", "TO"), ("SWAP", "WITH")] {
+        let at = v.find_at_depth(&depths, after_exists, 0, |t| is_keyword(t, first));
+        if v.kw(at + 1, second)
+            && let Some((other, _)) = read_name(v, at + 2)
+        {
+            b.on(Kind::Alter, object_type, other);
+        }
+    }
+    if v.contains_keyword("SELECT") {
+        if parse_single(cx, v).is_none() {
+            return b.become_unknown("the ALTER with a query does not parse");
+        }
+        scan_reads(v, b, Kind::Select, ScanOptions::default());
+    }
+}
+
+fn alter_session(v: View<'_>, b: &mut Builder) {
+    let setting = if v.kw(2, "SET") {
+        true
+    } else if v.kw(2, "UNSET") {
+        false
+    } else {
+        return b.become_unknown("ALTER SESSION without SET or UNSET");
+    };
+    let depths = v.depths();
+    let mut parameters = Vec::new();
+    for (idx, depth) in depths.iter().enumerate().skip(3) {
+        if *depth != 0 {
+            continue;
+        }
+        let Some(Token::Word(word)) = v.tok(idx) else { continue };
+        let named = if setting { v.is(idx + 1, &Token::Eq) } else { !v.is(idx + 1, &Token::Eq) };
+        if named {
+            parameters.push(canonical_word(word));
+        }
+    }
+    if parameters.is_empty() {
+        return b.become_unknown("ALTER SESSION names no parameter");
+    }
+    b.kind = Kind::AlterSession;
+    for parameter in parameters {
+        let kind =
+            if session_parameter_is_benign(&parameter) { Kind::AlterSession } else { Kind::AlterSessionSensitive };
+        if kind == Kind::AlterSessionSensitive {
+            b.kind = Kind::AlterSessionSensitive;
+        }
+        b.on(kind, ObjectType::Parameter, ObjectName::Flat(parameter));
+    }
+}
+
+fn drop_like(v: View<'_>, b: &mut Builder, kind: Kind) {
+    b.kind = kind;
+    let (object_type, after_type) = read_object_type(v, 1, true, true).unwrap_or((ObjectType::Other, 1));
+    let mut idx = skip_if_exists(v, after_type);
+    let mut named = false;
+    while let Some((name, next)) = read_name(v, idx) {
+        b.on(kind, object_type, name);
+        named = true;
+        idx = next;
+        // Functions and procedures are named with their argument types: `f(INT, VARCHAR)`.
+        if v.is(idx, &Token::LParen) {
+            idx = v.matching_close(idx).map_or(v.len(), |close| close + 1);
+        }
+        if v.is(idx, &Token::Comma) {
+            idx += 1;
+        } else {
+            break;
+        }
+    }
+    if !named {
+        b.on(kind, object_type, ObjectName::Dynamic);
+    }
+}
+
+fn truncate(v: View<'_>, b: &mut Builder) {
+    b.kind = Kind::Truncate;
+    let (object_type, after_type) = read_object_type(v, 1, true, false).unwrap_or((ObjectType::Table, 1));
+    let idx = skip_if_exists(v, after_type);
+    b.on(Kind::Truncate, object_type, read_name(v, idx).map_or(ObjectName::Dynamic, |(name, _)| name));
+}
+
+fn comment(v: View<'_>, b: &mut Builder) {
+    b.kind = Kind::Alter;
+    let mut idx = skip_if_exists(v, 1);
+    if !v.kw(idx, "ON") {
+        return b.become_unknown("COMMENT without ON");
+    }
+    idx += 1;
+    if v.kw(idx, "COLUMN") {
+        let name = match read_name(v, idx + 1) {
+            Some((ObjectName::Parts(mut parts), _)) if parts.len() > 1 => {
+                parts.pop();
+                ObjectName::Parts(parts)
+            }
+            _ => ObjectName::Dynamic,
+        };
+        return b.on(Kind::Alter, ObjectType::Table, name);
+    }
+    let (object_type, after_type) = read_object_type(v, idx, true, true).unwrap_or((ObjectType::Other, idx));
+    b.on(Kind::Alter, object_type, read_name(v, after_type).map_or(ObjectName::Dynamic, |(name, _)| name));
+}
+
+fn grant(v: View<'_>, b: &mut Builder, kind: Kind) {
+    b.kind = kind;
+    let depths = v.depths();
+    let grantee_keyword = if kind == Kind::Grant { "TO" } else { "FROM" };
+    let on_at = v.find_at_depth(&depths, 1, 0, |t| is_keyword(t, "ON"));
+    let grantee_at = v.find_at_depth(&depths, 1, 0, |t| is_keyword(t, grantee_keyword));
+    if on_at < grantee_at {
+        let idx = on_at + 1;
+        if v.kw(idx, "ACCOUNT") {
+            b.on(kind, ObjectType::Account, ObjectName::Dynamic);
+        } else if v.kw(idx, "ALL") || v.kw(idx, "FUTURE") {
+            let in_at = v.find_at_depth(&depths, idx, 0, |t| is_keyword(t, "IN"));
+            if let Some((object_type, after)) = read_object_type(v, in_at + 1, false, false) {
+                b.on(kind, object_type, read_name(v, after).map_or(ObjectName::Dynamic, |(name, _)| name));
+            }
+        } else if let Some((object_type, after)) = read_object_type(v, idx, true, true) {
+            b.on(kind, object_type, read_name(v, after).map_or(ObjectName::Dynamic, |(name, _)| name));
+        }
+    } else if let Some((object_type @ (ObjectType::Role | ObjectType::DatabaseRole), after)) =
+        read_object_type(v, 1, false, false)
+    {
+        b.on(kind, object_type, read_name(v, after).map_or(ObjectName::Dynamic, |(name, _)| name));
+    }
+    if let Some((object_type, after)) = read_object_type(v, grantee_at + 1, false, false) {
+        b.on(kind, object_type, read_name(v, after).map_or(ObjectName::Dynamic, |(name, _)| name));
+    }
+}
+
+/// `GET` and `PUT` take unquoted file URLs (`file:///tmp/x`) whose `//` the tokenizer reads
+/// as a comment, so they are read from the raw text: the keyword, two arguments, `KEY = value`
+/// options, an optional `;`, then nothing but whitespace to the end of the request.
+fn file_transfer(cx: &Cx<'_>, v: View<'_>, b: &mut Builder, kind: Kind) {
+    b.kind = kind;
+    let rest = &cx.lexed.text[v.token_bytes(0).end..];
+    let Some((first, second, options)) = two_arguments(rest) else {
+        return b.become_unknown("GET or PUT arguments the gateway cannot read");
+    };
+    if !only_options(options) {
+        return b.become_unknown("GET or PUT followed by text other than options");
+    }
+    // The statement runs to the end of the request (an optional `;` aside).
+    let tail = rest.trim_end_matches([' ', '\t', '\n', '\r']);
+    let tail = tail.strip_suffix(';').unwrap_or(tail).trim_end_matches([' ', '\t', '\n', '\r']);
+    b.byte_range.end = v.token_bytes(0).end + tail.len();
+    let stage = if kind == Kind::Put { second } else { first };
+    let stage = stage.trim_matches('\'');
+    match stage.strip_prefix('@') {
+        Some(stage) => b.on(kind, ObjectType::Stage, stage_from_text(stage)),
+        None => b.become_unknown("GET or PUT without a stage"),
+    }
+}
+
+fn next_argument(text: &str) -> Option<(&str, &str)> {
+    let text = text.trim_start_matches([' ', '\t', '\n', '\r']);
+    if text.is_empty() {
+        return None;
+    }
+    if let Some(quoted) = text.strip_prefix('\'') {
+        let end = quoted.find('\'')?;
+        return Some((&text[..end + 2], &quoted[end + 1..]));
+    }
+    let end = text.find([' ', '\t', '\n', '\r', ';']).unwrap_or(text.len());
+    Some((&text[..end], &text[end..]))
+}
+
+fn two_arguments(text: &str) -> Option<(&str, &str, &str)> {
+    let (first, rest) = next_argument(text)?;
+    let (second, rest) = next_argument(rest)?;
+    Some((first, second, rest))
+}
+
+/// Whether `text` is only `KEY = value` pairs (value a word, number or quoted string), an
+/// optional `;`, and whitespace.
+fn only_options(text: &str) -> bool {
+    let mut rest = text.trim_start_matches([' ', '\t', '\n', '\r']);
+    loop {
+        if rest.is_empty() {
+            return true;
+        }
+        if let Some(after) = rest.strip_prefix(';') {
+            return after.trim_matches([' ', '\t', '\n', '\r']).is_empty();
+        }
+        let key_end = rest.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).unwrap_or(rest.len());
+        if key_end == 0 {
+            return false;
+        }
+        rest = rest[key_end..].trim_start_matches([' ', '\t']);
+        let Some(after_eq) = rest.strip_prefix('=') else { return false };
+        rest = after_eq.trim_start_matches([' ', '\t']);
+        if let Some(quoted) = rest.strip_prefix('\'') {
+            let Some(end) = quoted.find('\'') else { return false };
+            rest = &quoted[end + 1..];
+        } else {
+            let value_end = rest.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).unwrap_or(rest.len());
+            if value_end == 0 {
+                return false;
+            }
+            rest = &rest[value_end..];
+        }
+        rest = rest.trim_start_matches([' ', '\t', '\n', '\r']);
+    }
+}
+
+/// A stage name written as text after its `@` (`db.sch.st/path`, `~/x`, `%t`).
+fn stage_from_text(text: &str) -> ObjectName {
+    let name = text.split('/').next().unwrap_or_default();
+    if name == "~" {
+        return ObjectName::parts(["~"]);
+    }
+    if let Some(table) = name.strip_prefix('%') {
+        return match name_from_literal(table) {
+            ObjectName::Parts(mut parts) => {
+                if let Some(last) = parts.last_mut() {
+                    last.insert(0, '%');
+                }
+                ObjectName::Parts(parts)
+            }
+            other => other,
+        };
+    }
+    name_from_literal(name)
+}
+
+fn stage_command(v: View<'_>, b: &mut Builder, kind: Kind) {
+    b.kind = kind;
+    match v.tok(1) {
+        Some(Token::AtSign) => {
+            let (name, _) = read_stage(v, 1);
+            b.on(kind, ObjectType::Stage, name);
+        }
+        Some(Token::SingleQuotedString(text)) if text.starts_with('@') => {
+            b.on(kind, ObjectType::Stage, stage_from_text(&text[1..]));
+        }
+        _ => b.become_unknown("LIST or REMOVE without a stage"),
+    }
+}
+
+fn use_statement(v: View<'_>, b: &mut Builder) {
+    let target = v.upper(1);
+    let (kind, object_type, at) = match target.as_deref() {
+        Some("ROLE") => (Kind::UseRole, ObjectType::Role, 2),
+        Some("WAREHOUSE") => (Kind::UseWarehouse, ObjectType::Warehouse, 2),
+        Some("DATABASE") => (Kind::UseDatabase, ObjectType::Database, 2),
+        Some("SCHEMA") => (Kind::UseSchema, ObjectType::Schema, 2),
+        Some("SECONDARY") => {
+            b.kind = Kind::UseSecondaryRoles;
+            let mut idx = if v.kw(2, "ROLES") { 3 } else { 2 };
+            while let Some((name, next)) = read_name(v, idx) {
+                if let ObjectName::Parts(parts) = &name
+                    && parts.len() == 1
+                    && (parts[0] == "ALL" || parts[0] == "NONE")
+                {
+                    break;
+                }
+                b.on(Kind::UseSecondaryRoles, ObjectType::Role, name);
+                idx = next + usize::from(v.is(next, &Token::Comma));
+            }
+            return;
+        }
+        _ => match read_name(v, 1) {
+            Some((ObjectName::Parts(parts), _)) if parts.len() == 2 => (Kind::UseSchema, ObjectType::Schema, 1),
+            _ => (Kind::UseDatabase, ObjectType::Database, 1),
+        },
+    };
+    b.kind = kind;
+    match read_name(v, at) {
+        Some((name, _)) => b.on(kind, object_type, name),
+        None => b.become_unknown("USE without a name"),
+    }
+}
+
+fn set_variables(cx: &Cx<'_>, v: View<'_>, b: &mut Builder) {
+    b.kind = Kind::SetVariable;
+    if !matches!(parse_single(cx, v), Some(AstStatement::Set(_))) {
+        return b.become_unknown("the SET does not parse");
+    }
+    for name in variable_names(v) {
+        b.on(Kind::SetVariable, ObjectType::Variable, ObjectName::Flat(name));
+    }
+    scan_reads(v, b, Kind::Select, ScanOptions::default());
+}
+
+fn unset_variables(v: View<'_>, b: &mut Builder) {
+    b.kind = Kind::UnsetVariable;
+    for name in variable_names(v) {
+        b.on(Kind::UnsetVariable, ObjectType::Variable, ObjectName::Flat(name));
+    }
+}
+
+/// `SET x = …`, `SET (a, b) = …`, `UNSET x`, `UNSET (a, b)`: the variable names.
+fn variable_names(v: View<'_>) -> Vec<String> {
+    let mut names = Vec::new();
+    if v.is(1, &Token::LParen) {
+        let mut idx = 2;
+        while let Some(Token::Word(word)) = v.tok(idx) {
+            names.push(canonical_word(word));
+            if !v.is(idx + 1, &Token::Comma) {
+                break;
+            }
+            idx += 2;
+        }
+    } else if let Some(Token::Word(word)) = v.tok(1) {
+        names.push(canonical_word(word));
+    }
+    names
+}
+
+fn call(v: View<'_>, b: &mut Builder) {
+    b.kind = Kind::Call;
+    b.on(Kind::Call, ObjectType::Procedure, read_name(v, 1).map_or(ObjectName::Dynamic, |(name, _)| name));
+    scan_reads(v, b, Kind::Select, ScanOptions::default());
+}
+
+fn execute(cx: &Cx<'_>, v: View<'_>, b: &mut Builder) {
+    if v.kw(1, "IMMEDIATE") {
+        return execute_immediate(cx, v, b);
+    }
+    let object_type = if v.kw(1, "TASK") {
+        ObjectType::Task
+    } else if v.kw(1, "ALERT") {
+        ObjectType::Alert
+    } else {
+        return b.become_unknown("EXECUTE of something other than IMMEDIATE, TASK or ALERT");
+    };
+    b.kind = Kind::Call;
+    b.on(Kind::Call, object_type, read_name(v, 2).map_or(ObjectName::Dynamic, |(name, _)| name));
+}
+
+/// The escapes sqlparser and Snowflake decode alike inside a single-quoted string.
+fn escapes_decode_alike(raw: &str) -> bool {
+    let mut chars = raw.chars();
+    while let Some(c) = chars.next() {
+        if c == '\\' && !matches!(chars.next(), Some('\'' | '"' | '\\' | 'n' | 't' | 'r' | 'b' | 'f')) {
+            return false;
+        }
+    }
+    true
+}
+
+fn execute_immediate(cx: &Cx<'_>, v: View<'_>, b: &mut Builder) {
+    let ends_after_target = v.len() == 3 || v.kw(3, "USING");
+    let literal = match v.tok(2) {
+        Some(Token::SingleQuotedString(text)) if ends_after_target => {
+            Some((text.as_str(), escapes_decode_alike(&cx.lexed.text[v.token_bytes(2)])))
+        }
+        Some(Token::DollarQuotedString(quoted)) if ends_after_target && quoted.tag.is_none() => {
+            Some((quoted.value.as_str(), true))
+        }
+        _ => None,
+    };
+    match literal {
+        Some((text, decodes_alike)) => {
+            b.kind = Kind::ExecuteImmediate;
+            b.push(Action::bare(Kind::ExecuteImmediate));
+            if !decodes_alike {
+                b.unknown("an escape in the EXECUTE IMMEDIATE string the gateway does not decode as Snowflake does");
+            } else if cx.depth + 1 > cx.limits.execute_immediate_depth_max {
+                b.unknown("EXECUTE IMMEDIATE nested deeper than the limit");
+            } else {
+                let inner = classify_nested(text, cx.limits, cx.depth + 1);
+                if inner.refusal.is_some() {
+                    b.unknown("the text EXECUTE IMMEDIATE runs was refused");
+                } else if inner.statements.len() != 1 {
+                    b.unknown("EXECUTE IMMEDIATE of several statements");
+                } else {
+                    for statement in inner.statements {
+                        b.absorb(statement);
+                    }
+                }
+            }
+        }
+        None => {
+            b.kind = Kind::ExecuteImmediateDynamic;
+            let variable = match (v.tok(2), v.tok(3)) {
+                (Some(Token::Placeholder(p)), _) if p.starts_with('$') && p.len() > 1 => {
+                    Some(p[1..].to_ascii_uppercase())
+                }
+                (Some(Token::Colon), Some(Token::Word(word))) => Some(canonical_word(word)),
+                (Some(Token::Word(word)), _) if v.len() == 3 || v.kw(3, "USING") => Some(canonical_word(word)),
+                _ => None,
+            };
+            match variable {
+                Some(name) => b.on(Kind::ExecuteImmediateDynamic, ObjectType::Variable, ObjectName::Flat(name)),
+                None => b.push(Action::bare(Kind::ExecuteImmediateDynamic)),
+            }
+        }
+    }
+    scan_reads(v.sub(3..v.len()), b, Kind::Select, ScanOptions::default());
+}
+
+/// An anonymous block: what its statements do, best effort. Separators (`BEGIN`, `END …`,
+/// `THEN`, `ELSE`, `DO`…) are skipped, conditions and assignments are scanned for reads,
+/// everything else is classified as a statement of its own.
+fn block(cx: &Cx<'_>, v: View<'_>, b: &mut Builder) {
+    b.kind = Kind::ScriptingBlock;
+    b.push(Action::bare(Kind::ScriptingBlock));
+    let depths = v.depths();
+    let mut in_declare = false;
+    let mut idx = 0;
+    while idx < v.len() {
+        if v.is(idx, &Token::SemiColon) {
+            idx += 1;
+            continue;
+        }
+        let word = v.upper(idx);
+        let depth = depths[idx];
+        match word.as_deref() {
+            Some("DECLARE") => {
+                in_declare = true;
+                idx += 1;
+                continue;
+            }
+            Some("BEGIN") if !begin_starts_transaction(v.tok(idx + 1)) => {
+                in_declare = false;
+                idx += 1;
+                continue;
+            }
+            Some("END") => {
+                idx += 1;
+                if matches!(v.upper(idx).as_deref(), Some("IF" | "FOR" | "LOOP" | "WHILE" | "REPEAT" | "CASE")) {
+                    idx += 1;
+                }
+                continue;
+            }
+            Some("EXCEPTION" | "ELSE" | "LOOP" | "REPEAT" | "DO" | "THEN") => {
+                idx += 1;
+                continue;
+            }
+            Some("IF" | "ELSEIF" | "WHILE" | "FOR" | "WHEN" | "UNTIL" | "CASE") => {
+                let end = v.find_at_depth(&depths, idx + 1, depth, |t| {
+                    matches!(t, Token::SemiColon)
+                        || ["THEN", "DO", "LOOP", "WHEN", "END"].iter().any(|kw| is_keyword(t, kw))
+                });
+                expression(cx, v.sub(idx + 1..end), b);
+                idx = end;
+                continue;
+            }
+            _ => {}
+        }
+        let end = v.find_at_depth(&depths, idx, depth, |t| matches!(t, Token::SemiColon));
+        let assignment = matches!(v.tok(idx), Some(Token::Word(_))) && v.is(idx + 1, &Token::Assignment);
+        let control = matches!(
+            word.as_deref(),
+            Some("LET" | "RETURN" | "RAISE" | "BREAK" | "CONTINUE" | "OPEN" | "CLOSE" | "FETCH" | "NULL")
+        );
+        if in_declare || assignment || control {
+            expression(cx, v.sub(idx..end), b);
+        } else {
+            b.absorb(classify_statement(cx, v.sub(idx..end)));
+        }
+        idx = end;
+    }
+}
+
+/// An expression inside a block: its reads, and any `EXECUTE IMMEDIATE` it holds.
+fn expression(cx: &Cx<'_>, v: View<'_>, b: &mut Builder) {
+    scan_reads(v, b, Kind::Select, ScanOptions::default());
+    let depths = v.depths();
+    let mut idx = 0;
+    while idx < v.len() {
+        if v.kw(idx, "EXECUTE") && v.kw(idx + 1, "IMMEDIATE") {
+            // Classified up to the end of its parenthesis level; a nested one is part of it,
+            // and skipping keeps the walk linear.
+            let end = v.find_at_depth(&depths, idx, depths[idx], |t| matches!(t, Token::RParen | Token::SemiColon));
+            b.absorb(classify_statement(cx, v.sub(idx..end)));
+            idx = end.max(idx + 1);
+        } else {
+            idx += 1;
+        }
+    }
+}
+
+fn describe(v: View<'_>, b: &mut Builder) {
+    b.kind = Kind::Describe;
+    if v.kw(1, "RESULT") {
+        return;
+    }
+    let (object_type, at) = read_object_type(v, 1, true, false).unwrap_or((ObjectType::Table, 1));
+    if let Some((name, _)) = read_name(v, at) {
+        b.on(Kind::Describe, object_type, name);
+    }
+}
+
+fn explain(v: View<'_>, b: &mut Builder) {
+    b.kind = Kind::Explain;
+    scan_reads(v, b, Kind::Explain, ScanOptions::default());
+}
+
+/// `SYSTEM$…(` anywhere in the statement.
+fn system_functions(v: View<'_>, b: &mut Builder) {
+    for idx in 0..v.len() {
+        if let Some(Token::Word(word)) = v.tok(idx)
+            && word.value.to_ascii_uppercase().starts_with("SYSTEM$")
+            && v.is(idx + 1, &Token::LParen)
+        {
+            b.on(Kind::SystemFunction, ObjectType::Function, ObjectName::Flat(word.value.to_ascii_uppercase()));
+        }
+    }
+}
+
+/// Multi-word object type names, longest first so `EXTERNAL ACCESS INTEGRATION` wins over the
+/// `EXTERNAL` modifier.
+const OBJECT_TYPES: &[(&[&str], ObjectType)] = &[
+    (&["EXTERNAL", "ACCESS", "INTEGRATION"], ObjectType::Integration),
+    (&["ROW", "ACCESS", "POLICY"], ObjectType::Policy),
+    (&["CORTEX", "SEARCH", "SERVICE"], ObjectType::Other),
+    (&["DATA", "METRIC", "FUNCTION"], ObjectType::Function),
+    (&["MATERIALIZED", "VIEWS"], ObjectType::View),
+    (&["FILE", "FORMATS"], ObjectType::FileFormat),
+    (&["DATABASE", "ROLE"], ObjectType::DatabaseRole),
+    (&["APPLICATION", "ROLE"], ObjectType::Role),
+    (&["APPLICATION", "PACKAGE"], ObjectType::Other),
+    (&["FILE", "FORMAT"], ObjectType::FileFormat),
+    (&["MATERIALIZED", "VIEW"], ObjectType::View),
+    (&["SEMANTIC", "VIEW"], ObjectType::View),
+    (&["STORAGE", "INTEGRATION"], ObjectType::Integration),
+    (&["API", "INTEGRATION"], ObjectType::Integration),
+    (&["NOTIFICATION", "INTEGRATION"], ObjectType::Integration),
+    (&["SECURITY", "INTEGRATION"], ObjectType::Integration),
+    (&["CATALOG", "INTEGRATION"], ObjectType::Integration),
+    (&["MASKING", "POLICY"], ObjectType::Policy),
+    (&["NETWORK", "POLICY"], ObjectType::Policy),
+    (&["PASSWORD", "POLICY"], ObjectType::Policy),
+    (&["SESSION", "POLICY"], ObjectType::Policy),
+    (&["AUTHENTICATION", "POLICY"], ObjectType::Policy),
+    (&["AGGREGATION", "POLICY"], ObjectType::Policy),
+    (&["PROJECTION", "POLICY"], ObjectType::Policy),
+    (&["PACKAGES", "POLICY"], ObjectType::Policy),
+    (&["JOIN", "POLICY"], ObjectType::Policy),
+    (&["PRIVACY", "POLICY"], ObjectType::Policy),
+    (&["NETWORK", "RULE"], ObjectType::Other),
+    (&["RESOURCE", "MONITOR"], ObjectType::Other),
+    (&["COMPUTE", "POOL"], ObjectType::Other),
+    (&["REPLICATION", "GROUP"], ObjectType::Other),
+    (&["FAILOVER", "GROUP"], ObjectType::Other),
+    (&["IMAGE", "REPOSITORY"], ObjectType::Other),
+    (&["GIT", "REPOSITORY"], ObjectType::Other),
+    (&["EXTERNAL", "VOLUME"], ObjectType::Other),
+    (&["TABLE"], ObjectType::Table),
+    (&["TABLES"], ObjectType::Table),
+    (&["VIEW"], ObjectType::View),
+    (&["VIEWS"], ObjectType::View),
+    (&["SCHEMA"], ObjectType::Schema),
+    (&["SCHEMAS"], ObjectType::Schema),
+    (&["DATABASE"], ObjectType::Database),
+    (&["DATABASES"], ObjectType::Database),
+    (&["WAREHOUSE"], ObjectType::Warehouse),
+    (&["ROLE"], ObjectType::Role),
+    (&["USER"], ObjectType::User),
+    (&["STAGE"], ObjectType::Stage),
+    (&["STAGES"], ObjectType::Stage),
+    (&["SEQUENCE"], ObjectType::Sequence),
+    (&["SEQUENCES"], ObjectType::Sequence),
+    (&["STREAM"], ObjectType::Stream),
+    (&["STREAMS"], ObjectType::Stream),
+    (&["TASK"], ObjectType::Task),
+    (&["TASKS"], ObjectType::Task),
+    (&["PIPE"], ObjectType::Pipe),
+    (&["PIPES"], ObjectType::Pipe),
+    (&["FUNCTION"], ObjectType::Function),
+    (&["FUNCTIONS"], ObjectType::Function),
+    (&["PROCEDURE"], ObjectType::Procedure),
+    (&["PROCEDURES"], ObjectType::Procedure),
+    (&["INTEGRATION"], ObjectType::Integration),
+    (&["SHARE"], ObjectType::Share),
+    (&["TAG"], ObjectType::Tag),
+    (&["SECRET"], ObjectType::Secret),
+    (&["ALERT"], ObjectType::Alert),
+    (&["ACCOUNT"], ObjectType::Account),
+    (&["POLICY"], ObjectType::Policy),
+];
+
+/// Words that may stand between `CREATE`/`DROP`/`ALTER` and the object type.
+const TYPE_MODIFIERS: &[&str] = &[
+    "TEMPORARY",
+    "TEMP",
+    "TRANSIENT",
+    "VOLATILE",
+    "LOCAL",
+    "GLOBAL",
+    "SECURE",
+    "RECURSIVE",
+    "EXTERNAL",
+    "DYNAMIC",
+    "HYBRID",
+    "ICEBERG",
+    "EVENT",
+];
+
+/// Reads an object type at `idx`, after optional modifiers. With `fallback_other`, an
+/// unrecognised word is taken as an [`ObjectType::Other`] type name.
+fn read_object_type(
+    v: View<'_>,
+    idx: usize,
+    allow_modifiers: bool,
+    fallback_other: bool,
+) -> Option<(ObjectType, usize)> {
+    let mut at = idx;
+    loop {
+        for (words, object_type) in OBJECT_TYPES {
+            if words.iter().enumerate().all(|(offset, word)| v.kw(at + offset, word)) {
+                return Some((*object_type, at + words.len()));
+            }
+        }
+        match v.upper(at) {
+            Some(word) if allow_modifiers && TYPE_MODIFIERS.contains(&word.as_str()) => at += 1,
+            Some(_) if fallback_other => return Some((ObjectType::Other, at + 1)),
+            _ => return None,
+        }
+    }
+}
+
+fn skip_if_exists(v: View<'_>, idx: usize) -> usize {
+    if v.kw(idx, "IF") && v.kw(idx + 1, "EXISTS") {
+        idx + 2
+    } else if v.kw(idx, "IF") && v.kw(idx + 1, "NOT") && v.kw(idx + 2, "EXISTS") {
+        idx + 3
+    } else {
+        idx
+    }
+}
+
+/// Reads an object name at `idx`: a dotted name (`db..t` meaning `db.PUBLIC.t`),
+/// `IDENTIFIER('…')`, or a variable or bind (a name only known at run time).
+fn read_name(v: View<'_>, idx: usize) -> Option<(ObjectName, usize)> {
+    match v.tok(idx)? {
+        Token::Word(word)
+            if word.quote_style.is_none()
+                && word.value.eq_ignore_ascii_case("IDENTIFIER")
+                && v.is(idx + 1, &Token::LParen) =>
+        {
+            let close = v.matching_close(idx + 1)?;
+            let name = match v.tok(idx + 2) {
+                Some(Token::SingleQuotedString(literal)) if close == idx + 3 => name_from_literal(literal),
+                _ => ObjectName::Dynamic,
+            };
+            Some((name, close + 1))
+        }
+        Token::Word(_) => {
+            let mut parts = Vec::new();
+            let mut at = idx;
+            loop {
+                match v.tok(at) {
+                    Some(Token::Word(word)) => parts.push(canonical_word(word)),
+                    _ => return Some((ObjectName::Dynamic, at)),
+                }
+                at += 1;
+                if !v.is(at, &Token::Period) {
+                    break;
+                }
+                at += 1;
+                while v.is(at, &Token::Period) {
+                    parts.push("PUBLIC".to_owned());
+                    at += 1;
+                }
+            }
+            Some((ObjectName::Parts(parts), at))
+        }
+        Token::Placeholder(_) => Some((ObjectName::Dynamic, idx + 1)),
+        Token::Colon if matches!(v.tok(idx + 1), Some(Token::Word(_))) => Some((ObjectName::Dynamic, idx + 2)),
+        _ => None,
+    }
+}
+
+/// Reads a stage reference at `idx` (the `@`): `@name`, `@db.sch.name`, `@~`, `@%table`,
+/// with an optional path glued to it. Returns the name and the index after the path.
+fn read_stage(v: View<'_>, idx: usize) -> (ObjectName, usize) {
+    let mut at = idx + 1;
+    let name = match v.tok(at) {
+        Some(Token::Tilde) => {
+            at += 1;
+            ObjectName::parts(["~"])
+        }
+        Some(Token::Mod) => match read_name(v, at + 1) {
+            Some((ObjectName::Parts(mut parts), next)) => {
+                at = next;
+                if let Some(last) = parts.last_mut() {
+                    last.insert(0, '%');
+                }
+                ObjectName::Parts(parts)
+            }
+            _ => ObjectName::Dynamic,
+        },
+        _ => match read_name(v, at) {
+            Some((name, next)) => {
+                at = next;
+                name
+            }
+            None => ObjectName::Dynamic,
+        },
+    };
+    if v.is(at, &Token::Div) && at > 0 && v.adjacent(at - 1, at) {
+        while at < v.len() && v.adjacent(at - 1, at) {
+            at += 1;
+        }
+    }
+    (name, at)
+}
+
+#[derive(Default, Clone, Copy)]
+struct ScanOptions {
+    /// The `FROM` of `DELETE FROM <target>`: its table is the target, not a read.
+    skip_from_at: Option<usize>,
+    /// `USING` at the top level lists tables (`DELETE … USING`, `MERGE … USING`).
+    using_is_from: bool,
+}
+
+struct Cte {
+    name: String,
+    visible: std::ops::Range<usize>,
+}
+
+/// CTE names and where each is visible: from the end of its definition (from its name for
+/// `WITH RECURSIVE`) to the end of the parenthesis level holding the `WITH`.
+fn find_ctes(v: View<'_>) -> Vec<Cte> {
+    // Where the parenthesis level holding each `WITH` ends, in one pass.
+    let mut level_ends: Vec<(usize, usize)> = Vec::new();
+    let mut open_levels: Vec<Vec<usize>> = vec![Vec::new()];
+    for idx in 0..v.len() {
+        match v.tok(idx) {
+            Some(Token::LParen | Token::LBracket | Token::LBrace) => open_levels.push(Vec::new()),
+            Some(Token::RParen | Token::RBracket | Token::RBrace) if open_levels.len() > 1 => {
+                for with_at in open_levels.pop().unwrap_or_default() {
+                    level_ends.push((with_at, idx));
+                }
+            }
+            _ if v.kw(idx, "WITH") => open_levels.last_mut().map_or((), |level| level.push(idx)),
+            _ => {}
+        }
+    }
+    for with_at in open_levels.into_iter().flatten() {
+        level_ends.push((with_at, v.len()));
+    }
+    level_ends.sort_unstable();
+    let mut ctes = Vec::new();
+    for (with_at, level_end) in level_ends {
+        let mut at = with_at + 1;
+        let recursive = v.kw(at, "RECURSIVE");
+        if recursive {
+            at += 1;
+        }
+        while let Some(Token::Word(word)) = v.tok(at) {
+            let (name, name_at) = (canonical_word(word), at);
+            at += 1;
+            if v.is(at, &Token::LParen) {
+                match v.matching_close(at) {
+                    Some(close) => at = close + 1,
+                    None => break,
+                }
+            }
+            if !v.kw(at, "AS") {
+                break;
+            }
+            at += 1;
+            if v.kw(at, "NOT") {
+                at += 1;
+            }
+            if v.kw(at, "MATERIALIZED") {
+                at += 1;
+            }
+            if !v.is(at, &Token::LParen) {
+                break;
+            }
+            let Some(close) = v.matching_close(at) else { break };
+            let from = if recursive { name_at } else { close + 1 };
+            ctes.push(Cte { name, visible: from..level_end });
+            at = close + 1;
+            if !v.is(at, &Token::Comma) {
+                break;
+            }
+            at += 1;
+        }
+    }
+    ctes
+}
+
+struct Level {
+    from_list: bool,
+    opener: Option<String>,
+}
+
+/// Words that end a `FROM` list at their level.
+const FROM_LIST_ENDS: &[&str] = &[
+    "WHERE",
+    "GROUP",
+    "HAVING",
+    "QUALIFY",
+    "ORDER",
+    "LIMIT",
+    "OFFSET",
+    "FETCH",
+    "UNION",
+    "EXCEPT",
+    "MINUS",
+    "INTERSECT",
+    "WINDOW",
+    "SELECT",
+    "SET",
+    "WHEN",
+    "CONNECT",
+    "START",
+    "RETURNING",
+];
+
+/// Functions in whose parentheses `FROM` is not a clause (`EXTRACT(YEAR FROM d)`).
+const FROM_IN_FUNCTION: &[&str] =
+    &["EXTRACT", "TRIM", "LTRIM", "RTRIM", "SUBSTRING", "SUBSTR", "POSITION", "OVERLAY", "DATE_PART", "CEIL", "FLOOR"];
+
+/// Finds every table, stage, location and query result the tokens read, and adds a
+/// `read_kind` action for each.
+fn scan_reads(v: View<'_>, b: &mut Builder, read_kind: Kind, options: ScanOptions) {
+    let ctes = find_ctes(v);
+    let mut levels = vec![Level { from_list: false, opener: None }];
+    let mut expect_table = false;
+    let mut used_using = false;
+    let mut row_commas = HashSet::new();
+    let mut idx = 0;
+    while idx < v.len() {
+        if expect_table {
+            expect_table = false;
+            if let Some(next) =
+                table_factor(v, idx, read_kind, &ctes, b, &mut levels, &mut expect_table, &mut row_commas)
+            {
+                idx = next;
+                continue;
+            }
+        }
+        let Some(token) = v.tok(idx) else { break };
+        match token {
+            Token::LParen | Token::LBracket | Token::LBrace => {
+                let opener = idx.checked_sub(1).and_then(|prev| v.upper(prev));
+                levels.push(Level { from_list: false, opener });
+            }
+            Token::RParen | Token::RBracket | Token::RBrace if levels.len() > 1 => {
+                levels.pop();
+            }
+            Token::Comma if !row_commas.contains(&idx) && levels.last().is_some_and(|level| level.from_list) => {
+                expect_table = true;
+            }
+            Token::Word(word) if word.quote_style.is_none() => {
+                let upper = word.value.to_ascii_uppercase();
+                match upper.as_str() {
+                    "FROM" if Some(idx) != options.skip_from_at && !from_is_not_a_clause(v, idx, &levels) => {
+                        set_from_list(&mut levels, true);
+                        expect_table = true;
+                    }
+                    "JOIN" => {
+                        set_from_list(&mut levels, true);
+                        expect_table = true;
+                    }
+                    "USING" if options.using_is_from && levels.len() == 1 && !used_using => {
+                        used_using = true;
+                        set_from_list(&mut levels, true);
+                        expect_table = true;
+                    }
+                    "RESULT_SCAN" if v.is(idx + 1, &Token::LParen) => {
+                        let name = match (v.tok(idx + 2), v.is(idx + 3, &Token::RParen)) {
+                            (Some(Token::SingleQuotedString(id)), true) => ObjectName::Flat(id.clone()),
+                            _ => ObjectName::Dynamic,
+                        };
+                        b.on(read_kind, ObjectType::QueryResult, name);
+                    }
+                    other if FROM_LIST_ENDS.contains(&other) => set_from_list(&mut levels, false),
+                    _ => {}
+                }
+            }
+            _ => {}
+        }
+        idx += 1;
+    }
+}
+
+fn set_from_list(levels: &mut [Level], on: bool) {
+    if let Some(level) = levels.last_mut() {
+        level.from_list = on;
+    }
+}
+
+fn from_is_not_a_clause(v: View<'_>, idx: usize, levels: &[Level]) -> bool {
+    let in_function = levels.len() > 1
+        && levels.last().and_then(|l| l.opener.as_deref()).is_some_and(|opener| FROM_IN_FUNCTION.contains(&opener));
+    let distinct_from = idx >= 2 && v.kw(idx - 1, "DISTINCT") && (v.kw(idx - 2, "IS") || v.kw(idx - 2, "NOT"));
+    let from_first = v.kw(idx + 1, "FIRST") || v.kw(idx + 1, "LAST");
+    in_function || distinct_from || from_first
+}
+
+/// A table function read: its name is the object (unqualified names are built-ins and stay
+/// flat; `RESULT_SCAN` is reported as a query result by the scan instead).
+fn function_read(b: &mut Builder, read_kind: Kind, name: ObjectName) {
+    let name = match name {
+        ObjectName::Parts(parts) if parts.len() == 1 => {
+            if parts[0] == "RESULT_SCAN" {
+                return;
+            }
+            ObjectName::Flat(parts.into_iter().next().unwrap_or_default())
+        }
+        other => other,
+    };
+    b.on(read_kind, ObjectType::Function, name);
+}
+
+/// Reads the table factor at `idx`. Returns the index to continue from when it consumed
+/// tokens, or `None` to let the scan process `idx` normally (parentheses must be counted).
+#[allow(clippy::too_many_arguments)]
+fn table_factor(
+    v: View<'_>,
+    idx: usize,
+    read_kind: Kind,
+    ctes: &[Cte],
+    b: &mut Builder,
+    levels: &mut Vec<Level>,
+    expect_table: &mut bool,
+    row_commas: &mut HashSet<usize>,
+) -> Option<usize> {
+    match v.tok(idx)? {
+        Token::LParen => {
+            // A subquery reads through its own FROM; a parenthesised join is a FROM list.
+            let subquery = matches!(v.upper(idx + 1).as_deref(), Some("SELECT" | "WITH" | "VALUES"));
+            levels.push(Level { from_list: !subquery, opener: None });
+            *expect_table = !subquery;
+            Some(idx + 1)
+        }
+        Token::AtSign => {
+            let (name, next) = read_stage(v, idx);
+            b.on(read_kind, ObjectType::Stage, name);
+            Some(next)
+        }
+        Token::SingleQuotedString(text) => {
+            match text.strip_prefix('@') {
+                Some(stage) => b.on(read_kind, ObjectType::Stage, stage_from_text(stage)),
+                None => b.on(read_kind, ObjectType::Location, ObjectName::Flat(text.clone())),
+            }
+            Some(idx + 1)
+        }
+        Token::Placeholder(_) => {
+            b.on(read_kind, ObjectType::Table, ObjectName::Dynamic);
+            Some(idx + 1)
+        }
+        Token::Colon if matches!(v.tok(idx + 1), Some(Token::Word(_))) => {
+            b.on(read_kind, ObjectType::Table, ObjectName::Dynamic);
+            Some(idx + 2)
+        }
+        Token::Word(word) => {
+            let upper = word.quote_style.is_none().then(|| word.value.to_ascii_uppercase());
+            match upper.as_deref() {
+                Some("LATERAL") => {
+                    // A table function or a subquery follows.
+                    *expect_table = true;
+                    return Some(idx + 1);
+                }
+                Some("VALUES") => {
+                    // Rows `(…), (…)`: the commas between them do not continue the FROM list.
+                    let mut at = idx + 1;
+                    while v.is(at, &Token::LParen) {
+                        let Some(close) = v.matching_close(at) else { break };
+                        if v.is(close + 1, &Token::Comma) && v.is(close + 2, &Token::LParen) {
+                            row_commas.insert(close + 1);
+                            at = close + 2;
+                        } else {
+                            break;
+                        }
+                    }
+                    return Some(idx + 1);
+                }
+                Some(keyword @ ("TABLE" | "IDENTIFIER")) if v.is(idx + 1, &Token::LParen) => {
+                    // `TABLE('t')`, `TABLE($v)`, `IDENTIFIER(…)` name a table; `TABLE(f(…))`
+                    // calls a table function. The scan then walks the parentheses as usual.
+                    let close = v.matching_close(idx + 1).unwrap_or(v.len());
+                    match v.tok(idx + 2) {
+                        Some(Token::SingleQuotedString(literal)) if close == idx + 3 => {
+                            b.on(read_kind, ObjectType::Table, name_from_literal(literal));
+                        }
+                        Some(Token::Word(_)) if keyword == "TABLE" => match read_name(v, idx + 2) {
+                            Some((name, next)) if v.is(next, &Token::LParen) => function_read(b, read_kind, name),
+                            _ => b.on(read_kind, ObjectType::Table, ObjectName::Dynamic),
+                        },
+                        _ => b.on(read_kind, ObjectType::Table, ObjectName::Dynamic),
+                    }
+                    return None;
+                }
+                _ => {}
+            }
+            let (name, next) = read_name(v, idx)?;
+            if v.is(next, &Token::LParen) {
+                // A table function (`FLATTEN(…)`, `GENERATOR(…)`): its name is the object; the
+                // scan then counts the parenthesis.
+                function_read(b, read_kind, name);
+                return Some(next);
+            }
+            let is_cte = match &name {
+                ObjectName::Parts(parts) if parts.len() == 1 => {
+                    ctes.iter().any(|cte| cte.name == parts[0] && cte.visible.contains(&idx))
+                }
+                _ => false,
+            };
+            if !is_cte {
+                b.on(read_kind, ObjectType::Table, name);
+            }
+            Some(next)
+        }
+        _ => None,
+    }
+}
+
+/// Whether the top-level `WHERE` mentions a column: a `WHERE` made only of literals,
+/// functions without columns and constants (`WHERE 1 = 1`, `WHERE TRUE`) is treated as none.
+fn where_names_a_column(v: View<'_>) -> bool {
+    const NOT_COLUMNS: &[&str] = &[
+        "TRUE",
+        "FALSE",
+        "NULL",
+        "AND",
+        "OR",
+        "NOT",
+        "IS",
+        "IN",
+        "BETWEEN",
+        "LIKE",
+        "ILIKE",
+        "RLIKE",
+        "REGEXP",
+        "ESCAPE",
+        "CASE",
+        "WHEN",
+        "THEN",
+        "ELSE",
+        "END",
+        "EXISTS",
+        "ANY",
+        "ALL",
+        "SOME",
+        "SELECT",
+        "DISTINCT",
+        "AS",
+        "WHERE",
+        "ON",
+        "CURRENT_DATE",
+        "CURRENT_TIME",
+        "CURRENT_TIMESTAMP",
+        "LOCALTIME",
+        "LOCALTIMESTAMP",
+        "CURRENT_USER",
+        "CURRENT_ROLE",
+        "SYSDATE",
+        "DATE",
+        "TIME",
+        "TIMESTAMP",
+        "INTERVAL",
+    ];
+    let depths = v.depths();
+    let where_at = v.find_at_depth(&depths, 1, 0, |t| is_keyword(t, "WHERE"));
+    let mut idx = where_at + 1;
+    while idx < v.len() {
+        if v.kw(idx, "FROM") || v.kw(idx, "JOIN") {
+            // The table of a subquery is not a column.
+            idx += 1;
+            while matches!(v.tok(idx), Some(Token::Word(_))) {
+                idx += 1;
+                if v.is(idx, &Token::Period) {
+                    idx += 1;
+                } else {
+                    break;
+                }
+            }
+            continue;
+        }
+        if let Some(Token::Word(word)) = v.tok(idx) {
+            let after_cast = idx > 0 && v.is(idx - 1, &Token::DoubleColon);
+            let function = v.is(idx + 1, &Token::LParen);
+            let constant =
+                word.quote_style.is_none() && NOT_COLUMNS.contains(&word.value.to_ascii_uppercase().as_str());
+            if !after_cast && !function && !constant {
+                return true;
+            }
+        }
+        idx += 1;
+    }
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn classify_default(sql: &str) -> Classified {
+        classify(sql, &Limits::default())
+    }
+
+    fn one(sql: &str) -> ClassifiedStatement {
+        let classified = classify_default(sql);
+        assert_eq!(classified.refusal, None, "{sql}");
+        assert_eq!(classified.statements.len(), 1, "{sql}");
+        classified.statements.into_iter().next().unwrap()
+    }
+
+    fn kinds(sql: &str) -> Vec<String> {
+        one(sql)
+            .actions
+            .iter()
+            .map(|a| match &a.object {
+                Some(object) => format!("{} {} {}", a.kind, object.object_type, object.name),
+                None => a.kind.to_string(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn selects_report_their_tables_not_their_ctes() {
+        assert_eq!(kinds("select 1"), ["select"]);
+        assert_eq!(kinds("SELECT * FROM db.sch.t"), ["select table DB.SCH.T"]);
+        assert_eq!(
+            kinds("select a from t1 join \"x y\".t2 on t1.a = t2.a, t3"),
+            ["select table T1", "select table \"x y\".T2", "select table T3"]
+        );
+        assert_eq!(
+            kinds("with c as (select * from src) select * from c join c2 on true"),
+            ["select table SRC", "select table C2"]
+        );
+        // A non-recursive CTE body reads the real table of the same name.
+        assert_eq!(kinds("with t as (select * from t) select * from t"), ["select table T"]);
+        assert_eq!(
+            kinds("select * from (select * from a) x, lateral flatten(input => x.v) f"),
+            ["select table A", "select function FLATTEN"]
+        );
+        assert_eq!(kinds("select * from values (1), (2) v (a), hr.s"), ["select table HR.S"]);
+        assert_eq!(kinds("select * from values (1) v, (hr.s)"), ["select table HR.S"]);
+        assert_eq!(kinds("select * from values ((select max(x) from hr.s))"), ["select table HR.S"]);
+        assert_eq!(
+            kinds("select * from table(information_schema.query_history())"),
+            ["select function INFORMATION_SCHEMA.QUERY_HISTORY"]
+        );
+        assert_eq!(kinds("select extract(year from d), a is distinct from b from t"), ["select table T"]);
+        assert_eq!(kinds("select * from ((a join b on true))"), ["select table A", "select table B"]);
+        assert_eq!(kinds("select * from db..t"), ["select table DB.PUBLIC.T"]);
+    }
+
+    #[test]
+    fn dynamic_names_stages_and_results() {
+        assert_eq!(kinds("select * from identifier($t)"), ["select table <dynamic>"]);
+        assert_eq!(kinds("select * from identifier('hr.pay')"), ["select table HR.PAY"]);
+        assert_eq!(kinds("select * from table('hr.pay')"), ["select table HR.PAY"]);
+        assert_eq!(kinds("select * from table(result_scan(last_query_id()))"), ["select query_result <dynamic>"]);
+        assert_eq!(kinds("select $1 from @db.s.stg/path/f.csv"), ["select stage DB.S.STG"]);
+        assert_eq!(kinds("select * from table(flatten(input => parse_json('[1]')))"), ["select function FLATTEN"]);
+        assert_eq!(kinds("select * from table(my_var)"), ["select table <dynamic>"]);
+    }
+
+    #[test]
+    fn dml_kinds_and_targets() {
+        assert_eq!(kinds("delete from t"), ["delete_all table T"]);
+        assert_eq!(kinds("delete from t where 1 = 1"), ["delete_all table T"]);
+        assert_eq!(kinds("delete from t where id = 3"), ["delete table T"]);
+        assert_eq!(kinds("delete from t using u where t.id = u.id"), ["delete table T", "select table U"]);
+        assert_eq!(kinds("update t set a = 1"), ["update_all table T"]);
+        assert_eq!(kinds("update t set a = 1 from u where t.id = u.id"), ["update table T", "select table U"]);
+        assert_eq!(kinds("insert into t select * from u"), ["insert table T", "select table U"]);
+        assert_eq!(kinds("insert overwrite into t values (1)"), ["insert table T", "delete_all table T"]);
+        assert_eq!(
+            kinds("merge into t using s on t.id = s.id when matched then delete"),
+            ["merge table T", "select table S"]
+        );
+    }
+
+    #[test]
+    fn ddl_dcl_and_data_movement() {
+        assert_eq!(kinds("create or replace table t (a int)"), ["create_or_replace table T"]);
+        assert_eq!(kinds("create table if not exists s.t clone s.u"), ["create table S.T", "select table S.U"]);
+        assert_eq!(kinds("drop database if exists prod"), ["drop database PROD"]);
+        assert_eq!(kinds("undrop schema a.b"), ["undrop schema A.B"]);
+        assert_eq!(kinds("truncate table if exists t"), ["truncate table T"]);
+        assert_eq!(kinds("grant role accountadmin to user agent"), ["grant role ACCOUNTADMIN", "grant user AGENT"]);
+        assert_eq!(kinds("grant select on all tables in schema a.b to role r"), ["grant schema A.B", "grant role R"]);
+        assert_eq!(
+            kinds("copy into @s/out from (select * from hr.pay)"),
+            ["copy_into_location stage S", "select table HR.PAY"]
+        );
+        assert_eq!(kinds("copy into 's3://b/x' from t"), ["copy_into_location location s3://b/x", "select table T"]);
+        assert_eq!(
+            kinds("copy into t from @s file_format = (type = csv)"),
+            ["copy_into_table table T", "select stage S"]
+        );
+        assert_eq!(kinds("put file:///tmp/x.csv @my_stage auto_compress = true"), ["put stage MY_STAGE"]);
+        assert_eq!(kinds("get @%orders 'file:///tmp/'"), ["get stage %ORDERS"]);
+        assert_eq!(kinds("list @~"), ["list stage ~"]);
+    }
+
+    #[test]
+    fn session_and_code() {
+        assert_eq!(kinds("use role accountadmin"), ["use_role role ACCOUNTADMIN"]);
+        assert_eq!(kinds("use db.sch"), ["use_schema schema DB.SCH"]);
+        assert_eq!(kinds("alter session set query_tag = 'x'"), ["alter_session parameter QUERY_TAG"]);
+        assert_eq!(
+            kinds("alter session set multi_statement_count = 0"),
+            ["alter_session_sensitive parameter MULTI_STATEMENT_COUNT"]
+        );
+        assert_eq!(
+            kinds("set (a, b) = (1, (select max(x) from t))"),
+            ["set_variable variable A", "set_variable variable B", "select table T"]
+        );
+        assert_eq!(kinds("call p(1)"), ["call procedure P"]);
+        assert_eq!(kinds("execute immediate 'drop table t'"), ["execute_immediate", "drop table T"]);
+        assert_eq!(kinds("execute immediate $q"), ["execute_immediate_dynamic variable Q"]);
+        assert_eq!(kinds("execute immediate 'select ' || 'x'"), ["execute_immediate_dynamic"]);
+        assert_eq!(
+            kinds("select system$cancel_all_queries(1)"),
+            ["select", "system_function function SYSTEM$CANCEL_ALL_QUERIES"]
+        );
+        assert_eq!(kinds("begin drop table t; end"), ["scripting_block", "drop table T"]);
+    }
+
+    #[test]
+    fn unreadable_statements_are_unknown() {
+        assert_eq!(one("\"DROP\" TABLE t").kind, Kind::Unknown);
+        assert_eq!(one("select from where").kind, Kind::Unknown);
+        assert_eq!(one("frobnicate the warehouse").kind, Kind::Unknown);
+        let nested = "execute immediate 'execute immediate ''execute immediate ''''execute immediate ''''''''select 1'''''''''''' '''";
+        assert!(one(nested).actions.iter().any(|a| a.kind == Kind::Unknown));
+        let escaped = one(r"execute immediate 'select 1 --\x0adrop table t'");
+        assert!(escaped.actions.iter().any(|a| a.kind == Kind::Unknown));
+    }
+}

@@ -1,0 +1,283 @@
+//! Classification off the cores: a small pool of classifier threads with large stacks, a
+//! bounded queue, and a future a monoio core awaits for the result.
+//!
+//! A pathological statement must not stall or crash a core. The classifier caps size, tokens
+//! and nesting before it parses and runs sqlparser with a recursion limit, so it should never
+//! overflow its stack; should it ever do so anyway, a stack overflow aborts the process, so it
+//! runs here on threads with an 8 MiB stack rather than on a core, and a panic is caught and
+//! reported as [`ClassifyError::Panicked`]. The queue is bounded: when it is full,
+//! [`ClassifierPool::classify`] fails at once ([`ClassifyError::QueueFull`]) and the caller
+//! refuses the statement (fail closed). The caller applies its own timeout around the future.
+//!
+//! The future is a oneshot built on `Arc<Mutex<…>>` and a `Waker`: monoio runs with its `sync`
+//! feature, so a waker may be woken from a classifier thread.
+
+use std::future::Future;
+use std::io;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::pin::Pin;
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll, Waker};
+use std::thread::JoinHandle;
+
+use super::classify::classify;
+use super::model::{Classified, Limits};
+
+/// Why a classification did not produce a result. None of these is the agent's fault alone;
+/// the caller refuses the statement in every case.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ClassifyError {
+    /// The queue is full: the gateway is overloaded.
+    #[error("the classifier queue is full (gateway overloaded)")]
+    QueueFull,
+    /// The pool shut down before answering.
+    #[error("the classifier pool is shut down")]
+    WorkerGone,
+    /// The classifier panicked on this input (a gateway bug).
+    #[error("the classifier failed on this statement (gateway bug)")]
+    Panicked,
+}
+
+/// How the pool is sized.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolConfig {
+    /// Classifier threads.
+    pub threads: usize,
+    /// Statements waiting at most.
+    pub queue_capacity: usize,
+    /// Stack of each thread, in bytes.
+    pub stack_bytes: usize,
+}
+
+impl Default for PoolConfig {
+    fn default() -> PoolConfig {
+        PoolConfig { threads: 2, queue_capacity: 1024, stack_bytes: 8 << 20 }
+    }
+}
+
+type Outcome = Result<Classified, ClassifyError>;
+
+#[derive(Default)]
+struct Slot {
+    outcome: Option<Outcome>,
+    waker: Option<Waker>,
+}
+
+fn lock(slot: &Mutex<Slot>) -> MutexGuard<'_, Slot> {
+    // A poisoned slot still holds a consistent Option: the data is usable.
+    slot.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// The sending half: answers once; if dropped unanswered, answers `WorkerGone`.
+struct Reply {
+    slot: Arc<Mutex<Slot>>,
+    sent: bool,
+}
+
+impl Reply {
+    fn send(mut self, outcome: Outcome) {
+        self.deliver(outcome);
+    }
+
+    fn deliver(&mut self, outcome: Outcome) {
+        self.sent = true;
+        let waker = {
+            let mut slot = lock(&self.slot);
+            slot.outcome = Some(outcome);
+            slot.waker.take()
+        };
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+    }
+}
+
+impl Drop for Reply {
+    fn drop(&mut self) {
+        if !self.sent {
+            self.deliver(Err(ClassifyError::WorkerGone));
+        }
+    }
+}
+
+/// The result of [`ClassifierPool::classify`], to await.
+pub struct ClassifyFuture {
+    slot: Arc<Mutex<Slot>>,
+}
+
+impl Future for ClassifyFuture {
+    type Output = Outcome;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Outcome> {
+        let mut slot = lock(&self.slot);
+        match slot.outcome.take() {
+            Some(outcome) => Poll::Ready(outcome),
+            None => {
+                match &slot.waker {
+                    Some(waker) if waker.will_wake(cx.waker()) => {}
+                    _ => slot.waker = Some(cx.waker().clone()),
+                }
+                Poll::Pending
+            }
+        }
+    }
+}
+
+struct Job {
+    text: String,
+    limits: Limits,
+    reply: Reply,
+}
+
+/// The classifier threads.
+pub struct ClassifierPool {
+    sender: Option<SyncSender<Job>>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl ClassifierPool {
+    /// Starts the threads.
+    pub fn start(config: PoolConfig) -> io::Result<ClassifierPool> {
+        let (sender, receiver) = sync_channel::<Job>(config.queue_capacity.max(1));
+        let receiver = Arc::new(Mutex::new(receiver));
+        let mut threads = Vec::with_capacity(config.threads.max(1));
+        for thread_idx in 0..config.threads.max(1) {
+            let receiver = Arc::clone(&receiver);
+            let handle = std::thread::Builder::new()
+                .name(format!("snowgate-classify-{thread_idx}"))
+                .stack_size(config.stack_bytes)
+                .spawn(move || worker_loop(&receiver))?;
+            threads.push(handle);
+        }
+        Ok(ClassifierPool { sender: Some(sender), threads })
+    }
+
+    /// Queues `text` for classification under `limits` (the policy's, [`super::Policy::limits`],
+    /// so a reloaded policy's limits apply at once). Never blocks: a full queue resolves the
+    /// future at once with [`ClassifyError::QueueFull`].
+    pub fn classify(&self, text: String, limits: Limits) -> ClassifyFuture {
+        let slot = Arc::new(Mutex::new(Slot::default()));
+        let reply = Reply { slot: Arc::clone(&slot), sent: false };
+        let job = Job { text, limits, reply };
+        match &self.sender {
+            Some(sender) => match sender.try_send(job) {
+                Ok(()) => {}
+                Err(TrySendError::Full(job)) => job.reply.send(Err(ClassifyError::QueueFull)),
+                Err(TrySendError::Disconnected(job)) => job.reply.send(Err(ClassifyError::WorkerGone)),
+            },
+            None => job.reply.send(Err(ClassifyError::WorkerGone)),
+        }
+        ClassifyFuture { slot }
+    }
+
+    /// Stops taking work, lets the threads finish what is queued, and joins them.
+    pub fn shutdown(mut self) {
+        self.sender.take();
+        for handle in self.threads.drain(..) {
+            let _ = handle.join();
+        }
+    }
+}
+
+impl Drop for ClassifierPool {
+    fn drop(&mut self) {
+        // Dropping the sender ends the threads once the queue drains; they are not joined
+        // here so that dropping the pool never blocks a core.
+        self.sender.take();
+    }
+}
+
+fn worker_loop(receiver: &Mutex<Receiver<Job>>) {
+    loop {
+        let job = {
+            let receiver = receiver.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            receiver.recv()
+        };
+        let Ok(job) = job else { return };
+        let outcome = catch_unwind(AssertUnwindSafe(|| classify(&job.text, &job.limits)));
+        job.reply.send(outcome.map_err(|_| ClassifyError::Panicked));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::model::{Kind, Refusal};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::task::Wake;
+
+    struct ThreadWaker {
+        thread: std::thread::Thread,
+        woken: AtomicBool,
+    }
+
+    impl Wake for ThreadWaker {
+        fn wake(self: Arc<Self>) {
+            self.woken.store(true, Ordering::SeqCst);
+            self.thread.unpark();
+        }
+    }
+
+    /// A minimal executor: polls, parks until woken (from another thread).
+    fn block_on<F: Future>(future: F) -> F::Output {
+        let waker_state = Arc::new(ThreadWaker { thread: std::thread::current(), woken: AtomicBool::new(false) });
+        let waker = Waker::from(Arc::clone(&waker_state));
+        let mut cx = Context::from_waker(&waker);
+        let mut future = Box::pin(future);
+        loop {
+            if let Poll::Ready(output) = future.as_mut().poll(&mut cx) {
+                return output;
+            }
+            while !waker_state.woken.swap(false, Ordering::SeqCst) {
+                std::thread::park();
+            }
+        }
+    }
+
+    #[test]
+    fn classifies_on_a_worker_thread() {
+        let pool = ClassifierPool::start(PoolConfig::default()).unwrap();
+        let classified = block_on(pool.classify("drop table t".into(), Limits::default())).unwrap();
+        assert_eq!(classified.statements[0].kind, Kind::Drop);
+        let deep = format!("select {}1{}", "(".repeat(100_000), ")".repeat(100_000));
+        let refused = block_on(pool.classify(deep, Limits::default())).unwrap();
+        assert_eq!(refused.refusal, Some(Refusal::TooDeep));
+        pool.shutdown();
+    }
+
+    #[test]
+    fn a_full_queue_fails_at_once() {
+        // One thread kept busy, a queue of one: the third request cannot wait.
+        let config = PoolConfig { threads: 1, queue_capacity: 1, ..PoolConfig::default() };
+        let pool = ClassifierPool::start(config).unwrap();
+        let big = format!("select {}", vec!["1"; 60_000].join(" + "));
+        let futures: Vec<ClassifyFuture> = (0..8).map(|_| pool.classify(big.clone(), Limits::default())).collect();
+        let outcomes: Vec<Outcome> = futures.into_iter().map(block_on).collect();
+        assert!(outcomes.iter().any(|o| o == &Err(ClassifyError::QueueFull)));
+        assert!(outcomes.iter().any(|o| o.is_ok()));
+        pool.shutdown();
+    }
+
+    #[test]
+    fn a_shut_down_pool_answers_worker_gone() {
+        let mut pool = ClassifierPool::start(PoolConfig { threads: 1, ..PoolConfig::default() }).unwrap();
+        pool.sender.take();
+        assert_eq!(block_on(pool.classify("select 1".into(), Limits::default())), Err(ClassifyError::WorkerGone));
+        let slot = Arc::new(Mutex::new(Slot::default()));
+        drop(Reply { slot: Arc::clone(&slot), sent: false });
+        assert_eq!(block_on(ClassifyFuture { slot }), Err(ClassifyError::WorkerGone));
+    }
+
+    #[test]
+    fn a_monoio_core_can_await_it() {
+        let pool = ClassifierPool::start(PoolConfig::default()).unwrap();
+        let mut runtime = monoio::RuntimeBuilder::<monoio::FusionDriver>::new().enable_timer().build().unwrap();
+        let kind = runtime.block_on(async {
+            let future = pool.classify("select * from t".into(), Limits::default());
+            monoio::time::timeout(std::time::Duration::from_secs(10), future).await.unwrap().unwrap().statements[0].kind
+        });
+        assert_eq!(kind, Kind::Select);
+        pool.shutdown();
+    }
+}
