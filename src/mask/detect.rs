@@ -139,112 +139,165 @@ impl DetectorKind {
     }
 }
 
+const DIGIT: u8 = 1;
+const UPPER: u8 = 2;
+const LOWER: u8 = 4;
+const ALNUM: u8 = DIGIT | UPPER | LOWER;
+/// `.` `_` `%` `+` `-`: besides alphanumerics, in the local part of an e-mail address.
+const EMAIL_LOCAL: u8 = 8;
+/// `.` `-`: besides alphanumerics, in an e-mail domain.
+const EMAIL_DOMAIN: u8 = 16;
+/// `_` `-`: besides alphanumerics, in base64url.
+const URL_SAFE: u8 = 32;
+
+/// Byte classes, one table lookup instead of a chain of comparisons in the detectors' loops.
+static CLASS: [u8; 256] = {
+    let mut table = [0u8; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        table[b] = if c.is_ascii_digit() {
+            DIGIT
+        } else if c.is_ascii_uppercase() {
+            UPPER
+        } else if c.is_ascii_lowercase() {
+            LOWER
+        } else {
+            match c {
+                b'.' => EMAIL_LOCAL | EMAIL_DOMAIN,
+                b'-' => EMAIL_LOCAL | EMAIL_DOMAIN | URL_SAFE,
+                b'_' => EMAIL_LOCAL | URL_SAFE,
+                b'%' | b'+' => EMAIL_LOCAL,
+                _ => 0,
+            }
+        };
+        b += 1;
+    }
+    table
+};
+
+#[inline(always)]
+fn has(b: u8, class: u8) -> bool {
+    CLASS[usize::from(b)] & class != 0
+}
+
 fn is_url_safe(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b == b'_' || b == b'-'
+    has(b, ALNUM | URL_SAFE)
 }
 
 /// Whether a Luhn check passes over the ASCII digits of `text` (other bytes are skipped).
 pub(crate) fn luhn_valid(text: &[u8]) -> bool {
-    let mut sum = 0u32;
-    let mut double = false;
+    const DOUBLED: [u32; 10] = [0, 2, 4, 6, 8, 1, 3, 5, 7, 9];
+    let mut sums = [0u32; 2];
     let mut digits = 0;
     for &b in text.iter().rev() {
-        if !b.is_ascii_digit() {
-            continue;
+        let d = b.wrapping_sub(b'0');
+        if d < 10 {
+            sums[digits & 1] += if digits & 1 == 1 { DOUBLED[usize::from(d)] } else { u32::from(d) };
+            digits += 1;
         }
-        let mut d = u32::from(b - b'0');
-        if double {
-            d *= 2;
-            if d > 9 {
-                d -= 9;
-            }
-        }
-        sum += d;
-        double = !double;
-        digits += 1;
     }
-    digits > 0 && sum.is_multiple_of(10)
+    digits > 0 && (sums[0] + sums[1]).is_multiple_of(10)
 }
 
 /// Card numbers: a run of digit groups separated by single spaces or dashes, bounded by
 /// non-alphanumerics, with 13 to 19 digits in all and a valid Luhn check. When the whole run is
 /// not a card (a longer number, or a card next to other numbers), consecutive groups are tried.
 fn find_cards(text: &[u8], found: &mut dyn FnMut(usize, usize)) {
-    const GROUPS_MAX: usize = 24;
     let n = text.len();
     let mut i = 0;
     while i < n {
-        if !text[i].is_ascii_digit() {
+        if !has(text[i], DIGIT) {
             i += 1;
             continue;
         }
-        let preceded_by_word = i > 0 && text[i - 1].is_ascii_alphanumeric();
-        // Collect the groups of the run: (start, end, digits).
-        let mut groups = [(0usize, 0usize); GROUPS_MAX];
-        let mut n_groups = 0;
-        let mut j = i;
+        let preceded_by_word = i > 0 && has(text[i - 1], ALNUM);
+        // The run: digit groups joined by single spaces or dashes.
+        let (mut j, mut digits, mut groups) = (i, 0usize, 0usize);
         loop {
-            let start = j;
-            while j < n && text[j].is_ascii_digit() {
+            while j < n && has(text[j], DIGIT) {
                 j += 1;
+                digits += 1;
             }
-            if n_groups < GROUPS_MAX {
-                groups[n_groups] = (start, j);
-                n_groups += 1;
-            }
-            if j + 1 < n && (text[j] == b' ' || text[j] == b'-') && text[j + 1].is_ascii_digit() {
+            groups += 1;
+            if j + 1 < n && (text[j] == b' ' || text[j] == b'-') && has(text[j + 1], DIGIT) {
                 j += 1;
                 continue;
             }
             break;
         }
-        let run_end = j;
-        let followed_by_word = run_end < n && text[run_end].is_ascii_alphanumeric();
-        // Leftmost first, longest first, among runs of consecutive groups. A group glued to a
-        // word cannot start or end a card; groups after a separator can.
-        let mut first = usize::from(preceded_by_word);
-        while first < n_groups {
-            let mut matched = None;
-            let mut digits = 0;
-            for last in first..n_groups {
-                digits += groups[last].1 - groups[last].0;
-                if digits > 19 {
-                    break;
-                }
-                let bounded = last + 1 < n_groups || !followed_by_word;
-                if digits >= 13 && bounded && luhn_valid(&text[groups[first].0..groups[last].1]) {
-                    matched = Some(last);
-                }
-            }
-            if let Some(last) = matched {
-                found(groups[first].0, groups[last].1);
-                first = last + 1;
-            } else {
-                first += 1;
-            }
+        let followed_by_word = j < n && has(text[j], ALNUM);
+        // The common case: the whole run is the card.
+        if !preceded_by_word && !followed_by_word && (13..=19).contains(&digits) && luhn_valid(&text[i..j]) {
+            found(i, j);
+        } else if groups > 1 {
+            cards_in_groups(text, i, j, preceded_by_word, followed_by_word, found);
         }
-        i = run_end.max(i + 1);
+        i = j.max(i + 1);
     }
 }
 
-fn is_email_local(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'%' | b'+' | b'-')
-}
-
-fn is_email_domain(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-')
+/// Cards among consecutive groups of a run that is not a card as a whole: leftmost first,
+/// longest first. A group glued to a word cannot start or end a card; groups after a
+/// separator can.
+fn cards_in_groups(
+    text: &[u8],
+    start: usize,
+    end: usize,
+    preceded_by_word: bool,
+    followed_by_word: bool,
+    found: &mut dyn FnMut(usize, usize),
+) {
+    const GROUPS_MAX: usize = 24;
+    let mut groups = [(0u32, 0u32); GROUPS_MAX];
+    let mut n_groups = 0;
+    let mut j = start;
+    while j < end && n_groups < GROUPS_MAX {
+        let group_start = j;
+        while j < end && has(text[j], DIGIT) {
+            j += 1;
+        }
+        groups[n_groups] = (group_start as u32, j as u32);
+        n_groups += 1;
+        j += 1;
+    }
+    let mut first = usize::from(preceded_by_word);
+    while first < n_groups {
+        let mut matched = None;
+        let mut digits = 0;
+        for last in first..n_groups {
+            digits += (groups[last].1 - groups[last].0) as usize;
+            if digits > 19 {
+                break;
+            }
+            let bounded = last + 1 < n_groups || !followed_by_word;
+            let (from, to) = (groups[first].0 as usize, groups[last].1 as usize);
+            if digits >= 13 && bounded && luhn_valid(&text[from..to]) {
+                matched = Some(last);
+            }
+        }
+        if let Some(last) = matched {
+            found(groups[first].0 as usize, groups[last].1 as usize);
+            first = last + 1;
+        } else {
+            first += 1;
+        }
+    }
 }
 
 /// E-mail addresses: a local part of up to 64 characters, `@`, and a dotted domain whose last
 /// label is at least two letters.
 fn find_emails(text: &[u8], found: &mut dyn FnMut(usize, usize)) {
     let mut next_free = 0;
-    for at in memchr::memchr_iter(b'@', text) {
+    let mut from = 0;
+    while let Some(offset) = memchr::memchr(b'@', &text[from..]) {
+        let at = from + offset;
+        from = at + 1;
         if at < next_free {
             continue;
         }
         let mut start = at;
-        while start > next_free && at - start < 64 && is_email_local(text[start - 1]) {
+        while start > next_free && at - start < 64 && has(text[start - 1], ALNUM | EMAIL_LOCAL) {
             start -= 1;
         }
         while start < at && text[start] == b'.' {
@@ -254,16 +307,16 @@ fn find_emails(text: &[u8], found: &mut dyn FnMut(usize, usize)) {
             continue;
         }
         let mut end = at + 1;
-        while end < text.len() && end - at <= 255 && is_email_domain(text[end]) {
+        while end < text.len() && end - at <= 255 && has(text[end], ALNUM | EMAIL_DOMAIN) {
             end += 1;
         }
         while end > at + 1 && matches!(text[end - 1], b'.' | b'-') {
             end -= 1;
         }
         let domain = &text[at + 1..end];
-        let Some(last_dot) = memchr::memrchr(b'.', domain) else { continue };
+        let Some(last_dot) = domain.iter().rposition(|&b| b == b'.') else { continue };
         let tld = &domain[last_dot + 1..];
-        if domain[0] == b'.' || domain[0] == b'-' || tld.len() < 2 || !tld.iter().all(u8::is_ascii_alphabetic) {
+        if domain[0] == b'.' || domain[0] == b'-' || tld.len() < 2 || !tld.iter().all(|&b| has(b, UPPER | LOWER)) {
             continue;
         }
         found(start, end);
@@ -278,10 +331,10 @@ fn find_ssns(text: &[u8], found: &mut dyn FnMut(usize, usize)) {
     if n < 11 {
         return;
     }
-    let digit = |i: usize| text[i].is_ascii_digit();
+    let digit = |i: usize| has(text[i], DIGIT);
     let mut i = 0;
     while i + 11 <= n {
-        if !digit(i) || (i > 0 && (text[i - 1].is_ascii_alphanumeric() || text[i - 1] == b'-')) {
+        if !digit(i) || (i > 0 && (has(text[i - 1], ALNUM) || text[i - 1] == b'-')) {
             i += 1;
             continue;
         }
@@ -293,7 +346,7 @@ fn find_ssns(text: &[u8], found: &mut dyn FnMut(usize, usize)) {
             && digit(i + 5)
             && text[i + 6] == sep
             && (i + 7..i + 11).all(digit)
-            && (i + 11 == n || !(text[i + 11].is_ascii_alphanumeric() || text[i + 11] == b'-'));
+            && (i + 11 == n || !(has(text[i + 11], ALNUM) || text[i + 11] == b'-'));
         if shaped {
             let area = &text[i..i + 3];
             let valid = area != b"000"

@@ -10,7 +10,7 @@ use super::arrow;
 use super::plan::{Column, ColumnPlan, PlannedColumn, ValueType};
 use super::rules::{Profile, RuleKind, Style};
 use super::text::{
-    MatchCursor, Span, Stats, apply_spans_fixed_len, detect_spans, dictionary_spans, digit_bytes, eq_bytes, keep_from,
+    MatchCursor, Span, Stats, count_flags, apply_spans_fixed_len, detect_spans, dictionary_spans, digit_bytes, eq_bytes, keep_from,
     load_word, masked_preview, merge_spans, stats, type_valid_text,
 };
 use super::{ChunkRef, Envelope, MaskError, MaskReport, ResultFormat, Scratch};
@@ -54,7 +54,7 @@ fn scan_string(body: &[u8], from: usize, want_stats: bool) -> Option<(usize, Sta
             let index = (stop.trailing_zeros() / 8) as usize;
             if want_stats && index > 0 {
                 let before = u64::MAX >> (64 - 8 * index);
-                stats.digits += (digit_bytes(word) & before).count_ones();
+                stats.digits += count_flags(digit_bytes(word) & before);
                 stats.at |= eq_bytes(word, b'@') & before != 0;
             }
             return Some((at + index, stats));

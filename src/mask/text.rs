@@ -27,6 +27,13 @@ pub(crate) fn digit_bytes(word: u64) -> u64 {
     at_least_0 & !at_least_colon & !word & HIGHS
 }
 
+/// How many bytes of a word have their high bit flagged (the flags SWAR classes return).
+/// A multiply instead of `count_ones`, which is a dozen instructions without POPCNT.
+#[inline(always)]
+pub(crate) fn count_flags(flags: u64) -> u32 {
+    ((flags >> 7).wrapping_mul(ONES) >> 56) as u32
+}
+
 #[inline(always)]
 pub(crate) fn load_word(bytes: &[u8], at: usize) -> u64 {
     match bytes.get(at..at + 8) {
@@ -52,7 +59,7 @@ pub(crate) struct Stats {
 impl Stats {
     #[inline(always)]
     pub(crate) fn add_word(&mut self, word: u64) {
-        self.digits += digit_bytes(word).count_ones();
+        self.digits += count_flags(digit_bytes(word));
         self.at |= eq_bytes(word, b'@') != 0;
     }
 }
