@@ -1,0 +1,622 @@
+//! Content detectors: card numbers (Luhn), e-mail addresses, US SSNs, IBANs (mod 97), cloud and
+//! SaaS keys, JWTs and PEM private keys, each finding byte spans in a decoded value. They only
+//! read text; deciding when to run them (cheap triggers, anchors in the dictionary searcher) and
+//! masking what they find is the callers' job.
+
+use memchr::memmem;
+
+/// A content detector.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum DetectorKind {
+    /// Card numbers: 13 to 19 digits, optionally grouped by single spaces or dashes, Luhn-valid.
+    Card,
+    /// E-mail addresses.
+    Email,
+    /// US social security numbers, `123-45-6789` or `123 45 6789`.
+    Ssn,
+    /// IBANs, compact or grouped by four, with a valid mod-97 check.
+    Iban,
+    /// AWS access key ids: `AKIA` or `ASIA` and 16 uppercase letters or digits.
+    AwsAccessKey,
+    /// Google Cloud API keys: `AIza` and 35 characters.
+    GcpApiKey,
+    /// GitHub tokens: `ghp_`/`gho_`/`ghu_`/`ghs_`/`ghr_` and 36 characters, or `github_pat_…`.
+    GithubToken,
+    /// Slack tokens: `xoxb-`, `xoxp-`, `xoxa-`, `xoxr-`, `xoxs-` and at least 10 characters.
+    SlackToken,
+    /// JSON Web Tokens: `eyJ…` header, payload and signature in base64url.
+    Jwt,
+    /// PEM private keys, from the BEGIN line to the END line (or the end of the value).
+    PemPrivateKey,
+}
+
+/// How a detector is triggered on the fast paths.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Trigger {
+    /// The value holds an `@`.
+    At,
+    /// The value holds at least this many ASCII digits (and at least `len_min` bytes).
+    Digits { digits_min: u32, len_min: u32 },
+    /// One of the detector's anchors was found by the dictionary searcher.
+    Anchor,
+}
+
+impl DetectorKind {
+    /// Every detector, in report order.
+    pub const ALL: [DetectorKind; 10] = [
+        DetectorKind::Card,
+        DetectorKind::Email,
+        DetectorKind::Ssn,
+        DetectorKind::Iban,
+        DetectorKind::AwsAccessKey,
+        DetectorKind::GcpApiKey,
+        DetectorKind::GithubToken,
+        DetectorKind::SlackToken,
+        DetectorKind::Jwt,
+        DetectorKind::PemPrivateKey,
+    ];
+    /// How many detectors there are.
+    pub const COUNT: usize = DetectorKind::ALL.len();
+
+    /// The detector's name in the policy file and in metrics.
+    pub fn name(self) -> &'static str {
+        match self {
+            DetectorKind::Card => "card",
+            DetectorKind::Email => "email",
+            DetectorKind::Ssn => "ssn",
+            DetectorKind::Iban => "iban",
+            DetectorKind::AwsAccessKey => "aws_access_key",
+            DetectorKind::GcpApiKey => "gcp_api_key",
+            DetectorKind::GithubToken => "github_token",
+            DetectorKind::SlackToken => "slack_token",
+            DetectorKind::Jwt => "jwt",
+            DetectorKind::PemPrivateKey => "pem_private_key",
+        }
+    }
+
+    /// The detector's position in [`DetectorKind::ALL`].
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
+    /// Literal prefixes whose presence triggers the detector (searched with the dictionary).
+    pub(crate) fn anchors(self) -> &'static [&'static str] {
+        match self {
+            DetectorKind::AwsAccessKey => &["AKIA", "ASIA"],
+            DetectorKind::GcpApiKey => &["AIza"],
+            DetectorKind::GithubToken => &["ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_"],
+            DetectorKind::SlackToken => &["xox"],
+            DetectorKind::Jwt => &["eyJ"],
+            DetectorKind::PemPrivateKey => &["-----BEGIN"],
+            DetectorKind::Card | DetectorKind::Email | DetectorKind::Ssn | DetectorKind::Iban => &[],
+        }
+    }
+
+    pub(crate) fn trigger(self) -> Trigger {
+        match self {
+            DetectorKind::Email => Trigger::At,
+            DetectorKind::Card => Trigger::Digits { digits_min: 13, len_min: 13 },
+            DetectorKind::Ssn => Trigger::Digits { digits_min: 9, len_min: 11 },
+            DetectorKind::Iban => Trigger::Digits { digits_min: 8, len_min: 15 },
+            _ => Trigger::Anchor,
+        }
+    }
+
+    /// Calls `found(start, end)` for every match in `text`, left to right within a detector
+    /// (matches of different anchors may come out of order).
+    pub(crate) fn find(self, text: &[u8], found: &mut dyn FnMut(usize, usize)) {
+        match self {
+            DetectorKind::Card => find_cards(text, found),
+            DetectorKind::Email => find_emails(text, found),
+            DetectorKind::Ssn => find_ssns(text, found),
+            DetectorKind::Iban => find_ibans(text, found),
+            DetectorKind::AwsAccessKey => {
+                find_prefixed(text, &["AKIA", "ASIA"], |b| b.is_ascii_uppercase() || b.is_ascii_digit(), 16, 16, found)
+            }
+            DetectorKind::GcpApiKey => find_prefixed(text, &["AIza"], is_url_safe, 35, 35, found),
+            DetectorKind::GithubToken => {
+                find_prefixed(
+                    text,
+                    &["ghp_", "gho_", "ghu_", "ghs_", "ghr_"],
+                    |b| b.is_ascii_alphanumeric(),
+                    36,
+                    36,
+                    found,
+                );
+                find_prefixed(text, &["github_pat_"], |b| b.is_ascii_alphanumeric() || b == b'_', 22, 255, found);
+            }
+            DetectorKind::SlackToken => find_prefixed(
+                text,
+                &["xoxb-", "xoxp-", "xoxa-", "xoxr-", "xoxs-"],
+                |b| b.is_ascii_alphanumeric() || b == b'-',
+                10,
+                255,
+                found,
+            ),
+            DetectorKind::Jwt => find_jwts(text, found),
+            DetectorKind::PemPrivateKey => find_pem_keys(text, found),
+        }
+    }
+}
+
+const DIGIT: u8 = 1;
+const UPPER: u8 = 2;
+const LOWER: u8 = 4;
+const ALNUM: u8 = DIGIT | UPPER | LOWER;
+/// `.` `_` `%` `+` `-`: besides alphanumerics, in the local part of an e-mail address.
+const EMAIL_LOCAL: u8 = 8;
+/// `.` `-`: besides alphanumerics, in an e-mail domain.
+const EMAIL_DOMAIN: u8 = 16;
+/// `_` `-`: besides alphanumerics, in base64url.
+const URL_SAFE: u8 = 32;
+
+/// Byte classes, one table lookup instead of a chain of comparisons in the detectors' loops.
+static CLASS: [u8; 256] = {
+    let mut table = [0u8; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        table[b] = if c.is_ascii_digit() {
+            DIGIT
+        } else if c.is_ascii_uppercase() {
+            UPPER
+        } else if c.is_ascii_lowercase() {
+            LOWER
+        } else {
+            match c {
+                b'.' => EMAIL_LOCAL | EMAIL_DOMAIN,
+                b'-' => EMAIL_LOCAL | EMAIL_DOMAIN | URL_SAFE,
+                b'_' => EMAIL_LOCAL | URL_SAFE,
+                b'%' | b'+' => EMAIL_LOCAL,
+                _ => 0,
+            }
+        };
+        b += 1;
+    }
+    table
+};
+
+#[inline(always)]
+fn has(b: u8, class: u8) -> bool {
+    CLASS[usize::from(b)] & class != 0
+}
+
+fn is_url_safe(b: u8) -> bool {
+    has(b, ALNUM | URL_SAFE)
+}
+
+/// Whether a Luhn check passes over the ASCII digits of `text` (other bytes are skipped).
+pub(crate) fn luhn_valid(text: &[u8]) -> bool {
+    const DOUBLED: [u32; 10] = [0, 2, 4, 6, 8, 1, 3, 5, 7, 9];
+    let mut sums = [0u32; 2];
+    let mut digits = 0;
+    for &b in text.iter().rev() {
+        let d = b.wrapping_sub(b'0');
+        if d < 10 {
+            sums[digits & 1] += if digits & 1 == 1 { DOUBLED[usize::from(d)] } else { u32::from(d) };
+            digits += 1;
+        }
+    }
+    digits > 0 && (sums[0] + sums[1]).is_multiple_of(10)
+}
+
+/// Card numbers: a run of digit groups separated by single spaces or dashes, bounded by
+/// non-alphanumerics, with 13 to 19 digits in all and a valid Luhn check. When the whole run is
+/// not a card (a longer number, or a card next to other numbers), consecutive groups are tried.
+fn find_cards(text: &[u8], found: &mut dyn FnMut(usize, usize)) {
+    let n = text.len();
+    let mut i = 0;
+    while i < n {
+        if !has(text[i], DIGIT) {
+            i += 1;
+            continue;
+        }
+        let preceded_by_word = i > 0 && has(text[i - 1], ALNUM);
+        // The run: digit groups joined by single spaces or dashes.
+        let (mut j, mut digits, mut groups) = (i, 0usize, 0usize);
+        loop {
+            while j < n && has(text[j], DIGIT) {
+                j += 1;
+                digits += 1;
+            }
+            groups += 1;
+            if j + 1 < n && (text[j] == b' ' || text[j] == b'-') && has(text[j + 1], DIGIT) {
+                j += 1;
+                continue;
+            }
+            break;
+        }
+        let followed_by_word = j < n && has(text[j], ALNUM);
+        // The common case: the whole run is the card.
+        if !preceded_by_word && !followed_by_word && (13..=19).contains(&digits) && luhn_valid(&text[i..j]) {
+            found(i, j);
+        } else if groups > 1 {
+            cards_in_groups(text, i, j, preceded_by_word, followed_by_word, found);
+        }
+        i = j.max(i + 1);
+    }
+}
+
+/// Cards among consecutive groups of a run that is not a card as a whole: leftmost first,
+/// longest first. A group glued to a word cannot start or end a card; groups after a
+/// separator can.
+fn cards_in_groups(
+    text: &[u8],
+    start: usize,
+    end: usize,
+    preceded_by_word: bool,
+    followed_by_word: bool,
+    found: &mut dyn FnMut(usize, usize),
+) {
+    const GROUPS_MAX: usize = 24;
+    let mut groups = [(0u32, 0u32); GROUPS_MAX];
+    let mut n_groups = 0;
+    let mut j = start;
+    while j < end && n_groups < GROUPS_MAX {
+        let group_start = j;
+        while j < end && has(text[j], DIGIT) {
+            j += 1;
+        }
+        groups[n_groups] = (group_start as u32, j as u32);
+        n_groups += 1;
+        j += 1;
+    }
+    let mut first = usize::from(preceded_by_word);
+    while first < n_groups {
+        let mut matched = None;
+        let mut digits = 0;
+        for last in first..n_groups {
+            digits += (groups[last].1 - groups[last].0) as usize;
+            if digits > 19 {
+                break;
+            }
+            let bounded = last + 1 < n_groups || !followed_by_word;
+            let (from, to) = (groups[first].0 as usize, groups[last].1 as usize);
+            if digits >= 13 && bounded && luhn_valid(&text[from..to]) {
+                matched = Some(last);
+            }
+        }
+        if let Some(last) = matched {
+            found(groups[first].0 as usize, groups[last].1 as usize);
+            first = last + 1;
+        } else {
+            first += 1;
+        }
+    }
+}
+
+/// E-mail addresses: a local part of up to 64 characters, `@`, and a dotted domain whose last
+/// label is at least two letters.
+fn find_emails(text: &[u8], found: &mut dyn FnMut(usize, usize)) {
+    let mut next_free = 0;
+    let mut from = 0;
+    while let Some(offset) = memchr::memchr(b'@', &text[from..]) {
+        let at = from + offset;
+        from = at + 1;
+        if at < next_free {
+            continue;
+        }
+        let mut start = at;
+        while start > next_free && at - start < 64 && has(text[start - 1], ALNUM | EMAIL_LOCAL) {
+            start -= 1;
+        }
+        while start < at && text[start] == b'.' {
+            start += 1;
+        }
+        if start == at {
+            continue;
+        }
+        let mut end = at + 1;
+        while end < text.len() && end - at <= 255 && has(text[end], ALNUM | EMAIL_DOMAIN) {
+            end += 1;
+        }
+        while end > at + 1 && matches!(text[end - 1], b'.' | b'-') {
+            end -= 1;
+        }
+        let domain = &text[at + 1..end];
+        let Some(last_dot) = domain.iter().rposition(|&b| b == b'.') else { continue };
+        let tld = &domain[last_dot + 1..];
+        if domain[0] == b'.' || domain[0] == b'-' || tld.len() < 2 || !tld.iter().all(|&b| has(b, UPPER | LOWER)) {
+            continue;
+        }
+        found(start, end);
+        next_free = end;
+    }
+}
+
+/// US SSNs written `AAA-GG-SSSS` or `AAA GG SSSS`, with the area not 000, 666 or 9xx, the group
+/// not 00 and the serial not 0000, bounded by non-alphanumerics.
+fn find_ssns(text: &[u8], found: &mut dyn FnMut(usize, usize)) {
+    let n = text.len();
+    if n < 11 {
+        return;
+    }
+    let digit = |i: usize| has(text[i], DIGIT);
+    let mut i = 0;
+    while i + 11 <= n {
+        if !digit(i) || (i > 0 && (has(text[i - 1], ALNUM) || text[i - 1] == b'-')) {
+            i += 1;
+            continue;
+        }
+        let sep = text[i + 3];
+        let shaped = (sep == b'-' || sep == b' ')
+            && digit(i + 1)
+            && digit(i + 2)
+            && digit(i + 4)
+            && digit(i + 5)
+            && text[i + 6] == sep
+            && (i + 7..i + 11).all(digit)
+            && (i + 11 == n || !(has(text[i + 11], ALNUM) || text[i + 11] == b'-'));
+        if shaped {
+            let area = &text[i..i + 3];
+            let valid = area != b"000"
+                && area != b"666"
+                && area[0] != b'9'
+                && &text[i + 4..i + 6] != b"00"
+                && &text[i + 7..i + 11] != b"0000";
+            if valid {
+                found(i, i + 11);
+                i += 11;
+                continue;
+            }
+        }
+        i += 1;
+    }
+}
+
+/// The mod-97 check of ISO 13616 over an IBAN's characters (uppercase letters and digits).
+pub(crate) fn iban_checksum_valid(chars: &[u8]) -> bool {
+    if chars.len() < 15 || chars.len() > 34 {
+        return false;
+    }
+    let mut remainder = 0u32;
+    for &c in chars[4..].iter().chain(&chars[..4]) {
+        remainder = match c {
+            b'0'..=b'9' => (remainder * 10 + u32::from(c - b'0')) % 97,
+            b'A'..=b'Z' => (remainder * 100 + u32::from(c - b'A') + 10) % 97,
+            _ => return false,
+        };
+    }
+    remainder == 1
+}
+
+/// IBANs: two uppercase letters, two digits, then uppercase letters and digits up to 34 in
+/// all, compact or in groups of four separated by single spaces; the longest candidate with a
+/// valid checksum wins.
+fn find_ibans(text: &[u8], found: &mut dyn FnMut(usize, usize)) {
+    let n = text.len();
+    let is_body = |b: u8| b.is_ascii_uppercase() || b.is_ascii_digit();
+    let mut i = 0;
+    while i + 15 <= n {
+        let head = text[i].is_ascii_uppercase()
+            && text[i + 1].is_ascii_uppercase()
+            && text[i + 2].is_ascii_digit()
+            && text[i + 3].is_ascii_digit()
+            && (i == 0 || !text[i - 1].is_ascii_alphanumeric());
+        if !head {
+            i += 1;
+            continue;
+        }
+        // Gather up to 34 characters, remembering where each candidate length ends.
+        let mut chars = [0u8; 34];
+        let mut ends = [0usize; 35];
+        let mut count = 0;
+        let mut j = i;
+        while j < n && count < 34 {
+            if is_body(text[j]) {
+                chars[count] = text[j];
+                count += 1;
+                j += 1;
+                ends[count] = j;
+            } else if text[j] == b' ' && count % 4 == 0 && j + 1 < n && is_body(text[j + 1]) {
+                j += 1;
+            } else {
+                break;
+            }
+        }
+        let mut matched = None;
+        for len in (15..=count).rev() {
+            let end = ends[len];
+            let bounded = end == n || !text[end].is_ascii_alphanumeric();
+            // Every IBAN has at least eight digits: the fast paths rely on it to skip values.
+            let digits = chars[..len].iter().filter(|c| c.is_ascii_digit()).count();
+            if bounded && digits >= 8 && iban_checksum_valid(&chars[..len]) {
+                matched = Some(end);
+                break;
+            }
+        }
+        match matched {
+            Some(end) => {
+                found(i, end);
+                i = end;
+            }
+            None => i += 1,
+        }
+    }
+}
+
+/// Tokens made of a literal prefix and `tail_min..=tail_max` characters of a class, not
+/// preceded by an alphanumeric and not followed by another character of the class.
+fn find_prefixed(
+    text: &[u8],
+    prefixes: &[&str],
+    is_tail: fn(u8) -> bool,
+    tail_min: usize,
+    tail_max: usize,
+    found: &mut dyn FnMut(usize, usize),
+) {
+    for prefix in prefixes {
+        let prefix = prefix.as_bytes();
+        for start in memmem::find_iter(text, prefix) {
+            if start > 0 && (text[start - 1].is_ascii_alphanumeric() || text[start - 1] == b'_') {
+                continue;
+            }
+            let tail_start = start + prefix.len();
+            let tail_len = text[tail_start..].iter().take(tail_max + 1).take_while(|&&b| is_tail(b)).count();
+            if (tail_min..=tail_max).contains(&tail_len) {
+                found(start, tail_start + tail_len);
+            }
+        }
+    }
+}
+
+/// JWTs: `eyJ` and a base64url header of at least 10 characters, a payload of at least 2, and
+/// a signature that may be empty (unsigned tokens), separated by dots.
+fn find_jwts(text: &[u8], found: &mut dyn FnMut(usize, usize)) {
+    let segment = |from: usize| text[from..].iter().take_while(|&&b| is_url_safe(b)).count();
+    let mut next_free = 0;
+    for start in memmem::find_iter(text, b"eyJ") {
+        if start < next_free || (start > 0 && is_url_safe(text[start - 1])) {
+            continue;
+        }
+        let header = segment(start);
+        let dot1 = start + header;
+        if header < 10 || text.get(dot1) != Some(&b'.') {
+            continue;
+        }
+        let payload = segment(dot1 + 1);
+        let dot2 = dot1 + 1 + payload;
+        if payload < 2 || text.get(dot2) != Some(&b'.') {
+            continue;
+        }
+        let end = dot2 + 1 + segment(dot2 + 1);
+        found(start, end);
+        next_free = end;
+    }
+}
+
+/// PEM private keys: from `-----BEGIN … PRIVATE KEY-----` to the end of the matching END line,
+/// or to the end of the value when the END line is missing (a truncated key is still a secret).
+fn find_pem_keys(text: &[u8], found: &mut dyn FnMut(usize, usize)) {
+    const BEGIN: &[u8] = b"-----BEGIN ";
+    const KEY_LINE_END: &[u8] = b"PRIVATE KEY-----";
+    let mut from = 0;
+    while let Some(offset) = memmem::find(&text[from..], BEGIN) {
+        let start = from + offset;
+        let label_window = &text[start + BEGIN.len()..text.len().min(start + BEGIN.len() + 48)];
+        let Some(label_end) = memmem::find(label_window, KEY_LINE_END) else {
+            from = start + BEGIN.len();
+            continue;
+        };
+        let after_begin = start + BEGIN.len() + label_end + KEY_LINE_END.len();
+        let end = match memmem::find(&text[after_begin..], b"-----END ") {
+            Some(end_offset) => {
+                let end_line = after_begin + end_offset + 9;
+                match memmem::find(&text[end_line..], b"-----") {
+                    Some(close) => end_line + close + 5,
+                    None => text.len(),
+                }
+            }
+            None => text.len(),
+        };
+        found(start, end);
+        from = end;
+        if from >= text.len() {
+            break;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spans(kind: DetectorKind, text: &str) -> Vec<&str> {
+        let mut out = Vec::new();
+        kind.find(text.as_bytes(), &mut |s, e| out.push((s, e)));
+        out.sort();
+        out.into_iter().map(|(s, e)| &text[s..e]).collect()
+    }
+
+    #[test]
+    fn cards() {
+        use DetectorKind::Card;
+        assert_eq!(spans(Card, "4111111111111111"), ["4111111111111111"]);
+        assert_eq!(spans(Card, "pay 4111 1111 1111 1111 now"), ["4111 1111 1111 1111"]);
+        assert_eq!(spans(Card, "4111-1111-1111-1111"), ["4111-1111-1111-1111"]);
+        assert_eq!(spans(Card, "378282246310005 and 5555555555554444"), ["378282246310005", "5555555555554444"]);
+        assert!(spans(Card, "4111111111111112").is_empty(), "Luhn");
+        assert!(spans(Card, "41111111111111110000").is_empty(), "20 digits");
+        assert!(spans(Card, "x4111111111111111").is_empty(), "glued to a word");
+        assert!(spans(Card, "1700000000.000000000").is_empty());
+        // A card followed by another group, or after a group glued to a word, is still found.
+        assert_eq!(spans(Card, "4111 1111 1111 1111 12"), ["4111 1111 1111 1111"]);
+        assert_eq!(spans(Card, "DE89370400440532013000 4532015112830366"), ["4532015112830366"]);
+        assert!(spans(Card, "4111111111111111x").is_empty());
+    }
+
+    #[test]
+    fn emails() {
+        use DetectorKind::Email;
+        assert_eq!(spans(Email, "ada.lovelace42@example.com"), ["ada.lovelace42@example.com"]);
+        assert_eq!(spans(Email, "mail <a+b@mail.example.net>."), ["a+b@mail.example.net"]);
+        assert_eq!(spans(Email, "x@y.io, z@w.org"), ["x@y.io", "z@w.org"]);
+        assert!(spans(Email, "@handle").is_empty());
+        assert!(spans(Email, "user@localhost").is_empty());
+        assert!(spans(Email, "a@b.c1").is_empty());
+    }
+
+    #[test]
+    fn ssns() {
+        use DetectorKind::Ssn;
+        assert_eq!(spans(Ssn, "123-45-6789"), ["123-45-6789"]);
+        assert_eq!(spans(Ssn, "ssn 123 45 6789."), ["123 45 6789"]);
+        assert!(spans(Ssn, "000-45-6789").is_empty());
+        assert!(spans(Ssn, "666-45-6789").is_empty());
+        assert!(spans(Ssn, "923-45-6789").is_empty());
+        assert!(spans(Ssn, "123-00-6789").is_empty());
+        assert!(spans(Ssn, "123-45-0000").is_empty());
+        assert!(spans(Ssn, "123-45 6789").is_empty());
+        assert!(spans(Ssn, "1123-45-6789").is_empty());
+        assert!(spans(Ssn, "555-123-45-6789").is_empty());
+    }
+
+    #[test]
+    fn ibans() {
+        use DetectorKind::Iban;
+        assert_eq!(spans(Iban, "DE89370400440532013000"), ["DE89370400440532013000"]);
+        assert_eq!(spans(Iban, "iban: DE89 3704 0044 0532 0130 00 paid"), ["DE89 3704 0044 0532 0130 00"]);
+        assert_eq!(spans(Iban, "GB82WEST12345698765432"), ["GB82WEST12345698765432"]);
+        assert_eq!(spans(Iban, "NO9386011117947"), ["NO9386011117947"]);
+        assert!(spans(Iban, "DE89370400440532013001").is_empty(), "checksum");
+        assert!(spans(Iban, "XDE89370400440532013000").is_empty(), "glued");
+    }
+
+    #[test]
+    fn keys_and_tokens() {
+        assert_eq!(spans(DetectorKind::AwsAccessKey, "key=AKIAIOSFODNN7EXAMPLE;"), ["AKIAIOSFODNN7EXAMPLE"]);
+        assert_eq!(spans(DetectorKind::AwsAccessKey, "ASIAY34FZKBOKMUTVV7A"), ["ASIAY34FZKBOKMUTVV7A"]);
+        assert!(spans(DetectorKind::AwsAccessKey, "AKIAIOSFODNN7EXAMPLEX").is_empty(), "too long");
+        assert!(spans(DetectorKind::AwsAccessKey, "xAKIAIOSFODNN7EXAMPLE").is_empty());
+        let gcp = "AIzaSyA-1234567890abcdefghijklmnopqrstu";
+        assert_eq!(spans(DetectorKind::GcpApiKey, gcp), [gcp]);
+        let ghp = format!("ghp_{}", "a1B2".repeat(9));
+        assert_eq!(spans(DetectorKind::GithubToken, &format!("t {ghp} x")), [ghp.as_str()]);
+        assert_eq!(
+            spans(DetectorKind::SlackToken, "xoxb-123456789012-abcdefABCDEF"),
+            ["xoxb-123456789012-abcdefABCDEF"]
+        );
+        assert!(spans(DetectorKind::SlackToken, "xoxo").is_empty());
+        let jwt = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.c2lnbmF0dXJl";
+        assert_eq!(spans(DetectorKind::Jwt, &format!("Bearer {jwt}")), [jwt]);
+        assert!(spans(DetectorKind::Jwt, "eyJhbGciOiJ").is_empty());
+    }
+
+    #[test]
+    fn pem_keys() {
+        let key = "-----BEGIN RSA PRIVATE KEY-----\nMIIEow\n-----END RSA PRIVATE KEY-----";
+        assert_eq!(spans(DetectorKind::PemPrivateKey, &format!("k: {key}\nmore")), [key]);
+        let truncated = "-----BEGIN PRIVATE KEY-----\nMIIEv";
+        assert_eq!(spans(DetectorKind::PemPrivateKey, truncated), [truncated]);
+        assert!(spans(DetectorKind::PemPrivateKey, "-----BEGIN CERTIFICATE-----\nMII").is_empty());
+    }
+
+    #[test]
+    fn luhn_and_mod97() {
+        assert!(luhn_valid(b"4539578763621486"));
+        assert!(!luhn_valid(b"4539578763621487"));
+        assert!(!luhn_valid(b""));
+        assert!(iban_checksum_valid(b"GB82WEST12345698765432"));
+        assert!(!iban_checksum_valid(b"GB82WEST12345698765433"));
+    }
+}

@@ -1,0 +1,505 @@
+//! Tests of the masking engine through its public entry point: realistic query answers, SQL API
+//! results, JSON and Arrow chunks (built with arrow-rs, plus a pyarrow stream shaped by
+//! fakesnow's `to_sf`, committed under `tests/fixtures/mask/`), envelopes and refusals.
+//! Property tests against a reference implementation are in `tests/properties.rs`.
+
+mod fixtures;
+mod properties;
+
+use serde_json::{Value, json};
+
+use super::*;
+use fixtures::*;
+
+#[test]
+fn masks_a_json_query_answer() {
+    let masker = masker(POLICY);
+    let agents = masker.profile("agents").unwrap();
+    let mut body = query_answer_json();
+    let original = body.clone();
+    let masked = masker.mask(agents, &mut body, None, &mut Scratch::default()).unwrap();
+    assert_eq!(body.len(), original.len());
+    assert_eq!(masked.format, ResultFormat::QueryJson);
+    let rows = decoded_rows(&body, "/data/rowset");
+    assert_eq!(
+        rows[0],
+        [
+            Some("1".into()),
+            Some("Ada [NAME]".into()),
+            Some(stars("ada.lovelace42@example.com")),
+            Some(format!("{}1111", stars("4111 1111 1111 "))),
+            None,
+            Some("00000.00".into()),
+            Some("18262".into()),
+            Some(format!("note: call {}0366 or mail {}", stars("453201511283"), stars("grace@navy.mil"))),
+        ]
+    );
+    // Not nullable: the SSN column gets a type-valid mask instead of NULL.
+    assert_eq!(rows[1][4], Some("***********".into()));
+    // Escapes are decoded before detection, and masks do not break them.
+    assert_eq!(rows[1][7], Some(format!("mail \"{}\" é", stars("alan@example.org"))));
+    assert_eq!(
+        rows[2],
+        [
+            Some("3".into()),
+            Some("Grace Hopper".into()),
+            None,
+            Some("no card".into()),
+            None,
+            Some("0.00".into()),
+            Some("18263".into()),
+            None
+        ]
+    );
+    let report = &masked.report;
+    assert_eq!(report.rows, 3);
+    assert_eq!(report.by_column_rule, 4, "{report:?}");
+    assert_eq!(report.by_detector[DetectorKind::Email.index()], 4);
+    assert_eq!(report.by_detector[DetectorKind::Card.index()], 3);
+    assert_eq!(report.by_dictionary, 1);
+    assert_eq!(report.values_masked, 11);
+    // Everything outside the rowset is byte for byte the same.
+    let before: Value = serde_json::from_slice(&original).unwrap();
+    let after: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(before["data"]["rowtype"], after["data"]["rowtype"]);
+    assert_eq!(before["data"]["parameters"], after["data"]["parameters"]);
+    assert_no_canary(&body);
+}
+
+#[test]
+fn golden_query_answer_fixture() {
+    let masker = masker(POLICY);
+    let agents = masker.profile("agents").unwrap();
+    let mut body = include_bytes!("../../tests/fixtures/mask/query_answer.json").to_vec();
+    let expected = include_bytes!("../../tests/fixtures/mask/query_answer.masked.json");
+    let masked = masker.mask(agents, &mut body, None, &mut Scratch::default()).unwrap();
+    if std::env::var_os("UPDATE_GOLDEN").is_some() {
+        std::fs::write(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/mask/query_answer.masked.json"), &body)
+            .unwrap();
+    }
+    assert_eq!(String::from_utf8_lossy(&body), String::from_utf8_lossy(expected));
+    let envelope = masked.envelope.unwrap();
+    assert_eq!(envelope.chunks.len(), 2);
+    assert_eq!(envelope.total, Some(7));
+    assert_eq!(envelope.chunk_rows(), 5);
+    assert_eq!(masked.report.rows, 2);
+}
+
+#[test]
+fn typed_json_values_still_decode() {
+    let masker = masker(
+        r#"
+[[masking.profiles.p.columns]]
+name = "*"
+mask = { style = "type_valid" }
+"#,
+    );
+    let p = masker.profile("p").unwrap();
+    let types = [
+        ("N", "fixed", Some(2), "-1234.50"),
+        ("R", "real", None, "1.5e-3"),
+        ("R2", "real", None, "NaN"),
+        ("D", "date", None, "-365"),
+        ("T", "time", Some(9), "3600.123456789"),
+        ("TS", "timestamp_ntz", Some(9), "1700000000.123456789"),
+        ("TZ", "timestamp_tz", Some(9), "1700000000.000000000 1500"),
+        ("B", "boolean", None, "true"),
+        ("B1", "boolean", None, "1"),
+        ("X", "binary", None, "DEADBEEF"),
+        ("V", "variant", None, "{\n  \"a\": 1\n}"),
+        ("S", "text", None, "secret"),
+    ];
+    let rowtype: Vec<Value> =
+        types.iter().map(|(n, t, s, _)| json!({"name": n, "type": t, "scale": s, "nullable": false})).collect();
+    let row: Vec<&str> = types.iter().map(|t| t.3).collect();
+    let mut body = serde_json::to_vec(&json!({"data": {"rowtype": rowtype, "rowset": [row]}})).unwrap();
+    let len = body.len();
+    masker.mask(p, &mut body, None, &mut Scratch::default()).unwrap();
+    assert_eq!(body.len(), len);
+    let rows = decoded_rows(&body, "/data/rowset");
+    let got: Vec<&str> = rows[0].iter().map(|v| v.as_deref().unwrap()).collect();
+    assert_eq!(
+        got,
+        [
+            "00000.00",
+            "0.0e00",
+            "000",
+            "0000",
+            "0000.000000000",
+            "0000000000.000000000",
+            "0000000000.000000000 1500",
+            "0",
+            "0",
+            "00000000",
+            "null",
+            "******"
+        ]
+    );
+    for (value, (_, type_name, _, _)) in got.iter().zip(types) {
+        assert!(decodes_as(type_name, value), "{type_name}: {value:?}");
+    }
+}
+
+#[test]
+fn tokens_shrink_json_values_and_fall_back_when_too_long() {
+    let masker = masker(
+        r#"
+[masking.profiles.p.dictionary]
+words = ["Falcon", "Project"]
+mask = { style = "token", token = "[X]" }
+[masking.profiles.p.detectors]
+mask = { style = "token", token = "[A-LONG-TOKEN]" }
+"#,
+    );
+    let p = masker.profile("p").unwrap();
+    let mut body = json_chunk_bytes(&[&[Some("Project Falcon at someone@example.com"), Some("x@y.io")]]);
+    let plan = text_plan(&masker, p, 2);
+    let len = body.len();
+    masker.mask(p, &mut body, Some(&plan), &mut Scratch::default()).unwrap();
+    assert_eq!(body.len(), len);
+    let rows = chunk_rows(&body);
+    assert_eq!(rows[0][0].as_deref(), Some("[X] [X] at [A-LONG-TOKEN]"));
+    // "x@y.io" is shorter than the token: full mask.
+    assert_eq!(rows[0][1].as_deref(), Some("******"));
+}
+
+#[test]
+fn null_style_needs_room_and_a_nullable_column() {
+    let masker = masker(
+        r#"
+[[masking.profiles.p.columns]]
+name = "*"
+mask = { style = "null" }
+"#,
+    );
+    let p = masker.profile("p").unwrap();
+    let rowtype = json!([
+        {"name": "A", "type": "text", "nullable": true},
+        {"name": "B", "type": "text", "nullable": true},
+        {"name": "C", "type": "fixed", "scale": 0, "nullable": true},
+        {"name": "D", "type": "text", "nullable": false},
+    ]);
+    let mut body =
+        serde_json::to_vec(&json!({"data": {"rowtype": rowtype, "rowset": [["long enough", "a", "7", "xyz"]]}}))
+            .unwrap();
+    masker.mask(p, &mut body, None, &mut Scratch::default()).unwrap();
+    let rows = decoded_rows(&body, "/data/rowset");
+    assert_eq!(rows[0], [None, Some("*".into()), Some("0".into()), Some("***".into())]);
+    assert!(String::from_utf8_lossy(&body).contains("null         ,"), "{}", String::from_utf8_lossy(&body));
+}
+
+#[test]
+fn escaped_keys_and_values_are_masked() {
+    let masker = masker(POLICY);
+    let agents = masker.profile("agents").unwrap();
+    // `\u0072owset` is `rowset` once decoded: a client reads it, so it is masked.
+    let mut body = br#"{"data":{"rowtype":[{"name":"E","type":"text","nullable":true}],"\u0072owset":[["ada\u0040example.com"]]}}"#.to_vec();
+    masker.mask(agents, &mut body, None, &mut Scratch::default()).unwrap();
+    let value: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(value["data"]["rowset"][0][0], stars("ada@example.com"));
+}
+
+#[test]
+fn duplicate_envelope_keys_are_refused() {
+    let masker = masker(POLICY);
+    let agents = masker.profile("agents").unwrap();
+    let mut body = br#"{"data":{"rowtype":[{"name":"E","type":"text"}],"rowset":[["a"]],"rowset":[["b"]]}}"#.to_vec();
+    let err = masker.mask(agents, &mut body, None, &mut Scratch::default()).unwrap_err();
+    assert!(matches!(err, MaskError::Json { .. }), "{err}");
+    assert_eq!(err.fault(), Fault::Upstream);
+}
+
+#[test]
+fn rows_must_match_the_row_type() {
+    let masker = masker(POLICY);
+    let agents = masker.profile("agents").unwrap();
+    for rowset in [r#"[["a","b"]]"#, r#"[[]]"#, r#"[["a"],["b","c"]]"#, r#"[["a"] ["b"]]"#, r#"[[1]]"#] {
+        let text = format!(r#"{{"data":{{"rowtype":[{{"name":"E","type":"text"}}],"rowset":{rowset}}}}}"#);
+        let mut body = text.into_bytes();
+        assert!(masker.mask(agents, &mut body, None, &mut Scratch::default()).is_err(), "{rowset}");
+    }
+}
+
+#[test]
+fn sql_api_results_and_partitions() {
+    let masker = masker(POLICY);
+    let agents = masker.profile("agents").unwrap();
+    let mut scratch = Scratch::default();
+    let mut first = serde_json::to_vec(&json!({
+        "resultSetMetaData": {"numRows": 2, "format": "jsonv2", "rowType": customer_rowtype(), "partitionInfo": []},
+        "data": [customer_row(0)],
+        "code": "090001",
+        "statementHandle": "01b2c3d4-0000-0000-0000-000000000001",
+    }))
+    .unwrap();
+    let masked = masker.mask(agents, &mut first, None, &mut scratch).unwrap();
+    assert_eq!(masked.format, ResultFormat::SqlApi);
+    let plan = masked.plan.unwrap();
+    assert_eq!(decoded_rows(&first, "/data")[0][2], Some(stars("ada.lovelace42@example.com")));
+
+    let mut partition = serde_json::to_vec(&json!({"data": [customer_row(1)]})).unwrap();
+    let mut without = partition.clone();
+    assert_eq!(masker.mask(agents, &mut without, None, &mut scratch).unwrap_err(), MaskError::ColumnsRequired);
+    // The plan travels encoded (sealed, in the proxy) and comes back.
+    let carried = ColumnPlan::decode(&plan.encode()).unwrap();
+    let masked = masker.mask(agents, &mut partition, Some(&carried), &mut scratch).unwrap();
+    assert_eq!(masked.format, ResultFormat::SqlApiPartition);
+    assert_eq!(decoded_rows(&partition, "/data")[0][1].as_deref(), Some("Grace Hopper"));
+    assert_eq!(decoded_rows(&partition, "/data")[0][4], None);
+
+    let mut arrow_format = br#"{"resultSetMetaData":{"format":"arrowv1","rowType":[]},"data":[]}"#.to_vec();
+    assert!(matches!(masker.mask(agents, &mut arrow_format, None, &mut scratch), Err(MaskError::Unrecognized { .. })));
+}
+
+#[test]
+fn json_chunks_with_commas_and_newlines() {
+    let masker = masker(POLICY);
+    let agents = masker.profile("agents").unwrap();
+    let plan =
+        masker.plan(agents, &Column::from_rowtype_json(&serde_json::to_vec(&customer_rowtype()).unwrap()).unwrap());
+    let rows: Vec<String> = (0..4).map(|i| serde_json::to_string(&customer_row(i)).unwrap()).collect();
+    let mut body = format!("{},\n{}\n{},{}\n", rows[0], rows[1], rows[2], rows[3]).into_bytes();
+    let len = body.len();
+    let masked = masker.mask(agents, &mut body, Some(&plan), &mut Scratch::default()).unwrap();
+    assert_eq!((masked.format, masked.report.rows, body.len()), (ResultFormat::JsonChunk, 4, len));
+    assert_no_canary(&body);
+    let mut no_plan = rows[0].clone().into_bytes();
+    assert_eq!(
+        masker.mask(agents, &mut no_plan, None, &mut Scratch::default()).unwrap_err(),
+        MaskError::ColumnsRequired
+    );
+}
+
+#[test]
+fn envelope_reports_chunks_and_rebuild_strips_keys() {
+    let masker = masker(POLICY);
+    let agents = masker.profile("agents").unwrap();
+    let mut body = include_bytes!("../../tests/fixtures/mask/query_answer.json").to_vec();
+    let masked = masker.mask(agents, &mut body, None, &mut Scratch::default()).unwrap();
+    let envelope = masked.envelope.unwrap();
+    assert_eq!(envelope.query_result_format.as_deref(), Some("json"));
+    assert_eq!((envelope.total, envelope.returned), (Some(7), Some(2)));
+    assert_eq!(envelope.qrmk.as_deref(), Some("Q1JNS19TRUNSRVRfS0VZX0NBTkFSWQ=="));
+    assert_eq!(
+        envelope.chunk_headers,
+        [("x-amz-server-side-encryption-customer-key".to_string(), "SSEC-CANARY".to_string())]
+    );
+    let first = &envelope.chunks[0];
+    assert_eq!(
+        &body[first.url_range.clone()],
+        br#""https://sfc-stage.s3.amazonaws.com/results/chunk_0?X-Amz-Signature=PRESIGNED-CANARY-0""#
+    );
+    assert_eq!((first.row_count, first.uncompressed_size, first.compressed_size), (Some(3), Some(420), Some(180)));
+    let qrmk_member = envelope.qrmk_member.clone().unwrap();
+    assert!(body[qrmk_member].starts_with(b"\"qrmk\""));
+    let debug = format!("{envelope:?}");
+    assert!(!debug.contains("CANARY"), "{debug}");
+
+    let rebuilt = rebuild_envelope(&body, &envelope, &["/gw/chunk/0?t=sealed", "/gw/chunk/1?t=sealed"]).unwrap();
+    let text = String::from_utf8(rebuilt.clone()).unwrap();
+    assert!(!text.contains("CANARY") && !text.contains("qrmk") && !text.contains("chunkHeaders"), "{text}");
+    let value: Value = serde_json::from_slice(&rebuilt).unwrap();
+    assert_eq!(value["data"]["chunks"][1]["url"], "/gw/chunk/1?t=sealed");
+    assert_eq!(value["data"]["chunks"][1]["rowCount"], 2);
+    assert_eq!(value["data"]["total"], 7);
+    assert_eq!(value["data"]["rowset"], serde_json::from_slice::<Value>(&body).unwrap()["data"]["rowset"]);
+    assert_eq!(rebuild_envelope(&body, &envelope, &["/gw/1"]).unwrap_err(), MaskError::ChunkUrlCount);
+    assert_eq!(rebuild_envelope(&body[1..], &envelope, &["a", "b"]).unwrap_err(), MaskError::EnvelopeMismatch);
+}
+
+#[test]
+fn answers_without_rows_pass_untouched() {
+    let masker = masker(POLICY);
+    let agents = masker.profile("agents").unwrap();
+    for text in [
+        r#"{"data":{"sqlState":"42S02","queryId":"x"},"code":"002003","message":"SQL compilation error","success":false}"#,
+        r#"{"data":{"getResultUrl":"/queries/x/result","queryId":"x"},"code":"333333","success":true}"#,
+        r#"{"data":null,"success":true}"#,
+        r#"{"code":"090001","message":"ok"}"#,
+    ] {
+        let mut body = text.as_bytes().to_vec();
+        let masked = masker.mask(agents, &mut body, None, &mut Scratch::default()).unwrap();
+        assert_eq!(masked.format, ResultFormat::NoRows, "{text}");
+        assert_eq!(body, text.as_bytes());
+    }
+    let mut empty = b"  ".to_vec();
+    assert_eq!(masker.mask(agents, &mut empty, None, &mut Scratch::default()).unwrap().format, ResultFormat::Empty);
+}
+
+#[test]
+fn refuses_what_it_cannot_mask() {
+    let masker = masker(POLICY);
+    let agents = masker.profile("agents").unwrap();
+    let mut gzip = crate::http::gzip::gzip(&query_answer_json());
+    let err = masker.mask(agents, &mut gzip, None, &mut Scratch::default()).unwrap_err();
+    assert_eq!((err.clone(), err.fault()), (MaskError::Compressed, Fault::Caller));
+    let mut html = b"<html>rows</html>".to_vec();
+    assert!(matches!(
+        masker.mask(agents, &mut html, None, &mut Scratch::default()),
+        Err(MaskError::Unrecognized { .. })
+    ));
+    let mut trailing = br#"{"data":{}} x"#.to_vec();
+    assert!(masker.mask(agents, &mut trailing, None, &mut Scratch::default()).is_err());
+    // A plan from another spec (a policy reload) or profile is refused.
+    let other = self::masker(r#"[masking.profiles.agents]"#);
+    let stale = other.plan(other.profile("agents").unwrap(), &[text_column("A")]);
+    let mut chunk = br#"["x"]"#.to_vec();
+    assert_eq!(
+        masker.mask(agents, &mut chunk, Some(&stale), &mut Scratch::default()).unwrap_err(),
+        MaskError::PlanMismatch
+    );
+}
+
+#[test]
+fn searcher_kind_is_reported() {
+    let masker = masker(POLICY);
+    assert_eq!(masker.searcher_kind(masker.profile("agents").unwrap()), SearcherKind::Teddy);
+    assert_eq!(masker.searcher_kind(masker.profile("open").unwrap()), SearcherKind::None);
+    let many: Vec<String> = (0..300).map(|i| format!("\"customer-{i:03}\"")).collect();
+    let big = self::masker(&format!("[masking.profiles.big.dictionary]\nwords = [{}]", many.join(",")));
+    assert_eq!(big.searcher_kind(big.profile("big").unwrap()), SearcherKind::Dfa);
+}
+
+#[test]
+fn masks_an_arrow_chunk_keeping_types_and_metadata() {
+    let masker = masker(POLICY);
+    let agents = masker.profile("agents").unwrap();
+    let (mut stream, columns) = arrow_customers(40);
+    let original = stream.clone();
+    let plan = masker.plan(agents, &columns);
+    let masked = masker.mask(agents, &mut stream, Some(&plan), &mut Scratch::default()).unwrap();
+    assert_eq!(masked.format, ResultFormat::ArrowChunk);
+    assert_eq!(stream.len(), original.len());
+    // The schema message is untouched: every field's Snowflake metadata is kept byte for byte.
+    let schema_len = 8 + u32::from_le_bytes(original[4..8].try_into().unwrap()) as usize;
+    assert_eq!(stream[..schema_len], original[..schema_len]);
+    let batches = read_arrow(&stream);
+    let before = read_arrow(&original);
+    assert_eq!(batches[0].schema(), before[0].schema());
+    check_masked_customers(&batches, &before);
+    assert_no_canary(&stream);
+    assert_eq!(masked.report.rows, 40);
+    // Forty EMAIL values and twenty TAGS lists holding an address.
+    assert_eq!(masked.report.by_detector[DetectorKind::Email.index()], 60);
+}
+
+#[test]
+fn arrow_chunk_without_plan_uses_its_own_metadata() {
+    let masker = masker(POLICY);
+    let agents = masker.profile("agents").unwrap();
+    let (mut stream, _) = arrow_customers(8);
+    let original = stream.clone();
+    let masked = masker.mask(agents, &mut stream, None, &mut Scratch::default()).unwrap();
+    // AMOUNT's rule names table CUSTOMERS; the chunk does not say its table, so the rule applies.
+    let plan = masked.plan.unwrap();
+    assert!(plan.columns()[5].rule.is_some());
+    check_masked_customers(&read_arrow(&stream), &read_arrow(&original));
+}
+
+#[test]
+fn masks_rowset_base64_in_a_query_answer() {
+    let masker = masker(POLICY);
+    let agents = masker.profile("agents").unwrap();
+    let (stream, _) = arrow_customers(12);
+    let encoded = base64_simd::STANDARD.encode_to_string(&stream);
+    let mut body = serde_json::to_vec(&json!({
+        "data": {"rowtype": customer_rowtype_arrow(), "rowsetBase64": encoded, "total": 12, "returned": 12,
+                 "queryResultFormat": "arrow", "chunks": []},
+        "success": true
+    }))
+    .unwrap();
+    let len = body.len();
+    let masked = masker.mask(agents, &mut body, None, &mut Scratch::default()).unwrap();
+    assert_eq!((masked.format, body.len()), (ResultFormat::QueryArrow, len));
+    let value: Value = serde_json::from_slice(&body).unwrap();
+    let decoded = base64_simd::STANDARD.decode_to_vec(value["data"]["rowsetBase64"].as_str().unwrap()).unwrap();
+    assert_eq!(decoded.len(), stream.len());
+    check_masked_customers(&read_arrow(&decoded), &read_arrow(&stream));
+    assert_no_canary(&decoded);
+}
+
+#[test]
+fn masks_a_pyarrow_stream_shaped_by_fakesnow() {
+    let masker = masker(POLICY);
+    let agents = masker.profile("agents").unwrap();
+    let mut stream = include_bytes!("../../tests/fixtures/mask/fakesnow_customers.arrows").to_vec();
+    let original = stream.clone();
+    let masked = masker.mask(agents, &mut stream, None, &mut Scratch::default()).unwrap();
+    assert_eq!(masked.format, ResultFormat::ArrowChunk);
+    let after = read_arrow(&stream);
+    let before = read_arrow(&original);
+    assert_eq!(after[0].schema(), before[0].schema());
+    check_fakesnow_customers(&after, &before);
+    assert_no_canary(&stream);
+}
+
+#[test]
+fn arrow_nulls_fix_the_null_count() {
+    let masker = masker(
+        r#"
+[[masking.profiles.p.columns]]
+name = "SSN"
+mask = { style = "null" }
+[masking.profiles.p.detectors]
+email = { mask = { style = "null" } }
+"#,
+    );
+    let p = masker.profile("p").unwrap();
+    let (mut stream, columns) = arrow_customers(16);
+    masker.mask(p, &mut stream, Some(&masker.plan(p, &columns)), &mut Scratch::default()).unwrap();
+    let batches = read_arrow(&stream);
+    let batch = &batches[0];
+    // SSN has nulls (so a validity bitmap): every value is now NULL, and arrow-rs agrees.
+    assert_eq!(batch.column(4).null_count(), 16);
+    // EMAIL has no nulls in this batch, so no bitmap: the e-mails get a type-valid mask.
+    assert_eq!(batch.column(2).null_count(), 0);
+    let emails = batch.column(2).as_any().downcast_ref::<arrow_array::StringArray>().unwrap();
+    assert!(emails.iter().all(|e| e.unwrap().bytes().all(|b| b == b'*')));
+}
+
+#[test]
+fn refuses_arrow_it_does_not_understand() {
+    let masker = masker(POLICY);
+    let agents = masker.profile("agents").unwrap();
+    let (stream, columns) = arrow_customers(4);
+    let plan = masker.plan(agents, &columns);
+    let mut scratch = Scratch::default();
+    let mut truncated = stream[..stream.len() - 20].to_vec();
+    assert!(masker.mask(agents, &mut truncated, Some(&plan), &mut scratch).is_err());
+    let mut trailing = stream.clone();
+    trailing.extend_from_slice(b"more");
+    assert!(matches!(masker.mask(agents, &mut trailing, Some(&plan), &mut scratch), Err(MaskError::Arrow { .. })));
+    let mut dictionary = arrow_dictionary_stream();
+    assert!(matches!(masker.mask(agents, &mut dictionary, None, &mut scratch), Err(MaskError::Arrow { .. })));
+    let mut wrong_width = stream.clone();
+    let narrow = masker.plan(agents, &columns[..3]);
+    assert!(matches!(
+        masker.mask(agents, &mut wrong_width, Some(&narrow), &mut scratch),
+        Err(MaskError::ColumnCount { .. })
+    ));
+}
+
+#[test]
+fn scratch_is_reused_without_changing_results() {
+    let masker = masker(POLICY);
+    let agents = masker.profile("agents").unwrap();
+    let mut scratch = Scratch::default();
+    let mut first = query_answer_json();
+    let mut second = query_answer_json();
+    masker.mask(agents, &mut first, None, &mut scratch).unwrap();
+    let (mut arrow, columns) = arrow_customers(5);
+    masker.mask(agents, &mut arrow, Some(&masker.plan(agents, &columns)), &mut scratch).unwrap();
+    masker.mask(agents, &mut second, None, &mut scratch).unwrap();
+    assert_eq!(first, second);
+}
+
+#[test]
+fn masking_twice_changes_nothing_more() {
+    let masker = masker(POLICY);
+    let agents = masker.profile("agents").unwrap();
+    let mut body = query_answer_json();
+    masker.mask(agents, &mut body, None, &mut Scratch::default()).unwrap();
+    let once = body.clone();
+    masker.mask(agents, &mut body, None, &mut Scratch::default()).unwrap();
+    assert_eq!(body, once);
+}

@@ -1,0 +1,802 @@
+//! Property tests: masking in place equals a simple allocating reference (decode every value,
+//! find matches naively, mask strings, compare decoded results) on generated JSON rowsets with
+//! random escaping and generated Arrow batches; lengths are kept, masked values decode under
+//! their types, and no canary survives a profile that detects everything.
+
+use std::sync::Arc;
+
+use arrow_array::{Array, ArrayRef, BooleanArray, Date32Array, Float64Array, Int64Array, RecordBatch, StringArray};
+use arrow_ipc::writer::StreamWriter;
+use arrow_schema::{DataType, Field, Schema};
+use proptest::prelude::*;
+use proptest::test_runner::FileFailurePersistence;
+use serde_json::{Value, json};
+
+use super::fixtures::{decodes_as, masker, read_arrow};
+use crate::mask::detect::{DetectorKind, luhn_valid};
+use crate::mask::{Column, Scratch};
+
+/// The config of each property: `PROPTEST_CASES` cases when set (for long runs), else the
+/// default given; failing cases are kept beside this file (`properties.proptest-regressions`).
+fn config(default: u32) -> ProptestConfig {
+    let cases = std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(default);
+    ProptestConfig {
+        failure_persistence: Some(Box::new(FileFailurePersistence::WithSource("proptest-regressions"))),
+        ..ProptestConfig::with_cases(cases)
+    }
+}
+
+/// A mask style as the generator picks it.
+#[derive(Debug, Clone, PartialEq)]
+enum StyleSpec {
+    Full,
+    KeepLast(u32),
+    Token(&'static str),
+    TypeValid,
+    Null,
+}
+
+impl StyleSpec {
+    fn toml(&self) -> String {
+        match self {
+            StyleSpec::Full => r#"{ style = "full" }"#.into(),
+            StyleSpec::KeepLast(k) => format!(r#"{{ style = "keep_last", keep = {k} }}"#),
+            StyleSpec::Token(t) => format!(r#"{{ style = "token", token = "{t}" }}"#),
+            StyleSpec::TypeValid => r#"{ style = "type_valid" }"#.into(),
+            StyleSpec::Null => r#"{ style = "null" }"#.into(),
+        }
+    }
+
+    /// The merge order of overlapping matches: the greatest wins.
+    fn rank(&self) -> (u8, u32) {
+        match self {
+            StyleSpec::KeepLast(k) => (1, u32::MAX - k),
+            StyleSpec::Token(t) => (2, TOKENS.iter().position(|x| x == t).unwrap() as u32),
+            StyleSpec::Full => (3, 0),
+            StyleSpec::TypeValid => (4, 0),
+            StyleSpec::Null => (5, 0),
+        }
+    }
+}
+
+/// Sorted: overlapping token matches keep the greater token.
+const TOKENS: [&str; 2] = ["[REDACTED-LONG-TOKEN]", "[X]"];
+const WORDS: [&str; 4] = ["Lovelace", "Falcon", "Fal", "acme-secret"];
+
+fn style() -> impl Strategy<Value = StyleSpec> {
+    prop_oneof![
+        Just(StyleSpec::Full),
+        (0u32..6).prop_map(StyleSpec::KeepLast),
+        prop::sample::select(TOKENS.to_vec()).prop_map(StyleSpec::Token),
+        Just(StyleSpec::TypeValid),
+        Just(StyleSpec::Null),
+    ]
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Ty {
+    Text,
+    Variant,
+    Fixed0,
+    Fixed2,
+    Real,
+    Date,
+    Time,
+    Timestamp,
+    TimestampTz,
+    Boolean,
+    Binary,
+}
+
+impl Ty {
+    fn name(self) -> &'static str {
+        match self {
+            Ty::Text => "text",
+            Ty::Variant => "variant",
+            Ty::Fixed0 | Ty::Fixed2 => "fixed",
+            Ty::Real => "real",
+            Ty::Date => "date",
+            Ty::Time => "time",
+            Ty::Timestamp => "timestamp_ntz",
+            Ty::TimestampTz => "timestamp_tz",
+            Ty::Boolean => "boolean",
+            Ty::Binary => "binary",
+        }
+    }
+
+    fn is_text(self) -> bool {
+        matches!(self, Ty::Text | Ty::Variant)
+    }
+}
+
+#[derive(Debug, Clone)]
+struct ColSpec {
+    ty: Ty,
+    nullable: bool,
+    rule: Option<StyleSpec>,
+}
+
+#[derive(Debug, Clone)]
+struct Case {
+    columns: Vec<ColSpec>,
+    detectors: Vec<Option<StyleSpec>>,
+    dictionary: StyleSpec,
+    /// Cells: the value and, per character, whether to write it as a `\u` escape.
+    rows: Vec<Vec<Option<(String, u64)>>>,
+    chunk: bool,
+}
+
+const FRAGMENTS: &[&str] = &[
+    "hello",
+    " ",
+    ", ",
+    "é",
+    "日本",
+    "😀",
+    "\"",
+    "\\",
+    "\n",
+    "\t",
+    "Lovelace",
+    "Falcon",
+    "Falcon Lovelace",
+    "acme-secret",
+    "ada@example.com",
+    "x.y+z@mail.example.org",
+    "@",
+    "4111 1111 1111 1111",
+    "4111-1111-1111-1111",
+    "4532015112830366",
+    "4532015112830367",
+    "123-45-6789",
+    "078 05 1120",
+    "DE89 3704 0044 0532 0130 00",
+    "GB82WEST12345698765432",
+    "AKIAIOSFODNN7EXAMPLE",
+    "AIzaSyA-1234567890abcdefghijklmnopqrstu",
+    "ghp_a1B2a1B2a1B2a1B2a1B2a1B2a1B2a1B2a1B2",
+    "xoxb-123456789012-abcdef",
+    "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.c2ln",
+    "-----BEGIN PRIVATE KEY-----\nMIIE\n-----END PRIVATE KEY-----",
+    "1234567890123",
+    "0",
+];
+
+fn text_value() -> impl Strategy<Value = String> {
+    prop::collection::vec(prop::sample::select(FRAGMENTS.to_vec()), 0..6).prop_map(|parts| parts.concat())
+}
+
+fn typed_value(ty: Ty) -> BoxedStrategy<String> {
+    match ty {
+        Ty::Text => text_value().boxed(),
+        Ty::Variant => prop_oneof![
+            text_value().prop_map(|t| serde_json::to_string(&json!({"note": t})).unwrap()),
+            Just("12".to_string()),
+            Just("[1,2]".to_string()),
+        ]
+        .boxed(),
+        Ty::Fixed0 => prop_oneof![
+            any::<i32>().prop_map(|v| v.to_string()),
+            Just("4532015112830366".to_string()),
+            Just("-4111111111111111".to_string()),
+            Just("4532015112830367".to_string()),
+        ]
+        .boxed(),
+        Ty::Fixed2 => (any::<i32>(), 0u8..100).prop_map(|(a, b)| format!("{a}.{b:02}")).boxed(),
+        Ty::Real => {
+            prop_oneof![any::<f64>().prop_map(|f| f.to_string()), Just("NaN".into()), Just("-inf".into())].boxed()
+        }
+        Ty::Date => (-100_000i32..100_000).prop_map(|d| d.to_string()).boxed(),
+        Ty::Time => (0u32..86_400, 0u32..1_000_000_000).prop_map(|(s, f)| format!("{s}.{f:09}")).boxed(),
+        Ty::Timestamp => (-1i64 << 40..1 << 40, 0u32..1_000_000_000).prop_map(|(s, f)| format!("{s}.{f:09}")).boxed(),
+        Ty::TimestampTz => {
+            (0i64..1 << 34, 0u32..1_000_000_000, 600u32..2280).prop_map(|(s, f, z)| format!("{s}.{f:09} {z}")).boxed()
+        }
+        Ty::Boolean => prop::sample::select(vec!["1", "0", "true", "false"]).prop_map(String::from).boxed(),
+        Ty::Binary => prop::collection::vec(any::<u8>(), 0..6)
+            .prop_map(|b| b.iter().map(|x| format!("{x:02X}")).collect())
+            .boxed(),
+    }
+}
+
+fn ty() -> impl Strategy<Value = Ty> {
+    prop::sample::select(vec![
+        Ty::Text,
+        Ty::Text,
+        Ty::Text,
+        Ty::Variant,
+        Ty::Fixed0,
+        Ty::Fixed2,
+        Ty::Real,
+        Ty::Date,
+        Ty::Time,
+        Ty::Timestamp,
+        Ty::TimestampTz,
+        Ty::Boolean,
+        Ty::Binary,
+    ])
+}
+
+fn case() -> impl Strategy<Value = Case> {
+    let column = (ty(), any::<bool>(), prop::option::weighted(0.3, style())).prop_map(|(ty, nullable, rule)| ColSpec {
+        ty,
+        nullable,
+        rule,
+    });
+    (
+        prop::collection::vec(column, 1..6),
+        prop::collection::vec(prop::option::weighted(0.8, style()), DetectorKind::COUNT),
+        style(),
+        any::<bool>(),
+    )
+        .prop_flat_map(|(columns, detectors, dictionary, chunk)| {
+            let cells: Vec<BoxedStrategy<Option<(String, u64)>>> = columns
+                .iter()
+                .map(|c| prop::option::weighted(0.85, (typed_value(c.ty), any::<u64>())).boxed())
+                .collect();
+            let rows = prop::collection::vec(cells, 0..6);
+            (Just(columns), Just(detectors), Just(dictionary), rows, Just(chunk))
+        })
+        .prop_map(|(columns, detectors, dictionary, rows, chunk)| Case {
+            columns,
+            detectors,
+            dictionary,
+            rows,
+            chunk,
+        })
+}
+
+impl Case {
+    fn policy(&self) -> String {
+        let mut text = String::from("[masking.profiles.p.detectors]\n");
+        for (kind, style) in DetectorKind::ALL.iter().zip(&self.detectors) {
+            match style {
+                None => text.push_str(&format!("{} = false\n", kind.name())),
+                Some(style) => text.push_str(&format!("{} = {{ mask = {} }}\n", kind.name(), style.toml())),
+            }
+        }
+        let words: Vec<String> = WORDS.iter().map(|w| format!("{w:?}")).collect();
+        text.push_str(&format!(
+            "[masking.profiles.p.dictionary]\nwords = [{}]\nmask = {}\n",
+            words.join(", "),
+            self.dictionary.toml()
+        ));
+        for (i, column) in self.columns.iter().enumerate() {
+            if let Some(rule) = &column.rule {
+                text.push_str(&format!("[[masking.profiles.p.columns]]\nname = \"C{i}\"\nmask = {}\n", rule.toml()));
+            }
+        }
+        text
+    }
+
+    fn rowtype(&self) -> Value {
+        Value::Array(
+            self.columns
+                .iter()
+                .enumerate()
+                .map(|(i, c)| {
+                    let scale = if c.ty == Ty::Fixed2 { 2 } else { 0 };
+                    json!({"name": format!("C{i}"), "table": "T", "type": c.ty.name(), "scale": scale, "nullable": c.nullable})
+                })
+                .collect(),
+        )
+    }
+}
+
+/// Encodes a string as a JSON string token, writing characters as `\u` escapes where `bits` says
+/// (and always where JSON requires an escape).
+fn encode(value: &str, bits: u64) -> String {
+    let mut out = String::from("\"");
+    for (i, c) in value.chars().enumerate() {
+        let escape = bits >> (i % 64) & 1 == 1;
+        match c {
+            '"' => out.push_str(if escape { "\\u0022" } else { "\\\"" }),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str(if escape { "\\u000a" } else { "\\n" }),
+            '\t' => out.push_str("\\t"),
+            c if escape => {
+                let mut units = [0u16; 2];
+                for unit in c.encode_utf16(&mut units) {
+                    out.push_str(&format!("\\u{unit:04x}"));
+                }
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Format {
+    Json,
+    Arrow,
+}
+
+/// Spans of a decoded value: every occurrence of every word, and every detector's matches.
+fn reference_spans(case: &Case, value: &str) -> Vec<(usize, usize, StyleSpec)> {
+    let bytes = value.as_bytes();
+    let mut spans = Vec::new();
+    for word in WORDS {
+        for start in 0..bytes.len() {
+            if bytes[start..].starts_with(word.as_bytes()) {
+                spans.push((start, start + word.len(), case.dictionary.clone()));
+            }
+        }
+    }
+    for (kind, style) in DetectorKind::ALL.iter().zip(&case.detectors) {
+        if let Some(style) = style {
+            kind.find(bytes, &mut |s, e| spans.push((s, e, style.clone())));
+        }
+    }
+    spans.sort_by_key(|s| s.0);
+    let mut merged: Vec<(usize, usize, StyleSpec)> = Vec::new();
+    for (start, end, style) in spans {
+        match merged.last_mut() {
+            Some(last) if start < last.1 => {
+                last.1 = last.1.max(end);
+                if style.rank() > last.2.rank() {
+                    last.2 = style;
+                }
+            }
+            _ => merged.push((start, end, style)),
+        }
+    }
+    merged
+}
+
+fn reference_masked_text(value: &str, spans: &[(usize, usize, StyleSpec)], format: Format) -> String {
+    let mut out = String::new();
+    let mut at = 0;
+    for (start, end, style) in spans {
+        out.push_str(&value[at..*start]);
+        let part = &value[*start..*end];
+        match style {
+            StyleSpec::KeepLast(k) => {
+                let chars: Vec<char> = part.chars().collect();
+                let kept: String = chars[chars.len().saturating_sub(*k as usize)..].iter().collect();
+                out.push_str(&"*".repeat(part.len() - kept.len()));
+                out.push_str(&kept);
+            }
+            StyleSpec::Token(t) if t.len() <= part.len() => {
+                out.push_str(t);
+                if format == Format::Arrow {
+                    out.push_str(&" ".repeat(part.len() - t.len()));
+                }
+            }
+            _ => out.push_str(&"*".repeat(part.len())),
+        }
+        at = *end;
+    }
+    out.push_str(&value[at..]);
+    out
+}
+
+fn reference_type_valid(ty: Ty, value: &str) -> String {
+    if value.is_empty() {
+        return String::new();
+    }
+    let zero =
+        |v: &str| v.chars().map(|c| if matches!(c, '.' | 'e' | 'E' | '+') { c } else { '0' }).collect::<String>();
+    match ty {
+        Ty::Text => "*".repeat(value.len()),
+        Ty::Variant if value.len() >= 4 => "null".into(),
+        Ty::Variant | Ty::Boolean => "0".into(),
+        Ty::Binary => "0".repeat(value.len()),
+        Ty::TimestampTz => match value.split_once(' ') {
+            Some((seconds, zone)) => format!("{} {zone}", zero(seconds)),
+            None => zero(value),
+        },
+        _ => zero(value),
+    }
+}
+
+/// What one JSON cell should decode to after masking. `raw_len` is its token's length.
+fn reference_json_cell(case: &Case, column: &ColSpec, value: &str, raw_len: usize) -> Option<String> {
+    let fits_null = column.nullable && raw_len >= 4;
+    let whole = |style: &StyleSpec| -> Option<String> {
+        if *style == StyleSpec::Null && fits_null {
+            return None;
+        }
+        let text_style = matches!(style, StyleSpec::Full | StyleSpec::KeepLast(_) | StyleSpec::Token(_));
+        if column.ty.is_text() && text_style {
+            Some(reference_masked_text(value, &[(0, value.len(), style.clone())], Format::Json))
+        } else {
+            Some(reference_type_valid(column.ty, value))
+        }
+    };
+    if let Some(rule) = &column.rule {
+        return whole(rule);
+    }
+    if column.ty.is_text() {
+        let spans = reference_spans(case, value);
+        if spans.iter().any(|s| s.2 == StyleSpec::Null) && fits_null {
+            return None;
+        }
+        let masked = reference_masked_text(value, &spans, Format::Json);
+        // A VARIANT whose masks broke its JSON gets the type-valid mask instead.
+        if column.ty == Ty::Variant && !spans.is_empty() && serde_json::from_str::<Value>(&masked).is_err() {
+            return Some(reference_type_valid(column.ty, value));
+        }
+        return Some(masked);
+    }
+    let card = &case.detectors[DetectorKind::Card.index()];
+    if column.ty == Ty::Fixed0
+        && let Some(style) = card
+    {
+        let mut hit = false;
+        DetectorKind::Card.find(value.as_bytes(), &mut |_, _| hit = true);
+        if hit {
+            return whole(if *style == StyleSpec::Null { &StyleSpec::Null } else { &StyleSpec::TypeValid });
+        }
+    }
+    Some(value.to_owned())
+}
+
+fn check_json_case(case: &Case) -> Result<(), TestCaseError> {
+    let masker = masker(&case.policy());
+    let p = masker.profile("p").unwrap();
+    let rows_raw: Vec<String> = case
+        .rows
+        .iter()
+        .map(|row| {
+            let cells: Vec<String> =
+                row.iter().map(|c| c.as_ref().map_or("null".into(), |(v, bits)| encode(v, *bits))).collect();
+            format!("[{}]", cells.join(","))
+        })
+        .collect();
+    let rowtype = case.rowtype();
+    let (mut body, plan) = if case.chunk {
+        let columns = Column::from_rowtype_json(&serde_json::to_vec(&rowtype).unwrap()).unwrap();
+        (rows_raw.join(",\n").into_bytes(), Some(masker.plan(p, &columns)))
+    } else {
+        let text = format!(r#"{{"data":{{"rowtype":{},"rowset":[{}]}},"success":true}}"#, rowtype, rows_raw.join(","));
+        (text.into_bytes(), None)
+    };
+    let len = body.len();
+    let masked = masker.mask(p, &mut body, plan.as_ref(), &mut Scratch::default());
+    let masked = masked.map_err(|e| TestCaseError::fail(format!("{e}")))?;
+    prop_assert_eq!(body.len(), len);
+    prop_assert_eq!(masked.report.rows, case.rows.len() as u64);
+    let got: Vec<Vec<Option<String>>> = if case.chunk {
+        super::fixtures::chunk_rows(&body)
+    } else {
+        super::fixtures::decoded_rows(&body, "/data/rowset")
+    };
+    for (r, row) in case.rows.iter().enumerate() {
+        for (c, cell) in row.iter().enumerate() {
+            let column = &case.columns[c];
+            let expected = cell
+                .as_ref()
+                .and_then(|(value, bits)| reference_json_cell(case, column, value, encode(value, *bits).len()));
+            prop_assert_eq!(&got[r][c], &expected, "row {} column {} ({:?}) from {:?}", r, c, column, cell);
+            // Masked values decode under their type, unless a rule asked for text masks on JSON.
+            let text_rule = matches!(column.rule, Some(StyleSpec::Full | StyleSpec::KeepLast(_) | StyleSpec::Token(_)));
+            if let (Some(value), Some((original, _))) = (&got[r][c], cell)
+                && !(column.ty == Ty::Variant && text_rule)
+                && decodes_as(column.ty.name(), original)
+            {
+                prop_assert!(
+                    decodes_as(column.ty.name(), value),
+                    "{:?} no longer decodes as {}",
+                    value,
+                    column.ty.name()
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(config(400))]
+
+    #[test]
+    fn json_in_place_equals_the_reference(case in case()) {
+        check_json_case(&case)?;
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Arrow.
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Debug, Clone)]
+struct ArrowCase {
+    columns: Vec<ColSpec>,
+    detectors: Vec<Option<StyleSpec>>,
+    dictionary: StyleSpec,
+    rows: Vec<Vec<Option<String>>>,
+}
+
+fn arrow_ty() -> impl Strategy<Value = Ty> {
+    prop::sample::select(vec![Ty::Text, Ty::Text, Ty::Fixed0, Ty::Date, Ty::Boolean, Ty::Real])
+}
+
+fn arrow_value(ty: Ty) -> BoxedStrategy<String> {
+    match ty {
+        Ty::Text => text_value().boxed(),
+        Ty::Fixed0 => prop_oneof![
+            any::<i64>().prop_map(|v| v.to_string()),
+            Just("4532015112830366".into()),
+            Just("-4111111111111111".into())
+        ]
+        .boxed(),
+        Ty::Date => (-100_000i32..100_000).prop_map(|d| d.to_string()).boxed(),
+        Ty::Boolean => any::<bool>().prop_map(|b| b.to_string()).boxed(),
+        _ => any::<f64>().prop_filter("finite", |f| f.is_finite()).prop_map(|f| f.to_string()).boxed(),
+    }
+}
+
+fn arrow_case() -> impl Strategy<Value = ArrowCase> {
+    let column = (arrow_ty(), any::<bool>(), prop::option::weighted(0.3, style()))
+        .prop_map(|(ty, nullable, rule)| ColSpec { ty, nullable, rule });
+    (
+        prop::collection::vec(column, 1..6),
+        prop::collection::vec(prop::option::weighted(0.8, style()), DetectorKind::COUNT),
+        style(),
+    )
+        .prop_flat_map(|(columns, detectors, dictionary)| {
+            let cells: Vec<BoxedStrategy<Option<String>>> = columns
+                .iter()
+                .map(|c| {
+                    if c.nullable {
+                        prop::option::weighted(0.8, arrow_value(c.ty)).boxed()
+                    } else {
+                        arrow_value(c.ty).prop_map(Some).boxed()
+                    }
+                })
+                .collect();
+            (Just(columns), Just(detectors), Just(dictionary), prop::collection::vec(cells, 0..8))
+        })
+        .prop_map(|(columns, detectors, dictionary, rows)| ArrowCase { columns, detectors, dictionary, rows })
+}
+
+impl ArrowCase {
+    fn as_case(&self) -> Case {
+        Case {
+            columns: self.columns.clone(),
+            detectors: self.detectors.clone(),
+            dictionary: self.dictionary.clone(),
+            rows: Vec::new(),
+            chunk: true,
+        }
+    }
+
+    fn stream(&self) -> Vec<u8> {
+        let fields: Vec<Field> = self
+            .columns
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                let dt = match c.ty {
+                    Ty::Text => DataType::Utf8,
+                    Ty::Fixed0 => DataType::Int64,
+                    Ty::Date => DataType::Date32,
+                    Ty::Boolean => DataType::Boolean,
+                    _ => DataType::Float64,
+                };
+                Field::new(format!("C{i}"), dt, c.nullable)
+            })
+            .collect();
+        let schema = Arc::new(Schema::new(fields));
+        let arrays: Vec<ArrayRef> = self
+            .columns
+            .iter()
+            .enumerate()
+            .map(|(c, column)| {
+                let cells = self.rows.iter().map(|row| row[c].as_deref());
+                let array: ArrayRef = match column.ty {
+                    Ty::Text => Arc::new(StringArray::from_iter(cells)),
+                    Ty::Fixed0 => Arc::new(Int64Array::from_iter(cells.map(|v| v.map(|v| v.parse::<i64>().unwrap())))),
+                    Ty::Date => Arc::new(Date32Array::from_iter(cells.map(|v| v.map(|v| v.parse::<i32>().unwrap())))),
+                    Ty::Boolean => Arc::new(BooleanArray::from_iter(cells.map(|v| v.map(|v| v == "true")))),
+                    _ => Arc::new(Float64Array::from_iter(cells.map(|v| v.map(|v| v.parse::<f64>().unwrap())))),
+                };
+                array
+            })
+            .collect();
+        let batch = RecordBatch::try_new(schema.clone(), arrays).unwrap();
+        let mut out = Vec::new();
+        let mut writer = StreamWriter::try_new(&mut out, &schema).unwrap();
+        writer.write(&batch).unwrap();
+        writer.finish().unwrap();
+        drop(writer);
+        out
+    }
+
+    /// What a cell should read as after masking: `None` for NULL.
+    fn expected(&self, c: usize, value: &Option<String>) -> Option<String> {
+        let column = &self.columns[c];
+        let value = value.as_ref()?;
+        // NULL is writable only where arrow-rs wrote a validity bitmap: when the batch has nulls.
+        let has_bitmap = self.rows.iter().any(|row| row[c].is_none());
+        let can_null = column.nullable && has_bitmap;
+        let zero = || match column.ty {
+            Ty::Boolean => "false".to_string(),
+            _ => "0".to_string(),
+        };
+        let whole = |style: &StyleSpec| -> Option<String> {
+            if *style == StyleSpec::Null && can_null {
+                return None;
+            }
+            if column.ty != Ty::Text {
+                return Some(zero());
+            }
+            match style {
+                StyleSpec::TypeValid | StyleSpec::Null => Some("*".repeat(value.len())),
+                style => Some(reference_masked_text(value, &[(0, value.len(), style.clone())], Format::Arrow)),
+            }
+        };
+        if let Some(rule) = &column.rule {
+            return whole(rule);
+        }
+        match column.ty {
+            Ty::Text => {
+                let spans = reference_spans(&self.as_case(), value);
+                if spans.iter().any(|s| s.2 == StyleSpec::Null) && can_null {
+                    return None;
+                }
+                Some(reference_masked_text(value, &spans, Format::Arrow))
+            }
+            Ty::Fixed0 => {
+                let number: i64 = value.parse().unwrap();
+                let digits = number.unsigned_abs().to_string();
+                let card = (13..=19).contains(&digits.len()) && luhn_valid(digits.as_bytes());
+                match &self.detectors[DetectorKind::Card.index()] {
+                    Some(style) if card => {
+                        if *style == StyleSpec::Null && can_null {
+                            None
+                        } else {
+                            Some("0".into())
+                        }
+                    }
+                    _ => Some(value.clone()),
+                }
+            }
+            _ => Some(value.clone()),
+        }
+    }
+}
+
+fn arrow_cell(array: &ArrayRef, row: usize) -> Option<String> {
+    if array.is_null(row) {
+        return None;
+    }
+    let any = array.as_any();
+    Some(if let Some(a) = any.downcast_ref::<StringArray>() {
+        a.value(row).to_owned()
+    } else if let Some(a) = any.downcast_ref::<Int64Array>() {
+        a.value(row).to_string()
+    } else if let Some(a) = any.downcast_ref::<Date32Array>() {
+        a.value(row).to_string()
+    } else if let Some(a) = any.downcast_ref::<BooleanArray>() {
+        a.value(row).to_string()
+    } else {
+        any.downcast_ref::<Float64Array>().unwrap().value(row).to_string()
+    })
+}
+
+proptest! {
+    #![proptest_config(config(300))]
+
+    #[test]
+    fn arrow_in_place_equals_the_reference(case in arrow_case()) {
+        let masker = masker(&case.as_case().policy());
+        let p = masker.profile("p").unwrap();
+        let mut stream = case.stream();
+        let len = stream.len();
+        let rowtype = case.as_case().rowtype();
+        let columns = Column::from_rowtype_json(&serde_json::to_vec(&rowtype).unwrap()).unwrap();
+        let masked = masker.mask(p, &mut stream, Some(&masker.plan(p, &columns)), &mut Scratch::default());
+        let masked = masked.map_err(|e| TestCaseError::fail(format!("{e}")))?;
+        prop_assert_eq!(stream.len(), len);
+        prop_assert_eq!(masked.report.rows, case.rows.len() as u64);
+        // arrow-rs decodes (and validates: UTF-8, null counts) the masked stream.
+        let batches = read_arrow(&stream);
+        let batch = &batches[0];
+        for (r, row) in case.rows.iter().enumerate() {
+            for (c, value) in row.iter().enumerate() {
+                let got = arrow_cell(batch.column(c), r);
+                let expected = case.expected(c, value);
+                let expected = match (&expected, case.columns[c].ty) {
+                    (Some(v), Ty::Real) => Some(v.parse::<f64>().unwrap().to_string()),
+                    _ => expected,
+                };
+                prop_assert_eq!(got, expected, "row {} column {} ({:?}) from {:?}", r, c, case.columns[c], value);
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Canaries.
+// ---------------------------------------------------------------------------------------------
+
+const CANARY_POLICY: &str = r#"
+[masking.profiles.p.dictionary]
+words = ["Lovelace", "acme-secret"]
+"#;
+
+const CANARY_FRAGMENTS: &[&str] = &[
+    "Lovelace",
+    "acme-secret",
+    "ada@example.com",
+    "4532015112830366",
+    "4111 1111 1111 1111",
+    "123-45-6789",
+    "DE89370400440532013000",
+    "AKIAIOSFODNN7EXAMPLE",
+    "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.c2lnbmF0dXJl",
+];
+
+fn canary_cell() -> impl Strategy<Value = (String, u64)> {
+    (
+        prop::collection::vec(
+            prop_oneof![prop::sample::select(CANARY_FRAGMENTS.to_vec()), prop::sample::select(FRAGMENTS.to_vec())],
+            1..5,
+        ),
+        any::<u64>(),
+    )
+        .prop_map(|(parts, bits)| (parts.join(" "), bits))
+}
+
+/// Every string anywhere in a JSON value, decoded.
+fn strings_in(value: &Value, out: &mut Vec<String>) {
+    match value {
+        Value::String(s) => out.push(s.clone()),
+        Value::Array(items) => items.iter().for_each(|v| strings_in(v, out)),
+        Value::Object(map) => map.values().for_each(|v| strings_in(v, out)),
+        _ => {}
+    }
+}
+
+proptest! {
+    #![proptest_config(config(200))]
+
+    #[test]
+    fn no_canary_survives(rows in prop::collection::vec(prop::collection::vec(canary_cell(), 3), 1..6), shape in 0u8..3) {
+        let masker = masker(CANARY_POLICY);
+        let p = masker.profile("p").unwrap();
+        let rowtype = json!([
+            {"name": "A", "type": "text", "nullable": true},
+            {"name": "B", "type": "variant", "nullable": true},
+            {"name": "C", "type": "text", "nullable": false},
+        ]);
+        let raw_rows: Vec<String> = rows
+            .iter()
+            .map(|row| format!("[{}]", row.iter().map(|(v, b)| encode(v, *b)).collect::<Vec<_>>().join(",")))
+            .collect();
+        let mut body = match shape {
+            0 => format!(r#"{{"data":{{"rowtype":{rowtype},"rowset":[{}]}}}}"#, raw_rows.join(",")).into_bytes(),
+            1 => format!(r#"{{"resultSetMetaData":{{"rowType":{rowtype}}},"data":[{}]}}"#, raw_rows.join(",")).into_bytes(),
+            _ => {
+                let schema = Arc::new(Schema::new(vec![
+                    Field::new("A", DataType::Utf8, true),
+                    Field::new("B", DataType::Utf8, true),
+                    Field::new("C", DataType::Utf8, false),
+                ]));
+                let arrays: Vec<ArrayRef> = (0..3)
+                    .map(|c| Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r[c].0.clone()))) as ArrayRef)
+                    .collect();
+                let batch = RecordBatch::try_new(schema.clone(), arrays).unwrap();
+                let mut out = Vec::new();
+                let mut writer = StreamWriter::try_new(&mut out, &schema).unwrap();
+                writer.write(&batch).unwrap();
+                writer.finish().unwrap();
+                drop(writer);
+                out
+            }
+        };
+        masker.mask(p, &mut body, None, &mut Scratch::default()).map_err(|e| TestCaseError::fail(format!("{e}")))?;
+        let mut texts = vec![String::from_utf8_lossy(&body).into_owned()];
+        if shape < 2 {
+            strings_in(&serde_json::from_slice(&body).unwrap(), &mut texts);
+        }
+        for text in &texts {
+            for canary in CANARY_FRAGMENTS {
+                prop_assert!(!text.contains(canary), "{} survived in {}", canary, text);
+            }
+        }
+    }
+}

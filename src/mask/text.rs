@@ -1,0 +1,438 @@
+//! Value-level masking shared by the JSON and Arrow paths: cheap per-value statistics for the
+//! detector triggers (SWAR, eight bytes at a time), finding a value's matches, merging spans,
+//! and writing masks over decoded text in place. Knows nothing of JSON escapes nor Arrow
+//! buffers; never allocates (callers lend the span vector).
+
+use super::detect::{DetectorKind, Trigger};
+use super::plan::ValueType;
+use super::rules::{Dictionary, Found, Profile, RuleKind, Style};
+
+const ONES: u64 = 0x0101_0101_0101_0101;
+const HIGHS: u64 = 0x8080_8080_8080_8080;
+const LOWS: u64 = !HIGHS;
+
+/// High bit of each byte of `word` equal to `byte`, exactly (no carries between bytes).
+#[inline(always)]
+pub(crate) fn eq_bytes(word: u64, byte: u8) -> u64 {
+    let x = word ^ (ONES * u64::from(byte));
+    !(((x & LOWS).wrapping_add(LOWS)) | x | LOWS)
+}
+
+/// High bit of each byte of `word` that is an ASCII digit, exactly.
+#[inline(always)]
+pub(crate) fn digit_bytes(word: u64) -> u64 {
+    let low = word & LOWS;
+    let at_least_0 = low.wrapping_add(0x5050_5050_5050_5050);
+    let at_least_colon = low.wrapping_add(0x4646_4646_4646_4646);
+    at_least_0 & !at_least_colon & !word & HIGHS
+}
+
+/// How many bytes of a word have their high bit flagged (the flags SWAR classes return).
+/// A multiply instead of `count_ones`, which is a dozen instructions without POPCNT.
+#[inline(always)]
+pub(crate) fn count_flags(flags: u64) -> u32 {
+    ((flags >> 7).wrapping_mul(ONES) >> 56) as u32
+}
+
+#[inline(always)]
+pub(crate) fn load_word(bytes: &[u8], at: usize) -> u64 {
+    match bytes.get(at..at + 8) {
+        Some(eight) => {
+            u64::from_le_bytes([eight[0], eight[1], eight[2], eight[3], eight[4], eight[5], eight[6], eight[7]])
+        }
+        None => {
+            let mut padded = [0u8; 8];
+            let tail = &bytes[at.min(bytes.len())..];
+            padded[..tail.len()].copy_from_slice(tail);
+            u64::from_le_bytes(padded)
+        }
+    }
+}
+
+/// What the detector triggers need to know about a value.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Stats {
+    pub(crate) digits: u32,
+    pub(crate) at: bool,
+}
+
+impl Stats {
+    #[inline(always)]
+    pub(crate) fn add_word(&mut self, word: u64) {
+        self.digits += count_flags(digit_bytes(word));
+        self.at |= eq_bytes(word, b'@') != 0;
+    }
+}
+
+/// Counts digits and looks for `@` in `bytes`.
+#[inline]
+pub(crate) fn stats(bytes: &[u8]) -> Stats {
+    let mut stats = Stats::default();
+    let mut at = 0;
+    while at < bytes.len() {
+        // Bytes past the end load as zero: neither a digit nor `@`.
+        stats.add_word(load_word(bytes, at));
+        at += 8;
+    }
+    stats
+}
+
+/// A span of decoded text to mask, with the style that masks it and the rule kinds that found it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Span {
+    pub(crate) start: usize,
+    pub(crate) end: usize,
+    pub(crate) style: Style,
+    pub(crate) kinds: u32,
+}
+
+/// Sorts spans and merges overlapping ones; the stronger style masks a union.
+pub(crate) fn merge_spans(profile: &Profile, spans: &mut Vec<Span>) {
+    if spans.len() < 2 {
+        return;
+    }
+    spans.sort_unstable_by_key(|s| (s.start, std::cmp::Reverse(s.end)));
+    let mut kept = 0;
+    for i in 1..spans.len() {
+        let next = spans[i];
+        let last = &mut spans[kept];
+        if next.start < last.end {
+            last.end = last.end.max(next.end);
+            if next.style.stronger_than(last.style, &profile.tokens) {
+                last.style = next.style;
+            }
+            last.kinds |= next.kinds;
+        } else {
+            kept += 1;
+            spans[kept] = next;
+        }
+    }
+    spans.truncate(kept + 1);
+}
+
+/// Where the last `keep` characters of `text[start..end]` begin (UTF-8 boundaries).
+pub(crate) fn keep_from(text: &[u8], start: usize, end: usize, keep: u32) -> usize {
+    let mut at = end;
+    let mut kept = 0;
+    while at > start && kept < keep {
+        at -= 1;
+        while at > start && (text[at] & 0xC0) == 0x80 {
+            at -= 1;
+        }
+        kept += 1;
+    }
+    at
+}
+
+/// Runs the enabled detectors a value's statistics (and anchors found in it) trigger, adding
+/// their spans. `text` is the decoded value; `anchored` is a bit set of detectors whose anchors
+/// were found in it; `all` runs every enabled detector regardless (escaped values, references).
+pub(crate) fn detect_spans(
+    profile: &Profile,
+    text: &[u8],
+    stats: Stats,
+    anchored: u32,
+    all: bool,
+    spans: &mut Vec<Span>,
+) {
+    for kind in DetectorKind::ALL {
+        let Some(style) = profile.detector_style(kind) else { continue };
+        let run = all
+            || match kind.trigger() {
+                Trigger::At => stats.at,
+                Trigger::Digits { digits_min, len_min } => stats.digits >= digits_min && text.len() >= len_min as usize,
+                Trigger::Anchor => anchored & (1 << kind.index()) != 0,
+            };
+        if run {
+            let kinds = RuleKind::Detector(kind).bit();
+            kind.find(text, &mut |start, end| spans.push(Span { start, end, style, kinds }));
+        }
+    }
+}
+
+/// Handles one pattern found in a value: a word becomes a span, an anchor triggers its detector.
+#[inline]
+pub(crate) fn take_found(
+    dictionary: &Dictionary,
+    pattern: u32,
+    start: usize,
+    end: usize,
+    anchored: &mut u32,
+    spans: &mut Vec<Span>,
+) {
+    match dictionary.anchor_of(pattern) {
+        Some(kind) => *anchored |= 1 << kind.index(),
+        None => spans.push(Span { start, end, style: dictionary.style, kinds: RuleKind::Dictionary.bit() }),
+    }
+}
+
+/// Handles a found pattern and the shorter patterns that match at the same place, keeping only
+/// those that end by `limit` (a pattern may run past the value it starts in).
+#[inline]
+pub(crate) fn take_found_with_prefixes(
+    dictionary: &Dictionary,
+    found: Found,
+    limit: usize,
+    anchored: &mut u32,
+    spans: &mut Vec<Span>,
+) {
+    if found.end <= limit {
+        take_found(dictionary, found.pattern, found.start, found.end, anchored, spans);
+    }
+    for &prefix in dictionary.prefixes_of(found.pattern) {
+        let end = found.start + dictionary.pattern_len(prefix);
+        if end <= limit {
+            take_found(dictionary, prefix, found.start, end, anchored, spans);
+        }
+    }
+}
+
+/// Every dictionary match and anchor in `text` (a whole decoded value), overlapping ones included.
+pub(crate) fn dictionary_spans(dictionary: &Dictionary, text: &[u8], anchored: &mut u32, spans: &mut Vec<Span>) {
+    let mut from = 0;
+    while let Some(found) = dictionary.find(text, from, text.len()) {
+        take_found_with_prefixes(dictionary, found, text.len(), anchored, spans);
+        from = found.start + 1;
+    }
+}
+
+/// The dictionary searcher's position in a walk over many values in one haystack: the next
+/// match (found on bytes not yet masked), searched lazily up to `end`, restarting one byte
+/// after each match so that overlapping matches are all seen.
+pub(crate) struct MatchCursor {
+    next: Option<Found>,
+    from: usize,
+    end: usize,
+    done: bool,
+}
+
+impl MatchCursor {
+    pub(crate) fn new(dictionary: &Dictionary, from: usize, end: usize) -> MatchCursor {
+        MatchCursor { next: None, from, end, done: dictionary.is_empty() }
+    }
+
+    #[inline]
+    fn peek(&mut self, dictionary: &Dictionary, haystack: &[u8]) -> Option<Found> {
+        if self.next.is_none() && !self.done {
+            self.next = dictionary.find(haystack, self.from, self.end);
+            self.done = self.next.is_none();
+        }
+        self.next
+    }
+
+    /// Drops matches that start before `at` (they lie in values not scanned here).
+    #[inline]
+    pub(crate) fn advance_to(&mut self, dictionary: &Dictionary, haystack: &[u8], at: usize) {
+        if self.next.is_none() {
+            self.from = self.from.max(at);
+        }
+        while let Some(found) = self.peek(dictionary, haystack) {
+            if found.start >= at {
+                break;
+            }
+            self.next = None;
+            self.from = (found.start + 1).max(at);
+        }
+    }
+
+    /// Adds the spans and anchors of the value `haystack[start..end]`, relative to `start`.
+    #[inline]
+    pub(crate) fn collect(
+        &mut self,
+        dictionary: &Dictionary,
+        haystack: &[u8],
+        start: usize,
+        end: usize,
+        anchored: &mut u32,
+        spans: &mut Vec<Span>,
+    ) {
+        if self.done && self.next.is_none() {
+            return;
+        }
+        self.advance_to(dictionary, haystack, start);
+        while let Some(found) = self.peek(dictionary, haystack) {
+            if found.start >= end {
+                break;
+            }
+            let relative = Found { start: found.start - start, end: found.end - start, pattern: found.pattern };
+            take_found_with_prefixes(dictionary, relative, end - start, anchored, spans);
+            self.next = None;
+            self.from = found.start + 1;
+        }
+    }
+}
+
+/// Masks spans of a value in place without changing its length (Arrow text, and JSON text
+/// without escapes when no token shrinks it): `*` per byte, the last characters kept, or a
+/// token padded with spaces (or `*` when it does not fit).
+pub(crate) fn apply_spans_fixed_len(profile: &Profile, value: &mut [u8], spans: &[Span]) {
+    for span in spans {
+        let (start, end) = (span.start, span.end);
+        match span.style {
+            Style::Full | Style::TypeValid | Style::Null => value[start..end].fill(b'*'),
+            Style::KeepLast(keep) => {
+                let from = keep_from(value, start, end, keep);
+                value[start..from].fill(b'*');
+            }
+            Style::Token(index) => {
+                let token = profile.token(index);
+                if token.len() <= end - start {
+                    value[start..start + token.len()].copy_from_slice(token);
+                    value[start + token.len()..end].fill(b' ');
+                } else {
+                    value[start..end].fill(b'*');
+                }
+            }
+        }
+    }
+}
+
+/// The decoded text a value would read as once its spans are masked (JSON semantics: tokens
+/// exact), written into `out`, to check that masked JSON values stay JSON.
+pub(crate) fn masked_preview(profile: &Profile, text: &[u8], spans: &[Span], out: &mut Vec<u8>) {
+    out.clear();
+    let mut at = 0;
+    for span in spans {
+        out.extend_from_slice(&text[at..span.start]);
+        let part = &text[span.start..span.end];
+        match span.style {
+            Style::KeepLast(keep) => {
+                let from = keep_from(text, span.start, span.end, keep);
+                out.resize(out.len() + (from - span.start), b'*');
+                out.extend_from_slice(&text[from..span.end]);
+            }
+            Style::Token(index) if profile.token(index).len() <= part.len() => {
+                out.extend_from_slice(profile.token(index));
+            }
+            _ => out.resize(out.len() + part.len(), b'*'),
+        }
+        at = span.end;
+    }
+    out.extend_from_slice(&text[at..]);
+}
+
+/// A type-valid value written over `content` (decoded text of the value type), returning the
+/// new length (never longer). Numbers, dates and times keep their shape with every digit zero
+/// (`-12.50` → `000.00`; a TIMESTAMP_TZ keeps its offset); booleans become `0`; binary hex
+/// becomes `0`s; JSON becomes `null` (or `0` when shorter than four bytes); text becomes `*`s.
+pub(crate) fn type_valid_text(value_type: ValueType, content: &mut [u8]) -> usize {
+    let len = content.len();
+    if len == 0 {
+        return 0;
+    }
+    match value_type {
+        ValueType::Text => {
+            content.fill(b'*');
+            len
+        }
+        ValueType::Json => {
+            if len >= 4 {
+                content[..4].copy_from_slice(b"null");
+                4
+            } else {
+                content[0] = b'0';
+                1
+            }
+        }
+        ValueType::Boolean => {
+            content[0] = b'0';
+            1
+        }
+        ValueType::Binary => {
+            content.fill(b'0');
+            len
+        }
+        ValueType::TimestampTz => {
+            let numeric_end = memchr::memchr(b' ', content).unwrap_or(len);
+            zero_number_shape(&mut content[..numeric_end]);
+            len
+        }
+        ValueType::Fixed { .. }
+        | ValueType::Real
+        | ValueType::Date
+        | ValueType::Time
+        | ValueType::Timestamp
+        | ValueType::Interval => {
+            zero_number_shape(content);
+            len
+        }
+    }
+}
+
+/// Every byte other than `.`, `e`, `E` and `+` becomes `0`: `-1.5e-3` → `00.0e00`, `NaN` → `000`.
+fn zero_number_shape(content: &mut [u8]) {
+    for b in content {
+        if !matches!(*b, b'.' | b'e' | b'E' | b'+') {
+            *b = b'0';
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn swar_classes_are_exact() {
+        for byte in 0..=255u8 {
+            let word = u64::from_le_bytes([b'x', byte, b'y', byte, 0x80, byte, b'"', byte]);
+            let digits = digit_bytes(word);
+            let expected = if byte.is_ascii_digit() { 4 } else { 0 };
+            assert_eq!(digits.count_ones(), expected, "byte {byte:#x}");
+            let at = eq_bytes(word, b'@').count_ones();
+            assert_eq!(at, if byte == b'@' { 4 } else { 0 });
+            let quotes = eq_bytes(word, b'"').count_ones();
+            assert_eq!(quotes, if byte == b'"' { 5 } else { 1 });
+        }
+    }
+
+    #[test]
+    fn stats_count_digits_and_at() {
+        assert_eq!(stats(b""), Stats { digits: 0, at: false });
+        assert_eq!(stats(b"ada42@example.com"), Stats { digits: 2, at: true });
+        assert_eq!(stats("4111 1111 1111 1111é".as_bytes()), Stats { digits: 16, at: false });
+    }
+
+    #[test]
+    fn merges_overlaps_with_the_stronger_style() {
+        let profile = crate::mask::rules::compile_profile("p", &Default::default()).unwrap();
+        let span = |start, end, style| Span { start, end, style, kinds: 1 << start };
+        let mut spans = vec![span(5, 9, Style::KeepLast(2)), span(0, 3, Style::Full), span(2, 6, Style::KeepLast(1))];
+        merge_spans(&profile, &mut spans);
+        assert_eq!(spans.len(), 1);
+        assert_eq!((spans[0].start, spans[0].end, spans[0].style), (0, 9, Style::Full));
+        assert_eq!(spans[0].kinds, 1 | 4 | 32);
+        let mut apart = vec![span(4, 6, Style::Full), span(0, 4, Style::Full)];
+        merge_spans(&profile, &mut apart);
+        assert_eq!(apart.len(), 2);
+    }
+
+    #[test]
+    fn keep_from_counts_characters() {
+        let text = "abcdé".as_bytes();
+        assert_eq!(keep_from(text, 0, text.len(), 1), 4);
+        assert_eq!(keep_from(text, 0, text.len(), 2), 3);
+        assert_eq!(keep_from(text, 0, text.len(), 10), 0);
+        assert_eq!(keep_from(text, 2, text.len(), 10), 2);
+    }
+
+    #[test]
+    fn type_valid_values_keep_their_shape() {
+        let check = |vt, input: &str| {
+            let mut bytes = input.as_bytes().to_vec();
+            let len = type_valid_text(vt, &mut bytes);
+            String::from_utf8(bytes[..len].to_vec()).unwrap()
+        };
+        assert_eq!(check(ValueType::Fixed { scale: 2 }, "-12.50"), "000.00");
+        assert_eq!(check(ValueType::Real, "1.5e-3"), "0.0e00");
+        assert_eq!(check(ValueType::Real, "NaN"), "000");
+        assert_eq!(check(ValueType::Date, "18262"), "00000");
+        assert_eq!(check(ValueType::Timestamp, "1700000000.123456789"), "0000000000.000000000");
+        assert_eq!(check(ValueType::TimestampTz, "1700000000.000000000 1500"), "0000000000.000000000 1500");
+        assert_eq!(check(ValueType::Boolean, "true"), "0");
+        assert_eq!(check(ValueType::Binary, "DEADBEEF"), "00000000");
+        assert_eq!(check(ValueType::Json, "{\"a\":1}"), "null");
+        assert_eq!(check(ValueType::Json, "12"), "0");
+        assert_eq!(check(ValueType::Text, "abc"), "***");
+    }
+}
