@@ -193,6 +193,9 @@ pub struct SealedFooter {
     pub footer: Footer,
     /// The trailer.
     pub trailer: Trailer,
+    /// Where the footer frame is (right before the trailer); the trailer's `footer_offset`
+    /// must be the same, and verify checks it.
+    pub footer_offset: u64,
     /// The footer frame's bytes (what the MAC covers, with the segment header).
     pub footer_frame: Vec<u8>,
 }
@@ -309,17 +312,18 @@ impl SegmentReader {
         }
         let trailer =
             Trailer::decode(&trailer_bytes).map_err(|e| self.error(trailer_offset, None, ReadErrorKind::Trailer(e)))?;
+        // The footer sits right before the trailer: its place follows from its length, so a
+        // change of size earlier in the file still leaves the (authenticated) footer readable,
+        // and verify can name the batch that changed. The trailer's own offset must agree.
         let frame_len = u64::from(trailer.footer_frame_len);
-        if trailer.footer_offset < SEGMENT_HEADER_BYTES as u64
-            || trailer.footer_offset.checked_add(frame_len) != Some(trailer_offset)
-            || frame_len > (limits::FOOTER_BYTES_MAX + FOOTER_HEADER_BYTES) as u64
-        {
-            return Err(self.error(trailer_offset, None, ReadErrorKind::Trailer(StructureError::OutOfRange)));
-        }
-        let footer_frame = self.read_at(trailer.footer_offset, frame_len as usize)?;
-        let footer =
-            decode_footer_frame(&footer_frame).map_err(|kind| self.error(trailer.footer_offset, None, kind))?;
-        Ok(Some(SealedFooter { footer, trailer, footer_frame }))
+        let footer_offset = trailer_offset
+            .checked_sub(frame_len)
+            .filter(|&offset| offset >= SEGMENT_HEADER_BYTES as u64)
+            .filter(|_| frame_len <= (limits::FOOTER_BYTES_MAX + FOOTER_HEADER_BYTES) as u64)
+            .ok_or_else(|| self.error(trailer_offset, None, ReadErrorKind::Trailer(StructureError::OutOfRange)))?;
+        let footer_frame = self.read_at(footer_offset, frame_len as usize)?;
+        let footer = decode_footer_frame(&footer_frame).map_err(|kind| self.error(footer_offset, None, kind))?;
+        Ok(Some(SealedFooter { footer, trailer, footer_offset, footer_frame }))
     }
 
     /// The segment file's path.
@@ -355,7 +359,7 @@ impl SegmentReader {
     /// Reads and checks the batch at `offset`. `expected_first_index`, when given, is the
     /// record index its place in the chain gives it.
     pub fn read_batch(&self, offset: u64, expected_first_index: Option<u64>) -> Result<Batch, ReadError> {
-        let limit = self.sealed.as_ref().map_or(self.len, |s| s.trailer.footer_offset);
+        let limit = self.sealed.as_ref().map_or(self.len, |s| s.footer_offset);
         let at_fault = |kind| self.error(offset, expected_first_index, kind);
         if offset.checked_add(BATCH_HEADER_BYTES as u64).is_none_or(|end| end > limit) {
             return Err(at_fault(ReadErrorKind::BatchTruncated));
@@ -614,7 +618,7 @@ impl Iterator for Scan<'_> {
             return None;
         }
         let reader = self.reader;
-        let footer_offset = reader.sealed.as_ref().map(|s| s.trailer.footer_offset);
+        let footer_offset = reader.sealed.as_ref().map(|s| s.footer_offset);
         if Some(self.offset) == footer_offset {
             self.end = Some(ScanEnd::Footer { offset: self.offset });
             return None;
@@ -750,6 +754,41 @@ impl Recording {
             Ok(reader) => reader.records().collect::<Vec<_>>(),
             Err(e) => vec![Err(e)],
         })
+    }
+
+    /// Record `index` of core `core_id` (a response's request, say): through footers where
+    /// sealed, decompressing one batch; by scanning an open segment.
+    pub fn record(&self, core_id: u16, index: u64) -> Result<Option<Record>, ReadError> {
+        for segment in self.segments.iter().filter(|s| s.core_id == core_id) {
+            let reader = self.segment(segment)?;
+            let first = reader.header().first_record_index;
+            if index < first {
+                return Ok(None);
+            }
+            match reader.sealed() {
+                Some(sealed) => {
+                    let footer = &sealed.footer;
+                    if index >= first + footer.record_count {
+                        continue;
+                    }
+                    let position = footer.batches.partition_point(|b| b.first_record_index <= index);
+                    let Some(entry) = position.checked_sub(1).map(|p| &footer.batches[p]) else {
+                        return Ok(None);
+                    };
+                    let batch = reader.read_batch(entry.offset, Some(entry.first_record_index))?;
+                    return Ok(batch.records.into_iter().find(|r| r.index == index));
+                }
+                None => {
+                    for record in reader.records() {
+                        let record = record?;
+                        if record.index == index {
+                            return Ok(Some(record));
+                        }
+                    }
+                }
+            }
+        }
+        Ok(None)
     }
 
     /// The records carrying `key`, in every segment, through footer indexes where sealed.

@@ -494,7 +494,6 @@ fn every_bit_flip_in_a_sample_of_records_names_the_segment_and_record() {
                     .unwrap()
                     .sealed()
                     .unwrap()
-                    .trailer
                     .footer_offset
             },
             |b| b.1,
@@ -515,7 +514,6 @@ fn every_bit_flip_in_a_sample_of_records_names_the_segment_and_record() {
         .unwrap()
         .sealed()
         .unwrap()
-        .trailer
         .footer_offset;
     let header_and_footer = (0..96 * 8).chain(footer_offset * 8..original.len() as u64 * 8);
     for bit in header_and_footer.step_by(3) {

@@ -55,7 +55,7 @@ impl From<ReadError> for Problem {
     fn from(error: ReadError) -> Problem {
         let mut description = error.kind.to_string();
         if error.torn_tail {
-            description.push_str(" (torn tail: a crash in mid-write, not yet recovered)");
+            description.push_str(" (the damage runs to the end of the file: a torn write or a cut)");
         }
         Problem { path: error.path, offset: Some(error.offset), record_index: error.record_index, description }
     }
@@ -163,10 +163,14 @@ impl Verifier<'_> {
         for (position, segment) in segments.iter().enumerate() {
             let path = self.recording.path(segment);
             if segment.sequence != expected_sequence {
-                let description = format!(
-                    "segments {expected_sequence} to {} of core {core_id} are missing",
-                    segment.sequence.saturating_sub(1)
-                );
+                let description = if segment.sequence == expected_sequence + 1 {
+                    format!("segment {expected_sequence} of core {core_id} is missing")
+                } else {
+                    format!(
+                        "segments {expected_sequence} to {} of core {core_id} are missing",
+                        segment.sequence.saturating_sub(1)
+                    )
+                };
                 report.problem(path.clone(), None, None, description);
                 continuation.chain_head = None;
                 continuation.next_record_index = None;
@@ -313,8 +317,8 @@ impl Verifier<'_> {
             }
             return Continuation { chain_head: Some(chain), next_record_index: Some(next_index), seal: None };
         };
-        progress(reader.len() - sealed.trailer.footer_offset);
-        let footer_offset = Some(sealed.trailer.footer_offset);
+        progress(reader.len() - sealed.footer_offset);
+        let footer_offset = Some(sealed.footer_offset);
         if authentic.is_none() {
             let description = "footer MAC mismatch: the footer or header was altered, or sealed with another key";
             report.problem(path, footer_offset, None, description.into());
@@ -349,6 +353,9 @@ impl Verifier<'_> {
             mismatch(None, footer_offset, "the footer's totals do not match the segment".into());
         } else if footer.index != index {
             mismatch(None, footer_offset, "the footer's index does not match the records".into());
+        } else if sealed.trailer.footer_offset != sealed.footer_offset {
+            let description = "the trailer does not point at the footer (bytes were inserted or removed)";
+            mismatch(None, footer_offset, description.into());
         }
         Continuation {
             chain_head: Some(footer.chain_head),

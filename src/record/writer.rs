@@ -439,7 +439,7 @@ impl SegmentWriter {
         let error = |kind| {
             corrupt(ReadError {
                 path: path.to_owned(),
-                offset: sealed.trailer.footer_offset,
+                offset: sealed.footer_offset,
                 record_index: None,
                 torn_tail: false,
                 kind,
@@ -447,6 +447,9 @@ impl SegmentWriter {
         };
         if !mac_equal(&mac, &sealed.trailer.mac) {
             return Err(error(ReadErrorKind::FooterMac));
+        }
+        if sealed.trailer.footer_offset != sealed.footer_offset {
+            return Err(error(ReadErrorKind::Trailer(super::format::StructureError::OutOfRange)));
         }
         if sealed.footer.first_record_index != reader.header().first_record_index {
             return Err(error(ReadErrorKind::FooterMismatch("first record index")));
