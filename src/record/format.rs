@@ -549,6 +549,29 @@ impl Trailer {
     }
 }
 
+/// A whole batch (header and zstd frame) holding these record bodies, each given its
+/// `len | crc` prefix. The writer builds batches in its own reused buffers; this is for
+/// tests and fuzzing, which need valid framing around arbitrary bodies.
+pub fn encode_batch(first_record_index: u64, bodies: &[&[u8]], zstd_level: i32) -> std::io::Result<Vec<u8>> {
+    let mut payload = Vec::new();
+    for body in bodies {
+        payload.extend_from_slice(&(body.len() as u32).to_le_bytes());
+        payload.extend_from_slice(&crc32c::crc32c(body).to_le_bytes());
+        payload.extend_from_slice(body);
+    }
+    let compressed = zstd::bulk::compress(&payload, zstd_level)?;
+    let header = BatchHeader {
+        compressed_len: compressed.len() as u32,
+        uncompressed_len: payload.len() as u32,
+        n_records: bodies.len() as u32,
+        first_record_index,
+        payload_crc: crc32c::crc32c(&compressed),
+    };
+    let mut out = header.encode().to_vec();
+    out.extend_from_slice(&compressed);
+    Ok(out)
+}
+
 /// Bytes the footer of `n_batches` batches and these index keys will take, for rotation.
 pub fn footer_bytes_estimate(n_batches: usize, index_key_bytes: usize, index_refs: usize) -> usize {
     FOOTER_HEADER_BYTES + FOOTER_FIXED_BYTES + 4 + n_batches * BATCH_ENTRY_BYTES + index_key_bytes + index_refs * 4

@@ -271,6 +271,17 @@ impl Frame {
             }
     }
 
+    /// Appends the frame's canonical record body, as record `record_index`, to `out` (what the
+    /// writer stores, less the `len | crc` prefix, and before any credential scrubbing). A
+    /// response's link must be resolved (it is once its request was written, or read back).
+    pub fn encode_body(&self, record_index: u64, out: &mut Vec<u8>) {
+        let request_record = match self {
+            Frame::Response(r) => r.request.as_ref().and_then(RequestLink::record_index),
+            _ => None,
+        };
+        encode_body(self, record_index, request_record, out);
+    }
+
     /// Checks the frame against the format's limits; the recorder refuses frames that fail.
     pub fn check_limits(&self) -> Result<(), LimitExceeded> {
         let short = |field: &'static str, value: Option<&str>| match value {

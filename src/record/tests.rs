@@ -543,6 +543,13 @@ fn verify_catches_missing_reordered_and_cut_segments() {
     // ...unless retention is declared, and then the rest verifies.
     let options = VerifyOptions { allow_partial_start: true, ..VerifyOptions::default() };
     assert!(verify(&open_recording(&copy), &KEY, &options, &mut |_| {}).is_ok());
+    // A core whose every segment is gone shows only against the expected core count.
+    let copy = storage.fork();
+    copy.remove(&segment_path(0));
+    copy.remove(&segment_path(1));
+    let options = VerifyOptions { expected_cores: Some(1), ..VerifyOptions::default() };
+    let report = verify(&open_recording(&copy), &KEY, &options, &mut |_| {});
+    assert!(report.problems.iter().any(|p| p.description.contains("no segments for core 0")), "{:?}", report.problems);
     // Another key.
     assert!(!verify(&open_recording(&storage), &[8; 32], &VerifyOptions::default(), &mut |_| {}).is_ok());
     // A duplicate under the next name.

@@ -21,6 +21,9 @@ pub struct VerifyOptions {
     /// Accept a core whose earliest segments were removed (retention): the chain is checked
     /// from the first segment present.
     pub allow_partial_start: bool,
+    /// The gateway's number of cores, when known: each of cores `0..n` must have segments
+    /// (a core whose every segment was deleted leaves no trace in the others' files).
+    pub expected_cores: Option<u16>,
     /// Reader limits.
     pub reader: ReaderOptions,
 }
@@ -126,6 +129,18 @@ pub fn verify(
     let mut by_core: BTreeMap<u16, Vec<&SegmentName>> = BTreeMap::new();
     for segment in recording.segments() {
         by_core.entry(segment.core_id).or_default().push(segment);
+    }
+    if let Some(n_cores) = options.expected_cores {
+        for core_id in 0..n_cores {
+            if !by_core.contains_key(&core_id) {
+                let description = format!("no segments for core {core_id} (expected {n_cores} cores)");
+                report.problem(recording.directory().to_owned(), None, None, description);
+            }
+        }
+        for &core_id in by_core.keys().filter(|&&core_id| core_id >= n_cores) {
+            let description = format!("segments for core {core_id}, but only {n_cores} cores were expected");
+            report.problem(recording.directory().to_owned(), None, None, description);
+        }
     }
     let verifier = Verifier { recording, mac_key: mac_key(sealing_key), options: *options };
     for (core_id, segments) in by_core {

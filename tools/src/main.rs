@@ -34,18 +34,27 @@ enum Command {
     Dev(dev::DevCommand),
 }
 
-fn main() -> anyhow::Result<ExitCode> {
-    match Args::parse().command {
+/// Exit status 0 on success, 1 when `verify` found a problem, 2 on any other error (usage,
+/// I/O, an unreadable recording), so scripts can tell a tampered recording from a typo.
+fn main() -> ExitCode {
+    match run(Args::parse().command) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(1),
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run(command: Command) -> anyhow::Result<bool> {
+    match command {
         Command::Cat(args) => recording::cat(args)?,
         Command::Search(args) => recording::search(args)?,
-        Command::Verify(args) => {
-            if !recording::run_verify(args)? {
-                return Ok(ExitCode::from(1));
-            }
-        }
+        Command::Verify(args) => return recording::run_verify(args),
         Command::Export(args) => recording::export(args)?,
         Command::Stats(args) => recording::stats(args)?,
         Command::Dev(command) => dev::run(command)?,
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(true)
 }

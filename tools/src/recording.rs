@@ -359,6 +359,9 @@ pub struct VerifyArgs {
     /// Accept a directory whose earliest segments were removed (retention).
     #[arg(long)]
     allow_partial_start: bool,
+    /// The gateway's number of cores: each core must have segments.
+    #[arg(long)]
+    cores: Option<u16>,
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
@@ -371,6 +374,7 @@ pub fn run_verify(args: VerifyArgs) -> anyhow::Result<bool> {
     let options = VerifyOptions {
         allow_open: args.allow_open,
         allow_partial_start: args.allow_partial_start,
+        expected_cores: args.cores,
         ..Default::default()
     };
     let report = verify(&recording, &key, &options, &mut |bytes| bar.inc(bytes));

@@ -323,6 +323,15 @@ fn a_rechained_segment_breaks_the_link_to_the_next_one_even_with_the_key() {
 }
 
 #[test]
+fn an_unreadable_key_is_a_usage_error_not_a_verdict() {
+    let fixture = fixture();
+    std::fs::write(&fixture.key_file, "not a key").unwrap();
+    let output = verify(&fixture);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("recording.key"));
+}
+
+#[test]
 fn a_wrong_key_or_a_stray_file_fails() {
     let fixture = fixture();
     std::fs::write(&fixture.key_file, "00".repeat(32)).unwrap();
