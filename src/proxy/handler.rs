@@ -13,7 +13,7 @@ use super::{Core, unix_seconds};
 use crate::http::gzip::{self, GunzipError};
 use crate::http::{Headers, Method, RequestHead};
 use crate::identity::{AuthError, Identity, JwksSource};
-use crate::record::{Decision, Frame};
+use crate::record::{Decision, Principal, RequestFrame, ResponseFrame};
 use crate::session::credential::UpstreamCredential;
 use crate::session::login::{self, LoginError, SessionOwner};
 use crate::session::query::{parse_query_request, summarize_answer};
@@ -72,38 +72,49 @@ impl Capture {
         self.session_id = claims.session_id;
     }
 
-    /// Builds the frame once the answer is known.
-    pub fn into_frame(self, core_id: u16, answer: &Answer, started_at_unix_us: u64, total_us: u64) -> Frame {
+    /// Builds the request and response frames once the answer is known; the caller links
+    /// the response to the request's ticket.
+    pub fn into_frames(
+        self,
+        answer: &Answer,
+        started_at_unix_us: u64,
+        answered_at_unix_us: u64,
+        total_us: u64,
+    ) -> (RequestFrame, ResponseFrame) {
         let summary = summarize_answer(&answer.body).unwrap_or_default();
         let decision = match self.refused_code {
             Some(code) => Decision::Refused { code },
             None => Decision::Allowed,
         };
-        Frame {
-            core_id,
-            endpoint: if self.endpoint.is_empty() { "unknown" } else { self.endpoint },
-            started_at_unix_us,
-            upstream_us: self.upstream_us,
-            total_us,
-            sub: self.sub,
-            role: self.role,
+        let endpoint = if self.endpoint.is_empty() { "unknown" } else { self.endpoint };
+        let request = RequestFrame {
+            time_unix_us: started_at_unix_us,
+            endpoint: endpoint.into(),
+            principal: Principal { sub: self.sub, role: self.role, groups: Vec::new() },
             session_id: self.session_id,
             request_id: self.request_id,
-            query_id: self.query_id.or(summary.query_id),
-            sql_text: self.sql_text,
+            query_id: self.query_id.clone(),
+            statement: self.sql_text,
             bindings: self.bindings,
             agent_context: self.agent_context,
             query_tag: self.query_tag,
             decision,
+            body: self.request_body,
+        };
+        let response = ResponseFrame {
+            time_unix_us: answered_at_unix_us,
+            endpoint: endpoint.into(),
+            request: None,
+            query_id: self.query_id.or(summary.query_id),
             status: answer.status,
             code: summary.code,
             success: Some(summary.success),
             rows: summary.total_rows,
-            request_bytes: self.request_body.len() as u64,
-            response_bytes: answer.body.len() as u64,
-            request_body: self.request_body,
-            response_body: answer.body.clone(),
-        }
+            upstream_us: self.upstream_us,
+            total_us,
+            body: answer.body.clone(),
+        };
+        (request, response)
     }
 }
 

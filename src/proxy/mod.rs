@@ -30,7 +30,7 @@ use tracing::{debug, info, warn};
 use crate::config::Config;
 use crate::http::{HeadWriter, Headers, is_hop_by_hop};
 use crate::identity::{JwksSource, Verifier};
-use crate::record::Recorder;
+use crate::record::{Frame, Recorder, RecorderConfig};
 use crate::session::token::Sealer;
 use io::{Conn, ReadError, Stream};
 use upstream::{Endpoint, Pool};
@@ -147,9 +147,14 @@ impl Core {
             limits: c.limits,
         };
         let pool = Pool::new(endpoint, c.runtime.upstream_pool_size, c.runtime.read_buffer_bytes);
-        let recorder = Recorder::start(&c.recording_dir, id, 4096).map_err(|source| StartError::Io {
-            what: format!("recording directory {}", c.recording_dir.display()),
-            source,
+        // Until the configuration carries a recording key, it is derived from the token
+        // sealing key (domain-separated, so neither key can stand in for the other).
+        let sealing_key = blake3::derive_key("snowgate interim recording key v1", &c.seal_keys[0]);
+        let recorder = Recorder::start(RecorderConfig::new(&c.recording_dir, id as u16, sealing_key)).map_err(|e| {
+            StartError::Io {
+                what: format!("recording directory {}", c.recording_dir.display()),
+                source: std::io::Error::other(e),
+            }
         })?;
         Ok(Core { id, gateway, pool, recorder, open_connections: Cell::new(0), idle: IdleWaiters::default() })
     }
@@ -268,10 +273,14 @@ impl Core {
     }
 
     fn record(&self, capture: handler::Capture, answer: &handler::Answer, started_at_unix_us: u64, total_us: u64) {
-        let frame = capture.into_frame(self.id as u16, answer, started_at_unix_us, total_us);
-        if self.recorder.submit(frame).is_err() {
+        let (request, mut response) = capture.into_frames(answer, started_at_unix_us, unix_micros(), total_us);
+        let submitted = self.recorder.submit(Frame::Request(request)).and_then(|ticket| {
+            response.request = Some(ticket.link());
+            self.recorder.submit(Frame::Response(response))
+        });
+        if let Err(e) = submitted {
             self.gateway.metrics.frames_dropped.fetch_add(1, Ordering::Relaxed);
-            warn!(core = self.id, "Recorder queue full: a frame was not recorded.");
+            warn!(core = self.id, error = %e, "A frame was not recorded.");
         }
     }
 }

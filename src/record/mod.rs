@@ -1,240 +1,191 @@
-//! Statement capture: the [`Frame`] each request becomes, and the per-core recorder it is
-//! handed to through a bounded lock-free queue.
+//! Recording: the [`Frame`]s every exchange becomes, the per-core [`Recorder`] they are handed
+//! to, the segment files it writes, and the reader and verifier `snowgate-tools` uses. Frames
+//! and the format are pure; the recorder thread and the reader do file I/O only through
+//! [`storage::Storage`], never network I/O.
 //!
-//! This is the minimal writer the gateway issue calls for: one JSON line of metadata per frame
-//! in `core-<n>.jsonl`, written by a thread per core. The bodies travel in the frame as
-//! `Bytes` handles (no copy) for the segment writer that replaces this one.
+//! # Using it from a core
+//!
+//! ```text
+//! let recorder = Recorder::start(RecorderConfig::new(dir, core_id, sealing_key))?;   // recovers first
+//! // Before forwarding: the request record must be accepted (and in `strict` mode durable).
+//! let request = recorder.submit(Frame::Request(..)).map_err(refuse)?;       // non-blocking
+//! let link = request.link();
+//! if recorder.durability().hold_request_until_durable() { request.durable().await.map_err(refuse)?; }
+//! // ... forward, read the answer ...
+//! let response = recorder.submit(Frame::Response(ResponseFrame { request: Some(link), .. }))?;
+//! if recorder.durability().hold_answer_until_durable() { response.durable().await?; }   // `batch`, `strict`
+//! // ... write the answer downstream ...
+//! ```
+//! `submit` fails (`RecordUnavailable`) when the queue is full, the disk is failing (writes are
+//! retried: service resumes when space returns), the recorder has failed (an fsync error:
+//! never retried, the recorder must be restarted) or a field is over its limit. The gateway
+//! then refuses the statement. Dropping a [`Recorder`] drains its queue and seals its segment.
+//!
+//! # Durability modes
+//! - `none`: records reach the page cache; a ticket is durable once written.
+//! - `batch`: group commit: the writer fsyncs at most every `interval`; tickets complete after
+//!   the fsync that covers them. The gateway releases an answer once its record is durable.
+//! - `strict`: the writer fsyncs after every write; the gateway forwards a statement only
+//!   once its request record is durable.
+//!
+//! An fsync error is never retried as if it succeeded (after a writeback error Linux may have
+//! dropped the dirty pages, and a second fsync reports success without them): the recorder
+//! fails every waiting ticket, refuses every later frame, and logs it. A write error
+//! (ENOSPC, EFBIG, EIO on write) cuts the file back to the last whole batch, fails that
+//! batch's tickets, refuses frames, and retries by writing a `recorder_error` event (which
+//! records how many accepted records were lost); once that is written, service resumes.
+//!
+//! # Recovery
+//! On start, each core's last segment is checked. A sealed one is left alone. An open one is
+//! scanned: a torn tail (damage running to the end of the file, with no valid frame after it)
+//! is cut back to the last whole batch, the segment is sealed (`recovered`), and a
+//! `recovery_performed` event opens the next segment. Damage with valid frames after it is
+//! corruption: [`Recorder::start`] returns it ([`RecordError::Corrupt`]) and nothing is cut.
+//!
+//! # Limits (format version 1)
+//! Fields are refused, never truncated, when over their limit.
+//!
+//! | what | limit |
+//! |---|---|
+//! | short text fields (endpoint, sub, role, group, ids, tag, code, rule, approver, event) | 4 KiB each |
+//! | groups per request | 256 |
+//! | `agent_context` | 64 KiB |
+//! | statement | 16 MiB |
+//! | bindings | 64 MiB |
+//! | event detail | 64 KiB |
+//! | body (request or response) | 256 MiB (the gateway's inflated-body cap) |
+//! | record (encoded body) | 337 MiB |
+//! | batch, uncompressed or compressed | 512 MiB |
+//! | frames per batch (config) | 4096 |
+//! | batches per segment | 65 536 |
+//! | footer body | 128 MiB (the writer rotates once its footer passes 32 MiB) |
+//! | index keys per segment | 16 Mi |
+//! | queue depth (config) | 1 Mi frames |
+//! | segment size (config) | 4 GiB (a segment may pass it by one batch) |
+//!
+//! # Byte layout (format version 1)
+//! All integers are little-endian. CRCs are CRC32C (Castagnoli).
+//!
+//! A core writes segment files `seg-<core, 3+ digits>-<sequence, 10+ digits>.sgr`, sequence
+//! 0, 1, 2... A segment is:
+//! ```text
+//! segment header (96 bytes)
+//! batch*                        one zstd frame of records each
+//! [footer frame, trailer]       present once sealed
+//! ```
+//! **Segment header**: `magic "SNOWGREC" (8) | version u16 = 1 | header length u16 = 96 |
+//! core u16 | flags u16 = 0 | sequence u64 | created unix µs u64 | first record index u64 |
+//! previous chain head [32] | reserved [20] = 0 | crc32c u32` (over bytes 0..92).
+//!
+//! **Batch**: `marker "SGB1" (4) | compressed length u32 | uncompressed length u32 |
+//! records u32 (≥ 1) | first record index u64 | crc32c of the zstd frame u32 | crc32c u32`
+//! (over bytes 0..28), then one zstd frame (its content size set) which decompresses to the
+//! records, back to back:
+//!
+//! **Record**: `body length u32 | crc32c of body u32 | body`, where the body is
+//! `record index u64 | kind u8 (1 request, 2 response, 3 event) | time unix µs u64 | field*`
+//! and a field is `tag u8 | value length (LEB128) | value`. Text is UTF-8; integers in values
+//! are LEB128 (a session id zig-zag first). Fields appear in ascending tag order, at most once
+//! (groups repeat), absent when `None` or an empty body; the encoding is canonical (minimal
+//! LEB128, no empty body field), so decoding then encoding gives back the same bytes.
+//!
+//! | tag | field | kinds |
+//! |---|---|---|
+//! | 1 | endpoint | request, response (required) |
+//! | 2, 3, 4 | sub, role, group (repeated) | request |
+//! | 5 | session id (zig-zag) | request |
+//! | 6, 7 | request id, query id | request; query id also response |
+//! | 8, 9, 10, 11 | statement, bindings, agent context, query tag | request |
+//! | 12 | decision: 0 allowed, 1 blocked, 2 parked, 3 approved, 4 refused (required) | request |
+//! | 13, 14, 15 | decision rule (blocked, parked, approved), approver (approved), code (refused) | request |
+//! | 16 | body (bytes) | request, response |
+//! | 20 | request record index | response |
+//! | 21 | HTTP status (required) | response |
+//! | 22, 23, 24 | Snowflake code, success (0/1), rows | response |
+//! | 25, 26 | upstream µs, total µs (required) | response |
+//! | 30, 31 | event name, detail (required) | event |
+//!
+//! **Chain**: per core, `head₀ = BLAKE3-derive-key("snowgate record v1 chain genesis", core
+//! u16)` and `headᵢ₊₁ = BLAKE3(headᵢ ‖ record bodyᵢ)`. Record indexes count from 0 per core
+//! and never restart; a segment header carries the head and index its first record continues.
+//!
+//! **Footer frame**: `marker "SGF1" (4) | body length u32 | crc32c of body u32 | crc32c u32`
+//! (over bytes 0..12), then the body: `record count u64 | first record index u64 | time min
+//! u64 | time max u64 | chain head [32] | sealed unix µs u64 | seal reason u8 (1 rotated, 2
+//! stopped, 3 recovered) | reserved [3] = 0 | batches u32`, then per batch (76 bytes) `offset
+//! u64 | first record index u64 | records u32 | compressed length u32 | uncompressed length
+//! u32 | time min u64 | time max u64 | chain head after it [32]`, then `keys u32` and per key,
+//! sorted by (kind, key), `kind u8 (1 identity, 2 query id, 3 request id) | length u16 | key |
+//! references u32 (≥ 1) | batch ordinal u32*` (ascending, unique).
+//!
+//! **Trailer** (the last 56 bytes): `footer offset u64 | footer frame length u32 | reserved
+//! u32 = 0 | MAC [32] | magic "SGSEALv1"`. The MAC is keyed BLAKE3, with the key
+//! `BLAKE3-derive-key("snowgate record v1 segment footer mac", sealing key)`, over the
+//! segment header's 96 bytes followed by the footer frame.
+//!
+//! # What a verified recording proves, and what it cannot
+//! Sealed segments cannot be altered, reordered, dropped from the middle, duplicated, or
+//! moved between cores without the key. A rotated or recovered segment promises a successor,
+//! so dropping the last segments is caught unless the cut lands exactly after a clean stop.
+//! Nothing in the files can catch a rollback to an older, complete state, or a change to the
+//! open (unsealed) segment: that takes an anchor kept elsewhere (the chain head of the last
+//! sealed segment, shipped off the host).
 
-use std::fs::OpenOptions;
-use std::io::{BufWriter, Write};
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::thread::JoinHandle;
-use std::time::Duration;
-
-use bytes::Bytes;
-use crossbeam_queue::ArrayQueue;
-use serde::Serialize;
-
-/// What the gateway decided about a request.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case", tag = "kind")]
-pub enum Decision {
-    /// Forwarded upstream.
-    Allowed,
-    /// Refused by the gateway with this code.
-    Refused {
-        /// The Snowflake-shaped code answered.
-        code: String,
-    },
-}
-
-/// One request and its answer, as they crossed the gateway.
-#[derive(Debug, Clone, Serialize)]
-pub struct Frame {
-    /// The core that served it.
-    pub core_id: u16,
-    /// The endpoint name (`query-request`, `login`...).
-    pub endpoint: &'static str,
-    /// When the request head was complete, in Unix microseconds.
-    pub started_at_unix_us: u64,
-    /// Time spent waiting on upstream.
-    pub upstream_us: u64,
-    /// Time from request head to answer written.
-    pub total_us: u64,
-    /// The agent (`sub`), once known.
-    pub sub: Option<String>,
-    /// The Snowflake role used.
-    pub role: Option<String>,
-    /// Snowflake's session id.
-    pub session_id: Option<i64>,
-    /// The driver's `requestId`.
-    pub request_id: Option<String>,
-    /// Snowflake's query id.
-    pub query_id: Option<String>,
-    /// The statement.
-    pub sql_text: Option<String>,
-    /// The bindings (raw JSON).
-    pub bindings: Option<String>,
-    /// The `X-Agent-Context` header, capped.
-    pub agent_context: Option<String>,
-    /// The `QUERY_TAG` the driver set.
-    pub query_tag: Option<String>,
-    /// The decision.
-    pub decision: Decision,
-    /// HTTP status answered.
-    pub status: u16,
-    /// Snowflake `code` answered.
-    pub code: Option<String>,
-    /// Snowflake `success` answered.
-    pub success: Option<bool>,
-    /// Rows in the result (`total`).
-    pub rows: Option<u64>,
-    /// Request body bytes as received (after gunzip).
-    pub request_bytes: u64,
-    /// Response body bytes as sent.
-    pub response_bytes: u64,
-    /// The request body as forwarded (after any rewrite); never holds a credential.
-    #[serde(skip)]
-    pub request_body: Bytes,
-    /// The response body as sent to the agent.
-    #[serde(skip)]
-    pub response_body: Bytes,
-}
-
-/// The recorder refused a frame.
-#[derive(Debug, thiserror::Error)]
-#[error("recording unavailable: the recorder queue is full")]
-pub struct QueueFull;
-
-/// Counters a recorder keeps; read by tests and metrics.
-#[derive(Debug, Default)]
-pub struct RecorderStats {
-    /// Frames accepted into the queue.
-    pub accepted: AtomicU64,
-    /// Frames refused because the queue was full.
-    pub refused: AtomicU64,
-    /// Frames written.
-    pub written: AtomicU64,
-    /// Write errors.
-    pub write_errors: AtomicU64,
-}
-
-/// A core's handle on its recorder.
-pub struct Recorder {
-    queue: Arc<ArrayQueue<Frame>>,
-    stop: Arc<AtomicBool>,
-    writer: Option<JoinHandle<()>>,
-    /// Counters.
-    pub stats: Arc<RecorderStats>,
-}
-
-impl Recorder {
-    /// Starts the recorder thread for `core_id`, writing into `directory`.
-    pub fn start(directory: &Path, core_id: usize, queue_depth: usize) -> std::io::Result<Recorder> {
-        std::fs::create_dir_all(directory)?;
-        let path: PathBuf = directory.join(format!("core-{core_id}.jsonl"));
-        let file = OpenOptions::new().create(true).append(true).open(&path)?;
-        let queue = Arc::new(ArrayQueue::new(queue_depth.max(1)));
-        let stop = Arc::new(AtomicBool::new(false));
-        let stats = Arc::new(RecorderStats::default());
-        let writer = {
-            let (queue, stop, stats) = (queue.clone(), stop.clone(), stats.clone());
-            std::thread::Builder::new()
-                .name(format!("snowgate-recorder-{core_id}"))
-                .spawn(move || write_loop(&queue, &stop, &stats, BufWriter::new(file)))?
-        };
-        Ok(Recorder { queue, stop, writer: Some(writer), stats })
-    }
-
-    /// Hands a frame to the recorder, or refuses it when the queue is full.
-    pub fn submit(&self, frame: Frame) -> Result<(), QueueFull> {
-        match self.queue.push(frame) {
-            Ok(()) => {
-                self.stats.accepted.fetch_add(1, Ordering::Relaxed);
-                Ok(())
-            }
-            Err(_) => {
-                self.stats.refused.fetch_add(1, Ordering::Relaxed);
-                Err(QueueFull)
-            }
-        }
-    }
-}
-
-impl Drop for Recorder {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Release);
-        if let Some(writer) = self.writer.take() {
-            let _ = writer.join();
-        }
-    }
-}
-
-fn write_loop(queue: &ArrayQueue<Frame>, stop: &AtomicBool, stats: &RecorderStats, mut out: BufWriter<std::fs::File>) {
-    loop {
-        let mut wrote = false;
-        while let Some(frame) = queue.pop() {
-            wrote = true;
-            let line = serde_json::to_vec(&frame).expect("a frame always serialises");
-            if out.write_all(&line).and_then(|()| out.write_all(b"\n")).is_err() {
-                stats.write_errors.fetch_add(1, Ordering::Relaxed);
-            } else {
-                stats.written.fetch_add(1, Ordering::Relaxed);
-            }
-        }
-        if wrote && out.flush().is_err() {
-            stats.write_errors.fetch_add(1, Ordering::Relaxed);
-        }
-        if stop.load(Ordering::Acquire) && queue.is_empty() {
-            let _ = out.flush();
-            return;
-        }
-        if !wrote {
-            std::thread::sleep(Duration::from_millis(2));
-        }
-    }
-}
+pub mod format;
+pub mod frame;
+pub mod reader;
+mod recorder;
+pub mod storage;
+pub mod verify;
+mod writer;
 
 #[cfg(test)]
-mod tests {
-    use super::*;
+mod tests;
 
-    fn frame(sql: &str) -> Frame {
-        Frame {
-            core_id: 0,
-            endpoint: "query-request",
-            started_at_unix_us: 1,
-            upstream_us: 2,
-            total_us: 3,
-            sub: Some("agent".into()),
-            role: Some("R".into()),
-            session_id: Some(1),
-            request_id: Some("r".into()),
-            query_id: Some("q".into()),
-            sql_text: Some(sql.into()),
-            bindings: None,
-            agent_context: None,
-            query_tag: None,
-            decision: Decision::Allowed,
-            status: 200,
-            code: None,
-            success: Some(true),
-            rows: Some(1),
-            request_bytes: 10,
-            response_bytes: 20,
-            request_body: Bytes::new(),
-            response_body: Bytes::new(),
-        }
-    }
+pub use format::{IndexKind, SealReason};
+pub use frame::{Decision, EventFrame, EventKind, Frame, Principal, RequestFrame, RequestLink, ResponseFrame};
+pub use reader::{ReadError, Record, Recording, SegmentName, SegmentReader};
+pub use recorder::{
+    Clock, Durability, Durable, ManualClock, RecordUnavailable, Recorder, RecorderConfig, RecorderHealth,
+    RecorderStats, SystemClock, Ticket,
+};
+pub use verify::{VerifyOptions, VerifyReport, verify};
+pub use writer::{Appended, RecordError, RecoveryReport, SegmentWriter, WriteError};
 
-    #[test]
-    fn writes_every_accepted_frame() {
-        let dir = tempfile::tempdir().unwrap();
-        let recorder = Recorder::start(dir.path(), 3, 16).unwrap();
-        for i in 0..10 {
-            recorder.submit(frame(&format!("select {i}"))).unwrap();
-        }
-        drop(recorder);
-        let text = std::fs::read_to_string(dir.path().join("core-3.jsonl")).unwrap();
-        let lines: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
-        assert_eq!(lines.len(), 10);
-        assert_eq!(lines[9]["sql_text"], "select 9");
-        assert_eq!(lines[0]["decision"]["kind"], "allowed");
-    }
-
-    #[test]
-    fn refuses_when_full() {
-        let queue = Arc::new(ArrayQueue::new(1));
-        let recorder = Recorder {
-            queue,
-            stop: Arc::new(AtomicBool::new(true)),
-            writer: None,
-            stats: Arc::new(RecorderStats::default()),
-        };
-        recorder.submit(frame("a")).unwrap();
-        assert!(recorder.submit(frame("b")).is_err());
-        assert_eq!(recorder.stats.refused.load(Ordering::Relaxed), 1);
-    }
+/// The format's limits (see the module header).
+pub mod limits {
+    /// Short text fields: endpoint, sub, role, group, ids, tag, code, rule, approver, event.
+    pub const SHORT_FIELD_BYTES_MAX: usize = 4 * 1024;
+    /// Groups per request.
+    pub const GROUPS_MAX: usize = 256;
+    /// The agent's context header.
+    pub const AGENT_CONTEXT_BYTES_MAX: usize = 64 * 1024;
+    /// A statement.
+    pub const STATEMENT_BYTES_MAX: usize = 16 * 1024 * 1024;
+    /// Bindings.
+    pub const BINDINGS_BYTES_MAX: usize = 64 * 1024 * 1024;
+    /// An event's detail.
+    pub const EVENT_DETAIL_BYTES_MAX: usize = 64 * 1024;
+    /// A request or response body (the gateway's inflated-body cap).
+    pub const BODY_BYTES_MAX: usize = 256 * 1024 * 1024;
+    /// An encoded record body.
+    pub const RECORD_BYTES_MAX: usize = BODY_BYTES_MAX + STATEMENT_BYTES_MAX + BINDINGS_BYTES_MAX + 1024 * 1024;
+    /// A batch, uncompressed or compressed.
+    pub const BATCH_BYTES_MAX: usize = 512 * 1024 * 1024;
+    /// Frames per batch (a config value may not exceed it).
+    pub const BATCH_FRAMES_MAX: usize = 4096;
+    /// The most a config may set for a batch's bytes.
+    pub const BATCH_BYTES_CONFIG_MAX: usize = 64 * 1024 * 1024;
+    /// Batches per segment.
+    pub const BATCHES_PER_SEGMENT_MAX: usize = 65_536;
+    /// A footer body.
+    pub const FOOTER_BYTES_MAX: usize = 128 * 1024 * 1024;
+    /// Footer size after which the writer rotates.
+    pub const FOOTER_BYTES_SOFT_MAX: usize = 32 * 1024 * 1024;
+    /// Index keys per segment.
+    pub const INDEX_KEYS_PER_SEGMENT_MAX: usize = 1 << 24;
+    /// Queue depth (config).
+    pub const QUEUE_DEPTH_MAX: usize = 1 << 20;
+    /// Segment size (config).
+    pub const SEGMENT_BYTES_CONFIG_MAX: u64 = 4 * 1024 * 1024 * 1024;
 }

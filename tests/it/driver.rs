@@ -150,10 +150,16 @@ fn python_driver_through_snowgate_equals_direct() {
 
     // The driver really went through the gateway: its statements are in the recording.
     let dir = gateway.stop();
-    let recording = read_tree(&dir.path().join("recordings"));
-    let frames: Vec<serde_json::Value> = recording.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
-    assert_eq!(frames.iter().filter(|f| f["endpoint"] == "login").count(), 2, "one login per connect");
-    let queries = frames.iter().filter(|f| f["endpoint"] == "query-request").count();
+    let records = read_records(&dir.path().join("recordings"));
+    let requests: Vec<&snowgate::record::RequestFrame> = records
+        .iter()
+        .filter_map(|r| match &r.frame {
+            snowgate::record::Frame::Request(request) => Some(request),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(requests.iter().filter(|f| f.endpoint == "login").count(), 2, "one login per connect");
+    let queries = requests.iter().filter(|f| f.endpoint == "query-request").count();
     assert!(queries >= 10, "only {queries} statements recorded");
-    assert!(frames.iter().all(|f| f["sub"] == "agent-7"));
+    assert!(requests.iter().all(|f| f.principal.sub.as_deref() == Some("agent-7")));
 }

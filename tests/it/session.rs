@@ -91,7 +91,7 @@ fn the_agent_never_receives_credentials_or_snowflake_tokens() {
 
         let received = received.join("\n");
         let logs = captured_logs();
-        let recordings = read_tree(&dir.path().join("recordings"));
+        let recordings = recording_text(&dir.path().join("recordings"));
         let key_body = snowgate_perf::test_keys::TEST_PRIVATE_KEY_PEM.lines().nth(1).unwrap();
         for (place, text) in [("agent answers", &received), ("logs", &logs), ("recordings", &recordings)] {
             for canary in ["CANARY-SFTOKEN-8c2b", "CANARY-PASSWORD-5e1d", key_body, "SHA256:"] {
@@ -382,19 +382,32 @@ fn bindings_reach_upstream_and_the_recording() {
         .unwrap();
     assert!(String::from_utf8_lossy(&answer.body).contains("bound-value-31"));
     let dir = gateway.stop();
-    let recording = read_tree(&dir.path().join("recordings"));
-    let frame: serde_json::Value = recording
-        .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
-        .find(|f| f["endpoint"] == "query-request")
+    let records = read_records(&dir.path().join("recordings"));
+    let (index, frame) = records
+        .iter()
+        .find_map(|r| match &r.frame {
+            snowgate::record::Frame::Request(q) if q.endpoint == "query-request" => Some((r.index, q)),
+            _ => None,
+        })
         .unwrap();
-    assert_eq!(frame["sql_text"], "select ?");
-    assert!(frame["bindings"].as_str().unwrap().contains("bound-value-31"));
-    assert_eq!(frame["agent_context"], "trace=abc");
-    assert_eq!(frame["sub"], "agent-7");
-    assert_eq!(frame["role"], "ANALYST");
-    assert_eq!(frame["request_id"], "6d2b8a56-3d0a-4a51-8f3c-2d9c1f0e7b44");
-    assert!(frame["query_id"].as_str().is_some_and(|q| q.len() == 36));
+    assert_eq!(frame.statement.as_deref(), Some("select ?"));
+    assert!(frame.bindings.as_deref().unwrap().contains("bound-value-31"));
+    assert_eq!(frame.agent_context.as_deref(), Some("trace=abc"));
+    assert_eq!(frame.principal.sub.as_deref(), Some("agent-7"));
+    assert_eq!(frame.principal.role.as_deref(), Some("ANALYST"));
+    assert_eq!(frame.request_id.as_deref(), Some("6d2b8a56-3d0a-4a51-8f3c-2d9c1f0e7b44"));
+    let answer = records
+        .iter()
+        .find_map(|r| match &r.frame {
+            snowgate::record::Frame::Response(a)
+                if a.request.as_ref().and_then(|l| l.record_index()) == Some(index) =>
+            {
+                Some(a)
+            }
+            _ => None,
+        })
+        .unwrap();
+    assert!(answer.query_id.as_deref().is_some_and(|q| q.len() == 36));
 }
 
 #[test]

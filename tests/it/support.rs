@@ -299,16 +299,20 @@ pub fn assert_refused(answer: &ClientResponse, code: &str) {
 }
 
 /// Reads every file under `dir` as text, for canary scans.
-pub fn read_tree(dir: &Path) -> String {
+/// Every record of a recording directory, read through the library's reader.
+pub fn read_records(dir: &Path) -> Vec<snowgate::record::Record> {
+    let recording = snowgate::record::Recording::open(dir).unwrap();
+    recording.records().map(|record| record.unwrap()).collect()
+}
+
+/// Every field and body of every record as text, to search a recording for strings.
+pub fn recording_text(dir: &Path) -> String {
     let mut out = String::new();
-    if let Ok(entries) = std::fs::read_dir(dir) {
-        for entry in entries.flatten() {
-            let path = entry.path();
-            if path.is_dir() {
-                out.push_str(&read_tree(&path));
-            } else {
-                out.push_str(&String::from_utf8_lossy(&std::fs::read(&path).unwrap_or_default()));
-            }
+    for record in read_records(dir) {
+        out.push_str(&format!("{:?}\n", record.frame));
+        if let Some(body) = record.frame.body() {
+            out.push_str(&String::from_utf8_lossy(body));
+            out.push('\n');
         }
     }
     out

@@ -1,7 +1,11 @@
-//! `snowgate-tools`: developer utilities now; recording commands (cat, search, verify, export,
-//! stats) arrive with the recording format. Reads recordings only through `snowgate::record`.
+//! `snowgate-tools`: reads, searches, verifies and exports snowgate recordings (through the
+//! library's `snowgate::record` API only), and sets up local development.
 
 mod dev;
+mod recording;
+mod render;
+
+use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
@@ -15,13 +19,42 @@ struct Args {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Prints every record of a recording directory.
+    Cat(recording::CatArgs),
+    /// Prints the records matching every filter given.
+    Search(recording::SearchArgs),
+    /// Checks a recording directory is complete and untouched; exits 1 on any problem.
+    Verify(recording::VerifyArgs),
+    /// Writes every record as JSON lines for a SIEM (schema `snowgate.record.v1`).
+    Export(recording::ExportArgs),
+    /// Counts requests per identity, bytes and compression.
+    Stats(recording::StatsArgs),
     /// Local development: keys, a JWKS, a config and agent tokens for a loopback setup.
     #[command(subcommand)]
     Dev(dev::DevCommand),
 }
 
-fn main() -> anyhow::Result<()> {
-    match Args::parse().command {
-        Command::Dev(command) => dev::run(command),
+/// Exit status 0 on success, 1 when `verify` found a problem, 2 on any other error (usage,
+/// I/O, an unreadable recording), so scripts can tell a tampered recording from a typo.
+fn main() -> ExitCode {
+    match run(Args::parse().command) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(1),
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::from(2)
+        }
     }
+}
+
+fn run(command: Command) -> anyhow::Result<bool> {
+    match command {
+        Command::Cat(args) => recording::cat(args)?,
+        Command::Search(args) => recording::search(args)?,
+        Command::Verify(args) => return recording::run_verify(args),
+        Command::Export(args) => recording::export(args)?,
+        Command::Stats(args) => recording::stats(args)?,
+        Command::Dev(command) => dev::run(command)?,
+    }
+    Ok(true)
 }

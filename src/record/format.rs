@@ -1,0 +1,698 @@
+//! The segment file's fixed structures (segment header, batch header, footer, trailer), the
+//! BLAKE3 hash chain and the footer MAC. Pure: encoding and decoding of byte slices only; the
+//! writer and the reader do the I/O. Every decoder checks its CRC and limits before trusting
+//! a length.
+
+use std::collections::BTreeMap;
+
+use super::limits;
+
+/// The first eight bytes of every segment file.
+pub const SEGMENT_MAGIC: [u8; 8] = *b"SNOWGREC";
+/// The format version this code writes (and the only one it reads).
+pub const FORMAT_VERSION: u16 = 1;
+/// Bytes in the segment header.
+pub const SEGMENT_HEADER_BYTES: usize = 96;
+/// Marker of a batch frame.
+pub const BATCH_MARKER: [u8; 4] = *b"SGB1";
+/// Bytes in a batch header.
+pub const BATCH_HEADER_BYTES: usize = 32;
+/// Marker of the footer frame.
+pub const FOOTER_MARKER: [u8; 4] = *b"SGF1";
+/// Bytes in the footer frame's header.
+pub const FOOTER_HEADER_BYTES: usize = 16;
+/// The last eight bytes of a sealed segment.
+pub const TRAILER_MAGIC: [u8; 8] = *b"SGSEALv1";
+/// Bytes in the trailer.
+pub const TRAILER_BYTES: usize = 56;
+/// Bytes per entry of the footer's batch table.
+pub const BATCH_ENTRY_BYTES: usize = 76;
+/// Fixed bytes at the start of the footer body.
+pub const FOOTER_FIXED_BYTES: usize = 80;
+
+/// A BLAKE3 chain value.
+pub type ChainHead = [u8; 32];
+
+/// The chain value before a core's first record.
+pub fn genesis(core_id: u16) -> ChainHead {
+    blake3::derive_key("snowgate record v1 chain genesis", &core_id.to_le_bytes())
+}
+
+/// The chain value after a record whose canonical body is `body`.
+pub fn chain_next(previous: &ChainHead, body: &[u8]) -> ChainHead {
+    let mut hasher = blake3::Hasher::new();
+    hasher.update(previous);
+    hasher.update(body);
+    *hasher.finalize().as_bytes()
+}
+
+/// The key the footer MAC is computed with, derived from the configured 32-byte sealing key
+/// so that the same key material never serves two purposes.
+pub fn mac_key(sealing_key: &[u8; 32]) -> [u8; 32] {
+    blake3::derive_key("snowgate record v1 segment footer mac", sealing_key)
+}
+
+/// The footer MAC: keyed BLAKE3 over the segment header and the whole footer frame.
+pub fn footer_mac(mac_key: &[u8; 32], segment_header: &[u8], footer_frame: &[u8]) -> [u8; 32] {
+    let mut hasher = blake3::Hasher::new_keyed(mac_key);
+    hasher.update(segment_header);
+    hasher.update(footer_frame);
+    *hasher.finalize().as_bytes()
+}
+
+/// Compares two MACs without an early exit.
+pub fn mac_equal(a: &[u8; 32], b: &[u8; 32]) -> bool {
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn u16_at(bytes: &[u8], at: usize) -> u16 {
+    u16::from_le_bytes(bytes[at..at + 2].try_into().expect("two bytes"))
+}
+
+fn u32_at(bytes: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes(bytes[at..at + 4].try_into().expect("four bytes"))
+}
+
+fn u64_at(bytes: &[u8], at: usize) -> u64 {
+    u64::from_le_bytes(bytes[at..at + 8].try_into().expect("eight bytes"))
+}
+
+fn hash_at(bytes: &[u8], at: usize) -> ChainHead {
+    bytes[at..at + 32].try_into().expect("thirty-two bytes")
+}
+
+/// Why a fixed structure does not decode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum StructureError {
+    /// Fewer bytes than the structure needs.
+    #[error("truncated")]
+    Truncated,
+    /// The magic or marker is wrong.
+    #[error("bad magic")]
+    BadMagic,
+    /// The structure's CRC does not match.
+    #[error("CRC mismatch")]
+    BadCrc,
+    /// A version this code does not read.
+    #[error("unsupported format version {0}")]
+    UnsupportedVersion(u16),
+    /// A length, count or reserved field is out of range.
+    #[error("a field is out of range")]
+    OutOfRange,
+}
+
+/// The segment header.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SegmentHeader {
+    /// The core whose chain this segment continues.
+    pub core_id: u16,
+    /// The segment's sequence number within its core (0, 1, 2...).
+    pub sequence: u64,
+    /// When the segment was created, in Unix microseconds.
+    pub created_unix_us: u64,
+    /// The record index of the segment's first record.
+    pub first_record_index: u64,
+    /// The chain value at the end of the previous segment (the genesis value for sequence 0).
+    pub previous_chain_head: ChainHead,
+}
+
+impl SegmentHeader {
+    /// The header's bytes.
+    pub fn encode(&self) -> [u8; SEGMENT_HEADER_BYTES] {
+        let mut out = [0u8; SEGMENT_HEADER_BYTES];
+        out[0..8].copy_from_slice(&SEGMENT_MAGIC);
+        out[8..10].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+        out[10..12].copy_from_slice(&(SEGMENT_HEADER_BYTES as u16).to_le_bytes());
+        out[12..14].copy_from_slice(&self.core_id.to_le_bytes());
+        // 14..16: flags, zero in version 1.
+        out[16..24].copy_from_slice(&self.sequence.to_le_bytes());
+        out[24..32].copy_from_slice(&self.created_unix_us.to_le_bytes());
+        out[32..40].copy_from_slice(&self.first_record_index.to_le_bytes());
+        out[40..72].copy_from_slice(&self.previous_chain_head);
+        // 72..92: reserved, zero.
+        let crc = crc32c::crc32c(&out[..92]);
+        out[92..96].copy_from_slice(&crc.to_le_bytes());
+        out
+    }
+
+    /// Decodes and checks a header.
+    pub fn decode(bytes: &[u8]) -> Result<SegmentHeader, StructureError> {
+        if bytes.len() < SEGMENT_HEADER_BYTES {
+            return Err(StructureError::Truncated);
+        }
+        if bytes[0..8] != SEGMENT_MAGIC {
+            return Err(StructureError::BadMagic);
+        }
+        if crc32c::crc32c(&bytes[..92]) != u32_at(bytes, 92) {
+            return Err(StructureError::BadCrc);
+        }
+        let version = u16_at(bytes, 8);
+        if version != FORMAT_VERSION {
+            return Err(StructureError::UnsupportedVersion(version));
+        }
+        if usize::from(u16_at(bytes, 10)) != SEGMENT_HEADER_BYTES
+            || u16_at(bytes, 14) != 0
+            || bytes[72..92].iter().any(|&b| b != 0)
+        {
+            return Err(StructureError::OutOfRange);
+        }
+        Ok(SegmentHeader {
+            core_id: u16_at(bytes, 12),
+            sequence: u64_at(bytes, 16),
+            created_unix_us: u64_at(bytes, 24),
+            first_record_index: u64_at(bytes, 32),
+            previous_chain_head: hash_at(bytes, 40),
+        })
+    }
+}
+
+/// A batch header: one zstd frame of records follows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchHeader {
+    /// Bytes of the zstd frame that follows.
+    pub compressed_len: u32,
+    /// Bytes of the records once decompressed.
+    pub uncompressed_len: u32,
+    /// Records in the batch.
+    pub n_records: u32,
+    /// The record index of the batch's first record.
+    pub first_record_index: u64,
+    /// CRC32C of the zstd frame.
+    pub payload_crc: u32,
+}
+
+impl BatchHeader {
+    /// The header's bytes.
+    pub fn encode(&self) -> [u8; BATCH_HEADER_BYTES] {
+        let mut out = [0u8; BATCH_HEADER_BYTES];
+        out[0..4].copy_from_slice(&BATCH_MARKER);
+        out[4..8].copy_from_slice(&self.compressed_len.to_le_bytes());
+        out[8..12].copy_from_slice(&self.uncompressed_len.to_le_bytes());
+        out[12..16].copy_from_slice(&self.n_records.to_le_bytes());
+        out[16..24].copy_from_slice(&self.first_record_index.to_le_bytes());
+        out[24..28].copy_from_slice(&self.payload_crc.to_le_bytes());
+        let crc = crc32c::crc32c(&out[..28]);
+        out[28..32].copy_from_slice(&crc.to_le_bytes());
+        out
+    }
+
+    /// Decodes and checks a header (its marker must already have been seen).
+    pub fn decode(bytes: &[u8]) -> Result<BatchHeader, StructureError> {
+        if bytes.len() < BATCH_HEADER_BYTES {
+            return Err(StructureError::Truncated);
+        }
+        if bytes[0..4] != BATCH_MARKER {
+            return Err(StructureError::BadMagic);
+        }
+        if crc32c::crc32c(&bytes[..28]) != u32_at(bytes, 28) {
+            return Err(StructureError::BadCrc);
+        }
+        let header = BatchHeader {
+            compressed_len: u32_at(bytes, 4),
+            uncompressed_len: u32_at(bytes, 8),
+            n_records: u32_at(bytes, 12),
+            first_record_index: u64_at(bytes, 16),
+            payload_crc: u32_at(bytes, 24),
+        };
+        if header.n_records == 0
+            || header.compressed_len == 0
+            || header.uncompressed_len as usize > limits::BATCH_BYTES_MAX
+            || header.compressed_len as usize > limits::BATCH_BYTES_MAX
+        {
+            return Err(StructureError::OutOfRange);
+        }
+        Ok(header)
+    }
+}
+
+/// Why a segment was sealed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SealReason {
+    /// Size or age: the next segment follows.
+    Rotated,
+    /// The recorder stopped cleanly: the core's chain ends here until the next start.
+    Stopped,
+    /// Sealed at start by recovery after a crash: the next segment follows.
+    Recovered,
+}
+
+impl SealReason {
+    fn code(self) -> u8 {
+        match self {
+            SealReason::Rotated => 1,
+            SealReason::Stopped => 2,
+            SealReason::Recovered => 3,
+        }
+    }
+
+    fn from_code(code: u8) -> Option<SealReason> {
+        match code {
+            1 => Some(SealReason::Rotated),
+            2 => Some(SealReason::Stopped),
+            3 => Some(SealReason::Recovered),
+            _ => None,
+        }
+    }
+
+    /// Whether a segment with the next sequence number must exist.
+    pub fn has_successor(self) -> bool {
+        !matches!(self, SealReason::Stopped)
+    }
+
+    /// The reason's name.
+    pub fn name(self) -> &'static str {
+        match self {
+            SealReason::Rotated => "rotated",
+            SealReason::Stopped => "stopped",
+            SealReason::Recovered => "recovered",
+        }
+    }
+}
+
+/// One batch in the footer's table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BatchEntry {
+    /// Offset of the batch header in the segment file.
+    pub offset: u64,
+    /// The batch's first record index.
+    pub first_record_index: u64,
+    /// Records in the batch.
+    pub n_records: u32,
+    /// Bytes of its zstd frame.
+    pub compressed_len: u32,
+    /// Bytes of its records.
+    pub uncompressed_len: u32,
+    /// Earliest record time in the batch.
+    pub time_min_unix_us: u64,
+    /// Latest record time in the batch.
+    pub time_max_unix_us: u64,
+    /// The chain value after the batch's last record.
+    pub chain_head_after: ChainHead,
+}
+
+/// What the footer index maps: the kind of a key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum IndexKind {
+    /// An identity (`sub`).
+    Identity,
+    /// A Snowflake query id.
+    QueryId,
+    /// A driver request id.
+    RequestId,
+}
+
+impl IndexKind {
+    fn code(self) -> u8 {
+        match self {
+            IndexKind::Identity => 1,
+            IndexKind::QueryId => 2,
+            IndexKind::RequestId => 3,
+        }
+    }
+
+    fn from_code(code: u8) -> Option<IndexKind> {
+        match code {
+            1 => Some(IndexKind::Identity),
+            2 => Some(IndexKind::QueryId),
+            3 => Some(IndexKind::RequestId),
+            _ => None,
+        }
+    }
+}
+
+/// The footer index: for each key, the ordinals (in the batch table) of the batches holding
+/// a record with that key, ascending.
+pub type FooterIndex = BTreeMap<(IndexKind, String), Vec<u32>>;
+
+/// A sealed segment's footer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Footer {
+    /// Records in the segment.
+    pub record_count: u64,
+    /// The first record's index.
+    pub first_record_index: u64,
+    /// Earliest record time (0 when empty).
+    pub time_min_unix_us: u64,
+    /// Latest record time (0 when empty).
+    pub time_max_unix_us: u64,
+    /// The chain value after the last record.
+    pub chain_head: ChainHead,
+    /// When it was sealed, in Unix microseconds.
+    pub sealed_unix_us: u64,
+    /// Why it was sealed.
+    pub seal_reason: SealReason,
+    /// Every batch, in file order.
+    pub batches: Vec<BatchEntry>,
+    /// Identities, query ids and request ids, with the batches holding them.
+    pub index: FooterIndex,
+}
+
+impl Footer {
+    /// The footer body's bytes (without the footer frame header).
+    pub fn encode_body(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(FOOTER_FIXED_BYTES + self.batches.len() * BATCH_ENTRY_BYTES + 64);
+        out.extend_from_slice(&self.record_count.to_le_bytes());
+        out.extend_from_slice(&self.first_record_index.to_le_bytes());
+        out.extend_from_slice(&self.time_min_unix_us.to_le_bytes());
+        out.extend_from_slice(&self.time_max_unix_us.to_le_bytes());
+        out.extend_from_slice(&self.chain_head);
+        out.extend_from_slice(&self.sealed_unix_us.to_le_bytes());
+        out.push(self.seal_reason.code());
+        out.extend_from_slice(&[0u8; 3]);
+        out.extend_from_slice(&(self.batches.len() as u32).to_le_bytes());
+        debug_assert_eq!(out.len(), FOOTER_FIXED_BYTES);
+        for batch in &self.batches {
+            out.extend_from_slice(&batch.offset.to_le_bytes());
+            out.extend_from_slice(&batch.first_record_index.to_le_bytes());
+            out.extend_from_slice(&batch.n_records.to_le_bytes());
+            out.extend_from_slice(&batch.compressed_len.to_le_bytes());
+            out.extend_from_slice(&batch.uncompressed_len.to_le_bytes());
+            out.extend_from_slice(&batch.time_min_unix_us.to_le_bytes());
+            out.extend_from_slice(&batch.time_max_unix_us.to_le_bytes());
+            out.extend_from_slice(&batch.chain_head_after);
+        }
+        out.extend_from_slice(&(self.index.len() as u32).to_le_bytes());
+        for ((kind, key), batch_ordinals) in &self.index {
+            out.push(kind.code());
+            out.extend_from_slice(&(key.len() as u16).to_le_bytes());
+            out.extend_from_slice(key.as_bytes());
+            out.extend_from_slice(&(batch_ordinals.len() as u32).to_le_bytes());
+            for ordinal in batch_ordinals {
+                out.extend_from_slice(&ordinal.to_le_bytes());
+            }
+        }
+        out
+    }
+
+    /// The whole footer frame: header and body.
+    pub fn encode_frame(&self) -> Vec<u8> {
+        let body = self.encode_body();
+        let mut frame = Vec::with_capacity(FOOTER_HEADER_BYTES + body.len());
+        frame.extend_from_slice(&FOOTER_MARKER);
+        frame.extend_from_slice(&(body.len() as u32).to_le_bytes());
+        frame.extend_from_slice(&crc32c::crc32c(&body).to_le_bytes());
+        let header_crc = crc32c::crc32c(&frame[..12]);
+        frame.extend_from_slice(&header_crc.to_le_bytes());
+        frame.extend_from_slice(&body);
+        frame
+    }
+
+    /// Decodes the footer frame header: the body's length and CRC.
+    pub fn decode_frame_header(bytes: &[u8]) -> Result<(u32, u32), StructureError> {
+        if bytes.len() < FOOTER_HEADER_BYTES {
+            return Err(StructureError::Truncated);
+        }
+        if bytes[0..4] != FOOTER_MARKER {
+            return Err(StructureError::BadMagic);
+        }
+        if crc32c::crc32c(&bytes[..12]) != u32_at(bytes, 12) {
+            return Err(StructureError::BadCrc);
+        }
+        let body_len = u32_at(bytes, 4);
+        if body_len as usize > limits::FOOTER_BYTES_MAX || (body_len as usize) < FOOTER_FIXED_BYTES + 4 {
+            return Err(StructureError::OutOfRange);
+        }
+        Ok((body_len, u32_at(bytes, 8)))
+    }
+
+    /// Decodes a footer body whose CRC was checked.
+    pub fn decode_body(bytes: &[u8]) -> Result<Footer, StructureError> {
+        if bytes.len() < FOOTER_FIXED_BYTES + 4 {
+            return Err(StructureError::Truncated);
+        }
+        let seal_reason = SealReason::from_code(bytes[72]).ok_or(StructureError::OutOfRange)?;
+        if bytes[73..76] != [0, 0, 0] {
+            return Err(StructureError::OutOfRange);
+        }
+        let n_batches = u32_at(bytes, 76) as usize;
+        if n_batches > limits::BATCHES_PER_SEGMENT_MAX {
+            return Err(StructureError::OutOfRange);
+        }
+        let mut at = FOOTER_FIXED_BYTES;
+        let table_end = n_batches
+            .checked_mul(BATCH_ENTRY_BYTES)
+            .and_then(|n| n.checked_add(at))
+            .filter(|&end| end + 4 <= bytes.len())
+            .ok_or(StructureError::Truncated)?;
+        let mut batches = Vec::with_capacity(n_batches);
+        while at < table_end {
+            batches.push(BatchEntry {
+                offset: u64_at(bytes, at),
+                first_record_index: u64_at(bytes, at + 8),
+                n_records: u32_at(bytes, at + 16),
+                compressed_len: u32_at(bytes, at + 20),
+                uncompressed_len: u32_at(bytes, at + 24),
+                time_min_unix_us: u64_at(bytes, at + 28),
+                time_max_unix_us: u64_at(bytes, at + 36),
+                chain_head_after: hash_at(bytes, at + 44),
+            });
+            at += BATCH_ENTRY_BYTES;
+        }
+        let n_keys = u32_at(bytes, at) as usize;
+        at += 4;
+        if n_keys > limits::INDEX_KEYS_PER_SEGMENT_MAX {
+            return Err(StructureError::OutOfRange);
+        }
+        let mut index = FooterIndex::new();
+        let mut previous_key: Option<(IndexKind, String)> = None;
+        for _ in 0..n_keys {
+            if at + 3 > bytes.len() {
+                return Err(StructureError::Truncated);
+            }
+            let kind = IndexKind::from_code(bytes[at]).ok_or(StructureError::OutOfRange)?;
+            let key_len = usize::from(u16_at(bytes, at + 1));
+            at += 3;
+            if key_len > limits::SHORT_FIELD_BYTES_MAX || at + key_len + 4 > bytes.len() {
+                return Err(StructureError::Truncated);
+            }
+            let key = std::str::from_utf8(&bytes[at..at + key_len]).map_err(|_| StructureError::OutOfRange)?.to_owned();
+            at += key_len;
+            let n_refs = u32_at(bytes, at) as usize;
+            at += 4;
+            let refs_end = n_refs
+                .checked_mul(4)
+                .and_then(|n| n.checked_add(at))
+                .filter(|&end| end <= bytes.len())
+                .ok_or(StructureError::Truncated)?;
+            if n_refs == 0 || n_refs > n_batches {
+                return Err(StructureError::OutOfRange);
+            }
+            let mut ordinals = Vec::with_capacity(n_refs);
+            while at < refs_end {
+                let ordinal = u32_at(bytes, at);
+                // Ascending, unique and inside the table: anything else is not what a writer writes.
+                if ordinal as usize >= n_batches || ordinals.last().is_some_and(|&last| last >= ordinal) {
+                    return Err(StructureError::OutOfRange);
+                }
+                ordinals.push(ordinal);
+                at += 4;
+            }
+            let entry_key = (kind, key);
+            if previous_key.as_ref().is_some_and(|previous| previous >= &entry_key) {
+                return Err(StructureError::OutOfRange);
+            }
+            previous_key = Some(entry_key.clone());
+            index.insert(entry_key, ordinals);
+        }
+        if at != bytes.len() {
+            return Err(StructureError::OutOfRange);
+        }
+        Ok(Footer {
+            record_count: u64_at(bytes, 0),
+            first_record_index: u64_at(bytes, 8),
+            time_min_unix_us: u64_at(bytes, 16),
+            time_max_unix_us: u64_at(bytes, 24),
+            chain_head: hash_at(bytes, 32),
+            sealed_unix_us: u64_at(bytes, 64),
+            seal_reason,
+            batches,
+            index,
+        })
+    }
+}
+
+/// The trailer: where the footer starts, and its MAC.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Trailer {
+    /// Offset of the footer frame.
+    pub footer_offset: u64,
+    /// Bytes of the footer frame (header and body).
+    pub footer_frame_len: u32,
+    /// Keyed BLAKE3 over the segment header and the footer frame.
+    pub mac: [u8; 32],
+}
+
+impl Trailer {
+    /// The trailer's bytes.
+    pub fn encode(&self) -> [u8; TRAILER_BYTES] {
+        let mut out = [0u8; TRAILER_BYTES];
+        out[0..8].copy_from_slice(&self.footer_offset.to_le_bytes());
+        out[8..12].copy_from_slice(&self.footer_frame_len.to_le_bytes());
+        // 12..16: reserved, zero.
+        out[16..48].copy_from_slice(&self.mac);
+        out[48..56].copy_from_slice(&TRAILER_MAGIC);
+        out
+    }
+
+    /// Decodes a trailer; its MAC is checked by the caller, who has the key.
+    pub fn decode(bytes: &[u8]) -> Result<Trailer, StructureError> {
+        if bytes.len() < TRAILER_BYTES {
+            return Err(StructureError::Truncated);
+        }
+        if bytes[48..56] != TRAILER_MAGIC {
+            return Err(StructureError::BadMagic);
+        }
+        if bytes[12..16] != [0, 0, 0, 0] {
+            return Err(StructureError::OutOfRange);
+        }
+        Ok(Trailer { footer_offset: u64_at(bytes, 0), footer_frame_len: u32_at(bytes, 8), mac: hash_at(bytes, 16) })
+    }
+}
+
+/// A whole batch (header and zstd frame) holding these record bodies, each given its
+/// `len | crc` prefix. The writer builds batches in its own reused buffers; this is for
+/// tests and fuzzing, which need valid framing around arbitrary bodies.
+pub fn encode_batch(first_record_index: u64, bodies: &[&[u8]], zstd_level: i32) -> std::io::Result<Vec<u8>> {
+    let mut payload = Vec::new();
+    for body in bodies {
+        payload.extend_from_slice(&(body.len() as u32).to_le_bytes());
+        payload.extend_from_slice(&crc32c::crc32c(body).to_le_bytes());
+        payload.extend_from_slice(body);
+    }
+    let compressed = zstd::bulk::compress(&payload, zstd_level)?;
+    let header = BatchHeader {
+        compressed_len: compressed.len() as u32,
+        uncompressed_len: payload.len() as u32,
+        n_records: bodies.len() as u32,
+        first_record_index,
+        payload_crc: crc32c::crc32c(&compressed),
+    };
+    let mut out = header.encode().to_vec();
+    out.extend_from_slice(&compressed);
+    Ok(out)
+}
+
+/// Bytes the footer of `n_batches` batches and these index keys will take, for rotation.
+pub fn footer_bytes_estimate(n_batches: usize, index_key_bytes: usize, index_refs: usize) -> usize {
+    FOOTER_HEADER_BYTES + FOOTER_FIXED_BYTES + 4 + n_batches * BATCH_ENTRY_BYTES + index_key_bytes + index_refs * 4
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn header() -> SegmentHeader {
+        SegmentHeader {
+            core_id: 3,
+            sequence: 9,
+            created_unix_us: 1234,
+            first_record_index: 55,
+            previous_chain_head: genesis(3),
+        }
+    }
+
+    #[test]
+    fn segment_header_round_trips_and_every_bit_flip_is_caught() {
+        let bytes = header().encode();
+        assert_eq!(SegmentHeader::decode(&bytes), Ok(header()));
+        for bit in 0..SEGMENT_HEADER_BYTES * 8 {
+            let mut flipped = bytes;
+            flipped[bit / 8] ^= 1 << (bit % 8);
+            assert!(SegmentHeader::decode(&flipped).is_err(), "bit {bit} went unnoticed");
+        }
+    }
+
+    #[test]
+    fn batch_header_round_trips_and_bounds_lengths() {
+        let header = BatchHeader {
+            compressed_len: 10,
+            uncompressed_len: 20,
+            n_records: 2,
+            first_record_index: 7,
+            payload_crc: 99,
+        };
+        assert_eq!(BatchHeader::decode(&header.encode()), Ok(header));
+        let huge = BatchHeader { uncompressed_len: u32::MAX, ..header };
+        assert_eq!(BatchHeader::decode(&huge.encode()), Err(StructureError::OutOfRange));
+        assert_eq!(BatchHeader::decode(&header.encode()[..31]), Err(StructureError::Truncated));
+    }
+
+    #[test]
+    fn footer_round_trips() {
+        let mut index = FooterIndex::new();
+        index.insert((IndexKind::Identity, "agent-7".into()), vec![0, 1]);
+        index.insert((IndexKind::QueryId, "01b2".into()), vec![1]);
+        let footer = Footer {
+            record_count: 3,
+            first_record_index: 10,
+            time_min_unix_us: 1,
+            time_max_unix_us: 2,
+            chain_head: [7; 32],
+            sealed_unix_us: 3,
+            seal_reason: SealReason::Rotated,
+            batches: vec![
+                BatchEntry {
+                    offset: 96,
+                    first_record_index: 10,
+                    n_records: 2,
+                    compressed_len: 50,
+                    uncompressed_len: 80,
+                    time_min_unix_us: 1,
+                    time_max_unix_us: 1,
+                    chain_head_after: [1; 32],
+                },
+                BatchEntry {
+                    offset: 178,
+                    first_record_index: 12,
+                    n_records: 1,
+                    compressed_len: 20,
+                    uncompressed_len: 30,
+                    time_min_unix_us: 2,
+                    time_max_unix_us: 2,
+                    chain_head_after: [7; 32],
+                },
+            ],
+            index,
+        };
+        let frame = footer.encode_frame();
+        let (body_len, crc) = Footer::decode_frame_header(&frame).unwrap();
+        let body = &frame[FOOTER_HEADER_BYTES..];
+        assert_eq!(body_len as usize, body.len());
+        assert_eq!(crc, crc32c::crc32c(body));
+        assert_eq!(Footer::decode_body(body), Ok(footer.clone()));
+        // Each key costs its kind, length and reference count (7 bytes) plus its text.
+        assert_eq!(footer_bytes_estimate(2, (7 + 7) + (7 + 4), 3), frame.len());
+    }
+
+    #[test]
+    fn footer_index_must_be_sorted_and_inside_the_table() {
+        let footer = Footer {
+            record_count: 0,
+            first_record_index: 0,
+            time_min_unix_us: 0,
+            time_max_unix_us: 0,
+            chain_head: [0; 32],
+            sealed_unix_us: 0,
+            seal_reason: SealReason::Stopped,
+            batches: Vec::new(),
+            index: FooterIndex::from([((IndexKind::QueryId, "q".into()), vec![0])]),
+        };
+        assert_eq!(Footer::decode_body(&footer.encode_body()), Err(StructureError::OutOfRange));
+    }
+
+    #[test]
+    fn trailer_round_trips() {
+        let trailer = Trailer { footer_offset: 1000, footer_frame_len: 200, mac: [9; 32] };
+        assert_eq!(Trailer::decode(&trailer.encode()), Ok(trailer));
+    }
+
+    #[test]
+    fn the_mac_depends_on_the_key_and_every_byte() {
+        let key = mac_key(&[1; 32]);
+        let other = mac_key(&[2; 32]);
+        let a = footer_mac(&key, b"header", b"footer");
+        assert!(mac_equal(&a, &footer_mac(&key, b"header", b"footer")));
+        assert!(!mac_equal(&a, &footer_mac(&other, b"header", b"footer")));
+        assert!(!mac_equal(&a, &footer_mac(&key, b"header", b"footes")));
+    }
+}

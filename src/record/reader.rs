@@ -1,0 +1,825 @@
+//! Reading segments: [`SegmentReader`] (one file: header, footer, batches, records, lookups
+//! through the footer index) and [`Recording`] (a directory of them, by core and sequence).
+//!
+//! The reader trusts nothing it has not checked: every structure's CRC before its lengths,
+//! every length against the format's limits, decompression capped at the batch's declared
+//! size. It does not check MACs or the chain across segments; that is [`super::verify`]'s job.
+//! It tells a torn tail (damage that runs to the end of the file, with no valid frame after
+//! it: a crash in mid-write) from corruption (valid frames after the damage).
+
+use std::cell::RefCell;
+use std::io;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use super::format::{
+    BATCH_HEADER_BYTES, BATCH_MARKER, BatchHeader, FOOTER_HEADER_BYTES, FOOTER_MARKER, Footer, IndexKind,
+    SEGMENT_HEADER_BYTES, SegmentHeader, StructureError, TRAILER_BYTES, TRAILER_MAGIC, Trailer,
+};
+use super::frame::{DecodeError, Frame, RECORD_PREFIX_BYTES, decode_body};
+use super::limits;
+use super::storage::{FileSystem, ReadAt, Storage};
+
+/// Reader limits, lower than the format's in fuzzing.
+#[derive(Debug, Clone, Copy)]
+pub struct ReaderOptions {
+    /// Largest batch decompressed.
+    pub batch_bytes_max: usize,
+}
+
+impl Default for ReaderOptions {
+    fn default() -> Self {
+        ReaderOptions { batch_bytes_max: limits::BATCH_BYTES_MAX }
+    }
+}
+
+/// What is wrong at a place in a segment file.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadErrorKind {
+    /// The file could not be read.
+    #[error("read failed: {0}")]
+    Io(#[source] io::Error),
+    /// The segment header is unusable.
+    #[error("segment header: {0}")]
+    SegmentHeader(StructureError),
+    /// Neither a batch nor the footer starts here.
+    #[error("no batch or footer marker")]
+    UnknownMarker,
+    /// A batch header is unusable.
+    #[error("batch header: {0}")]
+    BatchHeader(StructureError),
+    /// The batch's records start at another index than expected.
+    #[error("batch starts at record {found}, expected {expected}")]
+    BatchIndex {
+        /// The index the chain expects.
+        expected: u64,
+        /// The index the batch header claims.
+        found: u64,
+    },
+    /// The file ends inside a batch.
+    #[error("the file ends inside a batch")]
+    BatchTruncated,
+    /// The zstd frame's CRC does not match.
+    #[error("batch CRC mismatch")]
+    PayloadCrc,
+    /// The zstd frame does not decompress to its declared size.
+    #[error("batch does not decompress to its declared size")]
+    Decompress,
+    /// The records do not fill the batch exactly.
+    #[error("records do not fill the batch")]
+    RecordFraming,
+    /// A record's CRC does not match.
+    #[error("record CRC mismatch")]
+    RecordCrc,
+    /// A record's CRC matches but its body is not a canonical record.
+    #[error("record does not decode: {0}")]
+    RecordDecode(DecodeError),
+    /// A record carries another index than its place.
+    #[error("record index {found} where {expected} was expected")]
+    RecordIndex {
+        /// The index its place gives it.
+        expected: u64,
+        /// The index it carries.
+        found: u64,
+    },
+    /// The footer frame is unusable.
+    #[error("footer: {0}")]
+    Footer(StructureError),
+    /// The footer body's CRC does not match.
+    #[error("footer CRC mismatch")]
+    FooterCrc,
+    /// The trailer is unusable or does not point at the footer.
+    #[error("trailer: {0}")]
+    Trailer(StructureError),
+    /// The footer's MAC does not match: the footer or header was altered, or sealed with
+    /// another key.
+    #[error("footer MAC mismatch (altered, or sealed with another key)")]
+    FooterMac,
+    /// The footer disagrees with the segment's content.
+    #[error("the footer's {0} does not match the segment")]
+    FooterMismatch(&'static str),
+    /// The segment header names another core or sequence than the file name.
+    #[error("the segment header does not match the file name")]
+    Misnamed,
+    /// The segment has no footer where one was required.
+    #[error("the segment is not sealed")]
+    NotSealed,
+}
+
+/// A problem at a place in a segment file: the file, the byte offset, and the first record
+/// that cannot be trusted when it is known.
+#[derive(Debug)]
+pub struct ReadError {
+    /// The segment file.
+    pub path: PathBuf,
+    /// Byte offset of the structure at fault.
+    pub offset: u64,
+    /// The first record index that cannot be trusted, when known.
+    pub record_index: Option<u64>,
+    /// Whether the damage runs to the end of the file with no valid frame after it (a crash in
+    /// mid-write, which recovery truncates) rather than corruption.
+    pub torn_tail: bool,
+    /// What is wrong.
+    pub kind: ReadErrorKind,
+}
+
+impl std::fmt::Display for ReadError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} at byte {}", self.path.display(), self.offset)?;
+        if let Some(index) = self.record_index {
+            write!(f, " (record {index})")?;
+        }
+        write!(f, ": {}", self.kind)?;
+        if self.torn_tail {
+            write!(f, " (torn tail)")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ReadError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.kind)
+    }
+}
+
+/// A record read back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    /// The core whose chain holds it.
+    pub core_id: u16,
+    /// The segment's sequence number.
+    pub segment_sequence: u64,
+    /// Offset of its batch in the segment file.
+    pub batch_offset: u64,
+    /// Its index in the core's chain.
+    pub index: u64,
+    /// Bytes of its encoded body (uncompressed).
+    pub encoded_bytes: u32,
+    /// The content.
+    pub frame: Frame,
+}
+
+/// A batch read back: its records and their encoded bodies (for the chain).
+#[derive(Debug, Clone)]
+pub struct Batch {
+    /// Offset of the batch header.
+    pub offset: u64,
+    /// Offset just after the batch.
+    pub end_offset: u64,
+    /// The header.
+    pub header: BatchHeader,
+    /// The decompressed records.
+    pub payload: Bytes,
+    /// The records, in order.
+    pub records: Vec<Record>,
+    body_ranges: Vec<Range<usize>>,
+}
+
+impl Batch {
+    /// Each record's canonical body bytes, in order (what the chain hashes).
+    pub fn record_bodies(&self) -> impl Iterator<Item = &[u8]> {
+        self.body_ranges.iter().map(|range| &self.payload[range.clone()])
+    }
+}
+
+/// A sealed segment's footer and trailer, unauthenticated until checked with the key.
+#[derive(Debug, Clone)]
+pub struct SealedFooter {
+    /// The decoded footer.
+    pub footer: Footer,
+    /// The trailer.
+    pub trailer: Trailer,
+    /// Where the footer frame is (right before the trailer); the trailer's `footer_offset`
+    /// must be the same, and verify checks it.
+    pub footer_offset: u64,
+    /// The footer frame's bytes (what the MAC covers, with the segment header).
+    pub footer_frame: Vec<u8>,
+}
+
+/// How a sequential scan of a segment ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ScanEnd {
+    /// At the end of the file with no footer: an open segment.
+    Open {
+        /// The file's length (where the next batch would go).
+        offset: u64,
+    },
+    /// At the footer of a sealed segment.
+    Footer {
+        /// The footer frame's offset.
+        offset: u64,
+    },
+}
+
+/// Reads one segment file.
+pub struct SegmentReader {
+    path: PathBuf,
+    file: Box<dyn ReadAt>,
+    len: u64,
+    header: SegmentHeader,
+    header_bytes: [u8; SEGMENT_HEADER_BYTES],
+    sealed: Option<SealedFooter>,
+    options: ReaderOptions,
+    decompressor: RefCell<Option<zstd::bulk::Decompressor<'static>>>,
+}
+
+impl std::fmt::Debug for SegmentReader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SegmentReader")
+            .field("path", &self.path)
+            .field("len", &self.len)
+            .field("header", &self.header)
+            .field("sealed", &self.sealed.is_some())
+            .finish()
+    }
+}
+
+impl SegmentReader {
+    /// Opens a segment file on the real filesystem.
+    pub fn open(path: &Path) -> Result<SegmentReader, ReadError> {
+        SegmentReader::open_with(&FileSystem, path, ReaderOptions::default())
+    }
+
+    /// Opens a segment file through `storage`.
+    pub fn open_with(storage: &dyn Storage, path: &Path, options: ReaderOptions) -> Result<SegmentReader, ReadError> {
+        let file = storage.open_read(path).map_err(|e| ReadError {
+            path: path.to_owned(),
+            offset: 0,
+            record_index: None,
+            torn_tail: false,
+            kind: ReadErrorKind::Io(e),
+        })?;
+        SegmentReader::from_read_at(path.to_owned(), file, options)
+    }
+
+    /// Reads a segment held in memory (fuzzing, tests); `path` only names it in errors.
+    pub fn from_bytes(path: PathBuf, bytes: Bytes, options: ReaderOptions) -> Result<SegmentReader, ReadError> {
+        SegmentReader::from_read_at(path, Box::new(bytes), options)
+    }
+
+    fn from_read_at(path: PathBuf, file: Box<dyn ReadAt>, options: ReaderOptions) -> Result<SegmentReader, ReadError> {
+        let len = file.size();
+        let mut header_bytes = [0u8; SEGMENT_HEADER_BYTES];
+        let error =
+            |offset, torn_tail, kind| ReadError { path: path.clone(), offset, record_index: None, torn_tail, kind };
+        if len < SEGMENT_HEADER_BYTES as u64 {
+            return Err(error(0, true, ReadErrorKind::SegmentHeader(StructureError::Truncated)));
+        }
+        file.read_exact_at(0, &mut header_bytes).map_err(|e| error(0, false, ReadErrorKind::Io(e)))?;
+        let header = SegmentHeader::decode(&header_bytes).map_err(|e| {
+            // A header that is all there is was being written when the crash came.
+            error(0, len == SEGMENT_HEADER_BYTES as u64, ReadErrorKind::SegmentHeader(e))
+        })?;
+        let mut reader = SegmentReader {
+            path,
+            file,
+            len,
+            header,
+            header_bytes,
+            sealed: None,
+            options,
+            decompressor: RefCell::new(None),
+        };
+        reader.sealed = reader.read_sealed_footer()?;
+        Ok(reader)
+    }
+
+    fn error(&self, offset: u64, record_index: Option<u64>, kind: ReadErrorKind) -> ReadError {
+        ReadError { path: self.path.clone(), offset, record_index, torn_tail: false, kind }
+    }
+
+    fn read_at(&self, offset: u64, len: usize) -> Result<Vec<u8>, ReadError> {
+        let mut buf = vec![0u8; len];
+        self.file.read_exact_at(offset, &mut buf).map_err(|e| self.error(offset, None, ReadErrorKind::Io(e)))?;
+        Ok(buf)
+    }
+
+    /// The footer, when the last bytes are a trailer. A trailer that is present but does not
+    /// lead to a valid footer is an error: it was written whole, so this is not a torn write.
+    fn read_sealed_footer(&self) -> Result<Option<SealedFooter>, ReadError> {
+        let minimum = (SEGMENT_HEADER_BYTES + FOOTER_HEADER_BYTES + TRAILER_BYTES) as u64;
+        if self.len < minimum {
+            return Ok(None);
+        }
+        let trailer_offset = self.len - TRAILER_BYTES as u64;
+        let trailer_bytes = self.read_at(trailer_offset, TRAILER_BYTES)?;
+        if trailer_bytes[TRAILER_BYTES - 8..] != TRAILER_MAGIC {
+            return Ok(None);
+        }
+        let trailer =
+            Trailer::decode(&trailer_bytes).map_err(|e| self.error(trailer_offset, None, ReadErrorKind::Trailer(e)))?;
+        // The footer sits right before the trailer: its place follows from its length, so a
+        // change of size earlier in the file still leaves the (authenticated) footer readable,
+        // and verify can name the batch that changed. The trailer's own offset must agree.
+        let frame_len = u64::from(trailer.footer_frame_len);
+        let footer_offset = trailer_offset
+            .checked_sub(frame_len)
+            .filter(|&offset| offset >= SEGMENT_HEADER_BYTES as u64)
+            .filter(|_| frame_len <= (limits::FOOTER_BYTES_MAX + FOOTER_HEADER_BYTES) as u64)
+            .ok_or_else(|| self.error(trailer_offset, None, ReadErrorKind::Trailer(StructureError::OutOfRange)))?;
+        let footer_frame = self.read_at(footer_offset, frame_len as usize)?;
+        let footer = decode_footer_frame(&footer_frame).map_err(|kind| self.error(footer_offset, None, kind))?;
+        Ok(Some(SealedFooter { footer, trailer, footer_offset, footer_frame }))
+    }
+
+    /// The segment file's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The file's length.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// Whether the file holds only a header.
+    pub fn is_empty(&self) -> bool {
+        self.len == SEGMENT_HEADER_BYTES as u64
+    }
+
+    /// The segment header.
+    pub fn header(&self) -> &SegmentHeader {
+        &self.header
+    }
+
+    /// The segment header's bytes (what the MAC covers, with the footer).
+    pub fn header_bytes(&self) -> &[u8; SEGMENT_HEADER_BYTES] {
+        &self.header_bytes
+    }
+
+    /// The footer, if the segment is sealed (not yet authenticated).
+    pub fn sealed(&self) -> Option<&SealedFooter> {
+        self.sealed.as_ref()
+    }
+
+    /// Reads and checks the batch at `offset`. `expected_first_index`, when given, is the
+    /// record index its place in the chain gives it.
+    pub fn read_batch(&self, offset: u64, expected_first_index: Option<u64>) -> Result<Batch, ReadError> {
+        let limit = self.sealed.as_ref().map_or(self.len, |s| s.footer_offset);
+        let at_fault = |kind| self.error(offset, expected_first_index, kind);
+        if offset.checked_add(BATCH_HEADER_BYTES as u64).is_none_or(|end| end > limit) {
+            return Err(at_fault(ReadErrorKind::BatchTruncated));
+        }
+        let header_bytes = self.read_at(offset, BATCH_HEADER_BYTES)?;
+        let header = BatchHeader::decode(&header_bytes).map_err(|e| at_fault(ReadErrorKind::BatchHeader(e)))?;
+        let first_index = expected_first_index.unwrap_or(header.first_record_index);
+        let at_fault = |kind| self.error(offset, Some(first_index), kind);
+        if header.first_record_index != first_index {
+            return Err(at_fault(ReadErrorKind::BatchIndex {
+                expected: first_index,
+                found: header.first_record_index,
+            }));
+        }
+        if header.uncompressed_len as usize > self.options.batch_bytes_max {
+            return Err(at_fault(ReadErrorKind::BatchHeader(StructureError::OutOfRange)));
+        }
+        let payload_offset = offset + BATCH_HEADER_BYTES as u64;
+        let end_offset = payload_offset + u64::from(header.compressed_len);
+        if end_offset > limit {
+            return Err(at_fault(ReadErrorKind::BatchTruncated));
+        }
+        let compressed = self.read_at(payload_offset, header.compressed_len as usize)?;
+        if crc32c::crc32c(&compressed) != header.payload_crc {
+            return Err(at_fault(ReadErrorKind::PayloadCrc));
+        }
+        let payload = self.decompress(&compressed, header.uncompressed_len as usize).map_err(at_fault)?;
+        let (records, body_ranges) = self.parse_records(&payload, offset, &header).map_err(|(index, kind)| {
+            ReadError { path: self.path.clone(), offset, record_index: Some(index), torn_tail: false, kind }
+        })?;
+        Ok(Batch { offset, end_offset, header, payload, records, body_ranges })
+    }
+
+    fn decompress(&self, compressed: &[u8], declared: usize) -> Result<Bytes, ReadErrorKind> {
+        // The frame must declare the same size as the batch header, so the buffer below is
+        // the most decompression can ever produce.
+        match zstd::zstd_safe::get_frame_content_size(compressed) {
+            Ok(Some(size)) if size == declared as u64 => {}
+            _ => return Err(ReadErrorKind::Decompress),
+        }
+        let mut slot = self.decompressor.borrow_mut();
+        if slot.is_none() {
+            *slot = Some(zstd::bulk::Decompressor::new().map_err(|_| ReadErrorKind::Decompress)?);
+        }
+        let decompressor = slot.as_mut().expect("just set");
+        let mut out = Vec::with_capacity(declared);
+        match decompressor.decompress_to_buffer(compressed, &mut out) {
+            Ok(n) if n == declared => Ok(Bytes::from(out)),
+            _ => Err(ReadErrorKind::Decompress),
+        }
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn parse_records(
+        &self,
+        payload: &Bytes,
+        batch_offset: u64,
+        header: &BatchHeader,
+    ) -> Result<(Vec<Record>, Vec<Range<usize>>), (u64, ReadErrorKind)> {
+        let n_records = header.n_records as usize;
+        // Every record takes at least its prefix and body header: a count beyond that is a lie.
+        if n_records > payload.len() / (RECORD_PREFIX_BYTES + 17) {
+            return Err((header.first_record_index, ReadErrorKind::RecordFraming));
+        }
+        let mut records = Vec::with_capacity(n_records);
+        let mut ranges = Vec::with_capacity(n_records);
+        let mut at = 0usize;
+        for i in 0..n_records {
+            let expected = header.first_record_index + i as u64;
+            if payload.len() - at < RECORD_PREFIX_BYTES {
+                return Err((expected, ReadErrorKind::RecordFraming));
+            }
+            let len = u32::from_le_bytes(payload[at..at + 4].try_into().expect("four bytes")) as usize;
+            let crc = u32::from_le_bytes(payload[at + 4..at + 8].try_into().expect("four bytes"));
+            let start = at + RECORD_PREFIX_BYTES;
+            if len > limits::RECORD_BYTES_MAX || payload.len() - start < len {
+                return Err((expected, ReadErrorKind::RecordFraming));
+            }
+            let end = start + len;
+            if crc32c::crc32c(&payload[start..end]) != crc {
+                return Err((expected, ReadErrorKind::RecordCrc));
+            }
+            let decoded = decode_body(payload, start, end).map_err(|e| (expected, ReadErrorKind::RecordDecode(e)))?;
+            if decoded.record_index != expected {
+                return Err((expected, ReadErrorKind::RecordIndex { expected, found: decoded.record_index }));
+            }
+            records.push(Record {
+                core_id: self.header.core_id,
+                segment_sequence: self.header.sequence,
+                batch_offset,
+                index: expected,
+                encoded_bytes: len as u32,
+                frame: decoded.frame,
+            });
+            ranges.push(start..end);
+            at = end;
+        }
+        if at != payload.len() {
+            return Err((header.first_record_index + n_records as u64, ReadErrorKind::RecordFraming));
+        }
+        Ok((records, ranges))
+    }
+
+    /// Reads the batches in file order, checking that record indexes continue from the
+    /// segment header. Stops after the first error.
+    pub fn scan(&self) -> Scan<'_> {
+        Scan {
+            reader: self,
+            offset: SEGMENT_HEADER_BYTES as u64,
+            next_index: self.header.first_record_index,
+            end: None,
+            failed: false,
+        }
+    }
+
+    /// Every record, in order; stops after the first error.
+    pub fn records(&self) -> impl Iterator<Item = Result<Record, ReadError>> + '_ {
+        self.scan().flat_map(|batch| match batch {
+            Ok(batch) => batch.records.into_iter().map(Ok).collect::<Vec<_>>(),
+            Err(e) => vec![Err(e)],
+        })
+    }
+
+    /// The records carrying `key`: through the footer index when sealed (decompressing only
+    /// the batches it names), by scanning when open.
+    pub fn find(&self, kind: IndexKind, key: &str) -> Result<Vec<Record>, ReadError> {
+        let mut found = Vec::new();
+        match &self.sealed {
+            Some(sealed) => {
+                let Some(ordinals) = sealed.footer.index.get(&(kind, key.to_owned())) else {
+                    return Ok(found);
+                };
+                for &ordinal in ordinals {
+                    let entry = &sealed.footer.batches[ordinal as usize];
+                    let batch = self.read_batch(entry.offset, Some(entry.first_record_index))?;
+                    found.extend(batch.records.into_iter().filter(|r| has_key(&r.frame, kind, key)));
+                }
+            }
+            None => {
+                for batch in self.scan() {
+                    found.extend(batch?.records.into_iter().filter(|r| has_key(&r.frame, kind, key)));
+                }
+            }
+        }
+        Ok(found)
+    }
+
+    /// Whether any valid batch header or footer header starts after `from`: if so, damage at
+    /// `from` is corruption; if not, it is a torn tail.
+    fn valid_frame_after(&self, from: u64) -> Result<bool, ReadError> {
+        const WINDOW_BYTES: u64 = 1 << 20;
+        let mut start = from + 1;
+        while start < self.len {
+            let window_len = (self.len - start).min(WINDOW_BYTES + BATCH_HEADER_BYTES as u64);
+            let window = self.read_at(start, window_len as usize)?;
+            for marker in [&BATCH_MARKER, &FOOTER_MARKER] {
+                for at in memchr::memmem::find_iter(&window, marker) {
+                    let candidate = &window[at..];
+                    let valid = if marker == &BATCH_MARKER {
+                        BatchHeader::decode(candidate).is_ok()
+                    } else {
+                        Footer::decode_frame_header(candidate).is_ok()
+                    };
+                    if valid {
+                        return Ok(true);
+                    }
+                }
+            }
+            start += WINDOW_BYTES;
+        }
+        Ok(false)
+    }
+}
+
+fn decode_footer_frame(frame: &[u8]) -> Result<Footer, ReadErrorKind> {
+    let (body_len, crc) = Footer::decode_frame_header(frame).map_err(ReadErrorKind::Footer)?;
+    let body = &frame[FOOTER_HEADER_BYTES..];
+    if body.len() != body_len as usize {
+        return Err(ReadErrorKind::Footer(StructureError::OutOfRange));
+    }
+    if crc32c::crc32c(body) != crc {
+        return Err(ReadErrorKind::FooterCrc);
+    }
+    Footer::decode_body(body).map_err(ReadErrorKind::Footer)
+}
+
+/// The keys a frame is indexed under in the footer.
+pub fn index_keys(frame: &Frame) -> impl Iterator<Item = (IndexKind, &str)> {
+    let (sub, query_id, request_id) = match frame {
+        Frame::Request(r) => (r.principal.sub.as_deref(), r.query_id.as_deref(), r.request_id.as_deref()),
+        Frame::Response(r) => (None, r.query_id.as_deref(), None),
+        Frame::Event(_) => (None, None, None),
+    };
+    [(IndexKind::Identity, sub), (IndexKind::QueryId, query_id), (IndexKind::RequestId, request_id)]
+        .into_iter()
+        .filter_map(|(kind, key)| key.map(|key| (kind, key)))
+}
+
+fn has_key(frame: &Frame, kind: IndexKind, key: &str) -> bool {
+    index_keys(frame).any(|(k, v)| k == kind && v == key)
+}
+
+/// A sequential scan of a segment's batches.
+pub struct Scan<'a> {
+    reader: &'a SegmentReader,
+    offset: u64,
+    next_index: u64,
+    end: Option<ScanEnd>,
+    failed: bool,
+}
+
+impl Scan<'_> {
+    /// How the scan ended: `None` while running or after an error.
+    pub fn end(&self) -> Option<ScanEnd> {
+        self.end
+    }
+
+    /// The offset just after the last good batch.
+    pub fn offset(&self) -> u64 {
+        self.offset
+    }
+
+    /// The record index the next batch must start at.
+    pub fn next_index(&self) -> u64 {
+        self.next_index
+    }
+
+    fn fail(&mut self, mut error: ReadError) -> Option<Result<Batch, ReadError>> {
+        self.failed = true;
+        // Only damage a crash can cause may be a torn tail: a frame cut short or with bytes
+        // that fail its CRC. A batch whose CRC holds but whose content is wrong was written
+        // that way (or edited), wherever it is.
+        let crash_shaped = matches!(
+            error.kind,
+            ReadErrorKind::BatchTruncated
+                | ReadErrorKind::BatchHeader(_)
+                | ReadErrorKind::PayloadCrc
+                | ReadErrorKind::UnknownMarker
+                | ReadErrorKind::Footer(_)
+        );
+        if crash_shaped {
+            error.torn_tail = match self.reader.valid_frame_after(error.offset) {
+                Ok(found) => !found,
+                Err(io_error) => return Some(Err(io_error)),
+            };
+        }
+        Some(Err(error))
+    }
+}
+
+impl Iterator for Scan<'_> {
+    type Item = Result<Batch, ReadError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.failed || self.end.is_some() {
+            return None;
+        }
+        let reader = self.reader;
+        let footer_offset = reader.sealed.as_ref().map(|s| s.footer_offset);
+        if Some(self.offset) == footer_offset {
+            self.end = Some(ScanEnd::Footer { offset: self.offset });
+            return None;
+        }
+        if self.offset == reader.len {
+            self.end = Some(ScanEnd::Open { offset: self.offset });
+            return None;
+        }
+        let remaining = footer_offset.unwrap_or(reader.len) - self.offset;
+        if remaining < 4 {
+            let kind = ReadErrorKind::BatchTruncated;
+            return self.fail(reader.error(self.offset, Some(self.next_index), kind));
+        }
+        let marker = match reader.read_at(self.offset, 4) {
+            Ok(marker) => marker,
+            Err(e) => return self.fail(e),
+        };
+        if marker[..] == FOOTER_MARKER {
+            // A footer where no trailer points: the seal was torn, or bytes were inserted.
+            let kind = ReadErrorKind::Footer(StructureError::Truncated);
+            return self.fail(reader.error(self.offset, Some(self.next_index), kind));
+        }
+        if marker[..] != BATCH_MARKER {
+            return self.fail(reader.error(self.offset, Some(self.next_index), ReadErrorKind::UnknownMarker));
+        }
+        match reader.read_batch(self.offset, Some(self.next_index)) {
+            Ok(batch) => {
+                self.offset = batch.end_offset;
+                self.next_index += u64::from(batch.header.n_records);
+                Some(Ok(batch))
+            }
+            Err(e) => self.fail(e),
+        }
+    }
+}
+
+/// A segment file's name, parsed: `seg-<core>-<sequence>.sgr`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct SegmentName {
+    /// The core.
+    pub core_id: u16,
+    /// The sequence number.
+    pub sequence: u64,
+}
+
+impl SegmentName {
+    /// The file name, zero-padded so that names sort like sequences.
+    pub fn file_name(&self) -> String {
+        format!("seg-{:03}-{:010}.sgr", self.core_id, self.sequence)
+    }
+
+    /// Parses a canonical file name; anything else (other padding included) is `None`.
+    pub fn parse(name: &str) -> Option<SegmentName> {
+        let rest = name.strip_prefix("seg-")?.strip_suffix(".sgr")?;
+        let (core, sequence) = rest.split_once('-')?;
+        if !core.bytes().all(|b| b.is_ascii_digit()) || !sequence.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        let parsed = SegmentName { core_id: core.parse().ok()?, sequence: sequence.parse().ok()? };
+        (parsed.file_name() == name).then_some(parsed)
+    }
+}
+
+/// A directory of segments, for reading.
+pub struct Recording {
+    storage: Arc<dyn Storage>,
+    directory: PathBuf,
+    segments: Vec<SegmentName>,
+    other_files: Vec<String>,
+    options: ReaderOptions,
+}
+
+impl std::fmt::Debug for Recording {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Recording").field("directory", &self.directory).field("segments", &self.segments.len()).finish()
+    }
+}
+
+impl Recording {
+    /// Lists a directory on the real filesystem.
+    pub fn open(directory: &Path) -> io::Result<Recording> {
+        Recording::open_with(Arc::new(FileSystem), directory, ReaderOptions::default())
+    }
+
+    /// Lists a directory through `storage`.
+    pub fn open_with(storage: Arc<dyn Storage>, directory: &Path, options: ReaderOptions) -> io::Result<Recording> {
+        let mut segments = Vec::new();
+        let mut other_files = Vec::new();
+        for name in storage.list(directory)? {
+            match SegmentName::parse(&name) {
+                Some(segment) => segments.push(segment),
+                None => other_files.push(name),
+            }
+        }
+        segments.sort();
+        Ok(Recording { storage, directory: directory.to_owned(), segments, other_files, options })
+    }
+
+    /// The directory.
+    pub fn directory(&self) -> &Path {
+        &self.directory
+    }
+
+    /// Every segment, by core then sequence.
+    pub fn segments(&self) -> &[SegmentName] {
+        &self.segments
+    }
+
+    /// Files in the directory that are not segments.
+    pub fn other_files(&self) -> &[String] {
+        &self.other_files
+    }
+
+    /// The path of a segment.
+    pub fn path(&self, segment: &SegmentName) -> PathBuf {
+        self.directory.join(segment.file_name())
+    }
+
+    /// Opens one segment.
+    pub fn segment(&self, segment: &SegmentName) -> Result<SegmentReader, ReadError> {
+        SegmentReader::open_with(self.storage.as_ref(), &self.path(segment), self.options)
+    }
+
+    /// The storage it reads through.
+    pub fn storage(&self) -> &Arc<dyn Storage> {
+        &self.storage
+    }
+
+    /// Every record of every segment, by core then index. A segment that fails yields its
+    /// error after its good records; the next segment follows.
+    pub fn records(&self) -> impl Iterator<Item = Result<Record, ReadError>> + '_ {
+        self.segments.iter().flat_map(move |segment| match self.segment(segment) {
+            Ok(reader) => reader.records().collect::<Vec<_>>(),
+            Err(e) => vec![Err(e)],
+        })
+    }
+
+    /// Record `index` of core `core_id` (a response's request, say): through footers where
+    /// sealed, decompressing one batch; by scanning an open segment.
+    pub fn record(&self, core_id: u16, index: u64) -> Result<Option<Record>, ReadError> {
+        for segment in self.segments.iter().filter(|s| s.core_id == core_id) {
+            let reader = self.segment(segment)?;
+            let first = reader.header().first_record_index;
+            if index < first {
+                return Ok(None);
+            }
+            match reader.sealed() {
+                Some(sealed) => {
+                    let footer = &sealed.footer;
+                    if index >= first + footer.record_count {
+                        continue;
+                    }
+                    let position = footer.batches.partition_point(|b| b.first_record_index <= index);
+                    let Some(entry) = position.checked_sub(1).map(|p| &footer.batches[p]) else {
+                        return Ok(None);
+                    };
+                    let batch = reader.read_batch(entry.offset, Some(entry.first_record_index))?;
+                    return Ok(batch.records.into_iter().find(|r| r.index == index));
+                }
+                None => {
+                    for record in reader.records() {
+                        let record = record?;
+                        if record.index == index {
+                            return Ok(Some(record));
+                        }
+                    }
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// The records carrying `key`, in every segment, through footer indexes where sealed.
+    pub fn find(&self, kind: IndexKind, key: &str) -> Result<Vec<Record>, ReadError> {
+        let mut found = Vec::new();
+        for segment in &self.segments {
+            found.extend(self.segment(segment)?.find(kind, key)?);
+        }
+        Ok(found)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn segment_names_are_canonical() {
+        let name = SegmentName { core_id: 2, sequence: 41 };
+        assert_eq!(name.file_name(), "seg-002-0000000041.sgr");
+        assert_eq!(SegmentName::parse("seg-002-0000000041.sgr"), Some(name));
+        for other in ["seg-2-41.sgr", "seg-002-0000000041.sgr.tmp", "seg-002-+000000041.sgr", "core-0.jsonl"] {
+            assert_eq!(SegmentName::parse(other), None, "{other}");
+        }
+    }
+
+    #[test]
+    fn a_header_alone_is_a_torn_creation() {
+        let error =
+            SegmentReader::from_bytes("x".into(), Bytes::from_static(&[0; 40]), ReaderOptions::default()).unwrap_err();
+        assert!(error.torn_tail);
+        assert!(matches!(error.kind, ReadErrorKind::SegmentHeader(StructureError::Truncated)));
+    }
+}

@@ -1,0 +1,788 @@
+//! Scenario and property tests of the writer, recorder, reader and verifier together, over
+//! the simulated storage (crashes, full disks, failing fsyncs) and the real filesystem.
+
+use std::borrow::Cow;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use proptest::prelude::*;
+
+use super::storage::{SimulatedStorage, Storage};
+use super::*;
+
+const KEY: [u8; 32] = [7; 32];
+const T0: u64 = 1_750_000_000_000_000;
+
+fn dir() -> PathBuf {
+    PathBuf::from("/recordings")
+}
+
+fn config(directory: &Path) -> RecorderConfig {
+    let mut config = RecorderConfig::new(directory, 0, KEY);
+    config.durability = Durability::Strict;
+    config
+}
+
+fn request(n: u64, body_bytes: usize) -> Frame {
+    let statement = format!("select * from orders where id = {n}");
+    let mut body = format!(r#"{{"sqlText":"{statement}","sequenceId":{n},"pad":""#).into_bytes();
+    // Pseudo-random letters: compressible like text, not like a repeated pattern.
+    let mut rng = storage::SplitMix64(n);
+    body.extend((0..body_bytes).map(|_| b'a' + rng.below(26) as u8));
+    body.extend_from_slice(b"\"}");
+    Frame::Request(RequestFrame {
+        time_unix_us: T0 + n,
+        endpoint: Cow::Borrowed("query-request"),
+        principal: Principal { sub: Some(format!("agent-{}", n % 3)), role: Some("ANALYST".into()), groups: vec![] },
+        session_id: Some(1000 + n as i64),
+        request_id: Some(format!("req-{n:08}")),
+        query_id: None,
+        statement: Some(statement),
+        bindings: None,
+        agent_context: Some(format!("trace={n}")),
+        query_tag: None,
+        decision: Decision::Allowed,
+        body: Bytes::from(body),
+    })
+}
+
+fn response(n: u64, link: Option<RequestLink>) -> Frame {
+    Frame::Response(ResponseFrame {
+        time_unix_us: T0 + n + 1,
+        endpoint: Cow::Borrowed("query-request"),
+        request: link,
+        query_id: Some(format!("01b2c3d4-0000-{n:04}-0000-000000000000")),
+        status: 200,
+        code: None,
+        success: Some(true),
+        rows: Some(n),
+        upstream_us: 100,
+        total_us: 150,
+        body: Bytes::from(format!(r#"{{"data":{{"rowset":[["{n}"]]}},"success":true}}"#)),
+    })
+}
+
+/// Every record the gateway submitted (the recorder's own events left out).
+fn user_frames(recording: &Recording) -> Vec<Frame> {
+    recording
+        .records()
+        .map(|record| record.expect("every record reads back").frame)
+        .filter(|frame| !matches!(frame, Frame::Event(e) if e.kind.is_recorder_internal()))
+        .collect()
+}
+
+fn open_recording(storage: &SimulatedStorage) -> Recording {
+    Recording::open_with(Arc::new(storage.clone()), &dir(), Default::default()).unwrap()
+}
+
+fn verify_strict(recording: &Recording) -> VerifyReport {
+    verify(recording, &KEY, &VerifyOptions::default(), &mut |_| {})
+}
+
+fn segment_path(sequence: u64) -> PathBuf {
+    dir().join(SegmentName { core_id: 0, sequence }.file_name())
+}
+
+#[test]
+fn recorder_writes_links_reads_back_and_verifies_on_disk() {
+    let temp = tempfile::tempdir().unwrap();
+    let recorder = Recorder::start(config(temp.path())).unwrap();
+    assert!(!recorder.recovery().performed());
+    let mut expected = Vec::new();
+    for n in 0..20 {
+        let request_ticket = recorder.submit(request(n, 100)).unwrap();
+        let link = request_ticket.link();
+        expected.push(request(n, 100));
+        let response_ticket = recorder.submit(response(n, Some(link))).unwrap();
+        assert_eq!(response_ticket.wait_durable(Duration::from_secs(5)), Some(Ok(())));
+        assert!(request_ticket.record_index().is_some());
+        expected.push(response(n, Some(RequestLink::to_record(2 * n))));
+    }
+    recorder.stop().unwrap();
+
+    let recording = Recording::open(temp.path()).unwrap();
+    assert_eq!(user_frames(&recording), expected);
+    let report = verify_strict(&recording);
+    assert!(report.is_ok(), "{:?}", report.problems);
+    assert_eq!(report.records, 40);
+    // A query is found through the footer index.
+    let found = recording.find(IndexKind::QueryId, "01b2c3d4-0000-0007-0000-000000000000").unwrap();
+    assert_eq!(found.len(), 1);
+    assert_eq!(found[0].index, 15);
+    assert_eq!(recording.find(IndexKind::Identity, "agent-1").unwrap().len(), 7);
+}
+
+#[test]
+fn strict_durability_survives_power_loss_at_every_seed() {
+    for seed in 0..40 {
+        let storage = SimulatedStorage::new();
+        let recorder = Recorder::start_with(config(&dir()), Arc::new(storage.clone()), Arc::new(SystemClock)).unwrap();
+        let mut acknowledged = Vec::new();
+        for n in 0..(seed % 7 + 3) {
+            let ticket = recorder.submit(request(n, 50)).unwrap();
+            assert_eq!(ticket.wait_durable(Duration::from_secs(5)), Some(Ok(())));
+            acknowledged.push(request(n, 50));
+        }
+        // One more that is in flight when the power goes.
+        let _in_flight = recorder.submit(request(99, 50));
+        storage.crash(seed);
+        drop(recorder);
+        let restarted = Recorder::start_with(config(&dir()), Arc::new(storage.clone()), Arc::new(SystemClock)).unwrap();
+        assert!(restarted.recovery().performed(), "seed {seed}: the open segment was recovered");
+        restarted.stop().unwrap();
+        let frames = user_frames(&open_recording(&storage));
+        assert!(frames.starts_with(&acknowledged), "seed {seed}: acknowledged records lost");
+        assert!(frames.len() <= acknowledged.len() + 1);
+        let report = verify_strict(&open_recording(&storage));
+        assert!(report.is_ok(), "seed {seed}: {:?}", report.problems);
+    }
+}
+
+#[test]
+fn batch_durability_commits_in_groups() {
+    let storage = SimulatedStorage::new();
+    let mut config = config(&dir());
+    config.durability = Durability::Batch { interval: Duration::from_millis(20) };
+    let recorder = Recorder::start_with(config, Arc::new(storage.clone()), Arc::new(SystemClock)).unwrap();
+    let syncs_before = storage.syncs();
+    let tickets: Vec<Ticket> = (0..200).map(|n| recorder.submit(request(n, 10)).unwrap()).collect();
+    for ticket in tickets {
+        assert_eq!(ticket.wait_durable(Duration::from_secs(5)), Some(Ok(())));
+    }
+    let syncs = storage.syncs() - syncs_before;
+    assert!((1..20).contains(&syncs), "{syncs} fsyncs for 200 records");
+    recorder.stop().unwrap();
+    assert_eq!(user_frames(&open_recording(&storage)).len(), 200);
+}
+
+#[test]
+fn none_durability_completes_once_written_without_fsync() {
+    let storage = SimulatedStorage::new();
+    let mut config = config(&dir());
+    config.durability = Durability::None;
+    let recorder = Recorder::start_with(config, Arc::new(storage.clone()), Arc::new(SystemClock)).unwrap();
+    let syncs_before = storage.syncs();
+    let ticket = recorder.submit(request(1, 10)).unwrap();
+    assert_eq!(ticket.wait_durable(Duration::from_secs(5)), Some(Ok(())));
+    assert_eq!(storage.syncs(), syncs_before);
+    recorder.stop().unwrap();
+}
+
+#[test]
+fn a_failed_fsync_fails_the_recorder_and_is_never_retried() {
+    let storage = SimulatedStorage::new();
+    let recorder = Recorder::start_with(config(&dir()), Arc::new(storage.clone()), Arc::new(SystemClock)).unwrap();
+    let first = recorder.submit(request(0, 10)).unwrap();
+    assert_eq!(first.wait_durable(Duration::from_secs(5)), Some(Ok(())));
+    storage.fail_next_syncs(1);
+    let doomed = recorder.submit(request(1, 10)).unwrap();
+    assert_eq!(doomed.wait_durable(Duration::from_secs(5)), Some(Err(RecordUnavailable::Failed)));
+    assert_eq!(recorder.health(), RecorderHealth::Failed);
+    let syncs_after_failure = storage.syncs();
+    assert_eq!(recorder.submit(request(2, 10)).unwrap_err(), RecordUnavailable::Failed);
+    std::thread::sleep(Duration::from_millis(30));
+    assert_eq!(storage.syncs(), syncs_after_failure, "no fsync after the failure");
+    assert!(matches!(recorder.stop(), Err(RecordError::Write(WriteError::Fatal { .. }))));
+    // The next start recovers what was written; the failed record is not claimed.
+    let restarted = Recorder::start_with(config(&dir()), Arc::new(storage.clone()), Arc::new(SystemClock)).unwrap();
+    restarted.stop().unwrap();
+    let frames = user_frames(&open_recording(&storage));
+    assert_eq!(frames[0], request(0, 10));
+}
+
+#[test]
+fn a_full_disk_refuses_then_resumes_and_records_the_outage() {
+    let storage = SimulatedStorage::new();
+    let mut config = config(&dir());
+    config.unavailable_retry = Duration::from_millis(5);
+    let recorder = Recorder::start_with(config, Arc::new(storage.clone()), Arc::new(SystemClock)).unwrap();
+    let ok = recorder.submit(request(0, 10)).unwrap();
+    assert_eq!(ok.wait_durable(Duration::from_secs(5)), Some(Ok(())));
+    let used: u64 = storage.read(&segment_path(0)).unwrap().len() as u64;
+    storage.set_space_bytes(Some(used + 20));
+    let refused = recorder.submit(request(1, 500)).unwrap();
+    assert_eq!(refused.wait_durable(Duration::from_secs(5)), Some(Err(RecordUnavailable::WriteFailed)));
+    assert_eq!(recorder.health(), RecorderHealth::Unavailable);
+    assert_eq!(recorder.submit(request(2, 10)).unwrap_err(), RecordUnavailable::Unavailable);
+    // The failed batch was cut back: the file holds only whole batches.
+    assert_eq!(storage.read(&segment_path(0)).unwrap().len() as u64, used);
+    storage.set_space_bytes(None);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while recorder.health() != RecorderHealth::Running {
+        assert!(std::time::Instant::now() < deadline, "the recorder did not resume");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let resumed = recorder.submit(request(3, 10)).unwrap();
+    assert_eq!(resumed.wait_durable(Duration::from_secs(5)), Some(Ok(())));
+    assert_eq!(recorder.stats().records_lost.load(std::sync::atomic::Ordering::Relaxed), 1);
+    recorder.stop().unwrap();
+    let recording = open_recording(&storage);
+    let frames: Vec<Frame> = recording.records().map(|r| r.unwrap().frame).collect();
+    assert_eq!(frames[0], request(0, 10));
+    let Frame::Event(outage) = &frames[1] else { panic!("the outage is recorded next: {:?}", frames[1]) };
+    assert_eq!(outage.kind, EventKind::RecorderError);
+    assert!(outage.detail.contains("1 accepted records were not recorded"), "{}", outage.detail);
+    assert_eq!(frames[2], request(3, 10));
+    assert!(verify_strict(&recording).is_ok());
+}
+
+/// Storage whose appends wait while the gate is closed, to hold the writer thread still.
+struct GatedStorage {
+    inner: SimulatedStorage,
+    gate: Arc<(std::sync::Mutex<bool>, std::sync::Condvar)>,
+}
+
+struct GatedFile {
+    inner: Box<dyn storage::SegmentFile>,
+    gate: Arc<(std::sync::Mutex<bool>, std::sync::Condvar)>,
+}
+
+impl storage::SegmentFile for GatedFile {
+    fn append(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        let (lock, condvar) = &*self.gate;
+        let mut open = lock.lock().unwrap();
+        while !*open {
+            open = condvar.wait(open).unwrap();
+        }
+        self.inner.append(bytes)
+    }
+    fn sync(&mut self) -> std::io::Result<()> {
+        self.inner.sync()
+    }
+    fn truncate(&mut self, len: u64) -> std::io::Result<()> {
+        self.inner.truncate(len)
+    }
+    fn size(&self) -> std::io::Result<u64> {
+        self.inner.size()
+    }
+}
+
+impl Storage for GatedStorage {
+    fn create_dir_all(&self, dir: &Path) -> std::io::Result<()> {
+        self.inner.create_dir_all(dir)
+    }
+    fn list(&self, dir: &Path) -> std::io::Result<Vec<String>> {
+        self.inner.list(dir)
+    }
+    fn create_new(&self, path: &Path) -> std::io::Result<Box<dyn storage::SegmentFile>> {
+        Ok(Box::new(GatedFile { inner: self.inner.create_new(path)?, gate: self.gate.clone() }))
+    }
+    fn open_append(&self, path: &Path) -> std::io::Result<Box<dyn storage::SegmentFile>> {
+        Ok(Box::new(GatedFile { inner: self.inner.open_append(path)?, gate: self.gate.clone() }))
+    }
+    fn open_read(&self, path: &Path) -> std::io::Result<Box<dyn storage::ReadAt>> {
+        self.inner.open_read(path)
+    }
+    fn sync_dir(&self, dir: &Path) -> std::io::Result<()> {
+        self.inner.sync_dir(dir)
+    }
+}
+
+#[test]
+fn a_full_queue_refuses_without_blocking() {
+    let gate = Arc::new((std::sync::Mutex::new(true), std::sync::Condvar::new()));
+    let storage = GatedStorage { inner: SimulatedStorage::new(), gate: gate.clone() };
+    let mut config = config(&dir());
+    config.queue_depth = 4;
+    config.batch_frames_max = 1;
+    let recorder = Recorder::start_with(config, Arc::new(storage), Arc::new(SystemClock)).unwrap();
+    *gate.0.lock().unwrap() = false;
+    // The writer takes one frame and waits at the gate; four more fill the queue.
+    let first = recorder.submit(request(0, 10)).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let mut queued = Vec::new();
+    let refusal = loop {
+        match recorder.submit(request(1, 10)) {
+            Ok(ticket) => queued.push(ticket),
+            Err(refusal) => break refusal,
+        }
+        assert!(std::time::Instant::now() < deadline);
+    };
+    assert_eq!(refusal, RecordUnavailable::QueueFull);
+    assert!(queued.len() <= 5, "{} queued", queued.len());
+    assert!(recorder.stats().refused_queue_full.load(std::sync::atomic::Ordering::Relaxed) >= 1);
+    *gate.0.lock().unwrap() = true;
+    gate.1.notify_all();
+    assert_eq!(first.wait_durable(Duration::from_secs(5)), Some(Ok(())));
+    for ticket in queued {
+        assert_eq!(ticket.wait_durable(Duration::from_secs(5)), Some(Ok(())));
+    }
+    recorder.stop().unwrap();
+}
+
+#[test]
+fn oversized_fields_are_refused_at_submit() {
+    let storage = SimulatedStorage::new();
+    let recorder = Recorder::start_with(config(&dir()), Arc::new(storage), Arc::new(SystemClock)).unwrap();
+    let Frame::Request(mut big) = request(0, 0) else { unreachable!() };
+    big.principal.sub = Some("s".repeat(limits::SHORT_FIELD_BYTES_MAX + 1));
+    assert_eq!(recorder.submit(Frame::Request(big)).unwrap_err(), RecordUnavailable::TooLarge("sub"));
+    recorder.stop().unwrap();
+}
+
+#[test]
+fn credentials_never_reach_a_segment() {
+    let storage = SimulatedStorage::new();
+    let (mut writer, _) = SegmentWriter::open(Arc::new(storage.clone()), &config(&dir()), T0).unwrap();
+    let login = Frame::Request(RequestFrame {
+        time_unix_us: T0,
+        endpoint: Cow::Borrowed("login"),
+        principal: Principal::default(),
+        session_id: None,
+        request_id: None,
+        query_id: None,
+        statement: None,
+        bindings: None,
+        agent_context: None,
+        query_tag: None,
+        decision: Decision::Allowed,
+        body: Bytes::from_static(br#"{"data":{"LOGIN_NAME":"svc","PASSWORD":"CANARY-PW","TOKEN":"CANARY-TK"}}"#),
+    });
+    let Frame::Response(mut answer) = response(0, None) else { unreachable!() };
+    answer.endpoint = Cow::Borrowed("token-request");
+    answer.body = Bytes::from_static(br#"{"data":{"sessionToken":"CANARY-ST","masterToken":"CANARY-MT"}}"#);
+    writer.append(&[login, Frame::Response(answer)], T0).unwrap();
+    writer.seal(SealReason::Stopped, T0).unwrap();
+    let recording = open_recording(&storage);
+    let text: String = recording.records().map(|r| format!("{:?}", r.unwrap())).collect();
+    assert!(text.contains("LOGIN_NAME") && text.contains("[redacted]"), "{text}");
+    assert!(!text.contains("CANARY"), "{text}");
+}
+
+#[test]
+fn rotation_by_age_and_size_keeps_one_chain() {
+    let storage = SimulatedStorage::new();
+    let mut config = config(&dir());
+    config.segment_bytes_max = 4096;
+    config.segment_age_max = Duration::from_secs(60);
+    let (mut writer, _) = SegmentWriter::open(Arc::new(storage.clone()), &config, T0).unwrap();
+    let mut now = T0;
+    let mut written = Vec::new();
+    let mut reasons = Vec::new();
+    for n in 0..60 {
+        now += 5_000_000; // five seconds per record: the age limit is reached every twelve
+        // Small records first (rotated by age), then large ones (rotated by size).
+        let frame = request(n, if n >= 30 && n % 3 == 0 { 2500 } else { 10 });
+        writer.append(std::slice::from_ref(&frame), now).unwrap();
+        written.push(frame);
+        if let Some(why) = writer.needs_rotation(now) {
+            reasons.push(why);
+            writer.rotate(why, now).unwrap();
+        }
+    }
+    writer.seal(SealReason::Stopped, now).unwrap();
+    assert!(reasons.contains(&"age") && reasons.contains(&"size"), "{reasons:?}");
+    let recording = open_recording(&storage);
+    assert_eq!(recording.segments().len(), reasons.len() + 1);
+    assert_eq!(user_frames(&recording), written);
+    let report = verify_strict(&recording);
+    assert!(report.is_ok(), "{:?}", report.problems);
+    // Each segment after the first opens with the rotation event.
+    let second = recording.segment(&recording.segments()[1]).unwrap();
+    let first_record = second.records().next().unwrap().unwrap();
+    assert!(matches!(first_record.frame, Frame::Event(EventFrame { kind: EventKind::SegmentRotated, .. })));
+}
+
+#[test]
+fn recorder_rotates_by_age_on_a_manual_clock() {
+    let storage = SimulatedStorage::new();
+    let clock = Arc::new(ManualClock::new(T0));
+    let mut config = config(&dir());
+    config.segment_age_max = Duration::from_secs(60);
+    let recorder = Recorder::start_with(config, Arc::new(storage.clone()), clock.clone()).unwrap();
+    let ticket = recorder.submit(request(0, 10)).unwrap();
+    assert_eq!(ticket.wait_durable(Duration::from_secs(5)), Some(Ok(())));
+    clock.advance(Duration::from_secs(61));
+    recorder.wake();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while storage.read(&segment_path(1)).is_none() {
+        assert!(std::time::Instant::now() < deadline, "no rotation by age");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    recorder.stop().unwrap();
+    let report = verify_strict(&open_recording(&storage));
+    assert!(report.is_ok(), "{:?}", report.problems);
+}
+
+/// Writes `n` records, one batch each, plus a three-record batch, into an open segment
+/// (no seal: a crash). Returns the file's bytes and each batch's (end offset, records so far).
+fn unsealed_segment(n: u64) -> (Vec<u8>, Vec<(u64, usize)>, Vec<Frame>) {
+    let storage = SimulatedStorage::new();
+    let (mut writer, _) = SegmentWriter::open(Arc::new(storage.clone()), &config(&dir()), T0).unwrap();
+    let mut frames = Vec::new();
+    let mut ends = Vec::new();
+    for i in 0..n {
+        let frame = request(i, (i as usize * 37) % 200);
+        writer.append(std::slice::from_ref(&frame), T0).unwrap();
+        frames.push(frame);
+        ends.push((writer.current_len().unwrap(), frames.len()));
+    }
+    let batch: Vec<Frame> = (n..n + 3).map(|i| response(i, None)).collect();
+    writer.append(&batch, T0).unwrap();
+    frames.extend(batch);
+    ends.push((writer.current_len().unwrap(), frames.len()));
+    (storage.read(&segment_path(0)).unwrap(), ends, frames)
+}
+
+#[test]
+fn a_torn_tail_cut_at_every_offset_keeps_exactly_the_whole_records_before_it() {
+    let (bytes, ends, frames) = unsealed_segment(8);
+    let last_records_start = ends[ends.len() - 4].0;
+    for cut in last_records_start..=bytes.len() as u64 {
+        let storage = SimulatedStorage::new();
+        storage.create_dir_all(&dir()).unwrap();
+        storage.write(&segment_path(0), bytes[..cut as usize].to_vec());
+        let (mut writer, report) = SegmentWriter::open(Arc::new(storage.clone()), &config(&dir()), T0 + 9).unwrap();
+        let (kept_end, kept) = *ends.iter().rev().find(|(end, _)| *end <= cut).unwrap();
+        assert_eq!(report.records_kept, kept as u64, "cut at {cut}");
+        assert_eq!(report.truncated_at, (kept_end != cut).then_some(kept_end), "cut at {cut}");
+        assert_eq!(storage.read(&segment_path(0)).unwrap()[..kept_end as usize], bytes[..kept_end as usize]);
+        writer.seal(SealReason::Stopped, T0 + 10).unwrap();
+        let recording = open_recording(&storage);
+        assert_eq!(user_frames(&recording), frames[..kept], "cut at {cut}");
+        let report = verify_strict(&recording);
+        assert!(report.is_ok(), "cut at {cut}: {:?}", report.problems);
+    }
+}
+
+#[test]
+fn corruption_before_the_tail_is_reported_and_nothing_is_cut() {
+    let (mut bytes, ends, _) = unsealed_segment(6);
+    let inside_batch_two = ends[1].0 as usize + 40;
+    bytes[inside_batch_two] ^= 0x10;
+    let storage = SimulatedStorage::new();
+    storage.create_dir_all(&dir()).unwrap();
+    storage.write(&segment_path(0), bytes.clone());
+    let error = SegmentWriter::open(Arc::new(storage.clone()), &config(&dir()), T0).unwrap_err();
+    let RecordError::Corrupt(read_error) = error else { panic!("not reported as corruption: {error}") };
+    assert_eq!(read_error.offset, ends[1].0);
+    assert_eq!(read_error.record_index, Some(2));
+    assert!(!read_error.torn_tail);
+    assert_eq!(storage.read(&segment_path(0)).unwrap(), bytes, "nothing was cut");
+}
+
+/// A sealed recording of two segments, one record per batch.
+fn sealed_recording() -> (SimulatedStorage, Vec<(u64, u64, u64)>) {
+    let storage = SimulatedStorage::new();
+    let mut config = config(&dir());
+    config.segment_bytes_max = 4096;
+    let (mut writer, _) = SegmentWriter::open(Arc::new(storage.clone()), &config, T0).unwrap();
+    let mut batches = Vec::new();
+    for n in 0..12 {
+        let sequence = 0;
+        let start = writer.current_len().unwrap();
+        let appended = writer.append(&[request(n, 60)], T0 + n).unwrap();
+        batches.push((sequence, start, appended.first_record_index));
+    }
+    writer.rotate("size", T0 + 20).unwrap();
+    writer.append(&[request(50, 60)], T0 + 21).unwrap();
+    writer.seal(SealReason::Stopped, T0 + 22).unwrap();
+    (storage, batches)
+}
+
+#[test]
+fn every_bit_flip_in_a_sample_of_records_names_the_segment_and_record() {
+    let (storage, batches) = sealed_recording();
+    assert!(verify_strict(&open_recording(&storage)).is_ok());
+    let original = storage.read(&segment_path(0)).unwrap();
+    for &(_, start, record_index) in [&batches[0], &batches[5], &batches[11]] {
+        let end = batches.iter().find(|b| b.1 > start).map_or_else(
+            || {
+                SegmentReader::from_bytes("x".into(), Bytes::from(original.clone()), Default::default())
+                    .unwrap()
+                    .sealed()
+                    .unwrap()
+                    .footer_offset
+            },
+            |b| b.1,
+        );
+        for bit in start * 8..end * 8 {
+            let copy = storage.fork();
+            let mut bytes = original.clone();
+            bytes[(bit / 8) as usize] ^= 1 << (bit % 8);
+            copy.write(&segment_path(0), bytes);
+            let report = verify_strict(&open_recording(&copy));
+            let first = report.problems.first().unwrap_or_else(|| panic!("bit {bit} went unnoticed"));
+            assert_eq!(first.path, segment_path(0), "bit {bit}");
+            assert_eq!(first.record_index, Some(record_index), "bit {bit}: {first}");
+        }
+    }
+    // Flips in the header and the footer are caught too, and name the segment.
+    let footer_offset = SegmentReader::from_bytes("x".into(), Bytes::from(original.clone()), Default::default())
+        .unwrap()
+        .sealed()
+        .unwrap()
+        .footer_offset;
+    let header_and_footer = (0..96 * 8).chain(footer_offset * 8..original.len() as u64 * 8);
+    for bit in header_and_footer.step_by(3) {
+        let copy = storage.fork();
+        let mut bytes = original.clone();
+        bytes[(bit / 8) as usize] ^= 1 << (bit % 8);
+        copy.write(&segment_path(0), bytes);
+        let report = verify_strict(&open_recording(&copy));
+        let first = report.problems.first().unwrap_or_else(|| panic!("bit {bit} went unnoticed"));
+        assert_eq!(first.path, segment_path(0), "bit {bit}");
+    }
+}
+
+#[test]
+fn verify_catches_missing_reordered_and_cut_segments() {
+    let (storage, _) = sealed_recording();
+    let second = storage.read(&segment_path(1)).unwrap();
+    // The last segment dropped: the first promised a successor.
+    let copy = storage.fork();
+    copy.remove(&segment_path(1));
+    let report = verify_strict(&open_recording(&copy));
+    assert!(report.problems[0].description.contains("should follow"), "{:?}", report.problems);
+    // The first dropped: the chain does not start at the beginning.
+    let copy = storage.fork();
+    copy.remove(&segment_path(0));
+    assert!(!verify_strict(&open_recording(&copy)).is_ok());
+    // ...unless retention is declared, and then the rest verifies.
+    let options = VerifyOptions { allow_partial_start: true, ..VerifyOptions::default() };
+    assert!(verify(&open_recording(&copy), &KEY, &options, &mut |_| {}).is_ok());
+    // A core whose every segment is gone shows only against the expected core count.
+    let copy = storage.fork();
+    copy.remove(&segment_path(0));
+    copy.remove(&segment_path(1));
+    let options = VerifyOptions { expected_cores: Some(1), ..VerifyOptions::default() };
+    let report = verify(&open_recording(&copy), &KEY, &options, &mut |_| {});
+    assert!(report.problems.iter().any(|p| p.description.contains("no segments for core 0")), "{:?}", report.problems);
+    // Another key.
+    assert!(!verify(&open_recording(&storage), &[8; 32], &VerifyOptions::default(), &mut |_| {}).is_ok());
+    // A duplicate under the next name.
+    let copy = storage.fork();
+    copy.write(&segment_path(2), second);
+    let report = verify_strict(&open_recording(&copy));
+    assert_eq!(report.problems[0].path, segment_path(2));
+}
+
+#[test]
+fn an_open_last_segment_needs_allow_open() {
+    let (bytes, _, _) = unsealed_segment(3);
+    let storage = SimulatedStorage::new();
+    storage.create_dir_all(&dir()).unwrap();
+    storage.write(&segment_path(0), bytes.clone());
+    assert!(!verify_strict(&open_recording(&storage)).is_ok());
+    let options = VerifyOptions { allow_open: true, ..VerifyOptions::default() };
+    let report = verify(&open_recording(&storage), &KEY, &options, &mut |_| {});
+    assert!(report.is_ok(), "{:?}", report.problems);
+    assert_eq!(report.notes.len(), 1);
+    // A batch being written at its end is fine too.
+    storage.write(&segment_path(0), bytes[..bytes.len() - 5].to_vec());
+    assert!(verify(&open_recording(&storage), &KEY, &options, &mut |_| {}).is_ok());
+}
+
+/// A committed segment directory per released format version must keep reading back.
+#[test]
+fn format_v1_fixture_reads_back() {
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/record/v1");
+    if let Some(out) = std::env::var_os("SNOWGATE_WRITE_RECORD_FIXTURE") {
+        write_v1_fixture(Path::new(&out));
+    }
+    let recording = Recording::open(&fixture).unwrap();
+    let report = verify(&recording, &fixture_key(), &VerifyOptions::default(), &mut |_| {});
+    assert!(report.is_ok(), "{:?}", report.problems);
+    assert_eq!(recording.segments().len(), 2);
+    let frames: Vec<Frame> = recording.records().map(|r| r.unwrap().frame).collect();
+    assert_eq!(frames, fixture_frames_with_rotation());
+    assert_eq!(recording.find(IndexKind::QueryId, "01b2c3d4-0000-0001-0000-000000000000").unwrap().len(), 1);
+}
+
+fn fixture_key() -> [u8; 32] {
+    let text = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/record/v1.key"));
+    let text = text.expect("the fixture key is committed");
+    let mut key = [0u8; 32];
+    for (i, byte) in key.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(&text.trim()[2 * i..2 * i + 2], 16).unwrap();
+    }
+    key
+}
+
+/// The fixture's content, spelled out (not built by the helpers above, which may change).
+fn fixture_frames() -> Vec<Frame> {
+    vec![
+        Frame::Event(EventFrame { time_unix_us: T0, kind: EventKind::GatewayStart, detail: "2 cores".into() }),
+        Frame::Request(RequestFrame {
+            time_unix_us: T0 + 1,
+            endpoint: Cow::Borrowed("query-request"),
+            principal: Principal {
+                sub: Some("agent-1".into()),
+                role: Some("ANALYST".into()),
+                groups: vec!["analysts".into(), "ops".into()],
+            },
+            session_id: Some(-1001),
+            request_id: Some("6d2b8a56-3d0a-4a51-8f3c-2d9c1f0e7b44".into()),
+            query_id: None,
+            statement: Some("select * from orders where id = ?".into()),
+            bindings: Some(r#"{"1":{"type":"FIXED","value":"7"}}"#.into()),
+            agent_context: Some("trace=abc".into()),
+            query_tag: Some("nightly".into()),
+            decision: Decision::Approved { rule: "pii-read".into(), approver: "alice".into() },
+            body: Bytes::from_static(br#"{"sqlText":"select * from orders where id = ?"}"#),
+        }),
+        Frame::Response(ResponseFrame {
+            time_unix_us: T0 + 2,
+            endpoint: Cow::Borrowed("query-request"),
+            request: Some(RequestLink::to_record(1)),
+            query_id: Some("01b2c3d4-0000-0001-0000-000000000000".into()),
+            status: 200,
+            code: None,
+            success: Some(true),
+            rows: Some(1),
+            upstream_us: 1200,
+            total_us: 1500,
+            body: Bytes::from_static(br#"{"data":{"rowset":[["7","x"]]},"success":true}"#),
+        }),
+        Frame::Request(RequestFrame {
+            time_unix_us: T0 + 3,
+            endpoint: Cow::Borrowed("query-request"),
+            principal: Principal { sub: Some("agent-2".into()), role: None, groups: vec![] },
+            session_id: None,
+            request_id: None,
+            query_id: None,
+            statement: Some("delete from orders".into()),
+            bindings: None,
+            agent_context: None,
+            query_tag: None,
+            decision: Decision::Blocked { rule: "no-deletes".into() },
+            body: Bytes::new(),
+        }),
+    ]
+}
+
+fn fixture_frames_with_rotation() -> Vec<Frame> {
+    let mut frames = fixture_frames();
+    frames.push(Frame::Event(EventFrame {
+        time_unix_us: T0 + 100,
+        kind: EventKind::SegmentRotated,
+        detail: "segment 0 sealed (size); segment 1 opened".into(),
+    }));
+    frames.push(Frame::Event(EventFrame {
+        time_unix_us: T0 + 200,
+        kind: EventKind::GatewayStop,
+        detail: String::new(),
+    }));
+    frames
+}
+
+/// Writes the v1 fixture (run once per released version, then commit it).
+fn write_v1_fixture(out: &Path) {
+    let storage = Arc::new(storage::FileSystem);
+    let (mut writer, _) = SegmentWriter::open(storage, &RecorderConfig::new(out, 0, fixture_key()), T0).unwrap();
+    let frames = fixture_frames();
+    writer.append(&frames[..1], T0).unwrap();
+    writer.append(&frames[1..], T0 + 1).unwrap();
+    writer.rotate("size", T0 + 100).unwrap();
+    writer.append(&fixture_frames_with_rotation()[5..], T0 + 200).unwrap();
+    writer.seal(SealReason::Stopped, T0 + 300).unwrap();
+}
+
+// ---------------------------------------------------------------------------------------
+// The model test: any sequence of appends, syncs, rotations, time and crashes reads back as
+// what a simple model says was acknowledged.
+
+#[derive(Debug, Clone)]
+enum Op {
+    /// Append these frames as one batch (`(kind, size)` each).
+    Append(Vec<(u8, u16)>),
+    /// Fsync: everything appended is acknowledged.
+    Sync,
+    /// Move time forward (seconds); the writer rotates by age.
+    Advance(u8),
+    /// Rotate now.
+    Rotate,
+    /// Power loss with this seed, then a restart (recovery).
+    Crash(u64),
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        6 => prop::collection::vec((0u8..3, 0u16..600), 1..5).prop_map(Op::Append),
+        3 => Just(Op::Sync),
+        1 => (1u8..90).prop_map(Op::Advance),
+        1 => Just(Op::Rotate),
+        2 => any::<u64>().prop_map(Op::Crash),
+    ]
+}
+
+fn model_frame(serial: u64, kind: u8, size: u16) -> Frame {
+    match kind {
+        0 => request(serial, size as usize),
+        1 => response(serial, Some(RequestLink::to_record(serial / 2))),
+        _ => Frame::Event(EventFrame {
+            time_unix_us: T0 + serial,
+            kind: EventKind::Other(format!("model-{serial}")),
+            detail: "x".repeat(size as usize % 50),
+        }),
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+    #[test]
+    fn reads_back_what_was_acknowledged(ops in prop::collection::vec(op(), 1..40)) {
+        let storage = SimulatedStorage::new();
+        let mut config = config(&dir());
+        config.segment_bytes_max = 4096;
+        config.segment_age_max = Duration::from_secs(60);
+        let mut now = T0;
+        let (mut writer, _) = SegmentWriter::open(Arc::new(storage.clone()), &config, now).unwrap();
+        // What must be there, and what may be (appended since the last fsync), in order.
+        let mut acknowledged: Vec<Frame> = Vec::new();
+        let mut unsynced: Vec<Frame> = Vec::new();
+        let mut serial = 0u64;
+        for op in ops {
+            match op {
+                Op::Append(specs) => {
+                    let frames: Vec<Frame> = specs.iter().map(|&(kind, size)| {
+                        serial += 1;
+                        model_frame(serial, kind, size)
+                    }).collect();
+                    writer.append(&frames, now).unwrap();
+                    unsynced.extend(frames);
+                }
+                Op::Sync => {
+                    writer.sync().unwrap();
+                    acknowledged.append(&mut unsynced);
+                }
+                Op::Advance(seconds) => now += u64::from(seconds) * 1_000_000,
+                Op::Rotate => {
+                    writer.rotate("test", now).unwrap();
+                    acknowledged.append(&mut unsynced);
+                }
+                Op::Crash(seed) => {
+                    storage.crash(seed);
+                    drop(writer);
+                    now += 1;
+                    let (reopened, _) = SegmentWriter::open(Arc::new(storage.clone()), &config, now).unwrap();
+                    writer = reopened;
+                    let survived = user_frames(&open_recording(&storage));
+                    prop_assert!(survived.len() >= acknowledged.len());
+                    prop_assert!(survived.len() <= acknowledged.len() + unsynced.len());
+                    let mut expected = acknowledged.clone();
+                    expected.extend(unsynced.iter().take(survived.len() - acknowledged.len()).cloned());
+                    prop_assert_eq!(&survived, &expected);
+                    acknowledged = survived;
+                    unsynced.clear();
+                    let options = VerifyOptions { allow_open: true, ..VerifyOptions::default() };
+                    let report = verify(&open_recording(&storage), &KEY, &options, &mut |_| {});
+                    prop_assert!(report.is_ok(), "{:?}", report.problems);
+                }
+            }
+            if let Some(why) = writer.needs_rotation(now) {
+                writer.rotate(why, now).unwrap();
+                acknowledged.append(&mut unsynced);
+            }
+        }
+        writer.seal(SealReason::Stopped, now).unwrap();
+        acknowledged.append(&mut unsynced);
+        let recording = open_recording(&storage);
+        prop_assert_eq!(user_frames(&recording), acknowledged);
+        let report = verify_strict(&recording);
+        prop_assert!(report.is_ok(), "{:?}", report.problems);
+    }
+}

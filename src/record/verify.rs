@@ -1,0 +1,381 @@
+//! Verification of a directory of segments: every CRC, every record's place, each core's
+//! BLAKE3 chain within and across segments, every footer's MAC and its agreement with what
+//! the segment holds, and completeness (no segment missing before, between, or after a
+//! segment that promised a successor). Reads through [`Recording`] only; reports every
+//! problem with its file, byte offset and first untrustworthy record, first problem first.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use super::format::{
+    BatchEntry, ChainHead, FooterIndex, SEGMENT_HEADER_BYTES, SealReason, chain_next, genesis, mac_equal, mac_key,
+};
+use super::reader::{ReadError, ReaderOptions, Recording, SegmentName, index_keys};
+
+/// How strict to be.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct VerifyOptions {
+    /// Accept each core's last segment unsealed (a live gateway writes it), an incomplete
+    /// batch at its end included. Its records are checked but not authenticated.
+    pub allow_open: bool,
+    /// Accept a core whose earliest segments were removed (retention): the chain is checked
+    /// from the first segment present.
+    pub allow_partial_start: bool,
+    /// The gateway's number of cores, when known: each of cores `0..n` must have segments
+    /// (a core whose every segment was deleted leaves no trace in the others' files).
+    pub expected_cores: Option<u16>,
+    /// Reader limits.
+    pub reader: ReaderOptions,
+}
+
+/// One finding: where, and what.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// The file (or the directory).
+    pub path: PathBuf,
+    /// Byte offset in the file, when it applies.
+    pub offset: Option<u64>,
+    /// The first record that cannot be trusted, when known.
+    pub record_index: Option<u64>,
+    /// What is wrong.
+    pub description: String,
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.path.display())?;
+        if let Some(offset) = self.offset {
+            write!(f, " at byte {offset}")?;
+        }
+        if let Some(index) = self.record_index {
+            write!(f, " (record {index})")?;
+        }
+        write!(f, ": {}", self.description)
+    }
+}
+
+impl From<ReadError> for Problem {
+    fn from(error: ReadError) -> Problem {
+        let mut description = error.kind.to_string();
+        if error.torn_tail {
+            description.push_str(" (the damage runs to the end of the file: a torn write or a cut)");
+        }
+        Problem { path: error.path, offset: Some(error.offset), record_index: error.record_index, description }
+    }
+}
+
+/// What verification saw of one core.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CoreSummary {
+    /// Segments.
+    pub segments: u64,
+    /// Records read.
+    pub records: u64,
+    /// The chain head after the last good record: an anchor to keep elsewhere.
+    pub chain_head: Option<ChainHead>,
+    /// The index the next record would get.
+    pub next_record_index: Option<u64>,
+}
+
+/// The outcome.
+#[derive(Debug, Clone, Default)]
+pub struct VerifyReport {
+    /// Failures, first first. Empty means verified.
+    pub problems: Vec<Problem>,
+    /// Accepted conditions worth saying (an open segment under `allow_open`).
+    pub notes: Vec<Problem>,
+    /// Segments seen.
+    pub segments: u64,
+    /// Records read.
+    pub records: u64,
+    /// Per core.
+    pub cores: BTreeMap<u16, CoreSummary>,
+}
+
+impl VerifyReport {
+    /// Whether nothing is wrong.
+    pub fn is_ok(&self) -> bool {
+        self.problems.is_empty()
+    }
+
+    fn problem(&mut self, path: PathBuf, offset: Option<u64>, record_index: Option<u64>, description: String) {
+        self.problems.push(Problem { path, offset, record_index, description });
+    }
+}
+
+/// Where the chain stands after a segment.
+struct Continuation {
+    chain_head: Option<ChainHead>,
+    next_record_index: Option<u64>,
+    seal: Option<SealReason>,
+}
+
+/// Verifies every segment of `recording` with `sealing_key`. `progress` receives the bytes
+/// of each batch or segment as they are checked.
+pub fn verify(
+    recording: &Recording,
+    sealing_key: &[u8; 32],
+    options: &VerifyOptions,
+    progress: &mut dyn FnMut(u64),
+) -> VerifyReport {
+    let mut report = VerifyReport::default();
+    for other in recording.other_files() {
+        let path = recording.directory().join(other);
+        report.problem(path, None, None, "not a segment file (segments are named seg-<core>-<sequence>.sgr)".into());
+    }
+    if recording.segments().is_empty() {
+        report.problem(recording.directory().to_owned(), None, None, "no segments".into());
+    }
+    let mut by_core: BTreeMap<u16, Vec<&SegmentName>> = BTreeMap::new();
+    for segment in recording.segments() {
+        by_core.entry(segment.core_id).or_default().push(segment);
+    }
+    if let Some(n_cores) = options.expected_cores {
+        for core_id in 0..n_cores {
+            if !by_core.contains_key(&core_id) {
+                let description = format!("no segments for core {core_id} (expected {n_cores} cores)");
+                report.problem(recording.directory().to_owned(), None, None, description);
+            }
+        }
+        for &core_id in by_core.keys().filter(|&&core_id| core_id >= n_cores) {
+            let description = format!("segments for core {core_id}, but only {n_cores} cores were expected");
+            report.problem(recording.directory().to_owned(), None, None, description);
+        }
+    }
+    let verifier = Verifier { recording, mac_key: mac_key(sealing_key), options: *options };
+    for (core_id, segments) in by_core {
+        verifier.core(core_id, &segments, &mut report, progress);
+    }
+    report
+}
+
+/// The time range a footer records for these batches (zeros when there are none).
+fn time_range(batches: &[BatchEntry]) -> (u64, u64) {
+    if batches.is_empty() {
+        return (0, 0);
+    }
+    let min = batches.iter().map(|b| b.time_min_unix_us).min().unwrap_or(0);
+    let max = batches.iter().map(|b| b.time_max_unix_us).max().unwrap_or(0);
+    (min, max)
+}
+
+struct Verifier<'a> {
+    recording: &'a Recording,
+    mac_key: [u8; 32],
+    options: VerifyOptions,
+}
+
+impl Verifier<'_> {
+    fn core(&self, core_id: u16, segments: &[&SegmentName], report: &mut VerifyReport, progress: &mut dyn FnMut(u64)) {
+        let partial = self.options.allow_partial_start;
+        let mut expected_sequence = if partial { segments[0].sequence } else { 0 };
+        let mut continuation = Continuation {
+            chain_head: (!partial).then(|| genesis(core_id)),
+            next_record_index: (!partial).then_some(0),
+            seal: None,
+        };
+        let mut summary = CoreSummary::default();
+        for (position, segment) in segments.iter().enumerate() {
+            let path = self.recording.path(segment);
+            if segment.sequence != expected_sequence {
+                let description = if segment.sequence == expected_sequence + 1 {
+                    format!("segment {expected_sequence} of core {core_id} is missing")
+                } else {
+                    format!(
+                        "segments {expected_sequence} to {} of core {core_id} are missing",
+                        segment.sequence.saturating_sub(1)
+                    )
+                };
+                report.problem(path.clone(), None, None, description);
+                continuation.chain_head = None;
+                continuation.next_record_index = None;
+            }
+            expected_sequence = segment.sequence + 1;
+            let last = position + 1 == segments.len();
+            let records_before = report.records;
+            continuation = self.segment(segment, &continuation, last, report, progress);
+            summary.segments += 1;
+            summary.records += report.records - records_before;
+            report.segments += 1;
+            if last && let Some(seal) = continuation.seal.filter(|seal| seal.has_successor()) {
+                let description = format!(
+                    "sealed as {}: segment {} should follow and is missing (the recording was cut)",
+                    seal.name(),
+                    segment.sequence + 1
+                );
+                report.problem(path, None, None, description);
+            }
+        }
+        summary.chain_head = continuation.chain_head;
+        summary.next_record_index = continuation.next_record_index;
+        report.cores.insert(core_id, summary);
+    }
+
+    fn segment(
+        &self,
+        segment: &SegmentName,
+        expected: &Continuation,
+        last: bool,
+        report: &mut VerifyReport,
+        progress: &mut dyn FnMut(u64),
+    ) -> Continuation {
+        let path = self.recording.path(segment);
+        let unknown = Continuation { chain_head: None, next_record_index: None, seal: None };
+        let reader = match self.recording.segment(segment) {
+            Ok(reader) => reader,
+            Err(error) => {
+                let open_allowed = last && self.options.allow_open && error.torn_tail;
+                if open_allowed {
+                    report.notes.push(error.into());
+                } else {
+                    report.problems.push(error.into());
+                }
+                return unknown;
+            }
+        };
+        progress(SEGMENT_HEADER_BYTES as u64);
+        let header = reader.header().clone();
+        if header.core_id != segment.core_id || header.sequence != segment.sequence {
+            let description = format!(
+                "the header says core {} segment {}: renamed, duplicated or moved",
+                header.core_id, header.sequence
+            );
+            report.problem(path, Some(0), None, description);
+            return unknown;
+        }
+        if expected.chain_head.is_some_and(|head| head != header.previous_chain_head) {
+            let description = "does not continue the chain of the segment before it \
+                (a segment was replaced, reordered or removed)";
+            report.problem(path.clone(), Some(0), Some(header.first_record_index), description.into());
+        }
+        if let Some(index) = expected.next_record_index.filter(|&index| index != header.first_record_index) {
+            let description =
+                format!("starts at record {}; the segment before ends at {index}", header.first_record_index);
+            report.problem(path.clone(), Some(0), Some(header.first_record_index), description);
+        }
+
+        // Recompute everything the footer claims from what the segment holds.
+        let mut chain = header.previous_chain_head;
+        let mut batches: Vec<BatchEntry> = Vec::new();
+        let mut index = FooterIndex::new();
+        let mut scan = reader.scan();
+        let mut scan_error = None;
+        for batch in &mut scan {
+            let batch = match batch {
+                Ok(batch) => batch,
+                Err(error) => {
+                    scan_error = Some(error);
+                    break;
+                }
+            };
+            for body in batch.record_bodies() {
+                chain = chain_next(&chain, body);
+            }
+            let ordinal = batches.len() as u32;
+            for record in &batch.records {
+                for (kind, key) in index_keys(&record.frame) {
+                    let ordinals = index.entry((kind, key.to_owned())).or_default();
+                    if ordinals.last() != Some(&ordinal) {
+                        ordinals.push(ordinal);
+                    }
+                }
+            }
+            let times = batch.records.iter().map(|r| r.frame.time_unix_us());
+            let (time_min, time_max) = times.fold((u64::MAX, 0), |(lo, hi), t| (lo.min(t), hi.max(t)));
+            batches.push(BatchEntry {
+                offset: batch.offset,
+                first_record_index: batch.header.first_record_index,
+                n_records: batch.header.n_records,
+                compressed_len: batch.header.compressed_len,
+                uncompressed_len: batch.header.uncompressed_len,
+                time_min_unix_us: time_min,
+                time_max_unix_us: time_max,
+                chain_head_after: chain,
+            });
+            report.records += u64::from(batch.header.n_records);
+            progress(batch.end_offset - batch.offset);
+        }
+        let next_index = scan.next_index();
+        let sealed = reader.sealed();
+        let authentic = sealed.filter(|sealed| {
+            mac_equal(
+                &sealed.trailer.mac,
+                &super::format::footer_mac(&self.mac_key, reader.header_bytes(), &sealed.footer_frame),
+            )
+        });
+        if let Some(error) = scan_error {
+            if error.torn_tail && last && self.options.allow_open && sealed.is_none() {
+                report.notes.push(error.into());
+                return Continuation { chain_head: Some(chain), next_record_index: Some(next_index), seal: None };
+            }
+            report.problems.push(error.into());
+            // An authentic footer still anchors the next segment's link.
+            return match authentic {
+                Some(sealed) => Continuation {
+                    chain_head: Some(sealed.footer.chain_head),
+                    next_record_index: Some(sealed.footer.first_record_index + sealed.footer.record_count),
+                    seal: Some(sealed.footer.seal_reason),
+                },
+                None => unknown,
+            };
+        }
+        let Some(sealed) = sealed else {
+            let description = format!(
+                "open segment: {} records not sealed, so not authenticated",
+                next_index - header.first_record_index
+            );
+            let problem = Problem { path, offset: Some(reader.len()), record_index: Some(next_index), description };
+            if last && self.options.allow_open {
+                report.notes.push(problem);
+            } else {
+                report.problems.push(problem);
+            }
+            return Continuation { chain_head: Some(chain), next_record_index: Some(next_index), seal: None };
+        };
+        progress(reader.len() - sealed.footer_offset);
+        let footer_offset = Some(sealed.footer_offset);
+        if authentic.is_none() {
+            let description = "footer MAC mismatch: the footer or header was altered, or sealed with another key";
+            report.problem(path, footer_offset, None, description.into());
+            return Continuation { chain_head: Some(chain), next_record_index: Some(next_index), seal: None };
+        }
+        let footer = &sealed.footer;
+        // The footer is authentic: where the segment disagrees with it, the segment changed.
+        let mut mismatch = |record_index: Option<u64>, offset: Option<u64>, description: String| {
+            report.problem(path.clone(), offset, record_index, description);
+        };
+        let first_bad_batch =
+            batches.iter().zip(&footer.batches).position(|(found, sealed_entry)| found != sealed_entry);
+        if let Some(position) = first_bad_batch {
+            let found = &batches[position];
+            let last_record = found.first_record_index + u64::from(found.n_records).saturating_sub(1);
+            let what = if found.chain_head_after != footer.batches[position].chain_head_after {
+                "its records were altered (the chain differs from the sealed one)"
+            } else {
+                "its place, size or time range differs from the sealed one"
+            };
+            let description =
+                format!("batch {position} (records {} to {last_record}): {what}", found.first_record_index);
+            mismatch(Some(found.first_record_index), Some(found.offset), description);
+        } else if batches.len() != footer.batches.len() {
+            let description = format!("holds {} batches; the footer seals {}", batches.len(), footer.batches.len());
+            mismatch(Some(next_index.min(footer.first_record_index + footer.record_count)), footer_offset, description);
+        } else if footer.chain_head != chain
+            || footer.first_record_index != header.first_record_index
+            || footer.record_count != next_index - header.first_record_index
+            || (footer.time_min_unix_us, footer.time_max_unix_us) != time_range(&batches)
+        {
+            mismatch(None, footer_offset, "the footer's totals do not match the segment".into());
+        } else if footer.index != index {
+            mismatch(None, footer_offset, "the footer's index does not match the records".into());
+        } else if sealed.trailer.footer_offset != sealed.footer_offset {
+            let description = "the trailer does not point at the footer (bytes were inserted or removed)";
+            mismatch(None, footer_offset, description.into());
+        }
+        Continuation {
+            chain_head: Some(footer.chain_head),
+            next_record_index: Some(footer.first_record_index + footer.record_count),
+            seal: Some(footer.seal_reason),
+        }
+    }
+}

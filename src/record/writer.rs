@@ -1,0 +1,827 @@
+//! [`SegmentWriter`]: one core's chain of segment files, written by one thread. It encodes
+//! batches into zstd frames, appends them, rotates and seals segments, and on open recovers
+//! the core's last segment. It never decides when to fsync (the recorder thread does, per
+//! durability mode) and takes the time as an argument, so tests drive rotation by age.
+//!
+//! After an append fails the file is cut back to the last whole batch and nothing of the
+//! batch is kept ([`WriteError::Io`]: retry later). After an fsync fails, or a cut-back fails,
+//! nothing on disk can be trusted ([`WriteError::Fatal`]): the writer must not be used again.
+
+use std::collections::HashMap;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use super::format::{
+    BATCH_HEADER_BYTES, BatchEntry, BatchHeader, ChainHead, Footer, FooterIndex, IndexKind, SEGMENT_HEADER_BYTES,
+    SealReason, SegmentHeader, Trailer, chain_next, footer_bytes_estimate, footer_mac, genesis, mac_equal, mac_key,
+};
+use super::frame::{EventFrame, EventKind, Frame, RECORD_PREFIX_BYTES, encode_body};
+use super::limits;
+use super::reader::{ReadError, ReadErrorKind, ReaderOptions, SegmentName, SegmentReader, index_keys};
+use super::recorder::RecorderConfig;
+use super::storage::{SegmentFile, Storage};
+
+/// The recorder could not start, or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum RecordError {
+    /// The configuration is unusable (the operator's to fix).
+    #[error("recording configuration: {0}")]
+    Config(String),
+    /// The directory could not be listed or created (the environment's fault).
+    #[error("recording directory {}: {source}", path.display())]
+    Io {
+        /// The directory or file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+    /// The last segment is damaged other than by a torn tail (the disk's fault, or
+    /// tampering): nothing was cut, and an operator must look before recording resumes.
+    #[error("recording is corrupt, nothing was cut: {0}")]
+    Corrupt(#[source] Box<ReadError>),
+    /// Writing failed.
+    #[error(transparent)]
+    Write(#[from] WriteError),
+}
+
+/// Writing a batch, a header or a footer failed.
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    /// Nothing of the write was kept: the file is back at its last whole batch. The disk may
+    /// be full; trying again later is safe.
+    #[error("writing {} failed: {source}", path.display())]
+    Io {
+        /// The segment file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+    /// What is on disk is unknown (an fsync failed, or a cut-back after a failed write
+    /// failed). The writer must not be used again; never retry an fsync as if it succeeded.
+    #[error("{what} of {} failed, the recorder stops: {source}", path.display())]
+    Fatal {
+        /// The operation.
+        what: &'static str,
+        /// The file or directory.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+    /// A frame is over the format's limits (the caller should have checked).
+    #[error("a frame's {field} is over the recording format's limit")]
+    TooLarge {
+        /// The field.
+        field: &'static str,
+    },
+}
+
+impl WriteError {
+    /// Whether the writer must stop.
+    pub fn is_fatal(&self) -> bool {
+        matches!(self, WriteError::Fatal { .. })
+    }
+}
+
+/// What recovery found and did on open.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RecoveryReport {
+    /// The core's last segment, if any.
+    pub last_segment: Option<PathBuf>,
+    /// It was sealed: nothing to do.
+    pub was_sealed: bool,
+    /// It was open (a crash): it was checked, cut back if torn, and sealed as `recovered`.
+    pub sealed_open_segment: bool,
+    /// Records it holds.
+    pub records_kept: u64,
+    /// Where a torn tail was cut.
+    pub truncated_at: Option<u64>,
+    /// Bytes cut.
+    pub bytes_truncated: u64,
+    /// Its header was torn (created, never written): it was rewritten.
+    pub header_rewritten: bool,
+}
+
+impl RecoveryReport {
+    /// Whether recovery changed anything (and so records an event).
+    pub fn performed(&self) -> bool {
+        self.sealed_open_segment || self.header_rewritten
+    }
+
+    /// A sentence for the `recovery_performed` event and the log.
+    pub fn describe(&self) -> String {
+        let name = self
+            .last_segment
+            .as_deref()
+            .and_then(Path::file_name)
+            .map_or_else(|| "none".into(), |n| n.to_string_lossy().into_owned());
+        if self.header_rewritten {
+            return format!("segment {name} had a torn header and no records; it was rewritten");
+        }
+        match self.truncated_at {
+            Some(at) => format!(
+                "segment {name} was not sealed: cut a torn tail of {} bytes at byte {at}, kept {} records, sealed it",
+                self.bytes_truncated, self.records_kept
+            ),
+            None => format!("segment {name} was not sealed: kept all {} records, sealed it", self.records_kept),
+        }
+    }
+}
+
+/// What one append wrote.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Appended {
+    /// The first record's index.
+    pub first_record_index: u64,
+    /// Records written.
+    pub n_records: u32,
+    /// Bytes of the records, uncompressed.
+    pub bytes_uncompressed: u64,
+    /// Bytes appended to the file (batch header and zstd frame).
+    pub bytes_on_disk: u64,
+}
+
+/// The frames of one batch, and where their record indexes go.
+pub(super) trait BatchItems {
+    fn n_items(&self) -> usize;
+    fn frame(&self, item_idx: usize) -> &Frame;
+    /// Tells the item's ticket its record index (`u64::MAX`: unassigned again).
+    fn assign(&self, item_idx: usize, record_index: u64);
+}
+
+impl BatchItems for [Frame] {
+    fn n_items(&self) -> usize {
+        self.len()
+    }
+
+    fn frame(&self, item_idx: usize) -> &Frame {
+        &self[item_idx]
+    }
+
+    fn assign(&self, _: usize, _: u64) {}
+}
+
+/// The index kinds, as slots of the writer's per-kind maps.
+const INDEX_KINDS: [IndexKind; 3] = [IndexKind::Identity, IndexKind::QueryId, IndexKind::RequestId];
+
+fn kind_slot(kind: IndexKind) -> usize {
+    match kind {
+        IndexKind::Identity => 0,
+        IndexKind::QueryId => 1,
+        IndexKind::RequestId => 2,
+    }
+}
+
+struct OpenSegment {
+    file: Box<dyn SegmentFile>,
+    path: PathBuf,
+    header: SegmentHeader,
+    header_bytes: [u8; SEGMENT_HEADER_BYTES],
+    /// Bytes of whole structures written: where the next batch goes.
+    len: u64,
+    batches: Vec<BatchEntry>,
+    index: [HashMap<String, Vec<u32>>; 3],
+    n_index_keys: usize,
+    index_key_bytes: usize,
+    index_refs: usize,
+    record_count: u64,
+    time_min_unix_us: u64,
+    time_max_unix_us: u64,
+}
+
+impl OpenSegment {
+    fn new(file: Box<dyn SegmentFile>, path: PathBuf, header: SegmentHeader) -> OpenSegment {
+        let header_bytes = header.encode();
+        OpenSegment {
+            file,
+            path,
+            header,
+            header_bytes,
+            len: SEGMENT_HEADER_BYTES as u64,
+            batches: Vec::new(),
+            index: Default::default(),
+            n_index_keys: 0,
+            index_key_bytes: 0,
+            index_refs: 0,
+            record_count: 0,
+            time_min_unix_us: u64::MAX,
+            time_max_unix_us: 0,
+        }
+    }
+
+    /// Adds a written batch to the footer's table and index.
+    fn add_batch<'a>(&mut self, entry: BatchEntry, keys: impl Iterator<Item = (IndexKind, &'a str)>) {
+        let ordinal = self.batches.len() as u32;
+        self.record_count += u64::from(entry.n_records);
+        self.time_min_unix_us = self.time_min_unix_us.min(entry.time_min_unix_us);
+        self.time_max_unix_us = self.time_max_unix_us.max(entry.time_max_unix_us);
+        self.batches.push(entry);
+        for (kind, key) in keys {
+            let map = &mut self.index[kind_slot(kind)];
+            match map.get_mut(key) {
+                Some(ordinals) => {
+                    if ordinals.last() != Some(&ordinal) {
+                        ordinals.push(ordinal);
+                        self.index_refs += 1;
+                    }
+                }
+                None => {
+                    map.insert(key.to_owned(), vec![ordinal]);
+                    self.n_index_keys += 1;
+                    self.index_key_bytes += 7 + key.len();
+                    self.index_refs += 1;
+                }
+            }
+        }
+    }
+
+    fn footer_index(&self) -> FooterIndex {
+        let mut index = FooterIndex::new();
+        for kind in INDEX_KINDS {
+            for (key, ordinals) in &self.index[kind_slot(kind)] {
+                index.insert((kind, key.clone()), ordinals.clone());
+            }
+        }
+        index
+    }
+
+    /// Why the segment must be sealed before another batch, if it must: a batch of the most
+    /// frames and keys must still fit the format's per-segment limits.
+    fn full(&self) -> Option<&'static str> {
+        let keys_per_batch_max = limits::BATCH_FRAMES_MAX * INDEX_KINDS.len();
+        if self.batches.len() + 1 >= limits::BATCHES_PER_SEGMENT_MAX {
+            Some("batch count")
+        } else if self.n_index_keys + keys_per_batch_max > limits::INDEX_KEYS_PER_SEGMENT_MAX
+            || footer_bytes_estimate(self.batches.len(), self.index_key_bytes, self.index_refs)
+                >= limits::FOOTER_BYTES_SOFT_MAX
+        {
+            Some("footer size")
+        } else {
+            None
+        }
+    }
+}
+
+/// Endpoints whose bodies carry credentials on the wire; the proxy strips them, and the
+/// writer scrubs them again by key name before encoding.
+const CREDENTIAL_ENDPOINTS: &[&str] = &["login", "token-request", "logout", "authenticator-request"];
+
+/// Key names (lowercased, as substrings) whose values never reach a segment.
+const CREDENTIAL_KEY_PARTS: &[&str] =
+    &["password", "passcode", "token", "secret", "private", "credential", "authorization", "assertion"];
+
+fn scrub_value(value: &mut serde_json::Value) -> bool {
+    let mut changed = false;
+    match value {
+        serde_json::Value::Object(map) => {
+            for (key, inner) in map.iter_mut() {
+                let lower = key.to_ascii_lowercase();
+                if CREDENTIAL_KEY_PARTS.iter().any(|part| lower.contains(part)) {
+                    if !inner.is_null() {
+                        *inner = serde_json::Value::String("[redacted]".into());
+                        changed = true;
+                    }
+                } else {
+                    changed |= scrub_value(inner);
+                }
+            }
+        }
+        serde_json::Value::Array(items) => {
+            for inner in items {
+                changed |= scrub_value(inner);
+            }
+        }
+        _ => {}
+    }
+    changed
+}
+
+/// A copy of `body` with every credential-named value replaced; a body that is not JSON is
+/// dropped whole, since it cannot be checked.
+fn scrub_credentials(body: &Bytes) -> Option<Bytes> {
+    if body.is_empty() {
+        return None;
+    }
+    match serde_json::from_slice::<serde_json::Value>(body) {
+        Ok(mut value) => {
+            scrub_value(&mut value).then(|| Bytes::from(serde_json::to_vec(&value).expect("a JSON value serialises")))
+        }
+        Err(_) => Some(Bytes::new()),
+    }
+}
+
+/// The frame to encode: `frame` itself, or a scrubbed copy for credential endpoints.
+fn scrubbed(frame: &Frame) -> Option<Frame> {
+    let endpoint = frame.endpoint()?;
+    if !CREDENTIAL_ENDPOINTS.contains(&endpoint) {
+        return None;
+    }
+    let body = scrub_credentials(frame.body()?)?;
+    let mut copy = frame.clone();
+    match &mut copy {
+        Frame::Request(r) => r.body = body,
+        Frame::Response(r) => r.body = body,
+        Frame::Event(_) => {}
+    }
+    Some(copy)
+}
+
+/// One core's segment writer.
+pub struct SegmentWriter {
+    storage: Arc<dyn Storage>,
+    directory: PathBuf,
+    core_id: u16,
+    mac_key: [u8; 32],
+    compressor: zstd::bulk::Compressor<'static>,
+    segment_bytes_max: u64,
+    segment_age_max_us: u64,
+    next_record_index: u64,
+    chain_head: ChainHead,
+    next_sequence: u64,
+    current: Option<OpenSegment>,
+    payload: Vec<u8>,
+    compressed: Vec<u8>,
+    out: Vec<u8>,
+}
+
+impl std::fmt::Debug for SegmentWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SegmentWriter")
+            .field("directory", &self.directory)
+            .field("core_id", &self.core_id)
+            .field("next_record_index", &self.next_record_index)
+            .field("next_sequence", &self.next_sequence)
+            .finish()
+    }
+}
+
+fn corrupt(error: ReadError) -> RecordError {
+    RecordError::Corrupt(Box::new(error))
+}
+
+impl SegmentWriter {
+    /// Opens core `config.core_id`'s chain in `config.directory`: recovers its last segment
+    /// (see the module header of `record`) and opens the next one.
+    pub fn open(
+        storage: Arc<dyn Storage>,
+        config: &RecorderConfig,
+        now_unix_us: u64,
+    ) -> Result<(SegmentWriter, RecoveryReport), RecordError> {
+        config.validate()?;
+        let directory = config.directory.clone();
+        let io_error = |source| RecordError::Io { path: directory.clone(), source };
+        storage.create_dir_all(&directory).map_err(io_error)?;
+        let mut sequences: Vec<u64> = storage
+            .list(&directory)
+            .map_err(io_error)?
+            .iter()
+            .filter_map(|name| SegmentName::parse(name))
+            .filter(|name| name.core_id == config.core_id)
+            .map(|name| name.sequence)
+            .collect();
+        sequences.sort_unstable();
+        let mut compressor = zstd::bulk::Compressor::new(config.zstd_level).map_err(io_error)?;
+        compressor.include_checksum(false).map_err(io_error)?;
+        compressor.include_contentsize(true).map_err(io_error)?;
+        let mut writer = SegmentWriter {
+            storage,
+            directory: directory.clone(),
+            core_id: config.core_id,
+            mac_key: mac_key(&config.sealing_key),
+            compressor,
+            segment_bytes_max: config.segment_bytes_max,
+            segment_age_max_us: config.segment_age_max.as_micros().min(u128::from(u64::MAX)) as u64,
+            next_record_index: 0,
+            chain_head: genesis(config.core_id),
+            next_sequence: 0,
+            current: None,
+            payload: Vec::new(),
+            compressed: Vec::new(),
+            out: Vec::new(),
+        };
+        let mut report = RecoveryReport::default();
+        if let Some(&last) = sequences.last() {
+            writer.recover_last(last, &mut report, now_unix_us)?;
+        }
+        writer.open_next(now_unix_us)?;
+        Ok((writer, report))
+    }
+
+    fn segment_path(&self, sequence: u64) -> PathBuf {
+        self.directory.join(SegmentName { core_id: self.core_id, sequence }.file_name())
+    }
+
+    /// The chain head and next record index after sealed segment `sequence`, checked.
+    fn sealed_state(&self, sequence: u64) -> Result<(ChainHead, u64), RecordError> {
+        let path = self.segment_path(sequence);
+        let reader =
+            SegmentReader::open_with(self.storage.as_ref(), &path, ReaderOptions::default()).map_err(corrupt)?;
+        let not_sealed = || ReadError {
+            path: path.clone(),
+            offset: reader.len(),
+            record_index: None,
+            torn_tail: false,
+            kind: ReadErrorKind::NotSealed,
+        };
+        let sealed = reader.sealed().ok_or_else(|| corrupt(not_sealed()))?;
+        self.check_sealed(&reader, &path)?;
+        Ok((sealed.footer.chain_head, sealed.footer.first_record_index + sealed.footer.record_count))
+    }
+
+    fn check_sealed(&self, reader: &SegmentReader, path: &Path) -> Result<(), RecordError> {
+        let sealed = reader.sealed().expect("checked by the caller");
+        let mac = footer_mac(&self.mac_key, reader.header_bytes(), &sealed.footer_frame);
+        let error = |kind| {
+            corrupt(ReadError {
+                path: path.to_owned(),
+                offset: sealed.footer_offset,
+                record_index: None,
+                torn_tail: false,
+                kind,
+            })
+        };
+        if !mac_equal(&mac, &sealed.trailer.mac) {
+            return Err(error(ReadErrorKind::FooterMac));
+        }
+        if sealed.trailer.footer_offset != sealed.footer_offset {
+            return Err(error(ReadErrorKind::Trailer(super::format::StructureError::OutOfRange)));
+        }
+        if sealed.footer.first_record_index != reader.header().first_record_index {
+            return Err(error(ReadErrorKind::FooterMismatch("first record index")));
+        }
+        Ok(())
+    }
+
+    fn recover_last(&mut self, sequence: u64, report: &mut RecoveryReport, now: u64) -> Result<(), RecordError> {
+        let path = self.segment_path(sequence);
+        report.last_segment = Some(path.clone());
+        let reader = match SegmentReader::open_with(self.storage.as_ref(), &path, ReaderOptions::default()) {
+            Ok(reader) => reader,
+            Err(error) if error.torn_tail => {
+                // Created but its header never fully written: it holds no records. Its
+                // sequence is reused; the chain continues from the segment before it.
+                let (chain_head, next_index) =
+                    if sequence == 0 { (genesis(self.core_id), 0) } else { self.sealed_state(sequence - 1)? };
+                self.chain_head = chain_head;
+                self.next_record_index = next_index;
+                self.next_sequence = sequence;
+                report.header_rewritten = true;
+                return Ok(());
+            }
+            Err(error) => return Err(corrupt(error)),
+        };
+        let header = reader.header().clone();
+        if header.core_id != self.core_id || header.sequence != sequence {
+            return Err(corrupt(ReadError {
+                path,
+                offset: 0,
+                record_index: None,
+                torn_tail: false,
+                kind: ReadErrorKind::Misnamed,
+            }));
+        }
+        if let Some(sealed) = reader.sealed() {
+            self.check_sealed(&reader, &path)?;
+            self.chain_head = sealed.footer.chain_head;
+            self.next_record_index = sealed.footer.first_record_index + sealed.footer.record_count;
+            self.next_sequence = sequence + 1;
+            report.was_sealed = true;
+            return Ok(());
+        }
+        // An open segment: a crash. Rebuild its footer state from its whole batches.
+        let file = self.storage.open_append(&path).map_err(|source| RecordError::Io { path: path.clone(), source })?;
+        let mut segment = OpenSegment::new(file, path.clone(), header.clone());
+        let mut chain = header.previous_chain_head;
+        let mut scan = reader.scan();
+        let mut torn_at = None;
+        for batch in &mut scan {
+            match batch {
+                Ok(batch) => {
+                    for body in batch.record_bodies() {
+                        chain = chain_next(&chain, body);
+                    }
+                    let times = batch.records.iter().map(|r| r.frame.time_unix_us());
+                    let (time_min, time_max) = times.fold((u64::MAX, 0), |(lo, hi), t| (lo.min(t), hi.max(t)));
+                    let entry = BatchEntry {
+                        offset: batch.offset,
+                        first_record_index: batch.header.first_record_index,
+                        n_records: batch.header.n_records,
+                        compressed_len: batch.header.compressed_len,
+                        uncompressed_len: batch.header.uncompressed_len,
+                        time_min_unix_us: time_min,
+                        time_max_unix_us: time_max,
+                        chain_head_after: chain,
+                    };
+                    segment.add_batch(entry, batch.records.iter().flat_map(|r| index_keys(&r.frame)));
+                    segment.len = batch.end_offset;
+                }
+                Err(error) if error.torn_tail => {
+                    torn_at = Some(error.offset);
+                    break;
+                }
+                Err(error) => return Err(corrupt(error)),
+            }
+        }
+        let keep = segment.len;
+        if torn_at.is_some() {
+            debug_assert_eq!(torn_at, Some(keep));
+            segment.file.truncate(keep).map_err(|source| RecordError::Io { path: path.clone(), source })?;
+            segment.file.sync().map_err(|source| WriteError::Fatal {
+                what: "fsync after cutting a torn tail",
+                path: path.clone(),
+                source,
+            })?;
+            report.truncated_at = Some(keep);
+            report.bytes_truncated = reader.len() - keep;
+        }
+        report.records_kept = segment.record_count;
+        report.sealed_open_segment = true;
+        self.chain_head = chain;
+        self.next_record_index = header.first_record_index + segment.record_count;
+        self.next_sequence = sequence + 1;
+        self.current = Some(segment);
+        self.seal(SealReason::Recovered, now)?;
+        Ok(())
+    }
+
+    /// Opens the next segment (after a seal, or when opening failed before).
+    fn open_next(&mut self, now: u64) -> Result<(), WriteError> {
+        debug_assert!(self.current.is_none());
+        let sequence = self.next_sequence;
+        let path = self.segment_path(sequence);
+        let io = |source| WriteError::Io { path: path.clone(), source };
+        let file = match self.storage.create_new(&path) {
+            Ok(file) => file,
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                // Left by a failed attempt or a torn creation: reusable only if it holds no record.
+                let mut file = self.storage.open_append(&path).map_err(io)?;
+                if file.size().map_err(io)? > SEGMENT_HEADER_BYTES as u64 {
+                    let source = io::Error::new(io::ErrorKind::AlreadyExists, "a segment with records is in the way");
+                    return Err(WriteError::Fatal { what: "opening the next segment", path, source });
+                }
+                file.truncate(0).map_err(io)?;
+                file
+            }
+            Err(e) => return Err(io(e)),
+        };
+        let header = SegmentHeader {
+            core_id: self.core_id,
+            sequence,
+            created_unix_us: now,
+            first_record_index: self.next_record_index,
+            previous_chain_head: self.chain_head,
+        };
+        let segment = OpenSegment::new(file, path.clone(), header);
+        let mut file = segment.file;
+        if let Err(source) = file.append(&segment.header_bytes) {
+            let _ = file.truncate(0);
+            return Err(WriteError::Io { path, source });
+        }
+        file.sync().map_err(|source| WriteError::Fatal { what: "fsync", path: path.clone(), source })?;
+        self.storage.sync_dir(&self.directory).map_err(|source| WriteError::Fatal {
+            what: "directory fsync",
+            path: self.directory.clone(),
+            source,
+        })?;
+        self.current = Some(OpenSegment { file, ..segment });
+        self.next_sequence = sequence + 1;
+        Ok(())
+    }
+
+    /// Appends `frames` as one batch (a public entry for tests, tools and benchmarks; the
+    /// recorder thread uses the same path).
+    pub fn append(&mut self, frames: &[Frame], now_unix_us: u64) -> Result<Appended, WriteError> {
+        self.append_items(frames, now_unix_us)
+    }
+
+    /// Appends an event record as its own batch.
+    pub fn append_event(&mut self, kind: EventKind, detail: String, now_unix_us: u64) -> Result<Appended, WriteError> {
+        let frame = Frame::Event(EventFrame { time_unix_us: now_unix_us, kind, detail });
+        self.append_items(std::slice::from_ref(&frame), now_unix_us)
+    }
+
+    pub(super) fn append_items(
+        &mut self,
+        items: &(impl BatchItems + ?Sized),
+        now: u64,
+    ) -> Result<Appended, WriteError> {
+        let n_items = items.n_items();
+        if n_items == 0 {
+            return Ok(Appended { first_record_index: self.next_record_index, ..Appended::default() });
+        }
+        debug_assert!(n_items <= limits::BATCH_FRAMES_MAX);
+        if self.current.is_none() {
+            self.open_next(now)?;
+        }
+        if let Some(why) = self.current.as_ref().and_then(OpenSegment::full) {
+            self.rotate(why, now)?;
+        }
+        let first_record_index = self.next_record_index;
+        let mut chain = self.chain_head;
+        let (mut time_min, mut time_max) = (u64::MAX, 0u64);
+        self.payload.clear();
+        for item_idx in 0..n_items {
+            let original = items.frame(item_idx);
+            let copy = scrubbed(original);
+            let frame = copy.as_ref().unwrap_or(original);
+            let record_index = first_record_index + item_idx as u64;
+            let request_record = match frame {
+                Frame::Response(r) => r.request.as_ref().and_then(|link| link.record_index()),
+                _ => None,
+            };
+            let start = self.payload.len();
+            self.payload.extend_from_slice(&[0u8; RECORD_PREFIX_BYTES]);
+            encode_body(frame, record_index, request_record, &mut self.payload);
+            let body_len = self.payload.len() - start - RECORD_PREFIX_BYTES;
+            if body_len > limits::RECORD_BYTES_MAX || self.payload.len() > limits::BATCH_BYTES_MAX {
+                for assigned_idx in 0..item_idx {
+                    items.assign(assigned_idx, u64::MAX);
+                }
+                return Err(WriteError::TooLarge { field: "record" });
+            }
+            let body = &self.payload[start + RECORD_PREFIX_BYTES..];
+            let crc = crc32c::crc32c(body);
+            chain = chain_next(&chain, body);
+            self.payload[start..start + 4].copy_from_slice(&(body_len as u32).to_le_bytes());
+            self.payload[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
+            time_min = time_min.min(frame.time_unix_us());
+            time_max = time_max.max(frame.time_unix_us());
+            // Later frames of this batch (a response to a request in it) read this index.
+            items.assign(item_idx, record_index);
+        }
+        match self.write_batch(first_record_index, n_items as u32) {
+            Ok(bytes_on_disk) => {
+                let segment = self.current.as_mut().expect("opened above");
+                let entry = BatchEntry {
+                    offset: segment.len,
+                    first_record_index,
+                    n_records: n_items as u32,
+                    compressed_len: (bytes_on_disk - BATCH_HEADER_BYTES as u64) as u32,
+                    uncompressed_len: self.payload.len() as u32,
+                    time_min_unix_us: time_min,
+                    time_max_unix_us: time_max,
+                    chain_head_after: chain,
+                };
+                segment.len += bytes_on_disk;
+                segment.add_batch(entry, (0..n_items).flat_map(|item_idx| index_keys(items.frame(item_idx))));
+                self.chain_head = chain;
+                self.next_record_index += n_items as u64;
+                Ok(Appended {
+                    first_record_index,
+                    n_records: n_items as u32,
+                    bytes_uncompressed: self.payload.len() as u64,
+                    bytes_on_disk,
+                })
+            }
+            Err(error) => {
+                for item_idx in 0..n_items {
+                    items.assign(item_idx, u64::MAX);
+                }
+                Err(error)
+            }
+        }
+    }
+
+    /// Compresses the payload and appends it as a batch; returns the bytes appended.
+    fn write_batch(&mut self, first_record_index: u64, n_records: u32) -> Result<u64, WriteError> {
+        let segment = self.current.as_mut().expect("opened by the caller");
+        let path = segment.path.clone();
+        self.compressed.clear();
+        self.compressed.reserve(zstd::zstd_safe::compress_bound(self.payload.len()));
+        let compressed_len = self
+            .compressor
+            .compress_to_buffer(&self.payload, &mut self.compressed)
+            .map_err(|source| WriteError::Io { path: path.clone(), source })?;
+        debug_assert_eq!(compressed_len, self.compressed.len());
+        let header = BatchHeader {
+            compressed_len: compressed_len as u32,
+            uncompressed_len: self.payload.len() as u32,
+            n_records,
+            first_record_index,
+            payload_crc: crc32c::crc32c(&self.compressed),
+        };
+        self.out.clear();
+        self.out.extend_from_slice(&header.encode());
+        self.out.extend_from_slice(&self.compressed);
+        if let Err(source) = segment.file.append(&self.out) {
+            segment.file.truncate(segment.len).map_err(|truncate_error| WriteError::Fatal {
+                what: "cutting back a failed write",
+                path: path.clone(),
+                source: truncate_error,
+            })?;
+            return Err(WriteError::Io { path, source });
+        }
+        Ok(self.out.len() as u64)
+    }
+
+    /// Makes everything appended durable. Any error is fatal.
+    pub fn sync(&mut self) -> Result<(), WriteError> {
+        match &mut self.current {
+            Some(segment) => segment.file.sync().map_err(|source| WriteError::Fatal {
+                what: "fsync",
+                path: segment.path.clone(),
+                source,
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// Why the open segment should be rotated now (size, age, or a per-segment limit).
+    pub fn needs_rotation(&self, now_unix_us: u64) -> Option<&'static str> {
+        let segment = self.current.as_ref()?;
+        if segment.record_count == 0 {
+            return None;
+        }
+        if segment.len >= self.segment_bytes_max {
+            Some("size")
+        } else if now_unix_us >= segment.header.created_unix_us.saturating_add(self.segment_age_max_us) {
+            Some("age")
+        } else {
+            segment.full()
+        }
+    }
+
+    /// When the open segment reaches its age limit, if it holds records.
+    pub fn age_deadline_unix_us(&self) -> Option<u64> {
+        let segment = self.current.as_ref().filter(|s| s.record_count > 0)?;
+        Some(segment.header.created_unix_us.saturating_add(self.segment_age_max_us))
+    }
+
+    /// Seals the open segment (`rotated`), opens the next and records the rotation in it.
+    /// The seal's fsync makes everything appended before durable.
+    pub fn rotate(&mut self, why: &'static str, now_unix_us: u64) -> Result<(), WriteError> {
+        let Some(sealed_sequence) = self.current.as_ref().map(|s| s.header.sequence) else {
+            return self.open_next(now_unix_us);
+        };
+        self.seal(SealReason::Rotated, now_unix_us)?;
+        self.open_next(now_unix_us)?;
+        let detail = format!("segment {sealed_sequence} sealed ({why}); segment {} opened", sealed_sequence + 1);
+        self.append_event(EventKind::SegmentRotated, detail, now_unix_us)?;
+        Ok(())
+    }
+
+    /// Seals the open segment: footer, MAC, trailer, fsync. With no open segment (opening one
+    /// failed), one is opened first so the seal exists.
+    pub fn seal(&mut self, reason: SealReason, now_unix_us: u64) -> Result<(), WriteError> {
+        if self.current.is_none() {
+            self.open_next(now_unix_us)?;
+        }
+        let segment = self.current.as_mut().expect("opened above");
+        let empty = segment.record_count == 0;
+        let footer = Footer {
+            record_count: segment.record_count,
+            first_record_index: segment.header.first_record_index,
+            time_min_unix_us: if empty { 0 } else { segment.time_min_unix_us },
+            time_max_unix_us: if empty { 0 } else { segment.time_max_unix_us },
+            chain_head: self.chain_head,
+            sealed_unix_us: now_unix_us,
+            seal_reason: reason,
+            batches: segment.batches.clone(),
+            index: segment.footer_index(),
+        };
+        let mut bytes = footer.encode_frame();
+        let mac = footer_mac(&self.mac_key, &segment.header_bytes, &bytes);
+        let trailer = Trailer { footer_offset: segment.len, footer_frame_len: bytes.len() as u32, mac };
+        bytes.extend_from_slice(&trailer.encode());
+        if let Err(source) = segment.file.append(&bytes) {
+            segment.file.truncate(segment.len).map_err(|truncate_error| WriteError::Fatal {
+                what: "cutting back a failed seal",
+                path: segment.path.clone(),
+                source: truncate_error,
+            })?;
+            return Err(WriteError::Io { path: segment.path.clone(), source });
+        }
+        segment.file.sync().map_err(|source| WriteError::Fatal {
+            what: "fsync",
+            path: segment.path.clone(),
+            source,
+        })?;
+        self.current = None;
+        Ok(())
+    }
+
+    /// The index the next record gets.
+    pub fn next_record_index(&self) -> u64 {
+        self.next_record_index
+    }
+
+    /// The chain head after the last record written.
+    pub fn chain_head(&self) -> ChainHead {
+        self.chain_head
+    }
+
+    /// The open segment's path, if one is open.
+    pub fn current_path(&self) -> Option<&Path> {
+        self.current.as_ref().map(|s| s.path.as_path())
+    }
+
+    /// The open segment's length, if one is open.
+    pub fn current_len(&self) -> Option<u64> {
+        self.current.as_ref().map(|s| s.len)
+    }
+}

@@ -1,0 +1,606 @@
+//! `snowgate-tools cat | search | verify | export | stats`: reading a recording directory
+//! through `snowgate::record` only. Progress bars go to stderr (and only to a terminal);
+//! records go to stdout; every error names its file and byte offset.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context as _, bail};
+use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
+use snowgate::record::{
+    Frame, IndexKind, ReadError, Record, Recording, SegmentReader, VerifyOptions, VerifyReport, verify,
+};
+
+use crate::render::{parse_time, read_key_file, rfc3339, to_json, to_line};
+
+/// The recording directory.
+#[derive(Debug, Args)]
+pub struct DirectoryArgs {
+    /// The recording directory (the gateway's `[recording] directory`).
+    pub dir: PathBuf,
+}
+
+fn open(dir: &Path) -> anyhow::Result<Recording> {
+    Recording::open(dir).with_context(|| format!("listing the recording directory {}", dir.display()))
+}
+
+/// A progress bar over the segments' bytes; hidden unless stderr is a terminal.
+fn progress(recording: &Recording, what: &str) -> ProgressBar {
+    let total: u64 =
+        recording.segments().iter().filter_map(|s| std::fs::metadata(recording.path(s)).ok()).map(|m| m.len()).sum();
+    let bar = ProgressBar::new(total);
+    bar.set_style(
+        ProgressStyle::with_template("{msg} [{bar:30}] {bytes}/{total_bytes} ({eta})")
+            .expect("a valid template")
+            .progress_chars("=> "),
+    );
+    bar.set_message(what.to_owned());
+    bar
+}
+
+/// Tells the user about an unreadable part and carries on; the command fails at the end.
+fn report_read_error(bar: &ProgressBar, error: &ReadError, failures: &mut usize) {
+    *failures += 1;
+    bar.suspend(|| eprintln!("error: {error}"));
+}
+
+/// Options shared by `cat` and `search` output.
+#[derive(Debug, Args)]
+pub struct OutputArgs {
+    /// JSON lines (the export schema) instead of one line per record.
+    #[arg(long)]
+    pub json: bool,
+    /// Include bodies (JSON output only).
+    #[arg(long, requires = "json")]
+    pub bodies: bool,
+}
+
+fn emit(out: &mut impl Write, record: &Record, output: &OutputArgs) -> anyhow::Result<()> {
+    if output.json {
+        serde_json::to_writer(&mut *out, &to_json(record, output.bodies))?;
+        writeln!(out)?;
+    } else {
+        writeln!(out, "{}", to_line(record))?;
+    }
+    Ok(())
+}
+
+/// `cat`: every record, by core then index.
+#[derive(Debug, Args)]
+pub struct CatArgs {
+    #[command(flatten)]
+    dir: DirectoryArgs,
+    /// Only this core.
+    #[arg(long)]
+    core: Option<u16>,
+    #[command(flatten)]
+    output: OutputArgs,
+}
+
+pub fn cat(args: CatArgs) -> anyhow::Result<()> {
+    let recording = open(&args.dir.dir)?;
+    let stdout = std::io::stdout().lock();
+    let mut out = BufWriter::new(stdout);
+    let mut failures = 0;
+    let bar = ProgressBar::hidden();
+    for segment in recording.segments().iter().filter(|s| args.core.is_none_or(|core| core == s.core_id)) {
+        let reader = match recording.segment(segment) {
+            Ok(reader) => reader,
+            Err(e) => {
+                report_read_error(&bar, &e, &mut failures);
+                continue;
+            }
+        };
+        for record in reader.records() {
+            match record {
+                Ok(record) => emit(&mut out, &record, &args.output)?,
+                Err(e) => report_read_error(&bar, &e, &mut failures),
+            }
+        }
+    }
+    out.flush()?;
+    if failures > 0 {
+        bail!("{failures} part(s) of the recording could not be read");
+    }
+    Ok(())
+}
+
+/// `search`: records matching every filter given. A response matches when its request did.
+#[derive(Debug, Args)]
+pub struct SearchArgs {
+    #[command(flatten)]
+    dir: DirectoryArgs,
+    /// The agent's identity (`sub`).
+    #[arg(long)]
+    sub: Option<String>,
+    /// From this time: Unix seconds, YYYY-MM-DD or RFC 3339 (UTC, `Z`).
+    #[arg(long)]
+    since: Option<String>,
+    /// Until this time (exclusive), same forms.
+    #[arg(long)]
+    until: Option<String>,
+    /// Text in the statement (case-insensitive).
+    #[arg(long)]
+    text: Option<String>,
+    /// A table named in the statement (`orders`, `sales.orders`, `"Orders"`; a word match,
+    /// not a SQL parse).
+    #[arg(long)]
+    table: Option<String>,
+    /// A Snowflake query id (found through segment footers, without decompressing segments).
+    #[arg(long)]
+    query_id: Option<String>,
+    /// A driver request id.
+    #[arg(long)]
+    request_id: Option<String>,
+    /// The decision: allowed, blocked, parked, approved or refused.
+    #[arg(long, value_parser = ["allowed", "blocked", "parked", "approved", "refused"])]
+    decision: Option<String>,
+    /// The endpoint (`query-request`, `login`...).
+    #[arg(long)]
+    endpoint: Option<String>,
+    #[command(flatten)]
+    output: OutputArgs,
+}
+
+struct Filters {
+    sub: Option<String>,
+    since_us: u64,
+    until_us: u64,
+    text_lower: Option<String>,
+    table: Option<Vec<String>>,
+    query_id: Option<String>,
+    request_id: Option<String>,
+    decision: Option<String>,
+    endpoint: Option<String>,
+}
+
+impl Filters {
+    fn from_args(args: &SearchArgs) -> anyhow::Result<Filters> {
+        let since_us = args.since.as_deref().map(parse_time).transpose()?.unwrap_or(0);
+        let until_us = args.until.as_deref().map(parse_time).transpose()?.unwrap_or(u64::MAX);
+        Ok(Filters {
+            sub: args.sub.clone(),
+            since_us,
+            until_us,
+            text_lower: args.text.as_ref().map(|t| t.to_lowercase()),
+            table: args.table.as_ref().map(|t| identifier_path(t)),
+            query_id: args.query_id.clone(),
+            request_id: args.request_id.clone(),
+            decision: args.decision.clone(),
+            endpoint: args.endpoint.clone(),
+        })
+    }
+
+    /// Whether any filter concerns only requests (so responses match through them).
+    fn has_request_filters(&self) -> bool {
+        self.sub.is_some()
+            || self.text_lower.is_some()
+            || self.table.is_some()
+            || self.request_id.is_some()
+            || self.decision.is_some()
+    }
+
+    fn in_time(&self, time_us: u64) -> bool {
+        self.since_us <= time_us && time_us < self.until_us
+    }
+
+    fn request_matches(&self, request: &snowgate::record::RequestFrame) -> bool {
+        let statement = request.statement.as_deref().unwrap_or("");
+        self.sub.as_ref().is_none_or(|sub| request.principal.sub.as_ref() == Some(sub))
+            && self.text_lower.as_ref().is_none_or(|text| statement.to_lowercase().contains(text.as_str()))
+            && self.table.as_ref().is_none_or(|table| names_table(statement, table))
+            && self.request_id.as_ref().is_none_or(|id| request.request_id.as_ref() == Some(id))
+            && self.decision.as_ref().is_none_or(|d| d == request.decision.name())
+            && self.query_id.as_ref().is_none_or(|id| request.query_id.as_ref() == Some(id))
+    }
+}
+
+/// An identifier path, lowercased, quotes removed: `Sales."Orders"` → `["sales", "orders"]`.
+fn identifier_path(text: &str) -> Vec<String> {
+    text.split('.').map(|part| part.trim_matches('"').to_lowercase()).collect()
+}
+
+/// Whether `statement` names the table `table` (its last path components): a word match
+/// over identifier-like runs, not a SQL parse.
+fn names_table(statement: &str, table: &[String]) -> bool {
+    let is_name_char = |c: char| c.is_alphanumeric() || matches!(c, '_' | '$' | '.' | '"');
+    statement.split(|c: char| !is_name_char(c)).filter(|run| !run.is_empty()).any(|run| {
+        let path = identifier_path(run);
+        path.len() >= table.len() && path[path.len() - table.len()..] == *table
+    })
+}
+
+pub fn search(args: SearchArgs) -> anyhow::Result<()> {
+    let filters = Filters::from_args(&args)?;
+    let recording = open(&args.dir.dir)?;
+    let stdout = std::io::stdout().lock();
+    let mut out = BufWriter::new(stdout);
+    let mut failures = 0;
+    let bar = progress(&recording, "searching");
+    // Requests that matched, per core, so their responses follow them.
+    let mut matched_requests: BTreeMap<u16, BTreeSet<u64>> = BTreeMap::new();
+    let mut previous_had_identity = false;
+    for segment in recording.segments() {
+        let reader = match recording.segment(segment) {
+            Ok(reader) => reader,
+            Err(e) => {
+                report_read_error(&bar, &e, &mut failures);
+                continue;
+            }
+        };
+        let records = match select_records(&reader, &filters, &mut previous_had_identity) {
+            Ok(records) => records,
+            Err(e) => {
+                report_read_error(&bar, &e, &mut failures);
+                continue;
+            }
+        };
+        bar.inc(reader.len());
+        for record in records {
+            let record = match record {
+                Ok(record) => record,
+                Err(e) => {
+                    report_read_error(&bar, &e, &mut failures);
+                    continue;
+                }
+            };
+            if !filters.in_time(record.frame.time_unix_us()) {
+                continue;
+            }
+            let matches = match &record.frame {
+                Frame::Request(request) => {
+                    let endpoint_ok = filters.endpoint.as_ref().is_none_or(|e| *e == request.endpoint);
+                    let matches = endpoint_ok && filters.request_matches(request);
+                    if matches {
+                        matched_requests.entry(record.core_id).or_default().insert(record.index);
+                    }
+                    matches
+                }
+                Frame::Response(response) => {
+                    let linked = response.request.as_ref().and_then(|l| l.record_index());
+                    let via_request = linked
+                        .is_some_and(|i| matched_requests.get(&record.core_id).is_some_and(|set| set.contains(&i)));
+                    let endpoint_ok = filters.endpoint.as_ref().is_none_or(|e| *e == response.endpoint);
+                    let own = !filters.has_request_filters()
+                        && filters.query_id.as_ref().is_none_or(|id| response.query_id.as_ref() == Some(id));
+                    endpoint_ok && (via_request || own)
+                }
+                Frame::Event(_) => {
+                    !filters.has_request_filters() && filters.query_id.is_none() && filters.endpoint.is_none()
+                }
+            };
+            if matches {
+                bar.suspend(|| emit(&mut out, &record, &args.output))?;
+            }
+        }
+    }
+    bar.finish_and_clear();
+    // A query id also finds the request of each response found (in an earlier segment, say).
+    if let Some(query_id) = &filters.query_id {
+        let found = recording.find(IndexKind::QueryId, query_id);
+        for record in found.iter().flatten() {
+            if let Frame::Response(response) = &record.frame
+                && let Some(index) = response.request.as_ref().and_then(|l| l.record_index())
+                && !matched_requests.get(&record.core_id).is_some_and(|set| set.contains(&index))
+                && let Ok(Some(request)) = recording.record(record.core_id, index)
+                && filters.in_time(request.frame.time_unix_us())
+            {
+                emit(&mut out, &request, &args.output)?;
+            }
+        }
+    }
+    out.flush()?;
+    if failures > 0 {
+        bail!("{failures} part(s) of the recording could not be read");
+    }
+    Ok(())
+}
+
+/// The records of a segment worth filtering: through the footer's index and time ranges
+/// when sealed, all of them otherwise.
+fn select_records(
+    reader: &SegmentReader,
+    filters: &Filters,
+    previous_had_identity: &mut bool,
+) -> Result<Vec<Result<Record, ReadError>>, ReadError> {
+    let Some(sealed) = reader.sealed() else {
+        *previous_had_identity = true;
+        return Ok(reader.records().collect());
+    };
+    let footer = &sealed.footer;
+    if footer.record_count > 0
+        && (footer.time_max_unix_us < filters.since_us || footer.time_min_unix_us >= filters.until_us)
+    {
+        *previous_had_identity = false;
+        return Ok(Vec::new());
+    }
+    if let Some(query_id) = &filters.query_id {
+        return reader.find(IndexKind::QueryId, query_id).map(|records| records.into_iter().map(Ok).collect());
+    }
+    if let Some(sub) = &filters.sub {
+        // Responses carry no identity: the segment after one with the identity is read too,
+        // for responses that landed there.
+        let has_identity = footer.index.contains_key(&(IndexKind::Identity, sub.clone()));
+        let read = has_identity || *previous_had_identity;
+        *previous_had_identity = has_identity;
+        if !read {
+            return Ok(Vec::new());
+        }
+    }
+    let mut records = Vec::new();
+    for entry in &footer.batches {
+        if entry.time_max_unix_us < filters.since_us || entry.time_min_unix_us >= filters.until_us {
+            continue;
+        }
+        match reader.read_batch(entry.offset, Some(entry.first_record_index)) {
+            Ok(batch) => records.extend(batch.records.into_iter().map(Ok)),
+            Err(e) => {
+                records.push(Err(e));
+                break;
+            }
+        }
+    }
+    Ok(records)
+}
+
+/// `verify`: integrity and completeness; exits non-zero on any problem.
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    #[command(flatten)]
+    dir: DirectoryArgs,
+    /// The recording key (64 hex digits or 32 raw bytes) the footers were sealed with.
+    #[arg(long, env = "SNOWGATE_RECORDING_KEY_FILE")]
+    key_file: PathBuf,
+    /// Accept each core's last segment unsealed (a running gateway's), torn tail included.
+    #[arg(long)]
+    allow_open: bool,
+    /// Accept a directory whose earliest segments were removed (retention).
+    #[arg(long)]
+    allow_partial_start: bool,
+    /// The gateway's number of cores: each core must have segments.
+    #[arg(long)]
+    cores: Option<u16>,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run_verify(args: VerifyArgs) -> anyhow::Result<bool> {
+    let key = read_key_file(&args.key_file)?;
+    let recording = open(&args.dir.dir)?;
+    let bar = progress(&recording, "verifying");
+    let options = VerifyOptions {
+        allow_open: args.allow_open,
+        allow_partial_start: args.allow_partial_start,
+        expected_cores: args.cores,
+        ..Default::default()
+    };
+    let report = verify(&recording, &key, &options, &mut |bytes| bar.inc(bytes));
+    bar.finish_and_clear();
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&verify_json(&report))?);
+    } else {
+        print_verify(&report);
+    }
+    Ok(report.is_ok())
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn verify_json(report: &VerifyReport) -> serde_json::Value {
+    let problem = |p: &snowgate::record::verify::Problem| {
+        serde_json::json!({
+            "file": p.path.display().to_string(), "offset": p.offset, "record": p.record_index,
+            "problem": p.description,
+        })
+    };
+    let cores: serde_json::Map<String, serde_json::Value> = report
+        .cores
+        .iter()
+        .map(|(core, summary)| {
+            let value = serde_json::json!({
+                "segments": summary.segments, "records": summary.records,
+                "chain_head": summary.chain_head.map(|h| hex(&h)), "next_record": summary.next_record_index,
+            });
+            (core.to_string(), value)
+        })
+        .collect();
+    serde_json::json!({
+        "ok": report.is_ok(),
+        "segments": report.segments,
+        "records": report.records,
+        "problems": report.problems.iter().map(problem).collect::<Vec<_>>(),
+        "notes": report.notes.iter().map(problem).collect::<Vec<_>>(),
+        "cores": cores,
+    })
+}
+
+fn print_verify(report: &VerifyReport) {
+    for problem in &report.problems {
+        println!("FAIL {problem}");
+    }
+    for note in &report.notes {
+        println!("note {note}");
+    }
+    for (core, summary) in &report.cores {
+        let head = summary.chain_head.map_or_else(|| "unknown".into(), |h| hex(&h));
+        println!("core {core}: {} segments, {} records, chain head {head}", summary.segments, summary.records);
+    }
+    match report.problems.first() {
+        None => println!("OK: {} segments, {} records verified", report.segments, report.records),
+        Some(first) => println!("FAILED: {} problem(s); the first: {first}", report.problems.len()),
+    }
+}
+
+/// `export`: JSON lines for a SIEM (schema in tools/README.md).
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    #[command(flatten)]
+    dir: DirectoryArgs,
+    /// Include request and response bodies (`body`, or `body_base64` when not UTF-8).
+    #[arg(long)]
+    bodies: bool,
+    /// Write here instead of stdout.
+    #[arg(long, short)]
+    output: Option<PathBuf>,
+}
+
+pub fn export(args: ExportArgs) -> anyhow::Result<()> {
+    let recording = open(&args.dir.dir)?;
+    let mut out: Box<dyn Write> = match &args.output {
+        Some(path) => Box::new(BufWriter::new(
+            std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?,
+        )),
+        None => Box::new(BufWriter::new(std::io::stdout().lock())),
+    };
+    let bar = progress(&recording, "exporting");
+    let mut failures = 0;
+    for segment in recording.segments() {
+        let reader = match recording.segment(segment) {
+            Ok(reader) => reader,
+            Err(e) => {
+                report_read_error(&bar, &e, &mut failures);
+                continue;
+            }
+        };
+        for batch in reader.scan() {
+            match batch {
+                Ok(batch) => {
+                    for record in &batch.records {
+                        serde_json::to_writer(&mut out, &to_json(record, args.bodies))?;
+                        out.write_all(b"\n")?;
+                    }
+                    bar.inc(batch.end_offset - batch.offset);
+                }
+                Err(e) => report_read_error(&bar, &e, &mut failures),
+            }
+        }
+    }
+    bar.finish_and_clear();
+    out.flush()?;
+    if failures > 0 {
+        bail!("{failures} part(s) of the recording could not be read");
+    }
+    Ok(())
+}
+
+/// `stats`: queries per identity, bytes, compression.
+#[derive(Debug, Args)]
+pub struct StatsArgs {
+    #[command(flatten)]
+    dir: DirectoryArgs,
+    /// Print as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Default, serde::Serialize)]
+struct IdentityStats {
+    requests: u64,
+    queries: u64,
+    decisions: BTreeMap<&'static str, u64>,
+    request_body_bytes: u64,
+}
+
+pub fn stats(args: StatsArgs) -> anyhow::Result<()> {
+    let recording = open(&args.dir.dir)?;
+    let bar = progress(&recording, "counting");
+    let mut failures = 0;
+    let (mut records, mut requests, mut responses, mut events) = (0u64, 0u64, 0u64, 0u64);
+    let (mut bytes_on_disk, mut bytes_uncompressed, mut body_bytes) = (0u64, 0u64, 0u64);
+    let (mut time_min, mut time_max) = (u64::MAX, 0u64);
+    let mut identities: BTreeMap<String, IdentityStats> = BTreeMap::new();
+    for segment in recording.segments() {
+        let reader = match recording.segment(segment) {
+            Ok(reader) => reader,
+            Err(e) => {
+                report_read_error(&bar, &e, &mut failures);
+                continue;
+            }
+        };
+        bytes_on_disk += reader.len();
+        for batch in reader.scan() {
+            let batch = match batch {
+                Ok(batch) => batch,
+                Err(e) => {
+                    report_read_error(&bar, &e, &mut failures);
+                    continue;
+                }
+            };
+            bar.inc(batch.end_offset - batch.offset);
+            bytes_uncompressed += u64::from(batch.header.uncompressed_len);
+            for record in &batch.records {
+                records += 1;
+                time_min = time_min.min(record.frame.time_unix_us());
+                time_max = time_max.max(record.frame.time_unix_us());
+                match &record.frame {
+                    Frame::Request(r) => {
+                        requests += 1;
+                        body_bytes += r.body.len() as u64;
+                        let sub = r.principal.sub.clone().unwrap_or_else(|| "(none)".into());
+                        let entry = identities.entry(sub).or_default();
+                        entry.requests += 1;
+                        entry.queries += u64::from(r.statement.is_some());
+                        *entry.decisions.entry(r.decision.name()).or_default() += 1;
+                        entry.request_body_bytes += r.body.len() as u64;
+                    }
+                    Frame::Response(r) => {
+                        responses += 1;
+                        body_bytes += r.body.len() as u64;
+                    }
+                    Frame::Event(_) => events += 1,
+                }
+            }
+        }
+    }
+    bar.finish_and_clear();
+    let ratio = if bytes_uncompressed == 0 { 0.0 } else { bytes_on_disk as f64 / bytes_uncompressed as f64 };
+    let (first, last) = if records == 0 { (None, None) } else { (Some(rfc3339(time_min)), Some(rfc3339(time_max))) };
+    if args.json {
+        let value = serde_json::json!({
+            "segments": recording.segments().len(), "records": records, "requests": requests,
+            "responses": responses, "events": events, "bytes_on_disk": bytes_on_disk,
+            "bytes_uncompressed": bytes_uncompressed, "body_bytes": body_bytes,
+            "disk_bytes_per_raw_byte": ratio, "first": first, "last": last, "identities": identities,
+        });
+        println!("{}", serde_json::to_string_pretty(&value)?);
+    } else {
+        println!(
+            "segments {}, records {records} ({requests} requests, {responses} responses, {events} events)",
+            recording.segments().len()
+        );
+        println!("from {} to {}", first.as_deref().unwrap_or("-"), last.as_deref().unwrap_or("-"));
+        println!(
+            "bytes on disk {bytes_on_disk}, records uncompressed {bytes_uncompressed}, bodies {body_bytes}; {ratio:.3} bytes on disk per raw byte"
+        );
+        println!("{:<40} {:>10} {:>10}  decisions", "identity", "requests", "queries");
+        for (sub, s) in &identities {
+            let decisions: Vec<String> = s.decisions.iter().map(|(d, n)| format!("{d}={n}")).collect();
+            println!("{sub:<40} {:>10} {:>10}  {}", s.requests, s.queries, decisions.join(" "));
+        }
+    }
+    if failures > 0 {
+        bail!("{failures} part(s) of the recording could not be read");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tables_match_by_name_not_by_substring() {
+        let orders = identifier_path("orders");
+        assert!(names_table("select * from orders where x=1", &orders));
+        assert!(names_table("SELECT * FROM sales.public.\"ORDERS\"", &orders));
+        assert!(!names_table("select * from orders_archive", &orders));
+        assert!(!names_table("select 'no' from preorders", &orders));
+        assert!(names_table("select * from sales.orders", &identifier_path("sales.orders")));
+        assert!(!names_table("select * from hr.orders", &identifier_path("sales.orders")));
+    }
+}

@@ -1,0 +1,428 @@
+//! `snowgate-tools` against real recordings written by the library's recorder: the output of
+//! `cat`, `search`, `export` and `stats`, and a tamper matrix in which every case must make
+//! `verify` exit non-zero and name the segment at fault.
+
+use std::borrow::Cow;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use bytes::Bytes;
+use snowgate::record::format::{
+    BATCH_HEADER_BYTES, BatchHeader, Footer, SegmentHeader, Trailer, chain_next, footer_mac, mac_key,
+};
+use snowgate::record::{
+    Decision, Durability, EventKind, Frame, Principal, Recorder, RecorderConfig, RequestFrame, ResponseFrame,
+    SegmentName, SegmentReader,
+};
+
+const KEY_HEX: &str = "3f1e5d0c9b8a7f6e5d4c3b2a19080706f5e4d3c2b1a09f8e7d6c5b4a39281706";
+const T0: u64 = 1_750_000_000_000_000;
+
+fn key() -> [u8; 32] {
+    let mut key = [0u8; 32];
+    for (i, byte) in key.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(&KEY_HEX[2 * i..2 * i + 2], 16).unwrap();
+    }
+    key
+}
+
+fn tools(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_snowgate-tools")).args(args).output().unwrap()
+}
+
+fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+fn request(n: u64, sub: &str, statement: &str, decision: Decision) -> Frame {
+    Frame::Request(RequestFrame {
+        time_unix_us: T0 + n * 1_000_000,
+        endpoint: Cow::Borrowed("query-request"),
+        principal: Principal { sub: Some(sub.into()), role: Some("ANALYST".into()), groups: vec!["analysts".into()] },
+        session_id: Some(77),
+        request_id: Some(format!("req-{n}")),
+        query_id: None,
+        statement: Some(statement.into()),
+        bindings: None,
+        agent_context: Some(format!("prompt-{n}")),
+        query_tag: None,
+        decision,
+        body: Bytes::from(format!(r#"{{"sqlText":"{statement}","pad":"{}"}}"#, noise(n, (n as usize * 13) % 700))),
+    })
+}
+
+/// `len` hex digits that do not compress away, so segments fill and rotate.
+fn noise(seed: u64, len: usize) -> String {
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            char::from_digit((state % 16) as u32, 16).unwrap()
+        })
+        .collect()
+}
+
+fn response(n: u64, link: snowgate::record::RequestLink) -> Frame {
+    Frame::Response(ResponseFrame {
+        time_unix_us: T0 + n * 1_000_000 + 500,
+        endpoint: Cow::Borrowed("query-request"),
+        request: Some(link),
+        query_id: Some(format!("01b2c3d4-0000-4000-8000-{n:012}")),
+        status: 200,
+        code: None,
+        success: Some(true),
+        rows: Some(n),
+        upstream_us: 900,
+        total_us: 1000,
+        body: Bytes::from(format!(r#"{{"data":{{"rowset":[["{n}","row"]]}},"success":true}}"#)),
+    })
+}
+
+/// A recording of two cores, several segments each, sealed on stop.
+fn recording(dir: &Path) {
+    for core_id in 0..2u16 {
+        let mut config = RecorderConfig::new(dir, core_id, key());
+        config.segment_bytes_max = 4096;
+        config.batch_frames_max = 2;
+        config.durability = Durability::Strict;
+        let recorder = Recorder::start(config).unwrap();
+        recorder.submit_event(EventKind::GatewayStart, "test").unwrap();
+        for n in 0..30u64 {
+            let (sub, statement, decision) = match n % 3 {
+                0 => ("agent-7", format!("select * from sales.orders where id = {n}"), Decision::Allowed),
+                1 => ("agent-9", format!("select name from customers limit {n}"), Decision::Allowed),
+                _ => ("agent-7", "delete from orders".to_owned(), Decision::Blocked { rule: "no-deletes".into() }),
+            };
+            let ticket = recorder.submit(request(n + 100 * u64::from(core_id), sub, &statement, decision)).unwrap();
+            let link = ticket.link();
+            let answer = recorder.submit(response(n + 100 * u64::from(core_id), link)).unwrap();
+            assert_eq!(answer.wait_durable(Duration::from_secs(5)), Some(Ok(())));
+        }
+        recorder.stop().unwrap();
+    }
+}
+
+fn segment(dir: &Path, core_id: u16, sequence: u64) -> PathBuf {
+    dir.join(SegmentName { core_id, sequence }.file_name())
+}
+
+fn segment_count(dir: &Path, core_id: u16) -> u64 {
+    (0..).take_while(|&sequence| segment(dir, core_id, sequence).exists()).count() as u64
+}
+
+struct Fixture {
+    _temp: tempfile::TempDir,
+    dir: PathBuf,
+    key_file: PathBuf,
+}
+
+fn fixture() -> Fixture {
+    let temp = tempfile::tempdir().unwrap();
+    let dir = temp.path().join("recordings");
+    recording(&dir);
+    let key_file = temp.path().join("recording.key");
+    std::fs::write(&key_file, KEY_HEX).unwrap();
+    Fixture { _temp: temp, dir, key_file }
+}
+
+fn verify(fixture: &Fixture) -> Output {
+    tools(&["verify", fixture.dir.to_str().unwrap(), "--key-file", fixture.key_file.to_str().unwrap()])
+}
+
+#[test]
+fn cat_search_export_and_stats_read_a_real_recording() {
+    let fixture = fixture();
+    let dir = fixture.dir.to_str().unwrap();
+    assert!(segment_count(&fixture.dir, 0) >= 3, "the recording rotated");
+
+    let cat = tools(&["cat", dir]);
+    assert!(cat.status.success());
+    let text = stdout(&cat);
+    assert_eq!(text.lines().filter(|l| l.contains(" request ")).count(), 60);
+    assert!(text.contains("sub=agent-9 role=ANALYST decision=allowed"), "{text}");
+    assert!(text.contains("decision=blocked rule=no-deletes"));
+
+    let blocked = stdout(&tools(&["search", dir, "--decision", "blocked", "--json"]));
+    let lines: Vec<serde_json::Value> = blocked.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    // Twenty blocked requests and their twenty responses.
+    assert_eq!(lines.len(), 40);
+    assert!(lines.iter().filter(|l| l["kind"] == "request").all(|l| l["decision_rule"] == "no-deletes"));
+
+    let by_table = stdout(&tools(&["search", dir, "--table", "orders", "--sub", "agent-7"]));
+    assert_eq!(by_table.lines().filter(|l| l.contains(" request ")).count(), 40);
+    let qualified = stdout(&tools(&["search", dir, "--table", "sales.orders"]));
+    assert_eq!(qualified.lines().filter(|l| l.contains(" request ")).count(), 20);
+    let text = stdout(&tools(&["search", dir, "--text", "LIMIT 4"]));
+    assert_eq!(text.lines().filter(|l| l.contains(" request ")).count(), 2, "{text}");
+
+    // A query id: the response through the footer index, and its request.
+    let query = stdout(&tools(&["search", dir, "--query-id", "01b2c3d4-0000-4000-8000-000000000104", "--json"]));
+    let found: Vec<serde_json::Value> = query.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(found.len(), 2, "{query}");
+    assert_eq!(found[0]["kind"], "response");
+    assert_eq!(found[1]["kind"], "request");
+    assert_eq!(found[1]["record"], found[0]["request_record"]);
+    assert_eq!(found[1]["agent_context"], "prompt-104");
+
+    let since = stdout(&tools(&["search", dir, "--since", "2025-06-15T15:06:50Z", "--until", "1750000015"]));
+    assert_eq!(since.lines().filter(|l| l.contains(" request ")).count(), 5, "{since}");
+
+    let export_path = fixture.dir.parent().unwrap().join("export.jsonl");
+    let export = tools(&["export", dir, "--bodies", "--output", export_path.to_str().unwrap()]);
+    assert!(export.status.success());
+    let exported = std::fs::read_to_string(&export_path).unwrap();
+    let first_request: serde_json::Value = exported
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .find(|l| l["kind"] == "request")
+        .unwrap();
+    for field in ["schema", "time", "time_unix_us", "core", "segment", "record", "endpoint", "sub", "role", "groups"] {
+        assert!(first_request.get(field).is_some(), "{field} missing");
+    }
+    assert_eq!(first_request["schema"], "snowgate.record.v1");
+    assert!(first_request["body"].as_str().unwrap().contains("sqlText"));
+
+    let stats = stdout(&tools(&["stats", dir, "--json"]));
+    let stats: serde_json::Value = serde_json::from_str(&stats).unwrap();
+    assert_eq!(stats["requests"], 60);
+    assert_eq!(stats["identities"]["agent-7"]["requests"], 40);
+    assert_eq!(stats["identities"]["agent-7"]["decisions"]["blocked"], 20);
+    assert!(stats["disk_bytes_per_raw_byte"].as_f64().unwrap() > 0.0);
+}
+
+#[test]
+fn verify_passes_an_untouched_recording_and_reports_chain_heads() {
+    let fixture = fixture();
+    let output = verify(&fixture);
+    assert!(output.status.success(), "{}", stdout(&output));
+    let text = stdout(&output);
+    assert!(text.contains("OK: "), "{text}");
+    assert!(text.contains("core 1: "), "{text}");
+}
+
+/// Runs `tamper` on a fresh recording; verify must fail and name `expected_file`.
+fn assert_detected(case: &str, tamper: impl FnOnce(&Path) -> PathBuf) {
+    let fixture = fixture();
+    let expected_file = tamper(&fixture.dir);
+    let output = verify(&fixture);
+    let text = stdout(&output);
+    assert_eq!(output.status.code(), Some(1), "{case}: verify passed\n{text}");
+    let first = text.lines().find(|l| l.starts_with("FAIL ")).unwrap_or_else(|| panic!("{case}: {text}"));
+    let name = expected_file.file_name().unwrap().to_str().unwrap();
+    assert!(first.contains(name), "{case}: the first problem does not name {name}: {first}");
+}
+
+#[test]
+fn a_deleted_segment_is_detected() {
+    assert_detected("deleted", |dir| {
+        std::fs::remove_file(segment(dir, 0, 1)).unwrap();
+        segment(dir, 0, 2)
+    });
+}
+
+#[test]
+fn reordered_segments_are_detected() {
+    assert_detected("reordered", |dir| {
+        let scratch = dir.join("scratch");
+        std::fs::rename(segment(dir, 0, 1), &scratch).unwrap();
+        std::fs::rename(segment(dir, 0, 2), segment(dir, 0, 1)).unwrap();
+        std::fs::rename(&scratch, segment(dir, 0, 2)).unwrap();
+        segment(dir, 0, 1)
+    });
+}
+
+#[test]
+fn a_duplicated_segment_is_detected() {
+    assert_detected("duplicated", |dir| {
+        let next = segment_count(dir, 0);
+        std::fs::copy(segment(dir, 0, 1), segment(dir, 0, next)).unwrap();
+        segment(dir, 0, next)
+    });
+}
+
+#[test]
+fn a_segment_swapped_between_cores_is_detected() {
+    assert_detected("swapped", |dir| {
+        let scratch = dir.join("scratch");
+        std::fs::rename(segment(dir, 0, 1), &scratch).unwrap();
+        std::fs::rename(segment(dir, 1, 1), segment(dir, 0, 1)).unwrap();
+        std::fs::rename(&scratch, segment(dir, 1, 1)).unwrap();
+        segment(dir, 0, 1)
+    });
+}
+
+#[test]
+fn a_dropped_last_segment_is_detected() {
+    assert_detected("dropped last", |dir| {
+        let last = segment_count(dir, 1) - 1;
+        std::fs::remove_file(segment(dir, 1, last)).unwrap();
+        segment(dir, 1, last - 1)
+    });
+}
+
+#[test]
+fn a_truncated_middle_segment_is_detected() {
+    assert_detected("truncated", |dir| {
+        let path = segment(dir, 0, 1);
+        let bytes = std::fs::read(&path).unwrap();
+        std::fs::write(&path, &bytes[..bytes.len() - 100]).unwrap();
+        path
+    });
+}
+
+#[test]
+fn a_record_edited_with_its_crc_fixed_is_detected_and_named() {
+    let fixture = fixture();
+    let path = segment(&fixture.dir, 0, 1);
+    let (bytes, batch_offset, _) = edit_first_statement(&path);
+    let first_record = SegmentReader::open(&path)
+        .unwrap()
+        .sealed()
+        .unwrap()
+        .footer
+        .batches
+        .iter()
+        .find(|b| b.offset == batch_offset)
+        .unwrap()
+        .first_record_index;
+    std::fs::write(&path, bytes).unwrap();
+    let output = verify(&fixture);
+    let text = stdout(&output);
+    assert_eq!(output.status.code(), Some(1), "{text}");
+    let first = text.lines().find(|l| l.starts_with("FAIL ")).unwrap();
+    assert!(first.contains(&SegmentName { core_id: 0, sequence: 1 }.file_name()), "{first}");
+    assert!(first.contains(&format!("at byte {batch_offset} (record {first_record})")), "{first}");
+    assert!(first.contains("records were altered"), "{first}");
+}
+
+#[test]
+fn a_chain_rebuilt_without_the_key_is_detected() {
+    assert_detected("rechained", |dir| {
+        let path = segment(dir, 0, 1);
+        std::fs::write(&path, rechain_with(&path, &[0x42; 32])).unwrap();
+        path
+    });
+}
+
+#[test]
+fn a_rechained_segment_breaks_the_link_to_the_next_one_even_with_the_key() {
+    // The segment itself verifies (the key holder rewrote it), but its successor's header
+    // still carries the old chain head: a rewrite shows unless every later segment is redone.
+    let fixture = fixture();
+    let path = segment(&fixture.dir, 0, 1);
+    std::fs::write(&path, rechain_with(&path, &key())).unwrap();
+    let output = verify(&fixture);
+    let text = stdout(&output);
+    assert_eq!(output.status.code(), Some(1), "{text}");
+    let first = text.lines().find(|l| l.starts_with("FAIL ")).unwrap();
+    assert!(first.contains(&SegmentName { core_id: 0, sequence: 2 }.file_name()), "{first}");
+    assert!(first.contains("does not continue the chain"), "{first}");
+}
+
+#[test]
+fn an_unreadable_key_is_a_usage_error_not_a_verdict() {
+    let fixture = fixture();
+    std::fs::write(&fixture.key_file, "not a key").unwrap();
+    let output = verify(&fixture);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("recording.key"));
+}
+
+#[test]
+fn a_wrong_key_or_a_stray_file_fails() {
+    let fixture = fixture();
+    std::fs::write(&fixture.key_file, "00".repeat(32)).unwrap();
+    assert_eq!(verify(&fixture).status.code(), Some(1));
+    let fixture = fixture_with_stray_file();
+    assert_eq!(verify(&fixture).status.code(), Some(1));
+}
+
+fn fixture_with_stray_file() -> Fixture {
+    let fixture = fixture();
+    std::fs::write(fixture.dir.join("notes.txt"), "hello").unwrap();
+    fixture
+}
+
+/// Rewrites the first batch of a segment with one statement byte changed and every CRC
+/// fixed, as someone without the key would. Returns the file's new bytes, the batch's
+/// offset, and the size change.
+fn edit_first_statement(path: &Path) -> (Vec<u8>, u64, i64) {
+    let original = std::fs::read(path).unwrap();
+    let reader = SegmentReader::open(path).unwrap();
+    let sealed = reader.sealed().unwrap();
+    // The first batch with a statement in it: records are `len u32 | crc u32 | body`.
+    let (entry, batch, mut payload, at, found) = sealed
+        .footer
+        .batches
+        .iter()
+        .find_map(|entry| {
+            let batch = reader.read_batch(entry.offset, Some(entry.first_record_index)).unwrap();
+            let payload = batch.payload.to_vec();
+            let mut at = 0;
+            while at < payload.len() {
+                let len = u32::from_le_bytes(payload[at..at + 4].try_into().unwrap()) as usize;
+                if let Some(found) = find(&payload[at + 8..at + 8 + len], b"select") {
+                    return Some((entry, batch, payload, at, found));
+                }
+                at += 8 + len;
+            }
+            None
+        })
+        .unwrap();
+    let len = u32::from_le_bytes(payload[at..at + 4].try_into().unwrap()) as usize;
+    let body = at + 8..at + 8 + len;
+    payload[body.start + found] = b'S';
+    let crc = crc32c::crc32c(&payload[body]);
+    payload[at + 4..at + 8].copy_from_slice(&crc.to_le_bytes());
+    let compressed = zstd::bulk::compress(&payload, 1).unwrap();
+    let header = BatchHeader {
+        compressed_len: compressed.len() as u32,
+        uncompressed_len: payload.len() as u32,
+        n_records: batch.header.n_records,
+        first_record_index: batch.header.first_record_index,
+        payload_crc: crc32c::crc32c(&compressed),
+    };
+    let mut bytes = original[..entry.offset as usize].to_vec();
+    bytes.extend_from_slice(&header.encode());
+    bytes.extend_from_slice(&compressed);
+    bytes.extend_from_slice(&original[batch.end_offset as usize..]);
+    let delta = (BATCH_HEADER_BYTES + compressed.len()) as i64 - (batch.end_offset - entry.offset) as i64;
+    (bytes, entry.offset, delta)
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+/// The edited segment with its whole footer rebuilt (batch table, chain, MAC) under `key`.
+fn rechain_with(path: &Path, key: &[u8; 32]) -> Vec<u8> {
+    let reader = SegmentReader::open(path).unwrap();
+    let sealed = reader.sealed().unwrap().clone();
+    let (edited, _, delta) = edit_first_statement(path);
+    let footer_offset = (sealed.footer_offset as i64 + delta) as u64;
+    let body = Bytes::from(edited[..footer_offset as usize].to_vec());
+    let edited_reader = SegmentReader::from_bytes(path.to_owned(), body, Default::default()).unwrap();
+    let header = SegmentHeader::decode(&edited[..96]).unwrap();
+    let mut chain = header.previous_chain_head;
+    let mut footer: Footer = sealed.footer.clone();
+    for (entry, batch) in footer.batches.iter_mut().zip(edited_reader.scan()) {
+        let batch = batch.unwrap();
+        for record_body in batch.record_bodies() {
+            chain = chain_next(&chain, record_body);
+        }
+        entry.offset = batch.offset;
+        entry.compressed_len = batch.header.compressed_len;
+        entry.chain_head_after = chain;
+    }
+    footer.chain_head = chain;
+    let frame = footer.encode_frame();
+    let mac = footer_mac(&mac_key(key), &edited[..96], &frame);
+    let trailer = Trailer { footer_offset, footer_frame_len: frame.len() as u32, mac };
+    let mut bytes = edited[..footer_offset as usize].to_vec();
+    bytes.extend_from_slice(&frame);
+    bytes.extend_from_slice(&trailer.encode());
+    bytes
+}
