@@ -594,6 +594,12 @@ impl Results {
     }
 }
 
+/// Digests (first 8 bytes of SHA-256) of the SMALL, MEDIUM and Arrow SMALL query bodies and
+/// of the default chunked result's rows, pinned by a test.
+#[cfg(test)]
+const PINNED_CORPUS_DIGESTS: [&str; 4] =
+    ["101278ebb4cf42d0", "a4893b53299293f0", "7e8cb61ccceee795", "51be449546c1cecc"];
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -648,6 +654,35 @@ mod tests {
         assert!((700..1400).contains(&small_rowset), "SMALL rowset is {small_rowset} bytes");
         let medium = results.query_medium.len();
         assert!((16_000..20_000).contains(&medium), "MEDIUM body is {medium} bytes");
+    }
+
+    /// The corpus is fixed: these digests change only when the committed generator does, and
+    /// then every figure measured on the old corpus stops being comparable. Update them on
+    /// purpose, with a note in BENCHMARKS.md.
+    #[test]
+    fn corpus_is_pinned() {
+        use sha2::{Digest, Sha256};
+        let results = Results::build(1);
+        let layout = crate::corpus::ChunkLayout::default();
+        let chunked = customers("CHUNKED", layout.total_rows());
+        let digest =
+            |bytes: &[u8]| Sha256::digest(bytes).iter().take(8).map(|b| format!("{b:02x}")).collect::<String>();
+        let digests = [
+            digest(&results.query_small.render(ID_PLACEHOLDER)),
+            digest(&results.query_medium.render(ID_PLACEHOLDER)),
+            digest(&results.query_arrow_small.render(ID_PLACEHOLDER)),
+            digest(&crate::corpus::json_chunk(&chunked.rows)),
+        ];
+        assert_eq!(digests, PINNED_CORPUS_DIGESTS, "the corpus changed");
+    }
+
+    #[test]
+    fn new_names_are_in_the_vocabulary() {
+        assert_eq!(plan("select * from arrow_small").outcome, Outcome::ArrowSmall);
+        assert_eq!(plan("select * from ARROW_MEDIUM").outcome, Outcome::ArrowMedium);
+        assert_eq!(plan("select * from chunked_json").outcome, Outcome::ChunkedJson);
+        assert_eq!(plan("select * from chunked_arrow -- slow").outcome, Outcome::ChunkedArrow);
+        assert!(plan("select * from chunked_arrow -- slow").slow);
     }
 
     #[test]

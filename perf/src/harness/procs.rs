@@ -32,10 +32,27 @@ impl ChildProcess {
     }
 }
 
+/// How long a stopping process may take to exit after SIGTERM.
+const STOP_TIMEOUT: Duration = Duration::from_secs(3);
+
 impl Drop for ChildProcess {
+    /// Stops the process gracefully (SIGTERM: nginx's master then stops its workers, snowgate
+    /// drains), then kills it and any descendant left behind, so no worker outlives a run.
     fn drop(&mut self) {
+        let pid = self.pid();
+        let descendants: Vec<u32> = super::measure::process_tree(pid).into_iter().skip(1).collect();
+        let _ = Command::new("kill").arg("-TERM").arg(pid.to_string()).stderr(Stdio::null()).status();
+        let started = Instant::now();
+        while !self.exited() && started.elapsed() < STOP_TIMEOUT {
+            std::thread::sleep(Duration::from_millis(10));
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
+        for descendant in descendants {
+            if Path::new(&format!("/proc/{descendant}")).exists() {
+                let _ = Command::new("kill").arg("-KILL").arg(descendant.to_string()).stderr(Stdio::null()).status();
+            }
+        }
     }
 }
 

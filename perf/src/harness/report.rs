@@ -497,7 +497,7 @@ mod tests {
         let md = markdown(&report, 1, "x.svg");
         assert!(md.contains("| nginx | 50000 | 50000–50000 | 1.00 |"), "{md}");
         assert!(md.contains("| snowgate-forward | 0 | 0 | 170 |"), "{md}");
-        assert!(md.contains("+40"), "added p99 of snowgate vs direct: {md}");
+        assert!(md.contains("| +0 | +70 | +0 |"), "added p50, p99, p99.9 of snowgate vs direct: {md}");
         let svg = svg(&report);
         assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
         assert_eq!(svg.matches("<rect").count(), 1 + 3 + 3 + 3, "background, 3 rate bars, 3 p99 bars, 3 legend keys");
