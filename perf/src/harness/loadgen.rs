@@ -3,24 +3,28 @@
 //!
 //! - **Closed loop** (max throughput): every connection sends its next query as soon as the
 //!   previous answer arrived. Latency here is only indicative (it includes queueing).
-//! - **Open loop** (latency): query `i` of connection `k` is due at
-//!   `start + k/rate + i*connections/rate`, whatever happened before; its latency runs from that
-//!   intended send time, so a stalled answer delays and charges every query queued behind it
-//!   (no coordinated omission). Pacing sleeps on the runtime's millisecond timer until
-//!   [`SPIN_WINDOW`] before the due time, then spins by yielding, so sends leave within a few
-//!   microseconds of their due time; the load generator's CPU therefore reads as busy.
+//! - **Open loop** (latency): query `i` is due at `start + i/rate`, whatever happened before;
+//!   a pacer task queues it at that time and wakes an idle agent, and an agent freed later takes
+//!   the oldest query still queued. Latency runs from the intended send time, so a stalled answer
+//!   charges every query queued behind it (no coordinated omission); the send lag (how late
+//!   queries left) is reported beside it. The pacer spins by yielding to the runtime until each
+//!   due time, so sends leave within microseconds of it and the load generator's CPU reads as
+//!   busy. Nothing in the open loop sleeps on the runtime's timer: monoio's timer has a
+//!   resolution of one millisecond and fires only when the runtime parks, which a spinning
+//!   runtime never does.
 //!
 //! Requests are written and answers read with the gateway's own `proxy::io::Conn`: there is
 //! no second HTTP implementation. The generator runs on its own thread and monoio runtime,
 //! pinned to the CPU it is given.
 
 use std::cell::RefCell;
+use std::collections::VecDeque;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, anyhow, bail};
@@ -34,9 +38,6 @@ use snowgate::proxy::io::{Conn, Stream};
 
 use super::measure::{Probe, Sample};
 
-/// How long before a due time the open loop stops sleeping and starts spinning. The monoio
-/// timer has a resolution of one millisecond and rounds up.
-pub const SPIN_WINDOW: Duration = Duration::from_millis(2);
 /// Longest wait for any one answer.
 const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Bytes asked of each socket read.
@@ -193,34 +194,62 @@ impl Agent {
     }
 }
 
-/// A future that is pending once, so other tasks (and the completion queue) run.
-struct YieldNow(bool);
+/// The two wakers of a spin: the pacer's and its partner's.
+///
+/// A monoio task that wakes itself while it runs goes to the front of the run queue (its
+/// `yield_now`), so a task spinning on its own waker would starve every other task. The pacer
+/// therefore spins through a partner task: each wakes the other, and a task woken by another
+/// goes to the back of the queue, behind the agents and the completion queue's wake-ups.
+#[derive(Default)]
+struct Spin {
+    pacer: Option<Waker>,
+    partner: Option<Waker>,
+    stopped: bool,
+}
 
-impl Future for YieldNow {
+/// The pacer's side of one spin step: pending once, having woken the partner.
+struct SpinStep {
+    spin: Rc<RefCell<Spin>>,
+    yielded: bool,
+}
+
+impl Future for SpinStep {
     type Output = ();
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        if self.0 {
+        if self.yielded {
             return Poll::Ready(());
         }
-        self.0 = true;
-        cx.waker().wake_by_ref();
+        self.yielded = true;
+        let mut spin = self.spin.borrow_mut();
+        spin.pacer = Some(cx.waker().clone());
+        if let Some(partner) = spin.partner.take() {
+            partner.wake();
+        }
         Poll::Pending
     }
 }
 
-/// Waits until `due`: the coarse timer while far, spinning (yielding) within [`SPIN_WINDOW`].
-async fn pace_until(due: Instant) {
-    loop {
-        let now = Instant::now();
-        if now >= due {
-            return;
+/// The partner task: whenever woken, wakes the pacer; ends once the pacer stops.
+async fn spin_partner(spin: Rc<RefCell<Spin>>) {
+    std::future::poll_fn(|cx| {
+        let mut spin = spin.borrow_mut();
+        if spin.stopped {
+            return Poll::Ready(());
         }
-        let left = due - now;
-        if left > SPIN_WINDOW {
-            monoio::time::sleep(left - SPIN_WINDOW).await;
-        } else {
-            YieldNow(false).await;
+        if let Some(pacer) = spin.pacer.take() {
+            pacer.wake();
         }
+        spin.partner = Some(cx.waker().clone());
+        Poll::Pending
+    })
+    .await;
+}
+
+/// Spins (letting every other task and the completion queue run between two looks at the
+/// clock) until `due`.
+async fn spin_until(spin: &Rc<RefCell<Spin>>, due: Instant) {
+    while Instant::now() < due {
+        SpinStep { spin: spin.clone(), yielded: false }.await;
     }
 }
 
@@ -294,56 +323,134 @@ impl Tally {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn agent_task(
-    index: usize,
-    plan: Rc<AgentPlan>,
-    mode: Mode,
-    connections: usize,
+/// The open loop's schedule, shared by the pacer and the agents: queries due and not yet
+/// taken (oldest first), and the agents waiting for one.
+#[derive(Default)]
+struct Schedule {
+    due: VecDeque<Instant>,
+    idle_agents: Vec<Waker>,
+    finished: bool,
+}
+
+/// Waits for the next due query: its due time, or `None` once the schedule is over and
+/// drained.
+struct NextDue {
+    schedule: Rc<RefCell<Schedule>>,
+}
+
+impl Future for NextDue {
+    type Output = Option<Instant>;
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Instant>> {
+        let mut schedule = self.schedule.borrow_mut();
+        if let Some(due) = schedule.due.pop_front() {
+            return Poll::Ready(Some(due));
+        }
+        if schedule.finished {
+            return Poll::Ready(None);
+        }
+        schedule.idle_agents.push(cx.waker().clone());
+        Poll::Pending
+    }
+}
+
+/// The window opened: the probes' first samples and when they were taken.
+type Opened = Rc<RefCell<Option<(Vec<Sample>, Instant)>>>;
+
+/// The open loop's only spinning task: at each due time it queues the query and wakes one
+/// idle agent; when the measured window opens it samples the probes. Nothing in the open loop
+/// sleeps on the runtime's timer, so nothing depends on the runtime parking.
+async fn pacer(
+    schedule: Rc<RefCell<Schedule>>,
+    rate_per_sec: f64,
     start: Instant,
+    window: Window,
+    probes: Rc<Vec<Probe>>,
+    opened: Opened,
+) {
+    let spin = Rc::new(RefCell::new(Spin::default()));
+    monoio::spawn(spin_partner(spin.clone()));
+    let interval = Duration::from_secs_f64(1.0 / rate_per_sec);
+    let mut sequence: u32 = 0;
+    loop {
+        let due = start + interval * sequence;
+        if due >= window.stop_at {
+            break;
+        }
+        spin_until(&spin, due).await;
+        if opened.borrow().is_none() && due >= window.measure_from {
+            *opened.borrow_mut() = Some((probes.iter().map(Probe::sample).collect(), Instant::now()));
+        }
+        let mut schedule = schedule.borrow_mut();
+        schedule.due.push_back(due);
+        if let Some(agent) = schedule.idle_agents.pop() {
+            agent.wake();
+        }
+        sequence = sequence.saturating_add(1);
+    }
+    {
+        let mut spin = spin.borrow_mut();
+        spin.stopped = true;
+        if let Some(partner) = spin.partner.take() {
+            partner.wake();
+        }
+    }
+    let mut schedule = schedule.borrow_mut();
+    schedule.finished = true;
+    for agent in schedule.idle_agents.drain(..) {
+        agent.wake();
+    }
+}
+
+/// When the agents' run starts measuring and stops.
+#[derive(Clone, Copy)]
+struct Window {
     measure_from: Instant,
     stop_at: Instant,
+}
+
+fn record(tally: &RefCell<Tally>, window: Window, due: Instant, sent: Instant, ok: bool) {
+    let mut tally = tally.borrow_mut();
+    if ok {
+        tally.completed_all += 1;
+    }
+    if due < window.measure_from {
+        return;
+    }
+    if !ok {
+        tally.error("a query was answered without success:true".into());
+        return;
+    }
+    tally.completed += 1;
+    let latency = due.elapsed().as_nanos() as u64;
+    let _ = tally.latency_ns.record(latency.clamp(1, LATENCY_NS_MAX));
+    let lag = sent.saturating_duration_since(due).as_nanos() as u64;
+    let _ = tally.send_lag_ns.record(lag.clamp(1, LATENCY_NS_MAX));
+}
+
+/// One agent: logs in, then sends queries (back to back in the closed loop, as the schedule
+/// hands them out in the open loop), then logs out.
+async fn agent_task(
+    plan: Rc<AgentPlan>,
+    schedule: Option<Rc<RefCell<Schedule>>>,
+    window: Window,
     tally: Rc<RefCell<Tally>>,
 ) {
     let run = async {
         let mut agent = Agent::login(&plan).await?;
-        let mut sequence: u64 = 0;
         loop {
-            let (due, sent) = match &mode {
-                Mode::ClosedLoop => {
-                    let now = Instant::now();
-                    (now, now)
-                }
-                Mode::OpenLoop { rate_per_sec } => {
-                    let interval_secs = connections as f64 / rate_per_sec;
-                    let offset_secs = index as f64 / rate_per_sec + sequence as f64 * interval_secs;
-                    let due = start + Duration::from_secs_f64(offset_secs);
-                    if due < stop_at {
-                        pace_until(due).await;
-                    }
-                    (due, Instant::now())
-                }
+            let due = match &schedule {
+                None => Instant::now(),
+                Some(schedule) => match (NextDue { schedule: schedule.clone() }).await {
+                    Some(due) => due,
+                    None => break,
+                },
             };
-            sequence += 1;
-            if due >= stop_at {
+            if due >= window.stop_at {
                 break;
             }
+            let sent = Instant::now();
             let ok = agent.query(plan.addr).await?;
-            if ok {
-                tally.borrow_mut().completed_all += 1;
-            }
-            if due >= measure_from {
-                let mut tally = tally.borrow_mut();
-                if ok {
-                    tally.completed += 1;
-                    let latency = due.elapsed().as_nanos() as u64;
-                    let _ = tally.latency_ns.record(latency.clamp(1, LATENCY_NS_MAX));
-                    let lag = sent.saturating_duration_since(due).as_nanos() as u64;
-                    let _ = tally.send_lag_ns.record(lag.clamp(1, LATENCY_NS_MAX));
-                } else {
-                    tally.error("a query was answered without success:true".into());
-                }
-            }
+            record(&tally, window, due, sent, ok);
         }
         agent.logout().await;
         Ok::<_, anyhow::Error>(())
@@ -390,26 +497,34 @@ fn run_here(plan: AgentPlan, spec: LoadSpec, probes: Vec<Probe>) -> anyhow::Resu
         let mode = spec.mode.clone();
         let connections = spec.connections;
         async move {
-            let mut handles = Vec::with_capacity(connections);
-            for index in 0..connections {
-                handles.push(monoio::spawn(agent_task(
-                    index,
-                    plan.clone(),
-                    mode.clone(),
-                    connections,
-                    start,
-                    measure_from,
-                    stop_at,
-                    tally.clone(),
-                )));
-            }
-            monoio::time::sleep(measure_from.saturating_duration_since(Instant::now())).await;
-            let first: Vec<Sample> = probes.iter().map(Probe::sample).collect();
-            let window_start = Instant::now();
+            let window = Window { measure_from, stop_at };
+            let opened: Opened = Rc::new(RefCell::new(None));
+            let schedule = match mode {
+                Mode::ClosedLoop => {
+                    // No task spins in the closed loop, so the runtime's timer fires.
+                    let (probes, opened) = (probes.clone(), opened.clone());
+                    monoio::spawn(async move {
+                        monoio::time::sleep(measure_from.saturating_duration_since(Instant::now())).await;
+                        *opened.borrow_mut() = Some((probes.iter().map(Probe::sample).collect(), Instant::now()));
+                    });
+                    None
+                }
+                Mode::OpenLoop { rate_per_sec } => {
+                    let schedule = Rc::new(RefCell::new(Schedule::default()));
+                    let pacer = pacer(schedule.clone(), rate_per_sec, start, window, probes.clone(), opened.clone());
+                    monoio::spawn(pacer);
+                    Some(schedule)
+                }
+            };
+            let handles: Vec<_> = (0..connections)
+                .map(|_| monoio::spawn(agent_task(plan.clone(), schedule.clone(), window, tally.clone())))
+                .collect();
             for handle in handles {
                 handle.await;
             }
-            (first, window_start)
+            // A window that never opened (a run shorter than its warm-up) samples now.
+            let opened = opened.borrow_mut().take();
+            opened.unwrap_or_else(|| (probes.iter().map(Probe::sample).collect(), Instant::now()))
         }
     });
     let last: Vec<Sample> = probes.iter().map(Probe::sample).collect();

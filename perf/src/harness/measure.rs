@@ -64,6 +64,16 @@ pub fn threads_cpu_ns(prefix: &str) -> u64 {
         .sum()
 }
 
+/// The thread ids of this process's threads named `prefix*`.
+pub fn thread_ids(prefix: &str) -> Vec<u32> {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else { return Vec::new() };
+    tasks
+        .flatten()
+        .filter(|task| std::fs::read_to_string(task.path().join("comm")).is_ok_and(|name| name.starts_with(prefix)))
+        .filter_map(|task| task.file_name().to_str().and_then(|n| n.parse().ok()))
+        .collect()
+}
+
 /// `VmRSS` of a process, in bytes.
 pub fn process_rss_bytes(pid: u32) -> u64 {
     let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else { return 0 };

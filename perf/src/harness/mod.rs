@@ -34,7 +34,7 @@ use crate::stats::EndpointKind;
 use crate::{RunningUpstream, UpstreamConfig};
 use loadgen::{AgentPlan, LoadResult, LoadSpec, Mode, Target};
 use measure::Probe;
-use procs::Listener;
+use procs::{Listener, ProxyPlacement};
 use scenario::{Environment, Scenario};
 
 /// Thread-name prefix of the in-process double's runtime threads.
@@ -107,6 +107,10 @@ pub struct RunSpec {
     pub idle_connections: usize,
     /// Whether to measure `--cores 1` against `--cores 2`.
     pub cores_comparison: bool,
+    /// Whether the open loop runs the double and the proxy real-time (SCHED_FIFO 1) when
+    /// permitted, so neighbours' work cannot delay their wake-ups (see
+    /// [`procs::realtime_allowed`]).
+    pub realtime: bool,
 }
 
 impl RunSpec {
@@ -125,6 +129,7 @@ impl RunSpec {
             open_fraction: 0.5,
             idle_connections: 10_000,
             cores_comparison: true,
+            realtime: true,
         }
     }
 
@@ -363,6 +368,8 @@ pub fn run(spec: &RunSpec, command: &str) -> anyhow::Result<Report> {
         scratch: scratch.clone(),
     };
     let nofile = procs::raise_open_files_limit(spec.idle_connections as u64 * 2 + 4096);
+    // Before any thread or child starts, so that all inherit it.
+    let nice = procs::raise_priority();
     let mut report = Report {
         date: report::utc_date(std::time::SystemTime::now()),
         commit: report::git_commit(&repo_root),
@@ -381,10 +388,18 @@ pub fn run(spec: &RunSpec, command: &str) -> anyhow::Result<Report> {
         }
     }
     let (cpu_a, cpu_b) = cpus();
+    let realtime = if !spec.realtime {
+        "off"
+    } else if procs::realtime_allowed() {
+        "on"
+    } else {
+        "not permitted here"
+    };
     report.settings = format!(
         "closed loop: {} agents, {} run(s) × {:?} after {:?} warm-up; open loop: {} agents, {:?}, at {:.0}% of nginx's max; \
          placement: closed loop = load generator + double on CPU {cpu_a}, proxy on CPU {cpu_b}; open loop = load generator \
-         on CPU {cpu_a}, double + proxy on CPU {cpu_b}; open files limit {nofile}",
+         on CPU {cpu_a}, double + proxy on CPU {cpu_b}; nice {nice} for all of them, and in the open loop the double and the proxy real-time \
+         (SCHED_FIFO 1) {realtime}; open files limit {nofile}",
         spec.closed_connections,
         spec.runs,
         spec.closed_duration,
@@ -408,6 +423,15 @@ pub fn run(spec: &RunSpec, command: &str) -> anyhow::Result<Report> {
     Ok(report)
 }
 
+/// Where a closed-loop run places its processes.
+#[derive(Debug, Clone)]
+struct Placement {
+    /// The load generator's CPU.
+    loadgen_cpu: usize,
+    /// The proxy's.
+    proxy: ProxyPlacement,
+}
+
 fn closed_run(
     spec: &RunSpec,
     env: &Environment,
@@ -415,11 +439,9 @@ fn closed_run(
     double: &RunningUpstream,
     sql: &str,
     tag: &str,
-    (cpu_a, cpu_b): (usize, usize),
-    cores: usize,
-    proxy_cpus: &[usize],
+    placement: &Placement,
 ) -> anyhow::Result<ClosedRun> {
-    let running = scenario::start(env, scenario, tag, double.addr, proxy_cpus, cores, Listener::Plain)
+    let running = scenario::start(env, scenario, tag, double.addr, &placement.proxy, Listener::Plain)
         .with_context(|| format!("starting {}", scenario.name))?;
     let plan =
         AgentPlan::new(&Target { addr: running.addr, login: scenario.login(), sql: sql.into() }, &env.repo_root)?;
@@ -430,9 +452,8 @@ fn closed_run(
         connections: spec.closed_connections,
         warmup: spec.warmup,
         duration: spec.closed_duration,
-        cpu: Some(cpu_a),
+        cpu: Some(placement.loadgen_cpu),
     };
-    let _ = cpu_b;
     let result = loadgen::run(&plan, &load, probes(running.probe()))?;
     let answered = double.stats.requests(EndpointKind::Query) - queries_before;
     let (upstream_cpu_us, proxy_cpu_us, loadgen_cpu_us, proxy_rss_bytes) =
@@ -483,7 +504,9 @@ fn run_payload(
                     spec.runs
                 );
                 let tag = format!("{}-closed-{run_index}", payload.name);
-                let run = closed_run(spec, env, scenario, &double, &payload.sql, &tag, (cpu_a, cpu_b), 1, &[cpu_b])?;
+                let proxy = ProxyPlacement { cpus: vec![cpu_b], cores: 1, realtime: false };
+                let placement = Placement { loadgen_cpu: cpu_a, proxy };
+                let run = closed_run(spec, env, scenario, &double, &payload.sql, &tag, &placement)?;
                 closed.entry(scenario.name).or_default().push(run);
             }
         }
@@ -502,10 +525,15 @@ fn run_payload(
     let rate = (reference.or_else(|| max_of("direct")).unwrap_or(1000.0) * spec.open_fraction).max(10.0);
     out.open_rate = rate;
     let double = start_double(cpu_b)?;
+    let realtime = spec.realtime && procs::realtime_allowed();
+    if realtime {
+        procs::make_threads_realtime(&measure::thread_ids(DOUBLE_THREADS));
+    }
+    let proxy = ProxyPlacement { cpus: vec![cpu_b], cores: 1, realtime };
     for scenario in scenarios {
         eprintln!("snowgate-perf: {} open loop at {rate:.0}/s, {}", payload.name, scenario.name);
         let tag = format!("{}-open", payload.name);
-        let running = scenario::start(env, scenario, &tag, double.addr, &[cpu_b], 1, Listener::Plain)
+        let running = scenario::start(env, scenario, &tag, double.addr, &proxy, Listener::Plain)
             .with_context(|| format!("starting {}", scenario.name))?;
         let plan = AgentPlan::new(
             &Target { addr: running.addr, login: scenario.login(), sql: payload.sql.clone() },
@@ -560,7 +588,8 @@ fn idle_memory(spec: &RunSpec, env: &Environment, scenarios: &[Scenario]) -> any
     let client_tls = snowgate::proxy::tls::client_config(Some(&ca)).context("the harness's TLS client")?;
     for (what, scenario, listener) in cases {
         eprintln!("snowgate-perf: {} idle connections to {what}", spec.idle_connections);
-        let running = scenario::start(env, scenario, "idle", double.addr, &[cpu_b], 1, listener)?;
+        let proxy = ProxyPlacement { cpus: vec![cpu_b], cores: 1, realtime: false };
+        let running = scenario::start(env, scenario, "idle", double.addr, &proxy, listener)?;
         let pid = running.process.as_ref().map(|p| p.pid()).unwrap_or_default();
         std::thread::sleep(Duration::from_millis(200));
         let rss_before_bytes = Probe::Process(pid).sample().rss_bytes;
@@ -596,17 +625,9 @@ fn cores_comparison(spec: &RunSpec, env: &Environment, scenarios: &[Scenario]) -
             for run_index in 0..spec.runs {
                 eprintln!("snowgate-perf: {name} with {cores} core(s), run {}/{}", run_index + 1, spec.runs);
                 let tag = format!("cores-{cores}-{run_index}");
-                runs.push(closed_run(
-                    spec,
-                    env,
-                    scenario,
-                    &double,
-                    &payload.sql,
-                    &tag,
-                    (cpu_a, cpu_b),
-                    cores,
-                    &proxy_cpus,
-                )?);
+                let proxy = ProxyPlacement { cpus: proxy_cpus.clone(), cores, realtime: false };
+                let placement = Placement { loadgen_cpu: cpu_a, proxy };
+                runs.push(closed_run(spec, env, scenario, &double, &payload.sql, &tag, &placement)?);
             }
             let unit = if scenario.is_snowgate() { format!("--cores {cores}") } else { format!("{cores} worker(s)") };
             figures.push(CoresFigure {

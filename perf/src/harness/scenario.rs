@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use super::loadgen::LoginKind;
 use super::measure::Probe;
-use super::procs::{self, ChildProcess, Listener};
+use super::procs::{self, ChildProcess, Listener, ProxyPlacement};
 
 /// What stands between the agents and the double.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -168,15 +168,13 @@ pub fn check(env: &Environment, scenario: &Scenario) -> Result<(), String> {
     }
 }
 
-/// Starts `scenario`'s proxy in front of the double at `upstream`, pinned to `cpus`, with
-/// `cores` gateway cores or nginx workers.
+/// Starts `scenario`'s proxy in front of the double at `upstream`, as placed.
 pub fn start(
     env: &Environment,
     scenario: &Scenario,
     tag: &str,
     upstream: SocketAddr,
-    cpus: &[usize],
-    cores: usize,
+    placement: &ProxyPlacement,
     listener: Listener,
 ) -> anyhow::Result<Running> {
     match scenario.proxy {
@@ -185,12 +183,12 @@ pub fn start(
             let nginx = env.nginx_bin.as_deref().ok_or_else(|| anyhow::anyhow!("nginx is not installed"))?;
             let dir = env.scratch.join(format!("nginx-{tag}"));
             let _ = std::fs::remove_dir_all(&dir);
-            let (process, addr) = procs::start_nginx(nginx, &dir, upstream, cores, cpus)?;
+            let (process, addr) = procs::start_nginx(nginx, &dir, upstream, placement)?;
             Ok(Running { addr, process: Some(process), recordings: None })
         }
         Proxy::Snowgate { .. } => {
             let (config, recordings, flags) = gateway_files(env, scenario, tag, upstream, listener)?;
-            let (process, addr) = procs::start_gateway(&env.gateway_bin, &config, cores, cpus, &flags)?;
+            let (process, addr) = procs::start_gateway(&env.gateway_bin, &config, placement, &flags)?;
             Ok(Running { addr, process: Some(process), recordings: Some(recordings) })
         }
     }
