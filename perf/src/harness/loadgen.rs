@@ -278,6 +278,10 @@ pub struct LoadSpec {
     pub duration: Duration,
     /// The CPU the generator's thread is pinned to.
     pub cpu: Option<usize>,
+    /// Run the generator's thread real-time (SCHED_FIFO 1). Only for the closed loop: the open
+    /// loop spins, and a spinning real-time thread would be throttled by the kernel for 50 ms of
+    /// every second.
+    pub realtime: bool,
 }
 
 /// What one run measured.
@@ -476,6 +480,14 @@ pub fn run(plan: &AgentPlan, spec: &LoadSpec, probes: Vec<Probe>) -> anyhow::Res
 fn run_here(plan: AgentPlan, spec: LoadSpec, probes: Vec<Probe>) -> anyhow::Result<LoadResult> {
     if let Some(cpu) = spec.cpu {
         monoio::utils::bind_to_cpu_set([cpu]).map_err(|e| anyhow!("pinning the load generator to CPU {cpu}: {e:?}"))?;
+    }
+    if spec.realtime && !matches!(spec.mode, Mode::OpenLoop { .. }) {
+        let tid = std::fs::read_link("/proc/thread-self")
+            .ok()
+            .and_then(|link| link.file_name().and_then(|n| n.to_str()).and_then(|n| n.parse::<u32>().ok()));
+        if let Some(tid) = tid {
+            super::procs::make_threads_realtime(&[tid]);
+        }
     }
     let mut runtime = monoio::RuntimeBuilder::<monoio::FusionDriver>::new().enable_timer().build()?;
     let tally = Rc::new(RefCell::new(Tally {

@@ -398,8 +398,8 @@ pub fn run(spec: &RunSpec, command: &str) -> anyhow::Result<Report> {
     report.settings = format!(
         "closed loop: {} agents, {} run(s) × {:?} after {:?} warm-up; open loop: {} agents, {:?}, at {:.0}% of nginx's max; \
          placement: closed loop = load generator + double on CPU {cpu_a}, proxy on CPU {cpu_b}; open loop = load generator \
-         on CPU {cpu_a}, double + proxy on CPU {cpu_b}; nice {nice} for all of them, and in the open loop the double and the proxy real-time \
-         (SCHED_FIFO 1) {realtime}; open files limit {nofile}",
+         on CPU {cpu_a}, double + proxy on CPU {cpu_b}; nice {nice} for all of them; real-time (SCHED_FIFO 1) {realtime} for the double, the proxy \
+         and the closed-loop load generator (the open-loop one spins and stays at nice {nice}); open files limit {nofile}",
         spec.closed_connections,
         spec.runs,
         spec.closed_duration,
@@ -453,6 +453,7 @@ fn closed_run(
         warmup: spec.warmup,
         duration: spec.closed_duration,
         cpu: Some(placement.loadgen_cpu),
+        realtime: placement.proxy.realtime,
     };
     let result = loadgen::run(&plan, &load, probes(running.probe()))?;
     let answered = double.stats.requests(EndpointKind::Query) - queries_before;
@@ -493,6 +494,10 @@ fn run_payload(
     let mut closed: BTreeMap<&'static str, Vec<ClosedRun>> = BTreeMap::new();
     {
         let double = start_double(cpu_a)?;
+        let realtime = spec.realtime && procs::realtime_allowed();
+        if realtime {
+            procs::make_threads_realtime(&measure::thread_ids(DOUBLE_THREADS));
+        }
         out.answer_bytes = answer_bytes(&double, &payload.sql);
         for run_index in 0..spec.runs {
             for scenario in scenarios {
@@ -504,7 +509,7 @@ fn run_payload(
                     spec.runs
                 );
                 let tag = format!("{}-closed-{run_index}", payload.name);
-                let proxy = ProxyPlacement { cpus: vec![cpu_b], cores: 1, realtime: false };
+                let proxy = ProxyPlacement { cpus: vec![cpu_b], cores: 1, realtime };
                 let placement = Placement { loadgen_cpu: cpu_a, proxy };
                 let run = closed_run(spec, env, scenario, &double, &payload.sql, &tag, &placement)?;
                 closed.entry(scenario.name).or_default().push(run);
@@ -545,6 +550,7 @@ fn run_payload(
             warmup: spec.warmup,
             duration: spec.open_duration,
             cpu: Some(cpu_a),
+            realtime: false,
         };
         let result = loadgen::run(&plan, &load, probes(running.probe()))?;
         let (upstream_cpu_us, proxy_cpu_us, loadgen_cpu_us, proxy_rss_bytes) =
@@ -614,6 +620,10 @@ fn cores_comparison(spec: &RunSpec, env: &Environment, scenarios: &[Scenario]) -
     let (cpu_a, cpu_b) = cpus();
     let payload = spec.payloads.first().cloned().unwrap_or_else(|| Payload::defaults().remove(0));
     let double = start_double(cpu_a)?;
+    let realtime = spec.realtime && procs::realtime_allowed();
+    if realtime {
+        procs::make_threads_realtime(&measure::thread_ids(DOUBLE_THREADS));
+    }
     let mut figures = Vec::new();
     for name in ["snowgate-forward", "nginx"] {
         let Some(scenario) = scenarios.iter().find(|s| s.name == name) else { continue };
@@ -625,7 +635,7 @@ fn cores_comparison(spec: &RunSpec, env: &Environment, scenarios: &[Scenario]) -
             for run_index in 0..spec.runs {
                 eprintln!("snowgate-perf: {name} with {cores} core(s), run {}/{}", run_index + 1, spec.runs);
                 let tag = format!("cores-{cores}-{run_index}");
-                let proxy = ProxyPlacement { cpus: proxy_cpus.clone(), cores, realtime: false };
+                let proxy = ProxyPlacement { cpus: proxy_cpus.clone(), cores, realtime };
                 let placement = Placement { loadgen_cpu: cpu_a, proxy };
                 runs.push(closed_run(spec, env, scenario, &double, &payload.sql, &tag, &placement)?);
             }
