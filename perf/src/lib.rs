@@ -1,10 +1,13 @@
 //! snowgate-perf: the Snowflake test double (a fast, in-process fake Snowflake HTTP server
-//! for snowgate's integration tests and benchmarks) and, later, the perf harness.
+//! for snowgate's integration tests and benchmarks) and the perf harness.
 //!
 //! # Layout
 //! - [`upstream`]: the Snowflake semantics (routes, logins, sessions, queries, SQL API);
 //!   request in, response out.
 //! - [`results`]: the SQL vocabulary, the fake tables and the precomputed result bodies.
+//! - [`corpus`]: Arrow IPC encodings and the chunked results (gzip chunks, SSE-C keys).
+//! - [`harness`]: the perf harness: load generators, scenarios (direct, nginx, snowgate),
+//!   process measurements and the report.
 //! - [`keypair`]: key-pair JWT fingerprints, minting and verification.
 //! - [`stats`]: counters and the request log tests assert on.
 //! - [`server`]: the transport: listeners, runtime threads, optional TLS, the connection loop.
@@ -23,6 +26,8 @@
 #![warn(missing_docs)]
 
 pub mod client;
+pub mod corpus;
+pub mod harness;
 pub mod keypair;
 pub mod results;
 pub mod server;
@@ -30,6 +35,7 @@ pub mod stats;
 pub mod test_keys;
 pub mod upstream;
 
-pub use server::{RunningUpstream, start, start_with, start_with_tls};
+pub use corpus::{ChunkFormat, ChunkLayout};
+pub use server::{RunningUpstream, start, start_pinned, start_with, start_with_tls, start_with_tls_pinned};
 pub use stats::{EndpointKind, RecordedRequest, Stats};
 pub use upstream::{Response, Upstream, UpstreamConfig};

@@ -1,11 +1,10 @@
 //! The `snowgate-perf` command: serves the Snowflake test double, and runs the side-by-side
-//! comparison of direct and through-snowgate load.
-
-mod bench;
+//! comparison (direct, nginx, snowgate) that writes `perf/results/<date>-<name>.{md,svg}`.
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
-use snowgate_perf::UpstreamConfig;
+use snowgate_perf::harness::{self, Payload, RunSpec, scenario};
+use snowgate_perf::{ChunkLayout, UpstreamConfig};
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -21,31 +20,62 @@ struct Cli {
 enum Command {
     /// Serve the Snowflake test double until killed; prints the bound address on one line.
     Upstream(UpstreamArgs),
-    /// Run the same closed-loop load directly against the double and through snowgate, and
-    /// print a markdown table of medians (req/s, latency, CPU µs per request per process).
-    Compare(CompareArgs),
+    /// Run the whole comparison: max throughput (closed loop) and latency (open loop) per
+    /// scenario and payload, memory per idle connection, throughput by cores; write the
+    /// markdown report and the SVG plot.
+    Run(RunArgs),
 }
 
 #[derive(Debug, Args)]
-struct CompareArgs {
+struct RunArgs {
     /// The snowgate binary to measure.
     #[arg(long, env = "SNOWGATE_PERF_GATEWAY_BIN", default_value = "target/release/snowgate")]
     gateway_bin: PathBuf,
-    /// Concurrent connections.
-    #[arg(long, env = "SNOWGATE_PERF_CONNECTIONS", default_value_t = 32)]
-    connections: usize,
+    /// Under a minute: one run each, short windows, 2,000 idle connections.
+    #[arg(long, conflicts_with = "tiny")]
+    quick: bool,
+    /// Seconds: the smoke test's mode (proves the parts work; the figures mean nothing).
+    #[arg(long)]
+    tiny: bool,
+    /// Scenarios to run, comma-separated (default: all; those that cannot run are skipped).
+    #[arg(long, value_delimiter = ',')]
+    scenarios: Option<Vec<String>>,
+    /// Payloads, comma-separated: small, medium, arrow_small, arrow_medium, one, or name=sql.
+    #[arg(long, value_delimiter = ',')]
+    payloads: Option<Vec<String>>,
+    /// Closed-loop runs per scenario (medians are reported).
+    #[arg(long)]
+    runs: Option<usize>,
+    /// Closed-loop measured seconds per run.
+    #[arg(long)]
+    duration_secs: Option<f64>,
+    /// Open-loop measured seconds.
+    #[arg(long)]
+    open_duration_secs: Option<f64>,
     /// Warm-up seconds before each measured window.
-    #[arg(long, env = "SNOWGATE_PERF_WARMUP_SECS", default_value_t = 2.0)]
-    warmup_secs: f64,
-    /// Measured seconds per run.
-    #[arg(long, env = "SNOWGATE_PERF_DURATION_SECS", default_value_t = 10.0)]
-    duration_secs: f64,
-    /// Runs per scenario, alternating; the table gives medians.
-    #[arg(long, env = "SNOWGATE_PERF_RUNS", default_value_t = 5)]
-    runs: usize,
-    /// The statement every query sends (see the double's vocabulary).
-    #[arg(long, env = "SNOWGATE_PERF_SQL", default_value = "select 1")]
-    sql: String,
+    #[arg(long)]
+    warmup_secs: Option<f64>,
+    /// Closed-loop agents (connections).
+    #[arg(long)]
+    connections: Option<usize>,
+    /// Open-loop agents (connections).
+    #[arg(long)]
+    open_connections: Option<usize>,
+    /// Open-loop rate as a fraction of nginx's max rate.
+    #[arg(long)]
+    open_fraction: Option<f64>,
+    /// Idle connections for the memory figure (0 skips it).
+    #[arg(long)]
+    idle_connections: Option<usize>,
+    /// Skip the --cores 1 vs --cores 2 figure.
+    #[arg(long)]
+    no_cores: bool,
+    /// Where the report goes.
+    #[arg(long, default_value = "perf/results")]
+    out_dir: PathBuf,
+    /// The report's name (`<out-dir>/<date>-<name>.md` and `.svg`).
+    #[arg(long, default_value = "comparison")]
+    name: String,
 }
 
 #[derive(Debug, Args)]
@@ -86,6 +116,15 @@ struct UpstreamArgs {
     /// Requests kept in the in-memory log (0 for none).
     #[arg(long, env = "SNOWGATE_PERF_REQUEST_LOG_CAPACITY", default_value_t = 1000)]
     request_log_capacity: usize,
+    /// Rows answered inline by `chunked_json` / `chunked_arrow`, before the chunks.
+    #[arg(long, env = "SNOWGATE_PERF_CHUNK_FIRST_ROWS", default_value_t = ChunkLayout::default().first_rows)]
+    chunk_first_rows: usize,
+    /// Chunks of `chunked_json` / `chunked_arrow`.
+    #[arg(long, env = "SNOWGATE_PERF_CHUNK_COUNT", default_value_t = ChunkLayout::default().chunk_count)]
+    chunk_count: usize,
+    /// Rows per chunk.
+    #[arg(long, env = "SNOWGATE_PERF_CHUNK_ROWS", default_value_t = ChunkLayout::default().rows_per_chunk)]
+    chunk_rows: usize,
 }
 
 fn upstream(args: UpstreamArgs) -> anyhow::Result<()> {
@@ -110,6 +149,11 @@ fn upstream(args: UpstreamArgs) -> anyhow::Result<()> {
         gzip_responses: args.gzip_responses,
         polls_before_ready: args.polls_before_ready,
         request_log_capacity: args.request_log_capacity,
+        chunk_layout: ChunkLayout {
+            first_rows: args.chunk_first_rows,
+            chunk_count: args.chunk_count,
+            rows_per_chunk: args.chunk_rows,
+        },
     };
     let running = snowgate_perf::start_with(config, args.listen, args.threads)?;
     // Scripts read this one line to learn the port.
@@ -120,21 +164,40 @@ fn upstream(args: UpstreamArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn run(args: RunArgs) -> anyhow::Result<()> {
+    let mut spec = if args.tiny {
+        RunSpec::tiny(args.gateway_bin.clone())
+    } else if args.quick {
+        RunSpec::quick(args.gateway_bin.clone())
+    } else {
+        RunSpec::full(args.gateway_bin.clone())
+    };
+    spec.scenarios = scenario::select(args.scenarios.as_deref())?;
+    if let Some(payloads) = &args.payloads {
+        spec.payloads = payloads.iter().map(|p| Payload::parse(p)).collect::<anyhow::Result<_>>()?;
+    }
+    let secs = std::time::Duration::from_secs_f64;
+    spec.runs = args.runs.unwrap_or(spec.runs).max(1);
+    spec.closed_duration = args.duration_secs.map_or(spec.closed_duration, secs);
+    spec.open_duration = args.open_duration_secs.map_or(spec.open_duration, secs);
+    spec.warmup = args.warmup_secs.map_or(spec.warmup, secs);
+    spec.closed_connections = args.connections.unwrap_or(spec.closed_connections).max(1);
+    spec.open_connections = args.open_connections.unwrap_or(spec.open_connections).max(1);
+    spec.open_fraction = args.open_fraction.unwrap_or(spec.open_fraction);
+    spec.idle_connections = args.idle_connections.unwrap_or(spec.idle_connections);
+    spec.cores_comparison = !args.no_cores;
+    let command = std::env::args().map(|a| if a.contains(' ') { format!("'{a}'") } else { a }).collect::<Vec<_>>();
+    let command = format!("snowgate-perf {}", command.get(1..).unwrap_or_default().join(" "));
+    let report = harness::run(&spec, &command)?;
+    let path = harness::report::write(&report, spec.runs, &args.out_dir, &args.name)?;
+    print!("{}", harness::report::markdown(&report, spec.runs, &format!("{}-{}.svg", report.date, args.name)));
+    eprintln!("snowgate-perf: wrote {} and its .svg", path.display());
+    Ok(())
+}
+
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Upstream(args) => upstream(args),
-        Command::Compare(args) => {
-            let spec = bench::CompareSpec {
-                gateway_bin: args.gateway_bin,
-                connections: args.connections,
-                warmup: std::time::Duration::from_secs_f64(args.warmup_secs),
-                duration: std::time::Duration::from_secs_f64(args.duration_secs),
-                runs: args.runs,
-                sql: args.sql,
-            };
-            let results = bench::compare(&spec)?;
-            println!("{}", bench::report(&results));
-            Ok(())
-        }
+        Command::Run(args) => run(args),
     }
 }

@@ -6,6 +6,12 @@
 //! - contains `no_such_table` → the SQL compilation error 002003 (42S02);
 //! - contains `from medium` → the MEDIUM table (see [`MEDIUM_ROWS`]);
 //! - contains `from small` → the SMALL table (see [`SMALL_ROWS`]);
+//! - contains `from arrow_small` / `from arrow_medium` → SMALL / MEDIUM in Arrow format
+//!   (`queryResultFormat:"arrow"`, `rowsetBase64`: one IPC stream with Snowflake's field
+//!   metadata, see [`crate::corpus`]);
+//! - contains `from chunked_json` / `from chunked_arrow` → the CHUNKED table (several MB,
+//!   shaped by [`crate::corpus::ChunkLayout`]): the first rows inline, then `data.chunks[]`
+//!   downloaded from the double under SSE-C headers (see [`crate::corpus`]);
 //! - otherwise → one column named `1` (FIXED) with one row `["1"]`, or, when the request
 //!   carries bindings, one column per binding (named by its key, in key order) and one row
 //!   echoing the bound values, so tests can see that bindings arrived;
@@ -15,7 +21,11 @@
 //! SMALL and MEDIUM share one schema of realistic, fake, sensitive-looking columns: `ID`
 //! (FIXED), `NAME`, `EMAIL`, `CARD` (Luhn-valid 16-digit numbers), `SSN` (null in every
 //! seventh row), `AMOUNT` (FIXED with scale 2) and `CREATED` (DATE, as days since the
-//! epoch). Values come from a fixed seed, so every run and every double serve the same rows.
+//! epoch). Values come from a fixed seed, so every run and every double serve the same rows:
+//! the corpus is fixed (a test pins a digest of every body), and only its shape is configurable.
+//!
+//! The SQL API answers the Arrow and chunked names with the same rows as JSON (SMALL, MEDIUM,
+//! MEDIUM), since it has no Arrow or chunk format of its own.
 
 use bytes::{Bytes, BytesMut};
 use serde_json::{Value, json};
@@ -64,6 +74,14 @@ pub enum Outcome {
     Medium,
     /// One row: `1`, or the bindings echoed.
     One,
+    /// SMALL in Arrow format.
+    ArrowSmall,
+    /// MEDIUM in Arrow format.
+    ArrowMedium,
+    /// The chunked result, JSON chunks.
+    ChunkedJson,
+    /// The chunked result, Arrow chunks.
+    ChunkedArrow,
 }
 
 /// Applies the vocabulary to a SQL text.
@@ -71,6 +89,14 @@ pub fn plan(sql: &str) -> Plan {
     let normalized = sql.split_whitespace().collect::<Vec<_>>().join(" ").to_lowercase();
     let outcome = if normalized.contains("no_such_table") {
         Outcome::NoSuchTable
+    } else if normalized.contains("from chunked_json") {
+        Outcome::ChunkedJson
+    } else if normalized.contains("from chunked_arrow") {
+        Outcome::ChunkedArrow
+    } else if normalized.contains("from arrow_small") {
+        Outcome::ArrowSmall
+    } else if normalized.contains("from arrow_medium") {
+        Outcome::ArrowMedium
     } else if normalized.contains("from medium") {
         Outcome::Medium
     } else if normalized.contains("from small") {
@@ -148,11 +174,11 @@ pub struct Table {
 }
 
 impl Table {
-    fn rowtype(&self) -> Value {
+    pub(crate) fn rowtype(&self) -> Value {
         Value::Array(self.columns.iter().map(|c| c.describe(&self.name)).collect())
     }
 
-    fn rowset(rows: &[Vec<Option<String>>]) -> Value {
+    pub(crate) fn rowset(rows: &[Vec<Option<String>>]) -> Value {
         Value::Array(rows.iter().map(|r| Value::Array(r.iter().map(|v| json!(v)).collect())).collect())
     }
 }
@@ -335,7 +361,9 @@ pub struct Template {
 }
 
 impl Template {
-    fn new(body: &Value) -> Template {
+    /// A template of `body`, whose every occurrence of the placeholder id is replaced on
+    /// [`Template::render`].
+    pub fn new(body: &Value) -> Template {
         let bytes = Bytes::from(serde_json::to_vec(body).unwrap_or_default());
         let needle = ID_PLACEHOLDER.as_bytes();
         let id_offsets =
@@ -405,6 +433,41 @@ fn query_v1_body(table: &Table, binds: usize) -> Value {
     })
 }
 
+/// The `/queries/v1/query-request` body for `table` in Arrow format, with the placeholder id.
+fn query_v1_arrow_body(table: &Table) -> Value {
+    let mut body = query_v1_body(table, 0);
+    let data = &mut body["data"];
+    if let Some(data) = data.as_object_mut() {
+        data.remove("rowset");
+        data.insert("rowsetBase64".into(), Value::String(crate::corpus::arrow_base64(table)));
+        data.insert("queryResultFormat".into(), Value::String("arrow".into()));
+    }
+    body
+}
+
+/// The `/queries/v1/query-request` body of a chunked result: the inline rows, `chunks[]` with
+/// URLs under `base_url`, `qrmk`, and for JSON also `chunkHeaders`; the id is the placeholder.
+pub fn chunked_query_body(
+    result: &crate::corpus::ChunkedResult,
+    format: crate::corpus::ChunkFormat,
+    base_url: &str,
+) -> Template {
+    use crate::corpus::{ChunkFormat, QRMK, SSE_C_AES, SSE_C_ALGORITHM_HEADER, SSE_C_KEY_HEADER};
+    let mut body = match format {
+        ChunkFormat::Json => query_v1_body(&result.first, 0),
+        ChunkFormat::Arrow => query_v1_arrow_body(&result.first),
+    };
+    let data = &mut body["data"];
+    data["total"] = json!(result.total_rows);
+    data["returned"] = json!(result.total_rows);
+    data["chunks"] = result.chunks_json(base_url, ID_PLACEHOLDER, format);
+    data["qrmk"] = json!(QRMK);
+    if format == ChunkFormat::Json {
+        data["chunkHeaders"] = json!({SSE_C_ALGORITHM_HEADER: SSE_C_AES, SSE_C_KEY_HEADER: QRMK});
+    }
+    Template::new(&body)
+}
+
 /// A SQL API v2 result: the first response (partition 0, with the handle as placeholder)
 /// and the bodies of the later partitions.
 #[derive(Debug, Clone)]
@@ -454,6 +517,10 @@ pub struct Results {
     pub query_small: Template,
     /// Query-request answer for MEDIUM.
     pub query_medium: Template,
+    /// Query-request answer for SMALL in Arrow format.
+    pub query_arrow_small: Template,
+    /// Query-request answer for MEDIUM in Arrow format.
+    pub query_arrow_medium: Template,
     /// SQL API answer for the one-row result.
     pub statement_one: StatementTemplate,
     /// SQL API answer for SMALL.
@@ -472,6 +539,8 @@ impl Results {
             query_one: Template::new(&query_v1_body(&one, 0)),
             query_small: Template::new(&query_v1_body(&small, 0)),
             query_medium: Template::new(&query_v1_body(&medium, 0)),
+            query_arrow_small: Template::new(&query_v1_arrow_body(&small)),
+            query_arrow_medium: Template::new(&query_v1_arrow_body(&medium)),
             statement_one: statement_v2(&one, 1, created_on_ms),
             statement_small: statement_v2(&small, 1, created_on_ms),
             statement_medium: statement_v2(&medium, MEDIUM_PARTITIONS, created_on_ms),
@@ -479,7 +548,9 @@ impl Results {
     }
 
     /// The query-request success body for an outcome, with `query_id` spliced in.
-    /// `bindings` (when present and not empty) turn the one-row answer into an echo.
+    /// `bindings` (when present and not empty) turn the one-row answer into an echo. The
+    /// chunked outcomes are answered by the caller (their bodies need the double's address);
+    /// here they fall back to MEDIUM.
     pub fn query_body(
         &self,
         outcome: Outcome,
@@ -488,7 +559,9 @@ impl Results {
     ) -> Bytes {
         match (outcome, bindings) {
             (Outcome::Small, _) => self.query_small.render(query_id),
-            (Outcome::Medium, _) => self.query_medium.render(query_id),
+            (Outcome::Medium | Outcome::ChunkedJson | Outcome::ChunkedArrow, _) => self.query_medium.render(query_id),
+            (Outcome::ArrowSmall, _) => self.query_arrow_small.render(query_id),
+            (Outcome::ArrowMedium, _) => self.query_arrow_medium.render(query_id),
             (Outcome::One, Some(b)) if !b.is_empty() => {
                 Template::new(&query_v1_body(&echo_bindings(b), b.len())).render(query_id)
             }
@@ -507,8 +580,10 @@ impl Results {
     ) -> (Bytes, Vec<Bytes>) {
         let dynamic;
         let template = match (outcome, bindings) {
-            (Outcome::Small, _) => &self.statement_small,
-            (Outcome::Medium, _) => &self.statement_medium,
+            (Outcome::Small | Outcome::ArrowSmall, _) => &self.statement_small,
+            (Outcome::Medium | Outcome::ArrowMedium | Outcome::ChunkedJson | Outcome::ChunkedArrow, _) => {
+                &self.statement_medium
+            }
             (Outcome::One, Some(b)) if !b.is_empty() => {
                 dynamic = statement_v2(&echo_bindings(b), 1, created_on_ms);
                 &dynamic
@@ -518,6 +593,12 @@ impl Results {
         (template.first.render(handle), template.later_partitions.clone())
     }
 }
+
+/// Digests (first 8 bytes of SHA-256) of the SMALL, MEDIUM and Arrow SMALL query bodies and
+/// of the default chunked result's rows, pinned by a test.
+#[cfg(test)]
+const PINNED_CORPUS_DIGESTS: [&str; 4] =
+    ["101278ebb4cf42d0", "a4893b53299293f0", "7e8cb61ccceee795", "51be449546c1cecc"];
 
 #[cfg(test)]
 mod tests {
@@ -573,6 +654,35 @@ mod tests {
         assert!((700..1400).contains(&small_rowset), "SMALL rowset is {small_rowset} bytes");
         let medium = results.query_medium.len();
         assert!((16_000..20_000).contains(&medium), "MEDIUM body is {medium} bytes");
+    }
+
+    /// The corpus is fixed: these digests change only when the committed generator does, and
+    /// then every figure measured on the old corpus stops being comparable. Update them on
+    /// purpose, with a note in BENCHMARKS.md.
+    #[test]
+    fn corpus_is_pinned() {
+        use sha2::{Digest, Sha256};
+        let results = Results::build(1);
+        let layout = crate::corpus::ChunkLayout::default();
+        let chunked = customers("CHUNKED", layout.total_rows());
+        let digest =
+            |bytes: &[u8]| Sha256::digest(bytes).iter().take(8).map(|b| format!("{b:02x}")).collect::<String>();
+        let digests = [
+            digest(&results.query_small.render(ID_PLACEHOLDER)),
+            digest(&results.query_medium.render(ID_PLACEHOLDER)),
+            digest(&results.query_arrow_small.render(ID_PLACEHOLDER)),
+            digest(&crate::corpus::json_chunk(&chunked.rows)),
+        ];
+        assert_eq!(digests, PINNED_CORPUS_DIGESTS, "the corpus changed");
+    }
+
+    #[test]
+    fn new_names_are_in_the_vocabulary() {
+        assert_eq!(plan("select * from arrow_small").outcome, Outcome::ArrowSmall);
+        assert_eq!(plan("select * from ARROW_MEDIUM").outcome, Outcome::ArrowMedium);
+        assert_eq!(plan("select * from chunked_json").outcome, Outcome::ChunkedJson);
+        assert_eq!(plan("select * from chunked_arrow -- slow").outcome, Outcome::ChunkedArrow);
+        assert!(plan("select * from chunked_arrow -- slow").slow);
     }
 
     #[test]

@@ -99,7 +99,29 @@ pub fn start(config: UpstreamConfig) -> anyhow::Result<RunningUpstream> {
 /// than one, each thread has its own listener on the same port (SO_REUSEPORT) and the
 /// kernel spreads connections among them.
 pub fn start_with(config: UpstreamConfig, listen: SocketAddr, threads: usize) -> anyhow::Result<RunningUpstream> {
-    start_serving(config, listen, threads, None)
+    start_serving(config, listen, threads, None, &[])
+}
+
+/// Like [`start_with`], with runtime thread `i` pinned to CPU `cpus[i % cpus.len()]` (no
+/// pinning when `cpus` is empty), so that benchmarks place the double the same way each run.
+pub fn start_pinned(
+    config: UpstreamConfig,
+    listen: SocketAddr,
+    threads: usize,
+    cpus: &[usize],
+) -> anyhow::Result<RunningUpstream> {
+    start_serving(config, listen, threads, None, cpus)
+}
+
+/// Like [`start_with_tls`], with the runtime thread pinned to `cpus` (see [`start_pinned`]).
+pub fn start_with_tls_pinned(
+    config: UpstreamConfig,
+    cert_pem: &[u8],
+    key_pem: &[u8],
+    cpus: &[usize],
+) -> anyhow::Result<RunningUpstream> {
+    let tls = snowgate::proxy::tls::server_config(cert_pem, key_pem).context("the double's TLS settings")?;
+    start_serving(config, SocketAddr::from(([127, 0, 0, 1], 0)), 1, Some(tls), cpus)
 }
 
 /// Starts a double on 127.0.0.1 with an ephemeral port and one runtime thread, serving TLS
@@ -109,7 +131,7 @@ pub fn start_with_tls(config: UpstreamConfig, cert_pem: &[u8], key_pem: &[u8]) -
     // The gateway's own server-side settings (ring provider, safe protocol versions, ALPN
     // http/1.1), so the double negotiates what a TLS-terminating Snowflake would.
     let tls = snowgate::proxy::tls::server_config(cert_pem, key_pem).context("the double's TLS settings")?;
-    start_serving(config, SocketAddr::from(([127, 0, 0, 1], 0)), 1, Some(tls))
+    start_serving(config, SocketAddr::from(([127, 0, 0, 1], 0)), 1, Some(tls), &[])
 }
 
 fn start_serving(
@@ -117,12 +139,15 @@ fn start_serving(
     listen: SocketAddr,
     threads: usize,
     tls: Option<Arc<rustls::ServerConfig>>,
+    cpus: &[usize],
 ) -> anyhow::Result<RunningUpstream> {
     let upstream = Arc::new(Upstream::new(config)?);
     let threads = threads.max(1);
     let reuse_port = threads > 1;
     let first = bind(listen, reuse_port).with_context(|| format!("binding {listen}"))?;
     let addr = first.local_addr()?;
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    upstream.set_base_url(format!("{scheme}://{addr}"));
     let mut listeners = vec![first];
     for _ in 1..threads {
         listeners.push(bind(addr, reuse_port).with_context(|| format!("binding another listener on {addr}"))?);
@@ -136,9 +161,16 @@ fn start_serving(
         let stop = stop.clone();
         let ready = ready_tx.clone();
         let tls = tls.clone();
+        let cpu = (!cpus.is_empty()).then(|| cpus[i % cpus.len()]);
         let handle = std::thread::Builder::new()
             .name(format!("snowflake-double-{i}"))
-            .spawn(move || run_thread(listener, upstream, tls, stop, ready))
+            .spawn(move || {
+                if let Some(cpu) = cpu {
+                    // A failed pin leaves the thread unpinned; the harness reports placement.
+                    let _ = monoio::utils::bind_to_cpu_set([cpu]);
+                }
+                run_thread(listener, upstream, tls, stop, ready)
+            })
             .context("spawning a runtime thread")?;
         handles.push(handle);
     }
@@ -319,7 +351,7 @@ async fn write<S: AsyncWriteRent>(stream: &mut S, bytes: BytesMut) -> bool {
 
 fn encode(response: &Response, close: bool) -> BytesMut {
     let mut head = HeadWriter::response(response.status);
-    head.field(b"content-type", b"application/json");
+    head.field(b"content-type", response.content_type.as_bytes());
     if response.gzip {
         head.field(b"content-encoding", b"gzip");
     }
@@ -336,7 +368,7 @@ fn encode(response: &Response, close: bool) -> BytesMut {
 async fn refuse<S: AsyncWriteRent>(stream: &mut S, stats: &Stats, status: u16, message: &str) {
     stats.count(EndpointKind::Other);
     let body = serde_json::json!({"code": status.to_string(), "message": message, "success": false});
-    let response = Response { status, body: body.to_string().into(), gzip: false };
+    let response = Response::json(status, body.to_string());
     write(stream, encode(&response, true)).await;
 }
 

@@ -33,13 +33,15 @@ pub enum EndpointKind {
     SqlApiFetch,
     /// `POST /api/v2/statements/<handle>/cancel`
     SqlApiCancel,
+    /// `GET /chunks/<qid>/<format>/<n>`: a chunk download of a chunked result.
+    Chunk,
     /// Anything else (answered 404), and requests the transport could not parse.
     Other,
 }
 
 impl EndpointKind {
     /// Every kind, in declaration order.
-    pub const ALL: [EndpointKind; 13] = [
+    pub const ALL: [EndpointKind; 14] = [
         EndpointKind::Login,
         EndpointKind::TokenRequest,
         EndpointKind::Query,
@@ -52,6 +54,7 @@ impl EndpointKind {
         EndpointKind::SqlApiSubmit,
         EndpointKind::SqlApiFetch,
         EndpointKind::SqlApiCancel,
+        EndpointKind::Chunk,
         EndpointKind::Other,
     ];
 

@@ -25,7 +25,12 @@
 //! | 390144 | SQL API: missing or invalid key-pair JWT (HTTP 401) |
 //! | 000709 | SQL API: unknown statement handle or partition (HTTP 422) |
 //! | 000604 | SQL API: statement canceled |
+//!
+//! Chunk downloads (`GET /chunks/<qid>/<json|arrow>/<n>`, the URLs of a chunked result) need
+//! no session, as S3's presigned URLs do not; they need the SSE-C headers instead, and are
+//! refused with S3's HTTP 403 and an XML body without them.
 
+use crate::corpus::{self, ChunkFormat, ChunkLayout, ChunkedResult};
 use crate::keypair::KeyPairVerifier;
 use crate::results::{self, NO_SUCH_TABLE_MESSAGE, Outcome, Results};
 use crate::stats::{EndpointKind, RecordedRequest, Stats};
@@ -37,7 +42,7 @@ use snowgate::http::{Method, RequestHead};
 use std::collections::{HashMap, VecDeque};
 use std::hash::Hash;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// Largest request body after gunzip, in bytes.
@@ -76,6 +81,9 @@ pub struct UpstreamConfig {
     pub polls_before_ready: u32,
     /// How many recent requests the stats log keeps (0 keeps none, for benchmarks).
     pub request_log_capacity: usize,
+    /// The shape of the `chunked_json` and `chunked_arrow` results (inline rows, chunk count,
+    /// rows per chunk).
+    pub chunk_layout: ChunkLayout,
 }
 
 impl Default for UpstreamConfig {
@@ -91,24 +99,29 @@ impl Default for UpstreamConfig {
             gzip_responses: false,
             polls_before_ready: 2,
             request_log_capacity: 1000,
+            chunk_layout: ChunkLayout::default(),
         }
     }
 }
 
-/// One answer: a status, a JSON body, and whether the body is gzip-compressed.
+/// One answer: a status, a body, its content type, and whether the body is announced as
+/// gzip-compressed.
 #[derive(Debug, Clone)]
 pub struct Response {
     /// The HTTP status.
     pub status: u16,
-    /// The body (always JSON before compression).
+    /// The body (JSON before compression, except chunk downloads and S3-style errors).
     pub body: Bytes,
-    /// Whether `body` is gzip-compressed (`Content-Encoding: gzip`).
+    /// Whether `body` is sent with `Content-Encoding: gzip`.
     pub gzip: bool,
+    /// The `Content-Type`.
+    pub content_type: &'static str,
 }
 
 impl Response {
-    fn json(status: u16, body: impl Into<Bytes>) -> Response {
-        Response { status, body: body.into(), gzip: false }
+    /// A JSON answer.
+    pub fn json(status: u16, body: impl Into<Bytes>) -> Response {
+        Response { status, body: body.into(), gzip: false, content_type: "application/json" }
     }
 
     fn value(status: u16, body: &Value) -> Response {
@@ -148,6 +161,7 @@ enum Route<'a> {
     SqlApiSubmit,
     SqlApiFetch(&'a str),
     SqlApiCancel(&'a str),
+    Chunk(ChunkFormat, usize),
     NotFound,
 }
 
@@ -169,6 +183,10 @@ impl Route<'_> {
             (Method::Post, ["api", "v2", "statements"]) => Route::SqlApiSubmit,
             (Method::Get, ["api", "v2", "statements", handle]) => Route::SqlApiFetch(handle),
             (Method::Post, ["api", "v2", "statements", handle, "cancel"]) => Route::SqlApiCancel(handle),
+            (Method::Get, ["chunks", _qid, format, index]) => match (ChunkFormat::parse(format), index.parse()) {
+                (Some(format), Ok(index)) => Route::Chunk(format, index),
+                _ => Route::NotFound,
+            },
             _ => Route::NotFound,
         }
     }
@@ -187,6 +205,7 @@ impl Route<'_> {
             Route::SqlApiSubmit => EndpointKind::SqlApiSubmit,
             Route::SqlApiFetch(_) => EndpointKind::SqlApiFetch,
             Route::SqlApiCancel(_) => EndpointKind::SqlApiCancel,
+            Route::Chunk(..) => EndpointKind::Chunk,
             Route::NotFound => EndpointKind::Other,
         }
     }
@@ -323,6 +342,16 @@ enum TokenRefusal {
     Expired,
 }
 
+/// The chunked results, built on first use (they take tens of milliseconds and most tests
+/// never ask for them) with the double's own address in their chunk URLs.
+#[derive(Debug)]
+struct Chunked {
+    json: ChunkedResult,
+    arrow: ChunkedResult,
+    json_body: results::Template,
+    arrow_body: results::Template,
+}
+
 /// The fake Snowflake: configuration, precomputed results, sessions and statistics.
 /// Shared by every runtime thread; the session state sits behind one mutex held briefly.
 #[derive(Debug)]
@@ -330,6 +359,8 @@ pub struct Upstream {
     config: UpstreamConfig,
     verifier: Option<KeyPairVerifier>,
     results: Results,
+    base_url: OnceLock<String>,
+    chunked: OnceLock<Chunked>,
     created_on_ms: u64,
     serial: AtomicU64,
     state: Mutex<State>,
@@ -351,6 +382,8 @@ impl Upstream {
             config,
             verifier,
             results: Results::build(created_on_ms),
+            base_url: OnceLock::new(),
+            chunked: OnceLock::new(),
             created_on_ms,
             serial: AtomicU64::new(1),
             state: Mutex::new(State {
@@ -366,6 +399,36 @@ impl Upstream {
     /// The configuration it runs with.
     pub fn config(&self) -> &UpstreamConfig {
         &self.config
+    }
+
+    /// Sets the base URL (`http://127.0.0.1:port`) chunk URLs point at; the transport calls
+    /// it once it knows its address. Later calls are ignored.
+    pub fn set_base_url(&self, url: String) {
+        let _ = self.base_url.set(url);
+    }
+
+    /// The base URL of chunk downloads.
+    pub fn base_url(&self) -> &str {
+        self.base_url.get().map_or("http://snowflake-double.invalid", String::as_str)
+    }
+
+    fn chunked(&self) -> &Chunked {
+        self.chunked.get_or_init(|| {
+            let layout = self.config.chunk_layout;
+            let table = results::customers("CHUNKED", layout.total_rows());
+            let json = ChunkedResult::build(&table, layout, ChunkFormat::Json);
+            let arrow = ChunkedResult::build(&table, layout, ChunkFormat::Arrow);
+            let json_body = results::chunked_query_body(&json, ChunkFormat::Json, self.base_url());
+            let arrow_body = results::chunked_query_body(&arrow, ChunkFormat::Arrow, self.base_url());
+            Chunked { json, arrow, json_body, arrow_body }
+        })
+    }
+
+    /// The chunk bodies of a chunked result, gzip-compressed, as downloads answer them.
+    pub fn chunk_bodies(&self, format: ChunkFormat) -> Vec<Bytes> {
+        let chunked = self.chunked();
+        let result = if format == ChunkFormat::Json { &chunked.json } else { &chunked.arrow };
+        result.chunks.iter().map(|c| c.gzip_body.clone()).collect()
     }
 
     /// Its statistics and request log.
@@ -437,6 +500,8 @@ impl Upstream {
             Route::SqlApiSubmit => self.statement_submit(head, &body),
             Route::SqlApiFetch(handle) => self.statement_fetch(head, handle),
             Route::SqlApiCancel(handle) => self.statement_cancel(head, handle),
+            // A chunk is already gzip: it is never compressed again.
+            Route::Chunk(format, index) => return self.chunk(head, format, index),
             Route::NotFound => Response::value(
                 404,
                 &json!({
@@ -655,6 +720,8 @@ impl Upstream {
             let qid = new_id();
             let final_body = match plan.outcome {
                 Outcome::NoSuchTable => no_such_table_body(&qid),
+                Outcome::ChunkedJson => self.chunked().json_body.render(&qid),
+                Outcome::ChunkedArrow => self.chunked().arrow_body.render(&qid),
                 outcome => self.results.query_body(outcome, bindings, &qid),
             };
             if !(asynchronous || plan.slow) {
@@ -691,6 +758,31 @@ impl Upstream {
             let status = if running { "RUNNING" } else { "SUCCESS" };
             Response::ok(json!({"queries": [{"id": qid, "status": status}]}))
         })
+    }
+
+    /// A chunk download: the SSE-C headers must carry the result's key, as S3 demands.
+    fn chunk(&self, head: &RequestHead, format: ChunkFormat, index: usize) -> Response {
+        let header = |name: &str| head.headers.get_str(name).map(str::trim);
+        let keyed = header(corpus::SSE_C_ALGORITHM_HEADER) == Some(corpus::SSE_C_AES)
+            && header(corpus::SSE_C_KEY_HEADER) == Some(corpus::QRMK);
+        if !keyed {
+            return s3_error(
+                403,
+                "InvalidRequest",
+                "The object was stored using a form of Server Side Encryption. The correct parameters must be provided to retrieve the object.",
+            );
+        }
+        let chunked = self.chunked();
+        let result = if format == ChunkFormat::Json { &chunked.json } else { &chunked.arrow };
+        match result.chunks.get(index) {
+            Some(chunk) => Response {
+                status: 200,
+                body: chunk.gzip_body.clone(),
+                gzip: chunk.content_encoding_gzip,
+                content_type: "binary/octet-stream",
+            },
+            None => s3_error(404, "NoSuchKey", "The specified key does not exist."),
+        }
     }
 
     // ---- SQL API v2 ----
@@ -800,6 +892,14 @@ impl Upstream {
         };
         Response::value(200, &canceled)
     }
+}
+
+/// An S3-style error: a status and an XML body.
+fn s3_error(status: u16, code: &str, message: &str) -> Response {
+    let body = format!(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>{code}</Code><Message>{message}</Message></Error>"
+    );
+    Response { status, body: body.into(), gzip: false, content_type: "application/xml" }
 }
 
 fn bad_request(message: &str) -> Response {

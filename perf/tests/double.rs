@@ -593,3 +593,144 @@ fn the_request_log_is_bounded() {
     assert_eq!(targets, ["/missing/2", "/missing/3", "/missing/4"]);
     assert_eq!(double.stats.requests(EndpointKind::Other), 5);
 }
+
+fn sse_c_headers(key: &str) -> [(&'static str, String); 2] {
+    [
+        (snowgate_perf::corpus::SSE_C_ALGORITHM_HEADER, "AES256".to_owned()),
+        (snowgate_perf::corpus::SSE_C_KEY_HEADER, key.to_owned()),
+    ]
+}
+
+/// Downloads a chunk from its absolute URL on the double, with `headers`.
+fn download(double: &RunningUpstream, url: &str, headers: &[(&str, String)]) -> ClientResponse {
+    let prefix = double.url();
+    let path = url.strip_prefix(&prefix).unwrap_or_else(|| panic!("{url} does not point at the double {prefix}"));
+    let headers: Vec<(&str, &str)> = headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
+    Client::connect(double.addr).unwrap().get(path, &headers).unwrap()
+}
+
+/// The chunk's bytes inflated, whether or not the double announced the gzip.
+fn chunk_plain(response: &ClientResponse) -> Vec<u8> {
+    if response.was_gzip {
+        response.body.to_vec()
+    } else {
+        assert!(response.body.starts_with(&[0x1f, 0x8b]), "a chunk without Content-Encoding is still raw gzip");
+        snowgate::http::gzip::gunzip_capped(&response.body, 64 << 20).unwrap()
+    }
+}
+
+fn arrow_batches(bytes: &[u8]) -> Vec<arrow_array::RecordBatch> {
+    arrow_ipc::reader::StreamReader::try_new(std::io::Cursor::new(bytes.to_vec()), None)
+        .unwrap()
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap()
+}
+
+#[test]
+fn chunked_json_result_is_several_mb_in_chunks_served_only_under_sse_c() {
+    let double = start();
+    let mut client = Client::connect(double.addr).unwrap();
+    let (token, _) = login(&mut client);
+    let answer = sql(&mut client, &token, "select * from chunked_json");
+    let data = &answer["data"];
+    let layout = snowgate_perf::ChunkLayout::default();
+    assert_eq!(data["queryResultFormat"], "json");
+    assert_eq!(data["rowset"].as_array().unwrap().len(), layout.first_rows);
+    assert_eq!(data["total"], layout.total_rows());
+    let qrmk = data["qrmk"].as_str().unwrap();
+    assert_eq!(data["chunkHeaders"][snowgate_perf::corpus::SSE_C_KEY_HEADER], qrmk);
+    let chunks = data["chunks"].as_array().unwrap();
+    assert!(chunks.len() >= 10, "{} chunks", chunks.len());
+    let uncompressed: u64 = chunks.iter().map(|c| c["uncompressedSize"].as_u64().unwrap()).sum();
+    assert!(uncompressed > 3_000_000, "{uncompressed} bytes in chunks");
+    let query_id = data["queryId"].as_str().unwrap();
+    assert!(chunks[0]["url"].as_str().unwrap().contains(query_id), "chunk URLs carry the query id");
+
+    let first_url = chunks[0]["url"].as_str().unwrap();
+    assert_eq!(download(&double, first_url, &[]).status, 403, "no SSE-C headers");
+    assert_eq!(download(&double, first_url, &sse_c_headers("wrong-key")).status, 403, "the wrong key");
+
+    let mut rows = data["rowset"].as_array().unwrap().len();
+    let mut seen_encodings = (false, false);
+    for chunk in chunks {
+        let response = download(&double, chunk["url"].as_str().unwrap(), &sse_c_headers(qrmk));
+        assert_eq!(response.status, 200);
+        if response.was_gzip {
+            seen_encodings.0 = true
+        } else {
+            seen_encodings.1 = true
+        }
+        assert_eq!(
+            response.body.len() as u64,
+            if response.was_gzip {
+                chunk["uncompressedSize"].as_u64().unwrap()
+            } else {
+                chunk["compressedSize"].as_u64().unwrap()
+            }
+        );
+        let plain = chunk_plain(&response);
+        assert_eq!(plain.first(), Some(&b'['), "rows without an enclosing bracket start with a row");
+        let wrapped: Value = serde_json::from_slice(&[b"[".as_slice(), &plain, b"]"].concat()).unwrap();
+        let chunk_rows = wrapped.as_array().unwrap();
+        assert_eq!(chunk_rows.len() as u64, chunk["rowCount"].as_u64().unwrap());
+        assert!(luhn_valid(chunk_rows[0][3].as_str().unwrap()), "chunk rows carry card numbers");
+        rows += chunk_rows.len();
+    }
+    assert_eq!(seen_encodings, (true, true), "some chunks with Content-Encoding: gzip, some without");
+    assert_eq!(rows, layout.total_rows());
+    assert_eq!(double.stats.requests(EndpointKind::Chunk), chunks.len() as u64 + 2);
+}
+
+#[test]
+fn chunked_arrow_result_streams_ipc_chunks_keyed_by_qrmk_alone() {
+    let layout = snowgate_perf::ChunkLayout { first_rows: 7, chunk_count: 10, rows_per_chunk: 40 };
+    let double = snowgate_perf::start(UpstreamConfig { chunk_layout: layout, ..config() }).unwrap();
+    let mut client = Client::connect(double.addr).unwrap();
+    let (token, _) = login(&mut client);
+    let answer = sql(&mut client, &token, "SELECT * FROM CHUNKED_ARROW");
+    let data = &answer["data"];
+    assert_eq!(data["queryResultFormat"], "arrow");
+    assert!(data.get("chunkHeaders").is_none(), "drivers must build the SSE-C headers from qrmk");
+    let first =
+        base64::Engine::decode(&base64::engine::general_purpose::STANDARD, data["rowsetBase64"].as_str().unwrap())
+            .unwrap();
+    assert_eq!(arrow_batches(&first)[0].num_rows(), 7);
+    let chunks = data["chunks"].as_array().unwrap();
+    assert_eq!(chunks.len(), 10);
+    let qrmk = data["qrmk"].as_str().unwrap();
+    for chunk in chunks {
+        let response = download(&double, chunk["url"].as_str().unwrap(), &sse_c_headers(qrmk));
+        assert_eq!(response.status, 200);
+        let batches = arrow_batches(&chunk_plain(&response));
+        assert_eq!(batches[0].num_rows(), 40);
+        let schema = batches[0].schema();
+        assert_eq!(schema.field_with_name("AMOUNT").unwrap().metadata()["scale"], "2");
+    }
+    let missing =
+        download(&double, &chunks[0]["url"].as_str().unwrap().replace("/arrow/0", "/arrow/10"), &sse_c_headers(qrmk));
+    assert_eq!(missing.status, 404);
+}
+
+#[test]
+fn arrow_small_is_an_arrow_result_with_snowflake_metadata() {
+    let double = start();
+    let mut client = Client::connect(double.addr).unwrap();
+    let (token, _) = login(&mut client);
+    let data = sql(&mut client, &token, "select * from arrow_small")["data"].clone();
+    assert_eq!(data["queryResultFormat"], "arrow");
+    assert!(data.get("rowset").is_none());
+    assert_eq!(data["rowtype"].as_array().unwrap().len(), 7);
+    let stream =
+        base64::Engine::decode(&base64::engine::general_purpose::STANDARD, data["rowsetBase64"].as_str().unwrap())
+            .unwrap();
+    let batches = arrow_batches(&stream);
+    assert_eq!(batches[0].num_rows(), SMALL_ROWS);
+    let schema = batches[0].schema();
+    let card = schema.field_with_name("CARD").unwrap();
+    assert_eq!(card.metadata()["logicalType"], "TEXT");
+    assert_eq!(card.metadata()["charLength"], "19");
+    assert_eq!(schema.field_with_name("ID").unwrap().metadata()["logicalType"], "FIXED");
+    let medium = sql(&mut client, &token, "select * from arrow_medium")["data"]["rowsetBase64"].clone();
+    let stream = base64::Engine::decode(&base64::engine::general_purpose::STANDARD, medium.as_str().unwrap()).unwrap();
+    assert_eq!(arrow_batches(&stream)[0].num_rows(), MEDIUM_ROWS);
+}
