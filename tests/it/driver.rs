@@ -98,7 +98,7 @@ fn python_driver_renews_through_snowgate_and_never_sees_a_credential() {
         let dir = gateway.stop();
         let received = relay.received();
         let logs = captured_logs();
-        let recordings = read_tree(&dir.path().join("recordings"));
+        let recordings = recording_text(&dir.path().join("recordings"));
         let key_body = snowgate_perf::test_keys::TEST_PRIVATE_KEY_PEM.lines().nth(1).unwrap();
         for (place, text) in [("driver", &received), ("logs", &logs), ("recordings", &recordings)] {
             for canary in ["CANARY-SFTOKEN-d41c", "CANARY-PASSWORD-7a3f", key_body, "SHA256:"] {
