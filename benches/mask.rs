@@ -48,10 +48,20 @@ fn masker_with(words: usize, detectors: bool) -> (Masker, ProfileId) {
     let switches = if detectors {
         String::new()
     } else {
-        ["email", "ssn", "iban", "aws_access_key", "gcp_api_key", "github_token", "slack_token", "jwt", "pem_private_key"]
-            .iter()
-            .map(|d| format!("{d} = false\n"))
-            .collect()
+        [
+            "email",
+            "ssn",
+            "iban",
+            "aws_access_key",
+            "gcp_api_key",
+            "github_token",
+            "slack_token",
+            "jwt",
+            "pem_private_key",
+        ]
+        .iter()
+        .map(|d| format!("{d} = false\n"))
+        .collect()
     };
     let card = if detectors { r#"card = { mask = { style = "keep_last", keep = 4 } }"# } else { "card = false" };
     let text = format!(
@@ -106,16 +116,23 @@ fn json_chunk(table: &Table) -> Vec<u8> {
 /// The rows as an Arrow IPC stream shaped like Snowflake's (field metadata, scaled integers).
 fn arrow_stream(table: &Table, batch_rows: usize) -> Vec<u8> {
     let meta = |logical: &str, scale: u32| {
-        [("logicalType", logical.to_string()), ("scale", scale.to_string()), ("precision", "38".into()), ("charLength", "0".into())]
-            .into_iter()
-            .map(|(k, v)| (k.to_string(), v))
-            .collect::<std::collections::HashMap<String, String>>()
+        [
+            ("logicalType", logical.to_string()),
+            ("scale", scale.to_string()),
+            ("precision", "38".into()),
+            ("charLength", "0".into()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect::<std::collections::HashMap<String, String>>()
     };
     let fields: Vec<Field> = table
         .columns
         .iter()
         .map(|c| match c.type_name {
-            "fixed" => Field::new(&c.name, DataType::Int64, c.nullable).with_metadata(meta("FIXED", c.scale.unwrap_or(0))),
+            "fixed" => {
+                Field::new(&c.name, DataType::Int64, c.nullable).with_metadata(meta("FIXED", c.scale.unwrap_or(0)))
+            }
             "date" => Field::new(&c.name, DataType::Date32, c.nullable).with_metadata(meta("DATE", 0)),
             _ => Field::new(&c.name, DataType::Utf8, c.nullable).with_metadata(meta("TEXT", 0)),
         })
@@ -134,7 +151,9 @@ fn arrow_stream(table: &Table, batch_rows: usize) -> Vec<u8> {
                     "fixed" => Arc::new(Int64Array::from_iter(
                         cells.map(|v| v.map(|v| v.replace('.', "").parse::<i64>().expect("fixed"))),
                     )),
-                    "date" => Arc::new(Date32Array::from_iter(cells.map(|v| v.map(|v| v.parse::<i32>().expect("date"))))),
+                    "date" => {
+                        Arc::new(Date32Array::from_iter(cells.map(|v| v.map(|v| v.parse::<i32>().expect("date")))))
+                    }
                     _ => Arc::new(StringArray::from_iter(cells)),
                 }
             })
@@ -197,7 +216,10 @@ fn cpu_rate(body: &[u8], seconds: f64, mut work: impl FnMut(&[u8]) -> usize) -> 
 fn calibrate(body: &[u8], seconds: f64) {
     let mut patterns: Vec<String> = ["Lovelace", "Hopper", "Turing", "Knuth"].iter().map(|w| w.to_string()).collect();
     patterns.extend((0..12).map(|i| format!("codename-{i:03}-secret")));
-    patterns.extend(["AKIA", "ASIA", "AIza", "ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_", "xox", "eyJ", "-----BEGIN"].map(String::from));
+    patterns.extend(
+        ["AKIA", "ASIA", "AIza", "ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_", "xox", "eyJ", "-----BEGIN"]
+            .map(String::from),
+    );
     let teddy = aho_corasick::packed::Config::new()
         .match_kind(aho_corasick::packed::MatchKind::LeftmostLongest)
         .builder()
@@ -225,8 +247,13 @@ fn bench(c: &mut Criterion) {
         // Where the time goes: the walk alone, then with the dictionary, then with detectors.
         for (words, detectors) in [(0, false), (16, false), (0, true)] {
             let (masker, profile) = masker_with(words, detectors);
-            let input = Input { name: "json_chunk_4m", body: json_chunk(&big), plan: Some(masker.plan(profile, &columns(&big))) };
-            let arrow = Input { name: "arrow_chunk_4m", body: arrow_stream(&big, ARROW_BATCH_ROWS), plan: input.plan.clone() };
+            let input = Input {
+                name: "json_chunk_4m",
+                body: json_chunk(&big),
+                plan: Some(masker.plan(profile, &columns(&big))),
+            };
+            let arrow =
+                Input { name: "arrow_chunk_4m", body: arrow_stream(&big, ARROW_BATCH_ROWS), plan: input.plan.clone() };
             for input in [&input, &arrow] {
                 if let Some(rate) = cpu_throughput(&masker, profile, input, seconds) {
                     eprintln!("  {words:>3} words, detectors {detectors:<5}: {} {:.2} GB/s", input.name, rate / 1e9);
@@ -239,11 +266,7 @@ fn bench(c: &mut Criterion) {
         let mut group = c.benchmark_group(format!("mask/{words}_words+detectors"));
         let inputs = [
             Input { name: "json_answer_18k", body: medium_answer.clone(), plan: None },
-            Input {
-                name: "json_chunk_4m",
-                body: json_chunk(&big),
-                plan: Some(masker.plan(profile, &columns(&big))),
-            },
+            Input { name: "json_chunk_4m", body: json_chunk(&big), plan: Some(masker.plan(profile, &columns(&big))) },
             Input {
                 name: "arrow_chunk_18k",
                 body: arrow_stream(&medium, ARROW_BATCH_ROWS),
@@ -260,7 +283,12 @@ fn bench(c: &mut Criterion) {
             let only = std::env::var("MASK_ONLY").ok();
             for input in inputs.iter().filter(|i| only.as_deref().is_none_or(|o| i.name.contains(o))) {
                 if let Some(rate) = cpu_throughput(&masker, profile, input, seconds) {
-                    eprintln!("  {:<16} {:>8} bytes  {:>6.2} GB/s per CPU-second", input.name, input.body.len(), rate / 1e9);
+                    eprintln!(
+                        "  {:<16} {:>8} bytes  {:>6.2} GB/s per CPU-second",
+                        input.name,
+                        input.body.len(),
+                        rate / 1e9
+                    );
                 }
             }
             continue;

@@ -10,8 +10,8 @@ use super::arrow;
 use super::plan::{Column, ColumnPlan, PlannedColumn, ValueType};
 use super::rules::{Profile, RuleKind, Style};
 use super::text::{
-    MatchCursor, Span, Stats, count_flags, apply_spans_fixed_len, detect_spans, dictionary_spans, digit_bytes, eq_bytes, keep_from,
-    load_word, masked_preview, merge_spans, stats, type_valid_text,
+    MatchCursor, Span, Stats, apply_spans_fixed_len, count_flags, detect_spans, dictionary_spans, digit_bytes,
+    eq_bytes, keep_from, load_word, masked_preview, merge_spans, stats, type_valid_text,
 };
 use super::{ChunkRef, Envelope, MaskError, MaskReport, ResultFormat, Scratch};
 use crate::mask::detect::DetectorKind;
