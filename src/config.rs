@@ -1,4 +1,5 @@
-//! Configuration: the TOML file (upstream, identity, tokens, listener, limits, recording) and
+//! Configuration: the TOML file (upstream, identity, tokens, listener, limits, recording,
+//! policy, masking, approvals) and
 //! the per-core flags, validated once into a [`Config`]. A problem names its key.
 //!
 //! Rules and secrets live in the file (or in files and environment variables it names); flags
@@ -12,6 +13,10 @@ use serde::Deserialize;
 
 use crate::http::Limits;
 use crate::identity::{IdentityConfig, JwksSource, Verifier};
+use crate::mask::{Masker, MaskingSpec};
+use crate::policy::approvals::LedgerLimits;
+use crate::policy::{Policy, PolicySpec};
+use crate::record::{Durability, RecorderConfig};
 use crate::session::credential::{KeyPair, Secret, UpstreamCredential};
 
 /// A configuration problem, naming the key at fault.
@@ -44,8 +49,15 @@ pub struct FileConfig {
     #[serde(default)]
     pub limits: LimitsSection,
     /// `[recording]`
-    #[serde(default)]
     pub recording: RecordingSection,
+    /// `[policy]`: the statement rules (required: a gateway without a policy does not start).
+    pub policy: PolicySpec,
+    /// `[masking]`: the masking profiles the policy's rules name.
+    #[serde(default)]
+    pub masking: MaskingSpec,
+    /// `[approvals]`: the reviewers' admin listener and how parked statements wait.
+    #[serde(default)]
+    pub approvals: ApprovalsSection,
 }
 
 /// `[listen]`: where agents connect.
@@ -205,17 +217,93 @@ impl Default for LimitsSection {
     }
 }
 
-/// `[recording]`
+/// `[recording]`: where segments go and the key their footers are sealed with. How they are
+/// written (durability, zstd level, rotation, queue) are per-host flags ([`RecordingSettings`]).
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RecordingSection {
     /// Directory for recording segments.
     pub directory: PathBuf,
+    /// File holding the recording key (64 hex digits), which `snowgate-tools verify` needs.
+    pub key_file: Option<PathBuf>,
+    /// Environment variable holding the recording key (64 hex digits).
+    pub key_env: Option<String>,
 }
 
-impl Default for RecordingSection {
+/// `[approvals]`: the admin listener reviewers use, and how a parked statement waits.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApprovalsSection {
+    /// Where the admin API listens (loopback or a private network); none: no admin API, and
+    /// parked statements time out.
+    pub admin_address: Option<SocketAddr>,
+    /// Groups whose members may use the admin API at all (each rule names who may decide).
+    pub admin_groups: Vec<String>,
+    /// How long the gateway holds a driver's result poll of a parked statement before
+    /// answering "still running" (drivers poll again at once: this is what keeps them calm).
+    pub poll_hold_ms: u64,
+    /// Statements one identity may have parked at once.
+    pub pending_per_identity_max: usize,
+    /// Statements parked or recently decided, in all.
+    pub items_max: usize,
+}
+
+impl Default for ApprovalsSection {
     fn default() -> Self {
-        RecordingSection { directory: PathBuf::from("recordings") }
+        ApprovalsSection {
+            admin_address: None,
+            admin_groups: Vec::new(),
+            poll_hold_ms: 10_000,
+            pending_per_identity_max: 16,
+            items_max: 4096,
+        }
+    }
+}
+
+/// How parked statements are kept and reviewed, validated.
+#[derive(Debug, Clone)]
+pub struct Approvals {
+    /// The admin listener's address.
+    pub admin_address: Option<SocketAddr>,
+    /// Who may use the admin API.
+    pub admin_groups: Vec<String>,
+    /// How long a poll of a parked statement is held.
+    pub poll_hold: Duration,
+    /// The ledger's bounds.
+    pub ledger: LedgerLimits,
+}
+
+/// The recorder's per-host settings, from flags.
+#[derive(Debug, Clone)]
+pub struct RecordingSettings {
+    /// When a record counts as durable.
+    pub durability: Durability,
+    /// zstd level.
+    pub zstd_level: i32,
+    /// Frames each core's queue holds before statements are refused.
+    pub queue_depth: usize,
+    /// Most frames per zstd batch.
+    pub batch_frames_max: usize,
+    /// A segment is sealed at this size.
+    pub segment_bytes_max: u64,
+    /// A segment holding records is sealed at this age.
+    pub segment_age_max: Duration,
+    /// Longest wait for a record to become durable before the exchange is refused.
+    pub durable_timeout: Duration,
+}
+
+impl Default for RecordingSettings {
+    fn default() -> Self {
+        let defaults = RecorderConfig::new("", 0, [0; 32]);
+        RecordingSettings {
+            durability: defaults.durability,
+            zstd_level: defaults.zstd_level,
+            queue_depth: defaults.queue_depth,
+            batch_frames_max: defaults.batch_frames_max,
+            segment_bytes_max: defaults.segment_bytes_max,
+            segment_age_max: defaults.segment_age_max,
+            durable_timeout: Duration::from_secs(10),
+        }
     }
 }
 
@@ -236,6 +324,10 @@ pub struct RuntimeSettings {
     pub max_connections: usize,
     /// How long SIGTERM waits for in-flight requests.
     pub drain_timeout: Duration,
+    /// Classifier threads (shared by all cores).
+    pub classifier_threads: usize,
+    /// The recorders.
+    pub recording: RecordingSettings,
 }
 
 /// Where the upstream is.
@@ -363,6 +455,14 @@ pub struct Config {
     pub agent_context_bytes_max: usize,
     /// Recording directory.
     pub recording_dir: PathBuf,
+    /// The key recording footers are sealed with.
+    pub recording_key: [u8; 32],
+    /// The statement policy.
+    pub policy: Policy,
+    /// The masking profiles.
+    pub masker: Masker,
+    /// Parked statements and their review.
+    pub approvals: Approvals,
     /// Per-core settings.
     pub runtime: RuntimeSettings,
 }
@@ -572,6 +672,58 @@ impl Config {
             keys
         };
 
+        let recording_key = {
+            let r = &file.recording;
+            let key = match (&r.key_file, &r.key_env) {
+                (Some(f), None) => {
+                    let bytes = read_file("recording.key_file", &resolve(f))?;
+                    parse_hex_key("recording.key_file", &String::from_utf8_lossy(&bytes))?
+                }
+                (None, Some(var)) => {
+                    let value = std::env::var(var).map_err(|_| {
+                        problem("recording.key_env", format!("environment variable {var} is not set"))
+                    })?;
+                    parse_hex_key("recording.key_env", &value)?
+                }
+                _ => return Err(problem("recording.key_file", "set exactly one of key_file and key_env")),
+            };
+            if seal_keys.contains(&key) {
+                return Err(problem("recording.key_file", "the recording key must differ from the token sealing keys"));
+            }
+            let mut out = [0u8; 32];
+            out.copy_from_slice(&key);
+            out
+        };
+        let policy = Policy::from_spec(&file.policy).map_err(|e| problem("policy", e.to_string()))?;
+        let masker = Masker::new(&file.masking).map_err(|e| problem("masking", e.to_string()))?;
+        for name in policy.masking_profile_names() {
+            if masker.profile(name).is_none() {
+                return Err(problem("policy", format!("a rule names masking profile {name:?}, which [masking] does not define")));
+            }
+        }
+        let approvals = {
+            let a = &file.approvals;
+            if a.poll_hold_ms == 0 || a.poll_hold_ms > 50_000 {
+                return Err(problem("approvals.poll_hold_ms", "must be between 1 and 50000 (drivers time out a poll after 60 s)"));
+            }
+            if a.admin_address.is_some() && a.admin_groups.is_empty() {
+                return Err(problem("approvals.admin_groups", "name the groups that may use the admin API"));
+            }
+            if a.pending_per_identity_max == 0 || a.items_max == 0 {
+                return Err(problem("approvals", "pending_per_identity_max and items_max must be > 0"));
+            }
+            Approvals {
+                admin_address: a.admin_address,
+                admin_groups: a.admin_groups.clone(),
+                poll_hold: Duration::from_millis(a.poll_hold_ms),
+                ledger: LedgerLimits {
+                    pending_per_subject_max: a.pending_per_identity_max,
+                    items_max: a.items_max,
+                    ..LedgerLimits::default()
+                },
+            }
+        };
+
         let l = &file.limits;
         if l.head_bytes_max < 1024 || l.body_bytes_max == 0 || l.decompressed_bytes_max < l.body_bytes_max.min(1 << 20)
         {
@@ -592,6 +744,18 @@ impl Config {
         if runtime.cores == 0 || runtime.max_connections == 0 || runtime.read_buffer_bytes < 1024 {
             return Err(problem("--cores", "cores and max-connections must be > 0, read-buffer-bytes >= 1024"));
         }
+        if runtime.classifier_threads == 0 {
+            return Err(problem("--classifier-threads", "must be greater than zero"));
+        }
+        let mut recorder = RecorderConfig::new(resolve(&file.recording.directory), 0, recording_key);
+        let r = &runtime.recording;
+        recorder.durability = r.durability;
+        recorder.zstd_level = r.zstd_level;
+        recorder.queue_depth = r.queue_depth;
+        recorder.batch_frames_max = r.batch_frames_max;
+        recorder.segment_bytes_max = r.segment_bytes_max;
+        recorder.segment_age_max = r.segment_age_max;
+        recorder.validate().map_err(|e| problem("--recording-*", e.to_string()))?;
 
         Ok(Config {
             listen,
@@ -610,6 +774,10 @@ impl Config {
             },
             agent_context_bytes_max: l.agent_context_bytes_max,
             recording_dir: resolve(&file.recording.directory),
+            recording_key,
+            policy,
+            masker,
+            approvals,
             runtime,
         })
     }

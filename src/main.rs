@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Parser, ValueEnum};
-use snowgate::config::{Config, RuntimeSettings};
+use snowgate::config::{Config, RecordingSettings, RuntimeSettings};
+use snowgate::record::Durability;
 
 /// snowgate: the governed path from AI agents to Snowflake.
 ///
@@ -49,6 +50,41 @@ struct Args {
     #[arg(long, env = "SNOWGATE_DRAIN_TIMEOUT_SECS", default_value_t = 30)]
     drain_timeout_secs: u64,
 
+    /// Classifier threads, shared by all cores (SQL classification runs off the cores, so a
+    /// pathological statement cannot stall one).
+    #[arg(long, env = "SNOWGATE_CLASSIFIER_THREADS", default_value_t = 2)]
+    classifier_threads: usize,
+
+    /// When a record counts as durable: `none` (page cache), `batch` (group commit; an answer
+    /// is released once its record is fsynced) or `strict` (also: a statement goes upstream
+    /// only once its request record is fsynced).
+    #[arg(long, env = "SNOWGATE_DURABILITY", value_enum, default_value_t = DurabilityFlag::Batch)]
+    durability: DurabilityFlag,
+
+    /// In `batch` mode, the least time between two fsyncs of a core's segment.
+    #[arg(long, env = "SNOWGATE_FSYNC_INTERVAL_MS", default_value_t = 2)]
+    fsync_interval_ms: u64,
+
+    /// zstd level of recording batches (negative levels are the fastest).
+    #[arg(long, env = "SNOWGATE_RECORDING_ZSTD_LEVEL", default_value_t = 1, allow_negative_numbers = true)]
+    recording_zstd_level: i32,
+
+    /// Frames each core's recording queue holds; when full, statements are refused.
+    #[arg(long, env = "SNOWGATE_RECORDING_QUEUE_DEPTH", default_value_t = 4096)]
+    recording_queue_depth: usize,
+
+    /// Most frames in one zstd batch.
+    #[arg(long, env = "SNOWGATE_RECORDING_BATCH_FRAMES", default_value_t = 256)]
+    recording_batch_frames: usize,
+
+    /// A segment is sealed and the next opened at this size, in MiB.
+    #[arg(long, env = "SNOWGATE_RECORDING_SEGMENT_MIB", default_value_t = 64)]
+    recording_segment_mib: u64,
+
+    /// A segment holding records is sealed at this age, in seconds.
+    #[arg(long, env = "SNOWGATE_RECORDING_SEGMENT_AGE_SECS", default_value_t = 600)]
+    recording_segment_age_secs: u64,
+
     /// Log format.
     #[arg(long, env = "SNOWGATE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -56,6 +92,13 @@ struct Args {
     /// Check the configuration and exit.
     #[arg(long, env = "SNOWGATE_CHECK_CONFIG")]
     check_config: bool,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum DurabilityFlag {
+    None,
+    Batch,
+    Strict,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -83,6 +126,20 @@ fn main() -> anyhow::Result<()> {
         upstream_pool_size: args.upstream_pool_size,
         max_connections: args.max_connections,
         drain_timeout: Duration::from_secs(args.drain_timeout_secs),
+        classifier_threads: args.classifier_threads,
+        recording: RecordingSettings {
+            durability: match args.durability {
+                DurabilityFlag::None => Durability::None,
+                DurabilityFlag::Batch => Durability::Batch { interval: Duration::from_millis(args.fsync_interval_ms) },
+                DurabilityFlag::Strict => Durability::Strict,
+            },
+            zstd_level: args.recording_zstd_level,
+            queue_depth: args.recording_queue_depth,
+            batch_frames_max: args.recording_batch_frames,
+            segment_bytes_max: args.recording_segment_mib.saturating_mul(1 << 20),
+            segment_age_max: Duration::from_secs(args.recording_segment_age_secs),
+            ..RecordingSettings::default()
+        },
     };
     let config = Config::load(&args.config, runtime)?;
     if args.check_config {

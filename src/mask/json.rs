@@ -1086,9 +1086,15 @@ fn envelope(body: &[u8], data_object: Range<usize>, data: &[Member]) -> Result<E
 }
 
 /// Rebuilds a query answer with each chunk URL replaced (in order) and `qrmk` and
-/// `chunkHeaders` removed, using the positions its [`Envelope`] recorded. Allocates the new
-/// body; runs once per answer.
-pub fn rebuild_envelope(body: &[u8], envelope: &Envelope, chunk_urls: &[&str]) -> Result<Vec<u8>, MaskError> {
+/// `chunkHeaders` removed, using the positions its [`Envelope`] recorded; `chunk_headers`,
+/// when given, becomes the new `chunkHeaders` (headers the driver sends with every chunk
+/// download: the gateway's own, never upstream's). Allocates the new body; runs once per answer.
+pub fn rebuild_envelope(
+    body: &[u8],
+    envelope: &Envelope,
+    chunk_urls: &[&str],
+    chunk_headers: Option<&[(&str, &str)]>,
+) -> Result<Vec<u8>, MaskError> {
     if body.len() != envelope.body_len {
         return Err(MaskError::EnvelopeMismatch);
     }
@@ -1104,6 +1110,13 @@ pub fn rebuild_envelope(body: &[u8], envelope: &Envelope, chunk_urls: &[&str]) -
     out.push(b'{');
     let mut urls = envelope.chunks.iter().zip(chunk_urls).peekable();
     let mut first = true;
+    if let Some(headers) = chunk_headers {
+        let map: serde_json::Map<String, serde_json::Value> =
+            headers.iter().map(|(k, v)| ((*k).to_owned(), serde_json::Value::from(*v))).collect();
+        out.extend_from_slice(b"\"chunkHeaders\":");
+        serde_json::to_writer(&mut out, &map).map_err(|_| MaskError::ChunkUrlCount)?;
+        first = false;
+    }
     for member in &envelope.data_members {
         if removed(member) {
             continue;

@@ -16,7 +16,7 @@
 //! // chunk URLs and SQL API handles; chunks and partitions have no row type and need it.
 //! // masked.envelope (query answers) lists chunks[] with their url byte ranges, qrmk and
 //! // chunkHeaders (decoded, for fetching chunks upstream) and their member ranges:
-//! let client_body = rebuild_envelope(&body, &envelope, &gateway_urls)?;  // urls replaced,
+//! let client_body = rebuild_envelope(&body, &envelope, &gateway_urls, Some(&own_headers))?;
 //!                                                                         // qrmk/chunkHeaders gone
 //! ```
 //! [`Masker::mask`] accepts: query answers and result polls (`data.rowtype` with

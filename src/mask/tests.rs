@@ -295,7 +295,7 @@ fn envelope_reports_chunks_and_rebuild_strips_keys() {
     let debug = format!("{envelope:?}");
     assert!(!debug.contains("CANARY"), "{debug}");
 
-    let rebuilt = rebuild_envelope(&body, &envelope, &["/gw/chunk/0?t=sealed", "/gw/chunk/1?t=sealed"]).unwrap();
+    let rebuilt = rebuild_envelope(&body, &envelope, &["/gw/chunk/0?t=sealed", "/gw/chunk/1?t=sealed"], None).unwrap();
     let text = String::from_utf8(rebuilt.clone()).unwrap();
     assert!(!text.contains("CANARY") && !text.contains("qrmk") && !text.contains("chunkHeaders"), "{text}");
     let value: Value = serde_json::from_slice(&rebuilt).unwrap();
@@ -303,8 +303,13 @@ fn envelope_reports_chunks_and_rebuild_strips_keys() {
     assert_eq!(value["data"]["chunks"][1]["rowCount"], 2);
     assert_eq!(value["data"]["total"], 7);
     assert_eq!(value["data"]["rowset"], serde_json::from_slice::<Value>(&body).unwrap()["data"]["rowset"]);
-    assert_eq!(rebuild_envelope(&body, &envelope, &["/gw/1"]).unwrap_err(), MaskError::ChunkUrlCount);
-    assert_eq!(rebuild_envelope(&body[1..], &envelope, &["a", "b"]).unwrap_err(), MaskError::EnvelopeMismatch);
+    let own = [("authorization", "Snowflake Token=\"sg1.agent\"")];
+    let with_headers = rebuild_envelope(&body, &envelope, &["/gw/0", "/gw/1"], Some(&own)).unwrap();
+    let value: Value = serde_json::from_slice(&with_headers).unwrap();
+    assert_eq!(value["data"]["chunkHeaders"], serde_json::json!({"authorization": "Snowflake Token=\"sg1.agent\""}));
+    assert!(value["data"].get("qrmk").is_none());
+    assert_eq!(rebuild_envelope(&body, &envelope, &["/gw/1"], None).unwrap_err(), MaskError::ChunkUrlCount);
+    assert_eq!(rebuild_envelope(&body[1..], &envelope, &["a", "b"], None).unwrap_err(), MaskError::EnvelopeMismatch);
 }
 
 #[test]

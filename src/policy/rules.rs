@@ -497,6 +497,35 @@ impl Policy {
         })
     }
 
+    /// Every masking profile a rule (or the default) names, to check they exist.
+    pub fn masking_profile_names(&self) -> impl Iterator<Item = &str> {
+        self.rules
+            .iter()
+            .map(|rule| &rule.outcome)
+            .chain(std::iter::once(&self.default))
+            .filter_map(|outcome| outcome.masking_profile.as_deref())
+    }
+
+    /// The masking profiles of every rule (and the default) that could apply to `subject`,
+    /// deduplicated in rule order. Answers the gateway cannot tie to one statement's verdict
+    /// (result polls, chunks, SQL API partitions) are masked with all of them.
+    pub fn masking_profiles_for(&self, subject: &Subject) -> Vec<String> {
+        let mut profiles: Vec<String> = Vec::new();
+        let rules = self
+            .rules
+            .iter()
+            .filter(|rule| rule.any_group || rule.groups.iter().any(|g| subject.groups.contains(g)))
+            .map(|rule| &rule.outcome);
+        for outcome in rules.chain(std::iter::once(&self.default)) {
+            if let Some(profile) = &outcome.masking_profile
+                && !profiles.contains(profile)
+            {
+                profiles.push(profile.clone());
+            }
+        }
+        profiles
+    }
+
     /// The classification limits to classify with.
     pub fn limits(&self) -> &Limits {
         &self.limits

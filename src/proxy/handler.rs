@@ -9,14 +9,16 @@ use serde_json::Value;
 use tracing::{debug, info, warn};
 
 use super::upstream::{self, UpstreamError, UpstreamRequest, UpstreamResponse};
-use super::{Core, unix_seconds};
+use super::{Core, govern, unix_seconds};
 use crate::http::gzip::{self, GunzipError};
 use crate::http::{Headers, Method, RequestHead};
 use crate::identity::{AuthError, Identity, JwksSource};
-use crate::record::{Decision, Principal, RequestFrame, ResponseFrame};
+use crate::record::{Decision, Frame, Principal, RequestFrame, RequestLink, ResponseFrame};
 use crate::session::credential::UpstreamCredential;
 use crate::session::login::{self, LoginError, SessionOwner};
-use crate::session::query::{parse_query_request, summarize_answer};
+use crate::policy::Subject;
+use crate::policy::parameters::plan_query_parameters;
+use crate::session::query::summarize_answer;
 use crate::session::token::{TokenClaims, TokenError, TokenKind};
 use crate::session::{
     Endpoint, bearer_token, codes, query_param, refusal_body, set_query_param, snowflake_authorization,
@@ -42,17 +44,18 @@ pub struct Answer {
 }
 
 impl Answer {
-    fn own(status: u16, body: Bytes) -> Answer {
+    pub(super) fn own(status: u16, body: Bytes) -> Answer {
         Answer { status, upstream_headers: None, body, close: false }
     }
 }
 
-/// What a request taught the gateway, for its frame.
+/// What a request taught the gateway, for its frames.
 #[derive(Debug, Default)]
 pub struct Capture {
     endpoint: &'static str,
     sub: Option<String>,
     role: Option<String>,
+    groups: Vec<String>,
     session_id: Option<i64>,
     request_id: Option<String>,
     query_id: Option<String>,
@@ -61,50 +64,106 @@ pub struct Capture {
     agent_context: Option<String>,
     query_tag: Option<String>,
     refused_code: Option<String>,
+    decision: Option<Decision>,
     upstream_us: u64,
     request_body: Bytes,
+    started_at_unix_us: u64,
+    /// Set once the request record was taken, before the request went upstream.
+    admitted: Option<RequestLink>,
 }
 
 impl Capture {
     fn owner(&mut self, claims: &TokenClaims) {
         self.sub = Some(claims.sub.clone());
         self.role = Some(claims.role.clone());
+        self.groups = claims.groups.clone();
         self.session_id = claims.session_id;
     }
 
-    /// Builds the request and response frames once the answer is known; the caller links
-    /// the response to the request's ticket.
+    pub(super) fn owner_of(&mut self, claims: &TokenClaims) {
+        self.owner(claims);
+    }
+
+    pub(super) fn set_decision(&mut self, decision: Decision) {
+        self.decision = Some(decision);
+    }
+
+    pub(super) fn set_statement(&mut self, text: String, bindings: Option<String>, query_tag: Option<String>) {
+        self.sql_text = Some(text);
+        self.bindings = bindings;
+        if query_tag.is_some() {
+            self.query_tag = query_tag;
+        }
+    }
+
+    pub(super) fn set_query_id(&mut self, query_id: String) {
+        self.query_id = Some(query_id);
+    }
+
+    pub(super) fn request_id(&self) -> Option<&str> {
+        self.request_id.as_deref()
+    }
+
+    pub(super) fn agent_context(&self) -> Option<&str> {
+        self.agent_context.as_deref()
+    }
+
+    pub(super) fn refuse_code(&mut self, code: &str) {
+        self.refused_code = Some(code.to_owned());
+    }
+
+    pub(super) fn upstream_time(&mut self, elapsed: std::time::Duration) {
+        self.upstream_us = elapsed.as_micros() as u64;
+    }
+
+    /// Whether the request was recorded before it went upstream.
+    pub fn was_admitted(&self) -> bool {
+        self.admitted.is_some()
+    }
+
+    fn decision(&self) -> Decision {
+        match (&self.decision, &self.refused_code) {
+            (Some(decision), _) => decision.clone(),
+            (None, Some(code)) => Decision::Refused { code: code.clone() },
+            (None, None) => Decision::Allowed,
+        }
+    }
+
+    fn endpoint_name(&self) -> &'static str {
+        if self.endpoint.is_empty() { "unknown" } else { self.endpoint }
+    }
+
+    fn request_frame(&self) -> RequestFrame {
+        RequestFrame {
+            time_unix_us: self.started_at_unix_us,
+            endpoint: self.endpoint_name().into(),
+            principal: Principal { sub: self.sub.clone(), role: self.role.clone(), groups: self.groups.clone() },
+            session_id: self.session_id,
+            request_id: self.request_id.clone(),
+            query_id: self.query_id.clone(),
+            statement: self.sql_text.clone(),
+            bindings: self.bindings.clone(),
+            agent_context: self.agent_context.clone(),
+            query_tag: self.query_tag.clone(),
+            decision: self.decision(),
+            body: self.request_body.clone(),
+        }
+    }
+
+    /// The frames still to record once the answer is known: the request's (unless it was
+    /// recorded before going upstream) and the response's, linked to it.
     pub fn into_frames(
         self,
         answer: &Answer,
-        started_at_unix_us: u64,
         answered_at_unix_us: u64,
         total_us: u64,
-    ) -> (RequestFrame, ResponseFrame) {
+    ) -> (Option<RequestFrame>, ResponseFrame) {
         let summary = summarize_answer(&answer.body).unwrap_or_default();
-        let decision = match self.refused_code {
-            Some(code) => Decision::Refused { code },
-            None => Decision::Allowed,
-        };
-        let endpoint = if self.endpoint.is_empty() { "unknown" } else { self.endpoint };
-        let request = RequestFrame {
-            time_unix_us: started_at_unix_us,
-            endpoint: endpoint.into(),
-            principal: Principal { sub: self.sub, role: self.role, groups: Vec::new() },
-            session_id: self.session_id,
-            request_id: self.request_id,
-            query_id: self.query_id.clone(),
-            statement: self.sql_text,
-            bindings: self.bindings,
-            agent_context: self.agent_context,
-            query_tag: self.query_tag,
-            decision,
-            body: self.request_body,
-        };
+        let request = if self.admitted.is_none() { Some(self.request_frame()) } else { None };
         let response = ResponseFrame {
             time_unix_us: answered_at_unix_us,
-            endpoint: endpoint.into(),
-            request: None,
+            endpoint: self.endpoint_name().into(),
+            request: self.admitted,
             query_id: self.query_id.or(summary.query_id),
             status: answer.status,
             code: summary.code,
@@ -118,9 +177,20 @@ impl Capture {
     }
 }
 
+/// The answer to an exchange whose record could not be taken or made durable.
+pub fn recording_unavailable_answer() -> Answer {
+    Answer::own(
+        200,
+        refusal_body(
+            codes::RECORDING_UNAVAILABLE,
+            "recording unavailable: snowgate cannot record this exchange, so it was not run or not answered; retry later",
+        ),
+    )
+}
+
 /// Handles one complete request. Never fails: every problem becomes an answer.
-pub async fn handle(core: &Core, head: &RequestHead, body: Bytes) -> (Answer, Capture) {
-    let mut capture = Capture::default();
+pub async fn handle(core: &Core, head: &RequestHead, body: Bytes, started_at_unix_us: u64) -> (Answer, Capture) {
+    let mut capture = Capture { started_at_unix_us, ..Capture::default() };
     let answer = route(core, head, body, &mut capture).await;
     if capture.refused_code.is_some() {
         core.gateway.metrics.refusals.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -136,7 +206,7 @@ pub async fn handle(core: &Core, head: &RequestHead, body: Bytes) -> (Answer, Ca
     (answer, capture)
 }
 
-fn refuse(capture: &mut Capture, code: &str, message: &str) -> Answer {
+pub(super) fn refuse(capture: &mut Capture, code: &str, message: &str) -> Answer {
     info!(
         endpoint = capture.endpoint,
         code,
@@ -148,13 +218,13 @@ fn refuse(capture: &mut Capture, code: &str, message: &str) -> Answer {
     Answer::own(200, refusal_body(code, message))
 }
 
-fn refuse_sql_api(capture: &mut Capture, status: u16, code: &str, message: &str) -> Answer {
+pub(super) fn refuse_sql_api(capture: &mut Capture, status: u16, code: &str, message: &str) -> Answer {
     info!(endpoint = capture.endpoint, code, status, reason = message, "SQL API request refused.");
     capture.refused_code = Some(code.to_owned());
     Answer::own(status, sql_api_error_body(code, message))
 }
 
-fn upstream_failed(capture: &mut Capture, error: &UpstreamError) -> Answer {
+pub(super) fn upstream_failed(capture: &mut Capture, error: &UpstreamError) -> Answer {
     warn!(endpoint = capture.endpoint, error = %error, "Upstream exchange failed.");
     capture.refused_code = Some(codes::UPSTREAM_INVALID.to_owned());
     let body = serde_json::json!({"code": codes::UPSTREAM_INVALID, "message": error.to_string(), "success": false, "data": {}});
@@ -177,6 +247,7 @@ async fn route(core: &Core, head: &RequestHead, body: Bytes, capture: &mut Captu
     match endpoint {
         Endpoint::Login => login(core, head, body, capture).await,
         Endpoint::TokenRequest => renew(core, head, body, capture).await,
+        Endpoint::Chunk(grant) => govern::chunk(core, head, &grant, capture).await,
         e if e.is_sql_api() => sql_api(core, &e, head, body, capture).await,
         e => session_request(core, &e, head, body, capture).await,
     }
@@ -246,24 +317,51 @@ async fn verify_oidc(core: &Core, token: &str) -> Result<Identity, AuthError> {
     }
 }
 
-/// Forwards a request upstream, timing the exchange.
-async fn forward(
+/// Sends a request upstream, timing the exchange, once its request record is taken (and in
+/// `strict` mode durable): nothing goes upstream unrecorded. `recorded_body` is what the
+/// recording keeps of the request body (empty where the forwarded body holds a secret).
+/// A refusal comes back as the answer to give.
+pub(super) async fn send(
     core: &Core,
-    request: UpstreamRequest,
+    request: &UpstreamRequest,
+    recorded_body: Bytes,
     capture: &mut Capture,
-) -> Result<UpstreamResponse, UpstreamError> {
+) -> Result<UpstreamResponse, Answer> {
+    capture.request_body = recorded_body;
+    admit(core, capture).await?;
     let started = std::time::Instant::now();
-    capture.request_body = request.body.clone();
-    let result = core.pool.send(&request).await;
+    let result = core.pool.send(request).await;
     capture.upstream_us = started.elapsed().as_micros() as u64;
-    result
+    result.map_err(|e| upstream_failed(capture, &e))
 }
 
-fn pass_through(response: UpstreamResponse) -> Answer {
+/// Records the request before it goes upstream.
+pub(super) async fn admit(core: &Core, capture: &mut Capture) -> Result<(), Answer> {
+    let refused = |capture: &mut Capture, reason: &str| {
+        core.gateway.metrics.recording_refusals.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        warn!(core = core.id, endpoint = capture.endpoint, reason, "Request refused: it could not be recorded.");
+        capture.refused_code = Some(codes::RECORDING_UNAVAILABLE.to_owned());
+        recording_unavailable_answer()
+    };
+    let ticket = match core.recorder.submit(Frame::Request(capture.request_frame())) {
+        Ok(ticket) => ticket,
+        Err(e) => return Err(refused(capture, &e.to_string())),
+    };
+    let link = ticket.link();
+    if core.recorder.durability().hold_request_until_durable()
+        && let Err(reason) = core.durable(ticket).await
+    {
+        return Err(refused(capture, &reason));
+    }
+    capture.admitted = Some(link);
+    Ok(())
+}
+
+pub(super) fn pass_through(response: UpstreamResponse) -> Answer {
     Answer { status: response.status, upstream_headers: Some(response.headers), body: response.body, close: false }
 }
 
-fn with_body(response: UpstreamResponse, body: Vec<u8>) -> Answer {
+pub(super) fn with_body(response: UpstreamResponse, body: Vec<u8>) -> Answer {
     Answer { status: response.status, upstream_headers: Some(response.headers), body: Bytes::from(body), close: false }
 }
 
@@ -303,14 +401,10 @@ async fn login(core: &Core, head: &RequestHead, body: Bytes, capture: &mut Captu
         headers: upstream::forwarded_headers(&head.headers, Vec::new()),
         body: Bytes::from(upstream_body),
     };
-    let started = std::time::Instant::now();
-    let result = core.pool.send(&forwarded).await;
-    capture.upstream_us = started.elapsed().as_micros() as u64;
     // The forwarded login body holds the gateway's credential: it is never recorded.
-    capture.request_body = Bytes::new();
-    let response = match result {
+    let response = match send(core, &forwarded, Bytes::new(), capture).await {
         Ok(response) => response,
-        Err(e) => return upstream_failed(capture, &e),
+        Err(answer) => return answer,
     };
     if response.status != 200 {
         return pass_through(response);
@@ -356,12 +450,10 @@ async fn renew(core: &Core, head: &RequestHead, body: Bytes, capture: &mut Captu
         ),
         body: Bytes::from(rewritten),
     };
-    let started = std::time::Instant::now();
-    let result = core.pool.send(&forwarded).await;
-    capture.upstream_us = started.elapsed().as_micros() as u64;
-    let response = match result {
+    // The forwarded renewal body holds Snowflake's tokens: it is never recorded.
+    let response = match send(core, &forwarded, Bytes::new(), capture).await {
         Ok(response) => response,
-        Err(e) => return upstream_failed(capture, &e),
+        Err(answer) => return answer,
     };
     if response.status != 200 {
         return pass_through(response);
@@ -400,31 +492,44 @@ async fn session_request(
         Err(e) => return refuse(capture, codes::SESSION_INVALID, &format!("session token refused: {e}")),
     };
     capture.owner(&claims);
+    let session = govern::Session { claims: &claims, token };
     match endpoint {
-        Endpoint::QueryRequest => match parse_query_request(&body) {
-            Ok(query) => {
-                capture.sql_text = Some(query.sql_text);
-                capture.bindings = query.bindings;
-                capture.query_tag = query.query_tag;
+        Endpoint::QueryRequest => return govern::query_request(core, head, body, capture, &session).await,
+        Endpoint::QueryResult(qid) => {
+            capture.query_id = Some(qid.clone());
+            if let Some(answer) = govern::poll_parked(core, head, qid, capture, &session).await {
+                return answer;
             }
-            Err(e) => return refuse(capture, codes::BAD_REQUEST, &e.to_string()),
-        },
-        Endpoint::QueryResult(qid) | Endpoint::Monitoring(qid) => capture.query_id = Some(qid.clone()),
+        }
+        Endpoint::Monitoring(qid) => capture.query_id = Some(qid.clone()),
         _ => {}
     }
     let forwarded = UpstreamRequest {
         method: head.method,
         target: head.target.clone(),
-        headers: upstream::forwarded_headers(
-            &head.headers,
-            vec![(b"authorization".to_vec(), snowflake_authorization(&claims.upstream_token).into_bytes())],
-        ),
-        body,
+        headers: upstream_session_headers(head, &claims),
+        body: body.clone(),
     };
-    match forward(core, forwarded, capture).await {
-        Ok(response) => pass_through(response),
-        Err(e) => upstream_failed(capture, &e),
+    let response = match send(core, &forwarded, body, capture).await {
+        Ok(response) => response,
+        Err(answer) => return answer,
+    };
+    match endpoint {
+        // A result poll carries rows like the query answer it continues.
+        Endpoint::QueryResult(_) => {
+            let profiles = govern::profiles_for(core, &claims);
+            govern::masked_answer(core, head, response, capture, &session, &profiles)
+        }
+        _ => pass_through(response),
     }
+}
+
+/// The agent's fields, with the session's real Snowflake token.
+pub(super) fn upstream_session_headers(head: &RequestHead, claims: &TokenClaims) -> Vec<(Vec<u8>, Vec<u8>)> {
+    upstream::forwarded_headers(
+        &head.headers,
+        vec![(b"authorization".to_vec(), snowflake_authorization(&claims.upstream_token).into_bytes())],
+    )
 }
 
 async fn sql_api(core: &Core, endpoint: &Endpoint, head: &RequestHead, body: Bytes, capture: &mut Capture) -> Answer {
@@ -474,6 +579,33 @@ async fn sql_api(core: &Core, endpoint: &Endpoint, head: &RequestHead, body: Byt
             };
             capture.sql_text = Some(text.clone());
             capture.bindings = statement.get("bindings").map(Value::to_string);
+            let text = text.clone();
+            let subject = Subject { sub: identity.sub.clone(), groups: identity.groups.clone() };
+            let statements = match govern::decide(core, &subject, text, capture).await {
+                govern::Decided::Allow { statements } => statements,
+                govern::Decided::Refuse { code, message } => return refuse_sql_api(capture, 422, code, &message),
+                govern::Decided::Review { .. } => {
+                    return refuse_sql_api(
+                        capture,
+                        422,
+                        codes::REVIEW_UNSUPPORTED,
+                        "this statement needs a reviewer's approval, which the SQL API cannot wait for; \
+                         send it through a driver session",
+                    );
+                }
+            };
+            match plan_query_parameters(statement.get("parameters"), statements) {
+                Ok(plan) => {
+                    let parameters = statement.entry("parameters").or_insert_with(|| Value::Object(Default::default()));
+                    match parameters {
+                        Value::Object(map) => plan.apply(map),
+                        _ => return refuse_sql_api(capture, 400, codes::BAD_REQUEST, "parameters must be an object"),
+                    }
+                }
+                Err(refusal) => {
+                    return refuse_sql_api(capture, 422, codes::POLICY_DENIED, &format!("parameter refused: {refusal}"));
+                }
+            }
             // The role comes from the identity, never from the agent.
             statement.insert("role".into(), Value::String(role.to_owned()));
             Bytes::from(serde_json::to_vec(&statement).expect("a JSON map always serialises"))
@@ -495,10 +627,13 @@ async fn sql_api(core: &Core, endpoint: &Endpoint, head: &RequestHead, body: Byt
                 (b"x-snowflake-authorization-token-type".to_vec(), b"KEYPAIR_JWT".to_vec()),
             ],
         ),
-        body,
+        body: body.clone(),
     };
-    match forward(core, forwarded, capture).await {
-        Ok(response) => pass_through(response),
-        Err(e) => upstream_failed(capture, &e),
-    }
+    let response = match send(core, &forwarded, body, capture).await {
+        Ok(response) => response,
+        Err(answer) => return answer,
+    };
+    let subject = Subject { sub: identity.sub, groups: identity.groups };
+    let profiles = core.gateway.config.policy.masking_profiles_for(&subject);
+    govern::masked_sql_api(core, response, capture, &profiles)
 }

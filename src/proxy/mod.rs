@@ -6,6 +6,7 @@
 //! swapped). Each core owns a [`Core`]: its upstream pool and its recorder. Nothing on the
 //! data path is shared across cores.
 
+mod govern;
 mod handler;
 pub mod io;
 pub mod tls;
@@ -30,7 +31,10 @@ use tracing::{debug, info, warn};
 use crate::config::Config;
 use crate::http::{HeadWriter, Headers, is_hop_by_hop};
 use crate::identity::{JwksSource, Verifier};
-use crate::record::{Frame, Recorder, RecorderConfig};
+use crate::mask::Scratch;
+use crate::policy::approvals::Ledger;
+use crate::policy::worker::{ClassifierPool, PoolConfig};
+use crate::record::{Frame, Recorder, RecorderConfig, Ticket};
 use crate::session::token::Sealer;
 use io::{Conn, ReadError, Stream};
 use upstream::{Endpoint, Pool};
@@ -71,6 +75,14 @@ pub struct Metrics {
     pub connections: AtomicU64,
     /// Frames the recorder could not take.
     pub frames_dropped: AtomicU64,
+    /// Exchanges refused because their record could not be taken or made durable.
+    pub recording_refusals: AtomicU64,
+    /// Statements denied by the policy.
+    pub policy_denials: AtomicU64,
+    /// Statements parked for review.
+    pub parked: AtomicU64,
+    /// Values masked in answers.
+    pub values_masked: AtomicU64,
 }
 
 /// What every core shares.
@@ -91,6 +103,12 @@ pub struct Gateway {
     pub metrics: Metrics,
     /// Set on SIGTERM: stop accepting, finish what is in flight.
     pub draining: AtomicBool,
+    /// SQL classification, off the cores.
+    pub classifier: ClassifierPool,
+    /// Statements parked for review, shared by every core and the admin listener.
+    pub ledger: Arc<std::sync::Mutex<Ledger<govern::ParkedStatement>>>,
+    /// TLS for fetching result chunks from cloud storage (system roots).
+    pub chunk_tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 impl Gateway {
@@ -105,7 +123,19 @@ impl Gateway {
             JwksSource::Url(url) if url.starts_with("https://") => Some(tls::client_config(None)?),
             _ => None,
         };
+        let classifier = ClassifierPool::start(PoolConfig {
+            threads: config.runtime.classifier_threads,
+            ..PoolConfig::default()
+        })
+        .map_err(|source| StartError::Io { what: "classifier threads".into(), source })?;
+        let ledger = Arc::new(std::sync::Mutex::new(Ledger::new(config.approvals.ledger)));
+        // Chunks live in cloud storage, not at the upstream: they are checked against the
+        // system roots, or the upstream's CA when one is configured (a private test setup).
+        let chunk_tls = Some(tls::client_config(config.upstream.ca_pem.as_deref())?);
         Ok(Gateway {
+            classifier,
+            ledger,
+            chunk_tls,
             config,
             verifier,
             sealer,
@@ -131,6 +161,7 @@ pub struct Core {
     pub gateway: Arc<Gateway>,
     pool: Pool,
     recorder: Recorder,
+    scratch: RefCell<Scratch>,
     open_connections: Cell<usize>,
     idle: IdleWaiters,
 }
@@ -147,16 +178,27 @@ impl Core {
             limits: c.limits,
         };
         let pool = Pool::new(endpoint, c.runtime.upstream_pool_size, c.runtime.read_buffer_bytes);
-        // Until the configuration carries a recording key, it is derived from the token
-        // sealing key (domain-separated, so neither key can stand in for the other).
-        let sealing_key = blake3::derive_key("snowgate interim recording key v1", &c.seal_keys[0]);
-        let recorder = Recorder::start(RecorderConfig::new(&c.recording_dir, id as u16, sealing_key)).map_err(|e| {
-            StartError::Io {
-                what: format!("recording directory {}", c.recording_dir.display()),
-                source: std::io::Error::other(e),
-            }
+        let r = &c.runtime.recording;
+        let mut recorder = RecorderConfig::new(&c.recording_dir, id as u16, c.recording_key);
+        recorder.durability = r.durability;
+        recorder.zstd_level = r.zstd_level;
+        recorder.queue_depth = r.queue_depth;
+        recorder.batch_frames_max = r.batch_frames_max;
+        recorder.segment_bytes_max = r.segment_bytes_max;
+        recorder.segment_age_max = r.segment_age_max;
+        let recorder = Recorder::start(recorder).map_err(|e| StartError::Io {
+            what: format!("recording directory {}", c.recording_dir.display()),
+            source: std::io::Error::other(e),
         })?;
-        Ok(Core { id, gateway, pool, recorder, open_connections: Cell::new(0), idle: IdleWaiters::default() })
+        Ok(Core {
+            id,
+            gateway,
+            pool,
+            recorder,
+            scratch: RefCell::new(Scratch::default()),
+            open_connections: Cell::new(0),
+            idle: IdleWaiters::default(),
+        })
     }
 
     /// Serves one accepted TCP connection until it closes, times out or the gateway drains.
@@ -241,13 +283,12 @@ impl Core {
             gateway.metrics.requests.fetch_add(1, Ordering::Relaxed);
             let started = std::time::Instant::now();
             let started_at_unix_us = unix_micros();
-            let (answer, capture) = handler::handle(self, &head, body).await;
+            let (answer, capture) = handler::handle(self, &head, body, started_at_unix_us).await;
+            let total_us = started.elapsed().as_micros() as u64;
+            let answer = self.record(capture, answer, total_us).await;
             let close = head.close || answer.close || gateway.is_draining();
             let head_bytes = answer_head(&answer, close);
-            let body = answer.body.clone();
-            let written = conn.write_message(head_bytes, body, Instant::now() + timeouts.body).await;
-            let total_us = started.elapsed().as_micros() as u64;
-            self.record(capture, &answer, started_at_unix_us, total_us);
+            let written = conn.write_message(head_bytes, answer.body, Instant::now() + timeouts.body).await;
             gateway.metrics.in_flight.fetch_sub(1, Ordering::AcqRel);
             if written.is_err() || close {
                 return;
@@ -272,15 +313,50 @@ impl Core {
         }
     }
 
-    fn record(&self, capture: handler::Capture, answer: &handler::Answer, started_at_unix_us: u64, total_us: u64) {
-        let (request, mut response) = capture.into_frames(answer, started_at_unix_us, unix_micros(), total_us);
-        let submitted = self.recorder.submit(Frame::Request(request)).and_then(|ticket| {
-            response.request = Some(ticket.link());
-            self.recorder.submit(Frame::Response(response))
-        });
-        if let Err(e) = submitted {
-            self.gateway.metrics.frames_dropped.fetch_add(1, Ordering::Relaxed);
-            warn!(core = self.id, error = %e, "A frame was not recorded.");
+    /// Records the answer (and the request, when it was not recorded before going upstream).
+    /// In `batch` and `strict` modes an exchange that went upstream is answered only once its
+    /// response record is durable; if it cannot be, the agent gets "recording unavailable"
+    /// instead of an answer nobody could audit.
+    async fn record(&self, capture: handler::Capture, answer: handler::Answer, total_us: u64) -> handler::Answer {
+        let admitted = capture.was_admitted();
+        let (request, response) = capture.into_frames(&answer, unix_micros(), total_us);
+        let ticket = match request {
+            Some(request) => self.recorder.submit(Frame::Request(request)).and_then(|ticket| {
+                let mut response = response;
+                response.request = Some(ticket.link());
+                self.recorder.submit(Frame::Response(response))
+            }),
+            None => self.recorder.submit(Frame::Response(response)),
+        };
+        let outcome = match ticket {
+            Ok(ticket) if admitted && self.recorder.durability().hold_answer_until_durable() => {
+                self.durable(ticket).await
+            }
+            Ok(_) => Ok(()),
+            Err(e) => Err(e.to_string()),
+        };
+        match outcome {
+            Ok(()) => answer,
+            Err(reason) => {
+                self.gateway.metrics.frames_dropped.fetch_add(1, Ordering::Relaxed);
+                warn!(core = self.id, reason = %reason, admitted, "An answer was not recorded.");
+                if admitted {
+                    self.gateway.metrics.recording_refusals.fetch_add(1, Ordering::Relaxed);
+                    handler::recording_unavailable_answer()
+                } else {
+                    answer
+                }
+            }
+        }
+    }
+
+    /// Waits (bounded) until `ticket`'s record is durable.
+    async fn durable(&self, ticket: Ticket) -> Result<(), String> {
+        let timeout = self.gateway.config.runtime.recording.durable_timeout;
+        match monoio::time::timeout(timeout, ticket.durable()).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err(format!("not durable within {} ms", timeout.as_millis())),
         }
     }
 }

@@ -272,6 +272,18 @@ pub async fn fetch(
     timeout: Duration,
     limit: usize,
 ) -> Result<Bytes, UpstreamError> {
+    fetch_with(url, &[], tls, timeout, limit).await
+}
+
+/// Like [`fetch`], sending `headers` too (a result chunk's SSE-C headers). The body is
+/// returned as sent (a chunk may be raw gzip without a Content-Encoding).
+pub async fn fetch_with(
+    url: &str,
+    headers: &[(&str, &str)],
+    tls: Option<Arc<rustls::ClientConfig>>,
+    timeout: Duration,
+    limit: usize,
+) -> Result<Bytes, UpstreamError> {
     let (base, path) = split_url(url).ok_or_else(|| UpstreamError::Invalid("unusable URL".into()))?;
     let endpoint = Endpoint {
         tls: if base.tls { tls } else { None },
@@ -284,7 +296,11 @@ pub async fn fetch(
     let request = UpstreamRequest {
         method: Method::Get,
         target: path,
-        headers: vec![(b"accept".to_vec(), b"application/json".to_vec()), (b"connection".to_vec(), b"close".to_vec())],
+        headers: [(&b"accept"[..], &b"*/*"[..]), (b"connection", b"close")]
+            .into_iter()
+            .chain(headers.iter().map(|(k, v)| (k.as_bytes(), v.as_bytes())))
+            .map(|(k, v)| (k.to_vec(), v.to_vec()))
+            .collect(),
         body: Bytes::new(),
     };
     match endpoint.exchange(&mut conn, &request, false).await {

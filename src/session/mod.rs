@@ -42,6 +42,9 @@ pub enum Endpoint {
     SqlApiStatus(String),
     /// `POST /api/v2/statements/<handle>/cancel`
     SqlApiCancel(String),
+    /// `GET /snowgate/chunk/<grant>`: a result chunk, fetched through the gateway with the
+    /// sealed grant its rewritten `chunks[].url` carries.
+    Chunk(String),
 }
 
 /// Whether `id` looks like a Snowflake query id or statement handle (a UUID). Anything else
@@ -51,6 +54,14 @@ pub fn is_query_id(id: &str) -> bool {
         && id.bytes().enumerate().all(|(i, b)| match i {
             8 | 13 | 18 | 23 => b == b'-',
             _ => b.is_ascii_hexdigit(),
+        })
+}
+
+/// Whether `grant` looks like a sealed chunk grant (`sg1.` and URL-safe base64, bounded).
+fn is_grant(grant: &str) -> bool {
+    grant.len() <= token::SEALED_BYTES_MAX
+        && grant.strip_prefix(token::SEALED_PREFIX).is_some_and(|body| {
+            !body.is_empty() && body.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
         })
 }
 
@@ -76,6 +87,7 @@ impl Endpoint {
             (Method::Post, ["api", "v2", "statements"]) => Endpoint::SqlApiSubmit,
             (Method::Get, ["api", "v2", "statements", handle]) => Endpoint::SqlApiStatus(id(handle)?),
             (Method::Post, ["api", "v2", "statements", handle, "cancel"]) => Endpoint::SqlApiCancel(id(handle)?),
+            (Method::Get, ["snowgate", "chunk", grant]) if is_grant(grant) => Endpoint::Chunk((*grant).to_owned()),
             _ => return None,
         })
     }
@@ -95,6 +107,7 @@ impl Endpoint {
             Endpoint::SqlApiSubmit => "sql-api-submit",
             Endpoint::SqlApiStatus(_) => "sql-api-status",
             Endpoint::SqlApiCancel(_) => "sql-api-cancel",
+            Endpoint::Chunk(_) => "chunk",
         }
     }
 
@@ -174,6 +187,26 @@ pub mod codes {
     pub const UPSTREAM_INVALID: &str = "260004";
     /// The endpoint is not one the gateway serves.
     pub const UNKNOWN_ENDPOINT: &str = "260005";
+    /// A policy rule denied the statement (the message is the rule's).
+    pub const POLICY_DENIED: &str = "260010";
+    /// A reviewer denied the parked statement.
+    pub const REVIEW_DENIED: &str = "260011";
+    /// Nobody decided on the parked statement before its timeout.
+    pub const REVIEW_TIMED_OUT: &str = "260012";
+    /// The exchange could not be recorded, so it was not run (or not answered).
+    pub const RECORDING_UNAVAILABLE: &str = "260013";
+    /// The gateway is overloaded (the classifier queue is full); retry later.
+    pub const OVERLOADED: &str = "260014";
+    /// The answer could not be masked, so it was withheld.
+    pub const MASKING_FAILED: &str = "260015";
+    /// A statement that needs review arrived where no review can be waited for.
+    pub const REVIEW_UNSUPPORTED: &str = "260016";
+    /// The parked statements are at their limit (for this identity or in all).
+    pub const REVIEW_FULL: &str = "260017";
+    /// Snowflake is running the statement (drivers poll `getResultUrl`).
+    pub const QUERY_IN_PROGRESS: &str = "333333";
+    /// Snowflake is running an `asyncExec` statement.
+    pub const QUERY_IN_PROGRESS_ASYNC: &str = "333334";
 }
 
 /// A Snowflake-shaped refusal body: `success:false`, a numeric string code, a message, an

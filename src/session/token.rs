@@ -115,13 +115,19 @@ impl Sealer {
 
     /// Seals claims into a token of the given kind.
     pub fn seal(&self, kind: TokenKind, claims: &TokenClaims) -> String {
+        self.seal_bytes(kind.aad(), &serde_json::to_vec(claims).expect("token claims always serialise"))
+    }
+
+    /// Seals any bytes under `purpose` (authenticated, so a token sealed for one purpose never
+    /// opens for another) into `sg1.` + URL-safe base64, usable in a URL path.
+    pub fn seal_bytes(&self, purpose: &[u8], plain: &[u8]) -> String {
         let mut nonce_bytes = [0u8; NONCE_LEN];
         // The system RNG only fails when the OS has no entropy source; a gateway cannot run then.
         self.rng.fill(&mut nonce_bytes).expect("the operating system's random source failed");
-        let mut in_out = serde_json::to_vec(claims).expect("token claims always serialise");
+        let mut in_out = plain.to_vec();
         let nonce = Nonce::assume_unique_for_key(nonce_bytes);
         self.keys[0]
-            .seal_in_place_append_tag(nonce, Aad::from(kind.aad()), &mut in_out)
+            .seal_in_place_append_tag(nonce, Aad::from(purpose), &mut in_out)
             .expect("AES-GCM sealing of a small buffer cannot fail");
         let mut envelope = Vec::with_capacity(NONCE_LEN + in_out.len());
         envelope.extend_from_slice(&nonce_bytes);
@@ -134,6 +140,12 @@ impl Sealer {
 
     /// Opens a token of the given kind, without checking its expiry.
     pub fn open_ignoring_expiry(&self, kind: TokenKind, token: &str) -> Result<TokenClaims, TokenError> {
+        let plain = self.open_bytes(kind.aad(), token)?;
+        serde_json::from_slice(&plain).map_err(|_| TokenError::Forged)
+    }
+
+    /// Opens bytes sealed by [`Sealer::seal_bytes`] under the same `purpose`.
+    pub fn open_bytes(&self, purpose: &[u8], token: &str) -> Result<Vec<u8>, TokenError> {
         let body = token.strip_prefix(SEALED_PREFIX).ok_or(TokenError::Foreign)?;
         if token.len() > SEALED_BYTES_MAX {
             return Err(TokenError::Forged);
@@ -146,8 +158,10 @@ impl Sealer {
         for key in &self.keys {
             let mut in_out = sealed.to_vec();
             let nonce = Nonce::try_assume_unique_for_key(nonce_bytes).map_err(|_| TokenError::Forged)?;
-            if let Ok(plain) = key.open_in_place(nonce, Aad::from(kind.aad()), &mut in_out) {
-                return serde_json::from_slice(plain).map_err(|_| TokenError::Forged);
+            if let Ok(plain) = key.open_in_place(nonce, Aad::from(purpose), &mut in_out) {
+                let len = plain.len();
+                in_out.truncate(len);
+                return Ok(in_out);
             }
         }
         Err(TokenError::Forged)

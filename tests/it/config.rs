@@ -19,6 +19,7 @@ impl ConfigDir {
     fn new() -> ConfigDir {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("seal.key"), SEAL_KEY).unwrap();
+        std::fs::write(dir.path().join("recording.key"), RECORDING_KEY_HEX).unwrap();
         std::fs::write(dir.path().join("upstream.pem"), snowgate_perf::test_keys::TEST_PRIVATE_KEY_PEM).unwrap();
         ConfigDir { dir }
     }
@@ -54,6 +55,20 @@ header_timeout_ms = 1000
 
 [recording]
 directory = "recordings"
+key_file = "recording.key"
+
+[policy]
+default = {{ action = "deny", message = "not allowed" }}
+
+[[policy.rules]]
+name = "reads"
+groups = ["*"]
+kinds = ["select"]
+action = "allow"
+masking_profile = "standard"
+
+[masking.profiles.standard.detectors]
+jwt = false
 "#,
             jwks = key_path("jwks.json").display()
         )
@@ -159,6 +174,36 @@ fn check_config_refuses_broken_files_naming_the_key() {
             "a seal key variable that is not set",
             replace_line(&good, "seal_key_file = \"seal.key\"", "seal_key_env = \"SNOWGATE_TEST_NO_SUCH_VAR\""),
             vec!["tokens.seal_key_env", "SNOWGATE_TEST_NO_SUCH_VAR"],
+        ),
+        (
+            "no recording key",
+            replace_line(&good, "key_file = \"recording.key\"", ""),
+            vec!["recording.key_file"],
+        ),
+        (
+            "the recording key reusing the sealing key",
+            replace_line(&good, "key_file = \"recording.key\"", "key_file = \"seal.key\""),
+            vec!["recording.key_file", "differ"],
+        ),
+        (
+            "a rule naming a masking profile that does not exist",
+            replace_line(&good, "masking_profile = \"standard\"", "masking_profile = \"strict\""),
+            vec!["policy", "strict"],
+        ),
+        (
+            "a rule with an unknown kind",
+            replace_line(&good, "kinds = [\"select\"]", "kinds = [\"selekt\"]"),
+            vec!["policy", "selekt"],
+        ),
+        (
+            "an unknown detector",
+            replace_line(&good, "jwt = false", "jwtt = false"),
+            vec!["jwtt"],
+        ),
+        (
+            "an admin listener without admin groups",
+            format!("{good}\n[approvals]\nadmin_address = \"127.0.0.1:0\"\n"),
+            vec!["approvals.admin_groups"],
         ),
         (
             "both jwks_file and jwks_url",

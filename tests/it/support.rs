@@ -8,13 +8,15 @@ use std::sync::{Arc, Mutex, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard}
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_json::{Value, json};
-use snowgate::config::{Config, RuntimeSettings};
+use snowgate::config::{Config, RecordingSettings, RuntimeSettings};
 use snowgate::runtime::Running;
 use snowgate_perf::client::{Client, ClientResponse};
 use snowgate_perf::{RunningUpstream, UpstreamConfig};
 
 pub const ISSUER: &str = "https://idp.test.snowgate";
 pub const AUDIENCE: &str = "snowgate-test";
+/// The recording key test gateways seal segment footers with.
+pub const RECORDING_KEY_HEX: &str = "5eed5eed5eed5eed5eed5eed5eed5eed5eed5eed5eed5eed5eed5eed5eed5eed";
 
 /// The repository root.
 pub fn root() -> PathBuf {
@@ -115,7 +117,41 @@ pub struct GatewayOptions {
     pub max_connections: usize,
     /// The caller holds [`exclusive_section`]; the gateway must not wait for the shared lock.
     pub exclusive: bool,
+    /// The `[policy]`, `[masking]` and `[approvals]` tables (default: [`PERMISSIVE_POLICY`]).
+    pub policy: Option<String>,
+    /// How the recorders write.
+    pub recording: RecordingSettings,
 }
+
+/// A policy for tests about other things: everything classified is allowed but dropping a
+/// database, moving data out and changing rights; no masking.
+pub const PERMISSIVE_POLICY: &str = r#"
+[policy]
+max_statements_per_request = 1
+default = { action = "deny", message = "No snowgate rule allows this statement." }
+
+[[policy.rules]]
+name = "no dropping databases"
+groups = ["*"]
+kinds = ["drop", "undrop"]
+object_types = ["database"]
+action = "deny"
+message = "Dropping databases is blocked for agents."
+
+[[policy.rules]]
+name = "no exfiltration or privilege changes"
+groups = ["*"]
+kinds = ["copy_into_location", "get", "put", "grant", "revoke", "use_role", "use_secondary_roles",
+         "alter_session_sensitive", "execute_immediate_dynamic"]
+action = "deny"
+message = "This statement could move data or rights out of policy."
+
+[[policy.rules]]
+name = "the rest"
+groups = ["*"]
+kinds = ["*"]
+action = "allow"
+"#;
 
 pub enum Credential {
     KeyPair,
@@ -133,6 +169,8 @@ impl Default for GatewayOptions {
             limits: String::new(),
             max_connections: 1000,
             exclusive: false,
+            policy: None,
+            recording: RecordingSettings::default(),
         }
     }
 }
@@ -152,6 +190,7 @@ impl TestGateway {
         let dir = tempfile::tempdir().unwrap();
         let seal_key: String = (0..32).map(|i| format!("{:02x}", (i * 7 + 3) as u8)).collect();
         std::fs::write(dir.path().join("seal.key"), seal_key).unwrap();
+        std::fs::write(dir.path().join("recording.key"), RECORDING_KEY_HEX).unwrap();
         let credential = match &options.credential {
             Credential::KeyPair => {
                 std::fs::write(dir.path().join("upstream.pem"), snowgate_perf::test_keys::TEST_PRIVATE_KEY_PEM)
@@ -189,7 +228,11 @@ seal_key_file = "seal.key"
 
 [recording]
 directory = "recordings"
+key_file = "recording.key"
+
+{policy}
 "#,
+            policy = options.policy.as_deref().unwrap_or(PERMISSIVE_POLICY),
             listen = options.listen.as_deref().unwrap_or("address = \"127.0.0.1:0\"\nplaintext = true"),
             upstream_extra = options.upstream_extra,
             jwks =
@@ -206,6 +249,8 @@ directory = "recordings"
             upstream_pool_size: 8,
             max_connections: options.max_connections,
             drain_timeout: Duration::from_secs(5),
+            classifier_threads: 1,
+            recording: options.recording.clone(),
         };
         let config = Config::load(&config_path, runtime).unwrap();
         let running = snowgate::runtime::start(config).unwrap();

@@ -306,6 +306,7 @@ fn a_stalled_tls_handshake_is_closed_at_the_header_timeout() {
 /// Writes a complete configuration with this `[listen]` body into `dir` and loads it.
 fn load_config(dir: &Path, listen: &str, upstream_url: &str, max_connections: usize) -> Result<Config, ConfigError> {
     std::fs::write(dir.join("seal.key"), "ab".repeat(32)).unwrap();
+    std::fs::write(dir.join("recording.key"), RECORDING_KEY_HEX).unwrap();
     std::fs::write(dir.join("password"), "not-a-real-password").unwrap();
     let text = format!(
         r#"
@@ -329,6 +330,9 @@ seal_key_file = "seal.key"
 
 [recording]
 directory = "recordings"
+key_file = "recording.key"
+
+{PERMISSIVE_POLICY}
 "#,
         jwks = key_path("jwks.json").display(),
     );
@@ -342,6 +346,8 @@ directory = "recordings"
         upstream_pool_size: 8,
         max_connections,
         drain_timeout: Duration::from_secs(5),
+        classifier_threads: 1,
+        recording: Default::default(),
     };
     Config::load(&path, runtime)
 }

@@ -102,6 +102,10 @@ fn init(dir: &Path, listen: &str, upstream_url: &str, force: bool) -> anyhow::Re
     rsa::rand_core::RngCore::fill_bytes(&mut rsa::rand_core::OsRng, &mut seal);
     let seal_hex: String = seal.iter().map(|b| format!("{b:02x}")).collect();
     write_new(&dir.join("seal.key"), &seal_hex, force)?;
+    let mut recording_key = [0u8; 32];
+    rsa::rand_core::RngCore::fill_bytes(&mut rsa::rand_core::OsRng, &mut recording_key);
+    let recording_hex: String = recording_key.iter().map(|b| format!("{b:02x}")).collect();
+    write_new(&dir.join("recording.key"), &recording_hex, force)?;
     let config = format!(
         r#"# snowgate development config, written by `snowgate-tools dev init`. Loopback only.
 [listen]
@@ -126,6 +130,55 @@ seal_key_file = "seal.key"
 
 [recording]
 directory = "recordings"
+key_file = "recording.key"          # snowgate-tools verify --key-file .dev/recording.key
+
+[approvals]
+admin_address = "127.0.0.1:8444"    # snowgate-tools approvals list
+admin_groups = ["dba"]
+poll_hold_ms = 10000
+
+# First match wins; see src/policy/mod.rs for every kind and field.
+[policy]
+default = {{ action = "deny", message = "No snowgate rule allows this statement." }}
+
+[[policy.rules]]
+name = "no destruction"
+groups = ["*"]
+kinds = ["drop", "truncate", "delete_all", "update_all", "create_or_replace", "undrop"]
+action = "deny"
+message = "Destructive statements are blocked for agents."
+
+[[policy.rules]]
+name = "no exfiltration or privilege changes"
+groups = ["*"]
+kinds = ["copy_into_location", "get", "put", "grant", "revoke", "use_role", "use_secondary_roles",
+         "alter_session_sensitive", "execute_immediate_dynamic", "system_function"]
+action = "deny"
+message = "This statement could move data or rights out of policy."
+
+[[policy.rules]]
+name = "writes need a DBA"
+groups = ["*"]
+kinds = ["insert", "update", "delete", "merge", "call"]
+action = "review"
+approvals = 1
+reviewer_groups = ["dba"]
+timeout_secs = 600
+message = "Waiting for a DBA to approve this write."
+
+[[policy.rules]]
+name = "reads and setup, masked"
+groups = ["*"]
+kinds = ["*"]
+action = "allow"
+masking_profile = "standard"
+
+[masking.profiles.standard.detectors]
+card = {{ mask = {{ style = "keep_last", keep = 4 }} }}
+
+[[masking.profiles.standard.columns]]
+name = "*SSN*"
+mask = {{ style = "full" }}
 "#
     );
     write_new(&dir.join("snowgate.toml"), &config, force)?;
@@ -166,6 +219,8 @@ mod tests {
             upstream_pool_size: 1,
             max_connections: 10,
             drain_timeout: std::time::Duration::from_secs(1),
+            classifier_threads: 1,
+            recording: Default::default(),
         };
         let config = snowgate::config::Config::load(&dir.path().join("snowgate.toml"), runtime).unwrap();
         let verifier =

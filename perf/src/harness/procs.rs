@@ -220,6 +220,8 @@ pub fn write_gateway_config(
     std::fs::create_dir_all(dir)?;
     let seal_key = dir.join("seal.key");
     std::fs::write(&seal_key, "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff")?;
+    let recording_key = dir.join("recording.key");
+    std::fs::write(&recording_key, "ffeeddccbbaa99887766554433221100ffeeddccbbaa99887766554433221100")?;
     let listen = match listener {
         Listener::Plain => "plaintext = true".to_owned(),
         Listener::Tls => format!(
@@ -253,9 +255,14 @@ idle_timeout_ms = 600000
 
 [recording]
 directory = "{recordings}"
+key_file = "{recording_key}"
+
+[policy]
+default = {{ action = "deny", message = "not in the perf policy" }}
 
 {extra}
 "#,
+        recording_key = recording_key.display(),
         key = repo_root.join("perf/tests/fixtures/test_key.p8").display(),
         jwks = repo_root.join("tests/fixtures/keys/jwks.json").display(),
         seal = seal_key.display(),

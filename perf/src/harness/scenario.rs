@@ -39,16 +39,14 @@ pub struct Scenario {
     pub about: &'static str,
 }
 
-/// Every scenario, in report order. The `snowgate-full-*` entries name the knobs the gateway
-/// is expected to grow (masking with the perf masking policy, recording durability modes); until
-/// it accepts them they are reported as skipped.
+/// Every scenario, in report order.
 pub const SCENARIOS: &[Scenario] = &[
     Scenario { name: "direct", proxy: Proxy::Direct, about: "agents talk to the double" },
     Scenario { name: "nginx", proxy: Proxy::Nginx, about: "nginx proxy_pass, upstream keepalive, HTTP/1.1, logs off" },
     Scenario {
         name: "snowgate-forward",
-        proxy: Proxy::Snowgate { config_extra: "", flags: &[] },
-        about: "snowgate as it is: token swap, no masking; the JSON-lines frame log cannot be turned off yet",
+        proxy: Proxy::Snowgate { config_extra: FORWARD_POLICY, flags: &["--durability", "none"] },
+        about: "policy (classification) + token swap + recording (durability none), no masking",
     },
     Scenario {
         name: "snowgate-full-none",
@@ -67,9 +65,37 @@ pub const SCENARIOS: &[Scenario] = &[
     },
 ];
 
-/// The masking configuration of the full scenarios: the masking engineer's policy file for
-/// the perf corpus (card, e-mail and SSN columns and detectors). The key is a proposal.
-const FULL_MASKING: &str = "[masking]\npolicy_file = \"{repo}/perf/scenarios/masking-policy.toml\"\n";
+/// The rule of the forwarding scenario: every statement allowed, nothing masked.
+const FORWARD_POLICY: &str = r#"
+[[policy.rules]]
+name = "perf"
+groups = ["*"]
+kinds = ["*"]
+action = "allow"
+"#;
+
+/// The rules of the full scenarios: every statement allowed and masked with the perf profile
+/// (the corpus's card and SSN columns by name, every detector, a 16-word dictionary).
+const FULL_MASKING: &str = r#"
+[[policy.rules]]
+name = "perf"
+groups = ["*"]
+kinds = ["*"]
+action = "allow"
+masking_profile = "perf"
+
+[masking.profiles.perf.detectors]
+card = { mask = { style = "keep_last", keep = 4 } }
+
+[masking.profiles.perf.dictionary]
+words = ["Project Falcon", "ACME-7731", "Blue Harbor", "Northwind", "Contoso", "Fabrikam", "Tailspin",
+         "Wingtip", "Litware", "Proseware", "Adatum", "Lucerne", "Margie", "Relecloud", "Woodgrove", "Trey Research"]
+mask = { style = "token", token = "[SECRET]" }
+
+[[masking.profiles.perf.columns]]
+name = "SSN"
+mask = { style = "null" }
+"#;
 
 /// Looks scenarios up by name; `None` names every scenario.
 pub fn select(names: Option<&[String]>) -> anyhow::Result<Vec<Scenario>> {

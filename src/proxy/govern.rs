@@ -1,0 +1,609 @@
+//! Statement governance at the proxy edge: the policy's decision on each statement, parked
+//! statements and the driver's polls of them, masking of every answer that can carry rows, and
+//! the sealed chunk grants that route chunk downloads through the gateway. The decisions are
+//! the pure `policy` and `mask` modules'; this file wires them to requests and answers.
+//!
+//! - A query is classified off the core ([`crate::policy::worker::ClassifierPool`]), decided by
+//!   the policy, and then refused (the rule's message), parked (code 333333 with a gateway
+//!   `getResultUrl`), or forwarded with `MULTI_STATEMENT_COUNT` pinned to the statements found.
+//! - A driver's poll of a parked statement is held up to `[approvals] poll_hold_ms` while it
+//!   waits (drivers poll again at once, so this is what keeps them from storming), then runs
+//!   it once approved, exactly as parked (text, bindings, identity), or refuses it.
+//! - Answers are masked with every masking profile that can apply to the identity. A query
+//!   answer's `chunks[].url` become gateway URLs holding a sealed grant (the original URL, its
+//!   SSE-C headers, the session, an expiry, the column plan); `qrmk` and upstream
+//!   `chunkHeaders` are dropped, and the answer's `chunkHeaders` make the driver present its
+//!   own session token with each chunk download, which binds the grant to the session.
+
+use std::sync::MutexGuard;
+use std::time::Duration;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use bytes::{Bytes, BytesMut};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use tracing::{info, warn};
+
+use super::handler::{
+    Answer, Capture, admit, pass_through, refuse, refuse_sql_api, send, upstream_failed, upstream_session_headers,
+};
+use super::upstream::{self, UpstreamRequest, UpstreamResponse};
+use super::{Core, unix_seconds};
+use crate::http::gzip::{self, GunzipError};
+use crate::http::{Method, RequestHead};
+use crate::mask::{ColumnPlan, Envelope, rebuild_envelope};
+use crate::policy::approvals::{Ledger, LedgerError, ParkRequest, PollState, RequestKey};
+use crate::policy::parameters::plan_query_parameters;
+use crate::policy::{DecidedBy, ReviewRequirement, Subject, VerdictAction};
+use crate::record::Decision;
+use crate::session::query::{parse_query_request, summarize_answer};
+use crate::session::token::{TokenClaims, TokenKind};
+use crate::session::{codes, refusal_body, snowflake_authorization, snowflake_token};
+
+/// Where chunk grants are served (see [`crate::session::Endpoint::Chunk`]).
+pub const CHUNK_PATH: &str = "/snowgate/chunk/";
+/// What chunk grants are sealed for (a session token never opens as a grant, nor the reverse).
+const CHUNK_PURPOSE: &[u8] = b"snowgate-chunk-v1";
+/// How long a chunk grant is honoured (drivers fetch chunks as soon as they read the answer).
+const CHUNK_GRANT_TTL_SECS: u64 = 3600;
+/// How often a held poll looks at the ledger.
+const POLL_STEP: Duration = Duration::from_millis(50);
+/// The SSE-C headers a `qrmk` becomes when fetching a chunk from cloud storage.
+const SSE_C_ALGORITHM: &str = "x-amz-server-side-encryption-customer-algorithm";
+const SSE_C_KEY: &str = "x-amz-server-side-encryption-customer-key";
+
+/// The agent's session as a request presented it.
+pub struct Session<'a> {
+    /// The opened session token.
+    pub claims: &'a TokenClaims,
+    /// The sealed token itself (the agent's own; it goes back to it in `chunkHeaders`).
+    pub token: &'a str,
+}
+
+/// What the gateway keeps to run a parked statement once approved: the request as it would
+/// have gone upstream, minus the session's Snowflake token (taken from the approving poll).
+#[derive(Debug, Clone)]
+pub struct ParkedStatement {
+    target: String,
+    headers: Vec<(Vec<u8>, Vec<u8>)>,
+    body: Bytes,
+    rule: String,
+    profiles: Vec<String>,
+}
+
+/// The policy's answer for one request.
+pub enum Decided {
+    /// Forward it.
+    Allow {
+        /// Statements found (what `MULTI_STATEMENT_COUNT` is pinned to).
+        statements: usize,
+    },
+    /// Refuse it with this code and message.
+    Refuse {
+        /// The Snowflake-shaped code.
+        code: &'static str,
+        /// The message (the rule's, when a rule decided).
+        message: String,
+    },
+    /// Park it for review.
+    Review {
+        /// Statements found.
+        statements: usize,
+        /// What approval needs.
+        requirement: ReviewRequirement,
+        /// The deciding rule.
+        rule: String,
+        /// The rule's message for the agent.
+        message: String,
+    },
+}
+
+fn rule_name(decided_by: &DecidedBy) -> String {
+    match decided_by {
+        DecidedBy::Rule { name, .. } => name.clone(),
+        DecidedBy::Default => "default".into(),
+        DecidedBy::UnknownStatement => "unclassified statement".into(),
+        DecidedBy::Refusal { .. } => "unreadable request".into(),
+        DecidedBy::StatementLimit { .. } => "statement limit".into(),
+    }
+}
+
+fn unix_millis() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+fn ledger(core: &Core) -> MutexGuard<'_, Ledger<ParkedStatement>> {
+    // A panic while holding the lock leaves the ledger consistent (every method completes
+    // its change before returning), so a poisoned lock is still usable.
+    core.gateway.ledger.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Classifies `text` off the core and decides it. A denial is noted in `capture`.
+pub async fn decide(core: &Core, subject: &Subject, text: String, capture: &mut Capture) -> Decided {
+    let policy = &core.gateway.config.policy;
+    let classified = match core.gateway.classifier.classify(text, *policy.limits()).await {
+        Ok(classified) => classified,
+        Err(e) => {
+            warn!(core = core.id, error = %e, "Classification failed; refusing the statement.");
+            return Decided::Refuse { code: codes::OVERLOADED, message: format!("snowgate could not classify it: {e}") };
+        }
+    };
+    let verdict = policy.decide(subject, &classified);
+    let rule = rule_name(&verdict.decided_by);
+    let statements = classified.statement_count().max(1);
+    match verdict.action {
+        VerdictAction::Allow => Decided::Allow { statements },
+        VerdictAction::Deny => {
+            core.gateway.metrics.policy_denials.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            info!(core = core.id, sub = %subject.sub, rule = %rule, "Statement denied by policy.");
+            capture.set_decision(Decision::Blocked { rule });
+            Decided::Refuse { code: codes::POLICY_DENIED, message: verdict.agent_message().to_owned() }
+        }
+        VerdictAction::Review => match verdict.review.clone() {
+            Some(requirement) => {
+                Decided::Review { statements, requirement, rule, message: verdict.agent_message().to_owned() }
+            }
+            None => {
+                capture.set_decision(Decision::Blocked { rule });
+                Decided::Refuse { code: codes::POLICY_DENIED, message: verdict.agent_message().to_owned() }
+            }
+        },
+    }
+}
+
+/// Pins `MULTI_STATEMENT_COUNT` (and checks every other session parameter) in a query request.
+fn pin_parameters(body: &[u8], statements: usize) -> Result<Bytes, String> {
+    let mut request: Map<String, Value> =
+        serde_json::from_slice(body).map_err(|_| "the query request is not a JSON object".to_owned())?;
+    let plan = plan_query_parameters(request.get("parameters"), statements).map_err(|e| e.to_string())?;
+    match request.entry("parameters").or_insert_with(|| Value::Object(Map::new())) {
+        Value::Object(parameters) => plan.apply(parameters),
+        _ => return Err("the query request's parameters are not an object".into()),
+    }
+    Ok(Bytes::from(serde_json::to_vec(&request).expect("a JSON map always serialises")))
+}
+
+/// The masking profiles for this session's answers.
+pub fn profiles_for(core: &Core, claims: &TokenClaims) -> Vec<String> {
+    let subject = Subject { sub: claims.sub.clone(), groups: claims.groups.clone() };
+    core.gateway.config.policy.masking_profiles_for(&subject)
+}
+
+/// `POST /queries/v1/query-request`: decide, then refuse, park or forward and mask.
+pub async fn query_request(
+    core: &Core,
+    head: &RequestHead,
+    body: Bytes,
+    capture: &mut Capture,
+    session: &Session<'_>,
+) -> Answer {
+    let query = match parse_query_request(&body) {
+        Ok(query) => query,
+        Err(e) => return refuse(capture, codes::BAD_REQUEST, &e.to_string()),
+    };
+    capture.set_statement(query.sql_text.clone(), query.bindings.clone(), query.query_tag.clone());
+    let claims = session.claims;
+    let subject = Subject { sub: claims.sub.clone(), groups: claims.groups.clone() };
+    let decided = decide(core, &subject, query.sql_text.clone(), capture).await;
+    let statements = match &decided {
+        Decided::Allow { statements } | Decided::Review { statements, .. } => *statements,
+        Decided::Refuse { code, message } => return refuse(capture, code, message),
+    };
+    let rewritten = match pin_parameters(&body, statements) {
+        Ok(rewritten) => rewritten,
+        Err(message) => {
+            capture.set_decision(Decision::Blocked { rule: "session parameters".into() });
+            return refuse(capture, codes::POLICY_DENIED, &message);
+        }
+    };
+    if let Decided::Review { requirement, rule, message, .. } = decided {
+        let payload = ParkedStatement {
+            target: head.target.clone(),
+            headers: upstream::forwarded_headers(&head.headers, Vec::new()),
+            body: rewritten,
+            rule: rule.clone(),
+            profiles: profiles_for(core, claims),
+        };
+        return park(core, capture, session, &query, payload, requirement, rule, &message);
+    }
+    let forwarded = UpstreamRequest {
+        method: Method::Post,
+        target: head.target.clone(),
+        headers: upstream_session_headers(head, claims),
+        body: rewritten.clone(),
+    };
+    match send(core, &forwarded, rewritten, capture).await {
+        Ok(response) => masked_answer(core, head, response, capture, session, &profiles_for(core, claims)),
+        Err(answer) => answer,
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn park(
+    core: &Core,
+    capture: &mut Capture,
+    session: &Session<'_>,
+    query: &crate::session::query::QueryRequest,
+    payload: ParkedStatement,
+    requirement: ReviewRequirement,
+    rule: String,
+    message: &str,
+) -> Answer {
+    let claims = session.claims;
+    let Some(request_id) = capture.request_id().map(str::to_owned) else {
+        return refuse(capture, codes::BAD_REQUEST, "a statement that needs review must carry the driver's requestId");
+    };
+    let request = ParkRequest {
+        key: RequestKey { sub: claims.sub.clone(), session_id: claims.session_id.unwrap_or(0), request_id },
+        agent_groups: claims.groups.clone(),
+        statement_text: query.sql_text.clone(),
+        bindings: query.bindings.clone(),
+        agent_context: capture.agent_context().map(str::to_owned),
+        requirement,
+        rule_name: Some(rule.clone()),
+        payload,
+    };
+    let now = unix_millis();
+    let parked = {
+        let mut ledger = ledger(core);
+        ledger.expire(now);
+        ledger.park(request, now)
+    };
+    match parked {
+        Ok(parked) => {
+            capture.set_decision(Decision::Parked { rule: rule.clone() });
+            capture.set_query_id(parked.query_id.clone());
+            if parked.created {
+                core.gateway.metrics.parked.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                info!(core = core.id, sub = %claims.sub, rule = %rule, query_id = %parked.query_id, "Statement parked for review.");
+            }
+            in_progress(&parked.query_id, query.async_exec, message)
+        }
+        Err(e @ LedgerError::RequestIdReused) => refuse(capture, codes::BAD_REQUEST, &e.to_string()),
+        Err(e) => refuse(capture, codes::REVIEW_FULL, &e.to_string()),
+    }
+}
+
+/// The "still running" answer drivers poll on: 333333 (333334 for `asyncExec`).
+fn in_progress(query_id: &str, async_exec: bool, message: &str) -> Answer {
+    let code = if async_exec { codes::QUERY_IN_PROGRESS_ASYNC } else { codes::QUERY_IN_PROGRESS };
+    let body = serde_json::json!({
+        "data": {
+            "queryId": query_id,
+            "getResultUrl": format!("/queries/{query_id}/result"),
+            "queryAbortsAfterSecs": 300,
+            "progressDesc": null,
+        },
+        "code": code,
+        "message": message,
+        "success": true,
+        "headers": null,
+    });
+    Answer::own(200, Bytes::from(serde_json::to_vec(&body).expect("a JSON value always serialises")))
+}
+
+/// A poll of `query_id`: `None` when it is not a statement parked by this session (the poll
+/// then goes to Snowflake), else the answer: still waiting (after holding the poll), the
+/// approved statement's result, or the refusal.
+pub async fn poll_parked(
+    core: &Core,
+    head: &RequestHead,
+    query_id: &str,
+    capture: &mut Capture,
+    session: &Session<'_>,
+) -> Option<Answer> {
+    let claims = session.claims;
+    let session_id = claims.session_id.unwrap_or(0);
+    let hold_until = std::time::Instant::now() + core.gateway.config.approvals.poll_hold;
+    loop {
+        let state = ledger(core).poll(query_id, &claims.sub, session_id, unix_millis());
+        return Some(match state {
+            Err(LedgerError::NotFound) => return None,
+            Err(e) => refuse(capture, codes::BAD_REQUEST, &e.to_string()),
+            Ok(PollState::Pending { .. } | PollState::Running) => {
+                if std::time::Instant::now() < hold_until && !core.gateway.is_draining() {
+                    monoio::time::sleep(POLL_STEP).await;
+                    continue;
+                }
+                in_progress(query_id, false, "This statement is waiting for a reviewer's approval.")
+            }
+            Ok(PollState::Approved) => run_approved(core, head, query_id, capture, session).await,
+            Ok(PollState::Finished { upstream_query_id: Some(upstream_id) }) => {
+                let forwarded = UpstreamRequest {
+                    method: Method::Get,
+                    target: format!("/queries/{upstream_id}/result"),
+                    headers: upstream_session_headers(head, claims),
+                    body: Bytes::new(),
+                };
+                match send(core, &forwarded, Bytes::new(), capture).await {
+                    Ok(response) => masked_answer(core, head, response, capture, session, &profiles_for(core, claims)),
+                    Err(answer) => answer,
+                }
+            }
+            Ok(PollState::Finished { upstream_query_id: None }) => refuse(
+                capture,
+                codes::UPSTREAM_INVALID,
+                "the approved statement ran, but Snowflake gave no query id to fetch its result by",
+            ),
+            Ok(PollState::Denied { reason }) => {
+                capture.set_decision(Decision::Blocked { rule: "review".into() });
+                refuse(capture, codes::REVIEW_DENIED, &format!("A reviewer denied this statement: {reason}"))
+            }
+            Ok(PollState::TimedOut) => {
+                capture.set_decision(Decision::Blocked { rule: "review".into() });
+                refuse(
+                    capture,
+                    codes::REVIEW_TIMED_OUT,
+                    "No reviewer approved this statement before its review timed out; it was not run.",
+                )
+            }
+        });
+    }
+}
+
+/// Runs an approved statement exactly as it was parked, with this session's Snowflake token.
+async fn run_approved(
+    core: &Core,
+    head: &RequestHead,
+    query_id: &str,
+    capture: &mut Capture,
+    session: &Session<'_>,
+) -> Answer {
+    let claims = session.claims;
+    let taken = ledger(core).take_approved(query_id, &claims.sub, claims.session_id.unwrap_or(0), unix_millis());
+    let approved = match taken {
+        Ok(approved) => approved,
+        Err(e) => return refuse(capture, codes::BAD_REQUEST, &e.to_string()),
+    };
+    let approvers: Vec<&str> = approved.approvals.iter().map(|a| a.reviewer.as_str()).collect();
+    let payload = approved.payload;
+    capture.set_statement(approved.statement_text.clone(), approved.bindings.clone(), None);
+    capture.set_decision(Decision::Approved { rule: payload.rule.clone(), approver: approvers.join(",") });
+    info!(core = core.id, sub = %claims.sub, query_id, approvers = %approvers.join(","), "Approved statement running.");
+    let mut headers = payload.headers.clone();
+    headers.push((b"authorization".to_vec(), snowflake_authorization(&claims.upstream_token).into_bytes()));
+    let forwarded = UpstreamRequest { method: Method::Post, target: payload.target.clone(), headers, body: payload.body.clone() };
+    let result = send(core, &forwarded, payload.body.clone(), capture).await;
+    let upstream_query_id = result.as_ref().ok().and_then(|r| summarize_answer(&r.body)).and_then(|s| s.query_id);
+    if let Err(e) = ledger(core).finish(query_id, upstream_query_id, unix_millis()) {
+        warn!(core = core.id, query_id, error = %e, "The ledger did not take the approved statement's end.");
+    }
+    match result {
+        Ok(response) => masked_answer(core, head, response, capture, session, &payload.profiles),
+        Err(answer) => answer,
+    }
+}
+
+fn masking_failed(core: &Core, capture: &mut Capture, reason: &str) -> Answer {
+    warn!(core = core.id, reason, "An answer could not be masked; withholding it.");
+    refuse(capture, codes::MASKING_FAILED, "snowgate could not mask this answer, so it withheld it")
+}
+
+/// A query answer or result poll, masked, its chunks routed through the gateway.
+pub fn masked_answer(
+    core: &Core,
+    head: &RequestHead,
+    response: UpstreamResponse,
+    capture: &mut Capture,
+    session: &Session<'_>,
+    profiles: &[String],
+) -> Answer {
+    if profiles.is_empty() || response.status != 200 {
+        return pass_through(response);
+    }
+    match mask_result(core, response.body.clone(), profiles, Some((head, session))) {
+        Ok(body) => Answer { status: response.status, upstream_headers: Some(response.headers), body, close: false },
+        Err(reason) => masking_failed(core, capture, &reason),
+    }
+}
+
+/// A SQL API answer, masked. A later partition has no row type to mask by: it is withheld.
+pub fn masked_sql_api(core: &Core, response: UpstreamResponse, capture: &mut Capture, profiles: &[String]) -> Answer {
+    if profiles.is_empty() || !(200..300).contains(&response.status) {
+        return pass_through(response);
+    }
+    match mask_result(core, response.body.clone(), profiles, None) {
+        Ok(body) => Answer { status: response.status, upstream_headers: Some(response.headers), body, close: false },
+        Err(reason) => {
+            warn!(core = core.id, reason, "A SQL API answer could not be masked; withholding it.");
+            refuse_sql_api(capture, 502, codes::MASKING_FAILED, "snowgate could not mask this answer, so it withheld it")
+        }
+    }
+}
+
+fn mutable(body: Bytes) -> BytesMut {
+    body.try_into_mut().unwrap_or_else(|shared| BytesMut::from(&shared[..]))
+}
+
+/// Masks `body` in place with each profile; rewrites chunk URLs when `chunks` gives the
+/// request and session to bind them to (without it, an answer with chunks is refused).
+fn mask_result(
+    core: &Core,
+    body: Bytes,
+    profiles: &[String],
+    chunks: Option<(&RequestHead, &Session<'_>)>,
+) -> Result<Bytes, String> {
+    let mut buffer = mutable(body);
+    let masker = &core.gateway.config.masker;
+    let mut plans: Vec<(String, ColumnPlan)> = Vec::with_capacity(profiles.len());
+    let mut envelope: Option<Envelope> = None;
+    let mut values_masked = 0;
+    {
+        let mut scratch = core.scratch.borrow_mut();
+        for name in profiles {
+            let profile = masker.profile(name).ok_or_else(|| format!("no masking profile {name:?}"))?;
+            let masked = masker.mask(profile, &mut buffer, None, &mut scratch).map_err(|e| e.to_string())?;
+            values_masked += masked.report.values_masked;
+            if let Some(plan) = masked.plan {
+                plans.push((name.clone(), plan));
+            }
+            if envelope.is_none() {
+                envelope = masked.envelope;
+            }
+        }
+    }
+    core.gateway.metrics.values_masked.fetch_add(values_masked, std::sync::atomic::Ordering::Relaxed);
+    let Some(envelope) =
+        envelope.filter(|e| !e.chunks.is_empty() || e.qrmk.is_some() || !e.chunk_headers.is_empty())
+    else {
+        return Ok(buffer.freeze());
+    };
+    let Some((head, session)) = chunks else {
+        return Err("an answer with chunks where none are expected".into());
+    };
+    let urls = envelope
+        .chunks
+        .iter()
+        .map(|chunk| grant_url(core, head, &chunk.url, &envelope, session, &plans))
+        .collect::<Result<Vec<String>, String>>()?;
+    let urls: Vec<&str> = urls.iter().map(String::as_str).collect();
+    let authorization = format!("Snowflake Token=\"{}\"", session.token);
+    let own_headers = [("Authorization", authorization.as_str())];
+    rebuild_envelope(&buffer, &envelope, &urls, Some(&own_headers)).map(Bytes::from).map_err(|e| e.to_string())
+}
+
+/// What a chunk URL's grant holds (sealed: the agent can neither read nor change it).
+#[derive(Serialize, Deserialize)]
+struct ChunkGrant {
+    /// The chunk's URL in cloud storage.
+    #[serde(rename = "u")]
+    url: String,
+    /// The headers cloud storage requires (SSE-C key and algorithm).
+    #[serde(rename = "h")]
+    headers: Vec<(String, String)>,
+    /// The agent.
+    #[serde(rename = "s")]
+    sub: String,
+    /// Snowflake's session id.
+    #[serde(rename = "i")]
+    session_id: Option<i64>,
+    /// Expiry, Unix seconds.
+    #[serde(rename = "e")]
+    expires_at_unix: u64,
+    /// Each masking profile and its column plan (base64).
+    #[serde(rename = "p")]
+    plans: Vec<(String, String)>,
+}
+
+fn valid_host(host: &str) -> bool {
+    !host.is_empty()
+        && host.len() <= 255
+        && host.bytes().all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b))
+}
+
+fn grant_url(
+    core: &Core,
+    head: &RequestHead,
+    url: &str,
+    envelope: &Envelope,
+    session: &Session<'_>,
+    plans: &[(String, ColumnPlan)],
+) -> Result<String, String> {
+    let headers = if !envelope.chunk_headers.is_empty() {
+        envelope.chunk_headers.clone()
+    } else if let Some(qrmk) = &envelope.qrmk {
+        vec![(SSE_C_ALGORITHM.to_owned(), "AES256".to_owned()), (SSE_C_KEY.to_owned(), qrmk.clone())]
+    } else {
+        Vec::new()
+    };
+    let grant = ChunkGrant {
+        url: url.to_owned(),
+        headers,
+        sub: session.claims.sub.clone(),
+        session_id: session.claims.session_id,
+        expires_at_unix: unix_seconds() + CHUNK_GRANT_TTL_SECS,
+        plans: plans.iter().map(|(name, plan)| (name.clone(), BASE64.encode(plan.encode()))).collect(),
+    };
+    let sealed = core
+        .gateway
+        .sealer
+        .seal_bytes(CHUNK_PURPOSE, &serde_json::to_vec(&grant).expect("a grant always serialises"));
+    let host = head
+        .headers
+        .get_str("host")
+        .map(str::trim)
+        .filter(|h| valid_host(h))
+        .ok_or("the request has no usable Host header to build chunk URLs with")?;
+    let scheme = if core.gateway.server_tls.is_some() { "https" } else { "http" };
+    Ok(format!("{scheme}://{host}{CHUNK_PATH}{sealed}"))
+}
+
+/// `GET /snowgate/chunk/<grant>`: checks the grant and the session presenting it, fetches the
+/// chunk from cloud storage with its SSE-C headers, inflates it (capped), masks it and answers.
+pub async fn chunk(core: &Core, head: &RequestHead, grant: &str, capture: &mut Capture) -> Answer {
+    let gateway = &core.gateway;
+    let forbidden = |capture: &mut Capture, message: &str| {
+        capture.refuse_code(codes::SESSION_INVALID);
+        info!(core = core.id, reason = message, "Chunk download refused.");
+        Answer::own(403, refusal_body(codes::SESSION_INVALID, message))
+    };
+    let grant: ChunkGrant = match gateway
+        .sealer
+        .open_bytes(CHUNK_PURPOSE, grant)
+        .ok()
+        .and_then(|plain| serde_json::from_slice(&plain).ok())
+    {
+        Some(grant) => grant,
+        None => return forbidden(capture, "this chunk URL was not issued by this gateway"),
+    };
+    let presented = head
+        .headers
+        .get_str("authorization")
+        .and_then(snowflake_token)
+        .and_then(|token| gateway.sealer.open_ignoring_expiry(TokenKind::Session, token).ok());
+    let Some(claims) = presented.filter(|c| c.sub == grant.sub && c.session_id == grant.session_id) else {
+        return forbidden(capture, "this chunk URL belongs to another session");
+    };
+    capture.owner_of(&claims);
+    if grant.expires_at_unix <= unix_seconds() {
+        return forbidden(capture, "this chunk URL has expired; run the query again");
+    }
+    if let Err(answer) = admit(core, capture).await {
+        return answer;
+    }
+    let limit = gateway.config.limits.decompressed_bytes_max;
+    let started = std::time::Instant::now();
+    let headers: Vec<(&str, &str)> = grant.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let fetched =
+        upstream::fetch_with(&grant.url, &headers, gateway.chunk_tls.clone(), gateway.config.upstream.response_timeout, limit)
+            .await;
+    capture.upstream_time(started.elapsed());
+    let body = match fetched {
+        Ok(body) => body,
+        Err(e) => return upstream_failed(capture, &e),
+    };
+    let body = if gzip::is_gzip(&body) {
+        match gzip::gunzip_capped(&body, limit) {
+            Ok(inflated) => Bytes::from(inflated),
+            Err(GunzipError::TooLarge { limit }) => {
+                return masking_failed(core, capture, &format!("the chunk inflates past {limit} bytes"));
+            }
+            Err(GunzipError::Invalid(_)) => return masking_failed(core, capture, "the chunk is broken gzip"),
+        }
+    } else {
+        body
+    };
+    let mut buffer = mutable(body);
+    let masker = &gateway.config.masker;
+    let mut values_masked = 0;
+    {
+        let mut scratch = core.scratch.borrow_mut();
+        for (name, plan) in &grant.plans {
+            let plan = BASE64.decode(plan).ok().and_then(|bytes| ColumnPlan::decode(&bytes).ok());
+            let (Some(profile), Some(plan)) = (masker.profile(name), plan) else {
+                drop(scratch);
+                return masking_failed(core, capture, "the chunk's masking plan no longer applies");
+            };
+            match masker.mask(profile, &mut buffer, Some(&plan), &mut scratch) {
+                Ok(masked) => values_masked += masked.report.values_masked,
+                Err(e) => {
+                    drop(scratch);
+                    return masking_failed(core, capture, &e.to_string());
+                }
+            }
+        }
+    }
+    gateway.metrics.values_masked.fetch_add(values_masked, std::sync::atomic::Ordering::Relaxed);
+    Answer::own(200, buffer.freeze())
+}
