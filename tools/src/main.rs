@@ -1,6 +1,8 @@
 //! `snowgate-tools`: reads, searches, verifies and exports snowgate recordings (through the
-//! library's `snowgate::record` API only), and sets up local development.
+//! library's `snowgate::record` API only), sets up local development, and is the reviewers'
+//! client of the gateway's admin API (`approvals`).
 
+mod approvals;
 mod dev;
 mod recording;
 mod render;
@@ -32,6 +34,9 @@ enum Command {
     /// Local development: keys, a JWKS, a config and agent tokens for a loopback setup.
     #[command(subcommand)]
     Dev(dev::DevCommand),
+    /// Reviewers: list, approve or deny statements parked for review, through the gateway's
+    /// local admin API.
+    Approvals(approvals::ApprovalsArgs),
 }
 
 /// Exit status 0 on success, 1 when `verify` found a problem, 2 on any other error (usage,
@@ -55,6 +60,7 @@ fn run(command: Command) -> anyhow::Result<bool> {
         Command::Export(args) => recording::export(args)?,
         Command::Stats(args) => recording::stats(args)?,
         Command::Dev(command) => dev::run(command)?,
+        Command::Approvals(args) => approvals::run(args)?,
     }
     Ok(true)
 }
