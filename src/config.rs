@@ -200,6 +200,8 @@ pub struct LimitsSection {
     pub body_timeout_ms: u64,
     /// Largest `X-Agent-Context` header kept in the recording.
     pub agent_context_bytes_max: usize,
+    /// How long a rewritten result chunk URL is honoured, in seconds.
+    pub chunk_url_ttl_secs: u64,
 }
 
 impl Default for LimitsSection {
@@ -213,6 +215,7 @@ impl Default for LimitsSection {
             idle_timeout_ms: 60_000,
             body_timeout_ms: 60_000,
             agent_context_bytes_max: 4096,
+            chunk_url_ttl_secs: 3600,
         }
     }
 }
@@ -453,6 +456,8 @@ pub struct Config {
     pub timeouts: Timeouts,
     /// Largest `X-Agent-Context` kept.
     pub agent_context_bytes_max: usize,
+    /// How long a rewritten chunk URL is honoured.
+    pub chunk_url_ttl: Duration,
     /// Recording directory.
     pub recording_dir: PathBuf,
     /// The key recording footers are sealed with.
@@ -680,9 +685,8 @@ impl Config {
                     parse_hex_key("recording.key_file", &String::from_utf8_lossy(&bytes))?
                 }
                 (None, Some(var)) => {
-                    let value = std::env::var(var).map_err(|_| {
-                        problem("recording.key_env", format!("environment variable {var} is not set"))
-                    })?;
+                    let value = std::env::var(var)
+                        .map_err(|_| problem("recording.key_env", format!("environment variable {var} is not set")))?;
                     parse_hex_key("recording.key_env", &value)?
                 }
                 _ => return Err(problem("recording.key_file", "set exactly one of key_file and key_env")),
@@ -698,13 +702,19 @@ impl Config {
         let masker = Masker::new(&file.masking).map_err(|e| problem("masking", e.to_string()))?;
         for name in policy.masking_profile_names() {
             if masker.profile(name).is_none() {
-                return Err(problem("policy", format!("a rule names masking profile {name:?}, which [masking] does not define")));
+                return Err(problem(
+                    "policy",
+                    format!("a rule names masking profile {name:?}, which [masking] does not define"),
+                ));
             }
         }
         let approvals = {
             let a = &file.approvals;
             if a.poll_hold_ms == 0 || a.poll_hold_ms > 50_000 {
-                return Err(problem("approvals.poll_hold_ms", "must be between 1 and 50000 (drivers time out a poll after 60 s)"));
+                return Err(problem(
+                    "approvals.poll_hold_ms",
+                    "must be between 1 and 50000 (drivers time out a poll after 60 s)",
+                ));
             }
             if a.admin_address.is_some() && a.admin_groups.is_empty() {
                 return Err(problem("approvals.admin_groups", "name the groups that may use the admin API"));
@@ -736,6 +746,7 @@ impl Config {
             ("limits.header_timeout_ms", l.header_timeout_ms),
             ("limits.idle_timeout_ms", l.idle_timeout_ms),
             ("limits.body_timeout_ms", l.body_timeout_ms),
+            ("limits.chunk_url_ttl_secs", l.chunk_url_ttl_secs),
         ] {
             if value == 0 {
                 return Err(problem(key, "must be greater than zero"));
@@ -773,6 +784,7 @@ impl Config {
                 body: Duration::from_millis(l.body_timeout_ms),
             },
             agent_context_bytes_max: l.agent_context_bytes_max,
+            chunk_url_ttl: Duration::from_secs(l.chunk_url_ttl_secs),
             recording_dir: resolve(&file.recording.directory),
             recording_key,
             policy,

@@ -16,8 +16,11 @@ use std::time::Duration;
 use socket2::{Domain, Protocol, Socket, Type};
 use tracing::{debug, error, info, warn};
 
+use crate::admin::{self, AdminHandle};
 use crate::config::Config;
+use crate::policy::Subject;
 use crate::proxy::{Core, Gateway, StartError};
+use crate::record::{EventKind, Recorder, RecorderConfig};
 
 /// Which io driver a core runs.
 pub fn driver_name() -> &'static str {
@@ -40,7 +43,10 @@ pub struct Running {
     pub local_addr: SocketAddr,
     /// The shared state (for draining and counters).
     pub gateway: Arc<Gateway>,
+    /// Where the reviewers' admin API listens, when configured.
+    pub admin_addr: Option<SocketAddr>,
     cores: Vec<JoinHandle<()>>,
+    admin: Option<(AdminHandle, Arc<Recorder>)>,
 }
 
 impl Running {
@@ -50,11 +56,19 @@ impl Running {
         self.gateway.draining.store(true, Ordering::Release);
     }
 
-    /// Waits for every core to finish.
+    /// Waits for every core to finish, then stops the admin listener and its recorder.
     pub fn join(self) {
         for core in self.cores {
             if core.join().is_err() {
                 error!("A core thread panicked.");
+            }
+        }
+        if let Some((admin, recorder)) = self.admin {
+            admin.stop();
+            if let Ok(recorder) = Arc::try_unwrap(recorder)
+                && let Err(e) = recorder.stop()
+            {
+                error!(error = %e, "The admin recorder did not stop cleanly.");
             }
         }
     }
@@ -134,7 +148,78 @@ pub fn start(config: Config) -> Result<Running, StartError> {
             }
         }
     }
-    Ok(Running { local_addr, gateway, cores })
+    let admin = match gateway.config.approvals.admin_address {
+        Some(address) => match start_admin(&gateway, address) {
+            Ok(admin) => Some(admin),
+            Err(e) => {
+                gateway.draining.store(true, Ordering::Release);
+                return Err(e);
+            }
+        },
+        None => None,
+    };
+    let admin_addr = admin.as_ref().map(|(handle, _)| handle.local_addr());
+    Ok(Running { local_addr, gateway, admin_addr, cores, admin })
+}
+
+/// Starts the reviewers' admin API. Reviewers present their own OIDC token (verified like an
+/// agent's, against the keys already loaded); every decision is recorded, in a chain of its
+/// own (core number = the number of cores), and logged.
+fn start_admin(gateway: &Arc<Gateway>, address: SocketAddr) -> Result<(AdminHandle, Arc<Recorder>), StartError> {
+    let config = &gateway.config;
+    let io_error = |what: String| move |source| StartError::Io { what, source };
+    let listener = StdListener::bind(address).map_err(io_error(format!("admin listener on {address}")))?;
+    let mut recording = RecorderConfig::new(&config.recording_dir, config.runtime.cores as u16, config.recording_key);
+    recording.durability = config.runtime.recording.durability;
+    recording.zstd_level = config.runtime.recording.zstd_level;
+    let recorder = Arc::new(Recorder::start(recording).map_err(|e| StartError::Io {
+        what: format!("admin recording in {}", config.recording_dir.display()),
+        source: std::io::Error::other(e),
+    })?);
+    let verifying = gateway.clone();
+    let authenticate: admin::Authenticate = Arc::new(move |token: &str| {
+        verifying
+            .verifier
+            .verify(token, std::time::Instant::now())
+            .map(|identity| Subject { sub: identity.sub, groups: identity.groups })
+            .map_err(|e| e.to_string())
+    });
+    let recording = recorder.clone();
+    let on_decision: admin::OnDecision = Arc::new(move |decision: &admin::AdminDecision| {
+        let outcome = match &decision.outcome {
+            Ok(state) => format!("{state:?}"),
+            Err(e) => format!("refused: {e}"),
+        };
+        info!(
+            reviewer = %decision.reviewer.sub,
+            query_id = %decision.query_id,
+            decision = decision.kind.as_str(),
+            outcome = %outcome,
+            "Review decision."
+        );
+        let detail = format!(
+            "reviewer={} query_id={} decision={} outcome={} reason={}",
+            decision.reviewer.sub,
+            decision.query_id,
+            decision.kind.as_str(),
+            outcome,
+            decision.reason
+        );
+        if let Err(e) = recording.submit_event(EventKind::Other("review_decision".into()), detail) {
+            error!(error = %e, query_id = %decision.query_id, "A review decision was not recorded.");
+        }
+    });
+    let handle = admin::start(
+        listener,
+        gateway.ledger.clone(),
+        authenticate,
+        on_decision,
+        config.approvals.admin_groups.clone(),
+        admin::AdminLimits::default(),
+    )
+    .map_err(io_error(format!("admin listener on {address}")))?;
+    info!(address = %handle.local_addr(), "Admin API listening.");
+    Ok((handle, recorder))
 }
 
 async fn run_core(
@@ -214,6 +299,10 @@ async fn run_core(
 pub fn run(config: Config) -> Result<(), StartError> {
     let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT])
         .map_err(|source| StartError::Io { what: "signal handlers".into(), source })?;
+    // A file-size limit (RLIMIT_FSIZE) must fail the recorder's write with EFBIG, which it
+    // handles (statements are refused until writing works again), not kill the gateway.
+    signal_hook::flag::register(signal_hook::consts::SIGXFSZ, Arc::new(std::sync::atomic::AtomicBool::new(false)))
+        .map_err(|source| StartError::Io { what: "SIGXFSZ handler".into(), source })?;
     let running = start(config)?;
     println!("snowgate listening on {}", running.local_addr);
     if let Some(signal) = signals.forever().next() {

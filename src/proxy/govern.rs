@@ -45,8 +45,6 @@ use crate::session::{codes, refusal_body, snowflake_authorization, snowflake_tok
 pub const CHUNK_PATH: &str = "/snowgate/chunk/";
 /// What chunk grants are sealed for (a session token never opens as a grant, nor the reverse).
 const CHUNK_PURPOSE: &[u8] = b"snowgate-chunk-v1";
-/// How long a chunk grant is honoured (drivers fetch chunks as soon as they read the answer).
-const CHUNK_GRANT_TTL_SECS: u64 = 3600;
 /// How often a held poll looks at the ledger.
 const POLL_STEP: Duration = Duration::from_millis(50);
 /// The SSE-C headers a `qrmk` becomes when fetching a chunk from cloud storage.
@@ -126,7 +124,10 @@ pub async fn decide(core: &Core, subject: &Subject, text: String, capture: &mut 
         Ok(classified) => classified,
         Err(e) => {
             warn!(core = core.id, error = %e, "Classification failed; refusing the statement.");
-            return Decided::Refuse { code: codes::OVERLOADED, message: format!("snowgate could not classify it: {e}") };
+            return Decided::Refuse {
+                code: codes::OVERLOADED,
+                message: format!("snowgate could not classify it: {e}"),
+            };
         }
     };
     let verdict = policy.decide(subject, &classified);
@@ -363,7 +364,8 @@ async fn run_approved(
     info!(core = core.id, sub = %claims.sub, query_id, approvers = %approvers.join(","), "Approved statement running.");
     let mut headers = payload.headers.clone();
     headers.push((b"authorization".to_vec(), snowflake_authorization(&claims.upstream_token).into_bytes()));
-    let forwarded = UpstreamRequest { method: Method::Post, target: payload.target.clone(), headers, body: payload.body.clone() };
+    let forwarded =
+        UpstreamRequest { method: Method::Post, target: payload.target.clone(), headers, body: payload.body.clone() };
     let result = send(core, &forwarded, payload.body.clone(), capture).await;
     let upstream_query_id = result.as_ref().ok().and_then(|r| summarize_answer(&r.body)).and_then(|s| s.query_id);
     if let Err(e) = ledger(core).finish(query_id, upstream_query_id, unix_millis()) {
@@ -407,7 +409,12 @@ pub fn masked_sql_api(core: &Core, response: UpstreamResponse, capture: &mut Cap
         Ok(body) => Answer { status: response.status, upstream_headers: Some(response.headers), body, close: false },
         Err(reason) => {
             warn!(core = core.id, reason, "A SQL API answer could not be masked; withholding it.");
-            refuse_sql_api(capture, 502, codes::MASKING_FAILED, "snowgate could not mask this answer, so it withheld it")
+            refuse_sql_api(
+                capture,
+                502,
+                codes::MASKING_FAILED,
+                "snowgate could not mask this answer, so it withheld it",
+            )
         }
     }
 }
@@ -444,8 +451,7 @@ fn mask_result(
         }
     }
     core.gateway.metrics.values_masked.fetch_add(values_masked, std::sync::atomic::Ordering::Relaxed);
-    let Some(envelope) =
-        envelope.filter(|e| !e.chunks.is_empty() || e.qrmk.is_some() || !e.chunk_headers.is_empty())
+    let Some(envelope) = envelope.filter(|e| !e.chunks.is_empty() || e.qrmk.is_some() || !e.chunk_headers.is_empty())
     else {
         return Ok(buffer.freeze());
     };
@@ -487,9 +493,7 @@ struct ChunkGrant {
 }
 
 fn valid_host(host: &str) -> bool {
-    !host.is_empty()
-        && host.len() <= 255
-        && host.bytes().all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b))
+    !host.is_empty() && host.len() <= 255 && host.bytes().all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b))
 }
 
 fn grant_url(
@@ -512,13 +516,11 @@ fn grant_url(
         headers,
         sub: session.claims.sub.clone(),
         session_id: session.claims.session_id,
-        expires_at_unix: unix_seconds() + CHUNK_GRANT_TTL_SECS,
+        expires_at_unix: unix_seconds() + core.gateway.config.chunk_url_ttl.as_secs(),
         plans: plans.iter().map(|(name, plan)| (name.clone(), BASE64.encode(plan.encode()))).collect(),
     };
-    let sealed = core
-        .gateway
-        .sealer
-        .seal_bytes(CHUNK_PURPOSE, &serde_json::to_vec(&grant).expect("a grant always serialises"));
+    let sealed =
+        core.gateway.sealer.seal_bytes(CHUNK_PURPOSE, &serde_json::to_vec(&grant).expect("a grant always serialises"));
     let host = head
         .headers
         .get_str("host")
@@ -565,9 +567,14 @@ pub async fn chunk(core: &Core, head: &RequestHead, grant: &str, capture: &mut C
     let limit = gateway.config.limits.decompressed_bytes_max;
     let started = std::time::Instant::now();
     let headers: Vec<(&str, &str)> = grant.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-    let fetched =
-        upstream::fetch_with(&grant.url, &headers, gateway.chunk_tls.clone(), gateway.config.upstream.response_timeout, limit)
-            .await;
+    let fetched = upstream::fetch_with(
+        &grant.url,
+        &headers,
+        gateway.chunk_tls.clone(),
+        gateway.config.upstream.response_timeout,
+        limit,
+    )
+    .await;
     capture.upstream_time(started.elapsed());
     let body = match fetched {
         Ok(body) => body,

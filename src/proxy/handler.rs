@@ -13,11 +13,11 @@ use super::{Core, govern, unix_seconds};
 use crate::http::gzip::{self, GunzipError};
 use crate::http::{Headers, Method, RequestHead};
 use crate::identity::{AuthError, Identity, JwksSource};
+use crate::policy::Subject;
+use crate::policy::parameters::plan_query_parameters;
 use crate::record::{Decision, Frame, Principal, RequestFrame, RequestLink, ResponseFrame};
 use crate::session::credential::UpstreamCredential;
 use crate::session::login::{self, LoginError, SessionOwner};
-use crate::policy::Subject;
-use crate::policy::parameters::plan_query_parameters;
 use crate::session::query::summarize_answer;
 use crate::session::token::{TokenClaims, TokenError, TokenKind};
 use crate::session::{
@@ -603,7 +603,12 @@ async fn sql_api(core: &Core, endpoint: &Endpoint, head: &RequestHead, body: Byt
                     }
                 }
                 Err(refusal) => {
-                    return refuse_sql_api(capture, 422, codes::POLICY_DENIED, &format!("parameter refused: {refusal}"));
+                    return refuse_sql_api(
+                        capture,
+                        422,
+                        codes::POLICY_DENIED,
+                        &format!("parameter refused: {refusal}"),
+                    );
                 }
             }
             // The role comes from the identity, never from the agent.

@@ -123,11 +123,9 @@ impl Gateway {
             JwksSource::Url(url) if url.starts_with("https://") => Some(tls::client_config(None)?),
             _ => None,
         };
-        let classifier = ClassifierPool::start(PoolConfig {
-            threads: config.runtime.classifier_threads,
-            ..PoolConfig::default()
-        })
-        .map_err(|source| StartError::Io { what: "classifier threads".into(), source })?;
+        let classifier =
+            ClassifierPool::start(PoolConfig { threads: config.runtime.classifier_threads, ..PoolConfig::default() })
+                .map_err(|source| StartError::Io { what: "classifier threads".into(), source })?;
         let ledger = Arc::new(std::sync::Mutex::new(Ledger::new(config.approvals.ledger)));
         // Chunks live in cloud storage, not at the upstream: they are checked against the
         // system roots, or the upstream's CA when one is configured (a private test setup).

@@ -175,11 +175,7 @@ fn check_config_refuses_broken_files_naming_the_key() {
             replace_line(&good, "seal_key_file = \"seal.key\"", "seal_key_env = \"SNOWGATE_TEST_NO_SUCH_VAR\""),
             vec!["tokens.seal_key_env", "SNOWGATE_TEST_NO_SUCH_VAR"],
         ),
-        (
-            "no recording key",
-            replace_line(&good, "key_file = \"recording.key\"", ""),
-            vec!["recording.key_file"],
-        ),
+        ("no recording key", replace_line(&good, "key_file = \"recording.key\"", ""), vec!["recording.key_file"]),
         (
             "the recording key reusing the sealing key",
             replace_line(&good, "key_file = \"recording.key\"", "key_file = \"seal.key\""),
@@ -195,11 +191,7 @@ fn check_config_refuses_broken_files_naming_the_key() {
             replace_line(&good, "kinds = [\"select\"]", "kinds = [\"selekt\"]"),
             vec!["policy", "selekt"],
         ),
-        (
-            "an unknown detector",
-            replace_line(&good, "jwt = false", "jwtt = false"),
-            vec!["jwtt"],
-        ),
+        ("an unknown detector", replace_line(&good, "jwt = false", "jwtt = false"), vec!["jwtt"]),
         (
             "an admin listener without admin groups",
             format!("{good}\n[approvals]\nadmin_address = \"127.0.0.1:0\"\n"),
@@ -347,6 +339,14 @@ fn help_documents_every_flag_with_its_environment_variable() {
         ("--upstream-pool-size", "SNOWGATE_UPSTREAM_POOL_SIZE"),
         ("--max-connections", "SNOWGATE_MAX_CONNECTIONS"),
         ("--drain-timeout-secs", "SNOWGATE_DRAIN_TIMEOUT_SECS"),
+        ("--classifier-threads", "SNOWGATE_CLASSIFIER_THREADS"),
+        ("--durability", "SNOWGATE_DURABILITY"),
+        ("--fsync-interval-ms", "SNOWGATE_FSYNC_INTERVAL_MS"),
+        ("--recording-zstd-level", "SNOWGATE_RECORDING_ZSTD_LEVEL"),
+        ("--recording-queue-depth", "SNOWGATE_RECORDING_QUEUE_DEPTH"),
+        ("--recording-batch-frames", "SNOWGATE_RECORDING_BATCH_FRAMES"),
+        ("--recording-segment-mib", "SNOWGATE_RECORDING_SEGMENT_MIB"),
+        ("--recording-segment-age-secs", "SNOWGATE_RECORDING_SEGMENT_AGE_SECS"),
         ("--log-format", "SNOWGATE_LOG_FORMAT"),
         ("--check-config", "SNOWGATE_CHECK_CONFIG"),
     ];

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use crate::support::*;
 
-fn python() -> PathBuf {
+pub(crate) fn python() -> PathBuf {
     let python =
         std::env::var_os("SNOWGATE_TEST_PYTHON").map(PathBuf::from).unwrap_or_else(|| root().join(".venv/bin/python"));
     assert!(
@@ -23,9 +23,9 @@ fn python() -> PathBuf {
     python
 }
 
-struct Fakesnow {
+pub(crate) struct Fakesnow {
     child: Child,
-    addr: SocketAddr,
+    pub(crate) addr: SocketAddr,
 }
 
 impl Drop for Fakesnow {
@@ -35,7 +35,7 @@ impl Drop for Fakesnow {
     }
 }
 
-fn start_fakesnow(dir: &std::path::Path) -> Fakesnow {
+pub(crate) fn start_fakesnow(dir: &std::path::Path) -> Fakesnow {
     let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let log = std::fs::File::create(dir.join("fakesnow.log")).unwrap();
     let child = Command::new(python())

@@ -175,35 +175,23 @@ impl Default for GatewayOptions {
     }
 }
 
-/// A gateway running in this process; drains when dropped.
-pub struct TestGateway {
-    pub addr: SocketAddr,
-    pub dir: tempfile::TempDir,
-    running: Option<Running>,
-    _shared: Option<RwLockReadGuard<'static, ()>>,
-}
-
-impl TestGateway {
-    pub fn start(upstream_url: &str, options: GatewayOptions) -> TestGateway {
-        log_buffer();
-        let shared = (!options.exclusive).then(|| TIMING.read().unwrap_or_else(|poisoned| poisoned.into_inner()));
-        let dir = tempfile::tempdir().unwrap();
-        let seal_key: String = (0..32).map(|i| format!("{:02x}", (i * 7 + 3) as u8)).collect();
-        std::fs::write(dir.path().join("seal.key"), seal_key).unwrap();
-        std::fs::write(dir.path().join("recording.key"), RECORDING_KEY_HEX).unwrap();
-        let credential = match &options.credential {
-            Credential::KeyPair => {
-                std::fs::write(dir.path().join("upstream.pem"), snowgate_perf::test_keys::TEST_PRIVATE_KEY_PEM)
-                    .unwrap();
-                "private_key_file = \"upstream.pem\"".to_owned()
-            }
-            Credential::Password(password) => {
-                std::fs::write(dir.path().join("password"), password).unwrap();
-                "password_file = \"password\"".to_owned()
-            }
-        };
-        let config = format!(
-            r#"
+/// Writes a gateway configuration (and the keys it names) into `dir`; returns its path.
+pub fn write_config(dir: &Path, upstream_url: &str, options: &GatewayOptions) -> PathBuf {
+    let seal_key: String = (0..32).map(|i| format!("{:02x}", (i * 7 + 3) as u8)).collect();
+    std::fs::write(dir.join("seal.key"), seal_key).unwrap();
+    std::fs::write(dir.join("recording.key"), RECORDING_KEY_HEX).unwrap();
+    let credential = match &options.credential {
+        Credential::KeyPair => {
+            std::fs::write(dir.join("upstream.pem"), snowgate_perf::test_keys::TEST_PRIVATE_KEY_PEM).unwrap();
+            "private_key_file = \"upstream.pem\"".to_owned()
+        }
+        Credential::Password(password) => {
+            std::fs::write(dir.join("password"), password).unwrap();
+            "password_file = \"password\"".to_owned()
+        }
+    };
+    let config = format!(
+        r#"
 [listen]
 {listen}
 
@@ -232,15 +220,31 @@ key_file = "recording.key"
 
 {policy}
 "#,
-            policy = options.policy.as_deref().unwrap_or(PERMISSIVE_POLICY),
-            listen = options.listen.as_deref().unwrap_or("address = \"127.0.0.1:0\"\nplaintext = true"),
-            upstream_extra = options.upstream_extra,
-            jwks =
-                options.jwks.clone().unwrap_or_else(|| format!("jwks_file = \"{}\"", key_path("jwks.json").display())),
-            limits = options.limits,
-        );
-        let config_path = dir.path().join("snowgate.toml");
-        std::fs::File::create(&config_path).unwrap().write_all(config.as_bytes()).unwrap();
+        policy = options.policy.as_deref().unwrap_or(PERMISSIVE_POLICY),
+        listen = options.listen.as_deref().unwrap_or("address = \"127.0.0.1:0\"\nplaintext = true"),
+        upstream_extra = options.upstream_extra,
+        jwks = options.jwks.clone().unwrap_or_else(|| format!("jwks_file = \"{}\"", key_path("jwks.json").display())),
+        limits = options.limits,
+    );
+    let config_path = dir.join("snowgate.toml");
+    std::fs::File::create(&config_path).unwrap().write_all(config.as_bytes()).unwrap();
+    config_path
+}
+
+/// A gateway running in this process; drains when dropped.
+pub struct TestGateway {
+    pub addr: SocketAddr,
+    pub dir: tempfile::TempDir,
+    running: Option<Running>,
+    _shared: Option<RwLockReadGuard<'static, ()>>,
+}
+
+impl TestGateway {
+    pub fn start(upstream_url: &str, options: GatewayOptions) -> TestGateway {
+        log_buffer();
+        let shared = (!options.exclusive).then(|| TIMING.read().unwrap_or_else(|poisoned| poisoned.into_inner()));
+        let dir = tempfile::tempdir().unwrap();
+        let config_path = write_config(dir.path(), upstream_url, &options);
         let runtime = RuntimeSettings {
             cores: options.cores,
             pin_cpus: false,
@@ -364,6 +368,16 @@ pub fn recording_text(dir: &Path) -> String {
 }
 
 impl TestGateway {
+    /// The gateway's counters.
+    pub fn metrics(&self) -> &snowgate::proxy::Metrics {
+        &self.running.as_ref().expect("the gateway is running").gateway.metrics
+    }
+
+    /// Where the admin API listens, when configured.
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.running.as_ref().expect("the gateway is running").admin_addr.expect("no [approvals] admin_address")
+    }
+
     /// Starts draining, as SIGTERM does, without waiting for the cores to stop: listeners stop
     /// accepting and in-flight requests finish. [`TestGateway::stop`] then waits for the cores.
     pub fn drain(&self) {
@@ -374,10 +388,12 @@ impl TestGateway {
 }
 
 /// A TCP relay on 127.0.0.1 in front of `target` that keeps a copy of every byte `target`
-/// sends back: everything an agent connected through it received.
+/// sends back (everything an agent connected through it received) and of every byte sent to
+/// `target` (everything a gateway behind it sent upstream).
 pub struct Relay {
     pub addr: SocketAddr,
     received: Arc<Mutex<Vec<u8>>>,
+    sent: Arc<Mutex<Vec<u8>>>,
 }
 
 impl Relay {
@@ -385,14 +401,28 @@ impl Relay {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         let received = Arc::new(Mutex::new(Vec::new()));
+        let sent = Arc::new(Mutex::new(Vec::new()));
         let sink = received.clone();
+        let sent_sink = sent.clone();
         std::thread::spawn(move || {
             for client in listener.incoming() {
                 let Ok(client) = client else { return };
                 let Ok(server) = std::net::TcpStream::connect(target) else { continue };
                 let (mut client_read, mut server_write) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+                let sent_sink = sent_sink.clone();
                 std::thread::spawn(move || {
-                    let _ = std::io::copy(&mut client_read, &mut server_write);
+                    let mut buf = [0u8; 16 * 1024];
+                    loop {
+                        match std::io::Read::read(&mut client_read, &mut buf) {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => {
+                                sent_sink.lock().unwrap().extend_from_slice(&buf[..n]);
+                                if server_write.write_all(&buf[..n]).is_err() {
+                                    break;
+                                }
+                            }
+                        }
+                    }
                     let _ = server_write.shutdown(std::net::Shutdown::Write);
                 });
                 let sink = sink.clone();
@@ -414,7 +444,12 @@ impl Relay {
                 });
             }
         });
-        Relay { addr, received }
+        Relay { addr, received, sent }
+    }
+
+    /// Everything sent to the target so far, lossily as text.
+    pub fn sent(&self) -> String {
+        String::from_utf8_lossy(&self.sent.lock().unwrap()).into_owned()
     }
 
     /// Everything received so far, lossily as text.
@@ -436,4 +471,87 @@ pub fn unsealed_tokens(text: &str) -> Vec<String> {
         }
     }
     leaks
+}
+
+/// One request to the admin API (`Connection: close`): the status and the JSON body.
+pub fn admin_request(addr: SocketAddr, method: &str, path: &str, token: &str, body: Option<&Value>) -> (u16, Value) {
+    use std::io::Read as _;
+    let body = body.map(|b| b.to_string()).unwrap_or_default();
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nhost: admin\r\nauthorization: Bearer {token}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer).unwrap();
+    let text = String::from_utf8_lossy(&answer);
+    let status = text.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let json = text.split_once("\r\n\r\n").and_then(|(_, b)| serde_json::from_str(b).ok()).unwrap_or(Value::Null);
+    (status, json)
+}
+
+/// The `snowgate` binary run as its own process (for kill -9 and resource limits).
+pub struct GatewayProcess {
+    pub addr: SocketAddr,
+    pub child: std::process::Child,
+}
+
+impl GatewayProcess {
+    /// Starts `snowgate --config <config> --cores 1 <flags>`, under `wrapper` (e.g. `prlimit
+    /// ...`) when given, and waits for it to listen.
+    pub fn start(config: &Path, flags: &[&str], wrapper: &[&str]) -> GatewayProcess {
+        use std::io::BufRead as _;
+        let binary = env!("CARGO_BIN_EXE_snowgate");
+        let mut command = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut command = std::process::Command::new(program);
+                command.args(args).arg(binary);
+                command
+            }
+            None => std::process::Command::new(binary),
+        };
+        let mut child = command
+            .arg("--config")
+            .arg(config)
+            .args(["--cores", "1", "--classifier-threads", "1"])
+            .args(flags)
+            .env("SNOWGATE_LOG", "warn")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        let addr = line
+            .trim()
+            .strip_prefix("snowgate listening on ")
+            .unwrap_or_else(|| panic!("the gateway did not start: {line:?}"))
+            .parse()
+            .unwrap();
+        GatewayProcess { addr, child }
+    }
+
+    /// SIGKILL, and reap.
+    pub fn kill9(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    /// SIGTERM (drain), and wait for the exit.
+    pub fn terminate(mut self) {
+        let status = std::process::Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status().unwrap();
+        assert!(status.success());
+        assert!(self.child.wait().unwrap().success(), "the gateway did not stop cleanly");
+    }
+}
+
+/// The workspace's `snowgate-tools` binary (built by the same `cargo test --workspace`).
+pub fn tools_binary() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let release = exe.parent().and_then(Path::parent).unwrap();
+    let tools = release.join("snowgate-tools");
+    assert!(tools.exists(), "{} is missing: run the tests with `cargo test --workspace`", tools.display());
+    tools
 }

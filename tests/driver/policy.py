@@ -1,0 +1,50 @@
+"""Runs one policy scenario with the real Python driver through snowgate and prints a JSON
+summary on stdout: a blocked DROP, or a write that waits for review (approved, denied or
+timed out by the test driving the admin API meanwhile)."""
+
+import argparse
+import json
+import sys
+import time
+
+import snowflake.connector
+from snowflake.connector.errors import ProgrammingError
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--host", required=True)
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--token", required=True)
+    parser.add_argument("--mode", choices=["drop", "review"], required=True)
+    parser.add_argument("--suffix", required=True)
+    args = parser.parse_args()
+
+    conn = snowflake.connector.connect(
+        account="agentacct", user="agent", host=args.host, port=args.port, protocol="http",
+        authenticator="oauth", token=args.token, network_timeout=120,
+    )
+    cur = conn.cursor()
+    database = f"POLICY_{args.suffix}"
+    cur.execute(f"CREATE DATABASE IF NOT EXISTS {database}")
+    cur.execute(f"CREATE SCHEMA IF NOT EXISTS {database}.S")
+    cur.execute(f"USE SCHEMA {database}.S")
+    cur.execute("CREATE TABLE IF NOT EXISTS REVIEWED (ID INT, NAME VARCHAR)")
+    out: dict = {}
+    statement = f"DROP DATABASE {database}" if args.mode == "drop" else "INSERT INTO REVIEWED VALUES (1, 'approved-row')"
+    started = time.monotonic()
+    try:
+        cur.execute(statement)
+        out["rowcount"] = cur.rowcount
+    except ProgrammingError as e:
+        out["error"] = {"errno": e.errno, "msg": e.msg}
+    out["waited_secs"] = round(time.monotonic() - started, 3)
+    out["rows"] = [list(r) for r in cur.execute("SELECT ID, NAME FROM REVIEWED ORDER BY ID").fetchall()]
+    out["databases"] = [r[1] for r in cur.execute("SHOW DATABASES").fetchall()]
+    conn.close()
+    print(json.dumps(out))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,248 @@
+//! Masking in flight with the real Python driver: Arrow results from fakesnow (`fetchall()`
+//! and `fetch_pandas_all()`), and multi-chunk JSON and Arrow results (gzip with and without a
+//! header, SSE-C required) from the double. Configured columns and detected values are
+//! masked, everything else is identical to a direct run, types still decode, no raw value
+//! reaches the agent or the recording, and chunk URLs are bound to their session and expire.
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use aho_corasick::AhoCorasick;
+use serde_json::{Value, json};
+use snowgate_perf::corpus::ChunkLayout;
+use snowgate_perf::results::customers;
+
+use crate::driver::{python, start_fakesnow};
+use crate::support::*;
+
+const MASKING_POLICY: &str = r#"
+[policy]
+default = { action = "deny", message = "No snowgate rule allows this statement." }
+
+[[policy.rules]]
+name = "everything, masked"
+groups = ["*"]
+kinds = ["*"]
+action = "allow"
+masking_profile = "agents"
+
+[masking.profiles.agents.detectors]
+card = { mask = { style = "keep_last", keep = 4 } }
+
+[masking.profiles.agents.dictionary]
+words = ["Project Falcon"]
+mask = { style = "token", token = "[SECRET]" }
+
+[[masking.profiles.agents.columns]]
+name = "SSN"
+mask = { style = "null" }
+
+[[masking.profiles.agents.columns]]
+name = "SALARY"
+mask = { style = "type_valid" }
+"#;
+
+fn run_script(port: u16, args: &[&str]) -> Value {
+    let output = Command::new(python())
+        .arg(root().join("tests/driver/masking.py"))
+        .args(["--host", "127.0.0.1", "--port", &port.to_string(), "--token", &agent_token(json!({}))])
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "the masking script failed");
+    serde_json::from_slice(&output.stdout).unwrap()
+}
+
+fn text(cell: &Value) -> &str {
+    cell[1].as_str().unwrap_or_else(|| panic!("not a value: {cell}"))
+}
+
+const SETUP: &str = "CREATE DATABASE IF NOT EXISTS MASKDB;; CREATE SCHEMA IF NOT EXISTS MASKDB.S;; USE SCHEMA MASKDB.S;; \
+    CREATE OR REPLACE TABLE CUSTOMERS (ID INT, NAME VARCHAR, EMAIL VARCHAR, CARD VARCHAR, SSN VARCHAR, NOTE VARCHAR, \
+    SALARY NUMBER(10,2), BORN DATE);; \
+    INSERT INTO CUSTOMERS VALUES \
+    (1, 'Ada Lovelace', 'ada@example.com', '4111111111111111', '123-45-6789', 'met about Project Falcon', 1200.50, '1990-01-02'), \
+    (2, 'Alan Turing', 'alan.t@corp.example.org', '5500005555555559', NULL, 'nothing to see', 99.99, '1985-06-23'), \
+    (3, 'Grace Hopper', 'grace@navy.example', 'n/a', '987-65-4321', 'card 4012888888881881 on file', 0.01, '1970-12-09')";
+const SELECT: &str = "SELECT ID, NAME, EMAIL, CARD, SSN, NOTE, SALARY, BORN FROM MASKDB.S.CUSTOMERS ORDER BY ID";
+const RAW: [&str; 8] = [
+    "ada@example.com",
+    "alan.t@corp.example.org",
+    "grace@navy.example",
+    "4111111111111111",
+    "5500005555555559",
+    "123-45-6789",
+    "987-65-4321",
+    "Project Falcon",
+];
+
+/// Checks one masked row against the clear one, column by column.
+fn assert_masked_customer(clear: &[Value], masked: &[Value], source: &str) {
+    let context = format!("{source}: clear {clear:?}, masked {masked:?}");
+    for column in [0, 1, 7] {
+        assert_eq!(clear[column], masked[column], "ID, NAME and BORN must be untouched; {context}");
+    }
+    assert_eq!(text(&masked[2]), "*".repeat(text(&clear[2]).len()), "{context}");
+    let card = text(&clear[3]);
+    if card == "n/a" {
+        assert_eq!(masked[3], clear[3], "{context}");
+    } else {
+        assert_eq!(text(&masked[3]), format!("{}{}", "*".repeat(card.len() - 4), &card[card.len() - 4..]), "{context}");
+    }
+    assert_eq!(masked[4], Value::Null, "SSN must be NULL; {context}");
+    let note = text(&masked[5]);
+    match text(&clear[5]) {
+        "met about Project Falcon" => assert!(note.starts_with("met about [SECRET]") && note.len() == 24, "{context}"),
+        "card 4012888888881881 on file" => assert_eq!(note, "card ************1881 on file", "{context}"),
+        other => assert_eq!(note, other, "{context}"),
+    }
+    assert_eq!(masked[6][0], clear[6][0], "SALARY must keep its type; {context}");
+    assert_eq!(text(&masked[6]).parse::<f64>().unwrap(), 0.0, "{context}");
+}
+
+#[test]
+fn python_driver_gets_masked_arrow_results_from_fakesnow() {
+    let work = tempfile::tempdir().unwrap();
+    let fakesnow = start_fakesnow(work.path());
+    let direct = run_script(fakesnow.addr.port(), &["--setup", SETUP, "--query", SELECT, "--pandas"]);
+    let gateway = TestGateway::start(
+        &format!("http://{}", fakesnow.addr),
+        GatewayOptions { policy: Some(MASKING_POLICY.into()), ..Default::default() },
+    );
+    let relay = Relay::start(gateway.addr);
+    let masked = run_script(relay.addr.port(), &["--query", SELECT, "--pandas"]);
+    for (kind, clear_rows, masked_rows) in [
+        ("fetchall", &direct[0]["rows"], &masked[0]["rows"]),
+        ("fetch_pandas_all", &direct[0]["pandas"], &masked[0]["pandas"]),
+    ] {
+        let (clear_rows, masked_rows) = (clear_rows.as_array().unwrap(), masked_rows.as_array().unwrap());
+        assert_eq!(clear_rows.len(), 3, "{kind}: {clear_rows:?}");
+        assert_eq!(masked_rows.len(), 3, "{kind}: {masked_rows:?}");
+        for (clear, row) in clear_rows.iter().zip(masked_rows) {
+            assert_masked_customer(clear.as_array().unwrap(), row.as_array().unwrap(), kind);
+        }
+    }
+    let received = relay.received();
+    assert!(received.contains("rowsetBase64"), "fakesnow did not answer in Arrow");
+    let dir = gateway.stop();
+    let recording = recording_text(&dir.path().join("recordings"));
+    for raw in RAW {
+        assert!(!received.contains(raw), "{raw} reached the driver");
+        assert!(!recording.contains(raw), "{raw} reached the recording");
+    }
+}
+
+/// The double's chunked table as the driver should see it.
+fn chunked_rows() -> Vec<Vec<Option<String>>> {
+    customers("CHUNKED", ChunkLayout::default().total_rows()).rows
+}
+
+#[test]
+fn python_driver_gets_every_chunk_masked_through_the_gateway() {
+    let upstream = double(|_| {});
+    let gateway = TestGateway::start(
+        &upstream.url(),
+        GatewayOptions { policy: Some(MASKING_POLICY.into()), ..Default::default() },
+    );
+    let relay = Relay::start(gateway.addr);
+    let json_result = run_script(relay.addr.port(), &["--query", "select * from chunked_json"]);
+    let arrow_result = run_script(relay.addr.port(), &["--query", "select * from chunked_arrow", "--pandas"]);
+    let raw = chunked_rows();
+    assert!(raw.len() >= 30_000, "the chunked corpus shrank");
+    for (kind, rows) in [
+        ("JSON fetchall", &json_result[0]["rows"]),
+        ("Arrow fetchall", &arrow_result[0]["rows"]),
+        ("Arrow fetch_pandas_all", &arrow_result[0]["pandas"]),
+    ] {
+        let rows = rows.as_array().unwrap();
+        assert_eq!(rows.len(), raw.len(), "{kind}: every row must arrive");
+        for (clear, row) in raw.iter().zip(rows) {
+            let context = format!("{kind}: clear {clear:?}, masked {row}");
+            assert_eq!(text(&row[0]), clear[0].as_deref().unwrap(), "{context}");
+            assert_eq!(text(&row[1]), clear[1].as_deref().unwrap(), "{context}");
+            let email = clear[2].as_deref().unwrap();
+            assert_eq!(text(&row[2]), "*".repeat(email.len()), "{context}");
+            let card = clear[3].as_deref().unwrap();
+            assert_eq!(
+                text(&row[3]),
+                format!("{}{}", "*".repeat(card.len() - 4), &card[card.len() - 4..]),
+                "{context}"
+            );
+            assert_eq!(row[4], Value::Null, "{context}");
+        }
+    }
+    // Every chunk came through the gateway (three reads of twelve chunks: JSON, Arrow, Arrow
+    // again for pandas), with the SSE-C headers; the upstream's chunk URLs and key never
+    // reached the driver.
+    let chunk_downloads = upstream.stats.recorded(snowgate_perf::EndpointKind::Chunk);
+    assert_eq!(chunk_downloads.len(), 3 * ChunkLayout::default().chunk_count, "chunk downloads seen upstream");
+    for download in &chunk_downloads {
+        let has = |name: &str| download.headers.iter().any(|(n, _)| n.eq_ignore_ascii_case(name));
+        assert!(has(snowgate_perf::corpus::SSE_C_KEY_HEADER) && has(snowgate_perf::corpus::SSE_C_ALGORITHM_HEADER));
+        assert!(!has("authorization"), "the agent's session token was sent to cloud storage");
+    }
+    let received = relay.received();
+    assert!(!received.contains(snowgate_perf::corpus::QRMK), "the qrmk reached the driver");
+    assert!(!received.contains(&format!("{}/chunks/", upstream.url())), "an upstream chunk URL reached the driver");
+    let dir = gateway.stop();
+    let recording = recording_text(&dir.path().join("recordings"));
+    let canaries: Vec<&str> = raw.iter().flat_map(|r| [r[2].as_deref().unwrap(), r[3].as_deref().unwrap()]).collect();
+    let searcher = AhoCorasick::new(&canaries).unwrap();
+    assert_eq!(
+        searcher.find(&received).map(|m| canaries[m.pattern().as_usize()]),
+        None,
+        "a raw value reached the driver"
+    );
+    assert_eq!(searcher.find(&recording).map(|m| canaries[m.pattern().as_usize()]), None, "a raw value was recorded");
+}
+
+fn chunk_path(answer: &Value, index: usize) -> String {
+    let url = answer["data"]["chunks"][index]["url"].as_str().unwrap();
+    let after_scheme = url.split_once("://").unwrap().1;
+    after_scheme[after_scheme.find('/').unwrap()..].to_owned()
+}
+
+#[test]
+fn chunk_urls_are_bound_to_their_session_and_expire() {
+    let upstream = double(|_| {});
+    let gateway = TestGateway::start(
+        &upstream.url(),
+        GatewayOptions {
+            policy: Some(MASKING_POLICY.into()),
+            limits: "chunk_url_ttl_secs = 2".into(),
+            ..Default::default()
+        },
+    );
+    let mut client = gateway.client();
+    let (session, _) = login_ok(&mut client);
+    let answer = query(&mut client, &session, "select * from chunked_json").json().unwrap();
+    assert_eq!(answer["success"], true, "{answer}");
+    assert!(answer["data"].get("qrmk").is_none(), "{answer}");
+    assert_eq!(answer["data"]["chunkHeaders"], json!({"Authorization": authorization(&session)}));
+    let path = chunk_path(&answer, 0);
+    assert!(path.starts_with("/snowgate/chunk/sg1."), "{path}");
+
+    let own = client.get(&path, &[("authorization", &authorization(&session))]).unwrap();
+    assert_eq!(own.status, 200);
+    assert!(!String::from_utf8_lossy(&own.body).contains('@'), "an e-mail address in a masked chunk");
+
+    let mut other = gateway.client();
+    let (other_session, _) = login_ok(&mut other);
+    let stolen = other.get(&path, &[("authorization", &authorization(&other_session))]).unwrap();
+    assert_eq!(stolen.status, 403, "another session fetched the chunk");
+    let anonymous = other.get(&path, &[]).unwrap();
+    assert_eq!(anonymous.status, 403, "a chunk was fetched without a session");
+    let mut forged = path.clone().into_bytes();
+    let at = forged.len() - 5;
+    forged[at] = if forged[at] == b'A' { b'B' } else { b'A' };
+    let forged =
+        client.get(std::str::from_utf8(&forged).unwrap(), &[("authorization", &authorization(&session))]).unwrap();
+    assert_eq!(forged.status, 403, "a tampered grant was honoured");
+
+    std::thread::sleep(Duration::from_millis(2500));
+    let expired = client.get(&path, &[("authorization", &authorization(&session))]).unwrap();
+    assert_eq!(expired.status, 403, "an expired chunk URL was honoured");
+    assert!(String::from_utf8_lossy(&expired.body).contains("expired"));
+}

@@ -1,0 +1,238 @@
+//! The policy with the real Python driver through the gateway to fakesnow: a blocked `DROP`
+//! raises `ProgrammingError` with the rule's message and never reaches the upstream; a write
+//! under review waits (the driver polling a gateway `getResultUrl`) until a reviewer approves
+//! it through the admin API, then runs exactly once, or fails clearly when denied or timed
+//! out; the driver does not storm (requests counted); and every step is in the recording.
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use snowgate::record::{Decision, Frame};
+
+use crate::driver::{Fakesnow, python, start_fakesnow};
+use crate::support::*;
+
+/// Writes to anything wait for a `dba`; drops are denied; the rest is allowed.
+fn review_policy(timeout_secs: u64) -> String {
+    format!(
+        r#"
+[policy]
+default = {{ action = "deny", message = "No snowgate rule allows this statement." }}
+
+[[policy.rules]]
+name = "no destruction"
+groups = ["*"]
+kinds = ["drop", "truncate", "delete_all", "update_all", "create_or_replace", "undrop"]
+object_types = ["database", "schema"]
+action = "deny"
+message = "Destructive statements are blocked for agents."
+
+[[policy.rules]]
+name = "writes need a DBA"
+groups = ["*"]
+kinds = ["insert", "update", "delete", "merge"]
+action = "review"
+approvals = 1
+reviewer_groups = ["dba"]
+timeout_secs = {timeout_secs}
+message = "Waiting for a DBA to approve this write."
+
+[[policy.rules]]
+name = "the rest"
+groups = ["*"]
+kinds = ["*"]
+action = "allow"
+
+[approvals]
+admin_address = "127.0.0.1:0"
+admin_groups = ["dba"]
+poll_hold_ms = 1000
+"#
+    )
+}
+
+struct Setup {
+    _work: tempfile::TempDir,
+    _fakesnow: Fakesnow,
+    /// Between the gateway and fakesnow: what went upstream.
+    upstream: Relay,
+    gateway: TestGateway,
+}
+
+fn setup(review_timeout_secs: u64) -> Setup {
+    let work = tempfile::tempdir().unwrap();
+    let fakesnow = start_fakesnow(work.path());
+    let upstream = Relay::start(fakesnow.addr);
+    let gateway = TestGateway::start(
+        &format!("http://{}", upstream.addr),
+        GatewayOptions { policy: Some(review_policy(review_timeout_secs)), ..Default::default() },
+    );
+    Setup { _work: work, _fakesnow: fakesnow, upstream, gateway }
+}
+
+fn spawn_script(gateway: &TestGateway, mode: &str, suffix: &str) -> std::process::Child {
+    Command::new(python())
+        .arg(root().join("tests/driver/policy.py"))
+        .args(["--host", "127.0.0.1", "--port", &gateway.addr.port().to_string()])
+        .args(["--token", &agent_token(json!({})), "--mode", mode, "--suffix", suffix])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap()
+}
+
+fn outcome(child: std::process::Child) -> Value {
+    let output = child.wait_with_output().unwrap();
+    assert!(output.status.success(), "the policy script failed");
+    serde_json::from_slice(&output.stdout).unwrap()
+}
+
+fn reviewer_token() -> String {
+    agent_token(json!({"sub": "dba-1", "groups": ["dba"]}))
+}
+
+/// Waits until the admin API lists one pending statement, and returns its query id.
+fn wait_for_pending(gateway: &TestGateway) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (status, body) = admin_request(gateway.admin_addr(), "GET", "/v1/approvals", &reviewer_token(), None);
+        assert_eq!(status, 200, "{body}");
+        if let Some(item) = body["pending"].as_array().and_then(|items| items.first()) {
+            return item.clone();
+        }
+        assert!(Instant::now() < deadline, "nothing was parked");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn count(haystack: &str, needle: &str) -> usize {
+    haystack.matches(needle).count()
+}
+
+#[test]
+fn a_blocked_drop_raises_the_rules_message_and_never_reaches_the_upstream() {
+    let setup = setup(60);
+    let out = outcome(spawn_script(&setup.gateway, "drop", "DROP1"));
+    assert_eq!(out["error"]["errno"], 260010, "{out}");
+    assert!(out["error"]["msg"].as_str().unwrap().contains("Destructive statements are blocked for agents."), "{out}");
+    assert!(out["databases"].as_array().unwrap().iter().any(|d| d == "POLICY_DROP1"), "{out}");
+    let upstream = setup.upstream.sent();
+    assert!(count(&upstream, "CREATE DATABASE IF NOT EXISTS POLICY_DROP1") == 1, "the setup did not reach fakesnow");
+    assert_eq!(count(&upstream.to_ascii_uppercase(), "DROP DATABASE"), 0, "the DROP reached the upstream");
+
+    let dir = setup.gateway.stop();
+    let blocked: Vec<_> = read_records(&dir.path().join("recordings"))
+        .into_iter()
+        .filter_map(|r| match r.frame {
+            Frame::Request(request) => Some(request),
+            _ => None,
+        })
+        .filter(|r| matches!(&r.decision, Decision::Blocked { rule } if rule == "no destruction"))
+        .collect();
+    assert_eq!(blocked.len(), 1);
+    assert_eq!(blocked[0].statement.as_deref(), Some("DROP DATABASE POLICY_DROP1"));
+    assert_eq!(blocked[0].principal.sub.as_deref(), Some("agent-7"));
+}
+
+#[test]
+fn a_reviewed_write_waits_for_approval_then_runs_once() {
+    let setup = setup(60);
+    let child = spawn_script(&setup.gateway, "review", "APPROVE1");
+    let item = wait_for_pending(&setup.gateway);
+    assert_eq!(item["statement_text"], "INSERT INTO REVIEWED VALUES (1, 'approved-row')", "{item}");
+    assert_eq!(item["sub"], "agent-7");
+    assert_eq!(item["rule_name"], "writes need a DBA");
+    assert_eq!(count(&setup.upstream.sent(), "INSERT INTO REVIEWED"), 0, "the write ran before approval");
+    // Parked for a while: the driver keeps polling, held by the gateway, without storming.
+    std::thread::sleep(Duration::from_secs(3));
+    let requests_while_parked = setup.gateway.metrics().requests.load(std::sync::atomic::Ordering::Relaxed);
+    let query_id = item["query_id"].as_str().unwrap();
+    let (status, body) = admin_request(
+        setup.gateway.admin_addr(),
+        "POST",
+        &format!("/v1/approvals/{query_id}/approve"),
+        &reviewer_token(),
+        Some(&json!({"reason": "a one-row test write"})),
+    );
+    assert_eq!(status, 200, "{body}");
+    let out = outcome(child);
+    assert_eq!(out["rowcount"], 1, "{out}");
+    assert_eq!(out["rows"], json!([[1, "approved-row"]]), "{out}");
+    assert!(out["waited_secs"].as_f64().unwrap() >= 3.0, "{out}");
+    assert_eq!(count(&setup.upstream.sent(), "INSERT INTO REVIEWED"), 1, "the write did not run exactly once");
+    // Setup (4 statements) and login came before; over three seconds parked, with each poll
+    // held for a second, the driver polled a handful of times, not a storm.
+    assert!(requests_while_parked <= 6 + 3 + 3, "{requests_while_parked} requests while parked");
+
+    let dir = setup.gateway.stop();
+    let records = read_records(&dir.path().join("recordings"));
+    let decisions: Vec<Decision> = records
+        .iter()
+        .filter_map(|r| match &r.frame {
+            Frame::Request(request)
+                if request.statement.as_deref() == Some("INSERT INTO REVIEWED VALUES (1, 'approved-row')") =>
+            {
+                Some(request.decision.clone())
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        decisions,
+        vec![
+            Decision::Parked { rule: "writes need a DBA".into() },
+            Decision::Approved { rule: "writes need a DBA".into(), approver: "dba-1".into() }
+        ]
+    );
+    let review_events = records
+        .iter()
+        .filter(|r| matches!(&r.frame, Frame::Event(e) if e.kind.name() == "review_decision" && e.detail.contains("reviewer=dba-1")))
+        .count();
+    assert_eq!(review_events, 1);
+}
+
+#[test]
+fn a_denied_write_fails_with_the_reviewers_reason_and_never_runs() {
+    let setup = setup(60);
+    let child = spawn_script(&setup.gateway, "review", "DENY1");
+    let item = wait_for_pending(&setup.gateway);
+    let query_id = item["query_id"].as_str().unwrap();
+    let (status, body) = admin_request(
+        setup.gateway.admin_addr(),
+        "POST",
+        &format!("/v1/approvals/{query_id}/deny"),
+        &reviewer_token(),
+        Some(&json!({"reason": "not during the freeze"})),
+    );
+    assert_eq!(status, 200, "{body}");
+    let out = outcome(child);
+    assert_eq!(out["error"]["errno"], 260011, "{out}");
+    assert!(out["error"]["msg"].as_str().unwrap().contains("not during the freeze"), "{out}");
+    assert_eq!(out["rows"], json!([]), "{out}");
+    assert_eq!(count(&setup.upstream.sent(), "INSERT INTO REVIEWED"), 0);
+}
+
+#[test]
+fn an_undecided_write_times_out_denied() {
+    let setup = setup(2);
+    let out = outcome(spawn_script(&setup.gateway, "review", "TIMEOUT1"));
+    assert_eq!(out["error"]["errno"], 260012, "{out}");
+    assert!(out["error"]["msg"].as_str().unwrap().contains("timed out"), "{out}");
+    assert!(out["waited_secs"].as_f64().unwrap() >= 2.0, "{out}");
+    assert_eq!(out["rows"], json!([]), "{out}");
+    assert_eq!(count(&setup.upstream.sent(), "INSERT INTO REVIEWED"), 0);
+}
+
+#[test]
+fn the_admin_api_refuses_agents_and_strangers() {
+    let setup = setup(60);
+    let addr = setup.gateway.admin_addr();
+    let (status, _) = admin_request(addr, "GET", "/v1/approvals", &agent_token(json!({})), None);
+    assert_eq!(status, 403, "an agent outside the admin groups listed approvals");
+    let (status, _) = admin_request(addr, "GET", "/v1/approvals", "not-a-token", None);
+    assert_eq!(status, 401);
+    let forged = sign_rs256("attacker.pem", Some("key-a"), &json!({"sub": "dba-9", "groups": ["dba"]}));
+    let (status, _) = admin_request(addr, "GET", "/v1/approvals", &forged, None);
+    assert_eq!(status, 401, "a token signed by an unknown key was accepted");
+}
