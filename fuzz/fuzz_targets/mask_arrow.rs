@@ -64,7 +64,7 @@ fuzz_target!(|data: &[u8]| {
     let mut again = body.clone();
     let second = masker
         .mask(profile, &mut again, masked.plan.as_ref().or(plan.as_ref()), &mut scratch)
-        .expect("the masker refused its own output");
+        .unwrap_or_else(|e| panic!("the masker refused its own output ({e}): {:?}", String::from_utf8_lossy(&body)));
     assert_eq!(second.format, masked.format);
     assert_eq!(again, body, "masking the masked stream changed it again");
 });
