@@ -36,9 +36,10 @@ fn master() -> TokenClaims {
 
 fn query_request(data: &[u8]) {
     let Ok(request) = parse_query_request(data) else { return };
-    // serde_json does not check UTF-8 inside members it skips, so a body that parses may hold
-    // invalid UTF-8 there: read the reference with those bytes replaced (members read are checked).
-    let value: Value = serde_json::from_str(&String::from_utf8_lossy(data)).expect("a parsed query request is JSON");
+    // serde_json does not check members it skips (UTF-8, number range: see
+    // fuzz/artifacts-found/session_json), so the reference reading replaces invalid UTF-8 and
+    // compares only when it can read the body at all.
+    let Ok(value) = serde_json::from_str::<Value>(&String::from_utf8_lossy(data)) else { return };
     // Known (fuzz/artifacts-found/session_json): serde's derived structs also read JSON arrays,
     // by position. Reported, not fixed here; skipped so that fuzzing goes on past it.
     if !value.is_object() || value["parameters"].is_array() {
@@ -60,7 +61,7 @@ fn query_request(data: &[u8]) {
 
 fn answer(data: &[u8]) {
     let Some(summary) = summarize_answer(data) else { return };
-    let value: Value = serde_json::from_str(&String::from_utf8_lossy(data)).expect("a summarised answer is JSON");
+    let Ok(value) = serde_json::from_str::<Value>(&String::from_utf8_lossy(data)) else { return };
     // Known, as for query requests: an array is read by position.
     if !value.is_object() || value["data"].is_array() {
         return;
