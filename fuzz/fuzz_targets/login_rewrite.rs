@@ -1,22 +1,50 @@
-//! Login bodies from agents: parsing and rewriting never panic, and the rewritten body never
-//! carries the agent's token or any secret field besides the gateway's own credential.
+//! Fuzz target `login_rewrite`: login bodies from agents. Invariants: parsing and rewriting
+//! never panic; the rewritten body is the agent's document with every secret login field
+//! removed (its OIDC token, passwords, passcodes, SAML, secondary roles...) and the gateway's
+//! account, user and credential written in, nothing else changed. The agent's token survives
+//! only where the agent itself put it outside the `TOKEN` field.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
+use serde_json::{Map, Value};
 use snowgate::session::credential::{Secret, UpstreamCredential};
 use snowgate::session::login::parse_login_request;
+
+/// The fields an agent must not choose (src/session/login.rs `SECRET_LOGIN_FIELDS`).
+const SECRET_LOGIN_FIELDS: [&str; 11] = [
+    "PASSWORD",
+    "TOKEN",
+    "PASSCODE",
+    "PASSCODE_IN_PASSWORD",
+    "EXT_AUTHN_DUO_METHOD",
+    "PROOF_KEY",
+    "RAW_SAML_RESPONSE",
+    "PROVIDER",
+    "CHOSEN_NEW_PASSWORD",
+    "SECONDARY_ROLES",
+    "BROWSER_MODE_REDIRECT_PORT",
+];
 
 fuzz_target!(|data: &[u8]| {
     let Ok(request) = parse_login_request(data) else { return };
     let token = request.oidc_token.clone();
     let credential = UpstreamCredential::Password(Secret::new("gateway-password".into()));
     let body = request.into_upstream_body("ACCT", "USER", &credential, 0);
-    let value: serde_json::Value = serde_json::from_slice(&body).expect("the rewrite is JSON");
-    let data = &value["data"];
-    assert_eq!(data["AUTHENTICATOR"], "SNOWFLAKE");
-    assert_eq!(data["PASSWORD"], "gateway-password");
-    assert!(data.get("TOKEN").is_none() && data.get("PASSCODE").is_none());
-    if token.len() > 8 {
-        assert!(!String::from_utf8_lossy(&body).contains(&token));
+    let output: Map<String, Value> = serde_json::from_slice(&body).expect("the rewrite is JSON");
+
+    let mut expected: Map<String, Value> = serde_json::from_slice(data).expect("a parsed login is JSON");
+    let expected_data = expected.get_mut("data").and_then(Value::as_object_mut).expect("a parsed login has data");
+    assert_eq!(expected_data.get("TOKEN"), Some(&Value::String(token)));
+    for field in SECRET_LOGIN_FIELDS {
+        expected_data.remove(field);
     }
+    for (field, value) in [
+        ("ACCOUNT_NAME", "ACCT"),
+        ("LOGIN_NAME", "USER"),
+        ("AUTHENTICATOR", "SNOWFLAKE"),
+        ("PASSWORD", "gateway-password"),
+    ] {
+        expected_data.insert(field.into(), Value::String(value.into()));
+    }
+    assert_eq!(output, expected, "the rewrite changed more than the credential fields");
 });

