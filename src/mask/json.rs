@@ -498,6 +498,14 @@ fn mask_whole_string(
         let len = decoded.len();
         body[content..content + len].copy_from_slice(decoded);
         let new_len = type_valid_text(value_type, &mut body[content..content + len]);
+        // What a type-valid mask keeps (a TIMESTAMP_TZ offset) is decoded text now: a quote,
+        // backslash or control character in it would end or break the string, so it becomes
+        // `0` (an offset is digits; anything else was never a valid one).
+        for byte in &mut body[content..content + new_len] {
+            if *byte == b'"' || *byte == b'\\' || *byte < 0x20 {
+                *byte = b'0';
+            }
+        }
         close_early(body, content + new_len, close);
     } else {
         let new_len = type_valid_text(value_type, &mut body[content..close]);

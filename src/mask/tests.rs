@@ -141,6 +141,26 @@ mask = { style = "type_valid" }
 }
 
 #[test]
+fn a_type_valid_timestamp_tz_with_escapes_stays_valid_json() {
+    // Found by the mask_json fuzz target: the kept offset was written decoded, so an escaped
+    // quote in it ended the string early.
+    let masker = masker(
+        r#"
+[[masking.profiles.p.columns]]
+name = "*"
+mask = { style = "type_valid" }
+"#,
+    );
+    let p = masker.profile("p").unwrap();
+    let mut body = br#"{"data":{"rowtype":[{"name":"TZ","type":"timestamp_tz","scale":9,"nullable":false}],"rowset":[["11 1\"}\n"]]}}"#.to_vec();
+    let len = body.len();
+    masker.mask(p, &mut body, None, &mut Scratch::default()).unwrap();
+    assert_eq!(body.len(), len);
+    let rows = decoded_rows(&body, "/data/rowset");
+    assert_eq!(rows[0][0].as_deref(), Some("00 10}0"));
+}
+
+#[test]
 fn tokens_shrink_json_values_and_fall_back_when_too_long() {
     let masker = masker(
         r#"

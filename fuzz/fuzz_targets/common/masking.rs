@@ -72,12 +72,3 @@ pub fn columns(n: usize) -> Vec<Column> {
 pub fn plan(profile: ProfileId, n: usize) -> ColumnPlan {
     masker().plan(profile, &columns(n))
 }
-
-/// Known library bug (fuzz/artifacts-found/mask_json, reported, not fixed here): the type-valid
-/// mask of an escaped TIMESTAMP_TZ string writes its offset decoded, unescaped, so a `\"` in it
-/// ends the string early. Inputs that may reach it skip the checks it breaks, so that fuzzing
-/// (and CI) goes on past it; remove this once the masker is fixed.
-pub fn known_timestamp_tz_bug(input: &[u8], plan: Option<&ColumnPlan>) -> bool {
-    let timestamp_tz = plan.is_some_and(|p| p.columns().iter().any(|c| c.value_type == ValueType::TimestampTz));
-    timestamp_tz && input.contains(&b'\\')
-}
