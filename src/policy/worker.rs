@@ -188,6 +188,18 @@ impl Drop for ClassifierPool {
     }
 }
 
+/// Statements up to this size are classified on the calling core ([`classify_inline`]): with
+/// the size and nesting limits checked before parsing, they cannot take long, and a hop to a
+/// classifier thread (two wake-ups and context switches) costs more than classifying them.
+/// Larger ones go to the pool, where a slow one stalls a classifier thread, not a core.
+pub const INLINE_BYTES_MAX: usize = 4096;
+
+/// Classifies `text` on the calling thread, a panic becoming [`ClassifyError::Panicked`].
+/// For statements up to [`INLINE_BYTES_MAX`]; larger ones belong on the pool.
+pub fn classify_inline(text: &str, limits: &Limits) -> Result<Classified, ClassifyError> {
+    catch_unwind(AssertUnwindSafe(|| classify(text, limits))).map_err(|_| ClassifyError::Panicked)
+}
+
 fn worker_loop(receiver: &Mutex<Receiver<Job>>) {
     loop {
         let job = {
@@ -203,6 +215,29 @@ fn worker_loop(receiver: &Mutex<Receiver<Job>>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn inline_classification_equals_the_pools() {
+        let pool = ClassifierPool::start(PoolConfig { threads: 1, ..PoolConfig::default() }).unwrap();
+        let limits = Limits::default();
+        for text in ["select 1", "drop table t; select 2", "grant role r to user u", "select ((((1"] {
+            let pooled = futures_lite_block_on(pool.classify(text.to_owned(), limits));
+            assert_eq!(classify_inline(text, &limits), pooled, "{text}");
+        }
+        pool.shutdown();
+    }
+
+    fn futures_lite_block_on<F: Future>(future: F) -> F::Output {
+        let waker = Waker::noop();
+        let mut cx = Context::from_waker(waker);
+        let mut future = std::pin::pin!(future);
+        loop {
+            if let Poll::Ready(out) = future.as_mut().poll(&mut cx) {
+                return out;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+    }
     use crate::policy::model::{Kind, Refusal};
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::task::Wake;

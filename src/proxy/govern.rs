@@ -35,6 +35,7 @@ use crate::http::{Method, RequestHead};
 use crate::mask::{ColumnPlan, Envelope, rebuild_envelope};
 use crate::policy::approvals::{Ledger, LedgerError, ParkRequest, PollState, RequestKey};
 use crate::policy::parameters::plan_query_parameters;
+use crate::policy::worker::{INLINE_BYTES_MAX, classify_inline};
 use crate::policy::{DecidedBy, ReviewRequirement, Subject, VerdictAction};
 use crate::record::Decision;
 use crate::session::query::{parse_query_request, summarize_answer};
@@ -120,7 +121,12 @@ fn ledger(core: &Core) -> MutexGuard<'_, Ledger<ParkedStatement>> {
 /// Classifies `text` off the core and decides it. A denial is noted in `capture`.
 pub async fn decide(core: &Core, subject: &Subject, text: String, capture: &mut Capture) -> Decided {
     let policy = &core.gateway.config.policy;
-    let classified = match core.gateway.classifier.classify(text, *policy.limits()).await {
+    let classified = if text.len() <= INLINE_BYTES_MAX {
+        classify_inline(&text, policy.limits())
+    } else {
+        core.gateway.classifier.classify(text, *policy.limits()).await
+    };
+    let classified = match classified {
         Ok(classified) => classified,
         Err(e) => {
             warn!(core = core.id, error = %e, "Classification failed; refusing the statement.");

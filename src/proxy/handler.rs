@@ -343,7 +343,7 @@ pub(super) async fn admit(core: &Core, capture: &mut Capture) -> Result<(), Answ
         capture.refused_code = Some(codes::RECORDING_UNAVAILABLE.to_owned());
         recording_unavailable_answer()
     };
-    let ticket = match core.recorder.submit(Frame::Request(capture.request_frame())) {
+    let ticket = match core.submit(Frame::Request(capture.request_frame())).await {
         Ok(ticket) => ticket,
         Err(e) => return Err(refused(capture, &e.to_string())),
     };

@@ -34,7 +34,10 @@ use crate::identity::{JwksSource, Verifier};
 use crate::mask::Scratch;
 use crate::policy::approvals::Ledger;
 use crate::policy::worker::{ClassifierPool, PoolConfig};
-use crate::record::{Frame, Recorder, RecorderConfig, Ticket};
+use crate::record::{Frame, RecordUnavailable, Recorder, RecorderConfig, Ticket};
+
+/// How long a core waits for room in a full recorder queue before refusing the exchange.
+const QUEUE_FULL_WAIT: Duration = Duration::from_millis(200);
 use crate::session::token::Sealer;
 use io::{Conn, ReadError, Stream};
 use upstream::{Endpoint, Pool};
@@ -317,14 +320,16 @@ impl Core {
     /// instead of an answer nobody could audit.
     async fn record(&self, capture: handler::Capture, answer: handler::Answer, total_us: u64) -> handler::Answer {
         let admitted = capture.was_admitted();
-        let (request, response) = capture.into_frames(&answer, unix_micros(), total_us);
+        let (request, mut response) = capture.into_frames(&answer, unix_micros(), total_us);
         let ticket = match request {
-            Some(request) => self.recorder.submit(Frame::Request(request)).and_then(|ticket| {
-                let mut response = response;
-                response.request = Some(ticket.link());
-                self.recorder.submit(Frame::Response(response))
-            }),
-            None => self.recorder.submit(Frame::Response(response)),
+            Some(request) => match self.submit(Frame::Request(request)).await {
+                Ok(ticket) => {
+                    response.request = Some(ticket.link());
+                    self.submit(Frame::Response(response)).await
+                }
+                Err(e) => Err(e),
+            },
+            None => self.submit(Frame::Response(response)).await,
         };
         let outcome = match ticket {
             Ok(ticket) if admitted && self.recorder.durability().hold_answer_until_durable() => {
@@ -346,6 +351,20 @@ impl Core {
                 }
             }
         }
+    }
+
+    /// Hands a frame to the recorder. A full queue is backpressure, not yet a failure: the
+    /// core waits for room (yielding the CPU, which the recorder thread may share) up to
+    /// [`QUEUE_FULL_WAIT`], and only then refuses.
+    pub(crate) async fn submit(&self, frame: Frame) -> Result<Ticket, RecordUnavailable> {
+        let deadline = std::time::Instant::now() + QUEUE_FULL_WAIT;
+        // Only this core's tasks push to its queue and no await separates the check from the
+        // push, so room seen here is room the push finds.
+        while self.recorder.queue_is_full() && std::time::Instant::now() < deadline {
+            self.recorder.wake();
+            monoio::time::sleep(Duration::from_micros(500)).await;
+        }
+        self.recorder.submit(frame)
     }
 
     /// Waits (bounded) until `ticket`'s record is durable.

@@ -597,6 +597,12 @@ impl Recorder {
         &self.shared.stats
     }
 
+    /// Whether the queue is full right now (a submit would be refused with `QueueFull`).
+    /// Lets a caller wait for room instead of losing the frame it would have submitted.
+    pub fn queue_is_full(&self) -> bool {
+        self.shared.queue.is_full()
+    }
+
     /// The recorder's state.
     pub fn health(&self) -> RecorderHealth {
         match self.shared.health() {

@@ -224,11 +224,7 @@ pub fn goals(report: &Report) -> Vec<Goal> {
     for p in &report.payloads {
         for (name, runs) in &p.closed {
             let Some(ratio) = recording_ratio(runs) else { continue };
-            let stand_in = if *name == "snowgate-forward" {
-                " (today's JSON-lines stand-in: metadata only, no bodies)"
-            } else {
-                ""
-            };
+            let stand_in = "";
             goals.push(Goal {
                 goal: format!("recording ≤ 0.25 bytes on disk per raw byte, {} result, {name}", p.name),
                 today: format!("{ratio:.3}{stand_in}"),
