@@ -236,3 +236,21 @@ fn the_admin_api_refuses_agents_and_strangers() {
     let (status, _) = admin_request(addr, "GET", "/v1/approvals", &forged, None);
     assert_eq!(status, 401, "a token signed by an unknown key was accepted");
 }
+
+#[test]
+fn a_hundred_thousand_nested_parentheses_are_denied_and_the_core_survives() {
+    let upstream = double(|_| {});
+    let gateway = TestGateway::start(&upstream.url(), GatewayOptions::default());
+    let mut client = gateway.client();
+    let (session, _) = login_ok(&mut client);
+    let deep = format!("select {}1{}", "(".repeat(100_000), ")".repeat(100_000));
+    let answer = query(&mut client, &session, &deep);
+    assert_refused(&answer, "260010");
+    // The same core answers the next statement at once.
+    let started = Instant::now();
+    let next = query(&mut client, &session, "select 1").json().unwrap();
+    assert_eq!(next["success"], true, "{next}");
+    assert!(started.elapsed() < Duration::from_secs(2));
+    let seen = upstream.stats.recorded(snowgate_perf::EndpointKind::Query);
+    assert_eq!(seen.len(), 1, "the deep statement reached the upstream");
+}
