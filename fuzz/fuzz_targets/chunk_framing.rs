@@ -57,10 +57,10 @@ fn envelope(data: &[u8]) {
         (0..envelope.chunks.len()).map(|i| format!("https://gateway.test/chunk/{i}?p=\"x\"")).collect();
     let url_refs: Vec<&str> = urls.iter().map(String::as_str).collect();
     assert_eq!(
-        rebuild_envelope(&body, &envelope, &url_refs[..url_refs.len().saturating_sub(1)]).is_err(),
+        rebuild_envelope(&body, &envelope, &url_refs[..url_refs.len().saturating_sub(1)], None).is_err(),
         !urls.is_empty()
     );
-    let rebuilt = rebuild_envelope(&body, &envelope, &url_refs).expect("the envelope rebuilds its own body");
+    let rebuilt = rebuild_envelope(&body, &envelope, &url_refs, None).expect("the envelope rebuilds its own body");
     if serde_json::from_slice::<Value>(&body).is_ok() {
         let value: Value = serde_json::from_slice(&rebuilt).expect("the rebuilt answer is JSON");
         let data = &value["data"];

@@ -7,7 +7,7 @@
 
 use std::sync::OnceLock;
 
-use snowgate::mask::{Column, ColumnPlan, Masker, MaskingSpec, ProfileId, ValueType};
+use snowgate::mask::{Column, ColumnPlan, Masker, MaskingSpec, ProfileId};
 
 /// The spec, as the `[masking]` table of a policy file would give it (in JSON).
 const SPEC: &str = r#"{"profiles": {
