@@ -541,7 +541,9 @@ impl GatewayProcess {
 
     /// SIGTERM (drain), and wait for the exit.
     pub fn terminate(mut self) {
-        let status = std::process::Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status().unwrap();
+        // The shell's built-in kill: a minimal system may have no kill binary.
+        let status =
+            std::process::Command::new("sh").args(["-c", &format!("kill -TERM {}", self.child.id())]).status().unwrap();
         assert!(status.success());
         assert!(self.child.wait().unwrap().success(), "the gateway did not stop cleanly");
     }
