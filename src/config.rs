@@ -295,6 +295,20 @@ pub struct RecordingSettings {
     pub durable_timeout: Duration,
 }
 
+impl RecordingSettings {
+    /// The recorder configuration of chain `core_id` (a core, or the admin listener's).
+    pub fn recorder_config(&self, directory: impl Into<PathBuf>, core_id: u16, key: [u8; 32]) -> RecorderConfig {
+        let mut recorder = RecorderConfig::new(directory, core_id, key);
+        recorder.durability = self.durability;
+        recorder.zstd_level = self.zstd_level;
+        recorder.queue_depth = self.queue_depth;
+        recorder.batch_frames_max = self.batch_frames_max;
+        recorder.segment_bytes_max = self.segment_bytes_max;
+        recorder.segment_age_max = self.segment_age_max;
+        recorder
+    }
+}
+
 impl Default for RecordingSettings {
     fn default() -> Self {
         let defaults = RecorderConfig::new("", 0, [0; 32]);
@@ -484,6 +498,30 @@ fn parse_hex_key(key: &str, text: &str) -> Result<Vec<u8>, ConfigError> {
     Ok((0..32).map(|i| u8::from_str_radix(&text[2 * i..2 * i + 2], 16).unwrap_or(0)).collect())
 }
 
+/// A 32-byte key from exactly one of a file (already resolved) or an environment variable,
+/// each given with the configuration key it came from.
+fn read_hex_key(
+    (file_key, file): (&'static str, Option<PathBuf>),
+    (env_key, env): (&'static str, Option<&str>),
+) -> Result<Vec<u8>, ConfigError> {
+    match (file, env) {
+        (Some(path), None) => {
+            let bytes = read_file(file_key, &path)?;
+            parse_hex_key(file_key, &String::from_utf8_lossy(&bytes))
+        }
+        (None, Some(var)) => {
+            let value =
+                std::env::var(var).map_err(|_| problem(env_key, format!("environment variable {var} is not set")))?;
+            parse_hex_key(env_key, &value)
+        }
+        _ => {
+            // The field names without their section: "set exactly one of key_file and key_env".
+            let field = |key: &'static str| key.rsplit('.').next().unwrap_or(key);
+            Err(problem(file_key, format!("set exactly one of {} and {}", field(file_key), field(env_key))))
+        }
+    }
+}
+
 fn parse_algorithm(key: &str, name: &str) -> Result<jsonwebtoken::Algorithm, ConfigError> {
     use jsonwebtoken::Algorithm::*;
     Ok(match name {
@@ -656,19 +694,10 @@ impl Config {
 
         let seal_keys = {
             let t = &file.tokens;
-            let current = match (&t.seal_key_file, &t.seal_key_env) {
-                (Some(f), None) => {
-                    let bytes = read_file("tokens.seal_key_file", &resolve(f))?;
-                    parse_hex_key("tokens.seal_key_file", &String::from_utf8_lossy(&bytes))?
-                }
-                (None, Some(var)) => {
-                    let value = std::env::var(var).map_err(|_| {
-                        problem("tokens.seal_key_env", format!("environment variable {var} is not set"))
-                    })?;
-                    parse_hex_key("tokens.seal_key_env", &value)?
-                }
-                _ => return Err(problem("tokens.seal_key_file", "set exactly one of seal_key_file and seal_key_env")),
-            };
+            let current = read_hex_key(
+                ("tokens.seal_key_file", t.seal_key_file.as_deref().map(&resolve)),
+                ("tokens.seal_key_env", t.seal_key_env.as_deref()),
+            )?;
             let mut keys = vec![current];
             for f in &t.previous_key_files {
                 let bytes = read_file("tokens.previous_key_files", &resolve(f))?;
@@ -679,18 +708,10 @@ impl Config {
 
         let recording_key = {
             let r = &file.recording;
-            let key = match (&r.key_file, &r.key_env) {
-                (Some(f), None) => {
-                    let bytes = read_file("recording.key_file", &resolve(f))?;
-                    parse_hex_key("recording.key_file", &String::from_utf8_lossy(&bytes))?
-                }
-                (None, Some(var)) => {
-                    let value = std::env::var(var)
-                        .map_err(|_| problem("recording.key_env", format!("environment variable {var} is not set")))?;
-                    parse_hex_key("recording.key_env", &value)?
-                }
-                _ => return Err(problem("recording.key_file", "set exactly one of key_file and key_env")),
-            };
+            let key = read_hex_key(
+                ("recording.key_file", r.key_file.as_deref().map(&resolve)),
+                ("recording.key_env", r.key_env.as_deref()),
+            )?;
             if seal_keys.contains(&key) {
                 return Err(problem("recording.key_file", "the recording key must differ from the token sealing keys"));
             }
@@ -758,15 +779,11 @@ impl Config {
         if runtime.classifier_threads == 0 {
             return Err(problem("--classifier-threads", "must be greater than zero"));
         }
-        let mut recorder = RecorderConfig::new(resolve(&file.recording.directory), 0, recording_key);
-        let r = &runtime.recording;
-        recorder.durability = r.durability;
-        recorder.zstd_level = r.zstd_level;
-        recorder.queue_depth = r.queue_depth;
-        recorder.batch_frames_max = r.batch_frames_max;
-        recorder.segment_bytes_max = r.segment_bytes_max;
-        recorder.segment_age_max = r.segment_age_max;
-        recorder.validate().map_err(|e| problem("--recording-*", e.to_string()))?;
+        runtime
+            .recording
+            .recorder_config(resolve(&file.recording.directory), 0, recording_key)
+            .validate()
+            .map_err(|e| problem("--recording-*", e.to_string()))?;
 
         Ok(Config {
             listen,

@@ -20,7 +20,7 @@ use crate::admin::{self, AdminHandle};
 use crate::config::Config;
 use crate::policy::Subject;
 use crate::proxy::{Core, Gateway, StartError};
-use crate::record::{EventKind, Recorder, RecorderConfig};
+use crate::record::{EventKind, Recorder};
 
 /// Which io driver a core runs.
 pub fn driver_name() -> &'static str {
@@ -169,9 +169,11 @@ fn start_admin(gateway: &Arc<Gateway>, address: SocketAddr) -> Result<(AdminHand
     let config = &gateway.config;
     let io_error = |what: String| move |source| StartError::Io { what, source };
     let listener = StdListener::bind(address).map_err(io_error(format!("admin listener on {address}")))?;
-    let mut recording = RecorderConfig::new(&config.recording_dir, config.runtime.cores as u16, config.recording_key);
-    recording.durability = config.runtime.recording.durability;
-    recording.zstd_level = config.runtime.recording.zstd_level;
+    let recording = config.runtime.recording.recorder_config(
+        &config.recording_dir,
+        config.runtime.cores as u16,
+        config.recording_key,
+    );
     let recorder = Arc::new(Recorder::start(recording).map_err(|e| StartError::Io {
         what: format!("admin recording in {}", config.recording_dir.display()),
         source: std::io::Error::other(e),

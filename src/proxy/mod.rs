@@ -34,7 +34,7 @@ use crate::identity::{JwksSource, Verifier};
 use crate::mask::Scratch;
 use crate::policy::approvals::Ledger;
 use crate::policy::worker::{ClassifierPool, PoolConfig};
-use crate::record::{Frame, RecordUnavailable, Recorder, RecorderConfig, Ticket};
+use crate::record::{Frame, RecordUnavailable, Recorder, Ticket};
 
 /// How long a core waits for room in a full recorder queue before refusing the exchange.
 const QUEUE_FULL_WAIT: Duration = Duration::from_millis(200);
@@ -179,14 +179,7 @@ impl Core {
             limits: c.limits,
         };
         let pool = Pool::new(endpoint, c.runtime.upstream_pool_size, c.runtime.read_buffer_bytes);
-        let r = &c.runtime.recording;
-        let mut recorder = RecorderConfig::new(&c.recording_dir, id as u16, c.recording_key);
-        recorder.durability = r.durability;
-        recorder.zstd_level = r.zstd_level;
-        recorder.queue_depth = r.queue_depth;
-        recorder.batch_frames_max = r.batch_frames_max;
-        recorder.segment_bytes_max = r.segment_bytes_max;
-        recorder.segment_age_max = r.segment_age_max;
+        let recorder = c.runtime.recording.recorder_config(&c.recording_dir, id as u16, c.recording_key);
         let recorder = Recorder::start(recorder).map_err(|e| StartError::Io {
             what: format!("recording directory {}", c.recording_dir.display()),
             source: std::io::Error::other(e),
