@@ -8,22 +8,7 @@
 use libfuzzer_sys::fuzz_target;
 use serde_json::{Map, Value};
 use snowgate::session::credential::{Secret, UpstreamCredential};
-use snowgate::session::login::parse_login_request;
-
-/// The fields an agent must not choose (src/session/login.rs `SECRET_LOGIN_FIELDS`).
-const SECRET_LOGIN_FIELDS: [&str; 11] = [
-    "PASSWORD",
-    "TOKEN",
-    "PASSCODE",
-    "PASSCODE_IN_PASSWORD",
-    "EXT_AUTHN_DUO_METHOD",
-    "PROOF_KEY",
-    "RAW_SAML_RESPONSE",
-    "PROVIDER",
-    "CHOSEN_NEW_PASSWORD",
-    "SECONDARY_ROLES",
-    "BROWSER_MODE_REDIRECT_PORT",
-];
+use snowgate::session::login::{SECRET_LOGIN_FIELDS, parse_login_request};
 
 fuzz_target!(|data: &[u8]| {
     let Ok(request) = parse_login_request(data) else { return };

@@ -13,7 +13,7 @@ use super::token::{Sealer, TokenClaims, TokenError, TokenKind};
 /// Login fields that carry secrets or widen the login; the gateway removes them all before
 /// writing its own credential. `SECONDARY_ROLES` would let an agent act with every role the
 /// gateway's user holds.
-const SECRET_LOGIN_FIELDS: [&str; 11] = [
+pub const SECRET_LOGIN_FIELDS: [&str; 11] = [
     "PASSWORD",
     "TOKEN",
     "PASSCODE",
