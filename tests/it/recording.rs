@@ -59,10 +59,9 @@ fn recorded_request_ids(dir: &Path) -> (BTreeSet<String>, BTreeSet<String>) {
 }
 
 fn query_with_id(client: &mut Client, session: &str, request_id: &str, sql: &str) -> Option<Value> {
-    let body = json!({"sqlText": sql, "asyncExec": false, "sequenceId": 1, "querySubmissionTime": 1,
-        "isInternal": false, "describeOnly": false, "parameters": {}, "queryContextDTO": {"entries": []}});
     let target = format!("/queries/v1/query-request?requestId={request_id}");
-    let answer = client.post_json(&target, &[("authorization", &authorization(session))], &body, false).ok()?;
+    let answer =
+        client.post_json(&target, &[("authorization", &authorization(session))], &query_body(sql), false).ok()?;
     answer.json().ok()
 }
 

@@ -329,11 +329,15 @@ pub fn authorization(token: &str) -> String {
 
 pub const QUERY_TARGET: &str = "/queries/v1/query-request?requestId=6d2b8a56-3d0a-4a51-8f3c-2d9c1f0e7b44";
 
+/// The Python driver's `query-request` body for `sql`.
+pub fn query_body(sql: &str) -> Value {
+    json!({"sqlText": sql, "asyncExec": false, "sequenceId": 1, "querySubmissionTime": 1,
+        "isInternal": false, "describeOnly": false, "parameters": {}, "queryContextDTO": {"entries": []}})
+}
+
 /// Runs `sql` with a session token and returns the answer.
 pub fn query(client: &mut Client, session: &str, sql: &str) -> ClientResponse {
-    let body = json!({"sqlText": sql, "asyncExec": false, "sequenceId": 1, "querySubmissionTime": 1,
-        "isInternal": false, "describeOnly": false, "parameters": {}, "queryContextDTO": {"entries": []}});
-    client.post_json(QUERY_TARGET, &[("authorization", &authorization(session))], &body, true).unwrap()
+    client.post_json(QUERY_TARGET, &[("authorization", &authorization(session))], &query_body(sql), true).unwrap()
 }
 
 /// Asserts a driver-shaped refusal with `code`.

@@ -161,9 +161,7 @@ impl TlsAgent {
     }
 
     fn query(&mut self, session: &str, sql: &str) -> Answer {
-        let body = json!({"sqlText": sql, "asyncExec": false, "sequenceId": 1, "querySubmissionTime": 1,
-            "isInternal": false, "describeOnly": false, "parameters": {}, "queryContextDTO": {"entries": []}});
-        self.post_json(QUERY_TARGET, &[("authorization", &authorization(session))], &body)
+        self.post_json(QUERY_TARGET, &[("authorization", &authorization(session))], &query_body(sql))
     }
 }
 
