@@ -12,5 +12,9 @@ if ! command -v nginx >/dev/null 2>&1 && [ ! -x /usr/sbin/nginx ]; then
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends nginx-light \
     || DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends nginx
 fi
+# The recording-off scenario runs a second build of the gateway that records nothing (the
+# `bench-unrecorded` feature); the normal build is rebuilt last so target/release/snowgate is it.
+cargo build --release -p snowgate --features bench-unrecorded
+cp target/release/snowgate target/release/snowgate-unrecorded
 cargo build --release -p snowgate -p snowgate-perf
 exec ./target/release/snowgate-perf run "$@"

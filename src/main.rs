@@ -15,7 +15,7 @@ use snowgate::record::Durability;
 /// the SQL API. Upstream, account, identity, keys and limits live in the TOML file; these flags
 /// tune the per-core runtime.
 #[derive(Debug, Parser)]
-#[command(version, about, long_about)]
+#[command(version = VERSION, about, long_about)]
 struct Args {
     /// The TOML configuration file.
     #[arg(long, env = "SNOWGATE_CONFIG")]
@@ -93,6 +93,12 @@ struct Args {
     #[arg(long, env = "SNOWGATE_CHECK_CONFIG")]
     check_config: bool,
 }
+
+/// `--version`; the benchmark-only build says it records nothing (the perf harness checks).
+#[cfg(not(feature = "bench-unrecorded"))]
+const VERSION: &str = env!("CARGO_PKG_VERSION");
+#[cfg(feature = "bench-unrecorded")]
+const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " bench-unrecorded (records nothing)");
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 enum DurabilityFlag {

@@ -99,6 +99,10 @@ pub fn start(config: Config) -> Result<Running, StartError> {
         upstream = %gateway.config.upstream.url.host_header(),
         "snowgate starting."
     );
+    #[cfg(feature = "bench-unrecorded")]
+    tracing::warn!(
+        "This is a bench-unrecorded build: NOTHING IS RECORDED. It exists only to measure what recording costs."
+    );
     let n_cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), StartError>>();
     let mut cores = Vec::with_capacity(settings.cores);

@@ -12,7 +12,7 @@ use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
 use libfuzzer_sys::fuzz_target;
-use snowgate::record::format::{SegmentHeader, encode_batch, genesis};
+use snowgate::record::format::{FORMAT_VERSION, SegmentHeader, encode_batch, genesis};
 use snowgate::record::reader::{ReaderOptions, index_keys};
 use snowgate::record::storage::SimulatedStorage;
 use snowgate::record::{
@@ -63,6 +63,7 @@ fn framed_bodies(input: &[u8]) -> Vec<u8> {
         rest = &rest[2 + len..];
     }
     let header = SegmentHeader {
+        version: FORMAT_VERSION,
         core_id: 0,
         sequence: 0,
         created_unix_us: 0,

@@ -31,6 +31,13 @@ struct RunArgs {
     /// The snowgate binary to measure.
     #[arg(long, env = "SNOWGATE_PERF_GATEWAY_BIN", default_value = "target/release/snowgate")]
     gateway_bin: PathBuf,
+    /// The gateway's `bench-unrecorded` build, for the recording-off scenario (default: the
+    /// gateway binary's path with `-unrecorded` appended).
+    #[arg(long, env = "SNOWGATE_PERF_UNRECORDED_BIN")]
+    unrecorded_bin: Option<PathBuf>,
+    /// Run the double and the proxy at normal priority in the open loop instead of SCHED_FIFO.
+    #[arg(long)]
+    no_realtime: bool,
     /// Under a minute: one run each, short windows, 2,000 idle connections.
     #[arg(long, conflicts_with = "tiny")]
     quick: bool,
@@ -186,6 +193,10 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     spec.open_fraction = args.open_fraction.unwrap_or(spec.open_fraction);
     spec.idle_connections = args.idle_connections.unwrap_or(spec.idle_connections);
     spec.cores_comparison = !args.no_cores;
+    spec.realtime = !args.no_realtime;
+    if let Some(bin) = &args.unrecorded_bin {
+        spec.unrecorded_bin = bin.clone();
+    }
     let command = std::env::args().map(|a| if a.contains(' ') { format!("'{a}'") } else { a }).collect::<Vec<_>>();
     let command = format!("snowgate-perf {}", command.get(1..).unwrap_or_default().join(" "));
     let report = harness::run(&spec, &command)?;

@@ -16,8 +16,9 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use super::format::{
-    BATCH_HEADER_BYTES, BATCH_MARKER, BatchHeader, FOOTER_HEADER_BYTES, FOOTER_MARKER, Footer, IndexKind,
-    SEGMENT_HEADER_BYTES, SegmentHeader, StructureError, TRAILER_BYTES, TRAILER_MAGIC, Trailer,
+    BATCH_HEADER_BYTES, BATCH_MARKER, BatchHeader, ChainHead, FOOTER_HEADER_BYTES, FOOTER_MARKER, Footer, IndexKind,
+    SEGMENT_HEADER_BYTES, SegmentHeader, StructureError, TRAILER_BYTES, TRAILER_MAGIC, Trailer, chain_next,
+    chain_next_v1,
 };
 use super::frame::{DecodeError, Frame, RECORD_PREFIX_BYTES, decode_body};
 use super::limits;
@@ -180,9 +181,19 @@ pub struct Batch {
 }
 
 impl Batch {
-    /// Each record's canonical body bytes, in order (what the chain hashes).
+    /// Each record's canonical body bytes, in order.
     pub fn record_bodies(&self) -> impl Iterator<Item = &[u8]> {
         self.body_ranges.iter().map(|range| &self.payload[range.clone()])
+    }
+
+    /// The chain value after this batch, from `previous`, as format `version` defines it:
+    /// one step over the whole payload (version 2), or one per record body (version 1).
+    pub fn chain_after(&self, version: u16, previous: &ChainHead) -> ChainHead {
+        if version == 1 {
+            self.record_bodies().fold(*previous, |chain, body| chain_next_v1(&chain, body))
+        } else {
+            chain_next(previous, &self.payload)
+        }
     }
 }
 

@@ -378,6 +378,15 @@ impl Wake for ThreadWaker {
 }
 
 impl Ticket {
+    /// A ticket for a frame that was not recorded at all, already "durable": only in the
+    /// `bench-unrecorded` build, which measures what recording costs.
+    #[cfg(feature = "bench-unrecorded")]
+    pub fn unrecorded() -> Ticket {
+        let shared = TicketShared::new();
+        shared.state.store(TICKET_DURABLE, Ordering::Release);
+        Ticket { shared: Arc::new(shared) }
+    }
+
     /// The link a response frame carries to this (request) record.
     pub fn link(&self) -> RequestLink {
         RequestLink::from_ticket(self.shared.clone())

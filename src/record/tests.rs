@@ -578,12 +578,24 @@ fn an_open_last_segment_needs_allow_open() {
 /// A committed segment directory per released format version must keep reading back.
 #[test]
 fn format_v1_fixture_reads_back() {
-    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/record/v1");
+    fixture_reads_back("v1", 1);
+}
+
+#[test]
+fn format_v2_fixture_reads_back() {
+    fixture_reads_back("v2", 2);
+}
+
+/// `SNOWGATE_WRITE_RECORD_FIXTURE=<dir>` writes the current format's fixture into `<dir>`.
+fn fixture_reads_back(name: &str, version: u16) {
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/record").join(name);
     if let Some(out) = std::env::var_os("SNOWGATE_WRITE_RECORD_FIXTURE") {
-        write_v1_fixture(Path::new(&out));
+        write_fixture(Path::new(&out), &fixture_key(name));
     }
+    let first = std::fs::read(fixture.join("seg-000-0000000000.sgr")).unwrap();
+    assert_eq!(format::SegmentHeader::decode(&first).unwrap().version, version);
     let recording = Recording::open(&fixture).unwrap();
-    let report = verify(&recording, &fixture_key(), &VerifyOptions::default(), &mut |_| {});
+    let report = verify(&recording, &fixture_key(name), &VerifyOptions::default(), &mut |_| {});
     assert!(report.is_ok(), "{:?}", report.problems);
     assert_eq!(recording.segments().len(), 2);
     let frames: Vec<Frame> = recording.records().map(|r| r.unwrap().frame).collect();
@@ -591,8 +603,50 @@ fn format_v1_fixture_reads_back() {
     assert_eq!(recording.find(IndexKind::QueryId, "01b2c3d4-0000-0001-0000-000000000000").unwrap().len(), 1);
 }
 
-fn fixture_key() -> [u8; 32] {
-    let text = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/record/v1.key"));
+/// A version 1 segment left open by a crash is recovered by today's writer (its chain computed
+/// as version 1 defines it), and the recording continues in the current version and verifies.
+#[test]
+fn an_open_v1_segment_is_recovered_and_continued_in_the_current_version() {
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/record/v1");
+    let dir = std::env::temp_dir().join(format!("snowgate-v1-recovery-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    for name in ["seg-000-0000000000.sgr", "seg-000-0000000001.sgr"] {
+        std::fs::copy(fixture.join(name), dir.join(name)).unwrap();
+    }
+    // Cut the last segment's footer and trailer off: it was still open when the gateway died.
+    let last = dir.join("seg-000-0000000001.sgr");
+    let footer_offset = SegmentReader::open(&last).unwrap().sealed().unwrap().footer_offset;
+    std::fs::OpenOptions::new().write(true).open(&last).unwrap().set_len(footer_offset).unwrap();
+
+    let key = fixture_key("v1");
+    let storage = Arc::new(storage::FileSystem);
+    let (mut writer, report) = SegmentWriter::open(storage, &RecorderConfig::new(&dir, 0, key), T0 + 1000).unwrap();
+    assert!(!report.was_sealed, "{report:?}");
+    let frame = Frame::Event(EventFrame { time_unix_us: T0 + 1001, kind: EventKind::GatewayStart, detail: "1".into() });
+    writer.append(std::slice::from_ref(&frame), T0 + 1001).unwrap();
+    writer.seal(SealReason::Stopped, T0 + 1002).unwrap();
+
+    let recording = Recording::open(&dir).unwrap();
+    let report = verify(&recording, &key, &VerifyOptions::default(), &mut |_| {});
+    assert!(report.is_ok(), "{:?}", report.problems);
+    let versions: Vec<u16> = recording
+        .segments()
+        .iter()
+        .map(|segment| format::SegmentHeader::decode(&std::fs::read(recording.path(segment)).unwrap()).unwrap().version)
+        .collect();
+    assert_eq!(versions, [1, 1, 2]);
+    let frames: Vec<Frame> = recording.records().map(|r| r.unwrap().frame).collect();
+    let mut expected = fixture_frames_with_rotation();
+    expected.push(frame);
+    assert_eq!(frames, expected, "every v1 record kept, then the new one");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+fn fixture_key(name: &str) -> [u8; 32] {
+    let text = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/fixtures/record/{name}.key")),
+    );
     let text = text.expect("the fixture key is committed");
     let mut key = [0u8; 32];
     for (i, byte) in key.iter_mut().enumerate() {
@@ -669,9 +723,9 @@ fn fixture_frames_with_rotation() -> Vec<Frame> {
 }
 
 /// Writes the v1 fixture (run once per released version, then commit it).
-fn write_v1_fixture(out: &Path) {
+fn write_fixture(out: &Path, key: &[u8; 32]) {
     let storage = Arc::new(storage::FileSystem);
-    let (mut writer, _) = SegmentWriter::open(storage, &RecorderConfig::new(out, 0, fixture_key()), T0).unwrap();
+    let (mut writer, _) = SegmentWriter::open(storage, &RecorderConfig::new(out, 0, *key), T0).unwrap();
     let frames = fixture_frames();
     writer.append(&frames[..1], T0).unwrap();
     writer.append(&frames[1..], T0 + 1).unwrap();

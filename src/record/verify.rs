@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use super::format::{
-    BatchEntry, ChainHead, FooterIndex, SEGMENT_HEADER_BYTES, SealReason, chain_next, genesis, mac_equal, mac_key,
+    BatchEntry, ChainHead, FooterIndex, SEGMENT_HEADER_BYTES, SealReason, genesis, mac_equal, mac_key,
 };
 use super::reader::{ReadError, ReaderOptions, Recording, SegmentName, index_keys};
 
@@ -268,9 +268,7 @@ impl Verifier<'_> {
                     break;
                 }
             };
-            for body in batch.record_bodies() {
-                chain = chain_next(&chain, body);
-            }
+            chain = batch.chain_after(header.version, &chain);
             let ordinal = batches.len() as u32;
             for record in &batch.records {
                 for (kind, key) in index_keys(&record.frame) {

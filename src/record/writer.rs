@@ -15,8 +15,9 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use super::format::{
-    BATCH_HEADER_BYTES, BatchEntry, BatchHeader, ChainHead, Footer, FooterIndex, IndexKind, SEGMENT_HEADER_BYTES,
-    SealReason, SegmentHeader, Trailer, chain_next, footer_bytes_estimate, footer_mac, genesis, mac_equal, mac_key,
+    BATCH_HEADER_BYTES, BatchEntry, BatchHeader, ChainHead, FORMAT_VERSION, Footer, FooterIndex, IndexKind,
+    SEGMENT_HEADER_BYTES, SealReason, SegmentHeader, Trailer, chain_next, footer_bytes_estimate, footer_mac, genesis,
+    mac_equal, mac_key,
 };
 use super::frame::{EventFrame, EventKind, Frame, RECORD_PREFIX_BYTES, encode_body};
 use super::limits;
@@ -502,9 +503,7 @@ impl SegmentWriter {
         for batch in &mut scan {
             match batch {
                 Ok(batch) => {
-                    for body in batch.record_bodies() {
-                        chain = chain_next(&chain, body);
-                    }
+                    chain = batch.chain_after(header.version, &chain);
                     let times = batch.records.iter().map(|r| r.frame.time_unix_us());
                     let (time_min, time_max) = times.fold((u64::MAX, 0), |(lo, hi), t| (lo.min(t), hi.max(t)));
                     let entry = BatchEntry {
@@ -570,6 +569,7 @@ impl SegmentWriter {
             Err(e) => return Err(io(e)),
         };
         let header = SegmentHeader {
+            version: FORMAT_VERSION,
             core_id: self.core_id,
             sequence,
             created_unix_us: now,
@@ -622,7 +622,6 @@ impl SegmentWriter {
             self.rotate(why, now)?;
         }
         let first_record_index = self.next_record_index;
-        let mut chain = self.chain_head;
         let (mut time_min, mut time_max) = (u64::MAX, 0u64);
         self.payload.clear();
         for item_idx in 0..n_items {
@@ -646,7 +645,6 @@ impl SegmentWriter {
             }
             let body = &self.payload[start + RECORD_PREFIX_BYTES..];
             let crc = crc32c::crc32c(body);
-            chain = chain_next(&chain, body);
             self.payload[start..start + 4].copy_from_slice(&(body_len as u32).to_le_bytes());
             self.payload[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
             time_min = time_min.min(frame.time_unix_us());
@@ -654,6 +652,7 @@ impl SegmentWriter {
             // Later frames of this batch (a response to a request in it) read this index.
             items.assign(item_idx, record_index);
         }
+        let chain = chain_next(&self.chain_head, &self.payload);
         match self.write_batch(first_record_index, n_items as u32) {
             Ok(bytes_on_disk) => {
                 let segment = self.current.as_mut().expect("opened above");

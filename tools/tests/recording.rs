@@ -410,9 +410,7 @@ fn rechain_with(path: &Path, key: &[u8; 32]) -> Vec<u8> {
     let mut footer: Footer = sealed.footer.clone();
     for (entry, batch) in footer.batches.iter_mut().zip(edited_reader.scan()) {
         let batch = batch.unwrap();
-        for record_body in batch.record_bodies() {
-            chain = chain_next(&chain, record_body);
-        }
+        chain = batch.chain_after(header.version, &chain);
         entry.offset = batch.offset;
         entry.compressed_len = batch.header.compressed_len;
         entry.chain_head_after = chain;

@@ -85,6 +85,8 @@ impl Payload {
 pub struct RunSpec {
     /// The snowgate binary.
     pub gateway_bin: PathBuf,
+    /// Its `bench-unrecorded` build (the recording-off scenario).
+    pub unrecorded_bin: PathBuf,
     /// Scenarios to run (those that cannot run here are skipped and reported).
     pub scenarios: Vec<Scenario>,
     /// Payloads.
@@ -117,6 +119,7 @@ impl RunSpec {
     /// The full comparison: a few minutes.
     pub fn full(gateway_bin: PathBuf) -> RunSpec {
         RunSpec {
+            unrecorded_bin: unrecorded_beside(&gateway_bin),
             gateway_bin,
             scenarios: scenario::SCENARIOS.to_vec(),
             payloads: Payload::defaults(),
@@ -159,6 +162,14 @@ impl RunSpec {
             ..RunSpec::full(gateway_bin)
         }
     }
+}
+
+/// Where `perf/run.sh` puts the `bench-unrecorded` build: beside the gateway binary, named
+/// `<name>-unrecorded`.
+pub fn unrecorded_beside(gateway_bin: &std::path::Path) -> PathBuf {
+    let mut name = gateway_bin.file_name().unwrap_or_default().to_os_string();
+    name.push("-unrecorded");
+    gateway_bin.with_file_name(name)
 }
 
 /// One closed-loop run of one scenario.
@@ -363,6 +374,7 @@ pub fn run(spec: &RunSpec, command: &str) -> anyhow::Result<Report> {
     std::fs::create_dir_all(&scratch).with_context(|| format!("creating {}", scratch.display()))?;
     let env = Environment {
         gateway_bin: spec.gateway_bin.clone(),
+        unrecorded_bin: spec.unrecorded_bin.clone(),
         nginx_bin: procs::find_nginx(),
         repo_root: repo_root.clone(),
         scratch: scratch.clone(),

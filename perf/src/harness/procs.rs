@@ -293,6 +293,19 @@ pub fn gateway_accepts(gateway_bin: &Path, config: &Path, flags: &[String]) -> R
     Err(line.chars().take(200).collect())
 }
 
+/// Whether `gateway_bin` is the `bench-unrecorded` build (its `--version` says so), so that a
+/// run never measures the wrong build under a scenario's name.
+pub fn gateway_is_unrecorded(gateway_bin: &Path) -> Result<bool, String> {
+    let output = Command::new(gateway_bin)
+        .arg("--version")
+        .output()
+        .map_err(|e| format!("cannot run {}: {e}", gateway_bin.display()))?;
+    if !output.status.success() {
+        return Err(format!("{} --version failed", gateway_bin.display()));
+    }
+    Ok(String::from_utf8_lossy(&output.stdout).contains("bench-unrecorded"))
+}
+
 /// Starts the gateway as placed, with `--cores <cores>`, and waits for its address
 /// (it prints `snowgate listening on <addr>` on stdout).
 pub fn start_gateway(

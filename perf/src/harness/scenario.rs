@@ -25,6 +25,9 @@ pub enum Proxy {
         config_extra: &'static str,
         /// Extra command-line flags.
         flags: &'static [&'static str],
+        /// Run the `bench-unrecorded` build ([`Environment::unrecorded_bin`]), which records
+        /// nothing: the "recording off" side of what recording costs.
+        unrecorded: bool,
     },
 }
 
@@ -45,22 +48,27 @@ pub const SCENARIOS: &[Scenario] = &[
     Scenario { name: "nginx", proxy: Proxy::Nginx, about: "nginx proxy_pass, upstream keepalive, HTTP/1.1, logs off" },
     Scenario {
         name: "snowgate-forward",
-        proxy: Proxy::Snowgate { config_extra: FORWARD_POLICY, flags: &["--durability", "none"] },
+        proxy: Proxy::Snowgate { config_extra: FORWARD_POLICY, flags: &["--durability", "none"], unrecorded: false },
         about: "policy (classification) + token swap + recording (durability none), no masking",
     },
     Scenario {
+        name: "snowgate-full-unrecorded",
+        proxy: Proxy::Snowgate { config_extra: FULL_MASKING, flags: &[], unrecorded: true },
+        about: "masking (perf profile), recording off (the bench-unrecorded build): what recording costs",
+    },
+    Scenario {
         name: "snowgate-full-none",
-        proxy: Proxy::Snowgate { config_extra: FULL_MASKING, flags: &["--durability", "none"] },
+        proxy: Proxy::Snowgate { config_extra: FULL_MASKING, flags: &["--durability", "none"], unrecorded: false },
         about: "masking (perf profile) + recording, durability none (page cache)",
     },
     Scenario {
         name: "snowgate-full-batch",
-        proxy: Proxy::Snowgate { config_extra: FULL_MASKING, flags: &["--durability", "batch"] },
+        proxy: Proxy::Snowgate { config_extra: FULL_MASKING, flags: &["--durability", "batch"], unrecorded: false },
         about: "masking (perf profile) + recording, durability batch (group commit)",
     },
     Scenario {
         name: "snowgate-full-strict",
-        proxy: Proxy::Snowgate { config_extra: FULL_MASKING, flags: &["--durability", "strict"] },
+        proxy: Proxy::Snowgate { config_extra: FULL_MASKING, flags: &["--durability", "strict"], unrecorded: false },
         about: "masking (perf profile) + recording, durability strict (request record durable before forwarding)",
     },
 ];
@@ -131,12 +139,24 @@ impl Scenario {
 pub struct Environment {
     /// The snowgate binary.
     pub gateway_bin: PathBuf,
+    /// The `bench-unrecorded` build of it (`perf/run.sh` builds it).
+    pub unrecorded_bin: PathBuf,
     /// The nginx binary, when installed.
     pub nginx_bin: Option<PathBuf>,
     /// The repository (committed keys and certificates).
     pub repo_root: PathBuf,
     /// A scratch directory for configurations and recordings.
     pub scratch: PathBuf,
+}
+
+impl Environment {
+    /// The gateway binary `scenario` runs.
+    pub fn binary(&self, scenario: &Scenario) -> &Path {
+        match scenario.proxy {
+            Proxy::Snowgate { unrecorded: true, .. } => &self.unrecorded_bin,
+            _ => &self.gateway_bin,
+        }
+    }
 }
 
 /// A running scenario: the proxy process (none when direct) and where agents connect.
@@ -164,7 +184,7 @@ fn gateway_files(
     upstream: SocketAddr,
     listener: Listener,
 ) -> anyhow::Result<(PathBuf, PathBuf, Vec<String>)> {
-    let Proxy::Snowgate { config_extra, flags } = scenario.proxy else {
+    let Proxy::Snowgate { config_extra, flags, .. } = scenario.proxy else {
         anyhow::bail!("{} is not a snowgate scenario", scenario.name);
     };
     let dir = env.scratch.join(format!("{}-{tag}", scenario.name));
@@ -182,14 +202,25 @@ pub fn check(env: &Environment, scenario: &Scenario) -> Result<(), String> {
             Some(_) => Ok(()),
             None => Err("nginx is not installed (apt-get install nginx-light, or set SNOWGATE_PERF_NGINX)".into()),
         },
-        Proxy::Snowgate { .. } => {
-            if !env.gateway_bin.is_file() {
-                return Err(format!("{} is not built (cargo build --release -p snowgate)", env.gateway_bin.display()));
+        Proxy::Snowgate { unrecorded, .. } => {
+            let bin = env.binary(scenario);
+            if !bin.is_file() {
+                let how = if unrecorded {
+                    "cargo build --release -p snowgate --features bench-unrecorded, then copy target/release/snowgate \
+                     to that name; perf/run.sh does this"
+                } else {
+                    "cargo build --release -p snowgate"
+                };
+                return Err(format!("{} is not built ({how})", bin.display()));
+            }
+            if procs::gateway_is_unrecorded(bin)? != unrecorded {
+                let what = if unrecorded { "records" } else { "is the bench-unrecorded build, which records nothing" };
+                return Err(format!("{} {what}; rebuild it (perf/run.sh)", bin.display()));
             }
             let placeholder: SocketAddr = "127.0.0.1:9".parse().map_err(|_| "address".to_owned())?;
             let (config, _, flags) =
                 gateway_files(env, scenario, "check", placeholder, Listener::Plain).map_err(|e| e.to_string())?;
-            procs::gateway_accepts(&env.gateway_bin, &config, &flags)
+            procs::gateway_accepts(bin, &config, &flags)
         }
     }
 }
@@ -214,7 +245,7 @@ pub fn start(
         }
         Proxy::Snowgate { .. } => {
             let (config, recordings, flags) = gateway_files(env, scenario, tag, upstream, listener)?;
-            let (process, addr) = procs::start_gateway(&env.gateway_bin, &config, placement, &flags)?;
+            let (process, addr) = procs::start_gateway(env.binary(scenario), &config, placement, &flags)?;
             Ok(Running { addr, process: Some(process), recordings: Some(recordings) })
         }
     }
