@@ -14,4 +14,9 @@ export SNOWGATE_TEST_PYTHON="$PWD/.venv/bin/python"
 # The connection-heavy tests hold a few thousand sockets in one process.
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
+# The perf smoke test also runs the recording-off scenario, which needs the gateway's
+# benchmark-only build (`bench-unrecorded`) beside the normal one.
+cargo build --release -p snowgate --features bench-unrecorded
+cp target/release/snowgate target/release/snowgate-unrecorded
+
 cargo test --release --workspace "$@"
