@@ -186,18 +186,19 @@ fn is_url_safe(b: u8) -> bool {
 }
 
 /// Whether a Luhn check passes over the ASCII digits of `text` (other bytes are skipped).
+/// One running sum in a register: the doubled digit comes from a table, picked without a branch.
 pub(crate) fn luhn_valid(text: &[u8]) -> bool {
-    const DOUBLED: [u32; 10] = [0, 2, 4, 6, 8, 1, 3, 5, 7, 9];
-    let mut sums = [0u32; 2];
-    let mut digits = 0;
+    const DOUBLED: [u8; 10] = [0, 2, 4, 6, 8, 1, 3, 5, 7, 9];
+    let (mut sum, mut digits) = (0u32, 0u32);
     for &b in text.iter().rev() {
         let d = b.wrapping_sub(b'0');
         if d < 10 {
-            sums[digits & 1] += if digits & 1 == 1 { DOUBLED[usize::from(d)] } else { u32::from(d) };
+            let value = if digits & 1 == 1 { DOUBLED[usize::from(d)] } else { d };
+            sum += u32::from(value);
             digits += 1;
         }
     }
-    digits > 0 && (sums[0] + sums[1]).is_multiple_of(10)
+    digits > 0 && sum.is_multiple_of(10)
 }
 
 /// Card numbers: a run of digit groups separated by single spaces or dashes, bounded by
@@ -296,8 +297,10 @@ fn find_emails(text: &[u8], found: &mut dyn FnMut(usize, usize)) {
         if at < next_free {
             continue;
         }
+        // The local part: up to 64 characters back, not into the previous address.
+        let floor = next_free.max(at.saturating_sub(64));
         let mut start = at;
-        while start > next_free && at - start < 64 && has(text[start - 1], ALNUM | EMAIL_LOCAL) {
+        while start > floor && has(text[start - 1], ALNUM | EMAIL_LOCAL) {
             start -= 1;
         }
         while start < at && text[start] == b'.' {
@@ -306,8 +309,9 @@ fn find_emails(text: &[u8], found: &mut dyn FnMut(usize, usize)) {
         if start == at {
             continue;
         }
+        let ceiling = text.len().min(at + 256);
         let mut end = at + 1;
-        while end < text.len() && end - at <= 255 && has(text[end], ALNUM | EMAIL_DOMAIN) {
+        while end < ceiling && has(text[end], ALNUM | EMAIL_DOMAIN) {
             end += 1;
         }
         while end > at + 1 && matches!(text[end - 1], b'.' | b'-') {
@@ -618,5 +622,101 @@ mod tests {
         assert!(!luhn_valid(b""));
         assert!(iban_checksum_valid(b"GB82WEST12345698765432"));
         assert!(!iban_checksum_valid(b"GB82WEST12345698765433"));
+    }
+
+    /// The detectors as first written, before the fast paths: what the optimised ones must
+    /// still find, compared on generated text below.
+    mod reference {
+        use super::super::{ALNUM, EMAIL_DOMAIN, EMAIL_LOCAL, LOWER, UPPER, has};
+
+        pub(super) fn luhn_valid(text: &[u8]) -> bool {
+            const DOUBLED: [u32; 10] = [0, 2, 4, 6, 8, 1, 3, 5, 7, 9];
+            let mut sums = [0u32; 2];
+            let mut digits = 0;
+            for &b in text.iter().rev() {
+                let d = b.wrapping_sub(b'0');
+                if d < 10 {
+                    sums[digits & 1] += if digits & 1 == 1 { DOUBLED[usize::from(d)] } else { u32::from(d) };
+                    digits += 1;
+                }
+            }
+            digits > 0 && (sums[0] + sums[1]).is_multiple_of(10)
+        }
+
+        pub(super) fn find_emails(text: &[u8], found: &mut dyn FnMut(usize, usize)) {
+            let mut next_free = 0;
+            let mut from = 0;
+            while let Some(offset) = memchr::memchr(b'@', &text[from..]) {
+                let at = from + offset;
+                from = at + 1;
+                if at < next_free {
+                    continue;
+                }
+                let mut start = at;
+                while start > next_free && at - start < 64 && has(text[start - 1], ALNUM | EMAIL_LOCAL) {
+                    start -= 1;
+                }
+                while start < at && text[start] == b'.' {
+                    start += 1;
+                }
+                if start == at {
+                    continue;
+                }
+                let mut end = at + 1;
+                while end < text.len() && end - at <= 255 && has(text[end], ALNUM | EMAIL_DOMAIN) {
+                    end += 1;
+                }
+                while end > at + 1 && matches!(text[end - 1], b'.' | b'-') {
+                    end -= 1;
+                }
+                let domain = &text[at + 1..end];
+                let Some(last_dot) = domain.iter().rposition(|&b| b == b'.') else { continue };
+                let tld = &domain[last_dot + 1..];
+                if domain[0] == b'.'
+                    || domain[0] == b'-'
+                    || tld.len() < 2
+                    || !tld.iter().all(|&b| has(b, UPPER | LOWER))
+                {
+                    continue;
+                }
+                found(start, end);
+                next_free = end;
+            }
+        }
+    }
+
+    /// Text made of pieces the detectors care about: digit runs, separators, `@`, dots, letters.
+    fn detector_text() -> impl proptest::strategy::Strategy<Value = Vec<u8>> {
+        use proptest::prelude::*;
+        let piece = prop_oneof![
+            proptest::collection::vec(b'0'..=b'9', 1..20),
+            proptest::sample::select(vec![
+                b"@".to_vec(),
+                b".".to_vec(),
+                b"-".to_vec(),
+                b" ".to_vec(),
+                b"_".to_vec(),
+                b"+".to_vec(),
+                b"4111 1111 1111 1111".to_vec(),
+                b"4532015112830366".to_vec(),
+                b"ada.lovelace42@example.com".to_vec(),
+                b"x@y.io".to_vec(),
+                b"a".repeat(70),
+                "\u{e9}".as_bytes().to_vec(),
+            ]),
+            proptest::collection::vec(proptest::sample::select(b"abcXYZ.-@".to_vec()), 1..12),
+        ];
+        proptest::collection::vec(piece, 0..12).prop_map(|parts| parts.concat())
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn fast_detectors_equal_the_reference(text in detector_text()) {
+            proptest::prop_assert_eq!(luhn_valid(&text), reference::luhn_valid(&text));
+            let (mut fast, mut slow) = (Vec::new(), Vec::new());
+            find_emails(&text, &mut |s, e| fast.push((s, e)));
+            reference::find_emails(&text, &mut |s, e| slow.push((s, e)));
+            proptest::prop_assert_eq!(fast, slow);
+        }
     }
 }
