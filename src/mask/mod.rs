@@ -100,6 +100,7 @@ pub mod detect;
 mod json;
 pub mod plan;
 mod rules;
+mod scan;
 pub mod spec;
 mod text;
 
