@@ -15,7 +15,7 @@ use super::text::{
     eq_bytes, keep_from, load_word, masked_preview, merge_spans, stats, type_valid_text,
 };
 use super::{ChunkRef, Envelope, MaskError, MaskReport, ResultFormat, Scratch};
-use crate::mask::detect::DetectorKind;
+use crate::mask::detect::{DetectorKind, Trigger};
 
 /// The deepest nesting the envelope skimmer follows.
 const DEPTH_MAX: u32 = 128;
@@ -325,8 +325,19 @@ impl<'a> RowsWalker<'a> {
         let scan_card =
             planned.rule.is_none() && planned.value_type == ValueType::Fixed { scale: 0 } && card_style.is_some();
         let want_stats = (scan_text && (profile.at_trigger || profile.digit_trigger.is_some())) || scan_card;
-        let (stop, stats) =
-            self.block.scan(body, open + 1, want_stats).ok_or_else(|| bad(open, "unterminated string"))?;
+        // Digits matter from the shortest value a digit detector accepts (13 bytes for a card).
+        let digits_len_min = match profile.digit_trigger {
+            Some((_, len_min)) if scan_text => len_min as usize,
+            _ if scan_card => match DetectorKind::Card.trigger() {
+                Trigger::Digits { len_min, .. } => len_min as usize,
+                _ => 0,
+            },
+            _ => usize::MAX,
+        };
+        let (stop, stats) = self
+            .block
+            .scan(body, open + 1, want_stats, digits_len_min)
+            .ok_or_else(|| bad(open, "unterminated string"))?;
         let (close, escaped) = if body[stop] == b'"' { (stop, false) } else { (close_after_escape(body, stop)?, true) };
         if let Some(rule) = planned.rule {
             let style = profile.columns[usize::from(rule)].style;

@@ -27,9 +27,17 @@ impl Default for Block {
 
 impl Block {
     /// The first `"` or `\` at or after `from`, with the statistics of the bytes before it when
-    /// `want_stats` (as `json::scan_string` finds them, byte for byte).
+    /// `want_stats` (as `json::scan_string` finds them, byte for byte), except that digits are
+    /// counted only when there are at least `digits_len_min` bytes (shorter values trigger no
+    /// digit detector: the count stays 0).
     #[inline(always)]
-    pub(crate) fn scan(&mut self, body: &[u8], from: usize, want_stats: bool) -> Option<(usize, Stats)> {
+    pub(crate) fn scan(
+        &mut self,
+        body: &[u8],
+        from: usize,
+        want_stats: bool,
+        digits_len_min: usize,
+    ) -> Option<(usize, Stats)> {
         let mut stats = Stats::default();
         let mut at = from;
         loop {
@@ -44,12 +52,15 @@ impl Block {
             let stops = self.stops >> shift;
             if stops != 0 {
                 let n = stops.trailing_zeros();
+                let end = at + n as usize;
                 if want_stats {
                     let before = (1u64 << n) - 1;
-                    stats.digits += ((self.digits >> shift) & before).count_ones();
+                    if end - from >= digits_len_min {
+                        stats.digits += ((self.digits >> shift) & before).count_ones();
+                    }
                     stats.at |= (self.at >> shift) & before != 0;
                 }
-                return Some((at + n as usize, stats));
+                return Some((end, stats));
             }
             if want_stats {
                 stats.digits += (self.digits >> shift).count_ones();
@@ -170,9 +181,16 @@ mod tests {
                     let digits = text.iter().filter(|b| b.is_ascii_digit()).count() as u32;
                     (end, Stats { digits, at: text.contains(&b'@') })
                 });
-                proptest::prop_assert_eq!(block.scan(&body, from, true), expected);
-                if let Some((end, _)) = expected {
-                    proptest::prop_assert_eq!(block.scan(&body, from, false).map(|(e, _)| e), Some(end));
+                proptest::prop_assert_eq!(block.scan(&body, from, true, 0), expected);
+                if let Some((end, stats)) = expected {
+                    proptest::prop_assert_eq!(block.scan(&body, from, false, 0).map(|(e, _)| e), Some(end));
+                    // Digits are counted from `len_min` bytes on (and may be counted below it).
+                    let len_min = 1 + (from % 13);
+                    let got = block.scan(&body, from, true, len_min).unwrap();
+                    proptest::prop_assert_eq!(got.1.at, stats.at);
+                    if end - from >= len_min {
+                        proptest::prop_assert_eq!(got.1.digits, stats.digits);
+                    }
                 }
             }
         }

@@ -27,6 +27,15 @@ pub(crate) fn digit_bytes(word: u64) -> u64 {
     at_least_0 & !at_least_colon & !word & HIGHS
 }
 
+/// High bit of each byte of `word` that is an ASCII uppercase letter, exactly.
+#[inline(always)]
+pub(crate) fn upper_bytes(word: u64) -> u64 {
+    let low = word & LOWS;
+    let at_least_a = low.wrapping_add(0x3F3F_3F3F_3F3F_3F3F);
+    let past_z = low.wrapping_add(0x2525_2525_2525_2525);
+    at_least_a & !past_z & !word & HIGHS
+}
+
 /// How many bytes of a word have their high bit flagged (the flags SWAR classes return).
 /// A multiply instead of `count_ones`, which is a dozen instructions without POPCNT.
 #[inline(always)]
@@ -143,6 +152,9 @@ pub(crate) fn detect_spans(
         run &= run - 1;
         let kind = DetectorKind::ALL[index];
         let Some(style) = profile.detectors[index] else { continue };
+        if !kind.may_match(text) {
+            continue;
+        }
         let kinds = RuleKind::Detector(kind).bit();
         kind.find(text, &mut |start, end| spans.push(Span { start, end, style, kinds }));
     }
@@ -392,6 +404,8 @@ mod tests {
             let digits = digit_bytes(word);
             let expected = if byte.is_ascii_digit() { 4 } else { 0 };
             assert_eq!(digits.count_ones(), expected, "byte {byte:#x}");
+            let upper = upper_bytes(word).count_ones();
+            assert_eq!(upper, if byte.is_ascii_uppercase() { 4 } else { 0 }, "byte {byte:#x}");
             let at = eq_bytes(word, b'@').count_ones();
             assert_eq!(at, if byte == b'@' { 4 } else { 0 });
             let quotes = eq_bytes(word, b'"').count_ones();
