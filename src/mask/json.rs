@@ -9,13 +9,12 @@ use std::ops::Range;
 use super::arrow;
 use super::plan::{Column, ColumnPlan, PlannedColumn, ValueType};
 use super::rules::{Profile, RuleKind, Style};
-use super::scan::Block;
 use super::text::{
     MatchCursor, Span, Stats, apply_spans_fixed_len, count_flags, detect_spans, dictionary_spans, digit_bytes,
     eq_bytes, keep_from, load_word, masked_preview, merge_spans, stats, type_valid_text,
 };
 use super::{ChunkRef, Envelope, MaskError, MaskReport, ResultFormat, Scratch};
-use crate::mask::detect::{DetectorKind, Trigger};
+use crate::mask::detect::DetectorKind;
 
 /// The deepest nesting the envelope skimmer follows.
 const DEPTH_MAX: u32 = 128;
@@ -216,7 +215,6 @@ pub(crate) struct RowsWalker<'a> {
     profile: &'a Profile,
     columns: &'a [PlannedColumn],
     cursor: MatchCursor,
-    block: Block,
     scratch: &'a mut Scratch,
     report: &'a mut MaskReport,
 }
@@ -236,20 +234,12 @@ impl<'a> RowsWalker<'a> {
         scratch: &'a mut Scratch,
         report: &'a mut MaskReport,
     ) -> RowsWalker<'a> {
-        RowsWalker {
-            profile,
-            columns,
-            cursor: MatchCursor::new(&profile.dictionary, 0, 0),
-            block: Block::default(),
-            scratch,
-            report,
-        }
+        RowsWalker { profile, columns, cursor: MatchCursor::new(&profile.dictionary, 0, 0), scratch, report }
     }
 
     /// Masks the rows starting at `start`; returns the offset just past them.
     pub(crate) fn walk(&mut self, body: &mut [u8], start: usize, shape: RowsShape) -> Result<usize, MaskError> {
         self.cursor = MatchCursor::new(&self.profile.dictionary, start, body.len());
-        self.block = Block::default();
         let mut at = skip_ws(body, start);
         if shape == RowsShape::Array {
             if body.get(at) != Some(&b'[') {
@@ -325,19 +315,7 @@ impl<'a> RowsWalker<'a> {
         let scan_card =
             planned.rule.is_none() && planned.value_type == ValueType::Fixed { scale: 0 } && card_style.is_some();
         let want_stats = (scan_text && (profile.at_trigger || profile.digit_trigger.is_some())) || scan_card;
-        // Digits matter from the shortest value a digit detector accepts (13 bytes for a card).
-        let digits_len_min = match profile.digit_trigger {
-            Some((_, len_min)) if scan_text => len_min as usize,
-            _ if scan_card => match DetectorKind::Card.trigger() {
-                Trigger::Digits { len_min, .. } => len_min as usize,
-                _ => 0,
-            },
-            _ => usize::MAX,
-        };
-        let (stop, stats) = self
-            .block
-            .scan(body, open + 1, want_stats, digits_len_min)
-            .ok_or_else(|| bad(open, "unterminated string"))?;
+        let (stop, stats) = scan_string(body, open + 1, want_stats).ok_or_else(|| bad(open, "unterminated string"))?;
         let (close, escaped) = if body[stop] == b'"' { (stop, false) } else { (close_after_escape(body, stop)?, true) };
         if let Some(rule) = planned.rule {
             let style = profile.columns[usize::from(rule)].style;

@@ -100,7 +100,6 @@ pub mod detect;
 mod json;
 pub mod plan;
 mod rules;
-mod scan;
 pub mod spec;
 mod text;
 
