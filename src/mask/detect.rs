@@ -102,6 +102,21 @@ impl DetectorKind {
         }
     }
 
+    /// A cheap necessary condition for a match in `text`, checked before running a detector
+    /// that its trigger let through: an SSN has a `-` or space separator, an IBAN starts with
+    /// two uppercase letters. Eight bytes at a time; `true` when there is nothing to check.
+    #[inline]
+    pub(crate) fn may_match(self, text: &[u8]) -> bool {
+        use super::text::{eq_bytes, load_word, upper_bytes};
+        let any = |class: &dyn Fn(u64) -> u64| (0..text.len()).step_by(8).any(|at| class(load_word(text, at)) != 0);
+        match self {
+            // Bytes past the end load as zero: neither a separator nor a letter.
+            DetectorKind::Ssn => any(&|w| eq_bytes(w, b'-') | eq_bytes(w, b' ')),
+            DetectorKind::Iban => any(&upper_bytes),
+            _ => true,
+        }
+    }
+
     /// Calls `found(start, end)` for every match in `text`, left to right within a detector
     /// (matches of different anchors may come out of order).
     pub(crate) fn find(self, text: &[u8], found: &mut dyn FnMut(usize, usize)) {
@@ -185,19 +200,23 @@ fn is_url_safe(b: u8) -> bool {
     has(b, ALNUM | URL_SAFE)
 }
 
+/// A digit doubled as the Luhn check does (digits of the product summed).
+const LUHN_DOUBLED: [u8; 10] = [0, 2, 4, 6, 8, 1, 3, 5, 7, 9];
+
 /// Whether a Luhn check passes over the ASCII digits of `text` (other bytes are skipped).
+/// One running sum in a register: the doubled digit comes from a table, picked without a branch.
 pub(crate) fn luhn_valid(text: &[u8]) -> bool {
-    const DOUBLED: [u32; 10] = [0, 2, 4, 6, 8, 1, 3, 5, 7, 9];
-    let mut sums = [0u32; 2];
-    let mut digits = 0;
+    const DOUBLED: [u8; 10] = LUHN_DOUBLED;
+    let (mut sum, mut digits) = (0u32, 0u32);
     for &b in text.iter().rev() {
         let d = b.wrapping_sub(b'0');
         if d < 10 {
-            sums[digits & 1] += if digits & 1 == 1 { DOUBLED[usize::from(d)] } else { u32::from(d) };
+            let value = if digits & 1 == 1 { DOUBLED[usize::from(d)] } else { d };
+            sum += u32::from(value);
             digits += 1;
         }
     }
-    digits > 0 && (sums[0] + sums[1]).is_multiple_of(10)
+    digits > 0 && sum.is_multiple_of(10)
 }
 
 /// Card numbers: a run of digit groups separated by single spaces or dashes, bounded by
@@ -212,10 +231,22 @@ fn find_cards(text: &[u8], found: &mut dyn FnMut(usize, usize)) {
             continue;
         }
         let preceded_by_word = i > 0 && has(text[i - 1], ALNUM);
-        // The run: digit groups joined by single spaces or dashes.
+        // The run: digit groups joined by single spaces or dashes. Its Luhn sums are taken on
+        // the way, by digit position parity, plain and doubled: which parity is doubled depends
+        // on the digit count, known at the end.
         let (mut j, mut digits, mut groups) = (i, 0usize, 0usize);
+        let (mut plain, mut doubled) = ([0u32; 2], [0u32; 2]);
         loop {
             while j < n && has(text[j], DIGIT) {
+                let d = usize::from(text[j] - b'0');
+                let (p, q) = (u32::from(d as u8), u32::from(LUHN_DOUBLED[d]));
+                if digits & 1 == 0 {
+                    plain[0] += p;
+                    doubled[0] += q;
+                } else {
+                    plain[1] += p;
+                    doubled[1] += q;
+                }
                 j += 1;
                 digits += 1;
             }
@@ -228,7 +259,10 @@ fn find_cards(text: &[u8], found: &mut dyn FnMut(usize, usize)) {
         }
         let followed_by_word = j < n && has(text[j], ALNUM);
         // The common case: the whole run is the card.
-        if !preceded_by_word && !followed_by_word && (13..=19).contains(&digits) && luhn_valid(&text[i..j]) {
+        // The last digit (parity of digits - 1) is not doubled, the one before it is, and so on.
+        let last = (digits + 1) & 1;
+        let luhn = digits > 0 && (plain[last] + doubled[1 - last]).is_multiple_of(10);
+        if !preceded_by_word && !followed_by_word && (13..=19).contains(&digits) && luhn {
             found(i, j);
         } else if groups > 1 {
             cards_in_groups(text, i, j, preceded_by_word, followed_by_word, found);
@@ -285,19 +319,37 @@ fn cards_in_groups(
     }
 }
 
+/// The first `@` at or after `from`: eight bytes at a time (values are short, a call to
+/// memchr costs more than the search).
+#[inline(always)]
+fn next_at_sign(text: &[u8], from: usize) -> Option<usize> {
+    use super::text::{eq_bytes, load_word};
+    let mut at = from;
+    while at < text.len() {
+        // Bytes past the end load as zero: never `@`.
+        let hits = eq_bytes(load_word(text, at), b'@');
+        if hits != 0 {
+            return Some(at + (hits.trailing_zeros() / 8) as usize);
+        }
+        at += 8;
+    }
+    None
+}
+
 /// E-mail addresses: a local part of up to 64 characters, `@`, and a dotted domain whose last
 /// label is at least two letters.
 fn find_emails(text: &[u8], found: &mut dyn FnMut(usize, usize)) {
     let mut next_free = 0;
     let mut from = 0;
-    while let Some(offset) = memchr::memchr(b'@', &text[from..]) {
-        let at = from + offset;
+    while let Some(at) = next_at_sign(text, from) {
         from = at + 1;
         if at < next_free {
             continue;
         }
+        // The local part: up to 64 characters back, not into the previous address.
+        let floor = next_free.max(at.saturating_sub(64));
         let mut start = at;
-        while start > next_free && at - start < 64 && has(text[start - 1], ALNUM | EMAIL_LOCAL) {
+        while start > floor && has(text[start - 1], ALNUM | EMAIL_LOCAL) {
             start -= 1;
         }
         while start < at && text[start] == b'.' {
@@ -306,8 +358,9 @@ fn find_emails(text: &[u8], found: &mut dyn FnMut(usize, usize)) {
         if start == at {
             continue;
         }
+        let ceiling = text.len().min(at + 256);
         let mut end = at + 1;
-        while end < text.len() && end - at <= 255 && has(text[end], ALNUM | EMAIL_DOMAIN) {
+        while end < ceiling && has(text[end], ALNUM | EMAIL_DOMAIN) {
             end += 1;
         }
         while end > at + 1 && matches!(text[end - 1], b'.' | b'-') {
@@ -618,5 +671,150 @@ mod tests {
         assert!(!luhn_valid(b""));
         assert!(iban_checksum_valid(b"GB82WEST12345698765432"));
         assert!(!iban_checksum_valid(b"GB82WEST12345698765433"));
+    }
+
+    /// The detectors as first written, before the fast paths: what the optimised ones must
+    /// still find, compared on generated text below.
+    mod reference {
+        use super::super::{ALNUM, DIGIT, EMAIL_DOMAIN, EMAIL_LOCAL, LOWER, UPPER, cards_in_groups, has};
+
+        pub(super) fn luhn_valid(text: &[u8]) -> bool {
+            const DOUBLED: [u32; 10] = [0, 2, 4, 6, 8, 1, 3, 5, 7, 9];
+            let mut sums = [0u32; 2];
+            let mut digits = 0;
+            for &b in text.iter().rev() {
+                let d = b.wrapping_sub(b'0');
+                if d < 10 {
+                    sums[digits & 1] += if digits & 1 == 1 { DOUBLED[usize::from(d)] } else { u32::from(d) };
+                    digits += 1;
+                }
+            }
+            digits > 0 && (sums[0] + sums[1]).is_multiple_of(10)
+        }
+
+        pub(super) fn find_cards(text: &[u8], found: &mut dyn FnMut(usize, usize)) {
+            let n = text.len();
+            let mut i = 0;
+            while i < n {
+                if !has(text[i], DIGIT) {
+                    i += 1;
+                    continue;
+                }
+                let preceded_by_word = i > 0 && has(text[i - 1], ALNUM);
+                // The run: digit groups joined by single spaces or dashes.
+                let (mut j, mut digits, mut groups) = (i, 0usize, 0usize);
+                loop {
+                    while j < n && has(text[j], DIGIT) {
+                        j += 1;
+                        digits += 1;
+                    }
+                    groups += 1;
+                    if j + 1 < n && (text[j] == b' ' || text[j] == b'-') && has(text[j + 1], DIGIT) {
+                        j += 1;
+                        continue;
+                    }
+                    break;
+                }
+                let followed_by_word = j < n && has(text[j], ALNUM);
+                // The common case: the whole run is the card.
+                if !preceded_by_word && !followed_by_word && (13..=19).contains(&digits) && luhn_valid(&text[i..j]) {
+                    found(i, j);
+                } else if groups > 1 {
+                    cards_in_groups(text, i, j, preceded_by_word, followed_by_word, found);
+                }
+                i = j.max(i + 1);
+            }
+        }
+
+        pub(super) fn find_emails(text: &[u8], found: &mut dyn FnMut(usize, usize)) {
+            let mut next_free = 0;
+            let mut from = 0;
+            while let Some(offset) = memchr::memchr(b'@', &text[from..]) {
+                let at = from + offset;
+                from = at + 1;
+                if at < next_free {
+                    continue;
+                }
+                let mut start = at;
+                while start > next_free && at - start < 64 && has(text[start - 1], ALNUM | EMAIL_LOCAL) {
+                    start -= 1;
+                }
+                while start < at && text[start] == b'.' {
+                    start += 1;
+                }
+                if start == at {
+                    continue;
+                }
+                let mut end = at + 1;
+                while end < text.len() && end - at <= 255 && has(text[end], ALNUM | EMAIL_DOMAIN) {
+                    end += 1;
+                }
+                while end > at + 1 && matches!(text[end - 1], b'.' | b'-') {
+                    end -= 1;
+                }
+                let domain = &text[at + 1..end];
+                let Some(last_dot) = domain.iter().rposition(|&b| b == b'.') else { continue };
+                let tld = &domain[last_dot + 1..];
+                if domain[0] == b'.'
+                    || domain[0] == b'-'
+                    || tld.len() < 2
+                    || !tld.iter().all(|&b| has(b, UPPER | LOWER))
+                {
+                    continue;
+                }
+                found(start, end);
+                next_free = end;
+            }
+        }
+    }
+
+    /// Text made of pieces the detectors care about: digit runs, separators, `@`, dots, letters.
+    fn detector_text() -> impl proptest::strategy::Strategy<Value = Vec<u8>> {
+        use proptest::prelude::*;
+        let piece = prop_oneof![
+            proptest::collection::vec(b'0'..=b'9', 1..20),
+            proptest::sample::select(vec![
+                b"@".to_vec(),
+                b".".to_vec(),
+                b"-".to_vec(),
+                b" ".to_vec(),
+                b"_".to_vec(),
+                b"+".to_vec(),
+                b"4111 1111 1111 1111".to_vec(),
+                b"4532015112830366".to_vec(),
+                b"ada.lovelace42@example.com".to_vec(),
+                b"x@y.io".to_vec(),
+                b"a".repeat(70),
+                b"123-45-6789".to_vec(),
+                b"078 05 1120".to_vec(),
+                b"DE89370400440532013000".to_vec(),
+                b"DE89 3704 0044 0532 0130 00".to_vec(),
+                b"GB82WEST12345698765432".to_vec(),
+                "\u{e9}".as_bytes().to_vec(),
+            ]),
+            proptest::collection::vec(proptest::sample::select(b"abcXYZ.-@".to_vec()), 1..12),
+        ];
+        proptest::collection::vec(piece, 0..12).prop_map(|parts| parts.concat())
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn fast_detectors_equal_the_reference(text in detector_text()) {
+            proptest::prop_assert_eq!(luhn_valid(&text), reference::luhn_valid(&text));
+            let (mut fast, mut slow) = (Vec::new(), Vec::new());
+            find_emails(&text, &mut |s, e| fast.push((s, e)));
+            reference::find_emails(&text, &mut |s, e| slow.push((s, e)));
+            proptest::prop_assert_eq!(fast, slow);
+            let (mut fast, mut slow) = (Vec::new(), Vec::new());
+            find_cards(&text, &mut |s, e| fast.push((s, e)));
+            reference::find_cards(&text, &mut |s, e| slow.push((s, e)));
+            proptest::prop_assert_eq!(fast, slow);
+            // The pre-check never hides a match.
+            for kind in DetectorKind::ALL {
+                let mut hit = false;
+                kind.find(&text, &mut |_, _| hit = true);
+                proptest::prop_assert!(!hit || kind.may_match(&text), "{:?} on {:?}", kind, text);
+            }
+        }
     }
 }

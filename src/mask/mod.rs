@@ -240,10 +240,10 @@ impl MaskReport {
         if kinds & RuleKind::Dictionary.bit() != 0 {
             self.by_dictionary += values;
         }
-        for kind in DetectorKind::ALL {
-            if kinds & RuleKind::Detector(kind).bit() != 0 {
-                self.by_detector[kind.index()] += values;
-            }
+        let mut detectors = kinds >> RuleKind::Detector(DetectorKind::ALL[0]).bit().trailing_zeros();
+        while detectors != 0 {
+            self.by_detector[detectors.trailing_zeros() as usize] += values;
+            detectors &= detectors - 1;
         }
     }
 

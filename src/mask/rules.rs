@@ -211,6 +211,8 @@ pub(crate) struct Profile {
     pub(crate) columns: Vec<ColumnRule>,
     /// The style of each enabled detector, by [`DetectorKind::index`].
     pub(crate) detectors: [Option<Style>; DetectorKind::COUNT],
+    /// The enabled detectors, as bits by [`DetectorKind::index`].
+    pub(crate) enabled_detectors: u32,
     /// The fewest digits (and bytes) that trigger the digit detectors, if any is on.
     pub(crate) digit_trigger: Option<(u32, u32)>,
     /// Whether the e-mail detector is on.
@@ -374,7 +376,18 @@ pub(crate) fn compile_profile(name: &str, spec: &ProfileSpec) -> Result<Profile,
     }
     let dictionary_style = compile_style(name, "dictionary.mask", &spec.dictionary.mask, &mut tokens)?;
     let dictionary = compile_dictionary(name, spec, &detectors, dictionary_style)?;
-    Ok(Profile { name: name.to_owned(), columns, detectors, digit_trigger, at_trigger, dictionary, tokens })
+    let enabled_detectors =
+        DetectorKind::ALL.iter().filter(|k| detectors[k.index()].is_some()).fold(0, |bits, k| bits | 1 << k.index());
+    Ok(Profile {
+        name: name.to_owned(),
+        columns,
+        detectors,
+        enabled_detectors,
+        digit_trigger,
+        at_trigger,
+        dictionary,
+        tokens,
+    })
 }
 
 fn compile_dictionary(

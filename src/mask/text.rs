@@ -27,6 +27,15 @@ pub(crate) fn digit_bytes(word: u64) -> u64 {
     at_least_0 & !at_least_colon & !word & HIGHS
 }
 
+/// High bit of each byte of `word` that is an ASCII uppercase letter, exactly.
+#[inline(always)]
+pub(crate) fn upper_bytes(word: u64) -> u64 {
+    let low = word & LOWS;
+    let at_least_a = low.wrapping_add(0x3F3F_3F3F_3F3F_3F3F);
+    let past_z = low.wrapping_add(0x2525_2525_2525_2525);
+    at_least_a & !past_z & !word & HIGHS
+}
+
 /// How many bytes of a word have their high bit flagged (the flags SWAR classes return).
 /// A multiply instead of `count_ones`, which is a dozen instructions without POPCNT.
 #[inline(always)]
@@ -127,6 +136,7 @@ pub(crate) fn keep_from(text: &[u8], start: usize, end: usize, keep: u32) -> usi
 /// Runs the enabled detectors a value's statistics (and anchors found in it) trigger, adding
 /// their spans. `text` is the decoded value; `anchored` is a bit set of detectors whose anchors
 /// were found in it; `all` runs every enabled detector regardless (escaped values, references).
+/// The triggers make a bit set first, so a value that triggers nothing costs a few compares.
 pub(crate) fn detect_spans(
     profile: &Profile,
     text: &[u8],
@@ -135,19 +145,34 @@ pub(crate) fn detect_spans(
     all: bool,
     spans: &mut Vec<Span>,
 ) {
-    for kind in DetectorKind::ALL {
-        let Some(style) = profile.detector_style(kind) else { continue };
-        let run = all
-            || match kind.trigger() {
-                Trigger::At => stats.at,
-                Trigger::Digits { digits_min, len_min } => stats.digits >= digits_min && text.len() >= len_min as usize,
-                Trigger::Anchor => anchored & (1 << kind.index()) != 0,
-            };
-        if run {
-            let kinds = RuleKind::Detector(kind).bit();
-            kind.find(text, &mut |start, end| spans.push(Span { start, end, style, kinds }));
+    let mut run =
+        if all { profile.enabled_detectors } else { triggered(text, stats, anchored) & profile.enabled_detectors };
+    while run != 0 {
+        let index = run.trailing_zeros() as usize;
+        run &= run - 1;
+        let kind = DetectorKind::ALL[index];
+        let Some(style) = profile.detectors[index] else { continue };
+        if !kind.may_match(text) {
+            continue;
         }
+        let kinds = RuleKind::Detector(kind).bit();
+        kind.find(text, &mut |start, end| spans.push(Span { start, end, style, kinds }));
     }
+}
+
+/// The detectors (bits by [`DetectorKind::index`]) whose triggers a value meets.
+#[inline(always)]
+fn triggered(text: &[u8], stats: Stats, anchored: u32) -> u32 {
+    let mut bits = 0;
+    for kind in DetectorKind::ALL {
+        let hit = match kind.trigger() {
+            Trigger::At => stats.at,
+            Trigger::Digits { digits_min, len_min } => stats.digits >= digits_min && text.len() >= len_min as usize,
+            Trigger::Anchor => anchored & (1 << kind.index()) != 0,
+        };
+        bits |= u32::from(hit) << kind.index();
+    }
+    bits
 }
 
 /// Handles one pattern found in a value: a word becomes a span, an anchor triggers its detector.
@@ -379,6 +404,8 @@ mod tests {
             let digits = digit_bytes(word);
             let expected = if byte.is_ascii_digit() { 4 } else { 0 };
             assert_eq!(digits.count_ones(), expected, "byte {byte:#x}");
+            let upper = upper_bytes(word).count_ones();
+            assert_eq!(upper, if byte.is_ascii_uppercase() { 4 } else { 0 }, "byte {byte:#x}");
             let at = eq_bytes(word, b'@').count_ones();
             assert_eq!(at, if byte == b'@' { 4 } else { 0 });
             let quotes = eq_bytes(word, b'"').count_ones();
