@@ -291,6 +291,8 @@ pub struct RecordingSettings {
     pub segment_bytes_max: u64,
     /// A segment holding records is sealed at this age.
     pub segment_age_max: Duration,
+    /// How long a woken recorder waits for more frames (`none` and `batch` modes).
+    pub linger: Duration,
     /// Longest wait for a record to become durable before the exchange is refused.
     pub durable_timeout: Duration,
 }
@@ -305,6 +307,7 @@ impl RecordingSettings {
         recorder.batch_frames_max = self.batch_frames_max;
         recorder.segment_bytes_max = self.segment_bytes_max;
         recorder.segment_age_max = self.segment_age_max;
+        recorder.linger = self.linger;
         recorder
     }
 }
@@ -319,6 +322,7 @@ impl Default for RecordingSettings {
             batch_frames_max: defaults.batch_frames_max,
             segment_bytes_max: defaults.segment_bytes_max,
             segment_age_max: defaults.segment_age_max,
+            linger: defaults.linger,
             durable_timeout: Duration::from_secs(10),
         }
     }

@@ -85,6 +85,12 @@ struct Args {
     #[arg(long, env = "SNOWGATE_RECORDING_SEGMENT_AGE_SECS", default_value_t = 600)]
     recording_segment_age_secs: u64,
 
+    /// In `none` and `batch` modes, microseconds a woken recorder waits for more frames
+    /// before writing, so that it wakes once per window rather than once per exchange (never in
+    /// `strict` mode, never past a due group commit). At most 100000.
+    #[arg(long, env = "SNOWGATE_RECORDING_LINGER_US", default_value_t = 500)]
+    recording_linger_us: u64,
+
     /// Log format.
     #[arg(long, env = "SNOWGATE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -144,6 +150,7 @@ fn main() -> anyhow::Result<()> {
             batch_frames_max: args.recording_batch_frames,
             segment_bytes_max: args.recording_segment_mib.saturating_mul(1 << 20),
             segment_age_max: Duration::from_secs(args.recording_segment_age_secs),
+            linger: Duration::from_micros(args.recording_linger_us),
             ..RecordingSettings::default()
         },
     };

@@ -180,6 +180,8 @@ pub mod limits {
     pub const BATCH_FRAMES_MAX: usize = 4096;
     /// The most a config may set for a batch's bytes.
     pub const BATCH_BYTES_CONFIG_MAX: usize = 64 * 1024 * 1024;
+    /// Longest configurable recorder linger.
+    pub const LINGER_MAX: std::time::Duration = std::time::Duration::from_millis(100);
     /// Batches per segment.
     pub const BATCHES_PER_SEGMENT_MAX: usize = 65_536;
     /// A footer body.

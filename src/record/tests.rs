@@ -157,6 +157,44 @@ fn batch_durability_commits_in_groups() {
     assert_eq!(user_frames(&open_recording(&storage)).len(), 200);
 }
 
+/// A woken recorder waits up to its linger for more frames: frames trickling in (one per
+/// millisecond) go out in a few batches, not one each; in `strict` mode it never waits.
+#[test]
+fn the_linger_gathers_trickling_frames_into_batches_except_in_strict_mode() {
+    let storage = SimulatedStorage::new();
+    let mut config = config(&dir());
+    config.durability = Durability::None;
+    config.linger = limits::LINGER_MAX;
+    let recorder = Recorder::start_with(config, Arc::new(storage.clone()), Arc::new(SystemClock)).unwrap();
+    let batches_before = recorder.stats().batches_written.load(std::sync::atomic::Ordering::Relaxed);
+    let mut tickets = Vec::new();
+    for n in 0..20 {
+        tickets.push(recorder.submit(request(n, 10)).unwrap());
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    for ticket in tickets {
+        assert_eq!(ticket.wait_durable(Duration::from_secs(5)), Some(Ok(())));
+    }
+    let batches = recorder.stats().batches_written.load(std::sync::atomic::Ordering::Relaxed) - batches_before;
+    assert!((1..=5).contains(&batches), "{batches} batches for 20 frames 1 ms apart with a 100 ms linger");
+    recorder.stop().unwrap();
+    assert_eq!(user_frames(&open_recording(&storage)).len(), 20);
+
+    let storage = SimulatedStorage::new();
+    let mut config = self::config(&dir());
+    config.durability = Durability::Strict;
+    config.linger = limits::LINGER_MAX;
+    let recorder = Recorder::start_with(config, Arc::new(storage.clone()), Arc::new(SystemClock)).unwrap();
+    let batches_before = recorder.stats().batches_written.load(std::sync::atomic::Ordering::Relaxed);
+    for n in 0..5 {
+        let ticket = recorder.submit(request(n, 10)).unwrap();
+        assert_eq!(ticket.wait_durable(Duration::from_secs(5)), Some(Ok(())));
+    }
+    // Each waited-for frame was its own batch: nothing lingered for a sixth frame.
+    assert_eq!(recorder.stats().batches_written.load(std::sync::atomic::Ordering::Relaxed) - batches_before, 5);
+    recorder.stop().unwrap();
+}
+
 #[test]
 fn none_durability_completes_once_written_without_fsync() {
     let storage = SimulatedStorage::new();
