@@ -347,6 +347,7 @@ fn help_documents_every_flag_with_its_environment_variable() {
         ("--recording-batch-frames", "SNOWGATE_RECORDING_BATCH_FRAMES"),
         ("--recording-segment-mib", "SNOWGATE_RECORDING_SEGMENT_MIB"),
         ("--recording-segment-age-secs", "SNOWGATE_RECORDING_SEGMENT_AGE_SECS"),
+        ("--recording-linger-us", "SNOWGATE_RECORDING_LINGER_US"),
         ("--log-format", "SNOWGATE_LOG_FORMAT"),
         ("--check-config", "SNOWGATE_CHECK_CONFIG"),
     ];
