@@ -960,6 +960,11 @@ mod tests {
         let mut config = RecorderConfig::new("/tmp/x", 0, [0; 32]);
         config.batch_frames_max = limits::BATCH_FRAMES_MAX + 1;
         assert!(config.validate().is_err());
+        let mut config = RecorderConfig::new("/tmp/x", 0, [0; 32]);
+        config.linger = limits::LINGER_MAX;
+        assert!(config.validate().is_ok());
+        config.linger = limits::LINGER_MAX + Duration::from_micros(1);
+        assert!(config.validate().is_err());
         assert!(!format!("{config:?}").contains("sealing_key"));
     }
 
