@@ -864,24 +864,28 @@ impl WriterLoop {
         if queued == 0 || queued >= self.batch_frames_max || self.shared.stop.load(Ordering::Acquire) {
             return;
         }
-        let mut wait = self.linger;
-        if let (Durability::Batch { interval }, Some(at), false) =
-            (self.durability, self.last_sync, self.pending.is_empty())
-        {
-            wait = wait.min(interval.saturating_sub(at.elapsed()));
-        }
+        let wait = self.group_commit_due_in().map_or(self.linger, |due| due.min(self.linger));
         if !wait.is_zero() {
             std::thread::sleep(wait);
+        }
+    }
+
+    /// In `batch` mode with records written and waiting for an fsync, how long until that
+    /// group commit is due.
+    fn group_commit_due_in(&self) -> Option<Duration> {
+        match (self.durability, self.last_sync) {
+            (Durability::Batch { interval }, Some(at)) if !self.pending.is_empty() => {
+                Some(interval.saturating_sub(at.elapsed()))
+            }
+            _ => None,
         }
     }
 
     fn park(&self) {
         let mut timeout: Option<Duration> = None;
         let mut consider = |wait: Duration| timeout = Some(timeout.map_or(wait, |t| t.min(wait)));
-        if !self.pending.is_empty()
-            && let (Durability::Batch { interval }, Some(at)) = (self.durability, self.last_sync)
-        {
-            consider(interval.saturating_sub(at.elapsed()));
+        if let Some(due) = self.group_commit_due_in() {
+            consider(due);
         }
         if let Some(at) = self.next_retry {
             consider(at.saturating_duration_since(Instant::now()));
