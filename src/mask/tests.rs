@@ -85,15 +85,16 @@ fn golden_query_answer_fixture() {
     assert_eq!(masked.report.rows, 2);
 }
 
-#[test]
-fn typed_json_values_still_decode() {
-    let masker = masker(
-        r#"
+/// Profile `p`: every column masked with a value its type still decodes.
+const EVERY_COLUMN_TYPE_VALID: &str = r#"
 [[masking.profiles.p.columns]]
 name = "*"
 mask = { style = "type_valid" }
-"#,
-    );
+"#;
+
+#[test]
+fn typed_json_values_still_decode() {
+    let masker = masker(EVERY_COLUMN_TYPE_VALID);
     let p = masker.profile("p").unwrap();
     let types = [
         ("N", "fixed", Some(2), "-1234.50"),
@@ -144,13 +145,7 @@ mask = { style = "type_valid" }
 fn a_type_valid_timestamp_tz_with_escapes_stays_valid_json() {
     // Found by the mask_json fuzz target: the kept offset was written decoded, so an escaped
     // quote in it ended the string early.
-    let masker = masker(
-        r#"
-[[masking.profiles.p.columns]]
-name = "*"
-mask = { style = "type_valid" }
-"#,
-    );
+    let masker = masker(EVERY_COLUMN_TYPE_VALID);
     let p = masker.profile("p").unwrap();
     let mut body = br#"{"data":{"rowtype":[{"name":"TZ","type":"timestamp_tz","scale":9,"nullable":false}],"rowset":[["11 1\"}\n"]]}}"#.to_vec();
     let len = body.len();
