@@ -280,6 +280,19 @@ mod tests {
     }
 
     #[test]
+    fn login_numbers_keep_their_value_through_the_rewrite() {
+        // Found by the `login_rewrite` fuzz target: a number past f64's exact range came back
+        // as a different double, because the parse rounded it inexactly.
+        let body = br#"{"data": {"CLIENT_APP_VERSION": 20000000000008715506534846329287, "X": 0.1000000000000000055511151231257827, "AUTHENTICATOR": "OAUTH", "TOKEN": "t"}}"#;
+        let request = parse_login_request(body).unwrap();
+        let credential = UpstreamCredential::Password(Secret::new("gw".into()));
+        let out: Value = serde_json::from_slice(&request.into_upstream_body("A", "U", &credential, 0)).unwrap();
+        let sent: Value = serde_json::from_slice(body).unwrap();
+        assert_eq!(out["data"]["CLIENT_APP_VERSION"], sent["data"]["CLIENT_APP_VERSION"]);
+        assert_eq!(out["data"]["X"], sent["data"]["X"]);
+    }
+
+    #[test]
     fn login_keeps_unknown_fields_and_types_and_swaps_the_credential() {
         let body = json!({"data": {
             "CLIENT_APP_ID": "PythonConnector", "CLIENT_APP_VERSION": 3.12,
