@@ -82,6 +82,8 @@ pub(crate) struct ArrowScratch {
     fields: Vec<FieldDesc>,
     roots: Vec<usize>,
     arrays: Vec<ArrayView>,
+    /// A record batch's buffers, sorted, to check that none overlaps another.
+    buffers: Vec<Range<usize>>,
 }
 
 fn read_u32(buf: &[u8], at: usize) -> Option<u32> {
@@ -346,6 +348,7 @@ pub(crate) fn mask_stream(
                     check_array(field, &view, buf, meta_start)?;
                     arrow.arrays.push(view);
                 }
+                check_disjoint(&mut arrow.buffers, &arrow.arrays, meta_start)?;
                 report.rows += batch.length().max(0) as u64;
                 if let Some(plan) = &plan {
                     mask_batch(ctx, buf, &plan.columns, scratch, report)?;
@@ -402,6 +405,26 @@ fn check_array(field: &FieldDesc, view: &ArrayView, buf: &[u8], offset: usize) -
         }
         _ => Ok(()),
     }
+}
+
+/// Checks that no two non-empty buffers of a record batch share a byte. Masking writes into
+/// buffers where they lie, so bytes shared by two buffers (say, one column's text and another's
+/// offsets) would let masking one array rewrite another behind its checks. Arrow writers lay
+/// every buffer out on its own; a stream that does not is refused.
+fn check_disjoint(sorted: &mut Vec<Range<usize>>, arrays: &[ArrayView], offset: usize) -> Result<(), MaskError> {
+    sorted.clear();
+    for view in arrays {
+        for range in [&view.validity, &view.offsets, &view.values] {
+            if !range.is_empty() {
+                sorted.push(range.clone());
+            }
+        }
+    }
+    sorted.sort_unstable_by_key(|r| r.start);
+    if sorted.windows(2).any(|pair| pair[1].start < pair[0].end) {
+        return Err(refuse(offset, "buffers that overlap"));
+    }
+    Ok(())
 }
 
 #[inline]

@@ -500,6 +500,30 @@ fn refuses_arrow_it_does_not_understand() {
 }
 
 #[test]
+fn refuses_arrow_buffers_that_overlap() {
+    // Found by the `mask_arrow` fuzz target: a stream whose buffers share bytes, so masking
+    // one column rewrote another's offsets, and the masker refused its own output.
+    let masker = masker(POLICY);
+    let agents = masker.profile("agents").unwrap();
+    let (stream, columns) = arrow_customers(4);
+    let plan = masker.plan(agents, &columns);
+    let mut scratch = Scratch::default();
+    let mut untouched = stream.clone();
+    masker.mask(agents, &mut untouched, Some(&plan), &mut scratch).expect("the stream as written is accepted");
+
+    // Buffers 0-1 are ID's (validity, values), 2-4 NAME's and 5-7 EMAIL's (validity,
+    // offsets, values): NAME's text now lies on EMAIL's.
+    let mut overlapping = stream.clone();
+    let descriptors = record_batch_buffers_at(&overlapping);
+    let email_values = overlapping[descriptors + 7 * 16..descriptors + 8 * 16].to_vec();
+    overlapping[descriptors + 4 * 16..descriptors + 5 * 16].copy_from_slice(&email_values);
+    assert!(matches!(
+        masker.mask(agents, &mut overlapping, Some(&plan), &mut scratch),
+        Err(MaskError::Arrow { what: "buffers that overlap", .. })
+    ));
+}
+
+#[test]
 fn scratch_is_reused_without_changing_results() {
     let masker = masker(POLICY);
     let agents = masker.profile("agents").unwrap();
