@@ -273,7 +273,10 @@ fn find_cards(text: &[u8], found: &mut dyn FnMut(usize, usize)) {
 
 /// Cards among consecutive groups of a run that is not a card as a whole: leftmost first,
 /// longest first. A group glued to a word cannot start or end a card; groups after a
-/// separator can.
+/// separator can. What is found is one span, from the first card's start to the run's end:
+/// the digits after a card are masked with it, so what a keep-last style leaves visible (its
+/// last digits) can never join the groups that follow into another card, and masking a
+/// masked value finds nothing more.
 fn cards_in_groups(
     text: &[u8],
     start: usize,
@@ -295,9 +298,7 @@ fn cards_in_groups(
         n_groups += 1;
         j += 1;
     }
-    let mut first = usize::from(preceded_by_word);
-    while first < n_groups {
-        let mut matched = None;
+    for first in usize::from(preceded_by_word)..n_groups {
         let mut digits = 0;
         for last in first..n_groups {
             digits += (groups[last].1 - groups[last].0) as usize;
@@ -307,14 +308,9 @@ fn cards_in_groups(
             let bounded = last + 1 < n_groups || !followed_by_word;
             let (from, to) = (groups[first].0 as usize, groups[last].1 as usize);
             if digits >= 13 && bounded && luhn_valid(&text[from..to]) {
-                matched = Some(last);
+                found(from, end);
+                return;
             }
-        }
-        if let Some(last) = matched {
-            found(groups[first].0 as usize, groups[last].1 as usize);
-            first = last + 1;
-        } else {
-            first += 1;
         }
     }
 }
@@ -593,7 +589,9 @@ mod tests {
         assert!(spans(Card, "x4111111111111111").is_empty(), "glued to a word");
         assert!(spans(Card, "1700000000.000000000").is_empty());
         // A card followed by another group, or after a group glued to a word, is still found.
-        assert_eq!(spans(Card, "4111 1111 1111 1111 12"), ["4111 1111 1111 1111"]);
+        // The digits after it go with it (see `cards_in_groups`).
+        assert_eq!(spans(Card, "4111 1111 1111 1111 12"), ["4111 1111 1111 1111 12"]);
+        assert_eq!(spans(Card, "12 4111 1111 1111 1111 34"), ["4111 1111 1111 1111 34"]);
         assert_eq!(spans(Card, "DE89370400440532013000 4532015112830366"), ["4532015112830366"]);
         assert!(spans(Card, "4111111111111111x").is_empty());
     }
@@ -797,7 +795,42 @@ mod tests {
         proptest::collection::vec(piece, 0..12).prop_map(|parts| parts.concat())
     }
 
+    /// Masks each card found as the keep-last style does (every digit but the last `keep`
+    /// becomes `*`), the way the masker writes it.
+    fn mask_cards(text: &[u8], keep: usize) -> Vec<u8> {
+        let mut out = text.to_vec();
+        find_cards(text, &mut |start, end| {
+            let mut kept = 0;
+            for b in out[start..end].iter_mut().rev() {
+                if b.is_ascii_digit() {
+                    if kept < keep {
+                        kept += 1;
+                    } else {
+                        *b = b'*';
+                    }
+                }
+            }
+        });
+        out
+    }
+
+    #[test]
+    fn a_kept_card_tail_does_not_start_another_card() {
+        // Found by the `mask_json` fuzz target: the last group kept visible joined the
+        // digits after it into a second card, which only a second pass found.
+        let text = b"1441 4111 1111 1111 1111 11111714567890";
+        let once = mask_cards(b"1441 4111 1111 1111 1111 1714567890", 4);
+        assert_eq!(mask_cards(&once, 4), once);
+        assert_eq!(mask_cards(text, 4), mask_cards(&mask_cards(text, 4), 4));
+    }
+
     proptest::proptest! {
+        #[test]
+        fn masked_cards_are_not_found_again(text in detector_text(), keep in 0usize..=4) {
+            let once = mask_cards(&text, keep);
+            proptest::prop_assert_eq!(mask_cards(&once, keep), once);
+        }
+
         #[test]
         fn fast_detectors_equal_the_reference(text in detector_text()) {
             proptest::prop_assert_eq!(luhn_valid(&text), reference::luhn_valid(&text));
