@@ -386,7 +386,9 @@ fn check_array(field: &FieldDesc, view: &ArrayView, buf: &[u8], offset: usize) -
                 return Ok(());
             }
             let width = if large { 8 } else { 4 };
-            if view.offsets.len() < (n + 1) * width {
+            let needed =
+                n.checked_add(1).and_then(|m| m.checked_mul(width)).ok_or(refuse(offset, "an array too long"))?;
+            if view.offsets.len() < needed {
                 return Err(refuse(offset, "an offsets buffer shorter than its array"));
             }
             let mut previous = 0;

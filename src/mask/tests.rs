@@ -514,12 +514,31 @@ fn refuses_arrow_buffers_that_overlap() {
     // Buffers 0-1 are ID's (validity, values), 2-4 NAME's and 5-7 EMAIL's (validity,
     // offsets, values): NAME's text now lies on EMAIL's.
     let mut overlapping = stream.clone();
-    let descriptors = record_batch_buffers_at(&overlapping);
+    let (_, descriptors) = record_batch_vectors_at(&overlapping);
     let email_values = overlapping[descriptors + 7 * 16..descriptors + 8 * 16].to_vec();
     overlapping[descriptors + 4 * 16..descriptors + 5 * 16].copy_from_slice(&email_values);
     assert!(matches!(
         masker.mask(agents, &mut overlapping, Some(&plan), &mut scratch),
         Err(MaskError::Arrow { what: "buffers that overlap", .. })
+    ));
+}
+
+#[test]
+fn refuses_an_arrow_length_whose_offsets_would_overflow() {
+    // Found by the `mask_arrow` fuzz target: a text array's length near i64::MAX made the
+    // size of its offsets buffer overflow.
+    let masker = masker(POLICY);
+    let agents = masker.profile("agents").unwrap();
+    let (stream, columns) = arrow_customers(4);
+    let plan = masker.plan(agents, &columns);
+    let mut scratch = Scratch::default();
+    let mut huge = stream.clone();
+    // Node 1 is NAME's (text); its length is the first 8 bytes.
+    let (nodes, _) = record_batch_vectors_at(&huge);
+    huge[nodes + 16..nodes + 24].copy_from_slice(&i64::MAX.to_le_bytes());
+    assert!(matches!(
+        masker.mask(agents, &mut huge, Some(&plan), &mut scratch),
+        Err(MaskError::Arrow { what: "an array too long", .. })
     ));
 }
 

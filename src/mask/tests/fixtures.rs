@@ -402,9 +402,10 @@ pub(crate) fn check_fakesnow_customers(after: &[RecordBatch], before: &[RecordBa
     assert_eq!(a.column(7).as_ref(), b.column(7).as_ref(), "SEEN unchanged");
 }
 
-/// Where the first record batch's buffer descriptors (16 bytes each: offset, length) lie in
-/// an Arrow stream written with continuation markers.
-pub(crate) fn record_batch_buffers_at(stream: &[u8]) -> usize {
+/// Where the first record batch's field nodes (16 bytes each: length, null count) and buffer
+/// descriptors (16 bytes each: offset, length) lie in an Arrow stream written with
+/// continuation markers.
+pub(crate) fn record_batch_vectors_at(stream: &[u8]) -> (usize, usize) {
     let mut pos = 0;
     loop {
         let word = |at: usize| u32::from_le_bytes(stream[at..at + 4].try_into().unwrap()) as usize;
@@ -412,8 +413,8 @@ pub(crate) fn record_batch_buffers_at(stream: &[u8]) -> usize {
         let meta = pos + 8..pos + 8 + word(pos + 4);
         let message = arrow_ipc::root_as_message(&stream[meta.clone()]).unwrap();
         if let Some(batch) = message.header_as_record_batch() {
-            let buffers = batch.buffers().unwrap();
-            return buffers.bytes().as_ptr() as usize - stream.as_ptr() as usize;
+            let at = |bytes: &[u8]| bytes.as_ptr() as usize - stream.as_ptr() as usize;
+            return (at(batch.nodes().unwrap().bytes()), at(batch.buffers().unwrap().bytes()));
         }
         pos = meta.end + usize::try_from(message.bodyLength()).unwrap();
     }
