@@ -137,6 +137,7 @@
 
 pub mod format;
 pub mod frame;
+mod key_index;
 pub mod reader;
 mod recorder;
 pub mod storage;

@@ -7,7 +7,6 @@
 //! batch is kept ([`WriteError::Io`]: retry later). After an fsync fails, or a cut-back fails,
 //! nothing on disk can be trusted ([`WriteError::Fatal`]): the writer must not be used again.
 
-use std::collections::HashMap;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -15,11 +14,11 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use super::format::{
-    BATCH_HEADER_BYTES, BatchEntry, BatchHeader, ChainHead, FORMAT_VERSION, Footer, FooterIndex, IndexKind,
-    SEGMENT_HEADER_BYTES, SealReason, SegmentHeader, Trailer, chain_next, footer_bytes_estimate, footer_mac, genesis,
-    mac_equal, mac_key,
+    BATCH_HEADER_BYTES, BatchEntry, BatchHeader, ChainHead, FORMAT_VERSION, Footer, IndexKind, SEGMENT_HEADER_BYTES,
+    SealReason, SegmentHeader, Trailer, chain_next, footer_bytes_estimate, footer_mac, genesis, mac_equal, mac_key,
 };
 use super::frame::{EventFrame, EventKind, Frame, RECORD_PREFIX_BYTES, encode_body};
+use super::key_index::KeyIndex;
 use super::limits;
 use super::reader::{ReadError, ReadErrorKind, ReaderOptions, SegmentName, SegmentReader, index_keys};
 use super::recorder::RecorderConfig;
@@ -167,16 +166,8 @@ impl BatchItems for [Frame] {
     fn assign(&self, _: usize, _: u64) {}
 }
 
-/// The index kinds, as slots of the writer's per-kind maps.
+/// The index kinds a record may carry a key of.
 const INDEX_KINDS: [IndexKind; 3] = [IndexKind::Identity, IndexKind::QueryId, IndexKind::RequestId];
-
-fn kind_slot(kind: IndexKind) -> usize {
-    match kind {
-        IndexKind::Identity => 0,
-        IndexKind::QueryId => 1,
-        IndexKind::RequestId => 2,
-    }
-}
 
 struct OpenSegment {
     file: Box<dyn SegmentFile>,
@@ -186,10 +177,7 @@ struct OpenSegment {
     /// Bytes of whole structures written: where the next batch goes.
     len: u64,
     batches: Vec<BatchEntry>,
-    index: [HashMap<String, Vec<u32>>; 3],
-    n_index_keys: usize,
-    index_key_bytes: usize,
-    index_refs: usize,
+    index: KeyIndex,
     record_count: u64,
     time_min_unix_us: u64,
     time_max_unix_us: u64,
@@ -205,10 +193,7 @@ impl OpenSegment {
             header_bytes,
             len: SEGMENT_HEADER_BYTES as u64,
             batches: Vec::new(),
-            index: Default::default(),
-            n_index_keys: 0,
-            index_key_bytes: 0,
-            index_refs: 0,
+            index: KeyIndex::default(),
             record_count: 0,
             time_min_unix_us: u64::MAX,
             time_max_unix_us: 0,
@@ -223,32 +208,8 @@ impl OpenSegment {
         self.time_max_unix_us = self.time_max_unix_us.max(entry.time_max_unix_us);
         self.batches.push(entry);
         for (kind, key) in keys {
-            let map = &mut self.index[kind_slot(kind)];
-            match map.get_mut(key) {
-                Some(ordinals) => {
-                    if ordinals.last() != Some(&ordinal) {
-                        ordinals.push(ordinal);
-                        self.index_refs += 1;
-                    }
-                }
-                None => {
-                    map.insert(key.to_owned(), vec![ordinal]);
-                    self.n_index_keys += 1;
-                    self.index_key_bytes += 7 + key.len();
-                    self.index_refs += 1;
-                }
-            }
+            self.index.add(kind, key, ordinal);
         }
-    }
-
-    fn footer_index(&self) -> FooterIndex {
-        let mut index = FooterIndex::new();
-        for kind in INDEX_KINDS {
-            for (key, ordinals) in &self.index[kind_slot(kind)] {
-                index.insert((kind, key.clone()), ordinals.clone());
-            }
-        }
-        index
     }
 
     /// Why the segment must be sealed before another batch, if it must: a batch of the most
@@ -257,8 +218,8 @@ impl OpenSegment {
         let keys_per_batch_max = limits::BATCH_FRAMES_MAX * INDEX_KINDS.len();
         if self.batches.len() + 1 >= limits::BATCHES_PER_SEGMENT_MAX {
             Some("batch count")
-        } else if self.n_index_keys + keys_per_batch_max > limits::INDEX_KEYS_PER_SEGMENT_MAX
-            || footer_bytes_estimate(self.batches.len(), self.index_key_bytes, self.index_refs)
+        } else if self.index.n_keys + keys_per_batch_max > limits::INDEX_KEYS_PER_SEGMENT_MAX
+            || footer_bytes_estimate(self.batches.len(), self.index.key_bytes, self.index.refs)
                 >= limits::FOOTER_BYTES_SOFT_MAX
         {
             Some("footer size")
@@ -781,7 +742,7 @@ impl SegmentWriter {
             sealed_unix_us: now_unix_us,
             seal_reason: reason,
             batches: segment.batches.clone(),
-            index: segment.footer_index(),
+            index: segment.index.footer_index(),
         };
         let mut bytes = footer.encode_frame();
         let mac = footer_mac(&self.mac_key, &segment.header_bytes, &bytes);
