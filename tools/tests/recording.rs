@@ -8,9 +8,7 @@ use std::process::{Command, Output};
 use std::time::Duration;
 
 use bytes::Bytes;
-use snowgate::record::format::{
-    BATCH_HEADER_BYTES, BatchHeader, Footer, SegmentHeader, Trailer, chain_next, footer_mac, mac_key,
-};
+use snowgate::record::format::{BATCH_HEADER_BYTES, BatchHeader, Footer, SegmentHeader, Trailer, footer_mac, mac_key};
 use snowgate::record::{
     Decision, Durability, EventKind, Frame, Principal, Recorder, RecorderConfig, RequestFrame, ResponseFrame,
     SegmentName, SegmentReader,
