@@ -79,7 +79,10 @@ fn answer(data: &[u8]) {
 fn login_answer(data: &[u8]) {
     let owner = SessionOwner { sub: "agent-1".into(), groups: vec!["analysts".into()], role: "ANALYST".into() };
     let Ok(sealed) = seal_login_response(data, sealer(), &owner, 1_000) else { return };
-    let input: Value = serde_json::from_slice(data).expect("a sealed answer was JSON");
+    // The reference reading: serde_json's `Value` refuses an object whose key is its private
+    // RawValue marker (`$serde_json::private::RawValue`, with the `raw_value` feature), which
+    // the gateway's reading takes as any other key; such bodies are not compared.
+    let Ok(input) = serde_json::from_slice::<Value>(data) else { return };
     let output: Value = serde_json::from_slice(&sealed.body).expect("the sealed answer is JSON");
     assert_eq!(sealed.success, input["success"].as_bool().unwrap_or(false));
     let Some(out_data) = output.get("data").and_then(Value::as_object) else {
