@@ -15,7 +15,7 @@ use super::format::{FooterIndex, IndexKind};
 pub(crate) const SHARDS: usize = 256;
 
 /// The key kinds, in the order of their tables.
-const KINDS: [IndexKind; 3] = [IndexKind::Identity, IndexKind::QueryId, IndexKind::RequestId];
+pub(crate) const KINDS: [IndexKind; 3] = [IndexKind::Identity, IndexKind::QueryId, IndexKind::RequestId];
 
 fn kind_slot(kind: IndexKind) -> usize {
     match kind {

@@ -18,7 +18,7 @@ use super::format::{
     SealReason, SegmentHeader, Trailer, chain_next, footer_bytes_estimate, footer_mac, genesis, mac_equal, mac_key,
 };
 use super::frame::{EventFrame, EventKind, Frame, RECORD_PREFIX_BYTES, encode_body};
-use super::key_index::KeyIndex;
+use super::key_index::{self, KeyIndex};
 use super::limits;
 use super::reader::{ReadError, ReadErrorKind, ReaderOptions, SegmentName, SegmentReader, index_keys};
 use super::recorder::RecorderConfig;
@@ -166,9 +166,6 @@ impl BatchItems for [Frame] {
     fn assign(&self, _: usize, _: u64) {}
 }
 
-/// The index kinds a record may carry a key of.
-const INDEX_KINDS: [IndexKind; 3] = [IndexKind::Identity, IndexKind::QueryId, IndexKind::RequestId];
-
 struct OpenSegment {
     file: Box<dyn SegmentFile>,
     path: PathBuf,
@@ -215,7 +212,7 @@ impl OpenSegment {
     /// Why the segment must be sealed before another batch, if it must: a batch of the most
     /// frames and keys must still fit the format's per-segment limits.
     fn full(&self) -> Option<&'static str> {
-        let keys_per_batch_max = limits::BATCH_FRAMES_MAX * INDEX_KINDS.len();
+        let keys_per_batch_max = limits::BATCH_FRAMES_MAX * key_index::KINDS.len();
         if self.batches.len() + 1 >= limits::BATCHES_PER_SEGMENT_MAX {
             Some("batch count")
         } else if self.index.n_keys + keys_per_batch_max > limits::INDEX_KEYS_PER_SEGMENT_MAX
