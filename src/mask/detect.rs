@@ -206,12 +206,11 @@ const LUHN_DOUBLED: [u8; 10] = [0, 2, 4, 6, 8, 1, 3, 5, 7, 9];
 /// Whether a Luhn check passes over the ASCII digits of `text` (other bytes are skipped).
 /// One running sum in a register: the doubled digit comes from a table, picked without a branch.
 pub(crate) fn luhn_valid(text: &[u8]) -> bool {
-    const DOUBLED: [u8; 10] = LUHN_DOUBLED;
     let (mut sum, mut digits) = (0u32, 0u32);
     for &b in text.iter().rev() {
         let d = b.wrapping_sub(b'0');
         if d < 10 {
-            let value = if digits & 1 == 1 { DOUBLED[usize::from(d)] } else { d };
+            let value = if digits & 1 == 1 { LUHN_DOUBLED[usize::from(d)] } else { d };
             sum += u32::from(value);
             digits += 1;
         }
