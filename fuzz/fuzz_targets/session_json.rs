@@ -30,7 +30,7 @@ fn master() -> TokenClaims {
         groups: vec!["analysts".into()],
         role: "ANALYST".into(),
         session_id: Some(42),
-        expires_at_unix: 4_102_444_800,
+        expires_at_unix_ms: 4_102_444_800_000,
     }
 }
 
@@ -99,7 +99,9 @@ fn login_answer(data: &[u8]) {
         return;
     }
     let token = out_data["token"].as_str().expect("a sealed session token");
-    let claims = sealer().open(TokenKind::Session, token, 1_000).expect("the session token opens");
+    let claims = sealer().open_ignoring_expiry(TokenKind::Session, token).expect("the session token opens");
+    let validity_secs = input["data"]["validityInSeconds"].as_u64().unwrap_or(3600);
+    assert_eq!(claims.expires_at_unix_ms, 1_000u64.saturating_add(validity_secs.saturating_mul(1000)));
     assert_eq!(Some(claims.upstream_token.as_str()), input["data"]["token"].as_str());
     assert_eq!((claims.sub.as_str(), claims.role.as_str()), ("agent-1", "ANALYST"));
     assert_eq!(claims.session_id, input["data"]["sessionId"].as_i64());
@@ -116,7 +118,7 @@ fn login_answer(data: &[u8]) {
 
 fn renew_request(data: &[u8]) {
     let master = master();
-    let session = TokenClaims { upstream_token: UPSTREAM_SESSION_TOKEN.into(), expires_at_unix: 1, ..master.clone() };
+    let session = TokenClaims { upstream_token: UPSTREAM_SESSION_TOKEN.into(), expires_at_unix_ms: 1, ..master.clone() };
     let sealed = sealer().seal(TokenKind::Session, &session);
     let text = String::from_utf8_lossy(data).replace("SEALED", &sealed);
     let result = rewrite_renew_request(text.as_bytes(), sealer(), &master);

@@ -29,7 +29,7 @@ use super::handler::{
     Answer, Capture, admit, pass_through, refuse, refuse_sql_api, send, upstream_failed, upstream_session_headers,
 };
 use super::upstream::{self, UpstreamRequest, UpstreamResponse};
-use super::{Core, unix_seconds};
+use super::{Core, unix_millis, unix_seconds};
 use crate::http::gzip::{self, GunzipError};
 use crate::http::{Method, RequestHead};
 use crate::mask::{ColumnPlan, Envelope, rebuild_envelope};
@@ -106,10 +106,6 @@ fn rule_name(decided_by: &DecidedBy) -> String {
         DecidedBy::Refusal { .. } => "unreadable request".into(),
         DecidedBy::StatementLimit { .. } => "statement limit".into(),
     }
-}
-
-fn unix_millis() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
 fn ledger(core: &Core) -> MutexGuard<'_, Ledger<ParkedStatement>> {

@@ -9,7 +9,7 @@ use serde_json::Value;
 use tracing::{debug, info, warn};
 
 use super::upstream::{self, UpstreamError, UpstreamRequest, UpstreamResponse};
-use super::{Core, govern, unix_seconds};
+use super::{Core, govern, unix_millis, unix_seconds};
 use crate::http::gzip::{self, GunzipError};
 use crate::http::{Headers, Method, RequestHead};
 use crate::identity::{AuthError, Identity, JwksSource};
@@ -410,7 +410,7 @@ async fn login(core: &Core, head: &RequestHead, body: Bytes, capture: &mut Captu
         return pass_through(response);
     }
     let owner = SessionOwner { sub: identity.sub, groups: identity.groups, role: role.to_owned() };
-    match login::seal_login_response(&response.body, &gateway.sealer, &owner, unix_seconds()) {
+    match login::seal_login_response(&response.body, &gateway.sealer, &owner, unix_millis()) {
         Ok(answer) => {
             capture.session_id = answer.session_id;
             info!(core = core.id, sub = %owner.sub, role = %owner.role, success = answer.success, "Login.");
@@ -429,7 +429,7 @@ async fn renew(core: &Core, head: &RequestHead, body: Bytes, capture: &mut Captu
     let Some(token) = head.headers.get_str("authorization").and_then(snowflake_token) else {
         return refuse(capture, codes::MASTER_INVALID, "the renewal carries no master token");
     };
-    let master = match gateway.sealer.open(TokenKind::Master, token, unix_seconds()) {
+    let master = match gateway.sealer.open(TokenKind::Master, token, unix_millis()) {
         Ok(claims) => claims,
         Err(TokenError::Expired) => {
             return refuse(capture, codes::MASTER_EXPIRED, "the master token has expired; log in again");
@@ -458,7 +458,7 @@ async fn renew(core: &Core, head: &RequestHead, body: Bytes, capture: &mut Captu
     if response.status != 200 {
         return pass_through(response);
     }
-    match login::seal_renew_response(&response.body, &gateway.sealer, &master, unix_seconds()) {
+    match login::seal_renew_response(&response.body, &gateway.sealer, &master, unix_millis()) {
         Ok(answer) => {
             info!(core = core.id, sub = %master.sub, success = answer.success, "Session renewed.");
             with_body(response, answer.body)
@@ -486,7 +486,7 @@ async fn session_request(
             "the request carries no session token; log in through snowgate",
         );
     };
-    let claims = match gateway.sealer.open(TokenKind::Session, token, unix_seconds()) {
+    let claims = match gateway.sealer.open(TokenKind::Session, token, unix_millis()) {
         Ok(claims) => claims,
         Err(TokenError::Expired) => return refuse(capture, codes::SESSION_EXPIRED, "Session token expired."),
         Err(e) => return refuse(capture, codes::SESSION_INVALID, &format!("session token refused: {e}")),

@@ -131,8 +131,11 @@ pub struct SealedAnswer {
     pub session_id: Option<i64>,
 }
 
-fn seconds(data: &Map<String, Value>, field: &str, default: u64) -> u64 {
-    data.get(field).and_then(Value::as_u64).unwrap_or(default)
+/// When a validity of `field` seconds (or `default` when absent) that starts at `now_unix_ms`
+/// ends, in Unix milliseconds. Saturates: upstream's numbers are not trusted to be sane.
+fn expiry_ms(now_unix_ms: u64, data: &Map<String, Value>, field: &str, default: u64) -> u64 {
+    let seconds = data.get(field).and_then(Value::as_u64).unwrap_or(default);
+    now_unix_ms.saturating_add(seconds.saturating_mul(1000))
 }
 
 fn take_string(data: &mut Map<String, Value>, field: &str) -> Option<String> {
@@ -146,7 +149,7 @@ fn claims_for(
     owner: &SessionOwner,
     upstream_token: String,
     session_id: Option<i64>,
-    expires_at_unix: u64,
+    expires_at_unix_ms: u64,
 ) -> TokenClaims {
     TokenClaims {
         upstream_token,
@@ -154,7 +157,7 @@ fn claims_for(
         groups: owner.groups.clone(),
         role: owner.role.clone(),
         session_id,
-        expires_at_unix,
+        expires_at_unix_ms,
     }
 }
 
@@ -164,7 +167,7 @@ pub fn seal_login_response(
     body: &[u8],
     sealer: &Sealer,
     owner: &SessionOwner,
-    now_unix: u64,
+    now_unix_ms: u64,
 ) -> Result<SealedAnswer, LoginError> {
     let mut document: Map<String, Value> = serde_json::from_slice(body).map_err(|_| LoginError::BadShape)?;
     let success = document.get("success").and_then(Value::as_bool).unwrap_or(false);
@@ -180,7 +183,7 @@ pub fn seal_login_response(
     let session_id = data.get("sessionId").and_then(Value::as_i64);
     if success {
         let session_token = take_string(data, "token").ok_or(LoginError::UpstreamWithoutTokens)?;
-        let session_expiry = now_unix + seconds(data, "validityInSeconds", 3600);
+        let session_expiry = expiry_ms(now_unix_ms, data, "validityInSeconds", 3600);
         let sealed_session =
             sealer.seal(TokenKind::Session, &claims_for(owner, session_token, session_id, session_expiry));
         data.insert("token".into(), Value::String(sealed_session));
@@ -188,7 +191,7 @@ pub fn seal_login_response(
         // from them directly. Any other value in the field is never passed on.
         match take_string(data, "masterToken") {
             Some(master_token) => {
-                let master_expiry = now_unix + seconds(data, "masterValidityInSeconds", 14400);
+                let master_expiry = expiry_ms(now_unix_ms, data, "masterValidityInSeconds", 14400);
                 let sealed_master =
                     sealer.seal(TokenKind::Master, &claims_for(owner, master_token, session_id, master_expiry));
                 data.insert("masterToken".into(), Value::String(sealed_master));
@@ -227,7 +230,7 @@ pub fn seal_renew_response(
     body: &[u8],
     sealer: &Sealer,
     master: &TokenClaims,
-    now_unix: u64,
+    now_unix_ms: u64,
 ) -> Result<SealedAnswer, LoginError> {
     let mut document: Map<String, Value> = serde_json::from_slice(body).map_err(|_| LoginError::BadShape)?;
     let success = document.get("success").and_then(Value::as_bool).unwrap_or(false);
@@ -244,12 +247,12 @@ pub fn seal_renew_response(
     let session_id = data.get("sessionId").and_then(Value::as_i64).or(master.session_id);
     if success {
         let session_token = take_string(data, "sessionToken").ok_or(LoginError::UpstreamWithoutTokens)?;
-        let session_expiry = now_unix + seconds(data, "validityInSecondsST", 3600);
+        let session_expiry = expiry_ms(now_unix_ms, data, "validityInSecondsST", 3600);
         let sealed_session =
             sealer.seal(TokenKind::Session, &claims_for(&owner, session_token, session_id, session_expiry));
         let sealed_master = match take_string(data, "masterToken") {
             Some(master_token) => {
-                let master_expiry = now_unix + seconds(data, "validityInSecondsMT", 14400);
+                let master_expiry = expiry_ms(now_unix_ms, data, "validityInSecondsMT", 14400);
                 sealer.seal(TokenKind::Master, &claims_for(&owner, master_token, session_id, master_expiry))
             }
             None => sealer.seal(TokenKind::Master, master),
@@ -338,16 +341,35 @@ mod tests {
             "validityInSeconds": 100, "masterValidityInSeconds": 1000, "sessionId": 99,
             "parameters": [{"name": "TIMEZONE", "value": "UTC"}]}, "success": true});
         let s = sealer();
-        let answer = seal_login_response(upstream.to_string().as_bytes(), &s, &owner(), 5000).unwrap();
+        let answer = seal_login_response(upstream.to_string().as_bytes(), &s, &owner(), 5_000_000).unwrap();
         let text = String::from_utf8(answer.body.clone()).unwrap();
         assert!(!text.contains("REAL-"), "{text}");
         assert_eq!((answer.success, answer.session_id), (true, Some(99)));
         let out: Value = serde_json::from_slice(&answer.body).unwrap();
-        let session = s.open(TokenKind::Session, out["data"]["token"].as_str().unwrap(), 5000).unwrap();
-        assert_eq!((session.upstream_token.as_str(), session.expires_at_unix), ("REAL-S", 5100));
-        let master = s.open(TokenKind::Master, out["data"]["masterToken"].as_str().unwrap(), 5000).unwrap();
-        assert_eq!((master.upstream_token.as_str(), master.expires_at_unix), ("REAL-M", 6000));
+        let session = s.open(TokenKind::Session, out["data"]["token"].as_str().unwrap(), 5_000_000).unwrap();
+        assert_eq!((session.upstream_token.as_str(), session.expires_at_unix_ms), ("REAL-S", 5_100_000));
+        let master = s.open(TokenKind::Master, out["data"]["masterToken"].as_str().unwrap(), 5_000_000).unwrap();
+        assert_eq!((master.upstream_token.as_str(), master.expires_at_unix_ms), ("REAL-M", 6_000_000));
         assert_eq!(out["data"]["parameters"], upstream["data"]["parameters"]);
+    }
+
+    #[test]
+    fn a_short_validity_lasts_its_full_length_whatever_the_millisecond() {
+        // Issued 1 ms before a whole second: in whole seconds, this session would have ended
+        // 1 ms later instead of a second later.
+        let upstream = json!({"data": {"token": "REAL-S", "validityInSeconds": 1}, "success": true});
+        let s = sealer();
+        let answer = seal_login_response(upstream.to_string().as_bytes(), &s, &owner(), 5_000_999).unwrap();
+        let out: Value = serde_json::from_slice(&answer.body).unwrap();
+        let token = out["data"]["token"].as_str().unwrap();
+        assert!(s.open(TokenKind::Session, token, 5_001_500).is_ok());
+        assert_eq!(s.open(TokenKind::Session, token, 5_001_999), Err(crate::session::token::TokenError::Expired));
+        // Upstream's numbers are not trusted: a huge validity saturates instead of wrapping.
+        let huge = json!({"data": {"token": "REAL-S", "validityInSeconds": u64::MAX}, "success": true});
+        let answer = seal_login_response(huge.to_string().as_bytes(), &s, &owner(), 5_000_999).unwrap();
+        let out: Value = serde_json::from_slice(&answer.body).unwrap();
+        let claims = s.open(TokenKind::Session, out["data"]["token"].as_str().unwrap(), 5_001_500).unwrap();
+        assert_eq!(claims.expires_at_unix_ms, u64::MAX);
     }
 
     #[test]
@@ -386,7 +408,7 @@ mod tests {
         let answer = seal_renew_response(upstream.to_string().as_bytes(), &s, &master, 1000).unwrap();
         let out: Value = serde_json::from_slice(&answer.body).unwrap();
         let session = s.open(TokenKind::Session, out["data"]["sessionToken"].as_str().unwrap(), 1000).unwrap();
-        assert_eq!((session.upstream_token.as_str(), session.expires_at_unix), ("REAL-S2", 1060));
+        assert_eq!((session.upstream_token.as_str(), session.expires_at_unix_ms), ("REAL-S2", 61_000));
         let resealed = s.open(TokenKind::Master, out["data"]["masterToken"].as_str().unwrap(), 1000).unwrap();
         assert_eq!(resealed, master);
     }

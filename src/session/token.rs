@@ -57,9 +57,10 @@ pub struct TokenClaims {
     /// Snowflake's session id, when it gave one.
     #[serde(rename = "i", default)]
     pub session_id: Option<i64>,
-    /// When the upstream token expires, in Unix seconds.
-    #[serde(rename = "e")]
-    pub expires_at_unix: u64,
+    /// When the upstream token expires, in Unix milliseconds. Milliseconds, not seconds: a
+    /// short validity rounded to whole seconds could end almost as soon as it began.
+    #[serde(rename = "x")]
+    pub expires_at_unix_ms: u64,
 }
 
 /// Why a sealed token was refused. All are the client's fault.
@@ -167,10 +168,10 @@ impl Sealer {
         Err(TokenError::Forged)
     }
 
-    /// Opens a token of the given kind and checks it has not expired at `now_unix`.
-    pub fn open(&self, kind: TokenKind, token: &str, now_unix: u64) -> Result<TokenClaims, TokenError> {
+    /// Opens a token of the given kind and checks it has not expired at `now_unix_ms`.
+    pub fn open(&self, kind: TokenKind, token: &str, now_unix_ms: u64) -> Result<TokenClaims, TokenError> {
         let claims = self.open_ignoring_expiry(kind, token)?;
-        if claims.expires_at_unix <= now_unix {
+        if claims.expires_at_unix_ms <= now_unix_ms {
             return Err(TokenError::Expired);
         }
         Ok(claims)
@@ -181,14 +182,14 @@ impl Sealer {
 mod tests {
     use super::*;
 
-    fn claims(expires_at_unix: u64) -> TokenClaims {
+    fn claims(expires_at_unix_ms: u64) -> TokenClaims {
         TokenClaims {
             upstream_token: "SF-REAL-TOKEN".into(),
             sub: "agent-7".into(),
             groups: vec!["analysts".into()],
             role: "ANALYST".into(),
             session_id: Some(42),
-            expires_at_unix,
+            expires_at_unix_ms,
         }
     }
 

@@ -268,7 +268,7 @@ fn refuses_requests_without_a_token_or_with_a_forged_one() {
             groups: vec!["admins".into()],
             role: "SYSADMIN".into(),
             session_id: Some(1),
-            expires_at_unix: now_unix() + 600,
+            expires_at_unix_ms: (now_unix() + 600) * 1000,
         },
     );
     assert_refused(&query(&mut client, &foreign, "select 1"), "390104");
