@@ -276,5 +276,57 @@ fn queue(c: &mut Criterion) {
     recorder.stop().unwrap();
 }
 
-criterion_group!(benches, encode, ingest, queue);
+/// Sealing a segment whose index holds `n` queries (a query id and a request id each, and a
+/// few identities): the footer is built, sorted, encoded, authenticated and written. This runs
+/// on the recorder thread, so it is a pause in recording (and, on a CPU a core shares, in
+/// serving). On tmpfs when there is one (`/dev/shm`): the CPU's part, not the disk's.
+fn seal(c: &mut Criterion) {
+    let shm = std::path::Path::new("/dev/shm");
+    let memory_dir = if shm.is_dir() { shm.to_path_buf() } else { std::env::temp_dir() };
+    let mut group = c.benchmark_group("record/seal");
+    group.sample_size(10).measurement_time(Duration::from_secs(10));
+    for n in [10_000usize, 100_000] {
+        let mut rng = SplitMix64(0xF007);
+        let frames: Vec<Frame> = (0..n)
+            .map(|i| {
+                Frame::Request(RequestFrame {
+                    time_unix_us: 1_750_000_000_000_000 + i as u64,
+                    endpoint: Cow::Borrowed("query-request"),
+                    principal: Principal { sub: Some(format!("agent-{}", rng.below(20))), role: None, groups: vec![] },
+                    session_id: Some(7),
+                    request_id: Some(uuid(&mut rng)),
+                    query_id: Some(uuid(&mut rng)),
+                    statement: Some("select 1".into()),
+                    bindings: None,
+                    agent_context: None,
+                    query_tag: None,
+                    decision: Decision::Allowed,
+                    body: Bytes::new(),
+                })
+            })
+            .collect();
+        group.bench_function(format!("{n}_queries"), |b| {
+            b.iter_batched(
+                || {
+                    let temp = tempfile::tempdir_in(&memory_dir).unwrap();
+                    let mut config = RecorderConfig::new(temp.path(), 0, [1; 32]);
+                    config.segment_bytes_max = 1 << 32;
+                    let (mut writer, _) = SegmentWriter::open(Arc::new(FileSystem), &config, 1).unwrap();
+                    for chunk in frames.chunks(64) {
+                        writer.append(chunk, 2).unwrap();
+                    }
+                    (writer, temp)
+                },
+                |(mut writer, temp)| {
+                    writer.seal(SealReason::Stopped, 3).unwrap();
+                    (writer, temp)
+                },
+                BatchSize::PerIteration,
+            )
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, encode, ingest, queue, seal);
 criterion_main!(benches);

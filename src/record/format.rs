@@ -342,6 +342,22 @@ impl IndexKind {
 /// a record with that key, ascending.
 pub type FooterIndex = BTreeMap<(IndexKind, String), Vec<u32>>;
 
+/// Index keys a footer encoder handles between two calls of its `pause`: about a millisecond
+/// of work. A seal runs on the recorder thread, which may share a CPU with a core at the same
+/// real-time priority, where nothing preempts it: the writer yields there.
+pub(crate) const PAUSE_EVERY_KEYS: usize = 16 * 1024;
+
+/// One footer index entry as the encoder takes it, borrowed: a key and the ordinals of the
+/// batches holding it, ascending: the first by value (the writer's index keeps it inline),
+/// then the rest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct IndexEntry<'a> {
+    pub(crate) kind: IndexKind,
+    pub(crate) key: &'a [u8],
+    pub(crate) first: u32,
+    pub(crate) more: &'a [u32],
+}
+
 /// A sealed segment's footer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Footer {
@@ -368,7 +384,48 @@ pub struct Footer {
 impl Footer {
     /// The footer body's bytes (without the footer frame header).
     pub fn encode_body(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(FOOTER_FIXED_BYTES + self.batches.len() * BATCH_ENTRY_BYTES + 64);
+        let mut out = Vec::new();
+        self.encode_body_into(&self.index_entries(), &mut out, &mut || {});
+        out
+    }
+
+    /// The whole footer frame: header and body.
+    pub fn encode_frame(&self) -> Vec<u8> {
+        self.encode_frame_with_index(&self.index_entries(), &mut || {})
+    }
+
+    /// The whole footer frame, its index being `index` (sorted by kind, then key bytes; each
+    /// key once) instead of `self.index`: the writer encodes its open segment's index as it
+    /// lies, without copying the keys into a map first. `pause` is called between slices of
+    /// the work (see [`PAUSE_EVERY_KEYS`]).
+    pub(crate) fn encode_frame_with_index(&self, index: &[IndexEntry<'_>], pause: &mut dyn FnMut()) -> Vec<u8> {
+        debug_assert!(index.windows(2).all(|w| (w[0].kind, w[0].key) < (w[1].kind, w[1].key)), "index not sorted");
+        let index_bytes: usize = index.iter().map(|e| 7 + e.key.len() + 4 * (1 + e.more.len())).sum();
+        let body_bytes = FOOTER_FIXED_BYTES + self.batches.len() * BATCH_ENTRY_BYTES + 4 + index_bytes;
+        let mut frame = Vec::with_capacity(FOOTER_HEADER_BYTES + body_bytes);
+        frame.extend_from_slice(&[0u8; FOOTER_HEADER_BYTES]);
+        self.encode_body_into(index, &mut frame, pause);
+        let body_len = frame.len() - FOOTER_HEADER_BYTES;
+        let body_crc = crc32c::crc32c(&frame[FOOTER_HEADER_BYTES..]);
+        frame[0..4].copy_from_slice(&FOOTER_MARKER);
+        frame[4..8].copy_from_slice(&(body_len as u32).to_le_bytes());
+        frame[8..12].copy_from_slice(&body_crc.to_le_bytes());
+        let header_crc = crc32c::crc32c(&frame[..12]);
+        frame[12..16].copy_from_slice(&header_crc.to_le_bytes());
+        frame
+    }
+
+    fn index_entries(&self) -> Vec<IndexEntry<'_>> {
+        let mut entries = Vec::with_capacity(self.index.len());
+        for ((kind, key), ordinals) in &self.index {
+            let (first, more) = ordinals.split_first().expect("a footer index key is in at least one batch");
+            entries.push(IndexEntry { kind: *kind, key: key.as_bytes(), first: *first, more });
+        }
+        entries
+    }
+
+    fn encode_body_into(&self, index: &[IndexEntry<'_>], out: &mut Vec<u8>, pause: &mut dyn FnMut()) {
+        let start = out.len();
         out.extend_from_slice(&self.record_count.to_le_bytes());
         out.extend_from_slice(&self.first_record_index.to_le_bytes());
         out.extend_from_slice(&self.time_min_unix_us.to_le_bytes());
@@ -378,7 +435,7 @@ impl Footer {
         out.push(self.seal_reason.code());
         out.extend_from_slice(&[0u8; 3]);
         out.extend_from_slice(&(self.batches.len() as u32).to_le_bytes());
-        debug_assert_eq!(out.len(), FOOTER_FIXED_BYTES);
+        debug_assert_eq!(out.len() - start, FOOTER_FIXED_BYTES);
         for batch in &self.batches {
             out.extend_from_slice(&batch.offset.to_le_bytes());
             out.extend_from_slice(&batch.first_record_index.to_le_bytes());
@@ -389,30 +446,20 @@ impl Footer {
             out.extend_from_slice(&batch.time_max_unix_us.to_le_bytes());
             out.extend_from_slice(&batch.chain_head_after);
         }
-        out.extend_from_slice(&(self.index.len() as u32).to_le_bytes());
-        for ((kind, key), batch_ordinals) in &self.index {
-            out.push(kind.code());
-            out.extend_from_slice(&(key.len() as u16).to_le_bytes());
-            out.extend_from_slice(key.as_bytes());
-            out.extend_from_slice(&(batch_ordinals.len() as u32).to_le_bytes());
-            for ordinal in batch_ordinals {
+        out.extend_from_slice(&(index.len() as u32).to_le_bytes());
+        for (n, entry) in index.iter().enumerate() {
+            if n > 0 && n % PAUSE_EVERY_KEYS == 0 {
+                pause();
+            }
+            out.push(entry.kind.code());
+            out.extend_from_slice(&(entry.key.len() as u16).to_le_bytes());
+            out.extend_from_slice(entry.key);
+            out.extend_from_slice(&(1 + entry.more.len() as u32).to_le_bytes());
+            out.extend_from_slice(&entry.first.to_le_bytes());
+            for ordinal in entry.more {
                 out.extend_from_slice(&ordinal.to_le_bytes());
             }
         }
-        out
-    }
-
-    /// The whole footer frame: header and body.
-    pub fn encode_frame(&self) -> Vec<u8> {
-        let body = self.encode_body();
-        let mut frame = Vec::with_capacity(FOOTER_HEADER_BYTES + body.len());
-        frame.extend_from_slice(&FOOTER_MARKER);
-        frame.extend_from_slice(&(body.len() as u32).to_le_bytes());
-        frame.extend_from_slice(&crc32c::crc32c(&body).to_le_bytes());
-        let header_crc = crc32c::crc32c(&frame[..12]);
-        frame.extend_from_slice(&header_crc.to_le_bytes());
-        frame.extend_from_slice(&body);
-        frame
     }
 
     /// Decodes the footer frame header: the body's length and CRC.

@@ -14,8 +14,9 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use super::format::{
-    BATCH_HEADER_BYTES, BatchEntry, BatchHeader, ChainHead, FORMAT_VERSION, Footer, IndexKind, SEGMENT_HEADER_BYTES,
-    SealReason, SegmentHeader, Trailer, chain_next, footer_bytes_estimate, footer_mac, genesis, mac_equal, mac_key,
+    BATCH_HEADER_BYTES, BatchEntry, BatchHeader, ChainHead, FORMAT_VERSION, Footer, FooterIndex, IndexKind,
+    SEGMENT_HEADER_BYTES, SealReason, SegmentHeader, Trailer, chain_next, footer_bytes_estimate, footer_mac, genesis,
+    mac_equal, mac_key,
 };
 use super::frame::{EventFrame, EventKind, Frame, RECORD_PREFIX_BYTES, encode_body};
 use super::key_index::{self, KeyIndex};
@@ -225,6 +226,9 @@ impl OpenSegment {
         }
     }
 }
+
+/// Bytes of a footer written between two yields of the sealing recorder thread.
+const FOOTER_WRITE_SLICE_BYTES: usize = 1024 * 1024;
 
 /// Endpoints whose bodies carry credentials on the wire; the proxy strips them, and the
 /// writer scrubs them again by key name before encoding.
@@ -739,13 +743,25 @@ impl SegmentWriter {
             sealed_unix_us: now_unix_us,
             seal_reason: reason,
             batches: segment.batches.clone(),
-            index: segment.index.footer_index(),
+            index: FooterIndex::new(),
         };
-        let mut bytes = footer.encode_frame();
+        // A large index takes tens of milliseconds to sort and encode; yielding between
+        // slices lets a core sharing this CPU at the same real-time priority run meanwhile.
+        let mut pause = std::thread::yield_now;
+        let mut bytes = footer.encode_frame_with_index(&segment.index.sorted_entries(&mut pause), &mut pause);
+        pause();
         let mac = footer_mac(&self.mac_key, &segment.header_bytes, &bytes);
+        pause();
         let trailer = Trailer { footer_offset: segment.len, footer_frame_len: bytes.len() as u32, mac };
         bytes.extend_from_slice(&trailer.encode());
-        if let Err(source) = segment.file.append(&bytes) {
+        // Written in slices too: page cache writes of a large footer take milliseconds.
+        let written = bytes.chunks(FOOTER_WRITE_SLICE_BYTES).enumerate().try_for_each(|(n, slice)| {
+            if n > 0 {
+                pause();
+            }
+            segment.file.append(slice)
+        });
+        if let Err(source) = written {
             segment.file.truncate(segment.len).map_err(|truncate_error| WriteError::Fatal {
                 what: "cutting back a failed seal",
                 path: segment.path.clone(),
