@@ -45,6 +45,11 @@ struct Entry {
 }
 
 impl Entry {
+    /// The key's bytes in `arena`.
+    fn key<'a>(&self, arena: &'a [u8]) -> &'a [u8] {
+        &arena[self.at as usize..self.at as usize + self.len as usize]
+    }
+
     fn last(&self) -> u32 {
         self.more.last().copied().unwrap_or(self.first)
     }
@@ -91,10 +96,6 @@ impl Default for KeyIndex {
 }
 
 impl KeyIndex {
-    fn key(&self, entry: &Entry) -> &[u8] {
-        &self.arena[entry.at as usize..entry.at as usize + entry.len as usize]
-    }
-
     /// Notes that batch `ordinal` holds `key`. Ordinals arrive in increasing order.
     pub(crate) fn add(&mut self, kind: IndexKind, key: &str, ordinal: u32) {
         let key = key.as_bytes();
@@ -104,8 +105,7 @@ impl KeyIndex {
         let shard = (hash >> 32) as usize % SHARDS;
         let table = &mut self.tables[kind_slot(kind) * SHARDS + shard];
         let arena = &self.arena;
-        let same = |e: &Entry| &arena[e.at as usize..e.at as usize + e.len as usize] == key;
-        match table.find_mut(hash, same) {
+        match table.find_mut(hash, |e| e.key(arena) == key) {
             Some(entry) => {
                 if entry.last() != ordinal {
                     entry.more.push(ordinal);
@@ -118,9 +118,7 @@ impl KeyIndex {
                 let entry = Entry { prefix: prefix(key), at, len: key.len() as u32, first: ordinal, more: Vec::new() };
                 self.arena.extend_from_slice(key);
                 let (hasher, arena) = (&self.hasher, &self.arena);
-                table.insert_unique(hash, entry, |e| {
-                    hasher.hash_one(&arena[e.at as usize..e.at as usize + e.len as usize])
-                });
+                table.insert_unique(hash, entry, |e| hasher.hash_one(e.key(arena)));
                 self.n_keys += 1;
                 self.key_bytes += 7 + key.len();
                 self.refs += 1;
@@ -140,9 +138,9 @@ impl KeyIndex {
             kind_entries.clear();
             for table in &self.tables[slot * SHARDS..(slot + 1) * SHARDS] {
                 kind_entries.extend(
-                    table
-                        .iter()
-                        .map(|e| (e.prefix, IndexEntry { kind, key: self.key(e), first: e.first, more: &e.more })),
+                    table.iter().map(|e| {
+                        (e.prefix, IndexEntry { kind, key: e.key(&self.arena), first: e.first, more: &e.more })
+                    }),
                 );
             }
             pause();
