@@ -499,10 +499,9 @@ fn refuses_arrow_it_does_not_understand() {
     ));
 }
 
-#[test]
-fn refuses_arrow_buffers_that_overlap() {
-    // Found by the `mask_arrow` fuzz target: a stream whose buffers share bytes, so masking
-    // one column rewrote another's offsets, and the masker refused its own output.
+/// Masks the four-row customer stream after `edit` has changed it, having first checked that
+/// the stream as written is accepted.
+fn mask_edited_customers(edit: impl FnOnce(&mut Vec<u8>)) -> Result<Masked, MaskError> {
     let masker = masker(POLICY);
     let agents = masker.profile("agents").unwrap();
     let (stream, columns) = arrow_customers(4);
@@ -510,36 +509,35 @@ fn refuses_arrow_buffers_that_overlap() {
     let mut scratch = Scratch::default();
     let mut untouched = stream.clone();
     masker.mask(agents, &mut untouched, Some(&plan), &mut scratch).expect("the stream as written is accepted");
+    let mut edited = stream;
+    edit(&mut edited);
+    masker.mask(agents, &mut edited, Some(&plan), &mut scratch)
+}
 
-    // Buffers 0-1 are ID's (validity, values), 2-4 NAME's and 5-7 EMAIL's (validity,
-    // offsets, values): NAME's text now lies on EMAIL's.
-    let mut overlapping = stream.clone();
-    let (_, descriptors) = record_batch_vectors_at(&overlapping);
-    let email_values = overlapping[descriptors + 7 * 16..descriptors + 8 * 16].to_vec();
-    overlapping[descriptors + 4 * 16..descriptors + 5 * 16].copy_from_slice(&email_values);
-    assert!(matches!(
-        masker.mask(agents, &mut overlapping, Some(&plan), &mut scratch),
-        Err(MaskError::Arrow { what: "buffers that overlap", .. })
-    ));
+#[test]
+fn refuses_arrow_buffers_that_overlap() {
+    // Found by the `mask_arrow` fuzz target: a stream whose buffers share bytes, so masking
+    // one column rewrote another's offsets, and the masker refused its own output.
+    let outcome = mask_edited_customers(|stream| {
+        // Buffers 0-1 are ID's (validity, values), 2-4 NAME's and 5-7 EMAIL's (validity,
+        // offsets, values): NAME's text now lies on EMAIL's.
+        let (_, descriptors) = record_batch_vectors_at(stream);
+        let email_values = stream[descriptors + 7 * 16..descriptors + 8 * 16].to_vec();
+        stream[descriptors + 4 * 16..descriptors + 5 * 16].copy_from_slice(&email_values);
+    });
+    assert!(matches!(outcome, Err(MaskError::Arrow { what: "buffers that overlap", .. })));
 }
 
 #[test]
 fn refuses_an_arrow_length_whose_offsets_would_overflow() {
     // Found by the `mask_arrow` fuzz target: a text array's length near i64::MAX made the
     // size of its offsets buffer overflow.
-    let masker = masker(POLICY);
-    let agents = masker.profile("agents").unwrap();
-    let (stream, columns) = arrow_customers(4);
-    let plan = masker.plan(agents, &columns);
-    let mut scratch = Scratch::default();
-    let mut huge = stream.clone();
-    // Node 1 is NAME's (text); its length is the first 8 bytes.
-    let (nodes, _) = record_batch_vectors_at(&huge);
-    huge[nodes + 16..nodes + 24].copy_from_slice(&i64::MAX.to_le_bytes());
-    assert!(matches!(
-        masker.mask(agents, &mut huge, Some(&plan), &mut scratch),
-        Err(MaskError::Arrow { what: "an array too long", .. })
-    ));
+    let outcome = mask_edited_customers(|stream| {
+        // Node 1 is NAME's (text); its length is the first 8 bytes.
+        let (nodes, _) = record_batch_vectors_at(stream);
+        stream[nodes + 16..nodes + 24].copy_from_slice(&i64::MAX.to_le_bytes());
+    });
+    assert!(matches!(outcome, Err(MaskError::Arrow { what: "an array too long", .. })));
 }
 
 #[test]
