@@ -52,7 +52,7 @@ use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
@@ -60,6 +60,7 @@ use tracing::{info, warn};
 use crate::http::{self, BodyFraming, HeadError, Method, RequestHead};
 use crate::policy::approvals::{Ledger, LedgerError, PendingView, PollState};
 use crate::policy::rules::Subject;
+use crate::proxy::unix_millis;
 
 /// Checks a bearer token and returns who presented it, or a sentence saying why it was refused
 /// (shown to the caller and logged, so it must not contain the token).
@@ -637,11 +638,6 @@ fn authenticate<P>(head: &RequestHead, shared: &Shared<P>) -> Result<Subject, An
     Ok(subject)
 }
 
-fn now_unix_ms() -> u64 {
-    let since_epoch = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
-    u64::try_from(since_epoch.as_millis()).unwrap_or(u64::MAX)
-}
-
 fn poisoned() -> Answer {
     warn!("The approvals ledger's lock is poisoned; refusing admin requests.");
     Answer::error(500, Fault::Server, "the approvals ledger is unavailable")
@@ -653,7 +649,7 @@ struct ListBody {
 }
 
 fn list<P>(reviewer: &Subject, shared: &Shared<P>) -> Answer {
-    let now = now_unix_ms();
+    let now = unix_millis();
     let Ok(mut ledger) = shared.ledger.lock() else { return poisoned() };
     let mut pending = ledger.list_pending(now);
     drop(ledger);
@@ -680,7 +676,7 @@ fn decide<P>(reviewer: &Subject, query_id: &str, kind: DecisionKind, body: &[u8]
         Ok(_) => return Answer::error(400, Fault::Caller, "the reason must not be empty"),
         Err(_) => return Answer::error(400, Fault::Caller, r#"the body must be a JSON object {"reason":"..."}"#),
     };
-    let now = now_unix_ms();
+    let now = unix_millis();
     let Ok(mut ledger) = shared.ledger.lock() else { return poisoned() };
     let outcome = match kind {
         DecisionKind::Approve => ledger.approve(query_id, reviewer, &reason, now),
@@ -781,7 +777,7 @@ mod tests {
             rule_name: Some("writes need review".into()),
             payload: 1,
         };
-        ledger.lock().unwrap().park(request, now_unix_ms()).unwrap().query_id
+        ledger.lock().unwrap().park(request, unix_millis()).unwrap().query_id
     }
 
     /// Sends raw bytes, reads the whole answer, returns (status, JSON body).
@@ -853,7 +849,7 @@ mod tests {
         assert_eq!((status, body["fault"].as_str()), (409, Some("caller")));
         let (status, body) = post(addr, &decide_path(&id, "approve"), "token-bob", r#"{"reason":"fine"}"#);
         assert_eq!((status, body["state"]["state"].as_str()), (200, Some("approved")));
-        let approved = server.ledger.lock().unwrap().take_approved(&id, "agent", 7, now_unix_ms()).unwrap();
+        let approved = server.ledger.lock().unwrap().take_approved(&id, "agent", 7, unix_millis()).unwrap();
         assert_eq!(approved.approvals.iter().map(|a| a.reviewer.as_str()).collect::<Vec<_>>(), ["alice", "bob"]);
         let decisions = server.decisions.lock().unwrap();
         assert_eq!(decisions.len(), 3);
@@ -876,7 +872,7 @@ mod tests {
         assert_eq!(status, 409);
         assert_eq!(body["error"], "the parked statement is no longer waiting for a decision (it is denied)");
         assert_eq!(
-            server.ledger.lock().unwrap().poll(&id, "agent", 7, now_unix_ms()).unwrap(),
+            server.ledger.lock().unwrap().poll(&id, "agent", 7, unix_millis()).unwrap(),
             PollState::Denied { reason: "not on a Friday".into() }
         );
     }
@@ -892,7 +888,7 @@ mod tests {
         }
         // Nothing reached the ledger.
         assert!(server.decisions.lock().unwrap().is_empty());
-        assert_eq!(server.ledger.lock().unwrap().list_pending(now_unix_ms()).len(), 1);
+        assert_eq!(server.ledger.lock().unwrap().list_pending(unix_millis()).len(), 1);
     }
 
     #[test]
@@ -933,7 +929,7 @@ mod tests {
         assert_eq!(status, 403);
         assert_eq!(body["error"], "an agent cannot review its own statement");
         assert!(matches!(
-            server.ledger.lock().unwrap().poll(&id, "agent", 7, now_unix_ms()).unwrap(),
+            server.ledger.lock().unwrap().poll(&id, "agent", 7, unix_millis()).unwrap(),
             PollState::Pending { approvals: 0, .. }
         ));
     }
@@ -970,7 +966,7 @@ mod tests {
         );
         assert_eq!(exchange(addr, chunked.as_bytes()).0, 411);
         assert_eq!(exchange(addr, b"GET /v1/approvals HTTP/1.1\nhost: a\n\n").0, 400);
-        assert_eq!(server.ledger.lock().unwrap().list_pending(now_unix_ms()).len(), 1);
+        assert_eq!(server.ledger.lock().unwrap().list_pending(unix_millis()).len(), 1);
     }
 
     #[test]
