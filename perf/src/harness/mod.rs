@@ -227,8 +227,21 @@ pub struct OpenRun {
     pub loadgen_cpu_us: f64,
     /// The proxy's resident memory at the end, bytes.
     pub proxy_rss_bytes: u64,
+    /// Recording bytes on disk per query the double answered (snowgate only). The open loop's
+    /// batches are small (one linger window's frames), so this is the worse case for
+    /// compression; the closed loop's full batches are the better one.
+    pub recording_bytes_per_query: Option<f64>,
+    /// Raw bytes per query (request + response body as the gateway sees them).
+    pub raw_bytes_per_query: f64,
     /// Errors.
     pub errors: u64,
+}
+
+impl OpenRun {
+    /// Recording bytes on disk per raw byte.
+    pub fn recording_ratio(&self) -> Option<f64> {
+        self.recording_bytes_per_query.map(|on_disk| on_disk / self.raw_bytes_per_query.max(1.0))
+    }
 }
 
 /// Everything measured for one payload.
@@ -471,13 +484,8 @@ fn closed_run(
     let answered = double.stats.requests(EndpointKind::Query) - queries_before;
     let (upstream_cpu_us, proxy_cpu_us, loadgen_cpu_us, proxy_rss_bytes) =
         cpu_split(&result, running.process.is_some());
-    // Frames reach the disk from the recorder thread shortly after their answers.
-    let recording_bytes_per_query = running.recordings.as_ref().map(|dir| {
-        std::thread::sleep(Duration::from_millis(100));
-        measure::directory_bytes(dir) as f64 / answered.max(1) as f64
-    });
-    let answer_len = answer_bytes(double, sql) as f64;
-    let request_len = (double.stats.bytes_received() - bytes_before) as f64 / answered.max(1) as f64;
+    let (recording_bytes_per_query, raw_bytes_per_query) =
+        bytes_per_query(&running, double, sql, answered, bytes_before);
     drop(running);
     Ok(ClosedRun {
         requests_per_sec: result.requests_per_sec,
@@ -488,11 +496,30 @@ fn closed_run(
         loadgen_cpu_us,
         proxy_rss_bytes,
         recording_bytes_per_query,
-        raw_bytes_per_query: answer_len + request_len,
+        raw_bytes_per_query,
         errors: result.errors,
         hop_ratio: answered as f64 / result.completed_all.max(1) as f64,
         first_error: result.first_error,
     })
+}
+
+/// Recording bytes on disk and raw bytes (answer body and request as the double saw them),
+/// per query the double answered since `bytes_before` was read.
+fn bytes_per_query(
+    running: &scenario::Running,
+    double: &RunningUpstream,
+    sql: &str,
+    answered: u64,
+    bytes_before: u64,
+) -> (Option<f64>, f64) {
+    // Frames reach the disk from the recorder thread shortly after their answers.
+    let recording = running.recordings.as_ref().map(|dir| {
+        std::thread::sleep(Duration::from_millis(100));
+        measure::directory_bytes(dir) as f64 / answered.max(1) as f64
+    });
+    let answer_len = answer_bytes(double, sql) as f64;
+    let request_len = (double.stats.bytes_received() - bytes_before) as f64 / answered.max(1) as f64;
+    (recording, answer_len + request_len)
 }
 
 fn run_payload(
@@ -564,9 +591,14 @@ fn run_payload(
             cpu: Some(cpu_a),
             realtime: false,
         };
+        let queries_before = double.stats.requests(EndpointKind::Query);
+        let bytes_before = double.stats.bytes_received();
         let result = loadgen::run(&plan, &load, probes(running.probe()))?;
+        let answered = double.stats.requests(EndpointKind::Query) - queries_before;
         let (upstream_cpu_us, proxy_cpu_us, loadgen_cpu_us, proxy_rss_bytes) =
             cpu_split(&result, running.process.is_some());
+        let (recording_bytes_per_query, raw_bytes_per_query) =
+            bytes_per_query(&running, &double, &payload.sql, answered, bytes_before);
         out.open.push((
             scenario.name,
             OpenRun {
@@ -581,6 +613,8 @@ fn run_payload(
                 proxy_cpu_us,
                 loadgen_cpu_us,
                 proxy_rss_bytes,
+                recording_bytes_per_query,
+                raw_bytes_per_query,
                 errors: result.errors,
             },
         ));
