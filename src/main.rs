@@ -87,8 +87,10 @@ struct Args {
 
     /// In `none` and `batch` modes, microseconds a woken recorder waits for more frames
     /// before writing, so that it wakes once per window rather than once per exchange (never in
-    /// `strict` mode, never past a due group commit). At most 100000.
-    #[arg(long, env = "SNOWGATE_RECORDING_LINGER_US", default_value_t = 500)]
+    /// `strict` mode, never past a due group commit). At most 100000. The default, 2 ms, is
+    /// the default group-commit interval: at 10,000 queries a second it costs the core's CPU
+    /// a third of what 500 µs did (see BENCHMARKS.md).
+    #[arg(long, env = "SNOWGATE_RECORDING_LINGER_US", default_value_t = 2000)]
     recording_linger_us: u64,
 
     /// Log format.

@@ -188,7 +188,7 @@ impl RecorderConfig {
             segment_age_max: Duration::from_secs(600),
             durability: Durability::Batch { interval: Durability::BATCH_INTERVAL_DEFAULT },
             unavailable_retry: Duration::from_millis(500),
-            linger: Duration::from_micros(500),
+            linger: Duration::from_micros(2000),
             sealing_key,
         }
     }
