@@ -1,8 +1,32 @@
 //! What the gateway reads out of query requests and their answers, for the recording and,
 //! later, the policy. No I/O. Unknown fields are skipped, never rejected.
 
-use serde::Deserialize;
+use std::marker::PhantomData;
+
+use serde::de::{MapAccess, Visitor, value::MapAccessDeserializer};
+use serde::{Deserialize, Deserializer};
 use serde_json::value::RawValue;
+
+/// `T` read only from a JSON object. serde's derived structs also read a JSON array, by
+/// position (`["select 1"]` as `{"sqlText": "select 1"}`), which Snowflake does not: what the
+/// gateway classifies and records must be what the warehouse would read.
+struct Object<T>(T);
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Object<T> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct ObjectVisitor<T>(PhantomData<T>);
+        impl<'de, T: Deserialize<'de>> Visitor<'de> for ObjectVisitor<T> {
+            type Value = T;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<T, A::Error> {
+                T::deserialize(MapAccessDeserializer::new(map))
+            }
+        }
+        deserializer.deserialize_map(ObjectVisitor(PhantomData)).map(Object)
+    }
+}
 
 /// The fields of a `query-request` body the gateway captures.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -30,7 +54,7 @@ struct QueryRequestWire<'a> {
     #[serde(rename = "describeOnly", default)]
     describe_only: Option<bool>,
     #[serde(default)]
-    parameters: Option<ParametersWire>,
+    parameters: Option<Object<ParametersWire>>,
 }
 
 #[derive(Deserialize)]
@@ -46,14 +70,17 @@ pub struct QueryRequestError(String);
 
 /// Parses a `query-request` body (already gunzipped).
 pub fn parse_query_request(body: &[u8]) -> Result<QueryRequest, QueryRequestError> {
-    let wire: QueryRequestWire<'_> =
+    // serde_json checks the UTF-8 of the strings it reads, not of those it skips; the whole
+    // body is checked so that no member the warehouse reads can differ from what was parsed.
+    std::str::from_utf8(body).map_err(|e| QueryRequestError(format!("invalid UTF-8 at byte {}", e.valid_up_to())))?;
+    let Object(wire): Object<QueryRequestWire<'_>> =
         serde_json::from_slice(body).map_err(|e| QueryRequestError(describe_json_error(&e)))?;
     Ok(QueryRequest {
         sql_text: wire.sql_text,
         bindings: wire.bindings.filter(|b| b.get() != "null").map(|b| b.get().to_owned()),
         async_exec: wire.async_exec.unwrap_or(false),
         describe_only: wire.describe_only.unwrap_or(false),
-        query_tag: wire.parameters.and_then(|p| p.query_tag),
+        query_tag: wire.parameters.and_then(|Object(p)| p.query_tag),
     })
 }
 
@@ -82,7 +109,7 @@ struct AnswerWire {
     #[serde(default)]
     code: Option<serde_json::Value>,
     #[serde(default)]
-    data: Option<AnswerDataWire>,
+    data: Option<Object<AnswerDataWire>>,
 }
 
 #[derive(Deserialize)]
@@ -96,13 +123,13 @@ struct AnswerDataWire {
 /// Summarises an answer envelope; `None` when it is not one (not JSON, or `data` of another
 /// shape).
 pub fn summarize_answer(body: &[u8]) -> Option<AnswerSummary> {
-    let wire: AnswerWire = serde_json::from_slice(body).ok()?;
+    let Object(wire): Object<AnswerWire> = serde_json::from_slice(body).ok()?;
     let code = match wire.code {
         Some(serde_json::Value::String(s)) => Some(s),
         Some(serde_json::Value::Number(n)) => Some(n.to_string()),
         _ => None,
     };
-    let data = wire.data;
+    let data = wire.data.map(|Object(data)| data);
     Some(AnswerSummary {
         success: wire.success.unwrap_or(false),
         code,
@@ -125,6 +152,23 @@ mod tests {
         assert_eq!(q.bindings.as_deref(), Some(r#"{"1":{"type":"FIXED","value":"10"}}"#));
         assert_eq!(q.query_tag.as_deref(), Some("trace-1"));
         assert!(!q.async_exec && !q.describe_only);
+    }
+
+    #[test]
+    fn reads_objects_only_and_checks_every_byte_is_utf8() {
+        // serde's derived structs would read these by position.
+        assert!(parse_query_request(br#"["drop database prod"]"#).is_err());
+        assert!(parse_query_request(br#"{"sqlText": "select 1", "parameters": ["tag"]}"#).is_err());
+        assert!(summarize_answer(br#"[true, "000000"]"#).is_none());
+        assert!(summarize_answer(br#"{"success": true, "data": ["01b2-query-id", 5]}"#).is_none());
+        // Invalid UTF-8 in a member nobody reads is still invalid.
+        let err = parse_query_request(b"{\"sqlText\": \"select 1\", \"x\": \"\xff\"}").unwrap_err();
+        assert!(err.to_string().contains("UTF-8 at byte 30"), "{err}");
+        // Objects as before.
+        let q = parse_query_request(br#"{"sqlText": "select 1", "parameters": {"QUERY_TAG": "t"}}"#).unwrap();
+        assert_eq!(q.query_tag.as_deref(), Some("t"));
+        let a = summarize_answer(br#"{"success": true, "data": {"queryId": "q", "total": 5}}"#).unwrap();
+        assert_eq!((a.query_id.as_deref(), a.total_rows), (Some("q"), Some(5)));
     }
 
     #[test]
