@@ -148,8 +148,9 @@ pub struct RecorderConfig {
     /// In `none` and `batch` modes, how long the recorder, woken by a first frame, waits for
     /// more before writing: one wake-up and one batch per window instead of one per frame
     /// (a context switch per exchange was most of what recording cost a core under moderate
-    /// load). Never in `strict` mode (the statement waits for its record), never past a due
-    /// group commit, and not when a full batch is already queued.
+    /// load). Never in `strict` mode (the statement waits for its record), never past the
+    /// time the next group commit is due (so not at all when one is due already), and not
+    /// when a full batch is already queued.
     pub linger: Duration,
     /// The key segment footers are sealed with (32 bytes).
     pub sealing_key: [u8; 32],
@@ -864,7 +865,15 @@ impl WriterLoop {
         if queued == 0 || queued >= self.batch_frames_max || self.shared.stop.load(Ordering::Acquire) {
             return;
         }
-        let wait = self.group_commit_due_in().map_or(self.linger, |due| due.min(self.linger));
+        let wait = match self.durability {
+            // The answers wait for the next fsync anyway: gather frames until it is due, and
+            // not at all when it is due already (the first frame after a quiet spell).
+            Durability::Batch { interval } => {
+                let since_sync = self.last_sync.map_or(interval, |at| at.elapsed());
+                self.linger.min(interval.saturating_sub(since_sync))
+            }
+            _ => self.linger,
+        };
         if !wait.is_zero() {
             std::thread::sleep(wait);
         }

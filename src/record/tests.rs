@@ -195,6 +195,30 @@ fn the_linger_gathers_trickling_frames_into_batches_except_in_strict_mode() {
     recorder.stop().unwrap();
 }
 
+/// In `batch` mode a frame arriving when the group commit is due already (after a quiet
+/// spell) is written and synced at once: its answer waits for that fsync, so lingering for
+/// company would only add to its latency.
+#[test]
+fn batch_mode_does_not_linger_when_the_group_commit_is_due() {
+    let storage = SimulatedStorage::new();
+    let mut config = config(&dir());
+    config.durability = Durability::Batch { interval: Duration::from_millis(20) };
+    config.linger = limits::LINGER_MAX;
+    let recorder = Recorder::start_with(config, Arc::new(storage.clone()), Arc::new(SystemClock)).unwrap();
+    for n in 0..5 {
+        // Longer than the interval: every frame finds the commit due.
+        std::thread::sleep(Duration::from_millis(30));
+        let started = std::time::Instant::now();
+        let ticket = recorder.submit(request(n, 10)).unwrap();
+        assert_eq!(ticket.wait_durable(Duration::from_secs(5)), Some(Ok(())));
+        let waited = started.elapsed();
+        // A lingering recorder would hold each for the whole 100 ms linger.
+        assert!(waited < limits::LINGER_MAX / 2, "frame {n} waited {waited:?} for its fsync");
+    }
+    recorder.stop().unwrap();
+    assert_eq!(user_frames(&open_recording(&storage)).len(), 5);
+}
+
 #[test]
 fn none_durability_completes_once_written_without_fsync() {
     let storage = SimulatedStorage::new();
