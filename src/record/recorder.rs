@@ -803,7 +803,7 @@ impl WriterLoop {
 
     fn sync_due(&self, stopping: bool) -> bool {
         match self.durability {
-            Durability::Batch { interval } => stopping || self.last_sync.is_none_or(|at| at.elapsed() >= interval),
+            Durability::Batch { .. } => stopping || self.next_commit_in() == Some(Duration::ZERO),
             Durability::Strict | Durability::None => true,
         }
     }
@@ -865,29 +865,29 @@ impl WriterLoop {
         if queued == 0 || queued >= self.batch_frames_max || self.shared.stop.load(Ordering::Acquire) {
             return;
         }
-        let wait = match self.durability {
-            // The answers wait for the next fsync anyway: gather frames until it is due, and
-            // not at all when it is due already (the first frame after a quiet spell).
-            Durability::Batch { interval } => {
-                let since_sync = self.last_sync.map_or(interval, |at| at.elapsed());
-                self.linger.min(interval.saturating_sub(since_sync))
-            }
-            _ => self.linger,
-        };
+        // In `batch` mode the answers wait for the next fsync anyway: gather frames until it is
+        // due, and not at all when it is due already (the first frame after a quiet spell).
+        let wait = self.next_commit_in().map_or(self.linger, |due| due.min(self.linger));
         if !wait.is_zero() {
             std::thread::sleep(wait);
+        }
+    }
+
+    /// In `batch` mode, how long until the next group commit may be made: zero once an
+    /// interval has passed since the last one (or before the first).
+    fn next_commit_in(&self) -> Option<Duration> {
+        match self.durability {
+            Durability::Batch { interval } => {
+                Some(interval.saturating_sub(self.last_sync.map_or(interval, |at| at.elapsed())))
+            }
+            Durability::Strict | Durability::None => None,
         }
     }
 
     /// In `batch` mode with records written and waiting for an fsync, how long until that
     /// group commit is due.
     fn group_commit_due_in(&self) -> Option<Duration> {
-        match (self.durability, self.last_sync) {
-            (Durability::Batch { interval }, Some(at)) if !self.pending.is_empty() => {
-                Some(interval.saturating_sub(at.elapsed()))
-            }
-            _ => None,
-        }
+        self.next_commit_in().filter(|_| !self.pending.is_empty())
     }
 
     fn park(&self) {
