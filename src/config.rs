@@ -18,6 +18,7 @@ use crate::policy::approvals::LedgerLimits;
 use crate::policy::{Policy, PolicySpec};
 use crate::record::{Durability, RecorderConfig};
 use crate::session::credential::{KeyPair, Secret, UpstreamCredential};
+use crate::session::statements::BookLimits;
 
 /// A configuration problem, naming the key at fault.
 #[derive(Debug, thiserror::Error)]
@@ -202,6 +203,11 @@ pub struct LimitsSection {
     pub agent_context_bytes_max: usize,
     /// How long a rewritten result chunk URL is honoured, in seconds.
     pub chunk_url_ttl_secs: u64,
+    /// SQL API statement handles the gateway keeps (with their owner and masking plans); the
+    /// oldest is dropped first, and a dropped handle is refused.
+    pub sql_api_statements_max: usize,
+    /// How long after its submit a SQL API statement handle is honoured, in seconds.
+    pub sql_api_statement_ttl_secs: u64,
 }
 
 impl Default for LimitsSection {
@@ -216,6 +222,8 @@ impl Default for LimitsSection {
             body_timeout_ms: 60_000,
             agent_context_bytes_max: 4096,
             chunk_url_ttl_secs: 3600,
+            sql_api_statements_max: 100_000,
+            sql_api_statement_ttl_secs: 86_400,
         }
     }
 }
@@ -476,6 +484,8 @@ pub struct Config {
     pub agent_context_bytes_max: usize,
     /// How long a rewritten chunk URL is honoured.
     pub chunk_url_ttl: Duration,
+    /// The SQL API statement handles kept, and for how long.
+    pub statement_book: BookLimits,
     /// Recording directory.
     pub recording_dir: PathBuf,
     /// The key recording footers are sealed with.
@@ -772,6 +782,8 @@ impl Config {
             ("limits.idle_timeout_ms", l.idle_timeout_ms),
             ("limits.body_timeout_ms", l.body_timeout_ms),
             ("limits.chunk_url_ttl_secs", l.chunk_url_ttl_secs),
+            ("limits.sql_api_statement_ttl_secs", l.sql_api_statement_ttl_secs),
+            ("limits.sql_api_statements_max", l.sql_api_statements_max as u64),
         ] {
             if value == 0 {
                 return Err(problem(key, "must be greater than zero"));
@@ -806,6 +818,10 @@ impl Config {
             },
             agent_context_bytes_max: l.agent_context_bytes_max,
             chunk_url_ttl: Duration::from_secs(l.chunk_url_ttl_secs),
+            statement_book: BookLimits {
+                statements_max: l.sql_api_statements_max,
+                ttl: Duration::from_secs(l.sql_api_statement_ttl_secs),
+            },
             recording_dir: resolve(&file.recording.directory),
             recording_key,
             policy,

@@ -4,7 +4,8 @@
 //! own row type). Invariants: masking never panics; the `open` profile changes no byte and
 //! counts nothing; a body that changed was counted as masked; valid JSON stays valid JSON;
 //! what the masker wrote it accepts again, as the same kind of body, and masking it again
-//! changes nothing (a masked value never needs a second pass).
+//! changes nothing (a masked value never needs a second pass). The SQL API handle reader runs
+//! on the same bodies and must read what serde_json reads.
 #![no_main]
 
 #[path = "common/masking.rs"]
@@ -26,8 +27,24 @@ fn is_json(bytes: &[u8], format: ResultFormat) -> bool {
     serde_json::from_slice::<IgnoredAny>(bytes).is_ok()
 }
 
+/// What serde_json reads as a SQL API answer's handles, where it reads the body as an object.
+fn reference_handles(input: &[u8]) -> Option<Vec<String>> {
+    let serde_json::Value::Object(top) = serde_json::from_slice(input).ok()? else { return None };
+    let mut handles: Vec<String> =
+        top.get("statementHandle").and_then(|h| h.as_str()).map(String::from).into_iter().collect();
+    if let Some(serde_json::Value::Array(children)) = top.get("statementHandles") {
+        handles.extend(children.iter().map_while(|c| c.as_str().map(String::from)));
+    }
+    Some(handles)
+}
+
 fuzz_target!(|data: &[u8]| {
     let Some((&flags, input)) = data.split_first() else { return };
+    // The proxy reads SQL API handles from the same untrusted bodies: never a panic, and where
+    // serde_json reads the body too (one object, each key once), the same handles.
+    if let (Ok(ours), Some(reference)) = (snowgate::mask::statement_handles(input), reference_handles(input)) {
+        assert_eq!(ours, reference, "statement handles differ: {:?}", String::from_utf8_lossy(input));
+    }
     let masker = masking::masker();
     let profile = if flags & 1 == 0 { masking::agents() } else { masking::open() };
     let columns = usize::from((flags >> 1) & 7);

@@ -118,7 +118,8 @@ fn login_answer(data: &[u8]) {
 
 fn renew_request(data: &[u8]) {
     let master = master();
-    let session = TokenClaims { upstream_token: UPSTREAM_SESSION_TOKEN.into(), expires_at_unix_ms: 1, ..master.clone() };
+    let session =
+        TokenClaims { upstream_token: UPSTREAM_SESSION_TOKEN.into(), expires_at_unix_ms: 1, ..master.clone() };
     let sealed = sealer().seal(TokenKind::Session, &session);
     let text = String::from_utf8_lossy(data).replace("SEALED", &sealed);
     let result = rewrite_renew_request(text.as_bytes(), sealer(), &master);

@@ -794,6 +794,37 @@ fn unique<'m>(members: &'m [Member], body: &[u8], name: &str) -> Result<Option<&
     Ok(found)
 }
 
+/// The statement handles a SQL API answer names: its `statementHandle`, then the
+/// `statementHandles` of a multi-statement request's children, as sent (the caller checks
+/// their shape). Read only; the answer must be one JSON object with each key at most once.
+pub fn statement_handles(body: &[u8]) -> Result<Vec<String>, MaskError> {
+    let (top, end) = members(body, skip_ws(body, 0))?;
+    if skip_ws(body, end) != body.len() {
+        return Err(bad(end, "trailing bytes after the JSON object"));
+    }
+    let mut handles = Vec::new();
+    if let Some(handle) = unique(&top, body, "statementHandle")?
+        && body.get(handle.value.start) == Some(&b'"')
+    {
+        handles.push(decoded_string(body, string_token(body, handle.value.start)?)?);
+    }
+    if let Some(children) = unique(&top, body, "statementHandles")?
+        && body.get(children.value.start) == Some(&b'[')
+    {
+        // The array was checked whole by `members`: strings and commas until `]`.
+        let mut p = skip_ws(body, children.value.start + 1);
+        while body.get(p) == Some(&b'"') {
+            let token = string_token(body, p)?;
+            handles.push(decoded_string(body, token)?);
+            p = skip_ws(body, token.close + 1);
+            if body.get(p) == Some(&b',') {
+                p = skip_ws(body, p + 1);
+            }
+        }
+    }
+    Ok(handles)
+}
+
 /// What masking a JSON object found.
 pub(crate) struct JsonOutcome {
     pub(crate) format: ResultFormat,
@@ -1165,6 +1196,28 @@ pub(crate) fn mask_chunk(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reads_the_statement_handles_of_a_sql_api_answer() {
+        let handles = |body: &str| statement_handles(body.as_bytes());
+        let answer = r#" {"resultSetMetaData":{"rowType":[]},"data":[["a"]],"statementHandle":"h-1",
+            "statementStatusUrl":"/api/v2/statements/h-1"} "#;
+        assert_eq!(handles(answer).unwrap(), ["h-1"]);
+        let multi = r#"{"statementHandle":"p","statementHandles":["c\u002d1", "c-2"],"code":"090001"}"#;
+        assert_eq!(handles(multi).unwrap(), ["p", "c-1", "c-2"]);
+        // Handles only at the top level, and only strings.
+        assert!(handles(r#"{"data":{"statementHandle":"inner"},"statementHandle":7}"#).unwrap().is_empty());
+        assert!(handles("{}").unwrap().is_empty());
+        for refused in [
+            r#"{"statementHandle":"a","statementHandle":"b"}"#,
+            r#"{"statementHandle":"a"} trailing"#,
+            r#"["statementHandle","a"]"#,
+            r#"{"statementHandle":"a""#,
+            "",
+        ] {
+            assert!(handles(refused).is_err(), "read: {refused}");
+        }
+    }
 
     #[test]
     fn decodes_escapes_with_raw_offsets() {

@@ -110,7 +110,7 @@ use std::fmt;
 use std::ops::Range;
 
 pub use detect::DetectorKind;
-pub use json::rebuild_envelope;
+pub use json::{rebuild_envelope, statement_handles};
 pub use plan::{Column, ColumnPlan, PlannedColumn, ValueType};
 pub use rules::{MaskConfigError, SearcherKind};
 pub use spec::MaskingSpec;

@@ -39,6 +39,7 @@ use crate::policy::worker::{INLINE_BYTES_MAX, classify_inline};
 use crate::policy::{DecidedBy, ReviewRequirement, Subject, VerdictAction};
 use crate::record::Decision;
 use crate::session::query::{parse_query_request, summarize_answer};
+use crate::session::statements::Plans;
 use crate::session::token::{TokenClaims, TokenKind};
 use crate::session::{codes, refusal_body, snowflake_authorization, snowflake_token};
 
@@ -396,27 +397,42 @@ pub fn masked_answer(
     if profiles.is_empty() || response.status != 200 {
         return pass_through(response);
     }
-    match mask_result(core, response.body.clone(), profiles, Some((head, session))) {
-        Ok(body) => Answer { status: response.status, upstream_headers: Some(response.headers), body, close: false },
+    match mask_result(core, response.body.clone(), profiles, &[], Some((head, session))) {
+        Ok((body, _)) => {
+            Answer { status: response.status, upstream_headers: Some(response.headers), body, close: false }
+        }
         Err(reason) => masking_failed(core, capture, &reason),
     }
 }
 
-/// A SQL API answer, masked. A later partition has no row type to mask by: it is withheld.
-pub fn masked_sql_api(core: &Core, response: UpstreamResponse, capture: &mut Capture, profiles: &[String]) -> Answer {
+/// A SQL API answer, masked, and the plans made from its row type (none without one). A later
+/// partition has no row type: it is masked by `known`, the plans kept from its partition 0,
+/// and withheld when there are none.
+pub fn masked_sql_api(
+    core: &Core,
+    response: UpstreamResponse,
+    capture: &mut Capture,
+    profiles: &[String],
+    known: &[(String, ColumnPlan)],
+) -> (Answer, Plans) {
     if profiles.is_empty() || !(200..300).contains(&response.status) {
-        return pass_through(response);
+        return (pass_through(response), Vec::new());
     }
-    match mask_result(core, response.body.clone(), profiles, None) {
-        Ok(body) => Answer { status: response.status, upstream_headers: Some(response.headers), body, close: false },
+    match mask_result(core, response.body.clone(), profiles, known, None) {
+        Ok((body, plans)) => {
+            let answer =
+                Answer { status: response.status, upstream_headers: Some(response.headers), body, close: false };
+            (answer, plans)
+        }
         Err(reason) => {
             warn!(core = core.id, reason, "A SQL API answer could not be masked; withholding it.");
-            refuse_sql_api(
+            let refusal = refuse_sql_api(
                 capture,
                 502,
                 codes::MASKING_FAILED,
                 "snowgate could not mask this answer, so it withheld it",
-            )
+            );
+            (refusal, Vec::new())
         }
     }
 }
@@ -425,14 +441,17 @@ fn mutable(body: Bytes) -> BytesMut {
     body.try_into_mut().unwrap_or_else(|shared| BytesMut::from(&shared[..]))
 }
 
-/// Masks `body` in place with each profile; rewrites chunk URLs when `chunks` gives the
-/// request and session to bind them to (without it, an answer with chunks is refused).
+/// Masks `body` in place with each profile (by the profile's plan in `given` where the body
+/// has no row type); rewrites chunk URLs when `chunks` gives the request and session to bind
+/// them to (without it, an answer with chunks is refused). Returns the body and each
+/// profile's plan.
 fn mask_result(
     core: &Core,
     body: Bytes,
     profiles: &[String],
+    given: &[(String, ColumnPlan)],
     chunks: Option<(&RequestHead, &Session<'_>)>,
-) -> Result<Bytes, String> {
+) -> Result<(Bytes, Plans), String> {
     let mut buffer = mutable(body);
     let masker = &core.gateway.config.masker;
     let mut plans: Vec<(String, ColumnPlan)> = Vec::with_capacity(profiles.len());
@@ -442,7 +461,8 @@ fn mask_result(
         let mut scratch = core.scratch.borrow_mut();
         for name in profiles {
             let profile = masker.profile(name).ok_or_else(|| format!("no masking profile {name:?}"))?;
-            let masked = masker.mask(profile, &mut buffer, None, &mut scratch).map_err(|e| e.to_string())?;
+            let plan = given.iter().find(|(of, _)| of == name).map(|(_, plan)| plan);
+            let masked = masker.mask(profile, &mut buffer, plan, &mut scratch).map_err(|e| e.to_string())?;
             values_masked += masked.report.values_masked;
             if let Some(plan) = masked.plan {
                 plans.push((name.clone(), plan));
@@ -455,7 +475,7 @@ fn mask_result(
     core.gateway.metrics.values_masked.fetch_add(values_masked, std::sync::atomic::Ordering::Relaxed);
     let Some(envelope) = envelope.filter(|e| !e.chunks.is_empty() || e.qrmk.is_some() || !e.chunk_headers.is_empty())
     else {
-        return Ok(buffer.freeze());
+        return Ok((buffer.freeze(), plans));
     };
     let Some((head, session)) = chunks else {
         return Err("an answer with chunks where none are expected".into());
@@ -468,7 +488,8 @@ fn mask_result(
     let urls: Vec<&str> = urls.iter().map(String::as_str).collect();
     let authorization = format!("Snowflake Token=\"{}\"", session.token);
     let own_headers = [("Authorization", authorization.as_str())];
-    rebuild_envelope(&buffer, &envelope, &urls, Some(&own_headers)).map(Bytes::from).map_err(|e| e.to_string())
+    let body = rebuild_envelope(&buffer, &envelope, &urls, Some(&own_headers)).map_err(|e| e.to_string())?;
+    Ok((Bytes::from(body), plans))
 }
 
 /// What a chunk URL's grant holds (sealed: the agent can neither read nor change it).

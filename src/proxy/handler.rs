@@ -4,6 +4,8 @@
 //! Every refusal here is the Snowflake-shaped error drivers understand (HTTP 200,
 //! `success:false`), except on the SQL API, which answers with its own status codes.
 
+use std::time::Instant;
+
 use bytes::Bytes;
 use serde_json::Value;
 use tracing::{debug, info, warn};
@@ -13,15 +15,17 @@ use super::{Core, govern, unix_millis, unix_seconds};
 use crate::http::gzip::{self, GunzipError};
 use crate::http::{Headers, Method, RequestHead};
 use crate::identity::{AuthError, Identity, JwksSource};
+use crate::mask;
 use crate::policy::Subject;
 use crate::policy::parameters::plan_query_parameters;
 use crate::record::{Decision, Frame, Principal, RequestFrame, RequestLink, ResponseFrame};
 use crate::session::credential::UpstreamCredential;
 use crate::session::login::{self, LoginError, SessionOwner};
 use crate::session::query::summarize_answer;
+use crate::session::statements::Plans;
 use crate::session::token::{TokenClaims, TokenError, TokenKind};
 use crate::session::{
-    Endpoint, bearer_token, codes, query_param, refusal_body, set_query_param, snowflake_authorization,
+    Endpoint, bearer_token, codes, is_query_id, query_param, refusal_body, set_query_param, snowflake_authorization,
     snowflake_token, sql_api_error_body,
 };
 
@@ -564,6 +568,8 @@ async fn sql_api(core: &Core, endpoint: &Endpoint, head: &RequestHead, body: Byt
             "the SQL API needs the gateway to hold a key-pair credential",
         );
     };
+    // The plans kept from the statement's partition 0, for masking a later partition.
+    let mut known: Plans = Vec::new();
     let body = match endpoint {
         Endpoint::SqlApiSubmit => {
             let Ok(Value::Object(mut statement)) = serde_json::from_slice::<Value>(&body) else {
@@ -617,6 +623,23 @@ async fn sql_api(core: &Core, endpoint: &Endpoint, head: &RequestHead, body: Byt
         }
         Endpoint::SqlApiStatus(handle) | Endpoint::SqlApiCancel(handle) => {
             capture.query_id = Some(handle.clone());
+            let refused = match gateway.statements().plans(handle, &identity.sub, Instant::now()) {
+                Ok(plans) => {
+                    known = plans.to_vec();
+                    None
+                }
+                Err(refused) => Some(refused),
+            };
+            if let Some(refused) = refused {
+                warn!(core = core.id, sub = %identity.sub, reason = %refused, "A SQL API statement handle was refused.");
+                return refuse_sql_api(
+                    capture,
+                    422,
+                    codes::STATEMENT_UNKNOWN,
+                    "no statement with this handle was submitted by this identity through snowgate \
+                     (or the gateway no longer keeps it)",
+                );
+            }
             body
         }
         _ => body,
@@ -638,7 +661,42 @@ async fn sql_api(core: &Core, endpoint: &Endpoint, head: &RequestHead, body: Byt
         Ok(response) => response,
         Err(answer) => return answer,
     };
+    let now = Instant::now();
+    // Failed statements carry a handle too, which a client may ask about again.
+    if *endpoint == Endpoint::SqlApiSubmit
+        && let Some(handle) = issue_statement_handles(core, &response.body, &identity.sub, now)
+    {
+        // Recorded as the exchange's query id, so `snowgate-tools search` finds it by handle.
+        capture.set_query_id(handle);
+    }
     let subject = Subject { sub: identity.sub, groups: identity.groups };
     let profiles = core.gateway.config.policy.masking_profiles_for(&subject);
-    govern::masked_sql_api(core, response, capture, &profiles)
+    let (answer, plans) = govern::masked_sql_api(core, response, capture, &profiles, &known);
+    if let (Some(handle), false) = (capture.query_id.as_deref(), plans.is_empty()) {
+        gateway.statements().keep_plans(handle, &subject.sub, plans, now);
+    }
+    answer
+}
+
+/// Enters the handles a SQL API submit answer names into the statement book, as `sub`'s, and
+/// returns the statement's own handle. A handle not shaped like one is not entered
+/// (the agent could not use it through the gateway anyway).
+fn issue_statement_handles(core: &Core, body: &[u8], sub: &str, now: Instant) -> Option<String> {
+    let handles = match mask::statement_handles(body) {
+        Ok(handles) => handles,
+        Err(e) => {
+            warn!(core = core.id, error = %e, "A SQL API answer's statement handles could not be read.");
+            return None;
+        }
+    };
+    let mut book = core.gateway.statements();
+    for handle in handles.iter().filter(|h| is_query_id(h)) {
+        if !book.issue(handle, sub, now) {
+            warn!(
+                core = core.id,
+                sub, "The upstream issued a statement handle the gateway holds for another identity."
+            );
+        }
+    }
+    handles.into_iter().next().filter(|h| is_query_id(h))
 }

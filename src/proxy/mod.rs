@@ -39,6 +39,7 @@ use crate::record::{Frame, RecordUnavailable, Recorder, Ticket};
 /// How long a core waits for room in a full recorder queue before refusing the exchange.
 #[cfg(not(feature = "bench-unrecorded"))]
 const QUEUE_FULL_WAIT: Duration = Duration::from_millis(200);
+use crate::session::statements::StatementBook;
 use crate::session::token::Sealer;
 use io::{Conn, ReadError, Stream};
 use upstream::{Endpoint, Pool};
@@ -113,6 +114,8 @@ pub struct Gateway {
     pub ledger: Arc<std::sync::Mutex<Ledger<govern::ParkedStatement>>>,
     /// TLS for fetching result chunks from cloud storage (system roots).
     pub chunk_tls: Option<Arc<rustls::ClientConfig>>,
+    /// SQL API statement handles: whose each is, and the plans its partitions are masked by.
+    pub statements: std::sync::Mutex<StatementBook>,
 }
 
 impl Gateway {
@@ -134,9 +137,11 @@ impl Gateway {
         // Chunks live in cloud storage, not at the upstream: they are checked against the
         // system roots, or the upstream's CA when one is configured (a private test setup).
         let chunk_tls = Some(tls::client_config(config.upstream.ca_pem.as_deref())?);
+        let statements = std::sync::Mutex::new(StatementBook::new(config.statement_book));
         Ok(Gateway {
             classifier,
             ledger,
+            statements,
             chunk_tls,
             config,
             verifier,
@@ -147,6 +152,12 @@ impl Gateway {
             metrics: Metrics::default(),
             draining: AtomicBool::new(false),
         })
+    }
+
+    /// The SQL API statement book (a panic elsewhere while holding it leaves it usable: every
+    /// change to it is one map operation).
+    pub fn statements(&self) -> std::sync::MutexGuard<'_, StatementBook> {
+        self.statements.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Whether SIGTERM asked to drain.

@@ -9,6 +9,7 @@
 pub mod credential;
 pub mod login;
 pub mod query;
+pub mod statements;
 pub mod token;
 
 use bytes::Bytes;
@@ -203,6 +204,9 @@ pub mod codes {
     pub const REVIEW_UNSUPPORTED: &str = "260016";
     /// The parked statements are at their limit (for this identity or in all).
     pub const REVIEW_FULL: &str = "260017";
+    /// A SQL API statement handle this identity may not use: not submitted by it through
+    /// this gateway, or older than the gateway keeps handles.
+    pub const STATEMENT_UNKNOWN: &str = "260018";
     /// Snowflake is running the statement (drivers poll `getResultUrl`).
     pub const QUERY_IN_PROGRESS: &str = "333333";
     /// Snowflake is running an `asyncExec` statement.

@@ -246,3 +246,116 @@ fn chunk_urls_are_bound_to_their_session_and_expire() {
     assert_eq!(expired.status, 403, "an expired chunk URL was honoured");
     assert!(String::from_utf8_lossy(&expired.body).contains("expired"));
 }
+
+/// Bearer headers for the SQL API.
+fn sql_api_headers(bearer: &str) -> [(&'static str, &str); 2] {
+    [("authorization", bearer), ("x-snowflake-authorization-token-type", "OAUTH")]
+}
+
+/// Fetches every partition of a SQL API statement through the gateway, checking each one's
+/// row count against `partitionInfo`; returns partition 0's answer and all the rows.
+fn sql_api_rows(client: &mut snowgate_perf::client::Client, bearer: &str, first: &Value) -> Vec<Value> {
+    let handle = first["statementHandle"].as_str().unwrap();
+    let info = first["resultSetMetaData"]["partitionInfo"].as_array().unwrap();
+    let mut rows = first["data"].as_array().unwrap().clone();
+    assert_eq!(rows.len() as u64, info[0]["rowCount"].as_u64().unwrap());
+    for (n, partition) in info.iter().enumerate().skip(1) {
+        let answer =
+            client.get(&format!("/api/v2/statements/{handle}?partition={n}"), &sql_api_headers(bearer)).unwrap();
+        assert_eq!(answer.status, 200, "partition {n}: {answer:?}");
+        let data = answer.json().unwrap()["data"].as_array().unwrap().clone();
+        assert_eq!(data.len() as u64, partition["rowCount"].as_u64().unwrap(), "partition {n}'s rows");
+        rows.extend(data);
+    }
+    rows
+}
+
+#[test]
+fn sql_api_partitions_are_masked_and_handles_belong_to_their_identity() {
+    let upstream = double(|_| {});
+    let gateway = TestGateway::start(
+        &upstream.url(),
+        GatewayOptions { policy: Some(MASKING_POLICY.into()), ..Default::default() },
+    );
+    let mut client = gateway.client();
+    let owner = format!("Bearer {}", agent_token(json!({})));
+    let other = format!("Bearer {}", agent_token(json!({"sub": "agent-8"})));
+    let clear = customers("MEDIUM", snowgate_perf::results::MEDIUM_ROWS).rows;
+
+    // Answered at once, and answered later (202, polled): either way partition 0's row type
+    // masks the later partitions.
+    let mut handles = Vec::new();
+    for (target, statement) in
+        [("/api/v2/statements", "select * from medium"), ("/api/v2/statements?async=true", "select * from medium slow")]
+    {
+        let body = json!({"statement": statement, "timeout": 60});
+        let mut answer = client.post_json(target, &sql_api_headers(&owner), &body, false).unwrap();
+        let handle = answer.json().unwrap()["statementHandle"].as_str().unwrap().to_owned();
+        for _ in 0..10 {
+            if answer.status != 202 {
+                break;
+            }
+            answer = client.get(&format!("/api/v2/statements/{handle}"), &sql_api_headers(&owner)).unwrap();
+        }
+        assert_eq!(answer.status, 200, "{statement}: {answer:?}");
+        let first = answer.json().unwrap();
+        assert!(first["resultSetMetaData"]["partitionInfo"].as_array().unwrap().len() >= 2, "{first}");
+        let rows = sql_api_rows(&mut client, &owner, &first);
+        assert_eq!(rows.len(), clear.len(), "{statement}: every row must arrive");
+        for (clear, row) in clear.iter().zip(&rows) {
+            let context = format!("{statement}: clear {clear:?}, masked {row}");
+            assert_eq!(row[0].as_str(), clear[0].as_deref(), "{context}");
+            assert_eq!(row[1].as_str(), clear[1].as_deref(), "{context}");
+            assert_eq!(row[2].as_str().unwrap(), "*".repeat(clear[2].as_ref().unwrap().len()), "{context}");
+            let card = clear[3].as_deref().unwrap();
+            let kept = format!("{}{}", "*".repeat(card.len() - 4), &card[card.len() - 4..]);
+            assert_eq!(row[3].as_str().unwrap(), kept, "{context}");
+            assert_eq!(row[4], Value::Null, "SSN must be NULL; {context}");
+        }
+        handles.push(handle);
+    }
+
+    // Another identity cannot read, page through or cancel the statement, and nothing of
+    // what it asked reached the upstream; nor can anyone use a handle never issued here.
+    let fetches = upstream.stats.recorded(snowgate_perf::EndpointKind::SqlApiFetch).len();
+    let cancels = upstream.stats.recorded(snowgate_perf::EndpointKind::SqlApiCancel).len();
+    let handle = &handles[0];
+    let foreign = "01b2c3d4-0000-4000-8000-0000000000ff";
+    for (bearer, path) in [
+        (&other, format!("/api/v2/statements/{handle}")),
+        (&other, format!("/api/v2/statements/{handle}?partition=1")),
+        (&owner, format!("/api/v2/statements/{foreign}")),
+    ] {
+        let refused = client.get(&path, &sql_api_headers(bearer)).unwrap();
+        assert_eq!(refused.status, 422, "{path}: {refused:?}");
+        let refused = refused.json().unwrap();
+        assert_eq!(refused["code"], "260018", "{refused}");
+        assert!(refused["data"].is_null(), "rows in a refusal: {refused}");
+    }
+    let cancel = client
+        .post_json(&format!("/api/v2/statements/{handle}/cancel"), &sql_api_headers(&other), &json!({}), false)
+        .unwrap();
+    assert_eq!(cancel.status, 422, "{cancel:?}");
+    assert_eq!(upstream.stats.recorded(snowgate_perf::EndpointKind::SqlApiFetch).len(), fetches);
+    assert_eq!(upstream.stats.recorded(snowgate_perf::EndpointKind::SqlApiCancel).len(), cancels);
+    // The owner still can.
+    let own = client
+        .post_json(&format!("/api/v2/statements/{handle}/cancel"), &sql_api_headers(&owner), &json!({}), false)
+        .unwrap();
+    assert_eq!(own.status, 200, "{own:?}");
+
+    let dir = gateway.stop();
+    let recording = recording_text(&dir.path().join("recordings"));
+    let canaries: Vec<&str> = clear.iter().flat_map(|r| [r[2].as_deref().unwrap(), r[3].as_deref().unwrap()]).collect();
+    let searcher = AhoCorasick::new(&canaries).unwrap();
+    assert_eq!(searcher.find(&recording).map(|m| canaries[m.pattern().as_usize()]), None, "a raw value was recorded");
+    // Each submit is recorded under its statement handle, so a search by handle finds it.
+    let records = read_records(&dir.path().join("recordings"));
+    for handle in &handles {
+        let submitted = records.iter().any(|r| {
+            matches!(&r.frame, snowgate::record::Frame::Response(a)
+                if a.endpoint == "sql-api-submit" && a.query_id.as_deref() == Some(handle.as_str()))
+        });
+        assert!(submitted, "the submit of {handle} is not recorded under its handle");
+    }
+}
