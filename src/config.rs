@@ -203,11 +203,12 @@ pub struct LimitsSection {
     pub agent_context_bytes_max: usize,
     /// How long a rewritten result chunk URL is honoured, in seconds.
     pub chunk_url_ttl_secs: u64,
-    /// SQL API statement handles the gateway keeps (with their owner and masking plans); the
-    /// oldest is dropped first, and a dropped handle is refused.
-    pub sql_api_statements_max: usize,
-    /// How long after its submit a SQL API statement handle is honoured, in seconds.
-    pub sql_api_statement_ttl_secs: u64,
+    /// Statement ids (driver query ids, SQL API handles) each core keeps with their owner, and
+    /// masking plans for SQL API partitions; the least recently used goes first, and an id no
+    /// core keeps is refused.
+    pub statement_ids_max: usize,
+    /// How long a statement id is honoured after its last use (its answer, a poll), in seconds.
+    pub statement_idle_ttl_secs: u64,
 }
 
 impl Default for LimitsSection {
@@ -222,8 +223,8 @@ impl Default for LimitsSection {
             body_timeout_ms: 60_000,
             agent_context_bytes_max: 4096,
             chunk_url_ttl_secs: 3600,
-            sql_api_statements_max: 100_000,
-            sql_api_statement_ttl_secs: 86_400,
+            statement_ids_max: 200_000,
+            statement_idle_ttl_secs: 86_400,
         }
     }
 }
@@ -484,7 +485,7 @@ pub struct Config {
     pub agent_context_bytes_max: usize,
     /// How long a rewritten chunk URL is honoured.
     pub chunk_url_ttl: Duration,
-    /// The SQL API statement handles kept, and for how long.
+    /// The statement ids each core keeps, and for how long.
     pub statement_book: BookLimits,
     /// Recording directory.
     pub recording_dir: PathBuf,
@@ -782,8 +783,8 @@ impl Config {
             ("limits.idle_timeout_ms", l.idle_timeout_ms),
             ("limits.body_timeout_ms", l.body_timeout_ms),
             ("limits.chunk_url_ttl_secs", l.chunk_url_ttl_secs),
-            ("limits.sql_api_statement_ttl_secs", l.sql_api_statement_ttl_secs),
-            ("limits.sql_api_statements_max", l.sql_api_statements_max as u64),
+            ("limits.statement_idle_ttl_secs", l.statement_idle_ttl_secs),
+            ("limits.statement_ids_max", l.statement_ids_max as u64),
         ] {
             if value == 0 {
                 return Err(problem(key, "must be greater than zero"));
@@ -819,8 +820,8 @@ impl Config {
             agent_context_bytes_max: l.agent_context_bytes_max,
             chunk_url_ttl: Duration::from_secs(l.chunk_url_ttl_secs),
             statement_book: BookLimits {
-                statements_max: l.sql_api_statements_max,
-                ttl: Duration::from_secs(l.sql_api_statement_ttl_secs),
+                ids_max: l.statement_ids_max,
+                idle_ttl: Duration::from_secs(l.statement_idle_ttl_secs),
             },
             recording_dir: resolve(&file.recording.directory),
             recording_key,

@@ -4,8 +4,6 @@
 //! Every refusal here is the Snowflake-shaped error drivers understand (HTTP 200,
 //! `success:false`), except on the SQL API, which answers with its own status codes.
 
-use std::time::Instant;
-
 use bytes::Bytes;
 use serde_json::Value;
 use tracing::{debug, info, warn};
@@ -28,6 +26,11 @@ use crate::session::{
     Endpoint, bearer_token, codes, is_query_id, query_param, refusal_body, set_query_param, snowflake_authorization,
     snowflake_token, sql_api_error_body,
 };
+
+/// What an agent is told about a statement id it may not use (whether it exists for another
+/// identity is not its business).
+const STATEMENT_UNKNOWN_MESSAGE: &str = "no statement with this id was answered to this identity through snowgate \
+     (or the gateway no longer keeps it)";
 
 /// Largest JWKS document fetched.
 const JWKS_BYTES_MAX: usize = 1 << 20;
@@ -120,6 +123,12 @@ impl Capture {
         self.upstream_us = elapsed.as_micros() as u64;
     }
 
+    /// The agent a driver answer's query ids are answered to: for query requests and result
+    /// polls made with a session (SQL API handles are issued by their own flow).
+    pub fn query_owner(&self) -> Option<&str> {
+        if matches!(self.endpoint, "query-request" | "query-result") { self.sub.as_deref() } else { None }
+    }
+
     /// Whether the request was recorded before it went upstream.
     pub fn was_admitted(&self) -> bool {
         self.admitted.is_some()
@@ -155,20 +164,25 @@ impl Capture {
     }
 
     /// The frames still to record once the answer is known: the request's (unless it was
-    /// recorded before going upstream) and the response's, linked to it.
+    /// recorded before going upstream) and the response's, linked to it; and the query id the
+    /// answer itself names, when it differs from the one captured (an approved statement's).
     pub fn into_frames(
         self,
         answer: &Answer,
         answered_at_unix_us: u64,
         total_us: u64,
-    ) -> (Option<RequestFrame>, ResponseFrame) {
+    ) -> (Option<RequestFrame>, ResponseFrame, Option<String>) {
         let summary = summarize_answer(&answer.body).unwrap_or_default();
+        let (query_id, also) = match (self.query_id.clone(), summary.query_id) {
+            (Some(captured), Some(own)) if captured != own => (Some(captured), Some(own)),
+            (captured, own) => (captured.or(own), None),
+        };
         let request = if self.admitted.is_none() { Some(self.request_frame()) } else { None };
         let response = ResponseFrame {
             time_unix_us: answered_at_unix_us,
             endpoint: self.endpoint_name().into(),
             request: self.admitted,
-            query_id: self.query_id.or(summary.query_id),
+            query_id,
             status: answer.status,
             code: summary.code,
             success: Some(summary.success),
@@ -177,7 +191,7 @@ impl Capture {
             total_us,
             body: answer.body.clone(),
         };
-        (request, response)
+        (request, response, also)
     }
 }
 
@@ -504,8 +518,16 @@ async fn session_request(
             if let Some(answer) = govern::poll_parked(core, head, qid, capture, &session).await {
                 return answer;
             }
+            if let Err(refusal) = own_query(core, qid, &claims.sub, capture) {
+                return refusal;
+            }
         }
-        Endpoint::Monitoring(qid) => capture.query_id = Some(qid.clone()),
+        Endpoint::Monitoring(qid) => {
+            capture.query_id = Some(qid.clone());
+            if let Err(refusal) = own_query(core, qid, &claims.sub, capture) {
+                return refusal;
+            }
+        }
         _ => {}
     }
     let forwarded = UpstreamRequest {
@@ -525,6 +547,19 @@ async fn session_request(
             govern::masked_answer(core, head, response, capture, &session, &profiles)
         }
         _ => pass_through(response),
+    }
+}
+
+/// Refuses a query id that was not answered to `sub` through this gateway (or that it no
+/// longer keeps): all agents share the gateway's Snowflake user, which would let one read
+/// another's results by id.
+fn own_query(core: &Core, qid: &str, sub: &str, capture: &mut Capture) -> Result<(), Answer> {
+    match core.gateway.statement_for(core.id, qid, sub) {
+        Ok(_) => Ok(()),
+        Err(refused) => {
+            warn!(core = core.id, sub, reason = %refused, "A query id was refused.");
+            Err(refuse(capture, codes::STATEMENT_UNKNOWN, STATEMENT_UNKNOWN_MESSAGE))
+        }
     }
 }
 
@@ -623,22 +658,12 @@ async fn sql_api(core: &Core, endpoint: &Endpoint, head: &RequestHead, body: Byt
         }
         Endpoint::SqlApiStatus(handle) | Endpoint::SqlApiCancel(handle) => {
             capture.query_id = Some(handle.clone());
-            let refused = match gateway.statements().plans(handle, &identity.sub, Instant::now()) {
-                Ok(plans) => {
-                    known = plans.to_vec();
-                    None
+            match gateway.statement_for(core.id, handle, &identity.sub) {
+                Ok(plans) => known = plans,
+                Err(refused) => {
+                    warn!(core = core.id, sub = %identity.sub, reason = %refused, "A SQL API statement handle was refused.");
+                    return refuse_sql_api(capture, 422, codes::STATEMENT_UNKNOWN, STATEMENT_UNKNOWN_MESSAGE);
                 }
-                Err(refused) => Some(refused),
-            };
-            if let Some(refused) = refused {
-                warn!(core = core.id, sub = %identity.sub, reason = %refused, "A SQL API statement handle was refused.");
-                return refuse_sql_api(
-                    capture,
-                    422,
-                    codes::STATEMENT_UNKNOWN,
-                    "no statement with this handle was submitted by this identity through snowgate \
-                     (or the gateway no longer keeps it)",
-                );
             }
             body
         }
@@ -661,10 +686,9 @@ async fn sql_api(core: &Core, endpoint: &Endpoint, head: &RequestHead, body: Byt
         Ok(response) => response,
         Err(answer) => return answer,
     };
-    let now = Instant::now();
     // Failed statements carry a handle too, which a client may ask about again.
     if *endpoint == Endpoint::SqlApiSubmit
-        && let Some(handle) = issue_statement_handles(core, &response.body, &identity.sub, now)
+        && let Some(handle) = issue_statement_handles(core, &response.body, &identity.sub)
     {
         // Recorded as the exchange's query id, so `snowgate-tools search` finds it by handle.
         capture.set_query_id(handle);
@@ -673,7 +697,7 @@ async fn sql_api(core: &Core, endpoint: &Endpoint, head: &RequestHead, body: Byt
     let profiles = core.gateway.config.policy.masking_profiles_for(&subject);
     let (answer, plans) = govern::masked_sql_api(core, response, capture, &profiles, &known);
     if let (Some(handle), false) = (capture.query_id.as_deref(), plans.is_empty()) {
-        gateway.statements().keep_plans(handle, &subject.sub, plans, now);
+        gateway.keep_statement_plans(core.id, handle, &subject.sub, plans);
     }
     answer
 }
@@ -681,7 +705,7 @@ async fn sql_api(core: &Core, endpoint: &Endpoint, head: &RequestHead, body: Byt
 /// Enters the handles a SQL API submit answer names into the statement book, as `sub`'s, and
 /// returns the statement's own handle. A handle not shaped like one is not entered
 /// (the agent could not use it through the gateway anyway).
-fn issue_statement_handles(core: &Core, body: &[u8], sub: &str, now: Instant) -> Option<String> {
+fn issue_statement_handles(core: &Core, body: &[u8], sub: &str) -> Option<String> {
     let handles = match mask::statement_handles(body) {
         Ok(handles) => handles,
         Err(e) => {
@@ -689,14 +713,8 @@ fn issue_statement_handles(core: &Core, body: &[u8], sub: &str, now: Instant) ->
             return None;
         }
     };
-    let mut book = core.gateway.statements();
     for handle in handles.iter().filter(|h| is_query_id(h)) {
-        if !book.issue(handle, sub, now) {
-            warn!(
-                core = core.id,
-                sub, "The upstream issued a statement handle the gateway holds for another identity."
-            );
-        }
+        core.gateway.issue_statement(core.id, handle, sub);
     }
     handles.into_iter().next().filter(|h| is_query_id(h))
 }

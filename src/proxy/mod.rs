@@ -39,7 +39,7 @@ use crate::record::{Frame, RecordUnavailable, Recorder, Ticket};
 /// How long a core waits for room in a full recorder queue before refusing the exchange.
 #[cfg(not(feature = "bench-unrecorded"))]
 const QUEUE_FULL_WAIT: Duration = Duration::from_millis(200);
-use crate::session::statements::StatementBook;
+use crate::session::statements::{IdRefused, Plans, StatementBook};
 use crate::session::token::Sealer;
 use io::{Conn, ReadError, Stream};
 use upstream::{Endpoint, Pool};
@@ -114,8 +114,9 @@ pub struct Gateway {
     pub ledger: Arc<std::sync::Mutex<Ledger<govern::ParkedStatement>>>,
     /// TLS for fetching result chunks from cloud storage (system roots).
     pub chunk_tls: Option<Arc<rustls::ClientConfig>>,
-    /// SQL API statement handles: whose each is, and the plans its partitions are masked by.
-    pub statements: std::sync::Mutex<StatementBook>,
+    /// Per core, the statement ids it answered: whose each is, and the plans a SQL API
+    /// statement's partitions are masked by. Each core writes its own; any core may look.
+    statements: Vec<std::sync::Mutex<StatementBook>>,
 }
 
 impl Gateway {
@@ -137,7 +138,9 @@ impl Gateway {
         // Chunks live in cloud storage, not at the upstream: they are checked against the
         // system roots, or the upstream's CA when one is configured (a private test setup).
         let chunk_tls = Some(tls::client_config(config.upstream.ca_pem.as_deref())?);
-        let statements = std::sync::Mutex::new(StatementBook::new(config.statement_book));
+        let statements = (0..config.runtime.cores)
+            .map(|_| std::sync::Mutex::new(StatementBook::new(config.statement_book, std::time::Instant::now())))
+            .collect();
         Ok(Gateway {
             classifier,
             ledger,
@@ -154,10 +157,46 @@ impl Gateway {
         })
     }
 
-    /// The SQL API statement book (a panic elsewhere while holding it leaves it usable: every
-    /// change to it is one map operation).
-    pub fn statements(&self) -> std::sync::MutexGuard<'_, StatementBook> {
-        self.statements.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    /// Core `core`'s statement book (a panic elsewhere while holding it leaves it usable:
+    /// every change to it is a few map operations that leave it consistent).
+    fn book(&self, core: usize) -> std::sync::MutexGuard<'_, StatementBook> {
+        self.statements[core % self.statements.len()].lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Records that `core` answered statement `id` to `sub`.
+    pub fn issue_statement(&self, core: usize, id: &str, sub: &str) {
+        if !self.book(core).issue(id, sub, std::time::Instant::now()) {
+            warn!(core, sub, "A statement id was answered that the gateway holds for another identity, or is no id.");
+        }
+    }
+
+    /// Whether `sub` may use statement `id`, with the plans kept for it: `core`'s own book is
+    /// looked in first, then the others' (an agent's connections may be on any core).
+    pub fn statement_for(&self, core: usize, id: &str, sub: &str) -> Result<Plans, IdRefused> {
+        let now = std::time::Instant::now();
+        let books = self.statements.len();
+        for at in (0..books).map(|i| (core + i) % books) {
+            let mut book = self.book(at);
+            match book.check(id, sub, now) {
+                Ok(()) => return Ok(book.plans(id).to_vec()),
+                Err(IdRefused::NotYours) => return Err(IdRefused::NotYours),
+                Err(IdRefused::Unknown) => {}
+            }
+        }
+        Err(IdRefused::Unknown)
+    }
+
+    /// Keeps the plans made from statement `id`'s row type in the book that holds it.
+    pub fn keep_statement_plans(&self, core: usize, id: &str, sub: &str, plans: Plans) {
+        let now = std::time::Instant::now();
+        let books = self.statements.len();
+        for at in (0..books).map(|i| (core + i) % books) {
+            let mut book = self.book(at);
+            if book.check(id, sub, now).is_ok() {
+                book.keep_plans(id, sub, plans, now);
+                return;
+            }
+        }
     }
 
     /// Whether SIGTERM asked to drain.
@@ -325,7 +364,15 @@ impl Core {
     /// instead of an answer nobody could audit.
     async fn record(&self, capture: handler::Capture, answer: handler::Answer, total_us: u64) -> handler::Answer {
         let admitted = capture.was_admitted();
-        let (request, mut response) = capture.into_frames(&answer, unix_micros(), total_us);
+        let owner = capture.query_owner().map(str::to_owned);
+        let (request, mut response, also) = capture.into_frames(&answer, unix_micros(), total_us);
+        // The query ids an upstream driver answer names are the agent's, before it can see
+        // them. Never from the gateway's own answers: a refused poll names the id it refused.
+        if let Some(sub) = owner.filter(|_| answer.status == 200 && answer.upstream_headers.is_some()) {
+            for id in response.query_id.iter().chain(also.iter()) {
+                self.gateway.issue_statement(self.id, id, &sub);
+            }
+        }
         let ticket = match request {
             Some(request) => match self.submit(Frame::Request(request)).await {
                 Ok(ticket) => {

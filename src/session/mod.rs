@@ -204,8 +204,8 @@ pub mod codes {
     pub const REVIEW_UNSUPPORTED: &str = "260016";
     /// The parked statements are at their limit (for this identity or in all).
     pub const REVIEW_FULL: &str = "260017";
-    /// A SQL API statement handle this identity may not use: not submitted by it through
-    /// this gateway, or older than the gateway keeps handles.
+    /// A statement id (query id, SQL API handle) this identity may not use: not answered to it
+    /// through this gateway, or idle longer than the gateway keeps ids.
     pub const STATEMENT_UNKNOWN: &str = "260018";
     /// Snowflake is running the statement (drivers poll `getResultUrl`).
     pub const QUERY_IN_PROGRESS: &str = "333333";

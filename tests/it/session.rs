@@ -444,3 +444,50 @@ fn sql_api_takes_a_bearer_oidc_token_and_forwards_the_gateway_jwt() {
     assert_eq!(client.post_json("/api/v2/statements", &keypair_type, &body, false).unwrap().status, 401);
     assert_eq!(client.post_json("/api/v2/statements", &[], &body, false).unwrap().status, 401);
 }
+
+#[test]
+fn query_ids_belong_to_the_identity_they_were_answered_to() {
+    let upstream = double(|_| {});
+    let gateway = TestGateway::start(&upstream.url(), GatewayOptions::default());
+    let mut client = gateway.client();
+    let (own, _) = login_ok(&mut client);
+    let other_answer = login(&mut client, &agent_token(json!({"sub": "agent-8"}))).json().unwrap();
+    let other = other_answer["data"]["token"].as_str().unwrap().to_owned();
+
+    // A slow statement answers 333333 with its id; its owner polls it to the end.
+    let running = query(&mut client, &own, "select 1 from small slow").json().unwrap();
+    assert_eq!(running["code"], "333333", "{running}");
+    let qid = running["data"]["queryId"].as_str().unwrap().to_owned();
+    let result_path = format!("/queries/{qid}/result");
+    let monitoring_path = format!("/monitoring/queries/{qid}");
+
+    // Another identity, and anyone asking for an id never answered here, is refused before
+    // anything goes upstream.
+    let polls = upstream.stats.recorded(EndpointKind::QueryResult).len();
+    let monitors = upstream.stats.recorded(EndpointKind::Monitoring).len();
+    let never = "/queries/01b2c3d4-0000-4000-8000-0000000000ff/result".to_owned();
+    for (session, path) in [(&other, &result_path), (&other, &monitoring_path), (&own, &never)] {
+        let refused = client.get(path, &[("authorization", &authorization(session))]).unwrap();
+        assert_refused(&refused, "260018");
+        // A refusal names the id it refused; asking again is refused again.
+        let again = client.get(path, &[("authorization", &authorization(session))]).unwrap();
+        assert_refused(&again, "260018");
+    }
+    assert_eq!(upstream.stats.recorded(EndpointKind::QueryResult).len(), polls);
+    assert_eq!(upstream.stats.recorded(EndpointKind::Monitoring).len(), monitors);
+
+    let mut answer = running;
+    for _ in 0..10 {
+        if answer["code"] != "333333" {
+            break;
+        }
+        answer = client.get(&result_path, &[("authorization", &authorization(&own))]).unwrap().json().unwrap();
+    }
+    assert_eq!(answer["success"], true, "{answer}");
+    assert_eq!(answer["data"]["queryId"], qid.as_str());
+    let monitored = client.get(&monitoring_path, &[("authorization", &authorization(&own))]).unwrap();
+    assert_eq!(monitored.status, 200);
+    assert_ne!(monitored.json().unwrap()["code"], "260018");
+    // The other identity still cannot, now that the result is there.
+    assert_refused(&client.get(&result_path, &[("authorization", &authorization(&other))]).unwrap(), "260018");
+}
