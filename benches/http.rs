@@ -1,4 +1,5 @@
-//! Request-head parsing and body framing: the fixed cost every request pays at the gateway.
+//! Request-head parsing, body framing and the statement book: fixed costs every request
+//! pays at the gateway.
 
 use bytes::BytesMut;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
@@ -35,5 +36,36 @@ fn head(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, head);
+/// What entering a query id in a core's statement book costs (every driver answer does), with
+/// the book full so that each entry also evicts the least recently used; and a poll's check.
+fn statement_book(c: &mut Criterion) {
+    use snowgate::session::statements::{BookLimits, StatementBook};
+    use std::time::{Duration, Instant};
+    let ids_max = 200_000;
+    let limits = BookLimits { ids_max, idle_ttl: Duration::from_secs(86_400) };
+    let now = Instant::now();
+    let mut book = StatementBook::new(limits, now);
+    let id = |n: u64| format!("01b2c3d4-0000-4000-8000-{:012x}", n & 0xffff_ffff_ffff);
+    for n in 0..ids_max as u64 {
+        book.issue(&id(n), "agent-7", now);
+    }
+    let mut group = c.benchmark_group("session/statement_book");
+    // A new id each time (made outside the timed part): an insert and an eviction.
+    let mut next = ids_max as u64;
+    group.bench_function("issue_new_full_200k", |b| {
+        b.iter_batched(
+            || {
+                next += 1;
+                id(next)
+            },
+            |new| book.issue(&new, "agent-7", now),
+            criterion::BatchSize::SmallInput,
+        )
+    });
+    let held = id(next);
+    group.bench_function("check_own", |b| b.iter(|| book.check(std::hint::black_box(&held), "agent-7", now)));
+    group.finish();
+}
+
+criterion_group!(benches, head, statement_book);
 criterion_main!(benches);
