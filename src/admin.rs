@@ -671,7 +671,7 @@ struct DecisionBody<'a> {
 }
 
 fn decide<P>(reviewer: &Subject, query_id: &str, kind: DecisionKind, body: &[u8], shared: &Shared<P>) -> Answer {
-    let reason = match serde_json::from_slice::<DecisionRequest>(body) {
+    let reason = match serde_json::from_slice::<crate::json::Object<DecisionRequest>>(body).map(|o| o.0) {
         Ok(request) if !request.reason.trim().is_empty() => request.reason,
         Ok(_) => return Answer::error(400, Fault::Caller, "the reason must not be empty"),
         Err(_) => return Answer::error(400, Fault::Caller, r#"the body must be a JSON object {"reason":"..."}"#),
@@ -882,7 +882,7 @@ mod tests {
         let server = start_server(AdminLimits::default());
         let addr = server.handle.local_addr();
         let id = park(&server.ledger, "r1", "dba", 1);
-        for body in ["", "{}", r#"{"reason":"  "}"#, r#"{"reason":"x","extra":1}"#, "not json"] {
+        for body in ["", "{}", r#"{"reason":"  "}"#, r#"{"reason":"x","extra":1}"#, "not json", r#"["by position"]"#] {
             let (status, answer) = post(addr, &decide_path(&id, "deny"), "token-alice", body);
             assert_eq!((status, answer["fault"].as_str()), (400, Some("caller")), "body {body:?}");
         }

@@ -18,6 +18,7 @@ pub mod admin;
 pub mod config;
 pub mod http;
 pub mod identity;
+mod json;
 pub mod mask;
 pub mod policy;
 pub mod proxy;

@@ -220,7 +220,7 @@ pub(crate) fn parse_jwks(bytes: &[u8]) -> Result<KeySet, JwksError> {
     if bytes.len() > JWKS_BYTES_MAX {
         return Err(JwksError::TooLarge { size_max_bytes: JWKS_BYTES_MAX });
     }
-    let document: Document = serde_json::from_slice(bytes)
+    let crate::json::Object(document): crate::json::Object<Document> = serde_json::from_slice(bytes)
         .map_err(|error| JwksError::Json { line: error.line(), column: error.column() })?;
     if document.keys.len() > JWKS_KEYS_MAX {
         return Err(JwksError::TooManyKeys { count_max: JWKS_KEYS_MAX });
@@ -554,7 +554,8 @@ mod tests {
         assert!(bytes.len() < JWKS_BYTES_MAX);
         assert!(matches!(parse_jwks(&bytes), Err(JwksError::TooManyKeys { .. })));
 
-        for bad in [&b"not json"[..], b"[]", b"{}", b"{\"keys\": {}}"] {
+        // `[[]]` is an array: a derived struct would read it by position as `{"keys": []}`.
+        for bad in [&b"not json"[..], b"[]", b"[[]]", b"{}", b"{\"keys\": {}}"] {
             assert!(matches!(parse_jwks(bad), Err(JwksError::Json { .. })));
         }
         assert!(matches!(parse_jwks_nonempty(b"{\"keys\": []}"), Err(JwksError::NoUsableKeys)));

@@ -6,6 +6,7 @@
 use serde::Deserialize;
 
 use super::MaskError;
+use crate::json::Object;
 
 /// The most columns a result may have (Snowflake's own limit is far lower in practice).
 pub const COLUMNS_MAX: usize = 100_000;
@@ -47,14 +48,16 @@ impl Column {
     /// Parses a `rowtype` (query answers) or `rowType` (SQL API) JSON array. Unknown fields are
     /// skipped; a missing `table` means an expression (`""`).
     pub fn from_rowtype_json(rowtype: &[u8]) -> Result<Vec<Column>, MaskError> {
-        let entries: Vec<RowTypeEntry> = serde_json::from_slice(rowtype)
-            .map_err(|_| MaskError::upstream_json(0, "rowtype is not an array of columns"))?;
+        // Each column is read from an object only: a derived struct would also read an array
+        // by position, where a driver would fail.
+        let entries: Vec<Object<RowTypeEntry>> = serde_json::from_slice(rowtype)
+            .map_err(|_| MaskError::upstream_json(0, "rowtype is not an array of column objects"))?;
         if entries.len() > COLUMNS_MAX {
             return Err(MaskError::Limit { what: "columns in a row type" });
         }
         Ok(entries
             .into_iter()
-            .map(|e| Column {
+            .map(|Object(e)| Column {
                 name: e.name,
                 table: Some(e.table.unwrap_or_default()),
                 type_name: e.type_name,
@@ -257,6 +260,9 @@ mod tests {
         assert!(!columns[0].nullable);
         assert_eq!(columns[1].table.as_deref(), Some(""));
         assert!(Column::from_rowtype_json(b"{}").is_err());
+        // A column given as an array would be read by position by a derived struct; a driver
+        // reads objects only.
+        assert!(Column::from_rowtype_json(br#"[["ID", null, "fixed", 0, false]]"#).is_err());
     }
 
     #[test]

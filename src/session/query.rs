@@ -1,32 +1,10 @@
 //! What the gateway reads out of query requests and their answers, for the recording and,
 //! later, the policy. No I/O. Unknown fields are skipped, never rejected.
 
-use std::marker::PhantomData;
-
-use serde::de::{MapAccess, Visitor, value::MapAccessDeserializer};
-use serde::{Deserialize, Deserializer};
+use serde::Deserialize;
 use serde_json::value::RawValue;
 
-/// `T` read only from a JSON object. serde's derived structs also read a JSON array, by
-/// position (`["select 1"]` as `{"sqlText": "select 1"}`), which Snowflake does not: what the
-/// gateway classifies and records must be what the warehouse would read.
-struct Object<T>(T);
-
-impl<'de, T: Deserialize<'de>> Deserialize<'de> for Object<T> {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct ObjectVisitor<T>(PhantomData<T>);
-        impl<'de, T: Deserialize<'de>> Visitor<'de> for ObjectVisitor<T> {
-            type Value = T;
-            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("a JSON object")
-            }
-            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<T, A::Error> {
-                T::deserialize(MapAccessDeserializer::new(map))
-            }
-        }
-        deserializer.deserialize_map(ObjectVisitor(PhantomData)).map(Object)
-    }
-}
+use crate::json::Object;
 
 /// The fields of a `query-request` body the gateway captures.
 #[derive(Debug, Clone, PartialEq, Eq)]
