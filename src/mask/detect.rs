@@ -223,6 +223,14 @@ pub(crate) fn luhn_valid(text: &[u8]) -> bool {
 /// not a card (a longer number, or a card next to other numbers), consecutive groups are tried.
 fn find_cards(text: &[u8], found: &mut dyn FnMut(usize, usize)) {
     let n = text.len();
+    // A value that is one run of digits (a card column's usual value) is a card exactly when
+    // it has 13 to 19 digits and passes Luhn: eight digits at a time.
+    if let Some(luhn) = all_digits_luhn(text) {
+        if (13..=19).contains(&n) && luhn {
+            found(0, n);
+        }
+        return;
+    }
     let mut i = 0;
     while i < n {
         if !has(text[i], DIGIT) {
@@ -268,6 +276,39 @@ fn find_cards(text: &[u8], found: &mut dyn FnMut(usize, usize)) {
         }
         i = j.max(i + 1);
     }
+}
+
+/// For text made only of ASCII digits (at most 24), whether its Luhn check passes; `None` for
+/// anything else. SWAR: per eight digits, the doubled ones (every second from the right) are
+/// doubled in their bytes, 9 is taken from those over 9, and the bytes are summed by a multiply.
+fn all_digits_luhn(text: &[u8]) -> Option<bool> {
+    use super::text::{digit_bytes, load_word};
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGHS: u64 = 0x8080_8080_8080_8080;
+    let n = text.len();
+    if n == 0 || n > 24 {
+        return None;
+    }
+    // Digit `i` (from the left) is doubled when `n - 1 - i` is odd: within a word, by the
+    // parity of its byte, the same in every word.
+    let doubled = if (n - 1) % 2 == 0 { 0xFF00_FF00_FF00_FF00u64 } else { 0x00FF_00FF_00FF_00FFu64 };
+    let mut sum = 0u64;
+    let mut at = 0;
+    while at < n {
+        let lanes = (n - at).min(8);
+        let valid = if lanes == 8 { u64::MAX } else { (1u64 << (8 * lanes)) - 1 };
+        let word = load_word(text, at);
+        if digit_bytes(word) & valid & HIGHS != valid & HIGHS {
+            return None;
+        }
+        let x = word.wrapping_sub(ONES * u64::from(b'0')) & valid;
+        let y = x + (x & doubled);
+        let over_nine = ((y + ONES * 0x76) & (ONES * 0x80)) >> 7;
+        let y = y - over_nine * 9;
+        sum += y.wrapping_mul(ONES) >> 56;
+        at += 8;
+    }
+    Some(sum.is_multiple_of(10))
 }
 
 /// Cards among consecutive groups of a run that is not a card as a whole: leftmost first,
@@ -821,6 +862,35 @@ mod tests {
         let once = mask_cards(b"1441 4111 1111 1111 1111 1714567890", 4);
         assert_eq!(mask_cards(&once, 4), once);
         assert_eq!(mask_cards(text, 4), mask_cards(&mask_cards(text, 4), 4));
+    }
+
+    #[test]
+    fn luhn_on_digit_runs_eight_at_a_time_equals_the_plain_one() {
+        let mut rng = 0x9E37_79B9_7F4A_7C15u64;
+        for n in 1..=24 {
+            for _ in 0..2000 {
+                let digits: Vec<u8> = (0..n)
+                    .map(|_| {
+                        rng ^= rng << 13;
+                        rng ^= rng >> 7;
+                        rng ^= rng << 17;
+                        b'0' + (rng % 10) as u8
+                    })
+                    .collect();
+                assert_eq!(
+                    all_digits_luhn(&digits),
+                    Some(luhn_valid(&digits)),
+                    "{:?}",
+                    String::from_utf8_lossy(&digits)
+                );
+            }
+        }
+        assert_eq!(all_digits_luhn(b""), None);
+        assert_eq!(all_digits_luhn(b"4111111111111111"), Some(true));
+        assert_eq!(all_digits_luhn(b"4111111111111112"), Some(false));
+        assert_eq!(all_digits_luhn(b"4111 1111 1111 1111"), None);
+        assert_eq!(all_digits_luhn(b"411111111111111a"), None);
+        assert_eq!(all_digits_luhn(&[b'1'; 25]), None);
     }
 
     proptest::proptest! {
