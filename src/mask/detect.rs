@@ -291,7 +291,7 @@ fn all_digits_luhn(text: &[u8]) -> Option<bool> {
     }
     // Digit `i` (from the left) is doubled when `n - 1 - i` is odd: within a word, by the
     // parity of its byte, the same in every word.
-    let doubled = if (n - 1) % 2 == 0 { 0xFF00_FF00_FF00_FF00u64 } else { 0x00FF_00FF_00FF_00FFu64 };
+    let doubled = if (n - 1).is_multiple_of(2) { 0xFF00_FF00_FF00_FF00u64 } else { 0x00FF_00FF_00FF_00FFu64 };
     let mut sum = 0u64;
     let mut at = 0;
     while at < n {
