@@ -522,7 +522,7 @@ async fn session_request(
                 return refusal;
             }
         }
-        Endpoint::Monitoring(qid) => {
+        Endpoint::Monitoring(qid) | Endpoint::AbortQuery(qid) => {
             capture.query_id = Some(qid.clone());
             if let Err(refusal) = own_query(core, qid, &claims.sub, capture) {
                 return refusal;

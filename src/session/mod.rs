@@ -33,8 +33,10 @@ pub enum Endpoint {
     QueryResult(String),
     /// `GET /monitoring/queries/<query id>`
     Monitoring(String),
-    /// `POST /queries/v1/abort-request` or `/queries/<query id>/abort-request`
+    /// `POST /queries/v1/abort-request` (the statement named in the body by request id)
     Abort,
+    /// `POST /queries/<query id>/abort-request`
+    AbortQuery(String),
     /// `POST /telemetry/send`
     Telemetry,
     /// `POST /api/v2/statements` (SQL API submit).
@@ -80,10 +82,7 @@ impl Endpoint {
             (Method::Get, ["queries", qid, "result"]) => Endpoint::QueryResult(id(qid)?),
             (Method::Get, ["monitoring", "queries", qid]) => Endpoint::Monitoring(id(qid)?),
             (Method::Post, ["queries", "v1", "abort-request"]) => Endpoint::Abort,
-            (Method::Post, ["queries", qid, "abort-request"]) => {
-                id(qid)?;
-                Endpoint::Abort
-            }
+            (Method::Post, ["queries", qid, "abort-request"]) => Endpoint::AbortQuery(id(qid)?),
             (Method::Post, ["telemetry", "send"]) => Endpoint::Telemetry,
             (Method::Post, ["api", "v2", "statements"]) => Endpoint::SqlApiSubmit,
             (Method::Get, ["api", "v2", "statements", handle]) => Endpoint::SqlApiStatus(id(handle)?),
@@ -103,7 +102,7 @@ impl Endpoint {
             Endpoint::QueryRequest => "query-request",
             Endpoint::QueryResult(_) => "query-result",
             Endpoint::Monitoring(_) => "monitoring",
-            Endpoint::Abort => "abort",
+            Endpoint::Abort | Endpoint::AbortQuery(_) => "abort",
             Endpoint::Telemetry => "telemetry",
             Endpoint::SqlApiSubmit => "sql-api-submit",
             Endpoint::SqlApiStatus(_) => "sql-api-status",
@@ -266,7 +265,10 @@ mod tests {
         assert_eq!(r(Method::Get, &format!("/queries/{QID}/result"), ""), Some(Endpoint::QueryResult(QID.into())));
         assert_eq!(r(Method::Get, "/queries/../../etc/result", ""), None);
         assert_eq!(r(Method::Get, "/queries/not-a-uuid/result", ""), None);
-        assert_eq!(r(Method::Post, &format!("/queries/{QID}/abort-request"), ""), Some(Endpoint::Abort));
+        assert_eq!(
+            r(Method::Post, &format!("/queries/{QID}/abort-request"), ""),
+            Some(Endpoint::AbortQuery(QID.into()))
+        );
         assert_eq!(
             r(Method::Post, &format!("/api/v2/statements/{QID}/cancel"), ""),
             Some(Endpoint::SqlApiCancel(QID.into()))

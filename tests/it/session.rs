@@ -475,6 +475,12 @@ fn query_ids_belong_to_the_identity_they_were_answered_to() {
     }
     assert_eq!(upstream.stats.recorded(EndpointKind::QueryResult).len(), polls);
     assert_eq!(upstream.stats.recorded(EndpointKind::Monitoring).len(), monitors);
+    // Nor can it abort the statement by its id.
+    let aborts = upstream.stats.recorded(EndpointKind::Abort).len();
+    let abort_path = format!("/queries/{qid}/abort-request");
+    let abort = client.post_json(&abort_path, &[("authorization", &authorization(&other))], &json!({}), true).unwrap();
+    assert_refused(&abort, "260018");
+    assert_eq!(upstream.stats.recorded(EndpointKind::Abort).len(), aborts);
 
     let mut answer = running;
     for _ in 0..10 {
