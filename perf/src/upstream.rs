@@ -6,7 +6,9 @@
 //! `{"data":…,"code":…,"message":…,"success":bool}`; refusals are HTTP 200 with
 //! `success:false` and a numeric string code, as real Snowflake does. The SQL API answers
 //! with its own bodies and real status codes (401, 422, 202). Which query gets which answer
-//! is the vocabulary documented in [`crate::results`].
+//! is the vocabulary documented in [`crate::results`]. A query request of several statements
+//! (split at `;`) is answered as Snowflake answers a multi-statement request: one row, and the
+//! children's ids in `data.resultIds`, each child's result fetched with `/queries/<id>/result`.
 //!
 //! Codes the double uses:
 //! | code | when |
@@ -718,6 +720,18 @@ impl Upstream {
             let bindings = request.get("bindings").and_then(Value::as_object);
             let plan = results::plan(sql);
             let qid = new_id();
+            // Several statements (the gateway pins MULTI_STATEMENT_COUNT): Snowflake answers with
+            // the children's ids in `resultIds`, and drivers fetch each by id.
+            let statements: Vec<&str> = sql.split(';').map(str::trim).filter(|s| !s.is_empty()).collect();
+            if statements.len() > 1 {
+                let children: Vec<String> = statements.iter().map(|_| new_id()).collect();
+                let mut state = self.lock_state();
+                for (child, statement) in children.iter().zip(&statements) {
+                    let body = self.results.query_body(results::plan(statement).outcome, None, child);
+                    state.queries.insert(child.clone(), PendingQuery { polls_left: 0, body });
+                }
+                return Response::value(200, &multi_statement_body(&qid, &children));
+            }
             let final_body = match plan.outcome {
                 Outcome::NoSuchTable => no_such_table_body(&qid),
                 Outcome::ChunkedJson => self.chunked().json_body.render(&qid),
@@ -892,6 +906,29 @@ impl Upstream {
         };
         Response::value(200, &canceled)
     }
+}
+
+/// A multi-statement answer: one row saying so, and the children's ids.
+fn multi_statement_body(qid: &str, children: &[String]) -> Value {
+    json!({
+        "data": {
+            "parameters": [],
+            "rowtype": [{"name": "multiple statement execution", "database": "", "schema": "", "table": "",
+                "type": "text", "nullable": false, "length": 16777216, "byteLength": 16777216,
+                "scale": null, "precision": null, "collation": null}],
+            "rowset": [["Multiple statements executed successfully."]],
+            "total": 1,
+            "returned": 1,
+            "queryId": qid,
+            "resultIds": children.join(","),
+            "resultTypes": vec!["4096"; children.len()].join(","),
+            "queryResultFormat": "json",
+            "statementTypeId": 4096,
+        },
+        "code": null,
+        "message": null,
+        "success": true,
+    })
 }
 
 /// An S3-style error: a status and an XML body.

@@ -258,6 +258,9 @@ fn park(
         Ok(parked) => {
             capture.set_decision(Decision::Parked { rule: rule.clone() });
             capture.set_query_id(parked.query_id.clone());
+            // The parked statement's id is the gateway's own, made for this agent: its
+            // monitoring and abort requests name it.
+            core.gateway.issue_statements(core.id, std::slice::from_ref(&parked.query_id), &claims.sub);
             if parked.created {
                 core.gateway.metrics.parked.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 info!(core = core.id, sub = %claims.sub, rule = %rule, query_id = %parked.query_id, "Statement parked for review.");

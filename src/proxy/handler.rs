@@ -4,6 +4,8 @@
 //! Every refusal here is the Snowflake-shaped error drivers understand (HTTP 200,
 //! `success:false`), except on the SQL API, which answers with its own status codes.
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 use serde_json::Value;
 use tracing::{debug, info, warn};
@@ -19,7 +21,7 @@ use crate::policy::parameters::plan_query_parameters;
 use crate::record::{Decision, Frame, Principal, RequestFrame, RequestLink, ResponseFrame};
 use crate::session::credential::UpstreamCredential;
 use crate::session::login::{self, LoginError, SessionOwner};
-use crate::session::query::summarize_answer;
+use crate::session::query::AnswerSummary;
 use crate::session::statements::Plans;
 use crate::session::token::{TokenClaims, TokenError, TokenKind};
 use crate::session::{
@@ -29,7 +31,7 @@ use crate::session::{
 
 /// What an agent is told about a statement id it may not use (whether it exists for another
 /// identity is not its business).
-const STATEMENT_UNKNOWN_MESSAGE: &str = "no statement with this id was answered to this identity through snowgate \
+pub(super) const STATEMENT_UNKNOWN_MESSAGE: &str = "no statement with this id was answered to this identity through snowgate \
      (or the gateway no longer keeps it)";
 
 /// Largest JWKS document fetched.
@@ -169,20 +171,16 @@ impl Capture {
     pub fn into_frames(
         self,
         answer: &Answer,
+        summary: AnswerSummary,
         answered_at_unix_us: u64,
         total_us: u64,
-    ) -> (Option<RequestFrame>, ResponseFrame, Option<String>) {
-        let summary = summarize_answer(&answer.body).unwrap_or_default();
-        let (query_id, also) = match (self.query_id.clone(), summary.query_id) {
-            (Some(captured), Some(own)) if captured != own => (Some(captured), Some(own)),
-            (captured, own) => (captured.or(own), None),
-        };
+    ) -> (Option<RequestFrame>, ResponseFrame) {
         let request = if self.admitted.is_none() { Some(self.request_frame()) } else { None };
         let response = ResponseFrame {
             time_unix_us: answered_at_unix_us,
             endpoint: self.endpoint_name().into(),
             request: self.admitted,
-            query_id,
+            query_id: self.query_id.or(summary.query_id),
             status: answer.status,
             code: summary.code,
             success: Some(summary.success),
@@ -191,7 +189,22 @@ impl Capture {
             total_us,
             body: answer.body.clone(),
         };
-        (request, response, also)
+        (request, response)
+    }
+
+    /// The statement ids an upstream driver answer names, for the agent it goes to: the id
+    /// polled or answered, the answer's own (an approved statement's real one) and a
+    /// multi-statement answer's children. None for the gateway's own answers (a refusal names
+    /// the id it refused), nor for the SQL API (its handles are entered by its own flow).
+    pub fn answered_statement_ids(&self, answer: &Answer, summary: &AnswerSummary) -> Option<(&str, Vec<String>)> {
+        let sub = self.query_owner()?;
+        if answer.status != 200 || answer.upstream_headers.is_none() {
+            return None;
+        }
+        let mut ids: Vec<String> = self.query_id.iter().chain(&summary.query_id).cloned().collect();
+        ids.extend(summary.result_ids.iter().cloned());
+        ids.dedup();
+        Some((sub, ids))
     }
 }
 
@@ -604,7 +617,7 @@ async fn sql_api(core: &Core, endpoint: &Endpoint, head: &RequestHead, body: Byt
         );
     };
     // The plans kept from the statement's partition 0, for masking a later partition.
-    let mut known: Plans = Vec::new();
+    let mut known: Option<Arc<Plans>> = None;
     let body = match endpoint {
         Endpoint::SqlApiSubmit => {
             let Ok(Value::Object(mut statement)) = serde_json::from_slice::<Value>(&body) else {
@@ -686,35 +699,40 @@ async fn sql_api(core: &Core, endpoint: &Endpoint, head: &RequestHead, body: Byt
         Ok(response) => response,
         Err(answer) => return answer,
     };
-    // Failed statements carry a handle too, which a client may ask about again.
-    if *endpoint == Endpoint::SqlApiSubmit
-        && let Some(handle) = issue_statement_handles(core, &response.body, &identity.sub)
-    {
-        // Recorded as the exchange's query id, so `snowgate-tools search` finds it by handle.
-        capture.set_query_id(handle);
+    // The handles an answer names become the agent's (failed statements carry one too, which
+    // a client may ask about again; a status answer names a multi-statement's children).
+    match issue_statement_handles(core, &response.body, &identity.sub) {
+        Ok(Some(handle)) if *endpoint == Endpoint::SqlApiSubmit => {
+            // Recorded as the exchange's query id, so `snowgate-tools search` finds it by handle.
+            capture.set_query_id(handle);
+        }
+        Ok(_) => {}
+        Err(()) => return refuse_sql_api(capture, 422, codes::STATEMENT_UNKNOWN, STATEMENT_UNKNOWN_MESSAGE),
     }
     let subject = Subject { sub: identity.sub, groups: identity.groups };
     let profiles = core.gateway.config.policy.masking_profiles_for(&subject);
-    let (answer, plans) = govern::masked_sql_api(core, response, capture, &profiles, &known);
+    let known = known.as_deref().map_or(&[][..], Vec::as_slice);
+    let (answer, plans) = govern::masked_sql_api(core, response, capture, &profiles, known);
     if let (Some(handle), false) = (capture.query_id.as_deref(), plans.is_empty()) {
         gateway.keep_statement_plans(core.id, handle, &subject.sub, plans);
     }
     answer
 }
 
-/// Enters the handles a SQL API submit answer names into the statement book, as `sub`'s, and
-/// returns the statement's own handle. A handle not shaped like one is not entered
-/// (the agent could not use it through the gateway anyway).
-fn issue_statement_handles(core: &Core, body: &[u8], sub: &str) -> Option<String> {
+/// Enters the handles a SQL API answer names into the statement books, as `sub`'s, and
+/// returns the statement's own handle; `Err` when another identity holds one of them (the
+/// answer must not reach this agent). A handle not shaped like one is not entered (the agent
+/// could not use it through the gateway anyway).
+fn issue_statement_handles(core: &Core, body: &[u8], sub: &str) -> Result<Option<String>, ()> {
     let handles = match mask::statement_handles(body) {
         Ok(handles) => handles,
         Err(e) => {
             warn!(core = core.id, error = %e, "A SQL API answer's statement handles could not be read.");
-            return None;
+            return Ok(None);
         }
     };
-    for handle in handles.iter().filter(|h| is_query_id(h)) {
-        core.gateway.issue_statement(core.id, handle, sub);
+    if !core.gateway.issue_statements(core.id, &handles, sub) {
+        return Err(());
     }
-    handles.into_iter().next().filter(|h| is_query_id(h))
+    Ok(handles.into_iter().next().filter(|h| is_query_id(h)))
 }

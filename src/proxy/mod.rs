@@ -39,7 +39,9 @@ use crate::record::{Frame, RecordUnavailable, Recorder, Ticket};
 /// How long a core waits for room in a full recorder queue before refusing the exchange.
 #[cfg(not(feature = "bench-unrecorded"))]
 const QUEUE_FULL_WAIT: Duration = Duration::from_millis(200);
-use crate::session::statements::{IdRefused, Plans, StatementBook};
+use crate::session::codes;
+use crate::session::query::summarize_answer;
+use crate::session::statements::{IdRefused, Plans, StatementBook, id_key};
 use crate::session::token::Sealer;
 use io::{Conn, ReadError, Stream};
 use upstream::{Endpoint, Pool};
@@ -163,22 +165,43 @@ impl Gateway {
         self.statements[core % self.statements.len()].lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Records that `core` answered statement `id` to `sub`.
-    pub fn issue_statement(&self, core: usize, id: &str, sub: &str) {
-        if !self.book(core).issue(id, sub, std::time::Instant::now()) {
-            warn!(core, sub, "A statement id was answered that the gateway holds for another identity, or is no id.");
+    /// Records that `core` answered statements `ids` to `sub`; `false` when another identity
+    /// holds one of them in any core's book (what came before it is entered).
+    pub fn issue_statements(&self, core: usize, ids: &[String], sub: &str) -> bool {
+        // Only ids shaped like Snowflake's are kept (no request could name another).
+        let ids: Vec<&String> = ids.iter().filter(|id| id_key(id).is_some()).collect();
+        if ids.is_empty() {
+            return true;
         }
+        let books = self.statements.len();
+        for at in (0..books).filter(|&at| at != core % books) {
+            let mut book = self.book(at);
+            let now = std::time::Instant::now();
+            if ids.iter().any(|id| book.check(id, sub, now) == Err(IdRefused::NotYours)) {
+                warn!(core, sub, "An upstream answer named a statement id another identity holds; refusing it.");
+                return false;
+            }
+        }
+        let mut book = self.book(core);
+        let now = std::time::Instant::now();
+        for id in ids {
+            if !book.issue(id, sub, now) {
+                warn!(core, sub, "An upstream answer named a statement id another identity holds, or no id.");
+                return false;
+            }
+        }
+        true
     }
 
     /// Whether `sub` may use statement `id`, with the plans kept for it: `core`'s own book is
     /// looked in first, then the others' (an agent's connections may be on any core).
-    pub fn statement_for(&self, core: usize, id: &str, sub: &str) -> Result<Plans, IdRefused> {
-        let now = std::time::Instant::now();
+    pub fn statement_for(&self, core: usize, id: &str, sub: &str) -> Result<Option<Arc<Plans>>, IdRefused> {
         let books = self.statements.len();
         for at in (0..books).map(|i| (core + i) % books) {
             let mut book = self.book(at);
-            match book.check(id, sub, now) {
-                Ok(()) => return Ok(book.plans(id).to_vec()),
+            // The time is read under the lock: a book's clock never goes back.
+            match book.check(id, sub, std::time::Instant::now()) {
+                Ok(()) => return Ok(book.plans(id)),
                 Err(IdRefused::NotYours) => return Err(IdRefused::NotYours),
                 Err(IdRefused::Unknown) => {}
             }
@@ -188,12 +211,18 @@ impl Gateway {
 
     /// Keeps the plans made from statement `id`'s row type in the book that holds it.
     pub fn keep_statement_plans(&self, core: usize, id: &str, sub: &str, plans: Plans) {
-        let now = std::time::Instant::now();
         let books = self.statements.len();
         for at in (0..books).map(|i| (core + i) % books) {
             let mut book = self.book(at);
+            let now = std::time::Instant::now();
             if book.check(id, sub, now).is_ok() {
-                book.keep_plans(id, sub, plans, now);
+                if !book.keep_plans(id, sub, plans, now) {
+                    warn!(
+                        core,
+                        sub,
+                        "A statement's masking plans were not kept (the book's budget is spent); its later partitions will be withheld."
+                    );
+                }
                 return;
             }
         }
@@ -364,15 +393,19 @@ impl Core {
     /// instead of an answer nobody could audit.
     async fn record(&self, capture: handler::Capture, answer: handler::Answer, total_us: u64) -> handler::Answer {
         let admitted = capture.was_admitted();
-        let owner = capture.query_owner().map(str::to_owned);
-        let (request, mut response, also) = capture.into_frames(&answer, unix_micros(), total_us);
-        // The query ids an upstream driver answer names are the agent's, before it can see
-        // them. Never from the gateway's own answers: a refused poll names the id it refused.
-        if let Some(sub) = owner.filter(|_| answer.status == 200 && answer.upstream_headers.is_some()) {
-            for id in response.query_id.iter().chain(also.iter()) {
-                self.gateway.issue_statement(self.id, id, &sub);
-            }
+        // The statement ids an upstream driver answer names become the agent's before it can
+        // see them; an answer naming an id another identity holds is refused instead.
+        // The answer is read once, for the books and the frame.
+        let mut capture = capture;
+        let mut answer = answer;
+        let mut summary = summarize_answer(&answer.body).unwrap_or_default();
+        if let Some((sub, ids)) = capture.answered_statement_ids(&answer, &summary)
+            && !self.gateway.issue_statements(self.id, &ids, sub)
+        {
+            answer = handler::refuse(&mut capture, codes::STATEMENT_UNKNOWN, handler::STATEMENT_UNKNOWN_MESSAGE);
+            summary = summarize_answer(&answer.body).unwrap_or_default();
         }
+        let (request, mut response) = capture.into_frames(&answer, summary, unix_micros(), total_us);
         let ticket = match request {
             Some(request) => match self.submit(Frame::Request(request)).await {
                 Ok(ticket) => {

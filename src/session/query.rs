@@ -80,6 +80,8 @@ pub struct AnswerSummary {
     pub query_id: Option<String>,
     /// `data.total` (rows in the whole result).
     pub total_rows: Option<u64>,
+    /// `data.resultIds`: a multi-statement answer's child statements, which drivers fetch by id.
+    pub result_ids: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -98,6 +100,8 @@ struct AnswerDataWire {
     query_id: Option<String>,
     #[serde(default)]
     total: Option<u64>,
+    #[serde(rename = "resultIds", default)]
+    result_ids: Option<String>,
 }
 
 /// Summarises an answer envelope; `None` when it is not one (not JSON, or `data` of another
@@ -114,7 +118,11 @@ pub fn summarize_answer(body: &[u8]) -> Option<AnswerSummary> {
         success: wire.success.unwrap_or(false),
         code,
         query_id: data.as_ref().and_then(|d| d.query_id.clone()),
-        total_rows: data.and_then(|d| d.total),
+        total_rows: data.as_ref().and_then(|d| d.total),
+        result_ids: data
+            .and_then(|d| d.result_ids)
+            .map(|ids| ids.split(',').map(|id| id.trim().to_owned()).filter(|id| !id.is_empty()).collect())
+            .unwrap_or_default(),
     })
 }
 
@@ -165,7 +173,16 @@ mod tests {
     fn summarises_answers() {
         let s = summarize_answer(br#"{"data":{"queryId":"q1","total":3,"rowset":[["1"]]},"code":null,"success":true}"#)
             .unwrap();
-        assert_eq!(s, AnswerSummary { success: true, code: None, query_id: Some("q1".into()), total_rows: Some(3) });
+        let expected = AnswerSummary {
+            success: true,
+            code: None,
+            query_id: Some("q1".into()),
+            total_rows: Some(3),
+            result_ids: vec![],
+        };
+        assert_eq!(s, expected);
+        let multi = summarize_answer(br#"{"data":{"queryId":"p","resultIds":"c1, c2,"},"success":true}"#).unwrap();
+        assert_eq!(multi.result_ids, ["c1", "c2"]);
         let e =
             summarize_answer(br#"{"data":{"queryId":"q2"},"code":"002003","message":"m","success":false}"#).unwrap();
         assert_eq!(e.code.as_deref(), Some("002003"));

@@ -13,11 +13,16 @@
 //! restart) is refused: the books fail closed.
 //!
 //! Entries are compact (the id as 128 bits, the owner as a keyed 64-bit hash of its `sub`, the
-//! last use in seconds), about 60 bytes each with the eviction order.
+//! last use in seconds), about 60 bytes each with the eviction order. Plans are kept only up to
+//! [`PLAN_COLUMNS_MAX`] columns a book; past it, a statement's later partitions are withheld.
+
+/// The most plan columns (over every profile's plan of every statement) a book keeps.
+pub const PLAN_COLUMNS_MAX: usize = 1 << 20;
 
 use std::collections::hash_map::RandomState;
 use std::collections::{HashMap, VecDeque};
 use std::hash::BuildHasher;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::mask::ColumnPlan;
@@ -65,7 +70,9 @@ struct Owner {
 /// One core's book of statement ids.
 pub struct StatementBook {
     owners: HashMap<u128, Owner>,
-    plans: HashMap<u128, Plans>,
+    plans: HashMap<u128, Arc<Plans>>,
+    /// Columns in `plans`, over every plan.
+    plan_columns: usize,
     /// Ids by last use, oldest first; an entry whose time is not its id's `used` is stale (the id
     /// was used again, or dropped) and is skipped.
     order: VecDeque<(u128, u32)>,
@@ -80,6 +87,7 @@ impl StatementBook {
         StatementBook {
             owners: HashMap::new(),
             plans: HashMap::new(),
+            plan_columns: 0,
             order: VecDeque::new(),
             tags: RandomState::new(),
             epoch: now,
@@ -147,24 +155,32 @@ impl StatementBook {
     }
 
     /// The plans kept for `id` (check first that the agent may use it).
-    pub fn plans(&self, id: &str) -> &[(String, ColumnPlan)] {
-        id_key(id).and_then(|key| self.plans.get(&key)).map_or(&[], Vec::as_slice)
+    pub fn plans(&self, id: &str) -> Option<Arc<Plans>> {
+        id_key(id).and_then(|key| self.plans.get(&key)).cloned()
     }
 
     /// Keeps the plans made from `id`'s row type, for its later partitions (ignored unless
-    /// `sub` may use the id).
-    pub fn keep_plans(&mut self, id: &str, sub: &str, plans: Plans, now: Instant) {
+    /// `sub` may use the id); `false` when they would take the book past
+    /// [`PLAN_COLUMNS_MAX`] columns, and are not kept.
+    pub fn keep_plans(&mut self, id: &str, sub: &str, plans: Plans, now: Instant) -> bool {
+        let Some(key) = id_key(id) else { return false };
         if plans.is_empty() || self.check(id, sub, now).is_err() {
-            return;
+            return false;
         }
-        if let Some(key) = id_key(id) {
-            self.plans.insert(key, plans);
+        let columns = plan_columns(&plans);
+        let replaced = self.plans.get(&key).map_or(0, |old| plan_columns(old));
+        if self.plan_columns - replaced + columns > PLAN_COLUMNS_MAX {
+            return false;
         }
+        self.plan_columns = self.plan_columns - replaced + columns;
+        self.plans.insert(key, Arc::new(plans));
+        true
     }
 
     fn touch(&mut self, key: u128, now: u32) {
+        // Only forward: a caller's clock read before another's never moves a use back.
         if let Some(owner) = self.owners.get_mut(&key)
-            && owner.used != now
+            && now > owner.used
         {
             owner.used = now;
             self.order.push_back((key, now));
@@ -174,7 +190,9 @@ impl StatementBook {
 
     fn remove(&mut self, key: u128) {
         self.owners.remove(&key);
-        self.plans.remove(&key);
+        if let Some(plans) = self.plans.remove(&key) {
+            self.plan_columns -= plan_columns(&plans);
+        }
     }
 
     fn drop_idle(&mut self, now: u32) {
@@ -197,6 +215,10 @@ impl StatementBook {
             self.order.retain(|(key, used)| owners.get(key).is_some_and(|o| o.used == *used));
         }
     }
+}
+
+fn plan_columns(plans: &Plans) -> usize {
+    plans.iter().map(|(_, plan)| plan.columns().len()).sum()
 }
 
 #[cfg(test)]
@@ -255,13 +277,20 @@ mod tests {
         let now = Instant::now();
         let mut book = book(8, 60, now);
         book.issue(A, "alice", now);
-        book.keep_plans(A, "mallory", plans(), now);
-        assert!(book.plans(A).is_empty());
-        book.keep_plans(A, "alice", plans(), now);
-        assert_eq!(book.plans(A)[0].0, "p");
+        assert!(!book.keep_plans(A, "mallory", plans(), now));
+        assert!(book.plans(A).is_none());
+        assert!(book.keep_plans(A, "alice", plans(), now));
+        assert_eq!(book.plans(A).unwrap()[0].0, "p");
+        assert_eq!(book.plan_columns, 1);
         // Plans for an id the book does not hold go nowhere.
-        book.keep_plans(B, "alice", plans(), now);
-        assert!(book.plans(B).is_empty());
+        assert!(!book.keep_plans(B, "alice", plans(), now));
+        assert!(book.plans(B).is_none());
+        // Kept plans count against the book's column budget until their id goes.
+        book.issue(B, "alice", now);
+        book.plan_columns = PLAN_COLUMNS_MAX;
+        assert!(!book.keep_plans(B, "alice", plans(), now), "past the budget");
+        assert!(book.keep_plans(A, "alice", plans(), now), "replacing takes no more room");
+        book.plan_columns = 1;
     }
 
     #[test]
@@ -275,7 +304,7 @@ mod tests {
         book.issue(C, "alice", secs(start, 3));
         assert_eq!(book.len(), 2);
         assert_eq!(book.check(B, "alice", secs(start, 3)), Err(IdRefused::Unknown));
-        assert_eq!(book.plans(A).len(), 1);
+        assert_eq!(book.plans(A).map(|p| p.len()), Some(1));
         // C is honoured ten seconds after its last use, and not after.
         assert_eq!(book.check(C, "alice", secs(start, 13)), Ok(()));
         assert_eq!(book.check(C, "alice", secs(start, 23)), Ok(()));
@@ -283,7 +312,8 @@ mod tests {
         // Idle ids are dropped, plans with them, when the next one is issued.
         book.issue(B, "bob", secs(start, 40));
         assert_eq!(book.len(), 1);
-        assert!(book.plans(A).is_empty());
+        assert!(book.plans(A).is_none());
+        assert_eq!(book.plan_columns, 0);
         assert_eq!(book.check(B, "bob", secs(start, 40)), Ok(()));
     }
 

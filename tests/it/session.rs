@@ -448,7 +448,8 @@ fn sql_api_takes_a_bearer_oidc_token_and_forwards_the_gateway_jwt() {
 #[test]
 fn query_ids_belong_to_the_identity_they_were_answered_to() {
     let upstream = double(|_| {});
-    let gateway = TestGateway::start(&upstream.url(), GatewayOptions::default());
+    // Two cores: a poll may land on a core other than the one that answered the query.
+    let gateway = TestGateway::start(&upstream.url(), GatewayOptions { cores: 2, ..Default::default() });
     let mut client = gateway.client();
     let (own, _) = login_ok(&mut client);
     let other_answer = login(&mut client, &agent_token(json!({"sub": "agent-8"}))).json().unwrap();
@@ -491,9 +492,48 @@ fn query_ids_belong_to_the_identity_they_were_answered_to() {
     }
     assert_eq!(answer["success"], true, "{answer}");
     assert_eq!(answer["data"]["queryId"], qid.as_str());
-    let monitored = client.get(&monitoring_path, &[("authorization", &authorization(&own))]).unwrap();
-    assert_eq!(monitored.status, 200);
-    assert_ne!(monitored.json().unwrap()["code"], "260018");
-    // The other identity still cannot, now that the result is there.
-    assert_refused(&client.get(&result_path, &[("authorization", &authorization(&other))]).unwrap(), "260018");
+    // From fresh connections (either core), the owner can and the other identity cannot.
+    for _ in 0..6 {
+        let mut fresh = gateway.client();
+        let monitored = fresh.get(&monitoring_path, &[("authorization", &authorization(&own))]).unwrap();
+        assert_eq!(monitored.status, 200);
+        assert_eq!(monitored.json().unwrap()["success"], true, "{monitored:?}");
+        assert_refused(&fresh.get(&result_path, &[("authorization", &authorization(&other))]).unwrap(), "260018");
+    }
+    // The owner may abort its own statement by id.
+    let abort = client.post_json(&abort_path, &[("authorization", &authorization(&own))], &json!({}), true).unwrap();
+    assert_eq!(abort.status, 200);
+    assert_ne!(abort.json().unwrap()["code"], "260018", "{abort:?}");
+    assert_eq!(upstream.stats.recorded(EndpointKind::Abort).len(), aborts + 1);
+}
+
+const MULTI_STATEMENT_POLICY: &str = r#"
+[policy]
+max_statements_per_request = 2
+default = { action = "allow" }
+"#;
+
+#[test]
+fn a_multi_statement_answers_children_are_the_agents_to_fetch() {
+    let upstream = double(|_| {});
+    let gateway = TestGateway::start(
+        &upstream.url(),
+        GatewayOptions { policy: Some(MULTI_STATEMENT_POLICY.into()), ..Default::default() },
+    );
+    let mut client = gateway.client();
+    let (own, _) = login_ok(&mut client);
+    let other_answer = login(&mut client, &agent_token(json!({"sub": "agent-8"}))).json().unwrap();
+    let other = other_answer["data"]["token"].as_str().unwrap().to_owned();
+    let answer = query(&mut client, &own, "select 1 from small; select 1 from medium").json().unwrap();
+    assert_eq!(answer["success"], true, "{answer}");
+    let children: Vec<String> = answer["data"]["resultIds"].as_str().unwrap().split(',').map(str::to_owned).collect();
+    assert_eq!(children.len(), 2, "{answer}");
+    for (child, rows) in children.iter().zip([snowgate_perf::results::SMALL_ROWS, snowgate_perf::results::MEDIUM_ROWS])
+    {
+        let path = format!("/queries/{child}/result");
+        let fetched = client.get(&path, &[("authorization", &authorization(&own))]).unwrap().json().unwrap();
+        assert_eq!(fetched["success"], true, "{fetched}");
+        assert_eq!(fetched["data"]["total"], rows as u64, "{fetched}");
+        assert_refused(&client.get(&path, &[("authorization", &authorization(&other))]).unwrap(), "260018");
+    }
 }
