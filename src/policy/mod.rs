@@ -99,6 +99,7 @@ pub mod lexer;
 pub mod model;
 pub mod names;
 pub mod parameters;
+pub mod result_scan;
 pub mod rules;
 pub mod worker;
 

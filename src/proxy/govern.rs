@@ -35,6 +35,7 @@ use crate::http::{Method, RequestHead};
 use crate::mask::{ColumnPlan, Envelope, rebuild_envelope};
 use crate::policy::approvals::{Ledger, LedgerError, ParkRequest, PollState, RequestKey};
 use crate::policy::parameters::plan_query_parameters;
+use crate::policy::result_scan::{ScanTarget, may_scan_results, scan_targets};
 use crate::policy::worker::{INLINE_BYTES_MAX, classify_inline};
 use crate::policy::{DecidedBy, ReviewRequirement, Subject, VerdictAction};
 use crate::record::Decision;
@@ -118,6 +119,10 @@ fn ledger(core: &Core) -> MutexGuard<'_, Ledger<ParkedStatement>> {
 /// Classifies `text` off the core and decides it. A denial is noted in `capture`.
 pub async fn decide(core: &Core, subject: &Subject, text: String, capture: &mut Capture) -> Decided {
     let policy = &core.gateway.config.policy;
+    if let Some(refused) = foreign_result_scan(core, subject, &text) {
+        capture.set_decision(Decision::Blocked { rule: "RESULT_SCAN of another identity's query".into() });
+        return refused;
+    }
     let classified = if text.len() <= INLINE_BYTES_MAX {
         classify_inline(&text, policy.limits())
     } else {
@@ -154,6 +159,43 @@ pub async fn decide(core: &Core, subject: &Subject, text: String, capture: &mut 
             }
         },
     }
+}
+
+/// A `RESULT_SCAN` of a query not answered to this identity (every agent is the gateway's one
+/// Snowflake user, which may read any of its queries' results), or of a result that cannot be
+/// known before the statement runs, is refused. Lexed on the core, so only in statements small
+/// enough to classify there (a larger one that may scan results is refused).
+fn foreign_result_scan(core: &Core, subject: &Subject, text: &str) -> Option<Decided> {
+    if !may_scan_results(text) {
+        return None;
+    }
+    let refuse = |code: &'static str, message: &str| Some(Decided::Refuse { code, message: message.to_owned() });
+    if text.len() > INLINE_BYTES_MAX {
+        return refuse(codes::POLICY_DENIED, "snowgate checks RESULT_SCAN only in statements of at most 4 KiB");
+    }
+    // A request the lexer refuses is refused by the classifier too, with its reason.
+    let targets = scan_targets(text, core.gateway.config.policy.limits()).ok()?;
+    for target in targets {
+        match target {
+            ScanTarget::LastQueryId => {}
+            ScanTarget::QueryId(id) => {
+                if core.gateway.statement_for(core.id, &id, &subject.sub).is_err() {
+                    info!(core = core.id, sub = %subject.sub, "RESULT_SCAN of a query not answered to this identity.");
+                    return refuse(
+                        codes::STATEMENT_UNKNOWN,
+                        "RESULT_SCAN of a query not answered to this identity through snowgate",
+                    );
+                }
+            }
+            ScanTarget::Unknown => {
+                return refuse(
+                    codes::POLICY_DENIED,
+                    "RESULT_SCAN must name its query by id (a string) or LAST_QUERY_ID(): snowgate cannot tell whose result anything else reads",
+                );
+            }
+        }
+    }
+    None
 }
 
 /// Pins `MULTI_STATEMENT_COUNT` (and checks every other session parameter) in a query request.

@@ -537,3 +537,28 @@ fn a_multi_statement_answers_children_are_the_agents_to_fetch() {
         assert_refused(&client.get(&path, &[("authorization", &authorization(&other))]).unwrap(), "260018");
     }
 }
+
+#[test]
+fn result_scan_reads_only_the_identitys_own_results() {
+    let upstream = double(|_| {});
+    let gateway = TestGateway::start(&upstream.url(), GatewayOptions::default());
+    let mut client = gateway.client();
+    let (own, _) = login_ok(&mut client);
+    let other_answer = login(&mut client, &agent_token(json!({"sub": "agent-8"}))).json().unwrap();
+    let other = other_answer["data"]["token"].as_str().unwrap().to_owned();
+    let first = query(&mut client, &own, "select 1 from small").json().unwrap();
+    let qid = first["data"]["queryId"].as_str().unwrap().to_owned();
+    let scan = format!("select * from table(result_scan('{qid}'))");
+
+    let queries = upstream.stats.recorded(EndpointKind::Query).len();
+    assert_refused(&query(&mut client, &other, &scan), "260018");
+    assert_refused(&query(&mut client, &other, &scan.to_uppercase()), "260018");
+    assert_refused(&query(&mut client, &own, "select * from table(result_scan($q))"), "260010");
+    assert_eq!(upstream.stats.recorded(EndpointKind::Query).len(), queries, "a refused RESULT_SCAN went upstream");
+
+    for allowed in [scan.as_str(), "select * from table(result_scan(last_query_id()))"] {
+        let answer = query(&mut client, &own, allowed).json().unwrap();
+        assert_eq!(answer["success"], true, "{allowed}: {answer}");
+    }
+    assert_eq!(upstream.stats.recorded(EndpointKind::Query).len(), queries + 2);
+}
