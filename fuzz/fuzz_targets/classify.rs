@@ -1,11 +1,13 @@
 //! The SQL classifier on untrusted text: it never panics, splitting is stable (the statements
 //! it found, joined again with `;`, split into the same statements), every statement range lies
 //! inside the text, and anything it could not classify is denied by a policy that allows every
-//! kind it may name with `"*"` (only a rule naming `unknown` may allow the unknown).
+//! kind it may name with `"*"` (only a rule naming `unknown` may allow the unknown). The
+//! `RESULT_SCAN` finder never panics, and its cheap pre-check never hides a call.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use snowgate::policy::lexer::statement_ranges;
+use snowgate::policy::result_scan::{may_scan_results, scan_targets};
 use snowgate::policy::{Kind, Limits, Policy, PolicySpec, Subject, VerdictAction, classify};
 
 fn permissive_policy() -> Policy {
@@ -18,6 +20,9 @@ fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else { return };
     // Smaller limits than production keep each run fast; the invariants do not depend on them.
     let limits = Limits { text_bytes_max: 64 << 10, tokens_max: 20_000, ..Limits::default() };
+    if let Ok(targets) = scan_targets(text, &limits) {
+        assert!(targets.is_empty() || may_scan_results(text), "the pre-check hid a RESULT_SCAN: {text:?}");
+    }
     let classified = classify(text, &limits);
     let mut previous_end = 0;
     for statement in &classified.statements {
