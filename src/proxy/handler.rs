@@ -125,12 +125,6 @@ impl Capture {
         self.upstream_us = elapsed.as_micros() as u64;
     }
 
-    /// The agent a driver answer's query ids are answered to: for query requests and result
-    /// polls made with a session (SQL API handles are issued by their own flow).
-    pub fn query_owner(&self) -> Option<&str> {
-        if matches!(self.endpoint, "query-request" | "query-result") { self.sub.as_deref() } else { None }
-    }
-
     /// Whether the request was recorded before it went upstream.
     pub fn was_admitted(&self) -> bool {
         self.admitted.is_some()
@@ -165,9 +159,9 @@ impl Capture {
         }
     }
 
-    /// The frames still to record once the answer is known: the request's (unless it was
-    /// recorded before going upstream) and the response's, linked to it; and the query id the
-    /// answer itself names, when it differs from the one captured (an approved statement's).
+    /// The frames still to record once the answer is known (`summary` is the answer's): the
+    /// request's (unless it was recorded before going upstream) and the response's, linked to
+    /// it.
     pub fn into_frames(
         self,
         answer: &Answer,
@@ -192,15 +186,19 @@ impl Capture {
         (request, response)
     }
 
-    /// The statement ids an upstream driver answer names, for the agent it goes to: the id
-    /// polled or answered, the answer's own (an approved statement's real one) and a
-    /// multi-statement answer's children. None for the gateway's own answers (a refusal names
-    /// the id it refused), nor for the SQL API (its handles are entered by its own flow).
+    /// The statement ids an upstream driver answer to a query request or result poll names,
+    /// for the agent it goes to: the id polled or answered, the answer's own (an approved
+    /// statement's real one) and a multi-statement answer's children. None for the gateway's
+    /// own answers (a refusal names the id it refused), nor for the SQL API (its handles are
+    /// entered by its own flow).
     pub fn answered_statement_ids(&self, answer: &Answer, summary: &AnswerSummary) -> Option<(&str, Vec<String>)> {
-        let sub = self.query_owner()?;
-        if answer.status != 200 || answer.upstream_headers.is_none() {
+        if !matches!(self.endpoint, "query-request" | "query-result")
+            || answer.status != 200
+            || answer.upstream_headers.is_none()
+        {
             return None;
         }
+        let sub = self.sub.as_deref()?;
         let mut ids: Vec<String> = self.query_id.iter().chain(&summary.query_id).cloned().collect();
         ids.extend(summary.result_ids.iter().cloned());
         ids.dedup();

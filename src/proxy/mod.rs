@@ -35,16 +35,16 @@ use crate::mask::Scratch;
 use crate::policy::approvals::Ledger;
 use crate::policy::worker::{ClassifierPool, PoolConfig};
 use crate::record::{Frame, RecordUnavailable, Recorder, Ticket};
-
-/// How long a core waits for room in a full recorder queue before refusing the exchange.
-#[cfg(not(feature = "bench-unrecorded"))]
-const QUEUE_FULL_WAIT: Duration = Duration::from_millis(200);
 use crate::session::codes;
 use crate::session::query::summarize_answer;
 use crate::session::statements::{IdRefused, Plans, StatementBook, id_key};
 use crate::session::token::Sealer;
 use io::{Conn, ReadError, Stream};
 use upstream::{Endpoint, Pool};
+
+/// How long a core waits for room in a full recorder queue before refusing the exchange.
+#[cfg(not(feature = "bench-unrecorded"))]
+const QUEUE_FULL_WAIT: Duration = Duration::from_millis(200);
 
 /// The gateway could not start.
 #[derive(Debug, thiserror::Error)]
@@ -193,15 +193,16 @@ impl Gateway {
         true
     }
 
-    /// Whether `sub` may use statement `id`, with the plans kept for it: `core`'s own book is
-    /// looked in first, then the others' (an agent's connections may be on any core).
-    pub fn statement_for(&self, core: usize, id: &str, sub: &str) -> Result<Option<Arc<Plans>>, IdRefused> {
+    /// The book that holds statement `id` for `sub` (a use, which keeps the id from going
+    /// idle): `core`'s own is looked in first, then the others' (an agent's connections may be
+    /// on any core).
+    fn holder(&self, core: usize, id: &str, sub: &str) -> Result<std::sync::MutexGuard<'_, StatementBook>, IdRefused> {
         let books = self.statements.len();
         for at in (0..books).map(|i| (core + i) % books) {
             let mut book = self.book(at);
             // The time is read under the lock: a book's clock never goes back.
             match book.check(id, sub, std::time::Instant::now()) {
-                Ok(()) => return Ok(book.plans(id)),
+                Ok(()) => return Ok(book),
                 Err(IdRefused::NotYours) => return Err(IdRefused::NotYours),
                 Err(IdRefused::Unknown) => {}
             }
@@ -209,22 +210,21 @@ impl Gateway {
         Err(IdRefused::Unknown)
     }
 
+    /// Whether `sub` may use statement `id`, with the plans kept for it.
+    pub fn statement_for(&self, core: usize, id: &str, sub: &str) -> Result<Option<Arc<Plans>>, IdRefused> {
+        self.holder(core, id, sub).map(|book| book.plans(id))
+    }
+
     /// Keeps the plans made from statement `id`'s row type in the book that holds it.
     pub fn keep_statement_plans(&self, core: usize, id: &str, sub: &str, plans: Plans) {
-        let books = self.statements.len();
-        for at in (0..books).map(|i| (core + i) % books) {
-            let mut book = self.book(at);
-            let now = std::time::Instant::now();
-            if book.check(id, sub, now).is_ok() {
-                if !book.keep_plans(id, sub, plans, now) {
-                    warn!(
-                        core,
-                        sub,
-                        "A statement's masking plans were not kept (the book's budget is spent); its later partitions will be withheld."
-                    );
-                }
-                return;
-            }
+        if let Ok(mut book) = self.holder(core, id, sub)
+            && !book.keep_plans(id, sub, plans, std::time::Instant::now())
+        {
+            warn!(
+                core,
+                sub,
+                "A statement's masking plans were not kept (the book's budget is spent); its later partitions will be withheld."
+            );
         }
     }
 
@@ -391,13 +391,16 @@ impl Core {
     /// In `batch` and `strict` modes an exchange that went upstream is answered only once its
     /// response record is durable; if it cannot be, the agent gets "recording unavailable"
     /// instead of an answer nobody could audit.
-    async fn record(&self, capture: handler::Capture, answer: handler::Answer, total_us: u64) -> handler::Answer {
+    async fn record(
+        &self,
+        mut capture: handler::Capture,
+        mut answer: handler::Answer,
+        total_us: u64,
+    ) -> handler::Answer {
         let admitted = capture.was_admitted();
         // The statement ids an upstream driver answer names become the agent's before it can
         // see them; an answer naming an id another identity holds is refused instead.
         // The answer is read once, for the books and the frame.
-        let mut capture = capture;
-        let mut answer = answer;
         let mut summary = summarize_answer(&answer.body).unwrap_or_default();
         if let Some((sub, ids)) = capture.answered_statement_ids(&answer, &summary)
             && !self.gateway.issue_statements(self.id, &ids, sub)

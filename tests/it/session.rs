@@ -452,8 +452,7 @@ fn query_ids_belong_to_the_identity_they_were_answered_to() {
     let gateway = TestGateway::start(&upstream.url(), GatewayOptions { cores: 2, ..Default::default() });
     let mut client = gateway.client();
     let (own, _) = login_ok(&mut client);
-    let other_answer = login(&mut client, &agent_token(json!({"sub": "agent-8"}))).json().unwrap();
-    let other = other_answer["data"]["token"].as_str().unwrap().to_owned();
+    let (other, _) = login_ok_as(&mut client, "agent-8");
 
     // A slow statement answers 333333 with its id; its owner polls it to the end.
     let running = query(&mut client, &own, "select 1 from small slow").json().unwrap();
@@ -522,8 +521,7 @@ fn a_multi_statement_answers_children_are_the_agents_to_fetch() {
     );
     let mut client = gateway.client();
     let (own, _) = login_ok(&mut client);
-    let other_answer = login(&mut client, &agent_token(json!({"sub": "agent-8"}))).json().unwrap();
-    let other = other_answer["data"]["token"].as_str().unwrap().to_owned();
+    let (other, _) = login_ok_as(&mut client, "agent-8");
     let answer = query(&mut client, &own, "select 1 from small; select 1 from medium").json().unwrap();
     assert_eq!(answer["success"], true, "{answer}");
     let children: Vec<String> = answer["data"]["resultIds"].as_str().unwrap().split(',').map(str::to_owned).collect();
@@ -544,8 +542,7 @@ fn result_scan_reads_only_the_identitys_own_results() {
     let gateway = TestGateway::start(&upstream.url(), GatewayOptions::default());
     let mut client = gateway.client();
     let (own, _) = login_ok(&mut client);
-    let other_answer = login(&mut client, &agent_token(json!({"sub": "agent-8"}))).json().unwrap();
-    let other = other_answer["data"]["token"].as_str().unwrap().to_owned();
+    let (other, _) = login_ok_as(&mut client, "agent-8");
     let first = query(&mut client, &own, "select 1 from small").json().unwrap();
     let qid = first["data"]["queryId"].as_str().unwrap().to_owned();
     let scan = format!("select * from table(result_scan('{qid}'))");

@@ -315,7 +315,12 @@ pub fn login(client: &mut Client, token: &str) -> ClientResponse {
 
 /// Logs in and returns the sealed session and master tokens.
 pub fn login_ok(client: &mut Client) -> (String, Option<String>) {
-    let answer = login(client, &agent_token(json!({})));
+    login_ok_as(client, "agent-7")
+}
+
+/// Logs in as the agent `sub` and returns the sealed session and master tokens.
+pub fn login_ok_as(client: &mut Client, sub: &str) -> (String, Option<String>) {
+    let answer = login(client, &agent_token(json!({ "sub": sub })));
     let body = answer.json().unwrap();
     assert_eq!(body["success"], true, "login failed: {body}");
     let session = body["data"]["token"].as_str().unwrap().to_owned();
