@@ -9,6 +9,9 @@
 //! - A driver's poll of a parked statement is held up to `[approvals] poll_hold_ms` while it
 //!   waits (drivers poll again at once, so this is what keeps them from storming), then runs
 //!   it once approved, exactly as parked (text, bindings, identity), or refuses it.
+//! - On the SQL API a parked statement is a gateway statement handle answered with 202: polls
+//!   of it answer 202 while it waits, the first after approval runs it (with a new key-pair
+//!   JWT), and later status, partition and cancel requests on it go to the statement it became.
 //! - Answers are masked with every masking profile that can apply to the identity. A query
 //!   answer's `chunks[].url` become gateway URLs holding a sealed grant (the original URL, its
 //!   SSE-C headers, the session, an expiry, the column plan); `qrmk` and upstream
@@ -421,6 +424,180 @@ async fn run_approved(
     }
     match result {
         Ok(response) => masked_answer(core, head, response, capture, session, &payload.profiles),
+        Err(answer) => answer,
+    }
+}
+
+/// The ledger's session for statements parked through the SQL API, which has no Snowflake
+/// session (driver sessions are positive): a driver session never polls one, nor the reverse.
+const SQL_API_SESSION: i64 = -1;
+
+/// Parks a SQL API statement that needs review: `body` is the statement as it would go
+/// upstream (parameters pinned, role set), `headers` the request's forwarded headers. The
+/// agent gets the SQL API's 202 with a gateway statement handle to poll.
+#[allow(clippy::too_many_arguments)]
+pub fn park_sql_api(
+    core: &Core,
+    head: &RequestHead,
+    capture: &mut Capture,
+    subject: &Subject,
+    headers: Vec<(Vec<u8>, Vec<u8>)>,
+    body: Bytes,
+    requirement: ReviewRequirement,
+    rule: String,
+    message: &str,
+) -> Answer {
+    // The SQL API's `requestId` makes a retried submit find its parked statement again;
+    // without one, every submit is a statement of its own.
+    let request_id = capture.request_id().map_or_else(|| uuid::Uuid::new_v4().hyphenated().to_string(), str::to_owned);
+    let request = ParkRequest {
+        key: RequestKey { sub: subject.sub.clone(), session_id: SQL_API_SESSION, request_id },
+        agent_groups: subject.groups.clone(),
+        statement_text: capture.sql_text().unwrap_or_default().to_owned(),
+        bindings: capture.bindings().map(str::to_owned),
+        agent_context: capture.agent_context().map(str::to_owned),
+        requirement,
+        rule_name: Some(rule.clone()),
+        payload: ParkedStatement {
+            target: head.target.clone(),
+            headers,
+            body,
+            rule: rule.clone(),
+            profiles: core.gateway.config.policy.masking_profiles_for(subject),
+        },
+    };
+    let now = unix_millis();
+    let parked = {
+        let mut ledger = ledger(core);
+        ledger.expire(now);
+        ledger.park(request, now)
+    };
+    match parked {
+        Ok(parked) => {
+            capture.set_decision(Decision::Parked { rule: rule.clone() });
+            capture.set_query_id(parked.query_id.clone());
+            core.gateway.issue_statements(core.id, std::slice::from_ref(&parked.query_id), &subject.sub);
+            if parked.created {
+                core.gateway.metrics.parked.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                info!(core = core.id, sub = %subject.sub, rule = %rule, query_id = %parked.query_id, "SQL API statement parked for review.");
+            }
+            sql_api_in_progress(&parked.query_id, message)
+        }
+        Err(e @ LedgerError::RequestIdReused) => refuse_sql_api(capture, 422, codes::BAD_REQUEST, &e.to_string()),
+        Err(e) => refuse_sql_api(capture, 429, codes::REVIEW_FULL, &e.to_string()),
+    }
+}
+
+/// The SQL API's 202 QueryStatus for a statement still waiting (or running).
+fn sql_api_in_progress(handle: &str, message: &str) -> Answer {
+    let body = serde_json::json!({
+        "code": codes::QUERY_IN_PROGRESS_ASYNC,
+        "message": message,
+        "statementHandle": handle,
+        "statementStatusUrl": format!("/api/v2/statements/{handle}"),
+    });
+    Answer::own(202, Bytes::from(serde_json::to_vec(&body).expect("a JSON value always serialises")))
+}
+
+/// What a SQL API status or cancel request naming a handle found in the ledger.
+pub enum ParkedSqlApi {
+    /// Not a parked statement: the handle is Snowflake's.
+    NotParked,
+    /// The answer: still waiting, the approved statement's first answer, or the refusal.
+    Answer(Answer),
+    /// Approved and run: the request is about Snowflake's statement with this handle.
+    Ran(String),
+}
+
+/// A SQL API status poll (`cancel` false) or cancel of `handle`, when it is a statement parked
+/// for this identity. The first poll after approval runs it, exactly as parked, with a new
+/// key-pair JWT; later requests are about the statement it became.
+pub async fn parked_sql_api(
+    core: &Core,
+    handle: &str,
+    cancel: bool,
+    capture: &mut Capture,
+    subject: &Subject,
+    jwt: impl FnOnce() -> String,
+) -> ParkedSqlApi {
+    let state = ledger(core).poll(handle, &subject.sub, SQL_API_SESSION, unix_millis());
+    let answer = match state {
+        Err(LedgerError::NotFound) => return ParkedSqlApi::NotParked,
+        Err(e) => refuse_sql_api(capture, 422, codes::BAD_REQUEST, &e.to_string()),
+        Ok(PollState::Finished { upstream_query_id: Some(upstream) }) => return ParkedSqlApi::Ran(upstream),
+        Ok(PollState::Pending { .. } | PollState::Approved | PollState::Running) if cancel => refuse_sql_api(
+            capture,
+            422,
+            codes::REVIEW_UNSUPPORTED,
+            "a statement under review is not cancelled by its agent: it runs only once a reviewer approves it, \
+             and is refused when its review times out (once it runs, its handle can be cancelled)",
+        ),
+        Ok(PollState::Pending { .. } | PollState::Running) => {
+            sql_api_in_progress(handle, "This statement is waiting for a reviewer's approval.")
+        }
+        Ok(PollState::Approved) => {
+            return ParkedSqlApi::Answer(run_approved_sql_api(core, handle, capture, subject, jwt()).await);
+        }
+        Ok(PollState::Finished { upstream_query_id: None }) => refuse_sql_api(
+            capture,
+            422,
+            codes::UPSTREAM_INVALID,
+            "the approved statement ran, but Snowflake gave no statement handle to ask about it by",
+        ),
+        Ok(PollState::Denied { reason }) => {
+            capture.set_decision(Decision::Blocked { rule: "review".into() });
+            refuse_sql_api(capture, 422, codes::REVIEW_DENIED, &format!("A reviewer denied this statement: {reason}"))
+        }
+        Ok(PollState::TimedOut) => {
+            capture.set_decision(Decision::Blocked { rule: "review".into() });
+            refuse_sql_api(
+                capture,
+                422,
+                codes::REVIEW_TIMED_OUT,
+                "No reviewer approved this statement before its review timed out; it was not run.",
+            )
+        }
+    };
+    ParkedSqlApi::Answer(answer)
+}
+
+/// Runs an approved SQL API statement exactly as it was parked and answers with Snowflake's
+/// answer, masked with the profiles of the time it was parked.
+async fn run_approved_sql_api(
+    core: &Core,
+    handle: &str,
+    capture: &mut Capture,
+    subject: &Subject,
+    jwt: String,
+) -> Answer {
+    let taken = ledger(core).take_approved(handle, &subject.sub, SQL_API_SESSION, unix_millis());
+    let approved = match taken {
+        Ok(approved) => approved,
+        Err(e) => return refuse_sql_api(capture, 422, codes::BAD_REQUEST, &e.to_string()),
+    };
+    let approvers: Vec<&str> = approved.approvals.iter().map(|a| a.reviewer.as_str()).collect();
+    let payload = approved.payload;
+    capture.set_statement(approved.statement_text.clone(), approved.bindings.clone(), None);
+    capture.set_decision(Decision::Approved { rule: payload.rule.clone(), approver: approvers.join(",") });
+    info!(core = core.id, sub = %subject.sub, query_id = handle, approvers = %approvers.join(","), "Approved SQL API statement running.");
+    let mut headers = payload.headers.clone();
+    headers.push((b"authorization".to_vec(), format!("Bearer {jwt}").into_bytes()));
+    let forwarded =
+        UpstreamRequest { method: Method::Post, target: payload.target.clone(), headers, body: payload.body.clone() };
+    let result = send(core, &forwarded, payload.body.clone(), capture).await;
+    let upstream_handle = result
+        .as_ref()
+        .ok()
+        .and_then(|r| crate::mask::statement_handles(&r.body).ok())
+        .and_then(|handles| handles.into_iter().next())
+        .filter(|h| crate::session::is_query_id(h));
+    if let Err(e) = ledger(core).finish(handle, upstream_handle, unix_millis()) {
+        warn!(core = core.id, query_id = handle, error = %e, "The ledger did not take the approved statement's end.");
+    }
+    match result {
+        Ok(response) => {
+            super::handler::sql_api_answer(core, response, capture, subject, &payload.profiles, None, false)
+        }
         Err(answer) => answer,
     }
 }

@@ -113,6 +113,14 @@ impl Capture {
         self.request_id.as_deref()
     }
 
+    pub(super) fn sql_text(&self) -> Option<&str> {
+        self.sql_text.as_deref()
+    }
+
+    pub(super) fn bindings(&self) -> Option<&str> {
+        self.bindings.as_deref()
+    }
+
     pub(super) fn agent_context(&self) -> Option<&str> {
         self.agent_context.as_deref()
     }
@@ -614,8 +622,10 @@ async fn sql_api(core: &Core, endpoint: &Endpoint, head: &RequestHead, body: Byt
             "the SQL API needs the gateway to hold a key-pair credential",
         );
     };
+    let subject = Subject { sub: identity.sub, groups: identity.groups };
     // The plans kept from the statement's partition 0, for masking a later partition.
     let mut known: Option<Arc<Plans>> = None;
+    let mut target = head.target.clone();
     let body = match endpoint {
         Endpoint::SqlApiSubmit => {
             let Ok(Value::Object(mut statement)) = serde_json::from_slice::<Value>(&body) else {
@@ -632,18 +642,11 @@ async fn sql_api(core: &Core, endpoint: &Endpoint, head: &RequestHead, body: Byt
             capture.sql_text = Some(text.clone());
             capture.bindings = statement.get("bindings").map(Value::to_string);
             let text = text.clone();
-            let subject = Subject { sub: identity.sub.clone(), groups: identity.groups.clone() };
-            let statements = match govern::decide(core, &subject, text, capture).await {
-                govern::Decided::Allow { statements } => statements,
+            let (statements, review) = match govern::decide(core, &subject, text, capture).await {
+                govern::Decided::Allow { statements } => (statements, None),
                 govern::Decided::Refuse { code, message } => return refuse_sql_api(capture, 422, code, &message),
-                govern::Decided::Review { .. } => {
-                    return refuse_sql_api(
-                        capture,
-                        422,
-                        codes::REVIEW_UNSUPPORTED,
-                        "this statement needs a reviewer's approval, which the SQL API cannot wait for; \
-                         send it through a driver session",
-                    );
+                govern::Decided::Review { statements, requirement, rule, message } => {
+                    (statements, Some((requirement, rule, message)))
                 }
             };
             match plan_query_parameters(statement.get("parameters"), statements) {
@@ -665,15 +668,42 @@ async fn sql_api(core: &Core, endpoint: &Endpoint, head: &RequestHead, body: Byt
             }
             // The role comes from the identity, never from the agent.
             statement.insert("role".into(), Value::String(role.to_owned()));
-            Bytes::from(serde_json::to_vec(&statement).expect("a JSON map always serialises"))
+            let body = Bytes::from(serde_json::to_vec(&statement).expect("a JSON map always serialises"));
+            if let Some((requirement, rule, message)) = review {
+                // Kept without the credential: the approving poll signs a new JWT.
+                let headers = upstream::forwarded_headers(&head.headers, vec![sql_api_token_type()]);
+                return govern::park_sql_api(core, head, capture, &subject, headers, body, requirement, rule, &message);
+            }
+            body
         }
         Endpoint::SqlApiStatus(handle) | Endpoint::SqlApiCancel(handle) => {
             capture.query_id = Some(handle.clone());
-            match gateway.statement_for(core.id, handle, &identity.sub) {
+            let refused = |capture: &mut Capture, reason: &dyn std::fmt::Display| {
+                warn!(core = core.id, sub = %subject.sub, reason = %reason, "A SQL API statement handle was refused.");
+                refuse_sql_api(capture, 422, codes::STATEMENT_UNKNOWN, STATEMENT_UNKNOWN_MESSAGE)
+            };
+            match gateway.statement_for(core.id, handle, &subject.sub) {
                 Ok(plans) => known = plans,
-                Err(refused) => {
-                    warn!(core = core.id, sub = %identity.sub, reason = %refused, "A SQL API statement handle was refused.");
-                    return refuse_sql_api(capture, 422, codes::STATEMENT_UNKNOWN, STATEMENT_UNKNOWN_MESSAGE);
+                Err(reason) => return refused(capture, &reason),
+            }
+            let cancel = matches!(endpoint, Endpoint::SqlApiCancel(_));
+            let jwt = || key_pair.jwt(unix_seconds()).expose().to_owned();
+            match govern::parked_sql_api(core, handle, cancel, capture, &subject, jwt).await {
+                govern::ParkedSqlApi::NotParked => {}
+                govern::ParkedSqlApi::Answer(answer) => return answer,
+                govern::ParkedSqlApi::Ran(upstream) => {
+                    // A statement parked here and since run: the request is about the
+                    // statement it became, which was answered to this identity.
+                    match gateway.statement_for(core.id, &upstream, &subject.sub) {
+                        Ok(plans) => known = plans,
+                        Err(reason) => return refused(capture, &reason),
+                    }
+                    let query = match head.query() {
+                        "" => String::new(),
+                        q => format!("?{q}"),
+                    };
+                    let action = if cancel { "/cancel" } else { "" };
+                    target = format!("/api/v2/statements/{upstream}{action}{query}");
                 }
             }
             body
@@ -683,13 +713,10 @@ async fn sql_api(core: &Core, endpoint: &Endpoint, head: &RequestHead, body: Byt
     let jwt = key_pair.jwt(unix_seconds());
     let forwarded = UpstreamRequest {
         method: head.method,
-        target: head.target.clone(),
+        target,
         headers: upstream::forwarded_headers(
             &head.headers,
-            vec![
-                (b"authorization".to_vec(), format!("Bearer {}", jwt.expose()).into_bytes()),
-                (b"x-snowflake-authorization-token-type".to_vec(), b"KEYPAIR_JWT".to_vec()),
-            ],
+            vec![(b"authorization".to_vec(), format!("Bearer {}", jwt.expose()).into_bytes()), sql_api_token_type()],
         ),
         body: body.clone(),
     };
@@ -697,22 +724,41 @@ async fn sql_api(core: &Core, endpoint: &Endpoint, head: &RequestHead, body: Byt
         Ok(response) => response,
         Err(answer) => return answer,
     };
-    // The handles an answer names become the agent's (failed statements carry one too, which
-    // a client may ask about again; a status answer names a multi-statement's children).
-    match issue_statement_handles(core, &response.body, &identity.sub) {
-        Ok(Some(handle)) if *endpoint == Endpoint::SqlApiSubmit => {
-            // Recorded as the exchange's query id, so `snowgate-tools search` finds it by handle.
-            capture.set_query_id(handle);
-        }
-        Ok(_) => {}
-        Err(()) => return refuse_sql_api(capture, 422, codes::STATEMENT_UNKNOWN, STATEMENT_UNKNOWN_MESSAGE),
-    }
-    let subject = Subject { sub: identity.sub, groups: identity.groups };
     let profiles = core.gateway.config.policy.masking_profiles_for(&subject);
+    sql_api_answer(core, response, capture, &subject, &profiles, known, *endpoint == Endpoint::SqlApiSubmit)
+}
+
+fn sql_api_token_type() -> (Vec<u8>, Vec<u8>) {
+    (b"x-snowflake-authorization-token-type".to_vec(), b"KEYPAIR_JWT".to_vec())
+}
+
+/// A SQL API answer for the agent: the handles it names become the agent's (failed
+/// statements carry one too, which a client may ask about again; a status answer names a
+/// multi-statement's children), and its rows are masked with `profiles` (a later partition
+/// with `known`, the plans kept from partition 0), whose plans are kept with the statement.
+pub(super) fn sql_api_answer(
+    core: &Core,
+    response: UpstreamResponse,
+    capture: &mut Capture,
+    subject: &Subject,
+    profiles: &[String],
+    known: Option<Arc<Plans>>,
+    submit: bool,
+) -> Answer {
+    let own = match issue_statement_handles(core, &response.body, &subject.sub) {
+        Ok(own) => own,
+        Err(()) => return refuse_sql_api(capture, 422, codes::STATEMENT_UNKNOWN, STATEMENT_UNKNOWN_MESSAGE),
+    };
+    if submit && let Some(handle) = &own {
+        // Recorded as the exchange's query id, so `snowgate-tools search` finds it by handle.
+        capture.set_query_id(handle.clone());
+    }
     let known = known.as_deref().map_or(&[][..], Vec::as_slice);
-    let (answer, plans) = govern::masked_sql_api(core, response, capture, &profiles, known);
-    if let (Some(handle), false) = (capture.query_id.as_deref(), plans.is_empty()) {
-        gateway.keep_statement_plans(core.id, handle, &subject.sub, plans);
+    let (answer, plans) = govern::masked_sql_api(core, response, capture, profiles, known);
+    // Kept under the statement's own handle: the one asked about, or (for a parked statement)
+    // the one it became.
+    if let (Some(handle), false) = (own.as_deref().or(capture.query_id.as_deref()), plans.is_empty()) {
+        core.gateway.keep_statement_plans(core.id, handle, &subject.sub, plans);
     }
     answer
 }

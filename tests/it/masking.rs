@@ -247,29 +247,6 @@ fn chunk_urls_are_bound_to_their_session_and_expire() {
     assert!(String::from_utf8_lossy(&expired.body).contains("expired"));
 }
 
-/// Bearer headers for the SQL API.
-fn sql_api_headers(bearer: &str) -> [(&'static str, &str); 2] {
-    [("authorization", bearer), ("x-snowflake-authorization-token-type", "OAUTH")]
-}
-
-/// Fetches every partition of a SQL API statement through the gateway, checking each one's
-/// row count against `partitionInfo`; returns partition 0's answer and all the rows.
-fn sql_api_rows(client: &mut snowgate_perf::client::Client, bearer: &str, first: &Value) -> Vec<Value> {
-    let handle = first["statementHandle"].as_str().unwrap();
-    let info = first["resultSetMetaData"]["partitionInfo"].as_array().unwrap();
-    let mut rows = first["data"].as_array().unwrap().clone();
-    assert_eq!(rows.len() as u64, info[0]["rowCount"].as_u64().unwrap());
-    for (n, partition) in info.iter().enumerate().skip(1) {
-        let answer =
-            client.get(&format!("/api/v2/statements/{handle}?partition={n}"), &sql_api_headers(bearer)).unwrap();
-        assert_eq!(answer.status, 200, "partition {n}: {answer:?}");
-        let data = answer.json().unwrap()["data"].as_array().unwrap().clone();
-        assert_eq!(data.len() as u64, partition["rowCount"].as_u64().unwrap(), "partition {n}'s rows");
-        rows.extend(data);
-    }
-    rows
-}
-
 #[test]
 fn sql_api_partitions_are_masked_and_handles_belong_to_their_identity() {
     let upstream = double(|_| {});

@@ -254,3 +254,174 @@ fn a_hundred_thousand_nested_parentheses_are_denied_and_the_core_survives() {
     let seen = upstream.stats.recorded(snowgate_perf::EndpointKind::Query);
     assert_eq!(seen.len(), 1, "the deep statement reached the upstream");
 }
+
+/// Reads of `MEDIUM` wait for a DBA; everything is masked like the masking tests' profile.
+const SQL_API_REVIEW_POLICY: &str = r#"
+[policy]
+default = { action = "deny", message = "No snowgate rule allows this statement." }
+
+[[policy.rules]]
+name = "customer reads need a DBA"
+groups = ["*"]
+kinds = ["select"]
+objects = ["MEDIUM"]
+action = "review"
+approvals = 1
+reviewer_groups = ["dba"]
+timeout_secs = 60
+message = "Waiting for a DBA to approve this read."
+
+[[policy.rules]]
+name = "the rest, masked"
+groups = ["*"]
+kinds = ["*"]
+action = "allow"
+masking_profile = "agents"
+
+[masking.profiles.agents.detectors]
+card = { mask = { style = "keep_last", keep = 4 } }
+
+[[masking.profiles.agents.columns]]
+name = "SSN"
+mask = { style = "null" }
+
+[approvals]
+admin_address = "127.0.0.1:0"
+admin_groups = ["dba"]
+poll_hold_ms = 1000
+"#;
+
+fn decide(gateway: &TestGateway, query_id: &str, verdict: &str, reason: &str) {
+    let (status, body) = admin_request(
+        gateway.admin_addr(),
+        "POST",
+        &format!("/v1/approvals/{query_id}/{verdict}"),
+        &reviewer_token(),
+        Some(&json!({ "reason": reason })),
+    );
+    assert_eq!(status, 200, "{body}");
+}
+
+/// The SQL API parks a statement under review too: the agent gets a 202 with a gateway
+/// statement handle, polls it until a reviewer decides, and then gets the statement's answer
+/// (run exactly once, masked, every partition through either handle) or the refusal; no other
+/// identity can poll it, and nothing reaches Snowflake before approval.
+#[test]
+fn a_sql_api_statement_under_review_waits_for_approval_then_runs_once_masked() {
+    use snowgate_perf::EndpointKind;
+    let upstream = double(|_| {});
+    let gateway = TestGateway::start(
+        &upstream.url(),
+        GatewayOptions { policy: Some(SQL_API_REVIEW_POLICY.into()), ..Default::default() },
+    );
+    let mut client = gateway.client();
+    let owner = format!("Bearer {}", agent_token(json!({})));
+    let other = format!("Bearer {}", agent_token(json!({"sub": "agent-8"})));
+    let clear = snowgate_perf::results::customers("MEDIUM", snowgate_perf::results::MEDIUM_ROWS).rows;
+    let submits = || upstream.stats.requests(EndpointKind::SqlApiSubmit);
+
+    // Answered at once, and answered later (202, polled), once approved.
+    let mut runs = 0;
+    for (n, (query, statement)) in
+        [("", "select * from medium"), ("&async=true", "select * from medium slow")].into_iter().enumerate()
+    {
+        let target = format!("/api/v2/statements?requestId=00000000-0000-4000-8000-00000000000{n}{query}");
+        let body = json!({"statement": statement, "timeout": 60});
+        let parked = client.post_json(&target, &sql_api_headers(&owner), &body, false).unwrap();
+        assert_eq!(parked.status, 202, "{parked:?}");
+        let parked = parked.json().unwrap();
+        assert_eq!(parked["code"], "333334", "{parked}");
+        assert_eq!(parked["message"], "Waiting for a DBA to approve this read.", "{parked}");
+        let handle = parked["statementHandle"].as_str().unwrap().to_owned();
+        assert_eq!(parked["statementStatusUrl"], format!("/api/v2/statements/{handle}"));
+        // A retry with the same requestId finds the same statement.
+        let again = client.post_json(&target, &sql_api_headers(&owner), &body, false).unwrap();
+        assert_eq!(again.json().unwrap()["statementHandle"], handle.as_str());
+
+        let item = wait_for_pending(&gateway);
+        assert_eq!(item["query_id"], handle.as_str(), "{item}");
+        assert_eq!(item["statement_text"], statement, "{item}");
+        assert_eq!(item["rule_name"], "customer reads need a DBA", "{item}");
+        let waiting = client.get(&format!("/api/v2/statements/{handle}"), &sql_api_headers(&owner)).unwrap();
+        assert_eq!(waiting.status, 202, "{waiting:?}");
+        for (bearer, path) in [
+            (&other, format!("/api/v2/statements/{handle}")),
+            (&other, format!("/api/v2/statements/{handle}?partition=1")),
+        ] {
+            let refused = client.get(&path, &sql_api_headers(bearer)).unwrap();
+            assert_eq!(refused.status, 422, "{path}: {refused:?}");
+            assert_eq!(refused.json().unwrap()["code"], "260018");
+        }
+        let cancel = client
+            .post_json(&format!("/api/v2/statements/{handle}/cancel"), &sql_api_headers(&owner), &json!({}), false)
+            .unwrap();
+        assert_eq!(cancel.status, 422, "{cancel:?}");
+        assert_eq!(cancel.json().unwrap()["code"], "260016");
+        assert_eq!(submits(), runs, "{statement} reached Snowflake before approval");
+
+        decide(&gateway, &handle, "approve", "a read for the test");
+        let mut answer = client.get(&format!("/api/v2/statements/{handle}"), &sql_api_headers(&owner)).unwrap();
+        for _ in 0..10 {
+            if answer.status != 202 {
+                break;
+            }
+            answer = client.get(&format!("/api/v2/statements/{handle}"), &sql_api_headers(&owner)).unwrap();
+        }
+        assert_eq!(answer.status, 200, "{statement}: {answer:?}");
+        runs += 1;
+        assert_eq!(submits(), runs, "{statement} did not run exactly once");
+        let first = answer.json().unwrap();
+        let real = first["statementHandle"].as_str().unwrap().to_owned();
+        assert_ne!(real, handle, "the answer names Snowflake's statement");
+        // Every partition, through Snowflake's handle, masked.
+        let rows = sql_api_rows(&mut client, &owner, &first);
+        assert_eq!(rows.len(), clear.len(), "{statement}: every row must arrive");
+        for (clear, row) in clear.iter().zip(&rows) {
+            let context = format!("{statement}: clear {clear:?}, masked {row}");
+            assert_eq!(row[0].as_str(), clear[0].as_deref(), "{context}");
+            let card = clear[3].as_deref().unwrap();
+            let kept = format!("{}{}", "*".repeat(card.len() - 4), &card[card.len() - 4..]);
+            assert_eq!(row[3].as_str().unwrap(), kept, "{context}");
+            assert_eq!(row[4], Value::Null, "SSN must be NULL; {context}");
+        }
+        // The gateway's handle reaches the same statement, masked the same, without running it again.
+        let via_parked =
+            client.get(&format!("/api/v2/statements/{handle}?partition=1"), &sql_api_headers(&owner)).unwrap();
+        let via_real = client.get(&format!("/api/v2/statements/{real}?partition=1"), &sql_api_headers(&owner)).unwrap();
+        assert_eq!(via_parked.status, 200, "{via_parked:?}");
+        assert_eq!(via_parked.json().unwrap()["data"], via_real.json().unwrap()["data"]);
+        let polled = client.get(&format!("/api/v2/statements/{handle}"), &sql_api_headers(&owner)).unwrap();
+        assert_eq!(polled.status, 200, "{polled:?}");
+        assert_eq!(polled.json().unwrap()["statementHandle"], real.as_str());
+        assert_eq!(submits(), runs, "a poll after the run ran the statement again");
+        let refused = client.get(&format!("/api/v2/statements/{real}"), &sql_api_headers(&other)).unwrap();
+        assert_eq!(refused.status, 422, "{refused:?}");
+    }
+
+    // Denied: the agent gets the reviewer's reason, and the statement never runs.
+    let body = json!({"statement": "select * from medium where id = 1", "timeout": 60});
+    let parked = client.post_json("/api/v2/statements", &sql_api_headers(&owner), &body, false).unwrap();
+    assert_eq!(parked.status, 202, "{parked:?}");
+    let handle = parked.json().unwrap()["statementHandle"].as_str().unwrap().to_owned();
+    decide(&gateway, &handle, "deny", "not during the freeze");
+    let denied = client.get(&format!("/api/v2/statements/{handle}"), &sql_api_headers(&owner)).unwrap();
+    assert_eq!(denied.status, 422, "{denied:?}");
+    let denied = denied.json().unwrap();
+    assert_eq!(denied["code"], "260011", "{denied}");
+    assert!(denied["message"].as_str().unwrap().contains("not during the freeze"), "{denied}");
+    assert_eq!(submits(), runs);
+
+    let dir = gateway.stop();
+    let decisions: Vec<Decision> = read_records(&dir.path().join("recordings"))
+        .iter()
+        .filter_map(|r| match &r.frame {
+            Frame::Request(request) if request.statement.as_deref() == Some("select * from medium") => {
+                Some(request.decision.clone())
+            }
+            _ => None,
+        })
+        .collect();
+    let parked = Decision::Parked { rule: "customer reads need a DBA".into() };
+    let approved = Decision::Approved { rule: "customer reads need a DBA".into(), approver: "dba-1".into() };
+    assert_eq!(decisions, vec![parked.clone(), parked, approved]);
+}

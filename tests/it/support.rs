@@ -566,3 +566,26 @@ pub fn tools_binary() -> PathBuf {
     assert!(tools.exists(), "{} is missing: run the tests with `cargo test --workspace`", tools.display());
     tools
 }
+
+/// Bearer headers for the SQL API.
+pub fn sql_api_headers(bearer: &str) -> [(&'static str, &str); 2] {
+    [("authorization", bearer), ("x-snowflake-authorization-token-type", "OAUTH")]
+}
+
+/// Fetches every partition of a SQL API statement through the gateway, checking each one's
+/// row count against `partitionInfo`; returns partition 0's answer and all the rows.
+pub fn sql_api_rows(client: &mut Client, bearer: &str, first: &Value) -> Vec<Value> {
+    let handle = first["statementHandle"].as_str().unwrap();
+    let info = first["resultSetMetaData"]["partitionInfo"].as_array().unwrap();
+    let mut rows = first["data"].as_array().unwrap().clone();
+    assert_eq!(rows.len() as u64, info[0]["rowCount"].as_u64().unwrap());
+    for (n, partition) in info.iter().enumerate().skip(1) {
+        let answer =
+            client.get(&format!("/api/v2/statements/{handle}?partition={n}"), &sql_api_headers(bearer)).unwrap();
+        assert_eq!(answer.status, 200, "partition {n}: {answer:?}");
+        let data = answer.json().unwrap()["data"].as_array().unwrap().clone();
+        assert_eq!(data.len() as u64, partition["rowCount"].as_u64().unwrap(), "partition {n}'s rows");
+        rows.extend(data);
+    }
+    rows
+}
