@@ -776,6 +776,7 @@ mod tests {
             },
             rule_name: Some("writes need review".into()),
             payload: 1,
+            payload_bytes: 8,
         };
         ledger.lock().unwrap().park(request, unix_millis()).unwrap().query_id
     }

@@ -77,8 +77,10 @@ pub struct ParkRequest<P> {
     /// The rule that sent it to review.
     pub rule_name: Option<String>,
     /// What the proxy needs to run it later (the rewritten request body, say). Handed back
-    /// once, by [`Ledger::take_approved`].
+    /// once, by [`Ledger::take_approved`]; dropped when the statement is denied or times out.
     pub payload: P,
+    /// The payload's size, counted against [`LedgerLimits::stored_bytes_max`] while it is held.
+    pub payload_bytes: usize,
 }
 
 /// One reviewer's decision.
@@ -237,6 +239,8 @@ struct Item<P> {
     state: State,
     decided_at_unix_ms: Option<u64>,
     payload: Option<P>,
+    payload_bytes: usize,
+    /// What the item holds: text, bindings, context, and the payload while it is kept.
     weight_bytes: usize,
 }
 
@@ -278,9 +282,17 @@ impl<P> Item<P> {
         if self.state == State::Pending && now_unix_ms >= self.expires_at_unix_ms() {
             self.state = State::TimedOut;
             self.decided_at_unix_ms = Some(self.expires_at_unix_ms());
+            self.take_payload();
             return true;
         }
         false
+    }
+
+    /// Takes the payload out (to run it, or because it never will run); it no longer counts.
+    fn take_payload(&mut self) -> Option<P> {
+        let payload = self.payload.take()?;
+        self.weight_bytes -= self.payload_bytes;
+        Some(payload)
     }
 
     fn poll_state(&self) -> PollState {
@@ -334,13 +346,12 @@ pub struct Ledger<P> {
     limits: LedgerLimits,
     items: HashMap<String, Item<P>>,
     by_key: HashMap<RequestKey, String>,
-    stored_bytes: usize,
 }
 
 impl<P> Ledger<P> {
     /// An empty ledger.
     pub fn new(limits: LedgerLimits) -> Ledger<P> {
-        Ledger { limits, items: HashMap::new(), by_key: HashMap::new(), stored_bytes: 0 }
+        Ledger { limits, items: HashMap::new(), by_key: HashMap::new() }
     }
 
     /// Items held (decided ones included).
@@ -372,12 +383,14 @@ impl<P> Ledger<P> {
         }
         let weight_bytes = request.statement_text.len()
             + request.bindings.as_ref().map_or(0, String::len)
-            + request.agent_context.as_ref().map_or(0, String::len);
-        if self.items.len() >= self.limits.items_max || self.stored_bytes + weight_bytes > self.limits.stored_bytes_max
+            + request.agent_context.as_ref().map_or(0, String::len)
+            + request.payload_bytes;
+        if self.items.len() >= self.limits.items_max
+            || self.stored_bytes() + weight_bytes > self.limits.stored_bytes_max
         {
             self.expire(now_unix_ms);
             if self.items.len() >= self.limits.items_max
-                || self.stored_bytes + weight_bytes > self.limits.stored_bytes_max
+                || self.stored_bytes() + weight_bytes > self.limits.stored_bytes_max
             {
                 return Err(LedgerError::Full);
             }
@@ -398,13 +411,18 @@ impl<P> Ledger<P> {
             state: State::Pending,
             decided_at_unix_ms: None,
             payload: Some(request.payload),
+            payload_bytes: request.payload_bytes,
             weight_bytes,
         };
         let state = item.poll_state();
-        self.stored_bytes += weight_bytes;
         self.by_key.insert(request.key, query_id.clone());
         self.items.insert(query_id.clone(), item);
         Ok(Parked { query_id, state, created: true })
+    }
+
+    /// Bytes the items hold (at most `items_max` items, so counting is cheap next to a park).
+    fn stored_bytes(&self) -> usize {
+        self.items.values().map(|item| item.weight_bytes).sum()
     }
 
     fn owned_item(&mut self, query_id: &str, sub: &str, session_id: i64) -> Result<&mut Item<P>, LedgerError> {
@@ -517,6 +535,7 @@ impl<P> Ledger<P> {
         let item = self.reviewable(query_id, reviewer, reason, now_unix_ms)?;
         item.state = State::Denied { reason: reason.to_owned() };
         item.decided_at_unix_ms = Some(now_unix_ms);
+        item.take_payload();
         Ok(item.poll_state())
     }
 
@@ -534,7 +553,7 @@ impl<P> Ledger<P> {
         if item.state != State::Approved {
             return Err(LedgerError::NotApproved(item.state.name()));
         }
-        let Some(payload) = item.payload.take() else { return Err(LedgerError::NotApproved("running")) };
+        let Some(payload) = item.take_payload() else { return Err(LedgerError::NotApproved("running")) };
         item.state = State::Running;
         // Retention of a running item counts from the hand-over.
         item.decided_at_unix_ms = Some(now_unix_ms);
@@ -546,6 +565,19 @@ impl<P> Ledger<P> {
             approvals: item.approvals.clone(),
             payload,
         })
+    }
+
+    /// Hands back a statement taken to run that was never sent (its request could not be
+    /// recorded, say): it is approved again, for the next poll to run.
+    pub fn unrun(&mut self, query_id: &str, payload: P) -> Result<(), LedgerError> {
+        let item = self.items.get_mut(query_id).ok_or(LedgerError::NotFound)?;
+        if item.state != State::Running || item.payload.is_some() {
+            return Err(LedgerError::NotApproved(item.state.name()));
+        }
+        item.state = State::Approved;
+        item.payload = Some(payload);
+        item.weight_bytes += item.payload_bytes;
+        Ok(())
     }
 
     /// Records that the running statement finished (with Snowflake's query id, if any).
@@ -584,7 +616,6 @@ impl<P> Ledger<P> {
         for query_id in purge {
             if let Some(item) = self.items.remove(&query_id) {
                 self.by_key.remove(&item.key);
-                self.stored_bytes -= item.weight_bytes;
             }
         }
         expired.sort_by(|a, b| a.query_id.cmp(&b.query_id));
@@ -612,6 +643,7 @@ mod tests {
             requirement: requirement(2),
             rule_name: Some("writes need review".into()),
             payload: "body",
+            payload_bytes: 4,
         }
     }
 
@@ -726,6 +758,39 @@ mod tests {
         let limits = LedgerLimits { stored_bytes_max: 10, ..LedgerLimits::default() };
         let mut small = Ledger::new(limits);
         assert_eq!(small.park(request("a", "select 'long enough'"), T0).unwrap_err(), LedgerError::Full);
+    }
+
+    #[test]
+    fn payloads_count_until_the_statement_runs_or_never_will() {
+        // Each item: 7 bytes of text, 7 of context, a 100-byte payload while it is held.
+        const SMALL: usize = 7 + 7;
+        const ITEM: usize = SMALL + 100;
+        let limits = LedgerLimits { stored_bytes_max: 2 * ITEM + 2 * SMALL, ..LedgerLimits::default() };
+        let mut ledger = Ledger::new(limits);
+        let big = |id: &str| ParkRequest { payload_bytes: 100, ..request(id, "select1") };
+        let denied = ledger.park(big("a"), T0).unwrap().query_id;
+        let approved = ledger.park(big("b"), T0).unwrap().query_id;
+        assert_eq!(ledger.park(big("c"), T0).unwrap_err(), LedgerError::Full, "payloads must count");
+        // A denied statement never runs: its payload goes, and makes room.
+        ledger.deny(&denied, &reviewer("alice"), "no", T0 + 1).unwrap();
+        let timed_out = ledger.park(big("c"), T0 + 2).unwrap().query_id;
+        assert_eq!(ledger.park(big("d"), T0 + 2).unwrap_err(), LedgerError::Full);
+        // So does a timed-out one's.
+        ledger.approve(&approved, &reviewer("alice"), "ok", T0 + 3).unwrap();
+        ledger.approve(&approved, &reviewer("bob"), "ok", T0 + 3).unwrap();
+        assert_eq!(ledger.poll(&timed_out, "agent", 7, T0 + 2 + 60_000).unwrap(), PollState::TimedOut);
+        ledger.park(big("d"), T0 + 2 + 60_000).unwrap();
+        // And a run one's, once handed over to run.
+        assert_eq!(ledger.stored_bytes(), 2 * SMALL + 2 * ITEM);
+        assert_eq!(ledger.take_approved(&approved, "agent", 7, T0 + 60_003).unwrap().payload, "body");
+        assert_eq!(ledger.stored_bytes(), 3 * SMALL + ITEM);
+        // Handed back unsent, it is approved again and counts again, and runs once more only.
+        ledger.unrun(&approved, "body").unwrap();
+        assert_eq!(ledger.poll(&approved, "agent", 7, T0 + 60_004).unwrap(), PollState::Approved);
+        assert_eq!(ledger.stored_bytes(), 2 * SMALL + 2 * ITEM);
+        assert_eq!(ledger.take_approved(&approved, "agent", 7, T0 + 60_005).unwrap().payload, "body");
+        assert!(ledger.take_approved(&approved, "agent", 7, T0 + 60_005).is_err());
+        assert!(ledger.unrun(&denied, "body").is_err(), "only a running statement is handed back");
     }
 
     #[test]

@@ -74,6 +74,15 @@ pub struct ParkedStatement {
     body: Bytes,
     rule: String,
     profiles: Vec<String>,
+    /// The Snowflake role set in `body` (SQL API statements; a driver session's is fixed).
+    role: Option<String>,
+}
+
+impl ParkedStatement {
+    /// Its size, counted against the ledger's `stored_bytes_max`.
+    fn bytes(&self) -> usize {
+        self.target.len() + self.body.len() + self.headers.iter().map(|(n, v)| n.len() + v.len()).sum::<usize>()
+    }
 }
 
 /// The policy's answer for one request.
@@ -253,6 +262,7 @@ pub async fn query_request(
             body: rewritten,
             rule: rule.clone(),
             profiles: profiles_for(core, claims),
+            role: None,
         };
         return park(core, capture, session, &query, payload, requirement, rule, &message);
     }
@@ -291,6 +301,7 @@ fn park(
         agent_context: capture.agent_context().map(str::to_owned),
         requirement,
         rule_name: Some(rule.clone()),
+        payload_bytes: payload.bytes(),
         payload,
     };
     let now = unix_millis();
@@ -406,6 +417,10 @@ async fn run_approved(
     let taken = ledger(core).take_approved(query_id, &claims.sub, claims.session_id.unwrap_or(0), unix_millis());
     let approved = match taken {
         Ok(approved) => approved,
+        // Another poll took it a moment ago and is running it.
+        Err(LedgerError::NotApproved(_)) => {
+            return in_progress(query_id, false, "This statement was approved and is running.");
+        }
         Err(e) => return refuse(capture, codes::BAD_REQUEST, &e.to_string()),
     };
     let approvers: Vec<&str> = approved.approvals.iter().map(|a| a.reviewer.as_str()).collect();
@@ -419,12 +434,25 @@ async fn run_approved(
         UpstreamRequest { method: Method::Post, target: payload.target.clone(), headers, body: payload.body.clone() };
     let result = send(core, &forwarded, payload.body.clone(), capture).await;
     let upstream_query_id = result.as_ref().ok().and_then(|r| summarize_answer(&r.body)).and_then(|s| s.query_id);
-    if let Err(e) = ledger(core).finish(query_id, upstream_query_id, unix_millis()) {
-        warn!(core = core.id, query_id, error = %e, "The ledger did not take the approved statement's end.");
-    }
+    end_run(core, query_id, capture, &payload, upstream_query_id);
     match result {
         Ok(response) => masked_answer(core, head, response, capture, session, &payload.profiles),
         Err(answer) => answer,
+    }
+}
+
+/// Ends the run of an approved statement in the ledger: when nothing went upstream (its request
+/// could not be recorded) it is handed back, approved, for the next poll; else it is finished,
+/// with the statement's id upstream when the answer named one.
+fn end_run(core: &Core, query_id: &str, capture: &Capture, payload: &ParkedStatement, upstream_id: Option<String>) {
+    let mut ledger = ledger(core);
+    let ended = if capture.was_admitted() {
+        ledger.finish(query_id, upstream_id, unix_millis())
+    } else {
+        ledger.unrun(query_id, payload.clone())
+    };
+    if let Err(e) = ended {
+        warn!(core = core.id, query_id, error = %e, "The ledger did not take the approved statement's end.");
     }
 }
 
@@ -433,7 +461,7 @@ async fn run_approved(
 const SQL_API_SESSION: i64 = -1;
 
 /// Parks a SQL API statement that needs review: `body` is the statement as it would go
-/// upstream (parameters pinned, role set), `headers` the request's forwarded headers. The
+/// upstream (parameters pinned, `role` set), `headers` the request's forwarded headers. The
 /// agent gets the SQL API's 202 with a gateway statement handle to poll.
 #[allow(clippy::too_many_arguments)]
 pub fn park_sql_api(
@@ -441,15 +469,23 @@ pub fn park_sql_api(
     head: &RequestHead,
     capture: &mut Capture,
     subject: &Subject,
+    role: &str,
     headers: Vec<(Vec<u8>, Vec<u8>)>,
     body: Bytes,
-    requirement: ReviewRequirement,
-    rule: String,
-    message: &str,
+    review: (ReviewRequirement, String, String),
 ) -> Answer {
+    let (requirement, rule, message) = review;
     // The SQL API's `requestId` makes a retried submit find its parked statement again;
     // without one, every submit is a statement of its own.
     let request_id = capture.request_id().map_or_else(|| uuid::Uuid::new_v4().hyphenated().to_string(), str::to_owned);
+    let payload = ParkedStatement {
+        target: head.target.clone(),
+        headers,
+        body,
+        rule: rule.clone(),
+        profiles: core.gateway.config.policy.masking_profiles_for(subject),
+        role: Some(role.to_owned()),
+    };
     let request = ParkRequest {
         key: RequestKey { sub: subject.sub.clone(), session_id: SQL_API_SESSION, request_id },
         agent_groups: subject.groups.clone(),
@@ -458,13 +494,8 @@ pub fn park_sql_api(
         agent_context: capture.agent_context().map(str::to_owned),
         requirement,
         rule_name: Some(rule.clone()),
-        payload: ParkedStatement {
-            target: head.target.clone(),
-            headers,
-            body,
-            rule: rule.clone(),
-            profiles: core.gateway.config.policy.masking_profiles_for(subject),
-        },
+        payload_bytes: payload.bytes(),
+        payload,
     };
     let now = unix_millis();
     let parked = {
@@ -481,7 +512,7 @@ pub fn park_sql_api(
                 core.gateway.metrics.parked.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 info!(core = core.id, sub = %subject.sub, rule = %rule, query_id = %parked.query_id, "SQL API statement parked for review.");
             }
-            sql_api_in_progress(&parked.query_id, message)
+            sql_api_in_progress(&parked.query_id, &message)
         }
         Err(e @ LedgerError::RequestIdReused) => refuse_sql_api(capture, 422, codes::BAD_REQUEST, &e.to_string()),
         Err(e) => refuse_sql_api(capture, 429, codes::REVIEW_FULL, &e.to_string()),
@@ -499,14 +530,26 @@ fn sql_api_in_progress(handle: &str, message: &str) -> Answer {
     Answer::own(202, Bytes::from(serde_json::to_vec(&body).expect("a JSON value always serialises")))
 }
 
+const APPROVED_AND_RUNNING: &str = "This statement was approved and is running.";
+
 /// What a SQL API status or cancel request naming a handle found in the ledger.
 pub enum ParkedSqlApi {
-    /// Not a parked statement: the handle is Snowflake's.
+    /// Not a statement parked for this identity: the handle is Snowflake's (or unknown).
     NotParked,
     /// The answer: still waiting, the approved statement's first answer, or the refusal.
     Answer(Answer),
     /// Approved and run: the request is about Snowflake's statement with this handle.
     Ran(String),
+}
+
+/// Who asks about a parked SQL API statement, as the request's token says now.
+pub struct SqlApiAsker<'a> {
+    /// The identity.
+    pub subject: &'a Subject,
+    /// The role its groups map to.
+    pub role: &'a str,
+    /// The masking profiles that apply to it.
+    pub profiles: &'a [String],
 }
 
 /// A SQL API status poll (`cancel` false) or cancel of `handle`, when it is a statement parked
@@ -517,10 +560,10 @@ pub async fn parked_sql_api(
     handle: &str,
     cancel: bool,
     capture: &mut Capture,
-    subject: &Subject,
+    asker: &SqlApiAsker<'_>,
     jwt: impl FnOnce() -> String,
 ) -> ParkedSqlApi {
-    let state = ledger(core).poll(handle, &subject.sub, SQL_API_SESSION, unix_millis());
+    let state = ledger(core).poll(handle, &asker.subject.sub, SQL_API_SESSION, unix_millis());
     let answer = match state {
         Err(LedgerError::NotFound) => return ParkedSqlApi::NotParked,
         Err(e) => refuse_sql_api(capture, 422, codes::BAD_REQUEST, &e.to_string()),
@@ -532,17 +575,19 @@ pub async fn parked_sql_api(
             "a statement under review is not cancelled by its agent: it runs only once a reviewer approves it, \
              and is refused when its review times out (once it runs, its handle can be cancelled)",
         ),
-        Ok(PollState::Pending { .. } | PollState::Running) => {
+        Ok(PollState::Pending { .. }) => {
             sql_api_in_progress(handle, "This statement is waiting for a reviewer's approval.")
         }
+        Ok(PollState::Running) => sql_api_in_progress(handle, APPROVED_AND_RUNNING),
         Ok(PollState::Approved) => {
-            return ParkedSqlApi::Answer(run_approved_sql_api(core, handle, capture, subject, jwt()).await);
+            return ParkedSqlApi::Answer(run_approved_sql_api(core, handle, capture, asker, jwt).await);
         }
         Ok(PollState::Finished { upstream_query_id: None }) => refuse_sql_api(
             capture,
             422,
             codes::UPSTREAM_INVALID,
-            "the approved statement ran, but Snowflake gave no statement handle to ask about it by",
+            "the approved statement was sent to Snowflake, but no answer naming its statement came back \
+             (it may have run); submit it again to have it reviewed again",
         ),
         Ok(PollState::Denied { reason }) => {
             capture.set_decision(Decision::Blocked { rule: "review".into() });
@@ -562,26 +607,43 @@ pub async fn parked_sql_api(
 }
 
 /// Runs an approved SQL API statement exactly as it was parked and answers with Snowflake's
-/// answer, masked with the profiles of the time it was parked.
+/// answer, masked with the profiles of the time it was parked. It runs only while the asker's
+/// role and masking profiles are still those it was parked with (a SQL API identity is read
+/// from each request's token, and may have changed since).
 async fn run_approved_sql_api(
     core: &Core,
     handle: &str,
     capture: &mut Capture,
-    subject: &Subject,
-    jwt: String,
+    asker: &SqlApiAsker<'_>,
+    jwt: impl FnOnce() -> String,
 ) -> Answer {
-    let taken = ledger(core).take_approved(handle, &subject.sub, SQL_API_SESSION, unix_millis());
+    let sub = &asker.subject.sub;
+    let taken = ledger(core).take_approved(handle, sub, SQL_API_SESSION, unix_millis());
     let approved = match taken {
         Ok(approved) => approved,
+        // Another poll took it a moment ago and is running it.
+        Err(LedgerError::NotApproved(_)) => return sql_api_in_progress(handle, APPROVED_AND_RUNNING),
         Err(e) => return refuse_sql_api(capture, 422, codes::BAD_REQUEST, &e.to_string()),
     };
-    let approvers: Vec<&str> = approved.approvals.iter().map(|a| a.reviewer.as_str()).collect();
     let payload = approved.payload;
+    if payload.role.as_deref() != Some(asker.role) || payload.profiles != asker.profiles {
+        if let Err(e) = ledger(core).unrun(handle, payload) {
+            warn!(core = core.id, query_id = handle, error = %e, "The ledger did not take back an approved statement.");
+        }
+        return refuse_sql_api(
+            capture,
+            422,
+            codes::POLICY_DENIED,
+            "this identity's Snowflake role or masking profiles changed since the statement was parked; \
+             it runs only as it was reviewed (submit it again to have it reviewed as you are now)",
+        );
+    }
+    let approvers: Vec<&str> = approved.approvals.iter().map(|a| a.reviewer.as_str()).collect();
     capture.set_statement(approved.statement_text.clone(), approved.bindings.clone(), None);
     capture.set_decision(Decision::Approved { rule: payload.rule.clone(), approver: approvers.join(",") });
-    info!(core = core.id, sub = %subject.sub, query_id = handle, approvers = %approvers.join(","), "Approved SQL API statement running.");
+    info!(core = core.id, sub = %sub, query_id = handle, approvers = %approvers.join(","), "Approved SQL API statement running.");
     let mut headers = payload.headers.clone();
-    headers.push((b"authorization".to_vec(), format!("Bearer {jwt}").into_bytes()));
+    headers.push((b"authorization".to_vec(), format!("Bearer {}", jwt()).into_bytes()));
     let forwarded =
         UpstreamRequest { method: Method::Post, target: payload.target.clone(), headers, body: payload.body.clone() };
     let result = send(core, &forwarded, payload.body.clone(), capture).await;
@@ -591,12 +653,10 @@ async fn run_approved_sql_api(
         .and_then(|r| crate::mask::statement_handles(&r.body).ok())
         .and_then(|handles| handles.into_iter().next())
         .filter(|h| crate::session::is_query_id(h));
-    if let Err(e) = ledger(core).finish(handle, upstream_handle, unix_millis()) {
-        warn!(core = core.id, query_id = handle, error = %e, "The ledger did not take the approved statement's end.");
-    }
+    end_run(core, handle, capture, &payload, upstream_handle);
     match result {
         Ok(response) => {
-            super::handler::sql_api_answer(core, response, capture, subject, &payload.profiles, None, false)
+            super::handler::sql_api_answer(core, response, capture, asker.subject, &payload.profiles, None, false)
         }
         Err(answer) => answer,
     }

@@ -133,6 +133,11 @@ impl Capture {
         self.upstream_us = elapsed.as_micros() as u64;
     }
 
+    /// Whether the request came on the SQL API (whose refusals are shaped differently).
+    pub fn is_sql_api(&self) -> bool {
+        self.endpoint.starts_with("sql-api")
+    }
+
     /// Whether the request was recorded before it went upstream.
     pub fn was_admitted(&self) -> bool {
         self.admitted.is_some()
@@ -214,15 +219,16 @@ impl Capture {
     }
 }
 
-/// The answer to an exchange whose record could not be taken or made durable.
-pub fn recording_unavailable_answer() -> Answer {
-    Answer::own(
-        200,
-        refusal_body(
-            codes::RECORDING_UNAVAILABLE,
-            "recording unavailable: snowgate cannot record this exchange, so it was not run or not answered; retry later",
-        ),
-    )
+/// The answer to an exchange whose record could not be taken or made durable: the driver
+/// protocol's refusal, or on the SQL API a 503.
+pub fn recording_unavailable_answer(sql_api: bool) -> Answer {
+    const MESSAGE: &str =
+        "recording unavailable: snowgate cannot record this exchange, so it was not run or not answered; retry later";
+    if sql_api {
+        Answer::own(503, sql_api_error_body(codes::RECORDING_UNAVAILABLE, MESSAGE))
+    } else {
+        Answer::own(200, refusal_body(codes::RECORDING_UNAVAILABLE, MESSAGE))
+    }
 }
 
 /// Handles one complete request. Never fails: every problem becomes an answer.
@@ -378,7 +384,7 @@ pub(super) async fn admit(core: &Core, capture: &mut Capture) -> Result<(), Answ
         core.gateway.metrics.recording_refusals.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         warn!(core = core.id, endpoint = capture.endpoint, reason, "Request refused: it could not be recorded.");
         capture.refused_code = Some(codes::RECORDING_UNAVAILABLE.to_owned());
-        recording_unavailable_answer()
+        recording_unavailable_answer(capture.is_sql_api())
     };
     let ticket = match core.submit(Frame::Request(capture.request_frame())).await {
         Ok(ticket) => ticket,
@@ -669,10 +675,10 @@ async fn sql_api(core: &Core, endpoint: &Endpoint, head: &RequestHead, body: Byt
             // The role comes from the identity, never from the agent.
             statement.insert("role".into(), Value::String(role.to_owned()));
             let body = Bytes::from(serde_json::to_vec(&statement).expect("a JSON map always serialises"));
-            if let Some((requirement, rule, message)) = review {
+            if let Some(review) = review {
                 // Kept without the credential: the approving poll signs a new JWT.
                 let headers = upstream::forwarded_headers(&head.headers, vec![sql_api_token_type()]);
-                return govern::park_sql_api(core, head, capture, &subject, headers, body, requirement, rule, &message);
+                return govern::park_sql_api(core, head, capture, &subject, role, headers, body, review);
             }
             body
         }
@@ -682,29 +688,28 @@ async fn sql_api(core: &Core, endpoint: &Endpoint, head: &RequestHead, body: Byt
                 warn!(core = core.id, sub = %subject.sub, reason = %reason, "A SQL API statement handle was refused.");
                 refuse_sql_api(capture, 422, codes::STATEMENT_UNKNOWN, STATEMENT_UNKNOWN_MESSAGE)
             };
-            match gateway.statement_for(core.id, handle, &subject.sub) {
-                Ok(plans) => known = plans,
-                Err(reason) => return refused(capture, &reason),
-            }
+            // A statement parked for this identity first (the ledger checks whose it is).
             let cancel = matches!(endpoint, Endpoint::SqlApiCancel(_));
+            let profiles = gateway.config.policy.masking_profiles_for(&subject);
+            let asker = govern::SqlApiAsker { subject: &subject, role, profiles: &profiles };
             let jwt = || key_pair.jwt(unix_seconds()).expose().to_owned();
-            match govern::parked_sql_api(core, handle, cancel, capture, &subject, jwt).await {
-                govern::ParkedSqlApi::NotParked => {}
+            let about = match govern::parked_sql_api(core, handle, cancel, capture, &asker, jwt).await {
+                govern::ParkedSqlApi::NotParked => handle.clone(),
                 govern::ParkedSqlApi::Answer(answer) => return answer,
                 govern::ParkedSqlApi::Ran(upstream) => {
-                    // A statement parked here and since run: the request is about the
-                    // statement it became, which was answered to this identity.
-                    match gateway.statement_for(core.id, &upstream, &subject.sub) {
-                        Ok(plans) => known = plans,
-                        Err(reason) => return refused(capture, &reason),
-                    }
+                    // Parked here and since run: the request is about the statement it became.
                     let query = match head.query() {
                         "" => String::new(),
                         q => format!("?{q}"),
                     };
                     let action = if cancel { "/cancel" } else { "" };
                     target = format!("/api/v2/statements/{upstream}{action}{query}");
+                    upstream
                 }
+            };
+            match gateway.statement_for(core.id, &about, &subject.sub) {
+                Ok(plans) => known = plans,
+                Err(reason) => return refused(capture, &reason),
             }
             body
         }

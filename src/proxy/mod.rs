@@ -398,6 +398,7 @@ impl Core {
         total_us: u64,
     ) -> handler::Answer {
         let admitted = capture.was_admitted();
+        let sql_api = capture.is_sql_api();
         // The statement ids an upstream driver answer names become the agent's before it can
         // see them; an answer naming an id another identity holds is refused instead.
         // The answer is read once, for the books and the frame.
@@ -433,7 +434,7 @@ impl Core {
                 warn!(core = self.id, reason = %reason, admitted, "An answer was not recorded.");
                 if admitted {
                     self.gateway.metrics.recording_refusals.fetch_add(1, Ordering::Relaxed);
-                    handler::recording_unavailable_answer()
+                    handler::recording_unavailable_answer(sql_api)
                 } else {
                     answer
                 }

@@ -360,6 +360,13 @@ fn a_sql_api_statement_under_review_waits_for_approval_then_runs_once_masked() {
         assert_eq!(submits(), runs, "{statement} reached Snowflake before approval");
 
         decide(&gateway, &handle, "approve", "a read for the test");
+        // The same agent, now mapped to another role, cannot run what was reviewed as ANALYST;
+        // the approval stands for it as it was.
+        let promoted = format!("Bearer {}", agent_token(json!({"groups": ["admins"]})));
+        let drifted = client.get(&format!("/api/v2/statements/{handle}"), &sql_api_headers(&promoted)).unwrap();
+        assert_eq!(drifted.status, 422, "{drifted:?}");
+        assert!(drifted.json().unwrap()["message"].as_str().unwrap().contains("changed since"), "{drifted:?}");
+        assert_eq!(submits(), runs, "{statement} ran as another role");
         let mut answer = client.get(&format!("/api/v2/statements/{handle}"), &sql_api_headers(&owner)).unwrap();
         for _ in 0..10 {
             if answer.status != 202 {

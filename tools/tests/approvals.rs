@@ -64,6 +64,7 @@ fn park(ledger: &TestLedger, request_id: &str, statement_text: &str, approvals: 
         },
         rule_name: Some("deletes need a dba".into()),
         payload: (),
+        payload_bytes: 0,
     };
     ledger.lock().unwrap().park(request, now_unix_ms() - 65_000).unwrap().query_id
 }
