@@ -663,8 +663,15 @@ impl Config {
             }
             let jwks = match (&i.jwks_file, &i.jwks_url) {
                 (Some(f), None) => JwksSource::File(resolve(f)),
-                (None, Some(u)) if u.starts_with("https://") || u.starts_with("http://") => JwksSource::Url(u.clone()),
-                (None, Some(_)) => return Err(problem("identity.jwks_url", "must be an http:// or https:// URL")),
+                (None, Some(u)) if u.starts_with("https://") || loopback_http(u) => JwksSource::Url(u.clone()),
+                (None, Some(_)) => {
+                    // The keys it serves decide who is who: fetched in clear, anyone on the path
+                    // could add their own.
+                    return Err(problem(
+                        "identity.jwks_url",
+                        "must be an https:// URL (http:// only to a loopback address)",
+                    ));
+                }
                 _ => return Err(problem("identity.jwks_file", "set exactly one of jwks_file and jwks_url")),
             };
             if i.algorithms.is_empty() {
@@ -833,6 +840,20 @@ impl Config {
     }
 }
 
+/// An `http://` URL to this machine (`127.0.0.0/8`, `[::1]`, `localhost`).
+fn loopback_http(url: &str) -> bool {
+    let Some(rest) = url.strip_prefix("http://") else { return false };
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    if authority.contains('@') {
+        return false;
+    }
+    let host = match authority.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or_default(),
+        None => authority.split(':').next().unwrap_or_default(),
+    };
+    host.eq_ignore_ascii_case("localhost") || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -849,6 +870,23 @@ mod tests {
         assert!(UpstreamUrl::parse("https://x/path").is_none());
         assert!(UpstreamUrl::parse("https://user@x").is_none());
         assert!(UpstreamUrl::parse("http://x:notaport").is_none());
+    }
+
+    #[test]
+    fn jwks_urls_in_clear_only_to_this_machine() {
+        for ok in ["http://127.0.0.1:8080/jwks", "http://localhost/jwks", "http://[::1]:9/k", "http://127.9.9.9"] {
+            assert!(loopback_http(ok), "{ok}");
+        }
+        for refused in [
+            "http://idp.example.com/jwks",
+            "http://10.0.0.1/jwks",
+            "http://127.0.0.1.evil.example/jwks",
+            "http://localhost.evil.example/",
+            "http://127.0.0.1@evil.example/",
+            "https://127.0.0.1/",
+        ] {
+            assert!(!loopback_http(refused), "{refused}");
+        }
     }
 
     #[test]

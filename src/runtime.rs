@@ -193,7 +193,8 @@ fn start_admin(gateway: &Arc<Gateway>, address: SocketAddr) -> Result<(AdminHand
     let recording = recorder.clone();
     let on_decision: admin::OnDecision = Arc::new(move |decision: &admin::AdminDecision| {
         let outcome = match &decision.outcome {
-            Ok(state) => format!("{state:?}"),
+            // The state's name only: a denial's reason is free text, kept out of the log.
+            Ok(state) => state.name().to_owned(),
             Err(e) => format!("refused: {e}"),
         };
         info!(

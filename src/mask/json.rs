@@ -1012,6 +1012,10 @@ fn mask_query_data(
         }
     }
     let envelope = envelope(body, at..end, &data)?;
+    // Chunks are masked by this answer's plan: without one they could not be.
+    if plan.is_none() && !envelope.chunks.is_empty() {
+        return Err(MaskError::ColumnsRequired);
+    }
     Ok((QueryData { format, envelope, plan }, end))
 }
 

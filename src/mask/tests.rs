@@ -286,6 +286,24 @@ fn json_chunks_with_commas_and_newlines() {
 }
 
 #[test]
+fn an_answer_with_chunks_and_no_row_type_is_refused() {
+    // Its chunks are masked by the plan its row type makes: without one they would go out raw.
+    let masker = masker(POLICY);
+    let agents = masker.profile("agents").unwrap();
+    let mut answer: Value =
+        serde_json::from_slice(include_bytes!("../../tests/fixtures/mask/query_answer.json")).unwrap();
+    let data = answer["data"].as_object_mut().unwrap();
+    data.remove("rowtype");
+    data.remove("rowset");
+    let mut body = serde_json::to_vec(&answer).unwrap();
+    assert_eq!(masker.mask(agents, &mut body, None, &mut Scratch::default()).unwrap_err(), MaskError::ColumnsRequired);
+    // Without chunks, an answer with no rows and no row type is fine.
+    answer["data"].as_object_mut().unwrap().remove("chunks");
+    let mut body = serde_json::to_vec(&answer).unwrap();
+    assert!(masker.mask(agents, &mut body, None, &mut Scratch::default()).is_ok());
+}
+
+#[test]
 fn envelope_reports_chunks_and_rebuild_strips_keys() {
     let masker = masker(POLICY);
     let agents = masker.profile("agents").unwrap();

@@ -94,6 +94,20 @@ pub struct ReviewDecision {
     pub at_unix_ms: u64,
 }
 
+impl PollState {
+    /// The state's name, without its details (a denial's reason is free text).
+    pub fn name(&self) -> &'static str {
+        match self {
+            PollState::Pending { .. } => "pending",
+            PollState::Approved => "approved",
+            PollState::Running => "running",
+            PollState::Finished { .. } => "finished",
+            PollState::Denied { .. } => "denied",
+            PollState::TimedOut => "timed out",
+        }
+    }
+}
+
 /// What a driver's poll (or a retry) learns.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case", tag = "state")]

@@ -51,6 +51,8 @@ use crate::session::{codes, refusal_body, snowflake_authorization, snowflake_tok
 pub const CHUNK_PATH: &str = "/snowgate/chunk/";
 /// What chunk grants are sealed for (a session token never opens as a grant, nor the reverse).
 const CHUNK_PURPOSE: &[u8] = b"snowgate-chunk-v1";
+/// The longest a statement waits for the classifier pool (queue and classification).
+const CLASSIFY_WAIT_MAX: Duration = Duration::from_secs(10);
 /// How often a held poll looks at the ledger.
 const POLL_STEP: Duration = Duration::from_millis(50);
 /// The SSE-C headers a `qrmk` becomes when fetching a chunk from cloud storage.
@@ -138,7 +140,18 @@ pub async fn decide(core: &Core, subject: &Subject, text: String, capture: &mut 
     let classified = if text.len() <= INLINE_BYTES_MAX {
         classify_inline(&text, policy.limits())
     } else {
-        core.gateway.classifier.classify(text, *policy.limits()).await
+        // Bounded like every wait: behind a queue of large statements, it is refused instead.
+        let classifying = core.gateway.classifier.classify(text, *policy.limits());
+        match monoio::time::timeout(CLASSIFY_WAIT_MAX, classifying).await {
+            Ok(classified) => classified,
+            Err(_) => {
+                warn!(core = core.id, "Classification did not finish in time; refusing the statement.");
+                return Decided::Refuse {
+                    code: codes::OVERLOADED,
+                    message: "snowgate could not classify it in time (the classifier is busy); retry later".into(),
+                };
+            }
+        }
     };
     let classified = match classified {
         Ok(classified) => classified,
@@ -901,6 +914,11 @@ pub async fn chunk(core: &Core, head: &RequestHead, grant: &str, capture: &mut C
     let mut values_masked = 0;
     {
         let mut scratch = core.scratch.borrow_mut();
+        if grant.plans.is_empty() {
+            // Grants are made only for masked answers, each with its plans; fail closed anyway.
+            drop(scratch);
+            return masking_failed(core, capture, "the chunk's grant carries no masking plan");
+        }
         for (name, plan) in &grant.plans {
             let plan = BASE64.decode(plan).ok().and_then(|bytes| ColumnPlan::decode(&bytes).ok());
             let (Some(profile), Some(plan)) = (masker.profile(name), plan) else {

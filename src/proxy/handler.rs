@@ -249,11 +249,17 @@ pub async fn handle(core: &Core, head: &RequestHead, body: Bytes, started_at_uni
     (answer, capture)
 }
 
+/// What a refusal's log line says of it: its message, except a reviewer's free-text reason,
+/// which goes to the agent and the recording only.
+fn logged_reason<'m>(code: &str, message: &'m str) -> &'m str {
+    if code == codes::REVIEW_DENIED { "a reviewer denied the statement" } else { message }
+}
+
 pub(super) fn refuse(capture: &mut Capture, code: &str, message: &str) -> Answer {
     info!(
         endpoint = capture.endpoint,
         code,
-        reason = message,
+        reason = logged_reason(code, message),
         sub = capture.sub.as_deref().unwrap_or(""),
         "Request refused."
     );
@@ -262,7 +268,7 @@ pub(super) fn refuse(capture: &mut Capture, code: &str, message: &str) -> Answer
 }
 
 pub(super) fn refuse_sql_api(capture: &mut Capture, status: u16, code: &str, message: &str) -> Answer {
-    info!(endpoint = capture.endpoint, code, status, reason = message, "SQL API request refused.");
+    info!(endpoint = capture.endpoint, code, status, reason = logged_reason(code, message), "SQL API request refused.");
     capture.refused_code = Some(code.to_owned());
     Answer::own(status, sql_api_error_body(code, message))
 }

@@ -23,7 +23,7 @@ use std::task::{Context, Poll, Waker};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::{Bytes, BytesMut};
-use monoio::io::{AsyncWriteRent, AsyncWriteRentExt};
+use monoio::io::AsyncWriteRent;
 use monoio::net::TcpStream;
 use monoio::time::Instant;
 use tracing::{debug, info, warn};
@@ -343,8 +343,9 @@ impl Core {
                 Err(e) => return self.reject(conn, peer, &e).await,
             };
             if head.headers.has_token("expect", "100-continue") && head.framing != crate::http::BodyFraming::Empty {
-                let (result, _) = conn.stream.write_all(&b"HTTP/1.1 100 Continue\r\n\r\n"[..]).await;
-                if result.is_err() {
+                // Bounded like every write: a client that stopped reading cannot hold the slot.
+                let interim = BytesMut::from(&b"HTTP/1.1 100 Continue\r\n\r\n"[..]);
+                if conn.write_message(interim, Bytes::new(), Instant::now() + timeouts.header).await.is_err() {
                     return;
                 }
             }

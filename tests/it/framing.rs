@@ -78,3 +78,22 @@ fn rejects_an_oversize_decompressed_body() {
 fn rejects_an_oversize_declared_body() {
     check(format!("{QUERY}Content-Length: 999999999999\r\n\r\n").as_bytes(), 413);
 }
+
+#[test]
+fn expect_100_continue_gets_the_interim_answer_then_the_final_one() {
+    let upstream = double(|_| {});
+    let gateway = TestGateway::start(&upstream.url(), GatewayOptions::default());
+    let mut stream = TcpStream::connect(gateway.addr).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let body = br#"{"sqlText":"select 1"}"#;
+    let head = format!("{QUERY}Content-Length: {}\r\nExpect: 100-continue\r\n\r\n", body.len());
+    stream.write_all(head.as_bytes()).unwrap();
+    let mut interim = [0u8; 25];
+    stream.read_exact(&mut interim).unwrap();
+    assert_eq!(&interim, b"HTTP/1.1 100 Continue\r\n\r\n");
+    stream.write_all(body).unwrap();
+    let mut answer = [0u8; 12];
+    stream.read_exact(&mut answer).unwrap();
+    // No session token: the driver-shaped refusal, after the body was read.
+    assert_eq!(&answer, b"HTTP/1.1 200");
+}
