@@ -130,7 +130,7 @@ pub struct IdentitySection {
     pub audience: Vec<String>,
     /// JWKS file.
     pub jwks_file: Option<PathBuf>,
-    /// JWKS URL (fetched on unknown `kid`, rate limited, cached).
+    /// JWKS URL (fetched on unknown `kid`, rate limited, cached): https, or http to a loopback address.
     pub jwks_url: Option<String>,
     /// Allowed JWT algorithms.
     #[serde(default = "default_algorithms")]
