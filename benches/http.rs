@@ -37,17 +37,18 @@ fn head(c: &mut Criterion) {
 }
 
 /// What entering a query id in a core's statement book costs (every driver answer does), with
-/// the book full so that each entry also evicts the least recently used; and a poll's check.
+/// the book full (four agents, each at its share of 50,000) so that each entry also evicts the
+/// agent's own least recently used; and a poll's check.
 fn statement_book(c: &mut Criterion) {
     use snowgate::session::statements::{BookLimits, StatementBook};
     use std::time::{Duration, Instant};
     let ids_max = 200_000;
-    let limits = BookLimits { ids_max, idle_ttl: Duration::from_secs(86_400) };
+    let limits = BookLimits { ids_max, ids_per_identity_max: 50_000, idle_ttl: Duration::from_secs(86_400) };
     let now = Instant::now();
     let mut book = StatementBook::new(limits, now);
     let id = |n: u64| format!("01b2c3d4-0000-4000-8000-{:012x}", n & 0xffff_ffff_ffff);
     for n in 0..ids_max as u64 {
-        book.issue(&id(n), "agent-7", now);
+        book.issue(&id(n), &format!("agent-{}", n % 4), now);
     }
     let mut group = c.benchmark_group("session/statement_book");
     // A new id each time (made outside the timed part): an insert and an eviction.

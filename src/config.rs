@@ -207,6 +207,9 @@ pub struct LimitsSection {
     /// masking plans for SQL API partitions; the least recently used goes first, and an id no
     /// core keeps is refused.
     pub statement_ids_max: usize,
+    /// Statement ids one identity holds at most per core: past it, its own least recently used
+    /// go first, so one agent cannot push the others' ids out.
+    pub statement_ids_per_identity_max: usize,
     /// How long a statement id is honoured after its last use (its answer, a poll), in seconds.
     pub statement_idle_ttl_secs: u64,
 }
@@ -224,6 +227,7 @@ impl Default for LimitsSection {
             agent_context_bytes_max: 4096,
             chunk_url_ttl_secs: 3600,
             statement_ids_max: 200_000,
+            statement_ids_per_identity_max: 50_000,
             statement_idle_ttl_secs: 86_400,
         }
     }
@@ -792,6 +796,7 @@ impl Config {
             ("limits.chunk_url_ttl_secs", l.chunk_url_ttl_secs),
             ("limits.statement_idle_ttl_secs", l.statement_idle_ttl_secs),
             ("limits.statement_ids_max", l.statement_ids_max as u64),
+            ("limits.statement_ids_per_identity_max", l.statement_ids_per_identity_max as u64),
         ] {
             if value == 0 {
                 return Err(problem(key, "must be greater than zero"));
@@ -828,6 +833,7 @@ impl Config {
             chunk_url_ttl: Duration::from_secs(l.chunk_url_ttl_secs),
             statement_book: BookLimits {
                 ids_max: l.statement_ids_max,
+                ids_per_identity_max: l.statement_ids_per_identity_max,
                 idle_ttl: Duration::from_secs(l.statement_idle_ttl_secs),
             },
             recording_dir: resolve(&file.recording.directory),

@@ -13,14 +13,19 @@
 //! restart) is refused: the books fail closed.
 //!
 //! Entries are compact (the id as 128 bits, the owner as a keyed 64-bit hash of its `sub`, the
-//! last use in seconds), about 60 bytes each with the eviction order. Plans are kept only up to
-//! [`PLAN_COLUMNS_MAX`] columns a book; past it, a statement's later partitions are withheld.
+//! last use in seconds, its places in two lists), about 90 bytes each with the index. Plans are kept only
+//! up to [`PLAN_COLUMNS_MAX`] columns a book; past it, a statement's later partitions are
+//! withheld.
+//!
+//! One identity holds at most `ids_per_identity_max` ids of a book: past that, its own least
+//! recently used go first, so an agent running statements fast churns its own ids, not the
+//! others'. When the book is full, the least recently used id of all goes.
 
 /// The most plan columns (over every profile's plan of every statement) a book keeps.
 pub const PLAN_COLUMNS_MAX: usize = 1 << 20;
 
+use std::collections::HashMap;
 use std::collections::hash_map::RandomState;
-use std::collections::{HashMap, VecDeque};
 use std::hash::BuildHasher;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -32,6 +37,8 @@ use crate::mask::ColumnPlan;
 pub struct BookLimits {
     /// Ids held at most (per core); the least recently used goes first when a new one comes.
     pub ids_max: usize,
+    /// Ids one identity holds at most (per core); its own least recently used go first.
+    pub ids_per_identity_max: usize,
     /// How long an id is honoured after its last use (its answer, a poll, a partition).
     pub idle_ttl: Duration,
 }
@@ -59,23 +66,66 @@ pub fn id_key(id: &str) -> Option<u128> {
     id.bytes().filter(|&b| b != b'-').try_fold(0u128, |key, b| Some(key << 4 | u128::from((b as char).to_digit(16)?)))
 }
 
-#[derive(Clone, Copy)]
-struct Owner {
+/// No node.
+const NIL: u32 = u32::MAX;
+
+/// One id: its owner, last use, and its places in two lists by last use (all ids, and its
+/// owner's), oldest first.
+struct Node {
+    key: u128,
     /// Keyed hash of the owner's `sub`.
     tag: u64,
     /// Last use, in seconds since the book's epoch.
     used: u32,
+    /// Neighbours in the list of all ids, and in the owner's.
+    all: Links,
+    owner: Links,
 }
 
-/// One core's book of statement ids.
+#[derive(Clone, Copy)]
+struct Links {
+    prev: u32,
+    next: u32,
+}
+
+/// A list's oldest and newest nodes.
+#[derive(Clone, Copy)]
+struct Ends {
+    head: u32,
+    tail: u32,
+}
+
+impl Default for Ends {
+    fn default() -> Ends {
+        Ends { head: NIL, tail: NIL }
+    }
+}
+
+/// Which of a node's two lists.
+#[derive(Clone, Copy)]
+enum List {
+    All,
+    Owner,
+}
+
+/// One identity's ids: how many, and its list.
+#[derive(Default)]
+struct Held {
+    count: usize,
+    ends: Ends,
+}
+
+/// One core's book of statement ids: nodes in a slab, each in two intrusive lists by last use,
+/// so a use, an eviction and a removal are O(1) and nothing is ever swept.
 pub struct StatementBook {
-    owners: HashMap<u128, Owner>,
+    slots: HashMap<u128, u32>,
+    nodes: Vec<Node>,
+    free: Vec<u32>,
+    all: Ends,
+    held: HashMap<u64, Held>,
     plans: HashMap<u128, Arc<Plans>>,
     /// Columns in `plans`, over every plan.
     plan_columns: usize,
-    /// Ids by last use, oldest first; an entry whose time is not its id's `used` is stale (the id
-    /// was used again, or dropped) and is skipped.
-    order: VecDeque<(u128, u32)>,
     tags: RandomState,
     epoch: Instant,
     limits: BookLimits,
@@ -85,10 +135,13 @@ impl StatementBook {
     /// An empty book; `now` is its epoch.
     pub fn new(limits: BookLimits, now: Instant) -> StatementBook {
         StatementBook {
-            owners: HashMap::new(),
+            slots: HashMap::new(),
+            nodes: Vec::new(),
+            free: Vec::new(),
+            all: Ends::default(),
+            held: HashMap::new(),
             plans: HashMap::new(),
             plan_columns: 0,
-            order: VecDeque::new(),
             tags: RandomState::new(),
             epoch: now,
             limits,
@@ -97,12 +150,12 @@ impl StatementBook {
 
     /// How many ids the book holds (idle ones not yet dropped included).
     pub fn len(&self) -> usize {
-        self.owners.len()
+        self.slots.len()
     }
 
     /// Whether the book holds no id.
     pub fn is_empty(&self) -> bool {
-        self.owners.is_empty()
+        self.slots.is_empty()
     }
 
     fn seconds(&self, now: Instant) -> u32 {
@@ -120,22 +173,43 @@ impl StatementBook {
         let now = self.seconds(now);
         self.drop_idle(now);
         let tag = self.tags.hash_one(sub);
-        if let Some(held) = self.owners.get(&key).copied() {
-            if held.tag != tag {
+        if let Some(&at) = self.slots.get(&key) {
+            if self.nodes[at as usize].tag != tag {
                 return false;
             }
-            self.touch(key, now);
+            self.touch(at, now);
             return true;
         }
-        while self.owners.len() >= self.limits.ids_max.max(1) {
-            let Some((oldest, used)) = self.order.pop_front() else { break };
-            if self.owners.get(&oldest).is_some_and(|o| o.used == used) {
-                self.remove(oldest);
-            }
+        // The identity's own least recently used go first once it holds its share, then (the
+        // book full) the least recently used of all.
+        let share = self.limits.ids_per_identity_max.max(1);
+        while let Some(held) = self.held.get(&tag)
+            && held.count >= share
+            && held.ends.head != NIL
+        {
+            self.remove(held.ends.head);
         }
-        self.owners.insert(key, Owner { tag, used: now });
-        self.order.push_back((key, now));
-        self.compact();
+        // Node indexes are u32 (NIL excluded).
+        let ids_max = self.limits.ids_max.clamp(1, NIL as usize - 1);
+        while self.slots.len() >= ids_max && self.all.head != NIL {
+            self.remove(self.all.head);
+        }
+        let node =
+            Node { key, tag, used: now, all: Links { prev: NIL, next: NIL }, owner: Links { prev: NIL, next: NIL } };
+        let at = match self.free.pop() {
+            Some(at) => {
+                self.nodes[at as usize] = node;
+                at
+            }
+            None => {
+                self.nodes.push(node);
+                (self.nodes.len() - 1) as u32
+            }
+        };
+        self.slots.insert(key, at);
+        self.held.entry(tag).or_default().count += 1;
+        self.push_back(List::All, at);
+        self.push_back(List::Owner, at);
         true
     }
 
@@ -143,14 +217,15 @@ impl StatementBook {
     pub fn check(&mut self, id: &str, sub: &str, now: Instant) -> Result<(), IdRefused> {
         let key = id_key(id).ok_or(IdRefused::Unknown)?;
         let now = self.seconds(now);
-        let held = self.owners.get(&key).copied().ok_or(IdRefused::Unknown)?;
-        if self.idle(held.used, now) {
+        let at = *self.slots.get(&key).ok_or(IdRefused::Unknown)?;
+        let node = &self.nodes[at as usize];
+        if self.idle(node.used, now) {
             return Err(IdRefused::Unknown);
         }
-        if held.tag != self.tags.hash_one(sub) {
+        if node.tag != self.tags.hash_one(sub) {
             return Err(IdRefused::NotYours);
         }
-        self.touch(key, now);
+        self.touch(at, now);
         Ok(())
     }
 
@@ -177,43 +252,82 @@ impl StatementBook {
         true
     }
 
-    fn touch(&mut self, key: u128, now: u32) {
+    fn touch(&mut self, at: u32, now: u32) {
         // Only forward: a caller's clock read before another's never moves a use back.
-        if let Some(owner) = self.owners.get_mut(&key)
-            && now > owner.used
-        {
-            owner.used = now;
-            self.order.push_back((key, now));
-            self.compact();
+        if now > self.nodes[at as usize].used {
+            self.nodes[at as usize].used = now;
+            for list in [List::All, List::Owner] {
+                self.unlink(list, at);
+                self.push_back(list, at);
+            }
         }
     }
 
-    fn remove(&mut self, key: u128) {
-        self.owners.remove(&key);
+    fn remove(&mut self, at: u32) {
+        self.unlink(List::All, at);
+        self.unlink(List::Owner, at);
+        let Node { key, tag, .. } = self.nodes[at as usize];
+        if let Some(held) = self.held.get_mut(&tag) {
+            held.count -= 1;
+            if held.count == 0 {
+                self.held.remove(&tag);
+            }
+        }
+        self.slots.remove(&key);
+        self.free.push(at);
         if let Some(plans) = self.plans.remove(&key) {
             self.plan_columns -= plan_columns(&plans);
         }
     }
 
     fn drop_idle(&mut self, now: u32) {
-        while let Some(&(key, used)) = self.order.front() {
-            if !self.idle(used, now) {
-                break;
-            }
-            self.order.pop_front();
-            if self.owners.get(&key).is_some_and(|o| o.used == used) {
-                self.remove(key);
+        while self.all.head != NIL && self.idle(self.nodes[self.all.head as usize].used, now) {
+            self.remove(self.all.head);
+        }
+    }
+
+    fn links(&mut self, list: List, at: u32) -> &mut Links {
+        let node = &mut self.nodes[at as usize];
+        match list {
+            List::All => &mut node.all,
+            List::Owner => &mut node.owner,
+        }
+    }
+
+    fn ends(&mut self, list: List, at: u32) -> &mut Ends {
+        match list {
+            List::All => &mut self.all,
+            List::Owner => {
+                let tag = self.nodes[at as usize].tag;
+                &mut self.held.get_mut(&tag).expect("a held node's owner has a list").ends
             }
         }
     }
 
-    /// Drops stale order entries once they outnumber the live ones (ids used again and again
-    /// leave one behind per use), so the order stays within twice the ids held.
-    fn compact(&mut self) {
-        if self.order.len() > 2 * self.owners.len().max(16) {
-            let owners = &self.owners;
-            self.order.retain(|(key, used)| owners.get(key).is_some_and(|o| o.used == *used));
+    fn push_back(&mut self, list: List, at: u32) {
+        let tail = self.ends(list, at).tail;
+        *self.links(list, at) = Links { prev: tail, next: NIL };
+        if tail == NIL {
+            self.ends(list, at).head = at;
+        } else {
+            self.links(list, tail).next = at;
         }
+        self.ends(list, at).tail = at;
+    }
+
+    fn unlink(&mut self, list: List, at: u32) {
+        let Links { prev, next } = *self.links(list, at);
+        if prev == NIL {
+            self.ends(list, at).head = next;
+        } else {
+            self.links(list, prev).next = next;
+        }
+        if next == NIL {
+            self.ends(list, at).tail = prev;
+        } else {
+            self.links(list, next).prev = prev;
+        }
+        *self.links(list, at) = Links { prev: NIL, next: NIL };
     }
 }
 
@@ -231,7 +345,12 @@ mod tests {
     const C: &str = "01b2c3d4-0000-4000-8000-00000000000c";
 
     fn book(ids_max: usize, idle_secs: u64, now: Instant) -> StatementBook {
-        StatementBook::new(BookLimits { ids_max, idle_ttl: Duration::from_secs(idle_secs) }, now)
+        book_shared(ids_max, ids_max, idle_secs, now)
+    }
+
+    fn book_shared(ids_max: usize, ids_per_identity_max: usize, idle_secs: u64, now: Instant) -> StatementBook {
+        let idle_ttl = Duration::from_secs(idle_secs);
+        StatementBook::new(BookLimits { ids_max, ids_per_identity_max, idle_ttl }, now)
     }
 
     fn plans() -> Plans {
@@ -317,6 +436,33 @@ mod tests {
         assert_eq!(book.check(B, "bob", secs(start, 40)), Ok(()));
     }
 
+    #[test]
+    fn an_identity_past_its_share_churns_its_own_ids_not_the_others() {
+        let start = Instant::now();
+        let mut book = book_shared(6, 3, 600, start);
+        let id = |n: u64| format!("01b2c3d4-0000-4000-8000-{n:012x}");
+        book.issue(&id(100), "bob", start);
+        book.issue(&id(101), "carol", start);
+        for n in 0..50 {
+            assert!(book.issue(&id(n), "mallory", secs(start, 1 + n)));
+            assert!(book.len() <= 5, "{} ids", book.len());
+        }
+        // Bob's and Carol's ids, older than all of Mallory's, are still theirs.
+        assert_eq!(book.check(&id(100), "bob", secs(start, 60)), Ok(()));
+        assert_eq!(book.check(&id(101), "carol", secs(start, 60)), Ok(()));
+        // Mallory keeps her three most recent.
+        assert_eq!(book.check(&id(49), "mallory", secs(start, 60)), Ok(()));
+        assert_eq!(book.check(&id(47), "mallory", secs(start, 60)), Ok(()));
+        assert_eq!(book.check(&id(46), "mallory", secs(start, 60)), Err(IdRefused::Unknown));
+        // A full book still evicts the least recently used of all.
+        book.issue(&id(200), "dave", secs(start, 61));
+        book.issue(&id(201), "dave", secs(start, 62));
+        assert_eq!(book.len(), 6);
+        assert_eq!(book.check(&id(48), "mallory", secs(start, 63)), Err(IdRefused::Unknown));
+        assert_eq!(book.check(&id(100), "bob", secs(start, 63)), Ok(()));
+        assert!(book.nodes.len() <= 6, "{} nodes", book.nodes.len());
+    }
+
     /// The book as a list in order of last use (a use in the same second as the last one does
     /// not reorder), every id kept until evicted or idle.
     #[derive(Default)]
@@ -325,7 +471,7 @@ mod tests {
     }
 
     impl Model {
-        fn issue(&mut self, id: usize, sub: usize, now: u64, max: usize, ttl: u64) -> bool {
+        fn issue(&mut self, id: usize, sub: usize, now: u64, max: (usize, usize), ttl: u64) -> bool {
             self.ids.retain(|&(_, _, used)| now - used <= ttl);
             if let Some(at) = self.ids.iter().position(|e| e.0 == id) {
                 if self.ids[at].1 != sub {
@@ -333,6 +479,11 @@ mod tests {
                 }
                 self.touch(at, now);
                 return true;
+            }
+            let (max, per_identity) = max;
+            while self.ids.iter().filter(|e| e.1 == sub).count() >= per_identity {
+                let oldest = self.ids.iter().position(|e| e.1 == sub).expect("counted above");
+                self.ids.remove(oldest);
             }
             while self.ids.len() >= max {
                 self.ids.remove(0);
@@ -367,11 +518,12 @@ mod tests {
         fn the_book_answers_as_a_simple_list_does(
             ops in proptest::collection::vec((proptest::bool::ANY, 0usize..6, 0usize..3, 0u64..4), 1..200),
             max in 1usize..5,
+            per_identity in 1usize..5,
             ttl in 0u64..6,
         ) {
             let ids: Vec<String> = (0..6).map(|i| format!("01b2c3d4-0000-4000-8000-{i:012x}")).collect();
             let start = Instant::now();
-            let mut book = book(max, ttl, start);
+            let mut book = book_shared(max, per_identity, ttl, start);
             let mut model = Model::default();
             let mut now = 0;
             for (issue, id, sub, step) in ops {
@@ -379,7 +531,7 @@ mod tests {
                 let sub_name = format!("agent-{sub}");
                 if issue {
                     let ours = book.issue(&ids[id], &sub_name, secs(start, now));
-                    proptest::prop_assert_eq!(ours, model.issue(id, sub, now, max, ttl));
+                    proptest::prop_assert_eq!(ours, model.issue(id, sub, now, (max, per_identity), ttl));
                 } else {
                     let ours = book.check(&ids[id], &sub_name, secs(start, now));
                     proptest::prop_assert_eq!(ours, model.check(id, sub, now, ttl));
@@ -390,13 +542,21 @@ mod tests {
     }
 
     #[test]
-    fn the_order_stays_bounded_under_repeated_use() {
+    fn memory_stays_with_the_ids_held_under_any_use() {
         let start = Instant::now();
-        let mut book = book(4, 1_000_000, start);
+        let mut book = book_shared(4, 2, 1_000_000, start);
         book.issue(A, "alice", start);
         for s in 1..10_000 {
             assert_eq!(book.check(A, "alice", secs(start, s)), Ok(()));
         }
-        assert!(book.order.len() <= 33, "{} order entries for one id", book.order.len());
+        assert_eq!(book.nodes.len(), 1, "repeated use must not grow the book");
+        // Churn past the share and past the book: nodes are reused, never more than the ids.
+        for n in 0..10_000u64 {
+            let id = format!("01b2c3d4-0000-4000-8000-{n:012x}");
+            book.issue(&id, if n % 3 == 0 { "bob" } else { "carol" }, secs(start, 10_000 + n));
+        }
+        assert_eq!(book.len(), 4);
+        assert!(book.nodes.len() <= 4 && book.free.len() + book.len() == book.nodes.len());
+        assert_eq!(book.held.values().map(|h| h.count).sum::<usize>(), 4);
     }
 }

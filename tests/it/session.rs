@@ -559,3 +559,47 @@ fn result_scan_reads_only_the_identitys_own_results() {
     }
     assert_eq!(upstream.stats.recorded(EndpointKind::Query).len(), queries + 2);
 }
+
+/// One agent running many statements churns its own ids, not another's: with a book of three
+/// ids and a share of two, an agent's twenty queries leave the other agent's running statement
+/// pollable (one shared least-recently-used order would have pushed it out).
+#[test]
+fn one_agents_statements_do_not_push_out_anothers_ids() {
+    let upstream = double(|_| {});
+    let gateway = TestGateway::start(
+        &upstream.url(),
+        GatewayOptions {
+            limits: "statement_ids_max = 3\nstatement_ids_per_identity_max = 2".into(),
+            ..Default::default()
+        },
+    );
+    let mut client = gateway.client();
+    let (patient, _) = login_ok(&mut client);
+    let (busy, _) = login_ok_as(&mut client, "agent-8");
+    let running = query(&mut client, &patient, "select 1 from small slow").json().unwrap();
+    assert_eq!(running["code"], "333333", "{running}");
+    let qid = running["data"]["queryId"].as_str().unwrap().to_owned();
+    let mut busy_ids = Vec::new();
+    for _ in 0..20 {
+        let answer = query(&mut client, &busy, "select 1").json().unwrap();
+        assert_eq!(answer["success"], true, "{answer}");
+        busy_ids.push(answer["data"]["queryId"].as_str().unwrap().to_owned());
+    }
+    let mut answer = running;
+    for _ in 0..10 {
+        if answer["code"] != "333333" {
+            break;
+        }
+        let path = format!("/queries/{qid}/result");
+        answer = client.get(&path, &[("authorization", &authorization(&patient))]).unwrap().json().unwrap();
+    }
+    assert_eq!(answer["success"], true, "{answer}");
+    assert_eq!(answer["data"]["queryId"], qid.as_str());
+    // The busy agent keeps its most recent ids; its oldest went.
+    let newest = format!("/monitoring/queries/{}", busy_ids[19]);
+    let kept = client.get(&newest, &[("authorization", &authorization(&busy))]).unwrap().json().unwrap();
+    assert_ne!(kept["code"], "260018", "{kept}");
+    let oldest = format!("/monitoring/queries/{}", busy_ids[0]);
+    let gone = client.get(&oldest, &[("authorization", &authorization(&busy))]).unwrap();
+    assert_refused(&gone, "260018");
+}
