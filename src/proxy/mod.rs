@@ -9,6 +9,7 @@
 mod govern;
 mod handler;
 pub mod io;
+mod resolve;
 pub mod tls;
 pub mod upstream;
 

@@ -7,7 +7,7 @@
 
 use std::cell::RefCell;
 use std::io;
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -95,10 +95,12 @@ pub struct Endpoint {
 }
 
 impl Endpoint {
-    /// Resolves the host (blocking; done when a new connection is needed, which the pool makes
-    /// rare) and connects, with TLS when the URL says so.
+    /// Resolves the host (off the core, within the connect timeout) and connects, with TLS when
+    /// the URL says so.
     async fn connect(&self, read_buffer_bytes: usize) -> Result<Conn, UpstreamError> {
-        let addrs = resolve(&self.url.host, self.url.port).map_err(UpstreamError::Connect)?;
+        let addrs = super::resolve::resolve(&self.url.host, self.url.port, self.connect_timeout)
+            .await
+            .map_err(UpstreamError::Connect)?;
         let connect = async {
             let tcp = connect_any(&addrs).await?;
             tcp.set_nodelay(true)?;
@@ -186,14 +188,6 @@ fn read_error(e: ReadError) -> UpstreamError {
         ReadError::Closed => UpstreamError::Io(io::Error::new(io::ErrorKind::UnexpectedEof, "closed mid-answer")),
         other => UpstreamError::Invalid(other.to_string()),
     }
-}
-
-fn resolve(host: &str, port: u16) -> io::Result<Vec<SocketAddr>> {
-    let addrs: Vec<SocketAddr> = (host, port).to_socket_addrs()?.collect();
-    if addrs.is_empty() {
-        return Err(io::Error::new(io::ErrorKind::NotFound, "the upstream host has no address"));
-    }
-    Ok(addrs)
 }
 
 /// Connects to the first of `addrs` that accepts, in the resolver's order, as HTTP clients do:
