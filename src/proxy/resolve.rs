@@ -130,11 +130,12 @@ mod tests {
         assert_eq!(run(resolve("[::1]", 443, second)).unwrap(), vec!["[::1]:443".parse().unwrap()]);
         let local = run(resolve("localhost", 8080, second)).unwrap();
         assert!(!local.is_empty() && local.iter().all(|a| a.ip().is_loopback() && a.port() == 8080), "{local:?}");
-        // Looked up on a resolver thread, not this one.
+        // Looked up on a resolver thread (the one that answered has named itself by now; the
+        // other may not have started yet).
         let threads = std::fs::read_dir("/proc/self/task").unwrap().filter_map(Result::ok).filter(|task| {
             std::fs::read_to_string(task.path().join("comm")).is_ok_and(|name| name.starts_with("snowgate-resolv"))
         });
-        assert_eq!(threads.count(), THREADS);
+        assert!((1..=THREADS).contains(&threads.count()));
         assert!(run(resolve("no-such-host.invalid", 80, second)).is_err());
     }
 }
