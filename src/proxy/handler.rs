@@ -276,6 +276,9 @@ pub(super) fn refuse_sql_api(capture: &mut Capture, status: u16, code: &str, mes
 pub(super) fn upstream_failed(capture: &mut Capture, error: &UpstreamError) -> Answer {
     warn!(endpoint = capture.endpoint, error = %error, "Upstream exchange failed.");
     capture.refused_code = Some(codes::UPSTREAM_INVALID.to_owned());
+    if capture.is_sql_api() {
+        return Answer::own(error.status(), sql_api_error_body(codes::UPSTREAM_INVALID, &error.to_string()));
+    }
     let body = serde_json::json!({"code": codes::UPSTREAM_INVALID, "message": error.to_string(), "success": false, "data": {}});
     Answer::own(error.status(), Bytes::from(serde_json::to_vec(&body).expect("a JSON value always serialises")))
 }

@@ -364,6 +364,22 @@ fn an_upstream_that_breaks_mid_answer_gets_the_agent_a_502_and_the_gateway_keeps
 }
 
 #[test]
+fn an_upstream_failure_on_the_sql_api_is_answered_in_the_sql_apis_shape() {
+    let upstream = RawUpstream::start([Behaviour::Hangup]);
+    let gateway = TestGateway::start(&upstream.url(), GatewayOptions::default());
+    let mut client = gateway.client();
+    let bearer = format!("Bearer {}", agent_token(json!({})));
+    let answer = client
+        .post_json("/api/v2/statements", &sql_api_headers(&bearer), &json!({"statement": "select 1"}), false)
+        .unwrap();
+    assert_eq!(answer.status, 502, "{answer:?}");
+    let body = answer.json().unwrap();
+    assert_eq!(body["code"], "260004", "{body}");
+    assert!(body["message"].as_str().is_some_and(|m| !m.is_empty()), "{body}");
+    assert!(body["sqlState"].is_string() && body.get("success").is_none(), "{body}");
+}
+
+#[test]
 fn an_upstream_that_never_answers_gets_the_agent_a_504_after_the_response_timeout() {
     const RESPONSE_TIMEOUT: Duration = Duration::from_millis(300);
     let upstream = RawUpstream::start([Behaviour::Silent]);
