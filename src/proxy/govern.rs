@@ -306,11 +306,35 @@ fn park(
     let Some(request_id) = capture.request_id().map(str::to_owned) else {
         return refuse(capture, codes::BAD_REQUEST, "a statement that needs review must carry the driver's requestId");
     };
+    let key = RequestKey { sub: claims.sub.clone(), session_id: claims.session_id.unwrap_or(0), request_id };
+    let subject = Subject { sub: claims.sub.clone(), groups: claims.groups.clone() };
+    let statement = (query.sql_text.clone(), query.bindings.clone());
+    match enter_ledger(core, capture, key, &subject, statement, requirement, rule, payload) {
+        Ok(query_id) => in_progress(&query_id, query.async_exec, message),
+        Err(e @ LedgerError::RequestIdReused) => refuse(capture, codes::BAD_REQUEST, &e.to_string()),
+        Err(e) => refuse(capture, codes::REVIEW_FULL, &e.to_string()),
+    }
+}
+
+/// Parks a statement (either protocol) and notes it in `capture`; returns its gateway id.
+/// The id is the gateway's own, made for this agent: it is entered in the statement books,
+/// so the agent's polls, monitoring, abort and cancel requests may name it.
+#[allow(clippy::too_many_arguments)]
+fn enter_ledger(
+    core: &Core,
+    capture: &mut Capture,
+    key: RequestKey,
+    subject: &Subject,
+    (statement_text, bindings): (String, Option<String>),
+    requirement: ReviewRequirement,
+    rule: String,
+    payload: ParkedStatement,
+) -> Result<String, LedgerError> {
     let request = ParkRequest {
-        key: RequestKey { sub: claims.sub.clone(), session_id: claims.session_id.unwrap_or(0), request_id },
-        agent_groups: claims.groups.clone(),
-        statement_text: query.sql_text.clone(),
-        bindings: query.bindings.clone(),
+        key,
+        agent_groups: subject.groups.clone(),
+        statement_text,
+        bindings,
         agent_context: capture.agent_context().map(str::to_owned),
         requirement,
         rule_name: Some(rule.clone()),
@@ -321,24 +345,16 @@ fn park(
     let parked = {
         let mut ledger = ledger(core);
         ledger.expire(now);
-        ledger.park(request, now)
+        ledger.park(request, now)?
     };
-    match parked {
-        Ok(parked) => {
-            capture.set_decision(Decision::Parked { rule: rule.clone() });
-            capture.set_query_id(parked.query_id.clone());
-            // The parked statement's id is the gateway's own, made for this agent: its
-            // monitoring and abort requests name it.
-            core.gateway.issue_statements(core.id, std::slice::from_ref(&parked.query_id), &claims.sub);
-            if parked.created {
-                core.gateway.metrics.parked.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                info!(core = core.id, sub = %claims.sub, rule = %rule, query_id = %parked.query_id, "Statement parked for review.");
-            }
-            in_progress(&parked.query_id, query.async_exec, message)
-        }
-        Err(e @ LedgerError::RequestIdReused) => refuse(capture, codes::BAD_REQUEST, &e.to_string()),
-        Err(e) => refuse(capture, codes::REVIEW_FULL, &e.to_string()),
+    capture.set_decision(Decision::Parked { rule: rule.clone() });
+    capture.set_query_id(parked.query_id.clone());
+    core.gateway.issue_statements(core.id, std::slice::from_ref(&parked.query_id), &subject.sub);
+    if parked.created {
+        core.gateway.metrics.parked.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        info!(core = core.id, sub = %subject.sub, rule = %rule, query_id = %parked.query_id, "Statement parked for review.");
     }
+    Ok(parked.query_id)
 }
 
 /// The "still running" answer drivers poll on: 333333 (333334 for `asyncExec`).
@@ -499,34 +515,10 @@ pub fn park_sql_api(
         profiles: core.gateway.config.policy.masking_profiles_for(subject),
         role: Some(role.to_owned()),
     };
-    let request = ParkRequest {
-        key: RequestKey { sub: subject.sub.clone(), session_id: SQL_API_SESSION, request_id },
-        agent_groups: subject.groups.clone(),
-        statement_text: capture.sql_text().unwrap_or_default().to_owned(),
-        bindings: capture.bindings().map(str::to_owned),
-        agent_context: capture.agent_context().map(str::to_owned),
-        requirement,
-        rule_name: Some(rule.clone()),
-        payload_bytes: payload.bytes(),
-        payload,
-    };
-    let now = unix_millis();
-    let parked = {
-        let mut ledger = ledger(core);
-        ledger.expire(now);
-        ledger.park(request, now)
-    };
-    match parked {
-        Ok(parked) => {
-            capture.set_decision(Decision::Parked { rule: rule.clone() });
-            capture.set_query_id(parked.query_id.clone());
-            core.gateway.issue_statements(core.id, std::slice::from_ref(&parked.query_id), &subject.sub);
-            if parked.created {
-                core.gateway.metrics.parked.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                info!(core = core.id, sub = %subject.sub, rule = %rule, query_id = %parked.query_id, "SQL API statement parked for review.");
-            }
-            sql_api_in_progress(&parked.query_id, &message)
-        }
+    let key = RequestKey { sub: subject.sub.clone(), session_id: SQL_API_SESSION, request_id };
+    let statement = (capture.sql_text().unwrap_or_default().to_owned(), capture.bindings().map(str::to_owned));
+    match enter_ledger(core, capture, key, subject, statement, requirement, rule, payload) {
+        Ok(handle) => sql_api_in_progress(&handle, &message),
         Err(e @ LedgerError::RequestIdReused) => refuse_sql_api(capture, 422, codes::BAD_REQUEST, &e.to_string()),
         Err(e) => refuse_sql_api(capture, 429, codes::REVIEW_FULL, &e.to_string()),
     }
