@@ -589,3 +589,32 @@ pub fn sql_api_rows(client: &mut Client, bearer: &str, first: &Value) -> Vec<Val
     }
     rows
 }
+
+/// Polls a SQL API statement while it answers 202 (at most ten times) and returns the last
+/// answer, starting from `answer`.
+pub fn sql_api_poll(client: &mut Client, bearer: &str, handle: &str, mut answer: ClientResponse) -> ClientResponse {
+    for _ in 0..10 {
+        if answer.status != 202 {
+            break;
+        }
+        answer = client.get(&format!("/api/v2/statements/{handle}"), &sql_api_headers(bearer)).unwrap();
+    }
+    answer
+}
+
+/// Asserts that SQL API `rows` are the clear customer rows masked by the tests' profile: id
+/// and name as they were, the e-mail all stars, the card keeping its last four, the SSN NULL.
+#[track_caller]
+pub fn assert_customers_masked(what: &str, clear: &[Vec<Option<String>>], rows: &[Value]) {
+    assert_eq!(rows.len(), clear.len(), "{what}: every row must arrive");
+    for (clear, row) in clear.iter().zip(rows) {
+        let context = format!("{what}: clear {clear:?}, masked {row}");
+        assert_eq!(row[0].as_str(), clear[0].as_deref(), "{context}");
+        assert_eq!(row[1].as_str(), clear[1].as_deref(), "{context}");
+        assert_eq!(row[2].as_str().unwrap(), "*".repeat(clear[2].as_ref().unwrap().len()), "{context}");
+        let card = clear[3].as_deref().unwrap();
+        let kept = format!("{}{}", "*".repeat(card.len() - 4), &card[card.len() - 4..]);
+        assert_eq!(row[3].as_str().unwrap(), kept, "{context}");
+        assert_eq!(row[4], Value::Null, "SSN must be NULL; {context}");
+    }
+}
