@@ -37,6 +37,7 @@ fuzz_target!(|data: &[u8]| {
         role: "ANALYST".into(),
         session_id: tamper.first().map(|&b| i64::from(b) - 128),
         expires_at_unix_ms: 4_102_444_800_000,
+        identity_expires_at_unix_ms: 4_102_444_800_000,
     };
     let kind = if mode & 2 == 0 { TokenKind::Session } else { TokenKind::Master };
     let other_kind = if kind == TokenKind::Session { TokenKind::Master } else { TokenKind::Session };

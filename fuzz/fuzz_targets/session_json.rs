@@ -31,6 +31,7 @@ fn master() -> TokenClaims {
         role: "ANALYST".into(),
         session_id: Some(42),
         expires_at_unix_ms: 4_102_444_800_000,
+        identity_expires_at_unix_ms: 4_102_444_800_000,
     }
 }
 
@@ -77,7 +78,12 @@ fn answer(data: &[u8]) {
 }
 
 fn login_answer(data: &[u8]) {
-    let owner = SessionOwner { sub: "agent-1".into(), groups: vec!["analysts".into()], role: "ANALYST".into() };
+    let owner = SessionOwner {
+        sub: "agent-1".into(),
+        groups: vec!["analysts".into()],
+        role: "ANALYST".into(),
+        identity_expires_at_unix_ms: u64::MAX,
+    };
     let Ok(sealed) = seal_login_response(data, sealer(), &owner, 1_000) else { return };
     // The reference reading: serde_json's `Value` refuses an object whose key is its private
     // RawValue marker (`$serde_json::private::RawValue`, with the `raw_value` feature), which

@@ -871,6 +871,11 @@ pub async fn chunk(core: &Core, head: &RequestHead, grant: &str, capture: &mut C
     if grant.expires_at_unix <= unix_seconds() {
         return forbidden(capture, "this chunk URL has expired; run the query again");
     }
+    // The session token may have expired (drivers fetch chunks without renewing), but not the
+    // identity the session was opened for.
+    if claims.identity_expires_at_unix_ms <= unix_millis() {
+        return forbidden(capture, "the session's OIDC token has expired; log in again");
+    }
     if let Err(answer) = admit(core, capture).await {
         return answer;
     }

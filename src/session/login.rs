@@ -118,6 +118,9 @@ pub struct SessionOwner {
     pub groups: Vec<String>,
     /// The Snowflake role the gateway logged in with.
     pub role: String,
+    /// When the agent's OIDC token expires (`exp` plus the allowed clock skew), in Unix
+    /// milliseconds: no sealed token of the session outlives it.
+    pub identity_expires_at_unix_ms: u64,
 }
 
 /// What the gateway learnt from a login or renewal answer, for the recording.
@@ -157,7 +160,8 @@ fn claims_for(
         groups: owner.groups.clone(),
         role: owner.role.clone(),
         session_id,
-        expires_at_unix_ms,
+        expires_at_unix_ms: expires_at_unix_ms.min(owner.identity_expires_at_unix_ms),
+        identity_expires_at_unix_ms: owner.identity_expires_at_unix_ms,
     }
 }
 
@@ -234,7 +238,12 @@ pub fn seal_renew_response(
 ) -> Result<SealedAnswer, LoginError> {
     let mut document: Map<String, Value> = serde_json::from_slice(body).map_err(|_| LoginError::BadShape)?;
     let success = document.get("success").and_then(Value::as_bool).unwrap_or(false);
-    let owner = SessionOwner { sub: master.sub.clone(), groups: master.groups.clone(), role: master.role.clone() };
+    let owner = SessionOwner {
+        sub: master.sub.clone(),
+        groups: master.groups.clone(),
+        role: master.role.clone(),
+        identity_expires_at_unix_ms: master.identity_expires_at_unix_ms,
+    };
     let Some(data) = document.get_mut("data").and_then(Value::as_object_mut) else {
         if success {
             return Err(LoginError::UpstreamWithoutTokens);
@@ -279,7 +288,12 @@ mod tests {
     }
 
     fn owner() -> SessionOwner {
-        SessionOwner { sub: "agent-1".into(), groups: vec!["g".into()], role: "ANALYST".into() }
+        SessionOwner {
+            sub: "agent-1".into(),
+            groups: vec!["g".into()],
+            role: "ANALYST".into(),
+            identity_expires_at_unix_ms: u64::MAX,
+        }
     }
 
     #[test]
@@ -370,6 +384,41 @@ mod tests {
         let out: Value = serde_json::from_slice(&answer.body).unwrap();
         let claims = s.open(TokenKind::Session, out["data"]["token"].as_str().unwrap(), 5_001_500).unwrap();
         assert_eq!(claims.expires_at_unix_ms, u64::MAX);
+    }
+
+    #[test]
+    fn no_token_outlives_the_identity_it_was_issued_for() {
+        // The agent's OIDC token expires at 5_050_000 ms: before the session token (100 s) and
+        // the master token (1000 s) Snowflake gave.
+        let owner = SessionOwner { identity_expires_at_unix_ms: 5_050_000, ..owner() };
+        let upstream = json!({"data": {"token": "REAL-S", "masterToken": "REAL-M", "validityInSeconds": 100,
+            "masterValidityInSeconds": 1000, "sessionId": 9}, "success": true});
+        let s = sealer();
+        let answer = seal_login_response(upstream.to_string().as_bytes(), &s, &owner, 5_000_000).unwrap();
+        let out: Value = serde_json::from_slice(&answer.body).unwrap();
+        let (session, master) = (out["data"]["token"].as_str().unwrap(), out["data"]["masterToken"].as_str().unwrap());
+        assert!(s.open(TokenKind::Session, session, 5_049_999).is_ok());
+        assert_eq!(s.open(TokenKind::Session, session, 5_050_000), Err(crate::session::token::TokenError::Expired));
+        assert_eq!(s.open(TokenKind::Master, master, 5_050_000), Err(crate::session::token::TokenError::Expired));
+        let master = s.open(TokenKind::Master, master, 5_049_999).unwrap();
+        assert_eq!(master.identity_expires_at_unix_ms, 5_050_000);
+
+        // A renewal before then, even with a new master token, keeps the identity's end.
+        let renewed = json!({"data": {"sessionToken": "REAL-S2", "validityInSecondsST": 3600,
+            "masterToken": "REAL-M2", "validityInSecondsMT": 14400, "sessionId": 9}, "success": true});
+        let answer = seal_renew_response(renewed.to_string().as_bytes(), &s, &master, 5_040_000).unwrap();
+        let out: Value = serde_json::from_slice(&answer.body).unwrap();
+        for (kind, field) in [(TokenKind::Session, "sessionToken"), (TokenKind::Master, "masterToken")] {
+            let claims = s.open_ignoring_expiry(kind, out["data"][field].as_str().unwrap()).unwrap();
+            assert_eq!((claims.expires_at_unix_ms, claims.identity_expires_at_unix_ms), (5_050_000, 5_050_000));
+        }
+
+        // An identity that outlives Snowflake's tokens changes nothing.
+        let owner = SessionOwner { identity_expires_at_unix_ms: 9_000_000, ..owner };
+        let answer = seal_login_response(upstream.to_string().as_bytes(), &s, &owner, 5_000_000).unwrap();
+        let out: Value = serde_json::from_slice(&answer.body).unwrap();
+        let claims = s.open(TokenKind::Session, out["data"]["token"].as_str().unwrap(), 5_000_000).unwrap();
+        assert_eq!(claims.expires_at_unix_ms, 5_100_000);
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //!
 //! A sealed token is `sg1.` followed by base64url(nonce ‖ AES-256-GCM(claims)), the claims
 //! being a small JSON object with the upstream token, the identity, the Snowflake session id
-//! and an expiry. Any gateway instance holding the key can open it, so instances share no
+//! and an expiry (never past the expiry of the OIDC token the session was opened with). Any gateway instance holding the key can open it, so instances share no
 //! session state. The token kind (session or master) is bound as associated data, so a session
 //! token can never be replayed where a master token is expected.
 //!
@@ -57,10 +57,16 @@ pub struct TokenClaims {
     /// Snowflake's session id, when it gave one.
     #[serde(rename = "i", default)]
     pub session_id: Option<i64>,
-    /// When the upstream token expires, in Unix milliseconds. Milliseconds, not seconds: a
+    /// When this token expires, in Unix milliseconds: the upstream token's expiry, but never
+    /// later than [`TokenClaims::identity_expires_at_unix_ms`]. Milliseconds, not seconds: a
     /// short validity rounded to whole seconds could end almost as soon as it began.
     #[serde(rename = "x")]
     pub expires_at_unix_ms: u64,
+    /// When the OIDC token the agent logged in with expires (its `exp` plus the allowed clock
+    /// skew), in Unix milliseconds. Renewals keep it, so a session ends with the identity it
+    /// was opened for: past it the agent must log in again, with a token checked afresh.
+    #[serde(rename = "e")]
+    pub identity_expires_at_unix_ms: u64,
 }
 
 /// Why a sealed token was refused. All are the client's fault.
@@ -190,6 +196,7 @@ mod tests {
             role: "ANALYST".into(),
             session_id: Some(42),
             expires_at_unix_ms,
+            identity_expires_at_unix_ms: u64::MAX,
         }
     }
 

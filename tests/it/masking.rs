@@ -248,6 +248,32 @@ fn chunk_urls_are_bound_to_their_session_and_expire() {
 }
 
 #[test]
+fn a_chunk_url_ends_with_the_agents_oidc_token() {
+    let upstream = double(|_| {});
+    let jwks = format!("jwks_file = \"{}\"\nleeway_secs = 0", key_path("jwks.json").display());
+    let gateway = TestGateway::start(
+        &upstream.url(),
+        GatewayOptions { policy: Some(MASKING_POLICY.into()), jwks: Some(jwks), ..Default::default() },
+    );
+    let mut client = gateway.client();
+    let exp = now_unix() + 2;
+    let login = login(&mut client, &agent_token(json!({ "exp": exp }))).json().unwrap();
+    let session = login["data"]["token"].as_str().unwrap().to_owned();
+    let answer = query(&mut client, &session, "select * from chunked_json").json().unwrap();
+    assert_eq!(answer["success"], true, "{answer}");
+    let path = chunk_path(&answer, 0);
+    assert_eq!(client.get(&path, &[("authorization", &authorization(&session))]).unwrap().status, 200);
+
+    while now_unix() <= exp {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // The grant itself would last an hour (the default); the identity it was issued for did not.
+    let late = client.get(&path, &[("authorization", &authorization(&session))]).unwrap();
+    assert_eq!(late.status, 403, "a chunk was served after the agent's OIDC token expired");
+    assert!(String::from_utf8_lossy(&late.body).contains("log in again"));
+}
+
+#[test]
 fn sql_api_partitions_are_masked_and_handles_belong_to_their_identity() {
     let upstream = double(|_| {});
     let gateway = TestGateway::start(

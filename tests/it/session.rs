@@ -154,6 +154,44 @@ fn expired_sessions_renew_through_the_master_token() {
     assert_refused(&swapped, "390115");
 }
 
+#[test]
+fn a_session_ends_when_the_agents_oidc_token_expires() {
+    // Snowflake's tokens would last an hour and four; the agent's OIDC token lasts 2 seconds
+    // (no clock skew allowed here). Without the cap the session would outlive it.
+    let upstream = double(|_| {});
+    let jwks = format!("jwks_file = \"{}\"\nleeway_secs = 0", key_path("jwks.json").display());
+    let gateway = TestGateway::start(&upstream.url(), GatewayOptions { jwks: Some(jwks), ..Default::default() });
+    let mut client = gateway.client();
+    let exp = now_unix() + 2;
+    let answer = login(&mut client, &agent_token(json!({ "exp": exp }))).json().unwrap();
+    assert_eq!(answer["success"], true, "{answer}");
+    let session = answer["data"]["token"].as_str().unwrap().to_owned();
+    let master = answer["data"]["masterToken"].as_str().unwrap().to_owned();
+    assert_eq!(query(&mut client, &session, "select 1").json().unwrap()["success"], true);
+    let queries = upstream.stats.requests(EndpointKind::Query);
+
+    while now_unix() <= exp {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Past the identity's end: the session has expired, and renewing it asks for a new login.
+    assert_refused(&query(&mut client, &session, "select 1"), "390112");
+    let renewal = client
+        .post_json(
+            "/session/token-request?requestId=1",
+            &[("authorization", &authorization(&master))],
+            &json!({"oldSessionToken": session, "requestType": "RENEW"}),
+            false,
+        )
+        .unwrap();
+    assert_refused(&renewal, "390114");
+    assert_eq!(upstream.stats.requests(EndpointKind::Query), queries, "a query of the expired session ran");
+    assert_eq!(upstream.stats.requests(EndpointKind::TokenRequest), 0, "the expired session was renewed upstream");
+
+    // A new login with a fresh token is checked afresh and works.
+    let (fresh, _) = login_ok(&mut client);
+    assert_eq!(query(&mut client, &fresh, "select 1").json().unwrap()["success"], true);
+}
+
 fn refused_login(token: &str, code: &str) {
     let upstream = double(|_| {});
     let gateway = TestGateway::start(&upstream.url(), GatewayOptions::default());
@@ -269,6 +307,7 @@ fn refuses_requests_without_a_token_or_with_a_forged_one() {
             role: "SYSADMIN".into(),
             session_id: Some(1),
             expires_at_unix_ms: (now_unix() + 600) * 1000,
+            identity_expires_at_unix_ms: (now_unix() + 600) * 1000,
         },
     );
     assert_refused(&query(&mut client, &foreign, "select 1"), "390104");
