@@ -30,13 +30,28 @@ const BIG_ROWS: usize = 40_000;
 const ARROW_BATCH_ROWS: usize = 4_096;
 const QUERY_ID: &str = "01b2c3d4-0000-4000-8000-000000000001";
 
+/// Every detector the policy file knows, for [`masker_with`].
+const DETECTORS: [&str; 10] = [
+    "card",
+    "email",
+    "ssn",
+    "iban",
+    "aws_access_key",
+    "gcp_api_key",
+    "github_token",
+    "slack_token",
+    "jwt",
+    "pem_private_key",
+];
+
 /// A policy with every detector on, an SSN rule, and a dictionary of `words` words.
 fn masker(words: usize) -> (Masker, ProfileId) {
-    masker_with(words, true)
+    masker_with(words, &DETECTORS)
 }
 
-/// A policy with a dictionary of `words` words, the SSN rule, and every detector on or off.
-fn masker_with(words: usize, detectors: bool) -> (Masker, ProfileId) {
+/// A policy with a dictionary of `words` words, the SSN rule, and the `detectors` named on
+/// (the card detector keeps the last four digits; the others mask in full).
+fn masker_with(words: usize, detectors: &[&str]) -> (Masker, ProfileId) {
     let matching = ["Lovelace", "Hopper", "Turing", "Knuth"];
     let mut list: Vec<String> = matching.iter().take(words).map(|w| w.to_string()).collect();
     let mut i = 0;
@@ -45,29 +60,16 @@ fn masker_with(words: usize, detectors: bool) -> (Masker, ProfileId) {
         i += 1;
     }
     let quoted: Vec<String> = list.iter().map(|w| format!("{w:?}")).collect();
-    let switches = if detectors {
-        String::new()
-    } else {
-        [
-            "email",
-            "ssn",
-            "iban",
-            "aws_access_key",
-            "gcp_api_key",
-            "github_token",
-            "slack_token",
-            "jwt",
-            "pem_private_key",
-        ]
+    let switches: String = DETECTORS
         .iter()
-        .map(|d| format!("{d} = false\n"))
-        .collect()
-    };
-    let card = if detectors { r#"card = { mask = { style = "keep_last", keep = 4 } }"# } else { "card = false" };
+        .map(|&d| match (d, detectors.contains(&d)) {
+            ("card", true) => r#"card = { mask = { style = "keep_last", keep = 4 } }"#.to_string() + "\n",
+            (d, on) => format!("{d} = {on}\n"),
+        })
+        .collect();
     let text = format!(
         r#"
 [masking.profiles.bench.detectors]
-{card}
 {switches}
 [masking.profiles.bench.dictionary]
 words = [{}]
@@ -244,9 +246,15 @@ fn bench(c: &mut Criterion) {
     let big = customers("BIG", BIG_ROWS);
     if let Some(seconds) = std::env::var("MASK_CPU_SECONDS").ok().and_then(|s| s.parse::<f64>().ok()) {
         calibrate(&json_chunk(&big), seconds);
-        // Where the time goes: the walk alone, then with the dictionary, then with detectors.
-        for (words, detectors) in [(0, false), (16, false), (0, true)] {
+        // Where the time goes: the walk alone, then with the dictionary, then with detectors
+        // (the corpus' e-mail and card detectors alone, then all of them).
+        // `MASK_CONFIG=n` keeps only the n-th of these (for a profiler).
+        let none: &[&str] = &[];
+        let configs = [(0, none), (16, none), (0, &["email"][..]), (0, &["card"][..]), (0, &DETECTORS[..])];
+        let config: Option<usize> = std::env::var("MASK_CONFIG").ok().and_then(|s| s.parse().ok());
+        for (_, &(words, detectors)) in configs.iter().enumerate().filter(|(i, _)| config.is_none_or(|c| c == *i)) {
             let (masker, profile) = masker_with(words, detectors);
+            let detectors = if detectors.len() == DETECTORS.len() { "all".to_string() } else { detectors.join(",") };
             let input = Input {
                 name: "json_chunk_4m",
                 body: json_chunk(&big),
@@ -254,12 +262,16 @@ fn bench(c: &mut Criterion) {
             };
             let arrow =
                 Input { name: "arrow_chunk_4m", body: arrow_stream(&big, ARROW_BATCH_ROWS), plan: input.plan.clone() };
-            for input in [&input, &arrow] {
+            let only = std::env::var("MASK_ONLY").ok();
+            for input in [&input, &arrow].into_iter().filter(|i| only.as_deref().is_none_or(|o| i.name.contains(o))) {
                 if let Some(rate) = cpu_throughput(&masker, profile, input, seconds) {
                     eprintln!("  {words:>3} words, detectors {detectors:<5}: {} {:.2} GB/s", input.name, rate / 1e9);
                 }
             }
         }
+    }
+    if std::env::var("MASK_CONFIG").is_ok() {
+        return;
     }
     for words in [1, 16, 256] {
         let (masker, profile) = masker(words);
