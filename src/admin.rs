@@ -768,6 +768,7 @@ mod tests {
             agent_groups: vec!["analysts".into()],
             statement_text: format!("delete from t where id = '{request_id}'"),
             bindings: None,
+            settings: std::collections::BTreeMap::from([("role".to_owned(), "ANALYST".to_owned())]),
             agent_context: Some("trace-1".into()),
             requirement: ReviewRequirement {
                 approvals,
@@ -829,6 +830,8 @@ mod tests {
         assert_eq!(pending[0]["sub"], "agent");
         assert_eq!(pending[0]["statement_text"], "delete from t where id = 'r1'");
         assert_eq!(pending[0]["rule_name"], "writes need review");
+        assert_eq!(pending[0]["settings"], serde_json::json!({"role": "ANALYST"}));
+        assert_eq!(pending[0]["bindings"], serde_json::Value::Null);
         let (status, body) = get(addr, "/v1/approvals", Some("token-eve"));
         assert_eq!((status, body["pending"].as_array().unwrap().len()), (200, 0));
     }

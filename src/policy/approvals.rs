@@ -14,7 +14,7 @@
 //! Decided items stay for [`LedgerLimits::retention`] so late polls get their answer, then are
 //! purged by [`Ledger::expire`].
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use serde::Serialize;
@@ -28,7 +28,7 @@ pub struct LedgerLimits {
     pub pending_per_subject_max: usize,
     /// Items in the ledger, decided ones included.
     pub items_max: usize,
-    /// Bytes of statement text, bindings and context held, all items together.
+    /// Bytes of statement text, bindings, settings and context held, all items together.
     pub stored_bytes_max: usize,
     /// How long a decided item stays for polls.
     pub retention: Duration,
@@ -70,6 +70,9 @@ pub struct ParkRequest<P> {
     pub statement_text: String,
     /// The bindings, raw JSON as the driver sent them.
     pub bindings: Option<String>,
+    /// Where and how it would run, shown to reviewers: the Snowflake role, and what the request
+    /// sets besides the text (a SQL API body's database, schema, warehouse and timeout).
+    pub settings: BTreeMap<String, String>,
     /// The agent's context header (prompt or trace id), capped by the caller.
     pub agent_context: Option<String>,
     /// What approval needs.
@@ -154,6 +157,11 @@ pub struct PendingView {
     pub request_id: String,
     /// The exact statement text.
     pub statement_text: String,
+    /// The bindings, raw JSON as the driver sent them: part of what is approved.
+    pub bindings: Option<String>,
+    /// Where and how it would run: the Snowflake role, and for the SQL API the body's
+    /// database, schema, warehouse and timeout when it sets them.
+    pub settings: BTreeMap<String, String>,
     /// BLAKE3 of the text and bindings, hex: what an approval is bound to.
     pub statement_hash: String,
     /// The agent's context.
@@ -244,6 +252,7 @@ struct Item<P> {
     agent_groups: Vec<String>,
     statement_text: String,
     bindings: Option<String>,
+    settings: BTreeMap<String, String>,
     statement_hash: String,
     agent_context: Option<String>,
     requirement: ReviewRequirement,
@@ -254,7 +263,7 @@ struct Item<P> {
     decided_at_unix_ms: Option<u64>,
     payload: Option<P>,
     payload_bytes: usize,
-    /// What the item holds: text, bindings, context, and the payload while it is kept.
+    /// What the item holds: text, bindings, settings, context, and the payload while it is kept.
     weight_bytes: usize,
 }
 
@@ -397,6 +406,7 @@ impl<P> Ledger<P> {
         }
         let weight_bytes = request.statement_text.len()
             + request.bindings.as_ref().map_or(0, String::len)
+            + request.settings.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>()
             + request.agent_context.as_ref().map_or(0, String::len)
             + request.payload_bytes;
         if self.items.len() >= self.limits.items_max
@@ -416,6 +426,7 @@ impl<P> Ledger<P> {
             agent_groups: request.agent_groups,
             statement_text: request.statement_text,
             bindings: request.bindings,
+            settings: request.settings,
             statement_hash: hash,
             agent_context: request.agent_context,
             requirement: request.requirement,
@@ -473,6 +484,8 @@ impl<P> Ledger<P> {
                     session_id: item.key.session_id,
                     request_id: item.key.request_id.clone(),
                     statement_text: item.statement_text.clone(),
+                    bindings: item.bindings.clone(),
+                    settings: item.settings.clone(),
                     statement_hash: item.statement_hash.clone(),
                     agent_context: item.agent_context.clone(),
                     rule_name: item.rule_name.clone(),
@@ -653,6 +666,7 @@ mod tests {
             agent_groups: vec!["analysts".into()],
             statement_text: text.into(),
             bindings: None,
+            settings: BTreeMap::new(),
             agent_context: Some("trace-1".into()),
             requirement: requirement(2),
             rule_name: Some("writes need review".into()),
@@ -810,7 +824,16 @@ mod tests {
     #[test]
     fn list_pending_shows_what_reviewers_need() {
         let mut ledger = Ledger::new(LedgerLimits::default());
-        let first = ledger.park(request("r1", "insert into t values (1)"), T0).unwrap().query_id;
+        let settings = BTreeMap::from([("role".to_owned(), "ANALYST".to_owned()), ("database".into(), "PROD".into())]);
+        let first = ParkRequest {
+            bindings: Some(r#"{"1":{"type":"FIXED","value":"1"}}"#.into()),
+            settings: settings.clone(),
+            ..request("r1", "insert into t values (?)")
+        };
+        let first = ledger.park(first, T0).unwrap().query_id;
+        // What is shown is held, and counts against the store's bound.
+        let shown = r#"{"1":{"type":"FIXED","value":"1"}}"#.len() + "roleANALYSTdatabasePROD".len();
+        assert_eq!(ledger.stored_bytes(), "insert into t values (?)".len() + "trace-1".len() + shown + 4);
         ledger.park(request("r2", "insert into t values (2)"), T0 + 1_000).unwrap();
         ledger.approve(&first, &reviewer("alice"), "ok", T0 + 2_000).unwrap();
         let pending = ledger.list_pending(T0 + 3_000);
@@ -818,6 +841,8 @@ mod tests {
         assert_eq!(pending[0].query_id, first);
         assert_eq!(pending[0].age_ms, 3_000);
         assert_eq!(pending[0].agent_context.as_deref(), Some("trace-1"));
+        assert_eq!(pending[0].bindings.as_deref(), Some(r#"{"1":{"type":"FIXED","value":"1"}}"#));
+        assert_eq!(pending[0].settings, settings);
         assert_eq!(pending[0].approvals.len(), 1);
         assert_eq!(pending[1].statement_text, "insert into t values (2)");
         assert_ne!(statement_hash("a", Some("b")), statement_hash("ab", None));

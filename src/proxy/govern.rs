@@ -18,6 +18,7 @@
 //!   `chunkHeaders` are dropped, and the answer's `chunkHeaders` make the driver present its
 //!   own session token with each chunk download, which binds the grant to the session.
 
+use std::collections::BTreeMap;
 use std::sync::MutexGuard;
 use std::time::Duration;
 
@@ -308,12 +309,49 @@ fn park(
     };
     let key = RequestKey { sub: claims.sub.clone(), session_id: claims.session_id.unwrap_or(0), request_id };
     let subject = Subject { sub: claims.sub.clone(), groups: claims.groups.clone() };
-    let statement = (query.sql_text.clone(), query.bindings.clone());
+    let statement = ForReview {
+        text: query.sql_text.clone(),
+        bindings: query.bindings.clone(),
+        settings: BTreeMap::from([("role".to_owned(), claims.role.clone())]),
+    };
     match enter_ledger(core, capture, key, &subject, statement, requirement, rule, payload) {
         Ok(query_id) => in_progress(&query_id, query.async_exec, message),
         Err(e @ LedgerError::RequestIdReused) => refuse(capture, codes::BAD_REQUEST, &e.to_string()),
         Err(e) => refuse(capture, codes::REVIEW_FULL, &e.to_string()),
     }
+}
+
+/// What reviewers see of a statement besides its rule and its agent.
+struct ForReview {
+    text: String,
+    bindings: Option<String>,
+    /// The Snowflake role it runs as, and what else its request sets ([`sql_api_settings`]).
+    settings: BTreeMap<String, String>,
+}
+
+/// The longest setting shown to reviewers, in bytes (a longer one is cut, marked `…`).
+const SETTING_BYTES_MAX: usize = 256;
+
+/// What a SQL API body (as it would go upstream) sets besides its text, for reviewers: the
+/// role it runs as, and the body's database, schema, warehouse and timeout when given.
+fn sql_api_settings(body: &[u8], role: &str) -> BTreeMap<String, String> {
+    let mut settings = BTreeMap::from([("role".to_owned(), role.to_owned())]);
+    let Ok(document) = serde_json::from_slice::<Map<String, Value>>(body) else { return settings };
+    for field in ["database", "schema", "warehouse", "timeout"] {
+        let value = match document.get(field) {
+            Some(Value::String(text)) => text.clone(),
+            Some(Value::Number(number)) => number.to_string(),
+            _ => continue,
+        };
+        let shown = if value.len() > SETTING_BYTES_MAX {
+            let cut = (0..=SETTING_BYTES_MAX).rev().find(|&i| value.is_char_boundary(i)).unwrap_or(0);
+            format!("{}…", &value[..cut])
+        } else {
+            value
+        };
+        settings.insert(field.to_owned(), shown);
+    }
+    settings
 }
 
 /// Parks a statement (either protocol) and notes it in `capture`; returns its gateway id.
@@ -325,7 +363,7 @@ fn enter_ledger(
     capture: &mut Capture,
     key: RequestKey,
     subject: &Subject,
-    (statement_text, bindings): (String, Option<String>),
+    statement: ForReview,
     requirement: ReviewRequirement,
     rule: String,
     payload: ParkedStatement,
@@ -333,8 +371,9 @@ fn enter_ledger(
     let request = ParkRequest {
         key,
         agent_groups: subject.groups.clone(),
-        statement_text,
-        bindings,
+        statement_text: statement.text,
+        bindings: statement.bindings,
+        settings: statement.settings,
         agent_context: capture.agent_context().map(str::to_owned),
         requirement,
         rule_name: Some(rule.clone()),
@@ -507,6 +546,11 @@ pub fn park_sql_api(
     // The SQL API's `requestId` makes a retried submit find its parked statement again;
     // without one, every submit is a statement of its own.
     let request_id = capture.request_id().map_or_else(|| uuid::Uuid::new_v4().hyphenated().to_string(), str::to_owned);
+    let statement = ForReview {
+        text: capture.sql_text().unwrap_or_default().to_owned(),
+        bindings: capture.bindings().map(str::to_owned),
+        settings: sql_api_settings(&body, role),
+    };
     let payload = ParkedStatement {
         target: head.target.clone(),
         headers,
@@ -516,7 +560,6 @@ pub fn park_sql_api(
         role: Some(role.to_owned()),
     };
     let key = RequestKey { sub: subject.sub.clone(), session_id: SQL_API_SESSION, request_id };
-    let statement = (capture.sql_text().unwrap_or_default().to_owned(), capture.bindings().map(str::to_owned));
     match enter_ledger(core, capture, key, subject, statement, requirement, rule, payload) {
         Ok(handle) => sql_api_in_progress(&handle, &message),
         Err(e @ LedgerError::RequestIdReused) => refuse_sql_api(capture, 422, codes::BAD_REQUEST, &e.to_string()),
@@ -933,4 +976,30 @@ pub async fn chunk(core: &Core, head: &RequestHead, grant: &str, capture: &mut C
     }
     gateway.metrics.values_masked.fetch_add(values_masked, std::sync::atomic::Ordering::Relaxed);
     Answer::own(200, buffer.freeze())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reviewers_see_what_a_sql_api_body_sets() {
+        let body = serde_json::json!({"statement": "delete from t", "database": "PROD", "schema": "SALES",
+            "warehouse": "WH", "timeout": 60, "role": "IGNORED", "parameters": {"x": 1}, "bindings": null});
+        let settings = sql_api_settings(body.to_string().as_bytes(), "ANALYST");
+        let expected: BTreeMap<String, String> =
+            [("role", "ANALYST"), ("database", "PROD"), ("schema", "SALES"), ("warehouse", "WH"), ("timeout", "60")]
+                .into_iter()
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .collect();
+        assert_eq!(settings, expected);
+        // Long values are cut on a character boundary, and say so.
+        let long = serde_json::json!({"database": "é".repeat(200)});
+        let cut = &sql_api_settings(long.to_string().as_bytes(), "R")["database"];
+        assert!(cut.ends_with('…') && cut.len() <= SETTING_BYTES_MAX + '…'.len_utf8(), "{cut}");
+        // Objects, arrays, booleans and broken bodies show the role only.
+        let odd = serde_json::json!({"database": ["a"], "schema": {"a": 1}, "warehouse": true});
+        assert_eq!(sql_api_settings(odd.to_string().as_bytes(), "R").len(), 1);
+        assert_eq!(sql_api_settings(b"not json", "R"), BTreeMap::from([("role".to_owned(), "R".to_owned())]));
+    }
 }

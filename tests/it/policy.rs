@@ -143,6 +143,8 @@ fn a_reviewed_write_waits_for_approval_then_runs_once() {
     assert_eq!(item["statement_text"], "INSERT INTO REVIEWED VALUES (1, 'approved-row')", "{item}");
     assert_eq!(item["sub"], "agent-7");
     assert_eq!(item["rule_name"], "writes need a DBA");
+    assert_eq!(item["settings"], json!({"role": "ANALYST"}), "{item}");
+    assert_eq!(item["bindings"], Value::Null, "{item}");
     assert_eq!(count(&setup.upstream.sent(), "INSERT INTO REVIEWED"), 0, "the write ran before approval");
     // Parked for a while: the driver keeps polling, held by the gateway, without storming.
     std::thread::sleep(Duration::from_secs(3));
@@ -326,7 +328,7 @@ fn a_sql_api_statement_under_review_waits_for_approval_then_runs_once_masked() {
         [("", "select * from medium"), ("&async=true", "select * from medium slow")].into_iter().enumerate()
     {
         let target = format!("/api/v2/statements?requestId=00000000-0000-4000-8000-00000000000{n}{query}");
-        let body = json!({"statement": statement, "timeout": 60});
+        let body = json!({"statement": statement, "timeout": 60, "database": "TESTDB", "warehouse": "WH_AGENTS"});
         let parked = client.post_json(&target, &sql_api_headers(&owner), &body, false).unwrap();
         assert_eq!(parked.status, 202, "{parked:?}");
         let parked = parked.json().unwrap();
@@ -342,6 +344,9 @@ fn a_sql_api_statement_under_review_waits_for_approval_then_runs_once_masked() {
         assert_eq!(item["query_id"], handle.as_str(), "{item}");
         assert_eq!(item["statement_text"], statement, "{item}");
         assert_eq!(item["rule_name"], "customer reads need a DBA", "{item}");
+        // Reviewers see where it would run: the role the gateway sets, and what the body sets.
+        let settings = json!({"role": "ANALYST", "database": "TESTDB", "warehouse": "WH_AGENTS", "timeout": "60"});
+        assert_eq!(item["settings"], settings, "{item}");
         let waiting = client.get(&format!("/api/v2/statements/{handle}"), &sql_api_headers(&owner)).unwrap();
         assert_eq!(waiting.status, 202, "{waiting:?}");
         for (bearer, path) in [

@@ -30,6 +30,9 @@ const STATEMENT_CHARS_SHOWN: usize = 60;
 /// Characters shown of other free-text columns (identity, rule).
 const NAME_CHARS_SHOWN: usize = 24;
 
+/// Characters shown of where a statement runs and of its bindings (`--json` has them whole).
+const SETTINGS_CHARS_SHOWN: usize = 40;
+
 /// Where the admin API is and who is asking.
 #[derive(Debug, clap::Args)]
 pub struct ApprovalsArgs {
@@ -376,7 +379,18 @@ fn render_list(body: &Value) -> anyhow::Result<String> {
         return Ok("No statements are waiting for your review.\n".to_owned());
     }
     let text = |item: &Value, key: &str| item.get(key).and_then(Value::as_str).unwrap_or("").to_owned();
-    let rows: Vec<[String; 6]> = pending
+    // Where it would run: the role, and the database (and schema) a SQL API body names.
+    let runs_as = |item: &Value| {
+        let setting = |key: &str| item.get("settings").and_then(|s| s.get(key)).and_then(Value::as_str);
+        let place = match (setting("database"), setting("schema")) {
+            (Some(database), Some(schema)) => format!(" in {database}.{schema}"),
+            (Some(database), None) => format!(" in {database}"),
+            (None, Some(schema)) => format!(" in schema {schema}"),
+            (None, None) => String::new(),
+        };
+        format!("{}{place}", setting("role").unwrap_or("?"))
+    };
+    let rows: Vec<[String; 8]> = pending
         .iter()
         .map(|item| {
             let approvals = item.get("approvals").and_then(Value::as_array).map_or(0, Vec::len);
@@ -387,11 +401,13 @@ fn render_list(body: &Value) -> anyhow::Result<String> {
                 cell(&text(item, "sub"), NAME_CHARS_SHOWN),
                 cell(&text(item, "rule_name"), NAME_CHARS_SHOWN),
                 format!("{approvals}/{required}"),
+                cell(&runs_as(item), SETTINGS_CHARS_SHOWN),
+                cell(&text(item, "bindings"), SETTINGS_CHARS_SHOWN),
                 cell(&text(item, "statement_text"), STATEMENT_CHARS_SHOWN),
             ]
         })
         .collect();
-    let header = ["QUERY ID", "AGE", "SUB", "RULE", "APPROVALS", "STATEMENT"].map(str::to_owned);
+    let header = ["QUERY ID", "AGE", "SUB", "RULE", "APPROVALS", "RUNS AS", "BINDINGS", "STATEMENT"].map(str::to_owned);
     let mut widths = header.clone().map(|h| h.chars().count());
     for row in &rows {
         for (width, value) in widths.iter_mut().zip(row) {

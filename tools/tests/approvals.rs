@@ -55,7 +55,11 @@ fn park(ledger: &TestLedger, request_id: &str, statement_text: &str, approvals: 
         key: RequestKey { sub: "agent-7".into(), session_id: 42, request_id: request_id.into() },
         agent_groups: vec!["analysts".into()],
         statement_text: statement_text.into(),
-        bindings: None,
+        bindings: Some(r#"{"1":{"type":"TEXT","value":"EU"}}"#.into()),
+        settings: [("role", "ANALYST"), ("database", "SALES_DB"), ("schema", "PUBLIC")]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect(),
         agent_context: None,
         requirement: ReviewRequirement {
             approvals,
@@ -108,7 +112,16 @@ fn list_prints_a_table_and_the_raw_json() {
     let lines: Vec<&str> = table.lines().collect();
     assert_eq!(lines.len(), 2, "{table}");
     assert!(lines[0].starts_with("QUERY ID"), "{table}");
-    for expected in [id.as_str(), "1m0", "agent-7", "deletes need a dba", "0/1", "delete from sales.orders where"] {
+    for expected in [
+        id.as_str(),
+        "1m0",
+        "agent-7",
+        "deletes need a dba",
+        "0/1",
+        "ANALYST in SALES_DB.PUBLIC",
+        r#"{"1":{"type":"TEXT","value":"EU"}}"#,
+        "delete from sales.orders where",
+    ] {
         assert!(lines[1].contains(expected), "missing {expected:?} in {table}");
     }
     // The statement is cut, flattened, and its terminal escape defused.
@@ -120,6 +133,8 @@ fn list_prints_a_table_and_the_raw_json() {
     let json: serde_json::Value = serde_json::from_str(&stdout(&output)).unwrap();
     assert_eq!(json["pending"][0]["query_id"], id.as_str());
     assert_eq!(json["pending"][0]["statement_text"], long.as_str());
+    assert_eq!(json["pending"][0]["bindings"], r#"{"1":{"type":"TEXT","value":"EU"}}"#);
+    assert_eq!(json["pending"][0]["settings"]["database"], "SALES_DB");
 
     // A caller who reviews nothing sees nothing.
     let output = approvals(&server, Some("token-eve"), &["list"]);
