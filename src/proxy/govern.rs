@@ -428,6 +428,10 @@ pub async fn poll_parked(
     let session_id = claims.session_id.unwrap_or(0);
     let hold_until = std::time::Instant::now() + core.gateway.config.approvals.poll_hold;
     loop {
+        // The session may expire while the poll is held: nothing runs or answers past it.
+        if claims.expires_at_unix_ms <= unix_millis() {
+            return Some(refuse(capture, codes::SESSION_EXPIRED, "Session token expired."));
+        }
         let state = ledger(core).poll(query_id, &claims.sub, session_id, unix_millis());
         return Some(match state {
             Err(LedgerError::NotFound) => return None,

@@ -463,7 +463,7 @@ async fn login(core: &Core, head: &RequestHead, body: Bytes, capture: &mut Captu
     }
     // The session ends with the OIDC token: the allowed skew on `exp` counts, as at the check.
     let identity_expires_at_unix_ms =
-        identity.expires_at_unix.saturating_add(gateway.config.identity.verifier.leeway.as_secs()).saturating_mul(1000);
+        login::identity_end_unix_ms(identity.expires_at_unix, gateway.config.identity.verifier.leeway.as_secs());
     let owner =
         SessionOwner { sub: identity.sub, groups: identity.groups, role: role.to_owned(), identity_expires_at_unix_ms };
     match login::seal_login_response(&response.body, &gateway.sealer, &owner, unix_millis()) {

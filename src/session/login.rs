@@ -134,6 +134,12 @@ pub struct SealedAnswer {
     pub session_id: Option<i64>,
 }
 
+/// When an identity whose OIDC token has `exp` (Unix seconds) ends, in Unix milliseconds: the
+/// clock skew the check allowed counts, so a token accepted at login is not expired at once.
+pub fn identity_end_unix_ms(exp_unix: u64, leeway_secs: u64) -> u64 {
+    exp_unix.saturating_add(leeway_secs).saturating_mul(1000)
+}
+
 /// When a validity of `field` seconds (or `default` when absent) that starts at `now_unix_ms`
 /// ends, in Unix milliseconds. Saturates: upstream's numbers are not trusted to be sane.
 fn expiry_ms(now_unix_ms: u64, data: &Map<String, Value>, field: &str, default: u64) -> u64 {
@@ -419,6 +425,20 @@ mod tests {
         let out: Value = serde_json::from_slice(&answer.body).unwrap();
         let claims = s.open(TokenKind::Session, out["data"]["token"].as_str().unwrap(), 5_000_000).unwrap();
         assert_eq!(claims.expires_at_unix_ms, 5_100_000);
+    }
+
+    #[test]
+    fn the_identity_ends_at_exp_plus_the_allowed_skew_in_milliseconds() {
+        assert_eq!(identity_end_unix_ms(1_700_000_000, 60), 1_700_000_060_000);
+        assert_eq!(identity_end_unix_ms(1_700_000_000, 0), 1_700_000_000_000);
+        assert_eq!(identity_end_unix_ms(u64::MAX - 5, 60), u64::MAX);
+        // A token sealed with an end beyond its expiry opens until the end only.
+        let claims =
+            TokenClaims { identity_expires_at_unix_ms: 1_000, ..claims_for(&owner(), "S".into(), None, 5_000) };
+        let s = sealer();
+        let token = s.seal(TokenKind::Session, &claims);
+        assert!(s.open(TokenKind::Session, &token, 999).is_ok());
+        assert_eq!(s.open(TokenKind::Session, &token, 1_000), Err(crate::session::token::TokenError::Expired));
     }
 
     #[test]

@@ -1,9 +1,11 @@
 //! Sealed tokens: what agents hold instead of Snowflake's session and master tokens. No I/O.
 //!
 //! A sealed token is `sg1.` followed by base64url(nonce ‖ AES-256-GCM(claims)), the claims
-//! being a small JSON object with the upstream token, the identity, the Snowflake session id
-//! and an expiry (never past the expiry of the OIDC token the session was opened with). Any gateway instance holding the key can open it, so instances share no
-//! session state. The token kind (session or master) is bound as associated data, so a session
+//! being a small JSON object with the upstream token, the identity, the Snowflake session id,
+//! an expiry, and the end of the OIDC token the session was opened with, which no token of the
+//! session outlives. Any gateway instance holding the key can open it, so instances share no
+//! session state. Tokens sealed before the identity's end was a claim do not open (the agent
+//! logs in again). The token kind (session or master) is bound as associated data, so a session
 //! token can never be replayed where a master token is expected.
 //!
 //! Keys rotate by listing several: the first seals, every one opens.
@@ -174,10 +176,13 @@ impl Sealer {
         Err(TokenError::Forged)
     }
 
-    /// Opens a token of the given kind and checks it has not expired at `now_unix_ms`.
+    /// Opens a token of the given kind and checks that neither it nor the identity it was
+    /// issued for has expired at `now_unix_ms`.
     pub fn open(&self, kind: TokenKind, token: &str, now_unix_ms: u64) -> Result<TokenClaims, TokenError> {
         let claims = self.open_ignoring_expiry(kind, token)?;
-        if claims.expires_at_unix_ms <= now_unix_ms {
+        // Sealing caps the expiry at the identity's end already; checking both keeps that
+        // true whoever sealed the token.
+        if claims.expires_at_unix_ms.min(claims.identity_expires_at_unix_ms) <= now_unix_ms {
             return Err(TokenError::Expired);
         }
         Ok(claims)

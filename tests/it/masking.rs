@@ -256,7 +256,7 @@ fn a_chunk_url_ends_with_the_agents_oidc_token() {
         GatewayOptions { policy: Some(MASKING_POLICY.into()), jwks: Some(jwks), ..Default::default() },
     );
     let mut client = gateway.client();
-    let exp = now_unix() + 2;
+    let exp = now_unix() + 4;
     let login = login(&mut client, &agent_token(json!({ "exp": exp }))).json().unwrap();
     let session = login["data"]["token"].as_str().unwrap().to_owned();
     let answer = query(&mut client, &session, "select * from chunked_json").json().unwrap();

@@ -304,6 +304,48 @@ fn decide(gateway: &TestGateway, query_id: &str, verdict: &str, reason: &str) {
     assert_eq!(status, 200, "{body}");
 }
 
+/// A driver's poll held while a statement waits for review does not outlive its session: an
+/// approval that lands after the session expired runs nothing on that poll (390112), and the
+/// statement runs once the driver has renewed the session.
+#[test]
+fn an_approval_after_the_session_expired_waits_for_the_renewal() {
+    use snowgate_perf::EndpointKind;
+    let upstream = double(|c| c.session_validity_secs = 2);
+    let policy = SQL_API_REVIEW_POLICY.replace("poll_hold_ms = 1000", "poll_hold_ms = 6000");
+    let gateway = TestGateway::start(&upstream.url(), GatewayOptions { policy: Some(policy), ..Default::default() });
+    let mut client = gateway.client();
+    let (session, master) = login_ok(&mut client);
+    let parked = query(&mut client, &session, "select * from medium").json().unwrap();
+    assert_eq!(parked["code"], "333333", "{parked}");
+    let query_id = parked["data"]["queryId"].as_str().unwrap().to_owned();
+    let result = format!("/queries/{query_id}/result");
+
+    // Held from before the session expires (2 s) until after the approval (3 s).
+    let mut poller = gateway.client();
+    let (target, auth) = (result.clone(), authorization(&session));
+    let held = std::thread::spawn(move || poller.get(&target, &[("authorization", &auth)]).unwrap());
+    std::thread::sleep(Duration::from_secs(3));
+    decide(&gateway, &query_id, "approve", "a read for the test");
+    let held = held.join().unwrap();
+    assert_refused(&held, "390112");
+    assert_eq!(upstream.stats.requests(EndpointKind::Query), 0, "the statement ran for an expired session");
+
+    let renewal = client
+        .post_json(
+            "/session/token-request?requestId=1",
+            &[("authorization", &authorization(&master.unwrap()))],
+            &json!({"oldSessionToken": session, "requestType": "RENEW"}),
+            true,
+        )
+        .unwrap()
+        .json()
+        .unwrap();
+    let renewed = renewal["data"]["sessionToken"].as_str().unwrap();
+    let answer = client.get(&result, &[("authorization", &authorization(renewed))]).unwrap().json().unwrap();
+    assert_eq!(answer["success"], true, "{answer}");
+    assert_eq!(upstream.stats.requests(EndpointKind::Query), 1);
+}
+
 /// The SQL API parks a statement under review too: the agent gets a 202 with a gateway
 /// statement handle, polls it until a reviewer decides, and then gets the statement's answer
 /// (run exactly once, masked, every partition through either handle) or the refusal; no other

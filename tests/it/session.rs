@@ -156,13 +156,13 @@ fn expired_sessions_renew_through_the_master_token() {
 
 #[test]
 fn a_session_ends_when_the_agents_oidc_token_expires() {
-    // Snowflake's tokens would last an hour and four; the agent's OIDC token lasts 2 seconds
+    // Snowflake's tokens would last an hour and four; the agent's OIDC token lasts 4 seconds
     // (no clock skew allowed here). Without the cap the session would outlive it.
     let upstream = double(|_| {});
     let jwks = format!("jwks_file = \"{}\"\nleeway_secs = 0", key_path("jwks.json").display());
     let gateway = TestGateway::start(&upstream.url(), GatewayOptions { jwks: Some(jwks), ..Default::default() });
     let mut client = gateway.client();
-    let exp = now_unix() + 2;
+    let exp = now_unix() + 4;
     let answer = login(&mut client, &agent_token(json!({ "exp": exp }))).json().unwrap();
     assert_eq!(answer["success"], true, "{answer}");
     let session = answer["data"]["token"].as_str().unwrap().to_owned();

@@ -345,7 +345,14 @@ fn parse_answer(mut raw: &[u8], method: Method) -> anyhow::Result<(u16, &[u8])> 
 /// Replaces control characters (terminal escapes, newlines) so untrusted text prints on one
 /// line and cannot drive the terminal.
 fn sanitize(text: &str) -> String {
-    text.chars().map(|c| if c.is_control() { ' ' } else { c }).collect()
+    text.chars().map(|c| if c.is_control() || reorders(c) { ' ' } else { c }).collect()
+}
+
+/// Invisible characters that change how a terminal shows the text around them: bidirectional
+/// embeddings, overrides, isolates and marks, and zero-width characters. Agents choose
+/// statement text, bindings and database names, so one could make a row read otherwise.
+fn reorders(c: char) -> bool {
+    matches!(c, '\u{061C}' | '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{2069}' | '\u{FEFF}')
 }
 
 /// Sanitises, collapses whitespace runs, and cuts to `chars_max` characters with `…`.
@@ -470,6 +477,8 @@ mod tests {
     fn cells_are_flat_short_and_free_of_control_characters() {
         assert_eq!(cell("delete\n  from\tt", 60), "delete from t");
         assert_eq!(cell("select \u{1b}[31mred", 60), "select [31mred");
+        // A right-to-left override would show `delete … where 1=1` reordered.
+        assert_eq!(cell("ok\u{202E}1=1 erehw\u{2066}x\u{200B}y\u{FEFF}", 60), "ok 1=1 erehw x y");
         assert_eq!(cell("abcdefghij", 5), "abcd…");
         assert_eq!(
             (age(59_999), age(65_000), age(7_260_000), age(90_000_000)),
