@@ -330,16 +330,7 @@ fn an_approval_after_the_session_expired_waits_for_the_renewal() {
     assert_refused(&held, "390112");
     assert_eq!(upstream.stats.requests(EndpointKind::Query), 0, "the statement ran for an expired session");
 
-    let renewal = client
-        .post_json(
-            "/session/token-request?requestId=1",
-            &[("authorization", &authorization(&master.unwrap()))],
-            &json!({"oldSessionToken": session, "requestType": "RENEW"}),
-            true,
-        )
-        .unwrap()
-        .json()
-        .unwrap();
+    let renewal = renew(&mut client, &master.unwrap(), &session).json().unwrap();
     let renewed = renewal["data"]["sessionToken"].as_str().unwrap();
     let answer = client.get(&result, &[("authorization", &authorization(renewed))]).unwrap().json().unwrap();
     assert_eq!(answer["success"], true, "{answer}");

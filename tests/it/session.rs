@@ -67,14 +67,7 @@ fn the_agent_never_receives_credentials_or_snowflake_tokens() {
         std::thread::sleep(Duration::from_millis(1100));
         let expired = query(&mut client, &session, "select 1");
         received.push(format!("{expired:?}"));
-        let renewal = client
-            .post_json(
-                "/session/token-request?requestId=1",
-                &[("authorization", &authorization(&master))],
-                &json!({"oldSessionToken": session, "requestType": "RENEW"}),
-                true,
-            )
-            .unwrap();
+        let renewal = renew(&mut client, &master, &session);
         received.push(format!("{renewal:?}"));
         let renewed = renewal.json().unwrap()["data"]["sessionToken"].as_str().unwrap().to_owned();
         let heartbeat = client.post_json(
@@ -126,16 +119,7 @@ fn expired_sessions_renew_through_the_master_token() {
     std::thread::sleep(Duration::from_millis(1100));
     // The gateway itself says the session expired: drivers renew on 390112.
     assert_refused(&query(&mut client, &session, "select 1"), "390112");
-    let renewal = client
-        .post_json(
-            "/session/token-request?requestId=1",
-            &[("authorization", &authorization(&master))],
-            &json!({"oldSessionToken": session, "requestType": "RENEW"}),
-            true,
-        )
-        .unwrap()
-        .json()
-        .unwrap();
+    let renewal = renew(&mut client, &master, &session).json().unwrap();
     assert_eq!(renewal["success"], true, "{renewal}");
     let renewed = renewal["data"]["sessionToken"].as_str().unwrap();
     assert!(renewed.starts_with("sg1.") && renewal["data"]["masterToken"].as_str().unwrap().starts_with("sg1."));
@@ -143,14 +127,7 @@ fn expired_sessions_renew_through_the_master_token() {
 
     // The master token cannot stand in for a session token, nor the reverse.
     assert_refused(&query(&mut client, &master, "select 1"), "390104");
-    let swapped = client
-        .post_json(
-            "/session/token-request?requestId=2",
-            &[("authorization", &authorization(renewed))],
-            &json!({"oldSessionToken": renewed, "requestType": "RENEW"}),
-            false,
-        )
-        .unwrap();
+    let swapped = renew(&mut client, renewed, renewed);
     assert_refused(&swapped, "390115");
 }
 
@@ -175,14 +152,7 @@ fn a_session_ends_when_the_agents_oidc_token_expires() {
     }
     // Past the identity's end: the session has expired, and renewing it asks for a new login.
     assert_refused(&query(&mut client, &session, "select 1"), "390112");
-    let renewal = client
-        .post_json(
-            "/session/token-request?requestId=1",
-            &[("authorization", &authorization(&master))],
-            &json!({"oldSessionToken": session, "requestType": "RENEW"}),
-            false,
-        )
-        .unwrap();
+    let renewal = renew(&mut client, &master, &session);
     assert_refused(&renewal, "390114");
     assert_eq!(upstream.stats.requests(EndpointKind::Query), queries, "a query of the expired session ran");
     assert_eq!(upstream.stats.requests(EndpointKind::TokenRequest), 0, "the expired session was renewed upstream");

@@ -328,6 +328,19 @@ pub fn login_ok_as(client: &mut Client, sub: &str) -> (String, Option<String>) {
     (session, master)
 }
 
+/// Renews a session the way drivers do: `token-request` with `master` as the authorization and
+/// the old session token in the body. Returns the answer.
+pub fn renew(client: &mut Client, master: &str, old_session: &str) -> ClientResponse {
+    client
+        .post_json(
+            "/session/token-request?requestId=1",
+            &[("authorization", &authorization(master))],
+            &json!({"oldSessionToken": old_session, "requestType": "RENEW"}),
+            true,
+        )
+        .unwrap()
+}
+
 pub fn authorization(token: &str) -> String {
     format!("Snowflake Token=\"{token}\"")
 }
