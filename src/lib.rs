@@ -20,6 +20,7 @@ pub mod http;
 pub mod identity;
 mod json;
 pub mod mask;
+mod oneshot;
 pub mod policy;
 pub mod proxy;
 pub mod record;

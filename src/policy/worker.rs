@@ -9,20 +9,21 @@
 //! [`ClassifierPool::classify`] fails at once ([`ClassifyError::QueueFull`]) and the caller
 //! refuses the statement (fail closed). The caller applies its own timeout around the future.
 //!
-//! The future is a oneshot built on `Arc<Mutex<…>>` and a `Waker`: monoio runs with its `sync`
-//! feature, so a waker may be woken from a classifier thread.
+//! The future is a [`crate::oneshot`]: a classifier thread that dies unanswered answers
+//! [`ClassifyError::WorkerGone`].
 
 use std::future::Future;
 use std::io;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::pin::Pin;
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::task::{Context, Poll, Waker};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::thread::JoinHandle;
 
 use super::classify::classify;
 use super::model::{Classified, Limits};
+use crate::oneshot;
 
 /// Why a classification did not produce a result. None of these is the agent's fault alone;
 /// the caller refuses the statement in every case.
@@ -58,69 +59,23 @@ impl Default for PoolConfig {
 
 type Outcome = Result<Classified, ClassifyError>;
 
-#[derive(Default)]
-struct Slot {
-    outcome: Option<Outcome>,
-    waker: Option<Waker>,
-}
-
-fn lock(slot: &Mutex<Slot>) -> MutexGuard<'_, Slot> {
-    // A poisoned slot still holds a consistent Option: the data is usable.
-    slot.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
 /// The sending half: answers once; if dropped unanswered, answers `WorkerGone`.
-struct Reply {
-    slot: Arc<Mutex<Slot>>,
-    sent: bool,
-}
+type Reply = oneshot::Sender<Outcome>;
 
-impl Reply {
-    fn send(mut self, outcome: Outcome) {
-        self.deliver(outcome);
-    }
-
-    fn deliver(&mut self, outcome: Outcome) {
-        self.sent = true;
-        let waker = {
-            let mut slot = lock(&self.slot);
-            slot.outcome = Some(outcome);
-            slot.waker.take()
-        };
-        if let Some(waker) = waker {
-            waker.wake();
-        }
-    }
-}
-
-impl Drop for Reply {
-    fn drop(&mut self) {
-        if !self.sent {
-            self.deliver(Err(ClassifyError::WorkerGone));
-        }
-    }
+fn worker_gone() -> Outcome {
+    Err(ClassifyError::WorkerGone)
 }
 
 /// The result of [`ClassifierPool::classify`], to await.
 pub struct ClassifyFuture {
-    slot: Arc<Mutex<Slot>>,
+    reply: oneshot::Receiver<Outcome>,
 }
 
 impl Future for ClassifyFuture {
     type Output = Outcome;
 
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Outcome> {
-        let mut slot = lock(&self.slot);
-        match slot.outcome.take() {
-            Some(outcome) => Poll::Ready(outcome),
-            None => {
-                match &slot.waker {
-                    Some(waker) if waker.will_wake(cx.waker()) => {}
-                    _ => slot.waker = Some(cx.waker().clone()),
-                }
-                Poll::Pending
-            }
-        }
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Outcome> {
+        Pin::new(&mut self.reply).poll(cx)
     }
 }
 
@@ -157,8 +112,7 @@ impl ClassifierPool {
     /// so a reloaded policy's limits apply at once). Never blocks: a full queue resolves the
     /// future at once with [`ClassifyError::QueueFull`].
     pub fn classify(&self, text: String, limits: Limits) -> ClassifyFuture {
-        let slot = Arc::new(Mutex::new(Slot::default()));
-        let reply = Reply { slot: Arc::clone(&slot), sent: false };
+        let (reply, answer) = oneshot::channel(worker_gone);
         let job = Job { text, limits, reply };
         match &self.sender {
             Some(sender) => match sender.try_send(job) {
@@ -168,7 +122,7 @@ impl ClassifierPool {
             },
             None => job.reply.send(Err(ClassifyError::WorkerGone)),
         }
-        ClassifyFuture { slot }
+        ClassifyFuture { reply: answer }
     }
 
     /// Stops taking work, lets the threads finish what is queued, and joins them.
@@ -214,6 +168,8 @@ fn worker_loop(receiver: &Mutex<Receiver<Job>>) {
 
 #[cfg(test)]
 mod tests {
+    use std::task::Waker;
+
     use super::*;
 
     #[test]
@@ -299,9 +255,9 @@ mod tests {
         let mut pool = ClassifierPool::start(PoolConfig { threads: 1, ..PoolConfig::default() }).unwrap();
         pool.sender.take();
         assert_eq!(block_on(pool.classify("select 1".into(), Limits::default())), Err(ClassifyError::WorkerGone));
-        let slot = Arc::new(Mutex::new(Slot::default()));
-        drop(Reply { slot: Arc::clone(&slot), sent: false });
-        assert_eq!(block_on(ClassifyFuture { slot }), Err(ClassifyError::WorkerGone));
+        let (reply, answer) = oneshot::channel(worker_gone);
+        drop(reply);
+        assert_eq!(block_on(ClassifyFuture { reply: answer }), Err(ClassifyError::WorkerGone));
     }
 
     #[test]

@@ -5,11 +5,11 @@
 
 use std::io;
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs as _};
-use std::pin::Pin;
 use std::sync::mpsc::{SyncSender, TrySendError, sync_channel};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
-use std::task::{Context, Poll, Waker};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
+
+use crate::oneshot;
 
 /// Resolver threads.
 const THREADS: usize = 2;
@@ -18,40 +18,14 @@ const QUEUE_MAX: usize = 256;
 
 type Outcome = io::Result<Vec<SocketAddr>>;
 
-#[derive(Default)]
-struct Slot {
-    outcome: Option<Outcome>,
-    waker: Option<Waker>,
-}
-
-fn lock(slot: &Mutex<Slot>) -> MutexGuard<'_, Slot> {
-    // A poisoned slot still holds a consistent Option.
-    slot.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
 struct Lookup {
     host: String,
     port: u16,
-    slot: Arc<Mutex<Slot>>,
+    reply: oneshot::Sender<Outcome>,
 }
 
-struct Answer {
-    slot: Arc<Mutex<Slot>>,
-}
-
-impl Future for Answer {
-    type Output = Outcome;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Outcome> {
-        let mut slot = lock(&self.slot);
-        match slot.outcome.take() {
-            Some(outcome) => Poll::Ready(outcome),
-            None => {
-                slot.waker = Some(cx.waker().clone());
-                Poll::Pending
-            }
-        }
-    }
+fn resolver_gone() -> Outcome {
+    Err(io::Error::other("the resolver thread stopped"))
 }
 
 fn queue() -> &'static SyncSender<Lookup> {
@@ -66,14 +40,7 @@ fn queue() -> &'static SyncSender<Lookup> {
                     let next = receiver.lock().unwrap_or_else(std::sync::PoisonError::into_inner).recv();
                     let Ok(lookup) = next else { return };
                     let outcome = lookup_now(&lookup.host, lookup.port);
-                    let waker = {
-                        let mut slot = lock(&lookup.slot);
-                        slot.outcome = Some(outcome);
-                        slot.waker.take()
-                    };
-                    if let Some(waker) = waker {
-                        waker.wake();
-                    }
+                    lookup.reply.send(outcome);
                 }
             });
             if let Err(e) = spawned {
@@ -98,8 +65,8 @@ pub async fn resolve(host: &str, port: u16, deadline: Duration) -> Outcome {
     if let Ok(ip) = literal.parse::<IpAddr>() {
         return Ok(vec![SocketAddr::new(ip, port)]);
     }
-    let slot = Arc::new(Mutex::new(Slot::default()));
-    match queue().try_send(Lookup { host: host.to_owned(), port, slot: slot.clone() }) {
+    let (reply, answer) = oneshot::channel(resolver_gone);
+    match queue().try_send(Lookup { host: host.to_owned(), port, reply }) {
         Ok(()) => {}
         Err(TrySendError::Full(_)) => {
             return Err(io::Error::new(io::ErrorKind::WouldBlock, "too many host name lookups are waiting"));
@@ -108,7 +75,7 @@ pub async fn resolve(host: &str, port: u16, deadline: Duration) -> Outcome {
             return Err(io::Error::other("no resolver thread is running"));
         }
     }
-    match monoio::time::timeout(deadline, Answer { slot }).await {
+    match monoio::time::timeout(deadline, answer).await {
         Ok(outcome) => outcome,
         Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, "the host name lookup timed out")),
     }
