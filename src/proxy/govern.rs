@@ -30,7 +30,8 @@ use serde_json::{Map, Value};
 use tracing::{info, warn};
 
 use super::handler::{
-    Answer, Capture, admit, pass_through, refuse, refuse_sql_api, send, upstream_failed, upstream_session_headers,
+    Answer, Capture, admit, cut_at_char, pass_through, refuse, refuse_sql_api, send, session_expired, upstream_failed,
+    upstream_session_headers,
 };
 use super::upstream::{self, UpstreamRequest, UpstreamResponse};
 use super::{Core, unix_millis, unix_seconds};
@@ -344,8 +345,7 @@ fn sql_api_settings(body: &[u8], role: &str) -> BTreeMap<String, String> {
             _ => continue,
         };
         let shown = if value.len() > SETTING_BYTES_MAX {
-            let cut = (0..=SETTING_BYTES_MAX).rev().find(|&i| value.is_char_boundary(i)).unwrap_or(0);
-            format!("{}…", &value[..cut])
+            format!("{}…", cut_at_char(&value, SETTING_BYTES_MAX))
         } else {
             value
         };
@@ -429,10 +429,11 @@ pub async fn poll_parked(
     let hold_until = std::time::Instant::now() + core.gateway.config.approvals.poll_hold;
     loop {
         // The session may expire while the poll is held: nothing runs or answers past it.
-        if claims.expires_at_unix_ms <= unix_millis() {
-            return Some(refuse(capture, codes::SESSION_EXPIRED, "Session token expired."));
+        let now = unix_millis();
+        if claims.expires_at_unix_ms <= now {
+            return Some(session_expired(capture));
         }
-        let state = ledger(core).poll(query_id, &claims.sub, session_id, unix_millis());
+        let state = ledger(core).poll(query_id, &claims.sub, session_id, now);
         return Some(match state {
             Err(LedgerError::NotFound) => return None,
             Err(e) => refuse(capture, codes::BAD_REQUEST, &e.to_string()),

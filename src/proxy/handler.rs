@@ -273,6 +273,11 @@ pub(super) fn refuse_sql_api(capture: &mut Capture, status: u16, code: &str, mes
     Answer::own(status, sql_api_error_body(code, message))
 }
 
+/// The refusal drivers renew their session on (390112).
+pub(super) fn session_expired(capture: &mut Capture) -> Answer {
+    refuse(capture, codes::SESSION_EXPIRED, "Session token expired.")
+}
+
 pub(super) fn upstream_failed(capture: &mut Capture, error: &UpstreamError) -> Answer {
     warn!(endpoint = capture.endpoint, error = %error, "Upstream exchange failed.");
     capture.refused_code = Some(codes::UPSTREAM_INVALID.to_owned());
@@ -309,11 +314,17 @@ async fn route(core: &Core, head: &RequestHead, body: Bytes, capture: &mut Captu
 fn agent_context(head: &RequestHead, bytes_max: usize) -> Option<String> {
     let value = head.headers.get("x-agent-context")?;
     let text = String::from_utf8_lossy(value);
+    Some(cut_at_char(&text, bytes_max).to_owned())
+}
+
+/// The longest start of `text` of at most `bytes_max` bytes that ends on a character boundary
+/// (`str::floor_char_boundary`, which needs a newer Rust than the project's minimum).
+pub(super) fn cut_at_char(text: &str, bytes_max: usize) -> &str {
     let mut end = text.len().min(bytes_max);
     while !text.is_char_boundary(end) {
         end -= 1;
     }
-    Some(text[..end].to_owned())
+    &text[..end]
 }
 
 /// Inflates a gzip request body (by header or by magic bytes), capped. An oversized body is a
@@ -544,7 +555,7 @@ async fn session_request(
     };
     let claims = match gateway.sealer.open(TokenKind::Session, token, unix_millis()) {
         Ok(claims) => claims,
-        Err(TokenError::Expired) => return refuse(capture, codes::SESSION_EXPIRED, "Session token expired."),
+        Err(TokenError::Expired) => return session_expired(capture),
         Err(e) => return refuse(capture, codes::SESSION_INVALID, &format!("session token refused: {e}")),
     };
     capture.owner(&claims);
