@@ -250,10 +250,9 @@ fn chunk_urls_are_bound_to_their_session_and_expire() {
 #[test]
 fn a_chunk_url_ends_with_the_agents_oidc_token() {
     let upstream = double(|_| {});
-    let jwks = format!("jwks_file = \"{}\"\nleeway_secs = 0", key_path("jwks.json").display());
     let gateway = TestGateway::start(
         &upstream.url(),
-        GatewayOptions { policy: Some(MASKING_POLICY.into()), jwks: Some(jwks), ..Default::default() },
+        GatewayOptions { policy: Some(MASKING_POLICY.into()), jwks: Some(jwks_without_skew()), ..Default::default() },
     );
     let mut client = gateway.client();
     let exp = now_unix() + 4;

@@ -136,8 +136,8 @@ fn a_session_ends_when_the_agents_oidc_token_expires() {
     // Snowflake's tokens would last an hour and four; the agent's OIDC token lasts 4 seconds
     // (no clock skew allowed here). Without the cap the session would outlive it.
     let upstream = double(|_| {});
-    let jwks = format!("jwks_file = \"{}\"\nleeway_secs = 0", key_path("jwks.json").display());
-    let gateway = TestGateway::start(&upstream.url(), GatewayOptions { jwks: Some(jwks), ..Default::default() });
+    let gateway =
+        TestGateway::start(&upstream.url(), GatewayOptions { jwks: Some(jwks_without_skew()), ..Default::default() });
     let mut client = gateway.client();
     let exp = now_unix() + 4;
     let answer = login(&mut client, &agent_token(json!({ "exp": exp }))).json().unwrap();

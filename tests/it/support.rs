@@ -223,7 +223,7 @@ key_file = "recording.key"
         policy = options.policy.as_deref().unwrap_or(PERMISSIVE_POLICY),
         listen = options.listen.as_deref().unwrap_or("address = \"127.0.0.1:0\"\nplaintext = true"),
         upstream_extra = options.upstream_extra,
-        jwks = options.jwks.clone().unwrap_or_else(|| format!("jwks_file = \"{}\"", key_path("jwks.json").display())),
+        jwks = options.jwks.clone().unwrap_or_else(default_jwks),
         limits = options.limits,
     );
     let config_path = dir.join("snowgate.toml");
@@ -326,6 +326,16 @@ pub fn login_ok_as(client: &mut Client, sub: &str) -> (String, Option<String>) {
     let session = body["data"]["token"].as_str().unwrap().to_owned();
     let master = body["data"]["masterToken"].as_str().map(str::to_owned);
     (session, master)
+}
+
+/// The `[identity]` key lines every test gateway has unless told otherwise.
+pub fn default_jwks() -> String {
+    format!("jwks_file = \"{}\"", key_path("jwks.json").display())
+}
+
+/// [`default_jwks`] with no clock skew allowed on `exp`, for tests that wait for a token to end.
+pub fn jwks_without_skew() -> String {
+    format!("{}\nleeway_secs = 0", default_jwks())
 }
 
 /// Renews a session the way drivers do: `token-request` with `master` as the authorization and
