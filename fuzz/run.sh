@@ -7,7 +7,8 @@
 #                                           `cargo +nightly fuzz cmin TARGET` before committing)
 #   fuzz/run.sh --ci [SECONDS] [TARGET...]  what .ci/run does: the same on the default (stable)
 #                                           toolchain, a dev build without a sanitizer (the
-#                                           crate forbids unsafe code), default 10 s each; the
+#                                           crate's only unsafe code is the masker's SSE2
+#                                           intrinsics), default 10 s each; the
 #                                           committed corpora are read, never written
 #
 # Exits non-zero on the first crash, leak, timeout or failed assertion; the input that did it
@@ -36,9 +37,10 @@ fi
 if $ci; then
   # Every flag cargo-fuzz passes without a sanitizer is stable (-Cpasses=sancov-module,
   # -Cllvm-args=..., --cfg fuzzing): no nightly needed. AddressSanitizer would need
-  # -Zsanitizer (RUSTC_BOOTSTRAP=1 on stable, whose std ships the runtime); the crate has no
-  # unsafe code. A dev build (debug assertions on) takes less than half the CPU time of the
-  # release one, and a few seconds per target mostly replay the corpus.
+  # -Zsanitizer (RUSTC_BOOTSTRAP=1 on stable, whose std ships the runtime); the crate's only
+  # unsafe code is the masker's SSE2 intrinsics, whose loads read inside fixed-size arrays
+  # (bounds asserted). A dev build (debug assertions on) takes less than half the CPU time
+  # of the release one, and a few seconds per target mostly replay the corpus.
   toolchain=()
   fuzz_flags=(--sanitizer none --dev --target-dir "${FUZZ_CI_TARGET_DIR:-target/ci}")
 else

@@ -4,7 +4,8 @@
 //! own row type). Invariants: masking never panics; the `open` profile changes no byte and
 //! counts nothing; a body that changed was counted as masked; valid JSON stays valid JSON;
 //! what the masker wrote it accepts again, as the same kind of body, and masking it again
-//! changes nothing (a masked value never needs a second pass). The SQL API handle reader runs
+//! changes nothing (a masked value never needs a second pass); the rows walker's fast path and
+//! its byte walk give the same bytes and counts. The SQL API handle reader runs
 //! on the same bodies and must read what serde_json reads.
 #![no_main]
 
@@ -51,8 +52,17 @@ fuzz_target!(|data: &[u8]| {
     let plan = (columns > 0).then(|| masking::plan(profile, columns));
     let mut scratch = Scratch::default();
     let mut body = input.to_vec();
-    let Ok(masked) = masker.mask(profile, &mut body, plan.as_ref(), &mut scratch) else { return };
+    let mut by_walk = input.to_vec();
+    let walked = masker.mask(profile, &mut by_walk, plan.as_ref(), &mut Scratch::byte_walk_only());
+    let Ok(masked) = masker.mask(profile, &mut body, plan.as_ref(), &mut scratch) else {
+        assert!(walked.is_err(), "the byte walk masked what the fast path refused");
+        return;
+    };
     assert_eq!(body.len(), input.len());
+    // The rows walker's fast path and its byte walk agree, byte for byte and count for count.
+    let walked = walked.unwrap_or_else(|e| panic!("the byte walk refused what the fast path masked ({e})"));
+    assert_eq!(by_walk, body, "the fast path and the byte walk differ on {:?}", String::from_utf8_lossy(input));
+    assert_eq!(walked.report, masked.report);
 
     if profile == masking::open() {
         assert_eq!(body, input, "the open profile changed the body");

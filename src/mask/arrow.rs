@@ -15,7 +15,11 @@ use super::detect::DetectorKind;
 use super::json::{MaskCtx, is_json_text};
 use super::plan::{COLUMNS_MAX, Column, ColumnPlan, PlannedColumn, ValueType};
 use super::rules::{RuleKind, Style};
-use super::text::{MatchCursor, Span, apply_spans_fixed_len, detect_spans, merge_spans, stats, type_valid_text};
+#[cfg(target_arch = "x86_64")]
+use super::simd::features;
+use super::text::{
+    MatchCursor, Span, apply_spans_fixed_len, detect_short, detect_spans, fill, merge_spans, stats, type_valid_text,
+};
 use super::{MaskError, MaskReport, Scratch};
 
 /// The largest metadata (flatbuffer) of one message.
@@ -556,7 +560,7 @@ fn mask_text_value(ctx: &MaskCtx<'_>, value: &mut [u8], value_type: ValueType, s
     match style {
         Style::TypeValid | Style::Null => {
             let len = type_valid_text(value_type, value);
-            value[len..].fill(b' ');
+            fill(&mut value[len..], b' ');
         }
         _ => {
             let span = Span { start: 0, end: value.len(), style, kinds: 0 };
@@ -577,13 +581,51 @@ fn scan_text(
     spans: &mut Vec<Span>,
     report: &mut MaskReport,
 ) {
+    #[cfg(target_arch = "x86_64")]
+    if features::x86_64_v3() {
+        // SAFETY: the CPU has every feature `scan_text_v3` is compiled for (checked just above).
+        #[allow(unsafe_code)]
+        return unsafe { scan_text_v3(ctx, buf, view, large, nullable, value_type, spans, report) };
+    }
+    scan_text_values(ctx, buf, view, large, nullable, value_type, spans, report)
+}
+
+/// [`scan_text_values`] compiled for x86-64-v3 CPUs (see `RowsWalker::walk_v3` in `json.rs`).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,bmi1,bmi2,lzcnt,popcnt")]
+#[allow(clippy::too_many_arguments)]
+fn scan_text_v3(
+    ctx: &MaskCtx<'_>,
+    buf: &mut [u8],
+    view: &ArrayView,
+    large: bool,
+    nullable: bool,
+    value_type: ValueType,
+    spans: &mut Vec<Span>,
+    report: &mut MaskReport,
+) {
+    scan_text_values(ctx, buf, view, large, nullable, value_type, spans, report)
+}
+
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn scan_text_values(
+    ctx: &MaskCtx<'_>,
+    buf: &mut [u8],
+    view: &ArrayView,
+    large: bool,
+    nullable: bool,
+    value_type: ValueType,
+    spans: &mut Vec<Span>,
+    report: &mut MaskReport,
+) {
     if view.length == 0 {
         return;
     }
     let profile = ctx.profile;
     let dictionary = &profile.dictionary;
     let region_end = value_range(buf, view, view.length - 1, large).end;
-    let mut cursor = MatchCursor::new(dictionary, value_range(buf, view, 0, large).start, region_end);
+    let mut cursor = MatchCursor::new(dictionary, buf, value_range(buf, view, 0, large).start, region_end);
     let text_type = if value_type.is_text() { value_type } else { ValueType::Text };
     let mut nulls_written = false;
     for i in 0..view.length {
@@ -591,10 +633,21 @@ fn scan_text(
         spans.clear();
         let mut anchored = 0u32;
         cursor.collect(dictionary, buf, range.start, range.end, &mut anchored, spans);
-        let value = &buf[range.clone()];
-        let value_stats = stats(value);
-        if value_stats.at || value_stats.digits > 0 || anchored != 0 {
-            detect_spans(profile, value, value_stats, anchored, false, spans);
+        // A value of up to 64 bytes is read as one 64-byte window where the buffer allows.
+        let len = range.end - range.start;
+        match buf.get(range.start..range.start + 64).filter(|_| len <= 64) {
+            Some(window) => {
+                let window: &[u8; 64] = window.try_into().expect("64 bytes");
+                let one = detect_short(profile, window, len, anchored, spans);
+                spans.extend(one);
+            }
+            None => {
+                let value = &buf[range.clone()];
+                let value_stats = stats(value);
+                if value_stats.at || value_stats.digits > 0 || anchored != 0 {
+                    detect_spans(profile, value, value_stats, anchored, false, spans);
+                }
+            }
         }
         if spans.is_empty() {
             continue;

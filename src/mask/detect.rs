@@ -5,6 +5,8 @@
 
 use memchr::memmem;
 
+use super::simd::EmailClasses;
+
 /// A content detector.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum DetectorKind {
@@ -411,6 +413,44 @@ fn find_emails(text: &[u8], found: &mut dyn FnMut(usize, usize)) {
         found(start, end);
         next_free = end;
     }
+}
+
+/// Bits `0..n` set (all 64 when `n >= 64`).
+#[inline(always)]
+pub(crate) fn low_bits(n: usize) -> u64 {
+    if n >= 64 { u64::MAX } else { (1u64 << n) - 1 }
+}
+
+/// The e-mail address around the only `@` (at `at`) of a value of at most 64 bytes, from the
+/// value's byte classes: what [`find_emails`] finds there, with bit scans instead of byte
+/// loops. The bounds of 64 bytes of local part and 256 of domain cannot bind in such a value.
+#[inline(always)]
+pub(crate) fn email_around(len: usize, at: usize, c: &EmailClasses) -> Option<(usize, usize)> {
+    debug_assert!(len <= 64 && at < len);
+    // The local part: the run of local bytes ending at the `@`, without leading dots.
+    let not_local = !c.local & low_bits(at);
+    let mut start = if not_local == 0 { 0 } else { 64 - not_local.leading_zeros() as usize };
+    start += ((c.dot >> start).trailing_ones() as usize).min(at - start);
+    if start == at {
+        return None;
+    }
+    // The domain: the run of domain bytes after it, without trailing dots and dashes.
+    let after = !low_bits(at + 1);
+    let mut end = ((!c.domain | !low_bits(len)) & after).trailing_zeros() as usize;
+    let not_trailing = !c.dot_dash & low_bits(end);
+    let trailing_from = if not_trailing == 0 { 0 } else { 64 - not_trailing.leading_zeros() as usize };
+    end = end.min(trailing_from.max(at + 1));
+    // A dotted domain not starting with a dot or dash, whose last label is two letters or more.
+    let dots = c.dot & low_bits(end) & after;
+    if dots == 0 || c.dot_dash >> (at + 1) & 1 == 1 {
+        return None;
+    }
+    let last_dot = 63 - dots.leading_zeros() as usize;
+    let tld = low_bits(end) & !low_bits(last_dot + 1);
+    if end - last_dot - 1 < 2 || c.letter & tld != tld {
+        return None;
+    }
+    Some((start, end))
 }
 
 /// US SSNs written `AAA-GG-SSSS` or `AAA GG SSSS`, with the area not 000, 666 or 9xx, the group
@@ -911,6 +951,17 @@ mod tests {
             find_cards(&text, &mut |s, e| fast.push((s, e)));
             reference::find_cards(&text, &mut |s, e| slow.push((s, e)));
             proptest::prop_assert_eq!(fast, slow);
+            // On a value of at most 64 bytes with one `@`, the bit-scan finder agrees.
+            let value = &text[..text.len().min(64)];
+            if memchr::memchr_iter(b'@', value).count() == 1 {
+                let at = memchr::memchr(b'@', value).unwrap();
+                let mut padded = [0u8; 64];
+                padded[..value.len()].copy_from_slice(value);
+                let classes = crate::mask::simd::email_classes(&padded);
+                let mut slow = Vec::new();
+                reference::find_emails(value, &mut |s, e| slow.push((s, e)));
+                proptest::prop_assert_eq!(email_around(value.len(), at, &classes), slow.first().copied());
+            }
             // The pre-check never hides a match.
             for kind in DetectorKind::ALL {
                 let mut hit = false;

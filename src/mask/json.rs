@@ -9,9 +9,12 @@ use std::ops::Range;
 use super::arrow;
 use super::plan::{Column, ColumnPlan, PlannedColumn, ValueType};
 use super::rules::{Profile, RuleKind, Style};
+use super::scan::{Quotes, StructureMap, WINDOW_BYTES};
+#[cfg(target_arch = "x86_64")]
+use super::simd::features;
 use super::text::{
-    MatchCursor, Span, Stats, apply_spans_fixed_len, count_flags, detect_spans, dictionary_spans, digit_bytes,
-    eq_bytes, keep_from, load_word, masked_preview, merge_spans, stats, type_valid_text,
+    MatchCursor, Span, Stats, apply_spans_fixed_len, count_flags, detect_short, detect_spans, dictionary_spans,
+    digit_bytes, eq_bytes, fill, keep_from, load_word, masked_preview, merge_spans, stats, type_valid_text,
 };
 use super::{ChunkRef, Envelope, MaskError, MaskReport, ResultFormat, Scratch};
 use crate::mask::detect::DetectorKind;
@@ -201,22 +204,54 @@ pub(crate) struct Repl {
 fn close_early(body: &mut [u8], at: usize, close: usize) {
     if at < close {
         body[at] = b'"';
-        body[at + 1..=close].fill(b' ');
+        fill(&mut body[at + 1..=close], b' ');
     }
 }
 
+#[inline(always)]
 fn write_null(body: &mut [u8], open: usize, close: usize) {
     body[open..open + 4].copy_from_slice(b"null");
-    body[open + 4..=close].fill(b' ');
+    fill(&mut body[open + 4..=close], b' ');
 }
 
-/// Per-walk state: the profile, the columns, the dictionary cursor and the counts.
+/// Per-walk state: the profile, the columns and what to do with each, the dictionary cursor
+/// and the counts.
 pub(crate) struct RowsWalker<'a> {
     profile: &'a Profile,
     columns: &'a [PlannedColumn],
+    /// The columns the fast path does anything with, and what.
+    actions: Vec<(usize, Action)>,
     cursor: MatchCursor,
     scratch: &'a mut Scratch,
     report: &'a mut MaskReport,
+}
+
+/// What the fast path does with a column's cells, decided once per walk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Action {
+    /// A column rule masks every value with this style.
+    Whole(Style),
+    /// A FIXED number of scale 0, which the card detector checks (with this style).
+    CardNumber(Style),
+    /// Text the dictionary and the detectors scan.
+    Text,
+}
+
+impl Action {
+    /// What to do with a column; `None` when nothing can ever change its values.
+    fn of(profile: &Profile, planned: PlannedColumn) -> Option<Action> {
+        if let Some(rule) = planned.rule {
+            return Some(Action::Whole(profile.columns[usize::from(rule)].style));
+        }
+        if planned.value_type.is_text() {
+            let scans = !profile.dictionary.is_empty() || profile.enabled_detectors != 0;
+            return scans.then_some(Action::Text);
+        }
+        match (planned.value_type, profile.detector_style(DetectorKind::Card)) {
+            (ValueType::Fixed { scale: 0 }, Some(style)) => Some(Action::CardNumber(style)),
+            _ => None,
+        }
+    }
 }
 
 /// Row arrays come as a JSON array (`rowset`, `data`) or as a chunk: rows separated by commas
@@ -234,12 +269,44 @@ impl<'a> RowsWalker<'a> {
         scratch: &'a mut Scratch,
         report: &'a mut MaskReport,
     ) -> RowsWalker<'a> {
-        RowsWalker { profile, columns, cursor: MatchCursor::new(&profile.dictionary, 0, 0), scratch, report }
+        let actions = (0..columns.len())
+            .filter_map(|column| Action::of(profile, columns[column]).map(|action| (column, action)))
+            .collect();
+        RowsWalker {
+            profile,
+            columns,
+            actions,
+            cursor: MatchCursor::new(&profile.dictionary, &[], 0, 0),
+            scratch,
+            report,
+        }
     }
 
     /// Masks the rows starting at `start`; returns the offset just past them.
     pub(crate) fn walk(&mut self, body: &mut [u8], start: usize, shape: RowsShape) -> Result<usize, MaskError> {
-        self.cursor = MatchCursor::new(&self.profile.dictionary, start, body.len());
+        self.cursor = MatchCursor::new(&self.profile.dictionary, body, start, body.len());
+        // The map in the scratch may be of another body (or of this one before it changed).
+        self.scratch.map.clear();
+        #[cfg(target_arch = "x86_64")]
+        if features::x86_64_v3() {
+            // SAFETY: the CPU has every feature `walk_v3` is compiled for (checked just above).
+            #[allow(unsafe_code)]
+            return unsafe { self.walk_v3(body, start, shape) };
+        }
+        self.walk_rows(body, start, shape)
+    }
+
+    /// [`RowsWalker::walk_rows`] compiled for x86-64-v3 CPUs (AVX2, BMI1/2, LZCNT, POPCNT):
+    /// bit counts and scans are one instruction each there, shifts need no `cl` register, and
+    /// the SSE2 code gets three-operand forms. The walk is the same code.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,bmi1,bmi2,lzcnt,popcnt")]
+    fn walk_v3(&mut self, body: &mut [u8], start: usize, shape: RowsShape) -> Result<usize, MaskError> {
+        self.walk_rows(body, start, shape)
+    }
+
+    #[inline(always)]
+    fn walk_rows(&mut self, body: &mut [u8], start: usize, shape: RowsShape) -> Result<usize, MaskError> {
         let mut at = skip_ws(body, start);
         if shape == RowsShape::Array {
             if body.get(at) != Some(&b'[') {
@@ -253,7 +320,10 @@ impl<'a> RowsWalker<'a> {
             return Ok(at);
         }
         loop {
-            at = self.row(body, at)?;
+            at = match self.row_fast(body, at) {
+                Some(end) => end,
+                None => self.row(body, at)?,
+            };
             at = skip_ws(body, at);
             match (body.get(at), shape) {
                 (Some(b','), _) => at = skip_ws(body, at + 1),
@@ -262,6 +332,100 @@ impl<'a> RowsWalker<'a> {
                 (None, RowsShape::Chunk) => return Ok(at),
                 _ => return Err(bad(at, "expected ',' or the end of the rows")),
             }
+        }
+    }
+
+    /// Masks the row at `start` when it has the usual shape (`[`, strings without escapes or
+    /// `null`s separated by single commas, `]`, as wide as the plan), finding its cells on the
+    /// structure map first; returns the offset past it. `None` (nothing touched): the row is
+    /// not of that shape, or not within one window; the byte walker takes it, and says why
+    /// when it is wrong.
+    #[inline(always)]
+    fn row_fast(&mut self, body: &mut [u8], start: usize) -> Option<usize> {
+        let n_columns = self.columns.len();
+        if n_columns == 0 || body.get(start) != Some(&b'[') || self.scratch.byte_walk_only {
+            return None;
+        }
+        let end = {
+            let Scratch { map, cells, .. } = &mut *self.scratch;
+            cells.resize(n_columns, (NULL_CELL, NULL_CELL));
+            let cells = &mut cells[..n_columns];
+            if !map.covers(start) {
+                map.fill(body, start, body.len().min(start + WINDOW_BYTES));
+            }
+            match row_cells(map, body, start, cells) {
+                Cells::Row(end) => end,
+                Cells::Unusual => return None,
+                Cells::PastMap => {
+                    if map.end() == body.len() || map.base() == start {
+                        return None;
+                    }
+                    // The row runs past the window: map from the row on, once.
+                    map.fill(body, start, body.len().min(start + WINDOW_BYTES));
+                    match row_cells(map, body, start, cells) {
+                        Cells::Row(end) => end,
+                        Cells::Unusual | Cells::PastMap => return None,
+                    }
+                }
+            }
+        };
+        self.report.rows += 1;
+        for i in 0..self.actions.len() {
+            let (column, action) = self.actions[i];
+            let (open, close) = self.scratch.cells[column];
+            if open == NULL_CELL {
+                continue;
+            }
+            match action {
+                Action::Whole(style) => {
+                    let planned = self.columns[column];
+                    if style == Style::Null && planned.nullable && close - open + 1 >= 4 {
+                        write_null(body, open, close);
+                    } else {
+                        // Without escapes there is nothing to decode: this cannot fail.
+                        let _ = self.mask_whole(body, open, close, false, planned, style);
+                    }
+                    self.report.count(RuleKind::Column.bit());
+                }
+                Action::CardNumber(style) => {
+                    if close - open > 13 {
+                        let stats = stats(&body[open + 1..close]);
+                        let _ = self.card_in_number(body, open, close, false, stats, self.columns[column], style);
+                    }
+                }
+                Action::Text => self.text_unescaped(body, open, close, self.columns[column]),
+            }
+        }
+        Some(end)
+    }
+
+    /// Masks a text cell without escapes, quotes at `open` and `close`: its dictionary matches
+    /// and what the detectors its byte classes let through find.
+    #[inline(always)]
+    fn text_unescaped(&mut self, body: &mut [u8], open: usize, close: usize, planned: PlannedColumn) {
+        let content = open + 1;
+        let len = close - content;
+        // The value's first 64 bytes (and what follows it) are read as one window; a value
+        // over 64 bytes, or too near the body's end for the window, takes the byte walk.
+        let Some(window) = body.get(content..content + 64).filter(|_| len <= 64) else {
+            let stats = stats(&body[content..close]);
+            self.text_fast(body, open, close, stats, planned);
+            return;
+        };
+        let window: &[u8; 64] = window.try_into().expect("64 bytes");
+        let profile = self.profile;
+        let Scratch { spans, .. } = &mut *self.scratch;
+        spans.clear();
+        let mut anchored = 0u32;
+        self.cursor.collect(&profile.dictionary, body, content, close, &mut anchored, spans);
+        match detect_short(profile, window, len, anchored, spans) {
+            Some(span) if planned.value_type == ValueType::Text => self.mask_one(body, open, close, planned, span),
+            Some(span) => {
+                spans.push(span);
+                self.mask_spans(body, open, close, planned);
+            }
+            None if !spans.is_empty() => self.mask_spans(body, open, close, planned),
+            None => {}
         }
     }
 
@@ -346,6 +510,48 @@ impl<'a> RowsWalker<'a> {
             detect_spans(profile, text, stats, anchored, false, spans);
         }
         if spans.is_empty() {
+            return;
+        }
+        self.mask_spans(body, open, close, planned);
+    }
+
+    /// Masks the one match in a text cell without escapes: where it lies.
+    #[inline(always)]
+    fn mask_one(&mut self, body: &mut [u8], open: usize, close: usize, planned: PlannedColumn, span: Span) {
+        debug_assert_eq!(planned.value_type, ValueType::Text);
+        self.report.count(span.kinds);
+        let (start, end) = (open + 1 + span.start, open + 1 + span.end);
+        match span.style {
+            Style::Null if planned.nullable && close - open + 1 >= 4 => write_null(body, open, close),
+            Style::Full | Style::TypeValid | Style::Null => fill(&mut body[start..end], b'*'),
+            Style::KeepLast(keep) => {
+                let from = keep_from(body, start, end, keep);
+                fill(&mut body[start..from], b'*');
+            }
+            Style::Token(index) => {
+                let token = self.profile.token(index);
+                if token.len() > end - start {
+                    fill(&mut body[start..end], b'*');
+                } else {
+                    // The token, then the rest of the value moved left to it, then the
+                    // closing quote and spaces where the value was longer.
+                    body[start..start + token.len()].copy_from_slice(token);
+                    body.copy_within(end..close, start + token.len());
+                    close_early(body, close - (end - start - token.len()), close);
+                }
+            }
+        }
+    }
+
+    /// Masks the spans found in a cell without escapes (in `Scratch::spans`, not empty).
+    fn mask_spans(&mut self, body: &mut [u8], open: usize, close: usize, planned: PlannedColumn) {
+        let content = open + 1;
+        let profile = self.profile;
+        let spans = &mut self.scratch.spans;
+        if let [span] = spans[..]
+            && planned.value_type == ValueType::Text
+        {
+            self.mask_one(body, open, close, planned, span);
             return;
         }
         merge_spans(profile, spans);
@@ -460,6 +666,81 @@ impl<'a> RowsWalker<'a> {
     }
 }
 
+/// A null cell in [`Scratch::cells`].
+const NULL_CELL: usize = usize::MAX;
+
+/// What [`row_cells`] found.
+enum Cells {
+    /// The row is of the usual shape and ends before this offset; its cells are listed.
+    Row(usize),
+    /// Something else is there (whitespace, escapes, other values, another width...).
+    Unusual,
+    /// The row runs past the map.
+    PastMap,
+}
+
+/// Lists the cells of the row at `start` (its `[`), if it has the usual shape: strings without
+/// escapes or `null`s, separated by single commas, one for each of `cells`, then `]`.
+#[inline(always)]
+fn row_cells(map: &StructureMap, body: &[u8], start: usize, cells: &mut [(usize, usize)]) -> Cells {
+    let Some((last, cells)) = cells.split_last_mut() else { return Cells::Unusual };
+    let mut at = start + 1;
+    if !map.covers(at) {
+        return Cells::PastMap;
+    }
+    // Every quote from here on opens or closes a cell, in order: each cell's quotes come off
+    // the map one after another, never waiting on the bytes read to check the shape.
+    let mut quotes = map.quotes_from(at);
+    for cell in cells {
+        let after = match cell_at(&mut quotes, body, at, cell) {
+            Ok(after) => after,
+            Err(unusual) => return unusual,
+        };
+        match body.get(after) {
+            Some(b',') => at = after + 1,
+            Some(_) => return Cells::Unusual,
+            None => return Cells::PastMap,
+        }
+    }
+    let after = match cell_at(&mut quotes, body, at, last) {
+        Ok(after) => after,
+        Err(unusual) => return unusual,
+    };
+    match body.get(after) {
+        Some(b']') => {}
+        Some(_) => return Cells::Unusual,
+        None => return Cells::PastMap,
+    }
+    let end = after + 1;
+    if end > map.end() {
+        return Cells::PastMap;
+    }
+    if map.any_backslash(start, end) {
+        return Cells::Unusual;
+    }
+    Cells::Row(end)
+}
+
+/// Reads the value at `at` into `cell` (a string's quotes, or `NULL_CELL` for `null`);
+/// returns the offset past it.
+#[inline(always)]
+fn cell_at(quotes: &mut Quotes<'_>, body: &[u8], at: usize, cell: &mut (usize, usize)) -> Result<usize, Cells> {
+    match body.get(at) {
+        Some(b'"') => {
+            // The next quote is this one: every quote before it opened or closed a cell.
+            let (Some(open), Some(close)) = (quotes.next(), quotes.next()) else { return Err(Cells::PastMap) };
+            debug_assert_eq!(open, at);
+            *cell = (open, close);
+            Ok(close + 1)
+        }
+        Some(b'n') if body.get(at..at + 4) == Some(b"null") => {
+            *cell = (NULL_CELL, NULL_CELL);
+            Ok(at + 4)
+        }
+        _ => Err(Cells::Unusual),
+    }
+}
+
 /// Masks a whole string value with a style under its column's type (shared with the envelope).
 fn mask_whole_string(
     profile: &Profile,
@@ -553,7 +834,7 @@ fn rewrite(body: &mut [u8], open: usize, close: usize, repls: &[Repl], profile: 
                 write += token.len();
             }
             None => {
-                body[write..write + repl.stars].fill(b'*');
+                fill(&mut body[write..write + repl.stars], b'*');
                 write += repl.stars;
                 let (keep_start, keep_end) = (content + repl.keep_from, content + repl.end);
                 if keep_start < keep_end {

@@ -582,3 +582,104 @@ fn masking_twice_changes_nothing_more() {
     masker.mask(agents, &mut body, None, &mut Scratch::default()).unwrap();
     assert_eq!(body, once);
 }
+
+#[test]
+fn a_scratch_lent_before_does_not_carry_another_bodys_structure() {
+    // The walker's structure map lives in the scratch: masking a body after another one with
+    // the same scratch must not read the first body's quotes.
+    let masker = masker(
+        r#"
+[[masking.profiles.p.columns]]
+name = "SECRET"
+mask = { style = "full" }
+"#,
+    );
+    let p = masker.profile("p").unwrap();
+    let columns = Column::from_rowtype_json(
+        br#"[{"name":"NOTE","type":"text","nullable":true},{"name":"SECRET","type":"text","nullable":true}]"#,
+    )
+    .unwrap();
+    let plan = masker.plan(p, &columns);
+    let mut x = 0x9E37_79B9_7F4A_7C15u64;
+    let mut next = move |n: u64| {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x % n
+    };
+    let chunk = |next: &mut dyn FnMut(u64) -> u64| -> Vec<u8> {
+        let rows: Vec<String> = (0..1 + next(3))
+            .map(|_| {
+                let cell = |next: &mut dyn FnMut(u64) -> u64| -> String {
+                    (0..next(6)).map(|_| [b'a', b',', b'[', b']', b'1'][next(5) as usize] as char).collect()
+                };
+                format!("[\"{}\",\"{}\"]", cell(next), cell(next))
+            })
+            .collect();
+        rows.join(",").into_bytes()
+    };
+    for _ in 0..20_000 {
+        let (mut first, second) = (chunk(&mut next), chunk(&mut next));
+        let mut scratch = Scratch::default();
+        masker.mask(p, &mut first, Some(&plan), &mut scratch).unwrap();
+        let (mut shared, mut fresh) = (second.clone(), second.clone());
+        masker.mask(p, &mut shared, Some(&plan), &mut scratch).unwrap();
+        masker.mask(p, &mut fresh, Some(&plan), &mut Scratch::default()).unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&shared),
+            String::from_utf8_lossy(&fresh),
+            "after {:?}, from {:?}",
+            String::from_utf8_lossy(&first),
+            String::from_utf8_lossy(&second)
+        );
+    }
+}
+
+#[test]
+fn rows_across_windows_mask_as_they_do_alone() {
+    // The walker maps a body window by window (`scan::WINDOW_BYTES`): rows that straddle a
+    // window's end, rows longer than a window, values over 64 bytes, escapes and whitespace
+    // (which take the byte walk) must mask exactly as each row does alone.
+    let masker = masker(POLICY);
+    let agents = masker.profile("agents").unwrap();
+    let columns = Column::from_rowtype_json(
+        br#"[{"name":"NAME","type":"text"},{"name":"EMAIL","type":"text"},{"name":"CARD","type":"text"},
+             {"name":"ssn","type":"text","nullable":true},{"name":"ID","type":"fixed","scale":0}]"#,
+    )
+    .unwrap();
+    let plan = masker.plan(agents, &columns);
+    let mut rows = Vec::new();
+    for i in 0..2_000usize {
+        let name = match i % 5 {
+            0 => "Ada Lovelace".to_string(),
+            1 => format!("{} Lovelace", "x".repeat(60 + i % 9)),
+            2 => "x".repeat(i % 40),
+            _ => format!("Grace Hopper {i}"),
+        };
+        let email = if i % 7 == 3 { format!("{}{i}@example.com", "y".repeat(70)) } else { format!("u{i}@example.com") };
+        let card = if i % 3 == 0 { "4111111111111111".to_string() } else { format!("n{i}") };
+        let ssn = if i % 4 == 0 { "null".to_string() } else { "\"123-45-6789\"".to_string() };
+        let id = if i % 11 == 0 { "4532015112830366".to_string() } else { i.to_string() };
+        let mut row = format!(r#"["{name}","{email}","{card}",{ssn},"{id}"]"#);
+        match i % 97 {
+            5 => row = row.replace("\",\"", "\" , \""),
+            6 => row = row.replace("Grace", "Gr\\u0061ce"),
+            7 => row = row.replace("Ada", &"A".repeat(20_000)),
+            _ => {}
+        }
+        rows.push(row);
+    }
+    let mut whole = rows.join(",").into_bytes();
+    assert!(whole.len() > 8 * crate::mask::scan::WINDOW_BYTES);
+    let masked = masker.mask(agents, &mut whole, Some(&plan), &mut Scratch::default()).unwrap();
+    let mut report = MaskReport::default();
+    let mut alone = Vec::new();
+    for row in &rows {
+        let mut body = row.clone().into_bytes();
+        report.add(&masker.mask(agents, &mut body, Some(&plan), &mut Scratch::default()).unwrap().report);
+        alone.push(String::from_utf8(body).unwrap());
+    }
+    assert_eq!(String::from_utf8(whole).unwrap(), alone.join(","));
+    assert_eq!(masked.report, report);
+    assert!(report.by_dictionary > 0 && report.by_column_rule > 0 && report.by_detector.iter().sum::<u64>() > 0);
+}

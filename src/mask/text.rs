@@ -3,9 +3,10 @@
 //! and writing masks over decoded text in place. Knows nothing of JSON escapes nor Arrow
 //! buffers; never allocates (callers lend the span vector).
 
-use super::detect::{DetectorKind, Trigger};
+use super::detect::{DetectorKind, Trigger, email_around, low_bits};
 use super::plan::ValueType;
 use super::rules::{Dictionary, Found, Profile, RuleKind, Style};
+use super::simd::{email_classes, luhn_digits, triggers};
 
 const ONES: u64 = 0x0101_0101_0101_0101;
 const HIGHS: u64 = 0x8080_8080_8080_8080;
@@ -55,6 +56,40 @@ pub(crate) fn load_word(bytes: &[u8], at: usize) -> u64 {
             padded[..tail.len()].copy_from_slice(tail);
             u64::from_le_bytes(padded)
         }
+    }
+}
+
+/// Writes `byte` over all of `out` with stores that stay inside it. A masked value is short,
+/// and `memset`'s wide masked stores reach past its end: the next read of those bytes (the
+/// next cell's window, the row's last bytes) then waits for the store to land, where an
+/// exact store would have been forwarded. Up to 64 bytes are two overlapping stores.
+#[inline(always)]
+pub(crate) fn fill(out: &mut [u8], byte: u8) {
+    let n = out.len();
+    match n {
+        0 => {}
+        1..=3 => {
+            out[0] = byte;
+            out[n / 2] = byte;
+            out[n - 1] = byte;
+        }
+        4..=7 => {
+            out[..4].copy_from_slice(&[byte; 4]);
+            out[n - 4..].copy_from_slice(&[byte; 4]);
+        }
+        8..=15 => {
+            out[..8].copy_from_slice(&[byte; 8]);
+            out[n - 8..].copy_from_slice(&[byte; 8]);
+        }
+        16..=32 => {
+            out[..16].copy_from_slice(&[byte; 16]);
+            out[n - 16..].copy_from_slice(&[byte; 16]);
+        }
+        33..=64 => {
+            out[..32].copy_from_slice(&[byte; 32]);
+            out[n - 32..].copy_from_slice(&[byte; 32]);
+        }
+        _ => out.fill(byte),
     }
 }
 
@@ -160,6 +195,75 @@ pub(crate) fn detect_spans(
     }
 }
 
+/// Runs the detectors on a value of at most 64 bytes (`len`) whose 64-byte `window` (the value
+/// and what follows it) can be read at once: its byte classes, sixteen bytes at a time, decide
+/// which detectors can fire (the triggers of [`detect_spans`] and [`DetectorKind::may_match`]
+/// in one pass). When exactly one detector finds exactly one match and `spans` (the
+/// dictionary's) is empty, the match is returned and `spans` left alone: a card that is the
+/// whole value and an e-mail address around the value's only `@` are found with bit scans, so
+/// the usual value costs no loop over its bytes. Otherwise the matches are added to `spans`.
+#[inline(always)]
+pub(crate) fn detect_short(
+    profile: &Profile,
+    window: &[u8; 64],
+    len: usize,
+    anchored: u32,
+    spans: &mut Vec<Span>,
+) -> Option<Span> {
+    debug_assert!(len <= 64);
+    let valid = low_bits(len);
+    let first_32: &[u8; 32] = window[..32].try_into().expect("32 bytes");
+    let mut t = if len <= 32 { triggers(first_32) } else { triggers(window) };
+    t.digit &= valid;
+    t.at &= valid;
+    t.separator &= valid;
+    t.upper &= valid;
+    let may = |on: bool, kind: DetectorKind| u32::from(on) << kind.index();
+    let mut run = may(t.at != 0, DetectorKind::Email) | anchored;
+    // The digit detectors need eight digits or more (without a popcount instruction, as in
+    // the x86_64 baseline, counting costs a dozen: count only when there can be enough).
+    if len >= 11 && t.digit.count_ones() >= 8 {
+        let digits = t.digit.count_ones();
+        run |= may(digits >= 13 && len >= 13, DetectorKind::Card)
+            | may(digits >= 9 && t.separator != 0, DetectorKind::Ssn)
+            | may(len >= 15 && t.upper != 0, DetectorKind::Iban);
+    }
+    run &= profile.enabled_detectors;
+    if run == 0 {
+        return None;
+    }
+    if spans.is_empty() && run.is_power_of_two() {
+        let index = run.trailing_zeros() as usize;
+        let kind = DetectorKind::ALL[index];
+        let found = match kind {
+            // One run of digits: a card exactly when 13 to 19 digits pass Luhn.
+            DetectorKind::Card if t.digit == valid => {
+                Some(((13..=19).contains(&len) && luhn_digits(first_32, len)).then_some((0, len)))
+            }
+            DetectorKind::Email if t.at.is_power_of_two() => {
+                let classes = if len <= 32 { email_classes(first_32) } else { email_classes(window) };
+                Some(email_around(len, t.at.trailing_zeros() as usize, &classes))
+            }
+            _ => None,
+        };
+        if let Some(found) = found {
+            let style = profile.detectors[index]?;
+            let (start, end) = found?;
+            return Some(Span { start, end, style, kinds: RuleKind::Detector(kind).bit() });
+        }
+    }
+    let text = &window[..len];
+    while run != 0 {
+        let index = run.trailing_zeros() as usize;
+        run &= run - 1;
+        let kind = DetectorKind::ALL[index];
+        let Some(style) = profile.detectors[index] else { continue };
+        let kinds = RuleKind::Detector(kind).bit();
+        kind.find(text, &mut |start, end| spans.push(Span { start, end, style, kinds }));
+    }
+    None
+}
+
 /// The detectors (bits by [`DetectorKind::index`]) whose triggers a value meets.
 #[inline(always)]
 fn triggered(text: &[u8], stats: Stats, anchored: u32) -> u32 {
@@ -222,46 +326,40 @@ pub(crate) fn dictionary_spans(dictionary: &Dictionary, text: &[u8], anchored: &
 }
 
 /// The dictionary searcher's position in a walk over many values in one haystack: the next
-/// match (found on bytes not yet masked), searched lazily up to `end`, restarting one byte
-/// after each match so that overlapping matches are all seen.
+/// match (found on bytes not yet masked), searched up to `end` as soon as the one before is
+/// taken, restarting one byte after each match so that overlapping matches are all seen. A
+/// value with no match in it costs one compare.
 pub(crate) struct MatchCursor {
-    next: Option<Found>,
-    from: usize,
+    /// The next match; its start is `usize::MAX` when there is none left.
+    next: Found,
     end: usize,
-    done: bool,
 }
 
+const NO_MATCH: Found = Found { start: usize::MAX, end: usize::MAX, pattern: 0 };
+
 impl MatchCursor {
-    pub(crate) fn new(dictionary: &Dictionary, from: usize, end: usize) -> MatchCursor {
-        MatchCursor { next: None, from, end, done: dictionary.is_empty() }
+    pub(crate) fn new(dictionary: &Dictionary, haystack: &[u8], from: usize, end: usize) -> MatchCursor {
+        let mut cursor = MatchCursor { next: NO_MATCH, end };
+        cursor.search(dictionary, haystack, from);
+        cursor
     }
 
+    /// The first match at or after `from`.
     #[inline]
-    fn peek(&mut self, dictionary: &Dictionary, haystack: &[u8]) -> Option<Found> {
-        if self.next.is_none() && !self.done {
-            self.next = dictionary.find(haystack, self.from, self.end);
-            self.done = self.next.is_none();
-        }
-        self.next
+    fn search(&mut self, dictionary: &Dictionary, haystack: &[u8], from: usize) {
+        self.next = dictionary.find(haystack, from, self.end).unwrap_or(NO_MATCH);
     }
 
     /// Drops matches that start before `at` (they lie in values not scanned here).
     #[inline]
     pub(crate) fn advance_to(&mut self, dictionary: &Dictionary, haystack: &[u8], at: usize) {
-        if self.next.is_none() {
-            self.from = self.from.max(at);
-        }
-        while let Some(found) = self.peek(dictionary, haystack) {
-            if found.start >= at {
-                break;
-            }
-            self.next = None;
-            self.from = (found.start + 1).max(at);
+        if self.next.start < at {
+            self.search(dictionary, haystack, at);
         }
     }
 
     /// Adds the spans and anchors of the value `haystack[start..end]`, relative to `start`.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn collect(
         &mut self,
         dictionary: &Dictionary,
@@ -271,18 +369,27 @@ impl MatchCursor {
         anchored: &mut u32,
         spans: &mut Vec<Span>,
     ) {
-        if self.done && self.next.is_none() {
-            return;
+        if self.next.start < end {
+            self.collect_matches(dictionary, haystack, start, end, anchored, spans);
         }
+    }
+
+    #[inline(never)]
+    fn collect_matches(
+        &mut self,
+        dictionary: &Dictionary,
+        haystack: &[u8],
+        start: usize,
+        end: usize,
+        anchored: &mut u32,
+        spans: &mut Vec<Span>,
+    ) {
         self.advance_to(dictionary, haystack, start);
-        while let Some(found) = self.peek(dictionary, haystack) {
-            if found.start >= end {
-                break;
-            }
+        while self.next.start < end {
+            let found = self.next;
             let relative = Found { start: found.start - start, end: found.end - start, pattern: found.pattern };
             take_found_with_prefixes(dictionary, relative, end - start, anchored, spans);
-            self.next = None;
-            self.from = found.start + 1;
+            self.search(dictionary, haystack, found.start + 1);
         }
     }
 }
@@ -294,18 +401,18 @@ pub(crate) fn apply_spans_fixed_len(profile: &Profile, value: &mut [u8], spans: 
     for span in spans {
         let (start, end) = (span.start, span.end);
         match span.style {
-            Style::Full | Style::TypeValid | Style::Null => value[start..end].fill(b'*'),
+            Style::Full | Style::TypeValid | Style::Null => fill(&mut value[start..end], b'*'),
             Style::KeepLast(keep) => {
                 let from = keep_from(value, start, end, keep);
-                value[start..from].fill(b'*');
+                fill(&mut value[start..from], b'*');
             }
             Style::Token(index) => {
                 let token = profile.token(index);
                 if token.len() <= end - start {
                     value[start..start + token.len()].copy_from_slice(token);
-                    value[start + token.len()..end].fill(b' ');
+                    fill(&mut value[start + token.len()..end], b' ');
                 } else {
-                    value[start..end].fill(b'*');
+                    fill(&mut value[start..end], b'*');
                 }
             }
         }
@@ -347,7 +454,7 @@ pub(crate) fn type_valid_text(value_type: ValueType, content: &mut [u8]) -> usiz
     }
     match value_type {
         ValueType::Text => {
-            content.fill(b'*');
+            fill(content, b'*');
             len
         }
         ValueType::Json => {
@@ -364,7 +471,7 @@ pub(crate) fn type_valid_text(value_type: ValueType, content: &mut [u8]) -> usiz
             1
         }
         ValueType::Binary => {
-            content.fill(b'0');
+            fill(content, b'0');
             len
         }
         ValueType::TimestampTz => {
@@ -432,6 +539,17 @@ mod tests {
         let mut apart = vec![span(4, 6, Style::Full), span(0, 4, Style::Full)];
         merge_spans(&profile, &mut apart);
         assert_eq!(apart.len(), 2);
+    }
+
+    #[test]
+    fn fill_writes_exactly_its_bytes() {
+        for n in 0..200 {
+            let mut bytes = vec![b'x'; n + 8];
+            fill(&mut bytes[4..4 + n], b'*');
+            assert_eq!(&bytes[..4], b"xxxx");
+            assert!(bytes[4..4 + n].iter().all(|&b| b == b'*'), "{n}");
+            assert_eq!(&bytes[4 + n..], b"xxxx");
+        }
     }
 
     #[test]
