@@ -507,7 +507,7 @@ fn mask_batch(
                     let nullable = index == 0 && planned.nullable && field.nullable && !view.validity.is_empty();
                     // Only a column's own text is JSON (VARIANT...); strings nested in it are text.
                     let value_type = if index == 0 { planned.value_type } else { ValueType::Text };
-                    scan_text(ctx, buf, view, large, nullable, value_type, spans, report);
+                    scan_text(ctx, buf, TextArray { view, large, nullable, value_type }, spans, report);
                 }
                 Layout::Fixed(width @ (8 | 16))
                     if index == 0 && planned.value_type == (ValueType::Fixed { scale: 0 }) && card.is_some() =>
@@ -569,56 +569,50 @@ fn mask_text_value(ctx: &MaskCtx<'_>, value: &mut [u8], value_type: ValueType, s
     }
 }
 
-/// Runs the dictionary and detectors over a text array's values and masks what they find.
-#[allow(clippy::too_many_arguments)]
-fn scan_text(
-    ctx: &MaskCtx<'_>,
-    buf: &mut [u8],
-    view: &ArrayView,
+/// A text (Utf8 or LargeUtf8) array as [`scan_text`] reads it.
+#[derive(Clone, Copy)]
+struct TextArray<'v> {
+    view: &'v ArrayView,
+    /// LargeUtf8: 64-bit offsets.
     large: bool,
+    /// Whether a `null`-style mask may make a value NULL.
     nullable: bool,
     value_type: ValueType,
-    spans: &mut Vec<Span>,
-    report: &mut MaskReport,
-) {
+}
+
+/// Runs the dictionary and detectors over a text array's values and masks what they find.
+fn scan_text(ctx: &MaskCtx<'_>, buf: &mut [u8], array: TextArray<'_>, spans: &mut Vec<Span>, report: &mut MaskReport) {
     #[cfg(target_arch = "x86_64")]
     if features::x86_64_v3() {
         // SAFETY: the CPU has every feature `scan_text_v3` is compiled for (checked just above).
         #[allow(unsafe_code)]
-        return unsafe { scan_text_v3(ctx, buf, view, large, nullable, value_type, spans, report) };
+        return unsafe { scan_text_v3(ctx, buf, array, spans, report) };
     }
-    scan_text_values(ctx, buf, view, large, nullable, value_type, spans, report)
+    scan_text_values(ctx, buf, array, spans, report)
 }
 
 /// [`scan_text_values`] compiled for x86-64-v3 CPUs (see `RowsWalker::walk_v3` in `json.rs`).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,bmi1,bmi2,lzcnt,popcnt")]
-#[allow(clippy::too_many_arguments)]
 fn scan_text_v3(
     ctx: &MaskCtx<'_>,
     buf: &mut [u8],
-    view: &ArrayView,
-    large: bool,
-    nullable: bool,
-    value_type: ValueType,
+    array: TextArray<'_>,
     spans: &mut Vec<Span>,
     report: &mut MaskReport,
 ) {
-    scan_text_values(ctx, buf, view, large, nullable, value_type, spans, report)
+    scan_text_values(ctx, buf, array, spans, report)
 }
 
 #[inline(always)]
-#[allow(clippy::too_many_arguments)]
 fn scan_text_values(
     ctx: &MaskCtx<'_>,
     buf: &mut [u8],
-    view: &ArrayView,
-    large: bool,
-    nullable: bool,
-    value_type: ValueType,
+    array: TextArray<'_>,
     spans: &mut Vec<Span>,
     report: &mut MaskReport,
 ) {
+    let TextArray { view, large, nullable, value_type } = array;
     if view.length == 0 {
         return;
     }
