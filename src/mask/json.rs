@@ -1,5 +1,5 @@
 //! JSON results masked in place: row arrays (`rowset`, SQL API `data`, JSON chunks) walked
-//! with a SWAR string scanner, cells masked without changing the body's length (a shorter
+//! on bit maps of quotes and backslashes (or byte by byte where a row is unusual), cells masked without changing the body's length (a shorter
 //! value moves its closing quote left and pads with spaces, which JSON allows between tokens),
 //! and the answer envelope skimmed for what the proxy rewrites (chunk URLs, `qrmk`,
 //! `chunkHeaders`). Only reads and writes the body it is lent; allocates per answer, never per row.
@@ -335,8 +335,8 @@ impl<'a> RowsWalker<'a> {
         }
     }
 
-    /// Masks the row at `start` when it has the usual shape (`[`, strings without escapes or
-    /// `null`s separated by single commas, `]`, as wide as the plan), finding its cells on the
+    /// Masks the row at `start` when it has the usual shape (`[`, strings without escapes and
+    /// `null`s, separated by single commas, `]`, as wide as the plan), finding its cells on the
     /// structure map first; returns the offset past it. `None` (nothing touched): the row is
     /// not of that shape, or not within one window; the byte walker takes it, and says why
     /// when it is wrong.
@@ -406,7 +406,8 @@ impl<'a> RowsWalker<'a> {
         let content = open + 1;
         let len = close - content;
         // The value's first 64 bytes (and what follows it) are read as one window; a value
-        // over 64 bytes, or too near the body's end for the window, takes the byte walk.
+        // over 64 bytes, or too near the body's end for the window, takes the byte walk's
+        // cell routine (`text_fast`).
         let Some(window) = body.get(content..content + 64).filter(|_| len <= 64) else {
             let stats = stats(&body[content..close]);
             self.text_fast(body, open, close, stats, planned);
@@ -729,7 +730,11 @@ fn cell_at(quotes: &mut Quotes<'_>, body: &[u8], at: usize, cell: &mut (usize, u
         Some(b'"') => {
             // The next quote is this one: every quote before it opened or closed a cell.
             let (Some(open), Some(close)) = (quotes.next(), quotes.next()) else { return Err(Cells::PastMap) };
-            debug_assert_eq!(open, at);
+            // Holds while the map matches the body; should it not, the byte walk takes the
+            // row rather than pairing the wrong quotes (a cell left unmasked).
+            if open != at {
+                return Err(Cells::Unusual);
+            }
             *cell = (open, close);
             Ok(close + 1)
         }

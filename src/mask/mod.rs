@@ -81,8 +81,8 @@
 //!
 //! # How it is fast
 //! JSON rows are found on bit maps of the body's quotes and backslashes (`scan`, 64 bytes to
-//! a word, over a 16 KiB window): a row of the usual shape (strings without escapes or
-//! `null`s, single commas) has its cells' quotes taken off the map one after another, then
+//! a word, over a 16 KiB window): a row of the usual shape (strings without escapes, and
+//! `null`s; single commas) has its cells' quotes taken off the map one after another, then
 //! each column gets only the work decided for it once per walk: nothing, a column rule, the
 //! card check of a number, or a text scan. Other rows are walked byte by byte (eight at a
 //! time, SWAR); both ways give the same bytes (tested differentially). A text value of up to

@@ -4,9 +4,10 @@
 //! an address's bounds with bit scans instead of byte loops ([`EmailClasses`]).
 //!
 //! On x86_64 the maps come from SSE2, which is part of that target's baseline; elsewhere, and
-//! as the reference the tests compare the SSE2 code with, from a byte loop. This is the only
-//! module of the masker with `unsafe`: the SSE2 intrinsics are `target_feature` functions, and
-//! their loads take pointers. Measured need: see BENCHMARKS.md (masking).
+//! as the reference the tests compare the SSE2 code with, from a byte loop. The masker's
+//! `unsafe` is here (the SSE2 intrinsics are `target_feature` functions, and their loads take
+//! pointers) and in the two calls of x86-64-v3 copies after [`features::x86_64_v3`] said yes
+//! (`RowsWalker::walk`, `arrow::scan_text`). Measured need: see BENCHMARKS.md (masking).
 
 /// Which CPU features the maskers' hot loops may be compiled for, detected once.
 #[cfg(target_arch = "x86_64")]

@@ -59,10 +59,10 @@ pub(crate) fn load_word(bytes: &[u8], at: usize) -> u64 {
     }
 }
 
-/// Writes `byte` over all of `out` with stores that stay inside it. A masked value is short,
-/// and `memset`'s wide masked stores reach past its end: the next read of those bytes (the
-/// next cell's window, the row's last bytes) then waits for the store to land, where an
-/// exact store would have been forwarded. Up to 64 bytes are two overlapping stores.
+/// Writes `byte` over all of `out` with plain stores. A masked value is short, and `memset`
+/// writes it with wide masked stores: a later, wider load over those bytes (the next cell's
+/// window, the row's last bytes) cannot take its data from a masked store and waits for it to
+/// land, where plain stores would have been forwarded. Up to 64 bytes are two overlapping stores.
 #[inline(always)]
 pub(crate) fn fill(out: &mut [u8], byte: u8) {
     let n = out.len();
@@ -198,10 +198,11 @@ pub(crate) fn detect_spans(
 /// Runs the detectors on a value of at most 64 bytes (`len`) whose 64-byte `window` (the value
 /// and what follows it) can be read at once: its byte classes, sixteen bytes at a time, decide
 /// which detectors can fire (the triggers of [`detect_spans`] and [`DetectorKind::may_match`]
-/// in one pass). When exactly one detector finds exactly one match and `spans` (the
-/// dictionary's) is empty, the match is returned and `spans` left alone: a card that is the
-/// whole value and an e-mail address around the value's only `@` are found with bit scans, so
-/// the usual value costs no loop over its bytes. Otherwise the matches are added to `spans`.
+/// in one pass). When `spans` (the dictionary's) is empty and exactly one detector can fire,
+/// and it is the card detector on a value that is all digits or the e-mail detector on a value
+/// with one `@`, its match (if any) is returned and `spans` left alone: those are found with bit
+/// scans, so the usual value costs no loop over its bytes. Otherwise the matches are added to
+/// `spans`.
 #[inline(always)]
 pub(crate) fn detect_short(
     profile: &Profile,
