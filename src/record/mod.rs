@@ -42,7 +42,7 @@
 //! `recovery_performed` event opens the next segment. Damage with valid frames after it is
 //! corruption: [`Recorder::start`] returns it ([`RecordError::Corrupt`]) and nothing is cut.
 //!
-//! # Limits (format version 2)
+//! # Limits (format version 3)
 //! Fields are refused, never truncated, when over their limit.
 //!
 //! | what | limit |
@@ -63,7 +63,7 @@
 //! | queue depth (config) | 1 Mi frames |
 //! | segment size (config) | 4 GiB (a segment may pass it by one batch) |
 //!
-//! # Byte layout (format version 2)
+//! # Byte layout (format version 3)
 //! All integers are little-endian. CRCs are CRC32C (Castagnoli).
 //!
 //! A core writes segment files `seg-<core, 3+ digits>-<sequence, 10+ digits>.sgr`, sequence
@@ -73,7 +73,7 @@
 //! batch*                        one zstd frame of records each
 //! [footer frame, trailer]       present once sealed
 //! ```
-//! **Segment header**: `magic "SNOWGREC" (8) | version u16 = 2 | header length u16 = 96 |
+//! **Segment header**: `magic "SNOWGREC" (8) | version u16 = 3 | header length u16 = 96 |
 //! core u16 | flags u16 = 0 | sequence u64 | created unix µs u64 | first record index u64 |
 //! previous chain head [32] | reserved [20] = 0 | crc32c u32` (over bytes 0..92).
 //!
@@ -106,12 +106,14 @@
 //! | 30, 31 | event name, detail (required) | event |
 //!
 //! **Chain**: per core, over batches: `head₀ = BLAKE3-derive-key("snowgate record v1 chain
-//! genesis", core u16)` and `headᵢ₊₁ = BLAKE3(headᵢ ‖ payloadᵢ)`, where payloadᵢ is batch i's
-//! decompressed content (its records with their length and CRC prefixes, back to back). Every
-//! record is covered, in order; a batch of many records is one long BLAKE3 input, hashed
-//! across SIMD lanes (format 1 chained record by record, which cost 11% of a core's time under
-//! load). Record indexes count from 0 per core and never restart; a segment header carries the
-//! head and index its first record continues.
+//! genesis", core u16)` and `headᵢ₊₁ = BLAKE3(headᵢ ‖ batch headerᵢ ‖ zstd frameᵢ)`, over the
+//! batch's 32 header bytes and compressed frame as they are on disk. Every record is covered,
+//! in order, with its CRC, inside the frame; hashing the compressed bytes costs a tenth of
+//! hashing the records or less, and checking the chain needs no decompression. Record indexes
+//! count from 0 per core and never restart; a segment header carries the head and index its
+//! first record continues. Older versions, still read, verified and recovered: version 2
+//! chained over each batch's decompressed payload (`BLAKE3(headᵢ ‖ payloadᵢ)`, its records
+//! with their prefixes), version 1 record by record (`BLAKE3(headᵢ ‖ bodyᵢ)`).
 //!
 //! **Footer frame**: `marker "SGF1" (4) | body length u32 | crc32c of body u32 | crc32c u32`
 //! (over bytes 0..12), then the body: `record count u64 | first record index u64 | time min

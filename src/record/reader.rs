@@ -18,7 +18,7 @@ use bytes::Bytes;
 use super::format::{
     BATCH_HEADER_BYTES, BATCH_MARKER, BatchHeader, ChainHead, FOOTER_HEADER_BYTES, FOOTER_MARKER, Footer, IndexKind,
     SEGMENT_HEADER_BYTES, SegmentHeader, StructureError, TRAILER_BYTES, TRAILER_MAGIC, Trailer, chain_next,
-    chain_next_v1,
+    chain_next_v1, chain_next_v2,
 };
 use super::frame::{DecodeError, Frame, RECORD_PREFIX_BYTES, decode_body};
 use super::limits;
@@ -173,6 +173,10 @@ pub struct Batch {
     pub end_offset: u64,
     /// The header.
     pub header: BatchHeader,
+    /// The header's 32 bytes as read (the chain covers them from version 3).
+    pub header_bytes: [u8; BATCH_HEADER_BYTES],
+    /// The zstd frame as read (the chain covers it from version 3).
+    pub compressed: Bytes,
     /// The decompressed records.
     pub payload: Bytes,
     /// The records, in order.
@@ -186,13 +190,14 @@ impl Batch {
         self.body_ranges.iter().map(|range| &self.payload[range.clone()])
     }
 
-    /// The chain value after this batch, from `previous`, as format `version` defines it:
-    /// one step over the whole payload (version 2), or one per record body (version 1).
+    /// The chain value after this batch, from `previous`, as format `version` defines it: one
+    /// step over the header and zstd frame (version 3), over the decompressed payload (version
+    /// 2), or one per record body (version 1).
     pub fn chain_after(&self, version: u16, previous: &ChainHead) -> ChainHead {
-        if version == 1 {
-            self.record_bodies().fold(*previous, |chain, body| chain_next_v1(&chain, body))
-        } else {
-            chain_next(previous, &self.payload)
+        match version {
+            1 => self.record_bodies().fold(*previous, |chain, body| chain_next_v1(&chain, body)),
+            2 => chain_next_v2(previous, &self.payload),
+            _ => chain_next(previous, &self.header_bytes, &self.compressed),
         }
     }
 }
@@ -375,7 +380,8 @@ impl SegmentReader {
         if offset.checked_add(BATCH_HEADER_BYTES as u64).is_none_or(|end| end > limit) {
             return Err(at_fault(ReadErrorKind::BatchTruncated));
         }
-        let header_bytes = self.read_at(offset, BATCH_HEADER_BYTES)?;
+        let header_bytes: [u8; BATCH_HEADER_BYTES] =
+            self.read_at(offset, BATCH_HEADER_BYTES)?.try_into().expect("read_at reads what it is asked");
         let header = BatchHeader::decode(&header_bytes).map_err(|e| at_fault(ReadErrorKind::BatchHeader(e)))?;
         let first_index = expected_first_index.unwrap_or(header.first_record_index);
         let at_fault = |kind| self.error(offset, Some(first_index), kind);
@@ -401,7 +407,16 @@ impl SegmentReader {
         let (records, body_ranges) = self.parse_records(&payload, offset, &header).map_err(|(index, kind)| {
             ReadError { path: self.path.clone(), offset, record_index: Some(index), torn_tail: false, kind }
         })?;
-        Ok(Batch { offset, end_offset, header, payload, records, body_ranges })
+        Ok(Batch {
+            offset,
+            end_offset,
+            header,
+            header_bytes,
+            compressed: Bytes::from(compressed),
+            payload,
+            records,
+            body_ranges,
+        })
     }
 
     fn decompress(&self, compressed: &[u8], declared: usize) -> Result<Bytes, ReadErrorKind> {

@@ -648,6 +648,11 @@ fn format_v2_fixture_reads_back() {
     fixture_reads_back("v2", 2);
 }
 
+#[test]
+fn format_v3_fixture_reads_back() {
+    fixture_reads_back("v3", 3);
+}
+
 /// `SNOWGATE_WRITE_RECORD_FIXTURE=<dir>` writes the current format's fixture into `<dir>`.
 fn fixture_reads_back(name: &str, version: u16) {
     let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/record").join(name);
@@ -669,8 +674,55 @@ fn fixture_reads_back(name: &str, version: u16) {
 /// as version 1 defines it), and the recording continues in the current version and verifies.
 #[test]
 fn an_open_v1_segment_is_recovered_and_continued_in_the_current_version() {
-    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/record/v1");
-    let dir = std::env::temp_dir().join(format!("snowgate-v1-recovery-{}", std::process::id()));
+    open_fixture_segment_is_recovered_and_continued("v1", 1);
+}
+
+/// The same for version 2 (the chain over decompressed payloads).
+#[test]
+fn an_open_v2_segment_is_recovered_and_continued_in_the_current_version() {
+    open_fixture_segment_is_recovered_and_continued("v2", 2);
+}
+
+/// Format 3 chains the bytes on disk: the same records compressed another way give another
+/// chain value (format 2, which hashed the decompressed records, gave the same one), so
+/// nothing in a batch, not even its encoding, changes without breaking the chain.
+#[test]
+fn the_chain_covers_the_compressed_bytes_from_version_3() {
+    let bodies: Vec<Vec<u8>> = (0..8u64)
+        .map(|n| {
+            let mut body = Vec::new();
+            request(n, 200).encode_body(n, &mut body);
+            body
+        })
+        .collect();
+    let refs: Vec<&[u8]> = bodies.iter().map(Vec::as_slice).collect();
+    let header = format::SegmentHeader {
+        version: format::FORMAT_VERSION,
+        core_id: 0,
+        sequence: 0,
+        created_unix_us: T0,
+        first_record_index: 0,
+        previous_chain_head: format::genesis(0),
+    };
+    let batch_at = |level| {
+        let mut bytes = header.encode().to_vec();
+        bytes.extend_from_slice(&format::encode_batch(0, &refs, level).unwrap());
+        let reader = SegmentReader::from_bytes("in-memory".into(), Bytes::from(bytes), Default::default()).unwrap();
+        reader.read_batch(format::SEGMENT_HEADER_BYTES as u64, Some(0)).unwrap()
+    };
+    let (fast, small) = (batch_at(-5), batch_at(19));
+    assert_eq!(fast.payload, small.payload, "the same records");
+    assert_ne!(fast.compressed, small.compressed, "compressed two ways");
+    let genesis = format::genesis(0);
+    assert_eq!(fast.chain_after(2, &genesis), small.chain_after(2, &genesis));
+    assert_ne!(fast.chain_after(3, &genesis), small.chain_after(3, &genesis));
+    let expected = format::chain_next(&genesis, &fast.header_bytes, &fast.compressed);
+    assert_eq!(fast.chain_after(3, &genesis), expected);
+}
+
+fn open_fixture_segment_is_recovered_and_continued(name: &str, version: u16) {
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/record").join(name);
+    let dir = std::env::temp_dir().join(format!("snowgate-{name}-recovery-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     for name in ["seg-000-0000000000.sgr", "seg-000-0000000001.sgr"] {
@@ -681,7 +733,7 @@ fn an_open_v1_segment_is_recovered_and_continued_in_the_current_version() {
     let footer_offset = SegmentReader::open(&last).unwrap().sealed().unwrap().footer_offset;
     std::fs::OpenOptions::new().write(true).open(&last).unwrap().set_len(footer_offset).unwrap();
 
-    let key = fixture_key("v1");
+    let key = fixture_key(name);
     let storage = Arc::new(storage::FileSystem);
     let (mut writer, report) = SegmentWriter::open(storage, &RecorderConfig::new(&dir, 0, key), T0 + 1000).unwrap();
     assert!(!report.was_sealed, "{report:?}");
@@ -697,11 +749,11 @@ fn an_open_v1_segment_is_recovered_and_continued_in_the_current_version() {
         .iter()
         .map(|segment| format::SegmentHeader::decode(&std::fs::read(recording.path(segment)).unwrap()).unwrap().version)
         .collect();
-    assert_eq!(versions, [1, 1, 2]);
+    assert_eq!(versions, [version, version, format::FORMAT_VERSION]);
     let frames: Vec<Frame> = recording.records().map(|r| r.unwrap().frame).collect();
     let mut expected = fixture_frames_with_rotation();
     expected.push(frame);
-    assert_eq!(frames, expected, "every v1 record kept, then the new one");
+    assert_eq!(frames, expected, "every {name} record kept, then the new one");
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

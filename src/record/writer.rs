@@ -614,9 +614,8 @@ impl SegmentWriter {
             // Later frames of this batch (a response to a request in it) read this index.
             items.assign(item_idx, record_index);
         }
-        let chain = chain_next(&self.chain_head, &self.payload);
         match self.write_batch(first_record_index, n_items as u32) {
-            Ok(bytes_on_disk) => {
+            Ok((bytes_on_disk, chain)) => {
                 let segment = self.current.as_mut().expect("opened above");
                 let entry = BatchEntry {
                     offset: segment.len,
@@ -648,8 +647,9 @@ impl SegmentWriter {
         }
     }
 
-    /// Compresses the payload and appends it as a batch; returns the bytes appended.
-    fn write_batch(&mut self, first_record_index: u64, n_records: u32) -> Result<u64, WriteError> {
+    /// Compresses the payload and appends it as a batch; returns the bytes appended and the
+    /// chain value after the batch.
+    fn write_batch(&mut self, first_record_index: u64, n_records: u32) -> Result<(u64, ChainHead), WriteError> {
         let segment = self.current.as_mut().expect("opened by the caller");
         let path = segment.path.clone();
         self.compressed.clear();
@@ -666,8 +666,10 @@ impl SegmentWriter {
             first_record_index,
             payload_crc: crc32c::crc32c(&self.compressed),
         };
+        let header = header.encode();
+        let chain = chain_next(&self.chain_head, &header, &self.compressed);
         self.out.clear();
-        self.out.extend_from_slice(&header.encode());
+        self.out.extend_from_slice(&header);
         self.out.extend_from_slice(&self.compressed);
         if let Err(source) = segment.file.append(&self.out) {
             segment.file.truncate(segment.len).map_err(|truncate_error| WriteError::Fatal {
@@ -677,7 +679,7 @@ impl SegmentWriter {
             })?;
             return Err(WriteError::Io { path, source });
         }
-        Ok(self.out.len() as u64)
+        Ok((self.out.len() as u64, chain))
     }
 
     /// Makes everything appended durable. Any error is fatal.
