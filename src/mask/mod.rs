@@ -235,9 +235,23 @@ pub struct MaskReport {
 }
 
 impl MaskReport {
-    #[inline]
+    /// Counts one value masked by `kinds`. One kind (the usual case) costs one branch on it;
+    /// several go through [`MaskReport::count_many`].
+    #[inline(always)]
     pub(crate) fn count(&mut self, kinds: u32) {
-        self.count_many(kinds, 1);
+        if !kinds.is_power_of_two() {
+            self.count_many(kinds, 1);
+            return;
+        }
+        self.values_masked += 1;
+        if kinds == RuleKind::Column.bit() {
+            self.by_column_rule += 1;
+        } else if kinds == RuleKind::Dictionary.bit() {
+            self.by_dictionary += 1;
+        } else {
+            let first = RuleKind::Detector(DetectorKind::ALL[0]).bit().trailing_zeros();
+            self.by_detector[(kinds.trailing_zeros() - first) as usize] += 1;
+        }
     }
 
     #[inline]

@@ -683,3 +683,20 @@ fn rows_across_windows_mask_as_they_do_alone() {
     assert_eq!(masked.report, report);
     assert!(report.by_dictionary > 0 && report.by_column_rule > 0 && report.by_detector.iter().sum::<u64>() > 0);
 }
+
+/// The one-value count (one kind, the usual case, or several) adds what the general count adds.
+#[test]
+fn counting_one_value_matches_the_general_count() {
+    let kinds = [RuleKind::Column, RuleKind::Dictionary].into_iter().chain(DetectorKind::ALL.map(RuleKind::Detector));
+    let bits: Vec<u32> = kinds.map(RuleKind::bit).collect();
+    let sets =
+        bits.iter().copied().chain(bits.windows(2).map(|w| w[0] | w[1])).chain([bits.iter().fold(0, |a, b| a | b)]);
+    for set in sets {
+        let (mut one, mut general) = (MaskReport::default(), MaskReport::default());
+        one.count(set);
+        one.count(set);
+        general.count_many(set, 2);
+        assert_eq!(one, general, "kinds {set:#b}");
+        assert_eq!(one.values_masked, 2);
+    }
+}

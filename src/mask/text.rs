@@ -156,6 +156,11 @@ pub(crate) fn merge_spans(profile: &Profile, spans: &mut Vec<Span>) {
 
 /// Where the last `keep` characters of `text[start..end]` begin (UTF-8 boundaries).
 pub(crate) fn keep_from(text: &[u8], start: usize, end: usize, keep: u32) -> usize {
+    // ASCII last characters (card digits, most keys): one byte each.
+    let keep_bytes = keep as usize;
+    if end - start >= keep_bytes && text[end - keep_bytes..end].is_ascii() {
+        return end - keep_bytes;
+    }
     let mut at = end;
     let mut kept = 0;
     while at > start && kept < keep {
@@ -560,6 +565,24 @@ mod tests {
         assert_eq!(keep_from(text, 0, text.len(), 2), 3);
         assert_eq!(keep_from(text, 0, text.len(), 10), 0);
         assert_eq!(keep_from(text, 2, text.len(), 10), 2);
+        // The ASCII shortcut and the character walk agree, around multi-byte characters.
+        let text = "é4111é1111".as_bytes();
+        for start in [0, 2] {
+            for keep in 0..12 {
+                let walked = {
+                    let (mut at, mut kept) = (text.len(), 0);
+                    while at > start && kept < keep {
+                        at -= 1;
+                        while at > start && (text[at] & 0xC0) == 0x80 {
+                            at -= 1;
+                        }
+                        kept += 1;
+                    }
+                    at
+                };
+                assert_eq!(keep_from(text, start, text.len(), keep), walked, "start {start} keep {keep}");
+            }
+        }
     }
 
     #[test]
