@@ -77,7 +77,7 @@ impl DetectorKind {
     }
 
     /// The detector's position in [`DetectorKind::ALL`].
-    pub fn index(self) -> usize {
+    pub const fn index(self) -> usize {
         self as usize
     }
 

@@ -249,8 +249,7 @@ impl MaskReport {
         } else if kinds == RuleKind::Dictionary.bit() {
             self.by_dictionary += 1;
         } else {
-            let first = RuleKind::Detector(DetectorKind::ALL[0]).bit().trailing_zeros();
-            self.by_detector[(kinds.trailing_zeros() - first) as usize] += 1;
+            self.by_detector[(kinds.trailing_zeros() - RuleKind::FIRST_DETECTOR_BIT) as usize] += 1;
         }
     }
 
@@ -266,7 +265,7 @@ impl MaskReport {
         if kinds & RuleKind::Dictionary.bit() != 0 {
             self.by_dictionary += values;
         }
-        let mut detectors = kinds >> RuleKind::Detector(DetectorKind::ALL[0]).bit().trailing_zeros();
+        let mut detectors = kinds >> RuleKind::FIRST_DETECTOR_BIT;
         while detectors != 0 {
             self.by_detector[detectors.trailing_zeros() as usize] += values;
             detectors &= detectors - 1;

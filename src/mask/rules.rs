@@ -116,8 +116,11 @@ pub(crate) enum RuleKind {
 }
 
 impl RuleKind {
+    /// The bit of the first detector; detector `i`'s is this one shifted by `i`.
+    pub(crate) const FIRST_DETECTOR_BIT: u32 = RuleKind::Detector(DetectorKind::ALL[0]).bit().trailing_zeros();
+
     /// A bit in a per-value set of kinds.
-    pub(crate) fn bit(self) -> u32 {
+    pub(crate) const fn bit(self) -> u32 {
         match self {
             RuleKind::Column => 1,
             RuleKind::Dictionary => 2,

@@ -52,22 +52,14 @@ pub fn chain_next(previous: &ChainHead, header: &[u8; BATCH_HEADER_BYTES], compr
     *hasher.finalize().as_bytes()
 }
 
-/// Format version 2's chain step, over a batch's decompressed payload (its records with their
-/// length and CRC prefixes, back to back). Read-only: kept so that version 2 segments still
-/// verify.
-pub fn chain_next_v2(previous: &ChainHead, payload: &[u8]) -> ChainHead {
+/// Format versions 1 and 2's chain step, `BLAKE3(previous ‖ decompressed)`: over each record
+/// body in turn (version 1), or over each batch's decompressed payload, its records with their
+/// length and CRC prefixes back to back (version 2). Read-only: kept so that those segments
+/// still verify.
+pub fn chain_next_decompressed(previous: &ChainHead, decompressed: &[u8]) -> ChainHead {
     let mut hasher = blake3::Hasher::new();
     hasher.update(previous);
-    hasher.update(payload);
-    *hasher.finalize().as_bytes()
-}
-
-/// Format version 1's chain step, record by record: the chain value after a record whose
-/// canonical body is `body`. Read-only: kept so that version 1 segments still verify.
-pub fn chain_next_v1(previous: &ChainHead, body: &[u8]) -> ChainHead {
-    let mut hasher = blake3::Hasher::new();
-    hasher.update(previous);
-    hasher.update(body);
+    hasher.update(decompressed);
     *hasher.finalize().as_bytes()
 }
 
@@ -130,8 +122,8 @@ pub enum StructureError {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SegmentHeader {
     /// The format version: [`FORMAT_VERSION`] for what this code writes; older segments read
-    /// back with theirs (it decides how the chain is computed: [`chain_next_v1`],
-    /// [`chain_next_v2`], [`chain_next`]).
+    /// back with theirs (it decides how the chain is computed: [`chain_next_decompressed`]
+    /// up to version 2, [`chain_next`] from version 3).
     pub version: u16,
     /// The core whose chain this segment continues.
     pub core_id: u16,

@@ -18,7 +18,7 @@ use bytes::Bytes;
 use super::format::{
     BATCH_HEADER_BYTES, BATCH_MARKER, BatchHeader, ChainHead, FOOTER_HEADER_BYTES, FOOTER_MARKER, Footer, IndexKind,
     SEGMENT_HEADER_BYTES, SegmentHeader, StructureError, TRAILER_BYTES, TRAILER_MAGIC, Trailer, chain_next,
-    chain_next_v1, chain_next_v2,
+    chain_next_decompressed,
 };
 use super::frame::{DecodeError, Frame, RECORD_PREFIX_BYTES, decode_body};
 use super::limits;
@@ -195,8 +195,8 @@ impl Batch {
     /// 2), or one per record body (version 1).
     pub fn chain_after(&self, version: u16, previous: &ChainHead) -> ChainHead {
         match version {
-            1 => self.record_bodies().fold(*previous, |chain, body| chain_next_v1(&chain, body)),
-            2 => chain_next_v2(previous, &self.payload),
+            1 => self.record_bodies().fold(*previous, |chain, body| chain_next_decompressed(&chain, body)),
+            2 => chain_next_decompressed(previous, &self.payload),
             _ => chain_next(previous, &self.header_bytes, &self.compressed),
         }
     }

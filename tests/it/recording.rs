@@ -169,11 +169,11 @@ fn a_full_disk_refuses_statements_until_space_returns() {
     // was forwarded; its answer is withheld, since it cannot be recorded). Once a write has
     // failed, every later statement is refused before it is forwarded. Below, the recording
     // must hold a request record for everything the upstream saw.
-    let refused_upstream: Vec<String> =
-        upstream_query_ids(&upstream).into_iter().filter(|id| refused.contains(id)).collect();
+    let seen_upstream = upstream_query_ids(&upstream);
+    let refused_upstream: Vec<&String> = seen_upstream.iter().filter(|id| refused.contains(id)).collect();
     assert!(refused_upstream.len() <= 1, "refused statements reached the upstream: {refused_upstream:?}");
     assert_eq!(
-        upstream_query_ids(&upstream).len(),
+        seen_upstream.len(),
         answered.len() + refused_upstream.len(),
         "the upstream saw a statement that was neither answered nor refused"
     );
@@ -216,7 +216,7 @@ fn a_full_disk_refuses_statements_until_space_returns() {
     for id in &answered {
         assert!(responses.contains(id), "{id} was answered without a response record");
     }
-    for id in &refused_upstream {
+    for &id in &refused_upstream {
         assert!(!responses.contains(id), "{id} was refused, yet its answer is recorded");
     }
 }
