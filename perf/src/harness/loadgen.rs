@@ -301,6 +301,9 @@ pub struct LoadResult {
     pub latency_ns: Histogram<u64>,
     /// How late sends left against their due time (open loop only), nanoseconds.
     pub send_lag_ns: Histogram<u64>,
+    /// Open loop only: of the queries due in the measured window, how many found every agent
+    /// busy (so waited in the generator for a connection to free), and how many were due.
+    pub busy_at_due: Option<(u64, u64)>,
     /// The probes sampled at the start and the end of the window.
     pub samples: Vec<(Sample, Sample)>,
     /// The window actually measured.
@@ -334,6 +337,10 @@ struct Schedule {
     due: VecDeque<Instant>,
     idle_agents: Vec<Waker>,
     finished: bool,
+    /// Queries due in the measured window.
+    measured_due: u64,
+    /// Of those, the ones that found no idle agent at their due time.
+    measured_busy: u64,
 }
 
 /// Waits for the next due query: its due time, or `None` once the schedule is over and
@@ -386,7 +393,12 @@ async fn pacer(
         }
         let mut schedule = schedule.borrow_mut();
         schedule.due.push_back(due);
-        if let Some(agent) = schedule.idle_agents.pop() {
+        let idle = schedule.idle_agents.pop();
+        if due >= window.measure_from {
+            schedule.measured_due += 1;
+            schedule.measured_busy += u64::from(idle.is_none());
+        }
+        if let Some(agent) = idle {
             agent.wake();
         }
         sequence = sequence.saturating_add(1);
@@ -504,7 +516,7 @@ fn run_here(plan: AgentPlan, spec: LoadSpec, probes: Vec<Probe>) -> anyhow::Resu
     let measure_from = start + spec.warmup;
     let stop_at = measure_from + spec.duration;
     let probes = Rc::new(probes);
-    let (first, window_start) = runtime.block_on({
+    let ((first, window_start), busy_at_due) = runtime.block_on({
         let (plan, tally, probes) = (plan.clone(), tally.clone(), probes.clone());
         let mode = spec.mode.clone();
         let connections = spec.connections;
@@ -534,9 +546,13 @@ fn run_here(plan: AgentPlan, spec: LoadSpec, probes: Vec<Probe>) -> anyhow::Resu
             for handle in handles {
                 handle.await;
             }
+            let busy_at_due = schedule.map(|schedule| {
+                let schedule = schedule.borrow();
+                (schedule.measured_busy, schedule.measured_due)
+            });
             // A window that never opened (a run shorter than its warm-up) samples now.
             let opened = opened.borrow_mut().take();
-            opened.unwrap_or_else(|| (probes.iter().map(Probe::sample).collect(), Instant::now()))
+            (opened.unwrap_or_else(|| (probes.iter().map(Probe::sample).collect(), Instant::now())), busy_at_due)
         }
     });
     let last: Vec<Sample> = probes.iter().map(Probe::sample).collect();
@@ -549,6 +565,7 @@ fn run_here(plan: AgentPlan, spec: LoadSpec, probes: Vec<Probe>) -> anyhow::Resu
         errors: tally.errors,
         latency_ns: tally.latency_ns,
         send_lag_ns: tally.send_lag_ns,
+        busy_at_due,
         samples: first.into_iter().zip(last).collect(),
         window,
         first_error: tally.first_error,

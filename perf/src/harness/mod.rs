@@ -219,6 +219,9 @@ pub struct OpenRun {
     pub max_us: f64,
     /// How late sends left, 99th percentile, µs (pacing precision).
     pub send_lag_p99_us: f64,
+    /// The share of the window's queries that found all the generator's agents busy at their
+    /// due time (0 to 1): see [`OpenRun::saturated`].
+    pub busy_at_due: f64,
     /// CPU µs per request: the double, the proxy, the load generator.
     pub upstream_cpu_us: f64,
     /// See above.
@@ -238,6 +241,15 @@ pub struct OpenRun {
 }
 
 impl OpenRun {
+    /// More than 1% of the queries found every agent (connection) busy at their due time and
+    /// waited in the generator for one to free. With agents enough for several milliseconds of
+    /// answers in flight, that happens only when the scenario fell behind the load; the p99 is
+    /// then the queue in the load generator, which grows without bound while the overload
+    /// lasts, and a ratio of two such p99s says nothing about the gateway.
+    pub fn saturated(&self) -> bool {
+        self.busy_at_due > 0.01
+    }
+
     /// Recording bytes on disk per raw byte.
     pub fn recording_ratio(&self) -> Option<f64> {
         self.recording_bytes_per_query.map(|on_disk| on_disk / self.raw_bytes_per_query.max(1.0))
@@ -609,6 +621,7 @@ fn run_payload(
                 p999_us: percentile_us(&result, 0.999),
                 max_us: result.latency_ns.max() as f64 / 1000.0,
                 send_lag_p99_us: result.send_lag_ns.value_at_quantile(0.99) as f64 / 1000.0,
+                busy_at_due: result.busy_at_due.map_or(0.0, |(busy, due)| busy as f64 / due.max(1) as f64),
                 upstream_cpu_us,
                 proxy_cpu_us,
                 loadgen_cpu_us,

@@ -109,15 +109,15 @@ fn payload_section(out: &mut String, payload: &PayloadReport, runs: usize) {
         payload.open_rate
     );
     out.push_str(
-        "| scenario | achieved req/s | p50 µs | p99 µs | p99.9 µs | max µs | added p50 µs | added p99 µs | added p99.9 µs | CPU µs/req double | CPU µs/req proxy | send lag p99 µs | recording bytes/query | recording bytes/raw byte | errors |\n\
-         |---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
+        "| scenario | achieved req/s | p50 µs | p99 µs | p99.9 µs | max µs | added p50 µs | added p99 µs | added p99.9 µs | CPU µs/req double | CPU µs/req proxy | send lag p99 µs | due with every agent busy | recording bytes/query | recording bytes/raw byte | errors |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     let direct = open_of(payload, "direct");
     for (name, run) in &payload.open {
         let added = |f: fn(&OpenRun) -> f64| direct.map_or("–".into(), |d| format!("{:+.0}", f(run) - f(d)));
         let _ = writeln!(
             out,
-            "| {name} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {} | {} | {} | {:.1} | {:.1} | {:.1} | {} | {} | {} |",
+            "| {name} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {} | {} | {} | {:.1} | {:.1} | {:.1} | {}{} | {} | {} | {} |",
             run.achieved_rate,
             run.p50_us,
             run.p99_us,
@@ -129,6 +129,8 @@ fn payload_section(out: &mut String, payload: &PayloadReport, runs: usize) {
             run.upstream_cpu_us,
             run.proxy_cpu_us,
             run.send_lag_p99_us,
+            percent(run.busy_at_due),
+            if run.saturated() { " (saturated)" } else { "" },
             run.recording_bytes_per_query.map_or("–".into(), |b| format!("{b:.0}")),
             run.recording_ratio().map_or("–".into(), |r| format!("{r:.3}")),
             run.errors,
@@ -148,6 +150,11 @@ pub struct Goal {
     pub verdict: &'static str,
 }
 
+/// A share (0 to 1) as a percentage for the tables.
+fn percent(share: f64) -> String {
+    format!("{:.1}%", share * 100.0)
+}
+
 fn verdict(met: bool) -> &'static str {
     if met { "met" } else { "missed" }
 }
@@ -155,6 +162,12 @@ fn verdict(met: bool) -> &'static str {
 /// The issue's goals against today's figures. Goals whose scenarios did not run say so.
 pub fn goals(report: &Report) -> Vec<Goal> {
     let mut goals = Vec::new();
+    let saturated = |name: &str, run: &OpenRun| {
+        format!(
+            "{name}'s open loop was saturated ({} of its queries found every agent busy): its p99 is the load generator's queue",
+            percent(run.busy_at_due)
+        )
+    };
     let payload = |name: &str| report.payloads.iter().find(|p| p.name == name);
     let full_names = ["snowgate-full-none", "snowgate-full-batch", "snowgate-full-strict"];
     let unmeasured = |goal: String, why: &str| Goal { goal, today: why.to_owned(), verdict: "not measurable yet" };
@@ -193,11 +206,17 @@ pub fn goals(report: &Report) -> Vec<Goal> {
     for p in &report.payloads {
         let (Some(direct), Some(nginx)) = (open_of(p, "direct"), open_of(p, "nginx")) else { continue };
         let nginx_added = nginx.p99_us - direct.p99_us;
+        let baseline_saturated = [("direct", direct), ("nginx", nginx)].into_iter().find(|(_, run)| run.saturated());
         for name in std::iter::once("snowgate-forward").chain(full_names) {
             let Some(run) = open_of(p, name) else { continue };
+            let goal = format!("added p99 ≤ nginx's added p99 + 20 µs, {} result, {name}", p.name);
+            if let Some((baseline, run)) = baseline_saturated {
+                goals.push(unmeasured(goal, &saturated(baseline, run)));
+                continue;
+            }
             let added = run.p99_us - direct.p99_us;
             goals.push(Goal {
-                goal: format!("added p99 ≤ nginx's added p99 + 20 µs, {} result, {name}", p.name),
+                goal,
                 today: format!("{added:+.0} µs vs nginx {nginx_added:+.0} µs (at {:.0} req/s)", p.open_rate),
                 verdict: verdict(added <= nginx_added + 20.0),
             });
@@ -207,6 +226,14 @@ pub fn goals(report: &Report) -> Vec<Goal> {
         let off = open_of(p, "snowgate-full-unrecorded");
         let ons: Vec<(&str, &OpenRun)> = full_names.iter().filter_map(|n| open_of(p, n).map(|r| (*n, r))).collect();
         match (off, ons.is_empty()) {
+            (Some(off), false) if off.saturated() => {
+                for (name, _) in ons {
+                    goals.push(unmeasured(
+                        format!("p99 with recording ≤ 1.1× without, {} result, {name}", p.name),
+                        &saturated("snowgate-full-unrecorded", off),
+                    ));
+                }
+            }
             (Some(off), false) => {
                 for (name, on) in ons {
                     let ratio = on.p99_us / off.p99_us.max(1.0);
@@ -511,6 +538,41 @@ mod tests {
         let cost = goals.iter().find(|g| g.goal.starts_with("p99 with recording")).unwrap();
         assert_eq!(cost.goal, "p99 with recording ≤ 1.1× without, 1KB result, snowgate-full-batch");
         assert_eq!((cost.today.as_str(), cost.verdict), ("1.30× (260 µs vs 200 µs unrecorded)", "missed"));
+    }
+
+    #[test]
+    fn a_saturated_baseline_gives_no_p99_verdict() {
+        let mut report = sample();
+        let saturated = |p99: f64| OpenRun { busy_at_due: 0.3, ..open(p99) };
+        report.payloads[0]
+            .open
+            .extend([("snowgate-full-unrecorded", saturated(25_000.0)), ("snowgate-full-none", saturated(37_000.0))]);
+        report.payloads[0].open[1].1.busy_at_due = 0.02;
+        let goals = goals(&report);
+        let find = |prefix: &str| goals.iter().find(|g| g.goal.starts_with(prefix)).unwrap().clone();
+        let cost = find("p99 with recording");
+        assert_eq!(cost.goal, "p99 with recording ≤ 1.1× without, 1KB result, snowgate-full-none");
+        assert_eq!(cost.verdict, "not measurable yet");
+        assert!(
+            cost.today.starts_with("snowgate-full-unrecorded's open loop was saturated (30.0% of"),
+            "{}",
+            cost.today
+        );
+        let added = find("added p99");
+        assert_eq!(added.verdict, "not measurable yet");
+        assert!(added.today.starts_with("nginx's open loop was saturated (2.0% of"), "{}", added.today);
+    }
+
+    #[test]
+    fn a_saturated_scenario_against_a_steady_baseline_is_a_miss() {
+        let mut report = sample();
+        report.payloads[0].open.extend([
+            ("snowgate-full-unrecorded", OpenRun { busy_at_due: 0.01, ..open(200.0) }),
+            ("snowgate-full-none", OpenRun { busy_at_due: 0.5, ..open(30_000.0) }),
+        ]);
+        let goals = goals(&report);
+        let cost = goals.iter().find(|g| g.goal.starts_with("p99 with recording")).unwrap();
+        assert_eq!((cost.today.as_str(), cost.verdict), ("150.00× (30000 µs vs 200 µs unrecorded)", "missed"));
     }
 
     #[test]
