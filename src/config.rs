@@ -193,6 +193,12 @@ pub struct LimitsSection {
     pub body_bytes_max: usize,
     /// Largest body after gunzip.
     pub decompressed_bytes_max: usize,
+    /// Largest statement request body (query request, SQL API submit) after gunzip. The
+    /// gateway reads these bodies into a JSON tree (several times their size in memory), so
+    /// this is well below `decompressed_bytes_max`, which also bounds result bodies. Session
+    /// control bodies (login, renewal, logout, heartbeat, aborts) and telemetry have fixed,
+    /// smaller caps (`Endpoint::request_bytes_max`).
+    pub statement_request_bytes_max: usize,
     /// Time allowed for a complete request head once its first byte arrived.
     pub header_timeout_ms: u64,
     /// Time a keep-alive connection may sit idle between requests.
@@ -221,6 +227,7 @@ impl Default for LimitsSection {
             head_bytes_max: http.head_bytes_max,
             body_bytes_max: http.body_bytes_max,
             decompressed_bytes_max: http.decompressed_bytes_max,
+            statement_request_bytes_max: 16 * 1024 * 1024,
             header_timeout_ms: 10_000,
             idle_timeout_ms: 60_000,
             body_timeout_ms: 60_000,
@@ -487,6 +494,8 @@ pub struct Config {
     pub timeouts: Timeouts,
     /// Largest `X-Agent-Context` kept.
     pub agent_context_bytes_max: usize,
+    /// Largest statement request body after gunzip.
+    pub statement_request_bytes_max: usize,
     /// How long a rewritten chunk URL is honoured.
     pub chunk_url_ttl: Duration,
     /// The statement ids each core keeps, and for how long.
@@ -797,6 +806,7 @@ impl Config {
             ("limits.statement_idle_ttl_secs", l.statement_idle_ttl_secs),
             ("limits.statement_ids_max", l.statement_ids_max as u64),
             ("limits.statement_ids_per_identity_max", l.statement_ids_per_identity_max as u64),
+            ("limits.statement_request_bytes_max", l.statement_request_bytes_max as u64),
         ] {
             if value == 0 {
                 return Err(problem(key, "must be greater than zero"));
@@ -830,6 +840,7 @@ impl Config {
                 body: Duration::from_millis(l.body_timeout_ms),
             },
             agent_context_bytes_max: l.agent_context_bytes_max,
+            statement_request_bytes_max: l.statement_request_bytes_max,
             chunk_url_ttl: Duration::from_secs(l.chunk_url_ttl_secs),
             statement_book: BookLimits {
                 ids_max: l.statement_ids_max,

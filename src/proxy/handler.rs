@@ -297,7 +297,8 @@ async fn route(core: &Core, head: &RequestHead, body: Bytes, capture: &mut Captu
     capture.request_id =
         query_param(head.query(), "requestId").or_else(|| query_param(head.query(), "request_id")).map(str::to_owned);
     capture.agent_context = agent_context(head, core.gateway.config.agent_context_bytes_max);
-    let body = match inflate_request(core, head, body, capture) {
+    let bytes_max = endpoint.request_bytes_max(core.gateway.config.statement_request_bytes_max);
+    let body = match inflate_request(core, head, body, bytes_max, capture) {
         Ok(body) => body,
         Err(answer) => return answer,
     };
@@ -327,9 +328,32 @@ pub(super) fn cut_at_char(text: &str, bytes_max: usize) -> &str {
     &text[..end]
 }
 
-/// Inflates a gzip request body (by header or by magic bytes), capped. An oversized body is a
-/// 413 that closes the connection; broken gzip is a driver-shaped refusal.
-fn inflate_request(core: &Core, head: &RequestHead, body: Bytes, capture: &mut Capture) -> Result<Bytes, Answer> {
+/// Inflates a gzip request body (by header or by magic bytes), capped at `bytes_max` (and at
+/// the configured decompressed limit). A body over the cap, sent or inflated, is a 413 that
+/// closes the connection; broken gzip is a driver-shaped refusal.
+fn inflate_request(
+    core: &Core,
+    head: &RequestHead,
+    body: Bytes,
+    bytes_max: usize,
+    capture: &mut Capture,
+) -> Result<Bytes, Answer> {
+    let limit = bytes_max.min(core.gateway.config.limits.decompressed_bytes_max);
+    let too_large = |capture: &mut Capture| {
+        capture.refused_code = Some("413".into());
+        info!(
+            endpoint = capture.endpoint,
+            limit, "Request body is larger than the endpoint allows; closing the connection."
+        );
+        let body = serde_json::json!({"code": "413", "message": format!("the request body is larger than {limit} bytes (after gunzip), the most this endpoint accepts"), "success": false});
+        let mut answer =
+            Answer::own(413, Bytes::from(serde_json::to_vec(&body).expect("a JSON value always serialises")));
+        answer.close = true;
+        answer
+    };
+    if body.len() > limit {
+        return Err(too_large(capture));
+    }
     let encoding = head.headers.get("content-encoding").map(<[u8]>::trim_ascii);
     let declared_gzip = match encoding {
         None => false,
@@ -340,17 +364,9 @@ fn inflate_request(core: &Core, head: &RequestHead, body: Bytes, capture: &mut C
     if !declared_gzip && !gzip::is_gzip(&body) {
         return Ok(body);
     }
-    match gzip::gunzip_capped(&body, core.gateway.config.limits.decompressed_bytes_max) {
+    match gzip::gunzip_capped(&body, limit) {
         Ok(inflated) => Ok(Bytes::from(inflated)),
-        Err(GunzipError::TooLarge { limit }) => {
-            capture.refused_code = Some("413".into());
-            info!(endpoint = capture.endpoint, limit, "Request body inflates past the limit; closing the connection.");
-            let body = serde_json::json!({"code": "413", "message": format!("the request body inflates past {limit} bytes"), "success": false});
-            let mut answer =
-                Answer::own(413, Bytes::from(serde_json::to_vec(&body).expect("a JSON value always serialises")));
-            answer.close = true;
-            Err(answer)
-        }
+        Err(GunzipError::TooLarge { .. }) => Err(too_large(capture)),
         Err(GunzipError::Invalid(_)) => Err(refuse(capture, codes::BAD_REQUEST, "the request body is not valid gzip")),
     }
 }

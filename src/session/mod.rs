@@ -50,6 +50,13 @@ pub enum Endpoint {
     Chunk(String),
 }
 
+/// Largest body after gunzip of a session control request (login, renewal, heartbeat, logout,
+/// aborts, cancels; the GETs have none).
+pub const CONTROL_BYTES_MAX: usize = 256 * 1024;
+
+/// Largest telemetry batch after gunzip.
+pub const TELEMETRY_BYTES_MAX: usize = 1024 * 1024;
+
 /// Whether `id` looks like a Snowflake query id or statement handle (a UUID). Anything else
 /// could smuggle path segments upstream.
 pub fn is_query_id(id: &str) -> bool {
@@ -108,6 +115,18 @@ impl Endpoint {
             Endpoint::SqlApiStatus(_) => "sql-api-status",
             Endpoint::SqlApiCancel(_) => "sql-api-cancel",
             Endpoint::Chunk(_) => "chunk",
+        }
+    }
+
+    /// The largest request body this endpoint accepts after gunzip. Only statements carry big
+    /// bodies (their text and bindings, up to `statement_bytes_max`); the drivers' session
+    /// control bodies are a few KiB and telemetry batches tens, and each is read into a JSON
+    /// tree several times its size, before authentication in a login's case.
+    pub fn request_bytes_max(&self, statement_bytes_max: usize) -> usize {
+        match self {
+            Endpoint::QueryRequest | Endpoint::SqlApiSubmit => statement_bytes_max,
+            Endpoint::Telemetry => TELEMETRY_BYTES_MAX,
+            _ => CONTROL_BYTES_MAX,
         }
     }
 

@@ -242,3 +242,70 @@ fn the_connection_cap_answers_503_and_frees_a_place_when_a_connection_closes() {
     let (session, _) = login_ok(&mut gateway.client());
     assert!(session.starts_with("sg1."));
 }
+
+/// A login body whose JSON tree would be many times its size: `[0,0,0,…]` padding beside the
+/// credential, `inflated` bytes after gunzip.
+fn padded_login(token: &str, inflated: usize) -> Vec<u8> {
+    let mut body = login_body(token);
+    body["data"]["PADDING"] = json!([]);
+    let text = body.to_string();
+    let (head, tail) = text.split_at(text.find("[]").unwrap() + 1);
+    let mut padded = head.as_bytes().to_vec();
+    while padded.len() + tail.len() + 2 < inflated {
+        padded.extend_from_slice(b"0,");
+    }
+    padded.push(b'0');
+    padded.extend_from_slice(tail.as_bytes());
+    padded
+}
+
+#[test]
+fn each_endpoint_caps_its_request_body_before_reading_it() {
+    let upstream = double(|_| {});
+    let gateway = TestGateway::start(
+        &upstream.url(),
+        GatewayOptions { limits: "statement_request_bytes_max = 2097152".into(), ..Default::default() },
+    );
+    let token = agent_token(json!({}));
+    let post = |target: &str, authorization: &str, body: &[u8], gzipped: bool| {
+        let mut client = gateway.client();
+        let mut headers = vec![("content-type", "application/json"), ("authorization", authorization)];
+        let wire = if gzipped {
+            headers.push(("content-encoding", "gzip"));
+            snowgate::http::gzip::gzip(body)
+        } else {
+            body.to_vec()
+        };
+        client.request(snowgate::http::Method::Post, target, &headers, &wire).unwrap()
+    };
+    // A login padded to 1 MiB (a driver's is a few KiB): refused before the token is looked at,
+    // gzipped or not, and nothing reaches the upstream.
+    for gzipped in [true, false] {
+        let answer = post(LOGIN_TARGET, "Snowflake Token=\"None\"", &padded_login(&token, 1 << 20), gzipped);
+        assert_eq!(answer.status, 413, "gzipped {gzipped}: {}", String::from_utf8_lossy(&answer.body));
+        assert!(String::from_utf8_lossy(&answer.body).contains("262144"), "{}", String::from_utf8_lossy(&answer.body));
+    }
+    assert_eq!(upstream.stats.requests(snowgate_perf::EndpointKind::Login), 0);
+    // Under the control cap a padded login is served.
+    let answer = post(LOGIN_TARGET, "Snowflake Token=\"None\"", &padded_login(&token, 200 * 1024), true);
+    assert_eq!(answer.json().unwrap()["success"], true, "{}", String::from_utf8_lossy(&answer.body));
+    let session = answer.json().unwrap()["data"]["token"].as_str().unwrap().to_owned();
+
+    // A statement may be larger than a control body (its text is capped at 1 MiB by the
+    // policy; its bindings are not), up to its own configured cap.
+    let auth = authorization(&session);
+    let statement = |bytes: usize| {
+        let mut body = query_body("select 1");
+        body["sqlText"] = json!(format!("select 1 -- {}", "x".repeat(bytes)));
+        body.to_string().into_bytes()
+    };
+    let answer = post(QUERY_TARGET, &auth, &statement(512 << 10), true);
+    assert_eq!(answer.status, 200, "{}", String::from_utf8_lossy(&answer.body));
+    assert_eq!(answer.json().unwrap()["success"], true, "{}", String::from_utf8_lossy(&answer.body));
+    let answer = post(QUERY_TARGET, &auth, &statement(3 << 20), true);
+    assert_eq!(answer.status, 413, "{}", String::from_utf8_lossy(&answer.body));
+    assert!(String::from_utf8_lossy(&answer.body).contains("2097152"));
+    // Logout and heartbeat have the control cap too.
+    let answer = post("/session?delete=true", &auth, &vec![b' '; 300 * 1024], false);
+    assert_eq!(answer.status, 413);
+}
