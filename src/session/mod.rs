@@ -145,15 +145,16 @@ pub fn query_param<'q>(query: &'q str, name: &str) -> Option<&'q str> {
 }
 
 /// Returns `target` with query parameter `name` set to `value` (added if absent). The value is
-/// percent-encoded; other parameters are kept byte for byte.
+/// percent-encoded; other parameters are kept byte for byte. Any pair that could be read
+/// upstream as `name` is dropped: one naming it in another case, or percent-encoded
+/// (`role%4Eame`), or with it after a `;` (a separator some servers accept).
 pub fn set_query_param(target: &str, name: &str, value: &str) -> String {
     let (path, query) = target.split_once('?').unwrap_or((target, ""));
     let ours = format!("{name}={}", percent_encode(value));
     let mut parts: Vec<&str> = Vec::new();
     let mut placed = false;
     for pair in query.split('&').filter(|p| !p.is_empty()) {
-        let key = pair.split_once('=').map_or(pair, |(k, _)| k);
-        if key != name {
+        if !could_name(pair, name) {
             parts.push(pair);
         } else if !placed {
             // A repeated parameter could be read differently upstream: keep only ours.
@@ -165,6 +166,29 @@ pub fn set_query_param(target: &str, name: &str, value: &str) -> String {
         parts.push(&ours);
     }
     format!("{path}?{}", parts.join("&"))
+}
+
+/// Whether `pair`, percent-decoded, holds `name` in any case anywhere (so as a key however a
+/// server splits or decodes it). Pairs that merely mention it are dropped too: no parameter a
+/// driver sends does.
+fn could_name(pair: &str, name: &str) -> bool {
+    let mut decoded = Vec::with_capacity(pair.len());
+    let bytes = pair.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        match (bytes[i], bytes.get(i + 1).copied().and_then(hex), bytes.get(i + 2).copied().and_then(hex)) {
+            (b'%', Some(high), Some(low)) => {
+                decoded.push((high * 16 + low) as u8);
+                i += 3;
+            }
+            (b, _, _) => {
+                decoded.push(b);
+                i += 1;
+            }
+        }
+    }
+    decoded.windows(name.len()).any(|w| w.eq_ignore_ascii_case(name.as_bytes()))
 }
 
 fn percent_encode(value: &str) -> String {
@@ -304,6 +328,13 @@ mod tests {
         assert_eq!(set_query_param("/x", "roleName", "A B"), "/x?roleName=A%20B");
         assert_eq!(set_query_param("/x?b=2", "roleName", "R"), "/x?b=2&roleName=R");
         assert_eq!(set_query_param("/x?roleName=a&roleName=b&c=1", "roleName", "R"), "/x?roleName=R&c=1");
+        // Spellings a server could decode to `roleName` never reach it beside ours.
+        for sneaky in ["role%4Eame=ADMIN", "ROLENAME=ADMIN", "%72%6f%6c%65%6e%61%6d%65=ADMIN", "a=1;roleName=ADMIN"] {
+            assert_eq!(set_query_param(&format!("/x?{sneaky}&c=1"), "roleName", "R"), "/x?roleName=R&c=1", "{sneaky}");
+            assert_eq!(set_query_param(&format!("/x?c=1&{sneaky}"), "roleName", "R"), "/x?c=1&roleName=R", "{sneaky}");
+        }
+        // Broken escapes and multi-byte text are kept as they are.
+        assert_eq!(set_query_param("/x?a=%zz%4&b=%C3%A9", "roleName", "R"), "/x?a=%zz%4&b=%C3%A9&roleName=R");
     }
 
     #[test]
