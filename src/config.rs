@@ -617,6 +617,13 @@ impl Config {
             let url = UpstreamUrl::parse(&url_text).ok_or_else(|| {
                 problem("upstream.url", "must be https://host[:port] or http://host[:port], without a path")
             })?;
+            // The login carries the gateway's credential, and answers carry results and `qrmk`.
+            if !url.tls && !loopback_http(&url_text) {
+                return Err(problem(
+                    "upstream.url",
+                    "http:// is only for an emulator on this machine (127.0.0.0/8, [::1], localhost); use https://",
+                ));
+            }
             let credential = match (&u.private_key_file, &u.password_file, &u.password_env) {
                 (Some(key_file), None, None) => {
                     let pem = read_file("upstream.private_key_file", &resolve(key_file))?;

@@ -156,6 +156,11 @@ fn check_config_refuses_broken_files_naming_the_key() {
             vec!["upstream.url"],
         ),
         (
+            "an upstream.url in clear to another machine",
+            replace_line(&good, "url = \"http://127.0.0.1:9\"", "url = \"http://snowflake.example\""),
+            vec!["upstream.url", "https://"],
+        ),
+        (
             "an upstream.url with a path",
             replace_line(&good, "url = \"http://127.0.0.1:9\"", "url = \"https://acct.example.com/api\""),
             vec!["upstream.url"],
