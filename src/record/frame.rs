@@ -367,6 +367,14 @@ impl RequestLink {
         RequestLink(LinkInner::Ticket(ticket))
     }
 
+    /// Whether the request's record will never be written (a read-back link never is).
+    pub fn lost(&self) -> bool {
+        match &self.0 {
+            LinkInner::Index(_) => false,
+            LinkInner::Ticket(ticket) => ticket.failed(),
+        }
+    }
+
     /// The request's record index, once the request is written.
     pub fn record_index(&self) -> Option<u64> {
         match &self.0 {

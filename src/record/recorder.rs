@@ -340,6 +340,11 @@ impl TicketShared {
         }
     }
 
+    /// Whether this record will never be on disk (its write failed, or it was dropped).
+    pub(super) fn failed(&self) -> bool {
+        !matches!(self.state.load(Ordering::Acquire), TICKET_PENDING | TICKET_WRITTEN | TICKET_DURABLE)
+    }
+
     fn outcome(&self) -> Option<Result<(), RecordUnavailable>> {
         match self.state.load(Ordering::Acquire) {
             TICKET_PENDING | TICKET_WRITTEN => None,
@@ -719,6 +724,23 @@ impl WriterLoop {
         }
     }
 
+    /// Fails, unwritten, each response whose request record was lost (a failed write of an
+    /// earlier batch, after which the recorder resumed): where answers wait for their record,
+    /// that answer is then withheld, so none reaches an agent with its statement missing from
+    /// the recording. Counted in `records_lost` (the outage's event already counted the
+    /// request).
+    fn withhold_orphan_responses(&mut self) {
+        let before = self.items.len();
+        self.items.retain(|item| {
+            let orphan = matches!(&item.frame, Frame::Response(r) if r.request.as_ref().is_some_and(RequestLink::lost));
+            if orphan {
+                item.ticket.complete(TICKET_UNAVAILABLE);
+            }
+            !orphan
+        });
+        RecorderStats::add(&self.shared.stats.records_lost, (before - self.items.len()) as u64);
+    }
+
     fn fail_items(&mut self, state: u8) {
         for item in self.items.drain(..) {
             item.ticket.complete(state);
@@ -743,6 +765,12 @@ impl WriterLoop {
                 RecorderStats::add(&stats.records_lost, self.items.len() as u64);
                 self.fail_items(TICKET_UNAVAILABLE);
                 continue;
+            }
+            if self.durability != Durability::None {
+                self.withhold_orphan_responses();
+                if self.items.is_empty() {
+                    continue;
+                }
             }
             let now = self.clock.now_unix_us();
             match self.writer.append_items(self.items.as_slice(), now) {

@@ -290,6 +290,43 @@ fn a_full_disk_refuses_then_resumes_and_records_the_outage() {
     assert!(verify_strict(&recording).is_ok());
 }
 
+/// In `batch` mode the answer waits for its response record only; a statement whose request
+/// record was lost in an outage (forwarded before the write failed) must not get its answer
+/// released after the recorder resumes, with its response on disk and its statement nowhere.
+#[test]
+fn a_response_whose_request_record_was_lost_is_never_written() {
+    let storage = SimulatedStorage::new();
+    let mut config = config(&dir());
+    config.durability = Durability::Batch { interval: Duration::from_millis(2) };
+    config.unavailable_retry = Duration::from_millis(5);
+    let recorder = Recorder::start_with(config, Arc::new(storage.clone()), Arc::new(SystemClock)).unwrap();
+    let kept = recorder.submit(request(0, 10)).unwrap();
+    let kept_link = kept.link();
+    assert_eq!(kept.wait_durable(Duration::from_secs(5)), Some(Ok(())));
+    let used: u64 = storage.read(&segment_path(0)).unwrap().len() as u64;
+    storage.set_space_bytes(Some(used + 20));
+    let lost = recorder.submit(request(1, 500)).unwrap();
+    let lost_link = lost.link();
+    assert_eq!(lost.wait_durable(Duration::from_secs(5)), Some(Err(RecordUnavailable::WriteFailed)));
+    storage.set_space_bytes(None);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while recorder.health() != RecorderHealth::Running {
+        assert!(std::time::Instant::now() < deadline, "the recorder did not resume");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    // The upstream's answers arrive after the resume.
+    let orphan = recorder.submit(response(1, Some(lost_link))).unwrap();
+    let answered = recorder.submit(response(0, Some(kept_link))).unwrap();
+    assert_eq!(orphan.wait_durable(Duration::from_secs(5)), Some(Err(RecordUnavailable::Unavailable)));
+    assert_eq!(answered.wait_durable(Duration::from_secs(5)), Some(Ok(())));
+    assert_eq!(recorder.stats().records_lost.load(std::sync::atomic::Ordering::Relaxed), 2);
+    recorder.stop().unwrap();
+    let recording = open_recording(&storage);
+    let frames = user_frames(&recording);
+    assert_eq!(frames, [request(0, 10), response(0, Some(RequestLink::to_record(0)))]);
+    assert!(verify_strict(&recording).is_ok());
+}
+
 /// Storage whose appends wait while the gate is closed, to hold the writer thread still.
 struct GatedStorage {
     inner: SimulatedStorage,
