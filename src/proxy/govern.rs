@@ -733,7 +733,10 @@ pub fn masked_answer(
         return pass_through(response);
     }
     match mask_result(core, response.body.clone(), profiles, &[], Some((head, session))) {
-        Ok((body, _)) => {
+        Ok(Masked { body, recorded, .. }) => {
+            if let Some(recorded) = recorded {
+                capture.record_in_place_of(&body, recorded);
+            }
             Answer { status: response.status, upstream_headers: Some(response.headers), body, close: false }
         }
         Err(reason) => masking_failed(core, capture, &reason),
@@ -754,7 +757,7 @@ pub fn masked_sql_api(
         return (pass_through(response), Vec::new());
     }
     match mask_result(core, response.body.clone(), profiles, known, None) {
-        Ok((body, plans)) => {
+        Ok(Masked { body, plans, .. }) => {
             let answer =
                 Answer { status: response.status, upstream_headers: Some(response.headers), body, close: false };
             (answer, plans)
@@ -786,7 +789,7 @@ fn mask_result(
     profiles: &[String],
     given: &[(String, ColumnPlan)],
     chunks: Option<(&RequestHead, &Session<'_>)>,
-) -> Result<(Bytes, Plans), String> {
+) -> Result<Masked, String> {
     let mut buffer = mutable(body);
     let masker = &core.gateway.config.masker;
     let mut plans: Vec<(String, ColumnPlan)> = Vec::with_capacity(profiles.len());
@@ -810,7 +813,7 @@ fn mask_result(
     core.gateway.metrics.values_masked.fetch_add(values_masked, std::sync::atomic::Ordering::Relaxed);
     let Some(envelope) = envelope.filter(|e| !e.chunks.is_empty() || e.qrmk.is_some() || !e.chunk_headers.is_empty())
     else {
-        return Ok((buffer.freeze(), plans));
+        return Ok(Masked { body: buffer.freeze(), plans, recorded: None });
     };
     let Some((head, session)) = chunks else {
         return Err("an answer with chunks where none are expected".into());
@@ -824,7 +827,22 @@ fn mask_result(
     let authorization = format!("Snowflake Token=\"{}\"", session.token);
     let own_headers = [("Authorization", authorization.as_str())];
     let body = rebuild_envelope(&buffer, &envelope, &urls, Some(&own_headers)).map_err(|e| e.to_string())?;
-    Ok((Bytes::from(body), plans))
+    // The recording keeps the answer without the agent's session token, a bearer credential.
+    let redacted_headers = [("Authorization", REDACTED)];
+    let recorded = rebuild_envelope(&buffer, &envelope, &urls, Some(&redacted_headers)).map_err(|e| e.to_string())?;
+    Ok(Masked { body: Bytes::from(body), plans, recorded: Some(Bytes::from(recorded)) })
+}
+
+/// What stands in a recorded answer for the session token its `chunkHeaders` carry.
+const REDACTED: &str = "[redacted]";
+
+/// A masked answer: the body for the agent, each profile's plan, and the body to record in
+/// its place when the two differ (a credential the agent needs and the recording must not
+/// keep).
+struct Masked {
+    body: Bytes,
+    plans: Plans,
+    recorded: Option<Bytes>,
 }
 
 /// What a chunk URL's grant holds (sealed: the agent can neither read nor change it).

@@ -79,6 +79,8 @@ pub struct Capture {
     started_at_unix_us: u64,
     /// Set once the request record was taken, before the request went upstream.
     admitted: Option<RequestLink>,
+    /// An answer body (the very buffer) and what the recording keeps in its place.
+    recorded_instead: Option<(Bytes, Bytes)>,
 }
 
 impl Capture {
@@ -172,17 +174,29 @@ impl Capture {
         }
     }
 
+    /// Records `recorded` in place of the answer body `sent`, if that is the body answered
+    /// (an answer replaced later, a refusal, is recorded as it is).
+    pub(super) fn record_in_place_of(&mut self, sent: &Bytes, recorded: Bytes) {
+        self.recorded_instead = Some((sent.clone(), recorded));
+    }
+
     /// The frames still to record once the answer is known (`summary` is the answer's): the
     /// request's (unless it was recorded before going upstream) and the response's, linked to
     /// it.
     pub fn into_frames(
-        self,
+        mut self,
         answer: &Answer,
         summary: AnswerSummary,
         answered_at_unix_us: u64,
         total_us: u64,
     ) -> (Option<RequestFrame>, ResponseFrame) {
         let request = if self.admitted.is_none() { Some(self.request_frame()) } else { None };
+        let body = match self.recorded_instead.take() {
+            Some((sent, recorded)) if sent.as_ptr() == answer.body.as_ptr() && sent.len() == answer.body.len() => {
+                recorded
+            }
+            _ => answer.body.clone(),
+        };
         let response = ResponseFrame {
             time_unix_us: answered_at_unix_us,
             endpoint: self.endpoint_name().into(),
@@ -194,7 +208,7 @@ impl Capture {
             rows: summary.total_rows,
             upstream_us: self.upstream_us,
             total_us,
-            body: answer.body.clone(),
+            body,
         };
         (request, response)
     }

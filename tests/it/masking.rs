@@ -245,6 +245,16 @@ fn chunk_urls_are_bound_to_their_session_and_expire() {
     let expired = client.get(&path, &[("authorization", &authorization(&session))]).unwrap();
     assert_eq!(expired.status, 403, "an expired chunk URL was honoured");
     assert!(String::from_utf8_lossy(&expired.body).contains("expired"));
+
+    // The recording keeps the answer with its chunk URLs, but not the session token the
+    // agent was told to present with them (a bearer credential).
+    let dir = gateway.stop();
+    let recording = recording_text(&dir.path().join("recordings"));
+    assert!(recording.contains(&path["/snowgate/chunk/".len()..]), "the answer's chunk URLs were not recorded");
+    assert!(recording.contains(r#""chunkHeaders":{"Authorization":"[redacted]"}"#), "{recording}");
+    for token in [&session, &other_session] {
+        assert!(!recording.contains(token.as_str()), "a session token was recorded");
+    }
 }
 
 #[test]
