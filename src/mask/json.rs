@@ -1216,6 +1216,12 @@ pub(crate) fn mask_object(
     }
     let data = unique(&top, body, "data")?.cloned();
     unique(&top, body, "resultSetMetaData")?;
+    if let Some(message) = unique(&top, body, "message")?
+        && body.get(message.value.start) == Some(&b'"')
+    {
+        let token = string_token(body, message.value.start)?;
+        mask_message(ctx.profile, body, token, scratch, report)?;
+    }
     if let Some(query) = query {
         return Ok(JsonOutcome { format: query.format, envelope: Some(query.envelope), plan: query.plan });
     }
@@ -1234,6 +1240,43 @@ pub(crate) fn mask_object(
         }
         _ => Ok(JsonOutcome { format: ResultFormat::NoRows, envelope: None, plan: None }),
     }
+}
+
+/// Masks an answer's `message` (an error's, which may quote the value that failed: "Numeric
+/// value '123-45-6789' is not recognized") as free text: the dictionary and the detectors mask
+/// what they find; where the profile has column rules, whose values no detector can tell,
+/// every single-quoted part is masked too (the agent still sees which error it was).
+fn mask_message(
+    profile: &Profile,
+    body: &mut [u8],
+    token: StrTok,
+    scratch: &mut Scratch,
+    report: &mut MaskReport,
+) -> Result<(), MaskError> {
+    let StrTok { open, close, .. } = token;
+    let Scratch { spans, decoded, raw_of, repls, .. } = scratch;
+    decode_string(&body[open + 1..close], decoded, raw_of)?;
+    spans.clear();
+    let mut anchored = 0u32;
+    dictionary_spans(&profile.dictionary, decoded, &mut anchored, spans);
+    detect_spans(profile, decoded, stats(decoded), anchored, false, spans);
+    if !profile.columns.is_empty() {
+        let kinds = RuleKind::Column.bit();
+        let mut quotes = memchr::memchr_iter(b'\'', decoded);
+        while let (Some(start), Some(end)) = (quotes.next(), quotes.next()) {
+            if end > start + 1 {
+                spans.push(Span { start: start + 1, end, style: Style::Full, kinds });
+            }
+        }
+    }
+    if spans.is_empty() {
+        return Ok(());
+    }
+    merge_spans(profile, spans);
+    report.count(spans.iter().fold(0, |k, s| k | s.kinds));
+    plan_repls(profile, decoded, Some(raw_of), spans, repls);
+    rewrite(body, open, close, repls, profile);
+    Ok(())
 }
 
 struct QueryData {

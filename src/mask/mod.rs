@@ -24,7 +24,8 @@
 //! `data`), SQL API partitions (`{"data":[...]}`, plan required), JSON chunks (rows without
 //! enclosing brackets, plan required) and Arrow chunks (IPC streams; the plan is advised, else
 //! one is made from the schema with unknown tables). JSON objects without rows (errors,
-//! progress answers) pass untouched. Gzip is refused ([`MaskError::Compressed`]); anything
+//! progress answers) pass untouched but for their `message`, masked as text (an error may quote
+//! the value that failed; under a profile with column rules its quoted parts are masked too). Gzip is refused ([`MaskError::Compressed`]); anything
 //! else unrecognised is refused, never passed on.
 //!
 //! # The policy file

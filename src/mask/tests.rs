@@ -365,6 +365,47 @@ fn answers_without_rows_pass_untouched() {
 }
 
 #[test]
+fn error_messages_are_masked_as_text() {
+    let masker = masker(POLICY);
+    let agents = masker.profile("agents").unwrap();
+    let open = masker.profile("open").unwrap();
+    let message = |body: &[u8]| serde_json::from_slice::<Value>(body).unwrap()["message"].as_str().unwrap().to_owned();
+    let cases = [
+        // A conversion error quotes the value that failed: a detected e-mail address, a value
+        // of a column rule (no detector knows it), the dictionary's word, an escaped quote.
+        (
+            r#"{"data":{"sqlState":"22018","queryId":"x"},"code":"100038","message":"Numeric value 'ada.lovelace42@example.com' is not recognized","success":false}"#,
+            format!("Numeric value '{}' is not recognized", stars("ada.lovelace42@example.com")),
+        ),
+        (
+            r#"{"code":"100040","message":"Date '12345.67' is not recognized","sqlState":"22007","statementHandle":"01b2"}"#,
+            format!("Date '{}' is not recognized", stars("12345.67")),
+        ),
+        (
+            r#"{"data":null,"code":"100038","message":"Numeric value 'Ada Lovelace' is not recognized","success":false}"#,
+            format!("Numeric value '{}' is not recognized", stars("Ada Lovelace")),
+        ),
+        // Unquoted: the detectors and the dictionary still apply.
+        (
+            r#"{"code":"1","message":"card 4111 1111 1111 1111 of Lovelace","success":false}"#,
+            format!("card {}1111 of [NAME]", stars("4111 1111 1111 ")),
+        ),
+    ];
+    for (text, expected) in cases {
+        let mut body = text.as_bytes().to_vec();
+        let masked = masker.mask(agents, &mut body, None, &mut Scratch::default()).unwrap();
+        assert_eq!(masked.format, ResultFormat::NoRows, "{text}");
+        assert_eq!(body.len(), text.len(), "{text}");
+        assert_eq!(message(&body).trim_end(), expected, "{text}");
+        assert!(masked.report.values_masked >= 1, "{text}");
+        // A profile with no rules, no detectors and no dictionary leaves it as it was.
+        let mut body = text.as_bytes().to_vec();
+        masker.mask(open, &mut body, None, &mut Scratch::default()).unwrap();
+        assert_eq!(body, text.as_bytes());
+    }
+}
+
+#[test]
 fn refuses_what_it_cannot_mask() {
     let masker = masker(POLICY);
     let agents = masker.profile("agents").unwrap();

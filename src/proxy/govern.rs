@@ -729,8 +729,11 @@ pub fn masked_answer(
     session: &Session<'_>,
     profiles: &[String],
 ) -> Answer {
-    if profiles.is_empty() || response.status != 200 {
+    if profiles.is_empty() || (response.status != 200 && !json_object(&response.body)) {
         return pass_through(response);
+    }
+    if response.status != 200 {
+        return masked_error(core, response, capture, profiles);
     }
     match mask_result(core, response.body.clone(), profiles, &[], Some((head, session))) {
         Ok(Masked { body, recorded, .. }) => {
@@ -753,8 +756,11 @@ pub fn masked_sql_api(
     profiles: &[String],
     known: &[(String, ColumnPlan)],
 ) -> (Answer, Plans) {
-    if profiles.is_empty() || !(200..300).contains(&response.status) {
+    if profiles.is_empty() || (!(200..300).contains(&response.status) && !json_object(&response.body)) {
         return (pass_through(response), Vec::new());
+    }
+    if !(200..300).contains(&response.status) {
+        return (masked_error(core, response, capture, profiles), Vec::new());
     }
     match mask_result(core, response.body.clone(), profiles, known, None) {
         Ok(Masked { body, plans, .. }) => {
@@ -772,6 +778,33 @@ pub fn masked_sql_api(
             );
             (refusal, Vec::new())
         }
+    }
+}
+
+/// Whether `body` starts like a JSON object (an error answer the masker reads), rather than a
+/// load balancer's page or nothing.
+fn json_object(body: &[u8]) -> bool {
+    body.trim_ascii_start().first() == Some(&b'{')
+}
+
+/// An error answer (a status other than success) in JSON: its message may quote a value
+/// ("Numeric value '…' is not recognized"), so it is masked like any answer; one the masker
+/// cannot read is withheld, as any answer would be.
+fn masked_error(core: &Core, response: UpstreamResponse, capture: &mut Capture, profiles: &[String]) -> Answer {
+    match mask_result(core, response.body.clone(), profiles, &[], None) {
+        Ok(Masked { body, .. }) => {
+            Answer { status: response.status, upstream_headers: Some(response.headers), body, close: false }
+        }
+        Err(reason) if capture.is_sql_api() => {
+            warn!(core = core.id, reason, "A SQL API error answer could not be masked; withholding it.");
+            refuse_sql_api(
+                capture,
+                502,
+                codes::MASKING_FAILED,
+                "snowgate could not mask this answer, so it withheld it",
+            )
+        }
+        Err(reason) => masking_failed(core, capture, &reason),
     }
 }
 

@@ -356,3 +356,30 @@ fn sql_api_partitions_are_masked_and_handles_belong_to_their_identity() {
         assert!(submitted, "the submit of {handle} is not recorded under its handle");
     }
 }
+
+/// An error may quote what failed ("Numeric value '…' is not recognized"): answers without
+/// rows are masked too, driver answers and SQL API error statuses alike. Under a profile with
+/// column rules every quoted part goes (the double's error quotes a table name).
+#[test]
+fn error_answers_are_masked_like_results() {
+    let upstream = double(|_| {});
+    let gateway = TestGateway::start(
+        &upstream.url(),
+        GatewayOptions { policy: Some(MASKING_POLICY.into()), ..Default::default() },
+    );
+    let mut client = gateway.client();
+    let (session, _) = login_ok(&mut client);
+    let error = query(&mut client, &session, "select * from no_such_table").json().unwrap();
+    assert_eq!((&error["success"], &error["code"]), (&json!(false), &json!("002003")), "{error}");
+    let message = error["message"].as_str().unwrap();
+    assert!(message.contains("Object '*************' does not exist"), "{message}");
+
+    let bearer = format!("Bearer {}", agent_token(json!({})));
+    let body = json!({"statement": "select * from no_such_table", "timeout": 60});
+    let answer = client.post_json("/api/v2/statements", &sql_api_headers(&bearer), &body, false).unwrap();
+    assert_eq!(answer.status, 422);
+    let error = answer.json().unwrap();
+    assert_eq!(error["code"], "002003", "{error}");
+    let message = error["message"].as_str().unwrap();
+    assert!(message.contains("Object '*************' does not exist"), "{message}");
+}
