@@ -7,7 +7,7 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use serde_json::Value;
+use serde_json::{Map, Value};
 use tracing::{debug, info, warn};
 
 use super::upstream::{self, UpstreamError, UpstreamRequest, UpstreamResponse};
@@ -17,7 +17,7 @@ use crate::http::{Headers, Method, RequestHead};
 use crate::identity::{AuthError, Identity, JwksSource};
 use crate::mask;
 use crate::policy::Subject;
-use crate::policy::parameters::plan_query_parameters;
+use crate::policy::parameters::{ParameterClass, parameter_class, plan_query_parameters};
 use crate::record::{Decision, Frame, Principal, RequestFrame, RequestLink, ResponseFrame};
 use crate::session::credential::UpstreamCredential;
 use crate::session::login::{self, LoginError, SessionOwner};
@@ -466,12 +466,42 @@ fn login_error_code(error: &LoginError) -> &'static str {
     }
 }
 
+/// A login's `SESSION_PARAMETERS` set the session as `ALTER SESSION` would, so they pass the
+/// gate a query request's `parameters` do (result formats ARROW or JSON only, the statement
+/// count pinned), except that a driver's own `CLIENT_*` settings are let through: drivers send
+/// ones the gateway does not list, and they change the driver's side, not what a statement
+/// reads. Anything else the policy does not know as harmless is refused.
+fn gate_login_parameters(parameters: Option<&mut Value>) -> Result<(), String> {
+    let Some(parameters) = parameters else { return Ok(()) };
+    let Value::Object(object) = parameters else {
+        return match parameters {
+            Value::Null => Ok(()),
+            _ => Err("the login's SESSION_PARAMETERS is not a JSON object".to_owned()),
+        };
+    };
+    let checked: Map<String, Value> = object
+        .iter()
+        .filter(|(key, _)| {
+            !(key.len() > 7 && key[..7].eq_ignore_ascii_case("CLIENT_"))
+                || parameter_class(key) != ParameterClass::Sensitive
+        })
+        .map(|(key, value)| (key.clone(), value.clone()))
+        .collect();
+    let plan = plan_query_parameters(Some(&Value::Object(checked)), 1)
+        .map_err(|r| format!("the login's SESSION_PARAMETERS set {}, which {}", r.parameter, r.reason))?;
+    plan.apply(object);
+    Ok(())
+}
+
 async fn login(core: &Core, head: &RequestHead, body: Bytes, capture: &mut Capture) -> Answer {
     let gateway = &core.gateway;
-    let request = match login::parse_login_request(&body) {
+    let mut request = match login::parse_login_request(&body) {
         Ok(request) => request,
         Err(e) => return refuse(capture, login_error_code(&e), &e.to_string()),
     };
+    if let Err(message) = gate_login_parameters(request.session_parameters_mut()) {
+        return refuse(capture, codes::BAD_REQUEST, &message);
+    }
     let identity = match verify_oidc(core, &request.oidc_token).await {
         Ok(identity) => identity,
         Err(e) => return refuse(capture, e.snowflake_code(), &e.to_string()),

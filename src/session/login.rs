@@ -81,6 +81,12 @@ pub fn parse_login_request(body: &[u8]) -> Result<LoginRequest, LoginError> {
 }
 
 impl LoginRequest {
+    /// The login's `SESSION_PARAMETERS`, to be checked (and rewritten) before it goes upstream:
+    /// they set the session's parameters as `ALTER SESSION` would.
+    pub fn session_parameters_mut(&mut self) -> Option<&mut Value> {
+        data_object(&mut self.document).expect("checked when parsed").get_mut("SESSION_PARAMETERS")
+    }
+
     /// The body sent upstream: the gateway's account, user and credential, no client secret.
     pub fn into_upstream_body(
         mut self,
@@ -90,9 +96,7 @@ impl LoginRequest {
         now_unix: u64,
     ) -> Vec<u8> {
         let data = data_object(&mut self.document).expect("checked when parsed");
-        for field in SECRET_LOGIN_FIELDS {
-            data.remove(field);
-        }
+        data.retain(|key, _| !SECRET_LOGIN_FIELDS.iter().any(|field| field.eq_ignore_ascii_case(key)));
         data.insert("ACCOUNT_NAME".into(), Value::String(account.into()));
         data.insert("LOGIN_NAME".into(), Value::String(user.into()));
         match credential {

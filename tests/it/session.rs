@@ -612,3 +612,55 @@ fn one_agents_statements_do_not_push_out_anothers_ids() {
     let gone = client.get(&oldest, &[("authorization", &authorization(&busy))]).unwrap();
     assert_refused(&gone, "260018");
 }
+
+/// A login's SESSION_PARAMETERS set the session as ALTER SESSION would: they pass the same
+/// gate as a query request's parameters (a driver's own CLIENT_* settings excepted), and the
+/// secret fields are stripped whatever their case.
+#[test]
+fn login_session_parameters_pass_the_parameter_gate() {
+    let upstream = double(|_| {});
+    let gateway = TestGateway::start(&upstream.url(), GatewayOptions::default());
+    let mut client = gateway.client();
+    let token = agent_token(json!({}));
+    let login_with = |client: &mut snowgate_perf::client::Client, data: serde_json::Value| {
+        let mut body = login_body(&token);
+        for (key, value) in data.as_object().unwrap() {
+            body["data"][key] = value.clone();
+        }
+        client.post_json(LOGIN_TARGET, &[("authorization", "Snowflake Token=\"None\"")], &body, true).unwrap()
+    };
+    for refused in [
+        json!({"QUOTED_IDENTIFIERS_IGNORE_CASE": true}),
+        json!({"SEARCH_PATH": "attacker.public"}),
+        json!({"PYTHON_CONNECTOR_QUERY_RESULT_FORMAT": "csv"}),
+        json!({"TIMEZONE": "UTC", "timezone": "UTC"}),
+    ] {
+        let answer = login_with(&mut client, json!({ "SESSION_PARAMETERS": refused.clone() }));
+        assert_refused(&answer, snowgate::session::codes::BAD_REQUEST);
+        let message = answer.json().unwrap()["message"].as_str().unwrap().to_owned();
+        assert!(message.contains("SESSION_PARAMETERS"), "{refused}: {message}");
+    }
+    assert_eq!(upstream.stats.requests(EndpointKind::Login), 0, "a refused login went upstream");
+
+    let answer = login_with(
+        &mut client,
+        json!({
+            "SESSION_PARAMETERS": {"CLIENT_SOMETHING_NEW": true, "TIMEZONE": "UTC", "MULTI_STATEMENT_COUNT": 0,
+                "PYTHON_CONNECTOR_QUERY_RESULT_FORMAT": "json"},
+            "secondary_roles": ["ALL"], "Passcode": "123456"
+        }),
+    );
+    assert_eq!(answer.json().unwrap()["success"], true);
+    let body = upstream.stats.recorded(EndpointKind::Login).last().unwrap().body_json().unwrap();
+    let parameters = &body["data"]["SESSION_PARAMETERS"];
+    assert_eq!(
+        parameters,
+        &json!({"CLIENT_SOMETHING_NEW": true, "TIMEZONE": "UTC", "MULTI_STATEMENT_COUNT": 1,
+            "PYTHON_CONNECTOR_QUERY_RESULT_FORMAT": "json"})
+    );
+    let data = body["data"].as_object().unwrap();
+    assert!(
+        !data.keys().any(|k| k.eq_ignore_ascii_case("secondary_roles") || k.eq_ignore_ascii_case("passcode")),
+        "{body}"
+    );
+}
