@@ -7,10 +7,16 @@
 //! exactly the statement their keywords announce, or they are [`Kind::Unknown`]: the parse
 //! guarantees the tokens are a well-formed statement, in which table references sit where the
 //! reader below looks for them (after `FROM`, `JOIN`, a `,` in a `FROM` list, `USING`, inside
-//! `TABLE(…)` or `IDENTIFIER(…)`, `@stage`). CTE names are scoped and not reported as tables.
+//! `TABLE(…)` or `IDENTIFIER(…)`). CTE names are scoped and not reported as tables. A stage
+//! (`@stage`) anywhere is read, and so is one named to a file function; a built-in that makes
+//! a URL to a staged file (`GET_PRESIGNED_URL`) is a `get`. `RESULT_SCAN` (quoted in upper case
+//! too) and `DESCRIBE RESULT` read a query result. Statements read by their keywords alone
+//! (`SHOW`, `DESCRIBE`, `USE`, `UNSET`, `ALTER SESSION`, transactions) are unknown when
+//! followed by anything those keywords do not take.
 //!
 //! `EXECUTE IMMEDIATE` of a literal or `$$` string classifies the inner text (bounded depth);
-//! of anything else it is [`Kind::ExecuteImmediateDynamic`]. Scripting blocks are
+//! of anything else it is [`Kind::ExecuteImmediateDynamic`]. The statement a task, alert or
+//! pipe runs is classified too, and so is an alert's condition (same bound). Scripting blocks are
 //! [`Kind::ScriptingBlock`] plus whatever their statements do, read best effort (what is not
 //! understood inside is [`Kind::Unknown`]). `SYSTEM$` calls anywhere add a
 //! [`Kind::SystemFunction`] action. Nothing here panics on any input: every index is checked.
@@ -26,6 +32,7 @@ use super::lexer::{Lexed, bare_word, begin_starts_transaction, is_keyword, lex, 
 use super::model::{Action, Classified, ClassifiedStatement, Kind, Limits, ObjectName, ObjectType, Refusal};
 use super::names::{canonical_word, name_from_literal};
 use super::parameters::session_parameter_is_benign;
+use super::result_scan::{ScanTarget, is_result_scan, read_target};
 
 /// Classifies a request's text under `limits`. Never fails: a request that cannot be read is
 /// [`Classified::refusal`], a statement that cannot be read is [`Kind::Unknown`].
@@ -233,12 +240,12 @@ fn classify_statement(cx: &Cx<'_>, v: View<'_>) -> ClassifiedStatement {
         Some("UNSET") => unset_variables(v, &mut b),
         Some("CALL") => call(v, &mut b),
         Some("EXECUTE") => execute(cx, v, &mut b),
-        Some("BEGIN") if begin_starts_transaction(v.tok(1)) => b.kind = Kind::Begin,
+        Some("BEGIN") if begin_starts_transaction(v.tok(1)) => transaction(v, &mut b, Kind::Begin),
         Some("BEGIN" | "DECLARE") => block(cx, v, &mut b),
-        Some("START") if v.kw(1, "TRANSACTION") => b.kind = Kind::Begin,
-        Some("COMMIT") => b.kind = Kind::Commit,
-        Some("ROLLBACK") => b.kind = Kind::Rollback,
-        Some("SHOW") => b.kind = Kind::Show,
+        Some("START") if v.kw(1, "TRANSACTION") => transaction(v, &mut b, Kind::Begin),
+        Some("COMMIT") => transaction(v, &mut b, Kind::Commit),
+        Some("ROLLBACK") => transaction(v, &mut b, Kind::Rollback),
+        Some("SHOW") => show(v, &mut b),
         Some("DESC" | "DESCRIBE") => describe(v, &mut b),
         Some("EXPLAIN") => explain(v, &mut b),
         _ => b.become_unknown("the statement does not start with a keyword the gateway classifies"),
@@ -342,11 +349,13 @@ fn copy(cx: &Cx<'_>, v: View<'_>, b: &mut Builder) {
     if v.contains_keyword("SELECT") && !matches!(parse_single(cx, v), Some(AstStatement::CopyIntoSnowflake { .. })) {
         return b.become_unknown("the COPY INTO with a query does not parse");
     }
-    match v.tok(2) {
+    // The target is written to, not read: the scan for reads starts after it.
+    let after_target = match v.tok(2) {
         Some(Token::AtSign) => {
             b.kind = Kind::CopyIntoLocation;
-            let (name, _) = read_stage(v, 2);
+            let (name, next) = read_stage(v, 2);
             b.on(Kind::CopyIntoLocation, ObjectType::Stage, name);
+            next
         }
         Some(Token::SingleQuotedString(target)) => {
             b.kind = Kind::CopyIntoLocation;
@@ -354,13 +363,15 @@ fn copy(cx: &Cx<'_>, v: View<'_>, b: &mut Builder) {
                 Some(stage) => b.on(Kind::CopyIntoLocation, ObjectType::Stage, stage_from_text(stage)),
                 None => b.on(Kind::CopyIntoLocation, ObjectType::Location, ObjectName::Flat(target.clone())),
             }
+            3
         }
         _ => {
             b.kind = Kind::CopyIntoTable;
             b.on(Kind::CopyIntoTable, ObjectType::Table, read_name(v, 2).map_or(ObjectName::Dynamic, |(name, _)| name));
+            2
         }
-    }
-    scan_reads(v, b, Kind::Select, ScanOptions::default());
+    };
+    scan_reads(v.sub(after_target..v.len()), b, Kind::Select, ScanOptions::default());
 }
 
 fn create(cx: &Cx<'_>, v: View<'_>, b: &mut Builder) {
@@ -373,7 +384,7 @@ fn create(cx: &Cx<'_>, v: View<'_>, b: &mut Builder) {
     b.kind = kind;
     let (object_type, after_type) = read_object_type(v, idx, true, true).unwrap_or((ObjectType::Other, idx));
     let after_exists = skip_if_exists(v, after_type);
-    let name = read_name(v, after_exists).map_or(ObjectName::Dynamic, |(name, _)| name);
+    let (name, after_name) = read_name(v, after_exists).unwrap_or((ObjectName::Dynamic, after_exists));
     b.on(kind, object_type, name);
     let depths = v.depths();
     let clone_at = v.find_at_depth(&depths, after_exists, 0, |t| is_keyword(t, "CLONE"));
@@ -381,10 +392,14 @@ fn create(cx: &Cx<'_>, v: View<'_>, b: &mut Builder) {
         b.on(Kind::Select, object_type, source);
     }
     if object_type == ObjectType::Stage {
-        let url_at = v.find_at_depth(&depths, after_exists, 0, |t| is_keyword(t, "URL"));
-        if let (true, Some(Token::SingleQuotedString(url))) = (v.is(url_at + 1, &Token::Eq), v.tok(url_at + 2)) {
-            b.on(kind, ObjectType::Location, ObjectName::Flat(url.clone()));
+        stage_urls(v, &depths, after_name, kind, b);
+    }
+    if matches!(object_type, ObjectType::Task | ObjectType::Alert | ObjectType::Pipe) {
+        // Cloned, it holds its source's statement; otherwise it must say which it runs.
+        if clone_at == v.len() {
+            create_stored_code(cx, v, &depths, after_name, object_type, b);
         }
+        return;
     }
     if v.contains_keyword("SELECT") {
         if parse_single(cx, v).is_none() {
@@ -401,16 +416,19 @@ fn alter(cx: &Cx<'_>, v: View<'_>, b: &mut Builder) {
     b.kind = Kind::Alter;
     let (object_type, after_type) = read_object_type(v, 1, true, true).unwrap_or((ObjectType::Other, 1));
     let after_exists = skip_if_exists(v, after_type);
-    let name = match read_name(v, after_exists) {
-        Some((name, _))
+    let (name, after_name) = match read_name(v, after_exists) {
+        Some((name, next))
             if object_type != ObjectType::Account || !(v.kw(after_exists, "SET") || v.kw(after_exists, "UNSET")) =>
         {
-            name
+            (name, next)
         }
-        _ => ObjectName::Dynamic,
+        _ => (ObjectName::Dynamic, after_exists),
     };
     b.on(Kind::Alter, object_type, name);
     let depths = v.depths();
+    if object_type == ObjectType::Stage {
+        stage_urls(v, &depths, after_name, Kind::Alter, b);
+    }
     for (first, second) in [("RENAME", "TO"), ("SWAP", "WITH")] {
         let at = v.find_at_depth(&depths, after_exists, 0, |t| is_keyword(t, first));
         if v.kw(at + 1, second)
@@ -418,6 +436,11 @@ fn alter(cx: &Cx<'_>, v: View<'_>, b: &mut Builder) {
         {
             b.on(Kind::Alter, object_type, other);
         }
+    }
+    if matches!(object_type, ObjectType::Task | ObjectType::Alert)
+        && alter_stored_code(cx, v, &depths, after_name, object_type, b)
+    {
+        return;
     }
     if v.contains_keyword("SELECT") {
         if parse_single(cx, v).is_none() {
@@ -435,18 +458,9 @@ fn alter_session(v: View<'_>, b: &mut Builder) {
     } else {
         return b.become_unknown("ALTER SESSION without SET or UNSET");
     };
-    let depths = v.depths();
-    let mut parameters = Vec::new();
-    for (idx, depth) in depths.iter().enumerate().skip(3) {
-        if *depth != 0 {
-            continue;
-        }
-        let Some(Token::Word(word)) = v.tok(idx) else { continue };
-        let named = if setting { v.is(idx + 1, &Token::Eq) } else { !v.is(idx + 1, &Token::Eq) };
-        if named {
-            parameters.push(canonical_word(word));
-        }
-    }
+    let Some(parameters) = session_parameters(v, 3, setting) else {
+        return b.become_unknown("ALTER SESSION followed by text the gateway does not read as parameters");
+    };
     if parameters.is_empty() {
         return b.become_unknown("ALTER SESSION names no parameter");
     }
@@ -459,6 +473,41 @@ fn alter_session(v: View<'_>, b: &mut Builder) {
         }
         b.on(kind, ObjectType::Parameter, ObjectName::Flat(parameter));
     }
+}
+
+/// The parameters of `ALTER SESSION SET p = value [, p2 = value …]` or `ALTER SESSION UNSET p
+/// [, p2 …]`, from `idx` to the end; `None` if anything else is there. A value is one literal,
+/// word or variable, or a signed number.
+fn session_parameters(v: View<'_>, mut idx: usize, setting: bool) -> Option<Vec<String>> {
+    let mut parameters = Vec::new();
+    while idx < v.len() {
+        let Some(Token::Word(word)) = v.tok(idx) else { return None };
+        parameters.push(canonical_word(word));
+        idx += 1;
+        if setting {
+            if !v.is(idx, &Token::Eq) {
+                return None;
+            }
+            idx += 1;
+            let signed = matches!(v.tok(idx), Some(Token::Minus | Token::Plus));
+            if signed {
+                idx += 1;
+            }
+            let value_is_readable = match v.tok(idx) {
+                Some(Token::Number(..)) => true,
+                Some(Token::SingleQuotedString(_) | Token::Word(_) | Token::Placeholder(_)) => !signed,
+                _ => false,
+            };
+            if !value_is_readable {
+                return None;
+            }
+            idx += 1;
+        }
+        if v.is(idx, &Token::Comma) {
+            idx += 1;
+        }
+    }
+    Some(parameters)
 }
 
 fn drop_like(v: View<'_>, b: &mut Builder, kind: Kind) {
@@ -660,15 +709,20 @@ fn use_statement(v: View<'_>, b: &mut Builder) {
         Some("SECONDARY") => {
             b.kind = Kind::UseSecondaryRoles;
             let mut idx = if v.kw(2, "ROLES") { 3 } else { 2 };
-            while let Some((name, next)) = read_name(v, idx) {
-                if let ObjectName::Parts(parts) = &name
-                    && parts.len() == 1
-                    && (parts[0] == "ALL" || parts[0] == "NONE")
-                {
-                    break;
+            if v.kw(idx, "ALL") || v.kw(idx, "NONE") {
+                idx += 1;
+            } else {
+                while let Some((name, next)) = read_name(v, idx) {
+                    b.on(Kind::UseSecondaryRoles, ObjectType::Role, name);
+                    idx = next;
+                    if !v.is(idx, &Token::Comma) {
+                        break;
+                    }
+                    idx += 1;
                 }
-                b.on(Kind::UseSecondaryRoles, ObjectType::Role, name);
-                idx = next + usize::from(v.is(next, &Token::Comma));
+            }
+            if idx != v.len() {
+                b.become_unknown("USE SECONDARY ROLES followed by text the gateway does not read");
             }
             return;
         }
@@ -679,7 +733,8 @@ fn use_statement(v: View<'_>, b: &mut Builder) {
     };
     b.kind = kind;
     match read_name(v, at) {
-        Some((name, _)) => b.on(kind, object_type, name),
+        Some((name, next)) if next == v.len() => b.on(kind, object_type, name),
+        Some(_) => b.become_unknown("USE followed by text the gateway does not read"),
         None => b.become_unknown("USE without a name"),
     }
 }
@@ -689,7 +744,7 @@ fn set_variables(cx: &Cx<'_>, v: View<'_>, b: &mut Builder) {
     if !matches!(parse_single(cx, v), Some(AstStatement::Set(_))) {
         return b.become_unknown("the SET does not parse");
     }
-    for name in variable_names(v) {
+    for name in variable_names(v).map(|(names, _)| names).unwrap_or_default() {
         b.on(Kind::SetVariable, ObjectType::Variable, ObjectName::Flat(name));
     }
     scan_reads(v, b, Kind::Select, ScanOptions::default());
@@ -697,27 +752,36 @@ fn set_variables(cx: &Cx<'_>, v: View<'_>, b: &mut Builder) {
 
 fn unset_variables(v: View<'_>, b: &mut Builder) {
     b.kind = Kind::UnsetVariable;
-    for name in variable_names(v) {
-        b.on(Kind::UnsetVariable, ObjectType::Variable, ObjectName::Flat(name));
+    match variable_names(v) {
+        Some((names, end)) if end == v.len() => {
+            for name in names {
+                b.on(Kind::UnsetVariable, ObjectType::Variable, ObjectName::Flat(name));
+            }
+        }
+        _ => b.become_unknown("UNSET followed by text the gateway does not read as variables"),
     }
 }
 
-/// `SET x = …`, `SET (a, b) = …`, `UNSET x`, `UNSET (a, b)`: the variable names.
-fn variable_names(v: View<'_>) -> Vec<String> {
-    let mut names = Vec::new();
-    if v.is(1, &Token::LParen) {
-        let mut idx = 2;
-        while let Some(Token::Word(word)) = v.tok(idx) {
-            names.push(canonical_word(word));
-            if !v.is(idx + 1, &Token::Comma) {
-                break;
-            }
-            idx += 2;
-        }
-    } else if let Some(Token::Word(word)) = v.tok(1) {
-        names.push(canonical_word(word));
+/// `SET x = …`, `SET (a, b) = …`, `UNSET x`, `UNSET (a, b)`: the variable names and the index
+/// after them, or `None` if there is no name or the list is not closed.
+fn variable_names(v: View<'_>) -> Option<(Vec<String>, usize)> {
+    if !v.is(1, &Token::LParen) {
+        return match v.tok(1) {
+            Some(Token::Word(word)) => Some((vec![canonical_word(word)], 2)),
+            _ => None,
+        };
     }
-    names
+    let mut names = Vec::new();
+    let mut idx = 2;
+    loop {
+        let Some(Token::Word(word)) = v.tok(idx) else { return None };
+        names.push(canonical_word(word));
+        idx += 1;
+        if !v.is(idx, &Token::Comma) {
+            return v.is(idx, &Token::RParen).then_some((names, idx + 1));
+        }
+        idx += 1;
+    }
 }
 
 fn call(v: View<'_>, b: &mut Builder) {
@@ -742,7 +806,7 @@ fn execute(cx: &Cx<'_>, v: View<'_>, b: &mut Builder) {
 }
 
 /// The escapes sqlparser and Snowflake decode alike inside a single-quoted string.
-fn escapes_decode_alike(raw: &str) -> bool {
+pub(crate) fn escapes_decode_alike(raw: &str) -> bool {
     let mut chars = raw.chars();
     while let Some(c) = chars.next() {
         if c == '\\' && !matches!(chars.next(), Some('\'' | '"' | '\\' | 'n' | 't' | 'r' | 'b' | 'f')) {
@@ -885,15 +949,166 @@ fn expression(cx: &Cx<'_>, v: View<'_>, b: &mut Builder) {
     }
 }
 
+/// `BEGIN [WORK | TRANSACTION] [NAME <name>]`, `START TRANSACTION [NAME <name>]`, `COMMIT
+/// [WORK]`, `ROLLBACK [WORK]`: anything after them is not understood.
+fn transaction(v: View<'_>, b: &mut Builder, kind: Kind) {
+    b.kind = kind;
+    let mut idx = 1;
+    if v.kw(0, "START") || v.kw(1, "WORK") || (kind == Kind::Begin && v.kw(1, "TRANSACTION")) {
+        idx = 2;
+    }
+    if kind == Kind::Begin && v.kw(idx, "NAME") && matches!(v.tok(idx + 1), Some(Token::Word(_))) {
+        idx += 2;
+    }
+    if idx != v.len() {
+        b.become_unknown("a transaction statement followed by text the gateway does not read");
+    }
+}
+
+/// Whether every token from `from` on is one a `SHOW` or `DESCRIBE` is made of: words, names
+/// (dotted, quoted, `IDENTIFIER($v)`), literals, and the `(`, `,`, `)` and `=` of signatures
+/// and options. An operator or anything else after them is not understood.
+fn only_names_and_options(v: View<'_>, from: usize) -> bool {
+    (from..v.len()).all(|idx| {
+        matches!(
+            v.tok(idx),
+            Some(
+                Token::Word(_)
+                    | Token::Period
+                    | Token::SingleQuotedString(_)
+                    | Token::Number(..)
+                    | Token::Placeholder(_)
+                    | Token::Colon
+                    | Token::LParen
+                    | Token::RParen
+                    | Token::Comma
+                    | Token::Eq
+            )
+        )
+    })
+}
+
+fn show(v: View<'_>, b: &mut Builder) {
+    b.kind = Kind::Show;
+    if !only_names_and_options(v, 1) {
+        b.become_unknown("SHOW followed by text the gateway does not read");
+    }
+}
+
 fn describe(v: View<'_>, b: &mut Builder) {
     b.kind = Kind::Describe;
+    if !only_names_and_options(v, 1) {
+        return b.become_unknown("DESCRIBE followed by text the gateway does not read");
+    }
     if v.kw(1, "RESULT") {
-        return;
+        // `DESCRIBE RESULT '<id>'` reads an earlier query's result, as `RESULT_SCAN` does.
+        let target = read_target(v.tok(2), v.tok(3), v.len() == 3);
+        return b.on(Kind::Describe, ObjectType::QueryResult, target_name(target));
     }
     let (object_type, at) = read_object_type(v, 1, true, false).unwrap_or((ObjectType::Table, 1));
     if let Some((name, _)) = read_name(v, at) {
         b.on(Kind::Describe, object_type, name);
     }
+}
+
+/// A query result's name: its id, or only known when the statement runs.
+fn target_name(target: ScanTarget) -> ObjectName {
+    match target {
+        ScanTarget::QueryId(id) => ObjectName::Flat(id),
+        ScanTarget::LastQueryId | ScanTarget::Unknown => ObjectName::Dynamic,
+    }
+}
+
+/// `URL = '<url>'` at the top level of a stage's options from `from` on: the external location
+/// it points to (a value other than a string literal is only known when it runs).
+fn stage_urls(v: View<'_>, depths: &[usize], from: usize, kind: Kind, b: &mut Builder) {
+    for (idx, depth) in depths.iter().enumerate().skip(from) {
+        if *depth == 0 && v.kw(idx, "URL") && v.is(idx + 1, &Token::Eq) {
+            let url = match v.tok(idx + 2) {
+                Some(Token::SingleQuotedString(url)) => ObjectName::Flat(url.clone()),
+                _ => ObjectName::Dynamic,
+            };
+            b.on(kind, ObjectType::Location, url);
+        }
+    }
+}
+
+/// A statement held in another one, run later by its owner (a task's, alert's or pipe's):
+/// classified on its own one level deeper (the `EXECUTE IMMEDIATE` depth limit bounds both),
+/// its actions added.
+fn nested_statement(cx: &Cx<'_>, v: View<'_>, b: &mut Builder) {
+    if v.len() == 0 {
+        return b.unknown("a task, alert or pipe without the statement it runs");
+    }
+    if cx.depth + 1 > cx.limits.execute_immediate_depth_max {
+        return b.unknown("a task, alert or pipe statement nested deeper than the limit");
+    }
+    let inner = Cx { lexed: cx.lexed, limits: cx.limits, depth: cx.depth + 1 };
+    b.absorb(classify_statement(&inner, v));
+}
+
+/// `EXISTS (<statement>)` at `at` (an alert's condition): the statement, if that is what is there.
+fn exists_statement<'a>(v: View<'a>, at: usize) -> Option<View<'a>> {
+    if !v.kw(at, "EXISTS") || !v.is(at + 1, &Token::LParen) {
+        return None;
+    }
+    let close = v.matching_close(at + 1)?;
+    Some(v.sub(at + 2..close))
+}
+
+/// What `CREATE TASK … AS <statement>`, `CREATE PIPE … AS <statement>` and `CREATE ALERT … IF
+/// (EXISTS (<statement>)) THEN <statement>` run, from `from` (after the name) on. The options
+/// before are scanned for reads; a body that cannot be found is unknown.
+fn create_stored_code(
+    cx: &Cx<'_>,
+    v: View<'_>,
+    depths: &[usize],
+    from: usize,
+    object_type: ObjectType,
+    b: &mut Builder,
+) {
+    let keyword = if object_type == ObjectType::Alert { "THEN" } else { "AS" };
+    let body_at = v.find_at_depth(depths, from, 0, |t| is_keyword(t, keyword));
+    if body_at == v.len() {
+        return b.unknown("a task, alert or pipe without the statement it runs");
+    }
+    scan_reads(v.sub(from..body_at), b, Kind::Select, ScanOptions::default());
+    if object_type == ObjectType::Alert {
+        // `IF ( EXISTS ( <statement> ) )` right before `THEN`.
+        let if_at = v.find_at_depth(depths, from, 0, |t| is_keyword(t, "IF"));
+        let wrapped = v.is(if_at + 1, &Token::LParen) && v.matching_close(if_at + 1) == Some(body_at - 1);
+        match exists_statement(v, if_at + 2) {
+            Some(condition) if wrapped && if_at < body_at => nested_statement(cx, condition, b),
+            _ => b.unknown("an alert condition the gateway does not read"),
+        }
+    }
+    nested_statement(cx, v.sub(body_at + 1..v.len()), b);
+}
+
+/// What `ALTER TASK … MODIFY AS <statement>`, `ALTER ALERT … MODIFY ACTION <statement>` and
+/// `ALTER ALERT … MODIFY CONDITION EXISTS (<statement>)` make it run. `false` for any other
+/// change, which is read as an ordinary `ALTER`.
+fn alter_stored_code(
+    cx: &Cx<'_>,
+    v: View<'_>,
+    depths: &[usize],
+    from: usize,
+    object_type: ObjectType,
+    b: &mut Builder,
+) -> bool {
+    let modify_at = v.find_at_depth(depths, from, 0, |t| is_keyword(t, "MODIFY"));
+    let task = object_type == ObjectType::Task;
+    if (task && v.kw(modify_at + 1, "AS")) || (!task && v.kw(modify_at + 1, "ACTION")) {
+        nested_statement(cx, v.sub(modify_at + 2..v.len()), b);
+    } else if !task && v.kw(modify_at + 1, "CONDITION") {
+        match exists_statement(v, modify_at + 2) {
+            Some(condition) => nested_statement(cx, condition, b),
+            None => b.unknown("an alert condition the gateway does not read"),
+        }
+    } else {
+        return false;
+    }
+    true
 }
 
 fn explain(v: View<'_>, b: &mut Builder) {
@@ -1252,8 +1467,21 @@ fn scan_reads(v: View<'_>, b: &mut Builder, read_kind: Kind, options: ScanOption
             Token::Comma if !row_commas.contains(&idx) && levels.last().is_some_and(|level| level.from_list) => {
                 expect_table = true;
             }
+            Token::AtSign => {
+                // A stage named anywhere (`GET_PRESIGNED_URL(@s, …)`, `DIRECTORY(@s)`) is read.
+                let (name, next) = read_stage(v, idx);
+                b.on(read_kind, ObjectType::Stage, name);
+                idx = next.max(idx + 1);
+                continue;
+            }
+            Token::Word(word) if v.is(idx + 1, &Token::LParen) && word.quote_style.is_some() => {
+                builtin_read(v, idx, &canonical_word(word), read_kind, b);
+            }
             Token::Word(word) if word.quote_style.is_none() => {
                 let upper = word.value.to_ascii_uppercase();
+                if v.is(idx + 1, &Token::LParen) {
+                    builtin_read(v, idx, &upper, read_kind, b);
+                }
                 match upper.as_str() {
                     "FROM" if Some(idx) != options.skip_from_at && !from_is_not_a_clause(v, idx, &levels) => {
                         set_from_list(&mut levels, true);
@@ -1268,13 +1496,6 @@ fn scan_reads(v: View<'_>, b: &mut Builder, read_kind: Kind, options: ScanOption
                         set_from_list(&mut levels, true);
                         expect_table = true;
                     }
-                    "RESULT_SCAN" if v.is(idx + 1, &Token::LParen) => {
-                        let name = match (v.tok(idx + 2), v.is(idx + 3, &Token::RParen)) {
-                            (Some(Token::SingleQuotedString(id)), true) => ObjectName::Flat(id.clone()),
-                            _ => ObjectName::Dynamic,
-                        };
-                        b.on(read_kind, ObjectType::QueryResult, name);
-                    }
                     other if FROM_LIST_ENDS.contains(&other) => set_from_list(&mut levels, false),
                     _ => {}
                 }
@@ -1282,6 +1503,38 @@ fn scan_reads(v: View<'_>, b: &mut Builder, read_kind: Kind, options: ScanOption
             _ => {}
         }
         idx += 1;
+    }
+}
+
+/// Built-ins that make a URL to a staged file: whoever holds it can download the file, so the
+/// call is a `get` from the stage.
+const STAGE_URL_FUNCTIONS: &[&str] = &["GET_PRESIGNED_URL", "BUILD_SCOPED_FILE_URL", "BUILD_STAGE_FILE_URL"];
+
+/// Built-ins that read a stage's location, its files' paths or a file.
+const STAGE_PATH_FUNCTIONS: &[&str] = &["GET_STAGE_LOCATION", "GET_RELATIVE_PATH", "GET_ABSOLUTE_PATH", "TO_FILE"];
+
+/// A call at `idx` of a built-in that reads an earlier result or a stage, by its canonical
+/// name (a quoted upper-case name is the built-in too): what it reads.
+fn builtin_read(v: View<'_>, idx: usize, name: &str, read_kind: Kind, b: &mut Builder) {
+    if v.tok(idx).is_some_and(is_result_scan) {
+        let target = read_target(v.tok(idx + 2), v.tok(idx + 3), v.is(idx + 3, &Token::RParen));
+        b.on(read_kind, ObjectType::QueryResult, target_name(target));
+    } else if STAGE_URL_FUNCTIONS.contains(&name) {
+        // Under `EXPLAIN` nothing runs, so no URL is made.
+        let kind = if read_kind == Kind::Explain { read_kind } else { Kind::Get };
+        b.on(kind, ObjectType::Stage, stage_argument(v, idx + 2));
+    } else if STAGE_PATH_FUNCTIONS.contains(&name) {
+        b.on(read_kind, ObjectType::Stage, stage_argument(v, idx + 2));
+    }
+}
+
+/// The stage a file function names in its first argument at `at`: `@stage` or `'@stage/path'`;
+/// anything else (a column, a variable) is only known when it runs.
+fn stage_argument(v: View<'_>, at: usize) -> ObjectName {
+    match v.tok(at) {
+        Some(Token::AtSign) => read_stage(v, at).0,
+        Some(Token::SingleQuotedString(text)) => text.strip_prefix('@').map_or(ObjectName::Dynamic, stage_from_text),
+        _ => ObjectName::Dynamic,
     }
 }
 
@@ -1397,6 +1650,10 @@ fn table_factor(
             }
             let (name, next) = read_name(v, idx)?;
             if v.is(next, &Token::LParen) {
+                if v.tok(idx).is_some_and(is_result_scan) {
+                    // The scan reports what it reads.
+                    return None;
+                }
                 // A table function (`FLATTEN(…)`, `GENERATOR(…)`): its name is the object; the
                 // scan then counts the parenthesis.
                 function_read(b, read_kind, name);
@@ -1621,6 +1878,139 @@ mod tests {
             ["select", "system_function function SYSTEM$CANCEL_ALL_QUERIES"]
         );
         assert_eq!(kinds("begin drop table t; end"), ["scripting_block", "drop table T"]);
+    }
+
+    fn is_unknown(sql: &str) -> bool {
+        one(sql).actions.iter().any(|a| a.kind == Kind::Unknown)
+    }
+
+    #[test]
+    fn keyword_statements_refuse_what_their_keywords_do_not_take() {
+        assert_eq!(kinds("commit work"), ["commit"]);
+        assert_eq!(kinds("begin transaction name t1"), ["begin"]);
+        assert_eq!(kinds("start transaction"), ["begin"]);
+        assert_eq!(kinds("show terse tables like 'X%' in schema a.b starts with 'X' limit 10"), ["show"]);
+        assert_eq!(kinds("describe function a.b.f(number, varchar)"), ["describe function A.B.F"]);
+        assert_eq!(kinds("desc table identifier($t) type = stage"), ["describe table <dynamic>"]);
+        assert_eq!(kinds("use secondary roles all"), ["use_secondary_roles"]);
+        assert_eq!(kinds("use secondary roles r1, r2"), ["use_secondary_roles role R1", "use_secondary_roles role R2"]);
+        assert_eq!(kinds("unset (a, b)"), ["unset_variable variable A", "unset_variable variable B"]);
+        assert_eq!(
+            kinds("alter session set query_tag = 'x' lock_timeout = -1"),
+            ["alter_session parameter QUERY_TAG", "alter_session parameter LOCK_TIMEOUT"]
+        );
+        assert_eq!(
+            kinds("alter session unset query_tag, timezone"),
+            ["alter_session parameter QUERY_TAG", "alter_session parameter TIMEZONE"]
+        );
+        for sql in [
+            "commit drop table t",
+            "rollback work and chain",
+            "begin transaction work",
+            "show tables * from t",
+            "describe table t - 1",
+            "use role r drop table t",
+            "use warehouse w, x",
+            "use secondary roles all, r",
+            "unset a b",
+            "unset (a, b",
+            "alter session set query_tag = 'x' drop table t",
+            "alter session set query_tag = ('x')",
+            "alter session unset query_tag = 1",
+        ] {
+            assert!(is_unknown(sql), "{sql}");
+        }
+    }
+
+    #[test]
+    fn the_flow_operator_is_refused_even_inside_execute_immediate() {
+        assert_eq!(classify_default("show tables ->> drop table t").refusal, Some(Refusal::FlowOperator));
+        assert!(is_unknown("execute immediate 'show tables ->> drop table t'"));
+        assert!(is_unknown("execute immediate $$alter session set query_tag = 'x' ->> grant role r to user u$$"));
+    }
+
+    #[test]
+    fn quoted_result_scan_and_describe_result_read_results() {
+        assert_eq!(kinds("select * from table(\"RESULT_SCAN\"('q1'))"), ["select query_result q1"]);
+        assert_eq!(kinds("select * from table(result_scan('q1'))"), ["select query_result q1"]);
+        assert_eq!(
+            kinds("select 1 from t where x in (select a from table(\"RESULT_SCAN\"($q)))"),
+            ["select table T", "select query_result <dynamic>"]
+        );
+        // Quoted in lower case, it is some other function.
+        assert_eq!(kinds("select * from table(\"result_scan\"('q1'))"), ["select function result_scan"]);
+        assert_eq!(kinds("desc result 'q1'"), ["describe query_result q1"]);
+        assert_eq!(kinds("DESCRIBE RESULT LAST_QUERY_ID()"), ["describe query_result <dynamic>"]);
+    }
+
+    #[test]
+    fn stages_are_read_anywhere_and_file_urls_are_downloads() {
+        assert_eq!(kinds("select get_presigned_url(@stg, 'export.csv', 3600)"), ["get stage STG", "select stage STG"]);
+        assert_eq!(
+            kinds("select \"BUILD_SCOPED_FILE_URL\"(@db.s.stg, 'x.csv')"),
+            ["get stage DB.S.STG", "select stage DB.S.STG"]
+        );
+        assert_eq!(kinds("select build_stage_file_url(s.path, 'x')"), ["select", "get stage <dynamic>"]);
+        assert_eq!(kinds("select get_stage_location(@stg)"), ["select stage STG"]);
+        assert_eq!(kinds("select get_relative_path(@stg, 's3://b/x')"), ["select stage STG"]);
+        assert_eq!(kinds("select fl_get_size(to_file('@db.s.stg/a.png'))"), ["select stage DB.S.STG"]);
+        assert_eq!(kinds("explain select get_presigned_url(@stg, 'x')"), ["explain stage STG"]);
+        // A stage written to is not read.
+        assert_eq!(kinds("copy into @s/out/ from hr.pay"), ["copy_into_location stage S", "select table HR.PAY"]);
+    }
+
+    #[test]
+    fn tasks_alerts_and_pipes_are_read_with_what_they_run() {
+        assert_eq!(
+            kinds("create task t warehouse = wh schedule = '1 minute' as copy into 's3://x/' from hr.pay"),
+            ["create task T", "copy_into_location location s3://x/", "select table HR.PAY"]
+        );
+        assert_eq!(
+            kinds("create or replace task t as begin delete from hr.pay; end"),
+            ["create_or_replace task T", "scripting_block", "delete_all table HR.PAY"]
+        );
+        assert_eq!(
+            kinds(
+                "create alert a warehouse = w schedule = '1 minute' if (exists (select * from hr.pay)) then drop table t"
+            ),
+            ["create alert A", "select table HR.PAY", "drop table T"]
+        );
+        assert_eq!(
+            kinds("alter task t modify as grant role r to user u"),
+            ["alter task T", "grant role R", "grant user U"]
+        );
+        assert_eq!(kinds("alter alert a modify action truncate table t"), ["alter alert A", "truncate table T"]);
+        assert_eq!(
+            kinds("alter alert a modify condition exists (select * from hr.pay)"),
+            ["alter alert A", "select table HR.PAY"]
+        );
+        assert_eq!(kinds("alter task t resume"), ["alter task T"]);
+        assert_eq!(kinds("create task t2 clone t1"), ["create task T2", "select task T1"]);
+        assert_eq!(
+            kinds("create pipe p auto_ingest = true as copy into t from @s"),
+            ["create pipe P", "copy_into_table table T", "select stage S"]
+        );
+        for sql in [
+            "create task t warehouse = w schedule = '1 minute'",
+            "create task t as",
+            "create alert a if (select 1) then drop table t",
+            "alter alert a modify condition (select 1)",
+            "create task a as create task b as create task c as create task d as create task e as select 1",
+        ] {
+            assert!(is_unknown(sql), "{sql}");
+        }
+    }
+
+    #[test]
+    fn stage_urls_are_locations_when_created_or_altered() {
+        assert_eq!(
+            kinds("alter stage s set url = 's3://attacker/'"),
+            ["alter stage S", "alter location s3://attacker/"]
+        );
+        assert_eq!(
+            kinds("create stage s storage_integration = url url = 's3://b/'"),
+            ["create stage S", "create location s3://b/"]
+        );
     }
 
     #[test]

@@ -8,7 +8,8 @@
 //! parentheses and outside Snowflake Scripting blocks (`BEGIN … END`, `DECLARE … BEGIN … END`),
 //! whose inner `;` do not end the statement. Whatever the tokenizer might read differently from
 //! Snowflake (tagged `$tag$` strings, line comments holding a carriage return, characters that
-//! are not ASCII outside strings) is refused rather than guessed. The gateway also pins
+//! are not ASCII outside strings) is refused rather than guessed, and so is the flow operator
+//! `->>`, which chains statements without a `;`. The gateway also pins
 //! `MULTI_STATEMENT_COUNT` upstream to the count found here, so any remaining disagreement
 //! makes Snowflake refuse the request instead of running it.
 
@@ -114,6 +115,9 @@ pub(crate) fn lex<'t>(text: &'t str, limits: &Limits) -> Result<Lexed<'t>, Refus
             }
             Token::Whitespace(Whitespace::MultiLineComment(_)) => {}
             Token::Char(_) => return Err(Refusal::ForbiddenCharacter),
+            // Snowflake's flow operator runs the statement after it on the one before: two
+            // statements in one, which the split cannot see. Snowflake has no other `->>`.
+            Token::LongArrow => return Err(Refusal::FlowOperator),
             Token::DollarQuotedString(quoted) if quoted.tag.is_some() => {
                 // Snowflake has no `$tag$ … $tag$` strings: `$a$` may be a variable there.
                 return Err(Refusal::AmbiguousLexing);
@@ -307,6 +311,11 @@ mod tests {
         let refusal = |sql: &str| lex(sql, &limits).err();
         assert_eq!(refusal("select $a$ ; drop table t; $a$"), Some(Refusal::AmbiguousLexing));
         assert_eq!(refusal("select 1 -- x\rdrop table t"), Some(Refusal::AmbiguousLexing));
+        assert_eq!(refusal("show tables ->> drop table t"), Some(Refusal::FlowOperator));
+        assert_eq!(refusal("select 1->>drop table t"), Some(Refusal::FlowOperator));
+        // A lambda's `->` is not the flow operator.
+        assert_eq!(refusal("select filter(a, x -> x > 1) from t"), None);
+        assert_eq!(refusal("select '->>' -- ->>\n"), None);
         assert_eq!(refusal("dr\u{200b}op table t"), Some(Refusal::ForbiddenCharacter));
         assert_eq!(refusal("dr\u{41e}p table t"), Some(Refusal::ForbiddenCharacter));
         assert_eq!(refusal("select\u{a0}1"), Some(Refusal::ForbiddenCharacter));

@@ -544,6 +544,10 @@ pub enum Refusal {
     /// line comment holding a carriage return or another line separator.
     #[error("the statement text holds a construct Snowflake could read differently ($tag$ string, CR in a comment)")]
     AmbiguousLexing,
+    /// Snowflake's flow operator `->>`, which runs a second statement on the first one's
+    /// result: two statements the split would read as one.
+    #[error("the statement text uses the flow operator ->>, which chains statements; send each statement on its own")]
+    FlowOperator,
     /// No statement at all (empty, or only comments).
     #[error("the request holds no statement")]
     Empty,
@@ -588,7 +592,8 @@ pub struct Limits {
     pub nesting_depth_max: usize,
     /// Most top-level statements in one request (the policy's per-subject limit is lower).
     pub statements_max: usize,
-    /// Deepest nesting of `EXECUTE IMMEDIATE` inside `EXECUTE IMMEDIATE` (or blocks).
+    /// Deepest nesting of `EXECUTE IMMEDIATE` inside `EXECUTE IMMEDIATE` (or blocks), and of
+    /// the statements tasks, alerts and pipes run inside one another.
     pub execute_immediate_depth_max: usize,
     /// sqlparser's recursion limit.
     pub parser_recursion_max: usize,

@@ -1,13 +1,21 @@
-//! Which earlier results a request reads with `RESULT_SCAN`: the query ids it names, so the
-//! gateway can check they were answered to the same identity (every agent is the gateway's one
-//! Snowflake user, which may read any of its queries' results). Pure, on the policy's lexer.
+//! Which earlier results a request reads, with `RESULT_SCAN(…)` or `DESCRIBE RESULT …`: the
+//! query ids it names, so the gateway can check they were answered to the same identity (every
+//! agent is the gateway's one Snowflake user, which may read any of its queries' results).
+//! Pure, on the policy's lexer.
+//!
+//! Every token of the request is looked at, and the text of every `EXECUTE IMMEDIATE` literal
+//! in it (as deep as the classifier reads them). The classifier's own query-result actions
+//! are checked against what that finds: an id only the classifier saw is added, and a result
+//! it could not name, where none was found here, is [`ScanTarget::Unknown`].
 
 use sqlparser::tokenizer::Token;
 
-use super::lexer::{is_keyword, lex};
-use super::model::{Limits, Refusal};
+use super::classify::{classify, escapes_decode_alike};
+use super::lexer::{Lexed, is_keyword, lex};
+use super::model::{Limits, ObjectName, ObjectType, Refusal};
+use super::names::canonical_word;
 
-/// What a `RESULT_SCAN(…)` call reads.
+/// What a `RESULT_SCAN(…)` call or a `DESCRIBE RESULT` reads.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ScanTarget {
     /// A query id given as a string literal.
@@ -19,32 +27,130 @@ pub enum ScanTarget {
     Unknown,
 }
 
-/// Whether `text` may call `RESULT_SCAN` at all (a cheap test before lexing): the word
-/// `result_scan`, in any case, somewhere in it.
+/// Whether `text` may read an earlier result at all (a cheap test before lexing, true for
+/// every text in which [`scan_targets`] finds something): the word `result_scan` somewhere in
+/// it, or `desc` or `describe` followed by `result` with only whitespace and comments between
+/// them, in any case.
 pub fn may_scan_results(text: &str) -> bool {
-    const WORD: &[u8] = b"result_scan";
-    let bytes = text.as_bytes();
-    memchr::memchr_iter(b'_', bytes)
-        .any(|at| at >= 6 && bytes.get(at - 6..at - 6 + WORD.len()).is_some_and(|w| w.eq_ignore_ascii_case(WORD)))
+    contains_ignoring_case(text, b"result_scan") || describes_a_result(text.as_bytes())
 }
 
-/// Every `RESULT_SCAN(…)` call in `text`, by what it reads.
+/// Whether `DESC` or `DESCRIBE`, then whitespace and comments (`--`, `//`, `/* */`; an
+/// unclosed one counts as a yes), then `RESULT` appear in `text`, in any case.
+fn describes_a_result(text: &[u8]) -> bool {
+    let starts = |at: usize, word: &[u8]| text.get(at..at + word.len()).is_some_and(|w| w.eq_ignore_ascii_case(word));
+    memchr::memchr2_iter(b'd', b'D', text).any(|at| {
+        if !starts(at, b"desc") {
+            return false;
+        }
+        let mut at = at + if starts(at, b"describe") { 8 } else { 4 };
+        loop {
+            while text.get(at).is_some_and(u8::is_ascii_whitespace) {
+                at += 1;
+            }
+            if starts(at, b"/*") {
+                match memchr::memmem::find(&text[at + 2..], b"*/") {
+                    Some(end) => at += 2 + end + 2,
+                    None => return true,
+                }
+            } else if starts(at, b"--") || starts(at, b"//") {
+                match memchr::memchr(b'\n', &text[at..]) {
+                    Some(end) => at += end + 1,
+                    None => return false,
+                }
+            } else {
+                return starts(at, b"result");
+            }
+        }
+    })
+}
+
+/// Whether `text` holds `word` (lower-case ASCII), in any case.
+fn contains_ignoring_case(text: &str, word: &[u8]) -> bool {
+    let bytes = text.as_bytes();
+    let Some(&first) = word.first() else { return true };
+    memchr::memchr2_iter(first, first.to_ascii_uppercase(), bytes)
+        .any(|at| bytes.get(at..at + word.len()).is_some_and(|w| w.eq_ignore_ascii_case(word)))
+}
+
+/// Whether `token` names the `RESULT_SCAN` built-in: unquoted in any case, or quoted in upper
+/// case (Snowflake resolves `"RESULT_SCAN"` to the built-in too).
+pub(crate) fn is_result_scan(token: &Token) -> bool {
+    matches!(token, Token::Word(word) if canonical_word(word) == "RESULT_SCAN")
+}
+
+/// What a `RESULT_SCAN(` or `DESCRIBE RESULT` reads, from its argument's first token `arg`, the
+/// token after it, and whether the argument ends after `arg` (`arg_ends`).
+pub(crate) fn read_target(arg: Option<&Token>, next: Option<&Token>, arg_ends: bool) -> ScanTarget {
+    match (arg, next) {
+        (Some(Token::SingleQuotedString(id)), _) if arg_ends => ScanTarget::QueryId(id.clone()),
+        (Some(word), Some(Token::LParen)) if is_keyword(word, "LAST_QUERY_ID") => ScanTarget::LastQueryId,
+        _ => ScanTarget::Unknown,
+    }
+}
+
+/// Every earlier result `text` reads, by what it reads.
 pub fn scan_targets(text: &str, limits: &Limits) -> Result<Vec<ScanTarget>, Refusal> {
+    let mut targets = lexical_targets(text, limits, 0)?;
+    for action in classify(text, limits).statements.into_iter().flat_map(|s| s.actions) {
+        let Some(object) = action.object.filter(|o| o.object_type == ObjectType::QueryResult) else { continue };
+        let target = match object.name {
+            ObjectName::Flat(id) => ScanTarget::QueryId(id),
+            _ if targets.iter().any(|t| !matches!(t, ScanTarget::QueryId(_))) => continue,
+            _ => ScanTarget::Unknown,
+        };
+        if !targets.contains(&target) {
+            targets.push(target);
+        }
+    }
+    Ok(targets)
+}
+
+/// The targets found in the tokens of `text`, and in the `EXECUTE IMMEDIATE` literals it holds
+/// (`depth` of them deep already).
+fn lexical_targets(text: &str, limits: &Limits, depth: usize) -> Result<Vec<ScanTarget>, Refusal> {
     let lexed = lex(text, limits)?;
     let tokens: Vec<&Token> = lexed.significant.iter().map(|&i| &lexed.tokens[i].token).collect();
     let mut targets = Vec::new();
     for (at, token) in tokens.iter().enumerate() {
-        if !is_keyword(token, "RESULT_SCAN") || tokens.get(at + 1) != Some(&&Token::LParen) {
-            continue;
+        let after = |offset: usize| tokens.get(at + offset).copied();
+        if is_result_scan(token) && after(1) == Some(&Token::LParen) {
+            targets.push(read_target(after(2), after(3), after(3) == Some(&Token::RParen)));
+        } else if (is_keyword(token, "DESC") || is_keyword(token, "DESCRIBE"))
+            && after(1).is_some_and(|t| is_keyword(t, "RESULT"))
+        {
+            targets.push(read_target(after(2), after(3), matches!(after(3), None | Some(Token::SemiColon))));
+        } else if is_keyword(token, "IMMEDIATE")
+            && at > 0
+            && is_keyword(tokens[at - 1], "EXECUTE")
+            && let Some(inner) = executed_literal(&lexed, at + 1)
+            && may_scan_results(inner)
+        {
+            if depth + 1 > limits.execute_immediate_depth_max {
+                targets.push(ScanTarget::Unknown);
+            } else {
+                match lexical_targets(inner, limits, depth + 1) {
+                    Ok(inner_targets) => targets.extend(inner_targets),
+                    Err(_) => targets.push(ScanTarget::Unknown),
+                }
+            }
         }
-        let target = match (tokens.get(at + 2), tokens.get(at + 3)) {
-            (Some(Token::SingleQuotedString(id)), Some(Token::RParen)) => ScanTarget::QueryId(id.clone()),
-            (Some(word), Some(Token::LParen)) if is_keyword(word, "LAST_QUERY_ID") => ScanTarget::LastQueryId,
-            _ => ScanTarget::Unknown,
-        };
-        targets.push(target);
     }
     Ok(targets)
+}
+
+/// The text a literal at significant index `at` holds, when the classifier reads it as the
+/// text `EXECUTE IMMEDIATE` runs: a string whose escapes sqlparser decodes as Snowflake does,
+/// or an untagged `$$` string. (Any other literal is unknown to the classifier, so denied.)
+fn executed_literal<'t>(lexed: &'t Lexed<'_>, at: usize) -> Option<&'t str> {
+    let token_idx = *lexed.significant.get(at)?;
+    match &lexed.tokens[token_idx].token {
+        Token::SingleQuotedString(text) if escapes_decode_alike(&lexed.text[lexed.token_bytes(token_idx)]) => {
+            Some(text)
+        }
+        Token::DollarQuotedString(quoted) if quoted.tag.is_none() => Some(&quoted.value),
+        _ => None,
+    }
 }
 
 #[cfg(test)]
@@ -69,6 +175,43 @@ mod tests {
     }
 
     #[test]
+    fn a_quoted_upper_case_result_scan_is_the_builtin() {
+        let text = format!("SELECT * FROM TABLE(\"RESULT_SCAN\"('{QID}'))");
+        assert!(may_scan_results(&text));
+        assert_eq!(targets(&text), [ScanTarget::QueryId(QID.into())]);
+        // Quoted in lower case it is another function, which the policy decides.
+        assert!(targets("select * from table(\"result_scan\"('x'))").is_empty());
+    }
+
+    #[test]
+    fn describe_result_reads_a_result() {
+        assert_eq!(targets(&format!("desc result '{QID}'")), [ScanTarget::QueryId(QID.into())]);
+        assert_eq!(targets("DESCRIBE RESULT LAST_QUERY_ID()"), [ScanTarget::LastQueryId]);
+        assert_eq!(targets("describe result $q"), [ScanTarget::Unknown]);
+        assert!(may_scan_results(&format!("DESC RESULT '{QID}'")));
+    }
+
+    #[test]
+    fn results_read_inside_execute_immediate_are_found() {
+        let quoted = format!("execute immediate 'select * from table(result_scan(''{QID}''))'");
+        assert_eq!(targets(&quoted), [ScanTarget::QueryId(QID.into())]);
+        let dollar = format!("EXECUTE IMMEDIATE $$desc result '{QID}'$$");
+        assert_eq!(targets(&dollar), [ScanTarget::QueryId(QID.into())]);
+        // A block: the statement's own LAST_QUERY_ID does not hide the inner variable.
+        let block = "begin select * from table(result_scan(last_query_id())); \
+                     execute immediate 'select * from table(result_scan($q))'; end";
+        assert_eq!(targets(block), [ScanTarget::LastQueryId, ScanTarget::Unknown]);
+        let wrap = |text: String| format!("execute immediate '{}'", text.replace('\'', "''"));
+        let mut nested = format!("select * from table(result_scan('{QID}'))");
+        for _ in 0..3 {
+            nested = wrap(nested);
+        }
+        assert_eq!(targets(&nested), [ScanTarget::QueryId(QID.into())]);
+        // Deeper than the classifier reads: unknown.
+        assert_eq!(targets(&wrap(nested)), [ScanTarget::Unknown]);
+    }
+
+    #[test]
     fn strings_comments_and_names_are_not_calls() {
         for text in [
             "select 'result_scan(x)'",
@@ -76,11 +219,18 @@ mod tests {
             "select 1 /* result_scan('x') */",
             "select \"RESULT_SCAN\" from t",
             "select result_scan from t",
+            "select result from results order by x desc",
         ] {
             assert!(targets(text).is_empty(), "{text}");
         }
         assert!(!may_scan_results("select 1 from t_scan"));
         assert!(!may_scan_results("select 1"));
+        assert!(!may_scan_results("select result from results order by x"));
+        assert!(!may_scan_results("select result from results order by x desc, y describes"));
+        assert!(may_scan_results("desc/* a */ /* b */result 'x'"));
+        assert!(may_scan_results("DeSc // c\n\tReSuLt 'x'"));
+        assert!(may_scan_results("desc /* never closed"));
         assert!(may_scan_results("SELECT RESULT_SCAN"));
+        assert!(may_scan_results("DESCRIBE -- c\n RESULT 'x'"));
     }
 }
