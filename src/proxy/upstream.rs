@@ -147,12 +147,17 @@ impl Endpoint {
             };
         }
         let bytes_before = conn.bytes_read;
+        let written_at = Instant::now();
         let head = match conn.read_response_head(request.method, &self.limits, deadline).await {
             Ok(head) => head,
             Err(e) => {
                 let nothing_back = conn.bytes_read == bytes_before;
+                // A peer that had closed the idle connection answers the request at once (end
+                // of stream or reset); one that read it and closed later may have run it, and a
+                // POST is not sent twice.
+                let at_once = request.method != Method::Post || written_at.elapsed() < STALE_ANSWER_WITHIN;
                 let error = read_error(e);
-                return if reused && nothing_back && !matches!(error, UpstreamError::Timeout) {
+                return if reused && nothing_back && at_once && !matches!(error, UpstreamError::Timeout) {
                     Exchange::StaleConnection(error)
                 } else {
                     Exchange::Failed(error)
@@ -180,6 +185,11 @@ impl Endpoint {
         Exchange::Done(UpstreamResponse { status: head.status, headers: head.headers, body }, reusable)
     }
 }
+
+/// How soon after a request was written on a reused connection the connection's end must
+/// come for the request to be sent again on a new one: a close that raced the request comes
+/// within a round trip, long before any statement could have run.
+const STALE_ANSWER_WITHIN: Duration = Duration::from_millis(500);
 
 fn read_error(e: ReadError) -> UpstreamError {
     match e {

@@ -474,3 +474,60 @@ fn drain_finishes_the_request_in_flight_and_serves_no_new_connection() {
          in-flight answer after {answered_after:?}; cores stopped in {stopped_after:?}"
     );
 }
+
+/// A keep-alive stand-in: on each connection it answers the first request with a login answer
+/// and keeps the connection; the second it reads, then closes after `close_after`. Counts the
+/// requests it read.
+fn keep_alive_upstream(close_after: Duration) -> (SocketAddr, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let received = Arc::new(AtomicUsize::new(0));
+    let counter = received.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            let counter = counter.clone();
+            std::thread::spawn(move || {
+                stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+                if !read_request(&mut stream) {
+                    return;
+                }
+                counter.fetch_add(1, Ordering::AcqRel);
+                let answer = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{}",
+                    LOGIN_ANSWER.len(),
+                    LOGIN_ANSWER
+                );
+                stream.write_all(answer.as_bytes()).unwrap();
+                if read_request(&mut stream) {
+                    counter.fetch_add(1, Ordering::AcqRel);
+                    std::thread::sleep(close_after);
+                }
+            });
+        }
+    });
+    (addr, received)
+}
+
+/// A reused upstream connection that ends before any answer byte is replaced and the request
+/// sent again only when the end came at once (the peer had closed it while idle): one that
+/// ends later may have run the statement, and a POST is never sent twice.
+#[test]
+fn a_post_is_sent_again_only_when_its_reused_connection_ended_at_once() {
+    for (close_after, resent) in [(Duration::ZERO, true), (Duration::from_millis(1500), false)] {
+        let (addr, received) = keep_alive_upstream(close_after);
+        let gateway = TestGateway::start(&format!("http://{addr}"), GatewayOptions::default());
+        let mut client = gateway.client();
+        assert_eq!(login(&mut client, &agent_token(json!({}))).json().unwrap()["success"], true);
+        assert_eq!(received.load(Ordering::Acquire), 1);
+        // The second login goes on the kept connection, which ends without an answer.
+        let answer = login(&mut client, &agent_token(json!({})));
+        if resent {
+            assert_eq!(answer.json().unwrap()["success"], true, "{answer:?}");
+            assert_eq!(received.load(Ordering::Acquire), 3, "the request was not sent again");
+        } else {
+            assert_upstream_failure(&answer, 502);
+            assert_eq!(received.load(Ordering::Acquire), 2, "a POST was sent twice");
+        }
+    }
+}
