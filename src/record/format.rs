@@ -566,9 +566,14 @@ impl Footer {
         if at != bytes.len() {
             return Err(StructureError::OutOfRange);
         }
+        let (record_count, first_record_index) = (u64_at(bytes, 0), u64_at(bytes, 8));
+        // The index after the last record must exist: record indexes never wrap.
+        if first_record_index.checked_add(record_count).is_none() {
+            return Err(StructureError::OutOfRange);
+        }
         Ok(Footer {
-            record_count: u64_at(bytes, 0),
-            first_record_index: u64_at(bytes, 8),
+            record_count,
+            first_record_index,
             time_min_unix_us: u64_at(bytes, 16),
             time_max_unix_us: u64_at(bytes, 24),
             chain_head: hash_at(bytes, 32),

@@ -36,11 +36,15 @@
 //! records how many accepted records were lost); once that is written, service resumes.
 //!
 //! # Recovery
-//! On start, each core's last segment is checked. A sealed one is left alone. An open one is
-//! scanned: a torn tail (damage running to the end of the file, with no valid frame after it)
-//! is cut back to the last whole batch, the segment is sealed (`recovered`), and a
-//! `recovery_performed` event opens the next segment. Damage with valid frames after it is
-//! corruption: [`Recorder::start`] returns it ([`RecordError::Corrupt`]) and nothing is cut.
+//! On start, each core's last segment is checked. A sealed one is left alone: sealed means its
+//! batch headers, walked from the segment header, lead exactly to the footer its trailer
+//! names (bodies are agents' bytes, stored raw when incompressible, so a trailer's shape at
+//! the end of an open segment proves nothing). An open one is scanned: a torn tail (damage
+//! running to the end of the file: a batch cut short, or one whose payload fails its CRC with
+//! no writer's frame at its declared end) is cut back to the last whole batch, the segment is
+//! sealed (`recovered`), and a `recovery_performed` event opens the next segment. Damage with
+//! the writer's frames after it is corruption: [`Recorder::start`] returns it
+//! ([`RecordError::Corrupt`]) and nothing is cut.
 //!
 //! # Limits (format version 3)
 //! Fields are refused, never truncated, when over their limit.

@@ -4,8 +4,12 @@
 //! The reader trusts nothing it has not checked: every structure's CRC before its lengths,
 //! every length against the format's limits, decompression capped at the batch's declared
 //! size. It does not check MACs or the chain across segments; that is [`super::verify`]'s job.
-//! It tells a torn tail (damage that runs to the end of the file, with no valid frame after
-//! it: a crash in mid-write) from corruption (valid frames after the damage).
+//! It tells a torn tail (damage that runs to the end of the file, with nothing the writer wrote
+//! after it: a crash in mid-write) from corruption (the writer's frames after the damage).
+//! Bodies are the agents' bytes, stored raw when incompressible, so the end of an open
+//! segment can look like anything: a segment is sealed only when its batch headers, walked
+//! from the start, lead to the footer its trailer names, and a torn batch's bytes are looked
+//! into only as a last resort (see `SegmentReader::read_sealed_footer` and `is_torn_tail`).
 
 use std::cell::RefCell;
 use std::io;
@@ -17,8 +21,7 @@ use bytes::Bytes;
 
 use super::format::{
     BATCH_HEADER_BYTES, BATCH_MARKER, BatchHeader, ChainHead, FOOTER_HEADER_BYTES, FOOTER_MARKER, Footer, IndexKind,
-    SEGMENT_HEADER_BYTES, SegmentHeader, StructureError, TRAILER_BYTES, TRAILER_MAGIC, Trailer, chain_next,
-    chain_next_decompressed,
+    SEGMENT_HEADER_BYTES, SegmentHeader, StructureError, TRAILER_BYTES, Trailer, chain_next, chain_next_decompressed,
 };
 use super::frame::{DecodeError, Frame, RECORD_PREFIX_BYTES, decode_body};
 use super::limits;
@@ -314,8 +317,15 @@ impl SegmentReader {
         Ok(buf)
     }
 
-    /// The footer, when the last bytes are a trailer. A trailer that is present but does not
-    /// lead to a valid footer is an error: it was written whole, so this is not a torn write.
+    /// The footer, when the segment is sealed: its last bytes are a trailer, and the batch
+    /// headers, walked by their lengths from the segment header, lead exactly to a footer
+    /// frame right before it. Bodies are the agents' bytes, stored raw inside a zstd frame
+    /// when incompressible, and an open segment may end inside one (a crash): the shape of a
+    /// trailer there proves nothing, and taking it for a seal would make recovery refuse to
+    /// start. The walk only reads headers the writer wrote, at places it chose, so it cannot
+    /// be led into a body. A trailer the walk does not reach leaves the segment open (its
+    /// scan then tells a torn tail from corruption). A footer the walk does reach and that
+    /// does not decode is an error: it was written whole, so this is not a torn write.
     fn read_sealed_footer(&self) -> Result<Option<SealedFooter>, ReadError> {
         let minimum = (SEGMENT_HEADER_BYTES + FOOTER_HEADER_BYTES + TRAILER_BYTES) as u64;
         if self.len < minimum {
@@ -323,23 +333,47 @@ impl SegmentReader {
         }
         let trailer_offset = self.len - TRAILER_BYTES as u64;
         let trailer_bytes = self.read_at(trailer_offset, TRAILER_BYTES)?;
-        if trailer_bytes[TRAILER_BYTES - 8..] != TRAILER_MAGIC {
+        let Ok(trailer) = Trailer::decode(&trailer_bytes) else {
             return Ok(None);
-        }
-        let trailer =
-            Trailer::decode(&trailer_bytes).map_err(|e| self.error(trailer_offset, None, ReadErrorKind::Trailer(e)))?;
+        };
         // The footer sits right before the trailer: its place follows from its length, so a
-        // change of size earlier in the file still leaves the (authenticated) footer readable,
-        // and verify can name the batch that changed. The trailer's own offset must agree.
+        // change of size earlier in the file (its headers' CRCs fixed) still leaves the
+        // (authenticated) footer readable, and verify can name the batch that changed. The
+        // trailer's own offset must agree; verify and recovery check it.
         let frame_len = u64::from(trailer.footer_frame_len);
         let footer_offset = trailer_offset
             .checked_sub(frame_len)
             .filter(|&offset| offset >= SEGMENT_HEADER_BYTES as u64)
-            .filter(|_| frame_len <= (limits::FOOTER_BYTES_MAX + FOOTER_HEADER_BYTES) as u64)
-            .ok_or_else(|| self.error(trailer_offset, None, ReadErrorKind::Trailer(StructureError::OutOfRange)))?;
+            .filter(|_| {
+                (FOOTER_HEADER_BYTES as u64..=(limits::FOOTER_BYTES_MAX + FOOTER_HEADER_BYTES) as u64)
+                    .contains(&frame_len)
+            });
+        let Some(footer_offset) = footer_offset else {
+            return Ok(None);
+        };
+        if !self.batches_lead_to_footer(footer_offset)? {
+            return Ok(None);
+        }
         let footer_frame = self.read_at(footer_offset, frame_len as usize)?;
         let footer = decode_footer_frame(&footer_frame).map_err(|kind| self.error(footer_offset, None, kind))?;
         Ok(Some(SealedFooter { footer, trailer, footer_offset, footer_frame }))
+    }
+
+    /// Whether the batch headers, each checked and followed by its length from the segment
+    /// header on, end exactly at `footer_offset`, where a footer marker is. One header read
+    /// per batch, no payload.
+    fn batches_lead_to_footer(&self, footer_offset: u64) -> Result<bool, ReadError> {
+        let mut offset = SEGMENT_HEADER_BYTES as u64;
+        while offset < footer_offset {
+            if offset + BATCH_HEADER_BYTES as u64 > footer_offset {
+                return Ok(false);
+            }
+            let Ok(header) = BatchHeader::decode(&self.read_at(offset, BATCH_HEADER_BYTES)?) else {
+                return Ok(false);
+            };
+            offset += BATCH_HEADER_BYTES as u64 + u64::from(header.compressed_len);
+        }
+        Ok(offset == footer_offset && self.read_at(footer_offset, FOOTER_MARKER.len())?[..] == FOOTER_MARKER)
     }
 
     /// The segment file's path.
@@ -391,7 +425,11 @@ impl SegmentReader {
                 found: header.first_record_index,
             }));
         }
-        if header.uncompressed_len as usize > self.options.batch_bytes_max {
+        // Record indexes are u64 and never wrap: a batch whose last would pass u64::MAX is
+        // not one a writer wrote.
+        if header.uncompressed_len as usize > self.options.batch_bytes_max
+            || header.first_record_index.checked_add(u64::from(header.n_records)).is_none()
+        {
             return Err(at_fault(ReadErrorKind::BatchHeader(StructureError::OutOfRange)));
         }
         let payload_offset = offset + BATCH_HEADER_BYTES as u64;
@@ -454,6 +492,7 @@ impl SegmentReader {
         let mut ranges = Vec::with_capacity(n_records);
         let mut at = 0usize;
         for i in 0..n_records {
+            // `read_batch` checked that `first_record_index + n_records` does not overflow.
             let expected = header.first_record_index + i as u64;
             if payload.len() - at < RECORD_PREFIX_BYTES {
                 return Err((expected, ReadErrorKind::RecordFraming));
@@ -533,9 +572,66 @@ impl SegmentReader {
         Ok(found)
     }
 
-    /// Whether any valid batch header or footer header starts after `from`: if so, damage at
-    /// `from` is corruption; if not, it is a torn tail.
-    fn valid_frame_after(&self, from: u64) -> Result<bool, ReadError> {
+    /// Whether damage a scan met at `offset` is a torn tail: damage a crash in mid-write
+    /// leaves, in a segment not yet sealed, with nothing the writer wrote after it. Anything
+    /// else is corruption, reported and never cut. Bodies are the agents' bytes (stored raw
+    /// when incompressible), so the bytes of a torn batch may look like anything, frames
+    /// included: they are looked into only when nothing better is known.
+    /// - A batch or footer cut short by the end of the file is torn by definition.
+    /// - A frame whose header holds but whose content fails its CRC: torn unless a frame
+    ///   header starts right at the frame's declared end (the writer got past it).
+    /// - A header that is itself damaged (no marker, or its CRC fails): torn unless a whole
+    ///   frame (header and content CRCs holding) starts anywhere after it.
+    /// - A whole footer with no trailer pointing at it: a seal torn before its trailer, if at
+    ///   most a trailer's bytes follow it.
+    fn is_torn_tail(&self, offset: u64, kind: &ReadErrorKind) -> Result<bool, ReadError> {
+        if self.sealed.is_some() {
+            // Its batches were all written, and the walk checked their headers, before the seal.
+            return Ok(false);
+        }
+        match kind {
+            ReadErrorKind::BatchTruncated => Ok(true),
+            ReadErrorKind::PayloadCrc | ReadErrorKind::BatchHeader(_) | ReadErrorKind::UnknownMarker => {
+                let available = (self.len - offset).min(BATCH_HEADER_BYTES as u64) as usize;
+                match BatchHeader::decode(&self.read_at(offset, available)?) {
+                    Ok(header) => {
+                        let end = offset + BATCH_HEADER_BYTES as u64 + u64::from(header.compressed_len);
+                        Ok(!self.frame_header_at(end)?)
+                    }
+                    Err(_) => Ok(!self.whole_frame_after(offset)?),
+                }
+            }
+            ReadErrorKind::Footer(_) => {
+                let available = (self.len - offset).min(FOOTER_HEADER_BYTES as u64) as usize;
+                let Ok((body_len, crc)) = Footer::decode_frame_header(&self.read_at(offset, available)?) else {
+                    return Ok(available < FOOTER_HEADER_BYTES || !self.whole_frame_after(offset)?);
+                };
+                let end = offset + (FOOTER_HEADER_BYTES as u64) + u64::from(body_len);
+                if end > self.len {
+                    return Ok(true);
+                }
+                let body = self.read_at(offset + FOOTER_HEADER_BYTES as u64, body_len as usize)?;
+                if crc32c::crc32c(&body) != crc {
+                    return Ok(!self.frame_header_at(end)?);
+                }
+                Ok(self.len - end <= TRAILER_BYTES as u64)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    /// Whether a valid batch or footer header (its own CRC holding) starts at `offset`.
+    fn frame_header_at(&self, offset: u64) -> Result<bool, ReadError> {
+        if offset >= self.len {
+            return Ok(false);
+        }
+        let bytes = self.read_at(offset, (self.len - offset).min(BATCH_HEADER_BYTES as u64) as usize)?;
+        Ok(BatchHeader::decode(&bytes).is_ok() || Footer::decode_frame_header(&bytes).is_ok())
+    }
+
+    /// Whether a whole frame starts after `from`: a batch or footer whose header and content
+    /// CRCs both hold, and which ends inside the file.
+    fn whole_frame_after(&self, from: u64) -> Result<bool, ReadError> {
         const WINDOW_BYTES: u64 = 1 << 20;
         let mut start = from + 1;
         while start < self.len {
@@ -544,12 +640,22 @@ impl SegmentReader {
             for marker in [&BATCH_MARKER, &FOOTER_MARKER] {
                 for at in memchr::memmem::find_iter(&window, marker) {
                     let candidate = &window[at..];
-                    let valid = if marker == &BATCH_MARKER {
-                        BatchHeader::decode(candidate).is_ok()
+                    let content = if marker == &BATCH_MARKER {
+                        BatchHeader::decode(candidate)
+                            .ok()
+                            .map(|h| (BATCH_HEADER_BYTES as u64, u64::from(h.compressed_len), h.payload_crc))
                     } else {
-                        Footer::decode_frame_header(candidate).is_ok()
+                        Footer::decode_frame_header(candidate)
+                            .ok()
+                            .map(|(len, crc)| (FOOTER_HEADER_BYTES as u64, u64::from(len), crc))
                     };
-                    if valid {
+                    let Some((header_len, content_len, crc)) = content else {
+                        continue;
+                    };
+                    let content_offset = start + at as u64 + header_len;
+                    if content_offset + content_len <= self.len
+                        && crc32c::crc32c(&self.read_at(content_offset, content_len as usize)?) == crc
+                    {
                         return Ok(true);
                     }
                 }
@@ -615,23 +721,12 @@ impl Scan<'_> {
 
     fn fail(&mut self, mut error: ReadError) -> Option<Result<Batch, ReadError>> {
         self.failed = true;
-        // Only damage a crash can cause may be a torn tail: a frame cut short or with bytes
-        // that fail its CRC. A batch whose CRC holds but whose content is wrong was written
-        // that way (or edited), wherever it is.
-        let crash_shaped = matches!(
-            error.kind,
-            ReadErrorKind::BatchTruncated
-                | ReadErrorKind::BatchHeader(_)
-                | ReadErrorKind::PayloadCrc
-                | ReadErrorKind::UnknownMarker
-                | ReadErrorKind::Footer(_)
-        );
-        if crash_shaped {
-            error.torn_tail = match self.reader.valid_frame_after(error.offset) {
-                Ok(found) => !found,
-                Err(io_error) => return Some(Err(io_error)),
-            };
-        }
+        // Only damage a crash can cause may be a torn tail (see `is_torn_tail`). A batch whose
+        // CRC holds but whose content is wrong was written that way (or edited), wherever it is.
+        error.torn_tail = match self.reader.is_torn_tail(error.offset, &error.kind) {
+            Ok(torn) => torn,
+            Err(io_error) => return Some(Err(io_error)),
+        };
         Some(Err(error))
     }
 }
@@ -673,7 +768,8 @@ impl Iterator for Scan<'_> {
         match reader.read_batch(self.offset, Some(self.next_index)) {
             Ok(batch) => {
                 self.offset = batch.end_offset;
-                self.next_index += u64::from(batch.header.n_records);
+                // `read_batch` checked that the batch's indexes do not pass u64::MAX.
+                self.next_index = batch.header.first_record_index + u64::from(batch.header.n_records);
                 Some(Ok(batch))
             }
             Err(e) => self.fail(e),
@@ -794,7 +890,7 @@ impl Recording {
             match reader.sealed() {
                 Some(sealed) => {
                     let footer = &sealed.footer;
-                    if index >= first + footer.record_count {
+                    if index - first >= footer.record_count {
                         continue;
                     }
                     let position = footer.batches.partition_point(|b| b.first_record_index <= index);
@@ -829,7 +925,245 @@ impl Recording {
 
 #[cfg(test)]
 mod tests {
+    use std::borrow::Cow;
+    use std::sync::Arc;
+
     use super::*;
+    use crate::record::format::{Footer, SealReason, Trailer};
+    use crate::record::storage::{SimulatedStorage, SplitMix64, Storage};
+    use crate::record::{Decision, Principal, RecordError, RecorderConfig, RequestFrame, SegmentWriter, verify};
+
+    const KEY: [u8; 32] = [9; 32];
+    const T0: u64 = 1_750_000_000_000_000;
+
+    fn directory() -> PathBuf {
+        PathBuf::from("/recordings")
+    }
+
+    fn segment_path(sequence: u64) -> PathBuf {
+        directory().join(SegmentName { core_id: 0, sequence }.file_name())
+    }
+
+    fn noise(rng: &mut SplitMix64, n: usize) -> Vec<u8> {
+        (0..n).map(|_| rng.next_u64() as u8).collect()
+    }
+
+    fn request(n: u64, body: Vec<u8>) -> Frame {
+        Frame::Request(RequestFrame {
+            time_unix_us: T0 + n,
+            endpoint: Cow::Borrowed("query-request"),
+            principal: Principal { sub: Some("agent".into()), role: None, groups: vec![] },
+            session_id: Some(7),
+            request_id: Some(format!("req-{n}")),
+            query_id: None,
+            statement: Some(format!("select {n}")),
+            bindings: None,
+            agent_context: None,
+            query_tag: None,
+            decision: Decision::Allowed,
+            body: Bytes::from(body),
+        })
+    }
+
+    /// A fake seal as an agent can write one: a footer frame whose CRCs hold and a trailer
+    /// pointing at it (its MAC made up), with the trailer at its end.
+    fn fake_seal(rng: &mut SplitMix64) -> Vec<u8> {
+        let footer = Footer {
+            record_count: rng.next_u64() >> 8,
+            first_record_index: rng.next_u64() >> 8,
+            time_min_unix_us: rng.next_u64(),
+            time_max_unix_us: rng.next_u64(),
+            chain_head: noise(rng, 32).try_into().unwrap(),
+            sealed_unix_us: rng.next_u64(),
+            seal_reason: SealReason::Stopped,
+            batches: vec![],
+            index: Default::default(),
+        };
+        let mut seal = footer.encode_frame();
+        let mac = noise(rng, 32).try_into().unwrap();
+        let trailer = Trailer { footer_offset: rng.next_u64() >> 40, footer_frame_len: seal.len() as u32, mac };
+        seal.extend_from_slice(&trailer.encode());
+        seal
+    }
+
+    /// A batch header an agent can write: its own CRC holds; its payload CRC does not.
+    fn fake_batch_header(rng: &mut SplitMix64) -> Vec<u8> {
+        let header = BatchHeader {
+            compressed_len: 64,
+            uncompressed_len: 200,
+            n_records: 1,
+            first_record_index: 3,
+            payload_crc: rng.next_u64() as u32,
+        };
+        header.encode().to_vec()
+    }
+
+    /// An agent's incompressible body holding what a reader might take for frames: a fake
+    /// seal, a fake batch header, optionally a whole fake batch (its payload CRC holding),
+    /// and the seal's magic at its very end.
+    fn hostile_body(seed: u64, whole_fake_batch: bool, tail: &[u8]) -> Vec<u8> {
+        let mut rng = SplitMix64(seed);
+        // Long enough that zstd's least gain for a block is more than the fake frames' few
+        // repeated bytes would save: the block is stored raw.
+        let mut body = noise(&mut rng, 8000);
+        body.extend(fake_seal(&mut rng));
+        body.extend(noise(&mut rng, 300));
+        body.extend(fake_batch_header(&mut rng));
+        body.extend(noise(&mut rng, 300));
+        if whole_fake_batch {
+            let record = noise(&mut rng, 40);
+            body.extend(crate::record::format::encode_batch(3, &[&record], 1).unwrap());
+            body.extend(noise(&mut rng, 300));
+        }
+        body.extend_from_slice(tail);
+        body
+    }
+
+    /// An open segment (a crash before the seal): three ordinary batches, then one request
+    /// whose body is `body`. Returns the file's bytes and where the last batch starts.
+    fn open_segment_ending_in(body: Vec<u8>) -> (Vec<u8>, u64) {
+        let storage = SimulatedStorage::new();
+        let config = RecorderConfig::new(directory(), 0, KEY);
+        let (mut writer, _) = SegmentWriter::open(Arc::new(storage.clone()), &config, T0).unwrap();
+        for n in 0..3 {
+            writer.append(&[request(n, format!("{{\"n\":{n}}}").into_bytes())], T0 + n).unwrap();
+        }
+        let last_batch = writer.current_len().unwrap();
+        writer.append(&[request(3, body.clone())], T0 + 3).unwrap();
+        let bytes = storage.read(&segment_path(0)).unwrap();
+        // The body is stored raw, last in the file: what the reader sees is the agent's.
+        assert!(bytes.ends_with(&body), "the body was not stored raw at the end");
+        (bytes, last_batch)
+    }
+
+    /// Recovers a core whose only segment holds `bytes`; the recovery report and the records
+    /// read back afterwards (the recovered segment sealed, and a fresh one opened).
+    fn recover(bytes: &[u8]) -> Result<(crate::record::RecoveryReport, SimulatedStorage), RecordError> {
+        let storage = SimulatedStorage::new();
+        storage.create_dir_all(&directory()).unwrap();
+        storage.write(&segment_path(0), bytes.to_vec());
+        let config = RecorderConfig::new(directory(), 0, KEY);
+        let (_, report) = SegmentWriter::open(Arc::new(storage.clone()), &config, T0 + 100)?;
+        Ok((report, storage))
+    }
+
+    fn assert_recovers_keeping(bytes: &[u8], kept: u64, kept_end: u64, case: &str) {
+        let (report, storage) = recover(bytes).unwrap_or_else(|e| panic!("{case}: recovery refused: {e}"));
+        assert_eq!(report.records_kept, kept, "{case}");
+        let cut = kept_end != bytes.len() as u64;
+        assert_eq!(report.truncated_at, cut.then_some(kept_end), "{case}");
+        let recovered = storage.read(&segment_path(0)).unwrap();
+        assert_eq!(recovered[..kept_end as usize], bytes[..kept_end as usize], "{case}");
+        let recording = Recording::open_with(Arc::new(storage), &directory(), ReaderOptions::default()).unwrap();
+        let indexes: Vec<u64> = recording
+            .records()
+            .map(|r| r.unwrap_or_else(|e| panic!("{case}: {e}")))
+            .filter(|r| matches!(r.frame, Frame::Request(_)))
+            .map(|r| r.index)
+            .collect();
+        assert_eq!(indexes, (0..kept).collect::<Vec<_>>(), "{case}");
+    }
+
+    #[test]
+    fn an_open_segment_cut_anywhere_in_a_body_full_of_fake_frames_keeps_the_whole_batches_before_it() {
+        // Regression: a cut right after the body's fake seal looked sealed (recovery then
+        // refused its MAC), and a cut after its fake batch header looked like corruption.
+        let body = hostile_body(1, true, &crate::record::format::TRAILER_MAGIC);
+        let (bytes, last_batch) = open_segment_ending_in(body);
+        for cut in last_batch..bytes.len() as u64 {
+            assert_recovers_keeping(&bytes[..cut as usize], 3, last_batch, &format!("cut at {cut}"));
+        }
+        // Uncut, the file ends in the magic: still open, every batch kept.
+        assert_eq!(bytes[bytes.len() - 8..], crate::record::format::TRAILER_MAGIC);
+        assert_recovers_keeping(&bytes, 4, bytes.len() as u64, "uncut");
+        let reader = SegmentReader::from_bytes("x".into(), Bytes::from(bytes), ReaderOptions::default()).unwrap();
+        assert!(reader.sealed().is_none());
+    }
+
+    #[test]
+    fn a_body_ending_in_a_fake_seal_does_not_seal_an_open_segment() {
+        let mut rng = SplitMix64(2);
+        let seal = fake_seal(&mut rng);
+        let (bytes, last_batch) = open_segment_ending_in(hostile_body(2, false, &seal));
+        assert_recovers_keeping(&bytes, 4, bytes.len() as u64, "a valid-looking footer and trailer");
+        assert_recovers_keeping(&bytes[..bytes.len() - 1], 3, last_batch, "cut by one byte");
+    }
+
+    #[test]
+    fn a_body_whose_trailer_points_at_its_own_batch_does_not_seal_an_open_segment() {
+        // The trailer's footer length is made to land on the last batch's header, a place
+        // the header walk reaches: the walk must find a batch there, not a footer.
+        let mac = noise(&mut SplitMix64(33), 32).try_into().unwrap();
+        let mut tail = Trailer { footer_offset: 0, footer_frame_len: 0, mac }.encode().to_vec();
+        let (first, last_batch) = open_segment_ending_in(hostile_body(3, false, &tail));
+        let frame_len = first.len() as u64 - TRAILER_BYTES as u64 - last_batch;
+        tail = Trailer { footer_offset: last_batch, footer_frame_len: frame_len as u32, mac }.encode().to_vec();
+        let (bytes, again) = open_segment_ending_in(hostile_body(3, false, &tail));
+        assert_eq!((bytes.len(), again), (first.len(), last_batch));
+        assert_recovers_keeping(&bytes, 4, bytes.len() as u64, "trailer pointing at the last batch");
+    }
+
+    #[test]
+    fn a_hole_in_the_last_batch_is_a_torn_tail_whatever_its_body_holds() {
+        // A crash may leave the file's length written but a block of it not: the last
+        // batch's header holds, its payload CRC does not, and nothing follows its end.
+        let (mut bytes, last_batch) = open_segment_ending_in(hostile_body(4, true, b"tail"));
+        let hole = last_batch as usize + 100..last_batch as usize + 400;
+        bytes[hole].fill(0);
+        assert_recovers_keeping(&bytes, 3, last_batch, "hole");
+    }
+
+    #[test]
+    fn a_damaged_last_batch_header_is_a_torn_tail_unless_a_whole_frame_follows() {
+        // Only frames whose content CRC holds count after a damaged header: a header alone
+        // (an agent's) does not. (An agent's whole fake frame would: the scan cannot tell it
+        // from the writer's, and that damage is not what a crash leaves in the tail.)
+        let mut rng = SplitMix64(5);
+        let mut body = noise(&mut rng, 3000);
+        body.extend(fake_batch_header(&mut rng));
+        body.extend(noise(&mut rng, 300));
+        let (mut bytes, last_batch) = open_segment_ending_in(body.clone());
+        let header = last_batch as usize..last_batch as usize + BATCH_HEADER_BYTES;
+        bytes[header.clone()].fill(0);
+        assert_recovers_keeping(&bytes, 3, last_batch, "header zeroed, a fake header in the body");
+        // The same damage to the second batch's header, whole batches after it: corruption.
+        let (mut bytes, _) = open_segment_ending_in(body);
+        let reader = SegmentReader::from_bytes("x".into(), Bytes::from(bytes.clone()), ReaderOptions::default());
+        let second = reader.unwrap().scan().nth(1).unwrap().unwrap().offset as usize;
+        bytes[second..second + BATCH_HEADER_BYTES].fill(0);
+        let Err(RecordError::Corrupt(error)) = recover(&bytes) else { panic!("not reported as corruption") };
+        assert_eq!((error.offset, error.record_index, error.torn_tail), (second as u64, Some(1), false));
+    }
+
+    #[test]
+    fn a_sealed_segment_still_reads_as_sealed_and_verifies() {
+        let (bytes, _) = open_segment_ending_in(hostile_body(6, true, &crate::record::format::TRAILER_MAGIC));
+        let (_, storage) = recover(&bytes).unwrap();
+        let recording = Recording::open_with(Arc::new(storage), &directory(), ReaderOptions::default()).unwrap();
+        let reader = recording.segment(&SegmentName { core_id: 0, sequence: 0 }).unwrap();
+        assert_eq!(reader.sealed().unwrap().footer.record_count, 4);
+        let options = verify::VerifyOptions { allow_open: true, ..Default::default() };
+        let report = verify(&recording, &KEY, &options, &mut |_| {});
+        assert!(report.is_ok(), "{:?}", report.problems);
+    }
+
+    #[test]
+    fn record_indexes_that_would_pass_u64_max_are_out_of_range() {
+        let header = SegmentHeader {
+            version: crate::record::format::FORMAT_VERSION,
+            core_id: 0,
+            sequence: 0,
+            created_unix_us: T0,
+            first_record_index: u64::MAX - 1,
+            previous_chain_head: crate::record::format::genesis(0),
+        };
+        let mut bytes = header.encode().to_vec();
+        let body = [0u8; 40];
+        bytes.extend(crate::record::format::encode_batch(u64::MAX - 1, &[&body, &body, &body], 1).unwrap());
+        let reader = SegmentReader::from_bytes("x".into(), Bytes::from(bytes), ReaderOptions::default()).unwrap();
+        let error = reader.scan().next().unwrap().unwrap_err();
+        assert!(matches!(error.kind, ReadErrorKind::BatchHeader(StructureError::OutOfRange)), "{error}");
+    }
 
     #[test]
     fn segment_names_are_canonical() {

@@ -24,6 +24,11 @@ pub struct VerifyOptions {
     /// The gateway's number of cores, when known: each of cores `0..n` must have segments
     /// (a core whose every segment was deleted leaves no trace in the others' files).
     pub expected_cores: Option<u16>,
+    /// With `expected_cores = Some(n)`: the gateway runs the reviewers' admin listener
+    /// (approvals on), whose recorder keeps a chain of its own under core number `n`, so
+    /// core `n` must have segments too. Without it, segments for core `n` are a problem
+    /// like those of any core past the expected ones.
+    pub admin_chain: bool,
     /// Reader limits.
     pub reader: ReaderOptions,
 }
@@ -131,14 +136,24 @@ pub fn verify(
         by_core.entry(segment.core_id).or_default().push(segment);
     }
     if let Some(n_cores) = options.expected_cores {
-        for core_id in 0..n_cores {
+        // The admin listener's chain is numbered after the cores: core `n_cores`.
+        let admin_core = options.admin_chain.then_some(n_cores);
+        for core_id in (0..n_cores).chain(admin_core) {
             if !by_core.contains_key(&core_id) {
-                let description = format!("no segments for core {core_id} (expected {n_cores} cores)");
+                let description = if admin_core == Some(core_id) {
+                    format!("no segments for the admin listener's chain (core {core_id}, after {n_cores} cores)")
+                } else {
+                    format!("no segments for core {core_id} (expected {n_cores} cores)")
+                };
                 report.problem(recording.directory().to_owned(), None, None, description);
             }
         }
-        for &core_id in by_core.keys().filter(|&&core_id| core_id >= n_cores) {
-            let description = format!("segments for core {core_id}, but only {n_cores} cores were expected");
+        let expected_end = u32::from(n_cores) + u32::from(options.admin_chain);
+        for &core_id in by_core.keys().filter(|&&core_id| u32::from(core_id) >= expected_end) {
+            let mut description = format!("segments for core {core_id}, but only {n_cores} cores were expected");
+            if core_id == n_cores {
+                description.push_str(" (the admin listener's chain, when approvals are on: say so to expect it)");
+            }
             report.problem(recording.directory().to_owned(), None, None, description);
         }
     }
@@ -178,7 +193,7 @@ impl Verifier<'_> {
         for (position, segment) in segments.iter().enumerate() {
             let path = self.recording.path(segment);
             if segment.sequence != expected_sequence {
-                let description = if segment.sequence == expected_sequence + 1 {
+                let description = if expected_sequence.checked_add(1) == Some(segment.sequence) {
                     format!("segment {expected_sequence} of core {core_id} is missing")
                 } else {
                     format!(
@@ -190,7 +205,13 @@ impl Verifier<'_> {
                 continuation.chain_head = None;
                 continuation.next_record_index = None;
             }
-            expected_sequence = segment.sequence + 1;
+            // A sequence number no successor can follow is not one a writer gives.
+            let Some(next_sequence) = segment.sequence.checked_add(1) else {
+                let description = "the sequence number is out of range (no segment can follow it)";
+                report.problem(path.clone(), None, None, description.into());
+                continue;
+            };
+            expected_sequence = next_sequence;
             let last = position + 1 == segments.len();
             let records_before = report.records;
             continuation = self.segment(segment, &continuation, last, report, progress);
@@ -199,9 +220,8 @@ impl Verifier<'_> {
             report.segments += 1;
             if last && let Some(seal) = continuation.seal.filter(|seal| seal.has_successor()) {
                 let description = format!(
-                    "sealed as {}: segment {} should follow and is missing (the recording was cut)",
+                    "sealed as {}: segment {next_sequence} should follow and is missing (the recording was cut)",
                     seal.name(),
-                    segment.sequence + 1
                 );
                 report.problem(path, None, None, description);
             }
@@ -375,5 +395,32 @@ impl Verifier<'_> {
             next_record_index: Some(footer.first_record_index + footer.record_count),
             seal: Some(footer.seal_reason),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::record::storage::{SimulatedStorage, Storage};
+
+    #[test]
+    fn a_sequence_number_no_successor_can_follow_is_out_of_range_not_a_panic() {
+        let storage = SimulatedStorage::new();
+        let directory = Path::new("/recordings");
+        storage.create_dir_all(directory).unwrap();
+        let name = SegmentName { core_id: 0, sequence: u64::MAX };
+        assert_eq!(name.file_name(), "seg-000-18446744073709551615.sgr");
+        storage.write(&directory.join(name.file_name()), vec![0; 200]);
+        let recording = Recording::open_with(Arc::new(storage), directory, ReaderOptions::default()).unwrap();
+        let options = VerifyOptions { allow_partial_start: true, ..VerifyOptions::default() };
+        let report = verify(&recording, &[1; 32], &options, &mut |_| {});
+        assert!(
+            report.problems.iter().any(|p| p.description.contains("sequence number is out of range")),
+            "{:?}",
+            report.problems
+        );
     }
 }

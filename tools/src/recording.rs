@@ -128,7 +128,8 @@ pub struct SearchArgs {
     /// not a SQL parse).
     #[arg(long)]
     table: Option<String>,
-    /// A Snowflake query id (found through segment footers, without decompressing segments).
+    /// A Snowflake query id (found through segment footers, without decompressing segments;
+    /// footers are read as they are, not authenticated: `verify` does that).
     #[arg(long)]
     query_id: Option<String>,
     /// A driver request id.
@@ -219,9 +220,12 @@ pub fn search(args: SearchArgs) -> anyhow::Result<()> {
     let mut out = BufWriter::new(stdout);
     let mut failures = 0;
     let bar = progress(&recording, "searching");
-    // Requests that matched, per core, so their responses follow them.
-    let mut matched_requests: BTreeMap<u16, BTreeSet<u64>> = BTreeMap::new();
-    let mut previous_had_identity = false;
+    let mut matcher = Matcher {
+        filters: &filters,
+        matched: BTreeMap::new(),
+        unanswered: BTreeMap::new(),
+        requests_of_responses: Vec::new(),
+    };
     for segment in recording.segments() {
         let reader = match recording.segment(segment) {
             Ok(reader) => reader,
@@ -230,65 +234,32 @@ pub fn search(args: SearchArgs) -> anyhow::Result<()> {
                 continue;
             }
         };
-        let records = match select_records(&reader, &filters, &mut previous_had_identity) {
-            Ok(records) => records,
-            Err(e) => {
-                report_read_error(&bar, &e, &mut failures);
-                continue;
+        let unanswered = matcher.unanswered.get(&segment.core_id).is_some_and(|set| !set.is_empty());
+        // Each batch is filtered as it is read and dropped before the next: only what
+        // matches is written out, so a segment of any size takes one batch of memory.
+        let mut visit = |records: Vec<Record>| -> anyhow::Result<()> {
+            for record in records.iter().filter(|record| matcher.matches(record)) {
+                bar.suspend(|| emit(&mut out, record, &args.output))?;
             }
+            Ok(())
         };
-        bar.inc(reader.len());
-        for record in records {
-            let record = match record {
-                Ok(record) => record,
-                Err(e) => {
-                    report_read_error(&bar, &e, &mut failures);
-                    continue;
-                }
-            };
-            if !filters.in_time(record.frame.time_unix_us()) {
-                continue;
-            }
-            let matches = match &record.frame {
-                Frame::Request(request) => {
-                    let endpoint_ok = filters.endpoint.as_ref().is_none_or(|e| *e == request.endpoint);
-                    let matches = endpoint_ok && filters.request_matches(request);
-                    if matches {
-                        matched_requests.entry(record.core_id).or_default().insert(record.index);
-                    }
-                    matches
-                }
-                Frame::Response(response) => {
-                    let linked = response.request.as_ref().and_then(|l| l.record_index());
-                    let via_request = linked
-                        .is_some_and(|i| matched_requests.get(&record.core_id).is_some_and(|set| set.contains(&i)));
-                    let endpoint_ok = filters.endpoint.as_ref().is_none_or(|e| *e == response.endpoint);
-                    let own = !filters.has_request_filters()
-                        && filters.query_id.as_ref().is_none_or(|id| response.query_id.as_ref() == Some(id));
-                    endpoint_ok && (via_request || own)
-                }
-                Frame::Event(_) => {
-                    !filters.has_request_filters() && filters.query_id.is_none() && filters.endpoint.is_none()
-                }
-            };
-            if matches {
-                bar.suspend(|| emit(&mut out, &record, &args.output))?;
-            }
+        if let Err(e) = visit_batches(&reader, &filters, unanswered, &mut visit)? {
+            report_read_error(&bar, &e, &mut failures);
         }
+        bar.inc(reader.len());
     }
     bar.finish_and_clear();
     // A query id also finds the request of each response found (in an earlier segment, say).
-    if let Some(query_id) = &filters.query_id {
-        let found = recording.find(IndexKind::QueryId, query_id);
-        for record in found.iter().flatten() {
-            if let Frame::Response(response) = &record.frame
-                && let Some(index) = response.request.as_ref().and_then(|l| l.record_index())
-                && !matched_requests.get(&record.core_id).is_some_and(|set| set.contains(&index))
-                && let Ok(Some(request)) = recording.record(record.core_id, index)
-                && filters.in_time(request.frame.time_unix_us())
-            {
-                emit(&mut out, &request, &args.output)?;
+    for (core_id, index) in std::mem::take(&mut matcher.requests_of_responses) {
+        if matcher.matched.get(&core_id).is_some_and(|set| set.contains(&index)) {
+            continue;
+        }
+        match recording.record(core_id, index) {
+            Ok(Some(request)) if filters.in_time(request.frame.time_unix_us()) => {
+                emit(&mut out, &request, &args.output)?
             }
+            Ok(_) => {}
+            Err(e) => report_read_error(&bar, &e, &mut failures),
         }
     }
     out.flush()?;
@@ -298,51 +269,113 @@ pub fn search(args: SearchArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The records of a segment worth filtering: through the footer's index and time ranges
-/// when sealed, all of them otherwise.
-fn select_records(
+/// What `search` has seen so far: the requests that matched, so that their responses match
+/// too, wherever they landed.
+struct Matcher<'a> {
+    filters: &'a Filters,
+    /// Requests that matched, per core.
+    matched: BTreeMap<u16, BTreeSet<u64>>,
+    /// Of those, the ones whose response has not been read yet: while a core has any, its
+    /// later segments are read even when their footers say they cannot match.
+    unanswered: BTreeMap<u16, BTreeSet<u64>>,
+    /// (core, request index) of each response matched by its query id, whose request may not
+    /// carry the query id itself.
+    requests_of_responses: Vec<(u16, u64)>,
+}
+
+impl Matcher<'_> {
+    fn matches(&mut self, record: &Record) -> bool {
+        let filters = self.filters;
+        if !filters.in_time(record.frame.time_unix_us()) {
+            return false;
+        }
+        match &record.frame {
+            Frame::Request(request) => {
+                let endpoint_ok = filters.endpoint.as_ref().is_none_or(|e| *e == request.endpoint);
+                let matches = endpoint_ok && filters.request_matches(request);
+                if matches {
+                    self.matched.entry(record.core_id).or_default().insert(record.index);
+                    self.unanswered.entry(record.core_id).or_default().insert(record.index);
+                }
+                matches
+            }
+            Frame::Response(response) => {
+                let linked = response.request.as_ref().and_then(|l| l.record_index());
+                if let Some(index) = linked
+                    && let Some(unanswered) = self.unanswered.get_mut(&record.core_id)
+                {
+                    unanswered.remove(&index);
+                }
+                let via_request =
+                    linked.is_some_and(|i| self.matched.get(&record.core_id).is_some_and(|set| set.contains(&i)));
+                let endpoint_ok = filters.endpoint.as_ref().is_none_or(|e| *e == response.endpoint);
+                let own = !filters.has_request_filters()
+                    && filters.query_id.as_ref().is_none_or(|id| response.query_id.as_ref() == Some(id));
+                let matches = endpoint_ok && (via_request || own);
+                if matches
+                    && filters.query_id.is_some()
+                    && let Some(index) = linked
+                {
+                    self.requests_of_responses.push((record.core_id, index));
+                }
+                matches
+            }
+            Frame::Event(_) => {
+                !filters.has_request_filters() && filters.query_id.is_none() && filters.endpoint.is_none()
+            }
+        }
+    }
+}
+
+/// Hands `visit` each batch's records of a segment that can hold a match, one batch at a
+/// time: through the footer's index and time ranges when sealed (the footer is read as it
+/// is, not authenticated: that is `verify`'s job), every batch otherwise. `unanswered`: the
+/// core has matched requests whose responses are still to come, so `--sub` cannot skip the
+/// segment. A read error ends the segment and is returned; an error of `visit` (writing the
+/// output) is the outer one.
+fn visit_batches(
     reader: &SegmentReader,
     filters: &Filters,
-    previous_had_identity: &mut bool,
-) -> Result<Vec<Result<Record, ReadError>>, ReadError> {
+    unanswered: bool,
+    visit: &mut dyn FnMut(Vec<Record>) -> anyhow::Result<()>,
+) -> anyhow::Result<Result<(), ReadError>> {
     let Some(sealed) = reader.sealed() else {
-        *previous_had_identity = true;
-        return Ok(reader.records().collect());
+        for batch in reader.scan() {
+            match batch {
+                Ok(batch) => visit(batch.records)?,
+                Err(e) => return Ok(Err(e)),
+            }
+        }
+        return Ok(Ok(()));
     };
     let footer = &sealed.footer;
     if footer.record_count > 0
         && (footer.time_max_unix_us < filters.since_us || footer.time_min_unix_us >= filters.until_us)
     {
-        *previous_had_identity = false;
-        return Ok(Vec::new());
+        return Ok(Ok(()));
     }
-    if let Some(query_id) = &filters.query_id {
-        return reader.find(IndexKind::QueryId, query_id).map(|records| records.into_iter().map(Ok).collect());
-    }
-    if let Some(sub) = &filters.sub {
-        // Responses carry no identity: the segment after one with the identity is read too,
-        // for responses that landed there.
-        let has_identity = footer.index.contains_key(&(IndexKind::Identity, sub.clone()));
-        let read = has_identity || *previous_had_identity;
-        *previous_had_identity = has_identity;
-        if !read {
-            return Ok(Vec::new());
-        }
-    }
-    let mut records = Vec::new();
-    for entry in &footer.batches {
+    let ordinals: Vec<usize> = if let Some(query_id) = &filters.query_id {
+        let key = (IndexKind::QueryId, query_id.clone());
+        footer.index.get(&key).map(|o| o.iter().map(|&o| o as usize).collect()).unwrap_or_default()
+    } else if let Some(sub) = &filters.sub
+        && !unanswered
+        && !footer.index.contains_key(&(IndexKind::Identity, sub.clone()))
+    {
+        Vec::new()
+    } else {
+        (0..footer.batches.len()).collect()
+    };
+    for ordinal in ordinals {
+        let Some(entry) = footer.batches.get(ordinal) else { continue };
         if entry.time_max_unix_us < filters.since_us || entry.time_min_unix_us >= filters.until_us {
             continue;
         }
         match reader.read_batch(entry.offset, Some(entry.first_record_index)) {
-            Ok(batch) => records.extend(batch.records.into_iter().map(Ok)),
-            Err(e) => {
-                records.push(Err(e));
-                break;
-            }
+            Ok(batch) => visit(batch.records)?,
+            Err(e) => return Ok(Err(e)),
         }
     }
-    Ok(records)
+    Ok(Ok(()))
 }
 
 /// `verify`: integrity and completeness; exits non-zero on any problem.
@@ -359,9 +392,14 @@ pub struct VerifyArgs {
     /// Accept a directory whose earliest segments were removed (retention).
     #[arg(long)]
     allow_partial_start: bool,
-    /// The gateway's number of cores: each core must have segments.
+    /// The gateway's number of cores: each core must have segments, and no other core may.
     #[arg(long)]
     cores: Option<u16>,
+    /// With `--cores N`: the gateway runs the reviewers' admin listener (`[approvals]
+    /// admin_address`), whose decisions are recorded in a chain of its own, core N; it must
+    /// have segments too.
+    #[arg(long, requires = "cores")]
+    admin_chain: bool,
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
@@ -375,6 +413,7 @@ pub fn run_verify(args: VerifyArgs) -> anyhow::Result<bool> {
         allow_open: args.allow_open,
         allow_partial_start: args.allow_partial_start,
         expected_cores: args.cores,
+        admin_chain: args.admin_chain,
         ..Default::default()
     };
     let report = verify(&recording, &key, &options, &mut |bytes| bar.inc(bytes));

@@ -5,13 +5,15 @@
 use std::borrow::Cow;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use snowgate::record::format::{BATCH_HEADER_BYTES, BatchHeader, Footer, SegmentHeader, Trailer, footer_mac, mac_key};
+use snowgate::record::storage::FileSystem;
 use snowgate::record::{
-    Decision, Durability, EventKind, Frame, Principal, Recorder, RecorderConfig, RequestFrame, ResponseFrame,
-    SegmentName, SegmentReader,
+    Decision, Durability, EventKind, Frame, Principal, Recorder, RecorderConfig, RequestFrame, RequestLink,
+    ResponseFrame, SealReason, SegmentName, SegmentReader, SegmentWriter,
 };
 
 const KEY_HEX: &str = "3f1e5d0c9b8a7f6e5d4c3b2a19080706f5e4d3c2b1a09f8e7d6c5b4a39281706";
@@ -421,4 +423,110 @@ fn rechain_with(path: &Path, key: &[u8; 32]) -> Vec<u8> {
     bytes.extend_from_slice(&frame);
     bytes.extend_from_slice(&trailer.encode());
     bytes
+}
+
+/// A recording written segment by segment through the writer: `build` appends and rotates.
+fn written_recording(dir: &Path, build: impl FnOnce(&mut SegmentWriter)) {
+    let config = RecorderConfig::new(dir, 0, key());
+    let (mut writer, _) = SegmentWriter::open(Arc::new(FileSystem), &config, T0).unwrap();
+    build(&mut writer);
+    writer.seal(SealReason::Stopped, T0 + 1_000_000_000).unwrap();
+}
+
+fn query_response(n: u64, request_index: u64) -> Frame {
+    match response(n, RequestLink::to_record(request_index)) {
+        Frame::Response(mut response) => {
+            response.request = Some(RequestLink::to_record(request_index));
+            Frame::Response(response)
+        }
+        _ => unreachable!(),
+    }
+}
+
+#[test]
+fn search_by_identity_finds_a_response_several_segments_after_its_request() {
+    let temp = tempfile::tempdir().unwrap();
+    let dir = temp.path().join("recordings");
+    written_recording(&dir, |writer| {
+        let late = writer.append(&[request(0, "agent-late", "select 1", Decision::Allowed)], T0).unwrap();
+        for n in 1..5 {
+            writer.rotate("test", T0 + n).unwrap();
+            let other = writer.append(&[request(n, "agent-other", "select 2", Decision::Allowed)], T0 + n).unwrap();
+            writer.append(&[query_response(n, other.first_record_index)], T0 + n).unwrap();
+        }
+        writer.append(&[query_response(9, late.first_record_index)], T0 + 9).unwrap();
+    });
+    let output = tools(&["search", dir.to_str().unwrap(), "--sub", "agent-late", "--json"]);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let found: Vec<serde_json::Value> = stdout(&output).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let kinds: Vec<&str> = found.iter().map(|l| l["kind"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["request", "response"], "{found:?}");
+    assert_eq!(found[1]["segment"], 4);
+}
+
+#[test]
+fn search_fails_naming_the_file_when_a_request_it_needs_cannot_be_read() {
+    // The response is found through the second segment's footer; its request, in the first
+    // segment, lies in a damaged batch: search must say so, not print the response alone.
+    let temp = tempfile::tempdir().unwrap();
+    let dir = temp.path().join("recordings");
+    let mut request_batch = 0;
+    written_recording(&dir, |writer| {
+        request_batch = writer.current_len().unwrap();
+        let request = writer.append(&[request(4, "agent-7", "select 4", Decision::Allowed)], T0).unwrap();
+        writer.rotate("test", T0 + 1).unwrap();
+        writer.append(&[query_response(4, request.first_record_index)], T0 + 2).unwrap();
+    });
+    let first = segment(&dir, 0, 0);
+    let mut bytes = std::fs::read(&first).unwrap();
+    bytes[request_batch as usize + BATCH_HEADER_BYTES + 10] ^= 0x01;
+    std::fs::write(&first, bytes).unwrap();
+    let output = tools(&["search", dir.to_str().unwrap(), "--query-id", "01b2c3d4-0000-4000-8000-000000000004"]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    let name = first.file_name().unwrap().to_str().unwrap();
+    assert!(stderr.contains(&format!("{name} at byte {request_batch}")), "{stderr}");
+    assert_eq!(stdout(&output).lines().count(), 1, "the response is still printed");
+}
+
+#[test]
+fn search_keeps_one_batch_in_memory_whatever_the_segment_size() {
+    // Forty batches of 4 MiB each once decompressed (they compress to almost nothing), in
+    // one segment; search runs under a 96 MiB address-space limit, so it must not hold them
+    // all at once.
+    let temp = tempfile::tempdir().unwrap();
+    let dir = temp.path().join("recordings");
+    written_recording(&dir, |writer| {
+        for n in 0..40 {
+            let Frame::Request(mut frame) = request(n, "agent-7", "select 1", Decision::Allowed) else {
+                unreachable!()
+            };
+            frame.body = Bytes::from(vec![b'x'; 4 << 20]);
+            writer.append(&[Frame::Request(frame)], T0 + n).unwrap();
+        }
+    });
+    assert_eq!(segment_count(&dir, 0), 1);
+    let tools_path = env!("CARGO_BIN_EXE_snowgate-tools");
+    let script = format!("ulimit -v 98304 && exec '{tools_path}' search '{}' --sub agent-7", dir.display());
+    let output = Command::new("sh").args(["-c", &script]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert_eq!(stdout(&output).lines().filter(|l| l.contains(" request ")).count(), 40);
+}
+
+#[test]
+fn verify_expects_the_admin_chain_after_the_cores_only_when_told() {
+    // The fixture's two chains stand in for one core (0) and the admin listener's (1).
+    let fixture = fixture();
+    let dir = fixture.dir.to_str().unwrap();
+    let key_file = fixture.key_file.to_str().unwrap();
+    let with_admin = tools(&["verify", dir, "--key-file", key_file, "--cores", "1", "--admin-chain"]);
+    assert!(with_admin.status.success(), "{}", stdout(&with_admin));
+    let without = tools(&["verify", dir, "--key-file", key_file, "--cores", "1"]);
+    assert_eq!(without.status.code(), Some(1));
+    assert!(stdout(&without).contains("segments for core 1, but only 1 cores were expected"), "{}", stdout(&without));
+    assert!(stdout(&without).contains("admin listener"), "{}", stdout(&without));
+    let missing = tools(&["verify", dir, "--key-file", key_file, "--cores", "2", "--admin-chain"]);
+    assert_eq!(missing.status.code(), Some(1));
+    assert!(stdout(&missing).contains("no segments for the admin listener's chain (core 2"), "{}", stdout(&missing));
 }
