@@ -47,7 +47,7 @@ use crate::record::Decision;
 use crate::session::query::{parse_query_request, summarize_answer};
 use crate::session::statements::Plans;
 use crate::session::token::{TokenClaims, TokenKind};
-use crate::session::{codes, refusal_body, snowflake_authorization, snowflake_token};
+use crate::session::{case_variant_key, codes, refusal_body, snowflake_authorization, snowflake_token};
 
 /// Where chunk grants are served (see [`crate::session::Endpoint::Chunk`]).
 pub const CHUNK_PATH: &str = "/snowgate/chunk/";
@@ -225,10 +225,17 @@ fn foreign_result_scan(core: &Core, subject: &Subject, text: &str) -> Option<Dec
     None
 }
 
+/// The query request keys whose meaning the gateway reads or sets.
+const QUERY_REQUEST_KEYS: &[&str] =
+    &["sqlText", "parameters", "bindings", "bindStage", "asyncExec", "describeOnly", "queryContextDTO"];
+
 /// Pins `MULTI_STATEMENT_COUNT` (and checks every other session parameter) in a query request.
 fn pin_parameters(body: &[u8], statements: usize) -> Result<Bytes, String> {
     let mut request: Map<String, Value> =
         serde_json::from_slice(body).map_err(|_| "the query request is not a JSON object".to_owned())?;
+    if let Some(key) = case_variant_key(&request, QUERY_REQUEST_KEYS) {
+        return Err(format!("the query request has a key {key:?} spelled unlike the driver's (the agent's request)"));
+    }
     let plan = plan_query_parameters(request.get("parameters"), statements).map_err(|e| e.to_string())?;
     match request.entry("parameters").or_insert_with(|| Value::Object(Map::new())) {
         Value::Object(parameters) => plan.apply(parameters),

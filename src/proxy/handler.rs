@@ -25,8 +25,8 @@ use crate::session::query::AnswerSummary;
 use crate::session::statements::Plans;
 use crate::session::token::{TokenClaims, TokenError, TokenKind};
 use crate::session::{
-    Endpoint, bearer_token, codes, is_query_id, query_param, refusal_body, set_query_param, snowflake_authorization,
-    snowflake_token, sql_api_error_body,
+    Endpoint, bearer_token, case_variant_key, codes, is_query_id, query_param, refusal_body, set_query_param,
+    snowflake_authorization, snowflake_token, sql_api_error_body,
 };
 
 /// What an agent is told about a statement id it may not use (whether it exists for another
@@ -466,6 +466,10 @@ fn login_error_code(error: &LoginError) -> &'static str {
     }
 }
 
+/// The SQL API body keys whose meaning the gateway reads or sets.
+const SQL_API_KEYS: &[&str] =
+    &["statement", "parameters", "bindings", "role", "database", "schema", "warehouse", "timeout"];
+
 /// A login's `SESSION_PARAMETERS` set the session as `ALTER SESSION` would, so they pass the
 /// gate a query request's `parameters` do (result formats ARROW or JSON only, the statement
 /// count pinned), except that a driver's own `CLIENT_*` settings are let through: drivers send
@@ -726,6 +730,10 @@ async fn sql_api(core: &Core, endpoint: &Endpoint, head: &RequestHead, body: Byt
                     "the body must be a JSON object with a statement",
                 );
             };
+            if let Some(key) = case_variant_key(&statement, SQL_API_KEYS) {
+                let message = format!("the body has a key {key:?} spelled unlike the SQL API's");
+                return refuse_sql_api(capture, 400, codes::BAD_REQUEST, &message);
+            }
             let Some(Value::String(text)) = statement.get("statement") else {
                 return refuse_sql_api(capture, 400, codes::BAD_REQUEST, "the body must carry a string statement");
             };

@@ -136,6 +136,13 @@ impl Endpoint {
     }
 }
 
+/// A key of `object` that equals one of `names` but for case (`SQLTEXT` beside or instead of
+/// `sqlText`), if any: the gateway reads the exact spelling, and a server matching keys without
+/// regard to case could read the other.
+pub fn case_variant_key<'o>(object: &'o serde_json::Map<String, serde_json::Value>, names: &[&str]) -> Option<&'o str> {
+    object.keys().map(String::as_str).find(|key| names.iter().any(|name| name.eq_ignore_ascii_case(key) && name != key))
+}
+
 /// The first value of `name` in a query string, undecoded.
 pub fn query_param<'q>(query: &'q str, name: &str) -> Option<&'q str> {
     query.split('&').find_map(|pair| {
@@ -319,6 +326,16 @@ mod tests {
         );
         assert_eq!(r(Method::Get, "/session/v1/login-request", ""), None);
         assert_eq!(r(Method::Post, "/console/login", ""), None);
+    }
+
+    #[test]
+    fn case_variant_keys_are_found() {
+        let object = |text: &str| serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(text).unwrap();
+        let names = ["sqlText", "parameters"];
+        assert_eq!(case_variant_key(&object(r#"{"sqlText":"a","parameters":{}}"#), &names), None);
+        assert_eq!(case_variant_key(&object(r#"{"sqlText":"a","SQLTEXT":"b"}"#), &names), Some("SQLTEXT"));
+        assert_eq!(case_variant_key(&object(r#"{"Parameters":{}}"#), &names), Some("Parameters"));
+        assert_eq!(case_variant_key(&object(r#"{"other":1}"#), &names), None);
     }
 
     #[test]

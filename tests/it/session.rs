@@ -664,3 +664,33 @@ fn login_session_parameters_pass_the_parameter_gate() {
         "{body}"
     );
 }
+
+/// A body key spelled like one the gateway reads but for case (`SQLTEXT` beside `sqlText`) is
+/// refused: the gateway classifies the exact spelling, and a server matching keys without
+/// regard to case could run the other.
+#[test]
+fn case_variant_keys_are_refused() {
+    let upstream = double(|_| {});
+    let gateway = TestGateway::start(&upstream.url(), GatewayOptions::default());
+    let mut client = gateway.client();
+    let (session, _) = login_ok(&mut client);
+    let auth = authorization(&session);
+    for variant in [json!({"SQLTEXT": "drop database analytics"}), json!({"Parameters": {"MULTI_STATEMENT_COUNT": 0}})]
+    {
+        let mut body = query_body("select 1");
+        for (key, value) in variant.as_object().unwrap() {
+            body[key] = value.clone();
+        }
+        let answer = client.post_json(QUERY_TARGET, &[("authorization", &auth)], &body, true).unwrap();
+        assert_refused(&answer, snowgate::session::codes::POLICY_DENIED);
+        assert!(answer.json().unwrap()["message"].as_str().unwrap().contains("spelled unlike"), "{answer:?}");
+    }
+    assert_eq!(upstream.stats.requests(EndpointKind::Query), 0);
+
+    let bearer = format!("Bearer {}", agent_token(json!({})));
+    let body = json!({"statement": "select 1", "ROLE": "ACCOUNTADMIN", "timeout": 60});
+    let answer = client.post_json("/api/v2/statements", &sql_api_headers(&bearer), &body, false).unwrap();
+    assert_eq!(answer.status, 400, "{answer:?}");
+    assert!(String::from_utf8_lossy(&answer.body).contains("spelled unlike"));
+    assert_eq!(query(&mut client, &session, "select 1").json().unwrap()["success"], true);
+}
