@@ -39,6 +39,7 @@ use crate::http::gzip::{self, GunzipError};
 use crate::http::{Method, RequestHead};
 use crate::mask::{ColumnPlan, Envelope, rebuild_envelope};
 use crate::policy::approvals::{Ledger, LedgerError, ParkRequest, PollState, RequestKey};
+use crate::policy::model::{Classified, ObjectName, ObjectType};
 use crate::policy::parameters::plan_query_parameters;
 use crate::policy::result_scan::{ScanTarget, may_scan_results, scan_targets};
 use crate::policy::worker::{INLINE_BYTES_MAX, classify_inline};
@@ -135,7 +136,14 @@ fn ledger(core: &Core) -> MutexGuard<'_, Ledger<ParkedStatement>> {
 /// Classifies `text` off the core and decides it. A denial is noted in `capture`.
 pub async fn decide(core: &Core, subject: &Subject, text: String, capture: &mut Capture) -> Decided {
     let policy = &core.gateway.config.policy;
-    if let Some(refused) = foreign_result_scan(core, subject, &text) {
+    // A small statement's results are found on the lexer, which tells LAST_QUERY_ID() from a
+    // variable; a large one's from its classification, below.
+    let reads_results = may_scan_results(&text);
+    let large = text.len() > INLINE_BYTES_MAX;
+    if reads_results
+        && !large
+        && let Some(refused) = foreign_result_scan(core, subject, &text)
+    {
         capture.set_decision(Decision::Blocked { rule: "RESULT_SCAN of another identity's query".into() });
         return refused;
     }
@@ -165,6 +173,13 @@ pub async fn decide(core: &Core, subject: &Subject, text: String, capture: &mut 
             };
         }
     };
+    if reads_results
+        && large
+        && let Some(refused) = foreign_results_classified(core, subject, &classified)
+    {
+        capture.set_decision(Decision::Blocked { rule: "RESULT_SCAN of another identity's query".into() });
+        return refused;
+    }
     let verdict = policy.decide(subject, &classified);
     let rule = rule_name(&verdict.decided_by);
     let statements = classified.statement_count().max(1);
@@ -193,15 +208,31 @@ pub async fn decide(core: &Core, subject: &Subject, text: String, capture: &mut 
 /// known before the statement runs, is refused. Lexed on the core, so only in statements small
 /// enough to classify there (a larger one that may scan results is refused).
 fn foreign_result_scan(core: &Core, subject: &Subject, text: &str) -> Option<Decided> {
-    if !may_scan_results(text) {
-        return None;
-    }
-    let refuse = |code: &'static str, message: &str| Some(Decided::Refuse { code, message: message.to_owned() });
-    if text.len() > INLINE_BYTES_MAX {
-        return refuse(codes::POLICY_DENIED, "snowgate checks RESULT_SCAN only in statements of at most 4 KiB");
-    }
     // A request the lexer refuses is refused by the classifier too, with its reason.
     let targets = scan_targets(text, core.gateway.config.policy.limits()).ok()?;
+    check_result_targets(core, subject, targets)
+}
+
+/// [`foreign_result_scan`] for a statement too large to lex on the core: the results its
+/// classification reads. The classifier names a result read by id; any other it reports as
+/// dynamic, `LAST_QUERY_ID()` and a variable alike, so each of those is refused.
+fn foreign_results_classified(core: &Core, subject: &Subject, classified: &Classified) -> Option<Decided> {
+    let targets = classified
+        .statements
+        .iter()
+        .flat_map(|statement| &statement.actions)
+        .filter_map(|action| action.object.as_ref().filter(|o| o.object_type == ObjectType::QueryResult))
+        .map(|object| match &object.name {
+            ObjectName::Flat(id) => ScanTarget::QueryId(id.clone()),
+            _ => ScanTarget::Unknown,
+        })
+        .collect();
+    check_result_targets(core, subject, targets)
+}
+
+/// Refuses unless every result read is this identity's own (or its session's last).
+fn check_result_targets(core: &Core, subject: &Subject, targets: Vec<ScanTarget>) -> Option<Decided> {
+    let refuse = |code: &'static str, message: &str| Some(Decided::Refuse { code, message: message.to_owned() });
     for target in targets {
         match target {
             ScanTarget::LastQueryId => {}
