@@ -486,8 +486,8 @@ fn gate_login_parameters(parameters: Option<&mut Value>) -> Result<(), String> {
     let checked: Map<String, Value> = object
         .iter()
         .filter(|(key, _)| {
-            !(key.len() > 7 && key[..7].eq_ignore_ascii_case("CLIENT_"))
-                || parameter_class(key) != ParameterClass::Sensitive
+            let driver_setting = key.len() > 7 && key.as_bytes()[..7].eq_ignore_ascii_case(b"CLIENT_");
+            !driver_setting || parameter_class(key) != ParameterClass::Sensitive
         })
         .map(|(key, value)| (key.clone(), value.clone()))
         .collect();

@@ -644,6 +644,8 @@ fn login_session_parameters_pass_the_parameter_gate() {
         json!({"SEARCH_PATH": "attacker.public"}),
         json!({"PYTHON_CONNECTOR_QUERY_RESULT_FORMAT": "csv"}),
         json!({"TIMEZONE": "UTC", "timezone": "UTC"}),
+        // Not a driver's CLIENT_ setting, and its 7th byte is inside a character.
+        json!({"CLIENT\u{e9}": 1}),
     ] {
         let answer = login_with(&mut client, json!({ "SESSION_PARAMETERS": refused.clone() }));
         assert_refused(&answer, snowgate::session::codes::BAD_REQUEST);
