@@ -10,9 +10,9 @@
 
 use sqlparser::tokenizer::Token;
 
-use super::classify::{classify, escapes_decode_alike};
+use super::classify::escapes_decode_alike;
 use super::lexer::{Lexed, is_keyword, lex};
-use super::model::{Limits, ObjectName, ObjectType, Refusal};
+use super::model::{Classified, Limits, ObjectName, ObjectType, Refusal};
 use super::names::canonical_word;
 
 /// What a `RESULT_SCAN(…)` call or a `DESCRIBE RESULT` reads.
@@ -89,19 +89,32 @@ pub(crate) fn read_target(arg: Option<&Token>, next: Option<&Token>, arg_ends: b
     }
 }
 
-/// Every earlier result `text` reads, by what it reads.
-pub fn scan_targets(text: &str, limits: &Limits) -> Result<Vec<ScanTarget>, Refusal> {
-    let mut targets = lexical_targets(text, limits, 0)?;
-    for action in classify(text, limits).statements.into_iter().flat_map(|s| s.actions) {
-        let Some(object) = action.object.filter(|o| o.object_type == ObjectType::QueryResult) else { continue };
-        let target = match object.name {
-            ObjectName::Flat(id) => ScanTarget::QueryId(id),
-            _ if targets.iter().any(|t| !matches!(t, ScanTarget::QueryId(_))) => continue,
+/// The results a classification reads: by id where the classifier names one, else
+/// [`ScanTarget::Unknown`] (`LAST_QUERY_ID()` and a variable look alike to it).
+pub fn classified_targets(classified: &Classified) -> impl Iterator<Item = ScanTarget> + '_ {
+    classified
+        .statements
+        .iter()
+        .flat_map(|statement| &statement.actions)
+        .filter_map(|action| action.object.as_ref().filter(|o| o.object_type == ObjectType::QueryResult))
+        .map(|object| match &object.name {
+            ObjectName::Flat(id) => ScanTarget::QueryId(id.clone()),
             _ => ScanTarget::Unknown,
-        };
-        if !targets.contains(&target) {
-            targets.push(target);
+        })
+}
+
+/// Every earlier result `text` reads, by what it reads: what its tokens say, and what its
+/// classification (`classified`, of this text) names that they do not.
+pub fn scan_targets(text: &str, limits: &Limits, classified: &Classified) -> Result<Vec<ScanTarget>, Refusal> {
+    let mut targets = lexical_targets(text, limits, 0)?;
+    // The lexer tells LAST_QUERY_ID() from a variable; the classifier's unnamed result is one
+    // of those the lexer already saw.
+    let lexer_saw_unnamed = targets.iter().any(|t| !matches!(t, ScanTarget::QueryId(_)));
+    for target in classified_targets(classified) {
+        if (target == ScanTarget::Unknown && lexer_saw_unnamed) || targets.contains(&target) {
+            continue;
         }
+        targets.push(target);
     }
     Ok(targets)
 }
@@ -156,11 +169,13 @@ fn executed_literal<'t>(lexed: &'t Lexed<'_>, at: usize) -> Option<&'t str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::policy::classify::classify;
 
     const QID: &str = "01b2c3d4-0000-4000-8000-00000000000a";
 
     fn targets(text: &str) -> Vec<ScanTarget> {
-        scan_targets(text, &Limits::default()).unwrap()
+        let limits = Limits::default();
+        scan_targets(text, &limits, &classify(text, &limits)).unwrap()
     }
 
     #[test]

@@ -39,9 +39,9 @@ use crate::http::gzip::{self, GunzipError};
 use crate::http::{Method, RequestHead};
 use crate::mask::{ColumnPlan, Envelope, rebuild_envelope};
 use crate::policy::approvals::{Ledger, LedgerError, ParkRequest, PollState, RequestKey};
-use crate::policy::model::{Classified, ObjectName, ObjectType};
+use crate::policy::model::Classified;
 use crate::policy::parameters::plan_query_parameters;
-use crate::policy::result_scan::{ScanTarget, may_scan_results, scan_targets};
+use crate::policy::result_scan::{ScanTarget, classified_targets, may_scan_results, scan_targets};
 use crate::policy::worker::{INLINE_BYTES_MAX, classify_inline};
 use crate::policy::{DecidedBy, ReviewRequirement, Subject, VerdictAction};
 use crate::record::Decision;
@@ -136,17 +136,11 @@ fn ledger(core: &Core) -> MutexGuard<'_, Ledger<ParkedStatement>> {
 /// Classifies `text` off the core and decides it. A denial is noted in `capture`.
 pub async fn decide(core: &Core, subject: &Subject, text: String, capture: &mut Capture) -> Decided {
     let policy = &core.gateway.config.policy;
-    // A small statement's results are found on the lexer, which tells LAST_QUERY_ID() from a
-    // variable; a large one's from its classification, below.
+    // What a statement that may read earlier results reads is checked once it is classified:
+    // a small one's text is also lexed on the core (the lexer tells LAST_QUERY_ID() from a
+    // variable), a large one's goes off the core, so only its classification is used.
     let reads_results = may_scan_results(&text);
-    let large = text.len() > INLINE_BYTES_MAX;
-    if reads_results
-        && !large
-        && let Some(refused) = foreign_result_scan(core, subject, &text)
-    {
-        capture.set_decision(Decision::Blocked { rule: "RESULT_SCAN of another identity's query".into() });
-        return refused;
-    }
+    let lexed_here = (reads_results && text.len() <= INLINE_BYTES_MAX).then(|| text.clone());
     let classified = if text.len() <= INLINE_BYTES_MAX {
         classify_inline(&text, policy.limits())
     } else {
@@ -173,10 +167,7 @@ pub async fn decide(core: &Core, subject: &Subject, text: String, capture: &mut 
             };
         }
     };
-    if reads_results
-        && large
-        && let Some(refused) = foreign_results_classified(core, subject, &classified)
-    {
+    if reads_results && let Some(refused) = foreign_results(core, subject, lexed_here.as_deref(), &classified) {
         capture.set_decision(Decision::Blocked { rule: "RESULT_SCAN of another identity's query".into() });
         return refused;
     }
@@ -203,30 +194,17 @@ pub async fn decide(core: &Core, subject: &Subject, text: String, capture: &mut 
     }
 }
 
-/// A `RESULT_SCAN` of a query not answered to this identity (every agent is the gateway's one
-/// Snowflake user, which may read any of its queries' results), or of a result that cannot be
-/// known before the statement runs, is refused. Lexed on the core, so only in statements small
-/// enough to classify there (a larger one that may scan results is refused).
-fn foreign_result_scan(core: &Core, subject: &Subject, text: &str) -> Option<Decided> {
-    // A request the lexer refuses is refused by the classifier too, with its reason.
-    let targets = scan_targets(text, core.gateway.config.policy.limits()).ok()?;
-    check_result_targets(core, subject, targets)
-}
-
-/// [`foreign_result_scan`] for a statement too large to lex on the core: the results its
-/// classification reads. The classifier names a result read by id; any other it reports as
-/// dynamic, `LAST_QUERY_ID()` and a variable alike, so each of those is refused.
-fn foreign_results_classified(core: &Core, subject: &Subject, classified: &Classified) -> Option<Decided> {
-    let targets = classified
-        .statements
-        .iter()
-        .flat_map(|statement| &statement.actions)
-        .filter_map(|action| action.object.as_ref().filter(|o| o.object_type == ObjectType::QueryResult))
-        .map(|object| match &object.name {
-            ObjectName::Flat(id) => ScanTarget::QueryId(id.clone()),
-            _ => ScanTarget::Unknown,
-        })
-        .collect();
+/// A `RESULT_SCAN` (or `DESCRIBE RESULT`) of a query not answered to this identity (every
+/// agent is the gateway's one Snowflake user, which may read any of its queries' results), or
+/// of a result that cannot be known before the statement runs, is refused. `text` is the
+/// statement when it was small enough to lex on the core; without it only the classification
+/// is read, where `LAST_QUERY_ID()` and a variable look alike, so both are refused.
+fn foreign_results(core: &Core, subject: &Subject, text: Option<&str>, classified: &Classified) -> Option<Decided> {
+    let targets = match text {
+        // A request the lexer refuses is refused by the classifier too, with its reason.
+        Some(text) => scan_targets(text, core.gateway.config.policy.limits(), classified).ok()?,
+        None => classified_targets(classified).collect(),
+    };
     check_result_targets(core, subject, targets)
 }
 
@@ -753,9 +731,15 @@ async fn run_approved_sql_api(
     }
 }
 
+/// An answer the masker could not read, withheld: a refusal in the shape of the API asked.
 fn masking_failed(core: &Core, capture: &mut Capture, reason: &str) -> Answer {
-    warn!(core = core.id, reason, "An answer could not be masked; withholding it.");
-    refuse(capture, codes::MASKING_FAILED, "snowgate could not mask this answer, so it withheld it")
+    warn!(core = core.id, reason, sql_api = capture.is_sql_api(), "An answer could not be masked; withholding it.");
+    let message = "snowgate could not mask this answer, so it withheld it";
+    if capture.is_sql_api() {
+        refuse_sql_api(capture, 502, codes::MASKING_FAILED, message)
+    } else {
+        refuse(capture, codes::MASKING_FAILED, message)
+    }
 }
 
 /// A query answer or result poll, masked, its chunks routed through the gateway.
@@ -806,16 +790,7 @@ pub fn masked_sql_api(
                 Answer { status: response.status, upstream_headers: Some(response.headers), body, close: false };
             (answer, plans)
         }
-        Err(reason) => {
-            warn!(core = core.id, reason, "A SQL API answer could not be masked; withholding it.");
-            let refusal = refuse_sql_api(
-                capture,
-                502,
-                codes::MASKING_FAILED,
-                "snowgate could not mask this answer, so it withheld it",
-            );
-            (refusal, Vec::new())
-        }
+        Err(reason) => (masking_failed(core, capture, &reason), Vec::new()),
     }
 }
 
@@ -832,15 +807,6 @@ fn masked_error(core: &Core, response: UpstreamResponse, capture: &mut Capture, 
     match mask_result(core, response.body.clone(), profiles, &[], None) {
         Ok(Masked { body, .. }) => {
             Answer { status: response.status, upstream_headers: Some(response.headers), body, close: false }
-        }
-        Err(reason) if capture.is_sql_api() => {
-            warn!(core = core.id, reason, "A SQL API error answer could not be masked; withholding it.");
-            refuse_sql_api(
-                capture,
-                502,
-                codes::MASKING_FAILED,
-                "snowgate could not mask this answer, so it withheld it",
-            )
         }
         Err(reason) => masking_failed(core, capture, &reason),
     }
