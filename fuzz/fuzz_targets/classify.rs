@@ -20,10 +20,10 @@ fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else { return };
     // Smaller limits than production keep each run fast; the invariants do not depend on them.
     let limits = Limits { text_bytes_max: 64 << 10, tokens_max: 20_000, ..Limits::default() };
-    if let Ok(targets) = scan_targets(text, &limits) {
+    let classified = classify(text, &limits);
+    if let Ok(targets) = scan_targets(text, &limits, &classified) {
         assert!(targets.is_empty() || may_scan_results(text), "the pre-check hid a RESULT_SCAN: {text:?}");
     }
-    let classified = classify(text, &limits);
     let mut previous_end = 0;
     for statement in &classified.statements {
         assert!(statement.byte_range.start >= previous_end && statement.byte_range.end <= text.len());

@@ -24,23 +24,25 @@ pub(crate) mod features {
 }
 
 /// Which bytes of a text value can start a detector: digits, `@`, separators (`-`, space) and
-/// uppercase letters.
+/// letters.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub(crate) struct Triggers {
     pub(crate) digit: u64,
     pub(crate) at: u64,
     pub(crate) separator: u64,
-    pub(crate) upper: u64,
+    pub(crate) letter: u64,
 }
 
 /// The classes the e-mail detector reads: bytes of a local part (letters, digits and
-/// `._%+-`), of a domain (letters, digits and `.-`), dots, dots and dashes, and letters.
+/// `._%+-'`), of a domain (letters, digits and `.-`), dots, dots and dashes, dots and
+/// apostrophes (what a local part does not start with), and letters.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub(crate) struct EmailClasses {
     pub(crate) local: u64,
     pub(crate) domain: u64,
     pub(crate) dot: u64,
     pub(crate) dot_dash: u64,
+    pub(crate) dot_quote: u64,
     pub(crate) letter: u64,
 }
 
@@ -120,16 +122,17 @@ pub(crate) mod bytewise {
             digit: map(bytes, |b| b.is_ascii_digit()),
             at: map(bytes, |b| b == b'@'),
             separator: map(bytes, |b| b == b'-' || b == b' '),
-            upper: map(bytes, |b| b.is_ascii_uppercase()),
+            letter: map(bytes, |b| b.is_ascii_alphabetic()),
         }
     }
 
     pub(crate) fn email_classes<const N: usize>(bytes: &[u8; N]) -> EmailClasses {
         EmailClasses {
-            local: map(bytes, |b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'%' | b'+' | b'-')),
+            local: map(bytes, |b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'%' | b'+' | b'-' | b'\'')),
             domain: map(bytes, |b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-')),
             dot: map(bytes, |b| b == b'.'),
             dot_dash: map(bytes, |b| b == b'.' || b == b'-'),
+            dot_quote: map(bytes, |b| b == b'.' || b == b'\''),
             letter: map(bytes, |b| b.is_ascii_alphabetic()),
         }
     }
@@ -227,7 +230,8 @@ mod sse2 {
             t.digit |= bits(in_range(v, b'0', 9)) << (16 * i);
             t.at |= bits(eq(v, b'@')) << (16 * i);
             t.separator |= bits(or(eq(v, b'-'), eq(v, b' '))) << (16 * i);
-            t.upper |= bits(in_range(v, b'A', 25)) << (16 * i);
+            // SAFETY: SSE2 is part of the x86_64 baseline.
+            t.letter |= bits(in_range(or(v, unsafe { _mm_set1_epi8(0x20) }), b'a', 25)) << (16 * i);
         }
         t
     }
@@ -243,12 +247,14 @@ mod sse2 {
             let dot = eq(v, b'.');
             let dot_dash = or(dot, eq(v, b'-'));
             let domain = or(alnum, dot_dash);
-            let local = or(domain, or(eq(v, b'_'), or(eq(v, b'%'), eq(v, b'+'))));
+            let quote = eq(v, b'\'');
+            let local = or(or(domain, quote), or(eq(v, b'_'), or(eq(v, b'%'), eq(v, b'+'))));
             let shift = 16 * i;
             c.local |= bits(local) << shift;
             c.domain |= bits(domain) << shift;
             c.dot |= bits(dot) << shift;
             c.dot_dash |= bits(dot_dash) << shift;
+            c.dot_quote |= bits(or(dot, quote)) << shift;
             c.letter |= bits(letter) << shift;
         }
         c
@@ -267,7 +273,7 @@ mod tests {
             x ^= x >> 7;
             x ^= x << 17;
             // Every byte value, and often the ones next to each class's edges.
-            const EDGES: &[u8] = b"\"\\@-. _%+/09:AZ[`az{\x1f\x7f\x80\xff";
+            const EDGES: &[u8] = b"\"\\@-. _%+'/09:AZ[`az{\x1f\x7f\x80\xff\xc1\xe1";
             *b = if x.is_multiple_of(3) { (x >> 8) as u8 } else { EDGES[(x >> 16) as usize % EDGES.len()] };
         }
         block

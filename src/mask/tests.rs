@@ -286,6 +286,33 @@ fn json_chunks_with_commas_and_newlines() {
 }
 
 #[test]
+fn detectors_find_lower_case_ibans_dotted_cards_and_apostrophes() {
+    // Each value alone (a short value: the bit-map path) and inside a value over 64 bytes
+    // (the byte path), in a JSON chunk of text columns.
+    let masker = masker(POLICY);
+    let agents = masker.profile("agents").unwrap();
+    let cases = [
+        ("de89370400440532013000", stars("de89370400440532013000")),
+        ("gb82 west 1234 5698 7654 32", stars("gb82 west 1234 5698 7654 32")),
+        ("4111.1111.1111.1111", format!("{}1111", stars("4111.1111.1111."))),
+        ("o'brien@example.com", stars("o'brien@example.com")),
+        ("'ada@example.com'", format!("'{}'", stars("ada@example.com"))),
+    ];
+    let padding = "a value long enough to leave the short path: ".repeat(2);
+    for (value, expected) in cases {
+        let long = format!("{padding}{value}.");
+        let mut body = json_chunk_bytes(&[&[Some(value), Some(&long), Some("untouched 1234.5678")]]);
+        let plan = text_plan(&masker, agents, 3);
+        let masked = masker.mask(agents, &mut body, Some(&plan), &mut Scratch::default()).unwrap();
+        let rows = chunk_rows(&body);
+        assert_eq!(rows[0][0].as_deref(), Some(expected.as_str()), "{value}");
+        assert_eq!(rows[0][1], Some(format!("{padding}{expected}.")), "{value}");
+        assert_eq!(rows[0][2].as_deref(), Some("untouched 1234.5678"));
+        assert_eq!(masked.report.values_masked, 2, "{value}");
+    }
+}
+
+#[test]
 fn an_answer_with_chunks_and_no_row_type_is_refused() {
     // Its chunks are masked by the plan its row type makes: without one they would go out raw.
     let masker = masker(POLICY);

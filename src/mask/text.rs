@@ -37,6 +37,13 @@ pub(crate) fn upper_bytes(word: u64) -> u64 {
     at_least_a & !past_z & !word & HIGHS
 }
 
+/// High bit of each byte of `word` that is an ASCII letter of either case, exactly: clearing
+/// bit 5 turns only lower-case letters into upper-case ones.
+#[inline(always)]
+pub(crate) fn letter_bytes(word: u64) -> u64 {
+    upper_bytes(word & !(ONES * 0x20))
+}
+
 /// How many bytes of a word have their high bit flagged (the flags SWAR classes return).
 /// A multiply instead of `count_ones`, which is a dozen instructions without POPCNT.
 #[inline(always)]
@@ -223,7 +230,7 @@ pub(crate) fn detect_short(
     t.digit &= valid;
     t.at &= valid;
     t.separator &= valid;
-    t.upper &= valid;
+    t.letter &= valid;
     let may = |on: bool, kind: DetectorKind| u32::from(on) << kind.index();
     let mut run = may(t.at != 0, DetectorKind::Email) | anchored;
     // The digit detectors need eight digits or more (without a popcount instruction, as in
@@ -232,7 +239,7 @@ pub(crate) fn detect_short(
         let digits = t.digit.count_ones();
         run |= may(digits >= 13 && len >= 13, DetectorKind::Card)
             | may(digits >= 9 && t.separator != 0, DetectorKind::Ssn)
-            | may(len >= 15 && t.upper != 0, DetectorKind::Iban);
+            | may(len >= 15 && t.letter != 0, DetectorKind::Iban);
     }
     run &= profile.enabled_detectors;
     if run == 0 {
@@ -519,6 +526,9 @@ mod tests {
             assert_eq!(digits.count_ones(), expected, "byte {byte:#x}");
             let upper = upper_bytes(word).count_ones();
             assert_eq!(upper, if byte.is_ascii_uppercase() { 4 } else { 0 }, "byte {byte:#x}");
+            let letters = letter_bytes(word).count_ones();
+            // `x` and `y` are letters too.
+            assert_eq!(letters, if byte.is_ascii_alphabetic() { 6 } else { 2 }, "byte {byte:#x}");
             let at = eq_bytes(word, b'@').count_ones();
             assert_eq!(at, if byte == b'@' { 4 } else { 0 });
             let quotes = eq_bytes(word, b'"').count_ones();
