@@ -21,8 +21,9 @@
 //! a reviewer of the item, the agent reviewing itself), 404 (unknown route or id), 405, 408
 //! (the request was not complete before [`AdminLimits::read_timeout`]), 409 (not pending any
 //! more, or already approved by this reviewer), 411 (a body without `Content-Length`: chunked
-//! bodies are refused), 413, 431, 500 (the ledger's lock is poisoned), 503 (at
-//! [`AdminLimits::connections_max`]).
+//! bodies are refused), 413, 431, 500 (the ledger's lock is poisoned, or a decision took
+//! effect but its outcome could not be recorded), 503 (at [`AdminLimits::connections_max`],
+//! or the recording could not take the decision: it was not applied).
 //!
 //! # How it serves
 //!
@@ -37,14 +38,15 @@
 //! # What the gateway wires
 //!
 //! ```text
-//! let handle = admin::start(listener, ledger.clone(), authenticate, on_decision, access_groups, AdminLimits::default())?;
+//! let handle = admin::start(listener, ledger.clone(), authenticate, recording, access_groups, AdminLimits::default())?;
 //! …
 //! handle.stop();
 //! ```
 //!
-//! [`OnDecision`] is called after every approve or deny that reached the ledger, refused ones
-//! included (with the ledger's error), after the ledger's lock is released, so it may lock the
-//! ledger itself. Time is the system clock in Unix milliseconds, passed to the ledger.
+//! [`RecordDecisions`] is called before every approve or deny reaches the ledger (a decision it
+//! cannot record is refused, 503, the ledger untouched) and after, with the ledger's answer,
+//! refused ones included; never with the ledger's lock held, so it may wait for the disk.
+//! Time is the system clock in Unix milliseconds, passed to the ledger.
 
 use std::collections::HashMap;
 use std::io::{self, Read as _, Write as _};
@@ -66,8 +68,23 @@ use crate::proxy::unix_millis;
 /// (shown to the caller and logged, so it must not contain the token).
 pub type Authenticate = Arc<dyn Fn(&str) -> Result<Subject, String> + Send + Sync>;
 
-/// Told about every approve or deny that reached the ledger, for the recording.
-pub type OnDecision = Arc<dyn Fn(&AdminDecision) + Send + Sync>;
+/// Records the reviewers' decisions. No decision reaches the ledger unless [`before`] took its
+/// record, as no statement reaches the warehouse without its request record; [`after`]
+/// records what the ledger made of it, and the reviewer's answer waits for it.
+///
+/// [`before`]: RecordDecisions::before
+/// [`after`]: RecordDecisions::after
+pub trait RecordDecisions: Send + Sync {
+    /// Records a decision about to reach the ledger. An error (a sentence, shown to the
+    /// reviewer) refuses the decision with 503 and leaves the ledger as it was.
+    fn before(&self, decision: &AdminDecision) -> Result<(), String>;
+    /// Records the decision's outcome: the item's state after it, or why the ledger refused
+    /// it. An error answers 500: the decision stands (its record from [`before`] says who made
+    /// it) but its outcome is not on record.
+    ///
+    /// [`before`]: RecordDecisions::before
+    fn after(&self, decision: &AdminDecision, outcome: &Result<PollState, LedgerError>) -> Result<(), String>;
+}
 
 /// How often the accept loop looks for a stop request while no connection arrives.
 const ACCEPT_POLL_INTERVAL: Duration = Duration::from_millis(10);
@@ -129,7 +146,7 @@ impl DecisionKind {
     }
 }
 
-/// A reviewer's approve or deny, as handed to [`OnDecision`].
+/// A reviewer's approve or deny, as handed to [`RecordDecisions`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AdminDecision {
     /// The reviewer, as the [`Authenticate`] closure returned it.
@@ -142,8 +159,6 @@ pub struct AdminDecision {
     pub reason: String,
     /// When, in Unix milliseconds (the time given to the ledger).
     pub at_unix_ms: u64,
-    /// The item's state after the decision, or why the ledger refused it.
-    pub outcome: Result<PollState, LedgerError>,
 }
 
 /// A running admin server. Dropping it stops the server as [`AdminHandle::stop`] does.
@@ -187,7 +202,7 @@ impl Drop for AdminHandle {
 struct Shared<P> {
     ledger: Arc<Mutex<Ledger<P>>>,
     authenticate: Authenticate,
-    on_decision: OnDecision,
+    recording: Arc<dyn RecordDecisions>,
     access_groups: Vec<String>,
     limits: AdminLimits,
     /// Connections being served, for the cap.
@@ -202,7 +217,7 @@ pub fn start<P: Send + 'static>(
     listener: TcpListener,
     ledger: Arc<Mutex<Ledger<P>>>,
     authenticate: Authenticate,
-    on_decision: OnDecision,
+    recording: Arc<dyn RecordDecisions>,
     access_groups: Vec<String>,
     limits: AdminLimits,
 ) -> io::Result<AdminHandle> {
@@ -214,7 +229,7 @@ pub fn start<P: Send + 'static>(
     let shared = Arc::new(Shared {
         ledger,
         authenticate,
-        on_decision,
+        recording,
         access_groups,
         limits,
         active: AtomicUsize::new(0),
@@ -676,19 +691,42 @@ fn decide<P>(reviewer: &Subject, query_id: &str, kind: DecisionKind, body: &[u8]
         Ok(_) => return Answer::error(400, Fault::Caller, "the reason must not be empty"),
         Err(_) => return Answer::error(400, Fault::Caller, r#"the body must be a JSON object {"reason":"..."}"#),
     };
-    let now = unix_millis();
+    let decision = AdminDecision {
+        reviewer: reviewer.clone(),
+        query_id: query_id.to_owned(),
+        kind,
+        reason,
+        at_unix_ms: unix_millis(),
+    };
+    if let Err(error) = shared.recording.before(&decision) {
+        warn!(sub = %reviewer.sub, query_id, action = kind.as_str(), error = %error, "A reviewer's decision was refused: it could not be recorded.");
+        return Answer::error(
+            503,
+            Fault::Server,
+            &format!("recording unavailable, the decision was not applied: {error}"),
+        );
+    }
     let Ok(mut ledger) = shared.ledger.lock() else { return poisoned() };
     let outcome = match kind {
-        DecisionKind::Approve => ledger.approve(query_id, reviewer, &reason, now),
-        DecisionKind::Deny => ledger.deny(query_id, reviewer, &reason, now),
+        DecisionKind::Approve => ledger.approve(query_id, reviewer, &decision.reason, decision.at_unix_ms),
+        DecisionKind::Deny => ledger.deny(query_id, reviewer, &decision.reason, decision.at_unix_ms),
     };
     drop(ledger);
-    let answer = match &outcome {
-        Ok(state) => {
+    let recorded = shared.recording.after(&decision, &outcome);
+    match (&outcome, recorded) {
+        (Ok(state), Ok(())) => {
             info!(sub = %reviewer.sub, query_id, action = kind.as_str(), "Recorded a reviewer's decision.");
             Answer::json(200, &DecisionBody { query_id, state })
         }
-        Err(error) => {
+        (Ok(_), Err(error)) => {
+            warn!(sub = %reviewer.sub, query_id, action = kind.as_str(), error = %error, "A reviewer's decision took effect but its outcome was not recorded.");
+            Answer::error(
+                500,
+                Fault::Server,
+                &format!("the decision took effect (it is on record) but recording its outcome failed: {error}"),
+            )
+        }
+        (Err(error), _) => {
             info!(sub = %reviewer.sub, query_id, action = kind.as_str(), error = %error, "The ledger refused a reviewer's decision.");
             let (status, fault) = match error {
                 LedgerError::NotFound => (404, Fault::Caller),
@@ -703,17 +741,7 @@ fn decide<P>(reviewer: &Subject, query_id: &str, kind: DecisionKind, body: &[u8]
             };
             Answer::error(status, fault, &error.to_string())
         }
-    };
-    let decision = AdminDecision {
-        reviewer: reviewer.clone(),
-        query_id: query_id.to_owned(),
-        kind,
-        reason,
-        at_unix_ms: now,
-        outcome,
-    };
-    (shared.on_decision)(&decision);
-    answer
+    }
 }
 
 #[cfg(test)]
@@ -727,7 +755,52 @@ mod tests {
     struct Server {
         handle: AdminHandle,
         ledger: TestLedger,
-        decisions: Arc<Mutex<Vec<AdminDecision>>>,
+        recording: Arc<TestRecording>,
+    }
+
+    /// What the recording saw, in order: `before` entries have no outcome. It refuses what
+    /// its switches say.
+    #[derive(Default)]
+    struct TestRecording {
+        entries: Mutex<Vec<(AdminDecision, Option<Result<PollState, LedgerError>>)>>,
+        refuse_before: AtomicBool,
+        refuse_after: AtomicBool,
+    }
+
+    impl RecordDecisions for TestRecording {
+        fn before(&self, decision: &AdminDecision) -> Result<(), String> {
+            if self.refuse_before.load(Ordering::SeqCst) {
+                return Err("the disk is full".into());
+            }
+            self.entries.lock().unwrap().push((decision.clone(), None));
+            Ok(())
+        }
+
+        fn after(&self, decision: &AdminDecision, outcome: &Result<PollState, LedgerError>) -> Result<(), String> {
+            if self.refuse_after.load(Ordering::SeqCst) {
+                return Err("the disk is full".into());
+            }
+            self.entries.lock().unwrap().push((decision.clone(), Some(outcome.clone())));
+            Ok(())
+        }
+    }
+
+    impl Server {
+        /// The outcomes recorded, each after its decision's `before` entry.
+        fn decisions(&self) -> Vec<(AdminDecision, Result<PollState, LedgerError>)> {
+            let entries = self.recording.entries.lock().unwrap();
+            let mut done = Vec::new();
+            for (i, (decision, outcome)) in entries.iter().enumerate() {
+                if let Some(outcome) = outcome {
+                    assert!(
+                        entries[..i].iter().any(|(d, o)| o.is_none() && d == decision),
+                        "no record before {decision:?}"
+                    );
+                    done.push((decision.clone(), outcome.clone()));
+                }
+            }
+            done
+        }
     }
 
     /// Tokens are fixed strings: `alice` and `bob` review for `dba`, `eve` has admin access but
@@ -747,19 +820,12 @@ mod tests {
 
     fn start_server(limits: AdminLimits) -> Server {
         let ledger: TestLedger = Arc::new(Mutex::new(Ledger::new(LedgerLimits::default())));
-        let decisions = Arc::new(Mutex::new(Vec::new()));
-        let seen = decisions.clone();
+        let recording = Arc::new(TestRecording::default());
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let handle = start(
-            listener,
-            ledger.clone(),
-            Arc::new(subject_for),
-            Arc::new(move |decision: &AdminDecision| seen.lock().unwrap().push(decision.clone())),
-            vec!["reviewers".into()],
-            limits,
-        )
-        .unwrap();
-        Server { handle, ledger, decisions }
+        let handle =
+            start(listener, ledger.clone(), Arc::new(subject_for), recording.clone(), vec!["reviewers".into()], limits)
+                .unwrap();
+        Server { handle, ledger, recording }
     }
 
     fn park(ledger: &TestLedger, request_id: &str, reviewer_group: &str, approvals: u32) -> String {
@@ -855,13 +921,55 @@ mod tests {
         assert_eq!((status, body["state"]["state"].as_str()), (200, Some("approved")));
         let approved = server.ledger.lock().unwrap().take_approved(&id, "agent", 7, unix_millis()).unwrap();
         assert_eq!(approved.approvals.iter().map(|a| a.reviewer.as_str()).collect::<Vec<_>>(), ["alice", "bob"]);
-        let decisions = server.decisions.lock().unwrap();
+        let decisions = server.decisions();
         assert_eq!(decisions.len(), 3);
-        assert_eq!(decisions[0].reviewer.sub, "alice");
-        assert_eq!(decisions[0].kind, DecisionKind::Approve);
-        assert_eq!(decisions[0].reason, "checked");
-        assert_eq!(decisions[1].outcome, Err(LedgerError::AlreadyApproved));
-        assert_eq!(decisions[2].outcome, Ok(PollState::Approved));
+        assert_eq!(decisions[0].0.reviewer.sub, "alice");
+        assert_eq!(decisions[0].0.kind, DecisionKind::Approve);
+        assert_eq!(decisions[0].0.reason, "checked");
+        assert_eq!(decisions[1].1, Err(LedgerError::AlreadyApproved));
+        assert_eq!(decisions[2].1, Ok(PollState::Approved));
+    }
+
+    #[test]
+    fn a_decision_the_recording_cannot_take_is_not_applied() {
+        let server = start_server(AdminLimits::default());
+        let addr = server.handle.local_addr();
+        let id = park(&server.ledger, "r1", "dba", 1);
+        server.recording.refuse_before.store(true, Ordering::SeqCst);
+        for action in ["approve", "deny"] {
+            let (status, body) = post(addr, &decide_path(&id, action), "token-alice", r#"{"reason":"ok"}"#);
+            assert_eq!((status, body["fault"].as_str()), (503, Some("server")), "{body}");
+            assert!(body["error"].as_str().unwrap().contains("not applied"), "{body}");
+        }
+        // The ledger is as it was: still pending, with no approval.
+        assert_eq!(server.ledger.lock().unwrap().poll(&id, "agent", 7, unix_millis()).unwrap().name(), "pending");
+        assert!(server.recording.entries.lock().unwrap().is_empty());
+        // Once the recording takes it, the same decision goes through.
+        server.recording.refuse_before.store(false, Ordering::SeqCst);
+        let (status, body) = post(addr, &decide_path(&id, "approve"), "token-alice", r#"{"reason":"ok"}"#);
+        assert_eq!((status, body["state"]["state"].as_str()), (200, Some("approved")), "{body}");
+    }
+
+    #[test]
+    fn a_decision_whose_outcome_is_not_recorded_says_so() {
+        let server = start_server(AdminLimits::default());
+        let addr = server.handle.local_addr();
+        let id = park(&server.ledger, "r1", "dba", 1);
+        server.recording.refuse_after.store(true, Ordering::SeqCst);
+        let (status, body) = post(addr, &decide_path(&id, "deny"), "token-alice", r#"{"reason":"no"}"#);
+        assert_eq!((status, body["fault"].as_str()), (500, Some("server")), "{body}");
+        assert!(body["error"].as_str().unwrap().contains("took effect"), "{body}");
+        // It took effect, and its record from before names who made it.
+        assert_eq!(
+            server.ledger.lock().unwrap().poll(&id, "agent", 7, unix_millis()).unwrap(),
+            PollState::Denied { reason: "no".into() }
+        );
+        let entries = server.recording.entries.lock().unwrap();
+        assert_eq!(entries.len(), 1);
+        assert_eq!(
+            (entries[0].0.reviewer.sub.as_str(), entries[0].0.kind, &entries[0].1),
+            ("alice", DecisionKind::Deny, &None)
+        );
     }
 
     #[test]
@@ -891,7 +999,7 @@ mod tests {
             assert_eq!((status, answer["fault"].as_str()), (400, Some("caller")), "body {body:?}");
         }
         // Nothing reached the ledger.
-        assert!(server.decisions.lock().unwrap().is_empty());
+        assert!(server.recording.entries.lock().unwrap().is_empty());
         assert_eq!(server.ledger.lock().unwrap().list_pending(unix_millis()).len(), 1);
     }
 

@@ -20,7 +20,7 @@ use crate::admin::{self, AdminHandle};
 use crate::config::Config;
 use crate::policy::Subject;
 use crate::proxy::{Core, Gateway, StartError};
-use crate::record::{EventKind, Recorder};
+use crate::record::{Durability, EventKind, Recorder};
 
 /// Which io driver a core runs.
 pub fn driver_name() -> &'static str {
@@ -167,8 +167,9 @@ pub fn start(config: Config) -> Result<Running, StartError> {
 }
 
 /// Starts the reviewers' admin API. Reviewers present their own OIDC token (verified like an
-/// agent's, against the keys already loaded); every decision is recorded, in a chain of its
-/// own (core number = the number of cores), and logged.
+/// agent's, against the keys already loaded); every decision is recorded before it takes
+/// effect ([`DecisionRecording`]), in a chain of its own (core number = the number of cores),
+/// and logged.
 fn start_admin(gateway: &Arc<Gateway>, address: SocketAddr) -> Result<(AdminHandle, Arc<Recorder>), StartError> {
     let config = &gateway.config;
     let io_error = |what: String| move |source| StartError::Io { what, source };
@@ -190,9 +191,71 @@ fn start_admin(gateway: &Arc<Gateway>, address: SocketAddr) -> Result<(AdminHand
             .map(|identity| Subject { sub: identity.sub, groups: identity.groups })
             .map_err(|e| e.to_string())
     });
-    let recording = recorder.clone();
-    let on_decision: admin::OnDecision = Arc::new(move |decision: &admin::AdminDecision| {
-        let outcome = match &decision.outcome {
+    let recording = Arc::new(DecisionRecording {
+        recorder: recorder.clone(),
+        durable_timeout: config.runtime.recording.durable_timeout,
+    });
+    let handle = admin::start(
+        listener,
+        gateway.ledger.clone(),
+        authenticate,
+        recording,
+        config.approvals.admin_groups.clone(),
+        admin::AdminLimits::default(),
+    )
+    .map_err(io_error(format!("admin listener on {address}")))?;
+    info!(address = %handle.local_addr(), "Admin API listening.");
+    Ok((handle, recorder))
+}
+
+/// The reviewers' decisions in the admin chain: a `review_request` event before a decision
+/// reaches the ledger, a `review_decision` event with its outcome after. The durability mode
+/// applies as it does to statements: the request record is accepted (durable in `strict`)
+/// before the decision takes effect, and the reviewer's answer waits for the outcome record
+/// to be durable in `batch` and `strict`.
+struct DecisionRecording {
+    recorder: Arc<Recorder>,
+    durable_timeout: Duration,
+}
+
+impl DecisionRecording {
+    fn record(&self, kind: &str, detail: String, wait: bool) -> Result<(), String> {
+        let ticket = self.recorder.submit_event(EventKind::Other(kind.into()), detail).map_err(|e| e.to_string())?;
+        if !wait {
+            return Ok(());
+        }
+        match ticket.wait_durable(self.durable_timeout) {
+            Some(Ok(())) => Ok(()),
+            Some(Err(e)) => Err(e.to_string()),
+            None => Err(format!("not durable within {} ms", self.durable_timeout.as_millis())),
+        }
+    }
+
+    fn detail(decision: &admin::AdminDecision) -> String {
+        format!(
+            "reviewer={} query_id={} decision={} reason={}",
+            decision.reviewer.sub,
+            decision.query_id,
+            decision.kind.as_str(),
+            decision.reason
+        )
+    }
+}
+
+impl admin::RecordDecisions for DecisionRecording {
+    fn before(&self, decision: &admin::AdminDecision) -> Result<(), String> {
+        let strict = matches!(self.recorder.durability(), Durability::Strict);
+        self.record("review_request", Self::detail(decision), strict).inspect_err(|e| {
+            error!(error = %e, query_id = %decision.query_id, "A review decision could not be recorded; it was not applied.");
+        })
+    }
+
+    fn after(
+        &self,
+        decision: &admin::AdminDecision,
+        outcome: &Result<crate::policy::approvals::PollState, crate::policy::approvals::LedgerError>,
+    ) -> Result<(), String> {
+        let outcome = match outcome {
             // The state's name only: a denial's reason is free text, kept out of the log.
             Ok(state) => state.name().to_owned(),
             Err(e) => format!("refused: {e}"),
@@ -204,29 +267,12 @@ fn start_admin(gateway: &Arc<Gateway>, address: SocketAddr) -> Result<(AdminHand
             outcome = %outcome,
             "Review decision."
         );
-        let detail = format!(
-            "reviewer={} query_id={} decision={} outcome={} reason={}",
-            decision.reviewer.sub,
-            decision.query_id,
-            decision.kind.as_str(),
-            outcome,
-            decision.reason
-        );
-        if let Err(e) = recording.submit_event(EventKind::Other("review_decision".into()), detail) {
-            error!(error = %e, query_id = %decision.query_id, "A review decision was not recorded.");
-        }
-    });
-    let handle = admin::start(
-        listener,
-        gateway.ledger.clone(),
-        authenticate,
-        on_decision,
-        config.approvals.admin_groups.clone(),
-        admin::AdminLimits::default(),
-    )
-    .map_err(io_error(format!("admin listener on {address}")))?;
-    info!(address = %handle.local_addr(), "Admin API listening.");
-    Ok((handle, recorder))
+        let detail = format!("{} outcome={outcome}", Self::detail(decision));
+        let wait = !matches!(self.recorder.durability(), Durability::None);
+        self.record("review_decision", detail, wait).inspect_err(|e| {
+            error!(error = %e, query_id = %decision.query_id, "A review decision's outcome was not recorded.");
+        })
+    }
 }
 
 async fn run_core(

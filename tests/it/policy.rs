@@ -187,11 +187,21 @@ fn a_reviewed_write_waits_for_approval_then_runs_once() {
             Decision::Approved { rule: "writes need a DBA".into(), approver: "dba-1".into() }
         ]
     );
-    let review_events = records
+    // The decision was on record before it took effect, its outcome after.
+    let review_events: Vec<(&str, &str)> = records
         .iter()
-        .filter(|r| matches!(&r.frame, Frame::Event(e) if e.kind.name() == "review_decision" && e.detail.contains("reviewer=dba-1")))
-        .count();
-    assert_eq!(review_events, 1);
+        .filter_map(|r| match &r.frame {
+            Frame::Event(e) if e.kind.name().starts_with("review_") && e.detail.contains("reviewer=dba-1") => {
+                Some((e.kind.name(), e.detail.as_str()))
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(review_events.len(), 2, "{review_events:?}");
+    assert_eq!(review_events[0].0, "review_request");
+    assert!(!review_events[0].1.contains("outcome="), "{review_events:?}");
+    assert_eq!(review_events[1].0, "review_decision");
+    assert!(review_events[1].1.contains("outcome=approved"), "{review_events:?}");
 }
 
 #[test]
