@@ -758,11 +758,13 @@ mod tests {
         recording: Arc<TestRecording>,
     }
 
+    type Outcome = Result<PollState, LedgerError>;
+
     /// What the recording saw, in order: `before` entries have no outcome. It refuses what
     /// its switches say.
     #[derive(Default)]
     struct TestRecording {
-        entries: Mutex<Vec<(AdminDecision, Option<Result<PollState, LedgerError>>)>>,
+        entries: Mutex<Vec<(AdminDecision, Option<Outcome>)>>,
         refuse_before: AtomicBool,
         refuse_after: AtomicBool,
     }
@@ -776,7 +778,7 @@ mod tests {
             Ok(())
         }
 
-        fn after(&self, decision: &AdminDecision, outcome: &Result<PollState, LedgerError>) -> Result<(), String> {
+        fn after(&self, decision: &AdminDecision, outcome: &Outcome) -> Result<(), String> {
             if self.refuse_after.load(Ordering::SeqCst) {
                 return Err("the disk is full".into());
             }
@@ -787,7 +789,7 @@ mod tests {
 
     impl Server {
         /// The outcomes recorded, each after its decision's `before` entry.
-        fn decisions(&self) -> Vec<(AdminDecision, Result<PollState, LedgerError>)> {
+        fn decisions(&self) -> Vec<(AdminDecision, Outcome)> {
             let entries = self.recording.entries.lock().unwrap();
             let mut done = Vec::new();
             for (i, (decision, outcome)) in entries.iter().enumerate() {

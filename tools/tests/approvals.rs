@@ -7,11 +7,25 @@ use std::process::{Command, Output};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use snowgate::admin::{AdminDecision, AdminHandle, AdminLimits};
-use snowgate::policy::approvals::{Ledger, LedgerLimits, ParkRequest, PollState, RequestKey};
+use snowgate::admin::{AdminDecision, AdminHandle, AdminLimits, RecordDecisions};
+use snowgate::policy::approvals::{Ledger, LedgerError, LedgerLimits, ParkRequest, PollState, RequestKey};
 use snowgate::policy::rules::{ReviewRequirement, Subject};
 
 type TestLedger = Arc<Mutex<Ledger<()>>>;
+
+/// Keeps the decisions whose outcome was recorded.
+struct Outcomes(Arc<Mutex<Vec<AdminDecision>>>);
+
+impl RecordDecisions for Outcomes {
+    fn before(&self, _: &AdminDecision) -> Result<(), String> {
+        Ok(())
+    }
+
+    fn after(&self, decision: &AdminDecision, _: &Result<PollState, LedgerError>) -> Result<(), String> {
+        self.0.lock().unwrap().push(decision.clone());
+        Ok(())
+    }
+}
 
 struct Server {
     handle: AdminHandle,
@@ -37,12 +51,12 @@ fn subject_for(token: &str) -> Result<Subject, String> {
 fn start_server() -> Server {
     let ledger: TestLedger = Arc::new(Mutex::new(Ledger::new(LedgerLimits::default())));
     let decisions = Arc::new(Mutex::new(Vec::new()));
-    let seen = decisions.clone();
+    let seen = Arc::new(Outcomes(decisions.clone()));
     let handle = snowgate::admin::start(
         TcpListener::bind("127.0.0.1:0").unwrap(),
         ledger.clone(),
         Arc::new(subject_for),
-        Arc::new(move |decision: &AdminDecision| seen.lock().unwrap().push(decision.clone())),
+        seen,
         vec!["reviewers".into()],
         AdminLimits::default(),
     )
