@@ -185,11 +185,28 @@ fn start_admin(gateway: &Arc<Gateway>, address: SocketAddr) -> Result<(AdminHand
     })?);
     let verifying = gateway.clone();
     let authenticate: admin::Authenticate = Arc::new(move |token: &str| {
-        verifying
-            .verifier
-            .verify(token, std::time::Instant::now())
-            .map(|identity| Subject { sub: identity.sub, groups: identity.groups })
-            .map_err(|e| e.to_string())
+        let verifier = &verifying.verifier;
+        let verified = match verifier.verify(token, std::time::Instant::now()) {
+            // A rotated key, or keys past their cache TTL (no agent logged in for an hour while a
+            // statement waited for review): fetch, as the cores do, on this thread.
+            Err(e) if e.refetch_may_help() => {
+                let fetched = monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
+                    .enable_timer()
+                    .build()
+                    .map_err(|e| e.to_string())
+                    .map(|mut runtime| runtime.block_on(crate::proxy::refetch_jwks(&verifying)));
+                match fetched {
+                    Ok(None) => Err(e),
+                    Ok(Some(Ok(()))) => verifier.verify(token, std::time::Instant::now()),
+                    Ok(Some(Err(error))) | Err(error) => {
+                        warn!(error = %error, "JWKS refetch for the admin API failed; keeping the keys in force.");
+                        verifier.verify(token, std::time::Instant::now())
+                    }
+                }
+            }
+            other => other,
+        };
+        verified.map(|identity| Subject { sub: identity.sub, groups: identity.groups }).map_err(|e| e.to_string())
     });
     let recording = Arc::new(DecisionRecording {
         recorder: recorder.clone(),

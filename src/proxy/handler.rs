@@ -11,7 +11,7 @@ use serde_json::{Map, Value};
 use tracing::{debug, info, warn};
 
 use super::upstream::{self, UpstreamError, UpstreamRequest, UpstreamResponse};
-use super::{Core, govern, unix_millis, unix_seconds};
+use super::{Core, Gateway, govern, unix_millis, unix_seconds};
 use crate::http::gzip::{self, GunzipError};
 use crate::http::{Headers, Method, RequestHead};
 use crate::identity::{AuthError, Identity, JwksSource};
@@ -390,24 +390,33 @@ async fn verify_oidc(core: &Core, token: &str) -> Result<Identity, AuthError> {
     let verifier = &core.gateway.verifier;
     match verifier.verify(token, std::time::Instant::now()) {
         Err(e) if e.refetch_may_help() => {
-            let (JwksSource::Url(url), Some(permit)) =
-                (verifier.source(), verifier.begin_refetch(std::time::Instant::now()))
-            else {
-                return Err(e);
-            };
-            let fetched = upstream::fetch(url, core.gateway.jwks_tls.clone(), JWKS_FETCH_TIMEOUT, JWKS_BYTES_MAX).await;
-            let outcome = verifier.finish_refetch(
-                permit,
-                fetched.as_deref().map_err(ToString::to_string),
-                std::time::Instant::now(),
-            );
-            if let Err(error) = outcome {
-                warn!(core = core.id, error = %error, "JWKS refetch failed; keeping the keys in force.");
+            match refetch_jwks(&core.gateway).await {
+                None => return Err(e),
+                Some(Err(error)) => {
+                    warn!(core = core.id, error = %error, "JWKS refetch failed; keeping the keys in force.")
+                }
+                Some(Ok(())) => {}
             }
             verifier.verify(token, std::time::Instant::now())
         }
         other => other,
     }
+}
+
+/// Fetches the JWKS from its URL if the verifier issues a permit now (one fetch at a time
+/// across the gateway, at most one per refetch interval): `None` when it did not (a file
+/// source, or too soon), else whether the new keys are in force. On failure the keys in force
+/// stay. The cores await it; the admin listener, on threads of its own, blocks on it.
+pub(crate) async fn refetch_jwks(gateway: &Gateway) -> Option<Result<(), String>> {
+    let verifier = &gateway.verifier;
+    let (JwksSource::Url(url), Some(permit)) = (verifier.source(), verifier.begin_refetch(std::time::Instant::now()))
+    else {
+        return None;
+    };
+    let fetched = upstream::fetch(url, gateway.jwks_tls.clone(), JWKS_FETCH_TIMEOUT, JWKS_BYTES_MAX).await;
+    let outcome =
+        verifier.finish_refetch(permit, fetched.as_deref().map_err(ToString::to_string), std::time::Instant::now());
+    Some(outcome.map_err(|e| e.to_string()))
 }
 
 /// Sends a request upstream, timing the exchange, once its request record is taken (and in

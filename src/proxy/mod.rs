@@ -13,6 +13,8 @@ mod resolve;
 pub mod tls;
 pub mod upstream;
 
+pub(crate) use handler::refetch_jwks;
+
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::net::SocketAddr;

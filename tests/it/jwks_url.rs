@@ -251,6 +251,44 @@ fn a_rotated_key_is_fetched_once_and_a_removed_key_stops_verifying() {
 }
 
 #[test]
+fn the_admin_api_fetches_a_rotated_key_itself() {
+    // Reviewers may act while no agent logs in (a statement parked for hours): the admin API
+    // must not depend on an agent's login to learn the IdP's new key.
+    let idp = Idp::start(jwks_a());
+    let upstream = double(|_| {});
+    let policy =
+        format!("{PERMISSIVE_POLICY}\n[approvals]\nadmin_address = \"127.0.0.1:0\"\nadmin_groups = [\"dba\"]\n");
+    let gateway = TestGateway::start(
+        &upstream.url(),
+        GatewayOptions { jwks: Some(idp.jwks_settings()), policy: Some(policy), ..Default::default() },
+    );
+    let reviewer = |key_file: &str, kid: &str| {
+        let now = now_unix();
+        let claims = json!({
+            "iss": ISSUER, "aud": AUDIENCE, "sub": "dba-1", "groups": ["dba"],
+            "iat": now, "nbf": now - 5, "exp": now + 600,
+        });
+        sign_rs256(key_file, Some(kid), &claims)
+    };
+    let (status, body) =
+        admin_request(gateway.admin_addr(), "GET", "/v1/approvals", &reviewer("idp-a.pem", "key-a"), None);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(idp.fetches(), 1, "the admin API fetched the keys it had never loaded");
+
+    idp.set(jwks_a_and_b());
+    std::thread::sleep(PAST_THE_INTERVAL);
+    let (status, body) =
+        admin_request(gateway.admin_addr(), "GET", "/v1/approvals", &reviewer("idp-b.pem", "key-b"), None);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(idp.fetches(), 2, "the rotated key took exactly one fetch");
+    // Within the interval an unknown key is refused without a fetch, as for agents.
+    let (status, _) =
+        admin_request(gateway.admin_addr(), "GET", "/v1/approvals", &reviewer("attacker.pem", "key-x"), None);
+    assert_eq!(status, 401);
+    assert_eq!(idp.fetches(), 2);
+}
+
+#[test]
 fn a_flood_of_unknown_kids_fetches_at_most_once_per_interval() {
     const LOGINS: usize = 200;
     const THREADS: usize = 8;
