@@ -8,7 +8,8 @@
 //! guarantees the tokens are a well-formed statement, in which table references sit where the
 //! reader below looks for them (after `FROM`, `JOIN`, a `,` in a `FROM` list, `USING`, inside
 //! `TABLE(…)` or `IDENTIFIER(…)`). CTE names are scoped and not reported as tables. A stage
-//! (`@stage`) anywhere is read, and so is one named to a file function; a built-in that makes
+//! (`@stage`) anywhere is read (an external table's `LOCATION` too), and so is one named to a
+//! file function; a built-in that makes
 //! a URL to a staged file (`GET_PRESIGNED_URL`) is a `get`. `RESULT_SCAN` (quoted in upper case
 //! too) and `DESCRIBE RESULT` read a query result. Statements read by their keywords alone
 //! (`SHOW`, `DESCRIBE`, `USE`, `UNSET`, `ALTER SESSION`, transactions) are unknown when
@@ -16,7 +17,8 @@
 //!
 //! `EXECUTE IMMEDIATE` of a literal or `$$` string classifies the inner text (bounded depth);
 //! of anything else it is [`Kind::ExecuteImmediateDynamic`]. The statement a task, alert or
-//! pipe runs is classified too, and so is an alert's condition (same bound). Scripting blocks are
+//! pipe runs is classified too, and so is an alert's condition (same bound), and so is the body
+//! of a SQL function or procedure (a body in another language is not read). Scripting blocks are
 //! [`Kind::ScriptingBlock`] plus whatever their statements do, read best effort (what is not
 //! understood inside is [`Kind::Unknown`]). `SYSTEM$` calls anywhere add a
 //! [`Kind::SystemFunction`] action. Nothing here panics on any input: every index is checked.
@@ -401,6 +403,10 @@ fn create(cx: &Cx<'_>, v: View<'_>, b: &mut Builder) {
         }
         return;
     }
+    options_read_stages(v, after_name, b);
+    if matches!(object_type, ObjectType::Function | ObjectType::Procedure) {
+        return sql_body(cx, v, &depths, after_name, b);
+    }
     if v.contains_keyword("SELECT") {
         if parse_single(cx, v).is_none() {
             return b.become_unknown("the CREATE with a query does not parse");
@@ -442,6 +448,7 @@ fn alter(cx: &Cx<'_>, v: View<'_>, b: &mut Builder) {
     {
         return;
     }
+    options_read_stages(v, after_name, b);
     if v.contains_keyword("SELECT") {
         if parse_single(cx, v).is_none() {
             return b.become_unknown("the ALTER with a query does not parse");
@@ -1016,6 +1023,68 @@ fn target_name(target: ScanTarget) -> ObjectName {
     match target {
         ScanTarget::QueryId(id) => ObjectName::Flat(id),
         ScanTarget::LastQueryId | ScanTarget::Unknown => ObjectName::Dynamic,
+    }
+}
+
+/// The body of `CREATE FUNCTION|PROCEDURE … AS '<body>'` (or `$$<body>$$`) in SQL, the default
+/// language: what it reads and runs, each time it is called, with its owner's rights. A query
+/// or a scripting block is classified as such; a scalar expression as `SELECT <expression>`.
+/// A body in another language (`LANGUAGE PYTHON`…) cannot be read and adds nothing: the policy
+/// decides on creating the function itself. A SQL body that cannot be read is unknown.
+fn sql_body(cx: &Cx<'_>, v: View<'_>, depths: &[usize], from: usize, b: &mut Builder) {
+    let language_at = v.find_at_depth(depths, from, 0, |t| is_keyword(t, "LANGUAGE"));
+    if language_at < v.len() && !v.kw(language_at + 1, "SQL") {
+        return;
+    }
+    let body_at = (from..v.len()).rev().find(|&at| {
+        depths.get(at) == Some(&0)
+            && v.kw(at, "AS")
+            && matches!(v.tok(at + 1), Some(Token::SingleQuotedString(_) | Token::DollarQuotedString(_)))
+    });
+    let body = match body_at.and_then(|at| v.tok(at + 1).map(|token| (at + 1, token))) {
+        Some((at, Token::SingleQuotedString(text))) => {
+            if !escapes_decode_alike(&cx.lexed.text[v.token_bytes(at)]) {
+                return b.unknown("an escape in a SQL function body the gateway does not decode as Snowflake does");
+            }
+            text.as_str()
+        }
+        Some((_, Token::DollarQuotedString(quoted))) if quoted.tag.is_none() => quoted.value.as_str(),
+        // Without a body it is a declaration the gateway does not know (or an `AS` it did not find).
+        _ => return b.unknown("a SQL function or procedure whose body the gateway does not find"),
+    };
+    if cx.depth + 1 > cx.limits.execute_immediate_depth_max {
+        return b.unknown("a SQL function body nested deeper than the limit");
+    }
+    let head = body.trim_start().trim_start_matches('(').trim_start();
+    let starts = |word: &str| head.get(..word.len()).is_some_and(|h| h.eq_ignore_ascii_case(word));
+    let statement_body = ["SELECT", "WITH", "BEGIN", "DECLARE"].iter().any(|word| starts(word));
+    let text = if statement_body { body.to_owned() } else { format!("SELECT {body}") };
+    let inner = classify_nested(&text, cx.limits, cx.depth + 1);
+    if inner.refusal.is_some() || inner.statements.len() != 1 {
+        return b.unknown("a SQL function body that is not one readable statement or expression");
+    }
+    for mut statement in inner.statements {
+        if !statement_body {
+            // The `SELECT` the expression was wrapped in is not the body's: what it reads is.
+            statement.actions.retain(|action| action.kind != Kind::Select || action.object.is_some());
+        }
+        b.absorb(statement);
+    }
+}
+
+/// Every stage a CREATE or ALTER names from `from` on, outside a query (those are read with
+/// the query): `CREATE EXTERNAL TABLE … LOCATION = @stage` reads the stage's files into a
+/// table the agent may select from, so the stage is read as any `@stage` is.
+fn options_read_stages(v: View<'_>, from: usize, b: &mut Builder) {
+    let mut idx = from;
+    while idx < v.len() {
+        if v.is(idx, &Token::AtSign) {
+            let (name, next) = read_stage(v, idx);
+            b.on(Kind::Select, ObjectType::Stage, name);
+            idx = next.max(idx + 1);
+        } else {
+            idx += 1;
+        }
     }
 }
 
@@ -1999,6 +2068,59 @@ mod tests {
         ] {
             assert!(is_unknown(sql), "{sql}");
         }
+    }
+
+    #[test]
+    fn sql_function_bodies_are_read() {
+        assert_eq!(
+            kinds("create function analytics.sandbox.f() returns table (a int) as 'select * from hr.pay'"),
+            ["create function ANALYTICS.SANDBOX.F", "select table HR.PAY"]
+        );
+        assert_eq!(
+            kinds(
+                "create or replace secure function f(x number) returns number as $$ x * (select max(amount) from hr.pay) $$"
+            ),
+            ["create_or_replace function F", "select table HR.PAY"]
+        );
+        assert_eq!(kinds("create function f(a number) returns number language sql as 'a * 2'"), ["create function F"]);
+        assert_eq!(
+            kinds(
+                "create procedure p() returns varchar language sql as $$ begin delete from hr.pay; return 'x'; end $$"
+            ),
+            ["create procedure P", "scripting_block", "delete_all table HR.PAY"]
+        );
+        // Another language cannot be read: the policy decides on creating it.
+        assert_eq!(
+            kinds(
+                "create function f() returns int language python runtime_version = '3.11' handler = 'h' as 'def h(): return 1'"
+            ),
+            ["create function F"]
+        );
+        for sql in [
+            "create function f() returns int as 'select 1; drop table t'",
+            "create function f() returns int as 'not sql at all ((('",
+            "create function f() returns int",
+        ] {
+            assert!(is_unknown(sql), "{sql}");
+        }
+    }
+
+    #[test]
+    fn external_tables_read_their_stage() {
+        assert_eq!(
+            kinds(
+                "create external table et (c varchar as (value:c::varchar)) location=@hr_stage/pay/ file_format=(type=csv)"
+            ),
+            ["create table ET", "select stage HR_STAGE"]
+        );
+        assert_eq!(
+            kinds("create or replace external table et with location = @db.s.stg auto_refresh = false"),
+            ["create_or_replace table ET", "select stage DB.S.STG"]
+        );
+        assert_eq!(kinds("alter external table et add partition (d = '1') location '@stg/x/'"), ["alter table ET"]);
+        assert_eq!(kinds("alter external table et refresh"), ["alter table ET"]);
+        // A stage a query reads is reported by the query's reader, once.
+        assert_eq!(kinds("create table t as select $1 from @stg"), ["create table T", "select stage STG"]);
     }
 
     #[test]
