@@ -157,7 +157,8 @@ pub struct AdminDecision {
     pub kind: DecisionKind,
     /// The reviewer's reason, as sent.
     pub reason: String,
-    /// When, in Unix milliseconds (the time given to the ledger).
+    /// When, in Unix milliseconds: the time it was asked for in [`RecordDecisions::before`],
+    /// the time given to the ledger in [`RecordDecisions::after`].
     pub at_unix_ms: u64,
 }
 
@@ -691,7 +692,7 @@ fn decide<P>(reviewer: &Subject, query_id: &str, kind: DecisionKind, body: &[u8]
         Ok(_) => return Answer::error(400, Fault::Caller, "the reason must not be empty"),
         Err(_) => return Answer::error(400, Fault::Caller, r#"the body must be a JSON object {"reason":"..."}"#),
     };
-    let decision = AdminDecision {
+    let mut decision = AdminDecision {
         reviewer: reviewer.clone(),
         query_id: query_id.to_owned(),
         kind,
@@ -706,6 +707,9 @@ fn decide<P>(reviewer: &Subject, query_id: &str, kind: DecisionKind, body: &[u8]
             &format!("recording unavailable, the decision was not applied: {error}"),
         );
     }
+    // The ledger decides at the time it is told, not when the recording was asked (which may
+    // have waited for the disk): a deadline passed meanwhile has passed.
+    decision.at_unix_ms = unix_millis();
     let Ok(mut ledger) = shared.ledger.lock() else { return poisoned() };
     let outcome = match kind {
         DecisionKind::Approve => ledger.approve(query_id, reviewer, &decision.reason, decision.at_unix_ms),
@@ -767,6 +771,8 @@ mod tests {
         entries: Mutex<Vec<(AdminDecision, Option<Outcome>)>>,
         refuse_before: AtomicBool,
         refuse_after: AtomicBool,
+        /// How long `before` takes (a strict recording waiting for the disk).
+        before_takes: Mutex<Duration>,
     }
 
     impl RecordDecisions for TestRecording {
@@ -774,6 +780,7 @@ mod tests {
             if self.refuse_before.load(Ordering::SeqCst) {
                 return Err("the disk is full".into());
             }
+            std::thread::sleep(*self.before_takes.lock().unwrap());
             self.entries.lock().unwrap().push((decision.clone(), None));
             Ok(())
         }
@@ -794,10 +801,12 @@ mod tests {
             let mut done = Vec::new();
             for (i, (decision, outcome)) in entries.iter().enumerate() {
                 if let Some(outcome) = outcome {
-                    assert!(
-                        entries[..i].iter().any(|(d, o)| o.is_none() && d == decision),
-                        "no record before {decision:?}"
-                    );
+                    let same = |d: &AdminDecision| {
+                        (&d.reviewer, &d.query_id, d.kind, &d.reason)
+                            == (&decision.reviewer, &decision.query_id, decision.kind, &decision.reason)
+                            && d.at_unix_ms <= decision.at_unix_ms
+                    };
+                    assert!(entries[..i].iter().any(|(d, o)| o.is_none() && same(d)), "no record before {decision:?}");
                     done.push((decision.clone(), outcome.clone()));
                 }
             }
@@ -831,6 +840,16 @@ mod tests {
     }
 
     fn park(ledger: &TestLedger, request_id: &str, reviewer_group: &str, approvals: u32) -> String {
+        park_for(ledger, request_id, reviewer_group, approvals, Duration::from_secs(600))
+    }
+
+    fn park_for(
+        ledger: &TestLedger,
+        request_id: &str,
+        reviewer_group: &str,
+        approvals: u32,
+        timeout: Duration,
+    ) -> String {
         let request = ParkRequest {
             key: RequestKey { sub: "agent".into(), session_id: 7, request_id: request_id.into() },
             agent_groups: vec!["analysts".into()],
@@ -838,11 +857,7 @@ mod tests {
             bindings: None,
             settings: std::collections::BTreeMap::from([("role".to_owned(), "ANALYST".to_owned())]),
             agent_context: Some("trace-1".into()),
-            requirement: ReviewRequirement {
-                approvals,
-                reviewer_groups: vec![reviewer_group.into()],
-                timeout: Duration::from_secs(600),
-            },
+            requirement: ReviewRequirement { approvals, reviewer_groups: vec![reviewer_group.into()], timeout },
             rule_name: Some("writes need review".into()),
             payload: 1,
             payload_bytes: 8,
@@ -950,6 +965,22 @@ mod tests {
         server.recording.refuse_before.store(false, Ordering::SeqCst);
         let (status, body) = post(addr, &decide_path(&id, "approve"), "token-alice", r#"{"reason":"ok"}"#);
         assert_eq!((status, body["state"]["state"].as_str()), (200, Some("approved")), "{body}");
+    }
+
+    #[test]
+    fn a_decision_takes_effect_at_the_time_the_ledger_is_told() {
+        // The recording takes longer than the item has left: the approval arrives after its
+        // deadline and must not count, though it was asked for before.
+        let server = start_server(AdminLimits::default());
+        let addr = server.handle.local_addr();
+        let id = park_for(&server.ledger, "r1", "dba", 1, Duration::from_millis(300));
+        *server.recording.before_takes.lock().unwrap() = Duration::from_millis(600);
+        let (status, body) = post(addr, &decide_path(&id, "approve"), "token-alice", r#"{"reason":"ok"}"#);
+        assert_ne!(body["state"]["state"], "approved", "{status} {body}");
+        assert_ne!(
+            server.ledger.lock().unwrap().poll(&id, "agent", 7, unix_millis()).map(|state| state.name()),
+            Ok("approved")
+        );
     }
 
     #[test]

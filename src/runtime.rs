@@ -190,19 +190,17 @@ fn start_admin(gateway: &Arc<Gateway>, address: SocketAddr) -> Result<(AdminHand
             // A rotated key, or keys past their cache TTL (no agent logged in for an hour while a
             // statement waited for review): fetch, as the cores do, on this thread.
             Err(e) if e.refetch_may_help() => {
+                // The permit first: a caller refused one (too soon) costs no runtime.
+                let Some(refetch) = crate::proxy::JwksRefetch::begin(&verifying) else { return Err(e.to_string()) };
                 let fetched = monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
                     .enable_timer()
                     .build()
                     .map_err(|e| e.to_string())
-                    .map(|mut runtime| runtime.block_on(crate::proxy::refetch_jwks(&verifying)));
-                match fetched {
-                    Ok(None) => Err(e),
-                    Ok(Some(Ok(()))) => verifier.verify(token, std::time::Instant::now()),
-                    Ok(Some(Err(error))) | Err(error) => {
-                        warn!(error = %error, "JWKS refetch for the admin API failed; keeping the keys in force.");
-                        verifier.verify(token, std::time::Instant::now())
-                    }
+                    .and_then(|mut runtime| runtime.block_on(refetch.run(&verifying)));
+                if let Err(error) = fetched {
+                    warn!(error = %error, "JWKS refetch for the admin API failed; keeping the keys in force.");
                 }
+                verifier.verify(token, std::time::Instant::now())
             }
             other => other,
         };
@@ -248,12 +246,16 @@ impl DecisionRecording {
         }
     }
 
-    fn detail(decision: &admin::AdminDecision) -> String {
+    /// The record's text; the reason, free text from the reviewer, comes last so that nothing
+    /// it says can pass for a field.
+    fn detail(decision: &admin::AdminDecision, outcome: Option<&str>) -> String {
+        let outcome = outcome.map(|outcome| format!(" outcome={outcome}")).unwrap_or_default();
         format!(
-            "reviewer={} query_id={} decision={} reason={}",
+            "reviewer={} query_id={} decision={} at_unix_ms={}{outcome} reason={}",
             decision.reviewer.sub,
             decision.query_id,
             decision.kind.as_str(),
+            decision.at_unix_ms,
             decision.reason
         )
     }
@@ -262,7 +264,7 @@ impl DecisionRecording {
 impl admin::RecordDecisions for DecisionRecording {
     fn before(&self, decision: &admin::AdminDecision) -> Result<(), String> {
         let strict = matches!(self.recorder.durability(), Durability::Strict);
-        self.record("review_request", Self::detail(decision), strict).inspect_err(|e| {
+        self.record("review_request", Self::detail(decision, None), strict).inspect_err(|e| {
             error!(error = %e, query_id = %decision.query_id, "A review decision could not be recorded; it was not applied.");
         })
     }
@@ -284,7 +286,7 @@ impl admin::RecordDecisions for DecisionRecording {
             outcome = %outcome,
             "Review decision."
         );
-        let detail = format!("{} outcome={outcome}", Self::detail(decision));
+        let detail = Self::detail(decision, Some(&outcome));
         let wait = !matches!(self.recorder.durability(), Durability::None);
         self.record("review_decision", detail, wait).inspect_err(|e| {
             error!(error = %e, query_id = %decision.query_id, "A review decision's outcome was not recorded.");

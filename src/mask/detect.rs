@@ -274,52 +274,86 @@ fn find_cards(text: &[u8], found: &mut dyn FnMut(usize, usize)) {
         // The last digit (parity of digits - 1) is not doubled, the one before it is, and so on.
         let last = (digits + 1) & 1;
         let luhn = digits > 0 && (plain[last] + doubled[1 - last]).is_multiple_of(10);
+        // What a card's span takes is skipped: its digits are masked already, and scanning the
+        // groups joined to it once per card would be quadratic on a value of many cards.
+        let mut reach = j;
         if !preceded_by_word && !followed_by_word && (13..=19).contains(&digits) && luhn {
-            found(digits_before_dots(text, i), digits_after(text, j));
+            reach = digits_after(text, j);
+            found(i, reach);
         } else if groups > 1 {
-            cards_in_groups(text, i, j, preceded_by_word, followed_by_word, found);
+            reach = cards_in_groups(text, i, j, preceded_by_word, followed_by_word, found).unwrap_or(j);
         }
-        i = j.max(i + 1);
+        i = reach.max(i + 1);
     }
     if memchr::memchr(b'.', text).is_some() {
         find_dotted_cards(text, found);
     }
 }
 
-/// Card numbers grouped by dots, `4111.1111.1111.1111`: groups of four digits and a last one of
-/// one to four, 13 to 19 digits in all, Luhn-valid, bounded by neither an alphanumeric nor a
-/// dot next to a digit. Stricter than the space and dash grouping, because dots also write
-/// decimals and thousands (`1700000000.000000000`, `1.000.000.000.000.000` are not cards),
-/// and never split into a card and other groups. The matches never overlap [`find_cards`]'s
-/// others: the groups between dots are too short to be cards themselves.
+/// Card numbers grouped by dots, `4111.1111.1111.1111`: in a run of digit groups joined by
+/// single dots, consecutive groups of four and a last one of one to four, 13 to 19 digits in
+/// all, Luhn-valid; leftmost first, longest first, as [`cards_in_groups`] does (a group glued
+/// to a word cannot start or end one). Stricter than the space and dash grouping, because dots
+/// also write decimals and thousands (`1700000000.000000000`, `1.000.000.000.000.000` are not
+/// cards). What is found is one span, from the card to the end of the groups joined to it.
 fn find_dotted_cards(text: &[u8], found: &mut dyn FnMut(usize, usize)) {
     let n = text.len();
     let digit_at = |i: usize| i < n && has(text[i], DIGIT);
-    // Neither an alphanumeric nor a dot that continues a number (`1.4111…`, `…1111.5`).
-    let bounded_before =
-        |i: usize| i == 0 || !(has(text[i - 1], ALNUM) || (text[i - 1] == b'.' && i > 1 && digit_at(i - 2)));
-    let bounded_after = |j: usize| j == n || !(has(text[j], ALNUM) || (text[j] == b'.' && digit_at(j + 1)));
+    // The group starting at `at`, when it is one (five digits or more are never read whole).
+    let short_group = |at: usize| {
+        let mut end = at;
+        while end < at + 5 && digit_at(end) {
+            end += 1;
+        }
+        end
+    };
+    let joined = |end: usize| end + 1 < n && text[end] == b'.' && digit_at(end + 1);
+    // The card whose first group starts at `from`: where it ends.
+    let card_from = |from: usize| {
+        let (mut at, mut digits) = (from, 0);
+        for _ in 0..5 {
+            let end = short_group(at);
+            let len = end - at;
+            digits += len;
+            if len > 4 || digits > 19 {
+                return None;
+            }
+            let bounded = end == n || !has(text[end], ALNUM);
+            if digits >= 13 && bounded && luhn_valid(&text[from..end]) {
+                return Some(end);
+            }
+            if len != 4 || !joined(end) {
+                return None;
+            }
+            at = end + 1;
+        }
+        None
+    };
     let mut i = 0;
-    while i + 16 <= n {
-        if !(i..i + 4).all(digit_at) || text[i + 4] != b'.' || !bounded_before(i) {
+    while i < n {
+        if !digit_at(i) {
             i += 1;
             continue;
         }
-        // Groups of four joined by dots, then the last group (at most five digits read).
-        let (mut j, mut digits, mut group) = (i, 0, 0);
-        while digits < 19 {
-            group = text[j..].iter().take(5).take_while(|&&b| has(b, DIGIT)).count();
-            j += group;
-            digits += group;
-            if group != 4 || j + 1 >= n || text[j] != b'.' || !digit_at(j + 1) {
-                break;
+        let preceded_by_word = i > 0 && has(text[i - 1], ALNUM);
+        let mut group = i;
+        i = loop {
+            if !(group == i && preceded_by_word)
+                && let Some(end) = card_from(group)
+            {
+                let reach = digits_after(text, end);
+                found(group, reach);
+                break reach;
             }
-            j += 1;
-        }
-        if bounded_after(j) && (1..=4).contains(&group) && (13..=19).contains(&digits) && luhn_valid(&text[i..j]) {
-            found(i, digits_after(text, j));
-        }
-        i = j.max(i + 1);
+            let mut end = group;
+            while digit_at(end) {
+                end += 1;
+            }
+            if !joined(end) {
+                break end;
+            }
+            group = end + 1;
+        };
     }
 }
 
@@ -370,25 +404,13 @@ fn digits_after(text: &[u8], mut end: usize) -> usize {
     end
 }
 
-/// Where the digits that precede a card across dots start (`start` itself when none do): they
-/// are masked with it, or masking the card would end a number and let the groups before it
-/// (`4111.1111.1111.1111.…`) read as a card grouped by dots on a second pass.
-fn digits_before_dots(text: &[u8], mut start: usize) -> usize {
-    while start >= 2 && text[start - 1] == b'.' && has(text[start - 2], DIGIT) {
-        start -= 1;
-        while start > 0 && has(text[start - 1], DIGIT) {
-            start -= 1;
-        }
-    }
-    start
-}
-
 /// Cards among consecutive groups of a run that is not a card as a whole: leftmost first,
 /// longest first. A group glued to a word cannot start or end a card; groups after a
 /// separator can. What is found is one span, from the first card's start to the run's end
 /// (and the digits after it across dots): the digits after a card are masked with it, so
 /// what a keep-last style leaves visible (its last digits) can never join the groups that
-/// follow into another card, and masking a masked value finds nothing more.
+/// follow into another card, and masking a masked value finds nothing more. Returns where
+/// the span it found ends.
 fn cards_in_groups(
     text: &[u8],
     start: usize,
@@ -396,7 +418,7 @@ fn cards_in_groups(
     preceded_by_word: bool,
     followed_by_word: bool,
     found: &mut dyn FnMut(usize, usize),
-) {
+) -> Option<usize> {
     const GROUPS_MAX: usize = 24;
     let mut groups = [(0u32, 0u32); GROUPS_MAX];
     let mut n_groups = 0;
@@ -420,11 +442,13 @@ fn cards_in_groups(
             let bounded = last + 1 < n_groups || !followed_by_word;
             let (from, to) = (groups[first].0 as usize, groups[last].1 as usize);
             if digits >= 13 && bounded && luhn_valid(&text[from..to]) {
-                found(digits_before_dots(text, from), digits_after(text, end));
-                return;
+                let reach = digits_after(text, end);
+                found(from, reach);
+                return Some(reach);
             }
         }
     }
+    None
 }
 
 /// The first `@` at or after `from`: eight bytes at a time (values are short, a call to
@@ -750,16 +774,38 @@ mod tests {
         assert_eq!(spans(Card, "card 4111.1111.1111.1111."), ["4111.1111.1111.1111"]);
         assert_eq!(spans(Card, "(4532.0151.1283.0366)"), ["4532.0151.1283.0366"]);
         assert_eq!(spans(Card, "3782.8224.6310.005"), ["3782.8224.6310.005"]);
-        assert!(spans(Card, "1.4111.1111.1111.1111").is_empty(), "a number's digits go on before it");
-        assert!(spans(Card, "4111.1111.1111.1111.12345").is_empty(), "a group of five");
+        // Next to other groups, as a card grouped by spaces is: the groups after it go with it.
+        assert_eq!(spans(Card, "1.4111.1111.1111.1111"), ["4111.1111.1111.1111"]);
+        assert_eq!(spans(Card, "4111.1111.1111.1111.25"), ["4111.1111.1111.1111.25"]);
+        assert_eq!(spans(Card, "4111.1111.1111.1111.12345"), ["4111.1111.1111.1111.12345"]);
+        assert_eq!(spans(Card, "x1.4111.1111.1111.1111"), ["4111.1111.1111.1111"]);
+        // After another detector's match, whose mask would otherwise free it on a second pass.
+        assert_eq!(spans(Card, "123-45-6789.4111.1111.1111.1111"), ["6789.4111.1111.1111.1111"]);
+        assert_eq!(spans(Card, "DE89370400440532013000.4111.1111.1111.1111"), ["4111.1111.1111.1111"]);
         assert!(spans(Card, "4111.1111.1111.1112").is_empty(), "Luhn");
         assert!(spans(Card, "4111.111111111111").is_empty(), "a decimal");
         assert!(spans(Card, "1.000.000.000.000.000").is_empty(), "thousands");
         assert!(spans(Card, "4111.1111.1111.1111x").is_empty());
-        // Digits after a card across dots are masked with it (and before it, for a card not
-        // grouped by dots): a kept tail could otherwise start a dotted card the next pass finds.
+        // Digits after a card across dots are masked with it: a kept tail could otherwise
+        // start a dotted card the next pass finds.
         assert_eq!(spans(Card, "4111111111111111.00"), ["4111111111111111.00"]);
         assert_eq!(spans(Card, "5784000000094111.1111.1111.1111"), ["5784000000094111.1111.1111.1111"]);
+    }
+
+    #[test]
+    fn many_joined_cards_are_one_span_found_once() {
+        // Each card's span takes the groups joined after it; the search goes on after them, so a
+        // value of many joined cards is read once, not once per card.
+        for joiner in [".", " ", "-"] {
+            let text = format!("4111111111111111{joiner}").repeat(20_000);
+            let mut found = Vec::new();
+            DetectorKind::Card.find(text.as_bytes(), &mut |s, e| found.push((s, e)));
+            assert_eq!(found, [(0, text.len() - 1)], "joined by {joiner:?}");
+        }
+        let text = "4111.1111.1111.1111 ".repeat(20_000);
+        let mut found = Vec::new();
+        DetectorKind::Card.find(text.as_bytes(), &mut |s, e| found.push((s, e)));
+        assert_eq!(found, [(0, text.len() - 1)]);
     }
 
     #[test]
@@ -892,20 +938,15 @@ mod tests {
                 }
                 let followed_by_word = j < n && has(text[j], ALNUM);
                 // The common case: the whole run is the card.
+                // The digits joined after it go with it, and the search goes on after them.
+                let mut reach = j;
                 if !preceded_by_word && !followed_by_word && (13..=19).contains(&digits) && luhn_valid(&text[i..j]) {
-                    // The digits around it across dots go with it.
-                    let mut start = i;
-                    while start >= 2 && text[start - 1] == b'.' && text[start - 2].is_ascii_digit() {
-                        start -= 1;
-                        while start > 0 && text[start - 1].is_ascii_digit() {
-                            start -= 1;
-                        }
-                    }
-                    found(start, groups_after(text, j));
+                    reach = groups_after(text, j);
+                    found(i, reach);
                 } else if groups > 1 {
-                    cards_in_groups(text, i, j, preceded_by_word, followed_by_word, found);
+                    reach = cards_in_groups(text, i, j, preceded_by_word, followed_by_word, found).unwrap_or(j);
                 }
-                i = j.max(i + 1);
+                i = reach.max(i + 1);
             }
             find_dotted_cards(text, found);
         }
@@ -922,13 +963,15 @@ mod tests {
             end
         }
 
-        /// Dotted cards by their shape: runs of digit groups joined by single dots, kept when
-        /// their groups are fours but the last (one to four), with 13 to 19 digits in all,
-        /// Luhn-valid, and not next to an alphanumeric nor to a dot that continues a number.
+        /// Dotted cards by their shape: split the text into runs of digit groups joined by
+        /// single dots; in each, the leftmost, then longest, window of consecutive groups that
+        /// are fours but the last (one to four), 13 to 19 digits, Luhn-valid, not starting at a
+        /// run glued to a word before nor ending at one glued after; masked to the end of
+        /// the groups joined after it, where the search goes on.
         fn find_dotted_cards(text: &[u8], found: &mut dyn FnMut(usize, usize)) {
             let digit = |i: usize| i < text.len() && text[i].is_ascii_digit();
             let mut i = 0;
-            while i < text.len() {
+            'runs: while i < text.len() {
                 if !digit(i) {
                     i += 1;
                     continue;
@@ -937,17 +980,29 @@ mod tests {
                 while digit(j) || (text.get(j) == Some(&b'.') && digit(j - 1) && digit(j + 1)) {
                     j += 1;
                 }
-                let run = &text[i..j];
-                let groups: Vec<&[u8]> = run.split(|&b| b == b'.').collect();
-                let shaped = groups.len() >= 2
-                    && groups[..groups.len() - 1].iter().all(|g| g.len() == 4)
-                    && (1..=4).contains(&groups[groups.len() - 1].len());
-                let digits: usize = groups.iter().map(|g| g.len()).sum();
-                let before_ok = i == 0
-                    || !(text[i - 1].is_ascii_alphanumeric() || (text[i - 1] == b'.' && digit(i.wrapping_sub(2))));
-                let after_ok = j == text.len() || !text[j].is_ascii_alphanumeric();
-                if shaped && before_ok && after_ok && (13..=19).contains(&digits) && luhn_valid(run) {
-                    found(i, groups_after(text, j));
+                let mut groups = Vec::new();
+                let mut at = i;
+                for group in text[i..j].split(|&b| b == b'.') {
+                    groups.push((at, at + group.len()));
+                    at += group.len() + 1;
+                }
+                let glued_before = i > 0 && text[i - 1].is_ascii_alphanumeric();
+                let glued_after = j < text.len() && text[j].is_ascii_alphanumeric();
+                for first in usize::from(glued_before)..groups.len() {
+                    for last in first..groups.len() {
+                        let window = &groups[first..=last];
+                        let digits: usize = window.iter().map(|(s, e)| e - s).sum();
+                        let shaped = window[..window.len() - 1].iter().all(|(s, e)| e - s == 4)
+                            && (1..=4).contains(&(window[window.len() - 1].1 - window[window.len() - 1].0));
+                        let bounded = last + 1 < groups.len() || !glued_after;
+                        let (from, to) = (groups[first].0, groups[last].1);
+                        if shaped && bounded && (13..=19).contains(&digits) && luhn_valid(&text[from..to]) {
+                            let reach = groups_after(text, to);
+                            found(from, reach);
+                            i = reach;
+                            continue 'runs;
+                        }
+                    }
                 }
                 i = j;
             }

@@ -1033,7 +1033,9 @@ fn target_name(target: ScanTarget) -> ObjectName {
 /// decides on creating the function itself. A SQL body that cannot be read is unknown.
 fn sql_body(cx: &Cx<'_>, v: View<'_>, depths: &[usize], from: usize, b: &mut Builder) {
     let language_at = v.find_at_depth(depths, from, 0, |t| is_keyword(t, "LANGUAGE"));
-    if language_at < v.len() && !v.kw(language_at + 1, "SQL") {
+    let external = (1..from).any(|at| v.kw(at, "EXTERNAL"));
+    if (language_at < v.len() && !v.kw(language_at + 1, "SQL")) || external {
+        // An external function's body is its service's URL.
         return;
     }
     let body_at = (from..v.len()).rev().find(|&at| {
@@ -1056,7 +1058,10 @@ fn sql_body(cx: &Cx<'_>, v: View<'_>, depths: &[usize], from: usize, b: &mut Bui
         return b.unknown("a SQL function body nested deeper than the limit");
     }
     let head = body.trim_start().trim_start_matches('(').trim_start();
-    let starts = |word: &str| head.get(..word.len()).is_some_and(|h| h.eq_ignore_ascii_case(word));
+    let starts = |word: &str| {
+        head.get(..word.len()).is_some_and(|h| h.eq_ignore_ascii_case(word))
+            && !head.as_bytes().get(word.len()).is_some_and(|&b| b.is_ascii_alphanumeric() || b == b'_' || b == b'$')
+    };
     let statement_body = ["SELECT", "WITH", "BEGIN", "DECLARE"].iter().any(|word| starts(word));
     let text = if statement_body { body.to_owned() } else { format!("SELECT {body}") };
     let inner = classify_nested(&text, cx.limits, cx.depth + 1);
@@ -2083,6 +2088,15 @@ mod tests {
             ["create_or_replace function F", "select table HR.PAY"]
         );
         assert_eq!(kinds("create function f(a number) returns number language sql as 'a * 2'"), ["create function F"]);
+        // An argument named like a keyword is an expression, not a statement.
+        assert_eq!(
+            kinds("create function f(withdrawn number) returns number as 'withdrawn * 2'"),
+            ["create function F"]
+        );
+        assert_eq!(
+            kinds("create external function f(a int) returns variant api_integration = api as 'https://x.example/f'"),
+            ["create function F"]
+        );
         assert_eq!(
             kinds(
                 "create procedure p() returns varchar language sql as $$ begin delete from hr.pay; return 'x'; end $$"

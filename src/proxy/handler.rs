@@ -14,7 +14,7 @@ use super::upstream::{self, UpstreamError, UpstreamRequest, UpstreamResponse};
 use super::{Core, Gateway, govern, unix_millis, unix_seconds};
 use crate::http::gzip::{self, GunzipError};
 use crate::http::{Headers, Method, RequestHead};
-use crate::identity::{AuthError, Identity, JwksSource};
+use crate::identity::{AuthError, Identity, JwksSource, RefetchPermit};
 use crate::mask;
 use crate::policy::Subject;
 use crate::policy::parameters::{ParameterClass, parameter_class, plan_query_parameters};
@@ -390,12 +390,9 @@ async fn verify_oidc(core: &Core, token: &str) -> Result<Identity, AuthError> {
     let verifier = &core.gateway.verifier;
     match verifier.verify(token, std::time::Instant::now()) {
         Err(e) if e.refetch_may_help() => {
-            match refetch_jwks(&core.gateway).await {
-                None => return Err(e),
-                Some(Err(error)) => {
-                    warn!(core = core.id, error = %error, "JWKS refetch failed; keeping the keys in force.")
-                }
-                Some(Ok(())) => {}
+            let Some(refetch) = JwksRefetch::begin(&core.gateway) else { return Err(e) };
+            if let Err(error) = refetch.run(&core.gateway).await {
+                warn!(core = core.id, error = %error, "JWKS refetch failed; keeping the keys in force.");
             }
             verifier.verify(token, std::time::Instant::now())
         }
@@ -403,20 +400,31 @@ async fn verify_oidc(core: &Core, token: &str) -> Result<Identity, AuthError> {
     }
 }
 
-/// Fetches the JWKS from its URL if the verifier issues a permit now (one fetch at a time
-/// across the gateway, at most one per refetch interval): `None` when it did not (a file
-/// source, or too soon), else whether the new keys are in force. On failure the keys in force
-/// stay. The cores await it; the admin listener, on threads of its own, blocks on it.
-pub(crate) async fn refetch_jwks(gateway: &Gateway) -> Option<Result<(), String>> {
-    let verifier = &gateway.verifier;
-    let (JwksSource::Url(url), Some(permit)) = (verifier.source(), verifier.begin_refetch(std::time::Instant::now()))
-    else {
-        return None;
-    };
-    let fetched = upstream::fetch(url, gateway.jwks_tls.clone(), JWKS_FETCH_TIMEOUT, JWKS_BYTES_MAX).await;
-    let outcome =
-        verifier.finish_refetch(permit, fetched.as_deref().map_err(ToString::to_string), std::time::Instant::now());
-    Some(outcome.map_err(|e| e.to_string()))
+/// A JWKS fetch the verifier allowed (one at a time across the gateway, at most one per
+/// refetch interval). The cores await [`JwksRefetch::run`]; the admin listener, on threads of
+/// its own, blocks on it, and only once it holds one.
+pub(crate) struct JwksRefetch {
+    url: String,
+    permit: RefetchPermit,
+}
+
+impl JwksRefetch {
+    /// The right to fetch now; `None` for a file source or when it is too soon.
+    pub(crate) fn begin(gateway: &Gateway) -> Option<JwksRefetch> {
+        let verifier = &gateway.verifier;
+        let JwksSource::Url(url) = verifier.source() else { return None };
+        let permit = verifier.begin_refetch(std::time::Instant::now())?;
+        Some(JwksRefetch { url: url.clone(), permit })
+    }
+
+    /// Fetches and puts the new keys in force; on failure the keys in force stay.
+    pub(crate) async fn run(self, gateway: &Gateway) -> Result<(), String> {
+        let fetched = upstream::fetch(&self.url, gateway.jwks_tls.clone(), JWKS_FETCH_TIMEOUT, JWKS_BYTES_MAX).await;
+        gateway
+            .verifier
+            .finish_refetch(self.permit, fetched.as_deref().map_err(ToString::to_string), std::time::Instant::now())
+            .map_err(|e| e.to_string())
+    }
 }
 
 /// Sends a request upstream, timing the exchange, once its request record is taken (and in

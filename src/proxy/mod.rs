@@ -13,7 +13,7 @@ mod resolve;
 pub mod tls;
 pub mod upstream;
 
-pub(crate) use handler::refetch_jwks;
+pub(crate) use handler::JwksRefetch;
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
