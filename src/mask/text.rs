@@ -230,7 +230,6 @@ pub(crate) fn detect_short(
     t.digit &= valid;
     t.at &= valid;
     t.separator &= valid;
-    t.letter &= valid;
     let may = |on: bool, kind: DetectorKind| u32::from(on) << kind.index();
     let mut run = may(t.at != 0, DetectorKind::Email) | anchored;
     // The digit detectors need eight digits or more (without a popcount instruction, as in
@@ -239,7 +238,15 @@ pub(crate) fn detect_short(
         let digits = t.digit.count_ones();
         run |= may(digits >= 13 && len >= 13, DetectorKind::Card)
             | may(digits >= 9 && t.separator != 0, DetectorKind::Ssn)
-            | may(len >= 15 && t.letter != 0, DetectorKind::Iban);
+            | may(
+                // An IBAN starts with two letters: not in a value of digits and separators only
+                // (a card number's), and looked for only when the detector is on.
+                len >= 15
+                    && (t.digit | t.separator) != valid
+                    && profile.enabled_detectors & (1 << DetectorKind::Iban.index()) != 0
+                    && DetectorKind::Iban.may_match(&window[..len]),
+                DetectorKind::Iban,
+            );
     }
     run &= profile.enabled_detectors;
     if run == 0 {
