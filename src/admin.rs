@@ -719,7 +719,8 @@ fn decide<P>(reviewer: &Subject, query_id: &str, kind: DecisionKind, body: &[u8]
     let recorded = shared.recording.after(&decision, &outcome);
     match (&outcome, recorded) {
         (Ok(state), Ok(())) => {
-            info!(sub = %reviewer.sub, query_id, action = kind.as_str(), "Recorded a reviewer's decision.");
+            // The state's name only: a denial's reason is free text, kept out of the log.
+            info!(sub = %reviewer.sub, query_id, action = kind.as_str(), state = state.name(), "Recorded a reviewer's decision.");
             Answer::json(200, &DecisionBody { query_id, state })
         }
         (Ok(_), Err(error)) => {

@@ -20,7 +20,7 @@ use crate::admin::{self, AdminHandle};
 use crate::config::Config;
 use crate::policy::Subject;
 use crate::proxy::{Core, Gateway, StartError};
-use crate::record::{Durability, EventKind, Recorder};
+use crate::record::{EventKind, Recorder};
 
 /// Which io driver a core runs.
 pub fn driver_name() -> &'static str {
@@ -227,7 +227,7 @@ fn start_admin(gateway: &Arc<Gateway>, address: SocketAddr) -> Result<(AdminHand
 /// reaches the ledger, a `review_decision` event with its outcome after. The durability mode
 /// applies as it does to statements: the request record is accepted (durable in `strict`)
 /// before the decision takes effect, and the reviewer's answer waits for the outcome record
-/// to be durable in `batch` and `strict`.
+/// to be durable in `batch` and `strict`. `admin::decide` logs each decision and any failure.
 struct DecisionRecording {
     recorder: Arc<Recorder>,
     durable_timeout: Duration,
@@ -263,10 +263,8 @@ impl DecisionRecording {
 
 impl admin::RecordDecisions for DecisionRecording {
     fn before(&self, decision: &admin::AdminDecision) -> Result<(), String> {
-        let strict = matches!(self.recorder.durability(), Durability::Strict);
-        self.record("review_request", Self::detail(decision, None), strict).inspect_err(|e| {
-            error!(error = %e, query_id = %decision.query_id, "A review decision could not be recorded; it was not applied.");
-        })
+        let wait = self.recorder.durability().hold_request_until_durable();
+        self.record("review_request", Self::detail(decision, None), wait)
     }
 
     fn after(
@@ -275,22 +273,11 @@ impl admin::RecordDecisions for DecisionRecording {
         outcome: &Result<crate::policy::approvals::PollState, crate::policy::approvals::LedgerError>,
     ) -> Result<(), String> {
         let outcome = match outcome {
-            // The state's name only: a denial's reason is free text, kept out of the log.
             Ok(state) => state.name().to_owned(),
             Err(e) => format!("refused: {e}"),
         };
-        info!(
-            reviewer = %decision.reviewer.sub,
-            query_id = %decision.query_id,
-            decision = decision.kind.as_str(),
-            outcome = %outcome,
-            "Review decision."
-        );
-        let detail = Self::detail(decision, Some(&outcome));
-        let wait = !matches!(self.recorder.durability(), Durability::None);
-        self.record("review_decision", detail, wait).inspect_err(|e| {
-            error!(error = %e, query_id = %decision.query_id, "A review decision's outcome was not recorded.");
-        })
+        let wait = self.recorder.durability().hold_answer_until_durable();
+        self.record("review_decision", Self::detail(decision, Some(&outcome)), wait)
     }
 }
 
