@@ -731,8 +731,11 @@ fn decide<P>(reviewer: &Subject, query_id: &str, kind: DecisionKind, body: &[u8]
                 &format!("the decision took effect (it is on record) but recording its outcome failed: {error}"),
             )
         }
-        (Err(error), _) => {
+        (Err(error), recorded) => {
             info!(sub = %reviewer.sub, query_id, action = kind.as_str(), error = %error, "The ledger refused a reviewer's decision.");
+            if let Err(record_error) = recorded {
+                warn!(sub = %reviewer.sub, query_id, error = %record_error, "The outcome of a refused decision was not recorded.");
+            }
             let (status, fault) = match error {
                 LedgerError::NotFound => (404, Fault::Caller),
                 LedgerError::NotPending(_) | LedgerError::AlreadyApproved => (409, Fault::Caller),
