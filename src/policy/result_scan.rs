@@ -91,7 +91,7 @@ pub(crate) fn read_target(arg: Option<&Token>, next: Option<&Token>, arg_ends: b
 
 /// The results a classification reads: by id where the classifier names one, else
 /// [`ScanTarget::Unknown`] (`LAST_QUERY_ID()` and a variable look alike to it).
-pub fn classified_targets(classified: &Classified) -> impl Iterator<Item = ScanTarget> + '_ {
+fn classified_targets(classified: &Classified) -> impl Iterator<Item = ScanTarget> + '_ {
     classified
         .statements
         .iter()

@@ -11,6 +11,10 @@
 //!
 //! The future is a [`crate::oneshot`]: a classifier thread that dies unanswered answers
 //! [`ClassifyError::WorkerGone`].
+//!
+//! Asked to, the same thread also lexes the text for the earlier results it reads
+//! ([`scan_targets`]), so a large statement is judged on what its tokens say (`LAST_QUERY_ID()`
+//! apart from a variable), like a small one, without a second pass on the core.
 
 use std::future::Future;
 use std::io;
@@ -22,7 +26,8 @@ use std::task::{Context, Poll};
 use std::thread::JoinHandle;
 
 use super::classify::classify;
-use super::model::{Classified, Limits};
+use super::model::{Classified, Limits, Refusal};
+use super::result_scan::{ScanTarget, scan_targets};
 use crate::oneshot;
 
 /// Why a classification did not produce a result. None of these is the agent's fault alone;
@@ -57,7 +62,25 @@ impl Default for PoolConfig {
     }
 }
 
-type Outcome = Result<Classified, ClassifyError>;
+/// A statement's classification and, when asked for, the earlier results it reads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Classification {
+    /// What [`classify`] made of the text.
+    pub classified: Classified,
+    /// [`scan_targets`] of the text, when the caller asked (the text may read earlier results).
+    pub results_read: Option<Result<Vec<ScanTarget>, Refusal>>,
+}
+
+impl Classification {
+    /// Classifies `text`, and reads which earlier results it reads when `results_read` is set.
+    pub fn of(text: &str, limits: &Limits, results_read: bool) -> Classification {
+        let classified = classify(text, limits);
+        let results_read = results_read.then(|| scan_targets(text, limits, &classified));
+        Classification { classified, results_read }
+    }
+}
+
+type Outcome = Result<Classification, ClassifyError>;
 
 /// The sending half: answers once; if dropped unanswered, answers `WorkerGone`.
 type Reply = oneshot::Sender<Outcome>;
@@ -82,6 +105,7 @@ impl Future for ClassifyFuture {
 struct Job {
     text: String,
     limits: Limits,
+    results_read: bool,
     reply: Reply,
 }
 
@@ -109,11 +133,12 @@ impl ClassifierPool {
     }
 
     /// Queues `text` for classification under `limits` (the policy's, [`super::Policy::limits`],
-    /// so a reloaded policy's limits apply at once). Never blocks: a full queue resolves the
-    /// future at once with [`ClassifyError::QueueFull`].
-    pub fn classify(&self, text: String, limits: Limits) -> ClassifyFuture {
+    /// so a reloaded policy's limits apply at once), and for [`scan_targets`] when
+    /// `results_read`. Never blocks: a full queue resolves the future at once with
+    /// [`ClassifyError::QueueFull`].
+    pub fn classify(&self, text: String, limits: Limits, results_read: bool) -> ClassifyFuture {
         let (reply, answer) = oneshot::channel(worker_gone);
-        let job = Job { text, limits, reply };
+        let job = Job { text, limits, results_read, reply };
         match &self.sender {
             Some(sender) => match sender.try_send(job) {
                 Ok(()) => {}
@@ -148,10 +173,11 @@ impl Drop for ClassifierPool {
 /// Larger ones go to the pool, where a slow one stalls a classifier thread, not a core.
 pub const INLINE_BYTES_MAX: usize = 4096;
 
-/// Classifies `text` on the calling thread, a panic becoming [`ClassifyError::Panicked`].
+/// [`Classification::of`] on the calling thread, a panic becoming [`ClassifyError::Panicked`].
 /// For statements up to [`INLINE_BYTES_MAX`]; larger ones belong on the pool.
-pub fn classify_inline(text: &str, limits: &Limits) -> Result<Classified, ClassifyError> {
-    catch_unwind(AssertUnwindSafe(|| classify(text, limits))).map_err(|_| ClassifyError::Panicked)
+pub fn classify_inline(text: &str, limits: &Limits, results_read: bool) -> Outcome {
+    catch_unwind(AssertUnwindSafe(|| Classification::of(text, limits, results_read)))
+        .map_err(|_| ClassifyError::Panicked)
 }
 
 fn worker_loop(receiver: &Mutex<Receiver<Job>>) {
@@ -161,7 +187,7 @@ fn worker_loop(receiver: &Mutex<Receiver<Job>>) {
             receiver.recv()
         };
         let Ok(job) = job else { return };
-        let outcome = catch_unwind(AssertUnwindSafe(|| classify(&job.text, &job.limits)));
+        let outcome = catch_unwind(AssertUnwindSafe(|| Classification::of(&job.text, &job.limits, job.results_read)));
         job.reply.send(outcome.map_err(|_| ClassifyError::Panicked));
     }
 }
@@ -176,9 +202,12 @@ mod tests {
     fn inline_classification_equals_the_pools() {
         let pool = ClassifierPool::start(PoolConfig { threads: 1, ..PoolConfig::default() }).unwrap();
         let limits = Limits::default();
-        for text in ["select 1", "drop table t; select 2", "grant role r to user u", "select ((((1"] {
-            let pooled = futures_lite_block_on(pool.classify(text.to_owned(), limits));
-            assert_eq!(classify_inline(text, &limits), pooled, "{text}");
+        let texts = ["select 1", "drop table t; select 2", "grant role r to user u", "select ((((1"];
+        let scans = ["select * from table(result_scan(last_query_id()))", "describe result $q", "select ((((1"];
+        for (text, results_read) in texts.iter().map(|t| (t, false)).chain(scans.iter().map(|t| (t, true))) {
+            let pooled = futures_lite_block_on(pool.classify((*text).to_owned(), limits, results_read));
+            assert_eq!(classify_inline(text, &limits, results_read), pooled, "{text}");
+            assert_eq!(pooled.unwrap().results_read.is_some(), results_read, "{text}");
         }
         pool.shutdown();
     }
@@ -229,11 +258,15 @@ mod tests {
     #[test]
     fn classifies_on_a_worker_thread() {
         let pool = ClassifierPool::start(PoolConfig::default()).unwrap();
-        let classified = block_on(pool.classify("drop table t".into(), Limits::default())).unwrap();
+        let classified = block_on(pool.classify("drop table t".into(), Limits::default(), false)).unwrap().classified;
         assert_eq!(classified.statements[0].kind, Kind::Drop);
         let deep = format!("select {}1{}", "(".repeat(100_000), ")".repeat(100_000));
-        let refused = block_on(pool.classify(deep, Limits::default())).unwrap();
+        let refused = block_on(pool.classify(deep, Limits::default(), false)).unwrap().classified;
         assert_eq!(refused.refusal, Some(Refusal::TooDeep));
+        // A large statement's results are read on the worker, by its tokens.
+        let scan = format!("select * from table(result_scan(last_query_id())) -- {}", "x".repeat(5000));
+        let read = block_on(pool.classify(scan, Limits::default(), true)).unwrap().results_read;
+        assert_eq!(read, Some(Ok(vec![crate::policy::result_scan::ScanTarget::LastQueryId])));
         pool.shutdown();
     }
 
@@ -243,7 +276,8 @@ mod tests {
         let config = PoolConfig { threads: 1, queue_capacity: 1, ..PoolConfig::default() };
         let pool = ClassifierPool::start(config).unwrap();
         let big = format!("select {}", vec!["1"; 60_000].join(" + "));
-        let futures: Vec<ClassifyFuture> = (0..8).map(|_| pool.classify(big.clone(), Limits::default())).collect();
+        let futures: Vec<ClassifyFuture> =
+            (0..8).map(|_| pool.classify(big.clone(), Limits::default(), false)).collect();
         let outcomes: Vec<Outcome> = futures.into_iter().map(block_on).collect();
         assert!(outcomes.iter().any(|o| o == &Err(ClassifyError::QueueFull)));
         assert!(outcomes.iter().any(|o| o.is_ok()));
@@ -254,7 +288,10 @@ mod tests {
     fn a_shut_down_pool_answers_worker_gone() {
         let mut pool = ClassifierPool::start(PoolConfig { threads: 1, ..PoolConfig::default() }).unwrap();
         pool.sender.take();
-        assert_eq!(block_on(pool.classify("select 1".into(), Limits::default())), Err(ClassifyError::WorkerGone));
+        assert_eq!(
+            block_on(pool.classify("select 1".into(), Limits::default(), false)),
+            Err(ClassifyError::WorkerGone)
+        );
         let (reply, answer) = oneshot::channel(worker_gone);
         drop(reply);
         assert_eq!(block_on(ClassifyFuture { reply: answer }), Err(ClassifyError::WorkerGone));
@@ -265,8 +302,9 @@ mod tests {
         let pool = ClassifierPool::start(PoolConfig::default()).unwrap();
         let mut runtime = monoio::RuntimeBuilder::<monoio::FusionDriver>::new().enable_timer().build().unwrap();
         let kind = runtime.block_on(async {
-            let future = pool.classify("select * from t".into(), Limits::default());
-            monoio::time::timeout(std::time::Duration::from_secs(10), future).await.unwrap().unwrap().statements[0].kind
+            let future = pool.classify("select * from t".into(), Limits::default(), false);
+            let classification = monoio::time::timeout(std::time::Duration::from_secs(10), future).await.unwrap();
+            classification.unwrap().classified.statements[0].kind
         });
         assert_eq!(kind, Kind::Select);
         pool.shutdown();

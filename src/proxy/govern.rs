@@ -39,10 +39,9 @@ use crate::http::gzip::{self, GunzipError};
 use crate::http::{Method, RequestHead};
 use crate::mask::{ColumnPlan, Envelope, rebuild_envelope};
 use crate::policy::approvals::{Ledger, LedgerError, ParkRequest, PollState, RequestKey};
-use crate::policy::model::Classified;
 use crate::policy::parameters::plan_query_parameters;
-use crate::policy::result_scan::{ScanTarget, classified_targets, may_scan_results, scan_targets};
-use crate::policy::worker::{INLINE_BYTES_MAX, classify_inline};
+use crate::policy::result_scan::{ScanTarget, may_scan_results};
+use crate::policy::worker::{Classification, INLINE_BYTES_MAX, classify_inline};
 use crate::policy::{DecidedBy, ReviewRequirement, Subject, VerdictAction};
 use crate::record::Decision;
 use crate::session::query::{parse_query_request, summarize_answer};
@@ -136,18 +135,16 @@ fn ledger(core: &Core) -> MutexGuard<'_, Ledger<ParkedStatement>> {
 /// Classifies `text` off the core and decides it. A denial is noted in `capture`.
 pub async fn decide(core: &Core, subject: &Subject, text: String, capture: &mut Capture) -> Decided {
     let policy = &core.gateway.config.policy;
-    // What a statement that may read earlier results reads is checked once it is classified:
-    // a small one's text is also lexed on the core (the lexer tells LAST_QUERY_ID() from a
-    // variable), a large one's goes off the core, so only its classification is used.
+    // What a statement that may read earlier results reads is found by its tokens, where it is
+    // classified (the lexer tells LAST_QUERY_ID() from a variable).
     let reads_results = may_scan_results(&text);
-    let lexed_here = (reads_results && text.len() <= INLINE_BYTES_MAX).then(|| text.clone());
-    let classified = if text.len() <= INLINE_BYTES_MAX {
-        classify_inline(&text, policy.limits())
+    let classification = if text.len() <= INLINE_BYTES_MAX {
+        classify_inline(&text, policy.limits(), reads_results)
     } else {
         // Bounded like every wait: behind a queue of large statements, it is refused instead.
-        let classifying = core.gateway.classifier.classify(text, *policy.limits());
+        let classifying = core.gateway.classifier.classify(text, *policy.limits(), reads_results);
         match monoio::time::timeout(CLASSIFY_WAIT_MAX, classifying).await {
-            Ok(classified) => classified,
+            Ok(classification) => classification,
             Err(_) => {
                 warn!(core = core.id, "Classification did not finish in time; refusing the statement.");
                 return Decided::Refuse {
@@ -157,8 +154,8 @@ pub async fn decide(core: &Core, subject: &Subject, text: String, capture: &mut 
             }
         }
     };
-    let classified = match classified {
-        Ok(classified) => classified,
+    let Classification { classified, results_read } = match classification {
+        Ok(classification) => classification,
         Err(e) => {
             warn!(core = core.id, error = %e, "Classification failed; refusing the statement.");
             return Decided::Refuse {
@@ -167,7 +164,10 @@ pub async fn decide(core: &Core, subject: &Subject, text: String, capture: &mut 
             };
         }
     };
-    if reads_results && let Some(refused) = foreign_results(core, subject, lexed_here.as_deref(), &classified) {
+    // A request the lexer refuses is refused by the classifier too, with its reason.
+    if let Some(Ok(targets)) = results_read
+        && let Some(refused) = check_result_targets(core, subject, targets)
+    {
         capture.set_decision(Decision::Blocked { rule: "RESULT_SCAN of another identity's query".into() });
         return refused;
     }
@@ -194,21 +194,10 @@ pub async fn decide(core: &Core, subject: &Subject, text: String, capture: &mut 
     }
 }
 
-/// A `RESULT_SCAN` (or `DESCRIBE RESULT`) of a query not answered to this identity (every
-/// agent is the gateway's one Snowflake user, which may read any of its queries' results), or
-/// of a result that cannot be known before the statement runs, is refused. `text` is the
-/// statement when it was small enough to lex on the core; without it only the classification
-/// is read, where `LAST_QUERY_ID()` and a variable look alike, so both are refused.
-fn foreign_results(core: &Core, subject: &Subject, text: Option<&str>, classified: &Classified) -> Option<Decided> {
-    let targets = match text {
-        // A request the lexer refuses is refused by the classifier too, with its reason.
-        Some(text) => scan_targets(text, core.gateway.config.policy.limits(), classified).ok()?,
-        None => classified_targets(classified).collect(),
-    };
-    check_result_targets(core, subject, targets)
-}
-
-/// Refuses unless every result read is this identity's own (or its session's last).
+/// Refuses unless every result read (`RESULT_SCAN(…)`, `DESCRIBE RESULT …`) is this
+/// identity's own or its session's last: every agent is the gateway's one Snowflake user, which
+/// may read any of its queries' results, and a result that cannot be known before the
+/// statement runs is refused.
 fn check_result_targets(core: &Core, subject: &Subject, targets: Vec<ScanTarget>) -> Option<Decided> {
     let refuse = |code: &'static str, message: &str| Some(Decided::Refuse { code, message: message.to_owned() });
     for target in targets {
