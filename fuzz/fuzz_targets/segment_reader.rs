@@ -5,7 +5,8 @@
 //! panics or allocates past its limits; every record returned sits at its place in the chain
 //! (consecutive indexes from the header's); every record body is canonical (encoding the
 //! decoded frame gives back the stored bytes); errors point inside the file; footer lookups
-//! return only records carrying the key.
+//! return only records carrying the key; a footer named by the trailer alone is offered only
+//! when the walk did not find one, and sits inside the file.
 #![no_main]
 
 use std::sync::{Arc, OnceLock};
@@ -124,6 +125,10 @@ fuzz_target!(|data: &[u8]| {
                 break;
             }
         }
+    }
+    if let Some(named) = reader.footer_named_by_trailer() {
+        assert!(reader.sealed().is_none());
+        assert!(named.footer_offset + named.footer_frame.len() as u64 <= len);
     }
     if let Some(sealed) = reader.sealed() {
         for (kind, key) in sealed.footer.index.keys().take(4) {

@@ -44,7 +44,12 @@
 //! no writer's frame at its declared end) is cut back to the last whole batch, the segment is
 //! sealed (`recovered`), and a `recovery_performed` event opens the next segment. Damage with
 //! the writer's frames after it is corruption: [`Recorder::start`] returns it
-//! ([`RecordError::Corrupt`]) and nothing is cut.
+//! ([`RecordError::Corrupt`]) and nothing is cut. One exception: a last segment whose batch
+//! headers do not lead to its footer, but whose trailer names a footer that authenticates under
+//! the key, was sealed by the recorder and damaged afterwards. Its footer's chain head is the
+//! one sealed, so the chain goes on from it; the damage (the first error a scan meets, with
+//! its file and offset) is logged as an error and recorded in a `recovery_performed` event,
+//! and the segment is left as it is, for `verify` to report.
 //!
 //! # Limits (format version 3)
 //! Fields are refused, never truncated, when over their limit.

@@ -327,6 +327,20 @@ impl SegmentReader {
     /// scan then tells a torn tail from corruption). A footer the walk does reach and that
     /// does not decode is an error: it was written whole, so this is not a torn write.
     fn read_sealed_footer(&self) -> Result<Option<SealedFooter>, ReadError> {
+        let Some((trailer, footer_offset, frame_len)) = self.footer_place()? else {
+            return Ok(None);
+        };
+        if !self.batches_lead_to_footer(footer_offset)? {
+            return Ok(None);
+        }
+        let footer_frame = self.read_at(footer_offset, frame_len)?;
+        let footer = decode_footer_frame(&footer_frame).map_err(|kind| self.error(footer_offset, None, kind))?;
+        Ok(Some(SealedFooter { footer, trailer, footer_offset, footer_frame }))
+    }
+
+    /// The trailer at the end of the file, if one decodes, and the place and length of the
+    /// footer frame it names.
+    fn footer_place(&self) -> Result<Option<(Trailer, u64, usize)>, ReadError> {
         let minimum = (SEGMENT_HEADER_BYTES + FOOTER_HEADER_BYTES + TRAILER_BYTES) as u64;
         if self.len < minimum {
             return Ok(None);
@@ -348,15 +362,22 @@ impl SegmentReader {
                 (FOOTER_HEADER_BYTES as u64..=(limits::FOOTER_BYTES_MAX + FOOTER_HEADER_BYTES) as u64)
                     .contains(&frame_len)
             });
-        let Some(footer_offset) = footer_offset else {
-            return Ok(None);
-        };
-        if !self.batches_lead_to_footer(footer_offset)? {
-            return Ok(None);
+        Ok(footer_offset.map(|offset| (trailer, offset, frame_len as usize)))
+    }
+
+    /// The footer the trailer names, read without walking the batch headers to it, when the
+    /// walk does not reach it ([`SegmentReader::sealed`] is `None`) and it decodes. A sealed
+    /// segment with a damaged batch header looks open to the walk, but so may an open one
+    /// that ends in an agent's bytes shaped like a trailer: this footer proves nothing until
+    /// its MAC is checked (recovery does, and then continues the chain from it).
+    pub fn footer_named_by_trailer(&self) -> Option<SealedFooter> {
+        if self.sealed.is_some() {
+            return None;
         }
-        let footer_frame = self.read_at(footer_offset, frame_len as usize)?;
-        let footer = decode_footer_frame(&footer_frame).map_err(|kind| self.error(footer_offset, None, kind))?;
-        Ok(Some(SealedFooter { footer, trailer, footer_offset, footer_frame }))
+        let (trailer, footer_offset, frame_len) = self.footer_place().ok()??;
+        let footer_frame = self.read_at(footer_offset, frame_len).ok()?;
+        let footer = decode_footer_frame(&footer_frame).ok()?;
+        Some(SealedFooter { footer, trailer, footer_offset, footer_frame })
     }
 
     /// Whether the batch headers, each checked and followed by its length from the segment

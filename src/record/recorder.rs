@@ -524,7 +524,11 @@ impl Recorder {
         let (mut writer, recovery) = SegmentWriter::open(storage, &config, now)?;
         if recovery.performed() {
             let detail = recovery.describe();
-            warn!(core = config.core_id, detail = %detail, "Recording recovered after a crash.");
+            if recovery.damage.is_some() {
+                error!(core = config.core_id, detail = %detail, "Recording damaged: run snowgate-tools verify.");
+            } else {
+                warn!(core = config.core_id, detail = %detail, "Recording recovered after a crash.");
+            }
             writer.append_event(EventKind::RecoveryPerformed, detail, now)?;
             writer.sync()?;
         }

@@ -658,6 +658,55 @@ fn verify_catches_missing_reordered_and_cut_segments() {
     assert_eq!(report.problems[0].path, segment_path(2));
 }
 
+/// A sealed last segment damaged afterwards (a batch header changed, so its headers no longer
+/// lead to its footer) does not stop the recorder: its footer authenticates, so the chain goes
+/// on from it, the damage is recorded in the next segment, and verify still names the segment.
+/// Under another key the footer proves nothing, and the damage is corruption as before.
+#[test]
+fn a_damaged_sealed_last_segment_is_reported_and_the_chain_goes_on_from_its_footer() {
+    let (storage, _) = sealed_recording();
+    let mut damaged = storage.read(&segment_path(1)).unwrap();
+    damaged[format::SEGMENT_HEADER_BYTES + 10] ^= 0x04;
+    storage.write(&segment_path(1), damaged.clone());
+    let reader = SegmentReader::from_bytes("x".into(), Bytes::from(damaged.clone()), Default::default()).unwrap();
+    assert!(reader.sealed().is_none(), "the walk must not reach the footer");
+
+    let other_key = RecorderConfig::new(dir(), 0, [8; 32]);
+    let error = SegmentWriter::open(Arc::new(storage.fork()), &other_key, T0 + 30).unwrap_err();
+    assert!(matches!(error, RecordError::Corrupt(_)), "{error}");
+
+    let (mut writer, report) = SegmentWriter::open(Arc::new(storage.clone()), &config(&dir()), T0 + 30).unwrap();
+    let damage = report.damage.clone().expect("the damage is reported");
+    assert!(damage.contains(&segment_path(1).display().to_string()) && damage.contains("at byte 96"), "{damage}");
+    assert!(report.was_sealed && report.performed() && report.describe().contains(&damage), "{report:?}");
+    assert_eq!(storage.read(&segment_path(1)).unwrap(), damaged, "the damaged segment is left as it is");
+    writer.append_event(EventKind::RecoveryPerformed, report.describe(), T0 + 30).unwrap();
+    writer.append(&[request(60, 60)], T0 + 31).unwrap();
+    writer.seal(SealReason::Stopped, T0 + 32).unwrap();
+
+    let recording = open_recording(&storage);
+    let report = verify_strict(&recording);
+    assert!(!report.problems.is_empty());
+    assert!(report.problems.iter().all(|p| p.path == segment_path(1)), "{:?}", report.problems);
+    let next = SegmentReader::open_with(&storage, &segment_path(2), Default::default()).unwrap();
+    let events: Vec<String> = next
+        .scan()
+        .flat_map(|batch| batch.unwrap().records)
+        .filter_map(|r| match r.frame {
+            Frame::Event(event) => Some(event.detail),
+            _ => None,
+        })
+        .collect();
+    assert!(events.iter().any(|detail| detail.contains(&damage)), "{events:?}");
+
+    // The same damage in the segment before a torn header is reported the same way.
+    let (storage, _) = sealed_recording();
+    storage.write(&segment_path(1), damaged);
+    storage.write(&segment_path(2), vec![0; 10]);
+    let (_, report) = SegmentWriter::open(Arc::new(storage.clone()), &config(&dir()), T0 + 30).unwrap();
+    assert!(report.header_rewritten && report.damage.is_some(), "{report:?}");
+}
+
 #[test]
 fn an_open_last_segment_needs_allow_open() {
     let (bytes, _, _) = unsealed_segment(3);

@@ -21,7 +21,7 @@ use super::format::{
 use super::frame::{EventFrame, EventKind, Frame, RECORD_PREFIX_BYTES, encode_body};
 use super::key_index::{self, KeyIndex};
 use super::limits;
-use super::reader::{ReadError, ReadErrorKind, ReaderOptions, SegmentName, SegmentReader, index_keys};
+use super::reader::{ReadError, ReadErrorKind, ReaderOptions, SealedFooter, SegmentName, SegmentReader, index_keys};
 use super::recorder::RecorderConfig;
 use super::storage::{SegmentFile, Storage};
 
@@ -106,12 +106,17 @@ pub struct RecoveryReport {
     pub bytes_truncated: u64,
     /// Its header was torn (created, never written): it was rewritten.
     pub header_rewritten: bool,
+    /// The sealed segment the chain continues from (the last, or the one before a torn
+    /// header) is damaged: its footer authenticates under the key, but its batch headers do
+    /// not lead to it. What is wrong, and where. The chain continues from the footer's head;
+    /// the segment is left as it is, for verify to report.
+    pub damage: Option<String>,
 }
 
 impl RecoveryReport {
     /// Whether recovery changed anything (and so records an event).
     pub fn performed(&self) -> bool {
-        self.sealed_open_segment || self.header_rewritten
+        self.sealed_open_segment || self.header_rewritten || self.damage.is_some()
     }
 
     /// A sentence for the `recovery_performed` event and the log.
@@ -121,6 +126,17 @@ impl RecoveryReport {
             .as_deref()
             .and_then(Path::file_name)
             .map_or_else(|| "none".into(), |n| n.to_string_lossy().into_owned());
+        if let Some(damage) = &self.damage {
+            let torn = if self.header_rewritten {
+                format!("segment {name} had a torn header and was rewritten; ")
+            } else {
+                String::new()
+            };
+            return format!(
+                "{torn}the sealed segment the chain continues from is damaged ({damage}); its authenticated footer \
+                 gives the chain head, and it was left as it is for verify to report"
+            );
+        }
         if self.header_rewritten {
             return format!("segment {name} had a torn header and no records; it was rewritten");
         }
@@ -379,25 +395,52 @@ impl SegmentWriter {
         self.directory.join(SegmentName { core_id: self.core_id, sequence }.file_name())
     }
 
-    /// The chain head and next record index after sealed segment `sequence`, checked.
-    fn sealed_state(&self, sequence: u64) -> Result<(ChainHead, u64), RecordError> {
+    /// The chain head and next record index after sealed segment `sequence`, checked, and
+    /// any damage found in it ([`SegmentWriter::authenticated_footer`]).
+    fn sealed_state(&self, sequence: u64) -> Result<(ChainHead, u64, Option<String>), RecordError> {
         let path = self.segment_path(sequence);
         let reader =
             SegmentReader::open_with(self.storage.as_ref(), &path, ReaderOptions::default()).map_err(corrupt)?;
-        let not_sealed = || ReadError {
-            path: path.clone(),
-            offset: reader.len(),
-            record_index: None,
-            torn_tail: false,
-            kind: ReadErrorKind::NotSealed,
-        };
-        let sealed = reader.sealed().ok_or_else(|| corrupt(not_sealed()))?;
-        self.check_sealed(&reader, &path)?;
-        Ok((sealed.footer.chain_head, sealed.footer.first_record_index + sealed.footer.record_count))
+        match self.authenticated_footer(&reader, &path)? {
+            Some((footer, damage)) => Ok((footer.chain_head, footer.first_record_index + footer.record_count, damage)),
+            None => Err(corrupt(ReadError {
+                path: path.clone(),
+                offset: reader.len(),
+                record_index: None,
+                torn_tail: false,
+                kind: ReadErrorKind::NotSealed,
+            })),
+        }
     }
 
-    fn check_sealed(&self, reader: &SegmentReader, path: &Path) -> Result<(), RecordError> {
-        let sealed = reader.sealed().expect("checked by the caller");
+    /// The footer of a segment sealed under this key, and what is damaged in it, if anything.
+    /// A sealed segment ([`SegmentReader::sealed`]) must authenticate (else it is corrupt).
+    /// One whose batch headers do not lead to its footer looks open, but if the footer its
+    /// trailer names authenticates, this writer sealed it and it was damaged afterwards: its
+    /// chain head is still the one sealed, so the chain can go on from it, and the damage is
+    /// returned to be reported (the first error a scan meets, naming its offset). `None`: not
+    /// sealed.
+    fn authenticated_footer(
+        &self,
+        reader: &SegmentReader,
+        path: &Path,
+    ) -> Result<Option<(Footer, Option<String>)>, RecordError> {
+        if let Some(sealed) = reader.sealed() {
+            self.check_sealed(reader, sealed, path)?;
+            return Ok(Some((sealed.footer.clone(), None)));
+        }
+        let Some(named) = reader.footer_named_by_trailer() else { return Ok(None) };
+        if self.check_sealed(reader, &named, path).is_err() {
+            return Ok(None);
+        }
+        let damage = match reader.scan().find_map(Result::err) {
+            Some(error) => error.to_string(),
+            None => format!("{}: its batch headers do not lead to its footer", path.display()),
+        };
+        Ok(Some((named.footer, Some(damage))))
+    }
+
+    fn check_sealed(&self, reader: &SegmentReader, sealed: &SealedFooter, path: &Path) -> Result<(), RecordError> {
         let mac = footer_mac(&self.mac_key, reader.header_bytes(), &sealed.footer_frame);
         let error = |kind| {
             corrupt(ReadError {
@@ -428,8 +471,9 @@ impl SegmentWriter {
             Err(error) if error.torn_tail => {
                 // Created but its header never fully written: it holds no records. Its
                 // sequence is reused; the chain continues from the segment before it.
-                let (chain_head, next_index) =
-                    if sequence == 0 { (genesis(self.core_id), 0) } else { self.sealed_state(sequence - 1)? };
+                let (chain_head, next_index, damage) =
+                    if sequence == 0 { (genesis(self.core_id), 0, None) } else { self.sealed_state(sequence - 1)? };
+                report.damage = damage;
                 self.chain_head = chain_head;
                 self.next_record_index = next_index;
                 self.next_sequence = sequence;
@@ -448,12 +492,12 @@ impl SegmentWriter {
                 kind: ReadErrorKind::Misnamed,
             }));
         }
-        if let Some(sealed) = reader.sealed() {
-            self.check_sealed(&reader, &path)?;
-            self.chain_head = sealed.footer.chain_head;
-            self.next_record_index = sealed.footer.first_record_index + sealed.footer.record_count;
+        if let Some((footer, damage)) = self.authenticated_footer(&reader, &path)? {
+            self.chain_head = footer.chain_head;
+            self.next_record_index = footer.first_record_index + footer.record_count;
             self.next_sequence = sequence + 1;
             report.was_sealed = true;
+            report.damage = damage;
             return Ok(());
         }
         // An open segment: a crash. Rebuild its footer state from its whole batches.
