@@ -21,8 +21,8 @@
 //! a reviewer of the item, the agent reviewing itself), 404 (unknown route or id), 405, 408
 //! (the request was not complete before [`AdminLimits::read_timeout`]), 409 (not pending any
 //! more, or already approved by this reviewer), 411 (a body without `Content-Length`: chunked
-//! bodies are refused), 413, 431, 500 (the ledger's lock is poisoned, or a decision took
-//! effect but its outcome could not be recorded), 503 (at [`AdminLimits::connections_max`],
+//! bodies are refused), 413, 431, 500 (a decision took effect but its outcome could not be
+//! recorded), 503 (at [`AdminLimits::connections_max`],
 //! or the recording could not take the decision: it was not applied).
 //!
 //! # How it serves
@@ -654,9 +654,12 @@ fn authenticate<P>(head: &RequestHead, shared: &Shared<P>) -> Result<Subject, An
     Ok(subject)
 }
 
-fn poisoned() -> Answer {
-    warn!("The approvals ledger's lock is poisoned; refusing admin requests.");
-    Answer::error(500, Fault::Server, "the approvals ledger is unavailable")
+/// The approvals ledger, locked. A panic while holding the lock leaves the ledger consistent
+/// (every method completes its change before returning), so a poisoned lock is still used, as
+/// the cores use it: refusing here would leave statements parked that nobody can decide, and
+/// a decision already on record (`RecordDecisions::before`) without its outcome.
+fn ledger<P>(shared: &Shared<P>) -> std::sync::MutexGuard<'_, Ledger<P>> {
+    shared.ledger.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 #[derive(Serialize)]
@@ -666,9 +669,7 @@ struct ListBody {
 
 fn list<P>(reviewer: &Subject, shared: &Shared<P>) -> Answer {
     let now = unix_millis();
-    let Ok(mut ledger) = shared.ledger.lock() else { return poisoned() };
-    let mut pending = ledger.list_pending(now);
-    drop(ledger);
+    let mut pending = ledger(shared).list_pending(now);
     pending.retain(|item| item.reviewer_groups.iter().any(|group| reviewer.groups.contains(group)));
     info!(sub = %reviewer.sub, n_pending = pending.len(), "Listed pending approvals.");
     Answer::json(200, &ListBody { pending })
@@ -710,7 +711,7 @@ fn decide<P>(reviewer: &Subject, query_id: &str, kind: DecisionKind, body: &[u8]
     // The ledger decides at the time it is told, not when the recording was asked (which may
     // have waited for the disk): a deadline passed meanwhile has passed.
     decision.at_unix_ms = unix_millis();
-    let Ok(mut ledger) = shared.ledger.lock() else { return poisoned() };
+    let mut ledger = ledger(shared);
     let outcome = match kind {
         DecisionKind::Approve => ledger.approve(query_id, reviewer, &decision.reason, decision.at_unix_ms),
         DecisionKind::Deny => ledger.deny(query_id, reviewer, &decision.reason, decision.at_unix_ms),
@@ -985,6 +986,28 @@ mod tests {
             server.ledger.lock().unwrap().poll(&id, "agent", 7, unix_millis()).map(|state| state.name()),
             Ok("approved")
         );
+    }
+
+    /// A panic elsewhere while holding the ledger's lock does not stop reviewers: the ledger is
+    /// consistent, so a decision is applied and its request and outcome are both on record.
+    #[test]
+    fn a_poisoned_ledger_lock_still_takes_decisions_with_both_records() {
+        let server = start_server(AdminLimits::default());
+        let addr = server.handle.local_addr();
+        let id = park(&server.ledger, "r1", "dba", 1);
+        let ledger = Arc::clone(&server.ledger);
+        let panicked = std::thread::spawn(move || {
+            let _held = ledger.lock().unwrap();
+            panic!("a panic while the ledger is locked");
+        })
+        .join();
+        assert!(panicked.is_err() && server.ledger.is_poisoned());
+        let (status, body) = get(addr, "/v1/approvals", Some("token-alice"));
+        assert_eq!((status, body["pending"].as_array().map(Vec::len)), (200, Some(1)), "{body}");
+        let (status, body) = post(addr, &decide_path(&id, "approve"), "token-alice", r#"{"reason":"ok"}"#);
+        assert_eq!((status, body["state"]["state"].as_str()), (200, Some("approved")), "{body}");
+        let decisions: Vec<_> = server.recording.entries.lock().unwrap().iter().map(|e| e.1.clone()).collect();
+        assert_eq!(decisions, [None, Some(Ok(PollState::Approved))]);
     }
 
     #[test]
