@@ -16,7 +16,7 @@ use crossbeam_queue::ArrayQueue;
 use snowgate::record::storage::{FileSystem, SplitMix64};
 use snowgate::record::{
     Decision, Durability, Frame, Principal, Recorder, RecorderConfig, RequestFrame, RequestLink, ResponseFrame,
-    SealReason, SegmentWriter,
+    SealReason, SegmentReader, SegmentWriter,
 };
 
 const FIRST_NAMES: &[&str] =
@@ -328,5 +328,62 @@ fn seal(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, encode, ingest, queue, seal);
+/// Opening a sealed segment full of small batches, as an open loop's linger windows write
+/// them (16 queries a batch), until the writer would rotate it (by the default 64 MiB, the
+/// format's most batches a segment, or its footer's size): [`SegmentReader::open`] walks
+/// every batch header from the segment header to the footer before trusting the seal, then
+/// reads the footer. Every `snowgate-tools` command pays this per segment, and recovery for
+/// the last one. From the page cache (tmpfs when there is one): the CPU's and the system
+/// calls' part, not the disk's.
+fn open_sealed(c: &mut Criterion) {
+    let shm = std::path::Path::new("/dev/shm");
+    let memory_dir = if shm.is_dir() { shm.to_path_buf() } else { std::env::temp_dir() };
+    let temp = tempfile::tempdir_in(&memory_dir).unwrap();
+    let config = RecorderConfig::new(temp.path(), 0, [1; 32]);
+    let (mut writer, _) = SegmentWriter::open(Arc::new(FileSystem), &config, 1).unwrap();
+    let path = writer.current_path().unwrap().to_owned();
+    let mut rng = SplitMix64(0x0BE7);
+    let mut batches = 0u64;
+    let rotation = loop {
+        if let Some(why) = writer.needs_rotation(2) {
+            break why;
+        }
+        let frames: Vec<Frame> = (0..16)
+            .map(|i| {
+                Frame::Request(RequestFrame {
+                    time_unix_us: 1_750_000_000_000_000 + batches * 16 + i,
+                    endpoint: Cow::Borrowed("query-request"),
+                    principal: Principal { sub: Some(format!("agent-{}", rng.below(20))), role: None, groups: vec![] },
+                    session_id: Some(7),
+                    request_id: Some(uuid(&mut rng)),
+                    query_id: Some(uuid(&mut rng)),
+                    statement: Some("select 1".into()),
+                    bindings: None,
+                    agent_context: None,
+                    query_tag: None,
+                    decision: Decision::Allowed,
+                    body: Bytes::new(),
+                })
+            })
+            .collect();
+        writer.append(&frames, 2).unwrap();
+        assert_eq!(writer.current_path(), Some(path.as_path()), "the writer rotated");
+        batches += 1;
+    };
+    writer.seal(SealReason::Stopped, 3).unwrap();
+    let bytes = std::fs::metadata(&path).unwrap().len();
+    println!("record/open_sealed: {batches} batches, {bytes} bytes, full by {rotation}");
+    let mut group = c.benchmark_group("record/open_sealed");
+    group.sample_size(10).measurement_time(Duration::from_secs(5));
+    group.bench_function(format!("{batches}_batches"), |b| {
+        b.iter(|| {
+            let reader = SegmentReader::open(&path).unwrap();
+            assert!(reader.sealed().is_some());
+            reader
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, encode, ingest, queue, seal, open_sealed);
 criterion_main!(benches);

@@ -522,8 +522,9 @@ impl Footer {
         if n_keys > limits::INDEX_KEYS_PER_SEGMENT_MAX {
             return Err(StructureError::OutOfRange);
         }
-        let mut index = FooterIndex::new();
-        let mut previous_key: Option<(IndexKind, String)> = None;
+        // The keys come sorted and unique (checked below), so they are gathered in order and
+        // the map is built from them in one go, without a search per key.
+        let mut entries: Vec<((IndexKind, String), Vec<u32>)> = Vec::with_capacity(n_keys.min(bytes.len() / 8));
         for _ in 0..n_keys {
             if at + 3 > bytes.len() {
                 return Err(StructureError::Truncated);
@@ -534,7 +535,10 @@ impl Footer {
             if key_len > limits::SHORT_FIELD_BYTES_MAX || at + key_len + 4 > bytes.len() {
                 return Err(StructureError::Truncated);
             }
-            let key = std::str::from_utf8(&bytes[at..at + key_len]).map_err(|_| StructureError::OutOfRange)?.to_owned();
+            let key = std::str::from_utf8(&bytes[at..at + key_len]).map_err(|_| StructureError::OutOfRange)?;
+            if entries.last().is_some_and(|((last_kind, last_key), _)| (*last_kind, last_key.as_str()) >= (kind, key)) {
+                return Err(StructureError::OutOfRange);
+            }
             at += key_len;
             let n_refs = u32_at(bytes, at) as usize;
             at += 4;
@@ -556,13 +560,9 @@ impl Footer {
                 ordinals.push(ordinal);
                 at += 4;
             }
-            let entry_key = (kind, key);
-            if previous_key.as_ref().is_some_and(|previous| previous >= &entry_key) {
-                return Err(StructureError::OutOfRange);
-            }
-            previous_key = Some(entry_key.clone());
-            index.insert(entry_key, ordinals);
+            entries.push(((kind, key.to_owned()), ordinals));
         }
+        let index: FooterIndex = entries.into_iter().collect();
         if at != bytes.len() {
             return Err(StructureError::OutOfRange);
         }
