@@ -71,6 +71,10 @@ struct RunArgs {
     /// Open-loop rate as a fraction of nginx's max rate.
     #[arg(long)]
     open_fraction: Option<f64>,
+    /// Open-loop rate in requests a second, instead of a fraction of nginx's max: the same
+    /// offered load for runs of two builds, whatever each run's nginx max.
+    #[arg(long, conflicts_with = "open_fraction")]
+    open_rate: Option<f64>,
     /// Idle connections for the memory figure (0 skips it).
     #[arg(long)]
     idle_connections: Option<usize>,
@@ -191,6 +195,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     spec.closed_connections = args.connections.unwrap_or(spec.closed_connections).max(1);
     spec.open_connections = args.open_connections.unwrap_or(spec.open_connections).max(1);
     spec.open_fraction = args.open_fraction.unwrap_or(spec.open_fraction);
+    spec.open_rate = args.open_rate.map(|rate| rate.max(10.0));
     spec.idle_connections = args.idle_connections.unwrap_or(spec.idle_connections);
     spec.cores_comparison = !args.no_cores;
     spec.realtime = !args.no_realtime;

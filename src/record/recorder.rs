@@ -538,7 +538,7 @@ impl Recorder {
             stop: AtomicBool::new(false),
             stats: RecorderStats::default(),
         });
-        let writer_loop = WriterLoop {
+        let mut writer_loop = WriterLoop {
             writer,
             shared: shared.clone(),
             clock: clock.clone(),
@@ -554,10 +554,16 @@ impl Recorder {
             lost_records: 0,
             last_error: String::new(),
             next_retry: None,
+            priority: Priority::default(),
         };
         let join = std::thread::Builder::new()
             .name(format!("snowgate-recorder-{}", config.core_id))
-            .spawn(move || writer_loop.run())
+            .spawn(move || {
+                if writer_loop.durability == Durability::None {
+                    writer_loop.priority = Priority::below_real_time(writer_loop.core_id);
+                }
+                writer_loop.run()
+            })
             .map_err(|source| RecordError::Io { path: config.directory.clone(), source })?;
         Ok(Recorder {
             shared,
@@ -695,11 +701,103 @@ struct WriterLoop {
     lost_records: u64,
     last_error: String,
     next_retry: Option<Instant>,
+    priority: Priority,
+}
+
+/// The recorder thread's scheduling against its core's. A gateway started under `chrt -f`
+/// runs its cores in real time, and a recorder at the same priority cannot be preempted: a
+/// request arriving during a batch (tens of µs of zstd) waits for it. So in `none` mode,
+/// where nothing waits for the recorder, it leaves the real-time policy it inherited and runs
+/// when its core is idle, which is most of the time short of overload. Should it fall behind
+/// (its queue an eighth full), it takes the inherited policy back until the queue is down to
+/// a sixty-fourth, so it cannot starve. In `batch` and `strict` modes answers or statements
+/// wait for it, so it keeps its core's priority.
+#[derive(Debug, Default)]
+struct Priority {
+    /// The real-time policy and priority inherited, while the recorder may move in and out.
+    inherited: Option<(libc::c_int, libc::c_int)>,
+    /// Whether it is back in the inherited policy now.
+    raised: bool,
+}
+
+impl Priority {
+    /// Leaves an inherited real-time policy; a thread not in one is left as it is.
+    fn below_real_time(core_id: u16) -> Priority {
+        // SAFETY: sched_getscheduler takes a thread id (0: the calling thread) and touches no
+        // memory.
+        #[allow(unsafe_code)]
+        let policy = unsafe { libc::sched_getscheduler(0) };
+        let policy = policy & !libc::SCHED_RESET_ON_FORK;
+        if policy != libc::SCHED_FIFO && policy != libc::SCHED_RR {
+            return Priority::default();
+        }
+        let mut param = libc::sched_param { sched_priority: 0 };
+        // SAFETY: `param` is an initialised sched_param the call writes into and that outlives
+        // it; thread id 0 is the calling thread.
+        #[allow(unsafe_code)]
+        let read = unsafe { libc::sched_getparam(0, &mut param) };
+        if read < 0 {
+            return Priority::default();
+        }
+        let priority = Priority { inherited: Some((policy, param.sched_priority)), raised: true };
+        match priority.set(false) {
+            Ok(()) => {
+                info!(core = core_id, "The recorder runs below its core's real-time priority while it keeps up.");
+                Priority { raised: false, ..priority }
+            }
+            Err(error) => {
+                warn!(core = core_id, error = %error, "The recorder could not leave the real-time policy.");
+                Priority::default()
+            }
+        }
+    }
+
+    /// Moves in or out of the inherited policy by how full the queue is.
+    fn follow(&mut self, queued: usize, capacity: usize) {
+        if self.inherited.is_none() {
+            return;
+        }
+        let raise = raised_at(self.raised, queued, capacity);
+        if raise != self.raised {
+            match self.set(raise) {
+                Ok(()) => self.raised = raise,
+                // A policy it cannot change any more: stay as it is, and stop trying.
+                Err(_) => self.inherited = None,
+            }
+        }
+    }
+
+    /// Whether it is in real time now (tests).
+    #[cfg(test)]
+    fn is_raised(&self) -> bool {
+        self.raised
+    }
+
+    fn set(&self, raised: bool) -> std::io::Result<()> {
+        let (policy, priority) = match (raised, self.inherited) {
+            (true, Some(inherited)) => inherited,
+            _ => (libc::SCHED_OTHER, 0),
+        };
+        let param = libc::sched_param { sched_priority: priority };
+        // SAFETY: `param` is an initialised sched_param that outlives the call, which only
+        // reads it; thread id 0 is the calling thread.
+        #[allow(unsafe_code)]
+        let changed = unsafe { libc::sched_setscheduler(0, policy, &param) };
+        if changed < 0 { Err(std::io::Error::last_os_error()) } else { Ok(()) }
+    }
+}
+
+/// Whether a recorder below its core should be back in real time, from whether it is now
+/// and how full its queue is: in at an eighth, out at a sixty-fourth (the gap keeps it from
+/// switching at every frame).
+fn raised_at(raised: bool, queued: usize, capacity: usize) -> bool {
+    if raised { queued > capacity / 64 } else { queued >= capacity / 8 }
 }
 
 impl WriterLoop {
     fn run(mut self) -> Result<(), WriteError> {
         loop {
+            self.priority.follow(self.shared.queue.len(), self.shared.queue.capacity());
             let stopping = self.shared.stop.load(Ordering::Acquire);
             let worked = match self.step(stopping) {
                 Ok(worked) => worked,
@@ -710,8 +808,11 @@ impl WriterLoop {
             }
             if !worked {
                 self.park();
-                self.linger();
             }
+            // One batch a linger window, after a batch as after a wake-up: frames that came
+            // while a batch was written (a long while when the core preempted it) wait for
+            // more rather than going out as a small batch, whose zstd tables cost the same.
+            self.linger();
         }
     }
 
@@ -790,6 +891,11 @@ impl WriterLoop {
                             item.ticket.state.store(TICKET_WRITTEN, Ordering::Release);
                             self.pending.push(item.ticket);
                         }
+                    }
+                    // Frames that came while this batch was written wait for the linger
+                    // (see `run`) unless a whole batch is waiting already.
+                    if self.lingers() && !stopping && self.shared.queue.len() < self.batch_frames_max {
+                        break;
                     }
                 }
                 Err(e) if e.is_fatal() => {
@@ -887,10 +993,16 @@ impl WriterLoop {
         }
     }
 
+    /// Whether frames wait for a linger window at all (not in `strict` mode, where each
+    /// statement waits for its record).
+    fn lingers(&self) -> bool {
+        !self.linger.is_zero() && self.durability != Durability::Strict
+    }
+
     /// Woken with frames queued: waits up to the linger for more (see
     /// [`RecorderConfig::linger`]).
     fn linger(&self) {
-        if self.linger.is_zero() || self.durability == Durability::Strict {
+        if !self.lingers() {
             return;
         }
         let queued = self.shared.queue.len();
@@ -1023,5 +1135,50 @@ mod tests {
         });
         assert_eq!(ticket.wait_durable(Duration::from_secs(5)), Some(Ok(())));
         completer.join().unwrap();
+    }
+
+    #[test]
+    fn a_recorder_below_its_core_goes_back_to_real_time_only_when_behind() {
+        let capacity = 4096;
+        assert!(!raised_at(false, 0, capacity));
+        assert!(!raised_at(false, capacity / 8 - 1, capacity));
+        assert!(raised_at(false, capacity / 8, capacity));
+        assert!(raised_at(true, capacity / 64 + 1, capacity), "it stays up until well drained");
+        assert!(!raised_at(true, capacity / 64, capacity));
+    }
+
+    /// On a real thread: one in real time leaves it, comes back when its queue is behind, and
+    /// leaves again once drained; a thread not in real time is left alone. Needs the right to
+    /// use real time (root or CAP_SYS_NICE); without it there is nothing to leave.
+    #[test]
+    fn the_recorders_thread_leaves_real_time_and_comes_back_when_behind() {
+        fn policy() -> libc::c_int {
+            // SAFETY: reads the calling thread's policy; touches no memory.
+            #[allow(unsafe_code)]
+            let policy = unsafe { libc::sched_getscheduler(0) };
+            policy & !libc::SCHED_RESET_ON_FORK
+        }
+        std::thread::spawn(|| {
+            let normal = Priority::below_real_time(0);
+            assert!(normal.inherited.is_none() && policy() == libc::SCHED_OTHER);
+            let fifo = libc::sched_param { sched_priority: 1 };
+            // SAFETY: `fifo` is an initialised sched_param that outlives the call, which only
+            // reads it; thread id 0 is the calling thread.
+            #[allow(unsafe_code)]
+            let entered = unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO, &fifo) };
+            if entered != 0 {
+                eprintln!("skipped: this test may not use real-time scheduling here");
+                return;
+            }
+            let mut priority = Priority::below_real_time(0);
+            assert_eq!(priority.inherited, Some((libc::SCHED_FIFO, 1)));
+            assert!(!priority.is_raised() && policy() == libc::SCHED_OTHER);
+            priority.follow(600, 4096);
+            assert!(priority.is_raised() && policy() == libc::SCHED_FIFO);
+            priority.follow(10, 4096);
+            assert!(!priority.is_raised() && policy() == libc::SCHED_OTHER);
+        })
+        .join()
+        .unwrap();
     }
 }

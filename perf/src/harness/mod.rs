@@ -105,6 +105,8 @@ pub struct RunSpec {
     pub open_duration: Duration,
     /// The open-loop rate as a fraction of nginx's max rate.
     pub open_fraction: f64,
+    /// The open-loop rate in requests a second, when set (instead of the fraction).
+    pub open_rate: Option<f64>,
     /// Idle connections for the memory figure (0 skips it).
     pub idle_connections: usize,
     /// Whether to measure `--cores 1` against `--cores 2`.
@@ -130,6 +132,7 @@ impl RunSpec {
             closed_duration: Duration::from_secs(5),
             open_duration: Duration::from_secs(10),
             open_fraction: 0.5,
+            open_rate: None,
             idle_connections: 10_000,
             cores_comparison: true,
             realtime: true,
@@ -433,7 +436,7 @@ pub fn run(spec: &RunSpec, command: &str) -> anyhow::Result<Report> {
         "not permitted here"
     };
     report.settings = format!(
-        "closed loop: {} agents, {} run(s) × {:?} after {:?} warm-up; open loop: {} agents, {:?}, at {:.0}% of nginx's max; \
+        "closed loop: {} agents, {} run(s) × {:?} after {:?} warm-up; open loop: {} agents, {:?}, at {}; \
          placement: closed loop = load generator + double on CPU {cpu_a}, proxy on CPU {cpu_b}; open loop = load generator \
          on CPU {cpu_a}, double + proxy on CPU {cpu_b}; nice {nice} for all of them; real-time (SCHED_FIFO 1) {realtime} for the double, the proxy \
          and the closed-loop load generator (the open-loop one spins and stays at nice {nice}); open files limit {nofile}",
@@ -443,7 +446,10 @@ pub fn run(spec: &RunSpec, command: &str) -> anyhow::Result<Report> {
         spec.warmup,
         spec.open_connections,
         spec.open_duration,
-        spec.open_fraction * 100.0
+        spec.open_rate.map_or_else(
+            || format!("{:.0}% of nginx's max", spec.open_fraction * 100.0),
+            |rate| format!("{rate:.0} req/s")
+        )
     );
     for payload in &spec.payloads {
         report.payloads.push(run_payload(spec, &env, &runnable, payload)?);
@@ -578,7 +584,9 @@ fn run_payload(
             .map(|(_, runs)| median(runs.iter().map(|r| r.requests_per_sec)))
             .reduce(f64::max)
     });
-    let rate = (reference.or_else(|| max_of("direct")).unwrap_or(1000.0) * spec.open_fraction).max(10.0);
+    let rate = spec
+        .open_rate
+        .unwrap_or_else(|| (reference.or_else(|| max_of("direct")).unwrap_or(1000.0) * spec.open_fraction).max(10.0));
     out.open_rate = rate;
     let double = start_double(cpu_b)?;
     let realtime = spec.realtime && procs::realtime_allowed();
