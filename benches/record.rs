@@ -276,6 +276,25 @@ fn queue(c: &mut Criterion) {
     recorder.stop().unwrap();
 }
 
+/// The `n`th of a stream of body-less query requests from 20 identities, with fresh request
+/// and query ids: what fills a footer's index fastest.
+fn index_only_request(rng: &mut SplitMix64, n: u64) -> Frame {
+    Frame::Request(RequestFrame {
+        time_unix_us: 1_750_000_000_000_000 + n,
+        endpoint: Cow::Borrowed("query-request"),
+        principal: Principal { sub: Some(format!("agent-{}", rng.below(20))), role: None, groups: vec![] },
+        session_id: Some(7),
+        request_id: Some(uuid(rng)),
+        query_id: Some(uuid(rng)),
+        statement: Some("select 1".into()),
+        bindings: None,
+        agent_context: None,
+        query_tag: None,
+        decision: Decision::Allowed,
+        body: Bytes::new(),
+    })
+}
+
 /// Sealing a segment whose index holds `n` queries (a query id and a request id each, and a
 /// few identities): the footer is built, sorted, encoded, authenticated and written. This runs
 /// on the recorder thread, so it is a pause in recording (and, on a CPU a core shares, in
@@ -287,24 +306,7 @@ fn seal(c: &mut Criterion) {
     group.sample_size(10).measurement_time(Duration::from_secs(10));
     for n in [10_000usize, 100_000] {
         let mut rng = SplitMix64(0xF007);
-        let frames: Vec<Frame> = (0..n)
-            .map(|i| {
-                Frame::Request(RequestFrame {
-                    time_unix_us: 1_750_000_000_000_000 + i as u64,
-                    endpoint: Cow::Borrowed("query-request"),
-                    principal: Principal { sub: Some(format!("agent-{}", rng.below(20))), role: None, groups: vec![] },
-                    session_id: Some(7),
-                    request_id: Some(uuid(&mut rng)),
-                    query_id: Some(uuid(&mut rng)),
-                    statement: Some("select 1".into()),
-                    bindings: None,
-                    agent_context: None,
-                    query_tag: None,
-                    decision: Decision::Allowed,
-                    body: Bytes::new(),
-                })
-            })
-            .collect();
+        let frames: Vec<Frame> = (0..n as u64).map(|i| index_only_request(&mut rng, i)).collect();
         group.bench_function(format!("{n}_queries"), |b| {
             b.iter_batched(
                 || {
@@ -348,24 +350,7 @@ fn open_sealed(c: &mut Criterion) {
         if let Some(why) = writer.needs_rotation(2) {
             break why;
         }
-        let frames: Vec<Frame> = (0..16)
-            .map(|i| {
-                Frame::Request(RequestFrame {
-                    time_unix_us: 1_750_000_000_000_000 + batches * 16 + i,
-                    endpoint: Cow::Borrowed("query-request"),
-                    principal: Principal { sub: Some(format!("agent-{}", rng.below(20))), role: None, groups: vec![] },
-                    session_id: Some(7),
-                    request_id: Some(uuid(&mut rng)),
-                    query_id: Some(uuid(&mut rng)),
-                    statement: Some("select 1".into()),
-                    bindings: None,
-                    agent_context: None,
-                    query_tag: None,
-                    decision: Decision::Allowed,
-                    body: Bytes::new(),
-                })
-            })
-            .collect();
+        let frames: Vec<Frame> = (0..16).map(|i| index_only_request(&mut rng, batches * 16 + i)).collect();
         writer.append(&frames, 2).unwrap();
         assert_eq!(writer.current_path(), Some(path.as_path()), "the writer rotated");
         batches += 1;
