@@ -723,11 +723,7 @@ struct Priority {
 impl Priority {
     /// Leaves an inherited real-time policy; a thread not in one is left as it is.
     fn below_real_time(core_id: u16) -> Priority {
-        // SAFETY: sched_getscheduler takes a thread id (0: the calling thread) and touches no
-        // memory.
-        #[allow(unsafe_code)]
-        let policy = unsafe { libc::sched_getscheduler(0) };
-        let policy = policy & !libc::SCHED_RESET_ON_FORK;
+        let policy = current_policy();
         if policy != libc::SCHED_FIFO && policy != libc::SCHED_RR {
             return Priority::default();
         }
@@ -739,11 +735,10 @@ impl Priority {
         if read < 0 {
             return Priority::default();
         }
-        let priority = Priority { inherited: Some((policy, param.sched_priority)), raised: true };
-        match priority.set(false) {
+        match set_policy(libc::SCHED_OTHER, 0) {
             Ok(()) => {
                 info!(core = core_id, "The recorder runs below its core's real-time priority while it keeps up.");
-                Priority { raised: false, ..priority }
+                Priority { inherited: Some((policy, param.sched_priority)), raised: false }
             }
             Err(error) => {
                 warn!(core = core_id, error = %error, "The recorder could not leave the real-time policy.");
@@ -774,17 +769,31 @@ impl Priority {
     }
 
     fn set(&self, raised: bool) -> std::io::Result<()> {
-        let (policy, priority) = match (raised, self.inherited) {
-            (true, Some(inherited)) => inherited,
-            _ => (libc::SCHED_OTHER, 0),
-        };
-        let param = libc::sched_param { sched_priority: priority };
-        // SAFETY: `param` is an initialised sched_param that outlives the call, which only
-        // reads it; thread id 0 is the calling thread.
-        #[allow(unsafe_code)]
-        let changed = unsafe { libc::sched_setscheduler(0, policy, &param) };
-        if changed < 0 { Err(std::io::Error::last_os_error()) } else { Ok(()) }
+        match (raised, self.inherited) {
+            (true, Some((policy, priority))) => set_policy(policy, priority),
+            _ => set_policy(libc::SCHED_OTHER, 0),
+        }
     }
+}
+
+/// The calling thread's scheduling policy (without `SCHED_RESET_ON_FORK`); negative if it
+/// cannot be read.
+fn current_policy() -> libc::c_int {
+    // SAFETY: sched_getscheduler takes a thread id (0: the calling thread) and touches no
+    // memory.
+    #[allow(unsafe_code)]
+    let policy = unsafe { libc::sched_getscheduler(0) };
+    if policy < 0 { policy } else { policy & !libc::SCHED_RESET_ON_FORK }
+}
+
+/// Puts the calling thread in `policy` at `priority`.
+fn set_policy(policy: libc::c_int, priority: libc::c_int) -> std::io::Result<()> {
+    let param = libc::sched_param { sched_priority: priority };
+    // SAFETY: `param` is an initialised sched_param that outlives the call, which only reads
+    // it; thread id 0 is the calling thread.
+    #[allow(unsafe_code)]
+    let changed = unsafe { libc::sched_setscheduler(0, policy, &param) };
+    if changed < 0 { Err(std::io::Error::last_os_error()) } else { Ok(()) }
 }
 
 /// Whether a recorder below its core should be back in real time, from whether it is now
@@ -1152,21 +1161,11 @@ mod tests {
     /// use real time (root or CAP_SYS_NICE); without it there is nothing to leave.
     #[test]
     fn the_recorders_thread_leaves_real_time_and_comes_back_when_behind() {
-        fn policy() -> libc::c_int {
-            // SAFETY: reads the calling thread's policy; touches no memory.
-            #[allow(unsafe_code)]
-            let policy = unsafe { libc::sched_getscheduler(0) };
-            policy & !libc::SCHED_RESET_ON_FORK
-        }
-        std::thread::spawn(|| {
+        let policy = current_policy;
+        std::thread::spawn(move || {
             let normal = Priority::below_real_time(0);
             assert!(normal.inherited.is_none() && policy() == libc::SCHED_OTHER);
-            let fifo = libc::sched_param { sched_priority: 1 };
-            // SAFETY: `fifo` is an initialised sched_param that outlives the call, which only
-            // reads it; thread id 0 is the calling thread.
-            #[allow(unsafe_code)]
-            let entered = unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO, &fifo) };
-            if entered != 0 {
+            if set_policy(libc::SCHED_FIFO, 1).is_err() {
                 eprintln!("skipped: this test may not use real-time scheduling here");
                 return;
             }

@@ -402,7 +402,7 @@ impl SegmentWriter {
         let reader =
             SegmentReader::open_with(self.storage.as_ref(), &path, ReaderOptions::default()).map_err(corrupt)?;
         match self.authenticated_footer(&reader, &path)? {
-            Some((footer, damage)) => Ok((footer.chain_head, footer.first_record_index + footer.record_count, damage)),
+            Some(after) => Ok(after),
             None => Err(corrupt(ReadError {
                 path: path.clone(),
                 offset: reader.len(),
@@ -413,8 +413,9 @@ impl SegmentWriter {
         }
     }
 
-    /// The footer of a segment sealed under this key, and what is damaged in it, if anything.
-    /// A sealed segment ([`SegmentReader::sealed`]) must authenticate (else it is corrupt).
+    /// The chain head and next record index after a segment sealed under this key (from its
+    /// footer), and what is damaged in it, if anything. A sealed segment
+    /// ([`SegmentReader::sealed`]) must authenticate (else it is corrupt).
     /// One whose batch headers do not lead to its footer looks open, but if the footer its
     /// trailer names authenticates, this writer sealed it and it was damaged afterwards: its
     /// chain head is still the one sealed, so the chain can go on from it, and the damage is
@@ -424,10 +425,12 @@ impl SegmentWriter {
         &self,
         reader: &SegmentReader,
         path: &Path,
-    ) -> Result<Option<(Footer, Option<String>)>, RecordError> {
+    ) -> Result<Option<(ChainHead, u64, Option<String>)>, RecordError> {
+        let after = |footer: &Footer| (footer.chain_head, footer.first_record_index + footer.record_count);
         if let Some(sealed) = reader.sealed() {
             self.check_sealed(reader, sealed, path)?;
-            return Ok(Some((sealed.footer.clone(), None)));
+            let (chain_head, next_index) = after(&sealed.footer);
+            return Ok(Some((chain_head, next_index, None)));
         }
         let Some(named) = reader.footer_named_by_trailer() else { return Ok(None) };
         if self.check_sealed(reader, &named, path).is_err() {
@@ -437,7 +440,8 @@ impl SegmentWriter {
             Some(error) => error.to_string(),
             None => format!("{}: its batch headers do not lead to its footer", path.display()),
         };
-        Ok(Some((named.footer, Some(damage))))
+        let (chain_head, next_index) = after(&named.footer);
+        Ok(Some((chain_head, next_index, Some(damage))))
     }
 
     fn check_sealed(&self, reader: &SegmentReader, sealed: &SealedFooter, path: &Path) -> Result<(), RecordError> {
@@ -492,9 +496,9 @@ impl SegmentWriter {
                 kind: ReadErrorKind::Misnamed,
             }));
         }
-        if let Some((footer, damage)) = self.authenticated_footer(&reader, &path)? {
-            self.chain_head = footer.chain_head;
-            self.next_record_index = footer.first_record_index + footer.record_count;
+        if let Some((chain_head, next_index, damage)) = self.authenticated_footer(&reader, &path)? {
+            self.chain_head = chain_head;
+            self.next_record_index = next_index;
             self.next_sequence = sequence + 1;
             report.was_sealed = true;
             report.damage = damage;
