@@ -654,14 +654,6 @@ fn authenticate<P>(head: &RequestHead, shared: &Shared<P>) -> Result<Subject, An
     Ok(subject)
 }
 
-/// The approvals ledger, locked. A panic while holding the lock leaves the ledger consistent
-/// (every method completes its change before returning), so a poisoned lock is still used, as
-/// the cores use it: refusing here would leave statements parked that nobody can decide, and
-/// a decision already on record (`RecordDecisions::before`) without its outcome.
-fn ledger<P>(shared: &Shared<P>) -> std::sync::MutexGuard<'_, Ledger<P>> {
-    shared.ledger.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
 #[derive(Serialize)]
 struct ListBody {
     pending: Vec<PendingView>,
@@ -669,7 +661,7 @@ struct ListBody {
 
 fn list<P>(reviewer: &Subject, shared: &Shared<P>) -> Answer {
     let now = unix_millis();
-    let mut pending = ledger(shared).list_pending(now);
+    let mut pending = Ledger::lock(&shared.ledger).list_pending(now);
     pending.retain(|item| item.reviewer_groups.iter().any(|group| reviewer.groups.contains(group)));
     info!(sub = %reviewer.sub, n_pending = pending.len(), "Listed pending approvals.");
     Answer::json(200, &ListBody { pending })
@@ -711,7 +703,7 @@ fn decide<P>(reviewer: &Subject, query_id: &str, kind: DecisionKind, body: &[u8]
     // The ledger decides at the time it is told, not when the recording was asked (which may
     // have waited for the disk): a deadline passed meanwhile has passed.
     decision.at_unix_ms = unix_millis();
-    let mut ledger = ledger(shared);
+    let mut ledger = Ledger::lock(&shared.ledger);
     let outcome = match kind {
         DecisionKind::Approve => ledger.approve(query_id, reviewer, &decision.reason, decision.at_unix_ms),
         DecisionKind::Deny => ledger.deny(query_id, reviewer, &decision.reason, decision.at_unix_ms),

@@ -15,6 +15,7 @@
 //! purged by [`Ledger::expire`].
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use serde::Serialize;
@@ -375,6 +376,14 @@ impl<P> Ledger<P> {
     /// An empty ledger.
     pub fn new(limits: LedgerLimits) -> Ledger<P> {
         Ledger { limits, items: HashMap::new(), by_key: HashMap::new() }
+    }
+
+    /// Locks a shared ledger. A panic while holding the lock leaves the ledger consistent
+    /// (every method completes its change before returning), so a poisoned lock is still used:
+    /// refusing would leave statements parked that nobody can decide, and a reviewer's decision
+    /// already on record without its outcome.
+    pub fn lock(shared: &Mutex<Ledger<P>>) -> MutexGuard<'_, Ledger<P>> {
+        shared.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Items held (decided ones included).

@@ -127,9 +127,7 @@ fn rule_name(decided_by: &DecidedBy) -> String {
 }
 
 fn ledger(core: &Core) -> MutexGuard<'_, Ledger<ParkedStatement>> {
-    // A panic while holding the lock leaves the ledger consistent (every method completes
-    // its change before returning), so a poisoned lock is still usable.
-    core.gateway.ledger.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    Ledger::lock(&core.gateway.ledger)
 }
 
 /// Classifies `text` off the core and decides it. A denial is noted in `capture`.
