@@ -419,34 +419,38 @@ fn cards_in_groups(
     followed_by_word: bool,
     found: &mut dyn FnMut(usize, usize),
 ) -> Option<usize> {
-    const GROUPS_MAX: usize = 24;
-    let mut groups = [(0u32, 0u32); GROUPS_MAX];
-    let mut n_groups = 0;
-    let mut j = start;
-    while j < end && n_groups < GROUPS_MAX {
-        let group_start = j;
-        while j < end && has(text[j], DIGIT) {
-            j += 1;
+    // The groups are single separators apart, and a card spans at most 19 digits, so each
+    // first group is tried with the few after it, however many groups the run has.
+    let group_end = |mut at: usize| {
+        while at < end && has(text[at], DIGIT) {
+            at += 1;
         }
-        groups[n_groups] = (group_start as u32, j as u32);
-        n_groups += 1;
-        j += 1;
-    }
-    for first in usize::from(preceded_by_word)..n_groups {
-        let mut digits = 0;
-        for last in first..n_groups {
-            digits += (groups[last].1 - groups[last].0) as usize;
-            if digits > 19 {
-                break;
-            }
-            let bounded = last + 1 < n_groups || !followed_by_word;
-            let (from, to) = (groups[first].0 as usize, groups[last].1 as usize);
-            if digits >= 13 && bounded && luhn_valid(&text[from..to]) {
-                let reach = digits_after(text, end);
-                found(from, reach);
-                return Some(reach);
+        at
+    };
+    let mut first = start;
+    while first < end {
+        let first_end = group_end(first);
+        if !(first == start && preceded_by_word) {
+            let (mut digits, mut last) = (0, first);
+            loop {
+                let last_end = group_end(last);
+                digits += last_end - last;
+                if digits > 19 {
+                    break;
+                }
+                let bounded = last_end < end || !followed_by_word;
+                if digits >= 13 && bounded && luhn_valid(&text[first..last_end]) {
+                    let reach = digits_after(text, end);
+                    found(first, reach);
+                    return Some(reach);
+                }
+                if last_end >= end {
+                    break;
+                }
+                last = last_end + 1;
             }
         }
+        first = first_end + 1;
     }
     None
 }
@@ -897,7 +901,7 @@ mod tests {
     /// The detectors as first written, before the fast paths: what the optimised ones must
     /// still find, compared on generated text below.
     mod reference {
-        use super::super::{ALNUM, DIGIT, EMAIL_DOMAIN, EMAIL_LOCAL, LOWER, UPPER, cards_in_groups, has};
+        use super::super::{ALNUM, DIGIT, EMAIL_DOMAIN, EMAIL_LOCAL, LOWER, UPPER, has};
 
         pub(super) fn luhn_valid(text: &[u8]) -> bool {
             const DOUBLED: [u32; 10] = [0, 2, 4, 6, 8, 1, 3, 5, 7, 9];
@@ -944,11 +948,45 @@ mod tests {
                     reach = groups_after(text, j);
                     found(i, reach);
                 } else if groups > 1 {
-                    reach = cards_in_groups(text, i, j, preceded_by_word, followed_by_word, found).unwrap_or(j);
+                    reach = grouped_cards(text, i, j, preceded_by_word, followed_by_word, found).unwrap_or(j);
                 }
                 i = reach.max(i + 1);
             }
             find_dotted_cards(text, found);
+        }
+
+        /// Cards among the groups of the run `text[i..j]` (digits joined by single spaces or
+        /// dashes) that is not one as a whole: the leftmost window of consecutive groups of 13
+        /// to 19 digits that passes Luhn, not starting at the run's first group when it is
+        /// glued to a word before nor ending at its last when glued to one after; masked from
+        /// its start to the end of the groups joined after the run. Where that ends.
+        fn grouped_cards(
+            text: &[u8],
+            i: usize,
+            j: usize,
+            glued_before: bool,
+            glued_after: bool,
+            found: &mut dyn FnMut(usize, usize),
+        ) -> Option<usize> {
+            let mut groups = Vec::new();
+            let mut at = i;
+            for group in text[i..j].split(|b| !b.is_ascii_digit()) {
+                groups.push((at, at + group.len()));
+                at += group.len() + 1;
+            }
+            for first in usize::from(glued_before)..groups.len() {
+                for last in first..groups.len() {
+                    let digits: usize = groups[first..=last].iter().map(|(s, e)| e - s).sum();
+                    let bounded = last + 1 < groups.len() || !glued_after;
+                    let (from, to) = (groups[first].0, groups[last].1);
+                    if (13..=19).contains(&digits) && bounded && luhn_valid(&text[from..to]) {
+                        let reach = groups_after(text, j);
+                        found(from, reach);
+                        return Some(reach);
+                    }
+                }
+            }
+            None
         }
 
         /// The end of the digit groups joined to `end` by single separators of any kind.
@@ -1105,6 +1143,26 @@ mod tests {
     }
 
     #[test]
+    fn a_card_after_many_short_groups_is_found() {
+        // A run of digit groups may be as long as the value: a card after its 24th group
+        // must be found like one after its first.
+        for sep in [" ", "-"] {
+            for groups_before in [1, 23, 24, 25, 40, 200] {
+                let text = format!("{}{sep}4111{sep}1111{sep}1111{sep}1111", vec!["7"; groups_before].join(sep));
+                let mut spans = Vec::new();
+                find_cards(text.as_bytes(), &mut |s, e| spans.push((s, e)));
+                // Leftmost first: the card may start among the sevens (a window of them and
+                // the card's first groups can pass Luhn too); either way it is all covered.
+                let card = 2 * groups_before;
+                assert!(
+                    matches!(spans[..], [(start, end)] if start <= card && end == text.len()),
+                    "{groups_before} groups before, {sep:?}: {spans:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
     fn a_kept_card_tail_does_not_start_another_card() {
         // Found by the `mask_json` fuzz target: the last group kept visible joined the
         // digits after it into a second card, which only a second pass found.
@@ -1149,7 +1207,54 @@ mod tests {
         assert_eq!(all_digits_luhn(&[b'1'; 25]), None);
     }
 
+    /// Long runs of short digit groups joined by spaces or dashes, some of them cards: random
+    /// groups, or one digit repeated (which forms no card for some digits, so that a card
+    /// after many of them is the first one in its run).
+    fn grouped_digits() -> impl proptest::strategy::Strategy<Value = Vec<u8>> {
+        use proptest::prelude::*;
+        let card = proptest::sample::select(vec![b"4111 1111 1111 1111".to_vec(), b"4532-0151-1283-0366".to_vec()]);
+        let random = prop_oneof![4 => proptest::collection::vec(b'0'..=b'9', 1..6), 1 => card.clone()];
+        let repeated = (b'0'..=b'9', 0usize..60, card)
+            .prop_map(|(digit, n, card)| std::iter::repeat_n(vec![digit], n).chain([card]).collect::<Vec<_>>());
+        let group = prop_oneof![random.prop_map(|g| vec![g]), repeated];
+        let edge = proptest::sample::select(vec![Vec::new(), b"x".to_vec(), b" ".to_vec()]);
+        (edge.clone(), proptest::collection::vec((group, proptest::sample::select(vec![b' ', b'-'])), 1..40), edge)
+            .prop_map(|(before, pieces, after)| {
+                let mut text = before;
+                let groups = pieces.iter().flat_map(|(groups, sep)| groups.iter().map(move |g| (g, *sep)));
+                for (i, (group, sep)) in groups.enumerate() {
+                    if i > 0 {
+                        text.push(sep);
+                    }
+                    text.extend_from_slice(group);
+                }
+                text.extend_from_slice(&after);
+                text
+            })
+    }
+
     proptest::proptest! {
+        #[test]
+        fn cards_in_long_runs_of_groups_equal_the_reference(text in grouped_digits()) {
+            let (mut fast, mut slow) = (Vec::new(), Vec::new());
+            find_cards(&text, &mut |s, e| fast.push((s, e)));
+            reference::find_cards(&text, &mut |s, e| slow.push((s, e)));
+            proptest::prop_assert_eq!(&fast, &slow);
+            // Every whole card in the text not glued to a word is inside what is found.
+            for card in [&b"4111 1111 1111 1111"[..], b"4532-0151-1283-0366"] {
+                for at in memchr::memmem::find_iter(&text, card) {
+                    let end = at + card.len();
+                    if (at > 0 && text[at - 1] == b'x') || text.get(end) == Some(&b'x') {
+                        continue;
+                    }
+                    proptest::prop_assert!(
+                        fast.iter().any(|&(s, e)| s <= at && at + card.len() <= e),
+                        "{:?} at {} not in {:?}", String::from_utf8_lossy(&text), at, fast
+                    );
+                }
+            }
+        }
+
         #[test]
         fn masked_cards_are_not_found_again(text in detector_text(), keep in 0usize..=4) {
             let once = mask_cards(&text, keep);
