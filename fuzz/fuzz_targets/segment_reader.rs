@@ -131,9 +131,12 @@ fuzz_target!(|data: &[u8]| {
         assert!(named.footer_offset + named.footer_frame.len() as u64 <= len);
     }
     if let Some(sealed) = reader.sealed() {
-        for (kind, key) in sealed.footer.index.keys().take(4) {
-            if let Ok(found) = reader.find(*kind, key) {
-                assert!(found.iter().all(|r| index_keys(&r.frame).any(|(k, v)| k == *kind && v == key)));
+        let index = &sealed.footer.index;
+        for (kind, key, ordinals) in index.iter().take(4) {
+            // The index searched where it lies finds each key it lists, with its ordinals.
+            assert!(index.get(kind, key).is_some_and(|found| found.eq(ordinals)));
+            if let Ok(found) = reader.find(kind, key) {
+                assert!(found.iter().all(|r| index_keys(&r.frame).any(|(k, v)| k == kind && v == key)));
             }
         }
     }

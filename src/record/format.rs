@@ -5,6 +5,8 @@
 
 use std::collections::BTreeMap;
 
+use bytes::Bytes;
+
 use super::limits;
 
 /// The first eight bytes of every segment file.
@@ -342,9 +344,168 @@ impl IndexKind {
     }
 }
 
-/// The footer index: for each key, the ordinals (in the batch table) of the batches holding
-/// a record with that key, ascending.
-pub type FooterIndex = BTreeMap<(IndexKind, String), Vec<u32>>;
+/// A footer index built in memory (verify, tests): for each key, the ordinals (in the batch
+/// table) of the batches holding a record with that key, ascending. [`FooterIndex::from`]
+/// encodes it.
+pub type IndexMap = BTreeMap<(IndexKind, String), Vec<u32>>;
+
+/// The footer index: for each key (an identity, query id or request id), the ordinals in the
+/// batch table of the batches holding a record with it, ascending. Held as the footer encodes
+/// it (keys sorted by kind, then bytes, each once), checked whole when decoded and then
+/// searched where it lies: opening a sealed segment costs no allocation per key (search,
+/// verify and recovery open every segment; a full one holds hundreds of thousands of keys).
+/// The encoding is canonical, so two indexes are equal when their bytes are.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct FooterIndex {
+    /// The entries as encoded: kind (1 byte), key length (2), key, ordinal count (4),
+    /// ordinals (4 each), little-endian; a slice of the footer frame as read.
+    bytes: Bytes,
+    /// Where each entry starts in `bytes`, in key order.
+    starts: Vec<u32>,
+}
+
+/// The ordinals of the batches holding one key, ascending, read from the index's bytes.
+#[derive(Clone)]
+pub struct Ordinals<'a>(&'a [u8]);
+
+impl Iterator for Ordinals<'_> {
+    type Item = u32;
+
+    fn next(&mut self) -> Option<u32> {
+        let (first, rest) = self.0.split_first_chunk::<4>()?;
+        self.0 = rest;
+        Some(u32::from_le_bytes(*first))
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        (self.0.len() / 4, Some(self.0.len() / 4))
+    }
+}
+
+impl ExactSizeIterator for Ordinals<'_> {}
+
+impl std::fmt::Debug for Ordinals<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.clone()).finish()
+    }
+}
+
+impl FooterIndex {
+    /// Keys in the index.
+    pub fn len(&self) -> usize {
+        self.starts.len()
+    }
+
+    /// Whether the index holds no key.
+    pub fn is_empty(&self) -> bool {
+        self.starts.is_empty()
+    }
+
+    /// The entry starting at `start`: its kind, key and ordinals (checked when decoded).
+    fn entry_at(&self, start: u32) -> (IndexKind, &str, Ordinals<'_>) {
+        let at = start as usize;
+        let kind = IndexKind::from_code(self.bytes[at]).expect("checked when decoded");
+        let key_end = at + 3 + usize::from(u16_at(&self.bytes, at + 1));
+        let key = std::str::from_utf8(&self.bytes[at + 3..key_end]).expect("checked when decoded");
+        let n_refs = u32_at(&self.bytes, key_end) as usize;
+        (kind, key, Ordinals(&self.bytes[key_end + 4..key_end + 4 + 4 * n_refs]))
+    }
+
+    /// Every key with its ordinals, in key order.
+    pub fn iter(&self) -> impl Iterator<Item = (IndexKind, &str, Ordinals<'_>)> {
+        self.starts.iter().map(|&start| self.entry_at(start))
+    }
+
+    /// The ordinals of the batches holding `key`, if any does.
+    pub fn get(&self, kind: IndexKind, key: &str) -> Option<Ordinals<'_>> {
+        let found = self.starts.binary_search_by(|&start| {
+            let (k, key_here, _) = self.entry_at(start);
+            (k, key_here).cmp(&(kind, key))
+        });
+        found.ok().map(|n| self.entry_at(self.starts[n]).2)
+    }
+
+    /// Whether a batch holds `key`.
+    pub fn contains_key(&self, kind: IndexKind, key: &str) -> bool {
+        self.get(kind, key).is_some()
+    }
+
+    /// Reads `n_keys` entries from the start of `bytes`, checking that they are what a
+    /// writer writes: known kinds, UTF-8 keys, sorted and unique, each in at least one batch
+    /// and at most every one, its ordinals ascending and inside the table of `n_batches`.
+    /// Returns the index and the bytes it took.
+    fn decode(body: &Bytes, from: usize, n_keys: usize, n_batches: usize) -> Result<FooterIndex, StructureError> {
+        let bytes = &body[from..];
+        if n_keys > limits::INDEX_KEYS_PER_SEGMENT_MAX {
+            return Err(StructureError::OutOfRange);
+        }
+        let mut starts = Vec::with_capacity(n_keys.min(bytes.len() / 8));
+        let mut previous: Option<(IndexKind, &str)> = None;
+        let mut at = 0;
+        for _ in 0..n_keys {
+            if at + 3 > bytes.len() {
+                return Err(StructureError::Truncated);
+            }
+            let kind = IndexKind::from_code(bytes[at]).ok_or(StructureError::OutOfRange)?;
+            let key_len = usize::from(u16_at(bytes, at + 1));
+            let key_at = at + 3;
+            if key_len > limits::SHORT_FIELD_BYTES_MAX || key_at + key_len + 4 > bytes.len() {
+                return Err(StructureError::Truncated);
+            }
+            let key = std::str::from_utf8(&bytes[key_at..key_at + key_len]).map_err(|_| StructureError::OutOfRange)?;
+            if previous.is_some_and(|previous| previous >= (kind, key)) {
+                return Err(StructureError::OutOfRange);
+            }
+            previous = Some((kind, key));
+            let refs_at = key_at + key_len + 4;
+            let n_refs = u32_at(bytes, key_at + key_len) as usize;
+            let refs_end = n_refs
+                .checked_mul(4)
+                .and_then(|n| n.checked_add(refs_at))
+                .filter(|&end| end <= bytes.len())
+                .ok_or(StructureError::Truncated)?;
+            if n_refs == 0 || n_refs > n_batches {
+                return Err(StructureError::OutOfRange);
+            }
+            let mut last = None;
+            for ordinal in Ordinals(&bytes[refs_at..refs_end]) {
+                // Ascending, unique and inside the table: anything else is not what a writer writes.
+                if ordinal as usize >= n_batches || last.is_some_and(|last| last >= ordinal) {
+                    return Err(StructureError::OutOfRange);
+                }
+                last = Some(ordinal);
+            }
+            starts.push(at as u32);
+            at = refs_end;
+        }
+        Ok(FooterIndex { bytes: body.slice(from..from + at), starts })
+    }
+}
+
+impl From<&IndexMap> for FooterIndex {
+    /// Encodes a map's entries as they are (an empty list of ordinals included, which
+    /// decoding refuses: tests build such footers on purpose).
+    fn from(map: &IndexMap) -> FooterIndex {
+        let (mut bytes, mut starts) = (Vec::new(), Vec::with_capacity(map.len()));
+        for ((kind, key), ordinals) in map {
+            starts.push(bytes.len() as u32);
+            bytes.push(kind.code());
+            bytes.extend_from_slice(&(key.len() as u16).to_le_bytes());
+            bytes.extend_from_slice(key.as_bytes());
+            bytes.extend_from_slice(&(ordinals.len() as u32).to_le_bytes());
+            for ordinal in ordinals {
+                bytes.extend_from_slice(&ordinal.to_le_bytes());
+            }
+        }
+        FooterIndex { bytes: Bytes::from(bytes), starts }
+    }
+}
+
+impl std::fmt::Debug for FooterIndex {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_map().entries(self.iter().map(|(kind, key, ordinals)| ((kind, key), ordinals))).finish()
+    }
+}
 
 /// Index keys a footer encoder handles between two calls of its `pause`: about a millisecond
 /// of work. A seal runs on the recorder thread, which may share a CPU with a core at the same
@@ -388,14 +549,22 @@ pub struct Footer {
 impl Footer {
     /// The footer body's bytes (without the footer frame header).
     pub fn encode_body(&self) -> Vec<u8> {
-        let mut out = Vec::new();
-        self.encode_body_into(&self.index_entries(), &mut out, &mut || {});
-        out
+        self.encode_frame().split_off(FOOTER_HEADER_BYTES)
     }
 
     /// The whole footer frame: header and body.
     pub fn encode_frame(&self) -> Vec<u8> {
-        self.encode_frame_with_index(&self.index_entries(), &mut || {})
+        let mut frame = Vec::with_capacity(FOOTER_HEADER_BYTES + self.body_bytes(self.index.bytes.len()));
+        frame.extend_from_slice(&[0u8; FOOTER_HEADER_BYTES]);
+        self.encode_table_into(&mut frame);
+        frame.extend_from_slice(&(self.index.len() as u32).to_le_bytes());
+        frame.extend_from_slice(&self.index.bytes);
+        Footer::finish_frame(frame)
+    }
+
+    /// Body bytes, the index's entries taking `index_bytes`.
+    fn body_bytes(&self, index_bytes: usize) -> usize {
+        FOOTER_FIXED_BYTES + self.batches.len() * BATCH_ENTRY_BYTES + 4 + index_bytes
     }
 
     /// The whole footer frame, its index being `index` (sorted by kind, then key bytes; each
@@ -405,10 +574,28 @@ impl Footer {
     pub(crate) fn encode_frame_with_index(&self, index: &[IndexEntry<'_>], pause: &mut dyn FnMut()) -> Vec<u8> {
         debug_assert!(index.windows(2).all(|w| (w[0].kind, w[0].key) < (w[1].kind, w[1].key)), "index not sorted");
         let index_bytes: usize = index.iter().map(|e| 7 + e.key.len() + 4 * (1 + e.more.len())).sum();
-        let body_bytes = FOOTER_FIXED_BYTES + self.batches.len() * BATCH_ENTRY_BYTES + 4 + index_bytes;
-        let mut frame = Vec::with_capacity(FOOTER_HEADER_BYTES + body_bytes);
+        let mut frame = Vec::with_capacity(FOOTER_HEADER_BYTES + self.body_bytes(index_bytes));
         frame.extend_from_slice(&[0u8; FOOTER_HEADER_BYTES]);
-        self.encode_body_into(index, &mut frame, pause);
+        self.encode_table_into(&mut frame);
+        frame.extend_from_slice(&(index.len() as u32).to_le_bytes());
+        for (n, entry) in index.iter().enumerate() {
+            if n > 0 && n % PAUSE_EVERY_KEYS == 0 {
+                pause();
+            }
+            frame.push(entry.kind.code());
+            frame.extend_from_slice(&(entry.key.len() as u16).to_le_bytes());
+            frame.extend_from_slice(entry.key);
+            frame.extend_from_slice(&(1 + entry.more.len() as u32).to_le_bytes());
+            frame.extend_from_slice(&entry.first.to_le_bytes());
+            for ordinal in entry.more {
+                frame.extend_from_slice(&ordinal.to_le_bytes());
+            }
+        }
+        Footer::finish_frame(frame)
+    }
+
+    /// Fills in the header of a frame whose body follows its zeroed header.
+    fn finish_frame(mut frame: Vec<u8>) -> Vec<u8> {
         let body_len = frame.len() - FOOTER_HEADER_BYTES;
         let body_crc = crc32c::crc32c(&frame[FOOTER_HEADER_BYTES..]);
         frame[0..4].copy_from_slice(&FOOTER_MARKER);
@@ -419,16 +606,8 @@ impl Footer {
         frame
     }
 
-    fn index_entries(&self) -> Vec<IndexEntry<'_>> {
-        let mut entries = Vec::with_capacity(self.index.len());
-        for ((kind, key), ordinals) in &self.index {
-            let (first, more) = ordinals.split_first().expect("a footer index key is in at least one batch");
-            entries.push(IndexEntry { kind: *kind, key: key.as_bytes(), first: *first, more });
-        }
-        entries
-    }
-
-    fn encode_body_into(&self, index: &[IndexEntry<'_>], out: &mut Vec<u8>, pause: &mut dyn FnMut()) {
+    /// The body's fixed fields and batch table: everything before the index.
+    fn encode_table_into(&self, out: &mut Vec<u8>) {
         let start = out.len();
         out.extend_from_slice(&self.record_count.to_le_bytes());
         out.extend_from_slice(&self.first_record_index.to_le_bytes());
@@ -449,20 +628,6 @@ impl Footer {
             out.extend_from_slice(&batch.time_min_unix_us.to_le_bytes());
             out.extend_from_slice(&batch.time_max_unix_us.to_le_bytes());
             out.extend_from_slice(&batch.chain_head_after);
-        }
-        out.extend_from_slice(&(index.len() as u32).to_le_bytes());
-        for (n, entry) in index.iter().enumerate() {
-            if n > 0 && n % PAUSE_EVERY_KEYS == 0 {
-                pause();
-            }
-            out.push(entry.kind.code());
-            out.extend_from_slice(&(entry.key.len() as u16).to_le_bytes());
-            out.extend_from_slice(entry.key);
-            out.extend_from_slice(&(1 + entry.more.len() as u32).to_le_bytes());
-            out.extend_from_slice(&entry.first.to_le_bytes());
-            for ordinal in entry.more {
-                out.extend_from_slice(&ordinal.to_le_bytes());
-            }
         }
     }
 
@@ -486,6 +651,13 @@ impl Footer {
 
     /// Decodes a footer body whose CRC was checked.
     pub fn decode_body(bytes: &[u8]) -> Result<Footer, StructureError> {
+        Footer::decode_shared_body(&Bytes::copy_from_slice(bytes))
+    }
+
+    /// [`Footer::decode_body`] on a body held in `Bytes`, whose index then holds a slice of
+    /// it rather than a copy.
+    pub fn decode_shared_body(body: &Bytes) -> Result<Footer, StructureError> {
+        let bytes = &body[..];
         if bytes.len() < FOOTER_FIXED_BYTES + 4 {
             return Err(StructureError::Truncated);
         }
@@ -519,50 +691,8 @@ impl Footer {
         }
         let n_keys = u32_at(bytes, at) as usize;
         at += 4;
-        if n_keys > limits::INDEX_KEYS_PER_SEGMENT_MAX {
-            return Err(StructureError::OutOfRange);
-        }
-        // The keys come sorted and unique (checked below), so they are gathered in order and
-        // the map is built from them in one go, without a search per key.
-        let mut entries: Vec<((IndexKind, String), Vec<u32>)> = Vec::with_capacity(n_keys.min(bytes.len() / 8));
-        for _ in 0..n_keys {
-            if at + 3 > bytes.len() {
-                return Err(StructureError::Truncated);
-            }
-            let kind = IndexKind::from_code(bytes[at]).ok_or(StructureError::OutOfRange)?;
-            let key_len = usize::from(u16_at(bytes, at + 1));
-            at += 3;
-            if key_len > limits::SHORT_FIELD_BYTES_MAX || at + key_len + 4 > bytes.len() {
-                return Err(StructureError::Truncated);
-            }
-            let key = std::str::from_utf8(&bytes[at..at + key_len]).map_err(|_| StructureError::OutOfRange)?;
-            if entries.last().is_some_and(|((last_kind, last_key), _)| (*last_kind, last_key.as_str()) >= (kind, key)) {
-                return Err(StructureError::OutOfRange);
-            }
-            at += key_len;
-            let n_refs = u32_at(bytes, at) as usize;
-            at += 4;
-            let refs_end = n_refs
-                .checked_mul(4)
-                .and_then(|n| n.checked_add(at))
-                .filter(|&end| end <= bytes.len())
-                .ok_or(StructureError::Truncated)?;
-            if n_refs == 0 || n_refs > n_batches {
-                return Err(StructureError::OutOfRange);
-            }
-            let mut ordinals = Vec::with_capacity(n_refs);
-            while at < refs_end {
-                let ordinal = u32_at(bytes, at);
-                // Ascending, unique and inside the table: anything else is not what a writer writes.
-                if ordinal as usize >= n_batches || ordinals.last().is_some_and(|&last| last >= ordinal) {
-                    return Err(StructureError::OutOfRange);
-                }
-                ordinals.push(ordinal);
-                at += 4;
-            }
-            entries.push(((kind, key.to_owned()), ordinals));
-        }
-        let index: FooterIndex = entries.into_iter().collect();
+        let index = FooterIndex::decode(body, at, n_keys, n_batches)?;
+        at += index.bytes.len();
         if at != bytes.len() {
             return Err(StructureError::OutOfRange);
         }
@@ -694,9 +824,10 @@ mod tests {
 
     #[test]
     fn footer_round_trips() {
-        let mut index = FooterIndex::new();
-        index.insert((IndexKind::Identity, "agent-7".into()), vec![0, 1]);
-        index.insert((IndexKind::QueryId, "01b2".into()), vec![1]);
+        let index = FooterIndex::from(&IndexMap::from([
+            ((IndexKind::Identity, "agent-7".into()), vec![0, 1]),
+            ((IndexKind::QueryId, "01b2".into()), vec![1]),
+        ]));
         let footer = Footer {
             record_count: 3,
             first_record_index: 10,
@@ -739,6 +870,56 @@ mod tests {
         assert_eq!(footer_bytes_estimate(2, (7 + 7) + (7 + 4), 3), frame.len());
     }
 
+    fn index_map() -> impl proptest::strategy::Strategy<Value = IndexMap> {
+        use proptest::prelude::*;
+        let kind = proptest::sample::select(vec![IndexKind::Identity, IndexKind::QueryId, IndexKind::RequestId]);
+        let ordinals = proptest::collection::btree_set(0u32..8, 1..5).prop_map(|s| s.into_iter().collect::<Vec<_>>());
+        proptest::collection::btree_map((kind, "[a-c\\x00é]{0,6}"), ordinals, 0..40)
+    }
+
+    proptest::proptest! {
+        /// Searched where it lies, the decoded index answers as the map it was built from.
+        #[test]
+        fn a_decoded_index_answers_as_its_map(map in index_map(), probes in proptest::collection::vec("[a-c\\x00é]{0,6}", 0..20)) {
+            let footer = Footer {
+                record_count: 1,
+                first_record_index: 0,
+                time_min_unix_us: 0,
+                time_max_unix_us: 0,
+                chain_head: [0; 32],
+                sealed_unix_us: 0,
+                seal_reason: SealReason::Stopped,
+                batches: vec![BatchEntry {
+                    offset: 96,
+                    first_record_index: 0,
+                    n_records: 1,
+                    compressed_len: 1,
+                    uncompressed_len: 1,
+                    time_min_unix_us: 0,
+                    time_max_unix_us: 0,
+                    chain_head_after: [0; 32],
+                }; 8],
+                index: FooterIndex::from(&map),
+            };
+            let decoded = Footer::decode_body(&footer.encode_body()).unwrap();
+            proptest::prop_assert_eq!(&decoded, &footer);
+            let index = decoded.index;
+            proptest::prop_assert_eq!(index.len(), map.len());
+            let listed: Vec<(IndexKind, String, Vec<u32>)> =
+                index.iter().map(|(kind, key, ordinals)| (kind, key.to_owned(), ordinals.collect())).collect();
+            let expected: Vec<(IndexKind, String, Vec<u32>)> =
+                map.iter().map(|((kind, key), ordinals)| (*kind, key.clone(), ordinals.clone())).collect();
+            proptest::prop_assert_eq!(listed, expected);
+            for kind in [IndexKind::Identity, IndexKind::QueryId, IndexKind::RequestId] {
+                for key in map.keys().map(|(_, key)| key).chain(&probes) {
+                    let found = index.get(kind, key).map(Iterator::collect::<Vec<u32>>);
+                    proptest::prop_assert_eq!(found.as_ref(), map.get(&(kind, key.clone())));
+                    proptest::prop_assert_eq!(index.contains_key(kind, key), found.is_some());
+                }
+            }
+        }
+    }
+
     #[test]
     fn footer_index_must_be_sorted_and_inside_the_table() {
         let footer = Footer {
@@ -750,9 +931,52 @@ mod tests {
             sealed_unix_us: 0,
             seal_reason: SealReason::Stopped,
             batches: Vec::new(),
-            index: FooterIndex::from([((IndexKind::QueryId, "q".into()), vec![0])]),
+            index: FooterIndex::from(&IndexMap::from([((IndexKind::QueryId, "q".into()), vec![0])])),
         };
         assert_eq!(Footer::decode_body(&footer.encode_body()), Err(StructureError::OutOfRange));
+        // Inside a table of one batch, each of these is refused too: unsorted keys, a key
+        // twice, ordinals not ascending, a key in no batch.
+        let one_batch = |map: IndexMap| Footer {
+            batches: vec![
+                BatchEntry {
+                    offset: 96,
+                    first_record_index: 0,
+                    n_records: 1,
+                    compressed_len: 1,
+                    uncompressed_len: 1,
+                    time_min_unix_us: 0,
+                    time_max_unix_us: 0,
+                    chain_head_after: [0; 32],
+                };
+                2
+            ],
+            index: FooterIndex::from(&map),
+            ..footer.clone()
+        };
+        let valid = one_batch(IndexMap::from([
+            ((IndexKind::Identity, "b".into()), vec![0]),
+            ((IndexKind::QueryId, "a".into()), vec![0, 1]),
+        ]));
+        let body = valid.encode_body();
+        assert_eq!(Footer::decode_body(&body), Ok(valid.clone()));
+        let table_end = FOOTER_FIXED_BYTES + 2 * BATCH_ENTRY_BYTES + 4;
+        // The entries are `1 0x01 0x00 b 1 0` and `2 0x01 0x00 a 2 0 1` (counts and ordinals
+        // four bytes each).
+        let second = table_end + 3 + 1 + 4 + 4;
+        let mut swapped_kinds = body.clone();
+        swapped_kinds[table_end] = 2;
+        swapped_kinds[second] = 1;
+        let mut same_key = body.clone();
+        same_key[second] = 1;
+        same_key[second + 3] = b'b';
+        let mut descending = body.clone();
+        descending[second + 3 + 1 + 4..second + 3 + 1 + 12].copy_from_slice(&[1, 0, 0, 0, 0, 0, 0, 0]);
+        let no_batch = one_batch(IndexMap::from([((IndexKind::Identity, "b".into()), vec![])])).encode_body();
+        for (what, body) in
+            [("unsorted", swapped_kinds), ("twice", same_key), ("descending", descending), ("in no batch", no_batch)]
+        {
+            assert_eq!(Footer::decode_body(&body), Err(StructureError::OutOfRange), "{what}");
+        }
     }
 
     #[test]

@@ -156,15 +156,15 @@ impl KeyIndex {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::record::format::{Footer, FooterIndex, PAUSE_EVERY_KEYS, SealReason};
+    use crate::record::format::{Footer, FooterIndex, IndexMap, PAUSE_EVERY_KEYS, SealReason};
 
     /// Key stems: none, short, one longer than the 16-byte sort prefix (keys that tie on it),
     /// and ones with a NUL and a prefix of another (where zero-padding could mislead).
     const STEMS: [&str; 5] = ["", "key-", "01b2c3d4-0000-4000-8000-", "a\0", "a"];
 
     /// The index a plain map builds from the same additions.
-    fn reference(additions: &[(IndexKind, String, u32)]) -> FooterIndex {
-        let mut index = FooterIndex::new();
+    fn reference(additions: &[(IndexKind, String, u32)]) -> IndexMap {
+        let mut index = IndexMap::new();
         for (kind, key, ordinal) in additions {
             let ordinals: &mut Vec<u32> = index.entry((*kind, key.clone())).or_default();
             if ordinals.last() != Some(ordinal) {
@@ -216,12 +216,12 @@ mod tests {
                 sealed_unix_us: 3,
                 seal_reason: SealReason::Rotated,
                 batches: Vec::new(),
-                index: FooterIndex::new(),
+                index: FooterIndex::default(),
             };
             let mut pauses = 0;
             let from_index = footer.encode_frame_with_index(&index.sorted_entries(&mut || {}), &mut || pauses += 1);
             proptest::prop_assert_eq!(pauses, index.n_keys.saturating_sub(1) / PAUSE_EVERY_KEYS);
-            footer.index = reference(&additions);
+            footer.index = FooterIndex::from(&reference(&additions));
             proptest::prop_assert_eq!(from_index, footer.encode_frame());
         }
     }

@@ -216,7 +216,7 @@ pub struct SealedFooter {
     /// must be the same, and verify checks it.
     pub footer_offset: u64,
     /// The footer frame's bytes (what the MAC covers, with the segment header).
-    pub footer_frame: Vec<u8>,
+    pub footer_frame: Bytes,
 }
 
 /// How a sequential scan of a segment ended.
@@ -333,7 +333,7 @@ impl SegmentReader {
         if !self.batches_lead_to_footer(footer_offset)? {
             return Ok(None);
         }
-        let footer_frame = self.read_at(footer_offset, frame_len)?;
+        let footer_frame = Bytes::from(self.read_at(footer_offset, frame_len)?);
         let footer = decode_footer_frame(&footer_frame).map_err(|kind| self.error(footer_offset, None, kind))?;
         Ok(Some(SealedFooter { footer, trailer, footer_offset, footer_frame }))
     }
@@ -375,7 +375,7 @@ impl SegmentReader {
             return None;
         }
         let (trailer, footer_offset, frame_len) = self.footer_place().ok()??;
-        let footer_frame = self.read_at(footer_offset, frame_len).ok()?;
+        let footer_frame = Bytes::from(self.read_at(footer_offset, frame_len).ok()?);
         let footer = decode_footer_frame(&footer_frame).ok()?;
         Some(SealedFooter { footer, trailer, footer_offset, footer_frame })
     }
@@ -575,10 +575,10 @@ impl SegmentReader {
         let mut found = Vec::new();
         match &self.sealed {
             Some(sealed) => {
-                let Some(ordinals) = sealed.footer.index.get(&(kind, key.to_owned())) else {
+                let Some(ordinals) = sealed.footer.index.get(kind, key) else {
                     return Ok(found);
                 };
-                for &ordinal in ordinals {
+                for ordinal in ordinals {
                     let entry = &sealed.footer.batches[ordinal as usize];
                     let batch = self.read_batch(entry.offset, Some(entry.first_record_index))?;
                     found.extend(batch.records.into_iter().filter(|r| has_key(&r.frame, kind, key)));
@@ -687,16 +687,16 @@ impl SegmentReader {
     }
 }
 
-fn decode_footer_frame(frame: &[u8]) -> Result<Footer, ReadErrorKind> {
+fn decode_footer_frame(frame: &Bytes) -> Result<Footer, ReadErrorKind> {
     let (body_len, crc) = Footer::decode_frame_header(frame).map_err(ReadErrorKind::Footer)?;
-    let body = &frame[FOOTER_HEADER_BYTES..];
+    let body = frame.slice(FOOTER_HEADER_BYTES..);
     if body.len() != body_len as usize {
         return Err(ReadErrorKind::Footer(StructureError::OutOfRange));
     }
-    if crc32c::crc32c(body) != crc {
+    if crc32c::crc32c(&body) != crc {
         return Err(ReadErrorKind::FooterCrc);
     }
-    Footer::decode_body(body).map_err(ReadErrorKind::Footer)
+    Footer::decode_shared_body(&body).map_err(ReadErrorKind::Footer)
 }
 
 /// The keys a frame is indexed under in the footer.

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use super::format::{
-    BatchEntry, ChainHead, FooterIndex, SEGMENT_HEADER_BYTES, SealReason, genesis, mac_equal, mac_key,
+    BatchEntry, ChainHead, FooterIndex, IndexMap, SEGMENT_HEADER_BYTES, SealReason, genesis, mac_equal, mac_key,
 };
 use super::reader::{ReadError, ReaderOptions, Recording, SegmentName, index_keys};
 
@@ -277,7 +277,7 @@ impl Verifier<'_> {
         // Recompute everything the footer claims from what the segment holds.
         let mut chain = header.previous_chain_head;
         let mut batches: Vec<BatchEntry> = Vec::new();
-        let mut index = FooterIndex::new();
+        let mut index = IndexMap::new();
         let mut scan = reader.scan();
         let mut scan_error = None;
         for batch in &mut scan {
@@ -384,7 +384,7 @@ impl Verifier<'_> {
             || (footer.time_min_unix_us, footer.time_max_unix_us) != time_range(&batches)
         {
             mismatch(None, footer_offset, "the footer's totals do not match the segment".into());
-        } else if footer.index != index {
+        } else if footer.index != FooterIndex::from(&index) {
             mismatch(None, footer_offset, "the footer's index does not match the records".into());
         } else if sealed.trailer.footer_offset != sealed.footer_offset {
             let description = "the trailer does not point at the footer (bytes were inserted or removed)";

@@ -793,7 +793,7 @@ impl SegmentWriter {
             sealed_unix_us: now_unix_us,
             seal_reason: reason,
             batches: segment.batches.clone(),
-            index: FooterIndex::new(),
+            index: FooterIndex::default(),
         };
         // A large index takes tens of milliseconds to sort and encode; yielding between
         // slices lets a core sharing this CPU at the same real-time priority run meanwhile.

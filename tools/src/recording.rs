@@ -355,11 +355,10 @@ fn visit_batches(
         return Ok(Ok(()));
     }
     let ordinals: Vec<usize> = if let Some(query_id) = &filters.query_id {
-        let key = (IndexKind::QueryId, query_id.clone());
-        footer.index.get(&key).map(|o| o.iter().map(|&o| o as usize).collect()).unwrap_or_default()
+        footer.index.get(IndexKind::QueryId, query_id).map(|o| o.map(|o| o as usize).collect()).unwrap_or_default()
     } else if let Some(sub) = &filters.sub
         && !unanswered
-        && !footer.index.contains_key(&(IndexKind::Identity, sub.clone()))
+        && !footer.index.contains_key(IndexKind::Identity, sub)
     {
         Vec::new()
     } else {
