@@ -475,7 +475,7 @@ impl FooterIndex {
                 }
                 last = Some(ordinal);
             }
-            starts.push(at as u32);
+            starts.push(u32::try_from(at).map_err(|_| StructureError::OutOfRange)?);
             at = refs_end;
         }
         Ok(FooterIndex { bytes: body.slice(from..from + at), starts })
@@ -484,15 +484,16 @@ impl FooterIndex {
 
 impl From<&IndexMap> for FooterIndex {
     /// Encodes a map's entries as they are (an empty list of ordinals included, which
-    /// decoding refuses: tests build such footers on purpose).
+    /// decoding refuses: tests build such footers on purpose). Panics on a key over 65,535
+    /// bytes, which no frame holds (its keys are short fields).
     fn from(map: &IndexMap) -> FooterIndex {
         let (mut bytes, mut starts) = (Vec::new(), Vec::with_capacity(map.len()));
         for ((kind, key), ordinals) in map {
-            starts.push(bytes.len() as u32);
+            starts.push(u32::try_from(bytes.len()).expect("an index map of less than 4 GiB"));
             bytes.push(kind.code());
-            bytes.extend_from_slice(&(key.len() as u16).to_le_bytes());
+            bytes.extend_from_slice(&u16::try_from(key.len()).expect("an index key of at most 64 KiB").to_le_bytes());
             bytes.extend_from_slice(key.as_bytes());
-            bytes.extend_from_slice(&(ordinals.len() as u32).to_le_bytes());
+            bytes.extend_from_slice(&u32::try_from(ordinals.len()).expect("ordinals fit u32").to_le_bytes());
             for ordinal in ordinals {
                 bytes.extend_from_slice(&ordinal.to_le_bytes());
             }
