@@ -474,7 +474,8 @@ fn next_at_sign(text: &[u8], from: usize) -> Option<usize> {
 
 /// E-mail addresses: a local part of up to 64 characters (not starting with a dot or an
 /// apostrophe, so a quoted address `'ada@example.com'` leaves its quotes), `@`, and a dotted
-/// domain whose last label is at least two letters.
+/// domain whose last label is at least two letters: the longest such start of the run of
+/// domain characters after the `@` (what follows it, `-2024` or `.1`, is not the address's).
 fn find_emails(text: &[u8], found: &mut dyn FnMut(usize, usize)) {
     let mut next_free = 0;
     let mut from = 0;
@@ -496,19 +497,23 @@ fn find_emails(text: &[u8], found: &mut dyn FnMut(usize, usize)) {
             continue;
         }
         let ceiling = text.len().min(at + 256);
-        let mut end = at + 1;
-        while end < ceiling && has(text[end], ALNUM | EMAIL_DOMAIN) {
-            end += 1;
+        let mut run_end = at + 1;
+        while run_end < ceiling && has(text[run_end], ALNUM | EMAIL_DOMAIN) {
+            run_end += 1;
         }
-        while end > at + 1 && matches!(text[end - 1], b'.' | b'-') {
-            end -= 1;
-        }
-        let domain = &text[at + 1..end];
-        let Some(last_dot) = domain.iter().rposition(|&b| b == b'.') else { continue };
-        let tld = &domain[last_dot + 1..];
-        if domain[0] == b'.' || domain[0] == b'-' || tld.len() < 2 || !tld.iter().all(|&b| has(b, UPPER | LOWER)) {
+        let domain = &text[at + 1..run_end];
+        if domain.first().is_none_or(|&b| b == b'.' || b == b'-') {
             continue;
         }
+        // The longest start of the run that is a domain: after its last dot, two letters or
+        // more (`ada@example.com-2024`, `ada@example.com.1` are `ada@example.com`). The
+        // letters after each dot, the last dot first: a later dot ends a longer domain.
+        let tld_end = domain.iter().enumerate().rev().filter(|&(_, &b)| b == b'.').find_map(|(dot, _)| {
+            let letters = domain[dot + 1..].iter().take_while(|&&b| has(b, UPPER | LOWER)).count();
+            (letters >= 2).then_some(dot + 1 + letters)
+        });
+        let Some(tld_end) = tld_end else { continue };
+        let end = at + 1 + tld_end;
         found(start, end);
         next_free = end;
     }
@@ -534,23 +539,27 @@ pub(crate) fn email_around(len: usize, at: usize, c: &EmailClasses) -> Option<(u
     if start == at {
         return None;
     }
-    // The domain: the run of domain bytes after it, without trailing dots and dashes.
+    // The domain: in the run of domain bytes after it, not starting with a dot or dash, up to
+    // the end of the letters after its last dot that has two or more.
     let after = !low_bits(at + 1);
-    let mut end = ((!c.domain | !low_bits(len)) & after).trailing_zeros() as usize;
-    let not_trailing = !c.dot_dash & low_bits(end);
-    let trailing_from = if not_trailing == 0 { 0 } else { 64 - not_trailing.leading_zeros() as usize };
-    end = end.min(trailing_from.max(at + 1));
-    // A dotted domain not starting with a dot or dash, whose last label is two letters or more.
-    let dots = c.dot & low_bits(end) & after;
-    if dots == 0 || c.dot_dash >> (at + 1) & 1 == 1 {
+    if at + 1 >= len {
         return None;
     }
-    let last_dot = 63 - dots.leading_zeros() as usize;
-    let tld = low_bits(end) & !low_bits(last_dot + 1);
-    if end - last_dot - 1 < 2 || c.letter & tld != tld {
+    let run_end = ((!c.domain | !low_bits(len)) & after).trailing_zeros() as usize;
+    if c.dot_dash >> (at + 1) & 1 == 1 {
         return None;
     }
-    Some((start, end))
+    let mut dots = c.dot & low_bits(run_end) & after;
+    while dots != 0 {
+        let dot = 63 - dots.leading_zeros() as usize;
+        // Bytes past the value are not letters, so the run stops there.
+        let letters = if dot == 63 { 0 } else { (c.letter & low_bits(len)) >> (dot + 1) }.trailing_ones() as usize;
+        if letters >= 2 {
+            return Some((start, dot + 1 + letters));
+        }
+        dots &= !(1u64 << dot);
+    }
+    None
 }
 
 /// US SSNs written `AAA-GG-SSSS` or `AAA GG SSSS`, with the area not 000, 666 or 9xx, the group
@@ -830,6 +839,14 @@ mod tests {
         assert_eq!(spans(Email, "o'brien@example.com"), ["o'brien@example.com"]);
         assert_eq!(spans(Email, "value 'ada@example.com' is"), ["ada@example.com"]);
         assert_eq!(spans(Email, "it's x@y.io"), ["x@y.io"]);
+        // What follows the address in the same run of domain characters is not its own: the
+        // address is still found (these were missed whole).
+        assert_eq!(spans(Email, "ada@example.com-2024"), ["ada@example.com"]);
+        assert_eq!(spans(Email, "mail ada@example.com.1 sent"), ["ada@example.com"]);
+        assert_eq!(spans(Email, "ada@example.com.I"), ["ada@example.com"]);
+        assert_eq!(spans(Email, "ada@mail.example.co.uk-x"), ["ada@mail.example.co.uk"]);
+        assert!(spans(Email, "ada@example.c0m").is_empty());
+        assert!(spans(Email, "ada@-example.com").is_empty());
     }
 
     #[test]
@@ -1095,23 +1112,23 @@ mod tests {
                 if start == at {
                     continue;
                 }
-                let mut end = at + 1;
-                while end < text.len() && end - at <= 255 && has(text[end], ALNUM | EMAIL_DOMAIN) {
-                    end += 1;
+                let mut run_end = at + 1;
+                while run_end < text.len() && run_end - at <= 255 && has(text[run_end], ALNUM | EMAIL_DOMAIN) {
+                    run_end += 1;
                 }
-                while end > at + 1 && matches!(text[end - 1], b'.' | b'-') {
-                    end -= 1;
-                }
-                let domain = &text[at + 1..end];
-                let Some(last_dot) = domain.iter().rposition(|&b| b == b'.') else { continue };
-                let tld = &domain[last_dot + 1..];
-                if domain[0] == b'.'
-                    || domain[0] == b'-'
-                    || tld.len() < 2
-                    || !tld.iter().all(|&b| has(b, UPPER | LOWER))
-                {
+                // The longest domain the run starts with: a dot, and after the last one two
+                // letters or more and nothing else.
+                let is_domain = |domain: &[u8]| {
+                    let Some(last_dot) = domain.iter().rposition(|&b| b == b'.') else { return false };
+                    let tld = &domain[last_dot + 1..];
+                    domain[0] != b'.'
+                        && domain[0] != b'-'
+                        && tld.len() >= 2
+                        && tld.iter().all(|&b| has(b, UPPER | LOWER))
+                };
+                let Some(end) = (at + 2..=run_end).rev().find(|&end| is_domain(&text[at + 1..end])) else {
                     continue;
-                }
+                };
                 found(start, end);
                 next_free = end;
             }
