@@ -871,6 +871,31 @@ mod tests {
         assert_eq!(footer_bytes_estimate(2, (7 + 7) + (7 + 4), 3), frame.len());
     }
 
+    /// A footer of `n_batches` placeholder batches and the index `map` encodes.
+    fn footer_with(n_batches: usize, map: &IndexMap) -> Footer {
+        let batch = BatchEntry {
+            offset: 96,
+            first_record_index: 0,
+            n_records: 1,
+            compressed_len: 1,
+            uncompressed_len: 1,
+            time_min_unix_us: 0,
+            time_max_unix_us: 0,
+            chain_head_after: [0; 32],
+        };
+        Footer {
+            record_count: 0,
+            first_record_index: 0,
+            time_min_unix_us: 0,
+            time_max_unix_us: 0,
+            chain_head: [0; 32],
+            sealed_unix_us: 0,
+            seal_reason: SealReason::Stopped,
+            batches: vec![batch; n_batches],
+            index: FooterIndex::from(map),
+        }
+    }
+
     fn index_map() -> impl proptest::strategy::Strategy<Value = IndexMap> {
         use proptest::prelude::*;
         let kind = proptest::sample::select(vec![IndexKind::Identity, IndexKind::QueryId, IndexKind::RequestId]);
@@ -882,26 +907,7 @@ mod tests {
         /// Searched where it lies, the decoded index answers as the map it was built from.
         #[test]
         fn a_decoded_index_answers_as_its_map(map in index_map(), probes in proptest::collection::vec("[a-c\\x00é]{0,6}", 0..20)) {
-            let footer = Footer {
-                record_count: 1,
-                first_record_index: 0,
-                time_min_unix_us: 0,
-                time_max_unix_us: 0,
-                chain_head: [0; 32],
-                sealed_unix_us: 0,
-                seal_reason: SealReason::Stopped,
-                batches: vec![BatchEntry {
-                    offset: 96,
-                    first_record_index: 0,
-                    n_records: 1,
-                    compressed_len: 1,
-                    uncompressed_len: 1,
-                    time_min_unix_us: 0,
-                    time_max_unix_us: 0,
-                    chain_head_after: [0; 32],
-                }; 8],
-                index: FooterIndex::from(&map),
-            };
+            let footer = footer_with(8, &map);
             let decoded = Footer::decode_body(&footer.encode_body()).unwrap();
             proptest::prop_assert_eq!(&decoded, &footer);
             let index = decoded.index;
@@ -923,41 +929,17 @@ mod tests {
 
     #[test]
     fn footer_index_must_be_sorted_and_inside_the_table() {
-        let footer = Footer {
-            record_count: 0,
-            first_record_index: 0,
-            time_min_unix_us: 0,
-            time_max_unix_us: 0,
-            chain_head: [0; 32],
-            sealed_unix_us: 0,
-            seal_reason: SealReason::Stopped,
-            batches: Vec::new(),
-            index: FooterIndex::from(&IndexMap::from([((IndexKind::QueryId, "q".into()), vec![0])])),
-        };
-        assert_eq!(Footer::decode_body(&footer.encode_body()), Err(StructureError::OutOfRange));
-        // Inside a table of one batch, each of these is refused too: unsorted keys, a key
+        let outside = footer_with(0, &IndexMap::from([((IndexKind::QueryId, "q".into()), vec![0])]));
+        assert_eq!(Footer::decode_body(&outside.encode_body()), Err(StructureError::OutOfRange));
+        // Inside a table of two batches, each of these is refused too: unsorted keys, a key
         // twice, ordinals not ascending, a key in no batch.
-        let one_batch = |map: IndexMap| Footer {
-            batches: vec![
-                BatchEntry {
-                    offset: 96,
-                    first_record_index: 0,
-                    n_records: 1,
-                    compressed_len: 1,
-                    uncompressed_len: 1,
-                    time_min_unix_us: 0,
-                    time_max_unix_us: 0,
-                    chain_head_after: [0; 32],
-                };
-                2
-            ],
-            index: FooterIndex::from(&map),
-            ..footer.clone()
-        };
-        let valid = one_batch(IndexMap::from([
-            ((IndexKind::Identity, "b".into()), vec![0]),
-            ((IndexKind::QueryId, "a".into()), vec![0, 1]),
-        ]));
+        let valid = footer_with(
+            2,
+            &IndexMap::from([
+                ((IndexKind::Identity, "b".into()), vec![0]),
+                ((IndexKind::QueryId, "a".into()), vec![0, 1]),
+            ]),
+        );
         let body = valid.encode_body();
         assert_eq!(Footer::decode_body(&body), Ok(valid.clone()));
         let table_end = FOOTER_FIXED_BYTES + 2 * BATCH_ENTRY_BYTES + 4;
@@ -972,7 +954,7 @@ mod tests {
         same_key[second + 3] = b'b';
         let mut descending = body.clone();
         descending[second + 3 + 1 + 4..second + 3 + 1 + 12].copy_from_slice(&[1, 0, 0, 0, 0, 0, 0, 0]);
-        let no_batch = one_batch(IndexMap::from([((IndexKind::Identity, "b".into()), vec![])])).encode_body();
+        let no_batch = footer_with(2, &IndexMap::from([((IndexKind::Identity, "b".into()), vec![])])).encode_body();
         for (what, body) in
             [("unsorted", swapped_kinds), ("twice", same_key), ("descending", descending), ("in no batch", no_batch)]
         {
