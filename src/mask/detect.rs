@@ -552,8 +552,8 @@ pub(crate) fn email_around(len: usize, at: usize, c: &EmailClasses) -> Option<(u
     let mut dots = c.dot & low_bits(run_end) & after;
     while dots != 0 {
         let dot = 63 - dots.leading_zeros() as usize;
-        // Bytes past the value are not letters, so the run stops there.
-        let letters = if dot == 63 { 0 } else { (c.letter & low_bits(len)) >> (dot + 1) }.trailing_ones() as usize;
+        // Bytes past the value are not letters, so the run stops there (and at the 64th).
+        let letters = (c.letter & low_bits(len)).checked_shr(dot as u32 + 1).unwrap_or(0).trailing_ones() as usize;
         if letters >= 2 {
             return Some((start, dot + 1 + letters));
         }

@@ -490,15 +490,24 @@ impl From<&IndexMap> for FooterIndex {
         let (mut bytes, mut starts) = (Vec::new(), Vec::with_capacity(map.len()));
         for ((kind, key), ordinals) in map {
             starts.push(u32::try_from(bytes.len()).expect("an index map of less than 4 GiB"));
-            bytes.push(kind.code());
-            bytes.extend_from_slice(&u16::try_from(key.len()).expect("an index key of at most 64 KiB").to_le_bytes());
-            bytes.extend_from_slice(key.as_bytes());
-            bytes.extend_from_slice(&u32::try_from(ordinals.len()).expect("ordinals fit u32").to_le_bytes());
-            for ordinal in ordinals {
-                bytes.extend_from_slice(&ordinal.to_le_bytes());
-            }
+            u16::try_from(key.len()).expect("an index key of at most 64 KiB");
+            let count = u32::try_from(ordinals.len()).expect("ordinals fit u32");
+            encode_entry(&mut bytes, *kind, key.as_bytes(), count, ordinals.iter().copied());
         }
         FooterIndex { bytes: Bytes::from(bytes), starts }
+    }
+}
+
+/// Appends one index entry as the footer holds it: kind, key length, key, ordinal count and
+/// the `count` ordinals. The key's length must fit 16 bits.
+#[inline]
+fn encode_entry(out: &mut Vec<u8>, kind: IndexKind, key: &[u8], count: u32, ordinals: impl Iterator<Item = u32>) {
+    out.push(kind.code());
+    out.extend_from_slice(&(key.len() as u16).to_le_bytes());
+    out.extend_from_slice(key);
+    out.extend_from_slice(&count.to_le_bytes());
+    for ordinal in ordinals {
+        out.extend_from_slice(&ordinal.to_le_bytes());
     }
 }
 
@@ -583,14 +592,8 @@ impl Footer {
             if n > 0 && n % PAUSE_EVERY_KEYS == 0 {
                 pause();
             }
-            frame.push(entry.kind.code());
-            frame.extend_from_slice(&(entry.key.len() as u16).to_le_bytes());
-            frame.extend_from_slice(entry.key);
-            frame.extend_from_slice(&(1 + entry.more.len() as u32).to_le_bytes());
-            frame.extend_from_slice(&entry.first.to_le_bytes());
-            for ordinal in entry.more {
-                frame.extend_from_slice(&ordinal.to_le_bytes());
-            }
+            let ordinals = std::iter::once(entry.first).chain(entry.more.iter().copied());
+            encode_entry(&mut frame, entry.kind, entry.key, 1 + entry.more.len() as u32, ordinals);
         }
         Footer::finish_frame(frame)
     }
