@@ -472,28 +472,20 @@ fn next_at_sign(text: &[u8], from: usize) -> Option<usize> {
     None
 }
 
-/// E-mail addresses: a local part of up to 64 characters (not starting with a dot or an
-/// apostrophe, so a quoted address `'ada@example.com'` leaves its quotes), `@`, and a dotted
-/// domain whose last label is at least two letters: the longest such start of the run of
-/// domain characters after the `@` (what follows it, `-2024` or `.1`, is not the address's).
+/// E-mail addresses: a local part (not starting with a dot or an apostrophe, so a quoted
+/// address `'ada@example.com'` leaves its quotes), `@`, and a dotted domain whose last label is
+/// at least two letters: the longest such start of the run of domain characters after the `@`
+/// (what follows it, `-2024` or `.1`, is not the address's). The local part is the whole run
+/// of its characters before the `@`, however long (a longer one than the 64 characters of RFC
+/// 5321 is masked whole, not cut). An address run into the one before it
+/// (`ada@example.com.bob@example.org`: `bob` went to the first one's domain) is found from its
+/// `@`, so its domain is masked too.
 fn find_emails(text: &[u8], found: &mut dyn FnMut(usize, usize)) {
     let mut next_free = 0;
     let mut from = 0;
     while let Some(at) = next_at_sign(text, from) {
         from = at + 1;
         if at < next_free {
-            continue;
-        }
-        // The local part: up to 64 characters back, not into the previous address.
-        let floor = next_free.max(at.saturating_sub(64));
-        let mut start = at;
-        while start > floor && has(text[start - 1], ALNUM | EMAIL_LOCAL) {
-            start -= 1;
-        }
-        while start < at && matches!(text[start], b'.' | b'\'') {
-            start += 1;
-        }
-        if start == at {
             continue;
         }
         let ceiling = text.len().min(at + 256);
@@ -514,6 +506,17 @@ fn find_emails(text: &[u8], found: &mut dyn FnMut(usize, usize)) {
         });
         let Some(tld_end) = tld_end else { continue };
         let end = at + 1 + tld_end;
+        // The local part, back to the previous address: each byte is walked back over once.
+        let mut start = at;
+        while start > next_free && has(text[start - 1], ALNUM | EMAIL_LOCAL) {
+            start -= 1;
+        }
+        while start < at && matches!(text[start], b'.' | b'\'') {
+            start += 1;
+        }
+        if start == at && !(at > 0 && at == next_free) {
+            continue;
+        }
         found(start, end);
         next_free = end;
     }
@@ -675,7 +678,8 @@ fn find_ibans(text: &[u8], found: &mut dyn FnMut(usize, usize)) {
 }
 
 /// Tokens made of a literal prefix and `tail_min..=tail_max` characters of a class, not
-/// preceded by an alphanumeric and not followed by another character of the class.
+/// preceded by an alphanumeric (`aws_key_AKIA…` is found, `xAKIA…` is not) and not followed by
+/// another character of the class.
 fn find_prefixed(
     text: &[u8],
     prefixes: &[&str],
@@ -687,7 +691,7 @@ fn find_prefixed(
     for prefix in prefixes {
         let prefix = prefix.as_bytes();
         for start in memmem::find_iter(text, prefix) {
-            if start > 0 && (text[start - 1].is_ascii_alphanumeric() || text[start - 1] == b'_') {
+            if start > 0 && text[start - 1].is_ascii_alphanumeric() {
                 continue;
             }
             let tail_start = start + prefix.len();
@@ -700,12 +704,13 @@ fn find_prefixed(
 }
 
 /// JWTs: `eyJ` and a base64url header of at least 10 characters, a payload of at least 2, and
-/// a signature that may be empty (unsigned tokens), separated by dots.
+/// a signature that may be empty (unsigned tokens), separated by dots; not preceded by an
+/// alphanumeric (`jwt_eyJ…` and `token-eyJ…` are found).
 fn find_jwts(text: &[u8], found: &mut dyn FnMut(usize, usize)) {
     let segment = |from: usize| text[from..].iter().take_while(|&&b| is_url_safe(b)).count();
     let mut next_free = 0;
     for start in memmem::find_iter(text, b"eyJ") {
-        if start < next_free || (start > 0 && is_url_safe(text[start - 1])) {
+        if start < next_free || (start > 0 && text[start - 1].is_ascii_alphanumeric()) {
             continue;
         }
         let header = segment(start);
@@ -847,6 +852,14 @@ mod tests {
         assert_eq!(spans(Email, "ada@mail.example.co.uk-x"), ["ada@mail.example.co.uk"]);
         assert!(spans(Email, "ada@example.c0m").is_empty());
         assert!(spans(Email, "ada@-example.com").is_empty());
+        // A local part over 64 characters is masked whole (its first characters were left).
+        let long = format!("{}@example.com", "ada.lovelace".repeat(10));
+        assert_eq!(spans(Email, &format!("to: {long}")), [long.as_str()]);
+        // Two addresses run together: the second one's domain is masked too.
+        let run = "ada@example.com.bob@example.org";
+        assert_eq!(spans(Email, run), ["ada@example.com.bob", "@example.org"]);
+        assert!(spans(Email, "@example.org").is_empty());
+        assert!(spans(Email, "x @example.org").is_empty());
     }
 
     #[test]
@@ -907,6 +920,9 @@ mod tests {
         assert_eq!(spans(DetectorKind::AwsAccessKey, "ASIAY34FZKBOKMUTVV7A"), ["ASIAY34FZKBOKMUTVV7A"]);
         assert!(spans(DetectorKind::AwsAccessKey, "AKIAIOSFODNN7EXAMPLEX").is_empty(), "too long");
         assert!(spans(DetectorKind::AwsAccessKey, "xAKIAIOSFODNN7EXAMPLE").is_empty());
+        // A `_` or `-` before a token is a separator, as in a variable name.
+        assert_eq!(spans(DetectorKind::AwsAccessKey, "aws_key_AKIAIOSFODNN7EXAMPLE"), ["AKIAIOSFODNN7EXAMPLE"]);
+        assert_eq!(spans(DetectorKind::AwsAccessKey, "key-AKIAIOSFODNN7EXAMPLE"), ["AKIAIOSFODNN7EXAMPLE"]);
         let gcp = "AIzaSyA-1234567890abcdefghijklmnopqrstu";
         assert_eq!(spans(DetectorKind::GcpApiKey, gcp), [gcp]);
         let ghp = format!("ghp_{}", "a1B2".repeat(9));
@@ -918,6 +934,9 @@ mod tests {
         assert!(spans(DetectorKind::SlackToken, "xoxo").is_empty());
         let jwt = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.c2lnbmF0dXJl";
         assert_eq!(spans(DetectorKind::Jwt, &format!("Bearer {jwt}")), [jwt]);
+        assert_eq!(spans(DetectorKind::Jwt, &format!("jwt_{jwt}")), [jwt]);
+        assert_eq!(spans(DetectorKind::Jwt, &format!("token-{jwt}")), [jwt]);
+        assert!(spans(DetectorKind::Jwt, &format!("x{jwt}")).is_empty());
         assert!(spans(DetectorKind::Jwt, "eyJhbGciOiJ").is_empty());
     }
 
@@ -1103,13 +1122,15 @@ mod tests {
                     continue;
                 }
                 let mut start = at;
-                while start > next_free && at - start < 64 && has(text[start - 1], ALNUM | EMAIL_LOCAL) {
+                while start > next_free && has(text[start - 1], ALNUM | EMAIL_LOCAL) {
                     start -= 1;
                 }
                 while start < at && (text[start] == b'.' || text[start] == b'\'') {
                     start += 1;
                 }
-                if start == at {
+                // No local part of its own: an address only when run into the one before.
+                let glued = at > 0 && at == next_free;
+                if start == at && !glued {
                     continue;
                 }
                 let mut run_end = at + 1;
