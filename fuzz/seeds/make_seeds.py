@@ -124,6 +124,12 @@ row7 = row.rsplit(",", 1)[0] + "]"
 write("mask_json", bytes([7 << 1]) + (row7 + ",\n" + row7).encode())
 write("mask_json", bytes([7 << 1]) + ('["1","a@b.io","x","1","2","3","4"]').encode())
 write("mask_json", bytes([3 << 1]) + json.dumps({"data": [["1", "AKIAIOSFODNN7EXAMPLE", "x"]]}).encode())
+# Percent-encoded values, searched decoded too: short ones and one over 64 bytes.
+encoded = ["q%3Dcard%3D4111111111111111", "mailto%3Aada%40example.com", "ssn%3D123%2045%206789",
+           "https://x.test/?k=AKIAIOSFODNN7EXAMPLE%2F2024&next=%2Fhome%3Fid%3D4532015112830366"]
+text_rowtype = [{"name": f"URL{i}", "type": "text", "nullable": True} for i in range(3)]
+write("mask_json", bytes([0]) + json.dumps({"data": {"rowtype": text_rowtype, "rowset": [encoded[:3], encoded[1:]]},
+                                            "success": True}).encode())
 write("mask_json", bytes([0]) + b'{"success":false,"code":"000605","message":"no rows","data":null}')
 for flags in [0, 1, 2, 3, 4, 8, 12]:
     write("mask_arrow", bytes([flags]) + arrow)

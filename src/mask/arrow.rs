@@ -18,7 +18,8 @@ use super::rules::{RuleKind, Style};
 #[cfg(target_arch = "x86_64")]
 use super::simd::features;
 use super::text::{
-    MatchCursor, Span, apply_spans_fixed_len, detect_short, detect_spans, fill, merge_spans, stats, type_valid_text,
+    MatchCursor, PercentView, Span, apply_spans_fixed_len, detect_short, detect_spans, fill, merge_spans, stats,
+    type_valid_text,
 };
 use super::{MaskError, MaskReport, Scratch};
 
@@ -481,7 +482,7 @@ fn mask_batch(
     report: &mut MaskReport,
 ) -> Result<(), MaskError> {
     let profile = ctx.profile;
-    let Scratch { arrow, spans, .. } = scratch;
+    let Scratch { arrow, spans, percent, .. } = scratch;
     for (column, planned) in columns.iter().enumerate() {
         let root = arrow.roots[column];
         let fields = &arrow.fields[root..root + arrow.fields[root].subtree];
@@ -507,7 +508,7 @@ fn mask_batch(
                     let nullable = index == 0 && planned.nullable && field.nullable && !view.validity.is_empty();
                     // Only a column's own text is JSON (VARIANT...); strings nested in it are text.
                     let value_type = if index == 0 { planned.value_type } else { ValueType::Text };
-                    scan_text(ctx, buf, TextArray { view, large, nullable, value_type }, spans, report);
+                    scan_text(ctx, buf, TextArray { view, large, nullable, value_type }, spans, percent, report);
                 }
                 Layout::Fixed(width @ (8 | 16))
                     if index == 0 && planned.value_type == (ValueType::Fixed { scale: 0 }) && card.is_some() =>
@@ -581,14 +582,21 @@ struct TextArray<'v> {
 }
 
 /// Runs the dictionary and detectors over a text array's values and masks what they find.
-fn scan_text(ctx: &MaskCtx<'_>, buf: &mut [u8], array: TextArray<'_>, spans: &mut Vec<Span>, report: &mut MaskReport) {
+fn scan_text(
+    ctx: &MaskCtx<'_>,
+    buf: &mut [u8],
+    array: TextArray<'_>,
+    spans: &mut Vec<Span>,
+    percent: &mut PercentView,
+    report: &mut MaskReport,
+) {
     #[cfg(target_arch = "x86_64")]
     if features::x86_64_v3() {
         // SAFETY: the CPU has every feature `scan_text_v3` is compiled for (checked just above).
         #[allow(unsafe_code)]
-        return unsafe { scan_text_v3(ctx, buf, array, spans, report) };
+        return unsafe { scan_text_v3(ctx, buf, array, spans, percent, report) };
     }
-    scan_text_values(ctx, buf, array, spans, report)
+    scan_text_values(ctx, buf, array, spans, percent, report)
 }
 
 /// [`scan_text_values`] compiled for x86-64-v3 CPUs (see `RowsWalker::walk_v3` in `json.rs`).
@@ -599,9 +607,10 @@ fn scan_text_v3(
     buf: &mut [u8],
     array: TextArray<'_>,
     spans: &mut Vec<Span>,
+    percent: &mut PercentView,
     report: &mut MaskReport,
 ) {
-    scan_text_values(ctx, buf, array, spans, report)
+    scan_text_values(ctx, buf, array, spans, percent, report)
 }
 
 #[inline(always)]
@@ -610,6 +619,7 @@ fn scan_text_values(
     buf: &mut [u8],
     array: TextArray<'_>,
     spans: &mut Vec<Span>,
+    percent: &mut PercentView,
     report: &mut MaskReport,
 ) {
     let TextArray { view, large, nullable, value_type } = array;
@@ -632,14 +642,14 @@ fn scan_text_values(
         match buf.get(range.start..range.start + 64).filter(|_| len <= 64) {
             Some(window) => {
                 let window: &[u8; 64] = window.try_into().expect("64 bytes");
-                let one = detect_short(profile, window, len, anchored, spans);
+                let one = detect_short(profile, window, len, anchored, spans, percent);
                 spans.extend(one);
             }
             None => {
                 let value = &buf[range.clone()];
                 let value_stats = stats(value);
                 if value_stats.at || value_stats.digits > 0 || anchored != 0 {
-                    detect_spans(profile, value, value_stats, anchored, false, spans);
+                    detect_spans(profile, value, value_stats, anchored, false, spans, percent);
                 }
             }
         }

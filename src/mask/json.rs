@@ -415,11 +415,11 @@ impl<'a> RowsWalker<'a> {
         };
         let window: &[u8; 64] = window.try_into().expect("64 bytes");
         let profile = self.profile;
-        let Scratch { spans, .. } = &mut *self.scratch;
+        let Scratch { spans, percent, .. } = &mut *self.scratch;
         spans.clear();
         let mut anchored = 0u32;
         self.cursor.collect(&profile.dictionary, body, content, close, &mut anchored, spans);
-        match detect_short(profile, window, len, anchored, spans) {
+        match detect_short(profile, window, len, anchored, spans, percent) {
             Some(span) if planned.value_type == ValueType::Text => self.mask_one(body, open, close, planned, span),
             Some(span) => {
                 spans.push(span);
@@ -502,13 +502,14 @@ impl<'a> RowsWalker<'a> {
         let content = open + 1;
         let profile = self.profile;
         let dictionary = &profile.dictionary;
-        let spans = &mut self.scratch.spans;
+        let Scratch { spans, percent, .. } = &mut *self.scratch;
         spans.clear();
         let mut anchored = 0u32;
         self.cursor.collect(dictionary, body, content, close, &mut anchored, spans);
         let text = &body[content..close];
+        // A percent escape of an ASCII byte has a digit: `%3D`, `%40`, `%20`.
         if stats.at || stats.digits > 0 || anchored != 0 {
-            detect_spans(profile, text, stats, anchored, false, spans);
+            detect_spans(profile, text, stats, anchored, false, spans, percent);
         }
         if spans.is_empty() {
             return;
@@ -595,12 +596,12 @@ impl<'a> RowsWalker<'a> {
         let profile = self.profile;
         // Skip dictionary matches inside this cell: they were found on escaped bytes.
         self.cursor.advance_to(&profile.dictionary, body, close);
-        let Scratch { spans, decoded, raw_of, repls, preview, .. } = &mut *self.scratch;
+        let Scratch { spans, percent, decoded, raw_of, repls, preview, .. } = &mut *self.scratch;
         decode_string(&body[content..close], decoded, raw_of)?;
         spans.clear();
         let mut anchored = 0u32;
         dictionary_spans(&profile.dictionary, decoded, &mut anchored, spans);
-        detect_spans(profile, decoded, stats(decoded), anchored, false, spans);
+        detect_spans(profile, decoded, stats(decoded), anchored, false, spans, percent);
         if spans.is_empty() {
             return Ok(());
         }
@@ -1254,12 +1255,12 @@ fn mask_message(
     report: &mut MaskReport,
 ) -> Result<(), MaskError> {
     let StrTok { open, close, .. } = token;
-    let Scratch { spans, decoded, raw_of, repls, .. } = scratch;
+    let Scratch { spans, percent, decoded, raw_of, repls, .. } = scratch;
     decode_string(&body[open + 1..close], decoded, raw_of)?;
     spans.clear();
     let mut anchored = 0u32;
     dictionary_spans(&profile.dictionary, decoded, &mut anchored, spans);
-    detect_spans(profile, decoded, stats(decoded), anchored, false, spans);
+    detect_spans(profile, decoded, stats(decoded), anchored, false, spans, percent);
     if !profile.columns.is_empty() {
         let kinds = RuleKind::Column.bit();
         let mut quotes = memchr::memchr_iter(b'\'', decoded);

@@ -56,6 +56,10 @@
 //! # What a mask writes
 //! Values are what they decode to: JSON escapes are decoded before detection (`\u0040` is an
 //! `@`), and a mask never splits an escape. Lengths are in bytes of the decoded UTF-8 text.
+//! A value holding a percent escape (`%` and two hex digits) is searched by the detectors in
+//! its percent-decoded form too (`q%3Dcard%3D4111…`, `ada%40example.com`), and what they find
+//! there masks the bytes it came from, escapes whole; one level of decoding, and `+` is read as
+//! written (not as a space). The dictionary matches words as written.
 //! - Text columns (TEXT, VARIANT and kin, and unknown types): a column rule masks the whole
 //!   value; detectors and the dictionary mask the text they match. `full` writes one `*` per
 //!   byte, `keep_last` keeps the last characters, `token` writes the token: exactly in JSON
@@ -416,6 +420,7 @@ pub struct Masked {
 #[derive(Default)]
 pub struct Scratch {
     pub(crate) spans: Vec<text::Span>,
+    pub(crate) percent: text::PercentView,
     pub(crate) decoded: Vec<u8>,
     pub(crate) raw_of: Vec<u32>,
     pub(crate) repls: Vec<json::Repl>,

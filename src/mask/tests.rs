@@ -313,6 +313,57 @@ fn detectors_find_lower_case_ibans_dotted_cards_and_apostrophes() {
 }
 
 #[test]
+fn percent_encoded_values_are_searched_decoded() {
+    // URL-encoding hides what the detectors key on: `%3D` glues a value to a word, `%40` is an
+    // `@`, `%20` a separator. Each value alone (the short path), inside a value over 64 bytes
+    // (the byte path) and written with a `\u` escape (the decoding path), in JSON and Arrow.
+    let masker = masker(POLICY);
+    let agents = masker.profile("agents").unwrap();
+    let cases = [
+        ("q%3Dcard%3D4111111111111111", format!("q%3Dcard%3D{}1111", stars("411111111111"))),
+        ("4111%201111%201111%201111", format!("{}1111", stars("4111%201111%201111%20"))),
+        ("mailto%3Aada%40example.com", format!("mailto%3A{}", stars("ada%40example.com"))),
+        ("ssn%3D123-45-6789&x=1", format!("ssn%3D{}&x=1", stars("123-45-6789"))),
+        ("ssn=123%2045%206789", format!("ssn={}", stars("123%2045%206789"))),
+        (
+            "X-Amz-Credential%3DAKIAIOSFODNN7EXAMPLE%2F2024",
+            format!("X-Amz-Credential%3D{}%2F2024", stars("AKIAIOSFODNN7EXAMPLE")),
+        ),
+        // Not escapes, or escapes hiding nothing: left as they were.
+        ("50% off 4111", "50% off 4111".to_string()),
+        ("a%2", "a%2".to_string()),
+        ("100%25 of ada%40example", "100%25 of ada%40example".to_string()),
+    ];
+    let padding = "a value long enough to leave the short path: ".repeat(2);
+    for (value, expected) in &cases {
+        let long = format!("{padding}{value}.");
+        let changed = usize::from(value != expected);
+        let mut body = json_chunk_bytes(&[&[Some(value), Some(&long)]]);
+        // The third cell writes its first character as a `\u` escape.
+        let escaped = format!(r#"\u{:04x}{}"#, value.as_bytes()[0], &value[1..]);
+        body.truncate(body.len() - 1);
+        body.extend_from_slice(format!(r#","{escaped}"]"#).as_bytes());
+        let plan = text_plan(&masker, agents, 3);
+        let masked = masker.mask(agents, &mut body, Some(&plan), &mut Scratch::default()).unwrap();
+        let rows = chunk_rows(&body);
+        assert_eq!(rows[0][0].as_deref(), Some(expected.as_str()), "{value}");
+        assert_eq!(rows[0][1], Some(format!("{padding}{expected}.")), "{value}");
+        assert_eq!(rows[0][2].as_deref(), Some(expected.as_str()), "escaped {value}");
+        assert_eq!(masked.report.values_masked, 3 * changed as u64, "{value}");
+
+        let mut stream = text_stream(&[value, &long]);
+        let original = stream.clone();
+        let plan = text_plan(&masker, agents, 1);
+        masker.mask(agents, &mut stream, Some(&plan), &mut Scratch::default()).unwrap();
+        assert_eq!(stream.len(), original.len());
+        let batches = read_arrow(&stream);
+        let column = batches[0].column(0).as_any().downcast_ref::<arrow_array::StringArray>().unwrap();
+        assert_eq!(column.value(0), expected, "arrow {value}");
+        assert_eq!(column.value(1), format!("{padding}{expected}."), "arrow {value}");
+    }
+}
+
+#[test]
 fn an_answer_with_chunks_and_no_row_type_is_refused() {
     // Its chunks are masked by the plan its row type makes: without one they would go out raw.
     let masker = masker(POLICY);

@@ -1,7 +1,8 @@
 //! Value-level masking shared by the JSON and Arrow paths: cheap per-value statistics for the
-//! detector triggers (SWAR, eight bytes at a time), finding a value's matches, merging spans,
-//! and writing masks over decoded text in place. Knows nothing of JSON escapes nor Arrow
-//! buffers; never allocates (callers lend the span vector).
+//! detector triggers (SWAR, eight bytes at a time), finding a value's matches (in its
+//! percent-decoded form too), merging spans, and writing masks over decoded text in place.
+//! Knows nothing of JSON escapes nor Arrow buffers; never allocates per value (callers lend the
+//! span vector and the [`PercentView`]).
 
 use super::detect::{DetectorKind, Trigger, email_around, low_bits};
 use super::plan::ValueType;
@@ -181,9 +182,10 @@ pub(crate) fn keep_from(text: &[u8], start: usize, end: usize, keep: u32) -> usi
 }
 
 /// Runs the enabled detectors a value's statistics (and anchors found in it) trigger, adding
-/// their spans. `text` is the decoded value; `anchored` is a bit set of detectors whose anchors
-/// were found in it; `all` runs every enabled detector regardless (escaped values, references).
-/// The triggers make a bit set first, so a value that triggers nothing costs a few compares.
+/// their spans; a value holding a percent escape is searched in its decoded form too
+/// ([`PercentView`]). `text` is the decoded value; `anchored` is a bit set of detectors whose
+/// anchors were found in it; `all` runs every enabled detector regardless. The triggers make a
+/// bit set first, so a value that triggers nothing costs a few compares (and a search for `%`).
 pub(crate) fn detect_spans(
     profile: &Profile,
     text: &[u8],
@@ -191,9 +193,34 @@ pub(crate) fn detect_spans(
     anchored: u32,
     all: bool,
     spans: &mut Vec<Span>,
+    view: &mut PercentView,
 ) {
-    let mut run =
+    let run =
         if all { profile.enabled_detectors } else { triggered(text, stats, anchored) & profile.enabled_detectors };
+    run_detectors(profile, text, run, spans);
+    if profile.enabled_detectors != 0
+        && let Some(first) = first_escape(text)
+    {
+        view.decode(text, first);
+        let decoded = &view.text[..];
+        // Anchors are letters, digits, `_` and `-`, which encoders leave as they are: the
+        // value's anchors are the decoded text's.
+        let run = if all {
+            profile.enabled_detectors
+        } else {
+            triggered(decoded, self::stats(decoded), anchored) & profile.enabled_detectors
+        };
+        let before = spans.len();
+        run_detectors(profile, decoded, run, spans);
+        for span in &mut spans[before..] {
+            span.start = view.raw_of[span.start];
+            span.end = view.raw_of[span.end];
+        }
+    }
+}
+
+/// Runs the detectors of the bit set `run` on `text`, adding their spans.
+fn run_detectors(profile: &Profile, text: &[u8], mut run: u32, spans: &mut Vec<Span>) {
     while run != 0 {
         let index = run.trailing_zeros() as usize;
         run &= run - 1;
@@ -207,6 +234,64 @@ pub(crate) fn detect_spans(
     }
 }
 
+/// Where the first percent escape (`%` and two hex digits) of `text` is.
+#[inline]
+pub(crate) fn first_escape(text: &[u8]) -> Option<usize> {
+    memchr::memchr_iter(b'%', text)
+        .find(|&at| at + 2 < text.len() && text[at + 1].is_ascii_hexdigit() && text[at + 2].is_ascii_hexdigit())
+}
+
+/// A value's percent-decoded form, for the detectors. URL-encoding hides what they key on:
+/// `q%3Dcard%3D4111…` glues the card to a word (`3D`), `ada%40example.com` has no `@`,
+/// `123%2045%206789` no separator. So a value holding an escape is also searched with each `%HH`
+/// read as the byte it encodes (one level: `%253D` reads as `%3D`; `+` stays `+`, as in an
+/// e-mail address), and what is found there masks the bytes it came from, escapes whole. Lent
+/// by the caller and reused: decoding allocates nothing once it has grown.
+#[derive(Debug, Default)]
+pub(crate) struct PercentView {
+    text: Vec<u8>,
+    /// Where each decoded byte starts in the value, and one more entry: the value's length.
+    raw_of: Vec<usize>,
+}
+
+impl PercentView {
+    /// Decodes `text`, whose first escape is at `first`.
+    fn decode(&mut self, text: &[u8], first: usize) {
+        self.text.clear();
+        self.raw_of.clear();
+        self.text.extend_from_slice(&text[..first]);
+        self.raw_of.extend(0..first);
+        let mut at = first;
+        while at < text.len() {
+            self.raw_of.push(at);
+            let escape = match text.get(at..at + 3) {
+                Some(&[b'%', high, low]) => hex_value(high).zip(hex_value(low)),
+                _ => None,
+            };
+            match escape {
+                Some((high, low)) => {
+                    self.text.push(high << 4 | low);
+                    at += 3;
+                }
+                None => {
+                    self.text.push(text[at]);
+                    at += 1;
+                }
+            }
+        }
+        self.raw_of.push(text.len());
+    }
+}
+
+fn hex_value(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
+    }
+}
+
 /// Runs the detectors on a value of at most 64 bytes (`len`) whose 64-byte `window` (the value
 /// and what follows it) can be read at once: its byte classes, sixteen bytes at a time, decide
 /// which detectors can fire (the triggers of [`detect_spans`] and [`DetectorKind::may_match`]
@@ -214,7 +299,7 @@ pub(crate) fn detect_spans(
 /// and it is the card detector on a value that is all digits or the e-mail detector on a value
 /// with one `@`, its match (if any) is returned and `spans` left alone: those are found with bit
 /// scans, so the usual value costs no loop over its bytes. Otherwise the matches are added to
-/// `spans`.
+/// `spans`. A value with a `%` takes [`detect_spans`], which searches its decoded form too.
 #[inline(always)]
 pub(crate) fn detect_short(
     profile: &Profile,
@@ -222,16 +307,28 @@ pub(crate) fn detect_short(
     len: usize,
     anchored: u32,
     spans: &mut Vec<Span>,
+    view: &mut PercentView,
 ) -> Option<Span> {
     debug_assert!(len <= 64);
     let valid = low_bits(len);
     let first_32: &[u8; 32] = window[..32].try_into().expect("32 bytes");
     let mut t = if len <= 32 { triggers(first_32) } else { triggers(window) };
     t.digit &= valid;
-    t.at &= valid;
+    t.at_or_percent &= valid;
     t.separator &= valid;
+    // An e-mail address has one `@` and no `%` outside its local part: one bit, usually.
+    let mut marks = t.at_or_percent;
+    while marks != 0 {
+        let at = marks.trailing_zeros() as usize;
+        if window[at] == b'%' {
+            let text = &window[..len];
+            detect_spans(profile, text, stats(text), anchored, false, spans, view);
+            return None;
+        }
+        marks &= marks - 1;
+    }
     let may = |on: bool, kind: DetectorKind| u32::from(on) << kind.index();
-    let mut run = may(t.at != 0, DetectorKind::Email) | anchored;
+    let mut run = may(t.at_or_percent != 0, DetectorKind::Email) | anchored;
     // The digit detectors need eight digits or more (without a popcount instruction, as in
     // the x86_64 baseline, counting costs a dozen: count only when there can be enough).
     if len >= 11 && t.digit.count_ones() >= 8 {
@@ -260,9 +357,9 @@ pub(crate) fn detect_short(
             DetectorKind::Card if t.digit == valid => {
                 Some(((13..=19).contains(&len) && luhn_digits(first_32, len)).then_some((0, len)))
             }
-            DetectorKind::Email if t.at.is_power_of_two() => {
+            DetectorKind::Email if t.at_or_percent.is_power_of_two() => {
                 let classes = if len <= 32 { email_classes(first_32) } else { email_classes(window) };
-                Some(email_around(len, t.at.trailing_zeros() as usize, &classes))
+                Some(email_around(len, t.at_or_percent.trailing_zeros() as usize, &classes))
             }
             _ => None,
         };

@@ -432,3 +432,16 @@ pub(crate) fn arrow_dictionary_stream() -> Vec<u8> {
     drop(writer);
     out
 }
+
+/// An Arrow stream of one nullable Utf8 column `C0` holding `values`.
+pub(crate) fn text_stream(values: &[&str]) -> Vec<u8> {
+    let schema = Arc::new(Schema::new(vec![Field::new("C0", DataType::Utf8, true)]));
+    let column: ArrayRef = Arc::new(StringArray::from_iter_values(values.iter().copied()));
+    let batch = RecordBatch::try_new(schema.clone(), vec![column]).unwrap();
+    let mut out = Vec::new();
+    let mut writer = StreamWriter::try_new(&mut out, &schema).unwrap();
+    writer.write(&batch).unwrap();
+    writer.finish().unwrap();
+    drop(writer);
+    out
+}

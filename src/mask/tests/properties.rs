@@ -162,6 +162,14 @@ const FRAGMENTS: &[&str] = &[
     "4222222222222",
     "6011000990139420007",
     "0",
+    "%3D",
+    "%40",
+    "%20",
+    "%2",
+    "%",
+    "q%3D4532015112830366",
+    "ada%40example.com",
+    "123%2045%206789",
 ];
 
 fn text_value() -> impl Strategy<Value = String> {
@@ -330,9 +338,14 @@ fn reference_spans(case: &Case, value: &str) -> Vec<(usize, usize, StyleSpec)> {
             }
         }
     }
+    let decoded = percent_decoded(bytes);
     for (kind, style) in DetectorKind::ALL.iter().zip(&case.detectors) {
         if let Some(style) = style {
             kind.find(bytes, &mut |s, e| spans.push((s, e, style.clone())));
+            // What is found in the percent-decoded value masks the bytes it came from.
+            if let Some((text, from)) = &decoded {
+                kind.find(text, &mut |s, e| spans.push((from[s], from[e], style.clone())));
+            }
         }
     }
     spans.sort_by_key(|s| s.0);
@@ -349,6 +362,32 @@ fn reference_spans(case: &Case, value: &str) -> Vec<(usize, usize, StyleSpec)> {
         }
     }
     merged
+}
+
+/// A value holding a percent escape, decoded (each `%` and two hex digits as the byte they
+/// encode), with where each decoded byte starts in it and its length last; `None` without one.
+fn percent_decoded(bytes: &[u8]) -> Option<(Vec<u8>, Vec<usize>)> {
+    let escape = |i: usize| {
+        let hex = bytes.get(i + 1..i + 3)?;
+        let text = std::str::from_utf8(hex).ok()?;
+        u8::from_str_radix(text, 16).ok().filter(|_| bytes[i] == b'%' && hex.iter().all(u8::is_ascii_hexdigit))
+    };
+    let (mut text, mut from, mut i) = (Vec::new(), Vec::new(), 0);
+    while i < bytes.len() {
+        from.push(i);
+        match escape(i) {
+            Some(byte) => {
+                text.push(byte);
+                i += 3;
+            }
+            None => {
+                text.push(bytes[i]);
+                i += 1;
+            }
+        }
+    }
+    from.push(bytes.len());
+    (text.len() < bytes.len()).then_some((text, from))
 }
 
 fn reference_masked_text(value: &str, spans: &[(usize, usize, StyleSpec)], format: Format) -> String {
@@ -741,6 +780,10 @@ const CANARY_FRAGMENTS: &[&str] = &[
     "DE89370400440532013000",
     "AKIAIOSFODNN7EXAMPLE",
     "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.c2lnbmF0dXJl",
+    // Percent-encoded: found in the decoded value.
+    "q%3D4532015112830366",
+    "ada%40example.com",
+    "X-Amz-Credential%3DAKIAIOSFODNN7EXAMPLE",
 ];
 
 fn canary_cell() -> impl Strategy<Value = (String, u64)> {
