@@ -162,9 +162,14 @@ const UPPER: u8 = 2;
 const LOWER: u8 = 4;
 const ALNUM: u8 = DIGIT | UPPER | LOWER;
 /// `.` `_` `%` `+` `-` `'`: besides alphanumerics, in the local part of an e-mail address
-/// (`o'brien@…`; leading dots and apostrophes are not part of it, see [`find_emails`]).
+/// (`o'brien@…`; leading dots and apostrophes are not part of it, see [`find_emails`]); and
+/// the UTF-8 bytes of two-byte characters, `0x80..=0xDF` (leads and continuations): Latin
+/// letters with diacritics, Greek, Cyrillic... are e-mail characters (`josé@example.com`,
+/// `ada@bücher.de`). Characters of three bytes or more (CJK, most symbols) are not, so an
+/// address in text without spaces around it (`連絡先ada@example.comまで`) is not taken for longer.
 const EMAIL_LOCAL: u8 = 8;
-/// `.` `-`: besides alphanumerics, in an e-mail domain.
+/// `.` `-`: besides alphanumerics, in an e-mail domain; and the UTF-8 bytes of two-byte
+/// characters, as in [`EMAIL_LOCAL`].
 const EMAIL_DOMAIN: u8 = 16;
 /// `_` `-`: besides alphanumerics, in base64url.
 const URL_SAFE: u8 = 32;
@@ -187,6 +192,7 @@ static CLASS: [u8; 256] = {
                 b'-' => EMAIL_LOCAL | EMAIL_DOMAIN | URL_SAFE,
                 b'_' => EMAIL_LOCAL | URL_SAFE,
                 b'%' | b'+' | b'\'' => EMAIL_LOCAL,
+                0x80..=0xDF => EMAIL_LOCAL | EMAIL_DOMAIN,
                 _ => 0,
             }
         };
@@ -474,7 +480,8 @@ fn next_at_sign(text: &[u8], from: usize) -> Option<usize> {
 
 /// E-mail addresses: a local part (not starting with a dot or an apostrophe, so a quoted
 /// address `'ada@example.com'` leaves its quotes), `@`, and a dotted domain whose last label is
-/// at least two letters: the longest such start of the run of domain characters after the `@`
+/// at least two ASCII letters, both with the characters of [`EMAIL_LOCAL`] and [`EMAIL_DOMAIN`]
+/// (two-byte UTF-8 ones included): the longest such start of the run of domain characters after the `@`
 /// (what follows it, `-2024` or `.1`, is not the address's). The local part is the whole run
 /// of its characters before the `@`, however long (a longer one than the 64 characters of RFC
 /// 5321 is masked whole, not cut). An address run into the one before it
@@ -511,7 +518,8 @@ fn find_emails(text: &[u8], found: &mut dyn FnMut(usize, usize)) {
         while start > next_free && has(text[start - 1], ALNUM | EMAIL_LOCAL) {
             start -= 1;
         }
-        while start < at && matches!(text[start], b'.' | b'\'') {
+        // Nor from inside a character: the walk stops after a three-byte one's lead.
+        while start < at && matches!(text[start], b'.' | b'\'' | 0x80..=0xBF) {
             start += 1;
         }
         if start == at && !(at > 0 && at == next_free) {
@@ -538,7 +546,7 @@ pub(crate) fn email_around(len: usize, at: usize, c: &EmailClasses) -> Option<(u
     // apostrophes.
     let not_local = !c.local & low_bits(at);
     let mut start = if not_local == 0 { 0 } else { 64 - not_local.leading_zeros() as usize };
-    start += ((c.dot_quote >> start).trailing_ones() as usize).min(at - start);
+    start += ((c.not_first >> start).trailing_ones() as usize).min(at - start);
     if start == at {
         return None;
     }
@@ -860,6 +868,13 @@ mod tests {
         assert_eq!(spans(Email, run), ["ada@example.com.bob", "@example.org"]);
         assert!(spans(Email, "@example.org").is_empty());
         assert!(spans(Email, "x @example.org").is_empty());
+        // Letters beyond ASCII (two-byte UTF-8 characters) are part of an address; CJK text
+        // glued to one is not (these were missed whole, or left the domain out).
+        assert_eq!(spans(Email, "to josé@example.com"), ["josé@example.com"]);
+        assert_eq!(spans(Email, "ada@bücher.de."), ["ada@bücher.de"]);
+        assert_eq!(spans(Email, "Ελένη@example.gr"), ["Ελένη@example.gr"]);
+        assert_eq!(spans(Email, "連絡先ada@example.comまで"), ["ada@example.com"]);
+        assert_eq!(spans(Email, "ada@example.comé"), ["ada@example.com"]);
     }
 
     #[test]
@@ -1125,7 +1140,9 @@ mod tests {
                 while start > next_free && has(text[start - 1], ALNUM | EMAIL_LOCAL) {
                     start -= 1;
                 }
-                while start < at && (text[start] == b'.' || text[start] == b'\'') {
+                while start < at
+                    && (text[start] == b'.' || text[start] == b'\'' || (0x80..=0xBF).contains(&text[start]))
+                {
                     start += 1;
                 }
                 // No local part of its own: an address only when run into the one before.
@@ -1171,6 +1188,10 @@ mod tests {
                 b"4111 1111 1111 1111".to_vec(),
                 b"4532015112830366".to_vec(),
                 b"ada.lovelace42@example.com".to_vec(),
+                "josé".as_bytes().to_vec(),
+                "bücher.de".as_bytes().to_vec(),
+                "日本".as_bytes().to_vec(),
+                vec![0xC3],
                 b"x@y.io".to_vec(),
                 b"a".repeat(70),
                 b"123-45-6789".to_vec(),

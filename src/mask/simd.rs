@@ -34,16 +34,17 @@ pub(crate) struct Triggers {
     pub(crate) separator: u64,
 }
 
-/// The classes the e-mail detector reads: bytes of a local part (letters, digits and
-/// `._%+-'`), of a domain (letters, digits and `.-`), dots, dots and dashes, dots and
-/// apostrophes (what a local part does not start with), and letters.
+/// The classes the e-mail detector reads: bytes of a local part (letters, digits, `._%+-'` and
+/// the UTF-8 bytes of two-byte characters, `0x80..=0xDF`), of a domain (letters, digits, `.-`
+/// and those UTF-8 bytes), dots, dots and dashes, what a local part does not start with (dots,
+/// apostrophes and UTF-8 continuation bytes, `0x80..=0xBF`), and ASCII letters.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub(crate) struct EmailClasses {
     pub(crate) local: u64,
     pub(crate) domain: u64,
     pub(crate) dot: u64,
     pub(crate) dot_dash: u64,
-    pub(crate) dot_quote: u64,
+    pub(crate) not_first: u64,
     pub(crate) letter: u64,
 }
 
@@ -128,11 +129,13 @@ pub(crate) mod bytewise {
 
     pub(crate) fn email_classes<const N: usize>(bytes: &[u8; N]) -> EmailClasses {
         EmailClasses {
-            local: map(bytes, |b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'%' | b'+' | b'-' | b'\'')),
-            domain: map(bytes, |b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-')),
+            local: map(bytes, |b| {
+                b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'%' | b'+' | b'-' | b'\'' | 0x80..=0xDF)
+            }),
+            domain: map(bytes, |b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | 0x80..=0xDF)),
             dot: map(bytes, |b| b == b'.'),
             dot_dash: map(bytes, |b| b == b'.' || b == b'-'),
-            dot_quote: map(bytes, |b| b == b'.' || b == b'\''),
+            not_first: map(bytes, |b| matches!(b, b'.' | b'\'' | 0x80..=0xBF)),
             letter: map(bytes, |b| b.is_ascii_alphabetic()),
         }
     }
@@ -180,6 +183,14 @@ mod sse2 {
             let shifted = _mm_sub_epi8(v, _mm_set1_epi8(low as i8));
             _mm_cmpeq_epi8(_mm_min_epu8(shifted, _mm_set1_epi8(span as i8)), shifted)
         }
+    }
+
+    /// Lanes in `0x80..=high` (`high >= 0x80`): one signed compare, bytes from 0x80 on being
+    /// the negative ones.
+    #[inline(always)]
+    fn high_up_to(v: __m128i, high: u8) -> __m128i {
+        // SAFETY: SSE2 is part of the x86_64 baseline.
+        unsafe { _mm_cmpgt_epi8(_mm_set1_epi8((high as i8).wrapping_add(1)), v) }
     }
 
     #[inline(always)]
@@ -244,7 +255,7 @@ mod sse2 {
             let alnum = or(letter, in_range(v, b'0', 9));
             let dot = eq(v, b'.');
             let dot_dash = or(dot, eq(v, b'-'));
-            let domain = or(alnum, dot_dash);
+            let domain = or(or(alnum, dot_dash), high_up_to(v, 0xDF));
             let quote = eq(v, b'\'');
             let local = or(or(domain, quote), or(eq(v, b'_'), or(eq(v, b'%'), eq(v, b'+'))));
             let shift = 16 * i;
@@ -252,7 +263,7 @@ mod sse2 {
             c.domain |= bits(domain) << shift;
             c.dot |= bits(dot) << shift;
             c.dot_dash |= bits(dot_dash) << shift;
-            c.dot_quote |= bits(or(dot, quote)) << shift;
+            c.not_first |= bits(or(or(dot, quote), high_up_to(v, 0xBF))) << shift;
             c.letter |= bits(letter) << shift;
         }
         c
@@ -271,7 +282,7 @@ mod tests {
             x ^= x >> 7;
             x ^= x << 17;
             // Every byte value, and often the ones next to each class's edges.
-            const EDGES: &[u8] = b"\"\\@-. _%+'/09:AZ[`az{\x1f\x7f\x80\xff\xc1\xe1";
+            const EDGES: &[u8] = b"\"\\@-. _%+'/09:AZ[`az{\x1f\x7f\x80\xff\xc1\xe1\xbf\xc0\xdf\xe0";
             *b = if x.is_multiple_of(3) { (x >> 8) as u8 } else { EDGES[(x >> 16) as usize % EDGES.len()] };
         }
         block

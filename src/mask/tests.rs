@@ -286,7 +286,7 @@ fn json_chunks_with_commas_and_newlines() {
 }
 
 #[test]
-fn detectors_find_lower_case_ibans_dotted_cards_and_apostrophes() {
+fn detectors_find_lower_case_ibans_dotted_cards_apostrophes_and_accents() {
     // Each value alone (a short value: the bit-map path) and inside a value over 64 bytes
     // (the byte path), in a JSON chunk of text columns.
     let masker = masker(POLICY);
@@ -297,6 +297,8 @@ fn detectors_find_lower_case_ibans_dotted_cards_and_apostrophes() {
         ("4111.1111.1111.1111", format!("{}1111", stars("4111.1111.1111."))),
         ("o'brien@example.com", stars("o'brien@example.com")),
         ("'ada@example.com'", format!("'{}'", stars("ada@example.com"))),
+        ("josé@bücher.de", stars("josé@bücher.de")),
+        ("連絡先ada@example.comまで", format!("連絡先{}まで", stars("ada@example.com"))),
     ];
     let padding = "a value long enough to leave the short path: ".repeat(2);
     for (value, expected) in cases {
