@@ -58,8 +58,9 @@
 //! `@`), and a mask never splits an escape. Lengths are in bytes of the decoded UTF-8 text.
 //! A value holding a percent escape (`%` and two hex digits) is searched by the detectors in
 //! its percent-decoded form too (`q%3Dcard%3D4111…`, `ada%40example.com`), and what they find
-//! there masks the bytes it came from, escapes whole; one level of decoding, and `+` is read as
-//! written (not as a space). The dictionary matches words as written.
+//! there masks the bytes it came from, escapes whole; decoded again while escapes remain, up
+//! to three times (a URL in another's parameter is encoded twice), and `+` is read as written
+//! (not as a space). The dictionary matches words as written.
 //! - Text columns (TEXT, VARIANT and kin, and unknown types): a column rule masks the whole
 //!   value; detectors and the dictionary mask the text they match. `full` writes one `*` per
 //!   byte, `keep_last` keeps the last characters, `token` writes the token: exactly in JSON
@@ -518,6 +519,10 @@ impl Masker {
         plan: Option<&ColumnPlan>,
         scratch: &mut Scratch,
     ) -> Result<Masked, MaskError> {
+        // Offsets inside values (escapes decoded, percent escapes) are kept in 32 bits.
+        if u32::try_from(body.len()).is_err() {
+            return Err(MaskError::Limit { what: "a result body of 4 GiB or more" });
+        }
         let ctx = self.ctx(profile);
         let mut report = MaskReport::default();
         let original_len = body.len();

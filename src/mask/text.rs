@@ -198,10 +198,17 @@ pub(crate) fn detect_spans(
     let run =
         if all { profile.enabled_detectors } else { triggered(text, stats, anchored) & profile.enabled_detectors };
     run_detectors(profile, text, run, spans);
-    if profile.enabled_detectors != 0
-        && let Some(first) = first_escape(text)
-    {
-        view.decode(text, first);
+    if profile.enabled_detectors == 0 {
+        return;
+    }
+    let Some(mut first) = first_escape(text) else { return };
+    view.decode(text, first);
+    for level in 1..=PERCENT_LEVELS {
+        if level > 1 {
+            let Some(next) = first_escape(&view.text) else { return };
+            first = next;
+            view.decode_again(first);
+        }
         let decoded = &view.text[..];
         // Anchors are letters, digits, `_` and `-`, which encoders leave as they are: the
         // value's anchors are the decoded text's.
@@ -213,11 +220,16 @@ pub(crate) fn detect_spans(
         let before = spans.len();
         run_detectors(profile, decoded, run, spans);
         for span in &mut spans[before..] {
-            span.start = view.raw_of[span.start];
-            span.end = view.raw_of[span.end];
+            span.start = view.raw_of[span.start] as usize;
+            span.end = view.raw_of[span.end] as usize;
         }
     }
 }
+
+/// How many times a value is percent-decoded, at most: a URL carried in a parameter of
+/// another is encoded twice (`next%3D%252Fpay%253Fcard%253D4111…`), a third time in a
+/// redirect's.
+const PERCENT_LEVELS: usize = 3;
 
 /// Runs the detectors of the bit set `run` on `text`, adding their spans.
 fn run_detectors(profile: &Profile, text: &[u8], mut run: u32, spans: &mut Vec<Span>) {
@@ -244,43 +256,64 @@ pub(crate) fn first_escape(text: &[u8]) -> Option<usize> {
 /// A value's percent-decoded form, for the detectors. URL-encoding hides what they key on:
 /// `q%3Dcard%3D4111…` glues the card to a word (`3D`), `ada%40example.com` has no `@`,
 /// `123%2045%206789` no separator. So a value holding an escape is also searched with each `%HH`
-/// read as the byte it encodes (one level: `%253D` reads as `%3D`; `+` stays `+`, as in an
-/// e-mail address), and what is found there masks the bytes it came from, escapes whole. Lent
-/// by the caller and reused: decoding allocates nothing once it has grown.
+/// read as the byte it encodes, and again while escapes remain, up to [`PERCENT_LEVELS`]
+/// times (`%253D` reads as `%3D`, then `=`; `+` stays `+`, as in an e-mail address); what is
+/// found at any level masks the bytes of the value it came from, escapes whole. Lent by the
+/// caller and reused: decoding allocates nothing once it has grown.
 #[derive(Debug, Default)]
 pub(crate) struct PercentView {
     text: Vec<u8>,
-    /// Where each decoded byte starts in the value, and one more entry: the value's length.
-    raw_of: Vec<usize>,
+    /// Where each decoded byte starts in the value, and one more entry: the value's length
+    /// (32 bits: `Masker::mask` refuses bodies of 4 GiB or more).
+    raw_of: Vec<u32>,
+    /// The level before, while the next one is decoded from it.
+    before: Vec<u8>,
+    before_raw_of: Vec<u32>,
 }
 
 impl PercentView {
-    /// Decodes `text`, whose first escape is at `first`.
+    /// Decodes the value `text`, whose first escape is at `first`.
     fn decode(&mut self, text: &[u8], first: usize) {
-        self.text.clear();
-        self.raw_of.clear();
-        self.text.extend_from_slice(&text[..first]);
-        self.raw_of.extend(0..first);
-        let mut at = first;
-        while at < text.len() {
-            self.raw_of.push(at);
-            let escape = match text.get(at..at + 3) {
-                Some(&[b'%', high, low]) => hex_value(high).zip(hex_value(low)),
-                _ => None,
-            };
-            match escape {
-                Some((high, low)) => {
-                    self.text.push(high << 4 | low);
-                    at += 3;
-                }
-                None => {
-                    self.text.push(text[at]);
-                    at += 1;
-                }
+        // The value's own bytes start where they are.
+        self.before_raw_of.clear();
+        self.before_raw_of.extend(0..=text.len() as u32);
+        decode_level(text, &self.before_raw_of, first, &mut self.text, &mut self.raw_of);
+    }
+
+    /// Decodes the decoded text once more, its first escape at `first`.
+    fn decode_again(&mut self, first: usize) {
+        std::mem::swap(&mut self.text, &mut self.before);
+        std::mem::swap(&mut self.raw_of, &mut self.before_raw_of);
+        decode_level(&self.before, &self.before_raw_of, first, &mut self.text, &mut self.raw_of);
+    }
+}
+
+/// Percent-decodes `text` (first escape at `first`) into `out`, with where each byte of `out`
+/// starts in the value: `raw_of[i]` is where byte `i` of `text` does (one more entry, its end).
+fn decode_level(text: &[u8], raw_of: &[u32], first: usize, out: &mut Vec<u8>, out_raw_of: &mut Vec<u32>) {
+    out.clear();
+    out_raw_of.clear();
+    out.extend_from_slice(&text[..first]);
+    out_raw_of.extend_from_slice(&raw_of[..first]);
+    let mut at = first;
+    while at < text.len() {
+        out_raw_of.push(raw_of[at]);
+        let escape = match text.get(at..at + 3) {
+            Some(&[b'%', high, low]) => hex_value(high).zip(hex_value(low)),
+            _ => None,
+        };
+        match escape {
+            Some((high, low)) => {
+                out.push(high << 4 | low);
+                at += 3;
+            }
+            None => {
+                out.push(text[at]);
+                at += 1;
             }
         }
-        self.raw_of.push(text.len());
     }
+    out_raw_of.push(raw_of[text.len()]);
 }
 
 fn hex_value(b: u8) -> Option<u8> {

@@ -163,6 +163,8 @@ const FRAGMENTS: &[&str] = &[
     "6011000990139420007",
     "0",
     "%3D",
+    "%253D",
+    "%2540",
     "%40",
     "%20",
     "%2",
@@ -338,12 +340,20 @@ fn reference_spans(case: &Case, value: &str) -> Vec<(usize, usize, StyleSpec)> {
             }
         }
     }
-    let decoded = percent_decoded(bytes);
+    // The value percent-decoded, again while it holds escapes, up to three times.
+    let mut levels: Vec<(Vec<u8>, Vec<usize>)> = Vec::new();
+    let mut level = (bytes.to_vec(), (0..=bytes.len()).collect::<Vec<usize>>());
+    while levels.len() < 3
+        && let Some((text, from)) = percent_decoded(&level.0)
+    {
+        level = (text, from.iter().map(|&i| level.1[i]).collect());
+        levels.push(level.clone());
+    }
     for (kind, style) in DetectorKind::ALL.iter().zip(&case.detectors) {
         if let Some(style) = style {
             kind.find(bytes, &mut |s, e| spans.push((s, e, style.clone())));
-            // What is found in the percent-decoded value masks the bytes it came from.
-            if let Some((text, from)) = &decoded {
+            // What is found in a percent-decoded level masks the bytes it came from.
+            for (text, from) in &levels {
                 kind.find(text, &mut |s, e| spans.push((from[s], from[e], style.clone())));
             }
         }
