@@ -18,7 +18,7 @@ use super::rules::{RuleKind, Style};
 #[cfg(target_arch = "x86_64")]
 use super::simd::features;
 use super::text::{
-    MatchCursor, PercentView, Span, apply_spans_fixed_len, detect_short, detect_spans, fill, merge_spans, stats,
+    MatchCursor, Span, Views, apply_spans_fixed_len, detect_short, detect_spans, fill, settle_spans, stats,
     type_valid_text,
 };
 use super::{MaskError, MaskReport, Scratch};
@@ -482,7 +482,7 @@ fn mask_batch(
     report: &mut MaskReport,
 ) -> Result<(), MaskError> {
     let profile = ctx.profile;
-    let Scratch { arrow, spans, percent, .. } = scratch;
+    let Scratch { arrow, spans, views, .. } = scratch;
     for (column, planned) in columns.iter().enumerate() {
         let root = arrow.roots[column];
         let fields = &arrow.fields[root..root + arrow.fields[root].subtree];
@@ -508,7 +508,7 @@ fn mask_batch(
                     let nullable = index == 0 && planned.nullable && field.nullable && !view.validity.is_empty();
                     // Only a column's own text is JSON (VARIANT...); strings nested in it are text.
                     let value_type = if index == 0 { planned.value_type } else { ValueType::Text };
-                    scan_text(ctx, buf, TextArray { view, large, nullable, value_type }, spans, percent, report);
+                    scan_text(ctx, buf, TextArray { view, large, nullable, value_type }, spans, views, report);
                 }
                 Layout::Fixed(width @ (8 | 16))
                     if index == 0 && planned.value_type == (ValueType::Fixed { scale: 0 }) && card.is_some() =>
@@ -587,16 +587,16 @@ fn scan_text(
     buf: &mut [u8],
     array: TextArray<'_>,
     spans: &mut Vec<Span>,
-    percent: &mut PercentView,
+    views: &mut Views,
     report: &mut MaskReport,
 ) {
     #[cfg(target_arch = "x86_64")]
     if features::x86_64_v3() {
         // SAFETY: the CPU has every feature `scan_text_v3` is compiled for (checked just above).
         #[allow(unsafe_code)]
-        return unsafe { scan_text_v3(ctx, buf, array, spans, percent, report) };
+        return unsafe { scan_text_v3(ctx, buf, array, spans, views, report) };
     }
-    scan_text_values(ctx, buf, array, spans, percent, report)
+    scan_text_values(ctx, buf, array, spans, views, report)
 }
 
 /// [`scan_text_values`] compiled for x86-64-v3 CPUs (see `RowsWalker::walk_v3` in `json.rs`).
@@ -607,10 +607,10 @@ fn scan_text_v3(
     buf: &mut [u8],
     array: TextArray<'_>,
     spans: &mut Vec<Span>,
-    percent: &mut PercentView,
+    views: &mut Views,
     report: &mut MaskReport,
 ) {
-    scan_text_values(ctx, buf, array, spans, percent, report)
+    scan_text_values(ctx, buf, array, spans, views, report)
 }
 
 #[inline(always)]
@@ -619,7 +619,7 @@ fn scan_text_values(
     buf: &mut [u8],
     array: TextArray<'_>,
     spans: &mut Vec<Span>,
-    percent: &mut PercentView,
+    views: &mut Views,
     report: &mut MaskReport,
 ) {
     let TextArray { view, large, nullable, value_type } = array;
@@ -642,21 +642,21 @@ fn scan_text_values(
         match buf.get(range.start..range.start + 64).filter(|_| len <= 64) {
             Some(window) => {
                 let window: &[u8; 64] = window.try_into().expect("64 bytes");
-                let one = detect_short(profile, window, len, anchored, spans, percent);
+                let one = detect_short(profile, window, len, anchored, spans, views);
                 spans.extend(one);
             }
             None => {
                 let value = &buf[range.clone()];
                 let value_stats = stats(value);
                 if value_stats.at || value_stats.digits > 0 || anchored != 0 {
-                    detect_spans(profile, value, value_stats, anchored, false, spans, percent);
+                    detect_spans(profile, value, value_stats, anchored, false, spans, views);
                 }
             }
         }
         if spans.is_empty() {
             continue;
         }
-        merge_spans(profile, spans);
+        settle_spans(profile, &buf[range.clone()], spans, views);
         report.count(spans.iter().fold(0, |k, s| k | s.kinds));
         if nullable && spans.iter().any(|s| s.style == Style::Null) && is_valid(buf, view, i) {
             set_null(buf, view, i);

@@ -712,8 +712,9 @@ fn find_prefixed(
 }
 
 /// JWTs: `eyJ` and a base64url header of at least 10 characters, a payload of at least 2, and
-/// a signature that may be empty (unsigned tokens), separated by dots; not preceded by an
-/// alphanumeric (`jwt_eyJ…` and `token-eyJ…` are found).
+/// a signature that may be empty (unsigned tokens), separated by dots, and any more segments
+/// joined by dots (a JWE's five, or tokens run together); not preceded by an alphanumeric
+/// (`jwt_eyJ…` and `token-eyJ…` are found).
 fn find_jwts(text: &[u8], found: &mut dyn FnMut(usize, usize)) {
     let segment = |from: usize| text[from..].iter().take_while(|&&b| is_url_safe(b)).count();
     let mut next_free = 0;
@@ -731,7 +732,10 @@ fn find_jwts(text: &[u8], found: &mut dyn FnMut(usize, usize)) {
         if payload < 2 || text.get(dot2) != Some(&b'.') {
             continue;
         }
-        let end = dot2 + 1 + segment(dot2 + 1);
+        let mut end = dot2 + 1 + segment(dot2 + 1);
+        while text.get(end) == Some(&b'.') && segment(end + 1) > 0 {
+            end += 1 + segment(end + 1);
+        }
         found(start, end);
         next_free = end;
     }
@@ -952,6 +956,11 @@ mod tests {
         assert_eq!(spans(DetectorKind::Jwt, &format!("jwt_{jwt}")), [jwt]);
         assert_eq!(spans(DetectorKind::Jwt, &format!("token-{jwt}")), [jwt]);
         assert!(spans(DetectorKind::Jwt, &format!("x{jwt}")).is_empty());
+        // More segments joined by dots are the token's (two tokens run together left the
+        // second one's payload in clear); a sentence's full stop is not.
+        let two = format!("{jwt}.{jwt}");
+        assert_eq!(spans(DetectorKind::Jwt, &format!("x-{two}")), [two.as_str()]);
+        assert_eq!(spans(DetectorKind::Jwt, &format!("{jwt}. Next")), [jwt]);
         assert!(spans(DetectorKind::Jwt, "eyJhbGciOiJ").is_empty());
     }
 

@@ -13,8 +13,9 @@ use super::scan::{Quotes, StructureMap, WINDOW_BYTES};
 #[cfg(target_arch = "x86_64")]
 use super::simd::features;
 use super::text::{
-    MatchCursor, Span, Stats, apply_spans_fixed_len, count_flags, detect_short, detect_spans, dictionary_spans,
-    digit_bytes, eq_bytes, fill, keep_from, load_word, masked_preview, merge_spans, stats, type_valid_text,
+    MatchCursor, Span, Stats, apply_spans_fixed_len, borders_word, count_flags, detect_short, detect_spans,
+    dictionary_spans, digit_bytes, eq_bytes, fill, keep_from, load_word, masked_preview, settle_spans, stats,
+    type_valid_text,
 };
 use super::{ChunkRef, Envelope, MaskError, MaskReport, ResultFormat, Scratch};
 use crate::mask::detect::DetectorKind;
@@ -415,12 +416,14 @@ impl<'a> RowsWalker<'a> {
         };
         let window: &[u8; 64] = window.try_into().expect("64 bytes");
         let profile = self.profile;
-        let Scratch { spans, percent, .. } = &mut *self.scratch;
+        let Scratch { spans, views, .. } = &mut *self.scratch;
         spans.clear();
         let mut anchored = 0u32;
         self.cursor.collect(&profile.dictionary, body, content, close, &mut anchored, spans);
-        match detect_short(profile, window, len, anchored, spans, percent) {
-            Some(span) if planned.value_type == ValueType::Text => self.mask_one(body, open, close, planned, span),
+        match detect_short(profile, window, len, anchored, spans, views) {
+            Some(span) if planned.value_type == ValueType::Text && !borders_word(&window[..len], &span) => {
+                self.mask_one(body, open, close, planned, span)
+            }
             Some(span) => {
                 spans.push(span);
                 self.mask_spans(body, open, close, planned);
@@ -502,14 +505,14 @@ impl<'a> RowsWalker<'a> {
         let content = open + 1;
         let profile = self.profile;
         let dictionary = &profile.dictionary;
-        let Scratch { spans, percent, .. } = &mut *self.scratch;
+        let Scratch { spans, views, .. } = &mut *self.scratch;
         spans.clear();
         let mut anchored = 0u32;
         self.cursor.collect(dictionary, body, content, close, &mut anchored, spans);
         let text = &body[content..close];
         // A percent escape of an ASCII byte has a digit: `%3D`, `%40`, `%20`.
         if stats.at || stats.digits > 0 || anchored != 0 {
-            detect_spans(profile, text, stats, anchored, false, spans, percent);
+            detect_spans(profile, text, stats, anchored, false, spans, views);
         }
         if spans.is_empty() {
             return;
@@ -549,14 +552,16 @@ impl<'a> RowsWalker<'a> {
     fn mask_spans(&mut self, body: &mut [u8], open: usize, close: usize, planned: PlannedColumn) {
         let content = open + 1;
         let profile = self.profile;
-        let spans = &mut self.scratch.spans;
-        if let [span] = spans[..]
+        if let [span] = self.scratch.spans[..]
             && planned.value_type == ValueType::Text
+            && !borders_word(&body[content..close], &span)
         {
             self.mask_one(body, open, close, planned, span);
             return;
         }
-        merge_spans(profile, spans);
+        let Scratch { spans, views, .. } = &mut *self.scratch;
+        settle_spans(profile, &body[content..close], spans, views);
+        let spans = &self.scratch.spans;
         let kinds = spans.iter().fold(0, |k, s| k | s.kinds);
         self.report.count(kinds);
         let null = planned.nullable && close - open + 1 >= 4 && spans.iter().any(|s| s.style == Style::Null);
@@ -596,16 +601,16 @@ impl<'a> RowsWalker<'a> {
         let profile = self.profile;
         // Skip dictionary matches inside this cell: they were found on escaped bytes.
         self.cursor.advance_to(&profile.dictionary, body, close);
-        let Scratch { spans, percent, decoded, raw_of, repls, preview, .. } = &mut *self.scratch;
+        let Scratch { spans, views, decoded, raw_of, repls, preview, .. } = &mut *self.scratch;
         decode_string(&body[content..close], decoded, raw_of)?;
         spans.clear();
         let mut anchored = 0u32;
         dictionary_spans(&profile.dictionary, decoded, &mut anchored, spans);
-        detect_spans(profile, decoded, stats(decoded), anchored, false, spans, percent);
+        detect_spans(profile, decoded, stats(decoded), anchored, false, spans, views);
         if spans.is_empty() {
             return Ok(());
         }
-        merge_spans(profile, spans);
+        settle_spans(profile, decoded, spans, views);
         let kinds = spans.iter().fold(0, |k, s| k | s.kinds);
         self.report.count(kinds);
         if planned.nullable && close - open + 1 >= 4 && spans.iter().any(|s| s.style == Style::Null) {
@@ -1255,12 +1260,12 @@ fn mask_message(
     report: &mut MaskReport,
 ) -> Result<(), MaskError> {
     let StrTok { open, close, .. } = token;
-    let Scratch { spans, percent, decoded, raw_of, repls, .. } = scratch;
+    let Scratch { spans, views, decoded, raw_of, repls, .. } = scratch;
     decode_string(&body[open + 1..close], decoded, raw_of)?;
     spans.clear();
     let mut anchored = 0u32;
     dictionary_spans(&profile.dictionary, decoded, &mut anchored, spans);
-    detect_spans(profile, decoded, stats(decoded), anchored, false, spans, percent);
+    detect_spans(profile, decoded, stats(decoded), anchored, false, spans, views);
     if !profile.columns.is_empty() {
         let kinds = RuleKind::Column.bit();
         let mut quotes = memchr::memchr_iter(b'\'', decoded);
@@ -1273,7 +1278,7 @@ fn mask_message(
     if spans.is_empty() {
         return Ok(());
     }
-    merge_spans(profile, spans);
+    settle_spans(profile, decoded, spans, views);
     report.count(spans.iter().fold(0, |k, s| k | s.kinds));
     plan_repls(profile, decoded, Some(raw_of), spans, repls);
     rewrite(body, open, close, repls, profile);

@@ -421,7 +421,7 @@ pub struct Masked {
 #[derive(Default)]
 pub struct Scratch {
     pub(crate) spans: Vec<text::Span>,
-    pub(crate) percent: text::PercentView,
+    pub(crate) views: text::Views,
     pub(crate) decoded: Vec<u8>,
     pub(crate) raw_of: Vec<u32>,
     pub(crate) repls: Vec<json::Repl>,

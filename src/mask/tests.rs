@@ -686,6 +686,43 @@ fn refuses_an_arrow_length_whose_offsets_would_overflow() {
 }
 
 #[test]
+fn masks_are_final_after_one_pass() {
+    // Masking one match can free another glued to it; what one pass writes needs no second.
+    let masker = masker(POLICY);
+    let agents = masker.profile("agents").unwrap();
+    let cases = [
+        // The card's mask cuts the run of digits the decoded form read (`…1111211116789`).
+        ("4111111111111111%3211116789", format!("{}6789", stars("4111111111111111%321111"))),
+        // The first card is glued to `%2D` as written and to `A` (`%41`) decoded: found once
+        // the second one's mask no longer decodes to a letter (it was left in clear).
+        (
+            "%2D4111111111111111%4111111111111111",
+            format!("%2D{}1111%{}1111", stars("411111111111"), stars("411111111111")),
+        ),
+        // A card glued to an address's domain, found once the address is masked.
+        ("x@ada.coma4111111111111111", format!("{}{}1111", stars("x@ada.coma"), stars("411111111111"))),
+        // Encoded anchors: the decoded form is searched for every anchor.
+        ("%41KIAIOSFODNN7EXAMPLE", stars("%41KIAIOSFODNN7EXAMPLE")),
+        ("key%3D%41KIAIOSFODNN7EXAMPLE&x=1", format!("key%3D{}&x=1", stars("%41KIAIOSFODNN7EXAMPLE"))),
+    ];
+    for (value, expected) in &cases {
+        let mut body = json_chunk_bytes(&[&[Some(value)]]);
+        let plan = text_plan(&masker, agents, 1);
+        masker.mask(agents, &mut body, Some(&plan), &mut Scratch::default()).unwrap();
+        assert_eq!(chunk_rows(&body)[0][0].as_deref(), Some(expected.as_str()), "{value}");
+        let once = body.clone();
+        masker.mask(agents, &mut body, Some(&plan), &mut Scratch::default()).unwrap();
+        assert_eq!(body, once, "a second pass masked more in {value}");
+
+        let mut stream = text_stream(&[value]);
+        masker.mask(agents, &mut stream, Some(&plan), &mut Scratch::default()).unwrap();
+        let batches = read_arrow(&stream);
+        let column = batches[0].column(0).as_any().downcast_ref::<arrow_array::StringArray>().unwrap();
+        assert_eq!(column.value(0), expected, "arrow {value}");
+    }
+}
+
+#[test]
 fn a_body_of_4_gib_is_refused() {
     // Offsets inside values are 32 bits. The pages are never touched: zeroed memory is mapped
     // lazily, and the length is checked first.

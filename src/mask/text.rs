@@ -2,7 +2,7 @@
 //! detector triggers (SWAR, eight bytes at a time), finding a value's matches (in its
 //! percent-decoded form too), merging spans, and writing masks over decoded text in place.
 //! Knows nothing of JSON escapes nor Arrow buffers; never allocates per value (callers lend the
-//! span vector and the [`PercentView`]).
+//! span vector and the [`Views`]).
 
 use super::detect::{DetectorKind, Trigger, email_around, low_bits};
 use super::plan::ValueType;
@@ -183,7 +183,7 @@ pub(crate) fn keep_from(text: &[u8], start: usize, end: usize, keep: u32) -> usi
 
 /// Runs the enabled detectors a value's statistics (and anchors found in it) trigger, adding
 /// their spans; a value holding a percent escape is searched in its decoded form too
-/// ([`PercentView`]). `text` is the decoded value; `anchored` is a bit set of detectors whose
+/// ([`Views`]). `text` is the decoded value; `anchored` is a bit set of detectors whose
 /// anchors were found in it; `all` runs every enabled detector regardless. The triggers make a
 /// bit set first, so a value that triggers nothing costs a few compares (and a search for `%`).
 pub(crate) fn detect_spans(
@@ -193,7 +193,7 @@ pub(crate) fn detect_spans(
     anchored: u32,
     all: bool,
     spans: &mut Vec<Span>,
-    view: &mut PercentView,
+    views: &mut Views,
 ) {
     let run =
         if all { profile.enabled_detectors } else { triggered(text, stats, anchored) & profile.enabled_detectors };
@@ -202,28 +202,85 @@ pub(crate) fn detect_spans(
         return;
     }
     let Some(mut first) = first_escape(text) else { return };
-    view.decode(text, first);
+    views.decode(text, first);
     for level in 1..=PERCENT_LEVELS {
         if level > 1 {
-            let Some(next) = first_escape(&view.text) else { return };
+            let Some(next) = first_escape(&views.text) else { return };
             first = next;
-            view.decode_again(first);
+            views.decode_again(first);
         }
-        let decoded = &view.text[..];
-        // Anchors are letters, digits, `_` and `-`, which encoders leave as they are: the
-        // value's anchors are the decoded text's.
+        let decoded = &views.text[..];
+        // An anchor may be encoded too (`%41KIA…`): in decoded text every detector that has
+        // anchors looks for them itself.
         let run = if all {
             profile.enabled_detectors
         } else {
-            triggered(decoded, self::stats(decoded), anchored) & profile.enabled_detectors
+            triggered(decoded, self::stats(decoded), !0) & profile.enabled_detectors
         };
         let before = spans.len();
         run_detectors(profile, decoded, run, spans);
         for span in &mut spans[before..] {
-            span.start = view.raw_of[span.start] as usize;
-            span.end = view.raw_of[span.end] as usize;
+            span.start = views.raw_of[span.start] as usize;
+            span.end = views.raw_of[span.end] as usize;
         }
     }
+}
+
+/// How many times [`settle_spans`] reads a value as masked before masking it whole.
+const SETTLE_ROUNDS: usize = 4;
+
+/// Makes a value's masks final. Masking one match can free another that was glued to it: in
+/// `4111111111111111%3211116789` the card's mask cuts the longer run of digits the decoded
+/// form read; after `x@ada.coma4111…` is masked the card no longer follows a letter; the last
+/// characters a keep-last mask leaves can start a match with what follows (`…comghp` and
+/// `_a1B2…` a token, `…DE89` and ` 3704 0044…` an IBAN). A second pass over the masked value would mask more. So when a mask borders a
+/// character that can continue a match ([`borders_word`]), the detectors read the value as
+/// masked (the spans applied at fixed length, as Arrow writes them) and what they find there is
+/// added, until nothing new is found; after [`SETTLE_ROUNDS`] rounds the whole value is masked
+/// in the strongest style found. Sorts and merges `spans` ([`merge_spans`]). A value whose
+/// masks border none (the usual one: a whole value, or a match between spaces) costs a look at
+/// each mask's two ends.
+pub(crate) fn settle_spans(profile: &Profile, text: &[u8], spans: &mut Vec<Span>, views: &mut Views) {
+    merge_spans(profile, spans);
+    for _ in 0..SETTLE_ROUNDS {
+        if !spans.iter().any(|s| borders_word(text, s)) {
+            return;
+        }
+        let mut masked = std::mem::take(&mut views.masked);
+        masked.clear();
+        masked.extend_from_slice(text);
+        apply_spans_fixed_len(profile, &mut masked, spans);
+        let before = spans.len();
+        detect_spans(profile, &masked, stats(&masked), !0, false, spans, views);
+        views.masked = masked;
+        let (found, new) = spans.split_at(before);
+        if new.iter().all(|n| found.iter().any(|f| f.start <= n.start && n.end <= f.end)) {
+            spans.truncate(before);
+            return;
+        }
+        merge_spans(profile, spans);
+    }
+    // Still finding more: the whole value.
+    let strongest =
+        spans.iter().copied().reduce(|a, b| if b.style.stronger_than(a.style, &profile.tokens) { b } else { a });
+    if let Some(strongest) = strongest {
+        let kinds = spans.iter().fold(0, |k, s| k | s.kinds);
+        spans.clear();
+        spans.push(Span { start: 0, end: text.len(), style: strongest.style, kinds });
+    }
+}
+
+/// Whether the span's mask borders a byte that can continue a match (a letter or digit, a
+/// byte of a UTF-8 character, or one of `%_-.@'+`), which a match it cut off may have been
+/// glued to, or leaves its last characters in clear before more text, which they may start a
+/// match with (`…DE89 3704 0044…`, an IBAN the mask's `*`s no longer glue to a word): see
+/// [`settle_spans`].
+#[inline(always)]
+pub(crate) fn borders_word(text: &[u8], span: &Span) -> bool {
+    let glue =
+        |b: u8| b.is_ascii_alphanumeric() || b >= 0x80 || matches!(b, b'%' | b'_' | b'-' | b'.' | b'@' | b'\'' | b'+');
+    let tail_kept = matches!(span.style, Style::KeepLast(keep) if keep > 0);
+    (span.start > 0 && glue(text[span.start - 1])) || text.get(span.end).is_some_and(|&b| tail_kept || glue(b))
 }
 
 /// How many times a value is percent-decoded, at most: a URL carried in a parameter of
@@ -253,15 +310,20 @@ pub(crate) fn first_escape(text: &[u8]) -> Option<usize> {
         .find(|&at| at + 2 < text.len() && text[at + 1].is_ascii_hexdigit() && text[at + 2].is_ascii_hexdigit())
 }
 
-/// A value's percent-decoded form, for the detectors. URL-encoding hides what they key on:
-/// `q%3Dcard%3D4111…` glues the card to a word (`3D`), `ada%40example.com` has no `@`,
-/// `123%2045%206789` no separator. So a value holding an escape is also searched with each `%HH`
-/// read as the byte it encodes, and again while escapes remain, up to [`PERCENT_LEVELS`]
-/// times (`%253D` reads as `%3D`, then `=`; `+` stays `+`, as in an e-mail address); what is
-/// found at any level masks the bytes of the value it came from, escapes whole. Lent by the
-/// caller and reused: decoding allocates nothing once it has grown.
+/// The other forms of a value the detectors read, in buffers lent by the caller and reused
+/// (nothing is allocated once they have grown): its percent-decoded levels, and its text as
+/// masked ([`settle_spans`]).
+///
+/// URL-encoding hides what the detectors key on: `q%3Dcard%3D4111…` glues the card to a word
+/// (`3D`), `ada%40example.com` has no `@`, `123%2045%206789` no separator. So a value holding an
+/// escape is also searched with each `%HH` read as the byte it encodes, and again while escapes
+/// remain, up to [`PERCENT_LEVELS`] times (`%253D` reads as `%3D`, then `=`; `+` stays `+`, as
+/// in an e-mail address); what is found at any level masks the bytes of the value it came
+/// from, escapes whole.
 #[derive(Debug, Default)]
-pub(crate) struct PercentView {
+pub(crate) struct Views {
+    /// The value as masked, for [`settle_spans`].
+    masked: Vec<u8>,
     text: Vec<u8>,
     /// Where each decoded byte starts in the value, and one more entry: the value's length
     /// (32 bits: `Masker::mask` refuses bodies of 4 GiB or more).
@@ -271,7 +333,7 @@ pub(crate) struct PercentView {
     before_raw_of: Vec<u32>,
 }
 
-impl PercentView {
+impl Views {
     /// Decodes the value `text`, whose first escape is at `first`.
     fn decode(&mut self, text: &[u8], first: usize) {
         // The value's own bytes start where they are.
@@ -340,7 +402,7 @@ pub(crate) fn detect_short(
     len: usize,
     anchored: u32,
     spans: &mut Vec<Span>,
-    view: &mut PercentView,
+    views: &mut Views,
 ) -> Option<Span> {
     debug_assert!(len <= 64);
     let valid = low_bits(len);
@@ -355,7 +417,7 @@ pub(crate) fn detect_short(
         let at = marks.trailing_zeros() as usize;
         if window[at] == b'%' {
             let text = &window[..len];
-            detect_spans(profile, text, stats(text), anchored, false, spans, view);
+            detect_spans(profile, text, stats(text), anchored, false, spans, views);
             return None;
         }
         marks &= marks - 1;
