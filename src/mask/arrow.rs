@@ -656,7 +656,7 @@ fn scan_text_values(
         if spans.is_empty() {
             continue;
         }
-        settle_spans(profile, &buf[range.clone()], spans, views);
+        settle_spans(profile, &buf[range.clone()], anchored, spans, views);
         report.count(spans.iter().fold(0, |k, s| k | s.kinds));
         if nullable && spans.iter().any(|s| s.style == Style::Null) && is_valid(buf, view, i) {
             set_null(buf, view, i);

@@ -426,9 +426,9 @@ impl<'a> RowsWalker<'a> {
             }
             Some(span) => {
                 spans.push(span);
-                self.mask_spans(body, open, close, planned);
+                self.mask_spans(body, open, close, planned, anchored);
             }
-            None if !spans.is_empty() => self.mask_spans(body, open, close, planned),
+            None if !spans.is_empty() => self.mask_spans(body, open, close, planned, anchored),
             None => {}
         }
     }
@@ -517,7 +517,7 @@ impl<'a> RowsWalker<'a> {
         if spans.is_empty() {
             return;
         }
-        self.mask_spans(body, open, close, planned);
+        self.mask_spans(body, open, close, planned, anchored);
     }
 
     /// Masks the one match in a text cell without escapes: where it lies.
@@ -548,8 +548,9 @@ impl<'a> RowsWalker<'a> {
         }
     }
 
-    /// Masks the spans found in a cell without escapes (in `Scratch::spans`, not empty).
-    fn mask_spans(&mut self, body: &mut [u8], open: usize, close: usize, planned: PlannedColumn) {
+    /// Masks the spans found in a cell without escapes (in `Scratch::spans`, not empty), whose
+    /// anchors found were `anchored`.
+    fn mask_spans(&mut self, body: &mut [u8], open: usize, close: usize, planned: PlannedColumn, anchored: u32) {
         let content = open + 1;
         let profile = self.profile;
         if let [span] = self.scratch.spans[..]
@@ -560,7 +561,7 @@ impl<'a> RowsWalker<'a> {
             return;
         }
         let Scratch { spans, views, .. } = &mut *self.scratch;
-        settle_spans(profile, &body[content..close], spans, views);
+        settle_spans(profile, &body[content..close], anchored, spans, views);
         let spans = &self.scratch.spans;
         let kinds = spans.iter().fold(0, |k, s| k | s.kinds);
         self.report.count(kinds);
@@ -610,7 +611,7 @@ impl<'a> RowsWalker<'a> {
         if spans.is_empty() {
             return Ok(());
         }
-        settle_spans(profile, decoded, spans, views);
+        settle_spans(profile, decoded, anchored, spans, views);
         let kinds = spans.iter().fold(0, |k, s| k | s.kinds);
         self.report.count(kinds);
         if planned.nullable && close - open + 1 >= 4 && spans.iter().any(|s| s.style == Style::Null) {
@@ -1278,7 +1279,7 @@ fn mask_message(
     if spans.is_empty() {
         return Ok(());
     }
-    settle_spans(profile, decoded, spans, views);
+    settle_spans(profile, decoded, anchored, spans, views);
     report.count(spans.iter().fold(0, |k, s| k | s.kinds));
     plan_repls(profile, decoded, Some(raw_of), spans, repls);
     rewrite(body, open, close, repls, profile);

@@ -237,21 +237,25 @@ const SETTLE_ROUNDS: usize = 4;
 /// character that can continue a match ([`borders_word`]), the detectors read the value as
 /// masked (the spans applied at fixed length, as Arrow writes them) and what they find there is
 /// added, until nothing new is found; after [`SETTLE_ROUNDS`] rounds the whole value is masked
-/// in the strongest style found. Sorts and merges `spans` ([`merge_spans`]). A value whose
+/// in the strongest style found. `anchored` are the anchors found in the value: a mask does
+/// not make more, but the characters a keep-last mask leaves might, with what follows them.
+/// Sorts and merges `spans` ([`merge_spans`]). A value whose
 /// masks border none (the usual one: a whole value, or a match between spaces) costs a look at
 /// each mask's two ends.
-pub(crate) fn settle_spans(profile: &Profile, text: &[u8], spans: &mut Vec<Span>, views: &mut Views) {
+pub(crate) fn settle_spans(profile: &Profile, text: &[u8], anchored: u32, spans: &mut Vec<Span>, views: &mut Views) {
     merge_spans(profile, spans);
     for _ in 0..SETTLE_ROUNDS {
         if !spans.iter().any(|s| borders_word(text, s)) {
             return;
         }
+        let kept = spans.iter().any(|s| matches!(s.style, Style::KeepLast(keep) if keep > 0));
+        let anchored = if kept { !0 } else { anchored };
         let mut masked = std::mem::take(&mut views.masked);
         masked.clear();
         masked.extend_from_slice(text);
         apply_spans_fixed_len(profile, &mut masked, spans);
         let before = spans.len();
-        detect_spans(profile, &masked, stats(&masked), !0, false, spans, views);
+        detect_spans(profile, &masked, stats(&masked), anchored, false, spans, views);
         views.masked = masked;
         let (found, new) = spans.split_at(before);
         if new.iter().all(|n| found.iter().any(|f| f.start <= n.start && n.end <= f.end)) {
@@ -279,8 +283,14 @@ pub(crate) fn settle_spans(profile: &Profile, text: &[u8], spans: &mut Vec<Span>
 pub(crate) fn borders_word(text: &[u8], span: &Span) -> bool {
     let glue =
         |b: u8| b.is_ascii_alphanumeric() || b >= 0x80 || matches!(b, b'%' | b'_' | b'-' | b'.' | b'@' | b'\'' | b'+');
-    let tail_kept = matches!(span.style, Style::KeepLast(keep) if keep > 0);
-    (span.start > 0 && glue(text[span.start - 1])) || text.get(span.end).is_some_and(|&b| tail_kept || glue(b))
+    // A mask over a whole value (the usual one) borders nothing: two compares.
+    if span.start > 0 && glue(text[span.start - 1]) {
+        return true;
+    }
+    match text.get(span.end) {
+        None => false,
+        Some(&after) => glue(after) || matches!(span.style, Style::KeepLast(keep) if keep > 0),
+    }
 }
 
 /// How many times a value is percent-decoded, at most: a URL carried in a parameter of
