@@ -482,7 +482,8 @@ impl<'a> RowsWalker<'a> {
         let scan_text = planned.rule.is_none() && planned.value_type.is_text();
         let scan_card =
             planned.rule.is_none() && planned.value_type == ValueType::Fixed { scale: 0 } && card_style.is_some();
-        let want_stats = (scan_text && (profile.at_trigger || profile.digit_trigger.is_some())) || scan_card;
+        // Any detector wants them: a percent escape has a digit (`%41KIA…` is an AWS key).
+        let want_stats = (scan_text && profile.enabled_detectors != 0) || scan_card;
         let (stop, stats) = scan_string(body, open + 1, want_stats).ok_or_else(|| bad(open, "unterminated string"))?;
         let (close, escaped) = if body[stop] == b'"' { (stop, false) } else { (close_after_escape(body, stop)?, true) };
         if let Some(rule) = planned.rule {

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use aho_corasick::{AhoCorasick, AhoCorasickKind, Input, MatchKind, packed};
 use globset::{GlobBuilder, GlobMatcher};
 
-use super::detect::{DetectorKind, Trigger};
+use super::detect::DetectorKind;
 use super::plan::{Column, ColumnPlan, PlannedColumn, ValueType};
 use super::spec::{DetectorSwitch, MaskSpec, MaskingSpec, ProfileSpec};
 
@@ -216,10 +216,6 @@ pub(crate) struct Profile {
     pub(crate) detectors: [Option<Style>; DetectorKind::COUNT],
     /// The enabled detectors, as bits by [`DetectorKind::index`].
     pub(crate) enabled_detectors: u32,
-    /// The fewest digits (and bytes) that trigger the digit detectors, if any is on.
-    pub(crate) digit_trigger: Option<(u32, u32)>,
-    /// Whether the e-mail detector is on.
-    pub(crate) at_trigger: bool,
     pub(crate) dictionary: Dictionary,
     pub(crate) tokens: Vec<Box<[u8]>>,
 }
@@ -360,37 +356,11 @@ pub(crate) fn compile_profile(name: &str, spec: &ProfileSpec) -> Result<Profile,
             }
         };
     }
-    let mut digit_trigger: Option<(u32, u32)> = None;
-    let mut at_trigger = false;
-    for kind in DetectorKind::ALL {
-        if detectors[kind.index()].is_none() {
-            continue;
-        }
-        match kind.trigger() {
-            Trigger::At => at_trigger = true,
-            Trigger::Digits { digits_min, len_min } => {
-                digit_trigger = Some(match digit_trigger {
-                    None => (digits_min, len_min),
-                    Some((d, l)) => (d.min(digits_min), l.min(len_min)),
-                });
-            }
-            Trigger::Anchor => {}
-        }
-    }
     let dictionary_style = compile_style(name, "dictionary.mask", &spec.dictionary.mask, &mut tokens)?;
     let dictionary = compile_dictionary(name, spec, &detectors, dictionary_style)?;
     let enabled_detectors =
         DetectorKind::ALL.iter().filter(|k| detectors[k.index()].is_some()).fold(0, |bits, k| bits | 1 << k.index());
-    Ok(Profile {
-        name: name.to_owned(),
-        columns,
-        detectors,
-        enabled_detectors,
-        digit_trigger,
-        at_trigger,
-        dictionary,
-        tokens,
-    })
+    Ok(Profile { name: name.to_owned(), columns, detectors, enabled_detectors, dictionary, tokens })
 }
 
 fn compile_dictionary(
@@ -547,7 +517,7 @@ mod tests {
         }
         let compiled = compile_profile("quiet", &quiet).unwrap();
         assert_eq!(compiled.dictionary.kind(), SearcherKind::None);
-        assert!(compiled.digit_trigger.is_none() && !compiled.at_trigger);
+        assert_eq!(compiled.enabled_detectors, 0);
     }
 
     #[test]

@@ -723,6 +723,28 @@ fn masks_are_final_after_one_pass() {
 }
 
 #[test]
+fn an_encoded_key_is_found_by_either_walk_with_only_anchored_detectors_on() {
+    // Without a detector triggered by `@` or digits, the byte walk took no statistics, and a
+    // value with neither an anchor as written nor an `@` skipped the detectors.
+    let masker = masker(
+        r#"
+[masking.profiles.p.detectors]
+card = false
+email = false
+ssn = false
+iban = false
+"#,
+    );
+    let p = masker.profile("p").unwrap();
+    for scratch in [Scratch::default(), Scratch::byte_walk_only()] {
+        let mut scratch = scratch;
+        let mut body = json_chunk_bytes(&[&[Some("%41KIAIOSFODNN7EXAMPLE")]]);
+        masker.mask(p, &mut body, Some(&text_plan(&masker, p, 1)), &mut scratch).unwrap();
+        assert_eq!(chunk_rows(&body)[0][0].as_deref(), Some(stars("%41KIAIOSFODNN7EXAMPLE").as_str()));
+    }
+}
+
+#[test]
 fn a_body_of_4_gib_is_refused() {
     // Offsets inside values are 32 bits. The pages are never touched: zeroed memory is mapped
     // lazily, and the length is checked first.

@@ -233,15 +233,15 @@ const SETTLE_ROUNDS: usize = 4;
 /// `4111111111111111%3211116789` the card's mask cuts the longer run of digits the decoded
 /// form read; after `x@ada.coma4111…` is masked the card no longer follows a letter; the last
 /// characters a keep-last mask leaves can start a match with what follows (`…comghp` and
-/// `_a1B2…` a token, `…DE89` and ` 3704 0044…` an IBAN). A second pass over the masked value would mask more. So when a mask borders a
-/// character that can continue a match ([`borders_word`]), the detectors read the value as
-/// masked (the spans applied at fixed length, as Arrow writes them) and what they find there is
-/// added, until nothing new is found; after [`SETTLE_ROUNDS`] rounds the whole value is masked
-/// in the strongest style found. `anchored` are the anchors found in the value: a mask does
-/// not make more, but the characters a keep-last mask leaves might, with what follows them.
-/// Sorts and merges `spans` ([`merge_spans`]). A value whose
-/// masks border none (the usual one: a whole value, or a match between spaces) costs a look at
-/// each mask's two ends.
+/// `_a1B2…` a token, `…DE89` and ` 3704 0044…` an IBAN). A second pass over the masked value
+/// would mask more. So when a mask borders a character that can continue a match
+/// ([`borders_word`]), the detectors read the value as masked (the spans applied at fixed
+/// length, as Arrow writes them) and what they find there is added, until nothing new is
+/// found; after [`SETTLE_ROUNDS`] rounds the whole value is masked in the strongest style
+/// found. `anchored` are the anchors found in the value: a mask does not make more, but the
+/// characters a keep-last mask leaves might, with what follows them. Sorts and merges `spans`
+/// ([`merge_spans`]). A value whose masks border none (the usual one: a whole value, or a match
+/// between spaces) costs a look at each mask's two ends.
 pub(crate) fn settle_spans(profile: &Profile, text: &[u8], anchored: u32, spans: &mut Vec<Span>, views: &mut Views) {
     merge_spans(profile, spans);
     for _ in 0..SETTLE_ROUNDS {
