@@ -311,13 +311,7 @@ pub(crate) fn arrow_customers(n: usize) -> (Vec<u8>, Vec<Column>) {
         Arc::new(BinaryArray::from_iter_values((0..n).map(|i| vec![i as u8, 0xAB, 0xCD]))),
         Arc::new(tags.finish()),
     ];
-    let batch = RecordBatch::try_new(schema.clone(), columns).unwrap();
-    let mut out = Vec::new();
-    {
-        let mut writer = StreamWriter::try_new(&mut out, &schema).unwrap();
-        writer.write(&batch).unwrap();
-        writer.finish().unwrap();
-    }
+    let out = ipc_stream(&RecordBatch::try_new(schema, columns).unwrap());
     let columns = Column::from_rowtype_json(&serde_json::to_vec(&customer_rowtype_arrow()).unwrap()).unwrap();
     (out, columns)
 }
@@ -424,23 +418,21 @@ pub(crate) fn record_batch_vectors_at(stream: &[u8]) -> (usize, usize) {
 pub(crate) fn arrow_dictionary_stream() -> Vec<u8> {
     let values: DictionaryArray<Int32Type> = vec!["a", "b", "a"].into_iter().collect();
     let schema = Arc::new(Schema::new(vec![Field::new("D", values.data_type().clone(), false)]));
-    let batch = RecordBatch::try_new(schema.clone(), vec![Arc::new(values) as ArrayRef]).unwrap();
-    let mut out = Vec::new();
-    let mut writer = StreamWriter::try_new(&mut out, &schema).unwrap();
-    writer.write(&batch).unwrap();
-    writer.finish().unwrap();
-    drop(writer);
-    out
+    ipc_stream(&RecordBatch::try_new(schema, vec![Arc::new(values) as ArrayRef]).unwrap())
 }
 
 /// An Arrow stream of one nullable Utf8 column `C0` holding `values`.
 pub(crate) fn text_stream(values: &[&str]) -> Vec<u8> {
     let schema = Arc::new(Schema::new(vec![Field::new("C0", DataType::Utf8, true)]));
     let column: ArrayRef = Arc::new(StringArray::from_iter_values(values.iter().copied()));
-    let batch = RecordBatch::try_new(schema.clone(), vec![column]).unwrap();
+    ipc_stream(&RecordBatch::try_new(schema, vec![column]).unwrap())
+}
+
+/// An Arrow IPC stream of one record batch.
+pub(crate) fn ipc_stream(batch: &RecordBatch) -> Vec<u8> {
     let mut out = Vec::new();
-    let mut writer = StreamWriter::try_new(&mut out, &schema).unwrap();
-    writer.write(&batch).unwrap();
+    let mut writer = StreamWriter::try_new(&mut out, &batch.schema()).unwrap();
+    writer.write(batch).unwrap();
     writer.finish().unwrap();
     drop(writer);
     out

@@ -6,13 +6,12 @@
 use std::sync::Arc;
 
 use arrow_array::{Array, ArrayRef, BooleanArray, Date32Array, Float64Array, Int64Array, RecordBatch, StringArray};
-use arrow_ipc::writer::StreamWriter;
 use arrow_schema::{DataType, Field, Schema};
 use proptest::prelude::*;
 use proptest::test_runner::FileFailurePersistence;
 use serde_json::{Value, json};
 
-use super::fixtures::{decodes_as, masker, read_arrow};
+use super::fixtures::{decodes_as, ipc_stream, masker, read_arrow};
 use crate::mask::detect::{DetectorKind, luhn_valid};
 use crate::mask::{Column, Scratch};
 
@@ -704,13 +703,7 @@ impl ArrowCase {
                 array
             })
             .collect();
-        let batch = RecordBatch::try_new(schema.clone(), arrays).unwrap();
-        let mut out = Vec::new();
-        let mut writer = StreamWriter::try_new(&mut out, &schema).unwrap();
-        writer.write(&batch).unwrap();
-        writer.finish().unwrap();
-        drop(writer);
-        out
+        ipc_stream(&RecordBatch::try_new(schema, arrays).unwrap())
     }
 
     /// What a cell should read as after masking: `None` for NULL.
@@ -896,13 +889,7 @@ proptest! {
                 let arrays: Vec<ArrayRef> = (0..3)
                     .map(|c| Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r[c].0.clone()))) as ArrayRef)
                     .collect();
-                let batch = RecordBatch::try_new(schema.clone(), arrays).unwrap();
-                let mut out = Vec::new();
-                let mut writer = StreamWriter::try_new(&mut out, &schema).unwrap();
-                writer.write(&batch).unwrap();
-                writer.finish().unwrap();
-                drop(writer);
-                out
+                ipc_stream(&RecordBatch::try_new(schema, arrays).unwrap())
             }
         };
         masker.mask(p, &mut body, None, &mut Scratch::default()).map_err(|e| TestCaseError::fail(format!("{e}")))?;
