@@ -649,7 +649,7 @@ fn scan_text_values(
                 let value = &buf[range.clone()];
                 let value_stats = stats(value);
                 if value_stats.at || value_stats.digits > 0 || anchored != 0 {
-                    detect_spans(profile, value, value_stats, anchored, false, spans, views);
+                    detect_spans(profile, value, value_stats, anchored, spans, views);
                 }
             }
         }

@@ -513,7 +513,7 @@ impl<'a> RowsWalker<'a> {
         let text = &body[content..close];
         // A percent escape of an ASCII byte has a digit: `%3D`, `%40`, `%20`.
         if stats.at || stats.digits > 0 || anchored != 0 {
-            detect_spans(profile, text, stats, anchored, false, spans, views);
+            detect_spans(profile, text, stats, anchored, spans, views);
         }
         if spans.is_empty() {
             return;
@@ -608,7 +608,7 @@ impl<'a> RowsWalker<'a> {
         spans.clear();
         let mut anchored = 0u32;
         dictionary_spans(&profile.dictionary, decoded, &mut anchored, spans);
-        detect_spans(profile, decoded, stats(decoded), anchored, false, spans, views);
+        detect_spans(profile, decoded, stats(decoded), anchored, spans, views);
         if spans.is_empty() {
             return Ok(());
         }
@@ -1267,7 +1267,7 @@ fn mask_message(
     spans.clear();
     let mut anchored = 0u32;
     dictionary_spans(&profile.dictionary, decoded, &mut anchored, spans);
-    detect_spans(profile, decoded, stats(decoded), anchored, false, spans, views);
+    detect_spans(profile, decoded, stats(decoded), anchored, spans, views);
     if !profile.columns.is_empty() {
         let kinds = RuleKind::Column.bit();
         let mut quotes = memchr::memchr_iter(b'\'', decoded);

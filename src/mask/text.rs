@@ -184,20 +184,17 @@ pub(crate) fn keep_from(text: &[u8], start: usize, end: usize, keep: u32) -> usi
 /// Runs the enabled detectors a value's statistics (and anchors found in it) trigger, adding
 /// their spans; a value holding a percent escape is searched in its decoded form too
 /// ([`Views`]). `text` is the decoded value; `anchored` is a bit set of detectors whose
-/// anchors were found in it; `all` runs every enabled detector regardless. The triggers make a
-/// bit set first, so a value that triggers nothing costs a few compares (and a search for `%`).
+/// anchors were found in it. The triggers make a bit set first, so a value that triggers
+/// nothing costs a few compares (and a search for `%`).
 pub(crate) fn detect_spans(
     profile: &Profile,
     text: &[u8],
     stats: Stats,
     anchored: u32,
-    all: bool,
     spans: &mut Vec<Span>,
     views: &mut Views,
 ) {
-    let run =
-        if all { profile.enabled_detectors } else { triggered(text, stats, anchored) & profile.enabled_detectors };
-    run_detectors(profile, text, run, spans);
+    run_detectors(profile, text, triggered(text, stats, anchored) & profile.enabled_detectors, spans);
     if profile.enabled_detectors == 0 {
         return;
     }
@@ -212,11 +209,7 @@ pub(crate) fn detect_spans(
         let decoded = &views.text[..];
         // An anchor may be encoded too (`%41KIA…`): in decoded text every detector that has
         // anchors looks for them itself.
-        let run = if all {
-            profile.enabled_detectors
-        } else {
-            triggered(decoded, self::stats(decoded), !0) & profile.enabled_detectors
-        };
+        let run = triggered(decoded, self::stats(decoded), !0) & profile.enabled_detectors;
         let before = spans.len();
         run_detectors(profile, decoded, run, spans);
         for span in &mut spans[before..] {
@@ -255,7 +248,7 @@ pub(crate) fn settle_spans(profile: &Profile, text: &[u8], anchored: u32, spans:
         masked.extend_from_slice(text);
         apply_spans_fixed_len(profile, &mut masked, spans);
         let before = spans.len();
-        detect_spans(profile, &masked, stats(&masked), anchored, false, spans, views);
+        detect_spans(profile, &masked, stats(&masked), anchored, spans, views);
         views.masked = masked;
         let (found, new) = spans.split_at(before);
         if new.iter().all(|n| found.iter().any(|f| f.start <= n.start && n.end <= f.end)) {
@@ -427,7 +420,7 @@ pub(crate) fn detect_short(
         let at = marks.trailing_zeros() as usize;
         if window[at] == b'%' {
             let text = &window[..len];
-            detect_spans(profile, text, stats(text), anchored, false, spans, views);
+            detect_spans(profile, text, stats(text), anchored, spans, views);
             return None;
         }
         marks &= marks - 1;
