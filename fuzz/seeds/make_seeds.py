@@ -130,6 +130,11 @@ encoded = ["q%3Dcard%3D4111111111111111", "mailto%3Aada%40example.com", "ssn%3D1
 text_rowtype = [{"name": f"URL{i}", "type": "text", "nullable": True} for i in range(3)]
 write("mask_json", bytes([0]) + json.dumps({"data": {"rowtype": text_rowtype, "rowset": [encoded[:3], encoded[1:]]},
                                             "success": True}).encode())
+# Form-encoded values: `+` read as a space where a match may hold one.
+form = ["card=4111+1111+1111+1111&ssn=123+45+6789", "iban=DE89+3704+0044+0532+0130+00",
+        "key=-----BEGIN+PRIVATE+KEY-----%0AMIIE%2Bx%0A-----END+PRIVATE+KEY-----"]
+write("mask_json", bytes([0]) + json.dumps({"data": {"rowtype": text_rowtype, "rowset": [form]},
+                                            "success": True}).encode())
 write("mask_json", bytes([0]) + b'{"success":false,"code":"000605","message":"no rows","data":null}')
 for flags in [0, 1, 2, 3, 4, 8, 12]:
     write("mask_arrow", bytes([flags]) + arrow)

@@ -319,8 +319,6 @@ fn percent_encoded_values_are_searched_decoded() {
     // URL-encoding hides what the detectors key on: `%3D` glues a value to a word, `%40` is an
     // `@`, `%20` a separator. Each value alone (the short path), inside a value over 64 bytes
     // (the byte path) and written with a `\u` escape (the decoding path), in JSON and Arrow.
-    let masker = masker(POLICY);
-    let agents = masker.profile("agents").unwrap();
     let cases = [
         ("q%3Dcard%3D4111111111111111", format!("q%3Dcard%3D{}1111", stars("411111111111"))),
         ("4111%201111%201111%201111", format!("{}1111", stars("4111%201111%201111%20"))),
@@ -342,8 +340,17 @@ fn percent_encoded_values_are_searched_decoded() {
         ("a%2", "a%2".to_string()),
         ("100%25 of ada%40example", "100%25 of ada%40example".to_string()),
     ];
+    each_masks_alone_long_and_escaped(&cases);
+}
+
+/// Masks each value under `agents` alone (the short path), inside a value over 64 bytes (the
+/// byte path) and written with a `\u` escape (the decoding path) in JSON, and alone and long in
+/// Arrow, and checks it comes out as expected.
+fn each_masks_alone_long_and_escaped(cases: &[(&str, String)]) {
+    let masker = masker(POLICY);
+    let agents = masker.profile("agents").unwrap();
     let padding = "a value long enough to leave the short path: ".repeat(2);
-    for (value, expected) in &cases {
+    for (value, expected) in cases {
         let long = format!("{padding}{value}.");
         let changed = usize::from(value != expected);
         let mut body = json_chunk_bytes(&[&[Some(value), Some(&long)]]);
@@ -369,6 +376,30 @@ fn percent_encoded_values_are_searched_decoded() {
         assert_eq!(column.value(0), expected, "arrow {value}");
         assert_eq!(column.value(1), format!("{padding}{expected}."), "arrow {value}");
     }
+}
+
+#[test]
+fn plus_signs_are_read_as_spaces() {
+    // Form encoding (Python's `urlencode`) writes a space as `+`, which hides a grouped card
+    // number's, an SSN's or an IBAN's separators and a PEM key's header.
+    let key = "-----BEGIN+PRIVATE+KEY-----%0AMIIEvQ%2Bx%0A-----END+PRIVATE+KEY-----";
+    let cases = [
+        ("card=4111+1111+1111+1111", format!("card={}1111", stars("4111+1111+1111+"))),
+        ("ssn=123+45+6789&x=1", format!("ssn={}&x=1", stars("123+45+6789"))),
+        ("iban=DE89+3704+0044+0532+0130+00", format!("iban={}", stars("DE89+3704+0044+0532+0130+00"))),
+        (key, stars(key)),
+        // A form-encoded URL in another's parameter: its `+` are written `%2B`.
+        (
+            "next%3D%2Fpay%3Fcard%3D4111%2B1111%2B1111%2B1111",
+            format!("next%3D%2Fpay%3Fcard%3D{}1111", stars("4111%2B1111%2B1111%2B")),
+        ),
+        // An e-mail address keeps its `+` whole.
+        ("to=ada+tag@example.com", format!("to={}", stars("ada+tag@example.com"))),
+        // Nothing hidden: left as they were.
+        ("tel=+1+555+0100+200", "tel=+1+555+0100+200".to_string()),
+        ("card=4111+1111+1111+1112", "card=4111+1111+1111+1112".to_string()),
+    ];
+    each_masks_alone_long_and_escaped(&cases);
 }
 
 #[test]

@@ -1,6 +1,6 @@
 //! Value-level masking shared by the JSON and Arrow paths: cheap per-value statistics for the
 //! detector triggers (SWAR, eight bytes at a time), finding a value's matches (in its
-//! percent-decoded form too), merging spans, and writing masks over decoded text in place.
+//! percent-decoded form, and with `+` read as a space, too), merging spans, and writing masks over decoded text in place.
 //! Knows nothing of JSON escapes nor Arrow buffers; never allocates per value (callers lend the
 //! span vector and the [`Views`]).
 
@@ -182,8 +182,8 @@ pub(crate) fn keep_from(text: &[u8], start: usize, end: usize, keep: u32) -> usi
 }
 
 /// Runs the enabled detectors a value's statistics (and anchors found in it) trigger, adding
-/// their spans; a value holding a percent escape is searched in its decoded form too
-/// ([`Views`]). `text` is the decoded value; `anchored` is a bit set of detectors whose
+/// their spans; a value holding a percent escape is searched in its decoded form too, and a
+/// value holding a `+` with it read as a space ([`Views`]). `text` is the decoded value; `anchored` is a bit set of detectors whose
 /// anchors were found in it. The triggers make a bit set first, so a value that triggers
 /// nothing costs a few compares (and a search for `%`).
 pub(crate) fn detect_spans(
@@ -194,7 +194,9 @@ pub(crate) fn detect_spans(
     spans: &mut Vec<Span>,
     views: &mut Views,
 ) {
-    run_detectors(profile, text, triggered(text, stats, anchored) & profile.enabled_detectors, spans);
+    let run = triggered(text, stats, anchored) & profile.enabled_detectors;
+    run_detectors(profile, text, run, spans);
+    plus_as_space(profile, text, run, spans, &mut views.spaced);
     if profile.enabled_detectors == 0 {
         return;
     }
@@ -212,6 +214,7 @@ pub(crate) fn detect_spans(
         let run = triggered(decoded, self::stats(decoded), !0) & profile.enabled_detectors;
         let before = spans.len();
         run_detectors(profile, decoded, run, spans);
+        plus_as_space(profile, decoded, run, spans, &mut views.spaced);
         for span in &mut spans[before..] {
             span.start = views.raw_of[span.start] as usize;
             span.end = views.raw_of[span.end] as usize;
@@ -291,6 +294,35 @@ pub(crate) fn borders_word(text: &[u8], span: &Span) -> bool {
 /// redirect's.
 const PERCENT_LEVELS: usize = 3;
 
+/// The detectors whose matches may hold a space (bits by [`DetectorKind::index`]): a grouped
+/// card number, SSN or IBAN, a PEM key's lines.
+const SPACED: u32 = 1 << DetectorKind::Card.index()
+    | 1 << DetectorKind::Ssn.index()
+    | 1 << DetectorKind::Iban.index()
+    | 1 << DetectorKind::PemPrivateKey.index();
+
+/// Form encoding (`application/x-www-form-urlencoded`, Python's `urlencode`) writes a space as
+/// `+`: `card=4111+1111+1111+1111`, `ssn=123+45+6789`, `-----BEGIN+PRIVATE+KEY-----`. So the
+/// detectors of `run` whose matches may hold a space ([`SPACED`]) read a value holding a `+`
+/// again with each `+` as a space, in `buf` (same length: a match masks the bytes it lies on).
+/// The e-mail detector does not: `+` is a character of an address (`ada+tag@example.com`), and
+/// what it finds in the value as written covers what it would find here.
+fn plus_as_space(profile: &Profile, text: &[u8], run: u32, spans: &mut Vec<Span>, buf: &mut Vec<u8>) {
+    let run = run & SPACED;
+    if run == 0 {
+        return;
+    }
+    let Some(first) = memchr::memchr(b'+', text) else { return };
+    buf.clear();
+    buf.extend_from_slice(text);
+    for b in &mut buf[first..] {
+        if *b == b'+' {
+            *b = b' ';
+        }
+    }
+    run_detectors(profile, buf, run, spans);
+}
+
 /// Runs the detectors of the bit set `run` on `text`, adding their spans.
 fn run_detectors(profile: &Profile, text: &[u8], mut run: u32, spans: &mut Vec<Span>) {
     while run != 0 {
@@ -314,8 +346,8 @@ pub(crate) fn first_escape(text: &[u8]) -> Option<usize> {
 }
 
 /// The other forms of a value the detectors read, in buffers lent by the caller and reused
-/// (nothing is allocated once they have grown): its percent-decoded levels, and its text as
-/// masked ([`settle_spans`]).
+/// (nothing is allocated once they have grown): its percent-decoded levels, each with `+` read
+/// as a space ([`plus_as_space`]), and its text as masked ([`settle_spans`]).
 ///
 /// URL-encoding hides what the detectors key on: `q%3Dcard%3D4111…` glues the card to a word
 /// (`3D`), `ada%40example.com` has no `@`, `123%2045%206789` no separator. So a value holding an
@@ -327,6 +359,8 @@ pub(crate) fn first_escape(text: &[u8]) -> Option<usize> {
 pub(crate) struct Views {
     /// The value as masked, for [`settle_spans`].
     masked: Vec<u8>,
+    /// A value or decoded level with `+` read as a space, for [`plus_as_space`].
+    spaced: Vec<u8>,
     text: Vec<u8>,
     /// Where each decoded byte starts in the value, and one more entry: the value's length
     /// (32 bits: `Masker::mask` refuses bodies of 4 GiB or more).
@@ -397,7 +431,8 @@ fn hex_value(b: u8) -> Option<u8> {
 /// and it is the card detector on a value that is all digits or the e-mail detector on a value
 /// with one `@`, its match (if any) is returned and `spans` left alone: those are found with bit
 /// scans, so the usual value costs no loop over its bytes. Otherwise the matches are added to
-/// `spans`. A value with a `%` takes [`detect_spans`], which searches its decoded form too.
+/// `spans`. A value with a `%`, or with a `+` where a match may hold a space, takes
+/// [`detect_spans`], which searches its decoded form (and with `+` as a space) too.
 #[inline(always)]
 pub(crate) fn detect_short(
     profile: &Profile,
@@ -429,7 +464,15 @@ pub(crate) fn detect_short(
     let mut run = may(t.at_or_percent != 0, DetectorKind::Email) | anchored;
     // The digit detectors need eight digits or more (without a popcount instruction, as in
     // the x86_64 baseline, counting costs a dozen: count only when there can be enough).
-    if len >= 11 && t.digit.count_ones() >= 8 {
+    let digits_may = len >= 11 && t.digit.count_ones() >= 8;
+    // A `+` may stand for a space where a match may hold one: such a value takes
+    // `detect_spans`, which reads it so too (`plus_as_space`).
+    if (digits_may || anchored & SPACED != 0) && t.digit != valid && memchr::memchr(b'+', &window[..len]).is_some() {
+        let text = &window[..len];
+        detect_spans(profile, text, stats(text), anchored, spans, views);
+        return None;
+    }
+    if digits_may {
         let digits = t.digit.count_ones();
         run |= may(digits >= 13 && len >= 13, DetectorKind::Card)
             | may(digits >= 9 && t.separator != 0, DetectorKind::Ssn)

@@ -173,6 +173,12 @@ const FRAGMENTS: &[&str] = &[
     "q%3D4532015112830366",
     "ada%40example.com",
     "123%2045%206789",
+    "+",
+    "%2B",
+    "4111+1111+1111+1111",
+    "123+45+6789",
+    "DE89+3704+0044+0532+0130+00",
+    "-----BEGIN+PRIVATE+KEY-----%0AMIIE%0A-----END+PRIVATE+KEY-----",
 ];
 
 fn text_value() -> impl Strategy<Value = String> {
@@ -372,7 +378,9 @@ fn reference_spans(case: &Case, value: &str) -> Vec<(usize, usize, StyleSpec)> {
 }
 
 /// Every enabled detector's matches in a value and in its percent-decoded levels (decoded
-/// again while it holds escapes, up to three times), as spans of the value.
+/// again while it holds escapes, up to three times), as spans of the value; the detectors
+/// whose matches may hold a space (card, SSN, IBAN, PEM key) read each of those with `+` as a
+/// space too.
 fn detector_spans(case: &Case, bytes: &[u8]) -> Vec<(usize, usize, StyleSpec)> {
     let mut levels: Vec<(Vec<u8>, Vec<usize>)> = Vec::new();
     let mut level = (bytes.to_vec(), (0..=bytes.len()).collect::<Vec<usize>>());
@@ -382,13 +390,18 @@ fn detector_spans(case: &Case, bytes: &[u8]) -> Vec<(usize, usize, StyleSpec)> {
         level = (text, from.iter().map(|&i| level.1[i]).collect());
         levels.push(level.clone());
     }
+    levels.insert(0, (bytes.to_vec(), (0..=bytes.len()).collect()));
+    let spaced = [DetectorKind::Card, DetectorKind::Ssn, DetectorKind::Iban, DetectorKind::PemPrivateKey];
     let mut spans = Vec::new();
     for (kind, style) in DetectorKind::ALL.iter().zip(&case.detectors) {
         if let Some(style) = style {
-            kind.find(bytes, &mut |s, e| spans.push((s, e, style.clone())));
             // What is found in a percent-decoded level masks the bytes it came from.
             for (text, from) in &levels {
                 kind.find(text, &mut |s, e| spans.push((from[s], from[e], style.clone())));
+                if spaced.contains(kind) {
+                    let text: Vec<u8> = text.iter().map(|&b| if b == b'+' { b' ' } else { b }).collect();
+                    kind.find(&text, &mut |s, e| spans.push((from[s], from[e], style.clone())));
+                }
             }
         }
     }
@@ -838,6 +851,9 @@ const CANARY_FRAGMENTS: &[&str] = &[
     "q%3D4532015112830366",
     "ada%40example.com",
     "X-Amz-Credential%3DAKIAIOSFODNN7EXAMPLE",
+    // Form-encoded: `+` read as a space.
+    "card=4532+0151+1283+0366",
+    "ssn=123+45+6789",
 ];
 
 fn canary_cell() -> impl Strategy<Value = (String, u64)> {
