@@ -648,7 +648,9 @@ fn scan_text_values(
             None => {
                 let value = &buf[range.clone()];
                 let value_stats = stats(value);
-                if value_stats.at || value_stats.digits > 0 || anchored != 0 {
+                // As in the JSON byte walk: a percent escape of an ASCII byte has a digit; the
+                // dictionary's words are looked for in decoded values whatever their escapes.
+                if value_stats.at || value_stats.digits > 0 || anchored != 0 || !dictionary.is_empty() {
                     detect_spans(profile, value, value_stats, anchored, spans, views);
                 }
             }

@@ -25,7 +25,9 @@ pub enum DetectorKind {
     GcpApiKey,
     /// GitHub tokens: `ghp_`/`gho_`/`ghu_`/`ghs_`/`ghr_` and 36 characters, or `github_pat_…`.
     GithubToken,
-    /// Slack tokens: `xoxb-`, `xoxp-`, `xoxa-`, `xoxr-`, `xoxs-` and at least 10 characters.
+    /// Slack tokens: `xoxb-`, `xoxp-`, `xoxa-`, `xoxr-`, `xoxs-`, `xoxe-` and `xoxe.` (refresh
+    /// and rotating tokens) or `xoxc-` and `xoxd-` (a browser session's), and at least 10
+    /// characters.
     SlackToken,
     /// JSON Web Tokens: `eyJ…` header, payload and signature in base64url.
     Jwt,
@@ -128,27 +130,34 @@ impl DetectorKind {
             DetectorKind::Email => find_emails(text, found),
             DetectorKind::Ssn => find_ssns(text, found),
             DetectorKind::Iban => find_ibans(text, found),
-            DetectorKind::AwsAccessKey => {
-                find_prefixed(text, &["AKIA", "ASIA"], |b| b.is_ascii_uppercase() || b.is_ascii_digit(), 16, 16, found)
-            }
-            DetectorKind::GcpApiKey => find_prefixed(text, &["AIza"], is_url_safe, 35, 35, found),
+            DetectorKind::AwsAccessKey => find_prefixed(
+                text,
+                &["AKIA", "ASIA"],
+                |b| b.is_ascii_uppercase() || b.is_ascii_digit(),
+                16,
+                Some(16),
+                found,
+            ),
+            DetectorKind::GcpApiKey => find_prefixed(text, &["AIza"], is_url_safe, 35, Some(35), found),
             DetectorKind::GithubToken => {
                 find_prefixed(
                     text,
                     &["ghp_", "gho_", "ghu_", "ghs_", "ghr_"],
                     |b| b.is_ascii_alphanumeric(),
                     36,
-                    36,
+                    Some(36),
                     found,
                 );
-                find_prefixed(text, &["github_pat_"], |b| b.is_ascii_alphanumeric() || b == b'_', 22, 255, found);
+                find_prefixed(text, &["github_pat_"], |b| b.is_ascii_alphanumeric() || b == b'_', 22, None, found);
             }
+            // A browser session's `xoxd-` token is URL-encoded base64 (`%2F`, `%2B`): its
+            // escapes are part of it.
             DetectorKind::SlackToken => find_prefixed(
                 text,
-                &["xoxb-", "xoxp-", "xoxa-", "xoxr-", "xoxs-"],
-                |b| b.is_ascii_alphanumeric() || b == b'-',
+                &["xoxb-", "xoxp-", "xoxa-", "xoxr-", "xoxs-", "xoxe-", "xoxe.", "xoxc-", "xoxd-"],
+                |b| b.is_ascii_alphanumeric() || b == b'-' || b == b'%',
                 10,
-                255,
+                None,
                 found,
             ),
             DetectorKind::Jwt => find_jwts(text, found),
@@ -685,27 +694,33 @@ fn find_ibans(text: &[u8], found: &mut dyn FnMut(usize, usize)) {
     }
 }
 
-/// Tokens made of a literal prefix and `tail_min..=tail_max` characters of a class, not
-/// preceded by an alphanumeric (`aws_key_AKIA…` is found, `xAKIA…` is not) and not followed by
-/// another character of the class.
+/// Tokens made of a literal prefix and `tail_min..=tail_max` characters of a class (any number
+/// from `tail_min` when `tail_max` is `None`: a token of a variable length is masked whole, however
+/// long its run), not preceded by an alphanumeric (`aws_key_AKIA…` is found, `xAKIA…` is not)
+/// and not followed by another character of the class. Linear: a prefix inside a match is not
+/// looked at again.
 fn find_prefixed(
     text: &[u8],
     prefixes: &[&str],
     is_tail: fn(u8) -> bool,
     tail_min: usize,
-    tail_max: usize,
+    tail_max: Option<usize>,
     found: &mut dyn FnMut(usize, usize),
 ) {
     for prefix in prefixes {
         let prefix = prefix.as_bytes();
+        let mut next_free = 0;
         for start in memmem::find_iter(text, prefix) {
-            if start > 0 && text[start - 1].is_ascii_alphanumeric() {
+            if start < next_free || (start > 0 && text[start - 1].is_ascii_alphanumeric()) {
                 continue;
             }
             let tail_start = start + prefix.len();
-            let tail_len = text[tail_start..].iter().take(tail_max + 1).take_while(|&&b| is_tail(b)).count();
-            if (tail_min..=tail_max).contains(&tail_len) {
+            let tail = &text[tail_start..];
+            let tail_len =
+                tail.iter().take(tail_max.map_or(tail.len(), |max| max + 1)).take_while(|&&b| is_tail(b)).count();
+            if tail_len >= tail_min && tail_max.is_none_or(|max| tail_len <= max) {
                 found(start, tail_start + tail_len);
+                next_free = tail_start + tail_len;
             }
         }
     }
@@ -951,6 +966,24 @@ mod tests {
             ["xoxb-123456789012-abcdefABCDEF"]
         );
         assert!(spans(DetectorKind::SlackToken, "xoxo").is_empty());
+        // Refresh, rotating and browser-session tokens; a session's is URL-encoded.
+        for token in [
+            "xoxe-1-My0xLTEwMzk5NjM5NzI1OC0xMjM0NTY3ODkw",
+            "xoxe.xoxp-1-Mi0yLTEwMzk5NjM5NzI1OC0xMjM0NTY3",
+            "xoxc-1234567890-1234567890-abcdef",
+            "xoxd-abc%2Fdef%2Bghijklmnop%3D",
+        ] {
+            // (`xoxe.xoxp-…` is also found from its `xoxp-`, inside the longer match.)
+            assert!(spans(DetectorKind::SlackToken, &format!("token={token}&x=1")).contains(&token), "{token}");
+        }
+        // A token of a variable length is masked whole however long (one over 255 characters
+        // was left whole in clear), and a run of prefixes is read once.
+        let long = format!("xoxp-{}", "a1".repeat(200));
+        assert_eq!(spans(DetectorKind::SlackToken, &long), [long.as_str()]);
+        let pat = format!("github_pat_{}", "A_1".repeat(100));
+        assert_eq!(spans(DetectorKind::GithubToken, &pat), [pat.as_str()]);
+        let prefixes = "xoxb-".repeat(20_000);
+        assert_eq!(spans(DetectorKind::SlackToken, &prefixes), [prefixes.as_str()]);
         let jwt = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.c2lnbmF0dXJl";
         assert_eq!(spans(DetectorKind::Jwt, &format!("Bearer {jwt}")), [jwt]);
         assert_eq!(spans(DetectorKind::Jwt, &format!("jwt_{jwt}")), [jwt]);

@@ -511,8 +511,9 @@ impl<'a> RowsWalker<'a> {
         let mut anchored = 0u32;
         self.cursor.collect(dictionary, body, content, close, &mut anchored, spans);
         let text = &body[content..close];
-        // A percent escape of an ASCII byte has a digit: `%3D`, `%40`, `%20`.
-        if stats.at || stats.digits > 0 || anchored != 0 {
+        // A percent escape of an ASCII byte has a digit (`%3D`, `%40`, `%20`); the dictionary's
+        // words are looked for in decoded values whatever their escapes (`Jos%C3%A9`).
+        if stats.at || stats.digits > 0 || anchored != 0 || !dictionary.is_empty() {
             detect_spans(profile, text, stats, anchored, spans, views);
         }
         if spans.is_empty() {

@@ -56,11 +56,15 @@
 //! # What a mask writes
 //! Values are what they decode to: JSON escapes are decoded before detection (`\u0040` is an
 //! `@`), and a mask never splits an escape. Lengths are in bytes of the decoded UTF-8 text.
-//! A value holding a percent escape (`%` and two hex digits) is searched by the detectors in
-//! its percent-decoded form too (`q%3Dcard%3D4111…`, `ada%40example.com`), and what they find
-//! there masks the bytes it came from, escapes whole; decoded again while escapes remain, up
-//! to three times (a URL in another's parameter is encoded twice), and `+` is read as written
-//! (not as a space). The dictionary matches words as written.
+//! A value holding a percent escape (`%` and two hex digits) is searched by the detectors and
+//! the dictionary in its percent-decoded form too (`q%3Dcard%3D4111…`, `ada%40example.com`,
+//! `Jos%C3%A9`), and what they find there masks the bytes it came from, escapes whole; decoded
+//! again while escapes remain, up to three times (a URL in another's parameter is encoded
+//! twice). Form encoding writes a space as `+`: the value and each decoded form are read with
+//! `+` as a space too (but a `+` first in them) by the detectors whose matches may hold a space
+//! (card, SSN, IBAN, PEM key) and by the dictionary when a word holds one
+//! (`card=4111+1111+1111+1111`, `name=Grace+Hopper`); the e-mail detector reads `+` as written
+//! (`ada+tag@example.com`).
 //! - Text columns (TEXT, VARIANT and kin, and unknown types): a column rule masks the whole
 //!   value; detectors and the dictionary mask the text they match. `full` writes one `*` per
 //!   byte, `keep_last` keeps the last characters, `token` writes the token: exactly in JSON

@@ -147,6 +147,9 @@ pub(crate) struct Dictionary {
     /// leftmost-longest, so these match at the same place and are reported along with it.
     prefixes: Vec<Vec<u32>>,
     pub(crate) style: Style,
+    /// Whether a word holds a space, which form encoding writes `+` (`Ada+Lovelace`): values
+    /// holding a `+` are then searched with it read as a space too.
+    pub(crate) spaced: bool,
 }
 
 enum Searcher {
@@ -451,7 +454,8 @@ fn compile_dictionary(
             }
         }
     };
-    Ok(Dictionary { searcher, pattern_len, anchor_of, prefixes, style })
+    let spaced = words.iter().any(|w| w.contains(' '));
+    Ok(Dictionary { searcher, pattern_len, anchor_of, prefixes, style, spaced })
 }
 
 pub(crate) fn compile(spec: &MaskingSpec) -> Result<Vec<Profile>, MaskConfigError> {

@@ -152,7 +152,8 @@ pub struct DetectorsSpec {
     /// GitHub tokens (`ghp_…`, `gho_…`, `ghu_…`, `ghs_…`, `ghr_…`, `github_pat_…`).
     #[serde(default)]
     pub github_token: DetectorSwitch,
-    /// Slack tokens (`xoxb-…`, `xoxp-…`, `xoxa-…`, `xoxr-…`, `xoxs-…`).
+    /// Slack tokens (`xoxb-…`, `xoxp-…`, `xoxa-…`, `xoxr-…`, `xoxs-…`, `xoxe-…`, `xoxe.…`,
+    /// `xoxc-…`, `xoxd-…`).
     #[serde(default)]
     pub slack_token: DetectorSwitch,
     /// JSON Web Tokens (`eyJ….….…`).

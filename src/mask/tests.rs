@@ -340,15 +340,15 @@ fn percent_encoded_values_are_searched_decoded() {
         ("a%2", "a%2".to_string()),
         ("100%25 of ada%40example", "100%25 of ada%40example".to_string()),
     ];
-    each_masks_alone_long_and_escaped(&cases);
+    each_masks_alone_long_and_escaped(POLICY, "agents", &cases);
 }
 
-/// Masks each value under `agents` alone (the short path), inside a value over 64 bytes (the
-/// byte path) and written with a `\u` escape (the decoding path) in JSON, and alone and long in
-/// Arrow, and checks it comes out as expected.
-fn each_masks_alone_long_and_escaped(cases: &[(&str, String)]) {
-    let masker = masker(POLICY);
-    let agents = masker.profile("agents").unwrap();
+/// Masks each value under the profile alone (the short path), inside a value over 64 bytes
+/// (the byte path) and written with a `\u` escape (the decoding path) in JSON, and alone and
+/// long in Arrow, and checks it comes out as expected.
+fn each_masks_alone_long_and_escaped(policy: &str, profile: &str, cases: &[(&str, String)]) {
+    let masker = masker(policy);
+    let agents = masker.profile(profile).unwrap();
     let padding = "a value long enough to leave the short path: ".repeat(2);
     for (value, expected) in cases {
         let long = format!("{padding}{value}.");
@@ -379,6 +379,29 @@ fn each_masks_alone_long_and_escaped(cases: &[(&str, String)]) {
 }
 
 #[test]
+fn dictionary_words_are_found_encoded() {
+    // A word holding a space is written `+` or `%20` in a URL, and any byte of a word may be
+    // written as an escape (`Jos%C3%A9`).
+    let policy = r#"
+[masking.profiles.p.dictionary]
+words = ["Grace Hopper", "José"]
+mask = { style = "full" }
+"#;
+    let cases = [
+        ("q=Grace+Hopper&x=1", format!("q={}&x=1", stars("Grace+Hopper"))),
+        ("q=Grace%20Hopper", format!("q={}", stars("Grace%20Hopper"))),
+        // A form-encoded URL in another's parameter.
+        ("next%3D%2Fp%3Fname%3DGrace%2BHopper", format!("next%3D%2Fp%3Fname%3D{}", stars("Grace%2BHopper"))),
+        ("%47race Hopper", stars("%47race Hopper")),
+        ("to=Jos%C3%A9", format!("to={}", stars("Jos%C3%A9"))),
+        // Not the words: left as they were.
+        ("q=Grace+Hop", "q=Grace+Hop".to_string()),
+        ("+14155550100", "+14155550100".to_string()),
+    ];
+    each_masks_alone_long_and_escaped(policy, "p", &cases);
+}
+
+#[test]
 fn plus_signs_are_read_as_spaces() {
     // Form encoding (Python's `urlencode`) writes a space as `+`, which hides a grouped card
     // number's, an SSN's or an IBAN's separators and a PEM key's header.
@@ -399,7 +422,7 @@ fn plus_signs_are_read_as_spaces() {
         ("tel=+1+555+0100+200", "tel=+1+555+0100+200".to_string()),
         ("card=4111+1111+1111+1112", "card=4111+1111+1111+1112".to_string()),
     ];
-    each_masks_alone_long_and_escaped(&cases);
+    each_masks_alone_long_and_escaped(POLICY, "agents", &cases);
 }
 
 #[test]

@@ -182,8 +182,9 @@ pub(crate) fn keep_from(text: &[u8], start: usize, end: usize, keep: u32) -> usi
 }
 
 /// Runs the enabled detectors a value's statistics (and anchors found in it) trigger, adding
-/// their spans; a value holding a percent escape is searched in its decoded form too, and a
-/// value holding a `+` with it read as a space ([`Views`]). `text` is the decoded value; `anchored` is a bit set of detectors whose
+/// their spans; a value holding a percent escape is searched in its decoded form too, by the
+/// dictionary as well (any byte of a word may be written as an escape: `Jos%C3%A9`), and a
+/// value holding a `+` with it read as a space ([`Views`], [`plus_as_space`]). `text` is the decoded value; `anchored` is a bit set of detectors whose
 /// anchors were found in it. The triggers make a bit set first, so a value that triggers
 /// nothing costs a few compares (and a search for `%`).
 pub(crate) fn detect_spans(
@@ -197,7 +198,7 @@ pub(crate) fn detect_spans(
     let run = triggered(text, stats, anchored) & profile.enabled_detectors;
     run_detectors(profile, text, run, spans);
     plus_as_space(profile, text, run, spans, &mut views.spaced);
-    if profile.enabled_detectors == 0 {
+    if profile.enabled_detectors == 0 && profile.dictionary.is_empty() {
         return;
     }
     let Some(mut first) = first_escape(text) else { return };
@@ -213,6 +214,8 @@ pub(crate) fn detect_spans(
         // anchors looks for them itself.
         let run = triggered(decoded, self::stats(decoded), !0) & profile.enabled_detectors;
         let before = spans.len();
+        // The anchors found here are ignored: every detector that has anchors ran.
+        dictionary_spans(&profile.dictionary, decoded, &mut 0, spans);
         run_detectors(profile, decoded, run, spans);
         plus_as_space(profile, decoded, run, spans, &mut views.spaced);
         for span in &mut spans[before..] {
@@ -302,17 +305,21 @@ const SPACED: u32 = 1 << DetectorKind::Card.index()
     | 1 << DetectorKind::PemPrivateKey.index();
 
 /// Form encoding (`application/x-www-form-urlencoded`, Python's `urlencode`) writes a space as
-/// `+`: `card=4111+1111+1111+1111`, `ssn=123+45+6789`, `-----BEGIN+PRIVATE+KEY-----`. So the
-/// detectors of `run` whose matches may hold a space ([`SPACED`]) read a value holding a `+`
-/// again with each `+` as a space, in `buf` (same length: a match masks the bytes it lies on).
-/// The e-mail detector does not: `+` is a character of an address (`ada+tag@example.com`), and
-/// what it finds in the value as written covers what it would find here.
+/// `+`: `card=4111+1111+1111+1111`, `ssn=123+45+6789`, `-----BEGIN+PRIVATE+KEY-----`,
+/// `name=Ada+Lovelace`. So the detectors of `run` whose matches may hold a space ([`SPACED`]),
+/// and the dictionary when a word holds one, read a value holding a `+` again with each `+`
+/// as a space, in `buf` (same length: a match masks the bytes it lies on). A `+` first in the
+/// value stays as written: it stands between nothing (`+14155550100`, a phone number). The
+/// e-mail detector does not read it so: `+` is a character of an address
+/// (`ada+tag@example.com`), and what it finds in the value as written covers what it would
+/// find here.
 fn plus_as_space(profile: &Profile, text: &[u8], run: u32, spans: &mut Vec<Span>, buf: &mut Vec<u8>) {
     let run = run & SPACED;
-    if run == 0 {
+    let words = profile.dictionary.spaced;
+    if run == 0 && !words {
         return;
     }
-    let Some(first) = memchr::memchr(b'+', text) else { return };
+    let Some(first) = plus_after_first(text) else { return };
     buf.clear();
     buf.extend_from_slice(text);
     for b in &mut buf[first..] {
@@ -320,7 +327,16 @@ fn plus_as_space(profile: &Profile, text: &[u8], run: u32, spans: &mut Vec<Span>
             *b = b' ';
         }
     }
+    if words {
+        dictionary_spans(&profile.dictionary, buf, &mut 0, spans);
+    }
     run_detectors(profile, buf, run, spans);
+}
+
+/// Where the first `+` of `text` after its first byte is ([`plus_as_space`]).
+#[inline]
+fn plus_after_first(text: &[u8]) -> Option<usize> {
+    memchr::memchr(b'+', text.get(1..)?).map(|at| at + 1)
 }
 
 /// Runs the detectors of the bit set `run` on `text`, adding their spans.
@@ -467,7 +483,10 @@ pub(crate) fn detect_short(
     let digits_may = len >= 11 && t.digit.count_ones() >= 8;
     // A `+` may stand for a space where a match may hold one: such a value takes
     // `detect_spans`, which reads it so too (`plus_as_space`).
-    if (digits_may || anchored & SPACED != 0) && t.digit != valid && memchr::memchr(b'+', &window[..len]).is_some() {
+    if (digits_may || anchored & SPACED != 0 || profile.dictionary.spaced)
+        && t.digit != valid
+        && plus_after_first(&window[..len]).is_some()
+    {
         let text = &window[..len];
         detect_spans(profile, text, stats(text), anchored, spans, views);
         return None;

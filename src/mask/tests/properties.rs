@@ -60,7 +60,7 @@ impl StyleSpec {
 
 /// Sorted: overlapping token matches keep the greater token.
 const TOKENS: [&str; 2] = ["[REDACTED-LONG-TOKEN]", "[X]"];
-const WORDS: [&str; 4] = ["Lovelace", "Falcon", "Fal", "acme-secret"];
+const WORDS: [&str; 5] = ["Lovelace", "Falcon", "Fal", "acme-secret", "Grace Hopper"];
 
 fn style() -> impl Strategy<Value = StyleSpec> {
     prop_oneof![
@@ -179,6 +179,13 @@ const FRAGMENTS: &[&str] = &[
     "123+45+6789",
     "DE89+3704+0044+0532+0130+00",
     "-----BEGIN+PRIVATE+KEY-----%0AMIIE%0A-----END+PRIVATE+KEY-----",
+    "Grace Hopper",
+    "Grace+Hopper",
+    "Grace%20Hopper",
+    "%46alcon",
+    "Lovel%61ce",
+    "xoxe-1-My0xLTEwMzk5NjM5NzI1OC0x",
+    "xoxd-abc%2Fdef%2Bghijklmnop%3D",
 ];
 
 fn text_value() -> impl Strategy<Value = String> {
@@ -378,9 +385,10 @@ fn reference_spans(case: &Case, value: &str) -> Vec<(usize, usize, StyleSpec)> {
 }
 
 /// Every enabled detector's matches in a value and in its percent-decoded levels (decoded
-/// again while it holds escapes, up to three times), as spans of the value; the detectors
-/// whose matches may hold a space (card, SSN, IBAN, PEM key) read each of those with `+` as a
-/// space too.
+/// again while it holds escapes, up to three times), and every word's in those levels, as
+/// spans of the value; the detectors whose matches may hold a space (card, SSN, IBAN, PEM key)
+/// and the words read each of the value and its levels with `+` (but a first one) as a space
+/// too. (The words in the value as written are [`reference_spans`]'s.)
 fn detector_spans(case: &Case, bytes: &[u8]) -> Vec<(usize, usize, StyleSpec)> {
     let mut levels: Vec<(Vec<u8>, Vec<usize>)> = Vec::new();
     let mut level = (bytes.to_vec(), (0..=bytes.len()).collect::<Vec<usize>>());
@@ -391,16 +399,27 @@ fn detector_spans(case: &Case, bytes: &[u8]) -> Vec<(usize, usize, StyleSpec)> {
         levels.push(level.clone());
     }
     levels.insert(0, (bytes.to_vec(), (0..=bytes.len()).collect()));
-    let spaced = [DetectorKind::Card, DetectorKind::Ssn, DetectorKind::Iban, DetectorKind::PemPrivateKey];
+    let spaced_kinds = [DetectorKind::Card, DetectorKind::Ssn, DetectorKind::Iban, DetectorKind::PemPrivateKey];
     let mut spans = Vec::new();
-    for (kind, style) in DetectorKind::ALL.iter().zip(&case.detectors) {
-        if let Some(style) = style {
-            // What is found in a percent-decoded level masks the bytes it came from.
-            for (text, from) in &levels {
+    // What is found in a percent-decoded level masks the bytes it came from.
+    for (level, (text, from)) in levels.iter().enumerate() {
+        let spaced: Vec<u8> =
+            text.iter().enumerate().map(|(i, &b)| if b == b'+' && i > 0 { b' ' } else { b }).collect();
+        for (kind, style) in DetectorKind::ALL.iter().zip(&case.detectors) {
+            if let Some(style) = style {
                 kind.find(text, &mut |s, e| spans.push((from[s], from[e], style.clone())));
-                if spaced.contains(kind) {
-                    let text: Vec<u8> = text.iter().map(|&b| if b == b'+' { b' ' } else { b }).collect();
-                    kind.find(&text, &mut |s, e| spans.push((from[s], from[e], style.clone())));
+                if spaced_kinds.contains(kind) {
+                    kind.find(&spaced, &mut |s, e| spans.push((from[s], from[e], style.clone())));
+                }
+            }
+        }
+        let forms: Vec<&[u8]> = if level > 0 { vec![text, &spaced] } else { vec![&spaced] };
+        for form in forms {
+            for word in WORDS {
+                for start in 0..form.len() {
+                    if form[start..].starts_with(word.as_bytes()) {
+                        spans.push((from[start], from[start + word.len()], case.dictionary.clone()));
+                    }
                 }
             }
         }
@@ -834,7 +853,7 @@ proptest! {
 
 const CANARY_POLICY: &str = r#"
 [masking.profiles.p.dictionary]
-words = ["Lovelace", "acme-secret"]
+words = ["Lovelace", "acme-secret", "Grace Hopper"]
 "#;
 
 const CANARY_FRAGMENTS: &[&str] = &[
@@ -854,6 +873,8 @@ const CANARY_FRAGMENTS: &[&str] = &[
     // Form-encoded: `+` read as a space.
     "card=4532+0151+1283+0366",
     "ssn=123+45+6789",
+    "Grace+Hopper",
+    "xoxe-1-My0xLTEwMzk5NjM5NzI1OC0x",
 ];
 
 fn canary_cell() -> impl Strategy<Value = (String, u64)> {
