@@ -697,8 +697,9 @@ fn find_ibans(text: &[u8], found: &mut dyn FnMut(usize, usize)) {
 /// Tokens made of a literal prefix and `tail_min..=tail_max` characters of a class (any number
 /// from `tail_min` when `tail_max` is `None`: a token of a variable length is masked whole, however
 /// long its run), not preceded by an alphanumeric (`aws_key_AKIA…` is found, `xAKIA…` is not)
-/// and not followed by another character of the class. Linear: a prefix inside a match is not
-/// looked at again.
+/// and not followed by another character of the class. Linear: a prefix whose tail would start
+/// inside the match before is not looked at again (its tail would end where that match does;
+/// the tail of `xoxe.` found at a match's end starts past it, and is read).
 fn find_prefixed(
     text: &[u8],
     prefixes: &[&str],
@@ -711,10 +712,10 @@ fn find_prefixed(
         let prefix = prefix.as_bytes();
         let mut next_free = 0;
         for start in memmem::find_iter(text, prefix) {
-            if start < next_free || (start > 0 && text[start - 1].is_ascii_alphanumeric()) {
+            let tail_start = start + prefix.len();
+            if tail_start <= next_free || (start > 0 && text[start - 1].is_ascii_alphanumeric()) {
                 continue;
             }
-            let tail_start = start + prefix.len();
             let tail = &text[tail_start..];
             let tail_len =
                 tail.iter().take(tail_max.map_or(tail.len(), |max| max + 1)).take_while(|&&b| is_tail(b)).count();
@@ -984,6 +985,10 @@ mod tests {
         assert_eq!(spans(DetectorKind::GithubToken, &pat), [pat.as_str()]);
         let prefixes = "xoxb-".repeat(20_000);
         assert_eq!(spans(DetectorKind::SlackToken, &prefixes), [prefixes.as_str()]);
+        // A prefix ending in a byte its tail cannot hold ends the match before it, and starts
+        // its own (the second tail was skipped as inside the first match, and left in clear).
+        let (first, second) = ("xoxe.abcdefghij-xoxe", "xoxe.SECRETSECRET12");
+        assert_eq!(spans(DetectorKind::SlackToken, "xoxe.abcdefghij-xoxe.SECRETSECRET12"), [first, second]);
         let jwt = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.c2lnbmF0dXJl";
         assert_eq!(spans(DetectorKind::Jwt, &format!("Bearer {jwt}")), [jwt]);
         assert_eq!(spans(DetectorKind::Jwt, &format!("jwt_{jwt}")), [jwt]);

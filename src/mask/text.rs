@@ -256,8 +256,14 @@ pub(crate) fn settle_spans(profile: &Profile, text: &[u8], anchored: u32, spans:
         let before = spans.len();
         detect_spans(profile, &masked, stats(&masked), anchored, spans, views);
         views.masked = masked;
+        // `found` is merged: sorted and apart, so the one that may hold a new span is the last
+        // starting by it (a search, not a scan: a value of many matches stays near linear).
         let (found, new) = spans.split_at(before);
-        if new.iter().all(|n| found.iter().any(|f| f.start <= n.start && n.end <= f.end)) {
+        let covered = |n: &Span| {
+            let at = found.partition_point(|f| f.start <= n.start);
+            at > 0 && n.end <= found[at - 1].end
+        };
+        if new.iter().all(covered) {
             spans.truncate(before);
             return;
         }
