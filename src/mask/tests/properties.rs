@@ -60,6 +60,8 @@ impl StyleSpec {
 
 /// Sorted: overlapping token matches keep the greater token.
 const TOKENS: [&str; 2] = ["[REDACTED-LONG-TOKEN]", "[X]"];
+/// The dictionary; the last word, which holds a space, only when a case says so (without it the
+/// masker skips reading `+` as a space for words).
 const WORDS: [&str; 5] = ["Lovelace", "Falcon", "Fal", "acme-secret", "Grace Hopper"];
 
 fn style() -> impl Strategy<Value = StyleSpec> {
@@ -120,6 +122,8 @@ struct Case {
     columns: Vec<ColSpec>,
     detectors: Vec<Option<StyleSpec>>,
     dictionary: StyleSpec,
+    /// Whether the dictionary holds its word with a space.
+    spaced_word: bool,
     /// Cells: the value and, per character, whether to write it as a `\u` escape.
     rows: Vec<Vec<Option<(String, u64)>>>,
     chunk: bool,
@@ -252,7 +256,7 @@ fn case() -> impl Strategy<Value = Case> {
     (
         prop::collection::vec(column, 1..6),
         prop::collection::vec(prop::option::weighted(0.8, style()), DetectorKind::COUNT),
-        style(),
+        (style(), any::<bool>()),
         any::<bool>(),
     )
         .prop_flat_map(|(columns, detectors, dictionary, chunk)| {
@@ -267,16 +271,21 @@ fn case() -> impl Strategy<Value = Case> {
             let rows = prop::collection::vec(cells, 0..6);
             (Just(columns), Just(detectors), Just(dictionary), rows, Just(chunk))
         })
-        .prop_map(|(columns, detectors, dictionary, rows, chunk)| Case {
+        .prop_map(|(columns, detectors, (dictionary, spaced_word), rows, chunk)| Case {
             columns,
             detectors,
             dictionary,
+            spaced_word,
             rows,
             chunk,
         })
 }
 
 impl Case {
+    fn words(&self) -> &'static [&'static str] {
+        if self.spaced_word { &WORDS } else { &WORDS[..WORDS.len() - 1] }
+    }
+
     fn policy(&self) -> String {
         let mut text = String::from("[masking.profiles.p.detectors]\n");
         for (kind, style) in DetectorKind::ALL.iter().zip(&self.detectors) {
@@ -285,7 +294,7 @@ impl Case {
                 Some(style) => text.push_str(&format!("{} = {{ mask = {} }}\n", kind.name(), style.toml())),
             }
         }
-        let words: Vec<String> = WORDS.iter().map(|w| format!("{w:?}")).collect();
+        let words: Vec<String> = self.words().iter().map(|w| format!("{w:?}")).collect();
         text.push_str(&format!(
             "[masking.profiles.p.dictionary]\nwords = [{}]\nmask = {}\n",
             words.join(", "),
@@ -351,7 +360,7 @@ enum Format {
 fn reference_spans(case: &Case, value: &str) -> Vec<(usize, usize, StyleSpec)> {
     let bytes = value.as_bytes();
     let mut spans = Vec::new();
-    for word in WORDS {
+    for word in case.words() {
         for start in 0..bytes.len() {
             if bytes[start..].starts_with(word.as_bytes()) {
                 spans.push((start, start + word.len(), case.dictionary.clone()));
@@ -415,7 +424,7 @@ fn detector_spans(case: &Case, bytes: &[u8]) -> Vec<(usize, usize, StyleSpec)> {
         }
         let forms: Vec<&[u8]> = if level > 0 { vec![text, &spaced] } else { vec![&spaced] };
         for form in forms {
-            for word in WORDS {
+            for word in case.words() {
                 for start in 0..form.len() {
                     if form[start..].starts_with(word.as_bytes()) {
                         spans.push((from[start], from[start + word.len()], case.dictionary.clone()));
@@ -645,6 +654,7 @@ struct ArrowCase {
     columns: Vec<ColSpec>,
     detectors: Vec<Option<StyleSpec>>,
     dictionary: StyleSpec,
+    spaced_word: bool,
     rows: Vec<Vec<Option<String>>>,
 }
 
@@ -673,7 +683,7 @@ fn arrow_case() -> impl Strategy<Value = ArrowCase> {
     (
         prop::collection::vec(column, 1..6),
         prop::collection::vec(prop::option::weighted(0.8, style()), DetectorKind::COUNT),
-        style(),
+        (style(), any::<bool>()),
     )
         .prop_flat_map(|(columns, detectors, dictionary)| {
             let cells: Vec<BoxedStrategy<Option<String>>> = columns
@@ -688,7 +698,13 @@ fn arrow_case() -> impl Strategy<Value = ArrowCase> {
                 .collect();
             (Just(columns), Just(detectors), Just(dictionary), prop::collection::vec(cells, 0..8))
         })
-        .prop_map(|(columns, detectors, dictionary, rows)| ArrowCase { columns, detectors, dictionary, rows })
+        .prop_map(|(columns, detectors, (dictionary, spaced_word), rows)| ArrowCase {
+            columns,
+            detectors,
+            dictionary,
+            spaced_word,
+            rows,
+        })
 }
 
 impl ArrowCase {
@@ -697,6 +713,7 @@ impl ArrowCase {
             columns: self.columns.clone(),
             detectors: self.detectors.clone(),
             dictionary: self.dictionary.clone(),
+            spaced_word: self.spaced_word,
             rows: Vec::new(),
             chunk: true,
         }
