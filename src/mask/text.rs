@@ -1,6 +1,7 @@
 //! Value-level masking shared by the JSON and Arrow paths: cheap per-value statistics for the
 //! detector triggers (SWAR, eight bytes at a time), finding a value's matches (in its
-//! percent-decoded form, and with `+` read as a space, too), merging spans, and writing masks over decoded text in place.
+//! percent-decoded form, and with `+` read as a space, too), merging spans, and writing masks
+//! over decoded text in place.
 //! Knows nothing of JSON escapes nor Arrow buffers; never allocates per value (callers lend the
 //! span vector and the [`Views`]).
 
@@ -184,9 +185,10 @@ pub(crate) fn keep_from(text: &[u8], start: usize, end: usize, keep: u32) -> usi
 /// Runs the enabled detectors a value's statistics (and anchors found in it) trigger, adding
 /// their spans; a value holding a percent escape is searched in its decoded form too, by the
 /// dictionary as well (any byte of a word may be written as an escape: `Jos%C3%A9`), and a
-/// value holding a `+` with it read as a space ([`Views`], [`plus_as_space`]). `text` is the decoded value; `anchored` is a bit set of detectors whose
-/// anchors were found in it. The triggers make a bit set first, so a value that triggers
-/// nothing costs a few compares (and a search for `%`).
+/// value holding a `+` with it read as a space ([`Views`], [`plus_as_space`]). `text` is the
+/// decoded value; `anchored` is a bit set of detectors whose anchors were found in it. The
+/// triggers make a bit set first, so a value that triggers nothing costs a few compares (and
+/// a search for `%`, and for `+` when a word holds a space).
 pub(crate) fn detect_spans(
     profile: &Profile,
     text: &[u8],
