@@ -718,7 +718,7 @@ fn find_prefixed(
             }
             let tail = &text[tail_start..];
             let tail_len =
-                tail.iter().take(tail_max.map_or(tail.len(), |max| max + 1)).take_while(|&&b| is_tail(b)).count();
+                tail.iter().take(tail_max.map_or(usize::MAX, |max| max + 1)).take_while(|&&b| is_tail(b)).count();
             if tail_len >= tail_min && tail_max.is_none_or(|max| tail_len <= max) {
                 found(start, tail_start + tail_len);
                 next_free = tail_start + tail_len;

@@ -473,34 +473,29 @@ pub(crate) fn detect_short(
     t.digit &= valid;
     t.at_or_percent &= valid;
     t.separator &= valid;
-    // An e-mail address has one `@` and no `%` outside its local part: one bit, usually.
-    let mut marks = t.at_or_percent;
-    while marks != 0 {
-        let at = marks.trailing_zeros() as usize;
-        if window[at] == b'%' {
-            let text = &window[..len];
-            detect_spans(profile, text, stats(text), anchored, spans, views);
-            return None;
-        }
-        marks &= marks - 1;
-    }
-    let may = |on: bool, kind: DetectorKind| u32::from(on) << kind.index();
-    let mut run = may(t.at_or_percent != 0, DetectorKind::Email) | anchored;
     // The digit detectors need eight digits or more (without a popcount instruction, as in
     // the x86_64 baseline, counting costs a dozen: count only when there can be enough).
-    let digits_may = len >= 11 && t.digit.count_ones() >= 8;
-    // A `+` may stand for a space where a match may hold one: such a value takes
-    // `detect_spans`, which reads it so too (`plus_as_space`).
-    if (digits_may || anchored & SPACED != 0 || profile.dictionary.spaced)
+    let digits = if len >= 11 { t.digit.count_ones() } else { 0 };
+    // A `%` may hide what the detectors key on, and a `+` may stand for a space where a match
+    // may hold one: such a value takes `detect_spans`, which reads it decoded and so too
+    // (`Views`, `plus_as_space`). An e-mail address has one `@` and no `%` outside its local
+    // part: one bit, usually.
+    let (mut marks, mut percent) = (t.at_or_percent, false);
+    while marks != 0 && !percent {
+        percent = window[marks.trailing_zeros() as usize] == b'%';
+        marks &= marks - 1;
+    }
+    let plus = (digits >= 8 || anchored & SPACED != 0 || profile.dictionary.spaced)
         && t.digit != valid
-        && plus_after_first(&window[..len]).is_some()
-    {
+        && plus_after_first(&window[..len]).is_some();
+    if percent || plus {
         let text = &window[..len];
         detect_spans(profile, text, stats(text), anchored, spans, views);
         return None;
     }
-    if digits_may {
-        let digits = t.digit.count_ones();
+    let may = |on: bool, kind: DetectorKind| u32::from(on) << kind.index();
+    let mut run = may(t.at_or_percent != 0, DetectorKind::Email) | anchored;
+    if digits >= 8 {
         run |= may(digits >= 13 && len >= 13, DetectorKind::Card)
             | may(digits >= 9 && t.separator != 0, DetectorKind::Ssn)
             | may(
