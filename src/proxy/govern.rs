@@ -749,7 +749,7 @@ pub fn masked_answer(
             if let Some(recorded) = recorded {
                 capture.record_in_place_of(&body, recorded);
             }
-            Answer { status: response.status, upstream_headers: Some(response.headers), body, close: false }
+            Answer::upstream(response.status, response.headers, body)
         }
         Err(reason) => masking_failed(core, capture, &reason),
     }
@@ -773,8 +773,7 @@ pub fn masked_sql_api(
     }
     match mask_result(core, response.body.clone(), profiles, known, None) {
         Ok(Masked { body, plans, .. }) => {
-            let answer =
-                Answer { status: response.status, upstream_headers: Some(response.headers), body, close: false };
+            let answer = Answer::upstream(response.status, response.headers, body);
             (answer, plans)
         }
         Err(reason) => (masking_failed(core, capture, &reason), Vec::new()),
@@ -792,9 +791,7 @@ fn json_object(body: &[u8]) -> bool {
 /// cannot read is withheld, as any answer would be.
 fn masked_error(core: &Core, response: UpstreamResponse, capture: &mut Capture, profiles: &[String]) -> Answer {
     match mask_result(core, response.body.clone(), profiles, &[], None) {
-        Ok(Masked { body, .. }) => {
-            Answer { status: response.status, upstream_headers: Some(response.headers), body, close: false }
-        }
+        Ok(Masked { body, .. }) => Answer::upstream(response.status, response.headers, body),
         Err(reason) => masking_failed(core, capture, &reason),
     }
 }
@@ -1022,7 +1019,7 @@ pub async fn chunk(core: &Core, head: &RequestHead, grant: &str, capture: &mut C
         }
     }
     gateway.metrics.values_masked.fetch_add(values_masked, std::sync::atomic::Ordering::Relaxed);
-    Answer::own(200, buffer.freeze())
+    Answer::own_chunk(buffer.freeze())
 }
 
 #[cfg(test)]

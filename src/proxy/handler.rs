@@ -50,11 +50,32 @@ pub struct Answer {
     pub body: Bytes,
     /// Close the connection after writing.
     pub close: bool,
+    /// The content type of the gateway's own answers; an upstream answer keeps upstream's.
+    pub content_type: &'static [u8],
 }
 
+/// The content type of the gateway's own answers but chunks.
+const JSON_CONTENT_TYPE: &[u8] = b"application/json";
+
+/// The content type of a result chunk the gateway serves, as cloud storage labels them: a JSON
+/// chunk is rows without enclosing brackets and an Arrow chunk is binary, so neither is a JSON
+/// document, and the Node driver parses any body labelled JSON as one.
+const CHUNK_CONTENT_TYPE: &[u8] = b"binary/octet-stream";
+
 impl Answer {
+    /// The gateway's own JSON answer.
     pub(super) fn own(status: u16, body: Bytes) -> Answer {
-        Answer { status, upstream_headers: None, body, close: false }
+        Answer { status, upstream_headers: None, body, close: false, content_type: JSON_CONTENT_TYPE }
+    }
+
+    /// A result chunk the gateway fetched and masked.
+    pub(super) fn own_chunk(body: Bytes) -> Answer {
+        Answer { content_type: CHUNK_CONTENT_TYPE, ..Answer::own(200, body) }
+    }
+
+    /// An upstream answer, with upstream's fields.
+    pub(super) fn upstream(status: u16, headers: Headers, body: Bytes) -> Answer {
+        Answer { status, upstream_headers: Some(headers), body, close: false, content_type: JSON_CONTENT_TYPE }
     }
 }
 
@@ -468,11 +489,11 @@ pub(super) async fn admit(core: &Core, capture: &mut Capture) -> Result<(), Answ
 }
 
 pub(super) fn pass_through(response: UpstreamResponse) -> Answer {
-    Answer { status: response.status, upstream_headers: Some(response.headers), body: response.body, close: false }
+    Answer::upstream(response.status, response.headers, response.body)
 }
 
 pub(super) fn with_body(response: UpstreamResponse, body: Vec<u8>) -> Answer {
-    Answer { status: response.status, upstream_headers: Some(response.headers), body: Bytes::from(body), close: false }
+    Answer::upstream(response.status, response.headers, Bytes::from(body))
 }
 
 fn login_error_code(error: &LoginError) -> &'static str {

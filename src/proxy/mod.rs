@@ -561,13 +561,13 @@ fn error_head(status: u16, body_len: usize) -> BytesMut {
 }
 
 /// The head of an answer: upstream's fields minus hop-by-hop and encoding fields (bodies go
-/// to agents inflated), or a JSON content type for the gateway's own answers.
+/// to agents inflated), or the content type of the gateway's own answer.
 fn answer_head(answer: &handler::Answer, close: bool) -> BytesMut {
     let mut w = HeadWriter::response(answer.status);
     match &answer.upstream_headers {
         Some(headers) => copy_end_to_end(&mut w, headers),
         None => {
-            w.field(b"content-type", b"application/json");
+            w.field(b"content-type", answer.content_type);
         }
     }
     w.content_length(answer.body.len());

@@ -15,7 +15,7 @@ use snowgate_perf::results::customers;
 use crate::driver::{python, start_fakesnow};
 use crate::support::*;
 
-const MASKING_POLICY: &str = r#"
+pub(crate) const MASKING_POLICY: &str = r#"
 [policy]
 default = { action = "deny", message = "No snowgate rule allows this statement." }
 
@@ -135,7 +135,7 @@ fn python_driver_gets_masked_arrow_results_from_fakesnow() {
 }
 
 /// The double's chunked table as the driver should see it.
-fn chunked_rows() -> Vec<Vec<Option<String>>> {
+pub(crate) fn chunked_rows() -> Vec<Vec<Option<String>>> {
     customers("CHUNKED", ChunkLayout::default().total_rows()).rows
 }
 

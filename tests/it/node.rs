@@ -1,0 +1,149 @@
+//! The real Node driver (snowflake-sdk, pinned in `tests/driver/node/package.json`) through
+//! the gateway to the Rust double: Node asks for JSON results, so this is the driver path for
+//! JSON rowsets and JSON chunks, fetched through the gateway's chunk URLs. Every row arrives,
+//! masked, with its types decoding; errors and refusals reach it as Snowflake errors; no raw
+//! value, upstream chunk URL, `qrmk` or Snowflake token reaches it or the recording.
+//!
+//! `tests/run.sh` installs the driver with `npm ci` (Node.js 20 or later); `SNOWGATE_TEST_NODE`
+//! names another `node` binary.
+
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+
+use aho_corasick::AhoCorasick;
+use serde_json::{Value, json};
+use snowgate_perf::corpus::ChunkLayout;
+
+use crate::masking::{MASKING_POLICY, chunked_rows};
+use crate::support::*;
+
+fn node() -> PathBuf {
+    let node = std::env::var_os("SNOWGATE_TEST_NODE").map_or_else(|| PathBuf::from("node"), PathBuf::from);
+    let modules = root().join("tests/driver/node/node_modules/snowflake-sdk");
+    assert!(
+        modules.exists(),
+        "{} not found: run `bash tests/run.sh`, which installs the Node driver with npm ci",
+        modules.display()
+    );
+    node
+}
+
+/// Runs `tests/driver/node/query.js` through `port`, one result (rows or error) per query.
+fn run_node(port: u16, queries: &[&str]) -> Vec<Value> {
+    let logs = tempfile::tempdir().unwrap();
+    let mut command = Command::new(node());
+    command.arg(root().join("tests/driver/node/query.js")).args([
+        "--url",
+        &format!("http://127.0.0.1:{port}"),
+        "--token",
+        &agent_token(json!({})),
+    ]);
+    for query in queries {
+        command.args(["--query", query]);
+    }
+    let output = command
+        .current_dir(logs.path())
+        .env("SNOWGATE_NODE_LOG_DIR", logs.path())
+        .env("NODE_NO_WARNINGS", "1")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run node (Node.js 20 or later; SNOWGATE_TEST_NODE names it): {e}"));
+    assert!(output.status.success(), "the Node driver script failed");
+    let results: Vec<Value> = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(results.len(), queries.len());
+    results
+}
+
+/// The calendar date `days` after 1970-01-01, as `YYYY-MM-DD` (Hinnant's civil_from_days).
+fn date_from_days(days: i64) -> String {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!("{year:04}-{month:02}-{day:02}")
+}
+
+#[test]
+fn the_day_count_turns_into_dates() {
+    assert_eq!(date_from_days(0), "1970-01-01");
+    assert_eq!(date_from_days(18_262), "2020-01-01");
+    assert_eq!(date_from_days(19_782), "2024-02-29");
+    assert_eq!(date_from_days(-1), "1969-12-31");
+}
+
+#[test]
+fn node_driver_gets_every_chunk_masked_through_the_gateway() {
+    let upstream = double(|_| {});
+    let rule = "[[policy.rules]]\nname = \"everything, masked\"";
+    assert!(MASKING_POLICY.contains(rule));
+    let policy = MASKING_POLICY.replacen(
+        rule,
+        &format!(
+            "[[policy.rules]]\nname = \"no drops\"\ngroups = [\"*\"]\nkinds = [\"drop\"]\naction = \"deny\"\n\
+             message = \"Agents may not drop objects.\"\n\n{rule}"
+        ),
+        1,
+    );
+    let gateway = TestGateway::start(&upstream.url(), GatewayOptions { policy: Some(policy), ..Default::default() });
+    let relay = Relay::start(gateway.addr);
+    let results = run_node(
+        relay.addr.port(),
+        &["select * from chunked_json", "select * from no_such_table", "drop table customers"],
+    );
+
+    let raw = chunked_rows();
+    let result = &results[0];
+    let columns: Vec<&str> = result["columns"].as_array().unwrap().iter().map(|c| c[1].as_str().unwrap()).collect();
+    assert_eq!(columns, ["fixed", "text", "text", "text", "text", "fixed", "date"], "{}", result["columns"]);
+    let rows = result["rows"].as_array().unwrap_or_else(|| panic!("no rows: {}", results[0]));
+    assert_eq!(rows.len(), raw.len(), "every row must arrive");
+    for (clear, row) in raw.iter().zip(rows) {
+        let context = format!("clear {clear:?}, received {row}");
+        let cell = |i: usize| row[i].as_str().unwrap_or_else(|| panic!("column {i} is not a value: {context}"));
+        assert_eq!(cell(0), clear[0].as_deref().unwrap(), "{context}");
+        assert_eq!(cell(1), clear[1].as_deref().unwrap(), "{context}");
+        let email = clear[2].as_deref().unwrap();
+        assert_eq!(cell(2), "*".repeat(email.len()), "{context}");
+        let card = clear[3].as_deref().unwrap();
+        assert_eq!(cell(3), format!("{}{}", "*".repeat(card.len() - 4), &card[card.len() - 4..]), "{context}");
+        assert_eq!(row[4], Value::Null, "{context}");
+        assert_eq!(cell(5), clear[5].as_deref().unwrap(), "{context}");
+        assert_eq!(cell(6), date_from_days(clear[6].as_deref().unwrap().parse().unwrap()), "{context}");
+    }
+
+    let error = &results[1]["error"];
+    assert_eq!(error["code"], "002003", "{}", results[1]);
+    let message = error["message"].as_str().unwrap();
+    assert!(message.contains("Object '*************' does not exist"), "{message}");
+    let refusal = &results[2]["error"];
+    assert_eq!(refusal["message"], "Agents may not drop objects.", "{}", results[2]);
+
+    // Every chunk came through the gateway, fetched with the SSE-C headers, once.
+    let chunk_downloads = upstream.stats.recorded(snowgate_perf::EndpointKind::Chunk);
+    assert_eq!(chunk_downloads.len(), ChunkLayout::default().chunk_count, "chunk downloads seen upstream");
+    for download in &chunk_downloads {
+        let has = |name: &str| download.headers.iter().any(|(n, _)| n.eq_ignore_ascii_case(name));
+        assert!(has(snowgate_perf::corpus::SSE_C_KEY_HEADER) && has(snowgate_perf::corpus::SSE_C_ALGORITHM_HEADER));
+        assert!(!has("authorization"), "the agent's session token was sent to cloud storage");
+    }
+    let received = relay.received();
+    assert!(!received.contains(snowgate_perf::corpus::QRMK), "the qrmk reached the driver");
+    assert!(!received.contains(&format!("{}/chunks/", upstream.url())), "an upstream chunk URL reached the driver");
+    assert_eq!(unsealed_tokens(&received), Vec::<String>::new(), "a Snowflake token reached the driver");
+    let dir = gateway.stop();
+    let recording = recording_text(&dir.path().join("recordings"));
+    let canaries: Vec<&str> = raw.iter().flat_map(|r| [r[2].as_deref().unwrap(), r[3].as_deref().unwrap()]).collect();
+    let searcher = AhoCorasick::new(&canaries).unwrap();
+    assert_eq!(
+        searcher.find(&received).map(|m| canaries[m.pattern().as_usize()]),
+        None,
+        "a raw value reached the driver"
+    );
+    assert_eq!(searcher.find(&recording).map(|m| canaries[m.pattern().as_usize()]), None, "a raw value was recorded");
+}
