@@ -34,6 +34,25 @@ fn problem(key: &str, problem: impl Into<String>) -> ConfigError {
     ConfigError { key: key.to_owned(), problem: problem.into() }
 }
 
+/// Longest wait any `*_timeout_ms` may set: a longer one is a typo, and a huge one would
+/// overflow the deadlines computed from it.
+const TIMEOUT_MS_MAX: u64 = 3_600_000;
+/// Most clock skew a token's `exp` and `nbf` are allowed: more would quietly accept tokens
+/// long expired, and sessions would outlive their identity by as much.
+const LEEWAY_SECS_MAX: u64 = 300;
+/// Longest lifetime any `*_ttl_secs` or interval may set (a week).
+const TTL_SECS_MAX: u64 = 7 * 86_400;
+
+/// Each `(key, value)` must be in `1..=max`.
+fn within(max: u64, values: &[(&str, u64)]) -> Result<(), ConfigError> {
+    for &(key, value) in values {
+        if value == 0 || value > max {
+            return Err(problem(key, format!("must be between 1 and {max}")));
+        }
+    }
+    Ok(())
+}
+
 /// The configuration file as written.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -138,7 +157,7 @@ pub struct IdentitySection {
     /// The claim that lists the agent's groups.
     #[serde(default = "default_groups_claim")]
     pub groups_claim: String,
-    /// Clock skew allowed on `exp` and `nbf`.
+    /// Clock skew allowed on `exp` and `nbf` (at most 300 s).
     #[serde(default = "default_leeway_secs")]
     pub leeway_secs: u64,
     /// Least time between two JWKS fetches.
@@ -199,7 +218,8 @@ pub struct LimitsSection {
     /// control bodies (login, renewal, logout, heartbeat, aborts) and telemetry have fixed,
     /// smaller caps (`Endpoint::request_bytes_max`).
     pub statement_request_bytes_max: usize,
-    /// Time allowed for a complete request head once its first byte arrived.
+    /// Time allowed for a complete request head once its first byte arrived (every
+    /// `*_timeout_ms` is at most an hour).
     pub header_timeout_ms: u64,
     /// Time a keep-alive connection may sit idle between requests.
     pub idle_timeout_ms: u64,
@@ -207,7 +227,8 @@ pub struct LimitsSection {
     pub body_timeout_ms: u64,
     /// Largest `X-Agent-Context` header kept in the recording.
     pub agent_context_bytes_max: usize,
-    /// How long a rewritten result chunk URL is honoured, in seconds.
+    /// How long a rewritten result chunk URL is honoured, in seconds (every `*_ttl_secs` is at
+    /// most a week).
     pub chunk_url_ttl_secs: u64,
     /// Statement ids (driver query ids, SQL API handles) each core keeps with their owner, and
     /// masking plans for SQL API partitions; the least recently used goes first, and an id no
@@ -654,14 +675,13 @@ impl Config {
                 }
             };
             let ca_pem = u.ca_file.as_ref().map(|p| read_file("upstream.ca_file", &resolve(p))).transpose()?;
-            for (key, value) in [
-                ("upstream.connect_timeout_ms", u.connect_timeout_ms),
-                ("upstream.response_timeout_ms", u.response_timeout_ms),
-            ] {
-                if value == 0 {
-                    return Err(problem(key, "must be greater than zero"));
-                }
-            }
+            within(
+                TIMEOUT_MS_MAX,
+                &[
+                    ("upstream.connect_timeout_ms", u.connect_timeout_ms),
+                    ("upstream.response_timeout_ms", u.response_timeout_ms),
+                ],
+            )?;
             Upstream {
                 account: u.account.clone(),
                 user: u.user.clone(),
@@ -705,8 +725,15 @@ impl Config {
             if i.roles.is_empty() && i.default_role.is_none() {
                 return Err(problem("identity.roles", "map at least one group to a role, or set default_role"));
             }
-            if i.refetch_interval_min_secs == 0 {
-                return Err(problem("identity.refetch_interval_min_secs", "must be greater than zero"));
+            within(
+                TTL_SECS_MAX,
+                &[
+                    ("identity.refetch_interval_min_secs", i.refetch_interval_min_secs),
+                    ("identity.cache_ttl_secs", i.cache_ttl_secs),
+                ],
+            )?;
+            if i.leeway_secs > LEEWAY_SECS_MAX {
+                return Err(problem("identity.leeway_secs", format!("must be at most {LEEWAY_SECS_MAX}")));
             }
             if i.cache_ttl_secs < i.refetch_interval_min_secs {
                 return Err(problem("identity.cache_ttl_secs", "must not be shorter than refetch_interval_min_secs"));
@@ -805,12 +832,22 @@ impl Config {
                 "head_bytes_max >= 1024, body_bytes_max > 0, decompressed_bytes_max >= 1 MiB",
             ));
         }
+        within(
+            TIMEOUT_MS_MAX,
+            &[
+                ("limits.header_timeout_ms", l.header_timeout_ms),
+                ("limits.idle_timeout_ms", l.idle_timeout_ms),
+                ("limits.body_timeout_ms", l.body_timeout_ms),
+            ],
+        )?;
+        within(
+            TTL_SECS_MAX,
+            &[
+                ("limits.chunk_url_ttl_secs", l.chunk_url_ttl_secs),
+                ("limits.statement_idle_ttl_secs", l.statement_idle_ttl_secs),
+            ],
+        )?;
         for (key, value) in [
-            ("limits.header_timeout_ms", l.header_timeout_ms),
-            ("limits.idle_timeout_ms", l.idle_timeout_ms),
-            ("limits.body_timeout_ms", l.body_timeout_ms),
-            ("limits.chunk_url_ttl_secs", l.chunk_url_ttl_secs),
-            ("limits.statement_idle_ttl_secs", l.statement_idle_ttl_secs),
             ("limits.statement_ids_max", l.statement_ids_max as u64),
             ("limits.statement_ids_per_identity_max", l.statement_ids_per_identity_max as u64),
             ("limits.statement_request_bytes_max", l.statement_request_bytes_max as u64),

@@ -318,6 +318,8 @@ struct Session {
 struct PendingQuery {
     polls_left: u32,
     body: Bytes,
+    /// The error message the query ends with, which its monitoring status quotes too.
+    error_message: Option<&'static str>,
 }
 
 /// A SQL API statement: how many more polls answer 202, then its status and partitions.
@@ -728,7 +730,7 @@ impl Upstream {
                 let mut state = self.lock_state();
                 for (child, statement) in children.iter().zip(&statements) {
                     let body = self.results.query_body(results::plan(statement).outcome, None, child);
-                    state.queries.insert(child.clone(), PendingQuery { polls_left: 0, body });
+                    state.queries.insert(child.clone(), PendingQuery { polls_left: 0, body, error_message: None });
                 }
                 return Response::value(200, &multi_statement_body(&qid, &children));
             }
@@ -742,7 +744,8 @@ impl Upstream {
                 return Response::json(200, final_body);
             }
             let polls_left = if plan.slow { self.config.polls_before_ready } else { 0 };
-            self.lock_state().queries.insert(qid.clone(), PendingQuery { polls_left, body: final_body });
+            let error_message = (plan.outcome == Outcome::NoSuchTable).then_some(results::NO_SUCH_TABLE_MESSAGE);
+            self.lock_state().queries.insert(qid.clone(), PendingQuery { polls_left, body: final_body, error_message });
             if asynchronous { in_progress_body("333334", &qid) } else { in_progress_body("333333", &qid) }
         })
     }
@@ -767,10 +770,17 @@ impl Upstream {
 
     fn monitoring(&self, head: &RequestHead, qid: &str) -> Response {
         self.with_session(head, |_| {
-            // Synchronous queries are not stored, so an unknown id is reported as done.
-            let running = self.lock_state().queries.get_mut(&qid.to_owned()).is_some_and(|p| p.polls_left > 0);
-            let status = if running { "RUNNING" } else { "SUCCESS" };
-            Response::ok(json!({"queries": [{"id": qid, "status": status}]}))
+            // Synchronous queries are not stored, so an unknown id is reported as done. A failed
+            // query's status quotes its error, as Snowflake's does.
+            let mut state = self.lock_state();
+            let query = state.queries.get_mut(&qid.to_owned());
+            match query {
+                Some(p) if p.polls_left > 0 => Response::ok(json!({"queries": [{"id": qid, "status": "RUNNING"}]})),
+                Some(PendingQuery { error_message: Some(message), .. }) => Response::ok(json!({"queries": [{
+                    "id": qid, "status": "FAILED_WITH_ERROR", "errorCode": "002003", "errorMessage": message,
+                }]})),
+                _ => Response::ok(json!({"queries": [{"id": qid, "status": "SUCCESS"}]})),
+            }
         })
     }
 

@@ -1254,7 +1254,7 @@ pub(crate) fn mask_object(
 /// Masks an answer's `message` (an error's, which may quote the value that failed: "Numeric
 /// value '123-45-6789' is not recognized") as free text: the dictionary and the detectors mask
 /// what they find; where the profile has column rules, whose values no detector can tell,
-/// every single-quoted part is masked too (the agent still sees which error it was).
+/// what lies in single quotes is masked too (the agent still sees which error it was).
 fn mask_message(
     profile: &Profile,
     body: &mut [u8],
@@ -1270,11 +1270,21 @@ fn mask_message(
     dictionary_spans(&profile.dictionary, decoded, &mut anchored, spans);
     detect_spans(profile, decoded, stats(decoded), anchored, spans, views);
     if !profile.columns.is_empty() {
-        let kinds = RuleKind::Column.bit();
-        let mut quotes = memchr::memchr_iter(b'\'', decoded);
-        while let (Some(start), Some(end)) = (quotes.next(), quotes.next()) {
+        // Snowflake quotes a value in single quotes, and the value may hold quotes itself
+        // ("'Miles O'Brien'") beside apostrophes outside any value ("Can't parse 'x' as date
+        // with format '…'"), so quotes cannot be paired: one span runs from the first quote
+        // that can open one (no letter or digit before it) to the last that can close one (none
+        // after it), or to the end when none does. Two values are masked with what lies
+        // between them: more than needed, never less.
+        let word = |at: Option<usize>| {
+            at.and_then(|i| decoded.get(i)).is_some_and(|&b| b.is_ascii_alphanumeric() || b >= 0x80)
+        };
+        let first = memchr::memchr_iter(b'\'', decoded).find(|&i| !word(i.checked_sub(1)));
+        if let Some(start) = first {
+            let last = memchr::memrchr_iter(b'\'', decoded).find(|&i| !word(Some(i + 1)));
+            let end = last.filter(|&end| end > start).unwrap_or(decoded.len());
             if end > start + 1 {
-                spans.push(Span { start: start + 1, end, style: Style::Full, kinds });
+                spans.push(Span { start: start + 1, end, style: Style::Full, kinds: RuleKind::Column.bit() });
             }
         }
     }
@@ -1286,6 +1296,44 @@ fn mask_message(
     plan_repls(profile, decoded, Some(raw_of), spans, repls);
     rewrite(body, open, close, repls, profile);
     Ok(())
+}
+
+/// A monitoring answer's `queries` (`GET /monitoring/queries/<id>`, which drivers read for a
+/// query's status): each status's `errorMessage` may quote the value that failed, as an error
+/// answer's `message` does, and is masked the same way. Returns the offset past the array.
+fn mask_query_statuses(
+    profile: &Profile,
+    body: &mut [u8],
+    at: usize,
+    scratch: &mut Scratch,
+    report: &mut MaskReport,
+) -> Result<usize, MaskError> {
+    let mut p = skip_ws(body, at + 1);
+    if body.get(p) == Some(&b']') {
+        return Ok(p + 1);
+    }
+    loop {
+        let end = if body.get(p) == Some(&b'{') {
+            let (status, end) = walk_object(body, p, |body, key, value| {
+                if key_is(body, key, "errorMessage") && body.get(value) == Some(&b'"') {
+                    let token = string_token(body, value)?;
+                    mask_message(profile, body, token, scratch, report)?;
+                    return Ok(Some(skip_value(body, value, 2)?));
+                }
+                Ok(None)
+            })?;
+            unique(&status, body, "errorMessage")?;
+            end
+        } else {
+            skip_value(body, p, 2)?
+        };
+        p = skip_ws(body, end);
+        match body.get(p) {
+            Some(b',') => p = skip_ws(body, p + 1),
+            Some(b']') => return Ok(p + 1),
+            _ => return Err(bad(p, "expected ',' or ']'")),
+        }
+    }
 }
 
 struct QueryData {
@@ -1315,6 +1363,9 @@ fn mask_query_data(
             let end = skip_value(body, value, 1)?;
             plan = Some(ctx.plan(&Column::from_rowtype_json(&body[value..end])?));
             return Ok(Some(end));
+        }
+        if key_is(body, key, "queries") && body.get(value) == Some(&b'[') {
+            return mask_query_statuses(ctx.profile, body, value, scratch, report).map(Some);
         }
         if key_is(body, key, "rowset")
             && body.get(value) == Some(&b'[')

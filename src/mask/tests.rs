@@ -525,6 +525,21 @@ fn error_messages_are_masked_as_text() {
             r#"{"data":null,"code":"100038","message":"Numeric value 'Ada Lovelace' is not recognized","success":false}"#,
             format!("Numeric value '{}' is not recognized", stars("Ada Lovelace")),
         ),
+        // Quotes in the value, and an apostrophe before it: from the first quote that opens to
+        // the last that closes, with what lies between two values.
+        (
+            r#"{"data":null,"code":"100038","message":"Numeric value 'Miles O'Brien' is not recognized","success":false}"#,
+            format!("Numeric value '{}' is not recognized", stars("Miles O'Brien")),
+        ),
+        (
+            r#"{"data":null,"code":"100096","message":"Can't parse 'Grace Hopper' as date with format 'YYYY-MM-DD'","success":false}"#,
+            format!("Can't parse '{}'", stars("Grace Hopper' as date with format 'YYYY-MM-DD")),
+        ),
+        // A quote that opens and none that closes: masked to the end.
+        (
+            r#"{"data":null,"code":"100038","message":"Numeric value 'Miles O'Brien","success":false}"#,
+            format!("Numeric value '{}", stars("Miles O'Brien")),
+        ),
         // Unquoted: the detectors and the dictionary still apply.
         (
             r#"{"code":"1","message":"card 4111 1111 1111 1111 of Lovelace","success":false}"#,
@@ -543,6 +558,36 @@ fn error_messages_are_masked_as_text() {
         masker.mask(open, &mut body, None, &mut Scratch::default()).unwrap();
         assert_eq!(body, text.as_bytes());
     }
+}
+
+/// A query's monitoring status (`GET /monitoring/queries/<id>`) quotes its error message,
+/// which drivers raise: masked like an error answer's `message`, in every status.
+#[test]
+fn monitoring_error_messages_are_masked_as_text() {
+    let masker = masker(POLICY);
+    let agents = masker.profile("agents").unwrap();
+    let text = r#"{"data":{"queries":[{"id":"q1","status":"SUCCESS"},{"id":"q2","status":"FAILED_WITH_ERROR","errorCode":"100038","errorMessage":"Numeric value 'ada.lovelace42@example.com' is not recognized","sqlText":"select 1"}, 7]},"code":null,"message":null,"success":true}"#;
+    let mut body = text.as_bytes().to_vec();
+    let masked = masker.mask(agents, &mut body, None, &mut Scratch::default()).unwrap();
+    assert_eq!(masked.format, ResultFormat::NoRows);
+    assert_eq!(body.len(), text.len());
+    let answer: Value = serde_json::from_slice(&body).unwrap();
+    let queries = &answer["data"]["queries"];
+    assert_eq!(
+        queries[1]["errorMessage"].as_str().unwrap().trim_end(),
+        format!("Numeric value '{}' is not recognized", stars("ada.lovelace42@example.com"))
+    );
+    assert_eq!(
+        (&queries[0], &queries[1]["sqlText"], &queries[2]),
+        (&json!({"id":"q1","status":"SUCCESS"}), &json!("select 1"), &json!(7))
+    );
+    assert_eq!(masked.report.values_masked, 1);
+    // Two error messages in one status: refused, as any duplicated key the masker reads.
+    let twice = r#"{"data":{"queries":[{"errorMessage":"a","errorMessage":"b"}]}}"#;
+    assert!(masker.mask(agents, &mut twice.as_bytes().to_vec(), None, &mut Scratch::default()).is_err());
+    // Broken JSON in the array is refused, not skipped.
+    let broken = r#"{"data":{"queries":[{"errorMessage":"a"} {"x":1}]}}"#;
+    assert!(masker.mask(agents, &mut broken.as_bytes().to_vec(), None, &mut Scratch::default()).is_err());
 }
 
 #[test]

@@ -37,7 +37,7 @@ use super::upstream::{self, UpstreamRequest, UpstreamResponse};
 use super::{Core, unix_millis, unix_seconds};
 use crate::http::gzip::{self, GunzipError};
 use crate::http::{Method, RequestHead};
-use crate::mask::{ColumnPlan, Envelope, rebuild_envelope};
+use crate::mask::{ColumnPlan, Envelope, ResultFormat, rebuild_envelope};
 use crate::policy::approvals::{Ledger, LedgerError, ParkRequest, PollState, RequestKey};
 use crate::policy::parameters::plan_query_parameters;
 use crate::policy::result_scan::{ScanTarget, may_scan_results};
@@ -1010,7 +1010,20 @@ pub async fn chunk(core: &Core, head: &RequestHead, grant: &str, capture: &mut C
                 return masking_failed(core, capture, "the chunk's masking plan no longer applies");
             };
             match masker.mask(profile, &mut buffer, Some(&plan), &mut scratch) {
-                Ok(masked) => values_masked += masked.report.values_masked,
+                // A chunk is rows: anything else (a JSON object the masker reads as an answer
+                // without rows) was not masked as rows and is withheld.
+                Ok(masked)
+                    if matches!(
+                        masked.format,
+                        ResultFormat::JsonChunk | ResultFormat::ArrowChunk | ResultFormat::Empty
+                    ) =>
+                {
+                    values_masked += masked.report.values_masked
+                }
+                Ok(masked) => {
+                    drop(scratch);
+                    return masking_failed(core, capture, &format!("the chunk is not rows but {:?}", masked.format));
+                }
                 Err(e) => {
                     drop(scratch);
                     return masking_failed(core, capture, &e.to_string());

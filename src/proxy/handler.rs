@@ -692,8 +692,9 @@ async fn session_request(
         Err(answer) => return answer,
     };
     match endpoint {
-        // A result poll carries rows like the query answer it continues.
-        Endpoint::QueryResult(_) => {
+        // A result poll carries rows like the query answer it continues; a query's status
+        // quotes its error, which may quote the value that failed.
+        Endpoint::QueryResult(_) | Endpoint::Monitoring(_) => {
             let profiles = govern::profiles_for(core, &claims);
             govern::masked_answer(core, head, response, capture, &session, &profiles)
         }

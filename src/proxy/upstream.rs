@@ -168,9 +168,19 @@ impl Endpoint {
             Ok(body) => body,
             Err(e) => return Exchange::Failed(read_error(e)),
         };
-        let gzipped =
-            head.headers.get("content-encoding").is_some_and(|v| v.trim_ascii().eq_ignore_ascii_case(b"gzip"));
-        let body = if gzipped || gzip::is_gzip(&body) && head.headers.get("content-encoding").is_none() {
+        // Gzip (declared, or sniffed without a declaration: cloud storage serves chunks so) is
+        // inflated; any other encoding is refused, never passed on as bytes nobody masked.
+        let gzipped = match head.headers.get("content-encoding").map(<[u8]>::trim_ascii) {
+            None => gzip::is_gzip(&body),
+            Some(e) if e.eq_ignore_ascii_case(b"gzip") => true,
+            Some(e) if e.is_empty() || e.eq_ignore_ascii_case(b"identity") => false,
+            Some(_) => {
+                return Exchange::Failed(UpstreamError::Invalid(
+                    "the answer's content-encoding is neither gzip nor identity".into(),
+                ));
+            }
+        };
+        let body = if gzipped {
             match gzip::gunzip_capped(&body, self.limits.decompressed_bytes_max) {
                 Ok(inflated) => Bytes::from(inflated),
                 Err(GunzipError::TooLarge { limit }) => {
@@ -316,16 +326,20 @@ pub async fn fetch_with(
 
 /// Builds the request fields forwarded upstream from the agent's: hop-by-hop fields, `Host`,
 /// `Authorization`, `Content-Encoding` (bodies go upstream inflated) and the gateway's own
-/// `X-Agent-Context` are dropped; `extra` fields are appended.
-pub fn forwarded_headers(from: &Headers, extra: Vec<(Vec<u8>, Vec<u8>)>) -> Vec<(Vec<u8>, Vec<u8>)> {
-    const DROPPED: [&str; 6] = [
+/// `X-Agent-Context` are dropped; `extra` fields are appended. The agent's `Accept-Encoding` is
+/// replaced by gzip, the one encoding the gateway inflates and masks: an answer in another
+/// encoding would be bytes the masker cannot read.
+pub fn forwarded_headers(from: &Headers, mut extra: Vec<(Vec<u8>, Vec<u8>)>) -> Vec<(Vec<u8>, Vec<u8>)> {
+    const DROPPED: [&str; 7] = [
         "host",
         "authorization",
         "content-encoding",
+        "accept-encoding",
         "x-agent-context",
         "x-snowflake-authorization-token-type",
         "expect",
     ];
+    extra.push((b"accept-encoding".to_vec(), b"gzip".to_vec()));
     let mut out: Vec<(Vec<u8>, Vec<u8>)> = from
         .iter()
         .filter(|(name, _)| {
@@ -354,6 +368,60 @@ mod tests {
             let error = connect_any(&[refused_addr]).await.unwrap_err();
             assert_eq!(error.kind(), io::ErrorKind::ConnectionRefused);
         });
+    }
+
+    #[test]
+    fn upstream_is_asked_for_gzip_whatever_the_agent_accepts() {
+        let wire = b"GET / HTTP/1.1\r\nAccept-Encoding: br, zstd\r\nX-Agent-Context: t\r\nAccept: */*\r\n\r\n";
+        let head = crate::http::parse_request_head(wire, &Limits::default()).unwrap().unwrap();
+        let headers = head.headers;
+        let forwarded = forwarded_headers(&headers, vec![(b"x-extra".to_vec(), b"1".to_vec())]);
+        let text: Vec<(String, String)> = forwarded
+            .iter()
+            .map(|(n, v)| (String::from_utf8_lossy(n).into_owned(), String::from_utf8_lossy(v).into_owned()))
+            .collect();
+        let pairs: Vec<(&str, &str)> = text.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
+        assert_eq!(pairs, [("Accept", "*/*"), ("x-extra", "1"), ("accept-encoding", "gzip")]);
+    }
+
+    /// Serves one HTTP answer with `encoding` as its Content-Encoding and returns what
+    /// `fetch_with` made of it.
+    fn fetch_encoded(encoding: Option<&str>, body: &[u8]) -> Result<Bytes, UpstreamError> {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/chunk", listener.local_addr().unwrap());
+        let mut answer = format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n", body.len()).into_bytes();
+        if let Some(encoding) = encoding {
+            answer.extend_from_slice(format!("content-encoding: {encoding}\r\n").as_bytes());
+        }
+        answer.extend_from_slice(b"\r\n");
+        answer.extend_from_slice(body);
+        let server = std::thread::spawn(move || {
+            let (mut socket, _) = listener.accept().unwrap();
+            let mut request = [0u8; 4096];
+            let _ = io::Read::read(&mut socket, &mut request);
+            io::Write::write_all(&mut socket, &answer).unwrap();
+        });
+        let mut runtime = monoio::RuntimeBuilder::<monoio::FusionDriver>::new().enable_timer().build().unwrap();
+        let fetched = runtime.block_on(fetch_with(&url, &[], None, Duration::from_secs(5), 1 << 20));
+        server.join().unwrap();
+        fetched
+    }
+
+    #[test]
+    fn answers_in_encodings_other_than_gzip_are_refused() {
+        let plain = br#"{"message":"Numeric value '123-45-6789' is not recognized"}"#;
+        let gzipped = crate::http::gzip::gzip(plain);
+        assert_eq!(fetch_encoded(Some("gzip"), &gzipped).unwrap(), &plain[..]);
+        // Cloud storage may serve a gzip chunk without declaring it.
+        assert_eq!(fetch_encoded(None, &gzipped).unwrap(), &plain[..]);
+        assert_eq!(fetch_encoded(None, plain).unwrap(), &plain[..]);
+        assert_eq!(fetch_encoded(Some("identity"), plain).unwrap(), &plain[..]);
+        for encoding in ["br", "deflate", "zstd", "gzip, br"] {
+            match fetch_encoded(Some(encoding), plain) {
+                Err(UpstreamError::Invalid(why)) => assert!(why.contains("content-encoding"), "{encoding}: {why}"),
+                other => panic!("{encoding}: {other:?}"),
+            }
+        }
     }
 
     #[test]

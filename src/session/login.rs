@@ -48,6 +48,10 @@ pub enum LoginError {
     /// The old session token belongs to another session than the master token.
     #[error("the session token does not belong to this master token's session")]
     SessionMismatch,
+    /// A token request other than a renewal (drivers also know `CLONE` and `ISSUE`, whose
+    /// answers the gateway does not know how to seal).
+    #[error("only token renewals (requestType RENEW) pass through snowgate")]
+    NotRenewal,
     /// Upstream answered success without the tokens it must carry.
     #[error("the upstream answered a successful login without tokens")]
     UpstreamWithoutTokens,
@@ -226,6 +230,9 @@ pub fn seal_login_response(
 /// token may have expired (that is why the driver renews) but must belong to `master`'s session.
 pub fn rewrite_renew_request(body: &[u8], sealer: &Sealer, master: &TokenClaims) -> Result<Vec<u8>, LoginError> {
     let mut document: Map<String, Value> = serde_json::from_slice(body).map_err(|_| LoginError::BadShape)?;
+    if document.get("requestType").and_then(Value::as_str) != Some("RENEW") {
+        return Err(LoginError::NotRenewal);
+    }
     let old = match document.get("oldSessionToken") {
         Some(Value::String(t)) => t.clone(),
         _ => return Err(LoginError::BadShape),
@@ -473,8 +480,18 @@ mod tests {
         assert_eq!(out["requestType"], "RENEW");
 
         let other = s.seal(TokenKind::Session, &claims_for(&owner(), "REAL-X".into(), Some(10), 100));
-        let body = json!({"oldSessionToken": other}).to_string();
+        let body = json!({"oldSessionToken": other, "requestType": "RENEW"}).to_string();
         assert!(matches!(rewrite_renew_request(body.as_bytes(), &s, &master), Err(LoginError::SessionMismatch)));
+        // Only renewals: a CLONE or ISSUE request, or none, is refused before its token is read.
+        for kind in [json!("CLONE"), json!("ISSUE"), json!("renew"), json!(null)] {
+            let body = json!({"oldSessionToken": expired_session, "requestType": kind}).to_string();
+            assert!(
+                matches!(rewrite_renew_request(body.as_bytes(), &s, &master), Err(LoginError::NotRenewal)),
+                "{kind}"
+            );
+        }
+        let body = json!({"oldSessionToken": expired_session}).to_string();
+        assert!(matches!(rewrite_renew_request(body.as_bytes(), &s, &master), Err(LoginError::NotRenewal)));
 
         let upstream =
             json!({"data": {"sessionToken": "REAL-S2", "validityInSecondsST": 60, "sessionId": 9}, "success": true});

@@ -273,6 +273,26 @@ fn check_config_refuses_broken_files_naming_the_key() {
             vec!["upstream.response_timeout_ms"],
         ),
         (
+            "an idle timeout that would overflow deadlines",
+            replace_line(&good, "header_timeout_ms = 1000", "idle_timeout_ms = 18446744073709551615"),
+            vec!["limits.idle_timeout_ms", "3600000"],
+        ),
+        (
+            "an upstream connect timeout over an hour",
+            insert_after(&good, "private_key_file = \"upstream.pem\"", "connect_timeout_ms = 3600001"),
+            vec!["upstream.connect_timeout_ms"],
+        ),
+        (
+            "a day of clock skew for tokens",
+            insert_after(&good, &jwks_line, "leeway_secs = 86400"),
+            vec!["identity.leeway_secs", "300"],
+        ),
+        (
+            "chunk URLs living a year",
+            replace_line(&good, "header_timeout_ms = 1000", "chunk_url_ttl_secs = 31536000"),
+            vec!["limits.chunk_url_ttl_secs"],
+        ),
+        (
             "a zero JWKS refetch interval",
             insert_after(&good, &jwks_line, "refetch_interval_min_secs = 0"),
             vec!["identity.refetch_interval_min_secs"],

@@ -374,6 +374,19 @@ fn error_answers_are_masked_like_results() {
     let message = error["message"].as_str().unwrap();
     assert!(message.contains("Object '*************' does not exist"), "{message}");
 
+    // An asynchronous statement's failure is read from its monitoring status too (the Python
+    // driver's get_query_status_throw_if_error raises its errorMessage).
+    let auth = authorization(&session);
+    let body = json!({"sqlText": "select * from no_such_table", "asyncExec": true});
+    let started = client.post_json(QUERY_TARGET, &[("authorization", &auth)], &body, true).unwrap().json().unwrap();
+    assert_eq!(started["code"], "333334", "{started}");
+    let qid = started["data"]["queryId"].as_str().unwrap();
+    let status = client.get(&format!("/monitoring/queries/{qid}"), &[("authorization", &auth)]).unwrap();
+    let status = status.json().unwrap();
+    assert_eq!(status["data"]["queries"][0]["status"], "FAILED_WITH_ERROR", "{status}");
+    let message = status["data"]["queries"][0]["errorMessage"].as_str().unwrap();
+    assert!(message.contains("Object '*************' does not exist"), "{message}");
+
     let bearer = format!("Bearer {}", agent_token(json!({})));
     let body = json!({"statement": "select * from no_such_table", "timeout": 60});
     let answer = client.post_json("/api/v2/statements", &sql_api_headers(&bearer), &body, false).unwrap();
