@@ -90,7 +90,7 @@ pub struct ListenSection {
     pub tls_cert_file: Option<PathBuf>,
     /// TLS private key (PEM).
     pub tls_key_file: Option<PathBuf>,
-    /// Serve plain HTTP: must be said explicitly (for loopback and tests).
+    /// Serve plain HTTP: must be said explicitly, and only on a loopback address.
     #[serde(default)]
     pub plaintext: bool,
 }
@@ -609,6 +609,14 @@ impl Config {
                     read_file("listen.tls_cert_file", &resolve(cert))?,
                     read_file("listen.tls_key_file", &resolve(key))?,
                 )),
+                // Session tokens and chunk URLs are bearer credentials: in clear they stay on
+                // this host.
+                (None, None, true) if !l.address.ip().is_loopback() => {
+                    return Err(problem(
+                        "listen.plaintext",
+                        "plaintext is for a loopback address; elsewhere set tls_cert_file and tls_key_file",
+                    ));
+                }
                 (None, None, true) => None,
                 (_, _, true) => {
                     return Err(problem("listen.plaintext", "plaintext = true cannot be combined with TLS files"));

@@ -25,8 +25,8 @@ use crate::session::query::AnswerSummary;
 use crate::session::statements::Plans;
 use crate::session::token::{TokenClaims, TokenError, TokenKind};
 use crate::session::{
-    Endpoint, bearer_token, case_variant_key, codes, is_query_id, query_param, refusal_body, set_query_param,
-    snowflake_authorization, snowflake_token, sql_api_error_body,
+    CONTROL_BYTES_MAX, Endpoint, bearer_token, case_variant_key, codes, is_query_id, query_param, refusal_body,
+    set_query_param, snowflake_authorization, snowflake_token, sql_api_error_body,
 };
 
 /// What an agent is told about a statement id it may not use (whether it exists for another
@@ -344,6 +344,19 @@ async fn route(core: &Core, head: &RequestHead, body: Bytes, capture: &mut Captu
         e if e.is_sql_api() => sql_api(core, &e, head, body, capture).await,
         e => session_request(core, &e, head, body, capture).await,
     }
+}
+
+/// The caps on a request's body, known from its head: the most bytes to read off the wire,
+/// and the cap to report. A body is capped by its endpoint before it is read, so a login or an
+/// unknown path cannot make the gateway buffer a statement's worth; the wire cap leaves room
+/// for gzip's framing over the inflated cap. An unknown endpoint gets the control cap (its
+/// answer is a 404).
+pub(super) fn body_caps(core: &Core, head: &RequestHead) -> (usize, usize) {
+    let statement_bytes_max = core.gateway.config.statement_request_bytes_max;
+    let cap = Endpoint::route(head.method, head.path(), head.query())
+        .map_or(CONTROL_BYTES_MAX, |endpoint| endpoint.request_bytes_max(statement_bytes_max));
+    let wire = cap.saturating_add(cap / 1024 + 1024).min(core.gateway.config.limits.body_bytes_max);
+    (wire, cap)
 }
 
 /// The `X-Agent-Context` header, cut at the configured size on a character boundary.

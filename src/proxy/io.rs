@@ -200,11 +200,13 @@ impl Conn {
         }
     }
 
-    /// Reads a whole body framed as `framing`, at most `limit` bytes, by `deadline`.
+    /// Reads a whole body framed as `framing`, at most `limit` bytes, by `deadline`, reserving
+    /// at most `reserve_max` bytes before they arrive.
     pub async fn read_body(
         &mut self,
         framing: BodyFraming,
         limit: usize,
+        reserve_max: usize,
         deadline: Instant,
     ) -> Result<Bytes, ReadError> {
         match framing {
@@ -214,8 +216,10 @@ impl Conn {
                 if n > limit {
                     return Err(ReadError::BodyTooLarge { limit });
                 }
-                // One reservation for the whole body, so each read asks for all that is left.
-                self.buf.reserve(n.saturating_sub(self.buf.len()));
+                // One reservation, so each read asks for all that is left; capped, so that an
+                // agent's head alone cannot make the gateway hold its declared length (a larger
+                // body grows as its bytes arrive).
+                self.buf.reserve(n.saturating_sub(self.buf.len()).min(reserve_max));
                 while self.buf.len() < n {
                     if self.fill(deadline).await? == 0 {
                         return Err(ReadError::Closed);

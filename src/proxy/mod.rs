@@ -32,7 +32,7 @@ use monoio::time::Instant;
 use tracing::{debug, info, warn};
 
 use crate::config::Config;
-use crate::http::{HeadWriter, Headers, is_hop_by_hop};
+use crate::http::{ChunkedError, HeadWriter, Headers, is_hop_by_hop};
 use crate::identity::{JwksSource, Verifier};
 use crate::mask::Scratch;
 use crate::policy::approvals::Ledger;
@@ -352,8 +352,13 @@ impl Core {
                     return;
                 }
             }
-            let body = match conn.read_body(head.framing, limits.body_bytes_max, Instant::now() + timeouts.body).await {
+            let (wire_max, bytes_max) = handler::body_caps(self, &head);
+            let deadline = Instant::now() + timeouts.body;
+            let body = match conn.read_body(head.framing, wire_max, AGENT_BODY_RESERVE_MAX, deadline).await {
                 Ok(body) => body,
+                Err(ReadError::BodyTooLarge { .. } | ReadError::Chunked(ChunkedError::TooLarge { .. })) => {
+                    return self.reject(conn, peer, &ReadError::BodyTooLarge { limit: bytes_max }).await;
+                }
                 Err(e) => return self.reject(conn, peer, &e).await,
             };
 
@@ -553,6 +558,9 @@ impl Drop for Drained<'_> {
 async fn close(conn: &mut Conn) {
     let _ = monoio::time::timeout(Duration::from_secs(1), conn.stream.shutdown()).await;
 }
+
+/// Most bytes reserved for an agent's request body before they arrive.
+const AGENT_BODY_RESERVE_MAX: usize = 256 * 1024;
 
 fn error_head(status: u16, body_len: usize) -> BytesMut {
     let mut w = HeadWriter::response(status);

@@ -164,7 +164,9 @@ impl Endpoint {
                 };
             }
         };
-        let body = match conn.read_body(head.framing, self.limits.body_bytes_max, deadline).await {
+        // Upstream's declared length is reserved whole (it is capped by the limit).
+        let limit = self.limits.body_bytes_max;
+        let body = match conn.read_body(head.framing, limit, limit, deadline).await {
             Ok(body) => body,
             Err(e) => return Exchange::Failed(read_error(e)),
         };

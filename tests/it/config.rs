@@ -273,6 +273,11 @@ fn check_config_refuses_broken_files_naming_the_key() {
             vec!["upstream.response_timeout_ms"],
         ),
         (
+            "plaintext beyond loopback",
+            replace_line(&good, "address = \"127.0.0.1:0\"", "address = \"0.0.0.0:0\""),
+            vec!["listen.plaintext", "loopback"],
+        ),
+        (
             "an idle timeout that would overflow deadlines",
             replace_line(&good, "header_timeout_ms = 1000", "idle_timeout_ms = 18446744073709551615"),
             vec!["limits.idle_timeout_ms", "3600000"],

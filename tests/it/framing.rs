@@ -79,6 +79,41 @@ fn rejects_an_oversize_declared_body() {
     check(format!("{QUERY}Content-Length: 999999999999\r\n\r\n").as_bytes(), 413);
 }
 
+/// A body over its endpoint's cap is refused from the head alone, before a byte of it is read
+/// (within the 64 MiB global cap, a login or an unknown path once made the gateway wait for
+/// and hold the whole body): no token, no body, an immediate 413 naming the endpoint's cap.
+#[test]
+fn a_body_over_its_endpoints_cap_is_refused_from_the_head() {
+    let upstream = double(|_| {});
+    let gateway = TestGateway::start(&upstream.url(), GatewayOptions::default());
+    for target in ["/session/v1/login-request?request_id=1", "/no/such/endpoint", "/session?delete=true"] {
+        for framing in ["Content-Length: 8388608", "Transfer-Encoding: chunked"] {
+            let mut stream = TcpStream::connect(gateway.addr).unwrap();
+            stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            let head = format!("POST {target} HTTP/1.1\r\nHost: g\r\n{framing}\r\n\r\n");
+            stream.write_all(head.as_bytes()).unwrap();
+            if framing.starts_with("Transfer") {
+                // One chunk declared larger than the cap, and none of its bytes.
+                stream.write_all(b"800000\r\n").unwrap();
+            }
+            let mut received = Vec::new();
+            let mut chunk = [0u8; 4096];
+            loop {
+                match stream.read(&mut chunk) {
+                    Ok(0) => break,
+                    Ok(n) => received.extend_from_slice(&chunk[..n]),
+                    Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break,
+                    Err(e) => panic!("{target} with {framing}: no answer while the body is missing: {e}"),
+                }
+            }
+            let text = String::from_utf8_lossy(&received);
+            assert!(text.starts_with("HTTP/1.1 413 "), "{target} with {framing}: {text}");
+            assert!(text.contains("262144"), "{target} with {framing}: {text}");
+        }
+    }
+    assert_eq!(upstream.stats.bytes_received(), 0, "bytes reached upstream");
+}
+
 #[test]
 fn expect_100_continue_gets_the_interim_answer_then_the_final_one() {
     let upstream = double(|_| {});

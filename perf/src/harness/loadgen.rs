@@ -152,7 +152,7 @@ async fn exchange(conn: &mut Conn, wire: Bytes) -> anyhow::Result<(u16, Bytes, b
     let (result, _) = conn.stream.write_all(wire).await;
     result?;
     let head = conn.read_response_head(Method::Post, &limits, deadline).await?;
-    let body = conn.read_body(head.framing, limits.body_bytes_max, deadline).await?;
+    let body = conn.read_body(head.framing, limits.body_bytes_max, limits.body_bytes_max, deadline).await?;
     Ok((head.status, body, head.close))
 }
 
