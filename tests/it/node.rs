@@ -2,19 +2,22 @@
 //! the gateway to the Rust double: Node asks for JSON results, so this is the driver path for
 //! JSON rowsets and JSON chunks, fetched through the gateway's chunk URLs. Every row arrives,
 //! masked, with its types decoding; errors and refusals reach it as Snowflake errors; no raw
-//! value, upstream chunk URL, `qrmk` or Snowflake token reaches it or the recording.
+//! value, upstream chunk URL, `qrmk` or Snowflake token reaches it or the recording; a write
+//! under review waits, polled, until a reviewer approves it.
 //!
 //! `tests/run.sh` installs the driver with `npm ci` (Node.js 20 or later); `SNOWGATE_TEST_NODE`
 //! names another `node` binary.
 
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
 
 use aho_corasick::AhoCorasick;
 use serde_json::{Value, json};
 use snowgate_perf::corpus::ChunkLayout;
 
 use crate::masking::{MASKING_POLICY, chunked_rows};
+use crate::policy::{reviewer_token, wait_for_pending};
 use crate::support::*;
 
 fn node() -> PathBuf {
@@ -28,31 +31,51 @@ fn node() -> PathBuf {
     node
 }
 
-/// Runs `tests/driver/node/query.js` through `port`, one result (rows or error) per query.
-fn run_node(port: u16, queries: &[&str]) -> Vec<Value> {
-    let logs = tempfile::tempdir().unwrap();
-    let mut command = Command::new(node());
-    command.arg(root().join("tests/driver/node/query.js")).args([
-        "--url",
-        &format!("http://127.0.0.1:{port}"),
-        "--token",
-        &agent_token(json!({})),
-    ]);
-    for query in queries {
-        command.args(["--query", query]);
+/// The Node driver running `tests/driver/node/query.js` through a gateway.
+struct NodeRun {
+    child: Child,
+    queries: usize,
+    _logs: tempfile::TempDir,
+}
+
+impl NodeRun {
+    /// Starts the queries through `port`.
+    fn start(port: u16, queries: &[&str]) -> NodeRun {
+        let logs = tempfile::tempdir().unwrap();
+        let mut command = Command::new(node());
+        command.arg(root().join("tests/driver/node/query.js")).args([
+            "--url",
+            &format!("http://127.0.0.1:{port}"),
+            "--token",
+            &agent_token(json!({})),
+        ]);
+        for query in queries {
+            command.args(["--query", query]);
+        }
+        let child = command
+            .current_dir(logs.path())
+            .env("SNOWGATE_NODE_LOG_DIR", logs.path())
+            .env("NODE_NO_WARNINGS", "1")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run node (Node.js 20 or later; SNOWGATE_TEST_NODE names it): {e}"));
+        NodeRun { child, queries: queries.len(), _logs: logs }
     }
-    let output = command
-        .current_dir(logs.path())
-        .env("SNOWGATE_NODE_LOG_DIR", logs.path())
-        .env("NODE_NO_WARNINGS", "1")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run node (Node.js 20 or later; SNOWGATE_TEST_NODE names it): {e}"));
-    assert!(output.status.success(), "the Node driver script failed");
-    let results: Vec<Value> = serde_json::from_slice(&output.stdout).unwrap();
-    assert_eq!(results.len(), queries.len());
-    results
+
+    /// One result (rows or error) per query.
+    fn results(self) -> Vec<Value> {
+        let output = self.child.wait_with_output().unwrap();
+        assert!(output.status.success(), "the Node driver script failed");
+        let results: Vec<Value> = serde_json::from_slice(&output.stdout).unwrap();
+        assert_eq!(results.len(), self.queries);
+        results
+    }
+}
+
+/// Runs the queries through `port`: one result (rows or error) per query.
+fn run_node(port: u16, queries: &[&str]) -> Vec<Value> {
+    NodeRun::start(port, queries).results()
 }
 
 /// The calendar date `days` after 1970-01-01, as `YYYY-MM-DD` (Hinnant's civil_from_days).
@@ -146,4 +169,59 @@ fn node_driver_gets_every_chunk_masked_through_the_gateway() {
         "a raw value reached the driver"
     );
     assert_eq!(searcher.find(&recording).map(|m| canaries[m.pattern().as_usize()]), None, "a raw value was recorded");
+}
+
+/// A write under a review rule: the Node driver polls the parked statement (`333333` and its
+/// `getResultUrl`, each poll held by the gateway) until a reviewer approves, then gets the
+/// answer; the write reached the upstream once, after the approval.
+#[test]
+fn node_driver_waits_for_a_reviewed_write_and_gets_its_answer() {
+    let upstream = double(|_| {});
+    let policy = r#"
+[policy]
+default = { action = "deny", message = "not allowed" }
+
+[[policy.rules]]
+name = "writes need a DBA"
+groups = ["*"]
+kinds = ["insert"]
+action = "review"
+approvals = 1
+reviewer_groups = ["dba"]
+timeout_secs = 60
+message = "Waiting for a DBA to approve this write."
+
+[approvals]
+admin_address = "127.0.0.1:0"
+admin_groups = ["dba"]
+poll_hold_ms = 1000
+"#;
+    let gateway =
+        TestGateway::start(&upstream.url(), GatewayOptions { policy: Some(policy.into()), ..Default::default() });
+    let run = NodeRun::start(gateway.addr.port(), &["insert into orders values (1)"]);
+    let item = wait_for_pending(&gateway);
+    assert_eq!(item["statement_text"], "insert into orders values (1)", "{item}");
+    let inserts = || {
+        upstream
+            .stats
+            .recorded(snowgate_perf::EndpointKind::Query)
+            .iter()
+            .filter(|r| String::from_utf8_lossy(&r.body).contains("insert into orders"))
+            .count()
+    };
+    // Parked for a while, the driver polling: nothing went upstream.
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(inserts(), 0, "the write ran before approval");
+    let query_id = item["query_id"].as_str().unwrap();
+    let (status, body) = admin_request(
+        gateway.admin_addr(),
+        "POST",
+        &format!("/v1/approvals/{query_id}/approve"),
+        &reviewer_token(),
+        Some(&json!({"reason": "a Node driver test write"})),
+    );
+    assert_eq!(status, 200, "{body}");
+    let results = run.results();
+    assert_eq!(results[0]["rows"], json!([["1"]]), "{}", results[0]);
+    assert_eq!(inserts(), 1, "the write did not run exactly once");
 }

@@ -88,12 +88,12 @@ fn outcome(child: std::process::Child) -> Value {
     serde_json::from_slice(&output.stdout).unwrap()
 }
 
-fn reviewer_token() -> String {
+pub(crate) fn reviewer_token() -> String {
     agent_token(json!({"sub": "dba-1", "groups": ["dba"]}))
 }
 
 /// Waits until the admin API lists one pending statement, and returns its query id.
-fn wait_for_pending(gateway: &TestGateway) -> Value {
+pub(crate) fn wait_for_pending(gateway: &TestGateway) -> Value {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let (status, body) = admin_request(gateway.admin_addr(), "GET", "/v1/approvals", &reviewer_token(), None);
