@@ -136,6 +136,11 @@ form = ["card=4111+1111+1111+1111&ssn=123+45+6789", "iban=DE89+3704+0044+0532+01
 write("mask_json", bytes([0]) + json.dumps({"data": {"rowtype": text_rowtype, "rowset": [form]},
                                             "success": True}).encode())
 write("mask_json", bytes([0]) + b'{"success":false,"code":"000605","message":"no rows","data":null}')
+# A quoted value holding a quote, after an apostrophe; a monitoring status quoting an error.
+write("mask_json", bytes([0]) + b'{"success":false,"code":"100096","message":"Can\'t parse \'Miles O\'Brien\' as date","data":null}')
+write("mask_json", bytes([0]) + json.dumps({"data": {"queries": [{"id": "q", "status": "FAILED_WITH_ERROR",
+    "errorMessage": "Numeric value 'ada@example.com' is not recognized"}, {"id": "r", "status": "SUCCESS"}]},
+    "success": True}).encode())
 for flags in [0, 1, 2, 3, 4, 8, 12]:
     write("mask_arrow", bytes([flags]) + arrow)
 write("chunk_framing", b"\x01" + answer)
