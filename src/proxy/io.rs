@@ -2,6 +2,8 @@
 //! HTTP messages off them under size limits and deadlines. Every wait here has a deadline.
 
 use std::io;
+use std::mem::MaybeUninit;
+use std::os::fd::{BorrowedFd, RawFd};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -123,12 +125,34 @@ pub struct Conn {
     read_size: usize,
     /// Bytes read off the wire so far.
     pub bytes_read: u64,
+    /// The stream's socket, for [`Conn::peer_sent_more`] (TLS streams do not lend it).
+    socket: RawFd,
 }
 
 impl Conn {
-    /// Wraps a stream; `read_size` is how much is asked of each read.
-    pub fn new(stream: Stream, read_size: usize) -> Conn {
-        Conn { stream, buf: BytesMut::with_capacity(read_size), read_size, bytes_read: 0 }
+    /// Wraps a stream whose TCP socket is `socket`; `read_size` is how much is asked of each
+    /// read.
+    pub fn new(stream: Stream, socket: RawFd, read_size: usize) -> Conn {
+        Conn { stream, buf: BytesMut::with_capacity(read_size), read_size, bytes_read: 0, socket }
+    }
+
+    /// Whether the peer sent anything (bytes, or its end) that was not read yet, looked at
+    /// without reading it: an idle upstream connection holding bytes nobody asked for would
+    /// answer the next request, perhaps another agent's, with them.
+    pub fn peer_sent_more(&self) -> bool {
+        if !self.buf.is_empty() {
+            return true;
+        }
+        // SAFETY: `self.socket` is the descriptor of `self.stream`'s socket, which `self` owns
+        // and keeps open for as long as this borrow lives (this call).
+        #[allow(unsafe_code)]
+        let socket = unsafe { BorrowedFd::borrow_raw(self.socket) };
+        let mut byte = [MaybeUninit::<u8>::uninit(); 1];
+        match socket2::SockRef::from(&socket).recv_with_flags(&mut byte, libc::MSG_PEEK | libc::MSG_DONTWAIT) {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => false,
+            // Bytes, the peer's end, or an error: not a connection to send a request on.
+            _ => true,
+        }
     }
 
     /// Whether bytes of a next message are already buffered.

@@ -18,6 +18,7 @@ pub(crate) use handler::JwksRefetch;
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
 use std::pin::{Pin, pin};
 use std::rc::Rc;
 use std::sync::Arc;
@@ -284,6 +285,7 @@ impl Core {
         gateway.metrics.connections.fetch_add(1, Ordering::Relaxed);
         let _ = tcp.set_nodelay(true);
         let read_size = gateway.config.runtime.read_buffer_bytes;
+        let socket = tcp.as_raw_fd();
         if self.open_connections.get() >= gateway.config.runtime.max_connections {
             warn!(core = self.id, %peer, "Connection refused: the core is at its connection limit.");
             // On a TLS listener the refusal goes inside a TLS session: clear bytes would reach
@@ -291,7 +293,7 @@ impl Core {
             // handshake shares the refusal's short deadline, so a full core spends little on it.
             let deadline = Instant::now() + Duration::from_secs(1);
             if let Some(stream) = self.secure(tcp, peer, deadline).await {
-                let mut conn = Conn::new(stream, read_size);
+                let mut conn = Conn::new(stream, socket, read_size);
                 let body = Bytes::from_static(
                     br#"{"code":"260006","message":"the gateway is at its connection limit","success":false}"#,
                 );
@@ -302,7 +304,7 @@ impl Core {
         }
         self.open_connections.set(self.open_connections.get() + 1);
         if let Some(stream) = self.secure(tcp, peer, Instant::now() + gateway.config.timeouts.header).await {
-            let mut conn = Conn::new(stream, read_size);
+            let mut conn = Conn::new(stream, socket, read_size);
             self.serve_requests(&mut conn, peer).await;
             close(&mut conn).await;
         }

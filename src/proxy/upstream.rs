@@ -8,6 +8,7 @@
 use std::cell::RefCell;
 use std::io;
 use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -104,6 +105,7 @@ impl Endpoint {
         let connect = async {
             let tcp = connect_any(&addrs).await?;
             tcp.set_nodelay(true)?;
+            let socket = tcp.as_raw_fd();
             let stream = match &self.tls {
                 None => Stream::Plain(tcp),
                 Some(config) => {
@@ -120,7 +122,7 @@ impl Endpoint {
                     Stream::ClientTls(Box::new(tls))
                 }
             };
-            Ok::<_, io::Error>(Conn::new(stream, read_buffer_bytes))
+            Ok::<_, io::Error>(Conn::new(stream, socket, read_buffer_bytes))
         };
         match monoio::time::timeout(self.connect_timeout, connect).await {
             Ok(Ok(conn)) => Ok(conn),
@@ -244,7 +246,9 @@ impl Pool {
     /// Sends a request and reads the whole answer. A connection that turns out to have been
     /// closed while idle is replaced once; any other failure is returned.
     pub async fn send(&self, request: &UpstreamRequest) -> Result<UpstreamResponse, UpstreamError> {
-        let pooled = self.idle.borrow_mut().pop();
+        // An idle connection the upstream sent anything on since its last answer (stray bytes
+        // would answer this request; an end would fail it) is dropped, not used.
+        let pooled = std::iter::from_fn(|| self.idle.borrow_mut().pop()).find(|conn| !conn.peer_sent_more());
         let (mut conn, reused) = match pooled {
             Some(conn) => (conn, true),
             None => (self.endpoint.connect(self.read_buffer_bytes).await?, false),
@@ -424,6 +428,52 @@ mod tests {
                 other => panic!("{encoding}: {other:?}"),
             }
         }
+    }
+
+    /// An upstream that answers a connection's first request with "hi" and, 50 ms later, sends
+    /// a second answer nobody asked for: the pool must not hand that connection to the next
+    /// request, which gets a fresh connection's "fresh" instead of the stray bytes.
+    #[test]
+    fn a_pooled_connection_with_stray_bytes_is_not_reused() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = std::thread::spawn(move || {
+            let mut kept = Vec::new();
+            for (i, socket) in listener.incoming().take(2).enumerate() {
+                let mut socket = socket.unwrap();
+                let mut request = [0u8; 4096];
+                let _ = io::Read::read(&mut socket, &mut request);
+                if i == 0 {
+                    io::Write::write_all(&mut socket, b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nhi").unwrap();
+                    std::thread::sleep(Duration::from_millis(50));
+                    io::Write::write_all(&mut socket, b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nstray").unwrap();
+                } else {
+                    io::Write::write_all(&mut socket, b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nfresh").unwrap();
+                }
+                kept.push(socket);
+            }
+        });
+        let endpoint = Endpoint {
+            tls: None,
+            url: UpstreamUrl::parse(&format!("http://{addr}")).unwrap(),
+            connect_timeout: Duration::from_secs(5),
+            response_timeout: Duration::from_secs(5),
+            limits: Limits::default(),
+        };
+        let pool = Pool::new(endpoint, 4, 8192);
+        let request = UpstreamRequest {
+            method: Method::Get,
+            target: "/".into(),
+            headers: vec![(b"host".to_vec(), b"u".to_vec())],
+            body: Bytes::new(),
+        };
+        let mut runtime = monoio::RuntimeBuilder::<monoio::FusionDriver>::new().enable_timer().build().unwrap();
+        runtime.block_on(async {
+            assert_eq!(pool.send(&request).await.unwrap().body, &b"hi"[..]);
+            monoio::time::sleep(Duration::from_millis(200)).await;
+            assert_eq!(pool.send(&request).await.unwrap().body, &b"fresh"[..]);
+        });
+        server.join().unwrap();
     }
 
     #[test]

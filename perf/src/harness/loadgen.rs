@@ -159,7 +159,8 @@ async fn exchange(conn: &mut Conn, wire: Bytes) -> anyhow::Result<(u16, Bytes, b
 async fn connect(addr: SocketAddr) -> anyhow::Result<Conn> {
     let tcp = TcpStream::connect_addr(addr).await?;
     tcp.set_nodelay(true)?;
-    Ok(Conn::new(Stream::Plain(tcp), READ_BYTES))
+    let socket = std::os::fd::AsRawFd::as_raw_fd(&tcp);
+    Ok(Conn::new(Stream::Plain(tcp), socket, READ_BYTES))
 }
 
 impl Agent {
