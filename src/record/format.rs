@@ -118,6 +118,9 @@ pub enum StructureError {
     /// A length, count or reserved field is out of range.
     #[error("a field is out of range")]
     OutOfRange,
+    /// A count or length is over the format's limit for it (the field is named).
+    #[error("{0} is over the format's limit")]
+    OverLimit(&'static str),
 }
 
 /// The segment header.
@@ -238,12 +241,19 @@ impl BatchHeader {
             first_record_index: u64_at(bytes, 16),
             payload_crc: u32_at(bytes, 24),
         };
-        if header.n_records == 0
-            || header.compressed_len == 0
-            || header.uncompressed_len as usize > limits::BATCH_BYTES_MAX
-            || header.compressed_len as usize > limits::BATCH_BYTES_MAX
-        {
+        if header.n_records == 0 || header.compressed_len == 0 {
             return Err(StructureError::OutOfRange);
+        }
+        // Checked here, before any reader sizes a buffer by them: a hostile header's counts
+        // must not decide how much memory a reader asks for.
+        if header.n_records as usize > limits::BATCH_FRAMES_MAX {
+            return Err(StructureError::OverLimit("records per batch"));
+        }
+        if header.uncompressed_len as usize > limits::BATCH_BYTES_MAX {
+            return Err(StructureError::OverLimit("uncompressed batch length"));
+        }
+        if header.compressed_len as usize > limits::BATCH_BYTES_MAX {
+            return Err(StructureError::OverLimit("compressed batch length"));
         }
         Ok(header)
     }
@@ -822,7 +832,11 @@ mod tests {
         };
         assert_eq!(BatchHeader::decode(&header.encode()), Ok(header));
         let huge = BatchHeader { uncompressed_len: u32::MAX, ..header };
-        assert_eq!(BatchHeader::decode(&huge.encode()), Err(StructureError::OutOfRange));
+        assert_eq!(BatchHeader::decode(&huge.encode()), Err(StructureError::OverLimit("uncompressed batch length")));
+        let most = BatchHeader { n_records: limits::BATCH_FRAMES_MAX as u32, ..header };
+        assert_eq!(BatchHeader::decode(&most.encode()), Ok(most));
+        let too_many = BatchHeader { n_records: limits::BATCH_FRAMES_MAX as u32 + 1, ..header };
+        assert_eq!(BatchHeader::decode(&too_many.encode()), Err(StructureError::OverLimit("records per batch")));
         assert_eq!(BatchHeader::decode(&header.encode()[..31]), Err(StructureError::Truncated));
     }
 

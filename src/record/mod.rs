@@ -65,7 +65,7 @@
 //! | body (request or response) | 256 MiB (the gateway's inflated-body cap) |
 //! | record (encoded body) | 337 MiB |
 //! | batch, uncompressed or compressed | 512 MiB |
-//! | frames per batch (config) | 4096 |
+//! | records per batch (the config's frames per batch may not exceed it) | 4096 |
 //! | batches per segment | 65 536 |
 //! | footer body | 128 MiB (the writer rotates once its footer passes 32 MiB) |
 //! | index keys per segment | 16 Mi |

@@ -18,6 +18,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use bytes::Bytes;
+use zstd::stream::raw::{Decoder, InBuffer, Operation, OutBuffer};
 
 use super::format::{
     BATCH_HEADER_BYTES, BATCH_MARKER, BatchHeader, ChainHead, FOOTER_HEADER_BYTES, FOOTER_MARKER, Footer, IndexKind,
@@ -26,6 +27,12 @@ use super::format::{
 use super::frame::{DecodeError, Frame, RECORD_PREFIX_BYTES, decode_body};
 use super::limits;
 use super::storage::{FileSystem, ReadAt, Storage};
+
+/// A batch's decompression buffer starts at this many times its compressed size (zstd on
+/// records: five to ten times is usual)...
+const DECOMPRESS_START_RATIO: usize = 8;
+/// ...and at least this, unless the batch declares less.
+const DECOMPRESS_START_BYTES_MIN: usize = 64 * 1024;
 
 /// Reader limits, lower than the format's in fuzzing.
 #[derive(Debug, Clone, Copy)]
@@ -243,7 +250,7 @@ pub struct SegmentReader {
     header_bytes: [u8; SEGMENT_HEADER_BYTES],
     sealed: Option<SealedFooter>,
     options: ReaderOptions,
-    decompressor: RefCell<Option<zstd::bulk::Decompressor<'static>>>,
+    decompressor: RefCell<Option<Decoder<'static>>>,
 }
 
 impl std::fmt::Debug for SegmentReader {
@@ -479,22 +486,51 @@ impl SegmentReader {
     }
 
     fn decompress(&self, compressed: &[u8], declared: usize) -> Result<Bytes, ReadErrorKind> {
-        // The frame must declare the same size as the batch header, so the buffer below is
-        // the most decompression can ever produce.
+        // The frame must declare the same size as the batch header, so `declared` is the most
+        // decompression can ever produce.
         match zstd::zstd_safe::get_frame_content_size(compressed) {
             Ok(Some(size)) if size == declared as u64 => {}
             _ => return Err(ReadErrorKind::Decompress),
         }
         let mut slot = self.decompressor.borrow_mut();
         if slot.is_none() {
-            *slot = Some(zstd::bulk::Decompressor::new().map_err(|_| ReadErrorKind::Decompress)?);
+            *slot = Some(Decoder::new().map_err(|_| ReadErrorKind::Decompress)?);
         }
-        let decompressor = slot.as_mut().expect("just set");
-        let mut out = Vec::with_capacity(declared);
-        match decompressor.decompress_to_buffer(compressed, &mut out) {
-            Ok(n) if n == declared => Ok(Bytes::from(out)),
-            _ => Err(ReadErrorKind::Decompress),
+        let decoder = slot.as_mut().expect("just set");
+        decoder.reinit().map_err(|_| ReadErrorKind::Decompress)?;
+        // The declared size is the header's word, not the data's: a frame of a few bytes may
+        // declare hundreds of MiB. The buffer starts at what the compressed size makes likely
+        // and doubles as output actually arrives, never past the declared size; a frame that
+        // would write more fails (the buffer is full and the frame is not done).
+        let likely = compressed.len().saturating_mul(DECOMPRESS_START_RATIO).max(DECOMPRESS_START_BYTES_MIN);
+        let mut out = Vec::with_capacity(declared.min(likely));
+        // One byte past the declared size: a frame that writes it is longer than it says.
+        let limit = declared + 1;
+        let mut input = InBuffer::around(compressed);
+        loop {
+            if out.len() == out.capacity() {
+                let room = limit - out.len();
+                if room == 0 {
+                    return Err(ReadErrorKind::Decompress);
+                }
+                out.reserve_exact(out.capacity().clamp(1, room));
+            }
+            let (read_before, written_before) = (input.pos(), out.len());
+            let mut output = OutBuffer::around_pos(&mut out, written_before);
+            let hint = decoder.run(&mut input, &mut output).map_err(|_| ReadErrorKind::Decompress)?;
+            if hint == 0 {
+                break; // The frame is complete.
+            }
+            if input.pos() == read_before && out.len() == written_before {
+                // Room to write and nothing read or written: the frame is cut short.
+                return Err(ReadErrorKind::Decompress);
+            }
         }
+        // Bytes after the frame, or a frame shorter than declared, are not a writer's batch.
+        if input.pos() != compressed.len() || out.len() != declared {
+            return Err(ReadErrorKind::Decompress);
+        }
+        Ok(Bytes::from(out))
     }
 
     #[allow(clippy::type_complexity)]
@@ -509,8 +545,11 @@ impl SegmentReader {
         if n_records > payload.len() / (RECORD_PREFIX_BYTES + 17) {
             return Err((header.first_record_index, ReadErrorKind::RecordFraming));
         }
-        let mut records = Vec::with_capacity(n_records);
-        let mut ranges = Vec::with_capacity(n_records);
+        // `BatchHeader::decode` bounds the count by `BATCH_FRAMES_MAX`; the capacity is
+        // bounded again here so that no count read from a file sizes an allocation alone.
+        let capacity = n_records.min(limits::BATCH_FRAMES_MAX);
+        let mut records = Vec::with_capacity(capacity);
+        let mut ranges = Vec::with_capacity(capacity);
         let mut at = 0usize;
         for i in 0..n_records {
             // `read_batch` checked that `first_record_index + n_records` does not overflow.
@@ -1184,6 +1223,101 @@ mod tests {
         let reader = SegmentReader::from_bytes("x".into(), Bytes::from(bytes), ReaderOptions::default()).unwrap();
         let error = reader.scan().next().unwrap().unwrap_err();
         assert!(matches!(error.kind, ReadErrorKind::BatchHeader(StructureError::OutOfRange)), "{error}");
+    }
+
+    /// A zstd frame declaring `declared` bytes whose content is `blocks` RLE blocks of 128 KiB
+    /// of zeros (four bytes each): a few KiB that claim, or hold, hundreds of MiB.
+    fn rle_frame(declared: u32, blocks: u32) -> Vec<u8> {
+        // Magic; descriptor: single segment, four-byte content size; the content size.
+        let mut frame = vec![0x28, 0xb5, 0x2f, 0xfd, 0xa0];
+        frame.extend_from_slice(&declared.to_le_bytes());
+        for n in 0..blocks {
+            let last = u32::from(n + 1 == blocks);
+            let block_header = last | (1 << 1) | ((128 * 1024) << 3);
+            frame.extend_from_slice(&block_header.to_le_bytes()[..3]);
+            frame.push(0);
+        }
+        frame
+    }
+
+    fn segment_header() -> [u8; SEGMENT_HEADER_BYTES] {
+        let header = SegmentHeader {
+            version: crate::record::format::FORMAT_VERSION,
+            core_id: 0,
+            sequence: 0,
+            created_unix_us: T0,
+            first_record_index: 0,
+            previous_chain_head: crate::record::format::genesis(0),
+        };
+        header.encode()
+    }
+
+    /// A segment header and one batch with this header's counts around `frame`.
+    fn segment_with_batch(n_records: u32, declared: u32, frame: &[u8]) -> Bytes {
+        let mut bytes = segment_header().to_vec();
+        let batch = BatchHeader {
+            compressed_len: frame.len() as u32,
+            uncompressed_len: declared,
+            n_records,
+            first_record_index: 0,
+            payload_crc: crc32c::crc32c(frame),
+        };
+        bytes.extend_from_slice(&batch.encode());
+        bytes.extend_from_slice(frame);
+        Bytes::from(bytes)
+    }
+
+    #[test]
+    fn a_batch_declaring_huge_counts_is_refused_cleanly() {
+        let mib = 1024 * 1024;
+        // Regression: 16 KiB of zstd that really holds 512 MiB, with a count of u32::MAX
+        // records, decompressed whole and then sized the record table by the payload
+        // (20 million entries, gigabytes). The count is now refused with the header.
+        let bomb = rle_frame(512 * mib, 4096);
+        assert!(bomb.len() <= 16 * 1024 + 9);
+        let bytes = segment_with_batch(u32::MAX, 512 * mib, &bomb);
+        let reader = SegmentReader::from_bytes("x".into(), bytes, ReaderOptions::default()).unwrap();
+        let error = reader.scan().next().unwrap().unwrap_err();
+        assert!(
+            matches!(error.kind, ReadErrorKind::BatchHeader(StructureError::OverLimit("records per batch"))),
+            "{error}"
+        );
+        let named = "x at byte 96 (record 0): batch header: records per batch is over the format's limit";
+        assert!(error.to_string().starts_with(named), "{error}");
+        // The most records a batch may hold, and a frame of four bytes declaring 512 MiB: the
+        // declared size is not reserved up front, and the frame fails as the short frame it is.
+        let liar = rle_frame(512 * mib, 1);
+        let bytes = segment_with_batch(limits::BATCH_FRAMES_MAX as u32, 512 * mib, &liar);
+        let reader = SegmentReader::from_bytes("x".into(), bytes, ReaderOptions::default()).unwrap();
+        let error = reader.scan().next().unwrap().unwrap_err();
+        assert!(matches!(error.kind, ReadErrorKind::Decompress), "{error}");
+        // A frame writing more than it declares fails too (its one block writes 128 KiB).
+        let bytes = segment_with_batch(1, 64 * 1024, &rle_frame(64 * 1024, 1));
+        let reader = SegmentReader::from_bytes("x".into(), bytes, ReaderOptions::default()).unwrap();
+        let error = reader.scan().next().unwrap().unwrap_err();
+        assert!(matches!(error.kind, ReadErrorKind::Decompress), "{error}");
+    }
+
+    #[test]
+    fn a_batch_that_compresses_well_reads_back_through_a_growing_buffer() {
+        // 4 MiB of records in a frame of a few KiB: the buffer starts at 64 KiB and doubles.
+        let bodies: Vec<Vec<u8>> =
+            (0..4u64).map(|n| [n.to_le_bytes().to_vec(), vec![b'x'; 1024 * 1024]].concat()).collect();
+        let refs: Vec<&[u8]> = bodies.iter().map(Vec::as_slice).collect();
+        let batch = crate::record::format::encode_batch(0, &refs, 1).unwrap();
+        let header = BatchHeader::decode(&batch).unwrap();
+        assert!(header.compressed_len < 64 * 1024 / 8, "{}", header.compressed_len);
+        let header_only = Bytes::copy_from_slice(&segment_header());
+        let reader = SegmentReader::from_bytes("x".into(), header_only, ReaderOptions::default()).unwrap();
+        let payload = reader.decompress(&batch[BATCH_HEADER_BYTES..], header.uncompressed_len as usize).unwrap();
+        let expected: Vec<u8> = refs
+            .iter()
+            .flat_map(|body| {
+                let prefix = [(body.len() as u32).to_le_bytes(), crc32c::crc32c(body).to_le_bytes()].concat();
+                [prefix, body.to_vec()].concat()
+            })
+            .collect();
+        assert!(payload[..] == expected[..]);
     }
 
     #[test]

@@ -624,7 +624,10 @@ impl SegmentWriter {
         if n_items == 0 {
             return Ok(Appended { first_record_index: self.next_record_index, ..Appended::default() });
         }
-        debug_assert!(n_items <= limits::BATCH_FRAMES_MAX);
+        if n_items > limits::BATCH_FRAMES_MAX {
+            // Readers refuse such a batch's header: never write one.
+            return Err(WriteError::TooLarge { field: "frames per batch" });
+        }
         if self.current.is_none() {
             self.open_next(now)?;
         }
