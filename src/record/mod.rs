@@ -35,11 +35,24 @@
 //! batch's tickets, refuses frames, and retries by writing a `recorder_error` event (which
 //! records how many accepted records were lost); once that is written, service resumes.
 //!
+//! # Rotation
+//! A segment is sealed with a promise of a successor (`rotated`, or `recovered` at start) only
+//! once that successor exists: its header written, the file and the directory fsynced. A
+//! crash in between leaves the segment open and its successor without records; a sealed
+//! segment promising a successor that is missing can only mean segments were removed.
+//!
 //! # Recovery
-//! On start, each core's last segment is checked. A sealed one is left alone: sealed means its
-//! batch headers, walked from the segment header, lead exactly to the footer its trailer
-//! names (bodies are agents' bytes, stored raw when incompressible, so a trailer's shape at
-//! the end of an open segment proves nothing). An open one is scanned: a torn tail (damage
+//! On start, each core's last segment is checked. A sealed `stopped` one is left alone, and
+//! the next segment follows it. A sealed one promising a successor is left alone too, but its
+//! successor is missing: segments were removed after it. Recording goes on (availability),
+//! from its footer's chain head, at the sequence number after the missing one, so the gap
+//! stays for `verify` to report after any number of restarts, and a `recovery_performed`
+//! event names it (logged as an error). A last segment with no records (a torn header, or a
+//! header alone: a crash while creating it) is rewritten to follow the one before it, which
+//! is recovered first if it is open (a crash between creating a successor and sealing).
+//! Sealed means its batch headers, walked from the segment header, lead exactly to the footer
+//! its trailer names (bodies are agents' bytes, stored raw when incompressible, so a trailer's
+//! shape at the end of an open segment proves nothing). An open one is scanned: a torn tail (damage
 //! running to the end of the file: a batch cut short, or one whose payload fails its CRC with
 //! no writer's frame at its declared end) is cut back to the last whole batch, the segment is
 //! sealed (`recovered`), and a `recovery_performed` event opens the next segment. Damage with
@@ -141,7 +154,10 @@
 //! # What a verified recording proves, and what it cannot
 //! Sealed segments cannot be altered, reordered, dropped from the middle, duplicated, or
 //! moved between cores without the key. A rotated or recovered segment promises a successor,
-//! so dropping the last segments is caught unless the cut lands exactly after a clean stop.
+//! so dropping the last segments is caught unless the cut lands exactly after a clean stop,
+//! and a restart does not hide it (recovery leaves the missing sequence number unused). Cutting
+//! the last segment's own tail (its seal stripped, whole batches removed, down to its header)
+//! looks like a crash to recovery, which keeps what remains.
 //! Nothing in the files can catch a rollback to an older, complete state, or a change to the
 //! open (unsealed) segment: that takes an anchor kept elsewhere (the chain head of the last
 //! sealed segment, shipped off the host).

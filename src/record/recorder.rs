@@ -524,7 +524,7 @@ impl Recorder {
         let (mut writer, recovery) = SegmentWriter::open(storage, &config, now)?;
         if recovery.performed() {
             let detail = recovery.describe();
-            if recovery.damage.is_some() {
+            if recovery.found_damage() {
                 error!(core = config.core_id, detail = %detail, "Recording damaged: run snowgate-tools verify.");
             } else {
                 warn!(core = config.core_id, detail = %detail, "Recording recovered after a crash.");

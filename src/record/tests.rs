@@ -1040,3 +1040,135 @@ proptest! {
         prop_assert!(report.is_ok(), "{:?}", report.problems);
     }
 }
+
+fn writer_at(storage: &SimulatedStorage, now: u64) -> (SegmentWriter, RecoveryReport) {
+    SegmentWriter::open(Arc::new(storage.clone()), &RecorderConfig::new(dir(), 0, KEY), now).unwrap()
+}
+
+/// Segments 0 (rotated), 1 (rotated), 2 (stopped). Segment 2 is deleted: verify catches it
+/// (1 promised a successor). Regression: after one restart nothing did, since recovery
+/// continued the chain at sequence 2. Now the restart says what is missing and leaves
+/// sequence 2 unused, so verify keeps failing on the directory after any number of restarts.
+#[test]
+fn dropped_tail_segments_stay_visible_to_verify_after_restarts() {
+    let storage = SimulatedStorage::new();
+    let (mut w, _) = writer_at(&storage, T0);
+    for n in 0..3 {
+        w.append(&[request(n, 10)], T0 + n).unwrap();
+        if n < 2 {
+            w.rotate("size", T0 + n).unwrap();
+        }
+    }
+    w.seal(SealReason::Stopped, T0 + 10).unwrap();
+    drop(w);
+    assert!(verify_strict(&open_recording(&storage)).is_ok());
+    storage.remove(&segment_path(2));
+    assert!(!verify_strict(&open_recording(&storage)).is_ok(), "the cut is caught before a restart");
+    for restart in 0..2u64 {
+        let now = T0 + 100 * (restart + 1);
+        let (mut w, report) = writer_at(&storage, now);
+        if restart == 0 {
+            assert_eq!(report.missing_successor, Some(2), "{report:?}");
+            assert!(report.performed() && report.found_damage(), "{report:?}");
+            assert!(report.describe().contains("segment 2, which is missing"), "{}", report.describe());
+            assert_eq!(w.current_path(), Some(segment_path(3).as_path()));
+            w.append_event(EventKind::RecoveryPerformed, report.describe(), now).unwrap();
+        } else {
+            assert!(!report.performed(), "a clean stop after the gap: {report:?}");
+        }
+        w.append(&[request(99 + restart, 10)], now + 1).unwrap();
+        w.seal(SealReason::Stopped, now + 2).unwrap();
+        let verdict = verify_strict(&open_recording(&storage));
+        let missing = verdict.problems.iter().filter(|p| p.description.contains("segment 2 of core 0 is missing"));
+        assert_eq!(missing.count(), 1, "restart {restart}: {:?}", verdict.problems);
+    }
+    // The event naming the missing segment is in the segment after the gap.
+    let recording = open_recording(&storage);
+    let after_gap = recording.segment(&SegmentName { core_id: 0, sequence: 3 }).unwrap();
+    let events: Vec<String> = after_gap
+        .records()
+        .filter_map(|r| match r.unwrap().frame {
+            Frame::Event(e) if e.kind == EventKind::RecoveryPerformed => Some(e.detail),
+            _ => None,
+        })
+        .collect();
+    assert!(events.iter().any(|d| d.contains("segments were removed")), "{events:?}");
+}
+
+/// The states a crash can leave mid-rotation, now that the successor is created before the
+/// seal: segment 0 open (maybe with a torn tail) and segment 1 holding a header or part of
+/// one (its rotation event is written only after the seal); segment 0 sealed and segment 1 a
+/// header alone, or with its event. Each recovers into a recording that verifies, keeping
+/// every whole batch of segment 0.
+#[test]
+fn a_crash_between_creating_the_successor_and_sealing_recovers_and_verifies() {
+    let storage = SimulatedStorage::new();
+    let (mut w, _) = writer_at(&storage, T0);
+    for n in 0..4 {
+        w.append(&[request(n, 40)], T0 + n).unwrap();
+    }
+    w.sync().unwrap();
+    let open_zero = storage.read(&segment_path(0)).unwrap();
+    let last_batch_end = open_zero.len();
+    w.rotate("size", T0 + 5).unwrap();
+    drop(w);
+    let sealed_zero = storage.read(&segment_path(0)).unwrap();
+    let one = storage.read(&segment_path(1)).unwrap();
+    assert!(one.len() > format::SEGMENT_HEADER_BYTES, "the rotation event follows the header");
+    let header = &one[..format::SEGMENT_HEADER_BYTES];
+    let torn_zero = open_zero[..last_batch_end - 7].to_vec();
+    // The case, segments 0 and 1, the requests kept, the sequence recording goes on in.
+    type Case<'a> = (&'a str, &'a [u8], Option<&'a [u8]>, u64, u64);
+    let cases: [Case; 6] = [
+        ("0 open, 1 a header", &open_zero, Some(header), 4, 1),
+        ("0 open, 1 a torn header", &open_zero, Some(&header[..40]), 4, 1),
+        ("0 open with a torn tail, 1 a header", &torn_zero, Some(header), 3, 1),
+        ("0 open, no 1", &open_zero, None, 4, 1),
+        ("0 sealed, 1 a header", &sealed_zero, Some(header), 4, 1),
+        ("0 sealed, 1 a header and its event", &sealed_zero, Some(&one), 4, 2),
+    ];
+    for (case, zero, one, kept, next) in cases {
+        let storage = SimulatedStorage::new();
+        storage.create_dir_all(&dir()).unwrap();
+        storage.write(&segment_path(0), zero.to_vec());
+        if let Some(one) = one {
+            storage.write(&segment_path(1), one.to_vec());
+        }
+        let result = SegmentWriter::open(Arc::new(storage.clone()), &RecorderConfig::new(dir(), 0, KEY), T0 + 50);
+        let (mut w, report) = result.unwrap_or_else(|e| panic!("{case}: {e}"));
+        assert!(report.missing_successor.is_none() && !report.found_damage(), "{case}: {report:?}");
+        assert_eq!(w.current_path(), Some(segment_path(next).as_path()), "{case}");
+        if report.sealed_open_segment && next == 1 {
+            assert_eq!(report.records_kept, kept, "{case}");
+        }
+        w.append_event(EventKind::RecoveryPerformed, report.describe(), T0 + 50).unwrap();
+        w.append(&[request(10, 40)], T0 + 51).unwrap();
+        w.seal(SealReason::Stopped, T0 + 52).unwrap();
+        let recording = open_recording(&storage);
+        let verdict = verify_strict(&recording);
+        assert!(verdict.is_ok(), "{case}: {} / {:?}", report.describe(), verdict.problems);
+        let requests: Vec<u64> = recording
+            .records()
+            .map(Result::unwrap)
+            .filter(|r| matches!(r.frame, Frame::Request(_)))
+            .map(|r| r.index)
+            .collect();
+        assert_eq!(requests.len() as u64, kept + 1, "{case}");
+    }
+}
+
+/// Rotation creates and fsyncs the successor (file and directory) before it seals: at the
+/// moment of the seal's fsync, segment 1 already exists durably.
+#[test]
+fn rotation_makes_the_successor_durable_before_the_seal() {
+    let storage = SimulatedStorage::new();
+    let (mut w, _) = writer_at(&storage, T0);
+    w.append(&[request(0, 40)], T0).unwrap();
+    // The first fsync of the rotation is segment 1's; failing it stops the writer before
+    // anything is sealed.
+    storage.fail_next_syncs(1);
+    let error = w.rotate("size", T0 + 1).unwrap_err();
+    assert!(error.is_fatal(), "{error}");
+    let zero = SegmentReader::open_with(&storage, &segment_path(0), Default::default()).unwrap();
+    assert!(zero.sealed().is_none(), "segment 0 was sealed before its successor was durable");
+}

@@ -111,12 +111,23 @@ pub struct RecoveryReport {
     /// not lead to it. What is wrong, and where. The chain continues from the footer's head;
     /// the segment is left as it is, for verify to report.
     pub damage: Option<String>,
+    /// The last segment was sealed with a promise of a successor (`rotated`, `recovered`)
+    /// and the successor, this sequence number, is missing. The writer creates a successor
+    /// before it seals with that promise, so this means segments were removed: the sequence
+    /// number is left unused, and verify keeps reporting the gap.
+    pub missing_successor: Option<u64>,
 }
 
 impl RecoveryReport {
     /// Whether recovery changed anything (and so records an event).
     pub fn performed(&self) -> bool {
-        self.sealed_open_segment || self.header_rewritten || self.damage.is_some()
+        self.sealed_open_segment || self.header_rewritten || self.damage.is_some() || self.missing_successor.is_some()
+    }
+
+    /// Whether what recovery found is evidence of damage or removal (logged as an error),
+    /// rather than what a crash leaves.
+    pub fn found_damage(&self) -> bool {
+        self.damage.is_some() || self.missing_successor.is_some()
     }
 
     /// A sentence for the `recovery_performed` event and the log.
@@ -126,6 +137,14 @@ impl RecoveryReport {
             .as_deref()
             .and_then(Path::file_name)
             .map_or_else(|| "none".into(), |n| n.to_string_lossy().into_owned());
+        if let Some(missing) = self.missing_successor {
+            let damage = self.damage.as_ref().map_or_else(String::new, |d| format!(" It is also damaged ({d})."));
+            return format!(
+                "segment {name} was sealed promising segment {missing}, which is missing: segments were removed \
+                 (the writer creates a successor before it seals with that promise). Segment {missing} is left \
+                 unused so that verify keeps reporting the gap; the chain continues from {name}'s footer.{damage}"
+            );
+        }
         if let Some(damage) = &self.damage {
             let torn = if self.header_rewritten {
                 format!("segment {name} had a torn header and was rewritten; ")
@@ -137,8 +156,21 @@ impl RecoveryReport {
                  gives the chain head, and it was left as it is for verify to report"
             );
         }
+        if self.header_rewritten && self.sealed_open_segment {
+            let kept = match self.truncated_at {
+                Some(at) => format!(
+                    "cut a torn tail of {} bytes at byte {at}, kept {} records",
+                    self.bytes_truncated, self.records_kept
+                ),
+                None => format!("kept all {} records", self.records_kept),
+            };
+            return format!(
+                "a crash while rotating: the segment before {name} was not sealed ({kept}, sealed it); {name} held \
+                 no records and was rewritten to follow it"
+            );
+        }
         if self.header_rewritten {
-            return format!("segment {name} had a torn header and no records; it was rewritten");
+            return format!("segment {name} had a torn header or no records; it was rewritten");
         }
         match self.truncated_at {
             Some(at) => format!(
@@ -339,6 +371,15 @@ impl std::fmt::Debug for SegmentWriter {
     }
 }
 
+/// Where the chain stands after a sealed segment, from its authenticated footer.
+struct SealedState {
+    chain_head: ChainHead,
+    next_index: u64,
+    seal_reason: SealReason,
+    /// What is damaged in the segment, if anything (see `authenticated_footer`).
+    damage: Option<String>,
+}
+
 fn corrupt(error: ReadError) -> RecordError {
     RecordError::Corrupt(Box::new(error))
 }
@@ -387,7 +428,9 @@ impl SegmentWriter {
         if let Some(&last) = sequences.last() {
             writer.recover_last(last, &mut report, now_unix_us)?;
         }
-        writer.open_next(now_unix_us)?;
+        if writer.current.is_none() {
+            writer.open_next(now_unix_us)?;
+        }
         Ok((writer, report))
     }
 
@@ -395,42 +438,45 @@ impl SegmentWriter {
         self.directory.join(SegmentName { core_id: self.core_id, sequence }.file_name())
     }
 
-    /// The chain head and next record index after sealed segment `sequence`, checked, and
-    /// any damage found in it ([`SegmentWriter::authenticated_footer`]).
-    fn sealed_state(&self, sequence: u64) -> Result<(ChainHead, u64, Option<String>), RecordError> {
+    /// A reader of segment `sequence`; a torn header (a creation cut short) is `None`.
+    fn open_reader(&self, sequence: u64) -> Result<Option<SegmentReader>, RecordError> {
         let path = self.segment_path(sequence);
-        let reader =
-            SegmentReader::open_with(self.storage.as_ref(), &path, ReaderOptions::default()).map_err(corrupt)?;
-        match self.authenticated_footer(&reader, &path)? {
-            Some(after) => Ok(after),
-            None => Err(corrupt(ReadError {
-                path: path.clone(),
-                offset: reader.len(),
+        let reader = match SegmentReader::open_with(self.storage.as_ref(), &path, ReaderOptions::default()) {
+            Ok(reader) => reader,
+            Err(error) if error.torn_tail => return Ok(None),
+            Err(error) => return Err(corrupt(error)),
+        };
+        let header = reader.header();
+        if header.core_id != self.core_id || header.sequence != sequence {
+            return Err(corrupt(ReadError {
+                path,
+                offset: 0,
                 record_index: None,
                 torn_tail: false,
-                kind: ReadErrorKind::NotSealed,
-            })),
+                kind: ReadErrorKind::Misnamed,
+            }));
         }
+        Ok(Some(reader))
     }
 
-    /// The chain head and next record index after a segment sealed under this key (from its
-    /// footer), and what is damaged in it, if anything. A sealed segment
-    /// ([`SegmentReader::sealed`]) must authenticate (else it is corrupt).
+    /// Where the chain stands after a segment sealed under this key (from its footer), and
+    /// what is damaged in it, if anything. A sealed segment ([`SegmentReader::sealed`]) must
+    /// authenticate (else it is corrupt).
     /// One whose batch headers do not lead to its footer looks open, but if the footer its
     /// trailer names authenticates, this writer sealed it and it was damaged afterwards: its
     /// chain head is still the one sealed, so the chain can go on from it, and the damage is
     /// returned to be reported (the first error a scan meets, naming its offset). `None`: not
     /// sealed.
-    fn authenticated_footer(
-        &self,
-        reader: &SegmentReader,
-        path: &Path,
-    ) -> Result<Option<(ChainHead, u64, Option<String>)>, RecordError> {
-        let after = |footer: &Footer| (footer.chain_head, footer.first_record_index + footer.record_count);
+    fn authenticated_footer(&self, reader: &SegmentReader, path: &Path) -> Result<Option<SealedState>, RecordError> {
+        let state = |footer: &Footer, damage| SealedState {
+            chain_head: footer.chain_head,
+            next_index: footer.first_record_index + footer.record_count,
+            seal_reason: footer.seal_reason,
+            damage,
+        };
         if let Some(sealed) = reader.sealed() {
             self.check_sealed(reader, sealed, path)?;
-            let (chain_head, next_index) = after(&sealed.footer);
-            return Ok(Some((chain_head, next_index, None)));
+            return Ok(Some(state(&sealed.footer, None)));
         }
         let Some(named) = reader.footer_named_by_trailer() else { return Ok(None) };
         if self.check_sealed(reader, &named, path).is_err() {
@@ -440,8 +486,7 @@ impl SegmentWriter {
             Some(error) => error.to_string(),
             None => format!("{}: its batch headers do not lead to its footer", path.display()),
         };
-        let (chain_head, next_index) = after(&named.footer);
-        Ok(Some((chain_head, next_index, Some(damage))))
+        Ok(Some(state(&named.footer, Some(damage))))
     }
 
     fn check_sealed(&self, reader: &SegmentReader, sealed: &SealedFooter, path: &Path) -> Result<(), RecordError> {
@@ -467,50 +512,96 @@ impl SegmentWriter {
         Ok(())
     }
 
+    /// Recovers the core's last segment, `sequence`. Its possible states, and what each means:
+    /// - sealed `stopped`: a clean stop; the next segment follows it.
+    /// - sealed `rotated` or `recovered`: its successor was created (header written, file and
+    ///   directory fsynced) before the seal, so a missing successor means segments were
+    ///   removed: the gap is left for verify to report ([`RecoveryReport::missing_successor`]).
+    /// - open with batches: a crash; cut back to its whole batches, then sealed `recovered`
+    ///   (its successor created first).
+    /// - no records (a torn header, or a header alone): a crash while it was being created, by
+    ///   a rotation or a start. It is rewritten to follow the segment before it, which is
+    ///   sealed, or open if the crash came between creating this one and sealing that one
+    ///   (that one is then recovered as above first).
     fn recover_last(&mut self, sequence: u64, report: &mut RecoveryReport, now: u64) -> Result<(), RecordError> {
         let path = self.segment_path(sequence);
         report.last_segment = Some(path.clone());
-        let reader = match SegmentReader::open_with(self.storage.as_ref(), &path, ReaderOptions::default()) {
-            Ok(reader) => reader,
-            Err(error) if error.torn_tail => {
-                // Created but its header never fully written: it holds no records. Its
-                // sequence is reused; the chain continues from the segment before it.
-                let (chain_head, next_index, damage) =
-                    if sequence == 0 { (genesis(self.core_id), 0, None) } else { self.sealed_state(sequence - 1)? };
-                report.damage = damage;
-                self.chain_head = chain_head;
-                self.next_record_index = next_index;
-                self.next_sequence = sequence;
-                report.header_rewritten = true;
+        let reader = self.open_reader(sequence)?;
+        if let Some(reader) = reader.as_ref().filter(|reader| !reader.is_empty()) {
+            if let Some(state) = self.authenticated_footer(reader, &path)? {
+                report.was_sealed = true;
+                self.continue_after(sequence, state, report);
                 return Ok(());
             }
-            Err(error) => return Err(corrupt(error)),
-        };
-        let header = reader.header().clone();
-        if header.core_id != self.core_id || header.sequence != sequence {
-            return Err(corrupt(ReadError {
-                path,
-                offset: 0,
-                record_index: None,
-                torn_tail: false,
-                kind: ReadErrorKind::Misnamed,
-            }));
-        }
-        if let Some((chain_head, next_index, damage)) = self.authenticated_footer(&reader, &path)? {
-            self.chain_head = chain_head;
-            self.next_record_index = next_index;
-            self.next_sequence = sequence + 1;
-            report.was_sealed = true;
-            report.damage = damage;
+            // An open segment: a crash. Rebuild its footer state from its whole batches.
+            self.recover_open(sequence, reader, report)?;
+            self.advance(SealReason::Recovered, now)?;
             return Ok(());
         }
-        // An open segment: a crash. Rebuild its footer state from its whole batches.
+        // No records: rewritten (by `open_next`, which reuses a file holding no record) to
+        // follow the segment before it.
+        report.header_rewritten = true;
+        if sequence > 0 {
+            let before = sequence - 1;
+            let before_path = self.segment_path(before);
+            let Some(reader) = self.open_reader(before)? else {
+                return Err(corrupt(ReadError {
+                    path: before_path,
+                    offset: 0,
+                    record_index: None,
+                    torn_tail: false,
+                    kind: ReadErrorKind::NotSealed,
+                }));
+            };
+            match self.authenticated_footer(&reader, &before_path)? {
+                Some(state) => {
+                    report.damage = state.damage;
+                    self.chain_head = state.chain_head;
+                    self.next_record_index = state.next_index;
+                }
+                None => {
+                    // A crash between creating this segment and sealing the one before.
+                    self.recover_open(before, &reader, report)?;
+                    debug_assert_eq!(self.next_sequence, sequence);
+                    self.advance(SealReason::Recovered, now)?;
+                    return Ok(());
+                }
+            }
+        }
+        self.next_sequence = sequence;
+        Ok(())
+    }
+
+    /// Continues the chain after sealed segment `sequence`, leaving a gap after it if it
+    /// promised a successor (see [`SegmentWriter::recover_last`]).
+    fn continue_after(&mut self, sequence: u64, state: SealedState, report: &mut RecoveryReport) {
+        self.chain_head = state.chain_head;
+        self.next_record_index = state.next_index;
+        self.next_sequence = sequence + 1;
+        report.damage = state.damage;
+        if state.seal_reason.has_successor() {
+            // Continuing at the promised successor's number would hide the removal: verify
+            // would see an unbroken sequence. Skipping it leaves a gap no restart can close.
+            report.missing_successor = Some(sequence + 1);
+            self.next_sequence = sequence + 2;
+        }
+    }
+
+    /// Makes open segment `sequence` current again, cut back to its whole batches: the
+    /// footer's table and index rebuilt, the chain and record index after its last batch.
+    fn recover_open(
+        &mut self,
+        sequence: u64,
+        reader: &SegmentReader,
+        report: &mut RecoveryReport,
+    ) -> Result<(), RecordError> {
+        let path = self.segment_path(sequence);
+        let header = reader.header().clone();
         let file = self.storage.open_append(&path).map_err(|source| RecordError::Io { path: path.clone(), source })?;
         let mut segment = OpenSegment::new(file, path.clone(), header.clone());
         let mut chain = header.previous_chain_head;
-        let mut scan = reader.scan();
         let mut torn_at = None;
-        for batch in &mut scan {
+        for batch in reader.scan() {
             match batch {
                 Ok(batch) => {
                     chain = batch.chain_after(header.version, &chain);
@@ -554,13 +645,22 @@ impl SegmentWriter {
         self.next_record_index = header.first_record_index + segment.record_count;
         self.next_sequence = sequence + 1;
         self.current = Some(segment);
-        self.seal(SealReason::Recovered, now)?;
         Ok(())
     }
 
     /// Opens the next segment (after a seal, or when opening failed before).
     fn open_next(&mut self, now: u64) -> Result<(), WriteError> {
         debug_assert!(self.current.is_none());
+        let segment = self.create_segment(now)?;
+        self.current = Some(segment);
+        self.next_sequence += 1;
+        Ok(())
+    }
+
+    /// Creates segment `next_sequence`, continuing the chain from where it stands: its header
+    /// written, the file and the directory fsynced, so that once this returns the segment
+    /// exists after any crash. Does not make it current.
+    fn create_segment(&mut self, now: u64) -> Result<OpenSegment, WriteError> {
         let sequence = self.next_sequence;
         let path = self.segment_path(sequence);
         let io = |source| WriteError::Io { path: path.clone(), source };
@@ -598,8 +698,19 @@ impl SegmentWriter {
             path: self.directory.clone(),
             source,
         })?;
-        self.current = Some(OpenSegment { file, ..segment });
-        self.next_sequence = sequence + 1;
+        Ok(OpenSegment { file, ..segment })
+    }
+
+    /// Seals the open segment with a reason that promises a successor, after creating that
+    /// successor, which becomes the open segment. In this order a sealed segment whose
+    /// successor is missing can only mean the successor was removed (a crash in between
+    /// leaves the segment open and its successor without records, which recovery knows).
+    fn advance(&mut self, reason: SealReason, now: u64) -> Result<(), WriteError> {
+        debug_assert!(reason.has_successor() && self.current.is_some());
+        let next = self.create_segment(now)?;
+        self.seal(reason, now)?;
+        self.current = Some(next);
+        self.next_sequence += 1;
         Ok(())
     }
 
@@ -766,21 +877,23 @@ impl SegmentWriter {
         Some(segment.header.created_unix_us.saturating_add(self.segment_age_max_us))
     }
 
-    /// Seals the open segment (`rotated`), opens the next and records the rotation in it.
-    /// The seal's fsync makes everything appended before durable.
+    /// Creates the next segment, seals the open one (`rotated`) and records the rotation in
+    /// the next. The seal's fsync makes everything appended before durable.
     pub fn rotate(&mut self, why: &'static str, now_unix_us: u64) -> Result<(), WriteError> {
         let Some(sealed_sequence) = self.current.as_ref().map(|s| s.header.sequence) else {
             return self.open_next(now_unix_us);
         };
-        self.seal(SealReason::Rotated, now_unix_us)?;
-        self.open_next(now_unix_us)?;
+        self.advance(SealReason::Rotated, now_unix_us)?;
         let detail = format!("segment {sealed_sequence} sealed ({why}); segment {} opened", sealed_sequence + 1);
         self.append_event(EventKind::SegmentRotated, detail, now_unix_us)?;
         Ok(())
     }
 
     /// Seals the open segment: footer, MAC, trailer, fsync. With no open segment (opening one
-    /// failed), one is opened first so the seal exists.
+    /// failed), one is opened first so the seal exists. A seal promising a successor
+    /// (`rotated`, `recovered`) is for [`SegmentWriter::rotate`] and recovery, which create
+    /// the successor first; sealed so directly, with no successor following, the segment
+    /// reads as the last of a cut recording.
     pub fn seal(&mut self, reason: SealReason, now_unix_us: u64) -> Result<(), WriteError> {
         if self.current.is_none() {
             self.open_next(now_unix_us)?;
