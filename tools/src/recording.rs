@@ -129,7 +129,10 @@ pub struct SearchArgs {
     #[arg(long)]
     table: Option<String>,
     /// A Snowflake query id (found through segment footers, without decompressing segments;
-    /// footers are read as they are, not authenticated: `verify` does that).
+    /// footers are read as they are, not authenticated: `verify` does that). Only responses
+    /// carry it: each is printed with its request. With request filters (`--sub`, `--text`,
+    /// `--table`, `--request-id`, `--decision`), a response's request must pass them, and both
+    /// records must be in the time range.
     #[arg(long)]
     query_id: Option<String>,
     /// A driver request id.
@@ -188,13 +191,19 @@ impl Filters {
     }
 
     fn request_matches(&self, request: &snowgate::record::RequestFrame) -> bool {
+        self.request_side_matches(request)
+            && self.query_id.as_ref().is_none_or(|id| request.query_id.as_ref() == Some(id))
+    }
+
+    /// The request filters alone, without the query id (which a query's request does not
+    /// carry: its response does).
+    fn request_side_matches(&self, request: &snowgate::record::RequestFrame) -> bool {
         let statement = request.statement.as_deref().unwrap_or("");
         self.sub.as_ref().is_none_or(|sub| request.principal.sub.as_ref() == Some(sub))
             && self.text_lower.as_ref().is_none_or(|text| statement.to_lowercase().contains(text.as_str()))
             && self.table.as_ref().is_none_or(|table| names_table(statement, table))
             && self.request_id.as_ref().is_none_or(|id| request.request_id.as_ref() == Some(id))
             && self.decision.as_ref().is_none_or(|d| d == request.decision.name())
-            && self.query_id.as_ref().is_none_or(|id| request.query_id.as_ref() == Some(id))
     }
 }
 
@@ -225,6 +234,7 @@ pub fn search(args: SearchArgs) -> anyhow::Result<()> {
         matched: BTreeMap::new(),
         unanswered: BTreeMap::new(),
         requests_of_responses: Vec::new(),
+        pending_pairs: Vec::new(),
     };
     for segment in recording.segments() {
         let reader = match recording.segment(segment) {
@@ -262,6 +272,19 @@ pub fn search(args: SearchArgs) -> anyhow::Result<()> {
             Err(e) => report_read_error(&bar, &e, &mut failures),
         }
     }
+    // A query id with request filters: each response found by the query id is printed with
+    // its request when the request passes them.
+    for (response, index) in std::mem::take(&mut matcher.pending_pairs) {
+        let core_id = response.core_id;
+        match recording.record(core_id, index) {
+            Ok(Some(request)) if matcher.request_of_pair_matches(&request) => {
+                emit(&mut out, &request, &args.output)?;
+                emit(&mut out, &response, &args.output)?;
+            }
+            Ok(_) => {}
+            Err(e) => report_read_error(&bar, &e, &mut failures),
+        }
+    }
     out.flush()?;
     if failures > 0 {
         bail!("{failures} part(s) of the recording could not be read");
@@ -281,6 +304,10 @@ struct Matcher<'a> {
     /// (core, request index) of each response matched by its query id, whose request may not
     /// carry the query id itself.
     requests_of_responses: Vec<(u16, u64)>,
+    /// With a query id and request filters: each response carrying the query id whose
+    /// request has not matched (yet), with its request's index. Its request is read and
+    /// checked after the scan (it may lie in a segment the query id did not lead to).
+    pending_pairs: Vec<(Record, u64)>,
 }
 
 impl Matcher<'_> {
@@ -309,9 +336,20 @@ impl Matcher<'_> {
                 let via_request =
                     linked.is_some_and(|i| self.matched.get(&record.core_id).is_some_and(|set| set.contains(&i)));
                 let endpoint_ok = filters.endpoint.as_ref().is_none_or(|e| *e == response.endpoint);
-                let own = !filters.has_request_filters()
-                    && filters.query_id.as_ref().is_none_or(|id| response.query_id.as_ref() == Some(id));
+                let own_query_id = filters.query_id.as_ref().is_none_or(|id| response.query_id.as_ref() == Some(id));
+                let own = !filters.has_request_filters() && own_query_id;
                 let matches = endpoint_ok && (via_request || own);
+                if !matches
+                    && endpoint_ok
+                    && own_query_id
+                    && filters.query_id.is_some()
+                    && filters.has_request_filters()
+                    && let Some(index) = linked
+                {
+                    // Decided once its request is read: the request filters are the request's.
+                    self.pending_pairs.push((record.clone(), index));
+                    return false;
+                }
                 if matches
                     && filters.query_id.is_some()
                     && let Some(index) = linked
@@ -324,6 +362,18 @@ impl Matcher<'_> {
                 !filters.has_request_filters() && filters.query_id.is_none() && filters.endpoint.is_none()
             }
         }
+    }
+}
+
+impl Matcher<'_> {
+    /// Whether the request of a pending pair (a response found by its query id) passes the
+    /// request filters, the endpoint and the time range.
+    fn request_of_pair_matches(&self, request: &Record) -> bool {
+        let filters = self.filters;
+        let Frame::Request(frame) = &request.frame else { return false };
+        filters.in_time(frame.time_unix_us)
+            && filters.endpoint.as_ref().is_none_or(|e| *e == frame.endpoint)
+            && filters.request_side_matches(frame)
     }
 }
 

@@ -193,6 +193,45 @@ fn cat_search_export_and_stats_read_a_real_recording() {
     assert!(stats["disk_bytes_per_raw_byte"].as_f64().unwrap() > 0.0);
 }
 
+/// A query id with request filters: only the response carries the query id, so the filters
+/// are applied to its request, and the pair is printed. Regression: nothing was found.
+#[test]
+fn search_by_query_id_applies_request_filters_to_the_responses_request() {
+    let fixture = fixture();
+    let dir = fixture.dir.to_str().unwrap();
+    // Record 104 (core 1, n = 4): agent-9's "select name from customers limit 4", allowed.
+    let id = "01b2c3d4-0000-4000-8000-000000000104";
+    let matching: [&[&str]; 5] = [
+        &["--sub", "agent-9"],
+        &["--decision", "allowed", "--text", "LIMIT 4"],
+        &["--table", "customers"],
+        &["--request-id", "req-104"],
+        &["--sub", "agent-9", "--endpoint", "query-request", "--since", "1750000000"],
+    ];
+    for filters in matching {
+        let mut args = vec!["search", dir, "--query-id", id, "--json"];
+        args.extend_from_slice(filters);
+        let output = tools(&args);
+        assert!(output.status.success(), "{filters:?}: {}", String::from_utf8_lossy(&output.stderr));
+        let text = stdout(&output);
+        let found: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        assert_eq!(found.len(), 2, "{filters:?}: {text}");
+        assert_eq!((&found[0]["kind"], &found[1]["kind"]), (&"request".into(), &"response".into()), "{filters:?}");
+        assert_eq!(found[0]["record"], found[1]["request_record"], "{filters:?}");
+        assert_eq!(found[0]["sub"], "agent-9");
+        assert_eq!(found[1]["query_id"], id);
+    }
+    let not_matching: [&[&str]; 4] =
+        [&["--sub", "agent-7"], &["--decision", "blocked"], &["--text", "delete"], &["--request-id", "req-105"]];
+    for filters in not_matching {
+        let mut args = vec!["search", dir, "--query-id", id, "--json"];
+        args.extend_from_slice(filters);
+        let output = tools(&args);
+        assert!(output.status.success());
+        assert_eq!(stdout(&output), "", "{filters:?}");
+    }
+}
+
 #[test]
 fn verify_passes_an_untouched_recording_and_reports_chain_heads() {
     let fixture = fixture();
