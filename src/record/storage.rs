@@ -17,7 +17,7 @@ use bytes::Bytes;
 
 /// A directory of segment files.
 pub trait Storage: Send + Sync {
-    /// Creates `dir` and its parents.
+    /// Creates `dir` and its parents, each durably (its parent fsynced once it is created).
     fn create_dir_all(&self, dir: &Path) -> io::Result<()>;
     /// The names of the regular files in `dir`.
     fn list(&self, dir: &Path) -> io::Result<Vec<String>>;
@@ -109,7 +109,18 @@ impl ReadAt for FsRead {
 
 impl Storage for FileSystem {
     fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
-        std::fs::create_dir_all(dir)
+        // The directories to create, innermost first.
+        let missing: Vec<&Path> =
+            dir.ancestors().take_while(|path| !path.as_os_str().is_empty() && !path.exists()).collect();
+        std::fs::create_dir_all(dir)?;
+        // A new directory's entry lives in its parent, and is durable only once the parent is
+        // fsynced: else a power loss can take the recording directory, with every segment
+        // fsynced inside it, away.
+        for created in missing.iter().rev() {
+            let parent = created.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+            File::open(parent)?.sync_all()?;
+        }
+        Ok(())
     }
 
     fn list(&self, dir: &Path) -> io::Result<Vec<String>> {
@@ -464,6 +475,17 @@ impl Storage for SimulatedStorage {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_file_system_creates_nested_directories_and_fsyncs_their_parents() {
+        // The fsyncs cannot be observed here; that each parent opens and syncs can (an error
+        // there fails the call).
+        let temp = tempfile::tempdir().unwrap();
+        let nested = temp.path().join("a/b/c");
+        FileSystem.create_dir_all(&nested).unwrap();
+        assert!(nested.is_dir());
+        FileSystem.create_dir_all(&nested).unwrap();
+    }
 
     #[test]
     fn a_crash_keeps_synced_bytes_and_a_prefix_of_the_rest() {
