@@ -174,10 +174,21 @@ fn python_driver_gets_every_chunk_masked_through_the_gateway() {
         }
     }
     // Every chunk came through the gateway (three reads of twelve chunks: JSON, Arrow, Arrow
-    // again for pandas), with the SSE-C headers; the upstream's chunk URLs and key never
-    // reached the driver.
+    // again for pandas).
+    assert_chunks_kept_from_the_agent(&upstream, &relay, 3 * ChunkLayout::default().chunk_count);
+    assert_no_raw_card_or_email(&raw, &relay, gateway);
+}
+
+/// Upstream saw `downloads` chunk downloads, each by the gateway with the SSE-C headers and
+/// without the agent's session token; the upstream's chunk URLs and key never reached the
+/// driver behind `relay`.
+pub(crate) fn assert_chunks_kept_from_the_agent(
+    upstream: &snowgate_perf::RunningUpstream,
+    relay: &Relay,
+    downloads: usize,
+) {
     let chunk_downloads = upstream.stats.recorded(snowgate_perf::EndpointKind::Chunk);
-    assert_eq!(chunk_downloads.len(), 3 * ChunkLayout::default().chunk_count, "chunk downloads seen upstream");
+    assert_eq!(chunk_downloads.len(), downloads, "chunk downloads seen upstream");
     for download in &chunk_downloads {
         let has = |name: &str| download.headers.iter().any(|(n, _)| n.eq_ignore_ascii_case(name));
         assert!(has(snowgate_perf::corpus::SSE_C_KEY_HEADER) && has(snowgate_perf::corpus::SSE_C_ALGORITHM_HEADER));
@@ -186,6 +197,12 @@ fn python_driver_gets_every_chunk_masked_through_the_gateway() {
     let received = relay.received();
     assert!(!received.contains(snowgate_perf::corpus::QRMK), "the qrmk reached the driver");
     assert!(!received.contains(&format!("{}/chunks/", upstream.url())), "an upstream chunk URL reached the driver");
+}
+
+/// No e-mail or card number of the `raw` customer rows reached the driver behind `relay`, nor
+/// the recording of `gateway` (stopped here).
+pub(crate) fn assert_no_raw_card_or_email(raw: &[Vec<Option<String>>], relay: &Relay, gateway: TestGateway) {
+    let received = relay.received();
     let dir = gateway.stop();
     let recording = recording_text(&dir.path().join("recordings"));
     let canaries: Vec<&str> = raw.iter().flat_map(|r| [r[2].as_deref().unwrap(), r[3].as_deref().unwrap()]).collect();

@@ -12,11 +12,12 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use aho_corasick::AhoCorasick;
 use serde_json::{Value, json};
 use snowgate_perf::corpus::ChunkLayout;
 
-use crate::masking::{MASKING_POLICY, chunked_rows};
+use snowgate_perf::harness::report::date_from_days;
+
+use crate::masking::{MASKING_POLICY, assert_chunks_kept_from_the_agent, assert_no_raw_card_or_email, chunked_rows};
 use crate::policy::{reviewer_token, wait_for_pending};
 use crate::support::*;
 
@@ -78,28 +79,6 @@ fn run_node(port: u16, queries: &[&str]) -> Vec<Value> {
     NodeRun::start(port, queries).results()
 }
 
-/// The calendar date `days` after 1970-01-01, as `YYYY-MM-DD` (Hinnant's civil_from_days).
-fn date_from_days(days: i64) -> String {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!("{year:04}-{month:02}-{day:02}")
-}
-
-#[test]
-fn the_day_count_turns_into_dates() {
-    assert_eq!(date_from_days(0), "1970-01-01");
-    assert_eq!(date_from_days(18_262), "2020-01-01");
-    assert_eq!(date_from_days(19_782), "2024-02-29");
-    assert_eq!(date_from_days(-1), "1969-12-31");
-}
-
 #[test]
 fn node_driver_gets_every_chunk_masked_through_the_gateway() {
     let upstream = double(|_| {});
@@ -147,28 +126,10 @@ fn node_driver_gets_every_chunk_masked_through_the_gateway() {
     let refusal = &results[2]["error"];
     assert_eq!(refusal["message"], "Agents may not drop objects.", "{}", results[2]);
 
-    // Every chunk came through the gateway, fetched with the SSE-C headers, once.
-    let chunk_downloads = upstream.stats.recorded(snowgate_perf::EndpointKind::Chunk);
-    assert_eq!(chunk_downloads.len(), ChunkLayout::default().chunk_count, "chunk downloads seen upstream");
-    for download in &chunk_downloads {
-        let has = |name: &str| download.headers.iter().any(|(n, _)| n.eq_ignore_ascii_case(name));
-        assert!(has(snowgate_perf::corpus::SSE_C_KEY_HEADER) && has(snowgate_perf::corpus::SSE_C_ALGORITHM_HEADER));
-        assert!(!has("authorization"), "the agent's session token was sent to cloud storage");
-    }
-    let received = relay.received();
-    assert!(!received.contains(snowgate_perf::corpus::QRMK), "the qrmk reached the driver");
-    assert!(!received.contains(&format!("{}/chunks/", upstream.url())), "an upstream chunk URL reached the driver");
-    assert_eq!(unsealed_tokens(&received), Vec::<String>::new(), "a Snowflake token reached the driver");
-    let dir = gateway.stop();
-    let recording = recording_text(&dir.path().join("recordings"));
-    let canaries: Vec<&str> = raw.iter().flat_map(|r| [r[2].as_deref().unwrap(), r[3].as_deref().unwrap()]).collect();
-    let searcher = AhoCorasick::new(&canaries).unwrap();
-    assert_eq!(
-        searcher.find(&received).map(|m| canaries[m.pattern().as_usize()]),
-        None,
-        "a raw value reached the driver"
-    );
-    assert_eq!(searcher.find(&recording).map(|m| canaries[m.pattern().as_usize()]), None, "a raw value was recorded");
+    // Every chunk came through the gateway, once; nothing raw or secret reached the driver.
+    assert_chunks_kept_from_the_agent(&upstream, &relay, ChunkLayout::default().chunk_count);
+    assert_eq!(unsealed_tokens(&relay.received()), Vec::<String>::new(), "a Snowflake token reached the driver");
+    assert_no_raw_card_or_email(&raw, &relay, gateway);
 }
 
 /// A write under a review rule: the Node driver polls the parked statement (`333333` and its

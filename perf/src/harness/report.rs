@@ -10,7 +10,12 @@ use super::{ClosedRun, OpenRun, PayloadReport, Report, median};
 /// `YYYY-MM-DD` (UTC) of a time.
 pub fn utc_date(time: std::time::SystemTime) -> String {
     let days = time.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() / 86_400) as i64;
-    // Howard Hinnant's days-to-civil algorithm.
+    date_from_days(days)
+}
+
+/// `YYYY-MM-DD` of the day `days` after 1970-01-01 (Howard Hinnant's days-to-civil
+/// algorithm); Snowflake's DATE values are such day counts.
+pub fn date_from_days(days: i64) -> String {
     let z = days + 719_468;
     let era = z.div_euclid(146_097);
     let doe = z - era * 146_097;
