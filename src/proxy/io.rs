@@ -130,8 +130,8 @@ pub struct Conn {
 }
 
 impl Conn {
-    /// Wraps a stream whose TCP socket is `socket`; `read_size` is how much is asked of each
-    /// read.
+    /// Wraps a stream whose own TCP socket is `socket` (read off the `TcpStream` before it is
+    /// wrapped: TLS streams do not lend it); `read_size` is how much is asked of each read.
     pub fn new(stream: Stream, socket: RawFd, read_size: usize) -> Conn {
         Conn { stream, buf: BytesMut::with_capacity(read_size), read_size, bytes_read: 0, socket }
     }
@@ -143,8 +143,9 @@ impl Conn {
         if !self.buf.is_empty() {
             return true;
         }
-        // SAFETY: `self.socket` is the descriptor of `self.stream`'s socket, which `self` owns
-        // and keeps open for as long as this borrow lives (this call).
+        // SAFETY: `self.socket` is the descriptor of `self.stream`'s own socket (`Conn::new`'s
+        // contract; each caller reads it off the TcpStream it wraps), which `self` owns and
+        // keeps open for as long as this borrow lives (this call).
         #[allow(unsafe_code)]
         let socket = unsafe { BorrowedFd::borrow_raw(self.socket) };
         let mut byte = [MaybeUninit::<u8>::uninit(); 1];
