@@ -118,7 +118,7 @@ impl Storage for FileSystem {
         // fsynced inside it, away.
         for created in missing.iter().rev() {
             let parent = created.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-            File::open(parent)?.sync_all()?;
+            self.sync_dir(parent)?;
         }
         Ok(())
     }

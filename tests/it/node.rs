@@ -18,7 +18,7 @@ use snowgate_perf::corpus::ChunkLayout;
 use snowgate_perf::harness::report::date_from_days;
 
 use crate::masking::{MASKING_POLICY, assert_chunks_kept_from_the_agent, assert_no_raw_card_or_email, chunked_rows};
-use crate::policy::{reviewer_token, wait_for_pending};
+use crate::policy::{decide, review_policy, wait_for_pending};
 use crate::support::*;
 
 fn node() -> PathBuf {
@@ -138,27 +138,8 @@ fn node_driver_gets_every_chunk_masked_through_the_gateway() {
 #[test]
 fn node_driver_waits_for_a_reviewed_write_and_gets_its_answer() {
     let upstream = double(|_| {});
-    let policy = r#"
-[policy]
-default = { action = "deny", message = "not allowed" }
-
-[[policy.rules]]
-name = "writes need a DBA"
-groups = ["*"]
-kinds = ["insert"]
-action = "review"
-approvals = 1
-reviewer_groups = ["dba"]
-timeout_secs = 60
-message = "Waiting for a DBA to approve this write."
-
-[approvals]
-admin_address = "127.0.0.1:0"
-admin_groups = ["dba"]
-poll_hold_ms = 1000
-"#;
     let gateway =
-        TestGateway::start(&upstream.url(), GatewayOptions { policy: Some(policy.into()), ..Default::default() });
+        TestGateway::start(&upstream.url(), GatewayOptions { policy: Some(review_policy(60)), ..Default::default() });
     let run = NodeRun::start(gateway.addr.port(), &["insert into orders values (1)"]);
     let item = wait_for_pending(&gateway);
     assert_eq!(item["statement_text"], "insert into orders values (1)", "{item}");
@@ -174,14 +155,7 @@ poll_hold_ms = 1000
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(inserts(), 0, "the write ran before approval");
     let query_id = item["query_id"].as_str().unwrap();
-    let (status, body) = admin_request(
-        gateway.admin_addr(),
-        "POST",
-        &format!("/v1/approvals/{query_id}/approve"),
-        &reviewer_token(),
-        Some(&json!({"reason": "a Node driver test write"})),
-    );
-    assert_eq!(status, 200, "{body}");
+    decide(&gateway, query_id, "approve", "a Node driver test write");
     let results = run.results();
     assert_eq!(results[0]["rows"], json!([["1"]]), "{}", results[0]);
     assert_eq!(inserts(), 1, "the write did not run exactly once");

@@ -14,7 +14,7 @@ use crate::driver::{Fakesnow, python, start_fakesnow};
 use crate::support::*;
 
 /// Writes to anything wait for a `dba`; drops are denied; the rest is allowed.
-fn review_policy(timeout_secs: u64) -> String {
+pub(crate) fn review_policy(timeout_secs: u64) -> String {
     format!(
         r#"
 [policy]
@@ -88,7 +88,7 @@ fn outcome(child: std::process::Child) -> Value {
     serde_json::from_slice(&output.stdout).unwrap()
 }
 
-pub(crate) fn reviewer_token() -> String {
+fn reviewer_token() -> String {
     agent_token(json!({"sub": "dba-1", "groups": ["dba"]}))
 }
 
@@ -150,14 +150,7 @@ fn a_reviewed_write_waits_for_approval_then_runs_once() {
     std::thread::sleep(Duration::from_secs(3));
     let requests_while_parked = setup.gateway.metrics().requests.load(std::sync::atomic::Ordering::Relaxed);
     let query_id = item["query_id"].as_str().unwrap();
-    let (status, body) = admin_request(
-        setup.gateway.admin_addr(),
-        "POST",
-        &format!("/v1/approvals/{query_id}/approve"),
-        &reviewer_token(),
-        Some(&json!({"reason": "a one-row test write"})),
-    );
-    assert_eq!(status, 200, "{body}");
+    decide(&setup.gateway, query_id, "approve", "a one-row test write");
     let out = outcome(child);
     assert_eq!(out["rowcount"], 1, "{out}");
     assert_eq!(out["rows"], json!([[1, "approved-row"]]), "{out}");
@@ -210,14 +203,7 @@ fn a_denied_write_fails_with_the_reviewers_reason_and_never_runs() {
     let child = spawn_script(&setup.gateway, "review", "DENY1");
     let item = wait_for_pending(&setup.gateway);
     let query_id = item["query_id"].as_str().unwrap();
-    let (status, body) = admin_request(
-        setup.gateway.admin_addr(),
-        "POST",
-        &format!("/v1/approvals/{query_id}/deny"),
-        &reviewer_token(),
-        Some(&json!({"reason": "not during the freeze"})),
-    );
-    assert_eq!(status, 200, "{body}");
+    decide(&setup.gateway, query_id, "deny", "not during the freeze");
     let out = outcome(child);
     assert_eq!(out["error"]["errno"], 260011, "{out}");
     assert!(out["error"]["msg"].as_str().unwrap().contains("not during the freeze"), "{out}");
@@ -303,7 +289,7 @@ admin_groups = ["dba"]
 poll_hold_ms = 1000
 "#;
 
-fn decide(gateway: &TestGateway, query_id: &str, verdict: &str, reason: &str) {
+pub(crate) fn decide(gateway: &TestGateway, query_id: &str, verdict: &str, reason: &str) {
     let (status, body) = admin_request(
         gateway.admin_addr(),
         "POST",
