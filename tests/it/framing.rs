@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use crate::support::*;
 
-/// Sends raw bytes and returns the status answered and whether the connection then closed.
-fn send_raw(gateway: &TestGateway, wire: &[u8]) -> (u16, bool) {
+/// Sends raw bytes and returns what was answered and whether the connection then closed.
+fn exchange_raw(gateway: &TestGateway, wire: &[u8]) -> (String, bool) {
     let mut stream = TcpStream::connect(gateway.addr).unwrap();
     stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     // A peer that stops reading our request because it already refused it may reset the
@@ -24,7 +24,12 @@ fn send_raw(gateway: &TestGateway, wire: &[u8]) -> (u16, bool) {
             Err(e) => panic!("the gateway neither answered nor closed: {e}"),
         }
     };
-    let text = String::from_utf8_lossy(&received);
+    (String::from_utf8_lossy(&received).into_owned(), closed)
+}
+
+/// Sends raw bytes and returns the status answered and whether the connection then closed.
+fn send_raw(gateway: &TestGateway, wire: &[u8]) -> (u16, bool) {
+    let (text, closed) = exchange_raw(gateway, wire);
     let status = text.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
     (status, closed)
 }
@@ -88,26 +93,14 @@ fn a_body_over_its_endpoints_cap_is_refused_from_the_head() {
     let gateway = TestGateway::start(&upstream.url(), GatewayOptions::default());
     for target in ["/session/v1/login-request?request_id=1", "/no/such/endpoint", "/session?delete=true"] {
         for framing in ["Content-Length: 8388608", "Transfer-Encoding: chunked"] {
-            let mut stream = TcpStream::connect(gateway.addr).unwrap();
-            stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-            let head = format!("POST {target} HTTP/1.1\r\nHost: g\r\n{framing}\r\n\r\n");
-            stream.write_all(head.as_bytes()).unwrap();
+            let mut wire = format!("POST {target} HTTP/1.1\r\nHost: g\r\n{framing}\r\n\r\n");
             if framing.starts_with("Transfer") {
                 // One chunk declared larger than the cap, and none of its bytes.
-                stream.write_all(b"800000\r\n").unwrap();
+                wire.push_str("800000\r\n");
             }
-            let mut received = Vec::new();
-            let mut chunk = [0u8; 4096];
-            loop {
-                match stream.read(&mut chunk) {
-                    Ok(0) => break,
-                    Ok(n) => received.extend_from_slice(&chunk[..n]),
-                    Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break,
-                    Err(e) => panic!("{target} with {framing}: no answer while the body is missing: {e}"),
-                }
-            }
-            let text = String::from_utf8_lossy(&received);
+            let (text, closed) = exchange_raw(&gateway, wire.as_bytes());
             assert!(text.starts_with("HTTP/1.1 413 "), "{target} with {framing}: {text}");
+            assert!(closed, "{target} with {framing}: the connection stayed open");
             assert!(text.contains("262144"), "{target} with {framing}: {text}");
         }
     }
