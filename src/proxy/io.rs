@@ -156,6 +156,20 @@ impl Conn {
         }
     }
 
+    /// Reads and drops what the peer sends until it closes, `bytes_max` bytes were read, or
+    /// `deadline` passes (whichever is first); for a connection that will not be read again.
+    pub async fn discard_until_closed(&mut self, bytes_max: u64, deadline: Instant) {
+        let mut discarded = self.buf.len() as u64;
+        self.buf.clear();
+        while discarded < bytes_max {
+            match self.fill(deadline).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => discarded += n as u64,
+            }
+            self.buf.clear();
+        }
+    }
+
     /// Whether bytes of a next message are already buffered.
     pub fn has_buffered(&self) -> bool {
         !self.buf.is_empty()

@@ -298,15 +298,15 @@ impl Core {
                     br#"{"code":"260006","message":"the gateway is at its connection limit","success":false}"#,
                 );
                 let _ = conn.write_message(error_head(503, body.len()), body, deadline).await;
-                close(&mut conn).await;
+                close(&mut conn, Ending::Refused).await;
             }
             return;
         }
         self.open_connections.set(self.open_connections.get() + 1);
         if let Some(stream) = self.secure(tcp, peer, Instant::now() + gateway.config.timeouts.header).await {
             let mut conn = Conn::new(stream, socket, read_size);
-            self.serve_requests(&mut conn, peer).await;
-            close(&mut conn).await;
+            let ending = self.serve_requests(&mut conn, peer).await;
+            close(&mut conn, ending).await;
         }
         self.open_connections.set(self.open_connections.get() - 1);
     }
@@ -334,14 +334,14 @@ impl Core {
         }
     }
 
-    async fn serve_requests(&self, conn: &mut Conn, peer: SocketAddr) {
+    async fn serve_requests(&self, conn: &mut Conn, peer: SocketAddr) -> Ending {
         let gateway = &self.gateway;
         let limits = gateway.config.limits;
         let timeouts = gateway.config.timeouts;
         loop {
             match self.next_message(conn, timeouts.idle).await {
                 Ok(true) => {}
-                Ok(false) | Err(_) => return,
+                Ok(false) | Err(_) => return Ending::Done,
             }
             let head = match conn.read_request_head(&limits, Instant::now() + timeouts.header).await {
                 Ok(head) => head,
@@ -351,7 +351,7 @@ impl Core {
                 // Bounded like every write: a client that stopped reading cannot hold the slot.
                 let interim = BytesMut::from(&b"HTTP/1.1 100 Continue\r\n\r\n"[..]);
                 if conn.write_message(interim, Bytes::new(), Instant::now() + timeouts.header).await.is_err() {
-                    return;
+                    return Ending::Done;
                 }
             }
             let (wire_max, bytes_max) = handler::body_caps(self, &head);
@@ -376,14 +376,14 @@ impl Core {
             let written = conn.write_message(head_bytes, answer.body, Instant::now() + timeouts.body).await;
             gateway.metrics.in_flight.fetch_sub(1, Ordering::AcqRel);
             if written.is_err() || close {
-                return;
+                return Ending::Done;
             }
         }
     }
 
-    /// Answers a request that could not be read (when it deserves an answer) and closes.
-    /// Nothing of it was sent upstream.
-    async fn reject(&self, conn: &mut Conn, peer: SocketAddr, error: &ReadError) {
+    /// Answers a request that could not be read (when it deserves an answer); the connection
+    /// then closes. Nothing of it was sent upstream.
+    async fn reject(&self, conn: &mut Conn, peer: SocketAddr, error: &ReadError) -> Ending {
         self.gateway.metrics.refusals.fetch_add(1, Ordering::Relaxed);
         info!(core = self.id, %peer, error = %error, "Request rejected before routing; closing the connection.");
         if let Some(status) = error.status() {
@@ -396,6 +396,7 @@ impl Core {
             let _ =
                 conn.write_message(error_head(status, body.len()), body, Instant::now() + Duration::from_secs(1)).await;
         }
+        Ending::Refused
     }
 
     /// Records the answer (and the request, when it was not recorded before going upstream).
@@ -555,10 +556,31 @@ impl Drop for Drained<'_> {
     }
 }
 
+/// How a connection's last exchange ended, which decides how it is closed.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Ending {
+    /// Every request read was whole; the peer has nothing more on its way.
+    Done,
+    /// The gateway refused a request it had not read whole (too large, malformed, too slow,
+    /// or the core was full): the rest of it may still be on its way.
+    Refused,
+}
+
+/// How long, and how many bytes, a refused peer's remaining request is read and dropped for.
+const LINGER: Duration = Duration::from_secs(2);
+const LINGER_BYTES_MAX: u64 = 32 * 1024 * 1024;
+
 /// Ends a connection the gateway is done with: a TLS close_notify first (so the agent can tell
-/// a clean end from a truncation, as TLS requires), then the TCP close, under a short deadline.
-async fn close(conn: &mut Conn) {
+/// a clean end from a truncation, as TLS requires), then our end's shutdown, under a short
+/// deadline. After a refusal what the peer still sends is read and dropped for a bounded
+/// while first: closing a socket with unread bytes resets the connection, and the reset can
+/// destroy the refusal (a 413, say) before the agent has read it, leaving it a bare
+/// "connection reset" instead of the reason.
+async fn close(conn: &mut Conn, ending: Ending) {
     let _ = monoio::time::timeout(Duration::from_secs(1), conn.stream.shutdown()).await;
+    if ending == Ending::Refused {
+        conn.discard_until_closed(LINGER_BYTES_MAX, Instant::now() + LINGER).await;
+    }
 }
 
 /// Most bytes reserved for an agent's request body before they arrive.

@@ -309,3 +309,23 @@ fn each_endpoint_caps_its_request_body_before_reading_it() {
     let answer = post("/session?delete=true", &auth, &vec![b' '; 300 * 1024], false);
     assert_eq!(answer.status, 413);
 }
+
+#[test]
+fn a_refused_body_still_being_sent_gets_its_refusal_not_a_reset() {
+    let upstream = double(|_| {});
+    let gateway = TestGateway::start(&upstream.url(), GatewayOptions::default());
+    // 24 MiB in clear to the login endpoint (capped at 256 KiB): far more than the socket
+    // buffers hold, so the client is still writing when the gateway refuses. An HTTP client
+    // writes its whole request before it reads; it must then read the 413, not lose it to a
+    // reset of a connection closed with its bytes unread.
+    for _ in 0..3 {
+        let mut client = gateway.client();
+        let headers = [("content-type", "application/json"), ("authorization", "Snowflake Token=\"None\"")];
+        let answer = client
+            .request(snowgate::http::Method::Post, LOGIN_TARGET, &headers, &vec![b' '; 24 << 20])
+            .expect("the whole request is taken and the refusal read");
+        assert_eq!(answer.status, 413, "{}", String::from_utf8_lossy(&answer.body));
+        assert!(String::from_utf8_lossy(&answer.body).contains("262144"), "{}", String::from_utf8_lossy(&answer.body));
+    }
+    assert_eq!(upstream.stats.bytes_received(), 0);
+}
