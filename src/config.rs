@@ -454,7 +454,6 @@ pub struct Upstream {
 }
 
 /// The listener, validated.
-#[derive(Debug)]
 pub struct Listen {
     /// Address.
     pub address: SocketAddr,
@@ -498,8 +497,7 @@ impl Identity {
     }
 }
 
-/// Everything the gateway needs, validated.
-#[derive(Debug)]
+/// Everything the gateway needs, validated. Its `Debug` leaves out every key.
 pub struct Config {
     /// Listener.
     pub listen: Listen,
@@ -533,6 +531,38 @@ pub struct Config {
     pub approvals: Approvals,
     /// Per-core settings.
     pub runtime: RuntimeSettings,
+}
+
+impl std::fmt::Debug for Listen {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Listen")
+            .field("address", &self.address)
+            .field("tls", &self.tls.as_ref().map(|_| "<certificate chain and private key>"))
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("listen", &self.listen)
+            .field("upstream", &self.upstream)
+            .field("identity", &self.identity)
+            .field("seal_keys", &format_args!("<{} keys>", self.seal_keys.len()))
+            .field("limits", &self.limits)
+            .field("timeouts", &self.timeouts)
+            .field("agent_context_bytes_max", &self.agent_context_bytes_max)
+            .field("statement_request_bytes_max", &self.statement_request_bytes_max)
+            .field("chunk_url_ttl", &self.chunk_url_ttl)
+            .field("statement_book", &self.statement_book)
+            .field("recording_dir", &self.recording_dir)
+            .field("recording_key", &"<key>")
+            .field("policy", &self.policy)
+            .field("masker", &self.masker)
+            .field("approvals", &self.approvals)
+            .field("runtime", &self.runtime)
+            .finish()
+    }
 }
 
 fn read_file(key: &str, path: &Path) -> Result<Vec<u8>, ConfigError> {

@@ -37,6 +37,7 @@ use super::upstream::{self, UpstreamRequest, UpstreamResponse};
 use super::{Core, unix_millis, unix_seconds};
 use crate::http::gzip::{self, GunzipError};
 use crate::http::{Method, RequestHead};
+use crate::json::Unique;
 use crate::mask::{ColumnPlan, Envelope, ResultFormat, rebuild_envelope};
 use crate::policy::approvals::{Ledger, LedgerError, ParkRequest, PollState, RequestKey};
 use crate::policy::parameters::plan_query_parameters;
@@ -225,13 +226,46 @@ fn check_result_targets(core: &Core, subject: &Subject, targets: Vec<ScanTarget>
 const QUERY_REQUEST_KEYS: &[&str] =
     &["sqlText", "parameters", "bindings", "bindStage", "asyncExec", "describeOnly", "queryContextDTO"];
 
-/// Pins `MULTI_STATEMENT_COUNT` (and checks every other session parameter) in a query request.
-fn pin_parameters(body: &[u8], statements: usize) -> Result<Bytes, String> {
-    let mut request: Map<String, Value> =
-        serde_json::from_slice(body).map_err(|_| "the query request is not a JSON object".to_owned())?;
+/// Why a query request's body is refused before the policy reads its statement.
+struct BodyRefusal {
+    code: &'static str,
+    /// The rule recorded as the decision, when the refusal is the policy's.
+    rule: Option<&'static str>,
+    message: String,
+}
+
+/// The query request's body as the object it is forwarded from. Refused: a body the gateway
+/// could read otherwise than the warehouse (a member named twice at any depth, a key it reads
+/// spelled in another case), and bind values read from a stage (`bindStage`, the drivers' bulk
+/// binding), which the gateway cannot classify, show reviewers or record.
+fn read_query_object(body: &[u8]) -> Result<Map<String, Value>, BodyRefusal> {
+    let request = Unique::object(body).map_err(|e| BodyRefusal {
+        code: codes::BAD_REQUEST,
+        rule: None,
+        message: format!("the query request is refused: {e}"),
+    })?;
     if let Some(key) = case_variant_key(&request, QUERY_REQUEST_KEYS) {
-        return Err(format!("the query request has a key {key:?} spelled unlike the driver's (the agent's request)"));
+        return Err(BodyRefusal {
+            code: codes::POLICY_DENIED,
+            rule: Some("session parameters"),
+            message: format!("the query request has a key {key:?} spelled unlike the driver's (the agent's request)"),
+        });
     }
+    if request.get("bindStage").is_some_and(|stage| !stage.is_null()) {
+        return Err(BodyRefusal {
+            code: codes::POLICY_DENIED,
+            rule: Some("bind stage"),
+            message: "bind values read from a stage (bindStage) do not pass through snowgate: it cannot check, \
+                      show a reviewer or record them; bind the values in the request"
+                .to_owned(),
+        });
+    }
+    Ok(request)
+}
+
+/// Pins `MULTI_STATEMENT_COUNT` (and checks every other session parameter) in a query request
+/// read by [`read_query_object`], and writes the body sent upstream.
+fn pin_parameters(mut request: Map<String, Value>, statements: usize) -> Result<Bytes, String> {
     let plan = plan_query_parameters(request.get("parameters"), statements).map_err(|e| e.to_string())?;
     match request.entry("parameters").or_insert_with(|| Value::Object(Map::new())) {
         Value::Object(parameters) => plan.apply(parameters),
@@ -259,6 +293,15 @@ pub async fn query_request(
         Err(e) => return refuse(capture, codes::BAD_REQUEST, &e.to_string()),
     };
     capture.set_statement(query.sql_text.clone(), query.bindings.clone(), query.query_tag.clone());
+    let request = match read_query_object(&body) {
+        Ok(request) => request,
+        Err(refusal) => {
+            if let Some(rule) = refusal.rule {
+                capture.set_decision(Decision::Blocked { rule: rule.into() });
+            }
+            return refuse(capture, refusal.code, &refusal.message);
+        }
+    };
     let claims = session.claims;
     let subject = Subject { sub: claims.sub.clone(), groups: claims.groups.clone() };
     let decided = decide(core, &subject, query.sql_text.clone(), capture).await;
@@ -266,7 +309,7 @@ pub async fn query_request(
         Decided::Allow { statements } | Decided::Review { statements, .. } => *statements,
         Decided::Refuse { code, message } => return refuse(capture, code, message),
     };
-    let rewritten = match pin_parameters(&body, statements) {
+    let rewritten = match pin_parameters(request, statements) {
         Ok(rewritten) => rewritten,
         Err(message) => {
             capture.set_decision(Decision::Blocked { rule: "session parameters".into() });

@@ -774,13 +774,12 @@ async fn sql_api(core: &Core, endpoint: &Endpoint, head: &RequestHead, body: Byt
     let mut target = head.target.clone();
     let body = match endpoint {
         Endpoint::SqlApiSubmit => {
-            let Ok(Value::Object(mut statement)) = serde_json::from_slice::<Value>(&body) else {
-                return refuse_sql_api(
-                    capture,
-                    400,
-                    codes::BAD_REQUEST,
-                    "the body must be a JSON object with a statement",
-                );
+            let mut statement = match crate::json::Unique::object(&body) {
+                Ok(statement) => statement,
+                Err(e) => {
+                    let message = format!("the body must be a JSON object with a statement: {e}");
+                    return refuse_sql_api(capture, 400, codes::BAD_REQUEST, &message);
+                }
             };
             if let Some(key) = case_variant_key(&statement, SQL_API_KEYS) {
                 let message = format!("the body has a key {key:?} spelled unlike the SQL API's");

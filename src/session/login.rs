@@ -7,8 +7,10 @@
 
 use serde_json::{Map, Value};
 
+use super::case_variant_key;
 use super::credential::UpstreamCredential;
 use super::token::{Sealer, TokenClaims, TokenError, TokenKind};
+use crate::json::{Unique, UniqueError};
 
 /// Login fields that carry secrets or widen the login; the gateway removes them all before
 /// writing its own credential. `SECONDARY_ROLES` would let an agent act with every role the
@@ -36,6 +38,10 @@ pub enum LoginError {
     /// The client's body is not the JSON object the endpoint takes.
     #[error("the request body is not a JSON object with a `data` object")]
     BadShape,
+    /// The client's body could be read two ways: a member named twice, or a key the gateway
+    /// reads or sets spelled in another case (the warehouse may read either).
+    #[error("the request body is ambiguous: {0}")]
+    Ambiguous(String),
     /// The client used another authenticator than OAUTH with an OIDC token.
     #[error("log in with authenticator='oauth' and your OIDC token as token")]
     WrongAuthenticator,
@@ -65,14 +71,34 @@ pub struct LoginRequest {
     pub oidc_token: String,
 }
 
+/// The login `data` keys the gateway reads or sets, besides the secret fields it removes in
+/// any case.
+const LOGIN_DATA_KEYS: &[&str] = &["AUTHENTICATOR", "ACCOUNT_NAME", "LOGIN_NAME", "SESSION_PARAMETERS"];
+
+/// An agent's login or renewal body: an object whose members are named once at every depth,
+/// with `data` (when it has one) spelled as the drivers spell it.
+fn read_client_document(body: &[u8]) -> Result<Map<String, Value>, LoginError> {
+    let document = Unique::object(body).map_err(|e| match e {
+        UniqueError::DuplicateMember => LoginError::Ambiguous(e.to_string()),
+        _ => LoginError::BadShape,
+    })?;
+    if let Some(key) = case_variant_key(&document, &["data", "requestType", "oldSessionToken"]) {
+        return Err(LoginError::Ambiguous(format!("the key {key:?} is spelled unlike the driver's")));
+    }
+    Ok(document)
+}
+
 fn data_object(document: &mut Map<String, Value>) -> Result<&mut Map<String, Value>, LoginError> {
     document.get_mut("data").and_then(Value::as_object_mut).ok_or(LoginError::BadShape)
 }
 
 /// Parses a login body (already gunzipped): it must use `AUTHENTICATOR=OAUTH` and a `TOKEN`.
 pub fn parse_login_request(body: &[u8]) -> Result<LoginRequest, LoginError> {
-    let mut document: Map<String, Value> = serde_json::from_slice(body).map_err(|_| LoginError::BadShape)?;
+    let mut document = read_client_document(body)?;
     let data = data_object(&mut document)?;
+    if let Some(key) = case_variant_key(data, LOGIN_DATA_KEYS) {
+        return Err(LoginError::Ambiguous(format!("the key {key:?} is spelled unlike the driver's")));
+    }
     let authenticator = data.get("AUTHENTICATOR").and_then(Value::as_str).unwrap_or("");
     if !authenticator.eq_ignore_ascii_case("OAUTH") {
         return Err(LoginError::WrongAuthenticator);
@@ -229,7 +255,7 @@ pub fn seal_login_response(
 /// Rewrites a renewal body: the sealed `oldSessionToken` becomes the real one. The old session
 /// token may have expired (that is why the driver renews) but must belong to `master`'s session.
 pub fn rewrite_renew_request(body: &[u8], sealer: &Sealer, master: &TokenClaims) -> Result<Vec<u8>, LoginError> {
-    let mut document: Map<String, Value> = serde_json::from_slice(body).map_err(|_| LoginError::BadShape)?;
+    let mut document = read_client_document(body)?;
     if document.get("requestType").and_then(Value::as_str) != Some("RENEW") {
         return Err(LoginError::NotRenewal);
     }
@@ -364,6 +390,39 @@ mod tests {
         assert!(matches!(parse_login_request(b"[1]"), Err(LoginError::BadShape)));
         assert!(matches!(parse_login_request(b"{\"data\": 1}"), Err(LoginError::BadShape)));
         assert!(matches!(parse_login_request(b"not json"), Err(LoginError::BadShape)));
+    }
+
+    #[test]
+    fn an_ambiguous_login_or_renewal_is_refused() {
+        // Keys the gateway reads or sets, in another case: the warehouse might read them.
+        for body in [
+            json!({"data": {"AUTHENTICATOR": "OAUTH", "TOKEN": "t", "session_parameters": {"SEARCH_PATH": "x"}}}),
+            json!({"data": {"AUTHENTICATOR": "OAUTH", "TOKEN": "t", "Authenticator": "SNOWFLAKE"}}),
+            json!({"data": {"AUTHENTICATOR": "OAUTH", "TOKEN": "t", "account_name": "OTHER"}}),
+            json!({"data": {"AUTHENTICATOR": "OAUTH", "TOKEN": "t"}, "DATA": {"AUTHENTICATOR": "SNOWFLAKE"}}),
+        ] {
+            let refused = parse_login_request(body.to_string().as_bytes());
+            assert!(matches!(refused, Err(LoginError::Ambiguous(_))), "{body}: {refused:?}");
+        }
+        // A member named twice, at any depth.
+        for body in [
+            r#"{"data": {"AUTHENTICATOR": "OAUTH", "TOKEN": "t", "AUTHENTICATOR": "SNOWFLAKE"}}"#,
+            r#"{"data": {"AUTHENTICATOR": "OAUTH", "TOKEN": "t", "SESSION_PARAMETERS": {"A": 1, "A": 2}}}"#,
+        ] {
+            assert!(matches!(parse_login_request(body.as_bytes()), Err(LoginError::Ambiguous(_))), "{body}");
+        }
+        // The drivers' own spelling passes, with their other keys in any case.
+        let fine =
+            json!({"data": {"AUTHENTICATOR": "OAUTH", "TOKEN": "t", "SESSION_PARAMETERS": {}, "Client_Thing": 1}});
+        assert!(parse_login_request(fine.to_string().as_bytes()).is_ok());
+
+        let s = sealer();
+        let master = claims_for(&owner(), "REAL-M".into(), Some(9), 10_000);
+        let old = s.seal(TokenKind::Session, &claims_for(&owner(), "REAL-S1".into(), Some(9), 100));
+        let twice = format!(r#"{{"oldSessionToken":"{old}","requestType":"RENEW","requestType":"ISSUE"}}"#);
+        assert!(matches!(rewrite_renew_request(twice.as_bytes(), &s, &master), Err(LoginError::Ambiguous(_))));
+        let cased = json!({"oldSessionToken": old, "requestType": "RENEW", "REQUESTTYPE": "ISSUE"}).to_string();
+        assert!(matches!(rewrite_renew_request(cased.as_bytes(), &s, &master), Err(LoginError::Ambiguous(_))));
     }
 
     #[test]

@@ -4,7 +4,7 @@
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use crate::json::Object;
+use crate::json::{Object, describe_json_error};
 
 /// The fields of a `query-request` body the gateway captures.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -62,11 +62,6 @@ pub fn parse_query_request(body: &[u8]) -> Result<QueryRequest, QueryRequestErro
         describe_only: wire.describe_only.unwrap_or(false),
         query_tag: wire.parameters.and_then(|Object(p)| p.query_tag),
     })
-}
-
-/// A JSON error's category and position, never the input itself (it may hold secrets).
-pub fn describe_json_error(error: &serde_json::Error) -> String {
-    format!("{:?} error at line {} column {}", error.classify(), error.line(), error.column())
 }
 
 /// What the gateway reads out of a Snowflake answer envelope.

@@ -6,6 +6,7 @@ use std::time::Duration;
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde_json::json;
+use snowgate::session::codes;
 use snowgate_perf::EndpointKind;
 
 use crate::support::*;
@@ -707,4 +708,72 @@ fn case_variant_keys_are_refused() {
     assert_eq!(answer.status, 400, "{answer:?}");
     assert!(String::from_utf8_lossy(&answer.body).contains("spelled unlike"));
     assert_eq!(query(&mut client, &session, "select 1").json().unwrap()["success"], true);
+}
+
+/// A body the gateway rewrites and forwards must mean one thing: a member named twice at any
+/// depth, or a key the gateway reads spelled in another case, is refused before anything goes
+/// upstream (serde keeps the last duplicate, the recording and reviewers read the agent's text),
+/// and so are bind values read from a stage, which nobody could check, review or record.
+#[test]
+fn ambiguous_bodies_and_stage_bindings_are_refused_before_the_upstream() {
+    let upstream = double(|_| {});
+    let gateway = TestGateway::start(&upstream.url(), GatewayOptions::default());
+    let mut client = gateway.client();
+    let post = |client: &mut snowgate_perf::client::Client, target: &str, auth: &str, body: &str| {
+        let headers = [("content-type", "application/json"), ("authorization", auth)];
+        client.request(snowgate::http::Method::Post, target, &headers, body.as_bytes()).unwrap()
+    };
+    let token = agent_token(json!({}));
+
+    // Logins: a lowercase SESSION_PARAMETERS would pass unchecked if the warehouse reads it.
+    let mut lower = login_body(&token);
+    lower["data"]["session_parameters"] = json!({"SEARCH_PATH": "attacker.public"});
+    let twice = login_body(&token).to_string().replacen(
+        r#""AUTHENTICATOR":"OAUTH""#,
+        r#""AUTHENTICATOR":"OAUTH","AUTHENTICATOR":"SNOWFLAKE""#,
+        1,
+    );
+    assert!(twice.contains("SNOWFLAKE"));
+    for body in [lower.to_string(), twice] {
+        assert_refused(&post(&mut client, LOGIN_TARGET, "Snowflake Token=\"None\"", &body), codes::BAD_REQUEST);
+    }
+    assert_eq!(upstream.stats.requests(EndpointKind::Login), 0, "an ambiguous login went upstream");
+
+    let (session, _) = login_ok(&mut client);
+    let auth = authorization(&session);
+    let with = |key: &str, value: serde_json::Value| {
+        let mut body = query_body("insert into t values (?)");
+        body[key] = value;
+        body.to_string()
+    };
+    let bindings = r#"{"1":{"type":"TEXT","value":"42"},"1":{"type":"TEXT","value":"43"}}"#;
+    let twice =
+        query_body("select ?").to_string().replacen(r#""sqlText""#, &format!(r#""bindings":{bindings},"sqlText""#), 1);
+    for (body, code) in [
+        (twice, codes::BAD_REQUEST),
+        (with("bindStage", json!("@FIN.SECRETS.STG/x")), codes::POLICY_DENIED),
+        (with("BINDINGS", json!({"1": {"type": "TEXT", "value": "1"}})), codes::POLICY_DENIED),
+    ] {
+        assert_refused(&post(&mut client, QUERY_TARGET, &auth, &body), code);
+    }
+    assert_eq!(upstream.stats.requests(EndpointKind::Query), 0, "an ambiguous query went upstream");
+    // What drivers send, a null bindStage and one binding per position, runs.
+    let fine = with("bindStage", serde_json::Value::Null);
+    let mut fine: serde_json::Value = serde_json::from_str(&fine).unwrap();
+    fine["sqlText"] = json!("select ?");
+    fine["bindings"] = json!({"1": {"type": "TEXT", "value": "42"}});
+    let answer = post(&mut client, QUERY_TARGET, &auth, &fine.to_string()).json().unwrap();
+    assert_eq!(answer["success"], true, "{answer}");
+    assert_eq!(upstream.stats.requests(EndpointKind::Query), 1);
+
+    // The SQL API's body too.
+    let bearer = format!("Bearer {token}");
+    let headers = sql_api_headers(&bearer);
+    let body =
+        r#"{"statement":"select ?","bindings":{"1":{"type":"TEXT","value":"a"},"1":{"type":"TEXT","value":"b"}}}"#;
+    let mut all = vec![("content-type", "application/json")];
+    all.extend_from_slice(&headers);
+    let answer = client.request(snowgate::http::Method::Post, "/api/v2/statements", &all, body.as_bytes()).unwrap();
+    assert_eq!(answer.status, 400, "{answer:?}");
+    assert_eq!(upstream.stats.requests(EndpointKind::SqlApiSubmit), 0);
 }

@@ -531,3 +531,31 @@ fn an_https_upstream_that_speaks_plain_http_is_a_502() {
     assert_eq!(upstream.stats.logins(), 0);
     assert!(!upstream.stats.saw(b"SNOWGATE"));
 }
+
+/// A configuration printed with `{:?}` (a panic, a future debug log) shows no key: not the
+/// listener's private key, the sealing keys (they would forge tokens and chunk grants), the
+/// recording key (it would forge seals) or the upstream password.
+#[test]
+fn a_printed_configuration_holds_no_secret() {
+    let dir = tempfile::tempdir().unwrap();
+    let config =
+        load_config(dir.path(), &tls_listen("localhost.pem", "localhost.key"), "http://127.0.0.1:9", 1000).unwrap();
+    let printed = format!("{config:?} {config:#?}");
+    let seal_key = config.seal_keys[0].clone();
+    let private_key = String::from_utf8(config.listen.tls.as_ref().unwrap().1.clone()).unwrap();
+    let key_body = private_key.lines().nth(1).unwrap().to_owned();
+    for (what, needle) in [
+        ("the sealing key's bytes", format!("{seal_key:?}")),
+        ("the sealing key's first bytes", format!("{:?}", &seal_key[..4]).trim_end_matches(']').to_owned()),
+        ("the sealing key's hex", "ab".repeat(32)),
+        ("the recording key's bytes", format!("{:?}", config.recording_key).trim_end_matches(']').to_owned()),
+        ("the recording key's hex", RECORDING_KEY_HEX.to_owned()),
+        ("the private key", key_body),
+        ("the private key's bytes", format!("{:?}", &private_key.as_bytes()[..16]).trim_end_matches(']').to_owned()),
+        ("the password", "not-a-real-password".to_owned()),
+    ] {
+        assert!(!printed.contains(&needle), "{what} is in the printed configuration");
+    }
+    // It still says what matters.
+    assert!(printed.contains("127.0.0.1") && printed.contains("TESTACCT"), "{printed}");
+}
