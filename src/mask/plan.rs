@@ -180,6 +180,11 @@ pub struct ColumnPlan {
 }
 
 const PLAN_MAGIC: &[u8; 4] = b"SGP1";
+const PLAN_ZSTD_MAGIC: &[u8; 4] = b"SGPz";
+/// The largest uncompressed plan: its header and [`COLUMNS_MAX`] columns.
+const PLAN_RAW_BYTES_MAX: usize = 18 + 5 * COLUMNS_MAX;
+/// Plans are small and made once per answer: compress them hard.
+const PLAN_ZSTD_LEVEL: i32 = 19;
 
 impl ColumnPlan {
     /// The planned columns, in result order.
@@ -192,9 +197,23 @@ impl ColumnPlan {
         self.columns.iter().any(|c| c.rule.is_some())
     }
 
-    /// A compact binary form: 16 bytes plus 5 per column. It names the masking spec it was made
-    /// for by a fingerprint, so a plan from before a policy reload is refused, not misapplied.
+    /// A compact binary form, zstd-compressed: it travels in every chunk URL of a result, and a
+    /// request head caps those (a wide result's plan repeats a handful of column kinds, so
+    /// 1,500 columns take a few hundred bytes, not 7.5 KB). It names the masking spec it was
+    /// made for by a fingerprint, so a plan from before a policy reload is refused, not
+    /// misapplied.
     pub fn encode(&self) -> Vec<u8> {
+        let raw = self.encode_raw();
+        let compressed = zstd::bulk::compress(&raw, PLAN_ZSTD_LEVEL).expect("compressing into memory cannot fail");
+        let mut out = Vec::with_capacity(PLAN_ZSTD_MAGIC.len() + compressed.len());
+        out.extend_from_slice(PLAN_ZSTD_MAGIC);
+        out.extend_from_slice(&compressed);
+        out
+    }
+
+    /// The uncompressed form: 18 bytes plus 5 per column (what plans were before they were
+    /// compressed; [`ColumnPlan::decode`] still reads it).
+    fn encode_raw(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(18 + 5 * self.columns.len());
         out.extend_from_slice(PLAN_MAGIC);
         out.extend_from_slice(&self.fingerprint.to_le_bytes());
@@ -210,8 +229,19 @@ impl ColumnPlan {
         out
     }
 
-    /// Reads [`ColumnPlan::encode`]'s output back. Anything else is the caller's error.
+    /// Reads [`ColumnPlan::encode`]'s output back (or the uncompressed form). Anything else is
+    /// the caller's error. What is inflated is capped at the largest plan there can be.
     pub fn decode(bytes: &[u8]) -> Result<ColumnPlan, MaskError> {
+        match bytes.strip_prefix(PLAN_ZSTD_MAGIC) {
+            Some(compressed) => {
+                let raw = zstd::bulk::decompress(compressed, PLAN_RAW_BYTES_MAX).map_err(|_| MaskError::BadPlan)?;
+                ColumnPlan::decode_raw(&raw)
+            }
+            None => ColumnPlan::decode_raw(bytes),
+        }
+    }
+
+    fn decode_raw(bytes: &[u8]) -> Result<ColumnPlan, MaskError> {
         let bad = MaskError::BadPlan;
         let header = bytes.get(..18).ok_or(MaskError::BadPlan)?;
         if &header[..4] != PLAN_MAGIC {
@@ -285,13 +315,55 @@ mod tests {
                 PlannedColumn { rule: None, value_type: ValueType::TimestampTz, nullable: true },
             ],
         };
-        let bytes = plan.encode();
+        // The uncompressed form (grants issued before plans were compressed) still reads.
+        let bytes = plan.encode_raw();
         assert_eq!(bytes.len(), 18 + 10);
         assert_eq!(ColumnPlan::decode(&bytes).unwrap(), plan);
         assert!(ColumnPlan::decode(&bytes[..bytes.len() - 1]).is_err());
         let mut bad_type = bytes.clone();
         bad_type[18 + 2] = 99;
         assert!(ColumnPlan::decode(&bad_type).is_err());
+        let compressed = plan.encode();
+        assert_eq!(ColumnPlan::decode(&compressed).unwrap(), plan);
+        assert!(ColumnPlan::decode(&compressed[..compressed.len() - 1]).is_err());
+        let mut inner_bad_type = PLAN_ZSTD_MAGIC.to_vec();
+        inner_bad_type.extend(zstd::bulk::compress(&bad_type, 1).unwrap());
+        assert!(ColumnPlan::decode(&inner_bad_type).is_err());
+        // A compressed plan inflating past the largest plan there can be is refused.
+        let mut bomb = PLAN_ZSTD_MAGIC.to_vec();
+        bomb.extend(zstd::bulk::compress(&vec![0u8; PLAN_RAW_BYTES_MAX + 1], 1).unwrap());
+        assert!(bomb.len() < 1024);
+        assert!(ColumnPlan::decode(&bomb).is_err());
         assert!(ColumnPlan::decode(b"SGP0").is_err());
+        assert!(ColumnPlan::decode(b"SGPz").is_err());
+    }
+
+    /// A wide result's plan travels in each chunk URL: compressed, 2,000 columns of a few
+    /// kinds in an irregular order take a small fraction of their 5 bytes each.
+    #[test]
+    fn a_wide_plan_stays_small() {
+        let kinds = [
+            PlannedColumn { rule: None, value_type: ValueType::Text, nullable: true },
+            PlannedColumn { rule: None, value_type: ValueType::Fixed { scale: 0 }, nullable: false },
+            PlannedColumn { rule: None, value_type: ValueType::Fixed { scale: 2 }, nullable: true },
+            PlannedColumn { rule: Some(1), value_type: ValueType::Text, nullable: true },
+            PlannedColumn { rule: None, value_type: ValueType::Date, nullable: true },
+            PlannedColumn { rule: None, value_type: ValueType::TimestampTz, nullable: true },
+        ];
+        // An irregular sequence of kinds (a linear congruential walk), not a repeating pattern.
+        let mut state = 12_345u32;
+        let columns: Vec<PlannedColumn> = (0..2_000)
+            .map(|_| {
+                state = state.wrapping_mul(1_103_515_245).wrapping_add(12_345);
+                kinds[(state >> 16) as usize % kinds.len()]
+            })
+            .collect();
+        let plan = ColumnPlan { fingerprint: 7, profile: 1, columns };
+        let compressed = plan.encode();
+        assert_eq!(ColumnPlan::decode(&compressed).unwrap(), plan);
+        assert!(compressed.len() * 5 < plan.encode_raw().len(), "{} bytes", compressed.len());
+        // All one kind (a wide table of floats) is almost nothing.
+        let uniform = ColumnPlan { fingerprint: 7, profile: 1, columns: vec![kinds[2]; 2_000] };
+        assert!(uniform.encode().len() < 64, "{} bytes", uniform.encode().len());
     }
 }

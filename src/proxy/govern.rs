@@ -761,6 +761,31 @@ async fn run_approved_sql_api(
     }
 }
 
+/// Why an answer is withheld from the agent.
+enum Withheld {
+    /// The masker could not read or rewrite it; the reason is logged, not told.
+    Unmaskable(String),
+    /// Its chunks could not be fetched through the gateway; the agent is told why.
+    ChunksUnreachable(String),
+}
+
+impl From<String> for Withheld {
+    fn from(reason: String) -> Withheld {
+        Withheld::Unmaskable(reason)
+    }
+}
+
+/// An answer withheld, as a refusal in the shape of the API asked.
+fn withhold(core: &Core, capture: &mut Capture, withheld: Withheld) -> Answer {
+    match withheld {
+        Withheld::Unmaskable(reason) => masking_failed(core, capture, &reason),
+        Withheld::ChunksUnreachable(message) => {
+            warn!(core = core.id, reason = %message, "An answer's chunks could not go through the gateway; withholding it.");
+            refuse(capture, codes::MASKING_FAILED, &message)
+        }
+    }
+}
+
 /// An answer the masker could not read, withheld: a refusal in the shape of the API asked.
 fn masking_failed(core: &Core, capture: &mut Capture, reason: &str) -> Answer {
     warn!(core = core.id, reason, sql_api = capture.is_sql_api(), "An answer could not be masked; withholding it.");
@@ -794,7 +819,7 @@ pub fn masked_answer(
             }
             Answer::upstream(response.status, response.headers, body)
         }
-        Err(reason) => masking_failed(core, capture, &reason),
+        Err(withheld) => withhold(core, capture, withheld),
     }
 }
 
@@ -819,7 +844,7 @@ pub fn masked_sql_api(
             let answer = Answer::upstream(response.status, response.headers, body);
             (answer, plans)
         }
-        Err(reason) => (masking_failed(core, capture, &reason), Vec::new()),
+        Err(withheld) => (withhold(core, capture, withheld), Vec::new()),
     }
 }
 
@@ -835,7 +860,7 @@ fn json_object(body: &[u8]) -> bool {
 fn masked_error(core: &Core, response: UpstreamResponse, capture: &mut Capture, profiles: &[String]) -> Answer {
     match mask_result(core, response.body.clone(), profiles, &[], None) {
         Ok(Masked { body, .. }) => Answer::upstream(response.status, response.headers, body),
-        Err(reason) => masking_failed(core, capture, &reason),
+        Err(withheld) => withhold(core, capture, withheld),
     }
 }
 
@@ -853,7 +878,7 @@ fn mask_result(
     profiles: &[String],
     given: &[(String, ColumnPlan)],
     chunks: Option<(&RequestHead, &Session<'_>)>,
-) -> Result<Masked, String> {
+) -> Result<Masked, Withheld> {
     let mut buffer = mutable(body);
     let masker = &core.gateway.config.masker;
     let mut plans: Vec<(String, ColumnPlan)> = Vec::with_capacity(profiles.len());
@@ -880,15 +905,30 @@ fn mask_result(
         return Ok(Masked { body: buffer.freeze(), plans, recorded: None });
     };
     let Some((head, session)) = chunks else {
-        return Err("an answer with chunks where none are expected".into());
+        return Err(Withheld::Unmaskable("an answer with chunks where none are expected".into()));
     };
+    let encoded: Vec<(String, String)> =
+        plans.iter().map(|(name, plan)| (name.clone(), BASE64.encode(plan.encode()))).collect();
+    let authorization = format!("Snowflake Token=\"{}\"", session.token);
+    // A driver fetches each chunk with its URL and these headers: a head the gateway would
+    // refuse (431) is refused now, with the reason, instead of failing every chunk fetch.
+    let head_bytes_max = core.gateway.config.limits.head_bytes_max;
     let urls = envelope
         .chunks
         .iter()
-        .map(|chunk| grant_url(core, head, &chunk.url, &envelope, session, &plans))
-        .collect::<Result<Vec<String>, String>>()?;
+        .map(|chunk| {
+            let url = grant_url(core, head, &chunk.url, &envelope, session, &encoded)?;
+            let fetch_head = url.len() + authorization.len() + CHUNK_FETCH_HEAD_ROOM;
+            if fetch_head > head_bytes_max {
+                return Err(Withheld::ChunksUnreachable(format!(
+                    "the result's chunk downloads would need request heads of about {fetch_head} bytes, more than \
+                     [limits] head_bytes_max ({head_bytes_max}) lets through; select fewer columns or raise it"
+                )));
+            }
+            Ok(url)
+        })
+        .collect::<Result<Vec<String>, Withheld>>()?;
     let urls: Vec<&str> = urls.iter().map(String::as_str).collect();
-    let authorization = format!("Snowflake Token=\"{}\"", session.token);
     let own_headers = [("Authorization", authorization.as_str())];
     let body = rebuild_envelope(&buffer, &envelope, &urls, Some(&own_headers)).map_err(|e| e.to_string())?;
     // The recording keeps the answer without the agent's session token, a bearer credential.
@@ -896,6 +936,10 @@ fn mask_result(
     let recorded = rebuild_envelope(&buffer, &envelope, &urls, Some(&redacted_headers)).map_err(|e| e.to_string())?;
     Ok(Masked { body: Bytes::from(body), plans, recorded: Some(Bytes::from(recorded)) })
 }
+
+/// Room in a chunk download's request head for all but its URL and Authorization: the request
+/// line's method and version, Host, and the driver's own headers (user agent, accept...).
+const CHUNK_FETCH_HEAD_ROOM: usize = 1024;
 
 /// What stands in a recorded answer for the session token its `chunkHeaders` carry.
 const REDACTED: &str = "[redacted]";
@@ -927,7 +971,7 @@ struct ChunkGrant {
     /// Expiry, Unix seconds.
     #[serde(rename = "e")]
     expires_at_unix: u64,
-    /// Each masking profile and its column plan (base64).
+    /// Each masking profile and its column plan (`ColumnPlan::encode`, base64).
     #[serde(rename = "p")]
     plans: Vec<(String, String)>,
 }
@@ -942,7 +986,7 @@ fn grant_url(
     url: &str,
     envelope: &Envelope,
     session: &Session<'_>,
-    plans: &[(String, ColumnPlan)],
+    plans: &[(String, String)],
 ) -> Result<String, String> {
     let headers = if !envelope.chunk_headers.is_empty() {
         envelope.chunk_headers.clone()
@@ -957,7 +1001,7 @@ fn grant_url(
         sub: session.claims.sub.clone(),
         session_id: session.claims.session_id,
         expires_at_unix: unix_seconds() + core.gateway.config.chunk_url_ttl.as_secs(),
-        plans: plans.iter().map(|(name, plan)| (name.clone(), BASE64.encode(plan.encode()))).collect(),
+        plans: plans.to_vec(),
     };
     let sealed =
         core.gateway.sealer.seal_bytes(CHUNK_PURPOSE, &serde_json::to_vec(&grant).expect("a grant always serialises"));

@@ -413,3 +413,48 @@ fn error_answers_are_masked_like_results() {
     let message = error["message"].as_str().unwrap();
     assert!(message.contains("Object '*************' does not exist"), "{message}");
 }
+
+/// Chunk URLs carry sealed grants, and a driver fetches them in request heads the gateway caps
+/// (`[limits] head_bytes_max`): an answer whose chunk fetches would not fit is refused with the
+/// reason when it is answered, not left to fail every chunk download with a bare 431.
+#[test]
+fn chunk_urls_that_would_not_fit_a_request_head_are_refused_with_the_reason() {
+    let upstream = double(|_| {});
+    let start = |limits: String| {
+        TestGateway::start(
+            &upstream.url(),
+            GatewayOptions { policy: Some(MASKING_POLICY.into()), limits, ..Default::default() },
+        )
+    };
+    // How long this result's chunk URL and Authorization are.
+    let gateway = start(String::new());
+    let mut client = gateway.client();
+    let (session, _) = login_ok(&mut client);
+    let answer = query(&mut client, &session, "select * from chunked_json").json().unwrap();
+    assert_eq!(answer["success"], true, "{answer}");
+    let needed = answer["data"]["chunks"][0]["url"].as_str().unwrap().len() + authorization(&session).len() + 1024;
+    drop(gateway);
+
+    // A cap a little under what the fetches need: the answer is refused, saying why.
+    let gateway = start(format!("head_bytes_max = {}", needed - 100));
+    let mut client = gateway.client();
+    let (session, _) = login_ok(&mut client);
+    let refused = query(&mut client, &session, "select * from chunked_json");
+    assert_refused(&refused, snowgate::session::codes::MASKING_FAILED);
+    let message = refused.json().unwrap()["message"].as_str().unwrap().to_owned();
+    assert!(message.contains("head_bytes_max"), "{message}");
+    // Answers without chunks are served as before.
+    assert_eq!(query(&mut client, &session, "select * from medium").json().unwrap()["success"], true);
+    drop(gateway);
+
+    // A cap a little over: the answer is served and its chunks are fetched.
+    let gateway = start(format!("head_bytes_max = {}", needed + 100));
+    let mut client = gateway.client();
+    let (session, _) = login_ok(&mut client);
+    let answer = query(&mut client, &session, "select * from chunked_json").json().unwrap();
+    assert_eq!(answer["success"], true, "{answer}");
+    for index in 0..answer["data"]["chunks"].as_array().unwrap().len() {
+        let chunk = client.get(&chunk_path(&answer, index), &[("authorization", &authorization(&session))]).unwrap();
+        assert_eq!(chunk.status, 200, "chunk {index}: {}", String::from_utf8_lossy(&chunk.body));
+    }
+}
