@@ -267,9 +267,15 @@ pub fn recording_unavailable_answer(sql_api: bool) -> Answer {
 }
 
 /// Handles one complete request. Never fails: every problem becomes an answer.
-pub async fn handle(core: &Core, head: &RequestHead, body: Bytes, started_at_unix_us: u64) -> (Answer, Capture) {
+pub async fn handle(
+    core: &Core,
+    head: &RequestHead,
+    endpoint: Option<Endpoint>,
+    body: Bytes,
+    started_at_unix_us: u64,
+) -> (Answer, Capture) {
     let mut capture = Capture { started_at_unix_us, ..Capture::default() };
-    let answer = route(core, head, body, &mut capture).await;
+    let answer = route(core, head, endpoint, body, &mut capture).await;
     if capture.refused_code.is_some() {
         core.gateway.metrics.refusals.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
@@ -323,8 +329,14 @@ pub(super) fn upstream_failed(capture: &mut Capture, error: &UpstreamError) -> A
     Answer::own(error.status(), Bytes::from(serde_json::to_vec(&body).expect("a JSON value always serialises")))
 }
 
-async fn route(core: &Core, head: &RequestHead, body: Bytes, capture: &mut Capture) -> Answer {
-    let Some(endpoint) = Endpoint::route(head.method, head.path(), head.query()) else {
+async fn route(
+    core: &Core,
+    head: &RequestHead,
+    endpoint: Option<Endpoint>,
+    body: Bytes,
+    capture: &mut Capture,
+) -> Answer {
+    let Some(endpoint) = endpoint else {
         capture.refused_code = Some(codes::UNKNOWN_ENDPOINT.to_owned());
         return Answer::own(404, refusal_body(codes::UNKNOWN_ENDPOINT, "snowgate does not serve this endpoint"));
     };
@@ -346,15 +358,14 @@ async fn route(core: &Core, head: &RequestHead, body: Bytes, capture: &mut Captu
     }
 }
 
-/// The caps on a request's body, known from its head: the most bytes to read off the wire,
-/// and the cap to report. A body is capped by its endpoint before it is read, so a login or an
-/// unknown path cannot make the gateway buffer a statement's worth; the wire cap leaves room
-/// for gzip's framing over the inflated cap. An unknown endpoint gets the control cap (its
+/// The caps on a request's body, known from its endpoint (routed once, from the head): the
+/// most bytes to read off the wire, and the cap to report. A body is capped by its endpoint
+/// before it is read, so a login or an unknown path cannot make the gateway buffer a
+/// statement's worth; the wire cap leaves room for gzip's framing over the inflated cap. An unknown endpoint gets the control cap (its
 /// answer is a 404).
-pub(super) fn body_caps(core: &Core, head: &RequestHead) -> (usize, usize) {
+pub(super) fn body_caps(core: &Core, endpoint: Option<&Endpoint>) -> (usize, usize) {
     let statement_bytes_max = core.gateway.config.statement_request_bytes_max;
-    let cap = Endpoint::route(head.method, head.path(), head.query())
-        .map_or(CONTROL_BYTES_MAX, |endpoint| endpoint.request_bytes_max(statement_bytes_max));
+    let cap = endpoint.map_or(CONTROL_BYTES_MAX, |endpoint| endpoint.request_bytes_max(statement_bytes_max));
     let wire = cap.saturating_add(cap / 1024 + 1024).min(core.gateway.config.limits.body_bytes_max);
     (wire, cap)
 }

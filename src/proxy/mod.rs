@@ -354,7 +354,8 @@ impl Core {
                     return Ending::Done;
                 }
             }
-            let (wire_max, bytes_max) = handler::body_caps(self, &head);
+            let endpoint = crate::session::Endpoint::route(head.method, head.path(), head.query());
+            let (wire_max, bytes_max) = handler::body_caps(self, endpoint.as_ref());
             let deadline = Instant::now() + timeouts.body;
             let body = match conn.read_body(head.framing, wire_max, AGENT_BODY_RESERVE_MAX, deadline).await {
                 Ok(body) => body,
@@ -368,7 +369,7 @@ impl Core {
             gateway.metrics.requests.fetch_add(1, Ordering::Relaxed);
             let started = std::time::Instant::now();
             let started_at_unix_us = unix_micros();
-            let (answer, capture) = handler::handle(self, &head, body, started_at_unix_us).await;
+            let (answer, capture) = handler::handle(self, &head, endpoint, body, started_at_unix_us).await;
             let total_us = started.elapsed().as_micros() as u64;
             let answer = self.record(capture, answer, total_us).await;
             let close = head.close || answer.close || gateway.is_draining();
