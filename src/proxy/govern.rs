@@ -781,7 +781,11 @@ fn withhold(core: &Core, capture: &mut Capture, withheld: Withheld) -> Answer {
         Withheld::Unmaskable(reason) => masking_failed(core, capture, &reason),
         Withheld::ChunksUnreachable(message) => {
             warn!(core = core.id, reason = %message, "An answer's chunks could not go through the gateway; withholding it.");
-            refuse(capture, codes::MASKING_FAILED, &message)
+            if capture.is_sql_api() {
+                refuse_sql_api(capture, 502, codes::MASKING_FAILED, &message)
+            } else {
+                refuse(capture, codes::MASKING_FAILED, &message)
+            }
         }
     }
 }
