@@ -51,6 +51,7 @@ impl Unique {
             Ok(Unique(Value::Object(object))) => Ok(object),
             Ok(_) => Err(UniqueError::NotAnObject),
             Err(e) if e.to_string().starts_with(DUPLICATE) => Err(UniqueError::DuplicateMember),
+            Err(e) if e.to_string().starts_with(PRIVATE) => Err(UniqueError::ReservedMember),
             Err(e) => Err(UniqueError::Syntax(describe_json_error(&e))),
         }
     }
@@ -68,9 +69,17 @@ pub(crate) enum UniqueError {
     /// An object names a member twice.
     #[error("an object names a member twice")]
     DuplicateMember,
+    /// An object has a member whose name serde_json reserves.
+    #[error("an object has a member named like serde_json's private ones")]
+    ReservedMember,
 }
 
 const DUPLICATE: &str = "duplicate member name";
+const PRIVATE: &str = "a member name serde_json reserves";
+/// Member names serde_json's `Value` reads as instructions (`$serde_json::private::RawValue`
+/// makes it parse the member's string as JSON): a body holding one would read one way here and
+/// another wherever the gateway reads it again as a `Value`.
+const SERDE_JSON_PRIVATE: &str = "$serde_json::private::";
 
 impl<'de> Deserialize<'de> for Unique {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
@@ -116,6 +125,9 @@ impl<'de> Deserialize<'de> for Unique {
                     if map.contains_key(&name) {
                         // The error text must not echo the name: it comes from the agent.
                         return Err(de::Error::custom(DUPLICATE));
+                    }
+                    if name.starts_with(SERDE_JSON_PRIVATE) {
+                        return Err(de::Error::custom(PRIVATE));
                     }
                     let Unique(value) = access.next_value()?;
                     map.insert(name, value);
@@ -174,6 +186,14 @@ mod tests {
             r#"{"b":[[[{"k":{"q":1,"q":2}}]]]}"#,
         ] {
             assert_eq!(Unique::object(text.as_bytes()), Err(UniqueError::DuplicateMember), "{text}");
+        }
+        // A name serde_json's Value reads as an instruction, at any depth.
+        for text in [
+            r#"{"x":{"$serde_json::private::RawValue":"!"}}"#,
+            r#"{"$serde_json::private::RawValue":"{}"}"#,
+            r#"{"a":[{"$serde_json::private::Number":"1"}]}"#,
+        ] {
+            assert_eq!(Unique::object(text.as_bytes()), Err(UniqueError::ReservedMember), "{text}");
         }
         // Same names in sibling objects are not duplicates.
         assert!(Unique::object(br#"{"a":{"x":1},"b":{"x":1},"c":[{"x":1},{"x":2}]}"#).is_ok());

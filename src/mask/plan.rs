@@ -185,7 +185,7 @@ const PLAN_ZSTD_MAGIC: &[u8; 4] = b"SGPz";
 const PLAN_RAW_BYTES_MAX: usize = 18 + 5 * COLUMNS_MAX;
 /// Plans are made once per answer: compress them hard (about 0.2 ms for 2,000 columns).
 const PLAN_ZSTD_LEVEL: i32 = 19;
-/// Narrower plans (at most 320 bytes) go uncompressed: zstd would not shrink them, and
+/// Narrower plans (at most 333 bytes) go uncompressed: zstd would not shrink them, and
 /// opening a decompressor for each chunk fetch costs more than the bytes.
 const PLAN_COMPRESS_COLUMNS_MIN: usize = 64;
 

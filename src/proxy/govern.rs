@@ -780,7 +780,7 @@ fn withhold(core: &Core, capture: &mut Capture, withheld: Withheld) -> Answer {
     match withheld {
         Withheld::Unmaskable(reason) => masking_failed(core, capture, &reason),
         Withheld::ChunksUnreachable(message) => {
-            warn!(core = core.id, reason = %message, "An answer's chunks could not go through the gateway; withholding it.");
+            warn!(core = core.id, reason = %message, "Withholding an answer whose chunks cannot go through.");
             if capture.is_sql_api() {
                 refuse_sql_api(capture, 502, codes::MASKING_FAILED, &message)
             } else {

@@ -361,8 +361,8 @@ async fn route(
 /// The caps on a request's body, known from its endpoint (routed once, from the head): the
 /// most bytes to read off the wire, and the cap to report. A body is capped by its endpoint
 /// before it is read, so a login or an unknown path cannot make the gateway buffer a
-/// statement's worth; the wire cap leaves room for gzip's framing over the inflated cap. An unknown endpoint gets the control cap (its
-/// answer is a 404).
+/// statement's worth; the wire cap leaves room for gzip's framing over the inflated cap. An
+/// unknown endpoint gets the control cap (its answer is a 404).
 pub(super) fn body_caps(core: &Core, endpoint: Option<&Endpoint>) -> (usize, usize) {
     let statement_bytes_max = core.gateway.config.statement_request_bytes_max;
     let cap = endpoint.map_or(CONTROL_BYTES_MAX, |endpoint| endpoint.request_bytes_max(statement_bytes_max));

@@ -298,7 +298,9 @@ impl Core {
                     br#"{"code":"260006","message":"the gateway is at its connection limit","success":false}"#,
                 );
                 let _ = conn.write_message(error_head(503, body.len()), body, deadline).await;
-                close(&mut conn, Ending::Refused).await;
+                // Not lingered on: connections refused here are not counted against the cap,
+                // so each must cost the full core next to nothing.
+                close(&mut conn, Ending::Done).await;
             }
             return;
         }
@@ -387,17 +389,18 @@ impl Core {
     async fn reject(&self, conn: &mut Conn, peer: SocketAddr, error: &ReadError) -> Ending {
         self.gateway.metrics.refusals.fetch_add(1, Ordering::Relaxed);
         info!(core = self.id, %peer, error = %error, "Request rejected before routing; closing the connection.");
-        if let Some(status) = error.status() {
-            let body = Bytes::from(
-                serde_json::to_vec(&serde_json::json!({
-                    "code": status.to_string(), "message": error.to_string(), "success": false
-                }))
-                .expect("a JSON value always serialises"),
-            );
-            let _ =
-                conn.write_message(error_head(status, body.len()), body, Instant::now() + Duration::from_secs(1)).await;
+        let Some(status) = error.status() else { return Ending::Done };
+        let body = Bytes::from(
+            serde_json::to_vec(&serde_json::json!({
+                "code": status.to_string(), "message": error.to_string(), "success": false
+            }))
+            .expect("a JSON value always serialises"),
+        );
+        match conn.write_message(error_head(status, body.len()), body, Instant::now() + Duration::from_secs(1)).await {
+            // The answer is on its way: keep it from being destroyed by a reset.
+            Ok(()) => Ending::Refused,
+            Err(_) => Ending::Done,
         }
-        Ending::Refused
     }
 
     /// Records the answer (and the request, when it was not recorded before going upstream).
@@ -560,10 +563,10 @@ impl Drop for Drained<'_> {
 /// How a connection's last exchange ended, which decides how it is closed.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Ending {
-    /// Every request read was whole; the peer has nothing more on its way.
+    /// Every request read was whole, or nothing was answered that a reset could destroy.
     Done,
-    /// The gateway refused a request it had not read whole (too large, malformed, too slow,
-    /// or the core was full): the rest of it may still be on its way.
+    /// The gateway answered a refusal to a request it had not read whole (too large,
+    /// malformed, too slow): the rest of it may still be on its way.
     Refused,
 }
 
