@@ -781,11 +781,7 @@ fn withhold(core: &Core, capture: &mut Capture, withheld: Withheld) -> Answer {
         Withheld::Unmaskable(reason) => masking_failed(core, capture, &reason),
         Withheld::ChunksUnreachable(message) => {
             warn!(core = core.id, reason = %message, "Withholding an answer whose chunks cannot go through.");
-            if capture.is_sql_api() {
-                refuse_sql_api(capture, 502, codes::MASKING_FAILED, &message)
-            } else {
-                refuse(capture, codes::MASKING_FAILED, &message)
-            }
+            withheld_answer(capture, &message)
         }
     }
 }
@@ -793,7 +789,11 @@ fn withhold(core: &Core, capture: &mut Capture, withheld: Withheld) -> Answer {
 /// An answer the masker could not read, withheld: a refusal in the shape of the API asked.
 fn masking_failed(core: &Core, capture: &mut Capture, reason: &str) -> Answer {
     warn!(core = core.id, reason, sql_api = capture.is_sql_api(), "An answer could not be masked; withholding it.");
-    let message = "snowgate could not mask this answer, so it withheld it";
+    withheld_answer(capture, "snowgate could not mask this answer, so it withheld it")
+}
+
+/// The refusal standing for a withheld answer, in the shape of the API asked.
+fn withheld_answer(capture: &mut Capture, message: &str) -> Answer {
     if capture.is_sql_api() {
         refuse_sql_api(capture, 502, codes::MASKING_FAILED, message)
     } else {
