@@ -283,6 +283,10 @@ pub struct ApprovalsSection {
     pub admin_address: Option<SocketAddr>,
     /// Groups whose members may use the admin API at all (each rule names who may decide).
     pub admin_groups: Vec<String>,
+    /// The `aud` values of reviewers' tokens, none of them an `[identity] audience`. Empty:
+    /// reviewers use tokens of the agents' audience, so a token that names a reviewer group is
+    /// also an agent's. Set: the admin API takes only these, and agents never.
+    pub reviewer_audience: Vec<String>,
     /// How long the gateway holds a driver's result poll of a parked statement before
     /// answering "still running" (drivers poll again at once: this is what keeps them calm).
     pub poll_hold_ms: u64,
@@ -297,6 +301,7 @@ impl Default for ApprovalsSection {
         ApprovalsSection {
             admin_address: None,
             admin_groups: Vec::new(),
+            reviewer_audience: Vec::new(),
             poll_hold_ms: 10_000,
             pending_per_identity_max: 16,
             items_max: 4096,
@@ -779,6 +784,14 @@ impl Config {
             Identity {
                 verifier: {
                     let mut v = IdentityConfig::new(i.issuer.clone(), i.audience.clone());
+                    let reviewer_audience = &file.approvals.reviewer_audience;
+                    if reviewer_audience.iter().any(|aud| aud.is_empty() || i.audience.contains(aud)) {
+                        return Err(problem(
+                            "approvals.reviewer_audience",
+                            "list audiences that are not empty and not in identity.audience",
+                        ));
+                    }
+                    v.reviewer_audiences = reviewer_audience.clone();
                     v.algorithms = algorithms;
                     v.groups_claim = i.groups_claim.clone();
                     v.leeway = Duration::from_secs(i.leeway_secs);

@@ -18,6 +18,7 @@ use tracing::{debug, error, info, warn};
 
 use crate::admin::{self, AdminHandle};
 use crate::config::Config;
+use crate::identity::TokenUse;
 use crate::policy::Subject;
 use crate::proxy::{Core, Gateway, StartError};
 use crate::record::{EventKind, Recorder};
@@ -186,7 +187,7 @@ fn start_admin(gateway: &Arc<Gateway>, address: SocketAddr) -> Result<(AdminHand
     let verifying = gateway.clone();
     let authenticate: admin::Authenticate = Arc::new(move |token: &str| {
         let verifier = &verifying.verifier;
-        let verified = match verifier.verify(token, std::time::Instant::now()) {
+        let verified = match verifier.verify_for(token, std::time::Instant::now(), TokenUse::Reviewer) {
             // A rotated key, or keys past their cache TTL (no agent logged in for an hour while a
             // statement waited for review): fetch, as the cores do, on this thread.
             Err(e) if e.refetch_may_help() => {
@@ -200,7 +201,7 @@ fn start_admin(gateway: &Arc<Gateway>, address: SocketAddr) -> Result<(AdminHand
                 if let Err(error) = fetched {
                     warn!(error = %error, "JWKS refetch for the admin API failed; keeping the keys in force.");
                 }
-                verifier.verify(token, std::time::Instant::now())
+                verifier.verify_for(token, std::time::Instant::now(), TokenUse::Reviewer)
             }
             other => other,
         };
@@ -220,6 +221,12 @@ fn start_admin(gateway: &Arc<Gateway>, address: SocketAddr) -> Result<(AdminHand
     )
     .map_err(io_error(format!("admin listener on {address}")))?;
     info!(address = %handle.local_addr(), "Admin API listening.");
+    if config.identity.verifier.reviewer_audiences.is_empty() {
+        warn!(
+            "Reviewers present tokens of the agents' audience, so a token naming a reviewer group is also an \
+             agent's: set [approvals] reviewer_audience to keep the two apart."
+        );
+    }
     Ok((handle, recorder))
 }
 

@@ -7,12 +7,11 @@
 //! a string was skipped) cannot let a token through, and because some of its rules are looser
 //! than ours (it accepts an `iss` array holding our issuer, and reads `"nbf": null` as absent).
 
-use std::fmt;
-
-use serde::de::{self, Deserialize, Deserializer, MapAccess, Visitor};
+use serde::de::{self, Deserialize, Deserializer};
 use serde_json::{Map, Value};
 
-use super::{AuthError, Identity, IdentityConfig};
+use super::{AuthError, Identity, IdentityConfig, TokenUse};
+use crate::json::Unique;
 
 /// Longest `sub` accepted, in bytes.
 pub const SUB_BYTES_MAX: usize = 256;
@@ -27,36 +26,19 @@ pub const GROUP_BYTES_MAX: usize = 256;
 ///
 /// serde_json keeps the last of two members with the same name, while other JWT libraries keep
 /// the first; a token that says `"sub"` twice could mean different things to the IdP and to us,
-/// so such a header or payload is refused outright.
+/// so such a header or payload is refused outright, as is one naming a member twice in a
+/// nested object.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub(crate) struct JsonObject(pub(crate) Map<String, Value>);
 
 impl<'de> Deserialize<'de> for JsonObject {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct ObjectVisitor;
-
-        impl<'de> Visitor<'de> for ObjectVisitor {
-            type Value = JsonObject;
-
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a JSON object with unique member names")
-            }
-
-            fn visit_map<A: MapAccess<'de>>(self, mut access: A) -> Result<JsonObject, A::Error> {
-                let mut map = Map::new();
-                while let Some(name) = access.next_key::<String>()? {
-                    if map.contains_key(&name) {
-                        // The error text must not echo the name: it comes from the token.
-                        return Err(de::Error::custom("duplicate member name"));
-                    }
-                    let value = access.next_value::<Value>()?;
-                    map.insert(name, value);
-                }
-                Ok(JsonObject(map))
-            }
+        // Unique member names at every depth, and none that serde_json's `Value` reads as an
+        // instruction: the checks the gateway's other JSON readers make (`json::Unique`).
+        match Unique::deserialize(deserializer)? {
+            Unique(Value::Object(map)) => Ok(JsonObject(map)),
+            Unique(_) => Err(de::Error::custom("a JSON object with unique member names")),
         }
-
-        deserializer.deserialize_map(ObjectVisitor)
     }
 }
 
@@ -64,7 +46,11 @@ impl<'de> Deserialize<'de> for JsonObject {
 ///
 /// Expiry and not-before are compared with the clock by jsonwebtoken; this only insists that
 /// they are well-typed NumericDates.
-pub(crate) fn check(claims: &Map<String, Value>, config: &IdentityConfig) -> Result<Identity, AuthError> {
+pub(crate) fn check(
+    claims: &Map<String, Value>,
+    config: &IdentityConfig,
+    used_for: TokenUse,
+) -> Result<Identity, AuthError> {
     let expires_at_unix = match claims.get("exp") {
         None => return Err(AuthError::MissingClaim("exp")),
         Some(exp) => numeric_date(exp).ok_or(AuthError::InvalidClaim("exp"))?,
@@ -80,7 +66,12 @@ pub(crate) fn check(claims: &Map<String, Value>, config: &IdentityConfig) -> Res
         Some(Value::String(_)) => return Err(AuthError::WrongIssuer),
         Some(_) => return Err(AuthError::InvalidClaim("iss")),
     }
-    check_audience(claims.get("aud"), &config.audiences)?;
+    let (accepted, other_use): (&[String], &[String]) = match used_for {
+        TokenUse::Agent => (&config.audiences, &config.reviewer_audiences),
+        TokenUse::Reviewer if config.reviewer_audiences.is_empty() => (&config.audiences, &[]),
+        TokenUse::Reviewer => (&config.reviewer_audiences, &config.audiences),
+    };
+    check_audience(claims.get("aud"), accepted, other_use)?;
     let sub = match claims.get("sub") {
         None => return Err(AuthError::MissingClaim("sub")),
         Some(Value::String(sub)) if is_clean_name(sub, SUB_BYTES_MAX) => sub.clone(),
@@ -105,26 +96,25 @@ pub(crate) fn numeric_date(value: &Value) -> Option<u64> {
     (seconds.is_finite() && seconds >= 0.0 && seconds < u64::MAX as f64).then(|| seconds.floor() as u64)
 }
 
-/// `aud` must be a string or a non-empty array of strings, one of which we accept.
-fn check_audience(aud: Option<&Value>, accepted: &[String]) -> Result<(), AuthError> {
-    let is_accepted = |aud: &str| accepted.iter().any(|ours| ours == aud);
-    match aud {
-        None => Err(AuthError::MissingClaim("aud")),
-        Some(Value::String(aud)) => {
-            if is_accepted(aud) {
-                Ok(())
-            } else {
-                Err(AuthError::WrongAudience)
-            }
+/// `aud` must be a string or a non-empty array of strings, one of which is `accepted` and
+/// none of which is the `other_use`'s: a token that is both an agent's and a reviewer's would
+/// let either act as the other.
+fn check_audience(aud: Option<&Value>, accepted: &[String], other_use: &[String]) -> Result<(), AuthError> {
+    let auds: Vec<&str> = match aud {
+        None => return Err(AuthError::MissingClaim("aud")),
+        Some(Value::String(aud)) => vec![aud.as_str()],
+        Some(Value::Array(auds)) if !auds.is_empty() && auds.iter().all(Value::is_string) => {
+            auds.iter().filter_map(Value::as_str).collect()
         }
-        Some(Value::Array(auds)) => {
-            if auds.is_empty() || !auds.iter().all(Value::is_string) {
-                return Err(AuthError::InvalidClaim("aud"));
-            }
-            if auds.iter().filter_map(Value::as_str).any(is_accepted) { Ok(()) } else { Err(AuthError::WrongAudience) }
-        }
-        Some(_) => Err(AuthError::InvalidClaim("aud")),
+        Some(_) => return Err(AuthError::InvalidClaim("aud")),
+    };
+    if !auds.iter().any(|aud| accepted.iter().any(|ours| ours == aud)) {
+        return Err(AuthError::WrongAudience);
     }
+    if auds.iter().any(|aud| other_use.iter().any(|theirs| theirs == aud)) {
+        return Err(AuthError::MixedAudience);
+    }
+    Ok(())
 }
 
 /// The groups claim: absent means no groups; a string is one group; an array holds strings.
@@ -158,6 +148,11 @@ mod tests {
 
     fn config() -> IdentityConfig {
         IdentityConfig::new("https://idp.test/", vec!["snowgate".to_owned(), "other".to_owned()])
+    }
+
+    /// An agent's token: what most tests check.
+    fn check(claims: &Map<String, Value>, config: &IdentityConfig) -> Result<Identity, AuthError> {
+        super::check(claims, config, TokenUse::Agent)
     }
 
     fn claims() -> Map<String, Value> {
@@ -240,6 +235,37 @@ mod tests {
     }
 
     #[test]
+    fn reviewer_audiences_keep_the_two_uses_apart() {
+        let aud = |value: Value| with("aud", value);
+        let agent =
+            |claims: &Map<String, Value>, config: &IdentityConfig| super::check(claims, config, TokenUse::Agent);
+        let reviewer =
+            |claims: &Map<String, Value>, config: &IdentityConfig| super::check(claims, config, TokenUse::Reviewer);
+        // Without reviewer audiences, reviewers present agents' tokens.
+        assert!(reviewer(&claims(), &config()).is_ok());
+        let split = IdentityConfig { reviewer_audiences: vec!["snowgate-review".to_owned()], ..config() };
+        assert!(split.validate().is_ok());
+        assert!(agent(&claims(), &split).is_ok());
+        assert_eq!(reviewer(&claims(), &split), Err(AuthError::WrongAudience));
+        assert!(reviewer(&aud(json!("snowgate-review")), &split).is_ok());
+        assert!(reviewer(&aud(json!(["x", "snowgate-review"])), &split).is_ok());
+        assert_eq!(agent(&aud(json!("snowgate-review")), &split), Err(AuthError::WrongAudience));
+        // A token for both uses is refused in both.
+        for both in [json!(["snowgate", "snowgate-review"]), json!(["snowgate-review", "other"])] {
+            assert_eq!(agent(&aud(both.clone()), &split), Err(AuthError::MixedAudience), "{both}");
+            assert_eq!(reviewer(&aud(both.clone()), &split), Err(AuthError::MixedAudience), "{both}");
+        }
+        // Malformed audiences stay malformed whatever the use.
+        assert_eq!(reviewer(&aud(json!([])), &split), Err(AuthError::InvalidClaim("aud")));
+        assert_eq!(reviewer(&without("aud"), &split), Err(AuthError::MissingClaim("aud")));
+        // The two lists must not share an audience, and none may be empty.
+        let shared = IdentityConfig { reviewer_audiences: vec!["other".to_owned()], ..config() };
+        assert!(shared.validate().is_err());
+        let empty = IdentityConfig { reviewer_audiences: vec![String::new()], ..config() };
+        assert!(empty.validate().is_err());
+    }
+
+    #[test]
     fn subject_rules() {
         assert_eq!(check(&without("sub"), &config()), Err(AuthError::MissingClaim("sub")));
         for bad in [json!(""), json!(1), json!(null), json!("a\nb"), json!("x".repeat(SUB_BYTES_MAX + 1))] {
@@ -288,5 +314,14 @@ mod tests {
         assert!(serde_json::from_str::<JsonObject>("\"s\"").is_err());
         let error = serde_json::from_str::<JsonObject>(r#"{"secret-name": 1, "secret-name": 2}"#).unwrap_err();
         assert!(!error.to_string().contains("secret-name"), "{error}");
+        // At any depth, and names serde_json's Value would read as instructions.
+        for refused in [
+            r#"{"sub": "a", "ctx": {"tenant": "x", "tenant": "y"}}"#,
+            r#"{"sub": "a", "act": [{"sub": "b", "sub": "c"}]}"#,
+            r#"{"sub": "a", "x": {"$serde_json::private::RawValue": "{}"}}"#,
+        ] {
+            assert!(serde_json::from_str::<JsonObject>(refused).is_err(), "{refused}");
+        }
+        assert!(serde_json::from_str::<JsonObject>(r#"{"a": {"x": 1}, "b": {"x": 1}}"#).is_ok());
     }
 }

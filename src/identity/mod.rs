@@ -16,7 +16,8 @@
 //! - the signature does not verify (jsonwebtoken, RustCrypto backend);
 //! - `exp`, `iss`, `aud` or `sub` are missing, `exp` has passed or `nbf` has not come (both with
 //!   [`IdentityConfig::leeway`], against the system clock), `iss` is not the exact issuer, no
-//!   `aud` is accepted, a NumericDate is not a non-negative JSON number, `sub` is empty, too long
+//!   `aud` is accepted for the token's use ([`TokenUse`]: an agent's or a reviewer's), or its
+//!   `aud` also names the other use's audience, a NumericDate is not a non-negative JSON number, `sub` is empty, too long
 //!   or holds control characters, or the groups claim is malformed.
 //!
 //! HMAC algorithms are refused in the configuration and symmetric JWKs are never loaded, so an
@@ -63,6 +64,10 @@ pub struct IdentityConfig {
     pub issuer: String,
     /// Accepted audiences: the token's `aud` (a string or an array) must contain one of them.
     pub audiences: Vec<String>,
+    /// The audiences of reviewers' tokens (the admin API), none of them in `audiences`. Empty:
+    /// reviewers present tokens of the agents' audiences. Set: a reviewer's token must name
+    /// one of these, and a token naming any of them is never an agent's, nor one naming both.
+    pub reviewer_audiences: Vec<String>,
     /// Accepted signature algorithms; default `[RS256]`. HS256/384/512 are refused.
     pub algorithms: Vec<Algorithm>,
     /// The claim holding the agent's groups: an array of strings or one string, absent for none.
@@ -83,6 +88,7 @@ impl IdentityConfig {
         IdentityConfig {
             issuer: issuer.into(),
             audiences,
+            reviewer_audiences: Vec::new(),
             algorithms: vec![Algorithm::RS256],
             groups_claim: "groups".to_owned(),
             leeway: DEFAULT_LEEWAY,
@@ -100,6 +106,12 @@ impl IdentityConfig {
         }
         if self.audiences.is_empty() || self.audiences.iter().any(String::is_empty) {
             return fail("at least one audience is required, and none may be empty");
+        }
+        if self.reviewer_audiences.iter().any(String::is_empty) {
+            return fail("a reviewer audience must not be empty");
+        }
+        if self.reviewer_audiences.iter().any(|aud| self.audiences.contains(aud)) {
+            return fail("a reviewer audience must not also be an agent audience");
         }
         if self.algorithms.is_empty() {
             return fail("at least one signature algorithm must be allowed");
@@ -132,13 +144,25 @@ impl IdentityConfig {
         let mut validation = Validation::new(alg);
         validation.set_required_spec_claims(&REQUIRED_CLAIMS);
         validation.set_issuer(&[self.issuer.as_str()]);
-        validation.set_audience(&self.audiences);
+        // Either use's audience passes here; `claims::check` tells the uses apart.
+        let audiences: Vec<&str> = self.audiences.iter().chain(&self.reviewer_audiences).map(String::as_str).collect();
+        validation.set_audience(&audiences);
         validation.validate_exp = true;
         validation.validate_nbf = true;
         validation.validate_aud = true;
         validation.leeway = self.leeway.as_secs();
         validation
     }
+}
+
+/// What a token is presented for: each use has its own audiences when
+/// [`IdentityConfig::reviewer_audiences`] is set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenUse {
+    /// An agent logging in (drivers, the SQL API).
+    Agent,
+    /// A reviewer calling the admin API.
+    Reviewer,
 }
 
 /// Who a verified token says the agent is.
@@ -204,6 +228,9 @@ pub enum AuthError {
     /// `aud` holds none of the configured audiences.
     #[error("OIDC token audience is not accepted")]
     WrongAudience,
+    /// `aud` names both an agent audience and a reviewer audience.
+    #[error("OIDC token audience names both agents and reviewers")]
+    MixedAudience,
     /// A required claim is absent.
     #[error("OIDC token lacks the `{0}` claim")]
     MissingClaim(&'static str),
@@ -309,11 +336,17 @@ impl Verifier {
         &self.source
     }
 
-    /// Verifies a token (the bare compact JWT, without `Bearer `) and returns who it names.
+    /// Verifies an agent's token (the bare compact JWT, without `Bearer `) and returns who it
+    /// names: [`Verifier::verify_for`] with [`TokenUse::Agent`].
+    pub fn verify(&self, token: &str, now: Instant) -> Result<Identity, AuthError> {
+        self.verify_for(token, now, TokenUse::Agent)
+    }
+
+    /// Verifies a token presented for `used_for` and returns who it names.
     ///
     /// `now` only ages a URL source's keys; `exp` and `nbf` are compared with the system
     /// clock by jsonwebtoken. Nothing is logged: the caller logs the error it gets.
-    pub fn verify(&self, token: &str, now: Instant) -> Result<Identity, AuthError> {
+    pub fn verify_for(&self, token: &str, now: Instant, used_for: TokenUse) -> Result<Identity, AuthError> {
         if token.is_empty() {
             return Err(AuthError::Missing);
         }
@@ -345,7 +378,7 @@ impl Verifier {
         let key = keys.set.select(header.kid.as_deref(), header.alg)?;
 
         match jsonwebtoken::decode::<JsonObject>(token, &key.decoding, validation) {
-            Ok(data) => claims::check(&data.claims.0, &self.config),
+            Ok(data) => claims::check(&data.claims.0, &self.config, used_for),
             Err(error) => {
                 let refused = map_jwt_error(error.kind());
                 // jsonwebtoken checks claims only after the signature, so in these cases the
@@ -358,7 +391,7 @@ impl Verifier {
                 );
                 if claims_stage
                     && let Ok(claims) = decode_json_segment(payload)
-                    && let Err(precise) = claims::check(&claims.0, &self.config)
+                    && let Err(precise) = claims::check(&claims.0, &self.config, used_for)
                 {
                     return Err(precise);
                 }

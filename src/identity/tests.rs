@@ -473,6 +473,24 @@ fn wrong_audience_is_refused() {
 }
 
 #[test]
+fn reviewer_tokens_verify_only_for_reviewing_once_their_audience_is_set() {
+    let now = Instant::now();
+    let split = file_verifier(IdentityConfig { reviewer_audiences: vec!["snowgate-review".to_owned()], ..config() });
+    let agent = token_a(&claims());
+    let reviewer = token_a(&claims_with("aud", json!("snowgate-review")));
+    let both = token_a(&claims_with("aud", json!([AUDIENCE, "snowgate-review"])));
+    assert!(split.verify_for(&agent, now, TokenUse::Agent).is_ok());
+    assert!(split.verify_for(&reviewer, now, TokenUse::Reviewer).is_ok());
+    assert_eq!(split.verify_for(&agent, now, TokenUse::Reviewer), Err(AuthError::WrongAudience));
+    assert_eq!(split.verify(&reviewer, now), Err(AuthError::WrongAudience));
+    assert_eq!(split.verify(&both, now), Err(AuthError::MixedAudience));
+    assert_eq!(split.verify_for(&both, now, TokenUse::Reviewer), Err(AuthError::MixedAudience));
+    // Unset, both uses take the agents' audience (and nothing else).
+    assert!(verifier().verify_for(&agent, now, TokenUse::Reviewer).is_ok());
+    assert_eq!(verifier().verify_for(&reviewer, now, TokenUse::Reviewer), Err(AuthError::WrongAudience));
+}
+
+#[test]
 fn wrong_issuer_is_refused() {
     assert_refused(&verifier(), &token_a(&claims_with("iss", json!("https://evil.test/"))), AuthError::WrongIssuer);
     // Exact match: the trailing slash matters.

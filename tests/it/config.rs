@@ -203,6 +203,11 @@ fn check_config_refuses_broken_files_naming_the_key() {
             vec!["approvals.admin_groups"],
         ),
         (
+            "a reviewer audience that is also the agents'",
+            format!("{good}\n[approvals]\nreviewer_audience = [\"{AUDIENCE}\"]\n"),
+            vec!["approvals.reviewer_audience"],
+        ),
+        (
             "both jwks_file and jwks_url",
             insert_after(&good, &jwks_line, "jwks_url = \"https://idp.example.com/jwks.json\""),
             vec!["identity.jwks_file", "jwks_url"],

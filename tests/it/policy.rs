@@ -236,6 +236,33 @@ fn the_admin_api_refuses_agents_and_strangers() {
 }
 
 #[test]
+fn with_a_reviewer_audience_agent_and_reviewer_tokens_are_not_interchangeable() {
+    let upstream = double(|_| {});
+    let policy = format!("{}reviewer_audience = [\"snowgate-review\"]\n", review_policy(60));
+    let gateway = TestGateway::start(&upstream.url(), GatewayOptions { policy: Some(policy), ..Default::default() });
+    let addr = gateway.admin_addr();
+    let reviewer = |aud: Value| agent_token(json!({"sub": "dba-1", "groups": ["dba"], "aud": aud}));
+    // A DBA's token of the agents' audience no longer opens the admin API...
+    let (status, body) = admin_request(addr, "GET", "/v1/approvals", &reviewer_token(), None);
+    assert_eq!(status, 401, "{body}");
+    // ...one of the reviewers' audience does...
+    let (status, body) = admin_request(addr, "GET", "/v1/approvals", &reviewer(json!("snowgate-review")), None);
+    assert_eq!((status, &body["pending"]), (200, &json!([])), "{body}");
+    // ...but not as an agent, nor does a token naming both audiences anywhere.
+    let both = reviewer(json!([AUDIENCE, "snowgate-review"]));
+    let (status, body) = admin_request(addr, "GET", "/v1/approvals", &both, None);
+    assert_eq!(status, 401, "{body}");
+    let mut client = gateway.client();
+    for token in [reviewer(json!("snowgate-review")), both] {
+        let answer = login(&mut client, &token).json().unwrap();
+        assert_eq!((&answer["success"], &answer["code"]), (&json!(false), &json!("390303")), "{answer}");
+    }
+    assert_eq!(upstream.stats.recorded(snowgate_perf::EndpointKind::Login).len(), 0, "a reviewer logged in upstream");
+    // Agents log in as before.
+    login_ok(&mut client);
+}
+
+#[test]
 fn a_hundred_thousand_nested_parentheses_are_denied_and_the_core_survives() {
     let upstream = double(|_| {});
     let gateway = TestGateway::start(&upstream.url(), GatewayOptions::default());

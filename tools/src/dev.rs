@@ -15,8 +15,10 @@ use rsa::traits::PublicKeyParts as _;
 
 /// The issuer of dev tokens.
 pub const DEV_ISSUER: &str = "https://idp.snowgate.dev";
-/// The audience of dev tokens.
+/// The audience of dev agent tokens.
 pub const DEV_AUDIENCE: &str = "snowgate";
+/// The audience of dev reviewer tokens (the admin API), kept apart from the agents'.
+pub const DEV_REVIEWER_AUDIENCE: &str = "snowgate-review";
 /// The key id of the dev identity provider key.
 pub const DEV_KID: &str = "dev-1";
 
@@ -37,7 +39,8 @@ pub enum DevCommand {
         #[arg(long)]
         force: bool,
     },
-    /// Prints an agent token signed by the dev identity provider in DIR.
+    /// Prints an agent token (or with --reviewer a reviewer's) signed by the dev identity
+    /// provider in DIR.
     Token {
         /// Directory holding idp.pem.
         #[arg(long, env = "SNOWGATE_DEV_DIR", default_value = ".dev")]
@@ -51,15 +54,19 @@ pub enum DevCommand {
         /// Lifetime in seconds.
         #[arg(long, default_value_t = 3600)]
         ttl_secs: u64,
+        /// A reviewer's token for the admin API (its audience is the reviewers', not the agents').
+        #[arg(long)]
+        reviewer: bool,
     },
 }
 
 pub fn run(command: DevCommand) -> anyhow::Result<()> {
     match command {
         DevCommand::Init { dir, listen, upstream_url, force } => init(&dir, &listen, &upstream_url, force),
-        DevCommand::Token { dir, sub, groups, ttl_secs } => {
+        DevCommand::Token { dir, sub, groups, ttl_secs, reviewer } => {
             let groups: Vec<&str> = groups.split(',').filter(|g| !g.is_empty()).collect();
-            println!("{}", mint_token(&dir.join("idp.pem"), &sub, &groups, ttl_secs)?);
+            let audience = if reviewer { DEV_REVIEWER_AUDIENCE } else { DEV_AUDIENCE };
+            println!("{}", mint_token(&dir.join("idp.pem"), audience, &sub, &groups, ttl_secs)?);
             Ok(())
         }
     }
@@ -135,6 +142,7 @@ key_file = "recording.key"          # snowgate-tools verify --key-file .dev/reco
 [approvals]
 admin_address = "127.0.0.1:8444"    # snowgate-tools approvals list
 admin_groups = ["dba"]
+reviewer_audience = ["{DEV_REVIEWER_AUDIENCE}"]   # snowgate-tools dev token --reviewer
 poll_hold_ms = 10000
 
 # First match wins; see src/policy/mod.rs for every kind and field.
@@ -186,8 +194,8 @@ mask = {{ style = "full" }}
     Ok(())
 }
 
-/// Signs an agent token with the dev identity provider key at `idp_pem`.
-pub fn mint_token(idp_pem: &Path, sub: &str, groups: &[&str], ttl_secs: u64) -> anyhow::Result<String> {
+/// Signs a token for `audience` with the dev identity provider key at `idp_pem`.
+pub fn mint_token(idp_pem: &Path, audience: &str, sub: &str, groups: &[&str], ttl_secs: u64) -> anyhow::Result<String> {
     if sub.is_empty() {
         bail!("--sub must not be empty");
     }
@@ -195,7 +203,7 @@ pub fn mint_token(idp_pem: &Path, sub: &str, groups: &[&str], ttl_secs: u64) -> 
     let key = jsonwebtoken::EncodingKey::from_rsa_pem(&pem).context("the identity provider key is not RSA PEM")?;
     let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
     let claims = serde_json::json!({
-        "iss": DEV_ISSUER, "aud": DEV_AUDIENCE, "sub": sub, "groups": groups,
+        "iss": DEV_ISSUER, "aud": audience, "sub": sub, "groups": groups,
         "iat": now, "nbf": now, "exp": now + ttl_secs,
     });
     let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
@@ -225,9 +233,15 @@ mod tests {
         let config = snowgate::config::Config::load(&dir.path().join("snowgate.toml"), runtime).unwrap();
         let verifier =
             snowgate::identity::Verifier::new(config.identity.verifier.clone(), config.identity.jwks.clone()).unwrap();
-        let token = mint_token(&dir.path().join("idp.pem"), "alice", &["analysts"], 60).unwrap();
+        let token = mint_token(&dir.path().join("idp.pem"), DEV_AUDIENCE, "alice", &["analysts"], 60).unwrap();
         let identity = verifier.verify(&token, std::time::Instant::now()).unwrap();
         assert_eq!(identity.sub, "alice");
         assert_eq!(config.identity.role_for(&identity.groups), Some("ANALYST"));
+        // Reviewers' tokens are for the admin API only.
+        let reviewer = mint_token(&dir.path().join("idp.pem"), DEV_REVIEWER_AUDIENCE, "dba-1", &["dba"], 60).unwrap();
+        let now = std::time::Instant::now();
+        assert!(verifier.verify_for(&reviewer, now, snowgate::identity::TokenUse::Reviewer).is_ok());
+        assert!(verifier.verify(&reviewer, now).is_err());
+        assert!(verifier.verify_for(&token, now, snowgate::identity::TokenUse::Reviewer).is_err());
     }
 }
