@@ -278,8 +278,9 @@ pub struct RecordingSection {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ApprovalsSection {
-    /// Where the admin API listens (loopback or a private network); none: no admin API, and
-    /// parked statements time out.
+    /// Where the admin API listens: a loopback address (it speaks plain HTTP and carries
+    /// reviewers' bearer tokens; remote reviewers come through an SSH tunnel). None: no admin
+    /// API, and parked statements time out.
     pub admin_address: Option<SocketAddr>,
     /// Groups whose members may use the admin API at all (each rule names who may decide).
     pub admin_groups: Vec<String>,
@@ -855,6 +856,13 @@ impl Config {
                 return Err(problem(
                     "approvals.poll_hold_ms",
                     "must be between 1 and 50000 (drivers time out a poll after 60 s)",
+                ));
+            }
+            if a.admin_address.is_some_and(|address| !address.ip().is_loopback()) {
+                return Err(problem(
+                    "approvals.admin_address",
+                    "must be a loopback address: the admin API speaks plain HTTP and carries reviewers' tokens \
+                     (reach it from elsewhere through an SSH tunnel)",
                 ));
             }
             if a.admin_address.is_some() && a.admin_groups.is_empty() {

@@ -203,6 +203,11 @@ fn check_config_refuses_broken_files_naming_the_key() {
             vec!["approvals.admin_groups"],
         ),
         (
+            "an admin listener off the loopback network",
+            format!("{good}\n[approvals]\nadmin_address = \"0.0.0.0:8444\"\nadmin_groups = [\"dba\"]\n"),
+            vec!["approvals.admin_address", "loopback"],
+        ),
+        (
             "a reviewer audience that is also the agents'",
             format!("{good}\n[approvals]\nreviewer_audience = [\"{AUDIENCE}\"]\n"),
             vec!["approvals.reviewer_audience"],
