@@ -40,6 +40,8 @@
 //! case_insensitive = false                 # true forces an automaton instead of Teddy
 //! mask = { style = "token", token = "[SECRET]" }
 //!
+//! # Column rules name the answer's columns, not the data's flow: `SELECT ssn AS x` or
+//! # `UPPER(ssn)` is a column no rule names (detectors still scan it; ARCHITECTURE.md).
 //! [[masking.profiles.agents.columns]]      # first match wins; masks every value
 //! name = "*SSN*"                           # glob over the column name, case-insensitive
 //! table = "*"                              # glob over the table (default "*")
