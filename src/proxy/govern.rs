@@ -585,7 +585,7 @@ const SQL_API_SESSION: i64 = -1;
 #[allow(clippy::too_many_arguments)]
 pub fn park_sql_api(
     core: &Core,
-    head: &RequestHead,
+    target: &str,
     capture: &mut Capture,
     subject: &Subject,
     role: &str,
@@ -603,7 +603,7 @@ pub fn park_sql_api(
         settings: sql_api_settings(&body, role),
     };
     let payload = ParkedStatement {
-        target: head.target.clone(),
+        target: target.to_owned(),
         headers,
         body,
         rule: rule.clone(),

@@ -344,18 +344,41 @@ async fn route(
     capture.request_id =
         query_param(head.query(), "requestId").or_else(|| query_param(head.query(), "request_id")).map(str::to_owned);
     capture.agent_context = agent_context(head, core.gateway.config.agent_context_bytes_max);
+    // Who asks is known before the body is inflated: a gzip body of a few KiB inflates to a
+    // statement's cap, work no one unauthenticated may make a core do. (Logins and renewals
+    // carry their credential in the body, under the control cap.)
+    let caller = match &endpoint {
+        Endpoint::Login | Endpoint::TokenRequest | Endpoint::Chunk(_) => None,
+        e if e.is_sql_api() => match sql_api_identity(core, head, capture).await {
+            Ok(identity) => Some(Caller::Bearer(identity)),
+            Err(answer) => return answer,
+        },
+        _ => match open_session(core, head, capture) {
+            Ok(claims) => Some(Caller::Session(claims)),
+            Err(answer) => return answer,
+        },
+    };
     let bytes_max = endpoint.request_bytes_max(core.gateway.config.statement_request_bytes_max);
     let body = match inflate_request(core, head, body, bytes_max, capture) {
         Ok(body) => body,
         Err(answer) => return answer,
     };
-    match endpoint {
-        Endpoint::Login => login(core, head, body, capture).await,
-        Endpoint::TokenRequest => renew(core, head, body, capture).await,
-        Endpoint::Chunk(grant) => govern::chunk(core, head, &grant, capture).await,
-        e if e.is_sql_api() => sql_api(core, &e, head, body, capture).await,
-        e => session_request(core, &e, head, body, capture).await,
+    match (endpoint, caller) {
+        (Endpoint::Login, _) => login(core, head, body, capture).await,
+        (Endpoint::TokenRequest, _) => renew(core, head, body, capture).await,
+        (Endpoint::Chunk(grant), _) => govern::chunk(core, head, &grant, capture).await,
+        (e, Some(Caller::Bearer(identity))) => sql_api(core, &e, head, identity, body, capture).await,
+        (e, Some(Caller::Session(claims))) => session_request(core, &e, head, claims, body, capture).await,
+        (_, None) => unreachable!("every endpoint but logins, renewals and chunks has a caller"),
     }
+}
+
+/// Who sent a request, checked from its head alone.
+enum Caller {
+    /// A driver's sealed session token, opened.
+    Session(TokenClaims),
+    /// A SQL API request's OIDC token, verified.
+    Bearer(Identity),
 }
 
 /// The caps on a request's body, known from its endpoint (routed once, from the head): the
@@ -573,6 +596,7 @@ async fn login(core: &Core, head: &RequestHead, body: Bytes, capture: &mut Captu
         Err(e) => return refuse(capture, e.snowflake_code(), &e.to_string()),
     };
     capture.sub = Some(identity.sub.clone());
+    capture.groups = identity.groups.clone();
     let Some(role) = gateway.config.identity.role_for(&identity.groups) else {
         return refuse(capture, codes::NO_ROLE, "no Snowflake role is mapped to this identity's groups");
     };
@@ -664,27 +688,33 @@ async fn renew(core: &Core, head: &RequestHead, body: Bytes, capture: &mut Captu
     }
 }
 
+/// Opens the sealed session token a driver's request carries.
+fn open_session(core: &Core, head: &RequestHead, capture: &mut Capture) -> Result<TokenClaims, Answer> {
+    let Some(token) = head.headers.get_str("authorization").and_then(snowflake_token) else {
+        return Err(refuse(
+            capture,
+            codes::SESSION_MISSING,
+            "the request carries no session token; log in through snowgate",
+        ));
+    };
+    let claims = match core.gateway.sealer.open(TokenKind::Session, token, unix_millis()) {
+        Ok(claims) => claims,
+        Err(TokenError::Expired) => return Err(session_expired(capture)),
+        Err(e) => return Err(refuse(capture, codes::SESSION_INVALID, &format!("session token refused: {e}"))),
+    };
+    capture.owner(&claims);
+    Ok(claims)
+}
+
 async fn session_request(
     core: &Core,
     endpoint: &Endpoint,
     head: &RequestHead,
+    claims: TokenClaims,
     body: Bytes,
     capture: &mut Capture,
 ) -> Answer {
-    let gateway = &core.gateway;
-    let Some(token) = head.headers.get_str("authorization").and_then(snowflake_token) else {
-        return refuse(
-            capture,
-            codes::SESSION_MISSING,
-            "the request carries no session token; log in through snowgate",
-        );
-    };
-    let claims = match gateway.sealer.open(TokenKind::Session, token, unix_millis()) {
-        Ok(claims) => claims,
-        Err(TokenError::Expired) => return session_expired(capture),
-        Err(e) => return refuse(capture, codes::SESSION_INVALID, &format!("session token refused: {e}")),
-    };
-    capture.owner(&claims);
+    let token = head.headers.get_str("authorization").and_then(snowflake_token).unwrap_or_default();
     let session = govern::Session { claims: &claims, token };
     match endpoint {
         Endpoint::QueryRequest => return govern::query_request(core, head, body, capture, &session).await,
@@ -747,26 +777,35 @@ pub(super) fn upstream_session_headers(head: &RequestHead, claims: &TokenClaims)
     )
 }
 
-async fn sql_api(core: &Core, endpoint: &Endpoint, head: &RequestHead, body: Bytes, capture: &mut Capture) -> Answer {
-    let gateway = &core.gateway;
+/// Verifies the OIDC token a SQL API request carries as its bearer.
+async fn sql_api_identity(core: &Core, head: &RequestHead, capture: &mut Capture) -> Result<Identity, Answer> {
     let Some(token) = head.headers.get_str("authorization").and_then(bearer_token) else {
-        return refuse_sql_api(capture, 401, codes::OIDC_INVALID, "send your OIDC token as Authorization: Bearer");
+        return Err(refuse_sql_api(capture, 401, codes::OIDC_INVALID, "send your OIDC token as Authorization: Bearer"));
     };
     if let Some(kind) = head.headers.get_str("x-snowflake-authorization-token-type")
         && !kind.trim().eq_ignore_ascii_case("OAUTH")
     {
-        return refuse_sql_api(
+        return Err(refuse_sql_api(
             capture,
             401,
             codes::WRONG_AUTHENTICATOR,
             "X-Snowflake-Authorization-Token-Type must be OAUTH",
-        );
+        ));
     }
-    let identity = match verify_oidc(core, token).await {
-        Ok(identity) => identity,
-        Err(e) => return refuse_sql_api(capture, 401, e.snowflake_code(), &e.to_string()),
-    };
+    verify_oidc(core, token).await.map_err(|e| refuse_sql_api(capture, 401, e.snowflake_code(), &e.to_string()))
+}
+
+async fn sql_api(
+    core: &Core,
+    endpoint: &Endpoint,
+    head: &RequestHead,
+    identity: Identity,
+    body: Bytes,
+    capture: &mut Capture,
+) -> Answer {
+    let gateway = &core.gateway;
     capture.sub = Some(identity.sub.clone());
+    capture.groups = identity.groups.clone();
     let Some(role) = gateway.config.identity.role_for(&identity.groups) else {
         return refuse_sql_api(capture, 403, codes::NO_ROLE, "no Snowflake role is mapped to this identity's groups");
     };
@@ -783,6 +822,16 @@ async fn sql_api(core: &Core, endpoint: &Endpoint, head: &RequestHead, body: Byt
     // The plans kept from the statement's partition 0, for masking a later partition.
     let mut known: Option<Arc<Plans>> = None;
     let mut target = head.target.clone();
+    // Snowflake answers a submit whose `requestId` it has seen with that statement, and every
+    // agent is the gateway's one user: upstream, the id is one only this identity can make
+    // (a fresh one without the agent's; any other spelling of the parameter is dropped).
+    if *endpoint == Endpoint::SqlApiSubmit {
+        let ours = match query_param(head.query(), "requestId") {
+            Some(request_id) => gateway.sealer.keyed_id("sql api requestId", &subject.sub, request_id),
+            None => uuid::Uuid::new_v4(),
+        };
+        target = set_query_param(&target, "requestId", &ours.hyphenated().to_string());
+    }
     let body = match endpoint {
         Endpoint::SqlApiSubmit => {
             let mut statement = match crate::json::Unique::object(&body) {
@@ -832,7 +881,7 @@ async fn sql_api(core: &Core, endpoint: &Endpoint, head: &RequestHead, body: Byt
             if let Some(review) = review {
                 // Kept without the credential: the approving poll signs a new JWT.
                 let headers = upstream::forwarded_headers(&head.headers, vec![sql_api_token_type()]);
-                return govern::park_sql_api(core, head, capture, &subject, role, headers, body, review);
+                return govern::park_sql_api(core, &target, capture, &subject, role, headers, body, review);
             }
             body
         }

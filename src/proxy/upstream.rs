@@ -334,9 +334,13 @@ pub async fn fetch_with(
 /// `Authorization`, `Content-Encoding` (bodies go upstream inflated) and the gateway's own
 /// `X-Agent-Context` are dropped; `extra` fields are appended. The agent's `Accept-Encoding` is
 /// replaced by gzip, the one encoding the gateway inflates and masks: an answer in another
-/// encoding would be bytes the masker cannot read.
+/// encoding would be bytes the masker cannot read. Its `Content-Type` is replaced by
+/// `application/json` (every body Snowflake takes is JSON): the gateway reads bodies as UTF-8,
+/// and a charset the warehouse honoured (Shift_JIS, whose lead bytes swallow a `\`) could
+/// make it read a string's end, and so another `sqlText`, where the gateway did not.
 pub fn forwarded_headers(from: &Headers, mut extra: Vec<(Vec<u8>, Vec<u8>)>) -> Vec<(Vec<u8>, Vec<u8>)> {
-    const DROPPED: [&str; 7] = [
+    const DROPPED: [&str; 8] = [
+        "content-type",
         "host",
         "authorization",
         "content-encoding",
@@ -345,6 +349,7 @@ pub fn forwarded_headers(from: &Headers, mut extra: Vec<(Vec<u8>, Vec<u8>)>) -> 
         "x-snowflake-authorization-token-type",
         "expect",
     ];
+    extra.push((b"content-type".to_vec(), b"application/json".to_vec()));
     extra.push((b"accept-encoding".to_vec(), b"gzip".to_vec()));
     let mut out: Vec<(Vec<u8>, Vec<u8>)> = from
         .iter()
@@ -378,7 +383,8 @@ mod tests {
 
     #[test]
     fn upstream_is_asked_for_gzip_whatever_the_agent_accepts() {
-        let wire = b"GET / HTTP/1.1\r\nAccept-Encoding: br, zstd\r\nX-Agent-Context: t\r\nAccept: */*\r\n\r\n";
+        let wire = b"GET / HTTP/1.1\r\nAccept-Encoding: br, zstd\r\nX-Agent-Context: t\r\nAccept: */*\r\n\
+                     Content-Type: application/json; charset=Shift_JIS\r\n\r\n";
         let head = crate::http::parse_request_head(wire, &Limits::default()).unwrap().unwrap();
         let headers = head.headers;
         let forwarded = forwarded_headers(&headers, vec![(b"x-extra".to_vec(), b"1".to_vec())]);
@@ -387,7 +393,10 @@ mod tests {
             .map(|(n, v)| (String::from_utf8_lossy(n).into_owned(), String::from_utf8_lossy(v).into_owned()))
             .collect();
         let pairs: Vec<(&str, &str)> = text.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
-        assert_eq!(pairs, [("Accept", "*/*"), ("x-extra", "1"), ("accept-encoding", "gzip")]);
+        assert_eq!(
+            pairs,
+            [("Accept", "*/*"), ("x-extra", "1"), ("content-type", "application/json"), ("accept-encoding", "gzip")]
+        );
     }
 
     /// Serves one HTTP answer with `encoding` as its Content-Encoding and returns what

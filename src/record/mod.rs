@@ -159,8 +159,12 @@
 //! the last segment's own tail (its seal stripped, whole batches removed, down to its header)
 //! looks like a crash to recovery, which keeps what remains.
 //! Nothing in the files can catch a rollback to an older, complete state, or a change to the
-//! open (unsealed) segment: that takes an anchor kept elsewhere (the chain head of the last
-//! sealed segment, shipped off the host).
+//! open (unsealed) segment: the chain over batches is unkeyed (only seals are keyed), so
+//! anyone who can write the directory can rewrite an open segment's batches with their CRCs
+//! and chain, and stripping the last segment's seal (or the seal of a segment whose
+//! successors they delete) makes it open again. The next start seals what it finds, as after
+//! a crash. Catching that takes an anchor kept elsewhere (the chain head of the last sealed
+//! segment, shipped off the host), or a keyed chain, which this format does not have.
 
 pub mod format;
 pub mod frame;

@@ -73,6 +73,10 @@ pub enum ReadErrorKind {
     /// The file ends inside a batch.
     #[error("the file ends inside a batch")]
     BatchTruncated,
+    /// The segment holds more than the format lets one segment hold (batches, index keys or
+    /// footer bytes): no writer of this format made it.
+    #[error("the segment holds more {0} than a segment may")]
+    SegmentLimit(&'static str),
     /// The zstd frame's CRC does not match.
     #[error("batch CRC mismatch")]
     PayloadCrc,

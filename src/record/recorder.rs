@@ -1083,6 +1083,23 @@ impl WriterLoop {
     fn finish(mut self) -> Result<(), WriteError> {
         self.shared.health.store(STOPPED, Ordering::Release);
         let now = self.clock.now_unix_us();
+        // Stopped before resuming (which records it): the records lost are counted in the
+        // recording still, or the stop would leave a recording that verifies without a trace
+        // of statements that were sent.
+        if self.lost_records > 0 {
+            let detail = format!(
+                "writing failed ({}); {} accepted records were not recorded; recording stopped",
+                self.last_error, self.lost_records
+            );
+            if let Err(e) = self.writer.append_event(EventKind::RecorderError, detail, now) {
+                error!(
+                    core = self.core_id,
+                    lost_records = self.lost_records,
+                    error = %e,
+                    "Records were lost and the count of them could not be recorded before stopping."
+                );
+            }
+        }
         match self.writer.seal(SealReason::Stopped, now) {
             Ok(()) => {
                 RecorderStats::add(&self.shared.stats.segments_sealed, 1);

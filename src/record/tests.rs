@@ -86,6 +86,15 @@ fn segment_path(sequence: u64) -> PathBuf {
 }
 
 #[test]
+fn a_segment_numbered_past_what_a_writer_reaches_is_reported_not_wrapped() {
+    let temp = tempfile::tempdir().unwrap();
+    let name = SegmentName { core_id: 0, sequence: u64::MAX }.file_name();
+    std::fs::write(temp.path().join(&name), b"").unwrap();
+    let error = Recorder::start(config(temp.path())).unwrap_err().to_string();
+    assert!(error.contains(&name), "{error}");
+}
+
+#[test]
 fn recorder_writes_links_reads_back_and_verifies_on_disk() {
     let temp = tempfile::tempdir().unwrap();
     let recorder = Recorder::start(config(temp.path())).unwrap();
@@ -252,6 +261,30 @@ fn a_failed_fsync_fails_the_recorder_and_is_never_retried() {
     restarted.stop().unwrap();
     let frames = user_frames(&open_recording(&storage));
     assert_eq!(frames[0], request(0, 10));
+}
+
+#[test]
+fn records_lost_to_a_full_disk_are_counted_in_the_recording_by_a_stop_before_resuming() {
+    let storage = SimulatedStorage::new();
+    let mut config = config(&dir());
+    config.unavailable_retry = Duration::from_secs(60);
+    let recorder = Recorder::start_with(config, Arc::new(storage.clone()), Arc::new(SystemClock)).unwrap();
+    let ok = recorder.submit(request(0, 10)).unwrap();
+    assert_eq!(ok.wait_durable(Duration::from_secs(5)), Some(Ok(())));
+    let used: u64 = storage.read(&segment_path(0)).unwrap().len() as u64;
+    storage.set_space_bytes(Some(used + 20));
+    let lost = recorder.submit(request(1, 500)).unwrap();
+    assert_eq!(lost.wait_durable(Duration::from_secs(5)), Some(Err(RecordUnavailable::WriteFailed)));
+    // Space returns, and the gateway stops long before the recorder would retry.
+    storage.set_space_bytes(None);
+    recorder.stop().unwrap();
+    let recording = open_recording(&storage);
+    let frames: Vec<Frame> = recording.records().map(|r| r.unwrap().frame).collect();
+    assert_eq!(frames.len(), 2, "{frames:?}");
+    let Frame::Event(outage) = &frames[1] else { panic!("the loss is recorded: {:?}", frames[1]) };
+    assert_eq!(outage.kind, EventKind::RecorderError);
+    assert!(outage.detail.contains("1 accepted records were not recorded"), "{}", outage.detail);
+    assert!(verify_strict(&recording).is_ok());
 }
 
 #[test]

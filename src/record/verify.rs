@@ -10,6 +10,7 @@ use std::path::PathBuf;
 use super::format::{
     BatchEntry, ChainHead, FooterIndex, IndexMap, SEGMENT_HEADER_BYTES, SealReason, genesis, mac_equal, mac_key,
 };
+use super::limits;
 use super::reader::{ReadError, ReaderOptions, Recording, SegmentName, index_keys};
 
 /// How strict to be.
@@ -278,6 +279,7 @@ impl Verifier<'_> {
         let mut chain = header.previous_chain_head;
         let mut batches: Vec<BatchEntry> = Vec::new();
         let mut index = IndexMap::new();
+        let mut index_key_bytes = 0usize;
         let mut scan = reader.scan();
         let mut scan_error = None;
         for batch in &mut scan {
@@ -288,11 +290,30 @@ impl Verifier<'_> {
                     break;
                 }
             };
+            // No writer of the format puts more in a segment; past it, the index rebuilt here
+            // would only grow (a hostile open segment could fill memory).
+            let over = if batches.len() >= limits::BATCHES_PER_SEGMENT_MAX {
+                Some("batches")
+            } else if index.len() > limits::INDEX_KEYS_PER_SEGMENT_MAX {
+                Some("index keys")
+            } else if index_key_bytes > limits::FOOTER_BYTES_MAX {
+                Some("index bytes")
+            } else {
+                None
+            };
+            if let Some(what) = over {
+                let description = format!("the segment holds more {what} than a segment may");
+                report.problem(path.clone(), Some(batch.offset), None, description);
+                break;
+            }
             chain = batch.chain_after(header.version, &chain);
             let ordinal = batches.len() as u32;
             for record in &batch.records {
                 for (kind, key) in index_keys(&record.frame) {
-                    let ordinals = index.entry((kind, key.to_owned())).or_default();
+                    let ordinals = index.entry((kind, key.to_owned())).or_insert_with(|| {
+                        index_key_bytes += key.len();
+                        Vec::new()
+                    });
                     if ordinals.last() != Some(&ordinal) {
                         ordinals.push(ordinal);
                     }

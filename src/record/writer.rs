@@ -275,6 +275,10 @@ impl OpenSegment {
     }
 }
 
+/// The highest segment sequence number recovery continues after (a segment a second would
+/// take millions of years to reach it; sequences are added to without overflow checks below).
+const SEQUENCE_MAX: u64 = 1 << 48;
+
 /// Bytes of a footer written between two yields of the sealing recorder thread.
 const FOOTER_WRITE_SLICE_BYTES: usize = 1024 * 1024;
 
@@ -426,6 +430,16 @@ impl SegmentWriter {
         };
         let mut report = RecoveryReport::default();
         if let Some(&last) = sequences.last() {
+            // The next sequence numbers must exist: a name this high was not written here.
+            if last > SEQUENCE_MAX {
+                return Err(corrupt(ReadError {
+                    path: writer.segment_path(last),
+                    offset: 0,
+                    record_index: None,
+                    torn_tail: false,
+                    kind: ReadErrorKind::SegmentHeader(super::format::StructureError::OutOfRange),
+                }));
+            }
             writer.recover_last(last, &mut report, now_unix_us)?;
         }
         if writer.current.is_none() {
@@ -601,9 +615,23 @@ impl SegmentWriter {
         let mut segment = OpenSegment::new(file, path.clone(), header.clone());
         let mut chain = header.previous_chain_head;
         let mut torn_at = None;
+        let over = |offset, what| {
+            corrupt(ReadError {
+                path: path.clone(),
+                offset,
+                record_index: None,
+                torn_tail: false,
+                kind: ReadErrorKind::SegmentLimit(what),
+            })
+        };
         for batch in reader.scan() {
             match batch {
                 Ok(batch) => {
+                    // The writer rotates before any of these limits; past one, the footer
+                    // this would seal could not be read back (or the index not be built).
+                    if segment.batches.len() >= limits::BATCHES_PER_SEGMENT_MAX {
+                        return Err(over(batch.offset, "batches"));
+                    }
                     chain = batch.chain_after(header.version, &chain);
                     let times = batch.records.iter().map(|r| r.frame.time_unix_us());
                     let (time_min, time_max) = times.fold((u64::MAX, 0), |(lo, hi), t| (lo.min(t), hi.max(t)));
@@ -619,6 +647,14 @@ impl SegmentWriter {
                     };
                     segment.add_batch(entry, batch.records.iter().flat_map(|r| index_keys(&r.frame)));
                     segment.len = batch.end_offset;
+                    if segment.index.n_keys > limits::INDEX_KEYS_PER_SEGMENT_MAX {
+                        return Err(over(batch.offset, "index keys"));
+                    }
+                    let footer_bytes =
+                        footer_bytes_estimate(segment.batches.len(), segment.index.key_bytes, segment.index.refs);
+                    if footer_bytes > limits::FOOTER_BYTES_MAX {
+                        return Err(over(batch.offset, "index bytes"));
+                    }
                 }
                 Err(error) if error.torn_tail => {
                     torn_at = Some(error.offset);
@@ -889,7 +925,7 @@ impl SegmentWriter {
         Ok(())
     }
 
-    /// Seals the open segment: footer, MAC, trailer, fsync. With no open segment (opening one
+    /// Seals the open segment: fsync, footer, MAC, trailer, fsync. With no open segment (opening one
     /// failed), one is opened first so the seal exists. A seal promising a successor
     /// (`rotated`, `recovered`) is for [`SegmentWriter::rotate`] and recovery, which create
     /// the successor first; sealed so directly, with no successor following, the segment
@@ -899,6 +935,14 @@ impl SegmentWriter {
             self.open_next(now_unix_us)?;
         }
         let segment = self.current.as_mut().expect("opened above");
+        // The batches are made durable before the seal is written: a crash during one fsync
+        // of both could keep the seal's page and lose a batch's (writeback is unordered), and
+        // a sealed segment with a hole reads as tampered with, not as a crash.
+        segment.file.sync().map_err(|source| WriteError::Fatal {
+            what: "fsync before the seal",
+            path: segment.path.clone(),
+            source,
+        })?;
         let empty = segment.record_count == 0;
         let footer = Footer {
             record_count: segment.record_count,

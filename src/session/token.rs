@@ -88,6 +88,8 @@ pub enum TokenError {
 /// A sealing key set. Cheap to share: it holds no mutable state.
 pub struct Sealer {
     keys: Vec<LessSafeKey>,
+    /// Derived from the sealing key, for [`Sealer::keyed_id`].
+    id_key: [u8; 32],
     rng: SystemRandom,
 }
 
@@ -116,10 +118,26 @@ impl Sealer {
             let unbound = UnboundKey::new(&AES_256_GCM, raw).map_err(|_| KeyError { index })?;
             keys.push(LessSafeKey::new(unbound));
         }
-        if keys.is_empty() {
-            return Err(KeyError { index: 0 });
+        let Some(first) = raw_keys.first() else { return Err(KeyError { index: 0 }) };
+        let id_key = blake3::derive_key("snowgate 2026-12 keyed ids from the sealing key", first);
+        Ok(Sealer { keys, id_key, rng: SystemRandom::new() })
+    }
+
+    /// A UUID (version 4 in form) that only a holder of the sealing key can compute from
+    /// `purpose`, `owner` and `id`: the same inputs give the same UUID, other owners another.
+    /// Ids an agent chooses and the warehouse deduplicates on (the SQL API's `requestId`) are
+    /// sent upstream this way, so no agent can name another's. The sealing key's rotation
+    /// changes them.
+    pub fn keyed_id(&self, purpose: &str, owner: &str, id: &str) -> uuid::Uuid {
+        let mut hasher = blake3::Hasher::new_keyed(&self.id_key);
+        for part in [purpose, owner, id] {
+            // Length-prefixed, so that no two different triples hash the same bytes.
+            hasher.update(&(part.len() as u64).to_le_bytes()).update(part.as_bytes());
         }
-        Ok(Sealer { keys, rng: SystemRandom::new() })
+        let hash = hasher.finalize();
+        let mut bytes = [0u8; 16];
+        bytes.copy_from_slice(&hash.as_bytes()[..16]);
+        uuid::Builder::from_random_bytes(bytes).into_uuid()
     }
 
     /// Seals claims into a token of the given kind.
@@ -207,6 +225,23 @@ mod tests {
 
     fn sealer(byte: u8) -> Sealer {
         Sealer::new(&[vec![byte; KEY_BYTES]]).unwrap()
+    }
+
+    #[test]
+    fn keyed_ids_depend_on_every_input_and_on_the_key() {
+        let id = sealer(1).keyed_id("p", "agent-7", "6d2b8a56-3d0a-4a51-8f3c-2d9c1f0e7b44");
+        assert_eq!(id, sealer(1).keyed_id("p", "agent-7", "6d2b8a56-3d0a-4a51-8f3c-2d9c1f0e7b44"));
+        assert_eq!(id.get_version_num(), 4);
+        for other in [
+            sealer(2).keyed_id("p", "agent-7", "6d2b8a56-3d0a-4a51-8f3c-2d9c1f0e7b44"),
+            sealer(1).keyed_id("q", "agent-7", "6d2b8a56-3d0a-4a51-8f3c-2d9c1f0e7b44"),
+            sealer(1).keyed_id("p", "agent-8", "6d2b8a56-3d0a-4a51-8f3c-2d9c1f0e7b44"),
+            sealer(1).keyed_id("p", "agent-7", "6d2b8a56-3d0a-4a51-8f3c-2d9c1f0e7b45"),
+            // The parts are length-prefixed: moving a boundary changes the id.
+            sealer(1).keyed_id("p", "agent-76d2b8a56-3d0a-4a51-8f3c-2d9c1f0e7b44", ""),
+        ] {
+            assert_ne!(id, other);
+        }
     }
 
     #[test]

@@ -162,4 +162,6 @@ fn python_driver_through_snowgate_equals_direct() {
     let queries = requests.iter().filter(|f| f.endpoint == "query-request").count();
     assert!(queries >= 10, "only {queries} statements recorded");
     assert!(requests.iter().all(|f| f.principal.sub.as_deref() == Some("agent-7")));
+    // Logins too carry the groups the role and the masking profile came from.
+    assert!(requests.iter().all(|f| f.principal.groups == ["analysts"]), "a record lacks the agent's groups");
 }

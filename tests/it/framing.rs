@@ -73,10 +73,25 @@ fn rejects_an_oversize_head() {
 
 #[test]
 fn rejects_an_oversize_decompressed_body() {
+    // From a caller with a session: without one, the body is refused before it is inflated.
+    let upstream = double(|_| {});
+    let gateway = TestGateway::start(
+        &upstream.url(),
+        GatewayOptions { limits: "decompressed_bytes_max = 1048576".into(), ..Default::default() },
+    );
+    let (session, _) = login_ok(&mut gateway.client());
+    let upstream_bytes = upstream.stats.bytes_received();
     let bomb = snowgate::http::gzip::gzip(&vec![b' '; 4 << 20]);
-    let mut wire = format!("{QUERY}Content-Encoding: gzip\r\nContent-Length: {}\r\n\r\n", bomb.len()).into_bytes();
+    let mut wire = format!(
+        "{QUERY}Authorization: {}\r\nContent-Encoding: gzip\r\nContent-Length: {}\r\n\r\n",
+        authorization(&session),
+        bomb.len()
+    )
+    .into_bytes();
     wire.extend_from_slice(&bomb);
-    check(&wire, 413);
+    let (status, closed) = send_raw(&gateway, &wire);
+    assert_eq!((status, closed), (413, true));
+    assert_eq!(upstream.stats.bytes_received(), upstream_bytes, "bytes reached upstream");
 }
 
 #[test]

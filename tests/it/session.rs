@@ -777,3 +777,60 @@ fn ambiguous_bodies_and_stage_bindings_are_refused_before_the_upstream() {
     assert_eq!(answer.status, 400, "{answer:?}");
     assert_eq!(upstream.stats.requests(EndpointKind::SqlApiSubmit), 0);
 }
+
+#[test]
+fn a_sql_api_request_id_goes_upstream_as_one_only_its_identity_makes() {
+    let upstream = double(|_| {});
+    let gateway = TestGateway::start(&upstream.url(), GatewayOptions::default());
+    let mut client = gateway.client();
+    let agent_id = "6d2b8a56-3d0a-4a51-8f3c-2d9c1f0e7b44";
+    let submit = |client: &mut snowgate_perf::client::Client, sub: &str, target: &str| {
+        let bearer = format!("Bearer {}", agent_token(json!({ "sub": sub })));
+        let answer = client.post_json(target, &sql_api_headers(&bearer), &json!({"statement": "select 1"}), false);
+        assert_eq!(answer.unwrap().status, 200);
+        let sent = upstream.stats.last(EndpointKind::SqlApiSubmit).unwrap().target;
+        let ids: Vec<&str> = sent.split(['?', '&']).filter_map(|pair| pair.strip_prefix("requestId=")).collect();
+        assert_eq!(ids.len(), 1, "{sent}");
+        assert!(!sent.to_ascii_lowercase().contains("requestid=6d2b8a56"), "the agent's id went upstream: {sent}");
+        uuid::Uuid::parse_str(ids[0]).unwrap()
+    };
+    let target = format!("/api/v2/statements?requestId={agent_id}&retry=true");
+    let mine = submit(&mut client, "agent-7", &target);
+    // The same identity retrying gets the same upstream id (Snowflake's deduplication holds)...
+    assert_eq!(submit(&mut client, "agent-7", &target), mine);
+    // ...another naming the same id does not reach the first one's statement...
+    assert_ne!(submit(&mut client, "agent-8", &target), mine);
+    // ...nor by spelling the parameter otherwise, which is dropped for an id of the gateway's.
+    let sneaky = format!("/api/v2/statements?REQUESTID={agent_id}&request%49d={agent_id}");
+    let fresh = submit(&mut client, "agent-8", &sneaky);
+    assert_ne!(fresh, mine);
+}
+
+#[test]
+fn a_body_is_inflated_only_for_a_caller_who_proved_who_it_is() {
+    let upstream = double(|_| {});
+    let gateway = TestGateway::start(&upstream.url(), GatewayOptions::default());
+    let mut client = gateway.client();
+    let (session, _) = login_ok(&mut client);
+    // About 17 KiB of gzip that inflates past the statement cap (16 MiB).
+    let bomb = json!({ "sqlText": format!("select '{}'", "x".repeat(17 << 20)) });
+    // Authenticated: inflated, and refused for its size.
+    let answer = client.post_json(QUERY_TARGET, &[("authorization", &authorization(&session))], &bomb, true).unwrap();
+    assert_eq!(answer.status, 413, "{answer:?}");
+    // Without a session, or with a forged one, or on the SQL API without a verified bearer: refused
+    // for that before any inflating (the refusal would be the 413 otherwise).
+    for (target, authorization, code) in [
+        (QUERY_TARGET, None, codes::SESSION_MISSING),
+        (QUERY_TARGET, Some("Snowflake Token=\"sg1.AAAA\""), codes::SESSION_INVALID),
+        ("/api/v2/statements", None, codes::OIDC_INVALID),
+        ("/api/v2/statements", Some("Bearer not-a-jwt"), "390303"),
+    ] {
+        let mut client = gateway.client();
+        let headers: Vec<(&str, &str)> = authorization.map(|a| ("authorization", a)).into_iter().collect();
+        let answer = client.post_json(target, &headers, &bomb, true).unwrap();
+        assert_ne!(answer.status, 413, "{target}: the body was inflated before the caller was known");
+        let body = answer.json().unwrap();
+        assert_eq!(body["code"], code, "{target}: {body}");
+    }
+    assert_eq!(upstream.stats.recorded(EndpointKind::Query).len(), 0);
+}

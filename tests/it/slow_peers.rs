@@ -181,7 +181,10 @@ fn a_gzip_bomb_is_refused_at_the_cap_with_bounded_memory() {
     let addr: std::net::SocketAddr = line.trim().rsplit(' ').next().unwrap().parse().unwrap();
     // Warm the process up with one normal login so the baseline includes its working set.
     let mut client = snowgate_perf::client::Client::connect(addr).unwrap();
-    assert_eq!(login(&mut client, &agent_token(json!({}))).json().unwrap()["success"], true);
+    let logged_in = login(&mut client, &agent_token(json!({}))).json().unwrap();
+    assert_eq!(logged_in["success"], true);
+    // The bomb comes from a caller with a session: without one it is refused before inflating.
+    let session = logged_in["data"]["token"].as_str().unwrap().to_owned();
     let before = peak_rss_kib(child.id());
 
     // 512 MiB of spaces inflates from about half a megabyte of gzip.
@@ -194,7 +197,9 @@ fn a_gzip_bomb_is_refused_at_the_cap_with_bounded_memory() {
     let mut stream = TcpStream::connect(addr).unwrap();
     stream.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
     let head = format!(
-        "POST /queries/v1/query-request?requestId=1 HTTP/1.1\r\nHost: g\r\nContent-Encoding: gzip\r\nContent-Length: {}\r\n\r\n",
+        "POST /queries/v1/query-request?requestId=1 HTTP/1.1\r\nHost: g\r\nAuthorization: {}\r\n\
+         Content-Encoding: gzip\r\nContent-Length: {}\r\n\r\n",
+        authorization(&session),
         bomb.len()
     );
     stream.write_all(head.as_bytes()).unwrap();
