@@ -1518,6 +1518,8 @@ fn scan_reads(v: View<'_>, b: &mut Builder, read_kind: Kind, options: ScanOption
     let mut expect_table = false;
     let mut used_using = false;
     let mut row_commas = HashSet::new();
+    // The call the last `)` closed (`NTH_VALUE(x, 2) FROM FIRST` is not a FROM clause).
+    let mut closed: Option<String> = None;
     let mut idx = 0;
     while idx < v.len() {
         if expect_table {
@@ -1532,11 +1534,14 @@ fn scan_reads(v: View<'_>, b: &mut Builder, read_kind: Kind, options: ScanOption
         let Some(token) = v.tok(idx) else { break };
         match token {
             Token::LParen | Token::LBracket | Token::LBrace => {
-                let opener = idx.checked_sub(1).and_then(|prev| v.upper(prev));
+                // A query as a function's argument (`LTRIM(SELECT … FROM t)`) is a query: its
+                // FROM is a clause whatever the function.
+                let query = v.kw(idx + 1, "SELECT") || v.kw(idx + 1, "WITH");
+                let opener = idx.checked_sub(1).and_then(|prev| v.upper(prev)).filter(|_| !query);
                 levels.push(Level { from_list: false, opener });
             }
             Token::RParen | Token::RBracket | Token::RBrace if levels.len() > 1 => {
-                levels.pop();
+                closed = levels.pop().and_then(|level| level.opener);
             }
             Token::Comma if !row_commas.contains(&idx) && levels.last().is_some_and(|level| level.from_list) => {
                 expect_table = true;
@@ -1557,7 +1562,10 @@ fn scan_reads(v: View<'_>, b: &mut Builder, read_kind: Kind, options: ScanOption
                     builtin_read(v, idx, &upper, read_kind, b);
                 }
                 match upper.as_str() {
-                    "FROM" if Some(idx) != options.skip_from_at && !from_is_not_a_clause(v, idx, &levels) => {
+                    "FROM"
+                        if Some(idx) != options.skip_from_at
+                            && !from_is_not_a_clause(v, idx, &levels, closed.as_deref()) =>
+                    {
                         set_from_list(&mut levels, true);
                         expect_table = true;
                     }
@@ -1570,7 +1578,15 @@ fn scan_reads(v: View<'_>, b: &mut Builder, read_kind: Kind, options: ScanOption
                         set_from_list(&mut levels, true);
                         expect_table = true;
                     }
-                    other if FROM_LIST_ENDS.contains(&other) => set_from_list(&mut levels, false),
+                    // A clause word after `AS`, or before a comma, is an alias (`FROM t AS
+                    // window, u`): the list goes on.
+                    other
+                        if FROM_LIST_ENDS.contains(&other)
+                            && !(idx >= 1 && v.kw(idx - 1, "AS"))
+                            && !v.is(idx + 1, &Token::Comma) =>
+                    {
+                        set_from_list(&mut levels, false)
+                    }
                     _ => {}
                 }
             }
@@ -1618,11 +1634,18 @@ fn set_from_list(levels: &mut [Level], on: bool) {
     }
 }
 
-fn from_is_not_a_clause(v: View<'_>, idx: usize, levels: &[Level]) -> bool {
+/// Whether the `FROM` at `idx` is part of an expression: inside `EXTRACT(… FROM …)` and kin,
+/// in `IS [NOT] DISTINCT FROM`, or right after `NTH_VALUE(…)` as `FROM FIRST|LAST` (`closed`
+/// is the call the last `)` closed). Anywhere else `FIRST` and `LAST` are names (`FROM first,
+/// hr.t` reads both).
+fn from_is_not_a_clause(v: View<'_>, idx: usize, levels: &[Level], closed: Option<&str>) -> bool {
     let in_function = levels.len() > 1
         && levels.last().and_then(|l| l.opener.as_deref()).is_some_and(|opener| FROM_IN_FUNCTION.contains(&opener));
     let distinct_from = idx >= 2 && v.kw(idx - 1, "DISTINCT") && (v.kw(idx - 2, "IS") || v.kw(idx - 2, "NOT"));
-    let from_first = v.kw(idx + 1, "FIRST") || v.kw(idx + 1, "LAST");
+    let from_first = idx >= 1
+        && v.is(idx - 1, &Token::RParen)
+        && closed == Some("NTH_VALUE")
+        && (v.kw(idx + 1, "FIRST") || v.kw(idx + 1, "LAST"));
     in_function || distinct_from || from_first
 }
 
@@ -1878,6 +1901,29 @@ mod tests {
         assert_eq!(kinds("select extract(year from d), a is distinct from b from t"), ["select table T"]);
         assert_eq!(kinds("select * from ((a join b on true))"), ["select table A", "select table B"]);
         assert_eq!(kinds("select * from db..t"), ["select table DB.PUBLIC.T"]);
+    }
+
+    #[test]
+    fn names_that_look_like_clause_words_do_not_hide_the_tables_after_them() {
+        // FIRST and LAST are names but after NTH_VALUE(…).
+        assert_eq!(
+            kinds("with first as (select 1) select * from first, hr.payroll.salaries"),
+            ["select table HR.PAYROLL.SALARIES"]
+        );
+        assert_eq!(kinds("select * from last.x.y, hr.s"), ["select table LAST.X.Y", "select table HR.S"]);
+        // A clause word as an alias does not end the FROM list.
+        assert_eq!(
+            kinds("select * from analytics.pub.t as window, hr.payroll.salaries"),
+            ["select table ANALYTICS.PUB.T", "select table HR.PAYROLL.SALARIES"]
+        );
+        assert_eq!(kinds("select * from a fetch, hr.s"), ["select table A", "select table HR.S"]);
+        assert_eq!(kinds("select * from a where x = 1"), ["select table A"]);
+        // A query as a function's argument has a FROM clause of its own.
+        assert_eq!(
+            kinds("select ltrim(select listagg(ssn, ',') from hr.payroll.salaries)"),
+            ["select table HR.PAYROLL.SALARIES"]
+        );
+        assert_eq!(kinds("select trim(both 'x' from a) from t"), ["select table T"]);
     }
 
     #[test]

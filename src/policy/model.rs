@@ -12,7 +12,9 @@ use serde::{Deserialize, Serialize};
 /// (no `WHERE`, or a `WHERE` that names no column), `create_or_replace` (it destroys what it
 /// replaces), `alter_session_sensitive` (a parameter the gateway's policy depends on) and
 /// `execute_immediate_dynamic` (text the gateway cannot see). A rule naming `delete` does not
-/// cover `delete_all`.
+/// cover `delete_all`. `delete_all` and `update_all` catch a missing or constant `WHERE` only:
+/// `WHERE id = id` names a column and is a `delete`, so a policy gates `delete` and `update`
+/// too where every row matters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Kind {
