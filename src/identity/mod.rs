@@ -17,8 +17,9 @@
 //! - `exp`, `iss`, `aud` or `sub` are missing, `exp` has passed or `nbf` has not come (both with
 //!   [`IdentityConfig::leeway`], against the system clock), `iss` is not the exact issuer, no
 //!   `aud` is accepted for the token's use ([`TokenUse`]: an agent's or a reviewer's), or its
-//!   `aud` also names the other use's audience, a NumericDate is not a non-negative JSON number, `sub` is empty, too long
-//!   or holds control characters, or the groups claim is malformed.
+//!   `aud` also names the other use's audience, a NumericDate is not a non-negative JSON
+//!   number, `sub` is empty, too long or holds control characters, or the groups claim is
+//!   malformed.
 //!
 //! HMAC algorithms are refused in the configuration and symmetric JWKs are never loaded, so an
 //! HS256 token "signed" with an RSA public key (as PEM, DER or modulus) cannot verify.

@@ -354,7 +354,7 @@ async fn route(
             Err(answer) => return answer,
         },
         _ => match open_session(core, head, capture) {
-            Ok(claims) => Some(Caller::Session(claims)),
+            Ok((claims, token)) => Some(Caller::Session(claims, token)),
             Err(answer) => return answer,
         },
     };
@@ -368,15 +368,18 @@ async fn route(
         (Endpoint::TokenRequest, _) => renew(core, head, body, capture).await,
         (Endpoint::Chunk(grant), _) => govern::chunk(core, head, &grant, capture).await,
         (e, Some(Caller::Bearer(identity))) => sql_api(core, &e, head, identity, body, capture).await,
-        (e, Some(Caller::Session(claims))) => session_request(core, &e, head, claims, body, capture).await,
+        (e, Some(Caller::Session(claims, token))) => {
+            let session = govern::Session { claims: &claims, token };
+            session_request(core, &e, head, &session, body, capture).await
+        }
         (_, None) => unreachable!("every endpoint but logins, renewals and chunks has a caller"),
     }
 }
 
 /// Who sent a request, checked from its head alone.
-enum Caller {
-    /// A driver's sealed session token, opened.
-    Session(TokenClaims),
+enum Caller<'h> {
+    /// A driver's sealed session token, opened, and the token as sent.
+    Session(TokenClaims, &'h str),
     /// A SQL API request's OIDC token, verified.
     Bearer(Identity),
 }
@@ -688,8 +691,12 @@ async fn renew(core: &Core, head: &RequestHead, body: Bytes, capture: &mut Captu
     }
 }
 
-/// Opens the sealed session token a driver's request carries.
-fn open_session(core: &Core, head: &RequestHead, capture: &mut Capture) -> Result<TokenClaims, Answer> {
+/// Opens the sealed session token a driver's request carries; returns its claims and the token.
+fn open_session<'h>(
+    core: &Core,
+    head: &'h RequestHead,
+    capture: &mut Capture,
+) -> Result<(TokenClaims, &'h str), Answer> {
     let Some(token) = head.headers.get_str("authorization").and_then(snowflake_token) else {
         return Err(refuse(
             capture,
@@ -703,24 +710,23 @@ fn open_session(core: &Core, head: &RequestHead, capture: &mut Capture) -> Resul
         Err(e) => return Err(refuse(capture, codes::SESSION_INVALID, &format!("session token refused: {e}"))),
     };
     capture.owner(&claims);
-    Ok(claims)
+    Ok((claims, token))
 }
 
 async fn session_request(
     core: &Core,
     endpoint: &Endpoint,
     head: &RequestHead,
-    claims: TokenClaims,
+    session: &govern::Session<'_>,
     body: Bytes,
     capture: &mut Capture,
 ) -> Answer {
-    let token = head.headers.get_str("authorization").and_then(snowflake_token).unwrap_or_default();
-    let session = govern::Session { claims: &claims, token };
+    let claims = session.claims;
     match endpoint {
-        Endpoint::QueryRequest => return govern::query_request(core, head, body, capture, &session).await,
+        Endpoint::QueryRequest => return govern::query_request(core, head, body, capture, session).await,
         Endpoint::QueryResult(qid) => {
             capture.query_id = Some(qid.clone());
-            if let Some(answer) = govern::poll_parked(core, head, qid, capture, &session).await {
+            if let Some(answer) = govern::poll_parked(core, head, qid, capture, session).await {
                 return answer;
             }
             if let Err(refusal) = own_query(core, qid, &claims.sub, capture) {
@@ -738,7 +744,7 @@ async fn session_request(
     let forwarded = UpstreamRequest {
         method: head.method,
         target: head.target.clone(),
-        headers: upstream_session_headers(head, &claims),
+        headers: upstream_session_headers(head, claims),
         body: body.clone(),
     };
     let response = match send(core, &forwarded, body, capture).await {
@@ -749,8 +755,8 @@ async fn session_request(
         // A result poll carries rows like the query answer it continues; a query's status
         // quotes its error, which may quote the value that failed.
         Endpoint::QueryResult(_) | Endpoint::Monitoring(_) => {
-            let profiles = govern::profiles_for(core, &claims);
-            govern::masked_answer(core, head, response, capture, &session, &profiles)
+            let profiles = govern::profiles_for(core, claims);
+            govern::masked_answer(core, head, response, capture, session, &profiles)
         }
         _ => pass_through(response),
     }

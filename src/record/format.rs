@@ -795,6 +795,21 @@ pub fn footer_bytes_estimate(n_batches: usize, index_key_bytes: usize, index_ref
     FOOTER_HEADER_BYTES + FOOTER_FIXED_BYTES + 4 + n_batches * BATCH_ENTRY_BYTES + index_key_bytes + index_refs * 4
 }
 
+/// Which of the format's per-segment limits a segment holding this much is past, if any: the
+/// writer rotates before any of them, so a segment past one was not written by it (recovery
+/// and verify stop there, before its footer could not be read back or its index fill memory).
+pub fn segment_over_limits(n_batches: usize, n_index_keys: usize, footer_bytes: usize) -> Option<&'static str> {
+    if n_batches > limits::BATCHES_PER_SEGMENT_MAX {
+        Some("batches")
+    } else if n_index_keys > limits::INDEX_KEYS_PER_SEGMENT_MAX {
+        Some("index keys")
+    } else if footer_bytes > limits::FOOTER_BYTES_MAX {
+        Some("index bytes")
+    } else {
+        None
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

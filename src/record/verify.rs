@@ -8,10 +8,10 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use super::format::{
-    BatchEntry, ChainHead, FooterIndex, IndexMap, SEGMENT_HEADER_BYTES, SealReason, genesis, mac_equal, mac_key,
+    BatchEntry, ChainHead, FooterIndex, IndexMap, SEGMENT_HEADER_BYTES, SealReason, footer_bytes_estimate, genesis,
+    mac_equal, mac_key, segment_over_limits,
 };
-use super::limits;
-use super::reader::{ReadError, ReaderOptions, Recording, SegmentName, index_keys};
+use super::reader::{ReadError, ReadErrorKind, ReaderOptions, Recording, SegmentName, index_keys};
 
 /// How strict to be.
 #[derive(Debug, Clone, Copy, Default)]
@@ -280,6 +280,7 @@ impl Verifier<'_> {
         let mut batches: Vec<BatchEntry> = Vec::new();
         let mut index = IndexMap::new();
         let mut index_key_bytes = 0usize;
+        let mut index_refs = 0usize;
         let mut scan = reader.scan();
         let mut scan_error = None;
         for batch in &mut scan {
@@ -290,22 +291,6 @@ impl Verifier<'_> {
                     break;
                 }
             };
-            // No writer of the format puts more in a segment; past it, the index rebuilt here
-            // would only grow (a hostile open segment could fill memory).
-            let over = if batches.len() >= limits::BATCHES_PER_SEGMENT_MAX {
-                Some("batches")
-            } else if index.len() > limits::INDEX_KEYS_PER_SEGMENT_MAX {
-                Some("index keys")
-            } else if index_key_bytes > limits::FOOTER_BYTES_MAX {
-                Some("index bytes")
-            } else {
-                None
-            };
-            if let Some(what) = over {
-                let description = format!("the segment holds more {what} than a segment may");
-                report.problem(path.clone(), Some(batch.offset), None, description);
-                break;
-            }
             chain = batch.chain_after(header.version, &chain);
             let ordinal = batches.len() as u32;
             for record in &batch.records {
@@ -316,6 +301,7 @@ impl Verifier<'_> {
                     });
                     if ordinals.last() != Some(&ordinal) {
                         ordinals.push(ordinal);
+                        index_refs += 1;
                     }
                 }
             }
@@ -333,6 +319,14 @@ impl Verifier<'_> {
             });
             report.records += u64::from(batch.header.n_records);
             progress(batch.end_offset - batch.offset);
+            // Past a limit no writer of the format reaches, the index rebuilt here would only
+            // grow (a hostile open segment could fill memory).
+            let footer_bytes = footer_bytes_estimate(batches.len(), index_key_bytes, index_refs);
+            if let Some(what) = segment_over_limits(batches.len(), index.len(), footer_bytes) {
+                let description = ReadErrorKind::SegmentLimit(what).to_string();
+                report.problem(path.clone(), Some(batch.offset), None, description);
+                break;
+            }
         }
         let next_index = scan.next_index();
         let sealed = reader.sealed();

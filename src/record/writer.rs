@@ -16,7 +16,7 @@ use bytes::Bytes;
 use super::format::{
     BATCH_HEADER_BYTES, BatchEntry, BatchHeader, ChainHead, FORMAT_VERSION, Footer, FooterIndex, IndexKind,
     SEGMENT_HEADER_BYTES, SealReason, SegmentHeader, Trailer, chain_next, footer_bytes_estimate, footer_mac, genesis,
-    mac_equal, mac_key,
+    mac_equal, mac_key, segment_over_limits,
 };
 use super::frame::{EventFrame, EventKind, Frame, RECORD_PREFIX_BYTES, encode_body};
 use super::key_index::{self, KeyIndex};
@@ -615,23 +615,9 @@ impl SegmentWriter {
         let mut segment = OpenSegment::new(file, path.clone(), header.clone());
         let mut chain = header.previous_chain_head;
         let mut torn_at = None;
-        let over = |offset, what| {
-            corrupt(ReadError {
-                path: path.clone(),
-                offset,
-                record_index: None,
-                torn_tail: false,
-                kind: ReadErrorKind::SegmentLimit(what),
-            })
-        };
         for batch in reader.scan() {
             match batch {
                 Ok(batch) => {
-                    // The writer rotates before any of these limits; past one, the footer
-                    // this would seal could not be read back (or the index not be built).
-                    if segment.batches.len() >= limits::BATCHES_PER_SEGMENT_MAX {
-                        return Err(over(batch.offset, "batches"));
-                    }
                     chain = batch.chain_after(header.version, &chain);
                     let times = batch.records.iter().map(|r| r.frame.time_unix_us());
                     let (time_min, time_max) = times.fold((u64::MAX, 0), |(lo, hi), t| (lo.min(t), hi.max(t)));
@@ -647,13 +633,16 @@ impl SegmentWriter {
                     };
                     segment.add_batch(entry, batch.records.iter().flat_map(|r| index_keys(&r.frame)));
                     segment.len = batch.end_offset;
-                    if segment.index.n_keys > limits::INDEX_KEYS_PER_SEGMENT_MAX {
-                        return Err(over(batch.offset, "index keys"));
-                    }
                     let footer_bytes =
                         footer_bytes_estimate(segment.batches.len(), segment.index.key_bytes, segment.index.refs);
-                    if footer_bytes > limits::FOOTER_BYTES_MAX {
-                        return Err(over(batch.offset, "index bytes"));
+                    if let Some(what) = segment_over_limits(segment.batches.len(), segment.index.n_keys, footer_bytes) {
+                        return Err(corrupt(ReadError {
+                            path,
+                            offset: batch.offset,
+                            record_index: None,
+                            torn_tail: false,
+                            kind: ReadErrorKind::SegmentLimit(what),
+                        }));
                     }
                 }
                 Err(error) if error.torn_tail => {
