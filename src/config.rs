@@ -269,6 +269,8 @@ pub struct RecordingSection {
     /// Directory for recording segments.
     pub directory: PathBuf,
     /// File holding the recording key (64 hex digits), which `snowgate-tools verify` needs.
+    /// Batches are chained under it as they are written: after a crash the gateway starts only
+    /// with the key the open segment was written with (change it after a clean stop).
     pub key_file: Option<PathBuf>,
     /// Environment variable holding the recording key (64 hex digits).
     pub key_env: Option<String>,

@@ -13,7 +13,7 @@ use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
 use libfuzzer_sys::fuzz_target;
-use snowgate::record::format::{FORMAT_VERSION, SegmentHeader, encode_batch, genesis};
+use snowgate::record::format::{FORMAT_VERSION, SegmentHeader, chain_key, encode_batch, genesis};
 use snowgate::record::reader::{ReaderOptions, index_keys};
 use snowgate::record::storage::SimulatedStorage;
 use snowgate::record::{
@@ -74,7 +74,7 @@ fn framed_bodies(input: &[u8]) -> Vec<u8> {
     let mut out = header.encode().to_vec();
     if !bodies.is_empty() {
         let refs: Vec<&[u8]> = bodies.iter().map(Vec::as_slice).collect();
-        out.extend_from_slice(&encode_batch(0, &refs, 1).unwrap());
+        out.extend_from_slice(&encode_batch(&chain_key(&[3; 32]), &genesis(0), 0, &refs, 1).unwrap().0);
     }
     out
 }

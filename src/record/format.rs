@@ -12,15 +12,26 @@ use super::limits;
 /// The first eight bytes of every segment file.
 pub const SEGMENT_MAGIC: [u8; 8] = *b"SNOWGREC";
 /// The format version this code writes.
-pub const FORMAT_VERSION: u16 = 3;
+pub const FORMAT_VERSION: u16 = 4;
 /// The oldest format version this code still reads (and verifies, and recovers).
 pub const OLDEST_READ_VERSION: u16 = 1;
 /// Bytes in the segment header.
 pub const SEGMENT_HEADER_BYTES: usize = 96;
 /// Marker of a batch frame.
 pub const BATCH_MARKER: [u8; 4] = *b"SGB1";
-/// Bytes in a batch header.
-pub const BATCH_HEADER_BYTES: usize = 32;
+/// Bytes in a batch header (format version 4: with its chain tag).
+pub const BATCH_HEADER_BYTES: usize = 64;
+/// Bytes in a batch header of format versions 1 to 3 (no chain tag).
+pub const BATCH_HEADER_BYTES_UNTAGGED: usize = 32;
+/// The batch header's bytes before its chain tag: what the keyed chain covers of it.
+pub const BATCH_FIELDS_BYTES: usize = 28;
+/// The first format version whose chain is keyed, each batch header carrying its value.
+pub const FIRST_KEYED_CHAIN_VERSION: u16 = 4;
+
+/// Bytes in a batch header of format `version`.
+pub fn batch_header_bytes(version: u16) -> usize {
+    if version >= FIRST_KEYED_CHAIN_VERSION { BATCH_HEADER_BYTES } else { BATCH_HEADER_BYTES_UNTAGGED }
+}
 /// Marker of the footer frame.
 pub const FOOTER_MARKER: [u8; 4] = *b"SGF1";
 /// Bytes in the footer frame's header.
@@ -42,11 +53,34 @@ pub fn genesis(core_id: u16) -> ChainHead {
     blake3::derive_key("snowgate record v1 chain genesis", &core_id.to_le_bytes())
 }
 
-/// The chain value after a batch whose header is `header` (its 32 bytes as written) and whose
-/// zstd frame is `compressed`: the bytes on disk, so that the chain costs a hash of the
-/// compressed size (a tenth of the records or less) and verifying it needs no decompression.
-/// The records are covered all the same: each is inside the frame, with its CRC.
-pub fn chain_next(previous: &ChainHead, header: &[u8; BATCH_HEADER_BYTES], compressed: &[u8]) -> ChainHead {
+/// The key the chain over batches is computed with (format version 4 on), derived from the
+/// configured 32-byte sealing key like [`mac_key`], for another purpose.
+pub fn chain_key(sealing_key: &[u8; 32]) -> [u8; 32] {
+    blake3::derive_key("snowgate record v4 batch chain", sealing_key)
+}
+
+/// The chain value after a batch (format version 4 on): keyed BLAKE3 over the previous value,
+/// the batch header's fields (its first [`BATCH_FIELDS_BYTES`], lengths, counts and the
+/// frame's CRC) and its zstd frame, the bytes on disk. The batch header carries the value
+/// (its chain tag), so each batch of a segment not yet sealed is authenticated on its own:
+/// rewriting one, or the chain after it, takes the key.
+pub fn chain_next_keyed(
+    chain_key: &[u8; 32],
+    previous: &ChainHead,
+    fields: &[u8; BATCH_FIELDS_BYTES],
+    compressed: &[u8],
+) -> ChainHead {
+    let mut hasher = blake3::Hasher::new_keyed(chain_key);
+    hasher.update(previous);
+    hasher.update(fields);
+    hasher.update(compressed);
+    *hasher.finalize().as_bytes()
+}
+
+/// Format version 3's chain step, unkeyed: the chain value after a batch whose header is
+/// `header` (its 32 bytes as written) and whose zstd frame is `compressed`. Read-only: kept so
+/// that those segments still verify.
+pub fn chain_next(previous: &ChainHead, header: &[u8; BATCH_HEADER_BYTES_UNTAGGED], compressed: &[u8]) -> ChainHead {
     let mut hasher = blake3::Hasher::new();
     hasher.update(previous);
     hasher.update(header);
@@ -128,7 +162,7 @@ pub enum StructureError {
 pub struct SegmentHeader {
     /// The format version: [`FORMAT_VERSION`] for what this code writes; older segments read
     /// back with theirs (it decides how the chain is computed: [`chain_next_decompressed`]
-    /// up to version 2, [`chain_next`] from version 3).
+    /// up to version 2, [`chain_next`] in version 3, [`chain_next_keyed`] from version 4).
     pub version: u16,
     /// The core whose chain this segment continues.
     pub core_id: u16,
@@ -206,32 +240,54 @@ pub struct BatchHeader {
     pub first_record_index: u64,
     /// CRC32C of the zstd frame.
     pub payload_crc: u32,
+    /// The chain value after this batch ([`chain_next_keyed`]): present from format version
+    /// 4, absent before.
+    pub chain_tag: Option<ChainHead>,
 }
 
 impl BatchHeader {
-    /// The header's bytes.
-    pub fn encode(&self) -> [u8; BATCH_HEADER_BYTES] {
-        let mut out = [0u8; BATCH_HEADER_BYTES];
+    /// The header's fields before its chain tag, as written: what the keyed chain covers.
+    pub fn fields(&self) -> [u8; BATCH_FIELDS_BYTES] {
+        let mut out = [0u8; BATCH_FIELDS_BYTES];
         out[0..4].copy_from_slice(&BATCH_MARKER);
         out[4..8].copy_from_slice(&self.compressed_len.to_le_bytes());
         out[8..12].copy_from_slice(&self.uncompressed_len.to_le_bytes());
         out[12..16].copy_from_slice(&self.n_records.to_le_bytes());
         out[16..24].copy_from_slice(&self.first_record_index.to_le_bytes());
         out[24..28].copy_from_slice(&self.payload_crc.to_le_bytes());
-        let crc = crc32c::crc32c(&out[..28]);
-        out[28..32].copy_from_slice(&crc.to_le_bytes());
         out
     }
 
-    /// Decodes and checks a header (its marker must already have been seen).
-    pub fn decode(bytes: &[u8]) -> Result<BatchHeader, StructureError> {
-        if bytes.len() < BATCH_HEADER_BYTES {
+    /// The header's bytes: [`BATCH_HEADER_BYTES`] with a chain tag, the untagged 32 of
+    /// versions 1 to 3 without.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(BATCH_HEADER_BYTES);
+        self.encode_into(&mut out);
+        out
+    }
+
+    /// Appends the header's bytes to `out`.
+    pub fn encode_into(&self, out: &mut Vec<u8>) {
+        let start = out.len();
+        out.extend_from_slice(&self.fields());
+        if let Some(tag) = &self.chain_tag {
+            out.extend_from_slice(tag);
+        }
+        let crc = crc32c::crc32c(&out[start..]);
+        out.extend_from_slice(&crc.to_le_bytes());
+    }
+
+    /// Decodes and checks a header of format `version` (its marker must already have been
+    /// seen).
+    pub fn decode(bytes: &[u8], version: u16) -> Result<BatchHeader, StructureError> {
+        let len = batch_header_bytes(version);
+        if bytes.len() < len {
             return Err(StructureError::Truncated);
         }
         if bytes[0..4] != BATCH_MARKER {
             return Err(StructureError::BadMagic);
         }
-        if crc32c::crc32c(&bytes[..28]) != u32_at(bytes, 28) {
+        if crc32c::crc32c(&bytes[..len - 4]) != u32_at(bytes, len - 4) {
             return Err(StructureError::BadCrc);
         }
         let header = BatchHeader {
@@ -240,6 +296,7 @@ impl BatchHeader {
             n_records: u32_at(bytes, 12),
             first_record_index: u64_at(bytes, 16),
             payload_crc: u32_at(bytes, 24),
+            chain_tag: (len == BATCH_HEADER_BYTES).then(|| hash_at(bytes, BATCH_FIELDS_BYTES)),
         };
         if header.n_records == 0 || header.compressed_len == 0 {
             return Err(StructureError::OutOfRange);
@@ -767,10 +824,17 @@ impl Trailer {
     }
 }
 
-/// A whole batch (header and zstd frame) holding these record bodies, each given its
-/// `len | crc` prefix. The writer builds batches in its own reused buffers; this is for
+/// A whole batch of the current format (header and zstd frame) holding these record bodies,
+/// each given its `len | crc` prefix, chained from `previous` under `chain_key`; with the
+/// chain value after it. The writer builds batches in its own reused buffers; this is for
 /// tests and fuzzing, which need valid framing around arbitrary bodies.
-pub fn encode_batch(first_record_index: u64, bodies: &[&[u8]], zstd_level: i32) -> std::io::Result<Vec<u8>> {
+pub fn encode_batch(
+    chain_key: &[u8; 32],
+    previous: &ChainHead,
+    first_record_index: u64,
+    bodies: &[&[u8]],
+    zstd_level: i32,
+) -> std::io::Result<(Vec<u8>, ChainHead)> {
     let mut payload = Vec::new();
     for body in bodies {
         payload.extend_from_slice(&(body.len() as u32).to_le_bytes());
@@ -778,16 +842,19 @@ pub fn encode_batch(first_record_index: u64, bodies: &[&[u8]], zstd_level: i32) 
         payload.extend_from_slice(body);
     }
     let compressed = zstd::bulk::compress(&payload, zstd_level)?;
-    let header = BatchHeader {
+    let mut header = BatchHeader {
         compressed_len: compressed.len() as u32,
         uncompressed_len: payload.len() as u32,
         n_records: bodies.len() as u32,
         first_record_index,
         payload_crc: crc32c::crc32c(&compressed),
+        chain_tag: None,
     };
-    let mut out = header.encode().to_vec();
+    let chain = chain_next_keyed(chain_key, previous, &header.fields(), &compressed);
+    header.chain_tag = Some(chain);
+    let mut out = header.encode();
     out.extend_from_slice(&compressed);
-    Ok(out)
+    Ok((out, chain))
 }
 
 /// Bytes the footer of `n_batches` batches and these index keys will take, for rotation.
@@ -844,15 +911,43 @@ mod tests {
             n_records: 2,
             first_record_index: 7,
             payload_crc: 99,
+            chain_tag: Some([5; 32]),
         };
-        assert_eq!(BatchHeader::decode(&header.encode()), Ok(header));
+        let v = FORMAT_VERSION;
+        assert_eq!(header.encode().len(), BATCH_HEADER_BYTES);
+        assert_eq!(BatchHeader::decode(&header.encode(), v), Ok(header));
         let huge = BatchHeader { uncompressed_len: u32::MAX, ..header };
-        assert_eq!(BatchHeader::decode(&huge.encode()), Err(StructureError::OverLimit("uncompressed batch length")));
+        assert_eq!(BatchHeader::decode(&huge.encode(), v), Err(StructureError::OverLimit("uncompressed batch length")));
         let most = BatchHeader { n_records: limits::BATCH_FRAMES_MAX as u32, ..header };
-        assert_eq!(BatchHeader::decode(&most.encode()), Ok(most));
+        assert_eq!(BatchHeader::decode(&most.encode(), v), Ok(most));
         let too_many = BatchHeader { n_records: limits::BATCH_FRAMES_MAX as u32 + 1, ..header };
-        assert_eq!(BatchHeader::decode(&too_many.encode()), Err(StructureError::OverLimit("records per batch")));
-        assert_eq!(BatchHeader::decode(&header.encode()[..31]), Err(StructureError::Truncated));
+        assert_eq!(BatchHeader::decode(&too_many.encode(), v), Err(StructureError::OverLimit("records per batch")));
+        assert_eq!(BatchHeader::decode(&header.encode()[..63], v), Err(StructureError::Truncated));
+        // Version 3's header has no tag, and each version reads only its own length.
+        let untagged = BatchHeader { chain_tag: None, ..header };
+        assert_eq!(untagged.encode().len(), BATCH_HEADER_BYTES_UNTAGGED);
+        assert_eq!(BatchHeader::decode(&untagged.encode(), 3), Ok(untagged));
+        assert_eq!(BatchHeader::decode(&untagged.encode(), v), Err(StructureError::Truncated));
+        assert_eq!(BatchHeader::decode(&header.encode(), 3), Err(StructureError::BadCrc));
+        // Every bit of a tagged header, the tag included, is under its CRC.
+        let bytes = header.encode();
+        for bit in 0..BATCH_HEADER_BYTES * 8 {
+            let mut flipped = bytes.clone();
+            flipped[bit / 8] ^= 1 << (bit % 8);
+            assert!(BatchHeader::decode(&flipped, v).is_err(), "bit {bit} went unnoticed");
+        }
+    }
+
+    #[test]
+    fn the_keyed_chain_depends_on_the_key_and_every_input() {
+        let key = chain_key(&[1; 32]);
+        let fields = [3u8; BATCH_FIELDS_BYTES];
+        let base = chain_next_keyed(&key, &[2; 32], &fields, b"frame");
+        assert_ne!(base, chain_next_keyed(&chain_key(&[9; 32]), &[2; 32], &fields, b"frame"));
+        assert_ne!(base, chain_next_keyed(&key, &[4; 32], &fields, b"frame"));
+        assert_ne!(base, chain_next_keyed(&key, &[2; 32], &[4; BATCH_FIELDS_BYTES], b"frame"));
+        assert_ne!(base, chain_next_keyed(&key, &[2; 32], &fields, b"frams"));
+        assert_ne!(key, mac_key(&[1; 32]), "one key, two purposes, two derived keys");
     }
 
     #[test]

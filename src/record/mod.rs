@@ -57,14 +57,17 @@
 //! no writer's frame at its declared end) is cut back to the last whole batch, the segment is
 //! sealed (`recovered`), and a `recovery_performed` event opens the next segment. Damage with
 //! the writer's frames after it is corruption: [`Recorder::start`] returns it
-//! ([`RecordError::Corrupt`]) and nothing is cut. One exception: a last segment whose batch
+//! ([`RecordError::Corrupt`]) and nothing is cut. So is a whole batch whose chain tag does not
+//! hold under the key (written by someone without it: sealing it would authenticate it), and
+//! an open segment in an older format version than the segment before it (versions only
+//! grow; an older format's chain needs no key). One exception: a last segment whose batch
 //! headers do not lead to its footer, but whose trailer names a footer that authenticates under
 //! the key, was sealed by the recorder and damaged afterwards. Its footer's chain head is the
 //! one sealed, so the chain goes on from it; the damage (the first error a scan meets, with
 //! its file and offset) is logged as an error and recorded in a `recovery_performed` event,
 //! and the segment is left as it is, for `verify` to report.
 //!
-//! # Limits (format version 3)
+//! # Limits (format version 4)
 //! Fields are refused, never truncated, when over their limit.
 //!
 //! | what | limit |
@@ -85,7 +88,7 @@
 //! | queue depth (config) | 1 Mi frames |
 //! | segment size (config) | 4 GiB (a segment may pass it by one batch) |
 //!
-//! # Byte layout (format version 3)
+//! # Byte layout (format version 4)
 //! All integers are little-endian. CRCs are CRC32C (Castagnoli).
 //!
 //! A core writes segment files `seg-<core, 3+ digits>-<sequence, 10+ digits>.sgr`, sequence
@@ -95,14 +98,14 @@
 //! batch*                        one zstd frame of records each
 //! [footer frame, trailer]       present once sealed
 //! ```
-//! **Segment header**: `magic "SNOWGREC" (8) | version u16 = 3 | header length u16 = 96 |
+//! **Segment header**: `magic "SNOWGREC" (8) | version u16 = 4 | header length u16 = 96 |
 //! core u16 | flags u16 = 0 | sequence u64 | created unix µs u64 | first record index u64 |
 //! previous chain head [32] | reserved [20] = 0 | crc32c u32` (over bytes 0..92).
 //!
 //! **Batch**: `marker "SGB1" (4) | compressed length u32 | uncompressed length u32 |
-//! records u32 (≥ 1) | first record index u64 | crc32c of the zstd frame u32 | crc32c u32`
-//! (over bytes 0..28), then one zstd frame (its content size set) which decompresses to the
-//! records, back to back:
+//! records u32 (≥ 1) | first record index u64 | crc32c of the zstd frame u32 | chain tag [32] |
+//! crc32c u32` (over bytes 0..60; 64 bytes in all), then one zstd frame (its content size set)
+//! which decompresses to the records, back to back:
 //!
 //! **Record**: `body length u32 | crc32c of body u32 | body`, where the body is
 //! `record index u64 | kind u8 (1 request, 2 response, 3 event) | time unix µs u64 | field*`
@@ -127,15 +130,21 @@
 //! | 25, 26 | upstream µs, total µs (required) | response |
 //! | 30, 31 | event name, detail (required) | event |
 //!
-//! **Chain**: per core, over batches: `head₀ = BLAKE3-derive-key("snowgate record v1 chain
-//! genesis", core u16)` and `headᵢ₊₁ = BLAKE3(headᵢ ‖ batch headerᵢ ‖ zstd frameᵢ)`, over the
-//! batch's 32 header bytes and compressed frame as they are on disk. Every record is covered,
-//! in order, with its CRC, inside the frame; hashing the compressed bytes costs a tenth of
-//! hashing the records or less, and checking the chain needs no decompression. Record indexes
-//! count from 0 per core and never restart; a segment header carries the head and index its
-//! first record continues. Older versions, still read, verified and recovered: version 2
-//! chained over each batch's decompressed payload (`BLAKE3(headᵢ ‖ payloadᵢ)`, its records
-//! with their prefixes), version 1 record by record (`BLAKE3(headᵢ ‖ bodyᵢ)`).
+//! **Chain**: per core, over batches, keyed: `head₀ = BLAKE3-derive-key("snowgate record v1
+//! chain genesis", core u16)` and `headᵢ₊₁ = BLAKE3-keyed(chain key, headᵢ ‖ batch
+//! headerᵢ[0..28] ‖ zstd frameᵢ)`, over the batch header's fields (up to its chain tag) and
+//! its compressed frame as they are on disk, with the chain key `BLAKE3-derive-key("snowgate
+//! record v4 batch chain", sealing key)`. Each batch header's chain tag is `headᵢ₊₁`, so every
+//! batch is authenticated on its own, before any seal: rewriting one, or the chain after it,
+//! takes the key. Every record is covered, in order, with its CRC, inside the frame; hashing
+//! the compressed bytes costs a tenth of hashing the records or less, and checking the chain
+//! needs no decompression. Record indexes count from 0 per core and never restart; a segment
+//! header carries the head and index its first record continues. Format versions only grow
+//! along a core's chain. Older versions, still read, verified and recovered (the key is not
+//! needed for their chain): version 3 chained the same bytes unkeyed, the whole 32-byte
+//! header included, with no tag (`BLAKE3(headᵢ ‖ batch headerᵢ ‖ zstd frameᵢ)`); version 2
+//! over each batch's decompressed payload (`BLAKE3(headᵢ ‖ payloadᵢ)`, its records with their
+//! prefixes); version 1 record by record (`BLAKE3(headᵢ ‖ bodyᵢ)`).
 //!
 //! **Footer frame**: `marker "SGF1" (4) | body length u32 | crc32c of body u32 | crc32c u32`
 //! (over bytes 0..12), then the body: `record count u64 | first record index u64 | time min
@@ -158,13 +167,14 @@
 //! and a restart does not hide it (recovery leaves the missing sequence number unused). Cutting
 //! the last segment's own tail (its seal stripped, whole batches removed, down to its header)
 //! looks like a crash to recovery, which keeps what remains.
-//! Nothing in the files can catch a rollback to an older, complete state, or a change to the
-//! open (unsealed) segment: the chain over batches is unkeyed (only seals are keyed), so
-//! anyone who can write the directory can rewrite an open segment's batches with their CRCs
-//! and chain, and stripping the last segment's seal (or the seal of a segment whose
-//! successors they delete) makes it open again. The next start seals what it finds, as after
-//! a crash. Catching that takes an anchor kept elsewhere (the chain head of the last sealed
-//! segment, shipped off the host), or a keyed chain, which this format does not have.
+//! The batches of an open segment cannot be altered either (from format version 4, each
+//! carries its keyed chain value): a segment whose seal was stripped can be cut back to fewer
+//! whole batches, which is what a crash leaves, but not rewritten, and neither verify nor the
+//! next start accepts a rewrite. Nothing in the files can catch a rollback to an older,
+//! complete state, or the recording's tail cut off at a batch boundary (the last segments
+//! deleted and the seal of the one left stripped): that takes an anchor kept elsewhere (the
+//! chain head of the last sealed segment, shipped off the host). An open segment's header fields other than its chain link
+//! (its creation time) are unauthenticated until it is sealed.
 
 pub mod format;
 pub mod frame;

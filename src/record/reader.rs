@@ -21,8 +21,9 @@ use bytes::Bytes;
 use zstd::stream::raw::{Decoder, InBuffer, Operation, OutBuffer};
 
 use super::format::{
-    BATCH_HEADER_BYTES, BATCH_MARKER, BatchHeader, ChainHead, FOOTER_HEADER_BYTES, FOOTER_MARKER, Footer, IndexKind,
-    SEGMENT_HEADER_BYTES, SegmentHeader, StructureError, TRAILER_BYTES, Trailer, chain_next, chain_next_decompressed,
+    BATCH_FIELDS_BYTES, BATCH_MARKER, BatchHeader, ChainHead, FOOTER_HEADER_BYTES, FOOTER_MARKER, Footer, IndexKind,
+    SEGMENT_HEADER_BYTES, SegmentHeader, StructureError, TRAILER_BYTES, Trailer, batch_header_bytes, chain_next,
+    chain_next_decompressed, chain_next_keyed, mac_equal,
 };
 use super::frame::{DecodeError, Frame, RECORD_PREFIX_BYTES, decode_body};
 use super::limits;
@@ -122,6 +123,19 @@ pub enum ReadErrorKind {
     /// The segment has no footer where one was required.
     #[error("the segment is not sealed")]
     NotSealed,
+    /// A batch's chain tag (format version 4 on) is not the keyed chain value after it: the
+    /// batch, or the chain before it, was written without the key, or with another key.
+    #[error("the batch's chain tag does not authenticate (written without the key, or with another key)")]
+    ChainTag,
+    /// A segment in an older format version than the one before it: versions only grow, so it
+    /// was rewritten, in a format whose chain needs no key.
+    #[error("format version {version} after a version {before} segment (rewritten)")]
+    Downgraded {
+        /// This segment's version.
+        version: u16,
+        /// The version of the segment before it.
+        before: u16,
+    },
 }
 
 /// A problem at a place in a segment file: the file, the byte offset, and the first record
@@ -187,8 +201,9 @@ pub struct Batch {
     pub end_offset: u64,
     /// The header.
     pub header: BatchHeader,
-    /// The header's 32 bytes as read (the chain covers them from version 3).
-    pub header_bytes: [u8; BATCH_HEADER_BYTES],
+    /// The header's bytes as read (the chain covers them from version 3, all 32 of them in
+    /// version 3, the fields before the chain tag from version 4).
+    pub header_bytes: Vec<u8>,
     /// The zstd frame as read (the chain covers it from version 3).
     pub compressed: Bytes,
     /// The decompressed records.
@@ -205,14 +220,32 @@ impl Batch {
     }
 
     /// The chain value after this batch, from `previous`, as format `version` defines it: one
-    /// step over the header and zstd frame (version 3), over the decompressed payload (version
-    /// 2), or one per record body (version 1).
-    pub fn chain_after(&self, version: u16, previous: &ChainHead) -> ChainHead {
+    /// keyed step over the header's fields and zstd frame under `chain_key` (version 4, see
+    /// [`super::format::chain_key`]), one unkeyed step over the header and zstd frame (version
+    /// 3), over the decompressed payload (version 2), or one per record body (version 1).
+    pub fn chain_after(&self, version: u16, previous: &ChainHead, chain_key: &[u8; 32]) -> ChainHead {
         match version {
             1 => self.record_bodies().fold(*previous, |chain, body| chain_next_decompressed(&chain, body)),
             2 => chain_next_decompressed(previous, &self.payload),
-            _ => chain_next(previous, &self.header_bytes, &self.compressed),
+            3 => chain_next(
+                previous,
+                self.header_bytes[..].try_into().expect("a version 3 header's length"),
+                &self.compressed,
+            ),
+            _ => chain_next_keyed(
+                chain_key,
+                previous,
+                self.header_bytes[..BATCH_FIELDS_BYTES].try_into().expect("the fields' length"),
+                &self.compressed,
+            ),
         }
+    }
+
+    /// Whether the header's chain tag (from version 4) is `chain`, the value
+    /// [`Batch::chain_after`] computed: if not, the batch, or the chain before it, was
+    /// written without the key. Always true before version 4 (no tag).
+    pub fn tag_holds(&self, chain: &ChainHead) -> bool {
+        self.header.chain_tag.is_none_or(|tag| mac_equal(&tag, chain))
     }
 }
 
@@ -395,17 +428,23 @@ impl SegmentReader {
     /// header on, end exactly at `footer_offset`, where a footer marker is. One header read
     /// per batch, no payload.
     fn batches_lead_to_footer(&self, footer_offset: u64) -> Result<bool, ReadError> {
+        let header_len = self.batch_header_len();
         let mut offset = SEGMENT_HEADER_BYTES as u64;
         while offset < footer_offset {
-            if offset + BATCH_HEADER_BYTES as u64 > footer_offset {
+            if offset + header_len as u64 > footer_offset {
                 return Ok(false);
             }
-            let Ok(header) = BatchHeader::decode(&self.read_at(offset, BATCH_HEADER_BYTES)?) else {
+            let Ok(header) = BatchHeader::decode(&self.read_at(offset, header_len)?, self.header.version) else {
                 return Ok(false);
             };
-            offset += BATCH_HEADER_BYTES as u64 + u64::from(header.compressed_len);
+            offset += header_len as u64 + u64::from(header.compressed_len);
         }
         Ok(offset == footer_offset && self.read_at(footer_offset, FOOTER_MARKER.len())?[..] == FOOTER_MARKER)
+    }
+
+    /// Bytes in a batch header of this segment's format version.
+    fn batch_header_len(&self) -> usize {
+        batch_header_bytes(self.header.version)
     }
 
     /// The segment file's path.
@@ -443,12 +482,13 @@ impl SegmentReader {
     pub fn read_batch(&self, offset: u64, expected_first_index: Option<u64>) -> Result<Batch, ReadError> {
         let limit = self.sealed.as_ref().map_or(self.len, |s| s.footer_offset);
         let at_fault = |kind| self.error(offset, expected_first_index, kind);
-        if offset.checked_add(BATCH_HEADER_BYTES as u64).is_none_or(|end| end > limit) {
+        let header_len = self.batch_header_len();
+        if offset.checked_add(header_len as u64).is_none_or(|end| end > limit) {
             return Err(at_fault(ReadErrorKind::BatchTruncated));
         }
-        let header_bytes: [u8; BATCH_HEADER_BYTES] =
-            self.read_at(offset, BATCH_HEADER_BYTES)?.try_into().expect("read_at reads what it is asked");
-        let header = BatchHeader::decode(&header_bytes).map_err(|e| at_fault(ReadErrorKind::BatchHeader(e)))?;
+        let header_bytes = self.read_at(offset, header_len)?;
+        let header = BatchHeader::decode(&header_bytes, self.header.version)
+            .map_err(|e| at_fault(ReadErrorKind::BatchHeader(e)))?;
         let first_index = expected_first_index.unwrap_or(header.first_record_index);
         let at_fault = |kind| self.error(offset, Some(first_index), kind);
         if header.first_record_index != first_index {
@@ -464,7 +504,7 @@ impl SegmentReader {
         {
             return Err(at_fault(ReadErrorKind::BatchHeader(StructureError::OutOfRange)));
         }
-        let payload_offset = offset + BATCH_HEADER_BYTES as u64;
+        let payload_offset = offset + header_len as u64;
         let end_offset = payload_offset + u64::from(header.compressed_len);
         if end_offset > limit {
             return Err(at_fault(ReadErrorKind::BatchTruncated));
@@ -656,10 +696,11 @@ impl SegmentReader {
         match kind {
             ReadErrorKind::BatchTruncated => Ok(true),
             ReadErrorKind::PayloadCrc | ReadErrorKind::BatchHeader(_) | ReadErrorKind::UnknownMarker => {
-                let available = (self.len - offset).min(BATCH_HEADER_BYTES as u64) as usize;
-                match BatchHeader::decode(&self.read_at(offset, available)?) {
+                let header_len = self.batch_header_len();
+                let available = (self.len - offset).min(header_len as u64) as usize;
+                match BatchHeader::decode(&self.read_at(offset, available)?, self.header.version) {
                     Ok(header) => {
-                        let end = offset + BATCH_HEADER_BYTES as u64 + u64::from(header.compressed_len);
+                        let end = offset + header_len as u64 + u64::from(header.compressed_len);
                         Ok(!self.frame_header_at(end)?)
                     }
                     Err(_) => Ok(!self.whole_frame_after(offset)?),
@@ -689,25 +730,26 @@ impl SegmentReader {
         if offset >= self.len {
             return Ok(false);
         }
-        let bytes = self.read_at(offset, (self.len - offset).min(BATCH_HEADER_BYTES as u64) as usize)?;
-        Ok(BatchHeader::decode(&bytes).is_ok() || Footer::decode_frame_header(&bytes).is_ok())
+        let bytes = self.read_at(offset, (self.len - offset).min(self.batch_header_len() as u64) as usize)?;
+        Ok(BatchHeader::decode(&bytes, self.header.version).is_ok() || Footer::decode_frame_header(&bytes).is_ok())
     }
 
     /// Whether a whole frame starts after `from`: a batch or footer whose header and content
     /// CRCs both hold, and which ends inside the file.
     fn whole_frame_after(&self, from: u64) -> Result<bool, ReadError> {
         const WINDOW_BYTES: u64 = 1 << 20;
+        let header_len = self.batch_header_len();
         let mut start = from + 1;
         while start < self.len {
-            let window_len = (self.len - start).min(WINDOW_BYTES + BATCH_HEADER_BYTES as u64);
+            let window_len = (self.len - start).min(WINDOW_BYTES + header_len as u64);
             let window = self.read_at(start, window_len as usize)?;
             for marker in [&BATCH_MARKER, &FOOTER_MARKER] {
                 for at in memchr::memmem::find_iter(&window, marker) {
                     let candidate = &window[at..];
                     let content = if marker == &BATCH_MARKER {
-                        BatchHeader::decode(candidate)
+                        BatchHeader::decode(candidate, self.header.version)
                             .ok()
-                            .map(|h| (BATCH_HEADER_BYTES as u64, u64::from(h.compressed_len), h.payload_crc))
+                            .map(|h| (header_len as u64, u64::from(h.compressed_len), h.payload_crc))
                     } else {
                         Footer::decode_frame_header(candidate)
                             .ok()
@@ -993,7 +1035,7 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::record::format::{Footer, SealReason, Trailer};
+    use crate::record::format::{BATCH_HEADER_BYTES, Footer, SealReason, Trailer};
     use crate::record::storage::{SimulatedStorage, SplitMix64, Storage};
     use crate::record::{Decision, Principal, RecordError, RecorderConfig, RequestFrame, SegmentWriter, verify};
 
@@ -1058,8 +1100,9 @@ mod tests {
             n_records: 1,
             first_record_index: 3,
             payload_crc: rng.next_u64() as u32,
+            chain_tag: Some([rng.next_u64() as u8; 32]),
         };
-        header.encode().to_vec()
+        header.encode()
     }
 
     /// An agent's incompressible body holding what a reader might take for frames: a fake
@@ -1076,7 +1119,7 @@ mod tests {
         body.extend(noise(&mut rng, 300));
         if whole_fake_batch {
             let record = noise(&mut rng, 40);
-            body.extend(crate::record::format::encode_batch(3, &[&record], 1).unwrap());
+            body.extend(crate::record::format::encode_batch(&[7; 32], &[0; 32], 3, &[&record], 1).unwrap().0);
             body.extend(noise(&mut rng, 300));
         }
         body.extend_from_slice(tail);
@@ -1223,7 +1266,9 @@ mod tests {
         };
         let mut bytes = header.encode().to_vec();
         let body = [0u8; 40];
-        bytes.extend(crate::record::format::encode_batch(u64::MAX - 1, &[&body, &body, &body], 1).unwrap());
+        bytes.extend(
+            crate::record::format::encode_batch(&[7; 32], &[0; 32], u64::MAX - 1, &[&body, &body, &body], 1).unwrap().0,
+        );
         let reader = SegmentReader::from_bytes("x".into(), Bytes::from(bytes), ReaderOptions::default()).unwrap();
         let error = reader.scan().next().unwrap().unwrap_err();
         assert!(matches!(error.kind, ReadErrorKind::BatchHeader(StructureError::OutOfRange)), "{error}");
@@ -1265,6 +1310,7 @@ mod tests {
             n_records,
             first_record_index: 0,
             payload_crc: crc32c::crc32c(frame),
+            chain_tag: Some([0; 32]),
         };
         bytes.extend_from_slice(&batch.encode());
         bytes.extend_from_slice(frame);
@@ -1308,8 +1354,8 @@ mod tests {
         let bodies: Vec<Vec<u8>> =
             (0..4u64).map(|n| [n.to_le_bytes().to_vec(), vec![b'x'; 1024 * 1024]].concat()).collect();
         let refs: Vec<&[u8]> = bodies.iter().map(Vec::as_slice).collect();
-        let batch = crate::record::format::encode_batch(0, &refs, 1).unwrap();
-        let header = BatchHeader::decode(&batch).unwrap();
+        let (batch, _) = crate::record::format::encode_batch(&[7; 32], &[0; 32], 0, &refs, 1).unwrap();
+        let header = BatchHeader::decode(&batch, crate::record::format::FORMAT_VERSION).unwrap();
         assert!(header.compressed_len < 64 * 1024 / 8, "{}", header.compressed_len);
         let header_only = Bytes::copy_from_slice(&segment_header());
         let reader = SegmentReader::from_bytes("x".into(), header_only, ReaderOptions::default()).unwrap();

@@ -152,7 +152,9 @@ pub struct RecorderConfig {
     /// time the next group commit is due (so not at all when one is due already), and not
     /// when a full batch is already queued.
     pub linger: Duration,
-    /// The key segment footers are sealed with (32 bytes).
+    /// The key segment footers are sealed and batches chained with (32 bytes; two keys are
+    /// derived from it). A segment left open by a crash is recovered only under the key it
+    /// was written with: change the key after a clean stop.
     pub sealing_key: [u8; 32],
 }
 

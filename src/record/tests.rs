@@ -9,6 +9,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use proptest::prelude::*;
 
+use super::reader::ReadErrorKind;
 use super::storage::{SimulatedStorage, Storage};
 use super::*;
 
@@ -595,6 +596,127 @@ fn corruption_before_the_tail_is_reported_and_nothing_is_cut() {
     assert_eq!(storage.read(&segment_path(0)).unwrap(), bytes, "nothing was cut");
 }
 
+/// Open segment `bytes` with every batch from the one at `from` on rewritten as someone who
+/// can write the directory would: "orders" made "ORDERS" in each record, every CRC fixed,
+/// and the chain rebuilt from there: in `version` 4 each batch's tag computed under
+/// `chain_key`, in version 3 (the segment header then saying 3) untagged with the unkeyed
+/// chain. Batches before `from` are kept as they are.
+fn rewrite_open_segment(bytes: &[u8], from: u64, version: u16, chain_key: &[u8; 32]) -> Vec<u8> {
+    let reader = SegmentReader::from_bytes("x".into(), Bytes::from(bytes.to_vec()), Default::default()).unwrap();
+    assert!(reader.sealed().is_none());
+    let mut header = reader.header().clone();
+    header.version = version;
+    let mut out = header.encode().to_vec();
+    let mut chain = header.previous_chain_head;
+    for batch in reader.scan() {
+        let batch = batch.unwrap();
+        if batch.offset < from {
+            out.extend_from_slice(&bytes[batch.offset as usize..batch.end_offset as usize]);
+            chain = batch.header.chain_tag.unwrap();
+            continue;
+        }
+        let mut payload = batch.payload.to_vec();
+        let mut at = 0;
+        while at < payload.len() {
+            let len = u32::from_le_bytes(payload[at..at + 4].try_into().unwrap()) as usize;
+            let body = &mut payload[at + 8..at + 8 + len];
+            for start in 0..body.len().saturating_sub(5) {
+                if &body[start..start + 6] == b"orders" {
+                    body[start..start + 6].copy_from_slice(b"ORDERS");
+                }
+            }
+            let crc = crc32c::crc32c(body);
+            payload[at + 4..at + 8].copy_from_slice(&crc.to_le_bytes());
+            at += 8 + len;
+        }
+        let compressed = zstd::bulk::compress(&payload, 1).unwrap();
+        let mut batch_header = format::BatchHeader {
+            compressed_len: compressed.len() as u32,
+            uncompressed_len: payload.len() as u32,
+            n_records: batch.header.n_records,
+            first_record_index: batch.header.first_record_index,
+            payload_crc: crc32c::crc32c(&compressed),
+            chain_tag: None,
+        };
+        if version >= format::FIRST_KEYED_CHAIN_VERSION {
+            chain = format::chain_next_keyed(chain_key, &chain, &batch_header.fields(), &compressed);
+            batch_header.chain_tag = Some(chain);
+        } else {
+            chain = format::chain_next(&chain, batch_header.encode()[..].try_into().unwrap(), &compressed);
+        }
+        batch_header.encode_into(&mut out);
+        out.extend_from_slice(&compressed);
+    }
+    out
+}
+
+/// Stripping the seal used to make a segment rewritable: its batches were chained without a
+/// key, and the next start sealed whatever it found as after a crash. Each batch now carries
+/// its keyed chain value: a rewrite without the key is refused by recovery (nothing cut,
+/// nothing sealed) and named by verify, even in a segment that is still open.
+#[test]
+fn an_open_segment_rewritten_without_the_key_is_refused_by_recovery_and_named_by_verify() {
+    let (bytes, ends, frames) = unsealed_segment(6);
+    let from = ends[1].0;
+    let storage_holding = |bytes: &[u8]| {
+        let storage = SimulatedStorage::new();
+        storage.create_dir_all(&dir()).unwrap();
+        storage.write(&segment_path(0), bytes.to_vec());
+        storage
+    };
+    let forged = rewrite_open_segment(&bytes, from, 4, &format::chain_key(&[0x42; 32]));
+    let storage = storage_holding(&forged);
+    let options = VerifyOptions { allow_open: true, ..VerifyOptions::default() };
+    let report = verify(&open_recording(&storage), &KEY, &options, &mut |_| {});
+    let first = report.problems.first().expect("the rewrite is found");
+    assert_eq!((first.offset, first.record_index), (Some(from), Some(2)), "{first:?}");
+    assert!(first.description.contains("chain tag does not authenticate"), "{first:?}");
+    assert_eq!(report.problems.len(), 1, "one problem for one rewrite: {:?}", report.problems);
+    let error = SegmentWriter::open(Arc::new(storage.clone()), &config(&dir()), T0).unwrap_err();
+    let RecordError::Corrupt(read_error) = error else { panic!("not reported as corruption: {error}") };
+    assert!(matches!(read_error.kind, ReadErrorKind::ChainTag), "{read_error}");
+    assert_eq!((read_error.offset, read_error.record_index), (from, Some(2)));
+    assert_eq!(storage.read(&segment_path(0)).unwrap(), forged, "nothing was cut or sealed");
+
+    // The same rewrite under the recorder's own key is taken as written (so what the forgery
+    // lacks is the key, nothing else): recovery seals it and verify passes.
+    let rekeyed = rewrite_open_segment(&bytes, from, 4, &format::chain_key(&KEY));
+    let storage = storage_holding(&rekeyed);
+    let (_, report) = SegmentWriter::open(Arc::new(storage.clone()), &config(&dir()), T0 + 9).unwrap();
+    assert_eq!(report.records_kept, frames.len() as u64);
+    let report = verify(&open_recording(&storage), &KEY, &options, &mut |_| {});
+    assert!(report.is_ok(), "{:?}", report.problems);
+}
+
+/// Rewriting an open segment in version 3, whose chain needs no key, after a keyed one: versions
+/// only grow along a chain, so recovery refuses it and verify names it.
+#[test]
+fn a_segment_rewritten_in_an_older_format_after_a_keyed_one_is_refused() {
+    let storage = SimulatedStorage::new();
+    let (mut writer, _) = SegmentWriter::open(Arc::new(storage.clone()), &config(&dir()), T0).unwrap();
+    writer.append(&[request(0, 50)], T0).unwrap();
+    writer.rotate("size", T0 + 1).unwrap();
+    writer.append(&[request(1, 50)], T0 + 2).unwrap();
+    writer.append(&[request(2, 50)], T0 + 3).unwrap();
+    drop(writer); // A crash: segment 1 stays open.
+    let open = storage.read(&segment_path(1)).unwrap();
+    let downgraded = rewrite_open_segment(&open, 0, 3, &[0; 32]);
+    storage.write(&segment_path(1), downgraded.clone());
+    let options = VerifyOptions { allow_open: true, ..VerifyOptions::default() };
+    let report = verify(&open_recording(&storage), &KEY, &options, &mut |_| {});
+    assert!(
+        report.problems.iter().any(|p| p.path == segment_path(1)
+            && p.offset == Some(0)
+            && p.description.contains("format version 3 after a version 4 segment")),
+        "{:?}",
+        report.problems
+    );
+    let error = SegmentWriter::open(Arc::new(storage.clone()), &config(&dir()), T0 + 9).unwrap_err();
+    let RecordError::Corrupt(read_error) = error else { panic!("not reported as corruption: {error}") };
+    assert!(matches!(read_error.kind, ReadErrorKind::Downgraded { version: 3, before: 4 }), "{read_error}");
+    assert_eq!(storage.read(&segment_path(1)).unwrap(), downgraded, "nothing was cut or sealed");
+}
+
 /// A sealed recording of two segments, one record per batch.
 fn sealed_recording() -> (SimulatedStorage, Vec<(u64, u64, u64)>) {
     let storage = SimulatedStorage::new();
@@ -772,10 +894,18 @@ fn format_v3_fixture_reads_back() {
     fixture_reads_back("v3", 3);
 }
 
-/// `SNOWGATE_WRITE_RECORD_FIXTURE=<dir>` writes the current format's fixture into `<dir>`.
+#[test]
+fn format_v4_fixture_reads_back() {
+    fixture_reads_back("v4", 4);
+}
+
+/// `SNOWGATE_WRITE_RECORD_FIXTURE=<dir>` writes the current format's fixture into `<dir>` (in
+/// the current version's test only).
 fn fixture_reads_back(name: &str, version: u16) {
     let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/record").join(name);
-    if let Some(out) = std::env::var_os("SNOWGATE_WRITE_RECORD_FIXTURE") {
+    if let Some(out) = std::env::var_os("SNOWGATE_WRITE_RECORD_FIXTURE")
+        && version == format::FORMAT_VERSION
+    {
         write_fixture(Path::new(&out), &fixture_key(name));
     }
     let first = std::fs::read(fixture.join("seg-000-0000000000.sgr")).unwrap();
@@ -802,11 +932,19 @@ fn an_open_v2_segment_is_recovered_and_continued_in_the_current_version() {
     open_fixture_segment_is_recovered_and_continued("v2", 2);
 }
 
-/// Format 3 chains the bytes on disk: the same records compressed another way give another
-/// chain value (format 2, which hashed the decompressed records, gave the same one), so
-/// nothing in a batch, not even its encoding, changes without breaking the chain.
+/// The same for version 3 (the unkeyed chain over compressed batches, no chain tags): an
+/// upgrade from it seals what it left open and goes on in the keyed format.
 #[test]
-fn the_chain_covers_the_compressed_bytes_from_version_3() {
+fn an_open_v3_segment_is_recovered_and_continued_in_the_current_version() {
+    open_fixture_segment_is_recovered_and_continued("v3", 3);
+}
+
+/// The chain covers the bytes on disk (from format 3, keyed from format 4): the same records
+/// compressed another way give another chain value (format 2, which hashed the decompressed
+/// records, gave the same one), so nothing in a batch, not even its encoding, changes without
+/// breaking the chain; and each batch header carries the value, which only the key gives.
+#[test]
+fn the_chain_covers_the_compressed_bytes_and_each_batch_carries_it() {
     let bodies: Vec<Vec<u8>> = (0..8u64)
         .map(|n| {
             let mut body = Vec::new();
@@ -823,20 +961,28 @@ fn the_chain_covers_the_compressed_bytes_from_version_3() {
         first_record_index: 0,
         previous_chain_head: format::genesis(0),
     };
+    let genesis = format::genesis(0);
+    let chain_key = format::chain_key(&KEY);
     let batch_at = |level| {
         let mut bytes = header.encode().to_vec();
-        bytes.extend_from_slice(&format::encode_batch(0, &refs, level).unwrap());
+        bytes.extend_from_slice(&format::encode_batch(&chain_key, &genesis, 0, &refs, level).unwrap().0);
         let reader = SegmentReader::from_bytes("in-memory".into(), Bytes::from(bytes), Default::default()).unwrap();
         reader.read_batch(format::SEGMENT_HEADER_BYTES as u64, Some(0)).unwrap()
     };
     let (fast, small) = (batch_at(-5), batch_at(19));
     assert_eq!(fast.payload, small.payload, "the same records");
     assert_ne!(fast.compressed, small.compressed, "compressed two ways");
-    let genesis = format::genesis(0);
-    assert_eq!(fast.chain_after(2, &genesis), small.chain_after(2, &genesis));
-    assert_ne!(fast.chain_after(3, &genesis), small.chain_after(3, &genesis));
-    let expected = format::chain_next(&genesis, &fast.header_bytes, &fast.compressed);
-    assert_eq!(fast.chain_after(3, &genesis), expected);
+    assert_eq!(fast.chain_after(2, &genesis, &chain_key), small.chain_after(2, &genesis, &chain_key));
+    let (fast_chain, small_chain) =
+        (fast.chain_after(4, &genesis, &chain_key), small.chain_after(4, &genesis, &chain_key));
+    assert_ne!(fast_chain, small_chain);
+    let fields: &[u8; format::BATCH_FIELDS_BYTES] = fast.header_bytes[..format::BATCH_FIELDS_BYTES].try_into().unwrap();
+    assert_eq!(fast_chain, format::chain_next_keyed(&chain_key, &genesis, fields, &fast.compressed));
+    assert_eq!(fast.header.chain_tag, Some(fast_chain));
+    assert!(fast.tag_holds(&fast_chain) && small.tag_holds(&small_chain));
+    // Under another key, or from another previous value, the tag does not hold.
+    assert!(!fast.tag_holds(&fast.chain_after(4, &genesis, &format::chain_key(&[9; 32]))));
+    assert!(!fast.tag_holds(&fast.chain_after(4, &format::genesis(1), &chain_key)));
 }
 
 fn open_fixture_segment_is_recovered_and_continued(name: &str, version: u16) {
@@ -955,7 +1101,7 @@ fn fixture_frames_with_rotation() -> Vec<Frame> {
     frames
 }
 
-/// Writes the v1 fixture (run once per released version, then commit it).
+/// Writes the current version's fixture (run once per released version, then commit it).
 fn write_fixture(out: &Path, key: &[u8; 32]) {
     let storage = Arc::new(storage::FileSystem);
     let (mut writer, _) = SegmentWriter::open(storage, &RecorderConfig::new(out, 0, *key), T0).unwrap();

@@ -1,6 +1,6 @@
 //! Verification of a directory of segments: every CRC, every record's place, each core's
-//! BLAKE3 chain within and across segments, every footer's MAC and its agreement with what
-//! the segment holds, and completeness (no segment missing before, between, or after a
+//! BLAKE3 chain within and across segments (keyed from format version 4, each batch's chain
+//! tag checked), every footer's MAC and its agreement with what the segment holds, and completeness (no segment missing before, between, or after a
 //! segment that promised a successor). Reads through [`Recording`] only; reports every
 //! problem with its file, byte offset and first untrustworthy record, first problem first.
 
@@ -8,8 +8,8 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use super::format::{
-    BatchEntry, ChainHead, FooterIndex, IndexMap, SEGMENT_HEADER_BYTES, SealReason, footer_bytes_estimate, genesis,
-    mac_equal, mac_key, segment_over_limits,
+    BatchEntry, ChainHead, FIRST_KEYED_CHAIN_VERSION, FooterIndex, IndexMap, SEGMENT_HEADER_BYTES, SealReason,
+    chain_key, footer_bytes_estimate, genesis, mac_equal, mac_key, segment_over_limits,
 };
 use super::reader::{ReadError, ReadErrorKind, ReaderOptions, Recording, SegmentName, index_keys};
 
@@ -17,7 +17,9 @@ use super::reader::{ReadError, ReadErrorKind, ReaderOptions, Recording, SegmentN
 #[derive(Debug, Clone, Copy, Default)]
 pub struct VerifyOptions {
     /// Accept each core's last segment unsealed (a live gateway writes it), an incomplete
-    /// batch at its end included. Its records are checked but not authenticated.
+    /// batch at its end included. Its records are checked, and from format version 4 each
+    /// whole batch is authenticated by its chain tag; whether batches were cut off its end
+    /// cannot be known until it is sealed.
     pub allow_open: bool,
     /// Accept a core whose earliest segments were removed (retention): the chain is checked
     /// from the first segment present.
@@ -158,7 +160,8 @@ pub fn verify(
             report.problem(recording.directory().to_owned(), None, None, description);
         }
     }
-    let verifier = Verifier { recording, mac_key: mac_key(sealing_key), options: *options };
+    let verifier =
+        Verifier { recording, mac_key: mac_key(sealing_key), chain_key: chain_key(sealing_key), options: *options };
     for (core_id, segments) in by_core {
         verifier.core(core_id, &segments, &mut report, progress);
     }
@@ -178,6 +181,7 @@ fn time_range(batches: &[BatchEntry]) -> (u64, u64) {
 struct Verifier<'a> {
     recording: &'a Recording,
     mac_key: [u8; 32],
+    chain_key: [u8; 32],
     options: VerifyOptions,
 }
 
@@ -191,6 +195,9 @@ impl Verifier<'_> {
             seal: None,
         };
         let mut summary = CoreSummary::default();
+        // Format versions only grow along a core's chain: an older one after a newer one is
+        // a segment rewritten in a format whose chain needs no key.
+        let mut newest_version = 0;
         for (position, segment) in segments.iter().enumerate() {
             let path = self.recording.path(segment);
             if segment.sequence != expected_sequence {
@@ -215,7 +222,7 @@ impl Verifier<'_> {
             expected_sequence = next_sequence;
             let last = position + 1 == segments.len();
             let records_before = report.records;
-            continuation = self.segment(segment, &continuation, last, report, progress);
+            continuation = self.segment(segment, &continuation, last, &mut newest_version, report, progress);
             summary.segments += 1;
             summary.records += report.records - records_before;
             report.segments += 1;
@@ -237,6 +244,7 @@ impl Verifier<'_> {
         segment: &SegmentName,
         expected: &Continuation,
         last: bool,
+        newest_version: &mut u16,
         report: &mut VerifyReport,
         progress: &mut dyn FnMut(u64),
     ) -> Continuation {
@@ -264,6 +272,15 @@ impl Verifier<'_> {
             report.problem(path, Some(0), None, description);
             return unknown;
         }
+        if header.version < *newest_version {
+            let description = format!(
+                "format version {} after a version {} segment: versions only grow, so this segment was \
+                 rewritten (in a format whose chain needs no key)",
+                header.version, *newest_version
+            );
+            report.problem(path.clone(), Some(0), Some(header.first_record_index), description);
+        }
+        *newest_version = (*newest_version).max(header.version);
         if expected.chain_head.is_some_and(|head| head != header.previous_chain_head) {
             let description = "does not continue the chain of the segment before it \
                 (a segment was replaced, reordered or removed)";
@@ -283,6 +300,7 @@ impl Verifier<'_> {
         let mut index_refs = 0usize;
         let mut scan = reader.scan();
         let mut scan_error = None;
+        let mut bad_tag_seen = false;
         for batch in &mut scan {
             let batch = match batch {
                 Ok(batch) => batch,
@@ -291,7 +309,30 @@ impl Verifier<'_> {
                     break;
                 }
             };
-            chain = batch.chain_after(header.version, &chain);
+            let computed = batch.chain_after(header.version, &chain, &self.chain_key);
+            chain = match batch.header.chain_tag {
+                Some(tag) if !batch.tag_holds(&computed) => {
+                    // The first in a segment is reported; the chain goes on from the tag, so
+                    // that one batch rewritten does not make every later one look rewritten.
+                    if !bad_tag_seen {
+                        let last_record = batch.header.first_record_index + u64::from(batch.header.n_records) - 1;
+                        let description = format!(
+                            "batch (records {} to {last_record}): its chain tag does not authenticate: the batch \
+                             or the chain before it was written without the key (or with another key)",
+                            batch.header.first_record_index
+                        );
+                        report.problem(
+                            path.clone(),
+                            Some(batch.offset),
+                            Some(batch.header.first_record_index),
+                            description,
+                        );
+                        bad_tag_seen = true;
+                    }
+                    tag
+                }
+                _ => computed,
+            };
             let ordinal = batches.len() as u32;
             for record in &batch.records {
                 for (kind, key) in index_keys(&record.frame) {
@@ -353,10 +394,15 @@ impl Verifier<'_> {
             };
         }
         let Some(sealed) = sealed else {
-            let description = format!(
-                "open segment: {} records not sealed, so not authenticated",
-                next_index - header.first_record_index
-            );
+            let n_records = next_index - header.first_record_index;
+            let description = if header.version >= FIRST_KEYED_CHAIN_VERSION {
+                format!(
+                    "open segment: {n_records} records not sealed (each batch authenticated by its chain tag; \
+                     batches cut off its end would not show until it is sealed)"
+                )
+            } else {
+                format!("open segment: {n_records} records not sealed, so not authenticated")
+            };
             let problem = Problem { path, offset: Some(reader.len()), record_index: Some(next_index), description };
             if last && self.options.allow_open {
                 report.notes.push(problem);

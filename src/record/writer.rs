@@ -15,8 +15,8 @@ use bytes::Bytes;
 
 use super::format::{
     BATCH_HEADER_BYTES, BatchEntry, BatchHeader, ChainHead, FORMAT_VERSION, Footer, FooterIndex, IndexKind,
-    SEGMENT_HEADER_BYTES, SealReason, SegmentHeader, Trailer, chain_next, footer_bytes_estimate, footer_mac, genesis,
-    mac_equal, mac_key, segment_over_limits,
+    SEGMENT_HEADER_BYTES, SealReason, SegmentHeader, Trailer, chain_key, chain_next_keyed, footer_bytes_estimate,
+    footer_mac, genesis, mac_equal, mac_key, segment_over_limits,
 };
 use super::frame::{EventFrame, EventKind, Frame, RECORD_PREFIX_BYTES, encode_body};
 use super::key_index::{self, KeyIndex};
@@ -352,6 +352,7 @@ pub struct SegmentWriter {
     directory: PathBuf,
     core_id: u16,
     mac_key: [u8; 32],
+    chain_key: [u8; 32],
     compressor: zstd::bulk::Compressor<'static>,
     segment_bytes_max: u64,
     segment_age_max_us: u64,
@@ -417,6 +418,7 @@ impl SegmentWriter {
             directory: directory.clone(),
             core_id: config.core_id,
             mac_key: mac_key(&config.sealing_key),
+            chain_key: chain_key(&config.sealing_key),
             compressor,
             segment_bytes_max: config.segment_bytes_max,
             segment_age_max_us: config.segment_age_max.as_micros().min(u128::from(u64::MAX)) as u64,
@@ -611,6 +613,22 @@ impl SegmentWriter {
     ) -> Result<(), RecordError> {
         let path = self.segment_path(sequence);
         let header = reader.header().clone();
+        // Versions only grow along the chain: an open segment older than the one before it was
+        // rewritten in a format whose chain needs no key (an upgrade leaves the older one
+        // first, then the newer).
+        // (A segment before it that cannot be read is left for verify to report.)
+        if let Some(before) = sequence.checked_sub(1).and_then(|before| self.open_reader(before).ok().flatten()) {
+            let before = before.header().version;
+            if header.version < before {
+                return Err(corrupt(ReadError {
+                    path,
+                    offset: 0,
+                    record_index: Some(header.first_record_index),
+                    torn_tail: false,
+                    kind: ReadErrorKind::Downgraded { version: header.version, before },
+                }));
+            }
+        }
         let file = self.storage.open_append(&path).map_err(|source| RecordError::Io { path: path.clone(), source })?;
         let mut segment = OpenSegment::new(file, path.clone(), header.clone());
         let mut chain = header.previous_chain_head;
@@ -618,7 +636,18 @@ impl SegmentWriter {
         for batch in reader.scan() {
             match batch {
                 Ok(batch) => {
-                    chain = batch.chain_after(header.version, &chain);
+                    chain = batch.chain_after(header.version, &chain, &self.chain_key);
+                    // A whole batch whose tag does not hold was not written by a writer with
+                    // this key: sealing it would authenticate what someone else wrote.
+                    if !batch.tag_holds(&chain) {
+                        return Err(corrupt(ReadError {
+                            path,
+                            offset: batch.offset,
+                            record_index: Some(batch.header.first_record_index),
+                            torn_tail: false,
+                            kind: ReadErrorKind::ChainTag,
+                        }));
+                    }
                     let times = batch.records.iter().map(|r| r.frame.time_unix_us());
                     let (time_min, time_max) = times.fold((u64::MAX, 0), |(lo, hi), t| (lo.min(t), hi.max(t)));
                     let entry = BatchEntry {
@@ -846,17 +875,18 @@ impl SegmentWriter {
             .compress_to_buffer(&self.payload, &mut self.compressed)
             .map_err(|source| WriteError::Io { path: path.clone(), source })?;
         debug_assert_eq!(compressed_len, self.compressed.len());
-        let header = BatchHeader {
+        let mut header = BatchHeader {
             compressed_len: compressed_len as u32,
             uncompressed_len: self.payload.len() as u32,
             n_records,
             first_record_index,
             payload_crc: crc32c::crc32c(&self.compressed),
+            chain_tag: None,
         };
-        let header = header.encode();
-        let chain = chain_next(&self.chain_head, &header, &self.compressed);
+        let chain = chain_next_keyed(&self.chain_key, &self.chain_head, &header.fields(), &self.compressed);
+        header.chain_tag = Some(chain);
         self.out.clear();
-        self.out.extend_from_slice(&header);
+        header.encode_into(&mut self.out);
         self.out.extend_from_slice(&self.compressed);
         if let Err(source) = segment.file.append(&self.out) {
             segment.file.truncate(segment.len).map_err(|truncate_error| WriteError::Fatal {

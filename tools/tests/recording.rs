@@ -9,7 +9,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use snowgate::record::format::{BATCH_HEADER_BYTES, BatchHeader, Footer, SegmentHeader, Trailer, footer_mac, mac_key};
+use snowgate::record::format::{
+    BATCH_HEADER_BYTES, BatchHeader, Footer, SegmentHeader, Trailer, chain_key, footer_mac, mac_key,
+};
 use snowgate::record::storage::FileSystem;
 use snowgate::record::{
     Decision, Durability, EventKind, Frame, Principal, Recorder, RecorderConfig, RequestFrame, RequestLink,
@@ -334,7 +336,7 @@ fn a_record_edited_with_its_crc_fixed_is_detected_and_named() {
     let first = text.lines().find(|l| l.starts_with("FAIL ")).unwrap();
     assert!(first.contains(&SegmentName { core_id: 0, sequence: 1 }.file_name()), "{first}");
     assert!(first.contains(&format!("at byte {batch_offset} (record {first_record})")), "{first}");
-    assert!(first.contains("records were altered"), "{first}");
+    assert!(first.contains("chain tag does not authenticate"), "{first}");
 }
 
 #[test]
@@ -344,6 +346,41 @@ fn a_chain_rebuilt_without_the_key_is_detected() {
         std::fs::write(&path, rechain_with(&path, &[0x42; 32])).unwrap();
         path
     });
+}
+
+#[test]
+fn a_last_segment_with_its_seal_stripped_and_a_record_rewritten_fails_even_as_open() {
+    // Without the seal, only the batches' chain tags stand between a rewrite and a recording
+    // that verifies with `--allow-open` (and that the next start would seal).
+    let fixture = fixture();
+    let last = (0..).take_while(|&n| segment(&fixture.dir, 0, n).exists()).last().unwrap();
+    let path = segment(&fixture.dir, 0, last);
+    let footer_offset = SegmentReader::open(&path).unwrap().sealed().unwrap().footer_offset;
+    let (edited, batch_offset, delta) = edit_first_statement(&path);
+    let open_end = (footer_offset as i64 + delta) as usize;
+    std::fs::write(&path, &edited[..open_end]).unwrap();
+    let args = ["verify", fixture.dir.to_str().unwrap(), "--key-file", fixture.key_file.to_str().unwrap()];
+    let output = tools(&[&args[..], &["--allow-open"]].concat());
+    let text = stdout(&output);
+    assert_eq!(output.status.code(), Some(1), "{text}");
+    let first = text.lines().find(|l| l.starts_with("FAIL ")).unwrap();
+    assert!(first.contains(path.file_name().unwrap().to_str().unwrap()), "{first}");
+    assert!(first.contains(&format!("at byte {batch_offset} ")), "{first}");
+    assert!(first.contains("chain tag does not authenticate"), "{first}");
+    // The seal stripped alone (no record changed) is only an open segment.
+    let fixture = fixture_with_last_seal_stripped();
+    let args = ["verify", fixture.dir.to_str().unwrap(), "--key-file", fixture.key_file.to_str().unwrap()];
+    let output = tools(&[&args[..], &["--allow-open"]].concat());
+    assert_eq!(output.status.code(), Some(0), "{}", stdout(&output));
+}
+
+fn fixture_with_last_seal_stripped() -> Fixture {
+    let fixture = fixture();
+    let last = (0..).take_while(|&n| segment(&fixture.dir, 0, n).exists()).last().unwrap();
+    let path = segment(&fixture.dir, 0, last);
+    let footer_offset = SegmentReader::open(&path).unwrap().sealed().unwrap().footer_offset;
+    std::fs::OpenOptions::new().write(true).open(&path).unwrap().set_len(footer_offset).unwrap();
+    fixture
 }
 
 #[test]
@@ -386,8 +423,8 @@ fn fixture_with_stray_file() -> Fixture {
 }
 
 /// Rewrites the first batch of a segment with one statement byte changed and every CRC
-/// fixed, as someone without the key would. Returns the file's new bytes, the batch's
-/// offset, and the size change.
+/// fixed, as someone without the key would (the batch's chain tag left as it was). Returns
+/// the file's new bytes, the batch's offset, and the size change.
 fn edit_first_statement(path: &Path) -> (Vec<u8>, u64, i64) {
     let original = std::fs::read(path).unwrap();
     let reader = SegmentReader::open(path).unwrap();
@@ -423,6 +460,7 @@ fn edit_first_statement(path: &Path) -> (Vec<u8>, u64, i64) {
         n_records: batch.header.n_records,
         first_record_index: batch.header.first_record_index,
         payload_crc: crc32c::crc32c(&compressed),
+        chain_tag: batch.header.chain_tag,
     };
     let mut bytes = original[..entry.offset as usize].to_vec();
     bytes.extend_from_slice(&header.encode());
@@ -436,11 +474,12 @@ fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
     haystack.windows(needle.len()).position(|w| w == needle)
 }
 
-/// The edited segment with its whole footer rebuilt (batch table, chain, MAC) under `key`.
+/// The edited segment with its chain (every batch's tag) and whole footer (batch table, chain,
+/// MAC) rebuilt under `key`.
 fn rechain_with(path: &Path, key: &[u8; 32]) -> Vec<u8> {
     let reader = SegmentReader::open(path).unwrap();
     let sealed = reader.sealed().unwrap().clone();
-    let (edited, _, delta) = edit_first_statement(path);
+    let (mut edited, _, delta) = edit_first_statement(path);
     let footer_offset = (sealed.footer_offset as i64 + delta) as u64;
     let body = Bytes::from(edited[..footer_offset as usize].to_vec());
     let edited_reader = SegmentReader::from_bytes(path.to_owned(), body, Default::default()).unwrap();
@@ -449,7 +488,9 @@ fn rechain_with(path: &Path, key: &[u8; 32]) -> Vec<u8> {
     let mut footer: Footer = sealed.footer.clone();
     for (entry, batch) in footer.batches.iter_mut().zip(edited_reader.scan()) {
         let batch = batch.unwrap();
-        chain = batch.chain_after(header.version, &chain);
+        chain = batch.chain_after(header.version, &chain, &chain_key(key));
+        let retagged = BatchHeader { chain_tag: Some(chain), ..batch.header };
+        edited[batch.offset as usize..][..BATCH_HEADER_BYTES].copy_from_slice(&retagged.encode());
         entry.offset = batch.offset;
         entry.compressed_len = batch.header.compressed_len;
         entry.chain_head_after = chain;
