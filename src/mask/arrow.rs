@@ -2,10 +2,12 @@
 //! marker, metadata length, flatbuffer `Message` read with arrow-ipc's generated code, body),
 //! and record batch buffers are overwritten where they lie: text keeps its byte length,
 //! numbers, dates and timestamps become zero (the epoch), booleans false, and NULL is written
-//! in the validity bitmap with the field node's null count fixed in the metadata. The schema
-//! message is never rewritten, so Snowflake's field metadata (`logicalType`, `precision`,
-//! `scale`, `charLength`) stays byte for byte. Anything not understood is refused: body
-//! compression, dictionaries, unions, views, big-endian streams.
+//! in the validity bitmap with the field node's null count fixed in the metadata. In the schema
+//! message only a field's name may change (masked in place, at its length, when it holds what
+//! the profile masks: a dynamic `PIVOT` names columns after values), so Snowflake's field
+//! metadata (`logicalType`, `precision`, `scale`, `charLength`) stays byte for byte. Anything
+//! not understood is refused: body compression, dictionaries, unions, views, big-endian
+//! streams.
 
 use std::ops::Range;
 
@@ -18,8 +20,8 @@ use super::rules::{RuleKind, Style};
 #[cfg(target_arch = "x86_64")]
 use super::simd::features;
 use super::text::{
-    MatchCursor, Span, Views, apply_spans_fixed_len, detect_short, detect_spans, fill, settle_spans, stats,
-    type_valid_text,
+    MatchCursor, Span, Views, apply_spans_fixed_len, detect_short, detect_spans, fill, free_text_spans, settle_spans,
+    stats, type_valid_text,
 };
 use super::{MaskError, MaskReport, Scratch};
 
@@ -261,6 +263,7 @@ pub(crate) fn mask_stream(
                 arrow.fields.clear();
                 arrow.roots.clear();
                 let mut columns = Vec::new();
+                let mut names = Vec::new();
                 if let Some(top) = schema.fields() {
                     if top.len() > COLUMNS_MAX {
                         return Err(MaskError::Limit { what: "Arrow columns" });
@@ -268,6 +271,12 @@ pub(crate) fn mask_stream(
                     for field in top.iter() {
                         arrow.roots.push(arrow.fields.len());
                         let layout = layout_of(&field, meta_start)?;
+                        if let Some(name) = field.name() {
+                            // Where the name's bytes lie in the stream (a flatbuffer string is
+                            // its bytes in place, length-prefixed), to mask them there.
+                            let at = meta.start + (name.as_ptr() as usize - buf[meta.clone()].as_ptr() as usize);
+                            names.push(at..at + name.len());
+                        }
                         columns.push(Column {
                             name: field.name().unwrap_or_default().to_owned(),
                             table: None,
@@ -286,6 +295,12 @@ pub(crate) fn mask_stream(
                     return Err(MaskError::ColumnCount { expected: chosen.columns.len(), found: arrow.roots.len() });
                 }
                 plan = Some(chosen);
+                // A dynamic `PIVOT` names columns after values: the names are masked as free
+                // text, in place and at the same length (so the flatbuffer stays as it is), once
+                // the plan has been made from them. Nothing else in the schema changes.
+                for name in names {
+                    mask_free_text(ctx, &mut buf[name], scratch, report);
+                }
             }
             MessageHeader::RecordBatch => {
                 let batch = message.header_as_record_batch().ok_or(refuse(meta_start, "a malformed record batch"))?;
@@ -365,6 +380,19 @@ pub(crate) fn mask_stream(
         pos = body.end;
     }
     plan.ok_or(refuse(0, "a stream without a schema"))
+}
+
+/// Masks free text (a column's name) in place, at its length: what
+/// [`free_text_spans`] finds.
+fn mask_free_text(ctx: &MaskCtx<'_>, text: &mut [u8], scratch: &mut Scratch, report: &mut MaskReport) {
+    let Scratch { spans, views, .. } = scratch;
+    let anchored = free_text_spans(ctx.profile, text, spans, views);
+    if spans.is_empty() {
+        return;
+    }
+    settle_spans(ctx.profile, text, anchored, spans, views);
+    report.count(spans.iter().fold(0, |k, s| k | s.kinds));
+    apply_spans_fixed_len(ctx.profile, text, spans);
 }
 
 /// Checks that the buffers an array's masking will touch are as long as its length needs.

@@ -14,8 +14,8 @@ use super::scan::{Quotes, StructureMap, WINDOW_BYTES};
 use super::simd::features;
 use super::text::{
     MatchCursor, Span, Stats, apply_spans_fixed_len, borders_word, count_flags, detect_short, detect_spans,
-    dictionary_spans, digit_bytes, eq_bytes, fill, keep_from, load_word, masked_preview, settle_spans, stats,
-    type_valid_text,
+    dictionary_spans, digit_bytes, eq_bytes, fill, free_text_spans, keep_from, load_word, masked_preview, settle_spans,
+    stats, type_valid_text,
 };
 use super::{ChunkRef, Envelope, MaskError, MaskReport, ResultFormat, Scratch};
 use crate::mask::detect::DetectorKind;
@@ -1161,7 +1161,13 @@ impl MaskCtx<'_> {
 }
 
 /// The plan in a SQL API `resultSetMetaData` object, refusing formats other than `jsonv2`.
-fn metadata_plan(ctx: &MaskCtx<'_>, body: &[u8], at: usize) -> Result<(ColumnPlan, usize), MaskError> {
+fn metadata_plan(
+    ctx: &MaskCtx<'_>,
+    body: &mut [u8],
+    at: usize,
+    scratch: &mut Scratch,
+    report: &mut MaskReport,
+) -> Result<(ColumnPlan, usize), MaskError> {
     let (inner, end) = members(body, at)?;
     if let Some(format) = unique(&inner, body, "format")? {
         let token = string_token(body, format.value.start)?;
@@ -1171,7 +1177,9 @@ fn metadata_plan(ctx: &MaskCtx<'_>, body: &[u8], at: usize) -> Result<(ColumnPla
     }
     let row_type =
         unique(&inner, body, "rowType")?.ok_or(MaskError::upstream_json(at, "resultSetMetaData without rowType"))?;
-    Ok((ctx.plan(&Column::from_rowtype_json(&body[row_type.value.clone()])?), end))
+    let plan = ctx.plan(&Column::from_rowtype_json(&body[row_type.value.clone()])?);
+    mask_column_names(ctx.profile, body, row_type.value.start, scratch, report)?;
+    Ok((plan, end))
 }
 
 /// Masks a JSON object body: a query answer (JSON or Arrow rows), a SQL API result, or a SQL
@@ -1196,7 +1204,7 @@ pub(crate) fn mask_object(
                 return Err(MaskError::upstream_json(key.open, "duplicate key in a result envelope"));
             }
             metadata_seen = true;
-            let (metadata, end) = metadata_plan(ctx, body, value)?;
+            let (metadata, end) = metadata_plan(ctx, body, value, scratch, report)?;
             plan = Some(metadata);
             return Ok(Some(end));
         }
@@ -1252,9 +1260,10 @@ pub(crate) fn mask_object(
 }
 
 /// Masks an answer's `message` (an error's, which may quote the value that failed: "Numeric
-/// value '123-45-6789' is not recognized") as free text: the dictionary and the detectors mask
-/// what they find; where the profile has column rules, whose values no detector can tell,
-/// what lies in single quotes is masked too (the agent still sees which error it was).
+/// value '123-45-6789' is not recognized") or a column's name (which a dynamic `PIVOT` makes
+/// of values) as free text: the dictionary and the detectors mask what they find; where the
+/// profile has column rules, whose values no detector can tell, what lies in single quotes is
+/// masked too (the agent still sees which error it was). See [`free_text_spans`].
 fn mask_message(
     profile: &Profile,
     body: &mut [u8],
@@ -1265,29 +1274,7 @@ fn mask_message(
     let StrTok { open, close, .. } = token;
     let Scratch { spans, views, decoded, raw_of, repls, .. } = scratch;
     decode_string(&body[open + 1..close], decoded, raw_of)?;
-    spans.clear();
-    let mut anchored = 0u32;
-    dictionary_spans(&profile.dictionary, decoded, &mut anchored, spans);
-    detect_spans(profile, decoded, stats(decoded), anchored, spans, views);
-    if !profile.columns.is_empty() {
-        // Snowflake quotes a value in single quotes, and the value may hold quotes itself
-        // ("'Miles O'Brien'") beside apostrophes outside any value ("Can't parse 'x' as date
-        // with format '…'"), so quotes cannot be paired: one span runs from the first quote
-        // that can open one (no letter or digit before it) to the last that can close one (none
-        // after it), or to the end when none does. Two values are masked with what lies
-        // between them: more than needed, never less.
-        let word = |at: Option<usize>| {
-            at.and_then(|i| decoded.get(i)).is_some_and(|&b| b.is_ascii_alphanumeric() || b >= 0x80)
-        };
-        let first = memchr::memchr_iter(b'\'', decoded).find(|&i| !word(i.checked_sub(1)));
-        if let Some(start) = first {
-            let last = memchr::memrchr_iter(b'\'', decoded).find(|&i| !word(Some(i + 1)));
-            let end = last.filter(|&end| end > start).unwrap_or(decoded.len());
-            if end > start + 1 {
-                spans.push(Span { start: start + 1, end, style: Style::Full, kinds: RuleKind::Column.bit() });
-            }
-        }
-    }
+    let anchored = free_text_spans(profile, decoded, spans, views);
     if spans.is_empty() {
         return Ok(());
     }
@@ -1336,6 +1323,48 @@ fn mask_query_statuses(
     }
 }
 
+/// A row type (`rowtype`, or the SQL API's `rowType`): the array of column descriptions at
+/// `at`, whose `name`s are masked as free text ([`mask_message`]) once the plan has been made
+/// from them: a dynamic `PIVOT` (`FOR email IN (ANY)`) names columns after the values it
+/// finds. Returns the offset past the array.
+fn mask_column_names(
+    profile: &Profile,
+    body: &mut [u8],
+    at: usize,
+    scratch: &mut Scratch,
+    report: &mut MaskReport,
+) -> Result<usize, MaskError> {
+    if body.get(at) != Some(&b'[') {
+        return Err(bad(at, "expected an array"));
+    }
+    let mut p = skip_ws(body, at + 1);
+    if body.get(p) == Some(&b']') {
+        return Ok(p + 1);
+    }
+    loop {
+        let end = if body.get(p) == Some(&b'{') {
+            let (column, end) = walk_object(body, p, |body, key, value| {
+                if key_is(body, key, "name") && body.get(value) == Some(&b'"') {
+                    let token = string_token(body, value)?;
+                    mask_message(profile, body, token, scratch, report)?;
+                    return Ok(Some(token.close + 1));
+                }
+                Ok(None)
+            })?;
+            unique(&column, body, "name")?;
+            end
+        } else {
+            skip_value(body, p, 2)?
+        };
+        p = skip_ws(body, end);
+        match body.get(p) {
+            Some(b',') => p = skip_ws(body, p + 1),
+            Some(b']') => return Ok(p + 1),
+            _ => return Err(bad(p, "expected ',' or ']'")),
+        }
+    }
+}
+
 struct QueryData {
     format: ResultFormat,
     envelope: Envelope,
@@ -1362,6 +1391,8 @@ fn mask_query_data(
             rowtype_seen = true;
             let end = skip_value(body, value, 1)?;
             plan = Some(ctx.plan(&Column::from_rowtype_json(&body[value..end])?));
+            let masked_end = mask_column_names(ctx.profile, body, value, scratch, report)?;
+            debug_assert_eq!(masked_end, end);
             return Ok(Some(end));
         }
         if key_is(body, key, "queries") && body.get(value) == Some(&b'[') {

@@ -6,6 +6,10 @@
 mod fixtures;
 mod properties;
 
+use std::sync::Arc;
+
+use arrow_array::{ArrayRef, RecordBatch, StringArray};
+use arrow_schema::{DataType, Field, Schema};
 use serde_json::{Value, json};
 
 use super::*;
@@ -558,6 +562,89 @@ fn error_messages_are_masked_as_text() {
         masker.mask(open, &mut body, None, &mut Scratch::default()).unwrap();
         assert_eq!(body, text.as_bytes());
     }
+}
+
+/// A dynamic `PIVOT` (`… PIVOT (SUM(n) FOR email IN (ANY))`) names columns after the values it
+/// finds: the names are masked as free text in every format that carries them (the driver's
+/// row type, the SQL API's, an Arrow schema), once the plan has been made from them; the rows,
+/// and every other name, are masked or kept as before.
+#[test]
+fn column_names_made_of_values_are_masked() {
+    let masker = masker(POLICY);
+    let agents = masker.profile("agents").unwrap();
+    let open = masker.profile("open").unwrap();
+    let mut rowtype = customer_rowtype();
+    let pivoted = [
+        ("'ada.lovelace42@example.com'", format!("'{}'", stars("ada.lovelace42@example.com"))),
+        // Quoted, as Snowflake names a pivoted text value: a column rule's value could be
+        // anything, so under column rules what lies in quotes goes.
+        ("'Grace Hopper'", format!("'{}'", stars("Grace Hopper"))),
+        ("4111 1111 1111 1111", format!("{}1111", stars("4111 1111 1111 "))),
+    ];
+    for (i, (name, _)) in pivoted.iter().enumerate() {
+        rowtype[i + 1]["name"] = json!(name);
+    }
+    let names = |rowtype: &Value| -> Vec<String> {
+        rowtype.as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap().to_owned()).collect()
+    };
+    let expected: Vec<String> = ["ID".to_owned()]
+        .into_iter()
+        .chain(pivoted.iter().map(|(_, masked)| masked.clone()))
+        .chain(["SSN", "AMOUNT", "CREATED", "NOTES"].map(str::to_owned))
+        .collect();
+
+    // The driver's answer: names masked, rows masked as with the plain names (SSN's column
+    // rule still applies: the plan was made before).
+    let answer = |rowtype: &Value| {
+        serde_json::to_vec(&json!({"data": {"rowtype": rowtype, "rowset": [customer_row(2)], "total": 1,
+                                            "returned": 1, "queryResultFormat": "json"}, "success": true}))
+        .unwrap()
+    };
+    let mut body = answer(&rowtype);
+    let len = body.len();
+    let masked = masker.mask(agents, &mut body, None, &mut Scratch::default()).unwrap();
+    assert_eq!((masked.format, body.len()), (ResultFormat::QueryJson, len));
+    let value: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(names(&value["data"]["rowtype"]), expected);
+    assert_no_canary(&body);
+    let mut plain = answer(&customer_rowtype());
+    masker.mask(agents, &mut plain, None, &mut Scratch::default()).unwrap();
+    assert_eq!(decoded_rows(&body, "/data/rowset"), decoded_rows(&plain, "/data/rowset"));
+    assert!(masked.report.values_masked > 3, "{:?}", masked.report);
+    // Without rules, detectors or words the names stay as they were.
+    let mut body = answer(&rowtype);
+    masker.mask(open, &mut body, None, &mut Scratch::default()).unwrap();
+    assert_eq!(body, answer(&rowtype));
+
+    // The SQL API's row type.
+    let mut body = serde_json::to_vec(&json!({
+        "resultSetMetaData": {"numRows": 1, "format": "jsonv2", "rowType": rowtype, "partitionInfo": []},
+        "data": [customer_row(0)], "code": "090001", "statementHandle": "01b2c3d4-0000-0000-0000-000000000001",
+    }))
+    .unwrap();
+    let masked = masker.mask(agents, &mut body, None, &mut Scratch::default()).unwrap();
+    assert_eq!(masked.format, ResultFormat::SqlApi);
+    let value: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(names(&value["resultSetMetaData"]["rowType"]), expected);
+    assert_no_canary(&body);
+
+    // An Arrow stream (a chunk, or `rowsetBase64`): the schema's field names, in place; the
+    // stream still reads, with the masked names and the same values masked as before.
+    let fields: Vec<Field> =
+        ["ID", pivoted[0].0, pivoted[1].0].iter().map(|name| Field::new(*name, DataType::Utf8, true)).collect();
+    let columns: Vec<ArrayRef> = (0..3)
+        .map(|i| Arc::new(StringArray::from(vec![format!("v{i}"), "grace@navy.mil".into()])) as ArrayRef)
+        .collect();
+    let stream = ipc_stream(&RecordBatch::try_new(Arc::new(Schema::new(fields)), columns).unwrap());
+    let mut masked_stream = stream.clone();
+    let masked = masker.mask(agents, &mut masked_stream, None, &mut Scratch::default()).unwrap();
+    assert_eq!((masked.format, masked_stream.len()), (ResultFormat::ArrowChunk, stream.len()));
+    let batches = read_arrow(&masked_stream);
+    let schema = batches[0].schema();
+    let arrow_names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
+    assert_eq!(arrow_names, ["ID", expected[1].as_str(), expected[2].as_str()]);
+    assert_no_canary(&masked_stream);
+    assert_eq!(masked.report.by_detector[DetectorKind::Email.index()], 4, "three values and one name");
 }
 
 /// A query's monitoring status (`GET /monitoring/queries/<id>`) quotes its error message,

@@ -596,6 +596,36 @@ pub(crate) fn take_found_with_prefixes(
     }
 }
 
+/// The spans to mask in free text an answer carries beside its rows: an error message, which
+/// may quote the value that failed, or a column name, which a dynamic `PIVOT` makes of values
+/// (`'ada@example.com'`). What the dictionary and the detectors find and, when the profile has
+/// column rules (whose values could be anywhere in such text), what lies in single quotes, the
+/// way Snowflake quotes a value. Returns the dictionary's anchors, for [`settle_spans`].
+pub(crate) fn free_text_spans(profile: &Profile, text: &[u8], spans: &mut Vec<Span>, views: &mut Views) -> u32 {
+    spans.clear();
+    let mut anchored = 0u32;
+    dictionary_spans(&profile.dictionary, text, &mut anchored, spans);
+    detect_spans(profile, text, stats(text), anchored, spans, views);
+    if !profile.columns.is_empty() {
+        // A value may hold quotes itself ("'Miles O'Brien'") beside apostrophes outside any
+        // value ("Can't parse 'x' as date with format '…'"), so quotes cannot be paired: one
+        // span runs from the first quote that can open one (no letter or digit before it) to
+        // the last that can close one (none after it), or to the end when none does. Two
+        // values are masked with what lies between them: more than needed, never less.
+        let word =
+            |at: Option<usize>| at.and_then(|i| text.get(i)).is_some_and(|&b| b.is_ascii_alphanumeric() || b >= 0x80);
+        let first = memchr::memchr_iter(b'\'', text).find(|&i| !word(i.checked_sub(1)));
+        if let Some(start) = first {
+            let last = memchr::memrchr_iter(b'\'', text).find(|&i| !word(Some(i + 1)));
+            let end = last.filter(|&end| end > start).unwrap_or(text.len());
+            if end > start + 1 {
+                spans.push(Span { start: start + 1, end, style: Style::Full, kinds: RuleKind::Column.bit() });
+            }
+        }
+    }
+    anchored
+}
+
 /// Every dictionary match and anchor in `text` (a whole decoded value), overlapping ones included.
 pub(crate) fn dictionary_spans(dictionary: &Dictionary, text: &[u8], anchored: &mut u32, spans: &mut Vec<Span>) {
     let mut from = 0;
