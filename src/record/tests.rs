@@ -484,6 +484,49 @@ fn credentials_never_reach_a_segment() {
     assert!(!text.contains("CANARY"), "{text}");
 }
 
+/// A `PUT`'s answer hands the driver cloud storage credentials and the stage's key, and an
+/// answer the gateway did not mask carries its chunks' key, SSE-C headers and presigned URLs:
+/// none of them reaches a segment; the rest of the answer does.
+#[test]
+fn storage_secrets_in_query_answers_never_reach_a_segment() {
+    let storage = SimulatedStorage::new();
+    let (mut writer, _) = SegmentWriter::open(Arc::new(storage.clone()), &config(&dir()), T0).unwrap();
+    let answer = |endpoint: &'static str, body: &'static str| {
+        let Frame::Response(mut answer) = response(0, None) else { unreachable!() };
+        answer.endpoint = Cow::Borrowed(endpoint);
+        answer.body = Bytes::from_static(body.as_bytes());
+        Frame::Response(answer)
+    };
+    let put = answer(
+        "query-request",
+        r#"{"data":{"command":"UPLOAD","src_locations":["/tmp/x"],"stageInfo":{"locationType":"S3","location":"bucket/stage/","region":"us-west-2","creds":{"AWS_KEY_ID":"CANARY-KEY-ID","AWS_SECRET_KEY":"CANARY-SECRET","AWS_TOKEN":"CANARY-TOKEN"},"presignedUrl":null},"encryptionMaterial":[{"queryStageMasterKey":"CANARY-MASTER","queryId":"01b2","smkId":42}]},"success":true}"#,
+    );
+    let gcs = answer(
+        "query-request",
+        r#"{"data":{"command":"DOWNLOAD","stageInfo":{"locationType":"GCS","creds":{"GCS_ACCESS_TOKEN":"CANARY-GCS"},"presignedUrl":"https://storage.googleapis.com/CANARY-PRESIGNED"},"presignedUrls":["https://storage.googleapis.com/CANARY-GET"]},"success":true}"#,
+    );
+    let chunked = answer(
+        "query-result",
+        r#"{"data":{"rowtype":[],"rowset":[["1"]],"qrmk":"CANARY-QRMK","chunkHeaders":{"x-amz-server-side-encryption-customer-key":"CANARY-SSEC"},"chunks":[{"url":"https://bucket.s3.amazonaws.com/CANARY-CHUNK?sig=1","rowCount":10}]},"success":true}"#,
+    );
+    // A masked answer (rebuilt without them) and an ordinary one are recorded as they are.
+    let plain = answer(
+        "query-request",
+        r#"{"data":{"rowset":[["creds"]],"chunks":[{"url":"/sg/chunk/x","rowCount":1}]},"success":true}"#,
+    );
+    writer.append(&[put, gcs, chunked, plain.clone()], T0).unwrap();
+    writer.seal(SealReason::Stopped, T0).unwrap();
+    let recording = open_recording(&storage);
+    let records: Vec<Frame> = recording.records().map(|r| r.unwrap().frame).collect();
+    let text: String = records.iter().map(|frame| format!("{frame:?}")).collect();
+    assert!(!text.contains("CANARY"), "{text}");
+    for kept in ["bucket/stage/", "UPLOAD", "smkId", "rowCount", "GCS", "x-amz-server-side-encryption-customer-key"] {
+        assert!(text.contains(kept), "{kept} was kept: {text}");
+    }
+    assert_eq!(text.matches("[redacted]").count(), 10, "{text}");
+    assert_eq!(records.last(), Some(&plain));
+}
+
 #[test]
 fn rotation_by_age_and_size_keeps_one_chain() {
     let storage = SimulatedStorage::new();

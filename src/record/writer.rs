@@ -330,13 +330,103 @@ fn scrub_credentials(body: &Bytes) -> Option<Bytes> {
     }
 }
 
-/// The frame to encode: `frame` itself, or a scrubbed copy for credential endpoints.
+/// Endpoints whose answers may carry cloud storage secrets: a `PUT` or `GET` answer's stage
+/// credentials and encryption key, a result's chunk key (`qrmk`), SSE-C headers and presigned
+/// chunk URLs (an answer the gateway did not mask; a masked one is rebuilt without them).
+const STORAGE_SECRET_ENDPOINTS: &[&str] = &["query-request", "query-result"];
+
+/// Keys (exact, as the answer spells them) whose values are storage secrets: each is
+/// redacted wherever it is in the answer. `url` is redacted in `chunks` only.
+const STORAGE_SECRET_KEYS: &[&str] =
+    &["creds", "queryStageMasterKey", "qrmk", "chunkHeaders", "presignedUrl", "presignedUrls"];
+
+/// One pass over an answer for any of [`STORAGE_SECRET_KEYS`] as a JSON key (quoted): an
+/// answer without one, nearly all of them, is not parsed.
+static STORAGE_SECRET_MARKERS: std::sync::LazyLock<aho_corasick::AhoCorasick> = std::sync::LazyLock::new(|| {
+    aho_corasick::AhoCorasick::new(STORAGE_SECRET_KEYS.iter().map(|key| format!("\"{key}\""))).expect("a few literals")
+});
+
+fn redact(value: &mut serde_json::Value) -> bool {
+    let redacted = match value {
+        serde_json::Value::Null => return false,
+        serde_json::Value::String(text) if text.is_empty() => return false,
+        serde_json::Value::Object(map) => {
+            let mut changed = false;
+            for inner in map.values_mut() {
+                changed |= redact(inner);
+            }
+            return changed;
+        }
+        serde_json::Value::Array(items) => {
+            let mut changed = false;
+            for inner in items {
+                changed |= redact(inner);
+            }
+            return changed;
+        }
+        _ => serde_json::Value::String("[redacted]".into()),
+    };
+    *value = redacted;
+    true
+}
+
+fn scrub_storage_value(value: &mut serde_json::Value) -> bool {
+    let mut changed = false;
+    match value {
+        serde_json::Value::Object(map) => {
+            // Chunks beside a chunk key or SSE-C headers are the upstream's, presigned; a
+            // masked answer's (the gateway's own URLs) come without them.
+            let presigned_chunks = map.contains_key("qrmk") || map.contains_key("chunkHeaders");
+            for (key, inner) in map.iter_mut() {
+                if STORAGE_SECRET_KEYS.contains(&key.as_str()) {
+                    changed |= redact(inner);
+                } else if key == "chunks"
+                    && presigned_chunks
+                    && let serde_json::Value::Array(chunks) = inner
+                {
+                    for chunk in chunks {
+                        if let Some(url) = chunk.as_object_mut().and_then(|c| c.get_mut("url")) {
+                            changed |= redact(url);
+                        }
+                    }
+                } else {
+                    changed |= scrub_storage_value(inner);
+                }
+            }
+        }
+        serde_json::Value::Array(items) => {
+            for inner in items {
+                changed |= scrub_storage_value(inner);
+            }
+        }
+        _ => {}
+    }
+    changed
+}
+
+/// A copy of a query answer with its storage secrets redacted, if it holds any (see
+/// [`STORAGE_SECRET_KEYS`]; beside a `qrmk` or `chunkHeaders`, the chunks' presigned `url`s
+/// too); a body naming one that is not JSON is dropped whole, since it cannot be checked.
+fn scrub_storage_secrets(body: &Bytes) -> Option<Bytes> {
+    STORAGE_SECRET_MARKERS.find(&body[..])?;
+    match serde_json::from_slice::<serde_json::Value>(body) {
+        Ok(mut value) => scrub_storage_value(&mut value)
+            .then(|| Bytes::from(serde_json::to_vec(&value).expect("a JSON value serialises"))),
+        Err(_) => Some(Bytes::new()),
+    }
+}
+
+/// The frame to encode: `frame` itself, or a scrubbed copy for credential endpoints and for
+/// query answers holding storage secrets.
 fn scrubbed(frame: &Frame) -> Option<Frame> {
     let endpoint = frame.endpoint()?;
-    if !CREDENTIAL_ENDPOINTS.contains(&endpoint) {
+    let body = if CREDENTIAL_ENDPOINTS.contains(&endpoint) {
+        scrub_credentials(frame.body()?)?
+    } else if STORAGE_SECRET_ENDPOINTS.contains(&endpoint) && matches!(frame, Frame::Response(_)) {
+        scrub_storage_secrets(frame.body()?)?
+    } else {
         return None;
-    }
-    let body = scrub_credentials(frame.body()?)?;
+    };
     let mut copy = frame.clone();
     match &mut copy {
         Frame::Request(r) => r.body = body,
