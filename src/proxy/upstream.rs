@@ -76,7 +76,8 @@ impl UpstreamError {
 /// Outcome of one exchange on one connection, telling whether a retry is safe.
 enum Exchange {
     Done(UpstreamResponse, bool),
-    /// Nothing came back on a reused connection: it was closed while idle.
+    /// A reused connection failed before the request can have run upstream (it was closed
+    /// while idle): sending it again on a new connection is safe.
     StaleConnection(UpstreamError),
     Failed(UpstreamError),
 }
@@ -149,17 +150,18 @@ impl Endpoint {
             };
         }
         let bytes_before = conn.bytes_read;
-        let written_at = Instant::now();
         let head = match conn.read_response_head(request.method, &self.limits, deadline).await {
             Ok(head) => head,
             Err(e) => {
                 let nothing_back = conn.bytes_read == bytes_before;
-                // A peer that had closed the idle connection answers the request at once (end
-                // of stream or reset); one that read it and closed later may have run it, and a
-                // POST is not sent twice.
-                let at_once = request.method != Method::Post || written_at.elapsed() < STALE_ANSWER_WITHIN;
+                // A peer that had closed the idle connection ends it without an answer; but so
+                // may one that read the request, ran it and failed, and a POST (a statement) is
+                // never sent twice: the driver retries it with its own request id, which
+                // Snowflake recognises. (The pool keeps POSTs off connections idle long enough
+                // to be closed by now: see `POST_REUSE_IDLE_MAX`.)
                 let error = read_error(e);
-                return if reused && nothing_back && at_once && !matches!(error, UpstreamError::Timeout) {
+                let resendable = request.method != Method::Post && !matches!(error, UpstreamError::Timeout);
+                return if reused && nothing_back && resendable {
                     Exchange::StaleConnection(error)
                 } else {
                     Exchange::Failed(error)
@@ -200,10 +202,11 @@ impl Endpoint {
     }
 }
 
-/// How soon after a request was written on a reused connection the connection's end must
-/// come for the request to be sent again on a new one: a close that raced the request comes
-/// within a round trip, long before any statement could have run.
-const STALE_ANSWER_WITHIN: Duration = Duration::from_millis(500);
+/// The longest a pooled connection may have been idle to carry a POST. A POST that fails on
+/// a reused connection is not sent again (it may have run), so it goes only on connections
+/// the upstream cannot have closed for idleness yet: servers close idle keep-alive
+/// connections after 5 s or more (uvicorn and Node 5 s, nginx 75 s). Older ones are dropped.
+const POST_REUSE_IDLE_MAX: Duration = Duration::from_secs(2);
 
 fn read_error(e: ReadError) -> UpstreamError {
     match e {
@@ -232,7 +235,8 @@ async fn connect_any(addrs: &[SocketAddr]) -> io::Result<TcpStream> {
 /// One core's pool of idle keep-alive connections to the upstream.
 pub struct Pool {
     endpoint: Endpoint,
-    idle: RefCell<Vec<Conn>>,
+    /// Each with the time it went idle.
+    idle: RefCell<Vec<(Conn, Instant)>>,
     idle_max: usize,
     read_buffer_bytes: usize,
 }
@@ -244,13 +248,18 @@ impl Pool {
     }
 
     /// Sends a request and reads the whole answer. A connection that turns out to have been
-    /// closed while idle is replaced once; any other failure is returned.
+    /// closed while idle is replaced once (a POST only if it failed before it was sent whole);
+    /// any other failure is returned.
     pub async fn send(&self, request: &UpstreamRequest) -> Result<UpstreamResponse, UpstreamError> {
         // An idle connection the upstream sent anything on since its last answer (stray bytes
-        // would answer this request; an end would fail it) is dropped, not used.
-        let pooled = std::iter::from_fn(|| self.idle.borrow_mut().pop()).find(|conn| !conn.peer_sent_more());
+        // would answer this request; an end would fail it) is dropped, not used; so is one
+        // idle too long to carry a POST, for a POST.
+        let usable = |(conn, since): &(Conn, Instant)| {
+            !conn.peer_sent_more() && (request.method != Method::Post || since.elapsed() <= POST_REUSE_IDLE_MAX)
+        };
+        let pooled = std::iter::from_fn(|| self.idle.borrow_mut().pop()).find(usable);
         let (mut conn, reused) = match pooled {
-            Some(conn) => (conn, true),
+            Some((conn, _)) => (conn, true),
             None => (self.endpoint.connect(self.read_buffer_bytes).await?, false),
         };
         let outcome = match self.endpoint.exchange(&mut conn, request, reused).await {
@@ -264,7 +273,7 @@ impl Pool {
             Exchange::Done(response, reusable) => {
                 let mut idle = self.idle.borrow_mut();
                 if reusable && idle.len() < self.idle_max {
-                    idle.push(conn);
+                    idle.push((conn, Instant::now()));
                 }
                 Ok(response)
             }
