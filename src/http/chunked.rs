@@ -26,7 +26,7 @@ pub enum ChunkedError {
     /// The trailer section is malformed or too large.
     #[error("invalid or oversized trailer section")]
     BadTrailer,
-    /// The decoded body is larger than the limit.
+    /// The body takes more bytes on the wire (data and framing) than the limit.
     #[error("chunked body larger than {limit} bytes")]
     TooLarge {
         /// The limit.
@@ -53,7 +53,10 @@ enum State {
 #[derive(Debug, Clone)]
 pub struct ChunkedDecoder {
     state: State,
-    decoded: usize,
+    /// Bytes consumed off the wire: data and framing (size lines, extensions, CRLFs,
+    /// trailers), all counted against the limit, so that framing cannot make a body cost
+    /// more than its cap to read.
+    wire: usize,
     limit: usize,
 }
 
@@ -139,9 +142,20 @@ fn find_line(buf: &[u8], max: usize) -> Result<Option<usize>, ()> {
 }
 
 impl ChunkedDecoder {
-    /// A decoder that refuses bodies larger than `limit` decoded bytes.
+    /// A decoder that refuses bodies taking more than `limit` bytes on the wire, framing
+    /// included (so no more than `limit` decoded bytes either).
     pub fn new(limit: usize) -> ChunkedDecoder {
-        ChunkedDecoder { state: State::Size, decoded: 0, limit }
+        ChunkedDecoder { state: State::Size, wire: 0, limit }
+    }
+
+    /// Counts `n` bytes consumed off the wire against the limit.
+    fn consume(&mut self, input: &mut BytesMut, n: usize) -> Result<(), ChunkedError> {
+        input.advance(n);
+        self.wire += n;
+        if self.wire > self.limit {
+            return Err(ChunkedError::TooLarge { limit: self.limit });
+        }
+        Ok(())
     }
 
     /// Whether the final chunk and the trailer section have been consumed.
@@ -159,8 +173,8 @@ impl ChunkedDecoder {
                         return Ok(false);
                     };
                     let size = parse_size_line(&input[..end])?;
-                    input.advance(end + 2);
-                    if size > (self.limit - self.decoded) as u64 {
+                    self.consume(input, end + 2)?;
+                    if size > (self.limit - self.wire) as u64 {
                         return Err(ChunkedError::TooLarge { limit: self.limit });
                     }
                     self.state = if size == 0 { State::Trailer(0) } else { State::Data(size) };
@@ -171,8 +185,7 @@ impl ChunkedDecoder {
                     }
                     let n = (left as usize).min(input.len());
                     out.extend_from_slice(&input[..n]);
-                    input.advance(n);
-                    self.decoded += n;
+                    self.consume(input, n)?;
                     self.state = if n as u64 == left { State::DataEnd } else { State::Data(left - n as u64) };
                 }
                 State::DataEnd => {
@@ -182,7 +195,7 @@ impl ChunkedDecoder {
                     if &input[..2] != b"\r\n" {
                         return Err(ChunkedError::BadTerminator);
                     }
-                    input.advance(2);
+                    self.consume(input, 2)?;
                     self.state = State::Size;
                 }
                 State::Trailer(consumed) => {
@@ -196,7 +209,7 @@ impl ChunkedDecoder {
                     if !line_empty && !input[..end].contains(&b':') {
                         return Err(ChunkedError::BadTrailer);
                     }
-                    input.advance(end + 2);
+                    self.consume(input, end + 2)?;
                     if line_empty {
                         self.state = State::Done;
                         return Ok(true);
@@ -276,9 +289,30 @@ mod tests {
         assert_eq!(decode_all(b"5\r\nhello\r\n0\r\n\r\n", 4), Err(ChunkedError::TooLarge { limit: 4 }));
     }
 
+    /// The limit counts the wire, framing included: chunks of one byte with a kilobyte of
+    /// extension each would otherwise cost a thousand times the cap to read.
+    #[test]
+    fn framing_counts_against_the_limit() {
+        let ext = "x".repeat(1000);
+        let wire: Vec<u8> =
+            (0..10).flat_map(|_| format!("1;{ext}\r\nX\r\n").into_bytes()).chain(*b"0\r\n\r\n").collect();
+        assert_eq!(decode_all(&wire, 4096), Err(ChunkedError::TooLarge { limit: 4096 }));
+        assert_eq!(decode_bytewise(&wire, 4096), Err(ChunkedError::TooLarge { limit: 4096 }));
+        // Refused once past the cap, not after reading it all.
+        let mut dec = ChunkedDecoder::new(4096);
+        let mut input = BytesMut::from(&wire[..]);
+        assert!(dec.decode(&mut input, &mut BytesMut::new()).is_err());
+        assert!(wire.len() - input.len() <= 4096 + 1100, "{} bytes consumed", wire.len() - input.len());
+        // Under a cap the whole wire fits in, the body decodes.
+        assert_eq!(decode_all(&wire, wire.len()).unwrap().0, b"XXXXXXXXXX");
+        // The framing of a body exactly at the cap: data and CRLFs count.
+        assert_eq!(decode_all(b"5\r\nhello\r\n0\r\n\r\n", 15).unwrap().0, b"hello");
+        assert_eq!(decode_all(b"5\r\nhello\r\n0\r\n\r\n", 14), Err(ChunkedError::TooLarge { limit: 14 }));
+    }
+
     #[test]
     fn quoted_extensions_and_whitespace() {
-        let (body, _) = decode_all(b"3 ; a = \"x;y\"\r\nabc\r\n0\r\n\r\n", 16).unwrap();
+        let (body, _) = decode_all(b"3 ; a = \"x;y\"\r\nabc\r\n0\r\n\r\n", 64).unwrap();
         assert_eq!(body, b"abc");
     }
 }
