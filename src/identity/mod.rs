@@ -257,6 +257,12 @@ impl AuthError {
         }
     }
 
+    /// Whether the identity provider is at fault, not the token: its keys could not be
+    /// fetched (yet, or lately). The token may well be valid: the client should retry later.
+    pub fn provider_unavailable(&self) -> bool {
+        matches!(self, AuthError::KeysUnavailable | AuthError::KeysStale)
+    }
+
     /// Whether fetching the JWKS again might make the same token verify: its key is unknown,
     /// or the cached keys are missing or too old. The caller still needs a
     /// [`Verifier::begin_refetch`] permit, which rate-limits fetches.

@@ -596,6 +596,7 @@ async fn login(core: &Core, head: &RequestHead, body: Bytes, capture: &mut Captu
     }
     let identity = match verify_oidc(core, &request.oidc_token).await {
         Ok(identity) => identity,
+        Err(e) if e.provider_unavailable() => return identity_provider_unavailable(capture, &e),
         Err(e) => return refuse(capture, e.snowflake_code(), &e.to_string()),
     };
     capture.sub = Some(identity.sub.clone());
@@ -798,7 +799,24 @@ async fn sql_api_identity(core: &Core, head: &RequestHead, capture: &mut Capture
             "X-Snowflake-Authorization-Token-Type must be OAUTH",
         ));
     }
-    verify_oidc(core, token).await.map_err(|e| refuse_sql_api(capture, 401, e.snowflake_code(), &e.to_string()))
+    verify_oidc(core, token).await.map_err(|e| {
+        if e.provider_unavailable() {
+            identity_provider_unavailable(capture, &e)
+        } else {
+            refuse_sql_api(capture, 401, e.snowflake_code(), &e.to_string())
+        }
+    })
+}
+
+/// The refusal when the identity provider's keys cannot be had: HTTP 503, so that drivers and
+/// SQL API clients retry (a 200 refusal or a 401 would tell them the token is bad).
+fn identity_provider_unavailable(capture: &mut Capture, error: &crate::identity::AuthError) -> Answer {
+    warn!(endpoint = capture.endpoint, error = %error, "Refused: the identity provider's keys are unavailable.");
+    let code = codes::IDENTITY_PROVIDER_UNAVAILABLE;
+    capture.refused_code = Some(code.to_owned());
+    let message = format!("{error}: the identity provider's keys could not be fetched; retry later");
+    let body = if capture.is_sql_api() { sql_api_error_body(code, &message) } else { refusal_body(code, &message) };
+    Answer::own(503, body)
 }
 
 async fn sql_api(

@@ -257,6 +257,10 @@ pub mod codes {
     /// A statement id (query id, SQL API handle) this identity may not use: not answered to it
     /// through this gateway, or idle longer than the gateway keeps ids.
     pub const STATEMENT_UNKNOWN: &str = "260018";
+    /// The identity provider's signing keys cannot be had (its JWKS URL is down, or serves no
+    /// usable key): the provider's fault, not the token's; answered with HTTP 503 so that
+    /// clients retry.
+    pub const IDENTITY_PROVIDER_UNAVAILABLE: &str = "260019";
     /// Snowflake is running the statement (drivers poll `getResultUrl`).
     pub const QUERY_IN_PROGRESS: &str = "333333";
     /// Snowflake is running an `asyncExec` statement.

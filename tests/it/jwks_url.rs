@@ -180,6 +180,16 @@ fn assert_login_refused(gateway: &TestGateway, token: &str) -> Value {
     answer.json().unwrap()
 }
 
+/// Asserts that a login is refused because the identity provider's keys cannot be had: the
+/// provider's fault, not the token's, so HTTP 503 (clients retry) and the gateway's own code.
+fn assert_login_unavailable(gateway: &TestGateway, token: &str) -> Value {
+    let answer = login(&mut gateway.client(), token);
+    assert_eq!(answer.status, 503, "{answer:?}");
+    let body = answer.json().unwrap();
+    assert_eq!((&body["success"], &body["code"]), (&json!(false), &json!("260019")), "{body}");
+    body
+}
+
 /// Asserts that `started` (taken before the last fetch) is still within the refetch interval,
 /// so that a "no fetch happened" assertion made now means what it says.
 #[track_caller]
@@ -360,12 +370,20 @@ fn a_down_or_broken_jwks_server_refuses_logins_fast() {
         };
         let gateway = TestGateway::start(&upstream.url(), GatewayOptions { jwks: Some(jwks), ..Default::default() });
         let started = Instant::now();
-        let body = assert_login_refused(&gateway, &token("idp-a.pem", "key-a"));
+        let body = assert_login_unavailable(&gateway, &token("idp-a.pem", "key-a"));
         let took = started.elapsed();
         assert!(took < Duration::from_secs(2), "{case}: the refusal took {took:?}");
-        assert_eq!(body["message"], "OIDC signing keys are not available yet", "{case}: {body}");
+        let message = body["message"].as_str().unwrap();
+        assert!(message.starts_with("OIDC signing keys are not available yet"), "{case}: {body}");
+        assert!(message.contains("retry later"), "{case}: {body}");
         // The failed fetch counts toward the rate limit: a second login does not fetch again.
-        assert_login_refused(&gateway, &token("idp-a.pem", "key-a"));
+        assert_login_unavailable(&gateway, &token("idp-a.pem", "key-a"));
+        // The SQL API says the same: 503, the provider's fault, not a 401 for the token.
+        let bearer = format!("Bearer {}", token("idp-a.pem", "key-a"));
+        let body = json!({"statement": "select 1", "timeout": 60});
+        let answer = gateway.client().post_json("/api/v2/statements", &sql_api_headers(&bearer), &body, false).unwrap();
+        assert_eq!(answer.status, 503, "{case}: {answer:?}");
+        assert_eq!(answer.json().unwrap()["code"], "260019", "{case}");
         if let Some(idp) = &idp {
             assert_within_interval(started);
             assert_eq!(idp.fetches(), 1, "{case}");
@@ -380,7 +398,7 @@ fn the_gateway_recovers_when_the_jwks_server_does() {
     let idp = Idp::start(Reply::Status(503, "unavailable"));
     let upstream = double(|_| {});
     let gateway = start_gateway(&idp, &upstream.url());
-    assert_login_refused(&gateway, &token("idp-a.pem", "key-a"));
+    assert_login_unavailable(&gateway, &token("idp-a.pem", "key-a"));
     assert_eq!(idp.fetches(), 1);
 
     idp.set(jwks_a());
