@@ -1,8 +1,9 @@
 //! Verification of a directory of segments: every CRC, every record's place, each core's
 //! BLAKE3 chain within and across segments (keyed from format version 4, each batch's chain
-//! tag checked), every footer's MAC and its agreement with what the segment holds, and completeness (no segment missing before, between, or after a
-//! segment that promised a successor). Reads through [`Recording`] only; reports every
-//! problem with its file, byte offset and first untrustworthy record, first problem first.
+//! tag checked), every footer's MAC and its agreement with what the segment holds, and
+//! completeness (no segment missing before, between, or after a segment that promised a
+//! successor). Reads through [`Recording`] only; reports every problem with its file, byte
+//! offset and first untrustworthy record, first problem first.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
