@@ -109,7 +109,8 @@ impl ReadError {
     pub fn status(&self) -> Option<u16> {
         match self {
             ReadError::Head(e) => Some(e.status()),
-            ReadError::Chunked(ChunkedError::TooLarge { .. }) | ReadError::BodyTooLarge { .. } => Some(413),
+            ReadError::Chunked(ChunkedError::TooLarge { .. } | ChunkedError::FramingTooLarge { .. })
+            | ReadError::BodyTooLarge { .. } => Some(413),
             ReadError::Chunked(_) => Some(400),
             ReadError::Timeout => Some(408),
             ReadError::Closed | ReadError::Io(_) => None,

@@ -127,6 +127,18 @@ pub enum ReadErrorKind {
     /// batch, or the chain before it, was written without the key, or with another key.
     #[error("the batch's chain tag does not authenticate (written without the key, or with another key)")]
     ChainTag,
+    /// An open segment in a format before version 4 (no keyed tags) with no sealed segment of
+    /// its own format before it: it cannot be told from a rewrite. Seal it with the snowgate
+    /// version that wrote it (start and stop that version once), or move it aside.
+    #[error(
+        "open segment in format version {version} with no sealed segment of that format before it: it cannot \
+         be told from a rewrite (seal it by starting and stopping the snowgate version that wrote it, or move \
+         it aside)"
+    )]
+    UnvouchedOpen {
+        /// The segment's version.
+        version: u16,
+    },
     /// A segment in an older format version than the one before it: versions only grow, so it
     /// was rewritten, in a format whose chain needs no key.
     #[error("format version {version} after a version {before} segment (rewritten)")]

@@ -509,12 +509,15 @@ fn storage_secrets_in_query_answers_never_reach_a_segment() {
         "query-result",
         r#"{"data":{"rowtype":[],"rowset":[["1"]],"qrmk":"CANARY-QRMK","chunkHeaders":{"x-amz-server-side-encryption-customer-key":"CANARY-SSEC"},"chunks":[{"url":"https://bucket.s3.amazonaws.com/CANARY-CHUNK?sig=1","rowCount":10}]},"success":true}"#,
     );
-    // A masked answer (rebuilt without them) and an ordinary one are recorded as they are.
-    let plain = answer(
+    // An ordinary answer, and a masked one as the gateway records it (rebuilt with its own
+    // chunk URLs, and only the agent's session token, redacted, in its `chunkHeaders`), are
+    // recorded as they are.
+    let plain = answer("query-request", r#"{"data":{"rowset":[["creds"],["qrmk"]],"total":2},"success":true}"#);
+    let masked = answer(
         "query-request",
-        r#"{"data":{"rowset":[["creds"]],"chunks":[{"url":"/sg/chunk/x","rowCount":1}]},"success":true}"#,
+        r#"{"data":{"rowtype":[],"rowset":[["1"]],"chunks":[{"url":"https://gw.example/snowgate/chunk/sg1.abc","rowCount":10}],"chunkHeaders":{"Authorization":"[redacted]"}},"success":true}"#,
     );
-    writer.append(&[put, gcs, chunked, plain.clone()], T0).unwrap();
+    writer.append(&[put, gcs, chunked, plain.clone(), masked.clone()], T0).unwrap();
     writer.seal(SealReason::Stopped, T0).unwrap();
     let recording = open_recording(&storage);
     let records: Vec<Frame> = recording.records().map(|r| r.unwrap().frame).collect();
@@ -523,8 +526,8 @@ fn storage_secrets_in_query_answers_never_reach_a_segment() {
     for kept in ["bucket/stage/", "UPLOAD", "smkId", "rowCount", "GCS", "x-amz-server-side-encryption-customer-key"] {
         assert!(text.contains(kept), "{kept} was kept: {text}");
     }
-    assert_eq!(text.matches("[redacted]").count(), 10, "{text}");
-    assert_eq!(records.last(), Some(&plain));
+    assert_eq!(text.matches("[redacted]").count(), 11, "{text}");
+    assert_eq!(records[3..], [plain, masked]);
 }
 
 #[test]
@@ -758,6 +761,39 @@ fn a_segment_rewritten_in_an_older_format_after_a_keyed_one_is_refused() {
     let RecordError::Corrupt(read_error) = error else { panic!("not reported as corruption: {error}") };
     assert!(matches!(read_error.kind, ReadErrorKind::Downgraded { version: 3, before: 4 }), "{read_error}");
     assert_eq!(storage.read(&segment_path(1)).unwrap(), downgraded, "nothing was cut or sealed");
+}
+
+/// The same rewrite at the start of a chain (the first segment, its seal stripped): nothing
+/// before it vouches for an open segment in a format without keyed tags, so recovery refuses
+/// it and verify names it, `allow_open` or not. (An upgrade that finds one must seal it with
+/// the version that wrote it first.)
+#[test]
+fn an_open_first_segment_in_an_older_format_is_refused() {
+    let storage = SimulatedStorage::new();
+    let (mut writer, _) = SegmentWriter::open(Arc::new(storage.clone()), &config(&dir()), T0).unwrap();
+    writer.append(&[request(0, 50)], T0).unwrap();
+    writer.append(&[request(1, 50)], T0 + 1).unwrap();
+    drop(writer); // A crash: segment 0 stays open.
+    let open = storage.read(&segment_path(0)).unwrap();
+    let downgraded = rewrite_open_segment(&open, 0, 3, &[0; 32]);
+    storage.write(&segment_path(0), downgraded.clone());
+    let options = VerifyOptions { allow_open: true, ..VerifyOptions::default() };
+    let report = verify(&open_recording(&storage), &KEY, &options, &mut |_| {});
+    assert!(
+        report.problems.iter().any(|p| p.path == segment_path(0)
+            && p.offset == Some(0)
+            && p.description.contains("cannot be told from a rewrite")),
+        "{:?}",
+        report.problems
+    );
+    let error = SegmentWriter::open(Arc::new(storage.clone()), &config(&dir()), T0 + 9).unwrap_err();
+    let RecordError::Corrupt(read_error) = error else { panic!("not reported as corruption: {error}") };
+    assert!(matches!(read_error.kind, ReadErrorKind::UnvouchedOpen { version: 3 }), "{read_error}");
+    assert_eq!(storage.read(&segment_path(0)).unwrap(), downgraded, "nothing was cut or sealed");
+    // Left in the current format, the same open segment is recovered (its tags hold).
+    storage.write(&segment_path(0), open);
+    let (_, report) = SegmentWriter::open(Arc::new(storage.clone()), &config(&dir()), T0 + 9).unwrap();
+    assert_eq!(report.records_kept, 2);
 }
 
 /// A sealed recording of two segments, one record per batch.

@@ -273,6 +273,7 @@ impl Verifier<'_> {
             report.problem(path, Some(0), None, description);
             return unknown;
         }
+        let newest_before = *newest_version;
         if header.version < *newest_version {
             let description = format!(
                 "format version {} after a version {} segment: versions only grow, so this segment was \
@@ -372,6 +373,14 @@ impl Verifier<'_> {
         }
         let next_index = scan.next_index();
         let sealed = reader.sealed();
+        // Open, in a format without keyed tags: only an authentic sealed segment of the same
+        // format before it vouches for it (an older gateway still writing it); otherwise its
+        // batches cannot be told from a rewrite, with `allow_open` or not.
+        let vouched = expected.seal.is_some() && newest_before == header.version;
+        if sealed.is_none() && header.version < FIRST_KEYED_CHAIN_VERSION && !vouched {
+            let kind = ReadErrorKind::UnvouchedOpen { version: header.version };
+            report.problem(path.clone(), Some(0), Some(header.first_record_index), kind.to_string());
+        }
         let authentic = sealed.filter(|sealed| {
             mac_equal(
                 &sealed.trailer.mac,

@@ -14,9 +14,9 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use super::format::{
-    BATCH_HEADER_BYTES, BatchEntry, BatchHeader, ChainHead, FORMAT_VERSION, Footer, FooterIndex, IndexKind,
-    SEGMENT_HEADER_BYTES, SealReason, SegmentHeader, Trailer, chain_key, chain_next_keyed, footer_bytes_estimate,
-    footer_mac, genesis, mac_equal, mac_key, segment_over_limits,
+    BATCH_HEADER_BYTES, BatchEntry, BatchHeader, ChainHead, FIRST_KEYED_CHAIN_VERSION, FORMAT_VERSION, Footer,
+    FooterIndex, IndexKind, SEGMENT_HEADER_BYTES, SealReason, SegmentHeader, Trailer, chain_key, chain_next_keyed,
+    footer_bytes_estimate, footer_mac, genesis, mac_equal, mac_key, segment_over_limits,
 };
 use super::frame::{EventFrame, EventKind, Frame, RECORD_PREFIX_BYTES, encode_body};
 use super::key_index::{self, KeyIndex};
@@ -351,7 +351,8 @@ static STORAGE_SECRET_MARKERS: std::sync::LazyLock<[memchr::memmem::Finder<'stat
 fn redact(value: &mut serde_json::Value) -> bool {
     let redacted = match value {
         serde_json::Value::Null => return false,
-        serde_json::Value::String(text) if text.is_empty() => return false,
+        // Nothing to hide, or hidden already (the gateway's own chunk headers are recorded so).
+        serde_json::Value::String(text) if text.is_empty() || text == "[redacted]" => return false,
         serde_json::Value::Object(map) => {
             let mut changed = false;
             for inner in map.values_mut() {
@@ -377,8 +378,13 @@ fn scrub_storage_value(value: &mut serde_json::Value) -> bool {
     match value {
         serde_json::Value::Object(map) => {
             // Chunks beside a chunk key or SSE-C headers are the upstream's, presigned; a
-            // masked answer's (the gateway's own URLs) come without them.
-            let presigned_chunks = map.contains_key("qrmk") || map.contains_key("chunkHeaders");
+            // masked answer's (the gateway's own URLs) come with only an `Authorization` in
+            // its `chunkHeaders` (recorded as `[redacted]`).
+            let upstream_headers = map
+                .get("chunkHeaders")
+                .and_then(serde_json::Value::as_object)
+                .is_some_and(|headers| headers.keys().any(|name| !name.eq_ignore_ascii_case("authorization")));
+            let presigned_chunks = map.contains_key("qrmk") || upstream_headers;
             for (key, inner) in map.iter_mut() {
                 if STORAGE_SECRET_KEYS.contains(&key.as_str()) {
                     changed |= redact(inner);
@@ -705,20 +711,28 @@ impl SegmentWriter {
     ) -> Result<(), RecordError> {
         let path = self.segment_path(sequence);
         let header = reader.header().clone();
-        // Versions only grow along the chain: an open segment older than the one before it was
-        // rewritten in a format whose chain needs no key (an upgrade leaves the older one
-        // first, then the newer).
-        // (A segment before it that cannot be read is left for verify to report.)
-        if let Some(before) = sequence.checked_sub(1).and_then(|before| self.open_reader(before).ok().flatten()) {
-            let before = before.header().version;
-            if header.version < before {
-                return Err(corrupt(ReadError {
-                    path,
-                    offset: 0,
-                    record_index: Some(header.first_record_index),
-                    torn_tail: false,
-                    kind: ReadErrorKind::Downgraded { version: header.version, before },
-                }));
+        // Before format 4 a batch carries no keyed tag: such an open segment is sealed only
+        // after a sealed segment of its own format that authenticates (what an upgrade leaves:
+        // the older gateway crashed, the newer one seals what it left). At the start of a
+        // chain, or after a missing, unsealed or other segment, it cannot be told from a
+        // rewrite in a format whose chain needs no key. Versions only grow along a chain.
+        if header.version < FIRST_KEYED_CHAIN_VERSION {
+            let before = sequence.checked_sub(1).and_then(|before| {
+                let reader = self.open_reader(before).ok().flatten()?;
+                let path = self.segment_path(before);
+                let sealed = reader.sealed().is_some_and(|sealed| self.check_sealed(&reader, sealed, &path).is_ok());
+                Some((reader.header().version, sealed))
+            });
+            let kind = match before {
+                Some((before, _)) if before > header.version => {
+                    Some(ReadErrorKind::Downgraded { version: header.version, before })
+                }
+                Some((before, true)) if before == header.version => None,
+                _ => Some(ReadErrorKind::UnvouchedOpen { version: header.version }),
+            };
+            if let Some(kind) = kind {
+                let record_index = Some(header.first_record_index);
+                return Err(corrupt(ReadError { path, offset: 0, record_index, torn_tail: false, kind }));
             }
         }
         let file = self.storage.open_append(&path).map_err(|source| RecordError::Io { path: path.clone(), source })?;
