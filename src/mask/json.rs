@@ -1295,32 +1295,7 @@ fn mask_query_statuses(
     scratch: &mut Scratch,
     report: &mut MaskReport,
 ) -> Result<usize, MaskError> {
-    let mut p = skip_ws(body, at + 1);
-    if body.get(p) == Some(&b']') {
-        return Ok(p + 1);
-    }
-    loop {
-        let end = if body.get(p) == Some(&b'{') {
-            let (status, end) = walk_object(body, p, |body, key, value| {
-                if key_is(body, key, "errorMessage") && body.get(value) == Some(&b'"') {
-                    let token = string_token(body, value)?;
-                    mask_message(profile, body, token, scratch, report)?;
-                    return Ok(Some(skip_value(body, value, 2)?));
-                }
-                Ok(None)
-            })?;
-            unique(&status, body, "errorMessage")?;
-            end
-        } else {
-            skip_value(body, p, 2)?
-        };
-        p = skip_ws(body, end);
-        match body.get(p) {
-            Some(b',') => p = skip_ws(body, p + 1),
-            Some(b']') => return Ok(p + 1),
-            _ => return Err(bad(p, "expected ',' or ']'")),
-        }
-    }
+    mask_text_members(profile, body, at, "errorMessage", scratch, report)
 }
 
 /// A row type (`rowtype`, or the SQL API's `rowType`): the array of column descriptions at
@@ -1334,6 +1309,19 @@ fn mask_column_names(
     scratch: &mut Scratch,
     report: &mut MaskReport,
 ) -> Result<usize, MaskError> {
+    mask_text_members(profile, body, at, "name", scratch, report)
+}
+
+/// The array of objects at `at`: each object's `name` member, when a string, is masked as free
+/// text ([`mask_message`]); it may appear once in each. Returns the offset past the array.
+fn mask_text_members(
+    profile: &Profile,
+    body: &mut [u8],
+    at: usize,
+    name: &str,
+    scratch: &mut Scratch,
+    report: &mut MaskReport,
+) -> Result<usize, MaskError> {
     if body.get(at) != Some(&b'[') {
         return Err(bad(at, "expected an array"));
     }
@@ -1343,15 +1331,15 @@ fn mask_column_names(
     }
     loop {
         let end = if body.get(p) == Some(&b'{') {
-            let (column, end) = walk_object(body, p, |body, key, value| {
-                if key_is(body, key, "name") && body.get(value) == Some(&b'"') {
+            let (members, end) = walk_object(body, p, |body, key, value| {
+                if key_is(body, key, name) && body.get(value) == Some(&b'"') {
                     let token = string_token(body, value)?;
                     mask_message(profile, body, token, scratch, report)?;
                     return Ok(Some(token.close + 1));
                 }
                 Ok(None)
             })?;
-            unique(&column, body, "name")?;
+            unique(&members, body, name)?;
             end
         } else {
             skip_value(body, p, 2)?
