@@ -22,8 +22,8 @@
 //! (the request was not complete before [`AdminLimits::read_timeout`]), 409 (not pending any
 //! more, or already approved by this reviewer), 411 (a body without `Content-Length`: chunked
 //! bodies are refused), 413, 431, 500 (a decision took effect but its outcome could not be
-//! recorded), 503 (at [`AdminLimits::connections_max`],
-//! or the recording could not take the decision: it was not applied).
+//! recorded), 503 (at [`AdminLimits::connections_max`], the identity provider's keys could not
+//! be fetched, or the recording could not take the decision: it was not applied).
 //!
 //! # How it serves
 //!
@@ -64,9 +64,19 @@ use crate::policy::approvals::{Ledger, LedgerError, PendingView, PollState};
 use crate::policy::rules::Subject;
 use crate::proxy::unix_millis;
 
-/// Checks a bearer token and returns who presented it, or a sentence saying why it was refused
-/// (shown to the caller and logged, so it must not contain the token).
-pub type Authenticate = Arc<dyn Fn(&str) -> Result<Subject, String> + Send + Sync>;
+/// Checks a bearer token and returns who presented it, or why it was refused.
+pub type Authenticate = Arc<dyn Fn(&str) -> Result<Subject, Refusal> + Send + Sync>;
+
+/// Why [`Authenticate`] did not return a subject, as a sentence shown to the caller and logged
+/// (so it must not contain the token).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// The caller's fault: the token is malformed, expired, signed by an unknown key... (401).
+    Token(String),
+    /// Nobody's token is checkable now: the identity provider's keys could not be fetched
+    /// or are too old (503, the server's side, worth a retry).
+    ProviderUnavailable(String),
+}
 
 /// Records the reviewers' decisions. No decision reaches the ledger unless [`before`] took its
 /// record, as no statement reaches the warehouse without its request record; [`after`]
@@ -642,9 +652,14 @@ fn authenticate<P>(head: &RequestHead, shared: &Shared<P>) -> Result<Subject, An
     };
     let subject = match (shared.authenticate)(token) {
         Ok(subject) => subject,
-        Err(why) => {
+        Err(Refusal::Token(why)) => {
             info!(why = %why, "Admin request refused: the bearer token was not accepted.");
             return Err(unauthorized(&format!("the bearer token was not accepted: {why}")));
+        }
+        Err(Refusal::ProviderUnavailable(why)) => {
+            warn!(why = %why, "Admin request refused: the identity provider's keys are unavailable.");
+            let message = format!("{why}: the identity provider's keys could not be fetched; retry later");
+            return Err(Answer::error(503, Fault::Server, &message));
         }
     };
     if !subject.groups.iter().any(|group| shared.access_groups.contains(group)) {
@@ -814,14 +829,15 @@ mod tests {
     /// Tokens are fixed strings: `alice` and `bob` review for `dba`, `eve` has admin access but
     /// reviews nothing, `agent` is the agent that parked the statements (and a dba), `outsider`
     /// has no admin access.
-    fn subject_for(token: &str) -> Result<Subject, String> {
+    fn subject_for(token: &str) -> Result<Subject, Refusal> {
         let (sub, groups): (&str, &[&str]) = match token {
             "token-alice" => ("alice", &["reviewers", "dba"]),
             "token-bob" => ("bob", &["reviewers", "dba"]),
             "token-eve" => ("eve", &["reviewers", "finance"]),
             "token-agent" => ("agent", &["reviewers", "dba"]),
             "token-outsider" => ("mallory", &["analysts", "dba"]),
-            _ => return Err("unknown test token".into()),
+            "token-idp-down" => return Err(Refusal::ProviderUnavailable("OIDC signing keys are stale".into())),
+            _ => return Err(Refusal::Token("unknown test token".into())),
         };
         Ok(Subject { sub: sub.into(), groups: groups.iter().map(|g| (*g).to_owned()).collect() })
     }
@@ -1064,6 +1080,10 @@ mod tests {
         let (status, body) = get(addr, "/v1/approvals", Some("token-unknown"));
         assert_eq!(status, 401);
         assert_eq!(body["error"], "the bearer token was not accepted: unknown test token");
+        // An identity provider that cannot vouch for anyone is the server's side, not the token's.
+        let (status, body) = get(addr, "/v1/approvals", Some("token-idp-down"));
+        assert_eq!((status, body["fault"].as_str()), (503, Some("server")), "{body}");
+        assert!(body["error"].as_str().unwrap().ends_with("retry later"), "{body}");
         let (status, _) =
             exchange(addr, b"GET /v1/approvals HTTP/1.1\r\nhost: a\r\nauthorization: Basic YWxpY2U6eA==\r\n\r\n");
         assert_eq!(status, 401);

@@ -171,6 +171,15 @@ pub fn start(config: Config) -> Result<Running, StartError> {
 /// agent's, against the keys already loaded); every decision is recorded before it takes
 /// effect ([`DecisionRecording`]), in a chain of its own (core number = the number of cores),
 /// and logged.
+/// Whose fault a refused reviewer token is: the provider's when its keys are missing or stale.
+fn refusal(error: crate::identity::AuthError) -> admin::Refusal {
+    if error.provider_unavailable() {
+        admin::Refusal::ProviderUnavailable(error.to_string())
+    } else {
+        admin::Refusal::Token(error.to_string())
+    }
+}
+
 fn start_admin(gateway: &Arc<Gateway>, address: SocketAddr) -> Result<(AdminHandle, Arc<Recorder>), StartError> {
     let config = &gateway.config;
     let io_error = |what: String| move |source| StartError::Io { what, source };
@@ -192,7 +201,7 @@ fn start_admin(gateway: &Arc<Gateway>, address: SocketAddr) -> Result<(AdminHand
             // statement waited for review): fetch, as the cores do, on this thread.
             Err(e) if e.refetch_may_help() => {
                 // The permit first: a caller refused one (too soon) costs no runtime.
-                let Some(refetch) = crate::proxy::JwksRefetch::begin(&verifying) else { return Err(e.to_string()) };
+                let Some(refetch) = crate::proxy::JwksRefetch::begin(&verifying) else { return Err(refusal(e)) };
                 let fetched = monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
                     .enable_timer()
                     .build()
@@ -205,7 +214,7 @@ fn start_admin(gateway: &Arc<Gateway>, address: SocketAddr) -> Result<(AdminHand
             }
             other => other,
         };
-        verified.map(|identity| Subject { sub: identity.sub, groups: identity.groups }).map_err(|e| e.to_string())
+        verified.map(|identity| Subject { sub: identity.sub, groups: identity.groups }).map_err(refusal)
     });
     let recording = Arc::new(DecisionRecording {
         recorder: recorder.clone(),

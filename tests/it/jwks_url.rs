@@ -299,6 +299,36 @@ fn the_admin_api_fetches_a_rotated_key_itself() {
 }
 
 #[test]
+fn the_admin_api_says_the_identity_provider_is_unavailable_when_its_keys_cannot_be_fetched() {
+    // A reviewer's valid token must not read as refused (401) while the IdP is down: that is the
+    // server's side, and worth a retry.
+    let idp = Idp::start(Reply::Status(500, r#"{"error":"internal"}"#));
+    let upstream = double(|_| {});
+    let policy =
+        format!("{PERMISSIVE_POLICY}\n[approvals]\nadmin_address = \"127.0.0.1:0\"\nadmin_groups = [\"dba\"]\n");
+    let gateway = TestGateway::start(
+        &upstream.url(),
+        GatewayOptions { jwks: Some(idp.jwks_settings()), policy: Some(policy), ..Default::default() },
+    );
+    let now = now_unix();
+    let claims = json!({
+        "iss": ISSUER, "aud": AUDIENCE, "sub": "dba-1", "groups": ["dba"],
+        "iat": now, "nbf": now - 5, "exp": now + 600,
+    });
+    let token = sign_rs256("idp-a.pem", Some("key-a"), &claims);
+    let (status, body) = admin_request(gateway.admin_addr(), "GET", "/v1/approvals", &token, None);
+    assert_eq!((status, &body["fault"]), (503, &json!("server")), "{body}");
+    assert!(body["error"].as_str().unwrap().contains("retry later"), "{body}");
+    assert_eq!(idp.fetches(), 1);
+
+    // Once the provider answers again (past the refetch interval), the same token is served.
+    idp.set(jwks_a());
+    std::thread::sleep(PAST_THE_INTERVAL);
+    let (status, body) = admin_request(gateway.admin_addr(), "GET", "/v1/approvals", &token, None);
+    assert_eq!(status, 200, "{body}");
+}
+
+#[test]
 fn a_flood_of_unknown_kids_fetches_at_most_once_per_interval() {
     const LOGINS: usize = 200;
     const THREADS: usize = 8;

@@ -7,7 +7,7 @@ use std::process::{Command, Output};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use snowgate::admin::{AdminDecision, AdminHandle, AdminLimits, RecordDecisions};
+use snowgate::admin::{AdminDecision, AdminHandle, AdminLimits, RecordDecisions, Refusal};
 use snowgate::policy::approvals::{Ledger, LedgerError, LedgerLimits, ParkRequest, PollState, RequestKey};
 use snowgate::policy::rules::{ReviewRequirement, Subject};
 
@@ -38,12 +38,12 @@ fn now_unix_ms() -> u64 {
 }
 
 /// Fixed tokens: `alice` and `bob` review for `dba`; `eve` may use the API but reviews nothing.
-fn subject_for(token: &str) -> Result<Subject, String> {
+fn subject_for(token: &str) -> Result<Subject, Refusal> {
     let (sub, groups): (&str, &[&str]) = match token {
         "token-alice" => ("alice", &["reviewers", "dba"]),
         "token-bob" => ("bob", &["reviewers", "dba"]),
         "token-eve" => ("eve", &["reviewers"]),
-        _ => return Err("the token is not one of the test tokens".into()),
+        _ => return Err(Refusal::Token("the token is not one of the test tokens".into())),
     };
     Ok(Subject { sub: sub.into(), groups: groups.iter().map(|g| (*g).to_owned()).collect() })
 }
