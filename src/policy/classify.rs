@@ -24,8 +24,9 @@
 //! [`Kind::SystemFunction`] action. Nothing here panics on any input: every index is checked.
 
 use std::collections::HashSet;
+use std::ops::ControlFlow;
 
-use sqlparser::ast::{SetExpr, Statement as AstStatement};
+use sqlparser::ast::{Statement as AstStatement, visit_statements};
 use sqlparser::dialect::SnowflakeDialect;
 use sqlparser::parser::Parser;
 use sqlparser::tokenizer::Token;
@@ -104,6 +105,13 @@ impl<'a> View<'a> {
 
     fn token_bytes(&self, idx: usize) -> std::ops::Range<usize> {
         self.lexed.token_bytes(self.sig[idx])
+    }
+
+    /// Whether the single-quoted string at `idx` decodes in Snowflake as sqlparser decoded it.
+    /// A name, stage or URL in one that does not (`'H\x52.PAY'` is `HR.PAY` to Snowflake,
+    /// `HX52.PAY` to sqlparser) is only known when the statement runs.
+    fn decodes_alike(&self, idx: usize) -> bool {
+        escapes_decode_alike(&self.lexed.text[self.token_bytes(idx)])
     }
 
     fn byte_range(&self) -> std::ops::Range<usize> {
@@ -258,7 +266,7 @@ fn classify_statement(cx: &Cx<'_>, v: View<'_>) -> ClassifiedStatement {
     b.finish()
 }
 
-/// Parses the statement with sqlparser; `Some` only for exactly one statement.
+/// Parses the statement with sqlparser; `Some` only for exactly one statement holding no other.
 fn parse_single(cx: &Cx<'_>, v: View<'_>) -> Option<AstStatement> {
     let (&first, &last) = (v.sig.first()?, v.sig.last()?);
     let tokens = cx.lexed.tokens[first..=last].to_vec();
@@ -266,19 +274,48 @@ fn parse_single(cx: &Cx<'_>, v: View<'_>) -> Option<AstStatement> {
     let mut parser =
         Parser::new(&dialect).with_recursion_limit(cx.limits.parser_recursion_max).with_tokens_with_locations(tokens);
     let mut statements = parser.parse_statements().ok()?;
-    if statements.len() == 1 { statements.pop() } else { None }
+    if statements.len() == 1 { statements.pop().filter(holds_one_statement) } else { None }
 }
 
 fn query(cx: &Cx<'_>, v: View<'_>, b: &mut Builder) {
     b.kind = Kind::Select;
     match parse_single(cx, v) {
-        Some(AstStatement::Query(q))
-            if !matches!(*q.body, SetExpr::Insert(_) | SetExpr::Update(_) | SetExpr::Delete(_) | SetExpr::Merge(_)) => {
-        }
+        Some(AstStatement::Query(_)) => {}
         Some(_) => return b.become_unknown("the statement is not the query its keywords announce"),
         None => return b.become_unknown("the query does not parse"),
     }
     scan_reads(v, b, Kind::Select, ScanOptions::default());
+}
+
+/// Whether `statement` holds no statement but itself: sqlparser reads DML wherever a query may
+/// stand (`(DELETE …)`, `WITH c AS (…) DELETE …`, a set operation's operand, a derived table).
+fn holds_one_statement(statement: &AstStatement) -> bool {
+    let mut seen = 0;
+    let flow = visit_statements(statement, |_| {
+        seen += 1;
+        if seen > 1 { ControlFlow::Break(()) } else { ControlFlow::Continue(()) }
+    });
+    flow.is_continue()
+}
+
+/// `… STREAM s ON { TABLE | VIEW | EXTERNAL TABLE | DYNAMIC TABLE | EVENT TABLE | STAGE } <name>`:
+/// the stream reads its source's rows (`SHOW_INITIAL_ROWS` even those already there), so the
+/// source is read.
+fn stream_source(v: View<'_>, depths: &[usize], from: usize, b: &mut Builder) {
+    let on = v.find_at_depth(depths, from, 0, |t| is_keyword(t, "ON"));
+    let mut idx = on + 1;
+    let object_type = match v.upper(idx).as_deref() {
+        Some("TABLE") => ObjectType::Table,
+        Some("VIEW") => ObjectType::View,
+        Some("STAGE") => ObjectType::Stage,
+        Some("EXTERNAL" | "DYNAMIC" | "EVENT") if v.kw(idx + 1, "TABLE") => {
+            idx += 1;
+            ObjectType::Table
+        }
+        _ => return b.become_unknown("a stream whose source the gateway does not read"),
+    };
+    let source = read_name(v, idx + 1).map_or(ObjectName::Dynamic, |(name, _)| name);
+    b.on(Kind::Select, object_type, source);
 }
 
 fn insert(cx: &Cx<'_>, v: View<'_>, b: &mut Builder) {
@@ -362,6 +399,10 @@ fn copy(cx: &Cx<'_>, v: View<'_>, b: &mut Builder) {
         Some(Token::SingleQuotedString(target)) => {
             b.kind = Kind::CopyIntoLocation;
             match target.strip_prefix('@') {
+                _ if !v.decodes_alike(2) => {
+                    b.on(Kind::CopyIntoLocation, ObjectType::Stage, ObjectName::Dynamic);
+                    b.on(Kind::CopyIntoLocation, ObjectType::Location, ObjectName::Dynamic);
+                }
                 Some(stage) => b.on(Kind::CopyIntoLocation, ObjectType::Stage, stage_from_text(stage)),
                 None => b.on(Kind::CopyIntoLocation, ObjectType::Location, ObjectName::Flat(target.clone())),
             }
@@ -392,6 +433,9 @@ fn create(cx: &Cx<'_>, v: View<'_>, b: &mut Builder) {
     let clone_at = v.find_at_depth(&depths, after_exists, 0, |t| is_keyword(t, "CLONE"));
     if let Some((source, _)) = read_name(v, clone_at + 1) {
         b.on(Kind::Select, object_type, source);
+    }
+    if object_type == ObjectType::Stream && clone_at == v.len() {
+        stream_source(v, &depths, after_name, b);
     }
     if object_type == ObjectType::Stage {
         stage_urls(v, &depths, after_name, kind, b);
@@ -699,9 +743,10 @@ fn stage_command(v: View<'_>, b: &mut Builder, kind: Kind) {
             let (name, _) = read_stage(v, 1);
             b.on(kind, ObjectType::Stage, name);
         }
-        Some(Token::SingleQuotedString(text)) if text.starts_with('@') => {
+        Some(Token::SingleQuotedString(text)) if text.starts_with('@') && v.decodes_alike(1) => {
             b.on(kind, ObjectType::Stage, stage_from_text(&text[1..]));
         }
+        Some(Token::SingleQuotedString(_)) => b.on(kind, ObjectType::Stage, ObjectName::Dynamic),
         _ => b.become_unknown("LIST or REMOVE without a stage"),
     }
 }
@@ -716,7 +761,11 @@ fn use_statement(v: View<'_>, b: &mut Builder) {
         Some("SECONDARY") => {
             b.kind = Kind::UseSecondaryRoles;
             let mut idx = if v.kw(2, "ROLES") { 3 } else { 2 };
-            if v.kw(idx, "ALL") || v.kw(idx, "NONE") {
+            if v.kw(idx, "ALL") {
+                // Every role granted to the gateway's user: no allow rule's role globs cover it.
+                b.on(Kind::UseSecondaryRoles, ObjectType::Role, ObjectName::Dynamic);
+                idx += 1;
+            } else if v.kw(idx, "NONE") {
                 idx += 1;
             } else {
                 while let Some((name, next)) = read_name(v, idx) {
@@ -938,22 +987,47 @@ fn block(cx: &Cx<'_>, v: View<'_>, b: &mut Builder) {
     }
 }
 
-/// An expression inside a block: its reads, and any `EXECUTE IMMEDIATE` it holds.
+/// An expression inside a block: its reads, any `EXECUTE IMMEDIATE` it holds, and any other
+/// statement in it: a `RESULTSET`'s or `CURSOR`'s query may be any statement Snowflake runs
+/// (`LET r RESULTSET := (DELETE FROM t)`, `DEFAULT ASYNC (…)`, `CURSOR FOR …`).
 fn expression(cx: &Cx<'_>, v: View<'_>, b: &mut Builder) {
     scan_reads(v, b, Kind::Select, ScanOptions::default());
     let depths = v.depths();
     let mut idx = 0;
     while idx < v.len() {
+        // Each is classified up to the end of its parenthesis level or statement; a nested one
+        // is part of it, and skipping keeps the walk linear.
         if v.kw(idx, "EXECUTE") && v.kw(idx + 1, "IMMEDIATE") {
-            // Classified up to the end of its parenthesis level; a nested one is part of it,
-            // and skipping keeps the walk linear.
             let end = v.find_at_depth(&depths, idx, depths[idx], |t| matches!(t, Token::RParen | Token::SemiColon));
             b.absorb(classify_statement(cx, v.sub(idx..end)));
+            idx = end.max(idx + 1);
+        } else if v.is(idx, &Token::LParen) && starts_statement(v, idx + 1) {
+            let end = v.matching_close(idx).unwrap_or(v.len());
+            b.absorb(classify_statement(cx, v.sub(idx + 1..end)));
+            idx = end.max(idx + 1);
+        } else if v.kw(idx, "FOR") && idx > 0 && v.kw(idx - 1, "CURSOR") && starts_statement(v, idx + 1) {
+            let end = v.find_at_depth(&depths, idx, depths[idx], |t| matches!(t, Token::RParen | Token::SemiColon));
+            b.absorb(classify_statement(cx, v.sub(idx + 1..end)));
             idx = end.max(idx + 1);
         } else {
             idx += 1;
         }
     }
+}
+
+/// Keywords that lead a statement other than a plain `SELECT` or `VALUES` (whose reads
+/// [`scan_reads`] finds where they stand).
+const STATEMENT_LEADS: &[&str] = &[
+    "WITH", "INSERT", "UPDATE", "DELETE", "MERGE", "COPY", "CREATE", "ALTER", "DROP", "UNDROP", "TRUNCATE", "COMMENT",
+    "GRANT", "REVOKE", "GET", "PUT", "LIST", "LS", "REMOVE", "RM", "USE", "SET", "UNSET", "CALL", "EXECUTE", "BEGIN",
+    "DECLARE", "START", "COMMIT", "ROLLBACK", "SHOW", "DESC", "DESCRIBE", "EXPLAIN",
+];
+
+/// Whether a statement other than a plain query starts at `idx`: a keyword leading one,
+/// followed by a word, a stage or a string (`(comment || x)` or `(get(a, 0))` are expressions).
+fn starts_statement(v: View<'_>, idx: usize) -> bool {
+    v.upper(idx).is_some_and(|word| STATEMENT_LEADS.contains(&word.as_str()))
+        && matches!(v.tok(idx + 1), Some(Token::Word(_) | Token::AtSign | Token::SingleQuotedString(_)))
 }
 
 /// `BEGIN [WORK | TRANSACTION] [NAME <name>]`, `START TRANSACTION [NAME <name>]`, `COMMIT
@@ -1099,7 +1173,7 @@ fn stage_urls(v: View<'_>, depths: &[usize], from: usize, kind: Kind, b: &mut Bu
     for (idx, depth) in depths.iter().enumerate().skip(from) {
         if *depth == 0 && v.kw(idx, "URL") && v.is(idx + 1, &Token::Eq) {
             let url = match v.tok(idx + 2) {
-                Some(Token::SingleQuotedString(url)) => ObjectName::Flat(url.clone()),
+                Some(Token::SingleQuotedString(url)) if v.decodes_alike(idx + 2) => ObjectName::Flat(url.clone()),
                 _ => ObjectName::Dynamic,
             };
             b.on(kind, ObjectType::Location, url);
@@ -1335,7 +1409,9 @@ fn read_name(v: View<'_>, idx: usize) -> Option<(ObjectName, usize)> {
         {
             let close = v.matching_close(idx + 1)?;
             let name = match v.tok(idx + 2) {
-                Some(Token::SingleQuotedString(literal)) if close == idx + 3 => name_from_literal(literal),
+                Some(Token::SingleQuotedString(literal)) if close == idx + 3 && v.decodes_alike(idx + 2) => {
+                    name_from_literal(literal)
+                }
                 _ => ObjectName::Dynamic,
             };
             Some((name, close + 1))
@@ -1555,11 +1631,13 @@ fn scan_reads(v: View<'_>, b: &mut Builder, read_kind: Kind, options: ScanOption
             }
             Token::Word(word) if v.is(idx + 1, &Token::LParen) && word.quote_style.is_some() => {
                 builtin_read(v, idx, &canonical_word(word), read_kind, b);
+                qualified_call(v, idx, read_kind, b);
             }
             Token::Word(word) if word.quote_style.is_none() => {
                 let upper = word.value.to_ascii_uppercase();
                 if v.is(idx + 1, &Token::LParen) {
                     builtin_read(v, idx, &upper, read_kind, b);
+                    qualified_call(v, idx, read_kind, b);
                 }
                 match upper.as_str() {
                     "FROM"
@@ -1623,7 +1701,9 @@ fn builtin_read(v: View<'_>, idx: usize, name: &str, read_kind: Kind, b: &mut Bu
 fn stage_argument(v: View<'_>, at: usize) -> ObjectName {
     match v.tok(at) {
         Some(Token::AtSign) => read_stage(v, at).0,
-        Some(Token::SingleQuotedString(text)) => text.strip_prefix('@').map_or(ObjectName::Dynamic, stage_from_text),
+        Some(Token::SingleQuotedString(text)) if v.decodes_alike(at) => {
+            text.strip_prefix('@').map_or(ObjectName::Dynamic, stage_from_text)
+        }
         _ => ObjectName::Dynamic,
     }
 }
@@ -1647,6 +1727,27 @@ fn from_is_not_a_clause(v: View<'_>, idx: usize, levels: &[Level], closed: Optio
         && closed == Some("NTH_VALUE")
         && (v.kw(idx + 1, "FIRST") || v.kw(idx + 1, "LAST"));
     in_function || distinct_from || from_first
+}
+
+/// A call at `idx` of a function named with its schema (`db.sch.f(…)`, `sch.f(…)`): a
+/// user-defined or external function, which reads what its owner may read and may send its
+/// arguments out, so the call is a read of the function. (An unqualified call is not reported:
+/// it cannot be told from a built-in's.)
+fn qualified_call(v: View<'_>, idx: usize, read_kind: Kind, b: &mut Builder) {
+    let mut parts = Vec::new();
+    let mut at = idx;
+    while let Some(Token::Word(word)) = v.tok(at) {
+        parts.push(canonical_word(word));
+        if at < 2 || !v.is(at - 1, &Token::Period) {
+            break;
+        }
+        at -= 2;
+    }
+    // `CALL p(…)` reports its procedure itself.
+    if parts.len() > 1 && !(at > 0 && v.kw(at - 1, "CALL")) {
+        parts.reverse();
+        b.on(read_kind, ObjectType::Function, ObjectName::Parts(parts));
+    }
 }
 
 /// A table function read: its name is the object (unqualified names are built-ins and stay
@@ -1692,6 +1793,10 @@ fn table_factor(
         }
         Token::SingleQuotedString(text) => {
             match text.strip_prefix('@') {
+                _ if !v.decodes_alike(idx) => {
+                    b.on(read_kind, ObjectType::Stage, ObjectName::Dynamic);
+                    b.on(read_kind, ObjectType::Location, ObjectName::Dynamic);
+                }
                 Some(stage) => b.on(read_kind, ObjectType::Stage, stage_from_text(stage)),
                 None => b.on(read_kind, ObjectType::Location, ObjectName::Flat(text.clone())),
             }
@@ -1732,7 +1837,7 @@ fn table_factor(
                     // calls a table function. The scan then walks the parentheses as usual.
                     let close = v.matching_close(idx + 1).unwrap_or(v.len());
                     match v.tok(idx + 2) {
-                        Some(Token::SingleQuotedString(literal)) if close == idx + 3 => {
+                        Some(Token::SingleQuotedString(literal)) if close == idx + 3 && v.decodes_alike(idx + 2) => {
                             b.on(read_kind, ObjectType::Table, name_from_literal(literal));
                         }
                         Some(Token::Word(_)) if keyword == "TABLE" => match read_name(v, idx + 2) {
@@ -1927,6 +2032,35 @@ mod tests {
     }
 
     #[test]
+    fn names_in_strings_whose_escapes_snowflake_decodes_otherwise_are_dynamic() {
+        // Snowflake reads `\x52` as `R`, `\122` as `R`, `\u0052` as `R`; sqlparser as `x52`...
+        for escape in ["\\x52", "\\122", "\\u0052"] {
+            let name = format!("h{escape}.pay");
+            assert_eq!(kinds(&format!("select * from identifier('{name}')")), ["select table <dynamic>"], "{name}");
+            assert_eq!(kinds(&format!("select * from table('{name}')")), ["select table <dynamic>"], "{name}");
+            assert_eq!(kinds(&format!("list '@{name}'")), ["list stage <dynamic>"], "{name}");
+            assert_eq!(
+                kinds(&format!("select $1 from '@{name}/f.csv'")),
+                ["select stage <dynamic>", "select location <dynamic>"]
+            );
+            assert_eq!(
+                kinds(&format!("copy into '@{name}/out' from t")),
+                ["copy_into_location stage <dynamic>", "copy_into_location location <dynamic>", "select table T"]
+            );
+            assert_eq!(
+                kinds(&format!("select get_presigned_url('@{name}', 'f.csv')")),
+                ["select", "get stage <dynamic>"]
+            );
+        }
+        assert_eq!(
+            kinds("alter stage s set url = 's3:\\x2f\\x2fattacker/'"),
+            ["alter stage S", "alter location <dynamic>"]
+        );
+        // Escapes both decode alike are read as before.
+        assert_eq!(kinds("select * from identifier('\\\"hr\\\".pay')"), ["select table \"hr\".PAY"]);
+    }
+
+    #[test]
     fn dynamic_names_stages_and_results() {
         assert_eq!(kinds("select * from identifier($t)"), ["select table <dynamic>"]);
         assert_eq!(kinds("select * from identifier('hr.pay')"), ["select table HR.PAY"]);
@@ -2000,6 +2134,77 @@ mod tests {
         assert_eq!(kinds("begin drop table t; end"), ["scripting_block", "drop table T"]);
     }
 
+    #[test]
+    fn statements_in_a_blocks_resultsets_and_cursors_are_classified() {
+        // A RESULTSET's query may be any statement Snowflake runs, DML included.
+        for sql in [
+            "begin let r resultset := (delete from hr.pay); return table(r); end",
+            "declare r resultset default (delete from hr.pay); begin return table(r); end",
+            "begin r := async (delete from hr.pay); return table(r); end",
+            "declare c cursor for delete from hr.pay; begin open c; end",
+        ] {
+            let classified = kinds(sql);
+            // (The expression's scan for reads also counts the DELETE's FROM as a read.)
+            assert!(classified.contains(&"delete_all table HR.PAY".to_owned()), "{sql}: {classified:?}");
+        }
+        assert_eq!(
+            kinds("begin let r resultset := (drop table hr.pay); end"),
+            ["scripting_block", "drop table HR.PAY"]
+        );
+        assert_eq!(
+            kinds("begin let r resultset := (select * from hr.pay); return table(r); end"),
+            ["scripting_block", "select table HR.PAY"]
+        );
+        // Keywords used as names or functions in expressions are not statements.
+        assert_eq!(kinds("begin let x := (comment || 'a'); let y := (get(arr, 0)); end"), ["scripting_block"]);
+        assert!(is_unknown("begin let r resultset := (with c as (select 1) delete from hr.pay); end"));
+    }
+
+    #[test]
+    fn calls_of_functions_named_with_their_schema_are_reads_of_the_function() {
+        assert_eq!(kinds("select finance.public.ledger_total()"), ["select function FINANCE.PUBLIC.LEDGER_TOTAL"]);
+        assert_eq!(
+            kinds("select analytics.public.ext_post(ssn) from hr.public.pay"),
+            ["select function ANALYTICS.PUBLIC.EXT_POST", "select table HR.PUBLIC.PAY"]
+        );
+        assert_eq!(kinds("select sch.\"f\"(1)"), ["select function SCH.\"f\""]);
+        assert_eq!(kinds("delete from t where a = db.sch.f(b)"), ["delete table T", "select function DB.SCH.F"]);
+        // Unqualified calls cannot be told from built-ins.
+        assert_eq!(kinds("select upper(a), my_udf(b) from t"), ["select table T"]);
+    }
+
+    #[test]
+    fn a_stream_reads_its_source() {
+        assert_eq!(
+            kinds("create stream sandbox.s on table hr.pay show_initial_rows = true"),
+            ["create stream SANDBOX.S", "select table HR.PAY"]
+        );
+        assert_eq!(
+            kinds("create or replace stream s copy grants on view hr.v at (offset => -60)"),
+            ["create_or_replace stream S", "select view HR.V"]
+        );
+        assert_eq!(kinds("create stream s on external table hr.ext"), ["create stream S", "select table HR.EXT"]);
+        assert_eq!(kinds("create stream s on stage hr.stg"), ["create stream S", "select stage HR.STG"]);
+        assert_eq!(kinds("create stream s clone hr.s0"), ["create stream S", "select stream HR.S0"]);
+        assert!(is_unknown("create stream s on something hr.pay"));
+    }
+
+    #[test]
+    fn a_query_holding_another_statement_is_unknown() {
+        // sqlparser reads DML where a query may stand; a query must hold nothing but queries.
+        for sql in [
+            "(delete from hr.pay)",
+            "((delete from hr.pay))",
+            "select 1 union all (delete from hr.pay)",
+            "select * from (delete from hr.pay)",
+            "with c as (select 1) delete from hr.pay",
+        ] {
+            assert!(is_unknown(sql), "{sql}: {:?}", kinds(sql));
+        }
+        assert_eq!(kinds("(select * from hr.pay)"), ["select table HR.PAY"]);
+        assert_eq!(kinds("select 1 union all (select a from t)"), ["select table T"]);
+    }
+
     fn is_unknown(sql: &str) -> bool {
         one(sql).actions.iter().any(|a| a.kind == Kind::Unknown)
     }
@@ -2012,7 +2217,8 @@ mod tests {
         assert_eq!(kinds("show terse tables like 'X%' in schema a.b starts with 'X' limit 10"), ["show"]);
         assert_eq!(kinds("describe function a.b.f(number, varchar)"), ["describe function A.B.F"]);
         assert_eq!(kinds("desc table identifier($t) type = stage"), ["describe table <dynamic>"]);
-        assert_eq!(kinds("use secondary roles all"), ["use_secondary_roles"]);
+        assert_eq!(kinds("use secondary roles all"), ["use_secondary_roles role <dynamic>"]);
+        assert_eq!(kinds("use secondary roles none"), ["use_secondary_roles"]);
         assert_eq!(kinds("use secondary roles r1, r2"), ["use_secondary_roles role R1", "use_secondary_roles role R2"]);
         assert_eq!(kinds("unset (a, b)"), ["unset_variable variable A", "unset_variable variable B"]);
         assert_eq!(
