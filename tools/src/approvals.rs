@@ -2,8 +2,9 @@
 //! list the statements waiting for review, approve or deny one with a reason. It speaks plain
 //! HTTP/1.1 over a `std` socket, one request per connection, with a deadline and a cap on the
 //! answer; it refuses `https` URLs, because the admin listener is local (reach a remote one
-//! through an SSH tunnel). It never prints the token, and it escapes control characters in
-//! what the server sends (statement text comes from agents) before printing to a terminal.
+//! through an SSH tunnel). It never prints the token, and it escapes control and invisible
+//! characters in what the server sends (statement text comes from agents) before printing to a
+//! terminal: the table replaces them, `--json` writes them as `\uXXXX` (`crate::terminal`).
 
 use std::io::{Read as _, Write as _};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs as _};
@@ -14,6 +15,8 @@ use anyhow::{Context as _, anyhow, bail};
 use clap::Subcommand;
 use serde_json::Value;
 use snowgate::http::{self, BodyFraming, Method};
+
+use crate::terminal::{is_invisible_or_control, to_json_line};
 
 /// The largest answer read, in bytes: the gateway's ledger holds at most 64 MiB of statements.
 const RESPONSE_BYTES_MAX: usize = 128 << 20;
@@ -58,7 +61,7 @@ pub struct ApprovalsArgs {
 enum ApprovalsCommand {
     /// Lists the statements waiting for your review, oldest first.
     List {
-        /// Print the admin API's JSON answer as is.
+        /// Print the admin API's JSON answer (invisible and control characters as `\uXXXX`).
         #[arg(long)]
         json: bool,
     },
@@ -69,7 +72,7 @@ enum ApprovalsCommand {
         /// Why; recorded with the decision.
         #[arg(long)]
         reason: String,
-        /// Print the admin API's JSON answer as is.
+        /// Print the admin API's JSON answer (invisible and control characters as `\uXXXX`).
         #[arg(long)]
         json: bool,
     },
@@ -80,7 +83,7 @@ enum ApprovalsCommand {
         /// Why; the agent sees it, and it is recorded with the decision.
         #[arg(long)]
         reason: String,
-        /// Print the admin API's JSON answer as is.
+        /// Print the admin API's JSON answer (invisible and control characters as `\uXXXX`).
         #[arg(long)]
         json: bool,
     },
@@ -94,7 +97,7 @@ pub fn run(args: ApprovalsArgs) -> anyhow::Result<()> {
         ApprovalsCommand::List { json } => {
             let body = endpoint.call(Method::Get, "/v1/approvals", &token, None, timeout)?;
             if json {
-                println!("{body}");
+                println!("{}", to_json_line(&body)?);
             } else {
                 print!("{}", render_list(&body)?);
             }
@@ -128,7 +131,7 @@ fn decide(
     let path = format!("/v1/approvals/{query_id}/{action}");
     let body = endpoint.call(Method::Post, &path, token, Some(&request), timeout)?;
     if json {
-        println!("{body}");
+        println!("{}", to_json_line(&body)?);
     } else {
         println!("{}", render_decision(action, query_id, &body)?);
     }
@@ -342,17 +345,11 @@ fn parse_answer(mut raw: &[u8], method: Method) -> anyhow::Result<(u16, &[u8])> 
     }
 }
 
-/// Replaces control characters (terminal escapes, newlines) so untrusted text prints on one
-/// line and cannot drive the terminal.
+/// Replaces control characters (terminal escapes, newlines) and invisible ones that change how
+/// a terminal shows the text around them (bidirectional overrides, zero-width characters) so
+/// untrusted text prints on one line, reads as it is, and cannot drive the terminal.
 fn sanitize(text: &str) -> String {
-    text.chars().map(|c| if c.is_control() || reorders(c) { ' ' } else { c }).collect()
-}
-
-/// Invisible characters that change how a terminal shows the text around them: bidirectional
-/// embeddings, overrides, isolates and marks, and zero-width characters. Agents choose
-/// statement text, bindings and database names, so one could make a row read otherwise.
-fn reorders(c: char) -> bool {
-    matches!(c, '\u{061C}' | '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{2069}' | '\u{FEFF}')
+    text.chars().map(|c| if is_invisible_or_control(c) { ' ' } else { c }).collect()
 }
 
 /// Sanitises, collapses whitespace runs, and cuts to `chars_max` characters with `…`.
@@ -484,6 +481,19 @@ mod tests {
             (age(59_999), age(65_000), age(7_260_000), age(90_000_000)),
             ("59s".into(), "1m05s".into(), "2h01m".into(), "1d01h".into())
         );
+    }
+
+    #[test]
+    fn json_answers_are_printed_with_invisible_characters_escaped() {
+        let body = serde_json::json!({"pending": [{
+            "statement_text": "delete from t \u{202E}1=1 erehw\u{202C} -- \u{9B}2J\u{7F}",
+            "bindings": "{\"1\":\"\u{2066}x\u{2069}\"}",
+            "agent_context": "ctx\u{200E}\u{200F}\u{85}\u{1b}[0m",
+        }]});
+        let line = to_json_line(&body).unwrap();
+        assert!(!line.chars().any(is_invisible_or_control), "{line}");
+        assert!(line.contains(r"\u202e") && line.contains(r"\u009b") && line.contains(r"\u001b"), "{line}");
+        assert_eq!(serde_json::from_str::<Value>(&line).unwrap(), body);
     }
 
     #[test]

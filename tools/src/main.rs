@@ -6,6 +6,7 @@ mod approvals;
 mod dev;
 mod recording;
 mod render;
+mod terminal;
 
 use std::process::ExitCode;
 

@@ -1,6 +1,7 @@
 //! `snowgate-tools cat | search | verify | export | stats`: reading a recording directory
 //! through `snowgate::record` only. Progress bars go to stderr (and only to a terminal);
-//! records go to stdout; every error names its file and byte offset.
+//! records go to stdout; every error names its file and byte offset. Recorded text comes from
+//! agents: JSON output writes control and invisible characters as `\uXXXX` (`crate::terminal`).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufWriter, Write};
@@ -14,6 +15,7 @@ use snowgate::record::{
 };
 
 use crate::render::{parse_time, read_key_file, rfc3339, to_json, to_line};
+use crate::terminal::{to_json_line, to_json_pretty};
 
 /// The recording directory.
 #[derive(Debug, Args)]
@@ -59,8 +61,7 @@ pub struct OutputArgs {
 
 fn emit(out: &mut impl Write, record: &Record, output: &OutputArgs) -> anyhow::Result<()> {
     if output.json {
-        serde_json::to_writer(&mut *out, &to_json(record, output.bodies))?;
-        writeln!(out)?;
+        writeln!(out, "{}", to_json_line(&to_json(record, output.bodies))?)?;
     } else {
         writeln!(out, "{}", to_line(record))?;
     }
@@ -468,7 +469,7 @@ pub fn run_verify(args: VerifyArgs) -> anyhow::Result<bool> {
     let report = verify(&recording, &key, &options, &mut |bytes| bar.inc(bytes));
     bar.finish_and_clear();
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&verify_json(&report))?);
+        println!("{}", to_json_pretty(&verify_json(&report))?);
     } else {
         print_verify(&report);
     }
@@ -559,7 +560,7 @@ pub fn export(args: ExportArgs) -> anyhow::Result<()> {
             match batch {
                 Ok(batch) => {
                     for record in &batch.records {
-                        serde_json::to_writer(&mut out, &to_json(record, args.bodies))?;
+                        out.write_all(to_json_line(&to_json(record, args.bodies))?.as_bytes())?;
                         out.write_all(b"\n")?;
                     }
                     bar.inc(batch.end_offset - batch.offset);
@@ -655,7 +656,7 @@ pub fn stats(args: StatsArgs) -> anyhow::Result<()> {
             "bytes_uncompressed": bytes_uncompressed, "body_bytes": body_bytes,
             "disk_bytes_per_raw_byte": ratio, "first": first, "last": last, "identities": identities,
         });
-        println!("{}", serde_json::to_string_pretty(&value)?);
+        println!("{}", to_json_pretty(&value)?);
     } else {
         println!(
             "segments {}, records {records} ({requests} requests, {responses} responses, {events} events)",

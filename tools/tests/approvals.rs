@@ -150,6 +150,24 @@ fn list_prints_a_table_and_the_raw_json() {
     assert_eq!(json["pending"][0]["bindings"], r#"{"1":{"type":"TEXT","value":"EU"}}"#);
     assert_eq!(json["pending"][0]["settings"]["database"], "SALES_DB");
 
+    // Text an agent chose reaches the terminal with its control and bidi characters escaped
+    // (`\uXXXX`), still JSON of the same strings.
+    let hostile = "delete from t \u{202E}1=1 erehw\u{202C} \u{2066}\u{200E}\u{9B}2J\u{85}\u{7F}\u{FEFF}";
+    let hostile_id = park(&server.ledger, "r2", hostile, 1);
+    let output = approvals(&server, Some("token-alice"), &["list", "--json"]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let text = stdout(&output);
+    for raw in ['\u{202E}', '\u{202C}', '\u{2066}', '\u{200E}', '\u{9B}', '\u{85}', '\u{7F}', '\u{FEFF}', '\u{1b}'] {
+        assert!(!text.contains(raw), "raw {raw:?} in {text}");
+    }
+    assert!(text.contains(r"\u202e") && text.contains(r"\u009b"), "{text}");
+    let json: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let pending = json["pending"].as_array().unwrap();
+    let parked = pending.iter().find(|p| p["query_id"] == hostile_id.as_str()).unwrap();
+    assert_eq!(parked["statement_text"], hostile);
+    let output = approvals(&server, Some("token-alice"), &["list"]);
+    assert!(!stdout(&output).contains(['\u{202E}', '\u{9B}', '\u{7F}']), "{}", stdout(&output));
+
     // A caller who reviews nothing sees nothing.
     let output = approvals(&server, Some("token-eve"), &["list"]);
     assert_eq!(stdout(&output), "No statements are waiting for your review.\n");

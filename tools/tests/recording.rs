@@ -610,3 +610,58 @@ fn verify_expects_the_admin_chain_after_the_cores_only_when_told() {
     assert_eq!(missing.status.code(), Some(1));
     assert!(stdout(&missing).contains("no segments for the admin listener's chain (core 2"), "{}", stdout(&missing));
 }
+
+/// Text an agent could send to drive a reviewer's terminal or make a line read otherwise:
+/// a right-to-left override, bidi marks and isolates, C1 controls (U+009B is a CSI), DEL,
+/// zero-width and tag characters, and a C0 escape.
+const HOSTILE: &str = "delete from t \u{202E}1=1 erehw\u{202C}\u{200E}\u{200F}\u{2066}\u{2069}\u{202A}\u{9B}2J\u{85}\u{7F}\u{200B}\u{FEFF}\u{E0041}\u{1b}[31m";
+
+/// Whether `c` may stand raw in JSON output: anything but a control character, a bidi control
+/// or another invisible format character (newlines end the lines).
+fn printable(c: char) -> bool {
+    c == '\n'
+        || !(c.is_control()
+            || matches!(c, '\u{AD}' | '\u{200B}'..='\u{200F}' | '\u{2028}'..='\u{202E}' | '\u{2060}'..='\u{206F}')
+            || matches!(c, '\u{FEFF}' | '\u{E0000}'..='\u{E007F}'))
+}
+
+#[test]
+fn json_output_escapes_control_and_bidi_characters_that_agents_sent() {
+    let temp = tempfile::tempdir().unwrap();
+    let dir = temp.path().join("recordings");
+    written_recording(&dir, |writer| {
+        let Frame::Request(mut frame) = request(0, "agent\u{202E}7", HOSTILE, Decision::Allowed) else {
+            unreachable!()
+        };
+        frame.bindings = Some(format!(r#"{{"1":{{"type":"TEXT","value":"{HOSTILE}"}}}}"#));
+        frame.agent_context = Some(HOSTILE.into());
+        frame.body = Bytes::from(format!(r#"{{"sqlText":"{HOSTILE}"}}"#));
+        writer.append(&[Frame::Request(frame)], T0).unwrap();
+    });
+    let dir = dir.to_str().unwrap();
+    let export_path = temp.path().join("export.jsonl");
+    let outputs = [
+        tools(&["cat", dir, "--json", "--bodies"]),
+        tools(&["search", dir, "--text", "erehw", "--json", "--bodies"]),
+        tools(&["export", dir, "--bodies"]),
+        tools(&["export", dir, "--bodies", "--output", export_path.to_str().unwrap()]),
+    ];
+    for (n, output) in outputs.iter().enumerate() {
+        assert!(output.status.success(), "{n}: {}", String::from_utf8_lossy(&output.stderr));
+        let text = if n == 3 { std::fs::read_to_string(&export_path).unwrap() } else { stdout(output) };
+        assert!(text.chars().all(printable), "{n}: raw character in {text:?}");
+        assert!(text.contains(r"\u202e") && text.contains(r"\u009b") && text.contains(r"\u007f"), "{n}: {text}");
+        let records: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        let request = records.iter().find(|r| r["kind"] == "request").unwrap();
+        // Still JSON of the same strings, under the same field names.
+        assert_eq!(request["sub"], "agent\u{202E}7", "{n}");
+        assert_eq!(request["statement"], HOSTILE, "{n}");
+        assert_eq!(request["agent_context"], HOSTILE, "{n}");
+        assert_eq!(request["bindings"], format!(r#"{{"1":{{"type":"TEXT","value":"{HOSTILE}"}}}}"#), "{n}");
+        assert_eq!(request["body"], format!(r#"{{"sqlText":"{HOSTILE}"}}"#), "{n}");
+    }
+    let stats = stdout(&tools(&["stats", dir, "--json"]));
+    assert!(stats.chars().all(printable), "raw character in {stats:?}");
+    let stats: serde_json::Value = serde_json::from_str(&stats).unwrap();
+    assert_eq!(stats["identities"]["agent\u{202E}7"]["requests"], 1);
+}
