@@ -36,6 +36,10 @@ const NAME_CHARS_SHOWN: usize = 24;
 /// Characters shown of where a statement runs and of its bindings (`--json` has them whole).
 const SETTINGS_CHARS_SHOWN: usize = 40;
 
+/// The longest `--timeout-secs` accepted: an hour (a larger one would only hide a hung server,
+/// and `u64::MAX` seconds from now is past what `Instant` can hold).
+const TIMEOUT_SECS_MAX: u64 = 3600;
+
 /// Where the admin API is and who is asking.
 #[derive(Debug, clap::Args)]
 pub struct ApprovalsArgs {
@@ -50,8 +54,14 @@ pub struct ApprovalsArgs {
     /// A file holding the reviewer's OIDC token (surrounding whitespace is ignored).
     #[arg(long, env = "SNOWGATE_ADMIN_TOKEN_FILE", global = true)]
     token_file: Option<PathBuf>,
-    /// Seconds allowed for the whole exchange (connect, send, answer).
-    #[arg(long, env = "SNOWGATE_ADMIN_TIMEOUT_SECS", default_value_t = 10, global = true)]
+    /// Seconds allowed for the whole exchange (connect, send, answer), 1 to 3600.
+    #[arg(
+        long,
+        env = "SNOWGATE_ADMIN_TIMEOUT_SECS",
+        default_value_t = 10,
+        global = true,
+        value_parser = clap::value_parser!(u64).range(1..=TIMEOUT_SECS_MAX),
+    )]
     timeout_secs: u64,
     #[command(subcommand)]
     command: ApprovalsCommand,
@@ -92,7 +102,7 @@ enum ApprovalsCommand {
 pub fn run(args: ApprovalsArgs) -> anyhow::Result<()> {
     let token = token(&args)?;
     let endpoint = Endpoint::parse(&args.admin_url)?;
-    let timeout = Duration::from_secs(args.timeout_secs.max(1));
+    let timeout = Duration::from_secs(args.timeout_secs.clamp(1, TIMEOUT_SECS_MAX));
     match args.command {
         ApprovalsCommand::List { json } => {
             let body = endpoint.call(Method::Get, "/v1/approvals", &token, None, timeout)?;
@@ -228,7 +238,7 @@ impl Endpoint {
         body: Option<&str>,
         timeout: Duration,
     ) -> anyhow::Result<Value> {
-        let deadline = Instant::now() + timeout;
+        let deadline = deadline_after(timeout)?;
         let mut stream = self.connect(deadline)?;
         let mut request = format!(
             "{} {}{path} HTTP/1.1\r\nhost: {}\r\nauthorization: Bearer {token}\r\naccept: application/json\r\nuser-agent: snowgate-tools/{}\r\nconnection: close\r\n",
@@ -282,6 +292,13 @@ impl Endpoint {
             None => bail!("the admin API's host {} has no address", self.host),
         }
     }
+}
+
+/// The instant `timeout` from now, or an error when the clock cannot represent it.
+fn deadline_after(timeout: Duration) -> anyhow::Result<Instant> {
+    Instant::now()
+        .checked_add(timeout)
+        .ok_or_else(|| anyhow!("the timeout of {} seconds is too long", timeout.as_secs()))
 }
 
 fn remaining(deadline: Instant) -> anyhow::Result<Duration> {
@@ -481,6 +498,29 @@ mod tests {
             (age(59_999), age(65_000), age(7_260_000), age(90_000_000)),
             ("59s".into(), "1m05s".into(), "2h01m".into(), "1d01h".into())
         );
+    }
+
+    /// Parses `snowgate-tools approvals ARGS` as the binary does (flags only, no environment).
+    fn parse(args: &[&str]) -> Result<ApprovalsArgs, clap::Error> {
+        use clap::{Args as _, FromArgMatches as _};
+        let command = ApprovalsArgs::augment_args(clap::Command::new("approvals").no_binary_name(true));
+        let matches = command.try_get_matches_from(args)?;
+        ApprovalsArgs::from_arg_matches(&matches)
+    }
+
+    #[test]
+    fn timeouts_are_bounded_so_the_deadline_cannot_overflow() {
+        assert_eq!(parse(&["list"]).unwrap().timeout_secs, 10);
+        assert_eq!(parse(&["list", "--timeout-secs", "1"]).unwrap().timeout_secs, 1);
+        assert_eq!(parse(&["list", "--timeout-secs", "3600"]).unwrap().timeout_secs, 3600);
+        for bad in ["0", "3601", "18446744073709551615", "ten"] {
+            let error = parse(&["list", "--timeout-secs", bad]).unwrap_err();
+            assert_eq!(error.kind(), clap::error::ErrorKind::ValueValidation, "{bad}: {error}");
+        }
+        // The deadline itself is checked too: a duration past what `Instant` holds is an error.
+        assert!(deadline_after(Duration::from_secs(TIMEOUT_SECS_MAX)).is_ok());
+        let error = deadline_after(Duration::from_secs(u64::MAX)).unwrap_err().to_string();
+        assert!(error.contains("too long"), "{error}");
     }
 
     #[test]

@@ -241,6 +241,26 @@ fn errors_exit_non_zero_with_the_servers_message() {
     assert_eq!(output.status.code(), Some(2));
     assert!(stderr(&output).contains("https admin URLs are not supported"), "{}", stderr(&output));
 
+    // A timeout past what the clock can hold is refused as a usage error, not a panic.
+    for timeout in ["18446744073709551615", "0", "3601"] {
+        let output = approvals(&server, Some("token-alice"), &["list", "--timeout-secs", timeout]);
+        assert_eq!(output.status.code(), Some(2), "{timeout}: {}", stderr(&output));
+        assert!(stderr(&output).contains("--timeout-secs"), "{timeout}: {}", stderr(&output));
+        assert!(!stderr(&output).contains("panicked"), "{timeout}: {}", stderr(&output));
+    }
+    let output = Command::new(env!("CARGO_BIN_EXE_snowgate-tools"))
+        .args(["approvals", "list"])
+        .env("SNOWGATE_ADMIN_URL", format!("http://{}", server.handle.local_addr()))
+        .env("SNOWGATE_ADMIN_TOKEN", "token-alice")
+        .env("SNOWGATE_ADMIN_TIMEOUT_SECS", "18446744073709551615")
+        .env_remove("SNOWGATE_ADMIN_TOKEN_FILE")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
+    assert!(!stderr(&output).contains("panicked"), "{}", stderr(&output));
+    let output = approvals(&server, Some("token-alice"), &["list", "--timeout-secs", "3600"]);
+    assert!(output.status.success(), "{}", stderr(&output));
+
     let output = approvals(&server, Some("token-alice"), &["approve", "../../etc", "--reason", "ok"]);
     assert_eq!(output.status.code(), Some(2));
     assert!(stderr(&output).contains("letters, digits and dashes"), "{}", stderr(&output));
