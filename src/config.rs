@@ -43,6 +43,27 @@ const LEEWAY_SECS_MAX: u64 = 300;
 /// Longest lifetime any `*_ttl_secs` or interval may set (a week).
 const TTL_SECS_MAX: u64 = 7 * 86_400;
 
+/// Most cores (`--cores`): each core's recording chain is numbered by a `u16`, and the admin
+/// listener's chain takes the number after the last core's.
+pub const CORES_MAX: usize = 1024;
+/// Most io_uring submission entries (`--uring-entries`): the kernel refuses a larger ring
+/// (`IORING_MAX_ENTRIES`). It rounds a count up to a power of two itself, and monoio raises a
+/// count below 256 to 256.
+pub const URING_ENTRIES_MAX: u32 = 32_768;
+/// Least initial read buffer per connection (`--read-buffer-bytes`).
+pub const READ_BUFFER_BYTES_MIN: usize = 1024;
+/// Largest initial read buffer per connection: each open connection, downstream and upstream,
+/// allocates one.
+pub const READ_BUFFER_BYTES_MAX: usize = 64 * 1024 * 1024;
+/// Most idle upstream connections kept per core (`--upstream-pool-size`; the pool is allocated
+/// at start).
+pub const UPSTREAM_POOL_SIZE_MAX: usize = 65_536;
+/// Most classifier threads (`--classifier-threads`), each with an 8 MiB stack.
+pub const CLASSIFIER_THREADS_MAX: usize = 256;
+/// Longest drain on SIGTERM (`--drain-timeout-secs`): a day. A huge one would overflow the
+/// drain deadline.
+pub const DRAIN_TIMEOUT_SECS_MAX: u64 = 86_400;
+
 /// Each `(key, value)` must be in `1..=max`.
 fn within(max: u64, values: &[(&str, u64)]) -> Result<(), ConfigError> {
     for &(key, value) in values {
@@ -400,6 +421,72 @@ pub struct RuntimeSettings {
     pub recording: RecordingSettings,
 }
 
+impl RuntimeSettings {
+    /// Checks every setting against its range; a problem names the flag it came from.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        within(CORES_MAX as u64, &[("--cores", self.cores as u64)])?;
+        within(URING_ENTRIES_MAX.into(), &[("--uring-entries", self.uring_entries.into())])?;
+        if !(READ_BUFFER_BYTES_MIN..=READ_BUFFER_BYTES_MAX).contains(&self.read_buffer_bytes) {
+            return Err(problem(
+                "--read-buffer-bytes",
+                format!("must be between {READ_BUFFER_BYTES_MIN} and {READ_BUFFER_BYTES_MAX} (64 MiB)"),
+            ));
+        }
+        if self.upstream_pool_size > UPSTREAM_POOL_SIZE_MAX {
+            return Err(problem("--upstream-pool-size", format!("must be at most {UPSTREAM_POOL_SIZE_MAX}")));
+        }
+        if self.max_connections == 0 {
+            return Err(problem("--max-connections", "must be greater than zero"));
+        }
+        if self.drain_timeout > Duration::from_secs(DRAIN_TIMEOUT_SECS_MAX) {
+            return Err(problem("--drain-timeout-secs", format!("must be at most {DRAIN_TIMEOUT_SECS_MAX} (a day)")));
+        }
+        within(CLASSIFIER_THREADS_MAX as u64, &[("--classifier-threads", self.classifier_threads as u64)])?;
+        self.recording.validate()
+    }
+}
+
+impl RecordingSettings {
+    /// Checks each setting against the recorder's limits, naming the flag it came from (the
+    /// recorder's own check, run after this one, names none).
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        use crate::record::limits;
+        if let Durability::Batch { interval } = self.durability
+            && interval > Duration::from_secs(1)
+        {
+            return Err(problem("--fsync-interval-ms", "must be at most 1000"));
+        }
+        if !zstd::compression_level_range().contains(&self.zstd_level) {
+            let range = zstd::compression_level_range();
+            return Err(problem(
+                "--recording-zstd-level",
+                format!("must be between {} and {}", range.start(), range.end()),
+            ));
+        }
+        within(limits::QUEUE_DEPTH_MAX as u64, &[("--recording-queue-depth", self.queue_depth as u64)])?;
+        within(limits::BATCH_FRAMES_MAX as u64, &[("--recording-batch-frames", self.batch_frames_max as u64)])?;
+        if !(4096..=limits::SEGMENT_BYTES_CONFIG_MAX).contains(&self.segment_bytes_max) {
+            return Err(problem(
+                "--recording-segment-mib",
+                format!("must be between 1 and {} (MiB)", limits::SEGMENT_BYTES_CONFIG_MAX >> 20),
+            ));
+        }
+        if self.segment_age_max < Duration::from_millis(1) || self.segment_age_max > Duration::from_secs(TTL_SECS_MAX) {
+            return Err(problem(
+                "--recording-segment-age-secs",
+                format!("must be between 1 and {TTL_SECS_MAX} (a week)"),
+            ));
+        }
+        if self.linger > limits::LINGER_MAX {
+            return Err(problem(
+                "--recording-linger-us",
+                format!("must be at most {} (100 ms)", limits::LINGER_MAX.as_micros()),
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// Where the upstream is.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UpstreamUrl {
@@ -577,10 +664,52 @@ fn read_file(key: &str, path: &Path) -> Result<Vec<u8>, ConfigError> {
     std::fs::read(path).map_err(|e| problem(key, format!("cannot read {}: {e}", path.display())))
 }
 
-fn parse_hex_key(key: &str, text: &str) -> Result<Vec<u8>, ConfigError> {
+/// Reads a file holding a secret (a private key, a sealing or recording key, a password). On
+/// Unix, as ssh does with its keys, a file that group or others may read or write is refused:
+/// others who can read it hold the secret too, and others who can write it choose it.
+fn read_secret_file(key: &str, path: &Path) -> Result<Vec<u8>, ConfigError> {
+    use std::io::Read as _;
+    let cannot_read = |e: std::io::Error| problem(key, format!("cannot read {}: {e}", path.display()));
+    // The mode is read off the open file, so it is the mode of what is read.
+    let mut file = std::fs::File::open(path).map_err(cannot_read)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = file.metadata().map_err(cannot_read)?.permissions().mode() & 0o7777;
+        if mode & 0o077 != 0 {
+            return Err(problem(
+                key,
+                format!(
+                    "{} has mode {mode:04o}, open to group or others: a key file must be readable and writable by \
+                     its owner only (chmod 600 {})",
+                    path.display(),
+                    path.display()
+                ),
+            ));
+        }
+    }
+    let mut bytes = Vec::new();
+    file.read_to_end(&mut bytes).map_err(cannot_read)?;
+    Ok(bytes)
+}
+
+/// The value of the environment variable `var`, which configuration key `key` names.
+fn read_env(key: &str, var: &str) -> Result<String, ConfigError> {
+    std::env::var(var).map_err(|e| env_problem(key, var, &e))
+}
+
+fn env_problem(key: &str, var: &str, error: &std::env::VarError) -> ConfigError {
+    match error {
+        std::env::VarError::NotPresent => problem(key, format!("environment variable {var} is not set")),
+        std::env::VarError::NotUnicode(_) => problem(key, format!("environment variable {var} is not valid UTF-8")),
+    }
+}
+
+/// A 32-byte key written as 64 hex digits; `what` names it in the problem ("the recording key").
+fn parse_hex_key(key: &str, what: &str, text: &str) -> Result<Vec<u8>, ConfigError> {
     let text = text.trim();
     if text.len() != 64 || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return Err(problem(key, "a sealing key must be 64 hex digits (32 bytes)"));
+        return Err(problem(key, format!("{what} must be 64 hex digits (32 bytes)")));
     }
     Ok((0..32).map(|i| u8::from_str_radix(&text[2 * i..2 * i + 2], 16).unwrap_or(0)).collect())
 }
@@ -588,19 +717,16 @@ fn parse_hex_key(key: &str, text: &str) -> Result<Vec<u8>, ConfigError> {
 /// A 32-byte key from exactly one of a file (already resolved) or an environment variable,
 /// each given with the configuration key it came from.
 fn read_hex_key(
+    what: &str,
     (file_key, file): (&'static str, Option<PathBuf>),
     (env_key, env): (&'static str, Option<&str>),
 ) -> Result<Vec<u8>, ConfigError> {
     match (file, env) {
         (Some(path), None) => {
-            let bytes = read_file(file_key, &path)?;
-            parse_hex_key(file_key, &String::from_utf8_lossy(&bytes))
+            let bytes = read_secret_file(file_key, &path)?;
+            parse_hex_key(file_key, what, &String::from_utf8_lossy(&bytes))
         }
-        (None, Some(var)) => {
-            let value =
-                std::env::var(var).map_err(|_| problem(env_key, format!("environment variable {var} is not set")))?;
-            parse_hex_key(env_key, &value)
-        }
+        (None, Some(var)) => parse_hex_key(env_key, what, &read_env(env_key, var)?),
         _ => {
             // The field names without their section: "set exactly one of key_file and key_env".
             let field = |key: &'static str| key.rsplit('.').next().unwrap_or(key);
@@ -645,7 +771,7 @@ impl Config {
             let tls = match (&l.tls_cert_file, &l.tls_key_file, l.plaintext) {
                 (Some(cert), Some(key), false) => Some((
                     read_file("listen.tls_cert_file", &resolve(cert))?,
-                    read_file("listen.tls_key_file", &resolve(key))?,
+                    read_secret_file("listen.tls_key_file", &resolve(key))?,
                 )),
                 // Session tokens and chunk URLs are bearer credentials: in clear they stay on
                 // this host.
@@ -693,7 +819,7 @@ impl Config {
             }
             let credential = match (&u.private_key_file, &u.password_file, &u.password_env) {
                 (Some(key_file), None, None) => {
-                    let pem = read_file("upstream.private_key_file", &resolve(key_file))?;
+                    let pem = read_secret_file("upstream.private_key_file", &resolve(key_file))?;
                     let pem =
                         String::from_utf8(pem).map_err(|_| problem("upstream.private_key_file", "is not PEM text"))?;
                     UpstreamCredential::KeyPair(
@@ -702,16 +828,13 @@ impl Config {
                     )
                 }
                 (None, Some(file), None) => {
-                    let bytes = read_file("upstream.password_file", &resolve(file))?;
+                    let bytes = read_secret_file("upstream.password_file", &resolve(file))?;
                     let text =
                         String::from_utf8(bytes).map_err(|_| problem("upstream.password_file", "is not UTF-8"))?;
                     UpstreamCredential::Password(Secret::new(text.trim_end_matches(['\r', '\n']).to_owned()))
                 }
                 (None, None, Some(var)) => {
-                    let value = std::env::var(var).map_err(|_| {
-                        problem("upstream.password_env", format!("environment variable {var} is not set"))
-                    })?;
-                    UpstreamCredential::Password(Secret::new(value))
+                    UpstreamCredential::Password(Secret::new(read_env("upstream.password_env", var)?))
                 }
                 _ => {
                     return Err(problem(
@@ -771,6 +894,22 @@ impl Config {
             if i.roles.is_empty() && i.default_role.is_none() {
                 return Err(problem("identity.roles", "map at least one group to a role, or set default_role"));
             }
+            // An empty role would go upstream as `roleName=`, and Snowflake would log the session
+            // in with the gateway user's default role: whatever that is, not the one mapped.
+            for (n, mapping) in i.roles.iter().enumerate() {
+                if mapping.group.trim().is_empty() {
+                    return Err(problem(&format!("identity.roles[{n}].group"), "must not be empty"));
+                }
+                if mapping.role.trim().is_empty() {
+                    return Err(problem(&format!("identity.roles[{n}].role"), "must not be empty"));
+                }
+            }
+            if i.default_role.as_deref().is_some_and(|role| role.trim().is_empty()) {
+                return Err(problem(
+                    "identity.default_role",
+                    "must not be empty (leave it out to refuse identities no mapping matches)",
+                ));
+            }
             within(
                 TTL_SECS_MAX,
                 &[
@@ -818,13 +957,18 @@ impl Config {
         let seal_keys = {
             let t = &file.tokens;
             let current = read_hex_key(
+                "a sealing key",
                 ("tokens.seal_key_file", t.seal_key_file.as_deref().map(&resolve)),
                 ("tokens.seal_key_env", t.seal_key_env.as_deref()),
             )?;
             let mut keys = vec![current];
             for f in &t.previous_key_files {
-                let bytes = read_file("tokens.previous_key_files", &resolve(f))?;
-                keys.push(parse_hex_key("tokens.previous_key_files", &String::from_utf8_lossy(&bytes))?);
+                let bytes = read_secret_file("tokens.previous_key_files", &resolve(f))?;
+                keys.push(parse_hex_key(
+                    "tokens.previous_key_files",
+                    "a sealing key",
+                    &String::from_utf8_lossy(&bytes),
+                )?);
             }
             keys
         };
@@ -832,6 +976,7 @@ impl Config {
         let recording_key = {
             let r = &file.recording;
             let key = read_hex_key(
+                "the recording key",
                 ("recording.key_file", r.key_file.as_deref().map(&resolve)),
                 ("recording.key_env", r.key_env.as_deref()),
             )?;
@@ -866,6 +1011,9 @@ impl Config {
                     "must be a loopback address: the admin API speaks plain HTTP and carries reviewers' tokens \
                      (reach it from elsewhere through an SSH tunnel)",
                 ));
+            }
+            if a.admin_groups.iter().any(|group| group.trim().is_empty()) {
+                return Err(problem("approvals.admin_groups", "must not list an empty group"));
             }
             if a.admin_address.is_some() && a.admin_groups.is_empty() {
                 return Err(problem("approvals.admin_groups", "name the groups that may use the admin API"));
@@ -917,12 +1065,7 @@ impl Config {
                 return Err(problem(key, "must be greater than zero"));
             }
         }
-        if runtime.cores == 0 || runtime.max_connections == 0 || runtime.read_buffer_bytes < 1024 {
-            return Err(problem("--cores", "cores and max-connections must be > 0, read-buffer-bytes >= 1024"));
-        }
-        if runtime.classifier_threads == 0 {
-            return Err(problem("--classifier-threads", "must be greater than zero"));
-        }
+        runtime.validate()?;
         runtime
             .recording
             .recorder_config(resolve(&file.recording.directory), 0, recording_key)
@@ -980,6 +1123,265 @@ fn loopback_http(url: &str) -> bool {
 mod tests {
     use super::*;
 
+    /// A directory holding a configuration file and the secrets it names, each private to
+    /// this user (mode 0600).
+    struct Files {
+        dir: tempfile::TempDir,
+    }
+
+    impl Files {
+        fn new() -> Files {
+            let files = Files { dir: tempfile::tempdir().unwrap() };
+            files.write("seal.key", &"5e".repeat(32), 0o600);
+            files.write("previous.key", &"9e".repeat(32), 0o600);
+            files.write("recording.key", &"7c".repeat(32), 0o600);
+            files.write("password", "not-a-real-password", 0o600);
+            files
+        }
+
+        fn path(&self, name: &str) -> PathBuf {
+            self.dir.path().join(name)
+        }
+
+        /// Writes `name` with `contents` and sets its mode.
+        fn write(&self, name: &str, contents: &str, mode: u32) {
+            std::fs::write(self.path(name), contents).unwrap();
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::PermissionsExt as _;
+                std::fs::set_permissions(self.path(name), std::fs::Permissions::from_mode(mode)).unwrap();
+            }
+            #[cfg(not(unix))]
+            let _ = mode;
+        }
+
+        /// A configuration that loads, its paths relative to the directory.
+        fn good(&self) -> String {
+            let jwks = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/keys/jwks.json");
+            format!(
+                r#"[listen]
+address = "127.0.0.1:0"
+plaintext = true
+
+[upstream]
+account = "TESTACCT"
+url = "http://127.0.0.1:9"
+user = "SNOWGATE"
+password_file = "password"
+
+[identity]
+issuer = "https://idp.test"
+audience = ["snowgate-test"]
+jwks_file = "{jwks}"
+roles = [{{ group = "analysts", role = "ANALYST" }}]
+default_role = "READER"
+
+[tokens]
+seal_key_file = "seal.key"
+previous_key_files = ["previous.key"]
+
+[recording]
+directory = "recordings"
+key_file = "recording.key"
+
+[policy]
+default = {{ action = "deny", message = "not allowed" }}
+"#,
+                jwks = jwks.display()
+            )
+        }
+
+        fn load_with(&self, text: &str, runtime: RuntimeSettings) -> Result<Config, ConfigError> {
+            let path = self.path("snowgate.toml");
+            std::fs::write(&path, text).unwrap();
+            Config::load(&path, runtime)
+        }
+
+        fn load(&self, text: &str) -> Result<Config, ConfigError> {
+            self.load_with(text, runtime())
+        }
+    }
+
+    /// The flags' defaults, on one core.
+    fn runtime() -> RuntimeSettings {
+        RuntimeSettings {
+            cores: 1,
+            pin_cpus: false,
+            uring_entries: 1024,
+            read_buffer_bytes: 16 * 1024,
+            upstream_pool_size: 64,
+            max_connections: 10_000,
+            drain_timeout: Duration::from_secs(30),
+            classifier_threads: 2,
+            recording: RecordingSettings::default(),
+        }
+    }
+
+    /// `text` with `from` (which must be there) replaced by `to`.
+    fn replaced(text: &str, from: &str, to: &str) -> String {
+        assert!(text.contains(from), "no {from:?} in the configuration");
+        text.replacen(from, to, 1)
+    }
+
+    #[track_caller]
+    fn assert_refused(result: Result<Config, ConfigError>, key: &str, needles: &[&str]) {
+        let error = result.err().unwrap_or_else(|| panic!("accepted; expected a problem with {key}"));
+        assert_eq!(error.key, key, "{error}");
+        let text = error.to_string();
+        assert!(text.starts_with(&format!("config: {key}: ")), "{text}");
+        for needle in needles {
+            assert!(text.contains(needle), "{text} does not say {needle:?}");
+        }
+    }
+
+    #[test]
+    fn the_test_configuration_loads() {
+        let files = Files::new();
+        let config = files.load(&files.good()).unwrap();
+        assert_eq!(config.seal_keys.len(), 2);
+        assert_eq!(config.identity.role_for(&["analysts".into()]), Some("ANALYST"));
+        assert_eq!(config.identity.role_for(&["other".into()]), Some("READER"));
+    }
+
+    #[test]
+    fn empty_roles_and_groups_are_refused_naming_the_key() {
+        let files = Files::new();
+        let good = files.good();
+        let mapping = r#"roles = [{ group = "analysts", role = "ANALYST" }]"#;
+        let cases = [
+            (replaced(&good, r#"default_role = "READER""#, r#"default_role = """#), "identity.default_role"),
+            (replaced(&good, r#"default_role = "READER""#, r#"default_role = "  ""#), "identity.default_role"),
+            (replaced(&good, mapping, r#"roles = [{ group = "analysts", role = "" }]"#), "identity.roles[0].role"),
+            (
+                replaced(&good, mapping, r#"roles = [{ group = "a", role = "A" }, { group = "", role = "B" }]"#),
+                "identity.roles[1].group",
+            ),
+            (format!("{good}\n[approvals]\nadmin_groups = [\"dba\", \"\"]\n"), "approvals.admin_groups"),
+        ];
+        for (text, key) in cases {
+            assert_refused(files.load(&text), key, &["empty"]);
+        }
+    }
+
+    #[test]
+    fn runtime_flags_out_of_range_are_refused_naming_the_flag() {
+        let files = Files::new();
+        let good = files.good();
+        type Change = fn(&mut RuntimeSettings);
+        let refused: [(&str, Change); 17] = [
+            ("--cores", |r| r.cores = 0),
+            ("--cores", |r| r.cores = 65_536),
+            ("--cores", |r| r.cores = CORES_MAX + 1),
+            ("--uring-entries", |r| r.uring_entries = 0),
+            ("--uring-entries", |r| r.uring_entries = 65_536),
+            ("--read-buffer-bytes", |r| r.read_buffer_bytes = 512),
+            ("--read-buffer-bytes", |r| r.read_buffer_bytes = 1 << 40),
+            ("--upstream-pool-size", |r| r.upstream_pool_size = 1_000_000_000_000),
+            ("--max-connections", |r| r.max_connections = 0),
+            ("--drain-timeout-secs", |r| r.drain_timeout = Duration::from_secs(u64::MAX)),
+            ("--classifier-threads", |r| r.classifier_threads = 0),
+            ("--classifier-threads", |r| r.classifier_threads = 1 << 40),
+            ("--recording-segment-mib", |r| r.recording.segment_bytes_max = 0),
+            ("--recording-segment-mib", |r| r.recording.segment_bytes_max = 4097 << 20),
+            ("--recording-queue-depth", |r| r.recording.queue_depth = 0),
+            ("--recording-zstd-level", |r| r.recording.zstd_level = 1000),
+            ("--recording-linger-us", |r| r.recording.linger = Duration::from_secs(1)),
+        ];
+        for (flag, change) in refused {
+            let mut settings = runtime();
+            change(&mut settings);
+            assert_refused(files.load_with(&good, settings), flag, &[]);
+        }
+        // The size flags name their unit.
+        let mut settings = runtime();
+        settings.recording.segment_bytes_max = 0;
+        assert_refused(files.load_with(&good, settings), "--recording-segment-mib", &["MiB", "4096"]);
+        // Every bound itself is accepted.
+        let mut most = runtime();
+        most.cores = CORES_MAX;
+        most.uring_entries = URING_ENTRIES_MAX;
+        most.read_buffer_bytes = READ_BUFFER_BYTES_MAX;
+        most.upstream_pool_size = UPSTREAM_POOL_SIZE_MAX;
+        most.drain_timeout = Duration::from_secs(DRAIN_TIMEOUT_SECS_MAX);
+        most.classifier_threads = CLASSIFIER_THREADS_MAX;
+        most.recording.segment_bytes_max = 4096 << 20;
+        files.load_with(&good, most).unwrap();
+        let mut least = runtime();
+        least.read_buffer_bytes = READ_BUFFER_BYTES_MIN;
+        least.upstream_pool_size = 0;
+        least.drain_timeout = Duration::ZERO;
+        least.recording.segment_bytes_max = 1 << 20;
+        files.load_with(&good, least).unwrap();
+    }
+
+    #[test]
+    fn a_bad_recording_key_is_called_the_recording_key() {
+        let files = Files::new();
+        files.write("short.key", &"7c".repeat(31), 0o600);
+        let text = replaced(&files.good(), r#"key_file = "recording.key""#, r#"key_file = "short.key""#);
+        let error = files.load(&text).err().unwrap();
+        assert_eq!(error.key, "recording.key_file");
+        assert!(error.problem.contains("recording key must be 64 hex digits"), "{error}");
+        assert!(!error.problem.contains("sealing"), "{error}");
+        let text = replaced(&files.good(), r#"seal_key_file = "seal.key""#, r#"seal_key_file = "short.key""#);
+        assert_refused(files.load(&text), "tokens.seal_key_file", &["sealing key must be 64 hex digits"]);
+    }
+
+    #[test]
+    fn an_environment_variable_that_is_not_utf8_is_not_called_unset() {
+        let not_unicode = std::env::VarError::NotUnicode(std::ffi::OsString::from("x"));
+        let error = env_problem("tokens.seal_key_env", "SEAL", &not_unicode);
+        assert_eq!(error.to_string(), "config: tokens.seal_key_env: environment variable SEAL is not valid UTF-8");
+        let error = env_problem("upstream.password_env", "PW", &std::env::VarError::NotPresent);
+        assert_eq!(error.to_string(), "config: upstream.password_env: environment variable PW is not set");
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn key_files_open_to_group_or_others_are_refused() {
+        let files = Files::new();
+        let good = files.good();
+        // Any bit for group or others: readable (0644, 0640, 0604) or writable (0620, 0602).
+        for mode in [0o644, 0o640, 0o604, 0o620, 0o602, 0o660, 0o777] {
+            files.write("open.key", &"3a".repeat(32), mode);
+            let cases = [
+                (
+                    replaced(&good, r#"seal_key_file = "seal.key""#, r#"seal_key_file = "open.key""#),
+                    "tokens.seal_key_file",
+                ),
+                (replaced(&good, r#"["previous.key"]"#, r#"["open.key"]"#), "tokens.previous_key_files"),
+                (replaced(&good, r#"key_file = "recording.key""#, r#"key_file = "open.key""#), "recording.key_file"),
+                (
+                    replaced(&good, r#"password_file = "password""#, r#"password_file = "open.key""#),
+                    "upstream.password_file",
+                ),
+                (
+                    replaced(&good, r#"password_file = "password""#, r#"private_key_file = "open.key""#),
+                    "upstream.private_key_file",
+                ),
+                (
+                    replaced(
+                        &good,
+                        "plaintext = true",
+                        r#"tls_cert_file = "open.key"
+tls_key_file = "open.key""#,
+                    ),
+                    "listen.tls_key_file",
+                ),
+            ];
+            let path = files.path("open.key");
+            for (text, key) in cases {
+                assert_refused(files.load(&text), key, &[path.to_str().unwrap(), &format!("mode {mode:04o}")]);
+            }
+        }
+        // Owner-only modes pass the check (the hex key then loads).
+        for mode in [0o600, 0o400] {
+            let name = format!("owner-{mode:o}.key");
+            files.write(&name, &"3a".repeat(32), mode);
+            files.load(&replaced(&good, r#"key_file = "recording.key""#, &format!("key_file = \"{name}\""))).unwrap();
+        }
+    }
+
     #[test]
     fn parses_upstream_urls() {
         let u = UpstreamUrl::parse("https://acct.snowflakecomputing.com").unwrap();
@@ -1013,9 +1415,9 @@ mod tests {
 
     #[test]
     fn hex_keys() {
-        assert_eq!(parse_hex_key("k", &"ab".repeat(32)).unwrap(), vec![0xab; 32]);
-        assert!(parse_hex_key("k", "abc").is_err());
-        assert!(parse_hex_key("k", &"zz".repeat(32)).is_err());
+        assert_eq!(parse_hex_key("k", "a key", &"ab".repeat(32)).unwrap(), vec![0xab; 32]);
+        assert!(parse_hex_key("k", "a key", "abc").is_err());
+        assert!(parse_hex_key("k", "a key", &"zz".repeat(32)).is_err());
     }
 
     #[test]

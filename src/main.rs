@@ -21,8 +21,8 @@ struct Args {
     #[arg(long, env = "SNOWGATE_CONFIG")]
     config: PathBuf,
 
-    /// Cores to run: one monoio runtime, listener, upstream pool and recorder each.
-    /// Default: every available core.
+    /// Cores to run: one monoio runtime, listener, upstream pool and recorder each, at most
+    /// 1024. Default: every available core.
     #[arg(long, env = "SNOWGATE_CORES")]
     cores: Option<usize>,
 
@@ -30,15 +30,16 @@ struct Args {
     #[arg(long, env = "SNOWGATE_PIN_CPUS")]
     pin_cpus: bool,
 
-    /// io_uring submission queue entries per core.
+    /// io_uring submission queue entries per core: 1 to 32768, the kernel's limit (it rounds a
+    /// count up to a power of two; fewer than 256 are raised to 256).
     #[arg(long, env = "SNOWGATE_URING_ENTRIES", default_value_t = 1024)]
     uring_entries: u32,
 
-    /// Read buffer size per connection, in bytes.
+    /// Read buffer size per connection, in bytes: 1024 to 67108864 (64 MiB).
     #[arg(long, env = "SNOWGATE_READ_BUFFER_BYTES", default_value_t = 16 * 1024)]
     read_buffer_bytes: usize,
 
-    /// Idle upstream keep-alive connections kept per core.
+    /// Idle upstream keep-alive connections kept per core, at most 65536.
     #[arg(long, env = "SNOWGATE_UPSTREAM_POOL_SIZE", default_value_t = 64)]
     upstream_pool_size: usize,
 
@@ -46,12 +47,12 @@ struct Args {
     #[arg(long, env = "SNOWGATE_MAX_CONNECTIONS", default_value_t = 10_000)]
     max_connections: usize,
 
-    /// Seconds SIGTERM waits for in-flight requests before exiting.
+    /// Seconds SIGTERM waits for in-flight requests before exiting, at most 86400 (a day).
     #[arg(long, env = "SNOWGATE_DRAIN_TIMEOUT_SECS", default_value_t = 30)]
     drain_timeout_secs: u64,
 
-    /// Classifier threads, shared by all cores (SQL classification runs off the cores, so a
-    /// pathological statement cannot stall one).
+    /// Classifier threads, shared by all cores, 1 to 256 (SQL classification runs off the
+    /// cores, so a pathological statement cannot stall one).
     #[arg(long, env = "SNOWGATE_CLASSIFIER_THREADS", default_value_t = 2)]
     classifier_threads: usize,
 
@@ -77,7 +78,7 @@ struct Args {
     #[arg(long, env = "SNOWGATE_RECORDING_BATCH_FRAMES", default_value_t = 256)]
     recording_batch_frames: usize,
 
-    /// A segment is sealed and the next opened at this size, in MiB.
+    /// A segment is sealed and the next opened at this size, in MiB: 1 to 4096.
     #[arg(long, env = "SNOWGATE_RECORDING_SEGMENT_MIB", default_value_t = 64)]
     recording_segment_mib: u64,
 

@@ -184,6 +184,7 @@ fn start_admin(gateway: &Arc<Gateway>, address: SocketAddr) -> Result<(AdminHand
     let config = &gateway.config;
     let io_error = |what: String| move |source| StartError::Io { what, source };
     let listener = StdListener::bind(address).map_err(io_error(format!("admin listener on {address}")))?;
+    // The chain after the last core's: `--cores` is at most `CORES_MAX`, so this fits a u16.
     let recording = config.runtime.recording.recorder_config(
         &config.recording_dir,
         config.runtime.cores as u16,
@@ -359,6 +360,7 @@ async fn run_core(
     }
     drop(listener);
 
+    // `--drain-timeout-secs` is at most a day (config), so this cannot overflow.
     let deadline = std::time::Instant::now() + gateway.config.runtime.drain_timeout;
     while gateway.metrics.in_flight.load(Ordering::Acquire) > 0 && std::time::Instant::now() < deadline {
         monoio::time::sleep(Duration::from_millis(10)).await;

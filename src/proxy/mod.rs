@@ -263,6 +263,7 @@ impl Core {
             limits: c.limits,
         };
         let pool = Pool::new(endpoint, c.runtime.upstream_pool_size, c.runtime.read_buffer_bytes);
+        // Core ids are below `--cores`, at most `config::CORES_MAX`: each fits a u16.
         let recorder = c.runtime.recording.recorder_config(&c.recording_dir, id as u16, c.recording_key);
         let recorder = Recorder::start(recorder).map_err(|e| StartError::Io {
             what: format!("recording directory {}", c.recording_dir.display()),

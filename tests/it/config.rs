@@ -18,9 +18,9 @@ const SEAL_KEY: &str = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b
 impl ConfigDir {
     fn new() -> ConfigDir {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("seal.key"), SEAL_KEY).unwrap();
-        std::fs::write(dir.path().join("recording.key"), RECORDING_KEY_HEX).unwrap();
-        std::fs::write(dir.path().join("upstream.pem"), snowgate_perf::test_keys::TEST_PRIVATE_KEY_PEM).unwrap();
+        write_private(&dir.path().join("seal.key"), SEAL_KEY);
+        write_private(&dir.path().join("recording.key"), RECORDING_KEY_HEX);
+        write_private(&dir.path().join("upstream.pem"), snowgate_perf::test_keys::TEST_PRIVATE_KEY_PEM);
         ConfigDir { dir }
     }
 
@@ -140,9 +140,9 @@ fn check_config_refuses_broken_files_naming_the_key() {
     let dir = ConfigDir::new();
     let good = dir.good();
     let jwks_line = format!("jwks_file = \"{}\"", key_path("jwks.json").display());
-    std::fs::write(dir.path("short.key"), &SEAL_KEY[..62]).unwrap();
-    std::fs::write(dir.path("not-hex.key"), "zz".repeat(32)).unwrap();
-    std::fs::write(dir.path("not-a-key.pem"), "-----BEGIN NOTHING-----\nAAAA\n-----END NOTHING-----\n").unwrap();
+    write_private(&dir.path("short.key"), &SEAL_KEY[..62]);
+    write_private(&dir.path("not-hex.key"), "zz".repeat(32));
+    write_private(&dir.path("not-a-key.pem"), "-----BEGIN NOTHING-----\nAAAA\n-----END NOTHING-----\n");
     std::fs::write(dir.path("empty-jwks.json"), r#"{"keys": []}"#).unwrap();
     let missing_key = dir.path("no-such-upstream.pem");
     let config_path = dir.path("snowgate.toml");
@@ -341,6 +341,80 @@ fn check_config_refuses_broken_files_naming_the_key() {
     let problems: Vec<String> =
         cases.iter().filter_map(|(case, config, needles)| refusal_problem(&dir.check(config), case, needles)).collect();
     assert!(problems.is_empty(), "{} of {} cases failed:\n{}", problems.len(), cases.len(), problems.join("\n"));
+}
+
+#[test]
+fn check_config_refuses_out_of_range_flags_naming_the_flag() {
+    let dir = ConfigDir::new();
+    let path = dir.path("snowgate.toml");
+    std::fs::write(&path, dir.good()).unwrap();
+    // Each of these once passed the check and then aborted the start (an allocation per core,
+    // a ring the kernel refuses, a deadline that overflows, core ids past a u16), or named
+    // another flag.
+    let cases = [
+        ("--upstream-pool-size", "1000000000000"),
+        ("--read-buffer-bytes", "1099511627776"),
+        ("--read-buffer-bytes", "512"),
+        ("--uring-entries", "65536"),
+        ("--drain-timeout-secs", "18446744073709551615"),
+        ("--cores", "65536"),
+        ("--max-connections", "0"),
+        ("--classifier-threads", "1000000000000"),
+        ("--recording-segment-mib", "0"),
+    ];
+    let problems: Vec<String> = cases
+        .iter()
+        .filter_map(|(flag, value)| {
+            let output = run_snowgate(&["--config", path.to_str().unwrap(), flag, value, "--check-config"]);
+            refusal_problem(&output, &format!("{flag} {value}"), &[flag])
+        })
+        .collect();
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+    // The largest values allowed pass.
+    let output = run_snowgate(&[
+        "--config",
+        path.to_str().unwrap(),
+        "--cores=1024",
+        "--uring-entries=32768",
+        "--read-buffer-bytes=67108864",
+        "--upstream-pool-size=65536",
+        "--drain-timeout-secs=86400",
+        "--recording-segment-mib=4096",
+        "--check-config",
+    ]);
+    assert!(output.status.success(), "{output:?}");
+}
+
+#[cfg(unix)]
+#[test]
+fn check_config_refuses_a_key_file_others_may_read() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = ConfigDir::new();
+    let seal_key = dir.path("seal.key");
+    std::fs::set_permissions(&seal_key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let output = dir.check(&dir.good());
+    assert_refused_naming(
+        &output,
+        "a seal key of mode 0644",
+        &["tokens.seal_key_file", seal_key.to_str().unwrap(), "0644"],
+    );
+}
+
+#[cfg(unix)]
+#[test]
+fn a_key_variable_that_is_not_utf8_is_not_called_unset() {
+    use std::os::unix::ffi::OsStrExt as _;
+    let dir = ConfigDir::new();
+    let path = dir.path("snowgate.toml");
+    let config = replace_line(&dir.good(), "seal_key_file = \"seal.key\"", "seal_key_env = \"SNOWGATE_TEST_SEAL_KEY\"");
+    std::fs::write(&path, config).unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_snowgate"))
+        .env_clear()
+        .env("SNOWGATE_TEST_SEAL_KEY", std::ffi::OsStr::from_bytes(b"\xff\xfe"))
+        .args(["--config", path.to_str().unwrap(), "--check-config"])
+        .output()
+        .unwrap();
+    assert_refused_naming(&output, "a non-UTF-8 seal key variable", &["tokens.seal_key_env", "not valid UTF-8"]);
 }
 
 #[test]

@@ -28,6 +28,31 @@ pub fn key_path(name: &str) -> PathBuf {
     root().join("tests/fixtures/keys").join(name)
 }
 
+/// Writes a secret the gateway reads (a key, a password) readable and writable by this user
+/// only (mode 0600), as the gateway requires of its key files.
+pub fn write_private(path: &Path, contents: impl AsRef<[u8]>) {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    options.open(path).and_then(|mut file| file.write_all(contents.as_ref())).unwrap();
+}
+
+/// A copy of the committed file at `path` with mode 0600, for a gateway to read as a key file:
+/// git checks files out readable by everyone, which the gateway refuses for a key. Copies live
+/// in the target directory, one per file, replaced atomically so tests may ask at once.
+pub fn private_copy(path: &Path) -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("private-fixtures");
+    std::fs::create_dir_all(&dir).unwrap();
+    let relative = path.strip_prefix(root()).unwrap_or(path);
+    let name = relative.to_string_lossy().replace(['/', '\\'], "_");
+    let copy = dir.join(&name);
+    let staging = dir.join(format!(".{name}.{}.{:?}", std::process::id(), std::thread::current().id()));
+    write_private(&staging, std::fs::read(path).unwrap());
+    std::fs::rename(&staging, &copy).unwrap();
+    copy
+}
+
 pub fn now_unix() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
 }
@@ -178,15 +203,15 @@ impl Default for GatewayOptions {
 /// Writes a gateway configuration (and the keys it names) into `dir`; returns its path.
 pub fn write_config(dir: &Path, upstream_url: &str, options: &GatewayOptions) -> PathBuf {
     let seal_key: String = (0..32).map(|i| format!("{:02x}", (i * 7 + 3) as u8)).collect();
-    std::fs::write(dir.join("seal.key"), seal_key).unwrap();
-    std::fs::write(dir.join("recording.key"), RECORDING_KEY_HEX).unwrap();
+    write_private(&dir.join("seal.key"), seal_key);
+    write_private(&dir.join("recording.key"), RECORDING_KEY_HEX);
     let credential = match &options.credential {
         Credential::KeyPair => {
-            std::fs::write(dir.join("upstream.pem"), snowgate_perf::test_keys::TEST_PRIVATE_KEY_PEM).unwrap();
+            write_private(&dir.join("upstream.pem"), snowgate_perf::test_keys::TEST_PRIVATE_KEY_PEM);
             "private_key_file = \"upstream.pem\"".to_owned()
         }
         Credential::Password(password) => {
-            std::fs::write(dir.join("password"), password).unwrap();
+            write_private(&dir.join("password"), password);
             "password_file = \"password\"".to_owned()
         }
     };

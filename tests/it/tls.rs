@@ -25,12 +25,13 @@ fn fixture(name: &str) -> PathBuf {
     root().join("tests/fixtures/tls").join(name)
 }
 
-/// The `[listen]` body for a TLS listener on an ephemeral loopback port.
+/// The `[listen]` body for a TLS listener on an ephemeral loopback port (the key a private
+/// copy: the gateway refuses a key file others may read).
 fn tls_listen(cert: &str, key: &str) -> String {
     format!(
         "address = \"127.0.0.1:0\"\ntls_cert_file = \"{}\"\ntls_key_file = \"{}\"",
         fixture(cert).display(),
-        fixture(key).display()
+        private_copy(&fixture(key)).display()
     )
 }
 
@@ -303,9 +304,9 @@ fn a_stalled_tls_handshake_is_closed_at_the_header_timeout() {
 
 /// Writes a complete configuration with this `[listen]` body into `dir` and loads it.
 fn load_config(dir: &Path, listen: &str, upstream_url: &str, max_connections: usize) -> Result<Config, ConfigError> {
-    std::fs::write(dir.join("seal.key"), "ab".repeat(32)).unwrap();
-    std::fs::write(dir.join("recording.key"), RECORDING_KEY_HEX).unwrap();
-    std::fs::write(dir.join("password"), "not-a-real-password").unwrap();
+    write_private(&dir.join("seal.key"), "ab".repeat(32));
+    write_private(&dir.join("recording.key"), RECORDING_KEY_HEX);
+    write_private(&dir.join("password"), "not-a-real-password");
     let text = format!(
         r#"
 [listen]
@@ -354,7 +355,7 @@ key_file = "recording.key"
 fn the_listener_needs_tls_files_or_explicit_plaintext_but_not_both() {
     let dir = tempfile::tempdir().unwrap();
     let cert = format!("tls_cert_file = \"{}\"", fixture("localhost.pem").display());
-    let key = format!("tls_key_file = \"{}\"", fixture("localhost.key").display());
+    let key = format!("tls_key_file = \"{}\"", private_copy(&fixture("localhost.key")).display());
     let cases = [
         (format!("{cert}\n{key}\nplaintext = true"), "listen.plaintext"),
         (format!("{cert}\nplaintext = true"), "listen.plaintext"),

@@ -24,7 +24,8 @@ pub const DEV_KID: &str = "dev-1";
 
 #[derive(Debug, Subcommand)]
 pub enum DevCommand {
-    /// Writes idp.pem, jwks.json, upstream.pem, seal.key and snowgate.toml into DIR.
+    /// Writes idp.pem, jwks.json, upstream.pem, seal.key, recording.key and snowgate.toml
+    /// into DIR (the keys readable by this user only).
     Init {
         /// Directory to write into (created if missing).
         #[arg(long, env = "SNOWGATE_DEV_DIR", default_value = ".dev")]
@@ -83,6 +84,28 @@ fn write_new(path: &Path, contents: &str, force: bool) -> anyhow::Result<()> {
     fs::write(path, contents).with_context(|| format!("writing {}", path.display()))
 }
 
+/// [`write_new`] for a secret (a private key, a sealing or recording key): readable and
+/// writable by this user only (mode 0600), as the gateway requires of its key files. One kept
+/// from an earlier `dev init` is made private too.
+fn write_new_secret(path: &Path, contents: &str, force: bool) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let context = || format!("writing {}", path.display());
+    if path.exists() && !force {
+        #[cfg(unix)]
+        fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o600)).with_context(context)?;
+        return Ok(());
+    }
+    let mut options = fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options.open(path).with_context(context)?;
+    // The mode above applies only to a file created now.
+    #[cfg(unix)]
+    file.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o600)).with_context(context)?;
+    file.write_all(contents.as_bytes()).with_context(context)
+}
+
 /// The JWKS document for a public key.
 pub fn jwks_for(public: &rsa::RsaPublicKey, kid: &str) -> serde_json::Value {
     serde_json::json!({"keys": [{
@@ -97,22 +120,22 @@ fn init(dir: &Path, listen: &str, upstream_url: &str, force: bool) -> anyhow::Re
     let idp_path = dir.join("idp.pem");
     if force || !idp_path.exists() {
         let idp = new_rsa_key()?;
-        write_new(&idp_path, &idp.to_pkcs8_pem(LineEnding::LF)?, true)?;
+        write_new_secret(&idp_path, &idp.to_pkcs8_pem(LineEnding::LF)?, true)?;
         let jwks = jwks_for(&idp.to_public_key(), DEV_KID);
         write_new(&dir.join("jwks.json"), &serde_json::to_string_pretty(&jwks)?, true)?;
     }
     let upstream_path = dir.join("upstream.pem");
     if force || !upstream_path.exists() {
-        write_new(&upstream_path, &new_rsa_key()?.to_pkcs8_pem(LineEnding::LF)?, true)?;
+        write_new_secret(&upstream_path, &new_rsa_key()?.to_pkcs8_pem(LineEnding::LF)?, true)?;
     }
     let mut seal = [0u8; 32];
     rsa::rand_core::RngCore::fill_bytes(&mut rsa::rand_core::OsRng, &mut seal);
     let seal_hex: String = seal.iter().map(|b| format!("{b:02x}")).collect();
-    write_new(&dir.join("seal.key"), &seal_hex, force)?;
+    write_new_secret(&dir.join("seal.key"), &seal_hex, force)?;
     let mut recording_key = [0u8; 32];
     rsa::rand_core::RngCore::fill_bytes(&mut rsa::rand_core::OsRng, &mut recording_key);
     let recording_hex: String = recording_key.iter().map(|b| format!("{b:02x}")).collect();
-    write_new(&dir.join("recording.key"), &recording_hex, force)?;
+    write_new_secret(&dir.join("recording.key"), &recording_hex, force)?;
     let config = format!(
         r#"# snowgate development config, written by `snowgate-tools dev init`. Loopback only.
 [listen]
@@ -230,6 +253,12 @@ mod tests {
             classifier_threads: 1,
             recording: Default::default(),
         };
+        #[cfg(unix)]
+        for secret in ["idp.pem", "upstream.pem", "seal.key", "recording.key"] {
+            use std::os::unix::fs::PermissionsExt as _;
+            let mode = fs::metadata(dir.path().join(secret)).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600, "{secret} has mode {mode:o}");
+        }
         let config = snowgate::config::Config::load(&dir.path().join("snowgate.toml"), runtime).unwrap();
         let verifier =
             snowgate::identity::Verifier::new(config.identity.verifier.clone(), config.identity.jwks.clone()).unwrap();

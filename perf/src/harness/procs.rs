@@ -219,16 +219,24 @@ pub fn write_gateway_config(
 ) -> anyhow::Result<PathBuf> {
     std::fs::create_dir_all(dir)?;
     let seal_key = dir.join("seal.key");
-    std::fs::write(&seal_key, "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff")?;
+    write_private(&seal_key, b"00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff")?;
     let recording_key = dir.join("recording.key");
-    std::fs::write(&recording_key, "ffeeddccbbaa99887766554433221100ffeeddccbbaa99887766554433221100")?;
+    write_private(&recording_key, b"ffeeddccbbaa99887766554433221100ffeeddccbbaa99887766554433221100")?;
+    // The committed keys are checked out readable by everyone, which the gateway refuses for a
+    // key file: it reads private copies.
+    let upstream_key = dir.join("upstream.p8");
+    write_private(&upstream_key, &std::fs::read(repo_root.join("perf/tests/fixtures/test_key.p8"))?)?;
     let listen = match listener {
         Listener::Plain => "plaintext = true".to_owned(),
-        Listener::Tls => format!(
-            "tls_cert_file = \"{}\"\ntls_key_file = \"{}\"",
-            repo_root.join("tests/fixtures/tls/localhost.pem").display(),
-            repo_root.join("tests/fixtures/tls/localhost.key").display()
-        ),
+        Listener::Tls => {
+            let tls_key = dir.join("localhost.key");
+            write_private(&tls_key, &std::fs::read(repo_root.join("tests/fixtures/tls/localhost.key"))?)?;
+            format!(
+                "tls_cert_file = \"{}\"\ntls_key_file = \"{}\"",
+                repo_root.join("tests/fixtures/tls/localhost.pem").display(),
+                tls_key.display()
+            )
+        }
     };
     let config = format!(
         r#"[listen]
@@ -263,7 +271,7 @@ default = {{ action = "deny", message = "not in the perf policy" }}
 {extra}
 "#,
         recording_key = recording_key.display(),
-        key = repo_root.join("perf/tests/fixtures/test_key.p8").display(),
+        key = upstream_key.display(),
         jwks = repo_root.join("tests/fixtures/keys/jwks.json").display(),
         seal = seal_key.display(),
         recordings = dir.join("recordings").display(),
@@ -271,6 +279,21 @@ default = {{ action = "deny", message = "not in the perf policy" }}
     let path = dir.join("snowgate.toml");
     std::fs::write(&path, config)?;
     Ok(path)
+}
+
+/// Writes a key file readable and writable by this user only (mode 0600), as the gateway
+/// requires.
+fn write_private(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options.open(path)?;
+    // A file left by an earlier run keeps its mode through the open above.
+    #[cfg(unix)]
+    file.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+    file.write_all(contents)
 }
 
 /// Asks the gateway binary whether it accepts `config` and `flags` (`--check-config`);
