@@ -369,6 +369,7 @@ async fn run_core(
     if left > 0 {
         warn!(core = core_id, in_flight = left, "Drain deadline passed with requests in flight.");
     }
+    core.stop_recording();
     info!(core = core_id, "Core stopped.");
 }
 

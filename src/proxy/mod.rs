@@ -30,7 +30,7 @@ use bytes::{Bytes, BytesMut};
 use monoio::io::AsyncWriteRent;
 use monoio::net::TcpStream;
 use monoio::time::Instant;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::config::Config;
 use crate::http::{ChunkedError, HeadWriter, Headers, is_hop_by_hop};
@@ -278,6 +278,14 @@ impl Core {
             open_connections: Cell::new(0),
             idle: IdleWaiters::default(),
         })
+    }
+
+    /// Stops the core's recorder once its drain has ended: what it accepted is written and its
+    /// segment sealed even while a request that outlived the drain still holds the core.
+    pub fn stop_recording(&self) {
+        if let Err(e) = self.recorder.stop_in_place() {
+            error!(core = self.id, error = %e, "The recorder did not stop cleanly.");
+        }
     }
 
     /// Serves one accepted TCP connection until it closes, times out or the gateway drains.

@@ -493,7 +493,8 @@ impl Shared {
 pub struct Recorder {
     shared: Arc<Shared>,
     thread: Thread,
-    join: Option<JoinHandle<Result<(), WriteError>>>,
+    /// Taken by the first stop.
+    join: Mutex<Option<JoinHandle<Result<(), WriteError>>>>,
     clock: Arc<dyn Clock>,
     core_id: u16,
     durability: Durability,
@@ -570,7 +571,7 @@ impl Recorder {
         Ok(Recorder {
             shared,
             thread: join.thread().clone(),
-            join: Some(join),
+            join: Mutex::new(Some(join)),
             clock,
             core_id: config.core_id,
             durability: config.durability,
@@ -658,26 +659,39 @@ impl Recorder {
     }
 
     /// Writes what is queued, seals the segment (`stopped`) and ends the thread.
-    pub fn stop(mut self) -> Result<(), RecordError> {
-        self.stop_thread()
+    pub fn stop(self) -> Result<(), RecordError> {
+        self.stop_in_place()
     }
 
-    fn stop_thread(&mut self) -> Result<(), RecordError> {
-        let Some(join) = self.join.take() else {
+    /// [`Recorder::stop`] through a shared reference, for an owner others may still hold (a
+    /// core whose requests outlived the drain hold it in tasks that never finish). Later
+    /// submits are refused (`Stopped`); a frame that raced the stop into the queue is failed
+    /// (its ticket says `Stopped`), never left as if it would be written. Stopping again does
+    /// nothing.
+    pub fn stop_in_place(&self) -> Result<(), RecordError> {
+        let Some(join) = self.join.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).take() else {
             return Ok(());
         };
         self.shared.stop.store(true, Ordering::Release);
         self.thread.unpark();
-        match join.join() {
+        let stopped = match join.join() {
             Ok(result) => result.map_err(RecordError::from),
             Err(_) => Err(RecordError::Config("the recorder thread panicked".into())),
+        };
+        if matches!(self.shared.health(), RUNNING | UNAVAILABLE) {
+            self.shared.health.store(STOPPED, Ordering::Release);
         }
+        while let Some(late) = self.shared.queue.pop() {
+            RecorderStats::add(&self.shared.stats.records_lost, 1);
+            late.ticket.complete(TICKET_STOPPED);
+        }
+        stopped
     }
 }
 
 impl Drop for Recorder {
     fn drop(&mut self) {
-        if let Err(e) = self.stop_thread() {
+        if let Err(e) = self.stop_in_place() {
             error!(core = self.core_id, error = %e, "The recorder did not stop cleanly.");
         }
     }

@@ -125,6 +125,26 @@ fn recorder_writes_links_reads_back_and_verifies_on_disk() {
 }
 
 #[test]
+fn a_recorder_stopped_in_place_seals_what_it_took_and_refuses_more() {
+    let temp = tempfile::tempdir().unwrap();
+    let recorder = Recorder::start(config(temp.path())).unwrap();
+    let tickets: Vec<Ticket> = (0..5).map(|n| recorder.submit(request(n, 100)).unwrap()).collect();
+    recorder.stop_in_place().unwrap();
+    for ticket in tickets {
+        assert_eq!(ticket.wait_durable(Duration::from_secs(5)), Some(Ok(())));
+    }
+    assert_eq!(recorder.health(), RecorderHealth::Stopped);
+    assert!(matches!(recorder.submit(request(5, 100)), Err(RecordUnavailable::Stopped)));
+    // A second stop, and the one dropping it, do nothing.
+    recorder.stop_in_place().unwrap();
+    drop(recorder);
+    let recording = Recording::open(temp.path()).unwrap();
+    assert_eq!(user_frames(&recording).len(), 5);
+    let report = verify_strict(&recording);
+    assert!(report.is_ok(), "{:?}", report.problems);
+}
+
+#[test]
 fn strict_durability_survives_power_loss_at_every_seed() {
     for seed in 0..40 {
         let storage = SimulatedStorage::new();

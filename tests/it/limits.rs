@@ -402,6 +402,37 @@ fn an_upstream_that_never_answers_gets_the_agent_a_504_after_the_response_timeou
 }
 
 #[test]
+fn a_drain_cut_short_by_its_deadline_still_seals_the_recording() {
+    // A request still waiting on upstream when the drain deadline passes holds the core's state
+    // in a task the runtime never finishes: the core must stop its recorder itself, so what
+    // was recorded is written and the segment sealed, as after any clean stop.
+    let upstream = RawUpstream::start([Behaviour::Silent]);
+    let gateway = TestGateway::start(&upstream.url(), GatewayOptions::default());
+    let addr = gateway.addr;
+    let token = agent_token(json!({}));
+    let stuck = std::thread::spawn(move || {
+        let mut client = snowgate_perf::client::Client::connect(addr).unwrap();
+        let _ = login(&mut client, &token);
+    });
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while upstream.received() == 0 {
+        assert!(Instant::now() < deadline, "the login never reached upstream");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let dir = gateway.stop();
+    let recordings = dir.path().join("recordings");
+    let report = crate::recording::verify_dir(&recordings, false);
+    assert!(report.is_ok(), "the recording was left open or broken: {:?}", report.problems);
+    let logins = read_records(&recordings)
+        .into_iter()
+        .filter(|r| matches!(&r.frame, snowgate::record::Frame::Request(_)) && r.frame.endpoint() == Some("login"))
+        .count();
+    assert_eq!(logins, 1, "the login in flight was recorded");
+    drop(upstream);
+    stuck.join().unwrap();
+}
+
+#[test]
 fn drain_finishes_the_request_in_flight_and_serves_no_new_connection() {
     const UPSTREAM_DELAY: Duration = Duration::from_millis(700);
     let upstream = RawUpstream::start([Behaviour::LoginAfter(UPSTREAM_DELAY)]);

@@ -28,7 +28,7 @@ fn recording_key() -> [u8; 32] {
     key
 }
 
-fn verify_dir(dir: &Path, allow_open: bool) -> snowgate::record::VerifyReport {
+pub(crate) fn verify_dir(dir: &Path, allow_open: bool) -> snowgate::record::VerifyReport {
     let recording = Recording::open(dir).unwrap();
     verify(&recording, &recording_key(), &VerifyOptions { allow_open, ..Default::default() }, &mut |_| {})
 }
