@@ -42,6 +42,12 @@ impl<T> Sender<T> {
         self.deliver(value);
     }
 
+    /// Whether the task stopped waiting (its receiver was dropped): the value would be lost,
+    /// so the work making it need not be done.
+    pub(crate) fn is_abandoned(&self) -> bool {
+        Arc::strong_count(&self.slot) == 1
+    }
+
     fn deliver(&self, value: T) {
         let waker = {
             let mut slot = lock(&self.slot);
@@ -111,6 +117,15 @@ mod tests {
         std::thread::spawn(move || sender.send(7)).join().unwrap();
         assert_eq!(counter.0.load(Ordering::SeqCst), 1);
         assert_eq!(poll(&mut receiver, &waker), Poll::Ready(7));
+    }
+
+    #[test]
+    fn a_sender_knows_when_its_receiver_is_gone() {
+        let (sender, receiver) = channel(|| 0u32);
+        assert!(!sender.is_abandoned());
+        drop(receiver);
+        assert!(sender.is_abandoned());
+        sender.send(1);
     }
 
     #[test]

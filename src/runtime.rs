@@ -331,8 +331,13 @@ async fn run_core(
     monoio::spawn({
         let core = core.clone();
         async move {
+            let mut ticks = 0u32;
             while !core.gateway.is_draining() {
                 monoio::time::sleep(Duration::from_millis(50)).await;
+                ticks = ticks.wrapping_add(1);
+                if ticks.is_multiple_of(20) {
+                    core.record_review_timeouts();
+                }
             }
             drop(canceller.cancel());
             core.close_idle_connections();
@@ -369,6 +374,7 @@ async fn run_core(
     if left > 0 {
         warn!(core = core_id, in_flight = left, "Drain deadline passed with requests in flight.");
     }
+    core.record_review_timeouts();
     core.stop_recording();
     info!(core = core_id, "Core stopped.");
 }

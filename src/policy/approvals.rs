@@ -266,6 +266,9 @@ struct Item<P> {
     payload_bytes: usize,
     /// What the item holds: text, bindings, settings, context, and the payload while it is kept.
     weight_bytes: usize,
+    /// Timed out, and not yet returned by [`Ledger::expire`] for the recording (whichever call
+    /// noticed the timeout: a poll, a listing, a decision or `expire` itself).
+    timeout_unreported: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -306,6 +309,7 @@ impl<P> Item<P> {
         if self.state == State::Pending && now_unix_ms >= self.expires_at_unix_ms() {
             self.state = State::TimedOut;
             self.decided_at_unix_ms = Some(self.expires_at_unix_ms());
+            self.timeout_unreported = true;
             self.take_payload();
             return true;
         }
@@ -421,7 +425,7 @@ impl<P> Ledger<P> {
         if self.items.len() >= self.limits.items_max
             || self.stored_bytes() + weight_bytes > self.limits.stored_bytes_max
         {
-            self.expire(now_unix_ms);
+            self.purge(now_unix_ms);
             if self.items.len() >= self.limits.items_max
                 || self.stored_bytes() + weight_bytes > self.limits.stored_bytes_max
             {
@@ -444,6 +448,7 @@ impl<P> Ledger<P> {
             approvals: Vec::new(),
             state: State::Pending,
             decided_at_unix_ms: None,
+            timeout_unreported: false,
             payload: Some(request.payload),
             payload_bytes: request.payload_bytes,
             weight_bytes,
@@ -634,17 +639,30 @@ impl<P> Ledger<P> {
 
     /// Times out pending items and purges items decided longer than the retention ago
     /// (approved-but-never-taken and running items included). Returns the items that timed
-    /// out now, for the recording.
+    /// out since the last call, for the recording: each once, whichever call noticed it.
     pub fn expire(&mut self, now_unix_ms: u64) -> Vec<Expired> {
-        let retention_ms = u64::try_from(self.limits.retention.as_millis()).unwrap_or(u64::MAX);
         let mut expired = Vec::new();
-        let mut purge = Vec::new();
         for item in self.items.values_mut() {
-            if item.tick(now_unix_ms) {
+            item.tick(now_unix_ms);
+            if std::mem::take(&mut item.timeout_unreported) {
                 expired.push(Expired { query_id: item.query_id.clone(), key: item.key.clone() });
             }
+        }
+        self.purge(now_unix_ms);
+        expired.sort_by(|a, b| a.query_id.cmp(&b.query_id));
+        expired
+    }
+
+    /// Times out pending items and purges items decided longer than the retention ago, but
+    /// not a timeout [`Ledger::expire`] has yet to report.
+    fn purge(&mut self, now_unix_ms: u64) {
+        let retention_ms = u64::try_from(self.limits.retention.as_millis()).unwrap_or(u64::MAX);
+        let mut purge = Vec::new();
+        for item in self.items.values_mut() {
+            item.tick(now_unix_ms);
             if let Some(decided) = item.decided_at_unix_ms
                 && now_unix_ms.saturating_sub(decided) >= retention_ms
+                && !item.timeout_unreported
             {
                 purge.push(item.query_id.clone());
             }
@@ -654,8 +672,6 @@ impl<P> Ledger<P> {
                 self.by_key.remove(&item.key);
             }
         }
-        expired.sort_by(|a, b| a.query_id.cmp(&b.query_id));
-        expired
     }
 }
 
@@ -778,6 +794,25 @@ mod tests {
         assert!(ledger.is_empty());
         // Once purged, the key is free again.
         assert!(ledger.park(request("r1", "insert into t values (1)"), T0 + 80_000).unwrap().created);
+    }
+
+    #[test]
+    fn a_timeout_noticed_by_any_call_is_reported_once_and_kept_until_reported() {
+        let limits = LedgerLimits { retention: Duration::from_secs(10), items_max: 2, ..LedgerLimits::default() };
+        let mut ledger = Ledger::new(limits);
+        let polled = ledger.park(request("r1", "insert into t values (1)"), T0).unwrap().query_id;
+        let listed = ledger.park(request("r2", "insert into t values (2)"), T0).unwrap().query_id;
+        // The agent's poll and a reviewer's listing notice the timeouts first.
+        assert_eq!(ledger.poll(&polled, "agent", 7, T0 + 60_000).unwrap(), PollState::TimedOut);
+        assert!(ledger.list_pending(T0 + 60_000).is_empty());
+        // A full ledger making room past the retention keeps what is not reported yet.
+        assert_eq!(ledger.park(request("r3", "insert into t values (3)"), T0 + 80_000).unwrap_err(), LedgerError::Full);
+        let expired: Vec<String> = ledger.expire(T0 + 80_000).into_iter().map(|e| e.query_id).collect();
+        let mut both = vec![polled, listed];
+        both.sort();
+        assert_eq!(expired, both);
+        assert!(ledger.expire(T0 + 80_001).is_empty(), "each timeout is reported once");
+        assert!(ledger.park(request("r3", "insert into t values (3)"), T0 + 80_002).unwrap().created);
     }
 
     #[test]

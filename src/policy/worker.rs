@@ -187,6 +187,11 @@ fn worker_loop(receiver: &Mutex<Receiver<Job>>) {
             receiver.recv()
         };
         let Ok(job) = job else { return };
+        // A caller that gave up (its wait timed out, its connection closed) reads no answer:
+        // under overload, classifying for it would only make the next callers wait longer.
+        if job.reply.is_abandoned() {
+            continue;
+        }
         let outcome = catch_unwind(AssertUnwindSafe(|| Classification::of(&job.text, &job.limits, job.results_read)));
         job.reply.send(outcome.map_err(|_| ClassifyError::Panicked));
     }

@@ -44,7 +44,7 @@ use crate::policy::parameters::plan_query_parameters;
 use crate::policy::result_scan::{ScanTarget, may_scan_results};
 use crate::policy::worker::{Classification, INLINE_BYTES_MAX, classify_inline};
 use crate::policy::{DecidedBy, ReviewRequirement, Subject, VerdictAction};
-use crate::record::Decision;
+use crate::record::{Decision, EventKind};
 use crate::session::query::{parse_query_request, summarize_answer};
 use crate::session::statements::Plans;
 use crate::session::token::{TokenClaims, TokenKind};
@@ -129,6 +129,23 @@ fn rule_name(decided_by: &DecidedBy) -> String {
 
 fn ledger(core: &Core) -> MutexGuard<'_, Ledger<ParkedStatement>> {
     Ledger::lock(&core.gateway.ledger)
+}
+
+/// Records the reviews that timed out since the last report (a `review_timeout` event each,
+/// in this core's chain), whoever noticed them: the parked statement's outcome is in the
+/// recording even when its agent never polls again. Called as statements park and once a
+/// second by each core.
+pub fn record_review_timeouts(core: &Core) {
+    let expired = ledger(core).expire(unix_millis());
+    for timed_out in expired {
+        let detail = format!(
+            "query_id={} sub={} session_id={} outcome=timed_out",
+            timed_out.query_id, timed_out.key.sub, timed_out.key.session_id
+        );
+        if let Err(error) = core.recorder.submit_event(EventKind::Other("review_timeout".into()), detail) {
+            warn!(core = core.id, query_id = %timed_out.query_id, error = %error, "A review timeout could not be recorded.");
+        }
+    }
 }
 
 /// Classifies `text` off the core and decides it. A denial is noted in `capture`.
@@ -426,12 +443,8 @@ fn enter_ledger(
         payload_bytes: payload.bytes(),
         payload,
     };
-    let now = unix_millis();
-    let parked = {
-        let mut ledger = ledger(core);
-        ledger.expire(now);
-        ledger.park(request, now)?
-    };
+    record_review_timeouts(core);
+    let parked = ledger(core).park(request, unix_millis())?;
     capture.set_decision(Decision::Parked { rule: rule.clone() });
     capture.set_query_id(parked.query_id.clone());
     core.gateway.issue_statements(core.id, std::slice::from_ref(&parked.query_id), &subject.sub);

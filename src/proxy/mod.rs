@@ -288,6 +288,11 @@ impl Core {
         }
     }
 
+    /// Records the reviews that timed out since the last report ([`govern::record_review_timeouts`]).
+    pub fn record_review_timeouts(&self) {
+        govern::record_review_timeouts(self);
+    }
+
     /// Serves one accepted TCP connection until it closes, times out or the gateway drains.
     pub async fn serve(self: Rc<Core>, tcp: TcpStream, peer: SocketAddr) {
         let gateway = &self.gateway;

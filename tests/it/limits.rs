@@ -410,9 +410,11 @@ fn a_drain_cut_short_by_its_deadline_still_seals_the_recording() {
     let gateway = TestGateway::start(&upstream.url(), GatewayOptions::default());
     let addr = gateway.addr;
     let token = agent_token(json!({}));
-    let stuck = std::thread::spawn(move || {
+    // Not joined: in this process the stalled task (and its socket) outlives the gateway, so the
+    // client only sees its own read timeout; the real binary exits and closes it.
+    std::thread::spawn(move || {
         let mut client = snowgate_perf::client::Client::connect(addr).unwrap();
-        let _ = login(&mut client, &token);
+        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| login(&mut client, &token)));
     });
     let deadline = Instant::now() + Duration::from_secs(5);
     while upstream.received() == 0 {
@@ -428,8 +430,6 @@ fn a_drain_cut_short_by_its_deadline_still_seals_the_recording() {
         .filter(|r| matches!(&r.frame, snowgate::record::Frame::Request(_)) && r.frame.endpoint() == Some("login"))
         .count();
     assert_eq!(logins, 1, "the login in flight was recorded");
-    drop(upstream);
-    stuck.join().unwrap();
 }
 
 #[test]

@@ -220,6 +220,29 @@ fn an_undecided_write_times_out_denied() {
     assert!(out["waited_secs"].as_f64().unwrap() >= 2.0, "{out}");
     assert_eq!(out["rows"], json!([]), "{out}");
     assert_eq!(count(&setup.upstream.sent(), "INSERT INTO REVIEWED"), 0);
+
+    // The timeout is in the recording as an event of its own, once, though the driver's poll
+    // noticed it first.
+    let dir = setup.gateway.stop();
+    let records = read_records(&dir.path().join("recordings"));
+    let parked: Vec<String> = records
+        .iter()
+        .filter_map(|r| match &r.frame {
+            Frame::Request(request) if matches!(request.decision, Decision::Parked { .. }) => request.query_id.clone(),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(parked.len(), 1, "{parked:?}");
+    let timeouts: Vec<&str> = records
+        .iter()
+        .filter_map(|r| match &r.frame {
+            Frame::Event(e) if e.kind.name() == "review_timeout" => Some(e.detail.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(timeouts.len(), 1, "{timeouts:?}");
+    assert!(timeouts[0].contains(&format!("query_id={} ", parked[0])), "{timeouts:?}");
+    assert!(timeouts[0].contains("sub=agent-7") && timeouts[0].ends_with("outcome=timed_out"), "{timeouts:?}");
 }
 
 #[test]
