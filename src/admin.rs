@@ -752,6 +752,7 @@ fn decide<P>(reviewer: &Subject, query_id: &str, kind: DecisionKind, body: &[u8]
                 // Parking and hand-over errors cannot come from a decision.
                 LedgerError::RequestIdReused
                 | LedgerError::TooManyPending
+                | LedgerError::SubjectFull
                 | LedgerError::Full
                 | LedgerError::NotApproved(_) => (500, Fault::Server),
             };

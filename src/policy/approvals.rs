@@ -31,6 +31,10 @@ pub struct LedgerLimits {
     pub items_max: usize,
     /// Bytes of statement text, bindings, settings and context held, all items together.
     pub stored_bytes_max: usize,
+    /// The same, for one `sub`'s items (decided ones included, until purged): one agent
+    /// parking a few statements with large bindings must not fill the ledger for every other.
+    /// Half the total by default, so a largest request body (16 MiB) can still be parked.
+    pub stored_bytes_per_subject_max: usize,
     /// How long a decided item stays for polls.
     pub retention: Duration,
     /// Longest reviewer reason kept, in bytes.
@@ -43,6 +47,7 @@ impl Default for LedgerLimits {
             pending_per_subject_max: 16,
             items_max: 4096,
             stored_bytes_max: 64 << 20,
+            stored_bytes_per_subject_max: 32 << 20,
             retention: Duration::from_secs(15 * 60),
             reason_bytes_max: 1000,
         }
@@ -238,6 +243,9 @@ pub enum LedgerError {
     /// The agent has too many statements waiting.
     #[error("the agent has too many statements waiting for review")]
     TooManyPending,
+    /// The agent's items hold too many bytes.
+    #[error("the agent's statements held for review are too large together")]
+    SubjectFull,
     /// The ledger is full (the gateway's limit).
     #[error("the gateway holds too many parked statements")]
     Full,
@@ -422,6 +430,11 @@ impl<P> Ledger<P> {
             + request.settings.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>()
             + request.agent_context.as_ref().map_or(0, String::len)
             + request.payload_bytes;
+        let held_for_sub: usize =
+            self.items.values().filter(|item| item.key.sub == request.key.sub).map(|item| item.weight_bytes).sum();
+        if held_for_sub + weight_bytes > self.limits.stored_bytes_per_subject_max {
+            return Err(LedgerError::SubjectFull);
+        }
         if self.items.len() >= self.limits.items_max
             || self.stored_bytes() + weight_bytes > self.limits.stored_bytes_max
         {
@@ -830,6 +843,25 @@ mod tests {
         let limits = LedgerLimits { stored_bytes_max: 10, ..LedgerLimits::default() };
         let mut small = Ledger::new(limits);
         assert_eq!(small.park(request("a", "select 'long enough'"), T0).unwrap_err(), LedgerError::Full);
+    }
+
+    #[test]
+    fn one_agent_cannot_fill_the_ledger_for_the_others() {
+        // Each item: 7 bytes of text, 7 of context, a 100-byte payload while it is held.
+        const ITEM: usize = 7 + 7 + 100;
+        let limits = LedgerLimits { stored_bytes_per_subject_max: 2 * ITEM, ..LedgerLimits::default() };
+        let mut ledger = Ledger::new(limits);
+        let big = |id: &str| ParkRequest { payload_bytes: 100, ..request(id, "select1") };
+        ledger.park(big("a"), T0).unwrap();
+        let denied = ledger.park(big("b"), T0).unwrap().query_id;
+        assert_eq!(ledger.park(big("c"), T0).unwrap_err(), LedgerError::SubjectFull);
+        // Another agent still parks.
+        let mut other = big("c");
+        other.key.sub = "agent-2".into();
+        ledger.park(other, T0).unwrap();
+        // A denial frees the agent's payload bytes; its text stays until purged.
+        ledger.deny(&denied, &reviewer("alice"), "no", T0 + 1).unwrap();
+        ledger.park(ParkRequest { payload_bytes: 80, ..request("c", "select1") }, T0 + 2).unwrap();
     }
 
     #[test]
