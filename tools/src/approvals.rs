@@ -16,7 +16,7 @@ use clap::Subcommand;
 use serde_json::Value;
 use snowgate::http::{self, BodyFraming, Method};
 
-use crate::terminal::{is_invisible_or_control, to_json_line};
+use crate::terminal::{escape_text, to_json_line};
 
 /// The largest answer read, in bytes: the gateway's ledger holds at most 64 MiB of statements.
 const RESPONSE_BYTES_MAX: usize = 128 << 20;
@@ -262,7 +262,7 @@ impl Endpoint {
                 .as_ref()
                 .and_then(|v| v.get("error"))
                 .and_then(Value::as_str)
-                .map(sanitize)
+                .map(|message| escape_text(message).into_owned())
                 .unwrap_or_else(|| "no error message".to_owned());
             let fault = json.as_ref().and_then(|v| v.get("fault")).and_then(Value::as_str);
             let whose = match fault {
@@ -362,16 +362,12 @@ fn parse_answer(mut raw: &[u8], method: Method) -> anyhow::Result<(u16, &[u8])> 
     }
 }
 
-/// Replaces control characters (terminal escapes, newlines) and invisible ones that change how
-/// a terminal shows the text around them (bidirectional overrides, zero-width characters) so
-/// untrusted text prints on one line, reads as it is, and cannot drive the terminal.
-fn sanitize(text: &str) -> String {
-    text.chars().map(|c| if is_invisible_or_control(c) { ' ' } else { c }).collect()
-}
-
-/// Sanitises, collapses whitespace runs, and cuts to `chars_max` characters with `…`.
+/// Flattens whitespace runs (newlines, tabs) to one space, escapes the control and invisible
+/// characters left (terminal escapes, bidirectional overrides, zero-width characters) as
+/// `\u{202e}` so untrusted text prints on one line, reads as it is, and cannot drive the
+/// terminal, and cuts to `chars_max` characters with `…`.
 fn cell(text: &str, chars_max: usize) -> String {
-    let flat = sanitize(text).split_whitespace().collect::<Vec<_>>().join(" ");
+    let flat = escape_text(&text.split_whitespace().collect::<Vec<_>>().join(" ")).into_owned();
     if flat.chars().count() <= chars_max {
         return flat;
     }
@@ -465,13 +461,14 @@ fn render_decision(action: &str, query_id: &str, body: &Value) -> anyhow::Result
         }
         "approved" => format!("{verb} {query_id}: approved; it runs when the agent's driver polls next."),
         "denied" => format!("{verb} {query_id}: denied; the agent's driver gets the reason as an error."),
-        other => format!("{verb} {query_id}: now {}.", sanitize(other)),
+        other => format!("{verb} {query_id}: now {}.", escape_text(other)),
     })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::terminal::is_invisible_or_control;
 
     #[test]
     fn parses_admin_urls() {
@@ -490,9 +487,12 @@ mod tests {
     #[test]
     fn cells_are_flat_short_and_free_of_control_characters() {
         assert_eq!(cell("delete\n  from\tt", 60), "delete from t");
-        assert_eq!(cell("select \u{1b}[31mred", 60), "select [31mred");
-        // A right-to-left override would show `delete … where 1=1` reordered.
-        assert_eq!(cell("ok\u{202E}1=1 erehw\u{2066}x\u{200B}y\u{FEFF}", 60), "ok 1=1 erehw x y");
+        assert_eq!(cell("select \u{1b}[31mred", 60), r"select \u{1b}[31mred");
+        // A right-to-left override would show `delete … where 1=1` reordered: escaped, visibly.
+        let bidi = cell("ok\u{202E}1=1 erehw\u{2066}x\u{200B}y\u{FEFF}\u{9B}2J", 80);
+        assert_eq!(bidi, r"ok\u{202e}1=1 erehw\u{2066}x\u{200b}y\u{feff}\u{9b}2J");
+        assert!(!bidi.chars().any(is_invisible_or_control), "{bidi}");
+        assert_eq!(cell("héllo → 世界 🦀", 60), "héllo → 世界 🦀");
         assert_eq!(cell("abcdefghij", 5), "abcd…");
         assert_eq!(
             (age(59_999), age(65_000), age(7_260_000), age(90_000_000)),

@@ -47,7 +47,8 @@ fn main() -> ExitCode {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::from(1),
         Err(error) => {
-            eprintln!("error: {error:#}");
+            // Errors can quote a recording's file names or a server's message: escaped.
+            eprintln!("error: {}", terminal::escape_text(&format!("{error:#}")));
             ExitCode::from(2)
         }
     }

@@ -1,7 +1,8 @@
 //! `snowgate-tools cat | search | verify | export | stats`: reading a recording directory
 //! through `snowgate::record` only. Progress bars go to stderr (and only to a terminal);
 //! records go to stdout; every error names its file and byte offset. Recorded text comes from
-//! agents: JSON output writes control and invisible characters as `\uXXXX` (`crate::terminal`).
+//! agents: JSON output writes control and invisible characters as `\uXXXX`, plain text as
+//! `\u{202e}` (`crate::terminal`).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufWriter, Write};
@@ -15,7 +16,7 @@ use snowgate::record::{
 };
 
 use crate::render::{parse_time, read_key_file, rfc3339, to_json, to_line};
-use crate::terminal::{to_json_line, to_json_pretty};
+use crate::terminal::{escape_text, to_json_line, to_json_pretty};
 
 /// The recording directory.
 #[derive(Debug, Args)]
@@ -45,7 +46,7 @@ fn progress(recording: &Recording, what: &str) -> ProgressBar {
 /// Tells the user about an unreadable part and carries on; the command fails at the end.
 fn report_read_error(bar: &ProgressBar, error: &ReadError, failures: &mut usize) {
     *failures += 1;
-    bar.suspend(|| eprintln!("error: {error}"));
+    bar.suspend(|| eprintln!("error: {}", escape_text(&error.to_string())));
 }
 
 /// Options shared by `cat` and `search` output.
@@ -510,10 +511,10 @@ fn verify_json(report: &VerifyReport) -> serde_json::Value {
 
 fn print_verify(report: &VerifyReport) {
     for problem in &report.problems {
-        println!("FAIL {problem}");
+        println!("FAIL {}", escape_text(&problem.to_string()));
     }
     for note in &report.notes {
-        println!("note {note}");
+        println!("note {}", escape_text(&note.to_string()));
     }
     for (core, summary) in &report.cores {
         let head = summary.chain_head.map_or_else(|| "unknown".into(), |h| hex(&h));
@@ -521,7 +522,9 @@ fn print_verify(report: &VerifyReport) {
     }
     match report.problems.first() {
         None => println!("OK: {} segments, {} records verified", report.segments, report.records),
-        Some(first) => println!("FAILED: {} problem(s); the first: {first}", report.problems.len()),
+        Some(first) => {
+            println!("FAILED: {} problem(s); the first: {}", report.problems.len(), escape_text(&first.to_string()))
+        }
     }
 }
 
@@ -669,7 +672,7 @@ pub fn stats(args: StatsArgs) -> anyhow::Result<()> {
         println!("{:<40} {:>10} {:>10}  decisions", "identity", "requests", "queries");
         for (sub, s) in &identities {
             let decisions: Vec<String> = s.decisions.iter().map(|(d, n)| format!("{d}={n}")).collect();
-            println!("{sub:<40} {:>10} {:>10}  {}", s.requests, s.queries, decisions.join(" "));
+            println!("{:<40} {:>10} {:>10}  {}", escape_text(sub), s.requests, s.queries, decisions.join(" "));
         }
     }
     if failures > 0 {

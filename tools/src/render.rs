@@ -1,13 +1,17 @@
 //! How records look outside the gateway: the stable JSON export schema (documented in
 //! `tools/README.md`; a field is never renamed or retyped, only added), the one-line human
-//! form, time as RFC 3339, and the key file. Reads records only through `snowgate::record`.
+//! form (recorded text escaped by `crate::terminal`), time as RFC 3339, and the key file.
+//! Reads records only through `snowgate::record`.
 
+use std::borrow::Cow;
 use std::path::Path;
 
 use anyhow::{Context as _, bail};
 use base64::Engine as _;
 use serde_json::{Map, Value, json};
 use snowgate::record::{Decision, Frame, Record};
+
+use crate::terminal::{escape_text, quote_text};
 
 /// The export schema's version, in every JSON line.
 pub const SCHEMA: &str = "snowgate.record.v1";
@@ -178,7 +182,9 @@ fn clip(text: &str, max: usize) -> String {
     }
 }
 
-/// One line for a human.
+/// One line for a human. Every string the recording holds (what agents sent, and whatever a
+/// damaged or forged recording says) goes through [`escape_text`] or [`quote_text`], so a
+/// control or bidi character an agent chose shows as `\u{202e}` rather than acting on the terminal.
 pub fn to_line(record: &Record) -> String {
     let head = format!(
         "{} core {} #{} {}",
@@ -189,34 +195,39 @@ pub fn to_line(record: &Record) -> String {
     );
     match &record.frame {
         Frame::Request(r) => {
-            let mut line = format!("{head} {} sub={}", r.endpoint, r.principal.sub.as_deref().unwrap_or("-"));
+            let sub = r.principal.sub.as_deref().map_or(Cow::Borrowed("-"), escape_text);
+            let mut line = format!("{head} {} sub={sub}", escape_text(&r.endpoint));
             if let Some(role) = &r.principal.role {
-                line.push_str(&format!(" role={role}"));
+                line.push_str(&format!(" role={}", escape_text(role)));
             }
             line.push_str(&format!(" decision={}", r.decision.name()));
             match &r.decision {
-                Decision::Blocked { rule } | Decision::Parked { rule } => line.push_str(&format!(" rule={rule}")),
-                Decision::Approved { rule, approver } => line.push_str(&format!(" rule={rule} approver={approver}")),
-                Decision::Refused { code } => line.push_str(&format!(" code={code}")),
+                Decision::Blocked { rule } | Decision::Parked { rule } => {
+                    line.push_str(&format!(" rule={}", escape_text(rule)))
+                }
+                Decision::Approved { rule, approver } => {
+                    line.push_str(&format!(" rule={} approver={}", escape_text(rule), escape_text(approver)))
+                }
+                Decision::Refused { code } => line.push_str(&format!(" code={}", escape_text(code))),
                 Decision::Allowed => {}
             }
             for (name, value) in
                 [("request_id", &r.request_id), ("query_id", &r.query_id), ("context", &r.agent_context)]
             {
                 if let Some(value) = value {
-                    line.push_str(&format!(" {name}={}", clip(value, 80)));
+                    line.push_str(&format!(" {name}={}", escape_text(&clip(value, 80))));
                 }
             }
             if let Some(statement) = &r.statement {
-                line.push_str(&format!(" statement={:?}", clip(statement, 200)));
+                line.push_str(&format!(" statement={}", quote_text(&clip(statement, 200))));
             }
             line
         }
         Frame::Response(r) => {
             let request = r.request.as_ref().and_then(|l| l.record_index()).map_or("-".into(), |i| format!("#{i}"));
-            let mut line = format!("{head} {} to={request} status={}", r.endpoint, r.status);
+            let mut line = format!("{head} {} to={request} status={}", escape_text(&r.endpoint), r.status);
             if let Some(code) = &r.code {
-                line.push_str(&format!(" code={code}"));
+                line.push_str(&format!(" code={}", escape_text(code)));
             }
             if let Some(success) = r.success {
                 line.push_str(&format!(" success={success}"));
@@ -225,18 +236,21 @@ pub fn to_line(record: &Record) -> String {
                 line.push_str(&format!(" rows={rows}"));
             }
             if let Some(query_id) = &r.query_id {
-                line.push_str(&format!(" query_id={query_id}"));
+                line.push_str(&format!(" query_id={}", escape_text(query_id)));
             }
             line.push_str(&format!(" upstream_us={} total_us={} bytes={}", r.upstream_us, r.total_us, r.body.len()));
             line
         }
-        Frame::Event(e) => format!("{head} {} {:?}", e.kind.name(), e.detail),
+        Frame::Event(e) => format!("{head} {} {}", escape_text(e.kind.name()), quote_text(&e.detail)),
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use snowgate::record::{EventFrame, EventKind, Principal, RequestFrame, ResponseFrame};
+
     use super::*;
+    use crate::terminal::is_invisible_or_control;
 
     #[test]
     fn times_format_and_parse_both_ways() {
@@ -259,5 +273,79 @@ mod tests {
     fn clipping_respects_characters() {
         assert_eq!(clip("héllo", 2), "hé…");
         assert_eq!(clip("hi", 5), "hi");
+    }
+
+    fn record(frame: Frame) -> Record {
+        Record { core_id: 0, segment_sequence: 1, batch_offset: 0, index: 7, encoded_bytes: 0, frame }
+    }
+
+    /// Terminal escapes (ESC, CSI U+009B), bidi override and isolate, zero-width space, DEL, newline.
+    const BAD: &str = "\u{1b}[2J\u{9b}31m\u{202E}\u{2066}\u{200B}\u{7F}\n";
+    const BAD_ESCAPED: &str = r"\u{1b}[2J\u{9b}31m\u{202e}\u{2066}\u{200b}\u{7f}\n";
+
+    fn bad(name: &str) -> String {
+        format!("{name}{BAD}")
+    }
+
+    fn hostile_request(decision: Decision) -> RequestFrame {
+        RequestFrame {
+            time_unix_us: 0,
+            endpoint: bad("query-request").into(),
+            principal: Principal { sub: Some(bad("sub")), role: Some(bad("role")), groups: vec![] },
+            session_id: None,
+            request_id: Some(bad("req")),
+            query_id: Some(bad("qid")),
+            statement: Some(format!("select \"x\\y\" héllo {BAD}")),
+            bindings: None,
+            agent_context: Some(bad("ctx")),
+            query_tag: None,
+            decision,
+            body: bytes::Bytes::new(),
+        }
+    }
+
+    #[test]
+    fn human_lines_escape_every_string_the_recording_holds() {
+        let approved = hostile_request(Decision::Approved { rule: bad("rule"), approver: bad("dba") });
+        let response = ResponseFrame {
+            time_unix_us: 0,
+            endpoint: bad("query-request").into(),
+            request: None,
+            query_id: Some(bad("qid")),
+            status: 200,
+            code: Some(bad("code")),
+            success: None,
+            rows: None,
+            upstream_us: 0,
+            total_us: 0,
+            body: bytes::Bytes::new(),
+        };
+        let frames = [
+            Frame::Request(approved.clone()),
+            Frame::Request(hostile_request(Decision::Refused { code: bad("code") })),
+            Frame::Request(hostile_request(Decision::Parked { rule: bad("rule") })),
+            Frame::Response(response),
+            Frame::Event(EventFrame { time_unix_us: 0, kind: EventKind::Other(bad("kind")), detail: bad("why") }),
+        ];
+        for frame in frames {
+            let line = to_line(&record(frame));
+            assert!(!line.chars().any(is_invisible_or_control), "{line:?}");
+            assert!(line.contains(BAD_ESCAPED), "{line}");
+        }
+        let line = to_line(&record(Frame::Request(approved)));
+        for field in [
+            "query-request",
+            " sub=sub",
+            " role=role",
+            " rule=rule",
+            " approver=dba",
+            " request_id=req",
+            " query_id=qid",
+        ] {
+            assert!(line.contains(&format!("{field}{BAD_ESCAPED} ")), "{field} in {line}");
+        }
+        assert!(line.contains(&format!(" context=ctx{BAD_ESCAPED} statement=")), "{line}");
+        // The statement stays quoted as `{:?}` quoted it, with the bidi and format characters escaped too.
+        assert!(line.ends_with(&format!(r#" statement="select \"x\\y\" héllo {BAD_ESCAPED}""#)), "{line}");
     }
 }

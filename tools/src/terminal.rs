@@ -1,11 +1,18 @@
 //! Printing text that agents chose: which characters can drive a terminal or change how the
-//! text around them reads, and JSON output with those characters escaped as `\uXXXX`.
+//! text around them reads, JSON output with those characters escaped as `\uXXXX`, and plain
+//! text with them escaped as `\u{202e}` ([`escape_text`], [`quote_text`]).
 //!
 //! `serde_json` escapes only `"`, `\` and U+0000–U+001F; DEL, the C1 controls (U+009B is a
 //! CSI on some terminals), bidirectional overrides and isolates, and zero-width characters
 //! pass through raw. [`to_json_line`] and [`to_json_pretty`] escape those as well: the output
 //! is still JSON and decodes to the same values, so scripts (and a SIEM) read what they read
 //! before, while a reviewer's terminal shows `\u202e` instead of reordering the line.
+//!
+//! Plain-text output (`cat`, `search`, `stats`, `verify`, the `approvals` table, error messages)
+//! passes every string a recording or an agent chose through [`escape_text`] (or [`quote_text`]
+//! for a quoted statement): ESC, CSI (U+009B), bidi overrides and the like show as `\u{1b}`,
+//! `\u{9b}`, `\u{202e}`, newlines, tabs and carriage returns as `\n`, `\t`, `\r`, and all other
+//! text (any script, emoji, a literal backslash) is printed as it is.
 
 use std::borrow::Cow;
 use std::fmt::Write as _;
@@ -68,6 +75,51 @@ pub fn escape_json(json: &str) -> Cow<'_, str> {
         }
     }
     Cow::Owned(out)
+}
+
+/// Appends `c` as a human reads it: itself, or, when it is a control or invisible character, a
+/// visible escape (`\n`, `\r`, `\t`, otherwise `\u{hex}` as in Rust source).
+fn push_visible(out: &mut String, c: char) {
+    match c {
+        '\n' => out.push_str("\\n"),
+        '\r' => out.push_str("\\r"),
+        '\t' => out.push_str("\\t"),
+        c if is_invisible_or_control(c) => write!(out, "{}", c.escape_unicode()).expect("writing to a String"),
+        c => out.push(c),
+    }
+}
+
+/// `text` safe to print to a terminal in plain-text output: every control or invisible
+/// character (see [`is_invisible_or_control`]) replaced by a visible escape (`\u{1b}`,
+/// `\u{202e}`, `\n`), so the text stays on its line, reads as it is stored, and cannot drive
+/// the terminal. Everything else, non-ASCII letters included, is unchanged (borrowed when
+/// nothing needed escaping). The one function for agent- or recording-controlled text outside
+/// JSON.
+pub fn escape_text(text: &str) -> Cow<'_, str> {
+    let Some(first) = text.find(is_invisible_or_control) else { return Cow::Borrowed(text) };
+    let mut out = String::with_capacity(text.len() + 16);
+    out.push_str(&text[..first]);
+    for c in text[first..].chars() {
+        push_visible(&mut out, c);
+    }
+    Cow::Owned(out)
+}
+
+/// `text` in double quotes, escaped as [`escape_text`] does, with `"` and `\` escaped as well
+/// so the quoted text ends where it seems to (as Rust's `{:?}` quotes a string, but with bidi
+/// and other format characters escaped too).
+pub fn quote_text(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() + 2);
+    out.push('"');
+    for c in text.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c => push_visible(&mut out, c),
+        }
+    }
+    out.push('"');
+    out
 }
 
 /// `value` as compact JSON on one line (no newline), safe to print to a terminal.
@@ -174,5 +226,38 @@ mod tests {
         assert_eq!(to_json_line(&value).unwrap(), serde_json::to_string(&value).unwrap());
         assert_eq!(to_json_pretty(&value).unwrap(), serde_json::to_string_pretty(&value).unwrap());
         assert!(matches!(escape_json("{\"a\":\"é\"}"), Cow::Borrowed(_)));
+    }
+
+    #[test]
+    fn plain_text_escapes_every_invisible_or_control_character_visibly() {
+        for c in HOSTILE.iter().copied().chain(['\u{0}', '\u{1b}', '\u{7}', '\u{8}']) {
+            let text = format!("a{c}b");
+            let escaped = escape_text(&text);
+            assert_safe(&escaped);
+            assert!(!escaped.contains('\n'), "{escaped}");
+            assert_eq!(escaped, format!("a\\u{{{:x}}}b", u32::from(c)), "{c:?}");
+            let quoted = quote_text(&text);
+            assert_safe(&quoted);
+            assert_eq!(quoted, format!("\"{escaped}\""), "{c:?}");
+        }
+        assert_eq!(escape_text("\u{1b}[31mred\u{9b}2J"), r"\u{1b}[31mred\u{9b}2J");
+        assert_eq!(escape_text("delete \u{202E}1=1 erehw\u{202C}"), r"delete \u{202e}1=1 erehw\u{202c}");
+        assert_eq!(escape_text("line\none\r\ttab"), r"line\none\r\ttab");
+        assert_eq!(escape_text("\u{E0041}"), r"\u{e0041}");
+        let text: String = HOSTILE.iter().flat_map(|c| ['x', *c]).chain("\u{1b}[2J\n\t".chars()).collect();
+        assert_safe(&escape_text(&text));
+        assert_safe(&quote_text(&text));
+    }
+
+    #[test]
+    fn plain_text_without_such_characters_is_unchanged() {
+        for text in ["", "agent-7", "héllo → 世界 🦀", "ANALYST", r"CORP\alice said \u{202e}", "العربية עברית"]
+        {
+            assert!(matches!(escape_text(text), Cow::Borrowed(t) if t == text), "{text}");
+        }
+        // Quoted: only `"` and `\` gain a backslash, as in Rust's `{:?}` of the same text.
+        for text in ["select * from t where a = 'x'", r#"say "hi" \ bye"#, "héllo → 世界 🦀"] {
+            assert_eq!(quote_text(text), format!("{text:?}"));
+        }
     }
 }

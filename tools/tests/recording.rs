@@ -665,3 +665,79 @@ fn json_output_escapes_control_and_bidi_characters_that_agents_sent() {
     let stats: serde_json::Value = serde_json::from_str(&stats).unwrap();
     assert_eq!(stats["identities"]["agent\u{202E}7"]["requests"], 1);
 }
+
+/// The plain-text outputs a reviewer reads in a terminal (`cat` and `search` without `--json`,
+/// `stats`, `verify`) show what an agent chose with its control and invisible characters as
+/// visible escapes (`\u{202e}`), never raw.
+#[test]
+fn text_output_escapes_control_and_bidi_characters_that_agents_sent() {
+    let temp = tempfile::tempdir().unwrap();
+    let dir = temp.path().join("recordings");
+    let sub = "agent\u{202E}7\u{1b}[2J";
+    written_recording(&dir, |writer| {
+        let Frame::Request(mut frame) = request(0, sub, HOSTILE, Decision::Blocked { rule: format!("rule {HOSTILE}") })
+        else {
+            unreachable!()
+        };
+        frame.principal.role = Some("ANALYST\u{9B}2J\u{2066}".into());
+        frame.request_id = Some(format!("req-{HOSTILE}"));
+        frame.query_id = Some(format!("qid-{HOSTILE}"));
+        frame.bindings = Some(format!(r#"{{"1":{{"type":"TEXT","value":"{HOSTILE}"}}}}"#));
+        frame.agent_context = Some(format!("ctx\n{HOSTILE}"));
+        writer.append(&[Frame::Request(frame)], T0).unwrap();
+    });
+    let dir = dir.to_str().unwrap();
+    let outputs = [
+        ("cat", tools(&["cat", dir])),
+        ("search --text", tools(&["search", dir, "--text", "erehw"])),
+        ("search --sub", tools(&["search", dir, "--sub", sub])),
+        ("search --decision", tools(&["search", dir, "--decision", "blocked"])),
+    ];
+    for (name, output) in &outputs {
+        assert!(output.status.success(), "{name}: {}", String::from_utf8_lossy(&output.stderr));
+        let text = stdout(output);
+        assert_eq!(text.lines().count(), 1, "{name}: one record on one line: {text:?}");
+        assert!(text.chars().all(printable), "{name}: raw character in {text:?}");
+        for escaped in
+            [r"\u{202e}", r"\u{9b}", r"\u{7f}", r"\u{1b}", r"\u{2066}", r"\u{200b}", r"\u{feff}", r"\u{e0041}"]
+        {
+            assert!(text.contains(escaped), "{name}: no {escaped} in {text}");
+        }
+        // Each field the reviewer reads, escaped where it stands.
+        for field in [
+            r"sub=agent\u{202e}7\u{1b}[2J ",
+            r" role=ANALYST\u{9b}2J\u{2066} ",
+            r" rule=rule delete from t \u{202e}1=1 erehw\u{202c}",
+            r" request_id=req-delete from t \u{202e}1=1 erehw\u{202c}",
+            r" query_id=qid-delete from t \u{202e}",
+            r" context=ctx\ndelete from t \u{202e}1=1 erehw\u{202c}\u{200e}\u{200f}\u{2066}\u{2069}\u{202a}\u{9b}2J\u{85}\u{7f}",
+            r#" statement="delete from t \u{202e}1=1 erehw\u{202c}"#,
+            r#"\u{200b}\u{feff}\u{e0041}\u{1b}[31m""#,
+        ] {
+            assert!(text.contains(field), "{name}: no {field} in {text}");
+        }
+    }
+
+    let stats = tools(&["stats", dir]);
+    assert!(stats.status.success(), "{}", String::from_utf8_lossy(&stats.stderr));
+    let stats = stdout(&stats);
+    assert!(stats.chars().all(printable), "raw character in {stats:?}");
+    assert!(stats.lines().any(|l| l.starts_with(r"agent\u{202e}7\u{1b}[2J ")), "{stats}");
+
+    // A file name in the directory reaches `verify`'s report (and the error on stderr) escaped.
+    std::fs::write(Path::new(dir).join("notes\u{1b}]0;owned\u{7}\u{202E}txt"), "hello").unwrap();
+    let key_file = temp.path().join("recording.key");
+    std::fs::write(&key_file, KEY_HEX).unwrap();
+    let verify = tools(&["verify", dir, "--key-file", key_file.to_str().unwrap()]);
+    assert_eq!(verify.status.code(), Some(1));
+    let report = stdout(&verify);
+    assert!(report.chars().all(printable), "raw character in {report:?}");
+    assert!(report.contains(r"notes\u{1b}]0;owned\u{7}\u{202e}txt"), "{report}");
+    // Error messages, which quote file names, are escaped too.
+    let missing = Path::new(dir).join("gone\u{1b}[2J\u{202E}");
+    let cat = tools(&["cat", missing.to_str().unwrap()]);
+    assert_eq!(cat.status.code(), Some(2));
+    let errors = String::from_utf8_lossy(&cat.stderr);
+    assert!(errors.chars().all(printable), "raw character in {errors:?}");
+    assert!(errors.contains(r"gone\u{1b}[2J\u{202e}"), "{errors}");
+}
