@@ -665,8 +665,10 @@ fn read_file(key: &str, path: &Path) -> Result<Vec<u8>, ConfigError> {
 }
 
 /// Reads a file holding a secret (a private key, a sealing or recording key, a password). On
-/// Unix, as ssh does with its keys, a file that group or others may read or write is refused:
-/// others who can read it hold the secret too, and others who can write it choose it.
+/// Unix a file others may read, or group or others may write, is refused: whoever can read it
+/// holds the secret too, and whoever can write it chooses it. Group read is allowed (a key
+/// shared with a key group, `root:ssl-cert 0640`, or a Kubernetes secret with `defaultMode`
+/// 0440 and an `fsGroup`).
 fn read_secret_file(key: &str, path: &Path) -> Result<Vec<u8>, ConfigError> {
     use std::io::Read as _;
     let cannot_read = |e: std::io::Error| problem(key, format!("cannot read {}: {e}", path.display()));
@@ -676,12 +678,12 @@ fn read_secret_file(key: &str, path: &Path) -> Result<Vec<u8>, ConfigError> {
     {
         use std::os::unix::fs::PermissionsExt as _;
         let mode = file.metadata().map_err(cannot_read)?.permissions().mode() & 0o7777;
-        if mode & 0o077 != 0 {
+        if mode & 0o027 != 0 {
             return Err(problem(
                 key,
                 format!(
-                    "{} has mode {mode:04o}, open to group or others: a key file must be readable and writable by \
-                     its owner only (chmod 600 {})",
+                    "{} has mode {mode:04o}: a key file must not be readable by others nor writable by group or \
+                     others (chmod 600 {})",
                     path.display(),
                     path.display()
                 ),
@@ -1099,9 +1101,22 @@ impl Config {
             recording_key,
             policy,
             masker,
-            approvals,
+            approvals: approvals.fit_largest_request(l.statement_request_bytes_max),
             runtime,
         })
+    }
+}
+
+impl Approvals {
+    /// Makes room in the ledger for the largest statement request: a parked one holds its
+    /// text, its bindings and its whole body, up to twice the body's size, and one agent may
+    /// hold half the ledger, which must take at least one such request.
+    fn fit_largest_request(mut self, statement_request_bytes_max: usize) -> Approvals {
+        let largest_item = statement_request_bytes_max.saturating_mul(2).saturating_add(64 << 10);
+        let ledger = &mut self.ledger;
+        ledger.stored_bytes_per_subject_max = ledger.stored_bytes_per_subject_max.max(largest_item);
+        ledger.stored_bytes_max = ledger.stored_bytes_max.max(ledger.stored_bytes_per_subject_max.saturating_mul(2));
+        self
     }
 }
 
@@ -1244,6 +1259,19 @@ default = {{ action = "deny", message = "not allowed" }}
     }
 
     #[test]
+    fn the_approvals_ledger_fits_the_largest_statement_request() {
+        let files = Files::new();
+        let ledger = files.load(&files.good()).unwrap().approvals.ledger;
+        // 16 MiB bodies by default: a parked one may hold 32 MiB (text and bindings, then the body).
+        assert!(ledger.stored_bytes_per_subject_max >= 32 << 20, "{ledger:?}");
+        assert!(ledger.stored_bytes_max >= 2 * ledger.stored_bytes_per_subject_max, "{ledger:?}");
+        let raised = format!("{}\n[limits]\nstatement_request_bytes_max = {}\n", files.good(), 64 << 20);
+        let ledger = files.load(&raised).unwrap().approvals.ledger;
+        assert!(ledger.stored_bytes_per_subject_max > 128 << 20, "{ledger:?}");
+        assert!(ledger.stored_bytes_max >= 2 * ledger.stored_bytes_per_subject_max, "{ledger:?}");
+    }
+
+    #[test]
     fn empty_roles_and_groups_are_refused_naming_the_key() {
         let files = Files::new();
         let good = files.good();
@@ -1341,8 +1369,8 @@ default = {{ action = "deny", message = "not allowed" }}
     fn key_files_open_to_group_or_others_are_refused() {
         let files = Files::new();
         let good = files.good();
-        // Any bit for group or others: readable (0644, 0640, 0604) or writable (0620, 0602).
-        for mode in [0o644, 0o640, 0o604, 0o620, 0o602, 0o660, 0o777] {
+        // Readable by others (0644, 0604, 0444), writable by group or others (0620, 0602, 0660).
+        for mode in [0o644, 0o604, 0o444, 0o620, 0o602, 0o660, 0o777] {
             files.write("open.key", &"3a".repeat(32), mode);
             let cases = [
                 (
@@ -1374,8 +1402,8 @@ tls_key_file = "open.key""#,
                 assert_refused(files.load(&text), key, &[path.to_str().unwrap(), &format!("mode {mode:04o}")]);
             }
         }
-        // Owner-only modes pass the check (the hex key then loads).
-        for mode in [0o600, 0o400] {
+        // Owner-only and group-read modes pass the check (the hex key then loads).
+        for mode in [0o600, 0o400, 0o640, 0o440] {
             let name = format!("owner-{mode:o}.key");
             files.write(&name, &"3a".repeat(32), mode);
             files.load(&replaced(&good, r#"key_file = "recording.key""#, &format!("key_file = \"{name}\""))).unwrap();

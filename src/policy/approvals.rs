@@ -33,7 +33,7 @@ pub struct LedgerLimits {
     pub stored_bytes_max: usize,
     /// The same, for one `sub`'s items (decided ones included, until purged): one agent
     /// parking a few statements with large bindings must not fill the ledger for every other.
-    /// Half the total by default, so a largest request body (16 MiB) can still be parked.
+    /// Half the total by default.
     pub stored_bytes_per_subject_max: usize,
     /// How long a decided item stays for polls.
     pub retention: Duration,

@@ -660,6 +660,8 @@ fn file_transfer(cx: &Cx<'_>, v: View<'_>, b: &mut Builder, kind: Kind) {
     let stage = if kind == Kind::Put { second } else { first };
     let stage = stage.trim_matches('\'');
     match stage.strip_prefix('@') {
+        // An escape in a quoted stage may read otherwise to Snowflake (`'@h\x52.stg'`).
+        Some(stage) if stage.contains('\\') => b.on(kind, ObjectType::Stage, ObjectName::Dynamic),
         Some(stage) => b.on(kind, ObjectType::Stage, stage_from_text(stage)),
         None => b.become_unknown("GET or PUT without a stage"),
     }
@@ -1016,18 +1018,61 @@ fn expression(cx: &Cx<'_>, v: View<'_>, b: &mut Builder) {
 }
 
 /// Keywords that lead a statement other than a plain `SELECT` or `VALUES` (whose reads
-/// [`scan_reads`] finds where they stand).
-const STATEMENT_LEADS: &[&str] = &[
-    "WITH", "INSERT", "UPDATE", "DELETE", "MERGE", "COPY", "CREATE", "ALTER", "DROP", "UNDROP", "TRUNCATE", "COMMENT",
-    "GRANT", "REVOKE", "GET", "PUT", "LIST", "LS", "REMOVE", "RM", "USE", "SET", "UNSET", "CALL", "EXECUTE", "BEGIN",
-    "DECLARE", "START", "COMMIT", "ROLLBACK", "SHOW", "DESC", "DESCRIBE", "EXPLAIN",
+/// [`scan_reads`] finds where they stand), with what must follow them: many are also common
+/// names (`start`, `comment`, `set`), so `(start IS NULL)` must stay an expression.
+const STATEMENT_LEADS: &[(&str, Follows)] = &[
+    ("WITH", Follows::Name),
+    ("INSERT", Follows::Keyword(&["INTO", "OVERWRITE", "ALL", "FIRST"])),
+    ("UPDATE", Follows::Name),
+    ("DELETE", Follows::Keyword(&["FROM"])),
+    ("MERGE", Follows::Keyword(&["INTO"])),
+    ("COPY", Follows::Keyword(&["INTO"])),
+    ("CREATE", Follows::Name),
+    ("ALTER", Follows::Name),
+    ("DROP", Follows::Name),
+    ("UNDROP", Follows::Name),
+    ("TRUNCATE", Follows::Name),
+    ("COMMENT", Follows::Keyword(&["ON", "IF"])),
+    ("GRANT", Follows::Name),
+    ("REVOKE", Follows::Name),
+    ("GET", Follows::Stage),
+    ("PUT", Follows::Name),
+    ("LIST", Follows::Stage),
+    ("LS", Follows::Stage),
+    ("REMOVE", Follows::Stage),
+    ("RM", Follows::Stage),
+    ("USE", Follows::Name),
+    ("CALL", Follows::Name),
+    ("EXECUTE", Follows::Keyword(&["IMMEDIATE", "TASK", "ALERT"])),
+    ("SHOW", Follows::Name),
+    ("DESCRIBE", Follows::Name),
+    ("EXPLAIN", Follows::Name),
 ];
 
-/// Whether a statement other than a plain query starts at `idx`: a keyword leading one,
-/// followed by a word, a stage or a string (`(comment || x)` or `(get(a, 0))` are expressions).
+/// What follows a statement's leading keyword in [`STATEMENT_LEADS`].
+enum Follows {
+    /// A word that is not an operator's (`IS`, `IN`, `AND`…).
+    Name,
+    /// One of these keywords.
+    Keyword(&'static [&'static str]),
+    /// `@stage` or a string.
+    Stage,
+}
+
+/// Words that continue an expression after a name.
+const OPERATOR_WORDS: &[&str] =
+    &["IS", "IN", "NOT", "AND", "OR", "LIKE", "ILIKE", "RLIKE", "REGEXP", "BETWEEN", "AS", "COLLATE", "ESCAPE"];
+
+/// Whether a statement other than a plain query starts at `idx` (`(DELETE FROM t)`), not an
+/// expression using a name or function (`(comment || x)`, `(get(a, 0))`, `(start IS NULL)`).
 fn starts_statement(v: View<'_>, idx: usize) -> bool {
-    v.upper(idx).is_some_and(|word| STATEMENT_LEADS.contains(&word.as_str()))
-        && matches!(v.tok(idx + 1), Some(Token::Word(_) | Token::AtSign | Token::SingleQuotedString(_)))
+    let Some(lead) = v.upper(idx) else { return false };
+    let Some((_, follows)) = STATEMENT_LEADS.iter().find(|(word, _)| *word == lead) else { return false };
+    match follows {
+        Follows::Name => v.upper(idx + 1).is_some_and(|next| !OPERATOR_WORDS.contains(&next.as_str())),
+        Follows::Keyword(keywords) => keywords.iter().any(|keyword| v.kw(idx + 1, keyword)),
+        Follows::Stage => matches!(v.tok(idx + 1), Some(Token::AtSign | Token::SingleQuotedString(_))),
+    }
 }
 
 /// `BEGIN [WORK | TRANSACTION] [NAME <name>]`, `START TRANSACTION [NAME <name>]`, `COMMIT
@@ -1729,6 +1774,9 @@ fn from_is_not_a_clause(v: View<'_>, idx: usize, levels: &[Level], closed: Optio
     in_function || distinct_from || from_first
 }
 
+/// Keywords after which a name followed by `(` is an object's, not a call's.
+const OBJECT_NAME_LEADS: &[&str] = &["INTO", "TABLE", "VIEW", "FUNCTION", "PROCEDURE", "EXISTS", "CALL", "REFERENCES"];
+
 /// A call at `idx` of a function named with its schema (`db.sch.f(…)`, `sch.f(…)`): a
 /// user-defined or external function, which reads what its owner may read and may send its
 /// arguments out, so the call is a read of the function. (An unqualified call is not reported:
@@ -1743,8 +1791,12 @@ fn qualified_call(v: View<'_>, idx: usize, read_kind: Kind, b: &mut Builder) {
         }
         at -= 2;
     }
-    // `CALL p(…)` reports its procedure itself.
-    if parts.len() > 1 && !(at > 0 && v.kw(at - 1, "CALL")) {
+    // A name before a column list or a signature names no call (`INSERT INTO s.t (a)`,
+    // `CREATE FUNCTION s.f(x INT)`, `REFERENCES s.t (a)`), and `CALL p(…)` reports its
+    // procedure itself.
+    // (A name opening the scanned text is a statement's target: `COPY INTO` scans from it.)
+    let names_an_object = at == 0 || OBJECT_NAME_LEADS.iter().any(|lead| v.kw(at - 1, lead));
+    if parts.len() > 1 && !names_an_object {
         parts.reverse();
         b.on(read_kind, ObjectType::Function, ObjectName::Parts(parts));
     }
@@ -2157,6 +2209,10 @@ mod tests {
         );
         // Keywords used as names or functions in expressions are not statements.
         assert_eq!(kinds("begin let x := (comment || 'a'); let y := (get(arr, 0)); end"), ["scripting_block"]);
+        for expression in ["start is null", "comment is not null", "set in (1, 2)", "show and use", "list like 'a%'"] {
+            let sql = format!("begin if ({expression}) then return 1; end if; end");
+            assert_eq!(kinds(&sql), ["scripting_block"], "{sql}");
+        }
         assert!(is_unknown("begin let r resultset := (with c as (select 1) delete from hr.pay); end"));
     }
 
@@ -2169,6 +2225,11 @@ mod tests {
         );
         assert_eq!(kinds("select sch.\"f\"(1)"), ["select function SCH.\"f\""]);
         assert_eq!(kinds("delete from t where a = db.sch.f(b)"), ["delete table T", "select function DB.SCH.F"]);
+        // Names before column lists and signatures are objects, not calls.
+        assert_eq!(kinds("insert into sandbox.t (id, amt) values (1, 2)"), ["insert table SANDBOX.T"]);
+        assert_eq!(kinds("create table if not exists s.t (a int)"), ["create table S.T"]);
+        assert!(!kinds("copy into s.t (a, b) from @st").iter().any(|k| k.contains("function")));
+        assert!(!kinds("create table s.t (a int references s.u (b))").iter().any(|k| k.contains("function")));
         // Unqualified calls cannot be told from built-ins.
         assert_eq!(kinds("select upper(a), my_udf(b) from t"), ["select table T"]);
     }
