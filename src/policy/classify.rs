@@ -4,10 +4,15 @@
 //! not know every Snowflake statement: `GET`, `PUT`, `UNDROP`, `UNSET`, most DDL). Statements
 //! that read data through a query (`SELECT`, `INSERT`, `UPDATE`, `DELETE`, `MERGE`, `SET`, and
 //! any other holding a `SELECT`) must also parse with `Parser::parse_sql`'s machinery into
-//! exactly the statement their keywords announce, or they are [`Kind::Unknown`]: the parse
+//! exactly the statement their keywords announce, holding no other (sqlparser also reads
+//! `(DELETE …)` where a query stands), or they are [`Kind::Unknown`]: the parse
 //! guarantees the tokens are a well-formed statement, in which table references sit where the
 //! reader below looks for them (after `FROM`, `JOIN`, a `,` in a `FROM` list, `USING`, inside
-//! `TABLE(…)` or `IDENTIFIER(…)`). CTE names are scoped and not reported as tables. A stage
+//! `TABLE(…)` or `IDENTIFIER(…)`). CTE names are scoped and not reported as tables. A name,
+//! stage or URL in a string whose escapes Snowflake decodes otherwise than sqlparser (`\x52`,
+//! `\122`, `\u0052`) is only known when it runs. A call of a function named with its schema
+//! (`db.sch.f(…)`) is a read of the function; an unqualified one cannot be told from a
+//! built-in's and is not reported. A stage
 //! (`@stage`) anywhere is read (an external table's `LOCATION` too), and so is one named to a
 //! file function; a built-in that makes
 //! a URL to a staged file (`GET_PRESIGNED_URL`) is a `get`. `RESULT_SCAN` (quoted in upper case
@@ -20,7 +25,8 @@
 //! pipe runs is classified too, and so is an alert's condition (same bound), and so is the body
 //! of a SQL function or procedure (a body in another language is not read). Scripting blocks are
 //! [`Kind::ScriptingBlock`] plus whatever their statements do, read best effort (what is not
-//! understood inside is [`Kind::Unknown`]). `SYSTEM$` calls anywhere add a
+//! understood inside is [`Kind::Unknown`]), statements in parentheses or after `CURSOR FOR` in
+//! their expressions included (`LET r RESULTSET := (DELETE …)`). `SYSTEM$` calls anywhere add a
 //! [`Kind::SystemFunction`] action. Nothing here panics on any input: every index is checked.
 
 use std::collections::HashSet;
