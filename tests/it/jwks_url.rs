@@ -174,6 +174,26 @@ fn start_gateway(idp: &Idp, upstream_url: &str) -> TestGateway {
 
 /// Asserts a login refused because the token could not be verified (code 390303).
 #[track_caller]
+/// A gateway whose admin API lets the `dba` group in, on `idp`'s JWKS URL.
+fn start_gateway_with_admin(idp: &Idp, upstream_url: &str) -> TestGateway {
+    let policy =
+        format!("{PERMISSIVE_POLICY}\n[approvals]\nadmin_address = \"127.0.0.1:0\"\nadmin_groups = [\"dba\"]\n");
+    TestGateway::start(
+        upstream_url,
+        GatewayOptions { jwks: Some(idp.jwks_settings()), policy: Some(policy), ..Default::default() },
+    )
+}
+
+/// A reviewer's (`dba-1`, group `dba`) token signed by `key_file` under `kid`.
+fn reviewer_token(key_file: &str, kid: &str) -> String {
+    let now = now_unix();
+    let claims = json!({
+        "iss": ISSUER, "aud": AUDIENCE, "sub": "dba-1", "groups": ["dba"],
+        "iat": now, "nbf": now - 5, "exp": now + 600,
+    });
+    sign_rs256(key_file, Some(kid), &claims)
+}
+
 fn assert_login_refused(gateway: &TestGateway, token: &str) -> Value {
     let answer = login(&mut gateway.client(), token);
     assert_refused(&answer, "390303");
@@ -266,34 +286,21 @@ fn the_admin_api_fetches_a_rotated_key_itself() {
     // must not depend on an agent's login to learn the IdP's new key.
     let idp = Idp::start(jwks_a());
     let upstream = double(|_| {});
-    let policy =
-        format!("{PERMISSIVE_POLICY}\n[approvals]\nadmin_address = \"127.0.0.1:0\"\nadmin_groups = [\"dba\"]\n");
-    let gateway = TestGateway::start(
-        &upstream.url(),
-        GatewayOptions { jwks: Some(idp.jwks_settings()), policy: Some(policy), ..Default::default() },
-    );
-    let reviewer = |key_file: &str, kid: &str| {
-        let now = now_unix();
-        let claims = json!({
-            "iss": ISSUER, "aud": AUDIENCE, "sub": "dba-1", "groups": ["dba"],
-            "iat": now, "nbf": now - 5, "exp": now + 600,
-        });
-        sign_rs256(key_file, Some(kid), &claims)
-    };
+    let gateway = start_gateway_with_admin(&idp, &upstream.url());
     let (status, body) =
-        admin_request(gateway.admin_addr(), "GET", "/v1/approvals", &reviewer("idp-a.pem", "key-a"), None);
+        admin_request(gateway.admin_addr(), "GET", "/v1/approvals", &reviewer_token("idp-a.pem", "key-a"), None);
     assert_eq!(status, 200, "{body}");
     assert_eq!(idp.fetches(), 1, "the admin API fetched the keys it had never loaded");
 
     idp.set(jwks_a_and_b());
     std::thread::sleep(PAST_THE_INTERVAL);
     let (status, body) =
-        admin_request(gateway.admin_addr(), "GET", "/v1/approvals", &reviewer("idp-b.pem", "key-b"), None);
+        admin_request(gateway.admin_addr(), "GET", "/v1/approvals", &reviewer_token("idp-b.pem", "key-b"), None);
     assert_eq!(status, 200, "{body}");
     assert_eq!(idp.fetches(), 2, "the rotated key took exactly one fetch");
     // Within the interval an unknown key is refused without a fetch, as for agents.
     let (status, _) =
-        admin_request(gateway.admin_addr(), "GET", "/v1/approvals", &reviewer("attacker.pem", "key-x"), None);
+        admin_request(gateway.admin_addr(), "GET", "/v1/approvals", &reviewer_token("attacker.pem", "key-x"), None);
     assert_eq!(status, 401);
     assert_eq!(idp.fetches(), 2);
 }
@@ -304,18 +311,8 @@ fn the_admin_api_says_the_identity_provider_is_unavailable_when_its_keys_cannot_
     // server's side, and worth a retry.
     let idp = Idp::start(Reply::Status(500, r#"{"error":"internal"}"#));
     let upstream = double(|_| {});
-    let policy =
-        format!("{PERMISSIVE_POLICY}\n[approvals]\nadmin_address = \"127.0.0.1:0\"\nadmin_groups = [\"dba\"]\n");
-    let gateway = TestGateway::start(
-        &upstream.url(),
-        GatewayOptions { jwks: Some(idp.jwks_settings()), policy: Some(policy), ..Default::default() },
-    );
-    let now = now_unix();
-    let claims = json!({
-        "iss": ISSUER, "aud": AUDIENCE, "sub": "dba-1", "groups": ["dba"],
-        "iat": now, "nbf": now - 5, "exp": now + 600,
-    });
-    let token = sign_rs256("idp-a.pem", Some("key-a"), &claims);
+    let gateway = start_gateway_with_admin(&idp, &upstream.url());
+    let token = reviewer_token("idp-a.pem", "key-a");
     let (status, body) = admin_request(gateway.admin_addr(), "GET", "/v1/approvals", &token, None);
     assert_eq!((status, &body["fault"]), (503, &json!("server")), "{body}");
     assert!(body["error"].as_str().unwrap().contains("retry later"), "{body}");
