@@ -141,14 +141,23 @@ impl ChunkedResult {
 
     /// The `data.chunks` array, with URLs under `base_url` (`http://host:port`) and the query
     /// id as `query_id` (a placeholder the caller splices).
-    pub fn chunks_json(&self, base_url: &str, query_id: &str, format: ChunkFormat) -> serde_json::Value {
+    /// `url_query`, when not empty, ends every URL as a query string (cloud storage's presigned
+    /// URLs carry their signature so).
+    pub fn chunks_json(
+        &self,
+        base_url: &str,
+        query_id: &str,
+        format: ChunkFormat,
+        url_query: &str,
+    ) -> serde_json::Value {
+        let url_query = if url_query.is_empty() { String::new() } else { format!("?{url_query}") };
         serde_json::Value::Array(
             self.chunks
                 .iter()
                 .enumerate()
                 .map(|(index, chunk)| {
                     serde_json::json!({
-                        "url": format!("{base_url}/chunks/{query_id}/{}/{index}", format.as_str()),
+                        "url": format!("{base_url}/chunks/{query_id}/{}/{index}{url_query}", format.as_str()),
                         "rowCount": chunk.row_count,
                         "uncompressedSize": chunk.uncompressed_size,
                         "compressedSize": chunk.gzip_body.len(),
@@ -300,7 +309,7 @@ mod tests {
             if format == ChunkFormat::Arrow {
                 assert_eq!(read_stream(&plain)[0].num_rows(), 7);
             }
-            let listed = result.chunks_json("http://h:1", "QID", format);
+            let listed = result.chunks_json("http://h:1", "QID", format, "");
             assert_eq!(listed[1]["url"], format!("http://h:1/chunks/QID/{}/1", format.as_str()));
             assert_eq!(listed[1]["rowCount"], 7);
         }

@@ -136,6 +136,10 @@ struct UpstreamArgs {
     /// Rows per chunk.
     #[arg(long, env = "SNOWGATE_PERF_CHUNK_ROWS", default_value_t = ChunkLayout::default().rows_per_chunk)]
     chunk_rows: usize,
+    /// Bytes of query string on every chunk URL, as presigned URLs carry their signature (0:
+    /// none).
+    #[arg(long, env = "SNOWGATE_PERF_CHUNK_URL_QUERY_BYTES", default_value_t = 0)]
+    chunk_url_query_bytes: usize,
 }
 
 fn upstream(args: UpstreamArgs) -> anyhow::Result<()> {
@@ -165,6 +169,7 @@ fn upstream(args: UpstreamArgs) -> anyhow::Result<()> {
             chunk_count: args.chunk_count,
             rows_per_chunk: args.chunk_rows,
         },
+        chunk_url_query_bytes: args.chunk_url_query_bytes,
     };
     let running = snowgate_perf::start_with(config, args.listen, args.threads)?;
     // Scripts read this one line to learn the port.

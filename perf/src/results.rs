@@ -451,6 +451,7 @@ pub fn chunked_query_body(
     result: &crate::corpus::ChunkedResult,
     format: crate::corpus::ChunkFormat,
     base_url: &str,
+    url_query: &str,
 ) -> Template {
     use crate::corpus::{ChunkFormat, QRMK, SSE_C_AES, SSE_C_ALGORITHM_HEADER, SSE_C_KEY_HEADER};
     let mut body = match format {
@@ -460,7 +461,7 @@ pub fn chunked_query_body(
     let data = &mut body["data"];
     data["total"] = json!(result.total_rows);
     data["returned"] = json!(result.total_rows);
-    data["chunks"] = result.chunks_json(base_url, ID_PLACEHOLDER, format);
+    data["chunks"] = result.chunks_json(base_url, ID_PLACEHOLDER, format, url_query);
     data["qrmk"] = json!(QRMK);
     if format == ChunkFormat::Json {
         data["chunkHeaders"] = json!({SSE_C_ALGORITHM_HEADER: SSE_C_AES, SSE_C_KEY_HEADER: QRMK});

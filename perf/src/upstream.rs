@@ -86,6 +86,9 @@ pub struct UpstreamConfig {
     /// The shape of the `chunked_json` and `chunked_arrow` results (inline rows, chunk count,
     /// rows per chunk).
     pub chunk_layout: ChunkLayout,
+    /// Bytes of query string on every chunk URL (`X-Amz-Signature=0…`, as presigned URLs
+    /// carry); 0 for none.
+    pub chunk_url_query_bytes: usize,
 }
 
 impl Default for UpstreamConfig {
@@ -102,6 +105,7 @@ impl Default for UpstreamConfig {
             polls_before_ready: 2,
             request_log_capacity: 1000,
             chunk_layout: ChunkLayout::default(),
+            chunk_url_query_bytes: 0,
         }
     }
 }
@@ -422,8 +426,13 @@ impl Upstream {
             let table = results::customers("CHUNKED", layout.total_rows());
             let json = ChunkedResult::build(&table, layout, ChunkFormat::Json);
             let arrow = ChunkedResult::build(&table, layout, ChunkFormat::Arrow);
-            let json_body = results::chunked_query_body(&json, ChunkFormat::Json, self.base_url());
-            let arrow_body = results::chunked_query_body(&arrow, ChunkFormat::Arrow, self.base_url());
+            let signature = "X-Amz-Signature=";
+            let query = match self.config.chunk_url_query_bytes {
+                0 => String::new(),
+                n => format!("{signature}{}", "0".repeat(n.saturating_sub(signature.len()))),
+            };
+            let json_body = results::chunked_query_body(&json, ChunkFormat::Json, self.base_url(), &query);
+            let arrow_body = results::chunked_query_body(&arrow, ChunkFormat::Arrow, self.base_url(), &query);
             Chunked { json, arrow, json_body, arrow_body }
         })
     }

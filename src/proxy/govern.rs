@@ -47,7 +47,7 @@ use crate::policy::{DecidedBy, ReviewRequirement, Subject, VerdictAction};
 use crate::record::{Decision, EventKind};
 use crate::session::query::{parse_query_request, summarize_answer};
 use crate::session::statements::Plans;
-use crate::session::token::{TokenClaims, TokenKind};
+use crate::session::token::{SEALED_BYTES_MAX, TokenClaims, TokenKind};
 use crate::session::{case_variant_key, codes, refusal_body, snowflake_authorization, snowflake_token};
 
 /// Where chunk grants are served (see [`crate::session::Endpoint::Chunk`]).
@@ -1004,7 +1004,7 @@ fn grant_url(
     envelope: &Envelope,
     session: &Session<'_>,
     plans: &[(String, String)],
-) -> Result<String, String> {
+) -> Result<String, Withheld> {
     let headers = if !envelope.chunk_headers.is_empty() {
         envelope.chunk_headers.clone()
     } else if let Some(qrmk) = &envelope.qrmk {
@@ -1022,12 +1022,18 @@ fn grant_url(
     };
     let sealed =
         core.gateway.sealer.seal_bytes(CHUNK_PURPOSE, &serde_json::to_vec(&grant).expect("a grant always serialises"));
-    let host = head
-        .headers
-        .get_str("host")
-        .map(str::trim)
-        .filter(|h| valid_host(h))
-        .ok_or("the request has no usable Host header to build chunk URLs with")?;
+    // The gateway opens no grant longer than this: a URL it could not open would fail every
+    // chunk download with a bare 404, so the answer is refused now, with the reason.
+    if sealed.len() > SEALED_BYTES_MAX {
+        return Err(Withheld::ChunksUnreachable(format!(
+            "the result's chunk URLs would carry grants of {} bytes, more than the {SEALED_BYTES_MAX} the gateway \
+             opens (a long storage URL, or many columns to mask); select fewer columns",
+            sealed.len()
+        )));
+    }
+    let host = head.headers.get_str("host").map(str::trim).filter(|h| valid_host(h)).ok_or_else(|| {
+        Withheld::ChunksUnreachable("the request has no usable Host header to build chunk URLs with".into())
+    })?;
     let scheme = if core.gateway.server_tls.is_some() { "https" } else { "http" };
     Ok(format!("{scheme}://{host}{CHUNK_PATH}{sealed}"))
 }

@@ -458,3 +458,39 @@ fn chunk_urls_that_would_not_fit_a_request_head_are_refused_with_the_reason() {
         assert_eq!(chunk.status, 200, "chunk {index}: {}", String::from_utf8_lossy(&chunk.body));
     }
 }
+
+/// A chunk URL's grant holds the storage URL, and the gateway opens no grant longer than
+/// `SEALED_BYTES_MAX`: with a head cap that would let such URLs through, an answer whose storage
+/// URLs are long (presigned signatures) is refused with the reason, instead of handing out
+/// chunk URLs that every download would find unknown.
+#[test]
+fn chunk_grants_the_gateway_could_not_open_are_refused_with_the_reason() {
+    let limits = "head_bytes_max = 131072".to_owned();
+    let start = |upstream: &snowgate_perf::RunningUpstream| {
+        TestGateway::start(
+            &upstream.url(),
+            GatewayOptions { policy: Some(MASKING_POLICY.into()), limits: limits.clone(), ..Default::default() },
+        )
+    };
+    let long = double(|c| c.chunk_url_query_bytes = snowgate::session::token::SEALED_BYTES_MAX);
+    let gateway = start(&long);
+    let mut client = gateway.client();
+    let (session, _) = login_ok(&mut client);
+    let refused = query(&mut client, &session, "select * from chunked_json");
+    assert_refused(&refused, snowgate::session::codes::MASKING_FAILED);
+    let message = refused.json().unwrap()["message"].as_str().unwrap().to_owned();
+    assert!(message.contains("grants of"), "{message}");
+    drop(gateway);
+
+    // Storage URLs a few KB long (a real presigned URL's size) still go through.
+    let usual = double(|c| c.chunk_url_query_bytes = 4096);
+    let gateway = start(&usual);
+    let mut client = gateway.client();
+    let (session, _) = login_ok(&mut client);
+    let answer = query(&mut client, &session, "select * from chunked_json").json().unwrap();
+    assert_eq!(answer["success"], true, "{answer}");
+    for index in 0..answer["data"]["chunks"].as_array().unwrap().len() {
+        let chunk = client.get(&chunk_path(&answer, index), &[("authorization", &authorization(&session))]).unwrap();
+        assert_eq!(chunk.status, 200, "chunk {index}: {}", String::from_utf8_lossy(&chunk.body));
+    }
+}
