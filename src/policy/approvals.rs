@@ -274,9 +274,21 @@ struct Item<P> {
     payload_bytes: usize,
     /// What the item holds: text, bindings, settings, context, and the payload while it is kept.
     weight_bytes: usize,
-    /// Timed out, and not yet returned by [`Ledger::expire`] for the recording (whichever call
-    /// noticed the timeout: a poll, a listing, a decision or `expire` itself).
-    timeout_unreported: bool,
+    /// Where the recording of its timeout stands (whichever call noticed the timeout: a poll, a
+    /// listing, a decision or [`Ledger::expire`] itself).
+    timeout_report: TimeoutReport,
+}
+
+/// Where the recording of an item's timeout stands. An item is purged only once its timeout,
+/// if it had one, is on record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TimeoutReport {
+    /// No timeout, or its record was taken.
+    Settled,
+    /// Timed out; [`Ledger::expire`] returns it next.
+    Due,
+    /// Returned by [`Ledger::expire`]; the caller is recording it ([`Ledger::timeout_recorded`]).
+    Recording,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -317,7 +329,7 @@ impl<P> Item<P> {
         if self.state == State::Pending && now_unix_ms >= self.expires_at_unix_ms() {
             self.state = State::TimedOut;
             self.decided_at_unix_ms = Some(self.expires_at_unix_ms());
-            self.timeout_unreported = true;
+            self.timeout_report = TimeoutReport::Due;
             self.take_payload();
             return true;
         }
@@ -461,7 +473,7 @@ impl<P> Ledger<P> {
             approvals: Vec::new(),
             state: State::Pending,
             decided_at_unix_ms: None,
-            timeout_unreported: false,
+            timeout_report: TimeoutReport::Settled,
             payload: Some(request.payload),
             payload_bytes: request.payload_bytes,
             weight_bytes,
@@ -651,13 +663,16 @@ impl<P> Ledger<P> {
     }
 
     /// Times out pending items and purges items decided longer than the retention ago
-    /// (approved-but-never-taken and running items included). Returns the items that timed
-    /// out since the last call, for the recording: each once, whichever call noticed it.
+    /// (approved-but-never-taken and running items included). Returns the timeouts to record:
+    /// those since the last call, whichever call noticed them, and those the recording could
+    /// not take before. The caller tells [`Ledger::timeout_recorded`] how each went; until
+    /// then no other call returns it.
     pub fn expire(&mut self, now_unix_ms: u64) -> Vec<Expired> {
         let mut expired = Vec::new();
         for item in self.items.values_mut() {
             item.tick(now_unix_ms);
-            if std::mem::take(&mut item.timeout_unreported) {
+            if item.timeout_report == TimeoutReport::Due {
+                item.timeout_report = TimeoutReport::Recording;
                 expired.push(Expired { query_id: item.query_id.clone(), key: item.key.clone() });
             }
         }
@@ -666,8 +681,19 @@ impl<P> Ledger<P> {
         expired
     }
 
+    /// Whether the recording took the timeout [`Ledger::expire`] returned for `query_id`: if
+    /// not, the next `expire` returns it again (an outcome is never dropped because the disk
+    /// or the queue was briefly full).
+    pub fn timeout_recorded(&mut self, query_id: &str, recorded: bool) {
+        if let Some(item) = self.items.get_mut(query_id)
+            && item.timeout_report == TimeoutReport::Recording
+        {
+            item.timeout_report = if recorded { TimeoutReport::Settled } else { TimeoutReport::Due };
+        }
+    }
+
     /// Times out pending items and purges items decided longer than the retention ago, but
-    /// not a timeout [`Ledger::expire`] has yet to report.
+    /// not one whose timeout is not on record yet.
     fn purge(&mut self, now_unix_ms: u64) {
         let retention_ms = u64::try_from(self.limits.retention.as_millis()).unwrap_or(u64::MAX);
         let mut purge = Vec::new();
@@ -675,7 +701,7 @@ impl<P> Ledger<P> {
             item.tick(now_unix_ms);
             if let Some(decided) = item.decided_at_unix_ms
                 && now_unix_ms.saturating_sub(decided) >= retention_ms
-                && !item.timeout_unreported
+                && item.timeout_report == TimeoutReport::Settled
             {
                 purge.push(item.query_id.clone());
             }
@@ -800,6 +826,7 @@ mod tests {
         let expired = ledger.expire(T0 + 60_000);
         assert_eq!(expired.len(), 1);
         assert_eq!(expired[0].query_id, id);
+        ledger.timeout_recorded(&id, true);
         assert_eq!(ledger.len(), 1);
         assert!(ledger.expire(T0 + 69_999).is_empty());
         assert_eq!(ledger.len(), 1);
@@ -825,7 +852,36 @@ mod tests {
         both.sort();
         assert_eq!(expired, both);
         assert!(ledger.expire(T0 + 80_001).is_empty(), "each timeout is reported once");
+        // Purged only once on record.
+        assert_eq!(ledger.park(request("r3", "insert into t values (3)"), T0 + 80_002).unwrap_err(), LedgerError::Full);
+        for id in &both {
+            ledger.timeout_recorded(id, true);
+        }
         assert!(ledger.park(request("r3", "insert into t values (3)"), T0 + 80_002).unwrap().created);
+    }
+
+    #[test]
+    fn a_timeout_the_recording_could_not_take_is_returned_again_and_kept_until_taken() {
+        let limits = LedgerLimits { retention: Duration::from_secs(10), ..LedgerLimits::default() };
+        let mut ledger = Ledger::new(limits);
+        let id = ledger.park(request("r1", "insert into t values (1)"), T0).unwrap().query_id;
+        let ids = |expired: Vec<Expired>| expired.into_iter().map(|e| e.query_id).collect::<Vec<_>>();
+        assert_eq!(ids(ledger.expire(T0 + 60_000)), [id.clone()]);
+        // While one caller records it, no other is handed it.
+        assert!(ledger.expire(T0 + 60_001).is_empty());
+        // The recording refused it (queue full, disk failing): the next call returns it again,
+        // and retention does not purge it meanwhile.
+        ledger.timeout_recorded(&id, false);
+        assert_eq!(ids(ledger.expire(T0 + 90_000)), [id.clone()]);
+        assert_eq!(ledger.len(), 1);
+        ledger.timeout_recorded(&id, false);
+        assert_eq!(ids(ledger.expire(T0 + 91_000)), [id.clone()]);
+        ledger.timeout_recorded(&id, true);
+        assert!(ledger.expire(T0 + 92_000).is_empty());
+        assert!(ledger.is_empty());
+        // A late word on a purged item changes nothing.
+        ledger.timeout_recorded(&id, false);
+        assert!(ledger.expire(T0 + 93_000).is_empty());
     }
 
     #[test]

@@ -137,14 +137,29 @@ fn ledger(core: &Core) -> MutexGuard<'_, Ledger<ParkedStatement>> {
 /// second by each core.
 pub fn record_review_timeouts(core: &Core) {
     let expired = ledger(core).expire(unix_millis());
-    for timed_out in expired {
-        let detail = format!(
-            "query_id={} sub={} session_id={} outcome=timed_out",
-            timed_out.query_id, timed_out.key.sub, timed_out.key.session_id
-        );
-        if let Err(error) = core.recorder.submit_event(EventKind::Other("review_timeout".into()), detail) {
-            warn!(core = core.id, query_id = %timed_out.query_id, error = %error, "A review timeout could not be recorded.");
-        }
+    if expired.is_empty() {
+        return;
+    }
+    let outcomes: Vec<bool> = expired
+        .iter()
+        .map(|timed_out| {
+            let detail = format!(
+                "query_id={} sub={} session_id={} outcome=timed_out",
+                timed_out.query_id, timed_out.key.sub, timed_out.key.session_id
+            );
+            match core.recorder.submit_event(EventKind::Other("review_timeout".into()), detail) {
+                Ok(_) => true,
+                Err(error) => {
+                    warn!(core = core.id, query_id = %timed_out.query_id, error = %error,
+                        "A review timeout could not be recorded; it is tried again in a second.");
+                    false
+                }
+            }
+        })
+        .collect();
+    let mut ledger = ledger(core);
+    for (timed_out, recorded) in expired.iter().zip(outcomes) {
+        ledger.timeout_recorded(&timed_out.query_id, recorded);
     }
 }
 
