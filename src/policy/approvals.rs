@@ -866,16 +866,16 @@ mod tests {
         let mut ledger = Ledger::new(limits);
         let id = ledger.park(request("r1", "insert into t values (1)"), T0).unwrap().query_id;
         let ids = |expired: Vec<Expired>| expired.into_iter().map(|e| e.query_id).collect::<Vec<_>>();
-        assert_eq!(ids(ledger.expire(T0 + 60_000)), [id.clone()]);
+        assert_eq!(ids(ledger.expire(T0 + 60_000)), std::slice::from_ref(&id));
         // While one caller records it, no other is handed it.
         assert!(ledger.expire(T0 + 60_001).is_empty());
         // The recording refused it (queue full, disk failing): the next call returns it again,
         // and retention does not purge it meanwhile.
         ledger.timeout_recorded(&id, false);
-        assert_eq!(ids(ledger.expire(T0 + 90_000)), [id.clone()]);
+        assert_eq!(ids(ledger.expire(T0 + 90_000)), std::slice::from_ref(&id));
         assert_eq!(ledger.len(), 1);
         ledger.timeout_recorded(&id, false);
-        assert_eq!(ids(ledger.expire(T0 + 91_000)), [id.clone()]);
+        assert_eq!(ids(ledger.expire(T0 + 91_000)), std::slice::from_ref(&id));
         ledger.timeout_recorded(&id, true);
         assert!(ledger.expire(T0 + 92_000).is_empty());
         assert!(ledger.is_empty());

@@ -121,27 +121,43 @@ impl ReadError {
 /// A stream with its read buffer: bytes read past one message stay for the next.
 pub struct Conn {
     /// The stream.
-    pub stream: Stream,
+    stream: Stream,
     buf: BytesMut,
     read_size: usize,
     /// Bytes read off the wire so far.
     pub bytes_read: u64,
     /// The stream's socket, for [`Conn::peer_sent_more`] (TLS streams do not lend it).
     socket: RawFd,
+    /// A read on the stream was abandoned mid-flight (at its deadline, or for a drain). A TLS
+    /// stream (monoio-rustls) lends its read buffer to the read's future, and its next read
+    /// would panic the core's thread: later reads fail at once (writes are still safe).
+    read_abandoned: bool,
+    /// The same for a write (or a shutdown): later reads and writes fail at once (a TLS read
+    /// may write an alert).
+    write_abandoned: bool,
 }
 
 impl Conn {
     /// Wraps a stream whose own TCP socket is `socket` (read off the `TcpStream` before it is
     /// wrapped: TLS streams do not lend it); `read_size` is how much is asked of each read.
     pub fn new(stream: Stream, socket: RawFd, read_size: usize) -> Conn {
-        Conn { stream, buf: BytesMut::with_capacity(read_size), read_size, bytes_read: 0, socket }
+        Conn {
+            stream,
+            buf: BytesMut::with_capacity(read_size),
+            read_size,
+            bytes_read: 0,
+            socket,
+            read_abandoned: false,
+            write_abandoned: false,
+        }
     }
 
     /// Whether the peer sent anything (bytes, or its end) that was not read yet, looked at
     /// without reading it: an idle upstream connection holding bytes nobody asked for would
     /// answer the next request, perhaps another agent's, with them.
     pub fn peer_sent_more(&self) -> bool {
-        if !self.buf.is_empty() {
+        // A stream whose read or write was abandoned is not reused either.
+        if !self.buf.is_empty() || self.read_abandoned || self.write_abandoned {
             return true;
         }
         // SAFETY: `self.socket` is the descriptor of `self.stream`'s own socket (`Conn::new`'s
@@ -178,6 +194,9 @@ impl Conn {
 
     /// Reads once into the buffer; `Ok(0)` at end of stream.
     async fn fill(&mut self, deadline: Instant) -> Result<usize, ReadError> {
+        if self.read_abandoned || self.write_abandoned {
+            return Err(ReadError::Timeout);
+        }
         self.buf.reserve(self.read_size);
         let buf = std::mem::take(&mut self.buf);
         let start = buf.len();
@@ -185,7 +204,10 @@ impl Conn {
         let slice = buf.slice_mut(start..end);
         let (result, slice) = match monoio::time::timeout_at(deadline, self.stream.read(slice)).await {
             Ok(r) => r,
-            Err(_) => return Err(ReadError::Timeout),
+            Err(_) => {
+                self.read_abandoned = true;
+                return Err(ReadError::Timeout);
+            }
         };
         self.buf = slice.into_inner();
         let n = result?;
@@ -294,6 +316,9 @@ impl Conn {
     /// Writes a head and a body, as one write when the body is small.
     pub async fn write_message(&mut self, mut head: BytesMut, body: Bytes, deadline: Instant) -> io::Result<()> {
         const COALESCE_BYTES_MAX: usize = 16 * 1024;
+        if self.write_abandoned {
+            return Err(abandoned());
+        }
         let write = async {
             if body.len() <= COALESCE_BYTES_MAX {
                 head.extend_from_slice(&body);
@@ -309,7 +334,34 @@ impl Conn {
         };
         match monoio::time::timeout_at(deadline, write).await {
             Ok(r) => r,
-            Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, "write timed out")),
+            Err(_) => {
+                self.write_abandoned = true;
+                Err(io::Error::new(io::ErrorKind::TimedOut, "write timed out"))
+            }
         }
     }
+
+    /// Notes that a read future on the stream was dropped before it finished.
+    pub fn read_was_abandoned(&mut self) {
+        self.read_abandoned = true;
+    }
+
+    /// Ends our side of the stream (a TLS close_notify first) by `deadline`; nothing when an
+    /// earlier write on it was abandoned.
+    pub async fn shutdown(&mut self, deadline: Instant) -> io::Result<()> {
+        if self.write_abandoned {
+            return Err(abandoned());
+        }
+        match monoio::time::timeout_at(deadline, self.stream.shutdown()).await {
+            Ok(r) => r,
+            Err(_) => {
+                self.write_abandoned = true;
+                Err(io::Error::new(io::ErrorKind::TimedOut, "shutdown timed out"))
+            }
+        }
+    }
+}
+
+fn abandoned() -> io::Error {
+    io::Error::new(io::ErrorKind::TimedOut, "an earlier write on this connection was abandoned")
 }

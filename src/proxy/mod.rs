@@ -27,7 +27,6 @@ use std::task::{Context, Poll, Waker};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::{Bytes, BytesMut};
-use monoio::io::AsyncWriteRent;
 use monoio::net::TcpStream;
 use monoio::time::Instant;
 use tracing::{debug, error, info, warn};
@@ -514,15 +513,22 @@ impl Core {
         let id = self.idle.next_id.get();
         self.idle.next_id.set(id.wrapping_add(1));
         let mut drained = pin!(Drained { core: self, id });
-        let mut message = pin!(conn.wait_for_message(idle));
-        std::future::poll_fn(|cx| {
-            // A request already arriving wins over the drain: it is served, with Connection: close.
-            if let Poll::Ready(result) = message.as_mut().poll(cx) {
-                return Poll::Ready(result);
-            }
-            drained.as_mut().poll(cx).map(|()| Ok(false))
+        let waited = {
+            let mut message = pin!(conn.wait_for_message(idle));
+            std::future::poll_fn(|cx| {
+                // A request already arriving wins over the drain: it is served, with Connection: close.
+                if let Poll::Ready(result) = message.as_mut().poll(cx) {
+                    return Poll::Ready(Some(result));
+                }
+                drained.as_mut().poll(cx).map(|()| None)
+            })
+            .await
+        };
+        waited.unwrap_or_else(|| {
+            // The wait's read was dropped mid-flight.
+            conn.read_was_abandoned();
+            Ok(false)
         })
-        .await
     }
 
     /// Wakes every connection waiting idle for its next request, so that it sees the drain and
@@ -595,7 +601,7 @@ const LINGER_BYTES_MAX: u64 = 32 * 1024 * 1024;
 /// destroy the refusal (a 413, say) before the agent has read it, leaving it a bare
 /// "connection reset" instead of the reason.
 async fn close(conn: &mut Conn, ending: Ending) {
-    let _ = monoio::time::timeout(Duration::from_secs(1), conn.stream.shutdown()).await;
+    let _ = conn.shutdown(Instant::now() + Duration::from_secs(1)).await;
     if ending == Ending::Refused {
         conn.discard_until_closed(LINGER_BYTES_MAX, Instant::now() + LINGER).await;
     }

@@ -300,6 +300,70 @@ fn a_stalled_tls_handshake_is_closed_at_the_header_timeout() {
     assert!(took >= Duration::from_millis(250) && took < Duration::from_secs(5), "{took:?}");
 }
 
+/// A TLS gateway on one core with short deadlines, so that a stalled agent meets them.
+fn one_core_tls_gateway(upstream_url: &str, limits: &str) -> TestGateway {
+    TestGateway::start(
+        upstream_url,
+        GatewayOptions {
+            cores: 1,
+            listen: Some(tls_listen("localhost.pem", "localhost.key")),
+            limits: limits.into(),
+            ..Default::default()
+        },
+    )
+}
+
+/// A TLS agent that stops mid-head is answered 408 at the header deadline, and the core serves
+/// on. The read abandoned at the deadline holds the TLS stream's buffer (monoio-rustls lends it
+/// to the read), and reading the stream again (the refusal's linger) panicked the core's thread,
+/// taking every connection on it down.
+#[test]
+fn a_tls_agent_stalled_mid_head_does_not_take_its_core_down() {
+    let upstream = double(|_| {});
+    let gateway = one_core_tls_gateway(&upstream.url(), "header_timeout_ms = 300");
+    let mut stalled = TlsAgent::connect(gateway.addr, "localhost", agent_tls("ca.pem")).unwrap();
+    stalled.stream.write_all(b"GET /session HTTP/1.1\r\nhost: localhost\r\n").unwrap();
+    stalled.stream.flush().unwrap();
+    assert_eq!(stalled.read_answer(Method::Get).status, 408);
+    // The refusal's linger reads what the agent sends next.
+    let _ = stalled.stream.write_all(b"x-more: 1\r\n");
+    let _ = stalled.stream.flush();
+    std::thread::sleep(Duration::from_millis(300));
+    let mut next = TlsAgent::connect(gateway.addr, "localhost", agent_tls("ca.pem")).unwrap();
+    login_and_query(&mut next);
+}
+
+/// A TLS agent that sends requests and never reads the answers meets the answer's write
+/// deadline, and the core serves on: the abandoned write held the stream's write buffer, and
+/// the close_notify after it panicked the core's thread.
+#[test]
+fn a_tls_agent_that_stops_reading_does_not_take_its_core_down() {
+    let upstream = double(|_| {});
+    let gateway = one_core_tls_gateway(&upstream.url(), "body_timeout_ms = 300");
+    // A small receive buffer, so the gateway's answers back up quickly.
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    socket.connect(&gateway.addr.into()).unwrap();
+    let tcp: TcpStream = socket.into();
+    tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    tcp.set_write_timeout(Some(Duration::from_secs(2))).unwrap();
+    let name = ServerName::try_from("localhost".to_owned()).unwrap();
+    let mut stream = StreamOwned::new(ClientConnection::new(agent_tls("ca.pem"), name).unwrap(), tcp);
+    while stream.conn.is_handshaking() {
+        stream.conn.complete_io(&mut stream.sock).unwrap();
+    }
+    // Unknown paths are answered 404 at once; the writes stop when the gateway stops reading.
+    let request = b"GET /nope HTTP/1.1\r\nhost: localhost\r\n\r\n".repeat(256);
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(20)
+        && stream.write_all(&request).and_then(|()| stream.flush()).is_ok()
+    {}
+    std::thread::sleep(Duration::from_millis(500));
+    let mut next = TlsAgent::connect(gateway.addr, "localhost", agent_tls("ca.pem")).unwrap();
+    login_and_query(&mut next);
+    drop(stream);
+}
+
 // ---- Listener configuration ----
 
 /// Writes a complete configuration with this `[listen]` body into `dir` and loads it.

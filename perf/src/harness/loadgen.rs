@@ -30,7 +30,6 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, anyhow, bail};
 use bytes::Bytes;
 use hdrhistogram::Histogram;
-use monoio::io::AsyncWriteRentExt;
 use monoio::net::TcpStream;
 use serde_json::{Value, json};
 use snowgate::http::{Limits, Method};
@@ -149,8 +148,7 @@ struct Agent {
 async fn exchange(conn: &mut Conn, wire: Bytes) -> anyhow::Result<(u16, Bytes, bool)> {
     let limits = Limits::default();
     let deadline = monoio::time::Instant::now() + EXCHANGE_TIMEOUT;
-    let (result, _) = conn.stream.write_all(wire).await;
-    result?;
+    conn.write_message(bytes::BytesMut::new(), wire, deadline).await?;
     let head = conn.read_response_head(Method::Post, &limits, deadline).await?;
     let body = conn.read_body(head.framing, limits.body_bytes_max, limits.body_bytes_max, deadline).await?;
     Ok((head.status, body, head.close))
