@@ -36,33 +36,112 @@ pub fn may_scan_results(text: &str) -> bool {
 }
 
 /// Whether `DESC` or `DESCRIBE`, then whitespace and comments (`--`, `//`, `/* */`; an
-/// unclosed one counts as a yes), then `RESULT` appear in `text`, in any case.
+/// unclosed one counts as a yes), then `RESULT` appear in `text`, in any case. Every `desc` is
+/// looked at, inside strings and comments too (a superset of what the lexer finds), in time
+/// linear in the text: an agent's statement is read on its core.
 fn describes_a_result(text: &[u8]) -> bool {
-    let starts = |at: usize, word: &[u8]| text.get(at..at + word.len()).is_some_and(|w| w.eq_ignore_ascii_case(word));
+    let mut walk = Walk::new(text);
     memchr::memchr2_iter(b'd', b'D', text).any(|at| {
-        if !starts(at, b"desc") {
+        if !walk.starts(at, b"desc") {
             return false;
         }
-        let mut at = at + if starts(at, b"describe") { 8 } else { 4 };
-        loop {
-            while text.get(at).is_some_and(u8::is_ascii_whitespace) {
+        walk.leads_to_result(at + if walk.starts(at, b"describe") { 8 } else { 4 })
+    })
+}
+
+/// The walks from each `desc` over whitespace and comments, sharing what earlier walks found:
+/// many `desc`s before one long comment (or one long run of comments) would otherwise each
+/// read it again, quadratic in the text.
+struct Walk<'t> {
+    text: &'t [u8],
+    /// Where walks through a comment's end went on to: whether they reached `RESULT`.
+    known: std::collections::HashMap<usize, bool>,
+    /// The last search for `*/` and for a newline: where it started, where it found one.
+    block_end: Option<(usize, Option<usize>)>,
+    line_end: Option<(usize, Option<usize>)>,
+    /// Comment ends the current walk passed, to note its outcome for.
+    passed: Vec<usize>,
+    /// Bytes the searches read, for the tests.
+    searched: usize,
+}
+
+impl<'t> Walk<'t> {
+    fn new(text: &'t [u8]) -> Walk<'t> {
+        Walk {
+            text,
+            known: std::collections::HashMap::new(),
+            block_end: None,
+            line_end: None,
+            passed: Vec::new(),
+            searched: 0,
+        }
+    }
+
+    fn starts(&self, at: usize, word: &[u8]) -> bool {
+        self.text.get(at..at + word.len()).is_some_and(|w| w.eq_ignore_ascii_case(word))
+    }
+
+    /// Whether whitespace and comments from `at` lead to `RESULT`.
+    fn leads_to_result(&mut self, mut at: usize) -> bool {
+        self.passed.clear();
+        let outcome = loop {
+            while self.text.get(at).is_some_and(u8::is_ascii_whitespace) {
                 at += 1;
             }
-            if starts(at, b"/*") {
-                match memchr::memmem::find(&text[at + 2..], b"*/") {
-                    Some(end) => at += 2 + end + 2,
-                    None => return true,
+            let next = if self.starts(at, b"/*") {
+                match self.find(at + 2, Search::BlockEnd) {
+                    Some(end) => end + 2,
+                    None => break true,
                 }
-            } else if starts(at, b"--") || starts(at, b"//") {
-                match memchr::memchr(b'\n', &text[at..]) {
-                    Some(end) => at += end + 1,
-                    None => return false,
+            } else if self.starts(at, b"--") || self.starts(at, b"//") {
+                match self.find(at + 2, Search::LineEnd) {
+                    Some(end) => end + 1,
+                    None => break false,
                 }
             } else {
-                return starts(at, b"result");
+                break self.starts(at, b"result");
+            };
+            if let Some(&known) = self.known.get(&next) {
+                break known;
             }
+            self.passed.push(next);
+            at = next;
+        };
+        for &end in &self.passed {
+            self.known.insert(end, outcome);
         }
-    })
+        outcome
+    }
+
+    /// Where the first `*/` or newline at or after `from` starts. A search from inside the span
+    /// the last one read has its answer.
+    fn find(&mut self, from: usize, search: Search) -> Option<usize> {
+        let cache = match search {
+            Search::BlockEnd => &mut self.block_end,
+            Search::LineEnd => &mut self.line_end,
+        };
+        if let Some((started, found)) = *cache
+            && from >= started
+            && found.is_none_or(|found| from <= found)
+        {
+            return found;
+        }
+        let rest = self.text.get(from..).unwrap_or_default();
+        let found = match search {
+            Search::BlockEnd => memchr::memmem::find(rest, b"*/"),
+            Search::LineEnd => memchr::memchr(b'\n', rest),
+        };
+        self.searched += found.map_or(rest.len(), |at| at + 1);
+        let found = found.map(|at| from + at);
+        *cache = Some((from, found));
+        found
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Search {
+    BlockEnd,
+    LineEnd,
 }
 
 /// Whether `text` holds `word` (lower-case ASCII), in any case.
@@ -247,5 +326,80 @@ mod tests {
         assert!(may_scan_results("desc /* never closed"));
         assert!(may_scan_results("SELECT RESULT_SCAN"));
         assert!(may_scan_results("DESCRIBE -- c\n RESULT 'x'"));
+    }
+
+    /// The walk as it was first written: from each `desc`, over whitespace and comments, on
+    /// its own. Quadratic on some texts; the reference the shared walk must agree with.
+    fn describes_a_result_alone(text: &[u8]) -> bool {
+        let starts =
+            |at: usize, word: &[u8]| text.get(at..at + word.len()).is_some_and(|w| w.eq_ignore_ascii_case(word));
+        memchr::memchr2_iter(b'd', b'D', text).any(|at| {
+            if !starts(at, b"desc") {
+                return false;
+            }
+            let mut at = at + if starts(at, b"describe") { 8 } else { 4 };
+            loop {
+                while text.get(at).is_some_and(u8::is_ascii_whitespace) {
+                    at += 1;
+                }
+                if starts(at, b"/*") {
+                    match memchr::memmem::find(&text[at + 2..], b"*/") {
+                        Some(end) => at += 2 + end + 2,
+                        None => return true,
+                    }
+                } else if starts(at, b"--") || starts(at, b"//") {
+                    match memchr::memchr(b'\n', &text[at..]) {
+                        Some(end) => at += end + 1,
+                        None => return false,
+                    }
+                } else {
+                    return starts(at, b"result");
+                }
+            }
+        })
+    }
+
+    /// How many bytes the walks' searches read in all.
+    fn searched(text: &[u8]) -> usize {
+        let mut walk = Walk::new(text);
+        for at in memchr::memchr2_iter(b'd', b'D', text) {
+            if walk.starts(at, b"desc") {
+                walk.leads_to_result(at + 4);
+            }
+        }
+        walk.searched
+    }
+
+    /// Texts an agent could send to make each `desc` read the rest of the text again: the
+    /// searches read each byte a bounded number of times however many `desc`s there are.
+    #[test]
+    fn many_descs_before_long_comments_are_read_in_linear_time() {
+        let texts = [
+            "desc --".repeat(20_000),
+            "desc /*".repeat(20_000),
+            format!("{}*/", "desc /*".repeat(20_000)),
+            format!("{}*/{}x", "desc /*".repeat(10_000), " /**/".repeat(10_000)),
+            format!("{}\n{}result", "desc // ".repeat(10_000), "-- c\n".repeat(10_000)),
+            "desc /* */ ".repeat(20_000),
+        ];
+        for text in &texts {
+            assert_eq!(describes_a_result(text.as_bytes()), describes_a_result_alone(text.as_bytes()));
+            let read = searched(text.as_bytes());
+            assert!(read <= 3 * text.len(), "{read} bytes searched in a text of {}", text.len());
+        }
+    }
+
+    proptest::proptest! {
+        /// The shared walk answers as each `desc`'s own walk does.
+        #[test]
+        fn the_shared_walk_agrees_with_each_walk_alone(
+            parts in proptest::collection::vec(
+                proptest::sample::select(vec!["desc", "DESCRIBE", "result", " ", "\n", "/*", "*/", "--", "//", "x", "d"]),
+                0..40,
+            )
+        ) {
+            let text = parts.concat();
+            proptest::prop_assert_eq!(describes_a_result(text.as_bytes()), describes_a_result_alone(text.as_bytes()));
+        }
     }
 }
