@@ -128,8 +128,10 @@ mod text;
 #[cfg(test)]
 mod tests;
 
+use std::collections::HashMap;
 use std::fmt;
 use std::ops::Range;
+use std::sync::{OnceLock, PoisonError, RwLock};
 
 pub use detect::DetectorKind;
 pub use json::{rebuild_envelope, statement_handles};
@@ -461,11 +463,34 @@ impl fmt::Debug for Scratch {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct ProfileId(u16);
 
-/// The compiled masking spec: immutable, shared by every core.
+/// The compiled masking spec, shared by every core: its profiles, and the profiles merged for
+/// identities several apply to, compiled when first asked for.
 pub struct Masker {
     profiles: Vec<Profile>,
+    spec: MaskingSpec,
+    fingerprint: u64,
+    /// Merged profiles by slot (`ProfileId` past `profiles`), each set once.
+    merged: Box<[OnceLock<Merged>]>,
+    /// Merged profiles' slots by set name ([`Masker::set_name`]).
+    merged_slots: RwLock<HashMap<String, usize>>,
+}
+
+/// A merged profile and what its plans are made for (the set, so a plan of one set never
+/// passes for another's on any instance, whatever slot each gave it).
+struct Merged {
+    profile: Profile,
     fingerprint: u64,
 }
+
+/// The most merged profiles a masker keeps (each a distinct set of profiles some identity
+/// has); past it, an answer for a new set is withheld.
+pub const MERGED_PROFILES_MAX: usize = 256;
+
+/// The profile id in plans of merged profiles (their fingerprint names the set).
+const MERGED_PLAN_PROFILE: u16 = u16::MAX;
+
+/// Joins the names of a set of profiles (profile names hold no control character).
+const SET_SEPARATOR: char = '\n';
 
 impl fmt::Debug for Masker {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -481,15 +506,57 @@ impl Masker {
     /// Checks and compiles a spec (globs, detectors, the dictionary searcher) once.
     pub fn new(spec: &MaskingSpec) -> Result<Masker, MaskConfigError> {
         let profiles = rules::compile(spec)?;
-        let digest = blake3::hash(format!("{spec:?}").as_bytes());
-        let mut first = [0u8; 8];
-        first.copy_from_slice(&digest.as_bytes()[..8]);
-        Ok(Masker { profiles, fingerprint: u64::from_le_bytes(first) })
+        let fingerprint = fingerprint_of(format!("{spec:?}").as_bytes());
+        Ok(Masker {
+            profiles,
+            spec: spec.clone(),
+            fingerprint,
+            merged: (0..MERGED_PROFILES_MAX).map(|_| OnceLock::new()).collect(),
+            merged_slots: RwLock::new(HashMap::new()),
+        })
     }
 
-    /// The profile with this name.
+    /// The name that stands for masking with every profile in `names` (a set: order and
+    /// repeats do not matter): one name as it is, several joined. [`Masker::profile`] takes it.
+    pub fn set_name(names: &[String]) -> String {
+        let mut sorted: Vec<&str> = names.iter().map(String::as_str).collect();
+        sorted.sort_unstable();
+        sorted.dedup();
+        sorted.join(&SET_SEPARATOR.to_string())
+    }
+
+    /// The profile with this name, or for a [set name](Masker::set_name) the profiles merged
+    /// (`rules::compile_merged`: masking as much as each, at least as strongly), compiled the
+    /// first time. `None` for an unknown name, or a new set past [`MERGED_PROFILES_MAX`].
     pub fn profile(&self, name: &str) -> Option<ProfileId> {
-        self.profiles.iter().position(|p| p.name == name).map(|i| ProfileId(i as u16))
+        if let Some(at) = self.profiles.iter().position(|p| p.name == name) {
+            return Some(ProfileId(at as u16));
+        }
+        if !name.contains(SET_SEPARATOR) {
+            return None;
+        }
+        let known = self.merged_slots.read().unwrap_or_else(PoisonError::into_inner).get(name).copied();
+        let slot = match known {
+            Some(slot) => slot,
+            None => self.merge(name)?,
+        };
+        Some(ProfileId((self.profiles.len() + slot) as u16))
+    }
+
+    /// Compiles the merged profile of a set name into a free slot.
+    fn merge(&self, name: &str) -> Option<usize> {
+        let specs: Option<Vec<&spec::ProfileSpec>> =
+            name.split(SET_SEPARATOR).map(|member| self.spec.profiles.get(member)).collect();
+        let profile = rules::compile_merged(name, &specs?).ok()?;
+        let mut slots = self.merged_slots.write().unwrap_or_else(PoisonError::into_inner);
+        if let Some(&slot) = slots.get(name) {
+            return Some(slot);
+        }
+        let slot = slots.len();
+        let fingerprint = fingerprint_of(format!("{}\n{name}", self.fingerprint).as_bytes());
+        self.merged.get(slot)?.set(Merged { profile, fingerprint }).ok()?;
+        slots.insert(name.to_owned(), slot);
+        Some(slot)
     }
 
     /// The profiles' names, in id order.
@@ -498,7 +565,7 @@ impl Masker {
     }
 
     fn compiled(&self, profile: ProfileId) -> &Profile {
-        &self.profiles[usize::from(profile.0)]
+        self.ctx(profile).profile
     }
 
     /// Which searcher a profile's dictionary and detector anchors run on.
@@ -508,11 +575,20 @@ impl Masker {
 
     /// A profile's plan for a result's columns (from its row type).
     pub fn plan(&self, profile: ProfileId, columns: &[Column]) -> ColumnPlan {
-        self.compiled(profile).plan(self.fingerprint, profile.0, columns)
+        let ctx = self.ctx(profile);
+        ctx.profile.plan(ctx.fingerprint, ctx.profile_id, columns)
     }
 
     fn ctx(&self, profile: ProfileId) -> MaskCtx<'_> {
-        MaskCtx { profile: self.compiled(profile), profile_id: profile.0, fingerprint: self.fingerprint }
+        let at = usize::from(profile.0);
+        match self.profiles.get(at) {
+            Some(own) => MaskCtx { profile: own, profile_id: profile.0, fingerprint: self.fingerprint },
+            None => {
+                // Ids past the spec's own profiles are handed out only once their slot is set.
+                let merged = self.merged[at - self.profiles.len()].get().expect("a merged profile's slot is set");
+                MaskCtx { profile: &merged.profile, profile_id: MERGED_PLAN_PROFILE, fingerprint: merged.fingerprint }
+            }
+        }
     }
 
     /// Masks a result body in place, whatever it is (see the module docs); the length never
@@ -557,6 +633,14 @@ impl Masker {
         debug_assert_eq!(body.len(), original_len);
         Ok(Masked { format, report, envelope, plan })
     }
+}
+
+/// The first eight bytes of a BLAKE3 digest.
+fn fingerprint_of(bytes: &[u8]) -> u64 {
+    let digest = blake3::hash(bytes);
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&digest.as_bytes()[..8]);
+    u64::from_le_bytes(first)
 }
 
 fn ctx_check(ctx: &MaskCtx<'_>, plan: &ColumnPlan) -> Result<(), MaskError> {

@@ -9,7 +9,7 @@ use globset::{GlobBuilder, GlobMatcher};
 
 use super::detect::DetectorKind;
 use super::plan::{Column, ColumnPlan, PlannedColumn, ValueType};
-use super::spec::{DetectorSwitch, MaskSpec, MaskingSpec, ProfileSpec};
+use super::spec::{DetectorMask, DetectorSwitch, MaskSpec, MaskingSpec, ProfileSpec};
 
 /// The most profiles a spec may define.
 pub const PROFILES_MAX: usize = 1024;
@@ -136,6 +136,18 @@ pub(crate) struct ColumnRule {
     pub(crate) style: Style,
 }
 
+impl ColumnRule {
+    fn matches(&self, column: &Column) -> bool {
+        self.name.is_match(&column.name)
+            && (self.table_is_any
+                || match &column.table {
+                    // An unknown table cannot prove the rule does not apply: mask.
+                    None => true,
+                    Some(table) => self.table.is_match(table),
+                })
+    }
+}
+
 /// The dictionary words and detector anchors, in one searcher so a value is searched once.
 pub(crate) struct Dictionary {
     searcher: Searcher,
@@ -221,6 +233,9 @@ pub(crate) struct Profile {
     pub(crate) enabled_detectors: u32,
     pub(crate) dictionary: Dictionary,
     pub(crate) tokens: Vec<Box<[u8]>>,
+    /// Where each profile's column rules end in `columns`: one group for a profile of its own,
+    /// one per profile for a [merged](compile_merged) one.
+    column_groups: Vec<usize>,
 }
 
 impl Profile {
@@ -232,20 +247,21 @@ impl Profile {
         &self.tokens[usize::from(index)]
     }
 
-    /// The first column rule matching a column, if any.
+    /// The column rule masking a column, if any: the first matching one of each group (of
+    /// each profile merged), the strongest of those.
     pub(crate) fn rule_for(&self, column: &Column) -> Option<u16> {
-        self.columns
-            .iter()
-            .position(|rule| {
-                rule.name.is_match(&column.name)
-                    && (rule.table_is_any
-                        || match &column.table {
-                            // An unknown table cannot prove the rule does not apply: mask.
-                            None => true,
-                            Some(table) => rule.table.is_match(table),
-                        })
-            })
-            .map(|i| i as u16)
+        let mut chosen: Option<usize> = None;
+        let mut start = 0;
+        for &end in &self.column_groups {
+            if let Some(at) = self.columns[start..end].iter().position(|rule| rule.matches(column)) {
+                let rule = start + at;
+                if chosen.is_none_or(|c| self.columns[rule].style.stronger_than(self.columns[c].style, &self.tokens)) {
+                    chosen = Some(rule);
+                }
+            }
+            start = end;
+        }
+        chosen.map(|rule| rule as u16)
     }
 
     pub(crate) fn plan(&self, fingerprint: u64, profile: u16, columns: &[Column]) -> ColumnPlan {
@@ -330,6 +346,80 @@ fn detector_switch(spec: &ProfileSpec, kind: DetectorKind) -> &DetectorSwitch {
     }
 }
 
+fn detector_switch_mut(spec: &mut ProfileSpec, kind: DetectorKind) -> &mut DetectorSwitch {
+    let d = &mut spec.detectors;
+    match kind {
+        DetectorKind::Card => &mut d.card,
+        DetectorKind::Email => &mut d.email,
+        DetectorKind::Ssn => &mut d.ssn,
+        DetectorKind::Iban => &mut d.iban,
+        DetectorKind::AwsAccessKey => &mut d.aws_access_key,
+        DetectorKind::GcpApiKey => &mut d.gcp_api_key,
+        DetectorKind::GithubToken => &mut d.github_token,
+        DetectorKind::SlackToken => &mut d.slack_token,
+        DetectorKind::Jwt => &mut d.jwt,
+        DetectorKind::PemPrivateKey => &mut d.pem_private_key,
+    }
+}
+
+/// The mask a profile gives a detector's matches, if the detector is on.
+fn detector_mask(spec: &ProfileSpec, kind: DetectorKind) -> Option<&MaskSpec> {
+    match detector_switch(spec, kind) {
+        DetectorSwitch::Enabled(false) => None,
+        DetectorSwitch::Enabled(true) => Some(&spec.detectors.mask),
+        DetectorSwitch::Masked(m) => Some(&m.mask),
+    }
+}
+
+/// The stronger of two checked masks ([`Style::stronger_than`]; the first on a tie).
+fn stronger<'m>(a: &'m MaskSpec, b: &'m MaskSpec) -> &'m MaskSpec {
+    let mut tokens = Vec::new();
+    let style = |m: &MaskSpec, tokens: &mut Vec<Box<[u8]>>| compile_style("", "", m, tokens).unwrap_or(Style::Null);
+    let (sa, sb) = (style(a, &mut tokens), style(b, &mut tokens));
+    if sb.stronger_than(sa, &tokens) { b } else { a }
+}
+
+/// The most column rules a merged profile may hold (rules are named by a `u16`).
+const MERGED_COLUMN_RULES_MAX: usize = u16::MAX as usize;
+
+/// One profile that masks what each of `specs` (checked profiles) masks, at least as strongly,
+/// for an identity several profiles apply to. Masking with each in turn instead lets the
+/// first hide from the next what it would have masked more strongly (a `keep_last` of an SSN
+/// leaves no SSN for a `null` to find) and match column names the first already masked. A
+/// column takes the strongest of each profile's first matching rule; a detector is on if any
+/// profile has it on, with the strongest of their masks; the dictionary holds every word,
+/// matched case-insensitively if any profile's is, with the strongest of their masks.
+pub(crate) fn compile_merged(name: &str, specs: &[&ProfileSpec]) -> Result<Profile, MaskConfigError> {
+    let mut merged = ProfileSpec::default();
+    let mut column_groups = Vec::with_capacity(specs.len());
+    for spec in specs {
+        merged.columns.extend(spec.columns.iter().cloned());
+        column_groups.push(merged.columns.len());
+    }
+    if merged.columns.len() > MERGED_COLUMN_RULES_MAX {
+        return Err(MaskConfigError::Limit {
+            what: format!("the column rules of profiles {name:?} together"),
+            limit: MERGED_COLUMN_RULES_MAX,
+        });
+    }
+    for kind in DetectorKind::ALL {
+        let mask = specs.iter().filter_map(|spec| detector_mask(spec, kind)).reduce(stronger);
+        *detector_switch_mut(&mut merged, kind) = match mask {
+            Some(mask) => DetectorSwitch::Masked(DetectorMask { mask: mask.clone() }),
+            None => DetectorSwitch::Enabled(false),
+        };
+    }
+    let with_words = || specs.iter().filter(|spec| !spec.dictionary.words.is_empty());
+    merged.dictionary.words = with_words().flat_map(|spec| spec.dictionary.words.iter().cloned()).collect();
+    merged.dictionary.case_insensitive = with_words().any(|spec| spec.dictionary.case_insensitive);
+    if let Some(mask) = with_words().map(|spec| &spec.dictionary.mask).reduce(stronger) {
+        merged.dictionary.mask = mask.clone();
+    }
+    let mut profile = compile_unbounded(name, &merged)?;
+    profile.column_groups = column_groups;
+    Ok(profile)
+}
+
 pub(crate) fn compile_profile(name: &str, spec: &ProfileSpec) -> Result<Profile, MaskConfigError> {
     if spec.columns.len() > COLUMN_RULES_MAX {
         return Err(MaskConfigError::Limit {
@@ -337,6 +427,17 @@ pub(crate) fn compile_profile(name: &str, spec: &ProfileSpec) -> Result<Profile,
             limit: COLUMN_RULES_MAX,
         });
     }
+    if spec.dictionary.words.len() > DICTIONARY_WORDS_MAX {
+        return Err(MaskConfigError::Limit {
+            what: format!("the dictionary words of profile {name:?}"),
+            limit: DICTIONARY_WORDS_MAX,
+        });
+    }
+    compile_unbounded(name, spec)
+}
+
+/// Compiles a profile without the limits on its number of rules and words.
+fn compile_unbounded(name: &str, spec: &ProfileSpec) -> Result<Profile, MaskConfigError> {
     let mut tokens = Vec::new();
     let mut columns = Vec::with_capacity(spec.columns.len());
     for (i, rule) in spec.columns.iter().enumerate() {
@@ -363,7 +464,8 @@ pub(crate) fn compile_profile(name: &str, spec: &ProfileSpec) -> Result<Profile,
     let dictionary = compile_dictionary(name, spec, &detectors, dictionary_style)?;
     let enabled_detectors =
         DetectorKind::ALL.iter().filter(|k| detectors[k.index()].is_some()).fold(0, |bits, k| bits | 1 << k.index());
-    Ok(Profile { name: name.to_owned(), columns, detectors, enabled_detectors, dictionary, tokens })
+    let column_groups = vec![columns.len()];
+    Ok(Profile { name: name.to_owned(), columns, detectors, enabled_detectors, dictionary, tokens, column_groups })
 }
 
 fn compile_dictionary(
@@ -374,12 +476,6 @@ fn compile_dictionary(
 ) -> Result<Dictionary, MaskConfigError> {
     let words = &spec.dictionary.words;
     let case_insensitive = spec.dictionary.case_insensitive;
-    if words.len() > DICTIONARY_WORDS_MAX {
-        return Err(MaskConfigError::Limit {
-            what: format!("the dictionary words of profile {profile:?}"),
-            limit: DICTIONARY_WORDS_MAX,
-        });
-    }
     let fold = |p: &[u8]| -> Vec<u8> { if case_insensitive { p.to_ascii_lowercase() } else { p.to_vec() } };
     let mut patterns: Vec<Vec<u8>> = Vec::new();
     let mut anchor_of = Vec::new();
@@ -464,8 +560,8 @@ pub(crate) fn compile(spec: &MaskingSpec) -> Result<Vec<Profile>, MaskConfigErro
     }
     let mut profiles = Vec::with_capacity(spec.profiles.len());
     for (name, profile) in &spec.profiles {
-        if name.is_empty() || name.len() > 128 {
-            return Err(rule_error(name, "name", "a profile name has 1 to 128 bytes"));
+        if name.is_empty() || name.len() > 128 || name.chars().any(char::is_control) {
+            return Err(rule_error(name, "name", "a profile name has 1 to 128 bytes and no control characters"));
         }
         profiles.push(compile_profile(name, profile)?);
     }
@@ -475,7 +571,7 @@ pub(crate) fn compile(spec: &MaskingSpec) -> Result<Vec<Profile>, MaskConfigErro
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::mask::spec::{ColumnRuleSpec, DetectorMask, DictionarySpec};
+    use crate::mask::spec::{ColumnRuleSpec, DictionarySpec};
 
     fn profile_with(words: &[&str], case_insensitive: bool) -> Profile {
         let spec = ProfileSpec {
@@ -505,19 +601,7 @@ mod tests {
         assert_eq!(profile_with(&["Falcon"], true).dictionary.kind(), SearcherKind::Dfa);
         let mut quiet = ProfileSpec::default();
         for kind in DetectorKind::ALL {
-            let switch = DetectorSwitch::Enabled(false);
-            match kind {
-                DetectorKind::Card => quiet.detectors.card = switch,
-                DetectorKind::Email => quiet.detectors.email = switch,
-                DetectorKind::Ssn => quiet.detectors.ssn = switch,
-                DetectorKind::Iban => quiet.detectors.iban = switch,
-                DetectorKind::AwsAccessKey => quiet.detectors.aws_access_key = switch,
-                DetectorKind::GcpApiKey => quiet.detectors.gcp_api_key = switch,
-                DetectorKind::GithubToken => quiet.detectors.github_token = switch,
-                DetectorKind::SlackToken => quiet.detectors.slack_token = switch,
-                DetectorKind::Jwt => quiet.detectors.jwt = switch,
-                DetectorKind::PemPrivateKey => quiet.detectors.pem_private_key = switch,
-            }
+            *detector_switch_mut(&mut quiet, kind) = DetectorSwitch::Enabled(false);
         }
         let compiled = compile_profile("quiet", &quiet).unwrap();
         assert_eq!(compiled.dictionary.kind(), SearcherKind::None);

@@ -1083,3 +1083,82 @@ fn counting_one_value_matches_the_general_count() {
         assert_eq!(one.values_masked, 2);
     }
 }
+
+/// Two profiles an identity has, masked as one (`Masker::set_name`): each profile's rules and
+/// detectors see the values and names as they came, and where two mask the same thing the
+/// stronger mask wins, in whichever order the policy lists them.
+const TWO_PROFILES: &str = r#"
+[masking.profiles.support]
+columns = [{ name = "SALARY", mask = { style = "full" } }]
+detectors.ssn = { mask = { style = "keep_last", keep = 4 } }
+detectors.card = { mask = { style = "keep_last", keep = 4 } }
+
+[masking.profiles.strict]
+columns = [
+  { name = "*SSN*", mask = { style = "null" } },
+  { name = "SALARY", mask = { style = "null" } },
+]
+detectors.ssn = { mask = { style = "null" } }
+detectors.card = false
+detectors.email = false
+dictionary = { words = ["Falcon"], mask = { style = "token", token = "[X]" } }
+"#;
+
+fn set(masker: &Masker, names: &[&str]) -> ProfileId {
+    let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+    masker.profile(&Masker::set_name(&names)).unwrap()
+}
+
+#[test]
+fn several_profiles_mask_as_one_with_the_stronger_mask() {
+    let masker = masker(TWO_PROFILES);
+    let both = set(&masker, &["support", "strict"]);
+    assert_eq!(set(&masker, &["strict", "support", "strict"]), both, "a set: order and repeats do not matter");
+    let alone = |name: &str, cell: &str| {
+        let profile = masker.profile(name).unwrap();
+        let mut body = json_chunk_bytes(&[&[Some(cell)]]);
+        masker.mask(profile, &mut body, Some(&text_plan(&masker, profile, 1)), &mut Scratch::default()).unwrap();
+        rows_of(&serde_json::from_slice(&[b"[", &body[..], b"]"].concat()).unwrap())[0][0].clone()
+    };
+    let merged = |cell: &str| {
+        let mut body = json_chunk_bytes(&[&[Some(cell)]]);
+        masker.mask(both, &mut body, Some(&text_plan(&masker, both, 1)), &mut Scratch::default()).unwrap();
+        rows_of(&serde_json::from_slice(&[b"[", &body[..], b"]"].concat()).unwrap())[0][0].clone()
+    };
+    // An SSN: support keeps its last four, strict nulls the cell; together the cell is NULL
+    // (masking with support first left no SSN for strict to find).
+    let ssn = "SSN 123-45-6789, diagnosis F32.1";
+    assert_eq!(alone("support", ssn), Some("SSN *******6789, diagnosis F32.1".into()));
+    assert_eq!(alone("strict", ssn), None);
+    assert_eq!(merged(ssn), None);
+    // A card only support looks for, and a word only strict knows: both masked.
+    let masked = merged("card 4111 1111 1111 1111 for Falcon").unwrap();
+    assert!(masked.starts_with(&format!("card {}1111 for ", stars("4111 1111 1111 "))), "{masked}");
+    assert!(masked.contains("[X]") && !masked.contains("Falcon"), "{masked}");
+
+    // Column rules: the strongest of each profile's first match, from the names as they came.
+    // Support masks quoted names (a pivoted value could be anything) and would hide 'ssn'
+    // from strict's `*SSN*` if it went first.
+    let rowtype = json!([
+        {"name": "'ssn'", "type": "text", "nullable": true, "scale": null, "table": "T"},
+        {"name": "SALARY", "type": "text", "nullable": true, "scale": null, "table": "T"},
+    ]);
+    let mut body = serde_json::to_vec(&json!({"data": {"rowtype": rowtype, "rowset": [["123456789", "100000"]],
+        "total": 1, "returned": 1, "queryResultFormat": "json"}, "success": true}))
+    .unwrap();
+    let masked = masker.mask(both, &mut body, None, &mut Scratch::default()).unwrap();
+    assert_eq!(decoded_rows(&body, "/data/rowset"), [[None, None]]);
+    let value: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(value["data"]["rowtype"][0]["name"], "'***'");
+    // The plan is the set's: it masks the set's chunks, and no single profile's.
+    let plan = masked.plan.unwrap();
+    let mut chunk = json_chunk_bytes(&[&[Some("987654321"), Some("250000")]]);
+    masker.mask(both, &mut chunk, Some(&plan), &mut Scratch::default()).unwrap();
+    assert_eq!(rows_of(&serde_json::from_slice(&[b"[", &chunk[..], b"]"].concat()).unwrap()), [[None, None]]);
+    let strict = masker.profile("strict").unwrap();
+    let mut chunk = json_chunk_bytes(&[&[Some("987654321"), Some("250000")]]);
+    let err = masker.mask(strict, &mut chunk, Some(&plan), &mut Scratch::default());
+    assert!(matches!(err, Err(MaskError::PlanMismatch)), "{err:?}");
+    // A set naming a profile the spec lacks is no profile.
+    assert!(masker.profile(&Masker::set_name(&["support".into(), "nobody".into()])).is_none());
+}

@@ -38,7 +38,7 @@ use super::{Core, unix_millis, unix_seconds};
 use crate::http::gzip::{self, GunzipError};
 use crate::http::{Method, RequestHead};
 use crate::json::Unique;
-use crate::mask::{ColumnPlan, Envelope, ResultFormat, rebuild_envelope};
+use crate::mask::{ColumnPlan, Envelope, Masker, ResultFormat, rebuild_envelope};
 use crate::policy::approvals::{Ledger, LedgerError, ParkRequest, PollState, RequestKey};
 use crate::policy::parameters::plan_query_parameters;
 use crate::policy::result_scan::{ScanTarget, may_scan_results};
@@ -900,10 +900,11 @@ fn mutable(body: Bytes) -> BytesMut {
     body.try_into_mut().unwrap_or_else(|shared| BytesMut::from(&shared[..]))
 }
 
-/// Masks `body` in place with each profile (by the profile's plan in `given` where the body
+/// Masks `body` in place with every profile of `profiles` (merged into one when there are
+/// several, named by `Masker::set_name`; by the plan in `given` under that name where the body
 /// has no row type); rewrites chunk URLs when `chunks` gives the request and session to bind
-/// them to (without it, an answer with chunks is refused). Returns the body and each
-/// profile's plan.
+/// them to (without it, an answer with chunks is refused). Returns the body and the plan, under
+/// the set's name.
 fn mask_result(
     core: &Core,
     body: Bytes,
@@ -913,12 +914,15 @@ fn mask_result(
 ) -> Result<Masked, Withheld> {
     let mut buffer = mutable(body);
     let masker = &core.gateway.config.masker;
-    let mut plans: Vec<(String, ColumnPlan)> = Vec::with_capacity(profiles.len());
+    let mut plans: Vec<(String, ColumnPlan)> = Vec::with_capacity(1);
     let mut envelope: Option<Envelope> = None;
     let mut values_masked = 0;
+    // One pass with every profile at once (merged when there are several): a pass per profile
+    // would let one hide from the next what that one masks more strongly.
+    let set = (!profiles.is_empty()).then(|| Masker::set_name(profiles));
     {
         let mut scratch = core.scratch.borrow_mut();
-        for name in profiles {
+        for name in set.iter() {
             let profile = masker.profile(name).ok_or_else(|| format!("no masking profile {name:?}"))?;
             let plan = given.iter().find(|(of, _)| of == name).map(|(_, plan)| plan);
             let masked = masker.mask(profile, &mut buffer, plan, &mut scratch).map_err(|e| e.to_string())?;
