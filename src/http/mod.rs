@@ -332,6 +332,13 @@ fn collect_fields(buf: &[u8], parsed: &[httparse::Header<'_>]) -> Vec<Field> {
         .collect()
 }
 
+/// Whether a header field may be written as it is: its name a token (RFC 9110, 5.6.2), its
+/// value without control characters but horizontal tab.
+pub fn is_field(name: &[u8], value: &[u8]) -> bool {
+    let tchar = |b: &u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(b);
+    !name.is_empty() && name.iter().all(tchar) && value.iter().all(|&b| b == b'\t' || (b >= 0x20 && b != 0x7f))
+}
+
 /// Parses a request head at the start of `buf`. `Ok(None)` means more bytes are needed. The
 /// head's bytes are copied into the result; the caller drops the first `head_len` bytes of
 /// `buf` itself, keeping the body and any pipelined message after it.
@@ -354,6 +361,11 @@ pub fn parse_request_head(buf: &[u8], limits: &Limits) -> Result<Option<RequestH
     check_line_endings(&buf[..head_len])?;
     let method_str = req.method.unwrap_or_default();
     let method = Method::parse(method_str).ok_or(HeadError::Syntax("unsupported method"))?;
+    // No driver sends HEAD, and its answer must have no body: refused (and the connection
+    // closed) rather than answered with one the agent would read as its next answer.
+    if method == Method::Head {
+        return Err(HeadError::Syntax("unsupported method"));
+    }
     let target = req.path.unwrap_or_default();
     if !target.starts_with('/') {
         return Err(HeadError::Syntax("request target is not in origin form"));
@@ -496,10 +508,11 @@ impl HeadWriter {
         HeadWriter { buf }
     }
 
-    /// Adds a field. Names and values come from parsed heads or from constants, so they
-    /// already hold no CR or LF; this is asserted in debug builds.
+    /// Adds a field. Names and values come from parsed heads, from constants, or from an
+    /// upstream answer's `chunkHeaders` checked by [`is_field`]; so they hold no CR or LF,
+    /// which is asserted in debug builds.
     pub fn field(&mut self, name: &[u8], value: &[u8]) -> &mut Self {
-        debug_assert!(!name.iter().chain(value).any(|&b| b == b'\r' || b == b'\n'));
+        debug_assert!(is_field(name, value));
         self.buf.put_slice(name);
         self.buf.put_slice(b": ");
         self.buf.put_slice(value);
@@ -531,6 +544,27 @@ mod tests {
 
     fn res(raw: &str) -> Result<Option<ResponseHead>, HeadError> {
         parse_response_head(raw.as_bytes(), Method::Get, &Limits::default())
+    }
+
+    /// HEAD's answer has no body, which the gateway's answers (a 404's JSON) always have: the
+    /// agent would read that body as the start of its next answer.
+    #[test]
+    fn head_requests_are_refused_at_the_head() {
+        assert!(matches!(req("HEAD / HTTP/1.1\r\nHost: x\r\n\r\n"), Err(HeadError::Syntax("unsupported method"))));
+        assert!(matches!(req("TRACE / HTTP/1.1\r\nHost: x\r\n\r\n"), Err(HeadError::Syntax("unsupported method"))));
+        assert!(req("GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap().is_some());
+    }
+
+    #[test]
+    fn fields_to_write_are_tokens_and_text() {
+        assert!(is_field(b"x-amz-server-side-encryption-customer-key", b"abc+/== \t"));
+        assert!(!is_field(b"", b"v"));
+        assert!(!is_field(b"x y", b"v"));
+        assert!(!is_field(b"x:y", b"v"));
+        assert!(!is_field(b"x", b"k\r\nHost: evil"));
+        assert!(!is_field(b"x", b"k\nHost: evil"));
+        assert!(!is_field(b"x", b"k\0"));
+        assert!(!is_field(b"x\r\nHost", b"v"));
     }
 
     #[test]

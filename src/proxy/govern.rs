@@ -1031,6 +1031,11 @@ fn grant_url(
     } else {
         Vec::new()
     };
+    // They are sent as they are in the fetch's request head: one holding a line break would
+    // add fields of the upstream's choosing.
+    if !headers.iter().all(|(name, value)| crate::http::is_field(name.as_bytes(), value.as_bytes())) {
+        return Err(Withheld::Unmaskable("the answer's chunkHeaders or qrmk cannot be sent as header fields".into()));
+    }
     let grant = ChunkGrant {
         url: url.to_owned(),
         headers,

@@ -39,7 +39,7 @@ use crate::policy::approvals::Ledger;
 use crate::policy::worker::{ClassifierPool, PoolConfig};
 use crate::record::{Frame, RecordUnavailable, Recorder, Ticket};
 use crate::session::codes;
-use crate::session::query::summarize_answer;
+use crate::session::query::{summarize_answer, summarize_sql_api_answer};
 use crate::session::statements::{IdRefused, Plans, StatementBook, id_key};
 use crate::session::token::Sealer;
 use io::{Conn, ReadError, Stream};
@@ -431,12 +431,19 @@ impl Core {
         // The statement ids an upstream driver answer names become the agent's before it can
         // see them; an answer naming an id another identity holds is refused instead.
         // The answer is read once, for the books and the frame.
-        let mut summary = summarize_answer(&answer.body).unwrap_or_default();
+        let summarize = |answer: &handler::Answer| {
+            if sql_api {
+                summarize_sql_api_answer(answer.status, &answer.body).unwrap_or_default()
+            } else {
+                summarize_answer(&answer.body).unwrap_or_default()
+            }
+        };
+        let mut summary = summarize(&answer);
         if let Some((sub, ids)) = capture.answered_statement_ids(&answer, &summary)
             && !self.gateway.issue_statements(self.id, &ids, sub)
         {
             answer = handler::refuse(&mut capture, codes::STATEMENT_UNKNOWN, handler::STATEMENT_UNKNOWN_MESSAGE);
-            summary = summarize_answer(&answer.body).unwrap_or_default();
+            summary = summarize(&answer);
         }
         let (request, mut response) = capture.into_frames(&answer, summary, unix_micros(), total_us);
         let ticket = match request {

@@ -176,6 +176,10 @@ impl Endpoint {
         };
         // Gzip (declared, or sniffed without a declaration: cloud storage serves chunks so) is
         // inflated; any other encoding is refused, never passed on as bytes nobody masked.
+        // Named twice, the encodings apply in turn: one may hide the other.
+        if head.headers.count("content-encoding") > 1 {
+            return Exchange::Failed(UpstreamError::Invalid("the answer names its content-encoding twice".into()));
+        }
         let gzipped = match head.headers.get("content-encoding").map(<[u8]>::trim_ascii) {
             None => gzip::is_gzip(&body),
             Some(e) if e.eq_ignore_ascii_case(b"gzip") => true,
@@ -440,7 +444,8 @@ mod tests {
         assert_eq!(fetch_encoded(None, &gzipped).unwrap(), &plain[..]);
         assert_eq!(fetch_encoded(None, plain).unwrap(), &plain[..]);
         assert_eq!(fetch_encoded(Some("identity"), plain).unwrap(), &plain[..]);
-        for encoding in ["br", "deflate", "zstd", "gzip, br"] {
+        // Named twice, an identity first hides the br after it.
+        for encoding in ["br", "deflate", "zstd", "gzip, br", "identity\r\ncontent-encoding: br"] {
             match fetch_encoded(Some(encoding), plain) {
                 Err(UpstreamError::Invalid(why)) => assert!(why.contains("content-encoding"), "{encoding}: {why}"),
                 other => panic!("{encoding}: {other:?}"),

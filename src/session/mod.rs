@@ -119,12 +119,15 @@ impl Endpoint {
     }
 
     /// The largest request body this endpoint accepts after gunzip. Only statements carry big
-    /// bodies (their text and bindings, up to `statement_bytes_max`); the drivers' session
-    /// control bodies are a few KiB and telemetry batches tens, and each is read into a JSON
-    /// tree several times its size, before authentication in a login's case.
+    /// bodies (their text and bindings, up to `statement_bytes_max`), and so do aborts (the
+    /// Python driver's cancel repeats the statement's `sqlText`); the drivers' session control
+    /// bodies are a few KiB and telemetry batches tens, and each is read into a JSON tree
+    /// several times its size, before authentication in a login's case.
     pub fn request_bytes_max(&self, statement_bytes_max: usize) -> usize {
         match self {
-            Endpoint::QueryRequest | Endpoint::SqlApiSubmit => statement_bytes_max,
+            Endpoint::QueryRequest | Endpoint::SqlApiSubmit | Endpoint::Abort | Endpoint::AbortQuery(_) => {
+                statement_bytes_max
+            }
             Endpoint::Telemetry => TELEMETRY_BYTES_MAX,
             _ => CONTROL_BYTES_MAX,
         }
@@ -175,9 +178,9 @@ pub fn set_query_param(target: &str, name: &str, value: &str) -> String {
     format!("{path}?{}", parts.join("&"))
 }
 
-/// Whether `pair`, percent-decoded, holds `name` in any case anywhere (so as a key however a
-/// server splits or decodes it). Pairs that merely mention it are dropped too: no parameter a
-/// driver sends does.
+/// Whether `pair`, percent-decoded, holds `name` in any case where a key could start (at its
+/// start, or after a `;`, `&`, `?`, `,` or whitespace, so as a key however a server splits or
+/// decodes it). A value that merely holds the word (`schemaName=ROLENAMES`) is not one.
 fn could_name(pair: &str, name: &str) -> bool {
     let mut decoded = Vec::with_capacity(pair.len());
     let bytes = pair.as_bytes();
@@ -195,7 +198,12 @@ fn could_name(pair: &str, name: &str) -> bool {
             }
         }
     }
-    decoded.windows(name.len()).any(|w| w.eq_ignore_ascii_case(name.as_bytes()))
+    decoded.windows(name.len()).enumerate().any(|(at, w)| {
+        w.eq_ignore_ascii_case(name.as_bytes())
+            && (at == 0
+                || matches!(decoded[at - 1], b';' | b'&' | b'?' | b',')
+                || decoded[at - 1].is_ascii_whitespace())
+    })
 }
 
 fn percent_encode(value: &str) -> String {
@@ -350,9 +358,24 @@ mod tests {
         assert_eq!(set_query_param("/x?b=2", "roleName", "R"), "/x?b=2&roleName=R");
         assert_eq!(set_query_param("/x?roleName=a&roleName=b&c=1", "roleName", "R"), "/x?roleName=R&c=1");
         // Spellings a server could decode to `roleName` never reach it beside ours.
-        for sneaky in ["role%4Eame=ADMIN", "ROLENAME=ADMIN", "%72%6f%6c%65%6e%61%6d%65=ADMIN", "a=1;roleName=ADMIN"] {
+        for sneaky in [
+            "role%4Eame=ADMIN",
+            "ROLENAME=ADMIN",
+            "%72%6f%6c%65%6e%61%6d%65=ADMIN",
+            "a=1;roleName=ADMIN",
+            "a=1%26roleName=ADMIN",
+            "%20roleName=ADMIN",
+        ] {
             assert_eq!(set_query_param(&format!("/x?{sneaky}&c=1"), "roleName", "R"), "/x?roleName=R&c=1", "{sneaky}");
             assert_eq!(set_query_param(&format!("/x?c=1&{sneaky}"), "roleName", "R"), "/x?c=1&roleName=R", "{sneaky}");
+        }
+        // A value that holds the word is another parameter's, kept.
+        for kept in ["schemaName=ROLENAMES_AUDIT", "warehouse=WH_ROLENAME", "databaseName=x%20y_rolename"] {
+            assert_eq!(
+                set_query_param(&format!("/x?{kept}&roleName=A"), "roleName", "R"),
+                format!("/x?{kept}&roleName=R"),
+                "{kept}"
+            );
         }
         // Broken escapes and multi-byte text are kept as they are.
         assert_eq!(set_query_param("/x?a=%zz%4&b=%C3%A9", "roleName", "R"), "/x?a=%zz%4&b=%C3%A9&roleName=R");

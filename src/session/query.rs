@@ -121,9 +121,67 @@ pub fn summarize_answer(body: &[u8]) -> Option<AnswerSummary> {
     })
 }
 
+#[derive(Deserialize)]
+struct SqlApiAnswerWire {
+    #[serde(default)]
+    code: Option<serde_json::Value>,
+    #[serde(rename = "statementHandle", default)]
+    statement_handle: Option<String>,
+    #[serde(rename = "resultSetMetaData", default)]
+    meta: Option<Object<SqlApiMetaWire>>,
+}
+
+#[derive(Deserialize)]
+struct SqlApiMetaWire {
+    #[serde(rename = "numRows", default)]
+    num_rows: Option<u64>,
+}
+
+/// The SQL API's code for a statement that ran and answered.
+pub const SQL_API_SUCCESS: &str = "090001";
+
+/// Summarises a SQL API v2 answer (`code`, `statementHandle`, `resultSetMetaData.numRows`;
+/// its `data` is rows, not the driver envelope's object): a success is HTTP 200 with code
+/// `090001`. `None` when it is not a JSON object.
+pub fn summarize_sql_api_answer(status: u16, body: &[u8]) -> Option<AnswerSummary> {
+    let Object(wire): Object<SqlApiAnswerWire> = serde_json::from_slice(body).ok()?;
+    let code = match wire.code {
+        Some(serde_json::Value::String(s)) => Some(s),
+        Some(serde_json::Value::Number(n)) => Some(n.to_string()),
+        _ => None,
+    };
+    Some(AnswerSummary {
+        success: status == 200 && code.as_deref() == Some(SQL_API_SUCCESS),
+        code,
+        query_id: wire.statement_handle,
+        total_rows: wire.meta.and_then(|Object(meta)| meta.num_rows),
+        result_ids: Vec::new(),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn summarises_sql_api_answers() {
+        let ok = br#"{"resultSetMetaData":{"numRows":2,"format":"jsonv2","rowType":[]},"data":[["1"],["2"]],
+            "code":"090001","statementHandle":"01b2c3d4-0000-4000-8000-000000000001","message":"ok"}"#;
+        let summary = summarize_sql_api_answer(200, ok).unwrap();
+        assert!(summary.success);
+        assert_eq!(summary.code.as_deref(), Some("090001"));
+        assert_eq!(summary.total_rows, Some(2));
+        assert_eq!(summary.query_id.as_deref(), Some("01b2c3d4-0000-4000-8000-000000000001"));
+        // The driver envelope's reading of it finds no envelope.
+        assert!(summarize_answer(ok).is_none());
+        let running = br#"{"code":"333334","message":"running","statementHandle":"h"}"#;
+        assert!(!summarize_sql_api_answer(202, running).unwrap().success);
+        let failed = br#"{"code":"002003","message":"does not exist","sqlState":"02000","statementHandle":"h"}"#;
+        let summary = summarize_sql_api_answer(422, failed).unwrap();
+        assert!(!summary.success);
+        assert_eq!(summary.code.as_deref(), Some("002003"));
+        assert!(summarize_sql_api_answer(200, b"[1]").is_none());
+    }
 
     #[test]
     fn parses_a_python_query_request() {

@@ -363,6 +363,12 @@ fn query_flows_pass_through_polling_async_and_errors() {
         )
         .unwrap();
     assert_eq!(abort.json().unwrap()["success"], true);
+    // The Python driver's cancel repeats the statement's text, which may be as long as a
+    // statement (a multi-row INSERT over the control bodies' 256 KiB).
+    let long = json!({"sqlText": format!("insert into t values {}", "(1),".repeat(80_000)), "requestId": "2"});
+    let abort = client.post_json("/queries/v1/abort-request", &[("authorization", &auth)], &long, false).unwrap();
+    assert_eq!(abort.status, 200);
+    assert_eq!(abort.json().unwrap()["success"], true);
     let telemetry =
         client.post_json("/telemetry/send", &[("authorization", &auth)], &json!({"logs": []}), true).unwrap();
     assert_eq!(telemetry.json().unwrap()["success"], true);
@@ -453,6 +459,31 @@ fn sql_api_takes_a_bearer_oidc_token_and_forwards_the_gateway_jwt() {
     let keypair_type = [("authorization", bearer.as_str()), ("x-snowflake-authorization-token-type", "KEYPAIR_JWT")];
     assert_eq!(client.post_json("/api/v2/statements", &keypair_type, &body, false).unwrap().status, 401);
     assert_eq!(client.post_json("/api/v2/statements", &[], &body, false).unwrap().status, 401);
+
+    // The submit's answer is recorded as what it was: a success, its code, rows and handle.
+    let rows = result["resultSetMetaData"]["numRows"].as_u64().unwrap();
+    let dir = gateway.stop();
+    let records = read_records(&dir.path().join("recordings"));
+    let index = records
+        .iter()
+        .find_map(|r| match &r.frame {
+            snowgate::record::Frame::Request(q) if q.endpoint == "sql-api-submit" => Some(r.index),
+            _ => None,
+        })
+        .unwrap();
+    let answer = records
+        .iter()
+        .find_map(|r| match &r.frame {
+            snowgate::record::Frame::Response(a)
+                if a.request.as_ref().and_then(|l| l.record_index()) == Some(index) =>
+            {
+                Some(a)
+            }
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!((answer.success, answer.code.as_deref(), answer.rows), (Some(true), Some("090001"), Some(rows)));
+    assert_eq!(answer.query_id.as_deref(), Some(handle.as_str()));
 }
 
 #[test]
