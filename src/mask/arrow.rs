@@ -280,6 +280,8 @@ pub(crate) fn mask_stream(
                         columns.push(Column {
                             name: field.name().unwrap_or_default().to_owned(),
                             table: None,
+                            schema: None,
+                            database: None,
                             type_name: type_name_of(&field, layout),
                             scale: metadata_value(&field, "scale").and_then(|s| s.parse().ok()),
                             nullable: field.nullable(),

@@ -44,7 +44,8 @@
 //! # `UPPER(ssn)` is a column no rule names (detectors still scan it; ARCHITECTURE.md).
 //! [[masking.profiles.agents.columns]]      # first match wins; masks every value
 //! name = "*SSN*"                           # glob over the column name, case-insensitive
-//! table = "*"                              # glob over the table (default "*")
+//! table = "*"                              # glob over the table (default "*"); with dots
+//!                                          # over schema.table or database.schema.table
 //! mask = { style = "null" }
 //!
 //! [[masking.profiles.agents.columns]]

@@ -19,6 +19,11 @@ pub struct Column {
     /// The table it comes from: `Some("")` for expressions, `None` when unknown (Arrow chunks
     /// masked without the answer's row type). Table globs other than `*` match unknown tables.
     pub table: Option<String>,
+    /// The table's schema and database, when the row type names them (`None` when it does not:
+    /// a table glob naming them then matches, as for an unknown table).
+    pub schema: Option<String>,
+    /// See `schema`.
+    pub database: Option<String>,
     /// Snowflake's type name (`fixed`, `text`, `TIMESTAMP_TZ`...), any case.
     pub type_name: String,
     /// The scale for `fixed` and time types.
@@ -32,6 +37,10 @@ struct RowTypeEntry {
     name: String,
     #[serde(default)]
     table: Option<String>,
+    #[serde(default)]
+    schema: Option<String>,
+    #[serde(default)]
+    database: Option<String>,
     #[serde(rename = "type")]
     type_name: String,
     #[serde(default)]
@@ -60,6 +69,8 @@ impl Column {
             .map(|Object(e)| Column {
                 name: e.name,
                 table: Some(e.table.unwrap_or_default()),
+                schema: e.schema,
+                database: e.database,
                 type_name: e.type_name,
                 scale: e.scale,
                 nullable: e.nullable,

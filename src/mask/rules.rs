@@ -133,6 +133,9 @@ pub(crate) struct ColumnRule {
     name: GlobMatcher,
     table: GlobMatcher,
     table_is_any: bool,
+    /// How many parts the table glob names: 1 (`table`), 2 (`schema.table`) or 3
+    /// (`database.schema.table`).
+    table_parts: usize,
     pub(crate) style: Style,
 }
 
@@ -140,10 +143,15 @@ impl ColumnRule {
     fn matches(&self, column: &Column) -> bool {
         self.name.is_match(&column.name)
             && (self.table_is_any
-                || match &column.table {
-                    // An unknown table cannot prove the rule does not apply: mask.
-                    None => true,
-                    Some(table) => self.table.is_match(table),
+                || match (&column.table, &column.schema, &column.database, self.table_parts) {
+                    // An unknown table (or schema, or database, where the glob names it) cannot
+                    // prove the rule does not apply: mask.
+                    (None, ..) | (_, None, _, 2..) | (_, _, None, 3..) => true,
+                    (Some(table), _, _, ..=1) => self.table.is_match(table),
+                    (Some(table), Some(schema), _, 2) => self.table.is_match(format!("{schema}.{table}")),
+                    (Some(table), Some(schema), Some(database), _) => {
+                        self.table.is_match(format!("{database}.{schema}.{table}"))
+                    }
                 })
     }
 }
@@ -321,6 +329,22 @@ fn compile_style(
     })
 }
 
+/// How many parts of `database.schema.table` a table glob names (by its dots). Quotes are
+/// refused: row types name tables without them, so a quoted glob would never match.
+fn table_parts(profile: &str, rule: &str, glob: &str) -> Result<usize, MaskConfigError> {
+    if glob.contains('"') {
+        return Err(rule_error(
+            profile,
+            rule,
+            "table is matched (case-insensitively) against names as the row type reports them: write it without quotes",
+        ));
+    }
+    match glob.matches('.').count() {
+        dots @ 0..=2 => Ok(dots + 1),
+        _ => Err(rule_error(profile, rule, "table names at most database.schema.table (two dots)")),
+    }
+}
+
 fn compile_glob(profile: &str, rule: &str, field: &str, glob: &str) -> Result<GlobMatcher, MaskConfigError> {
     GlobBuilder::new(glob)
         .case_insensitive(true)
@@ -446,6 +470,7 @@ fn compile_unbounded(name: &str, spec: &ProfileSpec) -> Result<Profile, MaskConf
             name: compile_glob(name, &label, "name", &rule.name)?,
             table: compile_glob(name, &label, "table", &rule.table)?,
             table_is_any: rule.table == "*",
+            table_parts: table_parts(name, &label, &rule.table)?,
             style: compile_style(name, &label, &rule.mask, &mut tokens)?,
         });
     }
@@ -652,17 +677,58 @@ mod tests {
         spec.columns.push(ColumnRuleSpec { name: "*ssn*".into(), table: "*".into(), mask: MaskSpec::Null });
         spec.columns.push(ColumnRuleSpec { name: "email".into(), table: "CUST*".into(), mask: MaskSpec::Full });
         let profile = compile_profile("p", &spec).unwrap();
-        let column = |name: &str, table: Option<&str>| Column {
-            name: name.into(),
-            table: table.map(Into::into),
-            type_name: "text".into(),
-            scale: None,
-            nullable: true,
-        };
         assert_eq!(profile.rule_for(&column("CUSTOMER_SSN", Some("X"))), Some(0));
         assert_eq!(profile.rule_for(&column("EMAIL", Some("customers"))), Some(1));
         assert_eq!(profile.rule_for(&column("EMAIL", Some("ORDERS"))), None);
         assert_eq!(profile.rule_for(&column("EMAIL", Some(""))), None);
         assert_eq!(profile.rule_for(&column("EMAIL", None)), Some(1));
+    }
+
+    fn column(name: &str, table: Option<&str>) -> Column {
+        Column {
+            name: name.into(),
+            table: table.map(Into::into),
+            schema: None,
+            database: None,
+            type_name: "text".into(),
+            scale: None,
+            nullable: true,
+        }
+    }
+
+    /// A table glob with dots names the schema (and the database) too, as authors write
+    /// qualified names; before, it was matched against the bare table name and never matched.
+    #[test]
+    fn table_globs_may_name_the_schema_and_database() {
+        let mut spec = ProfileSpec::default();
+        for table in ["PROD.CRM.CUSTOMERS", "crm.orders", "*.HR.*"] {
+            spec.columns.push(ColumnRuleSpec { name: "EMAIL".into(), table: table.into(), mask: MaskSpec::Full });
+        }
+        let profile = compile_profile("p", &spec).unwrap();
+        let at = |database: Option<&str>, schema: Option<&str>, table: &str| Column {
+            database: database.map(Into::into),
+            schema: schema.map(Into::into),
+            ..column("EMAIL", Some(table))
+        };
+        assert_eq!(profile.rule_for(&at(Some("PROD"), Some("CRM"), "CUSTOMERS")), Some(0));
+        assert_eq!(profile.rule_for(&at(Some("DEV"), Some("CRM"), "CUSTOMERS")), None);
+        assert_eq!(profile.rule_for(&at(Some("DEV"), Some("CRM"), "ORDERS")), Some(1));
+        assert_eq!(profile.rule_for(&at(Some("ANY"), Some("HR"), "STAFF")), Some(2));
+        assert_eq!(profile.rule_for(&at(Some("ANY"), Some("OPS"), "STAFF")), None);
+        // The row type does not say: the rule cannot be proved not to apply.
+        assert_eq!(profile.rule_for(&at(None, None, "CUSTOMERS")), Some(0));
+        assert_eq!(profile.rule_for(&column("EMAIL", None)), Some(0));
+
+        // Columns as a query answer's row type lists them.
+        let rowtype = br#"[{"name":"EMAIL","database":"PROD","schema":"CRM","table":"CUSTOMERS","type":"text"}]"#;
+        let columns = Column::from_rowtype_json(rowtype).unwrap();
+        assert_eq!(profile.rule_for(&columns[0]), Some(0));
+
+        for (table, reason) in [("\"customers\"", "without quotes"), ("a.b.c.d", "at most database.schema.table")] {
+            let mut spec = ProfileSpec::default();
+            spec.columns.push(ColumnRuleSpec { name: "EMAIL".into(), table: table.into(), mask: MaskSpec::Full });
+            let err = compile_profile("p", &spec).err().unwrap().to_string();
+            assert!(err.contains(reason) && err.contains("columns[0]"), "{err}");
+        }
     }
 }

@@ -37,7 +37,9 @@ pub struct ProfileSpec {
 pub struct ColumnRuleSpec {
     /// Glob over the column name (`*`, `?`, `[a-z]`, `{a,b}`).
     pub name: String,
-    /// Glob over the table name; `*` (the default) matches every table, including none.
+    /// Glob over the table name; `*` (the default) matches every table, including none. With one
+    /// dot it is matched against `schema.table`, with two against `database.schema.table`
+    /// (unquoted, as the row type names them); where the row type does not say, it matches.
     #[serde(default = "any_table")]
     pub table: String,
     /// How the values are masked.

@@ -357,7 +357,15 @@ mod tests {
         let spec: MaskingSpec = toml::from_str("[profiles.p.detectors]\ncard = true\n").expect("a masking spec");
         let masker = Masker::new(&spec).expect("compiles");
         let profile = masker.profile("p").expect("profile p");
-        let name = Column { name: "NAME".into(), table: None, type_name: "text".into(), scale: None, nullable: true };
+        let name = Column {
+            name: "NAME".into(),
+            table: None,
+            schema: None,
+            database: None,
+            type_name: "text".into(),
+            scale: None,
+            nullable: true,
+        };
         vec![("p".into(), masker.plan(profile, &[name]))]
     }
 

@@ -155,7 +155,15 @@ pub(crate) fn json_chunk_bytes(rows: &[&[Option<&str>]]) -> Vec<u8> {
 }
 
 pub(crate) fn text_column(name: &str) -> Column {
-    Column { name: name.into(), table: Some("T".into()), type_name: "text".into(), scale: None, nullable: true }
+    Column {
+        name: name.into(),
+        table: Some("T".into()),
+        schema: None,
+        database: None,
+        type_name: "text".into(),
+        scale: None,
+        nullable: true,
+    }
 }
 
 pub(crate) fn text_plan(masker: &Masker, profile: ProfileId, n: usize) -> ColumnPlan {
