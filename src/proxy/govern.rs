@@ -383,6 +383,16 @@ fn park(
     message: &str,
 ) -> Answer {
     let claims = session.claims;
+    // Parked, an asynchronous statement could never run: drivers follow it through its
+    // monitoring status and read it with RESULT_SCAN, and Snowflake knows neither id.
+    if query.async_exec {
+        return refuse(
+            capture,
+            codes::REVIEW_UNSUPPORTED,
+            "this statement needs a reviewer's approval, which asynchronous execution (asyncExec) cannot wait \
+             for: run it synchronously, and the driver waits for the decision",
+        );
+    }
     let Some(request_id) = capture.request_id().map(str::to_owned) else {
         return refuse(capture, codes::BAD_REQUEST, "a statement that needs review must carry the driver's requestId");
     };

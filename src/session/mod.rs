@@ -257,8 +257,8 @@ pub mod codes {
     pub const OVERLOADED: &str = "260014";
     /// The answer could not be masked, so it was withheld.
     pub const MASKING_FAILED: &str = "260015";
-    /// A statement under review cannot be cancelled by its agent (a reviewer denies it, or its
-    /// review times out).
+    /// What review cannot do: cancel a statement under review by its agent (a reviewer denies
+    /// it, or its review times out), or run one asynchronously.
     pub const REVIEW_UNSUPPORTED: &str = "260016";
     /// The parked statements are at their limit (for this identity or in all).
     pub const REVIEW_FULL: &str = "260017";

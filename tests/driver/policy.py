@@ -1,6 +1,6 @@
 """Runs one policy scenario with the real Python driver through snowgate and prints a JSON
-summary on stdout: a blocked DROP, or a write that waits for review (approved, denied or
-timed out by the test driving the admin API meanwhile)."""
+summary on stdout: a blocked DROP, a write that waits for review (approved, denied or
+timed out by the test driving the admin API meanwhile), or that write run asynchronously."""
 
 import argparse
 import json
@@ -16,7 +16,7 @@ def main() -> int:
     parser.add_argument("--host", required=True)
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--token", required=True)
-    parser.add_argument("--mode", choices=["drop", "review"], required=True)
+    parser.add_argument("--mode", choices=["drop", "review", "async-review"], required=True)
     parser.add_argument("--suffix", required=True)
     args = parser.parse_args()
 
@@ -34,8 +34,12 @@ def main() -> int:
     statement = f"DROP DATABASE {database}" if args.mode == "drop" else "INSERT INTO REVIEWED VALUES (1, 'approved-row')"
     started = time.monotonic()
     try:
-        cur.execute(statement)
-        out["rowcount"] = cur.rowcount
+        if args.mode == "async-review":
+            cur.execute_async(statement)
+            out["query_id"] = cur.sfqid
+        else:
+            cur.execute(statement)
+            out["rowcount"] = cur.rowcount
     except ProgrammingError as e:
         out["error"] = {"errno": e.errno, "msg": e.msg}
     out["waited_secs"] = round(time.monotonic() - started, 3)

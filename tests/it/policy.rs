@@ -245,6 +245,23 @@ fn an_undecided_write_times_out_denied() {
     assert!(timeouts[0].contains("sub=agent-7") && timeouts[0].ends_with("outcome=timed_out"), "{timeouts:?}");
 }
 
+/// The driver's `execute_async` of a write that needs review is refused at once, with the
+/// reason: parked, it could never run (the driver then polls the query's monitoring status and
+/// reads its result with RESULT_SCAN, and Snowflake knows neither the gateway's id), and a
+/// reviewer's approval would be lost on it.
+#[test]
+fn an_asynchronous_write_that_needs_review_is_refused_with_the_reason() {
+    let setup = setup(60);
+    let out = outcome(spawn_script(&setup.gateway, "async-review", "ASYNC1"));
+    assert_eq!(out["error"]["errno"], 260016, "{out}");
+    assert!(out["error"]["msg"].as_str().unwrap().contains("synchronously"), "{out}");
+    assert_eq!(out["rows"], json!([]), "{out}");
+    assert_eq!(count(&setup.upstream.sent(), "INSERT INTO REVIEWED"), 0);
+    let (status, body) = admin_request(setup.gateway.admin_addr(), "GET", "/v1/approvals", &reviewer_token(), None);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["pending"], json!([]), "{body}");
+}
+
 #[test]
 fn the_admin_api_refuses_agents_and_strangers() {
     let setup = setup(60);
