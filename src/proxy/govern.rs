@@ -544,7 +544,8 @@ pub async fn poll_parked(
             Ok(PollState::Finished { upstream_query_id: None }) => refuse(
                 capture,
                 codes::UPSTREAM_INVALID,
-                "the approved statement ran, but Snowflake gave no query id to fetch its result by",
+                "the approved statement was sent to Snowflake, which gave no query id to fetch its result by \
+                 (it may have run)",
             ),
             Ok(PollState::Denied { reason }) => {
                 capture.set_decision(Decision::Blocked { rule: "review".into() });
@@ -590,20 +591,31 @@ async fn run_approved(
     let forwarded =
         UpstreamRequest { method: Method::Post, target: payload.target.clone(), headers, body: payload.body.clone() };
     let result = send(core, &forwarded, payload.body.clone(), capture).await;
-    let upstream_query_id = result.as_ref().ok().and_then(|r| summarize_answer(&r.body)).and_then(|s| s.query_id);
-    end_run(core, query_id, capture, &payload, upstream_query_id);
+    let summary = result.as_ref().ok().and_then(|r| summarize_answer(&r.body));
+    // Snowflake runs nothing on an expired session token: the driver renews on this answer
+    // and polls again, and the statement runs then.
+    let expired = summary.as_ref().is_some_and(|s| !s.success && s.code.as_deref() == Some(codes::SESSION_EXPIRED));
+    end_run(core, query_id, capture, &payload, summary.and_then(|s| s.query_id), expired);
     match result {
         Ok(response) => masked_answer(core, head, response, capture, session, &payload.profiles),
         Err(answer) => answer,
     }
 }
 
-/// Ends the run of an approved statement in the ledger: when nothing went upstream (its request
-/// could not be recorded) it is handed back, approved, for the next poll; else it is finished,
-/// with the statement's id upstream when the answer named one.
-fn end_run(core: &Core, query_id: &str, capture: &Capture, payload: &ParkedStatement, upstream_id: Option<String>) {
+/// Ends the run of an approved statement in the ledger: when it did not run (its request could
+/// not be recorded, no connection to the upstream could be made, or the upstream `refused` it
+/// unrun) it is handed back, approved, for the next poll; else it is finished, with the
+/// statement's id upstream when the answer named one.
+fn end_run(
+    core: &Core,
+    query_id: &str,
+    capture: &Capture,
+    payload: &ParkedStatement,
+    upstream_id: Option<String>,
+    refused: bool,
+) {
     let mut ledger = ledger(core);
-    let ended = if capture.was_admitted() {
+    let ended = if capture.was_admitted() && !capture.unreached && !refused {
         ledger.finish(query_id, upstream_id, unix_millis())
     } else {
         ledger.unrun(query_id, payload.clone())
@@ -790,7 +802,7 @@ async fn run_approved_sql_api(
         .and_then(|r| crate::mask::statement_handles(&r.body).ok())
         .and_then(|handles| handles.into_iter().next())
         .filter(|h| crate::session::is_query_id(h));
-    end_run(core, handle, capture, &payload, upstream_handle);
+    end_run(core, handle, capture, &payload, upstream_handle, false);
     match result {
         Ok(response) => {
             super::handler::sql_api_answer(core, response, capture, asker.subject, &payload.profiles, None, false)

@@ -100,6 +100,8 @@ pub struct Capture {
     started_at_unix_us: u64,
     /// Set once the request record was taken, before the request went upstream.
     admitted: Option<RequestLink>,
+    /// The admitted request never reached the upstream: no connection could be made.
+    pub(super) unreached: bool,
     /// An answer body (the very buffer) and what the recording keeps in its place.
     recorded_instead: Option<(Bytes, Bytes)>,
 }
@@ -513,7 +515,10 @@ pub(super) async fn send(
     let started = std::time::Instant::now();
     let result = core.pool.send(request).await;
     capture.upstream_us = started.elapsed().as_micros() as u64;
-    result.map_err(|e| upstream_failed(capture, &e))
+    result.map_err(|e| {
+        capture.unreached = matches!(e, UpstreamError::Connect(_));
+        upstream_failed(capture, &e)
+    })
 }
 
 /// Records the request before it goes upstream.

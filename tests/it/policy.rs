@@ -400,6 +400,34 @@ fn an_approval_after_the_session_expired_waits_for_the_renewal() {
     assert_eq!(upstream.stats.requests(EndpointKind::Query), 1);
 }
 
+/// An approved statement that Snowflake refused unrun, its session having expired upstream
+/// (a session policy shorter than the gateway knows, or idle while under review), is not
+/// finished: the driver gets 390112, renews, and its next poll runs the statement. Before, the
+/// approval was spent and the driver told the statement ran without an id.
+#[test]
+fn an_approved_statement_refused_for_an_expired_session_runs_after_the_renewal() {
+    let upstream = double(|_| {});
+    let gateway = TestGateway::start(
+        &upstream.url(),
+        GatewayOptions { policy: Some(SQL_API_REVIEW_POLICY.into()), ..Default::default() },
+    );
+    let mut client = gateway.client();
+    let (session, master) = login_ok(&mut client);
+    let parked = query(&mut client, &session, "select * from medium").json().unwrap();
+    assert_eq!(parked["code"], "333333", "{parked}");
+    let result = format!("/queries/{}/result", parked["data"]["queryId"].as_str().unwrap());
+    decide(&gateway, parked["data"]["queryId"].as_str().unwrap(), "approve", "a read for the test");
+    upstream.upstream().expire_session_tokens();
+    let refused = client.get(&result, &[("authorization", &authorization(&session))]).unwrap();
+    assert_refused(&refused, "390112");
+
+    let renewal = renew(&mut client, &master.unwrap(), &session).json().unwrap();
+    let renewed = renewal["data"]["sessionToken"].as_str().unwrap();
+    let answer = client.get(&result, &[("authorization", &authorization(renewed))]).unwrap().json().unwrap();
+    assert_eq!(answer["success"], true, "{answer}");
+    assert!(answer["data"]["rowset"].as_array().is_some_and(|rows| !rows.is_empty()), "{answer}");
+}
+
 /// The SQL API parks a statement under review too: the agent gets a 202 with a gateway
 /// statement handle, polls it until a reviewer decides, and then gets the statement's answer
 /// (run exactly once, masked, every partition through either handle) or the refusal; no other
