@@ -637,6 +637,22 @@ async fn login(core: &Core, head: &RequestHead, body: Bytes, capture: &mut Captu
     let owner =
         SessionOwner { sub: identity.sub, groups: identity.groups, role: role.to_owned(), identity_expires_at_unix_ms };
     match login::seal_login_response(&response.body, &gateway.sealer, &owner, unix_millis()) {
+        Ok(answer) if !answer.success => {
+            // The agent's token was accepted; what Snowflake refused is the gateway's own login
+            // (its key, user, account or role mapping): said so, to the agent and the operator.
+            let refused: serde_json::Value = serde_json::from_slice(&answer.body).unwrap_or_default();
+            let code = refused["code"].as_str().map_or_else(|| refused["code"].to_string(), str::to_owned);
+            let said = refused["message"].as_str().unwrap_or("no message");
+            warn!(core = core.id, sub = %owner.sub, role = %owner.role, upstream_code = %code,
+                "Snowflake refused the gateway's login for an agent.");
+            capture.refused_code = Some(code.clone());
+            let message = format!(
+                "Snowflake refused snowgate's own login for this session ({code}: {said}). Your token was accepted; \
+                 if this persists, snowgate's operator must check its Snowflake credential and role mapping."
+            );
+            let body = serde_json::json!({"code": code, "message": message, "success": false, "data": null});
+            with_body(response, serde_json::to_vec(&body).expect("a JSON value always serialises"))
+        }
         Ok(answer) => {
             capture.session_id = answer.session_id;
             info!(core = core.id, sub = %owner.sub, role = %owner.role, success = answer.success, "Login.");

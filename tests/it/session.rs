@@ -865,3 +865,20 @@ fn a_body_is_inflated_only_for_a_caller_who_proved_who_it_is() {
     }
     assert_eq!(upstream.stats.recorded(EndpointKind::Query).len(), 0);
 }
+
+/// When Snowflake refuses the gateway's own login (its key not registered, another user),
+/// the agent is told that its token was accepted and the gateway's login was refused, with
+/// Snowflake's code; before, Snowflake's answer passed as it was ("Incorrect username or
+/// password"), as if the agent's token were at fault.
+#[test]
+fn a_refused_upstream_login_is_told_as_the_gateways_not_the_agents() {
+    let upstream = double(|c| c.user = "SOMEONE_ELSE".into());
+    let gateway = TestGateway::start(&upstream.url(), GatewayOptions::default());
+    let mut client = gateway.client();
+    let answer = login(&mut client, &agent_token(json!({}))).json().unwrap();
+    assert_eq!(answer["success"], false, "{answer}");
+    assert_eq!(answer["code"], "390100", "{answer}");
+    let message = answer["message"].as_str().unwrap();
+    assert!(message.contains("snowgate's own login") && message.contains("Your token was accepted"), "{message}");
+    assert!(message.contains("Incorrect username or password"), "{message}");
+}
