@@ -589,10 +589,12 @@ fn mask_subtree(
 /// Masks a whole text value in place with a style, keeping its byte length.
 fn mask_text_value(ctx: &MaskCtx<'_>, value: &mut [u8], value_type: ValueType, style: Style) {
     match style {
+        // Stars or a token in JSON text would not parse: it gets a type-valid value too.
         Style::TypeValid | Style::Null => {
             let len = type_valid_text(value_type, value);
             fill(&mut value[len..], b' ');
         }
+        _ if value_type == ValueType::Json => mask_text_value(ctx, value, value_type, Style::TypeValid),
         _ => {
             let span = Span { start: 0, end: value.len(), style, kinds: 0 };
             apply_spans_fixed_len(ctx.profile, value, &[span]);

@@ -771,8 +771,10 @@ fn mask_whole_string(
         return Ok(());
     }
     let Scratch { spans, decoded, raw_of, repls, .. } = scratch;
+    // Stars or a token in JSON text (VARIANT, OBJECT, ARRAY) would not parse: those get a
+    // type-valid value.
     let text_style =
-        planned.value_type.is_text() && matches!(style, Style::Full | Style::KeepLast(_) | Style::Token(_));
+        planned.value_type == ValueType::Text && matches!(style, Style::Full | Style::KeepLast(_) | Style::Token(_));
     if text_style {
         spans.clear();
         if escaped {

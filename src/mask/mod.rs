@@ -72,8 +72,10 @@
 //!   value; detectors and the dictionary mask the text they match. `full` writes one `*` per
 //!   byte, `keep_last` keeps the last characters, `token` writes the token: exactly in JSON
 //!   (the value shrinks), padded with spaces in Arrow (text there cannot shrink in place); a
-//!   token longer than what it replaces falls back to `full`. `type_valid` is `full` for text
-//!   and `null` (or `0` under four bytes) for VARIANT/OBJECT/ARRAY.
+//!   token longer than what it replaces falls back to `full`. `type_valid` is `full` for text.
+//!   VARIANT/OBJECT/ARRAY text must still parse, so a column rule there writes a type-valid
+//!   value whatever its style: the same kind of JSON value, empty (`{}`, `[]`, else `null`, or
+//!   `0` under four bytes); so does a detector's or word's mask that breaks it.
 //! - Other columns: every style but `null` writes a type-valid value. JSON: digits become `0`
 //!   keeping the shape (`-12.50` → `000.00`, epoch seconds stay epoch-shaped; a TIMESTAMP_TZ
 //!   keeps its offset), BOOLEAN becomes `"0"` (false for Python, Go, Java and JavaScript

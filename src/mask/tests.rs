@@ -136,7 +136,7 @@ fn typed_json_values_still_decode() {
             "0",
             "0",
             "00000000",
-            "null",
+            "{}",
             "******"
         ]
     );
@@ -1161,4 +1161,46 @@ fn several_profiles_mask_as_one_with_the_stronger_mask() {
     assert!(matches!(err, Err(MaskError::PlanMismatch)), "{err:?}");
     // A set naming a profile the spec lacks is no profile.
     assert!(masker.profile(&Masker::set_name(&["support".into(), "nobody".into()])).is_none());
+}
+
+/// A column rule writing stars, kept characters or a token into JSON text (VARIANT, OBJECT,
+/// ARRAY) left a value no driver parses (the Node driver throws on the row): such columns get
+/// a type-valid value of the same JSON kind instead, in JSON rowsets and in Arrow.
+#[test]
+fn column_rules_on_json_columns_keep_values_json() {
+    let masker = masker(
+        r#"
+[masking.profiles.p]
+columns = [
+  { name = "V", mask = { style = "full" } },
+  { name = "O", mask = { style = "keep_last", keep = 3 } },
+  { name = "A", mask = { style = "token", token = "[X]" } },
+]
+"#,
+    );
+    let p = masker.profile("p").unwrap();
+    let types = [("V", "variant", "{\"a\":1}"), ("O", "object", "{\"k\": \"secret\"}"), ("A", "array", "[1, 2, 3]")];
+    let rowtype: Vec<Value> = types.iter().map(|(n, t, _)| json!({"name": n, "type": t, "nullable": true})).collect();
+    let row: Vec<&str> = types.iter().map(|t| t.2).collect();
+    let mut body = serde_json::to_vec(&json!({"data": {"rowtype": rowtype, "rowset": [row]}})).unwrap();
+    masker.mask(p, &mut body, None, &mut Scratch::default()).unwrap();
+    let rows = decoded_rows(&body, "/data/rowset");
+    let got: Vec<&str> = rows[0].iter().map(|v| v.as_deref().unwrap().trim_end()).collect();
+    assert_eq!(got, ["{}", "{}", "[]"]);
+    for (value, (_, type_name, _)) in got.iter().zip(types) {
+        assert!(decodes_as(type_name, value), "{type_name}: {value:?}");
+    }
+
+    // The same in an Arrow chunk, planned from the row type.
+    let columns: Vec<Column> = Column::from_rowtype_json(&serde_json::to_vec(&rowtype).unwrap()).unwrap();
+    let plan = masker.plan(p, &columns);
+    let fields: Vec<Field> = types.iter().map(|(n, _, _)| Field::new(*n, DataType::Utf8, true)).collect();
+    let arrays: Vec<ArrayRef> = types.iter().map(|t| Arc::new(StringArray::from(vec![t.2])) as ArrayRef).collect();
+    let mut stream = ipc_stream(&RecordBatch::try_new(Arc::new(Schema::new(fields)), arrays).unwrap());
+    masker.mask(p, &mut stream, Some(&plan), &mut Scratch::default()).unwrap();
+    let batches = read_arrow(&stream);
+    for (i, expected) in ["{}", "{}", "[]"].iter().enumerate() {
+        let column = batches[0].column(i).as_any().downcast_ref::<StringArray>().unwrap();
+        assert_eq!(column.value(0).trim_end(), *expected);
+    }
 }

@@ -768,9 +768,16 @@ pub(crate) fn type_valid_text(value_type: ValueType, content: &mut [u8]) -> usiz
             len
         }
         ValueType::Json => {
-            if len >= 4 {
-                content[..4].copy_from_slice(b"null");
-                4
+            // The same kind of JSON value, empty: drivers parse it, and a structured OBJECT or
+            // ARRAY must stay one (the Node driver reads an object's keys).
+            let empty: &[u8] = match content.iter().find(|b| !b.is_ascii_whitespace()) {
+                Some(b'{') => b"{}",
+                Some(b'[') => b"[]",
+                _ => b"null",
+            };
+            if len >= empty.len() {
+                content[..empty.len()].copy_from_slice(empty);
+                empty.len()
             } else {
                 content[0] = b'0';
                 1
@@ -907,7 +914,9 @@ mod tests {
         assert_eq!(check(ValueType::TimestampTz, "1700000000.000000000 1500"), "0000000000.000000000 1500");
         assert_eq!(check(ValueType::Boolean, "true"), "0");
         assert_eq!(check(ValueType::Binary, "DEADBEEF"), "00000000");
-        assert_eq!(check(ValueType::Json, "{\"a\":1}"), "null");
+        assert_eq!(check(ValueType::Json, "{\"a\":1}"), "{}");
+        assert_eq!(check(ValueType::Json, " [1, 2]"), "[]");
+        assert_eq!(check(ValueType::Json, "\"text\""), "null");
         assert_eq!(check(ValueType::Json, "12"), "0");
         assert_eq!(check(ValueType::Text, "abc"), "***");
     }

@@ -184,7 +184,10 @@ pub(crate) fn decodes_as(type_name: &str, value: &str) -> bool {
         }
         "boolean" => matches!(value, "0" | "1" | "true" | "false" | "TRUE" | "FALSE"),
         "binary" => value.len().is_multiple_of(2) && value.bytes().all(|b| b.is_ascii_hexdigit()),
-        "variant" | "object" | "array" => serde_json::from_str::<Value>(value).is_ok(),
+        "variant" => serde_json::from_str::<Value>(value).is_ok(),
+        // Structured and semi-structured objects and arrays stay what they were.
+        "object" => serde_json::from_str::<Value>(value).is_ok_and(|v| v.is_object()),
+        "array" => serde_json::from_str::<Value>(value).is_ok_and(|v| v.is_array()),
         _ => true,
     }
 }
