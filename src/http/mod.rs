@@ -421,6 +421,10 @@ pub fn parse_response_head(
     }
     check_line_endings(&buf[..head_len])?;
     let code = res.code.unwrap_or(0);
+    // The gateway never asks to switch protocols: what follows would not be HTTP.
+    if code == 101 {
+        return Err(HeadError::Syntax("a 101 Switching Protocols answer nobody asked for"));
+    }
     let minor_version = res.version.unwrap_or(1);
     let fields = collect_fields(buf, res.headers);
     let headers = Headers { bytes: Bytes::copy_from_slice(&buf[..head_len]), fields };
@@ -431,9 +435,11 @@ pub fn parse_response_head(
         Some(f) => f,
         None => BodyFraming::UntilClose,
     };
+    // An HTTP/1.0 answer with Transfer-Encoding is framed faultily (RFC 9112, 6.1): read as
+    // declared, then the connection is not used again.
     let close = framing == BodyFraming::UntilClose
         || if minor_version == 0 {
-            !headers.has_token("connection", "keep-alive")
+            !headers.has_token("connection", "keep-alive") || headers.count("transfer-encoding") > 0
         } else {
             headers.has_token("connection", "close")
         };
@@ -548,6 +554,17 @@ mod tests {
 
     /// HEAD's answer has no body, which the gateway's answers (a 404's JSON) always have: the
     /// agent would read that body as the start of its next answer.
+    #[test]
+    fn odd_upstream_answers_are_refused_or_end_their_connection() {
+        assert!(matches!(res("HTTP/1.1 101 Switching Protocols\r\nUpgrade: h2c\r\n\r\n"), Err(HeadError::Syntax(_))));
+        let head =
+            res("HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nTransfer-Encoding: chunked\r\n\r\n").unwrap().unwrap();
+        assert!(head.close, "an HTTP/1.0 answer with Transfer-Encoding ends its connection");
+        let head = res("HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 2\r\n\r\nhi").unwrap().unwrap();
+        assert!(!head.close);
+        assert_eq!(res("HTTP/1.1 100 Continue\r\n\r\n").unwrap().unwrap().framing, BodyFraming::Empty);
+    }
+
     #[test]
     fn head_requests_are_refused_at_the_head() {
         assert!(matches!(req("HEAD / HTTP/1.1\r\nHost: x\r\n\r\n"), Err(HeadError::Syntax("unsupported method"))));
