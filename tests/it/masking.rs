@@ -449,6 +449,11 @@ fn chunk_urls_that_would_not_fit_a_request_head_are_refused_with_the_reason() {
 
     // A cap a little over: the answer is served and its chunks are fetched.
     let gateway = start(format!("head_bytes_max = {}", needed + 100));
+    fetch_chunked_json(&gateway);
+}
+
+/// Logs in to `gateway`, queries `chunked_json` and fetches every chunk of it, each a 200.
+fn fetch_chunked_json(gateway: &TestGateway) {
     let mut client = gateway.client();
     let (session, _) = login_ok(&mut client);
     let answer = query(&mut client, &session, "select * from chunked_json").json().unwrap();
@@ -484,13 +489,5 @@ fn chunk_grants_the_gateway_could_not_open_are_refused_with_the_reason() {
 
     // Storage URLs a few KB long (a real presigned URL's size) still go through.
     let usual = double(|c| c.chunk_url_query_bytes = 4096);
-    let gateway = start(&usual);
-    let mut client = gateway.client();
-    let (session, _) = login_ok(&mut client);
-    let answer = query(&mut client, &session, "select * from chunked_json").json().unwrap();
-    assert_eq!(answer["success"], true, "{answer}");
-    for index in 0..answer["data"]["chunks"].as_array().unwrap().len() {
-        let chunk = client.get(&chunk_path(&answer, index), &[("authorization", &authorization(&session))]).unwrap();
-        assert_eq!(chunk.status, 200, "chunk {index}: {}", String::from_utf8_lossy(&chunk.body));
-    }
+    fetch_chunked_json(&start(&usual));
 }

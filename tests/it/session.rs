@@ -412,7 +412,13 @@ fn bindings_reach_upstream_and_the_recording() {
     assert_eq!(frame.principal.sub.as_deref(), Some("agent-7"));
     assert_eq!(frame.principal.role.as_deref(), Some("ANALYST"));
     assert_eq!(frame.request_id.as_deref(), Some("6d2b8a56-3d0a-4a51-8f3c-2d9c1f0e7b44"));
-    let answer = records
+    let answer = response_to(&records, index);
+    assert!(answer.query_id.as_deref().is_some_and(|q| q.len() == 36));
+}
+
+/// The response record answering the request record at `index`.
+fn response_to(records: &[snowgate::record::Record], index: u64) -> &snowgate::record::ResponseFrame {
+    records
         .iter()
         .find_map(|r| match &r.frame {
             snowgate::record::Frame::Response(a)
@@ -422,8 +428,7 @@ fn bindings_reach_upstream_and_the_recording() {
             }
             _ => None,
         })
-        .unwrap();
-    assert!(answer.query_id.as_deref().is_some_and(|q| q.len() == 36));
+        .unwrap()
 }
 
 #[test]
@@ -471,17 +476,7 @@ fn sql_api_takes_a_bearer_oidc_token_and_forwards_the_gateway_jwt() {
             _ => None,
         })
         .unwrap();
-    let answer = records
-        .iter()
-        .find_map(|r| match &r.frame {
-            snowgate::record::Frame::Response(a)
-                if a.request.as_ref().and_then(|l| l.record_index()) == Some(index) =>
-            {
-                Some(a)
-            }
-            _ => None,
-        })
-        .unwrap();
+    let answer = response_to(&records, index);
     assert_eq!((answer.success, answer.code.as_deref(), answer.rows), (Some(true), Some("090001"), Some(rows)));
     assert_eq!(answer.query_id.as_deref(), Some(handle.as_str()));
 }
