@@ -546,8 +546,12 @@ impl Masker {
         Some(ProfileId((self.profiles.len() + slot) as u16))
     }
 
-    /// Compiles the merged profile of a set name into a free slot.
+    /// Compiles the merged profile of a set name into a free slot (none past the last: no
+    /// compile for a set that could not be kept).
     fn merge(&self, name: &str) -> Option<usize> {
+        if self.merged_slots.read().unwrap_or_else(PoisonError::into_inner).len() >= self.merged.len() {
+            return None;
+        }
         let specs: Option<Vec<&spec::ProfileSpec>> =
             name.split(SET_SEPARATOR).map(|member| self.spec.profiles.get(member)).collect();
         let profile = rules::compile_merged(name, &specs?).ok()?;

@@ -9,7 +9,7 @@ use globset::{GlobBuilder, GlobMatcher};
 
 use super::detect::DetectorKind;
 use super::plan::{Column, ColumnPlan, PlannedColumn, ValueType};
-use super::spec::{DetectorMask, DetectorSwitch, MaskSpec, MaskingSpec, ProfileSpec};
+use super::spec::{ColumnRuleSpec, DetectorMask, DetectorSwitch, MaskSpec, MaskingSpec, ProfileSpec};
 
 /// The most profiles a spec may define.
 pub const PROFILES_MAX: usize = 1024;
@@ -244,6 +244,11 @@ pub(crate) struct Profile {
     /// Where each profile's column rules end in `columns`: one group for a profile of its own,
     /// one per profile for a [merged](compile_merged) one.
     column_groups: Vec<usize>,
+    /// For each group of a merged profile: a rule (after every group, never matched itself)
+    /// with the strongest mask the group's profile gives what its detectors and dictionary
+    /// find, if it has any on. A column another profile's rule masks whole is masked at least
+    /// that strongly: that profile would have scanned it.
+    group_floors: Vec<Option<usize>>,
 }
 
 impl Profile {
@@ -256,20 +261,28 @@ impl Profile {
     }
 
     /// The column rule masking a column, if any: the first matching one of each group (of
-    /// each profile merged), the strongest of those.
+    /// each profile merged), the strongest of those, and at least as strong as the floor of
+    /// each group none of whose rules match.
     pub(crate) fn rule_for(&self, column: &Column) -> Option<u16> {
-        let mut chosen: Option<usize> = None;
+        let stronger = |a: Option<usize>, b: usize| match a {
+            Some(a) if !self.columns[b].style.stronger_than(self.columns[a].style, &self.tokens) => Some(a),
+            _ => Some(b),
+        };
+        let (mut chosen, mut floor) = (None, None);
         let mut start = 0;
-        for &end in &self.column_groups {
-            if let Some(at) = self.columns[start..end].iter().position(|rule| rule.matches(column)) {
-                let rule = start + at;
-                if chosen.is_none_or(|c| self.columns[rule].style.stronger_than(self.columns[c].style, &self.tokens)) {
-                    chosen = Some(rule);
+        for (group, &end) in self.column_groups.iter().enumerate() {
+            match self.columns[start..end].iter().position(|rule| rule.matches(column)) {
+                Some(at) => chosen = stronger(chosen, start + at),
+                None => {
+                    if let Some(Some(rule)) = self.group_floors.get(group) {
+                        floor = stronger(floor, *rule);
+                    }
                 }
             }
             start = end;
         }
-        chosen.map(|rule| rule as u16)
+        let chosen = chosen?;
+        Some(floor.map_or(chosen, |floor| stronger(Some(chosen), floor).unwrap_or(chosen)) as u16)
     }
 
     pub(crate) fn plan(&self, fingerprint: u64, profile: u16, columns: &[Column]) -> ColumnPlan {
@@ -338,6 +351,23 @@ fn table_parts(profile: &str, rule: &str, glob: &str) -> Result<usize, MaskConfi
             rule,
             "table is matched (case-insensitively) against names as the row type reports them: write it without quotes",
         ));
+    }
+    // Alternatives are matched against one form of the name: a dot inside one would name
+    // another form than the dots outside say.
+    let mut depth = 0usize;
+    for c in glob.chars() {
+        match c {
+            '{' | '[' => depth += 1,
+            '}' | ']' => depth = depth.saturating_sub(1),
+            '.' if depth > 0 => {
+                return Err(rule_error(
+                    profile,
+                    rule,
+                    "table has a dot inside {…} or […]: write one rule for each qualified name",
+                ));
+            }
+            _ => {}
+        }
     }
     match glob.matches('.').count() {
         dots @ 0..=2 => Ok(dots + 1),
@@ -410,15 +440,26 @@ const MERGED_COLUMN_RULES_MAX: usize = u16::MAX as usize;
 /// for an identity several profiles apply to. Masking with each in turn instead lets the
 /// first hide from the next what it would have masked more strongly (a `keep_last` of an SSN
 /// leaves no SSN for a `null` to find) and match column names the first already masked. A
-/// column takes the strongest of each profile's first matching rule; a detector is on if any
-/// profile has it on, with the strongest of their masks; the dictionary holds every word,
-/// matched case-insensitively if any profile's is, with the strongest of their masks.
+/// column takes the strongest of each profile's first matching rule, and where some profile
+/// has none and would scan it, at least the strongest mask that profile's detectors and
+/// dictionary give; a detector is on if any profile has it on, with the strongest of their
+/// masks; the dictionary holds every word, matched case-insensitively if any profile's is,
+/// with the strongest of their masks.
 pub(crate) fn compile_merged(name: &str, specs: &[&ProfileSpec]) -> Result<Profile, MaskConfigError> {
     let mut merged = ProfileSpec::default();
     let mut column_groups = Vec::with_capacity(specs.len());
     for spec in specs {
         merged.columns.extend(spec.columns.iter().cloned());
         column_groups.push(merged.columns.len());
+    }
+    let mut group_floors = Vec::with_capacity(specs.len());
+    for spec in specs {
+        let words = (!spec.dictionary.words.is_empty()).then_some(&spec.dictionary.mask);
+        let scans = DetectorKind::ALL.iter().filter_map(|&kind| detector_mask(spec, kind)).chain(words);
+        group_floors.push(scans.reduce(stronger).map(|mask| {
+            merged.columns.push(ColumnRuleSpec { name: "*".into(), table: "*".into(), mask: mask.clone() });
+            merged.columns.len() - 1
+        }));
     }
     if merged.columns.len() > MERGED_COLUMN_RULES_MAX {
         return Err(MaskConfigError::Limit {
@@ -441,6 +482,7 @@ pub(crate) fn compile_merged(name: &str, specs: &[&ProfileSpec]) -> Result<Profi
     }
     let mut profile = compile_unbounded(name, &merged)?;
     profile.column_groups = column_groups;
+    profile.group_floors = group_floors;
     Ok(profile)
 }
 
@@ -490,7 +532,16 @@ fn compile_unbounded(name: &str, spec: &ProfileSpec) -> Result<Profile, MaskConf
     let enabled_detectors =
         DetectorKind::ALL.iter().filter(|k| detectors[k.index()].is_some()).fold(0, |bits, k| bits | 1 << k.index());
     let column_groups = vec![columns.len()];
-    Ok(Profile { name: name.to_owned(), columns, detectors, enabled_detectors, dictionary, tokens, column_groups })
+    Ok(Profile {
+        name: name.to_owned(),
+        columns,
+        detectors,
+        enabled_detectors,
+        dictionary,
+        tokens,
+        column_groups,
+        group_floors: Vec::new(),
+    })
 }
 
 fn compile_dictionary(
@@ -596,7 +647,7 @@ pub(crate) fn compile(spec: &MaskingSpec) -> Result<Vec<Profile>, MaskConfigErro
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::mask::spec::{ColumnRuleSpec, DictionarySpec};
+    use crate::mask::spec::DictionarySpec;
 
     fn profile_with(words: &[&str], case_insensitive: bool) -> Profile {
         let spec = ProfileSpec {
@@ -724,7 +775,11 @@ mod tests {
         let columns = Column::from_rowtype_json(rowtype).unwrap();
         assert_eq!(profile.rule_for(&columns[0]), Some(0));
 
-        for (table, reason) in [("\"customers\"", "without quotes"), ("a.b.c.d", "at most database.schema.table")] {
+        for (table, reason) in [
+            ("\"customers\"", "without quotes"),
+            ("a.b.c.d", "at most database.schema.table"),
+            ("{CRM.CUSTOMERS,ORDERS}", "one rule for each qualified name"),
+        ] {
             let mut spec = ProfileSpec::default();
             spec.columns.push(ColumnRuleSpec { name: "EMAIL".into(), table: table.into(), mask: MaskSpec::Full });
             let err = compile_profile("p", &spec).err().unwrap().to_string();

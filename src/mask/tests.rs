@@ -1204,3 +1204,34 @@ columns = [
         assert_eq!(column.value(0).trim_end(), *expected);
     }
 }
+
+/// A column one profile's rule masks whole (keeping its last four), which another profile
+/// without a rule for it would scan and null (its SSN detector nulls): merged, the column is
+/// masked at least as strongly as the scanning profile masks what it finds.
+#[test]
+fn a_rule_in_one_profile_does_not_spare_a_column_another_would_scan() {
+    let masker = masker(
+        r#"
+[masking.profiles.support]
+columns = [{ name = "TAX_ID", mask = { style = "keep_last", keep = 4 } }]
+
+[masking.profiles.strict]
+detectors.ssn = { mask = { style = "null" } }
+"#,
+    );
+    let both = set(&masker, &["support", "strict"]);
+    let rowtype = json!([
+        {"name": "TAX_ID", "type": "text", "nullable": true, "table": "T"},
+        {"name": "NOTE", "type": "text", "nullable": true, "table": "T"},
+    ]);
+    let answer = |row: Value| {
+        serde_json::to_vec(&json!({"data": {"rowtype": rowtype, "rowset": [row]}, "success": true})).unwrap()
+    };
+    let mut body = answer(json!(["123-45-6789", "no number here"]));
+    masker.mask(both, &mut body, None, &mut Scratch::default()).unwrap();
+    assert_eq!(decoded_rows(&body, "/data/rowset"), [[None, Some("no number here".to_owned())]]);
+    // A column no profile has a rule for is scanned by the merged detectors as before.
+    let mut body = answer(json!(["x", "call 123-45-6789"]));
+    masker.mask(both, &mut body, None, &mut Scratch::default()).unwrap();
+    assert_eq!(decoded_rows(&body, "/data/rowset")[0][1], None);
+}

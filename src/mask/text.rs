@@ -756,7 +756,8 @@ pub(crate) fn masked_preview(profile: &Profile, text: &[u8], spans: &[Span], out
 /// A type-valid value written over `content` (decoded text of the value type), returning the
 /// new length (never longer). Numbers, dates and times keep their shape with every digit zero
 /// (`-12.50` → `000.00`; a TIMESTAMP_TZ keeps its offset); booleans become `0`; binary hex
-/// becomes `0`s; JSON becomes `null` (or `0` when shorter than four bytes); text becomes `*`s.
+/// becomes `0`s; JSON becomes the same kind of value, empty (`{}`, `[]`, else `null`; `0` when
+/// too short); text becomes `*`s.
 pub(crate) fn type_valid_text(value_type: ValueType, content: &mut [u8]) -> usize {
     let len = content.len();
     if len == 0 {

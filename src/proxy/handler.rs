@@ -638,13 +638,17 @@ async fn login(core: &Core, head: &RequestHead, body: Bytes, capture: &mut Captu
         SessionOwner { sub: identity.sub, groups: identity.groups, role: role.to_owned(), identity_expires_at_unix_ms };
     match login::seal_login_response(&response.body, &gateway.sealer, &owner, unix_millis()) {
         Ok(answer) if !answer.success => {
-            // The agent's token was accepted; what Snowflake refused is the gateway's own login
-            // (its key, user, account or role mapping): said so, to the agent and the operator.
             let refused: serde_json::Value = serde_json::from_slice(&answer.body).unwrap_or_default();
-            let code = refused["code"].as_str().map_or_else(|| refused["code"].to_string(), str::to_owned);
-            let said = refused["message"].as_str().unwrap_or("no message");
-            warn!(core = core.id, sub = %owner.sub, role = %owner.role, upstream_code = %code,
+            let code = refused["code"].as_str().map(str::to_owned);
+            warn!(core = core.id, sub = %owner.sub, role = %owner.role, upstream_code = code.as_deref().unwrap_or("none"),
                 "Snowflake refused the gateway's login for an agent.");
+            // Refusals of what the agent chose (a database, a warehouse) pass as they are.
+            let Some(code) = code.filter(|code| GATEWAY_LOGIN_REFUSALS.contains(&code.as_str())) else {
+                return with_body(response, answer.body);
+            };
+            // The agent's token was accepted; what Snowflake refused is the gateway's own login
+            // (its key, user or role mapping): said so, to the agent as to the operator.
+            let said = refused["message"].as_str().unwrap_or("no message");
             capture.refused_code = Some(code.clone());
             let message = format!(
                 "Snowflake refused snowgate's own login for this session ({code}: {said}). Your token was accepted; \
@@ -665,6 +669,10 @@ async fn login(core: &Core, head: &RequestHead, body: Bytes, capture: &mut Captu
         }
     }
 }
+
+/// Snowflake's login refusals that concern the gateway's own credential, user or role mapping:
+/// incorrect credentials, a locked or disabled user, an invalid key-pair JWT, a role not granted.
+const GATEWAY_LOGIN_REFUSALS: &[&str] = &["390100", "390101", "390102", "390144", "390189"];
 
 async fn renew(core: &Core, head: &RequestHead, body: Bytes, capture: &mut Capture) -> Answer {
     let gateway = &core.gateway;

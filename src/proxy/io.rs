@@ -128,9 +128,9 @@ pub struct Conn {
     pub bytes_read: u64,
     /// The stream's socket, for [`Conn::peer_sent_more`] (TLS streams do not lend it).
     socket: RawFd,
-    /// A read on the stream was abandoned mid-flight (at its deadline, or for a drain). A TLS
-    /// stream (monoio-rustls) lends its read buffer to the read's future, and its next read
-    /// would panic the core's thread: later reads fail at once (writes are still safe).
+    /// A read on a TLS stream was abandoned mid-flight (at its deadline, or for a drain).
+    /// monoio-rustls lends its read buffer to the read's future, and its next read would panic
+    /// the core's thread: later reads fail at once (writes are still safe).
     read_abandoned: bool,
     /// The same for a write (or a shutdown): later reads and writes fail at once (a TLS read
     /// may write an alert).
@@ -205,7 +205,7 @@ impl Conn {
         let (result, slice) = match monoio::time::timeout_at(deadline, self.stream.read(slice)).await {
             Ok(r) => r,
             Err(_) => {
-                self.read_abandoned = true;
+                self.read_abandoned = self.lends_buffers();
                 return Err(ReadError::Timeout);
             }
         };
@@ -335,15 +335,21 @@ impl Conn {
         match monoio::time::timeout_at(deadline, write).await {
             Ok(r) => r,
             Err(_) => {
-                self.write_abandoned = true;
+                self.write_abandoned = self.lends_buffers();
                 Err(io::Error::new(io::ErrorKind::TimedOut, "write timed out"))
             }
         }
     }
 
+    /// Whether the stream lends its buffers to pending I/O (TLS: monoio-rustls), so that a
+    /// dropped read or write leaves it unusable. A plain TCP stream's next I/O is safe.
+    fn lends_buffers(&self) -> bool {
+        !matches!(self.stream, Stream::Plain(_))
+    }
+
     /// Notes that a read future on the stream was dropped before it finished.
     pub fn read_was_abandoned(&mut self) {
-        self.read_abandoned = true;
+        self.read_abandoned = self.lends_buffers();
     }
 
     /// Ends our side of the stream (a TLS close_notify first) by `deadline`; nothing when an
@@ -355,7 +361,7 @@ impl Conn {
         match monoio::time::timeout_at(deadline, self.stream.shutdown()).await {
             Ok(r) => r,
             Err(_) => {
-                self.write_abandoned = true;
+                self.write_abandoned = self.lends_buffers();
                 Err(io::Error::new(io::ErrorKind::TimedOut, "shutdown timed out"))
             }
         }

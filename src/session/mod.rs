@@ -179,8 +179,9 @@ pub fn set_query_param(target: &str, name: &str, value: &str) -> String {
 }
 
 /// Whether `pair`, percent-decoded, holds `name` in any case where a key could start (at its
-/// start, or after a `;`, `&`, `?`, `,` or whitespace, so as a key however a server splits or
-/// decodes it). A value that merely holds the word (`schemaName=ROLENAMES`) is not one.
+/// start, or after anything but a letter, digit, `_`, `-` or `=`: a separator, space or `+`,
+/// a control or non-ASCII byte a server might trim), so as a key however a server splits,
+/// decodes or trims it. A value that merely holds the word (`schemaName=ROLENAMES`) is not.
 fn could_name(pair: &str, name: &str) -> bool {
     let mut decoded = Vec::with_capacity(pair.len());
     let bytes = pair.as_bytes();
@@ -200,9 +201,7 @@ fn could_name(pair: &str, name: &str) -> bool {
     }
     decoded.windows(name.len()).enumerate().any(|(at, w)| {
         w.eq_ignore_ascii_case(name.as_bytes())
-            && (at == 0
-                || matches!(decoded[at - 1], b';' | b'&' | b'?' | b',')
-                || decoded[at - 1].is_ascii_whitespace())
+            && (at == 0 || !(decoded[at - 1].is_ascii_alphanumeric() || matches!(decoded[at - 1], b'_' | b'-' | b'=')))
     })
 }
 
@@ -365,6 +364,9 @@ mod tests {
             "a=1;roleName=ADMIN",
             "a=1%26roleName=ADMIN",
             "%20roleName=ADMIN",
+            "+roleName=ADMIN",
+            "%0BroleName=ADMIN",
+            "%C2%A0roleName=ADMIN",
         ] {
             assert_eq!(set_query_param(&format!("/x?{sneaky}&c=1"), "roleName", "R"), "/x?roleName=R&c=1", "{sneaky}");
             assert_eq!(set_query_param(&format!("/x?c=1&{sneaky}"), "roleName", "R"), "/x?c=1&roleName=R", "{sneaky}");

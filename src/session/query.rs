@@ -125,6 +125,8 @@ pub fn summarize_answer(body: &[u8]) -> Option<AnswerSummary> {
 struct SqlApiAnswerWire {
     #[serde(default)]
     code: Option<serde_json::Value>,
+    #[serde(default)]
+    data: Option<serde::de::IgnoredAny>,
     #[serde(rename = "statementHandle", default)]
     statement_handle: Option<String>,
     #[serde(rename = "resultSetMetaData", default)]
@@ -142,7 +144,8 @@ pub const SQL_API_SUCCESS: &str = "090001";
 
 /// Summarises a SQL API v2 answer (`code`, `statementHandle`, `resultSetMetaData.numRows`;
 /// its `data` is rows, not the driver envelope's object): a success is HTTP 200 with code
-/// `090001`. `None` when it is not a JSON object.
+/// `090001`, or a later partition (`{"data": [...]}`, no code). `None` when it is not a JSON
+/// object.
 pub fn summarize_sql_api_answer(status: u16, body: &[u8]) -> Option<AnswerSummary> {
     let Object(wire): Object<SqlApiAnswerWire> = serde_json::from_slice(body).ok()?;
     let code = match wire.code {
@@ -151,7 +154,7 @@ pub fn summarize_sql_api_answer(status: u16, body: &[u8]) -> Option<AnswerSummar
         _ => None,
     };
     Some(AnswerSummary {
-        success: status == 200 && code.as_deref() == Some(SQL_API_SUCCESS),
+        success: status == 200 && (code.as_deref() == Some(SQL_API_SUCCESS) || (code.is_none() && wire.data.is_some())),
         code,
         query_id: wire.statement_handle,
         total_rows: wire.meta.and_then(|Object(meta)| meta.num_rows),
@@ -181,6 +184,9 @@ mod tests {
         assert!(!summary.success);
         assert_eq!(summary.code.as_deref(), Some("002003"));
         assert!(summarize_sql_api_answer(200, b"[1]").is_none());
+        // A later partition is rows alone.
+        assert!(summarize_sql_api_answer(200, br#"{"data":[["3"],["4"]]}"#).unwrap().success);
+        assert!(!summarize_sql_api_answer(200, br#"{"message":"?"}"#).unwrap().success);
     }
 
     #[test]
