@@ -13,7 +13,7 @@ use std::sync::OnceLock;
 use libfuzzer_sys::fuzz_target;
 use serde_json::Value;
 use snowgate::session::login::{SessionOwner, rewrite_renew_request, seal_login_response};
-use snowgate::session::query::{parse_query_request, summarize_answer};
+use snowgate::session::query::{parse_query_request, summarize_answer, summarize_sql_api_answer};
 use snowgate::session::token::{Sealer, TokenClaims, TokenKind};
 
 const UPSTREAM_SESSION_TOKEN: &str = "upstream-session-token-0123456789";
@@ -75,6 +75,23 @@ fn answer(data: &[u8]) {
     }
     assert_eq!(summary.query_id.as_deref(), value["data"]["queryId"].as_str());
     assert_eq!(summary.total_rows, value["data"]["total"].as_u64());
+}
+
+fn sql_api_answer(data: &[u8]) {
+    let Some(summary) = summarize_sql_api_answer(200, data) else { return };
+    let Ok(value) = serde_json::from_str::<Value>(&String::from_utf8_lossy(data)) else { return };
+    assert!(value.is_object(), "an answer summarised from a non-object");
+    let code = match &value["code"] {
+        Value::String(code) => Some(code.clone()),
+        Value::Number(code) => Some(code.to_string()),
+        _ => None,
+    };
+    assert_eq!(summary.code, code);
+    let partition = value["code"].is_null() && !value["data"].is_null();
+    assert_eq!(summary.success, summary.code.as_deref() == Some("090001") || partition);
+    assert_eq!(summary.query_id.as_deref(), value["statementHandle"].as_str());
+    assert_eq!(summary.total_rows, value["resultSetMetaData"]["numRows"].as_u64());
+    assert!(!summarize_sql_api_answer(422, data).is_some_and(|s| s.success), "a 422 read as a success");
 }
 
 fn login_answer(data: &[u8]) {
@@ -142,7 +159,10 @@ fuzz_target!(|data: &[u8]| {
     let Some((&mode, rest)) = data.split_first() else { return };
     match mode % 4 {
         0 => query_request(rest),
-        1 => answer(rest),
+        1 => {
+            answer(rest);
+            sql_api_answer(rest);
+        }
         2 => login_answer(rest),
         _ => renew_request(rest),
     }

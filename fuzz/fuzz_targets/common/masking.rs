@@ -61,6 +61,8 @@ pub fn columns(n: usize) -> Vec<Column> {
             Column {
                 name: name.into(),
                 table: Some("CUSTOMERS".into()),
+                schema: Some("CRM".into()),
+                database: Some("PROD".into()),
                 type_name: type_name.into(),
                 scale,
                 nullable: i % 3 != 0,
