@@ -6,10 +6,14 @@
 //! as the drain begins is closed unserved), let in-flight requests finish up to the deadline,
 //! close keep-alive connections after their current answer and idle ones at once.
 
+use std::future::Future;
 use std::net::{SocketAddr, TcpListener as StdListener};
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::task::{Context, Poll};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -22,6 +26,41 @@ use crate::identity::TokenUse;
 use crate::policy::Subject;
 use crate::proxy::{Core, Gateway, StartError};
 use crate::record::{EventKind, Recorder};
+
+/// A connection's task, whose panic ends that connection only. monoio does not catch a task's
+/// panic: it unwinds out of the core's runtime and takes the thread, its listener and every
+/// connection on it down. A panic is a bug, and is printed as one; the core serves on (a
+/// request it cut short may stay counted in flight, so a drain then waits its deadline).
+struct Contained<F> {
+    core: usize,
+    task: Option<Pin<Box<F>>>,
+}
+
+impl<F: Future<Output = ()>> Contained<F> {
+    fn new(core: usize, task: F) -> Contained<F> {
+        Contained { core, task: Some(Box::pin(task)) }
+    }
+}
+
+impl<F: Future<Output = ()>> Future for Contained<F> {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let Some(task) = self.task.as_mut() else { return Poll::Ready(()) };
+        match catch_unwind(AssertUnwindSafe(|| task.as_mut().poll(cx))) {
+            Ok(poll) => poll,
+            Err(_) => {
+                // Dropped here, its connection closes.
+                self.task = None;
+                error!(
+                    core = self.core,
+                    "A connection's task panicked; the connection was closed, the core serves on."
+                );
+                Poll::Ready(())
+            }
+        }
+    }
+}
 
 /// Which io driver a core runs.
 pub fn driver_name() -> &'static str {
@@ -354,7 +393,7 @@ async fn run_core(
                 break;
             }
             Ok((tcp, peer)) => {
-                monoio::spawn(core.clone().serve(tcp, peer));
+                monoio::spawn(Contained::new(core_id, core.clone().serve(tcp, peer)));
             }
             Err(_) if gateway.is_draining() => break,
             Err(e) => {
@@ -396,4 +435,33 @@ pub fn run(config: Config) -> Result<(), StartError> {
     running.join();
     info!("snowgate stopped.");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A connection's task that panics ends alone: the core's runtime and its other tasks go on.
+    #[test]
+    fn a_panicking_connection_task_ends_alone() {
+        let mut runtime = monoio::RuntimeBuilder::<monoio::FusionDriver>::new().enable_timer().build().unwrap();
+        let served = runtime.block_on(async {
+            let served = Rc::new(std::cell::Cell::new(false));
+            let panicking = monoio::spawn(Contained::new(0, async {
+                monoio::time::sleep(Duration::from_millis(1)).await;
+                panic!("a bug in one connection");
+            }));
+            let other = monoio::spawn(Contained::new(0, {
+                let served = served.clone();
+                async move {
+                    monoio::time::sleep(Duration::from_millis(20)).await;
+                    served.set(true);
+                }
+            }));
+            panicking.await;
+            other.await;
+            served.get()
+        });
+        assert!(served);
+    }
 }
