@@ -264,25 +264,26 @@ impl Profile {
     /// each profile merged), the strongest of those, and at least as strong as the floor of
     /// each group none of whose rules match.
     pub(crate) fn rule_for(&self, column: &Column) -> Option<u16> {
+        // The stronger of two rules (the first on a tie).
         let stronger = |a: Option<usize>, b: usize| match a {
-            Some(a) if !self.columns[b].style.stronger_than(self.columns[a].style, &self.tokens) => Some(a),
-            _ => Some(b),
+            Some(a) if !self.columns[b].style.stronger_than(self.columns[a].style, &self.tokens) => a,
+            _ => b,
         };
         let (mut chosen, mut floor) = (None, None);
         let mut start = 0;
         for (group, &end) in self.column_groups.iter().enumerate() {
             match self.columns[start..end].iter().position(|rule| rule.matches(column)) {
-                Some(at) => chosen = stronger(chosen, start + at),
+                Some(at) => chosen = Some(stronger(chosen, start + at)),
                 None => {
                     if let Some(Some(rule)) = self.group_floors.get(group) {
-                        floor = stronger(floor, *rule);
+                        floor = Some(stronger(floor, *rule));
                     }
                 }
             }
             start = end;
         }
         let chosen = chosen?;
-        Some(floor.map_or(chosen, |floor| stronger(Some(chosen), floor).unwrap_or(chosen)) as u16)
+        Some(floor.map_or(chosen, |floor| stronger(Some(chosen), floor)) as u16)
     }
 
     pub(crate) fn plan(&self, fingerprint: u64, profile: u16, columns: &[Column]) -> ColumnPlan {

@@ -938,26 +938,19 @@ fn mask_result(
     let masker = &core.gateway.config.masker;
     let mut plans: Vec<(String, ColumnPlan)> = Vec::with_capacity(1);
     let mut envelope: Option<Envelope> = None;
-    let mut values_masked = 0;
     // One pass with every profile at once (merged when there are several): a pass per profile
     // would let one hide from the next what that one masks more strongly.
-    let set = (!profiles.is_empty()).then(|| Masker::set_name(profiles));
-    {
-        let mut scratch = core.scratch.borrow_mut();
-        for name in set.iter() {
-            let profile = masker.profile(name).ok_or_else(|| format!("no masking profile {name:?}"))?;
-            let plan = given.iter().find(|(of, _)| of == name).map(|(_, plan)| plan);
-            let masked = masker.mask(profile, &mut buffer, plan, &mut scratch).map_err(|e| e.to_string())?;
-            values_masked += masked.report.values_masked;
-            if let Some(plan) = masked.plan {
-                plans.push((name.clone(), plan));
-            }
-            if envelope.is_none() {
-                envelope = masked.envelope;
-            }
-        }
+    if !profiles.is_empty() {
+        let name = Masker::set_name(profiles);
+        let profile = masker.profile(&name).ok_or_else(|| format!("no masking profile {name:?}"))?;
+        let plan = given.iter().find(|(of, _)| *of == name).map(|(_, plan)| plan);
+        let masked =
+            masker.mask(profile, &mut buffer, plan, &mut core.scratch.borrow_mut()).map_err(|e| e.to_string())?;
+        let values_masked = masked.report.values_masked;
+        core.gateway.metrics.values_masked.fetch_add(values_masked, std::sync::atomic::Ordering::Relaxed);
+        plans.extend(masked.plan.map(|plan| (name, plan)));
+        envelope = masked.envelope;
     }
-    core.gateway.metrics.values_masked.fetch_add(values_masked, std::sync::atomic::Ordering::Relaxed);
     let Some(envelope) = envelope.filter(|e| !e.chunks.is_empty() || e.qrmk.is_some() || !e.chunk_headers.is_empty())
     else {
         return Ok(Masked { body: buffer.freeze(), plans, recorded: None });

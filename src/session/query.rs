@@ -99,15 +99,20 @@ struct AnswerDataWire {
     result_ids: Option<String>,
 }
 
+/// An answer's `code` as a string (Snowflake sends strings; some paths send numbers).
+fn code_text(code: Option<serde_json::Value>) -> Option<String> {
+    match code {
+        Some(serde_json::Value::String(s)) => Some(s),
+        Some(serde_json::Value::Number(n)) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
 /// Summarises an answer envelope; `None` when it is not one (not JSON, or `data` of another
 /// shape).
 pub fn summarize_answer(body: &[u8]) -> Option<AnswerSummary> {
     let Object(wire): Object<AnswerWire> = serde_json::from_slice(body).ok()?;
-    let code = match wire.code {
-        Some(serde_json::Value::String(s)) => Some(s),
-        Some(serde_json::Value::Number(n)) => Some(n.to_string()),
-        _ => None,
-    };
+    let code = code_text(wire.code);
     let data = wire.data.map(|Object(data)| data);
     Some(AnswerSummary {
         success: wire.success.unwrap_or(false),
@@ -148,11 +153,7 @@ pub const SQL_API_SUCCESS: &str = "090001";
 /// object.
 pub fn summarize_sql_api_answer(status: u16, body: &[u8]) -> Option<AnswerSummary> {
     let Object(wire): Object<SqlApiAnswerWire> = serde_json::from_slice(body).ok()?;
-    let code = match wire.code {
-        Some(serde_json::Value::String(s)) => Some(s),
-        Some(serde_json::Value::Number(n)) => Some(n.to_string()),
-        _ => None,
-    };
+    let code = code_text(wire.code);
     Some(AnswerSummary {
         success: status == 200 && (code.as_deref() == Some(SQL_API_SUCCESS) || (code.is_none() && wire.data.is_some())),
         code,
