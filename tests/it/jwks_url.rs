@@ -160,9 +160,14 @@ fn jwks_a_and_b() -> Reply {
 
 /// A valid agent token signed with `key_file` under `kid`.
 fn token(key_file: &str, kid: &str) -> String {
+    token_of("agent-7", "analysts", key_file, kid)
+}
+
+/// A valid token for `sub` in `group`, signed with `key_file` under `kid`.
+fn token_of(sub: &str, group: &str, key_file: &str, kid: &str) -> String {
     let now = now_unix();
     let claims = json!({
-        "iss": ISSUER, "aud": AUDIENCE, "sub": "agent-7", "groups": ["analysts"],
+        "iss": ISSUER, "aud": AUDIENCE, "sub": sub, "groups": [group],
         "iat": now, "nbf": now - 5, "exp": now + 600,
     });
     sign_rs256(key_file, Some(kid), &claims)
@@ -186,12 +191,7 @@ fn start_gateway_with_admin(idp: &Idp, upstream_url: &str) -> TestGateway {
 
 /// A reviewer's (`dba-1`, group `dba`) token signed by `key_file` under `kid`.
 fn reviewer_token(key_file: &str, kid: &str) -> String {
-    let now = now_unix();
-    let claims = json!({
-        "iss": ISSUER, "aud": AUDIENCE, "sub": "dba-1", "groups": ["dba"],
-        "iat": now, "nbf": now - 5, "exp": now + 600,
-    });
-    sign_rs256(key_file, Some(kid), &claims)
+    token_of("dba-1", "dba", key_file, kid)
 }
 
 fn assert_login_refused(gateway: &TestGateway, token: &str) -> Value {

@@ -320,6 +320,11 @@ fn a_hundred_thousand_nested_parentheses_are_denied_and_the_core_survives() {
     assert_eq!(seen.len(), 1, "the deep statement reached the upstream");
 }
 
+/// A gateway in front of `upstream` under `policy` (`SQL_API_REVIEW_POLICY` or a variant).
+fn read_review_gateway(upstream: &snowgate_perf::RunningUpstream, policy: &str) -> TestGateway {
+    TestGateway::start(&upstream.url(), GatewayOptions { policy: Some(policy.into()), ..Default::default() })
+}
+
 /// Reads of `MEDIUM` wait for a DBA; everything is masked like the masking tests' profile.
 const SQL_API_REVIEW_POLICY: &str = r#"
 [policy]
@@ -375,7 +380,7 @@ fn an_approval_after_the_session_expired_waits_for_the_renewal() {
     use snowgate_perf::EndpointKind;
     let upstream = double(|c| c.session_validity_secs = 2);
     let policy = SQL_API_REVIEW_POLICY.replace("poll_hold_ms = 1000", "poll_hold_ms = 6000");
-    let gateway = TestGateway::start(&upstream.url(), GatewayOptions { policy: Some(policy), ..Default::default() });
+    let gateway = read_review_gateway(&upstream, &policy);
     let mut client = gateway.client();
     let (session, master) = login_ok(&mut client);
     let parked = query(&mut client, &session, "select * from medium").json().unwrap();
@@ -407,10 +412,7 @@ fn an_approval_after_the_session_expired_waits_for_the_renewal() {
 #[test]
 fn an_approved_statement_refused_for_an_expired_session_runs_after_the_renewal() {
     let upstream = double(|_| {});
-    let gateway = TestGateway::start(
-        &upstream.url(),
-        GatewayOptions { policy: Some(SQL_API_REVIEW_POLICY.into()), ..Default::default() },
-    );
+    let gateway = read_review_gateway(&upstream, SQL_API_REVIEW_POLICY);
     let mut client = gateway.client();
     let (session, master) = login_ok(&mut client);
     let parked = query(&mut client, &session, "select * from medium").json().unwrap();
@@ -436,10 +438,7 @@ fn an_approved_statement_refused_for_an_expired_session_runs_after_the_renewal()
 fn a_sql_api_statement_under_review_waits_for_approval_then_runs_once_masked() {
     use snowgate_perf::EndpointKind;
     let upstream = double(|_| {});
-    let gateway = TestGateway::start(
-        &upstream.url(),
-        GatewayOptions { policy: Some(SQL_API_REVIEW_POLICY.into()), ..Default::default() },
-    );
+    let gateway = read_review_gateway(&upstream, SQL_API_REVIEW_POLICY);
     let mut client = gateway.client();
     let owner = format!("Bearer {}", agent_token(json!({})));
     let other = format!("Bearer {}", agent_token(json!({"sub": "agent-8"})));
