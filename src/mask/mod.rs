@@ -53,7 +53,8 @@
 //! table = "ORDERS"
 //! mask = { style = "type_valid" }
 //! ```
-//! Styles: `full` (`*` per byte), `keep_last` (`keep` trailing characters in clear), `token`
+//! Styles: `full` (`*` per byte), `keep_last` (`keep` trailing characters in clear, at most
+//! half of the value's or match's characters, so it always masks at least half), `token`
 //! (1 to 64 printable ASCII bytes, no `"` or `\`), `type_valid`, `null`.
 //!
 //! # What a mask writes

@@ -58,9 +58,11 @@ pub enum MaskSpec {
     /// Every byte of the value (or of the matched text) becomes `*`.
     #[default]
     Full,
-    /// Like `full`, but the last `keep` characters stay in clear.
+    /// Like `full`, but the last `keep` characters stay in clear: at most half of the value's
+    /// (or the match's) characters, rounded down, so a value no longer than twice `keep` shows
+    /// fewer and a match is never left whole (`keep = 11` on an SSN keeps its last five).
     KeepLast {
-        /// How many trailing characters stay visible.
+        /// How many trailing characters stay visible (at most half of them).
         keep: u32,
     },
     /// The value (or matched text) is replaced by a fixed token.

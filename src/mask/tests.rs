@@ -1235,3 +1235,34 @@ detectors.ssn = { mask = { style = "null" } }
     masker.mask(both, &mut body, None, &mut Scratch::default()).unwrap();
     assert_eq!(decoded_rows(&body, "/data/rowset")[0][1], None);
 }
+
+/// A `keep_last` mask keeping as many characters as a match or a value has would pass it in
+/// clear while counting it masked: it keeps at most half of them.
+#[test]
+fn keep_last_never_leaves_a_match_or_a_value_whole() {
+    let masker = masker(
+        r#"
+[masking.profiles.p]
+columns = [{ name = "PIN", mask = { style = "keep_last", keep = 4 } }]
+detectors.ssn = { mask = { style = "keep_last", keep = 11 } }
+"#,
+    );
+    let p = masker.profile("p").unwrap();
+    let rowtype = json!([
+        {"name": "PIN", "type": "text", "nullable": true, "scale": null, "table": "T"},
+        {"name": "NOTE", "type": "text", "nullable": true, "scale": null, "table": "T"},
+    ]);
+    let mut body = serde_json::to_vec(&json!({"data": {"rowtype": rowtype,
+        "rowset": [["1234", "ssn 123-45-6789"], ["987654321", "none"]],
+        "total": 2, "returned": 2, "queryResultFormat": "json"}, "success": true}))
+    .unwrap();
+    let masked = masker.mask(p, &mut body, None, &mut Scratch::default()).unwrap();
+    assert_eq!(
+        decoded_rows(&body, "/data/rowset"),
+        [
+            [Some("**34".to_string()), Some("ssn ******-6789".to_string())],
+            [Some("*****4321".to_string()), Some("none".to_string())]
+        ]
+    );
+    assert_eq!(masked.report.by_detector[DetectorKind::Ssn.index()], 1);
+}

@@ -163,13 +163,18 @@ pub(crate) fn merge_spans(profile: &Profile, spans: &mut Vec<Span>) {
     spans.truncate(kept + 1);
 }
 
-/// Where the last `keep` characters of `text[start..end]` begin (UTF-8 boundaries).
+/// Where the kept tail of `text[start..end]` begins (UTF-8 boundaries): its last `keep`
+/// characters, but never more than half of them (rounded down), so a `keep_last` mask always
+/// masks at least half of what it covers: an SSN under `keep = 11`, or a four-digit PIN under
+/// `keep = 4`, would otherwise pass in clear while counted as masked.
 pub(crate) fn keep_from(text: &[u8], start: usize, end: usize, keep: u32) -> usize {
-    // ASCII last characters (card digits, most keys): one byte each.
-    let keep_bytes = keep as usize;
-    if end - start >= keep_bytes && text[end - keep_bytes..end].is_ascii() {
-        return end - keep_bytes;
+    let part = &text[start..end];
+    // ASCII (card digits, most keys): one byte a character.
+    if part.is_ascii() {
+        return end - (keep as usize).min(part.len() / 2);
     }
+    let chars = part.iter().filter(|&&b| (b & 0xC0) != 0x80).count();
+    let keep = (keep as usize).min(chars / 2);
     let mut at = end;
     let mut kept = 0;
     while at > start && kept < keep {
@@ -874,28 +879,28 @@ mod tests {
     }
 
     #[test]
-    fn keep_from_counts_characters() {
+    fn keep_from_counts_characters_and_keeps_at_most_half() {
         let text = "abcdé".as_bytes();
         assert_eq!(keep_from(text, 0, text.len(), 1), 4);
         assert_eq!(keep_from(text, 0, text.len(), 2), 3);
-        assert_eq!(keep_from(text, 0, text.len(), 10), 0);
-        assert_eq!(keep_from(text, 2, text.len(), 10), 2);
-        // The ASCII shortcut and the character walk agree, around multi-byte characters.
-        let text = "é4111é1111".as_bytes();
-        for start in [0, 2] {
+        // Five characters: at most two stay in clear, whatever `keep` says.
+        assert_eq!(keep_from(text, 0, text.len(), 3), 3);
+        assert_eq!(keep_from(text, 0, text.len(), 10), 3);
+        assert_eq!(keep_from(text, 2, text.len(), 10), 4);
+        // An SSN under a `keep` as long as it, and a PIN as long as its `keep`: half masked.
+        let ssn = b"123-45-6789";
+        assert_eq!(keep_from(ssn, 0, ssn.len(), 11), 6);
+        assert_eq!(keep_from(b"1234", 0, 4, 4), 2);
+        assert_eq!(keep_from(b"7", 0, 1, 4), 1);
+        // The ASCII shortcut and the character walk agree with a reference on characters.
+        let text = "é4111é1111";
+        for start in [0, 2, 3] {
             for keep in 0..12 {
-                let walked = {
-                    let (mut at, mut kept) = (text.len(), 0);
-                    while at > start && kept < keep {
-                        at -= 1;
-                        while at > start && (text[at] & 0xC0) == 0x80 {
-                            at -= 1;
-                        }
-                        kept += 1;
-                    }
-                    at
-                };
-                assert_eq!(keep_from(text, start, text.len(), keep), walked, "start {start} keep {keep}");
+                let chars: Vec<(usize, char)> = text[start..].char_indices().collect();
+                let kept = keep.min(chars.len() / 2);
+                let expected = chars.get(chars.len() - kept).map_or(text.len(), |&(at, _)| start + at);
+                let got = keep_from(text.as_bytes(), start, text.len(), keep as u32);
+                assert_eq!(got, expected, "start {start} keep {keep}");
             }
         }
     }

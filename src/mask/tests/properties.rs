@@ -489,7 +489,9 @@ fn reference_masked_text(value: &str, spans: &[(usize, usize, StyleSpec)], forma
         match style {
             StyleSpec::KeepLast(k) => {
                 let chars: Vec<char> = part.chars().collect();
-                let kept: String = chars[chars.len().saturating_sub(*k as usize)..].iter().collect();
+                // At most half the characters stay in clear, whatever `keep` says.
+                let kept_chars = (*k as usize).min(chars.len() / 2);
+                let kept: String = chars[chars.len() - kept_chars..].iter().collect();
                 out.push_str(&"*".repeat(part.len() - kept.len()));
                 out.push_str(&kept);
             }
