@@ -120,7 +120,7 @@ pub struct AdminLimits {
     pub body_bytes_max: usize,
     /// Time from accepting a connection to having its whole request (408 beyond it).
     pub read_timeout: Duration,
-    /// Time to write the answer.
+    /// Time to write the whole answer, however slowly the client reads it.
     pub write_timeout: Duration,
 }
 
@@ -471,14 +471,31 @@ fn serve<P>(mut stream: TcpStream, peer: SocketAddr, shared: &Shared<P>) {
             answer
         }
     };
-    if stream.set_write_timeout(Some(limits.write_timeout)).is_err() {
-        return;
-    }
-    if (&stream).write_all(&answer.to_bytes()).is_err() {
+    if write_all_by(&stream, &answer.to_bytes(), Instant::now() + limits.write_timeout).is_err() {
         return;
     }
     let _ = stream.shutdown(Shutdown::Write);
     linger(&mut stream);
+}
+
+/// Writes all of `bytes` by `deadline`: a socket's write timeout bounds each write, so a peer
+/// reading a few bytes at a time could otherwise hold the thread (and a connection slot) for as
+/// long as it likes.
+fn write_all_by(stream: &TcpStream, mut bytes: &[u8], deadline: Instant) -> io::Result<()> {
+    while !bytes.is_empty() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(io::ErrorKind::TimedOut.into());
+        }
+        stream.set_write_timeout(Some(left))?;
+        match (&*stream).write(bytes) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => bytes = &bytes[n..],
+            Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+            Err(error) => return Err(error),
+        }
+    }
+    Ok(())
 }
 
 /// Reads what the client still sends, briefly and boundedly, so the close does not turn into a
@@ -534,11 +551,11 @@ fn read_request(stream: &mut TcpStream, limits: &AdminLimits) -> Result<Option<R
         }
     };
     let mut body = buf.split_off(head.head_len.min(buf.len()));
-    if body.len() < body_len && head.headers.has_token("expect", "100-continue") {
-        let _ = stream.set_write_timeout(Some(limits.write_timeout));
-        if (&*stream).write_all(b"HTTP/1.1 100 Continue\r\n\r\n").is_err() {
-            return Ok(None);
-        }
+    if body.len() < body_len
+        && head.headers.has_token("expect", "100-continue")
+        && write_all_by(stream, b"HTTP/1.1 100 Continue\r\n\r\n", Instant::now() + limits.write_timeout).is_err()
+    {
+        return Ok(None);
     }
     while body.len() < body_len {
         let want = (body_len - body.len()).min(8192);
@@ -1212,6 +1229,36 @@ mod tests {
         assert_eq!(idle.read_to_end(&mut rest).unwrap(), 0);
         // Nothing listens any more.
         assert!(TcpStream::connect_timeout(&addr, Duration::from_secs(1)).is_err());
+    }
+
+    /// A reader taking a few bytes at a time keeps each write within its timeout; the answer
+    /// as a whole still ends at its deadline.
+    #[test]
+    fn a_slow_reader_cannot_hold_an_answer_past_its_deadline() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut reader = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (writer, _) = listener.accept().unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let trickle = {
+            let stop = Arc::clone(&stop);
+            std::thread::spawn(move || {
+                let mut scratch = [0u8; 4096];
+                while !stop.load(Ordering::Relaxed) && reader.read(&mut scratch).is_ok_and(|n| n > 0) {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            })
+        };
+        let started = Instant::now();
+        let answer = vec![b'x'; 64 << 20];
+        let written = write_all_by(&writer, &answer, Instant::now() + Duration::from_millis(500));
+        let took = started.elapsed();
+        stop.store(true, Ordering::Relaxed);
+        drop(writer);
+        trickle.join().unwrap();
+        // Past the deadline between writes, or within the last one (EAGAIN on Linux).
+        let kind = written.expect_err("the deadline passed").kind();
+        assert!(matches!(kind, io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock), "{kind:?}");
+        assert!(took < Duration::from_secs(3), "took {took:?}");
     }
 
     #[test]
