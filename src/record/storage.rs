@@ -19,7 +19,9 @@ use bytes::Bytes;
 pub trait Storage: Send + Sync {
     /// Creates `dir` and its parents, each durably (its parent fsynced once it is created).
     fn create_dir_all(&self, dir: &Path) -> io::Result<()>;
-    /// The names of the regular files in `dir`.
+    /// The names of every entry in `dir` but its subdirectories: files, links and anything
+    /// else named like a segment is a segment to its readers (who find out what it is when
+    /// they open it), and anything else is reported as not one, never passed over unseen.
     fn list(&self, dir: &Path) -> io::Result<Vec<String>>;
     /// Creates a new, empty file for appending; fails if it exists.
     fn create_new(&self, path: &Path) -> io::Result<Box<dyn SegmentFile>>;
@@ -127,7 +129,9 @@ impl Storage for FileSystem {
         let mut names = Vec::new();
         for entry in std::fs::read_dir(dir)? {
             let entry = entry?;
-            if entry.file_type()?.is_file() {
+            // A link to a segment moved elsewhere (say, to colder storage) is still part of the
+            // recording, and a FIFO or a socket still something verify must name.
+            if !entry.file_type()?.is_dir() {
                 names.push(entry.file_name().to_string_lossy().into_owned());
             }
         }
@@ -141,12 +145,12 @@ impl Storage for FileSystem {
     }
 
     fn open_append(&self, path: &Path) -> io::Result<Box<dyn SegmentFile>> {
-        let file = OpenOptions::new().append(true).open(path)?;
+        let file = regular_file(OpenOptions::new().append(true), path)?;
         Ok(Box::new(FsFile { file }))
     }
 
     fn open_read(&self, path: &Path) -> io::Result<Box<dyn ReadAt>> {
-        let file = File::open(path)?;
+        let file = regular_file(OpenOptions::new().read(true), path)?;
         let len = file.metadata()?.len();
         Ok(Box::new(FsRead { file, len }))
     }
@@ -154,6 +158,18 @@ impl Storage for FileSystem {
     fn sync_dir(&self, dir: &Path) -> io::Result<()> {
         File::open(dir)?.sync_all()
     }
+}
+
+/// Opens `path` (following links) when it is a regular file. Opened without blocking, so a
+/// FIFO named like a segment is refused at once rather than waited on for a writer (reads and
+/// writes of regular files ignore the flag).
+fn regular_file(options: &mut OpenOptions, path: &Path) -> io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = options.custom_flags(libc::O_NONBLOCK).open(path)?;
+    if !file.metadata()?.is_file() {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "not a regular file"));
+    }
+    Ok(file)
 }
 
 // ---------------------------------------------------------------------------------------

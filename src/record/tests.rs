@@ -1450,3 +1450,40 @@ fn rotation_makes_the_successor_durable_before_the_seal() {
     let zero = SegmentReader::open_with(&storage, &segment_path(0), Default::default()).unwrap();
     assert!(zero.sealed().is_none(), "segment 0 was sealed before its successor was durable");
 }
+
+/// On disk, a segment linked from elsewhere (moved to colder storage) is read like any other,
+/// and an entry named like a segment that is no file (a FIFO) is named by verify at once: listing only regular files left links, FIFOs and the like out of every command
+/// without a word.
+#[test]
+fn linked_segments_are_read_and_entries_that_are_not_files_are_reported() {
+    let (storage, _) = sealed_recording();
+    let temp = tempfile::tempdir().unwrap();
+    let (live, cold) = (temp.path().join("live"), temp.path().join("cold"));
+    std::fs::create_dir_all(&live).unwrap();
+    std::fs::create_dir_all(&cold).unwrap();
+    for sequence in [0, 1] {
+        let name = SegmentName { core_id: 0, sequence }.file_name();
+        std::fs::write(live.join(&name), storage.read(&segment_path(sequence)).unwrap()).unwrap();
+    }
+    let expected = Recording::open(&live).unwrap().records().count();
+    let first = SegmentName { core_id: 0, sequence: 0 }.file_name();
+    std::fs::rename(live.join(&first), cold.join(&first)).unwrap();
+    std::os::unix::fs::symlink(cold.join(&first), live.join(&first)).unwrap();
+    let recording = Recording::open(&live).unwrap();
+    assert_eq!(recording.segments().len(), 2);
+    assert_eq!(recording.records().filter(|r| r.is_ok()).count(), expected);
+    assert!(verify(&recording, &KEY, &VerifyOptions::default(), &mut |_| {}).is_ok());
+
+    // A FIFO named like the next segment: refused at once, not waited on.
+    let fifo = live.join(SegmentName { core_id: 0, sequence: 2 }.file_name());
+    let made = std::process::Command::new("mkfifo").arg(&fifo).status().unwrap();
+    assert!(made.success(), "mkfifo");
+    let report = verify(&Recording::open(&live).unwrap(), &KEY, &VerifyOptions::default(), &mut |_| {});
+    assert!(report.problems.iter().any(|p| p.path == fifo), "{:?}", report.problems);
+    std::fs::remove_file(&fifo).unwrap();
+    // A dangling link: named too.
+    let dangling = live.join("notes.txt");
+    std::os::unix::fs::symlink(cold.join("gone"), &dangling).unwrap();
+    let report = verify(&Recording::open(&live).unwrap(), &KEY, &VerifyOptions::default(), &mut |_| {});
+    assert!(report.problems.iter().any(|p| p.path == dangling), "{:?}", report.problems);
+}
