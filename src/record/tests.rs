@@ -1487,3 +1487,85 @@ fn linked_segments_are_read_and_entries_that_are_not_files_are_reported() {
     let report = verify(&Recording::open(&live).unwrap(), &KEY, &VerifyOptions::default(), &mut |_| {});
     assert!(report.problems.iter().any(|p| p.path == dangling), "{:?}", report.problems);
 }
+
+/// Counts the bytes read from the files it opens.
+struct CountingStorage {
+    inner: SimulatedStorage,
+    read: Arc<std::sync::atomic::AtomicU64>,
+}
+
+struct CountingRead {
+    inner: Box<dyn storage::ReadAt>,
+    read: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl storage::ReadAt for CountingRead {
+    fn size(&self) -> u64 {
+        self.inner.size()
+    }
+    fn read_exact_at(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
+        self.read.fetch_add(buf.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        self.inner.read_exact_at(offset, buf)
+    }
+}
+
+impl Storage for CountingStorage {
+    fn create_dir_all(&self, dir: &Path) -> std::io::Result<()> {
+        self.inner.create_dir_all(dir)
+    }
+    fn list(&self, dir: &Path) -> std::io::Result<Vec<String>> {
+        self.inner.list(dir)
+    }
+    fn create_new(&self, path: &Path) -> std::io::Result<Box<dyn storage::SegmentFile>> {
+        self.inner.create_new(path)
+    }
+    fn open_append(&self, path: &Path) -> std::io::Result<Box<dyn storage::SegmentFile>> {
+        self.inner.open_append(path)
+    }
+    fn open_read(&self, path: &Path) -> std::io::Result<Box<dyn storage::ReadAt>> {
+        Ok(Box::new(CountingRead { inner: self.inner.open_read(path)?, read: self.read.clone() }))
+    }
+    fn sync_dir(&self, dir: &Path) -> std::io::Result<()> {
+        self.inner.sync_dir(dir)
+    }
+}
+
+/// After a damaged header in an open segment, the reader looks for a whole frame further on
+/// (a torn tail has none). Headers forged to each claim the rest of the file, their own CRCs
+/// holding and their contents' not, made that look cost the file's length squared (reading
+/// and summing the rest of the file once for each): it is bounded by a few times the file,
+/// and the damage is reported as corruption, not cut.
+#[test]
+fn forged_headers_after_damage_cost_a_bounded_look() {
+    let (mut bytes, ends, _) = unsealed_segment(2);
+    let damaged_at = ends.last().unwrap().0;
+    bytes.extend_from_slice(&[0xA5; 8]);
+    let forged = 16_384u64;
+    let header = format::BATCH_HEADER_BYTES as u64;
+    let total = bytes.len() as u64 + forged * header + 4096;
+    for i in 0..forged {
+        let at = bytes.len() as u64;
+        assert_eq!(at, damaged_at + 8 + i * header);
+        let fake = format::BatchHeader {
+            compressed_len: (total - at - header) as u32,
+            uncompressed_len: 1,
+            n_records: 1,
+            first_record_index: 100 + i,
+            payload_crc: 0x5EED,
+            chain_tag: Some([7; 32]),
+        };
+        bytes.extend_from_slice(&fake.encode());
+    }
+    bytes.resize(total as usize, 0);
+    let storage = CountingStorage { inner: SimulatedStorage::new(), read: Default::default() };
+    storage.create_dir_all(&dir()).unwrap();
+    storage.inner.write(&segment_path(0), bytes.clone());
+    let storage = Arc::new(storage);
+    let error = SegmentWriter::open(storage.clone(), &config(&dir()), T0).unwrap_err();
+    let RecordError::Corrupt(read_error) = error else { panic!("not reported as corruption: {error}") };
+    assert_eq!(read_error.offset, damaged_at);
+    assert!(!read_error.torn_tail);
+    assert_eq!(storage.inner.read(&segment_path(0)).unwrap(), bytes, "nothing was cut");
+    let read = storage.read.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(read < 16 * total + (8 << 20), "read {read} bytes of a {total}-byte file");
+}
