@@ -5,7 +5,7 @@
 //! `\u{202e}` (`crate::terminal`).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{BufWriter, Write};
+use std::io::{BufWriter, IsTerminal as _, Write};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, bail};
@@ -86,7 +86,9 @@ pub fn cat(args: CatArgs) -> anyhow::Result<()> {
     let stdout = std::io::stdout().lock();
     let mut out = BufWriter::new(stdout);
     let mut failures = 0;
-    let bar = ProgressBar::hidden();
+    // Records written to a terminal would be torn by a bar drawn between them: it shows when
+    // they go to a file or a pipe (and stderr is a terminal).
+    let bar = if std::io::stdout().is_terminal() { ProgressBar::hidden() } else { progress(&recording, "reading") };
     for segment in recording.segments().iter().filter(|s| args.core.is_none_or(|core| core == s.core_id)) {
         let reader = match recording.segment(segment) {
             Ok(reader) => reader,
@@ -101,7 +103,9 @@ pub fn cat(args: CatArgs) -> anyhow::Result<()> {
                 Err(e) => report_read_error(&bar, &e, &mut failures),
             }
         }
+        bar.inc(reader.len());
     }
+    bar.finish_and_clear();
     out.flush()?;
     if failures > 0 {
         bail!("{failures} part(s) of the recording could not be read");

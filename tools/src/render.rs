@@ -66,9 +66,13 @@ pub fn parse_time(text: &str) -> anyhow::Result<u64> {
         None => (text, None),
     };
     let mut parts = date.splitn(3, '-');
-    let year: i64 = parts.next().and_then(|p| p.parse().ok()).ok_or_else(bad)?;
+    // Four-digit years: the recording's times are Unix microseconds, and a year far out would
+    // overflow them.
+    let year: i64 = parts.next().filter(|p| p.len() == 4).and_then(|p| p.parse().ok()).ok_or_else(bad)?;
     let month: u32 = parts.next().and_then(|p| p.parse().ok()).filter(|m| (1..=12).contains(m)).ok_or_else(bad)?;
-    let day: u32 = parts.next().and_then(|p| p.parse().ok()).filter(|d| (1..=31).contains(d)).ok_or_else(bad)?;
+    let day: Option<u32> =
+        parts.next().and_then(|p| p.parse().ok()).filter(|&d| d >= 1 && d <= days_in_month(year, month));
+    let day = day.ok_or_else(bad)?;
     let mut micros_of_day: i64 = 0;
     if let Some(time) = time {
         let (clock, fraction) = time.split_once('.').unwrap_or((time, ""));
@@ -85,6 +89,16 @@ pub fn parse_time(text: &str) -> anyhow::Result<u64> {
     }
     let micros = days_from_civil(year, month, day) * 86_400_000_000 + micros_of_day;
     u64::try_from(micros).map_err(|_| bad())
+}
+
+/// Days in a month of the proleptic Gregorian calendar.
+fn days_in_month(year: i64, month: u32) -> u32 {
+    match month {
+        2 if year % 4 == 0 && (year % 100 != 0 || year % 400 == 0) => 29,
+        2 => 28,
+        4 | 6 | 9 | 11 => 30,
+        _ => 31,
+    }
 }
 
 /// Reads a 32-byte key: 64 hex digits (surrounding whitespace ignored) or 32 raw bytes.
@@ -260,6 +274,12 @@ mod tests {
         assert_eq!(parse_time("2024-02-29").unwrap(), 1_709_164_800_000_000);
         assert_eq!(parse_time("1750000000").unwrap(), 1_750_000_000_000_000);
         assert_eq!(parse_time("2025-06-15T15:06:40.5Z").unwrap(), 1_750_000_000_500_000);
+        assert_eq!(parse_time("2000-02-29").unwrap(), 951_782_400_000_000);
+        // Days a month does not have (they rolled over into the next), and years past four
+        // digits (they overflowed the microseconds and wrapped to some other bound).
+        for bad in ["2025-02-29", "2025-02-30", "1900-02-29", "2025-04-31", "300000-01-01", "99999999999-01-01"] {
+            assert!(parse_time(bad).is_err(), "{bad}");
+        }
         for bad in ["2025-13-01", "2025-06-15T25:00:00Z", "2025-06-15T15:06:40", "yesterday"] {
             assert!(parse_time(bad).is_err(), "{bad}");
         }
