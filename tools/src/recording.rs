@@ -175,7 +175,7 @@ impl Filters {
             since_us,
             until_us,
             text_lower: args.text.as_ref().map(|t| t.to_lowercase()),
-            table: args.table.as_ref().map(|t| identifier_path(t)),
+            table: args.table.as_deref().map(table_path).transpose()?,
             query_id: args.query_id.clone(),
             request_id: args.request_id.clone(),
             decision: args.decision.clone(),
@@ -213,19 +213,72 @@ impl Filters {
     }
 }
 
-/// An identifier path, lowercased, quotes removed: `Sales."Orders"` → `["sales", "orders"]`.
-fn identifier_path(text: &str) -> Vec<String> {
-    text.split('.').map(|part| part.trim_matches('"').to_lowercase()).collect()
+/// The identifier paths in `text`, each part lowercased and unquoted: `Sales."Order Items"`
+/// → `["sales", "order items"]`. A quoted part may hold anything (`""` is a quote in it); an
+/// unquoted one is letters, digits, `_` and `$`; parts joined by dots make a path. A word
+/// scan, not a SQL parse.
+fn identifier_paths(text: &str) -> Vec<Vec<String>> {
+    let mut paths = Vec::new();
+    let mut path: Vec<String> = Vec::new();
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        let part = if c == '"' {
+            let mut part = String::new();
+            while let Some(c) = chars.next() {
+                match c {
+                    '"' if chars.peek() == Some(&'"') => {
+                        chars.next();
+                        part.push('"');
+                    }
+                    '"' => break,
+                    c => part.push(c),
+                }
+            }
+            part
+        } else if c.is_alphanumeric() || matches!(c, '_' | '$') {
+            let mut part = String::from(c);
+            while let Some(&c) = chars.peek().filter(|c| c.is_alphanumeric() || matches!(c, '_' | '$')) {
+                part.push(c);
+                chars.next();
+            }
+            part
+        } else {
+            if !path.is_empty() {
+                paths.push(std::mem::take(&mut path));
+            }
+            continue;
+        };
+        path.push(part.to_lowercase());
+        if chars.peek() == Some(&'.') {
+            chars.next();
+            // A dot leading nowhere ends the path with an empty part.
+            if !chars.peek().is_some_and(|&c| c == '"' || c.is_alphanumeric() || matches!(c, '_' | '$')) {
+                path.push(String::new());
+                paths.push(std::mem::take(&mut path));
+            }
+        } else {
+            paths.push(std::mem::take(&mut path));
+        }
+    }
+    if !path.is_empty() {
+        paths.push(path);
+    }
+    paths
 }
 
-/// Whether `statement` names the table `table` (its last path components): a word match
-/// over identifier-like runs, not a SQL parse.
+/// The `--table` argument as one identifier path.
+fn table_path(text: &str) -> anyhow::Result<Vec<String>> {
+    match &identifier_paths(text)[..] {
+        [path] if path.iter().all(|part| !part.is_empty()) && !text.trim_start().starts_with('.') => Ok(path.clone()),
+        _ => bail!("--table {:?} is not a table name (table, schema.table or \"Quoted Name\")", text),
+    }
+}
+
+/// Whether `statement` names the table `table` (its last path components).
 fn names_table(statement: &str, table: &[String]) -> bool {
-    let is_name_char = |c: char| c.is_alphanumeric() || matches!(c, '_' | '$' | '.' | '"');
-    statement.split(|c: char| !is_name_char(c)).filter(|run| !run.is_empty()).any(|run| {
-        let path = identifier_path(run);
-        path.len() >= table.len() && path[path.len() - table.len()..] == *table
-    })
+    identifier_paths(statement)
+        .iter()
+        .any(|path| path.len() >= table.len() && path[path.len() - table.len()..] == *table)
 }
 
 pub fn search(args: SearchArgs) -> anyhow::Result<()> {
@@ -691,12 +744,24 @@ mod tests {
 
     #[test]
     fn tables_match_by_name_not_by_substring() {
-        let orders = identifier_path("orders");
+        let orders = table_path("orders").unwrap();
         assert!(names_table("select * from orders where x=1", &orders));
         assert!(names_table("SELECT * FROM sales.public.\"ORDERS\"", &orders));
         assert!(!names_table("select * from orders_archive", &orders));
         assert!(!names_table("select 'no' from preorders", &orders));
-        assert!(names_table("select * from sales.orders", &identifier_path("sales.orders")));
-        assert!(!names_table("select * from hr.orders", &identifier_path("sales.orders")));
+        assert!(names_table("select * from sales.orders", &table_path("sales.orders").unwrap()));
+        assert!(!names_table("select * from hr.orders", &table_path("sales.orders").unwrap()));
+        // Quoted names hold spaces, dashes, dots and quotes.
+        let items = table_path("\"Order Items\"").unwrap();
+        assert_eq!(items, ["order items"]);
+        assert!(names_table("insert into sales.\"Order Items\" values (1)", &items));
+        assert!(!names_table("select * from \"Order\" join items", &items));
+        let dotted = table_path("s.\"a.b\"").unwrap();
+        assert!(names_table("select * from db.S.\"A.B\"", &dotted));
+        assert!(!names_table("select * from s.a.b", &dotted));
+        assert!(names_table("select 1 from \"say \"\"hi\"\"\"", &table_path("\"say \"\"hi\"\"\"").unwrap()));
+        for bad in ["", "a b", "a.", ".a", "\"\""] {
+            assert!(table_path(bad).is_err(), "{bad:?}");
+        }
     }
 }
