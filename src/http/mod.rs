@@ -145,6 +145,18 @@ impl Headers {
             .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
     }
 
+    /// Whether a field named `name` describes this hop only: hop-by-hop by its name
+    /// ([`is_hop_by_hop`]) or listed in a `Connection` field (RFC 9110 §7.6.1).
+    pub fn is_hop_field(&self, name: &[u8]) -> bool {
+        is_hop_by_hop(name)
+            || self
+                .fields
+                .iter()
+                .filter(|f| self.name_of(f).eq_ignore_ascii_case(b"connection"))
+                .flat_map(|f| self.bytes[f.value.clone()].split(|&b| b == b','))
+                .any(|t| t.trim_ascii().eq_ignore_ascii_case(name))
+    }
+
     /// Number of fields.
     pub fn len(&self) -> usize {
         self.fields.len()
@@ -563,6 +575,19 @@ mod tests {
         let head = res("HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 2\r\n\r\nhi").unwrap().unwrap();
         assert!(!head.close);
         assert_eq!(res("HTTP/1.1 100 Continue\r\n\r\n").unwrap().unwrap().framing, BodyFraming::Empty);
+    }
+
+    #[test]
+    fn fields_a_connection_field_names_are_hop_fields() {
+        let head = res("HTTP/1.1 200 OK\r\nConnection: keep-alive, X-Foo\r\nconnection: x-bar\r\nX-Foo: 1\r\n\
+                        X-Bar: 2\r\nX-Baz: 3\r\ncontent-length: 0\r\n\r\n")
+        .unwrap()
+        .unwrap();
+        for hop in ["x-foo", "X-BAR", "keep-alive", "transfer-encoding"] {
+            assert!(head.headers.is_hop_field(hop.as_bytes()), "{hop}");
+        }
+        assert!(!head.headers.is_hop_field(b"x-baz"));
+        assert!(!head.headers.is_hop_field(b"x-fo"));
     }
 
     #[test]

@@ -32,7 +32,7 @@ use monoio::time::Instant;
 use tracing::{debug, error, info, warn};
 
 use crate::config::Config;
-use crate::http::{ChunkedError, HeadWriter, Headers, is_hop_by_hop};
+use crate::http::{ChunkedError, HeadWriter, Headers};
 use crate::identity::{JwksSource, Verifier};
 use crate::mask::Scratch;
 use crate::policy::approvals::Ledger;
@@ -642,7 +642,7 @@ fn answer_head(answer: &handler::Answer, close: bool) -> BytesMut {
 
 fn copy_end_to_end(w: &mut HeadWriter, headers: &Headers) {
     for (name, value) in headers.iter() {
-        if !is_hop_by_hop(name) && !name.eq_ignore_ascii_case(b"content-encoding") {
+        if !headers.is_hop_field(name) && !name.eq_ignore_ascii_case(b"content-encoding") {
             w.field(name, value);
         }
     }

@@ -343,7 +343,8 @@ pub async fn fetch_with(
     }
 }
 
-/// Builds the request fields forwarded upstream from the agent's: hop-by-hop fields, `Host`,
+/// Builds the request fields forwarded upstream from the agent's: hop-by-hop fields (and those
+/// its `Connection` lists), `Host`,
 /// `Authorization`, `Content-Encoding` (bodies go upstream inflated) and the gateway's own
 /// `X-Agent-Context` are dropped; `extra` fields are appended. The agent's `Accept-Encoding` is
 /// replaced by gzip, the one encoding the gateway inflates and masks: an answer in another
@@ -367,7 +368,7 @@ pub fn forwarded_headers(from: &Headers, mut extra: Vec<(Vec<u8>, Vec<u8>)>) -> 
     let mut out: Vec<(Vec<u8>, Vec<u8>)> = from
         .iter()
         .filter(|(name, _)| {
-            !crate::http::is_hop_by_hop(name) && !DROPPED.iter().any(|d| name.eq_ignore_ascii_case(d.as_bytes()))
+            !from.is_hop_field(name) && !DROPPED.iter().any(|d| name.eq_ignore_ascii_case(d.as_bytes()))
         })
         .map(|(n, v)| (n.to_vec(), v.to_vec()))
         .collect();
@@ -396,7 +397,9 @@ mod tests {
 
     #[test]
     fn upstream_is_asked_for_gzip_whatever_the_agent_accepts() {
+        // A field the agent's Connection names is its hop's alone, and stays there.
         let wire = b"GET / HTTP/1.1\r\nAccept-Encoding: br, zstd\r\nX-Agent-Context: t\r\nAccept: */*\r\n\
+                     Connection: keep-alive, X-Hop\r\nX-Hop: 1\r\n\
                      Content-Type: application/json; charset=Shift_JIS\r\n\r\n";
         let head = crate::http::parse_request_head(wire, &Limits::default()).unwrap().unwrap();
         let headers = head.headers;
