@@ -380,7 +380,7 @@ impl Core {
                 Err(e) => return self.reject(conn, peer, &e).await,
             };
 
-            gateway.metrics.in_flight.fetch_add(1, Ordering::AcqRel);
+            let in_flight = InFlight::enter(&gateway.metrics.in_flight);
             gateway.metrics.requests.fetch_add(1, Ordering::Relaxed);
             let started = std::time::Instant::now();
             let started_at_unix_us = unix_micros();
@@ -390,7 +390,7 @@ impl Core {
             let close = head.close || answer.close || gateway.is_draining();
             let head_bytes = answer_head(&answer, close);
             let written = conn.write_message(head_bytes, answer.body, Instant::now() + timeouts.body).await;
-            gateway.metrics.in_flight.fetch_sub(1, Ordering::AcqRel);
+            drop(in_flight);
             if written.is_err() || close {
                 return Ending::Done;
             }
@@ -640,6 +640,24 @@ fn answer_head(answer: &handler::Answer, close: bool) -> BytesMut {
     w.finish()
 }
 
+/// A request counted in flight until this is dropped: when its answer is written, or when its
+/// task ends early (a panic the runtime contains, a connection dropped mid-request), so a drain
+/// never waits out its deadline for a request that is gone.
+struct InFlight<'a>(&'a AtomicUsize);
+
+impl<'a> InFlight<'a> {
+    fn enter(counter: &'a AtomicUsize) -> InFlight<'a> {
+        counter.fetch_add(1, Ordering::AcqRel);
+        InFlight(counter)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 fn copy_end_to_end(w: &mut HeadWriter, headers: &Headers) {
     for (name, value) in headers.iter() {
         if !headers.is_hop_field(name) && !name.eq_ignore_ascii_case(b"content-encoding") {
@@ -660,4 +678,26 @@ pub fn unix_millis() -> u64 {
 
 fn unix_micros() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A request's task that panics (the runtime contains it and ends the connection) is no
+    /// longer counted in flight: a drain would otherwise wait out its whole deadline for it.
+    #[test]
+    fn a_request_that_panics_leaves_the_in_flight_count() {
+        let counter = AtomicUsize::new(0);
+        let answered = InFlight::enter(&counter);
+        let panicked = std::panic::catch_unwind(|| {
+            let _in_flight = InFlight::enter(&counter);
+            assert_eq!(counter.load(Ordering::Acquire), 2);
+            panic!("a handler's bug");
+        });
+        assert!(panicked.is_err());
+        assert_eq!(counter.load(Ordering::Acquire), 1);
+        drop(answered);
+        assert_eq!(counter.load(Ordering::Acquire), 0);
+    }
 }
