@@ -355,7 +355,8 @@ pub fn search(args: SearchArgs) -> anyhow::Result<()> {
 /// too, wherever they landed.
 struct Matcher<'a> {
     filters: &'a Filters,
-    /// Requests that matched, per core.
+    /// Requests that matched, per core, until their response is read (kept for good with a
+    /// query id, whose matches are few, to print each request once).
     matched: BTreeMap<u16, BTreeSet<u64>>,
     /// Of those, the ones whose response has not been read yet: while a core has any, its
     /// later segments are read even when their footers say they cannot match.
@@ -394,6 +395,14 @@ impl Matcher<'_> {
                 }
                 let via_request =
                     linked.is_some_and(|i| self.matched.get(&record.core_id).is_some_and(|set| set.contains(&i)));
+                if via_request
+                    && filters.query_id.is_none()
+                    && let (Some(index), Some(set)) = (linked, self.matched.get_mut(&record.core_id))
+                {
+                    // A request has one response: once it is read, the request is done with
+                    // (the set would otherwise grow with every match of a long search).
+                    set.remove(&index);
+                }
                 let endpoint_ok = filters.endpoint.as_ref().is_none_or(|e| *e == response.endpoint);
                 let own_query_id = filters.query_id.as_ref().is_none_or(|id| response.query_id.as_ref() == Some(id));
                 let own = !filters.has_request_filters() && own_query_id;
@@ -406,7 +415,13 @@ impl Matcher<'_> {
                     && let Some(index) = linked
                 {
                     // Decided once its request is read: the request filters are the request's.
-                    self.pending_pairs.push((record.clone(), index));
+                    // Its body is copied out of the batch's buffer, which would otherwise stay
+                    // in memory (up to 512 MiB) for as long as the search runs.
+                    let mut pending = record.clone();
+                    if let Frame::Response(response) = &mut pending.frame {
+                        response.body = response.body.to_vec().into();
+                    }
+                    self.pending_pairs.push((pending, index));
                     return false;
                 }
                 if matches
