@@ -201,6 +201,17 @@ impl ChunkedDecoder {
                         return Ok(false);
                     }
                     let n = (left as usize).min(input.len());
+                    if out.capacity() - out.len() < n {
+                        // Grown by doubling, `out` could reach twice the limit. Once it would
+                        // pass half of what it may still come to hold, it moves (once) into a
+                        // buffer of exactly that.
+                        let most = out.len() + (self.limit - self.decoded);
+                        if out.capacity().saturating_mul(2) > most {
+                            let mut exact = BytesMut::with_capacity(most);
+                            exact.extend_from_slice(out);
+                            *out = exact;
+                        }
+                    }
                     out.extend_from_slice(&input[..n]);
                     self.consume(input, n)?;
                     self.decoded += n;
@@ -269,6 +280,29 @@ mod tests {
             }
         }
         panic!("body incomplete")
+    }
+
+    #[test]
+    fn the_decoded_body_never_holds_more_than_its_limit() {
+        let limit = 100_000;
+        let mut wire = Vec::new();
+        for _ in 0..100 {
+            wire.extend_from_slice(b"3e8\r\n");
+            wire.extend_from_slice(&[b'x'; 1000]);
+            wire.extend_from_slice(b"\r\n");
+        }
+        wire.extend_from_slice(b"0\r\n\r\n");
+        let mut dec = ChunkedDecoder::new(limit);
+        let (mut input, mut out) = (BytesMut::new(), BytesMut::new());
+        // A few chunks at a time, as reads bring them; doubling would have ended at 128,000.
+        let mut done = false;
+        for piece in wire.chunks(3000) {
+            input.extend_from_slice(piece);
+            done = dec.decode(&mut input, &mut out).unwrap();
+            assert!(out.capacity() <= limit, "{} bytes held for a body of at most {limit}", out.capacity());
+        }
+        assert!(done);
+        assert_eq!(out.len(), limit);
     }
 
     #[test]
