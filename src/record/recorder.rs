@@ -562,6 +562,7 @@ impl Recorder {
         let join = std::thread::Builder::new()
             .name(format!("snowgate-recorder-{}", config.core_id))
             .spawn(move || {
+                let _unwind = FailClosedOnUnwind { shared: writer_loop.shared.clone(), core_id: writer_loop.core_id };
                 if writer_loop.durability == Durability::None {
                     writer_loop.priority = Priority::below_real_time(writer_loop.core_id);
                 }
@@ -694,6 +695,51 @@ impl Drop for Recorder {
         if let Err(e) = self.stop_in_place() {
             error!(core = self.core_id, error = %e, "The recorder did not stop cleanly.");
         }
+    }
+}
+
+/// Fails the core's recording closed when its thread unwinds (a bug; the writer's `expect`s
+/// say what it relies on): without it, health stayed `RUNNING` and submits kept queueing
+/// frames no one would write, while the statements went upstream. Like a failed fsync: every
+/// submit is refused from then on, and what is queued, or comes in before a submit sees the
+/// failure, is failed until the recorder is stopped.
+struct FailClosedOnUnwind {
+    shared: Arc<Shared>,
+    core_id: u16,
+}
+
+impl Drop for FailClosedOnUnwind {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            return;
+        }
+        self.shared.health.store(FAILED, Ordering::Release);
+        error!(core = self.core_id, "The recorder thread panicked; every statement is refused until a restart.");
+        loop {
+            while let Some(item) = self.shared.queue.pop() {
+                RecorderStats::add(&self.shared.stats.records_lost, 1);
+                item.ticket.complete(TICKET_FAILED);
+            }
+            if self.shared.stop.load(Ordering::Acquire) {
+                return;
+            }
+            std::thread::park_timeout(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for WriterLoop {
+    /// Tickets written but not yet durable are failed, not left to their waiters' timeouts,
+    /// however the loop ends (every normal end has settled them already).
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            // Before any waiter hears of it, as when a write fails for good.
+            self.shared.health.store(FAILED, Ordering::Release);
+        }
+        for ticket in self.pending.drain(..) {
+            ticket.complete(TICKET_FAILED);
+        }
+        self.fail_items(TICKET_FAILED);
     }
 }
 

@@ -1569,3 +1569,70 @@ fn forged_headers_after_damage_cost_a_bounded_look() {
     let read = storage.read.load(std::sync::atomic::Ordering::Relaxed);
     assert!(read < 16 * total + (8 << 20), "read {read} bytes of a {total}-byte file");
 }
+
+/// Storage whose appends panic once `panic` is set: a bug in the recorder thread's path.
+struct PanickingStorage {
+    inner: SimulatedStorage,
+    panic: Arc<std::sync::atomic::AtomicBool>,
+}
+
+struct PanickingFile {
+    inner: Box<dyn storage::SegmentFile>,
+    panic: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl storage::SegmentFile for PanickingFile {
+    fn append(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        assert!(!self.panic.load(std::sync::atomic::Ordering::Acquire), "a bug in the recorder's path");
+        self.inner.append(bytes)
+    }
+    fn sync(&mut self) -> std::io::Result<()> {
+        self.inner.sync()
+    }
+    fn truncate(&mut self, len: u64) -> std::io::Result<()> {
+        self.inner.truncate(len)
+    }
+    fn size(&self) -> std::io::Result<u64> {
+        self.inner.size()
+    }
+}
+
+impl Storage for PanickingStorage {
+    fn create_dir_all(&self, dir: &Path) -> std::io::Result<()> {
+        self.inner.create_dir_all(dir)
+    }
+    fn list(&self, dir: &Path) -> std::io::Result<Vec<String>> {
+        self.inner.list(dir)
+    }
+    fn create_new(&self, path: &Path) -> std::io::Result<Box<dyn storage::SegmentFile>> {
+        Ok(Box::new(PanickingFile { inner: self.inner.create_new(path)?, panic: self.panic.clone() }))
+    }
+    fn open_append(&self, path: &Path) -> std::io::Result<Box<dyn storage::SegmentFile>> {
+        Ok(Box::new(PanickingFile { inner: self.inner.open_append(path)?, panic: self.panic.clone() }))
+    }
+    fn open_read(&self, path: &Path) -> std::io::Result<Box<dyn storage::ReadAt>> {
+        self.inner.open_read(path)
+    }
+    fn sync_dir(&self, dir: &Path) -> std::io::Result<()> {
+        self.inner.sync_dir(dir)
+    }
+}
+
+/// A recorder thread that panics fails its core's recording closed: health says so, every
+/// later submit is refused, and what was queued is failed rather than left to its waiters.
+/// It stayed `Running` before, taking frames no one would ever write.
+#[test]
+fn a_recorder_thread_that_panics_fails_closed() {
+    let panic = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let storage = PanickingStorage { inner: SimulatedStorage::new(), panic: panic.clone() };
+    let recorder = Recorder::start_with(config(&dir()), Arc::new(storage), Arc::new(SystemClock)).unwrap();
+    let before = recorder.submit(request(0, 10)).unwrap();
+    assert_eq!(before.wait_durable(Duration::from_secs(5)), Some(Ok(())));
+    panic.store(true, std::sync::atomic::Ordering::Release);
+    let doomed = recorder.submit(request(1, 10)).unwrap();
+    assert!(matches!(doomed.wait_durable(Duration::from_secs(5)), Some(Err(_))));
+    assert_eq!(recorder.health(), RecorderHealth::Failed);
+    assert_eq!(recorder.submit(request(2, 10)).unwrap_err(), RecordUnavailable::Failed);
+    let error = recorder.stop().unwrap_err().to_string();
+    assert!(error.contains("panicked"), "{error}");
+}
