@@ -234,8 +234,8 @@ pub struct LimitsSection {
     /// Largest body after gunzip.
     pub decompressed_bytes_max: usize,
     /// Largest statement request body (query request, SQL API submit) after gunzip. The
-    /// gateway reads these bodies into a JSON tree (several times their size in memory, at
-    /// most four times or 64 MiB: `json::tree_bytes_max`), so this is well below
+    /// gateway reads these bodies into a JSON tree (several times their size in memory: at
+    /// most four times, or 64 MiB where that is more: `json::tree_bytes_max`), so this is well below
     /// `decompressed_bytes_max`, which also bounds result bodies. Session
     /// control bodies (login, renewal, logout, heartbeat, aborts) and telemetry have fixed,
     /// smaller caps (`Endpoint::request_bytes_max`).
