@@ -120,7 +120,8 @@ pub struct AdminLimits {
     pub body_bytes_max: usize,
     /// Time from accepting a connection to having its whole request (408 beyond it).
     pub read_timeout: Duration,
-    /// Time to write the whole answer, however slowly the client reads it.
+    /// Time to write the whole answer, however slowly the client reads it, plus a second for
+    /// each 256 KiB of it.
     pub write_timeout: Duration,
 }
 
@@ -471,11 +472,22 @@ fn serve<P>(mut stream: TcpStream, peer: SocketAddr, shared: &Shared<P>) {
             answer
         }
     };
-    if write_all_by(&stream, &answer.to_bytes(), Instant::now() + limits.write_timeout).is_err() {
+    let bytes = answer.to_bytes();
+    if write_all_by(&stream, &bytes, Instant::now() + write_time(limits.write_timeout, bytes.len())).is_err() {
         return;
     }
     let _ = stream.shutdown(Shutdown::Write);
     linger(&mut stream);
+}
+
+/// The slowest a client may read an answer, past the write timeout: a long pending list
+/// through an SSH tunnel still arrives, and a client reading a few bytes at a time is still
+/// cut off.
+const WRITE_BYTES_PER_SECOND_MIN: usize = 256 * 1024;
+
+/// The time to write an answer of `bytes`: the write timeout, and more for a long one.
+fn write_time(timeout: Duration, bytes: usize) -> Duration {
+    timeout + Duration::from_millis((bytes as u64).saturating_mul(1000) / WRITE_BYTES_PER_SECOND_MIN as u64)
 }
 
 /// Writes all of `bytes` by `deadline`: a socket's write timeout bounds each write, so a peer
@@ -1259,6 +1271,15 @@ mod tests {
         let kind = written.expect_err("the deadline passed").kind();
         assert!(matches!(kind, io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock), "{kind:?}");
         assert!(took < Duration::from_secs(3), "took {took:?}");
+    }
+
+    #[test]
+    fn long_answers_get_time_to_cross_a_slow_link() {
+        let timeout = Duration::from_secs(10);
+        assert_eq!(write_time(timeout, 0), timeout);
+        assert_eq!(write_time(timeout, 16 * 1024), timeout + Duration::from_millis(62));
+        // A 64 MiB list (the ledger's most) at 256 KiB a second.
+        assert_eq!(write_time(timeout, 64 << 20), timeout + Duration::from_secs(256));
     }
 
     #[test]
