@@ -5,7 +5,7 @@
 //! `\u{202e}` (`crate::terminal`).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{BufWriter, IsTerminal as _, Write};
+use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, bail};
@@ -29,10 +29,16 @@ fn open(dir: &Path) -> anyhow::Result<Recording> {
     Recording::open(dir).with_context(|| format!("listing the recording directory {}", dir.display()))
 }
 
-/// A progress bar over the segments' bytes; hidden unless stderr is a terminal.
-fn progress(recording: &Recording, what: &str) -> ProgressBar {
-    let total: u64 =
-        recording.segments().iter().filter_map(|s| std::fs::metadata(recording.path(s)).ok()).map(|m| m.len()).sum();
+/// A progress bar over the segments' bytes (of one core's, or all); hidden unless stderr is
+/// a terminal.
+fn progress(recording: &Recording, what: &str, core: Option<u16>) -> ProgressBar {
+    let total: u64 = recording
+        .segments()
+        .iter()
+        .filter(|s| core.is_none_or(|core| core == s.core_id))
+        .filter_map(|s| std::fs::metadata(recording.path(s)).ok())
+        .map(|m| m.len())
+        .sum();
     let bar = ProgressBar::new(total);
     bar.set_style(
         ProgressStyle::with_template("{msg} [{bar:30}] {bytes}/{total_bytes} ({eta})")
@@ -41,6 +47,13 @@ fn progress(recording: &Recording, what: &str) -> ProgressBar {
     );
     bar.set_message(what.to_owned());
     bar
+}
+
+/// Whether standard output is a regular file (not a terminal, a pipe or a pager).
+fn stdout_is_a_file() -> bool {
+    use std::os::fd::AsFd as _;
+    let Ok(fd) = std::io::stdout().as_fd().try_clone_to_owned() else { return false };
+    std::fs::File::from(fd).metadata().is_ok_and(|m| m.is_file())
 }
 
 /// Tells the user about an unreadable part and carries on; the command fails at the end.
@@ -86,9 +99,9 @@ pub fn cat(args: CatArgs) -> anyhow::Result<()> {
     let stdout = std::io::stdout().lock();
     let mut out = BufWriter::new(stdout);
     let mut failures = 0;
-    // Records written to a terminal would be torn by a bar drawn between them: it shows when
-    // they go to a file or a pipe (and stderr is a terminal).
-    let bar = if std::io::stdout().is_terminal() { ProgressBar::hidden() } else { progress(&recording, "reading") };
+    // Records written to a terminal, or piped to a pager, would be torn by a bar drawn between
+    // them: it shows when they go to a file (and stderr is a terminal).
+    let bar = if stdout_is_a_file() { progress(&recording, "reading", args.core) } else { ProgressBar::hidden() };
     for segment in recording.segments().iter().filter(|s| args.core.is_none_or(|core| core == s.core_id)) {
         let reader = match recording.segment(segment) {
             Ok(reader) => reader,
@@ -222,19 +235,40 @@ fn identifier_paths(text: &str) -> Vec<Vec<String>> {
     let mut path: Vec<String> = Vec::new();
     let mut chars = text.chars().peekable();
     while let Some(c) = chars.next() {
-        let part = if c == '"' {
-            let mut part = String::new();
+        let part = if c == '\'' {
+            // A string literal ('' or \' inside it) names nothing, and a `"` in it opens no name.
             while let Some(c) = chars.next() {
                 match c {
-                    '"' if chars.peek() == Some(&'"') => {
+                    '\\' => {
                         chars.next();
-                        part.push('"');
                     }
-                    '"' => break,
-                    c => part.push(c),
+                    '\'' if chars.peek() == Some(&'\'') => {
+                        chars.next();
+                    }
+                    '\'' => break,
+                    _ => {}
                 }
             }
-            part
+            if !path.is_empty() {
+                paths.push(std::mem::take(&mut path));
+            }
+            continue;
+        } else if c == '"' {
+            match quoted_name(&mut chars.clone()) {
+                Some((part, used)) => {
+                    for _ in 0..used {
+                        chars.next();
+                    }
+                    part
+                }
+                // A stray quote (no name closes within a name's length) is passed over.
+                None => {
+                    if !path.is_empty() {
+                        paths.push(std::mem::take(&mut path));
+                    }
+                    continue;
+                }
+            }
         } else if c.is_alphanumeric() || matches!(c, '_' | '$') {
             let mut part = String::from(c);
             while let Some(&c) = chars.peek().filter(|c| c.is_alphanumeric() || matches!(c, '_' | '$')) {
@@ -266,6 +300,32 @@ fn identifier_paths(text: &str) -> Vec<Vec<String>> {
     paths
 }
 
+/// The longest quoted name, in characters (Snowflake's identifiers have at most 255).
+const QUOTED_NAME_CHARS_MAX: usize = 255;
+
+/// The quoted name after an opening `"`, and how many characters it took (the closing quote
+/// included); `None` when none closes within [`QUOTED_NAME_CHARS_MAX`].
+fn quoted_name(chars: &mut std::iter::Peekable<std::str::Chars<'_>>) -> Option<(String, usize)> {
+    let (mut part, mut used, mut length) = (String::new(), 0, 0);
+    while let Some(c) = chars.next() {
+        used += 1;
+        match c {
+            '"' if chars.peek() == Some(&'"') => {
+                chars.next();
+                used += 1;
+                part.push('"');
+            }
+            '"' => return Some((part, used)),
+            c => part.push(c),
+        }
+        length += 1;
+        if length > QUOTED_NAME_CHARS_MAX {
+            return None;
+        }
+    }
+    None
+}
+
 /// The `--table` argument as one identifier path.
 fn table_path(text: &str) -> anyhow::Result<Vec<String>> {
     match &identifier_paths(text)[..] {
@@ -287,7 +347,7 @@ pub fn search(args: SearchArgs) -> anyhow::Result<()> {
     let stdout = std::io::stdout().lock();
     let mut out = BufWriter::new(stdout);
     let mut failures = 0;
-    let bar = progress(&recording, "searching");
+    let bar = progress(&recording, "searching", None);
     let mut matcher = Matcher {
         filters: &filters,
         matched: BTreeMap::new(),
@@ -531,7 +591,7 @@ pub struct VerifyArgs {
 pub fn run_verify(args: VerifyArgs) -> anyhow::Result<bool> {
     let key = read_key_file(&args.key_file)?;
     let recording = open(&args.dir.dir)?;
-    let bar = progress(&recording, "verifying");
+    let bar = progress(&recording, "verifying", None);
     let options = VerifyOptions {
         allow_open: args.allow_open,
         allow_partial_start: args.allow_partial_start,
@@ -621,7 +681,7 @@ pub fn export(args: ExportArgs) -> anyhow::Result<()> {
         )),
         None => Box::new(BufWriter::new(std::io::stdout().lock())),
     };
-    let bar = progress(&recording, "exporting");
+    let bar = progress(&recording, "exporting", None);
     let mut failures = 0;
     for segment in recording.segments() {
         let reader = match recording.segment(segment) {
@@ -672,7 +732,7 @@ struct IdentityStats {
 
 pub fn stats(args: StatsArgs) -> anyhow::Result<()> {
     let recording = open(&args.dir.dir)?;
-    let bar = progress(&recording, "counting");
+    let bar = progress(&recording, "counting", None);
     let mut failures = 0;
     let (mut records, mut requests, mut responses, mut events) = (0u64, 0u64, 0u64, 0u64);
     let (mut bytes_on_disk, mut bytes_uncompressed, mut body_bytes) = (0u64, 0u64, 0u64);
@@ -775,6 +835,13 @@ mod tests {
         assert!(names_table("select * from db.S.\"A.B\"", &dotted));
         assert!(!names_table("select * from s.a.b", &dotted));
         assert!(names_table("select 1 from \"say \"\"hi\"\"\"", &table_path("\"say \"\"hi\"\"\"").unwrap()));
+        // A quote inside a string literal opens no name, nor does a quote no name closes.
+        assert!(names_table("SELECT REPLACE(name, '\"', '') FROM orders", &orders));
+        assert!(names_table("select 'it''s \"' from orders", &orders));
+        assert!(names_table("select '\\' \"' from orders", &orders));
+        assert!(!names_table("select 'orders' from t", &orders));
+        let stray = format!("select x\" from orders where {} = \"c\"", "z".repeat(300));
+        assert!(names_table(&stray, &orders));
         for bad in ["", "a b", "a.", ".a", "\"\""] {
             assert!(table_path(bad).is_err(), "{bad:?}");
         }
