@@ -356,6 +356,8 @@ pub struct RecordingSettings {
     pub zstd_level: i32,
     /// Frames each core's queue holds before statements are refused.
     pub queue_depth: usize,
+    /// Bytes each core's queue holds before statements are refused.
+    pub queue_bytes_max: usize,
     /// Most frames per zstd batch.
     pub batch_frames_max: usize,
     /// A segment is sealed at this size.
@@ -375,6 +377,7 @@ impl RecordingSettings {
         recorder.durability = self.durability;
         recorder.zstd_level = self.zstd_level;
         recorder.queue_depth = self.queue_depth;
+        recorder.queue_bytes_max = self.queue_bytes_max;
         recorder.batch_frames_max = self.batch_frames_max;
         recorder.segment_bytes_max = self.segment_bytes_max;
         recorder.segment_age_max = self.segment_age_max;
@@ -390,6 +393,7 @@ impl Default for RecordingSettings {
             durability: defaults.durability,
             zstd_level: defaults.zstd_level,
             queue_depth: defaults.queue_depth,
+            queue_bytes_max: defaults.queue_bytes_max,
             batch_frames_max: defaults.batch_frames_max,
             segment_bytes_max: defaults.segment_bytes_max,
             segment_age_max: defaults.segment_age_max,
@@ -465,6 +469,12 @@ impl RecordingSettings {
             ));
         }
         within(limits::QUEUE_DEPTH_MAX as u64, &[("--recording-queue-depth", self.queue_depth as u64)])?;
+        if !((1 << 20)..=limits::QUEUE_BYTES_CONFIG_MAX).contains(&self.queue_bytes_max) {
+            return Err(problem(
+                "--recording-queue-mib",
+                format!("must be between 1 and {} (MiB)", limits::QUEUE_BYTES_CONFIG_MAX >> 20),
+            ));
+        }
         within(limits::BATCH_FRAMES_MAX as u64, &[("--recording-batch-frames", self.batch_frames_max as u64)])?;
         if !(4096..=limits::SEGMENT_BYTES_CONFIG_MAX).contains(&self.segment_bytes_max) {
             return Err(problem(
@@ -1297,7 +1307,7 @@ default = {{ action = "deny", message = "not allowed" }}
         let files = Files::new();
         let good = files.good();
         type Change = fn(&mut RuntimeSettings);
-        let refused: [(&str, Change); 17] = [
+        let refused: [(&str, Change); 18] = [
             ("--cores", |r| r.cores = 0),
             ("--cores", |r| r.cores = 65_536),
             ("--cores", |r| r.cores = CORES_MAX + 1),
@@ -1313,6 +1323,7 @@ default = {{ action = "deny", message = "not allowed" }}
             ("--recording-segment-mib", |r| r.recording.segment_bytes_max = 0),
             ("--recording-segment-mib", |r| r.recording.segment_bytes_max = 4097 << 20),
             ("--recording-queue-depth", |r| r.recording.queue_depth = 0),
+            ("--recording-queue-mib", |r| r.recording.queue_bytes_max = 0),
             ("--recording-zstd-level", |r| r.recording.zstd_level = 1000),
             ("--recording-linger-us", |r| r.recording.linger = Duration::from_secs(1)),
         ];

@@ -74,6 +74,11 @@ struct Args {
     #[arg(long, env = "SNOWGATE_RECORDING_QUEUE_DEPTH", default_value_t = 4096)]
     recording_queue_depth: usize,
 
+    /// MiB of frames (bodies included) each core's recording queue holds; past it, statements
+    /// are refused (a single frame larger than it is taken into an empty queue).
+    #[arg(long, env = "SNOWGATE_RECORDING_QUEUE_MIB", default_value_t = 256)]
+    recording_queue_mib: usize,
+
     /// Most frames in one zstd batch.
     #[arg(long, env = "SNOWGATE_RECORDING_BATCH_FRAMES", default_value_t = 256)]
     recording_batch_frames: usize,
@@ -150,6 +155,7 @@ fn main() -> anyhow::Result<()> {
             },
             zstd_level: args.recording_zstd_level,
             queue_depth: args.recording_queue_depth,
+            queue_bytes_max: args.recording_queue_mib.saturating_mul(1 << 20),
             batch_frames_max: args.recording_batch_frames,
             segment_bytes_max: args.recording_segment_mib.saturating_mul(1 << 20),
             segment_age_max: Duration::from_secs(args.recording_segment_age_secs),

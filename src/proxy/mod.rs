@@ -493,7 +493,8 @@ impl Core {
         let deadline = std::time::Instant::now() + QUEUE_FULL_WAIT;
         // Only this core's tasks push to its queue and no await separates the check from the
         // push, so room seen here is room the push finds.
-        while self.recorder.queue_is_full() && std::time::Instant::now() < deadline {
+        let bytes = frame.encoded_len_estimate();
+        while self.recorder.queue_is_full(bytes) && std::time::Instant::now() < deadline {
             self.recorder.wake();
             monoio::time::sleep(Duration::from_micros(500)).await;
         }

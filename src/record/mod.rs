@@ -238,6 +238,8 @@ pub mod limits {
     pub const INDEX_KEYS_PER_SEGMENT_MAX: usize = 1 << 24;
     /// Queue depth (config).
     pub const QUEUE_DEPTH_MAX: usize = 1 << 20;
+    /// Bytes a queue holds (config).
+    pub const QUEUE_BYTES_CONFIG_MAX: usize = 64 << 30;
     /// Segment size (config).
     pub const SEGMENT_BYTES_CONFIG_MAX: u64 = 4 * 1024 * 1024 * 1024;
 }

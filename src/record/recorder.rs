@@ -11,7 +11,7 @@ use std::future::Future;
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::str::FromStr;
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Wake, Waker};
 use std::thread::{JoinHandle, Thread};
@@ -131,6 +131,10 @@ pub struct RecorderConfig {
     pub core_id: u16,
     /// Frames the queue holds before `submit` refuses.
     pub queue_depth: usize,
+    /// Bytes (as frames will be encoded) the queue holds before `submit` refuses a frame,
+    /// unless the queue is empty: frames carry bodies up to the answer caps, and the queue
+    /// keeps each alive (answered already, in `none` mode) until it is written.
+    pub queue_bytes_max: usize,
     /// Most frames per batch (one zstd frame).
     pub batch_frames_max: usize,
     /// A batch closes once its frames reach this many bytes.
@@ -165,6 +169,7 @@ impl std::fmt::Debug for RecorderConfig {
             .field("directory", &self.directory)
             .field("core_id", &self.core_id)
             .field("queue_depth", &self.queue_depth)
+            .field("queue_bytes_max", &self.queue_bytes_max)
             .field("batch_frames_max", &self.batch_frames_max)
             .field("batch_bytes_max", &self.batch_bytes_max)
             .field("zstd_level", &self.zstd_level)
@@ -184,6 +189,7 @@ impl RecorderConfig {
             directory: directory.into(),
             core_id,
             queue_depth: 4096,
+            queue_bytes_max: 256 << 20,
             batch_frames_max: 256,
             batch_bytes_max: 1024 * 1024,
             zstd_level: 1,
@@ -201,6 +207,9 @@ impl RecorderConfig {
         let problem = |what: &str| Err(RecordError::Config(what.to_owned()));
         if !(1..=limits::QUEUE_DEPTH_MAX).contains(&self.queue_depth) {
             return problem("queue depth must be 1 to 1Mi frames");
+        }
+        if !((1 << 20)..=limits::QUEUE_BYTES_CONFIG_MAX).contains(&self.queue_bytes_max) {
+            return problem("queue bytes must be 1 MiB to 64 GiB");
         }
         if !(1..=limits::BATCH_FRAMES_MAX).contains(&self.batch_frames_max) {
             return problem("batch frames must be 1 to 4096");
@@ -460,6 +469,8 @@ impl Future for Durable {
 pub(super) struct Submission {
     frame: Frame,
     ticket: Arc<TicketShared>,
+    /// Its share of the queue's byte budget.
+    bytes: usize,
 }
 
 impl BatchItems for [Submission] {
@@ -478,6 +489,9 @@ impl BatchItems for [Submission] {
 
 struct Shared {
     queue: ArrayQueue<Submission>,
+    /// The queued frames' bytes (their encoded length estimates).
+    queued_bytes: AtomicUsize,
+    queue_bytes_max: usize,
     health: AtomicU8,
     stop: AtomicBool,
     stats: RecorderStats,
@@ -486,6 +500,20 @@ struct Shared {
 impl Shared {
     fn health(&self) -> u8 {
         self.health.load(Ordering::Acquire)
+    }
+
+    /// Whether a frame of `bytes` fits the queue's byte budget now (any frame fits an empty
+    /// queue: a frame's own size is capped by the frame limits).
+    fn has_room_for(&self, bytes: usize) -> bool {
+        let queued = self.queued_bytes.load(Ordering::Acquire);
+        queued == 0 || queued.saturating_add(bytes) <= self.queue_bytes_max
+    }
+
+    /// The next queued frame, its bytes taken off the budget.
+    fn pop(&self) -> Option<Submission> {
+        let submission = self.queue.pop()?;
+        self.queued_bytes.fetch_sub(submission.bytes, Ordering::AcqRel);
+        Some(submission)
     }
 }
 
@@ -537,6 +565,8 @@ impl Recorder {
         }
         let shared = Arc::new(Shared {
             queue: ArrayQueue::new(config.queue_depth),
+            queued_bytes: AtomicUsize::new(0),
+            queue_bytes_max: config.queue_bytes_max,
             health: AtomicU8::new(RUNNING),
             stop: AtomicBool::new(false),
             stats: RecorderStats::default(),
@@ -598,14 +628,22 @@ impl Recorder {
             RecorderStats::add(&stats.refused_too_large, 1);
             return Err(RecordUnavailable::TooLarge(exceeded.field));
         }
+        let bytes = frame.encoded_len_estimate();
+        if !self.shared.has_room_for(bytes) {
+            RecorderStats::add(&stats.refused_queue_full, 1);
+            return Err(RecordUnavailable::QueueFull);
+        }
         let ticket = Arc::new(TicketShared::new());
-        match self.shared.queue.push(Submission { frame, ticket: ticket.clone() }) {
+        // Counted before the push, so the thread never takes off what was not added.
+        self.shared.queued_bytes.fetch_add(bytes, Ordering::AcqRel);
+        match self.shared.queue.push(Submission { frame, ticket: ticket.clone(), bytes }) {
             Ok(()) => {
                 RecorderStats::add(&stats.accepted, 1);
                 self.thread.unpark();
                 Ok(Ticket { shared: ticket })
             }
             Err(_) => {
+                self.shared.queued_bytes.fetch_sub(bytes, Ordering::AcqRel);
                 RecorderStats::add(&stats.refused_queue_full, 1);
                 Err(RecordUnavailable::QueueFull)
             }
@@ -638,10 +676,11 @@ impl Recorder {
         &self.shared.stats
     }
 
-    /// Whether the queue is full right now (a submit would be refused with `QueueFull`).
-    /// Lets a caller wait for room instead of losing the frame it would have submitted.
-    pub fn queue_is_full(&self) -> bool {
-        self.shared.queue.is_full()
+    /// Whether the queue is full right now for a frame of `bytes` (its encoded length
+    /// estimate): a submit would be refused with `QueueFull`. Lets a caller wait for room
+    /// instead of losing the frame it would have submitted.
+    pub fn queue_is_full(&self, bytes: usize) -> bool {
+        self.shared.queue.is_full() || !self.shared.has_room_for(bytes)
     }
 
     /// The recorder's state.
@@ -682,7 +721,7 @@ impl Recorder {
         if matches!(self.shared.health(), RUNNING | UNAVAILABLE) {
             self.shared.health.store(STOPPED, Ordering::Release);
         }
-        while let Some(late) = self.shared.queue.pop() {
+        while let Some(late) = self.shared.pop() {
             RecorderStats::add(&self.shared.stats.records_lost, 1);
             late.ticket.complete(TICKET_STOPPED);
         }
@@ -716,7 +755,7 @@ impl Drop for FailClosedOnUnwind {
         self.shared.health.store(FAILED, Ordering::Release);
         error!(core = self.core_id, "The recorder thread panicked; every statement is refused until a restart.");
         loop {
-            while let Some(item) = self.shared.queue.pop() {
+            while let Some(item) = self.shared.pop() {
                 RecorderStats::add(&self.shared.stats.records_lost, 1);
                 item.ticket.complete(TICKET_FAILED);
             }
@@ -890,7 +929,7 @@ impl WriterLoop {
     fn fill_items(&mut self) {
         let mut bytes = 0usize;
         while self.items.len() < self.batch_frames_max && bytes < self.batch_bytes_max {
-            match self.shared.queue.pop() {
+            match self.shared.pop() {
                 Some(submission) => {
                     bytes += submission.frame.encoded_len_estimate();
                     self.items.push(submission);

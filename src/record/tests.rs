@@ -465,6 +465,39 @@ fn a_full_queue_refuses_without_blocking() {
     recorder.stop().unwrap();
 }
 
+/// The queue holds frames by bytes too: frames carry whole bodies (answers up to their caps),
+/// and a queue of thousands of them could hold gigabytes. A frame larger than the budget
+/// still goes into an empty queue.
+#[test]
+fn a_queue_full_of_bytes_refuses_without_blocking() {
+    let gate = Arc::new((std::sync::Mutex::new(true), std::sync::Condvar::new()));
+    let storage = GatedStorage { inner: SimulatedStorage::new(), gate: gate.clone() };
+    let mut config = config(&dir());
+    config.queue_bytes_max = 1 << 20;
+    config.batch_frames_max = 1;
+    let recorder = Recorder::start_with(config, Arc::new(storage), Arc::new(SystemClock)).unwrap();
+    *gate.0.lock().unwrap() = false;
+    // The writer takes the first frame and waits at the gate, so the queue is empty again.
+    let first = recorder.submit(request(0, 10)).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while recorder.stats().accepted.load(std::sync::atomic::Ordering::Relaxed) == 0 || recorder.queue_is_full(1 << 21) {
+        assert!(std::time::Instant::now() < deadline, "the writer never took the first frame");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let big = recorder.submit(request(1, 2 << 20)).expect("an empty queue takes any frame");
+    assert!(recorder.queue_is_full(100));
+    assert_eq!(recorder.submit(request(2, 10)).unwrap_err(), RecordUnavailable::QueueFull);
+    *gate.0.lock().unwrap() = true;
+    gate.1.notify_all();
+    assert_eq!(first.wait_durable(Duration::from_secs(5)), Some(Ok(())));
+    assert_eq!(big.wait_durable(Duration::from_secs(5)), Some(Ok(())));
+    // Written, its bytes are off the budget.
+    assert!(!recorder.queue_is_full(1 << 20));
+    let next = recorder.submit(request(3, 600 << 10)).unwrap();
+    assert_eq!(next.wait_durable(Duration::from_secs(5)), Some(Ok(())));
+    recorder.stop().unwrap();
+}
+
 #[test]
 fn oversized_fields_are_refused_at_submit() {
     let storage = SimulatedStorage::new();

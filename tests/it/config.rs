@@ -458,6 +458,7 @@ fn help_documents_every_flag_with_its_environment_variable() {
         ("--fsync-interval-ms", "SNOWGATE_FSYNC_INTERVAL_MS"),
         ("--recording-zstd-level", "SNOWGATE_RECORDING_ZSTD_LEVEL"),
         ("--recording-queue-depth", "SNOWGATE_RECORDING_QUEUE_DEPTH"),
+        ("--recording-queue-mib", "SNOWGATE_RECORDING_QUEUE_MIB"),
         ("--recording-batch-frames", "SNOWGATE_RECORDING_BATCH_FRAMES"),
         ("--recording-segment-mib", "SNOWGATE_RECORDING_SEGMENT_MIB"),
         ("--recording-segment-age-secs", "SNOWGATE_RECORDING_SEGMENT_AGE_SECS"),
