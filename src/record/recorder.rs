@@ -572,6 +572,7 @@ impl Recorder {
             stats: RecorderStats::default(),
         });
         let mut writer_loop = WriterLoop {
+            seals_noted: writer.segments_sealed(),
             writer,
             shared: shared.clone(),
             clock: clock.clone(),
@@ -787,6 +788,8 @@ const BATCHES_PER_SYNC_MAX: usize = 8;
 
 struct WriterLoop {
     writer: SegmentWriter,
+    /// The writer's seal count already added to the stats.
+    seals_noted: u64,
     shared: Arc<Shared>,
     clock: Arc<dyn Clock>,
     core_id: u16,
@@ -1035,7 +1038,6 @@ impl WriterLoop {
         {
             match self.writer.rotate(why, now) {
                 Ok(()) => {
-                    RecorderStats::add(&stats.segments_sealed, 1);
                     // The seal's fsync covered every batch written before it.
                     self.synced();
                 }
@@ -1046,6 +1048,7 @@ impl WriterLoop {
         if self.shared.health() == UNAVAILABLE && self.next_retry.is_none_or(|at| Instant::now() >= at) {
             self.try_resume()?;
         }
+        self.note_seals();
         Ok(worked)
     }
 
@@ -1054,6 +1057,14 @@ impl WriterLoop {
             Durability::Batch { .. } => stopping || self.next_commit_in() == Some(Duration::ZERO),
             Durability::Strict | Durability::None => true,
         }
+    }
+
+    /// Counts the segments the writer sealed since the last look: rotations happen inside
+    /// appends too (a full segment), and a rotation whose event then failed sealed all the same.
+    fn note_seals(&mut self) {
+        let sealed = self.writer.segments_sealed();
+        RecorderStats::add(&self.shared.stats.segments_sealed, sealed - self.seals_noted);
+        self.seals_noted = sealed;
     }
 
     fn synced(&mut self) {
@@ -1203,7 +1214,7 @@ impl WriterLoop {
         }
         match self.writer.seal(SealReason::Stopped, now) {
             Ok(()) => {
-                RecorderStats::add(&self.shared.stats.segments_sealed, 1);
+                self.note_seals();
                 self.synced();
                 Ok(())
             }

@@ -498,6 +498,37 @@ fn a_queue_full_of_bytes_refuses_without_blocking() {
     recorder.stop().unwrap();
 }
 
+/// Every segment sealed is counted, also one a write rotates because the segment holds as
+/// many batches as its footer may list (those went uncounted).
+#[test]
+fn every_seal_is_counted() {
+    let storage = SimulatedStorage::new();
+    let mut config = config(&dir());
+    config.durability = Durability::None;
+    config.batch_frames_max = 1;
+    config.linger = Duration::ZERO;
+    let recorder = Recorder::start_with(config, Arc::new(storage.clone()), Arc::new(SystemClock)).unwrap();
+    let frames = limits::BATCHES_PER_SEGMENT_MAX as u64 + 100;
+    let mut last = None;
+    for n in 0..frames {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        last = loop {
+            match recorder.submit(request(n, 0)) {
+                Ok(ticket) => break Some(ticket),
+                Err(RecordUnavailable::QueueFull) => std::thread::sleep(Duration::from_micros(200)),
+                Err(other) => panic!("{other:?}"),
+            }
+            assert!(std::time::Instant::now() < deadline);
+        };
+    }
+    assert_eq!(last.unwrap().wait_durable(Duration::from_secs(30)), Some(Ok(())));
+    let sealed = recorder.stats().segments_sealed.load(std::sync::atomic::Ordering::Relaxed);
+    recorder.stop().unwrap();
+    let segments = storage.list(&dir()).unwrap().len() as u64;
+    assert!(segments >= 2, "{segments} segments");
+    assert_eq!(sealed + 1, segments, "every segment but the open one was sealed and counted");
+}
+
 #[test]
 fn oversized_fields_are_refused_at_submit() {
     let storage = SimulatedStorage::new();

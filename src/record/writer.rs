@@ -458,6 +458,8 @@ pub struct SegmentWriter {
     chain_head: ChainHead,
     next_sequence: u64,
     current: Option<OpenSegment>,
+    /// Segments this writer has sealed (rotations, whichever call made them, and stops).
+    sealed: u64,
     payload: Vec<u8>,
     compressed: Vec<u8>,
     out: Vec<u8>,
@@ -524,6 +526,7 @@ impl SegmentWriter {
             chain_head: genesis(config.core_id),
             next_sequence: 0,
             current: None,
+            sealed: 0,
             payload: Vec::new(),
             compressed: Vec::new(),
             out: Vec::new(),
@@ -1110,7 +1113,13 @@ impl SegmentWriter {
             source,
         })?;
         self.current = None;
+        self.sealed += 1;
         Ok(())
+    }
+
+    /// How many segments this writer has sealed.
+    pub fn segments_sealed(&self) -> u64 {
+        self.sealed
     }
 
     /// The index the next record gets.
