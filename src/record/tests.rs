@@ -381,24 +381,49 @@ fn a_response_whose_request_record_was_lost_is_never_written() {
     assert!(verify_strict(&recording).is_ok());
 }
 
-/// Storage whose appends wait while the gate is closed, to hold the writer thread still.
-struct GatedStorage {
+/// The simulated storage with hooks: `before_append` runs before each append to a file it
+/// opened (to hold the writer thread at a gate, or to panic in it), and `read` counts the
+/// bytes read from the files it opens.
+#[derive(Clone)]
+struct HookedStorage {
     inner: SimulatedStorage,
-    gate: Arc<(std::sync::Mutex<bool>, std::sync::Condvar)>,
+    before_append: Arc<dyn Fn() + Send + Sync>,
+    read: Arc<std::sync::atomic::AtomicU64>,
 }
 
-struct GatedFile {
-    inner: Box<dyn storage::SegmentFile>,
-    gate: Arc<(std::sync::Mutex<bool>, std::sync::Condvar)>,
-}
-
-impl storage::SegmentFile for GatedFile {
-    fn append(&mut self, bytes: &[u8]) -> std::io::Result<()> {
-        let (lock, condvar) = &*self.gate;
-        let mut open = lock.lock().unwrap();
-        while !*open {
-            open = condvar.wait(open).unwrap();
+impl HookedStorage {
+    fn new(before_append: impl Fn() + Send + Sync + 'static) -> HookedStorage {
+        HookedStorage {
+            inner: SimulatedStorage::new(),
+            before_append: Arc::new(before_append),
+            read: Default::default(),
         }
+    }
+
+    /// Appends wait while the gate is closed, to hold the writer thread still.
+    fn gated(gate: Arc<(std::sync::Mutex<bool>, std::sync::Condvar)>) -> HookedStorage {
+        HookedStorage::new(move || {
+            let (lock, condvar) = &*gate;
+            let mut open = lock.lock().unwrap();
+            while !*open {
+                open = condvar.wait(open).unwrap();
+            }
+        })
+    }
+
+    fn file(&self, inner: Box<dyn storage::SegmentFile>) -> Box<dyn storage::SegmentFile> {
+        Box::new(HookedFile { inner, before_append: self.before_append.clone() })
+    }
+}
+
+struct HookedFile {
+    inner: Box<dyn storage::SegmentFile>,
+    before_append: Arc<dyn Fn() + Send + Sync>,
+}
+
+impl storage::SegmentFile for HookedFile {
+    fn append(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        (self.before_append)();
         self.inner.append(bytes)
     }
     fn sync(&mut self) -> std::io::Result<()> {
@@ -412,7 +437,22 @@ impl storage::SegmentFile for GatedFile {
     }
 }
 
-impl Storage for GatedStorage {
+struct CountingRead {
+    inner: Box<dyn storage::ReadAt>,
+    read: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl storage::ReadAt for CountingRead {
+    fn size(&self) -> u64 {
+        self.inner.size()
+    }
+    fn read_exact_at(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
+        self.read.fetch_add(buf.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        self.inner.read_exact_at(offset, buf)
+    }
+}
+
+impl Storage for HookedStorage {
     fn create_dir_all(&self, dir: &Path) -> std::io::Result<()> {
         self.inner.create_dir_all(dir)
     }
@@ -420,13 +460,13 @@ impl Storage for GatedStorage {
         self.inner.list(dir)
     }
     fn create_new(&self, path: &Path) -> std::io::Result<Box<dyn storage::SegmentFile>> {
-        Ok(Box::new(GatedFile { inner: self.inner.create_new(path)?, gate: self.gate.clone() }))
+        Ok(self.file(self.inner.create_new(path)?))
     }
     fn open_append(&self, path: &Path) -> std::io::Result<Box<dyn storage::SegmentFile>> {
-        Ok(Box::new(GatedFile { inner: self.inner.open_append(path)?, gate: self.gate.clone() }))
+        Ok(self.file(self.inner.open_append(path)?))
     }
     fn open_read(&self, path: &Path) -> std::io::Result<Box<dyn storage::ReadAt>> {
-        self.inner.open_read(path)
+        Ok(Box::new(CountingRead { inner: self.inner.open_read(path)?, read: self.read.clone() }))
     }
     fn sync_dir(&self, dir: &Path) -> std::io::Result<()> {
         self.inner.sync_dir(dir)
@@ -436,7 +476,7 @@ impl Storage for GatedStorage {
 #[test]
 fn a_full_queue_refuses_without_blocking() {
     let gate = Arc::new((std::sync::Mutex::new(true), std::sync::Condvar::new()));
-    let storage = GatedStorage { inner: SimulatedStorage::new(), gate: gate.clone() };
+    let storage = HookedStorage::gated(gate.clone());
     let mut config = config(&dir());
     config.queue_depth = 4;
     config.batch_frames_max = 1;
@@ -471,7 +511,7 @@ fn a_full_queue_refuses_without_blocking() {
 #[test]
 fn a_queue_full_of_bytes_refuses_without_blocking() {
     let gate = Arc::new((std::sync::Mutex::new(true), std::sync::Condvar::new()));
-    let storage = GatedStorage { inner: SimulatedStorage::new(), gate: gate.clone() };
+    let storage = HookedStorage::gated(gate.clone());
     let mut config = config(&dir());
     config.queue_bytes_max = 1 << 20;
     config.batch_frames_max = 1;
@@ -1552,48 +1592,6 @@ fn linked_segments_are_read_and_entries_that_are_not_files_are_reported() {
     assert!(report.problems.iter().any(|p| p.path == dangling), "{:?}", report.problems);
 }
 
-/// Counts the bytes read from the files it opens.
-struct CountingStorage {
-    inner: SimulatedStorage,
-    read: Arc<std::sync::atomic::AtomicU64>,
-}
-
-struct CountingRead {
-    inner: Box<dyn storage::ReadAt>,
-    read: Arc<std::sync::atomic::AtomicU64>,
-}
-
-impl storage::ReadAt for CountingRead {
-    fn size(&self) -> u64 {
-        self.inner.size()
-    }
-    fn read_exact_at(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
-        self.read.fetch_add(buf.len() as u64, std::sync::atomic::Ordering::Relaxed);
-        self.inner.read_exact_at(offset, buf)
-    }
-}
-
-impl Storage for CountingStorage {
-    fn create_dir_all(&self, dir: &Path) -> std::io::Result<()> {
-        self.inner.create_dir_all(dir)
-    }
-    fn list(&self, dir: &Path) -> std::io::Result<Vec<String>> {
-        self.inner.list(dir)
-    }
-    fn create_new(&self, path: &Path) -> std::io::Result<Box<dyn storage::SegmentFile>> {
-        self.inner.create_new(path)
-    }
-    fn open_append(&self, path: &Path) -> std::io::Result<Box<dyn storage::SegmentFile>> {
-        self.inner.open_append(path)
-    }
-    fn open_read(&self, path: &Path) -> std::io::Result<Box<dyn storage::ReadAt>> {
-        Ok(Box::new(CountingRead { inner: self.inner.open_read(path)?, read: self.read.clone() }))
-    }
-    fn sync_dir(&self, dir: &Path) -> std::io::Result<()> {
-        self.inner.sync_dir(dir)
-    }
-}
-
 /// After a damaged header in an open segment, the reader looks for a whole frame further on
 /// (a torn tail has none). Headers forged to each claim the rest of the file, their own CRCs
 /// holding and their contents' not, made that look cost the file's length squared (reading
@@ -1621,7 +1619,7 @@ fn forged_headers_after_damage_cost_a_bounded_look() {
         bytes.extend_from_slice(&fake.encode());
     }
     bytes.resize(total as usize, 0);
-    let storage = CountingStorage { inner: SimulatedStorage::new(), read: Default::default() };
+    let storage = HookedStorage::new(|| {});
     storage.create_dir_all(&dir()).unwrap();
     storage.inner.write(&segment_path(0), bytes.clone());
     let storage = Arc::new(storage);
@@ -1634,61 +1632,17 @@ fn forged_headers_after_damage_cost_a_bounded_look() {
     assert!(read < 16 * total + (8 << 20), "read {read} bytes of a {total}-byte file");
 }
 
-/// Storage whose appends panic once `panic` is set: a bug in the recorder thread's path.
-struct PanickingStorage {
-    inner: SimulatedStorage,
-    panic: Arc<std::sync::atomic::AtomicBool>,
-}
-
-struct PanickingFile {
-    inner: Box<dyn storage::SegmentFile>,
-    panic: Arc<std::sync::atomic::AtomicBool>,
-}
-
-impl storage::SegmentFile for PanickingFile {
-    fn append(&mut self, bytes: &[u8]) -> std::io::Result<()> {
-        assert!(!self.panic.load(std::sync::atomic::Ordering::Acquire), "a bug in the recorder's path");
-        self.inner.append(bytes)
-    }
-    fn sync(&mut self) -> std::io::Result<()> {
-        self.inner.sync()
-    }
-    fn truncate(&mut self, len: u64) -> std::io::Result<()> {
-        self.inner.truncate(len)
-    }
-    fn size(&self) -> std::io::Result<u64> {
-        self.inner.size()
-    }
-}
-
-impl Storage for PanickingStorage {
-    fn create_dir_all(&self, dir: &Path) -> std::io::Result<()> {
-        self.inner.create_dir_all(dir)
-    }
-    fn list(&self, dir: &Path) -> std::io::Result<Vec<String>> {
-        self.inner.list(dir)
-    }
-    fn create_new(&self, path: &Path) -> std::io::Result<Box<dyn storage::SegmentFile>> {
-        Ok(Box::new(PanickingFile { inner: self.inner.create_new(path)?, panic: self.panic.clone() }))
-    }
-    fn open_append(&self, path: &Path) -> std::io::Result<Box<dyn storage::SegmentFile>> {
-        Ok(Box::new(PanickingFile { inner: self.inner.open_append(path)?, panic: self.panic.clone() }))
-    }
-    fn open_read(&self, path: &Path) -> std::io::Result<Box<dyn storage::ReadAt>> {
-        self.inner.open_read(path)
-    }
-    fn sync_dir(&self, dir: &Path) -> std::io::Result<()> {
-        self.inner.sync_dir(dir)
-    }
-}
-
 /// A recorder thread that panics fails its core's recording closed: health says so, every
 /// later submit is refused, and what was queued is failed rather than left to its waiters.
 /// It stayed `Running` before, taking frames no one would ever write.
 #[test]
 fn a_recorder_thread_that_panics_fails_closed() {
     let panic = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let storage = PanickingStorage { inner: SimulatedStorage::new(), panic: panic.clone() };
+    let storage = {
+        let panic = panic.clone();
+        // A bug in the recorder thread's path.
+        HookedStorage::new(move || assert!(!panic.load(std::sync::atomic::Ordering::Acquire), "a bug"))
+    };
     let recorder = Recorder::start_with(config(&dir()), Arc::new(storage), Arc::new(SystemClock)).unwrap();
     let before = recorder.submit(request(0, 10)).unwrap();
     assert_eq!(before.wait_durable(Duration::from_secs(5)), Some(Ok(())));
