@@ -1019,38 +1019,55 @@ impl Recording {
     }
 
     /// Record `index` of core `core_id` (a response's request, say): through footers where
-    /// sealed, decompressing one batch; by scanning an open segment.
+    /// sealed, decompressing one batch; by scanning an open segment. Segments are looked at
+    /// newest first, since the one holding a record is the last whose first index is not past
+    /// it (a response's request is usually in its segment or the one before). A segment that
+    /// cannot be opened is passed over for the ones before it, and its error is returned when
+    /// none of them holds the record (the record may be in it).
     pub fn record(&self, core_id: u16, index: u64) -> Result<Option<Record>, ReadError> {
-        for segment in self.segments.iter().filter(|s| s.core_id == core_id) {
-            let reader = self.segment(segment)?;
+        let mut unreadable = None;
+        for segment in self.segments.iter().rev().filter(|s| s.core_id == core_id) {
+            let reader = match self.segment(segment) {
+                Ok(reader) => reader,
+                Err(e) => {
+                    unreadable.get_or_insert(e);
+                    continue;
+                }
+            };
             let first = reader.header().first_record_index;
             if index < first {
-                return Ok(None);
+                continue;
             }
-            match reader.sealed() {
+            let found = match reader.sealed() {
                 Some(sealed) => {
                     let footer = &sealed.footer;
-                    if index - first >= footer.record_count {
-                        continue;
-                    }
                     let position = footer.batches.partition_point(|b| b.first_record_index <= index);
-                    let Some(entry) = position.checked_sub(1).map(|p| &footer.batches[p]) else {
-                        return Ok(None);
-                    };
-                    let batch = reader.read_batch(entry.offset, Some(entry.first_record_index))?;
-                    return Ok(batch.records.into_iter().find(|r| r.index == index));
+                    match position.checked_sub(1).map(|p| &footer.batches[p]) {
+                        Some(entry) if index - first < footer.record_count => {
+                            let batch = reader.read_batch(entry.offset, Some(entry.first_record_index))?;
+                            batch.records.into_iter().find(|r| r.index == index)
+                        }
+                        _ => None,
+                    }
                 }
                 None => {
+                    let mut found = None;
                     for record in reader.records() {
                         let record = record?;
                         if record.index == index {
-                            return Ok(Some(record));
+                            found = Some(record);
+                            break;
                         }
                     }
+                    found
                 }
-            }
+            };
+            return match (found, unreadable) {
+                (None, Some(e)) => Err(e),
+                (found, _) => Ok(found),
+            };
         }
-        Ok(None)
+        unreadable.map_or(Ok(None), Err)
     }
 
     /// The records carrying `key`, in every segment, through footer indexes where sealed.

@@ -1654,3 +1654,28 @@ fn a_recorder_thread_that_panics_fails_closed() {
     let error = recorder.stop().unwrap_err().to_string();
     assert!(error.contains("panicked"), "{error}");
 }
+
+/// A record is looked up in the segment that must hold it: one that cannot be opened does not
+/// hide records in the others (the lookup went oldest first and gave up at the first such
+/// segment), and a record that may be in it is an error, never "not recorded".
+#[test]
+fn a_lookup_passes_over_a_segment_it_cannot_open() {
+    let (storage, _) = sealed_recording();
+    let indexes: Vec<u64> = open_recording(&storage).records().map(|r| r.unwrap().index).collect();
+    let (first, last) = (indexes[0], *indexes.last().unwrap());
+    let recording = open_recording(&storage);
+    assert_eq!(recording.record(0, first).unwrap().unwrap().index, first);
+    assert_eq!(recording.record(0, last).unwrap().unwrap().index, last);
+    assert!(recording.record(0, last + 1).unwrap().is_none());
+    assert!(recording.record(1, first).unwrap().is_none());
+    for damaged in [0, 1] {
+        let copy = storage.fork();
+        let mut bytes = copy.read(&segment_path(damaged)).unwrap();
+        bytes[0] ^= 0xFF;
+        copy.write(&segment_path(damaged), bytes);
+        let recording = open_recording(&copy);
+        let (readable, unreadable) = if damaged == 0 { (last, first) } else { (first, last) };
+        assert_eq!(recording.record(0, readable).unwrap().unwrap().index, readable, "segment {damaged} damaged");
+        assert!(recording.record(0, unreadable).is_err(), "segment {damaged} damaged");
+    }
+}
