@@ -138,23 +138,21 @@ impl Headers {
 
     /// Whether a comma-separated field (such as `Connection`) lists this token.
     pub fn has_token(&self, name: &str, token: &str) -> bool {
+        self.lists(name.as_bytes(), token.as_bytes())
+    }
+
+    fn lists(&self, name: &[u8], token: &[u8]) -> bool {
         self.fields
             .iter()
-            .filter(|f| self.name_of(f).eq_ignore_ascii_case(name.as_bytes()))
+            .filter(|f| self.name_of(f).eq_ignore_ascii_case(name))
             .flat_map(|f| self.bytes[f.value.clone()].split(|&b| b == b','))
-            .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
+            .any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
     }
 
     /// Whether a field named `name` describes this hop only: hop-by-hop by its name
     /// ([`is_hop_by_hop`]) or listed in a `Connection` field (RFC 9110 §7.6.1).
     pub fn is_hop_field(&self, name: &[u8]) -> bool {
-        is_hop_by_hop(name)
-            || self
-                .fields
-                .iter()
-                .filter(|f| self.name_of(f).eq_ignore_ascii_case(b"connection"))
-                .flat_map(|f| self.bytes[f.value.clone()].split(|&b| b == b','))
-                .any(|t| t.trim_ascii().eq_ignore_ascii_case(name))
+        is_hop_by_hop(name) || self.lists(b"connection", name)
     }
 
     /// Number of fields.
