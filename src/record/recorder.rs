@@ -509,6 +509,14 @@ impl Shared {
         queued == 0 || queued.saturating_add(bytes) <= self.queue_bytes_max
     }
 
+    /// Fails every queued frame's ticket with `state`, counting each as lost.
+    fn fail_queued(&self, state: u8) {
+        while let Some(item) = self.pop() {
+            RecorderStats::add(&self.stats.records_lost, 1);
+            item.ticket.complete(state);
+        }
+    }
+
     /// The next queued frame, its bytes taken off the budget.
     fn pop(&self) -> Option<Submission> {
         let submission = self.queue.pop()?;
@@ -722,10 +730,7 @@ impl Recorder {
         if matches!(self.shared.health(), RUNNING | UNAVAILABLE) {
             self.shared.health.store(STOPPED, Ordering::Release);
         }
-        while let Some(late) = self.shared.pop() {
-            RecorderStats::add(&self.shared.stats.records_lost, 1);
-            late.ticket.complete(TICKET_STOPPED);
-        }
+        self.shared.fail_queued(TICKET_STOPPED);
         stopped
     }
 }
@@ -756,10 +761,7 @@ impl Drop for FailClosedOnUnwind {
         self.shared.health.store(FAILED, Ordering::Release);
         error!(core = self.core_id, "The recorder thread panicked; every statement is refused until a restart.");
         loop {
-            while let Some(item) = self.shared.pop() {
-                RecorderStats::add(&self.shared.stats.records_lost, 1);
-                item.ticket.complete(TICKET_FAILED);
-            }
+            self.shared.fail_queued(TICKET_FAILED);
             if self.shared.stop.load(Ordering::Acquire) {
                 return;
             }
