@@ -1050,17 +1050,11 @@ impl Recording {
                         _ => None,
                     }
                 }
-                None => {
-                    let mut found = None;
-                    for record in reader.records() {
-                        let record = record?;
-                        if record.index == index {
-                            found = Some(record);
-                            break;
-                        }
-                    }
-                    found
-                }
+                // The first record read with the index, or the first error.
+                None => reader
+                    .records()
+                    .find(|r| r.as_ref().is_err() || r.as_ref().is_ok_and(|r| r.index == index))
+                    .transpose()?,
             };
             return match (found, unreadable) {
                 (None, Some(e)) => Err(e),
