@@ -6,7 +6,9 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufWriter, Write};
+use std::iter::Peekable;
 use std::path::{Path, PathBuf};
+use std::str::Chars;
 
 use anyhow::{Context as _, bail};
 use clap::Args;
@@ -235,62 +237,50 @@ fn identifier_paths(text: &str) -> Vec<Vec<String>> {
     let mut path: Vec<String> = Vec::new();
     let mut chars = text.chars().peekable();
     while let Some(c) = chars.next() {
-        let part = if c == '\'' {
+        let part = match c {
             // A string literal ('' or \' inside it) names nothing, and a `"` in it opens no name.
-            while let Some(c) = chars.next() {
-                match c {
-                    '\\' => {
-                        chars.next();
+            '\'' => {
+                while let Some(c) = chars.next() {
+                    match c {
+                        '\\' => {
+                            chars.next();
+                        }
+                        '\'' if chars.peek() == Some(&'\'') => {
+                            chars.next();
+                        }
+                        '\'' => break,
+                        _ => {}
                     }
-                    '\'' if chars.peek() == Some(&'\'') => {
-                        chars.next();
-                    }
-                    '\'' => break,
-                    _ => {}
                 }
+                None
             }
-            if !path.is_empty() {
-                paths.push(std::mem::take(&mut path));
-            }
-            continue;
-        } else if c == '"' {
-            match quoted_name(&mut chars.clone()) {
-                Some((part, used)) => {
-                    for _ in 0..used {
-                        chars.next();
-                    }
-                    part
+            // A stray quote (no name closes within a name's length) is passed over.
+            '"' => quoted_name(chars.clone()).map(|(part, rest)| {
+                chars = rest;
+                part
+            }),
+            c if is_name_char(c) => {
+                let mut part = String::from(c);
+                while let Some(c) = chars.next_if(|&c| is_name_char(c)) {
+                    part.push(c);
                 }
-                // A stray quote (no name closes within a name's length) is passed over.
-                None => {
-                    if !path.is_empty() {
-                        paths.push(std::mem::take(&mut path));
-                    }
-                    continue;
-                }
+                Some(part)
             }
-        } else if c.is_alphanumeric() || matches!(c, '_' | '$') {
-            let mut part = String::from(c);
-            while let Some(&c) = chars.peek().filter(|c| c.is_alphanumeric() || matches!(c, '_' | '$')) {
-                part.push(c);
-                chars.next();
-            }
-            part
-        } else {
+            _ => None,
+        };
+        // Anything but a name ends the path.
+        let Some(part) = part else {
             if !path.is_empty() {
                 paths.push(std::mem::take(&mut path));
             }
             continue;
         };
         path.push(part.to_lowercase());
-        if chars.peek() == Some(&'.') {
-            chars.next();
+        if chars.next_if_eq(&'.').is_none() {
+            paths.push(std::mem::take(&mut path));
+        } else if !chars.peek().is_some_and(|&c| c == '"' || is_name_char(c)) {
             // A dot leading nowhere ends the path with an empty part.
-            if !chars.peek().is_some_and(|&c| c == '"' || c.is_alphanumeric() || matches!(c, '_' | '$')) {
-                path.push(String::new());
-                paths.push(std::mem::take(&mut path));
-            }
-        } else {
+            path.push(String::new());
             paths.push(std::mem::take(&mut path));
         }
     }
@@ -300,27 +290,23 @@ fn identifier_paths(text: &str) -> Vec<Vec<String>> {
     paths
 }
 
+/// A character of an unquoted name.
+fn is_name_char(c: char) -> bool {
+    c.is_alphanumeric() || matches!(c, '_' | '$')
+}
+
 /// The longest quoted name, in characters (Snowflake's identifiers have at most 255).
 const QUOTED_NAME_CHARS_MAX: usize = 255;
 
-/// The quoted name after an opening `"`, and how many characters it took (the closing quote
-/// included); `None` when none closes within [`QUOTED_NAME_CHARS_MAX`].
-fn quoted_name(chars: &mut std::iter::Peekable<std::str::Chars<'_>>) -> Option<(String, usize)> {
-    let (mut part, mut used, mut length) = (String::new(), 0, 0);
-    while let Some(c) = chars.next() {
-        used += 1;
-        match c {
-            '"' if chars.peek() == Some(&'"') => {
-                chars.next();
-                used += 1;
-                part.push('"');
-            }
-            '"' => return Some((part, used)),
+/// The quoted name after an opening `"`, and the characters after its closing quote; `None`
+/// when none closes within [`QUOTED_NAME_CHARS_MAX`].
+fn quoted_name(mut chars: Peekable<Chars<'_>>) -> Option<(String, Peekable<Chars<'_>>)> {
+    let mut part = String::new();
+    for _ in 0..=QUOTED_NAME_CHARS_MAX {
+        match chars.next()? {
+            '"' if chars.next_if_eq(&'"').is_some() => part.push('"'),
+            '"' => return Some((part, chars)),
             c => part.push(c),
-        }
-        length += 1;
-        if length > QUOTED_NAME_CHARS_MAX {
-            return None;
         }
     }
     None
