@@ -143,10 +143,13 @@ fn check_extensions(mut rest: &[u8]) -> Result<(), ChunkedError> {
     }
 }
 
-/// Finds a CRLF-terminated line at the start of `buf`; a bare CR or LF is an error.
+/// Finds a CRLF-terminated line of at most `max` bytes (CRLF included) at the start of `buf`;
+/// a bare CR or LF, or a longer line, is an error.
 fn find_line(buf: &[u8], max: usize) -> Result<Option<usize>, ()> {
     let window = &buf[..buf.len().min(max)];
     match memchr::memchr2(b'\r', b'\n', window) {
+        // The CR is the line's last byte but one: its LF would be the `max + 1`-th.
+        Some(i) if i + 2 > max => Err(()),
         Some(i) if window.get(i) == Some(&b'\r') => match buf.get(i + 1) {
             Some(b'\n') => Ok(Some(i)),
             Some(_) => Err(()),
@@ -369,6 +372,19 @@ mod tests {
         chunked.extend_from_slice(b"0\r\n\r\n");
         assert_eq!(decode_all(&chunked, data.len()).unwrap().0, data);
         assert_eq!(decode_all(&chunked, data.len() - 1), Err(ChunkedError::TooLarge { limit: data.len() - 1 }));
+    }
+
+    /// A size line of `CHUNK_LINE_BYTES_MAX` bytes, CRLF included, is read; one byte more is not,
+    /// however the bytes arrive.
+    #[test]
+    fn size_lines_are_capped_at_their_limit_crlf_included() {
+        let line = |len: usize| format!("1;{}\r\n", "x".repeat(len - 4));
+        let wire = |len: usize| format!("{}X\r\n0\r\n\r\n", line(len)).into_bytes();
+        assert_eq!(line(CHUNK_LINE_BYTES_MAX).len(), CHUNK_LINE_BYTES_MAX);
+        assert_eq!(decode_all(&wire(CHUNK_LINE_BYTES_MAX), 16).unwrap().0, b"X");
+        assert_eq!(decode_bytewise(&wire(CHUNK_LINE_BYTES_MAX), 16).unwrap(), b"X");
+        assert_eq!(decode_all(&wire(CHUNK_LINE_BYTES_MAX + 1), 16), Err(ChunkedError::BadSize));
+        assert_eq!(decode_bytewise(&wire(CHUNK_LINE_BYTES_MAX + 1), 16), Err(ChunkedError::BadSize));
     }
 
     #[test]
