@@ -638,7 +638,9 @@ impl Upstream {
         let Some(master) = snowflake_token(head) else {
             return invalid_master();
         };
-        let request_type = request.get("requestType").and_then(Value::as_str).unwrap_or("");
+        // Drivers spell it `requestType`, or `REQUEST_TYPE` (Node); Snowflake reads either.
+        let request_type =
+            request.get("requestType").or_else(|| request.get("REQUEST_TYPE")).and_then(Value::as_str).unwrap_or("");
         let old_session_token = request.get("oldSessionToken").and_then(Value::as_str).unwrap_or("");
 
         let mut state = self.lock_state();

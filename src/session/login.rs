@@ -29,8 +29,13 @@ pub const SECRET_LOGIN_FIELDS: [&str; 11] = [
     "BROWSER_MODE_REDIRECT_PORT",
 ];
 
-/// Response fields that are credentials the agent must not receive.
-const SECRET_RESPONSE_FIELDS: [&str; 3] = ["idToken", "mfaToken", "idTokenValidityInSeconds"];
+/// Drops from an upstream login or renewal answer's `data` every member that names a token
+/// (`idToken`, `mfaToken`, `remMeToken`, their validities, whatever comes next), but the
+/// `sealed` ones, which the caller seals or removes: no upstream credential reaches the agent
+/// because a list of them was short.
+fn drop_credentials(data: &mut Map<String, Value>, sealed: [&str; 2]) {
+    data.retain(|key, _| sealed.contains(&key.as_str()) || !key.to_ascii_lowercase().contains("token"));
+}
 
 /// Why a login or renewal body was refused, or an upstream answer could not be passed on.
 #[derive(Debug, thiserror::Error)]
@@ -221,9 +226,7 @@ pub fn seal_login_response(
         }
         return Ok(SealedAnswer { body: body.to_vec(), success, session_id: None });
     };
-    for field in SECRET_RESPONSE_FIELDS {
-        data.remove(field);
-    }
+    drop_credentials(data, ["token", "masterToken"]);
     let session_id = data.get("sessionId").and_then(Value::as_i64);
     if success {
         let session_token = take_string(data, "token").ok_or(LoginError::UpstreamWithoutTokens)?;
@@ -252,13 +255,36 @@ pub fn seal_login_response(
     Ok(SealedAnswer { body, success, session_id })
 }
 
+/// The spellings drivers give a renewal's request type.
+const REQUEST_TYPE_KEYS: [&str; 2] = ["requestType", "REQUEST_TYPE"];
+
+/// Whether `key` could be read as the request type: `requesttype` in any case, with any `_`.
+fn names_request_type(key: &str) -> bool {
+    key.bytes().filter(|&b| b != b'_').map(|b| b.to_ascii_lowercase()).eq("requesttype".bytes())
+}
+
 /// Rewrites a renewal body: the sealed `oldSessionToken` becomes the real one. The old session
 /// token may have expired (that is why the driver renews) but must belong to `master`'s session.
 pub fn rewrite_renew_request(body: &[u8], sealer: &Sealer, master: &TokenClaims) -> Result<Vec<u8>, LoginError> {
     let mut document = read_client_document(body)?;
-    if document.get("requestType").and_then(Value::as_str) != Some("RENEW") {
+    // Drivers name the request type `requestType` (Python, Go, JDBC, .NET) or `REQUEST_TYPE`
+    // (Node), and the warehouse reads either: exactly one key that could name it, or the
+    // warehouse might read another than this check did.
+    let mut kinds = document.iter().filter(|(key, _)| names_request_type(key));
+    let (key, kind) = match (kinds.next(), kinds.next()) {
+        (Some((key, kind)), None) => (key.clone(), kind.clone()),
+        (None, _) => return Err(LoginError::NotRenewal),
+        (Some(_), Some(_)) => return Err(LoginError::Ambiguous("the request type is named more than once".into())),
+    };
+    if !REQUEST_TYPE_KEYS.contains(&key.as_str()) {
+        return Err(LoginError::Ambiguous(format!("the key {key:?} is spelled unlike the drivers'")));
+    }
+    if kind.as_str() != Some("RENEW") {
         return Err(LoginError::NotRenewal);
     }
+    // Upstream gets one spelling, whichever the driver used.
+    document.remove(&key);
+    document.insert("requestType".into(), Value::String("RENEW".into()));
     let old = match document.get("oldSessionToken") {
         Some(Value::String(t)) => t.clone(),
         _ => return Err(LoginError::BadShape),
@@ -293,9 +319,7 @@ pub fn seal_renew_response(
         }
         return Ok(SealedAnswer { body: body.to_vec(), success, session_id: None });
     };
-    for field in SECRET_RESPONSE_FIELDS {
-        data.remove(field);
-    }
+    drop_credentials(data, ["sessionToken", "masterToken"]);
     let session_id = data.get("sessionId").and_then(Value::as_i64).or(master.session_id);
     if success {
         let session_token = take_string(data, "sessionToken").ok_or(LoginError::UpstreamWithoutTokens)?;
@@ -427,7 +451,10 @@ mod tests {
 
     #[test]
     fn login_response_tokens_are_sealed() {
+        // Every token but the two sealed ones is dropped, named in any case (`remMeToken` is
+        // one Snowflake sends that no list named), and a `sessionToken` the login does not seal.
         let upstream = json!({"data": {"token": "REAL-S", "masterToken": "REAL-M", "idToken": "REAL-ID",
+            "remMeToken": "REAL-R", "MFA_TOKEN": "REAL-MFA", "sessionToken": "REAL-ST",
             "validityInSeconds": 100, "masterValidityInSeconds": 1000, "sessionId": 99,
             "parameters": [{"name": "TIMEZONE", "value": "UTC"}]}, "success": true});
         let s = sealer();
@@ -551,6 +578,21 @@ mod tests {
         }
         let body = json!({"oldSessionToken": expired_session}).to_string();
         assert!(matches!(rewrite_renew_request(body.as_bytes(), &s, &master), Err(LoginError::NotRenewal)));
+        // The Node driver's spelling renews, and goes upstream in the others'.
+        let body = json!({"REQUEST_TYPE": "RENEW", "oldSessionToken": expired_session}).to_string();
+        let out: Value = serde_json::from_slice(&rewrite_renew_request(body.as_bytes(), &s, &master).unwrap()).unwrap();
+        assert_eq!(out, json!({"requestType": "RENEW", "oldSessionToken": "REAL-S1"}));
+        let body = json!({"REQUEST_TYPE": "ISSUE", "oldSessionToken": expired_session}).to_string();
+        assert!(matches!(rewrite_renew_request(body.as_bytes(), &s, &master), Err(LoginError::NotRenewal)));
+        // Two keys the warehouse could read as the type, or another spelling: refused.
+        for body in [
+            json!({"requestType": "RENEW", "REQUEST_TYPE": "ISSUE", "oldSessionToken": expired_session}),
+            json!({"REQUEST_TYPE": "RENEW", "request_type": "CLONE", "oldSessionToken": expired_session}),
+            json!({"Request_Type": "RENEW", "oldSessionToken": expired_session}),
+        ] {
+            let refused = rewrite_renew_request(body.to_string().as_bytes(), &s, &master);
+            assert!(matches!(refused, Err(LoginError::Ambiguous(_))), "{body}: {refused:?}");
+        }
 
         let upstream =
             json!({"data": {"sessionToken": "REAL-S2", "validityInSecondsST": 60, "sessionId": 9}, "success": true});
@@ -560,5 +602,11 @@ mod tests {
         assert_eq!((session.upstream_token.as_str(), session.expires_at_unix_ms), ("REAL-S2", 61_000));
         let resealed = s.open(TokenKind::Master, out["data"]["masterToken"].as_str().unwrap(), 1000).unwrap();
         assert_eq!(resealed, master);
+        // No other token passes, nor a `token` the renewal does not seal.
+        let upstream = json!({"data": {"sessionToken": "REAL-S3", "token": "REAL-T", "remMeToken": "REAL-R",
+            "idToken": "REAL-ID", "sessionId": 9}, "success": true});
+        let answer = seal_renew_response(upstream.to_string().as_bytes(), &s, &master, 1000).unwrap();
+        let text = String::from_utf8(answer.body).unwrap();
+        assert!(!text.contains("REAL-"), "{text}");
     }
 }

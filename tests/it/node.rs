@@ -42,6 +42,12 @@ struct NodeRun {
 impl NodeRun {
     /// Starts the queries through `port`.
     fn start(port: u16, queries: &[&str]) -> NodeRun {
+        let steps: Vec<Step> = queries.iter().map(|&query| Step::Query(query)).collect();
+        NodeRun::start_steps(port, &steps)
+    }
+
+    /// Starts the queries and pauses through `port`.
+    fn start_steps(port: u16, steps: &[Step]) -> NodeRun {
         let logs = tempfile::tempdir().unwrap();
         let mut command = Command::new(node());
         command.arg(root().join("tests/driver/node/query.js")).args([
@@ -50,8 +56,11 @@ impl NodeRun {
             "--token",
             &agent_token(json!({})),
         ]);
-        for query in queries {
-            command.args(["--query", query]);
+        for step in steps {
+            match step {
+                Step::Query(query) => command.args(["--query", query]),
+                Step::Pause(pause) => command.args(["--pause", &pause.as_millis().to_string()]),
+            };
         }
         let child = command
             .current_dir(logs.path())
@@ -61,7 +70,8 @@ impl NodeRun {
             .stderr(Stdio::inherit())
             .spawn()
             .unwrap_or_else(|e| panic!("cannot run node (Node.js 20 or later; SNOWGATE_TEST_NODE names it): {e}"));
-        NodeRun { child, queries: queries.len(), _logs: logs }
+        let queries = steps.iter().filter(|step| matches!(step, Step::Query(_))).count();
+        NodeRun { child, queries, _logs: logs }
     }
 
     /// One result (rows or error) per query.
@@ -72,6 +82,12 @@ impl NodeRun {
         assert_eq!(results.len(), self.queries);
         results
     }
+}
+
+/// What the Node script does next: run a query, or wait.
+enum Step<'q> {
+    Query(&'q str),
+    Pause(Duration),
 }
 
 /// Runs the queries through `port`: one result (rows or error) per query.
@@ -130,6 +146,23 @@ fn node_driver_gets_every_chunk_masked_through_the_gateway() {
     assert_chunks_kept_from_the_agent(&upstream, &relay, ChunkLayout::default().chunk_count);
     assert_eq!(unsealed_tokens(&relay.received()), Vec::<String>::new(), "a Snowflake token reached the driver");
     assert_no_raw_card_or_email(&raw, &relay, gateway);
+}
+
+/// The Node driver renews its session through the gateway when the session token expires.
+/// (This version says `requestType`, as the other drivers do; older ones said `REQUEST_TYPE`,
+/// which `session::login`'s unit tests cover.)
+#[test]
+fn node_driver_renews_its_session_through_the_gateway() {
+    let upstream = double(|c| c.session_validity_secs = 2);
+    let gateway = TestGateway::start(&upstream.url(), GatewayOptions::default());
+    let relay = Relay::start(gateway.addr);
+    let steps = [Step::Query("select * from small"), Step::Pause(Duration::from_millis(2500)), Step::Query("select 1")];
+    let results = NodeRun::start_steps(relay.addr.port(), &steps).results();
+    let small = results[0]["rows"].as_array().unwrap_or_else(|| panic!("no rows: {}", results[0]));
+    assert_eq!(small.len(), snowgate_perf::results::SMALL_ROWS);
+    assert_eq!(results[1]["rows"], json!([["1"]]), "after the session token expired: {}", results[1]);
+    assert!(upstream.stats.renewals() >= 1, "the driver did not renew through the gateway");
+    assert_eq!(unsealed_tokens(&relay.received()), Vec::<String>::new(), "a Snowflake token reached the driver");
 }
 
 /// A write under a review rule: the Node driver polls the parked statement (`333333` and its

@@ -3,22 +3,26 @@
 // delivers it as text, `fetchAsString`), or the error the driver raised. Used by
 // tests/it/node.rs against snowgate in front of the Rust Snowflake double.
 //
-//   node query.js --url http://127.0.0.1:PORT --token <OIDC JWT> --query 'select …' [--query …]
+//   node query.js --url http://127.0.0.1:PORT --token <OIDC JWT> --query 'select …' [--pause MS] [--query …]
+//
+// `--pause MS` waits that long before the next query (so a short-lived session token expires
+// and the driver renews it).
 'use strict';
 
 const snowflake = require('snowflake-sdk');
 
 function parseArgs(argv) {
-  const args = { queries: [] };
+  const args = { steps: [] };
   for (let i = 0; i < argv.length; i += 2) {
     const [flag, value] = [argv[i], argv[i + 1]];
     if (value === undefined) throw new Error(`${flag} needs a value`);
     if (flag === '--url') args.url = value;
     else if (flag === '--token') args.token = value;
-    else if (flag === '--query') args.queries.push(value);
+    else if (flag === '--query') args.steps.push({ sql: value });
+    else if (flag === '--pause') args.steps.push({ pauseMs: Number(value) });
     else throw new Error(`unknown flag ${flag}`);
   }
-  if (!args.url || !args.token || args.queries.length === 0) throw new Error('--url, --token and --query are required');
+  if (!args.url || !args.token || !args.steps.some((step) => step.sql !== undefined)) throw new Error('--url, --token and --query are required');
   return args;
 }
 
@@ -52,7 +56,10 @@ async function main() {
   });
   await new Promise((resolve, reject) => connection.connect((err) => (err ? reject(err) : resolve())));
   const results = [];
-  for (const sql of args.queries) results.push(await execute(connection, sql));
+  for (const step of args.steps) {
+    if (step.sql === undefined) await new Promise((resolve) => setTimeout(resolve, step.pauseMs));
+    else results.push(await execute(connection, step.sql));
+  }
   await new Promise((resolve) => connection.destroy(() => resolve()));
   process.stdout.write(JSON.stringify(results) + '\n');
 }
