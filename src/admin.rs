@@ -780,6 +780,7 @@ fn decide<P>(reviewer: &Subject, query_id: &str, kind: DecisionKind, body: &[u8]
                 LedgerError::BadReason(_) => (400, Fault::Caller),
                 // Parking and hand-over errors cannot come from a decision.
                 LedgerError::RequestIdReused
+                | LedgerError::BadRequestId
                 | LedgerError::TooManyPending
                 | LedgerError::SubjectFull
                 | LedgerError::Full

@@ -308,7 +308,7 @@ impl DecisionRecording {
         let outcome = outcome.map(|outcome| format!(" outcome={outcome}")).unwrap_or_default();
         format!(
             "reviewer={} query_id={} decision={} at_unix_ms={}{outcome} reason={}",
-            decision.reviewer.sub,
+            crate::record::detail_value(&decision.reviewer.sub),
             decision.query_id,
             decision.kind.as_str(),
             decision.at_unix_ms,

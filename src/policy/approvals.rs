@@ -10,9 +10,13 @@
 //! learns nothing from a guessed id. An item not decided before its timeout is denied.
 //!
 //! Life of an item: `Pending` → (`approve` × N) `Approved` → `take_approved` `Running` →
-//! `finish` `Finished`; or `Pending` → `deny` `Denied`; or `Pending` → timeout `TimedOut`.
-//! Decided items stay for [`LedgerLimits::retention`] so late polls get their answer, then are
-//! purged by [`Ledger::expire`].
+//! `finish` `Finished`; or `Pending` or `Approved` → `deny` `Denied` (a reviewer may take an
+//! approval back until the statement is taken to run); or `Pending` or `Approved` → `withdraw`
+//! `Withdrawn` (the agent cancelled it); or `Pending` → timeout `TimedOut`, and `Approved` →
+//! `TimedOut` when the approval is not taken within the review's timeout (the agent went away:
+//! the statement does not run hours later). Decided items stay for
+//! [`LedgerLimits::retention`] so late polls get their answer, then are purged by
+//! [`Ledger::expire`]; an approved item is never purged, it times out (and is recorded so).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Mutex, MutexGuard, PoisonError};
@@ -53,6 +57,9 @@ impl Default for LedgerLimits {
         }
     }
 }
+
+/// The longest driver `requestId` the ledger keys by (drivers send a UUID, 36 bytes).
+pub const REQUEST_ID_BYTES_MAX: usize = 64;
 
 /// What identifies a statement across driver retries.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
@@ -113,6 +120,7 @@ impl PollState {
             PollState::Finished { .. } => "finished",
             PollState::Denied { .. } => "denied",
             PollState::TimedOut => "timed out",
+            PollState::Withdrawn => "withdrawn",
         }
     }
 }
@@ -144,8 +152,10 @@ pub enum PollState {
         /// The reviewer's reason.
         reason: String,
     },
-    /// Nobody decided in time: denied.
+    /// Nobody decided in time, or the approval was not taken in time: not run.
     TimedOut,
+    /// The agent cancelled it before it ran.
+    Withdrawn,
 }
 
 /// A pending statement as reviewers see it (the admin API's list).
@@ -252,6 +262,9 @@ pub enum LedgerError {
     /// The item is not approved (yet, or any more).
     #[error("the parked statement is not approved and ready to run (it is {0})")]
     NotApproved(&'static str),
+    /// The driver's `requestId` is longer than any driver's.
+    #[error("the agent's requestId is longer than {REQUEST_ID_BYTES_MAX} bytes")]
+    BadRequestId,
 }
 
 #[derive(Debug, Clone)]
@@ -299,6 +312,7 @@ enum State {
     Finished { upstream_query_id: Option<String> },
     Denied { reason: String },
     TimedOut,
+    Withdrawn,
 }
 
 impl State {
@@ -310,6 +324,7 @@ impl State {
             State::Finished { .. } => "finished",
             State::Denied { .. } => "denied",
             State::TimedOut => "timed out",
+            State::Withdrawn => "withdrawn",
         }
     }
 
@@ -324,16 +339,37 @@ impl<P> Item<P> {
         self.created_at_unix_ms.saturating_add(timeout_ms)
     }
 
-    /// Applies the timeout: a pending item past it is denied.
+    /// Applies the timeouts: a pending item past its review's timeout, and an approved one not
+    /// taken within that long of its approval (or of its hand-back), time out.
     fn tick(&mut self, now_unix_ms: u64) -> bool {
-        if self.state == State::Pending && now_unix_ms >= self.expires_at_unix_ms() {
-            self.state = State::TimedOut;
-            self.decided_at_unix_ms = Some(self.expires_at_unix_ms());
-            self.timeout_report = TimeoutReport::Due;
-            self.take_payload();
-            return true;
+        let due = match self.state {
+            State::Pending => self.expires_at_unix_ms(),
+            State::Approved => {
+                let timeout_ms = u64::try_from(self.requirement.timeout.as_millis()).unwrap_or(u64::MAX);
+                self.decided_at_unix_ms.unwrap_or(self.created_at_unix_ms).saturating_add(timeout_ms)
+            }
+            _ => return false,
+        };
+        if now_unix_ms < due {
+            return false;
         }
-        false
+        self.state = State::TimedOut;
+        self.decided_at_unix_ms = Some(due);
+        self.timeout_report = TimeoutReport::Due;
+        self.take_payload();
+        true
+    }
+
+    /// Ends a statement that has not run (`Pending` or `Approved`) in `state`; `false` when it
+    /// is past that (running, or decided).
+    fn end_unrun(&mut self, state: State, now_unix_ms: u64) -> bool {
+        if !matches!(self.state, State::Pending | State::Approved) {
+            return false;
+        }
+        self.state = state;
+        self.decided_at_unix_ms = Some(now_unix_ms);
+        self.take_payload();
+        true
     }
 
     /// Takes the payload out (to run it, or because it never will run); it no longer counts.
@@ -357,6 +393,7 @@ impl<P> Item<P> {
             }
             State::Denied { reason } => PollState::Denied { reason: reason.clone() },
             State::TimedOut => PollState::TimedOut,
+            State::Withdrawn => PollState::Withdrawn,
         }
     }
 }
@@ -422,6 +459,9 @@ impl<P> Ledger<P> {
 
     /// Parks a statement, or finds it again when the key was parked before.
     pub fn park(&mut self, request: ParkRequest<P>, now_unix_ms: u64) -> Result<Parked, LedgerError> {
+        if request.key.request_id.len() > REQUEST_ID_BYTES_MAX {
+            return Err(LedgerError::BadRequestId);
+        }
         let hash = statement_hash(&request.statement_text, request.bindings.as_deref());
         if let Some(query_id) = self.by_key.get(&request.key).cloned()
             && let Some(item) = self.items.get_mut(&query_id)
@@ -437,7 +477,11 @@ impl<P> Ledger<P> {
         if live_for_sub >= self.limits.pending_per_subject_max {
             return Err(LedgerError::TooManyPending);
         }
-        let weight_bytes = request.statement_text.len()
+        // Everything the item holds counts: the key twice (the item's, and the index's).
+        let weight_bytes = 2 * (request.key.sub.len() + request.key.request_id.len())
+            + request.agent_groups.iter().map(String::len).sum::<usize>()
+            + request.rule_name.as_ref().map_or(0, String::len)
+            + request.statement_text.len()
             + request.bindings.as_ref().map_or(0, String::len)
             + request.settings.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>()
             + request.agent_context.as_ref().map_or(0, String::len)
@@ -541,17 +585,19 @@ impl<P> Ledger<P> {
         pending
     }
 
+    /// The item a reviewer may decide: pending, or also approved (`or_approved`, to deny it).
     fn reviewable(
         &mut self,
         query_id: &str,
         reviewer: &Subject,
         reason: &str,
         now_unix_ms: u64,
+        or_approved: bool,
     ) -> Result<&mut Item<P>, LedgerError> {
         let reason_bytes_max = self.limits.reason_bytes_max;
         let item = self.items.get_mut(query_id).ok_or(LedgerError::NotFound)?;
         item.tick(now_unix_ms);
-        if item.state != State::Pending {
+        if !(item.state == State::Pending || or_approved && item.state == State::Approved) {
             return Err(LedgerError::NotPending(item.state.name()));
         }
         if reviewer.sub == item.key.sub {
@@ -574,10 +620,11 @@ impl<P> Ledger<P> {
         reason: &str,
         now_unix_ms: u64,
     ) -> Result<PollState, LedgerError> {
-        let item = self.reviewable(query_id, reviewer, reason, now_unix_ms)?;
+        let item = self.reviewable(query_id, reviewer, reason, now_unix_ms, false)?;
         if item.approvals.iter().any(|a| a.reviewer == reviewer.sub) {
             return Err(LedgerError::AlreadyApproved);
         }
+        item.weight_bytes += reviewer.sub.len() + reason.len();
         item.approvals.push(ReviewDecision {
             reviewer: reviewer.sub.clone(),
             reason: reason.to_owned(),
@@ -590,7 +637,8 @@ impl<P> Ledger<P> {
         Ok(item.poll_state())
     }
 
-    /// Records `reviewer`'s denial: one denial denies the statement.
+    /// Records `reviewer`'s denial: one denial denies the statement, pending or approved (an
+    /// approval is taken back until the statement is taken to run).
     pub fn deny(
         &mut self,
         query_id: &str,
@@ -598,11 +646,35 @@ impl<P> Ledger<P> {
         reason: &str,
         now_unix_ms: u64,
     ) -> Result<PollState, LedgerError> {
-        let item = self.reviewable(query_id, reviewer, reason, now_unix_ms)?;
-        item.state = State::Denied { reason: reason.to_owned() };
-        item.decided_at_unix_ms = Some(now_unix_ms);
-        item.take_payload();
+        let item = self.reviewable(query_id, reviewer, reason, now_unix_ms, true)?;
+        item.weight_bytes += reason.len();
+        item.end_unrun(State::Denied { reason: reason.to_owned() }, now_unix_ms);
         Ok(item.poll_state())
+    }
+
+    /// The agent cancels its statement (the driver's abort, by the statement's id): pending or
+    /// approved, it will not run. Returns the state after: `Withdrawn`, or what it was when it
+    /// was past that (running, or decided).
+    pub fn withdraw(
+        &mut self,
+        query_id: &str,
+        sub: &str,
+        session_id: i64,
+        now_unix_ms: u64,
+    ) -> Result<PollState, LedgerError> {
+        let item = self.owned_item(query_id, sub, session_id)?;
+        item.tick(now_unix_ms);
+        item.end_unrun(State::Withdrawn, now_unix_ms);
+        Ok(item.poll_state())
+    }
+
+    /// [`Ledger::withdraw`] by the driver's `requestId` (the abort that names the request);
+    /// `None` when no statement of this agent and session was parked under it. Returns the
+    /// statement's id with its state.
+    pub fn withdraw_request(&mut self, key: &RequestKey, now_unix_ms: u64) -> Option<(String, PollState)> {
+        let query_id = self.by_key.get(key)?.clone();
+        let state = self.withdraw(&query_id, &key.sub, key.session_id, now_unix_ms).ok()?;
+        Some((query_id, state))
     }
 
     /// Hands an approved statement to the proxy to run, exactly once, and only to the agent
@@ -662,8 +734,9 @@ impl<P> Ledger<P> {
         Ok(())
     }
 
-    /// Times out pending items and purges items decided longer than the retention ago
-    /// (approved-but-never-taken and running items included). Returns the timeouts to record:
+    /// Times out pending items and approvals not taken in time, and purges items decided
+    /// longer than the retention ago (running items included: their run is on record).
+    /// Returns the timeouts to record:
     /// those since the last call, whichever call noticed them, and those the recording could
     /// not take before. The caller tells [`Ledger::timeout_recorded`] how each went; until
     /// then no other call returns it.
@@ -699,7 +772,9 @@ impl<P> Ledger<P> {
         let mut purge = Vec::new();
         for item in self.items.values_mut() {
             item.tick(now_unix_ms);
+            // An approved item lapses by its timeout instead (above), which is recorded.
             if let Some(decided) = item.decided_at_unix_ms
+                && item.state != State::Approved
                 && now_unix_ms.saturating_sub(decided) >= retention_ms
                 && item.timeout_report == TimeoutReport::Settled
             {
@@ -742,6 +817,10 @@ mod tests {
     fn reviewer(sub: &str) -> Subject {
         Subject { sub: sub.into(), groups: vec!["dba".into()] }
     }
+
+    /// What an item of [`request`] holds besides its text, context and payload, with a
+    /// one-byte `requestId`: the key twice, the agent's groups and the rule's name.
+    const HELD: usize = 2 * ("agent".len() + 1) + "analysts".len() + "writes need review".len();
 
     #[test]
     fn retries_find_the_same_item_and_ids_are_uuid_v4() {
@@ -903,8 +982,9 @@ mod tests {
 
     #[test]
     fn one_agent_cannot_fill_the_ledger_for_the_others() {
-        // Each item: 7 bytes of text, 7 of context, a 100-byte payload while it is held.
-        const ITEM: usize = 7 + 7 + 100;
+        // Each item: 7 bytes of text, 7 of context, what it holds besides, a 100-byte payload
+        // while it is held.
+        const ITEM: usize = 7 + 7 + HELD + 100;
         let limits = LedgerLimits { stored_bytes_per_subject_max: 2 * ITEM, ..LedgerLimits::default() };
         let mut ledger = Ledger::new(limits);
         let big = |id: &str| ParkRequest { payload_bytes: 100, ..request(id, "select1") };
@@ -915,17 +995,26 @@ mod tests {
         let mut other = big("c");
         other.key.sub = "agent-2".into();
         ledger.park(other, T0).unwrap();
-        // A denial frees the agent's payload bytes; its text stays until purged.
+        // A denial frees the agent's payload bytes (100, less the reason's 2); its text stays
+        // until purged.
         ledger.deny(&denied, &reviewer("alice"), "no", T0 + 1).unwrap();
-        ledger.park(ParkRequest { payload_bytes: 80, ..request("c", "select1") }, T0 + 2).unwrap();
+        let fits = ParkRequest { payload_bytes: 100 - 2 - 14 - HELD, ..request("c", "select1") };
+        assert_eq!(
+            ledger.park(ParkRequest { payload_bytes: fits.payload_bytes + 1, ..fits.clone() }, T0 + 2).unwrap_err(),
+            LedgerError::SubjectFull
+        );
+        ledger.park(fits, T0 + 2).unwrap();
     }
 
     #[test]
     fn payloads_count_until_the_statement_runs_or_never_will() {
-        // Each item: 7 bytes of text, 7 of context, a 100-byte payload while it is held.
-        const SMALL: usize = 7 + 7;
+        // Each item: 7 bytes of text, 7 of context, what it holds besides, a 100-byte payload
+        // while it is held; and the reviewers' names and reasons ("no", "alice" "ok", "bob"
+        // "ok": 14 bytes).
+        const SMALL: usize = 7 + 7 + HELD;
         const ITEM: usize = SMALL + 100;
-        let limits = LedgerLimits { stored_bytes_max: 2 * ITEM + 2 * SMALL, ..LedgerLimits::default() };
+        const REVIEWS: usize = 2 + 7 + 5;
+        let limits = LedgerLimits { stored_bytes_max: 2 * ITEM + 2 * SMALL + REVIEWS, ..LedgerLimits::default() };
         let mut ledger = Ledger::new(limits);
         let big = |id: &str| ParkRequest { payload_bytes: 100, ..request(id, "select1") };
         let denied = ledger.park(big("a"), T0).unwrap().query_id;
@@ -941,13 +1030,14 @@ mod tests {
         assert_eq!(ledger.poll(&timed_out, "agent", 7, T0 + 2 + 60_000).unwrap(), PollState::TimedOut);
         ledger.park(big("d"), T0 + 2 + 60_000).unwrap();
         // And a run one's, once handed over to run.
-        assert_eq!(ledger.stored_bytes(), 2 * SMALL + 2 * ITEM);
-        assert_eq!(ledger.take_approved(&approved, "agent", 7, T0 + 60_003).unwrap().payload, "body");
-        assert_eq!(ledger.stored_bytes(), 3 * SMALL + ITEM);
+        assert_eq!(ledger.stored_bytes(), 2 * SMALL + 2 * ITEM + REVIEWS);
+        // (Approved at T0 + 3, its approval lapses at T0 + 60_003.)
+        assert_eq!(ledger.take_approved(&approved, "agent", 7, T0 + 60_002).unwrap().payload, "body");
+        assert_eq!(ledger.stored_bytes(), 3 * SMALL + ITEM + REVIEWS);
         // Handed back unsent, it is approved again and counts again, and runs once more only.
         ledger.unrun(&approved, "body").unwrap();
         assert_eq!(ledger.poll(&approved, "agent", 7, T0 + 60_004).unwrap(), PollState::Approved);
-        assert_eq!(ledger.stored_bytes(), 2 * SMALL + 2 * ITEM);
+        assert_eq!(ledger.stored_bytes(), 2 * SMALL + 2 * ITEM + REVIEWS);
         assert_eq!(ledger.take_approved(&approved, "agent", 7, T0 + 60_005).unwrap().payload, "body");
         assert!(ledger.take_approved(&approved, "agent", 7, T0 + 60_005).is_err());
         assert!(ledger.unrun(&denied, "body").is_err(), "only a running statement is handed back");
@@ -965,7 +1055,8 @@ mod tests {
         let first = ledger.park(first, T0).unwrap().query_id;
         // What is shown is held, and counts against the store's bound.
         let shown = r#"{"1":{"type":"FIXED","value":"1"}}"#.len() + "roleANALYSTdatabasePROD".len();
-        assert_eq!(ledger.stored_bytes(), "insert into t values (?)".len() + "trace-1".len() + shown + 4);
+        let held = HELD + 2; // a two-byte requestId, held twice
+        assert_eq!(ledger.stored_bytes(), "insert into t values (?)".len() + "trace-1".len() + shown + held + 4);
         ledger.park(request("r2", "insert into t values (2)"), T0 + 1_000).unwrap();
         ledger.approve(&first, &reviewer("alice"), "ok", T0 + 2_000).unwrap();
         let pending = ledger.list_pending(T0 + 3_000);
@@ -979,5 +1070,98 @@ mod tests {
         assert_eq!(pending[1].statement_text, "insert into t values (2)");
         assert_ne!(statement_hash("a", Some("b")), statement_hash("ab", None));
         assert_ne!(statement_hash("a", None), statement_hash("a", Some("")));
+    }
+
+    #[test]
+    fn an_approval_not_taken_in_time_lapses_and_is_reported() {
+        let limits = LedgerLimits { retention: Duration::from_secs(10), ..LedgerLimits::default() };
+        let mut ledger = Ledger::new(limits);
+        let mut req = request("r1", "delete from t where id = 1");
+        req.requirement = requirement(1);
+        let id = ledger.park(req, T0).unwrap().query_id;
+        ledger.approve(&id, &reviewer("alice"), "ok", T0 + 59_000).unwrap();
+        // Past the retention, an approved item is not purged: it lapses by the review's timeout,
+        // counted from the approval.
+        assert!(ledger.expire(T0 + 59_000 + 30_000).is_empty());
+        assert_eq!(ledger.len(), 1);
+        assert_eq!(ledger.poll(&id, "agent", 7, T0 + 59_000 + 59_999).unwrap(), PollState::Approved);
+        let expired = ledger.expire(T0 + 59_000 + 60_000);
+        assert_eq!(expired.iter().map(|e| e.query_id.as_str()).collect::<Vec<_>>(), [id.as_str()]);
+        assert_eq!(
+            ledger.take_approved(&id, "agent", 7, T0 + 59_000 + 60_001).unwrap_err(),
+            LedgerError::NotApproved("timed out")
+        );
+        assert_eq!(ledger.poll(&id, "agent", 7, T0 + 59_000 + 60_001).unwrap(), PollState::TimedOut);
+        ledger.timeout_recorded(&id, true);
+        ledger.expire(T0 + 59_000 + 70_000);
+        assert!(ledger.is_empty());
+    }
+
+    #[test]
+    fn a_reviewer_takes_an_approval_back_until_it_runs() {
+        let mut ledger = Ledger::new(LedgerLimits::default());
+        let mut req = request("r1", "delete from t where id = 1");
+        req.requirement = requirement(1);
+        let id = ledger.park(req.clone(), T0).unwrap().query_id;
+        ledger.approve(&id, &reviewer("alice"), "ok", T0 + 1).unwrap();
+        let denied = ledger.deny(&id, &reviewer("bob"), "wrong table", T0 + 2).unwrap();
+        assert_eq!(denied, PollState::Denied { reason: "wrong table".into() });
+        assert_eq!(ledger.take_approved(&id, "agent", 7, T0 + 3).unwrap_err(), LedgerError::NotApproved("denied"));
+        // Once taken to run, it is too late.
+        req.key.request_id = "r2".into();
+        let id = ledger.park(req, T0).unwrap().query_id;
+        ledger.approve(&id, &reviewer("alice"), "ok", T0 + 1).unwrap();
+        ledger.take_approved(&id, "agent", 7, T0 + 2).unwrap();
+        assert_eq!(ledger.deny(&id, &reviewer("bob"), "late", T0 + 3).unwrap_err(), LedgerError::NotPending("running"));
+    }
+
+    #[test]
+    fn the_agent_withdraws_what_has_not_run() {
+        let mut ledger = Ledger::new(LedgerLimits::default());
+        let mut req = request("r1", "delete from t where id = 1");
+        req.requirement = requirement(1);
+        let pending = ledger.park(req.clone(), T0).unwrap().query_id;
+        // Only its agent and session.
+        assert_eq!(ledger.withdraw(&pending, "other", 7, T0 + 1).unwrap_err(), LedgerError::NotFound);
+        assert_eq!(ledger.withdraw(&pending, "agent", 8, T0 + 1).unwrap_err(), LedgerError::NotFound);
+        assert_eq!(ledger.withdraw(&pending, "agent", 7, T0 + 1).unwrap(), PollState::Withdrawn);
+        assert_eq!(
+            ledger.approve(&pending, &reviewer("alice"), "ok", T0 + 2).unwrap_err(),
+            LedgerError::NotPending("withdrawn")
+        );
+        assert!(ledger.list_pending(T0 + 2).is_empty());
+        // Approved, by the driver's requestId: it never runs, and frees the agent's slot.
+        req.key.request_id = "r2".into();
+        let approved = ledger.park(req.clone(), T0).unwrap().query_id;
+        ledger.approve(&approved, &reviewer("alice"), "ok", T0 + 1).unwrap();
+        assert_eq!(ledger.withdraw_request(&req.key, T0 + 2), Some((approved.clone(), PollState::Withdrawn)));
+        assert_eq!(
+            ledger.take_approved(&approved, "agent", 7, T0 + 3).unwrap_err(),
+            LedgerError::NotApproved("withdrawn")
+        );
+        assert_eq!(ledger.poll(&approved, "agent", 7, T0 + 3).unwrap(), PollState::Withdrawn);
+        let mut other_session = req.key.clone();
+        other_session.session_id = 8;
+        assert_eq!(ledger.withdraw_request(&other_session, T0 + 3), None);
+        // Running: too late, the state says so.
+        req.key.request_id = "r3".into();
+        let running = ledger.park(req, T0).unwrap().query_id;
+        ledger.approve(&running, &reviewer("alice"), "ok", T0 + 1).unwrap();
+        ledger.take_approved(&running, "agent", 7, T0 + 2).unwrap();
+        assert_eq!(ledger.withdraw(&running, "agent", 7, T0 + 3).unwrap(), PollState::Running);
+    }
+
+    #[test]
+    fn what_the_agent_sends_counts_and_long_request_ids_are_refused() {
+        let long = request(&"x".repeat(REQUEST_ID_BYTES_MAX + 1), "select 1");
+        let mut ledger = Ledger::new(LedgerLimits::default());
+        assert_eq!(ledger.park(long, T0).unwrap_err(), LedgerError::BadRequestId);
+        let longest = request(&"x".repeat(REQUEST_ID_BYTES_MAX), "select 1");
+        let weight = 2 * ("agent".len() + REQUEST_ID_BYTES_MAX) + "analysts".len() + "writes need review".len();
+        let fits = "select 1".len() + "trace-1".len() + 4 + weight;
+        let mut ledger = Ledger::new(LedgerLimits { stored_bytes_max: fits - 1, ..LedgerLimits::default() });
+        assert_eq!(ledger.park(longest.clone(), T0).unwrap_err(), LedgerError::Full);
+        let mut ledger = Ledger::new(LedgerLimits { stored_bytes_max: fits, ..LedgerLimits::default() });
+        ledger.park(longest, T0).unwrap();
     }
 }

@@ -145,7 +145,9 @@ pub fn record_review_timeouts(core: &Core) {
         .map(|timed_out| {
             let detail = format!(
                 "query_id={} sub={} session_id={} outcome=timed_out",
-                timed_out.query_id, timed_out.key.sub, timed_out.key.session_id
+                timed_out.query_id,
+                crate::record::detail_value(&timed_out.key.sub),
+                timed_out.key.session_id
             );
             match core.recorder.submit_event(EventKind::Other("review_timeout".into()), detail) {
                 Ok(_) => true,
@@ -396,7 +398,17 @@ fn park(
     let Some(request_id) = capture.request_id().map(str::to_owned) else {
         return refuse(capture, codes::BAD_REQUEST, "a statement that needs review must carry the driver's requestId");
     };
-    let key = RequestKey { sub: claims.sub.clone(), session_id: claims.session_id.unwrap_or(0), request_id };
+    // A parked statement is bound to its session: without Snowflake's id for it, every such
+    // session of the agent would share one, and any of them could run the statement.
+    let Some(session_id) = claims.session_id else {
+        return refuse(
+            capture,
+            codes::REVIEW_UNSUPPORTED,
+            "this statement needs a reviewer's approval, which the gateway can only bind to a Snowflake session \
+             with an id (Snowflake's login answer gave none)",
+        );
+    };
+    let key = RequestKey { sub: claims.sub.clone(), session_id, request_id };
     let subject = Subject { sub: claims.sub.clone(), groups: claims.groups.clone() };
     let statement = ForReview {
         text: query.sql_text.clone(),
@@ -405,7 +417,9 @@ fn park(
     };
     match enter_ledger(core, capture, key, &subject, statement, requirement, rule, payload) {
         Ok(query_id) => in_progress(&query_id, query.async_exec, message),
-        Err(e @ LedgerError::RequestIdReused) => refuse(capture, codes::BAD_REQUEST, &e.to_string()),
+        Err(e @ (LedgerError::RequestIdReused | LedgerError::BadRequestId)) => {
+            refuse(capture, codes::BAD_REQUEST, &e.to_string())
+        }
         Err(e) => refuse(capture, codes::REVIEW_FULL, &e.to_string()),
     }
 }
@@ -500,7 +514,10 @@ fn in_progress(query_id: &str, async_exec: bool, message: &str) -> Answer {
 
 /// A poll of `query_id`: `None` when it is not a statement parked by this session (the poll
 /// then goes to Snowflake), else the answer: still waiting (after holding the poll), the
-/// approved statement's result, or the refusal.
+/// approved statement's result, or the refusal. An approval that comes while the poll is held
+/// answers "still running" at once: the statement runs on the driver's next poll, which shows
+/// the driver is still there (a held poll does not watch its connection, and a driver that
+/// gave up may be gone).
 pub async fn poll_parked(
     core: &Core,
     head: &RequestHead,
@@ -509,8 +526,10 @@ pub async fn poll_parked(
     session: &Session<'_>,
 ) -> Option<Answer> {
     let claims = session.claims;
-    let session_id = claims.session_id.unwrap_or(0);
+    // Statements are parked only on sessions with an id (`park`).
+    let session_id = claims.session_id?;
     let hold_until = std::time::Instant::now() + core.gateway.config.approvals.poll_hold;
+    let mut held = false;
     loop {
         // The session may expire while the poll is held: nothing runs or answers past it.
         let now = unix_millis();
@@ -524,10 +543,12 @@ pub async fn poll_parked(
             Ok(PollState::Pending { .. } | PollState::Running) => {
                 if std::time::Instant::now() < hold_until && !core.gateway.is_draining() {
                     monoio::time::sleep(POLL_STEP).await;
+                    held = true;
                     continue;
                 }
                 in_progress(query_id, false, "This statement is waiting for a reviewer's approval.")
             }
+            Ok(PollState::Approved) if held => in_progress(query_id, false, "This statement was approved."),
             Ok(PollState::Approved) => run_approved(core, head, query_id, capture, session).await,
             Ok(PollState::Finished { upstream_query_id: Some(upstream_id) }) => {
                 let forwarded = UpstreamRequest {
@@ -553,14 +574,56 @@ pub async fn poll_parked(
             }
             Ok(PollState::TimedOut) => {
                 capture.set_decision(Decision::Blocked { rule: "review".into() });
-                refuse(
-                    capture,
-                    codes::REVIEW_TIMED_OUT,
-                    "No reviewer approved this statement before its review timed out; it was not run.",
-                )
+                refuse(capture, codes::REVIEW_TIMED_OUT, REVIEW_TIMED_OUT_MESSAGE)
             }
+            Ok(PollState::Withdrawn) => refuse(capture, codes::QUERY_CANCELLED, WITHDRAWN_MESSAGE),
         });
     }
+}
+
+const REVIEW_TIMED_OUT_MESSAGE: &str = "The review of this statement timed out (no approval in time, or an approval not taken up in time); it was not run.";
+
+const WITHDRAWN_MESSAGE: &str = "SQL execution canceled";
+
+/// A driver's abort of a statement parked by this session, named by the gateway's id
+/// (`query_id`, from `POST /queries/<id>/abort-request`) or by the driver's `requestId` in the
+/// body (`POST /queries/v1/abort-request`): a statement not yet run is withdrawn, and will not
+/// run whatever the reviewers do. `None` when no such statement is parked, or it is already on
+/// its way to Snowflake (the abort then goes upstream, where the `requestId` names it).
+pub fn abort_parked(
+    core: &Core,
+    query_id: Option<&str>,
+    body: &[u8],
+    capture: &mut Capture,
+    session: &Session<'_>,
+) -> Option<Answer> {
+    let claims = session.claims;
+    let session_id = claims.session_id?;
+    let now = unix_millis();
+    let (query_id, state) = match query_id {
+        Some(query_id) => {
+            let state = ledger(core).withdraw(query_id, &claims.sub, session_id, now).ok()?;
+            (query_id.to_owned(), state)
+        }
+        None => {
+            let request_id = serde_json::from_slice::<Map<String, Value>>(body)
+                .ok()?
+                .get("requestId")
+                .and_then(Value::as_str)
+                .map(str::to_owned)?;
+            let key = RequestKey { sub: claims.sub.clone(), session_id, request_id };
+            ledger(core).withdraw_request(&key, now)?
+        }
+    };
+    if matches!(state, PollState::Running | PollState::Finished { .. }) {
+        return None;
+    }
+    capture.set_query_id(query_id.clone());
+    if state == PollState::Withdrawn {
+        info!(core = core.id, sub = %claims.sub, query_id = %query_id, "Parked statement withdrawn by its agent.");
+    }
+    let body = serde_json::json!({"data": {}, "code": null, "message": null, "success": true});
+    Some(Answer::own(200, Bytes::from(serde_json::to_vec(&body).expect("a JSON value always serialises"))))
 }
 
 /// Runs an approved statement exactly as it was parked, with this session's Snowflake token.
@@ -663,7 +726,9 @@ pub fn park_sql_api(
     let key = RequestKey { sub: subject.sub.clone(), session_id: SQL_API_SESSION, request_id };
     match enter_ledger(core, capture, key, subject, statement, requirement, rule, payload) {
         Ok(handle) => sql_api_in_progress(&handle, &message),
-        Err(e @ LedgerError::RequestIdReused) => refuse_sql_api(capture, 422, codes::BAD_REQUEST, &e.to_string()),
+        Err(e @ (LedgerError::RequestIdReused | LedgerError::BadRequestId)) => {
+            refuse_sql_api(capture, 422, codes::BAD_REQUEST, &e.to_string())
+        }
         Err(e) => refuse_sql_api(capture, 429, codes::REVIEW_FULL, &e.to_string()),
     }
 }
@@ -712,17 +777,34 @@ pub async fn parked_sql_api(
     asker: &SqlApiAsker<'_>,
     jwt: impl FnOnce() -> String,
 ) -> ParkedSqlApi {
-    let state = ledger(core).poll(handle, &asker.subject.sub, SQL_API_SESSION, unix_millis());
+    let state = if cancel {
+        // A statement not yet run is withdrawn, and answered as cancelled.
+        ledger(core).withdraw(handle, &asker.subject.sub, SQL_API_SESSION, unix_millis())
+    } else {
+        ledger(core).poll(handle, &asker.subject.sub, SQL_API_SESSION, unix_millis())
+    };
     let answer = match state {
         Err(LedgerError::NotFound) => return ParkedSqlApi::NotParked,
         Err(e) => refuse_sql_api(capture, 422, codes::BAD_REQUEST, &e.to_string()),
         Ok(PollState::Finished { upstream_query_id: Some(upstream) }) => return ParkedSqlApi::Ran(upstream),
-        Ok(PollState::Pending { .. } | PollState::Approved | PollState::Running) if cancel => refuse_sql_api(
+        Ok(PollState::Withdrawn) if cancel => {
+            info!(core = core.id, sub = %asker.subject.sub, query_id = handle, "Parked statement withdrawn by its agent.");
+            let body = serde_json::json!({
+                "code": codes::QUERY_CANCELLED,
+                "sqlState": "57014",
+                "message": WITHDRAWN_MESSAGE,
+                "statementHandle": handle,
+                "statementStatusUrl": format!("/api/v2/statements/{handle}"),
+            });
+            Answer::own(200, Bytes::from(serde_json::to_vec(&body).expect("a JSON value always serialises")))
+        }
+        Ok(PollState::Withdrawn) => refuse_sql_api(capture, 422, codes::QUERY_CANCELLED, WITHDRAWN_MESSAGE),
+        Ok(PollState::Running) if cancel => refuse_sql_api(
             capture,
             422,
             codes::REVIEW_UNSUPPORTED,
-            "a statement under review is not cancelled by its agent: it runs only once a reviewer approves it, \
-             and is refused when its review times out (once it runs, its handle can be cancelled)",
+            "this approved statement is on its way to Snowflake and cannot be cancelled until it has a handle \
+             there: poll it, then cancel that",
         ),
         Ok(PollState::Pending { .. }) => {
             sql_api_in_progress(handle, "This statement is waiting for a reviewer's approval.")
@@ -744,12 +826,7 @@ pub async fn parked_sql_api(
         }
         Ok(PollState::TimedOut) => {
             capture.set_decision(Decision::Blocked { rule: "review".into() });
-            refuse_sql_api(
-                capture,
-                422,
-                codes::REVIEW_TIMED_OUT,
-                "No reviewer approved this statement before its review timed out; it was not run.",
-            )
+            refuse_sql_api(capture, 422, codes::REVIEW_TIMED_OUT, REVIEW_TIMED_OUT_MESSAGE)
         }
     };
     ParkedSqlApi::Answer(answer)

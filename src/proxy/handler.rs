@@ -763,7 +763,21 @@ async fn session_request(
                 return refusal;
             }
         }
-        Endpoint::Monitoring(qid) | Endpoint::AbortQuery(qid) => {
+        Endpoint::AbortQuery(qid) => {
+            capture.query_id = Some(qid.clone());
+            if let Some(answer) = govern::abort_parked(core, Some(qid), &body, capture, session) {
+                return answer;
+            }
+            if let Err(refusal) = own_query(core, qid, &claims.sub, capture) {
+                return refusal;
+            }
+        }
+        Endpoint::Abort => {
+            if let Some(answer) = govern::abort_parked(core, None, &body, capture, session) {
+                return answer;
+            }
+        }
+        Endpoint::Monitoring(qid) => {
             capture.query_id = Some(qid.clone());
             if let Err(refusal) = own_query(core, qid, &claims.sub, capture) {
                 return refusal;

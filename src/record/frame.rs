@@ -185,6 +185,16 @@ pub struct EventFrame {
     pub detail: String,
 }
 
+/// A value for a `name=value` field of an event's detail: as it is when it is one word, else
+/// quoted with Rust's escapes, so that no value (an identity with a space and an `=`, say) can
+/// pass for another field.
+pub fn detail_value(value: &str) -> std::borrow::Cow<'_, str> {
+    if !value.is_empty() && !value.chars().any(|c| c.is_whitespace() || c.is_control() || c == '=' || c == '"') {
+        return std::borrow::Cow::Borrowed(value);
+    }
+    std::borrow::Cow::Owned(format!("{value:?}"))
+}
+
 /// One record's content.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Frame {
@@ -837,6 +847,15 @@ pub(super) fn decode_body(source: &Bytes, start: usize, end: usize) -> Result<De
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn detail_values_cannot_pass_for_another_field() {
+        assert_eq!(detail_value("dba-1"), "dba-1");
+        assert_eq!(detail_value("a query_id=X decision=deny"), r#""a query_id=X decision=deny""#);
+        assert_eq!(detail_value("x\"y"), r#""x\"y""#);
+        assert_eq!(detail_value("tab\there"), r#""tab\there""#);
+        assert_eq!(detail_value(""), r#""""#);
+    }
 
     pub(crate) fn request(sql: &str) -> Frame {
         Frame::Request(RequestFrame {

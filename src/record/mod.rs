@@ -193,7 +193,9 @@ mod writer;
 mod tests;
 
 pub use format::{IndexKind, SealReason};
-pub use frame::{Decision, EventFrame, EventKind, Frame, Principal, RequestFrame, RequestLink, ResponseFrame};
+pub use frame::{
+    Decision, EventFrame, EventKind, Frame, Principal, RequestFrame, RequestLink, ResponseFrame, detail_value,
+};
 pub use reader::{ReadError, Record, Recording, SegmentName, SegmentReader};
 pub use recorder::{
     Clock, Durability, Durable, ManualClock, RecordUnavailable, Recorder, RecorderConfig, RecorderHealth,

@@ -210,6 +210,15 @@ fn claims_for(
     }
 }
 
+/// A session id for a session whose upstream named none (emulators do not): negative, so
+/// never one of Snowflake's (positive) nor the SQL API's (-1), and random, so that each such
+/// session is its own for what is bound to a session (parked statements, chunk URLs) and in
+/// the recording.
+fn gateway_session_id() -> i64 {
+    let (high, _) = uuid::Uuid::new_v4().as_u64_pair();
+    -((high >> 2) as i64) - 2
+}
+
 /// Replaces the tokens in an upstream login answer with sealed ones. A failed login is passed
 /// on as is, minus any credential field.
 pub fn seal_login_response(
@@ -227,7 +236,7 @@ pub fn seal_login_response(
         return Ok(SealedAnswer { body: body.to_vec(), success, session_id: None });
     };
     drop_credentials(data, ["token", "masterToken"]);
-    let session_id = data.get("sessionId").and_then(Value::as_i64);
+    let session_id = data.get("sessionId").and_then(Value::as_i64).or_else(|| success.then(gateway_session_id));
     if success {
         let session_token = take_string(data, "token").ok_or(LoginError::UpstreamWithoutTokens)?;
         let session_expiry = expiry_ms(now_unix_ms, data, "validityInSeconds", 3600);
@@ -468,6 +477,24 @@ mod tests {
         let master = s.open(TokenKind::Master, out["data"]["masterToken"].as_str().unwrap(), 5_000_000).unwrap();
         assert_eq!((master.upstream_token.as_str(), master.expires_at_unix_ms), ("REAL-M", 6_000_000));
         assert_eq!(out["data"]["parameters"], upstream["data"]["parameters"]);
+    }
+
+    /// An upstream that names no session (fakesnow) still gets each session an id of its own,
+    /// negative: what is bound to a session is not shared by all of an agent's sessions.
+    #[test]
+    fn a_session_upstream_names_no_id_for_gets_one_of_its_own() {
+        let upstream = json!({"data": {"token": "REAL-S"}, "success": true}).to_string();
+        let s = sealer();
+        let ids: Vec<i64> = (0..2)
+            .map(|_| seal_login_response(upstream.as_bytes(), &s, &owner(), 5_000_000).unwrap().session_id.unwrap())
+            .collect();
+        assert!(ids.iter().all(|&id| id < -1), "{ids:?}");
+        assert_ne!(ids[0], ids[1]);
+        let answer = seal_login_response(upstream.as_bytes(), &s, &owner(), 5_000_000).unwrap();
+        let out: Value = serde_json::from_slice(&answer.body).unwrap();
+        let session = s.open(TokenKind::Session, out["data"]["token"].as_str().unwrap(), 5_000_000).unwrap();
+        assert_eq!(session.session_id, answer.session_id);
+        assert!(out["data"].get("sessionId").is_none(), "{out}");
     }
 
     #[test]

@@ -256,8 +256,8 @@ pub mod codes {
     pub const OVERLOADED: &str = "260014";
     /// The answer could not be masked, so it was withheld.
     pub const MASKING_FAILED: &str = "260015";
-    /// What review cannot do: cancel a statement under review by its agent (a reviewer denies
-    /// it, or its review times out), or run one asynchronously.
+    /// What review cannot do: cancel an approved statement already on its way to Snowflake
+    /// under the gateway's id, run one asynchronously, or park one without a Snowflake session.
     pub const REVIEW_UNSUPPORTED: &str = "260016";
     /// The parked statements are at their limit (for this identity or in all).
     pub const REVIEW_FULL: &str = "260017";
@@ -268,6 +268,9 @@ pub mod codes {
     /// usable key): the provider's fault, not the token's; answered with HTTP 503 so that
     /// clients retry.
     pub const IDENTITY_PROVIDER_UNAVAILABLE: &str = "260019";
+    /// The statement was cancelled (Snowflake's "SQL execution canceled"): a parked statement
+    /// its agent withdrew.
+    pub const QUERY_CANCELLED: &str = "000604";
     /// Snowflake is running the statement (drivers poll `getResultUrl`).
     pub const QUERY_IN_PROGRESS: &str = "333333";
     /// Snowflake is running an `asyncExec` statement.

@@ -1,6 +1,7 @@
 """Runs one policy scenario with the real Python driver through snowgate and prints a JSON
 summary on stdout: a blocked DROP, a write that waits for review (approved, denied or
-timed out by the test driving the admin API meanwhile), or that write run asynchronously."""
+timed out by the test driving the admin API meanwhile), that write run asynchronously, or
+that write given up on by the driver (`execute(timeout=…)`, whose cancel withdraws it)."""
 
 import argparse
 import json
@@ -16,7 +17,7 @@ def main() -> int:
     parser.add_argument("--host", required=True)
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--token", required=True)
-    parser.add_argument("--mode", choices=["drop", "review", "async-review"], required=True)
+    parser.add_argument("--mode", choices=["drop", "review", "async-review", "give-up"], required=True)
     parser.add_argument("--suffix", required=True)
     args = parser.parse_args()
 
@@ -37,6 +38,11 @@ def main() -> int:
         if args.mode == "async-review":
             cur.execute_async(statement)
             out["query_id"] = cur.sfqid
+        elif args.mode == "give-up":
+            # The driver cancels the statement after 3 s (POST /queries/v1/abort-request,
+            # naming its requestId) and raises.
+            cur.execute(statement, timeout=3)
+            out["rowcount"] = cur.rowcount
         else:
             cur.execute(statement)
             out["rowcount"] = cur.rowcount

@@ -245,6 +245,35 @@ fn an_undecided_write_times_out_denied() {
     assert!(timeouts[0].contains("sub=agent-7") && timeouts[0].ends_with("outcome=timed_out"), "{timeouts:?}");
 }
 
+/// A driver that gives up on a parked write (its `execute` timeout) cancels it, naming its
+/// `requestId`: the gateway withdraws it, the driver gets Snowflake's "canceled" error, and the
+/// write never runs, whatever a reviewer does afterwards (before, it stayed parked, and ran on
+/// an approval with nobody waiting for it).
+#[test]
+fn a_write_the_driver_gives_up_on_is_withdrawn_and_never_runs() {
+    let setup = setup(60);
+    let child = spawn_script(&setup.gateway, "give-up", "GIVEUP1");
+    let item = wait_for_pending(&setup.gateway);
+    let query_id = item["query_id"].as_str().unwrap().to_owned();
+    let out = outcome(child);
+    assert_eq!(out["error"]["errno"], 604, "{out}");
+    assert_eq!(out["rows"], json!([]), "{out}");
+    let (status, body) = admin_request(setup.gateway.admin_addr(), "GET", "/v1/approvals", &reviewer_token(), None);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["pending"], json!([]), "{body}");
+    let (status, body) = admin_request(
+        setup.gateway.admin_addr(),
+        "POST",
+        &format!("/v1/approvals/{query_id}/approve"),
+        &reviewer_token(),
+        Some(&json!({ "reason": "too late" })),
+    );
+    assert_eq!(status, 409, "{body}");
+    let sent = setup.upstream.sent();
+    assert_eq!(count(&sent, "INSERT INTO REVIEWED"), 0, "a withdrawn write ran");
+    assert_eq!(count(&sent, "abort-request"), 0, "the abort of a parked statement went upstream");
+}
+
 /// The driver's `execute_async` of a write that needs review is refused at once, with the
 /// reason: parked, it could never run (the driver then polls the query's monitoring status and
 /// reads its result with RESULT_SCAN, and Snowflake knows neither the gateway's id), and a
@@ -480,11 +509,6 @@ fn a_sql_api_statement_under_review_waits_for_approval_then_runs_once_masked() {
             assert_eq!(refused.status, 422, "{path}: {refused:?}");
             assert_eq!(refused.json().unwrap()["code"], "260018");
         }
-        let cancel = client
-            .post_json(&format!("/api/v2/statements/{handle}/cancel"), &sql_api_headers(&owner), &json!({}), false)
-            .unwrap();
-        assert_eq!(cancel.status, 422, "{cancel:?}");
-        assert_eq!(cancel.json().unwrap()["code"], "260016");
         assert_eq!(submits(), runs, "{statement} reached Snowflake before approval");
 
         decide(&gateway, &handle, "approve", "a read for the test");
@@ -532,6 +556,40 @@ fn a_sql_api_statement_under_review_waits_for_approval_then_runs_once_masked() {
     assert_eq!(denied["code"], "260011", "{denied}");
     assert!(denied["message"].as_str().unwrap().contains("not during the freeze"), "{denied}");
     assert_eq!(submits(), runs);
+
+    // Cancelled by its agent before it ran: answered as cancelled, and never run, whatever a
+    // reviewer does then. Another identity's cancel does not reach it.
+    for approved_first in [false, true] {
+        let body = json!({"statement": format!("select * from medium where id = {}", 2 + u8::from(approved_first)), "timeout": 60});
+        let parked = client.post_json("/api/v2/statements", &sql_api_headers(&owner), &body, false).unwrap();
+        let handle = parked.json().unwrap()["statementHandle"].as_str().unwrap().to_owned();
+        if approved_first {
+            decide(&gateway, &handle, "approve", "fine");
+        }
+        let cancel_path = format!("/api/v2/statements/{handle}/cancel");
+        let refused = client.post_json(&cancel_path, &sql_api_headers(&other), &json!({}), false).unwrap();
+        assert_eq!(refused.status, 422, "{refused:?}");
+        assert_eq!(refused.json().unwrap()["code"], "260018");
+        let cancel = client.post_json(&cancel_path, &sql_api_headers(&owner), &json!({}), false).unwrap();
+        assert_eq!(cancel.status, 200, "{cancel:?}");
+        let cancel = cancel.json().unwrap();
+        assert_eq!(
+            (cancel["code"].as_str(), cancel["statementHandle"].as_str()),
+            (Some("000604"), Some(handle.as_str()))
+        );
+        let (status, body) = admin_request(
+            gateway.admin_addr(),
+            "POST",
+            &format!("/v1/approvals/{handle}/approve"),
+            &reviewer_token(),
+            Some(&json!({ "reason": "too late" })),
+        );
+        assert_eq!(status, 409, "{body}");
+        let polled = client.get(&format!("/api/v2/statements/{handle}"), &sql_api_headers(&owner)).unwrap();
+        assert_eq!(polled.status, 422, "{polled:?}");
+        assert_eq!(polled.json().unwrap()["code"], "000604", "{polled:?}");
+        assert_eq!(submits(), runs, "a cancelled statement ran");
+    }
 
     let dir = gateway.stop();
     let decisions: Vec<Decision> = read_records(&dir.path().join("recordings"))
