@@ -432,9 +432,12 @@ fn inflate_request(
             endpoint = capture.endpoint,
             limit, "Request body is larger than the endpoint allows; closing the connection."
         );
-        let body = serde_json::json!({"code": "413", "message": format!("the request body is larger than {limit} bytes (after gunzip), the most this endpoint accepts"), "success": false});
-        let mut answer =
-            Answer::own(413, Bytes::from(serde_json::to_vec(&body).expect("a JSON value always serialises")));
+        let message =
+            format!("the request body is larger than {limit} bytes (after gunzip), the most this endpoint accepts");
+        // Shaped as the protocol's other refusals, so that drivers read the reason.
+        let body =
+            if capture.is_sql_api() { sql_api_error_body("413", &message) } else { refusal_body("413", &message) };
+        let mut answer = Answer::own(413, body);
         answer.close = true;
         answer
     };
@@ -654,8 +657,7 @@ async fn login(core: &Core, head: &RequestHead, body: Bytes, capture: &mut Captu
                 "Snowflake refused snowgate's own login for this session ({code}: {said}). Your token was accepted; \
                  if this persists, snowgate's operator must check its Snowflake credential and role mapping."
             );
-            let body = serde_json::json!({"code": code, "message": message, "success": false, "data": null});
-            with_body(response, serde_json::to_vec(&body).expect("a JSON value always serialises"))
+            with_body(response, refusal_body(&code, &message).to_vec())
         }
         Ok(answer) => {
             capture.session_id = answer.session_id;

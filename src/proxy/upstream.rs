@@ -22,8 +22,8 @@ use crate::config::UpstreamUrl;
 use crate::http::gzip::{self, GunzipError};
 use crate::http::{HeadWriter, Headers, Limits, Method};
 
-/// A request to send upstream; `Host` and `Content-Length` are added here.
-#[derive(Debug)]
+/// A request to send upstream; `Host` and `Content-Length` are added here. Its `Debug` shows
+/// the header names only (one carries the Snowflake token) and the body's length.
 pub struct UpstreamRequest {
     /// Method.
     pub method: Method,
@@ -33,6 +33,19 @@ pub struct UpstreamRequest {
     pub headers: Vec<(Vec<u8>, Vec<u8>)>,
     /// Body (sent as is, with Content-Length).
     pub body: Bytes,
+}
+
+impl std::fmt::Debug for UpstreamRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names: Vec<std::borrow::Cow<'_, str>> =
+            self.headers.iter().map(|(name, _)| String::from_utf8_lossy(name)).collect();
+        f.debug_struct("UpstreamRequest")
+            .field("method", &self.method)
+            .field("target", &self.target)
+            .field("header_names", &names)
+            .field("body_bytes", &self.body.len())
+            .finish()
+    }
 }
 
 /// A whole upstream answer, its body inflated if it was gzip.
@@ -379,6 +392,19 @@ pub fn forwarded_headers(from: &Headers, mut extra: Vec<(Vec<u8>, Vec<u8>)>) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn debug_shows_header_names_not_values() {
+        let request = UpstreamRequest {
+            method: Method::Post,
+            target: "/queries/v1/query-request".into(),
+            headers: vec![(b"authorization".to_vec(), b"Snowflake Token=\"SF-REAL-TOKEN\"".to_vec())],
+            body: Bytes::from_static(b"{\"sqlText\":\"select 'secret'\"}"),
+        };
+        let shown = format!("{request:?}");
+        assert!(!shown.contains("SF-REAL") && !shown.contains("secret"), "{shown}");
+        assert!(shown.contains("authorization"), "{shown}");
+    }
 
     #[test]
     fn connects_to_the_first_address_that_accepts() {

@@ -68,12 +68,18 @@ pub enum LoginError {
     UpstreamWithoutTokens,
 }
 
-/// A parsed login request, holding the client's document until it is rewritten.
-#[derive(Debug)]
+/// A parsed login request, holding the client's document until it is rewritten. Its `Debug`
+/// shows neither the document nor the token.
 pub struct LoginRequest {
     document: Map<String, Value>,
     /// The OIDC token the agent presented.
     pub oidc_token: String,
+}
+
+impl std::fmt::Debug for LoginRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoginRequest").field("oidc_token", &"(redacted)").finish_non_exhaustive()
+    }
 }
 
 /// The login `data` keys the gateway reads or sets, besides the secret fields it removes in
@@ -378,6 +384,7 @@ mod tests {
         // as a different double, because the parse rounded it inexactly.
         let body = br#"{"data": {"CLIENT_APP_VERSION": 20000000000008715506534846329287, "X": 0.1000000000000000055511151231257827, "AUTHENTICATOR": "OAUTH", "TOKEN": "t"}}"#;
         let request = parse_login_request(body).unwrap();
+        assert_eq!(format!("{request:?}"), r#"LoginRequest { oidc_token: "(redacted)", .. }"#);
         let credential = UpstreamCredential::Password(Secret::new("gw".into()));
         let out: Value = serde_json::from_slice(&request.into_upstream_body("A", "U", &credential, 0)).unwrap();
         let sent: Value = serde_json::from_slice(body).unwrap();

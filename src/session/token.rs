@@ -41,8 +41,8 @@ impl TokenKind {
     }
 }
 
-/// What a sealed token carries.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// What a sealed token carries. Its `Debug` leaves the Snowflake token out.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TokenClaims {
     /// The Snowflake token this stands for. Never leaves the gateway in clear.
     #[serde(rename = "t")]
@@ -69,6 +69,20 @@ pub struct TokenClaims {
     /// was opened for: past it the agent must log in again, with a token checked afresh.
     #[serde(rename = "e")]
     pub identity_expires_at_unix_ms: u64,
+}
+
+impl std::fmt::Debug for TokenClaims {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenClaims")
+            .field("upstream_token", &"(redacted)")
+            .field("sub", &self.sub)
+            .field("groups", &self.groups)
+            .field("role", &self.role)
+            .field("session_id", &self.session_id)
+            .field("expires_at_unix_ms", &self.expires_at_unix_ms)
+            .field("identity_expires_at_unix_ms", &self.identity_expires_at_unix_ms)
+            .finish()
+    }
 }
 
 /// Why a sealed token was refused. All are the client's fault.
@@ -225,6 +239,12 @@ mod tests {
 
     fn sealer(byte: u8) -> Sealer {
         Sealer::new(&[vec![byte; KEY_BYTES]]).unwrap()
+    }
+
+    #[test]
+    fn debug_leaves_the_snowflake_token_out() {
+        let shown = format!("{:?}", claims(1));
+        assert!(!shown.contains("SF-REAL-TOKEN") && shown.contains("agent-7"), "{shown}");
     }
 
     #[test]
