@@ -14,7 +14,9 @@
 //! approval back until the statement is taken to run); or `Pending` or `Approved` → `withdraw`
 //! `Withdrawn` (the agent cancelled it); or `Pending` → timeout `TimedOut`, and `Approved` →
 //! `TimedOut` when the approval is not taken within the review's timeout (the agent went away:
-//! the statement does not run hours later). Decided items stay for
+//! the statement does not run hours later); or `Pending` or `Approved` → `void_session`
+//! `Voided` (a statement that may change the session ran in it meanwhile: the review covered
+//! the session as it was). Decided items stay for
 //! [`LedgerLimits::retention`] so late polls get their answer, then are purged by
 //! [`Ledger::expire`]; an approved item is never purged, it times out (and is recorded so).
 
@@ -121,6 +123,7 @@ impl PollState {
             PollState::Denied { .. } => "denied",
             PollState::TimedOut => "timed out",
             PollState::Withdrawn => "withdrawn",
+            PollState::Voided => "voided",
         }
     }
 }
@@ -156,6 +159,8 @@ pub enum PollState {
     TimedOut,
     /// The agent cancelled it before it ran.
     Withdrawn,
+    /// Its session changed before it ran (a `USE`, `SET`...): not run.
+    Voided,
 }
 
 /// A pending statement as reviewers see it (the admin API's list).
@@ -313,6 +318,7 @@ enum State {
     Denied { reason: String },
     TimedOut,
     Withdrawn,
+    Voided,
 }
 
 impl State {
@@ -325,6 +331,7 @@ impl State {
             State::Denied { .. } => "denied",
             State::TimedOut => "timed out",
             State::Withdrawn => "withdrawn",
+            State::Voided => "voided",
         }
     }
 
@@ -394,6 +401,7 @@ impl<P> Item<P> {
             State::Denied { reason } => PollState::Denied { reason: reason.clone() },
             State::TimedOut => PollState::TimedOut,
             State::Withdrawn => PollState::Withdrawn,
+            State::Voided => PollState::Voided,
         }
     }
 }
@@ -666,6 +674,20 @@ impl<P> Ledger<P> {
         item.tick(now_unix_ms);
         item.end_unrun(State::Withdrawn, now_unix_ms);
         Ok(item.poll_state())
+    }
+
+    /// A statement that may change the session ran in `session_id` of `sub`: its statements
+    /// not yet run are voided (reviewed as the session was, they would run in another). Returns
+    /// how many.
+    pub fn void_session(&mut self, sub: &str, session_id: i64, now_unix_ms: u64) -> usize {
+        let mut voided = 0;
+        for item in self.items.values_mut() {
+            if item.key.session_id == session_id && item.key.sub == sub {
+                item.tick(now_unix_ms);
+                voided += usize::from(item.end_unrun(State::Voided, now_unix_ms));
+            }
+        }
+        voided
     }
 
     /// [`Ledger::withdraw`] by the driver's `requestId` (the abort that names the request);
@@ -1163,5 +1185,30 @@ mod tests {
         assert_eq!(ledger.park(longest.clone(), T0).unwrap_err(), LedgerError::Full);
         let mut ledger = Ledger::new(LedgerLimits { stored_bytes_max: fits, ..LedgerLimits::default() });
         ledger.park(longest, T0).unwrap();
+    }
+
+    #[test]
+    fn a_change_of_the_session_voids_what_it_parked() {
+        let mut ledger = Ledger::new(LedgerLimits::default());
+        let mut req = request("r1", "delete from t where id = $id");
+        req.requirement = requirement(1);
+        let approved = ledger.park(req.clone(), T0).unwrap().query_id;
+        ledger.approve(&approved, &reviewer("alice"), "ok", T0 + 1).unwrap();
+        req.key.request_id = "r2".into();
+        let pending = ledger.park(req.clone(), T0).unwrap().query_id;
+        req.key.request_id = "r3".into();
+        req.key.session_id = 8;
+        let other_session = ledger.park(req, T0).unwrap().query_id;
+        // Another agent's session of the same number is not this one.
+        assert_eq!(ledger.void_session("agent-2", 7, T0 + 2), 0);
+        assert_eq!(ledger.void_session("agent", 7, T0 + 2), 2);
+        assert_eq!(
+            ledger.take_approved(&approved, "agent", 7, T0 + 3).unwrap_err(),
+            LedgerError::NotApproved("voided")
+        );
+        assert_eq!(ledger.poll(&pending, "agent", 7, T0 + 3).unwrap(), PollState::Voided);
+        assert!(matches!(ledger.poll(&other_session, "agent", 8, T0 + 3).unwrap(), PollState::Pending { .. }));
+        assert_eq!(ledger.list_pending(T0 + 3).len(), 1);
+        assert_eq!(ledger.void_session("agent", 7, T0 + 4), 0, "voided once");
     }
 }

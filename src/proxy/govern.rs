@@ -96,6 +96,9 @@ pub enum Decided {
     Allow {
         /// Statements found (what `MULTI_STATEMENT_COUNT` is pinned to).
         statements: usize,
+        /// Whether it only reads (`SELECT`, `SHOW`, `DESCRIBE`, `EXPLAIN`): nothing in it can
+        /// change the session a parked statement would run in.
+        reads_only: bool,
     },
     /// Refuse it with this code and message.
     Refuse {
@@ -208,7 +211,7 @@ pub async fn decide(core: &Core, subject: &Subject, text: String, capture: &mut 
     let rule = rule_name(&verdict.decided_by);
     let statements = classified.statement_count().max(1);
     match verdict.action {
-        VerdictAction::Allow => Decided::Allow { statements },
+        VerdictAction::Allow => Decided::Allow { statements, reads_only: reads_only(&classified) },
         VerdictAction::Deny => {
             core.gateway.metrics.policy_denials.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             info!(core = core.id, sub = %subject.sub, rule = %rule, "Statement denied by policy.");
@@ -225,6 +228,16 @@ pub async fn decide(core: &Core, subject: &Subject, text: String, capture: &mut 
             }
         },
     }
+}
+
+/// Whether every statement and every part of it only reads.
+fn reads_only(classified: &crate::policy::model::Classified) -> bool {
+    use crate::policy::model::Kind;
+    classified
+        .statements
+        .iter()
+        .flat_map(|s| &s.actions)
+        .all(|action| matches!(action.kind, Kind::Select | Kind::Show | Kind::Describe | Kind::Explain))
 }
 
 /// Refuses unless every result read (`RESULT_SCAN(…)`, `DESCRIBE RESULT …`) is this
@@ -340,7 +353,7 @@ pub async fn query_request(
     let subject = Subject { sub: claims.sub.clone(), groups: claims.groups.clone() };
     let decided = decide(core, &subject, query.sql_text.clone(), capture).await;
     let statements = match &decided {
-        Decided::Allow { statements } | Decided::Review { statements, .. } => *statements,
+        Decided::Allow { statements, .. } | Decided::Review { statements, .. } => *statements,
         Decided::Refuse { code, message } => return refuse(capture, code, message),
     };
     let rewritten = match pin_parameters(request, statements) {
@@ -361,6 +374,9 @@ pub async fn query_request(
         };
         return park(core, capture, session, &query, payload, requirement, rule, &message);
     }
+    if let Decided::Allow { reads_only: false, .. } = decided {
+        void_parked_in_session(core, claims);
+    }
     let forwarded = UpstreamRequest {
         method: Method::Post,
         target: head.target.clone(),
@@ -370,6 +386,21 @@ pub async fn query_request(
     match send(core, &forwarded, rewritten, capture).await {
         Ok(response) => masked_answer(core, head, response, capture, session, &profiles_for(core, claims)),
         Err(answer) => answer,
+    }
+}
+
+/// A statement that may change its session (`USE`, `SET`, `ALTER SESSION`, a temporary table, a
+/// procedure...) is about to run in it: the session's parked statements, reviewed as the session
+/// was, will not run in it as it becomes ([`Ledger::void_session`]). Costs nothing while no
+/// statement has been parked since the start.
+fn void_parked_in_session(core: &Core, claims: &TokenClaims) {
+    let Some(session_id) = claims.session_id else { return };
+    if core.gateway.metrics.parked.load(std::sync::atomic::Ordering::Relaxed) == 0 {
+        return;
+    }
+    let voided = ledger(core).void_session(&claims.sub, session_id, unix_millis());
+    if voided > 0 {
+        info!(core = core.id, sub = %claims.sub, voided, "Parked statements voided: their session changed.");
     }
 }
 
@@ -577,6 +608,10 @@ pub async fn poll_parked(
                 refuse(capture, codes::REVIEW_TIMED_OUT, REVIEW_TIMED_OUT_MESSAGE)
             }
             Ok(PollState::Withdrawn) => refuse(capture, codes::QUERY_CANCELLED, WITHDRAWN_MESSAGE),
+            Ok(PollState::Voided) => {
+                capture.set_decision(Decision::Blocked { rule: "review".into() });
+                refuse(capture, codes::POLICY_DENIED, VOIDED_MESSAGE)
+            }
         });
     }
 }
@@ -584,6 +619,10 @@ pub async fn poll_parked(
 const REVIEW_TIMED_OUT_MESSAGE: &str = "The review of this statement timed out (no approval in time, or an approval not taken up in time); it was not run.";
 
 const WITHDRAWN_MESSAGE: &str = "SQL execution canceled";
+
+const VOIDED_MESSAGE: &str = "A statement that may change the session (USE, SET, ALTER SESSION, ...) ran in this \
+     session after this one was parked, so it did not run: its review covered the session as it was. Send it again \
+     to have it reviewed as the session is now.";
 
 /// A driver's abort of a statement parked by this session, named by the gateway's id
 /// (`query_id`, from `POST /queries/<id>/abort-request`) or by the driver's `requestId` in the
@@ -799,6 +838,7 @@ pub async fn parked_sql_api(
             Answer::own(200, Bytes::from(serde_json::to_vec(&body).expect("a JSON value always serialises")))
         }
         Ok(PollState::Withdrawn) => refuse_sql_api(capture, 422, codes::QUERY_CANCELLED, WITHDRAWN_MESSAGE),
+        Ok(PollState::Voided) => refuse_sql_api(capture, 422, codes::POLICY_DENIED, VOIDED_MESSAGE),
         Ok(PollState::Running) if cancel => refuse_sql_api(
             capture,
             422,

@@ -1,11 +1,13 @@
 """Runs one policy scenario with the real Python driver through snowgate and prints a JSON
 summary on stdout: a blocked DROP, a write that waits for review (approved, denied or
 timed out by the test driving the admin API meanwhile), that write run asynchronously, or
-that write given up on by the driver (`execute(timeout=…)`, whose cancel withdraws it)."""
+that write given up on by the driver (`execute(timeout=…)`, whose cancel withdraws it), or
+that write with the session changed by another cursor while it waits (which voids it)."""
 
 import argparse
 import json
 import sys
+import threading
 import time
 
 import snowflake.connector
@@ -17,7 +19,7 @@ def main() -> int:
     parser.add_argument("--host", required=True)
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--token", required=True)
-    parser.add_argument("--mode", choices=["drop", "review", "async-review", "give-up"], required=True)
+    parser.add_argument("--mode", choices=["drop", "review", "async-review", "give-up", "change-session"], required=True)
     parser.add_argument("--suffix", required=True)
     args = parser.parse_args()
 
@@ -38,6 +40,20 @@ def main() -> int:
         if args.mode == "async-review":
             cur.execute_async(statement)
             out["query_id"] = cur.sfqid
+        elif args.mode == "change-session":
+            # While the write waits for review, another cursor of the same connection changes
+            # the session (the gateway allows USE; it voids what the session parked).
+            def change():
+                time.sleep(2)
+                conn.cursor().execute(f"USE SCHEMA {database}.S")
+
+            changer = threading.Thread(target=change)
+            changer.start()
+            try:
+                cur.execute(statement)
+                out["rowcount"] = cur.rowcount
+            finally:
+                changer.join()
         elif args.mode == "give-up":
             # The driver cancels the statement after 3 s (POST /queries/v1/abort-request,
             # naming its requestId) and raises.

@@ -274,6 +274,32 @@ fn a_write_the_driver_gives_up_on_is_withdrawn_and_never_runs() {
     assert_eq!(count(&sent, "abort-request"), 0, "the abort of a parked statement went upstream");
 }
 
+/// A parked write is reviewed in its session as it was: another cursor changing the session
+/// meanwhile (`USE SCHEMA`, allowed) voids it, the driver gets the reason, and it never runs,
+/// whatever a reviewer does then.
+#[test]
+fn a_write_whose_session_changed_while_parked_never_runs() {
+    let setup = setup(60);
+    let child = spawn_script(&setup.gateway, "change-session", "CHANGED1");
+    let item = wait_for_pending(&setup.gateway);
+    let query_id = item["query_id"].as_str().unwrap().to_owned();
+    let out = outcome(child);
+    assert_eq!(out["error"]["errno"], 260010, "{out}");
+    assert!(out["error"]["msg"].as_str().unwrap().contains("ran in this session after this one was parked"), "{out}");
+    let (status, body) = admin_request(setup.gateway.admin_addr(), "GET", "/v1/approvals", &reviewer_token(), None);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["pending"], json!([]), "{body}");
+    let (status, body) = admin_request(
+        setup.gateway.admin_addr(),
+        "POST",
+        &format!("/v1/approvals/{query_id}/approve"),
+        &reviewer_token(),
+        Some(&json!({ "reason": "too late" })),
+    );
+    assert_eq!(status, 409, "{body}");
+    assert_eq!(count(&setup.upstream.sent(), "INSERT INTO REVIEWED"), 0, "a voided write ran");
+}
+
 /// The driver's `execute_async` of a write that needs review is refused at once, with the
 /// reason: parked, it could never run (the driver then polls the query's monitoring status and
 /// reads its result with RESULT_SCAN, and Snowflake knows neither the gateway's id), and a
