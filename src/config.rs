@@ -40,6 +40,8 @@ const TIMEOUT_MS_MAX: u64 = 3_600_000;
 /// Most clock skew a token's `exp` and `nbf` are allowed: more would quietly accept tokens
 /// long expired, and sessions would outlive their identity by as much.
 const LEEWAY_SECS_MAX: u64 = 300;
+/// The most `[identity] session_max_secs` may be.
+const SESSION_MAX_SECS_MAX: u64 = 7 * 24 * 3600;
 /// Longest lifetime any `*_ttl_secs` or interval may set (a week).
 const TTL_SECS_MAX: u64 = 7 * 86_400;
 
@@ -181,6 +183,11 @@ pub struct IdentitySection {
     /// Clock skew allowed on `exp` and `nbf` (at most 300 s).
     #[serde(default = "default_leeway_secs")]
     pub leeway_secs: u64,
+    /// Longest a session lasts from its login, whatever the OIDC token's `exp` (a long-lived
+    /// token must not keep a session, with the groups and role of its login, open for days):
+    /// past it the agent logs in again, with a token checked afresh.
+    #[serde(default = "default_session_max_secs")]
+    pub session_max_secs: u64,
     /// Least time between two JWKS fetches.
     #[serde(default = "default_refetch_interval_min_secs")]
     pub refetch_interval_min_secs: u64,
@@ -202,6 +209,9 @@ fn default_groups_claim() -> String {
 }
 fn default_leeway_secs() -> u64 {
     30
+}
+fn default_session_max_secs() -> u64 {
+    12 * 3600
 }
 fn default_refetch_interval_min_secs() -> u64 {
     10
@@ -589,6 +599,8 @@ pub struct Identity {
     pub roles: Vec<RoleMapping>,
     /// Fallback role.
     pub default_role: Option<String>,
+    /// Longest a session lasts from its login.
+    pub session_max: Duration,
 }
 
 impl Identity {
@@ -933,6 +945,12 @@ impl Config {
             if i.leeway_secs > LEEWAY_SECS_MAX {
                 return Err(problem("identity.leeway_secs", format!("must be at most {LEEWAY_SECS_MAX}")));
             }
+            if !(60..=SESSION_MAX_SECS_MAX).contains(&i.session_max_secs) {
+                return Err(problem(
+                    "identity.session_max_secs",
+                    format!("must be between 60 and {SESSION_MAX_SECS_MAX} (7 days)"),
+                ));
+            }
             if i.cache_ttl_secs < i.refetch_interval_min_secs {
                 return Err(problem("identity.cache_ttl_secs", "must not be shorter than refetch_interval_min_secs"));
             }
@@ -964,6 +982,7 @@ impl Config {
                 jwks,
                 roles: i.roles.clone(),
                 default_role: i.default_role.clone(),
+                session_max: Duration::from_secs(i.session_max_secs),
             }
         };
 
@@ -1283,6 +1302,19 @@ default = {{ action = "deny", message = "not allowed" }}
     }
 
     #[test]
+    fn sessions_last_at_most_session_max_secs() {
+        let files = Files::new();
+        let good = files.good();
+        assert_eq!(files.load(&good).unwrap().identity.session_max, Duration::from_secs(12 * 3600));
+        let default_role = r#"default_role = "READER""#;
+        let with = |secs: u64| replaced(&good, default_role, &format!("{default_role}\nsession_max_secs = {secs}"));
+        assert_eq!(files.load(&with(600)).unwrap().identity.session_max, Duration::from_secs(600));
+        for secs in [0, 59, 7 * 24 * 3600 + 1] {
+            assert_refused(files.load(&with(secs)), "identity.session_max_secs", &["between 60 and"]);
+        }
+    }
+
+    #[test]
     fn empty_roles_and_groups_are_refused_naming_the_key() {
         let files = Files::new();
         let good = files.good();
@@ -1470,6 +1502,7 @@ tls_key_file = "open.key""#,
                 RoleMapping { group: "analysts".into(), role: "ANALYST".into() },
             ],
             default_role: None,
+            session_max: Duration::from_secs(3600),
         };
         assert_eq!(identity.role_for(&["analysts".into(), "admins".into()]), Some("ADMIN"));
         assert_eq!(identity.role_for(&["analysts".into()]), Some("ANALYST"));

@@ -634,9 +634,14 @@ async fn login(core: &Core, head: &RequestHead, body: Bytes, capture: &mut Captu
     if response.status != 200 {
         return pass_through(response);
     }
-    // The session ends with the OIDC token: the allowed skew on `exp` counts, as at the check.
-    let identity_expires_at_unix_ms =
-        login::identity_end_unix_ms(identity.expires_at_unix, gateway.config.identity.verifier.leeway.as_secs());
+    // The session ends with the OIDC token (the allowed skew on `exp` counts, as at the check),
+    // or `session_max` after the login, whichever comes first.
+    let identity_expires_at_unix_ms = login::identity_end_unix_ms(
+        identity.expires_at_unix,
+        gateway.config.identity.verifier.leeway.as_secs(),
+        unix_millis(),
+        u64::try_from(gateway.config.identity.session_max.as_millis()).unwrap_or(u64::MAX),
+    );
     let owner =
         SessionOwner { sub: identity.sub, groups: identity.groups, role: role.to_owned(), identity_expires_at_unix_ms };
     match login::seal_login_response(&response.body, &gateway.sealer, &owner, unix_millis()) {

@@ -179,10 +179,12 @@ pub struct SealedAnswer {
     pub session_id: Option<i64>,
 }
 
-/// When an identity whose OIDC token has `exp` (Unix seconds) ends, in Unix milliseconds: the
-/// clock skew the check allowed counts, so a token accepted at login is not expired at once.
-pub fn identity_end_unix_ms(exp_unix: u64, leeway_secs: u64) -> u64 {
-    exp_unix.saturating_add(leeway_secs).saturating_mul(1000)
+/// When a session opened at `now_unix_ms` by an identity whose OIDC token has `exp` (Unix
+/// seconds) ends, in Unix milliseconds: with the token (the clock skew the check allowed
+/// counts, so a token accepted at login is not expired at once), or `session_max_ms` after the
+/// login, whichever is first.
+pub fn identity_end_unix_ms(exp_unix: u64, leeway_secs: u64, now_unix_ms: u64, session_max_ms: u64) -> u64 {
+    exp_unix.saturating_add(leeway_secs).saturating_mul(1000).min(now_unix_ms.saturating_add(session_max_ms))
 }
 
 /// When a validity of `field` seconds (or `default` when absent) that starts at `now_unix_ms`
@@ -560,9 +562,13 @@ mod tests {
 
     #[test]
     fn the_identity_ends_at_exp_plus_the_allowed_skew_in_milliseconds() {
-        assert_eq!(identity_end_unix_ms(1_700_000_000, 60), 1_700_000_060_000);
-        assert_eq!(identity_end_unix_ms(1_700_000_000, 0), 1_700_000_000_000);
-        assert_eq!(identity_end_unix_ms(u64::MAX - 5, 60), u64::MAX);
+        const NOW: u64 = 1_699_999_000_000;
+        const DAY_MS: u64 = 86_400_000;
+        assert_eq!(identity_end_unix_ms(1_700_000_000, 60, NOW, DAY_MS), 1_700_000_060_000);
+        assert_eq!(identity_end_unix_ms(1_700_000_000, 0, NOW, DAY_MS), 1_700_000_000_000);
+        assert_eq!(identity_end_unix_ms(u64::MAX - 5, 60, u64::MAX - 1, u64::MAX), u64::MAX);
+        // A token good for 30 days opens a session of at most `session_max`.
+        assert_eq!(identity_end_unix_ms(NOW / 1000 + 30 * 86_400, 60, NOW, DAY_MS), NOW + DAY_MS);
         // A token sealed with an end beyond its expiry opens until the end only.
         let claims =
             TokenClaims { identity_expires_at_unix_ms: 1_000, ..claims_for(&owner(), "S".into(), None, 5_000) };
