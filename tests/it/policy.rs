@@ -245,6 +245,21 @@ fn an_undecided_write_times_out_denied() {
     assert!(timeouts[0].contains("sub=agent-7") && timeouts[0].ends_with("outcome=timed_out"), "{timeouts:?}");
 }
 
+/// Reviewers no longer see `query_id`, and approving it is refused (409).
+fn assert_no_longer_reviewable(gateway: &TestGateway, query_id: &str) {
+    let (status, body) = admin_request(gateway.admin_addr(), "GET", "/v1/approvals", &reviewer_token(), None);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["pending"], json!([]), "{body}");
+    let (status, body) = admin_request(
+        gateway.admin_addr(),
+        "POST",
+        &format!("/v1/approvals/{query_id}/approve"),
+        &reviewer_token(),
+        Some(&json!({ "reason": "too late" })),
+    );
+    assert_eq!(status, 409, "{body}");
+}
+
 /// A driver that gives up on a parked write (its `execute` timeout) cancels it, naming its
 /// `requestId`: the gateway withdraws it, the driver gets Snowflake's "canceled" error, and the
 /// write never runs, whatever a reviewer does afterwards (before, it stayed parked, and ran on
@@ -258,17 +273,7 @@ fn a_write_the_driver_gives_up_on_is_withdrawn_and_never_runs() {
     let out = outcome(child);
     assert_eq!(out["error"]["errno"], 604, "{out}");
     assert_eq!(out["rows"], json!([]), "{out}");
-    let (status, body) = admin_request(setup.gateway.admin_addr(), "GET", "/v1/approvals", &reviewer_token(), None);
-    assert_eq!(status, 200, "{body}");
-    assert_eq!(body["pending"], json!([]), "{body}");
-    let (status, body) = admin_request(
-        setup.gateway.admin_addr(),
-        "POST",
-        &format!("/v1/approvals/{query_id}/approve"),
-        &reviewer_token(),
-        Some(&json!({ "reason": "too late" })),
-    );
-    assert_eq!(status, 409, "{body}");
+    assert_no_longer_reviewable(&setup.gateway, &query_id);
     let sent = setup.upstream.sent();
     assert_eq!(count(&sent, "INSERT INTO REVIEWED"), 0, "a withdrawn write ran");
     assert_eq!(count(&sent, "abort-request"), 0, "the abort of a parked statement went upstream");
@@ -286,17 +291,7 @@ fn a_write_whose_session_changed_while_parked_never_runs() {
     let out = outcome(child);
     assert_eq!(out["error"]["errno"], 260010, "{out}");
     assert!(out["error"]["msg"].as_str().unwrap().contains("ran in this session after this one was parked"), "{out}");
-    let (status, body) = admin_request(setup.gateway.admin_addr(), "GET", "/v1/approvals", &reviewer_token(), None);
-    assert_eq!(status, 200, "{body}");
-    assert_eq!(body["pending"], json!([]), "{body}");
-    let (status, body) = admin_request(
-        setup.gateway.admin_addr(),
-        "POST",
-        &format!("/v1/approvals/{query_id}/approve"),
-        &reviewer_token(),
-        Some(&json!({ "reason": "too late" })),
-    );
-    assert_eq!(status, 409, "{body}");
+    assert_no_longer_reviewable(&setup.gateway, &query_id);
     assert_eq!(count(&setup.upstream.sent(), "INSERT INTO REVIEWED"), 0, "a voided write ran");
 }
 
@@ -603,14 +598,7 @@ fn a_sql_api_statement_under_review_waits_for_approval_then_runs_once_masked() {
             (cancel["code"].as_str(), cancel["statementHandle"].as_str()),
             (Some("000604"), Some(handle.as_str()))
         );
-        let (status, body) = admin_request(
-            gateway.admin_addr(),
-            "POST",
-            &format!("/v1/approvals/{handle}/approve"),
-            &reviewer_token(),
-            Some(&json!({ "reason": "too late" })),
-        );
-        assert_eq!(status, 409, "{body}");
+        assert_no_longer_reviewable(&gateway, &handle);
         let polled = client.get(&format!("/api/v2/statements/{handle}"), &sql_api_headers(&owner)).unwrap();
         assert_eq!(polled.status, 422, "{polled:?}");
         assert_eq!(polled.json().unwrap()["code"], "000604", "{polled:?}");
