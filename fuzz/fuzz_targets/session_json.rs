@@ -114,8 +114,10 @@ fn login_answer(data: &[u8]) {
         assert_eq!(sealed.body, data);
         return;
     };
-    for field in ["idToken", "mfaToken", "idTokenValidityInSeconds"] {
-        assert!(!out_data.contains_key(field), "{field} reached the agent");
+    // No token member but the sealed ones reaches the agent, in any spelling.
+    for field in out_data.keys() {
+        let sealed_field = field == "token" || field == "masterToken";
+        assert!(sealed_field || !field.to_ascii_lowercase().contains("token"), "{field} reached the agent");
     }
     if !sealed.success {
         assert!(!out_data.contains_key("token") && !out_data.contains_key("masterToken"));
@@ -127,7 +129,11 @@ fn login_answer(data: &[u8]) {
     assert_eq!(claims.expires_at_unix_ms, 1_000u64.saturating_add(validity_secs.saturating_mul(1000)));
     assert_eq!(Some(claims.upstream_token.as_str()), input["data"]["token"].as_str());
     assert_eq!((claims.sub.as_str(), claims.role.as_str()), ("agent-1", "ANALYST"));
-    assert_eq!(claims.session_id, input["data"]["sessionId"].as_i64());
+    match input["data"]["sessionId"].as_i64().filter(|&id| id > 0) {
+        Some(session_id) => assert_eq!(claims.session_id, Some(session_id)),
+        // Named by none, the session gets a gateway id of its own: negative, and not the SQL API's.
+        None => assert!(claims.session_id.is_some_and(|id| id < -1), "{:?}", claims.session_id),
+    }
     assert!(sealer().open_ignoring_expiry(TokenKind::Master, token).is_err(), "a session token opened as master");
     match out_data.get("masterToken") {
         Some(Value::String(master)) => {
@@ -147,11 +153,18 @@ fn renew_request(data: &[u8]) {
     let text = String::from_utf8_lossy(data).replace("SEALED", &sealed);
     let result = rewrite_renew_request(text.as_bytes(), sealer(), &master);
     let Ok(rewritten) = result else { return };
-    let input: Value = serde_json::from_str(&text).expect("a rewritten renewal was JSON");
+    let mut input: Value = serde_json::from_str(&text).expect("a rewritten renewal was JSON");
     let mut output: Value = serde_json::from_slice(&rewritten).expect("the rewritten renewal is JSON");
     assert_eq!(input["oldSessionToken"], Value::String(sealed), "rewrote a token this sealer did not make");
     assert_eq!(output["oldSessionToken"], Value::String(UPSTREAM_SESSION_TOKEN.into()));
+    assert_eq!(output["requestType"], "RENEW", "a renewal went upstream as another request type");
     output["oldSessionToken"] = input["oldSessionToken"].clone();
+    // The Node spelling of the type goes upstream in the others'.
+    if let Some(object) = input.as_object_mut()
+        && let Some(kind) = object.remove("REQUEST_TYPE")
+    {
+        object.insert("requestType".into(), kind);
+    }
     assert_eq!(output, input, "the rewrite changed another member");
 }
 

@@ -35,7 +35,8 @@ pub struct LedgerLimits {
     pub pending_per_subject_max: usize,
     /// Items in the ledger, decided ones included.
     pub items_max: usize,
-    /// Bytes of statement text, bindings, settings and context held, all items together.
+    /// Bytes held, all items together: each item's key, groups, rule name, statement text,
+    /// bindings, settings, context, reviewers' reasons, and its payload while it is kept.
     pub stored_bytes_max: usize,
     /// The same, for one `sub`'s items (decided ones included, until purged): one agent
     /// parking a few statements with large bindings must not fill the ledger for every other.
@@ -288,9 +289,17 @@ struct Item<P> {
     approvals: Vec<ReviewDecision>,
     state: State,
     decided_at_unix_ms: Option<u64>,
+    /// When it was approved: its approval lapses a review timeout later, however often it is
+    /// taken to run and handed back.
+    approved_at_unix_ms: Option<u64>,
+    /// How it ended while it was running (withdrawn, voided): if it is handed back unsent
+    /// ([`Ledger::unrun`]), it ends so instead of being approved again.
+    ended_while_running: Option<State>,
     payload: Option<P>,
     payload_bytes: usize,
-    /// What the item holds: text, bindings, settings, context, and the payload while it is kept.
+    /// What the item holds: its key (twice, with the index's), groups, rule name, text,
+    /// bindings, settings, context, the reviewers' names and reasons, and the payload while it
+    /// is kept.
     weight_bytes: usize,
     /// Where the recording of its timeout stands (whichever call noticed the timeout: a poll, a
     /// listing, a decision or [`Ledger::expire`] itself).
@@ -353,7 +362,7 @@ impl<P> Item<P> {
             State::Pending => self.expires_at_unix_ms(),
             State::Approved => {
                 let timeout_ms = u64::try_from(self.requirement.timeout.as_millis()).unwrap_or(u64::MAX);
-                self.decided_at_unix_ms.unwrap_or(self.created_at_unix_ms).saturating_add(timeout_ms)
+                self.approved_at_unix_ms.unwrap_or(self.created_at_unix_ms).saturating_add(timeout_ms)
             }
             _ => return false,
         };
@@ -368,8 +377,12 @@ impl<P> Item<P> {
     }
 
     /// Ends a statement that has not run (`Pending` or `Approved`) in `state`; `false` when it
-    /// is past that (running, or decided).
+    /// is past that (running, or decided). A running one ends so if it comes back unsent.
     fn end_unrun(&mut self, state: State, now_unix_ms: u64) -> bool {
+        if self.state == State::Running && self.ended_while_running.is_none() {
+            self.ended_while_running = Some(state);
+            return false;
+        }
         if !matches!(self.state, State::Pending | State::Approved) {
             return false;
         }
@@ -525,6 +538,8 @@ impl<P> Ledger<P> {
             approvals: Vec::new(),
             state: State::Pending,
             decided_at_unix_ms: None,
+            approved_at_unix_ms: None,
+            ended_while_running: None,
             timeout_report: TimeoutReport::Settled,
             payload: Some(request.payload),
             payload_bytes: request.payload_bytes,
@@ -641,6 +656,7 @@ impl<P> Ledger<P> {
         if item.approvals.len() >= item.requirement.approvals as usize {
             item.state = State::Approved;
             item.decided_at_unix_ms = Some(now_unix_ms);
+            item.approved_at_unix_ms = Some(now_unix_ms);
         }
         Ok(item.poll_state())
     }
@@ -676,13 +692,13 @@ impl<P> Ledger<P> {
         Ok(item.poll_state())
     }
 
-    /// A statement that may change the session ran in `session_id` of `sub`: its statements
-    /// not yet run are voided (reviewed as the session was, they would run in another). Returns
-    /// how many.
-    pub fn void_session(&mut self, sub: &str, session_id: i64, now_unix_ms: u64) -> usize {
+    /// A statement runs in `session_id` of `sub` (it may change the session): the session's
+    /// statements not yet run, but `running` (the approved statement that is this one), are
+    /// voided (reviewed as the session was, they would run in another). Returns how many.
+    pub fn void_session(&mut self, sub: &str, session_id: i64, running: Option<&str>, now_unix_ms: u64) -> usize {
         let mut voided = 0;
         for item in self.items.values_mut() {
-            if item.key.session_id == session_id && item.key.sub == sub {
+            if item.key.session_id == session_id && item.key.sub == sub && running != Some(item.query_id.as_str()) {
                 item.tick(now_unix_ms);
                 voided += usize::from(item.end_unrun(State::Voided, now_unix_ms));
             }
@@ -728,11 +744,16 @@ impl<P> Ledger<P> {
     }
 
     /// Hands back a statement taken to run that was never sent (its request could not be
-    /// recorded, say): it is approved again, for the next poll to run.
+    /// recorded, say): it is approved again, for the next poll to run, unless it was withdrawn
+    /// or voided while it was out (it then ends so, and the payload is dropped).
     pub fn unrun(&mut self, query_id: &str, payload: P) -> Result<(), LedgerError> {
         let item = self.items.get_mut(query_id).ok_or(LedgerError::NotFound)?;
         if item.state != State::Running || item.payload.is_some() {
             return Err(LedgerError::NotApproved(item.state.name()));
+        }
+        if let Some(ended) = item.ended_while_running.take() {
+            item.state = ended;
+            return Ok(());
         }
         item.state = State::Approved;
         item.payload = Some(payload);
@@ -1058,10 +1079,10 @@ mod tests {
         assert_eq!(ledger.stored_bytes(), 3 * SMALL + ITEM + REVIEWS);
         // Handed back unsent, it is approved again and counts again, and runs once more only.
         ledger.unrun(&approved, "body").unwrap();
-        assert_eq!(ledger.poll(&approved, "agent", 7, T0 + 60_004).unwrap(), PollState::Approved);
+        assert_eq!(ledger.poll(&approved, "agent", 7, T0 + 60_002).unwrap(), PollState::Approved);
         assert_eq!(ledger.stored_bytes(), 2 * SMALL + 2 * ITEM + REVIEWS);
-        assert_eq!(ledger.take_approved(&approved, "agent", 7, T0 + 60_005).unwrap().payload, "body");
-        assert!(ledger.take_approved(&approved, "agent", 7, T0 + 60_005).is_err());
+        assert_eq!(ledger.take_approved(&approved, "agent", 7, T0 + 60_002).unwrap().payload, "body");
+        assert!(ledger.take_approved(&approved, "agent", 7, T0 + 60_002).is_err());
         assert!(ledger.unrun(&denied, "body").is_err(), "only a running statement is handed back");
     }
 
@@ -1200,8 +1221,8 @@ mod tests {
         req.key.session_id = 8;
         let other_session = ledger.park(req, T0).unwrap().query_id;
         // Another agent's session of the same number is not this one.
-        assert_eq!(ledger.void_session("agent-2", 7, T0 + 2), 0);
-        assert_eq!(ledger.void_session("agent", 7, T0 + 2), 2);
+        assert_eq!(ledger.void_session("agent-2", 7, None, T0 + 2), 0);
+        assert_eq!(ledger.void_session("agent", 7, None, T0 + 2), 2);
         assert_eq!(
             ledger.take_approved(&approved, "agent", 7, T0 + 3).unwrap_err(),
             LedgerError::NotApproved("voided")
@@ -1209,6 +1230,59 @@ mod tests {
         assert_eq!(ledger.poll(&pending, "agent", 7, T0 + 3).unwrap(), PollState::Voided);
         assert!(matches!(ledger.poll(&other_session, "agent", 8, T0 + 3).unwrap(), PollState::Pending { .. }));
         assert_eq!(ledger.list_pending(T0 + 3).len(), 1);
-        assert_eq!(ledger.void_session("agent", 7, T0 + 4), 0, "voided once");
+        assert_eq!(ledger.void_session("agent", 7, None, T0 + 4), 0, "voided once");
+    }
+
+    /// Withdrawn or voided while it was out to run, a statement handed back unsent ends so: it
+    /// is not approved again. Its own run does not void it; a run that happened stays finished.
+    #[test]
+    fn what_ends_while_running_ends_for_good_if_it_comes_back() {
+        let mut ledger = Ledger::new(LedgerLimits::default());
+        let mut req = request("r1", "delete from t where id = 1");
+        req.requirement = requirement(1);
+        for (n, end) in ["withdraw", "void", "void itself"].into_iter().enumerate() {
+            req.key.request_id = format!("r{n}");
+            let id = ledger.park(req.clone(), T0).unwrap().query_id;
+            ledger.approve(&id, &reviewer("alice"), "ok", T0 + 1).unwrap();
+            let taken = ledger.take_approved(&id, "agent", 7, T0 + 2).unwrap();
+            match end {
+                "withdraw" => assert_eq!(ledger.withdraw(&id, "agent", 7, T0 + 3).unwrap(), PollState::Running),
+                "void" => assert_eq!(ledger.void_session("agent", 7, None, T0 + 3), 0),
+                _ => assert_eq!(ledger.void_session("agent", 7, Some(&id), T0 + 3), 0),
+            }
+            ledger.unrun(&id, taken.payload).unwrap();
+            let expected = match end {
+                "withdraw" => PollState::Withdrawn,
+                "void" => PollState::Voided,
+                _ => PollState::Approved,
+            };
+            assert_eq!(ledger.poll(&id, "agent", 7, T0 + 4).unwrap(), expected, "{end}");
+        }
+        // One that ran is finished, whatever came meanwhile.
+        req.key.request_id = "ran".into();
+        let id = ledger.park(req, T0).unwrap().query_id;
+        ledger.approve(&id, &reviewer("alice"), "ok", T0 + 1).unwrap();
+        ledger.take_approved(&id, "agent", 7, T0 + 2).unwrap();
+        ledger.withdraw(&id, "agent", 7, T0 + 3).unwrap();
+        ledger.finish(&id, Some("01-up".into()), T0 + 4).unwrap();
+        assert_eq!(
+            ledger.poll(&id, "agent", 7, T0 + 5).unwrap(),
+            PollState::Finished { upstream_query_id: Some("01-up".into()) }
+        );
+    }
+
+    /// An approval lapses a timeout after it was given, however often the statement is taken
+    /// to run and handed back meanwhile.
+    #[test]
+    fn hand_backs_do_not_extend_an_approval() {
+        let mut ledger = Ledger::new(LedgerLimits::default());
+        let mut req = request("r1", "delete from t where id = 1");
+        req.requirement = requirement(1);
+        let id = ledger.park(req, T0).unwrap().query_id;
+        ledger.approve(&id, &reviewer("alice"), "ok", T0 + 1_000).unwrap();
+        let taken = ledger.take_approved(&id, "agent", 7, T0 + 50_000).unwrap();
+        ledger.unrun(&id, taken.payload).unwrap();
+        assert_eq!(ledger.poll(&id, "agent", 7, T0 + 60_999).unwrap(), PollState::Approved);
+        assert_eq!(ledger.poll(&id, "agent", 7, T0 + 61_000).unwrap(), PollState::TimedOut);
     }
 }

@@ -96,9 +96,6 @@ pub enum Decided {
     Allow {
         /// Statements found (what `MULTI_STATEMENT_COUNT` is pinned to).
         statements: usize,
-        /// Whether it only reads (`SELECT`, `SHOW`, `DESCRIBE`, `EXPLAIN`): nothing in it can
-        /// change the session a parked statement would run in.
-        reads_only: bool,
     },
     /// Refuse it with this code and message.
     Refuse {
@@ -211,7 +208,7 @@ pub async fn decide(core: &Core, subject: &Subject, text: String, capture: &mut 
     let rule = rule_name(&verdict.decided_by);
     let statements = classified.statement_count().max(1);
     match verdict.action {
-        VerdictAction::Allow => Decided::Allow { statements, reads_only: reads_only(&classified) },
+        VerdictAction::Allow => Decided::Allow { statements },
         VerdictAction::Deny => {
             core.gateway.metrics.policy_denials.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             info!(core = core.id, sub = %subject.sub, rule = %rule, "Statement denied by policy.");
@@ -228,16 +225,6 @@ pub async fn decide(core: &Core, subject: &Subject, text: String, capture: &mut 
             }
         },
     }
-}
-
-/// Whether every statement and every part of it only reads.
-fn reads_only(classified: &crate::policy::model::Classified) -> bool {
-    use crate::policy::model::Kind;
-    classified
-        .statements
-        .iter()
-        .flat_map(|s| &s.actions)
-        .all(|action| matches!(action.kind, Kind::Select | Kind::Show | Kind::Describe | Kind::Explain))
 }
 
 /// Refuses unless every result read (`RESULT_SCAN(…)`, `DESCRIBE RESULT …`) is this
@@ -374,8 +361,9 @@ pub async fn query_request(
         };
         return park(core, capture, session, &query, payload, requirement, rule, &message);
     }
-    if let Decided::Allow { reads_only: false, .. } = decided {
-        void_parked_in_session(core, claims);
+    // A describe-only request runs nothing.
+    if !query.describe_only {
+        void_parked_in_session(core, claims, None);
     }
     let forwarded = UpstreamRequest {
         method: Method::Post,
@@ -389,16 +377,18 @@ pub async fn query_request(
     }
 }
 
-/// A statement that may change its session (`USE`, `SET`, `ALTER SESSION`, a temporary table, a
-/// procedure...) is about to run in it: the session's parked statements, reviewed as the session
-/// was, will not run in it as it becomes ([`Ledger::void_session`]). Costs nothing while no
-/// statement has been parked since the start.
-fn void_parked_in_session(core: &Core, claims: &TokenClaims) {
+/// A statement is about to run in a session, and may change it (`USE`, `SET`, `ALTER
+/// SESSION`, a temporary table, a procedure; even a `SELECT` changes `LAST_QUERY_ID()`): the
+/// session's parked statements but `running` (the approved statement that is this one),
+/// reviewed as the session was, will not run in it as it becomes ([`Ledger::void_session`]).
+/// Costs nothing while no statement has been parked since the start.
+fn void_parked_in_session(core: &Core, claims: &TokenClaims, running: Option<&str>) {
     let Some(session_id) = claims.session_id else { return };
-    if core.gateway.metrics.parked.load(std::sync::atomic::Ordering::Relaxed) == 0 {
+    // Counted before an item enters the ledger (`enter_ledger`): never 0 while one is there.
+    if core.gateway.metrics.parked.load(std::sync::atomic::Ordering::Acquire) == 0 {
         return;
     }
-    let voided = ledger(core).void_session(&claims.sub, session_id, unix_millis());
+    let voided = ledger(core).void_session(&claims.sub, session_id, running, unix_millis());
     if voided > 0 {
         info!(core = core.id, sub = %claims.sub, voided, "Parked statements voided: their session changed.");
     }
@@ -514,12 +504,19 @@ fn enter_ledger(
         payload,
     };
     record_review_timeouts(core);
-    let parked = ledger(core).park(request, unix_millis())?;
+    // Counted before the item is in the ledger, so a statement of its session running on
+    // another core meanwhile sees it (`void_parked_in_session`); taken back if none was made.
+    let parked_count = &core.gateway.metrics.parked;
+    parked_count.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+    let parked = ledger(core).park(request, unix_millis());
+    if !parked.as_ref().is_ok_and(|parked| parked.created) {
+        parked_count.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
+    let parked = parked?;
     capture.set_decision(Decision::Parked { rule: rule.clone() });
     capture.set_query_id(parked.query_id.clone());
     core.gateway.issue_statements(core.id, std::slice::from_ref(&parked.query_id), &subject.sub);
     if parked.created {
-        core.gateway.metrics.parked.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         info!(core = core.id, sub = %subject.sub, rule = %rule, query_id = %parked.query_id, "Statement parked for review.");
     }
     Ok(parked.query_id)
@@ -620,9 +617,9 @@ const REVIEW_TIMED_OUT_MESSAGE: &str = "The review of this statement timed out (
 
 const WITHDRAWN_MESSAGE: &str = "SQL execution canceled";
 
-const VOIDED_MESSAGE: &str = "A statement that may change the session (USE, SET, ALTER SESSION, ...) ran in this \
-     session after this one was parked, so it did not run: its review covered the session as it was. Send it again \
-     to have it reviewed as the session is now.";
+const VOIDED_MESSAGE: &str = "Another statement (which may change the session: USE, SET, ALTER SESSION, even \
+     LAST_QUERY_ID) ran in this session after this one was parked, so it did not run: its review covered the session \
+     as it was. Send it again to have it reviewed as the session is now.";
 
 /// A driver's abort of a statement parked by this session, named by the gateway's id
 /// (`query_id`, from `POST /queries/<id>/abort-request`) or by the driver's `requestId` in the
@@ -683,6 +680,8 @@ async fn run_approved(
         }
         Err(e) => return refuse(capture, codes::BAD_REQUEST, &e.to_string()),
     };
+    // It runs in the session now: what else the session parked was reviewed as it was.
+    void_parked_in_session(core, claims, Some(query_id));
     let approvers: Vec<&str> = approved.approvals.iter().map(|a| a.reviewer.as_str()).collect();
     let payload = approved.payload;
     capture.set_statement(approved.statement_text.clone(), approved.bindings.clone(), None);
@@ -728,7 +727,8 @@ fn end_run(
 }
 
 /// The ledger's session for statements parked through the SQL API, which has no Snowflake
-/// session (driver sessions are positive): a driver session never polls one, nor the reverse.
+/// session (driver sessions are Snowflake's, positive, or the gateway's own, below -1): a
+/// driver session never polls one, nor the reverse.
 const SQL_API_SESSION: i64 = -1;
 
 /// Parks a SQL API statement that needs review: `body` is the statement as it would go

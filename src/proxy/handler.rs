@@ -926,7 +926,7 @@ async fn sql_api(
             capture.bindings = statement.get("bindings").map(Value::to_string);
             let text = text.clone();
             let (statements, review) = match govern::decide(core, &subject, text, capture).await {
-                govern::Decided::Allow { statements, .. } => (statements, None),
+                govern::Decided::Allow { statements } => (statements, None),
                 govern::Decided::Refuse { code, message } => return refuse_sql_api(capture, 422, code, &message),
                 govern::Decided::Review { statements, requirement, rule, message } => {
                     (statements, Some((requirement, rule, message)))

@@ -244,7 +244,9 @@ pub fn seal_login_response(
         return Ok(SealedAnswer { body: body.to_vec(), success, session_id: None });
     };
     drop_credentials(data, ["token", "masterToken"]);
-    let session_id = data.get("sessionId").and_then(Value::as_i64).or_else(|| success.then(gateway_session_id));
+    // Snowflake's session ids are positive; any other is not taken (it could be the SQL API's).
+    let session_id =
+        data.get("sessionId").and_then(Value::as_i64).filter(|&id| id > 0).or_else(|| success.then(gateway_session_id));
     if success {
         let session_token = take_string(data, "token").ok_or(LoginError::UpstreamWithoutTokens)?;
         let session_expiry = expiry_ms(now_unix_ms, data, "validityInSeconds", 3600);
@@ -337,7 +339,7 @@ pub fn seal_renew_response(
         return Ok(SealedAnswer { body: body.to_vec(), success, session_id: None });
     };
     drop_credentials(data, ["sessionToken", "masterToken"]);
-    let session_id = data.get("sessionId").and_then(Value::as_i64).or(master.session_id);
+    let session_id = data.get("sessionId").and_then(Value::as_i64).filter(|&id| id > 0).or(master.session_id);
     if success {
         let session_token = take_string(data, "sessionToken").ok_or(LoginError::UpstreamWithoutTokens)?;
         let session_expiry = expiry_ms(now_unix_ms, data, "validityInSecondsST", 3600);
@@ -504,6 +506,10 @@ mod tests {
         let session = s.open(TokenKind::Session, out["data"]["token"].as_str().unwrap(), 5_000_000).unwrap();
         assert_eq!(session.session_id, answer.session_id);
         assert!(out["data"].get("sessionId").is_none(), "{out}");
+        // Nor is an id Snowflake never gives taken: -1 is the SQL API's in the ledger.
+        let odd = json!({"data": {"token": "REAL-S", "sessionId": -1}, "success": true}).to_string();
+        let id = seal_login_response(odd.as_bytes(), &s, &owner(), 5_000_000).unwrap().session_id.unwrap();
+        assert!(id < -1, "{id}");
     }
 
     #[test]
