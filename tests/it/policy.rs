@@ -455,6 +455,49 @@ fn an_approval_after_the_session_expired_waits_for_the_renewal() {
     assert_eq!(upstream.stats.requests(EndpointKind::Query), 1);
 }
 
+/// An approval that lands while a poll is held answers "still running" on that poll (a held
+/// poll does not watch its connection: its driver may have given up), and the driver's next
+/// poll runs the statement. A driver's abort naming the gateway's id of another parked
+/// statement withdraws it: it never runs, and its polls answer 000604.
+#[test]
+fn an_approval_runs_on_a_fresh_poll_and_an_abort_by_id_withdraws() {
+    use snowgate_perf::EndpointKind;
+    let upstream = double(|_| {});
+    let policy = SQL_API_REVIEW_POLICY.replace("poll_hold_ms = 1000", "poll_hold_ms = 5000");
+    let gateway = read_review_gateway(&upstream, &policy);
+    let mut client = gateway.client();
+    let (session, _) = login_ok(&mut client);
+    let auth = authorization(&session);
+    let parked = query(&mut client, &session, "select * from medium").json().unwrap();
+    assert_eq!(parked["code"], "333333", "{parked}");
+    let result = format!("/queries/{}/result", parked["data"]["queryId"].as_str().unwrap());
+    let mut poller = gateway.client();
+    let (target, held_auth) = (result.clone(), auth.clone());
+    let held = std::thread::spawn(move || poller.get(&target, &[("authorization", &held_auth)]).unwrap());
+    std::thread::sleep(Duration::from_secs(1));
+    decide(&gateway, parked["data"]["queryId"].as_str().unwrap(), "approve", "a read for the test");
+    let held = held.join().unwrap().json().unwrap();
+    assert_eq!(held["code"], "333333", "{held}");
+    assert_eq!(upstream.stats.requests(EndpointKind::Query), 0, "the statement ran on a poll held before its approval");
+    let answer = client.get(&result, &[("authorization", &auth)]).unwrap().json().unwrap();
+    assert_eq!(answer["success"], true, "{answer}");
+    assert_eq!(upstream.stats.requests(EndpointKind::Query), 1);
+
+    let target = "/queries/v1/query-request?requestId=6d2b8a56-3d0a-4a51-8f3c-2d9c1f0e7b45";
+    let body = query_body("select * from medium where id = 2");
+    let parked = client.post_json(target, &[("authorization", &auth)], &body, true).unwrap().json().unwrap();
+    assert_eq!(parked["code"], "333333", "{parked}");
+    let query_id = parked["data"]["queryId"].as_str().unwrap().to_owned();
+    let abort = format!("/queries/{query_id}/abort-request");
+    let aborted = client.post_json(&abort, &[("authorization", &auth)], &json!({}), false).unwrap().json().unwrap();
+    assert_eq!(aborted["success"], true, "{aborted}");
+    let polled = client.get(&format!("/queries/{query_id}/result"), &[("authorization", &auth)]).unwrap();
+    assert_refused(&polled, "000604");
+    assert_no_longer_reviewable(&gateway, &query_id);
+    assert_eq!(upstream.stats.requests(EndpointKind::Query), 1, "a withdrawn statement ran");
+    assert_eq!(upstream.stats.requests(EndpointKind::Abort), 0, "the abort of a parked statement went upstream");
+}
+
 /// An approved statement that Snowflake refused unrun, its session having expired upstream
 /// (a session policy shorter than the gateway knows, or idle while under review), is not
 /// finished: the driver gets 390112, renews, and its next poll runs the statement. Before, the
