@@ -861,6 +861,11 @@ mod tests {
         Subject { sub: sub.into(), groups: vec!["dba".into()] }
     }
 
+    /// [`request`], approved by one reviewer.
+    fn one_approval(request_id: &str, text: &str) -> ParkRequest<&'static str> {
+        ParkRequest { requirement: requirement(1), ..request(request_id, text) }
+    }
+
     /// What an item of [`request`] holds besides its text, context and payload, with a
     /// one-byte `requestId`: the key twice, the agent's groups and the rule's name.
     const HELD: usize = 2 * ("agent".len() + 1) + "analysts".len() + "writes need review".len();
@@ -902,8 +907,7 @@ mod tests {
     #[test]
     fn the_approved_statement_is_handed_over_once_to_its_agent_only() {
         let mut ledger = Ledger::new(LedgerLimits::default());
-        let mut req = request("r1", "merge into t using s on t.id = s.id when matched then delete");
-        req.requirement = requirement(1);
+        let req = one_approval("r1", "merge into t using s on t.id = s.id when matched then delete");
         let id = ledger.park(req, T0).unwrap().query_id;
         ledger.approve(&id, &reviewer("alice"), "ok", T0 + 10).unwrap();
         assert_eq!(ledger.poll(&id, "other-agent", 7, T0 + 11).unwrap_err(), LedgerError::NotFound);
@@ -1119,8 +1123,7 @@ mod tests {
     fn an_approval_not_taken_in_time_lapses_and_is_reported() {
         let limits = LedgerLimits { retention: Duration::from_secs(10), ..LedgerLimits::default() };
         let mut ledger = Ledger::new(limits);
-        let mut req = request("r1", "delete from t where id = 1");
-        req.requirement = requirement(1);
+        let req = one_approval("r1", "delete from t where id = 1");
         let id = ledger.park(req, T0).unwrap().query_id;
         ledger.approve(&id, &reviewer("alice"), "ok", T0 + 59_000).unwrap();
         // Past the retention, an approved item is not purged: it lapses by the review's timeout,
@@ -1143,8 +1146,7 @@ mod tests {
     #[test]
     fn a_reviewer_takes_an_approval_back_until_it_runs() {
         let mut ledger = Ledger::new(LedgerLimits::default());
-        let mut req = request("r1", "delete from t where id = 1");
-        req.requirement = requirement(1);
+        let mut req = one_approval("r1", "delete from t where id = 1");
         let id = ledger.park(req.clone(), T0).unwrap().query_id;
         ledger.approve(&id, &reviewer("alice"), "ok", T0 + 1).unwrap();
         let denied = ledger.deny(&id, &reviewer("bob"), "wrong table", T0 + 2).unwrap();
@@ -1161,8 +1163,7 @@ mod tests {
     #[test]
     fn the_agent_withdraws_what_has_not_run() {
         let mut ledger = Ledger::new(LedgerLimits::default());
-        let mut req = request("r1", "delete from t where id = 1");
-        req.requirement = requirement(1);
+        let mut req = one_approval("r1", "delete from t where id = 1");
         let pending = ledger.park(req.clone(), T0).unwrap().query_id;
         // Only its agent and session.
         assert_eq!(ledger.withdraw(&pending, "other", 7, T0 + 1).unwrap_err(), LedgerError::NotFound);
@@ -1211,8 +1212,7 @@ mod tests {
     #[test]
     fn a_change_of_the_session_voids_what_it_parked() {
         let mut ledger = Ledger::new(LedgerLimits::default());
-        let mut req = request("r1", "delete from t where id = $id");
-        req.requirement = requirement(1);
+        let mut req = one_approval("r1", "delete from t where id = $id");
         let approved = ledger.park(req.clone(), T0).unwrap().query_id;
         ledger.approve(&approved, &reviewer("alice"), "ok", T0 + 1).unwrap();
         req.key.request_id = "r2".into();
@@ -1238,8 +1238,7 @@ mod tests {
     #[test]
     fn what_ends_while_running_ends_for_good_if_it_comes_back() {
         let mut ledger = Ledger::new(LedgerLimits::default());
-        let mut req = request("r1", "delete from t where id = 1");
-        req.requirement = requirement(1);
+        let mut req = one_approval("r1", "delete from t where id = 1");
         for (n, end) in ["withdraw", "void", "void itself"].into_iter().enumerate() {
             req.key.request_id = format!("r{n}");
             let id = ledger.park(req.clone(), T0).unwrap().query_id;
@@ -1276,8 +1275,7 @@ mod tests {
     #[test]
     fn hand_backs_do_not_extend_an_approval() {
         let mut ledger = Ledger::new(LedgerLimits::default());
-        let mut req = request("r1", "delete from t where id = 1");
-        req.requirement = requirement(1);
+        let req = one_approval("r1", "delete from t where id = 1");
         let id = ledger.park(req, T0).unwrap().query_id;
         ledger.approve(&id, &reviewer("alice"), "ok", T0 + 1_000).unwrap();
         let taken = ledger.take_approved(&id, "agent", 7, T0 + 50_000).unwrap();
