@@ -375,7 +375,7 @@ async fn run_core(
                 monoio::time::sleep(Duration::from_millis(50)).await;
                 ticks = ticks.wrapping_add(1);
                 if ticks.is_multiple_of(20) {
-                    core.record_review_timeouts();
+                    core.record_review_outcomes();
                 }
             }
             drop(canceller.cancel());
@@ -413,7 +413,7 @@ async fn run_core(
     if left > 0 {
         warn!(core = core_id, in_flight = left, "Drain deadline passed with requests in flight.");
     }
-    core.record_review_timeouts();
+    core.record_review_outcomes();
     core.stop_recording();
     info!(core = core_id, "Core stopped.");
 }

@@ -82,12 +82,16 @@ pub enum Outcome {
     ChunkedJson,
     /// The chunked result, Arrow chunks.
     ChunkedArrow,
+    /// `GET @stage ...`: the driver is sent to the stage with its credentials (driver API only).
+    StageDownload,
 }
 
 /// Applies the vocabulary to a SQL text.
 pub fn plan(sql: &str) -> Plan {
     let normalized = sql.split_whitespace().collect::<Vec<_>>().join(" ").to_lowercase();
-    let outcome = if normalized.contains("no_such_table") {
+    let outcome = if normalized.starts_with("get @") {
+        Outcome::StageDownload
+    } else if normalized.contains("no_such_table") {
         Outcome::NoSuchTable
     } else if normalized.contains("from chunked_json") {
         Outcome::ChunkedJson
@@ -566,7 +570,7 @@ impl Results {
             (Outcome::One, Some(b)) if !b.is_empty() => {
                 Template::new(&query_v1_body(&echo_bindings(b), b.len())).render(query_id)
             }
-            (Outcome::One | Outcome::NoSuchTable, _) => self.query_one.render(query_id),
+            (Outcome::One | Outcome::NoSuchTable | Outcome::StageDownload, _) => self.query_one.render(query_id),
         }
     }
 
@@ -589,7 +593,7 @@ impl Results {
                 dynamic = statement_v2(&echo_bindings(b), 1, created_on_ms);
                 &dynamic
             }
-            (Outcome::One | Outcome::NoSuchTable, _) => &self.statement_one,
+            (Outcome::One | Outcome::NoSuchTable | Outcome::StageDownload, _) => &self.statement_one,
         };
         (template.first.render(handle), template.later_partitions.clone())
     }
@@ -610,6 +614,7 @@ mod tests {
         assert_eq!(plan("select * from small").outcome, Outcome::Small);
         assert_eq!(plan("SELECT *\n  FROM   MEDIUM;").outcome, Outcome::Medium);
         assert_eq!(plan("select * from NO_SUCH_TABLE").outcome, Outcome::NoSuchTable);
+        assert_eq!(plan("GET @~/x.csv file:///tmp/").outcome, Outcome::StageDownload);
         assert_eq!(plan("select 1"), Plan { outcome: Outcome::One, slow: false });
         assert_eq!(plan("select * from small /* slow */"), Plan { outcome: Outcome::Small, slow: true });
     }

@@ -747,6 +747,7 @@ impl Upstream {
             }
             let final_body = match plan.outcome {
                 Outcome::NoSuchTable => no_such_table_body(&qid),
+                Outcome::StageDownload => stage_download_body(&qid),
                 Outcome::ChunkedJson => self.chunked().json_body.render(&qid),
                 Outcome::ChunkedArrow => self.chunked().arrow_body.render(&qid),
                 outcome => self.results.query_body(outcome, bindings, &qid),
@@ -962,6 +963,31 @@ fn s3_error(status: u16, code: &str, message: &str) -> Response {
 
 fn bad_request(message: &str) -> Response {
     Response::value(400, &json!({"code": "400", "message": message, "success": false}))
+}
+
+/// A `GET`'s answer, shaped as Snowflake's: the files to fetch and, in `stageInfo`, the stage's
+/// location with temporary cloud credentials, which the driver then uses itself.
+fn stage_download_body(qid: &str) -> Bytes {
+    let body = json!({
+        "data": {
+            "command": "DOWNLOAD",
+            "src_locations": ["x.csv.gz"],
+            "localLocation": "/tmp/",
+            "queryId": qid,
+            "stageInfo": {
+                "locationType": "S3",
+                "location": "stage-bucket/user/",
+                "region": "us-west-2",
+                "creds": {"AWS_KEY_ID": "ASIASTAGECANARY", "AWS_SECRET_KEY": "stage-secret-canary", "AWS_TOKEN": "t"},
+            },
+            "encryptionMaterial": [{"queryStageMasterKey": "c3RhZ2Uta2V5LWNhbmFyeQ==", "queryId": qid, "smkId": 1}],
+            "parallel": 10,
+        },
+        "code": null,
+        "message": null,
+        "success": true,
+    });
+    Bytes::from(serde_json::to_vec(&body).expect("a JSON value serialises"))
 }
 
 fn no_such_table_body(qid: &str) -> Bytes {

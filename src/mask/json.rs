@@ -1361,6 +1361,11 @@ struct QueryData {
     plan: Option<ColumnPlan>,
 }
 
+/// The `data` members of an answer that sends the driver to a stage itself (`GET`, `PUT`):
+/// cloud credentials, the stage's encryption keys, presigned URLs. Files moved so never pass
+/// the gateway, which could neither mask nor record them.
+const STAGE_ACCESS_KEYS: [&str; 4] = ["stageInfo", "encryptionMaterial", "presignedUrl", "presignedUrls"];
+
 /// A query answer's `data` object: `rowtype`, `rowset` or `rowsetBase64`, chunks and keys.
 fn mask_query_data(
     ctx: &MaskCtx<'_>,
@@ -1398,6 +1403,9 @@ fn mask_query_data(
         }
         Ok(None)
     })?;
+    if data.iter().any(|m| STAGE_ACCESS_KEYS.iter().any(|&name| key_is(body, m.key, name))) {
+        return Err(MaskError::StageAccess);
+    }
     let rowset = unique(&data, body, "rowset")?.filter(|m| body.get(m.value.start) == Some(&b'['));
     let rowset_base64 = unique(&data, body, "rowsetBase64")?.filter(|m| body.get(m.value.start) == Some(&b'"'));
     unique(&data, body, "rowtype")?;

@@ -45,7 +45,8 @@
 //! [[masking.profiles.agents.columns]]      # first match wins; masks every value
 //! name = "*SSN*"                           # glob over the column name, case-insensitive
 //! table = "*"                              # glob over the table (default "*"); with dots
-//!                                          # over schema.table or database.schema.table
+//!                                          # over schema.table or database.schema.table;
+//!                                          # a column of no known table (computed) matches
 //! mask = { style = "null" }
 //!
 //! [[masking.profiles.agents.columns]]
@@ -153,6 +154,8 @@ pub enum Fault {
     Upstream,
     /// The caller passed the wrong thing (compressed bytes, no plan, a stale plan).
     Caller,
+    /// The agent asked for what masking cannot cover (a stage's files), and the policy let it.
+    Agent,
 }
 
 /// Why a body was not masked. The body may be partly masked: never forward it.
@@ -206,6 +209,10 @@ pub enum MaskError {
         /// What is counted.
         what: &'static str,
     },
+    /// The answer hands its client a stage's credentials, keys or presigned URLs (`GET`,
+    /// `PUT`): the files would move between the client and the cloud, unmasked. Refused.
+    #[error("the answer gives direct access to a stage, whose files would bypass masking")]
+    StageAccess,
     /// `rebuild_envelope` was given a different number of URLs than there are chunks.
     #[error("the number of chunk URLs does not match the answer's chunks")]
     ChunkUrlCount,
@@ -233,6 +240,7 @@ impl MaskError {
             | MaskError::Arrow { .. }
             | MaskError::ColumnCount { .. }
             | MaskError::Limit { .. } => Fault::Upstream,
+            MaskError::StageAccess => Fault::Agent,
         }
     }
 }

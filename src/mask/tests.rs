@@ -701,6 +701,29 @@ fn refuses_what_it_cannot_mask() {
     );
 }
 
+/// A `GET` or `PUT` answer sends the driver to the stage itself, with credentials, keys or
+/// presigned URLs: the files would never pass the masker, so the answer is refused (the
+/// agent's doing, the policy having let it), wherever the key sits among the data's members.
+#[test]
+fn stage_access_is_refused() {
+    let masker = masker(POLICY);
+    let agents = masker.profile("agents").unwrap();
+    for data in [
+        r#"{"command":"DOWNLOAD","src_locations":["x.csv"],"stageInfo":{"locationType":"S3","creds":{"AWS_KEY_ID":"AKIA"}}}"#,
+        r#"{"command":"UPLOAD","encryptionMaterial":{"queryStageMasterKey":"k"}}"#,
+        r#"{"presignedUrls":["https://bucket.s3.amazonaws.com/x?X-Amz-Signature=s"]}"#,
+        r#"{"presignedUrl":"https://bucket.s3.amazonaws.com/x"}"#,
+        r#"{"stage\u0049nfo":{}}"#,
+    ] {
+        let mut body = format!(r#"{{"data":{data},"success":true}}"#).into_bytes();
+        let err = masker.mask(agents, &mut body, None, &mut Scratch::default()).unwrap_err();
+        assert_eq!((err.clone(), err.fault()), (MaskError::StageAccess, Fault::Agent), "{data}");
+    }
+    // A listing of the stage's files is rows like any others.
+    let mut listing = br#"{"data":{"rowtype":[],"rowset":[],"stageInfoNote":"x"},"success":true}"#.to_vec();
+    assert!(masker.mask(agents, &mut listing, None, &mut Scratch::default()).is_ok());
+}
+
 #[test]
 fn searcher_kind_is_reported() {
     let masker = masker(POLICY);

@@ -301,20 +301,21 @@ struct Item<P> {
     /// bindings, settings, context, the reviewers' names and reasons, and the payload while it
     /// is kept.
     weight_bytes: usize,
-    /// Where the recording of its timeout stands (whichever call noticed the timeout: a poll, a
-    /// listing, a decision or [`Ledger::expire`] itself).
-    timeout_report: TimeoutReport,
+    /// Where the recording of an outcome no request of the agent's carries (a timeout, a void)
+    /// stands, whichever call caused or noticed it: a poll, a listing, a decision, another
+    /// statement of the session, or [`Ledger::expire`] itself.
+    outcome_report: OutcomeReport,
 }
 
-/// Where the recording of an item's timeout stands. An item is purged only once its timeout,
-/// if it had one, is on record.
+/// Where the recording of an item's unrequested outcome stands. An item is purged only once
+/// that outcome, if it had one, is on record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum TimeoutReport {
-    /// No timeout, or its record was taken.
+enum OutcomeReport {
+    /// No such outcome, or its record was taken.
     Settled,
-    /// Timed out; [`Ledger::expire`] returns it next.
+    /// Timed out or voided; [`Ledger::expire`] returns it next.
     Due,
-    /// Returned by [`Ledger::expire`]; the caller is recording it ([`Ledger::timeout_recorded`]).
+    /// Returned by [`Ledger::expire`]; the caller is recording it ([`Ledger::outcome_recorded`]).
     Recording,
 }
 
@@ -371,7 +372,7 @@ impl<P> Item<P> {
         }
         self.state = State::TimedOut;
         self.decided_at_unix_ms = Some(due);
-        self.timeout_report = TimeoutReport::Due;
+        self.outcome_report = OutcomeReport::Due;
         self.take_payload();
         true
     }
@@ -386,10 +387,18 @@ impl<P> Item<P> {
         if !matches!(self.state, State::Pending | State::Approved) {
             return false;
         }
-        self.state = state;
-        self.decided_at_unix_ms = Some(now_unix_ms);
+        self.end(state, now_unix_ms);
         self.take_payload();
         true
+    }
+
+    /// Sets the state a statement that never ran ends in; a void is then due for the recording.
+    fn end(&mut self, state: State, now_unix_ms: u64) {
+        if state == State::Voided {
+            self.outcome_report = OutcomeReport::Due;
+        }
+        self.state = state;
+        self.decided_at_unix_ms = Some(now_unix_ms);
     }
 
     /// Takes the payload out (to run it, or because it never will run); it no longer counts.
@@ -437,13 +446,43 @@ pub fn statement_hash(statement_text: &str, bindings: Option<&str>) -> String {
     hasher.finalize().to_hex().to_string()
 }
 
-/// A change [`Ledger::expire`] made, for the recording.
+/// An outcome no request of the agent's carries, which [`Ledger::expire`] hands out for the
+/// recording.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Expired {
+pub struct Outcome {
     /// The item.
     pub query_id: String,
     /// Its retry identity.
     pub key: RequestKey,
+    /// How it ended.
+    pub kind: OutcomeKind,
+}
+
+/// How a parked statement ended without a request of its agent's saying so.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutcomeKind {
+    /// Its review, or its approval, ran out of time.
+    TimedOut,
+    /// Another statement ran in its session first ([`Ledger::void_session`]).
+    Voided,
+}
+
+impl OutcomeKind {
+    /// The recording event's name.
+    pub fn event_name(self) -> &'static str {
+        match self {
+            OutcomeKind::TimedOut => "review_timeout",
+            OutcomeKind::Voided => "review_voided",
+        }
+    }
+
+    /// The outcome's name in the event's detail.
+    pub fn name(self) -> &'static str {
+        match self {
+            OutcomeKind::TimedOut => "timed_out",
+            OutcomeKind::Voided => "voided",
+        }
+    }
 }
 
 /// The ledger. One per gateway process (the proxy shares it behind a lock).
@@ -540,7 +579,7 @@ impl<P> Ledger<P> {
             decided_at_unix_ms: None,
             approved_at_unix_ms: None,
             ended_while_running: None,
-            timeout_report: TimeoutReport::Settled,
+            outcome_report: OutcomeReport::Settled,
             payload: Some(request.payload),
             payload_bytes: request.payload_bytes,
             weight_bytes,
@@ -746,13 +785,13 @@ impl<P> Ledger<P> {
     /// Hands back a statement taken to run that was never sent (its request could not be
     /// recorded, say): it is approved again, for the next poll to run, unless it was withdrawn
     /// or voided while it was out (it then ends so, and the payload is dropped).
-    pub fn unrun(&mut self, query_id: &str, payload: P) -> Result<(), LedgerError> {
+    pub fn unrun(&mut self, query_id: &str, payload: P, now_unix_ms: u64) -> Result<(), LedgerError> {
         let item = self.items.get_mut(query_id).ok_or(LedgerError::NotFound)?;
         if item.state != State::Running || item.payload.is_some() {
             return Err(LedgerError::NotApproved(item.state.name()));
         }
         if let Some(ended) = item.ended_while_running.take() {
-            item.state = ended;
+            item.end(ended, now_unix_ms);
             return Ok(());
         }
         item.state = State::Approved;
@@ -779,32 +818,33 @@ impl<P> Ledger<P> {
 
     /// Times out pending items and approvals not taken in time, and purges items decided
     /// longer than the retention ago (running items included: their run is on record).
-    /// Returns the timeouts to record:
-    /// those since the last call, whichever call noticed them, and those the recording could
-    /// not take before. The caller tells [`Ledger::timeout_recorded`] how each went; until
-    /// then no other call returns it.
-    pub fn expire(&mut self, now_unix_ms: u64) -> Vec<Expired> {
-        let mut expired = Vec::new();
+    /// Returns the outcomes to record (timeouts and voids): those since the last call,
+    /// whichever call caused or noticed them, and those the recording could not take before.
+    /// The caller tells [`Ledger::outcome_recorded`] how each went; until then no other call
+    /// returns it.
+    pub fn expire(&mut self, now_unix_ms: u64) -> Vec<Outcome> {
+        let mut outcomes = Vec::new();
         for item in self.items.values_mut() {
             item.tick(now_unix_ms);
-            if item.timeout_report == TimeoutReport::Due {
-                item.timeout_report = TimeoutReport::Recording;
-                expired.push(Expired { query_id: item.query_id.clone(), key: item.key.clone() });
+            if item.outcome_report == OutcomeReport::Due {
+                let kind = if item.state == State::Voided { OutcomeKind::Voided } else { OutcomeKind::TimedOut };
+                item.outcome_report = OutcomeReport::Recording;
+                outcomes.push(Outcome { query_id: item.query_id.clone(), key: item.key.clone(), kind });
             }
         }
         self.purge(now_unix_ms);
-        expired.sort_by(|a, b| a.query_id.cmp(&b.query_id));
-        expired
+        outcomes.sort_by(|a, b| a.query_id.cmp(&b.query_id));
+        outcomes
     }
 
-    /// Whether the recording took the timeout [`Ledger::expire`] returned for `query_id`: if
+    /// Whether the recording took the outcome [`Ledger::expire`] returned for `query_id`: if
     /// not, the next `expire` returns it again (an outcome is never dropped because the disk
     /// or the queue was briefly full).
-    pub fn timeout_recorded(&mut self, query_id: &str, recorded: bool) {
+    pub fn outcome_recorded(&mut self, query_id: &str, recorded: bool) {
         if let Some(item) = self.items.get_mut(query_id)
-            && item.timeout_report == TimeoutReport::Recording
+            && item.outcome_report == OutcomeReport::Recording
         {
-            item.timeout_report = if recorded { TimeoutReport::Settled } else { TimeoutReport::Due };
+            item.outcome_report = if recorded { OutcomeReport::Settled } else { OutcomeReport::Due };
         }
     }
 
@@ -819,7 +859,7 @@ impl<P> Ledger<P> {
             if let Some(decided) = item.decided_at_unix_ms
                 && item.state != State::Approved
                 && now_unix_ms.saturating_sub(decided) >= retention_ms
-                && item.timeout_report == TimeoutReport::Settled
+                && item.outcome_report == OutcomeReport::Settled
             {
                 purge.push(item.query_id.clone());
             }
@@ -952,7 +992,7 @@ mod tests {
         let expired = ledger.expire(T0 + 60_000);
         assert_eq!(expired.len(), 1);
         assert_eq!(expired[0].query_id, id);
-        ledger.timeout_recorded(&id, true);
+        ledger.outcome_recorded(&id, true);
         assert_eq!(ledger.len(), 1);
         assert!(ledger.expire(T0 + 69_999).is_empty());
         assert_eq!(ledger.len(), 1);
@@ -981,7 +1021,7 @@ mod tests {
         // Purged only once on record.
         assert_eq!(ledger.park(request("r3", "insert into t values (3)"), T0 + 80_002).unwrap_err(), LedgerError::Full);
         for id in &both {
-            ledger.timeout_recorded(id, true);
+            ledger.outcome_recorded(id, true);
         }
         assert!(ledger.park(request("r3", "insert into t values (3)"), T0 + 80_002).unwrap().created);
     }
@@ -991,23 +1031,62 @@ mod tests {
         let limits = LedgerLimits { retention: Duration::from_secs(10), ..LedgerLimits::default() };
         let mut ledger = Ledger::new(limits);
         let id = ledger.park(request("r1", "insert into t values (1)"), T0).unwrap().query_id;
-        let ids = |expired: Vec<Expired>| expired.into_iter().map(|e| e.query_id).collect::<Vec<_>>();
+        let ids = |expired: Vec<Outcome>| expired.into_iter().map(|e| e.query_id).collect::<Vec<_>>();
         assert_eq!(ids(ledger.expire(T0 + 60_000)), std::slice::from_ref(&id));
         // While one caller records it, no other is handed it.
         assert!(ledger.expire(T0 + 60_001).is_empty());
         // The recording refused it (queue full, disk failing): the next call returns it again,
         // and retention does not purge it meanwhile.
-        ledger.timeout_recorded(&id, false);
+        ledger.outcome_recorded(&id, false);
         assert_eq!(ids(ledger.expire(T0 + 90_000)), std::slice::from_ref(&id));
         assert_eq!(ledger.len(), 1);
-        ledger.timeout_recorded(&id, false);
+        ledger.outcome_recorded(&id, false);
         assert_eq!(ids(ledger.expire(T0 + 91_000)), std::slice::from_ref(&id));
-        ledger.timeout_recorded(&id, true);
+        ledger.outcome_recorded(&id, true);
         assert!(ledger.expire(T0 + 92_000).is_empty());
         assert!(ledger.is_empty());
         // A late word on a purged item changes nothing.
-        ledger.timeout_recorded(&id, false);
+        ledger.outcome_recorded(&id, false);
         assert!(ledger.expire(T0 + 93_000).is_empty());
+    }
+
+    /// A void is an outcome no request of the agent's carries, recorded like a timeout: handed
+    /// out once, again if the recording refused it, and the item kept until it is on record.
+    /// A withdrawal is not (the agent's abort is its record), nor a void of what then ran.
+    #[test]
+    fn voids_are_handed_out_for_the_recording_like_timeouts() {
+        let limits = LedgerLimits { retention: Duration::from_secs(10), ..LedgerLimits::default() };
+        let mut ledger = Ledger::new(limits);
+        let voided = ledger.park(request("r1", "insert into t values (1)"), T0).unwrap().query_id;
+        let withdrawn = ledger.park(request("r2", "insert into t values (2)"), T0).unwrap().query_id;
+        let mut req = one_approval("r3", "delete from t where id = 3");
+        let back = ledger.park(req.clone(), T0).unwrap().query_id;
+        req.key.request_id = "r4".into();
+        let ran = ledger.park(req, T0).unwrap().query_id;
+        for id in [&back, &ran] {
+            ledger.approve(id, &reviewer("alice"), "ok", T0 + 1).unwrap();
+        }
+        let taken_back = ledger.take_approved(&back, "agent", 7, T0 + 2).unwrap();
+        ledger.take_approved(&ran, "agent", 7, T0 + 2).unwrap();
+        ledger.withdraw(&withdrawn, "agent", 7, T0 + 3).unwrap();
+        // Voids the pending one; the two running ones end so only if they come back unsent.
+        assert_eq!(ledger.void_session("agent", 7, None, T0 + 4), 1);
+        ledger.finish(&ran, None, T0 + 5).unwrap();
+        let kinds = |outcomes: Vec<Outcome>| outcomes.into_iter().map(|o| (o.query_id, o.kind)).collect::<Vec<_>>();
+        assert_eq!(kinds(ledger.expire(T0 + 6)), [(voided.clone(), OutcomeKind::Voided)]);
+        ledger.unrun(&back, taken_back.payload, T0 + 7).unwrap();
+        assert_eq!(ledger.poll(&back, "agent", 7, T0 + 8).unwrap(), PollState::Voided);
+        assert_eq!(kinds(ledger.expire(T0 + 9)), [(back.clone(), OutcomeKind::Voided)]);
+        ledger.outcome_recorded(&back, true);
+        ledger.outcome_recorded(&voided, false);
+        // Past the retention, only the void not on record yet is kept, and handed out again.
+        assert_eq!(kinds(ledger.expire(T0 + 20_000)), [(voided.clone(), OutcomeKind::Voided)]);
+        assert_eq!(ledger.len(), 1);
+        ledger.outcome_recorded(&voided, true);
+        assert!(ledger.expire(T0 + 20_001).is_empty());
+        assert!(ledger.is_empty());
+        assert_eq!((OutcomeKind::Voided.event_name(), OutcomeKind::Voided.name()), ("review_voided", "voided"));
+        assert_eq!((OutcomeKind::TimedOut.event_name(), OutcomeKind::TimedOut.name()), ("review_timeout", "timed_out"));
     }
 
     #[test]
@@ -1082,12 +1161,12 @@ mod tests {
         assert_eq!(ledger.take_approved(&approved, "agent", 7, T0 + 60_002).unwrap().payload, "body");
         assert_eq!(ledger.stored_bytes(), 3 * SMALL + ITEM + REVIEWS);
         // Handed back unsent, it is approved again and counts again, and runs once more only.
-        ledger.unrun(&approved, "body").unwrap();
+        ledger.unrun(&approved, "body", T0 + 60_002).unwrap();
         assert_eq!(ledger.poll(&approved, "agent", 7, T0 + 60_002).unwrap(), PollState::Approved);
         assert_eq!(ledger.stored_bytes(), 2 * SMALL + 2 * ITEM + REVIEWS);
         assert_eq!(ledger.take_approved(&approved, "agent", 7, T0 + 60_002).unwrap().payload, "body");
         assert!(ledger.take_approved(&approved, "agent", 7, T0 + 60_002).is_err());
-        assert!(ledger.unrun(&denied, "body").is_err(), "only a running statement is handed back");
+        assert!(ledger.unrun(&denied, "body", T0 + 60_002).is_err(), "only a running statement is handed back");
     }
 
     #[test]
@@ -1138,7 +1217,7 @@ mod tests {
             LedgerError::NotApproved("timed out")
         );
         assert_eq!(ledger.poll(&id, "agent", 7, T0 + 59_000 + 60_001).unwrap(), PollState::TimedOut);
-        ledger.timeout_recorded(&id, true);
+        ledger.outcome_recorded(&id, true);
         ledger.expire(T0 + 59_000 + 70_000);
         assert!(ledger.is_empty());
     }
@@ -1249,7 +1328,7 @@ mod tests {
                 "void" => assert_eq!(ledger.void_session("agent", 7, None, T0 + 3), 0),
                 _ => assert_eq!(ledger.void_session("agent", 7, Some(&id), T0 + 3), 0),
             }
-            ledger.unrun(&id, taken.payload).unwrap();
+            ledger.unrun(&id, taken.payload, T0 + 3).unwrap();
             let expected = match end {
                 "withdraw" => PollState::Withdrawn,
                 "void" => PollState::Voided,
@@ -1279,7 +1358,7 @@ mod tests {
         let id = ledger.park(req, T0).unwrap().query_id;
         ledger.approve(&id, &reviewer("alice"), "ok", T0 + 1_000).unwrap();
         let taken = ledger.take_approved(&id, "agent", 7, T0 + 50_000).unwrap();
-        ledger.unrun(&id, taken.payload).unwrap();
+        ledger.unrun(&id, taken.payload, T0 + 50_000).unwrap();
         assert_eq!(ledger.poll(&id, "agent", 7, T0 + 60_999).unwrap(), PollState::Approved);
         assert_eq!(ledger.poll(&id, "agent", 7, T0 + 61_000).unwrap(), PollState::TimedOut);
     }

@@ -38,7 +38,7 @@ use super::{Core, unix_millis, unix_seconds};
 use crate::http::gzip::{self, GunzipError};
 use crate::http::{Method, RequestHead};
 use crate::json::Unique;
-use crate::mask::{ColumnPlan, Envelope, Masker, ResultFormat, rebuild_envelope};
+use crate::mask::{ColumnPlan, Envelope, MaskError, Masker, ResultFormat, rebuild_envelope};
 use crate::policy::approvals::{Ledger, LedgerError, ParkRequest, PollState, RequestKey};
 use crate::policy::parameters::plan_query_parameters;
 use crate::policy::result_scan::{ScanTarget, may_scan_results};
@@ -131,37 +131,40 @@ fn ledger(core: &Core) -> MutexGuard<'_, Ledger<ParkedStatement>> {
     Ledger::lock(&core.gateway.ledger)
 }
 
-/// Records the reviews that timed out since the last report (a `review_timeout` event each,
-/// in this core's chain), whoever noticed them: the parked statement's outcome is in the
-/// recording even when its agent never polls again. Called as statements park and once a
-/// second by each core.
-pub fn record_review_timeouts(core: &Core) {
-    let expired = ledger(core).expire(unix_millis());
-    if expired.is_empty() {
+/// Records the parked statements that ended without a request of their agent's saying so
+/// since the last report: a `review_timeout` event for each review or approval that ran out of
+/// time, a `review_voided` one for each voided by another statement of its session (in this
+/// core's chain), whoever caused or noticed it. The outcome is in the recording even when its
+/// agent never polls again. Called as statements park or are voided, and once a second by
+/// each core.
+pub fn record_review_outcomes(core: &Core) {
+    let outcomes = ledger(core).expire(unix_millis());
+    if outcomes.is_empty() {
         return;
     }
-    let outcomes: Vec<bool> = expired
+    let recorded: Vec<bool> = outcomes
         .iter()
-        .map(|timed_out| {
+        .map(|outcome| {
             let detail = format!(
-                "query_id={} sub={} session_id={} outcome=timed_out",
-                timed_out.query_id,
-                crate::record::detail_value(&timed_out.key.sub),
-                timed_out.key.session_id
+                "query_id={} sub={} session_id={} outcome={}",
+                outcome.query_id,
+                crate::record::detail_value(&outcome.key.sub),
+                outcome.key.session_id,
+                outcome.kind.name()
             );
-            match core.recorder.submit_event(EventKind::Other("review_timeout".into()), detail) {
+            match core.recorder.submit_event(EventKind::Other(outcome.kind.event_name().into()), detail) {
                 Ok(_) => true,
                 Err(error) => {
-                    warn!(core = core.id, query_id = %timed_out.query_id, error = %error,
-                        "A review timeout could not be recorded; it is tried again in a second.");
+                    warn!(core = core.id, query_id = %outcome.query_id, outcome = outcome.kind.name(), error = %error,
+                        "A review's outcome could not be recorded; it is tried again in a second.");
                     false
                 }
             }
         })
         .collect();
     let mut ledger = ledger(core);
-    for (timed_out, recorded) in expired.iter().zip(outcomes) {
-        ledger.timeout_recorded(&timed_out.query_id, recorded);
+    for (outcome, recorded) in outcomes.iter().zip(recorded) {
+        ledger.outcome_recorded(&outcome.query_id, recorded);
     }
 }
 
@@ -391,6 +394,7 @@ fn void_parked_in_session(core: &Core, claims: &TokenClaims, running: Option<&st
     let voided = ledger(core).void_session(&claims.sub, session_id, running, unix_millis());
     if voided > 0 {
         info!(core = core.id, sub = %claims.sub, voided, "Parked statements voided: their session changed.");
+        record_review_outcomes(core);
     }
 }
 
@@ -503,7 +507,7 @@ fn enter_ledger(
         payload_bytes: payload.bytes(),
         payload,
     };
-    record_review_timeouts(core);
+    record_review_outcomes(core);
     // Counted before the item is in the ledger, so a statement of its session running on
     // another core meanwhile sees it (`void_parked_in_session`); taken back if none was made.
     let parked_count = &core.gateway.metrics.parked;
@@ -719,7 +723,7 @@ fn end_run(
     let ended = if capture.was_admitted() && !capture.unreached && !refused {
         ledger.finish(query_id, upstream_id, unix_millis())
     } else {
-        ledger.unrun(query_id, payload.clone())
+        ledger.unrun(query_id, payload.clone(), unix_millis())
     };
     if let Err(e) = ended {
         warn!(core = core.id, query_id, error = %e, "The ledger did not take the approved statement's end.");
@@ -893,7 +897,7 @@ async fn run_approved_sql_api(
     };
     let payload = approved.payload;
     if payload.role.as_deref() != Some(asker.role) || payload.profiles != asker.profiles {
-        if let Err(e) = ledger(core).unrun(handle, payload) {
+        if let Err(e) = ledger(core).unrun(handle, payload, unix_millis()) {
             warn!(core = core.id, query_id = handle, error = %e, "The ledger did not take back an approved statement.");
         }
         return refuse_sql_api(
@@ -932,8 +936,9 @@ async fn run_approved_sql_api(
 enum Withheld {
     /// The masker could not read or rewrite it; the reason is logged, not told.
     Unmaskable(String),
-    /// Its chunks could not be fetched through the gateway; the agent is told why.
-    ChunksUnreachable(String),
+    /// For a reason the agent is told: its chunks could not be fetched through the gateway,
+    /// it would give the agent a stage's files unmasked.
+    Told(String),
 }
 
 impl From<String> for Withheld {
@@ -942,12 +947,16 @@ impl From<String> for Withheld {
     }
 }
 
+/// What an agent under masking is told of a `GET` or `PUT` whose answer was withheld.
+const STAGE_ACCESS_MESSAGE: &str = "snowgate withheld this answer: it would give direct access to a stage (GET, PUT), \
+     whose files would move between the driver and the cloud without being masked or recorded";
+
 /// An answer withheld, as a refusal in the shape of the API asked.
 fn withhold(core: &Core, capture: &mut Capture, withheld: Withheld) -> Answer {
     match withheld {
         Withheld::Unmaskable(reason) => masking_failed(core, capture, &reason),
-        Withheld::ChunksUnreachable(message) => {
-            warn!(core = core.id, reason = %message, "Withholding an answer whose chunks cannot go through.");
+        Withheld::Told(message) => {
+            warn!(core = core.id, reason = %message, "Withholding an answer the agent is told about.");
             withheld_answer(capture, &message)
         }
     }
@@ -977,6 +986,11 @@ pub fn masked_answer(
     session: &Session<'_>,
     profiles: &[String],
 ) -> Answer {
+    // A success other than 200 (a 206 of part of a body, say) is not an answer the masker
+    // can read whole: withheld, never passed on.
+    if !profiles.is_empty() && (200..300).contains(&response.status) && response.status != 200 {
+        return masking_failed(core, capture, &format!("an answer with status {}", response.status));
+    }
     if profiles.is_empty() || (response.status != 200 && !json_object(&response.body)) {
         return pass_through(response);
     }
@@ -1061,8 +1075,10 @@ fn mask_result(
         let name = Masker::set_name(profiles);
         let profile = masker.profile(&name).ok_or_else(|| format!("no masking profile {name:?}"))?;
         let plan = given.iter().find(|(of, _)| *of == name).map(|(_, plan)| plan);
-        let masked =
-            masker.mask(profile, &mut buffer, plan, &mut core.scratch.borrow_mut()).map_err(|e| e.to_string())?;
+        let masked = masker.mask(profile, &mut buffer, plan, &mut core.scratch.borrow_mut()).map_err(|e| match e {
+            MaskError::StageAccess => Withheld::Told(STAGE_ACCESS_MESSAGE.into()),
+            other => Withheld::Unmaskable(other.to_string()),
+        })?;
         let values_masked = masked.report.values_masked;
         core.gateway.metrics.values_masked.fetch_add(values_masked, std::sync::atomic::Ordering::Relaxed);
         plans.extend(masked.plan.map(|plan| (name, plan)));
@@ -1081,6 +1097,11 @@ fn mask_result(
     // A driver fetches each chunk with its URL and these headers: a head the gateway would
     // refuse (431) is refused now, with the reason, instead of failing every chunk fetch.
     let head_bytes_max = core.gateway.config.limits.head_bytes_max;
+    // Each chunk's URL is longer than the upstream's (a sealed grant carrying the plan): the
+    // answer rebuilt with them is held to the cap of a decompressed body, counted as the URLs
+    // are made, so a result of very many chunks is refused before it takes that much memory.
+    let answer_bytes_max = core.gateway.config.limits.decompressed_bytes_max;
+    let mut answer_bytes = buffer.len();
     let urls = envelope
         .chunks
         .iter()
@@ -1088,9 +1109,17 @@ fn mask_result(
             let url = grant_url(core, head, &chunk.url, &envelope, session, &encoded)?;
             let fetch_head = url.len() + authorization.len() + CHUNK_FETCH_HEAD_ROOM;
             if fetch_head > head_bytes_max {
-                return Err(Withheld::ChunksUnreachable(format!(
+                return Err(Withheld::Told(format!(
                     "the result's chunk downloads would need request heads of about {fetch_head} bytes, more than \
                      [limits] head_bytes_max ({head_bytes_max}) lets through; select fewer columns or raise it"
+                )));
+            }
+            answer_bytes = answer_bytes.saturating_add(url.len());
+            if answer_bytes > answer_bytes_max {
+                return Err(Withheld::Told(format!(
+                    "the answer listing the result's {} chunks would be over [limits] decompressed_bytes_max \
+                     ({answer_bytes_max} bytes) with the gateway's chunk URLs; select fewer rows or columns, or raise it",
+                    envelope.chunks.len()
                 )));
             }
             Ok(url)
@@ -1181,15 +1210,18 @@ fn grant_url(
     // The gateway opens no grant longer than this: a URL it could not open would fail every
     // chunk download with a bare 404, so the answer is refused now, with the reason.
     if sealed.len() > SEALED_BYTES_MAX {
-        return Err(Withheld::ChunksUnreachable(format!(
+        return Err(Withheld::Told(format!(
             "the result's chunk URLs would carry grants of {} bytes, more than the {SEALED_BYTES_MAX} the gateway \
              opens (a long storage URL, or many columns to mask); select fewer columns",
             sealed.len()
         )));
     }
-    let host = head.headers.get_str("host").map(str::trim).filter(|h| valid_host(h)).ok_or_else(|| {
-        Withheld::ChunksUnreachable("the request has no usable Host header to build chunk URLs with".into())
-    })?;
+    let host = head
+        .headers
+        .get_str("host")
+        .map(str::trim)
+        .filter(|h| valid_host(h))
+        .ok_or_else(|| Withheld::Told("the request has no usable Host header to build chunk URLs with".into()))?;
     let scheme = if core.gateway.server_tls.is_some() { "https" } else { "http" };
     Ok(format!("{scheme}://{host}{CHUNK_PATH}{sealed}"))
 }

@@ -287,9 +287,10 @@ impl Core {
         }
     }
 
-    /// Records the reviews that timed out since the last report ([`govern::record_review_timeouts`]).
-    pub fn record_review_timeouts(&self) {
-        govern::record_review_timeouts(self);
+    /// Records the reviews that timed out or were voided since the last report
+    /// ([`govern::record_review_outcomes`]).
+    pub fn record_review_outcomes(&self) {
+        govern::record_review_outcomes(self);
     }
 
     /// Serves one accepted TCP connection until it closes, times out or the gateway drains.

@@ -414,6 +414,34 @@ fn error_answers_are_masked_like_results() {
     assert!(message.contains("Object '*************' does not exist"), "{message}");
 }
 
+/// A `GET` answer sends the driver to the stage itself, with temporary cloud credentials and
+/// the stage's key: files fetched so would pass neither the masker nor the recording. Under
+/// masking the answer is withheld, saying why, and neither the agent nor the recording gets
+/// the credentials; queries go on as before.
+#[test]
+fn stage_access_is_withheld_from_an_agent_under_masking() {
+    let upstream = double(|_| {});
+    let gateway = TestGateway::start(
+        &upstream.url(),
+        GatewayOptions { policy: Some(MASKING_POLICY.into()), ..Default::default() },
+    );
+    let mut client = gateway.client();
+    let (session, _) = login_ok(&mut client);
+    let refused = query(&mut client, &session, "GET @my_stage/x.csv file:///tmp/");
+    assert_refused(&refused, snowgate::session::codes::MASKING_FAILED);
+    let message = refused.json().unwrap()["message"].as_str().unwrap().to_owned();
+    assert!(message.contains("direct access to a stage"), "{message}");
+    let canaries = ["ASIASTAGECANARY", "stage-secret-canary", "c3RhZ2Uta2V5LWNhbmFyeQ=="];
+    let body = String::from_utf8_lossy(&refused.body).into_owned();
+    assert!(canaries.iter().all(|c| !body.contains(c)), "{body}");
+    assert_eq!(query(&mut client, &session, "select * from small").json().unwrap()["success"], true);
+    drop(client);
+    let dir = gateway.stop();
+    let recording = recording_text(&dir.path().join("recordings"));
+    assert!(recording.contains("GET @my_stage/x.csv"), "the statement was not recorded");
+    assert!(canaries.iter().all(|c| !recording.contains(c)), "a stage credential was recorded");
+}
+
 /// Chunk URLs carry sealed grants, and a driver fetches them in request heads the gateway caps
 /// (`[limits] head_bytes_max`): an answer whose chunk fetches would not fit is refused with the
 /// reason when it is answered, not left to fail every chunk download with a bare 431.
@@ -450,6 +478,36 @@ fn chunk_urls_that_would_not_fit_a_request_head_are_refused_with_the_reason() {
     // A cap a little over: the answer is served and its chunks are fetched.
     let gateway = start(format!("head_bytes_max = {}", needed + 100));
     fetch_chunked_json(&gateway);
+}
+
+/// The gateway's chunk URLs are longer than the upstream's (sealed grants carrying the plan):
+/// the answer listing them is held to `[limits] decompressed_bytes_max` like any body, and one
+/// over it is refused with the reason before it is built, not grown without bound.
+#[test]
+fn an_answer_whose_chunk_urls_would_be_over_the_body_cap_is_refused_with_the_reason() {
+    let upstream = double(|_| {});
+    let start = |limits: String| {
+        TestGateway::start(
+            &upstream.url(),
+            GatewayOptions { policy: Some(MASKING_POLICY.into()), limits, ..Default::default() },
+        )
+    };
+    let gateway = start(String::new());
+    let mut client = gateway.client();
+    let (session, _) = login_ok(&mut client);
+    let answer = query(&mut client, &session, "select * from chunked_json");
+    assert_eq!(answer.json().unwrap()["success"], true);
+    let answer_bytes = answer.body.len();
+    drop(gateway);
+
+    let gateway = start(format!("body_bytes_max = {0}\ndecompressed_bytes_max = {0}", answer_bytes - 1));
+    let mut client = gateway.client();
+    let (session, _) = login_ok(&mut client);
+    let refused = query(&mut client, &session, "select * from chunked_json");
+    assert_refused(&refused, snowgate::session::codes::MASKING_FAILED);
+    let message = refused.json().unwrap()["message"].as_str().unwrap().to_owned();
+    assert!(message.contains("decompressed_bytes_max") && message.contains("chunks"), "{message}");
+    assert_eq!(query(&mut client, &session, "select * from small").json().unwrap()["success"], true);
 }
 
 /// Logs in to `gateway`, queries `chunked_json` and fetches every chunk of it, each a 200.

@@ -223,26 +223,33 @@ fn an_undecided_write_times_out_denied() {
 
     // The timeout is in the recording as an event of its own, once, though the driver's poll
     // noticed it first.
+    let (parked, timeouts) = parked_and_events(setup, "review_timeout");
+    assert_eq!(parked.len(), 1, "{parked:?}");
+    assert_eq!(timeouts.len(), 1, "{timeouts:?}");
+    assert!(timeouts[0].contains(&format!("query_id={} ", parked[0])), "{timeouts:?}");
+    assert!(timeouts[0].contains("sub=agent-7") && timeouts[0].ends_with("outcome=timed_out"), "{timeouts:?}");
+}
+
+/// Stops the gateway; the query ids of the parked requests in its recording, and the details
+/// of its events named `event`.
+fn parked_and_events(setup: Setup, event: &str) -> (Vec<String>, Vec<String>) {
     let dir = setup.gateway.stop();
     let records = read_records(&dir.path().join("recordings"));
-    let parked: Vec<String> = records
+    let parked = records
         .iter()
         .filter_map(|r| match &r.frame {
             Frame::Request(request) if matches!(request.decision, Decision::Parked { .. }) => request.query_id.clone(),
             _ => None,
         })
         .collect();
-    assert_eq!(parked.len(), 1, "{parked:?}");
-    let timeouts: Vec<&str> = records
+    let events = records
         .iter()
         .filter_map(|r| match &r.frame {
-            Frame::Event(e) if e.kind.name() == "review_timeout" => Some(e.detail.as_str()),
+            Frame::Event(e) if e.kind.name() == event => Some(e.detail.clone()),
             _ => None,
         })
         .collect();
-    assert_eq!(timeouts.len(), 1, "{timeouts:?}");
-    assert!(timeouts[0].contains(&format!("query_id={} ", parked[0])), "{timeouts:?}");
-    assert!(timeouts[0].contains("sub=agent-7") && timeouts[0].ends_with("outcome=timed_out"), "{timeouts:?}");
+    (parked, events)
 }
 
 /// Reviewers no longer see `query_id`, and approving it is refused (409).
@@ -293,6 +300,12 @@ fn a_write_whose_session_changed_while_parked_never_runs() {
     assert!(out["error"]["msg"].as_str().unwrap().contains("ran in this session after this one was parked"), "{out}");
     assert_no_longer_reviewable(&setup.gateway, &query_id);
     assert_eq!(count(&setup.upstream.sent(), "INSERT INTO REVIEWED"), 0, "a voided write ran");
+    // The void is in the recording as an event of its own, once.
+    let (parked, voids) = parked_and_events(setup, "review_voided");
+    assert_eq!(parked, std::slice::from_ref(&query_id));
+    assert_eq!(voids.len(), 1, "{voids:?}");
+    assert!(voids[0].starts_with(&format!("query_id={query_id} ")), "{voids:?}");
+    assert!(voids[0].ends_with("outcome=voided"), "{voids:?}");
 }
 
 /// The driver's `execute_async` of a write that needs review is refused at once, with the

@@ -404,7 +404,6 @@ pub fn assert_refused(answer: &ClientResponse, code: &str) {
     assert!(body["message"].as_str().is_some_and(|m| !m.is_empty()), "{body}");
 }
 
-/// Reads every file under `dir` as text, for canary scans.
 /// Every record of a recording directory, read through the library's reader.
 pub fn read_records(dir: &Path) -> Vec<snowgate::record::Record> {
     let recording = snowgate::record::Recording::open(dir).unwrap();
