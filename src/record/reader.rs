@@ -438,14 +438,22 @@ impl SegmentReader {
 
     /// Whether the batch headers, each checked and followed by its length from the segment
     /// header on, end exactly at `footer_offset`, where a footer marker is. One header read
-    /// per batch, no payload.
+    /// per batch, no payload, and at most the format's batches per segment: a file of tiny
+    /// batches would otherwise cost a read for every few bytes of it at every open. More
+    /// batches before the footer than a segment may hold is corruption (no writer made them),
+    /// reported at the first batch past the limit.
     fn batches_lead_to_footer(&self, footer_offset: u64) -> Result<bool, ReadError> {
         let header_len = self.batch_header_len();
         let mut offset = SEGMENT_HEADER_BYTES as u64;
+        let mut batches = 0usize;
         while offset < footer_offset {
             if offset + header_len as u64 > footer_offset {
                 return Ok(false);
             }
+            if batches == limits::BATCHES_PER_SEGMENT_MAX {
+                return Err(self.error(offset, None, ReadErrorKind::SegmentLimit("batches")));
+            }
+            batches += 1;
             let Ok(header) = BatchHeader::decode(&self.read_at(offset, header_len)?, self.header.version) else {
                 return Ok(false);
             };
@@ -1413,6 +1421,58 @@ mod tests {
             })
             .collect();
         assert!(payload[..] == expected[..]);
+    }
+
+    /// A segment header, `n_batches` batches of one byte (their headers' CRCs holding, the
+    /// rest not checked by the walk), a footer and a trailer pointing at it.
+    fn segment_of_tiny_batches(n_batches: usize) -> (Bytes, u64) {
+        let mut bytes = segment_header().to_vec();
+        let batch = BatchHeader {
+            compressed_len: 1,
+            uncompressed_len: 1,
+            n_records: 1,
+            first_record_index: 0,
+            payload_crc: 0,
+            chain_tag: Some([0; 32]),
+        };
+        let mut one = batch.encode();
+        one.push(0);
+        for _ in 0..n_batches {
+            bytes.extend_from_slice(&one);
+        }
+        let footer_offset = bytes.len() as u64;
+        let footer = Footer {
+            record_count: 0,
+            first_record_index: 0,
+            time_min_unix_us: 0,
+            time_max_unix_us: 0,
+            chain_head: [0; 32],
+            sealed_unix_us: T0,
+            seal_reason: SealReason::Stopped,
+            batches: vec![],
+            index: Default::default(),
+        };
+        let frame = footer.encode_frame();
+        bytes.extend_from_slice(&frame);
+        let trailer = Trailer { footer_offset, footer_frame_len: frame.len() as u32, mac: [0; 32] };
+        bytes.extend_from_slice(&trailer.encode());
+        (Bytes::from(bytes), footer_offset)
+    }
+
+    #[test]
+    fn the_walk_to_the_footer_stops_at_the_most_batches_a_segment_may_hold() {
+        // Regression: every open walked every batch header before the footer, with no cap: a
+        // file of 4 GiB in batches of one byte took some 66 million reads to open.
+        let (bytes, footer_offset) = segment_of_tiny_batches(limits::BATCHES_PER_SEGMENT_MAX);
+        let reader = SegmentReader::from_bytes("x".into(), bytes, ReaderOptions::default()).unwrap();
+        assert_eq!(reader.sealed().map(|s| s.footer_offset), Some(footer_offset), "the most batches are sealed");
+        let (bytes, _) = segment_of_tiny_batches(limits::BATCHES_PER_SEGMENT_MAX + 1);
+        let error = SegmentReader::from_bytes("x".into(), bytes, ReaderOptions::default()).unwrap_err();
+        let past = SEGMENT_HEADER_BYTES + limits::BATCHES_PER_SEGMENT_MAX * (BATCH_HEADER_BYTES + 1);
+        assert_eq!((error.offset, error.torn_tail), (past as u64, false), "{error}");
+        assert!(matches!(error.kind, ReadErrorKind::SegmentLimit("batches")), "{error}");
+        let named = format!("x at byte {past}: the segment holds more batches than a segment may");
+        assert_eq!(error.to_string(), named);
     }
 
     #[test]

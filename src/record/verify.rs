@@ -12,7 +12,8 @@ use super::format::{
     BatchEntry, ChainHead, FIRST_KEYED_CHAIN_VERSION, FooterIndex, IndexMap, SEGMENT_HEADER_BYTES, SealReason,
     chain_key, footer_bytes_estimate, genesis, mac_equal, mac_key, segment_over_limits,
 };
-use super::reader::{ReadError, ReadErrorKind, ReaderOptions, Recording, SegmentName, index_keys};
+use super::key_index::KeyIndex;
+use super::reader::{Batch, ReadError, ReadErrorKind, ReaderOptions, Recording, SegmentName, index_keys};
 
 /// How strict to be.
 #[derive(Debug, Clone, Copy, Default)]
@@ -48,6 +49,11 @@ pub struct Problem {
     pub record_index: Option<u64>,
     /// What is wrong.
     pub description: String,
+    /// Whether the file could not be read (an I/O error: permissions, a failing disk, a link
+    /// to storage that is gone, a FIFO in a segment's place) rather than read and found wrong:
+    /// what it holds is not known, so the recording is not verified, but nothing was found
+    /// wrong in it.
+    pub unreadable: bool,
 }
 
 impl std::fmt::Display for Problem {
@@ -69,7 +75,13 @@ impl From<ReadError> for Problem {
         if error.torn_tail {
             description.push_str(" (the damage runs to the end of the file: a torn write or a cut)");
         }
-        Problem { path: error.path, offset: Some(error.offset), record_index: error.record_index, description }
+        Problem {
+            path: error.path,
+            offset: Some(error.offset),
+            record_index: error.record_index,
+            description,
+            unreadable: matches!(error.kind, ReadErrorKind::Io(_)),
+        }
     }
 }
 
@@ -107,8 +119,14 @@ impl VerifyReport {
         self.problems.is_empty()
     }
 
+    /// Whether verification could not finish only because files could not be read: every
+    /// problem is [`Problem::unreadable`] (and there is one). Nothing read was found wrong.
+    pub fn is_only_unreadable(&self) -> bool {
+        !self.problems.is_empty() && self.problems.iter().all(|problem| problem.unreadable)
+    }
+
     fn problem(&mut self, path: PathBuf, offset: Option<u64>, record_index: Option<u64>, description: String) {
-        self.problems.push(Problem { path, offset, record_index, description });
+        self.problems.push(Problem { path, offset, record_index, description, unreadable: false });
     }
 }
 
@@ -177,6 +195,62 @@ fn time_range(batches: &[BatchEntry]) -> (u64, u64) {
     let min = batches.iter().map(|b| b.time_min_unix_us).min().unwrap_or(0);
     let max = batches.iter().map(|b| b.time_max_unix_us).max().unwrap_or(0);
     (min, max)
+}
+
+/// What a segment's footer should say, rebuilt from its batches as they are read.
+#[derive(Default)]
+struct Rebuilt {
+    /// The batch table.
+    batches: Vec<BatchEntry>,
+    /// The index, kept and counted as the writer keeps it (recovery too): the per-segment
+    /// limits are checked on the same counts, framing bytes included.
+    index: KeyIndex,
+}
+
+impl Rebuilt {
+    /// Adds `batch`, after which the chain is `chain_after`.
+    fn add(&mut self, batch: &Batch, chain_after: ChainHead) {
+        let ordinal = self.batches.len() as u32;
+        for record in &batch.records {
+            for (kind, key) in index_keys(&record.frame) {
+                self.index.add(kind, key, ordinal);
+            }
+        }
+        let times = batch.records.iter().map(|r| r.frame.time_unix_us());
+        let (time_min, time_max) = times.fold((u64::MAX, 0), |(lo, hi), t| (lo.min(t), hi.max(t)));
+        self.batches.push(BatchEntry {
+            offset: batch.offset,
+            first_record_index: batch.header.first_record_index,
+            n_records: batch.header.n_records,
+            compressed_len: batch.header.compressed_len,
+            uncompressed_len: batch.header.uncompressed_len,
+            time_min_unix_us: time_min,
+            time_max_unix_us: time_max,
+            chain_head_after: chain_after,
+        });
+    }
+
+    /// The bytes the footer of what was added takes.
+    fn footer_bytes(&self) -> usize {
+        footer_bytes_estimate(self.batches.len(), self.index.key_bytes, self.index.refs)
+    }
+
+    /// Which of the format's per-segment limits what was added is past, if any.
+    fn over_limits(&self) -> Option<&'static str> {
+        segment_over_limits(self.batches.len(), self.index.n_keys, self.footer_bytes())
+    }
+
+    /// The footer index of what was added.
+    fn footer_index(&self) -> FooterIndex {
+        let map: IndexMap = self
+            .index
+            .sorted_entries(&mut || {})
+            .into_iter()
+            // Keys are added as text, so they read back as the same text.
+            .map(|e| ((e.kind, String::from_utf8_lossy(e.key).into_owned()), [&[e.first][..], e.more].concat()))
+            .collect();
+        FooterIndex::from(&map)
+    }
 }
 
 struct Verifier<'a> {
@@ -296,10 +370,7 @@ impl Verifier<'_> {
 
         // Recompute everything the footer claims from what the segment holds.
         let mut chain = header.previous_chain_head;
-        let mut batches: Vec<BatchEntry> = Vec::new();
-        let mut index = IndexMap::new();
-        let mut index_key_bytes = 0usize;
-        let mut index_refs = 0usize;
+        let mut rebuilt = Rebuilt::default();
         let mut scan = reader.scan();
         let mut scan_error = None;
         let mut bad_tag_seen = false;
@@ -335,37 +406,12 @@ impl Verifier<'_> {
                 }
                 _ => computed,
             };
-            let ordinal = batches.len() as u32;
-            for record in &batch.records {
-                for (kind, key) in index_keys(&record.frame) {
-                    let ordinals = index.entry((kind, key.to_owned())).or_insert_with(|| {
-                        index_key_bytes += key.len();
-                        Vec::new()
-                    });
-                    if ordinals.last() != Some(&ordinal) {
-                        ordinals.push(ordinal);
-                        index_refs += 1;
-                    }
-                }
-            }
-            let times = batch.records.iter().map(|r| r.frame.time_unix_us());
-            let (time_min, time_max) = times.fold((u64::MAX, 0), |(lo, hi), t| (lo.min(t), hi.max(t)));
-            batches.push(BatchEntry {
-                offset: batch.offset,
-                first_record_index: batch.header.first_record_index,
-                n_records: batch.header.n_records,
-                compressed_len: batch.header.compressed_len,
-                uncompressed_len: batch.header.uncompressed_len,
-                time_min_unix_us: time_min,
-                time_max_unix_us: time_max,
-                chain_head_after: chain,
-            });
+            rebuilt.add(&batch, chain);
             report.records += u64::from(batch.header.n_records);
             progress(batch.end_offset - batch.offset);
             // Past a limit no writer of the format reaches, the index rebuilt here would only
             // grow (a hostile open segment could fill memory).
-            let footer_bytes = footer_bytes_estimate(batches.len(), index_key_bytes, index_refs);
-            if let Some(what) = segment_over_limits(batches.len(), index.len(), footer_bytes) {
+            if let Some(what) = rebuilt.over_limits() {
                 let description = ReadErrorKind::SegmentLimit(what).to_string();
                 report.problem(path.clone(), Some(batch.offset), None, description);
                 break;
@@ -413,7 +459,13 @@ impl Verifier<'_> {
             } else {
                 format!("open segment: {n_records} records not sealed, so not authenticated")
             };
-            let problem = Problem { path, offset: Some(reader.len()), record_index: Some(next_index), description };
+            let problem = Problem {
+                path,
+                offset: Some(reader.len()),
+                record_index: Some(next_index),
+                description,
+                unreadable: false,
+            };
             if last && self.options.allow_open {
                 report.notes.push(problem);
             } else {
@@ -429,6 +481,7 @@ impl Verifier<'_> {
             return Continuation { chain_head: Some(chain), next_record_index: Some(next_index), seal: None };
         }
         let footer = &sealed.footer;
+        let batches = &rebuilt.batches;
         // The footer is authentic: where the segment disagrees with it, the segment changed.
         let mut mismatch = |record_index: Option<u64>, offset: Option<u64>, description: String| {
             report.problem(path.clone(), offset, record_index, description);
@@ -452,10 +505,10 @@ impl Verifier<'_> {
         } else if footer.chain_head != chain
             || footer.first_record_index != header.first_record_index
             || footer.record_count != next_index - header.first_record_index
-            || (footer.time_min_unix_us, footer.time_max_unix_us) != time_range(&batches)
+            || (footer.time_min_unix_us, footer.time_max_unix_us) != time_range(batches)
         {
             mismatch(None, footer_offset, "the footer's totals do not match the segment".into());
-        } else if footer.index != FooterIndex::from(&index) {
+        } else if footer.index != rebuilt.footer_index() {
             mismatch(None, footer_offset, "the footer's index does not match the records".into());
         } else if sealed.trailer.footer_offset != sealed.footer_offset {
             let description = "the trailer does not point at the footer (bytes were inserted or removed)";
@@ -476,6 +529,72 @@ mod tests {
 
     use super::*;
     use crate::record::storage::{SimulatedStorage, Storage};
+    use crate::record::{Decision, Frame, Principal, RecorderConfig, RequestFrame, SegmentWriter};
+
+    const T0: u64 = 1_750_000_000_000_000;
+
+    fn request(n: u64) -> Frame {
+        Frame::Request(RequestFrame {
+            time_unix_us: T0 + n,
+            endpoint: std::borrow::Cow::Borrowed("query-request"),
+            principal: Principal { sub: Some(format!("agent-{}", n % 2)), role: None, groups: vec![] },
+            session_id: Some(7),
+            request_id: Some(format!("req-{n}")),
+            query_id: Some(format!("01b2c3d4-{n:04}")),
+            statement: Some(format!("select {n}")),
+            bindings: None,
+            agent_context: None,
+            query_tag: None,
+            decision: Decision::Allowed,
+            body: bytes::Bytes::from(format!("{{\"n\":{n}}}")),
+        })
+    }
+
+    #[test]
+    fn the_rebuilt_footer_is_counted_as_the_writer_counts_it() {
+        // Regression: verify counted an index key's bytes without the 7 bytes that frame it
+        // in the footer (the writer and recovery count them), so its footer size limit let
+        // through segments whose footers are larger than the format allows.
+        let storage = SimulatedStorage::new();
+        let directory = Path::new("/recordings");
+        let config = RecorderConfig::new(directory, 0, [1; 32]);
+        let (mut writer, _) = SegmentWriter::open(Arc::new(storage.clone()), &config, T0).unwrap();
+        for n in 0..6 {
+            writer.append(&[request(n), request(n + 100)], T0 + n).unwrap();
+        }
+        writer.seal(SealReason::Stopped, T0 + 10).unwrap();
+        let recording = Recording::open_with(Arc::new(storage), directory, ReaderOptions::default()).unwrap();
+        let reader = recording.segment(&SegmentName { core_id: 0, sequence: 0 }).unwrap();
+        let mut rebuilt = Rebuilt::default();
+        for batch in reader.scan() {
+            rebuilt.add(&batch.unwrap(), [0; 32]);
+        }
+        let sealed = reader.sealed().unwrap();
+        assert_eq!(rebuilt.index.n_keys, 2 + 2 * 12, "two identities, a query and a request id per request");
+        assert_eq!(rebuilt.footer_bytes(), sealed.footer_frame.len());
+        assert!(rebuilt.footer_index() == sealed.footer.index);
+        assert_eq!(rebuilt.over_limits(), None);
+    }
+
+    #[test]
+    fn a_segment_that_cannot_be_read_is_unreadable_not_wrong() {
+        let temp = tempfile::tempdir().unwrap();
+        // A link to a segment on storage that is gone (not mounted, say): opening it for
+        // reading fails, as root too.
+        let name = SegmentName { core_id: 0, sequence: 0 };
+        std::os::unix::fs::symlink(temp.path().join("cold").join(name.file_name()), temp.path().join(name.file_name()))
+            .unwrap();
+        let report = verify(&Recording::open(temp.path()).unwrap(), &[1; 32], &VerifyOptions::default(), &mut |_| {});
+        assert_eq!(report.problems.len(), 1, "{:?}", report.problems);
+        assert!(report.problems[0].unreadable, "{:?}", report.problems);
+        assert_eq!(report.problems[0].path, temp.path().join(name.file_name()));
+        assert!(report.is_only_unreadable());
+        // Something wrong besides: not only unreadable.
+        std::fs::write(temp.path().join(SegmentName { core_id: 0, sequence: 1 }.file_name()), [0; 200]).unwrap();
+        let report = verify(&Recording::open(temp.path()).unwrap(), &[1; 32], &VerifyOptions::default(), &mut |_| {});
+        assert!(report.problems.iter().any(|p| !p.unreadable), "{:?}", report.problems);
+        assert!(!report.is_only_unreadable());
+    }
 
     #[test]
     fn a_sequence_number_no_successor_can_follow_is_out_of_range_not_a_panic() {

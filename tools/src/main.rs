@@ -26,7 +26,8 @@ enum Command {
     Cat(recording::CatArgs),
     /// Prints the records matching every filter given.
     Search(recording::SearchArgs),
-    /// Checks a recording directory is complete and untouched; exits 1 on any problem.
+    /// Checks a recording directory is complete and untouched; exits 1 on any problem, 2 when
+    /// segments could not be read and nothing else is wrong.
     Verify(recording::VerifyArgs),
     /// Writes every record as JSON lines for a SIEM (schema `snowgate.record.v1`).
     Export(recording::ExportArgs),

@@ -6,9 +6,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufWriter, Write};
-use std::iter::Peekable;
 use std::path::{Path, PathBuf};
-use std::str::Chars;
 
 use anyhow::{Context as _, bail};
 use clap::Args;
@@ -211,6 +209,17 @@ impl Filters {
         self.since_us <= time_us && time_us < self.until_us
     }
 
+    /// Whether `frame` is on the endpoint asked for: any without `--endpoint`; an event is on
+    /// none.
+    fn endpoint_matches(&self, frame: &Frame) -> bool {
+        let endpoint = match frame {
+            Frame::Request(request) => Some(&request.endpoint),
+            Frame::Response(response) => Some(&response.endpoint),
+            Frame::Event(_) => None,
+        };
+        self.endpoint.as_ref().is_none_or(|wanted| endpoint.is_some_and(|endpoint| endpoint == wanted))
+    }
+
     fn request_matches(&self, request: &snowgate::record::RequestFrame) -> bool {
         self.request_side_matches(request)
             && self.query_id.as_ref().is_none_or(|id| request.query_id.as_ref() == Some(id))
@@ -230,64 +239,82 @@ impl Filters {
 
 /// The identifier paths in `text`, each part lowercased and unquoted: `Sales."Order Items"`
 /// → `["sales", "order items"]`. A quoted part may hold anything (`""` is a quote in it); an
-/// unquoted one is letters, digits, `_` and `$`; parts joined by dots make a path. A word
-/// scan, not a SQL parse.
+/// unquoted one is letters, digits, `_` and `$`; parts joined by dots make a path. Comments
+/// (`--`, `//` and `#` to the end of the line; `/* */`, closed by the first `*/`: they do not
+/// nest), string literals (`''` or `\'` inside them) and `$$` strings name nothing, and a
+/// quote inside them opens nothing: the gateway's lexer (`snowgate::policy::lexer`) reads them
+/// so. An opening that nothing closes (`'`, `/*`, `$$`, or `"` with no name closing within a
+/// name's length) is passed over, and what follows it is read as names. A word scan, not a
+/// SQL parse, in time linear in the text however many openings never close.
 fn identifier_paths(text: &str) -> Vec<Vec<String>> {
     let mut paths = Vec::new();
+    any_identifier_path(text, &mut |path| {
+        paths.push(path.to_vec());
+        false
+    });
+    paths
+}
+
+/// Hands `found` each identifier path of `text` ([`identifier_paths`]) as it is read, until it
+/// returns true; whether it did. A statement's paths are not all held at once.
+fn any_identifier_path(text: &str, found: &mut dyn FnMut(&[String]) -> bool) -> bool {
+    let bytes = text.as_bytes();
+    let closes = Closes::of(text);
+    let mut block_comment_end = NextMatch::new(b"*/");
+    let mut dollar_string_end = NextMatch::new(b"$$");
     let mut path: Vec<String> = Vec::new();
-    let mut chars = text.chars().peekable();
-    while let Some(c) = chars.next() {
-        let part = match c {
-            // A string literal ('' or \' inside it) names nothing, and a `"` in it opens no name.
-            '\'' => {
-                while let Some(c) = chars.next() {
-                    match c {
-                        '\\' => {
-                            chars.next();
-                        }
-                        '\'' if chars.peek() == Some(&'\'') => {
-                            chars.next();
-                        }
-                        '\'' => break,
-                        _ => {}
-                    }
+    let mut at = 0;
+    while let Some(c) = text[at..].chars().next() {
+        let rest = &bytes[at..];
+        // The part found at `at`, if any, and where reading goes on.
+        let (part, next) = if rest.starts_with(b"--") || rest.starts_with(b"//") || rest.starts_with(b"#") {
+            (None, rest.iter().position(|&b| b == b'\n').map_or(bytes.len(), |n| at + n))
+        } else if let Some(end) = rest.starts_with(b"/*").then(|| block_comment_end.find(bytes, at + 2)).flatten() {
+            (None, end + 2)
+        } else if let Some(end) = rest.starts_with(b"$$").then(|| dollar_string_end.find(bytes, at + 2)).flatten() {
+            (None, end + 2)
+        } else {
+            match c {
+                '\'' if closes.string[at + 1] => (None, string_end(text, at + 1)),
+                '"' if closes.name[at + 1] != NO_NAME => {
+                    let (part, end) = quoted_name(text, at + 1);
+                    (Some(part), end)
                 }
-                None
-            }
-            // A stray quote (no name closes within a name's length) is passed over.
-            '"' => quoted_name(chars.clone()).map(|(part, rest)| {
-                chars = rest;
-                part
-            }),
-            c if is_name_char(c) => {
-                let mut part = String::from(c);
-                while let Some(c) = chars.next_if(|&c| is_name_char(c)) {
-                    part.push(c);
+                c if is_name_char(c) => {
+                    let end = text[at..].find(|c: char| !is_name_char(c)).map_or(text.len(), |n| at + n);
+                    (Some(text[at..end].to_owned()), end)
                 }
-                Some(part)
+                c => (None, at + c.len_utf8()),
             }
-            _ => None,
         };
+        at = next;
         // Anything but a name ends the path.
         let Some(part) = part else {
-            if !path.is_empty() {
-                paths.push(std::mem::take(&mut path));
+            if !path.is_empty() && found(&path) {
+                return true;
             }
+            path.clear();
             continue;
         };
         path.push(part.to_lowercase());
-        if chars.next_if_eq(&'.').is_none() {
-            paths.push(std::mem::take(&mut path));
-        } else if !chars.peek().is_some_and(|&c| c == '"' || is_name_char(c)) {
+        if bytes.get(at) != Some(&b'.') {
+            if found(&path) {
+                return true;
+            }
+            path.clear();
+            continue;
+        }
+        at += 1;
+        if !text[at..].chars().next().is_some_and(|c| c == '"' || is_name_char(c)) {
             // A dot leading nowhere ends the path with an empty part.
             path.push(String::new());
-            paths.push(std::mem::take(&mut path));
+            if found(&path) {
+                return true;
+            }
+            path.clear();
         }
     }
-    if !path.is_empty() {
-        paths.push(path);
-    }
-    paths
+    !path.is_empty() && found(&path)
 }
 
 /// A character of an unquoted name.
@@ -298,18 +325,102 @@ fn is_name_char(c: char) -> bool {
 /// The longest quoted name, in characters (Snowflake's identifiers have at most 255).
 const QUOTED_NAME_CHARS_MAX: usize = 255;
 
-/// The quoted name after an opening `"`, and the characters after its closing quote; `None`
-/// when none closes within [`QUOTED_NAME_CHARS_MAX`].
-fn quoted_name(mut chars: Peekable<Chars<'_>>) -> Option<(String, Peekable<Chars<'_>>)> {
-    let mut part = String::new();
-    for _ in 0..=QUOTED_NAME_CHARS_MAX {
-        match chars.next()? {
-            '"' if chars.next_if_eq(&'"').is_some() => part.push('"'),
-            '"' => return Some((part, chars)),
-            c => part.push(c),
+/// In [`Closes::name`]: no quoted name closes.
+const NO_NAME: u16 = u16::MAX;
+
+/// For each byte offset of a text, what an opening quote right before it leads to. Worked out
+/// from the end of the text in one pass, so the scan decides each opening quote at once
+/// instead of reading ahead from it: reading ahead from each of a statement's quotes that
+/// never close would take time quadratic in its length.
+struct Closes {
+    /// Whether a string literal whose content starts here closes.
+    string: Vec<bool>,
+    /// The length in characters of the quoted name whose content starts here, or [`NO_NAME`]
+    /// when none closes within [`QUOTED_NAME_CHARS_MAX`] characters.
+    name: Vec<u16>,
+}
+
+impl Closes {
+    fn of(text: &str) -> Closes {
+        let bytes = text.as_bytes();
+        let len = bytes.len();
+        // Two places past the end, so that each step may look two bytes on.
+        let mut string = vec![false; len + 2];
+        let mut name = vec![NO_NAME; len + 2];
+        let one_more = |chars: u16| if usize::from(chars) < QUOTED_NAME_CHARS_MAX { chars + 1 } else { NO_NAME };
+        for at in (0..len).rev() {
+            let doubled = bytes.get(at + 1) == Some(&bytes[at]);
+            string[at] = match bytes[at] {
+                // A backslash escapes the character after it, whatever its length.
+                b'\\' => text[at + 1..].chars().next().is_some_and(|c| string[at + 1 + c.len_utf8()]),
+                b'\'' if doubled => string[at + 2],
+                b'\'' => true,
+                _ => string[at + 1],
+            };
+            name[at] = match bytes[at] {
+                b'"' if doubled => one_more(name[at + 2]),
+                b'"' => 0,
+                // A character counts once, at its first byte.
+                byte if byte & 0xc0 == 0x80 => name[at + 1],
+                _ => one_more(name[at + 1]),
+            };
+        }
+        Closes { string, name }
+    }
+}
+
+/// Where the string literal whose content starts at `at` ends, just after its closing quote
+/// ([`Closes::string`] says it closes).
+fn string_end(text: &str, mut at: usize) -> usize {
+    let bytes = text.as_bytes();
+    while at < bytes.len() {
+        match bytes[at] {
+            b'\\' => at += 1 + text[at + 1..].chars().next().map_or(0, char::len_utf8),
+            b'\'' if bytes.get(at + 1) == Some(&b'\'') => at += 2,
+            b'\'' => return at + 1,
+            _ => at += 1,
         }
     }
-    None
+    at
+}
+
+/// The quoted name whose content starts at `at` (`""` read as `"`), and where it ends, just
+/// after its closing quote ([`Closes::name`] says it closes).
+fn quoted_name(text: &str, at: usize) -> (String, usize) {
+    let bytes = text.as_bytes();
+    let mut end = at;
+    while end < bytes.len() && !(bytes[end] == b'"' && bytes.get(end + 1) != Some(&b'"')) {
+        end += if bytes[end] == b'"' { 2 } else { 1 };
+    }
+    (text[at..end].replace("\"\"", "\""), end + 1)
+}
+
+/// The first place of `needle` at or after a place, asked for places that never go back: a
+/// search that found nothing answers every later question, and one that found a place every
+/// question before it, so a text full of openings that never close is searched once, not once
+/// per opening.
+struct NextMatch {
+    needle: &'static [u8],
+    /// The last search: from where, and what it found.
+    last: Option<(usize, Option<usize>)>,
+}
+
+impl NextMatch {
+    fn new(needle: &'static [u8]) -> NextMatch {
+        NextMatch { needle, last: None }
+    }
+
+    fn find(&mut self, haystack: &[u8], from: usize) -> Option<usize> {
+        if let Some((searched_from, found)) = self.last
+            && searched_from <= from
+            && found.is_none_or(|place| place >= from)
+        {
+            return found;
+        }
+        let found = haystack[from..].windows(self.needle.len()).position(|w| w == self.needle).map(|n| from + n);
+        self.last = Some((from, found));
+        found
+    }
 }
 
 /// The `--table` argument as one identifier path.
@@ -322,9 +433,7 @@ fn table_path(text: &str) -> anyhow::Result<Vec<String>> {
 
 /// Whether `statement` names the table `table` (its last path components).
 fn names_table(statement: &str, table: &[String]) -> bool {
-    identifier_paths(statement)
-        .iter()
-        .any(|path| path.len() >= table.len() && path[path.len() - table.len()..] == *table)
+    any_identifier_path(statement, &mut |path| path.len() >= table.len() && path[path.len() - table.len()..] == *table)
 }
 
 pub fn search(args: SearchArgs) -> anyhow::Result<()> {
@@ -370,7 +479,9 @@ pub fn search(args: SearchArgs) -> anyhow::Result<()> {
             continue;
         }
         match recording.record(core_id, index) {
-            Ok(Some(request)) if filters.in_time(request.frame.time_unix_us()) => {
+            Ok(Some(request))
+                if filters.in_time(request.frame.time_unix_us()) && filters.endpoint_matches(&request.frame) =>
+            {
                 emit(&mut out, &request, &args.output)?
             }
             Ok(_) => {}
@@ -419,13 +530,23 @@ struct Matcher<'a> {
 impl Matcher<'_> {
     fn matches(&mut self, record: &Record) -> bool {
         let filters = self.filters;
+        let linked = match &record.frame {
+            Frame::Response(response) => response.request.as_ref().and_then(|l| l.record_index()),
+            _ => None,
+        };
+        // A response answers its request whatever its time: while a request is unanswered,
+        // `--sub` cannot skip the core's later segments.
+        if let Some(index) = linked
+            && let Some(unanswered) = self.unanswered.get_mut(&record.core_id)
+        {
+            unanswered.remove(&index);
+        }
         if !filters.in_time(record.frame.time_unix_us()) {
             return false;
         }
         match &record.frame {
             Frame::Request(request) => {
-                let endpoint_ok = filters.endpoint.as_ref().is_none_or(|e| *e == request.endpoint);
-                let matches = endpoint_ok && filters.request_matches(request);
+                let matches = filters.endpoint_matches(&record.frame) && filters.request_matches(request);
                 if matches {
                     self.matched.entry(record.core_id).or_default().insert(record.index);
                     self.unanswered.entry(record.core_id).or_default().insert(record.index);
@@ -433,12 +554,6 @@ impl Matcher<'_> {
                 matches
             }
             Frame::Response(response) => {
-                let linked = response.request.as_ref().and_then(|l| l.record_index());
-                if let Some(index) = linked
-                    && let Some(unanswered) = self.unanswered.get_mut(&record.core_id)
-                {
-                    unanswered.remove(&index);
-                }
                 let via_request =
                     linked.is_some_and(|i| self.matched.get(&record.core_id).is_some_and(|set| set.contains(&i)));
                 if via_request
@@ -449,7 +564,7 @@ impl Matcher<'_> {
                     // (the set would otherwise grow with every match of a long search).
                     set.remove(&index);
                 }
-                let endpoint_ok = filters.endpoint.as_ref().is_none_or(|e| *e == response.endpoint);
+                let endpoint_ok = filters.endpoint_matches(&record.frame);
                 let own_query_id = filters.query_id.as_ref().is_none_or(|id| response.query_id.as_ref() == Some(id));
                 let own = !filters.has_request_filters() && own_query_id;
                 let matches = endpoint_ok && (via_request || own);
@@ -492,7 +607,7 @@ impl Matcher<'_> {
         let filters = self.filters;
         let Frame::Request(frame) = &request.frame else { return false };
         filters.in_time(frame.time_unix_us)
-            && filters.endpoint.as_ref().is_none_or(|e| *e == frame.endpoint)
+            && filters.endpoint_matches(&request.frame)
             && filters.request_side_matches(frame)
     }
 }
@@ -592,6 +707,12 @@ pub fn run_verify(args: VerifyArgs) -> anyhow::Result<bool> {
     } else {
         print_verify(&report);
     }
+    // Files that could not be read, and nothing found wrong: an I/O error (exit status 2), not
+    // a verdict on the recording.
+    if report.is_only_unreadable() {
+        let (count, first) = (report.problems.len(), &report.problems[0]);
+        bail!("{count} file(s) could not be read, so the recording is not verified; the first: {first}");
+    }
     Ok(report.is_ok())
 }
 
@@ -603,7 +724,7 @@ fn verify_json(report: &VerifyReport) -> serde_json::Value {
     let problem = |p: &snowgate::record::verify::Problem| {
         serde_json::json!({
             "file": p.path.display().to_string(), "offset": p.offset, "record": p.record_index,
-            "problem": p.description,
+            "problem": p.description, "unreadable": p.unreadable,
         })
     };
     let cores: serde_json::Map<String, serde_json::Value> = report
@@ -667,7 +788,9 @@ pub fn export(args: ExportArgs) -> anyhow::Result<()> {
         )),
         None => Box::new(BufWriter::new(std::io::stdout().lock())),
     };
-    let bar = progress(&recording, "exporting", None);
+    // As for `cat`: no bar between records written to a terminal or a pager.
+    let to_file = args.output.is_some() || stdout_is_a_file();
+    let bar = if to_file { progress(&recording, "exporting", None) } else { ProgressBar::hidden() };
     let mut failures = 0;
     for segment in recording.segments() {
         let reader = match recording.segment(segment) {
@@ -831,5 +954,126 @@ mod tests {
         for bad in ["", "a b", "a.", ".a", "\"\""] {
             assert!(table_path(bad).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn a_quote_in_a_comment_or_dollar_string_hides_no_table_after_it() {
+        // Regression: a `'` in a comment opened a string literal that ran to the end, so the
+        // statement an agent wrote could keep its table from `search --table`.
+        let customers = table_path("customers").unwrap();
+        let found = [
+            "-- don't cache\nSELECT ssn FROM customers",
+            "// don't cache\nSELECT ssn FROM customers",
+            "# don't cache\nSELECT ssn FROM customers",
+            "/* ' */ SELECT ssn FROM customers",
+            "/* \" */ SELECT ssn FROM customers",
+            "SELECT $$it's$$, ssn FROM customers",
+            "SELECT 'it''s' -- '\nFROM customers",
+            // Block comments do not nest: the first `*/` closes.
+            "SELECT 1 /* /* */ FROM customers */",
+            // Openings nothing closes are passed over.
+            "SELECT 'oops, ssn FROM customers",
+            "SELECT ssn /* ' FROM customers",
+            "SELECT $$ ssn FROM customers",
+            "SELECT \"ssn FROM customers",
+        ];
+        for statement in found {
+            assert!(names_table(statement, &customers), "{statement:?}");
+        }
+        let not_found = [
+            "SELECT 1 -- FROM customers",
+            "SELECT 1 // FROM customers",
+            "SELECT 1 # FROM customers",
+            "SELECT 1 /* FROM customers */ FROM t",
+            "SELECT $$ FROM customers $$ FROM t",
+            "SELECT 'FROM customers' FROM t",
+            "SELECT '\\' FROM customers' FROM t",
+        ];
+        for statement in not_found {
+            assert!(!names_table(statement, &customers), "{statement:?}");
+        }
+        // A comment ends the path it follows; a name after it starts another.
+        assert_eq!(identifier_paths("a.b/* x */c -- d\ne"), [vec!["a", "b"], vec!["c"], vec!["e"]]);
+        assert_eq!(identifier_paths("s.\"T\"\"1\"$$x$$"), [vec!["s", "t\"1"]]);
+    }
+
+    /// The largest statement the format holds, made of openings that never close, still has
+    /// its table found after them. (Each `"` once read ahead from a copy of the iterator, 9 s
+    /// for such a statement; now one pass, about a tenth of a second. Speed is not asserted
+    /// here: a test's timing is the machine's.)
+    #[test]
+    fn quotes_that_never_close_hide_no_table_after_them() {
+        let customers = table_path("customers").unwrap();
+        let size = snowgate::record::limits::STATEMENT_BYTES_MAX;
+        for unit in ["\"", "\"\"a", "'\\", "/* ", "$$ "] {
+            let statement = format!("{} FROM customers", unit.repeat(size / unit.len()));
+            assert!(names_table(&statement, &customers), "{unit:?}");
+        }
+    }
+
+    fn record(index: u64, frame: Frame) -> Record {
+        Record { core_id: 0, segment_sequence: 0, batch_offset: 96, index, encoded_bytes: 100, frame }
+    }
+
+    fn request(time_unix_us: u64) -> Frame {
+        Frame::Request(snowgate::record::RequestFrame {
+            time_unix_us,
+            endpoint: "query-request".into(),
+            principal: snowgate::record::Principal { sub: Some("agent-7".into()), role: None, groups: vec![] },
+            session_id: None,
+            request_id: None,
+            query_id: None,
+            statement: Some("select 1".into()),
+            bindings: None,
+            agent_context: None,
+            query_tag: None,
+            decision: snowgate::record::Decision::Allowed,
+            body: Default::default(),
+        })
+    }
+
+    fn response(time_unix_us: u64, request_index: u64) -> Frame {
+        Frame::Response(snowgate::record::ResponseFrame {
+            time_unix_us,
+            endpoint: "query-request".into(),
+            request: Some(snowgate::record::RequestLink::to_record(request_index)),
+            query_id: None,
+            status: 200,
+            code: None,
+            success: Some(true),
+            rows: None,
+            upstream_us: 1,
+            total_us: 2,
+            body: Default::default(),
+        })
+    }
+
+    #[test]
+    fn a_response_outside_the_time_range_still_answers_its_request() {
+        // Regression: the time range was checked first, so a matched request whose response
+        // lay past `--until` stayed unanswered, and `--sub` then read every later segment of
+        // its core in full.
+        let filters = Filters {
+            sub: Some("agent-7".into()),
+            since_us: 1_000_000_000,
+            until_us: 2_000_000_000,
+            text_lower: None,
+            table: None,
+            query_id: None,
+            request_id: None,
+            decision: None,
+            endpoint: None,
+        };
+        let mut matcher = Matcher {
+            filters: &filters,
+            matched: BTreeMap::new(),
+            unanswered: BTreeMap::new(),
+            requests_of_responses: Vec::new(),
+            pending_pairs: Vec::new(),
+        };
+        assert!(matcher.matches(&record(5, request(1_500_000_000))));
+        assert_eq!(matcher.unanswered[&0], BTreeSet::from([5]));
+        assert!(!matcher.matches(&record(6, response(2_500_000_000, 5))), "out of the range: not printed");
+        assert!(matcher.unanswered[&0].is_empty(), "but answered");
     }
 }

@@ -741,3 +741,77 @@ fn text_output_escapes_control_and_bidi_characters_that_agents_sent() {
     assert!(errors.chars().all(printable), "raw character in {errors:?}");
     assert!(errors.contains(r"gone\u{1b}[2J\u{202e}"), "{errors}");
 }
+
+#[test]
+fn verify_exits_2_naming_the_segment_it_cannot_read() {
+    // Regression: a segment that could not be read was a problem like a tampered one (exit
+    // status 1), though 2 is for I/O errors. Here it was moved to colder storage, linked to,
+    // and that storage is gone (not mounted, say): it fails to read as root too.
+    let fixture = fixture();
+    let unreadable = segment(&fixture.dir, 0, 1);
+    std::fs::remove_file(&unreadable).unwrap();
+    std::os::unix::fs::symlink(fixture.dir.parent().unwrap().join("cold/gone.sgr"), &unreadable).unwrap();
+    let output = verify(&fixture);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{}\n{stderr}", stdout(&output));
+    let name = unreadable.file_name().unwrap().to_str().unwrap();
+    assert!(stderr.contains("could not be read") && stderr.contains(name), "{stderr}");
+    assert!(stdout(&output).lines().any(|l| l.starts_with("FAIL ") && l.contains(name)), "{}", stdout(&output));
+    let json =
+        tools(&["verify", fixture.dir.to_str().unwrap(), "--key-file", fixture.key_file.to_str().unwrap(), "--json"]);
+    assert_eq!(json.status.code(), Some(2));
+    let report: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(report["problems"][0]["unreadable"], true, "{report}");
+    // Something found wrong as well: that is the verdict.
+    std::fs::write(fixture.dir.join("notes.txt"), "hello").unwrap();
+    assert_eq!(verify(&fixture).status.code(), Some(1));
+}
+
+#[test]
+fn search_by_query_id_prints_the_request_only_on_the_endpoint_asked_for() {
+    // Regression: the request of a response found by its query id was printed whatever its
+    // endpoint.
+    let temp = tempfile::tempdir().unwrap();
+    let dir = temp.path().join("recordings");
+    written_recording(&dir, |writer| {
+        let request = writer.append(&[request(4, "agent-7", "select 4", Decision::Allowed)], T0).unwrap();
+        let Frame::Response(mut response) = query_response(4, request.first_record_index) else { unreachable!() };
+        response.endpoint = Cow::Borrowed("query-result");
+        writer.append(&[Frame::Response(response)], T0 + 1).unwrap();
+    });
+    let id = "01b2c3d4-0000-4000-8000-000000000004";
+    let search = |endpoint: &str| {
+        let output = tools(&["search", dir.to_str().unwrap(), "--query-id", id, "--endpoint", endpoint, "--json"]);
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        stdout(&output).lines().map(|l| serde_json::from_str(l).unwrap()).collect::<Vec<serde_json::Value>>()
+    };
+    let found = search("query-result");
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert_eq!((&found[0]["kind"], &found[0]["endpoint"]), (&"response".into(), &"query-result".into()));
+    assert_eq!(search("query-request"), Vec::<serde_json::Value>::new());
+}
+
+#[test]
+fn export_draws_no_progress_bar_between_records_on_a_terminal() {
+    // Regression: the bar was drawn when records went to the terminal too (`cat` did not).
+    // `script` runs the tool on a pseudo-terminal, its stderr and (without `--output`) its
+    // records on it.
+    if Command::new("script").arg("--version").output().is_err() {
+        eprintln!("skipped: no `script` to run the tool on a terminal");
+        return;
+    }
+    let fixture = fixture();
+    let tools_path = env!("CARGO_BIN_EXE_snowgate-tools");
+    let on_terminal = |args: &str| {
+        let command = format!("'{tools_path}' export '{}' {args}", fixture.dir.display());
+        let output = Command::new("script").args(["-qec", &command, "/dev/null"]).output().unwrap();
+        assert!(output.status.success(), "{command}: {}", String::from_utf8_lossy(&output.stderr));
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    let export_path = fixture.dir.parent().unwrap().join("export.jsonl");
+    let to_file = on_terminal(&format!("--output '{}'", export_path.display()));
+    assert!(to_file.contains("exporting"), "records to a file: the bar shows on the terminal\n{to_file}");
+    let to_terminal = on_terminal("");
+    assert!(to_terminal.contains("snowgate.record.v1"), "{to_terminal}");
+    assert!(!to_terminal.contains("exporting"), "a bar among the records:\n{to_terminal}");
+}
