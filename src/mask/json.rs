@@ -1362,9 +1362,10 @@ struct QueryData {
 }
 
 /// The `data` members of an answer that sends the driver to a stage itself (`GET`, `PUT`):
-/// cloud credentials, the stage's encryption keys, presigned URLs. Files moved so never pass
+/// cloud credentials (`stageInfo`, and the `uploadInfo` the Go driver reads), the stage's
+/// encryption keys, presigned URLs. Files moved so never pass
 /// the gateway, which could neither mask nor record them.
-const STAGE_ACCESS_KEYS: [&str; 4] = ["stageInfo", "encryptionMaterial", "presignedUrl", "presignedUrls"];
+const STAGE_ACCESS_KEYS: [&str; 5] = ["stageInfo", "uploadInfo", "encryptionMaterial", "presignedUrl", "presignedUrls"];
 
 /// A query answer's `data` object: `rowtype`, `rowset` or `rowsetBase64`, chunks and keys.
 fn mask_query_data(

@@ -45,8 +45,7 @@
 //! [[masking.profiles.agents.columns]]      # first match wins; masks every value
 //! name = "*SSN*"                           # glob over the column name, case-insensitive
 //! table = "*"                              # glob over the table (default "*"); with dots
-//!                                          # over schema.table or database.schema.table;
-//!                                          # a column of no known table (computed) matches
+//!                                          # over schema.table or database.schema.table
 //! mask = { style = "null" }
 //!
 //! [[masking.profiles.agents.columns]]

@@ -713,6 +713,7 @@ fn stage_access_is_refused() {
         r#"{"command":"UPLOAD","encryptionMaterial":{"queryStageMasterKey":"k"}}"#,
         r#"{"presignedUrls":["https://bucket.s3.amazonaws.com/x?X-Amz-Signature=s"]}"#,
         r#"{"presignedUrl":"https://bucket.s3.amazonaws.com/x"}"#,
+        r#"{"command":"UPLOAD","uploadInfo":{"locationType":"S3","creds":{"AWS_KEY_ID":"AKIA"}}}"#,
         r#"{"stage\u0049nfo":{}}"#,
     ] {
         let mut body = format!(r#"{{"data":{data},"success":true}}"#).into_bytes();

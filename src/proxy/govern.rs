@@ -947,6 +947,10 @@ impl From<String> for Withheld {
     }
 }
 
+/// What the `chunkHeaders` member [`rebuild_envelope`] adds takes besides its `Authorization`
+/// value: the key, the field's name, quotes, braces and commas.
+const CHUNK_HEADERS_MEMBER_BYTES: usize = 64;
+
 /// What an agent under masking is told of a `GET` or `PUT` whose answer was withheld.
 const STAGE_ACCESS_MESSAGE: &str = "snowgate withheld this answer: it would give direct access to a stage (GET, PUT), \
      whose files would move between the driver and the cloud without being masked or recorded";
@@ -1101,7 +1105,9 @@ fn mask_result(
     // answer rebuilt with them is held to the cap of a decompressed body, counted as the URLs
     // are made, so a result of very many chunks is refused before it takes that much memory.
     let answer_bytes_max = core.gateway.config.limits.decompressed_bytes_max;
-    let mut answer_bytes = buffer.len();
+    // Counted with the upstream's URLs and keys still in (which the rebuild drops), plus the
+    // `chunkHeaders` it adds: never under the answer's size.
+    let mut answer_bytes = buffer.len() + authorization.len() + CHUNK_HEADERS_MEMBER_BYTES;
     let urls = envelope
         .chunks
         .iter()

@@ -550,6 +550,18 @@ pub(super) fn pass_through(response: UpstreamResponse) -> Answer {
     Answer::upstream(response.status, response.headers, response.body)
 }
 
+/// A login or renewal Snowflake answered with another status than 200: the status reaches the
+/// agent (drivers retry a 5xx, give up on a 4xx), the body does not. Only a 200's body is read,
+/// and its tokens sealed or dropped; an error page of these endpoints is not checked for them.
+fn session_answer_withheld(core: &Core, capture: &mut Capture, response: &UpstreamResponse, what: &str) -> Answer {
+    let status = response.status;
+    warn!(core = core.id, status, endpoint = what, "Snowflake answered a session request with an error status.");
+    capture.refused_code = Some(codes::UPSTREAM_INVALID.to_owned());
+    let message =
+        format!("Snowflake answered the {what} with HTTP status {status}; snowgate does not pass that body on");
+    Answer::own(status, refusal_body(codes::UPSTREAM_INVALID, &message))
+}
+
 pub(super) fn with_body(response: UpstreamResponse, body: Vec<u8>) -> Answer {
     Answer::upstream(response.status, response.headers, Bytes::from(body))
 }
@@ -632,7 +644,7 @@ async fn login(core: &Core, head: &RequestHead, body: Bytes, capture: &mut Captu
         Err(answer) => return answer,
     };
     if response.status != 200 {
-        return pass_through(response);
+        return session_answer_withheld(core, capture, &response, "login");
     }
     // The session ends with the OIDC token (the allowed skew on `exp` counts, as at the check),
     // or `session_max` after the login, whichever comes first.
@@ -713,7 +725,7 @@ async fn renew(core: &Core, head: &RequestHead, body: Bytes, capture: &mut Captu
         Err(answer) => return answer,
     };
     if response.status != 200 {
-        return pass_through(response);
+        return session_answer_withheld(core, capture, &response, "renewal");
     }
     match login::seal_renew_response(&response.body, &gateway.sealer, &master, unix_millis()) {
         Ok(answer) => {

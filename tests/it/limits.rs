@@ -506,6 +506,41 @@ fn drain_finishes_the_request_in_flight_and_serves_no_new_connection() {
     );
 }
 
+/// A login Snowflake answers with an error status reaches the agent as that status with the
+/// gateway's own refusal: the error page of a session endpoint is not checked for tokens, so
+/// it is not passed on (here it carries a session and a master token).
+#[test]
+fn a_login_answered_with_an_error_status_keeps_the_status_and_drops_the_body() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            if !read_request(&mut stream) {
+                continue;
+            }
+            let body =
+                r#"{"data":{"token":"LEAKED-SESSION-TOKEN","masterToken":"LEAKED-MASTER-TOKEN"},"success":false}"#;
+            let answer = format!(
+                "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\
+                 Connection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = stream.write_all(answer.as_bytes());
+        }
+    });
+    let gateway = TestGateway::start(&format!("http://{addr}"), GatewayOptions::default());
+    let mut client = gateway.client();
+    let answer = login(&mut client, &agent_token(json!({})));
+    assert_eq!(answer.status, 503, "{answer:?}");
+    let text = String::from_utf8_lossy(&answer.body).into_owned();
+    assert!(!text.contains("LEAKED"), "an upstream token reached the agent: {text}");
+    let body = answer.json().unwrap();
+    assert_eq!((&body["success"], &body["code"]), (&json!(false), &json!("260004")), "{body}");
+    assert!(body["message"].as_str().unwrap().contains("HTTP status 503"), "{body}");
+}
+
 /// A keep-alive stand-in: on each connection it answers the first request with a login answer
 /// and keeps the connection; the second it reads, then closes after `close_after`. Counts the
 /// requests it read.
