@@ -327,7 +327,7 @@ pub struct ApprovalsSection {
     pub poll_hold_ms: u64,
     /// Statements one identity may have parked at once.
     pub pending_per_identity_max: usize,
-    /// Statements parked or recently decided, in all.
+    /// Statements parked or recently decided, in all; one identity holds at most half of them.
     pub items_max: usize,
 }
 

@@ -259,8 +259,9 @@ pub enum LedgerError {
     /// The agent has too many statements waiting.
     #[error("the agent has too many statements waiting for review")]
     TooManyPending,
-    /// The agent's items hold too many bytes.
-    #[error("the agent's statements held for review are too large together")]
+    /// The agent's items hold too many bytes, or are too many (decided ones included, until
+    /// purged).
+    #[error("the agent's statements held for review are too many or too large together")]
     SubjectFull,
     /// The ledger is full (the gateway's limit).
     #[error("the gateway holds too many parked statements")]
@@ -551,6 +552,15 @@ impl<P> Ledger<P> {
         if held_for_sub + weight_bytes > self.limits.stored_bytes_per_subject_max {
             return Err(LedgerError::SubjectFull);
         }
+        // Decided items stay for the retention: one agent parking and withdrawing (or voiding)
+        // over and over must not fill the ledger's items for every other either.
+        let of_sub = |items: &HashMap<String, Item<P>>| items.values().filter(|i| i.key.sub == request.key.sub).count();
+        if of_sub(&self.items) >= self.items_per_subject_max() {
+            self.purge(now_unix_ms);
+            if of_sub(&self.items) >= self.items_per_subject_max() {
+                return Err(LedgerError::SubjectFull);
+            }
+        }
         if self.items.len() >= self.limits.items_max
             || self.stored_bytes() + weight_bytes > self.limits.stored_bytes_max
         {
@@ -588,6 +598,12 @@ impl<P> Ledger<P> {
         self.by_key.insert(request.key, query_id.clone());
         self.items.insert(query_id.clone(), item);
         Ok(Parked { query_id, state, created: true })
+    }
+
+    /// Items one `sub` may have, decided ones included: half of `items_max`, as its bytes are
+    /// held to half the total by default, but never fewer than it may have undecided.
+    fn items_per_subject_max(&self) -> usize {
+        (self.limits.items_max / 2).max(self.limits.pending_per_subject_max)
     }
 
     /// Bytes the items hold (at most `items_max` items, so counting is cheap next to a park).
@@ -659,14 +675,15 @@ impl<P> Ledger<P> {
         let reason_bytes_max = self.limits.reason_bytes_max;
         let item = self.items.get_mut(query_id).ok_or(LedgerError::NotFound)?;
         item.tick(now_unix_ms);
-        if !(item.state == State::Pending || or_approved && item.state == State::Approved) {
-            return Err(LedgerError::NotPending(item.state.name()));
-        }
+        // Who may not decide is told so before anything of the statement's state.
         if reviewer.sub == item.key.sub {
             return Err(LedgerError::SelfReview);
         }
         if !reviewer.groups.iter().any(|g| item.requirement.reviewer_groups.contains(g)) {
             return Err(LedgerError::NotAReviewer);
+        }
+        if !(item.state == State::Pending || or_approved && item.state == State::Approved) {
+            return Err(LedgerError::NotPending(item.state.name()));
         }
         if reason.trim().is_empty() || reason.len() > reason_bytes_max {
             return Err(LedgerError::BadReason(reason_bytes_max));
@@ -942,6 +959,9 @@ mod tests {
             ledger.approve(&id, &reviewer("carol"), "late", T0 + 4).unwrap_err(),
             LedgerError::NotPending("approved")
         );
+        // Someone who may not decide learns nothing of where the statement stands.
+        assert_eq!(ledger.approve(&id, &outsider, "ok", T0 + 5).unwrap_err(), LedgerError::NotAReviewer);
+        assert_eq!(ledger.deny(&id, &agent, "no", T0 + 5).unwrap_err(), LedgerError::SelfReview);
     }
 
     #[test]
@@ -1130,6 +1150,28 @@ mod tests {
             LedgerError::SubjectFull
         );
         ledger.park(fits, T0 + 2).unwrap();
+    }
+
+    /// Parking and withdrawing over and over, one agent fills at most half the ledger's items
+    /// (decided ones stay for the retention); the others still park, and once its items are
+    /// past the retention it parks again.
+    #[test]
+    fn one_agent_cannot_fill_the_ledgers_items_by_withdrawing() {
+        let limits = LedgerLimits { items_max: 8, pending_per_subject_max: 2, ..LedgerLimits::default() };
+        let mut ledger = Ledger::new(limits);
+        for n in 0..4 {
+            let id = ledger.park(request(&format!("r{n}"), "insert into t values (1)"), T0 + n).unwrap().query_id;
+            ledger.withdraw(&id, "agent", 7, T0 + n).unwrap();
+        }
+        assert_eq!(
+            ledger.park(request("r4", "insert into t values (1)"), T0 + 5).unwrap_err(),
+            LedgerError::SubjectFull
+        );
+        let mut other = request("r4", "insert into t values (1)");
+        other.key.sub = "agent-2".into();
+        ledger.park(other, T0 + 5).unwrap();
+        let past_retention = T0 + 3 + 15 * 60 * 1000;
+        assert!(ledger.park(request("r4", "insert into t values (1)"), past_retention).unwrap().created);
     }
 
     #[test]
