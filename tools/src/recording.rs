@@ -267,7 +267,13 @@ fn any_identifier_path(text: &str, found: &mut dyn FnMut(&[String]) -> bool) -> 
     while let Some(c) = text[at..].chars().next() {
         let rest = &bytes[at..];
         // The part found at `at`, if any, and where reading goes on.
-        let (part, next) = if rest.starts_with(b"--") || rest.starts_with(b"//") || rest.starts_with(b"#") {
+        // `//` after a `:` is a URL's (`PUT file:///tmp/x.csv @%orders`), not a comment: the
+        // gateway reads `GET` and `PUT` arguments from the raw text for the same reason.
+        let url = rest.starts_with(b"//") && at > 0 && bytes[at - 1] == b':';
+        let (part, next) = if url {
+            // All its slashes (`file:///tmp`): the last two must not start a comment either.
+            (None, at + rest.iter().take_while(|&&b| b == b'/').count())
+        } else if rest.starts_with(b"--") || rest.starts_with(b"//") || rest.starts_with(b"#") {
             (None, rest.iter().position(|&b| b == b'\n').map_or(bytes.len(), |n| at + n))
         } else if let Some(end) = rest.starts_with(b"/*").then(|| block_comment_end.find(bytes, at + 2)).flatten() {
             (None, end + 2)
@@ -994,6 +1000,11 @@ mod tests {
         }
         // A comment ends the path it follows; a name after it starts another.
         assert_eq!(identifier_paths("a.b/* x */c -- d\ne"), [vec!["a", "b"], vec!["c"], vec!["e"]]);
+        // A file URL's `//` is no comment: the stage after it is found.
+        let put = identifier_paths("PUT file:///tmp/x.csv @%orders");
+        assert!(put.contains(&vec!["orders".to_owned()]), "{put:?}");
+        let get = identifier_paths("GET @%orders file://C:\\tmp\\");
+        assert!(get.contains(&vec!["orders".to_owned()]), "{get:?}");
         assert_eq!(identifier_paths("s.\"T\"\"1\"$$x$$"), [vec!["s", "t\"1"]]);
     }
 
