@@ -21,9 +21,9 @@ use bytes::Bytes;
 use zstd::stream::raw::{Decoder, InBuffer, Operation, OutBuffer};
 
 use super::format::{
-    BATCH_FIELDS_BYTES, BATCH_MARKER, BatchHeader, ChainHead, FOOTER_HEADER_BYTES, FOOTER_MARKER, Footer, IndexKind,
-    SEGMENT_HEADER_BYTES, SegmentHeader, StructureError, TRAILER_BYTES, Trailer, batch_header_bytes, chain_next,
-    chain_next_decompressed, chain_next_keyed, mac_equal,
+    BATCH_FIELDS_BYTES, BATCH_MARKER, BatchEntry, BatchHeader, ChainHead, FOOTER_HEADER_BYTES, FOOTER_MARKER, Footer,
+    IndexKind, SEGMENT_HEADER_BYTES, SegmentHeader, StructureError, TRAILER_BYTES, Trailer, batch_header_bytes,
+    chain_next, chain_next_decompressed, chain_next_keyed, mac_equal,
 };
 use super::frame::{DecodeError, Frame, RECORD_PREFIX_BYTES, decode_body};
 use super::limits;
@@ -226,6 +226,23 @@ pub struct Batch {
 }
 
 impl Batch {
+    /// Its entry in a footer's batch table, the chain being `chain_head_after` past it (what
+    /// the writer wrote for it; recovery and `verify` rebuild footers from these).
+    pub(crate) fn entry(&self, chain_head_after: ChainHead) -> BatchEntry {
+        let times = self.records.iter().map(|r| r.frame.time_unix_us());
+        let (time_min, time_max) = times.fold((u64::MAX, 0), |(lo, hi), t| (lo.min(t), hi.max(t)));
+        BatchEntry {
+            offset: self.offset,
+            first_record_index: self.header.first_record_index,
+            n_records: self.header.n_records,
+            compressed_len: self.header.compressed_len,
+            uncompressed_len: self.header.uncompressed_len,
+            time_min_unix_us: time_min,
+            time_max_unix_us: time_max,
+            chain_head_after,
+        }
+    }
+
     /// Each record's canonical body bytes, in order.
     pub fn record_bodies(&self) -> impl Iterator<Item = &[u8]> {
         self.body_ranges.iter().map(|range| &self.payload[range.clone()])

@@ -216,18 +216,7 @@ impl Rebuilt {
                 self.index.add(kind, key, ordinal);
             }
         }
-        let times = batch.records.iter().map(|r| r.frame.time_unix_us());
-        let (time_min, time_max) = times.fold((u64::MAX, 0), |(lo, hi), t| (lo.min(t), hi.max(t)));
-        self.batches.push(BatchEntry {
-            offset: batch.offset,
-            first_record_index: batch.header.first_record_index,
-            n_records: batch.header.n_records,
-            compressed_len: batch.header.compressed_len,
-            uncompressed_len: batch.header.uncompressed_len,
-            time_min_unix_us: time_min,
-            time_max_unix_us: time_max,
-            chain_head_after: chain_after,
-        });
+        self.batches.push(batch.entry(chain_after));
     }
 
     /// The bytes the footer of what was added takes.

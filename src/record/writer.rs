@@ -757,19 +757,7 @@ impl SegmentWriter {
                             kind: ReadErrorKind::ChainTag,
                         }));
                     }
-                    let times = batch.records.iter().map(|r| r.frame.time_unix_us());
-                    let (time_min, time_max) = times.fold((u64::MAX, 0), |(lo, hi), t| (lo.min(t), hi.max(t)));
-                    let entry = BatchEntry {
-                        offset: batch.offset,
-                        first_record_index: batch.header.first_record_index,
-                        n_records: batch.header.n_records,
-                        compressed_len: batch.header.compressed_len,
-                        uncompressed_len: batch.header.uncompressed_len,
-                        time_min_unix_us: time_min,
-                        time_max_unix_us: time_max,
-                        chain_head_after: chain,
-                    };
-                    segment.add_batch(entry, batch.records.iter().flat_map(|r| index_keys(&r.frame)));
+                    segment.add_batch(batch.entry(chain), batch.records.iter().flat_map(|r| index_keys(&r.frame)));
                     segment.len = batch.end_offset;
                     let footer_bytes =
                         footer_bytes_estimate(segment.batches.len(), segment.index.key_bytes, segment.index.refs);

@@ -442,18 +442,22 @@ fn stage_access_is_withheld_from_an_agent_under_masking() {
     assert!(canaries.iter().all(|c| !recording.contains(c)), "a stage credential was recorded");
 }
 
+/// A gateway masking with [`MASKING_POLICY`] in front of `upstream`, with `limits` (lines of
+/// its `[limits]` table).
+fn masking_gateway(upstream: &snowgate_perf::RunningUpstream, limits: String) -> TestGateway {
+    TestGateway::start(
+        &upstream.url(),
+        GatewayOptions { policy: Some(MASKING_POLICY.into()), limits, ..Default::default() },
+    )
+}
+
 /// Chunk URLs carry sealed grants, and a driver fetches them in request heads the gateway caps
 /// (`[limits] head_bytes_max`): an answer whose chunk fetches would not fit is refused with the
 /// reason when it is answered, not left to fail every chunk download with a bare 431.
 #[test]
 fn chunk_urls_that_would_not_fit_a_request_head_are_refused_with_the_reason() {
     let upstream = double(|_| {});
-    let start = |limits: String| {
-        TestGateway::start(
-            &upstream.url(),
-            GatewayOptions { policy: Some(MASKING_POLICY.into()), limits, ..Default::default() },
-        )
-    };
+    let start = |limits: String| masking_gateway(&upstream, limits);
     // How long this result's chunk URL and Authorization are.
     let gateway = start(String::new());
     let mut client = gateway.client();
@@ -486,12 +490,7 @@ fn chunk_urls_that_would_not_fit_a_request_head_are_refused_with_the_reason() {
 #[test]
 fn an_answer_whose_chunk_urls_would_be_over_the_body_cap_is_refused_with_the_reason() {
     let upstream = double(|_| {});
-    let start = |limits: String| {
-        TestGateway::start(
-            &upstream.url(),
-            GatewayOptions { policy: Some(MASKING_POLICY.into()), limits, ..Default::default() },
-        )
-    };
+    let start = |limits: String| masking_gateway(&upstream, limits);
     let gateway = start(String::new());
     let mut client = gateway.client();
     let (session, _) = login_ok(&mut client);
@@ -528,13 +527,7 @@ fn fetch_chunked_json(gateway: &TestGateway) {
 /// chunk URLs that every download would find unknown.
 #[test]
 fn chunk_grants_the_gateway_could_not_open_are_refused_with_the_reason() {
-    let limits = "head_bytes_max = 131072".to_owned();
-    let start = |upstream: &snowgate_perf::RunningUpstream| {
-        TestGateway::start(
-            &upstream.url(),
-            GatewayOptions { policy: Some(MASKING_POLICY.into()), limits: limits.clone(), ..Default::default() },
-        )
-    };
+    let start = |upstream: &snowgate_perf::RunningUpstream| masking_gateway(upstream, "head_bytes_max = 131072".into());
     let long = double(|c| c.chunk_url_query_bytes = snowgate::session::token::SEALED_BYTES_MAX);
     let gateway = start(&long);
     let mut client = gateway.client();

@@ -449,13 +449,7 @@ pub fn search(args: SearchArgs) -> anyhow::Result<()> {
     let mut out = BufWriter::new(stdout);
     let mut failures = 0;
     let bar = progress(&recording, "searching", None);
-    let mut matcher = Matcher {
-        filters: &filters,
-        matched: BTreeMap::new(),
-        unanswered: BTreeMap::new(),
-        requests_of_responses: Vec::new(),
-        pending_pairs: Vec::new(),
-    };
+    let mut matcher = Matcher::new(&filters);
     for segment in recording.segments() {
         let reader = match recording.segment(segment) {
             Ok(reader) => reader,
@@ -531,6 +525,19 @@ struct Matcher<'a> {
     /// request has not matched (yet), with its request's index. Its request is read and
     /// checked after the scan (it may lie in a segment the query id did not lead to).
     pending_pairs: Vec<(Record, u64)>,
+}
+
+impl<'a> Matcher<'a> {
+    /// A matcher with nothing matched yet.
+    fn new(filters: &'a Filters) -> Matcher<'a> {
+        Matcher {
+            filters,
+            matched: BTreeMap::new(),
+            unanswered: BTreeMap::new(),
+            requests_of_responses: Vec::new(),
+            pending_pairs: Vec::new(),
+        }
+    }
 }
 
 impl Matcher<'_> {
@@ -1075,13 +1082,7 @@ mod tests {
             decision: None,
             endpoint: None,
         };
-        let mut matcher = Matcher {
-            filters: &filters,
-            matched: BTreeMap::new(),
-            unanswered: BTreeMap::new(),
-            requests_of_responses: Vec::new(),
-            pending_pairs: Vec::new(),
-        };
+        let mut matcher = Matcher::new(&filters);
         assert!(matcher.matches(&record(5, request(1_500_000_000))));
         assert_eq!(matcher.unanswered[&0], BTreeSet::from([5]));
         assert!(!matcher.matches(&record(6, response(2_500_000_000, 5))), "out of the range: not printed");
