@@ -29,8 +29,10 @@
 //!
 //! One request per connection, answered with `Connection: close`: admin traffic is a few
 //! requests a minute, and no keep-alive means no idle state to bound. A thread per connection,
-//! at most [`AdminLimits::connections_max`] at once; beyond that a connection gets 503 from the
-//! accept thread without a read. Heads go through the gateway's strict parser
+//! at most [`AdminLimits::connections_max`] at once. At the cap, the oldest connection still
+//! sending its request a second after it was accepted is closed to make room (idle clients cannot hold every slot and keep
+//! reviewers out; a connection being answered is never cut); when none is, or twice the cap
+//! are open, a connection gets 503 from the accept thread without a read. Heads go through the gateway's strict parser
 //! ([`crate::http::parse_request_head`]). The accept loop polls a non-blocking listener, so
 //! [`AdminHandle::stop`] (or dropping the handle) ends it within a few milliseconds; it then
 //! shuts down the sockets of requests in flight and joins their threads.
@@ -178,6 +180,8 @@ pub struct AdminDecision {
 pub struct AdminHandle {
     local_addr: SocketAddr,
     stopping: Arc<AtomicBool>,
+    /// The server's count of connections being served.
+    active: Arc<AtomicUsize>,
     accept_thread: Option<JoinHandle<()>>,
 }
 
@@ -185,6 +189,11 @@ impl AdminHandle {
     /// The address the server listens on.
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// Connections being served now.
+    pub fn connections_served(&self) -> usize {
+        self.active.load(Ordering::SeqCst)
     }
 
     /// Stops accepting, ends the requests in flight (their sockets are shut down) and joins
@@ -218,9 +227,10 @@ struct Shared<P> {
     access_groups: Vec<String>,
     limits: AdminLimits,
     /// Connections being served, for the cap.
-    active: AtomicUsize,
-    /// Clones of the sockets being served, so a stop can shut them down.
-    in_flight: Mutex<HashMap<u64, TcpStream>>,
+    active: Arc<AtomicUsize>,
+    /// The connections being served, so a stop can shut them down and a new connection at
+    /// the cap can take the place of one still sending its request.
+    in_flight: Mutex<HashMap<u64, InFlight>>,
     next_connection_id: AtomicU64,
 }
 
@@ -244,17 +254,18 @@ pub fn start<P: Send + 'static>(
         recording,
         access_groups,
         limits,
-        active: AtomicUsize::new(0),
+        active: Arc::new(AtomicUsize::new(0)),
         in_flight: Mutex::new(HashMap::new()),
         next_connection_id: AtomicU64::new(0),
     });
+    let active = shared.active.clone();
     let stopping = Arc::new(AtomicBool::new(false));
     let accept_stopping = stopping.clone();
     let accept_thread = std::thread::Builder::new()
         .name("snowgate-admin".into())
         .spawn(move || accept_loop(listener, shared, accept_stopping))?;
     info!(%local_addr, "The admin API is listening.");
-    Ok(AdminHandle { local_addr, stopping, accept_thread: Some(accept_thread) })
+    Ok(AdminHandle { local_addr, stopping, active, accept_thread: Some(accept_thread) })
 }
 
 fn accept_loop<P: Send + 'static>(listener: TcpListener, shared: Arc<Shared<P>>, stopping: Arc<AtomicBool>) {
@@ -279,8 +290,8 @@ fn accept_loop<P: Send + 'static>(listener: TcpListener, shared: Arc<Shared<P>>,
         }
     }
     // Wake every connection thread blocked on its socket, then wait for all of them.
-    for stream in shared.in_flight.lock().unwrap_or_else(std::sync::PoisonError::into_inner).values() {
-        let _ = stream.shutdown(Shutdown::Both);
+    for connection in shared.in_flight.lock().unwrap_or_else(std::sync::PoisonError::into_inner).values() {
+        let _ = connection.stream.shutdown(Shutdown::Both);
     }
     for thread in connection_threads {
         let _ = thread.join();
@@ -346,7 +357,7 @@ fn admit<P: Send + 'static>(
     connection_threads: &mut Vec<JoinHandle<()>>,
     refused: &mut Refused,
 ) {
-    if shared.active.load(Ordering::SeqCst) >= shared.limits.connections_max {
+    if shared.active.load(Ordering::SeqCst) >= shared.limits.connections_max && !evict_one_reading(shared) {
         warn!(%peer, "Admin connection refused: at the connection limit.");
         refused.refuse(stream);
         return;
@@ -358,17 +369,58 @@ fn admit<P: Send + 'static>(
     let Ok(registered) = stream.try_clone() else { return };
     let connection_id = shared.next_connection_id.fetch_add(1, Ordering::SeqCst);
     shared.active.fetch_add(1, Ordering::SeqCst);
-    shared.in_flight.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(connection_id, registered);
+    let reading = Arc::new(AtomicBool::new(true));
+    let connection = InFlight { stream: registered, reading: reading.clone(), accepted: Instant::now() };
+    shared.in_flight.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(connection_id, connection);
     let guard = ConnectionGuard { shared: shared.clone(), connection_id };
     let spawned = std::thread::Builder::new().name("snowgate-admin-conn".into()).spawn(move || {
         let guard = guard;
-        serve(stream, peer, &guard.shared);
+        serve(stream, peer, &guard.shared, &reading);
     });
     match spawned {
         Ok(thread) => connection_threads.push(thread),
         // The closure, and with it the guard, was dropped: the slot is released.
         Err(error) => warn!(%peer, error = %error, "The admin API could not start a connection thread."),
     }
+}
+
+/// A connection being served: a clone of its socket, and whether it is still sending its
+/// request (until its thread has read it whole, or it was closed to make room).
+struct InFlight {
+    stream: TcpStream,
+    reading: Arc<AtomicBool>,
+    accepted: Instant,
+}
+
+/// How long a connection may take to send its request before, at the cap, it may be closed
+/// to make room: a reviewer's client sends its request at once, and one just accepted whose
+/// thread has not read it yet is not cut.
+const EVICTABLE_AFTER: Duration = Duration::from_secs(1);
+
+/// At the connection cap, closes the oldest connection still sending its request after
+/// [`EVICTABLE_AFTER`] (its thread then ends and frees the slot) so the new one can be served:
+/// clients that connect and send nothing cannot hold the slots for the whole read timeout,
+/// and a connection being answered is never cut. `false` when no connection is so, or twice
+/// the cap are open (closed ones not yet gone).
+fn evict_one_reading<P>(shared: &Shared<P>) -> bool {
+    if shared.active.load(Ordering::SeqCst) >= shared.limits.connections_max.saturating_mul(2) {
+        return false;
+    }
+    let in_flight = shared.in_flight.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let mut oldest_first: Vec<(&u64, &InFlight)> = in_flight.iter().collect();
+    oldest_first.sort_unstable_by_key(|(id, _)| **id);
+    for (id, connection) in oldest_first.into_iter().filter(|(_, c)| c.accepted.elapsed() >= EVICTABLE_AFTER) {
+        // Whoever takes the flag first wins: its thread, having read the request, or this.
+        if connection.reading.compare_exchange(true, false, Ordering::SeqCst, Ordering::SeqCst).is_ok() {
+            let _ = connection.stream.shutdown(Shutdown::Both);
+            info!(
+                connection = id,
+                "At the admin connection limit: closed the oldest connection still sending its request."
+            );
+            return true;
+        }
+    }
+    false
 }
 
 /// Releases a connection's slot and registration when its thread ends, however it ends.
@@ -460,9 +512,14 @@ struct Request {
 }
 
 /// Serves one request on `stream`, then closes it.
-fn serve<P>(mut stream: TcpStream, peer: SocketAddr, shared: &Shared<P>) {
+fn serve<P>(mut stream: TcpStream, peer: SocketAddr, shared: &Shared<P>, reading: &AtomicBool) {
     let limits = shared.limits;
-    let answer = match read_request(&mut stream, &limits) {
+    let read = read_request(&mut stream, &limits);
+    // Closed to make room while it was reading: nothing of it is handled.
+    if reading.compare_exchange(true, false, Ordering::SeqCst, Ordering::SeqCst).is_err() {
+        return;
+    }
+    let answer = match read {
         Ok(Some(request)) => handle(&request, shared),
         // The peer closed (or a stop shut the socket down) before a whole request: nothing
         // to answer.
@@ -1197,13 +1254,22 @@ mod tests {
         assert!(started.elapsed() < Duration::from_secs(3));
     }
 
+    /// Connections being answered (decisions waiting for a slow recording) hold their slots:
+    /// past the cap a new connection gets 503, and once they are done it is served.
     #[test]
     fn the_connection_cap_answers_503_and_frees_slots() {
         let limits = AdminLimits { connections_max: 2, ..AdminLimits::default() };
         let server = start_server(limits);
         let addr = server.handle.local_addr();
-        let held: Vec<TcpStream> = (0..2).map(|_| TcpStream::connect(addr).unwrap()).collect();
-        // Wait until the server has accepted both held connections.
+        let id = park(&server.ledger, "r1", "dba", 2);
+        *server.recording.before_takes.lock().unwrap() = Duration::from_secs(2);
+        let deciding: Vec<_> = ["token-alice", "token-bob"]
+            .into_iter()
+            .map(|token| {
+                let path = decide_path(&id, "approve");
+                std::thread::spawn(move || post(addr, &path, token, r#"{"reason":"ok"}"#))
+            })
+            .collect();
         let deadline = Instant::now() + Duration::from_secs(5);
         let refused = loop {
             let (status, body) = get(addr, "/v1/approvals", Some("token-alice"));
@@ -1213,16 +1279,45 @@ mod tests {
             std::thread::sleep(Duration::from_millis(20));
         };
         assert_eq!((refused.0, refused.1["fault"].as_str()), (503, Some("server")));
-        drop(held);
+        for decided in deciding {
+            assert_eq!(decided.join().unwrap().0, 200);
+        }
+        assert_eq!(get(addr, "/v1/approvals", Some("token-alice")).0, 200);
+    }
+
+    /// Clients that connect and send nothing cannot keep reviewers out: at the cap, the oldest
+    /// connection still sending its request is closed and the new one served.
+    #[test]
+    fn idle_connections_at_the_cap_make_room_for_a_request() {
+        let limits = AdminLimits { connections_max: 2, ..AdminLimits::default() };
+        let server = start_server(limits);
+        let addr = server.handle.local_addr();
+        let mut idle: Vec<TcpStream> = (0..2).map(|_| TcpStream::connect(addr).unwrap()).collect();
+        idle[1].write_all(b"GET /v1/appr").unwrap();
+        // Wait until the server has accepted both (its active count is the cap).
         let deadline = Instant::now() + Duration::from_secs(5);
-        let served = loop {
-            let (status, _) = get(addr, "/v1/approvals", Some("token-alice"));
-            if status == 200 || Instant::now() > deadline {
-                break status;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        assert_eq!(served, 200);
+        while server_active(&server) < 2 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(server_active(&server), 2);
+        // Just accepted, they are not cut (their requests may be on the way)...
+        assert_eq!(get(addr, "/v1/approvals", Some("token-alice")).0, 503);
+        // ...but past EVICTABLE_AFTER, each newcomer takes the place of the oldest.
+        std::thread::sleep(EVICTABLE_AFTER + Duration::from_millis(200));
+        for _ in 0..3 {
+            assert_eq!(get(addr, "/v1/approvals", Some("token-alice")).0, 200);
+        }
+        // Both idle connections were closed, oldest first, without an answer.
+        for stream in &mut idle {
+            stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            let mut byte = [0u8; 1];
+            assert!(matches!(stream.read(&mut byte), Ok(0) | Err(_)), "an idle connection kept its slot");
+        }
+    }
+
+    /// Connections the server is serving now.
+    fn server_active(server: &Server) -> usize {
+        server.handle.connections_served()
     }
 
     #[test]
