@@ -1296,10 +1296,10 @@ mod tests {
         idle[1].write_all(b"GET /v1/appr").unwrap();
         // Wait until the server has accepted both (its active count is the cap).
         let deadline = Instant::now() + Duration::from_secs(5);
-        while server_active(&server) < 2 && Instant::now() < deadline {
+        while server.handle.connections_served() < 2 && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(10));
         }
-        assert_eq!(server_active(&server), 2);
+        assert_eq!(server.handle.connections_served(), 2);
         // Just accepted, they are not cut (their requests may be on the way)...
         assert_eq!(get(addr, "/v1/approvals", Some("token-alice")).0, 503);
         // ...but past EVICTABLE_AFTER, each newcomer takes the place of the oldest.
@@ -1313,11 +1313,6 @@ mod tests {
             let mut byte = [0u8; 1];
             assert!(matches!(stream.read(&mut byte), Ok(0) | Err(_)), "an idle connection kept its slot");
         }
-    }
-
-    /// Connections the server is serving now.
-    fn server_active(server: &Server) -> usize {
-        server.handle.connections_served()
     }
 
     #[test]

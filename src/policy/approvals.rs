@@ -486,6 +486,17 @@ impl OutcomeKind {
     }
 }
 
+/// What one `sub`'s items hold ([`Ledger::held_by`]).
+#[derive(Debug, Default)]
+struct Held {
+    /// Items, decided ones included (until purged).
+    items: usize,
+    /// Of those, undecided or running.
+    live: usize,
+    /// Their weight in bytes.
+    bytes: usize,
+}
+
 /// The ledger. One per gateway process (the proxy shares it behind a lock).
 #[derive(Debug)]
 pub struct Ledger<P> {
@@ -533,9 +544,8 @@ impl<P> Ledger<P> {
             item.tick(now_unix_ms);
             return Ok(Parked { query_id, state: item.poll_state(), created: false });
         }
-        let live_for_sub =
-            self.items.values().filter(|item| item.key.sub == request.key.sub && item.state.is_live()).count();
-        if live_for_sub >= self.limits.pending_per_subject_max {
+        let held = self.held_by(&request.key.sub);
+        if held.live >= self.limits.pending_per_subject_max {
             return Err(LedgerError::TooManyPending);
         }
         // Everything the item holds counts: the key twice (the item's, and the index's).
@@ -547,17 +557,14 @@ impl<P> Ledger<P> {
             + request.settings.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>()
             + request.agent_context.as_ref().map_or(0, String::len)
             + request.payload_bytes;
-        let held_for_sub: usize =
-            self.items.values().filter(|item| item.key.sub == request.key.sub).map(|item| item.weight_bytes).sum();
-        if held_for_sub + weight_bytes > self.limits.stored_bytes_per_subject_max {
+        if held.bytes + weight_bytes > self.limits.stored_bytes_per_subject_max {
             return Err(LedgerError::SubjectFull);
         }
         // Decided items stay for the retention: one agent parking and withdrawing (or voiding)
         // over and over must not fill the ledger's items for every other either.
-        let of_sub = |items: &HashMap<String, Item<P>>| items.values().filter(|i| i.key.sub == request.key.sub).count();
-        if of_sub(&self.items) >= self.items_per_subject_max() {
+        if held.items >= self.items_per_subject_max() {
             self.purge(now_unix_ms);
-            if of_sub(&self.items) >= self.items_per_subject_max() {
+            if self.held_by(&request.key.sub).items >= self.items_per_subject_max() {
                 return Err(LedgerError::SubjectFull);
             }
         }
@@ -598,6 +605,17 @@ impl<P> Ledger<P> {
         self.by_key.insert(request.key, query_id.clone());
         self.items.insert(query_id.clone(), item);
         Ok(Parked { query_id, state, created: true })
+    }
+
+    /// What `sub`'s items hold, in one pass over the ledger.
+    fn held_by(&self, sub: &str) -> Held {
+        let mut held = Held::default();
+        for item in self.items.values().filter(|item| item.key.sub == sub) {
+            held.items += 1;
+            held.live += usize::from(item.state.is_live());
+            held.bytes += item.weight_bytes;
+        }
+        held
     }
 
     /// Items one `sub` may have, decided ones included: half of `items_max`, as its bytes are

@@ -142,10 +142,7 @@ pub(crate) fn chunked_rows() -> Vec<Vec<Option<String>>> {
 #[test]
 fn python_driver_gets_every_chunk_masked_through_the_gateway() {
     let upstream = double(|_| {});
-    let gateway = TestGateway::start(
-        &upstream.url(),
-        GatewayOptions { policy: Some(MASKING_POLICY.into()), ..Default::default() },
-    );
+    let gateway = masking_gateway(&upstream, String::new());
     let relay = Relay::start(gateway.addr);
     let json_result = run_script(relay.addr.port(), &["--query", "select * from chunked_json"]);
     let arrow_result = run_script(relay.addr.port(), &["--query", "select * from chunked_arrow", "--pandas"]);
@@ -302,10 +299,7 @@ fn a_chunk_url_ends_with_the_agents_oidc_token() {
 #[test]
 fn sql_api_partitions_are_masked_and_handles_belong_to_their_identity() {
     let upstream = double(|_| {});
-    let gateway = TestGateway::start(
-        &upstream.url(),
-        GatewayOptions { policy: Some(MASKING_POLICY.into()), ..Default::default() },
-    );
+    let gateway = masking_gateway(&upstream, String::new());
     let mut client = gateway.client();
     let owner = format!("Bearer {}", agent_token(json!({})));
     let other = format!("Bearer {}", agent_token(json!({"sub": "agent-8"})));
@@ -380,10 +374,7 @@ fn sql_api_partitions_are_masked_and_handles_belong_to_their_identity() {
 #[test]
 fn error_answers_are_masked_like_results() {
     let upstream = double(|_| {});
-    let gateway = TestGateway::start(
-        &upstream.url(),
-        GatewayOptions { policy: Some(MASKING_POLICY.into()), ..Default::default() },
-    );
+    let gateway = masking_gateway(&upstream, String::new());
     let mut client = gateway.client();
     let (session, _) = login_ok(&mut client);
     let error = query(&mut client, &session, "select * from no_such_table").json().unwrap();
@@ -421,10 +412,7 @@ fn error_answers_are_masked_like_results() {
 #[test]
 fn stage_access_is_withheld_from_an_agent_under_masking() {
     let upstream = double(|_| {});
-    let gateway = TestGateway::start(
-        &upstream.url(),
-        GatewayOptions { policy: Some(MASKING_POLICY.into()), ..Default::default() },
-    );
+    let gateway = masking_gateway(&upstream, String::new());
     let mut client = gateway.client();
     let (session, _) = login_ok(&mut client);
     let refused = query(&mut client, &session, "GET @my_stage/x.csv file:///tmp/");
