@@ -873,6 +873,8 @@ mod tests {
         refuse_after: AtomicBool,
         /// How long `before` takes (a strict recording waiting for the disk).
         before_takes: Mutex<Duration>,
+        /// How many `before` calls have started.
+        befores_started: AtomicUsize,
     }
 
     impl RecordDecisions for TestRecording {
@@ -880,7 +882,9 @@ mod tests {
             if self.refuse_before.load(Ordering::SeqCst) {
                 return Err("the disk is full".into());
             }
-            std::thread::sleep(*self.before_takes.lock().unwrap());
+            self.befores_started.fetch_add(1, Ordering::SeqCst);
+            let takes = *self.before_takes.lock().unwrap();
+            std::thread::sleep(takes);
             self.entries.lock().unwrap().push((decision.clone(), None));
             Ok(())
         }
@@ -1270,19 +1274,27 @@ mod tests {
                 std::thread::spawn(move || post(addr, &path, token, r#"{"reason":"ok"}"#))
             })
             .collect();
+        // Both decisions are being answered (each waiting for its record) before the probe.
         let deadline = Instant::now() + Duration::from_secs(5);
-        let refused = loop {
-            let (status, body) = get(addr, "/v1/approvals", Some("token-alice"));
-            if status == 503 || Instant::now() > deadline {
-                break (status, body);
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        assert_eq!((refused.0, refused.1["fault"].as_str()), (503, Some("server")));
+        while server.recording.befores_started.load(Ordering::SeqCst) < 2 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(server.recording.befores_started.load(Ordering::SeqCst), 2);
+        let (status, body) = get(addr, "/v1/approvals", Some("token-alice"));
+        assert_eq!((status, body["fault"].as_str()), (503, Some("server")));
         for decided in deciding {
             assert_eq!(decided.join().unwrap().0, 200);
         }
-        assert_eq!(get(addr, "/v1/approvals", Some("token-alice")).0, 200);
+        // Their threads end once their clients have read the answers; then a slot is free.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let served = loop {
+            let status = get(addr, "/v1/approvals", Some("token-alice")).0;
+            if status != 503 || Instant::now() > deadline {
+                break status;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        assert_eq!(served, 200);
     }
 
     /// Clients that connect and send nothing cannot keep reviewers out: at the cap, the oldest
