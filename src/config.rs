@@ -40,6 +40,8 @@ const TIMEOUT_MS_MAX: u64 = 3_600_000;
 /// Most clock skew a token's `exp` and `nbf` are allowed: more would quietly accept tokens
 /// long expired, and sessions would outlive their identity by as much.
 const LEEWAY_SECS_MAX: u64 = 300;
+/// The most `[identity] token_lifetime_max_secs` may be.
+const TOKEN_LIFETIME_MAX_SECS_MAX: u64 = 366 * 86_400;
 /// The most `[identity] session_max_secs` may be.
 const SESSION_MAX_SECS_MAX: u64 = 7 * 24 * 3600;
 /// Longest lifetime any `*_ttl_secs` or interval may set (a week).
@@ -180,9 +182,13 @@ pub struct IdentitySection {
     /// The claim that lists the agent's groups.
     #[serde(default = "default_groups_claim")]
     pub groups_claim: String,
-    /// Clock skew allowed on `exp` and `nbf` (at most 300 s).
+    /// Clock skew allowed on `exp`, `nbf`, `iat` and the lifetime (at most 300 s).
     #[serde(default = "default_leeway_secs")]
     pub leeway_secs: u64,
+    /// Longest an agent's or reviewer's token may be valid, from its `iat` (or from the
+    /// login, without one) to its `exp`: a token for months is a static credential again.
+    #[serde(default = "default_token_lifetime_max_secs")]
+    pub token_lifetime_max_secs: u64,
     /// Longest a session lasts from its login, whatever the OIDC token's `exp` (a long-lived
     /// token must not keep a session, with the groups and role of its login, open for days):
     /// past it the agent logs in again, with a token checked afresh.
@@ -209,6 +215,9 @@ fn default_groups_claim() -> String {
 }
 fn default_leeway_secs() -> u64 {
     30
+}
+fn default_token_lifetime_max_secs() -> u64 {
+    24 * 3600
 }
 fn default_session_max_secs() -> u64 {
     12 * 3600
@@ -945,6 +954,12 @@ impl Config {
             if i.leeway_secs > LEEWAY_SECS_MAX {
                 return Err(problem("identity.leeway_secs", format!("must be at most {LEEWAY_SECS_MAX}")));
             }
+            if !(60..=TOKEN_LIFETIME_MAX_SECS_MAX).contains(&i.token_lifetime_max_secs) {
+                return Err(problem(
+                    "identity.token_lifetime_max_secs",
+                    format!("must be between 60 and {TOKEN_LIFETIME_MAX_SECS_MAX} (a year)"),
+                ));
+            }
             if !(60..=SESSION_MAX_SECS_MAX).contains(&i.session_max_secs) {
                 return Err(problem(
                     "identity.session_max_secs",
@@ -968,6 +983,7 @@ impl Config {
                     v.algorithms = algorithms;
                     v.groups_claim = i.groups_claim.clone();
                     v.leeway = Duration::from_secs(i.leeway_secs);
+                    v.lifetime_max = Duration::from_secs(i.token_lifetime_max_secs);
                     v.refetch_interval_min = Duration::from_secs(i.refetch_interval_min_secs);
                     v.cache_ttl = Duration::from_secs(i.cache_ttl_secs);
                     v.validate().map_err(|e| problem("identity", e.to_string()))?;
@@ -1299,6 +1315,21 @@ default = {{ action = "deny", message = "not allowed" }}
         let ledger = files.load(&raised).unwrap().approvals.ledger;
         assert!(ledger.stored_bytes_per_subject_max > 128 << 20, "{ledger:?}");
         assert!(ledger.stored_bytes_max >= 2 * ledger.stored_bytes_per_subject_max, "{ledger:?}");
+    }
+
+    #[test]
+    fn tokens_live_at_most_token_lifetime_max_secs() {
+        let files = Files::new();
+        let good = files.good();
+        let lifetime_max = |config: Config| config.identity.verifier.lifetime_max;
+        assert_eq!(lifetime_max(files.load(&good).unwrap()), Duration::from_secs(86_400));
+        let default_role = r#"default_role = "READER""#;
+        let with =
+            |secs: u64| replaced(&good, default_role, &format!("{default_role}\ntoken_lifetime_max_secs = {secs}"));
+        assert_eq!(lifetime_max(files.load(&with(900)).unwrap()), Duration::from_secs(900));
+        for secs in [0, 59, 366 * 86_400 + 1] {
+            assert_refused(files.load(&with(secs)), "identity.token_lifetime_max_secs", &["between 60 and"]);
+        }
     }
 
     #[test]

@@ -21,9 +21,12 @@ use snowgate::identity::{AuthError, IdentityConfig, JwksSource, SUB_BYTES_MAX, V
 
 const ISSUER: &str = "https://idp.test/";
 const AUDIENCE: &str = "snowgate";
-/// The claims the seeds sign: valid until 2100.
+/// The claims the seeds sign: valid until 2100 (the verifier accepts lifetimes up to
+/// [`LIFETIME_MAX_SECS`]).
 const GOOD_CLAIMS: &str =
     r#"{"iss":"https://idp.test/","aud":"snowgate","sub":"agent-1","exp":4102444800,"groups":["analysts"]}"#;
+/// A hundred years: tokens living longer are refused.
+const LIFETIME_MAX_SECS: u64 = 100 * 365 * 86_400;
 const GOOD_HEADER: &str = r#"{"alg":"ES256","kid":"key-ec","typ":"JWT"}"#;
 
 fn keys_dir() -> PathBuf {
@@ -35,6 +38,7 @@ fn verifier() -> &'static Verifier {
     VERIFIER.get_or_init(|| {
         let config = IdentityConfig {
             algorithms: vec![Algorithm::RS256, Algorithm::ES256],
+            lifetime_max: std::time::Duration::from_secs(LIFETIME_MAX_SECS),
             ..IdentityConfig::new(ISSUER, vec![AUDIENCE.to_owned()])
         };
         Verifier::new(config, JwksSource::File(keys_dir().join("jwks.json"))).unwrap()
@@ -107,6 +111,15 @@ fn check_accepted(header: &[u8], claims: &[u8], identity: &snowgate::identity::I
         let nbf = nbf.as_f64().expect("nbf not a number");
         assert!(nbf >= 0.0 && nbf - 60.0 <= now, "a token not valid yet verified");
     }
+    let issued = match claims.get("iat") {
+        None => now,
+        Some(iat) => {
+            let iat = iat.as_f64().expect("iat not a number");
+            assert!(iat >= 0.0 && iat - 60.0 <= now, "a token issued in the future verified");
+            iat.min(now)
+        }
+    };
+    assert!(exp - issued <= (LIFETIME_MAX_SECS + 60) as f64, "a token living too long verified");
     for group in &identity.groups {
         match claims.get("groups") {
             Some(Value::String(one)) => assert_eq!(one, group),

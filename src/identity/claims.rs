@@ -1,6 +1,6 @@
 //! Claim checks on the raw JSON of a token whose signature has verified: types and presence of
-//! `exp`, `nbf`, `iss`, `aud` and `sub`, and extraction of the groups claim into an
-//! [`Identity`].
+//! `exp`, `nbf`, `iat`, `iss`, `aud` and `sub`, the token's lifetime, and extraction of the
+//! groups claim into an [`Identity`].
 //!
 //! jsonwebtoken already checks most of this; the checks are repeated here on the raw JSON so
 //! that a regression in its claim parsing (such as GHSA-h395-gr6q-cpjc, where an `exp` given as
@@ -44,12 +44,16 @@ impl<'de> Deserialize<'de> for JsonObject {
 
 /// Checks the claims of a token whose signature has verified and builds its [`Identity`].
 ///
-/// Expiry and not-before are compared with the clock by jsonwebtoken; this only insists that
-/// they are well-typed NumericDates.
+/// Expiry and not-before are compared with the clock by jsonwebtoken; this insists that they
+/// are well-typed NumericDates, that `iat` (optional) is one and not in the future, and that
+/// the token is valid for at most [`IdentityConfig::lifetime_max`] from when it was issued (or
+/// from `now_unix`, without `iat` or with a later one), the leeway allowed on top: a token
+/// valid for months is the static credential this gateway exists to replace.
 pub(crate) fn check(
     claims: &Map<String, Value>,
     config: &IdentityConfig,
     used_for: TokenUse,
+    now_unix: u64,
 ) -> Result<Identity, AuthError> {
     let expires_at_unix = match claims.get("exp") {
         None => return Err(AuthError::MissingClaim("exp")),
@@ -57,6 +61,20 @@ pub(crate) fn check(
     };
     if let Some(nbf) = claims.get("nbf") {
         numeric_date(nbf).ok_or(AuthError::InvalidClaim("nbf"))?;
+    }
+    let leeway = config.leeway.as_secs();
+    let issued_at_unix = match claims.get("iat") {
+        None => now_unix,
+        Some(iat) => {
+            let iat = numeric_date(iat).ok_or(AuthError::InvalidClaim("iat"))?;
+            if iat > now_unix.saturating_add(leeway) {
+                return Err(AuthError::NotYetValid);
+            }
+            iat.min(now_unix)
+        }
+    };
+    if expires_at_unix.saturating_sub(issued_at_unix) > config.lifetime_max.as_secs().saturating_add(leeway) {
+        return Err(AuthError::LifetimeTooLong { lifetime_max_secs: config.lifetime_max.as_secs() });
     }
     match claims.get("iss") {
         None => return Err(AuthError::MissingClaim("iss")),
@@ -145,14 +163,18 @@ fn is_clean_name(name: &str, bytes_max: usize) -> bool {
 mod tests {
     use super::*;
     use serde_json::json;
+    use std::time::Duration;
 
     fn config() -> IdentityConfig {
         IdentityConfig::new("https://idp.test/", vec!["snowgate".to_owned(), "other".to_owned()])
     }
 
+    /// The clock the tests check against: a day before the claims' `exp`.
+    const NOW: u64 = 2_000_000_000 - 86_400;
+
     /// An agent's token: what most tests check.
     fn check(claims: &Map<String, Value>, config: &IdentityConfig) -> Result<Identity, AuthError> {
-        super::check(claims, config, TokenUse::Agent)
+        super::check(claims, config, TokenUse::Agent, NOW)
     }
 
     fn claims() -> Map<String, Value> {
@@ -217,6 +239,39 @@ mod tests {
     }
 
     #[test]
+    fn iat_must_be_a_numeric_date_not_in_the_future() {
+        assert!(check(&with("iat", json!(NOW - 10)), &config()).is_ok());
+        assert!(check(&with("iat", json!(NOW + 30)), &config()).is_ok(), "within the leeway");
+        assert_eq!(check(&with("iat", json!(NOW + 31)), &config()), Err(AuthError::NotYetValid));
+        assert_eq!(check(&with("iat", json!(u64::MAX as f64)), &config()), Err(AuthError::InvalidClaim("iat")));
+        for bad in [json!("1"), json!(-1), json!(null), json!([NOW])] {
+            assert_eq!(check(&with("iat", bad.clone()), &config()), Err(AuthError::InvalidClaim("iat")), "{bad}");
+        }
+    }
+
+    #[test]
+    fn tokens_valid_for_longer_than_the_lifetime_max_are_refused() {
+        let too_long = Err(AuthError::LifetimeTooLong { lifetime_max_secs: 86_400 });
+        let exp = 2_000_000_000;
+        // Without `iat`, what is left of the token's life counts: a day, and the leeway.
+        assert!(check(&claims(), &config()).is_ok());
+        let one_hour = IdentityConfig { lifetime_max: Duration::from_secs(3600), ..config() };
+        assert_eq!(check(&claims(), &one_hour), Err(AuthError::LifetimeTooLong { lifetime_max_secs: 3600 }));
+        assert!(check(&with("exp", json!(exp + 30)), &config()).is_ok(), "within the leeway");
+        assert_eq!(check(&with("exp", json!(exp + 31)), &config()), too_long);
+        // With `iat`, the whole life the identity provider gave it, however little is left.
+        let mut issued_early = claims();
+        issued_early.insert("iat".into(), json!(NOW - 3600));
+        assert_eq!(check(&issued_early, &config()), too_long);
+        let mut issued_late = claims();
+        issued_late.insert("iat".into(), json!(NOW + 20));
+        assert!(check(&issued_late, &config()).is_ok(), "an iat ahead of the clock does not shorten the count");
+        let mut a_hundred_years = claims();
+        a_hundred_years.insert("exp".into(), json!(NOW + 100 * 365 * 86_400));
+        assert_eq!(check(&a_hundred_years, &config()), too_long);
+    }
+
+    #[test]
     fn issuer_must_be_the_exact_string() {
         assert_eq!(check(&without("iss"), &config()), Err(AuthError::MissingClaim("iss")));
         assert_eq!(check(&with("iss", json!("https://idp.test")), &config()), Err(AuthError::WrongIssuer));
@@ -238,9 +293,10 @@ mod tests {
     fn reviewer_audiences_keep_the_two_uses_apart() {
         let aud = |value: Value| with("aud", value);
         let agent =
-            |claims: &Map<String, Value>, config: &IdentityConfig| super::check(claims, config, TokenUse::Agent);
-        let reviewer =
-            |claims: &Map<String, Value>, config: &IdentityConfig| super::check(claims, config, TokenUse::Reviewer);
+            |claims: &Map<String, Value>, config: &IdentityConfig| super::check(claims, config, TokenUse::Agent, NOW);
+        let reviewer = |claims: &Map<String, Value>, config: &IdentityConfig| {
+            super::check(claims, config, TokenUse::Reviewer, NOW)
+        };
         // Without reviewer audiences, reviewers present agents' tokens.
         assert!(reviewer(&claims(), &config()).is_ok());
         let split = IdentityConfig { reviewer_audiences: vec!["snowgate-review".to_owned()], ..config() };

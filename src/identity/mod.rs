@@ -14,8 +14,9 @@
 //!   fit the header `alg`, or it has no `kid` and the set holds other than one candidate key.
 //!   The `jku`, `x5u`, `jwk` and `x5c` headers are never used: keys come from the JWKS only;
 //! - the signature does not verify (jsonwebtoken, RustCrypto backend);
-//! - `exp`, `iss`, `aud` or `sub` are missing, `exp` has passed or `nbf` has not come (both with
-//!   [`IdentityConfig::leeway`], against the system clock), `iss` is not the exact issuer, no
+//! - `exp`, `iss`, `aud` or `sub` are missing, `exp` has passed or `nbf` or `iat` has not come
+//!   (with [`IdentityConfig::leeway`], against the system clock), the token is valid for longer
+//!   than [`IdentityConfig::lifetime_max`] (from its `iat`, or from now), `iss` is not the exact issuer, no
 //!   `aud` is accepted for the token's use ([`TokenUse`]: an agent's or a reviewer's), or its
 //!   `aud` also names the other use's audience, a NumericDate is not a non-negative JSON
 //!   number, `sub` is empty, too long or holds control characters, or the groups claim is
@@ -54,6 +55,8 @@ pub const DEFAULT_TOKEN_BYTES_MAX: usize = 8 * 1024;
 pub const DEFAULT_REFETCH_INTERVAL_MIN: Duration = Duration::from_secs(10);
 /// Default age after which keys fetched from a URL stop verifying.
 pub const DEFAULT_CACHE_TTL: Duration = Duration::from_secs(60 * 60);
+/// Default longest validity of a token, from its `iat` to its `exp`.
+pub const DEFAULT_LIFETIME_MAX: Duration = Duration::from_secs(24 * 60 * 60);
 
 /// The claims that jsonwebtoken must find in every token.
 const REQUIRED_CLAIMS: [&str; 4] = ["exp", "iss", "aud", "sub"];
@@ -73,8 +76,12 @@ pub struct IdentityConfig {
     pub algorithms: Vec<Algorithm>,
     /// The claim holding the agent's groups: an array of strings or one string, absent for none.
     pub groups_claim: String,
-    /// Clock skew allowed on `exp` and `nbf`, in whole seconds (fractions are dropped).
+    /// Clock skew allowed on `exp`, `nbf`, `iat` and the lifetime, in whole seconds
+    /// (fractions are dropped).
     pub leeway: Duration,
+    /// Longest a token may be valid, from its `iat` (or from now, without one, or with a
+    /// later one) to its `exp`, in whole seconds: longer-lived tokens are refused.
+    pub lifetime_max: Duration,
     /// Longest token accepted, in bytes; longer ones are refused before any parsing.
     pub token_bytes_max: usize,
     /// For a JWKS URL: the shortest time between two fetches, successful or not.
@@ -93,6 +100,7 @@ impl IdentityConfig {
             algorithms: vec![Algorithm::RS256],
             groups_claim: "groups".to_owned(),
             leeway: DEFAULT_LEEWAY,
+            lifetime_max: DEFAULT_LIFETIME_MAX,
             token_bytes_max: DEFAULT_TOKEN_BYTES_MAX,
             refetch_interval_min: DEFAULT_REFETCH_INTERVAL_MIN,
             cache_ttl: DEFAULT_CACHE_TTL,
@@ -124,6 +132,9 @@ impl IdentityConfig {
         }
         if self.groups_claim.is_empty() {
             return fail("the groups claim name must not be empty");
+        }
+        if self.lifetime_max.as_secs() == 0 {
+            return fail("the token lifetime limit must be at least a second");
         }
         if self.token_bytes_max == 0 {
             return fail("the token size limit must be positive");
@@ -220,9 +231,18 @@ pub enum AuthError {
     /// `exp` (plus leeway) has passed.
     #[error("OIDC token expired")]
     Expired,
-    /// `nbf` (minus leeway) has not come yet.
+    /// `nbf` (minus leeway) has not come yet, or `iat` (minus leeway) is in the future.
     #[error("OIDC token is not valid yet")]
     NotYetValid,
+    /// The token is valid for longer than [`IdentityConfig::lifetime_max`].
+    #[error(
+        "OIDC token is valid for longer than the {lifetime_max_secs} s this gateway accepts; the identity provider \
+         must issue shorter-lived tokens"
+    )]
+    LifetimeTooLong {
+        /// The limit that was crossed, in seconds.
+        lifetime_max_secs: u64,
+    },
     /// `iss` is not the configured issuer.
     #[error("OIDC token issuer is not accepted")]
     WrongIssuer,
@@ -385,7 +405,7 @@ impl Verifier {
         let key = keys.set.select(header.kid.as_deref(), header.alg)?;
 
         match jsonwebtoken::decode::<JsonObject>(token, &key.decoding, validation) {
-            Ok(data) => claims::check(&data.claims.0, &self.config, used_for),
+            Ok(data) => claims::check(&data.claims.0, &self.config, used_for, unix_now()),
             Err(error) => {
                 let refused = map_jwt_error(error.kind());
                 // jsonwebtoken checks claims only after the signature, so in these cases the
@@ -398,7 +418,7 @@ impl Verifier {
                 );
                 if claims_stage
                     && let Ok(claims) = decode_json_segment(payload)
-                    && let Err(precise) = claims::check(&claims.0, &self.config, used_for)
+                    && let Err(precise) = claims::check(&claims.0, &self.config, used_for, unix_now())
                 {
                     return Err(precise);
                 }
@@ -547,6 +567,12 @@ fn map_jwt_error(kind: &ErrorKind) -> AuthError {
         ErrorKind::InvalidClaimFormat(claim) => AuthError::InvalidClaim(claim_name(claim)),
         _ => AuthError::Malformed,
     }
+}
+
+/// Seconds since the Unix epoch by the system clock, the one jsonwebtoken checks `exp` and
+/// `nbf` against (0 for a clock before 1970, which then refuses every `iat`).
+fn unix_now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
 /// The static name of a registered claim jsonwebtoken reports on.

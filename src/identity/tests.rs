@@ -201,6 +201,27 @@ fn expiry_within_leeway_is_accepted() {
     assert_refused(&strict, &token, AuthError::Expired);
 }
 
+#[test]
+fn tokens_issued_in_the_future_or_living_too_long_are_refused() {
+    let verifier = verifier();
+    assert_refused(&verifier, &token_a(&claims_with("iat", json!(now_unix() + 600))), AuthError::NotYetValid);
+    assert_refused(&verifier, &token_a(&claims_with("iat", json!("now"))), AuthError::InvalidClaim("iat"));
+    // A day is the default: a token for a year is refused, whether or not it says when it was
+    // issued.
+    let a_year = json!(now_unix() + 365 * 86_400);
+    let too_long = AuthError::LifetimeTooLong { lifetime_max_secs: 86_400 };
+    assert_refused(&verifier, &token_a(&claims_with("exp", a_year.clone())), too_long);
+    let mut without_iat = claims_without("iat");
+    without_iat["exp"] = a_year;
+    assert_refused(&verifier, &token_a(&without_iat), too_long);
+    // Ten minutes pass a ten-minute limit, not a five-minute one.
+    let ten_minutes = file_verifier(IdentityConfig { lifetime_max: Duration::from_secs(600), ..config() });
+    assert!(check(&ten_minutes, &token_a(&claims())).is_ok());
+    let five_minutes =
+        file_verifier(IdentityConfig { lifetime_max: Duration::from_secs(300), leeway: Duration::ZERO, ..config() });
+    assert_refused(&five_minutes, &token_a(&claims()), AuthError::LifetimeTooLong { lifetime_max_secs: 300 });
+}
+
 // --- refused tokens: framing -----------------------------------------------------------------
 
 #[test]
