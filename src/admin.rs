@@ -1304,26 +1304,50 @@ mod tests {
         let limits = AdminLimits { connections_max: 2, ..AdminLimits::default() };
         let server = start_server(limits);
         let addr = server.handle.local_addr();
-        let mut idle: Vec<TcpStream> = (0..2).map(|_| TcpStream::connect(addr).unwrap()).collect();
-        idle[1].write_all(b"GET /v1/appr").unwrap();
-        // Wait until the server has accepted both (its active count is the cap).
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while server.handle.connections_served() < 2 && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        assert_eq!(server.handle.connections_served(), 2);
+        let mut first = TcpStream::connect(addr).unwrap();
+        let mut second = TcpStream::connect(addr).unwrap();
+        second.write_all(b"GET /v1/appr").unwrap();
+        wait_for_connections(&server, 2);
         // Just accepted, they are not cut (their requests may be on the way)...
-        assert_eq!(get(addr, "/v1/approvals", Some("token-alice")).0, 503);
-        // ...but past EVICTABLE_AFTER, each newcomer takes the place of the oldest.
-        std::thread::sleep(EVICTABLE_AFTER + Duration::from_millis(200));
-        for _ in 0..3 {
-            assert_eq!(get(addr, "/v1/approvals", Some("token-alice")).0, 200);
+        let probed = Instant::now();
+        let (status, _) = get(addr, "/v1/approvals", Some("token-alice"));
+        if probed.elapsed() < EVICTABLE_AFTER / 2 {
+            assert_eq!(status, 503);
         }
-        // Both idle connections were closed, oldest first, without an answer.
-        for stream in &mut idle {
-            stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-            let mut byte = [0u8; 1];
-            assert!(matches!(stream.read(&mut byte), Ok(0) | Err(_)), "an idle connection kept its slot");
+        // ...but past EVICTABLE_AFTER, a newcomer takes the place of the oldest.
+        std::thread::sleep(EVICTABLE_AFTER + Duration::from_millis(200));
+        assert_eq!(get(addr, "/v1/approvals", Some("token-alice")).0, 200);
+        assert_closed(&mut first);
+        // The second is now the oldest: with a young third filling the cap, the next newcomer
+        // takes the second's place, not the third's.
+        wait_for_connections(&server, 1);
+        let mut third = TcpStream::connect(addr).unwrap();
+        wait_for_connections(&server, 2);
+        assert_eq!(get(addr, "/v1/approvals", Some("token-alice")).0, 200);
+        assert_closed(&mut second);
+        third.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+        let mut byte = [0u8; 1];
+        let error = third.read(&mut byte).expect_err("the young connection was closed");
+        assert!(matches!(error.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut), "{error}");
+    }
+
+    /// Waits (5 s at most) until the server is serving exactly `n` connections.
+    fn wait_for_connections(server: &Server, n: usize) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while server.handle.connections_served() != n && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(server.handle.connections_served(), n);
+    }
+
+    /// The server closed `stream` without an answer.
+    fn assert_closed(stream: &mut TcpStream) {
+        stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut byte = [0u8; 1];
+        match stream.read(&mut byte) {
+            Ok(0) => {}
+            Err(error) if error.kind() == io::ErrorKind::ConnectionReset => {}
+            other => panic!("an idle connection kept its slot: {other:?}"),
         }
     }
 
@@ -1332,10 +1356,11 @@ mod tests {
         let server = start_server(AdminLimits::default());
         let addr = server.handle.local_addr();
         assert_eq!(get(addr, "/v1/approvals", Some("token-alice")).0, 200);
+        wait_for_connections(&server, 0);
         let mut idle = TcpStream::connect(addr).unwrap();
         idle.write_all(b"GET /v1/appr").unwrap();
         // Let the server accept it and block reading the rest.
-        std::thread::sleep(Duration::from_millis(100));
+        wait_for_connections(&server, 1);
         let started = Instant::now();
         server.handle.stop();
         assert!(started.elapsed() < Duration::from_secs(2), "stop took {:?}", started.elapsed());

@@ -414,8 +414,10 @@ mod tests {
     fn connects_to_the_first_address_that_accepts() {
         let open = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let open_addr = open.local_addr().unwrap();
-        // A port that was just free: nothing listens there, so connecting is refused.
-        let refused_addr = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+        // A port that was just free, on a loopback address no test listens on: connecting is
+        // refused.
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let refused_addr = std::net::SocketAddr::from(([127, 0, 0, 254], port));
         let mut runtime = monoio::RuntimeBuilder::<monoio::FusionDriver>::new().enable_timer().build().unwrap();
         runtime.block_on(async {
             let tcp = connect_any(&[refused_addr, open_addr]).await.unwrap();
@@ -488,12 +490,13 @@ mod tests {
     }
 
     /// An upstream that answers a connection's first request with "hi" and, 50 ms later, sends
-    /// a second answer nobody asked for: the pool must not hand that connection to the next
+    /// a second answer nobody asked for (the test waits until it has): the pool must not hand that connection to the next
     /// request, which gets a fresh connection's "fresh" instead of the stray bytes.
     #[test]
     fn a_pooled_connection_with_stray_bytes_is_not_reused() {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
+        let (stray_sent, stray_was_sent) = std::sync::mpsc::channel();
         let server = std::thread::spawn(move || {
             let mut kept = Vec::new();
             for (i, socket) in listener.incoming().take(2).enumerate() {
@@ -504,6 +507,7 @@ mod tests {
                     io::Write::write_all(&mut socket, b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nhi").unwrap();
                     std::thread::sleep(Duration::from_millis(50));
                     io::Write::write_all(&mut socket, b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nstray").unwrap();
+                    stray_sent.send(()).unwrap();
                 } else {
                     io::Write::write_all(&mut socket, b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nfresh").unwrap();
                 }
@@ -527,7 +531,8 @@ mod tests {
         let mut runtime = monoio::RuntimeBuilder::<monoio::FusionDriver>::new().enable_timer().build().unwrap();
         runtime.block_on(async {
             assert_eq!(pool.send(&request).await.unwrap().body, &b"hi"[..]);
-            monoio::time::sleep(Duration::from_millis(200)).await;
+            // Written on loopback, the stray bytes are in the pooled socket once this returns.
+            stray_was_sent.recv_timeout(Duration::from_secs(10)).unwrap();
             assert_eq!(pool.send(&request).await.unwrap().body, &b"fresh"[..]);
         });
         server.join().unwrap();

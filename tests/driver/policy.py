@@ -42,9 +42,10 @@ def main() -> int:
             out["query_id"] = cur.sfqid
         elif args.mode == "change-session":
             # While the write waits for review, another cursor of the same connection changes
-            # the session (the gateway allows USE; it voids what the session parked).
+            # the session (the gateway allows USE; it voids what the session parked). The test
+            # writes a line on stdin once it sees the write parked.
             def change():
-                time.sleep(2)
+                sys.stdin.readline()
                 conn.cursor().execute(f"USE SCHEMA {database}.S")
 
             changer = threading.Thread(target=change)

@@ -36,25 +36,35 @@ impl Drop for Fakesnow {
 }
 
 pub(crate) fn start_fakesnow(dir: &std::path::Path) -> Fakesnow {
-    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let log = std::fs::File::create(dir.join("fakesnow.log")).unwrap();
-    let child = Command::new(python())
-        .args(["-m", "fakesnow", "-s", "-p", &port.to_string()])
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .unwrap();
-    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while TcpStream::connect(addr).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "fakesnow did not start: {}",
-            std::fs::read_to_string(dir.join("fakesnow.log")).unwrap_or_default()
-        );
-        std::thread::sleep(Duration::from_millis(100));
+    // The port was free when asked for, but another test may take it before fakesnow binds
+    // it: then fakesnow exits, and is started again on another.
+    for _ in 0..3 {
+        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let log_path = dir.join("fakesnow.log");
+        let log = std::fs::File::create(&log_path).unwrap();
+        let mut child = Command::new(python())
+            .args(["-m", "fakesnow", "-s", "-p", &port.to_string()])
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+            if child.try_wait().unwrap().is_some() {
+                eprintln!("fakesnow exited at start on port {port}: {log}");
+                break;
+            }
+            // Listening, and on its own port: uvicorn says so once it has bound it.
+            if log.contains("Uvicorn running on") && TcpStream::connect(addr).is_ok() {
+                return Fakesnow { child, addr };
+            }
+            assert!(Instant::now() < deadline, "fakesnow did not start: {log}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
-    Fakesnow { child, addr }
+    panic!("fakesnow did not start in three attempts");
 }
 
 /// Runs `tests/driver/canary.py` against `port`, returning its JSON summary.

@@ -18,13 +18,16 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use rsa::pkcs8::DecodePublicKey as _;
 use rsa::traits::PublicKeyParts as _;
 use serde_json::{Value, json};
+use snowgate::config::RecordingSettings;
+use snowgate::record::Durability;
 
 use crate::support::*;
 
-/// The refetch interval configured for these tests.
-const REFETCH_INTERVAL: Duration = Duration::from_secs(1);
+/// The refetch interval configured for these tests: long enough for a few logins on a busy
+/// machine to fit in it.
+const REFETCH_INTERVAL: Duration = Duration::from_secs(2);
 /// A wait that is safely past the refetch interval.
-const PAST_THE_INTERVAL: Duration = Duration::from_millis(1100);
+const PAST_THE_INTERVAL: Duration = Duration::from_millis(2100);
 
 /// What the test provider answers a JWKS request with.
 #[derive(Debug, Clone)]
@@ -174,7 +177,16 @@ fn token_of(sub: &str, group: &str, key_file: &str, kid: &str) -> String {
 }
 
 fn start_gateway(idp: &Idp, upstream_url: &str) -> TestGateway {
-    TestGateway::start(upstream_url, GatewayOptions { jwks: Some(idp.jwks_settings()), ..Default::default() })
+    TestGateway::start(
+        upstream_url,
+        GatewayOptions { jwks: Some(idp.jwks_settings()), recording: unsynced(), ..Default::default() },
+    )
+}
+
+/// Recording without fsync: a login here waits for no disk, so the refetch intervals these
+/// tests count in hold their logins even on a slow one.
+fn unsynced() -> RecordingSettings {
+    RecordingSettings { durability: Durability::None, ..RecordingSettings::default() }
 }
 
 /// Asserts a login refused because the token could not be verified (code 390303).
@@ -185,7 +197,12 @@ fn start_gateway_with_admin(idp: &Idp, upstream_url: &str) -> TestGateway {
         format!("{PERMISSIVE_POLICY}\n[approvals]\nadmin_address = \"127.0.0.1:0\"\nadmin_groups = [\"dba\"]\n");
     TestGateway::start(
         upstream_url,
-        GatewayOptions { jwks: Some(idp.jwks_settings()), policy: Some(policy), ..Default::default() },
+        GatewayOptions {
+            jwks: Some(idp.jwks_settings()),
+            policy: Some(policy),
+            recording: unsynced(),
+            ..Default::default()
+        },
     )
 }
 
@@ -334,7 +351,7 @@ fn a_flood_of_unknown_kids_fetches_at_most_once_per_interval() {
     // Two cores share one verifier, so the single flight and the rate limit hold across cores.
     let gateway = TestGateway::start(
         &upstream.url(),
-        GatewayOptions { cores: 2, jwks: Some(idp.jwks_settings()), ..Default::default() },
+        GatewayOptions { cores: 2, jwks: Some(idp.jwks_settings()), recording: unsynced(), ..Default::default() },
     );
     login_ok(&mut gateway.client());
     assert_eq!(idp.fetches(), 1);
@@ -377,9 +394,10 @@ fn a_flood_of_unknown_kids_fetches_at_most_once_per_interval() {
 
 #[test]
 fn a_down_or_broken_jwks_server_refuses_logins_fast() {
+    // A loopback address no test listens on: another test cannot take the port meanwhile.
     let closed_port = {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.local_addr().unwrap()
+        SocketAddr::from(([127, 0, 0, 254], listener.local_addr().unwrap().port()))
     };
     let cases: [(&str, Option<Reply>); 5] = [
         ("nothing listening", None),

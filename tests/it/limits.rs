@@ -434,7 +434,9 @@ fn a_drain_cut_short_by_its_deadline_still_seals_the_recording() {
 
 #[test]
 fn drain_finishes_the_request_in_flight_and_serves_no_new_connection() {
-    const UPSTREAM_DELAY: Duration = Duration::from_millis(700);
+    // Long enough for the drain, the late connection and the idle close to happen while the
+    // login is still upstream, on a busy machine too; shorter than the drain timeout (5 s).
+    const UPSTREAM_DELAY: Duration = Duration::from_millis(2500);
     let upstream = RawUpstream::start([Behaviour::LoginAfter(UPSTREAM_DELAY)]);
     let gateway = TestGateway::start(&upstream.url(), GatewayOptions::default());
     let addr = gateway.addr;
@@ -449,7 +451,7 @@ fn drain_finishes_the_request_in_flight_and_serves_no_new_connection() {
         let mut client = snowgate_perf::client::Client::connect(addr).unwrap();
         login(&mut client, &token)
     });
-    let deadline = Instant::now() + Duration::from_secs(2);
+    let deadline = Instant::now() + Duration::from_secs(10);
     while upstream.received() == 0 {
         assert!(Instant::now() < deadline, "the login never reached upstream");
         std::thread::sleep(Duration::from_millis(5));

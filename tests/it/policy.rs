@@ -76,6 +76,7 @@ fn spawn_script(gateway: &TestGateway, mode: &str, suffix: &str) -> std::process
         .arg(root().join("tests/driver/policy.py"))
         .args(["--host", "127.0.0.1", "--port", &gateway.addr.port().to_string()])
         .args(["--token", &agent_token(json!({})), "--mode", mode, "--suffix", suffix])
+        .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
@@ -292,9 +293,11 @@ fn a_write_the_driver_gives_up_on_is_withdrawn_and_never_runs() {
 #[test]
 fn a_write_whose_session_changed_while_parked_never_runs() {
     let setup = setup(60);
-    let child = spawn_script(&setup.gateway, "change-session", "CHANGED1");
+    let mut child = spawn_script(&setup.gateway, "change-session", "CHANGED1");
     let item = wait_for_pending(&setup.gateway);
     let query_id = item["query_id"].as_str().unwrap().to_owned();
+    // Parked: now the script's other cursor changes the session.
+    std::io::Write::write_all(child.stdin.as_mut().unwrap(), b"change\n").unwrap();
     let out = outcome(child);
     assert_eq!(out["error"]["errno"], 260010, "{out}");
     assert!(out["error"]["msg"].as_str().unwrap().contains("ran in this session after this one was parked"), "{out}");
@@ -487,7 +490,15 @@ fn an_approval_runs_on_a_fresh_poll_and_an_abort_by_id_withdraws() {
     let mut poller = gateway.client();
     let (target, held_auth) = (result.clone(), auth.clone());
     let held = std::thread::spawn(move || poller.get(&target, &[("authorization", &held_auth)]).unwrap());
-    std::thread::sleep(Duration::from_secs(1));
+    // The poll is in the gateway (then a moment for it to start its hold), however slowly its
+    // thread was scheduled.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while gateway.metrics().in_flight.load(std::sync::atomic::Ordering::SeqCst) == 0
+        && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    std::thread::sleep(Duration::from_millis(300));
     decide(&gateway, parked["data"]["queryId"].as_str().unwrap(), "approve", "a read for the test");
     let held = held.join().unwrap().json().unwrap();
     assert_eq!(held["code"], "333333", "{held}");

