@@ -244,4 +244,7 @@ pub mod limits {
     pub const QUEUE_BYTES_CONFIG_MAX: usize = 64 << 30;
     /// Segment size (config).
     pub const SEGMENT_BYTES_CONFIG_MAX: u64 = 4 * 1024 * 1024 * 1024;
+    /// Longest a stop waits for the recorder thread to write what it holds, seal and sync:
+    /// a hung disk must not hang the gateway's exit with it.
+    pub const STOP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 }

@@ -718,11 +718,29 @@ impl Recorder {
     /// (its ticket says `Stopped`), never left as if it would be written. Stopping again does
     /// nothing.
     pub fn stop_in_place(&self) -> Result<(), RecordError> {
+        self.stop_within(limits::STOP_TIMEOUT)
+    }
+
+    /// [`Recorder::stop_in_place`], waiting at most `timeout` for the thread to finish: past
+    /// it (a write or fsync that does not return) the thread is left behind, every frame still
+    /// queued is failed, and the error says so.
+    pub fn stop_within(&self, timeout: Duration) -> Result<(), RecordError> {
         let Some(join) = self.join.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).take() else {
             return Ok(());
         };
         self.shared.stop.store(true, Ordering::Release);
         self.thread.unpark();
+        let deadline = Instant::now() + timeout;
+        while !join.is_finished() {
+            if Instant::now() >= deadline {
+                if matches!(self.shared.health(), RUNNING | UNAVAILABLE) {
+                    self.shared.health.store(STOPPED, Ordering::Release);
+                }
+                self.shared.fail_queued(TICKET_STOPPED);
+                return Err(RecordError::StopTimedOut(timeout));
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
         let stopped = match join.join() {
             Ok(result) => result.map_err(RecordError::from),
             Err(_) => Err(RecordError::Config("the recorder thread panicked".into())),

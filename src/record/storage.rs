@@ -237,6 +237,8 @@ struct SimState {
     space_bytes: Option<u64>,
     /// Fsyncs still to fail.
     failing_syncs: u32,
+    /// How long each file sync blocks before it does anything (a hung disk).
+    sync_stall: std::time::Duration,
     /// Bumped by each crash: handles from before a crash stop working.
     epoch: u64,
     syncs: u64,
@@ -274,6 +276,11 @@ impl SimulatedStorage {
     /// Makes the next `n` file syncs fail with EIO, dropping what they should have persisted.
     pub fn fail_next_syncs(&self, n: u32) {
         self.lock().failing_syncs = n;
+    }
+
+    /// Makes every later file sync block for `stall` first, as a hung disk's fsync does.
+    pub fn stall_syncs(&self, stall: std::time::Duration) {
+        self.lock().sync_stall = stall;
     }
 
     /// Successful file syncs so far.
@@ -330,6 +337,7 @@ impl SimulatedStorage {
             dirs: state.dirs.clone(),
             space_bytes: state.space_bytes,
             failing_syncs: state.failing_syncs,
+            sync_stall: state.sync_stall,
             epoch: state.epoch + 1,
             syncs: state.syncs,
         };
@@ -397,6 +405,8 @@ impl SegmentFile for SimFileHandle {
     }
 
     fn sync(&mut self) -> io::Result<()> {
+        let stall = self.storage.lock().sync_stall;
+        std::thread::sleep(stall);
         let path = self.path.clone();
         self.with_file(|state| {
             let failing = state.failing_syncs > 0;

@@ -258,6 +258,28 @@ fn batch_mode_does_not_linger_when_the_group_commit_is_due() {
     assert_eq!(user_frames(&open_recording(&storage)).len(), 5);
 }
 
+/// A disk whose fsync does not return cannot hang the gateway's exit: the stop gives up after
+/// its timeout, says why, and fails what is still queued.
+#[test]
+fn a_stop_gives_up_on_a_hung_disk() {
+    let storage = SimulatedStorage::new();
+    let mut config = config(&dir());
+    config.durability = Durability::Batch { interval: Duration::from_millis(1) };
+    let recorder = Recorder::start_with(config, Arc::new(storage.clone()), Arc::new(SystemClock)).unwrap();
+    storage.stall_syncs(Duration::from_secs(3));
+    let stuck = recorder.submit(request(1, 10)).unwrap();
+    // The recorder thread takes the first frame and blocks in its fsync; the second stays queued.
+    assert_eq!(stuck.wait_durable(Duration::from_millis(300)), None, "a stalled fsync completed");
+    let queued = recorder.submit(request(2, 10)).unwrap();
+    let started = std::time::Instant::now();
+    let stopped = recorder.stop_within(Duration::from_millis(200));
+    assert!(matches!(stopped, Err(RecordError::StopTimedOut(_))), "{stopped:?}");
+    assert!(started.elapsed() < Duration::from_secs(2), "the stop waited {:?}", started.elapsed());
+    assert_eq!(queued.wait_durable(Duration::from_secs(1)), Some(Err(RecordUnavailable::Stopped)));
+    assert!(matches!(recorder.submit(request(3, 10)), Err(RecordUnavailable::Stopped)));
+    assert_eq!(recorder.health(), RecorderHealth::Stopped);
+}
+
 #[test]
 fn none_durability_completes_once_written_without_fsync() {
     let storage = SimulatedStorage::new();

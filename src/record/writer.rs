@@ -47,6 +47,11 @@ pub enum RecordError {
     /// Writing failed.
     #[error(transparent)]
     Write(#[from] WriteError),
+    /// Stopping did not finish in time (the disk's fault: a write or fsync that does not
+    /// return). The recorder thread is left behind; what it had not written when the process
+    /// ends is lost, its segment is unsealed, and the next start recovers it.
+    #[error("the recorder did not finish writing within {0:?} of being told to stop (is the disk hung?)")]
+    StopTimedOut(std::time::Duration),
 }
 
 /// Writing a batch, a header or a footer failed.
