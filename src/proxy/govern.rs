@@ -438,7 +438,7 @@ fn park(
     let statement = ForReview {
         text: query.sql_text.clone(),
         bindings: query.bindings.clone(),
-        settings: BTreeMap::from([("role".to_owned(), claims.role.clone())]),
+        settings: query_request_settings(&payload.body, &claims.role),
     };
     match enter_ledger(core, capture, key, &subject, statement, requirement, rule, payload) {
         Ok(query_id) => in_progress(&query_id, query.async_exec, message),
@@ -460,24 +460,55 @@ struct ForReview {
 /// The longest setting shown to reviewers, in bytes (a longer one is cut, marked `…`).
 const SETTING_BYTES_MAX: usize = 256;
 
+/// The most query parameters shown to reviewers one by one; past them, how many more.
+const SHOWN_PARAMETERS_MAX: usize = 32;
+
+/// A setting's value as reviewers see it: strings as they are, other JSON as written, cut
+/// at [`SETTING_BYTES_MAX`].
+fn shown_setting(value: &Value) -> String {
+    let value = match value {
+        Value::String(text) => text.clone(),
+        other => other.to_string(),
+    };
+    if value.len() > SETTING_BYTES_MAX { format!("{}…", cut_at_char(&value, SETTING_BYTES_MAX)) } else { value }
+}
+
+/// What a driver's query request (as it would go upstream, its parameters pinned) sets besides
+/// its text, for reviewers: the role it runs as, and each of its `parameters` (`QUERY_TAG`,
+/// `MULTI_STATEMENT_COUNT`, formats, time zones...) as `parameters.NAME`.
+fn query_request_settings(body: &[u8], role: &str) -> BTreeMap<String, String> {
+    let mut settings = BTreeMap::from([("role".to_owned(), role.to_owned())]);
+    if let Ok(document) = serde_json::from_slice::<Map<String, Value>>(body) {
+        insert_parameters(&mut settings, &document);
+    }
+    settings
+}
+
+/// Adds a request body's `parameters` members to `settings`, as `parameters.NAME`.
+fn insert_parameters(settings: &mut BTreeMap<String, String>, document: &Map<String, Value>) {
+    let Some(Value::Object(parameters)) = document.get("parameters") else { return };
+    for (name, value) in parameters.iter().take(SHOWN_PARAMETERS_MAX) {
+        settings.insert(format!("parameters.{}", shown_setting(&Value::String(name.clone()))), shown_setting(value));
+    }
+    if parameters.len() > SHOWN_PARAMETERS_MAX {
+        settings.insert("parameters.…".to_owned(), format!("{} more", parameters.len() - SHOWN_PARAMETERS_MAX));
+    }
+}
+
 /// What a SQL API body (as it would go upstream) sets besides its text, for reviewers: the
-/// role it runs as, and the body's database, schema, warehouse and timeout when given.
+/// role it runs as, the body's database, schema, warehouse and timeout when given, and its
+/// `parameters`.
 fn sql_api_settings(body: &[u8], role: &str) -> BTreeMap<String, String> {
     let mut settings = BTreeMap::from([("role".to_owned(), role.to_owned())]);
     let Ok(document) = serde_json::from_slice::<Map<String, Value>>(body) else { return settings };
     for field in ["database", "schema", "warehouse", "timeout"] {
         let value = match document.get(field) {
-            Some(Value::String(text)) => text.clone(),
-            Some(Value::Number(number)) => number.to_string(),
+            Some(value @ (Value::String(_) | Value::Number(_))) => shown_setting(value),
             _ => continue,
         };
-        let shown = if value.len() > SETTING_BYTES_MAX {
-            format!("{}…", cut_at_char(&value, SETTING_BYTES_MAX))
-        } else {
-            value
-        };
-        settings.insert(field.to_owned(), shown);
+        settings.insert(field.to_owned(), value);
     }
+    insert_parameters(&mut settings, &document);
     settings
 }
 
@@ -1348,11 +1379,17 @@ mod tests {
         let body = serde_json::json!({"statement": "delete from t", "database": "PROD", "schema": "SALES",
             "warehouse": "WH", "timeout": 60, "role": "IGNORED", "parameters": {"x": 1}, "bindings": null});
         let settings = sql_api_settings(body.to_string().as_bytes(), "ANALYST");
-        let expected: BTreeMap<String, String> =
-            [("role", "ANALYST"), ("database", "PROD"), ("schema", "SALES"), ("warehouse", "WH"), ("timeout", "60")]
-                .into_iter()
-                .map(|(k, v)| (k.to_owned(), v.to_owned()))
-                .collect();
+        let expected: BTreeMap<String, String> = [
+            ("role", "ANALYST"),
+            ("database", "PROD"),
+            ("schema", "SALES"),
+            ("warehouse", "WH"),
+            ("timeout", "60"),
+            ("parameters.x", "1"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
         assert_eq!(settings, expected);
         // Long values are cut on a character boundary, and say so.
         let long = serde_json::json!({"database": "é".repeat(200)});
@@ -1362,5 +1399,29 @@ mod tests {
         let odd = serde_json::json!({"database": ["a"], "schema": {"a": 1}, "warehouse": true});
         assert_eq!(sql_api_settings(odd.to_string().as_bytes(), "R").len(), 1);
         assert_eq!(sql_api_settings(b"not json", "R"), BTreeMap::from([("role".to_owned(), "R".to_owned())]));
+    }
+
+    #[test]
+    fn reviewers_see_a_driver_requests_parameters() {
+        let body = serde_json::json!({"sqlText": "delete from t", "sequenceId": 3,
+            "parameters": {"QUERY_TAG": "trace-9", "MULTI_STATEMENT_COUNT": 1, "X": {"a": [1]}, "Y": "y".repeat(300)}});
+        let settings = query_request_settings(body.to_string().as_bytes(), "ANALYST");
+        assert_eq!(settings["role"], "ANALYST");
+        assert_eq!(settings["parameters.QUERY_TAG"], "trace-9");
+        assert_eq!(settings["parameters.MULTI_STATEMENT_COUNT"], "1");
+        assert_eq!(settings["parameters.X"], r#"{"a":[1]}"#);
+        assert!(settings["parameters.Y"].ends_with('…') && settings["parameters.Y"].len() <= SETTING_BYTES_MAX + 3);
+        assert_eq!(settings.len(), 5, "{settings:?}");
+        // Many parameters: the first ones, then how many more.
+        let many: Map<String, Value> = (0..40).map(|i| (format!("P{i:02}"), Value::from(i))).collect();
+        let body = serde_json::json!({"sqlText": "x", "parameters": many});
+        let settings = query_request_settings(body.to_string().as_bytes(), "R");
+        assert_eq!(settings.len(), 1 + SHOWN_PARAMETERS_MAX + 1);
+        assert_eq!(settings["parameters.…"], "8 more");
+        // No parameters, or a broken body: the role only.
+        let role_only = BTreeMap::from([("role".to_owned(), "R".to_owned())]);
+        assert_eq!(query_request_settings(br#"{"sqlText":"x"}"#, "R"), role_only);
+        assert_eq!(query_request_settings(br#"{"sqlText":"x","parameters":[1]}"#, "R"), role_only);
+        assert_eq!(query_request_settings(b"{", "R"), role_only);
     }
 }

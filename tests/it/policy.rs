@@ -144,7 +144,12 @@ fn a_reviewed_write_waits_for_approval_then_runs_once() {
     assert_eq!(item["statement_text"], "INSERT INTO REVIEWED VALUES (1, 'approved-row')", "{item}");
     assert_eq!(item["sub"], "agent-7");
     assert_eq!(item["rule_name"], "writes need a DBA");
-    assert_eq!(item["settings"], json!({"role": "ANALYST"}), "{item}");
+    // The role it runs as, and the request's parameters as they would go upstream (the
+    // statement count pinned by the gateway among them).
+    assert_eq!(item["settings"]["role"], "ANALYST", "{item}");
+    assert_eq!(item["settings"]["parameters.MULTI_STATEMENT_COUNT"], "1", "{item}");
+    let settings = item["settings"].as_object().unwrap();
+    assert!(settings.keys().all(|k| k == "role" || k.starts_with("parameters.")), "{item}");
     assert_eq!(item["bindings"], Value::Null, "{item}");
     assert_eq!(count(&setup.upstream.sent(), "INSERT INTO REVIEWED"), 0, "the write ran before approval");
     // Parked for a while: the driver keeps polling, held by the gateway, without storming.
@@ -584,8 +589,10 @@ fn a_sql_api_statement_under_review_waits_for_approval_then_runs_once_masked() {
         assert_eq!(item["query_id"], handle.as_str(), "{item}");
         assert_eq!(item["statement_text"], statement, "{item}");
         assert_eq!(item["rule_name"], "customer reads need a DBA", "{item}");
-        // Reviewers see where it would run: the role the gateway sets, and what the body sets.
-        let settings = json!({"role": "ANALYST", "database": "TESTDB", "warehouse": "WH_AGENTS", "timeout": "60"});
+        // Reviewers see where it would run: the role the gateway sets, and what the body sets
+        // (its parameters as they would go upstream, the statement count pinned).
+        let settings = json!({"role": "ANALYST", "database": "TESTDB", "warehouse": "WH_AGENTS", "timeout": "60",
+            "parameters.MULTI_STATEMENT_COUNT": "1"});
         assert_eq!(item["settings"], settings, "{item}");
         let waiting = client.get(&format!("/api/v2/statements/{handle}"), &sql_api_headers(&owner)).unwrap();
         assert_eq!(waiting.status, 202, "{waiting:?}");
