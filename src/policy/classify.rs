@@ -8,7 +8,10 @@
 //! `(DELETE …)` where a query stands), or they are [`Kind::Unknown`]: the parse
 //! guarantees the tokens are a well-formed statement, in which table references sit where the
 //! reader below looks for them (after `FROM`, `JOIN`, a `,` in a `FROM` list, `USING`, inside
-//! `TABLE(…)` or `IDENTIFIER(…)`). CTE names are scoped and not reported as tables. A name,
+//! `TABLE(…)` or `IDENTIFIER(…)`), and every table in sqlparser's tree must be among what
+//! that reader found, or the statement is [`Kind::Unknown`] (`check_tables_found`: a
+//! construct the reader misreads cannot hide a table). CTE names are scoped and not reported
+//! as tables. A name,
 //! stage or URL in a string whose escapes Snowflake decodes otherwise than sqlparser (`\x52`,
 //! `\122`, `\u0052`) is only known when it runs. A call of a function named with its schema
 //! (`db.sch.f(…)`) is a read of the function; an unqualified one cannot be told from a
@@ -32,7 +35,7 @@
 use std::collections::HashSet;
 use std::ops::ControlFlow;
 
-use sqlparser::ast::{Statement as AstStatement, visit_statements};
+use sqlparser::ast::{ObjectNamePart, Statement as AstStatement, TableFactor, Visit, Visitor, visit_statements};
 use sqlparser::dialect::SnowflakeDialect;
 use sqlparser::parser::Parser;
 use sqlparser::tokenizer::Token;
@@ -285,12 +288,55 @@ fn parse_single(cx: &Cx<'_>, v: View<'_>) -> Option<AstStatement> {
 
 fn query(cx: &Cx<'_>, v: View<'_>, b: &mut Builder) {
     b.kind = Kind::Select;
-    match parse_single(cx, v) {
-        Some(AstStatement::Query(_)) => {}
+    let ast = match parse_single(cx, v) {
+        Some(ast @ AstStatement::Query(_)) => ast,
         Some(_) => return b.become_unknown("the statement is not the query its keywords announce"),
         None => return b.become_unknown("the query does not parse"),
-    }
+    };
     scan_reads(v, b, Kind::Select, ScanOptions::default());
+    check_tables_found(v, &ast, b);
+}
+
+/// A second reading of the tables a parsed statement names: every table sqlparser's tree
+/// holds (a plain name in a table position, not a table function's, a stage or a CTE) must be
+/// among the objects the token scan reported, by its last part, or the statement is
+/// [`Kind::Unknown`]. The scan finds tables by their position among the tokens; a construct
+/// it misreads (a `CASE … WHEN` in a join condition once ended a `FROM` list early) must not
+/// hide a table from the rules.
+fn check_tables_found(v: View<'_>, ast: &AstStatement, b: &mut Builder) {
+    struct Tables(Vec<String>);
+    impl Visitor for Tables {
+        type Break = ();
+        fn pre_visit_table_factor(&mut self, factor: &TableFactor) -> ControlFlow<()> {
+            if let TableFactor::Table { name, args: None, .. } = factor
+                && let Some(ObjectNamePart::Identifier(last)) = name.0.last()
+                && name.0.iter().all(|part| matches!(part, ObjectNamePart::Identifier(_)))
+                && !name.0.iter().any(|part| part.as_ident().is_some_and(|i| i.value.starts_with(['@', '$'])))
+            {
+                let canonical = match last.quote_style {
+                    None => last.value.to_ascii_uppercase(),
+                    Some(_) => last.value.clone(),
+                };
+                self.0.push(canonical);
+            }
+            ControlFlow::Continue(())
+        }
+    }
+    let mut tables = Tables(Vec::new());
+    let _ = ast.visit(&mut tables);
+    if tables.0.is_empty() {
+        return;
+    }
+    let ctes = find_ctes(v);
+    let reported = |table: &str| {
+        b.actions.iter().any(|action| match action.object.as_ref().map(|o| &o.name) {
+            Some(ObjectName::Parts(parts)) => parts.last().is_some_and(|last| last == table),
+            _ => false,
+        })
+    };
+    if tables.0.iter().any(|table| !reported(table) && !ctes.iter().any(|cte| cte.name == *table)) {
+        b.become_unknown("a table the statement names was not found where the gateway reads tables");
+    }
 }
 
 /// Whether `statement` holds no statement but itself: sqlparser reads DML wherever a query may
@@ -326,9 +372,9 @@ fn stream_source(v: View<'_>, depths: &[usize], from: usize, b: &mut Builder) {
 
 fn insert(cx: &Cx<'_>, v: View<'_>, b: &mut Builder) {
     b.kind = Kind::Insert;
-    if !matches!(parse_single(cx, v), Some(AstStatement::Insert(_))) {
+    let Some(ast @ AstStatement::Insert(_)) = parse_single(cx, v) else {
         return b.become_unknown("the INSERT does not parse");
-    }
+    };
     let mut idx = 1;
     let overwrite = v.kw(idx, "OVERWRITE");
     if overwrite {
@@ -353,22 +399,26 @@ fn insert(cx: &Cx<'_>, v: View<'_>, b: &mut Builder) {
         }
     }
     scan_reads(v, b, Kind::Select, ScanOptions::default());
+    check_tables_found(v, &ast, b);
 }
 
 fn update(cx: &Cx<'_>, v: View<'_>, b: &mut Builder) {
-    let Some(AstStatement::Update(update)) = parse_single(cx, v) else {
+    let Some(ast @ AstStatement::Update(_)) = parse_single(cx, v) else {
         return b.become_unknown("the UPDATE does not parse");
     };
+    let AstStatement::Update(update) = &ast else { unreachable!("matched above") };
     let kind = if update.selection.is_some() && where_names_a_column(v) { Kind::Update } else { Kind::UpdateAll };
     b.kind = kind;
     b.on(kind, ObjectType::Table, read_name(v, 1).map_or(ObjectName::Dynamic, |(name, _)| name));
     scan_reads(v, b, Kind::Select, ScanOptions::default());
+    check_tables_found(v, &ast, b);
 }
 
 fn delete(cx: &Cx<'_>, v: View<'_>, b: &mut Builder) {
-    let Some(AstStatement::Delete(delete)) = parse_single(cx, v) else {
+    let Some(ast @ AstStatement::Delete(_)) = parse_single(cx, v) else {
         return b.become_unknown("the DELETE does not parse");
     };
+    let AstStatement::Delete(delete) = &ast else { unreachable!("matched above") };
     if !v.kw(1, "FROM") {
         return b.become_unknown("the DELETE has no FROM");
     }
@@ -376,15 +426,20 @@ fn delete(cx: &Cx<'_>, v: View<'_>, b: &mut Builder) {
     b.kind = kind;
     b.on(kind, ObjectType::Table, read_name(v, 2).map_or(ObjectName::Dynamic, |(name, _)| name));
     scan_reads(v, b, Kind::Select, ScanOptions { skip_from_at: Some(1), using_is_from: true });
+    check_tables_found(v, &ast, b);
 }
 
 fn merge(cx: &Cx<'_>, v: View<'_>, b: &mut Builder) {
     b.kind = Kind::Merge;
-    if !matches!(parse_single(cx, v), Some(AstStatement::Merge(_))) || !v.kw(1, "INTO") {
+    let Some(ast @ AstStatement::Merge(_)) = parse_single(cx, v) else {
+        return b.become_unknown("the MERGE does not parse");
+    };
+    if !v.kw(1, "INTO") {
         return b.become_unknown("the MERGE does not parse");
     }
     b.on(Kind::Merge, ObjectType::Table, read_name(v, 2).map_or(ObjectName::Dynamic, |(name, _)| name));
     scan_reads(v, b, Kind::Select, ScanOptions { skip_from_at: None, using_is_from: true });
+    check_tables_found(v, &ast, b);
 }
 
 fn copy(cx: &Cx<'_>, v: View<'_>, b: &mut Builder) {
@@ -402,22 +457,37 @@ fn copy(cx: &Cx<'_>, v: View<'_>, b: &mut Builder) {
             b.on(Kind::CopyIntoLocation, ObjectType::Stage, name);
             next
         }
-        Some(Token::SingleQuotedString(target)) => {
+        // A string (quoted either way) names a stage or an external location.
+        Some(token @ (Token::SingleQuotedString(_) | Token::DollarQuotedString(_))) => {
             b.kind = Kind::CopyIntoLocation;
-            match target.strip_prefix('@') {
-                _ if !v.decodes_alike(2) => {
+            let target = match token {
+                Token::SingleQuotedString(target) if v.decodes_alike(2) => Some(target),
+                Token::DollarQuotedString(quoted) if quoted.tag.is_none() => Some(&quoted.value),
+                _ => None,
+            };
+            match target.map(|target| (target, target.strip_prefix('@'))) {
+                None => {
                     b.on(Kind::CopyIntoLocation, ObjectType::Stage, ObjectName::Dynamic);
                     b.on(Kind::CopyIntoLocation, ObjectType::Location, ObjectName::Dynamic);
                 }
-                Some(stage) => b.on(Kind::CopyIntoLocation, ObjectType::Stage, stage_from_text(stage)),
-                None => b.on(Kind::CopyIntoLocation, ObjectType::Location, ObjectName::Flat(target.clone())),
+                Some((_, Some(stage))) => b.on(Kind::CopyIntoLocation, ObjectType::Stage, stage_from_text(stage)),
+                Some((target, None)) => {
+                    b.on(Kind::CopyIntoLocation, ObjectType::Location, ObjectName::Flat(target.clone()))
+                }
             }
             3
         }
-        _ => {
+        Some(Token::Word(_)) => {
             b.kind = Kind::CopyIntoTable;
             b.on(Kind::CopyIntoTable, ObjectType::Table, read_name(v, 2).map_or(ObjectName::Dynamic, |(name, _)| name));
             2
+        }
+        // Anything else (a variable, a bind) may be a location: the worst case.
+        _ => {
+            b.kind = Kind::CopyIntoLocation;
+            b.on(Kind::CopyIntoLocation, ObjectType::Stage, ObjectName::Dynamic);
+            b.on(Kind::CopyIntoLocation, ObjectType::Location, ObjectName::Dynamic);
+            3
         }
     };
     scan_reads(v.sub(after_target..v.len()), b, Kind::Select, ScanOptions::default());
@@ -953,7 +1023,9 @@ fn block(cx: &Cx<'_>, v: View<'_>, b: &mut Builder) {
                 idx += 1;
                 continue;
             }
-            Some("BEGIN") if !begin_starts_transaction(v.tok(idx + 1)) => {
+            // After a DECLARE section, BEGIN opens the body whatever follows it (`BEGIN name
+            // := …` is not a transaction there).
+            Some("BEGIN") if in_declare || !begin_starts_transaction(v.tok(idx + 1)) => {
                 in_declare = false;
                 idx += 1;
                 continue;
@@ -1075,7 +1147,19 @@ fn starts_statement(v: View<'_>, idx: usize) -> bool {
     let Some(lead) = v.upper(idx) else { return false };
     let Some((_, follows)) = STATEMENT_LEADS.iter().find(|(word, _)| *word == lead) else { return false };
     match follows {
-        Follows::Name => v.upper(idx + 1).is_some_and(|next| !OPERATOR_WORDS.contains(&next.as_str())),
+        // Any name, quoted too (`(UPDATE "T" SET …)`), or what stands for one.
+        Follows::Name => match v.tok(idx + 1) {
+            Some(Token::Word(word)) if word.quote_style.is_some() => true,
+            Some(Token::Word(_)) => v.upper(idx + 1).is_some_and(|next| !OPERATOR_WORDS.contains(&next.as_str())),
+            Some(
+                Token::Placeholder(_)
+                | Token::Colon
+                | Token::AtSign
+                | Token::SingleQuotedString(_)
+                | Token::DollarQuotedString(_),
+            ) => true,
+            _ => false,
+        },
         Follows::Keyword(keywords) => keywords.iter().any(|keyword| v.kw(idx + 1, keyword)),
         Follows::Stage => matches!(v.tok(idx + 1), Some(Token::AtSign | Token::SingleQuotedString(_))),
     }
@@ -1608,6 +1692,8 @@ fn find_ctes(v: View<'_>) -> Vec<Cte> {
 struct Level {
     from_list: bool,
     opener: Option<String>,
+    /// `CASE`s open at this level: their `WHEN`s and `END`s are not clause words.
+    cases: usize,
 }
 
 /// Words that end a `FROM` list at their level.
@@ -1641,7 +1727,7 @@ const FROM_IN_FUNCTION: &[&str] =
 /// `read_kind` action for each.
 fn scan_reads(v: View<'_>, b: &mut Builder, read_kind: Kind, options: ScanOptions) {
     let ctes = find_ctes(v);
-    let mut levels = vec![Level { from_list: false, opener: None }];
+    let mut levels = vec![Level { from_list: false, opener: None, cases: 0 }];
     let mut expect_table = false;
     let mut used_using = false;
     let mut row_commas = HashSet::new();
@@ -1665,7 +1751,7 @@ fn scan_reads(v: View<'_>, b: &mut Builder, read_kind: Kind, options: ScanOption
                 // FROM is a clause whatever the function.
                 let query = v.kw(idx + 1, "SELECT") || v.kw(idx + 1, "WITH");
                 let opener = idx.checked_sub(1).and_then(|prev| v.upper(prev)).filter(|_| !query);
-                levels.push(Level { from_list: false, opener });
+                levels.push(Level { from_list: false, opener, cases: 0 });
             }
             Token::RParen | Token::RBracket | Token::RBrace if levels.len() > 1 => {
                 closed = levels.pop().and_then(|level| level.opener);
@@ -1707,12 +1793,26 @@ fn scan_reads(v: View<'_>, b: &mut Builder, read_kind: Kind, options: ScanOption
                         set_from_list(&mut levels, true);
                         expect_table = true;
                     }
+                    // A `CASE` in a join condition (`ON CASE WHEN … END, t`) does not end the
+                    // list with its `WHEN`.
+                    "CASE" if !is_name_part(v, idx) => {
+                        if let Some(level) = levels.last_mut() {
+                            level.cases += 1;
+                        }
+                    }
+                    "END" if levels.last().is_some_and(|level| level.cases > 0) && !is_name_part(v, idx) => {
+                        if let Some(level) = levels.last_mut() {
+                            level.cases -= 1;
+                        }
+                    }
                     // A clause word after `AS`, or before a comma, is an alias (`FROM t AS
-                    // window, u`): the list goes on.
+                    // window, u`), one beside a `.` is part of a name (`ON b.fetch = 1, u`),
+                    // and one inside a `CASE` is the CASE's: the list goes on.
                     other
                         if FROM_LIST_ENDS.contains(&other)
                             && !(idx >= 1 && v.kw(idx - 1, "AS"))
-                            && !v.is(idx + 1, &Token::Comma) =>
+                            && !(v.is(idx + 1, &Token::Comma) || is_name_part(v, idx))
+                            && levels.last().is_none_or(|level| level.cases == 0) =>
                     {
                         set_from_list(&mut levels, false)
                     }
@@ -1757,6 +1857,12 @@ fn stage_argument(v: View<'_>, at: usize) -> ObjectName {
         }
         _ => ObjectName::Dynamic,
     }
+}
+
+/// Whether the word at `idx` is one part of a dotted name (`b.fetch`, `fetch.x`), which is
+/// never a clause word.
+fn is_name_part(v: View<'_>, idx: usize) -> bool {
+    (idx >= 1 && v.is(idx - 1, &Token::Period)) || v.is(idx + 1, &Token::Period)
 }
 
 fn set_from_list(levels: &mut [Level], on: bool) {
@@ -1840,7 +1946,7 @@ fn table_factor(
         Token::LParen => {
             // A subquery reads through its own FROM; a parenthesised join is a FROM list.
             let subquery = matches!(v.upper(idx + 1).as_deref(), Some("SELECT" | "WITH" | "VALUES"));
-            levels.push(Level { from_list: !subquery, opener: None });
+            levels.push(Level { from_list: !subquery, opener: None, cases: 0 });
             *expect_table = !subquery;
             Some(idx + 1)
         }
@@ -2064,6 +2170,93 @@ mod tests {
         assert_eq!(kinds("select extract(year from d), a is distinct from b from t"), ["select table T"]);
         assert_eq!(kinds("select * from ((a join b on true))"), ["select table A", "select table B"]);
         assert_eq!(kinds("select * from db..t"), ["select table DB.PUBLIC.T"]);
+    }
+
+    #[test]
+    fn a_case_or_a_qualified_clause_word_in_a_join_condition_does_not_end_the_from_list() {
+        assert_eq!(
+            kinds("select s.* from a join b on case when true then true end, hr.payroll.salaries s"),
+            ["select table A", "select table B", "select table HR.PAYROLL.SALARIES"]
+        );
+        assert_eq!(
+            kinds("select * from a join b on case when x then case when y then 1 end end = 1, hr.s where true"),
+            ["select table A", "select table B", "select table HR.S"]
+        );
+        for word in ["fetch", "window", "limit", "offset", "start"] {
+            assert_eq!(
+                kinds(&format!("select * from a join b on b.{word} = 1, hr.s")),
+                ["select table A", "select table B", "select table HR.S"],
+                "{word}"
+            );
+        }
+        // A MERGE's WHEN still ends its USING list after a CASE in its condition.
+        assert_eq!(
+            kinds("merge into t using s on case when s.a then true end when matched then delete"),
+            ["merge table T", "select table S"]
+        );
+    }
+
+    #[test]
+    fn a_table_the_parser_sees_but_the_scan_misses_makes_the_statement_unknown() {
+        let limits = Limits::default();
+        let mut b = Builder { byte_range: 0..0, kind: Kind::Select, actions: Vec::new(), unknown_reason: None };
+        let lexed = lex("select * from a, hr.s", &limits).unwrap();
+        let range = split(&lexed).remove(0);
+        let cx = Cx { lexed: &lexed, limits: &limits, depth: 0 };
+        let v = View { lexed: &lexed, sig: &lexed.significant[range] };
+        let ast = parse_single(&cx, v).unwrap();
+        // As if the scan had found only `a`.
+        b.on(Kind::Select, ObjectType::Table, ObjectName::parts(["A"]));
+        check_tables_found(v, &ast, &mut b);
+        assert_eq!(b.kind, Kind::Unknown);
+        // Found, both pass; CTEs, table functions and stages are not tables.
+        let mut b = Builder { byte_range: 0..0, kind: Kind::Select, actions: Vec::new(), unknown_reason: None };
+        b.on(Kind::Select, ObjectType::Table, ObjectName::parts(["A"]));
+        b.on(Kind::Select, ObjectType::Table, ObjectName::parts(["HR", "S"]));
+        check_tables_found(v, &ast, &mut b);
+        assert_eq!(b.kind, Kind::Select);
+        assert_eq!(
+            kinds(
+                "with c as (select 1) select * from c, table(generator(rowcount => 1)), lateral flatten(input => c.v), @st"
+            ),
+            ["select function GENERATOR", "select function FLATTEN", "select stage ST"]
+        );
+    }
+
+    #[test]
+    fn blocks_read_their_bodies_whatever_the_first_word_after_begin() {
+        // After a DECLARE section, BEGIN opens the body even before `name`, `work` or
+        // `transaction` (variables may have those names).
+        for first in ["name", "work", "transaction"] {
+            let sql = format!("declare {first} varchar; begin {first} := 'x'; drop database prod; end;");
+            assert!(kinds(&sql).contains(&"drop database PROD".to_owned()), "{sql}: {:?}", kinds(&sql));
+        }
+        // A statement in a block's expression is found with its name quoted.
+        for (sql, expected) in [
+            (
+                r#"begin let r resultset := (update "ORDERS" set amount = 0); return table(r); end;"#,
+                "update_all table ORDERS",
+            ),
+            (r#"begin let r resultset := (truncate "T"); end;"#, "truncate table T"),
+            (r#"begin let c cursor for (call "P"()); end;"#, "call"),
+        ] {
+            let found = kinds(sql);
+            assert!(found.iter().any(|k| k.starts_with(expected)), "{sql}: {found:?}");
+        }
+    }
+
+    #[test]
+    fn copy_into_a_string_or_a_variable_is_a_copy_to_a_location() {
+        assert_eq!(
+            kinds("copy into $$s3://bucket/out/$$ from t"),
+            ["copy_into_location location s3://bucket/out/", "select table T"]
+        );
+        assert_eq!(kinds("copy into $$@st/out/$$ from t"), ["copy_into_location stage ST", "select table T"]);
+        assert_eq!(
+            kinds("copy into $target from t"),
+            ["copy_into_location stage <dynamic>", "copy_into_location location <dynamic>", "select table T"]
+        );
+        assert_eq!(kinds("copy into t from @st"), ["copy_into_table table T", "select stage ST"]);
     }
 
     #[test]
