@@ -291,7 +291,7 @@ pub(crate) fn mask_stream(
                 }
                 let chosen = match given {
                     Some(given) => given.clone(),
-                    None => ctx.profile.plan(ctx.fingerprint, ctx.profile_id, &columns),
+                    None => ctx.plan(&columns),
                 };
                 if chosen.columns.len() != arrow.roots.len() {
                     return Err(MaskError::ColumnCount { expected: chosen.columns.len(), found: arrow.roots.len() });

@@ -17,7 +17,7 @@ use super::text::{
     dictionary_spans, digit_bytes, eq_bytes, fill, free_text_spans, keep_from, load_word, masked_preview, settle_spans,
     stats, type_valid_text,
 };
-use super::{ChunkRef, Envelope, MaskError, MaskReport, ResultFormat, Scratch};
+use super::{AnswerOf, ChunkRef, Envelope, MaskError, MaskReport, ResultFormat, Scratch};
 use crate::mask::detect::DetectorKind;
 
 /// The deepest nesting the envelope skimmer follows.
@@ -1134,11 +1134,14 @@ pub(crate) struct MaskCtx<'a> {
     pub(crate) profile: &'a Profile,
     pub(crate) profile_id: u16,
     pub(crate) fingerprint: u64,
+    /// How a column without a table is read ([`AnswerOf`]).
+    pub(crate) answer_of: AnswerOf,
 }
 
 impl MaskCtx<'_> {
-    fn plan(&self, columns: &[Column]) -> ColumnPlan {
-        self.profile.plan(self.fingerprint, self.profile_id, columns)
+    /// The plan for an answer's columns, from its row type.
+    pub(crate) fn plan(&self, columns: &[Column]) -> ColumnPlan {
+        self.profile.plan(self.fingerprint, self.profile_id, columns, self.answer_of)
     }
 
     fn check(&self, plan: &ColumnPlan) -> Result<(), MaskError> {

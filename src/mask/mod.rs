@@ -143,6 +143,21 @@ pub use plan::{Column, ColumnPlan, PlannedColumn, ValueType};
 pub use rules::{MaskConfigError, SearcherKind};
 pub use spec::MaskingSpec;
 
+/// What an answer is for, as far as table-scoped column rules care. A query's column whose
+/// row type names no table is computed, or read through something that hides its table
+/// (`RESULT_SCAN`, a set operation, a table function): no one can tell it does not come from
+/// a rule's table, so the rule masks it. The columns of a `SHOW` or `DESCRIBE` answer come
+/// from no table at all (their names are the command's: `name`, `comment`...), and a
+/// table-scoped rule leaves them alone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AnswerOf {
+    /// Anything but metadata commands: the default.
+    #[default]
+    Query,
+    /// Only `SHOW` and `DESCRIBE` statements.
+    Metadata,
+}
+
 use json::MaskCtx;
 use rules::{Profile, RuleKind};
 
@@ -580,7 +595,7 @@ impl Masker {
     }
 
     fn compiled(&self, profile: ProfileId) -> &Profile {
-        self.ctx(profile).profile
+        self.ctx(profile, AnswerOf::Query).profile
     }
 
     /// Which searcher a profile's dictionary and detector anchors run on.
@@ -590,18 +605,22 @@ impl Masker {
 
     /// A profile's plan for a result's columns (from its row type).
     pub fn plan(&self, profile: ProfileId, columns: &[Column]) -> ColumnPlan {
-        let ctx = self.ctx(profile);
-        ctx.profile.plan(ctx.fingerprint, ctx.profile_id, columns)
+        self.ctx(profile, AnswerOf::Query).plan(columns)
     }
 
-    fn ctx(&self, profile: ProfileId) -> MaskCtx<'_> {
+    fn ctx(&self, profile: ProfileId, answer_of: AnswerOf) -> MaskCtx<'_> {
         let at = usize::from(profile.0);
         match self.profiles.get(at) {
-            Some(own) => MaskCtx { profile: own, profile_id: profile.0, fingerprint: self.fingerprint },
+            Some(own) => MaskCtx { profile: own, profile_id: profile.0, fingerprint: self.fingerprint, answer_of },
             None => {
                 // Ids past the spec's own profiles are handed out only once their slot is set.
                 let merged = self.merged[at - self.profiles.len()].get().expect("a merged profile's slot is set");
-                MaskCtx { profile: &merged.profile, profile_id: MERGED_PLAN_PROFILE, fingerprint: merged.fingerprint }
+                MaskCtx {
+                    profile: &merged.profile,
+                    profile_id: MERGED_PLAN_PROFILE,
+                    fingerprint: merged.fingerprint,
+                    answer_of,
+                }
             }
         }
     }
@@ -616,11 +635,24 @@ impl Masker {
         plan: Option<&ColumnPlan>,
         scratch: &mut Scratch,
     ) -> Result<Masked, MaskError> {
+        self.mask_answer_of(profile, body, plan, scratch, AnswerOf::Query)
+    }
+
+    /// [`Masker::mask`] of an answer to `answer_of`: where it carries its row type, the plan
+    /// made from it reads an empty `table` as [`AnswerOf`] says.
+    pub fn mask_answer_of(
+        &self,
+        profile: ProfileId,
+        body: &mut [u8],
+        plan: Option<&ColumnPlan>,
+        scratch: &mut Scratch,
+        answer_of: AnswerOf,
+    ) -> Result<Masked, MaskError> {
         // Offsets inside values (escapes decoded, percent escapes) are kept in 32 bits.
         if u32::try_from(body.len()).is_err() {
             return Err(MaskError::Limit { what: "a result body of 4 GiB or more" });
         }
-        let ctx = self.ctx(profile);
+        let ctx = self.ctx(profile, answer_of);
         let mut report = MaskReport::default();
         let original_len = body.len();
         let (format, envelope, plan) = match chunk::detect(body) {

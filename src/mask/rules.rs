@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use aho_corasick::{AhoCorasick, AhoCorasickKind, Input, MatchKind, packed};
 use globset::{GlobBuilder, GlobMatcher};
 
+use super::AnswerOf;
 use super::detect::DetectorKind;
 use super::plan::{Column, ColumnPlan, PlannedColumn, ValueType};
 use super::spec::{ColumnRuleSpec, DetectorMask, DetectorSwitch, MaskSpec, MaskingSpec, ProfileSpec};
@@ -286,14 +287,20 @@ impl Profile {
         Some(floor.map_or(chosen, |floor| stronger(Some(chosen), floor)) as u16)
     }
 
-    pub(crate) fn plan(&self, fingerprint: u64, profile: u16, columns: &[Column]) -> ColumnPlan {
+    pub(crate) fn plan(&self, fingerprint: u64, profile: u16, columns: &[Column], answer_of: AnswerOf) -> ColumnPlan {
         ColumnPlan {
             fingerprint,
             profile,
             columns: columns
                 .iter()
                 .map(|c| PlannedColumn {
-                    rule: self.rule_for(c),
+                    // A query's column without a table may come from any table: unknown.
+                    rule: match (&c.table, answer_of) {
+                        (Some(table), AnswerOf::Query) if table.is_empty() => {
+                            self.rule_for(&Column { table: None, ..c.clone() })
+                        }
+                        _ => self.rule_for(c),
+                    },
                     value_type: ValueType::from_snowflake(&c.type_name, c.scale),
                     nullable: c.nullable,
                 })
@@ -736,6 +743,21 @@ mod tests {
         // whose names a table-scoped rule must not hide (ARCHITECTURE.md, Known gaps).
         assert_eq!(profile.rule_for(&column("EMAIL", Some(""))), None);
         assert_eq!(profile.rule_for(&column("EMAIL", None)), Some(1));
+    }
+
+    /// A query's column without a table (computed, or read through `RESULT_SCAN`, a set
+    /// operation, a table function) may come from a rule's table: the rule masks it. Only in
+    /// a `SHOW` or `DESCRIBE` answer is it no table's.
+    #[test]
+    fn a_querys_column_without_a_table_is_masked_by_table_scoped_rules() {
+        let mut spec = ProfileSpec::default();
+        spec.columns.push(ColumnRuleSpec { name: "email".into(), table: "CUST*".into(), mask: MaskSpec::Full });
+        let profile = compile_profile("p", &spec).unwrap();
+        let columns = [column("EMAIL", Some("")), column("EMAIL", Some("ORDERS")), column("NAME", Some(""))];
+        let rules =
+            |answer_of| profile.plan(0, 0, &columns, answer_of).columns.iter().map(|c| c.rule).collect::<Vec<_>>();
+        assert_eq!(rules(AnswerOf::Query), [Some(0), None, None]);
+        assert_eq!(rules(AnswerOf::Metadata), [None, None, None]);
     }
 
     fn column(name: &str, table: Option<&str>) -> Column {

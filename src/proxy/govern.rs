@@ -38,8 +38,9 @@ use super::{Core, unix_millis, unix_seconds};
 use crate::http::gzip::{self, GunzipError};
 use crate::http::{Method, RequestHead};
 use crate::json::Unique;
-use crate::mask::{ColumnPlan, Envelope, MaskError, Masker, ResultFormat, rebuild_envelope};
+use crate::mask::{AnswerOf, ColumnPlan, Envelope, MaskError, Masker, ResultFormat, rebuild_envelope};
 use crate::policy::approvals::{Ledger, LedgerError, ParkRequest, PollState, RequestKey};
+use crate::policy::model::Kind;
 use crate::policy::parameters::plan_query_parameters;
 use crate::policy::result_scan::{ScanTarget, may_scan_results};
 use crate::policy::worker::{Classification, INLINE_BYTES_MAX, classify_inline};
@@ -96,6 +97,8 @@ pub enum Decided {
     Allow {
         /// Statements found (what `MULTI_STATEMENT_COUNT` is pinned to).
         statements: usize,
+        /// Whether they are all `SHOW` or `DESCRIBE`, for column rules ([`AnswerOf`]).
+        answer_of: AnswerOf,
     },
     /// Refuse it with this code and message.
     Refuse {
@@ -210,8 +213,11 @@ pub async fn decide(core: &Core, subject: &Subject, text: String, capture: &mut 
     let verdict = policy.decide(subject, &classified);
     let rule = rule_name(&verdict.decided_by);
     let statements = classified.statement_count().max(1);
+    let metadata_only = !classified.statements.is_empty()
+        && classified.statements.iter().all(|statement| matches!(statement.kind, Kind::Show | Kind::Describe));
+    let answer_of = if metadata_only { AnswerOf::Metadata } else { AnswerOf::Query };
     match verdict.action {
-        VerdictAction::Allow => Decided::Allow { statements },
+        VerdictAction::Allow => Decided::Allow { statements, answer_of },
         VerdictAction::Deny => {
             core.gateway.metrics.policy_denials.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             info!(core = core.id, sub = %subject.sub, rule = %rule, "Statement denied by policy.");
@@ -353,6 +359,10 @@ pub async fn query_request(
             return refuse(capture, codes::POLICY_DENIED, &message);
         }
     };
+    let answer_of = match &decided {
+        Decided::Allow { answer_of, .. } => *answer_of,
+        _ => AnswerOf::Query,
+    };
     if let Decided::Review { requirement, rule, message, .. } = decided {
         let payload = ParkedStatement {
             target: head.target.clone(),
@@ -375,7 +385,7 @@ pub async fn query_request(
         body: rewritten.clone(),
     };
     match send(core, &forwarded, rewritten, capture).await {
-        Ok(response) => masked_answer(core, head, response, capture, session, &profiles_for(core, claims)),
+        Ok(response) => masked_answer(core, head, response, capture, session, &profiles_for(core, claims), answer_of),
         Err(answer) => answer,
     }
 }
@@ -621,7 +631,15 @@ pub async fn poll_parked(
                     body: Bytes::new(),
                 };
                 match send(core, &forwarded, Bytes::new(), capture).await {
-                    Ok(response) => masked_answer(core, head, response, capture, session, &profiles_for(core, claims)),
+                    Ok(response) => masked_answer(
+                        core,
+                        head,
+                        response,
+                        capture,
+                        session,
+                        &profiles_for(core, claims),
+                        AnswerOf::Query,
+                    ),
                     Err(answer) => answer,
                 }
             }
@@ -733,7 +751,7 @@ async fn run_approved(
     let expired = summary.as_ref().is_some_and(|s| !s.success && s.code.as_deref() == Some(codes::SESSION_EXPIRED));
     end_run(core, query_id, capture, &payload, summary.and_then(|s| s.query_id), expired);
     match result {
-        Ok(response) => masked_answer(core, head, response, capture, session, &payload.profiles),
+        Ok(response) => masked_answer(core, head, response, capture, session, &payload.profiles, AnswerOf::Query),
         Err(answer) => answer,
     }
 }
@@ -1020,6 +1038,7 @@ pub fn masked_answer(
     capture: &mut Capture,
     session: &Session<'_>,
     profiles: &[String],
+    answer_of: AnswerOf,
 ) -> Answer {
     // A success other than 200 (a 206 of part of a body, say) is not an answer the masker
     // can read whole: withheld, never passed on.
@@ -1032,7 +1051,7 @@ pub fn masked_answer(
     if response.status != 200 {
         return masked_error(core, response, capture, profiles);
     }
-    match mask_result(core, response.body.clone(), profiles, &[], Some((head, session))) {
+    match mask_result(core, response.body.clone(), profiles, &[], Some((head, session)), answer_of) {
         Ok(Masked { body, recorded, .. }) => {
             if let Some(recorded) = recorded {
                 capture.record_in_place_of(&body, recorded);
@@ -1059,7 +1078,7 @@ pub fn masked_sql_api(
     if !(200..300).contains(&response.status) {
         return (masked_error(core, response, capture, profiles), Vec::new());
     }
-    match mask_result(core, response.body.clone(), profiles, known, None) {
+    match mask_result(core, response.body.clone(), profiles, known, None, AnswerOf::Query) {
         Ok(Masked { body, plans, .. }) => {
             let answer = Answer::upstream(response.status, response.headers, body);
             (answer, plans)
@@ -1078,7 +1097,7 @@ fn json_object(body: &[u8]) -> bool {
 /// ("Numeric value '…' is not recognized"), so it is masked like any answer; one the masker
 /// cannot read is withheld, as any answer would be.
 fn masked_error(core: &Core, response: UpstreamResponse, capture: &mut Capture, profiles: &[String]) -> Answer {
-    match mask_result(core, response.body.clone(), profiles, &[], None) {
+    match mask_result(core, response.body.clone(), profiles, &[], None, AnswerOf::Query) {
         Ok(Masked { body, .. }) => Answer::upstream(response.status, response.headers, body),
         Err(withheld) => withhold(core, capture, withheld),
     }
@@ -1099,6 +1118,7 @@ fn mask_result(
     profiles: &[String],
     given: &[(String, ColumnPlan)],
     chunks: Option<(&RequestHead, &Session<'_>)>,
+    answer_of: AnswerOf,
 ) -> Result<Masked, Withheld> {
     let mut buffer = mutable(body);
     let masker = &core.gateway.config.masker;
@@ -1110,7 +1130,8 @@ fn mask_result(
         let name = Masker::set_name(profiles);
         let profile = masker.profile(&name).ok_or_else(|| format!("no masking profile {name:?}"))?;
         let plan = given.iter().find(|(of, _)| *of == name).map(|(_, plan)| plan);
-        let masked = masker.mask(profile, &mut buffer, plan, &mut core.scratch.borrow_mut()).map_err(|e| match e {
+        let masked = masker.mask_answer_of(profile, &mut buffer, plan, &mut core.scratch.borrow_mut(), answer_of);
+        let masked = masked.map_err(|e| match e {
             MaskError::StageAccess => Withheld::Told(STAGE_ACCESS_MESSAGE.into()),
             other => Withheld::Unmaskable(other.to_string()),
         })?;

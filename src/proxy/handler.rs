@@ -819,7 +819,7 @@ async fn session_request(
         // quotes its error, which may quote the value that failed.
         Endpoint::QueryResult(_) | Endpoint::Monitoring(_) => {
             let profiles = govern::profiles_for(core, claims);
-            govern::masked_answer(core, head, response, capture, session, &profiles)
+            govern::masked_answer(core, head, response, capture, session, &profiles, crate::mask::AnswerOf::Query)
         }
         _ => pass_through(response),
     }
@@ -938,7 +938,7 @@ async fn sql_api(
             capture.bindings = statement.get("bindings").map(Value::to_string);
             let text = text.clone();
             let (statements, review) = match govern::decide(core, &subject, text, capture).await {
-                govern::Decided::Allow { statements } => (statements, None),
+                govern::Decided::Allow { statements, .. } => (statements, None),
                 govern::Decided::Refuse { code, message } => return refuse_sql_api(capture, 422, code, &message),
                 govern::Decided::Review { statements, requirement, rule, message } => {
                     (statements, Some((requirement, rule, message)))

@@ -530,3 +530,45 @@ fn chunk_grants_the_gateway_could_not_open_are_refused_with_the_reason() {
     let usual = double(|c| c.chunk_url_query_bytes = 4096);
     fetch_chunked_json(&start(&usual));
 }
+
+/// A table-scoped column rule masks a query's column of its name that comes with no table
+/// (computed, or read through `RESULT_SCAN`: no one can tell it is not the rule's table's),
+/// and leaves a `SHOW` answer's columns, which are no table's, alone. The double answers both
+/// with one text column named `1` (the binding echoed) and an empty `table`.
+#[test]
+fn a_querys_column_without_a_table_is_masked_by_a_table_scoped_rule_and_a_shows_is_not() {
+    let policy = r#"
+[policy]
+default = { action = "deny", message = "No snowgate rule allows this statement." }
+
+[[policy.rules]]
+name = "everything, masked"
+groups = ["*"]
+kinds = ["*"]
+action = "allow"
+masking_profile = "agents"
+
+[[masking.profiles.agents.columns]]
+name = "1"
+table = "CUSTOMERS"
+mask = { style = "full" }
+"#;
+    let upstream = double(|_| {});
+    let gateway =
+        TestGateway::start(&upstream.url(), GatewayOptions { policy: Some(policy.into()), ..Default::default() });
+    let mut client = gateway.client();
+    let (session, _) = login_ok(&mut client);
+    let mut first_cell = |sql: &str| {
+        let body = json!({"sqlText": sql, "bindings": {"1": {"type": "TEXT", "value": "clear-value-77"}}});
+        let answer =
+            client.post_json(QUERY_TARGET, &[("authorization", &authorization(&session))], &body, true).unwrap();
+        let answer = answer.json().unwrap();
+        assert_eq!(answer["success"], true, "{answer}");
+        assert_eq!(answer["data"]["rowtype"][0]["table"], "", "{answer}");
+        answer["data"]["rowset"][0][0].as_str().unwrap().to_owned()
+    };
+    let masked = first_cell("select ?");
+    assert_eq!(masked.len(), "clear-value-77".len());
+    assert!(!masked.contains("clear-value"), "a computed column escaped its table-scoped rule: {masked}");
+    assert_eq!(first_cell("show tables like ?"), "clear-value-77");
+}
