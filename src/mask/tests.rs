@@ -539,6 +539,11 @@ fn error_messages_are_masked_as_text() {
             r#"{"data":null,"code":"100096","message":"Can't parse 'Grace Hopper' as date with format 'YYYY-MM-DD'","success":false}"#,
             format!("Can't parse '{}'", stars("Grace Hopper' as date with format 'YYYY-MM-DD")),
         ),
+        // Double quotes, as a JSON parser's or a UDF's error may put them.
+        (
+            r#"{"data":null,"code":"100069","message":"Error parsing JSON: unknown keyword \"Ada Lovelace\", pos 4","success":false}"#,
+            format!("Error parsing JSON: unknown keyword \"{}\", pos 4", stars("Ada Lovelace")),
+        ),
         // A quote that opens and none that closes: masked to the end.
         (
             r#"{"data":null,"code":"100038","message":"Numeric value 'Miles O'Brien","success":false}"#,

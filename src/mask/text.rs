@@ -604,8 +604,9 @@ pub(crate) fn take_found_with_prefixes(
 /// The spans to mask in free text an answer carries beside its rows: an error message, which
 /// may quote the value that failed, or a column name, which a dynamic `PIVOT` makes of values
 /// (`'ada@example.com'`). What the dictionary and the detectors find and, when the profile has
-/// column rules (whose values could be anywhere in such text), what lies in single quotes, the
-/// way Snowflake quotes a value. Returns the dictionary's anchors, for [`settle_spans`].
+/// column rules (whose values could be anywhere in such text), what lies in quotes: single, the
+/// way Snowflake quotes a value, or double, the way a JSON parser's or a UDF's error may.
+/// Returns the dictionary's anchors, for [`settle_spans`].
 pub(crate) fn free_text_spans(profile: &Profile, text: &[u8], spans: &mut Vec<Span>, views: &mut Views) -> u32 {
     spans.clear();
     let mut anchored = 0u32;
@@ -619,9 +620,9 @@ pub(crate) fn free_text_spans(profile: &Profile, text: &[u8], spans: &mut Vec<Sp
         // values are masked with what lies between them: more than needed, never less.
         let word =
             |at: Option<usize>| at.and_then(|i| text.get(i)).is_some_and(|&b| b.is_ascii_alphanumeric() || b >= 0x80);
-        let first = memchr::memchr_iter(b'\'', text).find(|&i| !word(i.checked_sub(1)));
+        let first = memchr::memchr2_iter(b'\'', b'"', text).find(|&i| !word(i.checked_sub(1)));
         if let Some(start) = first {
-            let last = memchr::memrchr_iter(b'\'', text).find(|&i| !word(Some(i + 1)));
+            let last = memchr::memrchr2_iter(b'\'', b'"', text).find(|&i| !word(Some(i + 1)));
             let end = last.filter(|&end| end > start).unwrap_or(text.len());
             if end > start + 1 {
                 spans.push(Span { start: start + 1, end, style: Style::Full, kinds: RuleKind::Column.bit() });
