@@ -1045,8 +1045,13 @@ pub fn masked_answer(
     if !profiles.is_empty() && (200..300).contains(&response.status) && response.status != 200 {
         return masking_failed(core, capture, &format!("an answer with status {}", response.status));
     }
-    if profiles.is_empty() || (response.status != 200 && !json_object(&response.body)) {
+    if profiles.is_empty() || (response.status != 200 && response.body.trim_ascii().is_empty()) {
         return pass_through(response);
+    }
+    if response.status != 200 && !json_object(&response.body) {
+        let status = response.status;
+        capture.refuse_code(codes::UPSTREAM_INVALID);
+        return Answer::own(status, refusal_body(codes::UPSTREAM_INVALID, &unreadable_error_message(status)));
     }
     if response.status != 200 {
         return masked_error(core, response, capture, profiles);
@@ -1072,8 +1077,16 @@ pub fn masked_sql_api(
     profiles: &[String],
     known: &[(String, ColumnPlan)],
 ) -> (Answer, Plans) {
-    if profiles.is_empty() || (!(200..300).contains(&response.status) && !json_object(&response.body)) {
+    let error = !(200..300).contains(&response.status);
+    if profiles.is_empty() || (error && response.body.trim_ascii().is_empty()) {
         return (pass_through(response), Vec::new());
+    }
+    if error && !json_object(&response.body) {
+        let status = response.status;
+        return (
+            refuse_sql_api(capture, status, codes::UPSTREAM_INVALID, &unreadable_error_message(status)),
+            Vec::new(),
+        );
     }
     if !(200..300).contains(&response.status) {
         return (masked_error(core, response, capture, profiles), Vec::new());
@@ -1085,6 +1098,14 @@ pub fn masked_sql_api(
         }
         Err(withheld) => (withhold(core, capture, withheld), Vec::new()),
     }
+}
+
+/// What the agent is told of an error answer whose body the masker cannot read (not JSON: a
+/// load balancer's page, say): under masking its status reaches the agent, its body does not.
+fn unreadable_error_message(status: u16) -> String {
+    format!(
+        "Snowflake answered with HTTP status {status} and a body that is not JSON; under masking snowgate does not pass it on"
+    )
 }
 
 /// Whether `body` starts like a JSON object (an error answer the masker reads), rather than a

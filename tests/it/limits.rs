@@ -204,6 +204,8 @@ enum Behaviour {
     Garbage,
     /// Never answers; waits for the gateway to give up.
     Silent,
+    /// Answers 502 with an HTML page (a load balancer's).
+    HtmlError(&'static str),
 }
 
 const LOGIN_ANSWER: &str = r#"{"data":{"token":"RAW-SESSION-TOKEN","masterToken":"RAW-MASTER-TOKEN","validityInSeconds":3600,"masterValidityInSeconds":14400,"sessionId":4242,"parameters":[]},"code":null,"message":null,"success":true}"#;
@@ -273,6 +275,13 @@ impl RawUpstream {
                 let _ = stream.read(&mut [0u8; 16]);
                 Ok(())
             }
+            Behaviour::HtmlError(page) => stream.write_all(
+                format!(
+                    "HTTP/1.1 502 Bad Gateway\r\nContent-Type: text/html\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{page}",
+                    page.len()
+                )
+                .as_bytes(),
+            ),
         };
     }
 
@@ -604,4 +613,23 @@ fn a_post_is_never_sent_twice_and_avoids_connections_idle_long_enough_to_be_clos
     let answer = login(&mut client, &agent_token(json!({})));
     assert_eq!(answer.json().unwrap()["success"], true, "{answer:?}");
     assert_eq!(received.load(Ordering::Acquire), 2, "one request on each connection");
+}
+
+/// Under masking, an error answer whose body the masker cannot read (an HTML page) keeps its
+/// status and loses its body: nothing unread reaches the agent.
+#[test]
+fn under_masking_an_error_page_that_is_not_json_reaches_the_agent_as_its_status_only() {
+    const PAGE: &str = "<html>upstream trace: ada.lovelace@example.com</html>";
+    let upstream = RawUpstream::start([Behaviour::LoginAfter(Duration::ZERO), Behaviour::HtmlError(PAGE)]);
+    let gateway = TestGateway::start(
+        &upstream.url(),
+        GatewayOptions { policy: Some(crate::masking::MASKING_POLICY.into()), ..Default::default() },
+    );
+    let mut client = gateway.client();
+    let (session, _) = login_ok(&mut client);
+    let answer = query(&mut client, &session, "select 1");
+    assert_eq!(answer.status, 502, "{answer:?}");
+    let body = String::from_utf8_lossy(&answer.body);
+    assert!(!body.contains("ada.lovelace") && !body.contains("<html>"), "{body}");
+    assert_eq!(answer.json().unwrap()["code"], snowgate::session::codes::UPSTREAM_INVALID, "{body}");
 }
