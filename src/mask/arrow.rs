@@ -69,6 +69,9 @@ pub(crate) struct FieldDesc {
     subtree: usize,
     /// Whether it is the `timezone` child of a TIMESTAMP_TZ struct (kept: any offset is valid).
     timezone: bool,
+    /// Whether its metadata says a whole number (FIXED, scale 0): nested in a structured
+    /// column, it is read by the card detector as a column's own is.
+    whole_number: bool,
 }
 
 /// One array of a record batch: its node and its buffers, as absolute ranges in the stream.
@@ -191,7 +194,10 @@ fn flatten_field(
     let is_tz_struct = layout == Layout::Struct
         && metadata_value(&field, "logicalType").is_some_and(|t| t.eq_ignore_ascii_case("TIMESTAMP_TZ"));
     let index = fields.len();
-    fields.push(FieldDesc { layout, nullable: field.nullable(), subtree: 1, timezone });
+    let whole_number = matches!(layout, Layout::Fixed(_))
+        && metadata_value(&field, "logicalType").is_some_and(|t| t.eq_ignore_ascii_case("FIXED"))
+        && metadata_value(&field, "scale") == Some("0");
+    fields.push(FieldDesc { layout, nullable: field.nullable(), subtree: 1, timezone, whole_number });
     let children = field.children().map(|c| c.len()).unwrap_or(0);
     let expected = match layout {
         Layout::Struct => None,
@@ -540,11 +546,21 @@ fn mask_batch(
                     let value_type = if index == 0 { planned.value_type } else { ValueType::Text };
                     scan_text(ctx, buf, TextArray { view, large, nullable, value_type }, spans, views, report);
                 }
+                // A column's whole numbers, and those nested in a structured column (a list or
+                // object of NUMBER), which its JSON form would show as text.
                 Layout::Fixed(width @ (8 | 16))
-                    if index == 0 && planned.value_type == (ValueType::Fixed { scale: 0 }) && card.is_some() =>
+                    if card.is_some()
+                        && if index == 0 {
+                            planned.value_type == (ValueType::Fixed { scale: 0 })
+                        } else {
+                            field.whole_number
+                        } =>
                 {
-                    let null =
-                        card == Some(Style::Null) && planned.nullable && field.nullable && !view.validity.is_empty();
+                    let null = index == 0
+                        && card == Some(Style::Null)
+                        && planned.nullable
+                        && field.nullable
+                        && !view.validity.is_empty();
                     scan_card_numbers(buf, view, width, null, report);
                 }
                 _ => {}

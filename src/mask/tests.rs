@@ -1295,3 +1295,29 @@ detectors.ssn = { mask = { style = "keep_last", keep = 11 } }
     );
     assert_eq!(masked.report.by_detector[DetectorKind::Ssn.index()], 1);
 }
+
+/// A card number nested in a structured column (`ARRAY(NUMBER)`) is found as a column's own
+/// is (the JSON form of the same list is read as text); other numbers stay as they were.
+#[test]
+fn card_numbers_nested_in_arrow_lists_are_masked() {
+    let masker = masker(POLICY);
+    let agents = masker.profile("agents").unwrap();
+    let card = 4_111_111_111_111_111i64;
+    let mut stream = nested_numbers_stream(&[&[7, card], &[12_345, -3]]);
+    let columns = [Column {
+        name: "NUMS".into(),
+        table: Some("T".into()),
+        schema: None,
+        database: None,
+        type_name: "array".into(),
+        scale: None,
+        nullable: true,
+    }];
+    let plan = masker.plan(agents, &columns);
+    let masked = masker.mask(agents, &mut stream, Some(&plan), &mut Scratch::default()).unwrap();
+    assert_eq!(masked.report.values_masked, 1);
+    let lists = nested_numbers(&stream);
+    assert_eq!(lists[1], [12_345, -3]);
+    assert_eq!(lists[0][0], 7);
+    assert_ne!(lists[0][1], card, "a nested card number passed");
+}

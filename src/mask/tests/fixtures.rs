@@ -439,6 +439,39 @@ pub(crate) fn text_stream(values: &[&str]) -> Vec<u8> {
     ipc_stream(&RecordBatch::try_new(schema, vec![column]).unwrap())
 }
 
+/// An Arrow stream of one structured column, `ARRAY(NUMBER(38,0))`: a list of whole numbers
+/// whose item field says FIXED, scale 0 (in the first list, a Luhn-valid card number).
+pub(crate) fn nested_numbers_stream(lists: &[&[i64]]) -> Vec<u8> {
+    let item = Arc::new(Field::new("item", DataType::Int64, true).with_metadata(meta("FIXED", 0)));
+    let mut offsets = vec![0i32];
+    let mut values = Vec::new();
+    for list in lists {
+        values.extend_from_slice(list);
+        offsets.push(values.len() as i32);
+    }
+    let list = ListArray::new(
+        item.clone(),
+        arrow_buffer::OffsetBuffer::new(offsets.into()),
+        Arc::new(Int64Array::from(values)),
+        None,
+    );
+    let schema =
+        Arc::new(Schema::new(vec![Field::new("NUMS", DataType::List(item), true).with_metadata(meta("ARRAY", 0))]));
+    ipc_stream(&RecordBatch::try_new(schema, vec![Arc::new(list) as ArrayRef]).unwrap())
+}
+
+/// The whole numbers of [`nested_numbers_stream`]'s column, list by list.
+pub(crate) fn nested_numbers(stream: &[u8]) -> Vec<Vec<i64>> {
+    let batches = read_arrow(stream);
+    let list = batches[0].column(0).as_any().downcast_ref::<ListArray>().unwrap();
+    (0..list.len())
+        .map(|i| {
+            let values = list.value(i);
+            values.as_any().downcast_ref::<Int64Array>().unwrap().values().to_vec()
+        })
+        .collect()
+}
+
 /// An Arrow IPC stream of one record batch.
 pub(crate) fn ipc_stream(batch: &RecordBatch) -> Vec<u8> {
     let mut out = Vec::new();
