@@ -544,6 +544,11 @@ fn error_messages_are_masked_as_text() {
             r#"{"data":null,"code":"100069","message":"Error parsing JSON: unknown keyword \"Ada Lovelace\", pos 4","success":false}"#,
             format!("Error parsing JSON: unknown keyword \"{}\", pos 4", stars("Ada Lovelace")),
         ),
+        // A pair of one kind of quote does not close a value the other kind opened.
+        (
+            r#"{"data":null,"code":"100038","message":"Column \"NOTES\": Numeric value 'Miles O'Brien","success":false}"#,
+            format!("Column \"{}\": Numeric value '{}", stars("NOTES"), stars("Miles O'Brien")),
+        ),
         // A quote that opens and none that closes: masked to the end.
         (
             r#"{"data":null,"code":"100038","message":"Numeric value 'Miles O'Brien","success":false}"#,

@@ -620,9 +620,11 @@ pub(crate) fn free_text_spans(profile: &Profile, text: &[u8], spans: &mut Vec<Sp
         // values are masked with what lies between them: more than needed, never less.
         let word =
             |at: Option<usize>| at.and_then(|i| text.get(i)).is_some_and(|&b| b.is_ascii_alphanumeric() || b >= 0x80);
-        let first = memchr::memchr2_iter(b'\'', b'"', text).find(|&i| !word(i.checked_sub(1)));
-        if let Some(start) = first {
-            let last = memchr::memrchr2_iter(b'\'', b'"', text).find(|&i| !word(Some(i + 1)));
+        // Each kind of quote on its own: a pair of one kind does not close a value the other
+        // opened (`Column "NOTES": Numeric value 'Miles O'Brien`).
+        for quote in [b'\'', b'"'] {
+            let Some(start) = memchr::memchr_iter(quote, text).find(|&i| !word(i.checked_sub(1))) else { continue };
+            let last = memchr::memrchr_iter(quote, text).find(|&i| !word(Some(i + 1)));
             let end = last.filter(|&end| end > start).unwrap_or(text.len());
             if end > start + 1 {
                 spans.push(Span { start: start + 1, end, style: Style::Full, kinds: RuleKind::Column.bit() });

@@ -294,47 +294,70 @@ fn query(cx: &Cx<'_>, v: View<'_>, b: &mut Builder) {
         None => return b.become_unknown("the query does not parse"),
     };
     scan_reads(v, b, Kind::Select, ScanOptions::default());
-    check_tables_found(v, &ast, b);
+    check_tables_found(&ast, b);
 }
 
 /// A second reading of the tables a parsed statement names: every table sqlparser's tree
-/// holds (a plain name in a table position, not a table function's, a stage or a CTE) must be
-/// among the objects the token scan reported, by its last part, or the statement is
-/// [`Kind::Unknown`]. The scan finds tables by their position among the tokens; a construct
-/// it misreads (a `CASE … WHEN` in a join condition once ended a `FROM` list early) must not
-/// hide a table from the rules.
-fn check_tables_found(v: View<'_>, ast: &AstStatement, b: &mut Builder) {
-    struct Tables(Vec<String>);
+/// holds (a plain name in a table position: not a table function's, a stage's, nor a one-part
+/// name of a CTE in scope) must be among the tables the token scan reported, whole name for
+/// whole name, or the statement is [`Kind::Unknown`]. The scan finds tables by their position
+/// among the tokens; a construct it misreads (a `CASE … WHEN` in a join condition once ended a
+/// `FROM` list early) must not hide a table from the rules.
+fn check_tables_found(ast: &AstStatement, b: &mut Builder) {
+    fn canonical(ident: &sqlparser::ast::Ident) -> String {
+        match ident.quote_style {
+            None => ident.value.to_ascii_uppercase(),
+            Some(_) => ident.value.clone(),
+        }
+    }
+    /// The tables named, and the CTE names of the queries being walked (innermost last).
+    #[derive(Default)]
+    struct Tables {
+        found: Vec<Vec<String>>,
+        ctes: Vec<Vec<String>>,
+    }
     impl Visitor for Tables {
         type Break = ();
+        fn pre_visit_query(&mut self, query: &sqlparser::ast::Query) -> ControlFlow<()> {
+            let names = query.with.iter().flat_map(|with| &with.cte_tables).map(|cte| canonical(&cte.alias.name));
+            self.ctes.push(names.collect());
+            ControlFlow::Continue(())
+        }
+        fn post_visit_query(&mut self, _query: &sqlparser::ast::Query) -> ControlFlow<()> {
+            self.ctes.pop();
+            ControlFlow::Continue(())
+        }
         fn pre_visit_table_factor(&mut self, factor: &TableFactor) -> ControlFlow<()> {
-            if let TableFactor::Table { name, args: None, .. } = factor
-                && let Some(ObjectNamePart::Identifier(last)) = name.0.last()
-                && name.0.iter().all(|part| matches!(part, ObjectNamePart::Identifier(_)))
-                && !name.0.iter().any(|part| part.as_ident().is_some_and(|i| i.value.starts_with(['@', '$'])))
-            {
-                let canonical = match last.quote_style {
-                    None => last.value.to_ascii_uppercase(),
-                    Some(_) => last.value.clone(),
-                };
-                self.0.push(canonical);
+            let TableFactor::Table { name, args: None, .. } = factor else { return ControlFlow::Continue(()) };
+            let Some(idents) = name.0.iter().map(ObjectNamePart::as_ident).collect::<Option<Vec<_>>>() else {
+                return ControlFlow::Continue(());
+            };
+            if idents.iter().any(|i| i.value.starts_with(['@', '$'])) {
+                return ControlFlow::Continue(());
+            }
+            let mut parts: Vec<String> = idents.into_iter().map(canonical).collect();
+            // `db..t` is the schema PUBLIC's table, as the scan names it.
+            if parts.len() == 3 && parts[1].is_empty() {
+                parts[1] = "PUBLIC".to_owned();
+            }
+            let cte = parts.len() == 1 && self.ctes.iter().flatten().any(|name| *name == parts[0]);
+            if !cte {
+                self.found.push(parts);
             }
             ControlFlow::Continue(())
         }
     }
-    let mut tables = Tables(Vec::new());
+    let mut tables = Tables::default();
     let _ = ast.visit(&mut tables);
-    if tables.0.is_empty() {
-        return;
-    }
-    let ctes = find_ctes(v);
-    let reported = |table: &str| {
-        b.actions.iter().any(|action| match action.object.as_ref().map(|o| &o.name) {
-            Some(ObjectName::Parts(parts)) => parts.last().is_some_and(|last| last == table),
+    let reported = |table: &[String]| {
+        b.actions.iter().any(|action| match &action.object {
+            Some(object) if matches!(object.object_type, ObjectType::Table | ObjectType::View) => {
+                matches!(&object.name, ObjectName::Parts(parts) if parts == table)
+            }
             _ => false,
         })
     };
-    if tables.0.iter().any(|table| !reported(table) && !ctes.iter().any(|cte| cte.name == *table)) {
+    if tables.found.iter().any(|table| !reported(table)) {
         b.become_unknown("a table the statement names was not found where the gateway reads tables");
     }
 }
@@ -399,7 +422,7 @@ fn insert(cx: &Cx<'_>, v: View<'_>, b: &mut Builder) {
         }
     }
     scan_reads(v, b, Kind::Select, ScanOptions::default());
-    check_tables_found(v, &ast, b);
+    check_tables_found(&ast, b);
 }
 
 fn update(cx: &Cx<'_>, v: View<'_>, b: &mut Builder) {
@@ -411,7 +434,7 @@ fn update(cx: &Cx<'_>, v: View<'_>, b: &mut Builder) {
     b.kind = kind;
     b.on(kind, ObjectType::Table, read_name(v, 1).map_or(ObjectName::Dynamic, |(name, _)| name));
     scan_reads(v, b, Kind::Select, ScanOptions::default());
-    check_tables_found(v, &ast, b);
+    check_tables_found(&ast, b);
 }
 
 fn delete(cx: &Cx<'_>, v: View<'_>, b: &mut Builder) {
@@ -426,7 +449,7 @@ fn delete(cx: &Cx<'_>, v: View<'_>, b: &mut Builder) {
     b.kind = kind;
     b.on(kind, ObjectType::Table, read_name(v, 2).map_or(ObjectName::Dynamic, |(name, _)| name));
     scan_reads(v, b, Kind::Select, ScanOptions { skip_from_at: Some(1), using_is_from: true });
-    check_tables_found(v, &ast, b);
+    check_tables_found(&ast, b);
 }
 
 fn merge(cx: &Cx<'_>, v: View<'_>, b: &mut Builder) {
@@ -439,16 +462,21 @@ fn merge(cx: &Cx<'_>, v: View<'_>, b: &mut Builder) {
     }
     b.on(Kind::Merge, ObjectType::Table, read_name(v, 2).map_or(ObjectName::Dynamic, |(name, _)| name));
     scan_reads(v, b, Kind::Select, ScanOptions { skip_from_at: None, using_is_from: true });
-    check_tables_found(v, &ast, b);
+    check_tables_found(&ast, b);
 }
 
 fn copy(cx: &Cx<'_>, v: View<'_>, b: &mut Builder) {
     if !v.kw(1, "INTO") {
         return b.become_unknown("COPY without INTO");
     }
-    if v.contains_keyword("SELECT") && !matches!(parse_single(cx, v), Some(AstStatement::CopyIntoSnowflake { .. })) {
-        return b.become_unknown("the COPY INTO with a query does not parse");
-    }
+    let ast = if v.contains_keyword("SELECT") {
+        match parse_single(cx, v) {
+            Some(ast @ AstStatement::CopyIntoSnowflake { .. }) => Some(ast),
+            _ => return b.become_unknown("the COPY INTO with a query does not parse"),
+        }
+    } else {
+        None
+    };
     // The target is written to, not read: the scan for reads starts after it.
     let after_target = match v.tok(2) {
         Some(Token::AtSign) => {
@@ -491,6 +519,9 @@ fn copy(cx: &Cx<'_>, v: View<'_>, b: &mut Builder) {
         }
     };
     scan_reads(v.sub(after_target..v.len()), b, Kind::Select, ScanOptions::default());
+    if let Some(ast) = ast {
+        check_tables_found(&ast, b);
+    }
 }
 
 fn create(cx: &Cx<'_>, v: View<'_>, b: &mut Builder) {
@@ -528,10 +559,11 @@ fn create(cx: &Cx<'_>, v: View<'_>, b: &mut Builder) {
         return sql_body(cx, v, &depths, after_name, b);
     }
     if v.contains_keyword("SELECT") {
-        if parse_single(cx, v).is_none() {
+        let Some(ast) = parse_single(cx, v) else {
             return b.become_unknown("the CREATE with a query does not parse");
-        }
+        };
         scan_reads(v, b, Kind::Select, ScanOptions::default());
+        check_tables_found(&ast, b);
     }
 }
 
@@ -875,13 +907,14 @@ fn use_statement(v: View<'_>, b: &mut Builder) {
 
 fn set_variables(cx: &Cx<'_>, v: View<'_>, b: &mut Builder) {
     b.kind = Kind::SetVariable;
-    if !matches!(parse_single(cx, v), Some(AstStatement::Set(_))) {
+    let Some(ast @ AstStatement::Set(_)) = parse_single(cx, v) else {
         return b.become_unknown("the SET does not parse");
-    }
+    };
     for name in variable_names(v).map(|(names, _)| names).unwrap_or_default() {
         b.on(Kind::SetVariable, ObjectType::Variable, ObjectName::Flat(name));
     }
     scan_reads(v, b, Kind::Select, ScanOptions::default());
+    check_tables_found(&ast, b);
 }
 
 fn unset_variables(v: View<'_>, b: &mut Builder) {
@@ -2207,19 +2240,45 @@ mod tests {
         let ast = parse_single(&cx, v).unwrap();
         // As if the scan had found only `a`.
         b.on(Kind::Select, ObjectType::Table, ObjectName::parts(["A"]));
-        check_tables_found(v, &ast, &mut b);
+        check_tables_found(&ast, &mut b);
         assert_eq!(b.kind, Kind::Unknown);
         // Found, both pass; CTEs, table functions and stages are not tables.
         let mut b = Builder { byte_range: 0..0, kind: Kind::Select, actions: Vec::new(), unknown_reason: None };
         b.on(Kind::Select, ObjectType::Table, ObjectName::parts(["A"]));
         b.on(Kind::Select, ObjectType::Table, ObjectName::parts(["HR", "S"]));
-        check_tables_found(v, &ast, &mut b);
+        check_tables_found(&ast, &mut b);
         assert_eq!(b.kind, Kind::Select);
         assert_eq!(
             kinds(
                 "with c as (select 1) select * from c, table(generator(rowcount => 1)), lateral flatten(input => c.v), @st"
             ),
             ["select function GENERATOR", "select function FLATTEN", "select stage ST"]
+        );
+    }
+
+    #[test]
+    fn a_table_the_scan_misses_cannot_be_excused_by_a_namesake() {
+        // The scan ends the FROM list at an unquoted `fetch` (a column name here); the tree
+        // holds the table after it, in every statement that carries a query.
+        let hidden =
+            "select s.* from (select 1 as fetch) a join analytics.public.b on fetch = 1, hr.payroll.salaries s";
+        for sql in [
+            hidden.to_owned(),
+            format!("create table scratch.x as {hidden}"),
+            format!("copy into @st from ({hidden})"),
+            format!("set v = ({hidden})"),
+            // A CTE, a table of the same last name elsewhere, or a function of that name
+            // does not stand for it.
+            format!("with salaries as (select 1) {hidden}"),
+            format!("{hidden} join analytics.public.salaries x on true"),
+        ] {
+            assert!(kinds(&sql).contains(&"unknown".to_owned()), "{sql}: {:?}", kinds(&sql));
+        }
+        // A CTE in scope is not a table; one out of scope does not excuse a table of its name.
+        assert_eq!(kinds("with c as (select 1) select * from c"), ["select"]);
+        assert!(
+            kinds("select * from (with t as (select 1) select * from t) x join b on fetch = 1, t")
+                .contains(&"unknown".to_owned())
         );
     }
 

@@ -730,9 +730,10 @@ impl Recorder {
         };
         self.shared.stop.store(true, Ordering::Release);
         self.thread.unpark();
-        let deadline = Instant::now() + timeout;
+        // A timeout past what the clock can hold is no timeout.
+        let deadline = Instant::now().checked_add(timeout);
         while !join.is_finished() {
-            if Instant::now() >= deadline {
+            if deadline.is_some_and(|deadline| Instant::now() >= deadline) {
                 if matches!(self.shared.health(), RUNNING | UNAVAILABLE) {
                     self.shared.health.store(STOPPED, Ordering::Release);
                 }

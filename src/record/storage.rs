@@ -239,6 +239,8 @@ struct SimState {
     failing_syncs: u32,
     /// How long each file sync blocks before it does anything (a hung disk).
     sync_stall: std::time::Duration,
+    /// File syncs begun, stalled ones included.
+    syncs_begun: u64,
     /// Bumped by each crash: handles from before a crash stop working.
     epoch: u64,
     syncs: u64,
@@ -281,6 +283,11 @@ impl SimulatedStorage {
     /// Makes every later file sync block for `stall` first, as a hung disk's fsync does.
     pub fn stall_syncs(&self, stall: std::time::Duration) {
         self.lock().sync_stall = stall;
+    }
+
+    /// File syncs begun so far (a stalled one included).
+    pub fn syncs_begun(&self) -> u64 {
+        self.lock().syncs_begun
     }
 
     /// Successful file syncs so far.
@@ -338,6 +345,7 @@ impl SimulatedStorage {
             space_bytes: state.space_bytes,
             failing_syncs: state.failing_syncs,
             sync_stall: state.sync_stall,
+            syncs_begun: state.syncs_begun,
             epoch: state.epoch + 1,
             syncs: state.syncs,
         };
@@ -405,7 +413,11 @@ impl SegmentFile for SimFileHandle {
     }
 
     fn sync(&mut self) -> io::Result<()> {
-        let stall = self.storage.lock().sync_stall;
+        let stall = {
+            let mut state = self.storage.lock();
+            state.syncs_begun += 1;
+            state.sync_stall
+        };
         std::thread::sleep(stall);
         let path = self.path.clone();
         self.with_file(|state| {

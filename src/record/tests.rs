@@ -267,9 +267,15 @@ fn a_stop_gives_up_on_a_hung_disk() {
     config.durability = Durability::Batch { interval: Duration::from_millis(1) };
     let recorder = Recorder::start_with(config, Arc::new(storage.clone()), Arc::new(SystemClock)).unwrap();
     storage.stall_syncs(Duration::from_secs(3));
+    let syncs_begun = storage.syncs_begun();
     let stuck = recorder.submit(request(1, 10)).unwrap();
     // The recorder thread takes the first frame and blocks in its fsync; the second stays queued.
-    assert_eq!(stuck.wait_durable(Duration::from_millis(300)), None, "a stalled fsync completed");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while storage.syncs_begun() == syncs_begun && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert!(storage.syncs_begun() > syncs_begun, "the recorder never synced");
+    assert_eq!(stuck.wait_durable(Duration::from_millis(50)), None, "a stalled fsync completed");
     let queued = recorder.submit(request(2, 10)).unwrap();
     let started = std::time::Instant::now();
     let stopped = recorder.stop_within(Duration::from_millis(200));
