@@ -305,10 +305,7 @@ fn query(cx: &Cx<'_>, v: View<'_>, b: &mut Builder) {
 /// `FROM` list early) must not hide a table from the rules.
 fn check_tables_found(ast: &AstStatement, b: &mut Builder) {
     fn canonical(ident: &sqlparser::ast::Ident) -> String {
-        match ident.quote_style {
-            None => ident.value.to_ascii_uppercase(),
-            Some(_) => ident.value.clone(),
-        }
+        super::names::canonical(&ident.value, ident.quote_style)
     }
     /// The tables named, and the CTE names of the queries being walked (innermost last).
     #[derive(Default)]

@@ -21,9 +21,15 @@ use super::model::{ObjectName, ObjectRef, ObjectType, write_part};
 
 /// The canonical form of one identifier token.
 pub(crate) fn canonical_word(word: &Word) -> String {
-    match word.quote_style {
-        None => word.value.to_ascii_uppercase(),
-        Some(_) => word.value.clone(),
+    canonical(&word.value, word.quote_style)
+}
+
+/// An identifier as Snowflake resolves it: unquoted ones in upper case, quoted ones as written
+/// (a token's [`canonical_word`], a parsed tree's identifier alike).
+pub(crate) fn canonical(value: &str, quote_style: Option<char>) -> String {
+    match quote_style {
+        None => value.to_ascii_uppercase(),
+        Some(_) => value.to_owned(),
     }
 }
 

@@ -474,13 +474,21 @@ const SETTING_BYTES_MAX: usize = 256;
 const SHOWN_PARAMETERS_MAX: usize = 32;
 
 /// A setting's value as reviewers see it: strings as they are, other JSON as written, cut
-/// at [`SETTING_BYTES_MAX`].
+/// by [`cut_setting`].
 fn shown_setting(value: &Value) -> String {
-    let value = match value {
-        Value::String(text) => text.clone(),
-        other => other.to_string(),
-    };
-    if value.len() > SETTING_BYTES_MAX { format!("{}…", cut_at_char(&value, SETTING_BYTES_MAX)) } else { value }
+    match value {
+        Value::String(text) => cut_setting(text),
+        other => cut_setting(&other.to_string()),
+    }
+}
+
+/// `text` cut at [`SETTING_BYTES_MAX`], marked `…` when it was.
+fn cut_setting(text: &str) -> String {
+    if text.len() > SETTING_BYTES_MAX {
+        format!("{}…", cut_at_char(text, SETTING_BYTES_MAX))
+    } else {
+        text.to_owned()
+    }
 }
 
 /// What a driver's query request (as it would go upstream, its parameters pinned) sets besides
@@ -498,7 +506,7 @@ fn query_request_settings(body: &[u8], role: &str) -> BTreeMap<String, String> {
 fn insert_parameters(settings: &mut BTreeMap<String, String>, document: &Map<String, Value>) {
     let Some(Value::Object(parameters)) = document.get("parameters") else { return };
     for (name, value) in parameters.iter().take(SHOWN_PARAMETERS_MAX) {
-        settings.insert(format!("parameters.{}", shown_setting(&Value::String(name.clone()))), shown_setting(value));
+        settings.insert(format!("parameters.{}", cut_setting(name)), shown_setting(value));
     }
     if parameters.len() > SHOWN_PARAMETERS_MAX {
         settings.insert("parameters.…".to_owned(), format!("{} more", parameters.len() - SHOWN_PARAMETERS_MAX));

@@ -732,19 +732,17 @@ impl Recorder {
         self.thread.unpark();
         // A timeout past what the clock can hold is no timeout.
         let deadline = Instant::now().checked_add(timeout);
-        while !join.is_finished() {
-            if deadline.is_some_and(|deadline| Instant::now() >= deadline) {
-                if matches!(self.shared.health(), RUNNING | UNAVAILABLE) {
-                    self.shared.health.store(STOPPED, Ordering::Release);
-                }
-                self.shared.fail_queued(TICKET_STOPPED);
-                return Err(RecordError::StopTimedOut(timeout));
-            }
+        while !join.is_finished() && deadline.is_none_or(|deadline| Instant::now() < deadline) {
             std::thread::sleep(Duration::from_millis(2));
         }
-        let stopped = match join.join() {
-            Ok(result) => result.map_err(RecordError::from),
-            Err(_) => Err(RecordError::Config("the recorder thread panicked".into())),
+        let stopped = if join.is_finished() {
+            match join.join() {
+                Ok(result) => result.map_err(RecordError::from),
+                Err(_) => Err(RecordError::Config("the recorder thread panicked".into())),
+            }
+        } else {
+            // Left behind, stuck in the disk.
+            Err(RecordError::StopTimedOut(timeout))
         };
         if matches!(self.shared.health(), RUNNING | UNAVAILABLE) {
             self.shared.health.store(STOPPED, Ordering::Release);

@@ -537,25 +537,13 @@ fn chunk_grants_the_gateway_could_not_open_are_refused_with_the_reason() {
 /// with one text column named `1` (the binding echoed) and an empty `table`.
 #[test]
 fn a_querys_column_without_a_table_is_masked_by_a_table_scoped_rule_and_a_shows_is_not() {
-    let policy = r#"
-[policy]
-default = { action = "deny", message = "No snowgate rule allows this statement." }
-
-[[policy.rules]]
-name = "everything, masked"
-groups = ["*"]
-kinds = ["*"]
-action = "allow"
-masking_profile = "agents"
-
-[[masking.profiles.agents.columns]]
-name = "1"
-table = "CUSTOMERS"
-mask = { style = "full" }
-"#;
+    // The usual policy (whose rules and detectors leave `clear-value-77` alone), and a rule
+    // for column `1` of one table.
+    let policy = format!(
+        "{MASKING_POLICY}\n[[masking.profiles.agents.columns]]\nname = \"1\"\ntable = \"CUSTOMERS\"\nmask = {{ style = \"full\" }}\n"
+    );
     let upstream = double(|_| {});
-    let gateway =
-        TestGateway::start(&upstream.url(), GatewayOptions { policy: Some(policy.into()), ..Default::default() });
+    let gateway = TestGateway::start(&upstream.url(), GatewayOptions { policy: Some(policy), ..Default::default() });
     let mut client = gateway.client();
     let (session, _) = login_ok(&mut client);
     let mut first_cell = |sql: &str| {
