@@ -349,6 +349,58 @@ pub fn is_field(name: &[u8], value: &[u8]) -> bool {
     !name.is_empty() && name.iter().all(tchar) && value.iter().all(|&b| b == b'\t' || (b >= 0x20 && b != 0x7f))
 }
 
+/// When a head that is still arriving is worth parsing again. httparse reads a head from its
+/// first byte each time, so parsing after every read would cost a peer that sends its head a
+/// byte at a time (a 16 KiB head in 16,384 segments) the square of its size in scanning. The
+/// bytes are parsed when they first arrive (so garbage, a TLS hello on a plain port, say, is
+/// refused at once), again each time they have doubled, and when a line ends the head (an
+/// empty line after some content: CRLF CRLF, or the bare LFs the parser refuses by name);
+/// each byte is looked at once here, so a head costs linear time however it is cut.
+#[derive(Debug, Default)]
+pub struct HeadScan {
+    /// Bytes already looked at for the head's end.
+    scanned: usize,
+    /// Whether a byte other than CR or LF was seen (empty lines before a request line are
+    /// skipped by the parser, so they end nothing).
+    content: bool,
+    /// The buffer's length at the last parse (0: never parsed).
+    parsed_len: usize,
+}
+
+impl HeadScan {
+    /// Whether `buf` (the head's bytes so far, growing between calls) should be parsed now.
+    pub fn worth_parsing(&mut self, buf: &[u8]) -> bool {
+        let from = self.scanned;
+        self.scanned = buf.len();
+        let ends = self.ends_in(buf, from);
+        let parse = ends || self.parsed_len == 0 || buf.len() >= self.parsed_len.saturating_mul(2);
+        if parse && !buf.is_empty() {
+            self.parsed_len = buf.len();
+        }
+        parse && !buf.is_empty()
+    }
+
+    /// Whether an empty line ending the head ends in `buf[from..]`.
+    fn ends_in(&mut self, buf: &[u8], from: usize) -> bool {
+        let mut at = from;
+        if !self.content {
+            match buf[from..].iter().position(|&b| b != b'\r' && b != b'\n') {
+                Some(i) => {
+                    self.content = true;
+                    at = from + i;
+                }
+                None => return false,
+            }
+        }
+        // A line feed that follows a line feed, with or without a CR between, at or after
+        // `at` (the bytes before `from` were looked at already, and ended nothing).
+        memchr::memchr_iter(b'\n', &buf[at..]).any(|i| {
+            let i = at + i;
+            (i >= 1 && buf[i - 1] == b'\n') || (i >= 2 && buf[i - 1] == b'\r' && buf[i - 2] == b'\n')
+        })
+    }
+}
+
 /// Parses a request head at the start of `buf`. `Ok(None)` means more bytes are needed. The
 /// head's bytes are copied into the result; the caller drops the first `head_len` bytes of
 /// `buf` itself, keeping the body and any pipelined message after it.
@@ -573,6 +625,50 @@ mod tests {
         let head = res("HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 2\r\n\r\nhi").unwrap().unwrap();
         assert!(!head.close);
         assert_eq!(res("HTTP/1.1 100 Continue\r\n\r\n").unwrap().unwrap().framing, BodyFraming::Empty);
+    }
+
+    /// Feeds `bytes` to a [`HeadScan`] in pieces of `step` bytes, parsing when it says so, as
+    /// the connection's head reader does; returns how many parses it took and what the last
+    /// one found.
+    fn scan_in_pieces(bytes: &[u8], step: usize) -> (usize, Result<Option<RequestHead>, HeadError>) {
+        let (mut scan, mut parses, mut last) = (HeadScan::default(), 0, Ok(None));
+        for end in (step..bytes.len() + step).step_by(step).map(|e| e.min(bytes.len())) {
+            if scan.worth_parsing(&bytes[..end]) {
+                parses += 1;
+                last = parse_request_head(&bytes[..end], &Limits::default());
+                if !matches!(last, Ok(None)) {
+                    break;
+                }
+            }
+        }
+        (parses, last)
+    }
+
+    /// A head sent a byte at a time is parsed a few times, not once a byte (httparse starts
+    /// from the first byte each time: a 16 KiB head would cost 134 MB of scanning), and still
+    /// as soon as its empty line arrives, however it is cut.
+    #[test]
+    fn a_head_arriving_a_byte_at_a_time_is_parsed_a_few_times() {
+        let mut head = String::from("POST /queries/v1/query-request HTTP/1.1\r\nHost: gw\r\n");
+        for i in 0..40 {
+            head.push_str(&format!("X-Padding-{i}: {}\r\n", "a".repeat(360)));
+        }
+        head.push_str("\r\n");
+        for step in [1, 2, 3, 7, 100, 4096, head.len()] {
+            let (parses, last) = scan_in_pieces(head.as_bytes(), step);
+            let parsed = last.expect("a valid head").expect("a complete head");
+            assert_eq!(parsed.head_len, head.len(), "cut every {step} bytes");
+            assert!(parses <= 16, "cut every {step} bytes: {parses} parses");
+        }
+        // Empty lines before the request line end nothing (the parser skips them).
+        let (parses, last) = scan_in_pieces("\r\n".repeat(4000).as_bytes(), 1);
+        assert!(matches!(last, Ok(None)) && parses <= 16, "{parses} parses");
+        // A head ending in bare line feeds is parsed (and refused by name) when they arrive,
+        // as is garbage at once, a TLS hello on a plain port say.
+        let (_, last) = scan_in_pieces(b"GET / HTTP/1.1\nHost: gw\n\n", 1);
+        assert!(matches!(last, Err(HeadError::Syntax(_))), "{last:?}");
+        let (parses, last) = scan_in_pieces(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03", 64);
+        assert!(last.is_err() && parses == 1, "{parses} parses: {last:?}");
     }
 
     #[test]

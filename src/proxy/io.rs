@@ -13,7 +13,7 @@ use monoio::net::TcpStream;
 use monoio::time::Instant;
 
 use crate::http::{
-    self, BodyFraming, ChunkedDecoder, ChunkedError, HeadError, Limits, Method, RequestHead, ResponseHead,
+    self, BodyFraming, ChunkedDecoder, ChunkedError, HeadError, HeadScan, Limits, Method, RequestHead, ResponseHead,
 };
 
 /// A TCP stream, in clear or under TLS, as either side of the proxy sees it.
@@ -230,10 +230,16 @@ impl Conn {
 
     /// Reads a request head; the message must be complete by `deadline`.
     pub async fn read_request_head(&mut self, limits: &Limits, deadline: Instant) -> Result<RequestHead, ReadError> {
+        let mut scan = HeadScan::default();
         loop {
-            if let Some(head) = http::parse_request_head(&self.buf, limits)? {
+            if scan.worth_parsing(&self.buf)
+                && let Some(head) = http::parse_request_head(&self.buf, limits)?
+            {
                 let _ = self.buf.split_to(head.head_len);
                 return Ok(head);
+            }
+            if self.buf.len() > limits.head_bytes_max {
+                return Err(HeadError::TooLarge { limit: limits.head_bytes_max }.into());
             }
             if self.fill(deadline).await? == 0 {
                 return Err(ReadError::Closed);
@@ -248,13 +254,20 @@ impl Conn {
         limits: &Limits,
         deadline: Instant,
     ) -> Result<ResponseHead, ReadError> {
+        let mut scan = HeadScan::default();
         loop {
-            if let Some(head) = http::parse_response_head(&self.buf, method, limits)? {
+            if scan.worth_parsing(&self.buf)
+                && let Some(head) = http::parse_response_head(&self.buf, method, limits)?
+            {
                 let _ = self.buf.split_to(head.head_len);
                 if (100..200).contains(&head.status) {
+                    scan = HeadScan::default();
                     continue;
                 }
                 return Ok(head);
+            }
+            if self.buf.len() > limits.head_bytes_max {
+                return Err(HeadError::TooLarge { limit: limits.head_bytes_max }.into());
             }
             if self.fill(deadline).await? == 0 {
                 return Err(ReadError::Closed);
