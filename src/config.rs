@@ -1167,7 +1167,7 @@ impl Approvals {
 }
 
 /// An `http://` URL to this machine (`127.0.0.0/8`, `[::1]`, `localhost`).
-fn loopback_http(url: &str) -> bool {
+pub(crate) fn loopback_http(url: &str) -> bool {
     let Some(rest) = url.strip_prefix("http://") else { return false };
     let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
     if authority.contains('@') {

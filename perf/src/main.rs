@@ -170,6 +170,7 @@ fn upstream(args: UpstreamArgs) -> anyhow::Result<()> {
             rows_per_chunk: args.chunk_rows,
         },
         chunk_url_query_bytes: args.chunk_url_query_bytes,
+        chunk_base_url: None,
     };
     let running = snowgate_perf::start_with(config, args.listen, args.threads)?;
     // Scripts read this one line to learn the port.

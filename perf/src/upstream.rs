@@ -89,6 +89,9 @@ pub struct UpstreamConfig {
     /// Bytes of query string on every chunk URL (`X-Amz-Signature=0…`, as presigned URLs
     /// carry); 0 for none.
     pub chunk_url_query_bytes: usize,
+    /// Where chunk URLs point instead of the double itself (`http://10.0.0.1:9`, say: a URL
+    /// a gateway must not fetch); `None` for the double's own address.
+    pub chunk_base_url: Option<String>,
 }
 
 impl Default for UpstreamConfig {
@@ -106,6 +109,7 @@ impl Default for UpstreamConfig {
             request_log_capacity: 1000,
             chunk_layout: ChunkLayout::default(),
             chunk_url_query_bytes: 0,
+            chunk_base_url: None,
         }
     }
 }
@@ -417,6 +421,9 @@ impl Upstream {
 
     /// The base URL of chunk downloads.
     pub fn base_url(&self) -> &str {
+        if let Some(url) = &self.config.chunk_base_url {
+            return url;
+        }
         self.base_url.get().map_or("http://snowflake-double.invalid", String::as_str)
     }
 

@@ -1279,6 +1279,11 @@ fn grant_url(
     } else {
         Vec::new()
     };
+    // The chunk is fetched with the result's decryption key: never in plaintext, except to
+    // this machine (a local emulator or test double, as the upstream itself may be).
+    if !(url.starts_with("https://") || crate::config::loopback_http(url)) {
+        return Err(Withheld::Unmaskable("a chunk URL that is neither https nor to this machine".into()));
+    }
     // They are sent as they are in the fetch's request head: one holding a line break would
     // add fields of the upstream's choosing.
     if !headers.iter().all(|(name, value)| crate::http::is_field(name.as_bytes(), value.as_bytes())) {

@@ -268,16 +268,52 @@ pub fn recording_unavailable_answer(sql_api: bool) -> Answer {
     }
 }
 
+/// A request whose caller was checked from its head, before its body is read.
+pub struct Authenticated<'h> {
+    capture: Capture,
+    endpoint: Option<Endpoint>,
+    /// The caller (none for logins, renewals and chunks), or the refusal that answers it.
+    caller: Result<Option<Caller<'h>>, Answer>,
+    /// Whether the body may be read up to its endpoint's cap. A caller that is not known gets
+    /// the control cap: reading a statement's worth (16 MiB by default) from anyone who can
+    /// connect, and holding it for the body timeout, would let a peer with no credential
+    /// make the gateway hold gigabytes. Known enough are a credential the gateway issued that
+    /// has expired (the driver renews on the refusal and sends the statement again) and an
+    /// OIDC token that could not be checked because the identity provider's keys are
+    /// unavailable (its answer is a 503 the client retries).
+    full_body: bool,
+}
+
+/// Checks who sends the request from its head alone (the sealed session token, or the SQL
+/// API's OIDC token), before its body is read.
+pub async fn authenticate<'h>(core: &Core, head: &'h RequestHead, endpoint: Option<Endpoint>) -> Authenticated<'h> {
+    let mut capture = Capture::default();
+    let caller = caller_of(core, head, endpoint.as_ref(), &mut capture).await;
+    let full_body = match &caller {
+        Ok(_) => true,
+        Err(_) => matches!(
+            capture.refused_code.as_deref(),
+            Some(codes::SESSION_EXPIRED | codes::IDENTITY_PROVIDER_UNAVAILABLE)
+        ),
+    };
+    Authenticated { capture, endpoint, caller, full_body }
+}
+
 /// Handles one complete request. Never fails: every problem becomes an answer.
 pub async fn handle(
     core: &Core,
     head: &RequestHead,
-    endpoint: Option<Endpoint>,
+    authenticated: Authenticated<'_>,
     body: Bytes,
     started_at_unix_us: u64,
 ) -> (Answer, Capture) {
-    let mut capture = Capture { started_at_unix_us, ..Capture::default() };
-    let answer = route(core, head, endpoint, body, &mut capture).await;
+    let Authenticated { mut capture, endpoint, caller, .. } = authenticated;
+    capture.started_at_unix_us = started_at_unix_us;
+    let answer = match (caller, endpoint) {
+        (Ok(caller), Some(endpoint)) => route(core, head, endpoint, caller, body, &mut capture).await,
+        (Err(answer), _) => answer,
+        (Ok(_), None) => unreachable!("a request to no endpoint is refused by caller_of"),
+    };
     if capture.refused_code.is_some() {
         core.gateway.metrics.refusals.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
@@ -331,35 +367,45 @@ pub(super) fn upstream_failed(capture: &mut Capture, error: &UpstreamError) -> A
     Answer::own(error.status(), Bytes::from(serde_json::to_vec(&body).expect("a JSON value always serialises")))
 }
 
-async fn route(
+/// Who sends a request to `endpoint`, from its head: `None` for the endpoints that carry
+/// their credential in the body or the URL (logins, renewals, chunks). A request to no
+/// endpoint is refused here.
+async fn caller_of<'h>(
     core: &Core,
-    head: &RequestHead,
-    endpoint: Option<Endpoint>,
-    body: Bytes,
+    head: &'h RequestHead,
+    endpoint: Option<&Endpoint>,
     capture: &mut Capture,
-) -> Answer {
+) -> Result<Option<Caller<'h>>, Answer> {
     let Some(endpoint) = endpoint else {
         capture.refused_code = Some(codes::UNKNOWN_ENDPOINT.to_owned());
-        return Answer::own(404, refusal_body(codes::UNKNOWN_ENDPOINT, "snowgate does not serve this endpoint"));
+        return Err(Answer::own(404, refusal_body(codes::UNKNOWN_ENDPOINT, "snowgate does not serve this endpoint")));
     };
     capture.endpoint = endpoint.name();
     capture.request_id =
         query_param(head.query(), "requestId").or_else(|| query_param(head.query(), "request_id")).map(str::to_owned);
     capture.agent_context = agent_context(head, core.gateway.config.agent_context_bytes_max);
-    // Who asks is known before the body is inflated: a gzip body of a few KiB inflates to a
-    // statement's cap, work no one unauthenticated may make a core do. (Logins and renewals
-    // carry their credential in the body, under the control cap.)
-    let caller = match &endpoint {
-        Endpoint::Login | Endpoint::TokenRequest | Endpoint::Chunk(_) => None,
-        e if e.is_sql_api() => match sql_api_identity(core, head, capture).await {
-            Ok(identity) => Some(Caller::Bearer(identity)),
-            Err(answer) => return answer,
-        },
-        _ => match open_session(core, head, capture) {
-            Ok((claims, token)) => Some(Caller::Session(claims, token)),
-            Err(answer) => return answer,
-        },
-    };
+    // Who asks is known before the body is read: a gzip body of a few KiB inflates to a
+    // statement's cap, and a plain one is a statement's cap, work and memory no one
+    // unauthenticated may make a core spend. (Logins and renewals carry their credential in
+    // the body, under the control cap.)
+    match endpoint {
+        Endpoint::Login | Endpoint::TokenRequest | Endpoint::Chunk(_) => Ok(None),
+        e if e.is_sql_api() => Ok(Some(Caller::Bearer(sql_api_identity(core, head, capture).await?))),
+        _ => {
+            let (claims, token) = open_session(core, head, capture)?;
+            Ok(Some(Caller::Session(claims, token)))
+        }
+    }
+}
+
+async fn route(
+    core: &Core,
+    head: &RequestHead,
+    endpoint: Endpoint,
+    caller: Option<Caller<'_>>,
+    body: Bytes,
+    capture: &mut Capture,
+) -> Answer {
     let bytes_max = endpoint.request_bytes_max(core.gateway.config.statement_request_bytes_max);
     let body = match inflate_request(core, head, body, bytes_max, capture) {
         Ok(body) => body,
@@ -378,7 +424,6 @@ async fn route(
     }
 }
 
-/// Who sent a request, checked from its head alone.
 enum Caller<'h> {
     /// A driver's sealed session token, opened, and the token as sent.
     Session(TokenClaims, &'h str),
@@ -386,14 +431,19 @@ enum Caller<'h> {
     Bearer(Identity),
 }
 
-/// The caps on a request's body, known from its endpoint (routed once, from the head): the
-/// most bytes to read off the wire, and the cap to report. A body is capped by its endpoint
-/// before it is read, so a login or an unknown path cannot make the gateway buffer a
-/// statement's worth; the wire cap leaves room for gzip's framing over the inflated cap. An
-/// unknown endpoint gets the control cap (its answer is a 404).
-pub(super) fn body_caps(core: &Core, endpoint: Option<&Endpoint>) -> (usize, usize) {
+/// The caps on a request's body, known from its head (its endpoint, routed once, and its
+/// caller): the most bytes to read off the wire, and the cap to report. A body is capped
+/// before it is read, so a login, an unknown path or a caller the gateway does not know
+/// ([`Authenticated::full_body`]) cannot make it buffer a statement's worth; the wire cap
+/// leaves room for gzip's framing over the inflated cap. An unknown endpoint gets the
+/// control cap (its answer is a 404).
+pub(super) fn body_caps(core: &Core, authenticated: &Authenticated<'_>) -> (usize, usize) {
     let statement_bytes_max = core.gateway.config.statement_request_bytes_max;
-    let cap = endpoint.map_or(CONTROL_BYTES_MAX, |endpoint| endpoint.request_bytes_max(statement_bytes_max));
+    let cap = match &authenticated.endpoint {
+        Some(endpoint) if authenticated.full_body => endpoint.request_bytes_max(statement_bytes_max),
+        Some(endpoint) => endpoint.request_bytes_max(statement_bytes_max).min(CONTROL_BYTES_MAX),
+        None => CONTROL_BYTES_MAX,
+    };
     let wire = cap.saturating_add(cap / 1024 + 1024).min(core.gateway.config.limits.body_bytes_max);
     (wire, cap)
 }
@@ -444,12 +494,20 @@ fn inflate_request(
     if body.len() > limit {
         return Err(too_large(capture));
     }
+    // A SQL API client reads an HTTP 200 as a statement that ran: its refusals are a 400.
+    let bad_request = |capture: &mut Capture, message: &str| {
+        if capture.is_sql_api() {
+            refuse_sql_api(capture, 400, codes::BAD_REQUEST, message)
+        } else {
+            refuse(capture, codes::BAD_REQUEST, message)
+        }
+    };
     let encoding = head.headers.get("content-encoding").map(<[u8]>::trim_ascii);
     let declared_gzip = match encoding {
         None => false,
         Some(e) if e.eq_ignore_ascii_case(b"gzip") => true,
         Some(e) if e.eq_ignore_ascii_case(b"identity") => false,
-        Some(_) => return Err(refuse(capture, codes::BAD_REQUEST, "unsupported Content-Encoding: use gzip or none")),
+        Some(_) => return Err(bad_request(capture, "unsupported Content-Encoding: use gzip or none")),
     };
     if !declared_gzip && !gzip::is_gzip(&body) {
         return Ok(body);
@@ -457,7 +515,7 @@ fn inflate_request(
     match gzip::gunzip_capped(&body, limit) {
         Ok(inflated) => Ok(Bytes::from(inflated)),
         Err(GunzipError::TooLarge { .. }) => Err(too_large(capture)),
-        Err(GunzipError::Invalid(_)) => Err(refuse(capture, codes::BAD_REQUEST, "the request body is not valid gzip")),
+        Err(GunzipError::Invalid(_)) => Err(bad_request(capture, "the request body is not valid gzip")),
     }
 }
 
@@ -939,6 +997,10 @@ async fn sql_api(
             let text = text.clone();
             let (statements, review) = match govern::decide(core, &subject, text, capture).await {
                 govern::Decided::Allow { statements, .. } => (statements, None),
+                // A busy classifier is a 503 a SQL API client retries; a 422 is a final SQL error.
+                govern::Decided::Refuse { code: codes::OVERLOADED, message } => {
+                    return refuse_sql_api(capture, 503, codes::OVERLOADED, &message);
+                }
                 govern::Decided::Refuse { code, message } => return refuse_sql_api(capture, 422, code, &message),
                 govern::Decided::Review { statements, requirement, rule, message } => {
                     (statements, Some((requirement, rule, message)))

@@ -40,7 +40,7 @@ use crate::policy::worker::{ClassifierPool, PoolConfig};
 use crate::record::{Frame, RecordUnavailable, Recorder, Ticket};
 use crate::session::codes;
 use crate::session::query::{summarize_answer, summarize_sql_api_answer};
-use crate::session::statements::{IdRefused, Plans, StatementBook, id_key};
+use crate::session::statements::{IdRefused, Plans, StatementBooks};
 use crate::session::token::Sealer;
 use io::{Conn, ReadError, Stream};
 use upstream::{Endpoint, Pool};
@@ -121,7 +121,7 @@ pub struct Gateway {
     pub chunk_tls: Option<Arc<rustls::ClientConfig>>,
     /// Per core, the statement ids it answered: whose each is, and the plans a SQL API
     /// statement's partitions are masked by. Each core writes its own; any core may look.
-    statements: Vec<std::sync::Mutex<StatementBook>>,
+    statements: StatementBooks,
 }
 
 impl Gateway {
@@ -143,9 +143,7 @@ impl Gateway {
         // Chunks live in cloud storage, not at the upstream: they are checked against the
         // system roots, or the upstream's CA when one is configured (a private test setup).
         let chunk_tls = Some(tls::client_config(config.upstream.ca_pem.as_deref())?);
-        let statements = (0..config.runtime.cores)
-            .map(|_| std::sync::Mutex::new(StatementBook::new(config.statement_book, std::time::Instant::now())))
-            .collect();
+        let statements = StatementBooks::new(config.runtime.cores, config.statement_book);
         Ok(Gateway {
             classifier,
             ledger,
@@ -162,67 +160,24 @@ impl Gateway {
         })
     }
 
-    /// Core `core`'s statement book (a panic elsewhere while holding it leaves it usable:
-    /// every change to it is a few map operations that leave it consistent).
-    fn book(&self, core: usize) -> std::sync::MutexGuard<'_, StatementBook> {
-        self.statements[core % self.statements.len()].lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
-    /// Records that `core` answered statements `ids` to `sub`; `false` when another identity
-    /// holds one of them in any core's book (what came before it is entered).
+    /// Records that `core` answered statements `ids` to `sub` ([`StatementBooks::issue`]);
+    /// `false` when another identity holds one of them.
     pub fn issue_statements(&self, core: usize, ids: &[String], sub: &str) -> bool {
-        // Only ids shaped like Snowflake's are kept (no request could name another).
-        let ids: Vec<&String> = ids.iter().filter(|id| id_key(id).is_some()).collect();
-        if ids.is_empty() {
-            return true;
+        let issued = self.statements.issue(core, ids, sub);
+        if !issued {
+            warn!(core, sub, "An upstream answer named a statement id another identity holds; refusing it.");
         }
-        let books = self.statements.len();
-        for at in (0..books).filter(|&at| at != core % books) {
-            let mut book = self.book(at);
-            let now = std::time::Instant::now();
-            if ids.iter().any(|id| book.check(id, sub, now) == Err(IdRefused::NotYours)) {
-                warn!(core, sub, "An upstream answer named a statement id another identity holds; refusing it.");
-                return false;
-            }
-        }
-        let mut book = self.book(core);
-        let now = std::time::Instant::now();
-        for id in ids {
-            if !book.issue(id, sub, now) {
-                warn!(core, sub, "An upstream answer named a statement id another identity holds, or no id.");
-                return false;
-            }
-        }
-        true
-    }
-
-    /// The book that holds statement `id` for `sub` (a use, which keeps the id from going
-    /// idle): `core`'s own is looked in first, then the others' (an agent's connections may be
-    /// on any core).
-    fn holder(&self, core: usize, id: &str, sub: &str) -> Result<std::sync::MutexGuard<'_, StatementBook>, IdRefused> {
-        let books = self.statements.len();
-        for at in (0..books).map(|i| (core + i) % books) {
-            let mut book = self.book(at);
-            // The time is read under the lock: a book's clock never goes back.
-            match book.check(id, sub, std::time::Instant::now()) {
-                Ok(()) => return Ok(book),
-                Err(IdRefused::NotYours) => return Err(IdRefused::NotYours),
-                Err(IdRefused::Unknown) => {}
-            }
-        }
-        Err(IdRefused::Unknown)
+        issued
     }
 
     /// Whether `sub` may use statement `id`, with the plans kept for it.
     pub fn statement_for(&self, core: usize, id: &str, sub: &str) -> Result<Option<Arc<Plans>>, IdRefused> {
-        self.holder(core, id, sub).map(|book| book.plans(id))
+        self.statements.statement_for(core, id, sub)
     }
 
     /// Keeps the plans made from statement `id`'s row type in the book that holds it.
     pub fn keep_statement_plans(&self, core: usize, id: &str, sub: &str, plans: Plans) {
-        if let Ok(mut book) = self.holder(core, id, sub)
-            && !book.keep_plans(id, sub, plans, std::time::Instant::now())
-        {
+        if !self.statements.keep_plans(core, id, sub, plans) {
             warn!(
                 core,
                 sub,
@@ -363,6 +318,8 @@ impl Core {
                 Ok(head) => head,
                 Err(e) => return self.reject(conn, peer, &e).await,
             };
+            let endpoint = crate::session::Endpoint::route(head.method, head.path(), head.query());
+            let authenticated = handler::authenticate(self, &head, endpoint).await;
             if head.headers.has_token("expect", "100-continue") && head.framing != crate::http::BodyFraming::Empty {
                 // Bounded like every write: a client that stopped reading cannot hold the slot.
                 let interim = BytesMut::from(&b"HTTP/1.1 100 Continue\r\n\r\n"[..]);
@@ -370,8 +327,7 @@ impl Core {
                     return Ending::Done;
                 }
             }
-            let endpoint = crate::session::Endpoint::route(head.method, head.path(), head.query());
-            let (wire_max, bytes_max) = handler::body_caps(self, endpoint.as_ref());
+            let (wire_max, bytes_max) = handler::body_caps(self, &authenticated);
             let deadline = Instant::now() + timeouts.body;
             let body = match conn.read_body(head.framing, wire_max, AGENT_BODY_RESERVE_MAX, deadline).await {
                 Ok(body) => body,
@@ -385,7 +341,7 @@ impl Core {
             gateway.metrics.requests.fetch_add(1, Ordering::Relaxed);
             let started = std::time::Instant::now();
             let started_at_unix_us = unix_micros();
-            let (answer, capture) = handler::handle(self, &head, endpoint, body, started_at_unix_us).await;
+            let (answer, capture) = handler::handle(self, &head, authenticated, body, started_at_unix_us).await;
             let total_us = started.elapsed().as_micros() as u64;
             let answer = self.record(capture, answer, total_us).await;
             let close = head.close || answer.close || gateway.is_draining();
@@ -660,9 +616,13 @@ impl Drop for InFlight<'_> {
     }
 }
 
+/// Upstream's fields for the agent: all but hop-by-hop and encoding fields (bodies go to
+/// agents inflated) and cookies (the gateway's upstream connections and Snowflake user are
+/// every agent's: a cookie set in one agent's answer is not that agent's to keep).
 fn copy_end_to_end(w: &mut HeadWriter, headers: &Headers) {
+    const DROPPED: [&str; 3] = ["content-encoding", "set-cookie", "set-cookie2"];
     for (name, value) in headers.iter() {
-        if !headers.is_hop_field(name) && !name.eq_ignore_ascii_case(b"content-encoding") {
+        if !headers.is_hop_field(name) && !DROPPED.iter().any(|d| name.eq_ignore_ascii_case(d.as_bytes())) {
             w.field(name, value);
         }
     }
@@ -685,6 +645,24 @@ fn unix_micros() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An upstream answer reaches the agent without its cookies (nor its hop-by-hop and
+    /// encoding fields), with everything else it said.
+    #[test]
+    fn an_answer_reaches_the_agent_without_upstreams_cookies() {
+        let wire = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nSet-Cookie: lb=node-7; Path=/\r\n\
+                     set-cookie2: x=1\r\nX-Request-Id: r1\r\nContent-Encoding: gzip\r\nConnection: close\r\n\
+                     Content-Length: 2\r\n\r\n{}";
+        let head =
+            crate::http::parse_response_head(wire, crate::http::Method::Post, &Default::default()).unwrap().unwrap();
+        let answer = handler::Answer::upstream(200, head.headers, Bytes::from_static(b"{}"));
+        let written = String::from_utf8(answer_head(&answer, false).to_vec()).unwrap().to_ascii_lowercase();
+        assert!(!written.contains("cookie") && !written.contains("gzip"), "{written}");
+        assert!(
+            written.contains("x-request-id: r1") && written.contains("content-type: application/json"),
+            "{written}"
+        );
+    }
 
     /// A request's task that panics (the runtime contains it and ends the connection) is no
     /// longer counted in flight: a drain would otherwise wait out its whole deadline for it.

@@ -366,9 +366,12 @@ pub async fn fetch_with(
 /// and a charset the warehouse honoured (Shift_JIS, whose lead bytes swallow a `\`) could
 /// make it read a string's end, and so another `sqlText`, where the gateway did not. `Range`
 /// and `If-Range` are dropped too: part of a body (a 206) starts anywhere in it, where the
-/// masker could not tell a value from the JSON around it.
+/// masker could not tell a value from the JSON around it. So are cookies (every agent shares
+/// the gateway's upstream connections and user), the fields proxies add to say whom they
+/// forward for (an agent could name any address to Snowflake's network policies and logs),
+/// and method overrides (the gateway routes by the method it reads).
 pub fn forwarded_headers(from: &Headers, mut extra: Vec<(Vec<u8>, Vec<u8>)>) -> Vec<(Vec<u8>, Vec<u8>)> {
-    const DROPPED: [&str; 10] = [
+    const DROPPED: [&str; 20] = [
         "content-type",
         "host",
         "authorization",
@@ -379,6 +382,16 @@ pub fn forwarded_headers(from: &Headers, mut extra: Vec<(Vec<u8>, Vec<u8>)>) -> 
         "expect",
         "range",
         "if-range",
+        "cookie",
+        "forwarded",
+        "x-forwarded-for",
+        "x-forwarded-host",
+        "x-forwarded-proto",
+        "x-real-ip",
+        "via",
+        "x-http-method-override",
+        "x-http-method",
+        "x-method-override",
     ];
     extra.push((b"content-type".to_vec(), b"application/json".to_vec()));
     extra.push((b"accept-encoding".to_vec(), b"gzip".to_vec()));
@@ -433,7 +446,9 @@ mod tests {
         let wire = b"GET / HTTP/1.1\r\nAccept-Encoding: br, zstd\r\nX-Agent-Context: t\r\nAccept: */*\r\n\
                      Connection: keep-alive, X-Hop\r\nX-Hop: 1\r\n\
                      Content-Type: application/json; charset=Shift_JIS\r\n\
-                     Range: bytes=60-\r\nIf-Range: \"e1\"\r\n\r\n";
+                     Range: bytes=60-\r\nIf-Range: \"e1\"\r\nCookie: s=other-agents\r\n\
+                     X-Forwarded-For: 10.9.9.9\r\nForwarded: for=10.9.9.9\r\nX-Real-IP: 10.9.9.9\r\n\
+                     Via: 1.1 elsewhere\r\nX-HTTP-Method-Override: DELETE\r\n\r\n";
         let head = crate::http::parse_request_head(wire, &Limits::default()).unwrap().unwrap();
         let headers = head.headers;
         let forwarded = forwarded_headers(&headers, vec![(b"x-extra".to_vec(), b"1".to_vec())]);

@@ -27,7 +27,7 @@ pub const PLAN_COLUMNS_MAX: usize = 1 << 20;
 use std::collections::HashMap;
 use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use crate::mask::ColumnPlan;
@@ -335,6 +335,90 @@ fn plan_columns(plans: &Plans) -> usize {
     plans.iter().map(|(_, plan)| plan.columns().len()).sum()
 }
 
+/// Every core's book: a core enters the ids it answered in its own and looks in all of them
+/// (an agent's connections may be on any core). A book behind a poisoned lock stays usable:
+/// every change to one is a few map operations that leave it consistent. The clock is read
+/// under each book's lock, so a book's clock never goes back.
+pub struct StatementBooks {
+    books: Vec<Mutex<StatementBook>>,
+}
+
+impl StatementBooks {
+    /// One empty book for each of `cores` cores (at least one).
+    pub fn new(cores: usize, limits: BookLimits) -> StatementBooks {
+        let now = Instant::now();
+        StatementBooks { books: (0..cores.max(1)).map(|_| Mutex::new(StatementBook::new(limits, now))).collect() }
+    }
+
+    fn book(&self, core: usize) -> MutexGuard<'_, StatementBook> {
+        self.books[core % self.books.len()].lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Records that `core` answered statements `ids` to `sub`; `false` when another identity
+    /// holds one of them in any book (what came before it is entered). Ids not shaped like
+    /// Snowflake's are passed over (no request could name them). An id another core's book
+    /// holds for `sub` already stays there alone: plans are kept in the first book that holds
+    /// a statement, and a second entry without them, looked in first by its own core, would
+    /// withhold the statement's later partitions there (an async submit answered on one core
+    /// and polled to its rows on another).
+    pub fn issue(&self, core: usize, ids: &[String], sub: &str) -> bool {
+        let mut ids: Vec<&String> = ids.iter().filter(|id| id_key(id).is_some()).collect();
+        if ids.is_empty() {
+            return true;
+        }
+        let books = self.books.len();
+        for at in (0..books).filter(|&at| at != core % books) {
+            let mut book = self.book(at);
+            let now = Instant::now();
+            let mut refused = false;
+            ids.retain(|id| match book.check(id, sub, now) {
+                Ok(()) => false,
+                Err(IdRefused::NotYours) => {
+                    refused = true;
+                    true
+                }
+                Err(IdRefused::Unknown) => true,
+            });
+            if refused {
+                return false;
+            }
+        }
+        let mut book = self.book(core);
+        let now = Instant::now();
+        ids.into_iter().all(|id| book.issue(id, sub, now))
+    }
+
+    /// The book that holds statement `id` for `sub` (a use, which keeps the id from going
+    /// idle): `core`'s own first, then the others'.
+    fn holder(&self, core: usize, id: &str, sub: &str) -> Result<MutexGuard<'_, StatementBook>, IdRefused> {
+        let books = self.books.len();
+        for at in (0..books).map(|i| (core + i) % books) {
+            let mut book = self.book(at);
+            match book.check(id, sub, Instant::now()) {
+                Ok(()) => return Ok(book),
+                Err(IdRefused::NotYours) => return Err(IdRefused::NotYours),
+                Err(IdRefused::Unknown) => {}
+            }
+        }
+        Err(IdRefused::Unknown)
+    }
+
+    /// Whether `sub` may use statement `id`, with the plans kept for it.
+    pub fn statement_for(&self, core: usize, id: &str, sub: &str) -> Result<Option<Arc<Plans>>, IdRefused> {
+        self.holder(core, id, sub).map(|book| book.plans(id))
+    }
+
+    /// Keeps the plans made from statement `id`'s row type in the book that holds it; `false`
+    /// when that book's plan budget is spent. (An id no book holds for `sub` has nothing to
+    /// keep them with: `true`, its partitions are refused by id.)
+    pub fn keep_plans(&self, core: usize, id: &str, sub: &str, plans: Plans) -> bool {
+        match self.holder(core, id, sub) {
+            Ok(mut book) => book.keep_plans(id, sub, plans, Instant::now()),
+            Err(_) => true,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -371,6 +455,30 @@ mod tests {
 
     fn secs(start: Instant, s: u64) -> Instant {
         start + Duration::from_secs(s)
+    }
+
+    /// An async SQL API submit answered on core 0, polled to its rows on core 1, its next
+    /// partition fetched on core 0: the plans kept from the rows are found there. Entered
+    /// again in core 1's book, the handle had its plans kept there while core 0 found its
+    /// own entry, without them, first (and withheld the partition).
+    #[test]
+    fn a_statement_answered_on_two_cores_has_its_plans_wherever_it_is_asked_for() {
+        let limits = BookLimits { ids_max: 8, ids_per_identity_max: 8, idle_ttl: Duration::from_secs(60) };
+        let books = StatementBooks::new(2, limits);
+        let handle = [A.to_owned()];
+        assert!(books.issue(0, &handle, "agent"));
+        assert!(books.issue(1, &handle, "agent"));
+        assert!(books.keep_plans(1, A, "agent", plans()));
+        for core in [0, 1] {
+            let kept = books.statement_for(core, A, "agent").expect("the agent's statement");
+            assert_eq!(kept.as_deref(), Some(&plans()), "asked on core {core}");
+        }
+        // Another identity is refused on either core, and cannot enter the handle as its own.
+        for core in [0, 1] {
+            assert_eq!(books.statement_for(core, A, "other"), Err(IdRefused::NotYours));
+            assert!(!books.issue(core, &handle, "other"));
+        }
+        assert_eq!(books.statement_for(0, B, "agent"), Err(IdRefused::Unknown));
     }
 
     #[test]

@@ -296,6 +296,22 @@ fn a_chunk_url_ends_with_the_agents_oidc_token() {
     assert!(String::from_utf8_lossy(&late.body).contains("log in again"));
 }
 
+/// Chunks are fetched with the result's decryption key (`qrmk`, `chunkHeaders`): from an
+/// https URL, or plain http only to this machine (a local emulator). An answer listing chunks
+/// at a plain http URL elsewhere is withheld, and nothing is fetched from it.
+#[test]
+fn chunks_at_a_plain_http_url_off_this_machine_are_not_fetched() {
+    let upstream = double(|c| c.chunk_base_url = Some("http://10.255.255.1:9".into()));
+    let gateway = masking_gateway(&upstream, String::new());
+    let mut client = gateway.client();
+    let (session, _) = login_ok(&mut client);
+    for table in ["chunked_json", "chunked_arrow"] {
+        let answer = query(&mut client, &session, &format!("select * from {table}")).json().unwrap();
+        assert_eq!(answer["success"], false, "{table}: {answer}");
+        assert!(!answer.to_string().contains("10.255.255.1"), "{table}: {answer}");
+    }
+}
+
 #[test]
 fn sql_api_partitions_are_masked_and_handles_belong_to_their_identity() {
     let upstream = double(|_| {});

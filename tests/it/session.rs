@@ -804,6 +804,27 @@ fn ambiguous_bodies_and_stage_bindings_are_refused_before_the_upstream() {
     assert_eq!(upstream.stats.requests(EndpointKind::SqlApiSubmit), 0);
 }
 
+/// A SQL API submit whose body cannot be read (an encoding the gateway does not take, broken
+/// gzip) is refused with a 400 in the SQL API's shape: a 200 would read, to a SQL API
+/// client, as a statement that ran.
+#[test]
+fn a_sql_api_body_the_gateway_cannot_read_is_a_400() {
+    let upstream = double(|_| {});
+    let gateway = TestGateway::start(&upstream.url(), GatewayOptions::default());
+    let bearer = format!("Bearer {}", agent_token(json!({})));
+    for (encoding, body) in [("br", &b"{\"statement\": \"select 1\"}"[..]), ("gzip", &b"\x1f\x8b\x08\x00broken"[..])] {
+        let mut headers = vec![("content-type", "application/json"), ("content-encoding", encoding)];
+        headers.extend(sql_api_headers(&bearer));
+        let answer =
+            gateway.client().request(snowgate::http::Method::Post, "/api/v2/statements", &headers, body).unwrap();
+        assert_eq!(answer.status, 400, "{encoding}: {answer:?}");
+        let body = answer.json().unwrap();
+        assert_eq!(body["code"], codes::BAD_REQUEST, "{encoding}: {body}");
+        assert!(body.get("success").is_none() && body["message"].is_string(), "{encoding}: {body}");
+    }
+    assert_eq!(upstream.stats.requests(EndpointKind::SqlApiSubmit), 0);
+}
+
 #[test]
 fn a_sql_api_request_id_goes_upstream_as_one_only_its_identity_makes() {
     let upstream = double(|_| {});
@@ -859,6 +880,46 @@ fn a_body_is_inflated_only_for_a_caller_who_proved_who_it_is() {
         assert_eq!(body["code"], code, "{target}: {body}");
     }
     assert_eq!(upstream.stats.recorded(EndpointKind::Query).len(), 0);
+}
+
+/// A body is read up to its endpoint's cap only for a caller the gateway knows: without a
+/// session, with a forged one, or on the SQL API without a verified bearer, a body over the
+/// control cap (256 KiB) is refused unread (413), so no one can make the gateway hold
+/// statements' worth of bytes for the body timeout before saying who they are. A session that
+/// merely expired is one the gateway issued: its statement is read and answered 390112, on
+/// which drivers renew and send it again.
+#[test]
+fn a_body_is_read_whole_only_for_a_caller_the_gateway_knows() {
+    let upstream = double(|c| c.session_validity_secs = 2);
+    let gateway = TestGateway::start(&upstream.url(), GatewayOptions::default());
+    let mut client = gateway.client();
+    let (session, _) = login_ok(&mut client);
+    // 512 KiB of statement, plain: over the control cap, under the statement text's.
+    let big = json!({ "sqlText": format!("select '{}'", "x".repeat(512 << 10)) });
+    let answer = client.post_json(QUERY_TARGET, &[("authorization", &authorization(&session))], &big, false).unwrap();
+    assert_eq!(answer.status, 200, "{answer:?}");
+    let body = answer.json().unwrap();
+    assert_eq!(body["success"], true, "{body}");
+    assert_eq!(upstream.stats.recorded(EndpointKind::Query).len(), 1);
+    for (target, authorization) in [
+        (QUERY_TARGET, None),
+        (QUERY_TARGET, Some("Snowflake Token=\"sg1.AAAA\"")),
+        ("/api/v2/statements", None),
+        ("/api/v2/statements", Some("Bearer not-a-jwt")),
+    ] {
+        let mut client = gateway.client();
+        let headers: Vec<(&str, &str)> = authorization.map(|a| ("authorization", a)).into_iter().collect();
+        let answer = client.post_json(target, &headers, &big, false).unwrap();
+        assert_eq!(answer.status, 413, "{target} {authorization:?}: {answer:?}");
+    }
+    // Under the control cap, the refusal says what is wrong with the credential.
+    let small = json!({ "sqlText": "select 1" });
+    let answer = gateway.client().post_json(QUERY_TARGET, &[], &small, false).unwrap();
+    assert_eq!(answer.json().unwrap()["code"], codes::SESSION_MISSING);
+    std::thread::sleep(Duration::from_millis(2100));
+    let answer = client.post_json(QUERY_TARGET, &[("authorization", &authorization(&session))], &big, false).unwrap();
+    assert_refused(&answer, "390112");
+    assert_eq!(upstream.stats.recorded(EndpointKind::Query).len(), 1);
 }
 
 /// When Snowflake refuses the gateway's own login (its key not registered, another user),
