@@ -1345,6 +1345,9 @@ pub async fn chunk(core: &Core, head: &RequestHead, grant: &str, capture: &mut C
         return forbidden(capture, "this chunk URL belongs to another session");
     };
     capture.owner_of(&claims);
+    if gateway.is_logged_out(&claims) {
+        return forbidden(capture, "this chunk URL's session was logged out of; log in again");
+    }
     if grant.expires_at_unix <= unix_seconds() {
         return forbidden(capture, "this chunk URL has expired; run the query again");
     }

@@ -391,8 +391,14 @@ async fn caller_of<'h>(
     match endpoint {
         Endpoint::Login | Endpoint::TokenRequest | Endpoint::Chunk(_) => Ok(None),
         e if e.is_sql_api() => Ok(Some(Caller::Bearer(sql_api_identity(core, head, capture).await?))),
+        // A logout closes the Snowflake session even after the gateway's token expired (the
+        // identity's end caps it before Snowflake's own does): otherwise it stays open upstream.
+        Endpoint::Logout => {
+            let (claims, token) = open_session(core, head, capture, Expiry::Ignored)?;
+            Ok(Some(Caller::Session(claims, token)))
+        }
         _ => {
-            let (claims, token) = open_session(core, head, capture)?;
+            let (claims, token) = open_session(core, head, capture, Expiry::Checked)?;
             Ok(Some(Caller::Session(claims, token)))
         }
     }
@@ -799,10 +805,19 @@ async fn renew(core: &Core, head: &RequestHead, body: Bytes, capture: &mut Captu
 }
 
 /// Opens the sealed session token a driver's request carries; returns its claims and the token.
+/// Whether a session token is refused once expired.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Expiry {
+    Checked,
+    /// For a logout only: ending a session harms no one.
+    Ignored,
+}
+
 fn open_session<'h>(
     core: &Core,
     head: &'h RequestHead,
     capture: &mut Capture,
+    expiry: Expiry,
 ) -> Result<(TokenClaims, &'h str), Answer> {
     let Some(token) = head.headers.get_str("authorization").and_then(snowflake_token) else {
         return Err(refuse(
@@ -811,12 +826,20 @@ fn open_session<'h>(
             "the request carries no session token; log in through snowgate",
         ));
     };
-    let claims = match core.gateway.sealer.open(TokenKind::Session, token, unix_millis()) {
+    let sealer = &core.gateway.sealer;
+    let opened = match expiry {
+        Expiry::Checked => sealer.open(TokenKind::Session, token, unix_millis()),
+        Expiry::Ignored => sealer.open_ignoring_expiry(TokenKind::Session, token),
+    };
+    let claims = match opened {
         Ok(claims) => claims,
         Err(TokenError::Expired) => return Err(session_expired(capture)),
         Err(e) => return Err(refuse(capture, codes::SESSION_INVALID, &format!("session token refused: {e}"))),
     };
     capture.owner(&claims);
+    if core.gateway.is_logged_out(&claims) {
+        return Err(refuse(capture, codes::SESSION_INVALID, "this session was logged out of; log in again"));
+    }
     Ok((claims, token))
 }
 
@@ -854,6 +877,8 @@ async fn session_request(
                 return answer;
             }
         }
+        // Refused from now on, whatever Snowflake answers: the agent is done with it.
+        Endpoint::Logout => core.gateway.log_out(claims),
         Endpoint::Monitoring(qid) => {
             capture.query_id = Some(qid.clone());
             if let Err(refusal) = own_query(core, qid, &claims.sub, capture) {

@@ -39,9 +39,11 @@ use crate::policy::approvals::Ledger;
 use crate::policy::worker::{ClassifierPool, PoolConfig};
 use crate::record::{Frame, RecordUnavailable, Recorder, Ticket};
 use crate::session::codes;
+use crate::session::logged_out::LoggedOut;
 use crate::session::query::{summarize_answer, summarize_sql_api_answer};
 use crate::session::statements::{IdRefused, Plans, StatementBooks};
 use crate::session::token::Sealer;
+use crate::session::token::TokenClaims;
 use io::{Conn, ReadError, Stream};
 use upstream::{Endpoint, Pool};
 
@@ -122,6 +124,8 @@ pub struct Gateway {
     /// Per core, the statement ids it answered: whose each is, and the plans a SQL API
     /// statement's partitions are masked by. Each core writes its own; any core may look.
     statements: StatementBooks,
+    /// The sessions agents logged out of, refused until what was issued for them expires.
+    logged_out: std::sync::Mutex<LoggedOut>,
 }
 
 impl Gateway {
@@ -148,6 +152,7 @@ impl Gateway {
             classifier,
             ledger,
             statements,
+            logged_out: std::sync::Mutex::new(LoggedOut::new(crate::session::logged_out::ENTRIES_MAX)),
             chunk_tls,
             config,
             verifier,
@@ -184,6 +189,29 @@ impl Gateway {
                 "A statement's masking plans were not kept (the book's budget is spent); its later partitions will be withheld."
             );
         }
+    }
+
+    /// Refuses the session `claims` stand for from now on: until its session token would
+    /// have expired, or the chunk URLs issued for it (whichever is later), and never past the
+    /// identity's end, when nothing of it opens any more.
+    pub fn log_out(&self, claims: &TokenClaims) {
+        let Some(session_id) = claims.session_id else { return };
+        let now = unix_millis();
+        let chunk_urls_end = now.saturating_add(self.config.chunk_url_ttl.as_millis() as u64);
+        let until = claims.expires_at_unix_ms.max(chunk_urls_end).min(claims.identity_expires_at_unix_ms);
+        self.logged_out.lock().unwrap_or_else(std::sync::PoisonError::into_inner).enter(
+            &claims.sub,
+            session_id,
+            until,
+            now,
+        );
+    }
+
+    /// Whether the session `claims` stand for was logged out of.
+    pub fn is_logged_out(&self, claims: &TokenClaims) -> bool {
+        let Some(session_id) = claims.session_id else { return false };
+        let logged_out = self.logged_out.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        !logged_out.is_empty() && logged_out.contains(&claims.sub, session_id, unix_millis())
     }
 
     /// Whether SIGTERM asked to drain.

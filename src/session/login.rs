@@ -194,6 +194,18 @@ fn expiry_ms(now_unix_ms: u64, data: &Map<String, Value>, field: &str, default: 
     now_unix_ms.saturating_add(seconds.saturating_mul(1000))
 }
 
+/// Tells the agent how long the sealed token it gets lasts, in the validity field upstream
+/// filled in (when it did): the seal caps a token at the identity's end, and a driver told
+/// Snowflake's longer validity would plan its heartbeats by it.
+fn advertise_validity(data: &mut Map<String, Value>, field: &str, claims: &TokenClaims, now_unix_ms: u64) {
+    if let Some(advertised) = data.get_mut(field)
+        && let Some(upstream_secs) = advertised.as_u64()
+    {
+        let lasts_secs = claims.expires_at_unix_ms.saturating_sub(now_unix_ms) / 1000;
+        *advertised = Value::from(upstream_secs.min(lasts_secs.max(1)));
+    }
+}
+
 fn take_string(data: &mut Map<String, Value>, field: &str) -> Option<String> {
     match data.get(field) {
         Some(Value::String(s)) if !s.is_empty() => Some(s.clone()),
@@ -250,17 +262,17 @@ pub fn seal_login_response(
     if success {
         let session_token = take_string(data, "token").ok_or(LoginError::UpstreamWithoutTokens)?;
         let session_expiry = expiry_ms(now_unix_ms, data, "validityInSeconds", 3600);
-        let sealed_session =
-            sealer.seal(TokenKind::Session, &claims_for(owner, session_token, session_id, session_expiry));
-        data.insert("token".into(), Value::String(sealed_session));
+        let session = claims_for(owner, session_token, session_id, session_expiry);
+        advertise_validity(data, "validityInSeconds", &session, now_unix_ms);
+        data.insert("token".into(), Value::String(sealer.seal(TokenKind::Session, &session)));
         // Some emulators issue no master token; the agent then gets none either, as it would
         // from them directly. Any other value in the field is never passed on.
         match take_string(data, "masterToken") {
             Some(master_token) => {
                 let master_expiry = expiry_ms(now_unix_ms, data, "masterValidityInSeconds", 14400);
-                let sealed_master =
-                    sealer.seal(TokenKind::Master, &claims_for(owner, master_token, session_id, master_expiry));
-                data.insert("masterToken".into(), Value::String(sealed_master));
+                let master = claims_for(owner, master_token, session_id, master_expiry);
+                advertise_validity(data, "masterValidityInSeconds", &master, now_unix_ms);
+                data.insert("masterToken".into(), Value::String(sealer.seal(TokenKind::Master, &master)));
             }
             None => {
                 data.remove("masterToken");
@@ -343,14 +355,20 @@ pub fn seal_renew_response(
     if success {
         let session_token = take_string(data, "sessionToken").ok_or(LoginError::UpstreamWithoutTokens)?;
         let session_expiry = expiry_ms(now_unix_ms, data, "validityInSecondsST", 3600);
-        let sealed_session =
-            sealer.seal(TokenKind::Session, &claims_for(&owner, session_token, session_id, session_expiry));
+        let session = claims_for(&owner, session_token, session_id, session_expiry);
+        advertise_validity(data, "validityInSecondsST", &session, now_unix_ms);
+        let sealed_session = sealer.seal(TokenKind::Session, &session);
         let sealed_master = match take_string(data, "masterToken") {
             Some(master_token) => {
                 let master_expiry = expiry_ms(now_unix_ms, data, "validityInSecondsMT", 14400);
-                sealer.seal(TokenKind::Master, &claims_for(&owner, master_token, session_id, master_expiry))
+                let renewed = claims_for(&owner, master_token, session_id, master_expiry);
+                advertise_validity(data, "validityInSecondsMT", &renewed, now_unix_ms);
+                sealer.seal(TokenKind::Master, &renewed)
             }
-            None => sealer.seal(TokenKind::Master, master),
+            None => {
+                advertise_validity(data, "validityInSecondsMT", master, now_unix_ms);
+                sealer.seal(TokenKind::Master, master)
+            }
         };
         data.insert("sessionToken".into(), Value::String(sealed_session));
         data.insert("masterToken".into(), Value::String(sealed_master));
@@ -542,6 +560,11 @@ mod tests {
         let answer = seal_login_response(upstream.to_string().as_bytes(), &s, &owner, 5_000_000).unwrap();
         let out: Value = serde_json::from_slice(&answer.body).unwrap();
         let (session, master) = (out["data"]["token"].as_str().unwrap(), out["data"]["masterToken"].as_str().unwrap());
+        // The agent is told so, where Snowflake said 100 and 1000 seconds.
+        assert_eq!(
+            (&out["data"]["validityInSeconds"], &out["data"]["masterValidityInSeconds"]),
+            (&json!(50), &json!(50))
+        );
         assert!(s.open(TokenKind::Session, session, 5_049_999).is_ok());
         assert_eq!(s.open(TokenKind::Session, session, 5_050_000), Err(crate::session::token::TokenError::Expired));
         assert_eq!(s.open(TokenKind::Master, master, 5_050_000), Err(crate::session::token::TokenError::Expired));
@@ -557,6 +580,10 @@ mod tests {
             let claims = s.open_ignoring_expiry(kind, out["data"][field].as_str().unwrap()).unwrap();
             assert_eq!((claims.expires_at_unix_ms, claims.identity_expires_at_unix_ms), (5_050_000, 5_050_000));
         }
+        assert_eq!(
+            (&out["data"]["validityInSecondsST"], &out["data"]["validityInSecondsMT"]),
+            (&json!(10), &json!(10))
+        );
 
         // An identity that outlives Snowflake's tokens changes nothing.
         let owner = SessionOwner { identity_expires_at_unix_ms: 9_000_000, ..owner };
@@ -564,6 +591,10 @@ mod tests {
         let out: Value = serde_json::from_slice(&answer.body).unwrap();
         let claims = s.open(TokenKind::Session, out["data"]["token"].as_str().unwrap(), 5_000_000).unwrap();
         assert_eq!(claims.expires_at_unix_ms, 5_100_000);
+        assert_eq!(
+            (&out["data"]["validityInSeconds"], &out["data"]["masterValidityInSeconds"]),
+            (&json!(100), &json!(1000))
+        );
     }
 
     #[test]

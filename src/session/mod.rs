@@ -7,6 +7,7 @@
 //! object `data`. A 4xx or 5xx would make drivers retry.
 
 pub mod credential;
+pub mod logged_out;
 pub mod login;
 pub mod query;
 pub mod statements;

@@ -377,8 +377,8 @@ fn query_flows_pass_through_polling_async_and_errors() {
     assert_eq!(heartbeat.json().unwrap()["success"], true);
     let logout = client.post_json("/session?delete=true", &[("authorization", &auth)], &json!({}), false).unwrap();
     assert_eq!(logout.json().unwrap()["success"], true);
-    // After logout upstream forgets the session; the gateway passes its answer on.
-    assert_eq!(query(&mut client, &session, "select 1").json().unwrap()["success"], false);
+    // After logout the gateway refuses the session itself (and upstream forgot it).
+    assert_refused(&query(&mut client, &session, "select 1"), "390104");
 }
 
 #[test]
@@ -920,6 +920,36 @@ fn a_body_is_read_whole_only_for_a_caller_the_gateway_knows() {
     let answer = client.post_json(QUERY_TARGET, &[("authorization", &authorization(&session))], &big, false).unwrap();
     assert_refused(&answer, "390112");
     assert_eq!(upstream.stats.recorded(EndpointKind::Query).len(), 1);
+}
+
+/// A session whose gateway token expired with the agent's OIDC token (before Snowflake's own
+/// session token would have) can still be logged out of: the delete reaches Snowflake, which
+/// would otherwise keep the session open until it expired there.
+#[test]
+fn a_session_past_its_identitys_end_can_still_log_out() {
+    let upstream = double(|_| {});
+    let gateway =
+        TestGateway::start(&upstream.url(), GatewayOptions { jwks: Some(jwks_without_skew()), ..Default::default() });
+    let mut client = gateway.client();
+    let exp = now_unix() + 2;
+    let login = login(&mut client, &agent_token(json!({ "exp": exp }))).json().unwrap();
+    assert_eq!(login["success"], true, "{login}");
+    let auth = authorization(login["data"]["token"].as_str().unwrap());
+    while now_unix() <= exp {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_refused(&query(&mut client, login["data"]["token"].as_str().unwrap(), "select 1"), "390112");
+    let logout = client.post_json("/session?delete=true", &[("authorization", &auth)], &json!({}), false).unwrap();
+    assert_eq!(logout.json().unwrap()["success"], true, "{logout:?}");
+    assert_eq!(upstream.stats.requests(EndpointKind::Logout), 1);
+    // A forged token is still refused, expired or not.
+    let forged = client.post_json(
+        "/session?delete=true",
+        &[("authorization", "Snowflake Token=\"sg1.AAAA\"")],
+        &json!({}),
+        false,
+    );
+    assert_refused(&forged.unwrap(), "390104");
 }
 
 /// When Snowflake refuses the gateway's own login (its key not registered, another user),

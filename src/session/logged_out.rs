@@ -1,0 +1,106 @@
+//! The sessions agents logged out of, refused until every token and chunk URL issued for them
+//! has expired. Pure (the caller passes the clock); the proxy keeps one behind a mutex.
+//!
+//! Sealed tokens carry their claims and are checked by their seal alone, so a session token
+//! opens as well after its agent logged out as before. What goes to Snowflake fails there (the
+//! session is gone), but the gateway answers some requests itself: a chunk URL is served from
+//! cloud storage by its sealed grant, for up to its TTL (an hour by default) and past the
+//! session token's expiry, and a parked statement is polled in the approvals ledger. A logout
+//! enters its session here, until the later of its session token's expiry and the chunk URLs'
+//! TTL (never past the identity's end, when nothing opens any more), and both paths look here.
+//!
+//! Bounded: at most [`LoggedOut::new`]'s `entries_max` sessions. When full, what has expired
+//! goes first, then the session that would be forgotten soonest anyway.
+
+use std::collections::HashMap;
+
+/// The most sessions a gateway keeps refusing after their logouts: a logout a second for
+/// over a day at the default chunk URL TTL of an hour (about 100 bytes each).
+pub const ENTRIES_MAX: usize = 100_000;
+
+/// The sessions logged out of, each until when it is refused (Unix milliseconds).
+#[derive(Debug)]
+pub struct LoggedOut {
+    /// By (`sub`, Snowflake session id).
+    until: HashMap<(String, i64), u64>,
+    entries_max: usize,
+}
+
+impl LoggedOut {
+    /// An empty set holding at most `entries_max` sessions (at least one).
+    pub fn new(entries_max: usize) -> LoggedOut {
+        LoggedOut { until: HashMap::new(), entries_max: entries_max.max(1) }
+    }
+
+    /// Refuses `sub`'s session `session_id` until `until_unix_ms`.
+    pub fn enter(&mut self, sub: &str, session_id: i64, until_unix_ms: u64, now_unix_ms: u64) {
+        if until_unix_ms <= now_unix_ms {
+            return;
+        }
+        let key = (sub.to_owned(), session_id);
+        if !self.until.contains_key(&key) && self.until.len() >= self.entries_max {
+            self.until.retain(|_, until| *until > now_unix_ms);
+            if self.until.len() >= self.entries_max
+                && let Some(soonest) = self.until.iter().min_by_key(|(_, until)| **until).map(|(k, _)| k.clone())
+            {
+                self.until.remove(&soonest);
+            }
+        }
+        let entry = self.until.entry(key).or_insert(until_unix_ms);
+        *entry = (*entry).max(until_unix_ms);
+    }
+
+    /// Whether `sub`'s session `session_id` was logged out of (and is still refused).
+    pub fn contains(&self, sub: &str, session_id: i64, now_unix_ms: u64) -> bool {
+        // A lookup by a borrowed pair needs an owned key; subs are short.
+        self.until.get(&(sub.to_owned(), session_id)).is_some_and(|until| *until > now_unix_ms)
+    }
+
+    /// Sessions held (expired ones included until they are purged).
+    pub fn len(&self) -> usize {
+        self.until.len()
+    }
+
+    /// Whether none is held.
+    pub fn is_empty(&self) -> bool {
+        self.until.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_session_is_refused_until_its_time_and_for_its_identity_only() {
+        let mut out = LoggedOut::new(8);
+        out.enter("agent", 7, 2_000, 1_000);
+        assert!(out.contains("agent", 7, 1_999));
+        assert!(!out.contains("agent", 7, 2_000), "past its time");
+        assert!(!out.contains("agent", 8, 1_500), "another session");
+        assert!(!out.contains("other", 7, 1_500), "another identity's session of that id");
+        // Entered again with an earlier end: the later one holds.
+        out.enter("agent", 7, 1_500, 1_000);
+        assert!(out.contains("agent", 7, 1_999));
+        // Nothing to refuse past its end.
+        out.enter("agent", 9, 1_000, 1_000);
+        assert!(!out.contains("agent", 9, 999) && out.len() == 1);
+    }
+
+    #[test]
+    fn when_full_the_expired_go_first_then_the_soonest_to_end() {
+        let mut out = LoggedOut::new(3);
+        out.enter("a", 1, 1_100, 1_000);
+        out.enter("a", 2, 5_000, 1_000);
+        out.enter("a", 3, 4_000, 1_000);
+        // At 1,200 session 1 has expired: it makes room.
+        out.enter("a", 4, 6_000, 1_200);
+        assert_eq!(out.len(), 3);
+        assert!(out.contains("a", 2, 1_200) && out.contains("a", 3, 1_200) && out.contains("a", 4, 1_200));
+        // None has: session 3, the soonest to end, goes.
+        out.enter("a", 5, 7_000, 1_300);
+        assert_eq!(out.len(), 3);
+        assert!(!out.contains("a", 3, 1_300));
+        assert!(out.contains("a", 2, 1_300) && out.contains("a", 4, 1_300) && out.contains("a", 5, 1_300));
+    }
+}
