@@ -14,8 +14,8 @@
 //!
 //! Entries are compact (the id as 128 bits, the owner as a keyed 64-bit hash of its `sub`, the
 //! last use in seconds, its places in two lists), about 90 bytes each with the index. Plans are kept only
-//! up to [`PLAN_COLUMNS_MAX`] columns a book; past it, a statement's later partitions are
-//! withheld.
+//! up to [`PLAN_COLUMNS_MAX`] columns a book, and [`PLAN_COLUMNS_PER_IDENTITY_MAX`] an
+//! identity; past either, a statement's later partitions are withheld.
 //!
 //! One identity holds at most `ids_per_identity_max` ids of a book: past that, its own least
 //! recently used go first, so an agent running statements fast churns its own ids, not the
@@ -23,6 +23,11 @@
 
 /// The most plan columns (over every profile's plan of every statement) a book keeps.
 pub const PLAN_COLUMNS_MAX: usize = 1 << 20;
+
+/// The most plan columns one identity's statements hold in a book: an eighth of it, so that
+/// one agent running wide results fast spends its own share, and the others' later
+/// partitions are still masked (withheld only once eight identities each hold theirs).
+pub const PLAN_COLUMNS_PER_IDENTITY_MAX: usize = PLAN_COLUMNS_MAX / 8;
 
 use std::collections::HashMap;
 use std::collections::hash_map::RandomState;
@@ -108,11 +113,12 @@ enum List {
     Owner,
 }
 
-/// One identity's ids: how many, and its list.
+/// One identity's ids: how many, its list, and the plan columns they hold.
 #[derive(Default)]
 struct Held {
     count: usize,
     ends: Ends,
+    plan_columns: usize,
 }
 
 /// One core's book of statement ids: nodes in a slab, each in two intrusive lists by last use,
@@ -236,17 +242,23 @@ impl StatementBook {
 
     /// Keeps the plans made from `id`'s row type, for its later partitions (ignored unless
     /// `sub` may use the id); `false` when they would take the book past
-    /// [`PLAN_COLUMNS_MAX`] columns, and are not kept.
+    /// [`PLAN_COLUMNS_MAX`] columns, or `sub`'s statements past
+    /// [`PLAN_COLUMNS_PER_IDENTITY_MAX`], and are not kept.
     pub fn keep_plans(&mut self, id: &str, sub: &str, plans: Plans, now: Instant) -> bool {
         let Some(key) = id_key(id) else { return false };
         if plans.is_empty() || self.check(id, sub, now).is_err() {
             return false;
         }
+        let tag = self.tags.hash_one(sub);
         let columns = plan_columns(&plans);
         let replaced = self.plans.get(&key).map_or(0, |old| plan_columns(old));
-        if self.plan_columns - replaced + columns > PLAN_COLUMNS_MAX {
+        let Some(held) = self.held.get_mut(&tag) else { return false };
+        if held.plan_columns - replaced + columns > PLAN_COLUMNS_PER_IDENTITY_MAX
+            || self.plan_columns - replaced + columns > PLAN_COLUMNS_MAX
+        {
             return false;
         }
+        held.plan_columns = held.plan_columns - replaced + columns;
         self.plan_columns = self.plan_columns - replaced + columns;
         self.plans.insert(key, Arc::new(plans));
         true
@@ -267,17 +279,17 @@ impl StatementBook {
         self.unlink(List::All, at);
         self.unlink(List::Owner, at);
         let Node { key, tag, .. } = self.nodes[at as usize];
+        let freed = self.plans.remove(&key).map_or(0, |plans| plan_columns(&plans));
+        self.plan_columns -= freed;
         if let Some(held) = self.held.get_mut(&tag) {
             held.count -= 1;
+            held.plan_columns -= freed;
             if held.count == 0 {
                 self.held.remove(&tag);
             }
         }
         self.slots.remove(&key);
         self.free.push(at);
-        if let Some(plans) = self.plans.remove(&key) {
-            self.plan_columns -= plan_columns(&plans);
-        }
     }
 
     fn drop_idle(&mut self, now: u32) {
@@ -526,6 +538,34 @@ mod tests {
         assert!(!book.keep_plans(B, "alice", plans(), now), "past the budget");
         assert!(book.keep_plans(A, "alice", plans(), now), "replacing takes no more room");
         book.plan_columns = 1;
+    }
+
+    /// One identity keeping plans for statement after statement spends its own share of the
+    /// book's plan budget, not the others': their later partitions are still masked. Its
+    /// share comes back as its ids go.
+    #[test]
+    fn one_identity_cannot_spend_the_others_plan_budget() {
+        let now = Instant::now();
+        let mut book = book(1 << 16, 60, now);
+        let wide: Plans = {
+            let (name, plan) = plans().remove(0);
+            let columns: Vec<ColumnPlan> = vec![plan; PLAN_COLUMNS_PER_IDENTITY_MAX / 4];
+            columns.into_iter().map(|p| (name.clone(), p)).collect()
+        };
+        let id = |n: u32| format!("01b2c3d4-0000-4000-8000-{n:012x}");
+        let mut kept = 0;
+        for n in 0..8 {
+            assert!(book.issue(&id(n), "mallory", now));
+            kept += usize::from(book.keep_plans(&id(n), "mallory", wide.clone(), now));
+        }
+        assert_eq!(kept, 4, "mallory keeps plans up to her share and no further");
+        assert!(book.issue(A, "alice", now));
+        assert!(book.keep_plans(A, "alice", plans(), now), "alice's statement is masked as ever");
+        assert_eq!(book.plan_columns, PLAN_COLUMNS_PER_IDENTITY_MAX + 1);
+        // Mallory's first statement goes: her share has room again.
+        book.remove(book.slots[&id_key(&id(0)).unwrap()]);
+        assert!(book.keep_plans(&id(7), "mallory", wide.clone(), now));
+        assert_eq!(book.plan_columns, PLAN_COLUMNS_PER_IDENTITY_MAX + 1);
     }
 
     #[test]
