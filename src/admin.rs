@@ -595,11 +595,15 @@ fn read_request(stream: &mut TcpStream, limits: &AdminLimits) -> Result<Option<R
         ..http::Limits::default()
     };
     let mut buf: Vec<u8> = Vec::with_capacity(4096);
+    let mut scan = http::HeadScan::default();
     let head = loop {
-        match http::parse_request_head(&buf, &http_limits) {
-            Ok(Some(head)) => break head,
-            Ok(None) => {}
-            Err(error) => return Err(head_refusal(&error)),
+        // Parsed a few times however the head is cut (`HeadScan`), and once past the limit.
+        if scan.worth_parsing(&buf) || buf.len() > limits.head_bytes_max {
+            match http::parse_request_head(&buf, &http_limits) {
+                Ok(Some(head)) => break head,
+                Ok(None) => {}
+                Err(error) => return Err(head_refusal(&error)),
+            }
         }
         // One byte past the limit is enough for the parser to say the head is too large.
         let want = (limits.head_bytes_max + 1).saturating_sub(buf.len()).clamp(1, 8192);

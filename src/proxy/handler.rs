@@ -274,14 +274,19 @@ pub struct Authenticated<'h> {
     endpoint: Option<Endpoint>,
     /// The caller (none for logins, renewals and chunks), or the refusal that answers it.
     caller: Result<Option<Caller<'h>>, Answer>,
-    /// Whether the body may be read up to its endpoint's cap. A caller that is not known gets
-    /// the control cap: reading a statement's worth (16 MiB by default) from anyone who can
-    /// connect, and holding it for the body timeout, would let a peer with no credential
-    /// make the gateway hold gigabytes. Known enough are a credential the gateway issued that
-    /// has expired (the driver renews on the refusal and sends the statement again) and an
-    /// OIDC token that could not be checked because the identity provider's keys are
-    /// unavailable (its answer is a 503 the client retries).
-    full_body: bool,
+}
+
+impl Authenticated<'_> {
+    /// Whether the request is refused whatever its body holds (an unknown endpoint, a
+    /// credential missing, forged, expired or logged out of).
+    pub fn is_refused(&self) -> bool {
+        self.caller.is_err()
+    }
+
+    /// The endpoint routed from the head.
+    pub fn endpoint(&self) -> Option<&Endpoint> {
+        self.endpoint.as_ref()
+    }
 }
 
 /// Checks who sends the request from its head alone (the sealed session token, or the SQL
@@ -289,14 +294,7 @@ pub struct Authenticated<'h> {
 pub async fn authenticate<'h>(core: &Core, head: &'h RequestHead, endpoint: Option<Endpoint>) -> Authenticated<'h> {
     let mut capture = Capture::default();
     let caller = caller_of(core, head, endpoint.as_ref(), &mut capture).await;
-    let full_body = match &caller {
-        Ok(_) => true,
-        Err(_) => matches!(
-            capture.refused_code.as_deref(),
-            Some(codes::SESSION_EXPIRED | codes::IDENTITY_PROVIDER_UNAVAILABLE)
-        ),
-    };
-    Authenticated { capture, endpoint, caller, full_body }
+    Authenticated { capture, endpoint, caller }
 }
 
 /// Handles one complete request. Never fails: every problem becomes an answer.
@@ -423,6 +421,10 @@ async fn route(
         (Endpoint::Chunk(grant), _) => govern::chunk(core, head, &grant, capture).await,
         (e, Some(Caller::Bearer(identity))) => sql_api(core, &e, head, identity, body, capture).await,
         (e, Some(Caller::Session(claims, token))) => {
+            // Logged out of while this request's body was arriving.
+            if e != Endpoint::Logout && core.gateway.is_logged_out(&claims) {
+                return logged_out(capture);
+            }
             let session = govern::Session { claims: &claims, token };
             session_request(core, &e, head, &session, body, capture).await
         }
@@ -437,18 +439,16 @@ enum Caller<'h> {
     Bearer(Identity),
 }
 
-/// The caps on a request's body, known from its head (its endpoint, routed once, and its
-/// caller): the most bytes to read off the wire, and the cap to report. A body is capped
-/// before it is read, so a login, an unknown path or a caller the gateway does not know
-/// ([`Authenticated::full_body`]) cannot make it buffer a statement's worth; the wire cap
-/// leaves room for gzip's framing over the inflated cap. An unknown endpoint gets the
-/// control cap (its answer is a 404).
-pub(super) fn body_caps(core: &Core, authenticated: &Authenticated<'_>) -> (usize, usize) {
+/// The caps on a request's body, known from its head (its endpoint, routed once, and whether
+/// its caller was refused): the most bytes to read off the wire, and the cap to report. A
+/// body is capped before it is read, so a login, an unknown path or a caller refused from
+/// its head ([`Authenticated::is_refused`]) cannot make the gateway buffer a statement's
+/// worth; the wire cap leaves room for gzip's framing over the inflated cap.
+pub(super) fn body_caps(core: &Core, endpoint: Option<&Endpoint>, refused: bool) -> (usize, usize) {
     let statement_bytes_max = core.gateway.config.statement_request_bytes_max;
-    let cap = match &authenticated.endpoint {
-        Some(endpoint) if authenticated.full_body => endpoint.request_bytes_max(statement_bytes_max),
-        Some(endpoint) => endpoint.request_bytes_max(statement_bytes_max).min(CONTROL_BYTES_MAX),
-        None => CONTROL_BYTES_MAX,
+    let cap = match endpoint {
+        Some(endpoint) if !refused => endpoint.request_bytes_max(statement_bytes_max),
+        _ => CONTROL_BYTES_MAX,
     };
     let wire = cap.saturating_add(cap / 1024 + 1024).min(core.gateway.config.limits.body_bytes_max);
     (wire, cap)
@@ -770,6 +770,9 @@ async fn renew(core: &Core, head: &RequestHead, body: Bytes, capture: &mut Captu
         Err(e) => return refuse(capture, codes::MASTER_INVALID, &format!("master token refused: {e}")),
     };
     capture.owner(&master);
+    if gateway.is_logged_out(&master) {
+        return refuse(capture, codes::MASTER_INVALID, "this session was logged out of; log in again");
+    }
     let rewritten = match login::rewrite_renew_request(&body, &gateway.sealer, &master) {
         Ok(body) => body,
         Err(e) => return refuse(capture, codes::SESSION_INVALID, &format!("renewal refused: {e}")),
@@ -805,6 +808,11 @@ async fn renew(core: &Core, head: &RequestHead, body: Bytes, capture: &mut Captu
 }
 
 /// Opens the sealed session token a driver's request carries; returns its claims and the token.
+/// The refusal of a session token (or master token) whose session its agent logged out of.
+fn logged_out(capture: &mut Capture) -> Answer {
+    refuse(capture, codes::SESSION_INVALID, "this session was logged out of; log in again")
+}
+
 /// Whether a session token is refused once expired.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Expiry {
@@ -837,8 +845,9 @@ fn open_session<'h>(
         Err(e) => return Err(refuse(capture, codes::SESSION_INVALID, &format!("session token refused: {e}"))),
     };
     capture.owner(&claims);
-    if core.gateway.is_logged_out(&claims) {
-        return Err(refuse(capture, codes::SESSION_INVALID, "this session was logged out of; log in again"));
+    // A logout may be sent again (one that failed upstream, say): it goes on to Snowflake.
+    if expiry == Expiry::Checked && core.gateway.is_logged_out(&claims) {
+        return Err(logged_out(capture));
     }
     Ok((claims, token))
 }

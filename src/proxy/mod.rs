@@ -32,7 +32,7 @@ use monoio::time::Instant;
 use tracing::{debug, error, info, warn};
 
 use crate::config::Config;
-use crate::http::{ChunkedError, HeadWriter, Headers};
+use crate::http::{BodyFraming, ChunkedError, HeadWriter, Headers};
 use crate::identity::{JwksSource, Verifier};
 use crate::mask::Scratch;
 use crate::policy::approvals::Ledger;
@@ -348,21 +348,34 @@ impl Core {
             };
             let endpoint = crate::session::Endpoint::route(head.method, head.path(), head.query());
             let authenticated = handler::authenticate(self, &head, endpoint).await;
-            if head.headers.has_token("expect", "100-continue") && head.framing != crate::http::BodyFraming::Empty {
+            // A caller refused from its head has its body read under the control cap at most
+            // (nothing in it would change the refusal, and no one the gateway does not know
+            // may make it read or hold a statement's worth); one announced larger is answered
+            // unread, and the connection ends (what is still coming is read and dropped,
+            // bounded, so the refusal is not lost to a reset).
+            let refused = authenticated.is_refused();
+            let (wire_max, bytes_max) = handler::body_caps(self, authenticated.endpoint(), refused);
+            let announced_over = matches!(head.framing, BodyFraming::Length(n) if n > wire_max as u64);
+            let unread = refused && announced_over;
+            if !announced_over && head.framing != BodyFraming::Empty && head.headers.has_token("expect", "100-continue")
+            {
                 // Bounded like every write: a client that stopped reading cannot hold the slot.
                 let interim = BytesMut::from(&b"HTTP/1.1 100 Continue\r\n\r\n"[..]);
                 if conn.write_message(interim, Bytes::new(), Instant::now() + timeouts.header).await.is_err() {
                     return Ending::Done;
                 }
             }
-            let (wire_max, bytes_max) = handler::body_caps(self, &authenticated);
             let deadline = Instant::now() + timeouts.body;
-            let body = match conn.read_body(head.framing, wire_max, AGENT_BODY_RESERVE_MAX, deadline).await {
-                Ok(body) => body,
-                Err(ReadError::BodyTooLarge { .. } | ReadError::Chunked(ChunkedError::TooLarge { .. })) => {
-                    return self.reject(conn, peer, &ReadError::BodyTooLarge { limit: bytes_max }).await;
+            let body = if unread {
+                Bytes::new()
+            } else {
+                match conn.read_body(head.framing, wire_max, AGENT_BODY_RESERVE_MAX, deadline).await {
+                    Ok(body) => body,
+                    Err(ReadError::BodyTooLarge { .. } | ReadError::Chunked(ChunkedError::TooLarge { .. })) => {
+                        return self.reject(conn, peer, &ReadError::BodyTooLarge { limit: bytes_max }).await;
+                    }
+                    Err(e) => return self.reject(conn, peer, &e).await,
                 }
-                Err(e) => return self.reject(conn, peer, &e).await,
             };
 
             let in_flight = InFlight::enter(&gateway.metrics.in_flight);
@@ -372,10 +385,13 @@ impl Core {
             let (answer, capture) = handler::handle(self, &head, authenticated, body, started_at_unix_us).await;
             let total_us = started.elapsed().as_micros() as u64;
             let answer = self.record(capture, answer, total_us).await;
-            let close = head.close || answer.close || gateway.is_draining();
+            let close = head.close || answer.close || gateway.is_draining() || unread;
             let head_bytes = answer_head(&answer, close);
             let written = conn.write_message(head_bytes, answer.body, Instant::now() + timeouts.body).await;
             drop(in_flight);
+            if written.is_ok() && unread {
+                return Ending::Refused;
+            }
             if written.is_err() || close {
                 return Ending::Done;
             }

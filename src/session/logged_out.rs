@@ -10,9 +10,10 @@
 //! TTL (never past the identity's end, when nothing opens any more), and both paths look here.
 //!
 //! Bounded: at most [`LoggedOut::new`]'s `entries_max` sessions. When full, what has expired
-//! goes first, then the session that would be forgotten soonest anyway.
+//! goes first, then the entering identity's own session that ends soonest, then anyone's.
 
 use std::collections::HashMap;
+use std::hash::{BuildHasher, RandomState};
 
 /// The most sessions a gateway keeps refusing after their logouts: a logout a second for
 /// over a day at the default chunk URL TTL of an hour (about 100 bytes each).
@@ -21,29 +22,42 @@ pub const ENTRIES_MAX: usize = 100_000;
 /// The sessions logged out of, each until when it is refused (Unix milliseconds).
 #[derive(Debug)]
 pub struct LoggedOut {
-    /// By (`sub`, Snowflake session id).
-    until: HashMap<(String, i64), u64>,
+    /// By (a keyed hash of the `sub`, Snowflake session id): looked up on every session
+    /// request, without building a key.
+    until: HashMap<(u64, i64), u64>,
+    tags: RandomState,
     entries_max: usize,
 }
 
 impl LoggedOut {
     /// An empty set holding at most `entries_max` sessions (at least one).
     pub fn new(entries_max: usize) -> LoggedOut {
-        LoggedOut { until: HashMap::new(), entries_max: entries_max.max(1) }
+        LoggedOut { until: HashMap::new(), tags: RandomState::new(), entries_max: entries_max.max(1) }
     }
 
-    /// Refuses `sub`'s session `session_id` until `until_unix_ms`.
+    /// Refuses `sub`'s session `session_id` until `until_unix_ms`. When the set is full of
+    /// sessions still refused, `sub`'s own that ends soonest makes room (so one identity
+    /// logging out of session after session forgets its own, not the others'), or failing
+    /// one, the soonest to end of all.
     pub fn enter(&mut self, sub: &str, session_id: i64, until_unix_ms: u64, now_unix_ms: u64) {
         if until_unix_ms <= now_unix_ms {
             return;
         }
-        let key = (sub.to_owned(), session_id);
+        let tag = self.tags.hash_one(sub);
+        let key = (tag, session_id);
         if !self.until.contains_key(&key) && self.until.len() >= self.entries_max {
             self.until.retain(|_, until| *until > now_unix_ms);
-            if self.until.len() >= self.entries_max
-                && let Some(soonest) = self.until.iter().min_by_key(|(_, until)| **until).map(|(k, _)| k.clone())
-            {
-                self.until.remove(&soonest);
+            if self.until.len() >= self.entries_max {
+                let soonest = |own: bool| {
+                    self.until
+                        .iter()
+                        .filter(|((t, _), _)| !own || *t == tag)
+                        .min_by_key(|(_, until)| **until)
+                        .map(|(key, _)| *key)
+                };
+                if let Some(gone) = soonest(true).or_else(|| soonest(false)) {
+                    self.until.remove(&gone);
+                }
             }
         }
         let entry = self.until.entry(key).or_insert(until_unix_ms);
@@ -52,8 +66,8 @@ impl LoggedOut {
 
     /// Whether `sub`'s session `session_id` was logged out of (and is still refused).
     pub fn contains(&self, sub: &str, session_id: i64, now_unix_ms: u64) -> bool {
-        // A lookup by a borrowed pair needs an owned key; subs are short.
-        self.until.get(&(sub.to_owned(), session_id)).is_some_and(|until| *until > now_unix_ms)
+        !self.until.is_empty()
+            && self.until.get(&(self.tags.hash_one(sub), session_id)).is_some_and(|until| *until > now_unix_ms)
     }
 
     /// Sessions held (expired ones included until they are purged).
@@ -85,6 +99,21 @@ mod tests {
         // Nothing to refuse past its end.
         out.enter("agent", 9, 1_000, 1_000);
         assert!(!out.contains("agent", 9, 999) && out.len() == 1);
+    }
+
+    /// One identity logging out of session after session makes room from its own.
+    #[test]
+    fn when_full_an_identity_forgets_its_own_sessions_first() {
+        let mut out = LoggedOut::new(3);
+        out.enter("alice", 1, 2_000, 1_000);
+        out.enter("mallory", 1, 9_000, 1_000);
+        out.enter("mallory", 2, 9_500, 1_000);
+        for id in 3..50 {
+            out.enter("mallory", id, 10_000 + id as u64, 1_000);
+        }
+        assert_eq!(out.len(), 3);
+        assert!(out.contains("alice", 1, 1_500), "alice's logout is still honoured");
+        assert!(out.contains("mallory", 49, 1_500));
     }
 
     #[test]

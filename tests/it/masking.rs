@@ -273,14 +273,15 @@ fn chunk_urls_are_bound_to_their_session_and_expire() {
 
 /// A logout ends the session at the gateway too: its chunk URLs, which the gateway serves
 /// from storage by their sealed grants for up to an hour and past the session token's
-/// expiry, are refused at once, and so is the session token, without asking Snowflake.
+/// expiry, are refused at once, and so are its session and master tokens, without asking
+/// Snowflake.
 #[test]
 fn a_logout_ends_the_session_and_its_chunk_urls_at_the_gateway() {
     use snowgate_perf::EndpointKind;
     let upstream = double(|_| {});
     let gateway = masking_gateway(&upstream, String::new());
     let mut client = gateway.client();
-    let (session, _) = login_ok(&mut client);
+    let (session, master) = login_ok(&mut client);
     let auth = authorization(&session);
     let answer = query(&mut client, &session, "select * from chunked_json").json().unwrap();
     assert_eq!(answer["success"], true, "{answer}");
@@ -296,8 +297,14 @@ fn a_logout_ends_the_session_and_its_chunk_urls_at_the_gateway() {
     assert_eq!(late.status, 403, "a chunk was served after its session was logged out of");
     assert!(String::from_utf8_lossy(&late.body).contains("logged out"), "{late:?}");
     assert_refused(&query(&mut client, &session, "select 1"), "390104");
+    let renewals = upstream.stats.requests(EndpointKind::TokenRequest);
+    assert_refused(&renew(&mut client, &master.unwrap(), &session), "390115");
+    assert_eq!(upstream.stats.requests(EndpointKind::TokenRequest), renewals);
     assert_eq!(upstream.stats.requests(EndpointKind::Chunk), chunks);
     assert_eq!(upstream.stats.requests(EndpointKind::Query), queries);
+    // A logout sent again (one that failed upstream, say) still goes to Snowflake.
+    client.post_json("/session?delete=true", &[("authorization", &auth)], &json!({}), false).unwrap();
+    assert_eq!(upstream.stats.requests(EndpointKind::Logout), 2);
     // Another session of the same identity is not touched.
     let (other, _) = login_ok(&mut client);
     assert_eq!(query(&mut client, &other, "select 1").json().unwrap()["success"], true);

@@ -882,43 +882,65 @@ fn a_body_is_inflated_only_for_a_caller_who_proved_who_it_is() {
     assert_eq!(upstream.stats.recorded(EndpointKind::Query).len(), 0);
 }
 
-/// A body is read up to its endpoint's cap only for a caller the gateway knows: without a
-/// session, with a forged one, or on the SQL API without a verified bearer, a body over the
-/// control cap (256 KiB) is refused unread (413), so no one can make the gateway hold
-/// statements' worth of bytes for the body timeout before saying who they are. A session that
-/// merely expired is one the gateway issued: its statement is read and answered 390112, on
-/// which drivers renew and send it again.
+/// A caller refused from its head is answered without its body being read: without a
+/// session, with a forged or expired one, on the SQL API without a verified bearer. The body
+/// would change nothing, and no one the gateway does not know may make it read or hold a
+/// statement's worth (16 MiB) for the body timeout. Here the body is announced and never
+/// sent: the refusal comes at once, and the connection ends (what follows is dropped).
 #[test]
-fn a_body_is_read_whole_only_for_a_caller_the_gateway_knows() {
+fn a_caller_refused_from_its_head_is_answered_without_its_body_being_read() {
+    use std::io::{Read as _, Write as _};
     let upstream = double(|c| c.session_validity_secs = 2);
     let gateway = TestGateway::start(&upstream.url(), GatewayOptions::default());
     let mut client = gateway.client();
     let (session, _) = login_ok(&mut client);
-    // 512 KiB of statement, plain: over the control cap, under the statement text's.
+    let announced = |target: &str, authorization: Option<&str>| -> (String, serde_json::Value) {
+        let mut stream = std::net::TcpStream::connect(gateway.addr).unwrap();
+        stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let authorization = authorization.map(|a| format!("authorization: {a}\r\n")).unwrap_or_default();
+        let head = format!(
+            "POST {target} HTTP/1.1\r\nhost: gw\r\ncontent-type: application/json\r\n{authorization}\
+             content-length: 16000000\r\n\r\n{{\"sqlText\": \"select '"
+        );
+        stream.write_all(head.as_bytes()).unwrap();
+        let mut answer = Vec::new();
+        let mut chunk = [0u8; 4096];
+        let (head, body) = loop {
+            let n = stream.read(&mut chunk).expect("an answer before the body was sent");
+            assert!(n > 0, "closed without an answer: {}", String::from_utf8_lossy(&answer));
+            answer.extend_from_slice(&chunk[..n]);
+            let text = String::from_utf8_lossy(&answer).into_owned();
+            if let Some((head, body)) = text.split_once("\r\n\r\n")
+                && let Ok(body) = serde_json::from_str::<serde_json::Value>(body)
+            {
+                break (head.to_ascii_lowercase(), body);
+            }
+        };
+        assert!(head.contains("connection: close"), "{head}");
+        (head, body)
+    };
+    for (target, authorization, status, code) in [
+        (QUERY_TARGET, None, "200", codes::SESSION_MISSING),
+        (QUERY_TARGET, Some("Snowflake Token=\"sg1.AAAA\""), "200", codes::SESSION_INVALID),
+        ("/api/v2/statements", None, "401", codes::OIDC_INVALID),
+        ("/api/v2/statements", Some("Bearer not-a-jwt"), "401", "390303"),
+        ("/no/such/endpoint", None, "404", codes::UNKNOWN_ENDPOINT),
+    ] {
+        let (head, body) = announced(target, authorization);
+        assert!(head.starts_with(&format!("http/1.1 {status}")), "{target}: {head}");
+        assert_eq!(body["code"], code, "{target}: {body}");
+    }
+    // A caller the gateway knows has its statement read and run: 512 KiB, over the control
+    // cap, under the statement text's.
     let big = json!({ "sqlText": format!("select '{}'", "x".repeat(512 << 10)) });
     let answer = client.post_json(QUERY_TARGET, &[("authorization", &authorization(&session))], &big, false).unwrap();
     assert_eq!(answer.status, 200, "{answer:?}");
     let body = answer.json().unwrap();
     assert_eq!(body["success"], true, "{body}");
-    assert_eq!(upstream.stats.recorded(EndpointKind::Query).len(), 1);
-    for (target, authorization) in [
-        (QUERY_TARGET, None),
-        (QUERY_TARGET, Some("Snowflake Token=\"sg1.AAAA\"")),
-        ("/api/v2/statements", None),
-        ("/api/v2/statements", Some("Bearer not-a-jwt")),
-    ] {
-        let mut client = gateway.client();
-        let headers: Vec<(&str, &str)> = authorization.map(|a| ("authorization", a)).into_iter().collect();
-        let answer = client.post_json(target, &headers, &big, false).unwrap();
-        assert_eq!(answer.status, 413, "{target} {authorization:?}: {answer:?}");
-    }
-    // Under the control cap, the refusal says what is wrong with the credential.
-    let small = json!({ "sqlText": "select 1" });
-    let answer = gateway.client().post_json(QUERY_TARGET, &[], &small, false).unwrap();
-    assert_eq!(answer.json().unwrap()["code"], codes::SESSION_MISSING);
+    // Once its session token expired, it is answered 390112 (drivers renew on it) unread.
     std::thread::sleep(Duration::from_millis(2100));
-    let answer = client.post_json(QUERY_TARGET, &[("authorization", &authorization(&session))], &big, false).unwrap();
-    assert_refused(&answer, "390112");
+    let (_, body) = announced(QUERY_TARGET, Some(&authorization(&session)));
+    assert_eq!(body["code"], "390112", "{body}");
     assert_eq!(upstream.stats.recorded(EndpointKind::Query).len(), 1);
 }
 
