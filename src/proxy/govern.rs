@@ -703,11 +703,14 @@ pub fn abort_parked(
             (query_id.to_owned(), state)
         }
         None => {
-            let request_id = serde_json::from_slice::<Map<String, Value>>(body)
-                .ok()?
-                .get("requestId")
-                .and_then(Value::as_str)
-                .map(str::to_owned)?;
+            // Read for its one member: the others are skipped, not built (an inflated body may
+            // be a statement's size, and a tree of it many times that).
+            #[derive(serde::Deserialize)]
+            struct AbortRequest<'a> {
+                #[serde(rename = "requestId", borrow)]
+                request_id: Option<std::borrow::Cow<'a, str>>,
+            }
+            let request_id = serde_json::from_slice::<AbortRequest<'_>>(body).ok()?.request_id?.into_owned();
             let key = RequestKey { sub: claims.sub.clone(), session_id, request_id };
             ledger(core).withdraw_request(&key, now)?
         }

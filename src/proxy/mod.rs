@@ -191,14 +191,14 @@ impl Gateway {
         }
     }
 
-    /// Refuses the session `claims` stand for from now on: until its session token would
-    /// have expired, or the chunk URLs issued for it (whichever is later), and never past the
-    /// identity's end, when nothing of it opens any more.
+    /// Refuses the session `claims` stand for from now on, until the identity's end: every
+    /// token of the session (its master token outlives its session token and chunk URLs, and
+    /// a renewal would revive a session Snowflake never ended) and every chunk URL issued for
+    /// it ends then at the latest.
     pub fn log_out(&self, claims: &TokenClaims) {
         let Some(session_id) = claims.session_id else { return };
         let now = unix_millis();
-        let chunk_urls_end = now.saturating_add(self.config.chunk_url_ttl.as_millis() as u64);
-        let until = claims.expires_at_unix_ms.max(chunk_urls_end).min(claims.identity_expires_at_unix_ms);
+        let until = claims.identity_expires_at_unix_ms;
         self.logged_out.lock().unwrap_or_else(std::sync::PoisonError::into_inner).enter(
             &claims.sub,
             session_id,
@@ -211,7 +211,7 @@ impl Gateway {
     pub fn is_logged_out(&self, claims: &TokenClaims) -> bool {
         let Some(session_id) = claims.session_id else { return false };
         let logged_out = self.logged_out.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        !logged_out.is_empty() && logged_out.contains(&claims.sub, session_id, unix_millis())
+        logged_out.contains(&claims.sub, session_id, unix_millis())
     }
 
     /// Whether SIGTERM asked to drain.

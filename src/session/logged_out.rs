@@ -5,9 +5,10 @@
 //! opens as well after its agent logged out as before. What goes to Snowflake fails there (the
 //! session is gone), but the gateway answers some requests itself: a chunk URL is served from
 //! cloud storage by its sealed grant, for up to its TTL (an hour by default) and past the
-//! session token's expiry, and a parked statement is polled in the approvals ledger. A logout
-//! enters its session here, until the later of its session token's expiry and the chunk URLs'
-//! TTL (never past the identity's end, when nothing opens any more), and both paths look here.
+//! session token's expiry, and a parked statement is polled in the approvals ledger; a master
+//! token outlives both and would renew a session that Snowflake did not end (a logout that
+//! failed upstream). A logout enters its session here until the identity's end, when nothing
+//! of it opens any more, and every path that opens a token or a grant looks here.
 //!
 //! Bounded: at most [`LoggedOut::new`]'s `entries_max` sessions. When full, what has expired
 //! goes first, then the entering identity's own session that ends soonest, then anyone's.
@@ -16,7 +17,7 @@ use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
 
 /// The most sessions a gateway keeps refusing after their logouts: a logout a second for
-/// over a day at the default chunk URL TTL of an hour (about 100 bytes each).
+/// over a day (about 100 bytes each); an identity lasts at most `session_max`.
 pub const ENTRIES_MAX: usize = 100_000;
 
 /// The sessions logged out of, each until when it is refused (Unix milliseconds).

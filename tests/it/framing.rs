@@ -150,3 +150,23 @@ fn expect_100_continue_gets_the_interim_answer_then_the_final_one() {
     // No session token: the driver-shaped refusal, after the body was read.
     assert_eq!(&answer, b"HTTP/1.1 200");
 }
+
+/// A body announced over what the gateway would read is not invited: the client that waits
+/// for `100 Continue` gets the final answer instead, and sends nothing.
+#[test]
+fn expect_100_continue_over_the_cap_gets_the_final_answer_without_the_invitation() {
+    let upstream = double(|_| {});
+    let gateway = TestGateway::start(&upstream.url(), GatewayOptions::default());
+    let mut stream = TcpStream::connect(gateway.addr).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    // No session token, and a body over the cap for callers refused from their head.
+    let head = format!("{QUERY}Content-Length: {}\r\nExpect: 100-continue\r\n\r\n", 1 << 20);
+    stream.write_all(head.as_bytes()).unwrap();
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer);
+    let text = String::from_utf8_lossy(&answer);
+    assert!(!text.contains("100 Continue"), "the over-cap body was invited: {text}");
+    assert!(text.starts_with("HTTP/1.1 200 "), "{text}");
+    assert!(text.contains(snowgate::session::codes::SESSION_MISSING), "{text}");
+    assert_eq!(upstream.stats.bytes_received(), 0, "bytes reached upstream");
+}

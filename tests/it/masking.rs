@@ -326,9 +326,7 @@ fn a_chunk_url_ends_with_the_agents_oidc_token() {
     let path = chunk_path(&answer, 0);
     assert_eq!(client.get(&path, &[("authorization", &authorization(&session))]).unwrap().status, 200);
 
-    while now_unix() <= exp {
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_past(exp);
     // The grant itself would last an hour (the default); the identity it was issued for did not.
     let late = client.get(&path, &[("authorization", &authorization(&session))]).unwrap();
     assert_eq!(late.status, 403, "a chunk was served after the agent's OIDC token expired");

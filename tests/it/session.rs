@@ -7,7 +7,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde_json::json;
 use snowgate::session::codes;
-use snowgate_perf::EndpointKind;
+use snowgate_perf::{EndpointKind, RunningUpstream};
 
 use crate::support::*;
 
@@ -136,9 +136,7 @@ fn expired_sessions_renew_through_the_master_token() {
 fn a_session_ends_when_the_agents_oidc_token_expires() {
     // Snowflake's tokens would last an hour and four; the agent's OIDC token lasts 4 seconds
     // (no clock skew allowed here). Without the cap the session would outlive it.
-    let upstream = double(|_| {});
-    let gateway =
-        TestGateway::start(&upstream.url(), GatewayOptions { jwks: Some(jwks_without_skew()), ..Default::default() });
+    let (upstream, gateway) = short_lived_identity_gateway();
     let mut client = gateway.client();
     let exp = now_unix() + 4;
     let answer = login(&mut client, &agent_token(json!({ "exp": exp }))).json().unwrap();
@@ -148,9 +146,7 @@ fn a_session_ends_when_the_agents_oidc_token_expires() {
     assert_eq!(query(&mut client, &session, "select 1").json().unwrap()["success"], true);
     let queries = upstream.stats.requests(EndpointKind::Query);
 
-    while now_unix() <= exp {
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_past(exp);
     // Past the identity's end: the session has expired, and renewing it asks for a new login.
     assert_refused(&query(&mut client, &session, "select 1"), "390112");
     let renewal = renew(&mut client, &master, &session);
@@ -161,6 +157,15 @@ fn a_session_ends_when_the_agents_oidc_token_expires() {
     // A new login with a fresh token is checked afresh and works.
     let (fresh, _) = login_ok(&mut client);
     assert_eq!(query(&mut client, &fresh, "select 1").json().unwrap()["success"], true);
+}
+
+/// A gateway (and its upstream) whose agents' tokens are checked without clock skew, for
+/// sessions that end with a short-lived identity.
+fn short_lived_identity_gateway() -> (RunningUpstream, TestGateway) {
+    let upstream = double(|_| {});
+    let gateway =
+        TestGateway::start(&upstream.url(), GatewayOptions { jwks: Some(jwks_without_skew()), ..Default::default() });
+    (upstream, gateway)
 }
 
 fn refused_login(token: &str, code: &str) {
@@ -949,17 +954,13 @@ fn a_caller_refused_from_its_head_is_answered_without_its_body_being_read() {
 /// would otherwise keep the session open until it expired there.
 #[test]
 fn a_session_past_its_identitys_end_can_still_log_out() {
-    let upstream = double(|_| {});
-    let gateway =
-        TestGateway::start(&upstream.url(), GatewayOptions { jwks: Some(jwks_without_skew()), ..Default::default() });
+    let (upstream, gateway) = short_lived_identity_gateway();
     let mut client = gateway.client();
     let exp = now_unix() + 2;
     let login = login(&mut client, &agent_token(json!({ "exp": exp }))).json().unwrap();
     assert_eq!(login["success"], true, "{login}");
     let auth = authorization(login["data"]["token"].as_str().unwrap());
-    while now_unix() <= exp {
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_past(exp);
     assert_refused(&query(&mut client, login["data"]["token"].as_str().unwrap(), "select 1"), "390112");
     let logout = client.post_json("/session?delete=true", &[("authorization", &auth)], &json!({}), false).unwrap();
     assert_eq!(logout.json().unwrap()["success"], true, "{logout:?}");
@@ -972,6 +973,30 @@ fn a_session_past_its_identitys_end_can_still_log_out() {
         false,
     );
     assert_refused(&forged.unwrap(), "390104");
+}
+
+/// A logout holds for as long as any token of the session could: its master token outlives
+/// its session token and its chunk URLs, and it is refused too, without asking Snowflake,
+/// when those have ended (a logout that Snowflake never carried out must not be undone by a
+/// renewal later).
+#[test]
+fn a_logged_out_sessions_master_token_stays_refused_after_its_session_token_ends() {
+    let upstream = double(|c| c.session_validity_secs = 2);
+    let gateway = TestGateway::start(
+        &upstream.url(),
+        GatewayOptions { limits: "chunk_url_ttl_secs = 1".into(), ..Default::default() },
+    );
+    let mut client = gateway.client();
+    let (session, master) = login_ok(&mut client);
+    let logout = client
+        .post_json("/session?delete=true", &[("authorization", &authorization(&session))], &json!({}), false)
+        .unwrap();
+    assert_eq!(logout.json().unwrap()["success"], true);
+    // Past the session token's end and the chunk URLs' (the master token lasts hours).
+    wait_past(now_unix() + 3);
+    let renewal = renew(&mut client, &master.unwrap(), &session);
+    assert_refused(&renewal, codes::MASTER_INVALID);
+    assert_eq!(upstream.stats.requests(EndpointKind::TokenRequest), 0, "a logged-out session was renewed upstream");
 }
 
 /// When Snowflake refuses the gateway's own login (its key not registered, another user),

@@ -57,6 +57,13 @@ pub fn now_unix() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
 }
 
+/// Sleeps until the unix second `exp` has passed.
+pub fn wait_past(exp: u64) {
+    while now_unix() <= exp {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// Tests run in parallel threads on two cores. Every test gateway holds this lock shared while
 /// it runs; a test that compares timings takes it exclusively (see [`exclusive_section`]) so
 /// that no other test's load lands in its measurement.
