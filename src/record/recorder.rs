@@ -157,8 +157,10 @@ pub struct RecorderConfig {
     /// when a full batch is already queued.
     pub linger: Duration,
     /// The key segment footers are sealed and batches chained with (32 bytes; two keys are
-    /// derived from it). A segment left open by a crash is recovered only under the key it
-    /// was written with: change the key after a clean stop.
+    /// derived from it). A recording directory holds one key's segments: a start checks the
+    /// last segment's seal (or recovers it) under this key, and verify takes one key, so a
+    /// new key starts a new directory (a start under another key is refused: the footer's
+    /// MAC fails, reported as corruption).
     pub sealing_key: [u8; 32],
 }
 
@@ -1223,12 +1225,19 @@ impl WriterLoop {
                 self.last_error, self.lost_records
             );
             if let Err(e) = self.writer.append_event(EventKind::RecorderError, detail, now) {
+                // Not sealed as a clean stop, which would verify without a trace of the loss:
+                // left open, the segment fails verify until the next start recovers it (and
+                // records that it did).
+                for ticket in self.pending.drain(..) {
+                    ticket.complete(TICKET_FAILED);
+                }
                 error!(
                     core = self.core_id,
                     lost_records = self.lost_records,
                     error = %e,
-                    "Records were lost and the count of them could not be recorded before stopping."
+                    "Records were lost and the count of them could not be recorded; the last segment is left open."
                 );
+                return Err(e);
             }
         }
         match self.writer.seal(SealReason::Stopped, now) {

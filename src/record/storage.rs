@@ -31,6 +31,8 @@ pub trait Storage: Send + Sync {
     fn open_read(&self, path: &Path) -> io::Result<Box<dyn ReadAt>>;
     /// Makes the directory's entries (created files) durable.
     fn sync_dir(&self, dir: &Path) -> io::Result<()>;
+    /// Removes a file (made durable by [`Storage::sync_dir`] of its directory).
+    fn remove(&self, path: &Path) -> io::Result<()>;
 }
 
 /// A file being appended to.
@@ -158,6 +160,10 @@ impl Storage for FileSystem {
     fn sync_dir(&self, dir: &Path) -> io::Result<()> {
         File::open(dir)?.sync_all()
     }
+
+    fn remove(&self, path: &Path) -> io::Result<()> {
+        std::fs::remove_file(path)
+    }
 }
 
 /// Opens `path` (following links) when it is a regular file. Opened without blocking, so a
@@ -237,6 +243,8 @@ struct SimState {
     space_bytes: Option<u64>,
     /// Fsyncs still to fail.
     failing_syncs: u32,
+    /// Appends still to fail (with EIO, writing nothing).
+    failing_appends: u32,
     /// How long each file sync blocks before it does anything (a hung disk).
     sync_stall: std::time::Duration,
     /// File syncs begun, stalled ones included.
@@ -278,6 +286,11 @@ impl SimulatedStorage {
     /// Makes the next `n` file syncs fail with EIO, dropping what they should have persisted.
     pub fn fail_next_syncs(&self, n: u32) {
         self.lock().failing_syncs = n;
+    }
+
+    /// Makes the next `n` appends fail with EIO, writing nothing.
+    pub fn fail_next_appends(&self, n: u32) {
+        self.lock().failing_appends = n;
     }
 
     /// Makes every later file sync block for `stall` first, as a hung disk's fsync does.
@@ -344,6 +357,7 @@ impl SimulatedStorage {
             dirs: state.dirs.clone(),
             space_bytes: state.space_bytes,
             failing_syncs: state.failing_syncs,
+            failing_appends: state.failing_appends,
             sync_stall: state.sync_stall,
             syncs_begun: state.syncs_begun,
             epoch: state.epoch + 1,
@@ -365,11 +379,6 @@ impl SimulatedStorage {
         file.durable = bytes;
         file.pending.clear();
         file.entry_durable = true;
-    }
-
-    /// Removes a file, for tamper tests.
-    pub fn remove(&self, path: &Path) {
-        self.lock().files.remove(path);
     }
 }
 
@@ -397,6 +406,10 @@ impl SegmentFile for SimFileHandle {
     fn append(&mut self, bytes: &[u8]) -> io::Result<()> {
         let path = self.path.clone();
         self.with_file(|state| {
+            if state.failing_appends > 0 {
+                state.failing_appends -= 1;
+                return Err(io::Error::from_raw_os_error(libc::EIO));
+            }
             let room = match state.space_bytes {
                 Some(space) => space.saturating_sub(state.used_bytes()) as usize,
                 None => usize::MAX,
@@ -507,6 +520,12 @@ impl Storage for SimulatedStorage {
             }
         }
         Ok(())
+    }
+
+    /// Removed at once and for good (a crash before the directory's fsync does not bring the
+    /// file back: the writer removes only files that recovery would rewrite anyway).
+    fn remove(&self, path: &Path) -> io::Result<()> {
+        self.lock().files.remove(path).map(|_| ()).ok_or_else(|| io::ErrorKind::NotFound.into())
     }
 }
 

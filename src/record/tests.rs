@@ -345,6 +345,41 @@ fn records_lost_to_a_full_disk_are_counted_in_the_recording_by_a_stop_before_res
     assert!(verify_strict(&recording).is_ok());
 }
 
+/// A stop that cannot record the count of records it lost does not seal the segment as a clean
+/// stop: the recording would verify without a trace of statements that were sent.
+#[test]
+fn a_stop_that_cannot_record_its_lost_records_leaves_the_segment_open() {
+    let storage = SimulatedStorage::new();
+    let mut waiting = config(&dir());
+    waiting.unavailable_retry = Duration::from_secs(60);
+    let recorder = Recorder::start_with(waiting, Arc::new(storage.clone()), Arc::new(SystemClock)).unwrap();
+    let ok = recorder.submit(request(0, 10)).unwrap();
+    assert_eq!(ok.wait_durable(Duration::from_secs(5)), Some(Ok(())));
+    let used: u64 = storage.read(&segment_path(0)).unwrap().len() as u64;
+    storage.set_space_bytes(Some(used + 20));
+    let lost = recorder.submit(request(1, 500)).unwrap();
+    assert_eq!(lost.wait_durable(Duration::from_secs(5)), Some(Err(RecordUnavailable::WriteFailed)));
+    // Space returns, but the count of the loss cannot be written (the seal could be).
+    storage.set_space_bytes(None);
+    storage.fail_next_appends(1);
+    assert!(recorder.stop().is_err(), "the stop reported success");
+    let report = verify_strict(&open_recording(&storage));
+    assert!(!report.is_ok(), "a recording that lost records verified clean");
+    // The next start recovers the segment and says so.
+    let restarted = Recorder::start_with(config(&dir()), Arc::new(storage.clone()), Arc::new(SystemClock)).unwrap();
+    restarted.stop().unwrap();
+    let recording = open_recording(&storage);
+    let recovered = recording
+        .records()
+        .filter_map(|r| match r.unwrap().frame {
+            Frame::Event(e) => Some(e.kind),
+            _ => None,
+        })
+        .any(|kind| kind == EventKind::RecoveryPerformed);
+    assert!(recovered, "the recovery was not recorded");
+    assert!(verify_strict(&recording).is_ok());
+}
+
 #[test]
 fn a_full_disk_refuses_then_resumes_and_records_the_outage() {
     let storage = SimulatedStorage::new();
@@ -379,6 +414,29 @@ fn a_full_disk_refuses_then_resumes_and_records_the_outage() {
     assert!(outage.detail.contains("1 accepted records were not recorded"), "{}", outage.detail);
     assert_eq!(frames[2], request(3, 10));
     assert!(verify_strict(&recording).is_ok());
+}
+
+/// A rotation whose seal fails (the disk full under the footer) leaves the segment open, and
+/// no successor behind: the segment takes more records, and a stop then seals it as the last,
+/// which verify passes. A successor left from the failed attempt would start from a chain
+/// head the segment has since moved past.
+#[test]
+fn a_rotation_whose_seal_fails_leaves_no_successor_behind() {
+    let storage = SimulatedStorage::new();
+    let (mut writer, _) = SegmentWriter::open(Arc::new(storage.clone()), &config(&dir()), T0).unwrap();
+    writer.append(&[request(0, 10)], T0).unwrap();
+    let used: u64 = storage.read(&segment_path(0)).unwrap().len() as u64;
+    // Room for the successor's header, not for the segment's footer.
+    storage.set_space_bytes(Some(used + super::format::SEGMENT_HEADER_BYTES as u64 + 8));
+    assert!(matches!(writer.rotate("test", T0 + 1), Err(WriteError::Io { .. })));
+    assert!(storage.read(&segment_path(1)).is_none(), "the failed rotation's successor was left");
+    storage.set_space_bytes(None);
+    writer.append(&[request(1, 10)], T0 + 2).unwrap();
+    writer.seal(SealReason::Stopped, T0 + 3).unwrap();
+    let recording = open_recording(&storage);
+    assert_eq!(user_frames(&recording), [request(0, 10), request(1, 10)]);
+    let report = verify_strict(&recording);
+    assert!(report.is_ok(), "{report:?}");
 }
 
 /// In `batch` mode the answer waits for its response record only; a statement whose request
@@ -424,12 +482,12 @@ fn a_response_whose_request_record_was_lost_is_never_written() {
 #[derive(Clone)]
 struct HookedStorage {
     inner: SimulatedStorage,
-    before_append: Arc<dyn Fn() + Send + Sync>,
+    before_append: Arc<dyn Fn(usize) + Send + Sync>,
     read: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl HookedStorage {
-    fn new(before_append: impl Fn() + Send + Sync + 'static) -> HookedStorage {
+    fn new(before_append: impl Fn(usize) + Send + Sync + 'static) -> HookedStorage {
         HookedStorage {
             inner: SimulatedStorage::new(),
             before_append: Arc::new(before_append),
@@ -439,7 +497,7 @@ impl HookedStorage {
 
     /// Appends wait while the gate is closed, to hold the writer thread still.
     fn gated(gate: Arc<(std::sync::Mutex<bool>, std::sync::Condvar)>) -> HookedStorage {
-        HookedStorage::new(move || {
+        HookedStorage::new(move |_| {
             let (lock, condvar) = &*gate;
             let mut open = lock.lock().unwrap();
             while !*open {
@@ -455,12 +513,12 @@ impl HookedStorage {
 
 struct HookedFile {
     inner: Box<dyn storage::SegmentFile>,
-    before_append: Arc<dyn Fn() + Send + Sync>,
+    before_append: Arc<dyn Fn(usize) + Send + Sync>,
 }
 
 impl storage::SegmentFile for HookedFile {
     fn append(&mut self, bytes: &[u8]) -> std::io::Result<()> {
-        (self.before_append)();
+        (self.before_append)(bytes.len());
         self.inner.append(bytes)
     }
     fn sync(&mut self) -> std::io::Result<()> {
@@ -508,6 +566,33 @@ impl Storage for HookedStorage {
     fn sync_dir(&self, dir: &Path) -> std::io::Result<()> {
         self.inner.sync_dir(dir)
     }
+    fn remove(&self, path: &Path) -> std::io::Result<()> {
+        self.inner.remove(path)
+    }
+}
+
+/// A seal's trailer is appended only once its footer is durable: writeback is unordered, so
+/// one fsync of both could keep the trailer and lose a page of the footer, which reads as a
+/// damaged seal (corruption, refusing the start), not as a seal torn by a crash.
+#[test]
+fn a_seal_makes_its_footer_durable_before_writing_its_trailer() {
+    let appends: Arc<std::sync::Mutex<Vec<(usize, u64)>>> = Arc::default();
+    let inner = SimulatedStorage::new();
+    let storage = {
+        let (appends, inner) = (appends.clone(), inner.clone());
+        HookedStorage {
+            inner: inner.clone(),
+            ..HookedStorage::new(move |len| appends.lock().unwrap().push((len, inner.syncs())))
+        }
+    };
+    let (mut writer, _) = SegmentWriter::open(Arc::new(storage), &config(&dir()), T0).unwrap();
+    writer.append(&[request(0, 10)], T0).unwrap();
+    writer.seal(SealReason::Stopped, T0 + 1).unwrap();
+    let appends = appends.lock().unwrap();
+    let [.., (_, footer_syncs), (trailer_len, trailer_syncs)] = appends[..] else { panic!("{appends:?}") };
+    assert_eq!(trailer_len, super::format::TRAILER_BYTES, "the trailer is not appended alone: {appends:?}");
+    assert!(trailer_syncs > footer_syncs, "no fsync between the footer and the trailer: {appends:?}");
+    assert!(verify_strict(&open_recording(&inner)).is_ok());
 }
 
 #[test]
@@ -1027,20 +1112,20 @@ fn verify_catches_missing_reordered_and_cut_segments() {
     let second = storage.read(&segment_path(1)).unwrap();
     // The last segment dropped: the first promised a successor.
     let copy = storage.fork();
-    copy.remove(&segment_path(1));
+    copy.remove(&segment_path(1)).unwrap();
     let report = verify_strict(&open_recording(&copy));
     assert!(report.problems[0].description.contains("should follow"), "{:?}", report.problems);
     // The first dropped: the chain does not start at the beginning.
     let copy = storage.fork();
-    copy.remove(&segment_path(0));
+    copy.remove(&segment_path(0)).unwrap();
     assert!(!verify_strict(&open_recording(&copy)).is_ok());
     // ...unless retention is declared, and then the rest verifies.
     let options = VerifyOptions { allow_partial_start: true, ..VerifyOptions::default() };
     assert!(verify(&open_recording(&copy), &KEY, &options, &mut |_| {}).is_ok());
     // A core whose every segment is gone shows only against the expected core count.
     let copy = storage.fork();
-    copy.remove(&segment_path(0));
-    copy.remove(&segment_path(1));
+    copy.remove(&segment_path(0)).unwrap();
+    copy.remove(&segment_path(1)).unwrap();
     let options = VerifyOptions { expected_cores: Some(1), ..VerifyOptions::default() };
     let report = verify(&open_recording(&copy), &KEY, &options, &mut |_| {});
     assert!(report.problems.iter().any(|p| p.description.contains("no segments for core 0")), "{:?}", report.problems);
@@ -1481,7 +1566,7 @@ fn dropped_tail_segments_stay_visible_to_verify_after_restarts() {
     w.seal(SealReason::Stopped, T0 + 10).unwrap();
     drop(w);
     assert!(verify_strict(&open_recording(&storage)).is_ok());
-    storage.remove(&segment_path(2));
+    storage.remove(&segment_path(2)).unwrap();
     assert!(!verify_strict(&open_recording(&storage)).is_ok(), "the cut is caught before a restart");
     for restart in 0..2u64 {
         let now = T0 + 100 * (restart + 1);
@@ -1656,7 +1741,7 @@ fn forged_headers_after_damage_cost_a_bounded_look() {
         bytes.extend_from_slice(&fake.encode());
     }
     bytes.resize(total as usize, 0);
-    let storage = HookedStorage::new(|| {});
+    let storage = HookedStorage::new(|_| {});
     storage.create_dir_all(&dir()).unwrap();
     storage.inner.write(&segment_path(0), bytes.clone());
     let storage = Arc::new(storage);
@@ -1678,7 +1763,7 @@ fn a_recorder_thread_that_panics_fails_closed() {
     let storage = {
         let panic = panic.clone();
         // A bug in the recorder thread's path.
-        HookedStorage::new(move || assert!(!panic.load(std::sync::atomic::Ordering::Acquire), "a bug"))
+        HookedStorage::new(move |_| assert!(!panic.load(std::sync::atomic::Ordering::Acquire), "a bug"))
     };
     let recorder = Recorder::start_with(config(&dir()), Arc::new(storage), Arc::new(SystemClock)).unwrap();
     let before = recorder.submit(request(0, 10)).unwrap();

@@ -432,6 +432,14 @@ fn scrub_storage_secrets(body: &Bytes) -> Option<Bytes> {
 /// The frame to encode: `frame` itself, or a scrubbed copy for credential endpoints and for
 /// query answers holding storage secrets.
 fn scrubbed(frame: &Frame) -> Option<Frame> {
+    scrubbed_within(frame, limits::BODY_BYTES_MAX)
+}
+
+/// [`scrubbed`], with the body cap as a parameter. Written again, a body can grow (a number
+/// under a secret's key becomes `"[redacted]"`, `1e5` becomes `100000.0`): one grown past
+/// the cap is dropped whole (as one that cannot be read is), since readers refuse a record
+/// holding it.
+fn scrubbed_within(frame: &Frame, body_bytes_max: usize) -> Option<Frame> {
     let endpoint = frame.endpoint()?;
     let body = if CREDENTIAL_ENDPOINTS.contains(&endpoint) {
         scrub_credentials(frame.body()?)?
@@ -440,6 +448,7 @@ fn scrubbed(frame: &Frame) -> Option<Frame> {
     } else {
         return None;
     };
+    let body = if body.len() > body_bytes_max { Bytes::new() } else { body };
     let mut copy = frame.clone();
     match &mut copy {
         Frame::Request(r) => r.body = body,
@@ -447,6 +456,17 @@ fn scrubbed(frame: &Frame) -> Option<Frame> {
         Frame::Event(_) => {}
     }
     Some(copy)
+}
+
+/// Cuts back a seal whose footer or trailer could not be written, so the segment ends at its
+/// last batch again: the write's error, or a fatal one when the file cannot be cut.
+fn cut_back_seal(segment: &mut OpenSegment, source: io::Error) -> WriteError {
+    match segment.file.truncate(segment.len) {
+        Ok(()) => WriteError::Io { path: segment.path.clone(), source },
+        Err(truncate_error) => {
+            WriteError::Fatal { what: "cutting back a failed seal", path: segment.path.clone(), source: truncate_error }
+        }
+    }
 }
 
 /// One core's segment writer.
@@ -861,10 +881,23 @@ impl SegmentWriter {
     /// successor, which becomes the open segment. In this order a sealed segment whose
     /// successor is missing can only mean the successor was removed (a crash in between
     /// leaves the segment open and its successor without records, which recovery knows).
+    ///
+    /// When the seal fails, the successor (a header alone, which recovery would rewrite) is
+    /// removed: the segment stays open and takes more records, so the successor's header no
+    /// longer follows it, and a stop that sealed the segment as the last would leave it there
+    /// for verify to read as a replaced segment. The next rotation creates it afresh.
     fn advance(&mut self, reason: SealReason, now: u64) -> Result<(), WriteError> {
         debug_assert!(reason.has_successor() && self.current.is_some());
         let next = self.create_segment(now)?;
-        self.seal(reason, now)?;
+        if let Err(e) = self.seal(reason, now) {
+            let path = next.path.clone();
+            drop(next);
+            if self.storage.remove(&path).and_then(|()| self.storage.sync_dir(&self.directory)).is_err() {
+                // Left there, it is rewritten by the next rotation or start (it holds no record).
+                tracing::warn!(path = %path.display(), "A failed rotation's next segment could not be removed.");
+            }
+            return Err(e);
+        }
         self.current = Some(next);
         self.next_sequence += 1;
         Ok(())
@@ -1079,12 +1112,11 @@ impl SegmentWriter {
         // A large index takes tens of milliseconds to sort and encode; yielding between
         // slices lets a core sharing this CPU at the same real-time priority run meanwhile.
         let mut pause = std::thread::yield_now;
-        let mut bytes = footer.encode_frame_with_index(&segment.index.sorted_entries(&mut pause), &mut pause);
+        let bytes = footer.encode_frame_with_index(&segment.index.sorted_entries(&mut pause), &mut pause);
         pause();
         let mac = footer_mac(&self.mac_key, &segment.header_bytes, &bytes);
         pause();
         let trailer = Trailer { footer_offset: segment.len, footer_frame_len: bytes.len() as u32, mac };
-        bytes.extend_from_slice(&trailer.encode());
         // Written in slices too: page cache writes of a large footer take milliseconds.
         let written = bytes.chunks(FOOTER_WRITE_SLICE_BYTES).enumerate().try_for_each(|(n, slice)| {
             if n > 0 {
@@ -1093,12 +1125,19 @@ impl SegmentWriter {
             segment.file.append(slice)
         });
         if let Err(source) = written {
-            segment.file.truncate(segment.len).map_err(|truncate_error| WriteError::Fatal {
-                what: "cutting back a failed seal",
-                path: segment.path.clone(),
-                source: truncate_error,
-            })?;
-            return Err(WriteError::Io { path: segment.path.clone(), source });
+            return Err(cut_back_seal(segment, source));
+        }
+        // The footer is durable before the trailer, which commits the seal, is written: one
+        // fsync of both could keep the trailer and lose a page of the footer (writeback is
+        // unordered), a damaged seal that reads as corruption. A footer with no trailer after
+        // it reads as a seal torn by a crash, and is recovered.
+        segment.file.sync().map_err(|source| WriteError::Fatal {
+            what: "fsync of the footer",
+            path: segment.path.clone(),
+            source,
+        })?;
+        if let Err(source) = segment.file.append(&trailer.encode()) {
+            return Err(cut_back_seal(segment, source));
         }
         segment.file.sync().map_err(|source| WriteError::Fatal {
             what: "fsync",
@@ -1133,5 +1172,39 @@ impl SegmentWriter {
     /// The open segment's length, if one is open.
     pub fn current_len(&self) -> Option<u64> {
         self.current.as_ref().map(|s| s.len)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::borrow::Cow;
+
+    use super::*;
+    use crate::record::frame::ResponseFrame;
+
+    #[test]
+    fn a_scrubbed_body_grown_past_the_cap_is_dropped_whole() {
+        // Written again, every `1e5` is `100000.0`: the body about doubles.
+        let numbers = vec!["1e5"; 100].join(",");
+        let text = format!(r#"{{"data":{{"qrmk":"SECRET","rowset":[[{numbers}]]}}}}"#);
+        let frame = Frame::Response(ResponseFrame {
+            time_unix_us: 1,
+            endpoint: Cow::Borrowed("query-request"),
+            request: None,
+            query_id: None,
+            status: 200,
+            code: None,
+            success: Some(true),
+            rows: Some(1),
+            upstream_us: 1,
+            total_us: 1,
+            body: Bytes::from(text.clone()),
+        });
+        let within = scrubbed_within(&frame, text.len() * 4).unwrap();
+        let body = within.body().unwrap();
+        assert!(body.len() > text.len() && !body.is_empty(), "the body did not grow: {body:?}");
+        assert!(!String::from_utf8_lossy(body).contains("SECRET"));
+        let over = scrubbed_within(&frame, text.len()).unwrap();
+        assert!(over.body().unwrap().is_empty(), "a body over the cap was kept");
     }
 }
