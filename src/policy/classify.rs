@@ -40,7 +40,9 @@ use sqlparser::dialect::SnowflakeDialect;
 use sqlparser::parser::Parser;
 use sqlparser::tokenizer::Token;
 
-use super::lexer::{Lexed, bare_word, begin_starts_transaction, is_keyword, lex, split};
+use super::lexer::{
+    Lexed, ROUTINE_HEADER_MAX, bare_word, begin_starts_transaction, defines_routine, is_keyword, lex, split,
+};
 use super::model::{Action, Classified, ClassifiedStatement, Kind, Limits, ObjectName, ObjectType, Refusal};
 use super::names::{canonical_word, name_from_literal};
 use super::parameters::session_parameter_is_benign;
@@ -268,6 +270,16 @@ fn classify_statement(cx: &Cx<'_>, v: View<'_>) -> ClassifiedStatement {
         Some("DESC" | "DESCRIBE") => describe(v, &mut b),
         Some("EXPLAIN") => explain(v, &mut b),
         _ => b.become_unknown("the statement does not start with a keyword the gateway classifies"),
+    }
+    // Only a block (or a procedure's or task's body) holds a `;`: anywhere else the split and Snowflake
+    // may disagree, and what follows it would not have been classified.
+    let semicolon = (0..v.len()).any(|idx| v.is(idx, &Token::SemiColon));
+    let routine = (0..v.len().min(ROUTINE_HEADER_MAX)).any(|idx| {
+        (v.kw(idx, "PROCEDURE") || v.kw(idx, "TASK"))
+            && defines_routine(&(0..=idx).filter_map(|i| v.tok(i)).collect::<Vec<_>>())
+    });
+    if semicolon && b.kind != Kind::ScriptingBlock && !routine {
+        b.become_unknown("the statement holds a `;` outside a Snowflake Scripting block");
     }
     if !matches!(b.kind, Kind::Get | Kind::Put) {
         system_functions(v, &mut b);
@@ -2170,6 +2182,17 @@ mod tests {
                 None => a.kind.to_string(),
             })
             .collect()
+    }
+
+    /// A `;` left inside a statement that is not a block (a `BEGIN` the split took for a
+    /// block's where Snowflake reads a name) makes the statement unknown: what follows the `;`
+    /// was never classified.
+    #[test]
+    fn a_semicolon_outside_a_block_is_unknown() {
+        let body = one("create task t as call p(1) as begin x; drop table u");
+        assert_eq!(body.unknown_reason, Some("the statement holds a `;` outside a Snowflake Scripting block"));
+        assert!(one("create task t as begin delete from a.b.c; end").unknown_reason.is_none());
+        assert!(one("begin select 1; end").unknown_reason.is_none());
     }
 
     #[test]

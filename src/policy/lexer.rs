@@ -167,6 +167,42 @@ pub(crate) fn begin_starts_transaction(next: Option<&Token>) -> bool {
     }
 }
 
+/// The most tokens before a routine definition's `PROCEDURE` or `TASK` (`CREATE OR REPLACE
+/// SECURE TEMPORARY PROCEDURE`).
+pub(crate) const ROUTINE_HEADER_MAX: usize = 6;
+
+/// Whether a statement starting with `header` (its first tokens, up to `PROCEDURE` or `TASK`)
+/// defines a procedure or a task, whose body may be a block after `AS`: `CREATE [OR REPLACE]
+/// [SECURE] [TEMPORARY|TEMP] PROCEDURE|TASK`, or an anonymous procedure, `WITH name AS
+/// PROCEDURE`.
+pub(crate) fn defines_routine(header: &[&Token]) -> bool {
+    let word = |t: &Token| bare_word(t).map(str::to_ascii_uppercase);
+    let words: Vec<Option<String>> = header.iter().map(|t| word(t)).collect();
+    let is = |w: &Option<String>, kw: &str| w.as_deref() == Some(kw);
+    match words.as_slice() {
+        [first, middle @ .., last] if is(first, "CREATE") && (is(last, "PROCEDURE") || is(last, "TASK")) => {
+            middle.iter().all(|w| ["OR", "REPLACE", "SECURE", "TEMPORARY", "TEMP"].iter().any(|kw| is(w, kw)))
+        }
+        [first, _, as_, last] => is(first, "WITH") && is(as_, "AS") && is(last, "PROCEDURE"),
+        _ => false,
+    }
+}
+
+/// Whether a `BEGIN` after `previous` (`None` at a statement's start) can open a block: at a
+/// statement's start, or where a block's statement starts (after `;` inside a block or a
+/// `DECLARE` section, or after `THEN`, `ELSE`, `DO`, `LOOP`, `REPEAT` or `BEGIN` inside a
+/// block), or as a procedure's or task's body after `AS`. Anywhere else `BEGIN` is a name (it is not
+/// reserved: `SELECT begin FROM t`), and counting it would hide the statements after it.
+fn begin_opens_block(previous: Option<&Token>, in_block: bool, procedure: bool) -> bool {
+    let Some(previous) = previous else { return true };
+    if matches!(previous, Token::SemiColon) {
+        return in_block;
+    }
+    let Some(word) = bare_word(previous) else { return false };
+    let is = |kw: &str| word.eq_ignore_ascii_case(kw);
+    (in_block && ["THEN", "ELSE", "DO", "LOOP", "REPEAT", "BEGIN"].iter().any(|kw| is(kw))) || (procedure && is("AS"))
+}
+
 /// The byte ranges of a request's top-level statements (first token to last, `;` and
 /// surrounding comments excluded), or why the request is refused before classification.
 pub fn statement_ranges(text: &str, limits: &Limits) -> Result<Vec<Range<usize>>, Refusal> {
@@ -198,6 +234,8 @@ pub(crate) fn split_significant(tokens: &[TokenWithSpan], significant: &[usize])
     let mut block_depth = 0usize;
     let mut declare_pending = false;
     let mut skip_next_case = false;
+    // The statement defines a procedure or a task: its body may be a block after `AS`.
+    let mut procedure = false;
     for idx in 0..significant.len() {
         let current = token(idx);
         if is_opener(current) {
@@ -214,15 +252,24 @@ pub(crate) fn split_significant(tokens: &[TokenWithSpan], significant: &[usize])
                     statements.push(start..idx);
                 }
                 start = idx + 1;
+                procedure = false;
             }
             continue;
         }
         let Some(word) = bare_word(current) else { continue };
         let next = (idx + 1 < significant.len()).then(|| token(idx + 1));
+        if (word.eq_ignore_ascii_case("PROCEDURE") || word.eq_ignore_ascii_case("TASK"))
+            && idx - start < ROUTINE_HEADER_MAX
+        {
+            let header: Vec<&Token> = (start..=idx).map(token).collect();
+            procedure |= defines_routine(&header);
+        }
         if idx == start && word.eq_ignore_ascii_case("DECLARE") {
             declare_pending = true;
         } else if word.eq_ignore_ascii_case("BEGIN") {
-            if paren_depth == 0 && !begin_starts_transaction(next) {
+            let previous = (idx > start).then(|| token(idx - 1));
+            let opens = begin_opens_block(previous, block_depth > 0 || declare_pending, procedure);
+            if paren_depth == 0 && opens && !begin_starts_transaction(next) {
                 block_depth += 1;
                 declare_pending = false;
             }
@@ -302,7 +349,39 @@ mod tests {
             ["begin let y := case when true then 1 else 2 end; begin select 1; end; end", "x"]
         );
         assert_eq!(texts("begin; select 1; commit"), ["begin", "select 1", "commit"]);
+        assert_eq!(
+            texts("create procedure p() returns int language sql as begin select 1; return 1; end; select 2"),
+            ["create procedure p() returns int language sql as begin select 1; return 1; end", "select 2"]
+        );
+        assert_eq!(
+            texts("begin if (true) then begin select 1; end; else begin select 2; end; end if; end; x"),
+            ["begin if (true) then begin select 1; end; else begin select 2; end; end if; end", "x"]
+        );
         assert_eq!(texts("begin transaction; select 1"), ["begin transaction", "select 1"]);
+    }
+
+    /// `BEGIN` is not reserved: a column or alias of that name opens no block, and the
+    /// statements after it are statements.
+    #[test]
+    fn begin_as_a_name_opens_no_block() {
+        assert_eq!(
+            texts("explain select begin from t; drop database analytics"),
+            ["explain select begin from t", "drop database analytics"]
+        );
+        assert_eq!(texts("select 1 as begin from t; drop table u"), ["select 1 as begin from t", "drop table u"]);
+        assert_eq!(
+            texts("create table c as select 1 as begin from t; drop table u"),
+            ["create table c as select 1 as begin from t", "drop table u"]
+        );
+        assert_eq!(texts("call p(1) begin x; drop table u"), ["call p(1) begin x", "drop table u"]);
+        assert_eq!(
+            texts("create table procedure as select 1 as begin from t; drop table u"),
+            ["create table procedure as select 1 as begin from t", "drop table u"]
+        );
+        assert_eq!(
+            texts("declare c cursor for select begin from t; begin open c; end; x"),
+            ["declare c cursor for select begin from t; begin open c; end", "x"]
+        );
     }
 
     #[test]
