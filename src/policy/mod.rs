@@ -41,7 +41,9 @@
 //! with `://` matches external URLs). An `allow` rule with object filters covers an action
 //! only if everything it touches is in scope (matched exactly, every possible reading of a
 //! partial name); a `deny` or `review` rule fires if anything it touches could be in scope
-//! (matched without regard to case; a name only known at run time always could).
+//! (matched without regard to case; a name only known at run time always could). A review
+//! rule that fires only for a name known at run time alone sends the action for review
+//! unless a later rule (or the default) denies it.
 //!
 //! ```toml
 //! [policy]

@@ -14,7 +14,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::model::{Action, Classified, ClassifiedStatement, Kind, Limits, ObjectName, ObjectType, Refusal};
-use super::names::{Namespace, ObjectGlobs};
+use super::names::{Namespace, ObjectGlobs, Resolution, resolve};
 
 /// The longest review timeout a rule may set.
 pub const REVIEW_TIMEOUT_SECS_MAX: u64 = 7 * 24 * 3600;
@@ -655,46 +655,80 @@ impl Policy {
         }
     }
 
+    /// The first rule that matches decides; but a review rule that matches only because a
+    /// name is known at run time alone (it could be in the rule's scope, or anywhere) sends
+    /// the action for review unless a later rule or the default denies it: an account, a
+    /// user or a role named by a variable is no sandbox table a review rule was written for.
     fn decide_action(&self, subject: &Subject, namespace: &Namespace, action: &Action) -> (DecidedBy, &Outcome) {
+        let mut possible_review: Option<(DecidedBy, &Outcome)> = None;
         for rule in &self.rules {
-            if rule.matches(subject, namespace, action) {
-                return (DecidedBy::Rule { index: rule.index, name: rule.name.clone() }, &rule.outcome);
+            let decided = || (DecidedBy::Rule { index: rule.index, name: rule.name.clone() }, &rule.outcome);
+            match rule.matches(subject, namespace, action) {
+                Match::No => {}
+                Match::Unknowable if rule.outcome.action == VerdictAction::Review => {
+                    possible_review.get_or_insert_with(decided);
+                }
+                Match::Yes | Match::Unknowable => return stricter(possible_review, decided()),
             }
         }
         if action.kind == Kind::Unknown {
-            return (DecidedBy::UnknownStatement, &UNKNOWN_OUTCOME);
+            return stricter(possible_review, (DecidedBy::UnknownStatement, &UNKNOWN_OUTCOME));
         }
-        (DecidedBy::Default, &self.default)
+        stricter(possible_review, (DecidedBy::Default, &self.default))
     }
+}
+
+/// A review found earlier for a name known at run time alone, unless `found` denies.
+fn stricter<'o>(
+    possible: Option<(DecidedBy, &'o Outcome)>,
+    found: (DecidedBy, &'o Outcome),
+) -> (DecidedBy, &'o Outcome) {
+    match possible {
+        Some(review) if found.1.action != VerdictAction::Deny => review,
+        _ => found,
+    }
+}
+
+/// Whether a rule matches an action.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Match {
+    No,
+    Yes,
+    /// Only because the action's object is named at run time (a deny or review rule's scope).
+    Unknowable,
 }
 
 static UNKNOWN_OUTCOME: Outcome =
     Outcome { action: VerdictAction::Deny, message: None, review: None, masking_profile: None };
 
 impl Rule {
-    fn matches(&self, subject: &Subject, namespace: &Namespace, action: &Action) -> bool {
+    fn matches(&self, subject: &Subject, namespace: &Namespace, action: &Action) -> Match {
+        let yes = |matched: bool| if matched { Match::Yes } else { Match::No };
         if !self.any_group && !subject.groups.iter().any(|g| self.groups.contains(g)) {
-            return false;
+            return Match::No;
         }
         let kind_matches = match &self.kinds {
             KindMatch::AnyButUnknown => action.kind != Kind::Unknown,
             KindMatch::Listed(kinds) => kinds.contains(&action.kind),
         };
         if !kind_matches {
-            return false;
+            return Match::No;
         }
         if self.object_types.is_none() && self.objects.is_none() {
-            return true;
+            return Match::Yes;
         }
         // An allow rule scoped to objects covers actions that touch nothing outside its scope;
         // a deny or review rule scoped to objects fires on actions that touch its scope.
         let allowing = self.outcome.action == VerdictAction::Allow;
-        match &action.object {
-            None => allowing,
-            Some(object) => {
-                self.object_types.as_ref().is_none_or(|types| types.contains(&object.object_type))
-                    && self.objects.as_ref().is_none_or(|globs| globs.matches(object, namespace, allowing))
-            }
+        let Some(object) = &action.object else { return yes(allowing) };
+        if !self.object_types.as_ref().is_none_or(|types| types.contains(&object.object_type)) {
+            return Match::No;
+        }
+        let Some(globs) = &self.objects else { return Match::Yes };
+        match globs.matches(object, namespace, allowing) {
+            false => Match::No,
+            true if !allowing && resolve(object, namespace) == Resolution::Unknowable => Match::Unknowable,
+            true => Match::Yes,
         }
     }
 }
@@ -909,6 +943,23 @@ action = "allow"
         assert_eq!(decide("select * from identifier($t)").action, VerdictAction::Deny);
         let no_namespace = policy().decide(&analyst(), &classify("select * from orders", &Limits::default()));
         assert_eq!(no_namespace.action, VerdictAction::Deny);
+    }
+
+    /// A review rule that fires only for a name known at run time reviews the action unless
+    /// what would decide it otherwise denies: under a default that allows, it is reviewed.
+    #[test]
+    fn a_review_for_a_run_time_name_yields_to_a_deny_only() {
+        let with_default = |default: &str| {
+            let text = format!(
+                "[policy]\ndefault = {default}\n[[policy.rules]]\nname = \"sandbox\"\ngroups = [\"*\"]\n\
+                 kinds = [\"insert\"]\nobjects = [\"A.SANDBOX.**\"]\naction = \"review\"\n\
+                 reviewer_groups = [\"dba\"]\ntimeout_secs = 60\n"
+            );
+            let policy = Policy::from_spec(&PolicySpec::from_document(&text).unwrap()).unwrap();
+            policy.decide(&analyst(), &classify("insert into identifier($t) values (1)", &Limits::default())).action
+        };
+        assert_eq!(with_default(r#"{ action = "allow" }"#), VerdictAction::Review);
+        assert_eq!(with_default(r#"{ action = "deny", message = "no" }"#), VerdictAction::Deny);
     }
 
     #[test]
