@@ -1263,7 +1263,13 @@ fn describe(v: View<'_>, b: &mut Builder) {
         let target = read_target(v.tok(2), v.tok(3), v.len() == 3);
         return b.on(Kind::Describe, ObjectType::QueryResult, target_name(target));
     }
-    let (object_type, at) = read_object_type(v, 1, true, false).unwrap_or((ObjectType::Table, 1));
+    // A type word the gateway does not know, then a name (`DESCRIBE SERVICE db.s.svc`): an
+    // object of another type, not a table named like the type word.
+    let (object_type, at) = match read_object_type(v, 1, true, false) {
+        Some(found) => found,
+        None if read_name(v, 2).is_some() => (ObjectType::Other, 2),
+        None => (ObjectType::Table, 1),
+    };
     if let Some((name, _)) = read_name(v, at) {
         b.on(Kind::Describe, object_type, name);
     }
@@ -2556,6 +2562,9 @@ mod tests {
         assert_eq!(kinds("show terse tables like 'X%' in schema a.b starts with 'X' limit 10"), ["show"]);
         assert_eq!(kinds("describe function a.b.f(number, varchar)"), ["describe function A.B.F"]);
         assert_eq!(kinds("desc table identifier($t) type = stage"), ["describe table <dynamic>"]);
+        // A type word the gateway does not know names no table.
+        assert_eq!(kinds("describe service hr.payroll.svc"), ["describe other HR.PAYROLL.SVC"]);
+        assert_eq!(kinds("describe orders"), ["describe table ORDERS"]);
         assert_eq!(kinds("use secondary roles all"), ["use_secondary_roles role <dynamic>"]);
         assert_eq!(kinds("use secondary roles none"), ["use_secondary_roles"]);
         assert_eq!(kinds("use secondary roles r1, r2"), ["use_secondary_roles role R1", "use_secondary_roles role R2"]);

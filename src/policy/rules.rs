@@ -571,7 +571,9 @@ impl Policy {
         }
         // A `USE` changes how the names of the statements after it resolve: they are decided
         // under the namespace it sets. A statement that changes the namespace and does more
-        // (a block, an EXECUTE IMMEDIATE) is decided with no namespace at all.
+        // (a block, an EXECUTE IMMEDIATE) is decided with no namespace at all. So are the
+        // statements after one that may change it unseen: creating a database or a schema
+        // makes it current, and a procedure, a block or dynamic SQL may run a `USE`.
         let mut current = namespace.clone();
         let mut statements = Vec::with_capacity(classified.statements.len());
         for statement in &classified.statements {
@@ -582,6 +584,8 @@ impl Policy {
             statements.push(self.decide_statement(subject, &decided_under, statement));
             if changes_namespace {
                 current = if mixed { Namespace::default() } else { namespace_after_use(&current, statement) };
+            } else if may_change_namespace(statement) {
+                current = Namespace::default();
             }
         }
         let deciding = pick_most_restrictive(statements.iter().map(|s| (s.action, s.review.as_ref())));
@@ -731,6 +735,19 @@ impl Rule {
             true => Match::Yes,
         }
     }
+}
+
+/// Whether a statement that is not a `USE` may still change the current database or schema:
+/// a `CREATE` of a database or a schema (which becomes current), or code the gateway does not
+/// see run (a procedure, a task run, a block, dynamic SQL), which may run a `USE`.
+fn may_change_namespace(statement: &ClassifiedStatement) -> bool {
+    statement.actions.iter().any(|a| match a.kind {
+        Kind::Call | Kind::ScriptingBlock | Kind::ExecuteImmediate | Kind::ExecuteImmediateDynamic => true,
+        Kind::Create | Kind::CreateOrReplace => {
+            a.object.as_ref().is_some_and(|o| matches!(o.object_type, ObjectType::Database | ObjectType::Schema))
+        }
+        _ => false,
+    })
 }
 
 /// The namespace after a `USE DATABASE` or `USE SCHEMA` statement. `USE DATABASE` makes
@@ -960,6 +977,22 @@ action = "allow"
         };
         assert_eq!(with_default(r#"{ action = "allow" }"#), VerdictAction::Review);
         assert_eq!(with_default(r#"{ action = "deny", message = "no" }"#), VerdictAction::Deny);
+    }
+
+    /// After a statement that may change the current schema unseen (a procedure may run a
+    /// `USE`; creating a schema makes it current), partial names are not placed in the one
+    /// before it.
+    #[test]
+    fn partial_names_after_a_possible_namespace_change_are_not_placed() {
+        let etl = Subject { sub: "etl-1".into(), groups: vec!["etl".into(), "analysts".into()] };
+        let ns = Namespace::new(Some("ANALYTICS"), Some("PUBLIC"));
+        let decide = |sql: &str| policy().decide_in(&etl, &ns, &classify(sql, &Limits::default()));
+        let read = |v: &Verdict| v.statements.last().unwrap().action;
+        assert_eq!(read(&decide("use schema analytics.public; select * from orders")), VerdictAction::Allow);
+        for before in ["call analytics.public.p()", "create schema hr.copy", "begin select 1; end"] {
+            let v = decide(&format!("{before}; select * from orders"));
+            assert_eq!(read(&v), VerdictAction::Deny, "{before}");
+        }
     }
 
     #[test]
