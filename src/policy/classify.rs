@@ -41,7 +41,8 @@ use sqlparser::parser::Parser;
 use sqlparser::tokenizer::Token;
 
 use super::lexer::{
-    Lexed, ROUTINE_HEADER_MAX, bare_word, begin_starts_transaction, defines_routine, is_keyword, lex, split,
+    Lexed, ROUTINE_HEADER_MAX, ROUTINE_WORDS, bare_word, begin_starts_transaction, defines_routine, is_keyword, lex,
+    split,
 };
 use super::model::{Action, Classified, ClassifiedStatement, Kind, Limits, ObjectName, ObjectType, Refusal};
 use super::names::{canonical_word, name_from_literal};
@@ -275,7 +276,7 @@ fn classify_statement(cx: &Cx<'_>, v: View<'_>) -> ClassifiedStatement {
     // may disagree, and what follows it would not have been classified.
     let semicolon = (0..v.len()).any(|idx| v.is(idx, &Token::SemiColon));
     let routine = (0..v.len().min(ROUTINE_HEADER_MAX)).any(|idx| {
-        (v.kw(idx, "PROCEDURE") || v.kw(idx, "TASK"))
+        ROUTINE_WORDS.iter().any(|kw| v.kw(idx, kw))
             && defines_routine(&(0..=idx).filter_map(|i| v.tok(i)).collect::<Vec<_>>())
     });
     if semicolon && b.kind != Kind::ScriptingBlock && !routine {
@@ -1267,7 +1268,7 @@ fn describe(v: View<'_>, b: &mut Builder) {
     // object of another type, not a table named like the type word.
     let (object_type, at) = match read_object_type(v, 1, true, false) {
         Some(found) => found,
-        None if read_name(v, 2).is_some() => (ObjectType::Other, 2),
+        None if read_name(v, 2).is_some() && !v.is(3, &Token::Eq) => (ObjectType::Other, 2),
         None => (ObjectType::Table, 1),
     };
     if let Some((name, _)) = read_name(v, at) {
@@ -2192,7 +2193,7 @@ mod tests {
 
     /// A `;` left inside a statement that is not a block (a `BEGIN` the split took for a
     /// block's where Snowflake reads a name) makes the statement unknown: what follows the `;`
-    /// was never classified.
+    /// was never classified. Here the statement is a task's body, classified on its own.
     #[test]
     fn a_semicolon_outside_a_block_is_unknown() {
         let body = one("create task t as call p(1) as begin x; drop table u");
@@ -2565,6 +2566,7 @@ mod tests {
         // A type word the gateway does not know names no table.
         assert_eq!(kinds("describe service hr.payroll.svc"), ["describe other HR.PAYROLL.SVC"]);
         assert_eq!(kinds("describe orders"), ["describe table ORDERS"]);
+        assert_eq!(kinds("describe orders type = stage"), ["describe table ORDERS"]);
         assert_eq!(kinds("use secondary roles all"), ["use_secondary_roles role <dynamic>"]);
         assert_eq!(kinds("use secondary roles none"), ["use_secondary_roles"]);
         assert_eq!(kinds("use secondary roles r1, r2"), ["use_secondary_roles role R1", "use_secondary_roles role R2"]);

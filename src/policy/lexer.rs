@@ -167,22 +167,28 @@ pub(crate) fn begin_starts_transaction(next: Option<&Token>) -> bool {
     }
 }
 
-/// The most tokens before a routine definition's `PROCEDURE` or `TASK` (`CREATE OR REPLACE
-/// SECURE TEMPORARY PROCEDURE`).
+/// The most tokens before a routine definition's `PROCEDURE`, `TASK` or `ALERT` (`CREATE OR
+/// REPLACE SECURE TEMPORARY PROCEDURE`).
 pub(crate) const ROUTINE_HEADER_MAX: usize = 6;
 
-/// Whether a statement starting with `header` (its first tokens, up to `PROCEDURE` or `TASK`)
-/// defines a procedure or a task, whose body may be a block after `AS`: `CREATE [OR REPLACE]
-/// [SECURE] [TEMPORARY|TEMP] PROCEDURE|TASK`, or an anonymous procedure, `WITH name AS
-/// PROCEDURE`.
+/// The words that name a routine: code whose body may be a block.
+pub(crate) const ROUTINE_WORDS: [&str; 3] = ["PROCEDURE", "TASK", "ALERT"];
+
+/// Whether a statement starting with `header` (its first tokens, up to one of
+/// [`ROUTINE_WORDS`]) defines or changes a procedure, a task or an alert, whose body may be a
+/// block (after `AS`, an alert's `THEN` or `MODIFY ACTION`): `CREATE [OR REPLACE|OR ALTER]
+/// [SECURE] [TEMPORARY|TEMP] PROCEDURE|TASK|ALERT`, `ALTER TASK|ALERT`, or an anonymous
+/// procedure, `WITH name AS PROCEDURE`.
 pub(crate) fn defines_routine(header: &[&Token]) -> bool {
     let word = |t: &Token| bare_word(t).map(str::to_ascii_uppercase);
     let words: Vec<Option<String>> = header.iter().map(|t| word(t)).collect();
     let is = |w: &Option<String>, kw: &str| w.as_deref() == Some(kw);
+    let routine = |w: &Option<String>| ROUTINE_WORDS.iter().any(|kw| is(w, kw));
     match words.as_slice() {
-        [first, middle @ .., last] if is(first, "CREATE") && (is(last, "PROCEDURE") || is(last, "TASK")) => {
-            middle.iter().all(|w| ["OR", "REPLACE", "SECURE", "TEMPORARY", "TEMP"].iter().any(|kw| is(w, kw)))
+        [first, middle @ .., last] if is(first, "CREATE") && routine(last) => {
+            middle.iter().all(|w| ["OR", "REPLACE", "ALTER", "SECURE", "TEMPORARY", "TEMP"].iter().any(|kw| is(w, kw)))
         }
+        [first, last] if is(first, "ALTER") && routine(last) => true,
         [first, _, as_, last] => is(first, "WITH") && is(as_, "AS") && is(last, "PROCEDURE"),
         _ => false,
     }
@@ -191,7 +197,7 @@ pub(crate) fn defines_routine(header: &[&Token]) -> bool {
 /// Whether a `BEGIN` after `previous` (`None` at a statement's start) can open a block: at a
 /// statement's start, or where a block's statement starts (after `;` inside a block or a
 /// `DECLARE` section, or after `THEN`, `ELSE`, `DO`, `LOOP`, `REPEAT` or `BEGIN` inside a
-/// block), or as a procedure's or task's body after `AS`. Anywhere else `BEGIN` is a name (it is not
+/// block), or as a routine's body (after `AS`, or an alert's `THEN` or `MODIFY ACTION`). Anywhere else `BEGIN` is a name (it is not
 /// reserved: `SELECT begin FROM t`), and counting it would hide the statements after it.
 fn begin_opens_block(previous: Option<&Token>, in_block: bool, procedure: bool) -> bool {
     let Some(previous) = previous else { return true };
@@ -200,7 +206,8 @@ fn begin_opens_block(previous: Option<&Token>, in_block: bool, procedure: bool) 
     }
     let Some(word) = bare_word(previous) else { return false };
     let is = |kw: &str| word.eq_ignore_ascii_case(kw);
-    (in_block && ["THEN", "ELSE", "DO", "LOOP", "REPEAT", "BEGIN"].iter().any(|kw| is(kw))) || (procedure && is("AS"))
+    (in_block && ["THEN", "ELSE", "DO", "LOOP", "REPEAT", "BEGIN"].iter().any(|kw| is(kw)))
+        || (procedure && ["AS", "THEN", "ACTION"].iter().any(|kw| is(kw)))
 }
 
 /// The byte ranges of a request's top-level statements (first token to last, `;` and
@@ -258,9 +265,7 @@ pub(crate) fn split_significant(tokens: &[TokenWithSpan], significant: &[usize])
         }
         let Some(word) = bare_word(current) else { continue };
         let next = (idx + 1 < significant.len()).then(|| token(idx + 1));
-        if (word.eq_ignore_ascii_case("PROCEDURE") || word.eq_ignore_ascii_case("TASK"))
-            && idx - start < ROUTINE_HEADER_MAX
-        {
+        if ROUTINE_WORDS.iter().any(|kw| word.eq_ignore_ascii_case(kw)) && idx - start < ROUTINE_HEADER_MAX {
             let header: Vec<&Token> = (start..=idx).map(token).collect();
             procedure |= defines_routine(&header);
         }
@@ -270,6 +275,8 @@ pub(crate) fn split_significant(tokens: &[TokenWithSpan], significant: &[usize])
             let previous = (idx > start).then(|| token(idx - 1));
             let opens = begin_opens_block(previous, block_depth > 0 || declare_pending, procedure);
             if paren_depth == 0 && opens && !begin_starts_transaction(next) {
+                // One body a routine: an `AS begin` inside it is a name again.
+                procedure = false;
                 block_depth += 1;
                 declare_pending = false;
             }
@@ -352,6 +359,18 @@ mod tests {
         assert_eq!(
             texts("create procedure p() returns int language sql as begin select 1; return 1; end; select 2"),
             ["create procedure p() returns int language sql as begin select 1; return 1; end", "select 2"]
+        );
+        assert_eq!(
+            texts("create or alter task t as begin select 1; end; alter task t modify as begin select 2; end; x"),
+            ["create or alter task t as begin select 1; end", "alter task t modify as begin select 2; end", "x"]
+        );
+        assert_eq!(
+            texts("create alert a if (exists (select 1)) then begin select 1; end; x"),
+            ["create alert a if (exists (select 1)) then begin select 1; end", "x"]
+        );
+        assert_eq!(
+            texts("create task t as begin select 1 as begin from x; end; select 2"),
+            ["create task t as begin select 1 as begin from x; end", "select 2"]
         );
         assert_eq!(
             texts("begin if (true) then begin select 1; end; else begin select 2; end; end if; end; x"),

@@ -882,14 +882,19 @@ impl SegmentWriter {
     /// successor is missing can only mean the successor was removed (a crash in between
     /// leaves the segment open and its successor without records, which recovery knows).
     ///
-    /// When the seal fails, the successor (a header alone, which recovery would rewrite) is
-    /// removed: the segment stays open and takes more records, so the successor's header no
+    /// When the seal fails and is cut back, the successor (a header alone, which recovery
+    /// would rewrite) is removed: the segment stays open and takes more records, so the successor's header no
     /// longer follows it, and a stop that sealed the segment as the last would leave it there
     /// for verify to read as a replaced segment. The next rotation creates it afresh.
     fn advance(&mut self, reason: SealReason, now: u64) -> Result<(), WriteError> {
         debug_assert!(reason.has_successor() && self.current.is_some());
         let next = self.create_segment(now)?;
         if let Err(e) = self.seal(reason, now) {
+            // A fatal error may have left the seal on disk (the trailer written, its fsync
+            // failed): the successor it promises stays, and this writer writes no more.
+            if e.is_fatal() {
+                return Err(e);
+            }
             let path = next.path.clone();
             drop(next);
             if self.storage.remove(&path).and_then(|()| self.storage.sync_dir(&self.directory)).is_err() {
@@ -1079,8 +1084,9 @@ impl SegmentWriter {
         Ok(())
     }
 
-    /// Seals the open segment: fsync, footer, MAC, trailer, fsync. With no open segment (opening one
-    /// failed), one is opened first so the seal exists. A seal promising a successor
+    /// Seals the open segment: fsync, footer (with its MAC), fsync, trailer, fsync. With no
+    /// open segment (opening one failed), one is opened first so the seal exists. A seal
+    /// promising a successor
     /// (`rotated`, `recovered`) is for [`SegmentWriter::rotate`] and recovery, which create
     /// the successor first; sealed so directly, with no successor following, the segment
     /// reads as the last of a cut recording.
@@ -1137,7 +1143,17 @@ impl SegmentWriter {
             source,
         })?;
         if let Err(source) = segment.file.append(&trailer.encode()) {
-            return Err(cut_back_seal(segment, source));
+            // The footer is on disk: the cut must be too before more batches follow it, or a
+            // crash could leave them over a stale footer (read as corruption, not a torn tail).
+            return Err(match cut_back_seal(segment, source) {
+                WriteError::Io { path, source } => match segment.file.sync() {
+                    Ok(()) => WriteError::Io { path, source },
+                    Err(sync_error) => {
+                        WriteError::Fatal { what: "fsync after cutting back a seal", path, source: sync_error }
+                    }
+                },
+                fatal => fatal,
+            });
         }
         segment.file.sync().map_err(|source| WriteError::Fatal {
             what: "fsync",

@@ -16,8 +16,9 @@
 use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
 
-/// The most sessions a gateway keeps refusing after their logouts: a logout a second for
-/// over a day (about 100 bytes each); an identity lasts at most `session_max`.
+/// The most sessions a gateway keeps refusing after their logouts (about 100 bytes each): a
+/// logout a second for over a day, longer than an identity lasts at the default `session_max`
+/// (12 hours); past that the soonest to end are forgotten first.
 pub const ENTRIES_MAX: usize = 100_000;
 
 /// The sessions logged out of, each until when it is refused (Unix milliseconds).
