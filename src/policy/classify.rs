@@ -40,10 +40,7 @@ use sqlparser::dialect::SnowflakeDialect;
 use sqlparser::parser::Parser;
 use sqlparser::tokenizer::Token;
 
-use super::lexer::{
-    Lexed, ROUTINE_HEADER_MAX, ROUTINE_WORDS, bare_word, begin_starts_transaction, defines_routine, is_keyword, lex,
-    split,
-};
+use super::lexer::{Lexed, bare_word, begin_starts_transaction, is_keyword, lex, split, starts_routine};
 use super::model::{Action, Classified, ClassifiedStatement, Kind, Limits, ObjectName, ObjectType, Refusal};
 use super::names::{canonical_word, name_from_literal};
 use super::parameters::session_parameter_is_benign;
@@ -272,13 +269,10 @@ fn classify_statement(cx: &Cx<'_>, v: View<'_>) -> ClassifiedStatement {
         Some("EXPLAIN") => explain(v, &mut b),
         _ => b.become_unknown("the statement does not start with a keyword the gateway classifies"),
     }
-    // Only a block (or a procedure's or task's body) holds a `;`: anywhere else the split and Snowflake
-    // may disagree, and what follows it would not have been classified.
+    // Only a block (or a routine's body) holds a `;`: anywhere else the split and Snowflake may
+    // disagree, and what follows it would not have been classified.
     let semicolon = (0..v.len()).any(|idx| v.is(idx, &Token::SemiColon));
-    let routine = (0..v.len().min(ROUTINE_HEADER_MAX)).any(|idx| {
-        ROUTINE_WORDS.iter().any(|kw| v.kw(idx, kw))
-            && defines_routine(&(0..=idx).filter_map(|i| v.tok(i)).collect::<Vec<_>>())
-    });
+    let routine = starts_routine((0..v.len()).filter_map(|idx| v.tok(idx)));
     if semicolon && b.kind != Kind::ScriptingBlock && !routine {
         b.become_unknown("the statement holds a `;` outside a Snowflake Scripting block");
     }

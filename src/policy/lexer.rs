@@ -169,17 +169,28 @@ pub(crate) fn begin_starts_transaction(next: Option<&Token>) -> bool {
 
 /// The most tokens before a routine definition's `PROCEDURE`, `TASK` or `ALERT` (`CREATE OR
 /// REPLACE SECURE TEMPORARY PROCEDURE`).
-pub(crate) const ROUTINE_HEADER_MAX: usize = 6;
+const ROUTINE_HEADER_MAX: usize = 6;
 
 /// The words that name a routine: code whose body may be a block.
-pub(crate) const ROUTINE_WORDS: [&str; 3] = ["PROCEDURE", "TASK", "ALERT"];
+const ROUTINE_WORDS: [&str; 3] = ["PROCEDURE", "TASK", "ALERT"];
+
+/// Whether the statement whose tokens start with `tokens` defines or changes a routine: one of
+/// [`ROUTINE_WORDS`] among its first [`ROUTINE_HEADER_MAX`] tokens ends a header
+/// [`defines_routine`] knows.
+pub(crate) fn starts_routine<'t>(tokens: impl IntoIterator<Item = &'t Token>) -> bool {
+    let first: Vec<&Token> = tokens.into_iter().take(ROUTINE_HEADER_MAX).collect();
+    (0..first.len()).any(|end| {
+        bare_word(first[end]).is_some_and(|word| ROUTINE_WORDS.iter().any(|kw| word.eq_ignore_ascii_case(kw)))
+            && defines_routine(&first[..=end])
+    })
+}
 
 /// Whether a statement starting with `header` (its first tokens, up to one of
 /// [`ROUTINE_WORDS`]) defines or changes a procedure, a task or an alert, whose body may be a
 /// block (after `AS`, an alert's `THEN` or `MODIFY ACTION`): `CREATE [OR REPLACE|OR ALTER]
 /// [SECURE] [TEMPORARY|TEMP] PROCEDURE|TASK|ALERT`, `ALTER TASK|ALERT`, or an anonymous
 /// procedure, `WITH name AS PROCEDURE`.
-pub(crate) fn defines_routine(header: &[&Token]) -> bool {
+fn defines_routine(header: &[&Token]) -> bool {
     let word = |t: &Token| bare_word(t).map(str::to_ascii_uppercase);
     let words: Vec<Option<String>> = header.iter().map(|t| word(t)).collect();
     let is = |w: &Option<String>, kw: &str| w.as_deref() == Some(kw);
@@ -197,8 +208,9 @@ pub(crate) fn defines_routine(header: &[&Token]) -> bool {
 /// Whether a `BEGIN` after `previous` (`None` at a statement's start) can open a block: at a
 /// statement's start, or where a block's statement starts (after `;` inside a block or a
 /// `DECLARE` section, or after `THEN`, `ELSE`, `DO`, `LOOP`, `REPEAT` or `BEGIN` inside a
-/// block), or as a routine's body (after `AS`, or an alert's `THEN` or `MODIFY ACTION`). Anywhere else `BEGIN` is a name (it is not
-/// reserved: `SELECT begin FROM t`), and counting it would hide the statements after it.
+/// block), or as a routine's body (after `AS`, or an alert's `THEN` or `MODIFY ACTION`).
+/// Anywhere else `BEGIN` is a name (it is not reserved: `SELECT begin FROM t`), and counting
+/// it would hide the statements after it.
 fn begin_opens_block(previous: Option<&Token>, in_block: bool, procedure: bool) -> bool {
     let Some(previous) = previous else { return true };
     if matches!(previous, Token::SemiColon) {
@@ -241,8 +253,8 @@ pub(crate) fn split_significant(tokens: &[TokenWithSpan], significant: &[usize])
     let mut block_depth = 0usize;
     let mut declare_pending = false;
     let mut skip_next_case = false;
-    // The statement defines a procedure or a task: its body may be a block after `AS`.
-    let mut procedure = false;
+    // The statement defines or changes a routine, whose body (one) may be a block.
+    let mut procedure = starts_routine(significant.iter().map(|&t| &tokens[t].token));
     for idx in 0..significant.len() {
         let current = token(idx);
         if is_opener(current) {
@@ -259,16 +271,12 @@ pub(crate) fn split_significant(tokens: &[TokenWithSpan], significant: &[usize])
                     statements.push(start..idx);
                 }
                 start = idx + 1;
-                procedure = false;
+                procedure = starts_routine(significant[start..].iter().map(|&t| &tokens[t].token));
             }
             continue;
         }
         let Some(word) = bare_word(current) else { continue };
         let next = (idx + 1 < significant.len()).then(|| token(idx + 1));
-        if ROUTINE_WORDS.iter().any(|kw| word.eq_ignore_ascii_case(kw)) && idx - start < ROUTINE_HEADER_MAX {
-            let header: Vec<&Token> = (start..=idx).map(token).collect();
-            procedure |= defines_routine(&header);
-        }
         if idx == start && word.eq_ignore_ascii_case("DECLARE") {
             declare_pending = true;
         } else if word.eq_ignore_ascii_case("BEGIN") {

@@ -254,16 +254,23 @@ impl ObjectGlobs {
         })
     }
 
-    /// Whether `object` matches, for a rule that allows (`allowing`) or one that denies or
-    /// sends for review. See the module header for the asymmetry.
-    pub fn matches(&self, object: &ObjectRef, namespace: &Namespace, allowing: bool) -> bool {
-        match resolve(object, namespace) {
+    /// [`ObjectGlobs::matches_resolved`] of `object` resolved in `namespace`.
+    #[cfg(test)]
+    fn matches(&self, object: &ObjectRef, namespace: &Namespace, allowing: bool) -> bool {
+        self.matches_resolved(&resolve(object, namespace), allowing)
+    }
+
+    /// Whether an object whose name resolved to `resolution` ([`resolve`]) matches, for a rule
+    /// that allows (`allowing`) or one that denies or sends for review. See the module header
+    /// for the asymmetry.
+    pub(crate) fn matches_resolved(&self, resolution: &Resolution, allowing: bool) -> bool {
+        match resolution {
             Resolution::Unknowable => !allowing,
             Resolution::Url(url) => {
                 if allowing {
-                    self.urls_exact.is_match(&url)
+                    self.urls_exact.is_match(url)
                 } else {
-                    self.urls_any_case.is_match(&url)
+                    self.urls_any_case.is_match(url)
                 }
             }
             Resolution::Names(names) => {

@@ -729,9 +729,11 @@ impl Rule {
             return Match::No;
         }
         let Some(globs) = &self.objects else { return Match::Yes };
-        match globs.matches(object, namespace, allowing) {
+        let resolution = resolve(object, namespace);
+        match globs.matches_resolved(&resolution, allowing) {
             false => Match::No,
-            true if !allowing && resolve(object, namespace) == Resolution::Unknowable => Match::Unknowable,
+            // An allowing rule matches no name known at run time alone.
+            true if resolution == Resolution::Unknowable => Match::Unknowable,
             true => Match::Yes,
         }
     }

@@ -423,7 +423,7 @@ async fn route(
         (e, Some(Caller::Session(claims, token))) => {
             // Logged out of while this request's body was arriving.
             if e != Endpoint::Logout && core.gateway.is_logged_out(&claims) {
-                return logged_out(capture);
+                return logged_out(capture, codes::SESSION_INVALID);
             }
             let session = govern::Session { claims: &claims, token };
             session_request(core, &e, head, &session, body, capture).await
@@ -771,7 +771,7 @@ async fn renew(core: &Core, head: &RequestHead, body: Bytes, capture: &mut Captu
     };
     capture.owner(&master);
     if gateway.is_logged_out(&master) {
-        return refuse(capture, codes::MASTER_INVALID, "this session was logged out of; log in again");
+        return logged_out(capture, codes::MASTER_INVALID);
     }
     let rewritten = match login::rewrite_renew_request(&body, &gateway.sealer, &master) {
         Ok(body) => body,
@@ -807,10 +807,10 @@ async fn renew(core: &Core, head: &RequestHead, body: Bytes, capture: &mut Captu
     }
 }
 
-/// Opens the sealed session token a driver's request carries; returns its claims and the token.
-/// The refusal of a session token (or master token) whose session its agent logged out of.
-fn logged_out(capture: &mut Capture) -> Answer {
-    refuse(capture, codes::SESSION_INVALID, "this session was logged out of; log in again")
+/// The refusal (with `code`) of a session or master token whose session its agent logged
+/// out of.
+fn logged_out(capture: &mut Capture, code: &str) -> Answer {
+    refuse(capture, code, "this session was logged out of; log in again")
 }
 
 /// Whether a session token is refused once expired.
@@ -821,6 +821,7 @@ enum Expiry {
     Ignored,
 }
 
+/// Opens the sealed session token a driver's request carries; returns its claims and the token.
 fn open_session<'h>(
     core: &Core,
     head: &'h RequestHead,
@@ -847,7 +848,7 @@ fn open_session<'h>(
     capture.owner(&claims);
     // A logout may be sent again (one that failed upstream, say): it goes on to Snowflake.
     if expiry == Expiry::Checked && core.gateway.is_logged_out(&claims) {
-        return Err(logged_out(capture));
+        return Err(logged_out(capture, codes::SESSION_INVALID));
     }
     Ok((claims, token))
 }

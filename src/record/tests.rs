@@ -321,9 +321,9 @@ fn a_failed_fsync_fails_the_recorder_and_is_never_retried() {
     assert_eq!(frames[0], request(0, 10));
 }
 
-#[test]
-fn records_lost_to_a_full_disk_are_counted_in_the_recording_by_a_stop_before_resuming() {
-    let storage = SimulatedStorage::new();
+/// A recorder (retrying a failing disk only after a minute) that made one record durable, then
+/// lost the next to a full disk; the space stays short.
+fn recorder_that_lost_a_record(storage: &SimulatedStorage) -> Recorder {
     let mut config = config(&dir());
     config.unavailable_retry = Duration::from_secs(60);
     let recorder = Recorder::start_with(config, Arc::new(storage.clone()), Arc::new(SystemClock)).unwrap();
@@ -333,6 +333,13 @@ fn records_lost_to_a_full_disk_are_counted_in_the_recording_by_a_stop_before_res
     storage.set_space_bytes(Some(used + 20));
     let lost = recorder.submit(request(1, 500)).unwrap();
     assert_eq!(lost.wait_durable(Duration::from_secs(5)), Some(Err(RecordUnavailable::WriteFailed)));
+    recorder
+}
+
+#[test]
+fn records_lost_to_a_full_disk_are_counted_in_the_recording_by_a_stop_before_resuming() {
+    let storage = SimulatedStorage::new();
+    let recorder = recorder_that_lost_a_record(&storage);
     // Space returns, and the gateway stops long before the recorder would retry.
     storage.set_space_bytes(None);
     recorder.stop().unwrap();
@@ -350,15 +357,7 @@ fn records_lost_to_a_full_disk_are_counted_in_the_recording_by_a_stop_before_res
 #[test]
 fn a_stop_that_cannot_record_its_lost_records_leaves_the_segment_open() {
     let storage = SimulatedStorage::new();
-    let mut waiting = config(&dir());
-    waiting.unavailable_retry = Duration::from_secs(60);
-    let recorder = Recorder::start_with(waiting, Arc::new(storage.clone()), Arc::new(SystemClock)).unwrap();
-    let ok = recorder.submit(request(0, 10)).unwrap();
-    assert_eq!(ok.wait_durable(Duration::from_secs(5)), Some(Ok(())));
-    let used: u64 = storage.read(&segment_path(0)).unwrap().len() as u64;
-    storage.set_space_bytes(Some(used + 20));
-    let lost = recorder.submit(request(1, 500)).unwrap();
-    assert_eq!(lost.wait_durable(Duration::from_secs(5)), Some(Err(RecordUnavailable::WriteFailed)));
+    let recorder = recorder_that_lost_a_record(&storage);
     // Space returns, but the count of the loss cannot be written (the seal could be).
     storage.set_space_bytes(None);
     storage.fail_next_appends(1);

@@ -459,14 +459,18 @@ fn scrubbed_within(frame: &Frame, body_bytes_max: usize) -> Option<Frame> {
 }
 
 /// Cuts back a seal whose footer or trailer could not be written, so the segment ends at its
-/// last batch again: the write's error, or a fatal one when the file cannot be cut.
-fn cut_back_seal(segment: &mut OpenSegment, source: io::Error) -> WriteError {
-    match segment.file.truncate(segment.len) {
-        Ok(()) => WriteError::Io { path: segment.path.clone(), source },
-        Err(truncate_error) => {
-            WriteError::Fatal { what: "cutting back a failed seal", path: segment.path.clone(), source: truncate_error }
-        }
+/// last batch again, and with `durable` makes the cut durable (a footer already on disk must
+/// not stay under the batches that follow): the write's error, or a fatal one when the file
+/// cannot be cut or synced.
+fn cut_back_seal(segment: &mut OpenSegment, source: io::Error, durable: bool) -> WriteError {
+    let fatal = |what, source| WriteError::Fatal { what, path: segment.path.clone(), source };
+    if let Err(e) = segment.file.truncate(segment.len) {
+        return fatal("cutting back a failed seal", e);
     }
+    if durable && let Err(e) = segment.file.sync() {
+        return fatal("fsync after cutting back a seal", e);
+    }
+    WriteError::Io { path: segment.path.clone(), source }
 }
 
 /// One core's segment writer.
@@ -883,9 +887,10 @@ impl SegmentWriter {
     /// leaves the segment open and its successor without records, which recovery knows).
     ///
     /// When the seal fails and is cut back, the successor (a header alone, which recovery
-    /// would rewrite) is removed: the segment stays open and takes more records, so the successor's header no
-    /// longer follows it, and a stop that sealed the segment as the last would leave it there
-    /// for verify to read as a replaced segment. The next rotation creates it afresh.
+    /// would rewrite) is removed: the segment stays open and takes more records, so the
+    /// successor's header no longer follows it, and a stop that sealed the segment as the last
+    /// would leave it there for verify to read as a replaced segment. The next rotation
+    /// creates it afresh.
     fn advance(&mut self, reason: SealReason, now: u64) -> Result<(), WriteError> {
         debug_assert!(reason.has_successor() && self.current.is_some());
         let next = self.create_segment(now)?;
@@ -1086,10 +1091,9 @@ impl SegmentWriter {
 
     /// Seals the open segment: fsync, footer (with its MAC), fsync, trailer, fsync. With no
     /// open segment (opening one failed), one is opened first so the seal exists. A seal
-    /// promising a successor
-    /// (`rotated`, `recovered`) is for [`SegmentWriter::rotate`] and recovery, which create
-    /// the successor first; sealed so directly, with no successor following, the segment
-    /// reads as the last of a cut recording.
+    /// promising a successor (`rotated`, `recovered`) is for [`SegmentWriter::rotate`] and
+    /// recovery, which create the successor first; sealed so directly, with no successor
+    /// following, the segment reads as the last of a cut recording.
     pub fn seal(&mut self, reason: SealReason, now_unix_us: u64) -> Result<(), WriteError> {
         if self.current.is_none() {
             self.open_next(now_unix_us)?;
@@ -1131,7 +1135,7 @@ impl SegmentWriter {
             segment.file.append(slice)
         });
         if let Err(source) = written {
-            return Err(cut_back_seal(segment, source));
+            return Err(cut_back_seal(segment, source, false));
         }
         // The footer is durable before the trailer, which commits the seal, is written: one
         // fsync of both could keep the trailer and lose a page of the footer (writeback is
@@ -1145,15 +1149,7 @@ impl SegmentWriter {
         if let Err(source) = segment.file.append(&trailer.encode()) {
             // The footer is on disk: the cut must be too before more batches follow it, or a
             // crash could leave them over a stale footer (read as corruption, not a torn tail).
-            return Err(match cut_back_seal(segment, source) {
-                WriteError::Io { path, source } => match segment.file.sync() {
-                    Ok(()) => WriteError::Io { path, source },
-                    Err(sync_error) => {
-                        WriteError::Fatal { what: "fsync after cutting back a seal", path, source: sync_error }
-                    }
-                },
-                fatal => fatal,
-            });
+            return Err(cut_back_seal(segment, source, true));
         }
         segment.file.sync().map_err(|source| WriteError::Fatal {
             what: "fsync",

@@ -157,14 +157,9 @@ fn expect_100_continue_gets_the_interim_answer_then_the_final_one() {
 fn expect_100_continue_over_the_cap_gets_the_final_answer_without_the_invitation() {
     let upstream = double(|_| {});
     let gateway = TestGateway::start(&upstream.url(), GatewayOptions::default());
-    let mut stream = TcpStream::connect(gateway.addr).unwrap();
-    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     // No session token, and a body over the cap for callers refused from their head.
     let head = format!("{QUERY}Content-Length: {}\r\nExpect: 100-continue\r\n\r\n", 1 << 20);
-    stream.write_all(head.as_bytes()).unwrap();
-    let mut answer = Vec::new();
-    let _ = stream.read_to_end(&mut answer);
-    let text = String::from_utf8_lossy(&answer);
+    let (text, _) = exchange_raw(&gateway, head.as_bytes());
     assert!(!text.contains("100 Continue"), "the over-cap body was invited: {text}");
     assert!(text.starts_with("HTTP/1.1 200 "), "{text}");
     assert!(text.contains(snowgate::session::codes::SESSION_MISSING), "{text}");
