@@ -75,6 +75,10 @@ for target in "${targets[@]}"; do
   else
     corpora=("corpus/$target")
   fi
+  # Inputs that once found a bug are replayed as corpus too: each is a regression test.
+  if [ -d "artifacts-found/$target" ]; then
+    corpora+=("artifacts-found/$target")
+  fi
   echo "== $target (${seconds_each} s, $(find "corpus/$target" -type f | wc -l) corpus files)"
   status=0
   cargo "${toolchain[@]}" fuzz run "${fuzz_flags[@]}" "$target" "${corpora[@]}" -- \

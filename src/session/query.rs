@@ -153,9 +153,11 @@ pub const SQL_API_SUCCESS: &str = "090001";
 /// object.
 pub fn summarize_sql_api_answer(status: u16, body: &[u8]) -> Option<AnswerSummary> {
     let Object(wire): Object<SqlApiAnswerWire> = serde_json::from_slice(body).ok()?;
+    // A partition carries no code at all; a code of another type (`false`) is no success.
+    let partition = wire.code.is_none() && wire.data.is_some();
     let code = code_text(wire.code);
     Some(AnswerSummary {
-        success: status == 200 && (code.as_deref() == Some(SQL_API_SUCCESS) || (code.is_none() && wire.data.is_some())),
+        success: status == 200 && (code.as_deref() == Some(SQL_API_SUCCESS) || partition),
         code,
         query_id: wire.statement_handle,
         total_rows: wire.meta.and_then(|Object(meta)| meta.num_rows),
@@ -188,6 +190,9 @@ mod tests {
         // A later partition is rows alone.
         assert!(summarize_sql_api_answer(200, br#"{"data":[["3"],["4"]]}"#).unwrap().success);
         assert!(!summarize_sql_api_answer(200, br#"{"message":"?"}"#).unwrap().success);
+        // A code of another type is no partition (fuzz/artifacts-found/session_json).
+        assert!(!summarize_sql_api_answer(200, br#"{"code":false,"data":{"x":"y"}}"#).unwrap().success);
+        assert!(summarize_sql_api_answer(200, br#"{"code":null,"data":[]}"#).unwrap().success);
     }
 
     #[test]
