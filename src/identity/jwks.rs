@@ -32,6 +32,9 @@ pub const JWKS_KEYS_MAX: usize = 100;
 /// Shortest RSA modulus accepted, in bits.
 pub const RSA_MODULUS_BITS_MIN: usize = 2048;
 
+/// Length of an Ed25519 public key, in bytes (RFC 8032).
+const ED25519_KEY_BYTES: usize = 32;
+
 /// Longest `kid` copied into a log line, in characters, so that a hostile JWKS cannot flood logs.
 const KID_LOGGED_CHARS_MAX: usize = 64;
 
@@ -363,8 +366,14 @@ fn ec_key(x: &str, y: &str, alg: Algorithm) -> Result<DecodingKey, Skip> {
 }
 
 /// Builds an Ed25519 key and checks that it decodes.
+///
+/// The length is checked first: jsonwebtoken's verifier slices the first 32 bytes before it
+/// checks the length, so a shorter key would panic there, and a longer one would be cut.
 fn ed25519_key(x: &str) -> Result<DecodingKey, Skip> {
     let key = DecodingKey::from_ed_components(x).map_err(|_| Skip::Broken("its Ed25519 key is not base64url"))?;
+    if key.as_bytes().len() != ED25519_KEY_BYTES {
+        return Err(Skip::Broken("its Ed25519 key is not 32 bytes"));
+    }
     check_with_rust_crypto(&key, Algorithm::EdDSA, "its Ed25519 key is invalid")?;
     Ok(key)
 }
@@ -431,6 +440,9 @@ mod tests {
         })
     }
 
+    /// The public key of RFC 8032's first Ed25519 test vector, base64url.
+    const RFC8032_KEY: &str = "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo";
+
     fn parse_keys(keys: Vec<Value>) -> KeySet {
         parse_jwks(&serde_json::to_vec(&json!({ "keys": keys })).unwrap()).unwrap()
     }
@@ -444,6 +456,13 @@ mod tests {
         assert_eq!(set.keys[0].alg, Some(Algorithm::RS256));
         assert_eq!(set.keys[1].kid.as_deref(), Some("key-ec"));
         assert_eq!(set.keys[1].kind, KeyKind::EcP256);
+    }
+
+    #[test]
+    fn ed25519_key_loads() {
+        let set = parse_keys(vec![json!({"kty": "OKP", "crv": "Ed25519", "kid": "ed", "x": RFC8032_KEY})]);
+        assert_eq!(set.len(), 1);
+        assert_eq!(set.keys[0].kind, KeyKind::Ed25519);
     }
 
     #[test]
@@ -515,7 +534,10 @@ mod tests {
         let mut short_x = ec_jwk();
         short_x["x"] = json!("AAAA");
         let p521 = json!({"kty": "EC", "crv": "P-521", "x": "AAAA", "y": "AAAA"});
-        for key in [weak, bad_exponent, bad_base64, off_curve, short_x, p521] {
+        // Ed25519 keys of the wrong length (a short one once panicked the loader).
+        let short_ed25519 = json!({"kty": "OKP", "crv": "Ed25519", "x": "AAAA"});
+        let long_ed25519 = json!({"kty": "OKP", "crv": "Ed25519", "x": format!("{RFC8032_KEY}AA")});
+        for key in [weak, bad_exponent, bad_base64, off_curve, short_x, p521, short_ed25519, long_ed25519] {
             assert!(parse_keys(vec![key.clone()]).is_empty(), "{key}");
         }
     }
