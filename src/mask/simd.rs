@@ -23,14 +23,15 @@ pub(crate) mod features {
     }
 }
 
-/// Which bytes of a text value can start a detector: digits, `@` and `%` (which may start an
-/// escaped `@`, or an escape hiding another detector's separator), and separators (`-`, space).
+/// Which bytes of a text value can start a detector: digits, `@`, `%` and `\` (which may start
+/// an escaped `@`, or an escape hiding another detector's separator or boundary), and
+/// separators (`-`, space).
 /// (Letters, which an IBAN starts with, are looked for only in the few values with enough
 /// digits for one.)
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub(crate) struct Triggers {
     pub(crate) digit: u64,
-    pub(crate) at_or_percent: u64,
+    pub(crate) at_or_escape: u64,
     pub(crate) separator: u64,
 }
 
@@ -122,7 +123,7 @@ pub(crate) mod bytewise {
     pub(crate) fn triggers<const N: usize>(bytes: &[u8; N]) -> Triggers {
         Triggers {
             digit: map(bytes, |b| b.is_ascii_digit()),
-            at_or_percent: map(bytes, |b| b == b'@' || b == b'%'),
+            at_or_escape: map(bytes, |b| matches!(b, b'@' | b'%' | b'\\')),
             separator: map(bytes, |b| b == b'-' || b == b' '),
         }
     }
@@ -239,7 +240,7 @@ mod sse2 {
         for i in 0..N / 16 {
             let v = load(bytes, i);
             t.digit |= bits(in_range(v, b'0', 9)) << (16 * i);
-            t.at_or_percent |= bits(or(eq(v, b'@'), eq(v, b'%'))) << (16 * i);
+            t.at_or_escape |= bits(or(or(eq(v, b'@'), eq(v, b'%')), eq(v, b'\\'))) << (16 * i);
             t.separator |= bits(or(eq(v, b'-'), eq(v, b' '))) << (16 * i);
         }
         t

@@ -1,9 +1,9 @@
 //! Value-level masking shared by the JSON and Arrow paths: cheap per-value statistics for the
 //! detector triggers (SWAR, eight bytes at a time), finding a value's matches (in its
-//! percent-decoded form, and with `+` read as a space, too), merging spans, and writing masks
-//! over decoded text in place.
-//! Knows nothing of JSON escapes nor Arrow buffers; never allocates per value (callers lend the
-//! span vector and the [`Views`]).
+//! percent- and backslash-decoded form, and with `+` read as a space, too), merging spans, and
+//! writing masks over decoded text in place.
+//! Knows nothing of a JSON rowset's escapes (its callers decode a cell first) nor of Arrow
+//! buffers; never allocates per value (callers lend the span vector and the [`Views`]).
 
 use super::detect::{DetectorKind, Trigger, email_around, low_bits};
 use super::plan::ValueType;
@@ -188,8 +188,9 @@ pub(crate) fn keep_from(text: &[u8], start: usize, end: usize, keep: u32) -> usi
 }
 
 /// Runs the enabled detectors a value's statistics (and anchors found in it) trigger, adding
-/// their spans; a value holding a percent escape is searched in its decoded form too, by the
-/// dictionary as well (any byte of a word may be written as an escape: `Jos%C3%A9`), and a
+/// their spans; a value holding a percent or backslash escape is searched in its decoded form
+/// too, by the dictionary as well (any byte of a word may be written as an escape:
+/// `Jos%C3%A9`, `Jos\u00e9`), and a
 /// value holding a `+` with it read as a space ([`Views`], [`plus_as_space`]). `text` is the
 /// decoded value; `anchored` is a bit set of detectors whose anchors were found in it. The
 /// triggers make a bit set first, so a value that triggers nothing costs a few compares (and
@@ -210,7 +211,7 @@ pub(crate) fn detect_spans(
     }
     let Some(mut first) = first_escape(text) else { return };
     views.decode(text, first);
-    for level in 1..=PERCENT_LEVELS {
+    for level in 1..=ESCAPE_LEVELS {
         if level > 1 {
             let Some(next) = first_escape(&views.text) else { return };
             first = next;
@@ -305,10 +306,10 @@ pub(crate) fn borders_word(text: &[u8], span: &Span) -> bool {
     }
 }
 
-/// How many times a value is percent-decoded, at most: a URL carried in a parameter of
-/// another is encoded twice (`next%3D%252Fpay%253Fcard%253D4111…`), a third time in a
-/// redirect's.
-const PERCENT_LEVELS: usize = 3;
+/// How many times a value is decoded, at most: a URL carried in a parameter of another is
+/// percent-encoded twice (`next%3D%252Fpay%253Fcard%253D4111…`), a third time in a redirect's;
+/// a JSON document held as a string in another is backslash-escaped twice (`\\n`).
+const ESCAPE_LEVELS: usize = 3;
 
 /// The detectors whose matches may hold a space (bits by [`DetectorKind::index`]): a grouped
 /// card number, SSN or IBAN, a PEM key's lines.
@@ -367,23 +368,80 @@ fn run_detectors(profile: &Profile, text: &[u8], mut run: u32, spans: &mut Vec<S
     }
 }
 
-/// Where the first percent escape (`%` and two hex digits) of `text` is.
+/// Where the first escape ([`escape_at`]) of `text` is.
 #[inline]
 pub(crate) fn first_escape(text: &[u8]) -> Option<usize> {
-    memchr::memchr_iter(b'%', text)
-        .find(|&at| at + 2 < text.len() && text[at + 1].is_ascii_hexdigit() && text[at + 2].is_ascii_hexdigit())
+    memchr::memchr2_iter(b'%', b'\\', text).find(|&at| escape_at(text, at).is_some())
+}
+
+/// An escape ([`escape_at`]): the UTF-8 bytes it stands for (the first `len` of `bytes`) and
+/// how many bytes of the text it takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Escape {
+    bytes: [u8; 4],
+    len: u8,
+    taken: u8,
+}
+
+/// The escape at `at` in `text`, if one starts there. A percent escape is `%` and two hex
+/// digits, one byte. A backslash escape is JSON's: `\n` `\t` `\r` `\b` `\f` `\/` `\\` `\"`,
+/// or `\u` and four hex digits (a surrogate pair as the character it makes, a lone surrogate
+/// as U+FFFD).
+fn escape_at(text: &[u8], at: usize) -> Option<Escape> {
+    let one = |byte: u8, taken: u8| Some(Escape { bytes: [byte, 0, 0, 0], len: 1, taken });
+    match *text.get(at..at + 2)? {
+        [b'%', _] => {
+            let &[_, high, low] = text.get(at..at + 3)? else { return None };
+            one(hex_value(high)? << 4 | hex_value(low)?, 3)
+        }
+        [b'\\', kind] => match kind {
+            b'n' => one(b'\n', 2),
+            b't' => one(b'\t', 2),
+            b'r' => one(b'\r', 2),
+            b'b' => one(0x08, 2),
+            b'f' => one(0x0C, 2),
+            b'/' | b'\\' | b'"' => one(kind, 2),
+            b'u' => {
+                let unit = hex_unit(text, at + 2)?;
+                let (c, taken) = match unit {
+                    0xD800..=0xDBFF => {
+                        match hex_unit(text, at + 8).filter(|_| text.get(at + 6..at + 8) == Some(&b"\\u"[..])) {
+                            Some(low @ 0xDC00..=0xDFFF) => {
+                                (char::from_u32(0x10000 + ((unit - 0xD800) << 10) + (low - 0xDC00)), 12)
+                            }
+                            _ => (None, 6),
+                        }
+                    }
+                    _ => (char::from_u32(unit), 6),
+                };
+                let mut bytes = [0u8; 4];
+                let len = c.unwrap_or(char::REPLACEMENT_CHARACTER).encode_utf8(&mut bytes).len() as u8;
+                Some(Escape { bytes, len, taken })
+            }
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+/// Four hex digits at `at` in `text`, as a UTF-16 code unit.
+fn hex_unit(text: &[u8], at: usize) -> Option<u32> {
+    text.get(at..at + 4)?.iter().try_fold(0u32, |unit, &b| Some(unit << 4 | u32::from(hex_value(b)?)))
 }
 
 /// The other forms of a value the detectors read, in buffers lent by the caller and reused
-/// (nothing is allocated once they have grown): its percent-decoded levels, each with `+` read
-/// as a space ([`plus_as_space`]), and its text as masked ([`settle_spans`]).
+/// (nothing is allocated once they have grown): its decoded levels, each with `+` read as a
+/// space ([`plus_as_space`]), and its text as masked ([`settle_spans`]).
 ///
-/// URL-encoding hides what the detectors key on: `q%3Dcard%3D4111…` glues the card to a word
-/// (`3D`), `ada%40example.com` has no `@`, `123%2045%206789` no separator. So a value holding an
-/// escape is also searched with each `%HH` read as the byte it encodes, and again while escapes
-/// remain, up to [`PERCENT_LEVELS`] times (`%253D` reads as `%3D`, then `=`; `+` stays `+`, as
-/// in an e-mail address); what is found at any level masks the bytes of the value it came
-/// from, escapes whole.
+/// Escapes hide what the detectors key on. URL-encoding: `q%3Dcard%3D4111…` glues the card to
+/// a word (`3D`), `ada%40example.com` has no `@`, `123%2045%206789` no separator. JSON text (a
+/// VARIANT, OBJECT or ARRAY value, or a document kept in a string column): `paid\n4111…`
+/// glues the card to the `n` of the newline's escape, `\tAKIA…` a key to a `t`. So a value
+/// holding an escape ([`escape_at`]) is also searched with each escape read as what it stands
+/// for, and again while escapes remain, up to [`ESCAPE_LEVELS`] times (`%253D` reads as `%3D`,
+/// then `=`; `+` stays `+`, as in an e-mail address). What is found at any level masks the
+/// bytes of the value it came from, escapes whole. A backslash in a plain string is read as an
+/// escape too (`C:\new\4111…`): it can only mask more.
 #[derive(Debug, Default)]
 pub(crate) struct Views {
     /// The value as masked, for [`settle_spans`].
@@ -416,8 +474,9 @@ impl Views {
     }
 }
 
-/// Percent-decodes `text` (first escape at `first`) into `out`, with where each byte of `out`
-/// starts in the value: `raw_of[i]` is where byte `i` of `text` does (one more entry, its end).
+/// Decodes the escapes of `text` (the first at `first`) into `out`, with where each byte of
+/// `out` starts in the value: `raw_of[i]` is where byte `i` of `text` does (one more entry, its
+/// end). Every byte an escape stands for starts where the escape does.
 fn decode_level(text: &[u8], raw_of: &[u32], first: usize, out: &mut Vec<u8>, out_raw_of: &mut Vec<u32>) {
     out.clear();
     out_raw_of.clear();
@@ -425,18 +484,16 @@ fn decode_level(text: &[u8], raw_of: &[u32], first: usize, out: &mut Vec<u8>, ou
     out_raw_of.extend_from_slice(&raw_of[..first]);
     let mut at = first;
     while at < text.len() {
-        out_raw_of.push(raw_of[at]);
-        let escape = match text.get(at..at + 3) {
-            Some(&[b'%', high, low]) => hex_value(high).zip(hex_value(low)),
-            _ => None,
-        };
-        match escape {
-            Some((high, low)) => {
-                out.push(high << 4 | low);
-                at += 3;
+        match escape_at(text, at) {
+            Some(escape) => {
+                let len = usize::from(escape.len);
+                out.extend_from_slice(&escape.bytes[..len]);
+                out_raw_of.extend(std::iter::repeat_n(raw_of[at], len));
+                at += usize::from(escape.taken);
             }
             None => {
                 out.push(text[at]);
+                out_raw_of.push(raw_of[at]);
                 at += 1;
             }
         }
@@ -460,7 +517,7 @@ fn hex_value(b: u8) -> Option<u8> {
 /// and it is the card detector on a value that is all digits or the e-mail detector on a value
 /// with one `@`, its match (if any) is returned and `spans` left alone: those are found with bit
 /// scans, so the usual value costs no loop over its bytes. Otherwise the matches are added to
-/// `spans`. A value with a `%`, or with a `+` where a match may hold a space, takes
+/// `spans`. A value with a `%` or `\`, or with a `+` where a match may hold a space, takes
 /// [`detect_spans`], which searches its decoded form (and with `+` as a space) too.
 #[inline(always)]
 pub(crate) fn detect_short(
@@ -476,30 +533,30 @@ pub(crate) fn detect_short(
     let first_32: &[u8; 32] = window[..32].try_into().expect("32 bytes");
     let mut t = if len <= 32 { triggers(first_32) } else { triggers(window) };
     t.digit &= valid;
-    t.at_or_percent &= valid;
+    t.at_or_escape &= valid;
     t.separator &= valid;
     // The digit detectors need eight digits or more (without a popcount instruction, as in
     // the x86_64 baseline, counting costs a dozen: count only when there can be enough).
     let digits = if len >= 11 { t.digit.count_ones() } else { 0 };
-    // A `%` may hide what the detectors key on, and a `+` may stand for a space where a match
-    // may hold one: such a value takes `detect_spans`, which reads it decoded and so too
+    // A `%` or `\` may hide what the detectors key on, and a `+` may stand for a space where a
+    // match may hold one: such a value takes `detect_spans`, which reads it decoded and so too
     // (`Views`, `plus_as_space`). An e-mail address has one `@` and no `%` outside its local
     // part: one bit, usually.
-    let (mut marks, mut percent) = (t.at_or_percent, false);
-    while marks != 0 && !percent {
-        percent = window[marks.trailing_zeros() as usize] == b'%';
+    let (mut marks, mut escaped) = (t.at_or_escape, false);
+    while marks != 0 && !escaped {
+        escaped = window[marks.trailing_zeros() as usize] != b'@';
         marks &= marks - 1;
     }
     let plus = (digits >= 8 || anchored & SPACED != 0 || profile.dictionary.spaced)
         && t.digit != valid
         && plus_after_first(&window[..len]).is_some();
-    if percent || plus {
+    if escaped || plus {
         let text = &window[..len];
         detect_spans(profile, text, stats(text), anchored, spans, views);
         return None;
     }
     let may = |on: bool, kind: DetectorKind| u32::from(on) << kind.index();
-    let mut run = may(t.at_or_percent != 0, DetectorKind::Email) | anchored;
+    let mut run = may(t.at_or_escape != 0, DetectorKind::Email) | anchored;
     if digits >= 8 {
         run |= may(digits >= 13 && len >= 13, DetectorKind::Card)
             | may(digits >= 9 && t.separator != 0, DetectorKind::Ssn)
@@ -525,9 +582,9 @@ pub(crate) fn detect_short(
             DetectorKind::Card if t.digit == valid => {
                 Some(((13..=19).contains(&len) && luhn_digits(first_32, len)).then_some((0, len)))
             }
-            DetectorKind::Email if t.at_or_percent.is_power_of_two() => {
+            DetectorKind::Email if t.at_or_escape.is_power_of_two() => {
                 let classes = if len <= 32 { email_classes(first_32) } else { email_classes(window) };
-                Some(email_around(len, t.at_or_percent.trailing_zeros() as usize, &classes))
+                Some(email_around(len, t.at_or_escape.trailing_zeros() as usize, &classes))
             }
             _ => None,
         };

@@ -190,6 +190,20 @@ const FRAGMENTS: &[&str] = &[
     "Lovel%61ce",
     "xoxe-1-My0xLTEwMzk5NjM5NzI1OC0x",
     "xoxd-abc%2Fdef%2Bghijklmnop%3D",
+    // JSON text's escapes (a VARIANT's strings, a document in a string column).
+    r"\n",
+    r"\t",
+    r"\\",
+    r"\u0040",
+    r"\u00e9",
+    r"\ud83d\ude00",
+    r"\ud83d",
+    r"\u00",
+    r"\x",
+    r"paid\n4532015112830366",
+    r"\tAKIAIOSFODNN7EXAMPLE",
+    r"ada\u0040example.com",
+    r"n\\n123-45-6789",
 ];
 
 fn text_value() -> impl Strategy<Value = String> {
@@ -393,8 +407,9 @@ fn reference_spans(case: &Case, value: &str) -> Vec<(usize, usize, StyleSpec)> {
     strongest.map(|style| vec![(0, value.len(), style.clone())]).unwrap_or_default()
 }
 
-/// Every enabled detector's matches in a value and in its percent-decoded levels (decoded
-/// again while it holds escapes, up to three times), and every word's in those levels, as
+/// Every enabled detector's matches in a value and in its decoded levels (percent and JSON
+/// backslash escapes read as what they stand for, again while it holds escapes, up to three
+/// times), and every word's in those levels, as
 /// spans of the value; the detectors whose matches may hold a space (card, SSN, IBAN, PEM key)
 /// and the words read each of the value and its levels with `+` (but a first one) as a space
 /// too. (The words in the value as written are [`reference_spans`]'s.)
@@ -402,7 +417,7 @@ fn detector_spans(case: &Case, bytes: &[u8]) -> Vec<(usize, usize, StyleSpec)> {
     let mut levels: Vec<(Vec<u8>, Vec<usize>)> = Vec::new();
     let mut level = (bytes.to_vec(), (0..=bytes.len()).collect::<Vec<usize>>());
     while levels.len() < 3
-        && let Some((text, from)) = percent_decoded(&level.0)
+        && let Some((text, from)) = escapes_decoded(&level.0)
     {
         level = (text, from.iter().map(|&i| level.1[i]).collect());
         levels.push(level.clone());
@@ -410,7 +425,7 @@ fn detector_spans(case: &Case, bytes: &[u8]) -> Vec<(usize, usize, StyleSpec)> {
     levels.insert(0, (bytes.to_vec(), (0..=bytes.len()).collect()));
     let spaced_kinds = [DetectorKind::Card, DetectorKind::Ssn, DetectorKind::Iban, DetectorKind::PemPrivateKey];
     let mut spans = Vec::new();
-    // What is found in a percent-decoded level masks the bytes it came from.
+    // What is found in a decoded level masks the bytes it came from.
     for (level, (text, from)) in levels.iter().enumerate() {
         let spaced: Vec<u8> =
             text.iter().enumerate().map(|(i, &b)| if b == b'+' && i > 0 { b' ' } else { b }).collect();
@@ -454,30 +469,69 @@ fn merged(mut spans: Vec<(usize, usize, StyleSpec)>) -> Vec<(usize, usize, Style
     merged
 }
 
-/// A value holding a percent escape, decoded (each `%` and two hex digits as the byte they
-/// encode), with where each decoded byte starts in it and its length last; `None` without one.
-fn percent_decoded(bytes: &[u8]) -> Option<(Vec<u8>, Vec<usize>)> {
-    let escape = |i: usize| {
-        let hex = bytes.get(i + 1..i + 3)?;
-        let text = std::str::from_utf8(hex).ok()?;
-        u8::from_str_radix(text, 16).ok().filter(|_| bytes[i] == b'%' && hex.iter().all(u8::is_ascii_hexdigit))
+/// A value holding an escape, decoded: each `%` and two hex digits as the byte they encode,
+/// each JSON escape (`\n`, `\u00e9`, a surrogate pair; a lone surrogate as U+FFFD) as the
+/// UTF-8 of what it stands for; with where each decoded byte starts in the value and its
+/// length last. `None` without an escape.
+fn escapes_decoded(bytes: &[u8]) -> Option<(Vec<u8>, Vec<usize>)> {
+    let hex = |at: usize, n: usize| {
+        let digits = bytes.get(at..at + n)?;
+        digits
+            .iter()
+            .all(u8::is_ascii_hexdigit)
+            .then(|| u32::from_str_radix(std::str::from_utf8(digits).ok()?, 16).ok())?
+    };
+    let utf8 = |c: char| c.to_string().into_bytes();
+    // What the escape at `i` stands for and how long it is.
+    let escape = |i: usize| -> Option<(Vec<u8>, usize)> {
+        match (bytes[i], bytes.get(i + 1)?) {
+            (b'%', _) => Some((vec![hex(i + 1, 2)? as u8], 3)),
+            (b'\\', b'u') => {
+                let unit = hex(i + 2, 4)?;
+                let low = (bytes.get(i + 6..i + 8) == Some(b"\\u".as_slice())).then(|| hex(i + 8, 4)).flatten();
+                let text = match (unit, low) {
+                    (0xD800..=0xDBFF, Some(low @ 0xDC00..=0xDFFF)) => {
+                        let c = char::from_u32(0x10000 + (unit - 0xD800) * 0x400 + (low - 0xDC00)).unwrap();
+                        return Some((utf8(c), 12));
+                    }
+                    _ => utf8(char::from_u32(unit).unwrap_or('\u{FFFD}')),
+                };
+                Some((text, 6))
+            }
+            (b'\\', &c) => {
+                let decoded = match c {
+                    b'n' => '\n',
+                    b't' => '\t',
+                    b'r' => '\r',
+                    b'b' => '\u{8}',
+                    b'f' => '\u{c}',
+                    b'/' | b'\\' | b'"' => c as char,
+                    _ => return None,
+                };
+                Some((utf8(decoded), 2))
+            }
+            _ => None,
+        }
     };
     let (mut text, mut from, mut i) = (Vec::new(), Vec::new(), 0);
+    let mut any = false;
     while i < bytes.len() {
-        from.push(i);
         match escape(i) {
-            Some(byte) => {
-                text.push(byte);
-                i += 3;
+            Some((decoded, len)) => {
+                from.extend(std::iter::repeat_n(i, decoded.len()));
+                text.extend(decoded);
+                i += len;
+                any = true;
             }
             None => {
+                from.push(i);
                 text.push(bytes[i]);
                 i += 1;
             }
         }
     }
     from.push(bytes.len());
-    (text.len() < bytes.len()).then_some((text, from))
+    any.then_some((text, from))
 }
 
 fn reference_masked_text(value: &str, spans: &[(usize, usize, StyleSpec)], format: Format) -> String {
