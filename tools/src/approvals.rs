@@ -75,6 +75,15 @@ enum ApprovalsCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Shows one waiting statement whole: its text line by line, its bindings, where it would
+    /// run and the agent's context (`list` cuts them to fit a row).
+    Show {
+        /// The parked statement's query id (from `list`).
+        query_id: String,
+        /// Print the admin API's JSON for it (invisible and control characters as `\uXXXX`).
+        #[arg(long)]
+        json: bool,
+    },
     /// Approves a parked statement (one of the approvals it needs).
     Approve {
         /// The parked statement's query id (from `list`).
@@ -112,6 +121,16 @@ pub fn run(args: ApprovalsArgs) -> anyhow::Result<()> {
                 print!("{}", render_list(&body)?);
             }
         }
+        ApprovalsCommand::Show { query_id, json } => {
+            check_query_id(&query_id)?;
+            let body = endpoint.call(Method::Get, "/v1/approvals", &token, None, timeout)?;
+            let item = find_pending(&body, &query_id)?;
+            if json {
+                println!("{}", to_json_line(item)?);
+            } else {
+                print!("{}", render_item(item));
+            }
+        }
         ApprovalsCommand::Approve { query_id, reason, json } => {
             decide(&endpoint, &token, timeout, &query_id, "approve", &reason, json)?;
         }
@@ -131,9 +150,7 @@ fn decide(
     reason: &str,
     json: bool,
 ) -> anyhow::Result<()> {
-    if query_id.is_empty() || query_id.len() > 64 || !query_id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
-        bail!("the query id must be letters, digits and dashes (as `approvals list` shows it)");
-    }
+    check_query_id(query_id)?;
     if reason.trim().is_empty() {
         bail!("--reason must not be empty");
     }
@@ -146,6 +163,26 @@ fn decide(
         println!("{}", render_decision(action, query_id, &body)?);
     }
     Ok(())
+}
+
+/// Refuses a query id that is not one `list` shows (it goes into a request path).
+fn check_query_id(query_id: &str) -> anyhow::Result<()> {
+    if query_id.is_empty() || query_id.len() > 64 || !query_id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+        bail!("the query id must be letters, digits and dashes (as `approvals list` shows it)");
+    }
+    Ok(())
+}
+
+/// The pending item with this query id in the admin API's list.
+fn find_pending<'a>(body: &'a Value, query_id: &str) -> anyhow::Result<&'a Value> {
+    body.get("pending")
+        .and_then(Value::as_array)
+        .ok_or_else(|| anyhow!("the admin API's list has no `pending` array"))?
+        .iter()
+        .find(|item| item.get("query_id").and_then(Value::as_str) == Some(query_id))
+        .ok_or_else(|| {
+            anyhow!("no statement {query_id} is waiting for your review (decided, timed out, or not yours to review)")
+        })
 }
 
 /// The token from `--token` or `--token-file`, checked to be one header-safe word.
@@ -219,6 +256,16 @@ impl Endpoint {
                 None => (authority, None),
             }
         };
+        // The reviewer's token crosses in clear: only to this machine, as the gateway's admin
+        // listener is bound.
+        if !(host.eq_ignore_ascii_case("localhost")
+            || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback()))
+        {
+            bail!(
+                "the admin URL's host {host} is not this machine: the admin API is plain HTTP and carries your token \
+                 in clear; reach a remote gateway through an SSH tunnel and use http://127.0.0.1:PORT"
+            );
+        }
         let port = match port {
             Some(port) => port.parse().with_context(|| format!("the admin URL's port {port:?} is not a number"))?,
             None => 80,
@@ -449,6 +496,69 @@ fn render_list(body: &Value) -> anyhow::Result<String> {
     Ok(out)
 }
 
+/// One pending item whole, a field a line, the statement last and line by line: agent-chosen
+/// text is escaped as in [`cell`], but never cut or flattened.
+fn render_item(item: &Value) -> String {
+    let text = |key: &str| escape_text(item.get(key).and_then(Value::as_str).unwrap_or("")).into_owned();
+    let list = |key: &str| {
+        let values: Vec<String> = item
+            .get(key)
+            .and_then(Value::as_array)
+            .map(|values| values.iter().filter_map(Value::as_str).map(|v| escape_text(v).into_owned()).collect())
+            .unwrap_or_default();
+        values.join(", ")
+    };
+    let number = |key: &str| item.get(key).and_then(Value::as_u64).unwrap_or(0);
+    let approvers: Vec<String> = item
+        .get("approvals")
+        .and_then(Value::as_array)
+        .map(|all| {
+            all.iter()
+                .filter_map(|a| a.get("reviewer").and_then(Value::as_str))
+                .map(|r| escape_text(r).into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    let settings: Vec<String> = item
+        .get("settings")
+        .and_then(Value::as_object)
+        .map(|all| {
+            all.iter().map(|(k, v)| format!("{}={}", escape_text(k), escape_text(v.as_str().unwrap_or("")))).collect()
+        })
+        .unwrap_or_default();
+    let mut out = String::new();
+    let mut field = |name: &str, value: String| out.push_str(&format!("{name:<12}{value}\n"));
+    field("Query id:", text("query_id"));
+    field("Agent:", format!("{} (groups: {})", text("sub"), list("groups")));
+    field(
+        "Session:",
+        format!("{} (request {})", item.get("session_id").and_then(Value::as_i64).unwrap_or(0), text("request_id")),
+    );
+    field("Rule:", text("rule_name"));
+    field(
+        "Approvals:",
+        format!(
+            "{} of {} ({}); reviewers: {}",
+            approvers.len(),
+            number("approvals_required"),
+            approvers.join(", "),
+            list("reviewer_groups")
+        ),
+    );
+    field("Waiting:", age(number("age_ms")));
+    field("Runs as:", settings.join(", "));
+    field("Context:", text("agent_context"));
+    field("Bindings:", text("bindings"));
+    field("Hash:", text("statement_hash"));
+    out.push_str("Statement:\n");
+    for line in item.get("statement_text").and_then(Value::as_str).unwrap_or("").split('\n') {
+        out.push_str("  ");
+        out.push_str(&escape_text(line));
+        out.push('\n');
+    }
+    out
+}
+
 fn render_decision(action: &str, query_id: &str, body: &Value) -> anyhow::Result<String> {
     let state = body.get("state").ok_or_else(|| anyhow!("the admin API's answer has no `state`"))?;
     let name = state.get("state").and_then(Value::as_str).unwrap_or("unknown");
@@ -479,8 +589,16 @@ mod tests {
         assert_eq!(Endpoint::parse("http://localhost").unwrap().port, 80);
         let https = Endpoint::parse("https://gateway:8444").unwrap_err().to_string();
         assert!(https.contains("https admin URLs are not supported"), "{https}");
+        assert_eq!(Endpoint::parse("http://127.8.9.10:1").unwrap().host, "127.8.9.10");
         for bad in ["127.0.0.1:8444", "ftp://x", "http://user:pw@x", "http://x:port", "http://x/a?b", "http://"] {
             assert!(Endpoint::parse(bad).is_err(), "{bad}");
+        }
+        // Plain HTTP with a bearer token: not off this machine.
+        for remote in
+            ["http://gateway.corp:8444", "http://10.0.0.5:8444", "http://[2001:db8::1]:8444", "http://0.0.0.0:1"]
+        {
+            let error = Endpoint::parse(remote).unwrap_err().to_string();
+            assert!(error.contains("is not this machine"), "{remote}: {error}");
         }
     }
 

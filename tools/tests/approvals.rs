@@ -174,6 +174,44 @@ fn list_prints_a_table_and_the_raw_json() {
 }
 
 #[test]
+fn show_prints_one_statement_whole() {
+    let server = start_server();
+    // What `list` cuts off is what a reviewer must see: here, the clause that widens a delete.
+    let padding = "x".repeat(80);
+    let statement = format!("delete from t\r\n where id = 42 /* {padding} */\n   or 1=1 \u{202E}");
+    let id = park(&server.ledger, "r1", &statement, 1);
+    let listed = stdout(&approvals(&server, Some("token-alice"), &["list"]));
+    assert!(!listed.contains("or 1=1"), "{listed}");
+    let output = approvals(&server, Some("token-alice"), &["show", &id]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let shown = stdout(&output);
+    for expected in [
+        format!("Query id:   {id}"),
+        "Agent:      agent-7 (groups: analysts)".to_owned(),
+        "Rule:       deletes need a dba".to_owned(),
+        "Approvals:  0 of 1 (); reviewers: dba".to_owned(),
+        "Runs as:    database=SALES_DB, role=ANALYST, schema=PUBLIC".to_owned(),
+        r#"Bindings:   {"1":{"type":"TEXT","value":"EU"}}"#.to_owned(),
+        "Statement:\n  delete from t\\r\n   where id = 42".to_owned(),
+        format!("{padding} */\n     or 1=1 \\u{{202e}}\n"),
+    ] {
+        assert!(shown.contains(&expected), "missing {expected:?} in {shown}");
+    }
+    assert!(!shown.contains(['\u{202E}', '\r']), "{shown}");
+
+    let output = approvals(&server, Some("token-alice"), &["show", &id, "--json"]);
+    let json: serde_json::Value = serde_json::from_str(&stdout(&output)).unwrap();
+    assert_eq!(json["statement_text"], statement.as_str());
+
+    // Not waiting, or not this reviewer's to see: an error, non-zero.
+    for (token, query_id) in [("token-alice", "01-not-parked"), ("token-eve", id.as_str())] {
+        let output = approvals(&server, Some(token), &["show", query_id]);
+        assert!(!output.status.success());
+        assert!(stderr(&output).contains("is waiting for your review"), "{}", stderr(&output));
+    }
+}
+
+#[test]
 fn approve_and_deny_reach_the_ledger() {
     let server = start_server();
     let approve_me = park(&server.ledger, "r1", "delete from t where id = 1", 2);
