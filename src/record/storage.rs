@@ -9,7 +9,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -116,7 +116,9 @@ impl Storage for FileSystem {
         // The directories to create, innermost first.
         let missing: Vec<&Path> =
             dir.ancestors().take_while(|path| !path.as_os_str().is_empty() && !path.exists()).collect();
-        std::fs::create_dir_all(dir)?;
+        // Recordings hold every statement and answer: private to the gateway's user (an existing
+        // directory keeps the mode its operator gave it).
+        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
         // A new directory's entry lives in its parent, and is durable only once the parent is
         // fsynced: else a power loss can take the recording directory, with every segment
         // fsynced inside it, away.
@@ -142,7 +144,7 @@ impl Storage for FileSystem {
     }
 
     fn create_new(&self, path: &Path) -> io::Result<Box<dyn SegmentFile>> {
-        let file = OpenOptions::new().append(true).create_new(true).open(path)?;
+        let file = OpenOptions::new().append(true).create_new(true).mode(0o600).open(path)?;
         Ok(Box::new(FsFile { file }))
     }
 
@@ -532,6 +534,19 @@ impl Storage for SimulatedStorage {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn recordings_are_private_to_the_gateways_user() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let temp = tempfile::tempdir().unwrap();
+        let nested = temp.path().join("a/b");
+        FileSystem.create_dir_all(&nested).unwrap();
+        let mode = |path: &Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
+        assert_eq!((mode(&temp.path().join("a")), mode(&nested)), (0o700, 0o700));
+        let segment = nested.join("seg-0-1.sgr");
+        FileSystem.create_new(&segment).unwrap();
+        assert_eq!(mode(&segment), 0o600);
+    }
 
     #[test]
     fn the_file_system_creates_nested_directories_and_fsyncs_their_parents() {

@@ -796,8 +796,15 @@ pub struct ExportArgs {
 pub fn export(args: ExportArgs) -> anyhow::Result<()> {
     let recording = open(&args.dir.dir)?;
     let mut out: Box<dyn Write> = match &args.output {
+        // What it holds is the recording's (statements, with `--bodies` answers): private to
+        // this user, as the recording is.
         Some(path) => Box::new(BufWriter::new(
-            std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?,
+            std::os::unix::fs::OpenOptionsExt::mode(
+                std::fs::OpenOptions::new().write(true).create(true).truncate(true),
+                0o600,
+            )
+            .open(path)
+            .with_context(|| format!("creating {}", path.display()))?,
         )),
         None => Box::new(BufWriter::new(std::io::stdout().lock())),
     };

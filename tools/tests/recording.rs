@@ -175,6 +175,9 @@ fn cat_search_export_and_stats_read_a_real_recording() {
     let export_path = fixture.dir.parent().unwrap().join("export.jsonl");
     let export = tools(&["export", dir, "--bodies", "--output", export_path.to_str().unwrap()]);
     assert!(export.status.success());
+    // The export holds what the recording does: private to this user, as the recording is.
+    use std::os::unix::fs::PermissionsExt as _;
+    assert_eq!(std::fs::metadata(&export_path).unwrap().permissions().mode() & 0o777, 0o600);
     let exported = std::fs::read_to_string(&export_path).unwrap();
     let first_request: serde_json::Value = exported
         .lines()
