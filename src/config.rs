@@ -727,6 +727,33 @@ fn read_secret_file(key: &str, path: &Path) -> Result<Vec<u8>, ConfigError> {
     Ok(bytes)
 }
 
+/// A TOML error fit for a log line: where it is and its message with every quoted value cut
+/// out, never the excerpt of the file the `toml` crate's own rendering quotes nor the value
+/// serde names (`invalid type: string "…"`): a dictionary's words are secrets.
+fn toml_problem(text: &str, e: &toml::de::Error) -> String {
+    let mut message = String::with_capacity(e.message().len());
+    let mut quoted = false;
+    for c in e.message().chars() {
+        if c == '"' {
+            if !quoted {
+                message.push_str("\"…");
+            }
+            quoted = !quoted;
+        } else if !quoted {
+            message.push(c);
+        }
+    }
+    match e.span() {
+        Some(span) => {
+            let before = &text.as_bytes()[..span.start.min(text.len())];
+            let line = before.iter().filter(|&&b| b == b'\n').count() + 1;
+            let column = before.len() - before.iter().rposition(|&b| b == b'\n').map_or(0, |at| at + 1) + 1;
+            format!("line {line}, column {column}: {message}")
+        }
+        None => message,
+    }
+}
+
 /// The value of the environment variable `var`, which configuration key `key` names.
 fn read_env(key: &str, var: &str) -> Result<String, ConfigError> {
     std::env::var(var).map_err(|e| env_problem(key, var, &e))
@@ -791,7 +818,7 @@ impl Config {
         let text = std::fs::read_to_string(path)
             .map_err(|e| problem(&path.display().to_string(), format!("cannot read: {e}")))?;
         let file: FileConfig =
-            toml::from_str(&text).map_err(|e| problem(&path.display().to_string(), e.to_string()))?;
+            toml::from_str(&text).map_err(|e| problem(&path.display().to_string(), toml_problem(&text, &e)))?;
         let base = path.parent().unwrap_or(Path::new("."));
         Config::from_file(file, base, runtime)
     }
@@ -1292,6 +1319,19 @@ default = {{ action = "deny", message = "not allowed" }}
         assert!(text.starts_with(&format!("config: {key}: ")), "{text}");
         for needle in needles {
             assert!(text.contains(needle), "{text} does not say {needle:?}");
+        }
+    }
+
+    #[test]
+    fn toml_errors_name_the_place_but_quote_no_value() {
+        let files = Files::new();
+        // A dictionary's words are secrets: neither a typo nor a wrong type may echo them.
+        for table in ["word = [\"Project Falcon\"]", "words = \"Project Falcon\""] {
+            let text = format!("{}\n[masking.profiles.p.dictionary]\n{table}\n", files.good());
+            let error = files.load(&text).unwrap_err().to_string();
+            assert!(!error.contains("Falcon"), "{error}");
+            let line = text.lines().count();
+            assert!(error.contains(&format!("line {line}, column ")), "{error}");
         }
     }
 
