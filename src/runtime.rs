@@ -30,7 +30,7 @@ use crate::record::{EventKind, Recorder};
 /// A connection's task, whose panic ends that connection only. monoio does not catch a task's
 /// panic: it unwinds out of the core's runtime and takes the thread, its listener and every
 /// connection on it down. A panic is a bug, and is printed as one; the core serves on (the
-/// request it cut short leaves the in-flight count as its guard unwinds: `proxy::InFlight`).
+/// request it cut short leaves the in-flight count as its guard unwinds: `proxy::Counted`).
 struct Contained<F> {
     core: usize,
     task: Option<Pin<Box<F>>>,

@@ -229,7 +229,7 @@ pub struct Core {
     pool: Pool,
     recorder: Recorder,
     scratch: RefCell<Scratch>,
-    open_connections: Cell<usize>,
+    open_connections: AtomicUsize,
     idle: IdleWaiters,
 }
 
@@ -257,7 +257,7 @@ impl Core {
             pool,
             recorder,
             scratch: RefCell::new(Scratch::default()),
-            open_connections: Cell::new(0),
+            open_connections: AtomicUsize::new(0),
             idle: IdleWaiters::default(),
         })
     }
@@ -283,7 +283,7 @@ impl Core {
         let _ = tcp.set_nodelay(true);
         let read_size = gateway.config.runtime.read_buffer_bytes;
         let socket = tcp.as_raw_fd();
-        if self.open_connections.get() >= gateway.config.runtime.max_connections {
+        if self.open_connections.load(Ordering::Acquire) >= gateway.config.runtime.max_connections {
             warn!(core = self.id, %peer, "Connection refused: the core is at its connection limit.");
             // On a TLS listener the refusal goes inside a TLS session: clear bytes would reach
             // the agent's TLS stack as a corrupt record, not as an answer it can act on. The
@@ -301,13 +301,12 @@ impl Core {
             }
             return;
         }
-        self.open_connections.set(self.open_connections.get() + 1);
+        let _open = Counted::enter(&self.open_connections);
         if let Some(stream) = self.secure(tcp, peer, Instant::now() + gateway.config.timeouts.header).await {
             let mut conn = Conn::new(stream, socket, read_size);
             let ending = self.serve_requests(&mut conn, peer).await;
             close(&mut conn, ending).await;
         }
-        self.open_connections.set(self.open_connections.get() - 1);
     }
 
     /// The connection's stream: plain, or TLS once the handshake completes by `deadline`.
@@ -378,7 +377,7 @@ impl Core {
                 }
             };
 
-            let in_flight = InFlight::enter(&gateway.metrics.in_flight);
+            let in_flight = Counted::enter(&gateway.metrics.in_flight);
             gateway.metrics.requests.fetch_add(1, Ordering::Relaxed);
             let started = std::time::Instant::now();
             let started_at_unix_us = unix_micros();
@@ -642,19 +641,20 @@ fn answer_head(answer: &handler::Answer, close: bool) -> BytesMut {
     w.finish()
 }
 
-/// A request counted in flight until this is dropped: when its answer is written, or when its
-/// task ends early (a panic the runtime contains, a connection dropped mid-request), so a drain
-/// never waits out its deadline for a request that is gone.
-struct InFlight<'a>(&'a AtomicUsize);
+/// One more in a count until this is dropped: a request in flight until its answer is written,
+/// a connection open until it closes, or until its task ends early (a panic the runtime
+/// contains, a connection dropped mid-request). So a drain never waits out its deadline for a
+/// request that is gone, and a core's connection limit is not used up by connections that are.
+struct Counted<'a>(&'a AtomicUsize);
 
-impl<'a> InFlight<'a> {
-    fn enter(counter: &'a AtomicUsize) -> InFlight<'a> {
+impl<'a> Counted<'a> {
+    fn enter(counter: &'a AtomicUsize) -> Counted<'a> {
         counter.fetch_add(1, Ordering::AcqRel);
-        InFlight(counter)
+        Counted(counter)
     }
 }
 
-impl Drop for InFlight<'_> {
+impl Drop for Counted<'_> {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::AcqRel);
     }
@@ -713,9 +713,9 @@ mod tests {
     #[test]
     fn a_request_that_panics_leaves_the_in_flight_count() {
         let counter = AtomicUsize::new(0);
-        let answered = InFlight::enter(&counter);
+        let answered = Counted::enter(&counter);
         let panicked = std::panic::catch_unwind(|| {
-            let _in_flight = InFlight::enter(&counter);
+            let _in_flight = Counted::enter(&counter);
             assert_eq!(counter.load(Ordering::Acquire), 2);
             panic!("a handler's bug");
         });

@@ -369,9 +369,11 @@ pub async fn fetch_with(
 /// masker could not tell a value from the JSON around it. So are cookies (every agent shares
 /// the gateway's upstream connections and user), the fields proxies add to say whom they
 /// forward for (an agent could name any address to Snowflake's network policies and logs),
-/// and method overrides (the gateway routes by the method it reads).
+/// and method overrides (the gateway routes by the method it reads). Each is dropped in any
+/// case and with `_` for `-` too (`X_Forwarded_For`), as servers that map fields to variables
+/// read it.
 pub fn forwarded_headers(from: &Headers, mut extra: Vec<(Vec<u8>, Vec<u8>)>) -> Vec<(Vec<u8>, Vec<u8>)> {
-    const DROPPED: [&str; 20] = [
+    const DROPPED: [&str; 23] = [
         "content-type",
         "host",
         "authorization",
@@ -388,6 +390,9 @@ pub fn forwarded_headers(from: &Headers, mut extra: Vec<(Vec<u8>, Vec<u8>)>) -> 
         "x-forwarded-host",
         "x-forwarded-proto",
         "x-real-ip",
+        "true-client-ip",
+        "x-client-ip",
+        "x-cluster-client-ip",
         "via",
         "x-http-method-override",
         "x-http-method",
@@ -397,13 +402,17 @@ pub fn forwarded_headers(from: &Headers, mut extra: Vec<(Vec<u8>, Vec<u8>)>) -> 
     extra.push((b"accept-encoding".to_vec(), b"gzip".to_vec()));
     let mut out: Vec<(Vec<u8>, Vec<u8>)> = from
         .iter()
-        .filter(|(name, _)| {
-            !from.is_hop_field(name) && !DROPPED.iter().any(|d| name.eq_ignore_ascii_case(d.as_bytes()))
-        })
+        .filter(|(name, _)| !from.is_hop_field(name) && !DROPPED.iter().any(|d| same_field_name(name, d.as_bytes())))
         .map(|(n, v)| (n.to_vec(), v.to_vec()))
         .collect();
     out.extend(extra);
     out
+}
+
+/// Whether a field's name is `lower` (lowercase, with dashes) in any case, with `_` for `-`.
+fn same_field_name(name: &[u8], lower: &[u8]) -> bool {
+    name.len() == lower.len()
+        && name.iter().zip(lower).all(|(&b, &l)| if b == b'_' { l == b'-' } else { b.to_ascii_lowercase() == l })
 }
 
 #[cfg(test)]
@@ -448,7 +457,9 @@ mod tests {
                      Content-Type: application/json; charset=Shift_JIS\r\n\
                      Range: bytes=60-\r\nIf-Range: \"e1\"\r\nCookie: s=other-agents\r\n\
                      X-Forwarded-For: 10.9.9.9\r\nForwarded: for=10.9.9.9\r\nX-Real-IP: 10.9.9.9\r\n\
-                     Via: 1.1 elsewhere\r\nX-HTTP-Method-Override: DELETE\r\n\r\n";
+                     Via: 1.1 elsewhere\r\nX-HTTP-Method-Override: DELETE\r\n\
+                     X_Forwarded_For: 10.9.9.9\r\nx_real_ip: 10.9.9.9\r\nTrue-Client-IP: 10.9.9.9\r\n\
+                     X_Snowflake_Authorization_Token_Type: OAUTH\r\nX_HTTP_Method_Override: DELETE\r\n\r\n";
         let head = crate::http::parse_request_head(wire, &Limits::default()).unwrap().unwrap();
         let headers = head.headers;
         let forwarded = forwarded_headers(&headers, vec![(b"x-extra".to_vec(), b"1".to_vec())]);
