@@ -727,8 +727,9 @@ fn read_secret_file(key: &str, path: &Path) -> Result<Vec<u8>, ConfigError> {
     Ok(bytes)
 }
 
-/// A TOML error fit for a log line: where it is and its message with every quoted value cut
-/// out, never the excerpt of the file the `toml` crate's own rendering quotes nor the value
+/// A TOML error fit for a log line: where it is, the key there when it is one (a bare word
+/// first on its line or in a table's brackets), and its message with every quoted value cut
+/// out; never the excerpt of the file the `toml` crate's own rendering quotes nor the value
 /// serde names (`invalid type: string "…"`): a dictionary's words are secrets.
 fn toml_problem(text: &str, e: &toml::de::Error) -> String {
     let mut message = String::with_capacity(e.message().len());
@@ -743,14 +744,19 @@ fn toml_problem(text: &str, e: &toml::de::Error) -> String {
             message.push(c);
         }
     }
-    match e.span() {
-        Some(span) => {
-            let before = &text.as_bytes()[..span.start.min(text.len())];
-            let line = before.iter().filter(|&&b| b == b'\n').count() + 1;
-            let column = before.len() - before.iter().rposition(|&b| b == b'\n').map_or(0, |at| at + 1) + 1;
-            format!("line {line}, column {column}: {message}")
-        }
-        None => message,
+    let Some(span) = e.span() else { return message };
+    let before = &text.as_bytes()[..span.start.min(text.len())];
+    let line_start = before.iter().rposition(|&b| b == b'\n').map_or(0, |at| at + 1);
+    let line = before.iter().filter(|&&b| b == b'\n').count() + 1;
+    let column = before.len() - line_start + 1;
+    let key = text.get(span).filter(|key| {
+        (1..=64).contains(&key.len())
+            && key.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-'))
+            && before[line_start..].iter().all(|&b| matches!(b, b' ' | b'\t' | b'['))
+    });
+    match key {
+        Some(key) => format!("line {line}, column {column} (`{key}`): {message}"),
+        None => format!("line {line}, column {column}: {message}"),
     }
 }
 
@@ -1326,7 +1332,7 @@ default = {{ action = "deny", message = "not allowed" }}
     fn toml_errors_name_the_place_but_quote_no_value() {
         let files = Files::new();
         // A dictionary's words are secrets: neither a typo nor a wrong type may echo them.
-        for table in ["word = [\"Project Falcon\"]", "words = \"Project Falcon\""] {
+        for table in ["word = [\"Project Falcon\"]", "words = \"Project Falcon\"", "words = [Falcon]"] {
             let text = format!("{}\n[masking.profiles.p.dictionary]\n{table}\n", files.good());
             let error = files.load(&text).unwrap_err().to_string();
             assert!(!error.contains("Falcon"), "{error}");
