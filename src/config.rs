@@ -728,31 +728,48 @@ fn read_secret_file(key: &str, path: &Path) -> Result<Vec<u8>, ConfigError> {
 }
 
 /// A TOML error fit for a log line: where it is, the key there when it is one (a bare word
-/// first on its line or in a table's brackets), and its message with every quoted value cut
-/// out; never the excerpt of the file the `toml` crate's own rendering quotes nor the value
-/// serde names (`invalid type: string "…"`): a dictionary's words are secrets.
+/// first on its line and followed by `=`, or alone in a table's brackets), and its message
+/// with every quoted value cut out; never the excerpt of the file the `toml` crate's own
+/// rendering quotes nor the value serde names (`invalid type: string "…"`): a dictionary's
+/// words are secrets. Columns count bytes.
 fn toml_problem(text: &str, e: &toml::de::Error) -> String {
     let mut message = String::with_capacity(e.message().len());
-    let mut quoted = false;
-    for c in e.message().chars() {
-        if c == '"' {
-            if !quoted {
-                message.push_str("\"…");
+    let mut chars = e.message().chars().peekable();
+    let mut last = None;
+    while let Some(c) = chars.next() {
+        // A quote character named in backticks (toml's expected `"`) is no value.
+        if c == '"' && !(last == Some('`') && chars.peek() == Some(&'`')) {
+            message.push_str("\"…\"");
+            // The value, with serde's `\"` escapes inside it, up to its closing quote.
+            while let Some(c) = chars.next() {
+                match c {
+                    '\\' => drop(chars.next()),
+                    '"' => break,
+                    _ => {}
+                }
             }
-            quoted = !quoted;
-        } else if !quoted {
-            message.push(c);
+            last = Some('"');
+            continue;
         }
+        message.push(c);
+        last = Some(c);
     }
     let Some(span) = e.span() else { return message };
-    let before = &text.as_bytes()[..span.start.min(text.len())];
-    let line_start = before.iter().rposition(|&b| b == b'\n').map_or(0, |at| at + 1);
-    let line = before.iter().filter(|&&b| b == b'\n').count() + 1;
-    let column = before.len() - line_start + 1;
-    let key = text.get(span).filter(|key| {
+    let bytes = text.as_bytes();
+    let (start, end) = (span.start.min(bytes.len()), span.end.min(bytes.len()));
+    let line_start = bytes[..start].iter().rposition(|&b| b == b'\n').map_or(0, |at| at + 1);
+    let line = bytes[..start].iter().filter(|&&b| b == b'\n').count() + 1;
+    let column = start - line_start + 1;
+    let lead = &bytes[line_start..start];
+    let next = bytes[end..].iter().copied().find(|&b| b != b' ' && b != b'\t');
+    let key = text.get(start..end).filter(|key| {
         (1..=64).contains(&key.len())
             && key.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-'))
-            && before[line_start..].iter().all(|&b| matches!(b, b' ' | b'\t' | b'['))
+            && match lead.iter().copied().filter(|&b| b != b' ' && b != b'\t').collect::<Vec<u8>>().as_slice() {
+                [] => next == Some(b'='),
+                [b'['] | [b'[', b'['] => next == Some(b']'),
+                _ => false,
+            }
     });
     match key {
         Some(key) => format!("line {line}, column {column} (`{key}`): {message}"),
@@ -1331,14 +1348,26 @@ default = {{ action = "deny", message = "not allowed" }}
     #[test]
     fn toml_errors_name_the_place_but_quote_no_value() {
         let files = Files::new();
-        // A dictionary's words are secrets: neither a typo nor a wrong type may echo them.
-        for table in ["word = [\"Project Falcon\"]", "words = \"Project Falcon\"", "words = [Falcon]"] {
+        // A dictionary's words are secrets: neither a typo nor a wrong type nor a missing quote
+        // may echo them (or a part of one, past a quote inside it). The line is the table's,
+        // or the one after it that holds the word.
+        for (table, lines_in) in [
+            ("word = [\"Project Osprey\"]", 0),
+            ("words = \"Project Osprey\"", 0),
+            ("words = [Osprey]", 0),
+            ("words = [\n  \"Project Osprey\",\n  Osprey,\n]", 2),
+            ("words = \"Osp\\\"rey\"", 0),
+        ] {
             let text = format!("{}\n[masking.profiles.p.dictionary]\n{table}\n", files.good());
             let error = files.load(&text).unwrap_err().to_string();
-            assert!(!error.contains("Falcon"), "{error}");
-            let line = text.lines().count();
+            let error = error.replace(&files.dir.path().display().to_string(), "DIR");
+            assert!(!error.contains("Osp") && !error.contains("rey"), "{error}");
+            let line = text[..text.find(table).unwrap()].matches('\n').count() + 1 + lines_in;
             assert!(error.contains(&format!("line {line}, column ")), "{error}");
         }
+        // A key is named; so is a table's.
+        let error = files.load(&format!("{}\n[masking.profiles.p.dictionary]\nword = []\n", files.good()));
+        assert!(error.unwrap_err().to_string().contains("(`word`)"));
     }
 
     #[test]

@@ -57,14 +57,14 @@ fuzz_target!(|data: &[u8]| {
     let loaded = verifier.finish_refetch(permit, Ok(data), now).is_ok();
     let document = serde_json::from_slice::<Value>(data).ok();
     let keys = document.as_ref().and_then(|d| d.get("keys")).and_then(Value::as_array);
-    if loaded {
+    // serde_json may fail where the gateway's reading succeeds (numbers out of range, invalid
+    // UTF-8 in a member nobody reads): judge only documents it reads.
+    if loaded && document.is_some() {
         assert!(keys.is_some_and(|keys| !keys.is_empty()), "a document without keys was taken");
     }
     let verified = verifier.verify(token(), now).is_ok();
     if verified {
         assert!(loaded);
-        // serde_json may fail where the gateway's reading succeeds (numbers out of range in
-        // a member nobody reads): judge only when it reads the document.
         if let Some(keys) = keys {
             let listed = keys.iter().any(|key| key.get("x").and_then(Value::as_str) == Some(fixture_x()));
             assert!(listed, "a token verified against a document without its key");

@@ -536,7 +536,8 @@ mod tests {
         let p521 = json!({"kty": "EC", "crv": "P-521", "x": "AAAA", "y": "AAAA"});
         // Ed25519 keys of the wrong length (a short one once panicked the loader).
         let short_ed25519 = json!({"kty": "OKP", "crv": "Ed25519", "x": "AAAA"});
-        let long_ed25519 = json!({"kty": "OKP", "crv": "Ed25519", "x": format!("{RFC8032_KEY}AA")});
+        // 44 base64url characters: 33 bytes (45 would not be base64url at all).
+        let long_ed25519 = json!({"kty": "OKP", "crv": "Ed25519", "x": format!("{RFC8032_KEY}A")});
         for key in [weak, bad_exponent, bad_base64, off_curve, short_x, p521, short_ed25519, long_ed25519] {
             assert!(parse_keys(vec![key.clone()]).is_empty(), "{key}");
         }

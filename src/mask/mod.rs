@@ -60,11 +60,12 @@
 //! # What a mask writes
 //! Values are what they decode to: JSON escapes are decoded before detection (`\u0040` is an
 //! `@`), and a mask never splits an escape. Lengths are in bytes of the decoded UTF-8 text.
-//! A value holding a percent escape (`%` and two hex digits) is searched by the detectors and
-//! the dictionary in its percent-decoded form too (`q%3Dcard%3D4111…`, `ada%40example.com`,
-//! `Jos%C3%A9`), and what they find there masks the bytes it came from, escapes whole; decoded
-//! again while escapes remain, up to three times (a URL in another's parameter is encoded
-//! twice). Form encoding writes a space as `+`: the value and each decoded form are read with
+//! A value holding a percent escape (`%` and two hex digits) or a JSON backslash escape (`\n`,
+//! `\u0040`: a VARIANT's text, a document kept in a string) is searched by the detectors and
+//! the dictionary in its decoded form too (`q%3Dcard%3D4111…`, `ada%40example.com`,
+//! `Jos%C3%A9`, `paid\n4111…`), and what they find there masks the bytes it came from,
+//! escapes whole; decoded again while escapes remain, up to three times (a URL in another's
+//! parameter is encoded twice). Form encoding writes a space as `+`: the value and each decoded form are read with
 //! `+` as a space too (but a `+` first in them) by the detectors whose matches may hold a space
 //! (card, SSN, IBAN, PEM key) and by the dictionary when a word holds one
 //! (`card=4111+1111+1111+1111`, `name=Grace+Hopper`); the e-mail detector reads `+` as written

@@ -172,7 +172,6 @@ impl Storage for FileSystem {
 /// FIFO named like a segment is refused at once rather than waited on for a writer (reads and
 /// writes of regular files ignore the flag).
 fn regular_file(options: &mut OpenOptions, path: &Path) -> io::Result<File> {
-    use std::os::unix::fs::OpenOptionsExt;
     let file = options.custom_flags(libc::O_NONBLOCK).open(path)?;
     if !file.metadata()?.is_file() {
         return Err(io::Error::new(io::ErrorKind::InvalidInput, "not a regular file"));

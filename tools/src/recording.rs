@@ -796,8 +796,8 @@ pub struct ExportArgs {
 pub fn export(args: ExportArgs) -> anyhow::Result<()> {
     let recording = open(&args.dir.dir)?;
     let mut out: Box<dyn Write> = match &args.output {
-        // What it holds is the recording's (statements, with `--bodies` answers): private to
-        // this user, as the recording is.
+        // What it holds is the recording's (statements, with `--bodies` answers): a file it
+        // creates is private to this user, as the recording is (an existing one keeps its mode).
         Some(path) => Box::new(BufWriter::new(
             std::os::unix::fs::OpenOptionsExt::mode(
                 std::fs::OpenOptions::new().write(true).create(true).truncate(true),
