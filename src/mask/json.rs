@@ -13,9 +13,9 @@ use super::scan::{Quotes, StructureMap, WINDOW_BYTES};
 #[cfg(target_arch = "x86_64")]
 use super::simd::features;
 use super::text::{
-    MatchCursor, Span, Stats, apply_spans_fixed_len, borders_word, count_flags, detect_short, detect_spans,
-    dictionary_spans, digit_bytes, eq_bytes, fill, free_text_spans, keep_from, load_word, masked_preview, settle_spans,
-    stats, type_valid_text,
+    MatchCursor, Span, Stats, apply_spans_fixed_len, backslash_escape, borders_word, count_flags, detect_short,
+    detect_spans, dictionary_spans, digit_bytes, eq_bytes, fill, free_text_spans, hex_unit, keep_from, load_word,
+    masked_preview, settle_spans, stats, type_valid_text,
 };
 use super::{AnswerOf, ChunkRef, Envelope, MaskError, MaskReport, ResultFormat, Scratch};
 use crate::mask::detect::DetectorKind;
@@ -120,15 +120,6 @@ fn string_token(body: &[u8], open: usize) -> Result<StrTok, MaskError> {
     }
 }
 
-fn hex4(raw: &[u8], at: usize) -> Option<u32> {
-    let digits = raw.get(at..at + 4)?;
-    let mut value = 0;
-    for &d in digits {
-        value = value * 16 + (d as char).to_digit(16)?;
-    }
-    Some(value)
-}
-
 /// Decodes a JSON string's raw content into `out`, and for every decoded byte the raw offset
 /// of the character it comes from, plus `raw.len()` at the end. Lone surrogates decode to
 /// U+FFFD, as lenient readers do.
@@ -144,46 +135,15 @@ pub(crate) fn decode_string(raw: &[u8], out: &mut Vec<u8>, raw_of: &mut Vec<u32>
             i += 1;
             continue;
         }
-        let simple = match raw.get(i + 1) {
-            Some(b'"') => Some(b'"'),
-            Some(b'\\') => Some(b'\\'),
-            Some(b'/') => Some(b'/'),
-            Some(b'b') => Some(0x08),
-            Some(b'f') => Some(0x0c),
-            Some(b'n') => Some(b'\n'),
-            Some(b'r') => Some(b'\r'),
-            Some(b't') => Some(b'\t'),
-            Some(b'u') => None,
-            _ => return Err(bad(i, "invalid escape")),
+        let Some(escape) = backslash_escape(raw, i) else {
+            let problem = if raw.get(i + 1) == Some(&b'u') { "invalid \\u escape" } else { "invalid escape" };
+            return Err(bad(i, problem));
         };
-        if let Some(c) = simple {
-            out.push(c);
-            raw_of.push(i as u32);
-            i += 2;
-            continue;
-        }
-        let unit = hex4(raw, i + 2).ok_or_else(|| bad(i, "invalid \\u escape"))?;
-        let mut consumed = 6;
-        let code = if (0xD800..0xDC00).contains(&unit) {
-            match (raw.get(i + 6..i + 8), hex4(raw, i + 8)) {
-                (Some(b"\\u"), Some(low)) if (0xDC00..0xE000).contains(&low) => {
-                    consumed = 12;
-                    0x10000 + ((unit - 0xD800) << 10) + (low - 0xDC00)
-                }
-                _ => 0xFFFD,
-            }
-        } else if (0xDC00..0xE000).contains(&unit) {
-            0xFFFD
-        } else {
-            unit
-        };
-        let c = char::from_u32(code).unwrap_or('\u{FFFD}');
-        let mut utf8 = [0u8; 4];
-        for &byte in c.encode_utf8(&mut utf8).as_bytes() {
+        for &byte in escape.decoded() {
             out.push(byte);
             raw_of.push(i as u32);
         }
-        i += consumed;
+        i += usize::from(escape.taken);
     }
     raw_of.push(raw.len() as u32);
     Ok(())
@@ -965,7 +925,7 @@ fn escapes_valid(raw: &[u8]) -> bool {
         let at = i + offset;
         match raw.get(at + 1) {
             Some(b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't') => i = at + 2,
-            Some(b'u') if hex4(raw, at + 2).is_some() => i = at + 6,
+            Some(b'u') if hex_unit(raw, at + 2).is_some() => i = at + 6,
             _ => return false,
         }
     }

@@ -377,10 +377,17 @@ pub(crate) fn first_escape(text: &[u8]) -> Option<usize> {
 /// An escape ([`escape_at`]): the UTF-8 bytes it stands for (the first `len` of `bytes`) and
 /// how many bytes of the text it takes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Escape {
+pub(crate) struct Escape {
     bytes: [u8; 4],
     len: u8,
-    taken: u8,
+    pub(crate) taken: u8,
+}
+
+impl Escape {
+    /// The bytes it stands for.
+    pub(crate) fn decoded(&self) -> &[u8] {
+        &self.bytes[..usize::from(self.len)]
+    }
 }
 
 /// The escape at `at` in `text`, if one starts there. A percent escape is `%` and two hex
@@ -388,12 +395,21 @@ struct Escape {
 /// or `\u` and four hex digits (a surrogate pair as the character it makes, a lone surrogate
 /// as U+FFFD).
 fn escape_at(text: &[u8], at: usize) -> Option<Escape> {
-    let one = |byte: u8, taken: u8| Some(Escape { bytes: [byte, 0, 0, 0], len: 1, taken });
+    match text.get(at..at + 3) {
+        Some(&[b'%', high, low]) => Some(one_byte(hex_value(high)? << 4 | hex_value(low)?, 3)),
+        _ => backslash_escape(text, at),
+    }
+}
+
+fn one_byte(byte: u8, taken: u8) -> Escape {
+    Escape { bytes: [byte, 0, 0, 0], len: 1, taken }
+}
+
+/// The JSON escape at `at` in `text`, if one starts there (what a JSON string's decoder reads,
+/// `json::decode_string`, and the detectors' decoded views).
+pub(crate) fn backslash_escape(text: &[u8], at: usize) -> Option<Escape> {
+    let one = |byte: u8, taken: u8| Some(one_byte(byte, taken));
     match *text.get(at..at + 2)? {
-        [b'%', _] => {
-            let &[_, high, low] = text.get(at..at + 3)? else { return None };
-            one(hex_value(high)? << 4 | hex_value(low)?, 3)
-        }
         [b'\\', kind] => match kind {
             b'n' => one(b'\n', 2),
             b't' => one(b'\t', 2),
@@ -425,7 +441,7 @@ fn escape_at(text: &[u8], at: usize) -> Option<Escape> {
 }
 
 /// Four hex digits at `at` in `text`, as a UTF-16 code unit.
-fn hex_unit(text: &[u8], at: usize) -> Option<u32> {
+pub(crate) fn hex_unit(text: &[u8], at: usize) -> Option<u32> {
     text.get(at..at + 4)?.iter().try_fold(0u32, |unit, &b| Some(unit << 4 | u32::from(hex_value(b)?)))
 }
 
@@ -486,9 +502,8 @@ fn decode_level(text: &[u8], raw_of: &[u32], first: usize, out: &mut Vec<u8>, ou
     while at < text.len() {
         match escape_at(text, at) {
             Some(escape) => {
-                let len = usize::from(escape.len);
-                out.extend_from_slice(&escape.bytes[..len]);
-                out_raw_of.extend(std::iter::repeat_n(raw_of[at], len));
+                out.extend_from_slice(escape.decoded());
+                out_raw_of.extend(std::iter::repeat_n(raw_of[at], escape.decoded().len()));
                 at += usize::from(escape.taken);
             }
             None => {
