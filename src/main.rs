@@ -166,7 +166,9 @@ fn main() -> anyhow::Result<()> {
     let config = Config::load(&args.config, runtime)?;
     if args.check_config {
         // Everything the start builds from the file short of sockets and threads (the sealer,
-        // the verifier, the TLS settings), so that a file that passes the check also starts.
+        // the verifier, the TLS settings), and the recording directory's place, so that a file
+        // that passes the check also starts.
+        snowgate::runtime::check_recording_dir(&config.recording_dir).context("the configuration cannot start")?;
         snowgate::proxy::Gateway::new(config).context("the configuration cannot start")?;
         println!("configuration ok: {}", args.config.display());
         return Ok(());

@@ -87,6 +87,8 @@ pub struct Running {
     pub admin_addr: Option<SocketAddr>,
     cores: Vec<JoinHandle<()>>,
     admin: Option<(AdminHandle, Arc<Recorder>)>,
+    /// Held until the recorders have stopped ([`lock_recording_dir`]).
+    _recording_lock: std::fs::File,
 }
 
 impl Running {
@@ -98,26 +100,80 @@ impl Running {
 
     /// Waits for every core to finish, then stops the admin listener and its recorder.
     pub fn join(self) {
-        for core in self.cores {
-            if core.join().is_err() {
-                error!("A core thread panicked.");
-            }
-        }
-        if let Some((admin, recorder)) = self.admin {
-            admin.stop();
-            if let Ok(recorder) = Arc::try_unwrap(recorder)
-                && let Err(e) = recorder.stop()
-            {
-                error!(error = %e, "The admin recorder did not stop cleanly.");
-            }
+        join_cores(self.cores);
+        if let Some(admin) = self.admin {
+            stop_admin(admin);
         }
     }
 }
 
-/// Starts one runtime per configured core and returns once all listen.
+fn join_cores(cores: Vec<JoinHandle<()>>) {
+    for core in cores {
+        if core.join().is_err() {
+            error!("A core thread panicked.");
+        }
+    }
+}
+
+fn stop_admin((admin, recorder): (AdminHandle, Arc<Recorder>)) {
+    admin.stop();
+    if let Ok(recorder) = Arc::try_unwrap(recorder)
+        && let Err(e) = recorder.stop()
+    {
+        error!(error = %e, "The admin recorder did not stop cleanly.");
+    }
+}
+
+/// Takes the recording directory for this process (creating it if need be): an advisory lock
+/// on the directory itself, released when the process ends, however it ends. A second gateway
+/// on the same directory would take this one's open segments for a crash's, cut what it took
+/// for a torn tail and seal them under this one's feet; it is refused before it listens.
+fn lock_recording_dir(dir: &std::path::Path) -> Result<std::fs::File, StartError> {
+    use crate::record::storage::{FileSystem, Storage};
+    let what = || format!("recording directory {}", dir.display());
+    let io_error = |source| StartError::Io { what: what(), source };
+    FileSystem.create_dir_all(dir).map_err(io_error)?;
+    let handle = std::fs::File::open(dir).map_err(io_error)?;
+    match handle.try_lock() {
+        Ok(()) => Ok(handle),
+        Err(std::fs::TryLockError::WouldBlock) => Err(io_error(std::io::Error::new(
+            std::io::ErrorKind::ResourceBusy,
+            "in use by another snowgate process (each gateway needs a recording directory of its own)",
+        ))),
+        Err(std::fs::TryLockError::Error(source)) => Err(io_error(source)),
+    }
+}
+
+/// What `--check-config` can tell of the recording directory without creating or locking it
+/// (a gateway may be running on it): it is a directory, or the nearest part of its path that
+/// exists is one, in which the start creates the rest.
+pub fn check_recording_dir(dir: &std::path::Path) -> Result<(), StartError> {
+    let existing = dir.ancestors().find(|path| path.as_os_str().is_empty() || path.exists()).unwrap_or(dir);
+    let existing = if existing.as_os_str().is_empty() { std::path::Path::new(".") } else { existing };
+    let problem = |why: String| StartError::Io {
+        what: format!("recording directory {}", dir.display()),
+        source: std::io::Error::new(std::io::ErrorKind::NotADirectory, why),
+    };
+    let metadata = std::fs::metadata(existing)
+        .map_err(|source| StartError::Io { what: format!("recording directory {}", dir.display()), source })?;
+    if !metadata.is_dir() {
+        return Err(if existing == dir {
+            problem("it is not a directory".into())
+        } else {
+            problem(format!("{} is not a directory", existing.display()))
+        });
+    }
+    Ok(())
+}
+
+/// Starts one runtime per configured core and returns once all serve. Everything that can
+/// fail comes first (the recording directory, the listeners, the admin API and its recorder,
+/// each core's runtime and recorder); the cores accept only once all of it stands, so a start
+/// that fails has answered no agent, and it stops what it started before returning.
 pub fn start(config: Config) -> Result<Running, StartError> {
     let gateway = Arc::new(Gateway::new(config)?);
     let settings = gateway.config.runtime.clone();
+    let recording_lock = lock_recording_dir(&gateway.config.recording_dir)?;
     let io_error = |what: String| move |source| StartError::Io { what, source };
     let first = bind_reuseport(gateway.config.listen.address)
         .map_err(io_error(format!("listen on {}", gateway.config.listen.address)))?;
@@ -143,67 +199,83 @@ pub fn start(config: Config) -> Result<Running, StartError> {
     tracing::warn!(
         "This is a bench-unrecorded build: NOTHING IS RECORDED. It exists only to measure what recording costs."
     );
+    let admin = match gateway.config.approvals.admin_address {
+        Some(address) => Some(start_admin(&gateway, address)?),
+        None => None,
+    };
     let n_cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), StartError>>();
     let mut cores = Vec::with_capacity(settings.cores);
+    let mut go = Vec::with_capacity(settings.cores);
+    let mut failed = None;
     for (core_id, listener) in listeners.into_iter().enumerate() {
         let gateway = gateway.clone();
         let ready = ready_tx.clone();
         let settings = settings.clone();
-        let thread = std::thread::Builder::new()
-            .name(format!("snowgate-core-{core_id}"))
-            .spawn(move || {
-                if settings.pin_cpus {
-                    let cpu = core_id % n_cpus;
-                    if let Err(e) = monoio::utils::bind_to_cpu_set([cpu]) {
-                        warn!(core = core_id, cpu, error = ?e, "CPU pinning failed; running unpinned.");
-                    }
+        let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+        let thread = std::thread::Builder::new().name(format!("snowgate-core-{core_id}")).spawn(move || {
+            if settings.pin_cpus {
+                let cpu = core_id % n_cpus;
+                if let Err(e) = monoio::utils::bind_to_cpu_set([cpu]) {
+                    warn!(core = core_id, cpu, error = ?e, "CPU pinning failed; running unpinned.");
                 }
-                let runtime = monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
-                    .with_entries(settings.uring_entries)
-                    .enable_timer()
-                    .build();
-                let mut runtime = match runtime {
-                    Ok(runtime) => runtime,
-                    Err(source) => {
-                        let _ = ready.send(Err(StartError::Io { what: format!("core {core_id} runtime"), source }));
-                        return;
-                    }
-                };
-                runtime.block_on(run_core(core_id, driver, gateway, listener, ready));
-            })
-            .map_err(io_error(format!("core {core_id} thread")))?;
-        cores.push(thread);
-    }
-    drop(ready_tx);
-    for _ in 0..settings.cores {
-        match ready_rx.recv() {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => {
-                gateway.draining.store(true, Ordering::Release);
-                return Err(e);
             }
-            Err(_) => {
-                gateway.draining.store(true, Ordering::Release);
-                return Err(StartError::Io {
-                    what: "core start".into(),
-                    source: std::io::Error::other("a core thread died"),
-                });
+            let runtime = monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
+                .with_entries(settings.uring_entries)
+                .enable_timer()
+                .build();
+            let mut runtime = match runtime {
+                Ok(runtime) => runtime,
+                Err(source) => {
+                    let _ = ready.send(Err(StartError::Io { what: format!("core {core_id} runtime"), source }));
+                    return;
+                }
+            };
+            runtime.block_on(run_core(core_id, driver, gateway, listener, ready, go_rx));
+        });
+        match thread {
+            Ok(thread) => {
+                cores.push(thread);
+                go.push(go_tx);
+            }
+            Err(source) => {
+                failed = Some(StartError::Io { what: format!("core {core_id} thread"), source });
+                break;
             }
         }
     }
-    let admin = match gateway.config.approvals.admin_address {
-        Some(address) => match start_admin(&gateway, address) {
-            Ok(admin) => Some(admin),
-            Err(e) => {
-                gateway.draining.store(true, Ordering::Release);
-                return Err(e);
+    drop(ready_tx);
+    for _ in 0..cores.len() {
+        match ready_rx.recv() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                failed.get_or_insert(e);
             }
-        },
-        None => None,
-    };
+            Err(_) => {
+                failed.get_or_insert(StartError::Io {
+                    what: "core start".into(),
+                    source: std::io::Error::other("a core thread died"),
+                });
+                break;
+            }
+        }
+    }
+    if let Some(e) = failed {
+        // The cores that started see their go signal dropped: they stop their recorders and
+        // end without having accepted.
+        gateway.draining.store(true, Ordering::Release);
+        drop(go);
+        join_cores(cores);
+        if let Some(admin) = admin {
+            stop_admin(admin);
+        }
+        return Err(e);
+    }
+    for go in go {
+        let _ = go.send(());
+    }
     let admin_addr = admin.as_ref().map(|(handle, _)| handle.local_addr());
-    Ok(Running { local_addr, gateway, admin_addr, cores, admin })
+    Ok(Running { local_addr, gateway, admin_addr, cores, admin, _recording_lock: recording_lock })
 }
 
 /// Starts the reviewers' admin API. Reviewers present their own OIDC token (verified like an
@@ -343,6 +415,7 @@ async fn run_core(
     gateway: Arc<Gateway>,
     listener: StdListener,
     ready: std::sync::mpsc::Sender<Result<(), StartError>>,
+    go: std::sync::mpsc::Receiver<()>,
 ) {
     let setup = (|| {
         let listener = monoio::net::TcpListener::from_std(listener)
@@ -360,6 +433,12 @@ async fn run_core(
             return;
         }
     };
+    // Blocking the thread is fine here: nothing runs on this core's runtime yet. A dropped
+    // signal means another part of the start failed: nothing was accepted, nothing is owed.
+    if go.recv().is_err() {
+        core.stop_recording();
+        return;
+    }
     info!(core = core_id, driver, "Core serving.");
 
     // Accepting is cancelled (not dropped mid-flight, which can lose an accepted socket under
@@ -406,21 +485,27 @@ async fn run_core(
 
     // `--drain-timeout-secs` is at most a day (config), so this cannot overflow.
     let deadline = std::time::Instant::now() + gateway.config.runtime.drain_timeout;
-    while gateway.metrics.in_flight.load(Ordering::Acquire) > 0 && std::time::Instant::now() < deadline {
+    while gateway.metrics.in_flight.load(Ordering::Acquire) > 0
+        && std::time::Instant::now() < deadline
+        && !gateway.drain_abandoned.load(Ordering::Acquire)
+    {
         monoio::time::sleep(Duration::from_millis(10)).await;
     }
     let left = gateway.metrics.in_flight.load(Ordering::Acquire);
     if left > 0 {
-        warn!(core = core_id, in_flight = left, "Drain deadline passed with requests in flight.");
+        warn!(core = core_id, in_flight = left, "Drain ended with requests in flight; they are not answered.");
     }
     core.record_review_outcomes();
     core.stop_recording();
     info!(core = core_id, "Core stopped.");
 }
 
-/// Runs the gateway until SIGTERM or SIGINT, then drains.
+/// Runs the gateway until SIGTERM or SIGINT, then drains; a second SIGTERM or SIGINT ends the
+/// wait for requests in flight. SIGHUP (a closed terminal, a service manager's reload) is
+/// logged and ignored: the configuration is read once, at start.
 pub fn run(config: Config) -> Result<(), StartError> {
-    let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT])
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP])
         .map_err(|source| StartError::Io { what: "signal handlers".into(), source })?;
     // A file-size limit (RLIMIT_FSIZE) must fail the recorder's write with EFBIG, which it
     // handles (statements are refused until writing works again), not kill the gateway.
@@ -428,11 +513,38 @@ pub fn run(config: Config) -> Result<(), StartError> {
         .map_err(|source| StartError::Io { what: "SIGXFSZ handler".into(), source })?;
     let running = start(config)?;
     println!("snowgate listening on {}", running.local_addr);
-    if let Some(signal) = signals.forever().next() {
+    let hangup = || {
+        warn!("SIGHUP ignored: snowgate reads its configuration once; restart it (SIGTERM drains) to apply a change.")
+    };
+    for signal in signals.forever() {
+        if signal == SIGHUP {
+            hangup();
+            continue;
+        }
         info!(signal, "Signal received: draining.");
+        break;
     }
     running.drain();
-    running.join();
+    let gateway = running.gateway.clone();
+    let signals_handle = signals.handle();
+    let joining = std::thread::Builder::new()
+        .name("snowgate-drain".into())
+        .spawn(move || {
+            running.join();
+            signals_handle.close();
+        })
+        .map_err(|source| StartError::Io { what: "drain thread".into(), source })?;
+    // Until the drain ends (`close` ends this loop).
+    for signal in signals.forever() {
+        if signal == SIGHUP {
+            hangup();
+        } else if !gateway.drain_abandoned.swap(true, Ordering::AcqRel) {
+            warn!(signal, "Second signal: the drain stops waiting for requests in flight; the recordings are closed.");
+        }
+    }
+    if joining.join().is_err() {
+        error!("The drain panicked.");
+    }
     info!("snowgate stopped.");
     Ok(())
 }

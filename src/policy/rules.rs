@@ -164,6 +164,13 @@ pub struct Subject {
     pub groups: Vec<String>,
 }
 
+impl Subject {
+    /// Whom the statements it runs belong to.
+    pub fn owner(&self) -> crate::session::statements::Owner<'_> {
+        crate::session::statements::Owner { sub: &self.sub, groups: &self.groups }
+    }
+}
+
 /// What a verdict does, ordered by restrictiveness.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(rename_all = "lowercase")]

@@ -246,7 +246,7 @@ fn check_result_targets(core: &Core, subject: &Subject, targets: Vec<ScanTarget>
         match target {
             ScanTarget::LastQueryId => {}
             ScanTarget::QueryId(id) => {
-                if core.gateway.statement_for(core.id, &id, &subject.sub).is_err() {
+                if core.gateway.statement_for(core.id, &id, subject.owner()).is_err() {
                     info!(core = core.id, sub = %subject.sub, "RESULT_SCAN of a query not answered to this identity.");
                     return refuse(
                         codes::STATEMENT_UNKNOWN,
@@ -568,7 +568,7 @@ fn enter_ledger(
     let parked = parked?;
     capture.set_decision(Decision::Parked { rule: rule.clone() });
     capture.set_query_id(parked.query_id.clone());
-    core.gateway.issue_statements(core.id, std::slice::from_ref(&parked.query_id), &subject.sub);
+    core.gateway.issue_statements(core.id, std::slice::from_ref(&parked.query_id), subject.owner());
     if parked.created {
         info!(core = core.id, sub = %subject.sub, rule = %rule, query_id = %parked.query_id, "Statement parked for review.");
     }
@@ -682,18 +682,34 @@ const VOIDED_MESSAGE: &str = "Another statement (which may change the session: U
      LAST_QUERY_ID) ran in this session after this one was parked, so it did not run: its review covered the session \
      as it was. Send it again to have it reviewed as the session is now.";
 
+/// What becomes of a driver's abort of a statement parked by its session.
+pub enum ParkedAbort {
+    /// Answered here: withdrawn before it ran, or refused.
+    Answered(Answer),
+    /// The approved statement ran under `upstream_id`, Snowflake's id for it, which the abort
+    /// names upstream instead of the gateway's.
+    Upstream {
+        /// Snowflake's query id.
+        upstream_id: String,
+    },
+}
+
 /// A driver's abort of a statement parked by this session, named by the gateway's id
 /// (`query_id`, from `POST /queries/<id>/abort-request`) or by the driver's `requestId` in the
 /// body (`POST /queries/v1/abort-request`): a statement not yet run is withdrawn, and will not
-/// run whatever the reviewers do. `None` when no such statement is parked, or it is already on
-/// its way to Snowflake (the abort then goes upstream, where the `requestId` names it).
+/// run whatever the reviewers do. `None` when no such statement is parked, or, named by its
+/// `requestId`, it is already on its way to Snowflake (the abort goes upstream, where the
+/// `requestId` names it too). Named by the gateway's id once approved, it is aborted upstream
+/// by Snowflake's id, or refused while that id is not known yet (Snowflake knows nothing of the
+/// gateway's: forwarded as it is, the abort would stop nothing).
 pub fn abort_parked(
     core: &Core,
     query_id: Option<&str>,
     body: &[u8],
     capture: &mut Capture,
     session: &Session<'_>,
-) -> Option<Answer> {
+) -> Option<ParkedAbort> {
+    let by_gateway_id = query_id.is_some();
     let claims = session.claims;
     let session_id = claims.session_id?;
     let now = unix_millis();
@@ -715,15 +731,32 @@ pub fn abort_parked(
             ledger(core).withdraw_request(&key, now)?
         }
     };
-    if matches!(state, PollState::Running | PollState::Finished { .. }) {
-        return None;
+    match state {
+        PollState::Running | PollState::Finished { .. } if !by_gateway_id => return None,
+        PollState::Finished { upstream_query_id: Some(upstream_id) } if crate::session::is_query_id(&upstream_id) => {
+            return Some(ParkedAbort::Upstream { upstream_id });
+        }
+        PollState::Finished { .. } => {
+            let message = "the approved statement was sent to Snowflake, which gave no query id to abort it by \
+                           (abort it by its requestId)";
+            return Some(ParkedAbort::Answered(refuse(capture, codes::UPSTREAM_INVALID, message)));
+        }
+        PollState::Running => {
+            let message = "the approved statement is on its way to Snowflake, which has not named it yet: abort it \
+                           again in a moment, or by its requestId";
+            return Some(ParkedAbort::Answered(refuse(capture, codes::REVIEW_UNSUPPORTED, message)));
+        }
+        _ => {}
     }
     capture.set_query_id(query_id.clone());
     if state == PollState::Withdrawn {
         info!(core = core.id, sub = %claims.sub, query_id = %query_id, "Parked statement withdrawn by its agent.");
     }
     let body = serde_json::json!({"data": {}, "code": null, "message": null, "success": true});
-    Some(Answer::own(200, Bytes::from(serde_json::to_vec(&body).expect("a JSON value always serialises"))))
+    Some(ParkedAbort::Answered(Answer::own(
+        200,
+        Bytes::from(serde_json::to_vec(&body).expect("a JSON value always serialises")),
+    )))
 }
 
 /// Runs an approved statement exactly as it was parked, with this session's Snowflake token.
@@ -760,7 +793,9 @@ async fn run_approved(
     // Snowflake runs nothing on an expired session token: the driver renews on this answer
     // and polls again, and the statement runs then.
     let expired = summary.as_ref().is_some_and(|s| !s.success && s.code.as_deref() == Some(codes::SESSION_EXPIRED));
-    end_run(core, query_id, capture, &payload, summary.and_then(|s| s.query_id), expired);
+    // Spliced into the paths its result and abort are asked for by: only an id of Snowflake's shape.
+    let upstream_id = summary.and_then(|s| s.query_id).filter(|id| crate::session::is_query_id(id));
+    end_run(core, query_id, capture, &payload, upstream_id, expired);
     match result {
         Ok(response) => masked_answer(core, head, response, capture, session, &payload.profiles, AnswerOf::Query),
         Err(answer) => answer,

@@ -22,7 +22,7 @@ use crate::record::{Decision, Frame, Principal, RequestFrame, RequestLink, Respo
 use crate::session::credential::UpstreamCredential;
 use crate::session::login::{self, LoginError, SessionOwner};
 use crate::session::query::AnswerSummary;
-use crate::session::statements::Plans;
+use crate::session::statements::{Owner, Plans};
 use crate::session::token::{TokenClaims, TokenError, TokenKind};
 use crate::session::{
     CONTROL_BYTES_MAX, Endpoint, bearer_token, case_variant_key, codes, is_query_id, query_param, refusal_body,
@@ -241,7 +241,7 @@ impl Capture {
     /// statement's real one) and a multi-statement answer's children. None for the gateway's
     /// own answers (a refusal names the id it refused), nor for the SQL API (its handles are
     /// entered by its own flow).
-    pub fn answered_statement_ids(&self, answer: &Answer, summary: &AnswerSummary) -> Option<(&str, Vec<String>)> {
+    pub fn answered_statement_ids(&self, answer: &Answer, summary: &AnswerSummary) -> Option<(Owner<'_>, Vec<String>)> {
         if !matches!(self.endpoint, "query-request" | "query-result")
             || answer.status != 200
             || answer.upstream_headers.is_none()
@@ -252,7 +252,7 @@ impl Capture {
         let mut ids: Vec<String> = self.query_id.iter().chain(&summary.query_id).cloned().collect();
         ids.extend(summary.result_ids.iter().cloned());
         ids.dedup();
-        Some((sub, ids))
+        Some((Owner { sub, groups: &self.groups }, ids))
     }
 }
 
@@ -862,6 +862,7 @@ async fn session_request(
     capture: &mut Capture,
 ) -> Answer {
     let claims = session.claims;
+    let mut target = head.target.clone();
     match endpoint {
         Endpoint::QueryRequest => return govern::query_request(core, head, body, capture, session).await,
         Endpoint::QueryResult(qid) => {
@@ -869,29 +870,35 @@ async fn session_request(
             if let Some(answer) = govern::poll_parked(core, head, qid, capture, session).await {
                 return answer;
             }
-            if let Err(refusal) = own_query(core, qid, &claims.sub, capture) {
+            if let Err(refusal) = own_query(core, qid, Owner { sub: &claims.sub, groups: &claims.groups }, capture) {
                 return refusal;
             }
         }
         Endpoint::AbortQuery(qid) => {
             capture.query_id = Some(qid.clone());
-            if let Some(answer) = govern::abort_parked(core, Some(qid), &body, capture, session) {
-                return answer;
+            match govern::abort_parked(core, Some(qid), &body, capture, session) {
+                Some(govern::ParkedAbort::Answered(answer)) => return answer,
+                Some(govern::ParkedAbort::Upstream { upstream_id }) => {
+                    let query = head.target.split_once('?').map_or("", |(_, query)| query);
+                    let query = if query.is_empty() { String::new() } else { format!("?{query}") };
+                    target = format!("/queries/{upstream_id}/abort-request{query}");
+                }
+                None => {}
             }
-            if let Err(refusal) = own_query(core, qid, &claims.sub, capture) {
+            if let Err(refusal) = own_query(core, qid, Owner { sub: &claims.sub, groups: &claims.groups }, capture) {
                 return refusal;
             }
         }
-        Endpoint::Abort => {
-            if let Some(answer) = govern::abort_parked(core, None, &body, capture, session) {
-                return answer;
-            }
-        }
+        Endpoint::Abort => match govern::abort_parked(core, None, &body, capture, session) {
+            Some(govern::ParkedAbort::Answered(answer)) => return answer,
+            // Named by its `requestId`, which Snowflake knows too: not rewritten.
+            Some(govern::ParkedAbort::Upstream { .. }) | None => {}
+        },
         // Refused from now on, whatever Snowflake answers: the agent is done with it.
         Endpoint::Logout => core.gateway.log_out(claims),
         Endpoint::Monitoring(qid) => {
             capture.query_id = Some(qid.clone());
-            if let Err(refusal) = own_query(core, qid, &claims.sub, capture) {
+            if let Err(refusal) = own_query(core, qid, Owner { sub: &claims.sub, groups: &claims.groups }, capture) {
                 return refusal;
             }
         }
@@ -899,7 +906,7 @@ async fn session_request(
     }
     let forwarded = UpstreamRequest {
         method: head.method,
-        target: head.target.clone(),
+        target,
         headers: upstream_session_headers(head, claims),
         body: body.clone(),
     };
@@ -918,14 +925,14 @@ async fn session_request(
     }
 }
 
-/// Refuses a query id that was not answered to `sub` through this gateway (or that it no
+/// Refuses a query id that was not answered to `owner` through this gateway (or that it no
 /// longer keeps): all agents share the gateway's Snowflake user, which would let one read
 /// another's results by id.
-fn own_query(core: &Core, qid: &str, sub: &str, capture: &mut Capture) -> Result<(), Answer> {
-    match core.gateway.statement_for(core.id, qid, sub) {
+fn own_query(core: &Core, qid: &str, owner: Owner<'_>, capture: &mut Capture) -> Result<(), Answer> {
+    match core.gateway.statement_for(core.id, qid, owner) {
         Ok(_) => Ok(()),
         Err(refused) => {
-            warn!(core = core.id, sub, reason = %refused, "A query id was refused.");
+            warn!(core = core.id, sub = owner.sub, reason = %refused, "A query id was refused.");
             Err(refuse(capture, codes::STATEMENT_UNKNOWN, STATEMENT_UNKNOWN_MESSAGE))
         }
     }
@@ -1093,7 +1100,7 @@ async fn sql_api(
                     upstream
                 }
             };
-            match gateway.statement_for(core.id, &about, &subject.sub) {
+            match gateway.statement_for(core.id, &about, subject.owner()) {
                 Ok(plans) => known = plans,
                 Err(reason) => return refused(capture, &reason),
             }
@@ -1136,7 +1143,7 @@ pub(super) fn sql_api_answer(
     known: Option<Arc<Plans>>,
     submit: bool,
 ) -> Answer {
-    let own = match issue_statement_handles(core, &response.body, &subject.sub) {
+    let own = match issue_statement_handles(core, &response.body, subject.owner()) {
         Ok(own) => own,
         Err(()) => return refuse_sql_api(capture, 422, codes::STATEMENT_UNKNOWN, STATEMENT_UNKNOWN_MESSAGE),
     };
@@ -1149,7 +1156,7 @@ pub(super) fn sql_api_answer(
     // Kept under the statement's own handle: the one asked about, or (for a parked statement)
     // the one it became.
     if let (Some(handle), false) = (own.as_deref().or(capture.query_id.as_deref()), plans.is_empty()) {
-        core.gateway.keep_statement_plans(core.id, handle, &subject.sub, plans);
+        core.gateway.keep_statement_plans(core.id, handle, subject.owner(), plans);
     }
     answer
 }
@@ -1158,7 +1165,7 @@ pub(super) fn sql_api_answer(
 /// returns the statement's own handle; `Err` when another identity holds one of them (the
 /// answer must not reach this agent). A handle not shaped like one is not entered (the agent
 /// could not use it through the gateway anyway).
-fn issue_statement_handles(core: &Core, body: &[u8], sub: &str) -> Result<Option<String>, ()> {
+fn issue_statement_handles(core: &Core, body: &[u8], owner: Owner<'_>) -> Result<Option<String>, ()> {
     let handles = match mask::statement_handles(body) {
         Ok(handles) => handles,
         Err(e) => {
@@ -1166,7 +1173,7 @@ fn issue_statement_handles(core: &Core, body: &[u8], sub: &str) -> Result<Option
             return Ok(None);
         }
     };
-    if !core.gateway.issue_statements(core.id, &handles, sub) {
+    if !core.gateway.issue_statements(core.id, &handles, owner) {
         return Err(());
     }
     Ok(handles.into_iter().next().filter(|h| is_query_id(h)))

@@ -41,7 +41,7 @@ use crate::record::{Frame, RecordUnavailable, Recorder, Ticket};
 use crate::session::codes;
 use crate::session::logged_out::LoggedOut;
 use crate::session::query::{summarize_answer, summarize_sql_api_answer};
-use crate::session::statements::{IdRefused, Plans, StatementBooks};
+use crate::session::statements::{IdRefused, Owner, Plans, StatementBooks};
 use crate::session::token::Sealer;
 use crate::session::token::TokenClaims;
 use io::{Conn, ReadError, Stream};
@@ -115,6 +115,9 @@ pub struct Gateway {
     pub metrics: Metrics,
     /// Set on SIGTERM: stop accepting, finish what is in flight.
     pub draining: AtomicBool,
+    /// Set on a second SIGTERM or SIGINT: the drain stops waiting for requests in flight (the
+    /// recorders still close their segments).
+    pub drain_abandoned: AtomicBool,
     /// SQL classification, off the cores.
     pub classifier: ClassifierPool,
     /// Statements parked for review, shared by every core and the admin listener.
@@ -162,30 +165,35 @@ impl Gateway {
             jwks_tls,
             metrics: Metrics::default(),
             draining: AtomicBool::new(false),
+            drain_abandoned: AtomicBool::new(false),
         })
     }
 
-    /// Records that `core` answered statements `ids` to `sub` ([`StatementBooks::issue`]);
+    /// Records that `core` answered statements `ids` to `owner` ([`StatementBooks::issue`]);
     /// `false` when another identity holds one of them.
-    pub fn issue_statements(&self, core: usize, ids: &[String], sub: &str) -> bool {
-        let issued = self.statements.issue(core, ids, sub);
+    pub fn issue_statements(&self, core: usize, ids: &[String], owner: Owner<'_>) -> bool {
+        let issued = self.statements.issue(core, ids, owner);
         if !issued {
-            warn!(core, sub, "An upstream answer named a statement id another identity holds; refusing it.");
+            warn!(
+                core,
+                sub = owner.sub,
+                "An upstream answer named a statement id another identity holds; refusing it."
+            );
         }
         issued
     }
 
-    /// Whether `sub` may use statement `id`, with the plans kept for it.
-    pub fn statement_for(&self, core: usize, id: &str, sub: &str) -> Result<Option<Arc<Plans>>, IdRefused> {
-        self.statements.statement_for(core, id, sub)
+    /// Whether `owner` may use statement `id`, with the plans kept for it.
+    pub fn statement_for(&self, core: usize, id: &str, owner: Owner<'_>) -> Result<Option<Arc<Plans>>, IdRefused> {
+        self.statements.statement_for(core, id, owner)
     }
 
     /// Keeps the plans made from statement `id`'s row type in the book that holds it.
-    pub fn keep_statement_plans(&self, core: usize, id: &str, sub: &str, plans: Plans) {
-        if !self.statements.keep_plans(core, id, sub, plans) {
+    pub fn keep_statement_plans(&self, core: usize, id: &str, owner: Owner<'_>, plans: Plans) {
+        if !self.statements.keep_plans(core, id, owner, plans) {
             warn!(
                 core,
-                sub,
+                sub = owner.sub,
                 "A statement's masking plans were not kept (the book's budget is spent); its later partitions will be withheld."
             );
         }
@@ -439,8 +447,8 @@ impl Core {
             }
         };
         let mut summary = summarize(&answer);
-        if let Some((sub, ids)) = capture.answered_statement_ids(&answer, &summary)
-            && !self.gateway.issue_statements(self.id, &ids, sub)
+        if let Some((owner, ids)) = capture.answered_statement_ids(&answer, &summary)
+            && !self.gateway.issue_statements(self.id, &ids, owner)
         {
             answer = handler::refuse(&mut capture, codes::STATEMENT_UNKNOWN, handler::STATEMENT_UNKNOWN_MESSAGE);
             summary = summarize(&answer);

@@ -59,11 +59,11 @@
 //! the writer's frames after it is corruption: [`Recorder::start`] returns it
 //! ([`RecordError::Corrupt`]) and nothing is cut. So is a whole batch whose chain tag does not
 //! hold under the key (written by someone without it: sealing it would authenticate it), and
-//! an open segment in a format before version 4 (no keyed tags) unless a sealed segment of
-//! its own format, authentic under the key, comes right before it (what an upgrade after a
-//! crash leaves): older than the segment before it (versions only grow), or with nothing to
-//! vouch for it (the first of its chain), it cannot be told from a rewrite, and the version
-//! that wrote it must seal it first. One exception: a last segment whose batch
+//! an open segment in a format before version 4 (no keyed tags), wherever it lies: it cannot
+//! be told from a rewrite (a sealed segment of its format before it proves nothing, since the
+//! segments after that one can be deleted and an open one forged in their place), so the
+//! version that wrote it must seal it first (an upgrade after a crash starts and stops that
+//! version once). One exception: a last segment whose batch
 //! headers do not lead to its footer, but whose trailer names a footer that authenticates under
 //! the key, was sealed by the recorder and damaged afterwards. Its footer's chain head is the
 //! one sealed, so the chain goes on from it; the damage (the first error a scan meets, with
@@ -174,7 +174,7 @@
 //! carries its keyed chain value): a segment whose seal was stripped can be cut back to fewer
 //! whole batches, which is what a crash leaves, but not rewritten, and neither verify nor the
 //! next start accepts a rewrite (nor one in an older format, whose chain needs no key: an open
-//! segment before format 4 passes only right after a sealed segment of its own format). Nothing in the files can catch a rollback to an older,
+//! segment before format 4 is never accepted). Nothing in the files can catch a rollback to an older,
 //! complete state, or the recording's tail cut off at a batch boundary (the last segments
 //! deleted and the seal of the one left stripped): that takes an anchor kept elsewhere (the
 //! chain head of the last sealed segment, shipped off the host). An open segment's header fields other than its chain link

@@ -127,13 +127,12 @@ pub enum ReadErrorKind {
     /// batch, or the chain before it, was written without the key, or with another key.
     #[error("the batch's chain tag does not authenticate (written without the key, or with another key)")]
     ChainTag,
-    /// An open segment in a format before version 4 (no keyed tags) with no sealed segment of
-    /// its own format before it: it cannot be told from a rewrite. Seal it with the snowgate
-    /// version that wrote it (start and stop that version once), or move it aside.
+    /// An open segment in a format before version 4 (no keyed tags): it cannot be told from a
+    /// rewrite, so neither recovery nor verify vouches for it. Seal it with the snowgate version
+    /// that wrote it (start and stop that version once), or move it aside.
     #[error(
-        "open segment in format version {version} with no sealed segment of that format before it: it cannot \
-         be told from a rewrite (seal it by starting and stopping the snowgate version that wrote it, or move \
-         it aside)"
+        "open segment in format version {version}, whose batches carry no keyed tags: it cannot be told from a \
+         rewrite (seal it by starting and stopping the snowgate version that wrote it, or move it aside)"
     )]
     UnvouchedOpen {
         /// The segment's version.

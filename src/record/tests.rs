@@ -1243,24 +1243,24 @@ fn fixture_reads_back(name: &str, version: u16) {
     assert_eq!(recording.find(IndexKind::QueryId, "01b2c3d4-0000-0001-0000-000000000000").unwrap().len(), 1);
 }
 
-/// A version 1 segment left open by a crash is recovered by today's writer (its chain computed
-/// as version 1 defines it), and the recording continues in the current version and verifies.
+/// A segment in a format before version 4 (no keyed tags) left open, right after an authentic
+/// sealed segment of its own format: what a crash of an older gateway leaves, but also what
+/// anyone without the key makes by deleting the segments after a sealed one and forging an
+/// open one in the old format (its chain needs no key). Recovery refuses it, cutting and
+/// sealing nothing; verify names it, `allow_open` or not.
 #[test]
-fn an_open_v1_segment_is_recovered_and_continued_in_the_current_version() {
-    open_fixture_segment_is_recovered_and_continued("v1", 1);
+fn an_open_v1_segment_is_refused_and_left_as_it_was() {
+    open_fixture_segment_is_refused("v1", 1);
 }
 
-/// The same for version 2 (the chain over decompressed payloads).
 #[test]
-fn an_open_v2_segment_is_recovered_and_continued_in_the_current_version() {
-    open_fixture_segment_is_recovered_and_continued("v2", 2);
+fn an_open_v2_segment_is_refused_and_left_as_it_was() {
+    open_fixture_segment_is_refused("v2", 2);
 }
 
-/// The same for version 3 (the unkeyed chain over compressed batches, no chain tags): an
-/// upgrade from it seals what it left open and goes on in the keyed format.
 #[test]
-fn an_open_v3_segment_is_recovered_and_continued_in_the_current_version() {
-    open_fixture_segment_is_recovered_and_continued("v3", 3);
+fn an_open_v3_segment_is_refused_and_left_as_it_was() {
+    open_fixture_segment_is_refused("v3", 3);
 }
 
 /// The chain covers the bytes on disk (from format 3, keyed from format 4): the same records
@@ -1309,7 +1309,7 @@ fn the_chain_covers_the_compressed_bytes_and_each_batch_carries_it() {
     assert!(!fast.tag_holds(&fast.chain_after(4, &format::genesis(1), &chain_key)));
 }
 
-fn open_fixture_segment_is_recovered_and_continued(name: &str, version: u16) {
+fn open_fixture_segment_is_refused(name: &str, version: u16) {
     let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/record").join(name);
     let dir = std::env::temp_dir().join(format!("snowgate-{name}-recovery-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
@@ -1317,32 +1317,30 @@ fn open_fixture_segment_is_recovered_and_continued(name: &str, version: u16) {
     for name in ["seg-000-0000000000.sgr", "seg-000-0000000001.sgr"] {
         std::fs::copy(fixture.join(name), dir.join(name)).unwrap();
     }
-    // Cut the last segment's footer and trailer off: it was still open when the gateway died.
+    // Cut the last segment's footer and trailer off: still open when the gateway died, or
+    // forged in its place.
     let last = dir.join("seg-000-0000000001.sgr");
     let footer_offset = SegmentReader::open(&last).unwrap().sealed().unwrap().footer_offset;
     std::fs::OpenOptions::new().write(true).open(&last).unwrap().set_len(footer_offset).unwrap();
+    let open = std::fs::read(&last).unwrap();
 
     let key = fixture_key(name);
+    let options = VerifyOptions { allow_open: true, ..VerifyOptions::default() };
+    let report = verify(&Recording::open(&dir).unwrap(), &key, &options, &mut |_| {});
+    assert!(
+        report.problems.iter().any(|p| p.path == last
+            && p.offset == Some(0)
+            && p.description.contains(&format!("open segment in format version {version}"))),
+        "{:?}",
+        report.problems
+    );
     let storage = Arc::new(storage::FileSystem);
-    let (mut writer, report) = SegmentWriter::open(storage, &RecorderConfig::new(&dir, 0, key), T0 + 1000).unwrap();
-    assert!(!report.was_sealed, "{report:?}");
-    let frame = Frame::Event(EventFrame { time_unix_us: T0 + 1001, kind: EventKind::GatewayStart, detail: "1".into() });
-    writer.append(std::slice::from_ref(&frame), T0 + 1001).unwrap();
-    writer.seal(SealReason::Stopped, T0 + 1002).unwrap();
-
-    let recording = Recording::open(&dir).unwrap();
-    let report = verify(&recording, &key, &VerifyOptions::default(), &mut |_| {});
-    assert!(report.is_ok(), "{:?}", report.problems);
-    let versions: Vec<u16> = recording
-        .segments()
-        .iter()
-        .map(|segment| format::SegmentHeader::decode(&std::fs::read(recording.path(segment)).unwrap()).unwrap().version)
-        .collect();
-    assert_eq!(versions, [version, version, format::FORMAT_VERSION]);
-    let frames: Vec<Frame> = recording.records().map(|r| r.unwrap().frame).collect();
-    let mut expected = fixture_frames_with_rotation();
-    expected.push(frame);
-    assert_eq!(frames, expected, "every {name} record kept, then the new one");
+    let error = SegmentWriter::open(storage, &RecorderConfig::new(&dir, 0, key), T0 + 1000).unwrap_err();
+    let RecordError::Corrupt(read_error) = error else { panic!("not reported as corruption: {error}") };
+    assert!(matches!(read_error.kind, ReadErrorKind::UnvouchedOpen { version: v } if v == version), "{read_error}");
+    assert_eq!(read_error.path, last);
+    assert_eq!(std::fs::read(&last).unwrap(), open, "nothing was cut or sealed");
+    assert_eq!(Recording::open(&dir).unwrap().segments().len(), 2, "no segment was opened");
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

@@ -336,7 +336,6 @@ impl Verifier<'_> {
             report.problem(path, Some(0), None, description);
             return unknown;
         }
-        let newest_before = *newest_version;
         if header.version < *newest_version {
             let description = format!(
                 "format version {} after a version {} segment: versions only grow, so this segment was \
@@ -408,11 +407,11 @@ impl Verifier<'_> {
         }
         let next_index = scan.next_index();
         let sealed = reader.sealed();
-        // Open, in a format without keyed tags: only an authentic sealed segment of the same
-        // format before it vouches for it (an older gateway still writing it); otherwise its
-        // batches cannot be told from a rewrite, with `allow_open` or not.
-        let vouched = expected.seal.is_some() && newest_before == header.version;
-        if sealed.is_none() && header.version < FIRST_KEYED_CHAIN_VERSION && !vouched {
+        // Open, in a format without keyed tags: its batches cannot be told from a rewrite, with
+        // `allow_open` or not. (An authentic sealed segment of its format before it proves
+        // nothing: the segments after that one can be deleted and a new one forged in its
+        // place.) An older gateway's live segment is named too; the sealed ones verify.
+        if sealed.is_none() && header.version < FIRST_KEYED_CHAIN_VERSION {
             let kind = ReadErrorKind::UnvouchedOpen { version: header.version };
             report.problem(path.clone(), Some(0), Some(header.first_record_index), kind.to_string());
         }

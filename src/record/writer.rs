@@ -743,29 +743,24 @@ impl SegmentWriter {
     ) -> Result<(), RecordError> {
         let path = self.segment_path(sequence);
         let header = reader.header().clone();
-        // Before format 4 a batch carries no keyed tag: such an open segment is sealed only
-        // after a sealed segment of its own format that authenticates (what an upgrade leaves:
-        // the older gateway crashed, the newer one seals what it left). At the start of a
-        // chain, or after a missing, unsealed or other segment, it cannot be told from a
-        // rewrite in a format whose chain needs no key. Versions only grow along a chain.
+        // Before format 4 a batch carries no keyed tag: such an open segment cannot be told
+        // from a rewrite in a format whose chain needs no key, wherever it lies (after an
+        // authentic sealed segment of its format too: the segments after that one can be
+        // deleted and this one forged), and sealing it would authenticate it. The version that
+        // wrote it seals it (an upgrade after a crash starts and stops that version first).
+        // Versions only grow along a chain: one older than the segment before it was rewritten.
         if header.version < FIRST_KEYED_CHAIN_VERSION {
-            let before = sequence.checked_sub(1).and_then(|before| {
-                let reader = self.open_reader(before).ok().flatten()?;
-                let path = self.segment_path(before);
-                let sealed = reader.sealed().is_some_and(|sealed| self.check_sealed(&reader, sealed, &path).is_ok());
-                Some((reader.header().version, sealed))
-            });
+            let before = sequence
+                .checked_sub(1)
+                .and_then(|before| Some(self.open_reader(before).ok().flatten()?.header().version));
             let kind = match before {
-                Some((before, _)) if before > header.version => {
-                    Some(ReadErrorKind::Downgraded { version: header.version, before })
+                Some(before) if before > header.version => {
+                    ReadErrorKind::Downgraded { version: header.version, before }
                 }
-                Some((before, true)) if before == header.version => None,
-                _ => Some(ReadErrorKind::UnvouchedOpen { version: header.version }),
+                _ => ReadErrorKind::UnvouchedOpen { version: header.version },
             };
-            if let Some(kind) = kind {
-                let record_index = Some(header.first_record_index);
-                return Err(corrupt(ReadError { path, offset: 0, record_index, torn_tail: false, kind }));
-            }
+            let record_index = Some(header.first_record_index);
+            return Err(corrupt(ReadError { path, offset: 0, record_index, torn_tail: false, kind }));
         }
         let file = self.storage.open_append(&path).map_err(|source| RecordError::Io { path: path.clone(), source })?;
         let mut segment = OpenSegment::new(file, path.clone(), header.clone());

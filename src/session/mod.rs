@@ -85,7 +85,7 @@ impl Endpoint {
             (Method::Post, ["session", "v1", "login-request"]) => Endpoint::Login,
             (Method::Post, ["session", "token-request"]) => Endpoint::TokenRequest,
             (Method::Post, ["session", "heartbeat"]) => Endpoint::Heartbeat,
-            (Method::Post, ["session"]) if query_param(query, "delete") == Some("true") => Endpoint::Logout,
+            (Method::Post, ["session"]) if is_logout(query) => Endpoint::Logout,
             (Method::Post, ["queries", "v1", "query-request"]) => Endpoint::QueryRequest,
             (Method::Get, ["queries", qid, "result"]) => Endpoint::QueryResult(id(qid)?),
             (Method::Get, ["monitoring", "queries", qid]) => Endpoint::Monitoring(id(qid)?),
@@ -153,6 +153,16 @@ pub fn query_param<'q>(query: &'q str, name: &str) -> Option<&'q str> {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
         (k == name).then_some(v)
     })
+}
+
+/// Whether a `POST /session` query asks for a logout: `delete=true`, and nothing else a
+/// server could read as `delete` (a second `delete=false` that Snowflake might read instead,
+/// `DELETE=…`, `del%65te=…`). The target goes upstream as the agent sent it, so the gateway
+/// ends the session only when what Snowflake reads is a logout too; anything unclear is not
+/// routed, and refused.
+fn is_logout(query: &str) -> bool {
+    let mut delete = query.split('&').filter(|pair| could_name(pair, "delete"));
+    delete.next() == Some("delete=true") && delete.next().is_none()
 }
 
 /// Returns `target` with query parameter `name` set to `value` (added if absent). The value is
@@ -328,6 +338,18 @@ mod tests {
         assert_eq!(r(Method::Post, "/session/v1/login-request", "request_id=1"), Some(Endpoint::Login));
         assert_eq!(r(Method::Post, "/session", "delete=true"), Some(Endpoint::Logout));
         assert_eq!(r(Method::Post, "/session", ""), None);
+        assert_eq!(r(Method::Post, "/session", "request_id=1&delete=true"), Some(Endpoint::Logout));
+        // A logout only when every spelling a server could read as `delete` says so, once.
+        for unclear in [
+            "delete=true&delete=false",
+            "delete=false&delete=true",
+            "delete=true&DELETE=false",
+            "delete=true&del%65te=",
+            "delete=TRUE",
+            "delete=true;delete=false",
+        ] {
+            assert_eq!(r(Method::Post, "/session", unclear), None, "{unclear}");
+        }
         assert_eq!(r(Method::Get, &format!("/queries/{QID}/result"), ""), Some(Endpoint::QueryResult(QID.into())));
         assert_eq!(r(Method::Get, "/queries/../../etc/result", ""), None);
         assert_eq!(r(Method::Get, "/queries/not-a-uuid/result", ""), None);

@@ -12,7 +12,7 @@
 //! holds (never answered through this gateway, evicted, idle too long, or from before a
 //! restart) is refused: the books fail closed.
 //!
-//! Entries are compact (the id as 128 bits, the owner as a keyed 64-bit hash of its `sub`, the
+//! Entries are compact (the id as 128 bits, the owner as a keyed 64-bit hash of its [`Owner`], the
 //! last use in seconds, its places in two lists), about 90 bytes each with the index. Plans are kept only
 //! up to [`PLAN_COLUMNS_MAX`] columns a book, and [`PLAN_COLUMNS_PER_IDENTITY_MAX`] an
 //! identity; past either, a statement's later partitions are withheld.
@@ -31,11 +31,33 @@ pub const PLAN_COLUMNS_PER_IDENTITY_MAX: usize = PLAN_COLUMNS_MAX / 8;
 
 use std::collections::HashMap;
 use std::collections::hash_map::RandomState;
-use std::hash::BuildHasher;
+use std::hash::{BuildHasher, Hash, Hasher};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use crate::mask::ColumnPlan;
+
+/// Whom a statement id belongs to: the identity as it ran the statement, its `sub` and its
+/// groups (in any order). Policy and masking follow the groups, so a token of the same `sub`
+/// with other groups (a group taken away since, a second token) does not use the first's ids:
+/// it could read, unmasked or unallowed, what its own policy would not give it.
+#[derive(Debug, Clone, Copy)]
+pub struct Owner<'a> {
+    /// The identity.
+    pub sub: &'a str,
+    /// Its groups.
+    pub groups: &'a [String],
+}
+
+impl Hash for Owner<'_> {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.sub.hash(state);
+        let mut groups: Vec<&str> = self.groups.iter().map(String::as_str).collect();
+        groups.sort_unstable();
+        groups.dedup();
+        groups.hash(state);
+    }
+}
 
 /// How many ids a book holds and for how long.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -78,7 +100,7 @@ const NIL: u32 = u32::MAX;
 /// owner's), oldest first.
 struct Node {
     key: u128,
-    /// Keyed hash of the owner's `sub`.
+    /// Keyed hash of the owner ([`Owner`]).
     tag: u64,
     /// Last use, in seconds since the book's epoch.
     used: u32,
@@ -174,7 +196,7 @@ impl StatementBook {
 
     /// Records that `id` was answered to `sub`. An id already held keeps its first owner
     /// (returns `false` when that is another identity, or when `id` is not a UUID).
-    pub fn issue(&mut self, id: &str, sub: &str, now: Instant) -> bool {
+    pub fn issue<O: Hash + ?Sized>(&mut self, id: &str, sub: &O, now: Instant) -> bool {
         let Some(key) = id_key(id) else { return false };
         let now = self.seconds(now);
         self.drop_idle(now);
@@ -220,7 +242,7 @@ impl StatementBook {
     }
 
     /// Whether `sub` may use `id`; a use keeps the id from going idle.
-    pub fn check(&mut self, id: &str, sub: &str, now: Instant) -> Result<(), IdRefused> {
+    pub fn check<O: Hash + ?Sized>(&mut self, id: &str, sub: &O, now: Instant) -> Result<(), IdRefused> {
         let key = id_key(id).ok_or(IdRefused::Unknown)?;
         let now = self.seconds(now);
         let at = *self.slots.get(&key).ok_or(IdRefused::Unknown)?;
@@ -244,7 +266,7 @@ impl StatementBook {
     /// `sub` may use the id); `false` when they would take the book past
     /// [`PLAN_COLUMNS_MAX`] columns, or `sub`'s statements past
     /// [`PLAN_COLUMNS_PER_IDENTITY_MAX`], and are not kept.
-    pub fn keep_plans(&mut self, id: &str, sub: &str, plans: Plans, now: Instant) -> bool {
+    pub fn keep_plans<O: Hash + ?Sized>(&mut self, id: &str, sub: &O, plans: Plans, now: Instant) -> bool {
         let Some(key) = id_key(id) else { return false };
         if plans.is_empty() || self.check(id, sub, now).is_err() {
             return false;
@@ -373,7 +395,7 @@ impl StatementBooks {
     /// a statement, and a second entry without them, looked in first by its own core, would
     /// withhold the statement's later partitions there (an async submit answered on one core
     /// and polled to its rows on another).
-    pub fn issue(&self, core: usize, ids: &[String], sub: &str) -> bool {
+    pub fn issue(&self, core: usize, ids: &[String], sub: Owner<'_>) -> bool {
         let mut ids: Vec<&String> = ids.iter().filter(|id| id_key(id).is_some()).collect();
         if ids.is_empty() {
             return true;
@@ -383,7 +405,7 @@ impl StatementBooks {
             let mut book = self.book(at);
             let now = Instant::now();
             let mut refused = false;
-            ids.retain(|id| match book.check(id, sub, now) {
+            ids.retain(|id| match book.check(id, &sub, now) {
                 Ok(()) => false,
                 Err(IdRefused::NotYours) => {
                     refused = true;
@@ -397,16 +419,16 @@ impl StatementBooks {
         }
         let mut book = self.book(core);
         let now = Instant::now();
-        ids.into_iter().all(|id| book.issue(id, sub, now))
+        ids.into_iter().all(|id| book.issue(id, &sub, now))
     }
 
     /// The book that holds statement `id` for `sub` (a use, which keeps the id from going
     /// idle): `core`'s own first, then the others'.
-    fn holder(&self, core: usize, id: &str, sub: &str) -> Result<MutexGuard<'_, StatementBook>, IdRefused> {
+    fn holder(&self, core: usize, id: &str, sub: Owner<'_>) -> Result<MutexGuard<'_, StatementBook>, IdRefused> {
         let books = self.books.len();
         for at in (0..books).map(|i| (core + i) % books) {
             let mut book = self.book(at);
-            match book.check(id, sub, Instant::now()) {
+            match book.check(id, &sub, Instant::now()) {
                 Ok(()) => return Ok(book),
                 Err(IdRefused::NotYours) => return Err(IdRefused::NotYours),
                 Err(IdRefused::Unknown) => {}
@@ -416,16 +438,16 @@ impl StatementBooks {
     }
 
     /// Whether `sub` may use statement `id`, with the plans kept for it.
-    pub fn statement_for(&self, core: usize, id: &str, sub: &str) -> Result<Option<Arc<Plans>>, IdRefused> {
+    pub fn statement_for(&self, core: usize, id: &str, sub: Owner<'_>) -> Result<Option<Arc<Plans>>, IdRefused> {
         self.holder(core, id, sub).map(|book| book.plans(id))
     }
 
     /// Keeps the plans made from statement `id`'s row type in the book that holds it; `false`
     /// when that book's plan budget is spent. (An id no book holds for `sub` has nothing to
     /// keep them with: `true`, its partitions are refused by id.)
-    pub fn keep_plans(&self, core: usize, id: &str, sub: &str, plans: Plans) -> bool {
+    pub fn keep_plans(&self, core: usize, id: &str, sub: Owner<'_>, plans: Plans) -> bool {
         match self.holder(core, id, sub) {
-            Ok(mut book) => book.keep_plans(id, sub, plans, Instant::now()),
+            Ok(mut book) => book.keep_plans(id, &sub, plans, Instant::now()),
             Err(_) => true,
         }
     }
@@ -478,19 +500,27 @@ mod tests {
         let limits = BookLimits { ids_max: 8, ids_per_identity_max: 8, idle_ttl: Duration::from_secs(60) };
         let books = StatementBooks::new(2, limits);
         let handle = [A.to_owned()];
-        assert!(books.issue(0, &handle, "agent"));
-        assert!(books.issue(1, &handle, "agent"));
-        assert!(books.keep_plans(1, A, "agent", plans()));
+        let analysts = ["analysts".to_owned(), "readers".to_owned()];
+        let agent = Owner { sub: "agent", groups: &analysts };
+        assert!(books.issue(0, &handle, agent));
+        assert!(books.issue(1, &handle, agent));
+        assert!(books.keep_plans(1, A, agent, plans()));
+        // The same groups in another order (and repeated) are the same owner.
+        let reordered = ["readers".to_owned(), "analysts".to_owned(), "readers".to_owned()];
         for core in [0, 1] {
-            let kept = books.statement_for(core, A, "agent").expect("the agent's statement");
-            assert_eq!(kept.as_deref(), Some(&plans()), "asked on core {core}");
+            let kept = books.statement_for(core, A, Owner { sub: "agent", groups: &reordered });
+            assert_eq!(kept.expect("the agent's statement").as_deref(), Some(&plans()), "asked on core {core}");
         }
-        // Another identity is refused on either core, and cannot enter the handle as its own.
-        for core in [0, 1] {
-            assert_eq!(books.statement_for(core, A, "other"), Err(IdRefused::NotYours));
-            assert!(!books.issue(core, &handle, "other"));
+        // Another identity, or the same `sub` with other groups (whose policy and masking
+        // differ), is refused on either core, and cannot enter the handle as its own.
+        let ops = ["ops".to_owned()];
+        for other in [Owner { sub: "other", groups: &analysts }, Owner { sub: "agent", groups: &ops }] {
+            for core in [0, 1] {
+                assert_eq!(books.statement_for(core, A, other), Err(IdRefused::NotYours), "{other:?}");
+                assert!(!books.issue(core, &handle, other));
+            }
         }
-        assert_eq!(books.statement_for(0, B, "agent"), Err(IdRefused::Unknown));
+        assert_eq!(books.statement_for(0, B, agent), Err(IdRefused::Unknown));
     }
 
     #[test]

@@ -135,6 +135,22 @@ fn check_config_accepts_a_good_file() {
     assert!(!dir.path("recordings").exists());
 }
 
+/// The start creates the recording directory and writes in it: a path that cannot be a
+/// directory is refused by the check, as the start would refuse it.
+#[test]
+fn check_config_refuses_a_recording_directory_that_cannot_be_one() {
+    let dir = ConfigDir::new();
+    std::fs::write(dir.path("recordings"), "a file where the recordings go").unwrap();
+    assert_refused_naming(&dir.check(&dir.good()), "a file", &["recording directory", "recordings", "not a directory"]);
+    let nested = replace_line(&dir.good(), r#"directory = "recordings""#, r#"directory = "recordings/live""#);
+    assert_refused_naming(&dir.check(&nested), "under a file", &["recordings/live", "recordings is not a directory"]);
+    std::fs::remove_file(dir.path("recordings")).unwrap();
+    // Not there yet, under a directory: the start creates it.
+    let output = dir.check(&nested);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(!dir.path("recordings").exists(), "the check must not create the directory");
+}
+
 #[test]
 fn check_config_refuses_broken_files_naming_the_key() {
     let dir = ConfigDir::new();

@@ -356,6 +356,8 @@ fn sql_api_partitions_are_masked_and_handles_belong_to_their_identity() {
     let mut client = gateway.client();
     let owner = format!("Bearer {}", agent_token(json!({})));
     let other = format!("Bearer {}", agent_token(json!({"sub": "agent-8"})));
+    // The same `sub` with other groups: another policy, other masking profiles.
+    let regrouped = format!("Bearer {}", agent_token(json!({"groups": ["admins"]})));
     let clear = customers("MEDIUM", snowgate_perf::results::MEDIUM_ROWS).rows;
 
     // Answered at once, and answered later (202, polled): either way partition 0's row type
@@ -385,6 +387,8 @@ fn sql_api_partitions_are_masked_and_handles_belong_to_their_identity() {
     for (bearer, path) in [
         (&other, format!("/api/v2/statements/{handle}")),
         (&other, format!("/api/v2/statements/{handle}?partition=1")),
+        (&regrouped, format!("/api/v2/statements/{handle}")),
+        (&regrouped, format!("/api/v2/statements/{handle}?partition=1")),
         (&owner, format!("/api/v2/statements/{foreign}")),
     ] {
         let refused = client.get(&path, &sql_api_headers(bearer)).unwrap();
@@ -393,10 +397,12 @@ fn sql_api_partitions_are_masked_and_handles_belong_to_their_identity() {
         assert_eq!(refused["code"], "260018", "{refused}");
         assert!(refused["data"].is_null(), "rows in a refusal: {refused}");
     }
-    let cancel = client
-        .post_json(&format!("/api/v2/statements/{handle}/cancel"), &sql_api_headers(&other), &json!({}), false)
-        .unwrap();
-    assert_eq!(cancel.status, 422, "{cancel:?}");
+    for bearer in [&other, &regrouped] {
+        let cancel = client
+            .post_json(&format!("/api/v2/statements/{handle}/cancel"), &sql_api_headers(bearer), &json!({}), false)
+            .unwrap();
+        assert_eq!(cancel.status, 422, "{cancel:?}");
+    }
     assert_eq!(upstream.stats.recorded(snowgate_perf::EndpointKind::SqlApiFetch).len(), fetches);
     assert_eq!(upstream.stats.recorded(snowgate_perf::EndpointKind::SqlApiCancel).len(), cancels);
     // The owner still can.

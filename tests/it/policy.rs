@@ -478,8 +478,9 @@ fn an_approval_after_the_session_expired_waits_for_the_renewal() {
 
 /// An approval that lands while a poll is held answers "still running" on that poll (a held
 /// poll does not watch its connection: its driver may have given up), and the driver's next
-/// poll runs the statement. A driver's abort naming the gateway's id of another parked
-/// statement withdraws it: it never runs, and its polls answer 000604.
+/// poll runs the statement, which an abort naming the gateway's id then aborts upstream by
+/// Snowflake's. A driver's abort naming the gateway's id of another parked statement
+/// withdraws it: it never runs, and its polls answer 000604.
 #[test]
 fn an_approval_runs_on_a_fresh_poll_and_an_abort_by_id_withdraws() {
     use snowgate_perf::EndpointKind;
@@ -511,6 +512,16 @@ fn an_approval_runs_on_a_fresh_poll_and_an_abort_by_id_withdraws() {
     let answer = client.get(&result, &[("authorization", &auth)]).unwrap().json().unwrap();
     assert_eq!(answer["success"], true, "{answer}");
     assert_eq!(upstream.stats.requests(EndpointKind::Query), 1);
+    // Aborted by the gateway's id once it ran, it is aborted upstream by Snowflake's (which
+    // knows nothing of the gateway's).
+    let (gateway_id, upstream_id) =
+        (parked["data"]["queryId"].as_str().unwrap(), answer["data"]["queryId"].as_str().unwrap());
+    assert_ne!(gateway_id, upstream_id);
+    let abort = format!("/queries/{gateway_id}/abort-request");
+    client.post_json(&abort, &[("authorization", &auth)], &json!({}), false).unwrap();
+    let aborts = upstream.stats.recorded(EndpointKind::Abort);
+    assert_eq!(aborts.len(), 1, "{aborts:?}");
+    assert!(aborts[0].target.starts_with(&format!("/queries/{upstream_id}/abort-request")), "{}", aborts[0].target);
 
     let target = "/queries/v1/query-request?requestId=6d2b8a56-3d0a-4a51-8f3c-2d9c1f0e7b45";
     let body = query_body("select * from medium where id = 2");
@@ -524,7 +535,7 @@ fn an_approval_runs_on_a_fresh_poll_and_an_abort_by_id_withdraws() {
     assert_refused(&polled, "000604");
     assert_no_longer_reviewable(&gateway, &query_id);
     assert_eq!(upstream.stats.requests(EndpointKind::Query), 1, "a withdrawn statement ran");
-    assert_eq!(upstream.stats.requests(EndpointKind::Abort), 0, "the abort of a parked statement went upstream");
+    assert_eq!(upstream.stats.requests(EndpointKind::Abort), 1, "the abort of a parked statement went upstream");
 }
 
 /// An approved statement that Snowflake refused unrun, its session having expired upstream

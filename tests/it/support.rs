@@ -612,6 +612,16 @@ impl GatewayProcess {
     }
 }
 
+impl Drop for GatewayProcess {
+    /// A test that failed midway leaves no gateway running (a reaped child is left alone).
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
 /// The workspace's `snowgate-tools` binary (built by the same `cargo test --workspace`).
 pub fn tools_binary() -> PathBuf {
     let exe = std::env::current_exe().unwrap();
