@@ -624,7 +624,9 @@ fn read_request(stream: &mut TcpStream, limits: &AdminLimits) -> Result<Option<R
         }
     };
     let mut body = buf.split_off(head.head_len.min(buf.len()));
+    // Not to HTTP/1.0, which knows no interim answer (RFC 9110 §10.1.1).
     if body.len() < body_len
+        && head.minor_version >= 1
         && head.headers.has_token("expect", "100-continue")
         && write_all_by(stream, b"HTTP/1.1 100 Continue\r\n\r\n", Instant::now() + limits.write_timeout).is_err()
     {

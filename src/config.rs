@@ -692,8 +692,34 @@ impl std::fmt::Debug for Config {
     }
 }
 
+/// The most bytes a file the configuration names (a certificate chain, a CA bundle, a key,
+/// the configuration itself with its dictionaries) may hold: a path that names something else
+/// by mistake is refused, not read until memory runs out.
+pub const CONFIG_FILE_BYTES_MAX: usize = 16 << 20;
+
+/// Opens `path` for reading, refusing anything but a regular file (opened without waiting: a
+/// FIFO would block the open until a writer came), and reads it whole, up to
+/// [`CONFIG_FILE_BYTES_MAX`]. Returns the open file's metadata with the bytes.
+fn read_regular(path: &Path) -> Result<(std::fs::Metadata, Vec<u8>), String> {
+    use std::io::Read as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let cannot_read = |e: std::io::Error| format!("cannot read {}: {e}", path.display());
+    let file = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open(path).map_err(cannot_read)?;
+    // The metadata is the open file's, so it is that of what is read.
+    let metadata = file.metadata().map_err(cannot_read)?;
+    if !metadata.is_file() {
+        return Err(format!("{} is not a regular file", path.display()));
+    }
+    let mut bytes = Vec::new();
+    file.take(CONFIG_FILE_BYTES_MAX as u64 + 1).read_to_end(&mut bytes).map_err(cannot_read)?;
+    if bytes.len() > CONFIG_FILE_BYTES_MAX {
+        return Err(format!("{} is over {} MiB", path.display(), CONFIG_FILE_BYTES_MAX >> 20));
+    }
+    Ok((metadata, bytes))
+}
+
 fn read_file(key: &str, path: &Path) -> Result<Vec<u8>, ConfigError> {
-    std::fs::read(path).map_err(|e| problem(key, format!("cannot read {}: {e}", path.display())))
+    read_regular(path).map(|(_, bytes)| bytes).map_err(|message| problem(key, message))
 }
 
 /// Reads a file holding a secret (a private key, a sealing or recording key, a password). On
@@ -702,28 +728,20 @@ fn read_file(key: &str, path: &Path) -> Result<Vec<u8>, ConfigError> {
 /// shared with a key group, `root:ssl-cert 0640`, or a Kubernetes secret with `defaultMode`
 /// 0440 and an `fsGroup`).
 fn read_secret_file(key: &str, path: &Path) -> Result<Vec<u8>, ConfigError> {
-    use std::io::Read as _;
-    let cannot_read = |e: std::io::Error| problem(key, format!("cannot read {}: {e}", path.display()));
-    // The mode is read off the open file, so it is the mode of what is read.
-    let mut file = std::fs::File::open(path).map_err(cannot_read)?;
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt as _;
-        let mode = file.metadata().map_err(cannot_read)?.permissions().mode() & 0o7777;
-        if mode & 0o027 != 0 {
-            return Err(problem(
-                key,
-                format!(
-                    "{} has mode {mode:04o}: a key file must not be readable by others nor writable by group or \
-                     others (chmod 600 {})",
-                    path.display(),
-                    path.display()
-                ),
-            ));
-        }
+    use std::os::unix::fs::PermissionsExt as _;
+    let (metadata, bytes) = read_regular(path).map_err(|message| problem(key, message))?;
+    let mode = metadata.permissions().mode() & 0o7777;
+    if mode & 0o027 != 0 {
+        return Err(problem(
+            key,
+            format!(
+                "{} has mode {mode:04o}: a key file must not be readable by others nor writable by group or others \
+                 (chmod 600 {})",
+                path.display(),
+                path.display()
+            ),
+        ));
     }
-    let mut bytes = Vec::new();
-    file.read_to_end(&mut bytes).map_err(cannot_read)?;
     Ok(bytes)
 }
 
@@ -838,8 +856,21 @@ fn parse_algorithm(key: &str, name: &str) -> Result<jsonwebtoken::Algorithm, Con
 impl Config {
     /// Reads, parses and validates the file at `path`, with `runtime` from the flags.
     pub fn load(path: &Path, runtime: RuntimeSettings) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| problem(&path.display().to_string(), format!("cannot read: {e}")))?;
+        // The operator's own choice of file, which may be a pipe (`--config /dev/stdin`): read
+        // whatever it is, up to the cap.
+        let cannot_read = |e: std::io::Error| problem(&path.display().to_string(), format!("cannot read: {e}"));
+        let mut bytes = Vec::new();
+        std::io::Read::read_to_end(
+            &mut std::io::Read::take(std::fs::File::open(path).map_err(cannot_read)?, CONFIG_FILE_BYTES_MAX as u64 + 1),
+            &mut bytes,
+        )
+        .map_err(cannot_read)?;
+        if bytes.len() > CONFIG_FILE_BYTES_MAX {
+            let message = format!("is over {} MiB", CONFIG_FILE_BYTES_MAX >> 20);
+            return Err(problem(&path.display().to_string(), message));
+        }
+        let text = String::from_utf8(bytes)
+            .map_err(|_| problem(&path.display().to_string(), "is not UTF-8 text".to_owned()))?;
         let file: FileConfig =
             toml::from_str(&text).map_err(|e| problem(&path.display().to_string(), toml_problem(&text, &e)))?;
         let base = path.parent().unwrap_or(Path::new("."));
@@ -1223,11 +1254,16 @@ pub(crate) fn loopback_http(url: &str) -> bool {
     if authority.contains('@') {
         return false;
     }
-    let host = match authority.strip_prefix('[') {
-        Some(v6) => v6.split(']').next().unwrap_or_default(),
-        None => authority.split(':').next().unwrap_or_default(),
+    // The host, and what follows it, which must be a port or nothing: `[::1]x.evil` is a host
+    // name to the URL parser (`UpstreamUrl::parse`), whatever its first characters say.
+    let (host, port) = match authority.strip_prefix('[') {
+        Some(v6) => v6.split_once(']').unwrap_or((v6, "?")),
+        None => authority.split_once(':').map_or((authority, ""), |(host, _)| (host, &authority[host.len()..])),
     };
-    host.eq_ignore_ascii_case("localhost") || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+    let port_ok = port.is_empty()
+        || port.strip_prefix(':').is_some_and(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()));
+    port_ok
+        && (host.eq_ignore_ascii_case("localhost") || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback()))
 }
 
 #[cfg(test)]
@@ -1586,6 +1622,12 @@ tls_key_file = "open.key""#,
             "http://localhost.evil.example/",
             "http://127.0.0.1@evil.example/",
             "https://127.0.0.1/",
+            // What follows the host must be a port: the URL parser reads these as host names.
+            "http://[::1]x.evil:80/",
+            "http://[::1]x.evil/",
+            "http://[::1/",
+            "http://127.0.0.1:80:90/",
+            "http://localhost:x/",
         ] {
             assert!(!loopback_http(refused), "{refused}");
         }

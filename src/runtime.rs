@@ -433,6 +433,9 @@ async fn run_core(
             return;
         }
     };
+    // Let go of the sender at once: `start` learns that a core died before reporting from
+    // every sender being gone, which a core waiting below must not prevent.
+    drop(ready);
     // Blocking the thread is fine here: nothing runs on this core's runtime yet. A dropped
     // signal means another part of the start failed: nothing was accepted, nothing is owed.
     if go.recv().is_err() {
@@ -501,7 +504,9 @@ async fn run_core(
 }
 
 /// Runs the gateway until SIGTERM or SIGINT, then drains; a second SIGTERM or SIGINT ends the
-/// wait for requests in flight. SIGHUP (a closed terminal, a service manager's reload) is
+/// wait for requests in flight (the recorders still stop in order, which a hung disk can hold
+/// up to `record::limits::STOP_TIMEOUT`), and a third exits at once (status 1; the next start
+/// recovers the segments left open). SIGHUP (a closed terminal, a service manager's reload) is
 /// logged and ignored: the configuration is read once, at start.
 pub fn run(config: Config) -> Result<(), StartError> {
     use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
@@ -526,20 +531,30 @@ pub fn run(config: Config) -> Result<(), StartError> {
     }
     running.drain();
     let gateway = running.gateway.clone();
-    let signals_handle = signals.handle();
+    /// Ends the signal loop below when the drain ends, however it ends (a panic included).
+    struct CloseOnDrop(signal_hook::iterator::Handle);
+    impl Drop for CloseOnDrop {
+        fn drop(&mut self) {
+            self.0.close();
+        }
+    }
+    let closer = CloseOnDrop(signals.handle());
     let joining = std::thread::Builder::new()
         .name("snowgate-drain".into())
         .spawn(move || {
+            let _closer = closer;
             running.join();
-            signals_handle.close();
         })
         .map_err(|source| StartError::Io { what: "drain thread".into(), source })?;
-    // Until the drain ends (`close` ends this loop).
+    // Until the drain ends.
     for signal in signals.forever() {
         if signal == SIGHUP {
             hangup();
         } else if !gateway.drain_abandoned.swap(true, Ordering::AcqRel) {
             warn!(signal, "Second signal: the drain stops waiting for requests in flight; the recordings are closed.");
+        } else {
+            error!(signal, "Third signal: exiting now; the next start recovers the segments left open.");
+            std::process::exit(1);
         }
     }
     if joining.join().is_err() {

@@ -195,12 +195,17 @@ impl KeySet {
 
 /// Reads and parses a JWKS file, which must hold at least one usable key.
 ///
-/// Errors name the file. At most [`JWKS_BYTES_MAX`] + 1 bytes are read, so a huge or endless
-/// file (a FIFO, `/dev/zero`) is refused without being read whole.
+/// Errors name the file. Only a regular file is read (opened without waiting, which a FIFO
+/// would), and at most [`JWKS_BYTES_MAX`] + 1 bytes of it, so a huge one is refused without
+/// being read whole.
 pub(crate) fn load_file(path: &Path) -> Result<KeySet, JwksError> {
     use std::io::Read as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
     let read_error = |source| JwksError::Read { path: path.to_path_buf(), source };
-    let file = std::fs::File::open(path).map_err(read_error)?;
+    let file = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open(path).map_err(read_error)?;
+    if !file.metadata().map_err(read_error)?.is_file() {
+        return Err(read_error(std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a regular file")));
+    }
     let mut bytes = Vec::new();
     file.take(JWKS_BYTES_MAX as u64 + 1).read_to_end(&mut bytes).map_err(read_error)?;
     parse_jwks_nonempty(&bytes).map_err(|error| error.in_file(path))

@@ -623,6 +623,9 @@ fn session_answer_withheld(core: &Core, capture: &mut Capture, response: &Upstre
     capture.refused_code = Some(codes::UPSTREAM_INVALID.to_owned());
     let message =
         format!("Snowflake answered the {what} with HTTP status {status}; snowgate does not pass that body on");
+    // A status that carries no body (1xx, 204, 304) cannot carry the refusal: the agent would
+    // read the refusal as the start of its next answer.
+    let status = if matches!(status, 100..=199 | 204 | 304) { 502 } else { status };
     Answer::own(status, refusal_body(codes::UPSTREAM_INVALID, &message))
 }
 

@@ -364,7 +364,12 @@ impl Core {
             let (wire_max, bytes_max) = handler::body_caps(self, authenticated.endpoint(), refused);
             let announced_over = matches!(head.framing, BodyFraming::Length(n) if n > wire_max as u64);
             let unread = refused && announced_over;
-            if !announced_over && head.framing != BodyFraming::Empty && head.headers.has_token("expect", "100-continue")
+            // An HTTP/1.0 client knows no interim answer (RFC 9110 §10.1.1): it would take the
+            // 100 for the answer, and the answer for its body.
+            if !announced_over
+                && head.minor_version >= 1
+                && head.framing != BodyFraming::Empty
+                && head.headers.has_token("expect", "100-continue")
             {
                 // Bounded like every write: a client that stopped reading cannot hold the slot.
                 let interim = BytesMut::from(&b"HTTP/1.1 100 Continue\r\n\r\n"[..]);

@@ -662,8 +662,10 @@ impl SegmentReader {
             ranges.push(start..end);
             at = end;
         }
+        // Bytes past the last record: the batch's framing is wrong, so none of its records
+        // can be trusted, and the first is named.
         if at != payload.len() {
-            return Err((header.first_record_index + n_records as u64, ReadErrorKind::RecordFraming));
+            return Err((header.first_record_index, ReadErrorKind::RecordFraming));
         }
         Ok((records, ranges))
     }
@@ -680,9 +682,19 @@ impl SegmentReader {
         }
     }
 
-    /// Every record, in order; stops after the first error.
+    /// Every batch, in file order, by scanning ([`SegmentReader::scan`]). In a sealed segment
+    /// a damaged batch is reported and the scan resumes at the next batch its footer's table
+    /// lists (the footer taken as it is, not authenticated: that is `verify`'s job), so one bad
+    /// batch does not hide the rest; an open segment's end at the first error (nothing there
+    /// says where the next batch starts).
+    pub fn batches(&self) -> Batches<'_> {
+        Batches { reader: self, scan: self.scan() }
+    }
+
+    /// Every record, in order ([`SegmentReader::batches`]: past a damaged batch of a sealed
+    /// segment, the next ones; an open segment's end at the first error).
     pub fn records(&self) -> impl Iterator<Item = Result<Record, ReadError>> + '_ {
-        self.scan().flat_map(|batch| match batch {
+        self.batches().flat_map(|batch| match batch {
             Ok(batch) => batch.records.into_iter().map(Ok).collect::<Vec<_>>(),
             Err(e) => vec![Err(e)],
         })
@@ -938,6 +950,35 @@ impl Iterator for Scan<'_> {
             }
             Err(e) => self.fail(e),
         }
+    }
+}
+
+/// [`SegmentReader::batches`].
+pub struct Batches<'a> {
+    reader: &'a SegmentReader,
+    scan: Scan<'a>,
+}
+
+impl Iterator for Batches<'_> {
+    type Item = Result<Batch, ReadError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let item = self.scan.next()?;
+        if let (Err(error), Some(sealed)) = (&item, &self.reader.sealed) {
+            // Past the damage, at a batch before the footer: always further on, so this ends.
+            let resume =
+                sealed.footer.batches.iter().find(|e| e.offset > error.offset && e.offset < sealed.footer_offset);
+            if let Some(entry) = resume {
+                self.scan = Scan {
+                    reader: self.reader,
+                    offset: entry.offset,
+                    next_index: entry.first_record_index,
+                    end: None,
+                    failed: false,
+                };
+            }
+        }
+        Some(item)
     }
 }
 
@@ -1254,6 +1295,41 @@ mod tests {
         assert_recovers_keeping(&bytes, 4, bytes.len() as u64, "uncut");
         let reader = SegmentReader::from_bytes("x".into(), Bytes::from(bytes), ReaderOptions::default()).unwrap();
         assert!(reader.sealed().is_none());
+    }
+
+    /// A batch whose records, each whole, do not fill its payload is named by its first
+    /// record, not by the one after it (the next batch's first).
+    #[test]
+    fn bytes_after_a_batch_s_last_record_name_its_first_record() {
+        let header = SegmentHeader {
+            version: crate::record::format::FORMAT_VERSION,
+            core_id: 0,
+            sequence: 0,
+            created_unix_us: T0,
+            first_record_index: 5,
+            previous_chain_head: crate::record::format::genesis(0),
+        };
+        let reader =
+            SegmentReader::from_bytes("x".into(), Bytes::from(header.encode().to_vec()), Default::default()).unwrap();
+        let mut body = Vec::new();
+        request(5, b"select 1".to_vec()).encode_body(5, &mut body);
+        let mut payload = Vec::new();
+        payload.extend_from_slice(&(body.len() as u32).to_le_bytes());
+        payload.extend_from_slice(&crc32c::crc32c(&body).to_le_bytes());
+        payload.extend_from_slice(&body);
+        let batch = BatchHeader {
+            compressed_len: 0,
+            uncompressed_len: payload.len() as u32,
+            n_records: 1,
+            first_record_index: 5,
+            payload_crc: 0,
+            chain_tag: None,
+        };
+        let whole = Bytes::from(payload.clone());
+        assert_eq!(reader.parse_records(&whole, 64, &batch).unwrap().0.len(), 1);
+        payload.push(0);
+        let error = reader.parse_records(&Bytes::from(payload), 64, &batch).expect_err("a trailing byte");
+        assert!(matches!(error, (5, ReadErrorKind::RecordFraming)), "{error:?}");
     }
 
     #[test]

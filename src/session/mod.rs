@@ -80,7 +80,10 @@ impl Endpoint {
     /// Routes a request by method, path and query string.
     pub fn route(method: Method, path: &str, query: &str) -> Option<Endpoint> {
         let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
-        let id = |s: &str| is_query_id(s).then(|| s.to_owned());
+        // Ids are Snowflake's lowercase hex (and the gateway's own, for parked statements):
+        // read in one case, so that an id in capitals names the same statement everywhere (the
+        // statement books read ids as numbers, the approvals ledger as text).
+        let id = |s: &str| is_query_id(s).then(|| s.to_ascii_lowercase());
         Some(match (method, segments.as_slice()) {
             (Method::Post, ["session", "v1", "login-request"]) => Endpoint::Login,
             (Method::Post, ["session", "token-request"]) => Endpoint::TokenRequest,
@@ -352,6 +355,8 @@ mod tests {
         }
         assert_eq!(r(Method::Get, &format!("/queries/{QID}/result"), ""), Some(Endpoint::QueryResult(QID.into())));
         assert_eq!(r(Method::Get, "/queries/../../etc/result", ""), None);
+        let upper = QID.to_ascii_uppercase();
+        assert_eq!(r(Method::Get, &format!("/queries/{upper}/result"), ""), Some(Endpoint::QueryResult(QID.into())));
         assert_eq!(r(Method::Get, "/queries/not-a-uuid/result", ""), None);
         assert_eq!(
             r(Method::Post, &format!("/queries/{QID}/abort-request"), ""),

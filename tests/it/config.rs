@@ -135,6 +135,44 @@ fn check_config_accepts_a_good_file() {
     assert!(!dir.path("recordings").exists());
 }
 
+/// A path that names something other than a regular file (a FIFO, whose open would wait for a
+/// writer; a device, read forever) is refused at once, naming the key.
+#[test]
+fn check_config_refuses_a_key_that_is_not_a_regular_file() {
+    let dir = ConfigDir::new();
+    let fifo = dir.path("seal.fifo");
+    assert!(Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+    let jwks_line = format!("jwks_file = \"{}\"", key_path("jwks.json").display());
+    let cases = [
+        ("a FIFO", r#"seal_key_file = "seal.key""#, "seal_key_file", fifo.to_str().unwrap(), "tokens.seal_key_file"),
+        ("a device", r#"seal_key_file = "seal.key""#, "seal_key_file", "/dev/zero", "tokens.seal_key_file"),
+        ("a directory", r#"seal_key_file = "seal.key""#, "seal_key_file", "/", "tokens.seal_key_file"),
+        ("a FIFO of keys", jwks_line.as_str(), "jwks_file", fifo.to_str().unwrap(), "seal.fifo"),
+    ];
+    for (name, line, field, path, named) in cases {
+        let config = replace_line(&dir.good(), line, &format!("{field} = \"{path}\""));
+        let config_path = dir.path("snowgate.toml");
+        std::fs::write(&config_path, config).unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_snowgate"))
+            .args(["--config", config_path.to_str().unwrap(), "--check-config"])
+            .env_clear()
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while child.try_wait().unwrap().is_none() {
+            if std::time::Instant::now() > deadline {
+                child.kill().unwrap();
+                panic!("{name}: the check did not end");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let output = child.wait_with_output().unwrap();
+        assert_refused_naming(&output, name, &[named, "not a regular file"]);
+    }
+}
+
 /// The start creates the recording directory and writes in it: a path that cannot be a
 /// directory is refused by the check, as the start would refuse it.
 #[test]

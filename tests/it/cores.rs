@@ -135,7 +135,6 @@ fn a_taken_admin_port_ends_the_start_before_any_core_serves() {
     assert!(stderr.contains("admin listener"), "{stderr}");
     assert!(!stderr.contains("Core serving."), "a core served before the start failed: {stderr}");
     assert!(!String::from_utf8_lossy(&output.stdout).contains("listening"), "{stderr}");
-    assert_eq!(upstream.stats.connections_accepted(), 0, "an agent's request reached the upstream");
 }
 
 /// An upstream that accepts connections and never answers; the connections it holds.

@@ -151,6 +151,21 @@ fn expect_100_continue_gets_the_interim_answer_then_the_final_one() {
     assert_eq!(&answer, b"HTTP/1.1 200");
 }
 
+/// An HTTP/1.0 client knows no interim answer: its `Expect: 100-continue` is ignored, and the
+/// one answer it reads is the final one.
+#[test]
+fn expect_100_continue_from_http_1_0_gets_no_interim_answer() {
+    let upstream = double(|_| {});
+    let gateway = TestGateway::start(&upstream.url(), GatewayOptions::default());
+    let body = r#"{"sqlText":"select 1"}"#;
+    let head = QUERY.replace("HTTP/1.1", "HTTP/1.0");
+    let wire = format!("{head}Content-Length: {}\r\nExpect: 100-continue\r\n\r\n{body}", body.len());
+    let (text, _) = exchange_raw(&gateway, wire.as_bytes());
+    assert!(!text.contains("100 Continue"), "an HTTP/1.0 client was sent an interim answer: {text}");
+    assert!(text.starts_with("HTTP/1.1 200 "), "{text}");
+    assert!(text.contains(snowgate::session::codes::SESSION_MISSING), "{text}");
+}
+
 /// A body announced over what the gateway would read is not invited: the client that waits
 /// for `100 Continue` gets the final answer instead, and sends nothing.
 #[test]

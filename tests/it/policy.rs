@@ -518,7 +518,8 @@ fn an_approval_runs_on_a_fresh_poll_and_an_abort_by_id_withdraws() {
         (parked["data"]["queryId"].as_str().unwrap(), answer["data"]["queryId"].as_str().unwrap());
     assert_ne!(gateway_id, upstream_id);
     let abort = format!("/queries/{gateway_id}/abort-request");
-    client.post_json(&abort, &[("authorization", &auth)], &json!({}), false).unwrap();
+    let aborted = client.post_json(&abort, &[("authorization", &auth)], &json!({}), false).unwrap();
+    assert_eq!(aborted.json().unwrap()["success"], true, "{aborted:?}");
     let aborts = upstream.stats.recorded(EndpointKind::Abort);
     assert_eq!(aborts.len(), 1, "{aborts:?}");
     assert!(aborts[0].target.starts_with(&format!("/queries/{upstream_id}/abort-request")), "{}", aborts[0].target);

@@ -313,6 +313,23 @@ const BAD_ANSWERS: [&str; 8] = [
     "HTTP/1.1 200 OK\r\nContent-Length: +80\r\n\r\n{BODY}",
 ];
 
+/// A login Snowflake answers with a status that carries no body is refused with one that
+/// does (the refusal's body under a 204 would be read as the start of the next answer), and
+/// the agent's connection serves its next request.
+#[test]
+fn a_bodiless_status_to_a_login_is_refused_with_a_status_that_has_a_body() {
+    for answer in ["HTTP/1.1 204 No Content\r\n\r\n", "HTTP/1.1 304 Not Modified\r\n\r\n"] {
+        let upstream = CannedUpstream::start(answer);
+        let gateway = TestGateway::start(&format!("http://{}", upstream.addr), GatewayOptions::default());
+        let mut client = gateway.client();
+        for attempt in 0..2 {
+            let refused = login(&mut client, &agent_token(json!({})));
+            assert_eq!(refused.status, 502, "{answer:?}, attempt {attempt}: {refused:?}");
+            assert_eq!(refused.json().unwrap()["code"], "260004", "{answer:?}");
+        }
+    }
+}
+
 #[test]
 fn ambiguous_upstream_answers_are_refused_and_their_connection_is_not_reused() {
     assert_eq!(BODY.len(), 80, "the canned answers declare 80 bytes");

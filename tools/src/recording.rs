@@ -57,9 +57,27 @@ fn stdout_is_a_file() -> bool {
 }
 
 /// Tells the user about an unreadable part and carries on; the command fails at the end.
-fn report_read_error(bar: &ProgressBar, error: &ReadError, failures: &mut usize) {
+/// Damage running to the end of a core's last segment (a torn tail) is where a running gateway
+/// is writing, or where a crash stopped it (the next start cuts it back): the records before
+/// it are whole, so it is noted, not failed (`verify --allow-open` judges it).
+fn report_read_error(bar: &ProgressBar, recording: &Recording, error: &ReadError, failures: &mut usize) {
+    if is_live_end(recording, error) {
+        let note = format!("{}: ends inside a batch at offset {}", error.path.display(), error.offset);
+        bar.suspend(|| eprintln!("note: {} (still being written, or cut by a crash)", escape_text(&note)));
+        return;
+    }
     *failures += 1;
     bar.suspend(|| eprintln!("error: {}", escape_text(&error.to_string())));
+}
+
+/// Whether `error` is a torn tail of the last segment of its core.
+fn is_live_end(recording: &Recording, error: &ReadError) -> bool {
+    let segments = recording.segments();
+    error.torn_tail
+        && segments
+            .iter()
+            .find(|s| recording.path(s) == error.path)
+            .is_some_and(|torn| !segments.iter().any(|s| s.core_id == torn.core_id && s.sequence > torn.sequence))
 }
 
 /// Options shared by `cat` and `search` output.
@@ -106,14 +124,14 @@ pub fn cat(args: CatArgs) -> anyhow::Result<()> {
         let reader = match recording.segment(segment) {
             Ok(reader) => reader,
             Err(e) => {
-                report_read_error(&bar, &e, &mut failures);
+                report_read_error(&bar, &recording, &e, &mut failures);
                 continue;
             }
         };
         for record in reader.records() {
             match record {
                 Ok(record) => emit(&mut out, &record, &args.output)?,
-                Err(e) => report_read_error(&bar, &e, &mut failures),
+                Err(e) => report_read_error(&bar, &recording, &e, &mut failures),
             }
         }
         bar.inc(reader.len());
@@ -454,7 +472,7 @@ pub fn search(args: SearchArgs) -> anyhow::Result<()> {
         let reader = match recording.segment(segment) {
             Ok(reader) => reader,
             Err(e) => {
-                report_read_error(&bar, &e, &mut failures);
+                report_read_error(&bar, &recording, &e, &mut failures);
                 continue;
             }
         };
@@ -467,9 +485,8 @@ pub fn search(args: SearchArgs) -> anyhow::Result<()> {
             }
             Ok(())
         };
-        if let Err(e) = visit_batches(&reader, &filters, unanswered, &mut visit)? {
-            report_read_error(&bar, &e, &mut failures);
-        }
+        let mut on_error = |e: &ReadError| report_read_error(&bar, &recording, e, &mut failures);
+        visit_batches(&reader, &filters, unanswered, &mut visit, &mut on_error)?;
         bar.inc(reader.len());
     }
     bar.finish_and_clear();
@@ -485,7 +502,7 @@ pub fn search(args: SearchArgs) -> anyhow::Result<()> {
                 emit(&mut out, &request, &args.output)?
             }
             Ok(_) => {}
-            Err(e) => report_read_error(&bar, &e, &mut failures),
+            Err(e) => report_read_error(&bar, &recording, &e, &mut failures),
         }
     }
     // A query id with request filters: each response found by the query id is printed with
@@ -498,7 +515,7 @@ pub fn search(args: SearchArgs) -> anyhow::Result<()> {
                 emit(&mut out, &response, &args.output)?;
             }
             Ok(_) => {}
-            Err(e) => report_read_error(&bar, &e, &mut failures),
+            Err(e) => report_read_error(&bar, &recording, &e, &mut failures),
         }
     }
     out.flush()?;
@@ -629,28 +646,30 @@ impl Matcher<'_> {
 /// time: through the footer's index and time ranges when sealed (the footer is read as it
 /// is, not authenticated: that is `verify`'s job), every batch otherwise. `unanswered`: the
 /// core has matched requests whose responses are still to come, so `--sub` cannot skip the
-/// segment. A read error ends the segment and is returned; an error of `visit` (writing the
-/// output) is the outer one.
+/// segment. A read error goes to `on_error`: in a sealed segment the next batch is read (the
+/// footer says where it is), in an open one it ends the segment. An error of `visit`
+/// (writing the output) is returned.
 fn visit_batches(
     reader: &SegmentReader,
     filters: &Filters,
     unanswered: bool,
     visit: &mut dyn FnMut(Vec<Record>) -> anyhow::Result<()>,
-) -> anyhow::Result<Result<(), ReadError>> {
+    on_error: &mut dyn FnMut(&ReadError),
+) -> anyhow::Result<()> {
     let Some(sealed) = reader.sealed() else {
         for batch in reader.scan() {
             match batch {
                 Ok(batch) => visit(batch.records)?,
-                Err(e) => return Ok(Err(e)),
+                Err(e) => on_error(&e),
             }
         }
-        return Ok(Ok(()));
+        return Ok(());
     };
     let footer = &sealed.footer;
     if footer.record_count > 0
         && (footer.time_max_unix_us < filters.since_us || footer.time_min_unix_us >= filters.until_us)
     {
-        return Ok(Ok(()));
+        return Ok(());
     }
     let ordinals: Vec<usize> = if let Some(query_id) = &filters.query_id {
         footer.index.get(IndexKind::QueryId, query_id).map(|o| o.map(|o| o as usize).collect()).unwrap_or_default()
@@ -667,12 +686,13 @@ fn visit_batches(
         if entry.time_max_unix_us < filters.since_us || entry.time_min_unix_us >= filters.until_us {
             continue;
         }
+        // A damaged batch is reported; the footer still says where the next one is.
         match reader.read_batch(entry.offset, Some(entry.first_record_index)) {
             Ok(batch) => visit(batch.records)?,
-            Err(e) => return Ok(Err(e)),
+            Err(e) => on_error(&e),
         }
     }
-    Ok(Ok(()))
+    Ok(())
 }
 
 /// `verify`: integrity and completeness; exits non-zero on any problem.
@@ -816,11 +836,11 @@ pub fn export(args: ExportArgs) -> anyhow::Result<()> {
         let reader = match recording.segment(segment) {
             Ok(reader) => reader,
             Err(e) => {
-                report_read_error(&bar, &e, &mut failures);
+                report_read_error(&bar, &recording, &e, &mut failures);
                 continue;
             }
         };
-        for batch in reader.scan() {
+        for batch in reader.batches() {
             match batch {
                 Ok(batch) => {
                     for record in &batch.records {
@@ -829,7 +849,7 @@ pub fn export(args: ExportArgs) -> anyhow::Result<()> {
                     }
                     bar.inc(batch.end_offset - batch.offset);
                 }
-                Err(e) => report_read_error(&bar, &e, &mut failures),
+                Err(e) => report_read_error(&bar, &recording, &e, &mut failures),
             }
         }
     }
@@ -871,16 +891,16 @@ pub fn stats(args: StatsArgs) -> anyhow::Result<()> {
         let reader = match recording.segment(segment) {
             Ok(reader) => reader,
             Err(e) => {
-                report_read_error(&bar, &e, &mut failures);
+                report_read_error(&bar, &recording, &e, &mut failures);
                 continue;
             }
         };
         bytes_on_disk += reader.len();
-        for batch in reader.scan() {
+        for batch in reader.batches() {
             let batch = match batch {
                 Ok(batch) => batch,
                 Err(e) => {
-                    report_read_error(&bar, &e, &mut failures);
+                    report_read_error(&bar, &recording, &e, &mut failures);
                     continue;
                 }
             };

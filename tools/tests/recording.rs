@@ -377,6 +377,61 @@ fn a_last_segment_with_its_seal_stripped_and_a_record_rewritten_fails_even_as_op
     assert_eq!(output.status.code(), Some(0), "{}", stdout(&output));
 }
 
+/// A running gateway's recording: its last segment open, read while a batch is half
+/// written. The reading tools show every whole record and note the end; the same cut in a
+/// segment with others after it is damage, and fails them.
+#[test]
+fn the_reading_tools_read_a_live_recording_up_to_its_half_written_batch() {
+    let fixture = fixture_with_last_seal_stripped();
+    let dir = fixture.dir.to_str().unwrap();
+    let whole: Vec<String> = stdout(&tools(&["export", dir])).lines().map(str::to_owned).collect();
+    let last = (0..).take_while(|&n| segment(&fixture.dir, 0, n).exists()).last().unwrap();
+    let path = segment(&fixture.dir, 0, last);
+    let bytes = std::fs::read(&path).unwrap();
+    std::fs::write(&path, &bytes[..bytes.len() - 5]).unwrap();
+    for command in [&["export", dir][..], &["cat", dir], &["search", dir, "--sub", "agent-7"], &["stats", dir]] {
+        let output = tools(command);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(0), "{command:?}: {stderr}");
+        assert!(stderr.contains("note:") && stderr.contains(path.file_name().unwrap().to_str().unwrap()), "{stderr}");
+    }
+    let exported: Vec<String> = stdout(&tools(&["export", dir])).lines().map(str::to_owned).collect();
+    assert!(exported.len() < whole.len() && !exported.is_empty());
+    assert!(exported.iter().all(|line| whole.contains(line)), "the records before the cut, as they were");
+
+    // Cut the same way, a segment with one after it is damage.
+    let middle = segment(&fixture.dir, 1, 0);
+    let reader = SegmentReader::open(&middle).unwrap();
+    let footer_offset = reader.sealed().unwrap().footer_offset;
+    std::fs::OpenOptions::new().write(true).open(&middle).unwrap().set_len(footer_offset - 5).unwrap();
+    let output = tools(&["export", dir]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_ne!(output.status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("error:") && stderr.contains(middle.file_name().unwrap().to_str().unwrap()), "{stderr}");
+}
+
+/// A damaged batch of a sealed segment is named, and the batches after it are still read
+/// (the footer says where they are): one flipped bit does not take a segment out of an export.
+#[test]
+fn a_damaged_batch_of_a_sealed_segment_hides_none_of_the_others() {
+    let fixture = fixture();
+    let dir = fixture.dir.to_str().unwrap();
+    let whole = stdout(&tools(&["export", dir])).lines().count();
+    let path = segment(&fixture.dir, 0, 0);
+    let first_batch = SegmentReader::open(&path).unwrap().sealed().unwrap().footer.batches[0].clone();
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[first_batch.offset as usize + BATCH_HEADER_BYTES + 2] ^= 0x40;
+    std::fs::write(&path, bytes).unwrap();
+    for command in [&["export", dir][..], &["cat", dir], &["stats", dir], &["search", dir, "--sub", "agent-7"]] {
+        let output = tools(command);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_ne!(output.status.code(), Some(0), "{command:?}");
+        assert!(stderr.contains("error:") && stderr.contains(path.file_name().unwrap().to_str().unwrap()), "{stderr}");
+    }
+    let exported = stdout(&tools(&["export", dir])).lines().count();
+    assert_eq!(exported, whole - first_batch.n_records as usize, "only the damaged batch's records are missing");
+}
+
 fn fixture_with_last_seal_stripped() -> Fixture {
     let fixture = fixture();
     let last = (0..).take_while(|&n| segment(&fixture.dir, 0, n).exists()).last().unwrap();
