@@ -759,6 +759,18 @@ pub fn abort_parked(
     )))
 }
 
+/// Snowflake's id for a statement this session parked, once it ran: a status asked for by the
+/// gateway's id is asked for upstream by Snowflake's. `None` when `query_id` is not one this
+/// session parked, or it has not run (Snowflake knows nothing of it then either).
+pub fn parked_upstream_id(core: &Core, query_id: &str, session: &Session<'_>) -> Option<String> {
+    let claims = session.claims;
+    let session_id = claims.session_id?;
+    match ledger(core).poll(query_id, &claims.sub, session_id, unix_millis()) {
+        Ok(PollState::Finished { upstream_query_id: Some(id) }) if crate::session::is_query_id(&id) => Some(id),
+        _ => None,
+    }
+}
+
 /// Runs an approved statement exactly as it was parked, with this session's Snowflake token.
 async fn run_approved(
     core: &Core,

@@ -882,9 +882,7 @@ async fn session_request(
             match govern::abort_parked(core, Some(qid), &body, capture, session) {
                 Some(govern::ParkedAbort::Answered(answer)) => return answer,
                 Some(govern::ParkedAbort::Upstream { upstream_id }) => {
-                    let query = head.target.split_once('?').map_or("", |(_, query)| query);
-                    let query = if query.is_empty() { String::new() } else { format!("?{query}") };
-                    target = format!("/queries/{upstream_id}/abort-request{query}");
+                    target = with_path(&head.target, &format!("/queries/{upstream_id}/abort-request"));
                 }
                 None => {}
             }
@@ -903,6 +901,9 @@ async fn session_request(
             capture.query_id = Some(qid.clone());
             if let Err(refusal) = own_query(core, qid, Owner { sub: &claims.sub, groups: &claims.groups }, capture) {
                 return refusal;
+            }
+            if let Some(upstream_id) = govern::parked_upstream_id(core, qid, session) {
+                target = with_path(&head.target, &format!("/monitoring/queries/{upstream_id}"));
             }
         }
         _ => {}
@@ -925,6 +926,14 @@ async fn session_request(
             govern::masked_answer(core, head, response, capture, session, &profiles, crate::mask::AnswerOf::Query)
         }
         _ => pass_through(response),
+    }
+}
+
+/// `target` with its path replaced by `path`, its query string kept.
+fn with_path(target: &str, path: &str) -> String {
+    match target.split_once('?') {
+        Some((_, query)) if !query.is_empty() => format!("{path}?{query}"),
+        _ => path.to_owned(),
     }
 }
 

@@ -478,8 +478,8 @@ fn an_approval_after_the_session_expired_waits_for_the_renewal() {
 
 /// An approval that lands while a poll is held answers "still running" on that poll (a held
 /// poll does not watch its connection: its driver may have given up), and the driver's next
-/// poll runs the statement, which an abort naming the gateway's id then aborts upstream by
-/// Snowflake's. A driver's abort naming the gateway's id of another parked statement
+/// poll runs the statement, which an abort or a status naming the gateway's id then names
+/// upstream by Snowflake's. A driver's abort naming the gateway's id of another parked statement
 /// withdraws it: it never runs, and its polls answer 000604.
 #[test]
 fn an_approval_runs_on_a_fresh_poll_and_an_abort_by_id_withdraws() {
@@ -523,6 +523,12 @@ fn an_approval_runs_on_a_fresh_poll_and_an_abort_by_id_withdraws() {
     let aborts = upstream.stats.recorded(EndpointKind::Abort);
     assert_eq!(aborts.len(), 1, "{aborts:?}");
     assert!(aborts[0].target.starts_with(&format!("/queries/{upstream_id}/abort-request")), "{}", aborts[0].target);
+    // So is its status.
+    let status = client.get(&format!("/monitoring/queries/{gateway_id}"), &[("authorization", &auth)]).unwrap();
+    assert_eq!(status.json().unwrap()["success"], true, "{status:?}");
+    let asked = upstream.stats.recorded(EndpointKind::Monitoring);
+    assert_eq!(asked.len(), 1, "{asked:?}");
+    assert_eq!(asked[0].target, format!("/monitoring/queries/{upstream_id}"));
 
     let target = "/queries/v1/query-request?requestId=6d2b8a56-3d0a-4a51-8f3c-2d9c1f0e7b45";
     let body = query_body("select * from medium where id = 2");
