@@ -701,7 +701,6 @@ pub const CONFIG_FILE_BYTES_MAX: usize = 16 << 20;
 /// FIFO would block the open until a writer came), and reads it whole, up to
 /// [`CONFIG_FILE_BYTES_MAX`]. Returns the open file's metadata with the bytes.
 fn read_regular(path: &Path) -> Result<(std::fs::Metadata, Vec<u8>), String> {
-    use std::io::Read as _;
     use std::os::unix::fs::OpenOptionsExt as _;
     let cannot_read = |e: std::io::Error| format!("cannot read {}: {e}", path.display());
     let file = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open(path).map_err(cannot_read)?;
@@ -710,12 +709,18 @@ fn read_regular(path: &Path) -> Result<(std::fs::Metadata, Vec<u8>), String> {
     if !metadata.is_file() {
         return Err(format!("{} is not a regular file", path.display()));
     }
-    let mut bytes = Vec::new();
-    file.take(CONFIG_FILE_BYTES_MAX as u64 + 1).read_to_end(&mut bytes).map_err(cannot_read)?;
-    if bytes.len() > CONFIG_FILE_BYTES_MAX {
-        return Err(format!("{} is over {} MiB", path.display(), CONFIG_FILE_BYTES_MAX >> 20));
-    }
+    let bytes = read_capped(file).map_err(cannot_read)?;
+    let bytes = bytes.ok_or_else(|| format!("{} is over {} MiB", path.display(), CONFIG_FILE_BYTES_MAX >> 20))?;
     Ok((metadata, bytes))
+}
+
+/// All of `file`, or `None` when it holds more than [`CONFIG_FILE_BYTES_MAX`] bytes (of which
+/// one more is read, no further).
+fn read_capped(file: std::fs::File) -> std::io::Result<Option<Vec<u8>>> {
+    use std::io::Read as _;
+    let mut bytes = Vec::new();
+    file.take(CONFIG_FILE_BYTES_MAX as u64 + 1).read_to_end(&mut bytes)?;
+    Ok((bytes.len() <= CONFIG_FILE_BYTES_MAX).then_some(bytes))
 }
 
 fn read_file(key: &str, path: &Path) -> Result<Vec<u8>, ConfigError> {
@@ -859,16 +864,10 @@ impl Config {
         // The operator's own choice of file, which may be a pipe (`--config /dev/stdin`): read
         // whatever it is, up to the cap.
         let cannot_read = |e: std::io::Error| problem(&path.display().to_string(), format!("cannot read: {e}"));
-        let mut bytes = Vec::new();
-        std::io::Read::read_to_end(
-            &mut std::io::Read::take(std::fs::File::open(path).map_err(cannot_read)?, CONFIG_FILE_BYTES_MAX as u64 + 1),
-            &mut bytes,
-        )
-        .map_err(cannot_read)?;
-        if bytes.len() > CONFIG_FILE_BYTES_MAX {
-            let message = format!("is over {} MiB", CONFIG_FILE_BYTES_MAX >> 20);
-            return Err(problem(&path.display().to_string(), message));
-        }
+        let bytes = read_capped(std::fs::File::open(path).map_err(cannot_read)?).map_err(cannot_read)?;
+        let bytes = bytes.ok_or_else(|| {
+            problem(&path.display().to_string(), format!("is over {} MiB", CONFIG_FILE_BYTES_MAX >> 20))
+        })?;
         let text = String::from_utf8(bytes)
             .map_err(|_| problem(&path.display().to_string(), "is not UTF-8 text".to_owned()))?;
         let file: FileConfig =

@@ -873,7 +873,7 @@ async fn session_request(
             if let Some(answer) = govern::poll_parked(core, head, qid, capture, session).await {
                 return answer;
             }
-            if let Err(refusal) = own_query(core, qid, Owner { sub: &claims.sub, groups: &claims.groups }, capture) {
+            if let Err(refusal) = own_query(core, qid, claims.owner(), capture) {
                 return refusal;
             }
         }
@@ -886,7 +886,7 @@ async fn session_request(
                 }
                 None => {}
             }
-            if let Err(refusal) = own_query(core, qid, Owner { sub: &claims.sub, groups: &claims.groups }, capture) {
+            if let Err(refusal) = own_query(core, qid, claims.owner(), capture) {
                 return refusal;
             }
         }
@@ -899,7 +899,7 @@ async fn session_request(
         Endpoint::Logout => core.gateway.log_out(claims),
         Endpoint::Monitoring(qid) => {
             capture.query_id = Some(qid.clone());
-            if let Err(refusal) = own_query(core, qid, Owner { sub: &claims.sub, groups: &claims.groups }, capture) {
+            if let Err(refusal) = own_query(core, qid, claims.owner(), capture) {
                 return refusal;
             }
             if let Some(upstream_id) = govern::parked_upstream_id(core, qid, session) {

@@ -71,6 +71,13 @@ pub struct TokenClaims {
     pub identity_expires_at_unix_ms: u64,
 }
 
+impl TokenClaims {
+    /// Whom the statements run in this session belong to.
+    pub fn owner(&self) -> super::statements::Owner<'_> {
+        super::statements::Owner { sub: &self.sub, groups: &self.groups }
+    }
+}
+
 impl std::fmt::Debug for TokenClaims {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TokenClaims")
